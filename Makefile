@@ -1,0 +1,61 @@
+# The two commands of the README: `make run` and `make test`. Everything else is what they call.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+export FLASK_APP := wsgi.py
+
+.PHONY: run test setup setup-dev translations db lint pytest bench i18n-extract clean
+
+run: setup db
+	@MPIM_COOKIE_SECURE=$${MPIM_COOKIE_SECURE:-0} $(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+
+test: setup-dev lint pytest
+
+setup: $(BIN)/.installed translations
+
+setup-dev: setup $(BIN)/.installed-dev browser openssl
+
+$(BIN)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+$(BIN)/.installed-dev: requirements-dev.txt $(BIN)/.installed
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+translations: $(BIN)/.installed
+	@$(BIN)/pybabel compile --use-fuzzy -q -d app/translations
+
+# Debian's Chromium drives the browser tests (Playwright never downloads a browser here);
+# a CJK font makes the zh-CN screenshots legible.
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 || ! fc-list :lang=zh 2>/dev/null | grep -q .; then \
+	  echo "installing Debian's chromium and a CJK font for the browser tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-zenhei >/dev/null; \
+	fi
+
+openssl:
+	@command -v openssl >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq openssl >/dev/null; }
+
+db: setup
+	@$(BIN)/flask db upgrade
+	@$(BIN)/flask divisions import
+	@$(BIN)/flask users ensure-admin
+
+lint: setup-dev
+	$(BIN)/ruff check .
+
+pytest: setup-dev
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: setup-dev
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+i18n-extract: setup
+	$(BIN)/pybabel extract -F babel.cfg -k _l -k lazy_gettext -o app/translations/messages.pot .
+	$(BIN)/pybabel update -i app/translations/messages.pot -d app/translations --no-fuzzy-matching
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,42 @@
+"""MPIM Registry: the management node of the GA/T 1988-2022 mobile-police IM network."""
+
+from __future__ import annotations
+
+import importlib
+
+from flask import Flask
+
+from app.config import PROJECT_ROOT, load_config
+from app.extensions import csrf, db, login_manager, migrate
+
+# Each feature package exposes init_app(app): its blueprints, CLI group and hooks.
+FEATURES = (
+    "app.i18n",
+    "app.audit",
+    "app.auth",
+    "app.divisions",
+    "app.console",
+)
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    app = Flask(
+        __name__,
+        template_folder=str(PROJECT_ROOT / "templates"),
+        static_folder=str(PROJECT_ROOT / "static"),
+    )
+    app.config.update(load_config(test_config))
+    app.instance_path = app.config["MPIM_INSTANCE_PATH"]
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"), render_as_batch=True,
+                     compare_type=True)
+    login_manager.init_app(app)
+    csrf.init_app(app)
+
+    from app import errors
+
+    errors.init_app(app)
+    for name in FEATURES:
+        importlib.import_module(name).init_app(app)
+    return app

@@ -1,0 +1,44 @@
+"""Audit log console page: filters and pagination; visible to ministry admins and auditors."""
+
+from __future__ import annotations
+
+from datetime import datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from flask import Blueprint, current_app, render_template, request
+from sqlalchemy import select
+
+from app.audit.models import AuditRecord
+from app.auth.access import roles_required
+from app.database import paginate
+
+bp = Blueprint("audit", __name__, url_prefix="/audit")
+
+
+def _day_bound(value: str, end: bool) -> datetime | None:
+    try:
+        day = datetime.strptime(value, "%Y-%m-%d").date()
+    except ValueError:
+        return None
+    zone = ZoneInfo(current_app.config["MPIM_DISPLAY_TIMEZONE"])
+    moment = datetime.combine(day, time.min, tzinfo=zone)
+    return moment + timedelta(days=1) if end else moment
+
+
+@bp.get("/")
+@roles_required("ministry_admin", "auditor")
+def index():
+    filters = {key: request.args.get(key, "").strip() for key in ("actor", "action", "target", "since", "until")}
+    query = select(AuditRecord).order_by(AuditRecord.seq.desc())
+    if filters["actor"]:
+        query = query.where(AuditRecord.actor == filters["actor"])
+    if filters["action"]:
+        query = query.where(AuditRecord.action.startswith(filters["action"]))
+    if filters["target"]:
+        query = query.where(AuditRecord.target.contains(filters["target"]))
+    if filters["since"] and (start := _day_bound(filters["since"], end=False)):
+        query = query.where(AuditRecord.at >= start)
+    if filters["until"] and (stop := _day_bound(filters["until"], end=True)):
+        query = query.where(AuditRecord.at < stop)
+    page = paginate(query, request.args.get("page", 1, type=int), current_app.config["MPIM_PAGE_SIZE"])
+    return render_template("audit/index.html", page=page, filters=filters)

@@ -1,0 +1,31 @@
+"""Console users, roles (ministry_admin, provincial_admin, auditor) and sign-in."""
+
+from __future__ import annotations
+
+from app.extensions import db, login_manager
+
+
+@login_manager.user_loader
+def load_user(session_id: str):
+    from app.auth.models import User
+
+    user_id, _, stamp = session_id.partition(":")
+    if not user_id.isdigit():
+        return None
+    user = db.session.get(User, int(user_id))
+    if user is None or str(int(user.password_changed_at.timestamp())) != stamp:
+        return None
+    return user
+
+
+def init_app(app) -> None:
+    from flask_babel import lazy_gettext
+
+    from app.auth.cli import cli
+    from app.auth.views import bp
+
+    login_manager.login_view = "auth.login"
+    login_manager.login_message = lazy_gettext("Please sign in to see this page.")
+    login_manager.session_protection = "strong"
+    app.register_blueprint(bp)
+    app.cli.add_command(cli)

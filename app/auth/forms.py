@@ -1,0 +1,51 @@
+"""Sign-in, password and user-management forms."""
+
+from __future__ import annotations
+
+from flask_babel import lazy_gettext as _l
+from flask_wtf import FlaskForm
+from wtforms import BooleanField, PasswordField, SelectField, StringField
+from wtforms.validators import DataRequired, EqualTo, Length
+
+ROLE_CHOICES = [
+    ("ministry_admin", _l("Ministry admin")),
+    ("provincial_admin", _l("Provincial admin")),
+    ("auditor", _l("Auditor")),
+]
+
+
+class LoginForm(FlaskForm):
+    username = StringField(_l("Username"), validators=[DataRequired(), Length(max=64)])
+    password = PasswordField(_l("Password"), validators=[DataRequired(), Length(max=256)])
+
+
+class PasswordChangeForm(FlaskForm):
+    current_password = PasswordField(_l("Current password"), validators=[DataRequired()])
+    new_password = PasswordField(_l("New password"), validators=[DataRequired(), Length(max=256)])
+    confirm = PasswordField(_l("Repeat the new password"),
+                            validators=[DataRequired(), EqualTo("new_password", message=_l("The passwords differ."))])
+
+
+class UserCreateForm(FlaskForm):
+    username = StringField(_l("Username"), validators=[DataRequired(), Length(max=64)])
+    display_name = StringField(_l("Name"), validators=[Length(max=120)])
+    role = SelectField(_l("Role"), choices=ROLE_CHOICES)
+    scopes = StringField(_l("Division scope"), description=_l("Comma-separated codes, e.g. 360000,440000"),
+                         validators=[Length(max=400)])
+    password = PasswordField(_l("Initial password"), validators=[DataRequired(), Length(max=256)])
+
+
+class UserEditForm(FlaskForm):
+    display_name = StringField(_l("Name"), validators=[Length(max=120)])
+    role = SelectField(_l("Role"), choices=ROLE_CHOICES)
+    scopes = StringField(_l("Division scope"), description=_l("Comma-separated codes, e.g. 360000,440000"),
+                         validators=[Length(max=400)])
+    active = BooleanField(_l("Active"))
+
+
+class PasswordResetForm(FlaskForm):
+    password = PasswordField(_l("New password"), validators=[DataRequired(), Length(max=256)])
+
+
+class ConfirmForm(FlaskForm):
+    """An empty form: its CSRF token is the confirmation that a button was really pressed."""

@@ -1,0 +1,73 @@
+"""Console users and the login-throttle counters."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from flask_login import UserMixin
+from sqlalchemy import Boolean, CheckConstraint, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.database import UTCDateTime, utcnow
+from app.extensions import db
+
+ROLES = ("ministry_admin", "provincial_admin", "auditor")
+
+
+def division_prefix(code: str) -> str:
+    """The code prefix a scope covers: 360000 → 36, 360100 → 3601, 360102 → 360102."""
+    if code.endswith("0000"):
+        return code[:2]
+    if code.endswith("00"):
+        return code[:4]
+    return code
+
+
+class User(UserMixin, db.Model):
+    __tablename__ = "users"
+    __table_args__ = (CheckConstraint(f"role IN {ROLES!r}", name="role_known"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    display_name: Mapped[str] = mapped_column(String(120), nullable=False, default="")
+    password_hash: Mapped[str] = mapped_column(String(255), nullable=False)
+    role: Mapped[str] = mapped_column(String(32), nullable=False)
+    # Comma-separated division codes (e.g. "360000,440000"); empty for non-provincial roles.
+    scope_codes: Mapped[str] = mapped_column(String(400), nullable=False, default="")
+    active: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    password_changed_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    @property
+    def is_active(self) -> bool:  # Flask-Login refuses inactive users
+        return self.active
+
+    @property
+    def scopes(self) -> list[str]:
+        return [code for code in self.scope_codes.split(",") if code]
+
+    @property
+    def is_ministry_admin(self) -> bool:
+        return self.role == "ministry_admin"
+
+    def can_access_division(self, code: str) -> bool:
+        """Ministry admins and auditors see the nation; provincial admins only their prefixes."""
+        if self.role != "provincial_admin":
+            return True
+        return any(code.startswith(division_prefix(scope)) for scope in self.scopes)
+
+    def get_id(self) -> str:
+        # Changing the password invalidates other sessions: the id embeds when it was set.
+        return f"{self.id}:{int(self.password_changed_at.timestamp())}"
+
+
+class LoginThrottle(db.Model):
+    """Failure counters per account ("user:NAME") and per address ("addr:IP")."""
+
+    __tablename__ = "login_throttles"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    first_failure_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -1,0 +1,205 @@
+"""Users, sign-in and its throttle. Console, API and CLI all come through here."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+
+from flask import current_app
+from flask_babel import lazy_gettext as _l
+from sqlalchemy import func, select
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from app.audit import service as audit
+from app.auth.models import ROLES, LoginThrottle, User
+from app.database import utcnow
+from app.errors import Conflict, DomainError, NotFound, ValidationFailed
+from app.extensions import db
+
+USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{2,64}$")
+MIN_PASSWORD_LENGTH = 10
+# Checked even for unknown accounts, so the reply time does not reveal which usernames exist.
+_DUMMY_HASH = generate_password_hash("not-a-real-password")
+
+
+class LoginRefused(DomainError):
+    code = "login_refused"
+    status = 401
+
+
+@dataclass(frozen=True)
+class UserDraft:
+    """What a form or the CLI hands to `create_user`."""
+
+    username: str
+    password: str
+    role: str
+    scopes: tuple[str, ...] = ()
+    display_name: str = ""
+
+
+def check_password_policy(password: str, username: str = "") -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise ValidationFailed(_l("Passwords need at least %(n)s characters.", n=MIN_PASSWORD_LENGTH),
+                               code="weak_password", field="password")
+    classes = sum(bool(re.search(p, password)) for p in (r"[a-z]", r"[A-Z]", r"[0-9]", r"[^A-Za-z0-9]"))
+    if classes < 3:
+        raise ValidationFailed(_l("Passwords need three of: lower case, upper case, digits, symbols."),
+                               code="weak_password", field="password")
+    if len(username) >= 4 and username.lower() in password.lower():
+        raise ValidationFailed(_l("A password must not contain the username."), code="weak_password",
+                               field="password")
+
+
+def normalise_scopes(role: str, scopes: tuple[str, ...] | list[str]) -> str:
+    """Provincial admins need at least one known, current division code; other roles none."""
+    from app.divisions import service as divisions
+
+    codes = sorted({code.strip() for code in scopes if code.strip()})
+    if role != "provincial_admin":
+        if codes:
+            raise ValidationFailed(_l("Only provincial admins have a division scope."), code="scope_not_allowed",
+                                   field="scopes")
+        return ""
+    if not codes:
+        raise ValidationFailed(_l("A provincial admin needs at least one division code."), code="scope_required",
+                               field="scopes")
+    for code in codes:
+        divisions.require_current(code, field="scopes")
+    return ",".join(codes)
+
+
+def create_user(draft: UserDraft) -> User:
+    if not USERNAME_PATTERN.match(draft.username):
+        raise ValidationFailed(_l("Usernames are 2-64 letters, digits, '_', '.' or '-'."), code="invalid_username",
+                               field="username")
+    if draft.role not in ROLES:
+        raise ValidationFailed(_l("Unknown role %(role)s.", role=draft.role), code="invalid_role", field="role")
+    check_password_policy(draft.password, draft.username)
+    scope_codes = normalise_scopes(draft.role, draft.scopes)
+    if db.session.scalar(select(User.id).where(func.lower(User.username) == draft.username.lower())):
+        raise Conflict(_l("User %(name)s already exists.", name=draft.username), code="username_taken",
+                       field="username")
+    user = User(username=draft.username, display_name=draft.display_name[:120], role=draft.role,
+                scope_codes=scope_codes, password_hash=generate_password_hash(draft.password))
+    db.session.add(user)
+    db.session.flush()
+    audit.record("user.create", draft.username, {"role": draft.role, "scopes": scope_codes})
+    return user
+
+
+def update_user(user: User, *, role: str, scopes: list[str], active: bool, display_name: str) -> User:
+    if role not in ROLES:
+        raise ValidationFailed(_l("Unknown role %(role)s.", role=role), code="invalid_role", field="role")
+    scope_codes = normalise_scopes(role, scopes)
+    before = {"role": user.role, "scopes": user.scope_codes, "active": user.active}
+    user.role, user.scope_codes, user.active = role, scope_codes, active
+    user.display_name = display_name[:120]
+    audit.record("user.update", user.username,
+                 {"before": before, "after": {"role": role, "scopes": scope_codes, "active": active}})
+    return user
+
+
+def set_password(user: User, new_password: str, *, action: str = "user.password_reset") -> None:
+    check_password_policy(new_password, user.username)
+    user.password_hash = generate_password_hash(new_password)
+    # Whole seconds: the session id embeds this timestamp, so bump it past the current one.
+    user.password_changed_at = max(utcnow(), user.password_changed_at + timedelta(seconds=1))
+    audit.record(action, user.username)
+
+
+def change_own_password(user: User, current_password: str, new_password: str) -> None:
+    if not check_password_hash(user.password_hash, current_password):
+        raise ValidationFailed(_l("The current password is wrong."), code="wrong_password", field="current_password")
+    if current_password == new_password:
+        raise ValidationFailed(_l("The new password must differ from the current one."), code="weak_password",
+                               field="new_password")
+    set_password(user, new_password, action="user.password_change")
+
+
+def generate_password() -> str:
+    """A password that meets the policy, for the first admin when none was given."""
+    while True:
+        candidate = secrets.token_urlsafe(15)
+        try:
+            check_password_policy(candidate)
+            return candidate
+        except ValidationFailed:
+            continue
+
+
+def get_user(username: str) -> User:
+    user = db.session.scalar(select(User).where(User.username == username))
+    if user is None:
+        raise NotFound(_l("No user named %(name)s.", name=username), code="user_not_found")
+    return user
+
+
+# --- sign-in throttle -------------------------------------------------------------------------
+
+def _throttle(key: str) -> LoginThrottle:
+    row = db.session.get(LoginThrottle, key)
+    if row is None:
+        row = LoginThrottle(key=key, failures=0)
+        db.session.add(row)
+    return row
+
+
+def _locked(key: str) -> bool:
+    row = db.session.get(LoginThrottle, key)
+    return bool(row and row.locked_until and row.locked_until > utcnow())
+
+
+def _register_failure(key: str) -> bool:
+    """Count one failure; returns True when this failure locks the key."""
+    now = utcnow()
+    window = timedelta(minutes=current_app.config["MPIM_LOGIN_LOCK_MINUTES"])
+    row = _throttle(key)
+    if row.first_failure_at is None or now - row.first_failure_at > window:
+        row.failures, row.first_failure_at = 0, now
+    row.failures += 1
+    if row.failures >= current_app.config["MPIM_LOGIN_MAX_FAILURES"]:
+        row.locked_until, row.failures, row.first_failure_at = now + window, 0, None
+        return True
+    return False
+
+
+def authenticate(username: str, password: str, remote_addr: str) -> User:
+    """Check credentials under the throttle. Commits failures itself: they must outlive the refusal."""
+    user_key, addr_key = f"user:{username.lower()}", f"addr:{remote_addr}"
+    if _locked(user_key) or _locked(addr_key):
+        audit.record("auth.login_blocked", username, {"reason": "locked"}, actor=username or "anonymous",
+                     remote_addr=remote_addr)
+        db.session.commit()
+        raise LoginRefused("Too many failed sign-ins: this account or address is locked for a while.",
+                           code="locked")
+    user = db.session.scalar(select(User).where(func.lower(User.username) == username.lower()))
+    valid = check_password_hash(user.password_hash if user else _DUMMY_HASH, password)
+    if not valid or user is None or not user.active:
+        locked = [key for key in (user_key, addr_key) if _register_failure(key)]
+        audit.record("auth.login_failed", username, {"locked": locked}, actor=username or "anonymous",
+                     remote_addr=remote_addr)
+        db.session.commit()
+        raise LoginRefused("Wrong username or password." if not locked else
+                           "Too many failed sign-ins: this account or address is locked for a while.",
+                           code="locked" if locked else "bad_credentials")
+    for key in (user_key, addr_key):
+        if (row := db.session.get(LoginThrottle, key)) is not None:
+            db.session.delete(row)
+    user.last_login_at = utcnow()
+    audit.record("auth.login", user.username, actor=user.username, remote_addr=remote_addr)
+    db.session.commit()
+    return user
+
+
+def unlock(username: str) -> None:
+    row = db.session.get(LoginThrottle, f"user:{username.lower()}")
+    if row is not None:
+        db.session.delete(row)
+    audit.record("auth.unlock", username)
+
+
+def is_locked(username: str) -> bool:
+    return _locked(f"user:{username.lower()}")

@@ -1,0 +1,162 @@
+"""Sign-in, sign-out, own password and (for ministry admins) user management."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
+from flask_login import current_user, login_required, login_user, logout_user
+from sqlalchemy import select
+
+from app.audit import service as audit
+from app.auth import service
+from app.auth.access import roles_required
+from app.auth.forms import ConfirmForm, LoginForm, PasswordChangeForm, PasswordResetForm, UserCreateForm, UserEditForm
+from app.auth.models import User
+from app.database import paginate
+from app.errors import DomainError
+from app.extensions import db
+
+bp = Blueprint("auth", __name__)
+
+
+def form_error(form, error: DomainError) -> None:
+    """Pour a service error back into the form field it names, else flash it."""
+    field = getattr(form, error.field, None) if error.field else None
+    if field is not None:
+        field.errors = [*field.errors, error.message]
+    else:
+        flash(error.message, "error")
+
+
+def _safe_next(target: str | None) -> str:
+    if target and not urlsplit(target).netloc and target.startswith("/"):
+        return target
+    return url_for("console.dashboard")
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    if current_user.is_authenticated:
+        return redirect(url_for("console.dashboard"))
+    form = LoginForm()
+    if form.validate_on_submit():
+        try:
+            user = service.authenticate(form.username.data.strip(), form.password.data, request.remote_addr or "")
+        except service.LoginRefused as error:
+            flash(_("Too many failed sign-ins: this account or address is locked for a while.")
+                  if error.code == "locked" else _("Wrong username or password."), "error")
+            return render_template("auth/login.html", form=form), 401
+        login_user(user)
+        return redirect(_safe_next(request.args.get("next")))
+    return render_template("auth/login.html", form=form)
+
+
+@bp.post("/logout")
+@login_required
+def logout():
+    audit.record("auth.logout", current_user.username)
+    db.session.commit()
+    logout_user()
+    return redirect(url_for("auth.login"))
+
+
+@bp.route("/account/password", methods=["GET", "POST"])
+@login_required
+def change_password():
+    form = PasswordChangeForm()
+    if form.validate_on_submit():
+        try:
+            service.change_own_password(current_user, form.current_password.data, form.new_password.data)
+            db.session.commit()
+        except DomainError as error:
+            db.session.rollback()
+            form_error(form, error)
+        else:
+            login_user(current_user)  # the session id embeds the password time: renew ours
+            flash(_("Your password has been changed."), "success")
+            return redirect(url_for("console.dashboard"))
+    return render_template("auth/password.html", form=form)
+
+
+@bp.get("/users/")
+@roles_required("ministry_admin")
+def users():
+    query = select(User).order_by(User.username)
+    page = paginate(query, request.args.get("page", 1, type=int), current_app.config["MPIM_PAGE_SIZE"])
+    return render_template("auth/users.html", page=page, is_locked=service.is_locked, confirm_form=ConfirmForm())
+
+
+@bp.route("/users/new", methods=["GET", "POST"])
+@roles_required("ministry_admin")
+def create_user():
+    form = UserCreateForm()
+    if form.validate_on_submit():
+        draft = service.UserDraft(username=form.username.data.strip(), password=form.password.data,
+                                  role=form.role.data, scopes=tuple(form.scopes.data.split(",")),
+                                  display_name=form.display_name.data.strip())
+        try:
+            service.create_user(draft)
+            db.session.commit()
+        except DomainError as error:
+            db.session.rollback()
+            form_error(form, error)
+        else:
+            flash(_("User %(name)s created.", name=draft.username), "success")
+            return redirect(url_for("auth.users"))
+    return render_template("auth/user_form.html", form=form, user=None)
+
+
+@bp.route("/users/<username>", methods=["GET", "POST"])
+@roles_required("ministry_admin")
+def edit_user(username: str):
+    user = service.get_user(username)
+    form = UserEditForm(obj=user) if request.method == "GET" else UserEditForm()
+    if request.method == "GET":
+        form.scopes.data = user.scope_codes
+    reset_form = PasswordResetForm(prefix="reset")
+    if form.validate_on_submit():
+        if user.id == current_user.id and (form.role.data != user.role or not form.active.data):
+            flash(_("You cannot demote or deactivate yourself."), "error")
+        else:
+            try:
+                service.update_user(user, role=form.role.data, scopes=form.scopes.data.split(","),
+                                    active=form.active.data, display_name=form.display_name.data.strip())
+                db.session.commit()
+            except DomainError as error:
+                db.session.rollback()
+                form_error(form, error)
+            else:
+                flash(_("User %(name)s updated.", name=username), "success")
+                return redirect(url_for("auth.users"))
+    return render_template("auth/user_form.html", form=form, user=user, reset_form=reset_form,
+                           locked=service.is_locked(username), confirm_form=ConfirmForm())
+
+
+@bp.post("/users/<username>/password")
+@roles_required("ministry_admin")
+def reset_password(username: str):
+    user = service.get_user(username)
+    form = PasswordResetForm(prefix="reset")
+    if form.validate_on_submit():
+        try:
+            service.set_password(user, form.password.data)
+            db.session.commit()
+            flash(_("Password of %(name)s reset.", name=username), "success")
+        except DomainError as error:
+            db.session.rollback()
+            flash(error.message, "error")
+    else:
+        flash(_("Enter a new password."), "error")
+    return redirect(url_for("auth.edit_user", username=username))
+
+
+@bp.post("/users/<username>/unlock")
+@roles_required("ministry_admin")
+def unlock_user(username: str):
+    if ConfirmForm().validate_on_submit():
+        service.unlock(username)
+        db.session.commit()
+        flash(_("Sign-in lock of %(name)s cleared.", name=username), "success")
+    return redirect(url_for("auth.users"))

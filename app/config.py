@@ -1,0 +1,82 @@
+"""Configuration from the environment. Every variable is listed in the README."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def env_flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else default
+
+
+def instance_path() -> Path:
+    return Path(os.environ.get("MPIM_INSTANCE_PATH") or PROJECT_ROOT / "instance")
+
+
+def database_url(instance: Path) -> str:
+    """DATABASE_URL, with plain postgresql:// URLs routed to the psycopg 3 driver."""
+    url = os.environ.get("DATABASE_URL") or f"sqlite:///{instance / 'mpim.db'}"
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://"):]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    return url
+
+
+def read_or_create_secret(path: Path, nbytes: int = 32) -> str:
+    """A secret kept in instance/ so restarts keep sessions and the CA passphrase stable."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(nbytes)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value + "\n")
+    return value
+
+
+def load_config(overrides: dict | None = None) -> dict:
+    """Build the Flask config mapping; `overrides` (tests) win over the environment."""
+    instance = instance_path()
+    overrides = overrides or {}
+    if "MPIM_INSTANCE_PATH" in overrides:
+        instance = Path(overrides["MPIM_INSTANCE_PATH"])
+    instance.mkdir(parents=True, exist_ok=True)
+    config = {
+        "MPIM_INSTANCE_PATH": str(instance),
+        "SECRET_KEY": os.environ.get("SECRET_KEY") or read_or_create_secret(instance / "secret_key"),
+        "SQLALCHEMY_DATABASE_URI": database_url(instance),
+        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        "SESSION_COOKIE_SECURE": env_flag("MPIM_COOKIE_SECURE", True),
+        "REMEMBER_COOKIE_SECURE": env_flag("MPIM_COOKIE_SECURE", True),
+        "SESSION_COOKIE_HTTPONLY": True,
+        "REMEMBER_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "PERMANENT_SESSION_LIFETIME": env_int("MPIM_SESSION_MINUTES", 480) * 60,
+        "WTF_CSRF_TIME_LIMIT": None,
+        "MAX_CONTENT_LENGTH": env_int("MPIM_MAX_REQUEST_BYTES", 1024 * 1024),
+        "BABEL_DEFAULT_LOCALE": os.environ.get("MPIM_DEFAULT_LOCALE", "zh_CN"),
+        "BABEL_DEFAULT_TIMEZONE": "Asia/Shanghai",
+        "BABEL_TRANSLATION_DIRECTORIES": str(PROJECT_ROOT / "app" / "translations"),
+        "MPIM_LANGUAGES": ["zh_CN", "en"],
+        "MPIM_DISPLAY_TIMEZONE": "Asia/Shanghai",
+        "MPIM_LOGIN_MAX_FAILURES": env_int("MPIM_LOGIN_MAX_FAILURES", 5),
+        "MPIM_LOGIN_LOCK_MINUTES": env_int("MPIM_LOGIN_LOCK_MINUTES", 15),
+        "MPIM_PAGE_SIZE": env_int("MPIM_PAGE_SIZE", 50),
+        "MPIM_BASE_URL": os.environ.get("MPIM_BASE_URL", "http://127.0.0.1:5000"),
+        "MPIM_NETWORK_FLAG": os.environ.get("MPIM_NETWORK_FLAG", "5"),
+    }
+    config.update(overrides)
+    return config

@@ -1,0 +1,40 @@
+"""Console shell: dashboard, navigation, banners and the node's own health check.
+
+Features plug into the shell without editing it:
+- `dashboard_panels`: functions `(user) -> dict | None`; the dict is `{"template": ..., **context}`
+  and is rendered inside the dashboard.
+- `nav_entries`: `(endpoint, label, roles)` tuples shown in the top navigation for those roles.
+- `banner_sources`: functions `(user) -> list[dict(kind, text)]` shown on every page (alerts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flask import url_for
+from flask_login import current_user
+
+dashboard_panels: list[Callable] = []
+nav_entries: list[tuple[str, object, tuple[str, ...]]] = []
+banner_sources: list[Callable] = []
+
+
+def _nav_items() -> list[dict]:
+    if not current_user.is_authenticated:
+        return []
+    return [{"url": url_for(endpoint), "label": label} for endpoint, label, roles in nav_entries
+            if current_user.role in roles]
+
+
+def _banners() -> list[dict]:
+    if not current_user.is_authenticated:
+        return []
+    return [banner for source in banner_sources for banner in source(current_user)]
+
+
+def init_app(app) -> None:
+    from app.console.views import bp
+
+    app.register_blueprint(bp)
+    app.jinja_env.globals["nav_items"] = _nav_items
+    app.jinja_env.globals["banners"] = _banners

@@ -1,0 +1,46 @@
+"""The dashboard and the management node's own health check."""
+
+from __future__ import annotations
+
+from flask import Blueprint, render_template
+from flask_login import current_user, login_required
+from sqlalchemy import func, select, text
+
+from app.audit.models import AuditRecord
+from app.auth.models import User
+from app.console import dashboard_panels
+from app.database import utcnow
+from app.divisions import service as divisions
+from app.extensions import db
+
+bp = Blueprint("console", __name__)
+
+
+@bp.get("/")
+@login_required
+def dashboard():
+    users_by_role = dict(db.session.execute(select(User.role, func.count()).group_by(User.role)).all())
+    recent = []
+    if current_user.role in ("ministry_admin", "auditor"):
+        recent = list(db.session.scalars(select(AuditRecord).order_by(AuditRecord.seq.desc()).limit(8)))
+    panels = [panel(current_user) for panel in dashboard_panels]
+    return render_template(
+        "console/dashboard.html",
+        division_counts=divisions.counts(), revision=divisions.latest_revision(),
+        users_by_role=users_by_role, audit_total=db.session.scalar(select(func.count(AuditRecord.id))) or 0,
+        recent=recent, panels=[p for p in panels if p],
+    )
+
+
+@bp.get("/healthz")
+def healthz():
+    """SPEC §4: the management node's own health (database reachable)."""
+    try:
+        db.session.execute(text("SELECT 1"))
+        database = "ok"
+    except Exception:  # any failure means unhealthy; the reason goes to the log, not the answer
+        db.session.rollback()
+        database = "error"
+    status = 200 if database == "ok" else 503
+    return {"status": "ok" if status == 200 else "error", "database": database,
+            "time": utcnow().isoformat().replace("+00:00", "Z")}, status

@@ -1,0 +1,11 @@
+"""GB/T 2260 administrative divisions: codes, levels, parents and revisions."""
+
+
+def init_app(app) -> None:
+    from app.divisions.api import bp as api_bp
+    from app.divisions.cli import cli
+    from app.divisions.views import bp
+
+    app.register_blueprint(bp)
+    app.register_blueprint(api_bp)
+    app.cli.add_command(cli)

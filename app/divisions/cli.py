@@ -1,0 +1,60 @@
+"""`flask divisions import FILE --revision NAME` and `flask divisions show CODE`."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from flask.cli import AppGroup
+
+from app.divisions import service
+from app.errors import DomainError
+from app.extensions import db
+
+cli = AppGroup("divisions", help="GB/T 2260 division codes.")
+
+
+@cli.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False), required=False)
+@click.option("--revision", default=None, help="Revision name, e.g. 2023 (default: the shipped 2023 list).")
+@click.option("--json", "as_json", is_flag=True)
+def import_command(file, revision, as_json):
+    """Load a revision in one transaction and report what it added, renamed and retired."""
+    path = file or str(service.DEFAULT_FILE)
+    revision = revision or (service.DEFAULT_REVISION if file is None else None)
+    if not revision:
+        raise click.UsageError("--revision is required with a FILE")
+    try:
+        with open(path, "rb") as handle:
+            report = service.import_revision(handle.read(), revision, actor="cli")
+        db.session.commit()
+    except DomainError as error:
+        db.session.rollback()
+        click.echo(json.dumps(error.to_dict(), ensure_ascii=False) if as_json else f"refused: {error.message}",
+                   err=True)
+        raise SystemExit(1) from None
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), ensure_ascii=False))
+        return
+    click.echo(f"revision {report.revision}: {report.total} codes; {len(report.added)} added, "
+               f"{len(report.renamed)} renamed, {len(report.retired)} retired, {len(report.restored)} restored")
+    for code, name in report.added:
+        click.echo(f"  + {code} {name}")
+    for code, old, new in report.renamed:
+        click.echo(f"  ~ {code} {old} → {new}")
+    for code, name in report.retired:
+        click.echo(f"  - {code} {name} (retired)")
+    for code, name in report.restored:
+        click.echo(f"  ↺ {code} {name} (restored)")
+    for line in report.retired_in_use:
+        click.echo(f"  ! {line}")
+
+
+@cli.command("show")
+@click.argument("code")
+def show_command(code):
+    try:
+        click.echo(json.dumps(service.to_dict(service.get(code)), ensure_ascii=False))
+    except DomainError as error:
+        click.echo(f"error: {error.message}", err=True)
+        raise SystemExit(1) from None

@@ -1,0 +1,98 @@
+"""Pure rules of GB/T 2260 codes: level and parent derivation, file parsing."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import dataclass
+
+from flask_babel import lazy_gettext as _l
+
+from app.errors import ValidationFailed
+
+CODE_PATTERN = re.compile(r"^[0-9]{6}$")
+NATION_CODE = "100000"
+
+
+class MalformedDivisionFile(ValidationFailed):
+    code = "malformed_division_file"
+
+
+def level_of(code: str) -> str:
+    if code.endswith("0000"):
+        return "province"
+    if code.endswith("00"):
+        return "prefecture"
+    return "county"
+
+
+def province_of(code: str) -> str:
+    return code[:2] + "0000"
+
+
+def prefecture_of(code: str) -> str:
+    return code[:4] + "00"
+
+
+def check_code_format(code: str, field: str = "division_code") -> None:
+    if not CODE_PATTERN.match(code or ""):
+        raise ValidationFailed(_l("%(code)s is not a division code: six digits are needed.", code=repr(code)),
+                               code="invalid_division_code", field=field)
+
+
+@dataclass(frozen=True)
+class DivisionRow:
+    code: str
+    name: str
+    level: str
+    parent_code: str | None
+    line: int
+
+
+def parent_of(code: str, known: set[str] | dict) -> str | None:
+    """Prefecture if the list has it, else the province (municipal districts, 419001 济源市...)."""
+    level = level_of(code)
+    if level == "province":
+        return None
+    if level == "county" and prefecture_of(code) in known:
+        return prefecture_of(code)
+    return province_of(code)
+
+
+def parse_division_file(data: bytes) -> list[DivisionRow]:
+    """Parse a `code,name` CSV; any defect refuses the whole file with its line number."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise MalformedDivisionFile(f"The file is not UTF-8 text ({error.reason}).") from error
+    reader = csv.reader(io.StringIO(text))
+    names: dict[str, tuple[str, int]] = {}
+    for line, record in enumerate(reader, start=1):
+        if not record or all(not cell.strip() for cell in record):
+            continue
+        if line == 1 and record[0].strip().lower() == "code":
+            continue
+        if len(record) < 2:
+            raise MalformedDivisionFile(f"line {line}: expected 'code,name'.")
+        code, name = record[0].strip(), record[1].strip()
+        if not CODE_PATTERN.match(code):
+            raise MalformedDivisionFile(f"line {line}: {code!r} is not a six-digit code.")
+        if code == NATION_CODE or code.startswith("00"):
+            raise MalformedDivisionFile(f"line {line}: {code} is not a province, prefecture or county code.")
+        if not name:
+            raise MalformedDivisionFile(f"line {line}: division {code} has an empty name.")
+        if len(name) > 100:
+            raise MalformedDivisionFile(f"line {line}: the name of {code} is longer than 100 characters.")
+        if code in names:
+            raise MalformedDivisionFile(f"line {line}: code {code} appears again (first on line {names[code][1]}).")
+        names[code] = (name, line)
+    if not names:
+        raise MalformedDivisionFile("The file lists no divisions.")
+    rows = []
+    for code, (name, line) in names.items():
+        level = level_of(code)
+        if level != "province" and province_of(code) not in names:
+            raise MalformedDivisionFile(f"line {line}: {code} {name} has no province {province_of(code)} in the file.")
+        rows.append(DivisionRow(code, name, level, parent_of(code, names), line))
+    return rows

@@ -1,0 +1,187 @@
+"""Division look-ups and revision imports: what the console, API, CLI and admission share."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flask_babel import lazy_gettext as _l
+from sqlalchemy import func, or_, select
+
+from app.audit import service as audit
+from app.divisions.codes import DivisionRow, check_code_format, parse_division_file
+from app.divisions.models import Division, DivisionRevision
+from app.errors import NotFound, ValidationFailed
+from app.extensions import db
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+DEFAULT_FILE = DATA_DIR / "gb2260-2023.csv"
+DEFAULT_REVISION = "2023"
+LEVEL_ORDER = {"province": 0, "prefecture": 1, "county": 2}
+
+# Features that hold division codes (admission's nodes) register a check here: given the codes a
+# revision retires, they return human lines naming what still uses them.
+RetirementCheck = Callable[[set[str]], list[str]]
+retirement_checks: list[RetirementCheck] = []
+
+
+class RetiredDivision(ValidationFailed):
+    code = "retired_division_code"
+
+
+@dataclass
+class ImportReport:
+    revision: str
+    total: int = 0
+    added: list[tuple[str, str]] = field(default_factory=list)
+    renamed: list[tuple[str, str, str]] = field(default_factory=list)
+    retired: list[tuple[str, str]] = field(default_factory=list)
+    restored: list[tuple[str, str]] = field(default_factory=list)
+    retired_in_use: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.renamed or self.retired or self.restored)
+
+    def to_dict(self) -> dict:
+        return {
+            "revision": self.revision, "total": self.total,
+            "added": [{"code": c, "name": n} for c, n in self.added],
+            "renamed": [{"code": c, "old_name": o, "new_name": n} for c, o, n in self.renamed],
+            "retired": [{"code": c, "name": n} for c, n in self.retired],
+            "restored": [{"code": c, "name": n} for c, n in self.restored],
+            "retired_in_use": self.retired_in_use,
+        }
+
+
+def import_revision(data: bytes, revision: str, *, actor: str | None = None) -> ImportReport:
+    """Load a revision: add, rename, restore; flag codes it no longer lists. Caller commits.
+
+    Nothing is ever deleted: a retired code keeps its row with `retired` set, because nodes and
+    history may still name it.
+    """
+    revision = revision.strip()
+    if not revision or len(revision) > 32:
+        raise ValidationFailed(_l("A revision name of 1-32 characters is needed."), code="invalid_revision",
+                               field="revision")
+    rows = sorted(parse_division_file(data), key=lambda r: (LEVEL_ORDER[r.level], r.code))
+    existing = {d.code: d for d in db.session.scalars(select(Division))}
+    report = ImportReport(revision=revision, total=len(rows))
+    incoming: dict[str, DivisionRow] = {row.code: row for row in rows}
+    level = "province"
+    for row in rows:
+        if row.level != level:
+            # Parents first: a flush per level keeps the self-referencing foreign key satisfied.
+            db.session.flush()
+            level = row.level
+        current = existing.get(row.code)
+        if current is None:
+            db.session.add(Division(code=row.code, name=row.name, level=row.level, parent_code=row.parent_code,
+                                    revision=revision, retired=False))
+            if existing:
+                report.added.append((row.code, row.name))
+            continue
+        if current.retired:
+            report.restored.append((row.code, row.name))
+            current.retired, current.retired_in = False, None
+        if current.name != row.name:
+            report.renamed.append((row.code, current.name, row.name))
+            current.name = row.name
+        current.parent_code, current.level, current.revision = row.parent_code, row.level, revision
+    for code, current in existing.items():
+        if code not in incoming and not current.retired:
+            current.retired, current.retired_in = True, revision
+            report.retired.append((code, current.name))
+    db.session.flush()
+    retired_codes = {code for code, _ in report.retired}
+    if retired_codes:
+        for check in retirement_checks:
+            report.retired_in_use.extend(check(retired_codes))
+    db.session.add(DivisionRevision(name=revision, imported_by=actor or "system", added=len(report.added),
+                                    renamed=len(report.renamed), retired=len(report.retired),
+                                    restored=len(report.restored)))
+    audit.record("divisions.import", revision,
+                 {"total": report.total, "added": len(report.added), "renamed": len(report.renamed),
+                  "retired": len(report.retired), "restored": len(report.restored),
+                  "retired_in_use": report.retired_in_use[:50]},
+                 **({"actor": actor} if actor else {}))
+    return report
+
+
+def get(code: str) -> Division:
+    check_code_format(code)
+    division = db.session.get(Division, code)
+    if division is None:
+        raise NotFound(_l("There is no division %(code)s in the loaded GB/T 2260 revisions.", code=code),
+                       code="division_not_found", field="division_code")
+    return division
+
+
+def require_current(code: str, field: str = "division_code") -> Division:
+    """A code a new node or scope may use: well-formed, known, not retired."""
+    check_code_format(code, field)
+    division = db.session.get(Division, code)
+    if division is None:
+        raise ValidationFailed(_l("There is no division %(code)s in GB/T 2260.", code=code),
+                               code="unknown_division_code",
+                               field=field)
+    if division.retired:
+        raise RetiredDivision(_l("Division %(code)s %(name)s was retired in revision %(rev)s.", code=code,
+                                 name=division.name, rev=division.retired_in),
+                              field=field)
+    return division
+
+
+def path(division: Division) -> list[Division]:
+    """From the province down to `division` itself."""
+    chain = [division]
+    while chain[-1].parent_code:
+        parent = db.session.get(Division, chain[-1].parent_code)
+        if parent is None:
+            break
+        chain.append(parent)
+    return list(reversed(chain))
+
+
+def children(parent_code: str | None, include_retired: bool = False) -> list[Division]:
+    query = select(Division).order_by(Division.code)
+    query = query.where(Division.level == "province") if parent_code is None else \
+        query.where(Division.parent_code == parent_code)
+    if not include_retired:
+        query = query.where(Division.retired.is_(False))
+    return list(db.session.scalars(query))
+
+
+def search_query(term: str):
+    """Code prefix or a part of the Chinese name."""
+    term = term.strip()[:50]
+    query = select(Division).order_by(Division.retired, Division.code)
+    if term.isdigit():
+        return query.where(Division.code.startswith(term))
+    return query.where(or_(Division.name.contains(term), Division.code == term))
+
+
+def counts() -> dict[str, int]:
+    rows = db.session.execute(
+        select(Division.level, func.count()).where(Division.retired.is_(False)).group_by(Division.level)
+    ).all()
+    result = {level: 0 for level in LEVEL_ORDER}
+    result.update({level: count for level, count in rows})
+    result["retired"] = db.session.scalar(select(func.count()).where(Division.retired.is_(True))) or 0
+    return result
+
+
+def latest_revision() -> DivisionRevision | None:
+    return db.session.scalar(select(DivisionRevision).order_by(DivisionRevision.id.desc()).limit(1))
+
+
+def to_dict(division: Division) -> dict:
+    """SPEC §4 `GET /api/v1/divisions/{code}`."""
+    chain = path(division)
+    return {
+        "code": division.code, "name": division.name, "level": division.level,
+        "parent": division.parent_code, "path": [d.code for d in chain],
+        "path_names": [d.name for d in chain], "revision": division.revision,
+        "retired": division.retired, "retired_in": division.retired_in,
+    }

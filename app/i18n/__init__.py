@@ -1,0 +1,50 @@
+"""Console language (zh-CN by default, English available) and time shown in Asia/Shanghai."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+from flask import Blueprint, current_app, has_request_context, redirect, request, session, url_for
+
+from app.extensions import babel
+
+bp = Blueprint("i18n", __name__)
+
+
+def select_locale() -> str:
+    """zh-CN console by default; the JSON API, the CA endpoints and the CLI speak English."""
+    if not has_request_context() or request.path.startswith(("/api/", "/ca/")):
+        return "en"
+    chosen = session.get("lang")
+    if chosen in current_app.config["MPIM_LANGUAGES"]:
+        return chosen
+    return current_app.config["BABEL_DEFAULT_LOCALE"]
+
+
+@bp.get("/lang/<code>")
+def switch_language(code: str):
+    if code in current_app.config["MPIM_LANGUAGES"]:
+        session["lang"] = code
+    target = request.referrer or url_for("console.dashboard")
+    if not target.startswith(request.host_url):
+        target = url_for("console.dashboard")
+    return redirect(target)
+
+
+def local_time(value: datetime | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
+    """Times are aware UTC inside; the console shows them in Asia/Shanghai."""
+    if value is None:
+        return "—"
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    zone = ZoneInfo(current_app.config["MPIM_DISPLAY_TIMEZONE"])
+    return value.astimezone(zone).strftime(fmt)
+
+
+def init_app(app) -> None:
+    babel.init_app(app, locale_selector=select_locale)
+    app.register_blueprint(bp)
+    app.jinja_env.filters["local_time"] = local_time
+    app.jinja_env.globals["current_locale"] = select_locale
+    app.jinja_env.globals["utcnow"] = lambda: datetime.now(UTC)

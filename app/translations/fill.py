@@ -1,0 +1,34 @@
+"""Merge a {msgid: translation} mapping into the zh-CN catalog.
+
+Usage: `python -m app.translations.fill FILE.py`. Babel resolves zh_CN to zh_Hans_CN, hence the folder name.
+
+FILE.py defines a dict named ZH. Extraction itself is `make i18n-extract`; this only saves typing.
+"""
+
+from __future__ import annotations
+
+import runpy
+import sys
+from pathlib import Path
+
+from babel.messages.pofile import read_po, write_po
+
+CATALOG = Path(__file__).parent / "zh_Hans_CN" / "LC_MESSAGES" / "messages.po"
+
+
+def main(mapping_file: str) -> None:
+    mapping = runpy.run_path(mapping_file)["ZH"]
+    with CATALOG.open("rb") as handle:
+        catalog = read_po(handle, locale="zh_Hans_CN")
+    for message in catalog:
+        if message.id and message.id in mapping:
+            message.string = mapping[message.id]
+            message.flags.discard("fuzzy")
+    with CATALOG.open("wb") as handle:
+        write_po(handle, catalog, width=120, omit_header=False)
+    missing = [m.id for m in catalog if m.id and not m.string]
+    print(f"{len(missing)} untranslated", *missing, sep="\n  ")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

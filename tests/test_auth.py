@@ -1,0 +1,178 @@
+"""Users, roles, sign-in throttling, CSRF and scope."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from app.audit.models import AuditRecord
+from app.auth import service
+from app.auth.models import User
+from app.errors import PermissionDenied, ValidationFailed
+from app.extensions import db
+from tests.conftest import PASSWORD, Console, csrf_token
+
+
+def actions() -> list[str]:
+    return list(db.session.scalars(select(AuditRecord.action).order_by(AuditRecord.seq)))
+
+
+def test_login_and_logout(console, make_user):
+    make_user("alice")
+    response = console.login("alice")
+    assert response.status_code == 302
+    assert "仪表盘" in console.client.get("/").get_data(as_text=True)
+    token = csrf_token(console.client.get("/").get_data(as_text=True))
+    console.client.post("/logout", data={"csrf_token": token})
+    assert console.client.get("/").status_code == 302
+    assert actions()[-2:] == ["auth.login", "auth.logout"]
+
+
+def test_wrong_password_is_refused_and_audited(console, make_user):
+    make_user("alice")
+    response = console.login("alice", "Wrong-Password-1")
+    assert response.status_code == 401
+    assert "用户名或密码错误" in response.get_data(as_text=True)
+    assert actions()[-1] == "auth.login_failed"
+
+
+def test_repeated_failures_lock_the_account_even_for_the_right_password(app, console, make_user):
+    make_user("alice")
+    for _ in range(app.config["MPIM_LOGIN_MAX_FAILURES"]):
+        console.login("alice", "Wrong-Password-1")
+    assert service.is_locked("alice")
+    response = console.login("alice")
+    assert response.status_code == 401 and "锁定" in response.get_data(as_text=True)
+    service.unlock("alice")
+    db.session.commit()
+    # The address is locked too: a different account from the same address is refused.
+    make_user("bob")
+    assert console.login("bob").status_code == 401
+
+
+def test_address_lock_covers_unknown_usernames(app, console, make_user):
+    make_user("carol")
+    for index in range(app.config["MPIM_LOGIN_MAX_FAILURES"]):
+        console.login(f"ghost{index}", "whatever-Wrong-1")
+    assert console.login("carol").status_code == 401
+
+
+def test_form_without_csrf_token_is_refused(client, make_user):
+    make_user("alice")
+    response = client.post("/login", data={"username": "alice", "password": PASSWORD})
+    assert response.status_code == 400
+    assert not service.is_locked("alice")
+
+
+def test_session_cookie_flags(app, console, make_user):
+    make_user("alice")
+    response = console.login("alice")
+    cookie = next(c for c in response.headers.getlist("Set-Cookie") if c.startswith("session="))
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    assert app.config["SESSION_COOKIE_SECURE"] is False  # tests only; the default is True
+
+
+def test_secure_cookie_is_the_default(monkeypatch, tmp_path):
+    from app.config import load_config
+
+    monkeypatch.delenv("MPIM_COOKIE_SECURE", raising=False)
+    config = load_config({"MPIM_INSTANCE_PATH": str(tmp_path)})
+    assert config["SESSION_COOKIE_SECURE"] is True
+
+
+def test_password_is_hashed_strongly(make_user):
+    user = make_user("alice")
+    assert user.password_hash.startswith("scrypt:") and PASSWORD not in user.password_hash
+
+
+@pytest.mark.parametrize("password", ["short1A!", "alllowercaseletters", "alice-Password-1"])
+def test_weak_passwords_are_refused(app, password):
+    with pytest.raises(ValidationFailed) as caught:
+        service.create_user(service.UserDraft(username="alice", password=password, role="auditor"))
+    assert caught.value.code == "weak_password"
+
+
+def test_password_change_logs_out_other_sessions(app, make_user):
+    make_user("alice")
+    first, second = Console(app.test_client()), Console(app.test_client())
+    first.login("alice")
+    second.login("alice")
+    response = first.post_form("/account/password", {"current_password": PASSWORD, "new_password": "New-Secret-42",
+                                                      "confirm": "New-Secret-42"})
+    assert response.status_code == 302
+    assert first.client.get("/").status_code == 200  # the one who changed it stays in
+    assert second.client.get("/").status_code == 302  # the other session is gone
+    assert Console(app.test_client()).login("alice", "New-Secret-42").status_code == 302
+
+
+def test_password_change_with_wrong_current_password(app, console, make_user):
+    make_user("alice")
+    console.login("alice")
+    response = console.post_form("/account/password", {"current_password": "nope-Nope-1",
+                                                       "new_password": "New-Secret-42", "confirm": "New-Secret-42"})
+    assert response.status_code == 200 and "当前密码错误" in response.get_data(as_text=True)
+
+
+def test_ministry_admin_creates_a_provincial_admin_in_the_console(admin_console):
+    response = admin_console.post_form("/users/new", {"username": "jx-admin", "display_name": "江西省厅",
+                                                      "role": "provincial_admin", "scopes": "360000",
+                                                      "password": "Jiangxi-Admin-1"})
+    assert response.status_code == 302
+    user = db.session.scalar(select(User).where(User.username == "jx-admin"))
+    assert user.scopes == ["360000"] and user.can_access_division("360102")
+    assert not user.can_access_division("440100")
+    assert "user.create" in actions()
+
+
+def test_provincial_admin_needs_a_valid_current_scope(app):
+    for scopes, code in [((), "scope_required"), (("999999",), "unknown_division_code"),
+                         (("36000",), "invalid_division_code")]:
+        with pytest.raises(ValidationFailed) as caught:
+            service.create_user(service.UserDraft(username="pa", password=PASSWORD, role="provincial_admin",
+                                                  scopes=scopes))
+        assert caught.value.code == code
+
+
+def test_provincial_admin_cannot_reach_user_management_or_outside_scope(app, make_user):
+    from app.auth.access import require_division_scope
+
+    user = make_user("jx", "provincial_admin", ("360000",))
+    console = Console(app.test_client())
+    console.login("jx")
+    assert console.client.get("/users/").status_code == 403
+    assert console.client.get("/audit/").status_code == 403
+    require_division_scope(user, "360102")
+    with pytest.raises(PermissionDenied) as caught:
+        require_division_scope(user, "440300")
+    assert caught.value.code == "out_of_scope"
+
+
+def test_auditor_reads_the_audit_log_but_not_users(app, make_user):
+    make_user("eye", "auditor")
+    console = Console(app.test_client())
+    console.login("eye")
+    assert console.client.get("/audit/").status_code == 200
+    assert console.client.get("/users/").status_code == 403
+
+
+def test_cli_users_create_reads_password_from_stdin(runner):
+    result = runner.invoke(args=["users", "create", "--role", "provincial_admin", "--username", "gd",
+                                 "--scope", "440000,360000", "--password-stdin", "--json"],
+                           input="Guangdong-Admin-7\n")
+    assert result.exit_code == 0, result.output
+    assert '"scopes": ["360000", "440000"]' in result.output
+    assert service.authenticate("gd", "Guangdong-Admin-7", "127.0.0.1").role == "provincial_admin"
+
+
+def test_cli_refuses_a_bad_scope(runner):
+    result = runner.invoke(args=["users", "create", "--role", "provincial_admin", "--username", "gd",
+                                 "--scope", "999999", "--password-stdin"], input="Guangdong-Admin-7\n")
+    assert result.exit_code == 1 and "999999" in result.output
+
+
+def test_ensure_admin_creates_the_first_admin_once(runner, monkeypatch):
+    monkeypatch.setenv("MPIM_ADMIN_PASSWORD", "First-Minister-Pass-1")
+    first = runner.invoke(args=["users", "ensure-admin"])
+    assert "created ministry admin" in first.output
+    assert "exists already" in runner.invoke(args=["users", "ensure-admin"]).output
+    assert service.authenticate("admin", "First-Minister-Pass-1", "127.0.0.1").is_ministry_admin

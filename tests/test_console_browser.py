@@ -1,0 +1,54 @@
+"""The console in a real headless Chromium: sign-in, dashboard, division drill-down, language."""
+
+from __future__ import annotations
+
+from tests.conftest import PASSWORD, screenshot
+
+
+def sign_in(page, live_server, username, password=PASSWORD):
+    page.goto(f"{live_server}/login")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+
+
+def test_login_lands_on_the_dashboard_with_real_figures(page, live_server, make_user):
+    make_user("minister")
+    sign_in(page, live_server, "minister")
+    page.wait_for_selector("h1:has-text('仪表盘')")
+    text = page.inner_text("main")
+    assert "34 个省级" in text  # from the loaded 2023 revision, not a made-up number
+    assert "1 名部级管理员" in text
+    screenshot(page, "dashboard")
+
+
+def test_failed_login_shows_the_reason(page, live_server, make_user):
+    make_user("minister")
+    sign_in(page, live_server, "minister", "Not-The-Password-1")
+    page.wait_for_selector(".flash.error")
+    assert "用户名或密码错误" in page.inner_text(".flash.error")
+    screenshot(page, "login-failed")
+
+
+def test_division_drill_down_and_search(page, live_server, make_user):
+    make_user("minister")
+    sign_in(page, live_server, "minister")
+    page.click("nav.mainnav >> text=行政区划")
+    page.click("text=江西省")
+    page.click("text=南昌市")
+    page.wait_for_selector("text=东湖区")
+    assert "全国 / 江西省 / 南昌市" in page.inner_text("nav.breadcrumb")
+    screenshot(page, "divisions-nanchang")
+    page.fill("input[name=q]", "济源")
+    page.click("form.search button")
+    page.wait_for_selector("text=419001")
+
+
+def test_language_switch_to_english_and_back(page, live_server, make_user):
+    make_user("minister")
+    sign_in(page, live_server, "minister")
+    page.click("text=English")
+    page.wait_for_selector("h1:has-text('Dashboard')")
+    assert "34 provinces" in page.inner_text("main")
+    page.click("text=中文")
+    page.wait_for_selector("h1:has-text('仪表盘')")

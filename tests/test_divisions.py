@@ -1,0 +1,111 @@
+"""GB/T 2260 divisions: imports, parents, the API and the console browser."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import func, select
+
+from app.divisions import service
+from app.divisions.codes import MalformedDivisionFile, parse_division_file
+from app.divisions.models import Division
+from app.extensions import db
+
+DATA = service.DATA_DIR
+
+
+def wipe_divisions():
+    db.session.execute(Division.__table__.update().values(parent_code=None))
+    db.session.execute(Division.__table__.delete())
+    db.session.commit()
+
+
+def test_county_without_prefecture_row_hangs_under_its_province(app):
+    jiyuan = service.get("419001")
+    assert (jiyuan.level, jiyuan.parent_code) == ("county", "410000")
+    dongcheng = service.get("110101")  # Beijing's districts have no 110100 row
+    assert dongcheng.parent_code == "110000"
+    donghu = service.get("360102")
+    assert [d.name for d in service.path(donghu)] == ["江西省", "南昌市", "东湖区"]
+
+
+def test_import_2019_then_2023_reports_the_real_changes(app):
+    wipe_divisions()
+    first = service.import_revision((DATA / "gb2260-2019.04.csv").read_bytes(), "2019.04")
+    db.session.commit()
+    assert first.total > 3000 and not first.added  # an initial load is not a list of changes
+    report = service.import_revision((DATA / "gb2260-2023.csv").read_bytes(), "2023")
+    db.session.commit()
+    assert ("130505", "任泽区") in report.added
+    assert "130521" in {code for code, _ in report.retired}
+    retired = db.session.get(Division, "130521")
+    assert retired.retired and retired.retired_in == "2023"  # flagged, never deleted
+    assert db.session.get(Division, "130505").parent_code == "130500"
+
+
+def test_reimporting_the_same_revision_changes_nothing(app):
+    report = service.import_revision((DATA / "gb2260-2023.csv").read_bytes(), "2023")
+    assert not report.changed and report.total == 3210
+
+
+@pytest.mark.parametrize(("content", "line", "reason"), [
+    ("code,name\n110000,北京市\n11010,东城区\n", 3, "not a six-digit code"),
+    ("code,name\n110000,北京市\n110101,东城区\n110101,西城区\n", 4, "appears again"),
+    ("code,name\n110000,北京市\n360102,东湖区\n", 3, "has no province 360000"),
+    ("code,name\n110000,北京市\n110101,\n", 3, "empty name"),
+])
+def test_malformed_file_is_refused_with_its_line_and_changes_nothing(app, content, line, reason):
+    before = db.session.scalar(select(func.count()).select_from(Division))
+    with pytest.raises(MalformedDivisionFile) as caught:
+        service.import_revision(content.encode(), "bad")
+    assert f"line {line}" in caught.value.message and reason in caught.value.message
+    db.session.rollback()
+    assert db.session.scalar(select(func.count()).select_from(Division)) == before
+
+
+def test_cli_import_refuses_malformed_file_and_reports_changes(app, runner, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("code,name\n11000X,北京市\n", encoding="utf-8")
+    result = runner.invoke(args=["divisions", "import", str(bad), "--revision", "x"])
+    assert result.exit_code == 1 and "line 2" in result.output
+    result = runner.invoke(args=["divisions", "import", str(DATA / "gb2260-2019.04.csv"), "--revision", "2019.04",
+                                 "--json"])
+    assert result.exit_code == 0
+    report = json.loads(result.output)
+    assert {"code": "130521", "name": "邢台县"} in report["restored"] or report["added"]
+
+
+def test_parse_rejects_non_utf8(app):
+    with pytest.raises(MalformedDivisionFile):
+        parse_division_file("code,name\n110000,北京市\n".encode("gbk"))
+
+
+def test_api_division_lookup(client):
+    body = client.get("/api/v1/divisions/360102").get_json()
+    assert body["name"] == "东湖区" and body["level"] == "county"
+    assert body["parent"] == "360100" and body["path"] == ["360000", "360100", "360102"]
+
+
+@pytest.mark.parametrize(("code", "status", "error"), [
+    ("999999", 404, "division_not_found"),
+    ("36010", 400, "invalid_division_code"),
+    ("abcdef", 400, "invalid_division_code"),
+])
+def test_api_unknown_or_malformed_code(client, code, status, error):
+    response = client.get(f"/api/v1/divisions/{code}")
+    assert response.status_code == status
+    assert response.get_json()["error"]["code"] == error
+
+
+def test_console_drill_down_and_search(admin_console):
+    client = admin_console.client
+    assert "江西省" in client.get("/divisions/").get_data(as_text=True)
+    jiangxi = client.get("/divisions/360000").get_data(as_text=True)
+    assert "南昌市" in jiangxi and "/divisions/360100" in jiangxi
+    nanchang = client.get("/divisions/360100").get_data(as_text=True)
+    assert "东湖区" in nanchang
+    assert "东湖区" in client.get("/divisions/?q=3601").get_data(as_text=True)
+    found = client.get("/divisions/?q=济源").get_data(as_text=True)
+    assert "419001" in found
+    assert client.get("/divisions/123456").status_code == 404
