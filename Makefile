@@ -26,7 +26,7 @@ $(BIN)/.installed-dev: requirements-dev.txt $(BIN)/.installed
 	touch $@
 
 translations: $(BIN)/.installed
-	@$(BIN)/pybabel compile --use-fuzzy -q -d app/translations
+	@$(BIN)/pybabel compile -d app/translations >/dev/null
 
 # Debian's Chromium drives the browser tests (Playwright never downloads a browser here);
 # a CJK font makes the zh-CN screenshots legible.
