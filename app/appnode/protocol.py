@@ -1,0 +1,312 @@
+"""A.8 node-to-node requests: the Appendix A schemas, the envelope and the protocol's error codes.
+
+docs/protocol.md is the prose of this contract. Plain Python: no Flask, no database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+import uuid
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError, best_match
+from referencing import Registry, Resource
+
+from app.errors import Conflict, DomainError, NotFound, PermissionDenied, ValidationFailed
+
+SCHEMA_DIR = Path(__file__).with_name("schemas")
+SCHEMA_BASE = "https://schemas.mpim.invalid/appnode/v1/"
+KINDS = ("envelope", "sender", "text", "image", "voice", "file", "message", "download", "group_op", "read_state",
+         "sticker", "presence", "ephemeral", "ack", "error", "health")
+# Each federation endpoint takes envelopes of exactly one type.
+ENDPOINTS = {
+    "/api/v1/federation/messages": "message",
+    "/api/v1/federation/groups": "group_op",
+    "/api/v1/federation/ephemeral": "ephemeral",
+    "/api/v1/federation/download": "download",
+}
+MAX_BODY_BYTES = 1024 * 1024
+MAX_SKEW_SECONDS = 300
+MESSAGE_LIMIT = 160
+
+
+# The error codes of docs/protocol.md §5.3, beside the ones app.errors already defines.
+class SchemaViolation(ValidationFailed):
+    code, status = "schema_violation", 422
+
+
+class InvalidJSON(ValidationFailed):
+    code, status = "invalid_json", 400
+
+
+class StaleTimestamp(ValidationFailed):
+    code, status = "stale_timestamp", 400
+
+
+class WrongRecipient(ValidationFailed):
+    code, status = "wrong_recipient", 400
+
+
+class UnknownPeer(PermissionDenied):
+    code, status = "unknown_peer", 403
+
+
+class CertificateMismatch(PermissionDenied):
+    code, status = "certificate_mismatch", 403
+
+
+class SenderMismatch(PermissionDenied):
+    code, status = "sender_mismatch", 403
+
+
+class NotAParticipant(PermissionDenied):
+    code, status = "not_a_participant", 403
+
+
+class FileExpired(DomainError):
+    code, status = "file_expired", 410
+
+
+class PayloadTooLarge(DomainError):
+    code, status = "payload_too_large", 413
+
+
+class UnsupportedMediaType(DomainError):
+    code, status = "unsupported_media_type", 415
+
+
+class RangeNotSatisfiable(DomainError):
+    code, status = "range_not_satisfiable", 416
+
+
+class UnsupportedCapability(DomainError):
+    code, status = "unsupported_capability", 422
+
+
+class RateLimited(DomainError):
+    code, status = "rate_limited", 429
+
+
+class Unavailable(DomainError):
+    code, status = "unavailable", 503
+
+
+ERRORS: dict[str, type[DomainError]] = {cls.code: cls for cls in (
+    InvalidJSON, StaleTimestamp, WrongRecipient, UnknownPeer, CertificateMismatch, SenderMismatch, NotAParticipant,
+    PermissionDenied, NotFound, Conflict, FileExpired, PayloadTooLarge, UnsupportedMediaType, RangeNotSatisfiable,
+    SchemaViolation, UnsupportedCapability, RateLimited, Unavailable)}
+
+
+# ---- schemas ----------------------------------------------------------------------------------------------------
+
+@cache
+def registry() -> Registry:
+    """Every schema in schemas/, by its `$id`, so `$ref: "text.schema.json"` resolves without a network."""
+    resources = []
+    for path in sorted(SCHEMA_DIR.glob("*.schema.json")):
+        contents = json.loads(path.read_text("utf-8"))
+        resources.append((contents["$id"], Resource.from_contents(contents)))
+    return Registry().with_resources(resources).crawl()
+
+
+def schema(kind: str) -> dict:
+    if kind not in KINDS and kind != "common":
+        raise ValueError(f"unknown schema kind {kind!r}")
+    return registry().contents(f"{SCHEMA_BASE}{kind}.schema.json")
+
+
+@cache
+def validator(kind: str) -> Draft202012Validator:
+    """Compiled once per kind; format assertion stays off, so patterns carry the formats."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown schema kind {kind!r}")
+    return Draft202012Validator(schema(kind), registry=registry())
+
+
+def validate(kind: str, document) -> None:
+    """Raise SchemaViolation naming the JSON path of the (most relevant) failure, or return."""
+    error = best_match(validator(kind).iter_errors(document))
+    if error is not None:
+        path = _failing_path(error)
+        message = "not allowed here" if error.validator == "not" and error.validator_value == {} else error.message
+        if len(message) > MESSAGE_LIMIT:
+            message = message[:MESSAGE_LIMIT] + "..."
+        raise SchemaViolation(f"{path}: {message}", field=path[1:].lstrip(".") or None)
+
+
+def _failing_path(error: ValidationError) -> str:
+    """The instance's path, pointing at the missing or unexpected member itself where there is one."""
+    path = error.json_path
+    instance = error.instance
+    if error.validator == "required" and isinstance(instance, dict):
+        missing = [name for name in error.validator_value if name not in instance]
+        name = next((n for n in missing if error.message.startswith(repr(n))), missing[0] if missing else None)
+        return _child(path, name) if name else path
+    if error.validator == "additionalProperties" and isinstance(instance, dict):
+        known = error.schema.get("properties", {})
+        extra = next((key for key in instance if key not in known), None)
+        return _child(path, extra) if extra is not None else path
+    return path
+
+
+def _child(path: str, key: str) -> str:
+    return f"{path}.{key}" if key.isidentifier() else f"{path}[{json.dumps(key[:40])}]"
+
+
+# ---- identifiers and times -------------------------------------------------------------------------------------
+
+def new_message_id() -> str:
+    """A UUIDv7 (RFC 9562): unique, and sorting roughly by creation time, which keeps indexes compact."""
+    millis = time.time_ns() // 1_000_000 & ((1 << 48) - 1)
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (millis << 80) | (0x7 << 76) | ((rand >> 62) & 0xFFF) << 64 | (0b10 << 62) | (rand & ((1 << 62) - 1))
+    return str(uuid.UUID(int=value))
+
+
+@cache
+def _pattern(name: str) -> re.Pattern:
+    return re.compile(schema("common")["$defs"][name]["pattern"])
+
+
+def format_timestamp(moment: datetime) -> str:
+    """RFC 3339 UTC with milliseconds and a `Z`, the only spelling the schemas accept."""
+    if moment.tzinfo is None:
+        raise ValueError("naive datetime: protocol times are aware UTC")
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_timestamp(text: str, field: str = "timestamp") -> datetime:
+    if not isinstance(text, str) or not _pattern("timestamp").match(text):
+        raise SchemaViolation(f"$.{field}: not an RFC 3339 UTC timestamp", field=field)
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:  # the pattern lets 2025-02-30 through
+        raise SchemaViolation(f"$.{field}: not a calendar date", field=field) from None
+
+
+def check_timestamp(ts: str, now: datetime | None = None, skew: float = MAX_SKEW_SECONDS) -> datetime:
+    """A.8: the envelope's timestamp must be within `skew` seconds of the receiver's clock, either way."""
+    moment = parse_timestamp(ts)
+    now = now or datetime.now(UTC)
+    if now.tzinfo is None:
+        raise ValueError("naive datetime: protocol times are aware UTC")
+    drift = (moment - now).total_seconds()
+    if abs(drift) > skew:
+        raise StaleTimestamp(f"timestamp {ts} is {drift:+.0f} s from this node's clock (allowed: +/-{skew:.0f} s)",
+                             field="timestamp")
+    return moment
+
+
+def node_of(address: str) -> str:
+    """The node id of a `user_id@node_id` (or group) address."""
+    return address.rpartition("@")[2]
+
+
+def single_chat_conversation_id(addr_a: str, addr_b: str) -> str:
+    """A.11: "s:" + the first 32 hex digits of SHA-256 over the two addresses, sorted, joined by a newline."""
+    for address in (addr_a, addr_b):
+        if not isinstance(address, str) or not _pattern("address").match(address):
+            raise ValueError(f"not a user address: {address!r}")
+    joined = "\n".join(sorted((addr_a, addr_b)))
+    return "s:" + hashlib.sha256(joined.encode("ascii")).hexdigest()[:32]
+
+
+def conversation_id_for(message: dict) -> str:
+    """The conversation id an A.9 message must carry: derived for single chats, "g:" + group address for groups."""
+    sender = message["sender"]
+    if message["chat_type"] == "single":
+        return single_chat_conversation_id(f"{sender['user_id']}@{sender['node_id']}", message["to"])
+    return "g:" + message["to"]
+
+
+# ---- envelopes ---------------------------------------------------------------------------------------------------
+
+def make_envelope(*, from_node: str, to_node: str, type: str, payload: dict, message_id: str | None = None,
+                  now: datetime | None = None) -> dict:
+    """A.8 envelope; an A.9 message travels under its own message_id, anything else under a fresh one."""
+    if message_id is None:
+        message_id = payload["message_id"] if type == "message" else new_message_id()
+    return {"from_node": from_node, "to_node": to_node, "message_id": message_id,
+            "timestamp": format_timestamp(now or datetime.now(UTC)), "type": type, "payload": payload}
+
+
+def restamp(envelope: dict, now: datetime | None = None) -> dict:
+    """The same delivery, retried: same message_id and payload, a fresh timestamp."""
+    return {**envelope, "timestamp": format_timestamp(now or datetime.now(UTC))}
+
+
+def make_ack(message_id: str, received_at: datetime, *, duplicate: bool = False) -> dict:
+    """The 200 answer; for a duplicate, `received_at` is when the first copy arrived."""
+    return {"status": "duplicate" if duplicate else "accepted", "message_id": message_id,
+            "received_at": format_timestamp(received_at)}
+
+
+def check_envelope(envelope, *, node_id: str, expected_type: str | None = None,
+                   now: datetime | None = None) -> None:
+    """Receiver steps 3-6 of docs/protocol.md §5.4: schema, recipient, clock, who may speak for whom.
+
+    The peer checks against the routing table (unknown_peer, certificate_mismatch) come next, then the duplicate
+    check: those need the node's own state.
+    """
+    validate("envelope", envelope)
+    if expected_type is not None and envelope["type"] != expected_type:
+        raise SchemaViolation(f"$.type: this endpoint takes {expected_type!r} envelopes", field="type")
+    if envelope["to_node"] != node_id:
+        raise WrongRecipient(f"this is node {node_id}, not {envelope['to_node']}", field="to_node")
+    check_timestamp(envelope["timestamp"], now)
+    check = {"message": _check_message, "group_op": _check_group_op, "ephemeral": _check_ephemeral}
+    if envelope["type"] in check:
+        check[envelope["type"]](envelope["from_node"], envelope["to_node"], envelope["message_id"],
+                                envelope["payload"])
+
+
+def _check_message(from_node: str, to_node: str, message_id: str, message: dict) -> None:
+    if message["message_id"] != message_id:
+        raise SchemaViolation("$.payload.message_id: an A.9 message travels under its own message_id",
+                              field="payload.message_id")
+    if message["conversation_id"] != conversation_id_for(message):
+        raise SchemaViolation(f"$.payload.conversation_id: expected {conversation_id_for(message)}",
+                              field="payload.conversation_id")
+    origin, target = message["sender"]["node_id"], node_of(message["to"])
+    if message["chat_type"] == "single":
+        if from_node != origin:
+            raise SenderMismatch(f"node {from_node} cannot send for a user of node {origin}",
+                                 field="payload.sender.node_id")
+        if to_node != target:
+            raise WrongRecipient(f"the recipient lives on node {target}", field="payload.to")
+    elif from_node != target and not (from_node == origin and to_node == target):
+        # A group message goes from the sender's node to the home node, then from the home node to members.
+        raise SenderMismatch("a group message comes from the sender's node to the home node, or from the home node",
+                             field="payload.to")
+
+
+def _check_group_op(from_node: str, to_node: str, message_id: str, op: dict) -> None:
+    home = op["home_node_id"]
+    if "seq" in op:
+        if from_node != home:
+            raise SenderMismatch(f"only the home node {home} announces group state", field="payload.home_node_id")
+    else:
+        if to_node != home:
+            raise WrongRecipient(f"group operations are requested from the home node {home}",
+                                 field="payload.home_node_id")
+        if node_of(op["operator"]) != from_node:
+            raise SenderMismatch(f"node {from_node} cannot act for {op['operator']}", field="payload.operator")
+
+
+def _check_ephemeral(from_node: str, to_node: str, message_id: str, batch: dict) -> None:
+    for index, state in enumerate(batch.get("read_states", ())):
+        relayed = state["conversation_id"].startswith("g:") and node_of(state["conversation_id"]) == from_node
+        if node_of(state["user_id"]) != from_node and not relayed:
+            raise SenderMismatch(f"node {from_node} cannot report for {state['user_id']}",
+                                 field=f"payload.read_states[{index}].user_id")
+    for index, item in enumerate(batch.get("presence", {}).get("items", ())):
+        if node_of(item["user_id"]) != from_node:
+            raise SenderMismatch(f"node {from_node} cannot report for {item['user_id']}",
+                                 field=f"payload.presence.items[{index}].user_id")

@@ -1,0 +1,385 @@
+"""SPEC §5: the signed routing table and the application node's route client."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from app.routing import document
+from app.routing.client import AcceptResult, RouteClient, RouteRejected
+
+NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
+ISSUER = "10000000002015000001"
+JIANGXI = "36000000002025000001"
+HUNAN = "43000000002025000001"
+GUANGDONG = "44000000002025000001"
+
+
+# --- a throwaway PKI -----------------------------------------------------------------------------
+
+@dataclass
+class Issued:
+    key: ec.EllipticCurvePrivateKey
+    cert: x509.Certificate
+
+    @property
+    def pem(self) -> bytes:
+        return self.cert.public_bytes(Encoding.PEM)
+
+    @property
+    def fingerprint(self) -> str:
+        return document.certificate_fingerprint(self.cert)
+
+
+def issue(name: str, issuer: Issued | None = None, *, ca: bool = False, usages=(), days: int = 365,
+          not_before: datetime = NOW - timedelta(days=1)) -> Issued:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    builder = (x509.CertificateBuilder().subject_name(subject)
+               .issuer_name(issuer.cert.subject if issuer else subject)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(not_before).not_valid_after(not_before + timedelta(days=days))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if usages:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
+    return Issued(key, builder.sign(issuer.key if issuer else key, hashes.SHA256()))
+
+
+@dataclass
+class PKI:
+    root: Issued
+    intermediate: Issued
+    signer: Issued
+    node: Issued
+    foreign_signer: Issued
+
+
+@pytest.fixture(scope="module")
+def pki() -> PKI:
+    root = issue("MPIM test root", ca=True, days=3650)
+    intermediate = issue("MPIM test issuing CA", root, ca=True, days=1825)
+    foreign_root = issue("Somebody else's root", ca=True)
+    return PKI(root=root, intermediate=intermediate,
+               signer=issue("route signer", intermediate, usages=[document.ROUTE_SIGNER_USAGE]),
+               node=issue(JIANGXI, intermediate, usages=[ExtendedKeyUsageOID.CLIENT_AUTH]),
+               foreign_signer=issue("route signer", foreign_root, usages=[document.ROUTE_SIGNER_USAGE]))
+
+
+class Clock:
+    def __init__(self, moment: datetime = NOW):
+        self.moment = moment
+
+    def __call__(self) -> datetime:
+        return self.moment
+
+
+def make_client(pki: PKI, **kwargs) -> RouteClient:
+    kwargs.setdefault("now", Clock())
+    return RouteClient(pki.root.pem, intermediates=pki.intermediate.pem, **kwargs)
+
+
+def entry(node_id: str, **changes) -> dict:
+    base = {"node_id": node_id, "division_code": node_id[:6], "org_name": f"Public Security {node_id[:2]}",
+            "system_name": "PoliceChat", "endpoint": f"https://im{node_id[:2]}.example.gov.cn:8443/",
+            "status": "up", "cert_sha256": node_id[:2] * 32, "capabilities": ["text", "image", "group"]}
+    return {**base, **changes}
+
+
+def table(version: int, *entries: dict, expires_in: timedelta = timedelta(hours=24)) -> dict:
+    return document.full_table(version, entries or [entry(JIANGXI), entry(HUNAN)], issuer=ISSUER,
+                               issued_at=NOW - timedelta(minutes=5), expires_at=NOW + expires_in)
+
+
+def signed(pki: PKI, doc: dict, signer: Issued | None = None) -> dict:
+    """The arguments of RouteClient.accept for `doc` signed the way the management node signs it."""
+    signer = signer or pki.signer
+    body = document.serialise(doc)
+    headers = document.signature_headers(body, signer.key, signer.cert)
+    return {"body": body, "signature_b64": headers["X-Route-Signature"],
+            "signer_fingerprint": headers["X-Route-Signer"], "signer_cert_pem": signer.pem}
+
+
+def rejected(client: RouteClient, **arguments) -> str:
+    with pytest.raises(RouteRejected) as caught:
+        client.accept(**arguments)
+    return caught.value.code
+
+
+# --- document.py ---------------------------------------------------------------------------------
+
+def test_serialise_is_compact_sorted_and_keeps_chinese_as_utf8():
+    body = document.serialise({"b": 1, "a": {"org_name": "江西省公安厅", "z": [1, 2]}})
+    assert body == '{"a":{"org_name":"江西省公安厅","z":[1,2]},"b":1}'.encode()
+
+
+def test_openssl_verifies_a_body_signed_by_document(pki, tmp_path):
+    openssl = shutil.which("openssl") or "/usr/bin/openssl"
+    body = document.serialise(table(7, entry(JIANGXI, org_name="江西省公安厅")))
+    headers = document.signature_headers(body, pki.signer.key, pki.signer.cert)
+    assert headers["X-Route-Signer"] == pki.signer.fingerprint
+    (tmp_path / "body.json").write_bytes(body)
+    (tmp_path / "sig.der").write_bytes(base64.b64decode(headers["X-Route-Signature"]))
+    (tmp_path / "signer-pubkey.pem").write_bytes(
+        pki.signer.cert.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    command = [openssl, "dgst", "-sha256", "-verify", "signer-pubkey.pem", "-signature", "sig.der"]
+
+    good = subprocess.run([*command, "body.json"], cwd=tmp_path, capture_output=True, text=True)
+    (tmp_path / "tampered.json").write_bytes(body.replace(b'"version":7', b'"version":8'))
+    bad = subprocess.run([*command, "tampered.json"], cwd=tmp_path, capture_output=True, text=True)
+
+    assert good.returncode == 0 and "Verified OK" in good.stdout
+    assert bad.returncode != 0
+
+
+def test_compute_delta_lists_changed_and_added_entries_and_removed_ids():
+    old = document.nodes_by_id([entry(JIANGXI), entry(HUNAN)])
+    new = document.nodes_by_id([entry(JIANGXI), entry(HUNAN, status="down"), entry(GUANGDONG)])
+    del new[JIANGXI]
+
+    changed, removed = document.compute_delta(old, new)
+
+    assert [item["node_id"] for item in changed] == [HUNAN, GUANGDONG]
+    assert removed == [JIANGXI]
+
+
+def test_describe_changes_says_what_changed_per_node():
+    old = document.nodes_by_id([entry(JIANGXI), entry(HUNAN)])
+    new = document.nodes_by_id([
+        entry(JIANGXI, endpoint="https://new.example.gov.cn/", status="down", cert_sha256="ab" * 32),
+        entry(GUANGDONG),
+    ])
+
+    assert document.describe_changes(old, new) == [
+        f"{JIANGXI} status up→down",
+        f"{JIANGXI} endpoint changed",
+        f"{JIANGXI} certificate changed",
+        f"{HUNAN} removed",
+        f"{GUANGDONG} added",
+    ]
+    assert document.describe_changes(old, old) == []
+
+
+# --- accepting a full table ----------------------------------------------------------------------
+
+def test_good_table_is_accepted_stored_and_reloaded_by_a_new_client(pki, tmp_path):
+    storage = tmp_path / "state" / "routes.json"
+    client = make_client(pki, storage_path=storage)
+
+    result = client.accept(**signed(pki, table(3)))
+
+    assert result == AcceptResult("accepted", 3, None, (f"{JIANGXI} added", f"{HUNAN} added"))
+    assert client.version == 3 and client.entry(HUNAN)["endpoint"] == "https://im43.example.gov.cn:8443/"
+    assert client.entry_for_fingerprint("36" * 32)["node_id"] == JIANGXI
+    assert client.is_trusted_peer(JIANGXI, "36" * 32) and not client.is_trusted_peer(JIANGXI, "43" * 32)
+    assert [path.name for path in storage.parent.iterdir()] == ["routes.json"]  # no temporary file left over
+
+    restarted = make_client(pki, storage_path=storage)
+    assert restarted.table == client.table == table(3)
+    assert rejected(restarted, **signed(pki, table(2))) == "rollback"
+
+
+def test_intermediate_may_come_with_the_response_instead_of_the_constructor(pki):
+    client = RouteClient(pki.root.pem, now=Clock())
+    without_chain = signed(pki, table(1))
+
+    assert rejected(client, **without_chain) == "bad_signer"
+    assert client.accept(**without_chain, chain_pem=pki.intermediate.pem).outcome == "accepted"
+
+
+def test_one_changed_byte_is_a_bad_signature(pki):
+    client = make_client(pki)
+    arguments = signed(pki, table(1))
+    arguments["body"] = arguments["body"].replace(b"https://im36", b"https://im37")
+
+    assert rejected(client, **arguments) == "bad_signature"
+    assert client.table is None
+
+
+def test_garbled_signature_is_a_bad_signature(pki):
+    arguments = {**signed(pki, table(1)), "signature_b64": "not base64!"}
+    assert rejected(make_client(pki), **arguments) == "bad_signature"
+
+
+def test_signer_from_a_foreign_ca_is_a_bad_signer(pki):
+    assert rejected(make_client(pki), **signed(pki, table(1), signer=pki.foreign_signer)) == "bad_signer"
+
+
+def test_signer_certificate_not_matching_the_header_is_a_bad_signer(pki):
+    other_signer = issue("second route signer", pki.intermediate, usages=[document.ROUTE_SIGNER_USAGE])
+    arguments = signed(pki, table(1))
+    # The body really is signed by pki.signer, but the certificate offered is another valid one.
+    arguments["signer_cert_pem"] = other_signer.pem
+
+    assert rejected(make_client(pki), **arguments) == "bad_signer"
+
+
+def test_node_certificate_cannot_sign_a_table_although_it_chains_to_the_root(pki):
+    assert rejected(make_client(pki), **signed(pki, table(1), signer=pki.node)) == "bad_signer"
+
+
+def test_node_cannot_vouch_for_a_signer_certificate_it_issued_itself(pki):
+    forged = issue("route signer", pki.node, usages=[document.ROUTE_SIGNER_USAGE])
+    chain = pki.node.pem + pki.intermediate.pem
+
+    assert rejected(make_client(pki), **signed(pki, table(1), signer=forged), chain_pem=chain) == "bad_signer"
+
+
+def test_signer_certificate_past_its_validity_is_a_bad_signer(pki):
+    client = make_client(pki, now=Clock(NOW + timedelta(days=400)))
+    arguments = signed(pki, table(1, expires_in=timedelta(days=500)))
+
+    assert rejected(client, **arguments) == "bad_signer"
+
+
+def test_older_version_is_a_rollback_and_keeps_the_held_table(pki, tmp_path):
+    storage = tmp_path / "routes.json"
+    client = make_client(pki, storage_path=storage)
+    client.accept(**signed(pki, table(5)))
+    stored = storage.read_bytes()
+
+    assert rejected(client, **signed(pki, table(4, entry(GUANGDONG)))) == "rollback"
+    assert client.version == 5 and client.entry(GUANGDONG) is None
+    assert storage.read_bytes() == stored
+
+
+def test_same_version_again_is_unchanged(pki):
+    client = make_client(pki)
+    client.accept(**signed(pki, table(5)))
+
+    assert client.accept(**signed(pki, table(5))) == AcceptResult("unchanged", 5, 5)
+
+
+def test_expired_table_is_rejected_and_a_held_table_stops_being_used_past_its_expiry(pki):
+    clock = Clock()
+    client = make_client(pki, now=clock)
+    assert rejected(client, **signed(pki, table(1, expires_in=timedelta(0)))) == "expired"
+
+    client.accept(**signed(pki, table(2, expires_in=timedelta(hours=1))))
+    assert client.is_trusted_peer(JIANGXI, "36" * 32)
+    clock.moment = NOW + timedelta(hours=1)
+    assert client.expired and not client.is_trusted_peer(JIANGXI, "36" * 32) and client.entry(JIANGXI) is None
+    assert client.version == 2
+
+
+def test_oversized_body_is_too_large_before_anything_is_parsed_or_verified(pki):
+    client = make_client(pki, max_body_size=1024)
+    garbage = {"body": b"{" * 1025, "signature_b64": "", "signer_fingerprint": "", "signer_cert_pem": b""}
+
+    assert rejected(client, **garbage) == "too_large"
+    assert rejected(client, **{**garbage, "body": b"{" * 1024}) == "bad_signer"
+
+
+@pytest.mark.parametrize("broken", [
+    {"node_id": "3600000000202500001"},
+    {"endpoint": "http://im36.example.gov.cn/"},
+    {"endpoint": "https:///no-host"},
+    {"status": "sleeping"},
+    {"cert_sha256": "36" * 31},
+    {"capabilities": ["text", "telepathy"]},
+])
+def test_malformed_entry_is_rejected(pki, broken):
+    client = make_client(pki)
+    assert rejected(client, **signed(pki, table(1, {**entry(JIANGXI), **broken}))) == "malformed"
+    assert client.table is None
+
+
+def test_signed_body_that_is_not_a_table_is_malformed(pki):
+    client = make_client(pki)
+    body = b'["not", "a", "table"]'
+    arguments = {**signed(pki, table(1)), "body": body,
+                 "signature_b64": base64.b64encode(document.sign_body(body, pki.signer.key)).decode()}
+
+    assert rejected(client, **arguments) == "malformed"
+
+
+def test_own_entry_with_another_certificate_is_rejected(pki):
+    client = make_client(pki, node_id=JIANGXI, own_fingerprint=pki.node.fingerprint)
+
+    assert rejected(client, **signed(pki, table(1))) == "own_entry_mismatch"
+    assert client.accept(**signed(pki, table(2, entry(JIANGXI, cert_sha256=pki.node.fingerprint)))).version == 2
+
+
+# --- deltas --------------------------------------------------------------------------------------
+
+def delta(version: int, since: int, changed=(), removed=()) -> dict:
+    return document.delta_document(version, since, changed, removed, issuer=ISSUER,
+                                   issued_at=NOW, expires_at=NOW + timedelta(hours=24))
+
+
+def test_delta_is_applied_to_the_held_table(pki, tmp_path):
+    client = make_client(pki, storage_path=tmp_path / "routes.json")
+    client.accept(**signed(pki, table(1, entry(JIANGXI), entry(HUNAN), entry(GUANGDONG))))
+
+    moved = entry(HUNAN, endpoint="https://im43-new.example.gov.cn/")
+    result = client.accept(**signed(pki, delta(2, 1, changed=[moved], removed=[GUANGDONG])))
+
+    assert result.changes == (f"{HUNAN} endpoint changed", f"{GUANGDONG} removed")
+    held = client.table
+    assert held["version"] == 2 and "since" not in held and "changed" not in held
+    assert held["nodes"] == [entry(JIANGXI), moved]
+    assert make_client(pki, storage_path=tmp_path / "routes.json").table == held
+
+
+def test_delta_on_another_base_asks_for_the_full_table(pki):
+    client = make_client(pki)
+    assert rejected(client, **signed(pki, delta(3, 2, changed=[entry(GUANGDONG)]))) == "delta_base_mismatch"
+
+    client.accept(**signed(pki, table(1)))
+    assert rejected(client, **signed(pki, delta(3, 2, changed=[entry(GUANGDONG)]))) == "delta_base_mismatch"
+    assert client.version == 1 and client.entry(GUANGDONG) is None
+
+
+# --- pulling -------------------------------------------------------------------------------------
+
+@dataclass
+class Response:
+    status: int
+    headers: dict
+    body: bytes = b""
+
+
+def test_pull_sends_the_held_version_and_takes_304_as_unchanged(pki):
+    client = make_client(pki)
+    first = signed(pki, table(4))
+    sent = []
+
+    def fetch(headers):
+        sent.append(headers)
+        if headers.get("If-None-Match") == '"4"':
+            return Response(304, {})
+        return Response(200, {"x-route-signature": first["signature_b64"],
+                              "X-Route-Signer": first["signer_fingerprint"]}, first["body"])
+
+    assert client.pull(fetch, pki.signer.pem).outcome == "accepted"
+    assert client.pull(fetch, pki.signer.pem) == AcceptResult("unchanged", 4, 4)
+    assert "If-None-Match" not in sent[0] and sent[1]["If-None-Match"] == '"4"'
+
+
+def test_stored_state_is_the_table_and_the_signed_body_it_came_from(pki, tmp_path):
+    storage = tmp_path / "routes.json"
+    arguments = signed(pki, table(1))
+    make_client(pki, storage_path=storage).accept(**arguments)
+
+    stored = json.loads(storage.read_text("utf-8"))
+    assert base64.b64decode(stored["body"]) == arguments["body"]
+    assert stored["signature"] == arguments["signature_b64"] and stored["table"] == table(1)
+
+
+def test_unreadable_storage_is_refused_rather_than_silently_forgotten(pki, tmp_path):
+    storage = tmp_path / "routes.json"
+    storage.write_text('{"table": {"version": 3}}', "utf-8")
+
+    with pytest.raises(RouteRejected) as caught:
+        make_client(pki, storage_path=storage)
+    assert caught.value.code == "storage_corrupt"
