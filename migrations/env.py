@@ -71,6 +71,14 @@ def run_migrations_offline():
         context.run_migrations()
 
 
+def include_object(obj, name, type_, reflected, compare_to):
+    """SQLite cannot add a foreign key to an existing table, so revisions made against SQLite
+    must not try to; PostgreSQL gets those constraints from the revision that creates them."""
+    if type_ == "foreign_key_constraint" and context.get_bind().dialect.name == "sqlite":
+        return False
+    return True
+
+
 def render_item(type_, obj, autogen_context):
     """Revisions must not import the app: render our UTCDateTime as a plain aware DateTime."""
     if type_ == "type" and type(obj).__name__ == "UTCDateTime":
@@ -98,6 +106,7 @@ def run_migrations_online():
 
     conf_args = current_app.extensions['migrate'].configure_args
     conf_args.setdefault("render_item", render_item)
+    conf_args.setdefault("include_object", include_object)
     if conf_args.get("process_revision_directives") is None:
         conf_args["process_revision_directives"] = process_revision_directives
 

@@ -1,0 +1,58 @@
+"""`flask scheduler run|jobs|run-job`."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+from sqlalchemy import func, select
+
+from app.extensions import db
+from app.scheduler import leader, registry
+from app.scheduler.models import JobRun
+from app.scheduler.runner import SchedulerProcess, run_job
+
+cli = AppGroup("scheduler", help="The scheduler process (one leader runs every job).")
+
+
+@cli.command("run")
+@click.option("--lease-seconds", default=30.0, show_default=True)
+def run_command(lease_seconds):
+    """Run the scheduler in the foreground; start one or more, only the leader runs jobs."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    SchedulerProcess(current_app._get_current_object(), lease_seconds=lease_seconds).start()
+
+
+@cli.command("jobs")
+@click.option("--json", "as_json", is_flag=True)
+def jobs_command(as_json):
+    """The registered jobs and their last run."""
+    lease = leader.current_leader()
+    for job in registry.jobs:
+        last = db.session.scalar(select(JobRun).where(JobRun.job == job.name).order_by(JobRun.started_at.desc())
+                                 .limit(1))
+        runs = db.session.scalar(select(func.count()).where(JobRun.job == job.name))
+        item = {"job": job.name, "interval_seconds": job.interval_seconds, "runs": runs,
+                "last_started_at": last.started_at.isoformat() if last else None,
+                "last_ok": last.ok if last else None, "last_message": last.message if last else None,
+                "leader": lease.holder if lease else None}
+        click.echo(json.dumps(item) if as_json else
+                   f"{job.name:<24} every {job.interval_seconds:>6g}s  runs {runs:<6} "
+                   f"last {item['last_started_at'] or '—'} {'' if last is None else ('ok' if last.ok else 'FAILED')}"
+                   f" {item['last_message'] or ''}")
+
+
+@cli.command("run-job")
+@click.argument("name")
+def run_job_command(name):
+    """Run one job now in the foreground (outside the leader lock)."""
+    job = next((j for j in registry.jobs if j.name == name), None)
+    if job is None:
+        raise click.UsageError(f"no job {name!r}; see `flask scheduler jobs`")
+    run = run_job(job, "cli")
+    click.echo(f"{name}: {'ok' if run.ok else 'FAILED'} in {run.seconds}s {run.message}")
+    if not run.ok:
+        raise SystemExit(1)

@@ -1,0 +1,23 @@
+"""Every periodic job is one entry of this list (as redash's tasks/schedule.py): features append
+theirs in `init_app`; only the scheduler process runs them, never a web worker."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    function: Callable[[], str | None]  # returns a one-line summary for the run record
+    interval_seconds: float
+    timeout_seconds: float = 300
+
+
+jobs: list[Job] = []
+
+
+def register(job: Job) -> None:
+    if all(existing.name != job.name for existing in jobs):
+        jobs.append(job)

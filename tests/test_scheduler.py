@@ -1,0 +1,78 @@
+"""The scheduler's leader lease: one leader among many processes, and failover when it dies."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import select
+
+from app.database import utcnow
+from app.extensions import db
+from app.scheduler import leader
+from app.scheduler.models import JobRun, SchedulerLease
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_lease_is_exclusive_until_it_expires(app):
+    assert leader.try_acquire("a", 30)
+    assert not leader.try_acquire("b", 30)
+    assert leader.try_acquire("a", 30)  # renewal
+    db.session.get(SchedulerLease, "scheduler").expires_at = utcnow() - timedelta(seconds=1)
+    db.session.commit()
+    assert leader.try_acquire("b", 30)
+    assert not leader.try_acquire("a", 30)
+    assert leader.current_leader().holder == "b"
+
+
+def wait_for(condition, timeout: float = 30.0, step: float = 0.1):
+    """Poll a database condition until it holds (the processes share nothing else with us)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        db.session.rollback()
+        value = condition()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError("condition not reached in time")
+
+
+def start_scheduler(app) -> subprocess.Popen:
+    env = {**os.environ, "FLASK_APP": "wsgi.py", "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
+           "MPIM_INSTANCE_PATH": app.config["MPIM_INSTANCE_PATH"], "SECRET_KEY": "test",
+           "MPIM_HEARTBEAT_SECONDS": "0.3"}
+    return subprocess.Popen([str(Path(sys.executable).with_name("flask")), "scheduler", "run", "--lease-seconds",
+                             "2"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def heartbeat_holders() -> list[str]:
+    return list(db.session.scalars(select(JobRun.holder).where(JobRun.job == "scheduler.heartbeat")
+                                   .order_by(JobRun.id)))
+
+
+def test_two_scheduler_processes_run_each_job_on_one_leader_only(app):
+    processes = [start_scheduler(app), start_scheduler(app)]
+    try:
+        wait_for(lambda: len(heartbeat_holders()) >= 6)
+        holders = heartbeat_holders()
+        assert len(set(holders)) == 1, holders
+        first_leader = holders[0]
+        pid = int(first_leader.split(":")[1])
+        victim = next(p for p in processes if p.pid == pid)
+        victim.send_signal(signal.SIGKILL)  # no clean release: the lease must expire on its own
+        victim.wait()
+        before = len(heartbeat_holders())
+        wait_for(lambda: len(set(heartbeat_holders()[before:])) == 1 and len(heartbeat_holders()) >= before + 3)
+        successors = set(heartbeat_holders()[before:])
+        assert first_leader not in successors
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+                process.wait(timeout=10)
