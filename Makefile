@@ -6,8 +6,10 @@ export FLASK_APP := wsgi.py
 
 .PHONY: run test setup setup-dev translations db lint pytest bench i18n-extract clean
 
+# The console with gunicorn, and the scheduler process beside it (stopped together).
 run: setup db
-	@MPIM_COOKIE_SECURE=$${MPIM_COOKIE_SECURE:-0} $(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+	@$(BIN)/flask scheduler run & scheduler=$$!; trap 'kill $$scheduler 2>/dev/null' EXIT INT TERM; \
+	MPIM_COOKIE_SECURE=$${MPIM_COOKIE_SECURE:-0} $(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
 test: setup-dev lint pytest
 
@@ -43,6 +45,7 @@ db: setup
 	@$(BIN)/flask db upgrade
 	@$(BIN)/flask divisions import
 	@$(BIN)/flask users ensure-admin
+	@$(BIN)/flask ca init --if-missing --generate-passphrase
 
 lint: setup-dev
 	$(BIN)/ruff check .

@@ -16,6 +16,12 @@ FEATURES = (
     "app.auth",
     "app.divisions",
     "app.console",
+    "app.scheduler",
+    "app.admission",
+    "app.pki",
+    "app.sessions",
+    "app.health",
+    "app.routing",
 )
 
 

@@ -36,6 +36,7 @@ def _test_config(instance: Path, url: str) -> dict:
         "REMEMBER_COOKIE_SECURE": False,
         "SECRET_KEY": "test-secret-key",
         "MPIM_PAGE_SIZE": 20,
+        "MPIM_CA_PASSPHRASE": "test-ca-passphrase",
     }
 
 
@@ -133,7 +134,14 @@ def app(database, tmp_path):
     application = create_app(_test_config(tmp_path / "instance", url))
     application.test_client_class = IsolatedClient
     with application.app_context():
+        from app.pki import service as pki
+
+        pki.initialise(actor="tests")  # a real CA per test: approval, sessions and routes need one
+        db.session.commit()
         yield application
+        from app.routing.serving import cache_for
+
+        cache_for(application).close()
         db.session.remove()
         if database["kind"] == "postgresql":
             _reset_postgresql(database["baseline"])

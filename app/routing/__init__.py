@@ -1,6 +1,55 @@
-"""The routing table (SPEC §5): the signed document the management node publishes and nodes verify.
+"""The signed routing table (SPEC §5): publication, serving, history, and the node-side client."""
 
-`document` holds the wire shape (building, serialising, diffing, checking and signing a table);
-`client` is what an application node runs to accept a pulled table in TUF's order of checks.
-No Flask wiring lives here: the server side (versions, API, console) is built on top of `document`.
-"""
+
+def publish_after(reason: str):
+    def hook(*_args) -> None:
+        from app.routing import service
+
+        service.publish(reason)
+
+    hook.__name__ = f"publish_after_{reason.replace(' ', '_')}"
+    return hook
+
+
+_hooks = {
+    "node_admitted": publish_after("node admitted"),
+    "node_status_changed": publish_after("node status"),
+    "node_changed": publish_after("node changed"),
+}
+_health_hook = publish_after("health round")
+_certificate_hook = publish_after("certificate changed")
+
+
+def init_app(app) -> None:
+    from flask_babel import lazy_gettext as _l
+
+    from app import console
+    from app.admission import hooks
+    from app.health import service as health
+    from app.pki import service as pki
+    from app.routing.api import bp as api_bp
+    from app.routing.cli import cli
+    from app.routing.views import bp
+    from app.scheduler import registry
+
+    app.register_blueprint(api_bp)
+    app.register_blueprint(bp)
+    app.cli.add_command(cli)
+    for name, hook in _hooks.items():
+        registry_list = getattr(hooks, name)
+        if hook not in registry_list:
+            registry_list.append(hook)
+    if _health_hook not in health.status_changed:
+        health.status_changed.append(_health_hook)
+    if _certificate_hook not in pki.certificate_changed:
+        pki.certificate_changed.append(_certificate_hook)
+    registry.register(registry.Job("routes.resign", _resign, 600))
+    entry = ("routes.index", _l("Routes"), ("ministry_admin", "provincial_admin", "auditor"))
+    if entry not in console.nav_entries:
+        console.nav_entries.append(entry)
+
+
+def _resign() -> str:
+    from app.routing import service
+
+    return service.resign_job()

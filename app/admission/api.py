@@ -1,0 +1,67 @@
+"""Admission API (SPEC §4): applications with an enrollment token, and division resolution."""
+
+from __future__ import annotations
+
+from flask import Blueprint, request
+
+from app.admission import applications, nodes
+from app.errors import DomainError, ValidationFailed
+from app.extensions import csrf, db
+
+bp = Blueprint("admission_api", __name__, url_prefix="/api/v1")
+csrf.exempt(bp)
+
+
+class UnsupportedMediaType(DomainError):
+    code = "unsupported_media_type"
+    status = 415
+
+
+def bearer_token() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+def json_body() -> dict:
+    """The body must be declared and parse as a JSON object; anything else is refused up front."""
+    if request.mimetype != "application/json":
+        raise UnsupportedMediaType("Send the body as application/json.")
+    document = request.get_json(silent=True)
+    if document is None:
+        raise ValidationFailed("The body is not valid JSON.", code="invalid_json")
+    if not isinstance(document, dict):
+        raise ValidationFailed("The body must be a JSON object.", code="invalid_body")
+    return document
+
+
+def application_status(application) -> dict:
+    body = {"application_id": application.id, "status": application.status}
+    if application.node_id:
+        body["node_id"] = application.node_id
+    if application.reason:
+        body["reason"] = application.reason
+    return body
+
+
+@bp.post("/applications")
+def submit():
+    token = bearer_token()
+    document = json_body()
+    application = applications.submit_with_token(token, document)
+    db.session.commit()
+    return application_status(application), 201
+
+
+@bp.get("/applications/<application_id>")
+def status(application_id: str):
+    return application_status(applications.get_for_token(application_id, bearer_token()))
+
+
+@bp.get("/resolve")
+def resolve():
+    code = request.args.get("division", "")
+    node, level = nodes.resolve(code)
+    return {"division": code, "matched_level": level, "matched_division": node.division_code,
+            "node": {"node_id": node.node_id, "division_code": node.division_code, "org_name": node.org_name,
+                     "system_name": node.system_name, "endpoint": node.endpoint}}

@@ -1,0 +1,226 @@
+"""Applications (SPEC §3 steps 2-4): submit, review, approve, reject.
+
+`approve()` is the one rule the console button, the API and `flask applications approve` share.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+
+from flask_babel import lazy_gettext as _l
+from sqlalchemy import func, select
+
+from app.admission import hooks, information, nodes, tokens
+from app.admission.information import NodeInformation, endpoint_host
+from app.admission.models import Application, EnrollmentToken, Node
+from app.audit import service as audit
+from app.auth.access import require_division_scope
+from app.auth.models import division_prefix
+from app.database import utcnow
+from app.divisions import service as divisions
+from app.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
+from app.extensions import db
+
+
+def inspect_csr(pem: str | None) -> dict:
+    """Parse the CSR and apply the CA's key policy; returns what the review page shows."""
+    from app.pki import csr_policy
+
+    if not pem or not pem.strip():
+        raise ValidationFailed(_l("A PKCS#10 CSR (PEM) is required."), code="missing_csr", field="csr")
+    csr = csr_policy.load_csr(pem)
+    csr_policy.check_csr(csr)
+    return csr_policy.describe_csr(csr)
+
+
+def _require_endpoint_free(endpoint: str, node_id: str | None = None, application_id: str | None = None) -> None:
+    """One endpoint, one node: a second node at the same URL would make routing ambiguous."""
+    taken = db.session.scalar(select(Node.node_id).where(Node.endpoint == endpoint, Node.status != "revoked",
+                                                          Node.node_id != (node_id or "")))
+    if taken:
+        raise Conflict(_l("Node %(node)s already serves %(url)s.", node=taken, url=endpoint),
+                       code="endpoint_in_use", field="endpoint")
+    pending = db.session.scalar(select(Application.id).where(Application.endpoint == endpoint,
+                                                             Application.status == "pending",
+                                                             Application.id != (application_id or "")))
+    if pending:
+        raise Conflict(_l("Application %(id)s for %(url)s is already waiting for review.", id=pending, url=endpoint),
+                       code="endpoint_pending", field="endpoint")
+
+
+def _new_application(info: NodeInformation, csr_pem: str | None, **fields) -> Application:
+    application = Application(
+        id=uuid.uuid4().hex, division_code=info.division_code, org_name=info.org_name,
+        system_name=info.system_name, vendor=info.vendor, endpoint=info.endpoint,
+        contact_name=info.contact_name, contact_phone=info.contact_phone, contact_email=info.contact_email,
+        capabilities=list(info.capabilities), csr_pem=csr_pem.strip() + "\n" if csr_pem else None, **fields,
+    )
+    db.session.add(application)
+    return application
+
+
+def submit_with_token(raw_token: str | None, document) -> Application:
+    """API door: the token is checked first; it fixes the division the node may claim (its own or below)."""
+    token = tokens.find_by_raw(raw_token)
+    tokens.require_usable(token)
+    info = information.parse(document)
+    csr_pem = document.get("csr")
+    if csr_pem is not None and not isinstance(csr_pem, str):
+        raise ValidationFailed(_l("csr must be a PEM string."), code="invalid_csr", field="csr")
+    divisions.require_current(info.division_code)
+    if not info.division_code.startswith(division_prefix(token.division_code)):
+        raise PermissionDenied(_l("This token admits nodes in %(code)s only.", code=token.division_code),
+                               code="out_of_scope", field="division_code")
+    inspect_csr(csr_pem)
+    _require_endpoint_free(info.endpoint)
+    tokens.consume(token)  # last: only an accepted application uses the token up
+    application = _new_application(info, csr_pem, token_id=token.id)
+    db.session.flush()
+    audit.record("application.submit", application.id,
+                 {"division": info.division_code, "endpoint": info.endpoint, "token": token.prefix},
+                 actor=f"token:{token.prefix}")
+    return application
+
+
+def submit_by_user(info: NodeInformation, csr_pem: str | None, *, by) -> Application:
+    """Console door: a provincial (or ministry) admin applies inside its own scope."""
+    divisions.require_current(info.division_code)
+    require_division_scope(by, info.division_code)
+    inspect_csr(csr_pem)
+    _require_endpoint_free(info.endpoint)
+    application = _new_application(info, csr_pem, submitted_by_id=by.id)
+    db.session.flush()
+    audit.record("application.submit", application.id,
+                 {"division": info.division_code, "endpoint": info.endpoint}, actor=by.username)
+    return application
+
+
+def submit_change(node: Node, info: NodeInformation, csr_pem: str | None, *, by) -> Application:
+    """Endpoint or contact changes go through the same review as an admission."""
+    require_division_scope(by, node.division_code)
+    if node.status == "revoked":
+        raise Conflict(_l("A revoked node cannot change."), code="node_revoked")
+    info = replace(info, division_code=node.division_code)
+    if info.endpoint != node.endpoint:
+        _require_endpoint_free(info.endpoint, node.node_id)
+    if endpoint_host(info.endpoint) != endpoint_host(node.endpoint) and not csr_pem:
+        raise ValidationFailed(_l("A new endpoint host needs a new CSR: the certificate names the host."),
+                               code="missing_csr", field="csr")
+    if csr_pem:
+        inspect_csr(csr_pem)
+    application = _new_application(info, csr_pem, kind="change", node_id=node.node_id, submitted_by_id=by.id)
+    db.session.flush()
+    audit.record("application.submit_change", application.id, {"node": node.node_id, "endpoint": info.endpoint},
+                 actor=by.username)
+    return application
+
+
+def get(application_id: str) -> Application:
+    application = db.session.get(Application, application_id) if len(application_id) <= 32 else None
+    if application is None:
+        raise NotFound(_l("No application %(id)s.", id=application_id), code="application_not_found")
+    return application
+
+
+def get_for_token(application_id: str, raw_token: str | None) -> Application:
+    """Only the holder of the token that submitted an application may read its status."""
+    token = tokens.find_by_raw(raw_token)
+    application = db.session.get(Application, application_id) if len(application_id) <= 32 else None
+    if application is None or application.token_id != token.id:
+        raise NotFound("No application with this id for this token.", code="application_not_found")
+    return application
+
+
+def _require_ministry(by) -> None:
+    if by.role != "ministry_admin":
+        raise PermissionDenied(_l("Only a ministry admin may do this."), code="ministry_only")
+
+
+def _require_pending(application: Application) -> None:
+    if application.status != "pending":
+        raise Conflict(_l("Application %(id)s is %(status)s already.", id=application.id,
+                          status=application.status), code="application_not_pending")
+
+
+def approve(application: Application, *, by) -> Node:
+    """Assign the node id, admit the node and run the hooks (certificate, routing) in one transaction."""
+    _require_ministry(by)
+    _require_pending(application)
+    if application.kind == "change":
+        return _approve_change(application, by=by)
+    divisions.require_current(application.division_code)
+    _require_endpoint_free(application.endpoint, application_id=application.id)
+    node = Node(
+        node_id=nodes.allocate_node_id(application.division_code), division_code=application.division_code,
+        province_prefix=application.division_code[:2], org_name=application.org_name,
+        system_name=application.system_name, vendor=application.vendor, endpoint=application.endpoint,
+        contact_name=application.contact_name, contact_phone=application.contact_phone,
+        contact_email=application.contact_email, capabilities=list(application.capabilities), status="active",
+        application_id=application.id, enrolled_by_token_id=application.token_id, approved_by=by.username,
+    )
+    db.session.add(node)
+    db.session.flush()  # nodes and applications refer to each other: the node row must exist first
+    application.status, application.node_id = "approved", node.node_id
+    application.reviewed_by, application.reviewed_at = by.username, utcnow()
+    db.session.flush()
+    hooks.run(hooks.node_admitted, node, application)
+    audit.record("application.approve", application.id, {"node": node.node_id, "division": node.division_code},
+                 actor=by.username)
+    return node
+
+
+CHANGEABLE = ("org_name", "system_name", "vendor", "endpoint", "contact_name", "contact_phone", "contact_email",
+              "capabilities")
+
+
+def _approve_change(application: Application, *, by) -> Node:
+    node = nodes.get(application.node_id)
+    if node.status == "revoked":
+        raise Conflict(_l("A revoked node cannot change."), code="node_revoked")
+    if application.endpoint != node.endpoint:
+        _require_endpoint_free(application.endpoint, node.node_id, application.id)
+    changes = {name: (getattr(node, name), getattr(application, name)) for name in CHANGEABLE
+               if getattr(node, name) != getattr(application, name)}
+    for name, (_, new) in changes.items():
+        setattr(node, name, new)
+    application.status = "approved"
+    application.reviewed_by, application.reviewed_at = by.username, utcnow()
+    db.session.flush()
+    hooks.run(hooks.node_changed, node, application, changes)
+    audit.record("application.approve_change", application.id,
+                 {"node": node.node_id, "changed": sorted(changes)}, actor=by.username)
+    return node
+
+
+def reject(application: Application, reason: str, *, by) -> Application:
+    _require_ministry(by)
+    _require_pending(application)
+    reason = (reason or "").strip()
+    if not reason:
+        raise ValidationFailed(_l("A rejection needs a reason."), code="reason_required", field="reason")
+    application.status, application.reason = "rejected", reason[:500]
+    application.reviewed_by, application.reviewed_at = by.username, utcnow()
+    audit.record("application.reject", application.id, {"reason": application.reason}, actor=by.username)
+    return application
+
+
+def queue_query(user, *, status: str | None = "pending", division: str = "", kind: str = ""):
+    from app.admission.scope import division_filter
+
+    query = select(Application).where(division_filter(user, Application.division_code))
+    if status:
+        query = query.where(Application.status == status)
+    if division:
+        query = query.where(Application.division_code.startswith(division_prefix(division)))
+    if kind:
+        query = query.where(Application.kind == kind)
+    return query.order_by(Application.created_at.desc(), Application.id)
+
+
+def pending_count() -> int:
+    return db.session.scalar(select(func.count()).where(Application.status == "pending")) or 0
+
+
+def token_of(application: Application) -> EnrollmentToken | None:
+    return application.token

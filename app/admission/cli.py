@@ -1,0 +1,186 @@
+"""`flask tokens …`, `flask applications …`, `flask nodes …`: the console's twins."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from flask.cli import AppGroup
+
+from app.admission import applications, nodes, tokens
+from app.auth import service as users
+from app.database import paginate
+from app.errors import DomainError
+from app.extensions import db
+
+tokens_cli = AppGroup("tokens", help="Enrollment tokens.")
+applications_cli = AppGroup("applications", help="Node applications.")
+nodes_cli = AppGroup("nodes", help="Admitted nodes.")
+
+user_option = click.option("--user", "username", required=True, help="The console user acting (audited).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+def run(action, as_json: bool):
+    """Call a service, commit, and turn a domain error into exit code 1 with its code."""
+    try:
+        result = action()
+        db.session.commit()
+        return result
+    except DomainError as error:
+        db.session.rollback()
+        click.echo(json.dumps(error.to_dict(), ensure_ascii=False) if as_json else f"error: {error.message}",
+                   err=True)
+        raise SystemExit(1) from None
+
+
+def emit(item: dict, as_json: bool, line: str) -> None:
+    click.echo(json.dumps(item, ensure_ascii=False, default=str) if as_json else line)
+
+
+def token_dict(token) -> dict:
+    return {"id": token.id, "prefix": token.prefix, "division": token.division_code, "state": token.state(),
+            "issued_by": token.issued_by.username, "expires_at": token.expires_at.isoformat()}
+
+
+@tokens_cli.command("create")
+@click.option("--division", required=True)
+@user_option
+@click.option("--ttl", default="7d", show_default=True)
+@click.option("--note", default="")
+@json_option
+def tokens_create(division, username, ttl, note, as_json):
+    """Issue a token; the raw token is printed once and never again."""
+    token, raw = run(lambda: tokens.create_token(division, by=users.get_user(username), ttl=tokens.parse_ttl(ttl),
+                                                 note=note), as_json)
+    emit({**token_dict(token), "token": raw}, as_json, f"{raw}\n(expires {token.expires_at:%Y-%m-%d %H:%M} UTC; "
+         "shown once)")
+
+
+@tokens_cli.command("list")
+@user_option
+@json_option
+def tokens_list(username, as_json):
+    user = users.get_user(username)
+    for token in db.session.scalars(tokens.visible_tokens_query(user)):
+        item = token_dict(token)
+        emit(item, as_json, f"{token.id:>5} {token.prefix}… {token.division_code} {item['state']:<8} "
+             f"by {item['issued_by']} expires {token.expires_at:%Y-%m-%d}")
+
+
+@tokens_cli.command("revoke")
+@click.argument("token_id", type=int)
+@user_option
+@json_option
+def tokens_revoke(token_id, username, as_json):
+    token = run(lambda: tokens.revoke_token(token_id, by=users.get_user(username)), as_json)
+    emit(token_dict(token), as_json, f"revoked {token.prefix}…")
+
+
+def application_dict(application) -> dict:
+    return {"application_id": application.id, "kind": application.kind, "status": application.status,
+            "division_code": application.division_code, "org_name": application.org_name,
+            "system_name": application.system_name, "vendor": application.vendor, "endpoint": application.endpoint,
+            "contact": {"name": application.contact_name, "phone": application.contact_phone,
+                        "email": application.contact_email},
+            "capabilities": application.capabilities, "node_id": application.node_id, "reason": application.reason,
+            "created_at": application.created_at.isoformat()}
+
+
+@applications_cli.command("list")
+@click.option("--status", default="pending", show_default=True, help="pending, approved, rejected or all")
+@user_option
+@json_option
+def applications_list(status, username, as_json):
+    user = users.get_user(username)
+    query = applications.queue_query(user, status=None if status == "all" else status)
+    for application in paginate(query, 1, 1000, count=False).items:
+        emit(application_dict(application), as_json, f"{application.id} {application.status:<8} "
+             f"{application.division_code} {application.org_name} {application.endpoint}")
+
+
+@applications_cli.command("show")
+@click.argument("application_id")
+@json_option
+def applications_show(application_id, as_json):
+    application = run(lambda: applications.get(application_id), as_json)
+    item = application_dict(application)
+    if application.csr_pem:
+        item["csr"] = run(lambda: applications.inspect_csr(application.csr_pem), as_json)
+    emit(item, True, "")
+
+
+@applications_cli.command("approve")
+@click.argument("application_id")
+@user_option
+@json_option
+def applications_approve(application_id, username, as_json):
+    node = run(lambda: applications.approve(applications.get(application_id), by=users.get_user(username)), as_json)
+    emit({"application_id": application_id, "status": "approved", "node_id": node.node_id}, as_json,
+         f"approved: node {node.node_id}")
+
+
+@applications_cli.command("reject")
+@click.argument("application_id")
+@click.option("--reason", required=True)
+@user_option
+@json_option
+def applications_reject(application_id, reason, username, as_json):
+    run(lambda: applications.reject(applications.get(application_id), reason, by=users.get_user(username)),
+        as_json)
+    emit({"application_id": application_id, "status": "rejected", "reason": reason}, as_json, "rejected")
+
+
+def node_dict(node) -> dict:
+    return {"node_id": node.node_id, "division_code": node.division_code, "org_name": node.org_name,
+            "system_name": node.system_name, "vendor": node.vendor, "endpoint": node.endpoint,
+            "status": node.status, "status_reason": node.status_reason, "capabilities": node.capabilities,
+            "enrolled_by_token": node.enrolled_by_token.prefix if node.enrolled_by_token else None,
+            "token_issued_by": node.enrolled_by_token.issued_by.username if node.enrolled_by_token else None,
+            "approved_by": node.approved_by, "approved_at": node.approved_at.isoformat()}
+
+
+@nodes_cli.command("list")
+@click.option("--status", default="")
+@click.option("--province", default="")
+@user_option
+@json_option
+def nodes_list(status, province, username, as_json):
+    query = nodes.list_query(users.get_user(username), status=status, province=province)
+    for node in paginate(query, 1, 100000, count=False).items:
+        emit(node_dict(node), as_json, f"{node.node_id} {node.status:<9} {node.org_name} {node.endpoint}")
+
+
+@nodes_cli.command("show")
+@click.argument("node_id")
+@json_option
+def nodes_show(node_id, as_json):
+    emit(node_dict(run(lambda: nodes.get(node_id), as_json)), True, "")
+
+
+def lifecycle_command(name: str, action):
+    @nodes_cli.command(name)
+    @click.argument("node_id")
+    @click.option("--reason", required=True)
+    @user_option
+    @json_option
+    def command(node_id, reason, username, as_json):
+        node = run(lambda: action(nodes.get(node_id), reason, by=users.get_user(username)), as_json)
+        emit(node_dict(node), as_json, f"{node.node_id} is now {node.status}")
+
+    command.__doc__ = f"{name.capitalize()} a node (ministry admins; needs a reason)."
+    return command
+
+
+lifecycle_command("suspend", nodes.suspend)
+lifecycle_command("resume", nodes.resume)
+lifecycle_command("revoke", nodes.revoke)
+
+
+@nodes_cli.command("resolve")
+@click.argument("division_code")
+@json_option
+def nodes_resolve(division_code, as_json):
+    node, level = run(lambda: nodes.resolve(division_code), as_json)
+    emit({"division": division_code, "matched_level": level, **node_dict(node)}, as_json,
+         f"{division_code} → {node.node_id} ({node.org_name}), matched at {level}")

@@ -1,0 +1,78 @@
+"""Console forms of admission: tokens, applications, review decisions, lifecycle."""
+
+from __future__ import annotations
+
+from flask_babel import lazy_gettext as _l
+from flask_wtf import FlaskForm
+from flask_wtf.file import FileField, FileSize
+from wtforms import SelectField, SelectMultipleField, StringField, TextAreaField, widgets
+from wtforms.validators import DataRequired, Length, Optional
+
+from app.admission.models import CAPABILITIES
+
+CAPABILITY_LABELS = {
+    "text": _l("Text"), "image": _l("Image"), "voice": _l("Voice"), "file": _l("File"),
+    "download": _l("Download"), "single_chat": _l("Single chat"), "group": _l("Group"),
+    "read_count": _l("Read count"), "sticker": _l("Sticker"), "presence": _l("Presence"),
+}
+
+
+def der_to_pem(data: bytes) -> str:
+    """A DER upload is accepted too; anything unreadable is left for the CSR policy to refuse."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    try:
+        return x509.load_der_x509_csr(data).public_bytes(Encoding.PEM).decode("ascii")
+    except ValueError:
+        return data.decode("ascii", errors="replace")
+
+
+class TokenForm(FlaskForm):
+    division_code = StringField(_l("Division code"), validators=[DataRequired(), Length(max=6)])
+    ttl = SelectField(_l("Valid for"), choices=[("1d", _l("1 day")), ("7d", _l("7 days")), ("30d", _l("30 days"))],
+                      default="7d")
+    note = StringField(_l("Note"), validators=[Length(max=200)])
+
+
+class ApplicationForm(FlaskForm):
+    division_code = StringField(_l("Division code"), validators=[DataRequired(), Length(max=6)])
+    org_name = StringField(_l("Organisation"), validators=[DataRequired(), Length(max=100)])
+    system_name = StringField(_l("System name"), validators=[DataRequired(), Length(max=100)])
+    vendor = StringField(_l("Vendor"), validators=[DataRequired(), Length(max=100)])
+    endpoint = StringField(_l("Endpoint (https URL)"), validators=[DataRequired(), Length(max=255)])
+    contact_name = StringField(_l("Contact name"), validators=[DataRequired(), Length(max=50)])
+    contact_phone = StringField(_l("Contact phone"), validators=[DataRequired(), Length(max=32)])
+    contact_email = StringField(_l("Contact e-mail"), validators=[DataRequired(), Length(max=254)])
+    capabilities = SelectMultipleField(
+        _l("Capabilities"), choices=[(c, CAPABILITY_LABELS[c]) for c in CAPABILITIES],
+        option_widget=widgets.CheckboxInput(), widget=widgets.ListWidget(prefix_label=False))
+    csr = TextAreaField(_l("CSR (PEM)"), validators=[Optional(), Length(max=65536)])
+    csr_file = FileField(_l("or upload the CSR file"), validators=[FileSize(max_size=65536)])
+
+    def document(self) -> dict:
+        """The same A.1 shape the API takes, so one parser checks both doors."""
+        return {
+            "division_code": (self.division_code.data or "").strip(), "org_name": self.org_name.data,
+            "system_name": self.system_name.data, "vendor": self.vendor.data, "endpoint": self.endpoint.data,
+            "contact": {"name": self.contact_name.data, "phone": self.contact_phone.data,
+                        "email": self.contact_email.data},
+            "capabilities": list(self.capabilities.data or []),
+        }
+
+    def csr_pem(self) -> str | None:
+        upload = self.csr_file.data
+        if upload and getattr(upload, "filename", ""):
+            data = upload.read(65537)
+            if data.lstrip().startswith(b"-----BEGIN"):
+                return data.decode("ascii", errors="replace")
+            return der_to_pem(data)
+        return self.csr.data or None
+
+
+class RejectForm(FlaskForm):
+    reason = TextAreaField(_l("Reason"), validators=[DataRequired(), Length(max=500)])
+
+
+class ReasonForm(FlaskForm):
+    reason = StringField(_l("Reason"), validators=[DataRequired(), Length(max=500)])

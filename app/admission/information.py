@@ -1,0 +1,126 @@
+"""A.1 node information: parsing and checking what an applicant sends (SPEC §4)."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from flask_babel import lazy_gettext as _l
+
+from app.admission.models import CAPABILITIES
+from app.errors import ValidationFailed
+
+LIMITS = {"org_name": 100, "system_name": 100, "vendor": 100, "endpoint": 255, "contact.name": 50,
+          "contact.phone": 32, "contact.email": 254}
+HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+PHONE = re.compile(r"^[0-9+()\- ]{5,32}$")
+EMAIL = re.compile(r"^[^@\s]{1,64}@[A-Za-z0-9.-]{1,189}\.[A-Za-z]{2,24}$")
+
+
+@dataclass(frozen=True)
+class NodeInformation:
+    division_code: str
+    org_name: str
+    system_name: str
+    vendor: str
+    endpoint: str
+    contact_name: str
+    contact_phone: str
+    contact_email: str
+    capabilities: tuple[str, ...]
+
+
+def invalid(message, field: str, code: str = "invalid_input") -> ValidationFailed:
+    return ValidationFailed(message, code=code, field=field)
+
+
+def text_field(value, field: str, required: bool = True) -> str:
+    if value is None:
+        value = ""
+    if not isinstance(value, str):
+        raise invalid(_l("%(field)s must be text.", field=field), field)
+    value = value.strip()
+    if required and not value:
+        raise invalid(_l("%(field)s is required.", field=field), field, "missing_field")
+    if len(value) > LIMITS[field]:
+        raise invalid(_l("%(field)s is longer than %(n)s characters.", field=field, n=LIMITS[field]), field,
+                      "too_long")
+    if any(ord(ch) < 32 for ch in value):
+        raise invalid(_l("%(field)s contains control characters.", field=field), field)
+    return value
+
+
+def endpoint_host(endpoint: str) -> str:
+    return urlsplit(endpoint).hostname or ""
+
+
+def normalise_endpoint(value) -> str:
+    """An https URL with a host, no user info, query or fragment; lower-case host, no default port."""
+    raw = text_field(value, "endpoint")
+    try:
+        parts = urlsplit(raw)
+        port = parts.port
+    except ValueError as error:
+        raise invalid(_l("The endpoint is not a valid URL."), "endpoint", "invalid_endpoint") from error
+    if parts.scheme.lower() != "https":
+        raise invalid(_l("The endpoint must be an https:// URL."), "endpoint", "endpoint_not_https")
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        raise invalid(_l("The endpoint must not contain user information."), "endpoint", "invalid_endpoint")
+    if parts.fragment or "#" in raw:
+        raise invalid(_l("The endpoint must not have a fragment."), "endpoint", "invalid_endpoint")
+    if parts.query:
+        raise invalid(_l("The endpoint must not have a query string."), "endpoint", "invalid_endpoint")
+    host = (parts.hostname or "").lower()
+    if not host:
+        raise invalid(_l("The endpoint has no host."), "endpoint", "invalid_endpoint")
+    try:
+        ip = ipaddress.ip_address(host)
+        shown_host = f"[{ip}]" if ip.version == 6 else str(ip)
+    except ValueError:
+        if not all(HOST_LABEL.match(label) for label in host.rstrip(".").split(".")):
+            raise invalid(_l("The endpoint's host is not a valid DNS name."), "endpoint", "invalid_endpoint") \
+                from None
+        shown_host = host.rstrip(".")
+    netloc = shown_host if port in (None, 443) else f"{shown_host}:{port}"
+    path = parts.path.rstrip("/")
+    return f"https://{netloc}{path}"
+
+
+def capabilities(value) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or not value:
+        raise invalid(_l("capabilities must be a non-empty list."), "capabilities")
+    unknown = [item for item in value if item not in CAPABILITIES]
+    if unknown:
+        raise invalid(_l("Unknown capability: %(names)s.", names=", ".join(map(str, unknown))[:100]),
+                      "capabilities", "unknown_capability")
+    return tuple(item for item in CAPABILITIES if item in value)
+
+
+def parse(document) -> NodeInformation:
+    """From the API's JSON or a console form (same keys); refuses on the first defect."""
+    if not isinstance(document, dict):
+        raise invalid(_l("The body must be a JSON object."), "body", "invalid_body")
+    contact = document.get("contact")
+    if not isinstance(contact, dict):
+        raise invalid(_l("contact must be an object with name, phone and email."), "contact", "missing_field")
+    division_code = document.get("division_code")
+    if not isinstance(division_code, str):
+        raise invalid(_l("division_code is required."), "division_code", "missing_field")
+    phone = text_field(contact.get("phone"), "contact.phone")
+    if not PHONE.match(phone):
+        raise invalid(_l("contact.phone is not a phone number."), "contact.phone")
+    email = text_field(contact.get("email"), "contact.email")
+    if not EMAIL.match(email):
+        raise invalid(_l("contact.email is not an e-mail address."), "contact.email")
+    return NodeInformation(
+        division_code=division_code.strip(),
+        org_name=text_field(document.get("org_name"), "org_name"),
+        system_name=text_field(document.get("system_name"), "system_name"),
+        vendor=text_field(document.get("vendor"), "vendor"),
+        endpoint=normalise_endpoint(document.get("endpoint")),
+        contact_name=text_field(contact.get("name"), "contact.name"),
+        contact_phone=phone, contact_email=email,
+        capabilities=capabilities(document.get("capabilities")),
+    )

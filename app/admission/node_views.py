@@ -1,0 +1,114 @@
+"""Console: the nodes list and detail, lifecycle actions, the resolver and the dashboard panel."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
+from flask_login import current_user
+from markupsafe import Markup
+from sqlalchemy import func, select
+
+from app.admission import applications, nodes, tilemap
+from app.admission.forms import CAPABILITY_LABELS, ReasonForm
+from app.admission.models import Node
+from app.admission.scope import division_filter
+from app.auth.access import roles_required
+from app.database import paginate
+from app.errors import DomainError
+from app.extensions import db
+
+bp = Blueprint("nodes", __name__, url_prefix="/nodes")
+VIEWERS = ("ministry_admin", "provincial_admin", "auditor")
+
+
+@bp.get("/")
+@roles_required(*VIEWERS)
+def index():
+    filters = {key: request.args.get(key, "").strip()[:60] for key in
+               ("province", "status", "vendor", "capability", "q", "sort")}
+    filters["sort"] = filters["sort"] if filters["sort"] in nodes.SORTS else "node_id"
+    descending = request.args.get("desc") == "1"
+    query = nodes.list_query(current_user, province=filters["province"], status=filters["status"],
+                             vendor=filters["vendor"], capability=filters["capability"], q=filters["q"],
+                             sort=filters["sort"], descending=descending)
+    page = paginate(query, request.args.get("page", 1, type=int), current_app.config["MPIM_PAGE_SIZE"])
+    vendors = db.session.scalars(select(Node.vendor).where(division_filter(current_user, Node.division_code))
+                                 .group_by(Node.vendor).order_by(Node.vendor).limit(200)).all()
+    return render_template("admission/nodes.html", page=page, filters=filters, descending=descending,
+                           vendors=vendors, provinces=tilemap.TILES, capabilities=CAPABILITY_LABELS,
+                           node_columns=node_columns)
+
+
+# Extra columns other features add to the nodes list: (header, function(node) -> markup).
+node_columns: list[tuple[object, object]] = []
+# Extra sections on the node page: functions (node) -> {"template": ..., **context} | None.
+node_sections: list = []
+
+
+@bp.get("/<node_id>")
+@roles_required(*VIEWERS)
+def detail(node_id: str):
+    node = nodes.get_visible(node_id, current_user)
+    sections = [section for section in (build(node) for build in node_sections) if section]
+    return render_template("admission/node_detail.html", node=node, form=ReasonForm(), sections=sections,
+                           capabilities=CAPABILITY_LABELS)
+
+
+LIFECYCLE = {"suspend": nodes.suspend, "resume": nodes.resume, "revoke": nodes.revoke,
+             "request-suspension": nodes.request_suspension}
+
+
+@bp.post("/<node_id>/<action>")
+@roles_required("ministry_admin", "provincial_admin")
+def lifecycle(node_id: str, action: str):
+    node = nodes.get_visible(node_id, current_user)
+    form = ReasonForm()
+    if action not in LIFECYCLE:
+        flash(_("Unknown action."), "error")
+    elif not form.validate_on_submit():
+        flash(_("A reason is required."), "error")
+    else:
+        try:
+            LIFECYCLE[action](node, form.reason.data, by=current_user)
+            db.session.commit()
+            flash(_("Done: %(node)s is %(status)s.", node=node.node_id, status=node.status), "success")
+        except DomainError as error:
+            db.session.rollback()
+            flash(error.message, "error")
+    return redirect(url_for("nodes.detail", node_id=node_id))
+
+
+@bp.get("/resolve")
+@roles_required(*VIEWERS)
+def resolve():
+    code = request.args.get("division", "").strip()
+    result, error = None, None
+    if code:
+        try:
+            result = nodes.resolve(code)
+        except DomainError as failure:
+            error = failure.message
+    return render_template("admission/resolve.html", code=code, result=result, error=error)
+
+
+def province_figures(user) -> dict[str, tilemap.ProvinceFigures]:
+    rows = db.session.execute(select(Node.province_prefix, Node.status, func.count())
+                              .where(division_filter(user, Node.division_code), Node.status != "revoked")
+                              .group_by(Node.province_prefix, Node.status)).all()
+    figures: dict[str, tilemap.ProvinceFigures] = {}
+    for prefix, status, count in rows:
+        setattr(figures.setdefault(prefix, tilemap.ProvinceFigures()), status, count)
+    for contribute in province_contributors:
+        contribute(user, figures)
+    return figures
+
+
+# Functions (user, figures) that add to the tile figures (health adds `down`).
+province_contributors: list = []
+
+
+def dashboard_panel(user) -> dict:
+    return {"template": "admission/dashboard_panel.html", "node_counts": nodes.counts_by_status(user),
+            "pending": applications.pending_count() if user.role == "ministry_admin" else None,
+            "tilemap": Markup(tilemap.render(province_figures(user))),
+            "retired_nodes": nodes.nodes_in_retired_divisions() if user.role != "provincial_admin" else []}

@@ -1,0 +1,193 @@
+"""Admitted nodes: ids (SPEC §2), lifecycle (SPEC §3 step 5) and division resolution."""
+
+from __future__ import annotations
+
+from flask import current_app
+from flask_babel import lazy_gettext as _l
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from app.admission import hooks
+from app.admission.models import Node, NodeSerial
+from app.audit import service as audit
+from app.auth.access import require_division_scope
+from app.database import utcnow
+from app.divisions import service as divisions
+from app.divisions.codes import level_of, prefecture_of, province_of
+from app.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
+from app.extensions import db
+
+APPLICATION_NODE = "202"
+MANAGEMENT_NODE = "201"
+MAX_SERIAL = 999_999
+# (from, to) pairs SPEC §3 allows.
+TRANSITIONS = {("active", "suspended"), ("suspended", "active"), ("active", "revoked"), ("suspended", "revoked")}
+
+
+def format_node_id(division_code: str, node_type: str, serial: int, network_flag: str = "5") -> str:
+    """division (6) + unit 00 + industry 00 + type (3) + network flag (1) + serial (6)."""
+    return f"{division_code}0000{node_type}{network_flag}{serial:06d}"
+
+
+def management_node_id() -> str:
+    return format_node_id("100000", MANAGEMENT_NODE, 1, current_app.config["MPIM_NETWORK_FLAG"])
+
+
+def allocate_node_id(division_code: str, node_type: str = APPLICATION_NODE) -> str:
+    """Next serial for (division, type) by one atomic UPDATE … RETURNING: concurrent approvals
+    queue on the row lock, so no two ever get the same id, and ids are never handed out twice."""
+    dialect = db.session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    db.session.execute(insert(NodeSerial).values(division_code=division_code, node_type=node_type, last_serial=0)
+                       .on_conflict_do_nothing(index_elements=["division_code", "node_type"]))
+    serial = db.session.execute(
+        update(NodeSerial)
+        .where(NodeSerial.division_code == division_code, NodeSerial.node_type == node_type)
+        .values(last_serial=NodeSerial.last_serial + 1)
+        .returning(NodeSerial.last_serial)
+        .execution_options(synchronize_session=False)
+    ).scalar_one()
+    if serial > MAX_SERIAL:
+        raise Conflict(_l("Division %(code)s has used all node serials.", code=division_code),
+                       code="serials_exhausted")
+    return format_node_id(division_code, node_type, serial, current_app.config["MPIM_NETWORK_FLAG"])
+
+
+def get(node_id: str) -> Node:
+    node = db.session.get(Node, node_id) if node_id and len(node_id) == 20 else None
+    if node is None:
+        raise NotFound(_l("No node %(id)s.", id=node_id), code="node_not_found")
+    return node
+
+
+def get_visible(node_id: str, user) -> Node:
+    node = get(node_id)
+    if not user.can_access_division(node.division_code):
+        raise NotFound(_l("No node %(id)s.", id=node_id), code="node_not_found")
+    return node
+
+
+def _change_status(node: Node, new_status: str, reason: str, *, by, action: str) -> Node:
+    if by.role != "ministry_admin":
+        raise PermissionDenied(_l("Only a ministry admin may do this."), code="ministry_only")
+    reason = (reason or "").strip()
+    if not reason:
+        raise ValidationFailed(_l("A reason is required."), code="reason_required", field="reason")
+    if (node.status, new_status) not in TRANSITIONS:
+        raise Conflict(_l("A %(old)s node cannot become %(new)s.", old=node.status, new=new_status),
+                       code="invalid_transition")
+    old = node.status
+    node.status, node.status_reason, node.status_changed_at = new_status, reason[:500], utcnow()
+    node.suspension_requested = False
+    db.session.flush()
+    hooks.run(hooks.node_status_changed, node, old, new_status, reason)
+    audit.record(action, node.node_id, {"from": old, "to": new_status, "reason": reason[:500]}, actor=by.username)
+    return node
+
+
+def suspend(node: Node, reason: str, *, by) -> Node:
+    return _change_status(node, "suspended", reason, by=by, action="node.suspend")
+
+
+def resume(node: Node, reason: str, *, by) -> Node:
+    return _change_status(node, "active", reason, by=by, action="node.resume")
+
+
+def revoke(node: Node, reason: str, *, by) -> Node:
+    """Final: the node leaves the routing table and its certificates are revoked (pki hook)."""
+    return _change_status(node, "revoked", reason, by=by, action="node.revoke")
+
+
+def request_suspension(node: Node, reason: str, *, by) -> Node:
+    """A provincial admin may ask; a ministry admin decides."""
+    require_division_scope(by, node.division_code)
+    if node.status != "active":
+        raise Conflict(_l("Only an active node can be suspended."), code="invalid_transition")
+    reason = (reason or "").strip()
+    if not reason:
+        raise ValidationFailed(_l("A reason is required."), code="reason_required", field="reason")
+    node.suspension_requested, node.suspension_request_reason = True, reason[:500]
+    node.suspension_requested_by = by.username
+    audit.record("node.request_suspension", node.node_id, {"reason": reason[:500]}, actor=by.username)
+    return node
+
+
+LEVEL_CANDIDATES = (lambda code: code, prefecture_of, province_of)
+
+
+def resolve(division_code: str) -> tuple[Node, str]:
+    """SPEC §2: the active node for the exact code, else its prefecture, else its province.
+    Several active nodes at one level: the earliest admitted (lowest id) serves."""
+    division = divisions.get(division_code)
+    tried: list[str] = []
+    for derive in LEVEL_CANDIDATES:
+        code = derive(division.code)
+        if code in tried:
+            continue
+        tried.append(code)
+        node = db.session.scalar(select(Node).where(Node.division_code == code, Node.status == "active")
+                                 .order_by(Node.node_id).limit(1))
+        if node is not None:
+            return node, level_of(code)
+    raise NotFound(_l("No active node serves %(code)s or the divisions above it.", code=division_code),
+                   code="no_serving_node")
+
+
+def serving(division_code: str) -> list[Node]:
+    """Nodes already registered for this exact division (the review page shows them)."""
+    return list(db.session.scalars(select(Node).where(Node.division_code == division_code,
+                                                      Node.status != "revoked").order_by(Node.node_id)))
+
+
+SORTS = {"node_id": Node.node_id, "org_name": Node.org_name, "vendor": Node.vendor, "status": Node.status,
+         "approved_at": Node.approved_at}
+
+
+def list_query(user, *, province: str = "", status: str = "", vendor: str = "", capability: str = "",
+               q: str = "", sort: str = "node_id", descending: bool = False):
+    from app.admission.scope import division_filter
+
+    query = select(Node).where(division_filter(user, Node.division_code))
+    if province:
+        query = query.where(Node.province_prefix == province[:2])
+    if status:
+        query = query.where(Node.status == status)
+    if vendor:
+        query = query.where(Node.vendor == vendor)
+    if capability:
+        # JSON arrays differ per database; a LIKE on the serialised list is portable and exact
+        # because capability names never contain quotes.
+        query = query.where(func.cast(Node.capabilities, db.String).like(f'%"{capability}"%'))
+    if q:
+        term = q.strip()[:60]
+        query = query.where(or_(Node.node_id.startswith(term), Node.org_name.contains(term),
+                                Node.system_name.contains(term)))
+    column = SORTS.get(sort, Node.node_id)
+    order = column.desc() if descending else column.asc()
+    return query.order_by(order, Node.node_id)
+
+
+def counts_by_status(user=None) -> dict[str, int]:
+    from app.admission.scope import division_filter
+
+    query = select(Node.status, func.count()).group_by(Node.status)
+    if user is not None:
+        query = query.where(division_filter(user, Node.division_code))
+    result = {status: 0 for status in ("active", "suspended", "revoked")}
+    result.update(dict(db.session.execute(query).all()))
+    return result
+
+
+def nodes_in_retired_divisions() -> list[Node]:
+    from app.divisions.models import Division
+
+    return list(db.session.scalars(select(Node).join(Division, Division.code == Node.division_code)
+                                   .where(Division.retired.is_(True), Node.status != "revoked")
+                                   .order_by(Node.node_id)))
+
+
+def retired_codes_in_use(codes: set[str]) -> list[str]:
+    """divisions.retirement_checks entry: name every live node whose division is retired."""
+    rows = db.session.scalars(select(Node).where(Node.division_code.in_(codes), Node.status != "revoked"))
+    return [f"node {n.node_id} ({n.org_name}) is registered for retired code {n.division_code}" for n in rows]

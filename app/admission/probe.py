@@ -1,0 +1,45 @@
+"""On-demand reachability probe of `{endpoint}/api/v1/health` for the review page.
+
+Before approval a node holds no certificate of ours, so this checks reachability and the answer's
+shape only: the TLS certificate is reported, not trusted. Health polling after approval verifies
+the chain and the node's identity.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import time
+import urllib.error
+import urllib.request
+
+
+def probe_health(endpoint: str, timeout: float = 3.0) -> dict:
+    url = endpoint.rstrip("/") + "/api/v1/health"
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    started = time.perf_counter()
+    result: dict = {"url": url, "reachable": False}
+    try:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as response:  # noqa: S310 (https only)
+            body = response.read(65536)
+            result.update(reachable=True, http_status=response.status)
+            try:
+                document = json.loads(body)
+                result["answer"] = {k: document.get(k) for k in ("status", "node_id", "version")} \
+                    if isinstance(document, dict) else None
+            except ValueError:
+                result["answer"] = None
+    except urllib.error.HTTPError as error:
+        result.update(reachable=True, http_status=error.code, error=f"HTTP {error.code}")
+    except TimeoutError:
+        result["error"] = f"no answer within {timeout:g} s"
+    except urllib.error.URLError as error:
+        reason = error.reason
+        result["error"] = "timeout" if isinstance(reason, TimeoutError | socket.timeout) else str(reason)[:200]
+    except (OSError, ValueError) as error:
+        result["error"] = str(error)[:200]
+    result["latency_ms"] = round((time.perf_counter() - started) * 1000, 1)
+    return result

@@ -1,0 +1,62 @@
+"""The dashboard's province tile map: 34 squares laid out like China, drawn as SVG on the server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from xml.sax.saxutils import escape
+
+# province prefix → (short name, column, row); a tile-grid approximation of the map.
+TILES = {
+    "23": ("黑龙江", 8, 0),
+    "65": ("新疆", 1, 1), "15": ("内蒙古", 5, 1), "11": ("北京", 6, 1), "21": ("辽宁", 7, 1), "22": ("吉林", 8, 1),
+    "62": ("甘肃", 3, 2), "64": ("宁夏", 4, 2), "14": ("山西", 5, 2), "13": ("河北", 6, 2), "12": ("天津", 7, 2),
+    "54": ("西藏", 1, 3), "63": ("青海", 2, 3), "61": ("陕西", 4, 3), "41": ("河南", 5, 3), "37": ("山东", 6, 3),
+    "51": ("四川", 3, 4), "50": ("重庆", 4, 4), "42": ("湖北", 5, 4), "34": ("安徽", 6, 4), "32": ("江苏", 7, 4),
+    "52": ("贵州", 4, 5), "43": ("湖南", 5, 5), "36": ("江西", 6, 5), "33": ("浙江", 7, 5), "31": ("上海", 8, 5),
+    "53": ("云南", 3, 6), "45": ("广西", 4, 6), "44": ("广东", 5, 6), "35": ("福建", 6, 6), "71": ("台湾", 7, 6),
+    "46": ("海南", 4, 7), "82": ("澳门", 5, 7), "81": ("香港", 6, 7),
+}
+SIZE, GAP = 62, 6
+
+
+@dataclass
+class ProvinceFigures:
+    active: int = 0
+    suspended: int = 0
+    down: int = 0  # filled in by health polling when it is present
+
+
+def tile_colour(figures: ProvinceFigures) -> tuple[str, str]:
+    """(fill, text colour): grey without nodes, red when a node is down, amber when one is suspended,
+    else green, darker with more active nodes."""
+    if figures.active + figures.suspended == 0:
+        return "#e3e7eb", "#66707c"
+    if figures.down:
+        return "#b3261e", "#ffffff"
+    if figures.suspended:
+        return "#e0a800", "#1d2733"
+    shade = ["#a8d5b1", "#6fbf80", "#3f9d55", "#1e7b34"][min(figures.active, 4) - 1]
+    return shade, "#ffffff" if figures.active >= 3 else "#1d2733"
+
+
+def render(figures: dict[str, ProvinceFigures], link: str = "/nodes/?province={prefix}00") -> str:
+    width = 9 * (SIZE + GAP)
+    height = 8 * (SIZE + GAP)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" class="tilemap" '
+             f'role="img" aria-label="province tile map">']
+    for prefix, (name, column, row) in TILES.items():
+        figure = figures.get(prefix, ProvinceFigures())
+        fill, ink = tile_colour(figure)
+        x, y = column * (SIZE + GAP), row * (SIZE + GAP)
+        total = figure.active + figure.suspended
+        title = f"{name}: {figure.active} active, {figure.suspended} suspended, {figure.down} down"
+        parts.append(
+            f'<a href="{escape(link.format(prefix=prefix))}" data-province="{prefix}">'
+            f'<title>{escape(title)}</title>'
+            f'<rect x="{x}" y="{y}" width="{SIZE}" height="{SIZE}" rx="6" fill="{fill}"/>'
+            f'<text x="{x + SIZE / 2}" y="{y + 26}" text-anchor="middle" font-size="14" fill="{ink}">'
+            f'{escape(name)}</text>'
+            f'<text x="{x + SIZE / 2}" y="{y + 46}" text-anchor="middle" font-size="13" fill="{ink}">'
+            f'{total or ""}</text></a>')
+    parts.append("</svg>")
+    return "".join(parts)

@@ -1,0 +1,116 @@
+"""Enrollment tokens (SPEC §3 step 1): single use, expiring, stored hashed, shown once."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from datetime import timedelta
+
+from flask_babel import lazy_gettext as _l
+from sqlalchemy import select, update
+
+from app.admission.models import EnrollmentToken
+from app.audit import service as audit
+from app.auth.access import require_division_scope
+from app.database import utcnow
+from app.divisions import service as divisions
+from app.errors import NotFound, Unauthorized, ValidationFailed
+from app.extensions import db
+
+TOKEN_PREFIX = "mpet_"
+DEFAULT_TTL = timedelta(days=7)
+MAX_TTL = timedelta(days=90)
+TTL_PATTERN = re.compile(r"^(\d{1,4})([mhd])$")
+
+
+class StaleToken(Unauthorized):
+    """The bearer token is unknown, used, expired or revoked (each has its own code)."""
+
+    code = "invalid_token"
+
+
+def hash_token(raw: str) -> str:
+    return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+
+
+def parse_ttl(text: str) -> timedelta:
+    """`7d`, `12h`, `30m`: how long a token lives."""
+    match = TTL_PATTERN.match(text.strip())
+    if not match:
+        raise ValidationFailed(_l("A lifetime looks like 7d, 12h or 30m."), code="invalid_ttl", field="ttl")
+    amount, unit = int(match.group(1)), match.group(2)
+    ttl = {"m": timedelta(minutes=amount), "h": timedelta(hours=amount), "d": timedelta(days=amount)}[unit]
+    if not timedelta(minutes=5) <= ttl <= MAX_TTL:
+        raise ValidationFailed(_l("A token lives between 5 minutes and 90 days."), code="invalid_ttl", field="ttl")
+    return ttl
+
+
+def create_token(division_code: str, *, by, ttl: timedelta = DEFAULT_TTL,
+                 note: str = "") -> tuple[EnrollmentToken, str]:
+    """Returns the row and the raw token; the raw token exists only in this return value."""
+    divisions.require_current(division_code)
+    require_division_scope(by, division_code)
+    raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token = EnrollmentToken(token_hash=hash_token(raw), prefix=raw[: len(TOKEN_PREFIX) + 6],
+                            division_code=division_code, issued_by_id=by.id, note=note.strip()[:200],
+                            expires_at=utcnow() + ttl)
+    db.session.add(token)
+    db.session.flush()
+    audit.record("token.create", token.prefix, {"division": division_code, "expires_at": token.expires_at,
+                                                "note": token.note}, actor=by.username)
+    return token, raw
+
+
+def find_by_raw(raw: str | None) -> EnrollmentToken:
+    """The token a bearer holds, in whatever state; unknown tokens are refused."""
+    if not raw or not raw.startswith(TOKEN_PREFIX) or len(raw) > 100:
+        raise StaleToken("An enrollment token is required: Authorization: Bearer <token>.", code="missing_token")
+    token = db.session.scalar(select(EnrollmentToken).where(EnrollmentToken.token_hash == hash_token(raw)))
+    if token is None:
+        raise StaleToken("This enrollment token is not known.", code="unknown_token")
+    return token
+
+
+def require_usable(token: EnrollmentToken) -> None:
+    state = token.state()
+    if state != "active":
+        messages = {"used": "This enrollment token has been used already.",
+                    "expired": "This enrollment token has expired.",
+                    "revoked": "This enrollment token has been revoked."}
+        raise StaleToken(messages[state], code=f"token_{state}")
+
+
+def consume(token: EnrollmentToken) -> None:
+    """Mark used in one conditional UPDATE, so two racing applications cannot both use it."""
+    now = utcnow()
+    result = db.session.execute(
+        update(EnrollmentToken)
+        .where(EnrollmentToken.id == token.id, EnrollmentToken.used_at.is_(None),
+               EnrollmentToken.revoked_at.is_(None), EnrollmentToken.expires_at > now)
+        .values(used_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        raise StaleToken("This enrollment token has been used already.", code="token_used")
+    db.session.refresh(token)
+
+
+def revoke_token(token_id: int, *, by) -> EnrollmentToken:
+    token = db.session.get(EnrollmentToken, token_id)
+    if token is None:
+        raise NotFound(_l("No such enrollment token."), code="token_not_found")
+    require_division_scope(by, token.division_code)
+    if token.state() != "active":
+        raise ValidationFailed(_l("Only an unused, unexpired token can be revoked."), code="token_not_active")
+    token.revoked_at, token.revoked_by = utcnow(), by.username
+    audit.record("token.revoke", token.prefix, {"division": token.division_code}, actor=by.username)
+    return token
+
+
+def visible_tokens_query(user):
+    """Ministry admins see every token; provincial admins those inside their scope."""
+    from app.admission.scope import division_filter
+
+    query = select(EnrollmentToken).order_by(EnrollmentToken.created_at.desc())
+    return query.where(division_filter(user, EnrollmentToken.division_code))

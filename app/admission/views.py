@@ -1,0 +1,184 @@
+"""Console: enrollment tokens, the application form, the review queue and decisions."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
+from flask_login import current_user
+
+from app.admission import applications, nodes, probe, tokens
+from app.admission.forms import ApplicationForm, RejectForm, TokenForm
+from app.admission.information import parse
+from app.auth.access import roles_required
+from app.auth.forms import ConfirmForm
+from app.auth.views import form_error
+from app.database import paginate
+from app.divisions import service as divisions
+from app.errors import DomainError
+from app.extensions import db
+
+bp = Blueprint("admission", __name__)
+ADMINS = ("ministry_admin", "provincial_admin")
+
+
+@bp.route("/tokens/", methods=["GET", "POST"])
+@roles_required(*ADMINS)
+def token_list():
+    form = TokenForm()
+    issued = None
+    if form.validate_on_submit():
+        try:
+            token, issued = tokens.create_token(form.division_code.data.strip(), by=current_user,
+                                                ttl=tokens.parse_ttl(form.ttl.data), note=form.note.data or "")
+            db.session.commit()
+        except DomainError as error:
+            db.session.rollback()
+            form_error(form, error)
+    page = paginate(tokens.visible_tokens_query(current_user), request.args.get("page", 1, type=int),
+                    current_app.config["MPIM_PAGE_SIZE"])
+    return render_template("admission/tokens.html", form=form, page=page, issued=issued,
+                           confirm_form=ConfirmForm())
+
+
+@bp.post("/tokens/<int:token_id>/revoke")
+@roles_required(*ADMINS)
+def token_revoke(token_id: int):
+    if ConfirmForm().validate_on_submit():
+        try:
+            token = tokens.revoke_token(token_id, by=current_user)
+            db.session.commit()
+            flash(_("Token %(prefix)s… revoked.", prefix=token.prefix), "success")
+        except DomainError as error:
+            db.session.rollback()
+            flash(error.message, "error")
+    return redirect(url_for("admission.token_list"))
+
+
+@bp.get("/applications/")
+@roles_required(*ADMINS)
+def application_list():
+    status = request.args.get("status", "pending")
+    filters = {"status": status, "division": request.args.get("division", "").strip()[:6],
+               "kind": request.args.get("kind", "")}
+    query = applications.queue_query(current_user, status=None if status == "all" else status,
+                                     division=filters["division"], kind=filters["kind"])
+    page = paginate(query, request.args.get("page", 1, type=int), current_app.config["MPIM_PAGE_SIZE"])
+    return render_template("admission/applications.html", page=page, filters=filters)
+
+
+@bp.route("/applications/new", methods=["GET", "POST"])
+@roles_required(*ADMINS)
+def application_new():
+    form = ApplicationForm()
+    if request.method == "GET" and current_user.scopes:
+        form.division_code.data = current_user.scopes[0]
+    if form.validate_on_submit():
+        try:
+            application = applications.submit_by_user(parse(form.document()), form.csr_pem(), by=current_user)
+            db.session.commit()
+        except DomainError as error:
+            db.session.rollback()
+            form_error(form, _map_field(error))
+        else:
+            flash(_("Application submitted; a ministry admin will review it."), "success")
+            return redirect(url_for("admission.application_detail", application_id=application.id))
+    return render_template("admission/application_form.html", form=form, node=None)
+
+
+def _map_field(error: DomainError) -> DomainError:
+    """API field names (contact.phone, csr) → form field names."""
+    if error.field and error.field.startswith("contact."):
+        error.field = "contact_" + error.field.split(".", 1)[1]
+    return error
+
+
+@bp.route("/nodes/<node_id>/change", methods=["GET", "POST"])
+@roles_required(*ADMINS)
+def change_request(node_id: str):
+    node = nodes.get_visible(node_id, current_user)
+    form = ApplicationForm(obj=node) if request.method == "GET" else ApplicationForm()
+    if request.method == "GET":
+        form.contact_name.data, form.contact_phone.data = node.contact_name, node.contact_phone
+        form.contact_email.data, form.capabilities.data = node.contact_email, node.capabilities
+    form.division_code.data = node.division_code
+    if form.validate_on_submit():
+        try:
+            application = applications.submit_change(node, parse(form.document()), form.csr_pem(), by=current_user)
+            db.session.commit()
+        except DomainError as error:
+            db.session.rollback()
+            form_error(form, _map_field(error))
+        else:
+            flash(_("Change request submitted for review."), "success")
+            return redirect(url_for("admission.application_detail", application_id=application.id))
+    return render_template("admission/application_form.html", form=form, node=node)
+
+
+def _visible_application(application_id: str):
+    application = applications.get(application_id)
+    if not current_user.can_access_division(application.division_code):
+        from app.errors import NotFound
+
+        raise NotFound(_("No application %(id)s.", id=application_id), code="application_not_found")
+    return application
+
+
+@bp.get("/applications/<application_id>")
+@roles_required(*ADMINS)
+def application_detail(application_id: str):
+    application = _visible_application(application_id)
+    csr_info, csr_error = None, None
+    if application.csr_pem:
+        try:
+            csr_info = applications.inspect_csr(application.csr_pem)
+        except DomainError as error:
+            csr_error = error.message
+    division = divisions.get(application.division_code)
+    current_node = nodes.get(application.node_id) if application.node_id else None
+    return render_template(
+        "admission/application_detail.html", application=application, csr_info=csr_info, csr_error=csr_error,
+        division_path=divisions.path(division), serving=nodes.serving(application.division_code),
+        current_node=current_node, reject_form=RejectForm(), confirm_form=ConfirmForm())
+
+
+@bp.get("/applications/<application_id>/probe")
+@roles_required(*ADMINS)
+def application_probe(application_id: str):
+    """Run on demand by the detail page's script, so the page itself never waits on a node."""
+    application = _visible_application(application_id)
+    return probe.probe_health(application.endpoint, timeout=current_app.config.get("MPIM_PROBE_TIMEOUT", 3.0))
+
+
+@bp.post("/applications/<application_id>/approve")
+@roles_required("ministry_admin")
+def application_approve(application_id: str):
+    application = applications.get(application_id)
+    if ConfirmForm().validate_on_submit():
+        try:
+            node = applications.approve(application, by=current_user)
+            db.session.commit()
+            flash(_("Approved: node %(id)s.", id=node.node_id), "success")
+            return redirect(url_for("nodes.detail", node_id=node.node_id))
+        except DomainError as error:
+            db.session.rollback()
+            flash(error.message, "error")
+    return redirect(url_for("admission.application_detail", application_id=application_id))
+
+
+@bp.post("/applications/<application_id>/reject")
+@roles_required("ministry_admin")
+def application_reject(application_id: str):
+    application = applications.get(application_id)
+    form = RejectForm()
+    if form.validate_on_submit():
+        try:
+            applications.reject(application, form.reason.data, by=current_user)
+            db.session.commit()
+            flash(_("Application rejected."), "success")
+        except DomainError as error:
+            db.session.rollback()
+            flash(error.message, "error")
+    else:
+        flash(_("A rejection needs a reason."), "error")
+    return redirect(url_for("admission.application_detail", application_id=application_id))
+

@@ -1,0 +1,29 @@
+"""Health polling of every node (issue 6): the poller, damped state, history, alerts, console."""
+
+
+def init_app(app) -> None:
+    from flask_babel import lazy_gettext as _l
+
+    from app import console
+    from app.admission import node_views
+    from app.health import history, rounds, views
+    from app.health.cli import cli
+    from app.scheduler import registry
+
+    app.register_blueprint(views.bp)
+    app.cli.add_command(cli)
+    registry.register(registry.Job("health.poll", rounds.poll_job, app.config["MPIM_HEALTH_INTERVAL"],
+                                   timeout_seconds=app.config["MPIM_HEALTH_INTERVAL"] * 2))
+    registry.register(registry.Job("health.downsample", history.downsample, 3600))
+    column = (_l("Health"), views.health_cell)
+    if all(header != column[0] for header, _ in node_views.node_columns):
+        node_views.node_columns.append(column)
+    if views.node_section not in node_views.node_sections:
+        node_views.node_sections.append(views.node_section)
+    if views.banner not in console.banner_sources:
+        console.banner_sources.append(views.banner)
+    if views.province_down not in node_views.province_contributors:
+        node_views.province_contributors.append(views.province_down)
+    entry = ("health.events", _l("Health events"), ("ministry_admin", "provincial_admin", "auditor"))
+    if entry not in console.nav_entries:
+        console.nav_entries.append(entry)

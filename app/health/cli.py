@@ -1,0 +1,42 @@
+"""`flask health poll --once`, `flask health status`."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from flask.cli import AppGroup
+
+from app.health import rounds, service
+
+cli = AppGroup("health", help="Health polling of every active node.")
+
+
+@cli.command("poll")
+@click.option("--once", is_flag=True, required=True, help="One round now, in the foreground.")
+@click.option("--json", "as_json", is_flag=True)
+def poll_command(once, as_json):
+    """Poll every active node once and print what was found."""
+    report = rounds.run_round(spread=False)
+    if as_json:
+        click.echo(json.dumps({"polled": report.polled, "ok": report.ok, "failures": report.failures,
+                               "changes": [c.__dict__ for c in report.changes]}, ensure_ascii=False))
+    else:
+        click.echo(report.summary())
+
+
+@cli.command("status")
+@click.option("--json", "as_json", is_flag=True)
+def status_command(as_json):
+    from sqlalchemy import select
+
+    from app.extensions import db
+    from app.health.models import NodeHealth
+
+    for health in db.session.scalars(select(NodeHealth).order_by(NodeHealth.node_id)):
+        item = {"node_id": health.node_id, "status": health.status, "last_checked_at": health.last_checked_at,
+                "last_latency_ms": health.last_latency_ms, "last_failure": health.last_failure,
+                "maintenance": service.in_maintenance(health)}
+        click.echo(json.dumps(item, default=str) if as_json else
+                   f"{health.node_id} {health.status:<8} {health.last_failure or ''} "
+                   f"{'' if health.last_latency_ms is None else f'{health.last_latency_ms:.0f} ms'}")

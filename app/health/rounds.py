@@ -1,0 +1,45 @@
+"""One polling round: every active node, through the poller, into the damped state."""
+
+from __future__ import annotations
+
+import asyncio
+
+from flask import current_app
+from sqlalchemy import select
+
+from app.admission.models import Node
+from app.extensions import db
+from app.health import service
+
+
+def targets() -> list:
+    from app.health import poller
+    from app.pki import service as pki
+
+    fingerprints = pki.current_fingerprints()
+    rows = db.session.execute(select(Node.node_id, Node.endpoint).where(Node.status == "active")
+                              .order_by(Node.node_id)).all()
+    return [poller.PollTarget(node_id, endpoint, fingerprints.get(node_id)) for node_id, endpoint in rows]
+
+
+def run_round(*, spread: bool) -> service.RoundReport:
+    """Poll every active node (spread over the interval for the scheduler, at once for the CLI)."""
+    from app.health import poller
+    from app.pki import service as pki
+
+    config = current_app.config
+    polled = targets()
+    context = pki.management_client_ssl_context()
+    if spread:
+        results = asyncio.run(poller.poll_spread(polled, config["MPIM_HEALTH_INTERVAL"], ssl_context=context,
+                                                 timeout=config["MPIM_HEALTH_TIMEOUT"],
+                                                 concurrency=config["MPIM_HEALTH_CONCURRENCY"]))
+    else:
+        results = poller.poll_once(polled, ssl_context=context, timeout=config["MPIM_HEALTH_TIMEOUT"],
+                                   concurrency=config["MPIM_HEALTH_CONCURRENCY"])
+    db.session.rollback()  # the round may have taken a while: start the write from fresh state
+    return service.apply_round(results)
+
+
+def poll_job() -> str:
+    return run_round(spread=True).summary()

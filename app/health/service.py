@@ -1,0 +1,174 @@
+"""Health rounds: apply poll results to the damped state, record history and events, alert.
+
+One round's state changes land as one route version (the routing feature registers in
+`status_changed`), never one version per node: a storm of versions would make every node pull
+again and again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from flask import current_app
+from flask_babel import lazy_gettext as _l
+from sqlalchemy import func, select
+
+from app.audit import service as audit
+from app.database import utcnow
+from app.errors import ValidationFailed
+from app.extensions import db
+from app.health import history
+from app.health.models import HealthEvent, HealthSample, NodeHealth
+from app.health.state import Counters, Thresholds, step
+
+log = logging.getLogger("mpim.health")
+
+
+@dataclass(frozen=True)
+class StatusChange:
+    node_id: str
+    old: str
+    new: str
+    reason: str | None
+    detail: str
+    in_maintenance: bool
+
+
+@dataclass
+class RoundReport:
+    polled: int = 0
+    ok: int = 0
+    changes: list[StatusChange] = field(default_factory=list)
+    failures: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        failed = ", ".join(f"{reason} {count}" for reason, count in sorted(self.failures.items()))
+        changed = ", ".join(f"{c.node_id} {c.old}→{c.new}" for c in self.changes)
+        return (f"{self.polled} polled, {self.ok} ok" + (f"; failed: {failed}" if failed else "")
+                + (f"; changed: {changed}" if changed else ""))
+
+
+# Functions (changes: list[StatusChange]) run inside the round's transaction (routing publishes).
+status_changed: list[Callable] = []
+
+
+def thresholds() -> Thresholds:
+    return Thresholds(current_app.config["MPIM_HEALTH_FAILURES_BEFORE_DOWN"],
+                      current_app.config["MPIM_HEALTH_SUCCESSES_BEFORE_UP"])
+
+
+def in_maintenance(health: NodeHealth | None, now: datetime | None = None) -> bool:
+    return bool(health and health.maintenance_until and health.maintenance_until > (now or utcnow()))
+
+
+def apply_round(results) -> RoundReport:
+    """Apply poll results (objects with node_id, ok, latency_ms, failure, detail, cert_matches,
+    checked_at) in one transaction; commits; then sends webhook alerts for real changes."""
+    report = RoundReport(polled=len(results))
+    limits, now = thresholds(), utcnow()
+    states = {h.node_id: h for h in db.session.scalars(
+        select(NodeHealth).where(NodeHealth.node_id.in_([r.node_id for r in results])))} if results else {}
+    samples = []
+    for result in results:
+        health = states.get(result.node_id)
+        if health is None:
+            health = NodeHealth(node_id=result.node_id, status="unknown", consecutive_failures=0,
+                                consecutive_successes=0, last_detail="", maintenance_note="")
+            db.session.add(health)
+        reason = str(result.failure) if result.failure else None
+        after = step(Counters(health.status, health.consecutive_failures, health.consecutive_successes),
+                     result.ok, limits)
+        checked_at = getattr(result, "checked_at", None) or now
+        health.consecutive_failures, health.consecutive_successes = after.failures, after.successes
+        health.last_checked_at, health.last_failure = checked_at, reason
+        health.last_latency_ms, health.cert_matches = result.latency_ms, result.cert_matches
+        health.last_detail = (result.detail or "")[:300]
+        if result.ok:
+            report.ok += 1
+            health.last_ok_at = checked_at
+        else:
+            report.failures[reason or "error"] = report.failures.get(reason or "error", 0) + 1
+        if after.status != health.status:
+            change = StatusChange(result.node_id, health.status, after.status, reason, health.last_detail,
+                                  in_maintenance(health, now))
+            report.changes.append(change)
+            db.session.add(HealthEvent(node_id=change.node_id, at=checked_at, old_status=change.old,
+                                       new_status=change.new, reason=reason, detail=change.detail,
+                                       in_maintenance=change.in_maintenance))
+            health.status, health.changed_at = after.status, checked_at
+        samples.append(HealthSample(node_id=result.node_id, at=checked_at, ok=result.ok,
+                                    latency_ms=result.latency_ms, failure=reason))
+    history.record(samples)
+    if report.changes:
+        for hook in status_changed:
+            hook(report.changes)
+    db.session.commit()
+    alerts = [c for c in report.changes if not c.in_maintenance]
+    if alerts and current_app.config.get("MPIM_HEALTH_WEBHOOK_URL"):
+        send_webhook(current_app.config["MPIM_HEALTH_WEBHOOK_URL"], alerts)
+    return report
+
+
+def send_webhook(url: str, changes: list[StatusChange], attempts: int = 3, timeout: float = 5.0,
+                 backoff: float = 0.5) -> bool:
+    """POST the state changes as JSON; retried with backoff; a failure is logged, never raised."""
+    body = json.dumps({"event": "node_health_changed", "time": utcnow().isoformat(),
+                       "changes": [c.__dict__ for c in changes]}, ensure_ascii=False).encode()
+    for attempt in range(attempts):
+        try:
+            request = urllib.request.Request(url, data=body, method="POST",
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (configured URL)
+                if 200 <= response.status < 300:
+                    return True
+        except OSError as error:
+            log.warning("health webhook attempt %s failed: %s", attempt + 1, error)
+        if attempt + 1 < attempts:
+            time.sleep(backoff * 2 ** attempt)
+    return False
+
+
+def flap_counts(node_ids: list[str] | None = None, now: datetime | None = None) -> dict[str, int]:
+    now = now or utcnow()
+    query = select(HealthEvent.node_id, func.count()).where(HealthEvent.at >= now - timedelta(hours=1)) \
+        .group_by(HealthEvent.node_id)
+    if node_ids is not None:
+        query = query.where(HealthEvent.node_id.in_(node_ids))
+    return dict(db.session.execute(query).all())
+
+
+def is_flapping(changes_last_hour: int) -> bool:
+    return changes_last_hour > current_app.config["MPIM_HEALTH_FLAP_CHANGES"]
+
+
+def set_maintenance(node_id: str, until: datetime, note: str, *, by) -> NodeHealth:
+    if until <= utcnow():
+        raise ValidationFailed(_l("A maintenance window must end in the future."), code="invalid_window",
+                               field="until")
+    health = db.session.get(NodeHealth, node_id) or NodeHealth(node_id=node_id, status="unknown",
+                                                              consecutive_failures=0, consecutive_successes=0,
+                                                              last_detail="", maintenance_note="")
+    db.session.add(health)
+    health.maintenance_until, health.maintenance_note = until, note.strip()[:200]
+    audit.record("health.maintenance", node_id, {"until": until, "note": health.maintenance_note},
+                 actor=by.username)
+    return health
+
+
+def clear_maintenance(node_id: str, *, by) -> None:
+    health = db.session.get(NodeHealth, node_id)
+    if health is not None:
+        health.maintenance_until = None
+    audit.record("health.maintenance_end", node_id, actor=by.username)
+
+
+def statuses(node_ids: list[str]) -> dict[str, NodeHealth]:
+    if not node_ids:
+        return {}
+    return {h.node_id: h for h in db.session.scalars(select(NodeHealth).where(NodeHealth.node_id.in_(node_ids)))}

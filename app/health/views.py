@@ -1,0 +1,121 @@
+"""Console: events page, maintenance windows, the node page's charts, the list column, the banner."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
+from flask_login import current_user
+from markupsafe import Markup, escape
+from sqlalchemy import select
+
+from app.admission import nodes
+from app.admission.models import Node
+from app.admission.scope import division_filter
+from app.auth.access import roles_required
+from app.database import paginate, utcnow
+from app.errors import DomainError
+from app.extensions import db
+from app.health import charts, history, service
+from app.health.models import HealthEvent, NodeHealth
+
+bp = Blueprint("health", __name__, url_prefix="/health")
+STATUS_LABELS = {"up": _l("Up"), "down": _l("Down"), "unknown": _l("Unknown")}
+
+
+@bp.get("/events")
+@roles_required("ministry_admin", "provincial_admin", "auditor")
+def events():
+    query = select(HealthEvent).join(Node, Node.node_id == HealthEvent.node_id) \
+        .where(division_filter(current_user, Node.division_code)).order_by(HealthEvent.at.desc(), HealthEvent.id.desc())
+    node_id = request.args.get("node", "").strip()[:20]
+    if node_id:
+        query = query.where(HealthEvent.node_id == node_id)
+    page = paginate(query, request.args.get("page", 1, type=int), current_app.config["MPIM_PAGE_SIZE"])
+    return render_template("health/events.html", page=page, node_id=node_id, labels=STATUS_LABELS)
+
+
+@bp.post("/<node_id>/maintenance")
+@roles_required("ministry_admin", "provincial_admin")
+def maintenance(node_id: str):
+    from app.auth.forms import ConfirmForm
+
+    node = nodes.get_visible(node_id, current_user)
+    if not ConfirmForm().validate_on_submit():
+        flash(_("The form expired; try again."), "error")
+        return redirect(url_for("nodes.detail", node_id=node_id))
+    try:
+        hours = float(request.form.get("hours", "0"))
+        if hours <= 0:
+            service.clear_maintenance(node.node_id, by=current_user)
+        else:
+            service.set_maintenance(node.node_id, utcnow() + timedelta(hours=min(hours, 24 * 30)),
+                                    request.form.get("note", ""), by=current_user)
+        db.session.commit()
+        flash(_("Maintenance window saved."), "success")
+    except (DomainError, ValueError) as error:
+        db.session.rollback()
+        flash(getattr(error, "message", str(error)), "error")
+    return redirect(url_for("nodes.detail", node_id=node_id))
+
+
+def health_cell(node: Node) -> Markup:
+    """The nodes list's health column."""
+    health = db.session.get(NodeHealth, node.node_id)
+    if node.status != "active":
+        return Markup("—")
+    if service.in_maintenance(health):
+        return Markup(f'<span class="tag muted">{escape(_("Maintenance"))}</span>')
+    status = health.status if health else "unknown"
+    kind = {"up": "good", "down": "bad", "unknown": "muted"}[status]
+    latency = f" {health.last_latency_ms:.0f} ms" if health and health.last_latency_ms and status == "up" else ""
+    return Markup(f'<span class="tag {kind}">{escape(STATUS_LABELS[status])}</span>{latency}')
+
+
+def node_section(node: Node) -> dict | None:
+    if node.status == "revoked":
+        return None
+    health = db.session.get(NodeHealth, node.node_id)
+    now = utcnow()
+    flaps = service.flap_counts([node.node_id], now).get(node.node_id, 0)
+    return {
+        "template": "health/node_section.html", "health": health, "labels": STATUS_LABELS,
+        "in_maintenance": service.in_maintenance(health, now), "flapping": service.is_flapping(flaps),
+        "flaps": flaps,
+        "latency_chart": Markup(charts.latency_chart(history.latency_series(node.node_id, 24, now), end=now)),
+        "bars": [(label, Markup(charts.uptime_bars(history.uptime_buckets(node.node_id, span=span, buckets=count,
+                                                                          now=now), label=str(label))),
+                  history.uptime_ratio(node.node_id, span, now))
+                 for label, span, count in ((_l("24 hours"), timedelta(hours=24), 24),
+                                            (_l("7 days"), timedelta(days=7), 28),
+                                            (_l("90 days"), timedelta(days=90), 90))],
+        "events": db.session.scalars(select(HealthEvent).where(HealthEvent.node_id == node.node_id)
+                                     .order_by(HealthEvent.at.desc()).limit(10)).all(),
+    }
+
+
+def down_nodes(user) -> list[Node]:
+    now = utcnow()
+    rows = db.session.execute(select(Node, NodeHealth).join(NodeHealth, NodeHealth.node_id == Node.node_id)
+                              .where(Node.status == "active", NodeHealth.status == "down",
+                                     division_filter(user, Node.division_code))).all()
+    return [node for node, health in rows if not service.in_maintenance(health, now)]
+
+
+def banner(user) -> list[dict]:
+    down = down_nodes(user)
+    if not down:
+        return []
+    names = "、".join(f"{n.org_name}（{n.node_id}）" for n in down[:5])
+    more = _(" and %(n)s more", n=len(down) - 5) if len(down) > 5 else ""
+    return [{"kind": "error", "text": _("%(n)s nodes are down: %(names)s%(more)s", n=len(down), names=names,
+                                        more=more)}]
+
+
+def province_down(user, figures) -> None:
+    from app.admission.tilemap import ProvinceFigures
+
+    for node in down_nodes(user):
+        figures.setdefault(node.province_prefix, ProvinceFigures()).down += 1

@@ -1,0 +1,28 @@
+"""The certificate authority (issue 4): issue, renew, revoke, publish."""
+
+
+def init_app(app) -> None:
+    from flask_babel import lazy_gettext as _l
+
+    from app import console
+    from app.admission import hooks
+    from app.pki import service, views
+    from app.pki.api import bp as api_bp
+    from app.pki.cli import cli
+    from app.scheduler import registry
+
+    app.register_blueprint(api_bp)
+    app.register_blueprint(views.bp)
+    app.cli.add_command(cli)
+    for name, hook in (("node_admitted", service.node_admitted), ("node_status_changed", service.node_status_changed),
+                       ("node_changed", service.node_changed)):
+        hook_list = getattr(hooks, name)
+        if hook not in hook_list:
+            hook_list.insert(0, hook)  # certificates first: routing publishes what they decide
+    registry.register(registry.Job("ca.crl_refresh", service.crl_refresh_job, 3600))
+    if views.dashboard_panel not in console.dashboard_panels:
+        console.dashboard_panels.append(views.dashboard_panel)
+        console.banner_sources.append(views.banner)
+    entry = ("certificates.index", _l("Certificates"), ("ministry_admin", "provincial_admin", "auditor"))
+    if entry not in console.nav_entries:
+        console.nav_entries.append(entry)

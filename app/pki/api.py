@@ -1,0 +1,93 @@
+"""CA endpoints (SPEC §4): the trust anchor, chain, CRL, OCSP, route signer; node certificates."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, g, request
+from werkzeug.exceptions import UnsupportedMediaType
+
+from app.admission import nodes, tokens
+from app.admission.api import bearer_token, json_body
+from app.errors import NotFound, Unauthorized
+from app.extensions import csrf, db
+from app.pki import service
+from app.sessions import service as sessions
+from app.sessions.api import node_session_required
+
+bp = Blueprint("pki_api", __name__)
+csrf.exempt(bp)
+PEM = "application/x-pem-file"
+
+
+def pem(data: str | bytes) -> Response:
+    return Response(data, mimetype=PEM, headers={"Cache-Control": "no-cache"})
+
+
+@bp.get("/ca/ca.pem")
+def root_certificate():
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return pem(service.authority().root_certificate.public_bytes(Encoding.PEM))
+
+
+@bp.get("/ca/chain.pem")
+def chain():
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return pem(service.authority().intermediate_certificate.public_bytes(Encoding.PEM))
+
+
+@bp.get("/ca/route-signer.pem")
+def route_signer():
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return pem(service.authority().route_signer_certificate.public_bytes(Encoding.PEM))
+
+
+@bp.get("/ca/crl.pem")
+def crl_pem():
+    return pem(service.current_crl().pem)
+
+
+@bp.get("/ca/crl.crl")
+def crl_der():
+    return Response(service.current_crl().der, mimetype="application/pkix-crl")
+
+
+@bp.post("/ca/ocsp")
+def ocsp_post():
+    if request.mimetype != "application/ocsp-request":
+        raise UnsupportedMediaType("Send an application/ocsp-request body.")
+    return Response(service.ocsp_response(request.get_data()), mimetype="application/ocsp-response")
+
+
+def _caller_may_fetch(node) -> None:
+    """The enrollment token that admitted this node, or a session of the node itself."""
+    raw = bearer_token()
+    if raw and raw.startswith(tokens.TOKEN_PREFIX):
+        token = tokens.find_by_raw(raw)
+        if token.id == node.enrolled_by_token_id:
+            return
+        raise NotFound(f"No certificate for {node.node_id} with this token.", code="certificate_not_found")
+    if sessions.authenticate(raw) != node.node_id:
+        raise Unauthorized("This session belongs to another node.", code="wrong_node")
+
+
+@bp.get("/api/v1/nodes/<node_id>/certificate")
+def node_certificate(node_id: str):
+    """PEM: the node's current certificate followed by the CA chain (intermediate, root)."""
+    node = nodes.get(node_id)
+    _caller_may_fetch(node)
+    current = service.current_certificate(node_id)
+    if current is None:
+        raise NotFound(f"Node {node_id} has no valid certificate.", code="certificate_not_found")
+    return pem(current.pem.encode() + service.authority().chain_pem())
+
+
+@bp.post("/api/v1/certificates/renew")
+@node_session_required
+def renew():
+    document = json_body()
+    node = nodes.get(g.node_id)
+    row = service.renew(node, document.get("csr") if isinstance(document.get("csr"), str) else "")
+    db.session.commit()
+    return pem(row.pem.encode() + service.authority().chain_pem()), 201

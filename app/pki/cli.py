@@ -1,0 +1,107 @@
+"""`flask ca init|root-offline|list|show|revoke|crl|rotate-route-signer`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+
+from app.admission.cli import emit, run
+from app.auth import service as users
+from app.config import read_or_create_secret
+from app.database import paginate
+from app.extensions import db
+from app.pki import authority, service
+
+cli = AppGroup("ca", help="The certificate authority.")
+
+
+@cli.command("init")
+@click.option("--key-type", type=click.Choice(["ec", "rsa"]), default=None,
+              help="ec: P-384 root, P-256 intermediate (default); rsa: RSA 3072 for both.")
+@click.option("--if-missing", is_flag=True, help="Do nothing when a CA exists (used by `make run`).")
+@click.option("--generate-passphrase", is_flag=True,
+              help="Without MPIM_CA_PASSPHRASE, generate one into MPIM_CA_PASSPHRASE_FILE (embedded default only).")
+@click.option("--json", "as_json", is_flag=True)
+def init_command(key_type, if_missing, generate_passphrase, as_json):
+    """Create the root and issuing CA; refuses to overwrite an existing one."""
+    if if_missing and service.is_ready():
+        click.echo("CA exists already")
+        return
+    if generate_passphrase and not current_app.config["MPIM_CA_PASSPHRASE"]:
+        read_or_create_secret(Path(current_app.config["MPIM_CA_PASSPHRASE_FILE"]), 32)
+    result = run(lambda: service.initialise(key_type=key_type, actor="cli"), as_json)
+    emit(result, as_json, "CA created in {}\n  root {root}\n  route signer {route_signer}".format(
+        service.ca_directory(), **result))
+
+
+@cli.command("root-offline")
+@click.argument("export_path", type=click.Path(dir_okay=False, path_type=Path))
+def root_offline_command(export_path):
+    """Export the root key to EXPORT_PATH and remove it from this server."""
+    run(lambda: authority.root_offline(service.ca_directory(), export_path), False)
+    from app.audit import service as audit
+
+    audit.record("ca.root_offline", str(export_path.name), actor="cli")
+    db.session.commit()
+    click.echo(f"root key moved to {export_path}; the intermediate keeps issuing")
+
+
+def certificate_dict(row) -> dict:
+    return {"serial": row.serial, "kind": row.kind, "node_id": row.node_id, "subject": row.subject,
+            "sha256": row.sha256, "key": row.key_description, "not_before": row.not_before.isoformat(),
+            "not_after": row.not_after.isoformat(), "state": row.state(),
+            "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None,
+            "revocation_reason": row.revocation_reason}
+
+
+@cli.command("list")
+@click.option("--state", type=click.Choice(["", "valid", "expiring", "expired", "revoked"]), default="")
+@click.option("--node", "node_id", default="")
+@click.option("--json", "as_json", is_flag=True)
+def list_command(state, node_id, as_json):
+    for row in paginate(service.inventory_query(state=state, node_id=node_id), 1, 100000, count=False).items:
+        emit(certificate_dict(row), as_json, f"{row.serial:<34} {row.kind:<12} {row.node_id or '':<20} "
+             f"{row.state():<9} until {row.not_after:%Y-%m-%d} {row.sha256[:16]}…")
+
+
+@cli.command("show")
+@click.argument("serial")
+def show_command(serial):
+    row = run(lambda: service.get(serial), True)
+    click.echo(json.dumps({**certificate_dict(row), "pem": row.pem}, ensure_ascii=False))
+
+
+@cli.command("revoke")
+@click.argument("serial")
+@click.option("--reason", type=click.Choice(service.REASONS), required=True)
+@click.option("--user", "username", required=True)
+@click.option("--json", "as_json", is_flag=True)
+def revoke_command(serial, reason, username, as_json):
+    row = run(lambda: service.revoke(service.get(serial), reason, by=users.get_user(username)), as_json)
+    emit(certificate_dict(row), as_json, f"revoked {row.serial} ({reason}); CRL regenerated")
+
+
+@cli.command("crl")
+@click.option("--regenerate", is_flag=True)
+def crl_command(regenerate):
+    """Print the current CRL (PEM); --regenerate issues a new one first."""
+    if regenerate:
+        run(lambda: service.regenerate_crl(actor="cli"), False)
+    click.echo(service.current_crl().pem, nl=False)
+
+
+@cli.command("rotate-route-signer")
+def rotate_command():
+    from app.routing import service as routing
+
+    def rotate():
+        row = service.rotate_route_signer(actor="cli")
+        routing.publish("route signer rotated", force=True, actor="cli")  # old signatures name the old signer
+        return row
+
+    row = run(rotate, False)
+    click.echo(f"new route signer {row.sha256}; nodes pick it up from /ca/route-signer.pem")

@@ -1,0 +1,60 @@
+"""Every certificate the CA issued, and the CRL's running number."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.database import UTCDateTime, utcnow
+from app.extensions import db
+
+CERTIFICATE_KINDS = ("node", "route_signer", "management")
+
+
+class Certificate(db.Model):
+    __tablename__ = "certificates"
+    __table_args__ = (
+        CheckConstraint(f"kind IN {CERTIFICATE_KINDS!r}", name="kind_known"),
+        Index("ix_certificates_node_not_after", "node_id", "not_after"),
+    )
+
+    serial: Mapped[str] = mapped_column(String(40), primary_key=True)  # lower-case hex
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    node_id: Mapped[str | None] = mapped_column(ForeignKey("nodes.node_id"), index=True)
+    subject: Mapped[str] = mapped_column(String(300), nullable=False)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    key_description: Mapped[str] = mapped_column(String(40), nullable=False, default="")
+    pem: Mapped[str] = mapped_column(Text, nullable=False)
+    not_before: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    not_after: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, index=True)
+    issued_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    issued_by: Mapped[str] = mapped_column(String(64), nullable=False)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revocation_reason: Mapped[str | None] = mapped_column(String(32))
+
+    def state(self, now: datetime | None = None, expiring_days: int = 30) -> str:
+        from datetime import timedelta
+
+        now = now or utcnow()
+        if self.revoked_at:
+            return "revoked"
+        if self.not_after <= now:
+            return "expired"
+        if self.not_after <= now + timedelta(days=expiring_days):
+            return "expiring"
+        return "valid"
+
+
+class CRLState(db.Model):
+    """The single current CRL (id 1): regenerated on every revocation and before nextUpdate."""
+
+    __tablename__ = "crl_state"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    crl_number: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    this_update: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    next_update: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    pem: Mapped[str] = mapped_column(Text, nullable=False)
+    der: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)

@@ -1,0 +1,358 @@
+"""The CA's rules as the console, the API, the CLI and admission's hooks call them.
+
+Crypto lives in `authority.py` / `csr_policy.py` / `ocsp.py` (no database); this module adds
+configuration, persistence, audit and the lifecycle rules (issue on approval, renew in the last
+third, revoke with the node, CRL regenerated on every revocation).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from flask import current_app
+from flask_babel import lazy_gettext as _l
+from sqlalchemy import select
+
+from app.audit import service as audit
+from app.database import utcnow
+from app.errors import Conflict, DomainError, NotFound, PermissionDenied, ValidationFailed
+from app.extensions import db
+from app.pki import authority as ca
+from app.pki import csr_policy, ocsp
+from app.pki.models import Certificate, CRLState
+
+# Functions (node_id) run after a node's current certificate changed (routing re-publishes).
+certificate_changed: list = []
+
+REASONS = ("unspecified", "key_compromise", "affiliation_changed", "superseded", "cessation_of_operation",
+           "certificate_hold", "privilege_withdrawn")
+
+
+class CANotReady(DomainError):
+    code = "ca_not_initialised"
+    status = 503
+
+
+def ca_directory() -> Path:
+    return Path(current_app.config["MPIM_CA_DIR"])
+
+
+def passphrase() -> bytes:
+    value = current_app.config.get("MPIM_CA_PASSPHRASE")
+    path = current_app.config.get("MPIM_CA_PASSPHRASE_FILE")
+    if not value and path and Path(path).exists():
+        value = Path(path).read_text().strip()
+    if not value:
+        raise CANotReady("No CA passphrase: set MPIM_CA_PASSPHRASE or MPIM_CA_PASSPHRASE_FILE.")
+    return value.encode()
+
+
+def ca_config() -> ca.CAConfig:
+    from urllib.parse import urlsplit
+
+    config = current_app.config
+    base = config["MPIM_BASE_URL"].rstrip("/")
+    return ca.CAConfig(
+        management_host=urlsplit(base).hostname or "127.0.0.1",
+        organisation=config["MPIM_CA_ORGANISATION"], root_common_name=config["MPIM_CA_ROOT_NAME"],
+        intermediate_common_name=config["MPIM_CA_INTERMEDIATE_NAME"], key_type=config["MPIM_CA_KEY_TYPE"],
+        crl_url=f"{base}/ca/crl.crl", ocsp_url=f"{base}/ca/ocsp", node_validity_days=config["MPIM_CERT_DAYS"],
+    )
+
+
+def authority() -> ca.Authority:
+    """The loaded CA, cached per app (decrypting the key file costs a key derivation)."""
+    cached = current_app.extensions.get("mpim_authority")
+    if cached is None:
+        if not ca.is_initialised(ca_directory()):
+            raise CANotReady("The CA is not initialised: run `flask ca init`.")
+        cached = current_app.extensions["mpim_authority"] = ca.Authority.load(ca_directory(), passphrase(),
+                                                                              ca_config())
+    return cached
+
+
+def is_ready() -> bool:
+    return ca.is_initialised(ca_directory())
+
+
+def fingerprint(certificate: x509.Certificate) -> str:
+    return certificate.fingerprint(hashes.SHA256()).hex()
+
+
+def store(certificate: x509.Certificate, kind: str, node_id: str | None, actor: str) -> Certificate:
+    row = Certificate(
+        serial=format(certificate.serial_number, "x"), kind=kind, node_id=node_id,
+        subject=certificate.subject.rfc4514_string()[:300], sha256=fingerprint(certificate),
+        key_description=csr_policy.describe_key(certificate.public_key()),
+        pem=certificate.public_bytes(serialization.Encoding.PEM).decode(),
+        not_before=certificate.not_valid_before_utc, not_after=certificate.not_valid_after_utc, issued_by=actor)
+    db.session.add(row)
+    db.session.flush()
+    audit.record("certificate.issue", row.serial, {"kind": kind, "node": node_id, "sha256": row.sha256,
+                                                   "not_after": row.not_after}, actor=actor)
+    return row
+
+
+def initialise(*, key_type: str | None = None, actor: str = "cli") -> dict:
+    """`flask ca init`: root + intermediate, then the route signer and the management node's TLS
+    certificate, then the first CRL. Refuses to overwrite an existing CA."""
+    config = ca_config()
+    if key_type:
+        config = ca.CAConfig(**{**config.__dict__, "key_type": key_type})
+    ca.init_ca(ca_directory(), passphrase(), config)
+    current_app.extensions.pop("mpim_authority", None)
+    loaded = authority()
+    audit.record("ca.init", loaded.intermediate_certificate.subject.rfc4514_string(),
+                 {"key_type": config.key_type, "root_not_after": loaded.root_certificate.not_valid_after_utc},
+                 actor=actor)
+    signer = store(loaded.route_signer_certificate, "route_signer", None, actor)
+    management = store(loaded.management_certificate, "management", None, actor)
+    regenerate_crl(actor=actor)
+    return {"root": fingerprint(loaded.root_certificate), "intermediate": fingerprint(loaded.intermediate_certificate),
+            "route_signer": signer.sha256, "management": management.sha256}
+
+
+# --- node certificates ---------------------------------------------------------------------------
+
+def issue_for_node(node, csr_pem: str, *, actor: str) -> Certificate:
+    from app.admission.information import endpoint_host
+
+    csr = csr_policy.load_csr(csr_pem)
+    csr_policy.check_csr(csr)
+    certificate = authority().issue_node_certificate(
+        csr, node_id=node.node_id, org_name=node.org_name, endpoint_host=endpoint_host(node.endpoint),
+        validity_days=current_app.config["MPIM_CERT_DAYS"])
+    return store(certificate, "node", node.node_id, actor)
+
+
+def node_admitted(node, application) -> None:
+    """admission hook: approval issues the certificate from the application's CSR."""
+    issue_for_node(node, application.csr_pem, actor=application.reviewed_by or "system")
+
+
+def node_status_changed(node, old: str, new: str, reason: str) -> None:
+    """admission hook: revoking a node revokes all its certificates."""
+    if new == "revoked":
+        now = utcnow()
+        for row in node_certificates(node.node_id):
+            if row.revoked_at is None and row.not_after > now:
+                row.revoked_at, row.revocation_reason = now, "cessation_of_operation"
+                audit.record("certificate.revoke", row.serial,
+                             {"node": node.node_id, "reason": "cessation_of_operation"})
+        regenerate_crl()
+
+
+def node_changed(node, application, changes: dict) -> None:
+    """admission hook: an approved change with a new CSR gets a new certificate; when the endpoint
+    host changed, the old certificates name a host the node no longer has and are superseded."""
+    if not application.csr_pem:
+        return
+    previous = [row for row in node_certificates(node.node_id) if row.revoked_at is None]
+    issue_for_node(node, application.csr_pem, actor=application.reviewed_by or "system")
+    if "endpoint" in changes:
+        from app.admission.information import endpoint_host
+
+        old_host, new_host = (endpoint_host(value) for value in changes["endpoint"])
+        if old_host != new_host:
+            for row in previous:
+                row.revoked_at, row.revocation_reason = utcnow(), "superseded"
+                audit.record("certificate.revoke", row.serial, {"node": node.node_id, "reason": "superseded"})
+            regenerate_crl()
+
+
+def node_certificates(node_id: str) -> list[Certificate]:
+    return list(db.session.scalars(select(Certificate).where(Certificate.node_id == node_id)
+                                   .order_by(Certificate.issued_at.desc())))
+
+
+def current_certificate(node_id: str) -> Certificate | None:
+    """The newest certificate that is valid now and not revoked."""
+    now = utcnow()
+    return db.session.scalar(select(Certificate).where(
+        Certificate.node_id == node_id, Certificate.revoked_at.is_(None), Certificate.not_before <= now,
+        Certificate.not_after > now).order_by(Certificate.not_before.desc(), Certificate.issued_at.desc()).limit(1))
+
+
+def current_fingerprints() -> dict[str, str]:
+    """node id → SHA-256 of its newest valid certificate (what the routing table carries)."""
+    now = utcnow()
+    rows = db.session.execute(select(Certificate.node_id, Certificate.sha256).where(
+        Certificate.kind == "node", Certificate.revoked_at.is_(None), Certificate.not_before <= now,
+        Certificate.not_after > now).order_by(Certificate.node_id, Certificate.not_before, Certificate.issued_at))
+    result: dict[str, str] = {}
+    for node_id, sha256 in rows:
+        result[node_id] = sha256  # ordered oldest first: the newest wins
+    return result
+
+
+def session_certificates(node_id: str) -> dict:
+    """What A.2 may verify a session signature with, and why nothing, when nothing."""
+    now = utcnow()
+    rows = node_certificates(node_id)
+    usable = [x509.load_pem_x509_certificate(row.pem.encode()) for row in rows
+              if row.revoked_at is None and row.not_before <= now < row.not_after]
+    return {"usable": usable, "revoked": any(row.revoked_at for row in rows),
+            "expired": any(row.not_after <= now for row in rows)}
+
+
+def renew(node, csr_pem: str, *, by=None) -> Certificate:
+    """A node renews in the last third of its certificate's validity; an admin (`by`) any time.
+    The old certificate stays valid until it expires; the route table carries the new one."""
+    if node.status != "active":
+        raise Conflict(_l("A %(status)s node cannot renew its certificate.", status=node.status),
+                       code=f"node_{node.status}")
+    if by is not None and by.role != "ministry_admin":
+        raise PermissionDenied(_l("Only a ministry admin may do this."), code="ministry_only")
+    current = current_certificate(node.node_id)
+    if by is None and current is not None:
+        lifetime = current.not_after - current.not_before
+        opens = current.not_after - lifetime / 3
+        if utcnow() < opens:
+            raise Conflict(_l("Renewal opens at %(when)s, in the last third of the validity.",
+                              when=opens.isoformat(timespec="seconds")), code="renewal_too_early")
+    row = issue_for_node(node, csr_pem, actor=by.username if by else f"node:{node.node_id}")
+    for hook in certificate_changed:
+        hook(node.node_id)
+    return row
+
+
+# --- revocation, CRL, OCSP -------------------------------------------------------------------------
+
+def revoke(certificate: Certificate, reason: str, *, by) -> Certificate:
+    if by.role != "ministry_admin":
+        raise PermissionDenied(_l("Only a ministry admin may do this."), code="ministry_only")
+    if reason not in REASONS:
+        raise ValidationFailed(_l("Unknown revocation reason %(reason)s.", reason=reason), code="invalid_reason",
+                               field="reason")
+    if certificate.revoked_at is not None:
+        raise Conflict(_l("This certificate is revoked already."), code="already_revoked")
+    certificate.revoked_at, certificate.revocation_reason = utcnow(), reason
+    audit.record("certificate.revoke", certificate.serial, {"node": certificate.node_id, "reason": reason},
+                 actor=by.username)
+    regenerate_crl(actor=by.username)
+    if certificate.node_id:
+        for hook in certificate_changed:
+            hook(certificate.node_id)
+    return certificate
+
+
+def get(serial: str) -> Certificate:
+    row = db.session.get(Certificate, serial.lower().lstrip("0") or "0") if len(serial) <= 40 else None
+    if row is None:
+        raise NotFound(_l("No certificate with serial %(serial)s.", serial=serial), code="certificate_not_found")
+    return row
+
+
+def regenerate_crl(*, actor: str | None = None) -> CRLState:
+    now = utcnow().replace(microsecond=0)
+    state = db.session.get(CRLState, 1)
+    number = (state.crl_number + 1) if state else 1
+    revoked = db.session.execute(select(Certificate.serial, Certificate.revoked_at, Certificate.revocation_reason)
+                                 .where(Certificate.revoked_at.is_not(None))).all()
+    crl = authority().build_crl([(int(serial, 16), at, reason) for serial, at, reason in revoked], crl_number=number,
+                                this_update=now, next_update=now + timedelta(days=current_app.config["MPIM_CRL_DAYS"]))
+    pem = crl.public_bytes(serialization.Encoding.PEM).decode()
+    der = crl.public_bytes(serialization.Encoding.DER)
+    if state is None:
+        state = CRLState(id=1, crl_number=number, this_update=now, next_update=crl.next_update_utc, pem=pem, der=der)
+        db.session.add(state)
+    else:
+        state.crl_number, state.this_update, state.next_update, state.pem, state.der = \
+            number, now, crl.next_update_utc, pem, der
+    db.session.flush()
+    return state
+
+
+def crl_refresh_job() -> str:
+    """Scheduler job: a new CRL once half of the current one's validity has passed."""
+    if not is_ready():
+        return "no CA"
+    state = db.session.get(CRLState, 1)
+    half = timedelta(days=current_app.config["MPIM_CRL_DAYS"]) / 2
+    if state is not None and state.next_update - utcnow() > half:
+        return f"CRL {state.crl_number} good until {state.next_update.isoformat()}"
+    state = regenerate_crl(actor="scheduler")
+    db.session.commit()
+    return f"issued CRL {state.crl_number}"
+
+
+def current_crl() -> CRLState:
+    state = db.session.get(CRLState, 1)
+    if state is None:
+        raise CANotReady("No CRL has been issued: run `flask ca init`.")
+    return state
+
+
+def ocsp_response(request_der: bytes) -> bytes:
+    def lookup(serial: int) -> ocsp.CertStatus:
+        row = db.session.get(Certificate, format(serial, "x"))
+        if row is None:
+            return ocsp.CertStatus("unknown")
+        if row.revoked_at is not None:
+            return ocsp.CertStatus("revoked", row.revoked_at, row.revocation_reason)
+        return ocsp.CertStatus("good")
+
+    loaded = authority()
+    return ocsp.respond(request_der, lookup, issuer=loaded.intermediate_certificate,
+                        signing_key=loaded.intermediate_key)
+
+
+# --- the management node's own keys ---------------------------------------------------------------
+
+def route_signer():
+    """(signing key, certificate) for routing tables."""
+    loaded = authority()
+    return loaded.route_signer_key.signer(), loaded.route_signer_certificate
+
+
+def rotate_route_signer(*, actor: str) -> Certificate:
+    certificate = authority().create_service_certificate("route-signer")
+    return store(certificate, "route_signer", None, actor)
+
+
+def management_client_ssl_context():
+    """TLS context for polling nodes: trusts our CA, presents the management node's certificate."""
+    import ssl
+
+    loaded = authority()
+    directory = ca_directory()
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=loaded.chain_pem().decode())
+    context.load_cert_chain(directory / "management.pem", directory / "management.key", password=passphrase())
+    return context
+
+
+def expiry_warnings(now: datetime | None = None) -> list[str]:
+    """Long before a CA certificate expires: a year for the root, half a year for the intermediate."""
+    if not is_ready():
+        return []
+    now = now or utcnow()
+    loaded = authority()
+    warnings = []
+    for label, certificate, horizon in (("root", loaded.root_certificate, 365),
+                                        ("intermediate", loaded.intermediate_certificate, 180),
+                                        ("route signer", loaded.route_signer_certificate, 30)):
+        left = certificate.not_valid_after_utc - now
+        if left < timedelta(days=horizon):
+            warnings.append(_l("The %(label)s CA certificate expires in %(days)s days (%(date)s).", label=label,
+                               days=max(0, left.days), date=certificate.not_valid_after_utc.date().isoformat()))
+    return warnings
+
+
+def inventory_query(*, state: str = "", node_id: str = "", now: datetime | None = None):
+    now = now or utcnow()
+    query = select(Certificate).order_by(Certificate.issued_at.desc())
+    if node_id:
+        query = query.where(Certificate.node_id == node_id)
+    if state == "revoked":
+        query = query.where(Certificate.revoked_at.is_not(None))
+    elif state == "expired":
+        query = query.where(Certificate.revoked_at.is_(None), Certificate.not_after <= now)
+    elif state == "expiring":
+        query = query.where(Certificate.revoked_at.is_(None), Certificate.not_after > now,
+                            Certificate.not_after <= now + timedelta(days=30))
+    elif state == "valid":
+        query = query.where(Certificate.revoked_at.is_(None), Certificate.not_after > now)
+    return query

@@ -1,0 +1,97 @@
+"""Console: certificate inventory, detail with PEM and fingerprint, revocation, CA warnings."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
+from flask_login import current_user
+from sqlalchemy import func, select
+
+from app.auth.access import roles_required
+from app.auth.forms import ConfirmForm
+from app.database import paginate, utcnow
+from app.errors import DomainError
+from app.extensions import db
+from app.pki import service
+from app.pki.models import Certificate
+
+bp = Blueprint("certificates", __name__, url_prefix="/certificates")
+VIEWERS = ("ministry_admin", "auditor", "provincial_admin")
+
+
+def _visible(row: Certificate) -> bool:
+    if row.node_id is None or current_user.role != "provincial_admin":
+        return True
+    from app.admission.models import Node
+
+    node = db.session.get(Node, row.node_id)
+    return node is not None and current_user.can_access_division(node.division_code)
+
+
+@bp.get("/")
+@roles_required(*VIEWERS)
+def index():
+    state = request.args.get("state", "")
+    node_id = request.args.get("node", "").strip()[:20]
+    query = service.inventory_query(state=state, node_id=node_id)
+    if current_user.role == "provincial_admin":
+        from app.admission.models import Node
+        from app.admission.scope import division_filter
+
+        query = query.join(Node, Node.node_id == Certificate.node_id).where(division_filter(current_user,
+                                                                                             Node.division_code))
+    page = paginate(query, request.args.get("page", 1, type=int), current_app.config["MPIM_PAGE_SIZE"])
+    return render_template("pki/index.html", page=page, state=state, node_id=node_id, ready=service.is_ready())
+
+
+@bp.get("/<serial>")
+@roles_required(*VIEWERS)
+def detail(serial: str):
+    row = service.get(serial)
+    if not _visible(row):
+        return redirect(url_for("certificates.index"))
+    return render_template("pki/detail.html", row=row, reasons=service.REASONS, confirm_form=ConfirmForm())
+
+
+@bp.get("/<serial>.pem")
+@roles_required(*VIEWERS)
+def download(serial: str):
+    row = service.get(serial)
+    body = row.pem + service.authority().chain_pem().decode()
+    return Response(body, mimetype="application/x-pem-file",
+                    headers={"Content-Disposition": f"attachment; filename={row.node_id or row.kind}-{row.serial}.pem"})
+
+
+@bp.post("/<serial>/revoke")
+@roles_required("ministry_admin")
+def revoke(serial: str):
+    row = service.get(serial)
+    if ConfirmForm().validate_on_submit():
+        try:
+            service.revoke(row, request.form.get("reason", ""), by=current_user)
+            db.session.commit()
+            flash(_("Certificate %(serial)s revoked; the CRL was regenerated.", serial=serial), "success")
+        except DomainError as error:
+            db.session.rollback()
+            flash(error.message, "error")
+    return redirect(url_for("certificates.detail", serial=serial))
+
+
+def dashboard_panel(user) -> dict | None:
+    if not service.is_ready():
+        return {"template": "pki/dashboard_panel.html", "ready": False}
+    now = utcnow()
+    from datetime import timedelta
+
+    expiring = db.session.scalar(select(func.count()).where(
+        Certificate.revoked_at.is_(None), Certificate.not_after > now,
+        Certificate.not_after <= now + timedelta(days=30))) or 0
+    valid = db.session.scalar(select(func.count()).where(Certificate.kind == "node", Certificate.revoked_at.is_(None),
+                                                         Certificate.not_after > now)) or 0
+    return {"template": "pki/dashboard_panel.html", "ready": True, "expiring": expiring, "valid": valid}
+
+
+def banner(user) -> list[dict]:
+    if user.role not in ("ministry_admin", "auditor"):
+        return []
+    return [{"kind": "warning", "text": str(text)} for text in service.expiry_warnings()]

@@ -1,0 +1,100 @@
+"""`GET /api/v1/routes` and `GET /api/v1/routes/{node_id}` (SPEC §4-§5), node session required."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from flask import Blueprint, current_app, g, request
+
+from app.admission.api import bearer_token
+from app.errors import NotFound, ValidationFailed
+from app.extensions import csrf, db
+from app.routing import service
+from app.routing.serving import cache_for, signed_headers
+from app.sessions import service as sessions
+from app.sessions.models import NodeSession
+
+bp = Blueprint("routing_api", __name__, url_prefix="/api/v1")
+csrf.exempt(bp)
+ETAG_VALUE = re.compile(r'^(?:W/)?"(\d{1,12})"$')
+
+
+class RoutesUnavailable(NotFound):
+    code = "no_route_table"
+
+
+def authenticated_node(cache) -> str:
+    """A node session, served from the per-process cache after its first validation."""
+    raw = bearer_token()
+    if raw:
+        token_hash = sessions.hash_token(raw)
+        node_id = cache.session_node(token_hash)
+        if node_id:
+            return node_id
+    node_id = sessions.authenticate(raw)
+    row = db.session.get(NodeSession, sessions.hash_token(raw))
+    cache.remember_session(row.token_hash, node_id, row.expires_at.timestamp())
+    return node_id
+
+
+def parse_since(value: str, head: int) -> int:
+    if not re.fullmatch(r"\d{1,12}", value or ""):
+        raise ValidationFailed("since must be a non-negative whole number (a version).", code="invalid_since",
+                               field="since")
+    since = int(value)
+    if since > head:
+        raise ValidationFailed(f"since={since} is ahead of the current version {head}.", code="since_in_future",
+                               field="since")
+    return since
+
+
+def not_modified(published):
+    return "", 304, {"ETag": published.etag, "Cache-Control": "no-cache", "X-Route-Version": str(published.version)}
+
+
+@bp.get("/routes")
+def routes():
+    cache = cache_for(current_app)
+    published = cache.current()
+    g.node_id = authenticated_node(cache)
+    if published is None:
+        raise RoutesUnavailable("No routing table has been published yet.")
+    since_arg = request.args.get("since")
+    if since_arg is not None:
+        since = parse_since(since_arg, published.version)
+        if since == published.version:
+            return not_modified(published)
+        if since == published.version - 1 and published.delta_from_previous is not None:
+            return published.delta_from_previous[0], 200, published.delta_from_previous[1]
+        if since >= service.oldest_delta_base():
+            cached = published.deltas.get(since)
+            if cached is None:
+                body = service.delta_since(since, service.find(published.version))
+                signature, signer = service.sign(body)
+                cached = published.deltas[since] = (body, signed_headers(published.version, signature, signer))
+            return cached[0], 200, cached[1]
+        # Older than the kept history: the full table, which the client applies as a whole.
+    else:
+        for candidate in request.headers.get("If-None-Match", "").split(","):
+            match = ETAG_VALUE.match(candidate.strip())
+            if match and int(match.group(1)) == published.version:
+                return not_modified(published)
+        # A malformed If-None-Match matches nothing (RFC 9110): the full table is the answer.
+    return published.body, 200, published.headers
+
+
+@bp.get("/routes/<node_id>")
+def route_entry(node_id: str):
+    cache = cache_for(current_app)
+    published = cache.current()
+    authenticated_node(cache)
+    if published is None:
+        raise RoutesUnavailable("No routing table has been published yet.")
+    if published.entries is None:
+        published.entries = {e["node_id"]: e for e in json.loads(published.body)["nodes"]}
+    entry = published.entries.get(node_id)
+    if entry is None:
+        raise NotFound(f"Node {node_id} is not in routing table version {published.version}.",
+                       code="node_not_routed")
+    return {"version": published.version, "entry": entry}

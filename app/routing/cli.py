@@ -1,0 +1,76 @@
+"""`flask routes show|history|verify|publish`."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import click
+from flask.cli import AppGroup
+
+from app.database import paginate
+from app.extensions import db
+from app.routing import document, service
+
+cli = AppGroup("routes", help="The signed routing table.")
+
+
+@cli.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print the signed table body itself.")
+def show_command(as_json):
+    head = service.head()
+    if head is None:
+        click.echo("no table published yet")
+        raise SystemExit(1)
+    if as_json:
+        click.echo(head.body.decode())
+        return
+    click.echo(f"version {head.version}, {head.node_count} nodes, issued {head.issued_at.isoformat()}, "
+               f"expires {head.expires_at.isoformat()}, signer {head.signer_sha256}")
+
+
+@cli.command("history")
+@click.option("--limit", default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def history_command(limit, as_json):
+    for row in paginate(service.history_query(), 1, limit, count=False).items:
+        item = {"version": row.version, "issued_at": row.issued_at.isoformat(), "reason": row.reason,
+                "node_count": row.node_count, "changes": row.changes}
+        click.echo(json.dumps(item, ensure_ascii=False) if as_json else
+                   f"v{row.version} {row.issued_at:%Y-%m-%d %H:%M:%S} {row.reason}: " + "; ".join(row.changes[:5]))
+
+
+@cli.command("verify")
+@click.argument("body_file", type=click.File("rb"))
+@click.argument("signature_file", type=click.File("rb"))
+def verify_command(body_file, signature_file):
+    """Verify a downloaded table against its signature (DER or base64) and our route signer."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from app.pki import service as pki
+
+    body, signature = body_file.read(), signature_file.read()
+    if not signature.startswith(b"0"):
+        try:
+            signature = base64.b64decode(signature, validate=True)
+        except ValueError:
+            pass
+    _, certificate = pki.route_signer()
+    try:
+        certificate.public_key().verify(signature, body, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        click.echo("signature INVALID", err=True)
+        raise SystemExit(1) from None
+    table = json.loads(body)
+    kind = "delta" if document.is_delta(table) else "table"
+    click.echo(f"signature valid: {kind} version {table['version']} by {document.certificate_fingerprint(certificate)}")
+
+
+@cli.command("publish")
+@click.option("--force", is_flag=True, help="Re-sign even when nothing changed.")
+def publish_command(force):
+    version = service.publish("cli", force=force, actor="cli")
+    db.session.commit()
+    click.echo(f"published v{version.version}" if version else "nothing changed")

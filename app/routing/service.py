@@ -1,0 +1,168 @@
+"""Publishing the signed routing table (SPEC §5).
+
+`publish()` runs inside the transaction of whatever changed (approval, suspension, health
+round, certificate renewal): the version rises by one exactly when the change commits. The table
+is built, serialised and signed once per version; the delta from the previous version is signed
+then too. Workers serve those stored bytes and never rebuild the table per request.
+
+Re-signing: a table expires 24 h after issue (MPIM_ROUTE_TTL_HOURS). The scheduler re-signs
+before half of that has passed; a re-signed table is a new version with no entry changes,
+because its `issued_at`/`expires_at` differ and a node must be able to tell the fresher table
+by its version alone (rollback protection compares versions).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import timedelta
+
+from flask import current_app
+from sqlalchemy import delete, func, select, text, update
+
+from app.admission.models import Node
+from app.audit import service as audit
+from app.database import utcnow
+from app.extensions import db
+from app.routing import document
+from app.routing.models import RouteChange, RouteVersion
+
+ROUTES_LOCK_KEY = 0x524F5554
+KEEP_BODIES = 20
+
+
+def _lock() -> None:
+    if db.session.get_bind().dialect.name == "postgresql":
+        db.session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ROUTES_LOCK_KEY})
+
+
+def issuer() -> str:
+    from app.admission.nodes import management_node_id
+
+    return management_node_id()
+
+
+def current_entries() -> dict[str, dict]:
+    """Every active node that holds a current certificate, with its health status."""
+    from app.health.models import NodeHealth
+    from app.pki import service as pki
+
+    fingerprints = pki.current_fingerprints()
+    rows = db.session.execute(
+        select(Node, NodeHealth.status).outerjoin(NodeHealth, NodeHealth.node_id == Node.node_id)
+        .where(Node.status == "active")).all()
+    entries = {}
+    for node, health in rows:
+        if node.node_id not in fingerprints:
+            continue  # no certificate of ours: nobody could verify it, so it is not routable
+        entries[node.node_id] = {
+            "node_id": node.node_id, "division_code": node.division_code, "org_name": node.org_name,
+            "system_name": node.system_name, "endpoint": node.endpoint, "status": health or "unknown",
+            "cert_sha256": fingerprints[node.node_id], "capabilities": list(node.capabilities),
+        }
+    return entries
+
+
+def head() -> RouteVersion | None:
+    return db.session.scalar(select(RouteVersion).order_by(RouteVersion.version.desc()).limit(1))
+
+
+def head_version() -> int:
+    return db.session.scalar(select(func.max(RouteVersion.version))) or 0
+
+
+def entries_of(version: RouteVersion | None) -> dict[str, dict]:
+    if version is None or version.body is None:
+        return {}
+    return document.nodes_by_id(json.loads(version.body)["nodes"])
+
+
+def sign(body: bytes) -> tuple[str, str]:
+    from app.pki import service as pki
+
+    key, certificate = pki.route_signer()
+    return base64.b64encode(document.sign_body(body, key)).decode(), document.certificate_fingerprint(certificate)
+
+
+def publish(reason: str, *, force: bool = False, actor: str | None = None) -> RouteVersion | None:
+    """A new version if what nodes would see changed (or `force`, for re-signing); else None."""
+    _lock()
+    previous = head()
+    old, new = entries_of(previous), current_entries()
+    changed, removed = document.compute_delta(old, new)
+    if previous is not None and not changed and not removed and not force:
+        return None
+    number = previous.version + 1 if previous else 1
+    issued_at = utcnow().replace(microsecond=0)
+    expires_at = issued_at + timedelta(hours=current_app.config["MPIM_ROUTE_TTL_HOURS"])
+    meta = {"issuer": issuer(), "issued_at": issued_at, "expires_at": expires_at}
+    body = document.serialise(document.full_table(number, new.values(), **meta))
+    signature, signer = sign(body)
+    delta_body = delta_signature = None
+    if previous is not None:
+        delta_body = document.serialise(document.delta_document(number, previous.version, changed, removed, **meta))
+        delta_signature, _ = sign(delta_body)
+    lines = document.describe_changes(old, new) or ["re-signed" if previous else "first table"]
+    version = RouteVersion(version=number, issued_at=issued_at, expires_at=expires_at, node_count=len(new),
+                           reason=reason[:64], changes=lines[:500], body=body, signature=signature,
+                           signer_sha256=signer, delta_body=delta_body, delta_signature=delta_signature)
+    db.session.add(version)
+    db.session.add_all([RouteChange(version=number, node_id=entry["node_id"], entry=entry) for entry in changed])
+    db.session.add_all([RouteChange(version=number, node_id=node_id, entry=None) for node_id in removed])
+    _prune(number)
+    db.session.flush()
+    if db.session.get_bind().dialect.name == "postgresql":
+        db.session.execute(text("SELECT pg_notify('mpim_routes', :v)"), {"v": str(number)})
+    audit.record("routes.publish", f"v{number}", {"reason": reason, "changes": lines[:20]},
+                 **({"actor": actor} if actor else {}))
+    return version
+
+
+def _prune(number: int) -> None:
+    """Keep bodies of the last 20 versions; keep changes of the last 1,000 versions or 7 days."""
+    db.session.execute(update(RouteVersion).where(RouteVersion.version <= number - KEEP_BODIES)
+                       .values(body=None, delta_body=None).execution_options(synchronize_session=False))
+    cutoff = utcnow() - timedelta(days=7)
+    old = select(RouteVersion.version).where(RouteVersion.version <= number - 1000, RouteVersion.issued_at < cutoff)
+    db.session.execute(delete(RouteChange).where(RouteChange.version.in_(old)).execution_options(
+        synchronize_session=False))
+
+
+def oldest_delta_base() -> int:
+    """`since` values below this get the full table: their changes are no longer kept."""
+    first = db.session.scalar(select(func.min(RouteChange.version)))
+    return (first - 1) if first else head_version()
+
+
+def delta_since(since: int, current: RouteVersion) -> bytes:
+    """The delta from `since` to `current`, folded from the kept per-version changes."""
+    final: dict[str, dict | None] = {}
+    for row in db.session.scalars(select(RouteChange).where(RouteChange.version > since,
+                                                            RouteChange.version <= current.version)
+                                  .order_by(RouteChange.version)):
+        final[row.node_id] = row.entry
+    changed = [entry for entry in final.values() if entry is not None]
+    removed = [node_id for node_id, entry in final.items() if entry is None]
+    return document.serialise(document.delta_document(
+        current.version, since, changed, removed, issuer=issuer(), issued_at=current.issued_at,
+        expires_at=current.expires_at))
+
+
+def resign_job() -> str:
+    """Scheduler job: re-sign before half the table's lifetime has passed."""
+    current = head()
+    ttl = timedelta(hours=current_app.config["MPIM_ROUTE_TTL_HOURS"])
+    if current is not None and current.expires_at - utcnow() > ttl / 2:
+        return f"v{current.version} fresh until {current.expires_at.isoformat()}"
+    version = publish("re-sign", force=True)
+    db.session.commit()
+    return f"published v{version.version}" if version else "nothing to do"
+
+
+def history_query():
+    return select(RouteVersion).order_by(RouteVersion.version.desc())
+
+
+def find(version_number: int) -> RouteVersion | None:
+    return db.session.get(RouteVersion, version_number)
+

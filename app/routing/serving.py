@@ -1,0 +1,136 @@
+"""Serving the published table from memory, per process.
+
+A request learns the current version cheaply and never rebuilds anything:
+- on PostgreSQL a listener thread per process receives `NOTIFY mpim_routes` from every
+  publication (any worker, any instance) and the request reads an integer in memory;
+- elsewhere (SQLite, one machine) the request asks the database for the highest version, a
+  single indexed read.
+The signed bytes of that version are loaded once and kept until the next version.
+Validated node-session tokens are cached with their expiry and forgotten whenever the version
+changes, because every suspension or revocation changes the table.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+
+from app.extensions import db
+from app.routing import document
+from app.routing.models import RouteVersion
+
+log = logging.getLogger("mpim.routing")
+
+
+@dataclass
+class Published:
+    version: int
+    body: bytes
+    headers: dict[str, str]
+    etag: str
+    delta_from_previous: tuple[bytes, dict[str, str]] | None
+    entries: dict[str, dict] | None = None
+    deltas: dict[int, tuple[bytes, dict[str, str]]] = field(default_factory=dict)
+
+
+def signed_headers(version: int, signature: str, signer: str) -> dict[str, str]:
+    return {"Content-Type": "application/json", "ETag": document.etag(version), "Cache-Control": "no-cache",
+            document.SIGNATURE_HEADER: signature, document.SIGNER_HEADER: signer, "X-Route-Version": str(version)}
+
+
+class RouteCache:
+    def __init__(self, app):
+        self.app = app
+        self.lock = threading.Lock()
+        self.published: Published | None = None
+        self.sessions: dict[str, tuple[str, float]] = {}
+        self.notified_version: int | None = None
+        self.listener: threading.Thread | None = None
+        self.stopping = threading.Event()
+        self.uses_notify = db.engine.dialect.name == "postgresql"
+
+    # --- current version -----------------------------------------------------------------
+    def current_version(self) -> int:
+        if self.uses_notify:
+            self._ensure_listener()
+            if self.notified_version is not None:
+                return self.notified_version
+        return db.session.scalar(select(func.max(RouteVersion.version))) or 0
+
+    def _ensure_listener(self) -> None:
+        if self.listener is None:
+            with self.lock:
+                if self.listener is None:
+                    self.listener = threading.Thread(target=self._listen, name="route-listener", daemon=True)
+                    self.listener.start()
+
+    def _listen(self) -> None:
+        import psycopg
+
+        url = make_url(self.app.config["SQLALCHEMY_DATABASE_URI"]).set(drivername="postgresql")
+        conninfo = url.render_as_string(hide_password=False)
+        while not self.stopping.is_set():
+            try:
+                with psycopg.connect(conninfo, autocommit=True) as connection:
+                    connection.execute("LISTEN mpim_routes")
+                    # Anything published before LISTEN took effect is read once here.
+                    row = connection.execute("SELECT coalesce(max(version), 0) FROM route_versions").fetchone()
+                    self.notified_version = max(self.notified_version or 0, row[0])
+                    while not self.stopping.is_set():
+                        for notice in connection.notifies(timeout=1.0):
+                            self.notified_version = max(self.notified_version or 0, int(notice.payload))
+            except Exception:  # the database went away: fall back to queries until we reconnect
+                self.notified_version = None
+                log.warning("route listener lost its connection; retrying", exc_info=True)
+                self.stopping.wait(1.0)
+
+    def close(self) -> None:
+        self.stopping.set()
+
+    # --- published bytes -------------------------------------------------------------------
+    def current(self) -> Published | None:
+        version = self.current_version()
+        published = self.published
+        if published is not None and published.version == version:
+            return published
+        if version == 0:
+            return None
+        row = db.session.get(RouteVersion, version)
+        if row is None or row.body is None:
+            return None
+        delta = None
+        if row.delta_body is not None:
+            delta = (row.delta_body, signed_headers(version, row.delta_signature, row.signer_sha256))
+        published = Published(version=version, body=row.body, etag=document.etag(version),
+                              headers=signed_headers(version, row.signature, row.signer_sha256),
+                              delta_from_previous=delta)
+        with self.lock:
+            if self.published is None or self.published.version < version:
+                self.published = published
+                self.sessions.clear()
+        return published
+
+    # --- node sessions ----------------------------------------------------------------------
+    def session_node(self, token_hash: str) -> str | None:
+        cached = self.sessions.get(token_hash)
+        if cached and cached[1] > time.time():
+            return cached[0]
+        return None
+
+    def remember_session(self, token_hash: str, node_id: str, expires_at: float) -> None:
+        if len(self.sessions) > 100_000:
+            self.sessions.clear()
+        self.sessions[token_hash] = (node_id, expires_at)
+
+
+def cache_for(app) -> RouteCache:
+    app = getattr(app, "_get_current_object", lambda: app)()  # the thread needs the app, not the proxy
+    cache = app.extensions.get("mpim_route_cache")
+    if cache is None:
+        cache = app.extensions["mpim_route_cache"] = RouteCache(app)
+    return cache

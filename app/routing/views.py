@@ -1,0 +1,47 @@
+"""Console: the current routing table, its version history with diffs, signed downloads."""
+
+from __future__ import annotations
+
+import base64
+
+from flask import Blueprint, Response, current_app, render_template, request
+
+from app.auth.access import roles_required
+from app.database import paginate
+from app.errors import NotFound
+from app.routing import service
+
+bp = Blueprint("routes", __name__, url_prefix="/routes")
+
+
+@bp.get("/")
+@roles_required("ministry_admin", "auditor", "provincial_admin")
+def index():
+    page = paginate(service.history_query(), request.args.get("page", 1, type=int),
+                    current_app.config["MPIM_PAGE_SIZE"])
+    return render_template("routing/index.html", head=service.head(), page=page)
+
+
+def _with_body(version: int):
+    row = service.find(version)
+    if row is None or row.body is None:
+        raise NotFound(f"Version {version} is not kept any more (only the last {service.KEEP_BODIES}).",
+                       code="version_not_kept")
+    return row
+
+
+@bp.get("/v<int:version>.json")
+@roles_required("ministry_admin", "auditor", "provincial_admin")
+def download_table(version: int):
+    row = _with_body(version)
+    return Response(row.body, mimetype="application/json",
+                    headers={"Content-Disposition": f"attachment; filename=routes-v{version}.json"})
+
+
+@bp.get("/v<int:version>.sig")
+@roles_required("ministry_admin", "auditor", "provincial_admin")
+def download_signature(version: int):
+    """The DER signature, ready for `openssl dgst -sha256 -verify signer.pub -signature …`."""
+    row = _with_body(version)
+    return Response(base64.b64decode(row.signature), mimetype="application/octet-stream",
+                    headers={"Content-Disposition": f"attachment; filename=routes-v{version}.sig"})

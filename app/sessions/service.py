@@ -1,0 +1,145 @@
+"""A.2 node session: a node proves possession of its certificate's key and gets a bearer token.
+
+The signature is over the UTF-8 bytes of node_id + "\\n" + timestamp + "\\n" + nonce (ECDSA-SHA256
+DER for EC keys, RSASSA-PKCS1-v1_5 SHA-256 for RSA); the timestamp must lie within 5 minutes of
+our clock; a nonce is accepted once; the certificate must be valid and not revoked, the node active.
+Every refusal is a 401 with its own code.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+import secrets
+from datetime import UTC, datetime, timedelta
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from flask import current_app
+from sqlalchemy import delete, select, update
+
+from app.database import utcnow
+from app.errors import Unauthorized, ValidationFailed
+from app.extensions import db
+from app.sessions import nonces
+from app.sessions.models import NodeSession
+
+NODE_ID = re.compile(r"^[0-9]{20}$")
+NONCE = re.compile(r"^[A-Za-z0-9_\-]{8,128}$")
+TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z$")
+SKEW = timedelta(minutes=5)
+
+
+class SessionRefused(Unauthorized):
+    code = "session_refused"
+
+
+def _text(document: dict, name: str, pattern: re.Pattern) -> str:
+    value = document.get(name)
+    if not isinstance(value, str) or not pattern.match(value):
+        raise ValidationFailed(f"{name} is missing or malformed.", code="invalid_request", field=name)
+    return value
+
+
+def hash_token(raw: str) -> str:
+    return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+
+
+def signed_message(node_id: str, timestamp: str, nonce: str) -> bytes:
+    return f"{node_id}\n{timestamp}\n{nonce}".encode()
+
+
+def verify_signature(certificate: x509.Certificate, message: bytes, signature: bytes) -> bool:
+    key = certificate.public_key()
+    try:
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
+        elif isinstance(key, rsa.RSAPublicKey):
+            key.verify(signature, message, padding.PKCS1v15(), hashes.SHA256())
+        else:
+            return False
+    except InvalidSignature:
+        return False
+    return True
+
+
+def open_session(document) -> tuple[str, datetime, str]:
+    """Returns (raw token, expires_at, node_id); the raw token exists only in this return value."""
+    from app.admission.models import Node
+    from app.pki import service as pki
+
+    if not isinstance(document, dict):
+        raise ValidationFailed("The body must be a JSON object.", code="invalid_body")
+    node_id = _text(document, "node_id", NODE_ID)
+    timestamp = _text(document, "timestamp", TIMESTAMP)
+    nonce = _text(document, "nonce", NONCE)
+    try:
+        signature = base64.b64decode(_text(document, "signature", re.compile(r"^[A-Za-z0-9+/=]{16,1400}$")),
+                                     validate=True)
+    except binascii.Error as error:
+        raise ValidationFailed("signature is not base64.", code="invalid_request", field="signature") from error
+
+    node = db.session.get(Node, node_id)
+    if node is None:
+        raise SessionRefused(f"Node {node_id} is not known.", code="unknown_node")
+    if node.status != "active":
+        raise SessionRefused(f"Node {node_id} is {node.status}.", code=f"node_{node.status}")
+    moment = datetime.fromisoformat(timestamp.replace("Z", "+00:00")).astimezone(UTC)
+    now = utcnow()
+    if moment < now - SKEW:
+        raise SessionRefused("The timestamp is more than 5 minutes old.", code="stale_timestamp")
+    if moment > now + SKEW:
+        raise SessionRefused("The timestamp is more than 5 minutes ahead.", code="future_timestamp")
+    candidates = pki.session_certificates(node_id)
+    if not candidates["usable"]:
+        code = "certificate_revoked" if candidates["revoked"] else "certificate_expired" if candidates["expired"] \
+            else "no_certificate"
+        raise SessionRefused("The node has no valid certificate.", code=code)
+    message = signed_message(node_id, timestamp, nonce)
+    if not any(verify_signature(cert, message, signature) for cert in candidates["usable"]):
+        raise SessionRefused("The signature does not verify with the node's certificate.", code="bad_signature")
+    if not nonces.claim(node_id, nonce):
+        raise SessionRefused("This nonce has been used already.", code="replayed_nonce")
+    raw = secrets.token_urlsafe(32)
+    expires_at = now + timedelta(seconds=current_app.config["MPIM_NODE_SESSION_SECONDS"])
+    db.session.add(NodeSession(token_hash=hash_token(raw), node_id=node_id, expires_at=expires_at))
+    return raw, expires_at, node_id
+
+
+def authenticate(raw: str | None) -> str:
+    """The node id behind a bearer session token, or a 401 with the reason."""
+    from app.admission.models import Node
+
+    if not raw:
+        raise SessionRefused("A node session is required: Authorization: Bearer <token>.", code="missing_session")
+    session = db.session.get(NodeSession, hash_token(raw))
+    if session is None:
+        raise SessionRefused("This session token is not known.", code="invalid_session")
+    if session.revoked_at is not None:
+        raise SessionRefused("This session has ended.", code="session_revoked")
+    if session.expires_at <= utcnow():
+        raise SessionRefused("This session has expired.", code="session_expired")
+    status = db.session.scalar(select(Node.status).where(Node.node_id == session.node_id))
+    if status != "active":
+        raise SessionRefused(f"Node {session.node_id} is {status}.", code=f"node_{status}")
+    return session.node_id
+
+
+def end_sessions(node, old_status: str, new_status: str, reason: str) -> None:
+    """admission hook: sessions die with the node's suspension or revocation."""
+    if new_status in ("suspended", "revoked"):
+        db.session.execute(update(NodeSession).where(NodeSession.node_id == node.node_id,
+                                                     NodeSession.revoked_at.is_(None))
+                           .values(revoked_at=utcnow()).execution_options(synchronize_session=False))
+
+
+def cleanup() -> str:
+    """Scheduler job: forget expired sessions and old nonces."""
+    sessions = db.session.execute(delete(NodeSession).where(NodeSession.expires_at < utcnow() - timedelta(days=1)))
+    pruned = nonces.prune()
+    db.session.commit()
+    return f"deleted {sessions.rowcount} expired sessions, {pruned} nonces"

@@ -1,0 +1,74 @@
+"""Real keys, CSRs and A.1 documents for tests (nothing here is a mock)."""
+
+from __future__ import annotations
+
+import itertools
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+_counter = itertools.count(1)
+
+
+def make_key(kind: str = "ec256"):
+    if kind == "ec256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if kind == "ec384":
+        return ec.generate_private_key(ec.SECP384R1())
+    if kind.startswith("rsa"):
+        return rsa.generate_private_key(public_exponent=65537, key_size=int(kind[3:]))
+    raise ValueError(kind)
+
+
+def make_csr(key=None, common_name: str = "node.example", *, extensions=()) -> str:
+    key = key or make_key()
+    builder = x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+    for extension, critical in extensions:
+        builder = builder.add_extension(extension, critical=critical)
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
+
+
+def node_document(division_code: str = "360000", *, endpoint: str | None = None, csr: str | None = None,
+                  **overrides) -> dict:
+    n = next(_counter)
+    document = {
+        "division_code": division_code,
+        "org_name": "江西省公安厅",
+        "system_name": "赣警通",
+        "vendor": "Vendor A",
+        "endpoint": endpoint or f"https://im{n}.jx.example:8443",
+        "contact": {"name": "张三", "phone": "0791-12345678", "email": "ops@jx.example"},
+        "capabilities": ["text", "image", "voice", "file", "download", "single_chat", "group", "read_count",
+                         "sticker", "presence"],
+        "csr": csr if csr is not None else make_csr(),
+    }
+    document.update(overrides)
+    return document
+
+
+class NodeKeys:
+    """A node's real key pair and CSR, kept so tests can sign A.2 session requests with it."""
+
+    def __init__(self, kind: str = "ec256"):
+        self.key = make_key(kind)
+        self.csr = make_csr(self.key)
+
+    def session_request(self, node_id: str, *, timestamp: str | None = None, nonce: str | None = None) -> dict:
+        import base64
+        import secrets
+        from datetime import UTC, datetime
+
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        timestamp = timestamp or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        nonce = nonce or secrets.token_urlsafe(16)
+        message = f"{node_id}\n{timestamp}\n{nonce}".encode()
+        if isinstance(self.key, ec.EllipticCurvePrivateKey):
+            signature = self.key.sign(message, ec.ECDSA(hashes.SHA256()))
+        else:
+            signature = self.key.sign(message, padding.PKCS1v15(), hashes.SHA256())
+        return {"node_id": node_id, "timestamp": timestamp, "nonce": nonce,
+                "signature": base64.b64encode(signature).decode()}

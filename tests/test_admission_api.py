@@ -1,0 +1,175 @@
+"""Admission through the JSON API (SPEC §4): enrollment tokens, applications, bad input."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from app.admission import applications, tokens
+from app.admission.models import Application, EnrollmentToken
+from app.database import utcnow
+from app.extensions import db
+from tests.factories import node_document
+
+
+@pytest.fixture
+def jx_admin(make_user):
+    return make_user("jx-admin", "provincial_admin", ("360000",))
+
+
+@pytest.fixture
+def token(jx_admin):
+    _, raw = tokens.create_token("360000", by=jx_admin)
+    db.session.commit()
+    return raw
+
+
+def submit(client, raw, document, **kwargs):
+    return client.post("/api/v1/applications", json=document, headers={"Authorization": f"Bearer {raw}"}, **kwargs)
+
+
+def test_token_is_stored_hashed_and_shown_by_prefix_only(token):
+    row = db.session.scalar(select(EnrollmentToken))
+    assert row.token_hash == tokens.hash_token(token) and token not in (row.token_hash, row.prefix)
+    assert token.startswith(row.prefix) and len(row.prefix) < 16
+    assert row.state() == "active"
+
+
+def test_application_is_accepted_and_its_status_readable_with_the_token(client, token):
+    response = submit(client, token, node_document("360100"))
+    assert response.status_code == 201, response.get_json()
+    body = response.get_json()
+    assert body["status"] == "pending" and len(body["application_id"]) == 32
+    status = client.get(f"/api/v1/applications/{body['application_id']}", headers={"Authorization": f"Bearer {token}"})
+    assert status.get_json() == {"application_id": body["application_id"], "status": "pending"}
+    assert db.session.scalar(select(EnrollmentToken)).state() == "used"
+
+
+def test_status_is_hidden_from_another_token(client, token, jx_admin):
+    application_id = submit(client, token, node_document()).get_json()["application_id"]
+    _, other = tokens.create_token("360000", by=jx_admin)
+    db.session.commit()
+    response = client.get(f"/api/v1/applications/{application_id}", headers={"Authorization": f"Bearer {other}"})
+    assert response.status_code == 404
+
+
+def test_a_token_is_single_use(client, token):
+    assert submit(client, token, node_document()).status_code == 201
+    again = submit(client, token, node_document())
+    assert again.status_code == 401 and again.get_json()["error"]["code"] == "token_used"
+
+
+def test_an_expired_token_is_refused(client, token):
+    row = db.session.scalar(select(EnrollmentToken))
+    row.expires_at = utcnow() - timedelta(seconds=1)
+    db.session.commit()
+    response = submit(client, token, node_document())
+    assert response.status_code == 401 and response.get_json()["error"]["code"] == "token_expired"
+
+
+def test_a_revoked_token_is_refused(client, token, jx_admin):
+    tokens.revoke_token(db.session.scalar(select(EnrollmentToken.id)), by=jx_admin)
+    db.session.commit()
+    response = submit(client, token, node_document())
+    assert response.status_code == 401 and response.get_json()["error"]["code"] == "token_revoked"
+
+
+@pytest.mark.parametrize("header", [None, "Bearer mpet_not-a-real-token", "Basic abc"])
+def test_missing_or_unknown_token(client, header):
+    headers = {"Authorization": header} if header else {}
+    response = client.post("/api/v1/applications", json=node_document(), headers=headers)
+    assert response.status_code == 401
+    assert response.get_json()["error"]["code"] in ("missing_token", "unknown_token")
+
+
+@pytest.mark.parametrize(("overrides", "status", "code", "field"), [
+    ({"division_code": "369999"}, 400, "unknown_division_code", "division_code"),
+    ({"division_code": "36010"}, 400, "invalid_division_code", "division_code"),
+    ({"division_code": "440300"}, 403, "out_of_scope", "division_code"),
+    ({"endpoint": "http://im.jx.example"}, 400, "endpoint_not_https", "endpoint"),
+    ({"endpoint": "https://user:pw@im.jx.example"}, 400, "invalid_endpoint", "endpoint"),
+    ({"endpoint": "https://im.jx.example/#frag"}, 400, "invalid_endpoint", "endpoint"),
+    ({"endpoint": "https:///nohost"}, 400, "invalid_endpoint", "endpoint"),
+    ({"org_name": "省" * 101}, 400, "too_long", "org_name"),
+    ({"org_name": "  "}, 400, "missing_field", "org_name"),
+    ({"capabilities": ["text", "teleport"]}, 400, "unknown_capability", "capabilities"),
+    ({"capabilities": []}, 400, "invalid_input", "capabilities"),
+    ({"contact": {"name": "张三", "phone": "call me", "email": "ops@jx.example"}}, 400, "invalid_input",
+     "contact.phone"),
+    ({"csr": "not a csr"}, 400, "invalid_csr", "csr"),
+    ({"csr": ""}, 400, "missing_csr", "csr"),
+])
+def test_bad_input_is_refused_and_leaves_the_token_unused(client, token, overrides, status, code, field):
+    response = submit(client, token, node_document(**overrides))
+    error = response.get_json()["error"]
+    assert (response.status_code, error["code"], error.get("field")) == (status, code, field), error
+    assert db.session.scalar(select(EnrollmentToken)).state() == "active"
+    assert db.session.scalar(select(Application)) is None
+
+
+def test_retired_division_is_refused(client, token):
+    from app.divisions.models import Division
+
+    db.session.get(Division, "360102").retired = True
+    db.session.get(Division, "360102").retired_in = "2099"
+    db.session.commit()
+    response = submit(client, token, node_document("360102"))
+    assert response.status_code == 400 and response.get_json()["error"]["code"] == "retired_division_code"
+
+
+def test_a_megabyte_organisation_name_gets_413(client, token):
+    response = submit(client, token, node_document(org_name="省" * (1024 * 1024)))
+    assert response.status_code == 413 and response.get_json()["error"]["code"] == "request_entity_too_large"
+    assert db.session.scalar(select(EnrollmentToken)).state() == "active"
+
+
+def test_body_that_is_not_json_or_has_the_wrong_type(client, token):
+    headers = {"Authorization": f"Bearer {token}"}
+    wrong_type = client.post("/api/v1/applications", data="division_code=360000", headers=headers,
+                             content_type="application/x-www-form-urlencoded")
+    assert wrong_type.status_code == 415 and wrong_type.get_json()["error"]["code"] == "unsupported_media_type"
+    not_json = client.post("/api/v1/applications", data="{not json", headers=headers,
+                           content_type="application/json")
+    assert not_json.status_code == 400 and not_json.get_json()["error"]["code"] == "invalid_json"
+    a_list = client.post("/api/v1/applications", json=[1, 2], headers=headers)
+    assert a_list.status_code == 400 and a_list.get_json()["error"]["code"] == "invalid_body"
+
+
+def test_second_application_for_the_same_endpoint_is_refused(client, jx_admin, make_user):
+    raws = []
+    for _ in range(3):
+        raws.append(tokens.create_token("360000", by=jx_admin)[1])
+    db.session.commit()
+    first = submit(client, raws[0], node_document(endpoint="https://IM.jx.example:443/"))
+    assert first.status_code == 201
+    pending = submit(client, raws[1], node_document(endpoint="https://im.jx.example"))
+    assert pending.status_code == 409 and pending.get_json()["error"]["code"] == "endpoint_pending"
+    minister = make_user("minister")
+    applications.approve(applications.get(first.get_json()["application_id"]), by=minister)
+    db.session.commit()
+    taken = submit(client, raws[2], node_document(endpoint="https://im.jx.example/"))
+    assert taken.status_code == 409 and taken.get_json()["error"]["code"] == "endpoint_in_use"
+
+
+def test_cli_tokens_create_prints_the_token_once(runner, jx_admin):
+    import json
+
+    result = runner.invoke(args=["tokens", "create", "--division", "360000", "--user", "jx-admin", "--ttl", "2d",
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    item = json.loads(result.output)
+    assert item["token"].startswith(item["prefix"]) and item["state"] == "active"
+    listing = runner.invoke(args=["tokens", "list", "--user", "jx-admin", "--json"]).output
+    assert item["token"] not in listing and item["prefix"] in listing
+    outside = runner.invoke(args=["tokens", "create", "--division", "440000", "--user", "jx-admin"])
+    assert outside.exit_code == 1 and "outside your scope" in outside.output
+
+
+@pytest.mark.parametrize("ttl", ["0d", "1y", "91d", "2m"])
+def test_bad_token_lifetimes(ttl):
+    from app.errors import ValidationFailed
+
+    with pytest.raises(ValidationFailed):
+        tokens.parse_ttl(ttl)

@@ -1,0 +1,61 @@
+"""Admission console pages through the test client: tokens, nodes list, resolve, dashboard."""
+
+from __future__ import annotations
+
+import re
+
+from app.admission import tokens
+from app.extensions import db
+from tests.conftest import Console
+
+
+def test_token_page_shows_a_new_token_once(app, make_user):
+    make_user("jx-admin", "provincial_admin", ("360000",))
+    console = Console(app.test_client())
+    console.login("jx-admin")
+    page = console.post_form("/tokens/", {"division_code": "360000", "ttl": "7d", "note": "赣警通"})
+    html = page.get_data(as_text=True)
+    raw = re.search(r'id="issued-token">(mpet_[^<]+)<', html).group(1)
+    assert tokens.find_by_raw(raw).division_code == "360000"
+    again = console.client.get("/tokens/").get_data(as_text=True)
+    assert raw not in again and raw[:11] in again
+
+
+def test_token_outside_scope_is_refused_in_the_form(app, make_user):
+    make_user("jx-admin", "provincial_admin", ("360000",))
+    console = Console(app.test_client())
+    console.login("jx-admin")
+    html = console.post_form("/tokens/", {"division_code": "440000", "ttl": "7d"}).get_data(as_text=True)
+    assert "不在您的管辖范围内" in html and "issued-token" not in html
+
+
+def test_auditor_sees_nodes_but_not_tokens(app, make_user):
+    make_user("eye", "auditor")
+    console = Console(app.test_client())
+    console.login("eye")
+    assert console.client.get("/nodes/").status_code == 200
+    assert console.client.get("/tokens/").status_code == 403
+    assert console.client.get("/applications/").status_code == 403
+
+
+def test_dashboard_has_the_province_tile_map(admin_console):
+    html = admin_console.client.get("/").get_data(as_text=True)
+    assert html.count("data-province=") == 34 and "<svg" in html
+
+
+def test_resolve_page_explains_a_miss(admin_console):
+    html = admin_console.client.get("/nodes/resolve?division=360102").get_data(as_text=True)
+    assert "没有" in html or "No active node" in html
+
+
+def test_revoking_a_used_token_is_refused(app, make_user):
+    user = make_user("jx-admin", "provincial_admin", ("360000",))
+    token, _ = tokens.create_token("360000", by=user)
+    token.used_at = token.created_at
+    db.session.commit()
+    console = Console(app.test_client())
+    console.login("jx-admin")
+    response = console.post_form("/tokens/", {}, action=f"/tokens/{token.id}/revoke")
+    assert response.status_code == 302
+    db.session.expire_all()
+    assert token.revoked_at is None and token.state() == "used"

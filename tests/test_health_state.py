@@ -1,0 +1,144 @@
+"""Damped health state, history down-sampling, events, maintenance and webhook alerts."""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+from sqlalchemy import func, select
+
+from app.database import utcnow
+from app.extensions import db
+from app.health import history, service
+from app.health.models import HealthEvent, HealthHourly, HealthSample, NodeHealth
+from app.health.state import Counters, Thresholds, step
+from tests.test_admission_review import admit
+
+
+@dataclass
+class Result:
+    node_id: str
+    ok: bool
+    latency_ms: float | None = 12.0
+    failure: str | None = None
+    detail: str = ""
+    cert_matches: bool | None = True
+    checked_at: datetime | None = None
+
+
+def test_step_needs_three_failures_to_go_down_and_two_successes_to_come_back():
+    limits = Thresholds(failures_before_down=3, successes_before_up=2)
+    state = Counters("up")
+    for expected in ("up", "up", "down", "down"):
+        state = step(state, False, limits)
+        assert state.status == expected
+    state = step(state, True, limits)
+    assert state.status == "down"  # one success is not enough
+    state = step(state, False, limits)
+    state = step(state, True, limits)
+    assert state.status == "down"  # the success streak was broken
+    assert step(state, True, limits).status == "up"
+
+
+def test_unknown_leaves_by_either_threshold():
+    limits = Thresholds(3, 2)
+    assert step(step(Counters("unknown"), True, limits), True, limits).status == "up"
+    state = Counters("unknown")
+    for _ in range(3):
+        state = step(state, False, limits)
+    assert state.status == "down"
+
+
+@pytest.fixture
+def node(make_user):
+    minister = make_user("minister")
+    jx = make_user("jx-admin", "provincial_admin", ("360000",))
+    return admit(jx, minister)
+
+
+def test_rounds_record_events_only_on_changes(app, node):
+    for ok in (True, True, False, False, False, True):
+        service.apply_round([Result(node.node_id, ok, failure=None if ok else "timeout")])
+    events = db.session.scalars(select(HealthEvent).order_by(HealthEvent.id)).all()
+    assert [(e.old_status, e.new_status) for e in events] == [("unknown", "up"), ("up", "down")]
+    assert events[1].reason == "timeout"
+    health = db.session.get(NodeHealth, node.node_id)
+    assert (health.status, health.consecutive_successes) == ("down", 1)
+    assert db.session.scalar(select(func.count()).select_from(HealthSample)) == 6
+    hourly = db.session.scalars(select(HealthHourly)).all()
+    assert sum(h.polls for h in hourly) == 6 and sum(h.successes for h in hourly) == 3
+
+
+def test_downsampling_keeps_hourly_and_drops_old_raw(app, node):
+    old = utcnow() - timedelta(days=8)
+    service.apply_round([Result(node.node_id, True, checked_at=old)])
+    service.apply_round([Result(node.node_id, True)])
+    history.downsample()
+    assert db.session.scalar(select(func.count()).select_from(HealthSample)) == 1
+    assert db.session.scalar(select(func.count()).select_from(HealthHourly)) == 2
+    history.downsample(now=utcnow() + timedelta(days=91))
+    assert db.session.scalar(select(func.count()).select_from(HealthHourly)) == 0
+
+
+def test_uptime_buckets_from_hourly_aggregates(app, node):
+    for ok in (True, True, False, True):
+        service.apply_round([Result(node.node_id, ok)])
+    buckets = history.uptime_buckets(node.node_id, span=timedelta(hours=24), buckets=24)
+    assert len(buckets) == 24 and buckets[-1].polls == 4 and buckets[-1].uptime == 0.75
+    assert history.uptime_ratio(node.node_id, timedelta(days=7)) == 0.75
+
+
+class Hook(BaseHTTPRequestHandler):
+    received: list = []
+    fail_first = 0
+
+    def do_POST(self):  # noqa: N802 (http.server's naming)
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if Hook.fail_first > 0:
+            Hook.fail_first -= 1
+            self.send_response(503)
+            self.end_headers()
+            return
+        Hook.received.append(json.loads(body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def webhook():
+    Hook.received, Hook.fail_first = [], 1
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/hook"
+    server.shutdown()
+
+
+def test_webhook_is_retried_and_skipped_in_maintenance(app, node, webhook, make_user):
+    app.config["MPIM_HEALTH_WEBHOOK_URL"] = webhook
+    service.apply_round([Result(node.node_id, True)])
+    service.apply_round([Result(node.node_id, True)])  # unknown → up: an alert, after one refused attempt
+    assert len(Hook.received) == 1 and Hook.received[0]["changes"][0]["new"] == "up"
+    service.set_maintenance(node.node_id, utcnow() + timedelta(hours=1), "upgrade", by=db.session.merge(
+        make_user("other-minister")))
+    db.session.commit()
+    for _ in range(3):
+        service.apply_round([Result(node.node_id, False, failure="refused")])
+    assert len(Hook.received) == 1  # down during maintenance: recorded, not alerted
+    event = db.session.scalars(select(HealthEvent).order_by(HealthEvent.id.desc())).first()
+    assert event.new_status == "down" and event.in_maintenance
+
+
+def test_flapping_counts_changes_in_the_last_hour(app, node):
+    for _ in range(3):
+        for ok in (True, True, False, False, False):
+            service.apply_round([Result(node.node_id, ok)])
+    counts = service.flap_counts()
+    assert counts[node.node_id] == 6 and service.is_flapping(counts[node.node_id])

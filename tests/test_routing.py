@@ -1,0 +1,142 @@
+"""The signed routing table: versions, ETags, deltas, signatures, bad input (SPEC §5)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+
+import pytest
+
+from app.admission import nodes
+from app.extensions import db
+from app.routing import service
+from app.routing.client import RouteClient
+from app.routing.models import RouteVersion
+from tests.conftest import Console
+from tests.test_sessions import admit_with_keys, people  # noqa: F401 (fixture)
+
+
+@pytest.fixture
+def session(client, people):  # noqa: F811
+    node, keys = admit_with_keys(people)
+    token = client.post("/api/v1/session", json=keys.session_request(node.node_id)).get_json()["token"]
+    return {"node": node, "keys": keys, "headers": {"Authorization": f"Bearer {token}"}}
+
+
+def pull(client, session, query="", **headers):
+    return client.get(f"/api/v1/routes{query}", headers={**session["headers"], **headers})
+
+
+def test_approval_publishes_a_signed_table_that_openssl_verifies(client, session, tmp_path):
+    response = pull(client, session)
+    assert response.status_code == 200
+    table = json.loads(response.data)
+    assert table["version"] == 1 and [n["node_id"] for n in table["nodes"]] == [session["node"].node_id]
+    assert table["issuer"] == "10000000002015000001" and response.headers["ETag"] == '"1"'
+    signer = client.get("/ca/route-signer.pem").data
+    (tmp_path / "signer.pem").write_bytes(signer)
+    (tmp_path / "body.json").write_bytes(response.data)
+    (tmp_path / "sig.der").write_bytes(base64.b64decode(response.headers["X-Route-Signature"]))
+    subprocess.run(["openssl", "x509", "-in", "signer.pem", "-pubkey", "-noout", "-out", "pub.pem"],
+                   cwd=tmp_path, check=True)
+    result = subprocess.run(["openssl", "dgst", "-sha256", "-verify", "pub.pem", "-signature", "sig.der",
+                             "body.json"], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0 and "Verified OK" in result.stdout
+
+
+def test_the_route_client_accepts_what_the_server_serves(client, session, tmp_path):
+    root = client.get("/ca/ca.pem").data
+    chain = client.get("/ca/chain.pem").data
+    signer = client.get("/ca/route-signer.pem").data
+    route_client = RouteClient(root, intermediates=chain, storage_path=tmp_path / "routes.json")
+    response = pull(client, session)
+    result = route_client.accept(response.data, response.headers["X-Route-Signature"],
+                                 response.headers["X-Route-Signer"], signer)
+    assert result.outcome == "accepted" and route_client.entry(session["node"].node_id)["status"] == "unknown"
+
+
+def test_if_none_match_gets_304_and_garbage_gets_the_table(client, session):
+    assert pull(client, session, **{"If-None-Match": '"1"'}).status_code == 304
+    assert pull(client, session, **{"If-None-Match": 'W/"1"'}).status_code == 304
+    garbage = pull(client, session, **{"If-None-Match": "%%% not an etag"})
+    assert garbage.status_code == 200 and json.loads(garbage.data)["version"] == 1
+
+
+def test_each_visible_change_is_one_new_version_with_a_delta(client, session, people):  # noqa: F811
+    minister, _ = people
+    other, _ = admit_with_keys(people)
+    assert service.head_version() == 2
+    nodes.suspend(other, "drill", by=minister)
+    db.session.commit()
+    assert service.head_version() == 3
+    delta = json.loads(pull(client, session, "?since=2").data)
+    assert delta["version"] == 3 and delta["since"] == 2 and delta["removed"] == [other.node_id]
+    assert "changed" in delta and "nodes" not in delta
+    folded = json.loads(pull(client, session, "?since=1").data)
+    assert folded["removed"] == [] or other.node_id not in [e["node_id"] for e in folded["changed"]]
+    assert pull(client, session, "?since=3").status_code == 304
+    history = db.session.scalars(db.select(RouteVersion).order_by(RouteVersion.version)).all()
+    assert history[-1].changes == [f"{other.node_id} removed"]
+
+
+def test_nothing_visible_changed_means_no_new_version(app, session):
+    assert service.publish("noop") is None
+    assert service.publish("re-sign", force=True).version == 2
+
+
+@pytest.mark.parametrize(("since", "code"), [("-1", "invalid_since"), ("abc", "invalid_since"),
+                                             ("1.5", "invalid_since"), ("99", "since_in_future")])
+def test_bad_since_values(client, session, since, code):
+    response = pull(client, session, f"?since={since}")
+    assert response.status_code == 400 and response.get_json()["error"]["code"] == code
+
+
+def test_routes_need_a_node_session(client, session):
+    assert client.get("/api/v1/routes").get_json()["error"]["code"] == "missing_session"
+    response = client.get("/api/v1/routes", headers={"Authorization": "Bearer forged-token"})
+    assert response.status_code == 401 and response.get_json()["error"]["code"] == "invalid_session"
+
+
+def test_one_entry(client, session):
+    node_id = session["node"].node_id
+    body = client.get(f"/api/v1/routes/{node_id}", headers=session["headers"]).get_json()
+    assert body["entry"]["node_id"] == node_id and body["version"] == 1
+    missing = client.get("/api/v1/routes/36000000002025999999", headers=session["headers"])
+    assert missing.status_code == 404
+
+
+def test_console_history_downloads_and_cli_verify(app, session, runner, tmp_path):
+    admin_console = Console(app.test_client())
+    admin_console.login("minister")
+    page = admin_console.client.get("/routes/").get_data(as_text=True)
+    assert f"v1: {session['node'].node_id} added" in page
+    body = admin_console.client.get("/routes/v1.json").data
+    signature = admin_console.client.get("/routes/v1.sig").data
+    (tmp_path / "t.json").write_bytes(body)
+    (tmp_path / "t.sig").write_bytes(signature)
+    result = runner.invoke(args=["routes", "verify", str(tmp_path / "t.json"), str(tmp_path / "t.sig")])
+    assert result.exit_code == 0 and "signature valid" in result.output
+    (tmp_path / "t.json").write_bytes(body.replace(b'"version":1', b'"version":9'))
+    assert runner.invoke(args=["routes", "verify", str(tmp_path / "t.json"), str(tmp_path / "t.sig")]).exit_code == 1
+
+
+def test_on_postgresql_workers_learn_new_versions_by_notification(app, client, session, people):  # noqa: F811
+    from app.routing.serving import cache_for
+
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's; SQLite reads the version from the database")
+    import time
+
+    cache = cache_for(app)
+    assert pull(client, session).status_code == 200
+    deadline = time.monotonic() + 10
+    while cache.notified_version != 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert cache.notified_version == 1
+    minister, _ = people
+    admit_with_keys(people)
+    deadline = time.monotonic() + 10
+    while cache.notified_version != 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert cache.notified_version == 2  # told by NOTIFY, without a query per request

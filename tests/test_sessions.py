@@ -1,0 +1,130 @@
+"""A.2 node sessions: proof of key possession, and every way to be refused (SPEC §4)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from app.admission import applications, nodes
+from app.admission.information import parse
+from app.database import utcnow
+from app.extensions import db
+from app.sessions.models import NodeSession
+from tests.factories import NodeKeys, node_document
+
+
+@pytest.fixture
+def people(make_user):
+    return make_user("minister"), make_user("jx-admin", "provincial_admin", ("360000",))
+
+
+def admit_with_keys(people, kind="ec256"):
+    minister, jx_admin = people
+    keys = NodeKeys(kind)
+    document = node_document("360000", csr=keys.csr)
+    node = applications.approve(applications.submit_by_user(parse(document), keys.csr, by=jx_admin), by=minister)
+    db.session.commit()
+    return node, keys
+
+
+def open_session(client, body):
+    return client.post("/api/v1/session", json=body)
+
+
+@pytest.mark.parametrize("kind", ["ec256", "rsa2048"])
+def test_a_node_opens_a_session_with_its_key(client, people, kind):
+    node, keys = admit_with_keys(people, kind)
+    response = open_session(client, keys.session_request(node.node_id))
+    assert response.status_code == 201, response.get_json()
+    body = response.get_json()
+    assert len(body["token"]) >= 40 and body["expires_at"].endswith("Z")
+    stored = db.session.scalars(db.select(NodeSession)).one()
+    assert stored.token_hash != body["token"] and stored.node_id == node.node_id
+
+
+def error_code(response):
+    return response.status_code, response.get_json()["error"]["code"]
+
+
+def test_signature_by_another_key_is_refused(client, people):
+    node, _ = admit_with_keys(people)
+    assert error_code(open_session(client, NodeKeys().session_request(node.node_id))) == (401, "bad_signature")
+
+
+def test_stale_and_future_timestamps_are_refused(client, people):
+    node, keys = admit_with_keys(people)
+    old = (datetime.now(UTC) - timedelta(minutes=6)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    ahead = (datetime.now(UTC) + timedelta(minutes=6)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert error_code(open_session(client, keys.session_request(node.node_id, timestamp=old))) == \
+        (401, "stale_timestamp")
+    assert error_code(open_session(client, keys.session_request(node.node_id, timestamp=ahead))) == \
+        (401, "future_timestamp")
+
+
+def test_a_replayed_nonce_is_refused(client, people):
+    node, keys = admit_with_keys(people)
+    request = keys.session_request(node.node_id)
+    assert open_session(client, request).status_code == 201
+    assert error_code(open_session(client, request)) == (401, "replayed_nonce")
+    fresh = keys.session_request(node.node_id, nonce="another-nonce-123")
+    assert open_session(client, fresh).status_code == 201
+
+
+def test_unknown_suspended_and_revoked_nodes_are_refused(client, people):
+    minister, _ = people
+    node, keys = admit_with_keys(people)
+    assert error_code(open_session(client, keys.session_request("36000000002025999999"))) == (401, "unknown_node")
+    nodes.suspend(node, "drill", by=minister)
+    db.session.commit()
+    assert error_code(open_session(client, keys.session_request(node.node_id))) == (401, "node_suspended")
+    nodes.revoke(node, "retired", by=minister)
+    db.session.commit()
+    assert error_code(open_session(client, keys.session_request(node.node_id))) == (401, "node_revoked")
+
+
+def test_revoked_or_expired_certificate_is_refused(client, people):
+    from app.pki import service as pki
+    from app.pki.models import Certificate
+
+    minister, _ = people
+    node, keys = admit_with_keys(people)
+    certificate = db.session.scalars(db.select(Certificate).where(Certificate.node_id == node.node_id)).one()
+    certificate.not_after = utcnow() - timedelta(seconds=1)
+    db.session.commit()
+    assert error_code(open_session(client, keys.session_request(node.node_id))) == (401, "certificate_expired")
+    certificate.not_after = utcnow() + timedelta(days=30)
+    pki.revoke(certificate, "key_compromise", by=minister)
+    db.session.commit()
+    assert error_code(open_session(client, keys.session_request(node.node_id))) == (401, "certificate_revoked")
+
+
+@pytest.mark.parametrize("body", [
+    {}, {"node_id": "123", "timestamp": "2026-01-01T00:00:00Z", "nonce": "abcdefgh", "signature": "AAAA" * 8},
+    {"node_id": "36000000002025000001", "timestamp": "yesterday", "nonce": "abcdefgh", "signature": "AAAA" * 8},
+    {"node_id": "36000000002025000001", "timestamp": "2026-01-01T00:00:00Z", "nonce": "short", "signature": "A" * 32},
+    {"node_id": "36000000002025000001", "timestamp": "2026-01-01T00:00:00Z", "nonce": "abcdefgh",
+     "signature": "not base64!!" * 3},
+])
+def test_malformed_session_requests_get_400(client, body):
+    response = open_session(client, body)
+    assert error_code(response) == (400, "invalid_request")
+
+
+def test_sessions_die_with_suspension_and_expire(client, people):
+    minister, _ = people
+    node, keys = admit_with_keys(people)
+    token = open_session(client, keys.session_request(node.node_id)).get_json()["token"]
+    headers = {"Authorization": f"Bearer {token}"}
+    assert client.get("/api/v1/routes", headers=headers).status_code == 200
+    nodes.suspend(node, "drill", by=minister)
+    db.session.commit()
+    assert error_code(client.get("/api/v1/routes", headers=headers)) == (401, "session_revoked")
+    nodes.resume(node, "back", by=minister)
+    db.session.commit()
+    token = open_session(client, keys.session_request(node.node_id)).get_json()["token"]
+    session = db.session.scalars(db.select(NodeSession).where(NodeSession.revoked_at.is_(None))).one()
+    session.expires_at = utcnow() - timedelta(seconds=1)
+    db.session.commit()
+    response = client.get("/api/v1/routes", headers={"Authorization": f"Bearer {token}"})
+    assert error_code(response) == (401, "session_expired")
