@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 from math import ceil
 from typing import Any
 
-from sqlalchemy import DateTime, Select, func, select
+from sqlalchemy import DateTime, Select, event, func, select
+from sqlalchemy.engine import Engine
 from sqlalchemy.types import TypeDecorator
 
 from app.extensions import db
@@ -65,3 +66,15 @@ def paginate(query: Select, page: int, per_page: int, *, count: bool = True) -> 
     total = db.session.scalar(select(func.count()).select_from(query.order_by(None).subquery())) if count else 0
     items = list(db.session.scalars(query.limit(per_page).offset((page - 1) * per_page)))
     return Page(items=items, page=page, per_page=per_page, total=total or 0)
+
+
+@event.listens_for(Engine, "connect")
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    """SQLite: WAL lets the console's readers work while the scheduler writes, and
+    synchronous=NORMAL is durable across application crashes (WAL's documented pairing)."""
+    if type(dbapi_connection).__module__.startswith("sqlite3"):
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.close()

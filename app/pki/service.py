@@ -206,6 +206,7 @@ def renew(node, csr_pem: str, *, by=None) -> Certificate:
                        code=f"node_{node.status}")
     if by is not None and by.role != "ministry_admin":
         raise PermissionDenied(_l("Only a ministry admin may do this."), code="ministry_only")
+    csr_policy.check_csr(csr_policy.load_csr(csr_pem))  # bad input is reported before the window
     current = current_certificate(node.node_id)
     if by is None and current is not None:
         lifetime = current.not_after - current.not_before

@@ -1,0 +1,212 @@
+"""The CA proven with real tools: openssl verify, CRL checks, OCSP, and TLS handshakes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+import ssl
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from app.pki import service as pki
+from app.pki.models import Certificate
+from tests.factories import NodeKeys
+from tests.test_sessions import admit_with_keys, people  # noqa: F401 (fixture)
+
+
+def openssl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True)
+
+
+@pytest.fixture
+def issued(app, people, tmp_path):  # noqa: F811
+    node, keys = admit_with_keys(people)
+    row = pki.current_certificate(node.node_id)
+    loaded = pki.authority()
+    pem = lambda cert: cert.public_bytes(serialization.Encoding.PEM)  # noqa: E731
+    (tmp_path / "root.pem").write_bytes(pem(loaded.root_certificate))
+    (tmp_path / "intermediate.pem").write_bytes(pem(loaded.intermediate_certificate))
+    (tmp_path / "node.pem").write_text(row.pem)
+    (tmp_path / "node.key").write_bytes(keys.key.private_bytes(serialization.Encoding.PEM,
+                                                               serialization.PrivateFormat.PKCS8,
+                                                               serialization.NoEncryption()))
+    return {"node": node, "keys": keys, "row": row, "dir": tmp_path, "minister": people[0]}
+
+
+def write_crl(issued) -> None:
+    (issued["dir"] / "crl.pem").write_text(pki.current_crl().pem)
+
+
+def test_openssl_verifies_an_issued_certificate_and_its_contents(issued):
+    result = openssl("verify", "-CAfile", "root.pem", "-untrusted", "intermediate.pem", "node.pem", cwd=issued["dir"])
+    assert result.returncode == 0 and "node.pem: OK" in result.stdout
+    certificate = x509.load_pem_x509_certificate(issued["row"].pem.encode())
+    node_id = issued["node"].node_id
+    assert certificate.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == node_id
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert f"urn:mpim:node:{node_id}" in names.get_values_for_type(x509.UniformResourceIdentifier)
+    assert names.get_values_for_type(x509.DNSName) == [issued["node"].endpoint.split("//")[1].split(":")[0]]
+    usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert {x509.ExtendedKeyUsageOID.SERVER_AUTH, x509.ExtendedKeyUsageOID.CLIENT_AUTH} == set(usages)
+    assert certificate.serial_number.bit_length() >= 64
+    assert certificate.extensions.get_extension_for_class(x509.CRLDistributionPoints)
+    assert certificate.extensions.get_extension_for_class(x509.AuthorityInformationAccess)
+    lifetime = certificate.not_valid_after_utc - certificate.not_valid_before_utc
+    assert dt.timedelta(days=90) < lifetime <= dt.timedelta(days=90, minutes=2)  # backdated by a minute
+    intermediate = pki.authority().intermediate_certificate
+    constraints = intermediate.extensions.get_extension_for_class(x509.BasicConstraints).value
+    assert constraints.ca and constraints.path_length == 0
+
+
+def test_crl_check_passes_then_fails_with_certificate_revoked(issued):
+    write_crl(issued)
+    ok = openssl("verify", "-crl_check", "-CAfile", "root.pem", "-untrusted", "intermediate.pem", "-CRLfile",
+                 "crl.pem", "node.pem", cwd=issued["dir"])
+    assert ok.returncode == 0, ok.stdout + ok.stderr  # no "different CRL scope" problem
+    pki.revoke(issued["row"], "key_compromise", by=issued["minister"])
+    write_crl(issued)
+    revoked = openssl("verify", "-crl_check", "-CAfile", "root.pem", "-untrusted", "intermediate.pem", "-CRLfile",
+                      "crl.pem", "node.pem", cwd=issued["dir"])
+    assert revoked.returncode != 0 and "certificate revoked" in revoked.stdout + revoked.stderr
+
+
+def test_ocsp_answers_good_then_revoked(issued, live_server):
+    def ask() -> str:
+        result = openssl("ocsp", "-issuer", "intermediate.pem", "-cert", "node.pem", "-url", f"{live_server}/ca/ocsp",
+                         "-CAfile", "root.pem", "-verify_other", "intermediate.pem", cwd=issued["dir"])
+        assert "Response verify OK" in result.stderr, result.stdout + result.stderr
+        return result.stdout
+
+    assert "node.pem: good" in ask()
+    pki.revoke(issued["row"], "key_compromise", by=issued["minister"])
+    from app.extensions import db
+
+    db.session.commit()
+    assert "node.pem: revoked" in ask()
+
+
+def test_revoking_the_node_revokes_its_certificates_and_regenerates_the_crl(issued):
+    from app.admission import nodes
+    from app.extensions import db
+
+    before = pki.current_crl().crl_number
+    nodes.revoke(issued["node"], "decommissioned", by=issued["minister"])
+    db.session.commit()
+    assert db.session.get(Certificate, issued["row"].serial).revocation_reason == "cessation_of_operation"
+    crl = x509.load_pem_x509_crl(pki.current_crl().pem.encode())
+    assert pki.current_crl().crl_number == before + 1
+    assert crl.get_revoked_certificate_by_serial_number(int(issued["row"].serial, 16)) is not None
+
+
+def serve_tls(context: ssl.SSLContext) -> tuple[int, list]:
+    """A one-connection TLS server on 127.0.0.1 recording the handshake outcome."""
+    outcome: list = []
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def run():
+        connection, _ = listener.accept()
+        try:
+            with context.wrap_socket(connection, server_side=True) as tls:
+                outcome.append(tls.getpeercert()["subject"])
+                tls.sendall(b"ok")
+        except (ssl.SSLError, OSError) as error:
+            outcome.append(error)
+        finally:
+            listener.close()
+
+    threading.Thread(target=run, daemon=True).start()
+    return port, outcome
+
+
+def tls_context(issued, server: bool, cert: str, key: str, crl: bool = False) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(cafile=str(issued["dir"] / "root.pem"))
+    context.load_verify_locations(cafile=str(issued["dir"] / "intermediate.pem"))
+    context.load_cert_chain(str(issued["dir"] / cert), str(issued["dir"] / key))
+    context.verify_mode = ssl.CERT_REQUIRED
+    if not server:
+        context.check_hostname = False
+    if crl:
+        context.load_verify_locations(cafile=str(issued["dir"] / "crl.pem"))
+        context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+    return context
+
+
+def second_holder(issued, people, name: str):  # noqa: F811
+    node, keys = admit_with_keys(people)
+    (issued["dir"] / f"{name}.pem").write_text(pki.current_certificate(node.node_id).pem)
+    (issued["dir"] / f"{name}.key").write_bytes(keys.key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return node
+
+
+def handshake(issued, client_cert: str, client_key: str, server_crl: bool = False):
+    write_crl(issued)
+    port, outcome = serve_tls(tls_context(issued, True, "peer.pem", "peer.key", crl=server_crl))
+    client = tls_context(issued, False, client_cert, client_key)
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as raw, \
+                client.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            tls.recv(2)
+    except (ssl.SSLError, OSError):
+        pass
+    for _ in range(100):
+        if outcome:
+            break
+        threading.Event().wait(0.02)
+    return outcome[0]
+
+
+def test_mutual_tls_between_two_holders_succeeds(issued, people):  # noqa: F811
+    second_holder(issued, people, "peer")
+    subject = handshake(issued, "node.pem", "node.key")
+    assert not isinstance(subject, Exception), subject
+
+
+def test_mutual_tls_fails_with_a_foreign_certificate(issued, people, tmp_path):  # noqa: F811
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    second_holder(issued, people, "peer")
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "36000000002025000001")])
+    now = dt.datetime.now(dt.UTC)
+    foreign = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+               .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + dt.timedelta(1))
+               .sign(key, hashes.SHA256()))
+    (issued["dir"] / "foreign.pem").write_bytes(foreign.public_bytes(serialization.Encoding.PEM))
+    (issued["dir"] / "foreign.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                                  serialization.PrivateFormat.PKCS8,
+                                                                  serialization.NoEncryption()))
+    assert isinstance(handshake(issued, "foreign.pem", "foreign.key"), ssl.SSLError)
+
+
+def test_mutual_tls_fails_with_a_revoked_certificate(issued, people):  # noqa: F811
+    second_holder(issued, people, "peer")
+    pki.revoke(issued["row"], "key_compromise", by=issued["minister"])
+    assert isinstance(handshake(issued, "node.pem", "node.key", server_crl=True), ssl.SSLError)
+
+
+def test_mutual_tls_fails_with_an_expired_certificate(issued, people):  # noqa: F811
+    second_holder(issued, people, "peer")
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=10)
+    keys = NodeKeys()
+    expired = pki.authority().issue_node_certificate(
+        x509.load_pem_x509_csr(keys.csr.encode()), node_id=issued["node"].node_id, org_name="x",
+        endpoint_host="127.0.0.1", not_before=past, not_after=past + dt.timedelta(days=1))
+    (issued["dir"] / "expired.pem").write_bytes(expired.public_bytes(serialization.Encoding.PEM))
+    (issued["dir"] / "expired.key").write_bytes(keys.key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    assert isinstance(handshake(issued, "expired.pem", "expired.key"), ssl.SSLError)
+
+
+def test_management_certificates_carry_crl_and_ocsp_addresses(app):
+    for certificate in (pki.authority().management_certificate, pki.authority().route_signer_certificate):
+        assert certificate.extensions.get_extension_for_class(x509.CRLDistributionPoints)
+        assert certificate.extensions.get_extension_for_class(x509.AuthorityInformationAccess)

@@ -1,0 +1,189 @@
+"""CSR policy, CA files at rest, renewal and the certificate API (issue 4's bad input)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from datetime import timedelta
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519
+
+from app.database import utcnow
+from app.errors import Conflict
+from app.extensions import db
+from app.pki import authority, csr_policy
+from app.pki import service as pki
+from app.pki.csr_policy import InvalidCSR
+from app.pki.models import Certificate
+from tests.factories import NodeKeys, make_csr, make_key
+from tests.test_sessions import admit_with_keys, people  # noqa: F401 (fixture)
+
+
+def reason_for(pem) -> str:
+    with pytest.raises(InvalidCSR) as caught:
+        csr_policy.check_csr(csr_policy.load_csr(pem))
+    return str(caught.value.message)
+
+
+def test_good_keys_pass():
+    for kind in ("ec256", "ec384", "rsa2048"):
+        csr_policy.check_csr(csr_policy.load_csr(make_csr(make_key(kind))))
+
+
+@pytest.mark.parametrize(("build", "reason"), [
+    (lambda: "garbage\x00\x01", "not a PEM certificate signing request"),
+    (lambda: "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", "could not be parsed"),
+    (lambda: make_csr(make_key("rsa1024")), "RSA keys below 2048 bits are refused"),
+    (lambda: make_csr(dsa.generate_private_key(2048)), "DSA 2048 keys are refused"),
+    (lambda: make_csr(ec.generate_private_key(ec.SECP192R1())), "curve secp192r1 is refused"),
+    (lambda: make_csr(ec.generate_private_key(ec.SECP256K1())), "curve secp256k1 is refused"),
+    (lambda: x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
+     .sign(ed25519.Ed25519PrivateKey.generate(), None).public_bytes(serialization.Encoding.PEM).decode(),
+     "Ed25519 keys are refused"),
+    (lambda: "-----BEGIN CERTIFICATE REQUEST-----\n" + "A" * 70000 + "\n-----END CERTIFICATE REQUEST-----\n",
+     "larger than 64 KB"),
+])
+def test_bad_csrs_are_refused_with_a_reason(build, reason):
+    assert reason in reason_for(build())
+
+
+def test_a_certificate_where_a_csr_belongs(app):
+    assert "certificate, not a certificate signing request" in reason_for(pki.authority().root_certificate
+                                                                          .public_bytes(serialization.Encoding.PEM))
+
+
+def test_a_broken_self_signature_is_refused():
+    csr = x509.load_pem_x509_csr(make_csr().encode())
+    der = bytearray(csr.public_bytes(serialization.Encoding.DER))
+    der[-5] ^= 0x01  # inside the signature
+    pem = x509.load_der_x509_csr(bytes(der)).public_bytes(serialization.Encoding.PEM)
+    assert "self-signature does not verify" in reason_for(pem)
+
+
+def test_ca_true_and_extra_names_in_a_csr_are_never_honoured(app, people):  # noqa: F811
+    from app.admission import applications
+    from app.admission.information import parse
+    from tests.factories import node_document
+
+    key = make_key()
+    csr = make_csr(key, "evil", extensions=[
+        (x509.BasicConstraints(ca=True, path_length=None), True),
+        (x509.SubjectAlternativeName([x509.DNSName("bank.example"), x509.DNSName("*.gov.cn")]), False)])
+    minister, jx = people
+    document = node_document("360000", csr=csr, endpoint="https://im.jx.example")
+    node = applications.approve(applications.submit_by_user(parse(document), csr, by=jx), by=minister)
+    db.session.commit()
+    certificate = x509.load_pem_x509_certificate(pki.current_certificate(node.node_id).pem.encode())
+    assert not certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["im.jx.example"]
+    assert certificate.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == node.node_id
+
+
+def test_init_twice_refuses_and_keys_are_encrypted_0600(app, runner):
+    directory = pki.ca_directory()
+    result = runner.invoke(args=["ca", "init"])
+    assert result.exit_code == 1 and "refusing to overwrite" in result.output
+    for name in ("root.key", "intermediate.key", "route-signer.key", "management.key"):
+        path = directory / name
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        assert b"ENCRYPTED PRIVATE KEY" in path.read_bytes()
+        with pytest.raises((TypeError, ValueError)):
+            serialization.load_pem_private_key(path.read_bytes(), password=b"wrong passphrase")
+
+
+def test_root_offline_keeps_the_intermediate_issuing(app, people, runner, tmp_path):  # noqa: F811
+    export = tmp_path / "root-offline.key"
+    result = runner.invoke(args=["ca", "root-offline", str(export)])
+    assert result.exit_code == 0, result.output
+    assert not (pki.ca_directory() / "root.key").exists() and stat.S_IMODE(os.stat(export).st_mode) == 0o600
+    app.extensions.pop("mpim_authority", None)
+    node, _ = admit_with_keys(people)
+    assert pki.current_certificate(node.node_id) is not None
+
+
+def test_rsa_ca_option(app, tmp_path):
+    config = authority.CAConfig(key_type="rsa")
+    authority.init_ca(tmp_path / "rsa-ca", b"pass", config)
+    loaded = authority.Authority.load(tmp_path / "rsa-ca", b"pass", config)
+    assert loaded.root_certificate.public_key().key_size == 3072
+    with pytest.raises(authority.CAAlreadyInitialised):
+        authority.init_ca(tmp_path / "rsa-ca", b"pass", config)
+
+
+def renew(client, session_token, csr):
+    return client.post("/api/v1/certificates/renew", json={"csr": csr},
+                       headers={"Authorization": f"Bearer {session_token}"})
+
+
+def test_renewal_in_the_last_third_changes_the_route_fingerprint(client, people):  # noqa: F811
+    from app.routing import service as routing
+
+    node, keys = admit_with_keys(people)
+    token = client.post("/api/v1/session", json=keys.session_request(node.node_id)).get_json()["token"]
+    too_early = renew(client, token, NodeKeys().csr)
+    assert too_early.status_code == 409 and too_early.get_json()["error"]["code"] == "renewal_too_early"
+    row = pki.current_certificate(node.node_id)
+    row.not_before, row.not_after = utcnow() - timedelta(days=70), utcnow() + timedelta(days=20)
+    db.session.commit()
+    version = routing.head_version()
+    response = renew(client, token, NodeKeys().csr)
+    assert response.status_code == 201 and response.data.count(b"BEGIN CERTIFICATE") == 3
+    new = pki.current_certificate(node.node_id)
+    assert new.serial != row.serial and db.session.get(Certificate, row.serial).revoked_at is None
+    assert routing.head_version() == version + 1
+    assert routing.entries_of(routing.head())[node.node_id]["cert_sha256"] == new.sha256
+    assert renew(client, token, "garbage").get_json()["error"]["code"] == "invalid_csr"
+
+
+def test_suspended_node_cannot_renew(client, people):  # noqa: F811
+    from app.admission import nodes
+
+    node, keys = admit_with_keys(people)
+    minister, _ = people
+    nodes.suspend(node, "x", by=minister)
+    db.session.commit()
+    with pytest.raises(Conflict) as caught:
+        pki.renew(node, NodeKeys().csr, by=minister)
+    assert caught.value.code == "node_suspended"
+
+
+def test_certificate_fetch_with_the_enrollment_token(client, people):  # noqa: F811
+    from app.admission import applications, tokens
+    from tests.factories import node_document
+
+    minister, jx = people
+    _, raw = tokens.create_token("360000", by=jx)
+    db.session.commit()
+    submitted = client.post("/api/v1/applications", json=node_document(),
+                            headers={"Authorization": f"Bearer {raw}"}).get_json()
+    path = "/api/v1/nodes/{}/certificate"
+    node = applications.approve(applications.get(submitted["application_id"]), by=minister)
+    db.session.commit()
+    response = client.get(path.format(node.node_id), headers={"Authorization": f"Bearer {raw}"})
+    assert response.status_code == 200 and response.data.count(b"BEGIN CERTIFICATE") == 3
+    other, _ = admit_with_keys(people)
+    refused = client.get(path.format(other.node_id), headers={"Authorization": f"Bearer {raw}"})
+    assert refused.status_code == 404
+
+
+def test_console_inventory_and_revocation(app, people):  # noqa: F811
+    from tests.conftest import Console
+
+    node, _ = admit_with_keys(people)
+    admin_console = Console(app.test_client())
+    admin_console.login("minister")
+    row = pki.current_certificate(node.node_id)
+    listing = admin_console.client.get("/certificates/?state=valid").get_data(as_text=True)
+    assert row.serial[:16] in listing
+    detail = admin_console.client.get(f"/certificates/{row.serial}").get_data(as_text=True)
+    assert row.sha256 in detail and "BEGIN CERTIFICATE" in detail
+    response = admin_console.post_form(f"/certificates/{row.serial}", {"reason": "key_compromise"},
+                                       action=f"/certificates/{row.serial}/revoke")
+    assert response.status_code == 302
+    db.session.expire_all()
+    assert db.session.get(Certificate, row.serial).revocation_reason == "key_compromise"
+
