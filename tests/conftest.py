@@ -198,7 +198,10 @@ def console(client):
 
 @pytest.fixture
 def admin_console(make_user, app):
-    make_user("minister", "ministry_admin")
+    from app.auth.models import User
+
+    if db.session.scalar(db.select(User).where(User.username == "minister")) is None:
+        make_user("minister", "ministry_admin")
     console = Console(app.test_client())
     assert console.login("minister").status_code == 302
     return console

@@ -1,0 +1,64 @@
+"""Real health endpoints on 127.0.0.1 for the poller tests: aiohttp servers in a thread."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import threading
+
+from aiohttp import web
+
+
+class HealthServer:
+    """Serves /api/v1/health with a behaviour chosen per test; HTTP or HTTPS (mutual TLS)."""
+
+    def __init__(self, node_id: str, behaviour: str = "ok", ssl_context: ssl.SSLContext | None = None):
+        self.node_id, self.behaviour, self.ssl_context = node_id, behaviour, ssl_context
+        self.loop = asyncio.new_event_loop()
+        self.never = None
+        self.port = 0
+        self.requests = 0
+        started = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(started,), daemon=True)
+        self.thread.start()
+        started.wait(10)
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.ssl_context else 'http'}://127.0.0.1:{self.port}"
+
+    async def health(self, request):
+        self.requests += 1
+        if self.behaviour == "slow":
+            await self.never.wait()  # an answer that never comes; the poller's timeout must fire
+        if self.behaviour == "error":
+            return web.Response(status=500, text="boom")
+        if self.behaviour == "invalid_json":
+            return web.Response(text="{not json", content_type="application/json")
+        body = {"status": "ok" if self.behaviour != "not_ok" else "degraded",
+                "node_id": self.node_id if self.behaviour != "wrong_node" else "44000000002025000001",
+                "version": "test", "time": "2026-01-01T00:00:00Z"}
+        return web.Response(text=json.dumps(body), content_type="application/json")
+
+    def _run(self, started: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.never = asyncio.Event()
+        app = web.Application()
+        app.router.add_get("/api/v1/health", self.health)
+        self.runner = web.AppRunner(app, access_log=None)
+        self.loop.run_until_complete(self.runner.setup())
+        site = web.TCPSite(self.runner, "127.0.0.1", 0, ssl_context=self.ssl_context)
+        self.loop.run_until_complete(site.start())
+        self.port = site._server.sockets[0].getsockname()[1]
+        started.set()
+        self.loop.run_forever()
+
+    def close(self) -> None:
+        async def stop():
+            self.never.set()
+            await self.runner.cleanup()
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)

@@ -1,0 +1,175 @@
+"""Health polling over real HTTP and mutual TLS on 127.0.0.1, into the damped state."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from datetime import timedelta
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from sqlalchemy import select
+
+from app.database import utcnow
+from app.extensions import db
+from app.health import poller, rounds, service
+from app.health.models import HealthEvent, NodeHealth
+from app.pki import service as pki
+from tests.health_servers import HealthServer
+from tests.test_sessions import admit_with_keys, people  # noqa: F401 (fixture)
+
+NODE = "36000000002025000001"
+
+
+@pytest.fixture
+def servers():
+    started = []
+
+    def start(*args, **kwargs):
+        server = HealthServer(*args, **kwargs)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.close()
+
+
+def poll(targets, **options):
+    return poller.poll_once(targets, **{"timeout": 0.5, **options})
+
+
+@pytest.mark.parametrize(("behaviour", "failure"), [
+    ("ok", None), ("slow", "timeout"), ("error", "http_status"), ("invalid_json", "bad_body"),
+    ("not_ok", "bad_body"), ("wrong_node", "wrong_node")])
+def test_plain_http_outcomes(servers, behaviour, failure):
+    server = servers(NODE, behaviour)
+    [result] = poll([poller.PollTarget(NODE, server.url)])
+    assert result.failure == failure and result.ok is (failure is None)
+    assert (result.latency_ms is not None) is (failure is None)
+
+
+def test_connection_refused():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    [result] = poll([poller.PollTarget(NODE, f"http://127.0.0.1:{port}")])
+    assert result.failure == "refused"
+
+
+def test_concurrency_bound_and_offsets(servers):
+    server = servers(NODE, "ok")
+    results = poll([poller.PollTarget(NODE, server.url)] * 50, concurrency=5)
+    assert all(r.ok for r in results) and server.requests == 50
+    offsets = [poller.stable_offset(f"3600000000202500{i:04d}", 30) for i in range(1000)]
+    assert all(0 <= o < 30 for o in offsets) and len({int(o) for o in offsets}) == 30
+    assert poller.stable_offset(NODE, 30) == poller.stable_offset(NODE, 30)
+
+
+def node_server_context(app, node, keys) -> ssl.SSLContext:
+    """The node's side: its certificate from our CA, and it demands the management node's."""
+    directory = pki.ca_directory()
+    cert_path, key_path = directory.parent / f"{node.node_id}.pem", directory.parent / f"{node.node_id}.key"
+    cert_path.write_text(pki.current_certificate(node.node_id).pem)
+    key_path.write_bytes(keys.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                serialization.NoEncryption()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_path, key_path)
+    context.load_verify_locations(cadata=pki.authority().chain_pem().decode())
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def admit_local(people, endpoint_port=None):  # noqa: F811
+    from app.admission import applications
+    from app.admission.information import parse
+    from tests.factories import NodeKeys, node_document
+
+    minister, jx = people
+    keys = NodeKeys()
+    document = node_document("360000", csr=keys.csr, endpoint=f"https://127.0.0.1:{endpoint_port or 9}")
+    node = applications.approve(applications.submit_by_user(parse(document), keys.csr, by=jx), by=minister)
+    db.session.commit()
+    return node, keys
+
+
+def test_mutual_tls_poll_checks_chain_name_and_fingerprint(app, servers, people):  # noqa: F811
+    node, keys = admit_local(people)
+    server = servers(node.node_id, "ok", ssl_context=node_server_context(app, node, keys))
+    context = pki.management_client_ssl_context()
+    fingerprint = pki.current_certificate(node.node_id).sha256
+    [good] = poll([poller.PollTarget(node.node_id, server.url, fingerprint)], ssl_context=context)
+    assert good.ok and good.cert_matches is True
+    [stale] = poll([poller.PollTarget(node.node_id, server.url, "0" * 64)], ssl_context=context)
+    assert stale.ok and stale.cert_matches is False
+    [other] = poll([poller.PollTarget("36000000002025000099", server.url)], ssl_context=context)
+    assert other.failure == "certificate_mismatch"
+
+
+def test_a_foreign_tls_certificate_fails(app, servers, tmp_path):
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, NODE)])
+    now = dt.datetime.now(dt.UTC)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                   .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+                   .add_extension(x509.SubjectAlternativeName([x509.IPAddress(__import__("ipaddress")
+                                                                              .ip_address("127.0.0.1"))]), False)
+                   .sign(key, hashes.SHA256()))
+    (tmp_path / "c.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "k.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
+    server = servers(NODE, "ok", ssl_context=context)
+    [result] = poll([poller.PollTarget(NODE, server.url)], ssl_context=pki.management_client_ssl_context())
+    assert result.failure == "tls"
+
+
+def test_rounds_damp_state_and_publish_one_route_version_per_round(app, servers, people, runner):  # noqa: F811
+    from app.routing import service as routing
+
+    first, keys_a = admit_local(people)
+    up = servers(first.node_id, "ok", ssl_context=node_server_context(app, first, keys_a))
+    first.endpoint = up.url
+    second, keys_b = admit_local(people)
+    down = servers(second.node_id, "error", ssl_context=node_server_context(app, second, keys_b))
+    second.endpoint = down.url
+    db.session.commit()
+    app.config["MPIM_HEALTH_TIMEOUT"] = 1.0
+    version = routing.head_version()
+    rounds.run_round(spread=False)
+    assert db.session.get(NodeHealth, first.node_id).status == "unknown"  # one success is not enough
+    report = rounds.run_round(spread=False)
+    assert {(c.node_id, c.new) for c in report.changes} == {(first.node_id, "up")}
+    assert routing.head_version() == version + 1
+    result = runner.invoke(args=["health", "poll", "--once"])
+    assert result.exit_code == 0 and "2 polled, 1 ok" in result.output and f"{second.node_id} unknown→down" \
+        in result.output
+    assert routing.head_version() == version + 2
+    statuses = {e["node_id"]: e["status"] for e in routing.entries_of(routing.head()).values()}
+    assert statuses == {first.node_id: "up", second.node_id: "down"}
+
+
+def test_maintenance_suppresses_the_banner(app, servers, people, admin_console):  # noqa: F811
+    node, keys = admit_local(people)
+    server = servers(node.node_id, "error", ssl_context=node_server_context(app, node, keys))
+    node.endpoint = server.url
+    db.session.commit()
+    for _ in range(3):
+        rounds.run_round(spread=False)
+    page = admin_console.client.get("/").get_data(as_text=True)
+    assert "个节点故障" in page and node.node_id in page
+    service.set_maintenance(node.node_id, utcnow() + timedelta(hours=1), "upgrade",
+                            by=db.session.merge(people[0]))
+    db.session.commit()
+    assert "个节点故障" not in admin_console.client.get("/").get_data(as_text=True)
+    detail = admin_console.client.get(f"/nodes/{node.node_id}").get_data(as_text=True)
+    assert "维护至" in detail and "<svg" in detail
+    events = db.session.scalars(select(HealthEvent)).all()
+    assert [(e.old_status, e.new_status) for e in events] == [("unknown", "down")]
