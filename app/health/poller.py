@@ -171,5 +171,17 @@ async def poll_spread(targets: list[PollTarget], interval_s: float, *, ssl_conte
         return list(await asyncio.gather(*(delayed(client, t) for t in targets)))
 
 
+def run(coroutine):
+    """asyncio.run, also from a thread whose event loop is already running (then in a helper thread)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
 def poll_once(targets: list[PollTarget], **options) -> list[PollResult]:
-    return asyncio.run(poll_all(targets, **options))
+    return run(poll_all(targets, **options))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from flask import current_app
 from sqlalchemy import select
 
@@ -31,7 +29,7 @@ def run_round(*, spread: bool) -> service.RoundReport:
     polled = targets()
     context = pki.management_client_ssl_context()
     if spread:
-        results = asyncio.run(poller.poll_spread(polled, config["MPIM_HEALTH_INTERVAL"], ssl_context=context,
+        results = poller.run(poller.poll_spread(polled, config["MPIM_HEALTH_INTERVAL"], ssl_context=context,
                                                  timeout=config["MPIM_HEALTH_TIMEOUT"],
                                                  concurrency=config["MPIM_HEALTH_CONCURRENCY"]))
     else:
