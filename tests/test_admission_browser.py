@@ -1,0 +1,57 @@
+"""The admission flow in a real Chromium: token, API application, approval, the node appears."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+from tests.conftest import screenshot
+from tests.factories import node_document
+from tests.test_console_browser import sign_in
+
+
+def sign_out(page):
+    page.click("form[action='/logout'] button")
+    page.wait_for_selector("input[name=username]")
+
+
+def test_token_application_approval_and_the_node_appears(page, live_server, make_user):
+    make_user("jx-admin", "provincial_admin", ("360000",))
+    make_user("minister", "ministry_admin")
+    page.on("dialog", lambda dialog: dialog.accept())  # the console confirms destructive actions
+
+    sign_in(page, live_server, "jx-admin")
+    page.click("nav.mainnav >> text=接入令牌")
+    page.fill("input[name=division_code]", "360000")
+    page.fill("input[name=note]", "赣警通 试点")
+    page.click("form.filters button[type=submit]")
+    token = page.inner_text("#issued-token").strip()
+    assert token.startswith("mpet_")
+    screenshot(page, "admission-token")
+    sign_out(page)
+
+    request = urllib.request.Request(
+        f"{live_server}/api/v1/applications", method="POST",
+        data=json.dumps(node_document("360100", endpoint="https://im.nc.jx.example")).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request) as response:
+        application = json.loads(response.read())
+    assert response.status == 201 and application["status"] == "pending"
+
+    sign_in(page, live_server, "minister")
+    page.click("nav.mainnav >> text=接入申请")
+    page.click("table.list a")
+    page.wait_for_selector("#csr-key")
+    assert "EC P-256" in page.inner_text("#csr-key")
+    assert "江西省 / 南昌市" in page.inner_text("main")
+    screenshot(page, "admission-review")
+    page.click("#approve")
+    page.wait_for_selector("#node-status")
+    node_id = page.inner_text("h1 code")
+    assert node_id == "36010000002025000001"
+    screenshot(page, "admission-node")
+    page.click("nav.mainnav >> text=节点")
+    page.wait_for_selector(f"text={node_id}")
+    page.goto(f"{live_server}/")
+    screenshot(page, "dashboard-with-node")
+    assert page.locator("svg.tilemap [data-province='36'] rect").get_attribute("fill") != "#e3e7eb"
