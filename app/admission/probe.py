@@ -15,11 +15,15 @@ import urllib.error
 import urllib.request
 
 
-def probe_health(endpoint: str, timeout: float = 3.0) -> dict:
+def probe_health(endpoint: str, timeout: float = 3.0, client_certificate: tuple | None = None) -> dict:
+    """`client_certificate` (cert path, key path, password): the management node's identity, for
+    nodes that already demand a client certificate on their health endpoint."""
     url = endpoint.rstrip("/") + "/api/v1/health"
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
+    if client_certificate:
+        context.load_cert_chain(*client_certificate)
     started = time.perf_counter()
     result: dict = {"url": url, "reachable": False}
     try:

@@ -145,8 +145,12 @@ def application_detail(application_id: str):
 @roles_required(*ADMINS)
 def application_probe(application_id: str):
     """Run on demand by the detail page's script, so the page itself never waits on a node."""
+    from app.pki import service as pki
+
     application = _visible_application(application_id)
-    return probe.probe_health(application.endpoint, timeout=current_app.config.get("MPIM_PROBE_TIMEOUT", 3.0))
+    identity = pki.management_identity_files() if pki.is_ready() else None
+    return probe.probe_health(application.endpoint, timeout=current_app.config.get("MPIM_PROBE_TIMEOUT", 3.0),
+                              client_certificate=identity)
 
 
 @bp.post("/applications/<application_id>/approve")

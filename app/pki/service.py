@@ -314,6 +314,12 @@ def rotate_route_signer(*, actor: str) -> Certificate:
     return store(certificate, "route_signer", None, actor)
 
 
+def management_identity_files() -> tuple:
+    """(certificate path, key path, passphrase) of the management node's TLS identity."""
+    directory = ca_directory()
+    return directory / "management.pem", directory / "management.key", passphrase()
+
+
 def management_client_ssl_context():
     """TLS context for polling nodes: trusts our CA, presents the management node's certificate."""
     import ssl

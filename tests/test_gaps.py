@@ -1,0 +1,165 @@
+"""Console application upload, the probe, list filters, signer rotation, CA warnings, Redis nonces,
+history older than the kept deltas, and admin renewal from the CLI."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import timedelta
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from app.admission.models import Application, Node
+from app.extensions import db
+from app.pki import service as pki
+from app.routing import service as routing
+from app.routing.models import RouteChange
+from tests.conftest import Console
+from tests.factories import NodeKeys
+from tests.health_servers import HealthServer
+from tests.test_sessions import admit_with_keys, people  # noqa: F401 (fixture)
+
+
+def application_form(division="360000", endpoint="https://im.jx.example"):
+    return {"division_code": division, "org_name": "江西省公安厅", "system_name": "赣警通", "vendor": "Vendor A",
+            "endpoint": endpoint, "contact_name": "张三", "contact_phone": "0791-1234567",
+            "contact_email": "ops@jx.example", "capabilities": ["text", "group"]}
+
+
+def test_console_application_with_an_uploaded_der_csr(app, make_user):
+    make_user("jx-admin", "provincial_admin", ("360000",))
+    console = Console(app.test_client())
+    console.login("jx-admin")
+    der = x509.load_pem_x509_csr(NodeKeys().csr.encode()).public_bytes(serialization.Encoding.DER)
+    response = console.post_form("/applications/new", {**application_form(), "csr_file": (io.BytesIO(der), "n.csr")})
+    assert response.status_code == 302, response.get_data(as_text=True)[:500]
+    application = db.session.scalars(db.select(Application)).one()
+    assert application.capabilities == ["text", "group"] and "BEGIN CERTIFICATE REQUEST" in application.csr_pem
+
+
+def test_console_application_errors_stay_in_the_form(app, make_user):
+    make_user("jx-admin", "provincial_admin", ("360000",))
+    console = Console(app.test_client())
+    console.login("jx-admin")
+    html = console.post_form("/applications/new", {**application_form(endpoint="http://insecure.example"),
+                                                   "csr": NodeKeys().csr}).get_data(as_text=True)
+    assert "接入地址必须是 https:// URL" in html and 'value="江西省公安厅"' in html  # nothing typed is lost
+    html = console.post_form("/applications/new", {**application_form(), "csr": "-----BEGIN CERTIFICATE REQUEST-----"
+                                                   }).get_data(as_text=True)
+    assert "could not be parsed" in html or "not a PEM" in html
+    assert db.session.scalar(db.select(db.func.count()).select_from(Application)) == 0
+
+
+def test_probe_reports_reachability_without_blocking_the_page(app, people):  # noqa: F811
+    from tests.test_health_poll import node_server_context
+
+    node, keys = admit_with_keys(people)
+    server = HealthServer(node.node_id, "ok", ssl_context=node_server_context(app, node, keys))
+    try:
+        console = Console(app.test_client())
+        console.login("jx-admin")
+        application = db.session.get(Application, node.application_id)
+        application.endpoint = server.url
+        db.session.commit()
+        result = console.client.get(f"/applications/{application.id}/probe").get_json()
+        assert result["reachable"] and result["http_status"] == 200 and result["answer"]["node_id"] == node.node_id
+    finally:
+        server.close()
+    result = console.client.get(f"/applications/{application.id}/probe").get_json()
+    assert not result["reachable"] and result["error"]
+
+
+def test_nodes_list_filters_search_and_sort(people, admin_console):  # noqa: F811
+    from app.admission import nodes
+
+    first, _ = admit_with_keys(people)
+    second, _ = admit_with_keys(people)
+    second.vendor, second.capabilities, second.org_name = "Vendor B", ["text"], "南昌市公安局"
+    nodes.suspend(first, "drill", by=people[0])
+    db.session.commit()
+    client = admin_console.client
+
+    def ids(query):
+        html = client.get(f"/nodes/{query}").get_data(as_text=True)
+        return [n for n in (first.node_id, second.node_id) if f">{n}<" in html]
+
+    assert ids("?status=suspended") == [first.node_id]
+    assert ids("?vendor=Vendor+B") == [second.node_id]
+    assert ids("?capability=presence") == [first.node_id]
+    assert ids("?q=南昌") == [second.node_id]
+    assert ids("?province=440000") == []
+    html = client.get("/nodes/?sort=node_id&desc=1").get_data(as_text=True)
+    assert html.index(second.node_id) < html.index(first.node_id)
+
+
+def test_route_signer_rotation_republishes_and_clients_follow(app, client, runner, people, tmp_path):  # noqa: F811
+    from app.routing.client import RouteClient
+
+    node, keys = admit_with_keys(people)
+    old_signer = client.get("/ca/route-signer.pem").data
+    result = runner.invoke(args=["ca", "rotate-route-signer"])
+    assert result.exit_code == 0, result.output
+    new_signer = client.get("/ca/route-signer.pem").data
+    assert new_signer != old_signer
+    token = client.post("/api/v1/session", json=keys.session_request(node.node_id)).get_json()["token"]
+    response = client.get("/api/v1/routes", headers={"Authorization": f"Bearer {token}"})
+    route_client = RouteClient(client.get("/ca/ca.pem").data, intermediates=client.get("/ca/chain.pem").data)
+    accepted = route_client.accept(response.data, response.headers["X-Route-Signature"],
+                                   response.headers["X-Route-Signer"], new_signer)
+    assert accepted.outcome == "accepted" and accepted.version == 2
+
+
+def test_ca_expiry_is_warned_long_before(app, admin_console):
+    assert pki.expiry_warnings() == []
+    loaded = pki.authority()
+    soon = loaded.intermediate_certificate.not_valid_after_utc - timedelta(days=100)
+    warnings = [str(w) for w in pki.expiry_warnings(now=soon)]
+    assert any("intermediate" in w for w in warnings) and not any("root" in w for w in warnings)
+
+
+def test_nonces_in_redis_when_configured(app, client, people):  # noqa: F811
+    import redis
+
+    try:
+        redis.Redis.from_url("redis://127.0.0.1:6379/0").ping()
+    except redis.ConnectionError:
+        pytest.fail("Redis at 127.0.0.1:6379 is part of this machine; it must be running")
+    app.config["REDIS_URL"] = "redis://127.0.0.1:6379/0"
+    node, keys = admit_with_keys(people)
+    request = keys.session_request(node.node_id)
+    assert client.post("/api/v1/session", json=request).status_code == 201
+    replay = client.post("/api/v1/session", json=request)
+    assert replay.status_code == 401 and replay.get_json()["error"]["code"] == "replayed_nonce"
+    from app.sessions.models import UsedNonce
+
+    assert db.session.scalar(db.select(db.func.count()).select_from(UsedNonce)) == 0  # kept in Redis, not SQL
+    stored = redis.Redis.from_url(app.config["REDIS_URL"]).exists(f"mpim:nonce:{node.node_id}:{request['nonce']}")
+    assert stored == 1
+
+
+def test_since_older_than_the_kept_history_gets_the_full_table(client, people):  # noqa: F811
+    node, keys = admit_with_keys(people)
+    admit_with_keys(people)
+    admit_with_keys(people)
+    db.session.execute(db.delete(RouteChange).where(RouteChange.version <= 2))  # as if pruned
+    db.session.commit()
+    token = client.post("/api/v1/session", json=keys.session_request(node.node_id)).get_json()["token"]
+    body = json.loads(client.get("/api/v1/routes?since=1", headers={"Authorization": f"Bearer {token}"}).data)
+    assert "nodes" in body and len(body["nodes"]) == 3 and body["version"] == 3
+    delta = json.loads(client.get("/api/v1/routes?since=2", headers={"Authorization": f"Bearer {token}"}).data)
+    assert delta["since"] == 2 and len(delta["changed"]) == 1
+
+
+def test_admin_renewal_from_the_cli(app, runner, people, tmp_path):  # noqa: F811
+    node, _ = admit_with_keys(people)
+    before = pki.current_certificate(node.node_id).serial
+    (tmp_path / "new.csr").write_text(NodeKeys().csr)
+    result = runner.invoke(args=["ca", "renew", node.node_id, "--csr", str(tmp_path / "new.csr"), "--user",
+                                 "minister", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["serial"] != before and pki.current_certificate(node.node_id).serial != before
+    current = pki.current_certificate(node.node_id)
+    assert routing.entries_of(routing.head())[node.node_id]["cert_sha256"] == current.sha256
+    assert db.session.get(Node, node.node_id).status == "active"
