@@ -110,23 +110,31 @@ def open_session(document) -> tuple[str, datetime, str]:
     return raw, expires_at, node_id
 
 
-def authenticate(raw: str | None) -> str:
-    """The node id behind a bearer session token, or a 401 with the reason."""
+def authenticate(raw: str | None, *, also=None):
+    """The node id behind a bearer session token, or a 401 with the reason.
+
+    `also`: a scalar subquery read in the same round trip (routing reads its head version so
+    that the session check and the version it serves come from one consistent snapshot).
+    Returns the node id, or (node id, value of `also`) when `also` is given.
+    """
     from app.admission.models import Node
 
     if not raw:
         raise SessionRefused("A node session is required: Authorization: Bearer <token>.", code="missing_session")
-    session = db.session.get(NodeSession, hash_token(raw))
-    if session is None:
+    columns = [NodeSession.node_id, NodeSession.expires_at, NodeSession.revoked_at, Node.status]
+    if also is not None:
+        columns.append(also)
+    row = db.session.execute(select(*columns).join(Node, Node.node_id == NodeSession.node_id)
+                             .where(NodeSession.token_hash == hash_token(raw))).first()
+    if row is None:
         raise SessionRefused("This session token is not known.", code="invalid_session")
-    if session.revoked_at is not None:
+    if row.revoked_at is not None:
         raise SessionRefused("This session has ended.", code="session_revoked")
-    if session.expires_at <= utcnow():
+    if row.expires_at <= utcnow():
         raise SessionRefused("This session has expired.", code="session_expired")
-    status = db.session.scalar(select(Node.status).where(Node.node_id == session.node_id))
-    if status != "active":
-        raise SessionRefused(f"Node {session.node_id} is {status}.", code=f"node_{status}")
-    return session.node_id
+    if row.status != "active":
+        raise SessionRefused(f"Node {row.node_id} is {row.status}.", code=f"node_{row.status}")
+    return (row.node_id, row[4]) if also is not None else row.node_id
 
 
 def end_sessions(node, old_status: str, new_status: str, reason: str) -> None:
