@@ -91,12 +91,13 @@ class Node(db.Model):
         CheckConstraint(f"status IN {NODE_STATUSES!r}", name="status_known"),
         CheckConstraint("length(node_id) = 20", name="node_id_twenty_digits"),
         Index("ix_nodes_status_node_id", "status", "node_id"),
+        Index("ix_nodes_province_node_id", "province_prefix", "node_id"),
     )
 
     node_id: Mapped[str] = mapped_column(String(20), primary_key=True)
     division_code: Mapped[str] = mapped_column(ForeignKey("divisions.code"), nullable=False, index=True)
     # The first two digits, kept as a column so province filters and tile counts use an index.
-    province_prefix: Mapped[str] = mapped_column(String(2), nullable=False, index=True)
+    province_prefix: Mapped[str] = mapped_column(String(2), nullable=False)
     org_name: Mapped[str] = mapped_column(String(100), nullable=False, index=True)
     system_name: Mapped[str] = mapped_column(String(100), nullable=False)
     vendor: Mapped[str] = mapped_column(String(100), nullable=False, index=True)
