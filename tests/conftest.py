@@ -139,6 +139,9 @@ def app(database, tmp_path):
         pki.initialise(actor="tests")  # a real CA per test: approval, sessions and routes need one
         db.session.commit()
         yield application
+        from app.routing.serving import cache_for
+
+        cache_for(application).close()
         db.session.remove()
         if database["kind"] == "postgresql":
             _reset_postgresql(database["baseline"])

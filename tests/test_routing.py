@@ -120,3 +120,25 @@ def test_console_history_downloads_and_cli_verify(app, session, runner, tmp_path
     (tmp_path / "t.json").write_bytes(body.replace(b'"version":1', b'"version":9'))
     assert runner.invoke(args=["routes", "verify", str(tmp_path / "t.json"), str(tmp_path / "t.sig")]).exit_code == 1
 
+
+
+def test_on_postgresql_workers_learn_new_versions_by_notification(app, client, session, people):  # noqa: F811
+    import time
+
+    from app.routing.serving import cache_for
+
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's; SQLite reads the version from the database")
+    cache = cache_for(app)
+    assert pull(client, session).status_code == 200
+
+    def await_version(number):
+        deadline = time.monotonic() + 10
+        while cache.notified_version != number and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return cache.notified_version
+
+    assert await_version(1) == 1
+    admit_with_keys(people)
+    assert await_version(2) == 2  # told by NOTIFY, without a query per request
+    assert json.loads(pull(client, session).data)["version"] == 2

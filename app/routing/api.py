@@ -6,15 +6,14 @@ import json
 import re
 
 from flask import Blueprint, current_app, g, request
-from sqlalchemy import func, select
 
 from app.admission.api import bearer_token
 from app.errors import NotFound, ValidationFailed
-from app.extensions import csrf
+from app.extensions import csrf, db
 from app.routing import service
-from app.routing.models import RouteVersion
 from app.routing.serving import cache_for, signed_headers
 from app.sessions import service as sessions
+from app.sessions.models import NodeSession
 
 bp = Blueprint("routing_api", __name__, url_prefix="/api/v1")
 csrf.exempt(bp)
@@ -25,10 +24,18 @@ class RoutesUnavailable(NotFound):
     code = "no_route_table"
 
 
-def authenticated_node_and_head() -> tuple[str, int]:
-    """The caller's node session and the head version, read together in one query."""
-    head = select(func.coalesce(func.max(RouteVersion.version), 0)).scalar_subquery()
-    return sessions.authenticate(bearer_token(), also=head)
+def authenticated_node(cache) -> str:
+    """A node session, served from the per-process cache after its first validation."""
+    raw = bearer_token()
+    if raw:
+        token_hash = sessions.hash_token(raw)
+        node_id = cache.session_node(token_hash)
+        if node_id:
+            return node_id
+    node_id = sessions.authenticate(raw)
+    row = db.session.get(NodeSession, sessions.hash_token(raw))
+    cache.remember_session(row.token_hash, node_id, row.expires_at.timestamp())
+    return node_id
 
 
 def parse_since(value: str, head: int) -> int:
@@ -48,8 +55,9 @@ def not_modified(published):
 
 @bp.get("/routes")
 def routes():
-    g.node_id, head = authenticated_node_and_head()
-    published = cache_for(current_app).at(head)
+    cache = cache_for(current_app)
+    published = cache.current()
+    g.node_id = authenticated_node(cache)
     if published is None:
         raise RoutesUnavailable("No routing table has been published yet.")
     since_arg = request.args.get("since")
@@ -78,8 +86,9 @@ def routes():
 
 @bp.get("/routes/<node_id>")
 def route_entry(node_id: str):
-    _, head = authenticated_node_and_head()
-    published = cache_for(current_app).at(head)
+    cache = cache_for(current_app)
+    published = cache.current()
+    authenticated_node(cache)
     if published is None:
         raise RoutesUnavailable("No routing table has been published yet.")
     if published.entries is None:

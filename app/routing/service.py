@@ -111,6 +111,9 @@ def publish(reason: str, *, force: bool = False, actor: str | None = None) -> Ro
     db.session.add_all([RouteChange(version=number, node_id=node_id, entry=None) for node_id in removed])
     _prune(number)
     db.session.flush()
+    if db.session.get_bind().dialect.name == "postgresql":
+        # Delivered at commit to every worker's listener (serving.py): no query per pull.
+        db.session.execute(text("SELECT pg_notify('mpim_routes', :v)"), {"v": str(number)})
     audit.record("routes.publish", f"v{number}", {"reason": reason, "changes": lines[:20]},
                  **({"actor": actor} if actor else {}))
     return version

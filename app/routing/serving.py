@@ -1,19 +1,32 @@
-"""Serving the published table from memory, per process.
+"""Serving the published table from memory, per process (the 304 path does no database work).
 
-A request costs one indexed read: its node session and the head version together, in one round
-trip and one snapshot, so a suspended node's token is refused at once and a version published by
-any worker or instance is served by every other on the next pull. The signed bytes of a version
-are loaded once per process and kept until the version changes; nothing is rebuilt per request.
+A request learns the current version cheaply and never rebuilds anything:
+- on PostgreSQL a listener thread per process receives `NOTIFY mpim_routes` from every
+  publication (any worker, any instance) and the request reads an integer in memory;
+- elsewhere (SQLite, one machine) the request asks the database for the highest version, a
+  single indexed read.
+The signed bytes of that version are loaded once and kept until the next version.
+Validated node-session tokens are cached with their expiry and forgotten whenever the version
+changes, because every suspension or revocation changes the table. On PostgreSQL that means a
+worker honours a just-suspended node's token until the notification arrives (milliseconds);
+the database itself has ended the session at once, and every new session is refused.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from dataclasses import dataclass, field
+
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
 
 from app.extensions import db
 from app.routing import document
 from app.routing.models import RouteVersion
+
+log = logging.getLogger("mpim.routing")
 
 
 @dataclass
@@ -33,16 +46,61 @@ def signed_headers(version: int, signature: str, signer: str) -> dict[str, str]:
 
 
 class RouteCache:
-    def __init__(self):
+    def __init__(self, app):
+        self.app = app
         self.lock = threading.Lock()
         self.published: Published | None = None
+        self.sessions: dict[str, tuple[str, float]] = {}
+        self.notified_version: int | None = None
+        self.listener: threading.Thread | None = None
+        self.stopping = threading.Event()
+        self.uses_notify = db.engine.dialect.name == "postgresql"
 
-    def at(self, version: int) -> Published | None:
-        """The published bytes of `version` (the head the request just read)."""
+    # --- current version -----------------------------------------------------------------
+    def current_version(self) -> int:
+        if self.uses_notify:
+            self._ensure_listener()
+            if self.notified_version is not None:
+                return self.notified_version
+        return db.session.scalar(select(func.max(RouteVersion.version))) or 0
+
+    def _ensure_listener(self) -> None:
+        if self.listener is None:
+            with self.lock:
+                if self.listener is None:
+                    self.listener = threading.Thread(target=self._listen, name="route-listener", daemon=True)
+                    self.listener.start()
+
+    def _listen(self) -> None:
+        import psycopg
+
+        url = make_url(self.app.config["SQLALCHEMY_DATABASE_URI"]).set(drivername="postgresql")
+        conninfo = url.render_as_string(hide_password=False)
+        while not self.stopping.is_set():
+            try:
+                with psycopg.connect(conninfo, autocommit=True) as connection:
+                    connection.execute("LISTEN mpim_routes")
+                    # Anything published before LISTEN took effect is read once here.
+                    row = connection.execute("SELECT coalesce(max(version), 0) FROM route_versions").fetchone()
+                    self.notified_version = max(self.notified_version or 0, row[0])
+                    while not self.stopping.is_set():
+                        for notice in connection.notifies(timeout=1.0):
+                            self.notified_version = max(self.notified_version or 0, int(notice.payload))
+            except Exception:  # the database went away: fall back to queries until we reconnect
+                self.notified_version = None
+                log.warning("route listener lost its connection; retrying", exc_info=True)
+                self.stopping.wait(1.0)
+
+    def close(self) -> None:
+        self.stopping.set()
+
+    # --- published bytes -------------------------------------------------------------------
+    def current(self) -> Published | None:
+        version = self.current_version()
         published = self.published
         if published is not None and published.version == version:
             return published
-        if not version:
+        if version == 0:
             return None
         row = db.session.get(RouteVersion, version)
         if row is None or row.body is None:
@@ -56,15 +114,25 @@ class RouteCache:
         with self.lock:
             if self.published is None or self.published.version < version:
                 self.published = published
+                self.sessions.clear()
         return published
 
-    def close(self) -> None:
-        """Nothing runs in the background; kept so callers may release a cache uniformly."""
+    # --- node sessions ----------------------------------------------------------------------
+    def session_node(self, token_hash: str) -> str | None:
+        cached = self.sessions.get(token_hash)
+        if cached and cached[1] > time.time():
+            return cached[0]
+        return None
+
+    def remember_session(self, token_hash: str, node_id: str, expires_at: float) -> None:
+        if len(self.sessions) > 100_000:
+            self.sessions.clear()
+        self.sessions[token_hash] = (node_id, expires_at)
 
 
 def cache_for(app) -> RouteCache:
-    app = getattr(app, "_get_current_object", lambda: app)()
+    app = getattr(app, "_get_current_object", lambda: app)()  # the thread needs the app, not the proxy
     cache = app.extensions.get("mpim_route_cache")
     if cache is None:
-        cache = app.extensions["mpim_route_cache"] = RouteCache()
+        cache = app.extensions["mpim_route_cache"] = RouteCache(app)
     return cache
