@@ -1,230 +1,285 @@
-"""The CA itself (issue 4): a root, an issuing intermediate, and what the intermediate signs.
+"""The CA (issue 4): a root, an issuing intermediate, and what the intermediate signs.
 
-Files under the CA directory (keys encrypted, 0600):
-  root.pem root.key            EC P-384 (or RSA 3072); the key may be taken offline
-  intermediate.pem/.key        EC P-256 (or RSA 3072); CA:TRUE, pathlen:0; signs everything else
-  route-signer.pem/.key        EC P-256; EKU documentSigning (RFC 9336): signs routing tables only
-  management.pem/.key          EC P-256; the management node's own TLS client/server certificate
-No database here: `service.py` stores and audits what this module issues.
+Files in the CA directory (0700; keys encrypted PKCS#8, 0600; certificates 0644):
+
+    root.pem, root.key                  EC P-384 (RSA 3072 with key_type "rsa"), ~20 years; the key
+                                        may be taken offline (`root_offline`): nothing here needs it
+                                        after `init_ca`
+    intermediate.pem, intermediate.key  EC P-256 (RSA 3072), ~10 years, CA:TRUE pathlen:0; signs
+                                        node and service certificates, the CRL and OCSP responses
+    route-signer.pem, route-signer.key  EC P-256; EKU documentSigning (RFC 9336): signs route tables
+                                        (SPEC §5) and nothing else: it is not a TLS identity
+    management.pem, management.key      EC P-256; serverAuth+clientAuth: the management node's own
+                                        TLS identity (health polling, HTTPS)
+
+Rotation keeps history: `create_service_certificate` renames the current pair to
+`<role>.<old serial hex>.pem/.key` before writing the new one, and returns the new certificate.
+
+Pure domain code: no database, no request. The service layer stores, audits and publishes what
+this module returns. Times are aware UTC; `clock` is injectable for tests.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import shutil
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from app.database import utcnow
-from app.errors import Conflict
-from app.pki import keys
+from app.errors import Conflict, DomainError, ValidationFailed
+from app.pki import crl, csr_policy, keys, ocsp, profiles
+from app.pki.keys import KeyType, SigningKey, now_utc, signature_hash
 
-DOCUMENT_SIGNING = x509.ObjectIdentifier("1.3.6.1.5.5.7.3.36")
-BACKDATE = timedelta(minutes=1)
-MANAGEMENT_NODE_ID = "10000000002015000001"
+ServiceRole = Literal["route-signer", "management"]
+SERVICE_ROLES: tuple[ServiceRole, ...] = ("route-signer", "management")
+BACKDATE = timedelta(minutes=1)  # tolerate clients whose clocks run a little behind ours
+MANAGEMENT_NODE_ID = "10000000002015000001"  # SPEC §2: the ministry's management node
+CA_FILES = ("root.pem", "root.key", "intermediate.pem", "intermediate.key")
+Clock = Callable[[], datetime]
 
 
 class CAAlreadyInitialised(Conflict):
     code = "ca_exists"
 
 
+class RootKeyOffline(Conflict):
+    code = "root_offline"
+
+
+class CAExpired(DomainError):
+    code = "ca_expired"
+    status = 503
+
+
 @dataclass(frozen=True)
 class CAConfig:
+    """Names, algorithms, lifetimes and the addresses written into every issued certificate."""
+
     organisation: str = "Ministry of Public Security"
     root_common_name: str = "MPIM Root CA"
     intermediate_common_name: str = "MPIM Issuing CA 1"
-    key_type: str = "ec"
+    country: str = "CN"
+    key_type: KeyType = "ec"
     crl_url: str = "http://127.0.0.1:5000/ca/crl.crl"
     ocsp_url: str = "http://127.0.0.1:5000/ca/ocsp"
+    root_validity_days: int = 7305
+    intermediate_validity_days: int = 3653
     node_validity_days: int = 90
-    root_validity_days: int = 7300
-    intermediate_validity_days: int = 3650
     service_validity_days: int = 365
     management_host: str = "127.0.0.1"
+    management_node_id: str = MANAGEMENT_NODE_ID
 
 
 def is_initialised(directory: Path) -> bool:
     return (directory / "intermediate.pem").exists()
 
 
-def _name(common_name: str, organisation: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "CN"),
-                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, organisation),
-                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+def _ca_name(config: CAConfig, common_name: str) -> x509.Name:
+    return profiles.subject_name(config.country, config.organisation, common_name)
 
 
-def _pem(certificate: x509.Certificate) -> bytes:
+def pem(certificate: x509.Certificate) -> bytes:
     return certificate.public_bytes(serialization.Encoding.PEM)
 
 
-def host_name(host: str) -> x509.GeneralName:
-    try:
-        return x509.IPAddress(ipaddress.ip_address(host.strip("[]")))
-    except ValueError:
-        return x509.DNSName(host)
+def _sign(builder: x509.CertificateBuilder, key: SigningKey) -> x509.Certificate:
+    return builder.sign(key.signer(), signature_hash(key))
 
 
-def _ca_certificate(subject, issuer, public_key, signing_key, issuer_public_key, days, path_length):
-    now = utcnow()
-    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(public_key)
-               .serial_number(x509.random_serial_number())
-               .not_valid_before(now - BACKDATE).not_valid_after(now + timedelta(days=days))
-               .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
-               .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                            content_commitment=False, key_encipherment=False,
-                                            data_encipherment=False, key_agreement=False, encipher_only=False,
-                                            decipher_only=False), critical=True)
-               .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_public_key), critical=False))
-    return builder.sign(signing_key, hashes.SHA256())
+def init_ca(directory: Path, passphrase: bytes, config: CAConfig, *, clock: Clock = now_utc) -> Authority:
+    """Create the root, the intermediate, the route signer and the management node's certificate.
 
-
-def init_ca(directory: Path, passphrase: bytes, config: CAConfig) -> None:
-    """Create root, intermediate, route signer and management certificates; never overwrite."""
-    if (directory / "root.pem").exists() or is_initialised(directory):
+    Refuses (`CAAlreadyInitialised`) when any CA file is there already: a CA is never overwritten."""
+    if any((directory / name).exists() for name in CA_FILES):
         raise CAAlreadyInitialised(f"A CA exists already in {directory}; refusing to overwrite it.")
+    now = clock()
+    root_key = keys.FileSigningKey(keys.generate(config.key_type, "root"))
+    root = _sign(profiles.ca_certificate(_ca_name(config, config.root_common_name), None, root_key.public_key(),
+                                         now - BACKDATE, now + timedelta(days=config.root_validity_days), None),
+                 root_key)
+    intermediate_key = keys.FileSigningKey(keys.generate(config.key_type, "intermediate"))
+    intermediate_end = min(now + timedelta(days=config.intermediate_validity_days), root.not_valid_after_utc)
+    intermediate = _sign(profiles.ca_certificate(_ca_name(config, config.intermediate_common_name), root,
+                                                 intermediate_key.public_key(), now - BACKDATE, intermediate_end, 0),
+                         root_key)
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    root_key = keys.generate(config.key_type, "root")
-    root_name = _name(config.root_common_name, config.organisation)
-    root = _ca_certificate(root_name, root_name, root_key.public_key(), root_key, root_key.public_key(),
-                           config.root_validity_days, None)
-    intermediate_key = keys.generate(config.key_type, "intermediate")
-    intermediate = _ca_certificate(_name(config.intermediate_common_name, config.organisation), root_name,
-                                   intermediate_key.public_key(), root_key, root_key.public_key(),
-                                   config.intermediate_validity_days, 0)
-    keys.write_private_key(directory / "root.key", root_key, passphrase)
-    keys.write_public_file(directory / "root.pem", _pem(root))
-    keys.write_private_key(directory / "intermediate.key", intermediate_key, passphrase)
-    keys.write_public_file(directory / "intermediate.pem", _pem(intermediate))
-    authority = Authority(directory, passphrase, config, load_services=False)
-    authority.create_service_certificate("route-signer")
-    authority.create_service_certificate("management")
+    try:
+        keys.write_private_key(directory / "root.key", root_key.signer(), passphrase)
+        keys.write_public_file(directory / "root.pem", pem(root))
+        keys.write_private_key(directory / "intermediate.key", intermediate_key.signer(), passphrase)
+        keys.write_public_file(directory / "intermediate.pem", pem(intermediate))
+    except FileExistsError as error:  # another `init` won the race
+        raise CAAlreadyInitialised(f"A CA exists already in {directory}; refusing to overwrite it.") from error
+    authority = Authority(directory, config, root_certificate=root, intermediate_certificate=intermediate,
+                          intermediate_key=intermediate_key, passphrase=passphrase, clock=clock)
+    for role in SERVICE_ROLES:
+        authority.create_service_certificate(role)
+    return authority
 
 
 def root_offline(directory: Path, export_path: Path) -> None:
-    """Move the root key out of the server; the intermediate keeps issuing."""
+    """Move the root key out of the server (to `export_path`, 0600, never overwritten); the
+    intermediate keeps issuing. The root certificate stays: it is the trust anchor we publish."""
     source = directory / "root.key"
     if not source.exists():
-        raise Conflict("The root key is not on this server any more.", code="root_offline")
-    if export_path.exists():
-        raise Conflict(f"{export_path} exists; refusing to overwrite it.", code="export_exists")
-    shutil.copyfile(source, export_path)
-    export_path.chmod(0o600)
+        raise RootKeyOffline("The root key is not on this server any more.")
+    try:
+        keys.write_new_file(export_path, source.read_bytes(), 0o600)
+    except FileExistsError as error:
+        raise Conflict(f"{export_path} exists; refusing to overwrite it.", code="export_exists") from error
     source.unlink()
 
 
 class Authority:
-    """The loaded CA: certificates in memory, keys behind the SigningKey interface."""
+    """The loaded CA: certificates in memory, every key behind `SigningKey`."""
 
-    def __init__(self, directory: Path, passphrase: bytes, config: CAConfig, *, load_services: bool = True):
-        self.directory, self.config, self._passphrase = directory, config, passphrase
-        self.root_certificate = x509.load_pem_x509_certificate((directory / "root.pem").read_bytes())
-        self.intermediate_certificate = x509.load_pem_x509_certificate((directory / "intermediate.pem").read_bytes())
-        self.intermediate_key: keys.SigningKey = keys.FileSigningKey.load(directory / "intermediate.key", passphrase)
-        if load_services:
-            self.route_signer_certificate, self.route_signer_key = self._service("route-signer")
-            self.management_certificate, self.management_key = self._service("management")
+    route_signer_certificate: x509.Certificate | None = None
+    route_signer_key: SigningKey | None = None
+    management_certificate: x509.Certificate | None = None
+    management_key: SigningKey | None = None
+
+    def __init__(self, directory: Path, config: CAConfig, *, root_certificate: x509.Certificate,
+                 intermediate_certificate: x509.Certificate, intermediate_key: SigningKey, passphrase: bytes,
+                 clock: Clock = now_utc):
+        self.directory, self.config, self.clock = directory, config, clock
+        self.root_certificate, self.intermediate_certificate = root_certificate, intermediate_certificate
+        self.intermediate_key = intermediate_key
+        self._passphrase = passphrase
+        self._leaf_hash = signature_hash(intermediate_key)
+        self._templates: dict[tuple[tuple[x509.ObjectIdentifier, ...], bool], x509.CertificateBuilder] = {}
 
     @classmethod
-    def load(cls, directory: Path, passphrase: bytes, config: CAConfig) -> Authority:
-        return cls(directory, passphrase, config)
-
-    def _service(self, name: str):
-        certificate = x509.load_pem_x509_certificate((self.directory / f"{name}.pem").read_bytes())
-        return certificate, keys.FileSigningKey.load(self.directory / f"{name}.key", self._passphrase)
+    def load(cls, directory: Path, passphrase: bytes, config: CAConfig, *, clock: Clock = now_utc) -> Authority:
+        """Read the CA from `directory`; the root key is never read, so it may be offline."""
+        authority = cls(directory, config, passphrase=passphrase, clock=clock,
+                        root_certificate=x509.load_pem_x509_certificate((directory / "root.pem").read_bytes()),
+                        intermediate_certificate=x509.load_pem_x509_certificate(
+                            (directory / "intermediate.pem").read_bytes()),
+                        intermediate_key=keys.FileSigningKey.load(directory / "intermediate.key", passphrase))
+        for role in SERVICE_ROLES:
+            if (directory / f"{role}.pem").exists():
+                authority._hold(role, x509.load_pem_x509_certificate((directory / f"{role}.pem").read_bytes()),
+                                keys.FileSigningKey.load(directory / f"{role}.key", passphrase))
+        return authority
 
     @property
     def root_key_online(self) -> bool:
         return (self.directory / "root.key").exists()
 
     def chain_pem(self) -> bytes:
-        return _pem(self.intermediate_certificate) + _pem(self.root_certificate)
+        """Intermediate then root: what follows a leaf certificate when it is handed out."""
+        return pem(self.intermediate_certificate) + pem(self.root_certificate)
 
-    def _leaf(self, public_key, subject: x509.Name, names: list[x509.GeneralName], usages: list,
-              not_before: datetime | None, not_after: datetime | None, days: int) -> x509.Certificate:
-        now = utcnow()
+    # --- issuance ---------------------------------------------------------------------------------
+
+    def _validity(self, days: int, not_before: datetime | None, not_after: datetime | None
+                  ) -> tuple[datetime, datetime]:
+        """notBefore backdated by a minute; notAfter never past the intermediate's own."""
+        if days <= 0:
+            raise ValidationFailed("A validity must be at least one day.", code="invalid_validity", field="validity")
+        for value in (not_before, not_after):
+            if value is not None and value.tzinfo is None:
+                raise ValidationFailed("Certificate validity times must be timezone-aware.", code="invalid_validity")
+        now = self.clock()
         start = not_before or now - BACKDATE
         end = min(not_after or now + timedelta(days=days), self.intermediate_certificate.not_valid_after_utc)
+        if end <= start:
+            if end == self.intermediate_certificate.not_valid_after_utc:
+                raise CAExpired("The issuing CA certificate expires before this certificate would start.")
+            raise ValidationFailed("A certificate cannot end before it starts.", code="invalid_validity")
+        return start, end
+
+    def _leaf(self, public_key, subject: x509.Name, names: list[x509.GeneralName],
+              usages: tuple[x509.ObjectIdentifier, ...], validity: tuple[datetime, datetime]) -> x509.Certificate:
         rsa_key = isinstance(public_key, rsa.RSAPublicKey)
-        builder = (
-            x509.CertificateBuilder().subject_name(subject).issuer_name(self.intermediate_certificate.subject)
-            .public_key(public_key).serial_number(x509.random_serial_number())
-            .not_valid_before(start).not_valid_after(end)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=rsa_key, content_commitment=False,
-                                         data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                                         crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                self.intermediate_certificate.public_key()), critical=False)
-            .add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
-                full_name=[x509.UniformResourceIdentifier(self.config.crl_url)], relative_name=None, reasons=None,
-                crl_issuer=None)]), critical=False)
-            .add_extension(x509.AuthorityInformationAccess([x509.AccessDescription(
-                x509.oid.AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(self.config.ocsp_url))]),
-                critical=False))
-        if names:
-            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-        return builder.sign(self.intermediate_key.signer(), hashes.SHA256())
+        template = self._templates.get((usages, rsa_key))
+        if template is None:
+            template = self._templates[usages, rsa_key] = profiles.leaf_template(
+                self.intermediate_certificate, usages=usages, rsa_key=rsa_key, crl_url=self.config.crl_url,
+                ocsp_url=self.config.ocsp_url)
+        builder = profiles.leaf_certificate(template, subject, public_key, names=names, not_before=validity[0],
+                                            not_after=validity[1])
+        return builder.sign(self.intermediate_key.signer(), self._leaf_hash)
 
     def issue_node_certificate(self, csr: x509.CertificateSigningRequest, *, node_id: str, org_name: str,
                                endpoint_host: str, validity_days: int | None = None,
                                not_before: datetime | None = None, not_after: datetime | None = None
                                ) -> x509.Certificate:
-        """The CA decides subject and extensions; the CSR contributes only its public key."""
-        subject = x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "CN"),
-                             x509.NameAttribute(NameOID.ORGANIZATION_NAME, org_name[:64]),
-                             x509.NameAttribute(NameOID.COMMON_NAME, node_id)])
-        names = [host_name(endpoint_host), x509.UniformResourceIdentifier(f"urn:mpim:node:{node_id}")]
-        return self._leaf(csr.public_key(), subject, names,
-                          [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH], not_before, not_after,
-                          validity_days or self.config.node_validity_days)
+        """SPEC §3.4: a node's certificate. The CA decides subject and extensions; the CSR gives
+        only its public key (its subject, SANs, CA:true, key usages are ignored).
 
-    def create_service_certificate(self, name: str) -> x509.Certificate:
-        """`route-signer` or `management`: a fresh EC P-256 key and certificate written to the directory.
-        An existing pair is kept with a timestamp suffix (rotation)."""
-        key = keys.generate("ec", name)
-        if name == "route-signer":
-            subject = _name("MPIM route signer", self.config.organisation)
-            names, usages = [], [DOCUMENT_SIGNING]
-        else:
-            subject = _name(MANAGEMENT_NODE_ID, self.config.organisation)
-            names = [host_name(self.config.management_host),
-                     x509.UniformResourceIdentifier(f"urn:mpim:node:{MANAGEMENT_NODE_ID}")]
-            usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-        certificate = self._leaf(key.public_key(), subject, names, usages, None, None,
-                                 self.config.service_validity_days)
-        stamp = utcnow().strftime("%Y%m%dT%H%M%S")
-        for suffix in ("pem", "key"):
-            current = self.directory / f"{name}.{suffix}"
-            if current.exists():
-                current.rename(self.directory / f"{name}.{stamp}.{suffix}")
-        keys.write_private_key(self.directory / f"{name}.key", key, self._passphrase)
-        keys.write_public_file(self.directory / f"{name}.pem", _pem(certificate))
-        if name == "route-signer":
-            self.route_signer_certificate, self.route_signer_key = certificate, keys.FileSigningKey(key)
-        else:
-            self.management_certificate, self.management_key = certificate, keys.FileSigningKey(key)
+        CN = node id, O = organisation (cut at 64 characters), C = CN; SAN = the endpoint host and
+        `urn:mpim:node:<node id>`; serverAuth+clientAuth. `not_before`/`not_after` override the
+        validity (tests make expired certificates with them); the intermediate's notAfter still clips."""
+        names = profiles.node_names(node_id, endpoint_host)
+        if not org_name.strip():
+            raise ValidationFailed("The organisation name is empty.", code="invalid_org_name", field="org_name")
+        public_key = csr.public_key()
+        csr_policy.check_key(public_key)  # never issue for a refused key, whatever the caller checked
+        validity = self._validity(validity_days or self.config.node_validity_days, not_before, not_after)
+        subject = profiles.subject_name(self.config.country, org_name, node_id)
+        return self._leaf(public_key, subject, names, profiles.TLS_USAGES, validity)
+
+    def issue_service_certificate(self, role: ServiceRole, public_key: ec.EllipticCurvePublicKey, *,
+                                  validity_days: int | None = None, not_before: datetime | None = None,
+                                  not_after: datetime | None = None) -> x509.Certificate:
+        """A certificate for one of the management node's own keys (no files touched).
+
+        route-signer: CN "MPIM route signer", no SAN, EKU documentSigning only, so a stolen route
+        signer cannot pose as a TLS peer. management: CN = the management node id, SAN = its host
+        and `urn:mpim:node:<id>`, serverAuth+clientAuth."""
+        validity = self._validity(validity_days or self.config.service_validity_days, not_before, not_after)
+        if role == "route-signer":
+            return self._leaf(public_key, _ca_name(self.config, "MPIM route signer"), [],
+                              profiles.ROUTE_SIGNING_USAGES, validity)
+        if role == "management":
+            node_id = self.config.management_node_id
+            return self._leaf(public_key, _ca_name(self.config, node_id),
+                              profiles.node_names(node_id, self.config.management_host), profiles.TLS_USAGES, validity)
+        raise ValidationFailed(f"Unknown service certificate role {role!r}.", code="invalid_role")
+
+    def create_service_certificate(self, role: ServiceRole) -> x509.Certificate:
+        """A fresh EC P-256 key and its certificate, written to the directory; the previous pair,
+        if any, is kept as `<role>.<old serial hex>.pem/.key`. Returns the new certificate."""
+        key = keys.generate("ec", "service")
+        certificate = self.issue_service_certificate(role, key.public_key())
+        current_pem, current_key = self.directory / f"{role}.pem", self.directory / f"{role}.key"
+        if current_pem.exists():
+            old_serial = format(x509.load_pem_x509_certificate(current_pem.read_bytes()).serial_number, "x")
+            for current in (current_pem, current_key):
+                archived = self.directory / f"{role}.{old_serial}{current.suffix}"
+                if current.exists() and not archived.exists():
+                    current.rename(archived)
+        keys.write_private_key(current_key, key, self._passphrase)
+        keys.write_public_file(current_pem, pem(certificate))
+        self._hold(role, certificate, keys.FileSigningKey(key))
         return certificate
 
-    def build_crl(self, revoked: list[tuple[int, datetime, str | None]], *, crl_number: int, this_update: datetime,
-                  next_update: datetime) -> x509.CertificateRevocationList:
-        """No IssuingDistributionPoint: scope flags there make OpenSSL reject the CRL."""
-        builder = (x509.CertificateRevocationListBuilder().issuer_name(self.intermediate_certificate.subject)
-                   .last_update(this_update).next_update(next_update)
-                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                       self.intermediate_certificate.public_key()), critical=False)
-                   .add_extension(x509.CRLNumber(crl_number), critical=False))
-        for serial, revoked_at, reason in revoked:
-            entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(revoked_at)
-            if reason and reason != "unspecified":
-                entry = entry.add_extension(x509.CRLReason(x509.ReasonFlags[reason]), critical=False)
-            builder = builder.add_revoked_certificate(entry.build())
-        return builder.sign(self.intermediate_key.signer(), hashes.SHA256())
+    def rotate_route_signer(self) -> x509.Certificate:
+        """SPEC §5: a new route-signing key and certificate; the old pair stays on disk, archived."""
+        return self.create_service_certificate("route-signer")
+
+    def _hold(self, role: ServiceRole, certificate: x509.Certificate, key: SigningKey) -> None:
+        if role == "route-signer":
+            self.route_signer_certificate, self.route_signer_key = certificate, key
+        else:
+            self.management_certificate, self.management_key = certificate, key
+
+    # --- revocation ---------------------------------------------------------------------------------
+
+    def build_crl(self, revoked: Iterable[crl.RevokedEntry | tuple], *, this_update: datetime,
+                  next_update: datetime, crl_number: int) -> x509.CertificateRevocationList:
+        """The intermediate's full CRL; see `crl.build_crl`."""
+        return crl.build_crl(revoked, issuer=self.intermediate_certificate, signing_key=self.intermediate_key,
+                             this_update=this_update, next_update=next_update, crl_number=crl_number)
+
+    def respond_ocsp(self, request_der: bytes, lookup: Callable[[int], ocsp.CertStatusInfo], *,
+                     validity: timedelta = ocsp.RESPONSE_VALIDITY) -> bytes:
+        """An RFC 6960 response (DER) signed by the intermediate; see `ocsp.respond`."""
+        return ocsp.respond(request_der, lookup, issuer=self.intermediate_certificate,
+                            signing_key=self.intermediate_key, validity=validity, clock=self.clock)

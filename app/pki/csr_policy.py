@@ -1,27 +1,43 @@
-"""CSR policy (issue 4): what the CA accepts as a node's key, with a clear reason for refusals.
+"""CSR policy (SPEC §3.2-3.4): which PKCS#10 requests the CA accepts, and why it refuses the rest.
 
-Accepted: a PEM PKCS#10 request with a valid self-signature whose key is EC P-256, EC P-384 or
-RSA of 2048 to 8192 bits. Refused: everything else, including DSA, other curves (P-192,
-secp256k1, ...) and Ed25519/Ed448. Ed25519 is refused on purpose: A.2 node sessions (SPEC §4)
-define ECDSA-SHA256 and RSASSA-PKCS1-v1_5-SHA256 signatures only, so an Ed25519 node could never
-open a session, and TLS stacks in the field still handle it unevenly.
-Whatever else a CSR asks for (subject, SANs, CA:true, key usages) is read for the reviewer and
-otherwise ignored: the CA decides the certificate's contents.
+Accepted: one PEM certificate signing request, at most 64 KB, whose self-signature verifies
+(SHA-256 or stronger), holding an EC P-256, EC P-384 or RSA 2048-8192 bit key.
+
+Refused, each with its own reason: not PEM or not parsable; a certificate where a CSR belongs;
+over 64 KB; a self-signature that does not verify or uses MD5/SHA-1; RSA below 2048 bits; DSA;
+any other curve (P-192, secp256k1, SM2, ...); Ed25519 and Ed448.
+
+Ed25519/Ed448 are refused on purpose: a node must open A.2 node sessions (SPEC §4), which define
+ECDSA-SHA256 and RSASSA-PKCS1-v1_5-SHA256 signatures only, so an EdDSA node could be certified
+and then never log in; and TLS stacks in the field still handle EdDSA client certificates unevenly.
+
+Whatever else a CSR asks for (subject, SANs, CA:true, key usages) is shown to the reviewer by
+`describe_csr` and otherwise ignored: the CA decides a certificate's contents (`authority.py`).
 """
 
 from __future__ import annotations
 
+import re
+
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.x509.oid import SignatureAlgorithmOID
 
 from app.errors import ValidationFailed
 
 MAX_PEM_BYTES = 64 * 1024
 ALLOWED_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384"}
 MIN_RSA_BITS, MAX_RSA_BITS = 2048, 8192
+WEAK_SIGNATURES = {SignatureAlgorithmOID.RSA_WITH_MD5: "MD5", SignatureAlgorithmOID.RSA_WITH_SHA1: "SHA-1",
+                   SignatureAlgorithmOID.ECDSA_WITH_SHA1: "SHA-1", SignatureAlgorithmOID.DSA_WITH_SHA1: "SHA-1"}
+_CSR_BEGIN = re.compile(rb"-----BEGIN (NEW )?CERTIFICATE REQUEST-----")
 
 
 class InvalidCSR(ValidationFailed):
+    """A CSR the CA refuses; the message says why, in words a provincial admin can act on."""
+
     code = "invalid_csr"
 
     def __init__(self, message: str):
@@ -29,20 +45,25 @@ class InvalidCSR(ValidationFailed):
 
 
 def load_csr(pem: str | bytes) -> x509.CertificateSigningRequest:
+    """Parse a PEM PKCS#10 request; `InvalidCSR` for anything that is not one."""
     data = pem.encode("utf-8", errors="replace") if isinstance(pem, str) else bytes(pem)
     if len(data) > MAX_PEM_BYTES:
-        raise InvalidCSR(f"The CSR is larger than {MAX_PEM_BYTES // 1024} KB.")
-    if b"-----BEGIN CERTIFICATE-----" in data:
-        raise InvalidCSR("This is a certificate, not a certificate signing request (CSR).")
-    if b"-----BEGIN CERTIFICATE REQUEST-----" not in data and b"-----BEGIN NEW CERTIFICATE REQUEST-----" not in data:
-        raise InvalidCSR("This is not a PEM certificate signing request (-----BEGIN CERTIFICATE REQUEST-----).")
+        raise InvalidCSR(f"The CSR is larger than {MAX_PEM_BYTES // 1024} KB; a real one is 1-3 KB.")
+    if b"-----BEGIN CERTIFICATE-----" in data or b"-----BEGIN X509 CERTIFICATE-----" in data:
+        raise InvalidCSR("This is a certificate, not a certificate signing request (CSR): "
+                         "send the PKCS#10 request generated with the node's key.")
+    if not _CSR_BEGIN.search(data):
+        raise InvalidCSR("This is not a PEM certificate signing request: it must start with "
+                         "-----BEGIN CERTIFICATE REQUEST-----.")
     try:
         return x509.load_pem_x509_csr(data.replace(b"NEW CERTIFICATE REQUEST", b"CERTIFICATE REQUEST"))
     except ValueError as error:
-        raise InvalidCSR(f"The CSR could not be parsed: {error}.") from error
+        raise InvalidCSR("The CSR could not be parsed: its PEM block is damaged (broken base64) or "
+                         "does not hold a PKCS#10 structure.") from error
 
 
-def describe_key(public_key) -> str:
+def describe_key(public_key: CertificatePublicKeyTypes) -> str:
+    """A short human name of a key: 'EC P-256', 'RSA 3072', 'DSA 2048', 'Ed25519'."""
     if isinstance(public_key, ec.EllipticCurvePublicKey):
         return f"EC {ALLOWED_CURVES.get(public_key.curve.name, public_key.curve.name)}"
     if isinstance(public_key, rsa.RSAPublicKey):
@@ -56,50 +77,84 @@ def describe_key(public_key) -> str:
     return type(public_key).__name__
 
 
-def check_key(public_key) -> None:
+def check_key(public_key: CertificatePublicKeyTypes) -> None:
+    """`InvalidCSR` unless the key is EC P-256, EC P-384 or RSA 2048-8192."""
     if isinstance(public_key, ec.EllipticCurvePublicKey):
         if public_key.curve.name not in ALLOWED_CURVES:
-            raise InvalidCSR(f"EC curve {public_key.curve.name} is refused: use P-256 or P-384.")
+            raise InvalidCSR(f"EC curve {public_key.curve.name} is refused: use P-256 (prime256v1) or P-384.")
         return
     if isinstance(public_key, rsa.RSAPublicKey):
         if public_key.key_size < MIN_RSA_BITS:
-            raise InvalidCSR(f"RSA keys below {MIN_RSA_BITS} bits are refused (this one has {public_key.key_size}).")
+            raise InvalidCSR(f"RSA keys below {MIN_RSA_BITS} bits are refused (this one has "
+                             f"{public_key.key_size}).")
         if public_key.key_size > MAX_RSA_BITS:
-            raise InvalidCSR(f"RSA keys above {MAX_RSA_BITS} bits are refused.")
+            raise InvalidCSR(f"RSA keys above {MAX_RSA_BITS} bits are refused (this one has "
+                             f"{public_key.key_size}).")
         return
     if isinstance(public_key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
-        raise InvalidCSR(f"{describe_key(public_key)} keys are refused: node sessions (A.2) need ECDSA or RSA.")
-    raise InvalidCSR(f"{describe_key(public_key)} keys are refused: use EC P-256, P-384 or RSA ≥ 2048 bits.")
+        raise InvalidCSR(f"{describe_key(public_key)} keys are refused: node sessions (A.2) are signed "
+                         "with ECDSA or RSA only. Use EC P-256.")
+    raise InvalidCSR(f"{describe_key(public_key)} keys are refused: use EC P-256, EC P-384 or RSA of at "
+                     "least 2048 bits.")
+
+
+def _public_key(csr: x509.CertificateSigningRequest) -> CertificatePublicKeyTypes:
+    try:
+        return csr.public_key()
+    except (ValueError, UnsupportedAlgorithm) as error:
+        raise InvalidCSR("The CSR's key algorithm or curve is not supported (SM2 and other curves are "
+                         "refused): use EC P-256, EC P-384 or RSA of at least 2048 bits.") from error
 
 
 def check_csr(csr: x509.CertificateSigningRequest) -> None:
+    """`InvalidCSR` unless the key passes `check_key` and the self-signature verifies with SHA-256+."""
+    check_key(_public_key(csr))
+    if csr.signature_algorithm_oid in WEAK_SIGNATURES:
+        raise InvalidCSR(f"The CSR is signed with {WEAK_SIGNATURES[csr.signature_algorithm_oid]}, which is "
+                         "refused (MD5 and SHA-1 are broken): sign it with SHA-256.")
     try:
-        public_key = csr.public_key()
-    except (ValueError, TypeError) as error:
-        raise InvalidCSR(f"The CSR's key type is not supported: {error}.") from error
-    check_key(public_key)
-    if not csr.is_signature_valid:
-        raise InvalidCSR("The CSR's self-signature does not verify: it was altered or signed by another key.")
+        valid = csr.is_signature_valid
+    except (ValueError, UnsupportedAlgorithm):
+        valid = False
+    if not valid:
+        raise InvalidCSR("The CSR's self-signature does not verify: it was altered, or signed by a key "
+                         "other than the one it carries.")
 
 
 def requested_names(csr: x509.CertificateSigningRequest) -> list[str]:
+    """The SANs a CSR asks for, OpenSSL-style ('DNS:a.example', 'IP:10.0.0.1'); shown, never issued."""
     try:
         extension = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except (x509.ExtensionNotFound, ValueError):
         return []
-    return [str(getattr(name, "value", name)) for name in extension.value]
+    prefixes = {x509.DNSName: "DNS", x509.IPAddress: "IP", x509.UniformResourceIdentifier: "URI",
+                x509.RFC822Name: "email"}
+    return [f"{prefixes.get(type(name), type(name).__name__)}:{getattr(name, 'value', name)}"
+            for name in extension.value]
+
+
+def requests_ca(csr: x509.CertificateSigningRequest) -> bool:
+    """Whether the CSR asks for CA:TRUE (never granted; the reviewer should see that it asked)."""
+    try:
+        return csr.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except (x509.ExtensionNotFound, ValueError):
+        return False
 
 
 def describe_csr(csr: x509.CertificateSigningRequest) -> dict:
-    """What the review page shows: key type and size, subject, names asked for."""
-    key = csr.public_key()
+    """What the review console shows: key type, size and curve, subject, names and CA:TRUE asked for."""
+    try:
+        key = csr.public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        key = None
+    is_ec = isinstance(key, ec.EllipticCurvePublicKey)
     return {
-        "key_type": "EC" if isinstance(key, ec.EllipticCurvePublicKey) else
-        "RSA" if isinstance(key, rsa.RSAPublicKey) else describe_key(key),
-        "key_size": key.key_size if hasattr(key, "key_size") else None,
-        "curve": ALLOWED_CURVES.get(key.curve.name, key.curve.name) if isinstance(key, ec.EllipticCurvePublicKey)
-        else None,
-        "key": describe_key(key),
+        "key_type": "EC" if is_ec else "RSA" if isinstance(key, rsa.RSAPublicKey) else
+        (describe_key(key) if key is not None else "unsupported"),
+        "key_size": getattr(key, "key_size", None),
+        "curve": ALLOWED_CURVES.get(key.curve.name, key.curve.name) if is_ec else None,
+        "key": describe_key(key) if key is not None else "unsupported",
         "subject": csr.subject.rfc4514_string() or "(empty)",
         "requested_sans": requested_names(csr),
+        "requests_ca": requests_ca(csr),
     }

@@ -1,71 +1,144 @@
-"""Key storage and the one signing interface every CA operation goes through.
+"""CA keys at rest, and the one signing interface every CA operation goes through.
 
-`SigningKey` is what certificates, CRLs, OCSP responses and route tables are signed with. The
-file implementation keeps the key as encrypted PKCS#8 (a passphrase from the environment or a
-file) in a 0600 file. A PKCS#11 or KMS key replaces it by implementing the same three members:
-`public_key()`, `signer()` (an object cryptography's builders accept: cryptography calls its
-`sign()` method, so an `ec.EllipticCurvePrivateKey` subclass that forwards `sign()` to the HSM
-works) and `sign(data)`; no caller changes.
+`SigningKey` is what certificates, CRLs, OCSP responses and route tables are signed with; callers
+never touch a private key object directly. `FileSigningKey` is the implementation used today: an
+encrypted PKCS#8 PEM file (PBES2: PBKDF2-HMAC-SHA256 with 2048 rounds and AES-256-CBC, which is what
+cryptography's `BestAvailableEncryption` writes; the rounds are few, so the protection is the
+passphrase's entropy: use a random one) that only its owner may read (0600).
+
+A PKCS#11 (HSM) or KMS key replaces the file by implementing `SigningKey`:
+
+* `sign(data)` (route tables, A.2-style raw signatures) is plain Python: forward it to the device.
+* `signer()` must return an object cryptography's X.509/CRL/OCSP builders accept. Checked against
+  cryptography 50: the builders refuse a duck-typed object ("Key must be an rsa, dsa, ec, ...
+  private key"), but they accept a *user subclass* of `ec.EllipticCurvePrivateKey` (or
+  `rsa.RSAPrivateKey`) and call its Python `sign(data, algorithm)` method for the signature. So an
+  HSM adapter subclasses `ec.EllipticCurvePrivateKey`, implements `sign()`, `public_key()`, `curve`
+  and `key_size` by asking the device, and raises for `private_bytes()`, `private_numbers()` and
+  `exchange()`. `tests/test_pki_core.py` issues a certificate through such a subclass.
 """
 
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+
+from app.errors import DomainError, ValidationFailed
+
+KeyType = Literal["ec", "rsa"]
+KeyRole = Literal["root", "intermediate", "service"]
+RSA_BITS = 3072
+
+
+class CAKeyUnreadable(DomainError):
+    """A CA key file is missing, not a key, or the passphrase does not open it."""
+
+    code = "ca_key_unreadable"
+    status = 503
 
 
 class SigningKey(Protocol):
-    def public_key(self): ...
+    """A private key the CA can sign with, wherever it lives (file, HSM, KMS)."""
 
-    def signer(self): ...
+    def public_key(self) -> ec.EllipticCurvePublicKey | rsa.RSAPublicKey: ...
 
-    def sign(self, data: bytes) -> bytes: ...
+    def signer(self) -> CertificateIssuerPrivateKeyTypes:
+        """What cryptography's certificate, CRL and OCSP builders are given to `sign()` with."""
+        ...
+
+    def sign(self, data: bytes) -> bytes:
+        """A detached signature over `data`: ECDSA-SHA256 (DER) for EC, RSASSA-PKCS1-v1_5-SHA256 for RSA."""
+        ...
+
+
+def now_utc() -> datetime:
+    """The default clock of the CA: aware UTC."""
+    return datetime.now(UTC)
+
+
+def signature_hash(key: SigningKey) -> hashes.HashAlgorithm:
+    """SHA-384 for a P-384 key (matching its strength), SHA-256 otherwise."""
+    public_key = key.public_key()
+    if isinstance(public_key, ec.EllipticCurvePublicKey) and public_key.curve.key_size >= 384:
+        return hashes.SHA384()
+    return hashes.SHA256()
 
 
 class FileSigningKey:
-    """A private key loaded from an encrypted PKCS#8 file."""
+    """A `SigningKey` held in memory after being read from an encrypted PKCS#8 file."""
 
-    def __init__(self, private_key):
+    def __init__(self, private_key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
         self._key = private_key
 
     @classmethod
     def load(cls, path: Path, passphrase: bytes) -> FileSigningKey:
-        return cls(serialization.load_pem_private_key(path.read_bytes(), password=passphrase))
+        """Read and decrypt `path`; `CAKeyUnreadable` when it is missing or the passphrase is wrong."""
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError as error:
+            raise CAKeyUnreadable(f"The CA key file {path.name} is missing.") from error
+        try:
+            key = serialization.load_pem_private_key(data, password=passphrase)
+        except (TypeError, ValueError) as error:
+            raise CAKeyUnreadable(f"The CA key file {path.name} could not be opened: wrong passphrase "
+                                  "or not an encrypted PKCS#8 key.") from error
+        if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+            raise CAKeyUnreadable(f"The CA key file {path.name} holds a {type(key).__name__}, not an EC or RSA key.")
+        return cls(key)
 
-    def public_key(self):
+    def public_key(self) -> ec.EllipticCurvePublicKey | rsa.RSAPublicKey:
         return self._key.public_key()
 
-    def signer(self):
+    def signer(self) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
         return self._key
 
     def sign(self, data: bytes) -> bytes:
-        """ECDSA-SHA256 (DER) for EC keys, RSASSA-PKCS1-v1_5-SHA256 for RSA keys."""
         if isinstance(self._key, ec.EllipticCurvePrivateKey):
             return self._key.sign(data, ec.ECDSA(hashes.SHA256()))
         return self._key.sign(data, padding.PKCS1v15(), hashes.SHA256())
 
 
-def generate(key_type: str, role: str):
-    """EC P-384 for a root, EC P-256 for everything else; RSA 3072 when key_type is 'rsa'."""
-    if key_type == "rsa":
-        return rsa.generate_private_key(public_exponent=65537, key_size=3072)
+def generate(key_type: KeyType, role: KeyRole) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
+    """EC P-384 for a root, EC P-256 for everything else; RSA 3072 for CA keys when key_type is 'rsa'.
+
+    Service keys (route signer, management node) are always EC P-256: SPEC §5 fixes ECDSA-SHA256
+    for route-table signatures."""
+    if key_type not in ("ec", "rsa"):
+        raise ValidationFailed(f"Unknown CA key type {key_type!r}: use 'ec' or 'rsa'.", code="invalid_key_type",
+                               field="key_type")
+    if key_type == "rsa" and role != "service":
+        return rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
     return ec.generate_private_key(ec.SECP384R1() if role == "root" else ec.SECP256R1())
 
 
-def write_private_key(path: Path, key, passphrase: bytes) -> None:
-    """Encrypted at rest and readable by the owner only; never overwrites."""
-    data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+def encrypted_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, passphrase: bytes) -> bytes:
+    if not passphrase:
+        raise ValidationFailed("An empty passphrase would leave the CA key unencrypted.", code="empty_passphrase")
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.BestAvailableEncryption(passphrase))
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+
+
+def write_new_file(path: Path, data: bytes, mode: int) -> None:
+    """Create `path` with exactly `mode`; `FileExistsError` rather than overwrite (O_EXCL)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     with os.fdopen(fd, "wb") as handle:
+        os.fchmod(handle.fileno(), mode)  # whatever the umask says
         handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def write_private_key(path: Path, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, passphrase: bytes) -> None:
+    """Encrypted at rest and readable by the owner only (0600); never overwrites."""
+    write_new_file(path, encrypted_pem(key, passphrase), 0o600)
 
 
 def write_public_file(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
+    """A certificate: world-readable (0644); never overwrites."""
+    write_new_file(path, data, 0o644)

@@ -1,8 +1,16 @@
-"""RFC 6960 OCSP responder core: request bytes in, signed response bytes out.
+"""RFC 6960 OCSP responder core: request bytes in, signed response bytes out, never an exception.
 
-Answers are signed by the issuing intermediate itself (a CA-signed response, RFC 6960 §4.2.2.2),
-so clients need no separate responder certificate. A malformed request gets a
-`malformedRequest` response, a request about another issuer `unauthorized`; neither raises.
+* Responses are signed by the issuing intermediate itself (a CA-signed response, RFC 6960
+  §4.2.2.2), responder id by key hash, so clients need no delegated responder certificate; the
+  intermediate carries digitalSignature for this.
+* `thisUpdate` is now, `nextUpdate` now + `validity` (an hour by default). A request nonce
+  (RFC 8954) is echoed.
+* A request that does not parse (or holds several CertIDs, or is over 64 KB) gets
+  `malformedRequest`.
+* A request about a certificate of another issuer gets `unauthorized`, not a signed `unknown`:
+  RFC 5019 §2.2.3 asks exactly this of a responder that is not authoritative for the issuer, and
+  it says "not ours" without signing a claim about someone else's certificate. `unknown` is kept
+  for serials of *our* issuer that the lookup does not know.
 """
 
 from __future__ import annotations
@@ -10,24 +18,57 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Literal
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 
-from app.database import utcnow
+from app.errors import DomainError
+from app.pki.crl import reason_flag
+from app.pki.keys import SigningKey, now_utc, signature_hash
+
+RESPONSE_VALIDITY = timedelta(hours=1)
+MAX_REQUEST_BYTES = 64 * 1024
+Status = Literal["good", "revoked", "unknown"]
+_CERT_STATUS = {"good": ocsp.OCSPCertStatus.GOOD, "revoked": ocsp.OCSPCertStatus.REVOKED,
+                "unknown": ocsp.OCSPCertStatus.UNKNOWN}
 
 
 @dataclass(frozen=True)
-class CertStatus:
-    status: str  # good | revoked | unknown
+class CertStatusInfo:
+    """What the lookup says about one serial. `reason` is a `ReasonFlags` or its name."""
+
+    status: Status
     revoked_at: datetime | None = None
-    reason: str | None = None
+    reason: x509.ReasonFlags | str | None = None
+
+    def __post_init__(self):
+        if self.status not in _CERT_STATUS:
+            raise ValueError(f"OCSP status must be good, revoked or unknown, not {self.status!r}")
+        if (self.status == "revoked") != (self.revoked_at is not None):
+            raise ValueError("revoked_at is given exactly when the status is revoked")
+
+    @classmethod
+    def good(cls) -> CertStatusInfo:
+        return cls("good")
+
+    @classmethod
+    def revoked(cls, revoked_at: datetime, reason: x509.ReasonFlags | str | None = None) -> CertStatusInfo:
+        return cls("revoked", revoked_at, reason)
+
+    @classmethod
+    def unknown(cls) -> CertStatusInfo:
+        return cls("unknown")
 
 
-def _issuer_hashes(issuer: x509.Certificate, algorithm) -> tuple[bytes, bytes]:
-    """RFC 6960 CertID: hash of the issuer's DER name and of its subjectPublicKey bits."""
+CertStatus = CertStatusInfo  # the name the service layer first used
+
+
+def issuer_hashes(issuer: x509.Certificate, algorithm: hashes.HashAlgorithm) -> tuple[bytes, bytes]:
+    """RFC 6960 §4.1.1 CertID: the hash of the issuer's DER name and of its subjectPublicKey bits."""
     name_hash = hashes.Hash(algorithm)
     name_hash.update(issuer.subject.public_bytes())
     key = issuer.public_key()
@@ -40,33 +81,42 @@ def _issuer_hashes(issuer: x509.Certificate, algorithm) -> tuple[bytes, bytes]:
     return name_hash.finalize(), key_hash.finalize()
 
 
-def respond(request_der: bytes, lookup: Callable[[int], CertStatus], *, issuer: x509.Certificate, signing_key,
-            validity: timedelta = timedelta(hours=1)) -> bytes:
+def unsuccessful(status: ocsp.OCSPResponseStatus) -> bytes:
+    """An unsigned error response (RFC 6960 §2.3), DER."""
+    return ocsp.OCSPResponseBuilder.build_unsuccessful(status).public_bytes(serialization.Encoding.DER)
+
+
+def respond(request_der: bytes, lookup: Callable[[int], CertStatusInfo], *, issuer: x509.Certificate,
+            signing_key: SigningKey, validity: timedelta = RESPONSE_VALIDITY,
+            clock: Callable[[], datetime] = now_utc) -> bytes:
+    """Answer one DER OCSP request about a certificate of `issuer`, signing with `signing_key`.
+
+    `lookup(serial)` is asked only for requests about `issuer`; if it raises a `DomainError`
+    (for example, the CA is not ready) the answer is `internalError`."""
+    if len(request_der) > MAX_REQUEST_BYTES:
+        return unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
     try:
         request = ocsp.load_der_ocsp_request(request_der)
         serial, algorithm = request.serial_number, request.hash_algorithm
-    except (ValueError, TypeError):
-        return _unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
-    name_hash, key_hash = _issuer_hashes(issuer, algorithm)
-    if request.issuer_name_hash != name_hash or request.issuer_key_hash != key_hash:
-        return _unsuccessful(ocsp.OCSPResponseStatus.UNAUTHORIZED)
-    status = lookup(serial)
-    now = utcnow().replace(microsecond=0)
-    cert_status = {"good": ocsp.OCSPCertStatus.GOOD, "revoked": ocsp.OCSPCertStatus.REVOKED,
-                   "unknown": ocsp.OCSPCertStatus.UNKNOWN}[status.status]
-    reason = x509.ReasonFlags[status.reason] if status.status == "revoked" and status.reason and \
-        status.reason != "unspecified" else None
+        name_hash, key_hash = request.issuer_name_hash, request.issuer_key_hash
+        nonces = [extension.value for extension in request.extensions
+                  if isinstance(extension.value, x509.OCSPNonce)]
+    except (ValueError, TypeError, NotImplementedError, UnsupportedAlgorithm):
+        return unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
+    if (name_hash, key_hash) != issuer_hashes(issuer, algorithm):
+        return unsuccessful(ocsp.OCSPResponseStatus.UNAUTHORIZED)
+    try:
+        info = lookup(serial)
+        reason = reason_flag(info.reason) if info.status == "revoked" else None
+    except DomainError:
+        return unsuccessful(ocsp.OCSPResponseStatus.INTERNAL_ERROR)
+    now = clock().replace(microsecond=0)
     builder = ocsp.OCSPResponseBuilder().add_response_by_hash(
         issuer_name_hash=name_hash, issuer_key_hash=key_hash, serial_number=serial, algorithm=algorithm,
-        cert_status=cert_status, this_update=now, next_update=now + validity,
-        revocation_time=status.revoked_at if status.status == "revoked" else None, revocation_reason=reason,
+        cert_status=_CERT_STATUS[info.status], this_update=now, next_update=now + validity,
+        revocation_time=info.revoked_at, revocation_reason=reason,
     ).responder_id(ocsp.OCSPResponderEncoding.HASH, issuer)
-    for extension in request.extensions:
-        if isinstance(extension.value, x509.OCSPNonce):
-            builder = builder.add_extension(extension.value, critical=False)
-    response = builder.sign(signing_key.signer(), hashes.SHA256())
+    for nonce in nonces[:1]:
+        builder = builder.add_extension(nonce, critical=False)
+    response = builder.sign(signing_key.signer(), signature_hash(signing_key))
     return response.public_bytes(serialization.Encoding.DER)
-
-
-def _unsuccessful(status: ocsp.OCSPResponseStatus) -> bytes:
-    return ocsp.OCSPResponseBuilder.build_unsuccessful(status).public_bytes(serialization.Encoding.DER)
