@@ -45,4 +45,10 @@ def create_app(test_config: dict | None = None) -> Flask:
     errors.init_app(app)
     for name in FEATURES:
         importlib.import_module(name).init_app(app)
+    if app.config.get("MPIM_EXPOSE_WORKER_PID"):
+        import os
+
+        # Diagnostics only (off by default): which worker process answered.
+        app.after_request(lambda response: (response.headers.__setitem__("X-Served-By", str(os.getpid())),
+                                            response)[1])
     return app

@@ -77,6 +77,7 @@ def load_config(overrides: dict | None = None) -> dict:
         "MPIM_PAGE_SIZE": env_int("MPIM_PAGE_SIZE", 50),
         "MPIM_BASE_URL": os.environ.get("MPIM_BASE_URL", "http://127.0.0.1:5000"),
         "MPIM_NETWORK_FLAG": os.environ.get("MPIM_NETWORK_FLAG", "5"),
+        "MPIM_EXPOSE_WORKER_PID": env_flag("MPIM_EXPOSE_WORKER_PID", False),
         "MPIM_NODE_SESSION_SECONDS": env_int("MPIM_NODE_SESSION_SECONDS", 3600),
         "REDIS_URL": os.environ.get("REDIS_URL", ""),
         "MPIM_CA_DIR": os.environ.get("MPIM_CA_DIR") or str(instance / "ca"),
