@@ -1,0 +1,3 @@
+from app.appnode.cli import main
+
+main()

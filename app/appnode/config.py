@@ -1,0 +1,66 @@
+"""A reference node's configuration: written by `init` into its data directory, overridable from the environment.
+
+One data directory is one node: `config.json`, the SQLite database, the TLS material under `tls/`, the held
+routing table and the files its users sent or downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from app.appnode import filetypes
+
+CAPABILITIES = ("text", "image", "voice", "file", "download", "single_chat", "group", "read_count", "sticker",
+                "presence")
+SOFTWARE_VERSION = "mpim-reference-node 1.0"
+
+
+@dataclass
+class NodeConfig:
+    registry_url: str
+    division_code: str
+    endpoint: str
+    listen: str = "127.0.0.1:8443"
+    org_name: str = "Reference node"
+    org_code: str = "000000000000"
+    system_name: str = "MPIM reference node"
+    vendor: str = "MPIM Registry"
+    contact: dict = field(default_factory=lambda: {"name": "Operator", "phone": "010-00000000",
+                                                   "email": "ops@node.invalid"})
+    capabilities: list = field(default_factory=lambda: list(CAPABILITIES))
+    # Largest file of each kind this node accepts, in bytes (never above the protocol's own limits).
+    limits: dict = field(default_factory=lambda: dict(filetypes.LIMITS))
+    route_interval: float = 60.0
+    registry_ca_file: str | None = None
+
+    FILE = "config.json"
+
+    @classmethod
+    def load(cls, data_dir: Path) -> NodeConfig:
+        values = json.loads((data_dir / cls.FILE).read_text("utf-8"))
+        config = cls(**values)
+        # The environment wins over the file, so one data directory can be moved between hosts and ports.
+        for name, attribute in (("MPIM_NODE_REGISTRY_URL", "registry_url"), ("MPIM_NODE_LISTEN", "listen")):
+            if os.environ.get(name):
+                setattr(config, attribute, os.environ[name])
+        if os.environ.get("MPIM_NODE_ROUTE_INTERVAL"):
+            config.route_interval = float(os.environ["MPIM_NODE_ROUTE_INTERVAL"])
+        if os.environ.get("MPIM_NODE_MAX_FILE_BYTES"):
+            cap = int(os.environ["MPIM_NODE_MAX_FILE_BYTES"])
+            config.limits = {kind: min(limit, cap) for kind, limit in config.limits.items()}
+        return config
+
+    def save(self, data_dir: Path) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        (data_dir / self.FILE).write_text(json.dumps(asdict(self), ensure_ascii=False, indent=2) + "\n", "utf-8")
+
+    def limit(self, kind: str) -> int:
+        return min(int(self.limits.get(kind, filetypes.LIMITS[kind])), filetypes.LIMITS[kind])
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host or "127.0.0.1", int(port)

@@ -1,0 +1,1148 @@
+"""The reference application node's domain: joining, receiving (docs/protocol.md §5.4), sending, groups,
+files, read state and presence, and the outbox. The web layer, the CLI and the server loop all call this.
+
+One `Node` is one data directory. Every method opens its own short database session, so the CLI and the
+server process can work on the same node at once (SQLite in WAL mode serialises their writes).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import mimetypes
+import random
+import secrets
+import struct
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.appnode import filetypes, protocol
+from app.appnode.config import SOFTWARE_VERSION, NodeConfig
+from app.appnode.protocol import (
+    CertificateMismatch,
+    Conflict,
+    InvalidJSON,
+    NotAParticipant,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    RangeNotSatisfiable,
+    SchemaViolation,
+    UnknownPeer,
+    UnsupportedCapability,
+    UnsupportedMediaType,
+    node_of,
+)
+from app.appnode.registry import Identity, RegistryClient, RegistryError, write_atomic
+from app.appnode.store import (
+    Group,
+    Message,
+    Outbox,
+    PendingEphemeral,
+    Presence,
+    ReadState,
+    Received,
+    StoredFile,
+    User,
+    get_setting,
+    open_database,
+    put_setting,
+    utcnow,
+)
+from app.appnode.transport import PeerCertificateMismatch, PeerPool, PeerUnreachable, client_context
+from app.errors import DomainError
+from app.routing.client import RouteClient, RouteRejected
+
+log = logging.getLogger("mpim.appnode")
+
+PATHS = {kind: path for path, kind in protocol.ENDPOINTS.items()}
+RETRY_FIRST, RETRY_MAX = 2.0, 600.0
+GIVE_UP_AFTER = timedelta(hours=48)
+PEER_RETRY_WINDOW = timedelta(hours=1)  # unknown_peer / certificate_mismatch are retried this long
+CLAIM_SECONDS = 60.0
+REFRESH_INTERVAL = 30.0
+EPHEMERAL_ATTEMPTS, EPHEMERAL_WINDOW = 3, timedelta(seconds=60)
+MEDIA_RETENTION = timedelta(days=30)
+FILE_RETENTION = timedelta(days=7)
+MAX_GROUP_MEMBERS = 3000
+FILE_KINDS = ("image", "voice", "file", "sticker")
+
+
+class NotJoined(DomainError):
+    code, status = "not_joined", 409
+
+
+@dataclass
+class Reply:
+    """A receiver's answer: JSON (`document`) or file bytes (`body`), with its status and headers."""
+
+    status: int = 200
+    document: dict | None = None
+    body: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _strict_object(pairs):
+    """JSON objects without duplicate keys (docs/protocol.md §2.5)."""
+    result = {}
+    for key, value in pairs:
+        if key in result:
+            raise InvalidJSON(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def address(user_id: str, node_id: str) -> str:
+    return f"{user_id}@{node_id}"
+
+
+def local_part(addr: str) -> str:
+    return addr.rpartition("@")[0]
+
+
+def declared_type(msg_type: str, content: dict) -> str:
+    """What an A.5/A.6/A.7/A.14 content says its bytes are."""
+    return {"image": content.get("format"), "voice": "AAC", "file": content.get("mime_type"),
+            "sticker": content.get("format")}[msg_type]
+
+
+def media_type(msg_type: str, content: dict, data: bytes) -> str:
+    if msg_type == "file":
+        return content["mime_type"]
+    if msg_type == "voice":
+        return "audio/mp4" if data[4:8] == b"ftyp" else "audio/aac"
+    return {"JPG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif"}[content["format"]]
+
+
+def image_size(data: bytes, fmt: str) -> tuple[int, int]:
+    """Width and height from the header of a PNG, GIF or JPEG (the A.5 fields), or 415."""
+    try:
+        if fmt == "PNG" and data[12:16] == b"IHDR":
+            return struct.unpack(">II", data[16:24])
+        if fmt == "GIF":
+            return struct.unpack("<HH", data[6:10])
+        if fmt == "JPG":
+            index = 2
+            while index + 9 < len(data):
+                if data[index] != 0xFF:
+                    index += 1
+                    continue
+                marker = data[index + 1]
+                length = struct.unpack(">H", data[index + 2:index + 4])[0]
+                if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+                    height, width = struct.unpack(">HH", data[index + 5:index + 9])
+                    return width, height
+                index += 2 + length
+    except struct.error:
+        pass
+    raise UnsupportedMediaType(f"the {fmt} image has no readable size")
+
+
+class Node:
+    def __init__(self, data_dir: str | Path):
+        self.data_dir = Path(data_dir)
+        self.config = NodeConfig.load(self.data_dir)
+        self.db = open_database(self.data_dir / "node.db")
+        self.identity = Identity(self.data_dir)
+        self.registry = RegistryClient(self.config.registry_url, self.identity,
+                                       ca_file=self.config.registry_ca_file)
+        self.peers = PeerPool(lambda: client_context(self.identity.cert_file, self.identity.key_file,
+                                                     self.identity.bundle_file))
+        self.files_dir = self.data_dir / "files"
+        self.wake = threading.Event()
+        self._routes: RouteClient | None = None
+        self._routes_lock = threading.Lock()
+        self._last_refresh = 0.0
+        self._node_id: str | None = None
+
+    # ---- identity ----------------------------------------------------------------------------------------
+    @classmethod
+    def init(cls, data_dir: str | Path, config: NodeConfig) -> Node:
+        """A new node directory: configuration, database and key (the key never leaves it)."""
+        data_dir = Path(data_dir)
+        if (data_dir / NodeConfig.FILE).exists():
+            raise Conflict(f"{data_dir} already holds a node", code="already_initialised")
+        config.save(data_dir)
+        node = cls(data_dir)
+        node.identity.generate_key()
+        return node
+
+    @property
+    def node_id(self) -> str:
+        if self._node_id is None:
+            with self.db() as session:
+                self._node_id = get_setting(session, "node_id")
+        if self._node_id is None:
+            raise NotJoined("this node has not joined the network yet")
+        return self._node_id
+
+    @property
+    def joined(self) -> bool:
+        try:
+            return bool(self.node_id) and self.identity.has_certificate()
+        except NotJoined:
+            return False
+
+    def setting(self, key: str) -> str | None:
+        with self.db() as session:
+            return get_setting(session, key)
+
+    def information(self) -> dict:
+        """A.1 node information for the application."""
+        config = self.config
+        return {"division_code": config.division_code, "org_name": config.org_name,
+                "system_name": config.system_name, "vendor": config.vendor, "endpoint": config.endpoint,
+                "contact": config.contact, "capabilities": list(config.capabilities)}
+
+    def apply(self, enrollment_token: str) -> str:
+        """SPEC §3 step 2: the A.1 information and a CSR, with the enrollment token."""
+        self.registry.fetch_ca()
+        csr = Identity.csr_for(self.identity.key())
+        application_id = self.registry.apply(enrollment_token, self.information(), csr)
+        with self.db.begin() as session:
+            put_setting(session, "application_id", application_id)
+            put_setting(session, "enrollment_token", enrollment_token)
+        return application_id
+
+    def await_approval(self, timeout: float = 3600, interval: float = 2.0) -> str:
+        """Poll the application until a ministry admin decides; then fetch the certificate."""
+        with self.db() as session:
+            application_id = get_setting(session, "application_id")
+            token = get_setting(session, "enrollment_token")
+        if application_id is None or token is None:
+            raise NotJoined("apply with an enrollment token first")
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.registry.application(token, application_id)
+            if status["status"] == "rejected":
+                raise Conflict(f"the application was rejected: {status.get('reason', '')}",
+                               code="application_rejected")
+            if status.get("node_id"):
+                break
+            if time.monotonic() > deadline:
+                raise RegistryError("still pending", code="application_pending")
+            time.sleep(interval)
+        node_id = status["node_id"]
+        self.identity.store_certificate(self.registry.fetch_certificate(node_id, token))
+        with self.db.begin() as session:
+            put_setting(session, "node_id", node_id)
+            put_setting(session, "enrollment_token", "")  # used up: forget the secret
+        self._node_id = node_id
+        self._routes = None
+        return node_id
+
+    # ---- routes ------------------------------------------------------------------------------------------
+    @property
+    def routes(self) -> RouteClient:
+        with self._routes_lock:
+            if self._routes is None:
+                if not self.identity.ca_file.exists():
+                    raise NotJoined("the CA certificates have not been fetched yet")
+                own = self.identity.fingerprint() if self.joined else None
+                self._routes = RouteClient(self.identity.ca_file.read_bytes(),
+                                           intermediates=self.identity.chain_file.read_bytes(),
+                                           node_id=self.node_id if self.joined else None, own_fingerprint=own,
+                                           storage_path=self.data_dir / "routes.json")
+            return self._routes
+
+    def reload_routes(self) -> None:
+        """Re-read the table the server process stored (the CLI's view of the network)."""
+        with self._routes_lock:
+            self._routes = None
+
+    def sync_routes(self):
+        """One `GET /api/v1/routes` round through the route client (signature, rollback, freeze, contents)."""
+        node_id = self.node_id
+
+        def fetch(headers):
+            return self.registry.with_session(node_id, "GET", "/api/v1/routes", headers=headers)
+
+        try:
+            result = self.routes.pull(fetch, self.identity.signer_file.read_bytes(),
+                                      self.identity.chain_file.read_bytes())
+        except RouteRejected as error:
+            if error.code != "bad_signer":
+                raise
+            self.registry.fetch_ca()  # the signer may have been rotated: fetch it and try once more
+            result = self.routes.pull(fetch, self.identity.signer_file.read_bytes(),
+                                      self.identity.chain_file.read_bytes())
+        self._last_refresh = time.monotonic()
+        return result
+
+    def _refresh_for_peer(self) -> None:
+        """§2.3: before refusing a caller, refresh the table, at most once per 30 s."""
+        if time.monotonic() - self._last_refresh < REFRESH_INTERVAL:
+            return
+        self._last_refresh = time.monotonic()
+        try:
+            self.sync_routes()
+        except DomainError as error:
+            log.warning("route refresh failed: %s", error)
+
+    def peer_entry(self, node_id: str) -> dict:
+        entry = self.routes.entry(node_id)
+        if entry is None:
+            raise UnknownPeer(f"node {node_id} is not in this node's routing table", field="to")
+        return entry
+
+    # ---- certificate renewal --------------------------------------------------------------------------
+    def renewal_due(self, now: datetime | None = None) -> bool:
+        """The last third of the certificate's validity (SPEC §4 renewal window)."""
+        certificate = self.identity.certificate()
+        start, end = certificate.not_valid_before_utc, certificate.not_valid_after_utc
+        return (now or utcnow()) >= end - (end - start) / 3
+
+    def renew(self) -> str:
+        """A new key and CSR; the old certificate keeps working until the table carries the new one."""
+        pending = self.identity.pending_key_file
+        key = self.identity.generate_key(pending)
+        pem_chain = self.registry.renew(self.node_id, Identity.csr_for(key))
+        write_atomic(self.identity.key_file, pending.read_bytes(), 0o600)
+        self.identity.store_certificate(pem_chain)
+        pending.unlink(missing_ok=True)
+        fingerprint = self.identity.fingerprint()
+        self.routes.set_identity(self.node_id, fingerprint)
+        self.peers.reset()
+        return fingerprint
+
+    # ---- receiving (docs/protocol.md §5.4) ------------------------------------------------------------
+    def receive(self, kind: str, body: bytes, content_type: str | None, peer_certificate: bytes | None) -> Reply:
+        if (content_type or "").split(";")[0].strip().lower() != "application/json":
+            raise UnsupportedMediaType("send application/json")
+        if len(body) > protocol.MAX_BODY_BYTES:
+            raise PayloadTooLarge(f"the body is over {protocol.MAX_BODY_BYTES} bytes")
+        try:
+            envelope = json.loads(body.decode("utf-8"), object_pairs_hook=_strict_object)
+        except (UnicodeDecodeError, ValueError) as error:
+            if isinstance(error, InvalidJSON):
+                raise
+            raise InvalidJSON("the body is not JSON") from None
+        if not isinstance(envelope, dict):
+            raise InvalidJSON("the body is not a JSON object")
+        protocol.check_envelope(envelope, node_id=self.node_id, expected_type=kind)
+        self._check_peer(envelope["from_node"], peer_certificate)
+        if kind == "download":
+            self._require_capability("download")
+            return self._serve_download(envelope)
+        with self.db() as session:
+            if kind != "ephemeral":
+                seen = session.get(Received, (envelope["from_node"], envelope["message_id"]))
+                if seen is not None:
+                    return Reply(document=protocol.make_ack(envelope["message_id"], seen.received_at,
+                                                            duplicate=True))
+            now = utcnow()
+            handler = {"message": self._accept_message, "group_op": self._accept_group_op,
+                       "ephemeral": self._accept_ephemeral}[kind]
+            handler(session, envelope)
+            if kind != "ephemeral":
+                session.add(Received(from_node=envelope["from_node"], message_id=envelope["message_id"],
+                                     received_at=now))
+            try:
+                session.commit()
+            except IntegrityError:  # the same envelope, accepted a moment ago by another thread
+                session.rollback()
+                seen = session.get(Received, (envelope["from_node"], envelope["message_id"]))
+                return Reply(document=protocol.make_ack(envelope["message_id"], seen.received_at, duplicate=True))
+        self.wake.set()
+        return Reply(document=protocol.make_ack(envelope["message_id"], now))
+
+    def _check_peer(self, from_node: str, certificate: bytes | None) -> None:
+        if not certificate:
+            raise CertificateMismatch("federation requests need a client certificate", field="from_node")
+        fingerprint = hashlib.sha256(certificate).hexdigest()
+        for attempt in (0, 1):
+            entry = self.routes.entry(from_node)
+            if entry is not None and entry["cert_sha256"] == fingerprint:
+                return
+            if attempt == 0:
+                self._refresh_for_peer()
+        if entry is None:
+            raise UnknownPeer(f"node {from_node} is not in this node's routing table", field="from_node")
+        raise CertificateMismatch(f"the client certificate is not the one the routing table lists for {from_node}",
+                                  field="from_node")
+
+    def _require_capability(self, name: str) -> None:
+        if name not in self.config.capabilities:
+            raise UnsupportedCapability(f"this node does not offer {name}")
+
+    def _check_content(self, message: dict) -> None:
+        msg_type, content = message["msg_type"], message["content"]
+        if msg_type in FILE_KINDS and content["size"] > self.config.limit(msg_type):
+            raise PayloadTooLarge(f"a {msg_type} of {content['size']} bytes is over this node's limit of "
+                                  f"{self.config.limit(msg_type)}", field="payload.content.size")
+        if msg_type == "file" and content["mime_type"] in filetypes.EXECUTABLE_TYPES:
+            raise UnsupportedMediaType("this node does not accept executables", field="payload.content.mime_type")
+        thumbnail = content.get("thumbnail") if msg_type == "image" else None
+        if thumbnail:
+            data = base64.b64decode(thumbnail["data"])
+            filetypes.check_size(len(data), filetypes.LIMITS["thumbnail"])
+            try:
+                filetypes.check_declared(data, thumbnail["format"])
+            except UnsupportedMediaType as error:
+                raise UnsupportedMediaType(f"thumbnail: {error}", field="payload.content.thumbnail.data") from None
+
+    def _accept_message(self, session: Session, envelope: dict) -> None:
+        message = envelope["payload"]
+        self._require_capability(message["msg_type"])
+        self._require_capability("single_chat" if message["chat_type"] == "single" else "group")
+        self._check_content(message)
+        me = self.node_id
+        if message["chat_type"] == "single":
+            if session.get(User, local_part(message["to"])) is None:
+                raise NotFound(f"no user {message['to']} here", field="payload.to")
+            self._store_message(session, message, [message["sender"]["node_id"], me])
+            return
+        home = node_of(message["to"])
+        if home != me:  # relayed by the home node (protocol.check_envelope made sure)
+            group = session.get(Group, (local_part(message["to"]), home))
+            self._store_message(session, message, self._member_nodes(group) if group else [home, me])
+            return
+        group = session.get(Group, (local_part(message["to"]), me))
+        if group is None or group.dismissed:
+            raise NotFound(f"no group {message['to']}", field="payload.to")
+        sender = address(message["sender"]["user_id"], message["sender"]["node_id"])
+        if sender not in group.members:
+            raise NotAParticipant(f"{sender} is not a member of {message['to']}", field="payload.sender")
+        self._store_message(session, message, self._member_nodes(group))
+        for peer in self._member_nodes(group):
+            if peer not in (me, envelope["from_node"]):
+                self._enqueue(session, peer, "message", protocol.make_envelope(
+                    from_node=me, to_node=peer, type="message", payload=message))
+
+    def _store_message(self, session: Session, message: dict, participants: Iterable[str]) -> Message:
+        sender = message["sender"]
+        row = session.get(Message, message["message_id"])
+        if row is not None:  # the same message through another path (e.g. a relay of our own): keep one
+            return row
+        row = Message(message_id=message["message_id"], conversation_id=message["conversation_id"],
+                      chat_type=message["chat_type"], sender_address=address(sender["user_id"], sender["node_id"]),
+                      origin_node=sender["node_id"], to=message["to"], msg_type=message["msg_type"],
+                      document=message, send_time=message["send_time"], received_at=utcnow(),
+                      participant_nodes=sorted(set(participants)))
+        session.add(row)
+        return row
+
+    @staticmethod
+    def _member_nodes(group: Group | None) -> list[str]:
+        return sorted({node_of(member) for member in group.members}) if group else []
+
+    # ---- groups (A.12) -------------------------------------------------------------------------------
+    def _accept_group_op(self, session: Session, envelope: dict) -> None:
+        self._require_capability("group")
+        op = envelope["payload"]
+        if "seq" in op:
+            self._apply_announcement(session, op)
+        else:
+            if op["op"] == "create":
+                raise Conflict("a group is created by its home node, never requested", field="payload.op")
+            self._apply_at_home(session, op["op"], op["group_id"], op["operator"], op.get("target_user_ids", []),
+                                op.get("group_info", {}))
+
+    def _apply_announcement(self, session: Session, op: dict) -> None:
+        key = (op["group_id"], op["home_node_id"])
+        group = session.get(Group, key)
+        if group is not None and op["seq"] <= group.seq:
+            return  # already applied (or older): acknowledged and ignored
+        info = op["group_info"]
+        me = self.node_id
+        if not any(node_of(member) == me for member in info["members"]):
+            if group is not None:
+                session.delete(group)
+            return
+        if group is None:
+            group = Group(group_id=op["group_id"], home_node_id=op["home_node_id"], seq=op["seq"],
+                          name=info["name"], owner=info["owner"], members=[])
+            session.add(group)
+        group.name, group.notice, group.owner = info["name"], info.get("notice", ""), info["owner"]
+        group.members, group.seq, group.dismissed = list(info["members"]), op["seq"], op["op"] == "dismiss"
+
+    def _apply_at_home(self, session: Session, op: str, group_id: str, operator: str, targets: list[str],
+                       info: dict) -> Group:
+        """The home node applies an operation and announces the group's whole new state."""
+        me = self.node_id
+        group = session.get(Group, (group_id, me))
+        if group is None:
+            raise NotFound(f"no group {group_id}@{me}", field="payload.group_id")
+        if group.dismissed:
+            raise Conflict("the group is dismissed", field="payload.group_id")
+        members, removed = list(group.members), []
+        owner_only = op in ("dismiss", "kick", "update_info", "transfer_owner")
+        if owner_only and operator != group.owner:
+            raise PermissionDenied(f"only the owner may {op}", field="payload.operator")
+        if op not in ("join",) and operator not in members:
+            raise NotAParticipant(f"{operator} is not a member", field="payload.operator")
+        if op == "dismiss":
+            removed, members = members, []
+            group.dismissed = True
+        elif op == "invite":
+            members += [target for target in targets if target not in members]
+        elif op == "join":
+            if operator not in members:
+                members.append(operator)
+        elif op == "quit":
+            if operator == group.owner:
+                raise Conflict("the owner cannot quit: transfer the group first", field="payload.operator")
+            members.remove(operator)
+            removed = [operator]
+        elif op == "kick":
+            if group.owner in targets:
+                raise Conflict("the owner cannot be kicked", field="payload.target_user_ids")
+            removed = [target for target in targets if target in members]
+            members = [member for member in members if member not in removed]
+        elif op == "update_info":
+            group.name = info.get("name", group.name)
+            group.notice = info.get("notice", group.notice)
+        elif op == "transfer_owner":
+            if targets[0] not in members:
+                raise NotAParticipant(f"{targets[0]} is not a member", field="payload.target_user_ids")
+            group.owner = targets[0]
+        if len(members) > MAX_GROUP_MEMBERS:
+            raise Conflict(f"a group has at most {MAX_GROUP_MEMBERS} members", field="payload.target_user_ids")
+        group.members = members
+        group.seq += 1
+        self._announce(session, group, op, operator, targets, removed)
+        return group
+
+    def _announce(self, session: Session, group: Group, op: str, operator: str, targets: list[str],
+                  removed: list[str]) -> None:
+        announcement = {"op": op, "group_id": group.group_id, "home_node_id": group.home_node_id,
+                        "operator": operator, "group_info": group.info(), "seq": group.seq}
+        if targets:
+            announcement["target_user_ids"] = list(targets)
+        protocol.validate("group_op", announcement)
+        me = self.node_id
+        for peer in sorted({node_of(user) for user in [*group.members, *removed]} - {me}):
+            self._enqueue(session, peer, "group_op", protocol.make_envelope(
+                from_node=me, to_node=peer, type="group_op", payload=announcement))
+
+    def create_group(self, owner_user_id: str, name: str, members: Iterable[str] = (), notice: str = "") -> Group:
+        """A new group homed on this node, announced (seq 1) to every member's node."""
+        me = self.node_id
+        owner = address(owner_user_id, me)
+        with self.db() as session:
+            if session.get(User, owner_user_id) is None:
+                raise NotFound(f"no local user {owner_user_id}")
+            initial = [owner] + [member for member in dict.fromkeys(members) if member != owner]
+            for member in initial:
+                if node_of(member) != me:
+                    self.peer_entry(node_of(member))
+            group = Group(group_id="g" + secrets.token_hex(6), home_node_id=me, name=name, notice=notice,
+                          owner=owner, members=initial, seq=1)
+            session.add(group)
+            self._announce(session, group, "create", owner, initial[1:], [])
+            session.commit()
+            ids = self._pending_ids(session)
+        self.deliver(ids)
+        return group
+
+    def group_operation(self, user_id: str, group_address: str, op: str, targets: Iterable[str] = (),
+                        info: dict | None = None) -> None:
+        """A local user's A.12 operation: applied here when this node is home, else requested from home."""
+        me = self.node_id
+        operator = address(user_id, me)
+        group_id, home = local_part(group_address), node_of(group_address)
+        targets, info = list(dict.fromkeys(targets)), dict(info or {})
+        with self.db() as session:
+            if home == me:
+                self._apply_at_home(session, op, group_id, operator, targets, info)
+            else:
+                request = {"op": op, "group_id": group_id, "home_node_id": home, "operator": operator}
+                if targets:
+                    request["target_user_ids"] = targets
+                if info:
+                    request["group_info"] = info
+                protocol.validate("group_op", request)
+                self.peer_entry(home)
+                self._enqueue(session, home, "group_op", protocol.make_envelope(
+                    from_node=me, to_node=home, type="group_op", payload=request))
+            session.commit()
+            ids = self._pending_ids(session)
+        self.deliver(ids)
+
+    def groups(self, user_id: str | None = None) -> list[Group]:
+        with self.db() as session:
+            rows = session.scalars(select(Group).where(Group.dismissed.is_(False))).all()
+        if user_id is None:
+            return list(rows)
+        mine = address(user_id, self.node_id)
+        return [group for group in rows if mine in group.members]
+
+    # ---- ephemeral (A.13, A.15) --------------------------------------------------------------------------
+    def _accept_ephemeral(self, session: Session, envelope: dict) -> None:
+        batch, from_node, me = envelope["payload"], envelope["from_node"], self.node_id
+        if batch.get("read_states"):
+            self._require_capability("read_count")
+        if batch.get("presence"):
+            self._require_capability("presence")
+        for state in batch.get("read_states", ()):
+            self._keep_read_state(session, state)
+            conversation = state["conversation_id"]
+            if conversation.startswith("g:") and node_of(conversation) == me:
+                group = session.get(Group, (local_part(conversation[2:]), me))
+                if group is None or state["user_id"] not in group.members:
+                    raise NotAParticipant(f"{state['user_id']} is not in {conversation}")
+                for peer in self._member_nodes(group):
+                    if peer not in (me, from_node):
+                        self._queue_ephemeral(session, peer, "read", state)
+        for item in batch.get("presence", {}).get("items", ()):
+            row = session.get(Presence, item["user_id"])
+            if row is None:
+                session.add(Presence(**item))
+            elif item["updated_at"] > row.updated_at:
+                row.status, row.client_type = item["status"], item["client_type"]
+                row.last_active, row.updated_at = item["last_active"], item["updated_at"]
+
+    @staticmethod
+    def _keep_read_state(session: Session, state: dict) -> None:
+        row = session.get(ReadState, (state["conversation_id"], state["user_id"]))
+        if row is None:
+            session.add(ReadState(**state))
+        elif state["updated_at"] > row.updated_at:  # newest wins; RFC 3339 Z strings sort by time
+            row.read_up_to_message_id, row.unread_count = state["read_up_to_message_id"], state["unread_count"]
+            row.updated_at = state["updated_at"]
+
+    @staticmethod
+    def _queue_ephemeral(session: Session, peer: str, kind: str, item: dict) -> None:
+        key = item["conversation_id"] + "|" + item["user_id"] if kind == "read" else item["user_id"]
+        row = session.get(PendingEphemeral, (peer, kind, key))
+        if row is None:
+            session.add(PendingEphemeral(peer_node=peer, kind=kind, key=key, item=item, attempts=0))
+        else:
+            row.item, row.attempts, row.first_try_at = item, 0, None
+
+    def mark_read(self, user_id: str, conversation_id: str) -> ReadState:
+        """A.13: the user has read everything in the conversation; peers hear of it in the next batch."""
+        me = self.node_id
+        reader = address(user_id, me)
+        with self.db() as session:
+            latest = session.scalars(select(Message).where(Message.conversation_id == conversation_id)
+                                     .order_by(Message.send_time.desc(), Message.message_id.desc())
+                                     .limit(1)).first()
+            if latest is None:
+                raise NotFound(f"no messages in {conversation_id}")
+            self._require_participant(session, reader, latest)
+            state = {"conversation_id": conversation_id, "user_id": reader,
+                     "read_up_to_message_id": latest.message_id, "unread_count": 0,
+                     "updated_at": protocol.format_timestamp(utcnow())}
+            self._keep_read_state(session, state)
+            for peer in self._conversation_peers(session, latest):
+                self._queue_ephemeral(session, peer, "read", state)
+            session.commit()
+            return session.get(ReadState, (conversation_id, reader))
+
+    def _conversation_peers(self, session: Session, message: Message) -> list[str]:
+        """Where a read state of this conversation goes: the other user's node, or the group's home node
+        (every member node when this node is home)."""
+        me = self.node_id
+        if message.chat_type == "single":
+            other = {node_of(message.sender_address), node_of(message.to)} - {me}
+            return sorted(other)
+        home = node_of(message.to)
+        if home != me:
+            return [home]
+        group = session.get(Group, (local_part(message.to), me))
+        return [peer for peer in self._member_nodes(group) if peer != me]
+
+    def _require_participant(self, session: Session, user: str, message: Message) -> None:
+        if message.chat_type == "single":
+            if user not in (message.sender_address, message.to):
+                raise NotAParticipant(f"{user} is not in {message.conversation_id}")
+            return
+        group = session.get(Group, (local_part(message.to), node_of(message.to)))
+        if user != message.sender_address and (group is None or user not in group.members):
+            raise NotAParticipant(f"{user} is not in {message.conversation_id}")
+
+    def set_presence(self, user_id: str, status: str, client_type: str = "pc") -> dict:
+        """A.15: told to every node that shares a conversation with the user (a group, or a recent chat)."""
+        me = self.node_id
+        user = address(user_id, me)
+        now = protocol.format_timestamp(utcnow())
+        item = {"user_id": user, "status": status, "client_type": client_type, "last_active": now, "updated_at": now}
+        protocol.validate("presence", {"items": [item]})
+        with self.db() as session:
+            if session.get(User, user_id) is None:
+                raise NotFound(f"no local user {user_id}")
+            row = session.get(Presence, user)
+            if row is None:
+                session.add(Presence(**item))
+            else:
+                row.status, row.client_type, row.last_active, row.updated_at = status, client_type, now, now
+            peers = set()
+            for group in session.scalars(select(Group).where(Group.dismissed.is_(False))):
+                if user in group.members:
+                    peers.update(self._member_nodes(group))
+            since = protocol.format_timestamp(utcnow() - timedelta(days=30))
+            for sender, to in session.execute(select(Message.sender_address, Message.to).where(
+                    Message.chat_type == "single", Message.send_time >= since,
+                    or_(Message.sender_address == user, Message.to == user))):
+                peers.update((node_of(sender), node_of(to)))
+            for peer in sorted(peers - {me}):
+                self._queue_ephemeral(session, peer, "presence", item)
+            session.commit()
+        return item
+
+    def flush_ephemeral(self) -> int:
+        """One batch per peer of everything pending (newest per key); a batch failing 3 times or for 60 s
+        is dropped: the next change supersedes it (docs/protocol.md §6)."""
+        sent = 0
+        with self.db() as session:
+            rows = session.scalars(select(PendingEphemeral)).all()
+            by_peer: dict[str, list[PendingEphemeral]] = defaultdict(list)
+            for row in rows:
+                by_peer[row.peer_node].append(row)
+            me, now = self.node_id, utcnow()
+            for peer, items in by_peer.items():
+                items = items[:1000]
+                entry = self.routes.entry(peer)
+                capabilities = set(entry["capabilities"]) if entry else set()
+                batch: dict = {}
+                reads = [row.item for row in items if row.kind == "read" and "read_count" in capabilities]
+                presence = [row.item for row in items if row.kind == "presence" and "presence" in capabilities]
+                if reads:
+                    batch["read_states"] = reads
+                if presence:
+                    batch["presence"] = {"items": presence}
+                ok = False
+                if entry is not None and batch:
+                    envelope = protocol.make_envelope(from_node=me, to_node=peer, type="ephemeral", payload=batch)
+                    try:
+                        response = self.peers.post(entry["endpoint"], PATHS["ephemeral"],
+                                                   json.dumps(envelope, ensure_ascii=False).encode(),
+                                                   pin=entry["cert_sha256"])
+                        ok = response.status == 200
+                        if not ok:
+                            log.warning("ephemeral batch to %s refused: %s %s", peer, response.status,
+                                        response.body[:200])
+                    except PeerUnreachable as error:
+                        log.info("ephemeral batch to %s failed: %s", peer, error)
+                elif entry is not None:
+                    ok = True  # nothing this peer can take: drop quietly
+                for row in items:
+                    if ok:
+                        session.delete(row)
+                        continue
+                    row.attempts += 1
+                    row.first_try_at = row.first_try_at or now
+                    if row.attempts >= EPHEMERAL_ATTEMPTS or now - row.first_try_at > EPHEMERAL_WINDOW:
+                        session.delete(row)
+                sent += ok
+            session.commit()
+        return sent
+
+    # ---- sending (A.9, A.11) ---------------------------------------------------------------------------
+    def add_user(self, user_id: str, user_name: str, org_code: str | None = None,
+                 org_name: str | None = None) -> User:
+        protocol.validate("sender", {"user_id": user_id, "user_name": user_name, "node_id": "0" * 20,
+                                     "org_code": org_code or self.config.org_code,
+                                     "org_name": org_name or self.config.org_name, "client_type": "pc"})
+        with self.db.begin() as session:
+            if session.get(User, user_id) is not None:
+                raise Conflict(f"user {user_id} exists")
+            user = User(user_id=user_id, user_name=user_name, org_code=org_code or self.config.org_code,
+                        org_name=org_name or self.config.org_name)
+            session.add(user)
+        return user
+
+    def users(self) -> list[User]:
+        with self.db() as session:
+            return list(session.scalars(select(User).order_by(User.user_id)))
+
+    def send(self, user_id: str, to: str, msg_type: str, content: dict, *, client_type: str = "pc",
+             deliver: bool = True) -> Message:
+        """A.9 from a local user to a user (single chat) or a group address; delivered through the outbox."""
+        me = self.node_id
+        with self.db() as session:
+            user = session.get(User, user_id)
+            if user is None:
+                raise NotFound(f"no local user {user_id}")
+            sender = {"user_id": user.user_id, "user_name": user.user_name, "node_id": me, "org_code": user.org_code,
+                      "org_name": user.org_name, "client_type": client_type}
+            target = node_of(to)
+            group = session.get(Group, (local_part(to), target))
+            chat_type = "group" if group is not None else "single"
+            message = {"message_id": protocol.new_message_id(), "chat_type": chat_type, "conversation_id": "",
+                       "sender": sender, "to": to, "msg_type": msg_type, "content": content,
+                       "send_time": protocol.format_timestamp(utcnow())}
+            try:
+                message["conversation_id"] = protocol.conversation_id_for(message)
+            except ValueError as error:
+                raise SchemaViolation(str(error), field="to") from None
+            protocol.validate("message", message)
+            me_address = address(user_id, me)
+            if chat_type == "single":
+                if target == me:
+                    if session.get(User, local_part(to)) is None:
+                        raise NotFound(f"no local user {to}")
+                    recipients = []
+                else:
+                    entry = self.peer_entry(target)
+                    if msg_type not in entry["capabilities"] or "single_chat" not in entry["capabilities"]:
+                        if msg_type != "sticker" or "text" not in entry["capabilities"]:
+                            raise UnsupportedCapability(f"node {target} does not take {msg_type} messages")
+                        message["msg_type"], message["content"] = "text", {"text": content["alt_text"]}
+                    recipients = [target]
+                participants = [me, target]
+            else:
+                if group.dismissed or me_address not in group.members:
+                    raise NotAParticipant(f"{me_address} is not a member of {to}")
+                participants = self._member_nodes(group)
+                recipients = [peer for peer in participants if peer != me] if target == me else [target]
+                for peer in recipients:
+                    self.peer_entry(peer)
+            row = self._store_message(session, message, participants)
+            claimed = []
+            for peer in recipients:
+                claimed.append(self._enqueue(session, peer, "message", protocol.make_envelope(
+                    from_node=me, to_node=peer, type="message", payload=message), claim=deliver))
+            session.commit()
+            ids = [item.id for item in claimed]
+        if deliver and ids:
+            self.deliver(ids, claimed=True)
+        return row
+
+    def send_text(self, user_id: str, to: str, text: str, **kwargs) -> Message:
+        return self.send(user_id, to, "text", {"text": text}, **kwargs)
+
+    def send_file(self, user_id: str, to: str, data: bytes, kind: str, *, file_name: str | None = None,
+                  declared: str | None = None, duration_ms: int | None = None, sticker: dict | None = None,
+                  **kwargs) -> Message:
+        """A.5 image, A.6 voice, A.7 file or A.14 sticker: the bytes are checked (size, magic bytes) and kept
+        here, at the origin; the message carries their description and peers download them (A.10)."""
+        if kind not in FILE_KINDS:
+            raise SchemaViolation(f"unknown file kind {kind!r}")
+        filetypes.check_size(len(data), self.config.limit(kind))
+        if not data:
+            raise SchemaViolation("the file is empty")
+        extension = (file_name or "").rpartition(".")[2].lower() if file_name and "." in file_name else ""
+        if kind == "file":
+            declared = declared or mimetypes.guess_type(file_name or "")[0] or "application/octet-stream"
+            if declared in filetypes.EXECUTABLE_TYPES:
+                raise UnsupportedMediaType("this node does not send executables")
+        elif kind == "voice":
+            declared = "AAC"
+        else:
+            declared = (declared or filetypes.DECLARED.get(extension) or filetypes.sniff(data) or "").upper()
+        filetypes.check_declared(data, declared)
+        digest = hashlib.sha256(data).hexdigest()
+        file_id = f"{kind[0]}-{secrets.token_hex(12)}"
+        now = utcnow()
+        if kind == "image":
+            if declared not in ("JPG", "PNG", "GIF"):
+                raise UnsupportedMediaType(f"an image is JPG, PNG or GIF, not {declared}")
+            width, height = image_size(data, declared)
+            content = {"file_id": file_id, "format": declared, "size": len(data), "width": width, "height": height,
+                       "sha256": digest}
+            if file_name:
+                content["file_name"] = file_name
+        elif kind == "voice":
+            content = {"file_id": file_id, "format": "AAC", "duration_ms": int(duration_ms or 0), "size": len(data),
+                       "sha256": digest}
+        elif kind == "file":
+            content = {"file_id": file_id, "file_name": file_name or file_id, "mime_type": declared,
+                       "size": len(data), "sha256": digest,
+                       "expire_at": protocol.format_timestamp(now + FILE_RETENTION).replace(".000Z", "Z")}
+        else:
+            if declared not in ("GIF", "PNG"):
+                raise UnsupportedMediaType(f"a sticker is GIF or PNG, not {declared}")
+            content = {**(sticker or {}), "file_id": file_id, "format": declared, "size": len(data),
+                       "sha256": digest}
+        self._keep_file(self.node_id, file_id, kind, declared, data, digest, file_name,
+                        now + FILE_RETENTION if kind == "file" else None)
+        return self.send(user_id, to, kind, content, **kwargs)
+
+    def _keep_file(self, origin: str, file_id: str, kind: str, declared: str, data: bytes, digest: str,
+                   file_name: str | None, expire_at: datetime | None) -> StoredFile:
+        path = self.files_dir / origin / file_id
+        write_atomic(path, data, 0o600)
+        with self.db.begin() as session:
+            row = session.get(StoredFile, (origin, file_id))
+            if row is None:
+                row = StoredFile(origin_node=origin, file_id=file_id, kind=kind, declared=declared, size=len(data),
+                                 sha256=digest, path=str(path.relative_to(self.data_dir)), file_name=file_name,
+                                 expire_at=expire_at, created_at=utcnow())
+                session.add(row)
+        return row
+
+    # ---- files (A.10) --------------------------------------------------------------------------------
+    def _serve_download(self, envelope: dict) -> Reply:
+        request, from_node, me = envelope["payload"], envelope["from_node"], self.node_id
+        with self.db() as session:
+            message = session.get(Message, request["message_id"])
+            if (message is None or message.origin_node != me
+                    or message.document["content"].get("file_id") != request["file_id"]):
+                raise NotFound("no such file in a message of this node", field="payload.file_id")
+            if message.chat_type == "single":
+                allowed = {node_of(message.to)}
+            else:
+                allowed = {node_of(message.to), *message.participant_nodes}
+            if from_node not in allowed:
+                raise NotAParticipant(f"node {from_node} takes no part in {message.conversation_id}")
+            stored = session.get(StoredFile, (me, request["file_id"]))
+            if stored is None:
+                raise NotFound("the file is gone", field="payload.file_id")
+            kept_until = stored.expire_at or (protocol.parse_timestamp(message.send_time) + MEDIA_RETENTION)
+            if utcnow() > kept_until:
+                raise protocol.FileExpired("the file is no longer kept")
+        data = (self.data_dir / stored.path).read_bytes()
+        headers = {"Content-Type": media_type(message.msg_type, message.document["content"], data)}
+        status = 200
+        wanted = request.get("range")
+        if wanted is not None:
+            offset = wanted["offset"]
+            if offset >= len(data):
+                raise RangeNotSatisfiable(f"offset {offset} is past the end ({len(data)} bytes)",
+                                          field="payload.range.offset")
+            end = min(len(data), offset + wanted.get("length", len(data)))
+            headers["Content-Range"] = f"bytes {offset}-{end - 1}/{len(data)}"
+            data, status = data[offset:end], 206
+        headers["X-Content-SHA256"] = hashlib.sha256(data).hexdigest()
+        return Reply(status=status, body=data, headers=headers)
+
+    def download(self, user_id: str, message_id: str) -> StoredFile:
+        """Fetch a message's file from its origin node, check every byte, keep it here."""
+        me = self.node_id
+        with self.db() as session:
+            message = session.get(Message, message_id)
+            if message is None or message.msg_type not in FILE_KINDS:
+                raise NotFound(f"no file message {message_id}")
+            self._require_participant(session, address(user_id, me), message)
+            content = message.document["content"]
+            stored = session.get(StoredFile, (message.origin_node, content["file_id"]))
+            if stored is not None:
+                return stored
+        origin = message.origin_node
+        entry = self.peer_entry(origin)
+        if "download" not in entry["capabilities"]:
+            raise UnsupportedCapability(f"node {origin} does not serve downloads")
+        envelope = protocol.make_envelope(from_node=me, to_node=origin, type="download",
+                                          payload={"file_id": content["file_id"], "message_id": message_id})
+        try:
+            response = self.peers.post(entry["endpoint"], PATHS["download"], json.dumps(envelope).encode(),
+                                       pin=entry["cert_sha256"])
+        except PeerUnreachable as error:
+            raise protocol.Unavailable(str(error)) from None
+        if response.status != 200:
+            raise self._peer_error(response)
+        data = response.body
+        kind = message.msg_type
+        filetypes.check_size(len(data), self.config.limit(kind))
+        digest = hashlib.sha256(data).hexdigest()
+        if response.header("X-Content-SHA256") != digest or digest != content["sha256"]:
+            raise UnsupportedMediaType("the downloaded bytes do not match their checksum; discarded")
+        declared = declared_type(kind, content)
+        filetypes.check_declared(data, declared)
+        return self._keep_file(origin, content["file_id"], kind, declared, data, digest, content.get("file_name"),
+                               protocol.parse_timestamp(content["expire_at"]) if kind == "file" else None)
+
+    def file_bytes(self, stored: StoredFile) -> bytes:
+        return (self.data_dir / stored.path).read_bytes()
+
+    @staticmethod
+    def _peer_error(response) -> DomainError:
+        try:
+            error = json.loads(response.body)["error"]
+            cls = protocol.ERRORS.get(error["code"], DomainError)
+            return cls(f"peer: {error['message']}", code=error["code"], status=response.status)
+        except (ValueError, KeyError, TypeError):
+            return DomainError(f"peer answered HTTP {response.status}", status=502, code="peer_error")
+
+    # ---- outbox (docs/protocol.md §6) --------------------------------------------------------------------
+    def _enqueue(self, session: Session, peer: str, kind: str, envelope: dict, *, claim: bool = False) -> Outbox:
+        now = utcnow()
+        row = Outbox(peer_node=peer, kind=kind, message_id=envelope["message_id"], envelope=envelope,
+                     state="pending", attempts=0,
+                     next_attempt_at=now + timedelta(seconds=CLAIM_SECONDS) if claim else now)
+        session.add(row)
+        session.flush()
+        return row
+
+    @staticmethod
+    def _pending_ids(session: Session) -> list[int]:
+        return list(session.scalars(select(Outbox.id).where(Outbox.state == "pending",
+                                                            Outbox.next_attempt_at <= utcnow())))
+
+    def deliver(self, ids: Iterable[int] | None = None, *, claimed: bool = False) -> dict:
+        """Send due envelopes (or these, already claimed by the caller); each row is claimed first, so the
+        server loop and a CLI never send the same row at once."""
+        outcome = {"delivered": 0, "retry": 0, "failed": 0}
+        with self.db() as session:
+            if ids is None:
+                ids = self._pending_ids(session)
+            for row_id in list(ids):
+                if not claimed:
+                    now = utcnow()
+                    result = session.execute(update(Outbox).where(
+                        Outbox.id == row_id, Outbox.state == "pending", Outbox.next_attempt_at <= now,
+                    ).values(next_attempt_at=now + timedelta(seconds=CLAIM_SECONDS)))
+                    session.commit()
+                    if result.rowcount != 1:
+                        continue
+                row = session.get(Outbox, row_id)
+                outcome[self._attempt(row)] += 1
+                session.commit()
+        return outcome
+
+    def _attempt(self, row: Outbox) -> str:
+        now = utcnow()
+        row.first_attempt_at = row.first_attempt_at or now
+        row.attempts += 1
+        entry = self.routes.entry(row.peer_node)
+        retry_after = 0.0
+        peer_refused = False
+        if entry is None:
+            error, retryable, peer_refused = "the peer is not in the routing table", True, True
+        else:
+            body = json.dumps(protocol.restamp(row.envelope), ensure_ascii=False).encode()
+            try:
+                response = self.peers.post(entry["endpoint"], PATHS[row.kind], body, pin=entry["cert_sha256"])
+            except PeerCertificateMismatch as failure:
+                error, retryable, peer_refused = str(failure), True, True
+            except PeerUnreachable as failure:
+                error, retryable = str(failure), True
+            else:
+                if response.status == 200:
+                    row.state, row.finished_at, row.last_error = "delivered", now, None
+                    return "delivered"
+                error = f"HTTP {response.status}: {response.body[:200].decode('utf-8', 'replace')}"
+                code = self._error_code(response.body)
+                peer_refused = code in ("unknown_peer", "certificate_mismatch")
+                retryable = response.status == 429 or response.status >= 500 or peer_refused
+                try:
+                    retry_after = float(response.header("Retry-After") or 0)
+                except ValueError:
+                    retry_after = 0.0
+        row.last_error = error[:300]
+        window = PEER_RETRY_WINDOW if peer_refused else GIVE_UP_AFTER
+        if not retryable or now - row.first_attempt_at > window:
+            row.state, row.finished_at = "failed", now
+            log.warning("gave up envelope %s to %s: %s", row.message_id, row.peer_node, error)
+            return "failed"
+        delay = min(RETRY_FIRST * 2 ** (row.attempts - 1), RETRY_MAX) * random.uniform(0.8, 1.2)
+        row.next_attempt_at = now + timedelta(seconds=max(delay, retry_after))
+        return "retry"
+
+    @staticmethod
+    def _error_code(body: bytes) -> str | None:
+        try:
+            return json.loads(body)["error"]["code"]
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def retry_now(self) -> int:
+        """Operator's nudge: every pending envelope is due now (e.g. after a peer came back)."""
+        with self.db.begin() as session:
+            result = session.execute(update(Outbox).where(Outbox.state == "pending")
+                                     .values(next_attempt_at=utcnow()))
+        return result.rowcount
+
+    def outbox(self, state: str | None = None) -> list[Outbox]:
+        with self.db() as session:
+            query = select(Outbox).order_by(Outbox.id)
+            if state:
+                query = query.where(Outbox.state == state)
+            return list(session.scalars(query))
+
+    def next_due_in(self) -> float:
+        with self.db() as session:
+            due = session.scalar(select(func.min(Outbox.next_attempt_at)).where(Outbox.state == "pending"))
+        return max(0.0, (due - utcnow()).total_seconds()) if due else 3600.0
+
+    def forget_delivered(self, older_than: timedelta = timedelta(days=7)) -> None:
+        """Housekeeping: delivered envelopes and dedup records past the 7 days a repeat is recognised."""
+        cutoff = utcnow() - older_than
+        with self.db.begin() as session:
+            session.execute(delete(Outbox).where(Outbox.state == "delivered", Outbox.finished_at < cutoff))
+            session.execute(delete(Received).where(Received.received_at < cutoff))
+
+    # ---- reading ----------------------------------------------------------------------------------------
+    def conversations(self, user_id: str) -> list[dict]:
+        """The user's conversations, newest first, with the last message and the unread count."""
+        me_address = address(user_id, self.node_id)
+        group_addresses = {f"g:{group.address}" for group in self.groups(user_id)}
+        with self.db() as session:
+            rows = session.scalars(select(Message).where(or_(
+                Message.sender_address == me_address, Message.to == me_address,
+                Message.conversation_id.in_(group_addresses))).order_by(Message.send_time, Message.message_id)).all()
+            by_conversation: dict[str, list[Message]] = defaultdict(list)
+            for row in rows:
+                by_conversation[row.conversation_id].append(row)
+            result = []
+            for conversation, messages in by_conversation.items():
+                result.append({"conversation_id": conversation, "last": messages[-1],
+                               "unread": self._unread(session, me_address, conversation, messages),
+                               "count": len(messages),
+                               "with": self._title(messages[-1], me_address)})
+        return sorted(result, key=lambda item: item["last"].send_time, reverse=True)
+
+    @staticmethod
+    def _title(message: Message, me_address: str) -> str:
+        if message.chat_type == "group":
+            return message.to
+        return message.to if message.sender_address == me_address else message.sender_address
+
+    def _unread(self, session: Session, reader: str, conversation: str, messages: list[Message]) -> int:
+        state = session.get(ReadState, (conversation, reader))
+        position = None
+        if state is not None:
+            read = session.get(Message, state.read_up_to_message_id)
+            position = (read.send_time, read.message_id) if read else None
+        return sum(1 for m in messages if m.sender_address != reader
+                   and (position is None or (m.send_time, m.message_id) > position))
+
+    def history(self, user_id: str, conversation_id: str) -> list[dict]:
+        """The conversation's messages in order, with who has read each (A.13 read counts)."""
+        reader = address(user_id, self.node_id)
+        with self.db() as session:
+            messages = session.scalars(select(Message).where(Message.conversation_id == conversation_id)
+                                       .order_by(Message.send_time, Message.message_id)).all()
+            if not messages:
+                raise NotFound(f"no messages in {conversation_id}")
+            self._require_participant(session, reader, messages[-1])
+            positions = {}
+            for state in session.scalars(select(ReadState).where(ReadState.conversation_id == conversation_id)):
+                read = session.get(Message, state.read_up_to_message_id)
+                if read is not None:
+                    positions[state.user_id] = (read.send_time, read.message_id)
+            group = None
+            if messages[-1].chat_type == "group":
+                group = session.get(Group, (local_part(messages[-1].to), node_of(messages[-1].to)))
+            result = []
+            for message in messages:
+                audience = ([m for m in group.members if m != message.sender_address] if group else
+                            [a for a in (message.sender_address, message.to) if a != message.sender_address])
+                key = (message.send_time, message.message_id)
+                read_by = [user for user in audience if user in positions and positions[user] >= key]
+                result.append({"message": message, "read_by": read_by, "unread_by": len(audience) - len(read_by),
+                               "delivery": self._delivery_state(session, message)})
+        return result
+
+    @staticmethod
+    def _delivery_state(session: Session, message: Message) -> str | None:
+        states = set(session.scalars(select(Outbox.state).where(Outbox.message_id == message.message_id)))
+        if not states:
+            return None
+        return "failed" if "failed" in states else "pending" if "pending" in states else "delivered"
+
+    def presence_of(self, user: str) -> dict | None:
+        with self.db() as session:
+            row = session.get(Presence, user)
+            if row is None:
+                return None
+            stale = protocol.parse_timestamp(row.updated_at, "updated_at") < utcnow() - timedelta(minutes=10)
+            return {"user_id": row.user_id, "status": "offline" if stale else row.status,
+                    "client_type": row.client_type, "last_active": row.last_active}
+
+    def health(self) -> dict:
+        return {"status": "ok", "node_id": self.node_id, "version": SOFTWARE_VERSION,
+                "time": protocol.format_timestamp(utcnow()).replace(".000Z", "Z")}

@@ -1,0 +1,222 @@
+"""The node's side of SPEC §4: applying, fetching the certificate, node sessions, route pulls, renewal.
+
+Plain HTTP(S) with the standard library against the management node; the identity (key, certificate, CA
+files) lives under the data directory's `tls/`, private key 0600.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import ssl
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from app.errors import DomainError
+
+
+class RegistryError(DomainError):
+    """The management node refused or could not be reached; `code` is its error code when it sent one."""
+
+    code = "registry_error"
+    status = 502
+
+
+@dataclass
+class HTTPResult:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> dict:
+        return json.loads(self.body.decode("utf-8"))
+
+
+class Identity:
+    """The files of a node's identity: its key, its certificate (with the chain) and the CA's certificates."""
+
+    def __init__(self, data_dir: Path):
+        self.dir = data_dir / "tls"
+        self.key_file = self.dir / "node.key"
+        self.cert_file = self.dir / "node.pem"
+        self.ca_file = self.dir / "ca.pem"
+        self.chain_file = self.dir / "chain.pem"
+        self.bundle_file = self.dir / "ca-bundle.pem"
+        self.signer_file = self.dir / "route-signer.pem"
+        self.pending_key_file = self.dir / "pending.key"
+
+    def has_key(self) -> bool:
+        return self.key_file.exists()
+
+    def has_certificate(self) -> bool:
+        return self.cert_file.exists()
+
+    def generate_key(self, path: Path | None = None) -> ec.EllipticCurvePrivateKey:
+        """A new EC P-256 key, written unencrypted but readable by the node's user only (0600)."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        write_private(path or self.key_file, key.private_bytes(serialization.Encoding.PEM,
+                                                               serialization.PrivateFormat.PKCS8,
+                                                               serialization.NoEncryption()))
+        return key
+
+    def key(self, path: Path | None = None):
+        return serialization.load_pem_private_key((path or self.key_file).read_bytes(), password=None)
+
+    @staticmethod
+    def csr_for(key, common_name: str = "mpim-node") -> str:
+        """The CA decides subject and extensions (SPEC §3); the CSR only proves the key."""
+        builder = x509.CertificateSigningRequestBuilder().subject_name(
+            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+    def certificate(self) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(self.cert_file.read_bytes())
+
+    def fingerprint(self) -> str:
+        return self.certificate().fingerprint(hashes.SHA256()).hex()
+
+    def store_certificate(self, pem_chain: bytes) -> None:
+        """The node certificate followed by its chain, as the management node serves it."""
+        certificates = x509.load_pem_x509_certificates(pem_chain)
+        if not certificates:
+            raise RegistryError("the management node sent no certificate")
+        write_atomic(self.cert_file, pem_chain)
+
+    def store_ca(self, root_pem: bytes, chain_pem: bytes, signer_pem: bytes | None = None) -> None:
+        write_atomic(self.ca_file, root_pem)
+        write_atomic(self.chain_file, chain_pem)
+        write_atomic(self.bundle_file, root_pem + chain_pem)
+        if signer_pem is not None:
+            write_atomic(self.signer_file, signer_pem)
+
+    def sign_session(self, node_id: str, timestamp: str, nonce: str) -> str:
+        """A.2: ECDSA-SHA256 (DER) over node_id, timestamp and nonce joined by newlines, base64."""
+        message = f"{node_id}\n{timestamp}\n{nonce}".encode()
+        return base64.b64encode(self.key().sign(message, ec.ECDSA(hashes.SHA256()))).decode("ascii")
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(descriptor, "wb") as stream:
+        stream.write(data)
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(temporary, path)
+
+
+def write_private(path: Path, data: bytes) -> None:
+    write_atomic(path, data, 0o600)
+
+
+class RegistryClient:
+    """JSON over HTTP(S) to the management node; a node session is opened when needed and kept in memory."""
+
+    def __init__(self, base_url: str, identity: Identity, *, ca_file: str | None = None, timeout: float = 15):
+        self.base_url = base_url.rstrip("/")
+        self.identity = identity
+        self.timeout = timeout
+        self._context = ssl.create_default_context(cafile=ca_file) if ca_file else None
+        self._session: tuple[str, float] | None = None
+        self._lock = threading.Lock()
+
+    # --- plumbing ----------------------------------------------------------------------------------
+    def request(self, method: str, path: str, *, body: dict | None = None, headers: dict | None = None,
+                bearer: str | None = None) -> HTTPResult:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.base_url + path, data=data, method=method,
+                                         headers={"Accept": "application/json", **(headers or {})})
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        if bearer:
+            request.add_header("Authorization", f"Bearer {bearer}")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout, context=self._context) as response:
+                return HTTPResult(response.status, dict(response.headers.items()), response.read())
+        except urllib.error.HTTPError as error:
+            return HTTPResult(error.code, dict(error.headers.items()), error.read())
+        except OSError as error:
+            raise RegistryError(f"the management node at {self.base_url} is unreachable: {error}",
+                                code="registry_unreachable") from None
+
+    @staticmethod
+    def fail(result: HTTPResult, what: str) -> RegistryError:
+        try:
+            error = result.json()["error"]
+            return RegistryError(f"{what}: {error.get('message')}", code=error.get("code"), status=result.status)
+        except (ValueError, KeyError, TypeError):
+            return RegistryError(f"{what}: HTTP {result.status}", status=result.status)
+
+    def fetch_ca(self) -> None:
+        """The trust anchor, the issuing chain and the route signer (SPEC §4 `/ca/*`)."""
+        parts = {}
+        for name in ("ca.pem", "chain.pem", "route-signer.pem"):
+            result = self.request("GET", f"/ca/{name}")
+            if result.status != 200:
+                raise self.fail(result, f"GET /ca/{name}")
+            parts[name] = result.body
+        self.identity.store_ca(parts["ca.pem"], parts["chain.pem"], parts["route-signer.pem"])
+
+    # --- admission ---------------------------------------------------------------------------------
+    def apply(self, token: str, information: dict, csr: str) -> str:
+        result = self.request("POST", "/api/v1/applications", body={**information, "csr": csr}, bearer=token)
+        if result.status != 201:
+            raise self.fail(result, "the application was refused")
+        return result.json()["application_id"]
+
+    def application(self, token: str, application_id: str) -> dict:
+        result = self.request("GET", f"/api/v1/applications/{application_id}", bearer=token)
+        if result.status != 200:
+            raise self.fail(result, "the application status is unavailable")
+        return result.json()
+
+    def fetch_certificate(self, node_id: str, bearer: str) -> bytes:
+        result = self.request("GET", f"/api/v1/nodes/{node_id}/certificate", bearer=bearer,
+                              headers={"Accept": "application/x-pem-file"})
+        if result.status != 200:
+            raise self.fail(result, "the certificate is unavailable")
+        return result.body
+
+    # --- node session (A.2) ------------------------------------------------------------------------
+    def session_token(self, node_id: str, *, fresh: bool = False) -> str:
+        with self._lock:
+            if not fresh and self._session and self._session[1] > time.time() + 60:
+                return self._session[0]
+            timestamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            nonce = secrets.token_hex(16)
+            result = self.request("POST", "/api/v1/session", body={
+                "node_id": node_id, "timestamp": timestamp, "nonce": nonce,
+                "signature": self.identity.sign_session(node_id, timestamp, nonce)})
+            if result.status != 201:
+                self._session = None
+                raise self.fail(result, "the node session was refused")
+            body = result.json()
+            expires = datetime.fromisoformat(body["expires_at"].replace("Z", "+00:00")).timestamp()
+            self._session = (body["token"], expires)
+            return body["token"]
+
+    def with_session(self, node_id: str, method: str, path: str, **kwargs) -> HTTPResult:
+        """One call with the node session, opening a new session once if the old one died."""
+        result = self.request(method, path, bearer=self.session_token(node_id), **kwargs)
+        if result.status == 401:
+            result = self.request(method, path, bearer=self.session_token(node_id, fresh=True), **kwargs)
+        return result
+
+    def renew(self, node_id: str, csr: str) -> bytes:
+        result = self.with_session(node_id, "POST", "/api/v1/certificates/renew", body={"csr": csr})
+        if result.status != 201:
+            raise self.fail(result, "the renewal was refused")
+        return result.body

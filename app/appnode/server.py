@@ -1,0 +1,98 @@
+"""Serving a node: gunicorn over HTTPS with mutual TLS, and the loop that keeps the node current.
+
+One worker process with threads: the node's SQLite file has one writer at a time anyway, and the loop
+(route pulls, outbox retries, ephemeral batches, renewal) must run exactly once per node.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import ssl
+import threading
+import time
+
+from gunicorn.app.base import BaseApplication
+
+from app.appnode.node import Node
+from app.appnode.web import create_node_app
+
+log = logging.getLogger("mpim.appnode")
+EPHEMERAL_EVERY = 2.0
+RENEWAL_CHECK_EVERY = 3600.0
+
+
+class NodeLoop(threading.Thread):
+    """Everything a node does on its own: pull routes, retry the outbox, flush read states and presence,
+    renew its certificate in the last third of its validity."""
+
+    def __init__(self, node: Node, *, on_renewed=None):
+        super().__init__(name="node-loop", daemon=True)
+        self.node = node
+        self.on_renewed = on_renewed
+        self.stopping = threading.Event()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.node.wake.set()
+
+    def run(self) -> None:
+        next_routes = next_flush = next_renewal = 0.0
+        while not self.stopping.is_set():
+            now = time.monotonic()
+            if now >= next_routes:
+                next_routes = now + self.node.config.route_interval
+                self._guard("route pull", self.node.sync_routes)
+            self._guard("outbox", self.node.deliver)
+            if now >= next_flush:
+                next_flush = now + EPHEMERAL_EVERY
+                self._guard("ephemeral", self.node.flush_ephemeral)
+            if now >= next_renewal:
+                next_renewal = now + RENEWAL_CHECK_EVERY
+                self._guard("renewal", self._renew_if_due)
+            wait = min(1.0, max(0.05, next_routes - time.monotonic()))
+            self.node.wake.wait(timeout=wait)
+            self.node.wake.clear()
+
+    def _renew_if_due(self) -> None:
+        if self.node.renewal_due():
+            fingerprint = self.node.renew()
+            log.info("renewed the node certificate: %s", fingerprint)
+            if self.on_renewed:
+                self.on_renewed()
+
+    @staticmethod
+    def _guard(what: str, action) -> None:
+        try:
+            action()
+        except Exception as error:  # the loop must outlive any one failure; the next round tries again
+            log.warning("%s failed: %s", what, error)
+
+
+class NodeServer(BaseApplication):
+    def __init__(self, data_dir, *, threads: int = 8):
+        self.data_dir = data_dir
+        self.threads = threads
+        super().__init__()
+
+    def load_config(self) -> None:
+        node = Node(self.data_dir)
+        identity = node.identity
+        settings = {
+            "bind": node.config.listen, "workers": 1, "worker_class": "gthread", "threads": self.threads,
+            "certfile": str(identity.cert_file), "keyfile": str(identity.key_file),
+            "ca_certs": str(identity.bundle_file), "cert_reqs": ssl.CERT_OPTIONAL, "keepalive": 75,
+            "timeout": 60, "graceful_timeout": 10, "accesslog": os.environ.get("MPIM_NODE_ACCESS_LOG"),
+            "errorlog": "-", "loglevel": os.environ.get("MPIM_NODE_LOG_LEVEL", "info"),
+            "proc_name": f"mpim-node-{node.node_id}",
+        }
+        for key, value in settings.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        node = Node(self.data_dir)
+        # A renewed certificate is served after a graceful reload (SIGHUP to the gunicorn master).
+        loop = NodeLoop(node, on_renewed=lambda: os.kill(os.getppid(), signal.SIGHUP))
+        loop.start()
+        return create_node_app(node)

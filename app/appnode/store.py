@@ -1,0 +1,221 @@
+"""The reference node's own database: a small SQLite file in its data directory.
+
+Plain SQLAlchemy 2.0 with its own declarative base, so nothing of the management node's schema
+(Flask-SQLAlchemy, Alembic) leaks into a node. The schema is created on first use; a vendor node
+would migrate it, the reference node is recreated when its version changes (SCHEMA_VERSION).
+The CLI and the server process share the file: WAL mode lets the CLI write while the server reads.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import JSON, Boolean, DateTime, Integer, String, Text, create_engine, event, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.types import TypeDecorator
+
+SCHEMA_VERSION = "1"
+
+
+class UTC_DateTime(TypeDecorator):
+    """Aware UTC datetimes in and out, whatever SQLite keeps."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime")
+        return value.astimezone(UTC).replace(tzinfo=None) if value is not None else None
+
+    def process_result_value(self, value, dialect):
+        return value.replace(tzinfo=UTC) if value is not None else None
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTC_DateTime, dict: JSON, list: JSON}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Setting(Base):
+    """The node's identity and registry state (node id, application id, session), by key."""
+
+    __tablename__ = "settings"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class User(Base):
+    """A local user: the people of this IM system who write to other nodes' users."""
+
+    __tablename__ = "users"
+    user_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_name: Mapped[str] = mapped_column(String(64))
+    org_code: Mapped[str] = mapped_column(String(32))
+    org_name: Mapped[str] = mapped_column(String(100))
+
+
+class Message(Base):
+    """An A.9 message this node sent or received; `participant_nodes` is the origin's snapshot of who may
+    download its file (docs/protocol.md §7.2)."""
+
+    __tablename__ = "messages"
+    message_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    conversation_id: Mapped[str] = mapped_column(String(200), index=True)
+    chat_type: Mapped[str] = mapped_column(String(8))
+    sender_address: Mapped[str] = mapped_column(String(100))
+    origin_node: Mapped[str] = mapped_column(String(20))
+    to: Mapped[str] = mapped_column(String(100))
+    msg_type: Mapped[str] = mapped_column(String(10))
+    document: Mapped[dict] = mapped_column(JSON)
+    send_time: Mapped[str] = mapped_column(String(32), index=True)
+    received_at: Mapped[datetime]
+    participant_nodes: Mapped[list] = mapped_column(JSON, default=list)
+
+
+class Received(Base):
+    """Every (from_node, message_id) accepted: a repeat is acknowledged as a duplicate, never delivered twice."""
+
+    __tablename__ = "received"
+    from_node: Mapped[str] = mapped_column(String(20), primary_key=True)
+    message_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    received_at: Mapped[datetime]
+
+
+class Outbox(Base):
+    """An envelope waiting for its peer's acknowledgement; survives restarts, retried with backoff."""
+
+    __tablename__ = "outbox"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    peer_node: Mapped[str] = mapped_column(String(20), index=True)
+    kind: Mapped[str] = mapped_column(String(10))
+    message_id: Mapped[str] = mapped_column(String(36))
+    envelope: Mapped[dict] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(10), default="pending", index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    first_attempt_at: Mapped[datetime | None]
+    next_attempt_at: Mapped[datetime] = mapped_column(index=True)
+    last_error: Mapped[str | None] = mapped_column(String(300))
+    finished_at: Mapped[datetime | None]
+
+
+class StoredFile(Base):
+    """A file's bytes on disk: one a local user sent (origin = this node) or one downloaded from its origin."""
+
+    __tablename__ = "files"
+    origin_node: Mapped[str] = mapped_column(String(20), primary_key=True)
+    file_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(10))
+    declared: Mapped[str] = mapped_column(String(127))
+    size: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(String(300))
+    file_name: Mapped[str | None] = mapped_column(String(255))
+    expire_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+
+
+class Group(Base):
+    """A group this node is home of (authoritative) or a replica of its home node's last announcement."""
+
+    __tablename__ = "groups"
+    group_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    home_node_id: Mapped[str] = mapped_column(String(20), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    notice: Mapped[str] = mapped_column(Text, default="")
+    owner: Mapped[str] = mapped_column(String(100))
+    members: Mapped[list] = mapped_column(JSON)
+    seq: Mapped[int] = mapped_column(Integer)
+    dismissed: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    @property
+    def address(self) -> str:
+        return f"{self.group_id}@{self.home_node_id}"
+
+    def info(self) -> dict:
+        return {"name": self.name, "notice": self.notice, "owner": self.owner, "members": list(self.members)}
+
+
+class ReadState(Base):
+    """A.13: a user's read position in a conversation, local users' and peers' alike; newest `updated_at` wins."""
+
+    __tablename__ = "read_states"
+    conversation_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    read_up_to_message_id: Mapped[str] = mapped_column(String(36))
+    unread_count: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[str] = mapped_column(String(32))
+
+
+class Presence(Base):
+    """A.15: the newest status of a user, local or remote."""
+
+    __tablename__ = "presence"
+    user_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    status: Mapped[str] = mapped_column(String(8))
+    client_type: Mapped[str] = mapped_column(String(8))
+    last_active: Mapped[str] = mapped_column(String(32))
+    updated_at: Mapped[str] = mapped_column(String(32))
+
+
+class PendingEphemeral(Base):
+    """Read states and presence waiting for the next batch to their peer: newest per key only, not durable
+    in spirit (a batch that keeps failing is dropped, docs/protocol.md §6); the table is how the CLI hands
+    them to the server process."""
+
+    __tablename__ = "pending_ephemeral"
+    peer_node: Mapped[str] = mapped_column(String(20), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(10), primary_key=True)
+    key: Mapped[str] = mapped_column(String(300), primary_key=True)
+    item: Mapped[dict] = mapped_column(JSON)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    first_try_at: Mapped[datetime | None]
+
+
+def open_database(path: Path) -> sessionmaker[Session]:
+    """The node's sessionmaker; WAL journal so that the CLI and the server can share the file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30, "check_same_thread": False},
+                           json_serializer=lambda value: json.dumps(value, ensure_ascii=False))
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(connection, _record):
+        cursor = connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a commit survives a crash of the process (what an ack promises a peer);
+        # only an operating-system crash may lose the last moments.
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    Base.metadata.create_all(engine)
+    factory = sessionmaker(engine, expire_on_commit=False)
+    with factory.begin() as session:
+        current = session.get(Setting, "schema_version")
+        if current is None:
+            session.add(Setting(key="schema_version", value=SCHEMA_VERSION))
+        elif current.value != SCHEMA_VERSION:
+            raise RuntimeError(f"{path} has schema {current.value}; this node software needs {SCHEMA_VERSION}")
+    return factory
+
+
+def get_setting(session: Session, key: str, default: str | None = None) -> str | None:
+    row = session.get(Setting, key)
+    return row.value if row else default
+
+
+def put_setting(session: Session, key: str, value: str) -> None:
+    row = session.get(Setting, key)
+    if row is None:
+        session.add(Setting(key=key, value=value))
+    else:
+        row.value = value
+
+
+__all__ = ["Base", "Group", "Message", "Outbox", "PendingEphemeral", "Presence", "ReadState", "Received",
+           "Setting", "StoredFile", "User", "get_setting", "open_database", "put_setting", "select", "utcnow"]

@@ -1,0 +1,133 @@
+"""Node-to-node HTTPS with mutual TLS (docs/protocol.md §2), on kept-alive connections.
+
+The client presents the node's certificate, verifies the peer's chain to the network's root and the
+endpoint's host, and pins the peer's certificate to the fingerprint the routing table lists for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import ssl
+import threading
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+CONNECT_TIMEOUT = 10.0
+ANSWER_TIMEOUT = 30.0
+
+
+class PeerUnreachable(Exception):
+    """A connection failure or timeout: the sender retries (docs/protocol.md §6)."""
+
+
+class PeerCertificateMismatch(PeerUnreachable):
+    """The peer's server certificate is not the one the routing table lists: nothing is sent to it."""
+
+
+@dataclass
+class PeerResponse:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        return next((value for key, value in self.headers.items() if key.lower() == name.lower()), None)
+
+
+def client_context(cert_file, key_file, bundle_file) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(bundle_file))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(cert_file), str(key_file))
+    return context
+
+
+def server_context(cert_file, key_file, bundle_file) -> ssl.SSLContext:
+    """Requests a client certificate without requiring it: health is open, federation paths enforce it."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(cert_file), str(key_file))
+    context.load_verify_locations(cafile=str(bundle_file))
+    context.verify_mode = ssl.CERT_OPTIONAL
+    return context
+
+
+def fingerprint_of(der: bytes | None) -> str | None:
+    return hashlib.sha256(der).hexdigest() if der else None
+
+
+class PeerPool:
+    """Idle HTTPS connections per endpoint, reused for the next request to that peer."""
+
+    def __init__(self, context_factory):
+        self._context_factory = context_factory
+        self._context: ssl.SSLContext | None = None
+        self._idle: dict[tuple[str, int], list[http.client.HTTPSConnection]] = {}
+        self._lock = threading.Lock()
+
+    def reset(self) -> None:
+        """After the node's certificate changed: new context, no old connections."""
+        with self._lock:
+            self._context = None
+            idle, self._idle = self._idle, {}
+        for connections in idle.values():
+            for connection in connections:
+                connection.close()
+
+    def _context_now(self) -> ssl.SSLContext:
+        with self._lock:
+            if self._context is None:
+                self._context = self._context_factory()
+            return self._context
+
+    def post(self, endpoint: str, path: str, body: bytes, *, pin: str | None,
+             timeout: float = ANSWER_TIMEOUT) -> PeerResponse:
+        parts = urlsplit(endpoint)
+        key = (parts.hostname, parts.port or 443)
+        url = (parts.path.rstrip("/") + path) or "/"
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        for attempt in (0, 1):  # a kept-alive connection the peer closed is retried once on a fresh one
+            connection, reused = self._take(key)
+            try:
+                if connection.sock is None:
+                    connection.timeout = CONNECT_TIMEOUT
+                    connection.connect()
+                    connection.sock.settimeout(timeout)
+                    seen = fingerprint_of(connection.sock.getpeercert(binary_form=True))
+                    if pin is not None and seen != pin.lower():
+                        connection.close()
+                        raise PeerCertificateMismatch(
+                            f"{parts.hostname} presented certificate {seen}, the routing table lists {pin}")
+                connection.request("POST", url, body=body, headers=headers)
+                response = connection.getresponse()
+                data = response.read()
+            except PeerCertificateMismatch:
+                raise
+            except (OSError, http.client.HTTPException) as error:
+                connection.close()
+                if reused and attempt == 0:
+                    continue
+                raise PeerUnreachable(f"{endpoint}{path}: {error.__class__.__name__}: {error}") from None
+            result = PeerResponse(response.status, dict(response.getheaders()), data)
+            if response.will_close:
+                connection.close()
+            else:
+                self._give(key, connection)
+            return result
+        raise PeerUnreachable(f"{endpoint}{path}: no connection")  # pragma: no cover (loop always returns)
+
+    def _take(self, key) -> tuple[http.client.HTTPSConnection, bool]:
+        with self._lock:
+            idle = self._idle.get(key)
+            if idle:
+                return idle.pop(), True
+        return http.client.HTTPSConnection(key[0], key[1], context=self._context_now(),
+                                           timeout=CONNECT_TIMEOUT), False
+
+    def _give(self, key, connection) -> None:
+        with self._lock:
+            bucket = self._idle.setdefault(key, [])
+            if len(bucket) < 8:
+                bucket.append(connection)
+                return
+        connection.close()

@@ -1,0 +1,105 @@
+"""The node's HTTPS surface: health, the four federation endpoints, and a small read-only page.
+
+Thin views over `Node`. The caller's client certificate comes from the TLS socket the server hands to the
+WSGI environ (gunicorn's `gunicorn.socket`, or werkzeug's `werkzeug.socket` in tests).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from pathlib import Path
+
+from flask import Flask, Response, abort, g, render_template, request
+from flask_babel import Babel
+
+from app.appnode import protocol
+from app.appnode.node import Node, address
+from app.errors import DomainError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+LANGUAGES = ("zh_CN", "en")
+
+
+def peer_certificate() -> bytes | None:
+    """The DER bytes of the caller's verified client certificate, or None."""
+    sock = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
+    getpeercert = getattr(sock, "getpeercert", None)
+    return getpeercert(binary_form=True) if getpeercert else None
+
+
+def json_response(document: dict, status: int = 200, headers: dict | None = None) -> Response:
+    return Response(json.dumps(document, ensure_ascii=False), status=status, headers=headers,
+                    mimetype="application/json")
+
+
+def create_node_app(node: Node) -> Flask:
+    app = Flask("app.appnode", template_folder=str(PROJECT_ROOT / "templates"),
+                static_folder=str(PROJECT_ROOT / "static"))
+    app.config.update(BABEL_TRANSLATION_DIRECTORIES=str(PROJECT_ROOT / "app" / "translations"),
+                      BABEL_DEFAULT_LOCALE="zh_CN")
+    Babel(app, locale_selector=lambda: g.get("lang", "zh_CN"))
+    app.extensions["mpim_node"] = node
+
+    @app.errorhandler(DomainError)
+    def domain_error(error: DomainError):
+        return json_response(error.to_dict(), error.status)
+
+    @app.errorhandler(404)
+    def not_found(_error):
+        return json_response(protocol.NotFound("unknown path").to_dict(), 404)
+
+    @app.errorhandler(405)
+    def not_allowed(_error):
+        return json_response({"error": {"code": "not_found", "message": "method not allowed here"}}, 405)
+
+    @app.get("/api/v1/health")
+    def health():
+        return json_response(node.health())
+
+    @app.post("/api/v1/federation/<name>")
+    def federation(name: str):
+        kind = protocol.ENDPOINTS.get(f"/api/v1/federation/{name}")
+        if kind is None:
+            abort(404)
+        if (request.content_length or 0) > protocol.MAX_BODY_BYTES:
+            raise protocol.PayloadTooLarge(f"the body is over {protocol.MAX_BODY_BYTES} bytes")
+        body = request.stream.read(protocol.MAX_BODY_BYTES + 1)
+        reply = node.receive(kind, body, request.content_type, peer_certificate())
+        if reply.body is not None:
+            return Response(reply.body, status=reply.status, headers=reply.headers)
+        return json_response(reply.document, reply.status, reply.headers)
+
+    # --- the page: conversations per local user, for the node's operator (HTTP Basic, `operator`) ---------
+    def require_operator():
+        expected = (node.data_dir / "ui_password").read_text().strip()
+        given = request.authorization
+        if not (given and given.username == "operator"
+                and hmac.compare_digest((given.password or "").encode(), expected.encode())):
+            return Response("operator login required", 401, {"WWW-Authenticate": 'Basic realm="mpim node"'})
+        g.lang = request.args.get("lang") if request.args.get("lang") in LANGUAGES else "zh_CN"
+        return None
+
+    @app.get("/")
+    def index():
+        denied = require_operator()
+        if denied:
+            return denied
+        users = node.users()
+        chosen = request.args.get("user") or (users[0].user_id if users else None)
+        conversations = node.conversations(chosen) if chosen else []
+        return render_template("appnode/index.html", node=node, users=users, chosen=chosen,
+                               conversations=conversations, groups=node.groups(chosen) if chosen else [],
+                               lang=g.lang)
+
+    @app.get("/conversation")
+    def conversation():
+        denied = require_operator()
+        if denied:
+            return denied
+        user, conversation_id = request.args.get("user", ""), request.args.get("id", "")
+        entries = node.history(user, conversation_id)
+        return render_template("appnode/conversation.html", node=node, user=user, me=address(user, node.node_id),
+                               conversation_id=conversation_id, entries=entries, lang=g.lang)
+
+    return app

@@ -1,0 +1,101 @@
+"""Reference nodes for tests: real data directories, joined to a real management node over HTTP,
+served over real mutual TLS on 127.0.0.1 (werkzeug threads in-process, or gunicorn processes)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+
+from werkzeug.serving import make_server
+
+from app.admission import applications, tokens
+from app.appnode import protocol
+from app.appnode.config import NodeConfig
+from app.appnode.node import Node
+from app.appnode.transport import PeerPool, client_context, server_context
+from app.appnode.web import create_node_app
+from app.extensions import db
+
+USERS = {"360000": [("zhangsan", "张三"), ("wangwu", "王五")], "440000": [("lisi", "李四"), ("zhaoliu", "赵六")],
+         "110000": [("sunqi", "孙七")]}
+ORGS = {"360000": "江西省公安厅", "440000": "广东省公安厅", "110000": "北京市公安局"}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def enroll(division: str, minister) -> str:
+    _, raw = tokens.create_token(division, by=minister)
+    db.session.commit()
+    return raw
+
+
+def approve_pending(node: Node, minister) -> None:
+    application = applications.get(node.setting("application_id"))
+    applications.approve(application, by=minister)
+    db.session.commit()
+
+
+class ServedNode:
+    """A node in a temporary directory, joined and served by a threaded werkzeug server with mutual TLS."""
+
+    def __init__(self, root, registry_url: str, division: str, minister, **config):
+        self.port = free_port()
+        self.dir = root / f"node-{division}-{self.port}"
+        self.node = Node.init(self.dir, NodeConfig(
+            registry_url=registry_url, division_code=division, endpoint=f"https://127.0.0.1:{self.port}",
+            listen=f"127.0.0.1:{self.port}", org_name=ORGS[division], org_code=division + "000000",
+            route_interval=3600, **config))
+        (self.dir / "ui_password").write_text("operator-password")
+        self.node.apply(enroll(division, minister))
+        approve_pending(self.node, minister)
+        self.node.await_approval(timeout=10, interval=0.05)
+        for user_id, name in USERS[division]:
+            self.node.add_user(user_id, name)
+        self.server = None
+
+    @property
+    def id(self) -> str:
+        return self.node.node_id
+
+    def user(self, user_id: str) -> str:
+        return f"{user_id}@{self.id}"
+
+    def start(self) -> ServedNode:
+        identity = self.node.identity
+        context = server_context(identity.cert_file, identity.key_file, identity.bundle_file)
+        self.server = make_server("127.0.0.1", self.port, create_node_app(self.node), threaded=True,
+                                  ssl_context=context)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+
+def raw_post(sender: Node, receiver: ServedNode, kind: str, envelope: dict | bytes, *, identity_of: Node | None = None,
+             content_type: str = "application/json"):
+    """POST an envelope as `sender` (or with another node's TLS identity) straight to a federation endpoint."""
+    who = (identity_of or sender).identity
+    pool = PeerPool(lambda: client_context(who.cert_file, who.key_file, who.bundle_file))
+    body = envelope if isinstance(envelope, bytes) else json.dumps(envelope, ensure_ascii=False).encode()
+    path = {v: k for k, v in protocol.ENDPOINTS.items()}[kind]
+    if content_type != "application/json":
+        import http.client
+        connection = http.client.HTTPSConnection("127.0.0.1", receiver.port, context=pool._context_now())
+        connection.request("POST", path, body=body, headers={"Content-Type": content_type})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    response = pool.post(f"https://127.0.0.1:{receiver.port}", path, body, pin=None)
+    try:
+        document = json.loads(response.body)
+    except ValueError:
+        document = response.body
+    return response.status, document

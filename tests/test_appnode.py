@@ -1,0 +1,436 @@
+"""The reference application node against a real management node, over real mutual TLS (issue 7).
+
+Each test joins two or three nodes through admission, certificates and routes (SPEC §3-§5), then speaks
+Appendix A between them. Bad input, each a test: a forged sender node, a certificate not in the table, a
+replayed message_id, a stale timestamp, a schema violation, a PNG that is really an executable, a file
+over the limit, a download by a node outside the conversation.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import struct
+import zlib
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+
+from app.admission import nodes
+from app.appnode import protocol
+from app.appnode.node import Node
+from app.appnode.protocol import (
+    CertificateMismatch,
+    PayloadTooLarge,
+    UnknownPeer,
+    UnsupportedMediaType,
+)
+from app.appnode.store import Message, Received
+from app.extensions import db
+from app.pki import service as pki
+from tests.appnode_harness import ServedNode, raw_post
+from tests.factories import make_csr, make_key
+from tests.test_sessions import people  # noqa: F401 (fixture)
+
+ELF = b"\x7fELF\x02\x01\x01\x00" + b"\x00" * 120
+
+
+def png(width: int = 3, height: int = 2) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    raw = b"".join(b"\x00" + b"\xff\x00\x00" * width for _ in range(height))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+GIF = (b"GIF89a\x02\x00\x02\x00\x80\x00\x00\xff\xff\xff\x00\x00\x00,\x00\x00\x00\x00\x02\x00\x02\x00"
+       b"\x00\x02\x02D\x01\x00;")
+ADTS = bytes([0xFF, 0xF1, 0x50, 0x80, 0x02, 0x1F, 0xFC]) + b"\x00" * 9
+PDF = b"%PDF-1.7\n" + b"0" * 3000 + b"\n%%EOF\n"
+
+
+@pytest.fixture
+def network(app, live_server, people, tmp_path):  # noqa: F811
+    minister, _ = people
+    served = []
+
+    def join(division: str, **config) -> ServedNode:
+        node = ServedNode(tmp_path, live_server, division, minister, **config).start()
+        served.append(node)
+        return node
+
+    a, b = join("360000"), join("440000")
+    for node in (a, b):
+        node.node.sync_routes()
+    yield {"a": a, "b": b, "join": join, "minister": minister}
+    for node in served:
+        node.stop()
+
+
+def settle(*served: ServedNode) -> None:
+    """What each node's loop does between requests: deliver due envelopes (relays, announcements) until quiet."""
+    for _ in range(10):
+        if not sum(node.node.deliver()["delivered"] for node in served):
+            return
+
+
+def sync(*served: ServedNode) -> None:
+    for node in served:
+        node.node.sync_routes()
+
+
+def history(node: ServedNode, user: str, conversation_id: str) -> list[dict]:
+    return [entry["message"].document for entry in node.node.history(user, conversation_id)]
+
+
+def stored_messages(node: ServedNode) -> list[Message]:
+    with node.node.db() as session:
+        return list(session.scalars(select(Message)))
+
+
+def text_envelope(sender: ServedNode, receiver: ServedNode, text: str = "你好", **changes) -> dict:
+    message = {"message_id": protocol.new_message_id(), "chat_type": "single", "conversation_id": "",
+               "sender": {"user_id": "zhangsan", "user_name": "张三", "node_id": sender.id, "org_code": "360000",
+                          "org_name": "江西省公安厅", "client_type": "pc"},
+               "to": receiver.user("lisi"), "msg_type": "text", "content": {"text": text},
+               "send_time": protocol.format_timestamp(datetime.now(UTC))}
+    message.update(changes.pop("message", {}))
+    message["conversation_id"] = protocol.conversation_id_for(message)
+    envelope = protocol.make_envelope(from_node=sender.id, to_node=receiver.id, type="message", payload=message)
+    envelope.update(changes)
+    return envelope
+
+
+# ---- joining -----------------------------------------------------------------------------------------------
+
+def test_a_joined_node_holds_its_certificate_routes_and_serves_health_over_tls(network):
+    a, b = network["a"], network["b"]
+    assert a.id.startswith("36000000002025") and b.id.startswith("44000000002025")
+    assert oct((a.dir / "tls" / "node.key").stat().st_mode & 0o777) == "0o600"
+    table = a.node.routes.table
+    listed = {entry["node_id"]: entry for entry in table["nodes"]}
+    assert listed[a.id]["cert_sha256"] == a.node.identity.fingerprint()
+    assert listed[b.id]["endpoint"] == f"https://127.0.0.1:{b.port}"
+    import ssl
+    import urllib.request
+    context = ssl.create_default_context(cafile=str(a.node.identity.bundle_file))
+    with urllib.request.urlopen(f"https://127.0.0.1:{b.port}/api/v1/health", context=context) as response:
+        health = json.loads(response.read())
+    protocol.validate("health", health)
+    assert health["node_id"] == b.id
+
+
+def test_a_rejected_application_is_reported_and_the_node_does_not_join(app, live_server, people, tmp_path):  # noqa: F811
+    from app.admission import applications
+    from app.appnode.config import NodeConfig
+    from app.errors import Conflict
+    from tests.appnode_harness import enroll
+
+    minister, _ = people
+    node = Node.init(tmp_path / "n", NodeConfig(registry_url=live_server, division_code="360000",
+                                                endpoint="https://127.0.0.1:9"))
+    node.apply(enroll("360000", minister))
+    applications.reject(applications.get(node.setting("application_id")), "unknown vendor", by=minister)
+    db.session.commit()
+    with pytest.raises(Conflict, match="unknown vendor"):
+        node.await_approval(timeout=5, interval=0.05)
+    assert not node.joined
+
+
+# ---- single chat, idempotency, files ---------------------------------------------------------------------------
+
+def test_text_single_chat_is_delivered_once_and_a_replay_is_acknowledged_as_duplicate(network):
+    a, b = network["a"], network["b"]
+    message = a.node.send_text("zhangsan", b.user("lisi"), "下午三点开会")
+    assert [row.state for row in a.node.outbox()] == ["delivered"]
+    assert history(b, "lisi", message.conversation_id)[0]["content"]["text"] == "下午三点开会"
+    assert message.conversation_id == protocol.single_chat_conversation_id(a.user("zhangsan"), b.user("lisi"))
+
+    replay = a.node.outbox()[0].envelope
+    status, ack = raw_post(a.node, b, "message", protocol.restamp(replay))
+    assert status == 200 and ack["status"] == "duplicate"
+    protocol.validate("ack", ack)
+    assert len(stored_messages(b)) == 1
+    with b.node.db() as session:
+        assert session.scalar(select(Received).where(Received.message_id == message.message_id)) is not None
+
+
+def test_image_voice_file_and_sticker_are_downloaded_from_the_origin_and_checked(network):
+    a, b = network["a"], network["b"]
+    lisi = b.user("lisi")
+    sent = {
+        "image": a.node.send_file("zhangsan", lisi, png(), "image", file_name="现场.png"),
+        "voice": a.node.send_file("zhangsan", lisi, ADTS, "voice", duration_ms=1200),
+        "file": a.node.send_file("zhangsan", lisi, PDF, "file", file_name="协查通报.pdf"),
+        "sticker": a.node.send_file("zhangsan", lisi, GIF, "sticker", file_name="ok.gif",
+                                    sticker={"package_id": "jingwu", "sticker_id": "ok", "alt_text": "[好的]"}),
+    }
+    assert sent["image"].document["content"]["width"] == 3 and sent["image"].document["content"]["height"] == 2
+    expected = {"image": png(), "voice": ADTS, "file": PDF, "sticker": GIF}
+    for kind, message in sent.items():
+        stored = b.node.download("lisi", message.message_id)
+        assert b.node.file_bytes(stored) == expected[kind]
+        assert stored.sha256 == hashlib.sha256(expected[kind]).hexdigest()
+    received = {m.msg_type for m in stored_messages(b)}
+    assert received == {"image", "voice", "file", "sticker"}
+
+
+def test_a_ranged_download_answers_206_with_the_slice_and_its_checksum(network):
+    a, b = network["a"], network["b"]
+    message = a.node.send_file("zhangsan", b.user("lisi"), PDF, "file", file_name="a.pdf")
+    request = protocol.make_envelope(from_node=b.id, to_node=a.id, type="download", payload={
+        "file_id": message.document["content"]["file_id"], "message_id": message.message_id,
+        "range": {"offset": 5, "length": 10}})
+    from app.appnode.transport import PeerPool, client_context
+    who = b.node.identity
+    pool = PeerPool(lambda: client_context(who.cert_file, who.key_file, who.bundle_file))
+    response = pool.post(f"https://127.0.0.1:{a.port}", "/api/v1/federation/download",
+                         json.dumps(request).encode(), pin=None)
+    assert response.status == 206 and response.body == PDF[5:15]
+    assert response.header("Content-Range") == f"bytes 5-14/{len(PDF)}"
+    assert response.header("X-Content-SHA256") == hashlib.sha256(PDF[5:15]).hexdigest()
+    request["payload"]["range"] = {"offset": len(PDF)}
+    request["message_id"] = protocol.new_message_id()
+    response = pool.post(f"https://127.0.0.1:{a.port}", "/api/v1/federation/download",
+                         json.dumps(protocol.restamp(request)).encode(), pin=None)
+    assert response.status == 416
+
+
+# ---- groups, read counts, presence -----------------------------------------------------------------------------
+
+def test_a_group_across_two_nodes_with_invite_message_read_counts_kick_and_quit(network):
+    a, b = network["a"], network["b"]
+    group = a.node.create_group("zhangsan", "治安专班", [a.user("wangwu"), b.user("lisi")])
+    b_groups = b.node.groups("lisi")
+    assert [g.address for g in b_groups] == [group.address] and b_groups[0].seq == 1
+
+    b.node.group_operation("lisi", group.address, "invite", [b.user("zhaoliu")])  # a member of B asks home A
+    settle(a, b)
+    replica = b.node.groups("zhaoliu")[0]
+    assert replica.seq == 2 and b.user("zhaoliu") in replica.members
+
+    sent = b.node.send_text("lisi", group.address, "收到")  # B → home A → relayed to nobody else (A has the rest)
+    a.node.send_text("zhangsan", group.address, "大家好")  # home A → B
+    settle(a, b)
+    conversation = f"g:{group.address}"
+    assert [m["content"]["text"] for m in history(b, "zhaoliu", conversation)] == ["收到", "大家好"]
+    assert [m["content"]["text"] for m in history(a, "wangwu", conversation)] == ["收到", "大家好"]
+
+    a.node.mark_read("wangwu", conversation)
+    a.node.flush_ephemeral()
+    by_b = {e["message"].message_id: e for e in b.node.history("lisi", conversation)}
+    assert a.user("wangwu") in by_b[sent.message_id]["read_by"]
+    b.node.mark_read("zhaoliu", conversation)
+    b.node.flush_ephemeral()  # to home A, which relays to the member nodes but B
+    a.node.flush_ephemeral()
+    by_a = {e["message"].message_id: e for e in a.node.history("zhangsan", conversation)}
+    assert set(by_a[sent.message_id]["read_by"]) == {a.user("wangwu"), b.user("zhaoliu")}
+    assert [c["unread"] for c in a.node.conversations("zhangsan")] == [1]
+
+    a.node.group_operation("zhangsan", group.address, "kick", [b.user("zhaoliu")])
+    settle(a, b)
+    assert b.node.groups("zhaoliu") == [] and b.node.groups("lisi")[0].seq == 3
+    b.node.group_operation("lisi", group.address, "quit")
+    settle(a, b)
+    assert b.node.groups() == []  # no user of B left: the replica is gone
+    assert a.node.groups("zhangsan")[0].members == [a.user("zhangsan"), a.user("wangwu")]
+    after_quit = text_envelope(b, a, message={"chat_type": "group", "to": group.address,
+                                              "sender": {**text_envelope(b, a)["payload"]["sender"],
+                                                         "user_id": "lisi", "node_id": b.id}})
+    status, body = raw_post(b.node, a, "message", after_quit)  # home A no longer lets lisi speak
+    assert status == 403 and body["error"]["code"] == "not_a_participant"
+
+
+def test_group_permissions_are_the_home_nodes(network):
+    a, b = network["a"], network["b"]
+    group = a.node.create_group("zhangsan", "专班", [b.user("lisi")])
+    b.node.group_operation("lisi", group.address, "kick", [a.user("zhangsan")])  # not the owner
+    refused = [row for row in b.node.outbox() if row.kind == "group_op"]
+    assert refused[-1].state == "failed" and "forbidden" in refused[-1].last_error
+    assert a.node.groups("zhangsan")[0].seq == 1
+
+
+def test_presence_reaches_the_nodes_that_share_a_conversation(network):
+    a, b = network["a"], network["b"]
+    a.node.send_text("zhangsan", b.user("lisi"), "在吗")
+    a.node.set_presence("zhangsan", "busy", "android")
+    assert a.node.flush_ephemeral() == 1
+    seen = b.node.presence_of(a.user("zhangsan"))
+    assert seen["status"] == "busy" and seen["client_type"] == "android"
+    assert b.node.presence_of(a.user("wangwu")) is None  # shares nothing with B
+
+
+# ---- delivery under failure -----------------------------------------------------------------------------------
+
+def test_messages_wait_in_the_outbox_while_the_peer_is_down_and_survive_a_restart(network):
+    a, b = network["a"], network["b"]
+    b.stop()
+    message = a.node.send_text("zhangsan", b.user("lisi"), "稍后送达")
+    row = a.node.outbox()[0]
+    assert row.state == "pending" and row.attempts == 1 and "ConnectionRefused" in row.last_error
+    assert row.next_attempt_at > datetime.now(UTC)
+    restarted = Node(a.dir)  # a new process over the same data directory
+    b.start()
+    assert restarted.retry_now() == 1 and restarted.deliver()["delivered"] == 1
+    assert history(b, "lisi", message.conversation_id)[0]["message_id"] == message.message_id
+
+
+# ---- trust and bad input, each a test ---------------------------------------------------------------------------
+
+def test_a_forged_sender_node_is_refused(network):
+    a, b = network["a"], network["b"]
+    c = network["join"]("110000")
+    sync(a, b, c)
+    # C's certificate, but the envelope claims to come from A
+    status, body = raw_post(c.node, b, "message", text_envelope(a, b), identity_of=c.node)
+    assert status == 403 and body["error"]["code"] == "certificate_mismatch"
+    # A's own envelope speaking for a user of C
+    envelope = text_envelope(a, b, message={"sender": {"user_id": "sunqi", "user_name": "孙七", "node_id": c.id,
+                                                         "org_code": "110000", "org_name": "北京市公安局",
+                                                         "client_type": "pc"}})
+    status, body = raw_post(a.node, b, "message", envelope)
+    assert status == 403 and body["error"]["code"] == "sender_mismatch"
+    assert stored_messages(b) == []
+
+
+def test_a_certificate_whose_fingerprint_is_not_in_the_table_is_refused(network):
+    a, b = network["a"], network["b"]
+    presented = a.node.identity.fingerprint()
+    pki.renew(nodes.get(a.id), make_csr(make_key()), by=network["minister"])  # an admin renews A's certificate
+    db.session.commit()
+    b.node.sync_routes()  # B's table now lists A's new certificate
+    assert b.node.routes.entry(a.id)["cert_sha256"] != presented
+    status, body = raw_post(a.node, b, "message", text_envelope(a, b))  # A still presents the old, valid one
+    assert status == 403 and body["error"]["code"] == "certificate_mismatch"
+    assert stored_messages(b) == []
+
+
+def test_an_unknown_or_suspended_node_is_refused_after_the_next_table(network):
+    a, b = network["a"], network["b"]
+    nodes.suspend(nodes.get(a.id), "drill", by=network["minister"])
+    db.session.commit()
+    b.node.sync_routes()
+    message = a.node.send_text("zhangsan", b.user("lisi"), "被暂停后")
+    row = a.node.outbox()[0]
+    assert row.state == "pending" and "unknown_peer" in row.last_error  # kept for retries within the hour
+    assert stored_messages(b) == []
+
+    nodes.resume(nodes.get(a.id), "drill over", by=network["minister"])
+    db.session.commit()
+    b.node.sync_routes()
+    a.node.retry_now()
+    assert a.node.deliver()["delivered"] == 1
+    assert history(b, "lisi", message.conversation_id)[0]["content"]["text"] == "被暂停后"
+
+
+def test_a_stale_timestamp_is_refused(network):
+    a, b = network["a"], network["b"]
+    envelope = text_envelope(a, b)
+    envelope["timestamp"] = protocol.format_timestamp(datetime.now(UTC) - timedelta(minutes=6))
+    status, body = raw_post(a.node, b, "message", envelope)
+    assert status == 400 and body["error"]["code"] == "stale_timestamp"
+    assert stored_messages(b) == []
+
+
+@pytest.mark.parametrize("mutate, field", [
+    (lambda e: e["payload"]["content"].update(text=""), "payload.content.text"),
+    (lambda e: e["payload"].update(msg_type="video"), "payload.msg_type"),
+    (lambda e: e.update(extra=1), "extra"),
+])
+def test_a_payload_that_fails_its_schema_is_refused(network, mutate, field):
+    a, b = network["a"], network["b"]
+    envelope = text_envelope(a, b)
+    mutate(envelope)
+    status, body = raw_post(a.node, b, "message", envelope)
+    assert status == 422 and body["error"]["code"] == "schema_violation"
+    assert body["error"]["field"] == field
+    assert stored_messages(b) == []
+
+
+def test_bodies_that_are_not_json_objects_are_refused(network):
+    a, b = network["a"], network["b"]
+    assert raw_post(a.node, b, "message", b"[1, 2]")[1]["error"]["code"] == "invalid_json"
+    assert raw_post(a.node, b, "message", b'{"a": 1, "a": 2}')[1]["error"]["code"] == "invalid_json"
+    status, body = raw_post(a.node, b, "message", b"{}", content_type="text/plain")
+    assert status == 415 and body["error"]["code"] == "unsupported_media_type"
+    status, body = raw_post(a.node, b, "message", b"{" + b" " * (1024 * 1024) + b"}")
+    assert status == 413
+
+
+def test_a_png_that_is_really_an_executable_is_refused(network):
+    a, b = network["a"], network["b"]
+    with pytest.raises(UnsupportedMediaType, match="executable"):
+        a.node.send_file("zhangsan", b.user("lisi"), ELF, "image", file_name="photo.png")
+    with pytest.raises(UnsupportedMediaType, match="executable"):
+        a.node.send_file("zhangsan", b.user("lisi"), ELF, "file", file_name="report.pdf")
+    assert a.node.outbox() == []
+    # a peer's image whose inline thumbnail is an executable declared as PNG
+    envelope = text_envelope(a, b, message={"msg_type": "image", "content": {
+        "file_id": "f-1", "format": "PNG", "size": 100, "width": 1, "height": 1, "sha256": "0" * 64,
+        "thumbnail": {"format": "PNG", "width": 1, "height": 1, "data": base64.b64encode(ELF).decode()}}})
+    status, body = raw_post(a.node, b, "message", envelope)
+    assert status == 415 and body["error"]["code"] == "unsupported_media_type"
+    assert stored_messages(b) == []
+
+
+def test_a_downloaded_file_that_is_not_what_it_claims_is_discarded(network):
+    a, b = network["a"], network["b"]
+    message = a.node.send_file("zhangsan", b.user("lisi"), png(), "image", file_name="p.png")
+    stored = next(f for f in (a.dir / "files" / a.id).iterdir())
+    stored.write_bytes(ELF)  # the origin's copy is swapped behind its back
+    with pytest.raises(UnsupportedMediaType, match="checksum"):
+        b.node.download("lisi", message.message_id)
+    assert not (b.dir / "files" / a.id).exists()
+
+
+def test_a_file_over_the_limit_is_refused(network):
+    a, b = network["a"], network["b"]
+    c = network["join"]("110000", limits={"file": 1000})  # C takes files of at most 1000 bytes
+    sync(a, b, c)
+    with pytest.raises(PayloadTooLarge):
+        c.node.send_file("sunqi", a.user("zhangsan"), PDF, "file", file_name="big.pdf")  # over C's own limit
+    a.node.send_file("zhangsan", c.user("sunqi"), PDF, "file", file_name="big.pdf")
+    row = a.node.outbox()[-1]
+    assert row.state == "failed" and "payload_too_large" in row.last_error  # final: not retried
+    assert stored_messages(c) == []
+
+
+def test_a_download_by_a_node_outside_the_conversation_is_refused(network):
+    a, b = network["a"], network["b"]
+    c = network["join"]("110000")
+    sync(a, b, c)
+    message = a.node.send_file("zhangsan", b.user("lisi"), PDF, "file", file_name="机密.pdf")
+    request = protocol.make_envelope(from_node=c.id, to_node=a.id, type="download", payload={
+        "file_id": message.document["content"]["file_id"], "message_id": message.message_id})
+    status, body = raw_post(c.node, a, "download", request)
+    assert status == 403 and body["error"]["code"] == "not_a_participant"
+
+
+def test_a_request_without_a_client_certificate_is_refused(network):
+    import http.client
+    import ssl
+    a, b = network["a"], network["b"]
+    context = ssl.create_default_context(cafile=str(a.node.identity.bundle_file))
+    connection = http.client.HTTPSConnection("127.0.0.1", b.port, context=context)
+    connection.request("POST", "/api/v1/federation/messages", body=json.dumps(text_envelope(a, b)),
+                       headers={"Content-Type": "application/json"})
+    response = connection.getresponse()
+    assert response.status == 403 and json.loads(response.read())["error"]["code"] == "certificate_mismatch"
+
+
+def test_sending_to_a_node_outside_the_routing_table_is_refused_at_once(network):
+    a = network["a"]
+    with pytest.raises(UnknownPeer):
+        a.node.send_text("zhangsan", "lisi@44000000002025000999", "谁")
+    assert a.node.outbox() == []
+
+
+def test_the_certificate_pin_stops_a_peer_presenting_another_certificate(network):
+    a, b = network["a"], network["b"]
+    table_entry = a.node.routes.entry(b.id)
+    from app.appnode.transport import PeerCertificateMismatch
+    with pytest.raises(PeerCertificateMismatch):
+        a.node.peers.post(table_entry["endpoint"], "/api/v1/federation/messages", b"{}", pin="0" * 64)
+    assert CertificateMismatch.code == "certificate_mismatch"
