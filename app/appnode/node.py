@@ -14,17 +14,19 @@ import logging
 import mimetypes
 import random
 import secrets
+import sqlite3
 import struct
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
-from sqlalchemy import delete, func, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import bindparam, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.appnode import filetypes, protocol
@@ -56,8 +58,14 @@ from app.appnode.store import (
     StoredFile,
     User,
     get_setting,
+    insert_message,
+    insert_outbox,
+    insert_received,
+    is_group,
     open_database,
     put_setting,
+    raw_cursor,
+    user_row,
     utcnow,
 )
 from app.appnode.transport import PeerCertificateMismatch, PeerPool, PeerUnreachable, client_context
@@ -77,6 +85,13 @@ MEDIA_RETENTION = timedelta(days=30)
 FILE_RETENTION = timedelta(days=7)
 MAX_GROUP_MEMBERS = 3000
 FILE_KINDS = ("image", "voice", "file", "sticker")
+
+
+# The hot path's statements, built once: SQLAlchemy then skips compiling and cache-key work per call.
+_OUTBOX = Outbox.__table__
+OUTBOX_MUTABLE = ("state", "attempts", "first_attempt_at", "next_attempt_at", "last_error", "finished_at")
+UPDATE_OUTBOX = update(_OUTBOX).where(_OUTBOX.c.id == bindparam("row_id")).values(
+    {name: bindparam(f"new_{name}") for name in OUTBOX_MUTABLE})
 
 
 class NotJoined(DomainError):
@@ -154,6 +169,7 @@ class Node:
         self.data_dir = Path(data_dir)
         self.config = NodeConfig.load(self.data_dir)
         self.db = open_database(self.data_dir / "node.db")
+        self.engine = self.db.kw["bind"]
         self.identity = Identity(self.data_dir)
         self.registry = RegistryClient(self.config.registry_url, self.identity,
                                        ca_file=self.config.registry_ca_file)
@@ -290,8 +306,8 @@ class Node:
         except DomainError as error:
             log.warning("route refresh failed: %s", error)
 
-    def peer_entry(self, node_id: str) -> dict:
-        entry = self.routes.entry(node_id)
+    def peer_entry(self, node_id: str):
+        entry = self.routes.peek(node_id)
         if entry is None:
             raise UnknownPeer(f"node {node_id} is not in this node's routing table", field="to")
         return entry
@@ -335,39 +351,68 @@ class Node:
         if kind == "download":
             self._require_capability("download")
             return self._serve_download(envelope)
+        now = utcnow()
+        if kind == "message" and envelope["payload"]["chat_type"] == "single":
+            return self._receive_single(envelope, now)
         with self.db() as session:
             if kind != "ephemeral":
-                seen = session.get(Received, (envelope["from_node"], envelope["message_id"]))
-                if seen is not None:
-                    return Reply(document=protocol.make_ack(envelope["message_id"], seen.received_at,
-                                                            duplicate=True))
-            now = utcnow()
+                # The dedup record first: a repeat fails on the primary key before anything else is done.
+                try:
+                    insert_received(raw_cursor(session), envelope["from_node"], envelope["message_id"], now)
+                except sqlite3.IntegrityError:
+                    session.rollback()
+                    return self._duplicate(envelope)
             handler = {"message": self._accept_message, "group_op": self._accept_group_op,
                        "ephemeral": self._accept_ephemeral}[kind]
-            handler(session, envelope)
-            if kind != "ephemeral":
-                session.add(Received(from_node=envelope["from_node"], message_id=envelope["message_id"],
-                                     received_at=now))
-            try:
-                session.commit()
-            except IntegrityError:  # the same envelope, accepted a moment ago by another thread
-                session.rollback()
-                seen = session.get(Received, (envelope["from_node"], envelope["message_id"]))
-                return Reply(document=protocol.make_ack(envelope["message_id"], seen.received_at, duplicate=True))
-        self.wake.set()
+            enqueued = handler(session, envelope)
+            session.commit()
+        if enqueued:
+            self.wake.set()  # relays and announcements to deliver: the loop need not wait for its next round
         return Reply(document=protocol.make_ack(envelope["message_id"], now))
+
+    def _receive_single(self, envelope: dict, now: datetime) -> Reply:
+        """A.11, the hot path: dedup record, recipient check and the message in one short transaction."""
+        message = envelope["payload"]
+        self._require_capability(message["msg_type"])
+        self._require_capability("single_chat")
+        self._check_content(message)
+        with self._raw() as connection:
+            cursor = connection.cursor()
+            try:
+                insert_received(cursor, envelope["from_node"], envelope["message_id"], now)
+            except sqlite3.IntegrityError:
+                connection.rollback()
+                return self._duplicate(envelope)
+            if user_row(cursor, local_part(message["to"])) is None:
+                raise NotFound(f"no user {message['to']} here", field="payload.to")
+            insert_message(cursor, self._message_values(message, [message["sender"]["node_id"], self.node_id]))
+            connection.commit()
+        return Reply(document=protocol.make_ack(envelope["message_id"], now))
+
+    def _duplicate(self, envelope: dict) -> Reply:
+        with self.db() as session:
+            seen = session.get(Received, (envelope["from_node"], envelope["message_id"]))
+        return Reply(document=protocol.make_ack(envelope["message_id"], seen.received_at, duplicate=True))
+
+    @contextmanager
+    def _raw(self):
+        """A pooled DBAPI connection, bypassing the ORM; whatever is not committed is rolled back on return."""
+        connection = self.engine.raw_connection()
+        try:
+            yield connection
+        finally:
+            connection.close()
 
     def _check_peer(self, from_node: str, certificate: bytes | None) -> None:
         if not certificate:
             raise CertificateMismatch("federation requests need a client certificate", field="from_node")
         fingerprint = hashlib.sha256(certificate).hexdigest()
-        for attempt in (0, 1):
-            entry = self.routes.entry(from_node)
-            if entry is not None and entry["cert_sha256"] == fingerprint:
-                return
-            if attempt == 0:
-                self._refresh_for_peer()
-        if entry is None:
+        if self.routes.is_trusted_peer(from_node, fingerprint):
+            return
+        self._refresh_for_peer()
+        if self.routes.is_trusted_peer(from_node, fingerprint):
+            return
+        if self.routes.peek(from_node) is None:
             raise UnknownPeer(f"node {from_node} is not in this node's routing table", field="from_node")
         raise CertificateMismatch(f"the client certificate is not the one the routing table lists for {from_node}",
                                   field="from_node")
@@ -392,17 +437,12 @@ class Node:
             except UnsupportedMediaType as error:
                 raise UnsupportedMediaType(f"thumbnail: {error}", field="payload.content.thumbnail.data") from None
 
-    def _accept_message(self, session: Session, envelope: dict) -> None:
+    def _accept_message(self, session: Session, envelope: dict) -> bool:
         message = envelope["payload"]
         self._require_capability(message["msg_type"])
-        self._require_capability("single_chat" if message["chat_type"] == "single" else "group")
+        self._require_capability("group")  # single chats take _receive_single
         self._check_content(message)
         me = self.node_id
-        if message["chat_type"] == "single":
-            if session.get(User, local_part(message["to"])) is None:
-                raise NotFound(f"no user {message['to']} here", field="payload.to")
-            self._store_message(session, message, [message["sender"]["node_id"], me])
-            return
         home = node_of(message["to"])
         if home != me:  # relayed by the home node (protocol.check_envelope made sure)
             group = session.get(Group, (local_part(message["to"]), home))
@@ -419,26 +459,33 @@ class Node:
             if peer not in (me, envelope["from_node"]):
                 self._enqueue(session, peer, "message", protocol.make_envelope(
                     from_node=me, to_node=peer, type="message", payload=message))
+        return True
 
-    def _store_message(self, session: Session, message: dict, participants: Iterable[str]) -> Message:
+    @staticmethod
+    def _message_values(message: dict, participants: Iterable[str]) -> dict:
         sender = message["sender"]
-        row = session.get(Message, message["message_id"])
-        if row is not None:  # the same message through another path (e.g. a relay of our own): keep one
-            return row
-        row = Message(message_id=message["message_id"], conversation_id=message["conversation_id"],
-                      chat_type=message["chat_type"], sender_address=address(sender["user_id"], sender["node_id"]),
-                      origin_node=sender["node_id"], to=message["to"], msg_type=message["msg_type"],
-                      document=message, send_time=message["send_time"], received_at=utcnow(),
-                      participant_nodes=sorted(set(participants)))
-        session.add(row)
-        return row
+        return dict(message_id=message["message_id"], conversation_id=message["conversation_id"],
+                    chat_type=message["chat_type"], sender_address=address(sender["user_id"], sender["node_id"]),
+                    origin_node=sender["node_id"], to=message["to"], msg_type=message["msg_type"],
+                    document=message, send_time=message["send_time"], received_at=utcnow(),
+                    participant_nodes=sorted(set(participants)))
+
+    def _store_message(self, session: Session, message: dict, participants: Iterable[str]) -> dict:
+        """Keep an A.9 message once, however many paths bring it (e.g. a relay of our own)."""
+        values = self._message_values(message, participants)
+        insert_message(raw_cursor(session), values)
+        return values
+
+    @staticmethod
+    def _user_exists(session: Session, user_id: str) -> bool:
+        return user_row(raw_cursor(session), user_id) is not None
 
     @staticmethod
     def _member_nodes(group: Group | None) -> list[str]:
         return sorted({node_of(member) for member in group.members}) if group else []
 
     # ---- groups (A.12) -------------------------------------------------------------------------------
-    def _accept_group_op(self, session: Session, envelope: dict) -> None:
+    def _accept_group_op(self, session: Session, envelope: dict) -> bool:
         self._require_capability("group")
         op = envelope["payload"]
         if "seq" in op:
@@ -448,6 +495,8 @@ class Node:
                 raise Conflict("a group is created by its home node, never requested", field="payload.op")
             self._apply_at_home(session, op["op"], op["group_id"], op["operator"], op.get("target_user_ids", []),
                                 op.get("group_info", {}))
+            return True
+        return False
 
     def _apply_announcement(self, session: Session, op: dict) -> None:
         key = (op["group_id"], op["home_node_id"])
@@ -760,29 +809,20 @@ class Node:
 
     def send(self, user_id: str, to: str, msg_type: str, content: dict, *, client_type: str = "pc",
              deliver: bool = True) -> Message:
-        """A.9 from a local user to a user (single chat) or a group address; delivered through the outbox."""
+        """A.9 from a local user to a user (single chat) or a group address; delivered through the outbox.
+        With `deliver`, the envelopes are attempted at once (the CLI); otherwise the node loop sends them."""
         me = self.node_id
-        with self.db() as session:
-            user = session.get(User, user_id)
+        target = node_of(to)
+        with self._raw() as connection:
+            cursor = connection.cursor()
+            user = user_row(cursor, user_id)
             if user is None:
                 raise NotFound(f"no local user {user_id}")
-            sender = {"user_id": user.user_id, "user_name": user.user_name, "node_id": me, "org_code": user.org_code,
-                      "org_name": user.org_name, "client_type": client_type}
-            target = node_of(to)
-            group = session.get(Group, (local_part(to), target))
-            chat_type = "group" if group is not None else "single"
-            message = {"message_id": protocol.new_message_id(), "chat_type": chat_type, "conversation_id": "",
-                       "sender": sender, "to": to, "msg_type": msg_type, "content": content,
-                       "send_time": protocol.format_timestamp(utcnow())}
-            try:
-                message["conversation_id"] = protocol.conversation_id_for(message)
-            except ValueError as error:
-                raise SchemaViolation(str(error), field="to") from None
-            protocol.validate("message", message)
-            me_address = address(user_id, me)
-            if chat_type == "single":
+            grouped = is_group(cursor, local_part(to), target)
+            message = self._new_message(user, client_type, "group" if grouped else "single", to, msg_type, content)
+            if not grouped:
                 if target == me:
-                    if session.get(User, local_part(to)) is None:
+                    if user_row(cursor, local_part(to)) is None:
                         raise NotFound(f"no local user {to}")
                     recipients = []
                 else:
@@ -792,24 +832,53 @@ class Node:
                             raise UnsupportedCapability(f"node {target} does not take {msg_type} messages")
                         message["msg_type"], message["content"] = "text", {"text": content["alt_text"]}
                     recipients = [target]
-                participants = [me, target]
-            else:
-                if group.dismissed or me_address not in group.members:
-                    raise NotAParticipant(f"{me_address} is not a member of {to}")
-                participants = self._member_nodes(group)
-                recipients = [peer for peer in participants if peer != me] if target == me else [target]
-                for peer in recipients:
-                    self.peer_entry(peer)
-            row = self._store_message(session, message, participants)
-            claimed = []
-            for peer in recipients:
-                claimed.append(self._enqueue(session, peer, "message", protocol.make_envelope(
-                    from_node=me, to_node=peer, type="message", payload=message), claim=deliver))
-            session.commit()
-            ids = [item.id for item in claimed]
+                values = self._message_values(message, [me, target])
+                insert_message(cursor, values)
+                claim_until = utcnow() + timedelta(seconds=CLAIM_SECONDS) if deliver else utcnow()
+                ids = [insert_outbox(cursor, peer=peer, kind="message", next_attempt_at=claim_until,
+                                     envelope=protocol.make_envelope(from_node=me, to_node=peer, type="message",
+                                                                     payload=message)) for peer in recipients]
+                connection.commit()
+        if grouped:
+            values, ids = self._send_to_group(message, deliver)
         if deliver and ids:
             self.deliver(ids, claimed=True)
-        return row
+        return Message(**values)
+
+    def _new_message(self, user: tuple, client_type: str, chat_type: str, to: str, msg_type: str,
+                     content: dict) -> dict:
+        user_id, user_name, org_code, org_name = user
+        sender = {"user_id": user_id, "user_name": user_name, "node_id": self.node_id, "org_code": org_code,
+                  "org_name": org_name, "client_type": client_type}
+        message = {"message_id": protocol.new_message_id(), "chat_type": chat_type, "conversation_id": "",
+                   "sender": sender, "to": to, "msg_type": msg_type, "content": content,
+                   "send_time": protocol.format_timestamp(utcnow())}
+        try:
+            message["conversation_id"] = protocol.conversation_id_for(message)
+        except ValueError as error:
+            raise SchemaViolation(str(error), field="to") from None
+        protocol.validate("message", message)
+        return message
+
+    def _send_to_group(self, message: dict, deliver: bool) -> tuple[dict, list[int]]:
+        """A group message goes to the home node, or, from the home node, to every member's node."""
+        me, to = self.node_id, message["to"]
+        target = node_of(to)
+        sender = address(message["sender"]["user_id"], me)
+        with self.db() as session:
+            group = session.get(Group, (local_part(to), target))
+            if group is None or group.dismissed or sender not in group.members:
+                raise NotAParticipant(f"{sender} is not a member of {to}")
+            participants = self._member_nodes(group)
+            recipients = [peer for peer in participants if peer != me] if target == me else [target]
+            for peer in recipients:
+                self.peer_entry(peer)
+            values = self._store_message(session, message, participants)
+            ids = [self._enqueue(session, peer, "message", protocol.make_envelope(
+                from_node=me, to_node=peer, type="message", payload=message), claim=deliver)
+                for peer in recipients]
+            session.commit()
+        return values, ids
 
     def send_text(self, user_id: str, to: str, text: str, **kwargs) -> Message:
         return self.send(user_id, to, "text", {"text": text}, **kwargs)
@@ -958,46 +1027,56 @@ class Node:
             return DomainError(f"peer answered HTTP {response.status}", status=502, code="peer_error")
 
     # ---- outbox (docs/protocol.md §6) --------------------------------------------------------------------
-    def _enqueue(self, session: Session, peer: str, kind: str, envelope: dict, *, claim: bool = False) -> Outbox:
-        now = utcnow()
-        row = Outbox(peer_node=peer, kind=kind, message_id=envelope["message_id"], envelope=envelope,
-                     state="pending", attempts=0,
-                     next_attempt_at=now + timedelta(seconds=CLAIM_SECONDS) if claim else now)
-        session.add(row)
-        session.flush()
-        return row
+    def _enqueue(self, session: Session, peer: str, kind: str, envelope: dict, *, claim: bool = False) -> int:
+        """An outbox row; `claim` marks it taken by the caller, who attempts it right after the commit."""
+        return insert_outbox(raw_cursor(session), peer=peer, kind=kind, envelope=envelope,
+                             next_attempt_at=utcnow() + timedelta(seconds=CLAIM_SECONDS) if claim else utcnow())
 
     @staticmethod
     def _pending_ids(session: Session) -> list[int]:
         return list(session.scalars(select(Outbox.id).where(Outbox.state == "pending",
                                                             Outbox.next_attempt_at <= utcnow())))
 
-    def deliver(self, ids: Iterable[int] | None = None, *, claimed: bool = False) -> dict:
-        """Send due envelopes (or these, already claimed by the caller); each row is claimed first, so the
-        server loop and a CLI never send the same row at once."""
+    def deliver(self, ids: Iterable[int] | None = None, *, claimed: bool = False, batch: int = 100) -> dict:
+        """Send due envelopes (or these, already claimed by the caller). Rows are claimed in one statement
+        before anything is sent, so the server loop and a CLI never send the same row at once; outcomes
+        are written back once per batch. A crash in between only re-sends envelopes the peer acknowledges
+        as duplicates (docs/protocol.md §6)."""
         outcome = {"delivered": 0, "retry": 0, "failed": 0}
         with self.db() as session:
-            if ids is None:
-                ids = self._pending_ids(session)
-            for row_id in list(ids):
+            while True:
+                now = utcnow()
+                if ids is None:
+                    todo = list(session.scalars(select(Outbox.id).where(
+                        Outbox.state == "pending", Outbox.next_attempt_at <= now).order_by(Outbox.id).limit(batch)))
+                else:
+                    todo, ids = list(ids), []
+                if not todo:
+                    return outcome
                 if not claimed:
-                    now = utcnow()
-                    result = session.execute(update(Outbox).where(
-                        Outbox.id == row_id, Outbox.state == "pending", Outbox.next_attempt_at <= now,
-                    ).values(next_attempt_at=now + timedelta(seconds=CLAIM_SECONDS)))
+                    todo = list(session.scalars(update(Outbox).where(
+                        Outbox.id.in_(todo), Outbox.state == "pending", Outbox.next_attempt_at <= now,
+                    ).values(next_attempt_at=now + timedelta(seconds=CLAIM_SECONDS)).returning(Outbox.id)))
                     session.commit()
-                    if result.rowcount != 1:
-                        continue
-                row = session.get(Outbox, row_id)
-                outcome[self._attempt(row)] += 1
-                session.commit()
-        return outcome
+                claimed = False
+                rows = [SimpleNamespace(**found._mapping) for found in
+                        session.execute(select(_OUTBOX).where(_OUTBOX.c.id.in_(todo)).order_by(_OUTBOX.c.id))]
+                results = []
+                for row in rows:
+                    outcome[self._attempt(row)] += 1
+                    results.append({"row_id": row.id, **{f"new_{name}": getattr(row, name)
+                                                         for name in OUTBOX_MUTABLE}})
+                if results:
+                    session.execute(UPDATE_OUTBOX, results)
+                    session.commit()
+                if ids == [] or len(todo) < batch:
+                    return outcome
 
-    def _attempt(self, row: Outbox) -> str:
+    def _attempt(self, row) -> str:
         now = utcnow()
         row.first_attempt_at = row.first_attempt_at or now
         row.attempts += 1
-        entry = self.routes.entry(row.peer_node)
+        entry = self.routes.peek(row.peer_node)
         retry_after = 0.0
         peer_refused = False
         if entry is None:

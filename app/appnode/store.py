@@ -204,6 +204,61 @@ def open_database(path: Path) -> sessionmaker[Session]:
     return factory
 
 
+# ---- the hot path in plain SQL -------------------------------------------------------------------------------
+# Sending and receiving a message is the node's hottest path (bench/messages.py): these statements run on a
+# DBAPI cursor, either from `raw_cursor(session)` inside an ORM transaction or on a connection taken straight
+# from the engine's pool, and write exactly what the mapped types above write (times as SQLAlchemy's SQLite
+# DateTime strings in UTC, JSON with the engine's serializer).
+
+def sql_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def sql_json(value) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def raw_cursor(session: Session):
+    """A DBAPI cursor inside the session's transaction."""
+    return session.connection().connection.driver_connection.cursor()
+
+
+MESSAGE_COLUMNS = ("message_id", "conversation_id", "chat_type", "sender_address", "origin_node", "to",
+                   "msg_type", "document", "send_time", "received_at", "participant_nodes")
+INSERT_MESSAGE_SQL = (f"INSERT OR IGNORE INTO messages ({', '.join(f'{c!r}' for c in MESSAGE_COLUMNS)}) "
+                      f"VALUES ({', '.join('?' for _ in MESSAGE_COLUMNS)})").replace("'", '"')
+
+
+def insert_message(cursor, values: dict) -> None:
+    row = dict(values, document=sql_json(values["document"]), received_at=sql_time(values["received_at"]),
+               participant_nodes=sql_json(values["participant_nodes"]))
+    cursor.execute(INSERT_MESSAGE_SQL, [row[column] for column in MESSAGE_COLUMNS])
+
+
+def insert_outbox(cursor, *, peer: str, kind: str, envelope: dict, next_attempt_at: datetime) -> int:
+    cursor.execute("INSERT INTO outbox (peer_node, kind, message_id, envelope, state, attempts, next_attempt_at)"
+                   " VALUES (?, ?, ?, ?, 'pending', 0, ?) RETURNING id",
+                   (peer, kind, envelope["message_id"], sql_json(envelope), sql_time(next_attempt_at)))
+    return cursor.fetchone()[0]
+
+
+def insert_received(cursor, from_node: str, message_id: str, received_at: datetime) -> None:
+    """Raises sqlite3.IntegrityError for a pair already received."""
+    cursor.execute("INSERT INTO received (from_node, message_id, received_at) VALUES (?, ?, ?)",
+                   (from_node, message_id, sql_time(received_at)))
+
+
+def user_row(cursor, user_id: str) -> tuple | None:
+    """(user_id, user_name, org_code, org_name) of a local user."""
+    return cursor.execute("SELECT user_id, user_name, org_code, org_name FROM users WHERE user_id = ?",
+                          (user_id,)).fetchone()
+
+
+def is_group(cursor, group_id: str, home_node_id: str) -> bool:
+    return cursor.execute("SELECT 1 FROM groups WHERE group_id = ? AND home_node_id = ?",
+                          (group_id, home_node_id)).fetchone() is not None
+
+
 def get_setting(session: Session, key: str, default: str | None = None) -> str | None:
     row = session.get(Setting, key)
     return row.value if row else default
