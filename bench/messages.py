@@ -105,7 +105,7 @@ def main() -> dict:
                     node_a.send_text("zhangsan", to, f"消息 {index}", deliver=False)
                     node_a.wake.set()
                 while delivered_count() < before + MESSAGES:
-                    time.sleep(0.002)
+                    time.sleep(0.01)
                 elapsed = time.perf_counter() - started
                 loop.stop()
                 loop.join()

@@ -20,6 +20,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -84,6 +85,7 @@ EPHEMERAL_ATTEMPTS, EPHEMERAL_WINDOW = 3, timedelta(seconds=60)
 MEDIA_RETENTION = timedelta(days=30)
 FILE_RETENTION = timedelta(days=7)
 MAX_GROUP_MEMBERS = 3000
+DELIVERY_PARALLELISM = 4
 FILE_KINDS = ("image", "voice", "file", "sticker")
 
 
@@ -181,6 +183,7 @@ class Node:
         self._routes_lock = threading.Lock()
         self._last_refresh = 0.0
         self._node_id: str | None = None
+        self._delivery_pool: ThreadPoolExecutor | None = None
 
     # ---- identity ----------------------------------------------------------------------------------------
     @classmethod
@@ -1062,8 +1065,9 @@ class Node:
                 rows = [SimpleNamespace(**found._mapping) for found in
                         session.execute(select(_OUTBOX).where(_OUTBOX.c.id.in_(todo)).order_by(_OUTBOX.c.id))]
                 results = []
-                for row in rows:
-                    outcome[self._attempt(row)] += 1
+                attempts = self._executor().map(self._attempt, rows) if len(rows) > 1 else map(self._attempt, rows)
+                for row, result in zip(rows, attempts, strict=True):
+                    outcome[result] += 1
                     results.append({"row_id": row.id, **{f"new_{name}": getattr(row, name)
                                                          for name in OUTBOX_MUTABLE}})
                 if results:
@@ -1071,6 +1075,14 @@ class Node:
                     session.commit()
                 if ids == [] or len(todo) < batch:
                     return outcome
+
+    def _executor(self) -> ThreadPoolExecutor:
+        """A few envelopes in flight at once (peers take them in any order, docs/protocol.md §6), each on its
+        own kept-alive connection, so one slow answer does not hold up the rest of a batch."""
+        with self._routes_lock:
+            if self._delivery_pool is None:
+                self._delivery_pool = ThreadPoolExecutor(DELIVERY_PARALLELISM, thread_name_prefix="deliver")
+            return self._delivery_pool
 
     def _attempt(self, row) -> str:
         now = utcnow()

@@ -40,6 +40,7 @@ class NodeLoop(threading.Thread):
     def run(self) -> None:
         next_routes = next_flush = next_renewal = 0.0
         while not self.stopping.is_set():
+            self.node.wake.clear()  # before the work: a wake-up during it makes the wait below return at once
             now = time.monotonic()
             if now >= next_routes:
                 next_routes = now + self.node.config.route_interval
@@ -53,7 +54,6 @@ class NodeLoop(threading.Thread):
                 self._guard("renewal", self._renew_if_due)
             wait = min(1.0, max(0.05, next_routes - time.monotonic()))
             self.node.wake.wait(timeout=wait)
-            self.node.wake.clear()
 
     def _renew_if_due(self) -> None:
         if self.node.renewal_due():
