@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export FLASK_APP := wsgi.py
 
-.PHONY: run test setup setup-dev translations db lint pytest bench i18n-extract clean
+.PHONY: run test appnode setup setup-dev translations db lint pytest bench i18n-extract clean
 
 # The console with gunicorn, and the scheduler process beside it (stopped together).
 run: setup db
@@ -12,6 +12,18 @@ run: setup db
 	MPIM_COOKIE_SECURE=$${MPIM_COOKIE_SECURE:-0} $(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
 test: setup-dev lint pytest
+
+# A reference application node beside the console: init (once), join with an enrollment token (waits for the
+# approval), then serve over HTTPS with mutual TLS. `make appnode NAME=jx ENROLL=<token> DIVISION=360000 PORT=8443`
+DIVISION ?= 360000
+PORT ?= 8443
+REGISTRY ?= http://127.0.0.1:5000
+appnode: setup
+	@test -n "$(NAME)" || { echo "usage: make appnode NAME=jx ENROLL=<token> [DIVISION=360000] [PORT=8443] [REGISTRY=$(REGISTRY)]"; exit 2; }
+	@$(BIN)/python -m app.appnode --data instance/appnode-$(NAME) init --if-missing --registry $(REGISTRY) \
+	  --division $(DIVISION) --endpoint https://127.0.0.1:$(PORT) --listen 127.0.0.1:$(PORT)
+	@$(BIN)/python -m app.appnode --data instance/appnode-$(NAME) join --if-needed --token "$(ENROLL)"
+	@$(BIN)/python -m app.appnode --data instance/appnode-$(NAME) run
 
 setup: $(BIN)/.installed translations
 

@@ -434,3 +434,40 @@ def test_the_certificate_pin_stops_a_peer_presenting_another_certificate(network
     with pytest.raises(PeerCertificateMismatch):
         a.node.peers.post(table_entry["endpoint"], "/api/v1/federation/messages", b"{}", pin="0" * 64)
     assert CertificateMismatch.code == "certificate_mismatch"
+
+
+def test_presence_is_repeated_for_users_who_are_not_offline(network):
+    a, b = network["a"], network["b"]
+    a.node.send_text("zhangsan", b.user("lisi"), "在吗")
+    a.node.set_presence("zhangsan", "online")
+    a.node.set_presence("wangwu", "offline")
+    a.node.flush_ephemeral()
+    first = b.node.presence_of(a.user("zhangsan"))
+    assert a.node.rebroadcast_presence() == 1  # zhangsan only
+    a.node.flush_ephemeral()
+    with b.node.db() as session:
+        from app.appnode.store import Presence
+        again = session.get(Presence, a.user("zhangsan"))
+    assert again.updated_at >= first["last_active"] and again.status == "online"
+
+
+def test_a_node_renews_in_the_last_third_and_peers_accept_the_new_certificate(network, monkeypatch):
+    a, b = network["a"], network["b"]
+    old = a.node.identity.fingerprint()
+    from app.errors import DomainError
+    with pytest.raises(DomainError, match="renewal_too_early|Renewal opens"):
+        a.node.renew()  # the management node refuses before the last third
+    assert a.node.identity.fingerprint() == old
+    later = datetime.now(UTC) + timedelta(days=70)  # of 90: inside the last third
+    assert a.node.renewal_due(later) and not a.node.renewal_due()
+    import app.pki.service as pki_service
+    monkeypatch.setattr(pki_service, "utcnow", lambda: later)  # the management node's clock, 70 days on
+    new = a.node.renew()
+    assert new != old and a.node.identity.fingerprint() == new
+    assert oct((a.dir / "tls" / "node.key").stat().st_mode & 0o777) == "0o600"
+    monkeypatch.undo()
+    sync(a, b)
+    assert b.node.routes.entry(a.id)["cert_sha256"] == new  # the table carries the new fingerprint
+    message = a.node.send_text("zhangsan", b.user("lisi"), "新证书")
+    assert [row.state for row in a.node.outbox()] == ["delivered"]
+    assert history(b, "lisi", message.conversation_id)[0]["content"]["text"] == "新证书"

@@ -744,6 +744,17 @@ class Node:
             session.commit()
         return item
 
+    def rebroadcast_presence(self) -> int:
+        """A.15: every 5 minutes, the status of each local user who is not offline goes out again, so a peer
+        that missed a change (or restarted) catches up, and users whose node went quiet age out there."""
+        suffix = "@" + self.node_id
+        with self.db() as session:
+            rows = session.scalars(select(Presence).where(Presence.user_id.endswith(suffix),
+                                                          Presence.status != "offline")).all()
+        for row in rows:
+            self.set_presence(local_part(row.user_id), row.status, row.client_type)
+        return len(rows)
+
     def flush_ephemeral(self) -> int:
         """One batch per peer of everything pending (newest per key); a batch failing 3 times or for 60 s
         is dropped: the next change supersedes it (docs/protocol.md §6)."""

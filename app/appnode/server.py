@@ -21,11 +21,14 @@ from app.appnode.web import create_node_app
 log = logging.getLogger("mpim.appnode")
 EPHEMERAL_EVERY = 2.0
 RENEWAL_CHECK_EVERY = 3600.0
+PRESENCE_EVERY = 300.0
+HOUSEKEEPING_EVERY = 6 * 3600.0
 
 
 class NodeLoop(threading.Thread):
-    """Everything a node does on its own: pull routes, retry the outbox, flush read states and presence,
-    renew its certificate in the last third of its validity."""
+    """Everything a node does on its own: pull routes, retry the outbox, flush read states and presence (and
+    repeat presence every 5 minutes), renew its certificate in the last third of its validity, forget
+    delivered envelopes and dedup records after the 7 days a repeat is recognised."""
 
     def __init__(self, node: Node, *, on_renewed=None):
         super().__init__(name="node-loop", daemon=True)
@@ -39,6 +42,7 @@ class NodeLoop(threading.Thread):
 
     def run(self) -> None:
         next_routes = next_flush = next_renewal = 0.0
+        next_presence = next_housekeeping = time.monotonic() + PRESENCE_EVERY
         while not self.stopping.is_set():
             self.node.wake.clear()  # before the work: a wake-up during it makes the wait below return at once
             now = time.monotonic()
@@ -49,6 +53,12 @@ class NodeLoop(threading.Thread):
             if now >= next_flush:
                 next_flush = now + EPHEMERAL_EVERY
                 self._guard("ephemeral", self.node.flush_ephemeral)
+            if now >= next_presence:
+                next_presence = now + PRESENCE_EVERY
+                self._guard("presence", self.node.rebroadcast_presence)
+            if now >= next_housekeeping:
+                next_housekeeping = now + HOUSEKEEPING_EVERY
+                self._guard("housekeeping", self.node.forget_delivered)
             if now >= next_renewal:
                 next_renewal = now + RENEWAL_CHECK_EVERY
                 self._guard("renewal", self._renew_if_due)

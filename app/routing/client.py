@@ -160,6 +160,12 @@ class RouteClient:
         found = held.by_id.get(node_id) if held else None
         return copy.deepcopy(found) if found else None
 
+    def peek(self, node_id: str) -> Mapping[str, Any] | None:
+        """Like `entry`, without the copy, for hot paths that only read it (the table is replaced whole,
+        never changed in place, so the mapping stays consistent; callers must not modify it)."""
+        held = self._usable()
+        return held.by_id.get(node_id) if held else None
+
     def entry_for_fingerprint(self, cert_sha256: str) -> dict | None:
         """The entry whose current certificate has this SHA-256 fingerprint (hex, any case)."""
         held = self._usable()
