@@ -471,3 +471,23 @@ def test_a_node_renews_in_the_last_third_and_peers_accept_the_new_certificate(ne
     message = a.node.send_text("zhangsan", b.user("lisi"), "新证书")
     assert [row.state for row in a.node.outbox()] == ["delivered"]
     assert history(b, "lisi", message.conversation_id)[0]["content"]["text"] == "新证书"
+
+
+def test_a_group_message_reaches_every_members_node_through_the_home_node(network):
+    a, b = network["a"], network["b"]
+    c = network["join"]("110000")
+    sync(a, b, c)
+    group = a.node.create_group("zhangsan", "三地协作", [b.user("lisi"), c.user("sunqi")])
+    settle(a, b, c)
+    assert [g.address for g in c.node.groups("sunqi")] == [group.address]
+    sent = b.node.send_text("lisi", group.address, "广东收到")  # B → home A → relayed to C (not back to B)
+    settle(a, b, c)
+    conversation = f"g:{group.address}"
+    for node, user in ((a, "zhangsan"), (b, "lisi"), (c, "sunqi")):
+        assert [m["message_id"] for m in history(node, user, conversation)] == [sent.message_id]
+    relayed = [row for row in a.node.outbox() if row.message_id == sent.message_id]
+    assert [(row.peer_node, row.state) for row in relayed] == [(c.id, "delivered")]
+    # C downloads a file B sent to the group: C had a member when it was sent
+    document = b.node.send_file("lisi", group.address, PDF, "file", file_name="通报.pdf")
+    settle(a, b, c)
+    assert c.node.file_bytes(c.node.download("sunqi", document.message_id)) == PDF
