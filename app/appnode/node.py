@@ -184,6 +184,7 @@ class Node:
         self._last_refresh = 0.0
         self._node_id: str | None = None
         self._delivery_pool: ThreadPoolExecutor | None = None
+        self._writing = threading.Lock()
 
     # ---- identity ----------------------------------------------------------------------------------------
     @classmethod
@@ -357,7 +358,7 @@ class Node:
         now = utcnow()
         if kind == "message" and envelope["payload"]["chat_type"] == "single":
             return self._receive_single(envelope, now)
-        with self.db() as session:
+        with self._writing, self.db() as session:
             if kind != "ephemeral":
                 # The dedup record first: a repeat fails on the primary key before anything else is done.
                 try:
@@ -399,12 +400,16 @@ class Node:
 
     @contextmanager
     def _raw(self):
-        """A pooled DBAPI connection, bypassing the ORM; whatever is not committed is rolled back on return."""
-        connection = self.engine.raw_connection()
-        try:
-            yield connection
-        finally:
-            connection.close()
+        """A pooled DBAPI connection, bypassing the ORM, for one short write transaction; whatever is not
+        committed is rolled back on return. Writers of this process take turns on `_writing`: SQLite has one
+        writer at a time, and a thread waiting on a Python lock wakes at once, where SQLite's busy handler
+        would sleep for milliseconds."""
+        with self._writing:
+            connection = self.engine.raw_connection()
+            try:
+                yield connection
+            finally:
+                connection.close()
 
     def _check_peer(self, from_node: str, certificate: bytes | None) -> None:
         if not certificate:
@@ -1068,10 +1073,11 @@ class Node:
                 if not todo:
                     return outcome
                 if not claimed:
-                    todo = list(session.scalars(update(Outbox).where(
-                        Outbox.id.in_(todo), Outbox.state == "pending", Outbox.next_attempt_at <= now,
-                    ).values(next_attempt_at=now + timedelta(seconds=CLAIM_SECONDS)).returning(Outbox.id)))
-                    session.commit()
+                    with self._writing:
+                        todo = list(session.scalars(update(Outbox).where(
+                            Outbox.id.in_(todo), Outbox.state == "pending", Outbox.next_attempt_at <= now,
+                        ).values(next_attempt_at=now + timedelta(seconds=CLAIM_SECONDS)).returning(Outbox.id)))
+                        session.commit()
                 claimed = False
                 rows = [SimpleNamespace(**found._mapping) for found in
                         session.execute(select(_OUTBOX).where(_OUTBOX.c.id.in_(todo)).order_by(_OUTBOX.c.id))]
@@ -1082,8 +1088,9 @@ class Node:
                     results.append({"row_id": row.id, **{f"new_{name}": getattr(row, name)
                                                          for name in OUTBOX_MUTABLE}})
                 if results:
-                    session.execute(UPDATE_OUTBOX, results)
-                    session.commit()
+                    with self._writing:
+                        session.execute(UPDATE_OUTBOX, results)
+                        session.commit()
                 if ids == [] or len(todo) < batch:
                     return outcome
 
