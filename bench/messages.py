@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, fresh_app, report  # noqa: E402
 
 MESSAGES = int(os.environ.get("BENCH_MESSAGES", 1000))
-ROUNDS = 3
+ROUNDS = 5
 
 
 def main() -> dict:

@@ -16,12 +16,14 @@ import time
 from gunicorn.app.base import BaseApplication
 
 from app.appnode.node import Node
+from app.appnode.store import checkpoint
 from app.appnode.web import create_node_app
 
 log = logging.getLogger("mpim.appnode")
 EPHEMERAL_EVERY = 2.0
 RENEWAL_CHECK_EVERY = 3600.0
 PRESENCE_EVERY = 300.0
+CHECKPOINT_EVERY = 1.0
 HOUSEKEEPING_EVERY = 6 * 3600.0
 
 
@@ -41,7 +43,7 @@ class NodeLoop(threading.Thread):
         self.node.wake.set()
 
     def run(self) -> None:
-        next_routes = next_flush = next_renewal = 0.0
+        next_routes = next_flush = next_renewal = next_checkpoint = 0.0
         next_presence = next_housekeeping = time.monotonic() + PRESENCE_EVERY
         while not self.stopping.is_set():
             self.node.wake.clear()  # before the work: a wake-up during it makes the wait below return at once
@@ -50,6 +52,9 @@ class NodeLoop(threading.Thread):
                 next_routes = now + self.node.config.route_interval
                 self._guard("route pull", self.node.sync_routes)
             self._guard("outbox", self.node.deliver)
+            if now >= next_checkpoint:
+                next_checkpoint = now + CHECKPOINT_EVERY
+                self._guard("checkpoint", lambda: checkpoint(self.node.db))
             if now >= next_flush:
                 next_flush = now + EPHEMERAL_EVERY
                 self._guard("ephemeral", self.node.flush_ephemeral)
