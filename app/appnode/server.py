@@ -100,7 +100,7 @@ class NodeServer(BaseApplication):
             "ca_certs": str(identity.bundle_file), "cert_reqs": ssl.CERT_OPTIONAL, "keepalive": 75,
             "timeout": 60, "graceful_timeout": 10, "accesslog": os.environ.get("MPIM_NODE_ACCESS_LOG"),
             "errorlog": "-", "loglevel": os.environ.get("MPIM_NODE_LOG_LEVEL", "info"),
-            "proc_name": f"mpim-node-{node.node_id}",
+            "proc_name": f"mpim-node-{node.node_id}", "control_socket_disable": True,
         }
         for key, value in settings.items():
             self.cfg.set(key, value)
