@@ -491,3 +491,16 @@ def test_a_group_message_reaches_every_members_node_through_the_home_node(networ
     document = b.node.send_file("lisi", group.address, PDF, "file", file_name="通报.pdf")
     settle(a, b, c)
     assert c.node.file_bytes(c.node.download("sunqi", document.message_id)) == PDF
+
+
+def test_the_cli_reports_a_refusal_clearly_and_changes_nothing(network):
+    import subprocess
+    import sys
+    a = network["a"]
+    done = subprocess.run([sys.executable, "-m", "app.appnode", "--data", str(a.dir), "send", "--as", "zhangsan",
+                           "lisi@44000000002025000999", "谁"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "unknown_peer" in done.stderr
+    done = subprocess.run([sys.executable, "-m", "app.appnode", "--data", str(a.dir), "--json", "status"],
+                          capture_output=True, text=True, timeout=60)
+    status = json.loads(done.stdout)
+    assert status["node_id"] == a.id and status["outbox"] == {} and status["route_version"] >= 2

@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
-from sqlalchemy import bindparam, delete, func, or_, select, update
+from sqlalchemy import bindparam, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.appnode import filetypes, protocol
@@ -489,10 +489,6 @@ class Node:
         values = self._message_values(message, participants)
         insert_message(raw_cursor(session), values)
         return values
-
-    @staticmethod
-    def _user_exists(session: Session, user_id: str) -> bool:
-        return user_row(raw_cursor(session), user_id) is not None
 
     @staticmethod
     def _member_nodes(group: Group | None) -> list[str]:
@@ -1167,11 +1163,6 @@ class Node:
             if state:
                 query = query.where(Outbox.state == state)
             return list(session.scalars(query))
-
-    def next_due_in(self) -> float:
-        with self.db() as session:
-            due = session.scalar(select(func.min(Outbox.next_attempt_at)).where(Outbox.state == "pending"))
-        return max(0.0, (due - utcnow()).total_seconds()) if due else 3600.0
 
     def forget_delivered(self, older_than: timedelta = timedelta(days=7)) -> None:
         """Housekeeping: delivered envelopes and dedup records past the 7 days a repeat is recognised."""
