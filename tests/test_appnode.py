@@ -504,3 +504,27 @@ def test_the_cli_reports_a_refusal_clearly_and_changes_nothing(network):
                           capture_output=True, text=True, timeout=60)
     status = json.loads(done.stdout)
     assert status["node_id"] == a.id and status["outbox"] == {} and status["route_version"] >= 2
+
+
+def test_the_node_page_shows_conversations_in_a_real_browser(network, browser):
+    from tests.conftest import screenshot
+    a, b = network["a"], network["b"]
+    sent = a.node.send_text("zhangsan", b.user("lisi"), "请回电")
+    context = browser.new_context(locale="zh-CN", ignore_https_errors=True,
+                                  http_credentials={"username": "operator", "password": "operator-password"})
+    page = context.new_page()
+    try:
+        page.goto(f"https://127.0.0.1:{b.port}/?user=lisi")
+        assert page.locator("h1").inner_text() == "会话"
+        row = page.locator("table.list tbody tr").first
+        assert sent.conversation_id in row.inner_text() and row.locator("td").nth(4).inner_text() == "1"
+        row.locator("a").click()
+        assert "请回电" in page.locator("table.list").inner_text()
+        screenshot(page, "appnode-conversation")
+        page.goto(f"https://127.0.0.1:{b.port}/?user=lisi&lang=en")
+        assert page.locator("h1").inner_text() == "Conversations"
+        stranger = browser.new_context(ignore_https_errors=True)  # no operator password
+        assert stranger.request.get(f"https://127.0.0.1:{b.port}/").status == 401
+        stranger.close()
+    finally:
+        context.close()

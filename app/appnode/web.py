@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hmac
 import json
+import os
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from flask import Flask, Response, abort, g, render_template, request
 from flask_babel import Babel
@@ -40,6 +42,10 @@ def create_node_app(node: Node) -> Flask:
                       BABEL_DEFAULT_LOCALE="zh_CN")
     Babel(app, locale_selector=lambda: g.get("lang", "zh_CN"))
     app.extensions["mpim_node"] = node
+    zone = ZoneInfo(os.environ.get("MPIM_DISPLAY_TIMEZONE", "Asia/Shanghai"))
+    # Protocol times are RFC 3339 UTC; people read them in their own time zone, as in the console.
+    app.jinja_env.filters["shown_time"] = lambda value: protocol.parse_timestamp(value).astimezone(zone).strftime(
+        "%Y-%m-%d %H:%M:%S")
 
     @app.errorhandler(DomainError)
     def domain_error(error: DomainError):
