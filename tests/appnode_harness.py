@@ -4,7 +4,6 @@ served over real mutual TLS on 127.0.0.1 (werkzeug threads in-process, or gunico
 from __future__ import annotations
 
 import json
-import socket
 import threading
 
 from werkzeug.serving import make_server
@@ -16,16 +15,11 @@ from app.appnode.node import Node
 from app.appnode.transport import PeerPool, client_context, server_context
 from app.appnode.web import create_node_app
 from app.extensions import db
+from tests.appnode_processes import free_port
 
 USERS = {"360000": [("zhangsan", "张三"), ("wangwu", "王五")], "440000": [("lisi", "李四"), ("zhaoliu", "赵六")],
          "110000": [("sunqi", "孙七")]}
 ORGS = {"360000": "江西省公安厅", "440000": "广东省公安厅", "110000": "北京市公安局"}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def enroll(division: str, minister) -> str:

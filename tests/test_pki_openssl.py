@@ -210,3 +210,17 @@ def test_management_certificates_carry_crl_and_ocsp_addresses(app):
     for certificate in (pki.authority().management_certificate, pki.authority().route_signer_certificate):
         assert certificate.extensions.get_extension_for_class(x509.CRLDistributionPoints)
         assert certificate.extensions.get_extension_for_class(x509.AuthorityInformationAccess)
+
+
+def test_an_ocsp_request_for_two_certificates_at_once_is_malformed_not_an_error(issued, client):
+    """cryptography cannot read multi-certificate requests (NotImplementedError): we answer malformedRequest."""
+    from cryptography.x509 import ocsp
+
+    made = openssl("ocsp", "-issuer", "intermediate.pem", "-cert", "node.pem", "-cert", "node.pem",
+                   "-reqout", "two.der", "-no_nonce", cwd=issued["dir"])
+    assert made.returncode == 0, made.stderr
+    request = (Path(issued["dir"]) / "two.der").read_bytes()
+    response = client.post("/ca/ocsp", data=request, content_type="application/ocsp-request")
+    assert response.status_code == 200
+    answer = ocsp.load_der_ocsp_response(response.data)
+    assert answer.response_status == ocsp.OCSPResponseStatus.MALFORMED_REQUEST

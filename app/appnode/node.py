@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
-from sqlalchemy import bindparam, delete, or_, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.appnode import filetypes, protocol
@@ -49,6 +49,8 @@ from app.appnode.protocol import (
 )
 from app.appnode.registry import Identity, RegistryClient, RegistryError, write_atomic
 from app.appnode.store import (
+    OUTBOX_MUTABLE,
+    UPDATE_OUTBOX,
     Group,
     Message,
     Outbox,
@@ -89,11 +91,7 @@ DELIVERY_PARALLELISM = 4
 FILE_KINDS = ("image", "voice", "file", "sticker")
 
 
-# The hot path's statements, built once: SQLAlchemy then skips compiling and cache-key work per call.
 _OUTBOX = Outbox.__table__
-OUTBOX_MUTABLE = ("state", "attempts", "first_attempt_at", "next_attempt_at", "last_error", "finished_at")
-UPDATE_OUTBOX = update(_OUTBOX).where(_OUTBOX.c.id == bindparam("row_id")).values(
-    {name: bindparam(f"new_{name}") for name in OUTBOX_MUTABLE})
 
 
 class NotJoined(DomainError):
@@ -184,6 +182,7 @@ class Node:
         self._last_refresh = 0.0
         self._node_id: str | None = None
         self._delivery_pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
         self._writing = threading.Lock()
         self._hot = None
         self._known_users: set[str] = set()
@@ -601,8 +600,7 @@ class Node:
             session.add(group)
             self._announce(session, group, "create", owner, initial[1:], [])
             session.commit()
-            ids = self._pending_ids(session)
-        self.deliver(ids)
+        self.deliver()
         return group
 
     def group_operation(self, user_id: str, group_address: str, op: str, targets: Iterable[str] = (),
@@ -626,8 +624,7 @@ class Node:
                 self._enqueue(session, home, "group_op", protocol.make_envelope(
                     from_node=me, to_node=home, type="group_op", payload=request))
             session.commit()
-            ids = self._pending_ids(session)
-        self.deliver(ids)
+        self.deliver()
 
     def groups(self, user_id: str | None = None) -> list[Group]:
         with self.db() as session:
@@ -1053,25 +1050,18 @@ class Node:
         return insert_outbox(raw_cursor(session), peer=peer, kind=kind, envelope=envelope,
                              next_attempt_at=utcnow() + timedelta(seconds=CLAIM_SECONDS) if claim else utcnow())
 
-    @staticmethod
-    def _pending_ids(session: Session) -> list[int]:
-        return list(session.scalars(select(Outbox.id).where(Outbox.state == "pending",
-                                                            Outbox.next_attempt_at <= utcnow())))
-
     def deliver(self, ids: Iterable[int] | None = None, *, claimed: bool = False, batch: int = 100) -> dict:
         """Send due envelopes (or these, already claimed by the caller). Rows are claimed in one statement
         before anything is sent, so the server loop and a CLI never send the same row at once; outcomes
         are written back once per batch. A crash in between only re-sends envelopes the peer acknowledges
         as duplicates (docs/protocol.md §6)."""
         outcome = {"delivered": 0, "retry": 0, "failed": 0}
+        once = ids is not None
         with self.db() as session:
             while True:
                 now = utcnow()
-                if ids is None:
-                    todo = list(session.scalars(select(Outbox.id).where(
-                        Outbox.state == "pending", Outbox.next_attempt_at <= now).order_by(Outbox.id).limit(batch)))
-                else:
-                    todo, ids = list(ids), []
+                todo = list(ids) if once else list(session.scalars(select(Outbox.id).where(
+                    Outbox.state == "pending", Outbox.next_attempt_at <= now).order_by(Outbox.id).limit(batch)))
                 if not todo:
                     return outcome
                 if not claimed:
@@ -1080,7 +1070,6 @@ class Node:
                             Outbox.id.in_(todo), Outbox.state == "pending", Outbox.next_attempt_at <= now,
                         ).values(next_attempt_at=now + timedelta(seconds=CLAIM_SECONDS)).returning(Outbox.id)))
                         session.commit()
-                claimed = False
                 rows = [SimpleNamespace(**found._mapping) for found in
                         session.execute(select(_OUTBOX).where(_OUTBOX.c.id.in_(todo)).order_by(_OUTBOX.c.id))]
                 results = []
@@ -1093,13 +1082,13 @@ class Node:
                     with self._writing:
                         session.execute(UPDATE_OUTBOX, results)
                         session.commit()
-                if ids == [] or len(todo) < batch:
+                if once or len(todo) < batch:
                     return outcome
 
     def _executor(self) -> ThreadPoolExecutor:
         """A few envelopes in flight at once (peers take them in any order, docs/protocol.md §6), each on its
         own kept-alive connection, so one slow answer does not hold up the rest of a batch."""
-        with self._routes_lock:
+        with self._pool_lock:
             if self._delivery_pool is None:
                 self._delivery_pool = ThreadPoolExecutor(DELIVERY_PARALLELISM, thread_name_prefix="deliver")
             return self._delivery_pool

@@ -12,34 +12,16 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import JSON, Boolean, DateTime, Integer, String, Text, create_engine, event, select
+from sqlalchemy import JSON, Boolean, Integer, String, Text, bindparam, create_engine, event, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
-from sqlalchemy.types import TypeDecorator
+
+from app.database import UTCDateTime, utcnow
 
 SCHEMA_VERSION = "1"
 
 
-class UTC_DateTime(TypeDecorator):
-    """Aware UTC datetimes in and out, whatever SQLite keeps."""
-
-    impl = DateTime
-    cache_ok = True
-
-    def process_bind_param(self, value, dialect):
-        if value is not None and value.tzinfo is None:
-            raise ValueError("naive datetime")
-        return value.astimezone(UTC).replace(tzinfo=None) if value is not None else None
-
-    def process_result_value(self, value, dialect):
-        return value.replace(tzinfo=UTC) if value is not None else None
-
-
 class Base(DeclarativeBase):
-    type_annotation_map = {datetime: UTC_DateTime, dict: JSON, list: JSON}
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
+    type_annotation_map = {datetime: UTCDateTime, dict: JSON, list: JSON}
 
 
 class Setting(Base):
@@ -243,6 +225,12 @@ def insert_outbox(cursor, *, peer: str, kind: str, envelope: dict, next_attempt_
                    " VALUES (?, ?, ?, ?, 'pending', 0, ?) RETURNING id",
                    (peer, kind, envelope["message_id"], sql_json(envelope), sql_time(next_attempt_at)))
     return cursor.fetchone()[0]
+
+
+# Writing back what a delivery attempt changed, one executemany per batch (built once: no compiling per call).
+OUTBOX_MUTABLE = ("state", "attempts", "first_attempt_at", "next_attempt_at", "last_error", "finished_at")
+UPDATE_OUTBOX = update(Outbox.__table__).where(Outbox.__table__.c.id == bindparam("row_id")).values(
+    {name: bindparam(f"new_{name}") for name in OUTBOX_MUTABLE})
 
 
 def insert_received(cursor, from_node: str, message_id: str, received_at: datetime) -> None:

@@ -102,6 +102,8 @@ def respond(request_der: bytes, lookup: Callable[[int], CertStatusInfo], *, issu
         nonces = [extension.value for extension in request.extensions
                   if isinstance(extension.value, x509.OCSPNonce)]
     except (ValueError, TypeError, NotImplementedError, UnsupportedAlgorithm):
+        # cryptography raises NotImplementedError for requests it does not support (more than one
+        # certificate in a request, unknown hash algorithms): to us those are malformed requests.
         return unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
     if (name_hash, key_hash) != issuer_hashes(issuer, algorithm):
         return unsuccessful(ocsp.OCSPResponseStatus.UNAUTHORIZED)
