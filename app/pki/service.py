@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from flask import current_app
 from flask_babel import lazy_gettext as _l
 from sqlalchemy import select
+from sqlalchemy.orm import make_transient_to_detached
 
 from app.audit import service as audit
 from app.database import utcnow
@@ -23,6 +24,9 @@ from app.extensions import db
 from app.pki import authority as ca
 from app.pki import csr_policy, ocsp
 from app.pki.models import Certificate, CRLState
+
+INSERT_CERTIFICATE = Certificate.__table__.insert()
+CERTIFICATE_COLUMNS = tuple(Certificate.__table__.columns.keys())
 
 # Functions (node_id) run after a node's current certificate changed (routing re-publishes).
 certificate_changed: list = []
@@ -83,14 +87,21 @@ def fingerprint(certificate: x509.Certificate) -> str:
 
 
 def store(certificate: x509.Certificate, kind: str, node_id: str | None, actor: str) -> Certificate:
+    """Insert the certificate's row and its audit entry; returns the row, persistent in the session.
+
+    The row goes in as a plain table insert and is then attached to the session as already loaded
+    (`make_transient_to_detached`), so it behaves like any queried row (changes to it are flushed)
+    without the unit of work's flush, which cost more than signing the certificate."""
     row = Certificate(
         serial=format(certificate.serial_number, "x"), kind=kind, node_id=node_id,
         subject=certificate.subject.rfc4514_string()[:300], sha256=fingerprint(certificate),
         key_description=csr_policy.describe_key(certificate.public_key()),
         pem=certificate.public_bytes(serialization.Encoding.PEM).decode(),
-        not_before=certificate.not_valid_before_utc, not_after=certificate.not_valid_after_utc, issued_by=actor)
+        not_before=certificate.not_valid_before_utc, not_after=certificate.not_valid_after_utc,
+        issued_at=utcnow(), issued_by=actor, revoked_at=None, revocation_reason=None)
+    db.session.execute(INSERT_CERTIFICATE, {column: getattr(row, column) for column in CERTIFICATE_COLUMNS})
+    make_transient_to_detached(row)
     db.session.add(row)
-    db.session.flush()
     audit.record("certificate.issue", row.serial, {"kind": kind, "node": node_id, "sha256": row.sha256,
                                                    "not_after": row.not_after}, actor=actor)
     return row
