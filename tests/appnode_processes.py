@@ -49,17 +49,27 @@ def wait_http(url: str, process: subprocess.Popen, context: ssl.SSLContext | Non
 class ManagementNode:
     """`gunicorn wsgi:app` over the test's database and CA."""
 
-    def __init__(self, database_url: str, instance: str, *, workers: int = 1, log: Path | None = None):
+    def __init__(self, database_url: str, instance: str, *, workers: int = 1, log: Path | None = None,
+                 env: dict[str, str] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "DATABASE_URL": database_url.replace("+psycopg", ""), "MPIM_INSTANCE_PATH": instance,
-               "MPIM_CA_PASSPHRASE": "test-ca-passphrase", "SECRET_KEY": "test-secret-key",
-               "MPIM_COOKIE_SECURE": "0", "MPIM_ACCESS_LOG": "/dev/null", "MPIM_BASE_URL": self.url}
+        self.env = env = {**os.environ, "DATABASE_URL": database_url.replace("+psycopg", ""),
+                          "MPIM_INSTANCE_PATH": instance, "MPIM_CA_PASSPHRASE": "test-ca-passphrase",
+                          "SECRET_KEY": "test-secret-key", "MPIM_COOKIE_SECURE": "0", "MPIM_ACCESS_LOG": "/dev/null",
+                          "MPIM_BASE_URL": self.url, "FLASK_APP": "wsgi.py", **(env or {})}
         stream = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 (closed with the process)
         self.process = subprocess.Popen([str(Path(PYTHON).with_name("gunicorn")), "-w", str(workers), "-b",
                                          f"127.0.0.1:{self.port}", "wsgi:app"], cwd=ROOT, env=env,
                                         stdout=stream, stderr=stream)
         wait_http(f"{self.url}/healthz", self.process)
+
+    def flask(self, *args: str, wait: bool = True):
+        """`flask …` as an admin runs it beside the server: same database, instance and CA."""
+        command = [str(Path(PYTHON).with_name("flask")), *args]
+        if not wait:
+            return subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True)
+        return subprocess.run(command, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=120)
 
     def stop(self) -> None:
         self.process.terminate()

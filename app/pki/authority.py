@@ -12,8 +12,11 @@ Files in the CA directory (0700; keys encrypted PKCS#8, 0600; certificates 0644)
     management.pem, management.key      EC P-256; serverAuth+clientAuth: the management node's own
                                         TLS identity (health polling, HTTPS)
 
-Rotation keeps history: `create_service_certificate` renames the current pair to
-`<role>.<old serial hex>.pem/.key` before writing the new one, and returns the new certificate.
+Rotation keeps history: `create_service_certificate` links the current pair to
+`<role>.<old serial hex>.pem/.key`, then replaces it (key first, certificate last, each an atomic
+rename), holding `.rotation.lock` so two rotations cannot interleave. Other processes (gunicorn
+workers, the scheduler) notice a replaced certificate file on their next use of the CA and load the
+new pair (`refresh_service_keys`), so none keeps signing with a rotated key.
 
 Pure domain code: no database, no request. The service layer stores, audits and publishes what
 this module returns. Times are aware UTC; `clock` is injectable for tests.
@@ -21,7 +24,10 @@ this module returns. Times are aware UTC; `clock` is injectable for tests.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import fcntl
+import os
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -152,6 +158,7 @@ class Authority:
         self._passphrase = passphrase
         self._leaf_hash = signature_hash(intermediate_key)
         self._templates: dict[tuple[tuple[x509.ObjectIdentifier, ...], bool], x509.CertificateBuilder] = {}
+        self._service_files: dict[ServiceRole, tuple[int, int, int] | None] = {}
 
     @classmethod
     def load(cls, directory: Path, passphrase: bytes, config: CAConfig, *, clock: Clock = now_utc) -> Authority:
@@ -161,11 +168,33 @@ class Authority:
                         intermediate_certificate=x509.load_pem_x509_certificate(
                             (directory / "intermediate.pem").read_bytes()),
                         intermediate_key=keys.FileSigningKey.load(directory / "intermediate.key", passphrase))
-        for role in SERVICE_ROLES:
-            if (directory / f"{role}.pem").exists():
-                authority._hold(role, x509.load_pem_x509_certificate((directory / f"{role}.pem").read_bytes()),
-                                keys.FileSigningKey.load(directory / f"{role}.key", passphrase))
+        authority.refresh_service_keys()
         return authority
+
+    def _file_identity(self, role: ServiceRole) -> tuple[int, int, int] | None:
+        try:
+            status = os.stat(self.directory / f"{role}.pem")
+        except FileNotFoundError:
+            return None
+        return status.st_ino, status.st_mtime_ns, status.st_size
+
+    def refresh_service_keys(self) -> None:
+        """Load a service pair whose certificate file changed since this process read it (another
+        process rotated it). A pair that does not match, as while a rotation is half written, is
+        left for the next call."""
+        for role in SERVICE_ROLES:
+            identity = self._file_identity(role)
+            if identity is None or identity == self._service_files.get(role):
+                continue
+            try:
+                certificate = x509.load_pem_x509_certificate((self.directory / f"{role}.pem").read_bytes())
+                key = keys.FileSigningKey.load(self.directory / f"{role}.key", self._passphrase)
+            except (ValueError, keys.CAKeyUnreadable):
+                continue
+            if key.public_key().public_numbers() != certificate.public_key().public_numbers():
+                continue
+            self._hold(role, certificate, key)
+            self._service_files[role] = identity
 
     @property
     def root_key_online(self) -> bool:
@@ -246,19 +275,39 @@ class Authority:
     def create_service_certificate(self, role: ServiceRole) -> x509.Certificate:
         """A fresh EC P-256 key and its certificate, written to the directory; the previous pair,
         if any, is kept as `<role>.<old serial hex>.pem/.key`. Returns the new certificate."""
-        key = keys.generate("ec", "service")
-        certificate = self.issue_service_certificate(role, key.public_key())
-        current_pem, current_key = self.directory / f"{role}.pem", self.directory / f"{role}.key"
-        if current_pem.exists():
-            old_serial = format(x509.load_pem_x509_certificate(current_pem.read_bytes()).serial_number, "x")
-            for current in (current_pem, current_key):
-                archived = self.directory / f"{role}.{old_serial}{current.suffix}"
-                if current.exists() and not archived.exists():
-                    current.rename(archived)
-        keys.write_private_key(current_key, key, self._passphrase)
-        keys.write_public_file(current_pem, pem(certificate))
-        self._hold(role, certificate, keys.FileSigningKey(key))
+        with self._rotation_lock():
+            key = keys.generate("ec", "service")
+            certificate = self.issue_service_certificate(role, key.public_key())
+            current_pem, current_key = self.directory / f"{role}.pem", self.directory / f"{role}.key"
+            if current_pem.exists():
+                old_serial = format(x509.load_pem_x509_certificate(current_pem.read_bytes()).serial_number, "x")
+                for current in (current_pem, current_key):
+                    archived = self.directory / f"{role}.{old_serial}{current.suffix}"
+                    if current.exists() and not archived.exists():
+                        os.link(current, archived)
+            self._replace(current_key, lambda staged: keys.write_private_key(staged, key, self._passphrase))
+            self._replace(current_pem, lambda staged: keys.write_public_file(staged, pem(certificate)))
+            self._hold(role, certificate, keys.FileSigningKey(key))
+            self._service_files[role] = self._file_identity(role)
         return certificate
+
+    @staticmethod
+    def _replace(path: Path, write: Callable[[Path], None]) -> None:
+        """Write beside `path`, then rename into place: a reader sees the old file or the new one."""
+        staged = path.with_name(path.name + ".new")
+        staged.unlink(missing_ok=True)  # left by a rotation that died here; the lock is ours
+        write(staged)
+        os.replace(staged, path)
+
+    @contextmanager
+    def _rotation_lock(self) -> Iterator[None]:
+        """One rotation at a time across processes (an advisory lock on a file in the CA directory)."""
+        with open(self.directory / ".rotation.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def rotate_route_signer(self) -> x509.Certificate:
         """SPEC §5: a new route-signing key and certificate; the old pair stays on disk, archived."""

@@ -68,13 +68,16 @@ def ca_config() -> ca.CAConfig:
 
 
 def authority() -> ca.Authority:
-    """The loaded CA, cached per app (decrypting the key file costs a key derivation)."""
+    """The loaded CA, cached per app (decrypting the key file costs a key derivation); a service key
+    rotated by another process (`flask ca rotate-route-signer`) is picked up here, on next use."""
     cached = current_app.extensions.get("mpim_authority")
     if cached is None:
         if not ca.is_initialised(ca_directory()):
             raise CANotReady("The CA is not initialised: run `flask ca init`.")
         cached = current_app.extensions["mpim_authority"] = ca.Authority.load(ca_directory(), passphrase(),
                                                                               ca_config())
+    else:
+        cached.refresh_service_keys()
     return cached
 
 
