@@ -88,6 +88,7 @@ def load_config(overrides: dict | None = None) -> dict:
         "MPIM_CA_INTERMEDIATE_NAME": os.environ.get("MPIM_CA_INTERMEDIATE_NAME", "MPIM Issuing CA 1"),
         "MPIM_CERT_DAYS": env_int("MPIM_CERT_DAYS", 90),
         "MPIM_CRL_DAYS": env_int("MPIM_CRL_DAYS", 7),
+        "MPIM_ROOT_CRL_DAYS": env_int("MPIM_ROOT_CRL_DAYS", 365),
         "MPIM_ROUTE_TTL_HOURS": env_int("MPIM_ROUTE_TTL_HOURS", 24),
         "MPIM_HEALTH_INTERVAL": float(os.environ.get("MPIM_HEALTH_INTERVAL", 30)),
         "MPIM_HEALTH_TIMEOUT": float(os.environ.get("MPIM_HEALTH_TIMEOUT", 5)),

@@ -224,3 +224,67 @@ def test_an_ocsp_request_for_two_certificates_at_once_is_malformed_not_an_error(
     assert response.status_code == 200
     answer = ocsp.load_der_ocsp_response(response.data)
     assert answer.response_status == ocsp.OCSPResponseStatus.MALFORMED_REQUEST
+
+
+def test_every_level_of_the_chain_has_a_crl_for_crl_check_all(issued, client):
+    """The root's CRL, served at /ca/root-crl.pem, lets `-crl_check_all` check the intermediate too."""
+    write_crl(issued)
+    intermediate = pki.authority().intermediate_certificate
+    points = intermediate.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+    assert points[0].full_name[0].value.endswith("/ca/root-crl.crl")
+    only_leaf = openssl("verify", "-crl_check_all", "-CAfile", "root.pem", "-untrusted", "intermediate.pem",
+                        "-CRLfile", "crl.pem", "node.pem", cwd=issued["dir"])
+    assert only_leaf.returncode != 0 and "unable to get certificate CRL" in only_leaf.stdout + only_leaf.stderr
+    served = client.get("/ca/root-crl.pem")
+    assert served.status_code == 200
+    (issued["dir"] / "root-crl.pem").write_bytes(served.data)
+    checked = openssl("crl", "-in", "root-crl.pem", "-CAfile", "root.pem", "-noout", cwd=issued["dir"])
+    assert checked.returncode == 0 and "verify OK" in checked.stdout + checked.stderr
+    every_level = openssl("verify", "-crl_check_all", "-CAfile", "root.pem", "-untrusted", "intermediate.pem",
+                          "-CRLfile", "crl.pem", "-CRLfile", "root-crl.pem", "node.pem", cwd=issued["dir"])
+    assert every_level.returncode == 0, every_level.stdout + every_level.stderr
+    der = client.get("/ca/root-crl.crl")
+    assert der.mimetype == "application/pkix-crl"
+    assert x509.load_der_x509_crl(der.data).public_bytes(serialization.Encoding.PEM) == served.data
+
+
+def test_the_root_crl_is_signed_again_with_the_root_key_brought_back(app, runner, tmp_path):
+    from app.extensions import db
+    from app.pki import authority
+
+    first = pki.current_crl(pki.ROOT_CRL).crl_number
+    authority.root_offline(pki.ca_directory(), tmp_path / "root.key")
+    offline = runner.invoke(args=["ca", "root-crl"])
+    assert offline.exit_code == 1 and "root key is offline" in offline.output
+    wrong = runner.invoke(args=["ca", "root-crl", "--root-key", str(pki.ca_directory() / "intermediate.key")])
+    assert wrong.exit_code == 1 and "not the root certificate's key" in wrong.output
+    assert pki.current_crl(pki.ROOT_CRL).crl_number == first  # nothing changed by the refusals
+    done = runner.invoke(args=["ca", "root-crl", "--root-key", str(tmp_path / "root.key")])
+    assert done.exit_code == 0, done.output
+    db.session.expire_all()
+    state = pki.current_crl(pki.ROOT_CRL)
+    assert state.crl_number == first + 1 and state.pem in done.output
+    crl = x509.load_pem_x509_crl(state.pem.encode())
+    assert crl.is_signature_valid(pki.authority().root_certificate.public_key())
+    assert not (pki.ca_directory() / "root.key").exists()  # brought back for the signature only
+
+
+def test_the_scheduler_renews_the_root_crl_only_while_the_root_key_is_online(app, tmp_path):
+    from app.extensions import db
+    from app.pki import authority
+    from app.pki.models import CRLState
+
+    state = db.session.get(CRLState, pki.ROOT_CRL)
+    state.next_update = pki.utcnow() + dt.timedelta(days=10)  # past half of its year
+    db.session.commit()
+    before = state.crl_number
+    assert "root CRL" in pki.crl_refresh_job()
+    assert pki.current_crl(pki.ROOT_CRL).crl_number == before + 1
+    state = db.session.get(CRLState, pki.ROOT_CRL)
+    state.next_update = pki.utcnow() + dt.timedelta(days=10)
+    db.session.commit()
+    authority.root_offline(pki.ca_directory(), tmp_path / "root.key")
+    assert "root CRL" not in pki.crl_refresh_job()
+    assert pki.current_crl(pki.ROOT_CRL).crl_number == before + 1
+    warnings = [str(warning) for warning in pki.expiry_warnings()]
+    assert any("root CRL runs out in" in warning and "flask ca root-crl" in warning for warning in warnings)

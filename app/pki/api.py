@@ -53,6 +53,16 @@ def crl_der():
     return Response(service.current_crl().der, mimetype="application/pkix-crl")
 
 
+@bp.get("/ca/root-crl.pem")
+def root_crl_pem():
+    return pem(service.current_crl(service.ROOT_CRL).pem)
+
+
+@bp.get("/ca/root-crl.crl")
+def root_crl_der():
+    return Response(service.current_crl(service.ROOT_CRL).der, mimetype="application/pkix-crl")
+
+
 @bp.post("/ca/ocsp")
 def ocsp_post():
     if request.mimetype != "application/ocsp-request":

@@ -72,6 +72,7 @@ class CAConfig:
     country: str = "CN"
     key_type: KeyType = "ec"
     crl_url: str = "http://127.0.0.1:5000/ca/crl.crl"
+    root_crl_url: str = "http://127.0.0.1:5000/ca/root-crl.crl"
     ocsp_url: str = "http://127.0.0.1:5000/ca/ocsp"
     root_validity_days: int = 7305
     intermediate_validity_days: int = 3653
@@ -111,7 +112,8 @@ def init_ca(directory: Path, passphrase: bytes, config: CAConfig, *, clock: Cloc
     intermediate_key = keys.FileSigningKey(keys.generate(config.key_type, "intermediate"))
     intermediate_end = min(now + timedelta(days=config.intermediate_validity_days), root.not_valid_after_utc)
     intermediate = _sign(profiles.ca_certificate(_ca_name(config, config.intermediate_common_name), root,
-                                                 intermediate_key.public_key(), now - BACKDATE, intermediate_end, 0),
+                                                 intermediate_key.public_key(), now - BACKDATE, intermediate_end, 0,
+                                                 crl_url=config.root_crl_url),
                          root_key)
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
@@ -326,6 +328,26 @@ class Authority:
         """The intermediate's full CRL; see `crl.build_crl`."""
         return crl.build_crl(revoked, issuer=self.intermediate_certificate, signing_key=self.intermediate_key,
                              this_update=this_update, next_update=next_update, crl_number=crl_number)
+
+    def load_root_key(self, path: Path | None = None) -> SigningKey:
+        """The root key from the CA directory, or from `path` when it was taken offline and is
+        brought back for a moment (`flask ca root-crl --root-key`)."""
+        path = path or self.directory / "root.key"
+        if not path.exists():
+            raise RootKeyOffline("The root key is offline: bring it back with --root-key PATH to sign the root CRL.")
+        key = keys.FileSigningKey.load(path, self._passphrase)
+        if key.public_key().public_numbers() != self.root_certificate.public_key().public_numbers():
+            raise Conflict(f"{path.name} is not the root certificate's key.", code="wrong_root_key")
+        return key
+
+    def build_root_crl(self, root_key: SigningKey, *, this_update: datetime, next_update: datetime,
+                       crl_number: int) -> x509.CertificateRevocationList:
+        """The root's CRL: the certificates the root signed that are revoked. The root signs only the
+        intermediate, which this CA never revokes in place (a compromised intermediate means a new
+        CA), so the list is empty; it exists so that relying parties checking every level of the
+        chain (`openssl verify -crl_check_all`) find a current CRL for the intermediate too."""
+        return crl.build_crl([], issuer=self.root_certificate, signing_key=root_key, this_update=this_update,
+                             next_update=next_update, crl_number=crl_number)
 
     def respond_ocsp(self, request_der: bytes, lookup: Callable[[int], ocsp.CertStatusInfo], *,
                      validity: timedelta = ocsp.RESPONSE_VALIDITY) -> bytes:

@@ -1,4 +1,4 @@
-"""`flask ca init|root-offline|list|show|revoke|crl|rotate-route-signer`."""
+"""`flask ca init|root-offline|root-crl|list|show|revoke|crl|rotate-route-signer|renew`."""
 
 from __future__ import annotations
 
@@ -92,6 +92,16 @@ def crl_command(regenerate):
     if regenerate:
         run(lambda: service.regenerate_crl(actor="cli"), False)
     click.echo(service.current_crl().pem, nl=False)
+
+
+@cli.command("root-crl")
+@click.option("--root-key", "root_key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The root key exported by `flask ca root-offline` (when it is not on this server).")
+def root_crl_command(root_key):
+    """Sign a new root CRL (the intermediate's issuer) with the root key; print it (PEM)."""
+    state = run(lambda: service.regenerate_root_crl(root_key_path=root_key, actor="cli"), False)
+    click.echo(state.pem, nl=False)
+    click.echo(f"root CRL {state.crl_number}, next update {state.next_update:%Y-%m-%d}", err=True)
 
 
 @cli.command("rotate-route-signer")

@@ -67,12 +67,19 @@ def key_usage(*, digital_signature: bool = False, key_encipherment: bool = False
                          key_cert_sign=ca, crl_sign=ca, encipher_only=False, decipher_only=False)
 
 
+def crl_distribution_point(url: str) -> x509.CRLDistributionPoints:
+    return x509.CRLDistributionPoints([x509.DistributionPoint(
+        full_name=[x509.UniformResourceIdentifier(url)], relative_name=None, reasons=None, crl_issuer=None)])
+
+
 def ca_certificate(subject: x509.Name, issuer: x509.Certificate | None, public_key: CertificatePublicKeyTypes,
-                   not_before: datetime, not_after: datetime, path_length: int | None) -> x509.CertificateBuilder:
-    """A root (`issuer` None: self-issued) or an intermediate under `issuer`."""
+                   not_before: datetime, not_after: datetime, path_length: int | None, *,
+                   crl_url: str | None = None) -> x509.CertificateBuilder:
+    """A root (`issuer` None: self-issued) or an intermediate under `issuer`; `crl_url` is where the
+    issuer's CRL (the root's, for an intermediate) is published."""
     aki = (authority_key_identifier(issuer) if issuer is not None
            else x509.AuthorityKeyIdentifier.from_issuer_public_key(public_key))
-    return (x509.CertificateBuilder().subject_name(subject)
+    builder = (x509.CertificateBuilder().subject_name(subject)
             .issuer_name(issuer.subject if issuer is not None else subject)
             .public_key(public_key).serial_number(x509.random_serial_number())
             .not_valid_before(not_before).not_valid_after(not_after)
@@ -80,6 +87,7 @@ def ca_certificate(subject: x509.Name, issuer: x509.Certificate | None, public_k
             .add_extension(key_usage(digital_signature=issuer is not None, ca=True), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
             .add_extension(aki, critical=False))
+    return builder.add_extension(crl_distribution_point(crl_url), critical=False) if crl_url else builder
 
 
 def leaf_template(issuer: x509.Certificate, *, usages: tuple[x509.ObjectIdentifier, ...], rsa_key: bool,
@@ -93,9 +101,7 @@ def leaf_template(issuer: x509.Certificate, *, usages: tuple[x509.ObjectIdentifi
         .add_extension(key_usage(digital_signature=True, key_encipherment=rsa_key), critical=True)
         .add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
         .add_extension(authority_key_identifier(issuer), critical=False)
-        .add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
-            full_name=[x509.UniformResourceIdentifier(crl_url)], relative_name=None, reasons=None,
-            crl_issuer=None)]), critical=False)
+        .add_extension(crl_distribution_point(crl_url), critical=False)
         .add_extension(x509.AuthorityInformationAccess([x509.AccessDescription(
             AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(ocsp_url))]), critical=False))
 

@@ -31,6 +31,8 @@ CERTIFICATE_COLUMNS = tuple(Certificate.__table__.columns.keys())
 # Functions (node_id) run after a node's current certificate changed (routing re-publishes).
 certificate_changed: list = []
 
+ROOT_CRL_WARNING_DAYS = 60
+ROOT_CRL = 2  # CRLState row of the root's CRL; row 1 is the intermediate's
 REASONS = ("unspecified", "key_compromise", "affiliation_changed", "superseded", "cessation_of_operation",
            "certificate_hold", "privilege_withdrawn")
 
@@ -63,7 +65,8 @@ def ca_config() -> ca.CAConfig:
         management_host=urlsplit(base).hostname or "127.0.0.1",
         organisation=config["MPIM_CA_ORGANISATION"], root_common_name=config["MPIM_CA_ROOT_NAME"],
         intermediate_common_name=config["MPIM_CA_INTERMEDIATE_NAME"], key_type=config["MPIM_CA_KEY_TYPE"],
-        crl_url=f"{base}/ca/crl.crl", ocsp_url=f"{base}/ca/ocsp", node_validity_days=config["MPIM_CERT_DAYS"],
+        crl_url=f"{base}/ca/crl.crl", root_crl_url=f"{base}/ca/root-crl.crl", ocsp_url=f"{base}/ca/ocsp",
+        node_validity_days=config["MPIM_CERT_DAYS"],
     )
 
 
@@ -125,6 +128,7 @@ def initialise(*, key_type: str | None = None, actor: str = "cli") -> dict:
     signer = store(loaded.route_signer_certificate, "route_signer", None, actor)
     management = store(loaded.management_certificate, "management", None, actor)
     regenerate_crl(actor=actor)
+    regenerate_root_crl(actor=actor)
     return {"root": fingerprint(loaded.root_certificate), "intermediate": fingerprint(loaded.intermediate_certificate),
             "route_signer": signer.sha256, "management": management.sha256}
 
@@ -281,23 +285,58 @@ def regenerate_crl(*, actor: str | None = None) -> CRLState:
     return state
 
 
+def regenerate_root_crl(*, root_key_path: Path | None = None, actor: str | None = None) -> CRLState:
+    """The root's CRL (row ROOT_CRL), signed with the root key: from the CA directory while it is
+    online, else from `root_key_path` (the exported key, brought back for this)."""
+    loaded = authority()
+    root_key = loaded.load_root_key(root_key_path)
+    now = utcnow().replace(microsecond=0)
+    state = db.session.get(CRLState, ROOT_CRL)
+    number = (state.crl_number + 1) if state else 1
+    crl = loaded.build_root_crl(root_key, crl_number=number, this_update=now,
+                                next_update=now + timedelta(days=current_app.config["MPIM_ROOT_CRL_DAYS"]))
+    pem, der = crl.public_bytes(serialization.Encoding.PEM).decode(), crl.public_bytes(serialization.Encoding.DER)
+    if state is None:
+        state = CRLState(id=ROOT_CRL, crl_number=number, this_update=now, next_update=crl.next_update_utc, pem=pem,
+                         der=der)
+        db.session.add(state)
+    else:
+        state.crl_number, state.this_update, state.next_update, state.pem, state.der = \
+            number, now, crl.next_update_utc, pem, der
+    db.session.flush()
+    audit.record("ca.root_crl", str(number), {"next_update": state.next_update}, actor=actor)
+    return state
+
+
 def crl_refresh_job() -> str:
-    """Scheduler job: a new CRL once half of the current one's validity has passed."""
+    """Scheduler job: a new CRL once half of the current one's validity has passed; the root's CRL
+    too while the root key is online (offline, the dashboard warns before it runs out)."""
     if not is_ready():
         return "no CA"
+    now = utcnow()
+    done = []
     state = db.session.get(CRLState, 1)
     half = timedelta(days=current_app.config["MPIM_CRL_DAYS"]) / 2
-    if state is not None and state.next_update - utcnow() > half:
-        return f"CRL {state.crl_number} good until {state.next_update.isoformat()}"
-    state = regenerate_crl(actor="scheduler")
+    if state is not None and state.next_update - now > half:
+        done.append(f"CRL {state.crl_number} good until {state.next_update.isoformat()}")
+    else:
+        state = regenerate_crl(actor="scheduler")
+        done.append(f"issued CRL {state.crl_number}")
+    root_state = db.session.get(CRLState, ROOT_CRL)
+    root_half = timedelta(days=current_app.config["MPIM_ROOT_CRL_DAYS"]) / 2
+    if authority().root_key_online and (root_state is None or root_state.next_update - now <= root_half):
+        root_state = regenerate_root_crl(actor="scheduler")
+        done.append(f"issued root CRL {root_state.crl_number}")
     db.session.commit()
-    return f"issued CRL {state.crl_number}"
+    return "; ".join(done)
 
 
-def current_crl() -> CRLState:
-    state = db.session.get(CRLState, 1)
+def current_crl(which: int = 1) -> CRLState:
+    """The intermediate's CRL (1) or the root's (ROOT_CRL)."""
+    state = db.session.get(CRLState, which)
     if state is None:
-        raise CANotReady("No CRL has been issued: run `flask ca init`.")
+        raise CANotReady("No root CRL has been issued: run `flask ca root-crl --root-key PATH`." if which == ROOT_CRL
+                         else "No CRL has been issued: run `flask ca init`.")
     return state
 
 
@@ -359,6 +398,11 @@ def expiry_warnings(now: datetime | None = None) -> list[str]:
         if left < timedelta(days=horizon):
             warnings.append(_l("The %(label)s CA certificate expires in %(days)s days (%(date)s).", label=label,
                                days=max(0, left.days), date=certificate.not_valid_after_utc.date().isoformat()))
+    root_crl = db.session.get(CRLState, ROOT_CRL)
+    if root_crl is not None and root_crl.next_update - now < timedelta(days=ROOT_CRL_WARNING_DAYS):
+        warnings.append(_l("The root CRL runs out in %(days)s days (%(date)s): bring the root key online and run "
+                           "`flask ca root-crl`.", days=max(0, (root_crl.next_update - now).days),
+                           date=root_crl.next_update.date().isoformat()))
     return warnings
 
 
