@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, flash, redirect, render_template, request, url_for
+from flask import Blueprint, Response, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from flask_login import current_user
 from sqlalchemy import func, select
@@ -57,6 +57,8 @@ def detail(serial: str):
 @roles_required(*VIEWERS)
 def download(serial: str):
     row = service.get(serial)
+    if not _visible(row):
+        abort(404)
     body = row.pem + service.authority().chain_pem().decode()
     return Response(body, mimetype="application/x-pem-file",
                     headers={"Content-Disposition": f"attachment; filename={row.node_id or row.kind}-{row.serial}.pem"})
