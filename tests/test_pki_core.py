@@ -612,6 +612,24 @@ def test_rotating_the_route_signer_keeps_the_old_pair_archived(tmp_path):
     assert Authority.load(tmp_path / "ca", PASSPHRASE, CAConfig()).route_signer_certificate == new
 
 
+def test_another_process_picks_up_a_rotated_pair_and_never_a_mismatched_one(tmp_path, caplog):
+    writer = authority.init_ca(tmp_path / "ca", PASSPHRASE, CAConfig())
+    reader = Authority.load(tmp_path / "ca", PASSPHRASE, CAConfig())  # as a gunicorn worker holds it
+    original = reader.route_signer_certificate
+    wrong = tmp_path / "ca" / "wrong.key"
+    wrong.write_bytes((tmp_path / "ca" / "management.key").read_bytes())
+    os.replace(wrong, tmp_path / "ca" / "route-signer.key")  # a pair that does not belong together
+    with pytest.raises(keys.CAKeyUnreadable, match="route-signer.key is not the key of route-signer.pem"):
+        Authority.load(tmp_path / "ca", PASSPHRASE, CAConfig())
+    reader.refresh_service_keys()
+    assert reader.route_signer_certificate == original  # the pair in use stays
+    assert "keeping the route-signer pair in use" in caplog.text
+    rotated = writer.rotate_route_signer()
+    reader.refresh_service_keys()
+    assert reader.route_signer_certificate == rotated
+    assert reader.route_signer_key.public_key().public_numbers() == rotated.public_key().public_numbers()
+
+
 class RemoteKey(ec.EllipticCurvePrivateKey):
     """What an HSM adapter looks like: cryptography calls `sign`; the key never leaves the device."""
 

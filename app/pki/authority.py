@@ -25,6 +25,7 @@ this module returns. Times are aware UTC; `clock` is injectable for tests.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -47,6 +48,7 @@ BACKDATE = timedelta(minutes=1)  # tolerate clients whose clocks run a little be
 MANAGEMENT_NODE_ID = "10000000002015000001"  # SPEC §2: the ministry's management node
 CA_FILES = ("root.pem", "root.key", "intermediate.pem", "intermediate.key")
 Clock = Callable[[], datetime]
+log = logging.getLogger(__name__)
 
 
 class CAAlreadyInitialised(Conflict):
@@ -160,7 +162,7 @@ class Authority:
         self._passphrase = passphrase
         self._leaf_hash = signature_hash(intermediate_key)
         self._templates: dict[tuple[tuple[x509.ObjectIdentifier, ...], bool], x509.CertificateBuilder] = {}
-        self._service_files: dict[ServiceRole, tuple[int, int, int] | None] = {}
+        self._service_files: dict[ServiceRole, tuple | None] = {}
 
     @classmethod
     def load(cls, directory: Path, passphrase: bytes, config: CAConfig, *, clock: Clock = now_utc) -> Authority:
@@ -170,33 +172,48 @@ class Authority:
                         intermediate_certificate=x509.load_pem_x509_certificate(
                             (directory / "intermediate.pem").read_bytes()),
                         intermediate_key=keys.FileSigningKey.load(directory / "intermediate.key", passphrase))
-        authority.refresh_service_keys()
+        authority.refresh_service_keys(strict=True)
         return authority
 
-    def _file_identity(self, role: ServiceRole) -> tuple[int, int, int] | None:
-        try:
-            status = os.stat(self.directory / f"{role}.pem")
-        except FileNotFoundError:
-            return None
-        return status.st_ino, status.st_mtime_ns, status.st_size
+    def _file_identity(self, role: ServiceRole) -> tuple | None:
+        """What changes when either file of a service pair is replaced; None without a certificate."""
+        def identity(path: Path) -> tuple[int, int, int] | None:
+            try:
+                status = os.stat(path)
+            except FileNotFoundError:
+                return None
+            return status.st_ino, status.st_mtime_ns, status.st_size
 
-    def refresh_service_keys(self) -> None:
-        """Load a service pair whose certificate file changed since this process read it (another
-        process rotated it). A pair that does not match, as while a rotation is half written, is
-        left for the next call."""
+        certificate = identity(self.directory / f"{role}.pem")
+        return None if certificate is None else (certificate, identity(self.directory / f"{role}.key"))
+
+    def refresh_service_keys(self, *, strict: bool = False) -> None:
+        """Load a service pair whose files changed since this process read them (another process
+        rotated it). A pair that cannot be used is tried again only once a file changes again: it
+        raises with `strict` (loading the CA), else it is logged and the pair in use stays."""
         for role in SERVICE_ROLES:
             identity = self._file_identity(role)
             if identity is None or identity == self._service_files.get(role):
                 continue
+            self._service_files[role] = identity
             try:
-                certificate = x509.load_pem_x509_certificate((self.directory / f"{role}.pem").read_bytes())
-                key = keys.FileSigningKey.load(self.directory / f"{role}.key", self._passphrase)
-            except (ValueError, keys.CAKeyUnreadable):
-                continue
-            if key.public_key().public_numbers() != certificate.public_key().public_numbers():
+                certificate, key = self._read_service_pair(role)
+            except keys.CAKeyUnreadable as error:
+                if strict:
+                    raise
+                log.warning("keeping the %s pair in use: %s", role, error.message)
                 continue
             self._hold(role, certificate, key)
-            self._service_files[role] = identity
+
+    def _read_service_pair(self, role: ServiceRole) -> tuple[x509.Certificate, SigningKey]:
+        try:
+            certificate = x509.load_pem_x509_certificate((self.directory / f"{role}.pem").read_bytes())
+        except ValueError as error:
+            raise keys.CAKeyUnreadable(f"{role}.pem is not a PEM certificate.") from error
+        key = keys.FileSigningKey.load(self.directory / f"{role}.key", self._passphrase)
+        if key.public_key().public_numbers() != certificate.public_key().public_numbers():
+            raise keys.CAKeyUnreadable(f"{role}.key is not the key of {role}.pem.")
+        return certificate, key
 
     @property
     def root_key_online(self) -> bool:
