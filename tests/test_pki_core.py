@@ -630,6 +630,30 @@ def test_another_process_picks_up_a_rotated_pair_and_never_a_mismatched_one(tmp_
     assert reader.route_signer_key.public_key().public_numbers() == rotated.public_key().public_numbers()
 
 
+def test_a_reader_waits_for_a_rotation_in_progress_instead_of_reading_half_of_it(tmp_path, caplog):
+    import fcntl
+
+    writer = authority.init_ca(tmp_path / "ca", PASSPHRASE, CAConfig())
+    reader = Authority.load(tmp_path / "ca", PASSPHRASE, CAConfig())
+    directory = tmp_path / "ca"
+    new_key = keys.generate("ec", "service")
+    new_certificate = writer.issue_service_certificate("route-signer", new_key.public_key())
+    with open(directory / ".rotation.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a rotation in another process, between its two renames
+        keys.write_private_key(directory / "staged.key", new_key, PASSPHRASE)
+        os.replace(directory / "staged.key", directory / "route-signer.key")
+        reading = threading.Thread(target=reader.refresh_service_keys)
+        reading.start()
+        reading.join(0.5)
+        assert reading.is_alive(), "the reader should wait for the rotation to finish"
+        keys.write_public_file(directory / "staged.pem", authority.pem(new_certificate))
+        os.replace(directory / "staged.pem", directory / "route-signer.pem")
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    reading.join(10)
+    assert reader.route_signer_certificate == new_certificate
+    assert "keeping the" not in caplog.text  # it never saw the new key beside the old certificate
+
+
 class RemoteKey(ec.EllipticCurvePrivateKey):
     """What an HSM adapter looks like: cryptography calls `sign`; the key never leaves the device."""
 

@@ -195,14 +195,15 @@ class Authority:
             identity = self._file_identity(role)
             if identity is None or identity == self._service_files.get(role):
                 continue
-            self._service_files[role] = identity
-            try:
-                certificate, key = self._read_service_pair(role)
-            except keys.CAKeyUnreadable as error:
-                if strict:
-                    raise
-                log.warning("keeping the %s pair in use: %s", role, error.message)
-                continue
+            with self._rotation_lock(shared=True):  # never between a rotation's two renames
+                self._service_files[role] = self._file_identity(role)
+                try:
+                    certificate, key = self._read_service_pair(role)
+                except keys.CAKeyUnreadable as error:
+                    if strict:
+                        raise
+                    log.warning("keeping the %s pair in use: %s", role, error.message)
+                    continue
             self._hold(role, certificate, key)
 
     def _read_service_pair(self, role: ServiceRole) -> tuple[x509.Certificate, SigningKey]:
@@ -319,10 +320,11 @@ class Authority:
         os.replace(staged, path)
 
     @contextmanager
-    def _rotation_lock(self) -> Iterator[None]:
-        """One rotation at a time across processes (an advisory lock on a file in the CA directory)."""
+    def _rotation_lock(self, *, shared: bool = False) -> Iterator[None]:
+        """One rotation at a time across processes, and no reader in the middle of one (an advisory
+        lock on a file in the CA directory: exclusive to rotate, shared to read a rotated pair)."""
         with open(self.directory / ".rotation.lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            fcntl.flock(handle, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
             try:
                 yield
             finally:
