@@ -96,3 +96,45 @@ def test_a_provincial_admin_sees_only_their_divisions_certificates(page, live_se
     assert page.url.endswith("/certificates/") and page.locator("#fingerprint").count() == 0
     response = page.request.get(f"{live_server}/certificates/{serial}.pem")
     assert response.status == 404
+
+
+def test_a_ministry_admin_renews_a_node_certificate_from_its_new_csr(page, live_server, people):  # noqa: F811
+    from app.routing import service as routing
+    from tests.factories import NodeKeys
+
+    node, _ = admit_with_keys(people)
+    old = pki.current_certificate(node.node_id)
+    old_serial, old_sha256 = old.serial, old.sha256
+    db.session.commit()
+    page.on("dialog", lambda dialog: dialog.accept())
+    sign_in(page, live_server, "minister")
+    page.goto(f"{live_server}/certificates/{old_serial}")
+
+    garbage = "-----BEGIN CERTIFICATE REQUEST-----\nnot base64 at all\n-----END CERTIFICATE REQUEST-----"
+    page.fill("#renew-form textarea[name=csr]", garbage)
+    page.click("#renew-form button[type=submit]")
+    page.wait_for_selector("#renew-form .error")
+    assert "无法解析该 CSR" in page.inner_text("#renew-form .error")
+    assert page.input_value("#renew-form textarea[name=csr]") == garbage  # what was pasted is kept
+
+    page.fill("#renew-form textarea[name=csr]", NodeKeys("rsa1024").csr)
+    page.click("#renew-form button[type=submit]")
+    page.wait_for_selector("#renew-form .error")
+    assert "不接受短于 2048 位的 RSA 密钥" in page.inner_text("#renew-form .error")
+    screenshot(page, "certificate-renew-refused")
+    db.session.expire_all()
+    assert [row.serial for row in pki.node_certificates(node.node_id)] == [old_serial]  # nothing issued
+
+    keys = NodeKeys()
+    page.fill("#renew-form textarea[name=csr]", keys.csr)
+    page.click("#renew-form button[type=submit]")
+    page.wait_for_selector(".flash.success")
+    db.session.expire_all()
+    new = pki.current_certificate(node.node_id)
+    assert new.serial != old_serial and new.issued_by == "minister"
+    assert page.inner_text("#fingerprint") == new.sha256
+    assert x509.load_pem_x509_certificate(new.pem.encode()).public_key().public_numbers() == \
+        keys.key.public_key().public_numbers()
+    assert db.session.get(Certificate, old_serial).revoked_at is None  # valid until it expires
+    table = routing.entries_of(routing.head())
+    assert table[node.node_id]["cert_sha256"] == new.sha256 != old_sha256

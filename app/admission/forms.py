@@ -28,6 +28,22 @@ def der_to_pem(data: bytes) -> str:
         return data.decode("ascii", errors="replace")
 
 
+class CSRInput:
+    """A CSR pasted (PEM) or uploaded (PEM or DER); mixed into the forms that take one."""
+
+    csr = TextAreaField(_l("CSR (PEM)"), validators=[Optional(), Length(max=65536)])
+    csr_file = FileField(_l("or upload the CSR file"), validators=[FileSize(max_size=65536)])
+
+    def csr_pem(self) -> str | None:
+        upload = self.csr_file.data
+        if upload and getattr(upload, "filename", ""):
+            data = upload.read(65537)
+            if data.lstrip().startswith(b"-----BEGIN"):
+                return data.decode("ascii", errors="replace")
+            return der_to_pem(data)
+        return self.csr.data or None
+
+
 class TokenForm(FlaskForm):
     division_code = StringField(_l("Division code"), validators=[DataRequired(), Length(max=6)])
     ttl = SelectField(_l("Valid for"), choices=[("1d", _l("1 day")), ("7d", _l("7 days")), ("30d", _l("30 days"))],
@@ -35,7 +51,7 @@ class TokenForm(FlaskForm):
     note = StringField(_l("Note"), validators=[Length(max=200)])
 
 
-class ApplicationForm(FlaskForm):
+class ApplicationForm(CSRInput, FlaskForm):
     division_code = StringField(_l("Division code"), validators=[DataRequired(), Length(max=6)])
     org_name = StringField(_l("Organisation"), validators=[DataRequired(), Length(max=100)])
     system_name = StringField(_l("System name"), validators=[DataRequired(), Length(max=100)])
@@ -47,9 +63,6 @@ class ApplicationForm(FlaskForm):
     capabilities = SelectMultipleField(
         _l("Capabilities"), choices=[(c, CAPABILITY_LABELS[c]) for c in CAPABILITIES],
         option_widget=widgets.CheckboxInput(), widget=widgets.ListWidget(prefix_label=False))
-    csr = TextAreaField(_l("CSR (PEM)"), validators=[Optional(), Length(max=65536)])
-    csr_file = FileField(_l("or upload the CSR file"), validators=[FileSize(max_size=65536)])
-
     def document(self) -> dict:
         """The same A.1 shape the API takes, so one parser checks both doors."""
         return {
@@ -60,14 +73,6 @@ class ApplicationForm(FlaskForm):
             "capabilities": list(self.capabilities.data or []),
         }
 
-    def csr_pem(self) -> str | None:
-        upload = self.csr_file.data
-        if upload and getattr(upload, "filename", ""):
-            data = upload.read(65537)
-            if data.lstrip().startswith(b"-----BEGIN"):
-                return data.decode("ascii", errors="replace")
-            return der_to_pem(data)
-        return self.csr.data or None
 
 
 class RejectForm(FlaskForm):

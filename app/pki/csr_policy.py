@@ -24,6 +24,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import SignatureAlgorithmOID
+from flask_babel import lazy_gettext as _l
 
 from app.errors import ValidationFailed
 
@@ -40,7 +41,7 @@ class InvalidCSR(ValidationFailed):
 
     code = "invalid_csr"
 
-    def __init__(self, message: str):
+    def __init__(self, message):
         super().__init__(message, field="csr")
 
 
@@ -48,18 +49,18 @@ def load_csr(pem: str | bytes) -> x509.CertificateSigningRequest:
     """Parse a PEM PKCS#10 request; `InvalidCSR` for anything that is not one."""
     data = pem.encode("utf-8", errors="replace") if isinstance(pem, str) else bytes(pem)
     if len(data) > MAX_PEM_BYTES:
-        raise InvalidCSR(f"The CSR is larger than {MAX_PEM_BYTES // 1024} KB; a real one is 1-3 KB.")
+        raise InvalidCSR(_l("The CSR is larger than %(kb)s KB; a real one is 1-3 KB.", kb=MAX_PEM_BYTES // 1024))
     if b"-----BEGIN CERTIFICATE-----" in data or b"-----BEGIN X509 CERTIFICATE-----" in data:
-        raise InvalidCSR("This is a certificate, not a certificate signing request (CSR): "
-                         "send the PKCS#10 request generated with the node's key.")
+        raise InvalidCSR(_l("This is a certificate, not a certificate signing request (CSR): "
+                            "send the PKCS#10 request generated with the node's key."))
     if not _CSR_BEGIN.search(data):
-        raise InvalidCSR("This is not a PEM certificate signing request: it must start with "
-                         "-----BEGIN CERTIFICATE REQUEST-----.")
+        raise InvalidCSR(_l("This is not a PEM certificate signing request: it must start with "
+                            "-----BEGIN CERTIFICATE REQUEST-----."))
     try:
         return x509.load_pem_x509_csr(data.replace(b"NEW CERTIFICATE REQUEST", b"CERTIFICATE REQUEST"))
     except ValueError as error:
-        raise InvalidCSR("The CSR could not be parsed: its PEM block is damaged (broken base64) or "
-                         "does not hold a PKCS#10 structure.") from error
+        raise InvalidCSR(_l("The CSR could not be parsed: its PEM block is damaged (broken base64) or "
+                            "does not hold a PKCS#10 structure.")) from error
 
 
 def describe_key(public_key: CertificatePublicKeyTypes) -> str:
@@ -81,44 +82,45 @@ def check_key(public_key: CertificatePublicKeyTypes) -> None:
     """`InvalidCSR` unless the key is EC P-256, EC P-384 or RSA 2048-8192."""
     if isinstance(public_key, ec.EllipticCurvePublicKey):
         if public_key.curve.name not in ALLOWED_CURVES:
-            raise InvalidCSR(f"EC curve {public_key.curve.name} is refused: use P-256 (prime256v1) or P-384.")
+            raise InvalidCSR(_l("EC curve %(curve)s is refused: use P-256 (prime256v1) or P-384.",
+                                curve=public_key.curve.name))
         return
     if isinstance(public_key, rsa.RSAPublicKey):
         if public_key.key_size < MIN_RSA_BITS:
-            raise InvalidCSR(f"RSA keys below {MIN_RSA_BITS} bits are refused (this one has "
-                             f"{public_key.key_size}).")
+            raise InvalidCSR(_l("RSA keys below %(limit)s bits are refused (this one has %(bits)s).",
+                                limit=MIN_RSA_BITS, bits=public_key.key_size))
         if public_key.key_size > MAX_RSA_BITS:
-            raise InvalidCSR(f"RSA keys above {MAX_RSA_BITS} bits are refused (this one has "
-                             f"{public_key.key_size}).")
+            raise InvalidCSR(_l("RSA keys above %(limit)s bits are refused (this one has %(bits)s).",
+                                limit=MAX_RSA_BITS, bits=public_key.key_size))
         return
     if isinstance(public_key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
-        raise InvalidCSR(f"{describe_key(public_key)} keys are refused: node sessions (A.2) are signed "
-                         "with ECDSA or RSA only. Use EC P-256.")
-    raise InvalidCSR(f"{describe_key(public_key)} keys are refused: use EC P-256, EC P-384 or RSA of at "
-                     "least 2048 bits.")
+        raise InvalidCSR(_l("%(key)s keys are refused: node sessions (A.2) are signed with ECDSA or RSA only. "
+                            "Use EC P-256.", key=describe_key(public_key)))
+    raise InvalidCSR(_l("%(key)s keys are refused: use EC P-256, EC P-384 or RSA of at least 2048 bits.",
+                        key=describe_key(public_key)))
 
 
 def _public_key(csr: x509.CertificateSigningRequest) -> CertificatePublicKeyTypes:
     try:
         return csr.public_key()
     except (ValueError, UnsupportedAlgorithm) as error:
-        raise InvalidCSR("The CSR's key algorithm or curve is not supported (SM2 and other curves are "
-                         "refused): use EC P-256, EC P-384 or RSA of at least 2048 bits.") from error
+        raise InvalidCSR(_l("The CSR's key algorithm or curve is not supported (SM2 and other curves are "
+                            "refused): use EC P-256, EC P-384 or RSA of at least 2048 bits.")) from error
 
 
 def check_csr(csr: x509.CertificateSigningRequest) -> None:
     """`InvalidCSR` unless the key passes `check_key` and the self-signature verifies with SHA-256+."""
     check_key(_public_key(csr))
     if csr.signature_algorithm_oid in WEAK_SIGNATURES:
-        raise InvalidCSR(f"The CSR is signed with {WEAK_SIGNATURES[csr.signature_algorithm_oid]}, which is "
-                         "refused (MD5 and SHA-1 are broken): sign it with SHA-256.")
+        raise InvalidCSR(_l("The CSR is signed with %(algorithm)s, which is refused (MD5 and SHA-1 are broken): "
+                            "sign it with SHA-256.", algorithm=WEAK_SIGNATURES[csr.signature_algorithm_oid]))
     try:
         valid = csr.is_signature_valid
     except (ValueError, UnsupportedAlgorithm):
         valid = False
     if not valid:
-        raise InvalidCSR("The CSR's self-signature does not verify: it was altered, or signed by a key "
-                         "other than the one it carries.")
+        raise InvalidCSR(_l("The CSR's self-signature does not verify: it was altered, or signed by a key "
+                            "other than the one it carries."))
 
 
 def requested_names(csr: x509.CertificateSigningRequest) -> list[str]:

@@ -9,10 +9,12 @@ from sqlalchemy import func, select
 
 from app.auth.access import roles_required
 from app.auth.forms import ConfirmForm
+from app.auth.views import form_error
 from app.database import paginate, utcnow
 from app.errors import DomainError
 from app.extensions import db
 from app.pki import service
+from app.pki.forms import RenewForm
 from app.pki.models import Certificate
 
 bp = Blueprint("certificates", __name__, url_prefix="/certificates")
@@ -50,7 +52,17 @@ def detail(serial: str):
     row = service.get(serial)
     if not _visible(row):
         return redirect(url_for("certificates.index"))
-    return render_template("pki/detail.html", row=row, reasons=service.REASONS, confirm_form=ConfirmForm())
+    return _detail_page(row, RenewForm())
+
+
+def _detail_page(row: Certificate, renew_form: RenewForm, status: int = 200):
+    node = None
+    if row.node_id:
+        from app.admission.models import Node
+
+        node = db.session.get(Node, row.node_id)
+    return render_template("pki/detail.html", row=row, node=node, reasons=service.REASONS,
+                           confirm_form=ConfirmForm(), renew_form=renew_form), status
 
 
 @bp.get("/<serial>.pem")
@@ -77,6 +89,31 @@ def revoke(serial: str):
             db.session.rollback()
             flash(error.message, "error")
     return redirect(url_for("certificates.detail", serial=serial))
+
+
+@bp.post("/<serial>/renew")
+@roles_required("ministry_admin")
+def renew(serial: str):
+    """A new certificate for the node from its new CSR, whatever the renewal window; the old one
+    stays valid until it expires or is revoked (as with a node's own renewal)."""
+    row = service.get(serial)
+    form = RenewForm()
+    if row.node_id is None:
+        abort(404)
+    if form.validate_on_submit():
+        from app.admission import nodes
+
+        try:
+            issued = service.renew(nodes.get(row.node_id), form.csr_pem() or "", by=current_user)
+            db.session.commit()
+        except DomainError as error:
+            db.session.rollback()
+            form_error(form, error)
+        else:
+            flash(_("Certificate %(serial)s issued for node %(node)s; the routing table carries it now.",
+                    serial=issued.serial, node=row.node_id), "success")
+            return redirect(url_for("certificates.detail", serial=issued.serial))
+    return _detail_page(row, form, 422)
 
 
 def dashboard_panel(user) -> dict | None:
