@@ -48,7 +48,7 @@ def test_console_application_errors_stay_in_the_form(app, make_user):
     assert "接入地址必须是 https:// URL" in html and 'value="江西省公安厅"' in html  # nothing typed is lost
     html = console.post_form("/applications/new", {**application_form(), "csr": "-----BEGIN CERTIFICATE REQUEST-----"
                                                    }).get_data(as_text=True)
-    assert "could not be parsed" in html or "not a PEM" in html
+    assert "无法解析该 CSR" in html or "这不是 PEM 格式的证书请求" in html  # the console speaks Chinese
     assert db.session.scalar(db.select(db.func.count()).select_from(Application)) == 0
 
 
