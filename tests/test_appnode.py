@@ -16,6 +16,8 @@ import zlib
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from sqlalchemy import select
 
 from app.admission import nodes
@@ -472,6 +474,27 @@ def test_a_node_renews_in_the_last_third_and_peers_accept_the_new_certificate(ne
     message = a.node.send_text("zhangsan", b.user("lisi"), "新证书")
     assert [row.state for row in a.node.outbox()] == ["delivered"]
     assert history(b, "lisi", message.conversation_id)[0]["content"]["text"] == "新证书"
+
+
+def test_a_node_follows_a_route_signer_rotation_and_keeps_talking(network):
+    """SPEC §5: after `flask ca rotate-route-signer` the table names a signer the node does not hold;
+    the node fetches the new signer certificate, checks it against its trust anchor, and goes on."""
+    from app.routing import service as routing
+
+    a, b = network["a"], network["b"]
+    old_signer = a.node.identity.signer_file.read_bytes()
+    version = a.node.routes.table["version"]
+    rotated = pki.rotate_route_signer(actor="tests")
+    routing.publish("route signer rotated", force=True, actor="tests")
+    db.session.commit()
+    sync(a, b)
+    assert a.node.routes.table["version"] == version + 1
+    held = x509.load_pem_x509_certificate(a.node.identity.signer_file.read_bytes())
+    assert a.node.identity.signer_file.read_bytes() != old_signer
+    assert held.fingerprint(hashes.SHA256()).hex() == rotated.sha256
+    message = a.node.send_text("zhangsan", b.user("lisi"), "新的路由签名")
+    assert [row.state for row in a.node.outbox()] == ["delivered"]
+    assert history(b, "lisi", message.conversation_id)[0]["content"]["text"] == "新的路由签名"
 
 
 def test_a_group_message_reaches_every_members_node_through_the_home_node(network):
