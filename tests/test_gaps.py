@@ -116,7 +116,8 @@ def test_ca_expiry_is_warned_long_before(app, admin_console):
     loaded = pki.authority()
     soon = loaded.intermediate_certificate.not_valid_after_utc - timedelta(days=100)
     warnings = [str(w) for w in pki.expiry_warnings(now=soon)]
-    assert any("intermediate" in w for w in warnings) and not any("root CA certificate" in w for w in warnings)
+    assert any("intermediate CA certificate" in w for w in warnings)
+    assert not any("root CA certificate" in w for w in warnings)
     assert any("root CRL runs out" in w for w in warnings)  # ten years on, a root CRL never renewed has too
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 
 from app.pki import service as pki
 from app.pki.models import Certificate
@@ -288,3 +288,40 @@ def test_the_scheduler_renews_the_root_crl_only_while_the_root_key_is_online(app
     assert pki.current_crl(pki.ROOT_CRL).crl_number == before + 1
     warnings = [str(warning) for warning in pki.expiry_warnings()]
     assert any("root CRL runs out in" in warning and "flask ca root-crl" in warning for warning in warnings)
+
+
+def test_the_scheduler_renews_the_management_nodes_own_certificates_in_their_last_third(issued, monkeypatch):
+    from datetime import timedelta
+
+    from app.audit.models import AuditRecord
+    from app.extensions import db
+    from app.routing import service as routing
+
+    assert pki.service_renewal_job() == "nothing due"
+    loaded = pki.authority()
+    old_signer, old_management = loaded.route_signer_certificate, loaded.management_certificate
+    version = routing.head_version()
+    later = old_signer.not_valid_after_utc - timedelta(days=100)  # of 365: inside the last third
+    monkeypatch.setattr(pki, "utcnow", lambda: later)
+    assert pki.service_certificates_due() == ["route-signer", "management"]
+    assert any("route signer certificate expires in" in str(w) for w in pki.expiry_warnings(now=later + timedelta(
+        days=75)))  # had the scheduler not run
+    assert pki.service_renewal_job() == "renewed route-signer, management"
+    monkeypatch.undo()
+
+    signer, management = loaded.route_signer_certificate, loaded.management_certificate
+    assert signer != old_signer and management != old_management
+    head = routing.head()
+    assert head.version == version + 1 and head.signer_sha256 == signer.fingerprint(hashes.SHA256()).hex()
+    directory = issued["dir"]
+    (directory / "management.pem").write_bytes((pki.ca_directory() / "management.pem").read_bytes())
+    verified = openssl("verify", "-CAfile", "root.pem", "-untrusted", "intermediate.pem", "management.pem",
+                       cwd=directory)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert x509.load_pem_x509_certificate((directory / "management.pem").read_bytes()) == management
+    kinds = [row.kind for row in db.session.scalars(db.select(Certificate).where(Certificate.issued_by == "scheduler"))]
+    assert sorted(kinds) == ["management", "route_signer"]
+    actions = db.session.scalars(db.select(AuditRecord.target).where(AuditRecord.actor == "scheduler",
+                                                                     AuditRecord.action == "certificate.issue"))
+    assert {format(signer.serial_number, "x"), format(management.serial_number, "x")} == set(actions)
+    assert pki.service_renewal_job() == "nothing due"

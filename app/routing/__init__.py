@@ -43,10 +43,19 @@ def init_app(app) -> None:
         health.status_changed.append(_health_hook)
     if _certificate_hook not in pki.certificate_changed:
         pki.certificate_changed.append(_certificate_hook)
+    if _resign_after_rotation not in pki.route_signer_changed:
+        pki.route_signer_changed.append(_resign_after_rotation)
     registry.register(registry.Job("routes.resign", _resign, 600))
     entry = ("routes.index", _l("Routes"), ("ministry_admin", "provincial_admin", "auditor"))
     if entry not in console.nav_entries:
         console.nav_entries.append(entry)
+
+
+def _resign_after_rotation(actor: str) -> None:
+    """Old signatures name the old signer: publish the same table again, signed by the new one."""
+    from app.routing import service
+
+    service.publish("route signer rotated", force=True, actor=actor)
 
 
 def _resign() -> str:
