@@ -654,6 +654,26 @@ def test_a_reader_waits_for_a_rotation_in_progress_instead_of_reading_half_of_it
     assert "keeping the" not in caplog.text  # it never saw the new key beside the old certificate
 
 
+def test_reading_service_files_waits_for_a_rotation_in_progress(tmp_path):
+    import fcntl
+
+    ca = authority.init_ca(tmp_path / "ca", PASSPHRASE, CAConfig())
+    entered = threading.Event()
+
+    def read_files():
+        with ca.service_files_settled():
+            entered.set()
+
+    with open(tmp_path / "ca" / ".rotation.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        reading = threading.Thread(target=read_files)
+        reading.start()
+        assert not entered.wait(0.5), "reading should wait while a rotation holds the lock"
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    assert entered.wait(10)
+    reading.join(10)
+
+
 class RemoteKey(ec.EllipticCurvePrivateKey):
     """What an HSM adapter looks like: cryptography calls `sign`; the key never leaves the device."""
 

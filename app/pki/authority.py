@@ -311,6 +311,12 @@ class Authority:
             self._service_files[role] = self._file_identity(role)
         return certificate
 
+    @contextmanager
+    def service_files_settled(self) -> Iterator[None]:
+        """For callers that read a service pair's files themselves (ssl's `load_cert_chain`)."""
+        with self._rotation_lock(shared=True):
+            yield
+
     @staticmethod
     def _replace(path: Path, write: Callable[[Path], None]) -> None:
         """Write beside `path`, then rename into place: a reader sees the old file or the new one."""

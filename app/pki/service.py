@@ -420,7 +420,8 @@ def management_client_ssl_context():
     loaded = authority()
     directory = ca_directory()
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=loaded.chain_pem().decode())
-    context.load_cert_chain(directory / "management.pem", directory / "management.key", password=passphrase())
+    with loaded.service_files_settled():  # not between the two renames of a renewal
+        context.load_cert_chain(directory / "management.pem", directory / "management.key", password=passphrase())
     return context
 
 
