@@ -11,7 +11,6 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import NamedTuple
 
 from flask import has_request_context, request
 from flask_login import current_user
@@ -30,15 +29,6 @@ AUDIT_LOCK_KEY = 0x4D50494D
 LAST_ENTRY = select(AuditRecord.__table__.c.seq, AuditRecord.__table__.c.hash).order_by(
     AuditRecord.__table__.c.seq.desc()).limit(1)
 INSERT_ENTRY = AuditRecord.__table__.insert()
-
-
-class AuditEntry(NamedTuple):
-    """What `record` appended (the row itself is read back with `select(AuditRecord)`)."""
-
-    seq: int
-    action: str
-    target: str
-    hash: str
 
 
 def record_digest(prev_hash: str, seq: int, at: datetime, actor: str, action: str, target: str,
@@ -64,7 +54,7 @@ def _lock_chain() -> None:
 
 
 def record(action: str, target: str = "", detail: dict | None = None, *, actor: str | None = None,
-           remote_addr: str | None = None) -> AuditEntry:
+           remote_addr: str | None = None) -> None:
     """Append one entry in the session's transaction; the caller's commit makes it durable with the change.
 
     A plain table insert rather than an ORM object: the unit of work's flush cost more than the
@@ -83,7 +73,6 @@ def record(action: str, target: str = "", detail: dict | None = None, *, actor: 
     db.session.execute(INSERT_ENTRY, {"seq": seq, "at": at, "actor": actor, "action": action, "target": target,
                                       "detail": detail, "remote_addr": remote_addr, "prev_hash": prev_hash,
                                       "hash": digest})
-    return AuditEntry(seq, action, target, digest)
 
 
 @dataclass

@@ -34,7 +34,7 @@ certificate_changed: list = []
 route_signer_changed: list = []
 
 ROOT_CRL_WARNING_DAYS = 60
-ROOT_CRL = 2  # CRLState row of the root's CRL; row 1 is the intermediate's
+INTERMEDIATE_CRL, ROOT_CRL = 1, 2  # CRLState rows
 REASONS = ("unspecified", "key_compromise", "affiliation_changed", "superseded", "cessation_of_operation",
            "certificate_hold", "privilege_withdrawn")
 
@@ -107,6 +107,7 @@ def store(certificate: x509.Certificate, kind: str, node_id: str | None, actor: 
         pem=certificate.public_bytes(serialization.Encoding.PEM).decode(),
         not_before=certificate.not_valid_before_utc, not_after=certificate.not_valid_after_utc,
         issued_at=utcnow(), issued_by=actor, revoked_at=None, revocation_reason=None)
+    db.session.flush()  # a plain insert does not autoflush: a just-admitted node's row goes in first
     db.session.execute(INSERT_CERTIFICATE, {column: getattr(row, column) for column in CERTIFICATE_COLUMNS})
     make_transient_to_detached(row)
     db.session.add(row)
@@ -268,23 +269,13 @@ def get(serial: str) -> Certificate:
 
 
 def regenerate_crl(*, actor: str | None = None) -> CRLState:
-    now = utcnow().replace(microsecond=0)
-    state = db.session.get(CRLState, 1)
-    number = (state.crl_number + 1) if state else 1
+    """The intermediate's CRL (row INTERMEDIATE_CRL): every revoked certificate it issued."""
     revoked = db.session.execute(select(Certificate.serial, Certificate.revoked_at, Certificate.revocation_reason)
                                  .where(Certificate.revoked_at.is_not(None))).all()
-    crl = authority().build_crl([(int(serial, 16), at, reason) for serial, at, reason in revoked], crl_number=number,
-                                this_update=now, next_update=now + timedelta(days=current_app.config["MPIM_CRL_DAYS"]))
-    pem = crl.public_bytes(serialization.Encoding.PEM).decode()
-    der = crl.public_bytes(serialization.Encoding.DER)
-    if state is None:
-        state = CRLState(id=1, crl_number=number, this_update=now, next_update=crl.next_update_utc, pem=pem, der=der)
-        db.session.add(state)
-    else:
-        state.crl_number, state.this_update, state.next_update, state.pem, state.der = \
-            number, now, crl.next_update_utc, pem, der
-    db.session.flush()
-    return state
+    entries = [(int(serial, 16), at, reason) for serial, at, reason in revoked]
+    return _next_crl(INTERMEDIATE_CRL, current_app.config["MPIM_CRL_DAYS"],
+                     lambda number, now, until: authority().build_crl(entries, crl_number=number, this_update=now,
+                                                                      next_update=until))
 
 
 def regenerate_root_crl(*, root_key_path: Path | None = None, actor: str | None = None) -> CRLState:
@@ -292,21 +283,26 @@ def regenerate_root_crl(*, root_key_path: Path | None = None, actor: str | None 
     online, else from `root_key_path` (the exported key, brought back for this)."""
     loaded = authority()
     root_key = loaded.load_root_key(root_key_path)
+    state = _next_crl(ROOT_CRL, current_app.config["MPIM_ROOT_CRL_DAYS"],
+                      lambda number, now, until: loaded.build_root_crl(root_key, crl_number=number, this_update=now,
+                                                                       next_update=until))
+    audit.record("ca.root_crl", str(state.crl_number), {"next_update": state.next_update}, actor=actor)
+    return state
+
+
+def _next_crl(row_id: int, days: int, build) -> CRLState:
+    """Sign the next CRL of one issuer with `build(number, this_update, next_update)` and keep it."""
     now = utcnow().replace(microsecond=0)
-    state = db.session.get(CRLState, ROOT_CRL)
+    state = db.session.get(CRLState, row_id)
     number = (state.crl_number + 1) if state else 1
-    crl = loaded.build_root_crl(root_key, crl_number=number, this_update=now,
-                                next_update=now + timedelta(days=current_app.config["MPIM_ROOT_CRL_DAYS"]))
-    pem, der = crl.public_bytes(serialization.Encoding.PEM).decode(), crl.public_bytes(serialization.Encoding.DER)
+    crl = build(number, now, now + timedelta(days=days))
     if state is None:
-        state = CRLState(id=ROOT_CRL, crl_number=number, this_update=now, next_update=crl.next_update_utc, pem=pem,
-                         der=der)
+        state = CRLState(id=row_id)
         db.session.add(state)
-    else:
-        state.crl_number, state.this_update, state.next_update, state.pem, state.der = \
-            number, now, crl.next_update_utc, pem, der
+    state.crl_number, state.this_update, state.next_update = number, now, crl.next_update_utc
+    state.pem = crl.public_bytes(serialization.Encoding.PEM).decode()
+    state.der = crl.public_bytes(serialization.Encoding.DER)
     db.session.flush()
-    audit.record("ca.root_crl", str(number), {"next_update": state.next_update}, actor=actor)
     return state
 
 
@@ -317,7 +313,7 @@ def crl_refresh_job() -> str:
         return "no CA"
     now = utcnow()
     done = []
-    state = db.session.get(CRLState, 1)
+    state = db.session.get(CRLState, INTERMEDIATE_CRL)
     half = timedelta(days=current_app.config["MPIM_CRL_DAYS"]) / 2
     if state is not None and state.next_update - now > half:
         done.append(f"CRL {state.crl_number} good until {state.next_update.isoformat()}")
@@ -333,8 +329,8 @@ def crl_refresh_job() -> str:
     return "; ".join(done)
 
 
-def current_crl(which: int = 1) -> CRLState:
-    """The intermediate's CRL (1) or the root's (ROOT_CRL)."""
+def current_crl(which: int = INTERMEDIATE_CRL) -> CRLState:
+    """The intermediate's CRL or the root's (ROOT_CRL)."""
     state = db.session.get(CRLState, which)
     if state is None:
         raise CANotReady("No root CRL has been issued: run `flask ca root-crl --root-key PATH`." if which == ROOT_CRL
