@@ -13,17 +13,19 @@ import ssl
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 
 
-def probe_health(endpoint: str, timeout: float = 3.0, client_certificate: tuple | None = None) -> dict:
-    """`client_certificate` (cert path, key path, password): the management node's identity, for
-    nodes that already demand a client certificate on their health endpoint."""
+def probe_health(endpoint: str, timeout: float = 3.0,
+                 present_identity: Callable[[ssl.SSLContext], None] | None = None) -> dict:
+    """`present_identity` loads the management node's certificate into the client context, for nodes
+    that already demand a client certificate on their health endpoint."""
     url = endpoint.rstrip("/") + "/api/v1/health"
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
-    if client_certificate:
-        context.load_cert_chain(*client_certificate)
+    if present_identity:
+        present_identity(context)
     started = time.perf_counter()
     result: dict = {"url": url, "reachable": False}
     try:

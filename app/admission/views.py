@@ -148,9 +148,9 @@ def application_probe(application_id: str):
     from app.pki import service as pki
 
     application = _visible_application(application_id)
-    identity = pki.management_identity_files() if pki.is_ready() else None
+    identity = pki.present_management_identity if pki.is_ready() else None
     return probe.probe_health(application.endpoint, timeout=current_app.config.get("MPIM_PROBE_TIMEOUT", 3.0),
-                              client_certificate=identity)
+                              present_identity=identity)
 
 
 @bp.post("/applications/<application_id>/approve")

@@ -403,21 +403,20 @@ def service_renewal_job() -> str:
     return f"renewed {', '.join(due)}" if due else "nothing due"
 
 
-def management_identity_files() -> tuple:
-    """(certificate path, key path, passphrase) of the management node's TLS identity."""
+def present_management_identity(context) -> None:
+    """Load the management node's TLS certificate and key into `context` (an `ssl.SSLContext`), under
+    the rotation lock: a renewal in another process never hands us its new key beside the old certificate."""
     directory = ca_directory()
-    return directory / "management.pem", directory / "management.key", passphrase()
+    with authority().service_files_settled():
+        context.load_cert_chain(directory / "management.pem", directory / "management.key", password=passphrase())
 
 
 def management_client_ssl_context():
     """TLS context for polling nodes: trusts our CA, presents the management node's certificate."""
     import ssl
 
-    loaded = authority()
-    directory = ca_directory()
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=loaded.chain_pem().decode())
-    with loaded.service_files_settled():  # not between the two renames of a renewal
-        context.load_cert_chain(directory / "management.pem", directory / "management.key", password=passphrase())
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=authority().chain_pem().decode())
+    present_management_identity(context)
     return context
 
 
