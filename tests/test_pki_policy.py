@@ -140,15 +140,24 @@ def test_renewal_in_the_last_third_changes_the_route_fingerprint(client, people)
 
 
 def test_suspended_node_cannot_renew(client, people):  # noqa: F811
+    """Not through its session (which died with the suspension), nor by an admin."""
     from app.admission import nodes
+    from tests.test_sessions import await_refusal
 
     node, keys = admit_with_keys(people)
     minister, _ = people
+    token = client.post("/api/v1/session", json=keys.session_request(node.node_id)).get_json()["token"]
+    row = pki.current_certificate(node.node_id)
+    row.not_before, row.not_after = utcnow() - timedelta(days=70), utcnow() + timedelta(days=20)  # window open
     nodes.suspend(node, "x", by=minister)
     db.session.commit()
+    assert await_refusal(client, {"Authorization": f"Bearer {token}"}) == (401, "session_revoked")
+    response = renew(client, token, NodeKeys().csr)
+    assert response.status_code == 401 and response.get_json()["error"]["code"] == "session_revoked"
     with pytest.raises(Conflict) as caught:
         pki.renew(node, NodeKeys().csr, by=minister)
     assert caught.value.code == "node_suspended"
+    assert [r.serial for r in pki.node_certificates(node.node_id)] == [row.serial]
 
 
 def test_certificate_fetch_with_the_enrollment_token(client, people):  # noqa: F811
