@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +18,8 @@ from app.routing.client import RouteClient
 from app.routing.models import RouteVersion
 from tests.conftest import Console
 from tests.test_sessions import admit_with_keys, people  # noqa: F401 (fixture)
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -115,10 +120,22 @@ def test_console_history_downloads_and_cli_verify(app, session, runner, tmp_path
     signature = admin_console.client.get("/routes/v1.sig").data
     (tmp_path / "t.json").write_bytes(body)
     (tmp_path / "t.sig").write_bytes(signature)
-    result = runner.invoke(args=["routes", "verify", str(tmp_path / "t.json"), str(tmp_path / "t.sig")])
+    result = runner.invoke(args=["routing", "verify", str(tmp_path / "t.json"), str(tmp_path / "t.sig")])
     assert result.exit_code == 0 and "signature valid" in result.output
     (tmp_path / "t.json").write_bytes(body.replace(b'"version":1', b'"version":9'))
-    assert runner.invoke(args=["routes", "verify", str(tmp_path / "t.json"), str(tmp_path / "t.sig")]).exit_code == 1
+    assert runner.invoke(args=["routing", "verify", str(tmp_path / "t.json"), str(tmp_path / "t.sig")]).exit_code == 1
+
+
+def test_the_real_flask_executable_reaches_our_routing_group(app, session):
+    """Through FlaskGroup, where a built-in of the same name would win (the group was once `routes`)."""
+    env = {**os.environ, "FLASK_APP": "wsgi.py", "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
+           "MPIM_INSTANCE_PATH": app.config["MPIM_INSTANCE_PATH"], "SECRET_KEY": "test",
+           "MPIM_CA_PASSPHRASE": app.config["MPIM_CA_PASSPHRASE"]}
+    done = subprocess.run([str(Path(sys.executable).with_name("flask")), "routing", "show", "--json"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    table = json.loads(done.stdout)
+    assert table["version"] == 1 and [entry["node_id"] for entry in table["nodes"]] == [session["node"].node_id]
 
 
 

@@ -1,4 +1,4 @@
-"""`flask routes show|history|verify|publish`."""
+"""`flask routing show|history|verify|publish`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from app.database import paginate
 from app.extensions import db
 from app.routing import document, service
 
-cli = AppGroup("routes", help="The signed routing table.")
+cli = AppGroup("routing", help="The signed routing table.")
 
 
 @cli.command("show")
