@@ -21,6 +21,7 @@ from app.audit import service as audit
 from app.database import utcnow
 from app.errors import Conflict, DomainError, NotFound, PermissionDenied, ValidationFailed
 from app.extensions import db
+from app.labels import status_word
 from app.pki import authority as ca
 from app.pki import csr_policy, ocsp
 from app.pki.models import Certificate, CRLState
@@ -223,7 +224,7 @@ def renew(node, csr_pem: str, *, by=None) -> Certificate:
     """A node renews in the last third of its certificate's validity; an admin (`by`) any time.
     The old certificate stays valid until it expires; the route table carries the new one."""
     if node.status != "active":
-        raise Conflict(_l("A %(status)s node cannot renew its certificate.", status=node.status),
+        raise Conflict(_l("A %(status)s node cannot renew its certificate.", status=status_word(node.status)),
                        code=f"node_{node.status}")
     if by is not None and by.role != "ministry_admin":
         raise PermissionDenied(_l("Only a ministry admin may do this."), code="ministry_only")
