@@ -12,6 +12,7 @@ from app.extensions import csrf, db, login_manager, migrate
 # Each feature package exposes init_app(app): its blueprints, CLI group and hooks.
 FEATURES = (
     "app.i18n",
+    "app.labels",
     "app.audit",
     "app.auth",
     "app.divisions",

@@ -1,0 +1,118 @@
+"""Console words for stored codes: statuses, revocation reasons, capabilities, routing reasons and changes.
+
+The database, the JSON API and the CLI keep the English codes; only the console shows these labels, in the
+reader's language. Each function returns its input unchanged for a code it does not know, so a newer code
+is still shown rather than refused.
+"""
+
+from __future__ import annotations
+
+import re
+
+from flask_babel import lazy_gettext as _l
+
+# Tags and table cells (capitalised in English).
+STATUS_LABELS = {
+    "pending": _l("Pending"), "approved": _l("Approved"), "rejected": _l("Rejected"),
+    "active": _l("Active"), "suspended": _l("Suspended"), "revoked": _l("Revoked"),
+    "up": _l("Up"), "down": _l("Down"), "unknown": _l("Unknown"),
+}
+# The same statuses inside a sentence ("A suspended node cannot ..."): lower case in English.
+STATUS_WORDS = {
+    "pending": _l("pending"), "approved": _l("approved"), "rejected": _l("rejected"),
+    "active": _l("active"), "suspended": _l("suspended"), "revoked": _l("revoked"),
+    "up": _l("up"), "down": _l("down"), "unknown": _l("unknown"),
+}
+# RFC 5280 CRLReason, as app.pki.service.REASONS names them.
+REVOCATION_REASONS = {
+    "unspecified": _l("Unspecified"), "key_compromise": _l("Key compromise"),
+    "affiliation_changed": _l("Affiliation changed"), "superseded": _l("Superseded"),
+    "cessation_of_operation": _l("Cessation of operation"), "certificate_hold": _l("Certificate hold"),
+    "privilege_withdrawn": _l("Privilege withdrawn"),
+}
+CAPABILITIES = {
+    "text": _l("Text"), "image": _l("Image"), "voice": _l("Voice"), "file": _l("File"),
+    "download": _l("Download"), "single_chat": _l("Single chat"), "group": _l("Group"),
+    "read_count": _l("Read count"), "sticker": _l("Sticker"), "presence": _l("Presence"),
+}
+# Why a routing table version was published (the `reason` given to app.routing.service.publish).
+ROUTE_REASONS = {
+    "node admitted": _l("Node admitted"), "node status": _l("Node status changed"),
+    "node changed": _l("Node details changed"), "health round": _l("Health check"),
+    "certificate changed": _l("Certificate changed"), "route signer rotated": _l("Route signer rotated"),
+    "re-sign": _l("Scheduled re-signing"), "cli": _l("Command line"),
+}
+# The fields app.routing.document.describe_changes names, and its two whole-table lines.
+ROUTE_FIELDS = {
+    "division": _l("division"), "organisation": _l("organisation"), "system name": _l("system name"),
+    "endpoint": _l("endpoint"), "certificate": _l("certificate"), "capabilities": _l("capabilities"),
+}
+ROUTE_TABLE_LINES = {"first table": _l("first table"), "re-signed": _l("re-signed")}
+# app.health.poller.FailureReason values.
+HEALTH_FAILURES = {
+    "timeout": _l("timed out"), "refused": _l("connection refused"), "tls": _l("TLS handshake failed"),
+    "certificate_mismatch": _l("certificate mismatch"), "http_status": _l("unexpected HTTP status"),
+    "bad_body": _l("unreadable answer"), "wrong_node": _l("another node answered"), "error": _l("error"),
+}
+
+_CHANGE = re.compile(r"^(?P<node>\S+) (?:(?P<verb>added|removed)|status (?P<old>\S+)→(?P<new>\S+)|"
+                     r"(?P<field>.+) changed)$")
+
+
+def status_label(code: str | None):
+    """A node, application or health status as a tag or table cell: `{{ node.status|status_label }}`."""
+    return STATUS_LABELS.get(code, code)
+
+
+def status_word(code: str | None):
+    """A status inside a sentence: `_("... %(status)s ...", status=status_word(node.status))`."""
+    return STATUS_WORDS.get(code, code)
+
+
+def revocation_reason_label(code: str | None):
+    """An RFC 5280 revocation reason: `{{ row.revocation_reason|revocation_reason_label }}`."""
+    return REVOCATION_REASONS.get(code, code)
+
+
+def capability_label(code: str):
+    return CAPABILITIES.get(code, code)
+
+
+def route_reason_label(reason: str):
+    return ROUTE_REASONS.get(reason, reason)
+
+
+def health_failure_label(code: str | None):
+    return HEALTH_FAILURES.get(code, code)
+
+
+def route_change_label(line: str) -> str:
+    """One describe_changes line (`<node> added`, `<node> status up→down`, `<node> endpoint changed`) in words."""
+    if line in ROUTE_TABLE_LINES:
+        return str(ROUTE_TABLE_LINES[line])
+    match = _CHANGE.match(line)
+    if match is None or (match["field"] and match["field"] not in ROUTE_FIELDS):
+        return line
+    node = match["node"]
+    if match["verb"] == "added":
+        return str(_l("%(node)s added", node=node))
+    if match["verb"] == "removed":
+        return str(_l("%(node)s removed", node=node))
+    if match["field"]:
+        return str(_l("%(node)s %(field)s changed", node=node, field=ROUTE_FIELDS[match["field"]]))
+    return str(_l("%(node)s status %(old)s→%(new)s", node=node, old=status_label(match["old"]),
+                  new=status_label(match["new"])))
+
+
+FILTERS = {
+    "status_label": status_label,
+    "revocation_reason_label": revocation_reason_label,
+    "capability_label": capability_label,
+    "route_reason_label": route_reason_label,
+    "route_change_label": route_change_label,
+    "health_failure_label": health_failure_label,
+}
+
+
+def init_app(app) -> None:
+    app.jinja_env.filters.update(FILTERS)
