@@ -17,30 +17,20 @@ CAPABILITY_LABELS = {
 }
 
 
-def der_to_pem(data: bytes) -> str:
-    """A DER upload is accepted too; anything unreadable is left for the CSR policy to refuse."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    try:
-        return x509.load_der_x509_csr(data).public_bytes(Encoding.PEM).decode("ascii")
-    except ValueError:
-        return data.decode("ascii", errors="replace")
-
-
 class CSRInput:
     """A CSR pasted (PEM) or uploaded (PEM or DER); mixed into the forms that take one."""
 
     csr = TextAreaField(_l("CSR (PEM)"), validators=[Optional(), Length(max=65536)])
-    csr_file = FileField(_l("or upload the CSR file"), validators=[FileSize(max_size=65536)])
+    csr_file = FileField(_l("or upload the CSR file"), validators=[
+        FileSize(max_size=65536, message=_l("The file must not exceed 64 KB."))])
 
     def csr_pem(self) -> str | None:
+        """The CSR as PEM text; `InvalidCSR` for an upload that is neither PEM nor DER."""
+        from app.pki.csr_policy import pem_from_file
+
         upload = self.csr_file.data
         if upload and getattr(upload, "filename", ""):
-            data = upload.read(65537)
-            if data.lstrip().startswith(b"-----BEGIN"):
-                return data.decode("ascii", errors="replace")
-            return der_to_pem(data)
+            return pem_from_file(upload.read(65537)) or None
         return self.csr.data or None
 
 

@@ -142,6 +142,9 @@ def root_offline(directory: Path, export_path: Path) -> None:
         keys.write_new_file(export_path, source.read_bytes(), 0o600)
     except FileExistsError as error:
         raise Conflict(f"{export_path} exists; refusing to overwrite it.", code="export_exists") from error
+    except OSError as error:  # no such folder, no permission, a full disk: the key stays where it is
+        raise ValidationFailed(f"Cannot write {export_path}: {error.strerror or error}; the root key stays on "
+                               "this server.", code="export_failed") from error
     source.unlink()
 
 

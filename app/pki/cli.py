@@ -70,9 +70,17 @@ def list_command(state, node_id, as_json):
 
 @cli.command("show")
 @click.argument("serial")
-def show_command(serial):
-    row = run(lambda: service.get(serial), True)
-    click.echo(json.dumps({**certificate_dict(row), "pem": row.pem}, ensure_ascii=False))
+@click.option("--json", "as_json", is_flag=True)
+def show_command(serial, as_json):
+    """One certificate: its facts, then its PEM."""
+    row = run(lambda: service.get(serial), as_json)
+    if as_json:
+        click.echo(json.dumps({**certificate_dict(row), "pem": row.pem}, ensure_ascii=False))
+        return
+    for name, value in certificate_dict(row).items():
+        if value is not None:
+            click.echo(f"{name + ':':<19}{value}")
+    click.echo(row.pem, nl=False)
 
 
 @cli.command("revoke")
@@ -113,12 +121,14 @@ def rotate_command():
 
 @cli.command("renew")
 @click.argument("node_id")
-@click.option("--csr", "csr_file", type=click.File("r"), required=True, help="The node's new CSR (PEM).")
+@click.option("--csr", "csr_file", type=click.File("rb"), required=True, help="The node's new CSR (PEM or DER).")
 @click.option("--user", "username", required=True)
 @click.option("--json", "as_json", is_flag=True)
 def renew_command(node_id, csr_file, username, as_json):
     """Renew a node's certificate now (an admin may, outside the last third of the validity)."""
     from app.admission import nodes
+    from app.pki.csr_policy import MAX_PEM_BYTES, pem_from_file
 
-    row = run(lambda: service.renew(nodes.get(node_id), csr_file.read(), by=users.get_user(username)), as_json)
+    data = csr_file.read(MAX_PEM_BYTES + 1)
+    row = run(lambda: service.renew(nodes.get(node_id), pem_from_file(data), by=users.get_user(username)), as_json)
     emit(certificate_dict(row), as_json, f"issued {row.serial} for {node_id}, valid until {row.not_after:%Y-%m-%d}")

@@ -21,6 +21,7 @@ import re
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import SignatureAlgorithmOID
@@ -45,9 +46,30 @@ class InvalidCSR(ValidationFailed):
         super().__init__(message, field="csr")
 
 
+def pem_from_file(data: bytes) -> str:
+    """An uploaded or CLI-read CSR file, PEM or DER, as PEM text for `load_csr`. A DER file that is
+    not a CSR is refused here, where we still know it was binary, with a reason that fits it."""
+    if not data.strip():
+        return ""
+    if data.lstrip().startswith(b"-----BEGIN") or len(data) > MAX_PEM_BYTES:
+        return data.decode("utf-8", errors="replace")  # load_csr judges PEM text and size
+    try:
+        return x509.load_der_x509_csr(data).public_bytes(serialization.Encoding.PEM).decode("ascii")
+    except ValueError:
+        pass
+    try:
+        x509.load_der_x509_certificate(data)
+    except ValueError:
+        raise InvalidCSR(_l("This file is neither a PEM nor a DER certificate signing request (CSR).")) from None
+    raise InvalidCSR(_l("This is a certificate, not a certificate signing request (CSR): "
+                        "send the PKCS#10 request generated with the node's key."))
+
+
 def load_csr(pem: str | bytes) -> x509.CertificateSigningRequest:
     """Parse a PEM PKCS#10 request; `InvalidCSR` for anything that is not one."""
     data = pem.encode("utf-8", errors="replace") if isinstance(pem, str) else bytes(pem)
+    if not data.strip():
+        raise InvalidCSR(_l("No CSR was given: paste the node's PEM request or upload its file."))
     if len(data) > MAX_PEM_BYTES:
         raise InvalidCSR(_l("The CSR is larger than %(kb)s KB; a real one is 1-3 KB.", kb=MAX_PEM_BYTES // 1024))
     if b"-----BEGIN CERTIFICATE-----" in data or b"-----BEGIN X509 CERTIFICATE-----" in data:

@@ -36,8 +36,10 @@ route_signer_changed: list = []
 
 ROOT_CRL_WARNING_DAYS = 60
 INTERMEDIATE_CRL, ROOT_CRL = 1, 2  # CRLState rows
+# RFC 5280 reasons an admin may give. certificateHold is left out: a hold is meant to be lifted, and
+# a revocation here is final (nothing ever takes a certificate off the CRL).
 REASONS = ("unspecified", "key_compromise", "affiliation_changed", "superseded", "cessation_of_operation",
-           "certificate_hold", "privilege_withdrawn")
+           "privilege_withdrawn")
 
 
 class CANotReady(DomainError):
@@ -252,14 +254,29 @@ def revoke(certificate: Certificate, reason: str, *, by) -> Certificate:
                                field="reason")
     if certificate.revoked_at is not None:
         raise Conflict(_l("This certificate is revoked already."), code="already_revoked")
+    in_service = in_service_role(certificate)
     certificate.revoked_at, certificate.revocation_reason = utcnow(), reason
     audit.record("certificate.revoke", certificate.serial, {"node": certificate.node_id, "reason": reason},
                  actor=by.username)
+    if in_service == "route_signer":  # nodes would keep accepting tables signed by a revoked key
+        rotate_route_signer(actor=by.username)
+    elif in_service == "management":  # and nodes would keep accepting our polls with it
+        rotate_management_certificate(actor=by.username)
     regenerate_crl(actor=by.username)
     if certificate.node_id:
         for hook in certificate_changed:
             hook(certificate.node_id)
     return certificate
+
+
+def in_service_role(certificate: Certificate) -> str | None:
+    """"route_signer" or "management" when the row is the management node's certificate in use now
+    (revoking it replaces it at once), else None."""
+    if certificate.kind not in ("route_signer", "management"):
+        return None
+    loaded = authority()
+    current = loaded.route_signer_certificate if certificate.kind == "route_signer" else loaded.management_certificate
+    return certificate.kind if current is not None and fingerprint(current) == certificate.sha256 else None
 
 
 def get(serial: str) -> Certificate:

@@ -51,18 +51,22 @@ def index():
 def detail(serial: str):
     row = service.get(serial)
     if not _visible(row):
-        return redirect(url_for("certificates.index"))
+        abort(404)  # as the download does: another division's certificate is not there for this admin
     return _detail_page(row, RenewForm())
 
 
 def _detail_page(row: Certificate, renew_form: RenewForm, status: int = 200):
-    node = None
+    """`newest`: the node's newest certificate; renewal is offered on that one only (whatever its
+    state: after a revocation it is where an admin issues the replacement)."""
+    node = newest = None
     if row.node_id:
         from app.admission.models import Node
 
         node = db.session.get(Node, row.node_id)
-    return render_template("pki/detail.html", row=row, node=node, reasons=service.REASONS,
-                           confirm_form=ConfirmForm(), renew_form=renew_form), status
+        newest = service.node_certificates(row.node_id)[0]
+    return render_template("pki/detail.html", row=row, node=node, newest=newest, reasons=service.REASONS,
+                           in_service=service.in_service_role(row), confirm_form=ConfirmForm(),
+                           renew_form=renew_form), status
 
 
 @bp.get("/<serial>.pem")
@@ -82,9 +86,16 @@ def revoke(serial: str):
     row = service.get(serial)
     if ConfirmForm().validate_on_submit():
         try:
+            in_service = service.in_service_role(row)
             service.revoke(row, request.form.get("reason", ""), by=current_user)
             db.session.commit()
             flash(_("Certificate %(serial)s revoked; the CRL was regenerated.", serial=serial), "success")
+            if in_service == "route_signer":
+                flash(_("It was the route signer in use: a new route signer signs the routing table from now on."),
+                      "success")
+            elif in_service == "management":
+                flash(_("It was the management node’s TLS certificate in use: health polling presents a new one "
+                        "from now on."), "success")
         except DomainError as error:
             db.session.rollback()
             flash(error.message, "error")

@@ -1,0 +1,171 @@
+"""What an exploratory walk through the CA found: each case a test.
+
+Revoking the management node's own certificates while in use, CSR files in the CLI and the console,
+the root key's export to a path that cannot be written, and what the detail page offers."""
+
+from __future__ import annotations
+
+import json
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from app.extensions import db
+from app.pki import csr_policy
+from app.pki import service as pki
+from app.pki.csr_policy import InvalidCSR
+from app.pki.models import Certificate
+from app.routing import service as routing
+from tests.conftest import Console
+from tests.factories import NodeKeys
+from tests.test_sessions import admit_with_keys, people  # noqa: F401 (fixture)
+
+
+def refusal(action) -> str:
+    try:
+        action()
+    except InvalidCSR as error:
+        return str(error.message)
+    raise AssertionError("not refused")
+
+
+def test_revoking_the_route_signer_in_use_replaces_it(app, client, people):  # noqa: F811
+    minister, _ = people
+    admit_with_keys(people)
+    old = db.session.scalars(db.select(Certificate).where(Certificate.kind == "route_signer")).one()
+    version = routing.head_version()
+    pki.revoke(old, "key_compromise", by=minister)
+    db.session.commit()
+    served = x509.load_pem_x509_certificate(client.get("/ca/route-signer.pem").data)
+    assert pki.fingerprint(served) != old.sha256
+    new = db.session.scalars(db.select(Certificate).where(Certificate.kind == "route_signer",
+                                                          Certificate.revoked_at.is_(None))).one()
+    assert new.sha256 == pki.fingerprint(served)
+    assert routing.head_version() == version + 1  # re-signed by the new signer as a new version
+    crl = x509.load_pem_x509_crl(client.get("/ca/crl.pem").data)
+    assert crl.get_revoked_certificate_by_serial_number(int(old.serial, 16)) is not None
+    assert pki.in_service_role(old) is None and pki.in_service_role(new) == "route_signer"
+
+
+def test_revoking_the_management_certificate_in_use_replaces_it(app, client, people):  # noqa: F811
+    minister, _ = people
+    old = db.session.scalars(db.select(Certificate).where(Certificate.kind == "management")).one()
+    pki.revoke(old, "key_compromise", by=minister)
+    db.session.commit()
+    current = pki.authority().management_certificate
+    assert pki.fingerprint(current) != old.sha256
+    directory = pki.ca_directory()
+    on_disk = x509.load_pem_x509_certificate((directory / "management.pem").read_bytes())
+    assert on_disk == current
+    context = pki.management_client_ssl_context()  # the pair on disk matches: the new key beside the new cert
+    assert context is not None
+    kinds = [row.kind for row in db.session.scalars(db.select(Certificate).where(Certificate.revoked_at.is_(None)))]
+    assert kinds.count("management") == 1
+
+
+def test_revoking_a_retired_service_certificate_rotates_nothing(app, people):  # noqa: F811
+    minister, _ = people
+    first = db.session.scalars(db.select(Certificate).where(Certificate.kind == "route_signer")).one()
+    pki.rotate_route_signer(actor="test")
+    db.session.commit()
+    serving = pki.fingerprint(pki.authority().route_signer_certificate)
+    pki.revoke(first, "superseded", by=minister)
+    db.session.commit()
+    assert pki.fingerprint(pki.authority().route_signer_certificate) == serving
+
+
+def test_certificate_hold_is_not_offered(app, people):  # noqa: F811
+    minister, _ = people
+    node, _ = admit_with_keys(people)
+    row = pki.current_certificate(node.node_id)
+    assert "certificate_hold" not in pki.REASONS
+    try:
+        pki.revoke(row, "certificate_hold", by=minister)
+    except Exception as error:  # noqa: BLE001 (the domain error is what we look at)
+        assert getattr(error, "code", "") == "invalid_reason"
+    else:
+        raise AssertionError("a hold was accepted")
+    assert row.revoked_at is None
+
+
+def test_csr_files_pem_der_and_what_is_neither(app):
+    keys = NodeKeys()
+    pem = keys.csr
+    der = x509.load_pem_x509_csr(pem.encode()).public_bytes(serialization.Encoding.DER)
+    assert csr_policy.pem_from_file(pem.encode()) == pem
+    assert csr_policy.pem_from_file(der).strip() == pem.strip()
+    assert csr_policy.pem_from_file(b"  \n") == ""
+    assert "neither a PEM nor a DER" in refusal(lambda: csr_policy.pem_from_file(bytes(range(256)) * 4))
+    certificate_der = pki.authority().intermediate_certificate.public_bytes(serialization.Encoding.DER)
+    assert "a certificate, not a certificate signing request" in refusal(
+        lambda: csr_policy.pem_from_file(certificate_der))
+    assert "No CSR was given" in refusal(lambda: csr_policy.load_csr(""))
+
+
+def test_cli_renewal_from_a_der_file_and_a_clean_refusal_of_junk(app, runner, people, tmp_path):  # noqa: F811
+    node, _ = admit_with_keys(people)
+    before = pki.current_certificate(node.node_id).serial
+    der = x509.load_pem_x509_csr(NodeKeys().csr.encode()).public_bytes(serialization.Encoding.DER)
+    (tmp_path / "new.der").write_bytes(der)
+    result = runner.invoke(args=["ca", "renew", node.node_id, "--csr", str(tmp_path / "new.der"), "--user",
+                                 "minister", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["serial"] != before
+    (tmp_path / "junk.bin").write_bytes(bytes(range(256)))
+    result = runner.invoke(args=["ca", "renew", node.node_id, "--csr", str(tmp_path / "junk.bin"), "--user",
+                                 "minister"])
+    assert result.exit_code == 1
+    assert "neither a PEM nor a DER" in result.output and "Traceback" not in result.output
+
+
+def test_root_offline_to_a_path_that_cannot_be_written_keeps_the_key(app, runner, tmp_path):
+    result = runner.invoke(args=["ca", "root-offline", str(tmp_path / "no" / "such" / "root.key")])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert "Cannot write" in result.output and "stays on this server" in result.output
+    assert (pki.ca_directory() / "root.key").exists()
+
+
+def test_ca_show_speaks_to_people_and_to_scripts(app, runner, people):  # noqa: F811
+    node, _ = admit_with_keys(people)
+    row = pki.current_certificate(node.node_id)
+    human = runner.invoke(args=["ca", "show", row.serial])
+    assert human.exit_code == 0 and f"sha256:            {row.sha256}" in human.output
+    assert "BEGIN CERTIFICATE" in human.output and not human.output.lstrip().startswith("{")
+    shown = json.loads(runner.invoke(args=["ca", "show", row.serial, "--json"]).output)
+    assert shown["sha256"] == row.sha256 and shown["pem"] == row.pem
+
+
+def test_renewal_is_offered_on_the_newest_certificate_only(app, people):  # noqa: F811
+    minister, _ = people
+    node, _ = admit_with_keys(people)
+    first = pki.current_certificate(node.node_id)
+    console = Console(app.test_client())
+    console.login("minister")
+    assert 'id="renew"' in console.client.get(f"/certificates/{first.serial}").get_data(as_text=True)
+    pki.revoke(first, "key_compromise", by=minister)
+    db.session.commit()
+    page = console.client.get(f"/certificates/{first.serial}").get_data(as_text=True)
+    assert 'id="renew"' in page  # the replacement is issued from the revoked one's page
+    second = pki.renew(node, NodeKeys().csr, by=minister)
+    db.session.commit()
+    page = console.client.get(f"/certificates/{first.serial}").get_data(as_text=True)
+    assert 'id="renew"' not in page and 'id="newer-certificate"' in page and second.serial[:16] in page
+    assert 'id="renew"' in console.client.get(f"/certificates/{second.serial}").get_data(as_text=True)
+
+
+def test_console_renewal_with_nothing_or_junk_says_so(app, people):  # noqa: F811
+    import io
+
+    from tests.conftest import csrf_token
+
+    node, _ = admit_with_keys(people)
+    row = pki.current_certificate(node.node_id)
+    console = Console(app.test_client())
+    console.login("minister")
+    empty = console.post_form(f"/certificates/{row.serial}", {"csr": ""}, action=f"/certificates/{row.serial}/renew")
+    assert empty.status_code == 422 and "未提供 CSR" in empty.get_data(as_text=True)
+    token_page = console.client.get(f"/certificates/{row.serial}").get_data(as_text=True)
+    junk = console.client.post(f"/certificates/{row.serial}/renew", content_type="multipart/form-data", data={
+        "csrf_token": csrf_token(token_page), "csr": "", "csr_file": (io.BytesIO(bytes(range(256))), "junk.bin")})
+    assert junk.status_code == 422 and "既不是 PEM 也不是 DER" in junk.get_data(as_text=True)
+    assert [r.serial for r in pki.node_certificates(node.node_id)] == [row.serial]
