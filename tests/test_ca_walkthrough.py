@@ -169,3 +169,34 @@ def test_console_renewal_with_nothing_or_junk_says_so(app, people):  # noqa: F81
         "csrf_token": csrf_token(token_page), "csr": "", "csr_file": (io.BytesIO(bytes(range(256))), "junk.bin")})
     assert junk.status_code == 422 and "既不是 PEM 也不是 DER" in junk.get_data(as_text=True)
     assert [r.serial for r in pki.node_certificates(node.node_id)] == [row.serial]
+
+
+def test_the_dashboard_counts_node_certificates_in_the_admins_scope(app, make_user, people):  # noqa: F811
+    from datetime import timedelta
+
+    from app.database import utcnow
+    from app.pki.views import dashboard_panel
+
+    minister, jx_admin = people
+    node, _ = admit_with_keys(people)
+    gd_admin = make_user("gd-admin", "provincial_admin", ("440000",))
+    row = pki.current_certificate(node.node_id)
+    row.not_after = utcnow() + timedelta(days=10)
+    signer = db.session.scalars(db.select(Certificate).where(Certificate.kind == "route_signer")).one()
+    signer.not_after = utcnow() + timedelta(days=10)  # the management node's own: warned elsewhere, not counted
+    db.session.commit()
+    assert {k: dashboard_panel(minister)[k] for k in ("valid", "expiring")} == {"valid": 1, "expiring": 1}
+    assert {k: dashboard_panel(jx_admin)[k] for k in ("valid", "expiring")} == {"valid": 1, "expiring": 1}
+    assert {k: dashboard_panel(gd_admin)[k] for k in ("valid", "expiring")} == {"valid": 0, "expiring": 0}
+
+
+def test_a_page_past_the_end_shows_the_last_page(app, people):  # noqa: F811
+    app.config["MPIM_PAGE_SIZE"] = 2
+    for _ in range(3):
+        admit_with_keys(people)
+    console = Console(app.test_client())
+    console.login("minister")
+    valid = len(db.session.scalars(pki.inventory_query(state="valid")).all())  # nodes' and the management node's
+    pages = -(-valid // 2)
+    last = console.client.get("/certificates/?page=99&state=valid").get_data(as_text=True)
+    assert f"{pages} / {pages}" in last and "page=98" not in last and f"page={pages - 1}&amp;state=valid" in last

@@ -130,14 +130,20 @@ def renew(serial: str):
 def dashboard_panel(user) -> dict | None:
     if not service.is_ready():
         return {"template": "pki/dashboard_panel.html", "ready": False}
-    now = utcnow()
+    """Node certificates only (the management node's own have their own warnings), and a provincial
+    admin counts only their divisions' nodes, as their inventory lists them."""
     from datetime import timedelta
 
-    expiring = db.session.scalar(select(func.count()).where(
-        Certificate.revoked_at.is_(None), Certificate.not_after > now,
-        Certificate.not_after <= now + timedelta(days=30))) or 0
-    valid = db.session.scalar(select(func.count()).where(Certificate.kind == "node", Certificate.revoked_at.is_(None),
-                                                         Certificate.not_after > now)) or 0
+    now = utcnow()
+    live = select(func.count()).select_from(Certificate).where(
+        Certificate.kind == "node", Certificate.revoked_at.is_(None), Certificate.not_after > now)
+    if user.role == "provincial_admin":
+        from app.admission.models import Node
+        from app.admission.scope import division_filter
+
+        live = live.join(Node, Node.node_id == Certificate.node_id).where(division_filter(user, Node.division_code))
+    valid = db.session.scalar(live) or 0
+    expiring = db.session.scalar(live.where(Certificate.not_after <= now + timedelta(days=30))) or 0
     return {"template": "pki/dashboard_panel.html", "ready": True, "expiring": expiring, "valid": valid}
 
 
