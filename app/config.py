@@ -25,6 +25,17 @@ def instance_path() -> Path:
     return Path(os.environ.get("MPIM_INSTANCE_PATH") or PROJECT_ROOT / "instance")
 
 
+def base_url_from_bind(bind: str) -> str:
+    """Without MPIM_BASE_URL, the embedded default's address follows gunicorn's MPIM_BIND, so the CRL
+    and OCSP addresses written into certificates reach this console (a wildcard host means loopback)."""
+    host, _, port = bind.rpartition(":")
+    if not bind or bind.startswith(("unix:", "fd://")) or not port.isdigit():
+        return "http://127.0.0.1:5000"
+    if host in ("", "0.0.0.0", "[::]", "::"):
+        host = "127.0.0.1"
+    return f"http://{host}:{port}"
+
+
 def database_url(instance: Path) -> str:
     """DATABASE_URL, with plain postgresql:// URLs routed to the psycopg 3 driver."""
     url = os.environ.get("DATABASE_URL") or f"sqlite:///{instance / 'mpim.db'}"
@@ -74,7 +85,7 @@ def load_config(overrides: dict | None = None) -> dict:
         "MPIM_LOGIN_MAX_FAILURES": env_int("MPIM_LOGIN_MAX_FAILURES", 5),
         "MPIM_LOGIN_LOCK_MINUTES": env_int("MPIM_LOGIN_LOCK_MINUTES", 15),
         "MPIM_PAGE_SIZE": env_int("MPIM_PAGE_SIZE", 50),
-        "MPIM_BASE_URL": os.environ.get("MPIM_BASE_URL", "http://127.0.0.1:5000"),
+        "MPIM_BASE_URL": os.environ.get("MPIM_BASE_URL") or base_url_from_bind(os.environ.get("MPIM_BIND", "")),
         "MPIM_NETWORK_FLAG": os.environ.get("MPIM_NETWORK_FLAG", "5"),
         "MPIM_EXPOSE_WORKER_PID": env_flag("MPIM_EXPOSE_WORKER_PID", False),
         "MPIM_NODE_SESSION_SECONDS": env_int("MPIM_NODE_SESSION_SECONDS", 3600),

@@ -200,3 +200,12 @@ def test_a_page_past_the_end_shows_the_last_page(app, people):  # noqa: F811
     pages = -(-valid // 2)
     last = console.client.get("/certificates/?page=99&state=valid").get_data(as_text=True)
     assert f"{pages} / {pages}" in last and "page=98" not in last and f"page={pages - 1}&amp;state=valid" in last
+
+
+def test_the_embedded_default_address_follows_the_bind():
+    """Certificates name CRL and OCSP addresses under MPIM_BASE_URL; unset, it follows MPIM_BIND."""
+    from app.config import base_url_from_bind
+
+    assert base_url_from_bind("127.0.0.1:5077") == "http://127.0.0.1:5077"
+    assert base_url_from_bind("0.0.0.0:8000") == "http://127.0.0.1:8000"
+    assert base_url_from_bind("") == base_url_from_bind("unix:/run/mpim.sock") == "http://127.0.0.1:5000"
