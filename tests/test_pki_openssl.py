@@ -325,3 +325,32 @@ def test_the_scheduler_renews_the_management_nodes_own_certificates_in_their_las
                                                                      AuditRecord.action == "certificate.issue"))
     assert {format(signer.serial_number, "x"), format(management.serial_number, "x")} == set(actions)
     assert pki.service_renewal_job() == "nothing due"
+
+
+def test_ocsp_over_get_answers_good_then_revoked(issued, client):
+    """RFC 6960 A.1.1 GET: the openssl-made request, base64 and URL-encoded into the path."""
+    import base64
+    from urllib.parse import quote
+
+    from cryptography.x509 import ocsp
+
+    made = openssl("ocsp", "-issuer", "intermediate.pem", "-cert", "node.pem", "-reqout", "one.der", "-no_nonce",
+                   cwd=issued["dir"])
+    assert made.returncode == 0, made.stderr
+    path = "/ca/ocsp/" + quote(base64.b64encode((issued["dir"] / "one.der").read_bytes()).decode(), safe="")
+
+    def status():
+        response = client.get(path)
+        assert response.status_code == 200 and response.mimetype == "application/ocsp-response"
+        answer = ocsp.load_der_ocsp_response(response.data)
+        assert answer.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL
+        assert answer.serial_number == int(issued["row"].serial, 16)
+        return answer.certificate_status
+
+    assert status() == ocsp.OCSPCertStatus.GOOD
+    pki.revoke(issued["row"], "key_compromise", by=issued["minister"])
+    pki.db.session.commit()
+    assert status() == ocsp.OCSPCertStatus.REVOKED
+    for junk in ("not-base64!", quote(base64.b64encode(b"junk").decode(), safe="")):
+        answer = ocsp.load_der_ocsp_response(client.get(f"/ca/ocsp/{junk}").data)
+        assert answer.response_status == ocsp.OCSPResponseStatus.MALFORMED_REQUEST

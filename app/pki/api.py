@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 from flask import Blueprint, Response, g, request
 from werkzeug.exceptions import UnsupportedMediaType
 
@@ -68,6 +70,17 @@ def ocsp_post():
     if request.mimetype != "application/ocsp-request":
         raise UnsupportedMediaType("Send an application/ocsp-request body.")
     return Response(service.ocsp_response(request.get_data()), mimetype="application/ocsp-response")
+
+
+@bp.get("/ca/ocsp/<path:encoded>")
+def ocsp_get(encoded: str):
+    """RFC 6960 A.1.1: the DER request, base64, URL-encoded in the path (what NSS and Java send for
+    small requests). Anything that is not base64 gets the same malformedRequest a bad POST body gets."""
+    try:
+        request_der = base64.b64decode(encoded, validate=True)
+    except ValueError:
+        request_der = b""
+    return Response(service.ocsp_response(request_der), mimetype="application/ocsp-response")
 
 
 def _caller_may_fetch(node) -> None:
