@@ -45,8 +45,18 @@ def test_import_2019_then_2023_reports_the_real_changes(app):
 
 
 def test_reimporting_the_same_revision_changes_nothing(app):
+    from app.audit.models import AuditRecord
+    from app.divisions.models import DivisionRevision
+
+    def counts():
+        return (db.session.scalar(select(func.count()).select_from(DivisionRevision)),
+                db.session.scalar(select(func.count()).select_from(AuditRecord)
+                                  .where(AuditRecord.action == "divisions.import")))
+
+    before = counts()
     report = service.import_revision((DATA / "gb2260-2023.csv").read_bytes(), "2023")
     assert not report.changed and report.total == 3210
+    assert counts() == before  # `make run` imports on every start: a no-op leaves no revision row or audit entry
 
 
 @pytest.mark.parametrize(("content", "line", "reason"), [

@@ -98,6 +98,9 @@ def import_revision(data: bytes, revision: str, *, actor: str | None = None) -> 
     if retired_codes:
         for check in retirement_checks:
             report.retired_in_use.extend(check(retired_codes))
+    latest = db.session.scalar(select(DivisionRevision.name).order_by(DivisionRevision.id.desc()).limit(1))
+    if existing and not report.changed and latest == revision:
+        return report  # the same list again (`make run` imports on every start): nothing to record
     db.session.add(DivisionRevision(name=revision, imported_by=actor or "system", added=len(report.added),
                                     renamed=len(report.renamed), retired=len(report.retired),
                                     restored=len(report.restored)))
