@@ -2,6 +2,32 @@
 
 from __future__ import annotations
 
+from flask_babel import lazy_gettext as _l
+
+# The console's words for HTTP errors (Werkzeug's own are English); the JSON API keeps Werkzeug's.
+HTTP_TITLES = {
+    400: _l("Bad request"), 401: _l("Sign-in required"), 403: _l("Access denied"), 404: _l("Page not found"),
+    405: _l("Method not allowed"), 408: _l("Request timed out"), 409: _l("Conflict"), 410: _l("Gone"),
+    413: _l("Request too large"), 415: _l("Unsupported content type"), 429: _l("Too many requests"),
+    500: _l("Internal error"), 502: _l("Bad gateway"), 503: _l("Service unavailable"),
+}
+HTTP_EXPLANATIONS = {
+    400: _l("The browser sent a request the console could not understand."),
+    401: _l("Please sign in to see this page."),
+    403: _l("Your account may not open this page."),
+    404: _l("There is no such page. If you typed the address, check it."),
+    405: _l("This page does not accept this kind of request."),
+    408: _l("The browser did not finish the request in time; try again."),
+    409: _l("The request conflicts with the current state; reload the page and try again."),
+    410: _l("This page is no longer available."),
+    415: _l("The console does not accept this type of content."),
+    429: _l("Too many requests; wait a moment and try again."),
+    500: _l("The console failed to complete the request. Try again later; if it keeps happening, tell the "
+            "administrator."),
+    502: _l("An upstream server gave an invalid answer."),
+    503: _l("The console is temporarily unavailable; try again later."),
+}
+
 
 class DomainError(Exception):
     """A rule of the domain was broken; carries a stable snake_case code for API clients."""
@@ -58,20 +84,49 @@ def wants_json() -> bool:
     return request.path.startswith(("/api/", "/ca/")) or request.is_json
 
 
+def size_text(size: int) -> str:
+    """1048576 -> "1 MB", 65536 -> "64 KB": how the console states a size limit."""
+    for unit, factor in (("MB", 1024 * 1024), ("KB", 1024)):
+        if size >= factor and size % factor == 0:
+            return f"{size // factor} {unit}"
+    return f"{size} B"
+
+
+def http_explanation(error) -> str:
+    """The console's sentence for an HTTP error: ours for Werkzeug's stock text, else the raiser's own."""
+    from flask import current_app
+    from flask_wtf.csrf import CSRFError
+    from werkzeug.exceptions import RequestEntityTooLarge
+
+    if isinstance(error, CSRFError):
+        return _l("The form expired or did not come from this console: go back, reload the page and try again.")
+    if isinstance(error, RequestEntityTooLarge):
+        limit = current_app.config.get("MAX_CONTENT_LENGTH")
+        if limit:
+            return _l("The request is too large: the console accepts at most %(limit)s.", limit=size_text(limit))
+    if error.description == type(error).description and error.code in HTTP_EXPLANATIONS:
+        return HTTP_EXPLANATIONS[error.code]
+    return error.description
+
+
 def init_app(app) -> None:
     """One handler per error kind: JSON for the API, an error page for the console."""
     from flask import render_template
     from werkzeug.exceptions import HTTPException
 
+    def page(status: int, message):
+        return render_template("error.html", status=status, title=HTTP_TITLES.get(status, status),
+                               message=message), status
+
     @app.errorhandler(DomainError)
     def handle_domain_error(error: DomainError):
         if wants_json():
             return error.to_dict(), error.status
-        return render_template("error.html", status=error.status, message=error.message), error.status
+        return page(error.status, error.message)
 
     @app.errorhandler(HTTPException)
     def handle_http_error(error: HTTPException):
         if wants_json():
             code = (error.name or "error").lower().replace(" ", "_")
             return {"error": {"code": code, "message": error.description}}, error.code
-        return render_template("error.html", status=error.code, message=error.description), error.code
+        return page(error.code, http_explanation(error))

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from babel.messages.pofile import read_po
+
+from app.errors import Conflict
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,3 +30,115 @@ def test_every_extracted_string_is_translated(tmp_path):
 def test_api_errors_are_english_whatever_the_session_language(client):
     body = client.get("/api/v1/divisions/999999").get_json()
     assert body["error"]["message"].startswith("There is no division 999999")
+
+
+# --- stored codes and errors shown to a Chinese reader -------------------------------------------
+
+def _admitted_node(make_user):
+    from app.admission import applications
+    from app.admission.information import parse
+    from app.extensions import db
+    from tests.factories import node_document
+
+    minister = make_user("approver")
+    document = node_document("360000")
+    application = applications.submit_by_user(parse(document), document["csr"], by=minister)
+    db.session.commit()
+    node = applications.approve(application, by=minister)
+    db.session.commit()
+    return application, node
+
+
+def test_node_status_flash_names_the_status_in_chinese(admin_console, make_user):
+    _, node = _admitted_node(make_user)
+    page = f"/nodes/{node.node_id}"
+    response = admin_console.post_form(page, {"reason": "维护"}, action=f"{page}/suspend")
+    html = admin_console.client.get(response.headers["Location"]).get_data(as_text=True)
+    assert f"完成：节点 {node.node_id} 现为“已暂停”状态。" in html
+    assert "suspended" not in html
+
+
+def test_renewal_refusal_names_the_status_in_chinese_and_the_api_stays_english(admin_console, make_user):
+    from app.admission import nodes
+    from app.extensions import db
+    from app.pki import service as pki
+    from tests.factories import NodeKeys
+
+    _, node = _admitted_node(make_user)
+    serial = pki.current_certificate(node.node_id).serial
+    nodes.suspend(node, "x", by=make_user("suspender"))
+    db.session.commit()
+    page = f"/certificates/{serial}"
+    response = admin_console.post_form(page, {"csr": NodeKeys().csr}, action=f"{page}/renew")
+    assert "状态为“已暂停”的节点不能更新证书。" in response.get_data(as_text=True)
+    with pytest.raises(Conflict) as caught:
+        pki.renew(node, NodeKeys().csr)
+    assert str(caught.value.message) == "A suspended node cannot renew its certificate."
+
+
+def test_an_oversized_csr_upload_is_refused_in_chinese(admin_console):
+    response = admin_console.post_form("/applications/new", {
+        "division_code": "360000", "csr_file": (io.BytesIO(b"x" * 70000), "big.csr")})
+    assert "文件不能超过 64 KB。" in response.get_data(as_text=True)
+
+
+def test_a_request_over_the_limit_gets_a_chinese_page_and_json_under_the_api(admin_console):
+    body = {"csr_file": (io.BytesIO(b"x" * (1024 * 1024 + 1)), "huge.csr")}
+    response = admin_console.client.post("/applications/new", data=body)
+    html = response.get_data(as_text=True)
+    assert response.status_code == 413 and "请求过大：控制台最多接受 1 MB。" in html
+    assert "capacity limit" not in html
+    api = admin_console.client.post("/api/v1/applications", data=b'{"csr": "' + b"x" * 1024 * 1024 + b'"}',
+                                    content_type="application/json")
+    assert api.status_code == 413
+    assert api.get_json()["error"] == {"code": "request_entity_too_large",
+                                       "message": "The data value transmitted exceeds the capacity limit."}
+
+
+def test_an_unknown_page_is_explained_in_chinese_and_in_english_under_the_api(admin_console):
+    response = admin_console.client.get("/no-such-page")
+    html = response.get_data(as_text=True)
+    assert response.status_code == 404 and "页面不存在" in html and "没有这个页面" in html
+    assert "requested URL was not found" not in html
+    api = admin_console.client.get("/api/v1/no-such-page")
+    assert api.status_code == 404 and api.get_json()["error"]["code"] == "not_found"
+    assert api.get_json()["error"]["message"].startswith("The requested URL was not found")
+
+
+def test_the_english_console_keeps_english_error_pages(admin_console):
+    admin_console.client.get("/lang/en")
+    html = admin_console.client.get("/no-such-page").get_data(as_text=True)
+    assert "Page not found" in html and "There is no such page." in html
+
+
+def test_application_page_lists_capabilities_and_statuses_in_chinese(admin_console, make_user):
+    application, node = _admitted_node(make_user)
+    html = admin_console.client.get(f"/applications/{application.id}").get_data(as_text=True)
+    assert "文本、图片、语音、文件" in html and "已读计数" in html and "read_count" not in html
+    assert "已批准" in html
+
+
+def test_revocation_reasons_and_routing_changes_have_chinese_labels(app):
+    from flask import render_template_string
+    from flask_babel import force_locale
+
+    with app.test_request_context("/"), force_locale("zh_CN"):
+        rendered = render_template_string(
+            "{{ 'key_compromise'|revocation_reason_label }}|{{ 'active'|status_label }}|"
+            "{{ 'certificate changed'|route_reason_label }}|{{ 'first table'|route_change_label }}|"
+            "{{ '36000000002025000001 status up→down'|route_change_label }}|"
+            "{{ '36000000002025000001 endpoint changed'|route_change_label }}|{{ 'something new'|status_label }}")
+    assert rendered == ("密钥泄露|启用|证书变更|首个路由表|36000000002025000001 状态 正常→故障|"
+                        "36000000002025000001 接入地址变更|something new")
+
+
+def test_the_latency_chart_speaks_chinese(app):
+    from datetime import UTC, datetime
+
+    from flask_babel import force_locale
+
+    from app.health import charts
+
+    with force_locale("zh_CN"):
+        svg = charts.latency_chart([], end=datetime.now(UTC))
+    assert "无成功巡检" in svg and "24 小时前" in svg and "现在" in svg and "now" not in svg

@@ -115,7 +115,7 @@ def test_console_history_downloads_and_cli_verify(app, session, runner, tmp_path
     admin_console = Console(app.test_client())
     admin_console.login("minister")
     page = admin_console.client.get("/routes/").get_data(as_text=True)
-    assert f"v1: {session['node'].node_id} added" in page
+    assert f"v1: {session['node'].node_id} 加入" in page and "节点接入" in page  # the stored lines, in words
     body = admin_console.client.get("/routes/v1.json").data
     signature = admin_console.client.get("/routes/v1.sig").data
     (tmp_path / "t.json").write_bytes(body)

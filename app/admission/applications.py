@@ -21,6 +21,7 @@ from app.database import utcnow
 from app.divisions import service as divisions
 from app.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from app.extensions import db
+from app.labels import status_word
 
 
 def inspect_csr(pem: str | None) -> dict:
@@ -140,7 +141,7 @@ def _require_ministry(by) -> None:
 def _require_pending(application: Application) -> None:
     if application.status != "pending":
         raise Conflict(_l("Application %(id)s is %(status)s already.", id=application.id,
-                          status=application.status), code="application_not_pending")
+                          status=status_word(application.status)), code="application_not_pending")
 
 
 def approve(application: Application, *, by) -> Node:

@@ -16,6 +16,7 @@ from app.auth.access import roles_required
 from app.database import paginate
 from app.errors import DomainError
 from app.extensions import db
+from app.labels import status_word
 
 bp = Blueprint("nodes", __name__, url_prefix="/nodes")
 VIEWERS = ("ministry_admin", "provincial_admin", "auditor")
@@ -73,7 +74,7 @@ def lifecycle(node_id: str, action: str):
         try:
             LIFECYCLE[action](node, form.reason.data, by=current_user)
             db.session.commit()
-            flash(_("Done: %(node)s is %(status)s.", node=node.node_id, status=node.status), "success")
+            flash(_("Done: %(node)s is %(status)s.", node=node.node_id, status=status_word(node.status)), "success")
         except DomainError as error:
             db.session.rollback()
             flash(error.message, "error")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from xml.sax.saxutils import escape
 
+from flask_babel import gettext as _
+
 from app.health.history import Bucket
 
 
@@ -19,20 +21,24 @@ def latency_chart(points: list[tuple[datetime, float]], *, end: datetime, hours:
     def y(latency: float) -> float:
         return height - 20 - latency / top * (height - 30)
 
+    words = {"label": _("latency, last %(n)s hours", n=hours), "start": _("-%(n)sh", n=hours), "now": _("now"),
+             "empty": _("no successful polls")}
+    words = {key: escape(str(value)) for key, value in words.items()}
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" class="chart latency" '
-             f'role="img" aria-label="latency, last {hours} hours">',
+             f'role="img" aria-label="{words["label"]}">',
              f'<line x1="{pad}" y1="{height - 20}" x2="{width - 8}" y2="{height - 20}" stroke="#d9dee4"/>',
              f'<text x="2" y="14" font-size="11" fill="#66707c">{top:.0f} ms</text>',
              f'<text x="2" y="{height - 22}" font-size="11" fill="#66707c">0</text>',
-             f'<text x="{pad}" y="{height - 4}" font-size="11" fill="#66707c">-{hours}h</text>',
-             f'<text x="{width - 40}" y="{height - 4}" font-size="11" fill="#66707c">now</text>']
+             f'<text x="{pad}" y="{height - 4}" font-size="11" fill="#66707c">{words["start"]}</text>',
+             f'<text x="{width - 8}" y="{height - 4}" text-anchor="end" font-size="11" fill="#66707c">'
+             f'{words["now"]}</text>']
     if points:
         path = " ".join(f"{'M' if i == 0 else 'L'}{x(at):.1f},{y(latency):.1f}" for i, (at, latency) in
                         enumerate(points))
         parts.append(f'<path d="{path}" fill="none" stroke="#0b3d91" stroke-width="1.5"/>')
     else:
         parts.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" font-size="12" '
-                     f'fill="#66707c">no successful polls</text>')
+                     f'fill="#66707c">{words["empty"]}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -47,8 +53,10 @@ def uptime_bars(buckets: list[Bucket], *, label: str, width: int = 720, height: 
         uptime = bucket.uptime
         colour = "#e3e7eb" if uptime is None else "#1e7b34" if uptime >= 0.999 else \
             "#b3261e" if uptime < 0.5 else "#e0a800"
-        title = "no data" if uptime is None else f"{uptime * 100:.1f}% of {bucket.polls} polls"
+        title = _("no data") if uptime is None else _("%(percent)s%% of %(n)s polls", percent=f"{uptime * 100:.1f}",
+                                                       n=bucket.polls)
+        title = escape(f"{bucket.start.isoformat()}: {title}")
         parts.append(f'<rect x="{index * bar + 1:.1f}" y="2" width="{max(bar - 2, 1):.1f}" height="{height - 4}" '
-                     f'rx="2" fill="{colour}"><title>{escape(bucket.start.isoformat())}: {title}</title></rect>')
+                     f'rx="2" fill="{colour}"><title>{title}</title></rect>')
     parts.append("</svg>")
     return "".join(parts)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 
 from flask import Blueprint, Response, current_app, render_template, request
+from flask_babel import lazy_gettext as _l
 
 from app.auth.access import roles_required
 from app.database import paginate
@@ -25,7 +26,8 @@ def index():
 def _with_body(version: int):
     row = service.find(version)
     if row is None or row.body is None:
-        raise NotFound(f"Version {version} is not kept any more (only the last {service.KEEP_BODIES}).",
+        raise NotFound(_l("Version %(version)s is not kept any more (only the last %(n)s).", version=version,
+                          n=service.KEEP_BODIES),
                        code="version_not_kept")
     return row
 
