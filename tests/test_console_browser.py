@@ -52,3 +52,16 @@ def test_language_switch_to_english_and_back(page, live_server, make_user):
     assert "34 provinces" in page.inner_text("main")
     page.click("text=中文")
     page.wait_for_selector("h1:has-text('仪表盘')")
+
+
+def test_english_navigation_stays_inside_the_header_at_1024_px(page, live_server, make_user):
+    """English labels are longer: the navigation may wrap, and the header grows with it."""
+    make_user("minister")
+    page.set_viewport_size({"width": 1024, "height": 700})
+    sign_in(page, live_server, "minister")
+    page.click("text=English")
+    page.wait_for_selector("h1:has-text('Dashboard')")
+    header = page.eval_on_selector("header.topbar", "e => e.getBoundingClientRect().toJSON()")
+    nav = page.eval_on_selector("nav.mainnav", "e => e.getBoundingClientRect().toJSON()")
+    assert nav["top"] >= header["top"] + 4 and nav["bottom"] <= header["bottom"] - 4
+    screenshot(page, "header-english-1024")
