@@ -60,7 +60,7 @@ def test_expiring_certificate_from_the_dashboard_to_its_revocation(page, live_se
     page.wait_for_selector(".flash.success")
     assert f"证书 {serial} 已吊销" in page.inner_text(".flash.success")
     assert page.inner_text("#certificate-state") == "已吊销"
-    assert "key_compromise" in page.inner_text("dl.facts")
+    assert "密钥泄露" in page.inner_text("dl.facts")
     screenshot(page, "certificate-revoked")
     db.session.expire_all()
     revoked = db.session.get(Certificate, serial)
