@@ -474,6 +474,8 @@ def test_a_node_renews_in_the_last_third_and_peers_accept_the_new_certificate(ne
     message = a.node.send_text("zhangsan", b.user("lisi"), "新证书")
     assert [row.state for row in a.node.outbox()] == ["delivered"]
     assert history(b, "lisi", message.conversation_id)[0]["content"]["text"] == "新证书"
+    b.node.send_text("lisi", a.user("zhangsan"), "收到")  # A's running server presents the new one too
+    assert [row.state for row in b.node.outbox()] == ["delivered"]
 
 
 def test_a_node_follows_a_route_signer_rotation_and_keeps_talking(network):

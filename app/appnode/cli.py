@@ -16,7 +16,7 @@ import click
 
 from app.appnode.config import NodeConfig
 from app.appnode.node import Node, address
-from app.appnode.registry import write_private
+from app.appnode.registry import write_atomic, write_private
 from app.errors import DomainError
 
 
@@ -122,7 +122,8 @@ def status(ctx: Context):
         states[row.state] = states.get(row.state, 0) + 1
     document = {"node_id": node.node_id if node.joined else None, "route_version": node.routes.version,
                 "routes_expired": node.routes.expired, "outbox": states,
-                "certificate_sha256": node.identity.fingerprint() if node.joined else None}
+                "certificate_sha256": node.identity.fingerprint() if node.joined else None,
+                "certificate_problem": node.setting("certificate_problem") or None}
     ctx.out(document)
 
 
@@ -354,6 +355,25 @@ def renew(ctx: Context, force):
     if not force and not node.renewal_due():
         raise click.ClickException("renewal opens in the last third of the certificate's validity")
     ctx.out({"certificate_sha256": node.renew()})
+
+
+@cli.command()
+@click.option("--new-key", is_flag=True, help="For a new key, kept as the pending key until its certificate "
+              "arrives (a pending key already waiting is reused).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the CSR here.")
+@pass_ctx
+def csr(ctx: Context, new_key, out):
+    """A CSR to hand to a ministry admin, who renews this node from it in the console (or `flask ca renew`);
+    the node installs the certificate from its next route pull."""
+    request, key, reused = ctx.node.certificate_request(new_key=new_key)
+    key_file = ctx.node.identity.pending_key_file if key == "pending" else ctx.node.identity.key_file
+    if reused:
+        click.echo(f"reusing the pending key already in {key_file} (made by an earlier `csr --new-key`)", err=True)
+    if out:
+        write_atomic(out, request.encode("ascii"))
+    document = {"csr": request, "key": key, "key_file": str(key_file), "reused": reused,
+                "out": str(out) if out else None}
+    ctx.out(document, f"CSR for the {key} key written to {out}" if out else request.rstrip("\n"))
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ import struct
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,6 +31,7 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.appnode import filetypes, protocol
+from app.appnode.certificate import CertificateNotInstalled, KeyNotHeld, check_issued, key_holder
 from app.appnode.config import SOFTWARE_VERSION, NodeConfig
 from app.appnode.protocol import (
     CertificateMismatch,
@@ -73,7 +74,7 @@ from app.appnode.store import (
 )
 from app.appnode.transport import PeerCertificateMismatch, PeerPool, PeerUnreachable, client_context
 from app.errors import DomainError
-from app.routing.client import RouteClient, RouteRejected
+from app.routing.client import OwnEntryMismatch, RouteClient, RouteRejected
 
 log = logging.getLogger("mpim.appnode")
 
@@ -186,6 +187,9 @@ class Node:
         self._writing = threading.Lock()
         self._hot = None
         self._known_users: set[str] = set()
+        self._certificate_lock = threading.Lock()
+        # Called after the node's certificate changed (renewal, or one an admin issued): the server reloads.
+        self.certificate_changed: list[Callable[[], None]] = []
 
     # ---- identity ----------------------------------------------------------------------------------------
     @classmethod
@@ -289,16 +293,24 @@ class Node:
         def fetch(headers):
             return self.registry.with_session(node_id, "GET", "/api/v1/routes", headers=headers)
 
-        try:
-            result = self.routes.pull(fetch, self.identity.signer_file.read_bytes(),
-                                      self.identity.chain_file.read_bytes())
-        except RouteRejected as error:
-            if error.code != "bad_signer":
-                raise
-            self.registry.fetch_ca()  # the signer may have been rotated: fetch it and try once more
-            result = self.routes.pull(fetch, self.identity.signer_file.read_bytes(),
-                                      self.identity.chain_file.read_bytes())
+        mended: set[str] = set()
+        while True:
+            try:
+                result = self.routes.pull(fetch, self.identity.signer_file.read_bytes(),
+                                          self.identity.chain_file.read_bytes())
+                break
+            except RouteRejected as error:
+                if error.code in mended or error.code not in ("bad_signer", "own_entry_mismatch"):
+                    raise
+                mended.add(error.code)
+                if isinstance(error, OwnEntryMismatch):
+                    self.adopt_listed_certificate(error.listed_sha256)  # then pull once more
+                else:
+                    self.registry.fetch_ca()  # the signer may have been rotated: fetch it and try once more
         self._last_refresh = time.monotonic()
+        if result.outcome == "accepted" and self.setting("certificate_problem"):
+            with self.db.begin() as session:
+                put_setting(session, "certificate_problem", "")
         return result
 
     def _refresh_for_peer(self) -> None:
@@ -325,16 +337,76 @@ class Node:
         return (now or utcnow()) >= end - (end - start) / 3
 
     def renew(self) -> str:
-        """A new key and CSR; the old certificate keeps working until the table carries the new one."""
+        """A new key and CSR; the old certificate keeps working until the table carries the new one. A pending
+        key `csr --new-key` made is used rather than replaced, so the CSR its operator handed out stays good."""
         pending = self.identity.pending_key_file
-        key = self.identity.generate_key(pending)
-        pem_chain = self.registry.renew(self.node_id, Identity.csr_for(key))
-        write_atomic(self.identity.key_file, pending.read_bytes(), 0o600)
-        self.identity.store_certificate(pem_chain)
-        pending.unlink(missing_ok=True)
+        key = self.identity.key(pending) if pending.exists() else self.identity.generate_key(pending)
+        key_pem = pending.read_bytes()  # a route pull may promote it meanwhile, once the table lists the new one
+        pem_chain = self.registry.renew(self.node_id, Identity.csr_for(key, self.node_id))
+        with self._certificate_lock:
+            write_atomic(self.identity.key_file, key_pem, 0o600)
+            self.identity.store_certificate(pem_chain)
+            pending.unlink(missing_ok=True)
+            return self._use_certificate()
+
+    def certificate_request(self, *, new_key: bool = False) -> tuple[str, str, bool]:
+        """A PEM CSR for a ministry admin to renew this node from (the console, or `flask ca renew`), for the
+        current key or, with `new_key`, for the pending key (made now, 0600, or reused if one is waiting).
+        Returns the CSR, which key ("current" or "pending") and whether a waiting pending key was reused."""
+        node_id = self.node_id
+        if not new_key:
+            return Identity.csr_for(self.identity.key(), node_id), "current", False
+        pending = self.identity.pending_key_file
+        with self._certificate_lock:
+            reused = pending.exists()
+            key = self.identity.key(pending) if reused else self.identity.generate_key(pending)
+        return Identity.csr_for(key, node_id), "pending", reused
+
+    def adopt_listed_certificate(self, listed_sha256: str) -> str:
+        """§4: the table lists this node with another certificate (an admin renewed it from a CSR the operator
+        handed over). Fetch the node's current certificate with the node session, check it (chain, node id,
+        the listed fingerprint) and install it if this node holds its key, promoting a pending key; otherwise
+        record the problem for `status` and raise CertificateNotInstalled. Returns the new fingerprint."""
+        node_id = self.node_id
+        with self._certificate_lock:
+            if self.identity.fingerprint() == self.routes.own_fingerprint == listed_sha256.lower():
+                return listed_sha256.lower()  # another thread installed it while this one waited
+            try:
+                issued = check_issued(self.registry.current_certificate(node_id), node_id=node_id,
+                                      listed_sha256=listed_sha256, root_pem=self.identity.ca_file.read_bytes(),
+                                      chain_pem=self.identity.chain_file.read_bytes())
+                pending = self.identity.pending_key_file
+                holder = key_holder(issued.certificate, self.identity.key(),
+                                    self.identity.key(pending) if pending.exists() else None)
+                if holder is None:
+                    raise KeyNotHeld(
+                        f"the management node issued certificate {issued.fingerprint} for a key this node does "
+                        f"not hold; it keeps certificate {self.identity.fingerprint()} and routing table version "
+                        f"{self.routes.version}. Make a CSR here (`python -m app.appnode csr`, or `csr --new-key`) "
+                        f"and ask a ministry admin to renew node {node_id} from it")
+            except CertificateNotInstalled as error:
+                if self.setting("certificate_problem") != error.message:
+                    log.error("%s", error.message)
+                    with self.db.begin() as session:
+                        put_setting(session, "certificate_problem", error.message)
+                raise
+            if holder == "pending":
+                write_atomic(self.identity.key_file, pending.read_bytes(), 0o600)
+            self.identity.store_certificate(issued.pem_chain)
+            if holder == "pending":
+                pending.unlink(missing_ok=True)
+            fingerprint = self._use_certificate()
+        log.info("installed certificate %s, which the management node issued for this node's %s key",
+                 fingerprint, holder)
+        return fingerprint
+
+    def _use_certificate(self) -> str:
+        """After the certificate file changed: the route client expects it, new connections present it."""
         fingerprint = self.identity.fingerprint()
         self.routes.set_identity(self.node_id, fingerprint)
         self.peers.reset()
+        for hook in self.certificate_changed:
+            hook()
         return fingerprint
 
     # ---- receiving (docs/protocol.md §5.4) ------------------------------------------------------------

@@ -215,6 +215,14 @@ class RegistryClient:
             result = self.request(method, path, bearer=self.session_token(node_id, fresh=True), **kwargs)
         return result
 
+    def current_certificate(self, node_id: str) -> bytes:
+        """The node's newest valid certificate and its chain, fetched with its node session (§4)."""
+        result = self.with_session(node_id, "GET", f"/api/v1/nodes/{node_id}/certificate",
+                                   headers={"Accept": "application/x-pem-file"})
+        if result.status != 200:
+            raise self.fail(result, "the current certificate is unavailable")
+        return result.body
+
     def renew(self, node_id: str, csr: str) -> bytes:
         result = self.with_session(node_id, "POST", "/api/v1/certificates/renew", body={"csr": csr})
         if result.status != 201:

@@ -28,14 +28,14 @@ HOUSEKEEPING_EVERY = 6 * 3600.0
 
 
 class NodeLoop(threading.Thread):
-    """Everything a node does on its own: pull routes, retry the outbox, flush read states and presence (and
+    """Everything a node does on its own: pull routes (installing a certificate an admin issued for this
+    node's key, docs/protocol.md §4), retry the outbox, flush read states and presence (and
     repeat presence every 5 minutes), renew its certificate in the last third of its validity, forget
     delivered envelopes and dedup records after the 7 days a repeat is recognised."""
 
-    def __init__(self, node: Node, *, on_renewed=None):
+    def __init__(self, node: Node):
         super().__init__(name="node-loop", daemon=True)
         self.node = node
-        self.on_renewed = on_renewed
         self.stopping = threading.Event()
 
     def stop(self) -> None:
@@ -74,8 +74,6 @@ class NodeLoop(threading.Thread):
         if self.node.renewal_due():
             fingerprint = self.node.renew()
             log.info("renewed the node certificate: %s", fingerprint)
-            if self.on_renewed:
-                self.on_renewed()
 
     @staticmethod
     def _guard(what: str, action) -> None:
@@ -107,7 +105,9 @@ class NodeServer(BaseApplication):
 
     def load(self):
         node = Node(self.data_dir)
-        # A renewed certificate is served after a graceful reload (SIGHUP to the gunicorn master).
-        loop = NodeLoop(node, on_renewed=lambda: os.kill(os.getppid(), signal.SIGHUP))
+        # New connections already get a context loaded from the files (gthread); a graceful reload (SIGHUP to
+        # the gunicorn master) also ends the kept-alive ones still presenting the old certificate.
+        node.certificate_changed.append(lambda: os.kill(os.getppid(), signal.SIGHUP))
+        loop = NodeLoop(node)
         loop.start()
         return create_node_app(node)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import os
 import ssl
 import threading
 from dataclasses import dataclass
@@ -43,13 +44,41 @@ def client_context(cert_file, key_file, bundle_file) -> ssl.SSLContext:
 
 
 def server_context(cert_file, key_file, bundle_file) -> ssl.SSLContext:
-    """Requests a client certificate without requiring it: health is open, federation paths enforce it."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(str(cert_file), str(key_file))
-    context.load_verify_locations(cafile=str(bundle_file))
-    context.verify_mode = ssl.CERT_OPTIONAL
-    return context
+    """Requests a client certificate without requiring it: health is open, federation paths enforce it.
+
+    Each handshake is served the pair now in the files, as gunicorn's per-connection contexts do: when they
+    changed (a renewal, or a certificate an admin issued), a context loaded from them takes over. A pair
+    caught halfway through being replaced does not load, and the previous one goes on serving."""
+
+    def load() -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(str(cert_file), str(key_file))
+        context.load_verify_locations(cafile=str(bundle_file))
+        context.verify_mode = ssl.CERT_OPTIONAL
+        return context
+
+    def stamp() -> tuple:
+        return tuple((found.st_ino, found.st_mtime_ns, found.st_size)
+                     for found in (os.stat(cert_file), os.stat(key_file)))
+
+    first = load()
+    held = {"stamp": stamp(), "context": first}
+    lock = threading.Lock()
+
+    def follow_files(connection: ssl.SSLSocket, _server_name, _context) -> None:
+        with lock:
+            try:
+                now = stamp()
+                if now != held["stamp"]:
+                    held["context"], held["stamp"] = load(), now
+            except (OSError, ssl.SSLError):
+                pass
+            if held["context"] is not first:
+                connection.context = held["context"]
+
+    first.sni_callback = follow_files  # called on every handshake, with or without a server name
+    return first
 
 
 def fingerprint_of(der: bytes | None) -> str | None:

@@ -47,6 +47,16 @@ class RouteRejected(DomainError):
         super().__init__(message, code=code)
 
 
+class OwnEntryMismatch(RouteRejected):
+    """`own_entry_mismatch`: the table lists this node with `listed_sha256`, not the certificate it holds
+    (after an admin renewal the node may fetch and install the listed certificate, then pull again)."""
+
+    def __init__(self, node_id: str, listed_sha256: str, own_sha256: str):
+        super().__init__("own_entry_mismatch", f"the table lists {node_id} with certificate {listed_sha256}, "
+                         f"this node holds {own_sha256}")
+        self.listed_sha256 = listed_sha256
+
+
 class RouteUnavailable(DomainError):
     """The management node answered a pull with neither a table (200) nor `304 Not Modified`."""
 
@@ -286,7 +296,7 @@ class RouteClient:
             return
         own = next((entry for entry in table["nodes"] if entry["node_id"] == self.node_id), None)
         if own is not None and own["cert_sha256"] != self.own_fingerprint:
-            raise RouteRejected("own_entry_mismatch", f"the table lists {self.node_id} with another certificate")
+            raise OwnEntryMismatch(self.node_id, own["cert_sha256"], self.own_fingerprint)
 
     # --- pulling ---------------------------------------------------------------------------------
 

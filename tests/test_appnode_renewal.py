@@ -1,0 +1,141 @@
+"""A ministry admin renews a reference node's certificate from a CSR its operator handed over (docs/protocol.md §4).
+
+The table lists the node with the new certificate at once; the node's next route pull fetches that certificate
+and installs it if the node holds its key (current or pending), so peers reach it again without a restart. A
+certificate for a key the node lacks is never installed: the node keeps its table and says what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import subprocess
+import sys
+
+import pytest
+
+from app.admission import nodes
+from app.appnode.certificate import KeyNotHeld
+from app.appnode.transport import fingerprint_of
+from app.extensions import db
+from app.pki import service as pki
+from tests.appnode_processes import eventually
+from tests.factories import make_csr, make_key
+from tests.test_appnode import history, network  # noqa: F401 (fixture)
+from tests.test_sessions import people  # noqa: F401 (fixture)
+
+
+def node_cli(served, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "app.appnode", "--data", str(served.dir), *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def admin_renews(network, served, csr_pem: str):  # noqa: F811
+    """What the console's renewal form does: `pki.renew(node, csr, by=<ministry admin>)`, then commit."""
+    row = pki.renew(nodes.get(served.id), csr_pem, by=network["minister"])
+    db.session.commit()
+    return row
+
+
+def await_listed(served, node_id: str, sha256: str) -> None:
+    """Pull until the table lists `node_id` with `sha256` (on PostgreSQL the management node's serving
+    process hears of a new version by NOTIFY, a moment after the commit)."""
+    def listed() -> bool:
+        served.node.sync_routes()
+        return served.node.routes.entry(node_id)["cert_sha256"] == sha256
+    eventually(listed, timeout=10, interval=0.05, what=f"{served.id}'s table to list {node_id} with {sha256}")
+
+
+def served_fingerprint(served) -> str:
+    """The SHA-256 of the certificate the node's HTTPS server presents to a new connection."""
+    context = ssl.create_default_context(cafile=str(served.node.identity.bundle_file))
+    context.check_hostname = False
+    with context.wrap_socket(socket.create_connection(("127.0.0.1", served.port))) as tls:
+        return fingerprint_of(tls.getpeercert(binary_form=True))
+
+
+def assert_both_ways(a, b, text: str) -> None:
+    to_b = a.node.send_text("zhangsan", b.user("lisi"), f"{text} A→B")
+    to_a = b.node.send_text("lisi", a.user("zhangsan"), f"{text} B→A")
+    assert [row.state for row in a.node.outbox()] == ["delivered"]
+    assert [row.state for row in b.node.outbox()] == ["delivered"]
+    assert to_a.conversation_id == to_b.conversation_id
+    for served, user in ((a, "zhangsan"), (b, "lisi")):
+        texts = [message["content"]["text"] for message in history(served, user, to_a.conversation_id)]
+        assert {f"{text} A→B", f"{text} B→A"} <= set(texts)
+
+
+def test_an_admin_renewal_from_the_current_keys_csr_is_installed_on_the_next_route_pull(network):  # noqa: F811
+    a, b = network["a"], network["b"]
+    old, key_pem = a.node.identity.fingerprint(), (a.dir / "tls" / "node.key").read_bytes()
+    done = node_cli(a, "csr")
+    assert done.returncode == 0 and done.stdout.startswith("-----BEGIN CERTIFICATE REQUEST-----")
+    issued = admin_renews(network, a, done.stdout)
+    assert issued.sha256 != old
+    await_listed(b, a.id, issued.sha256)
+
+    result = a.node.sync_routes()  # what the node loop does every route_interval
+
+    assert result.outcome == "accepted"
+    assert a.node.identity.fingerprint() == issued.sha256
+    assert a.node.routes.entry(a.id)["cert_sha256"] == issued.sha256
+    assert (a.dir / "tls" / "node.key").read_bytes() == key_pem  # the same key, certified anew
+    assert served_fingerprint(a) == issued.sha256  # the running server presents it, no restart
+    assert_both_ways(a, b, "续期之后")
+    assert json.loads(node_cli(a, "--json", "status").stdout)["certificate_problem"] is None
+
+
+def test_an_admin_renewal_from_a_new_keys_csr_promotes_the_pending_key(network):  # noqa: F811
+    a, b = network["a"], network["b"]
+    done = node_cli(a, "--json", "csr", "--new-key", "--out", str(a.dir / "renew.csr"))
+    document = json.loads(done.stdout)
+    pending = a.dir / "tls" / "pending.key"
+    assert document["key"] == "pending" and not document["reused"]
+    assert oct(pending.stat().st_mode & 0o777) == "0o600"
+    assert (a.dir / "renew.csr").read_text() == document["csr"]
+    pending_pem = pending.read_bytes()
+    again = node_cli(a, "--json", "csr", "--new-key")  # a second ask reuses the waiting key, and says so
+    assert json.loads(again.stdout)["reused"] and "reusing the pending key" in again.stderr
+    assert pending.read_bytes() == pending_pem
+    issued = admin_renews(network, a, document["csr"])
+    await_listed(b, a.id, issued.sha256)
+
+    done = node_cli(a, "--json", "routes", "pull")  # the operator's pull does what the loop's does
+    assert done.returncode == 0 and json.loads(done.stdout)["outcome"] == "accepted"
+
+    assert (a.dir / "tls" / "node.key").read_bytes() == pending_pem and not pending.exists()
+    assert oct((a.dir / "tls" / "node.key").stat().st_mode & 0o777) == "0o600"
+    assert served_fingerprint(a) == issued.sha256
+    # The server process still holds the older table and expects the old certificate; its own next pull
+    # finds the certificate already in the files, and takes the table
+    assert a.node.sync_routes().outcome == "accepted"
+    assert a.node.routes.entry(a.id)["cert_sha256"] == a.node.identity.fingerprint() == issued.sha256
+    assert_both_ways(a, b, "新密钥")
+
+
+def test_a_certificate_for_a_key_the_node_does_not_hold_is_refused_and_reported(network):  # noqa: F811
+    a, b = network["a"], network["b"]
+    old, version = a.node.identity.fingerprint(), a.node.routes.version
+    stranger = admin_renews(network, a, make_csr(make_key()))
+    await_listed(b, a.id, stranger.sha256)
+
+    with pytest.raises(KeyNotHeld, match="for a key this node does not hold"):
+        a.node.sync_routes()
+
+    assert a.node.identity.fingerprint() == old and a.node.routes.version == version
+    assert served_fingerprint(a) == old
+    done = node_cli(a, "routes", "pull")
+    assert done.returncode == 2 and "certificate_key_not_held" in done.stderr and stranger.sha256 in done.stderr
+    status = json.loads(node_cli(a, "--json", "status").stdout)
+    assert status["certificate_sha256"] == old and status["route_version"] == version
+    assert f"issued certificate {stranger.sha256} for a key this node does not hold" in status["certificate_problem"]
+    assert "csr" in status["certificate_problem"]
+
+    # What the message asks for: a CSR from the node, and a new renewal from it
+    issued = admin_renews(network, a, node_cli(a, "csr").stdout)
+    await_listed(b, a.id, issued.sha256)
+    assert a.node.sync_routes().outcome == "accepted"
+    assert a.node.identity.fingerprint() == issued.sha256
+    assert json.loads(node_cli(a, "--json", "status").stdout)["certificate_problem"] is None
+    assert_both_ways(a, b, "恢复")
