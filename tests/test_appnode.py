@@ -82,6 +82,18 @@ def sync(*served: ServedNode) -> None:
         node.node.sync_routes()
 
 
+def sync_until(served: ServedNode, check, what: str) -> None:
+    """Pull until `check()` holds: on PostgreSQL the management node's serving process hears of a new
+    version by NOTIFY, a moment after the commit, so one pull straight after it may get the table before."""
+    from tests.appnode_processes import eventually
+
+    def pulled() -> bool:
+        served.node.sync_routes()
+        return check()
+
+    eventually(pulled, timeout=10, interval=0.05, what=what)
+
+
 def history(node: ServedNode, user: str, conversation_id: str) -> list[dict]:
     return [entry["message"].document for entry in node.node.history(user, conversation_id)]
 
@@ -301,8 +313,8 @@ def test_a_certificate_whose_fingerprint_is_not_in_the_table_is_refused(network)
     presented = a.node.identity.fingerprint()
     pki.renew(nodes.get(a.id), make_csr(make_key()), by=network["minister"])  # an admin renews A's certificate
     db.session.commit()
-    b.node.sync_routes()  # B's table now lists A's new certificate
-    assert b.node.routes.entry(a.id)["cert_sha256"] != presented
+    sync_until(b, lambda: b.node.routes.entry(a.id)["cert_sha256"] != presented,
+               "B's table to list A's new certificate")
     status, body = raw_post(a.node, b, "message", text_envelope(a, b))  # A still presents the old, valid one
     assert status == 403 and body["error"]["code"] == "certificate_mismatch"
     assert stored_messages(b) == []
@@ -312,7 +324,7 @@ def test_an_unknown_or_suspended_node_is_refused_after_the_next_table(network):
     a, b = network["a"], network["b"]
     nodes.suspend(nodes.get(a.id), "drill", by=network["minister"])
     db.session.commit()
-    b.node.sync_routes()
+    sync_until(b, lambda: b.node.routes.entry(a.id) is None, "B's table to drop the suspended A")
     message = a.node.send_text("zhangsan", b.user("lisi"), "被暂停后")
     row = a.node.outbox()[0]
     assert row.state == "pending" and "unknown_peer" in row.last_error  # kept for retries within the hour
@@ -320,7 +332,7 @@ def test_an_unknown_or_suspended_node_is_refused_after_the_next_table(network):
 
     nodes.resume(nodes.get(a.id), "drill over", by=network["minister"])
     db.session.commit()
-    b.node.sync_routes()
+    sync_until(b, lambda: b.node.routes.entry(a.id) is not None, "B's table to list the resumed A")
     a.node.retry_now()
     assert a.node.deliver()["delivered"] == 1
     assert history(b, "lisi", message.conversation_id)[0]["content"]["text"] == "被暂停后"
