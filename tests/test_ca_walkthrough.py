@@ -209,3 +209,33 @@ def test_the_embedded_default_address_follows_the_bind():
     assert base_url_from_bind("127.0.0.1:5077") == "http://127.0.0.1:5077"
     assert base_url_from_bind("0.0.0.0:8000") == "http://127.0.0.1:8000"
     assert base_url_from_bind("") == base_url_from_bind("unix:/run/mpim.sock") == "http://127.0.0.1:5000"
+
+
+def test_renewal_posted_from_an_older_certificates_page_is_refused(app, people):  # noqa: F811
+    """A stale tab: the form is gone from the older page, and the server refuses it too."""
+    from tests.conftest import csrf_token
+
+    minister, _ = people
+    node, _ = admit_with_keys(people)
+    first = pki.current_certificate(node.node_id)
+    second = pki.renew(node, NodeKeys().csr, by=minister)
+    db.session.commit()
+    console = Console(app.test_client())
+    console.login("minister")
+    token = csrf_token(console.client.get(f"/certificates/{second.serial}").get_data(as_text=True))
+    response = console.client.post(f"/certificates/{first.serial}/renew", data={"csrf_token": token,
+                                                                               "csr": NodeKeys().csr})
+    assert response.status_code == 302 and response.headers["Location"].endswith(f"/certificates/{second.serial}")
+    assert len(pki.node_certificates(node.node_id)) == 2
+    assert "有更新的证书" in console.client.get(response.headers["Location"]).get_data(as_text=True)
+
+
+def test_the_dashboard_shows_each_tile_only_to_those_who_may_open_it(app, make_user, people):  # noqa: F811
+    make_user("auditor-1", "auditor")
+    tiles = {}
+    for username in ("minister", "jx-admin", "auditor-1"):
+        console = Console(app.test_client())
+        console.login(username)
+        html = console.client.get("/").get_data(as_text=True)
+        tiles[username] = ('id="users-tile"' in html, 'id="audit-tile"' in html)
+    assert tiles == {"minister": (True, True), "jx-admin": (False, False), "auditor-1": (False, True)}

@@ -18,7 +18,7 @@ def test_login_lands_on_the_dashboard_with_real_figures(page, live_server, make_
     page.wait_for_selector("h1:has-text('仪表盘')")
     text = page.inner_text("main")
     assert "34 个省级" in text  # from the loaded 2023 revision, not a made-up number
-    assert "1 名部级管理员" in text
+    assert "部级管理员 1 人" in text
     screenshot(page, "dashboard")
 
 

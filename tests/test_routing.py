@@ -122,8 +122,13 @@ def test_console_history_downloads_and_cli_verify(app, session, runner, tmp_path
     (tmp_path / "t.sig").write_bytes(signature)
     result = runner.invoke(args=["routing", "verify", str(tmp_path / "t.json"), str(tmp_path / "t.sig")])
     assert result.exit_code == 0 and "signature valid" in result.output
+    rotated = runner.invoke(args=["ca", "rotate-route-signer"])  # v1 stays authentic, by an earlier signer
+    assert rotated.exit_code == 0, rotated.output
+    earlier = runner.invoke(args=["routing", "verify", str(tmp_path / "t.json"), str(tmp_path / "t.sig")])
+    assert earlier.exit_code == 1 and "signed by an earlier route signer" in earlier.output
     (tmp_path / "t.json").write_bytes(body.replace(b'"version":1', b'"version":9'))
-    assert runner.invoke(args=["routing", "verify", str(tmp_path / "t.json"), str(tmp_path / "t.sig")]).exit_code == 1
+    forged = runner.invoke(args=["routing", "verify", str(tmp_path / "t.json"), str(tmp_path / "t.sig")])
+    assert forged.exit_code == 1 and "signature INVALID" in forged.output
 
 
 def test_the_real_flask_executable_reaches_our_routing_group(app, session):

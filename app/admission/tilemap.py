@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
+from flask_babel import gettext
+
 # province prefix → (short name, column, row); a tile-grid approximation of the map.
 TILES = {
     "23": ("黑龙江", 8, 0),
@@ -42,8 +44,9 @@ def tile_colour(figures: ProvinceFigures) -> tuple[str, str]:
 def render(figures: dict[str, ProvinceFigures], link: str = "/nodes/?province={prefix}00") -> str:
     width = 9 * (SIZE + GAP)
     height = 8 * (SIZE + GAP)
+    label = escape(gettext("Province tile map"), {'"': "&quot;"})
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" class="tilemap" '
-             f'role="img" aria-label="province tile map">']
+             f'role="img" aria-label="{label}">']
     for prefix, (name, column, row) in TILES.items():
         figure = figures.get(prefix, ProvinceFigures())
         fill, ink = tile_colour(figure)

@@ -19,16 +19,19 @@ bp = Blueprint("console", __name__)
 @bp.get("/")
 @login_required
 def dashboard():
-    users_by_role = dict(db.session.execute(select(User.role, func.count()).group_by(User.role)).all())
-    recent = []
+    """Each tile only for those who may open what it counts: users for ministry admins, the audit
+    log for them and auditors; the feature panels scope themselves."""
+    users_by_role, audit_total, recent = None, None, []
+    if current_user.role == "ministry_admin":
+        users_by_role = dict(db.session.execute(select(User.role, func.count()).group_by(User.role)).all())
     if current_user.role in ("ministry_admin", "auditor"):
+        audit_total = db.session.scalar(select(func.count(AuditRecord.id))) or 0
         recent = list(db.session.scalars(select(AuditRecord).order_by(AuditRecord.seq.desc()).limit(8)))
     panels = [panel(current_user) for panel in dashboard_panels]
     return render_template(
         "console/dashboard.html",
         division_counts=divisions.counts(), revision=divisions.latest_revision(),
-        users_by_role=users_by_role, audit_total=db.session.scalar(select(func.count(AuditRecord.id))) or 0,
-        recent=recent, panels=[p for p in panels if p],
+        users_by_role=users_by_role, audit_total=audit_total, recent=recent, panels=[p for p in panels if p],
     )
 
 

@@ -192,6 +192,12 @@ def node_certificates(node_id: str) -> list[Certificate]:
                                    .order_by(Certificate.issued_at.desc())))
 
 
+def service_certificates(kind: str) -> list[Certificate]:
+    """The management node's own certificates of one kind ("route_signer", "management"), newest first."""
+    return list(db.session.scalars(select(Certificate).where(Certificate.kind == kind)
+                                   .order_by(Certificate.issued_at.desc())))
+
+
 def current_certificate(node_id: str) -> Certificate | None:
     """The newest certificate that is valid now and not revoked."""
     now = utcnow()

@@ -111,6 +111,11 @@ def renew(serial: str):
     form = RenewForm()
     if row.node_id is None:
         abort(404)
+    newest = service.node_certificates(row.node_id)[0]
+    if newest.serial != row.serial:  # a stale tab: the page offers renewal on the newest certificate only
+        flash(_("Node %(node)s has a newer certificate: renew from its page if it is still needed.",
+                node=row.node_id), "error")
+        return redirect(url_for("certificates.detail", serial=newest.serial))
     if form.validate_on_submit():
         from app.admission import nodes
 
