@@ -383,3 +383,121 @@ def test_unreadable_storage_is_refused_rather_than_silently_forgotten(pki, tmp_p
     with pytest.raises(RouteRejected) as caught:
         make_client(pki, storage_path=storage)
     assert caught.value.code == "storage_corrupt"
+
+
+# --- following the stored table (the node's server and its CLI share one data directory) ----------
+
+def replace_file(storage, data: bytes) -> None:
+    """What another process's write looks like: a new file renamed over the old one."""
+    temporary = storage.with_name("incoming.json")
+    temporary.write_bytes(data)
+    temporary.replace(storage)
+
+
+def stored_by_another_client(pki: PKI, tmp_path, doc: dict) -> bytes:
+    """The bytes a route client stores after accepting `doc` (as a node restored from elsewhere would)."""
+    elsewhere = tmp_path / "elsewhere" / "routes.json"
+    make_client(pki, storage_path=elsewhere).accept(**signed(pki, doc))
+    return elsewhere.read_bytes()
+
+
+def test_a_newer_table_another_process_stored_is_used_for_the_next_lookups(pki, tmp_path):
+    storage = tmp_path / "routes.json"
+    server = make_client(pki, storage_path=storage, storage_check_interval=0)
+    server.accept(**signed(pki, table(5)))
+    cli = make_client(pki, storage_path=storage)
+
+    cli.accept(**signed(pki, table(6, entry(JIANGXI), entry(GUANGDONG, cert_sha256="45" * 32))))
+
+    assert server.peek(GUANGDONG)["cert_sha256"] == "45" * 32
+    assert server.version == 6 and server.entry(HUNAN) is None
+    assert server.is_trusted_peer(GUANGDONG, "45" * 32) and not server.is_trusted_peer(HUNAN, "43" * 32)
+    assert server.entry_for_fingerprint("45" * 32)["node_id"] == GUANGDONG
+    assert server.accept(**signed(pki, table(6))) == AcceptResult("unchanged", 6, 6)
+
+
+def test_the_stored_file_is_looked_at_no_more_often_than_the_check_interval(pki, tmp_path):
+    storage = tmp_path / "routes.json"
+    server = make_client(pki, storage_path=storage, storage_check_interval=3600)
+    server.accept(**signed(pki, table(5)))
+
+    make_client(pki, storage_path=storage).accept(**signed(pki, table(6, entry(GUANGDONG))))
+
+    assert server.version == 5 and server.peek(GUANGDONG) is None and server.peek(HUNAN) is not None
+
+
+def test_accepting_after_another_process_stored_a_newer_table_never_writes_an_older_one(pki, tmp_path):
+    storage = tmp_path / "routes.json"
+    server = make_client(pki, storage_path=storage, storage_check_interval=3600)
+    server.accept(**signed(pki, table(5)))
+    make_client(pki, storage_path=storage).accept(**signed(pki, table(7)))
+    stored = storage.read_bytes()
+
+    assert rejected(server, **signed(pki, table(6))) == "rollback"
+    assert server.version == 7 and storage.read_bytes() == stored
+
+
+@pytest.mark.parametrize("version", [4, 5])
+def test_a_stored_table_no_newer_than_the_held_one_is_ignored(pki, tmp_path, version):
+    storage = tmp_path / "routes.json"
+    server = make_client(pki, storage_path=storage, storage_check_interval=0)
+    server.accept(**signed(pki, table(5)))
+
+    replace_file(storage, stored_by_another_client(pki, tmp_path, table(version, entry(GUANGDONG))))
+
+    assert server.version == 5 and server.peek(GUANGDONG) is None and server.table == table(5)
+    assert server.is_trusted_peer(HUNAN, "43" * 32)
+
+
+def test_a_corrupt_stored_file_is_logged_and_the_held_table_kept(pki, tmp_path, caplog):
+    storage = tmp_path / "routes.json"
+    server = make_client(pki, storage_path=storage, storage_check_interval=0)
+    server.accept(**signed(pki, table(5)))
+
+    replace_file(storage, b'{"table": {"version": 9')
+
+    assert server.is_trusted_peer(HUNAN, "43" * 32) and server.version == 5
+    assert [record.levelname for record in caplog.records] == ["ERROR"]  # once, not on every lookup
+    assert f"{storage} is unreadable" in caplog.text
+    # A good table written over it later is taken as usual
+    replace_file(storage, stored_by_another_client(pki, tmp_path, table(6, entry(GUANGDONG))))
+    assert server.version == 6 and server.peek(GUANGDONG) is not None
+
+
+def test_a_removed_stored_file_keeps_the_held_table(pki, tmp_path):
+    storage = tmp_path / "routes.json"
+    server = make_client(pki, storage_path=storage, storage_check_interval=0)
+    server.accept(**signed(pki, table(5)))
+
+    storage.unlink()
+
+    assert server.version == 5 and server.peek(HUNAN) is not None
+
+
+def test_a_stored_table_past_its_expiry_is_not_used(pki, tmp_path):
+    storage = tmp_path / "routes.json"
+    clock = Clock()
+    server = make_client(pki, storage_path=storage, storage_check_interval=0, now=clock)
+    server.accept(**signed(pki, table(5)))
+    make_client(pki, storage_path=storage).accept(**signed(pki, table(6, entry(GUANGDONG),
+                                                                     expires_in=timedelta(hours=1))))
+
+    clock.moment = NOW + timedelta(hours=2)
+
+    assert server.version == 5 and server.peek(GUANGDONG) is None and server.peek(HUNAN) is not None
+
+
+def test_a_stored_table_listing_another_certificate_for_this_node_is_left_to_the_nodes_pull(pki, tmp_path):
+    storage = tmp_path / "routes.json"
+    server = make_client(pki, storage_path=storage, storage_check_interval=0, node_id=JIANGXI,
+                         own_fingerprint=pki.node.fingerprint)
+    server.accept(**signed(pki, table(5, entry(JIANGXI, cert_sha256=pki.node.fingerprint), entry(HUNAN))))
+
+    make_client(pki, storage_path=storage).accept(**signed(pki, table(6, entry(JIANGXI), entry(GUANGDONG))))
+
+    assert server.version == 5 and server.peek(GUANGDONG) is None
+    # The node's own pull meets the mismatch, installs the listed certificate and pulls again
+    assert rejected(server, **signed(pki, table(6, entry(JIANGXI), entry(GUANGDONG)))) == "own_entry_mismatch"
+    server.set_identity(JIANGXI, "36" * 32)
+    assert server.accept(**signed(pki, table(6, entry(JIANGXI), entry(GUANGDONG)))).outcome == "accepted"
+    assert server.version == 6 and server.peek(GUANGDONG) is not None

@@ -3,6 +3,8 @@
 Size first (before parsing), then the signer certificate and the signature over the exact body
 bytes, then the version (no rollback), then `expires_at` (no freeze), then the contents, and only
 then is a delta applied and the new table written to storage. A rejected table changes nothing.
+A client with storage also follows that file: a newer table another process (the node's CLI) stored
+there is adopted before the next lookups, under the same rules except the signature, as on a restart.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ import base64
 import binascii
 import copy
 import json
+import logging
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,10 +34,13 @@ from app.routing import document as route_document
 from app.routing.document import ROUTE_SIGNER_USAGE, MalformedDocument
 
 DEFAULT_MAX_BODY_SIZE = 8 * 1024 * 1024
+DEFAULT_STORAGE_CHECK_INTERVAL = 1.0
 MAX_CHAIN_DEPTH = 4
 STORAGE_FORMAT = 1
 
 Certificates = bytes | x509.Certificate | Sequence[x509.Certificate]
+
+log = logging.getLogger(__name__)
 
 
 class RouteRejected(DomainError):
@@ -119,7 +126,9 @@ class RouteClient:
     CA(s) (`GET /ca/chain.pem`), which may also arrive per call as `chain_pem`. `node_id` and
     `own_fingerprint` are this node's identity once it has joined (see `set_identity`). With
     `storage_path`, each accepted table is written atomically there and reloaded on start, so
-    the rollback check survives a restart. `signer_usage` is the extended key usage the signer
+    the rollback check survives a restart, and a newer table another process stored there is
+    adopted: the file's identity is looked at, at most once per `storage_check_interval` seconds
+    (0: on every lookup), before answering. `signer_usage` is the extended key usage the signer
     certificate must carry (None to skip; node certificates chain to the same root).
     """
 
@@ -127,7 +136,8 @@ class RouteClient:
                  node_id: str | None = None, own_fingerprint: str | None = None,
                  storage_path: str | os.PathLike[str] | None = None,
                  max_body_size: int = DEFAULT_MAX_BODY_SIZE, now: Callable[[], datetime] = _utcnow,
-                 signer_usage: x509.ObjectIdentifier | None = ROUTE_SIGNER_USAGE):
+                 signer_usage: x509.ObjectIdentifier | None = ROUTE_SIGNER_USAGE,
+                 storage_check_interval: float = DEFAULT_STORAGE_CHECK_INTERVAL):
         self._roots = _load_certificates(trust_anchor)
         if not self._roots:
             raise ValueError("a route client needs at least one trust anchor")
@@ -138,7 +148,10 @@ class RouteClient:
         self.max_body_size = max_body_size
         self.now = now
         self.signer_usage = signer_usage
+        self.storage_check_interval = storage_check_interval
         self._lock = threading.Lock()
+        self._stored_identity: tuple[int, int, int] | None = None  # of the file last read, written or passed over
+        self._next_storage_check = time.monotonic() + storage_check_interval
         self._held: _Held | None = self._load()
 
     def set_identity(self, node_id: str, own_fingerprint: str) -> None:
@@ -150,18 +163,18 @@ class RouteClient:
     @property
     def table(self) -> dict | None:
         """A copy of the held table (even if expired: for display and diagnosis), or None."""
-        held = self._held
+        held = self._current()
         return copy.deepcopy(held.table) if held else None
 
     @property
     def version(self) -> int | None:
-        held = self._held
+        held = self._current()
         return held.table["version"] if held else None
 
     @property
     def expired(self) -> bool:
         """§5: a node must not use a table past `expires_at`; lookups answer nothing until a new one."""
-        held = self._held
+        held = self._current()
         return held is None or self.now() >= held.expires_at
 
     def entry(self, node_id: str) -> dict | None:
@@ -189,7 +202,19 @@ class RouteClient:
         return found is not None and found["cert_sha256"] == cert_sha256.lower()
 
     def _usable(self) -> _Held | None:
-        return None if self.expired else self._held
+        held = self._current()
+        return None if held is None or self.now() >= held.expires_at else held
+
+    def _current(self) -> _Held | None:
+        """The held table, after adopting a newer one stored by another process if it is time to look."""
+        if self.storage_path is not None and time.monotonic() >= self._next_storage_check:
+            # Never wait on the lock here: whoever holds it is accepting a table, which is as new as any.
+            if self._lock.acquire(blocking=False):
+                try:
+                    self._follow_storage()
+                finally:
+                    self._lock.release()
+        return self._held
 
     # --- accepting a table -----------------------------------------------------------------------
 
@@ -208,6 +233,8 @@ class RouteClient:
     def _accept_signed(self, body: bytes, signature_b64: str, signer_fingerprint: str) -> AcceptResult:
         document = _parse(body)
         with self._lock:
+            if self.storage_path is not None:
+                self._follow_storage()  # so a version another process stored is never overwritten by an older one
             held = self._held
             held_version = held.table["version"] if held else None
             version = document["version"]
@@ -324,16 +351,64 @@ class RouteClient:
     # --- storage ---------------------------------------------------------------------------------
 
     def _load(self) -> _Held | None:
-        if self.storage_path is None or not self.storage_path.exists():
+        if self.storage_path is None:
             return None
+        # Starting empty from a corrupt file would silently drop rollback protection: make the operator look.
+        return self._read_storage()
+
+    def _read_storage(self) -> _Held | None:
+        """The stored table (None if there is no file), noting which file it came from; RouteRejected
+        `storage_corrupt` if it cannot be read."""
+        assert self.storage_path is not None
         try:
-            stored = json.loads(self.storage_path.read_bytes().decode("utf-8"))
+            with open(self.storage_path, "rb") as stream:
+                self._stored_identity = _file_identity(os.fstat(stream.fileno()))
+                stored = json.loads(stream.read().decode("utf-8"))
             table = stored["table"]
             route_document.check_table(table)
-        except (ValueError, KeyError, TypeError, MalformedDocument) as error:
-            # Starting empty would silently drop rollback protection: make the operator look.
+            return _Held.of(table)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError, RecursionError, MalformedDocument) as error:
             raise RouteRejected("storage_corrupt", f"{self.storage_path} is unreadable: {error}") from None
-        return _Held.of(table)
+
+    def _follow_storage(self) -> None:
+        """Under `_lock`: adopt the stored table if another process replaced the file with a newer version,
+        unexpired, that lists this node with its own certificate. Anything else keeps the held table; a
+        table listing another certificate for this node is left to the node's pull, which can install it."""
+        assert self.storage_path is not None
+        self._next_storage_check = time.monotonic() + self.storage_check_interval
+        try:
+            identity = _file_identity(os.stat(self.storage_path))
+        except FileNotFoundError:
+            return
+        except OSError as error:
+            log.warning("cannot look at the stored routing table %s: %s", self.storage_path, error)
+            return
+        if identity == self._stored_identity:
+            return
+        held = self._held
+        try:
+            stored = self._read_storage()
+        except RouteRejected as error:
+            log.error("keeping routing table version %s: %s", held.table["version"] if held else None, error)
+            return
+        if stored is None or (held is not None and stored.table["version"] <= held.table["version"]):
+            return
+        version = stored.table["version"]
+        if self.now() >= stored.expires_at:
+            log.warning("not adopting stored routing table version %s: it expired at %s", version,
+                        stored.table["expires_at"])
+            return
+        try:
+            self._check_own_entry(stored.table)
+        except OwnEntryMismatch as error:
+            log.warning("not adopting stored routing table version %s until this node's pull installs the "
+                        "listed certificate: %s", version, error)
+            return
+        self._held = stored
+        log.info("adopted routing table version %s, which another process stored in %s", version,
+                 self.storage_path)
 
     def _store(self, table: dict, body: bytes, signature_b64: str, signer_fingerprint: str) -> None:
         """Write the table with the signed body it came from, atomically: a crash leaves old or new."""
@@ -349,7 +424,9 @@ class RouteClient:
                 stream.write(route_document.serialise(record))
                 stream.flush()
                 os.fsync(stream.fileno())
+                written = _file_identity(os.fstat(stream.fileno()))  # a rename keeps inode, mtime and size
             os.replace(temporary, self.storage_path)
+            self._stored_identity = written
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
@@ -370,6 +447,11 @@ def _parse(body: bytes) -> dict[str, Any]:
     if not isinstance(document, dict) or type(document.get("version")) is not int:
         raise MalformedDocument("the routing table has no integer version")
     return document
+
+
+def _file_identity(status: os.stat_result) -> tuple[int, int, int]:
+    """Changes whenever the file is replaced (a new inode) or rewritten."""
+    return status.st_ino, status.st_mtime_ns, status.st_size
 
 
 def _issued_by(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
