@@ -34,31 +34,36 @@ def test_revoking_the_route_signer_in_use_replaces_it(app, client, people):  # n
     admit_with_keys(people)
     old = db.session.scalars(db.select(Certificate).where(Certificate.kind == "route_signer")).one()
     version = routing.head_version()
-    pki.revoke(old, "key_compromise", by=minister)
+    result = pki.revoke(old, "key_compromise", by=minister)
     db.session.commit()
     served = x509.load_pem_x509_certificate(client.get("/ca/route-signer.pem").data)
     assert pki.fingerprint(served) != old.sha256
     new = db.session.scalars(db.select(Certificate).where(Certificate.kind == "route_signer",
                                                           Certificate.revoked_at.is_(None))).one()
-    assert new.sha256 == pki.fingerprint(served)
+    assert new.sha256 == pki.fingerprint(served) and result.replacement.serial == new.serial
     assert routing.head_version() == version + 1  # re-signed by the new signer as a new version
     crl = x509.load_pem_x509_crl(client.get("/ca/crl.pem").data)
     assert crl.get_revoked_certificate_by_serial_number(int(old.serial, 16)) is not None
     assert pki.in_service_role(old) is None and pki.in_service_role(new) == "route_signer"
 
 
-def test_revoking_the_management_certificate_in_use_replaces_it(app, client, people):  # noqa: F811
-    minister, _ = people
+def test_revoking_the_management_certificate_in_use_replaces_it(app, client, runner, people):  # noqa: F811
     old = db.session.scalars(db.select(Certificate).where(Certificate.kind == "management")).one()
-    pki.revoke(old, "key_compromise", by=minister)
-    db.session.commit()
+    result = runner.invoke(args=["ca", "revoke", old.serial, "--reason", "key_compromise", "--user", "minister",
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    db.session.expire_all()
     current = pki.authority().management_certificate
+    assert json.loads(result.output)["replaced_by"] == format(current.serial_number, "x")
     assert pki.fingerprint(current) != old.sha256
     directory = pki.ca_directory()
     on_disk = x509.load_pem_x509_certificate((directory / "management.pem").read_bytes())
     assert on_disk == current
-    context = pki.management_client_ssl_context()  # the pair on disk matches: the new key beside the new cert
-    assert context is not None
+    pki.management_client_ssl_context()  # loads the pair on disk; a key beside another certificate would raise
+    key = serialization.load_pem_private_key((directory / "management.key").read_bytes(),
+                                             pki.passphrase() or None)
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    assert key.public_key().public_bytes(*spki) == current.public_key().public_bytes(*spki)
     kinds = [row.kind for row in db.session.scalars(db.select(Certificate).where(Certificate.revoked_at.is_(None)))]
     assert kinds.count("management") == 1
 

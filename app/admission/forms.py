@@ -8,13 +8,8 @@ from flask_wtf.file import FileField, FileSize
 from wtforms import SelectField, SelectMultipleField, StringField, TextAreaField, widgets
 from wtforms.validators import DataRequired, Length, Optional
 
+from app import labels
 from app.admission.models import CAPABILITIES
-
-CAPABILITY_LABELS = {
-    "text": _l("Text"), "image": _l("Image"), "voice": _l("Voice"), "file": _l("File"),
-    "download": _l("Download"), "single_chat": _l("Single chat"), "group": _l("Group"),
-    "read_count": _l("Read count"), "sticker": _l("Sticker"), "presence": _l("Presence"),
-}
 
 
 class CSRInput:
@@ -51,7 +46,7 @@ class ApplicationForm(CSRInput, FlaskForm):
     contact_phone = StringField(_l("Contact phone"), validators=[DataRequired(), Length(max=32)])
     contact_email = StringField(_l("Contact e-mail"), validators=[DataRequired(), Length(max=254)])
     capabilities = SelectMultipleField(
-        _l("Capabilities"), choices=[(c, CAPABILITY_LABELS[c]) for c in CAPABILITIES],
+        _l("Capabilities"), choices=[(c, labels.CAPABILITIES[c]) for c in CAPABILITIES],
         option_widget=widgets.CheckboxInput(), widget=widgets.ListWidget(prefix_label=False))
     def document(self) -> dict:
         """The same A.1 shape the API takes, so one parser checks both doors."""

@@ -8,15 +8,15 @@ from flask_login import current_user
 from markupsafe import Markup
 from sqlalchemy import func, select
 
+from app import labels
 from app.admission import applications, nodes, tilemap
-from app.admission.forms import CAPABILITY_LABELS, ReasonForm
+from app.admission.forms import ReasonForm
 from app.admission.models import Node
 from app.admission.scope import division_filter
 from app.auth.access import roles_required
 from app.database import paginate
 from app.errors import DomainError
 from app.extensions import db
-from app.labels import status_word
 
 bp = Blueprint("nodes", __name__, url_prefix="/nodes")
 VIEWERS = ("ministry_admin", "provincial_admin", "auditor")
@@ -37,7 +37,7 @@ def index():
                                  .group_by(Node.vendor).order_by(Node.vendor).limit(200)).all()
     columns = [(header, render(page.items)) for header, render in node_columns]
     return render_template("admission/nodes.html", page=page, filters=filters, descending=descending,
-                           vendors=vendors, provinces=tilemap.TILES, capabilities=CAPABILITY_LABELS,
+                           vendors=vendors, provinces=tilemap.TILES, capabilities=labels.CAPABILITIES,
                            columns=columns)
 
 
@@ -54,7 +54,7 @@ def detail(node_id: str):
     node = nodes.get_visible(node_id, current_user)
     sections = [section for section in (build(node) for build in node_sections) if section]
     return render_template("admission/node_detail.html", node=node, form=ReasonForm(), sections=sections,
-                           capabilities=CAPABILITY_LABELS)
+                           capabilities=labels.CAPABILITIES)
 
 
 LIFECYCLE = {"suspend": nodes.suspend, "resume": nodes.resume, "revoke": nodes.revoke,
@@ -74,7 +74,8 @@ def lifecycle(node_id: str, action: str):
         try:
             LIFECYCLE[action](node, form.reason.data, by=current_user)
             db.session.commit()
-            flash(_("Done: %(node)s is %(status)s.", node=node.node_id, status=status_word(node.status)), "success")
+            flash(_("Done: %(node)s is %(status)s.", node=node.node_id, status=labels.status_word(node.status)),
+                  "success")
         except DomainError as error:
             db.session.rollback()
             flash(error.message, "error")

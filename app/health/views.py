@@ -11,6 +11,7 @@ from flask_login import current_user
 from markupsafe import Markup, escape
 from sqlalchemy import select
 
+from app import labels
 from app.admission import nodes
 from app.admission.models import Node
 from app.admission.scope import division_filter
@@ -22,7 +23,7 @@ from app.health import charts, history, service
 from app.health.models import HealthEvent, NodeHealth
 
 bp = Blueprint("health", __name__, url_prefix="/health")
-STATUS_LABELS = {"up": _l("Up"), "down": _l("Down"), "unknown": _l("Unknown")}
+STATUS_LABELS = labels.STATUS_LABELS  # up, down, unknown among them
 
 
 @bp.get("/events")

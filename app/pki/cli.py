@@ -89,8 +89,12 @@ def show_command(serial, as_json):
 @click.option("--user", "username", required=True)
 @click.option("--json", "as_json", is_flag=True)
 def revoke_command(serial, reason, username, as_json):
-    row = run(lambda: service.revoke(service.get(serial), reason, by=users.get_user(username)), as_json)
-    emit(certificate_dict(row), as_json, f"revoked {row.serial} ({reason}); CRL regenerated")
+    revoked = run(lambda: service.revoke(service.get(serial), reason, by=users.get_user(username)), as_json)
+    row, replacement = revoked.certificate, revoked.replacement
+    line = f"revoked {row.serial} ({reason}); CRL regenerated"
+    if replacement is not None:
+        line += f"; it was in use: replaced by {replacement.kind} {replacement.serial}"
+    emit({**certificate_dict(row), "replaced_by": replacement.serial if replacement else None}, as_json, line)
 
 
 @cli.command("crl")

@@ -7,6 +7,7 @@ third, revoke with the node, CRL regenerated on every revocation).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -252,7 +253,16 @@ def renew(node, csr_pem: str, *, by=None) -> Certificate:
 
 # --- revocation, CRL, OCSP -------------------------------------------------------------------------
 
-def revoke(certificate: Certificate, reason: str, *, by) -> Certificate:
+@dataclass(frozen=True)
+class Revoked:
+    """A revocation's outcome; `replacement` is the management node's new certificate when the revoked
+    one was in use (a route signer or TLS identity is replaced at once), else None."""
+
+    certificate: Certificate
+    replacement: Certificate | None = None
+
+
+def revoke(certificate: Certificate, reason: str, *, by) -> Revoked:
     if by.role != "ministry_admin":
         raise PermissionDenied(_l("Only a ministry admin may do this."), code="ministry_only")
     if reason not in REASONS:
@@ -264,15 +274,16 @@ def revoke(certificate: Certificate, reason: str, *, by) -> Certificate:
     certificate.revoked_at, certificate.revocation_reason = utcnow(), reason
     audit.record("certificate.revoke", certificate.serial, {"node": certificate.node_id, "reason": reason},
                  actor=by.username)
+    replacement = None
     if in_service == "route_signer":  # nodes would keep accepting tables signed by a revoked key
-        rotate_route_signer(actor=by.username)
+        replacement = rotate_route_signer(actor=by.username)
     elif in_service == "management":  # and nodes would keep accepting our polls with it
-        rotate_management_certificate(actor=by.username)
+        replacement = rotate_management_certificate(actor=by.username)
     regenerate_crl(actor=by.username)
     if certificate.node_id:
         for hook in certificate_changed:
             hook(certificate.node_id)
-    return certificate
+    return Revoked(certificate, replacement)
 
 
 def in_service_role(certificate: Certificate) -> str | None:

@@ -86,14 +86,13 @@ def revoke(serial: str):
     row = service.get(serial)
     if ConfirmForm().validate_on_submit():
         try:
-            in_service = service.in_service_role(row)
-            service.revoke(row, request.form.get("reason", ""), by=current_user)
+            replacement = service.revoke(row, request.form.get("reason", ""), by=current_user).replacement
             db.session.commit()
             flash(_("Certificate %(serial)s revoked; the CRL was regenerated.", serial=serial), "success")
-            if in_service == "route_signer":
+            if replacement is not None and replacement.kind == "route_signer":
                 flash(_("It was the route signer in use: a new route signer signs the routing table from now on."),
                       "success")
-            elif in_service == "management":
+            elif replacement is not None:
                 flash(_("It was the management node’s TLS certificate in use: health polling presents a new one "
                         "from now on."), "success")
         except DomainError as error:
@@ -133,10 +132,10 @@ def renew(serial: str):
 
 
 def dashboard_panel(user) -> dict | None:
-    if not service.is_ready():
-        return {"template": "pki/dashboard_panel.html", "ready": False}
     """Node certificates only (the management node's own have their own warnings), and a provincial
     admin counts only their divisions' nodes, as their inventory lists them."""
+    if not service.is_ready():
+        return {"template": "pki/dashboard_panel.html", "ready": False}
     from datetime import timedelta
 
     now = utcnow()

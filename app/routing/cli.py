@@ -45,42 +45,25 @@ def history_command(limit, as_json):
 @click.argument("signature_file", type=click.File("rb"))
 def verify_command(body_file, signature_file):
     """Verify a downloaded table against its signature (DER or base64) and our route signer."""
-    from cryptography import x509
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    from app.pki import service as pki
-
     body, signature = body_file.read(), signature_file.read()
     if not signature.startswith(b"0"):
         try:
             signature = base64.b64decode(signature, validate=True)
         except ValueError:
             pass
-    _, certificate = pki.route_signer()
-
-    def signed_by(candidate) -> bool:
-        try:
-            candidate.public_key().verify(signature, body, ec.ECDSA(hashes.SHA256()))
-            return True
-        except (InvalidSignature, TypeError):
-            return False
-
-    if not signed_by(certificate):
-        current = document.certificate_fingerprint(certificate)
-        for row in pki.service_certificates("route_signer"):  # a table kept from before a rotation
-            if row.sha256 != current and signed_by(x509.load_pem_x509_certificate(row.pem.encode())):
-                click.echo(f"signed by an earlier route signer {row.sha256} ({row.state()}), not the current "
-                           f"{current}: authentic when issued, but nodes take only tables by the current signer",
-                           err=True)
-                raise SystemExit(1)
-        click.echo(f"signature INVALID: neither the current route signer {current} nor an earlier one signed it",
+    found = service.signer_of(body, signature)
+    if found.signer is None:
+        click.echo(f"signature INVALID: neither the current route signer {found.current} nor an earlier one "
+                   "signed it", err=True)
+        raise SystemExit(1)
+    if found.signer != found.current:
+        click.echo(f"signed by an earlier route signer {found.signer} ({found.signer_state}), not the current "
+                   f"{found.current}: authentic when issued, but nodes take only tables by the current signer",
                    err=True)
         raise SystemExit(1)
     table = json.loads(body)
     kind = "delta" if document.is_delta(table) else "table"
-    click.echo(f"signature valid: {kind} version {table['version']} by {document.certificate_fingerprint(certificate)}")
+    click.echo(f"signature valid: {kind} version {table['version']} by {found.current}")
 
 
 @cli.command("publish")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import dataclass
 from datetime import timedelta
 
 from flask import current_app
@@ -166,4 +167,41 @@ def history_query():
 
 def find(version_number: int) -> RouteVersion | None:
     return db.session.get(RouteVersion, version_number)
+
+
+@dataclass(frozen=True)
+class SignerFound:
+    """Which of our route signers signed a body: `current` is the signer in use (SHA-256); `signer`
+    the one whose signature verifies (None when none does), and that certificate's state."""
+
+    current: str
+    signer: str | None = None
+    signer_state: str | None = None
+
+
+def signer_of(body: bytes, signature_der: bytes) -> SignerFound:
+    """The current route signer first, then the earlier ones (a table kept from before a rotation
+    is authentic, but nodes take only tables signed by the current one)."""
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from app.pki import service as pki
+
+    def verifies(certificate: x509.Certificate) -> bool:
+        try:
+            certificate.public_key().verify(signature_der, body, ec.ECDSA(hashes.SHA256()))
+            return True
+        except (InvalidSignature, TypeError):  # TypeError: a key that is not EC
+            return False
+
+    _, certificate = pki.route_signer()
+    current = document.certificate_fingerprint(certificate)
+    if verifies(certificate):
+        return SignerFound(current, current, "valid")
+    for row in pki.service_certificates("route_signer"):
+        if row.sha256 != current and verifies(x509.load_pem_x509_certificate(row.pem.encode())):
+            return SignerFound(current, row.sha256, row.state())
+    return SignerFound(current)
 
