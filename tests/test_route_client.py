@@ -6,6 +6,7 @@ import base64
 import json
 import shutil
 import subprocess
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -182,7 +183,8 @@ def test_good_table_is_accepted_stored_and_reloaded_by_a_new_client(pki, tmp_pat
     assert client.version == 3 and client.entry(HUNAN)["endpoint"] == "https://im43.example.gov.cn:8443/"
     assert client.entry_for_fingerprint("36" * 32)["node_id"] == JIANGXI
     assert client.is_trusted_peer(JIANGXI, "36" * 32) and not client.is_trusted_peer(JIANGXI, "43" * 32)
-    assert [path.name for path in storage.parent.iterdir()] == ["routes.json"]  # no temporary file left over
+    # no temporary file left over; the lock file that serialises processes sharing the storage stays
+    assert sorted(path.name for path in storage.parent.iterdir()) == [".routes.json.lock", "routes.json"]
 
     restarted = make_client(pki, storage_path=storage)
     assert restarted.table == client.table == table(3)
@@ -435,6 +437,35 @@ def test_accepting_after_another_process_stored_a_newer_table_never_writes_an_ol
 
     assert rejected(server, **signed(pki, table(6))) == "rollback"
     assert server.version == 7 and storage.read_bytes() == stored
+
+
+def test_accepting_waits_for_another_process_storing_and_then_never_writes_an_older_table(pki, tmp_path):
+    """The CLI and the server pull at the same moment: whoever stores second sees the first one's file."""
+    fcntl = pytest.importorskip("fcntl")
+    storage = tmp_path / "routes.json"
+    server = make_client(pki, storage_path=storage, storage_check_interval=3600)
+    server.accept(**signed(pki, table(5)))
+    newer = stored_by_another_client(pki, tmp_path, table(7))
+    outcome: list = []
+
+    def accept_six():
+        try:
+            outcome.append(server.accept(**signed(pki, table(6))))
+        except RouteRejected as error:
+            outcome.append(error.code)
+
+    with open(storage.with_name(".routes.json.lock"), "a+b") as other_process:
+        fcntl.flock(other_process.fileno(), fcntl.LOCK_EX)  # the CLI is between its look and its write
+        accepting = threading.Thread(target=accept_six)
+        accepting.start()
+        accepting.join(0.5)
+        assert accepting.is_alive() and server.version == 5  # waiting, not writing
+        replace_file(storage, newer)
+        fcntl.flock(other_process.fileno(), fcntl.LOCK_UN)
+    accepting.join(10)
+
+    assert outcome == ["rollback"]
+    assert server.version == 7 and storage.read_bytes() == newer
 
 
 @pytest.mark.parametrize("version", [4, 5])

@@ -5,12 +5,15 @@ bytes, then the version (no rollback), then `expires_at` (no freeze), then the c
 then is a delta applied and the new table written to storage. A rejected table changes nothing.
 A client with storage also follows that file: a newer table another process (the node's CLI) stored
 there is adopted before the next lookups, under the same rules except the signature, as on a restart.
+Accepting holds a lock file beside it (POSIX `flock`) from reading the stored version to writing, so the
+server and the CLI accepting at the same moment cannot leave the older of their two tables stored.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import copy
 import json
 import logging
@@ -18,11 +21,16 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: processes sharing a data directory are not serialised
+    fcntl = None  # type: ignore[assignment]
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -232,7 +240,7 @@ class RouteClient:
 
     def _accept_signed(self, body: bytes, signature_b64: str, signer_fingerprint: str) -> AcceptResult:
         document = _parse(body)
-        with self._lock:
+        with self._lock, self._storage_lock():
             if self.storage_path is not None:
                 self._follow_storage()  # so a version another process stored is never overwritten by an older one
             held = self._held
@@ -409,6 +417,22 @@ class RouteClient:
         self._held = stored
         log.info("adopted routing table version %s, which another process stored in %s", version,
                  self.storage_path)
+
+    @contextlib.contextmanager
+    def _storage_lock(self) -> Iterator[None]:
+        """Across processes sharing the storage file (the node's server and its CLI): from looking at the
+        stored version to writing the new one, so two accepting at once cannot leave the older on disk."""
+        if self.storage_path is None or fcntl is None:
+            yield
+            return
+        self.storage_path.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = self.storage_path.with_name(f".{self.storage_path.name}.lock")
+        with open(lock_path, "a+b") as lock_file:
+            fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
 
     def _store(self, table: dict, body: bytes, signature_b64: str, signer_fingerprint: str) -> None:
         """Write the table with the signed body it came from, atomically: a crash leaves old or new."""
