@@ -137,6 +137,16 @@ def test_body_that_is_not_json_or_has_the_wrong_type(client, token):
     assert a_list.status_code == 400 and a_list.get_json()["error"]["code"] == "invalid_body"
 
 
+@pytest.mark.parametrize("path", ["/api/v1/applications", "/api/v1/session"])
+def test_deeply_nested_json_is_invalid_json_not_a_server_error(client, token, path):
+    """10 KB of '[' nests deeper than the parser's stack: a RecursionError must not become a 500."""
+    response = client.post(path, data="[" * 10_000, headers={"Authorization": f"Bearer {token}"},
+                           content_type="application/json")
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "invalid_json"
+    assert db.session.scalar(select(EnrollmentToken)).state() == "active"
+
+
 def test_second_application_for_the_same_endpoint_is_refused(client, jx_admin, make_user):
     raws = []
     for _ in range(3):

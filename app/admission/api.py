@@ -24,10 +24,16 @@ def bearer_token() -> str | None:
 
 
 def json_body() -> dict:
-    """The body must be declared and parse as a JSON object; anything else is refused up front."""
+    """The body must be declared and parse as a JSON object; anything else is refused up front.
+
+    Every JSON-body endpoint of the registry (applications, session, renewal) reads its body here."""
     if request.mimetype != "application/json":
         raise UnsupportedMediaType("Send the body as application/json.")
-    document = request.get_json(silent=True)
+    try:
+        document = request.get_json(silent=True)
+    except RecursionError:
+        # `silent` covers ValueError only; a few KB of '[' nest deeper than the parser's stack.
+        document = None
     if document is None:
         raise ValidationFailed("The body is not valid JSON.", code="invalid_json")
     if not isinstance(document, dict):
