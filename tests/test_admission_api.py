@@ -92,6 +92,8 @@ def test_missing_or_unknown_token(client, header):
     ({"endpoint": "https://user:pw@im.jx.example"}, 400, "invalid_endpoint", "endpoint"),
     ({"endpoint": "https://im.jx.example/#frag"}, 400, "invalid_endpoint", "endpoint"),
     ({"endpoint": "https:///nohost"}, 400, "invalid_endpoint", "endpoint"),
+    ({"endpoint": "https://10.2.2.2:0"}, 400, "invalid_endpoint", "endpoint"),
+    ({"endpoint": "https://10.2.2.2:65536"}, 400, "invalid_endpoint", "endpoint"),
     ({"org_name": "省" * 101}, 400, "too_long", "org_name"),
     ({"org_name": "  "}, 400, "missing_field", "org_name"),
     ({"capabilities": ["text", "teleport"]}, 400, "unknown_capability", "capabilities"),
@@ -107,6 +109,13 @@ def test_bad_input_is_refused_and_leaves_the_token_unused(client, token, overrid
     assert (response.status_code, error["code"], error.get("field")) == (status, code, field), error
     assert db.session.scalar(select(EnrollmentToken)).state() == "active"
     assert db.session.scalar(select(Application)) is None
+
+
+@pytest.mark.parametrize("endpoint", ["https://10.2.2.2:0", "https://10.2.2.2:65536", "https://im.jx.example:99999"])
+def test_an_endpoint_port_outside_1_to_65535_is_refused_by_name(client, token, endpoint):
+    response = submit(client, token, node_document(endpoint=endpoint))
+    assert response.status_code == 400
+    assert response.get_json()["error"]["message"] == "The endpoint's port must be between 1 and 65535."
 
 
 def test_retired_division_is_refused(client, token):

@@ -16,6 +16,7 @@ LIMITS = {"org_name": 100, "system_name": 100, "vendor": 100, "endpoint": 255, "
           "contact.phone": 32, "contact.email": 254}
 HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 PHONE = re.compile(r"^[0-9+()\- ]{5,32}$")
+PORT_RANGE = _l("The endpoint's port must be between 1 and 65535.")
 EMAIL = re.compile(r"^[^@\s]{1,64}@[A-Za-z0-9.-]{1,189}\.[A-Za-z]{2,24}$")
 
 
@@ -63,7 +64,11 @@ def normalise_endpoint(value) -> str:
         parts = urlsplit(raw)
         port = parts.port
     except ValueError as error:
+        if "out of range" in str(error):
+            raise invalid(PORT_RANGE, "endpoint", "invalid_endpoint") from None
         raise invalid(_l("The endpoint is not a valid URL."), "endpoint", "invalid_endpoint") from error
+    if port == 0:  # urlsplit accepts 0, but nothing can listen there
+        raise invalid(PORT_RANGE, "endpoint", "invalid_endpoint")
     if parts.scheme.lower() != "https":
         raise invalid(_l("The endpoint must be an https:// URL."), "endpoint", "endpoint_not_https")
     if parts.username is not None or parts.password is not None or "@" in parts.netloc:
