@@ -46,6 +46,12 @@ def create_app(test_config: dict | None = None) -> Flask:
     errors.init_app(app)
     for name in FEATURES:
         importlib.import_module(name).init_app(app)
+    if proxies := app.config.get("MPIM_TRUSTED_PROXIES"):
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        # Behind that many reverse proxies, the client's address (sign-in throttle, audit) and scheme come
+        # from X-Forwarded-For/-Proto; without them those headers are anyone's to forge and are ignored.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies)  # type: ignore[method-assign]
     if app.config.get("MPIM_EXPOSE_WORKER_PID"):
         import os
 

@@ -43,18 +43,73 @@ def test_repeated_failures_lock_the_account_even_for_the_right_password(app, con
     assert service.is_locked("alice")
     response = console.login("alice")
     assert response.status_code == 401 and "锁定" in response.get_data(as_text=True)
+    # One account's failures do not lock everyone else behind the same address (a proxy, an office).
+    make_user("bob")
+    assert Console(app.test_client()).login("bob").status_code == 302
     service.unlock("alice")
     db.session.commit()
-    # The address is locked too: a different account from the same address is refused.
-    make_user("bob")
-    assert console.login("bob").status_code == 401
+    assert console.login("alice").status_code == 302
+
+
+def lock_the_address(app, console) -> None:
+    for index in range(app.config["MPIM_LOGIN_MAX_ADDRESS_FAILURES"]):
+        console.login(f"ghost{index}", "whatever-Wrong-1")
 
 
 def test_address_lock_covers_unknown_usernames(app, console, make_user):
     make_user("carol")
-    for index in range(app.config["MPIM_LOGIN_MAX_FAILURES"]):
-        console.login(f"ghost{index}", "whatever-Wrong-1")
+    lock_the_address(app, console)
     assert console.login("carol").status_code == 401
+    assert [address for address, _until in service.locked_addresses()] == ["127.0.0.1"]
+
+
+def test_unlocking_an_account_also_clears_the_address_locks_that_would_refuse_it(app, console, make_user):
+    make_user("carol")
+    lock_the_address(app, console)
+    assert service.unlock("carol") == ["127.0.0.1"]
+    db.session.commit()
+    assert console.login("carol").status_code == 302
+    assert db.session.scalars(select(AuditRecord.detail).where(AuditRecord.action == "auth.unlock")).one() == \
+        {"addresses": ["127.0.0.1"]}
+
+
+def test_users_page_lists_locked_addresses_and_clears_them_after_confirmation(app, console, make_user):
+    make_user("root")
+    lock_the_address(app, console)
+    admin_client = app.test_client()
+    admin_client.environ_base["REMOTE_ADDR"] = "10.0.0.9"  # an admin elsewhere
+    admin = Console(admin_client)
+    assert admin.login("root").status_code == 302
+    page = admin_client.get("/users/").get_data(as_text=True)
+    assert "127.0.0.1" in page and "清除地址锁定" in page
+
+    response = admin.post_form("/users/", {}, action="/users/address-locks/clear")
+
+    assert response.status_code == 302 and service.locked_addresses() == []
+    assert actions()[-1] == "auth.unlock_addresses"
+    assert console.login("root").status_code == 302
+
+
+def login_addresses() -> list[str]:
+    return list(db.session.scalars(select(AuditRecord.remote_addr).where(AuditRecord.action == "auth.login")
+                                   .order_by(AuditRecord.seq)))
+
+
+def test_client_address_comes_from_x_forwarded_for_only_behind_a_trusted_proxy(app, make_user):
+    from app import create_app
+
+    make_user("alice")
+    forged = app.test_client()
+    forged.environ_base["HTTP_X_FORWARDED_FOR"] = "10.1.2.3"
+    assert Console(forged).login("alice").status_code == 302
+    proxied_app = create_app({**app.config, "MPIM_TRUSTED_PROXIES": 1})
+    proxied = proxied_app.test_client()
+    proxied.environ_base["HTTP_X_FORWARDED_FOR"] = "10.1.2.3"
+    assert Console(proxied).login("alice").status_code == 302
+    with proxied_app.app_context():
+        db.engine.dispose()
+
+    assert login_addresses() == ["127.0.0.1", "10.1.2.3"]
 
 
 def test_form_without_csrf_token_is_refused(client, make_user):

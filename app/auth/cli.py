@@ -83,6 +83,6 @@ def ensure_admin_command(username):
 @cli.command("unlock")
 @click.argument("username")
 def unlock_command(username):
-    service.unlock(username)
+    addresses = service.unlock(username)
     db.session.commit()
-    click.echo(f"unlocked {username}")
+    click.echo(f"unlocked {username}" + (f" and the address lock on {', '.join(addresses)}" if addresses else ""))

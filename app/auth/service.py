@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from flask import current_app
 from flask_babel import lazy_gettext as _l
@@ -152,7 +152,7 @@ def _locked(key: str) -> bool:
     return bool(row and row.locked_until and row.locked_until > utcnow())
 
 
-def _register_failure(key: str) -> bool:
+def _register_failure(key: str, limit: int) -> bool:
     """Count one failure; returns True when this failure locks the key."""
     now = utcnow()
     window = timedelta(minutes=current_app.config["MPIM_LOGIN_LOCK_MINUTES"])
@@ -160,7 +160,7 @@ def _register_failure(key: str) -> bool:
     if row.first_failure_at is None or now - row.first_failure_at > window:
         row.failures, row.first_failure_at = 0, now
     row.failures += 1
-    if row.failures >= current_app.config["MPIM_LOGIN_MAX_FAILURES"]:
+    if row.failures >= limit:
         row.locked_until, row.failures, row.first_failure_at = now + window, 0, None
         return True
     return False
@@ -178,7 +178,10 @@ def authenticate(username: str, password: str, remote_addr: str) -> User:
     user = db.session.scalar(select(User).where(func.lower(User.username) == username.lower()))
     valid = check_password_hash(user.password_hash if user else _DUMMY_HASH, password)
     if not valid or user is None or not user.active:
-        locked = [key for key in (user_key, addr_key) if _register_failure(key)]
+        # An address gets more tries than an account: one person's typos must not lock everyone behind it.
+        limits = {user_key: current_app.config["MPIM_LOGIN_MAX_FAILURES"],
+                  addr_key: current_app.config["MPIM_LOGIN_MAX_ADDRESS_FAILURES"]}
+        locked = [key for key, limit in limits.items() if _register_failure(key, limit)]
         audit.record("auth.login_failed", username, {"locked": locked}, actor=username or "anonymous",
                      remote_addr=remote_addr)
         db.session.commit()
@@ -194,11 +197,38 @@ def authenticate(username: str, password: str, remote_addr: str) -> User:
     return user
 
 
-def unlock(username: str) -> None:
+def unlock(username: str) -> list[str]:
+    """Clear the account's lock and every address lock in force (the admin is letting people back in,
+    and an address lock would keep refusing this user too); returns the addresses cleared."""
     row = db.session.get(LoginThrottle, f"user:{username.lower()}")
     if row is not None:
         db.session.delete(row)
-    audit.record("auth.unlock", username)
+    addresses = _clear_address_locks()
+    audit.record("auth.unlock", username, {"addresses": addresses} if addresses else None)
+    return addresses
+
+
+def locked_addresses() -> list[tuple[str, datetime]]:
+    """Addresses refused now (too many failed sign-ins from them), with when each lock ends."""
+    rows = db.session.scalars(select(LoginThrottle).where(LoginThrottle.key.startswith("addr:"),
+                                                          LoginThrottle.locked_until > utcnow())
+                              .order_by(LoginThrottle.key))
+    return [(row.key.removeprefix("addr:"), row.locked_until) for row in rows]
+
+
+def unlock_addresses() -> list[str]:
+    """The users page's "clear address locks": every address lock in force, audited."""
+    addresses = _clear_address_locks()
+    audit.record("auth.unlock_addresses", ", ".join(addresses)[:200], {"addresses": addresses})
+    return addresses
+
+
+def _clear_address_locks() -> list[str]:
+    addresses = []
+    for address, _until in locked_addresses():
+        addresses.append(address)
+        db.session.delete(db.session.get(LoginThrottle, f"addr:{address}"))
+    return addresses
 
 
 def is_locked(username: str) -> bool:

@@ -85,7 +85,19 @@ def change_password():
 def users():
     query = select(User).order_by(User.username)
     page = paginate(query, request.args.get("page", 1, type=int), current_app.config["MPIM_PAGE_SIZE"])
-    return render_template("auth/users.html", page=page, is_locked=service.is_locked, confirm_form=ConfirmForm())
+    return render_template("auth/users.html", page=page, is_locked=service.is_locked, confirm_form=ConfirmForm(),
+                           locked_addresses=service.locked_addresses())
+
+
+@bp.post("/users/address-locks/clear")
+@roles_required("ministry_admin")
+def unlock_addresses():
+    if ConfirmForm().validate_on_submit():
+        addresses = service.unlock_addresses()
+        db.session.commit()
+        flash(_("Sign-in lock cleared on %(addresses)s.", addresses=", ".join(addresses)) if addresses else
+              _("No address was locked."), "success")
+    return redirect(url_for("auth.users"))
 
 
 @bp.route("/users/new", methods=["GET", "POST"])
@@ -156,7 +168,9 @@ def reset_password(username: str):
 @roles_required("ministry_admin")
 def unlock_user(username: str):
     if ConfirmForm().validate_on_submit():
-        service.unlock(username)
+        addresses = service.unlock(username)
         db.session.commit()
-        flash(_("Sign-in lock of %(name)s cleared.", name=username), "success")
+        flash(_("Sign-in lock of %(name)s cleared.", name=username) if not addresses else
+              _("Sign-in lock of %(name)s cleared, and the lock on %(addresses)s.", name=username,
+                addresses=", ".join(addresses)), "success")
     return redirect(url_for("auth.users"))
