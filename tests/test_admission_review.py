@@ -7,7 +7,7 @@ from sqlalchemy import select
 
 from app.admission import applications, nodes, tokens
 from app.admission.information import parse
-from app.admission.models import Node
+from app.admission.models import Application, Node
 from app.audit.models import AuditRecord
 from app.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from app.extensions import db
@@ -170,3 +170,91 @@ def test_cli_approve_and_lifecycle(runner, jx_admin, minister):
     assert json.loads(suspended.output)["status"] == "suspended"
     shown = json.loads(runner.invoke(args=["nodes", "show", node_id, "--json"]).output)
     assert shown["token_issued_by"] is None and shown["status_reason"] == "drill"
+
+
+def change_form(node, **overrides) -> dict:
+    """The change page's form as a browser posts it unchanged: the node's own values."""
+    form = {"org_name": node.org_name, "system_name": node.system_name, "vendor": node.vendor,
+            "endpoint": node.endpoint, "contact_name": node.contact_name, "contact_phone": node.contact_phone,
+            "contact_email": node.contact_email, "capabilities": list(node.capabilities)}
+    form.update(overrides)
+    return form
+
+
+def test_a_change_request_that_changes_nothing_is_refused(app, jx_admin, minister):
+    from tests.conftest import Console
+
+    node = admit(jx_admin, minister)
+    with pytest.raises(ValidationFailed) as caught:
+        applications.submit_change(node, parse(node_document(**{
+            "org_name": node.org_name, "endpoint": node.endpoint,
+            "contact": {"name": node.contact_name, "phone": node.contact_phone, "email": node.contact_email},
+            "capabilities": list(reversed(node.capabilities))})), None, by=jx_admin)
+    assert caught.value.code == "no_change"
+    console = Console(app.test_client())
+    console.login("jx-admin")
+    html = console.post_form(f"/nodes/{node.node_id}/change", change_form(node)).get_data(as_text=True)
+    assert "changes nothing" in html or "没有任何改动" in html
+    assert db.session.scalar(select(db.func.count()).select_from(Application).where(Application.kind == "change")) == 0
+
+
+def test_a_second_change_request_waits_for_the_first_and_cannot_revert_it(app, jx_admin, minister):
+    """The walk's case: contact changed and presence removed, then the unchanged form sent again."""
+    from tests.conftest import Console
+
+    node = admit(jx_admin, minister)
+    console = Console(app.test_client())
+    console.login("jx-admin")
+    first = console.post_form(f"/nodes/{node.node_id}/change", change_form(
+        node, contact_name="李四", capabilities=[c for c in node.capabilities if c != "presence"]))
+    assert first.status_code == 302
+    pending = db.session.scalars(select(Application).where(Application.kind == "change")).one()
+    page = console.client.get(f"/nodes/{node.node_id}/change").get_data(as_text=True)
+    assert 'id="pending-change"' in page and f"/applications/{pending.id}" in page
+    again = console.post_form(f"/nodes/{node.node_id}/change", change_form(node, contact_phone="0791-7654321"))
+    assert again.status_code == 200 and pending.id in again.get_data(as_text=True)
+    with pytest.raises(Conflict) as caught:
+        applications.submit_change(node, parse(node_document(endpoint=node.endpoint, vendor="Vendor B")), None,
+                                   by=jx_admin)
+    assert caught.value.code == "change_pending" and pending.id in caught.value.message
+    assert db.session.scalar(select(db.func.count()).select_from(Application).where(Application.kind == "change")) == 1
+    applications.approve(pending, by=minister)
+    db.session.commit()
+    assert node.contact_name == "李四" and "presence" not in node.capabilities
+
+
+def test_a_stale_change_request_is_refused_at_approval_instead_of_undoing_a_newer_one(jx_admin, minister):
+    """Two requests pending at once (as before one-at-a-time was enforced): approving the older after
+    the newer must not put the old contact and capabilities back."""
+    node = admit(jx_admin, minister)
+    old_values = {name: getattr(node, name) for name in applications.CHANGEABLE}
+    first = applications.submit_change(node, parse(node_document(
+        endpoint=node.endpoint, contact={"name": "李四", "phone": node.contact_phone, "email": node.contact_email},
+        capabilities=[c for c in node.capabilities if c != "presence"])), None, by=jx_admin)
+    unchanged = Application(id="0" * 32, kind="change", node_id=node.node_id, division_code=node.division_code,
+                            submitted_by_id=jx_admin.id, created_at=first.created_at, **old_values)
+    unchanged.contact_phone = "0791-7654321"  # it changes something, or approval would refuse it as empty
+    db.session.add(unchanged)
+    db.session.commit()
+    applications.approve(first, by=minister)
+    db.session.commit()
+    with pytest.raises(Conflict) as caught:
+        applications.approve(unchanged, by=minister)
+    assert caught.value.code == "change_stale" and first.id in caught.value.message
+    db.session.rollback()
+    assert node.contact_name == "李四" and "presence" not in node.capabilities and unchanged.status == "pending"
+
+
+def test_review_page_shows_every_requested_change_against_the_current_value(app, jx_admin, minister, admin_console):
+    node = admit(jx_admin, minister)
+    change = applications.submit_change(node, parse(node_document(
+        endpoint=node.endpoint, org_name="江西省公安厅科信处", system_name="赣警通二期", vendor="Vendor B",
+        capabilities=["text", "image"])), None, by=jx_admin)
+    db.session.commit()
+    html = admin_console.client.get(f"/applications/{change.id}").get_data(as_text=True)
+    table = html[html.index('id="requested-changes"'):html.index("</table>", html.index('id="requested-changes"'))]
+    for field in ("org_name", "system_name", "vendor", "capabilities"):
+        assert f'data-field="{field}"' in table
+    assert 'data-field="endpoint"' not in table and 'data-field="contact_name"' not in table
+    assert "江西省公安厅科信处" in table and "Vendor A" in table and "Vendor B" in table
+    assert "<del>" in table  # the capabilities the request drops are marked

@@ -98,11 +98,22 @@ def submit_by_user(info: NodeInformation, csr_pem: str | None, *, by) -> Applica
 
 
 def submit_change(node: Node, info: NodeInformation, csr_pem: str | None, *, by) -> Application:
-    """Endpoint or contact changes go through the same review as an admission."""
+    """Endpoint, contact and other A.1 changes go through the same review as an admission.
+
+    One change request per node waits at a time, and it must change something: a request is the
+    node's full A.1 information, so a second one written from the same form would undo the first."""
     require_division_scope(by, node.division_code)
     if node.status == "revoked":
         raise Conflict(_l("A revoked node cannot change."), code="node_revoked")
+    _lock(node)
+    pending = pending_change(node)
+    if pending is not None:
+        raise Conflict(_l("Change request %(id)s for this node is already waiting for review: a ministry admin "
+                          "must approve or reject it first.", id=pending.id), code="change_pending")
     info = replace(info, division_code=node.division_code)
+    if not csr_pem and not any(not _same(name, getattr(node, name), _requested(info, name)) for name in CHANGEABLE):
+        raise ValidationFailed(_l("This change request changes nothing: every value is the node's current one."),
+                               code="no_change")
     if info.endpoint != node.endpoint:
         _require_endpoint_free(info.endpoint, node.node_id)
     if endpoint_host(info.endpoint) != endpoint_host(node.endpoint) and not csr_pem:
@@ -115,6 +126,17 @@ def submit_change(node: Node, info: NodeInformation, csr_pem: str | None, *, by)
     audit.record("application.submit_change", application.id, {"node": node.node_id, "endpoint": info.endpoint},
                  actor=by.username)
     return application
+
+
+def pending_change(node: Node) -> Application | None:
+    return db.session.scalar(select(Application).where(
+        Application.node_id == node.node_id, Application.kind == "change", Application.status == "pending")
+        .order_by(Application.created_at).limit(1))
+
+
+def _lock(node: Node) -> None:
+    """Row lock on the node (PostgreSQL), so two change requests or approvals for it queue."""
+    db.session.execute(select(Node.node_id).where(Node.node_id == node.node_id).with_for_update())
 
 
 def get(application_id: str) -> Application:
@@ -175,16 +197,44 @@ CHANGEABLE = ("org_name", "system_name", "vendor", "endpoint", "contact_name", "
               "capabilities")
 
 
+def _requested(info: NodeInformation, name: str):
+    return list(info.capabilities) if name == "capabilities" else getattr(info, name)
+
+
+def _same(name: str, current, requested) -> bool:
+    if name == "capabilities":  # a set of names: the order they were ticked in is no change
+        return set(current or ()) == set(requested or ())
+    return current == requested
+
+
+def requested_changes(application: Application, node: Node) -> dict[str, tuple]:
+    """field → (the node's current value, the requested one), for every field the request would alter."""
+    return {name: (getattr(node, name), getattr(application, name)) for name in CHANGEABLE
+            if not _same(name, getattr(node, name), getattr(application, name))}
+
+
 def _approve_change(application: Application, *, by) -> Node:
+    """A request carries whole A.1 values, not a diff: if another change to the node was approved after
+    this one was written, applying it would silently put that change back, so it is refused."""
     node = nodes.get(application.node_id)
     if node.status == "revoked":
         raise Conflict(_l("A revoked node cannot change."), code="node_revoked")
+    _lock(node)
+    newer = db.session.scalar(select(Application.id).where(
+        Application.node_id == node.node_id, Application.kind == "change", Application.status == "approved",
+        Application.id != application.id, Application.reviewed_at > application.created_at).limit(1))
+    if newer:
+        raise Conflict(_l("Node %(node)s changed after this request was written (change request %(id)s was "
+                          "approved since); approving it would undo that change. Reject it, and submit a new "
+                          "request if it is still wanted.", node=node.node_id, id=newer), code="change_stale")
+    changes = requested_changes(application, node)
+    if not changes and not application.csr_pem:
+        raise Conflict(_l("This change request changes nothing: every value is the node's current one."),
+                       code="no_change")
     if application.endpoint != node.endpoint:
         _require_endpoint_free(application.endpoint, node.node_id, application.id)
-    changes = {name: (getattr(node, name), getattr(application, name)) for name in CHANGEABLE
-               if getattr(node, name) != getattr(application, name)}
     for name, (_, new) in changes.items():
-        setattr(node, name, new)
+        setattr(node, name, list(new) if name == "capabilities" else new)
     application.status = "approved"
     application.reviewed_by, application.reviewed_at = by.username, utcnow()
     db.session.flush()

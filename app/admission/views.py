@@ -111,7 +111,8 @@ def change_request(node_id: str):
         else:
             flash(_("Change request submitted for review."), "success")
             return redirect(url_for("admission.application_detail", application_id=application.id))
-    return render_template("admission/application_form.html", form=form, node=node)
+    return render_template("admission/application_form.html", form=form, node=node,
+                           pending_change=applications.pending_change(node))
 
 
 def _visible_application(application_id: str):
@@ -135,10 +136,12 @@ def application_detail(application_id: str):
             csr_error = error.message
     division = divisions.get(application.division_code)
     current_node = nodes.get(application.node_id) if application.node_id else None
+    changes = applications.requested_changes(application, current_node) \
+        if current_node and application.kind == "change" and application.status == "pending" else None
     return render_template(
         "admission/application_detail.html", application=application, csr_info=csr_info, csr_error=csr_error,
         division_path=divisions.path(division), serving=nodes.serving(application.division_code),
-        current_node=current_node, reject_form=RejectForm(), confirm_form=ConfirmForm())
+        current_node=current_node, changes=changes, reject_form=RejectForm(), confirm_form=ConfirmForm())
 
 
 @bp.get("/applications/<application_id>/probe")
