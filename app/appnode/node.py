@@ -417,7 +417,9 @@ class Node:
             raise PayloadTooLarge(f"the body is over {protocol.MAX_BODY_BYTES} bytes")
         try:
             envelope = json.loads(body.decode("utf-8"), object_pairs_hook=_strict_object)
-        except (UnicodeDecodeError, ValueError) as error:
+        except (UnicodeDecodeError, ValueError, RecursionError) as error:
+            # RecursionError: nested deeper than the parser goes; refused like any other body that is not JSON
+            # (a 5xx would have the sender retry it for 48 hours).
             if isinstance(error, InvalidJSON):
                 raise
             raise InvalidJSON("the body is not JSON") from None

@@ -83,6 +83,14 @@ class UnsupportedMediaType(DomainError):
     code, status = "unsupported_media_type", 415
 
 
+class MethodNotAllowed(DomainError):
+    code, status = "method_not_allowed", 405
+
+
+class InternalError(DomainError):
+    code, status = "internal_error", 500
+
+
 class RangeNotSatisfiable(DomainError):
     code, status = "range_not_satisfiable", 416
 
@@ -101,8 +109,8 @@ class Unavailable(DomainError):
 
 ERRORS: dict[str, type[DomainError]] = {cls.code: cls for cls in (
     InvalidJSON, StaleTimestamp, WrongRecipient, UnknownPeer, CertificateMismatch, SenderMismatch, NotAParticipant,
-    PermissionDenied, NotFound, Conflict, FileExpired, PayloadTooLarge, UnsupportedMediaType, RangeNotSatisfiable,
-    SchemaViolation, UnsupportedCapability, RateLimited, Unavailable)}
+    PermissionDenied, NotFound, MethodNotAllowed, Conflict, FileExpired, PayloadTooLarge, UnsupportedMediaType,
+    RangeNotSatisfiable, SchemaViolation, UnsupportedCapability, RateLimited, InternalError, Unavailable)}
 
 
 # ---- schemas ----------------------------------------------------------------------------------------------------

@@ -57,7 +57,14 @@ def create_node_app(node: Node) -> Flask:
 
     @app.errorhandler(405)
     def not_allowed(_error):
-        return json_response({"error": {"code": "not_found", "message": "method not allowed here"}}, 405)
+        return json_response(protocol.MethodNotAllowed(f"{request.method} is not allowed here").to_dict(), 405)
+
+    @app.errorhandler(500)
+    def internal_error(error):
+        """A fault of this node: peers get the protocol's error shape (and retry it, §6), people Flask's page."""
+        if not request.path.startswith("/api/"):
+            return error
+        return json_response(protocol.InternalError("the node failed to handle the request").to_dict(), 500)
 
     @app.get("/api/v1/health")
     def health():
