@@ -59,6 +59,28 @@ def test_reimporting_the_same_revision_changes_nothing(app):
     assert counts() == before  # `make run` imports on every start: a no-op leaves no revision row or audit entry
 
 
+def test_an_older_revision_over_a_newer_one_is_refused_unless_asked_for(app, runner):
+    """2019.04 over 2023 would bring back 71 abolished codes and retire 62 current ones."""
+    older = str(DATA / "gb2260-2019.04.csv")
+    result = runner.invoke(args=["divisions", "import", older, "--revision", "2019.04"])
+    assert result.exit_code == 1 and "older than the current 2023" in result.output
+    assert not db.session.get(Division, "360113").retired and db.session.get(Division, "371200") is None
+
+    result = runner.invoke(args=["divisions", "import", older, "--revision", "2019.04", "--allow-older"])
+    assert result.exit_code == 0, result.output
+    assert db.session.get(Division, "360113").retired and not db.session.get(Division, "371200").retired
+    # Back to the newer list is never refused.
+    assert runner.invoke(args=["divisions", "import"]).exit_code == 0
+    assert not db.session.get(Division, "360113").retired and db.session.get(Division, "371200").retired
+
+
+@pytest.mark.parametrize(("name", "latest", "older"), [
+    ("2019.04", "2023", True), ("2023", "2019.04", False), ("2023.06", "2023", False), ("2022-12", "2023.01", True),
+])
+def test_revisions_named_by_date_are_ordered_by_date(app, name, latest, older):
+    assert service.is_older_revision(name, latest) is older
+
+
 @pytest.mark.parametrize(("content", "line", "reason"), [
     ("code,name\n110000,北京市\n11010,东城区\n", 3, "not a six-digit code"),
     ("code,name\n110000,北京市\n110101,东城区\n110101,西城区\n", 4, "appears again"),
@@ -80,7 +102,7 @@ def test_cli_import_refuses_malformed_file_and_reports_changes(app, runner, tmp_
     result = runner.invoke(args=["divisions", "import", str(bad), "--revision", "x"])
     assert result.exit_code == 1 and "line 2" in result.output
     result = runner.invoke(args=["divisions", "import", str(DATA / "gb2260-2019.04.csv"), "--revision", "2019.04",
-                                 "--json"])
+                                 "--allow-older", "--json"])
     assert result.exit_code == 0
     report = json.loads(result.output)
     assert {"code": "130521", "name": "邢台县"} in report["restored"] or report["added"]

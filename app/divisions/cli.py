@@ -17,8 +17,9 @@ cli = AppGroup("divisions", help="GB/T 2260 division codes.")
 @cli.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False), required=False)
 @click.option("--revision", default=None, help="Revision name, e.g. 2023 (default: the shipped 2023 list).")
+@click.option("--allow-older", is_flag=True, help="Import a revision older than the current one (a rollback).")
 @click.option("--json", "as_json", is_flag=True)
-def import_command(file, revision, as_json):
+def import_command(file, revision, allow_older, as_json):
     """Load a revision in one transaction and report what it added, renamed and retired."""
     path = file or str(service.DEFAULT_FILE)
     revision = revision or (service.DEFAULT_REVISION if file is None else None)
@@ -26,7 +27,7 @@ def import_command(file, revision, as_json):
         raise click.UsageError("--revision is required with a FILE")
     try:
         with open(path, "rb") as handle:
-            report = service.import_revision(handle.read(), revision, actor="cli")
+            report = service.import_revision(handle.read(), revision, actor="cli", allow_older=allow_older)
         db.session.commit()
     except DomainError as error:
         db.session.rollback()

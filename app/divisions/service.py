@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,7 @@ from sqlalchemy import func, or_, select
 from app.audit import service as audit
 from app.divisions.codes import DivisionRow, check_code_format, parse_division_file
 from app.divisions.models import Division, DivisionRevision
-from app.errors import NotFound, ValidationFailed
+from app.errors import Conflict, NotFound, ValidationFailed
 from app.extensions import db
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -55,11 +56,13 @@ class ImportReport:
         }
 
 
-def import_revision(data: bytes, revision: str, *, actor: str | None = None) -> ImportReport:
+def import_revision(data: bytes, revision: str, *, actor: str | None = None,
+                    allow_older: bool = False) -> ImportReport:
     """Load a revision: add, rename, restore; flag codes it no longer lists. Caller commits.
 
     Nothing is ever deleted: a retired code keeps its row with `retired` set, because nodes and
-    history may still name it.
+    history may still name it. A revision older than the current one is refused unless
+    `allow_older`: it would bring abolished codes back and retire current ones.
     """
     revision = revision.strip()
     if not revision or len(revision) > 32:
@@ -67,6 +70,11 @@ def import_revision(data: bytes, revision: str, *, actor: str | None = None) -> 
                                field="revision")
     rows = sorted(parse_division_file(data), key=lambda r: (LEVEL_ORDER[r.level], r.code))
     existing = {d.code: d for d in db.session.scalars(select(Division))}
+    latest = db.session.scalar(select(DivisionRevision.name).order_by(DivisionRevision.id.desc()).limit(1))
+    if existing and latest and not allow_older and is_older_revision(revision, latest):
+        raise Conflict(_l("Revision %(revision)s is older than the current %(latest)s: importing it would bring "
+                          "back abolished codes and retire current ones. Use --allow-older if that is intended.",
+                          revision=revision, latest=latest), code="older_revision", field="revision")
     report = ImportReport(revision=revision, total=len(rows))
     incoming: dict[str, DivisionRow] = {row.code: row for row in rows}
     level = "province"
@@ -98,7 +106,6 @@ def import_revision(data: bytes, revision: str, *, actor: str | None = None) -> 
     if retired_codes:
         for check in retirement_checks:
             report.retired_in_use.extend(check(retired_codes))
-    latest = db.session.scalar(select(DivisionRevision.name).order_by(DivisionRevision.id.desc()).limit(1))
     if existing and not report.changed and latest == revision:
         return report  # the same list again (`make run` imports on every start): nothing to record
     db.session.add(DivisionRevision(name=revision, imported_by=actor or "system", added=len(report.added),
@@ -110,6 +117,22 @@ def import_revision(data: bytes, revision: str, *, actor: str | None = None) -> 
                   "retired_in_use": report.retired_in_use[:50]},
                  **({"actor": actor} if actor else {}))
     return report
+
+
+def is_older_revision(revision: str, latest: str) -> bool:
+    """True for a revision dated before the latest (GB/T 2260 revisions are named by date: "2019.04",
+    "2023"); for names that are not dates, one imported before and since superseded."""
+    if revision == latest:
+        return False
+    dated, dated_latest = _revision_date(revision), _revision_date(latest)
+    if dated is not None and dated_latest is not None:
+        return dated < dated_latest
+    return db.session.scalar(select(DivisionRevision.id).where(DivisionRevision.name == revision).limit(1)) is not None
+
+
+def _revision_date(name: str) -> tuple[int, int] | None:
+    match = re.fullmatch(r"(\d{4})(?:[.\-/](\d{1,2}))?", name.strip())
+    return (int(match.group(1)), int(match.group(2) or 0)) if match else None
 
 
 def get(code: str) -> Division:
