@@ -618,7 +618,9 @@ class Node:
             removed, members = members, []
             group.dismissed = True
         elif op == "invite":
-            members += [target for target in targets if target not in members]
+            added = [target for target in targets if target not in members]
+            self._check_new_members(session, added)
+            members += added
         elif op == "join":
             if operator not in members:
                 members.append(operator)
@@ -638,6 +640,7 @@ class Node:
         elif op == "transfer_owner":
             if targets[0] not in members:
                 raise NotAParticipant(f"{targets[0]} is not a member", field="payload.target_user_ids")
+            self._check_new_members(session, targets[:1])  # never to a member added before this check existed
             group.owner = targets[0]
         if len(members) > MAX_GROUP_MEMBERS:
             raise Conflict(f"a group has at most {MAX_GROUP_MEMBERS} members", field="payload.target_user_ids")
@@ -645,6 +648,24 @@ class Node:
         group.seq += 1
         self._announce(session, group, op, operator, targets, removed)
         return group
+
+    def _check_new_members(self, session: Session, users: Iterable[str],
+                           field: str = "payload.target_user_ids") -> None:
+        """A member must be someone: a user of this node, or of a node the routing table lists with `group`
+        (§6). A phantom would inflate unread counts, keep envelopes to an unknown node retrying, and could be
+        made owner, leaving nobody to manage the group."""
+        me = self.node_id
+        for user in users:
+            node = node_of(user)
+            if node == me:
+                if session.get(User, local_part(user)) is None:
+                    raise NotFound(f"no user {user} on this node", field=field)
+                continue
+            entry = self.routes.peek(node)
+            if entry is None:
+                raise NotFound(f"{user}: node {node} is not in the routing table", field=field)
+            if "group" not in entry["capabilities"]:
+                raise UnsupportedCapability(f"{user}: node {node} does not take part in groups", field=field)
 
     def _announce(self, session: Session, group: Group, op: str, operator: str, targets: list[str],
                   removed: list[str]) -> None:
@@ -666,9 +687,7 @@ class Node:
             if session.get(User, owner_user_id) is None:
                 raise NotFound(f"no local user {owner_user_id}")
             initial = [owner] + [member for member in dict.fromkeys(members) if member != owner]
-            for member in initial:
-                if node_of(member) != me:
-                    self.peer_entry(node_of(member))
+            self._check_new_members(session, initial[1:], field="members")
             group = Group(group_id="g" + secrets.token_hex(6), home_node_id=me, name=name, notice=notice,
                           owner=owner, members=initial, seq=1)
             session.add(group)
@@ -685,6 +704,8 @@ class Node:
         group_id, home = local_part(group_address), node_of(group_address)
         targets, info = list(dict.fromkeys(targets)), dict(info or {})
         with self.db() as session:
+            if op == "invite":  # the home node checks too; this says so at once, even while it is unreachable
+                self._check_new_members(session, targets)
             if home == me:
                 self._apply_at_home(session, op, group_id, operator, targets, info)
             else:
