@@ -74,3 +74,12 @@ def test_console_filters_and_paginates(admin_console):
     assert "target-0<" in third
     only_logins = client.get("/audit/?action=auth.").get_data(as_text=True)
     assert "auth.login" in only_logins and "test.action" not in only_logins
+
+
+def test_console_shows_details_as_written_and_escaped(admin_console):
+    service.record("node.suspend", "36000000002025000001", {"reason": "安全检查 <b>now</b> → later"}, actor="tester")
+    db.session.commit()
+    page = admin_console.client.get("/audit/?actor=tester").get_data(as_text=True)
+    assert "安全检查 &lt;b&gt;now&lt;/b&gt; → later" in page and "\\u5b89" not in page
+    assert "<b>now" not in page
+    assert "起始日期" in page and "来源地址" in page
