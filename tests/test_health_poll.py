@@ -164,7 +164,11 @@ def test_maintenance_suppresses_the_banner(app, servers, people, admin_console):
     for _ in range(3):
         rounds.run_round(spread=False)
     page = admin_console.client.get("/").get_data(as_text=True)
-    assert "个节点故障" in page and node.node_id in page
+    assert f"1 个节点故障：{node.org_name}（{node.node_id}）" in page
+    admin_console.client.get("/lang/en")
+    page = admin_console.client.get("/").get_data(as_text=True)
+    assert f"1 node is down: {node.org_name} ({node.node_id})" in page  # one, and English punctuation
+    admin_console.client.get("/lang/zh_CN")
     service.set_maintenance(node.node_id, utcnow() + timedelta(hours=1), "upgrade",
                             by=db.session.merge(people[0]))
     db.session.commit()

@@ -7,6 +7,7 @@ from datetime import timedelta
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
+from flask_babel import ngettext, pgettext
 from flask_login import current_user
 from markupsafe import Markup, escape
 from sqlalchemy import select
@@ -113,10 +114,13 @@ def banner(user) -> list[dict]:
     down = down_nodes(user)
     if not down:
         return []
-    names = "、".join(f"{n.org_name}（{n.node_id}）" for n in down[:5])
+    # The list's punctuation is the reader's: 、 and full-width brackets in Chinese, commas in English.
+    names = pgettext("list separator", ", ").join(_("%(org)s (%(node)s)", org=n.org_name, node=n.node_id)
+                                                  for n in down[:5])
     more = _(" and %(n)s more", n=len(down) - 5) if len(down) > 5 else ""
-    return [{"kind": "error", "text": _("%(n)s nodes are down: %(names)s%(more)s", n=len(down), names=names,
-                                        more=more)}]
+    return [{"kind": "error", "text": ngettext("%(num)s node is down: %(names)s%(more)s",
+                                               "%(num)s nodes are down: %(names)s%(more)s", len(down),
+                                               names=names, more=more)}]
 
 
 def province_down(user, figures) -> None:
