@@ -11,7 +11,7 @@ from app.admission import applications, tokens
 from app.admission.models import Application, EnrollmentToken
 from app.database import utcnow
 from app.extensions import db
-from tests.factories import node_document
+from tests.factories import make_csr, node_document
 
 
 @pytest.fixture
@@ -192,3 +192,22 @@ def test_bad_token_lifetimes(ttl):
 
     with pytest.raises(ValidationFailed):
         tokens.parse_ttl(ttl)
+
+
+def test_one_key_is_never_in_two_applications_or_certified_for_two_nodes(client, jx_admin, make_user):
+    raws = [tokens.create_token("360000", by=jx_admin)[1] for _ in range(3)]
+    db.session.commit()
+    shared = make_csr()
+    first = submit(client, raws[0], node_document(csr=shared))
+    assert first.status_code == 201
+    again = submit(client, raws[1], node_document(csr=shared))
+    error = again.get_json()["error"]
+    assert (again.status_code, error["code"], error["field"]) == (409, "key_pending", "csr")
+    assert first.get_json()["application_id"] in error["message"]
+    node = applications.approve(applications.get(first.get_json()["application_id"]), by=make_user("minister"))
+    db.session.commit()
+    certified = submit(client, raws[1], node_document(csr=shared))
+    error = certified.get_json()["error"]
+    assert (certified.status_code, error["code"], error["field"]) == (409, "key_in_use", "csr")
+    assert node.node_id in error["message"]
+    assert submit(client, raws[1], node_document()).status_code == 201  # the token was not used up

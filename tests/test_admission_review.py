@@ -194,7 +194,7 @@ def test_a_change_request_that_changes_nothing_is_refused(app, jx_admin, ministe
     console = Console(app.test_client())
     console.login("jx-admin")
     html = console.post_form(f"/nodes/{node.node_id}/change", change_form(node)).get_data(as_text=True)
-    assert "changes nothing" in html or "没有任何改动" in html
+    assert "changes nothing" in html or "没有任何变化" in html
     assert db.session.scalar(select(db.func.count()).select_from(Application).where(Application.kind == "change")) == 0
 
 
@@ -258,3 +258,51 @@ def test_review_page_shows_every_requested_change_against_the_current_value(app,
     assert 'data-field="endpoint"' not in table and 'data-field="contact_name"' not in table
     assert "江西省公安厅科信处" in table and "Vendor A" in table and "Vendor B" in table
     assert "<del>" in table  # the capabilities the request drops are marked
+
+
+def test_approval_rechecks_that_the_key_is_not_certified_for_another_node_since(jx_admin, minister):
+    from app.pki import service as pki
+    from tests.factories import NodeKeys
+
+    keys = NodeKeys()
+    waiting = apply(jx_admin, csr=keys.csr)
+    other = admit(jx_admin, minister)
+    pki.renew(other, keys.csr, by=minister)  # an admin renews another node from a CSR with the same key
+    db.session.commit()
+    with pytest.raises(Conflict) as caught:
+        applications.approve(waiting, by=minister)
+    assert caught.value.code == "key_in_use" and other.node_id in caught.value.message
+    db.session.rollback()
+    assert waiting.status == "pending" and db.session.scalar(select(db.func.count()).select_from(Node)) == 1
+
+
+def test_renewal_keeps_or_replaces_its_own_key_but_cannot_take_another_nodes(jx_admin, minister):
+    from app.pki import service as pki
+    from tests.factories import NodeKeys
+
+    first_keys, second_keys = NodeKeys(), NodeKeys()
+    first = admit(jx_admin, minister, csr=first_keys.csr)
+    second = admit(jx_admin, minister, csr=second_keys.csr)
+    pki.renew(first, first_keys.csr, by=minister)  # same key again: allowed (a new key is only recommended)
+    pki.renew(first, NodeKeys().csr, by=minister)
+    with pytest.raises(Conflict) as caught:
+        pki.renew(first, second_keys.csr, by=minister)
+    assert caught.value.code == "key_in_use"
+    db.session.rollback()
+    nodes.revoke(second, "decommissioned", by=minister)  # its certificates are revoked: the key is free again
+    db.session.commit()
+    pki.renew(first, second_keys.csr, by=minister)
+
+
+def test_console_application_with_a_key_in_use_is_refused_in_the_csr_field(app, jx_admin, minister):
+    from tests.conftest import Console
+    from tests.factories import NodeKeys
+
+    keys = NodeKeys()
+    node = admit(jx_admin, minister, csr=keys.csr)
+    console = Console(app.test_client())
+    console.login("jx-admin")
+    form = {**change_form(node, endpoint="https://another.jx.example"), "division_code": "360000", "csr": keys.csr}
+    html = console.post_form("/applications/new", form).get_data(as_text=True)
+    assert node.node_id in html and "has-error" in html
+    assert db.session.scalar(select(db.func.count()).select_from(Application)) == 1

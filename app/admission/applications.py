@@ -9,7 +9,7 @@ import uuid
 from dataclasses import replace
 
 from flask_babel import lazy_gettext as _l
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 
 from app.admission import hooks, information, nodes, tokens
 from app.admission.information import NodeInformation, endpoint_host
@@ -50,6 +50,26 @@ def _require_endpoint_free(endpoint: str, node_id: str | None = None, applicatio
                        code="endpoint_pending", field="endpoint")
 
 
+def _require_key_free(csr_pem: str | None, node_id: str | None = None) -> str | None:
+    """One key, one node: refuse a CSR whose key another node's certificate (not revoked) or another
+    pending application already carries. Returns the key's SHA-256 to store with the application."""
+    from app.pki import csr_policy
+    from app.pki import service as pki
+
+    if not csr_pem:
+        return None
+    key_sha256 = pki.key_fingerprint(csr_policy.load_csr(csr_pem).public_key())
+    pki.require_key_unused(key_sha256, node_id)
+    query = select(Application.id).where(Application.key_sha256 == key_sha256, Application.status == "pending")
+    if node_id:
+        query = query.where(or_(Application.node_id.is_(None), Application.node_id != node_id))
+    pending = db.session.scalar(query.limit(1))
+    if pending:
+        raise Conflict(_l("Application %(id)s with this CSR's key is already waiting for review: every node needs "
+                          "its own key. Generate a new key and CSR.", id=pending), code="key_pending", field="csr")
+    return key_sha256
+
+
 def _new_application(info: NodeInformation, csr_pem: str | None, **fields) -> Application:
     application = Application(
         id=uuid.uuid4().hex, division_code=info.division_code, org_name=info.org_name,
@@ -74,9 +94,10 @@ def submit_with_token(raw_token: str | None, document) -> Application:
         raise PermissionDenied(_l("This token admits nodes in %(code)s only.", code=token.division_code),
                                code="out_of_scope", field="division_code")
     inspect_csr(csr_pem)
+    key_sha256 = _require_key_free(csr_pem)
     _require_endpoint_free(info.endpoint)
     tokens.consume(token)  # last: only an accepted application uses the token up
-    application = _new_application(info, csr_pem, token_id=token.id)
+    application = _new_application(info, csr_pem, token_id=token.id, key_sha256=key_sha256)
     db.session.flush()
     audit.record("application.submit", application.id,
                  {"division": info.division_code, "endpoint": info.endpoint, "token": token.prefix},
@@ -89,8 +110,9 @@ def submit_by_user(info: NodeInformation, csr_pem: str | None, *, by) -> Applica
     divisions.require_current(info.division_code)
     require_division_scope(by, info.division_code)
     inspect_csr(csr_pem)
+    key_sha256 = _require_key_free(csr_pem)
     _require_endpoint_free(info.endpoint)
-    application = _new_application(info, csr_pem, submitted_by_id=by.id)
+    application = _new_application(info, csr_pem, submitted_by_id=by.id, key_sha256=key_sha256)
     db.session.flush()
     audit.record("application.submit", application.id,
                  {"division": info.division_code, "endpoint": info.endpoint}, actor=by.username)
@@ -121,7 +143,8 @@ def submit_change(node: Node, info: NodeInformation, csr_pem: str | None, *, by)
                                code="missing_csr", field="csr")
     if csr_pem:
         inspect_csr(csr_pem)
-    application = _new_application(info, csr_pem, kind="change", node_id=node.node_id, submitted_by_id=by.id)
+    application = _new_application(info, csr_pem, kind="change", node_id=node.node_id, submitted_by_id=by.id,
+                                   key_sha256=_require_key_free(csr_pem, node.node_id))
     db.session.flush()
     audit.record("application.submit_change", application.id, {"node": node.node_id, "endpoint": info.endpoint},
                  actor=by.username)

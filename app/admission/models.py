@@ -73,6 +73,8 @@ class Application(db.Model):
     contact_email: Mapped[str] = mapped_column(String(254), nullable=False)
     capabilities: Mapped[list] = mapped_column(JSON, nullable=False, default=list)
     csr_pem: Mapped[str | None] = mapped_column(Text)
+    # SHA-256 of the CSR's SubjectPublicKeyInfo: one key, one node (compared with certificates.key_sha256).
+    key_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
     reason: Mapped[str | None] = mapped_column(String(500))
     reviewed_by: Mapped[str | None] = mapped_column(String(64))
     reviewed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

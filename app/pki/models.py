@@ -26,6 +26,8 @@ class Certificate(db.Model):
     subject: Mapped[str] = mapped_column(String(300), nullable=False)
     sha256: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
     key_description: Mapped[str] = mapped_column(String(40), nullable=False, default="")
+    # SHA-256 of the SubjectPublicKeyInfo (DER): finds the node a key is already certified for.
+    key_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
     pem: Mapped[str] = mapped_column(Text, nullable=False)
     not_before: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     not_after: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, index=True)

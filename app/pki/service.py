@@ -7,6 +7,7 @@ third, revoke with the node, CRL regenerated on every revocation).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -15,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from flask import current_app
 from flask_babel import lazy_gettext as _l
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import make_transient_to_detached
 
 from app.audit import service as audit
@@ -98,6 +99,30 @@ def fingerprint(certificate: x509.Certificate) -> str:
     return certificate.fingerprint(hashes.SHA256()).hex()
 
 
+def key_fingerprint(public_key) -> str:
+    """SHA-256 of the SubjectPublicKeyInfo (DER): a CSR and the certificates issued for it share it."""
+    der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
+
+
+def key_certified_elsewhere(key_sha256: str, node_id: str | None) -> Certificate | None:
+    """A certificate, not revoked, that certifies this key for another node (or for the CA's own services)."""
+    query = select(Certificate).where(Certificate.key_sha256 == key_sha256, Certificate.revoked_at.is_(None))
+    if node_id:
+        query = query.where(or_(Certificate.node_id.is_(None), Certificate.node_id != node_id))
+    return db.session.scalar(query.order_by(Certificate.issued_at).limit(1))
+
+
+def require_key_unused(key_sha256: str, node_id: str | None) -> None:
+    """One key, one node: a second node with the same key could open sessions and sign as the first."""
+    other = key_certified_elsewhere(key_sha256, node_id)
+    if other is not None:
+        raise Conflict(_l("This CSR's key is already certified for %(holder)s (certificate %(serial)s): every node "
+                          "needs its own key. Generate a new key and CSR.",
+                          holder=other.node_id or other.kind, serial=other.serial),
+                       code="key_in_use", field="csr")
+
+
 def store(certificate: x509.Certificate, kind: str, node_id: str | None, actor: str) -> Certificate:
     """Insert the certificate's row and its audit entry; returns the row, persistent in the session.
 
@@ -107,6 +132,7 @@ def store(certificate: x509.Certificate, kind: str, node_id: str | None, actor: 
     row = Certificate(
         serial=format(certificate.serial_number, "x"), kind=kind, node_id=node_id,
         subject=certificate.subject.rfc4514_string()[:300], sha256=fingerprint(certificate),
+        key_sha256=key_fingerprint(certificate.public_key()),
         key_description=csr_policy.describe_key(certificate.public_key()),
         pem=certificate.public_bytes(serialization.Encoding.PEM).decode(),
         not_before=certificate.not_valid_before_utc, not_after=certificate.not_valid_after_utc,
@@ -147,6 +173,7 @@ def issue_for_node(node, csr_pem: str, *, actor: str) -> Certificate:
 
     csr = csr_policy.load_csr(csr_pem)
     csr_policy.check_csr(csr)
+    require_key_unused(key_fingerprint(csr.public_key()), node.node_id)
     certificate = authority().issue_node_certificate(
         csr, node_id=node.node_id, org_name=node.org_name, endpoint_host=endpoint_host(node.endpoint),
         validity_days=current_app.config["MPIM_CERT_DAYS"])
