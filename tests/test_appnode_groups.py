@@ -7,10 +7,11 @@ import pytest
 from sqlalchemy import select
 
 from app.appnode import protocol
+from app.appnode.config import CAPABILITIES
 from app.appnode.protocol import NotFound
 from app.appnode.store import Group, Outbox
 from tests.appnode_harness import raw_post
-from tests.test_appnode import network, settle  # noqa: F401 (fixture)
+from tests.test_appnode import ADTS, GIF, history, network, settle  # noqa: F401 (fixture)
 from tests.test_sessions import people  # noqa: F401 (fixture)
 
 NOWHERE = "99999999999999999999"
@@ -53,3 +54,38 @@ def test_ownership_never_goes_to_a_member_who_does_not_exist(network):  # noqa: 
     with pytest.raises(NotFound, match="ghost"):
         a.node.group_operation("zhangsan", group.address, "transfer_owner", [a.user("ghost")])
     assert a.node.groups()[0].owner == a.user("zhangsan") and a.node.groups()[0].seq == 1
+
+
+def test_a_group_message_reaches_a_member_node_only_as_its_capabilities_allow(network):  # noqa: F811
+    a, b = network["a"], network["b"]
+    c = network["join"]("110000", capabilities=[cap for cap in CAPABILITIES if cap not in ("sticker", "voice")])
+    for node in (a, b, c):
+        node.node.sync_routes()
+    group = a.node.create_group("zhangsan", "三地", [b.user("lisi"), c.user("sunqi")])
+    settle(a, b, c)
+    conversation = f"g:{group.address}"
+    sticker = {"package_id": "jingwu", "sticker_id": "ok", "alt_text": "[好的]"}
+
+    from_home = a.node.send_file("zhangsan", group.address, GIF, "sticker", file_name="ok.gif", sticker=sticker)
+    from_member = b.node.send_file("lisi", group.address, GIF, "sticker", file_name="ok.gif", sticker=sticker)
+    settle(a, b, c)
+    shown = {m["message_id"]: (m["msg_type"], m["content"].get("text")) for m in history(c, "sunqi", conversation)}
+    assert shown == {from_home.message_id: ("text", "[好的]"), from_member.message_id: ("text", "[好的]")}
+    assert {m["msg_type"] for m in history(b, "lisi", conversation)} == {"sticker"}
+
+    voice_home = a.node.send_file("zhangsan", group.address, ADTS, "voice", duration_ms=900)
+    voice_member = b.node.send_file("lisi", group.address, ADTS, "voice", duration_ms=900)
+    settle(a, b, c)
+    assert [m["msg_type"] for m in history(c, "sunqi", conversation)] == ["text", "text"]
+    for sender, message in ((a, voice_home), (b, voice_member)):  # each sender is told which node it misses
+        assert list(sender.node.undelivered(message.message_id)) == [c.id]
+        assert "voice" in sender.node.undelivered(message.message_id)[c.id]
+        delivery = {e["message"].message_id: e["delivery"] for e in sender.node.history("zhangsan" if sender is a
+                                                                                         else "lisi", conversation)}
+        assert delivery[message.message_id] == "partial"
+    assert [m["message_id"] for m in history(b, "lisi", conversation)][-2:] == [voice_home.message_id,
+                                                                                voice_member.message_id]
+    # nothing to C was queued to fail: the home node never attempted a voice for C
+    to_c = [row for row in a.node.outbox() if row.peer_node == c.id and row.kind == "message"]
+    assert {row.state for row in to_c} == {"delivered", "skipped"} and all(row.attempts <= 1 for row in to_c)
+    assert not [row for row in to_c if row.state == "skipped" and row.attempts]

@@ -542,10 +542,8 @@ class Node:
         if sender not in group.members:
             raise NotAParticipant(f"{sender} is not a member of {message['to']}", field="payload.sender")
         self._store_message(session, message, self._member_nodes(group))
-        for peer in self._member_nodes(group):
-            if peer not in (me, envelope["from_node"]):
-                self._enqueue(session, peer, "message", protocol.make_envelope(
-                    from_node=me, to_node=peer, type="message", payload=message))
+        self._fan_out(session, message, [peer for peer in self._member_nodes(group)
+                                         if peer not in (me, envelope["from_node"])])
         return True
 
     @staticmethod
@@ -939,11 +937,8 @@ class Node:
                         raise NotFound(f"no local user {to}")
                     recipients = []
                 else:
-                    entry = self.peer_entry(target)
-                    if msg_type not in entry["capabilities"] or "single_chat" not in entry["capabilities"]:
-                        if msg_type != "sticker" or "text" not in entry["capabilities"]:
-                            raise UnsupportedCapability(f"node {target} does not take {msg_type} messages")
-                        message["msg_type"], message["content"] = "text", {"text": content["alt_text"]}
+                    self.peer_entry(target)
+                    message = self._payload_for(target, message)
                     recipients = [target]
                 values = self._message_values(message, [me, target])
                 insert_message(cursor, values)
@@ -983,15 +978,77 @@ class Node:
             if group is None or group.dismissed or sender not in group.members:
                 raise NotAParticipant(f"{sender} is not a member of {to}")
             participants = self._member_nodes(group)
-            recipients = [peer for peer in participants if peer != me] if target == me else [target]
-            for peer in recipients:
-                self.peer_entry(peer)
-            values = self._store_message(session, message, participants)
-            ids = [self._enqueue(session, peer, "message", protocol.make_envelope(
-                from_node=me, to_node=peer, type="message", payload=message), claim=deliver)
-                for peer in recipients]
+            if target == me:
+                values = self._store_message(session, message, participants)
+                ids = self._fan_out(session, message, [peer for peer in participants if peer != me], claim=deliver)
+            else:
+                self.peer_entry(target)
+                message = self._payload_for(target, message)  # the home node relays what it takes
+                values = self._store_message(session, message, participants)
+                ids = [self._enqueue(session, target, "message", protocol.make_envelope(
+                    from_node=me, to_node=target, type="message", payload=message), claim=deliver)]
+                for peer in participants:  # what the home node will skip, recorded here so the sender hears
+                    reason = self._unreachable(peer, message) if peer not in (me, target) else None
+                    if reason:
+                        self._record_skip(session, peer, message, reason)
             session.commit()
         return values, ids
+
+    def _unreachable(self, peer: str, message: dict) -> str | None:
+        """Why `peer` cannot take this message (docs/protocol.md §6 capabilities), or None. A sticker reaches a
+        node that takes text (as its alt text); a node missing from the table is left to the outbox, which
+        retries it while the next table may bring it back."""
+        entry = self.routes.peek(peer)
+        if entry is None:
+            return None
+        capabilities = entry["capabilities"]
+        chat = "group" if message["chat_type"] == "group" else "single_chat"
+        if chat not in capabilities:
+            return f"node {peer} does not take {message['chat_type']} messages"
+        msg_type = message["msg_type"]
+        if msg_type in capabilities or (msg_type == "sticker" and "text" in capabilities):
+            return None
+        return f"node {peer} does not take {msg_type} messages"
+
+    def _payload_for(self, peer: str, message: dict) -> dict:
+        """The message as `peer` takes it: a sticker becomes a text of its alt text where the table does not
+        list `sticker` for the node (§6); refused when the node takes nothing of it."""
+        reason = self._unreachable(peer, message)
+        if reason:
+            raise UnsupportedCapability(reason)
+        entry = self.routes.peek(peer)
+        if message["msg_type"] == "sticker" and entry is not None and "sticker" not in entry["capabilities"]:
+            return {**message, "msg_type": "text", "content": {"text": message["content"]["alt_text"]}}
+        return message
+
+    def _fan_out(self, session: Session, message: dict, peers: Iterable[str], *, claim: bool = False) -> list[int]:
+        """The home node's copies of a group message to member nodes: each as the node takes it, and none to a
+        node that takes nothing of it (recorded as skipped, never attempted: it could only be refused)."""
+        ids = []
+        for peer in peers:
+            reason = self._unreachable(peer, message)
+            if reason:
+                self._record_skip(session, peer, message, reason)
+                continue
+            ids.append(self._enqueue(session, peer, "message", protocol.make_envelope(
+                from_node=self.node_id, to_node=peer, type="message", payload=self._payload_for(peer, message)),
+                claim=claim))
+        return ids
+
+    def _record_skip(self, session: Session, peer: str, message: dict, reason: str) -> None:
+        log.info("message %s is not sent to %s: %s", message["message_id"], peer, reason)
+        now = utcnow()
+        session.add(Outbox(peer_node=peer, kind="message", message_id=message["message_id"], state="skipped",
+                           envelope=protocol.make_envelope(from_node=self.node_id, to_node=peer, type="message",
+                                                           payload=message),
+                           attempts=0, next_attempt_at=now, last_error=reason[:300], finished_at=now))
+
+    def undelivered(self, message_id: str) -> dict[str, str]:
+        """The nodes a message sent from here did not reach for good (skipped or refused), with why."""
+        with self.db() as session:
+            rows = session.scalars(select(Outbox).where(Outbox.message_id == message_id,
+                                                        Outbox.state.in_(("failed", "skipped"))))
+            return {row.peer_node: row.last_error or row.state for row in rows}
 
     def send_text(self, user_id: str, to: str, text: str, **kwargs) -> Message:
         return self.send(user_id, to, "text", {"text": text}, **kwargs)
@@ -1322,7 +1379,9 @@ class Node:
         states = set(session.scalars(select(Outbox.state).where(Outbox.message_id == message.message_id)))
         if not states:
             return None
-        return "failed" if "failed" in states else "pending" if "pending" in states else "delivered"
+        if "failed" in states or "pending" in states:
+            return "failed" if "failed" in states else "pending"
+        return "partial" if "skipped" in states else "delivered"  # partial: some nodes take no such message
 
     def presence_of(self, user: str) -> dict | None:
         with self.db() as session:
