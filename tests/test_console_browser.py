@@ -65,3 +65,21 @@ def test_english_navigation_stays_inside_the_header_at_1024_px(page, live_server
     nav = page.eval_on_selector("nav.mainnav", "e => e.getBoundingClientRect().toJSON()")
     assert nav["top"] >= header["top"] + 4 and nav["bottom"] <= header["bottom"] - 4
     screenshot(page, "header-english-1024")
+
+
+def test_console_fits_a_390_px_phone_in_both_languages(page, live_server, make_user):
+    """Nothing runs off the side: the header wraps, and wide tables scroll inside themselves."""
+    make_user("minister")
+    page.set_viewport_size({"width": 390, "height": 800})
+    sign_in(page, live_server, "minister")
+    for heading in ("仪表盘", "Dashboard"):
+        page.wait_for_selector(f"h1:has-text('{heading}')")
+        for path in ("/", "/users/", "/audit/"):
+            page.goto(f"{live_server}{path}")
+            width = page.evaluate("document.documentElement.scrollWidth")
+            assert width <= 390, f"{path} is {width} px wide"
+            assert page.is_visible("header.topbar >> text=minister")
+        screenshot(page, f"phone-{heading}")
+        page.goto(f"{live_server}/")
+        if heading == "仪表盘":
+            page.click("text=English")
