@@ -74,3 +74,39 @@ def test_console_refuses_endpoint_port_zero_in_the_form(app, make_user):
     html = console.post_form("/applications/new", form).get_data(as_text=True)
     assert "65535" in html and 'value="https://10.2.2.2:0"' in html
     assert db.session.scalar(db.select(db.func.count()).select_from(Application)) == 0
+
+
+def test_revoking_another_provinces_token_reads_as_no_such_token(app, make_user):
+    gd_admin = make_user("gd-admin", "provincial_admin", ("440000",))
+    token, _ = tokens.create_token("440000", by=gd_admin)
+    db.session.commit()
+    make_user("jx-admin", "provincial_admin", ("360000",))
+    console = Console(app.test_client())
+    console.login("jx-admin")
+    def flash_after_revoking(token_id):
+        response = console.post_form("/tokens/", {}, action=f"/tokens/{token_id}/revoke")
+        html = console.client.get(response.headers["Location"]).get_data(as_text=True)
+        return re.search(r'class="flash error"[^>]*>([^<]*)<', html).group(1)
+
+    foreign, missing = flash_after_revoking(token.id), flash_after_revoking(999999)
+    assert foreign == missing and "440000" not in foreign
+    db.session.expire_all()
+    assert token.state() == "active"
+
+
+def test_node_search_treats_percent_and_underscore_as_characters(app, make_user):
+    from app.admission import applications
+    from app.admission.information import parse
+    from tests.factories import node_document
+
+    minister = make_user("minister")
+    jx_admin = make_user("jx-admin", "provincial_admin", ("360000",))
+    for org_name in ("江西省公安厅", "100%_网络"):
+        document = node_document(org_name=org_name)
+        applications.approve(applications.submit_by_user(parse(document), document["csr"], by=jx_admin), by=minister)
+    db.session.commit()
+    console = Console(app.test_client())
+    console.login("minister")
+    for term, expected in (("%", 1), ("_", 1), ("%_", 1), ("0%", 1), ("公安", 1)):
+        html = console.client.get("/nodes/", query_string={"q": term}).get_data(as_text=True)
+        assert html.count('href="/nodes/3600') == expected, term

@@ -161,8 +161,10 @@ def list_query(user, *, province: str = "", status: str = "", vendor: str = "", 
         query = query.where(func.cast(Node.capabilities, db.String).like(f'%"{capability}"%'))
     if q:
         term = q.strip()[:60]
-        query = query.where(or_(Node.node_id.startswith(term), Node.org_name.contains(term),
-                                Node.system_name.contains(term)))
+        # autoescape: a typed % or _ is a character to find, not a LIKE wildcard matching every node.
+        query = query.where(or_(Node.node_id.startswith(term, autoescape=True),
+                                Node.org_name.contains(term, autoescape=True),
+                                Node.system_name.contains(term, autoescape=True)))
     column = SORTS.get(sort, Node.node_id)
     order = column.desc() if descending else column.asc()
     return query.order_by(order, Node.node_id)

@@ -98,9 +98,9 @@ def consume(token: EnrollmentToken) -> None:
 
 def revoke_token(token_id: int, *, by) -> EnrollmentToken:
     token = db.session.get(EnrollmentToken, token_id)
-    if token is None:
+    # Another province's token is answered as missing: its existence and division are not ours to tell.
+    if token is None or not by.can_access_division(token.division_code):
         raise NotFound(_l("No such enrollment token."), code="token_not_found")
-    require_division_scope(by, token.division_code)
     if token.state() != "active":
         raise ValidationFailed(_l("Only an unused, unexpired token can be revoked."), code="token_not_active")
     token.revoked_at, token.revoked_by = utcnow(), by.username
