@@ -90,6 +90,13 @@ def test_nothing_visible_changed_means_no_new_version(app, session):
     assert service.publish("re-sign", force=True).version == 2
 
 
+def test_cli_publish_reports_in_json(app, session, runner):
+    result = runner.invoke(args=["routing", "publish", "--json"])
+    assert result.exit_code == 0 and json.loads(result.output) == {"published": False, "version": 1, "changes": []}
+    result = runner.invoke(args=["routing", "publish", "--force", "--json"])
+    assert json.loads(result.output) == {"published": True, "version": 2, "changes": ["re-signed"]}
+
+
 @pytest.mark.parametrize(("since", "code"), [("-1", "invalid_since"), ("abc", "invalid_since"),
                                              ("1.5", "invalid_since"), ("99", "since_in_future")])
 def test_bad_since_values(client, session, since, code):
@@ -129,6 +136,25 @@ def test_console_history_downloads_and_cli_verify(app, session, runner, tmp_path
     (tmp_path / "t.json").write_bytes(body.replace(b'"version":1', b'"version":9'))
     forged = runner.invoke(args=["routing", "verify", str(tmp_path / "t.json"), str(tmp_path / "t.sig")])
     assert forged.exit_code == 1 and "signature INVALID" in forged.output
+
+
+def test_the_console_verification_hint_runs_as_printed_on_the_downloads(app, session, tmp_path):
+    """The routing page's openssl lines, run on the files its three links download (under their names)."""
+    import html
+    import re
+    import shlex
+
+    admin_console = Console(app.test_client())
+    admin_console.login("minister")
+    page = admin_console.client.get("/routes/").get_data(as_text=True)
+    hint = html.unescape(re.search(r'id="verify-hint"><code>(.*?)</code>', page, re.S).group(1))
+    for url in ("/routes/v1.json", "/routes/v1.sig", "/ca/route-signer.pem"):
+        response = admin_console.client.get(url)
+        disposition = re.search(r"filename=([^;]+)", response.headers.get("Content-Disposition", ""))
+        (tmp_path / (disposition.group(1) if disposition else url.rsplit("/", 1)[1])).write_bytes(response.data)
+    outputs = [subprocess.run(shlex.split(line), cwd=tmp_path, capture_output=True, text=True)
+               for line in hint.strip().splitlines()]
+    assert [done.returncode for done in outputs] == [0, 0] and "Verified OK" in outputs[-1].stdout
 
 
 def test_the_real_flask_executable_reaches_our_routing_group(app, session):

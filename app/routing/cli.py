@@ -68,7 +68,13 @@ def verify_command(body_file, signature_file):
 
 @cli.command("publish")
 @click.option("--force", is_flag=True, help="Re-sign even when nothing changed.")
-def publish_command(force):
+@click.option("--json", "as_json", is_flag=True)
+def publish_command(force, as_json):
     version = service.publish("cli", force=force, actor="cli")
     db.session.commit()
+    if as_json:
+        click.echo(json.dumps({"published": version is not None, "version": version.version if version else
+                               service.head_version(), "changes": list(version.changes) if version else []},
+                              ensure_ascii=False))
+        return
     click.echo(f"published v{version.version}" if version else "nothing changed")
