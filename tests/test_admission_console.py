@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from app.admission import tokens
+from app.auth.models import User
 from app.extensions import db
 from tests.conftest import Console
 
@@ -110,3 +111,27 @@ def test_node_search_treats_percent_and_underscore_as_characters(app, make_user)
     for term, expected in (("%", 1), ("_", 1), ("%_", 1), ("0%", 1), ("公安", 1)):
         html = console.client.get("/nodes/", query_string={"q": term}).get_data(as_text=True)
         assert html.count('href="/nodes/3600') == expected, term
+
+
+def test_asking_for_a_suspension_says_so_and_the_ministry_dashboard_counts_it(app, make_user, admin_console):
+    from app.admission import applications
+    from app.admission.information import parse
+    from tests.factories import node_document
+
+    jx_admin = make_user("jx-admin", "provincial_admin", ("360000",))
+    document = node_document()
+    node = applications.approve(applications.submit_by_user(parse(document), document["csr"], by=jx_admin),
+                                by=db.session.scalar(db.select(User).where(User.username == "minister")))
+    db.session.commit()
+    console = Console(app.test_client())
+    console.login("jx-admin")
+    response = console.post_form(f"/nodes/{node.node_id}", {"reason": "looks hacked"},
+                                 action=f"/nodes/{node.node_id}/request-suspension")
+    html = console.client.get(response.headers["Location"]).get_data(as_text=True)
+    flash = re.search(r'class="flash success"[^>]*>([^<]*)<', html).group(1)
+    assert node.node_id in flash and "启用" not in flash and "active" not in flash
+    dashboard = admin_console.client.get("/").get_data(as_text=True)
+    link = re.search(r'<a href="([^"]+)" id="suspension-requests">([^<]*)<', dashboard)
+    assert link and "1" in link.group(2)
+    listed = admin_console.client.get(link.group(1).replace("&amp;", "&")).get_data(as_text=True)
+    assert node.node_id in listed

@@ -74,8 +74,12 @@ def lifecycle(node_id: str, action: str):
         try:
             LIFECYCLE[action](node, form.reason.data, by=current_user)
             db.session.commit()
-            flash(_("Done: %(node)s is %(status)s.", node=node.node_id, status=labels.status_word(node.status)),
-                  "success")
+            if action == "request-suspension":  # nothing changed yet: say who decides
+                flash(_("Suspension of %(node)s requested; a ministry admin decides.", node=node.node_id),
+                      "success")
+            else:
+                flash(_("Done: %(node)s is %(status)s.", node=node.node_id,
+                        status=labels.status_word(node.status)), "success")
         except DomainError as error:
             db.session.rollback()
             flash(error.message, "error")
@@ -114,5 +118,6 @@ province_contributors: list = []
 def dashboard_panel(user) -> dict:
     return {"template": "admission/dashboard_panel.html", "node_counts": nodes.counts_by_status(user),
             "pending": applications.pending_count() if user.role == "ministry_admin" else None,
+            "suspension_requests": nodes.suspension_requests_count(user) if user.role == "ministry_admin" else 0,
             "tilemap": Markup(tilemap.render(province_figures(user))),
             "retired_nodes": nodes.nodes_in_retired_divisions() if user.role != "provincial_admin" else []}

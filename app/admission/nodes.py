@@ -151,7 +151,9 @@ def list_query(user, *, province: str = "", status: str = "", vendor: str = "", 
     query = select(Node).where(division_filter(user, Node.division_code))
     if province:
         query = query.where(Node.province_prefix == province[:2])
-    if status:
+    if status == "suspension_requested":  # active nodes a provincial admin asked the ministry to suspend
+        query = query.where(Node.status == "active", Node.suspension_requested.is_(True))
+    elif status:
         query = query.where(Node.status == status)
     if vendor:
         query = query.where(Node.vendor == vendor)
@@ -179,6 +181,15 @@ def counts_by_status(user=None) -> dict[str, int]:
     result = {status: 0 for status in ("active", "suspended", "revoked")}
     result.update(dict(db.session.execute(query).all()))
     return result
+
+
+def suspension_requests_count(user) -> int:
+    """Active nodes waiting for a ministry admin's decision on a requested suspension."""
+    from app.admission.scope import division_filter
+
+    return db.session.scalar(select(func.count()).select_from(Node).where(
+        division_filter(user, Node.division_code), Node.status == "active",
+        Node.suspension_requested.is_(True))) or 0
 
 
 def nodes_in_retired_divisions() -> list[Node]:
