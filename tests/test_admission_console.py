@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from app.admission import tokens
+from app.admission.models import EnrollmentToken
 from app.auth.models import User
 from app.extensions import db
 from tests.conftest import Console
@@ -14,12 +15,14 @@ def test_token_page_shows_a_new_token_once(app, make_user):
     make_user("jx-admin", "provincial_admin", ("360000",))
     console = Console(app.test_client())
     console.login("jx-admin")
-    page = console.post_form("/tokens/", {"division_code": "360000", "ttl": "7d", "note": "赣警通"})
-    html = page.get_data(as_text=True)
+    posted = console.post_form("/tokens/", {"division_code": "360000", "ttl": "7d", "note": "赣警通"})
+    assert posted.status_code == 302  # post/redirect/get: refreshing the page cannot issue another token
+    html = console.client.get(posted.headers["Location"]).get_data(as_text=True)
     raw = re.search(r'id="issued-token">(mpet_[^<]+)<', html).group(1)
     assert tokens.find_by_raw(raw).division_code == "360000"
     again = console.client.get("/tokens/").get_data(as_text=True)
     assert raw not in again and raw[:11] in again
+    assert db.session.scalar(db.select(db.func.count()).select_from(EnrollmentToken)) == 1
 
 
 def test_token_outside_scope_is_refused_in_the_form(app, make_user):
