@@ -165,3 +165,16 @@ def test_admin_renewal_from_the_cli(app, runner, people, tmp_path):  # noqa: F81
     current = pki.current_certificate(node.node_id)
     assert routing.entries_of(routing.head())[node.node_id]["cert_sha256"] == current.sha256
     assert db.session.get(Node, node.node_id).status == "active"
+
+
+def test_api_renewal_without_a_csr_does_not_speak_of_pasting_or_uploading(client, people):  # noqa: F811
+    """The API caller sends JSON: console wording (paste, upload a file) must not leak into its errors."""
+    from tests.test_sessions import open_session
+
+    node, keys = admit_with_keys(people)
+    session = open_session(client, keys.session_request(node.node_id)).get_json()["token"]
+    response = client.post("/api/v1/certificates/renew", json={"csr": ""},
+                           headers={"Authorization": f"Bearer {session}"})
+    error = response.get_json()["error"]
+    assert response.status_code == 400 and error["code"] == "invalid_csr"
+    assert "paste" not in error["message"] and "upload" not in error["message"] and "CSR" in error["message"]

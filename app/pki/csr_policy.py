@@ -69,7 +69,8 @@ def load_csr(pem: str | bytes) -> x509.CertificateSigningRequest:
     """Parse a PEM PKCS#10 request; `InvalidCSR` for anything that is not one."""
     data = pem.encode("utf-8", errors="replace") if isinstance(pem, str) else bytes(pem)
     if not data.strip():
-        raise InvalidCSR(_l("No CSR was given: paste the node's PEM request or upload its file."))
+        raise InvalidCSR(_l("No CSR was given: a PEM certificate signing request made with the node's key is "
+                            "required."))
     if len(data) > MAX_PEM_BYTES:
         raise InvalidCSR(_l("The CSR is larger than %(kb)s KB; a real one is 1-3 KB.", kb=MAX_PEM_BYTES // 1024))
     if b"-----BEGIN CERTIFICATE-----" in data or b"-----BEGIN X509 CERTIFICATE-----" in data:
