@@ -25,6 +25,7 @@ from app.appnode import protocol
 from app.appnode.node import Node
 from app.appnode.protocol import (
     PayloadTooLarge,
+    PermissionDenied,
     UnknownPeer,
     UnsupportedMediaType,
 )
@@ -259,7 +260,8 @@ def test_a_group_across_two_nodes_with_invite_message_read_counts_kick_and_quit(
 def test_group_permissions_are_the_home_nodes(network):
     a, b = network["a"], network["b"]
     group = a.node.create_group("zhangsan", "专班", [b.user("lisi")])
-    b.node.group_operation("lisi", group.address, "kick", [a.user("zhangsan")])  # not the owner
+    with pytest.raises(PermissionDenied, match="owner"):  # not the owner: the home node's refusal is raised
+        b.node.group_operation("lisi", group.address, "kick", [a.user("zhangsan")])
     refused = [row for row in b.node.outbox() if row.kind == "group_op"]
     assert refused[-1].state == "failed" and "forbidden" in refused[-1].last_error
     assert a.node.groups("zhangsan")[0].seq == 1
@@ -404,9 +406,9 @@ def test_a_file_over_the_limit_is_refused(network):
     sync(a, b, c)
     with pytest.raises(PayloadTooLarge):
         c.node.send_file("sunqi", a.user("zhangsan"), PDF, "file", file_name="big.pdf")  # over C's own limit
-    a.node.send_file("zhangsan", c.user("sunqi"), PDF, "file", file_name="big.pdf")
-    row = a.node.outbox()[-1]
-    assert row.state == "failed" and "payload_too_large" in row.last_error  # final: not retried
+    with pytest.raises(PayloadTooLarge, match="not kept"):  # C refuses it for good: A keeps nothing to retry
+        a.node.send_file("zhangsan", c.user("sunqi"), PDF, "file", file_name="big.pdf")
+    assert a.node.outbox() == [] and a.node.conversations("zhangsan") == []
     assert stored_messages(c) == []
 
 

@@ -5,10 +5,23 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from app.appnode import protocol
+from app.appnode.config import CAPABILITIES
+from app.appnode.protocol import NotFound
 from app.appnode.web import create_node_app
 from tests.appnode_harness import raw_post
-from tests.test_appnode import network, text_envelope  # noqa: F401 (fixture)
+from tests.test_appnode import (  # noqa: F401 (fixture)
+    ADTS,
+    GIF,
+    history,
+    network,
+    settle,
+    stored_messages,
+    text_envelope,
+)
+from tests.test_appnode_renewal import node_cli
 from tests.test_sessions import people  # noqa: F401 (fixture)
 
 
@@ -37,3 +50,74 @@ def test_a_wrong_method_is_method_not_allowed_and_a_fault_is_a_json_500(network)
     answered = app.test_client().get("/api/v1/broken")
     assert answered.status_code == 500 and answered.json["error"]["code"] == "internal_error"
     protocol.validate("error", answered.json)
+
+
+def counts(served) -> tuple[int, int]:
+    return len(stored_messages(served)), len(served.node.outbox())
+
+
+def test_a_message_to_a_dismissed_left_or_unknown_group_is_refused_and_nothing_is_kept(network):  # noqa: F811
+    a, b = network["a"], network["b"]
+    group = a.node.create_group("zhangsan", "专班", [b.user("lisi")])
+    b.node.send_text("lisi", group.address, "收到")
+    settle(a, b)
+    a.node.group_operation("zhangsan", group.address, "dismiss")
+    settle(a, b)
+    assert b.node.groups() == []  # B's replica is gone
+    before = {node.id: counts(node) for node in (a, b)}
+    with pytest.raises(NotFound, match="no group"):
+        b.node.send_text("lisi", group.address, "还在吗")
+    with pytest.raises(NotFound, match="no group"):
+        a.node.send_text("zhangsan", group.address, "还在吗")
+    # a group id B never heard of goes to its node as a single chat, which has no such user: refused at once
+    with pytest.raises(NotFound, match="not kept"):
+        b.node.send_text("lisi", f"g0123456789ab@{a.id}", "喂")
+    assert {node.id: counts(node) for node in (a, b)} == before
+    assert [c["with"] for c in b.node.conversations("lisi")] == [group.address]
+
+
+def test_the_cli_says_when_a_message_or_request_is_refused_and_exits_non_zero(network):  # noqa: F811
+    a, b = network["a"], network["b"]
+    done = node_cli(a, "send", "--as", "zhangsan", b.user("nobody"), "在吗")
+    assert done.returncode == 2 and "not_found" in done.stderr and "nobody" in done.stderr
+    assert a.node.conversations("zhangsan") == [] and a.node.outbox() == []
+
+    group = a.node.create_group("zhangsan", "专班", [b.user("lisi")])
+    settle(a, b)
+    done = node_cli(b, "group", "rename", "--as", "lisi", group.address, "改名")  # lisi is not the owner
+    assert done.returncode == 2 and "forbidden" in done.stderr
+    assert a.node.groups()[0].name == "专班"
+    done = node_cli(a, "--json", "group", "rename", "--as", "zhangsan", group.address, "改名")
+    assert done.returncode == 0 and json.loads(done.stdout)["outcome"] == "applied"
+
+    (a.dir / "clip.aac").write_bytes(ADTS)
+    (a.dir / "ok.gif").write_bytes(GIF)
+    done = node_cli(a, "send-file", "--as", "zhangsan", "--kind", "voice", b.user("lisi"), str(a.dir / "clip.aac"))
+    assert done.returncode == 2 and "--duration-ms" in done.stderr and "Traceback" not in done.stderr
+    done = node_cli(a, "send-file", "--as", "zhangsan", "--kind", "sticker", b.user("lisi"), str(a.dir / "ok.gif"))
+    assert done.returncode == 2 and "--package" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_cli_reports_a_sticker_sent_as_text_and_the_member_nodes_a_message_misses(network):  # noqa: F811
+    a, b = network["a"], network["b"]
+    c = network["join"]("110000", capabilities=[cap for cap in CAPABILITIES if cap not in ("sticker", "voice")])
+    for node in (a, b, c):
+        node.node.sync_routes()
+    (a.dir / "ok.gif").write_bytes(GIF)
+    (a.dir / "clip.aac").write_bytes(ADTS)
+    done = node_cli(a, "--json", "send-file", "--as", "zhangsan", "--kind", "sticker", "--package", "jingwu",
+                    "--sticker", "ok", "--alt", "[好的]", c.user("sunqi"), str(a.dir / "ok.gif"))
+    assert done.returncode == 0, done.stderr
+    sent = json.loads(done.stdout)
+    assert sent["file_id"] is None and sent["undelivered"] == {}
+    assert history(c, "sunqi", a.node.conversations("zhangsan")[0]["conversation_id"])[0]["content"] == {
+        "text": "[好的]"}
+
+    group = a.node.create_group("zhangsan", "三地", [b.user("lisi"), c.user("sunqi")])
+    settle(a, b, c)
+    done = node_cli(a, "send-file", "--as", "zhangsan", "--kind", "voice", "--duration-ms", "900", group.address,
+                    str(a.dir / "clip.aac"))
+    assert done.returncode == 3 and f"not delivered to node {c.id}" in done.stderr and "voice" in done.stderr
+    assert [row.state for row in b.node.outbox()] == []  # nothing B had to do; B got the voice from home A
+    settle(a, b, c)
+    assert history(b, "lisi", f"g:{group.address}")[-1]["msg_type"] == "voice"

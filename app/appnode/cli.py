@@ -163,7 +163,18 @@ as_user = click.option("--as", "user", required=True, help="The local user actin
 def send(ctx: Context, user, to, text):
     """Send a text message to a user address or a group address."""
     message = ctx.node.send_text(user, to, text)
-    ctx.out({"message_id": message.message_id, "conversation_id": message.conversation_id}, message.message_id)
+    report_sent(ctx, message, {"conversation_id": message.conversation_id})
+
+
+def report_sent(ctx: Context, message, document: dict) -> None:
+    """The message id, then the nodes it will not reach (§6 capabilities, a refusal): exit 3 if there are any,
+    so a script does not take a partial delivery for a full one. A queued envelope is not a failure."""
+    undelivered = ctx.node.undelivered(message.message_id)
+    ctx.out({"message_id": message.message_id, **document, "undelivered": undelivered}, message.message_id)
+    for peer, reason in undelivered.items():
+        click.echo(f"not delivered to node {peer}: {reason}", err=True)
+    if undelivered:
+        sys.exit(3)
 
 
 @cli.command("send-file")
@@ -179,11 +190,15 @@ def send(ctx: Context, user, to, text):
 @pass_ctx
 def send_file(ctx: Context, user, to, path: Path, kind, declared, duration_ms, package, sticker, alt):
     """Send an image, voice clip, file or sticker; its bytes are checked and stay here until downloaded."""
+    if kind == "voice" and duration_ms is None:
+        raise click.UsageError("a voice message needs --duration-ms")
+    if kind == "sticker" and not (package and sticker and alt):
+        raise click.UsageError("a sticker needs --package, --sticker and --alt")
     extra = {"package_id": package, "sticker_id": sticker, "alt_text": alt} if kind == "sticker" else None
     message = ctx.node.send_file(user, to, path.read_bytes(), kind, file_name=path.name, declared=declared,
                                  duration_ms=duration_ms, sticker=extra)
-    ctx.out({"message_id": message.message_id, "file_id": message.document["content"]["file_id"]},
-            message.message_id)
+    # No file_id when a sticker went as its alt text to a node without stickers (§6).
+    report_sent(ctx, message, {"file_id": message.document["content"].get("file_id")})
 
 
 @cli.command()
@@ -271,9 +286,13 @@ def _group_op(op: str, with_targets: bool):
     @click.argument("targets", nargs=-1, required=with_targets)
     @pass_ctx
     def command(ctx: Context, user, group_address, targets):
-        ctx.node.group_operation(user, group_address, op, targets)
-        ctx.out({"op": op, "group": group_address}, f"{op} sent")
+        outcome = ctx.node.group_operation(user, group_address, op, targets)
+        ctx.out({"op": op, "group": group_address, "outcome": outcome}, f"{op} {OUTCOMES[outcome]}")
     return command
+
+
+OUTCOMES = {"applied": "applied", "accepted": "accepted by the home node",
+            "queued": "queued: the home node is unreachable now and will be asked again"}
 
 
 group.command("invite", help="Invite users (addresses).")(_group_op("invite", True))
@@ -292,8 +311,8 @@ group.command("dismiss", help="Dismiss the group (owner only).")(_group_op("dism
 @pass_ctx
 def group_rename(ctx: Context, user, group_address, name, notice):
     info = {"name": name, **({"notice": notice} if notice is not None else {})}
-    ctx.node.group_operation(user, group_address, "update_info", (), info)
-    ctx.out({"op": "update_info", "group": group_address}, "update_info sent")
+    outcome = ctx.node.group_operation(user, group_address, "update_info", (), info)
+    ctx.out({"op": "update_info", "group": group_address, "outcome": outcome}, f"update_info {OUTCOMES[outcome]}")
 
 
 @group.command("list")

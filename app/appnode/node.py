@@ -62,6 +62,7 @@ from app.appnode.store import (
     StoredFile,
     User,
     get_setting,
+    had_group_conversation,
     insert_message,
     insert_outbox,
     insert_received,
@@ -695,8 +696,10 @@ class Node:
         return group
 
     def group_operation(self, user_id: str, group_address: str, op: str, targets: Iterable[str] = (),
-                        info: dict | None = None) -> None:
-        """A local user's A.12 operation: applied here when this node is home, else requested from home."""
+                        info: dict | None = None) -> str:
+        """A local user's A.12 operation: applied here when this node is home, else requested from home at
+        once. Returns "applied" (here), "accepted" (by the home node) or "queued" (home unreachable, retried);
+        a refusal by the home node is raised, as one here is."""
         me = self.node_id
         operator = address(user_id, me)
         group_id, home = local_part(group_address), node_of(group_address)
@@ -714,10 +717,17 @@ class Node:
                     request["group_info"] = info
                 protocol.validate("group_op", request)
                 self.peer_entry(home)
-                self._enqueue(session, home, "group_op", protocol.make_envelope(
-                    from_node=me, to_node=home, type="group_op", payload=request))
+                row_id = self._enqueue(session, home, "group_op", protocol.make_envelope(
+                    from_node=me, to_node=home, type="group_op", payload=request), claim=True)
             session.commit()
-        self.deliver()
+        if home == me:
+            self.deliver()
+            return "applied"
+        refusals: dict[int, DomainError] = {}
+        outcome = self.deliver([row_id], claimed=True, refusals=refusals)
+        if row_id in refusals:
+            raise refusals[row_id]
+        return "accepted" if outcome["delivered"] else "queued"
 
     def groups(self, user_id: str | None = None) -> list[Group]:
         with self.db() as session:
@@ -930,6 +940,9 @@ class Node:
             if user is None:
                 raise NotFound(f"no local user {user_id}")
             grouped = is_group(cursor, local_part(to), target)
+            if not grouped and had_group_conversation(cursor, f"g:{to}"):
+                raise NotFound(f"no group {to} here any more: it was dismissed or this node's users left it",
+                               field="to")
             message = self._new_message(user, client_type, "group" if grouped else "single", to, msg_type, content)
             if not grouped:
                 if target == me:
@@ -950,8 +963,19 @@ class Node:
         if grouped:
             values, ids = self._send_to_group(message, deliver)
         if deliver and ids:
-            self.deliver(ids, claimed=True)
+            refusals: dict[int, DomainError] = {}
+            self.deliver(ids, claimed=True, refusals=refusals)
+            refusal = refusals.get(ids[0]) if target != me else None
+            if refusal is not None:  # its one next hop refused it for good: keep no message nobody will get
+                self._forget(values["message_id"])
+                raise type(refusal)(f"{refusal.message} (node {target}); the message was not kept",
+                                    code=refusal.code, status=refusal.status, field=refusal.field)
         return Message(**values)
+
+    def _forget(self, message_id: str) -> None:
+        with self._writing, self.db.begin() as session:
+            session.execute(delete(Outbox).where(Outbox.message_id == message_id))
+            session.execute(delete(Message).where(Message.message_id == message_id))
 
     def _new_message(self, user: tuple, client_type: str, chat_type: str, to: str, msg_type: str,
                      content: dict) -> dict:
@@ -975,7 +999,9 @@ class Node:
         sender = address(message["sender"]["user_id"], me)
         with self.db() as session:
             group = session.get(Group, (local_part(to), target))
-            if group is None or group.dismissed or sender not in group.members:
+            if group is None or group.dismissed:
+                raise NotFound(f"no group {to} here any more: it was dismissed", field="to")
+            if sender not in group.members:
                 raise NotAParticipant(f"{sender} is not a member of {to}")
             participants = self._member_nodes(group)
             if target == me:
@@ -1202,11 +1228,13 @@ class Node:
         return insert_outbox(raw_cursor(session), peer=peer, kind=kind, envelope=envelope,
                              next_attempt_at=utcnow() + timedelta(seconds=CLAIM_SECONDS) if claim else utcnow())
 
-    def deliver(self, ids: Iterable[int] | None = None, *, claimed: bool = False, batch: int = 100) -> dict:
+    def deliver(self, ids: Iterable[int] | None = None, *, claimed: bool = False, batch: int = 100,
+                refusals: dict[int, DomainError] | None = None) -> dict:
         """Send due envelopes (or these, already claimed by the caller). Rows are claimed in one statement
         before anything is sent, so the server loop and a CLI never send the same row at once; outcomes
         are written back once per batch. A crash in between only re-sends envelopes the peer acknowledges
-        as duplicates (docs/protocol.md §6)."""
+        as duplicates (docs/protocol.md §6). `refusals` collects the peer's error of each row it refused for
+        good, for a caller whose user waits on the answer."""
         outcome = {"delivered": 0, "retry": 0, "failed": 0}
         once = ids is not None
         with self.db() as session:
@@ -1228,6 +1256,8 @@ class Node:
                 attempts = self._executor().map(self._attempt, rows) if len(rows) > 1 else map(self._attempt, rows)
                 for row, result in zip(rows, attempts, strict=True):
                     outcome[result] += 1
+                    if refusals is not None and getattr(row, "refusal", None) is not None:
+                        refusals[row.id] = row.refusal
                     results.append({"row_id": row.id, **{f"new_{name}": getattr(row, name)
                                                          for name in OUTBOX_MUTABLE}})
                 if results:
@@ -1277,6 +1307,8 @@ class Node:
         row.last_error = error[:300]
         window = PEER_RETRY_WINDOW if peer_refused else GIVE_UP_AFTER
         if not retryable or now - row.first_attempt_at > window:
+            if not retryable:
+                row.refusal = self._peer_error(response)
             row.state, row.finished_at = "failed", now
             log.warning("gave up envelope %s to %s: %s", row.message_id, row.peer_node, error)
             return "failed"

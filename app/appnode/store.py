@@ -250,6 +250,13 @@ def is_group(cursor, group_id: str, home_node_id: str) -> bool:
                           (group_id, home_node_id)).fetchone() is not None
 
 
+def had_group_conversation(cursor, conversation_id: str) -> bool:
+    """A group message was stored under this `g:` conversation id: the address is a group's, even after its
+    replica is gone (dismissed, or no local member left)."""
+    return cursor.execute("SELECT 1 FROM messages WHERE conversation_id = ? AND chat_type = 'group' LIMIT 1",
+                          (conversation_id,)).fetchone() is not None
+
+
 def checkpoint(factory: sessionmaker[Session]) -> None:
     """Copy the WAL into the database file without blocking writers (PASSIVE)."""
     with factory() as session:
