@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from app.appnode import protocol
 from app.appnode.config import CAPABILITIES
-from app.appnode.protocol import NotFound
+from app.appnode.protocol import NotAParticipant, NotFound
 from app.appnode.store import Group, Outbox
 from tests.appnode_harness import raw_post
 from tests.test_appnode import ADTS, GIF, history, network, settle  # noqa: F401 (fixture)
@@ -89,3 +89,23 @@ def test_a_group_message_reaches_a_member_node_only_as_its_capabilities_allow(ne
     to_c = [row for row in a.node.outbox() if row.peer_node == c.id and row.kind == "message"]
     assert {row.state for row in to_c} == {"delivered", "skipped"} and all(row.attempts <= 1 for row in to_c)
     assert not [row for row in to_c if row.state == "skipped" and row.attempts]
+
+
+def test_an_operation_that_changes_nothing_takes_no_seq_and_is_not_announced(network):  # noqa: F811
+    a, b = network["a"], network["b"]
+    group = a.node.create_group("zhangsan", "专班", [b.user("lisi")])
+    settle(a, b)
+    announced = len(group_ops(a))
+    a.node.group_operation("zhangsan", group.address, "invite", [b.user("lisi")])  # a member already
+    assert b.node.group_operation("lisi", group.address, "invite", [a.user("zhangsan")]) == "accepted"
+    a.node.group_operation("zhangsan", group.address, "update_info", info={"name": "专班"})
+    a.node.group_operation("zhangsan", group.address, "transfer_owner", [a.user("zhangsan")])
+    with pytest.raises(NotAParticipant, match="wangwu"):
+        a.node.group_operation("zhangsan", group.address, "kick", [a.user("wangwu")])
+    settle(a, b)
+    assert a.node.groups()[0].seq == 1 and b.node.groups()[0].seq == 1
+    assert len(group_ops(a)) == announced  # no announcement to B
+    a.node.group_operation("zhangsan", group.address, "invite", [a.user("wangwu"), b.user("lisi")])
+    settle(a, b)
+    assert b.node.groups()[0].seq == 2 and b.node.groups()[0].members == [a.user("zhangsan"), b.user("lisi"),
+                                                                          a.user("wangwu")]

@@ -600,14 +600,16 @@ class Node:
 
     def _apply_at_home(self, session: Session, op: str, group_id: str, operator: str, targets: list[str],
                        info: dict) -> Group:
-        """The home node applies an operation and announces the group's whole new state."""
+        """The home node applies an operation and announces the group's whole new state. One that changes
+        nothing (inviting members, a member joining, renaming to the same name) takes no seq and is not
+        announced (§8.9); kicking someone who is not a member is refused."""
         me = self.node_id
         group = session.get(Group, (group_id, me))
         if group is None:
             raise NotFound(f"no group {group_id}@{me}", field="payload.group_id")
         if group.dismissed:
             raise Conflict("the group is dismissed", field="payload.group_id")
-        members, removed = list(group.members), []
+        members, removed, before = list(group.members), [], group.info()
         owner_only = op in ("dismiss", "kick", "update_info", "transfer_owner")
         if owner_only and operator != group.owner:
             raise PermissionDenied(f"only the owner may {op}", field="payload.operator")
@@ -631,7 +633,10 @@ class Node:
         elif op == "kick":
             if group.owner in targets:
                 raise Conflict("the owner cannot be kicked", field="payload.target_user_ids")
-            removed = [target for target in targets if target in members]
+            strangers = [target for target in targets if target not in members]
+            if strangers:
+                raise NotAParticipant(f"not a member: {', '.join(strangers)}", field="payload.target_user_ids")
+            removed = list(targets)
             members = [member for member in members if member not in removed]
         elif op == "update_info":
             group.name = info.get("name", group.name)
@@ -644,6 +649,8 @@ class Node:
         if len(members) > MAX_GROUP_MEMBERS:
             raise Conflict(f"a group has at most {MAX_GROUP_MEMBERS} members", field="payload.target_user_ids")
         group.members = members
+        if not group.dismissed and group.info() == before:
+            return group  # nothing changed: no new state to number or announce
         group.seq += 1
         self._announce(session, group, op, operator, targets, removed)
         return group
