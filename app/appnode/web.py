@@ -12,15 +12,24 @@ import os
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from flask import Flask, Response, abort, g, render_template, request
+from flask import Flask, Response, abort, g, render_template, request, url_for
 from flask_babel import Babel
+from flask_babel import lazy_gettext as _l
 
 from app.appnode import protocol
 from app.appnode.node import Node, address
 from app.errors import DomainError
+from app.labels import CAPABILITIES
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 LANGUAGES = ("zh_CN", "en")
+# The page's words for the node's stored codes (Node.history's delivery, A.15 statuses, A.9 message types).
+LABELS = {
+    "delivery": {"delivered": _l("Delivered"), "pending": _l("Waiting to be delivered"),
+                 "failed": _l("Delivery failed"), "partial": _l("Not delivered to every node")},
+    "presence": {"online": _l("Online"), "offline": _l("Offline"), "busy": _l("Busy"), "away": _l("Away")},
+    "msg_type": {kind: CAPABILITIES[kind] for kind in ("text", "image", "voice", "file", "sticker")},
+}
 
 
 def peer_certificate() -> bytes | None:
@@ -46,6 +55,13 @@ def create_node_app(node: Node) -> Flask:
     # Protocol times are RFC 3339 UTC; people read them in their own time zone, as in the console.
     app.jinja_env.filters["shown_time"] = lambda value: protocol.parse_timestamp(value).astimezone(zone).strftime(
         "%Y-%m-%d %H:%M:%S")
+
+    @app.context_processor
+    def page_helpers():
+        def with_language(lang: str) -> str:
+            """This page in another language: `lang` replaced, never appended (a repeated one lost)."""
+            return url_for(request.endpoint, **{**request.args.to_dict(), "lang": lang})
+        return {"with_language": with_language, "labels": LABELS}
 
     @app.errorhandler(DomainError)
     def domain_error(error: DomainError):
@@ -109,8 +125,12 @@ def create_node_app(node: Node) -> Flask:
         if denied:
             return denied
         user, conversation_id = request.args.get("user", ""), request.args.get("id", "")
+        me = address(user, node.node_id)
         entries = node.history(user, conversation_id)
-        return render_template("appnode/conversation.html", node=node, user=user, me=address(user, node.node_id),
+        last = entries[-1]["message"]
+        other = (last.to if last.sender_address == me else last.sender_address) if last.chat_type == "single" else None
+        return render_template("appnode/conversation.html", node=node, user=user, me=me, other=other,
+                               presence=node.presence_of(other) if other else None,
                                conversation_id=conversation_id, entries=entries, lang=g.lang)
 
     return app

@@ -1,0 +1,55 @@
+"""The node's page for its operator (docs/protocol.md §10, "a person"): its language switch, and the words it
+shows for delivery states, message types and a contact's presence, fetched over the node's real HTTPS."""
+
+from __future__ import annotations
+
+import base64
+import re
+import ssl
+import urllib.request
+from html import unescape
+
+from tests.test_appnode import network, png  # noqa: F401 (fixture)
+from tests.test_sessions import people  # noqa: F401 (fixture)
+
+
+def page(served, path: str) -> str:
+    context = ssl.create_default_context(cafile=str(served.node.identity.bundle_file))
+    credentials = base64.b64encode(b"operator:operator-password").decode()
+    request = urllib.request.Request(f"https://127.0.0.1:{served.port}{path}",
+                                     headers={"Authorization": f"Basic {credentials}"})
+    with urllib.request.urlopen(request, context=context) as response:
+        return response.read().decode()
+
+
+def heading(html: str) -> str:
+    return re.search(r"<h1>(.*?)</h1>", html, re.S).group(1).strip()
+
+
+def switch_link(html: str) -> str:
+    return unescape(re.search(r'<div class="account">\s*<a href="([^"]+)"', html).group(1))
+
+
+def test_the_language_switch_goes_both_ways_and_keeps_the_user(network):  # noqa: F811
+    b = network["b"]
+    english = page(b, "/?user=lisi&lang=en")
+    assert heading(english) == "Conversations"
+    to_chinese = switch_link(english)
+    assert to_chinese.count("lang=") == 1 and "lang=zh_CN" in to_chinese and "user=lisi" in to_chinese
+    chinese = page(b, to_chinese)
+    assert heading(chinese) == "会话"
+    assert heading(page(b, switch_link(chinese))) == "Conversations"
+
+
+def test_the_conversation_page_names_delivery_message_types_and_the_contacts_presence(network):  # noqa: F811
+    a, b = network["a"], network["b"]
+    sent = a.node.send_file("zhangsan", b.user("lisi"), png(), "image", file_name="现场.png")
+    b.node.set_presence("lisi", "busy", "android")
+    assert b.node.flush_ephemeral() == 1
+    path = f"/conversation?user=zhangsan&id={sent.conversation_id}"
+    english = page(a, path + "&lang=en")
+    assert "<th>Sender</th>" in english and "[Image] 现场.png" in english
+    assert "<td>Delivered</td>" in english
+    assert re.search(r"Presence:\s*Busy · android · last active \d{4}-", english)
+    chinese = page(a, path + "&lang=zh_CN")
+    assert "[图片] 现场.png" in chinese and "在线状态" in chinese and "<td>delivered</td>" not in chinese
