@@ -1037,7 +1037,7 @@ class Node:
         capabilities = entry["capabilities"]
         chat = "group" if message["chat_type"] == "group" else "single_chat"
         if chat not in capabilities:
-            return f"node {peer} does not take {message['chat_type']} messages"
+            return f"node {peer} does not take {chat.replace('_', ' ')} messages"
         msg_type = message["msg_type"]
         if msg_type in capabilities or (msg_type == "sticker" and "text" in capabilities):
             return None
