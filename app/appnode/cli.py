@@ -69,6 +69,15 @@ def init(ctx: Context, registry, division, endpoint, listen, org_name, org_code,
          if_missing):
     """Create the node: configuration, database, private key (0600) and the page's operator password."""
     if if_missing and (ctx.data / NodeConfig.FILE).exists():
+        try:
+            changes = ctx.node.amend_config(registry_url=registry, division_code=division, endpoint=endpoint,
+                                            listen=listen)
+        except DomainError as error:
+            raise click.ClickException(error.message) from None
+        if changes:
+            ctx.out({"data": str(ctx.data), "changed": {name: new for name, (_, new) in changes.items()}},
+                    f"node in {ctx.data} not applied yet; now " +
+                    ", ".join(f"{name} {new} (was {old})" for name, (old, new) in changes.items()))
         return
     config = NodeConfig(registry_url=registry, division_code=division, endpoint=endpoint, listen=listen,
                         org_name=org_name, org_code=org_code, system_name=system_name, registry_ca_file=registry_ca)

@@ -204,6 +204,25 @@ class Node:
         node.identity.generate_key()
         return node
 
+    def amend_config(self, **wanted: str) -> dict[str, tuple[str, str]]:
+        """`init --if-missing` run again with other values (a wrong division or registry the first time):
+        before the node has applied, they replace the stored ones; after, they would contradict what the
+        management node holds, so they are refused. Returns what changed, as name → (old, new)."""
+        path = self.data_dir / NodeConfig.FILE
+        stored = json.loads(path.read_text("utf-8"))  # the file itself, without the environment's overrides
+        changes = {name: (stored.get(name), value) for name, value in wanted.items() if stored.get(name) != value}
+        if not changes:
+            return {}
+        if self.setting("application_id") is not None or self.joined:
+            listed = "; ".join(f"{name} {old} (given {new})" for name, (old, new) in changes.items())
+            raise Conflict(f"{self.data_dir} holds a node that has already applied with {listed}: use another data "
+                           f"directory (NAME), or remove this one to start over", code="already_applied")
+        stored.update({name: new for name, (_, new) in changes.items()})
+        path.write_text(json.dumps(stored, ensure_ascii=False, indent=2) + "\n", "utf-8")
+        self.config = NodeConfig.load(self.data_dir)
+        self.registry = RegistryClient(self.config.registry_url, self.identity, ca_file=self.config.registry_ca_file)
+        return changes
+
     @property
     def node_id(self) -> str:
         if self._node_id is None:

@@ -1,0 +1,50 @@
+"""`init --if-missing` run again (as `make appnode` does) with corrected values."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from app.appnode.cli import cli
+from app.appnode.node import Node
+from app.appnode.store import put_setting
+
+
+def init(data, division: str, registry: str = "http://127.0.0.1:5000"):
+    return CliRunner().invoke(cli, ["--data", str(data), "init", "--if-missing", "--registry", registry,
+                                    "--division", division, "--endpoint", "https://127.0.0.1:8643",
+                                    "--listen", "127.0.0.1:8643"])
+
+
+def stored(data) -> dict:
+    return json.loads((data / "config.json").read_text("utf-8"))
+
+
+def test_a_node_that_has_not_applied_takes_corrected_values(tmp_path):
+    data = tmp_path / "jx"
+    assert init(data, "360001").exit_code == 0  # a wrong division: the registry refused the application
+    key = (data / "node.key").read_bytes() if (data / "node.key").exists() else None
+
+    result = init(data, "360000", registry="http://127.0.0.1:5600")
+
+    assert result.exit_code == 0, result.output
+    assert "division_code 360000 (was 360001)" in result.output and "registry_url" in result.output
+    assert (stored(data)["division_code"], stored(data)["registry_url"]) == ("360000", "http://127.0.0.1:5600")
+    assert Node(data).registry.base_url.startswith("http://127.0.0.1:5600")
+    if key is not None:
+        assert (data / "node.key").read_bytes() == key  # the same node, not a new one
+    assert init(data, "360000", registry="http://127.0.0.1:5600").output == ""  # nothing to change
+
+
+def test_a_node_that_has_applied_refuses_other_values_and_keeps_its_own(tmp_path):
+    data = tmp_path / "jx"
+    assert init(data, "360000").exit_code == 0
+    with Node(data).db.begin() as session:
+        put_setting(session, "application_id", "3f2a")
+
+    result = init(data, "440000")
+
+    assert result.exit_code == 1
+    assert "already applied with division_code 360000 (given 440000)" in result.output
+    assert stored(data)["division_code"] == "360000"
