@@ -36,6 +36,8 @@ class HealthServer:
             return web.Response(status=500, text="boom")
         if self.behaviour == "invalid_json":
             return web.Response(text="{not json", content_type="application/json")
+        if self.behaviour == "nested_json":  # 5 KB, deeper than Python's JSON parser goes
+            return web.Response(text="[" * 5000, content_type="application/json")
         body = {"status": "ok" if self.behaviour != "not_ok" else "degraded",
                 "node_id": self.node_id if self.behaviour != "wrong_node" else "44000000002025000001",
                 "version": "test", "time": "2026-01-01T00:00:00Z"}

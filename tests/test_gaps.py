@@ -68,7 +68,25 @@ def test_probe_reports_reachability_without_blocking_the_page(app, people):  # n
     finally:
         server.close()
     result = console.client.get(f"/applications/{application.id}/probe").get_json()
-    assert not result["reachable"] and result["error"]
+    assert not result["reachable"] and result["error"] == "Connection refused"  # not "[Errno 111] ..."
+
+
+def test_probe_of_an_answer_nested_deeper_than_the_parser_goes_reports_no_answer(app, people):  # noqa: F811
+    from tests.test_health_poll import node_server_context
+
+    node, keys = admit_with_keys(people)
+    server = HealthServer(node.node_id, "nested_json", ssl_context=node_server_context(app, node, keys))
+    try:
+        console = Console(app.test_client())
+        console.login("jx-admin")
+        application = db.session.get(Application, node.application_id)
+        application.endpoint = server.url
+        db.session.commit()
+        response = console.client.get(f"/applications/{application.id}/probe")
+    finally:
+        server.close()
+    assert response.status_code == 200
+    assert response.get_json()["reachable"] and response.get_json()["answer"] is None
 
 
 def test_nodes_list_filters_search_and_sort(people, admin_console):  # noqa: F811

@@ -41,7 +41,7 @@ def poll(targets, **options):
 
 @pytest.mark.parametrize(("behaviour", "failure"), [
     ("ok", None), ("slow", "timeout"), ("error", "http_status"), ("invalid_json", "bad_body"),
-    ("not_ok", "bad_body"), ("wrong_node", "wrong_node")])
+    ("nested_json", "bad_body"), ("not_ok", "bad_body"), ("wrong_node", "wrong_node")])
 def test_plain_http_outcomes(servers, behaviour, failure):
     server = servers(NODE, behaviour)
     [result] = poll([poller.PollTarget(NODE, server.url)])

@@ -36,7 +36,7 @@ def probe_health(endpoint: str, timeout: float = 3.0,
                 document = json.loads(body)
                 result["answer"] = {k: document.get(k) for k in ("status", "node_id", "version")} \
                     if isinstance(document, dict) else None
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
                 result["answer"] = None
     except urllib.error.HTTPError as error:
         result.update(reachable=True, http_status=error.code, error=f"HTTP {error.code}")
@@ -44,7 +44,8 @@ def probe_health(endpoint: str, timeout: float = 3.0,
         result["error"] = f"no answer within {timeout:g} s"
     except urllib.error.URLError as error:
         reason = error.reason
-        result["error"] = "timeout" if isinstance(reason, TimeoutError | socket.timeout) else str(reason)[:200]
+        result["error"] = ("timeout" if isinstance(reason, TimeoutError | socket.timeout) else
+                           reason.strerror if isinstance(reason, OSError) and reason.strerror else str(reason)[:200])
     except (OSError, ValueError) as error:
         result["error"] = str(error)[:200]
     result["latency_ms"] = round((time.perf_counter() - started) * 1000, 1)

@@ -122,7 +122,7 @@ async def poll_one(session: aiohttp.ClientSession, target: PollTarget, timeout: 
         return _result(target, started, FailureReason.ERROR, f"{type(error).__name__}: {error}")
     try:
         document = json.loads(body) if len(body) <= MAX_BODY else None
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         document = None
     if not isinstance(document, dict):
         return _result(target, started, FailureReason.BAD_BODY, "the answer is not a JSON object", cert_matches)
