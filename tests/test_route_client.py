@@ -296,9 +296,9 @@ def test_malformed_entry_is_rejected(pki, broken):
     assert client.table is None
 
 
-def test_signed_body_that_is_not_a_table_is_malformed(pki):
+@pytest.mark.parametrize("body", [b'["not", "a", "table"]', b"[" * 5000])
+def test_signed_body_that_is_not_a_table_is_malformed(pki, body):
     client = make_client(pki)
-    body = b'["not", "a", "table"]'
     arguments = {**signed(pki, table(1)), "body": body,
                  "signature_b64": base64.b64encode(document.sign_body(body, pki.signer.key)).decode()}
 

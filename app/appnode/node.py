@@ -1245,7 +1245,7 @@ class Node:
             error = json.loads(response.body)["error"]
             cls = protocol.ERRORS.get(error["code"], DomainError)
             return cls(f"peer: {error['message']}", code=error["code"], status=response.status)
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             return DomainError(f"peer answered HTTP {response.status}", status=502, code="peer_error")
 
     # ---- outbox (docs/protocol.md §6) --------------------------------------------------------------------
@@ -1346,7 +1346,7 @@ class Node:
     def _error_code(body: bytes) -> str | None:
         try:
             return json.loads(body)["error"]["code"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             return None
 
     def retry_now(self) -> int:

@@ -157,7 +157,7 @@ class RegistryClient:
         try:
             error = result.json()["error"]
             return RegistryError(f"{what}: {error.get('message')}", code=error.get("code"), status=result.status)
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             return RegistryError(f"{what}: HTTP {result.status}", status=result.status)
 
     def fetch_ca(self) -> None:

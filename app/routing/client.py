@@ -466,7 +466,7 @@ def _parse(body: bytes) -> dict[str, Any]:
     """Just enough to order the checks: a JSON object with an integer version."""
     try:
         document = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise MalformedDocument("the routing table is not UTF-8 JSON") from None
     if not isinstance(document, dict) or type(document.get("version")) is not int:
         raise MalformedDocument("the routing table has no integer version")
