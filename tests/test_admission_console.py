@@ -135,6 +135,10 @@ def test_asking_for_a_suspension_says_so_and_the_ministry_dashboard_counts_it(ap
     assert node.node_id in flash and "启用" not in flash and "active" not in flash
     dashboard = admin_console.client.get("/").get_data(as_text=True)
     link = re.search(r'<a href="([^"]+)" id="suspension-requests">([^<]*)<', dashboard)
-    assert link and "1" in link.group(2)
+    assert link and link.group(2) == "1 个暂停申请等待决定"
+    admin_console.client.get("/lang/en")
+    english = admin_console.client.get("/").get_data(as_text=True)
+    assert "1 suspension request waiting for a decision" in english and "0 applications waiting" in english
+    admin_console.client.get("/lang/zh_CN")
     listed = admin_console.client.get(link.group(1).replace("&amp;", "&")).get_data(as_text=True)
     assert node.node_id in listed
