@@ -191,6 +191,7 @@ def test_a_change_request_that_changes_nothing_is_refused(app, jx_admin, ministe
             "contact": {"name": node.contact_name, "phone": node.contact_phone, "email": node.contact_email},
             "capabilities": list(reversed(node.capabilities))})), None, by=jx_admin)
     assert caught.value.code == "no_change"
+    db.session.rollback()  # as a request ends a refused transaction: it held the node's row lock (PostgreSQL)
     console = Console(app.test_client())
     console.login("jx-admin")
     html = console.post_form(f"/nodes/{node.node_id}/change", change_form(node)).get_data(as_text=True)
