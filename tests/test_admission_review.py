@@ -9,6 +9,7 @@ from app.admission import applications, nodes, tokens
 from app.admission.information import parse
 from app.admission.models import Application, Node
 from app.audit.models import AuditRecord
+from app.divisions.models import Division
 from app.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from app.extensions import db
 from tests.factories import node_document
@@ -139,6 +140,13 @@ def test_resolve_by_longest_prefix(client, jx_admin, minister):
     db.session.commit()
     body = client.get("/api/v1/resolve?division=360102").get_json()
     assert body["node"]["node_id"] == nanchang.node_id and body["matched_level"] == "prefecture"
+    assert body["division_retired"] is False and body["retired_in"] is None
+    retired = db.session.get(Division, "360104")
+    retired.retired, retired.retired_in = True, "2099"
+    db.session.commit()
+    body = client.get("/api/v1/resolve?division=360104").get_json()  # old addresses still resolve, flagged
+    assert body["node"]["node_id"] == nanchang.node_id and (body["division_retired"], body["retired_in"]) == \
+        (True, "2099")
     assert client.get("/api/v1/resolve?division=440300").get_json()["error"]["code"] == "no_serving_node"
     assert client.get("/api/v1/resolve?division=12").status_code == 400
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, request
 
 from app.admission import applications, nodes
+from app.divisions import service as divisions
 from app.errors import DomainError, ValidationFailed
 from app.extensions import csrf, db
 
@@ -68,6 +69,9 @@ def status(application_id: str):
 def resolve():
     code = request.args.get("division", "")
     node, level = nodes.resolve(code)
-    return {"division": code, "matched_level": level, "matched_division": node.division_code,
+    division = divisions.get(code)
+    # A retired code still resolves (old addresses keep working), but the caller should learn it is retired.
+    return {"division": code, "division_retired": division.retired, "retired_in": division.retired_in,
+            "matched_level": level, "matched_division": node.division_code,
             "node": {"node_id": node.node_id, "division_code": node.division_code, "org_name": node.org_name,
                      "system_name": node.system_name, "endpoint": node.endpoint}}
