@@ -55,3 +55,27 @@ def test_token_application_approval_and_the_node_appears(page, live_server, make
     page.goto(f"{live_server}/")
     screenshot(page, "dashboard-with-node")
     assert page.locator("svg.tilemap [data-province='36'] rect").get_attribute("fill") != "#e3e7eb"
+
+
+def test_a_csr_file_over_the_limit_is_refused_in_the_browser_and_keeps_the_form(page, live_server, make_user):
+    """Sent, a 2 MB file would be a 413 from the server and the typed form would be gone."""
+    from app.admission.models import Application
+    from app.extensions import db
+
+    make_user("jx-admin", "provincial_admin", ("360000",))
+    sign_in(page, live_server, "jx-admin")
+    page.wait_for_selector("h1:has-text('仪表盘')")
+    page.goto(f"{live_server}/applications/new")
+    page.fill("input[name=org_name]", "江西省公安厅")
+    page.fill("input[name=system_name]", "赣警通")
+    page.set_input_files("input[name=csr_file]", files=[
+        {"name": "big.csr", "mimeType": "application/octet-stream", "buffer": b"x" * 2_000_000}])
+    page.wait_for_selector(".error.file-limit")
+    assert "64 KB" in page.inner_text(".error.file-limit")
+    page.click("main button[type=submit]")
+
+    assert page.url.endswith("/applications/new")
+    assert page.input_value("input[name=org_name]") == "江西省公安厅"  # nothing typed is lost
+    assert page.input_value("input[name=system_name]") == "赣警通"
+    screenshot(page, "admission-csr-file-too-large")
+    assert db.session.scalar(db.select(db.func.count()).select_from(Application)) == 0

@@ -16,15 +16,21 @@ class CSRInput:
     """A CSR pasted (PEM) or uploaded (PEM or DER); mixed into the forms that take one."""
 
     csr = TextAreaField(_l("CSR (PEM)"), validators=[Optional(), Length(max=65536)])
+    # data-max-bytes: the browser refuses a larger file before sending (console.js), so a file over the
+    # request limit never costs the admin what they typed in the rest of the form.
     csr_file = FileField(_l("or upload the CSR file"), validators=[
-        FileSize(max_size=65536, message=_l("The file must not exceed 64 KB."))])
+        FileSize(max_size=65536, message=_l("The file must not exceed 64 KB."))],
+        render_kw={"data-max-bytes": "65536", "data-too-large": _l("The file must not exceed 64 KB.")})
 
     def csr_pem(self) -> str | None:
-        """The CSR as PEM text; `InvalidCSR` for an upload that is neither PEM nor DER."""
-        from app.pki.csr_policy import pem_from_file
+        """The CSR as PEM text; `InvalidCSR` for an upload that is neither PEM nor DER, or for a CSR given
+        both ways (which one was meant is the admin's to say, not ours to guess)."""
+        from app.pki.csr_policy import InvalidCSR, pem_from_file
 
         upload = self.csr_file.data
         if upload and getattr(upload, "filename", ""):
+            if (self.csr.data or "").strip():
+                raise InvalidCSR(_l("Give the CSR once: paste it or upload its file, not both."))
             return pem_from_file(upload.read(65537)) or None
         return self.csr.data or None
 
