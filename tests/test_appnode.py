@@ -16,12 +16,14 @@ import zlib
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from click.testing import CliRunner
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from sqlalchemy import select
 
 from app.admission import nodes
 from app.appnode import protocol
+from app.appnode.cli import cli
 from app.appnode.node import Node
 from app.appnode.protocol import (
     PayloadTooLarge,
@@ -29,6 +31,7 @@ from app.appnode.protocol import (
     UnknownPeer,
     UnsupportedMediaType,
 )
+from app.appnode.registry import RegistryError
 from app.appnode.store import Message, Received
 from app.extensions import db
 from app.pki import service as pki
@@ -327,6 +330,10 @@ def test_an_unknown_or_suspended_node_is_refused_after_the_next_table(network):
     nodes.suspend(nodes.get(a.id), "drill", by=network["minister"])
     db.session.commit()
     sync_until(b, lambda: b.node.routes.entry(a.id) is None, "B's table to drop the suspended A")
+    with pytest.raises(RegistryError):  # A itself can no longer open a session, and its status says why
+        a.node.sync_routes()
+    status = json.loads(CliRunner().invoke(cli, ["--data", str(a.dir), "--json", "status"]).output)
+    assert status["registry_problem"].startswith("node_suspended")
     message = a.node.send_text("zhangsan", b.user("lisi"), "被暂停后")
     row = a.node.outbox()[0]
     assert row.state == "pending" and "unknown_peer" in row.last_error  # kept for retries within the hour
@@ -338,6 +345,9 @@ def test_an_unknown_or_suspended_node_is_refused_after_the_next_table(network):
     a.node.retry_now()
     assert a.node.deliver()["delivered"] == 1
     assert history(b, "lisi", message.conversation_id)[0]["content"]["text"] == "被暂停后"
+    a.node.sync_routes()
+    assert json.loads(CliRunner().invoke(cli, ["--data", str(a.dir), "--json", "status"]).output)[
+        "registry_problem"] is None
 
 
 def test_a_stale_timestamp_is_refused(network):

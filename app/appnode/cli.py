@@ -132,7 +132,8 @@ def status(ctx: Context):
     document = {"node_id": node.node_id if node.joined else None, "route_version": node.routes.version,
                 "routes_expired": node.routes.expired, "outbox": states,
                 "certificate_sha256": node.identity.fingerprint() if node.joined else None,
-                "certificate_problem": node.setting("certificate_problem") or None}
+                "certificate_problem": node.setting("certificate_problem") or None,
+                "registry_problem": node.setting("registry_problem") or None}
     ctx.out(document)
 
 

@@ -319,6 +319,11 @@ class Node:
                 result = self.routes.pull(fetch, self.identity.signer_file.read_bytes(),
                                           self.identity.chain_file.read_bytes())
                 break
+            except RegistryError as error:
+                # `status` shows it: a suspended or revoked node cannot open sessions, so its own table,
+                # which still lists it, would otherwise look healthy.
+                self._note_registry_problem(f"{error.code}: {error.message}")
+                raise
             except RouteRejected as error:
                 if error.code in mended or error.code not in ("bad_signer", "own_entry_mismatch"):
                     raise
@@ -331,7 +336,13 @@ class Node:
         if result.outcome == "accepted" and self.setting("certificate_problem"):
             with self.db.begin() as session:
                 put_setting(session, "certificate_problem", "")
+        self._note_registry_problem("")
         return result
+
+    def _note_registry_problem(self, problem: str) -> None:
+        if (self.setting("registry_problem") or "") != problem:
+            with self.db.begin() as session:
+                put_setting(session, "registry_problem", problem)
 
     def _refresh_for_peer(self) -> None:
         """§2.3: before refusing a caller, refresh the table, at most once per 30 s."""
