@@ -92,6 +92,20 @@ def test_uptime_buckets_from_hourly_aggregates(app, node):
     assert history.uptime_ratio(node.node_id, timedelta(days=7)) == 0.75
 
 
+def test_polls_in_a_maintenance_window_are_kept_but_do_not_count_against_availability(app, node, make_user):
+    for ok in (True, True, False, True):
+        service.apply_round([Result(node.node_id, ok)])
+    service.set_maintenance(node.node_id, utcnow() + timedelta(hours=1), "upgrade",
+                            by=db.session.merge(make_user("other-minister")))
+    db.session.commit()
+    for _ in range(6):
+        service.apply_round([Result(node.node_id, False, failure="refused")])
+
+    assert history.uptime_ratio(node.node_id, timedelta(days=7)) == 0.75  # the upgrade is not downtime
+    assert db.session.scalar(select(func.count()).select_from(HealthSample)) == 10  # every poll is kept
+    assert db.session.get(NodeHealth, node.node_id).status == "down"  # and the state still follows them
+
+
 class Hook(BaseHTTPRequestHandler):
     received: list = []
     fail_first = 0

@@ -23,14 +23,19 @@ def hour_of(moment: datetime) -> datetime:
     return moment.replace(minute=0, second=0, microsecond=0)
 
 
-def record(samples: list[HealthSample]) -> None:
-    """Store a round's samples and fold them into their hourly aggregates."""
+def record(samples: list[HealthSample], in_maintenance: frozenset[str] | set[str] = frozenset()) -> None:
+    """Store a round's samples and fold them into their hourly aggregates, except the polls of nodes in a
+    maintenance window: those stay in the raw samples, but availability is counted outside announced
+    maintenance (as an SLA counts it), so a planned upgrade does not read as downtime."""
     if not samples:
         return
     db.session.add_all(samples)
     buckets: dict[tuple[str, datetime], list[HealthSample]] = {}
     for sample in samples:
-        buckets.setdefault((sample.node_id, hour_of(sample.at)), []).append(sample)
+        if sample.node_id not in in_maintenance:
+            buckets.setdefault((sample.node_id, hour_of(sample.at)), []).append(sample)
+    if not buckets:
+        return
     existing = {(row.node_id, row.hour): row for row in db.session.scalars(
         select(HealthHourly).where(HealthHourly.node_id.in_({key[0] for key in buckets}),
                                    HealthHourly.hour.in_({key[1] for key in buckets})))}
@@ -97,6 +102,7 @@ def uptime_buckets(node_id: str, *, span: timedelta, buckets: int, now: datetime
 
 
 def uptime_ratio(node_id: str, span: timedelta, now: datetime | None = None) -> float | None:
+    """Share of successful polls in the span, maintenance windows left out (see `record`)."""
     now = now or utcnow()
     polls, successes = db.session.execute(
         select(func.coalesce(func.sum(HealthHourly.polls), 0), func.coalesce(func.sum(HealthHourly.successes), 0))

@@ -74,7 +74,8 @@ def apply_round(results) -> RoundReport:
     limits, now = thresholds(), utcnow()
     states = {h.node_id: h for h in db.session.scalars(
         select(NodeHealth).where(NodeHealth.node_id.in_([r.node_id for r in results])))} if results else {}
-    samples = []
+    samples: list[HealthSample] = []
+    maintained: set[str] = set()
     for result in results:
         health = states.get(result.node_id)
         if health is None:
@@ -104,7 +105,9 @@ def apply_round(results) -> RoundReport:
             health.status, health.changed_at = after.status, checked_at
         samples.append(HealthSample(node_id=result.node_id, at=checked_at, ok=result.ok,
                                     latency_ms=result.latency_ms, failure=reason))
-    history.record(samples)
+        if in_maintenance(health, now):
+            maintained.add(result.node_id)
+    history.record(samples, maintained)
     if report.changes:
         for hook in status_changed:
             hook(report.changes)
