@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export FLASK_APP := wsgi.py
 
-.PHONY: run test appnode setup setup-dev translations db lint pytest bench i18n-extract clean
+.PHONY: run test appnode setup setup-dev translations db lint pytest bench wrk i18n-extract clean
 
 # The console with gunicorn, and the scheduler process beside it (stopped together).
 run: setup db
@@ -67,7 +67,11 @@ lint: setup-dev
 pytest: setup-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: setup-dev
+# bench/routes.py loads gunicorn with wrk, a real HTTP load generator.
+wrk:
+	@command -v wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+
+bench: setup-dev wrk
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 i18n-extract: setup
