@@ -132,6 +132,15 @@ def test_node_search_treats_percent_and_underscore_as_characters(app, make_user)
     for term, expected in (("%", 1), ("_", 1), ("%_", 1), ("0%", 1), ("公安", 1)):
         html = console.client.get("/nodes/", query_string={"q": term}).get_data(as_text=True)
         assert html.count('href="/nodes/3600') == expected, term
+    for capability, expected in (("%", 0), ("text", 2)):  # the capability filter takes known names only
+        html = console.client.get("/nodes/", query_string={"capability": capability}).get_data(as_text=True)
+        assert html.count('href="/nodes/3600') == expected, capability
+    # The audit log's target and action filters, and the divisions search, take % and _ as typed too.
+    for query, some in (({"target": "%"}, False), ({"action": "_"}, False), ({"target": "jx-admin"}, True)):
+        html = console.client.get("/audit/", query_string=query).get_data(as_text=True)
+        assert ("<tr><td>" in html) is some, query
+    html = console.client.get("/divisions/", query_string={"q": "%"}).get_data(as_text=True)
+    assert "东湖区" not in html and "北京市" not in html
 
 
 def test_asking_for_a_suspension_says_so_and_the_ministry_dashboard_counts_it(app, make_user, admin_console):

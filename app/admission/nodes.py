@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from flask import current_app
 from flask_babel import lazy_gettext as _l
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import false, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from app.admission import hooks
-from app.admission.models import Node, NodeSerial
+from app.admission.models import CAPABILITIES, Node, NodeSerial
 from app.audit import service as audit
 from app.auth.access import require_division_scope
 from app.database import utcnow
@@ -158,8 +158,10 @@ def list_query(user, *, province: str = "", status: str = "", vendor: str = "", 
     if vendor:
         query = query.where(Node.vendor == vendor)
     if capability:
-        # JSON arrays differ per database; a LIKE on the serialised list is portable and exact
-        # because capability names never contain quotes.
+        # JSON arrays differ per database; a LIKE on the serialised list is portable and exact because
+        # only known capability names (no quotes, no wildcards) get here: anything else matches nothing.
+        if capability not in CAPABILITIES:
+            return query.where(false())
         query = query.where(func.cast(Node.capabilities, db.String).like(f'%"{capability}"%'))
     if q:
         term = q.strip()[:60]

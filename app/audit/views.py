@@ -33,9 +33,9 @@ def index():
     if filters["actor"]:
         query = query.where(AuditRecord.actor == filters["actor"])
     if filters["action"]:
-        query = query.where(AuditRecord.action.startswith(filters["action"]))
+        query = query.where(AuditRecord.action.startswith(filters["action"], autoescape=True))
     if filters["target"]:
-        query = query.where(AuditRecord.target.contains(filters["target"]))
+        query = query.where(AuditRecord.target.contains(filters["target"], autoescape=True))  # % and _ as typed
     if filters["since"] and (start := _day_bound(filters["since"], end=False)):
         query = query.where(AuditRecord.at >= start)
     if filters["until"] and (stop := _day_bound(filters["until"], end=True)):

@@ -185,7 +185,7 @@ def search_query(term: str):
     query = select(Division).order_by(Division.retired, Division.code)
     if term.isdigit():
         return query.where(Division.code.startswith(term))
-    return query.where(or_(Division.name.contains(term), Division.code == term))
+    return query.where(or_(Division.name.contains(term, autoescape=True), Division.code == term))  # % and _ as typed
 
 
 def counts() -> dict[str, int]:
