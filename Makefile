@@ -19,7 +19,7 @@ DIVISION ?= 360000
 PORT ?= 8443
 # The console `make run` serves: MPIM_BIND's port, on loopback when it binds every address.
 MPIM_BIND ?= 127.0.0.1:5000
-REGISTRY ?= http://$(patsubst 0.0.0.0:%,127.0.0.1:%,$(MPIM_BIND))
+REGISTRY ?= http://$(patsubst :%,127.0.0.1:%,$(patsubst [::]:%,127.0.0.1:%,$(patsubst 0.0.0.0:%,127.0.0.1:%,$(MPIM_BIND))))
 appnode: setup
 	@test -n "$(NAME)" || { echo "usage: make appnode NAME=jx ENROLL=<token> [DIVISION=360000] [PORT=8443] [REGISTRY=$(REGISTRY)]"; exit 2; }
 	@$(BIN)/python -m app.appnode --data instance/appnode-$(NAME) init --if-missing --registry $(REGISTRY) \

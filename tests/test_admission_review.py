@@ -147,6 +147,13 @@ def test_resolve_by_longest_prefix(client, jx_admin, minister):
     body = client.get("/api/v1/resolve?division=360104").get_json()  # old addresses still resolve, flagged
     assert body["node"]["node_id"] == nanchang.node_id and (body["division_retired"], body["retired_in"]) == \
         (True, "2099")
+    from tests.conftest import Console
+
+    console = Console(client)
+    console.login("minister")
+    page = client.get("/nodes/resolve?division=360104").get_data(as_text=True)
+    assert "360104 已在 GB/T 2260 2099 版中撤销" in page and nanchang.node_id in page
+    assert "江西：启用 2，暂停 1，故障 0" in client.get("/").get_data(as_text=True)  # the province tile's tooltip
     assert client.get("/api/v1/resolve?division=440300").get_json()["error"]["code"] == "no_serving_node"
     assert client.get("/api/v1/resolve?division=12").status_code == 400
 

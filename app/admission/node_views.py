@@ -15,6 +15,7 @@ from app.admission.models import Node
 from app.admission.scope import division_filter
 from app.auth.access import roles_required
 from app.database import paginate
+from app.divisions import service as divisions
 from app.errors import DomainError
 from app.extensions import db
 
@@ -90,13 +91,14 @@ def lifecycle(node_id: str, action: str):
 @roles_required(*VIEWERS)
 def resolve():
     code = request.args.get("division", "").strip()
-    result, error = None, None
+    result, error, division = None, None, None
     if code:
         try:
             result = nodes.resolve(code)
+            division = divisions.get(code)
         except DomainError as failure:
             error = failure.message
-    return render_template("admission/resolve.html", code=code, result=result, error=error)
+    return render_template("admission/resolve.html", code=code, result=result, error=error, division=division)
 
 
 def province_figures(user) -> dict[str, tilemap.ProvinceFigures]:

@@ -52,7 +52,8 @@ def render(figures: dict[str, ProvinceFigures], link: str = "/nodes/?province={p
         fill, ink = tile_colour(figure)
         x, y = column * (SIZE + GAP), row * (SIZE + GAP)
         total = figure.active + figure.suspended
-        title = f"{name}: {figure.active} active, {figure.suspended} suspended, {figure.down} down"
+        title = gettext("%(name)s: %(active)s active, %(suspended)s suspended, %(down)s down", name=name,
+                        active=figure.active, suspended=figure.suspended, down=figure.down)
         parts.append(
             f'<a href="{escape(link.format(prefix=prefix))}" data-province="{prefix}">'
             f'<title>{escape(title)}</title>'
