@@ -69,12 +69,15 @@ def test_english_navigation_stays_inside_the_header_at_1024_px(page, live_server
 
 def test_console_fits_a_390_px_phone_in_both_languages(page, live_server, make_user):
     """Nothing runs off the side: the header wraps, and wide tables scroll inside themselves."""
+    from tests.test_i18n import _admitted_node
+
     make_user("minister")
+    _, node = _admitted_node(make_user)
     page.set_viewport_size({"width": 390, "height": 800})
     sign_in(page, live_server, "minister")
     for heading in ("仪表盘", "Dashboard"):
         page.wait_for_selector(f"h1:has-text('{heading}')")
-        for path in ("/", "/users/", "/audit/"):
+        for path in ("/", "/users/", "/audit/", "/nodes/", f"/nodes/{node.node_id}"):
             page.goto(f"{live_server}{path}")
             width = page.evaluate("document.documentElement.scrollWidth")
             assert width <= 390, f"{path} is {width} px wide"
