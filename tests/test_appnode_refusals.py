@@ -112,6 +112,10 @@ def test_the_cli_reports_a_sticker_sent_as_text_and_the_member_nodes_a_message_m
     assert sent["file_id"] is None and sent["undelivered"] == {}
     assert history(c, "sunqi", a.node.conversations("zhangsan")[0]["conversation_id"])[0]["content"] == {
         "text": "[好的]"}
+    done = node_cli(a, "send-file", "--as", "zhangsan", "--kind", "sticker", "--package", "jingwu",
+                    "--sticker", "ok", "--alt", "[好的]", c.user("sunqi"), str(a.dir / "ok.gif"))
+    assert done.returncode == 0 and f"sent as its alt text [好的]: {c.id} does not take stickers" in done.stderr
+    assert "\t2 messages" in node_cli(a, "inbox", "--as", "zhangsan").stdout
 
     group = a.node.create_group("zhangsan", "三地", [b.user("lisi"), c.user("sunqi")])
     settle(a, b, c)

@@ -207,8 +207,11 @@ def send_file(ctx: Context, user, to, path: Path, kind, declared, duration_ms, p
     extra = {"package_id": package, "sticker_id": sticker, "alt_text": alt} if kind == "sticker" else None
     message = ctx.node.send_file(user, to, path.read_bytes(), kind, file_name=path.name, declared=declared,
                                  duration_ms=duration_ms, sticker=extra)
-    # No file_id when a sticker went as its alt text to a node without stickers (§6).
-    report_sent(ctx, message, {"file_id": message.document["content"].get("file_id")})
+    # No file_id when a sticker went as its alt text to a node without stickers (§6): say so.
+    file_id = message.document["content"].get("file_id")
+    if kind == "sticker" and file_id is None and not ctx.as_json:
+        click.echo(f"sent as its alt text {alt}: {to.rsplit('@', 1)[-1]} does not take stickers", err=True)
+    report_sent(ctx, message, {"file_id": file_id})
 
 
 @cli.command()
@@ -219,7 +222,8 @@ def inbox(ctx: Context, user):
     rows = ctx.node.conversations(user)
     ctx.out([{"conversation_id": r["conversation_id"], "with": r["with"], "unread": r["unread"],
               "count": r["count"], "last_message_id": r["last"].message_id} for r in rows],
-            "\n".join(f"{r['conversation_id']}\t{r['with']}\tunread {r['unread']}\t{r['count']} messages"
+            "\n".join(f"{r['conversation_id']}\t{r['with']}\tunread {r['unread']}\t{r['count']} "
+                      f"message{'' if r['count'] == 1 else 's'}"
                       for r in rows) or "no conversations")
 
 
