@@ -8,10 +8,11 @@ from sqlalchemy import select
 
 from app.appnode import protocol
 from app.appnode.config import CAPABILITIES
-from app.appnode.protocol import NotAParticipant, NotFound
+from app.appnode.protocol import Conflict, NotAParticipant, NotFound
 from app.appnode.store import Group, Outbox
 from tests.appnode_harness import raw_post
 from tests.test_appnode import ADTS, GIF, history, network, settle  # noqa: F401 (fixture)
+from tests.test_appnode_renewal import node_cli
 from tests.test_sessions import people  # noqa: F401 (fixture)
 
 NOWHERE = "99999999999999999999"
@@ -43,6 +44,81 @@ def test_invite_and_create_refuse_users_who_do_not_exist_and_change_nothing(netw
         from_node=b.id, to_node=a.id, type="group_op", payload=request))
     assert status == 404 and body["error"]["code"] == "not_found"
     assert a.node.groups()[0].members == [a.user("zhangsan"), b.user("lisi")]
+
+
+def replicas(served) -> list[tuple[str, int, list[str]]]:
+    with served.node.db() as session:
+        return [(group.owner, group.seq, list(group.members)) for group in session.scalars(select(Group))]
+
+
+def test_a_user_another_node_does_not_have_is_never_made_a_member(network):  # noqa: F811
+    a, b = network["a"], network["b"]
+    group = a.node.create_group("zhangsan", "专班", [b.user("lisi")])
+    settle(a, b)
+    before = (replicas(a), replicas(b), len(group_ops(a)))
+
+    done = node_cli(a, "group", "invite", "--as", "zhangsan", group.address, b.user("ghost"))
+    assert done.returncode == 2 and "not_found" in done.stderr and b.user("ghost") in done.stderr
+    done = node_cli(a, "group", "create", "--as", "zhangsan", "--member", b.user("lisi"), "--member",
+                    b.user("ghost"), "幽灵")
+    assert done.returncode == 2 and "not_found" in done.stderr and b.user("ghost") in done.stderr
+    settle(a, b)
+    assert (replicas(a), replicas(b), len(group_ops(a))) == before
+
+    # a phantom let in before this check existed: B's replica already lists it, and it never becomes owner
+    with a.node.db.begin() as session:
+        row = session.scalar(select(Group))
+        row.members = [*row.members, b.user("ghost")]
+    with pytest.raises(NotFound, match="ghost"):
+        a.node.group_operation("zhangsan", group.address, "transfer_owner", [b.user("ghost")])
+    assert a.node.groups()[0].owner == a.user("zhangsan") and a.node.groups()[0].seq == 1
+
+    # a real user of B still joins, and B takes the announcement
+    assert a.node.group_operation("zhangsan", group.address, "invite", [b.user("zhaoliu")]) == "applied"
+    settle(a, b)
+    assert b.node.groups()[0].seq == 2 and b.user("zhaoliu") in b.node.groups()[0].members
+
+
+def test_a_node_that_confirmed_members_is_told_the_operation_was_refused_elsewhere(network):  # noqa: F811
+    a, b = network["a"], network["b"]
+    c = network["join"]("110000")
+    for node in (a, b, c):
+        node.node.sync_routes()
+    group = a.node.create_group("zhangsan", "专班", [a.user("wangwu")])
+    assert c.id < b.id  # C is asked first and takes the new state before B refuses
+    with pytest.raises(NotFound, match="ghost"):
+        a.node.group_operation("zhangsan", group.address, "invite", [c.user("sunqi"), b.user("ghost")])
+    settle(a, b, c)
+    assert a.node.groups()[0].members == [a.user("zhangsan"), a.user("wangwu")] and replicas(b) == []
+    assert replicas(c) == []  # the withdrawal (seq 3) lists no user of C, so C dropped its replica
+    assert a.node.group_operation("zhangsan", group.address, "invite", [c.user("sunqi")]) == "applied"
+    settle(a, b, c)
+    assert c.node.groups()[0].seq == 4 and c.node.groups()[0].members[-1] == c.user("sunqi")
+
+    with pytest.raises(NotFound, match="ghost"):  # a refused create leaves no replica behind either
+        a.node.create_group("zhangsan", "幽灵", [c.user("sunqi"), b.user("ghost")])
+    settle(a, b, c)
+    assert [g.address for g in c.node.groups()] == [group.address] and len(a.node.groups()) == 1
+
+    # a member node's request: the home node asks C, and B's user hears C's refusal
+    a.node.group_operation("zhangsan", group.address, "invite", [b.user("lisi")])
+    settle(a, b, c)
+    with pytest.raises(NotFound, match=f"ghost@{c.id}"):
+        b.node.group_operation("lisi", group.address, "invite", [c.user("ghost")])
+    settle(a, b, c)
+    assert all(c.user("ghost") not in node.node.groups()[0].members for node in (a, b, c))
+
+
+def test_a_member_whose_node_does_not_answer_cannot_be_confirmed_and_nothing_changes(network):  # noqa: F811
+    a, b = network["a"], network["b"]
+    group = a.node.create_group("zhangsan", "专班", [a.user("wangwu")])
+    b.stop()
+    with pytest.raises(Conflict, match="cannot confirm"):
+        a.node.group_operation("zhangsan", group.address, "invite", [b.user("lisi")])
+    with pytest.raises(Conflict, match="cannot confirm"):
+        a.node.create_group("zhangsan", "专班二", [b.user("lisi")])
+    assert [(g.seq, g.members) for g in a.node.groups()] == [(1, [a.user("zhangsan"), a.user("wangwu")])]
+    assert group_ops(a) == []
 
 
 def test_ownership_never_goes_to_a_member_who_does_not_exist(network):  # noqa: F811

@@ -464,6 +464,18 @@ class Node:
         now = utcnow()
         if kind == "message" and envelope["payload"]["chat_type"] == "single":
             return self._receive_single(envelope, now)
+        try:
+            enqueued = self._receive_in_transaction(kind, envelope, now)
+        except DomainError as error:
+            self._withdraw_confirmed(error)
+            raise
+        if isinstance(enqueued, Reply):
+            return enqueued  # a duplicate
+        if enqueued:
+            self.wake.set()  # relays and announcements to deliver: the loop need not wait for its next round
+        return Reply(document=protocol.make_ack(envelope["message_id"], now))
+
+    def _receive_in_transaction(self, kind: str, envelope: dict, now: datetime) -> bool | Reply:
         with self._writing, self.db() as session:
             if kind != "ephemeral":
                 # The dedup record first: a repeat fails on the primary key before anything else is done.
@@ -476,9 +488,7 @@ class Node:
                        "ephemeral": self._accept_ephemeral}[kind]
             enqueued = handler(session, envelope)
             session.commit()
-        if enqueued:
-            self.wake.set()  # relays and announcements to deliver: the loop need not wait for its next round
-        return Reply(document=protocol.make_ack(envelope["message_id"], now))
+        return enqueued
 
     def _receive_single(self, envelope: dict, now: datetime) -> Reply:
         """A.11, the hot path: dedup record, recipient check and the message in one short transaction."""
@@ -621,6 +631,14 @@ class Node:
             if group is not None:
                 session.delete(group)
             return
+        # Only this node knows its users: the home node relies on this refusal (§8.9) to keep phantoms out.
+        # Only the users the operation adds (or makes owner) are checked, so a phantom let in before this
+        # check existed blocks no later operation.
+        if op["op"] in ("create", "invite", "transfer_owner"):
+            known = set(group.members) if group is not None and op["op"] == "invite" else set()
+            for user in op.get("target_user_ids", []):
+                if node_of(user) == me and user not in known and session.get(User, local_part(user)) is None:
+                    raise NotFound(f"no user {user} here", field="payload.target_user_ids")
         if group is None:
             group = Group(group_id=op["group_id"], home_node_id=op["home_node_id"], seq=op["seq"],
                           name=info["name"], owner=info["owner"], members=[])
@@ -682,7 +700,8 @@ class Node:
         if not group.dismissed and group.info() == before:
             return group  # nothing changed: no new state to number or announce
         group.seq += 1
-        self._announce(session, group, op, operator, targets, removed)
+        confirmed = self._confirm_new_members(group, before, op, operator, targets)
+        self._announce(session, group, op, operator, targets, removed, confirmed)
         return group
 
     def _check_new_members(self, session: Session, users: Iterable[str],
@@ -703,17 +722,98 @@ class Node:
             if "group" not in entry["capabilities"]:
                 raise UnsupportedCapability(f"{user}: node {node} does not take part in groups", field=field)
 
-    def _announce(self, session: Session, group: Group, op: str, operator: str, targets: list[str],
-                  removed: list[str]) -> None:
+    @staticmethod
+    def _announcement(group: Group, op: str, operator: str, targets: list[str]) -> dict:
         announcement = {"op": op, "group_id": group.group_id, "home_node_id": group.home_node_id,
                         "operator": operator, "group_info": group.info(), "seq": group.seq}
         if targets:
             announcement["target_user_ids"] = list(targets)
         protocol.validate("group_op", announcement)
-        me = self.node_id
+        return announcement
+
+    def _announce(self, session: Session, group: Group, op: str, operator: str, targets: list[str],
+                  removed: list[str], confirmed: dict[str, dict] | None = None) -> None:
+        """Queue the announcement to every member's node; a node that confirmed it already gets the same
+        envelope again (acknowledged as a duplicate), so the outbox still records every announcement."""
+        announcement = self._announcement(group, op, operator, targets)
+        me, confirmed = self.node_id, confirmed or {}
         for peer in sorted({node_of(user) for user in [*group.members, *removed]} - {me}):
-            self._enqueue(session, peer, "group_op", protocol.make_envelope(
+            self._enqueue(session, peer, "group_op", confirmed.get(peer) or protocol.make_envelope(
                 from_node=me, to_node=peer, type="group_op", payload=announcement))
+
+    def _confirm_new_members(self, group: Group, before: dict | None, op: str, operator: str,
+                             targets: list[str]) -> dict[str, dict]:
+        """Only a user's own node knows whether the user exists (§8.9). Before the home node applies a state
+        that gives another node new members (or the ownership), it delivers the announcement to that node at
+        once; the node refuses it (`not_found`) if it lacks the user. A refusal, or no answer, refuses the
+        operation. Returns the confirmed envelopes by node. Nodes are asked one by one: if a later one
+        refuses, those that took the state are sent the unchanged one with a higher seq (`_withdraw`)."""
+        me = self.node_id
+        old_members = set(before["members"]) if before else set()
+        gaining = {member for member in group.members if member not in old_members}
+        if before is None or group.owner != before["owner"]:
+            gaining.add(group.owner)
+        peers = sorted({node_of(user) for user in gaining} - {me})
+        if not peers:
+            return {}
+        announcement = self._announcement(group, op, operator, targets)
+        confirmed: dict[str, dict] = {}
+        for peer in peers:
+            envelope = protocol.make_envelope(from_node=me, to_node=peer, type="group_op", payload=announcement)
+            refusal = self._deliver_now(peer, envelope, sorted(user for user in gaining if node_of(user) == peer))
+            if refusal is None:
+                confirmed[peer] = envelope
+                continue
+            if confirmed:  # undone after the caller's rollback, when the group is as it was (`_withdraw`)
+                refusal.withdraw = (group.group_id, group.seq, sorted(confirmed), group.name, group.owner)
+            raise refusal
+        return confirmed
+
+    def _withdraw_confirmed(self, error: DomainError) -> None:
+        """Called with a refusal after the caller's rollback: withdraws a state some nodes confirmed."""
+        if getattr(error, "withdraw", None):
+            self._withdraw(*error.withdraw)
+
+    def _withdraw(self, group_id: str, seq: int, peers: list[str], name: str, owner: str) -> None:
+        """Some nodes took a state that another node then refused: the home node numbers its unchanged state
+        (or, for a group never created, a dismissal) above the withdrawn one and announces it to them."""
+        me = self.node_id
+        with self._writing, self.db() as session:
+            group = session.get(Group, (group_id, me))
+            if group is None:  # a refused create: the replicas go, the id stays taken
+                group = Group(group_id=group_id, home_node_id=me, name=name, notice="", owner=owner, members=[],
+                              seq=seq, dismissed=True)
+                session.add(group)
+                op = "dismiss"
+            else:
+                op = "update_info"
+            group.seq = max(group.seq, seq) + 1
+            announcement = self._announcement(group, op, group.owner, [])
+            for peer in peers:
+                self._enqueue(session, peer, "group_op", protocol.make_envelope(
+                    from_node=me, to_node=peer, type="group_op", payload=announcement))
+            session.commit()
+        self.deliver()  # at once: until then those nodes show members the group never had
+
+    def _deliver_now(self, peer: str, envelope: dict, gaining: list[str]) -> DomainError | None:
+        """One synchronous attempt, outside the outbox: None when accepted, else the error to refuse with."""
+        entry = self.routes.peek(peer)
+        users = ", ".join(gaining)
+        if entry is None:
+            return NotFound(f"node {peer} is not in the routing table", field="payload.target_user_ids")
+        body = json.dumps(envelope, ensure_ascii=False).encode()
+        try:
+            response = self.peers.post(entry["endpoint"], PATHS["group_op"], body, pin=entry["cert_sha256"])
+        except (PeerUnreachable, PeerCertificateMismatch) as failure:
+            return Conflict(f"cannot confirm members {users}: node {peer} did not answer ({failure}); "
+                            "nothing changed, try again later", field="payload.target_user_ids")
+        if response.status == 200:
+            return None
+        code = self._error_code(response.body)
+        if response.status == 429 or response.status >= 500 or code in ("unknown_peer", "certificate_mismatch"):
+            return Conflict(f"cannot confirm members {users}: node {peer} answered HTTP {response.status} "
+                            f"({code}); nothing changed, try again later", field="payload.target_user_ids")
+        return self._peer_error(response)
 
     def create_group(self, owner_user_id: str, name: str, members: Iterable[str] = (), notice: str = "") -> Group:
         """A new group homed on this node, announced (seq 1) to every member's node."""
@@ -726,8 +826,14 @@ class Node:
             self._check_new_members(session, initial[1:], field="members")
             group = Group(group_id="g" + secrets.token_hex(6), home_node_id=me, name=name, notice=notice,
                           owner=owner, members=initial, seq=1)
+            try:
+                confirmed = self._confirm_new_members(group, None, "create", owner, initial[1:])
+            except DomainError as error:
+                session.rollback()
+                self._withdraw_confirmed(error)
+                raise
             session.add(group)
-            self._announce(session, group, "create", owner, initial[1:], [])
+            self._announce(session, group, "create", owner, initial[1:], [], confirmed)
             session.commit()
         self.deliver()
         return group
@@ -741,6 +847,24 @@ class Node:
         operator = address(user_id, me)
         group_id, home = local_part(group_address), node_of(group_address)
         targets, info = list(dict.fromkeys(targets)), dict(info or {})
+        try:
+            row_id = self._group_operation(me, operator, group_id, home, op, targets, info)
+        except DomainError as error:
+            self._withdraw_confirmed(error)
+            raise
+        if home == me:
+            self.deliver()
+            return "applied"
+        refusals: dict[int, DomainError] = {}
+        outcome = self.deliver([row_id], claimed=True, refusals=refusals)
+        if row_id in refusals:
+            raise refusals[row_id]
+        return "accepted" if outcome["delivered"] else "queued"
+
+    def _group_operation(self, me: str, operator: str, group_id: str, home: str, op: str, targets: list[str],
+                         info: dict) -> int | None:
+        """One transaction of `group_operation`: applied here, or the request queued (its outbox row id)."""
+        row_id = None
         with self.db() as session:
             if op == "invite":  # the home node checks too; this says so at once, even while it is unreachable
                 self._check_new_members(session, targets)
@@ -757,14 +881,7 @@ class Node:
                 row_id = self._enqueue(session, home, "group_op", protocol.make_envelope(
                     from_node=me, to_node=home, type="group_op", payload=request), claim=True)
             session.commit()
-        if home == me:
-            self.deliver()
-            return "applied"
-        refusals: dict[int, DomainError] = {}
-        outcome = self.deliver([row_id], claimed=True, refusals=refusals)
-        if row_id in refusals:
-            raise refusals[row_id]
-        return "accepted" if outcome["delivered"] else "queued"
+        return row_id
 
     def groups(self, user_id: str | None = None) -> list[Group]:
         with self.db() as session:
