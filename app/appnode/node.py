@@ -85,6 +85,9 @@ GIVE_UP_AFTER = timedelta(hours=48)
 PEER_RETRY_WINDOW = timedelta(hours=1)  # unknown_peer / certificate_mismatch are retried this long
 CLAIM_SECONDS = 60.0
 REFRESH_INTERVAL = 30.0
+# A member confirmation (§8.9) may run inside a request's write transaction: a short answer timeout bounds
+# how long one slow member node can hold up this node's other writes.
+CONFIRM_TIMEOUT = 5.0
 EPHEMERAL_ATTEMPTS, EPHEMERAL_WINDOW = 3, timedelta(seconds=60)
 MEDIA_RETENTION = timedelta(days=30)
 FILE_RETENTION = timedelta(days=7)
@@ -803,7 +806,8 @@ class Node:
             return NotFound(f"node {peer} is not in the routing table", field="payload.target_user_ids")
         body = json.dumps(envelope, ensure_ascii=False).encode()
         try:
-            response = self.peers.post(entry["endpoint"], PATHS["group_op"], body, pin=entry["cert_sha256"])
+            response = self.peers.post(entry["endpoint"], PATHS["group_op"], body, pin=entry["cert_sha256"],
+                                       timeout=CONFIRM_TIMEOUT)
         except (PeerUnreachable, PeerCertificateMismatch) as failure:
             return Conflict(f"cannot confirm members {users}: node {peer} did not answer ({failure}); "
                             "nothing changed, try again later", field="payload.target_user_ids")
