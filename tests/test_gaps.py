@@ -69,6 +69,7 @@ def test_probe_reports_reachability_without_blocking_the_page(app, people):  # n
         server.close()
     result = console.client.get(f"/applications/{application.id}/probe").get_json()
     assert not result["reachable"] and result["error"] == "Connection refused"  # not "[Errno 111] ..."
+    assert result["failure"] == "refused" and result["message"] == "连接被拒绝"  # what the page shows
 
 
 def test_probe_of_an_answer_nested_deeper_than_the_parser_goes_reports_no_answer(app, people):  # noqa: F811

@@ -39,14 +39,18 @@ def probe_health(endpoint: str, timeout: float = 3.0,
             except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
                 result["answer"] = None
     except urllib.error.HTTPError as error:
-        result.update(reachable=True, http_status=error.code, error=f"HTTP {error.code}")
+        result.update(reachable=True, http_status=error.code, error=f"HTTP {error.code}", failure="http_status")
     except TimeoutError:
-        result["error"] = f"no answer within {timeout:g} s"
+        result.update(error=f"no answer within {timeout:g} s", failure="timeout")
     except urllib.error.URLError as error:
         reason = error.reason
         result["error"] = ("timeout" if isinstance(reason, TimeoutError | socket.timeout) else
                            reason.strerror if isinstance(reason, OSError) and reason.strerror else str(reason)[:200])
+        # The health poller's failure codes, so the console can name them in the reader's language.
+        result["failure"] = ("timeout" if isinstance(reason, TimeoutError | socket.timeout) else
+                             "refused" if isinstance(reason, ConnectionRefusedError) else
+                             "tls" if isinstance(reason, ssl.SSLError) else "error")
     except (OSError, ValueError) as error:
-        result["error"] = str(error)[:200]
+        result.update(error=str(error)[:200], failure="tls" if isinstance(error, ssl.SSLError) else "error")
     result["latency_ms"] = round((time.perf_counter() - started) * 1000, 1)
     return result

@@ -6,6 +6,7 @@ from flask import Blueprint, current_app, flash, redirect, render_template, requ
 from flask_babel import gettext as _
 from flask_login import current_user
 
+from app import labels
 from app.admission import applications, nodes, probe, tokens
 from app.admission.forms import ApplicationForm, RejectForm, TokenForm
 from app.admission.information import parse
@@ -158,8 +159,11 @@ def application_probe(application_id: str):
 
     application = _visible_application(application_id)
     identity = pki.present_management_identity if pki.is_ready() else None
-    return probe.probe_health(application.endpoint, timeout=current_app.config.get("MPIM_PROBE_TIMEOUT", 3.0),
-                              present_identity=identity)
+    result = probe.probe_health(application.endpoint, timeout=current_app.config.get("MPIM_PROBE_TIMEOUT", 3.0),
+                                present_identity=identity)
+    if result.get("failure"):
+        result["message"] = str(labels.health_failure_label(result["failure"]))  # in the reader's language
+    return result
 
 
 @bp.post("/applications/<application_id>/approve")

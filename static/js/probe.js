@@ -9,7 +9,7 @@ document.addEventListener("DOMContentLoaded", function () {
     fetch(button.getAttribute("data-url"), {headers: {"Accept": "application/json"}})
       .then(function (response) { return response.json(); })
       .then(function (r) {
-        var text = r.reachable ? ("HTTP " + r.http_status + ", " + r.latency_ms + " ms") : ("✗ " + (r.error || ""));
+        var text = r.reachable ? ("HTTP " + r.http_status + ", " + r.latency_ms + " ms") : ("✗ " + (r.message || r.error || ""));
         if (r.answer) { text += " · " + JSON.stringify(r.answer); }
         out.textContent = text;
         out.className = r.reachable && r.http_status === 200 ? "good" : "error";
