@@ -334,6 +334,8 @@ def test_an_unknown_or_suspended_node_is_refused_after_the_next_table(network):
         a.node.sync_routes()
     status = json.loads(CliRunner().invoke(cli, ["--data", str(a.dir), "--json", "status"]).output)
     assert status["registry_problem"].startswith("node_suspended")
+    text = CliRunner().invoke(cli, ["--data", str(a.dir), "status"]).output  # for a person: lines, not JSON
+    assert text.startswith(f"node {a.id}\nrouting table v") and "\nproblem: node_suspended" in text
     message = a.node.send_text("zhangsan", b.user("lisi"), "被暂停后")
     row = a.node.outbox()[0]
     assert row.state == "pending" and "unknown_peer" in row.last_error  # kept for retries within the hour

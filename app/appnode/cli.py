@@ -134,7 +134,12 @@ def status(ctx: Context):
                 "certificate_sha256": node.identity.fingerprint() if node.joined else None,
                 "certificate_problem": node.setting("certificate_problem") or None,
                 "registry_problem": node.setting("registry_problem") or None}
-    ctx.out(document)
+    lines = [f"node {document['node_id'] or '(not joined)'}",
+             f"routing table v{document['route_version']}" + (" (expired)" if document["routes_expired"] else "")
+             if document["route_version"] is not None else "no routing table yet",
+             "outbox " + (", ".join(f"{count} {state}" for state, count in sorted(states.items())) or "empty")]
+    lines += [f"problem: {document[key]}" for key in ("registry_problem", "certificate_problem") if document[key]]
+    ctx.out(document, "\n".join(lines))
 
 
 @cli.group()
