@@ -49,6 +49,13 @@ def node_document(division_code: str = "360000", *, endpoint: str | None = None,
     return document
 
 
+def application_form(division: str = "360000", endpoint: str = "https://im.jx.example", **overrides) -> dict:
+    """The console's application form fields (`/applications/new`), without a CSR."""
+    return {"division_code": division, "org_name": "江西省公安厅", "system_name": "赣警通", "vendor": "Vendor A",
+            "endpoint": endpoint, "contact_name": "张三", "contact_phone": "0791-1234567",
+            "contact_email": "ops@jx.example", "capabilities": ["text", "group"], **overrides}
+
+
 class NodeKeys:
     """A node's real key pair and CSR, kept so tests can sign A.2 session requests with it."""
 

@@ -67,14 +67,12 @@ def test_revoking_a_used_token_is_refused(app, make_user):
 
 def test_console_refuses_endpoint_port_zero_in_the_form(app, make_user):
     from app.admission.models import Application
-    from tests.factories import make_csr
+    from tests.factories import application_form, make_csr
 
     make_user("jx-admin", "provincial_admin", ("360000",))
     console = Console(app.test_client())
     console.login("jx-admin")
-    form = {"division_code": "360000", "org_name": "江西省公安厅", "system_name": "赣警通", "vendor": "Vendor A",
-            "endpoint": "https://10.2.2.2:0", "contact_name": "张三", "contact_phone": "0791-1234567",
-            "contact_email": "ops@jx.example", "capabilities": ["text"], "csr": make_csr()}
+    form = application_form(endpoint="https://10.2.2.2:0", csr=make_csr())
     html = console.post_form("/applications/new", form).get_data(as_text=True)
     assert "65535" in html and 'value="https://10.2.2.2:0"' in html
     assert db.session.scalar(db.select(db.func.count()).select_from(Application)) == 0
@@ -84,15 +82,12 @@ def test_a_csr_both_pasted_and_uploaded_is_refused_rather_than_guessed(app, make
     import io
 
     from app.admission.models import Application
-    from tests.factories import make_csr
+    from tests.factories import application_form, make_csr
 
     make_user("jx-admin", "provincial_admin", ("360000",))
     console = Console(app.test_client())
     console.login("jx-admin")
-    form = {"division_code": "360000", "org_name": "江西省公安厅", "system_name": "赣警通", "vendor": "Vendor A",
-            "endpoint": "https://im.jx.example", "contact_name": "张三", "contact_phone": "0791-1234567",
-            "contact_email": "ops@jx.example", "capabilities": ["text"], "csr": make_csr(),
-            "csr_file": (io.BytesIO(make_csr().encode()), "node.csr")}
+    form = application_form(csr=make_csr(), csr_file=(io.BytesIO(make_csr().encode()), "node.csr"))
     html = console.post_form("/applications/new", form).get_data(as_text=True)
     assert "不能同时" in html and 'value="赣警通"' in html
     assert db.session.scalar(db.select(db.func.count()).select_from(Application)) == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
@@ -17,15 +18,9 @@ from app.pki import service as pki
 from app.routing import service as routing
 from app.routing.models import RouteChange
 from tests.conftest import Console
-from tests.factories import NodeKeys
+from tests.factories import NodeKeys, application_form
 from tests.health_servers import HealthServer
 from tests.test_sessions import admit_with_keys, people  # noqa: F401 (fixture)
-
-
-def application_form(division="360000", endpoint="https://im.jx.example"):
-    return {"division_code": division, "org_name": "江西省公安厅", "system_name": "赣警通", "vendor": "Vendor A",
-            "endpoint": endpoint, "contact_name": "张三", "contact_phone": "0791-1234567",
-            "contact_email": "ops@jx.example", "capabilities": ["text", "group"]}
 
 
 def test_console_application_with_an_uploaded_der_csr(app, make_user):
@@ -52,40 +47,37 @@ def test_console_application_errors_stay_in_the_form(app, make_user):
     assert db.session.scalar(db.select(db.func.count()).select_from(Application)) == 0
 
 
-def test_probe_reports_reachability_without_blocking_the_page(app, people):  # noqa: F811
+@contextmanager
+def probed_node(app, admins, behaviour: str):
+    """An admitted node whose application endpoint is a health server answering with `behaviour`, and the
+    probe URL as a signed-in provincial admin calls it; the server stops when the block ends."""
     from tests.test_health_poll import node_server_context
 
-    node, keys = admit_with_keys(people)
-    server = HealthServer(node.node_id, "ok", ssl_context=node_server_context(app, node, keys))
+    node, keys = admit_with_keys(admins)
+    server = HealthServer(node.node_id, behaviour, ssl_context=node_server_context(app, node, keys))
     try:
         console = Console(app.test_client())
         console.login("jx-admin")
         application = db.session.get(Application, node.application_id)
         application.endpoint = server.url
         db.session.commit()
-        result = console.client.get(f"/applications/{application.id}/probe").get_json()
-        assert result["reachable"] and result["http_status"] == 200 and result["answer"]["node_id"] == node.node_id
+        yield node, console.client, f"/applications/{application.id}/probe"
     finally:
         server.close()
-    result = console.client.get(f"/applications/{application.id}/probe").get_json()
+
+
+def test_probe_reports_reachability_without_blocking_the_page(app, people):  # noqa: F811
+    with probed_node(app, people, "ok") as (node, client, probe_url):
+        result = client.get(probe_url).get_json()
+        assert result["reachable"] and result["http_status"] == 200 and result["answer"]["node_id"] == node.node_id
+    result = client.get(probe_url).get_json()  # the server has stopped
     assert not result["reachable"] and result["error"] == "Connection refused"  # not "[Errno 111] ..."
     assert result["failure"] == "refused" and result["message"] == "连接被拒绝"  # what the page shows
 
 
 def test_probe_of_an_answer_nested_deeper_than_the_parser_goes_reports_no_answer(app, people):  # noqa: F811
-    from tests.test_health_poll import node_server_context
-
-    node, keys = admit_with_keys(people)
-    server = HealthServer(node.node_id, "nested_json", ssl_context=node_server_context(app, node, keys))
-    try:
-        console = Console(app.test_client())
-        console.login("jx-admin")
-        application = db.session.get(Application, node.application_id)
-        application.endpoint = server.url
-        db.session.commit()
-        response = console.client.get(f"/applications/{application.id}/probe")
-    finally:
-        server.close()
+    with probed_node(app, people, "nested_json") as (_node, client, probe_url):
+        response = client.get(probe_url)
     assert response.status_code == 200
     assert response.get_json()["reachable"] and response.get_json()["answer"] is None
 
