@@ -133,9 +133,8 @@ def submit_change(node: Node, info: NodeInformation, csr_pem: str | None, *, by)
         raise Conflict(_l("Change request %(id)s for this node is already waiting for review: a ministry admin "
                           "must approve or reject it first.", id=pending.id), code="change_pending")
     info = replace(info, division_code=node.division_code)
-    if not csr_pem and not any(not _same(name, getattr(node, name), _requested(info, name)) for name in CHANGEABLE):
-        raise ValidationFailed(_l("This change request changes nothing: every value is the node's current one."),
-                               code="no_change")
+    if not csr_pem and not _differences(node, lambda name: _requested(info, name)):
+        raise ValidationFailed(NO_CHANGE, code="no_change")
     if info.endpoint != node.endpoint:
         _require_endpoint_free(info.endpoint, node.node_id)
     if endpoint_host(info.endpoint) != endpoint_host(node.endpoint) and not csr_pem:
@@ -216,6 +215,7 @@ def approve(application: Application, *, by) -> Node:
     return node
 
 
+NO_CHANGE = _l("This change request changes nothing: every value is the node's current one.")
 CHANGEABLE = ("org_name", "system_name", "vendor", "endpoint", "contact_name", "contact_phone", "contact_email",
               "capabilities")
 
@@ -230,10 +230,15 @@ def _same(name: str, current, requested) -> bool:
     return current == requested
 
 
+def _differences(node: Node, requested) -> dict[str, tuple]:
+    """field → (the node's current value, `requested(field)`), for every field that would change."""
+    return {name: (getattr(node, name), requested(name)) for name in CHANGEABLE
+            if not _same(name, getattr(node, name), requested(name))}
+
+
 def requested_changes(application: Application, node: Node) -> dict[str, tuple]:
-    """field → (the node's current value, the requested one), for every field the request would alter."""
-    return {name: (getattr(node, name), getattr(application, name)) for name in CHANGEABLE
-            if not _same(name, getattr(node, name), getattr(application, name))}
+    """What approving this change request would alter (the review page shows it, approval applies it)."""
+    return _differences(node, lambda name: getattr(application, name))
 
 
 def _approve_change(application: Application, *, by) -> Node:
@@ -252,8 +257,7 @@ def _approve_change(application: Application, *, by) -> Node:
                           "request if it is still wanted.", node=node.node_id, id=newer), code="change_stale")
     changes = requested_changes(application, node)
     if not changes and not application.csr_pem:
-        raise Conflict(_l("This change request changes nothing: every value is the node's current one."),
-                       code="no_change")
+        raise Conflict(NO_CHANGE, code="no_change")
     if application.endpoint != node.endpoint:
         _require_endpoint_free(application.endpoint, node.node_id, application.id)
     for name, (_, new) in changes.items():
