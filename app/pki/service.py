@@ -123,8 +123,10 @@ def require_key_unused(key_sha256: str, node_id: str | None) -> None:
                        code="key_in_use", field="csr")
 
 
-def store(certificate: x509.Certificate, kind: str, node_id: str | None, actor: str) -> Certificate:
+def store(certificate: x509.Certificate, kind: str, node_id: str | None, actor: str, *,
+          key_sha256: str | None = None) -> Certificate:
     """Insert the certificate's row and its audit entry; returns the row, persistent in the session.
+    `key_sha256`: the key's fingerprint when the caller has it already (issuance checked it).
 
     The row goes in as a plain table insert and is then attached to the session as already loaded
     (`make_transient_to_detached`), so it behaves like any queried row (changes to it are flushed)
@@ -132,7 +134,7 @@ def store(certificate: x509.Certificate, kind: str, node_id: str | None, actor: 
     row = Certificate(
         serial=format(certificate.serial_number, "x"), kind=kind, node_id=node_id,
         subject=certificate.subject.rfc4514_string()[:300], sha256=fingerprint(certificate),
-        key_sha256=key_fingerprint(certificate.public_key()),
+        key_sha256=key_sha256 or key_fingerprint(certificate.public_key()),
         key_description=csr_policy.describe_key(certificate.public_key()),
         pem=certificate.public_bytes(serialization.Encoding.PEM).decode(),
         not_before=certificate.not_valid_before_utc, not_after=certificate.not_valid_after_utc,
@@ -173,11 +175,12 @@ def issue_for_node(node, csr_pem: str, *, actor: str) -> Certificate:
 
     csr = csr_policy.load_csr(csr_pem)
     csr_policy.check_csr(csr)
-    require_key_unused(key_fingerprint(csr.public_key()), node.node_id)
+    key_sha256 = key_fingerprint(csr.public_key())  # the certificate certifies this very key
+    require_key_unused(key_sha256, node.node_id)
     certificate = authority().issue_node_certificate(
         csr, node_id=node.node_id, org_name=node.org_name, endpoint_host=endpoint_host(node.endpoint),
         validity_days=current_app.config["MPIM_CERT_DAYS"])
-    return store(certificate, "node", node.node_id, actor)
+    return store(certificate, "node", node.node_id, actor, key_sha256=key_sha256)
 
 
 def node_admitted(node, application) -> None:
