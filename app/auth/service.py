@@ -210,10 +210,7 @@ def unlock(username: str) -> list[str]:
 
 def locked_addresses() -> list[tuple[str, datetime]]:
     """Addresses refused now (too many failed sign-ins from them), with when each lock ends."""
-    rows = db.session.scalars(select(LoginThrottle).where(LoginThrottle.key.startswith("addr:"),
-                                                          LoginThrottle.locked_until > utcnow())
-                              .order_by(LoginThrottle.key))
-    return [(row.key.removeprefix("addr:"), row.locked_until) for row in rows]
+    return [(row.key.removeprefix("addr:"), row.locked_until) for row in _address_locks()]
 
 
 def unlock_addresses() -> list[str]:
@@ -223,12 +220,16 @@ def unlock_addresses() -> list[str]:
     return addresses
 
 
+def _address_locks() -> list[LoginThrottle]:
+    return list(db.session.scalars(select(LoginThrottle).where(
+        LoginThrottle.key.startswith("addr:"), LoginThrottle.locked_until > utcnow()).order_by(LoginThrottle.key)))
+
+
 def _clear_address_locks() -> list[str]:
-    addresses = []
-    for address, _until in locked_addresses():
-        addresses.append(address)
-        db.session.delete(db.session.get(LoginThrottle, f"addr:{address}"))
-    return addresses
+    rows = _address_locks()
+    for row in rows:
+        db.session.delete(row)
+    return [row.key.removeprefix("addr:") for row in rows]
 
 
 def is_locked(username: str) -> bool:
