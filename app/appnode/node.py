@@ -1200,6 +1200,10 @@ class Node:
         reason = self._unreachable(peer, message)
         if reason:
             raise UnsupportedCapability(reason)
+        return self._as_taken_by(peer, message)
+
+    def _as_taken_by(self, peer: str, message: dict) -> dict:
+        """A message `_unreachable` let through, as `peer` takes it (a sticker as its alt text, if need be)."""
         entry = self.routes.peek(peer)
         if message["msg_type"] == "sticker" and entry is not None and "sticker" not in entry["capabilities"]:
             return {**message, "msg_type": "text", "content": {"text": message["content"]["alt_text"]}}
@@ -1215,7 +1219,7 @@ class Node:
                 self._record_skip(session, peer, message, reason)
                 continue
             ids.append(self._enqueue(session, peer, "message", protocol.make_envelope(
-                from_node=self.node_id, to_node=peer, type="message", payload=self._payload_for(peer, message)),
+                from_node=self.node_id, to_node=peer, type="message", payload=self._as_taken_by(peer, message)),
                 claim=claim))
         return ids
 
