@@ -24,7 +24,7 @@ def stored(data) -> dict:
 def test_a_node_that_has_not_applied_takes_corrected_values(tmp_path):
     data = tmp_path / "jx"
     assert init(data, "360001").exit_code == 0  # a wrong division: the registry refused the application
-    key = (data / "node.key").read_bytes() if (data / "node.key").exists() else None
+    key = (data / "tls" / "node.key").read_bytes()
 
     result = init(data, "360000", registry="http://127.0.0.1:5600")
 
@@ -32,8 +32,7 @@ def test_a_node_that_has_not_applied_takes_corrected_values(tmp_path):
     assert "division_code 360000 (was 360001)" in result.output and "registry_url" in result.output
     assert (stored(data)["division_code"], stored(data)["registry_url"]) == ("360000", "http://127.0.0.1:5600")
     assert Node(data).registry.base_url.startswith("http://127.0.0.1:5600")
-    if key is not None:
-        assert (data / "node.key").read_bytes() == key  # the same node, not a new one
+    assert (data / "tls" / "node.key").read_bytes() == key  # the same node, not a new one
     assert init(data, "360000", registry="http://127.0.0.1:5600").output == ""  # nothing to change
 
 
