@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from math import ceil
 from typing import Any
 
-from sqlalchemy import DateTime, Select, event, func, select
+from sqlalchemy import DateTime, Select, event, func, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.types import TypeDecorator
 
@@ -68,6 +69,31 @@ def paginate(query: Select, page: int, per_page: int, *, count: bool = True) -> 
         page = min(page, -(-total // per_page))  # a page past the end (an old link) shows the last one
     items = list(db.session.scalars(query.limit(per_page).offset((page - 1) * per_page)))
     return Page(items=items, page=page, per_page=per_page, total=total or 0)
+
+
+# Namespace of `serialise`'s two-key advisory locks; PostgreSQL keeps two-key and one-key locks apart,
+# so these never meet the audit chain's or the routing table's one-key locks.
+SERIALISE_NAMESPACE = 0x4D50  # "MP"
+
+
+def serialise(*names: str) -> None:
+    """Make the caller's check-then-write atomic against every other process and thread, until commit.
+
+    A rule such as "one pending change per node" reads, then writes; two requests arriving together
+    both pass the read unless they queue. PostgreSQL: a transaction-scoped advisory lock per name
+    (taken in sorted order, so callers never deadlock; other names proceed in parallel). SQLite: the
+    database's write lock, taken now (BEGIN IMMEDIATE) rather than at the first write, so what the
+    caller reads next is current and stays so; SQLite has one writer at a time anyway."""
+    connection = db.session.connection()
+    if connection.dialect.name == "postgresql":
+        for name in sorted(set(names)):
+            key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big", signed=True)
+            connection.execute(text("SELECT pg_advisory_xact_lock(:namespace, :key)"),
+                               {"namespace": SERIALISE_NAMESPACE, "key": key})
+    elif connection.dialect.name == "sqlite":
+        driver = connection.connection.driver_connection
+        if not driver.in_transaction:  # pysqlite opens its transaction at the first write: take it now
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 @event.listens_for(Engine, "connect")

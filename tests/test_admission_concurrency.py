@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from app.admission import applications
 from app.admission.information import parse
 from app.admission.models import Node
 from app.auth.models import User
 from app.extensions import db
-from tests.factories import node_document
+from app.pki import csr_policy
+from tests.factories import make_csr, node_document
 
 APPROVALS = 24
 
@@ -52,3 +54,195 @@ def test_parallel_approvals_get_distinct_consecutive_ids(app, make_user):
     assert not errors, errors
     node_ids = sorted(db.session.scalars(select(Node.node_id)))
     assert node_ids == [f"36000000002025{serial:06d}" for serial in range(1, APPROVALS + 1)]
+
+
+# --- check-then-write rules under concurrency (both databases) ------------------------------------------------
+#
+# Each rule below reads ("is a change already pending?", "does another node hold this key?") and then writes.
+# Without serialisation, requests that arrive together all pass the read before any of them writes.
+
+RACERS = 6
+
+
+def _race(app, work) -> tuple[list, list[BaseException]]:
+    """Run `work(i)` in RACERS threads released together, each in its own app context and session
+    (as concurrent requests are); commit what succeeds. Returns (results, errors)."""
+    barrier = threading.Barrier(RACERS)
+    results, errors = [], []
+
+    def run(i: int) -> None:
+        with app.app_context():
+            try:
+                barrier.wait()
+                results.append(work(i))
+                db.session.commit()
+            except BaseException as error:
+                db.session.rollback()
+                errors.append(error)
+            finally:
+                db.session.remove()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(RACERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results, errors
+
+
+def _codes(errors: list[BaseException]) -> set[str]:
+    return {getattr(error, "code", repr(error)) for error in errors}
+
+
+def test_parallel_change_requests_leave_one_pending(app, make_user):
+    from app.admission import nodes
+    from app.admission.models import Application
+
+    minister = make_user("minister")
+    document = node_document("360000")
+    node = applications.approve(applications.submit_by_user(parse(document), document["csr"], by=minister),
+                                by=minister)
+    node_id, minister_id = node.node_id, minister.id
+    db.session.commit()
+    db.session.remove()
+
+    def change(i: int) -> str:
+        node = nodes.get(node_id)
+        info = replace(parse(node_document("360000", endpoint=node.endpoint)), contact_name=f"值班员{i}")
+        return applications.submit_change(node, info, None, by=db.session.get(User, minister_id)).id
+
+    results, errors = _race(app, change)
+    assert len(results) == 1 and len(errors) == RACERS - 1, (results, errors)
+    assert _codes(errors) == {"change_pending"}
+    pending = db.session.scalars(select(Application.id).where(Application.kind == "change",
+                                                              Application.status == "pending")).all()
+    assert pending == results
+
+
+def test_parallel_submissions_with_one_key_leave_one_pending(app, make_user):
+    from app.admission.models import Application
+
+    minister_id = make_user("minister").id
+    csr = make_csr()
+
+    def submit(i: int) -> str:
+        document = node_document("360000", csr=csr)
+        return applications.submit_by_user(parse(document), csr, by=db.session.get(User, minister_id)).id
+
+    results, errors = _race(app, submit)
+    assert len(results) == 1 and _codes(errors) == {"key_pending"}, (results, errors)
+    assert db.session.scalars(select(Application.id).where(Application.status == "pending")).all() == results
+
+
+def test_parallel_submissions_for_one_endpoint_leave_one_pending(app, make_user):
+    from app.admission.models import Application
+
+    minister_id = make_user("minister").id
+
+    def submit(i: int) -> str:
+        document = node_document("360000", endpoint="https://im.jx.example:8443")
+        return applications.submit_by_user(parse(document), document["csr"], by=db.session.get(User, minister_id)).id
+
+    results, errors = _race(app, submit)
+    assert len(results) == 1 and _codes(errors) == {"endpoint_pending"}, (results, errors)
+    assert db.session.scalars(select(Application.id).where(Application.status == "pending")).all() == results
+
+
+def test_one_key_is_certified_for_one_node_when_issuances_race(app, make_user):
+    """Several nodes' certificates issued at once for one key (an approval racing a renewal, say):
+    exactly one node gets it."""
+    from app.pki import service as pki
+    from app.pki.models import Certificate
+
+    minister = make_user("minister")
+    node_ids = []
+    for _ in range(RACERS):
+        document = node_document("360000")
+        application = applications.submit_by_user(parse(document), document["csr"], by=minister)
+        node_ids.append(applications.approve(application, by=minister).node_id)
+    db.session.commit()
+    db.session.remove()
+    csr = make_csr()
+
+    def issue(i: int) -> str:
+        from app.admission import nodes
+
+        return pki.issue_for_node(nodes.get(node_ids[i]), csr, actor="tests").node_id
+
+    results, errors = _race(app, issue)
+    assert len(results) == 1 and _codes(errors) == {"key_in_use"}, (results, errors)
+    key_sha256 = pki.key_fingerprint(csr_policy.load_csr(csr).public_key())
+    holders = db.session.scalars(select(Certificate.node_id).where(Certificate.key_sha256 == key_sha256)).all()
+    assert holders == results
+
+
+def test_one_application_approved_twice_at_once_admits_one_node(app, make_user):
+    """Two admins pressing approve (or one approving while another rejects) on the same application."""
+    from app.admission.models import Application
+
+    minister_id = make_user("minister").id
+    document = node_document("360000")
+    application_id = applications.submit_by_user(parse(document), document["csr"],
+                                                 by=db.session.get(User, minister_id)).id
+    db.session.commit()
+    db.session.remove()
+
+    def review(i: int) -> str:
+        minister = db.session.get(User, minister_id)
+        application = applications.get(application_id)
+        if i % 2:
+            return applications.reject(application, "重复申请", by=minister).status
+        return applications.approve(application, by=minister).node_id
+
+    results, errors = _race(app, review)
+    assert len(results) == 1 and _codes(errors) == {"application_not_pending"}, (results, errors)
+    status = db.session.get(Application, application_id).status
+    admitted = db.session.scalars(select(Node.node_id).where(Node.application_id == application_id)).all()
+    assert (status, admitted) in [("approved", results), ("rejected", [])], (status, admitted, results)
+
+
+def test_a_suspension_racing_a_revocation_never_undoes_it(app, make_user):
+    """Revocation is final: a suspension (or a change request) decided at the same moment must not
+    leave the node suspended, and so resumable, with its certificates revoked."""
+    from app.admission import nodes
+
+    minister = make_user("minister")
+    document = node_document("360000")
+    node_id = applications.approve(applications.submit_by_user(parse(document), document["csr"], by=minister),
+                                   by=minister).node_id
+    minister_id = minister.id
+    db.session.commit()
+    db.session.remove()
+
+    def decide(i: int) -> str:
+        by, node = db.session.get(User, minister_id), nodes.get(node_id)
+        if i == 0:
+            return nodes.revoke(node, "密钥泄露", by=by).status
+        return nodes.suspend(node, "维护", by=by).status
+
+    results, errors = _race(app, decide)
+    assert "revoked" in results and _codes(errors) <= {"invalid_transition"}, (results, errors)
+    assert nodes.get(node_id).status == "revoked"
+
+
+def test_a_certificate_revoked_twice_at_once_is_revoked_once(app, make_user):
+    """Two admins revoking the route signer together: one revocation, one new signer."""
+    from app.audit.models import AuditRecord
+    from app.pki import service as pki
+    from app.pki.models import Certificate
+
+    minister_id = make_user("minister").id
+    signer = pki.service_certificates("route_signer")[0]
+    serial = signer.serial
+    db.session.commit()
+    db.session.remove()
+
+    def revoke(i: int) -> str:
+        certificate = db.session.scalar(select(Certificate).where(Certificate.serial == serial))
+        return pki.revoke(certificate, "key_compromise", by=db.session.get(User, minister_id)).certificate.serial
+
+    results, errors = _race(app, revoke)
+    assert results == [serial] and _codes(errors) == {"already_revoked"}, (results, errors)
+    assert len(pki.service_certificates("route_signer")) == 2  # the revoked one and one replacement
+    assert db.session.scalar(select(func.count()).where(AuditRecord.action == "certificate.revoke",
+                                                        AuditRecord.target == serial)) == 1

@@ -17,7 +17,7 @@ from app.admission.models import Application, EnrollmentToken, Node
 from app.audit import service as audit
 from app.auth.access import require_division_scope
 from app.auth.models import division_prefix
-from app.database import utcnow
+from app.database import serialise, utcnow
 from app.divisions import service as divisions
 from app.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from app.extensions import db
@@ -50,15 +50,34 @@ def _require_endpoint_free(endpoint: str, node_id: str | None = None, applicatio
                        code="endpoint_pending", field="endpoint")
 
 
-def _require_key_free(csr_pem: str | None, node_id: str | None = None) -> str | None:
-    """One key, one node: refuse a CSR whose key another node's certificate (not revoked) or another
-    pending application already carries. Returns the key's SHA-256 to store with the application."""
+def _key_of(csr_pem: str | None) -> str | None:
+    """The SHA-256 of the CSR's public key (stored with the application), or None without a CSR."""
     from app.pki import csr_policy
     from app.pki import service as pki
 
-    if not csr_pem:
-        return None
-    key_sha256 = pki.key_fingerprint(csr_policy.load_csr(csr_pem).public_key())
+    return pki.key_fingerprint(csr_policy.load_csr(csr_pem).public_key()) if csr_pem else None
+
+
+def _lock_names(key_sha256: str | None, endpoint: str | None) -> list[str]:
+    from app.pki import service as pki
+
+    return [name for name in (key_sha256 and pki.key_lock_name(key_sha256), endpoint and f"endpoint:{endpoint}")
+            if name]
+
+
+def _queue(*, key_sha256: str | None = None, endpoint: str | None = None) -> None:
+    """Hold the key and endpoint this request checks until it commits, so two requests that arrive
+    together cannot both pass "is it free?" (see `serialise`)."""
+    serialise(*_lock_names(key_sha256, endpoint))
+
+
+def _require_key_free(key_sha256: str | None, node_id: str | None = None) -> None:
+    """One key, one node: refuse a CSR whose key another node's certificate (not revoked) or another
+    pending application already carries."""
+    from app.pki import service as pki
+
+    if not key_sha256:
+        return
     pki.require_key_unused(key_sha256, node_id)
     query = select(Application.id).where(Application.key_sha256 == key_sha256, Application.status == "pending")
     if node_id:
@@ -67,7 +86,6 @@ def _require_key_free(csr_pem: str | None, node_id: str | None = None) -> str | 
     if pending:
         raise Conflict(_l("Application %(id)s with this CSR's key is already waiting for review: every node needs "
                           "its own key. Generate a new key and CSR.", id=pending), code="key_pending", field="csr")
-    return key_sha256
 
 
 def _new_application(info: NodeInformation, csr_pem: str | None, **fields) -> Application:
@@ -94,7 +112,9 @@ def submit_with_token(raw_token: str | None, document) -> Application:
         raise PermissionDenied(_l("This token admits nodes in %(code)s only.", code=token.division_code),
                                code="out_of_scope", field="division_code")
     inspect_csr(csr_pem)
-    key_sha256 = _require_key_free(csr_pem)
+    key_sha256 = _key_of(csr_pem)
+    _queue(key_sha256=key_sha256, endpoint=info.endpoint)
+    _require_key_free(key_sha256)
     _require_endpoint_free(info.endpoint)
     tokens.consume(token)  # last: only an accepted application uses the token up
     application = _new_application(info, csr_pem, token_id=token.id, key_sha256=key_sha256)
@@ -110,7 +130,9 @@ def submit_by_user(info: NodeInformation, csr_pem: str | None, *, by) -> Applica
     divisions.require_current(info.division_code)
     require_division_scope(by, info.division_code)
     inspect_csr(csr_pem)
-    key_sha256 = _require_key_free(csr_pem)
+    key_sha256 = _key_of(csr_pem)
+    _queue(key_sha256=key_sha256, endpoint=info.endpoint)
+    _require_key_free(key_sha256)
     _require_endpoint_free(info.endpoint)
     application = _new_application(info, csr_pem, submitted_by_id=by.id, key_sha256=key_sha256)
     db.session.flush()
@@ -125,9 +147,12 @@ def submit_change(node: Node, info: NodeInformation, csr_pem: str | None, *, by)
     One change request per node waits at a time, and it must change something: a request is the
     node's full A.1 information, so a second one written from the same form would undo the first."""
     require_division_scope(by, node.division_code)
+    if csr_pem:
+        inspect_csr(csr_pem)
+    key_sha256 = _key_of(csr_pem)
+    nodes.lock(node, *_lock_names(key_sha256, info.endpoint))
     if node.status == "revoked":
         raise Conflict(_l("A revoked node cannot change."), code="node_revoked")
-    _lock(node)
     pending = pending_change(node)
     if pending is not None:
         raise Conflict(_l("Change request %(id)s for this node is already waiting for review: a ministry admin "
@@ -140,10 +165,9 @@ def submit_change(node: Node, info: NodeInformation, csr_pem: str | None, *, by)
     if endpoint_host(info.endpoint) != endpoint_host(node.endpoint) and not csr_pem:
         raise ValidationFailed(_l("A new endpoint host needs a new CSR: the certificate names the host."),
                                code="missing_csr", field="csr")
-    if csr_pem:
-        inspect_csr(csr_pem)
+    _require_key_free(key_sha256, node.node_id)
     application = _new_application(info, csr_pem, kind="change", node_id=node.node_id, submitted_by_id=by.id,
-                                   key_sha256=_require_key_free(csr_pem, node.node_id))
+                                   key_sha256=key_sha256)
     db.session.flush()
     audit.record("application.submit_change", application.id, {"node": node.node_id, "endpoint": info.endpoint},
                  actor=by.username)
@@ -154,11 +178,6 @@ def pending_change(node: Node) -> Application | None:
     return db.session.scalar(select(Application).where(
         Application.node_id == node.node_id, Application.kind == "change", Application.status == "pending")
         .order_by(Application.created_at).limit(1))
-
-
-def _lock(node: Node) -> None:
-    """Row lock on the node (PostgreSQL), so two change requests or approvals for it queue."""
-    db.session.execute(select(Node.node_id).where(Node.node_id == node.node_id).with_for_update())
 
 
 def get(application_id: str) -> Application:
@@ -183,6 +202,10 @@ def _require_ministry(by) -> None:
 
 
 def _require_pending(application: Application) -> None:
+    """Two reviews of one application queue here, and the second reads the first's verdict: without it,
+    two admins pressing approve together admitted two nodes from one application."""
+    serialise(f"application:{application.id}")
+    db.session.refresh(application)  # read after the lock: the verdict of a review that just committed
     if application.status != "pending":
         raise Conflict(_l("Application %(id)s is %(status)s already.", id=application.id,
                           status=status_word(application.status)), code="application_not_pending")
@@ -195,6 +218,7 @@ def approve(application: Application, *, by) -> Node:
     if application.kind == "change":
         return _approve_change(application, by=by)
     divisions.require_current(application.division_code)
+    _queue(key_sha256=application.key_sha256, endpoint=application.endpoint)
     _require_endpoint_free(application.endpoint, application_id=application.id)
     node = Node(
         node_id=nodes.allocate_node_id(application.division_code), division_code=application.division_code,
@@ -244,10 +268,9 @@ def requested_changes(application: Application, node: Node) -> dict[str, tuple]:
 def _approve_change(application: Application, *, by) -> Node:
     """A request carries whole A.1 values, not a diff: if another change to the node was approved after
     this one was written, applying it would silently put that change back, so it is refused."""
-    node = nodes.get(application.node_id)
+    node = nodes.lock(nodes.get(application.node_id), *_lock_names(application.key_sha256, application.endpoint))
     if node.status == "revoked":
         raise Conflict(_l("A revoked node cannot change."), code="node_revoked")
-    _lock(node)
     newer = db.session.scalar(select(Application.id).where(
         Application.node_id == node.node_id, Application.kind == "change", Application.status == "approved",
         Application.id != application.id, Application.reviewed_at > application.created_at).limit(1))

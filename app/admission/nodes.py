@@ -12,7 +12,7 @@ from app.admission import hooks
 from app.admission.models import CAPABILITIES, Node, NodeSerial
 from app.audit import service as audit
 from app.auth.access import require_division_scope
-from app.database import utcnow
+from app.database import serialise, utcnow
 from app.divisions import service as divisions
 from app.divisions.codes import level_of, prefecture_of, province_of
 from app.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
@@ -68,12 +68,23 @@ def get_visible(node_id: str, user) -> Node:
     return node
 
 
+def lock(node: Node, *also: str) -> Node:
+    """Queue behind every other request that changes this node (and on `also`, see `serialise`), then
+    read it again: its status, a pending change, whatever the caller checks next, is current until
+    the caller commits. Without it, a suspension racing a revocation could leave a revoked node
+    suspended, and later resumable."""
+    serialise(f"node:{node.node_id}", *also)
+    db.session.refresh(node)
+    return node
+
+
 def _change_status(node: Node, new_status: str, reason: str, *, by, action: str) -> Node:
     if by.role != "ministry_admin":
         raise PermissionDenied(_l("Only a ministry admin may do this."), code="ministry_only")
     reason = (reason or "").strip()
     if not reason:
         raise ValidationFailed(_l("A reason is required."), code="reason_required", field="reason")
+    lock(node)
     if (node.status, new_status) not in TRANSITIONS:
         raise Conflict(_l("A %(old)s node cannot become %(new)s.", old=node.status, new=new_status),
                        code="invalid_transition")
@@ -102,6 +113,7 @@ def revoke(node: Node, reason: str, *, by) -> Node:
 def request_suspension(node: Node, reason: str, *, by) -> Node:
     """A provincial admin may ask; a ministry admin decides."""
     require_division_scope(by, node.division_code)
+    lock(node)
     if node.status != "active":
         raise Conflict(_l("Only an active node can be suspended."), code="invalid_transition")
     reason = (reason or "").strip()

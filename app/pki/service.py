@@ -20,7 +20,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import make_transient_to_detached
 
 from app.audit import service as audit
-from app.database import utcnow
+from app.database import serialise, utcnow
 from app.errors import Conflict, DomainError, NotFound, PermissionDenied, ValidationFailed
 from app.extensions import db
 from app.labels import status_word
@@ -105,6 +105,11 @@ def key_fingerprint(public_key) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
+def key_lock_name(key_sha256: str) -> str:
+    """The name issuance and admission queue on (`app.database.serialise`) while they check a key."""
+    return f"key:{key_sha256}"
+
+
 def key_certified_elsewhere(key_sha256: str, node_id: str | None) -> Certificate | None:
     """A certificate, not revoked, that certifies this key for another node (or for the CA's own services)."""
     query = select(Certificate).where(Certificate.key_sha256 == key_sha256, Certificate.revoked_at.is_(None))
@@ -176,6 +181,7 @@ def issue_for_node(node, csr_pem: str, *, actor: str) -> Certificate:
     csr = csr_policy.load_csr(csr_pem)
     csr_policy.check_csr(csr)
     key_sha256 = key_fingerprint(csr.public_key())  # the certificate certifies this very key
+    serialise(key_lock_name(key_sha256))  # an approval and a renewal racing with one key: one wins
     require_key_unused(key_sha256, node.node_id)
     certificate = authority().issue_node_certificate(
         csr, node_id=node.node_id, org_name=node.org_name, endpoint_host=endpoint_host(node.endpoint),
@@ -298,6 +304,8 @@ def revoke(certificate: Certificate, reason: str, *, by) -> Revoked:
     if reason not in REASONS:
         raise ValidationFailed(_l("Unknown revocation reason %(reason)s.", reason=reason), code="invalid_reason",
                                field="reason")
+    serialise(f"certificate:{certificate.serial}")  # two admins revoking the route signer rotate it once
+    db.session.refresh(certificate)
     if certificate.revoked_at is not None:
         raise Conflict(_l("This certificate is revoked already."), code="already_revoked")
     in_service = in_service_role(certificate)
