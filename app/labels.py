@@ -23,7 +23,7 @@ STATUS_WORDS = {
     "active": _l("active"), "suspended": _l("suspended"), "revoked": _l("revoked"),
     "up": _l("up"), "down": _l("down"), "unknown": _l("unknown"),
 }
-# RFC 5280 CRLReason, as app.pki.service.REASONS names them.
+# RFC 5280 CRLReason, as app.pki.revocation.REASONS names them.
 REVOCATION_REASONS = {
     "unspecified": _l("Unspecified"), "key_compromise": _l("Key compromise"),
     "affiliation_changed": _l("Affiliation changed"), "superseded": _l("Superseded"),

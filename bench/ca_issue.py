@@ -123,9 +123,9 @@ def service_issuer(csr_pem: bytes) -> Iterator[Callable[[], object]]:
         from app.admission.models import Node
         from app.auth import service as users
         from app.extensions import db
+        from app.pki import lifecycle
         from app.pki import service as pki
-
-        pki.initialise(actor="bench")
+        lifecycle.initialise(actor="bench")
         minister = users.create_user(users.UserDraft("minister", "Bench-Password-1", "ministry_admin"))
         document = {"division_code": "360000", "org_name": "江西省公安厅", "system_name": "bench", "vendor": "v",
                     "endpoint": "https://bench.example", "capabilities": ["text"],

@@ -43,14 +43,14 @@ def main() -> dict:
     from app.appnode.store import Outbox
     from app.auth import service as auth
     from app.extensions import db
-    from app.pki import service as pki
+    from app.pki import lifecycle
     from tests.appnode_processes import ManagementNode, NodeProcess, eventually
 
     os.chdir(ROOT)
     registry_app = fresh_app("messages", MPIM_CA_PASSPHRASE="test-ca-passphrase")
     work = Path(tempfile.mkdtemp(prefix="mpim-bench-messages-"))
     with registry_app.app_context():
-        pki.initialise(actor="bench")
+        lifecycle.initialise(actor="bench")
         minister = auth.create_user(auth.UserDraft(username="minister", password="Bench-Password-9",
                                                    role="ministry_admin"))
         db.session.commit()

@@ -66,6 +66,7 @@ def seed(env: dict) -> tuple[str, int]:
     from app.admission.models import CAPABILITIES, Application, Node
     from app.divisions import service as divisions
     from app.extensions import db
+    from app.pki import lifecycle
     from app.pki import service as pki
     from app.pki.models import Certificate
     from app.routing import service as routing
@@ -76,7 +77,7 @@ def seed(env: dict) -> tuple[str, int]:
     with app.app_context():
         upgrade()
         divisions.import_revision(divisions.DEFAULT_FILE.read_bytes(), "2023", actor="bench")
-        pki.initialise(actor="bench")
+        lifecycle.initialise(actor="bench")
         keys = NodeKeys()
         csr = x509.load_pem_x509_csr(keys.csr.encode())
         provinces = ["110000", "360000", "440000", "510000", "650000", "330000"]

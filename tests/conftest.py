@@ -134,9 +134,9 @@ def app(database, tmp_path):
     application = create_app(_test_config(tmp_path / "instance", url))
     application.test_client_class = IsolatedClient
     with application.app_context():
-        from app.pki import service as pki
 
-        pki.initialise(actor="tests")  # a real CA per test: approval, sessions and routes need one
+        from app.pki import lifecycle
+        lifecycle.initialise(actor="tests")  # a real CA per test: approval, sessions and routes need one
         db.session.commit()
         yield application
         from app.routing.serving import cache_for

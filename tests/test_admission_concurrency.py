@@ -228,6 +228,7 @@ def test_a_suspension_racing_a_revocation_never_undoes_it(app, make_user):
 def test_a_certificate_revoked_twice_at_once_is_revoked_once(app, make_user):
     """Two admins revoking the route signer together: one revocation, one new signer."""
     from app.audit.models import AuditRecord
+    from app.pki import revocation
     from app.pki import service as pki
     from app.pki.models import Certificate
 
@@ -239,7 +240,7 @@ def test_a_certificate_revoked_twice_at_once_is_revoked_once(app, make_user):
 
     def revoke(i: int) -> str:
         certificate = db.session.scalar(select(Certificate).where(Certificate.serial == serial))
-        return pki.revoke(certificate, "key_compromise", by=db.session.get(User, minister_id)).certificate.serial
+        return revocation.revoke(certificate, "key_compromise", by=db.session.get(User, minister_id)).certificate.serial
 
     results, errors = _race(app, revoke)
     assert results == [serial] and _codes(errors) == {"already_revoked"}, (results, errors)

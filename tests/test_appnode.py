@@ -34,6 +34,7 @@ from app.appnode.protocol import (
 from app.appnode.registry import RegistryError
 from app.appnode.store import Message, Received
 from app.extensions import db
+from app.pki import own_keys
 from app.pki import service as pki
 from tests.appnode_harness import ServedNode, raw_post
 from tests.factories import make_csr, make_key
@@ -510,7 +511,7 @@ def test_a_node_follows_a_route_signer_rotation_and_keeps_talking(network):
     a, b = network["a"], network["b"]
     old_signer = a.node.identity.signer_file.read_bytes()
     version = a.node.routes.table["version"]
-    rotated = pki.rotate_route_signer(actor="tests")  # re-signs the table as a new version
+    rotated = own_keys.rotate_route_signer(actor="tests")  # re-signs the table as a new version
     db.session.commit()
     sync(a, b)
     assert a.node.routes.table["version"] == version + 1

@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from app.extensions import db
-from app.pki import csr_policy
+from app.pki import csr_policy, own_keys, revocation
 from app.pki import service as pki
 from app.pki.csr_policy import InvalidCSR
 from app.pki.models import Certificate
@@ -34,7 +34,7 @@ def test_revoking_the_route_signer_in_use_replaces_it(app, client, people):  # n
     admit_with_keys(people)
     old = db.session.scalars(db.select(Certificate).where(Certificate.kind == "route_signer")).one()
     version = routing.head_version()
-    result = pki.revoke(old, "key_compromise", by=minister)
+    result = revocation.revoke(old, "key_compromise", by=minister)
     db.session.commit()
     served = x509.load_pem_x509_certificate(client.get("/ca/route-signer.pem").data)
     assert pki.fingerprint(served) != old.sha256
@@ -44,7 +44,7 @@ def test_revoking_the_route_signer_in_use_replaces_it(app, client, people):  # n
     assert routing.head_version() == version + 1  # re-signed by the new signer as a new version
     crl = x509.load_pem_x509_crl(client.get("/ca/crl.pem").data)
     assert crl.get_revoked_certificate_by_serial_number(int(old.serial, 16)) is not None
-    assert pki.in_service_role(old) is None and pki.in_service_role(new) == "route_signer"
+    assert revocation.in_service_role(old) is None and revocation.in_service_role(new) == "route_signer"
 
 
 def test_revoking_the_management_certificate_in_use_replaces_it(app, client, runner, people):  # noqa: F811
@@ -59,7 +59,7 @@ def test_revoking_the_management_certificate_in_use_replaces_it(app, client, run
     directory = pki.ca_directory()
     on_disk = x509.load_pem_x509_certificate((directory / "management.pem").read_bytes())
     assert on_disk == current
-    pki.management_client_ssl_context()  # loads the pair on disk; a key beside another certificate would raise
+    own_keys.management_client_ssl_context()  # loads the pair on disk; a key beside another certificate would raise
     key = serialization.load_pem_private_key((directory / "management.key").read_bytes(),
                                              pki.passphrase() or None)
     spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -71,10 +71,10 @@ def test_revoking_the_management_certificate_in_use_replaces_it(app, client, run
 def test_revoking_a_retired_service_certificate_rotates_nothing(app, people):  # noqa: F811
     minister, _ = people
     first = db.session.scalars(db.select(Certificate).where(Certificate.kind == "route_signer")).one()
-    pki.rotate_route_signer(actor="test")
+    own_keys.rotate_route_signer(actor="test")
     db.session.commit()
     serving = pki.fingerprint(pki.authority().route_signer_certificate)
-    pki.revoke(first, "superseded", by=minister)
+    revocation.revoke(first, "superseded", by=minister)
     db.session.commit()
     assert pki.fingerprint(pki.authority().route_signer_certificate) == serving
 
@@ -83,9 +83,9 @@ def test_certificate_hold_is_not_offered(app, people):  # noqa: F811
     minister, _ = people
     node, _ = admit_with_keys(people)
     row = pki.current_certificate(node.node_id)
-    assert "certificate_hold" not in pki.REASONS
+    assert "certificate_hold" not in revocation.REASONS
     try:
-        pki.revoke(row, "certificate_hold", by=minister)
+        revocation.revoke(row, "certificate_hold", by=minister)
     except Exception as error:  # noqa: BLE001 (the domain error is what we look at)
         assert getattr(error, "code", "") == "invalid_reason"
     else:
@@ -147,7 +147,7 @@ def test_renewal_is_offered_on_the_newest_certificate_only(app, people):  # noqa
     console = Console(app.test_client())
     console.login("minister")
     assert 'id="renew"' in console.client.get(f"/certificates/{first.serial}").get_data(as_text=True)
-    pki.revoke(first, "key_compromise", by=minister)
+    revocation.revoke(first, "key_compromise", by=minister)
     db.session.commit()
     page = console.client.get(f"/certificates/{first.serial}").get_data(as_text=True)
     assert 'id="renew"' in page  # the replacement is issued from the revoked one's page

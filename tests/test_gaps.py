@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 
 from app.admission.models import Application, Node
 from app.extensions import db
+from app.pki import own_keys
 from app.pki import service as pki
 from app.routing import service as routing
 from app.routing.models import RouteChange
@@ -123,10 +124,10 @@ def test_route_signer_rotation_republishes_and_clients_follow(app, client, runne
 
 
 def test_ca_expiry_is_warned_long_before(app, admin_console):
-    assert pki.expiry_warnings() == []
+    assert own_keys.expiry_warnings() == []
     loaded = pki.authority()
     soon = loaded.intermediate_certificate.not_valid_after_utc - timedelta(days=100)
-    warnings = [str(w) for w in pki.expiry_warnings(now=soon)]
+    warnings = [str(w) for w in own_keys.expiry_warnings(now=soon)]
     assert any("intermediate CA certificate" in w for w in warnings)
     assert not any("root CA certificate" in w for w in warnings)
     assert any("root CRL runs out" in w for w in warnings)  # ten years on, a root CRL never renewed has too

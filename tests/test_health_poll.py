@@ -14,6 +14,7 @@ from app.database import utcnow
 from app.extensions import db
 from app.health import poller, rounds, service
 from app.health.models import HealthEvent, NodeHealth
+from app.pki import own_keys
 from app.pki import service as pki
 from tests.health_servers import HealthServer
 from tests.test_sessions import admit_with_keys, people  # noqa: F401 (fixture)
@@ -96,7 +97,7 @@ def admit_local(people, endpoint_port=None):  # noqa: F811
 def test_mutual_tls_poll_checks_chain_name_and_fingerprint(app, servers, people):  # noqa: F811
     node, keys = admit_local(people)
     server = servers(node.node_id, "ok", ssl_context=node_server_context(app, node, keys))
-    context = pki.management_client_ssl_context()
+    context = own_keys.management_client_ssl_context()
     fingerprint = pki.current_certificate(node.node_id).sha256
     [good] = poll([poller.PollTarget(node.node_id, server.url, fingerprint)], ssl_context=context)
     assert good.ok and good.cert_matches is True
@@ -127,7 +128,7 @@ def test_a_foreign_tls_certificate_fails(app, servers, tmp_path):
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
     server = servers(NODE, "ok", ssl_context=context)
-    [result] = poll([poller.PollTarget(NODE, server.url)], ssl_context=pki.management_client_ssl_context())
+    [result] = poll([poller.PollTarget(NODE, server.url)], ssl_context=own_keys.management_client_ssl_context())
     assert result.failure == "tls"
 
 

@@ -13,6 +13,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
+from app.pki import own_keys, revocation
 from app.pki import service as pki
 from app.pki.models import Certificate
 from tests.factories import NodeKeys
@@ -39,7 +40,7 @@ def issued(app, people, tmp_path):  # noqa: F811
 
 
 def write_crl(issued) -> None:
-    (issued["dir"] / "crl.pem").write_text(pki.current_crl().pem)
+    (issued["dir"] / "crl.pem").write_text(revocation.current_crl().pem)
 
 
 def test_openssl_verifies_an_issued_certificate_and_its_contents(issued):
@@ -68,7 +69,7 @@ def test_crl_check_passes_then_fails_with_certificate_revoked(issued):
     ok = openssl("verify", "-crl_check", "-CAfile", "root.pem", "-untrusted", "intermediate.pem", "-CRLfile",
                  "crl.pem", "node.pem", cwd=issued["dir"])
     assert ok.returncode == 0, ok.stdout + ok.stderr  # no "different CRL scope" problem
-    pki.revoke(issued["row"], "key_compromise", by=issued["minister"])
+    revocation.revoke(issued["row"], "key_compromise", by=issued["minister"])
     write_crl(issued)
     revoked = openssl("verify", "-crl_check", "-CAfile", "root.pem", "-untrusted", "intermediate.pem", "-CRLfile",
                       "crl.pem", "node.pem", cwd=issued["dir"])
@@ -83,7 +84,7 @@ def test_ocsp_answers_good_then_revoked(issued, live_server):
         return result.stdout
 
     assert "node.pem: good" in ask()
-    pki.revoke(issued["row"], "key_compromise", by=issued["minister"])
+    revocation.revoke(issued["row"], "key_compromise", by=issued["minister"])
     from app.extensions import db
 
     db.session.commit()
@@ -94,12 +95,12 @@ def test_revoking_the_node_revokes_its_certificates_and_regenerates_the_crl(issu
     from app.admission import nodes
     from app.extensions import db
 
-    before = pki.current_crl().crl_number
+    before = revocation.current_crl().crl_number
     nodes.revoke(issued["node"], "decommissioned", by=issued["minister"])
     db.session.commit()
     assert db.session.get(Certificate, issued["row"].serial).revocation_reason == "cessation_of_operation"
-    crl = x509.load_pem_x509_crl(pki.current_crl().pem.encode())
-    assert pki.current_crl().crl_number == before + 1
+    crl = x509.load_pem_x509_crl(revocation.current_crl().pem.encode())
+    assert revocation.current_crl().crl_number == before + 1
     assert crl.get_revoked_certificate_by_serial_number(int(issued["row"].serial, 16)) is not None
 
 
@@ -189,7 +190,7 @@ def test_mutual_tls_fails_with_a_foreign_certificate(issued, people, tmp_path): 
 
 def test_mutual_tls_fails_with_a_revoked_certificate(issued, people):  # noqa: F811
     second_holder(issued, people, "peer")
-    pki.revoke(issued["row"], "key_compromise", by=issued["minister"])
+    revocation.revoke(issued["row"], "key_compromise", by=issued["minister"])
     assert isinstance(handshake(issued, "node.pem", "node.key", server_crl=True), ssl.SSLError)
 
 
@@ -252,17 +253,17 @@ def test_the_root_crl_is_signed_again_with_the_root_key_brought_back(app, runner
     from app.extensions import db
     from app.pki import authority
 
-    first = pki.current_crl(pki.ROOT_CRL).crl_number
+    first = revocation.current_crl(revocation.ROOT_CRL).crl_number
     authority.root_offline(pki.ca_directory(), tmp_path / "root.key")
     offline = runner.invoke(args=["ca", "root-crl"])
     assert offline.exit_code == 1 and "root key is offline" in offline.output
     wrong = runner.invoke(args=["ca", "root-crl", "--root-key", str(pki.ca_directory() / "intermediate.key")])
     assert wrong.exit_code == 1 and "not the root certificate's key" in wrong.output
-    assert pki.current_crl(pki.ROOT_CRL).crl_number == first  # nothing changed by the refusals
+    assert revocation.current_crl(revocation.ROOT_CRL).crl_number == first  # nothing changed by the refusals
     done = runner.invoke(args=["ca", "root-crl", "--root-key", str(tmp_path / "root.key")])
     assert done.exit_code == 0, done.output
     db.session.expire_all()
-    state = pki.current_crl(pki.ROOT_CRL)
+    state = revocation.current_crl(revocation.ROOT_CRL)
     assert state.crl_number == first + 1 and state.pem in done.output
     crl = x509.load_pem_x509_crl(state.pem.encode())
     assert crl.is_signature_valid(pki.authority().root_certificate.public_key())
@@ -274,19 +275,19 @@ def test_the_scheduler_renews_the_root_crl_only_while_the_root_key_is_online(app
     from app.pki import authority
     from app.pki.models import CRLState
 
-    state = db.session.get(CRLState, pki.ROOT_CRL)
+    state = db.session.get(CRLState, revocation.ROOT_CRL)
     state.next_update = pki.utcnow() + dt.timedelta(days=10)  # past half of its year
     db.session.commit()
     before = state.crl_number
-    assert "root CRL" in pki.crl_refresh_job()
-    assert pki.current_crl(pki.ROOT_CRL).crl_number == before + 1
-    state = db.session.get(CRLState, pki.ROOT_CRL)
+    assert "root CRL" in revocation.crl_refresh_job()
+    assert revocation.current_crl(revocation.ROOT_CRL).crl_number == before + 1
+    state = db.session.get(CRLState, revocation.ROOT_CRL)
     state.next_update = pki.utcnow() + dt.timedelta(days=10)
     db.session.commit()
     authority.root_offline(pki.ca_directory(), tmp_path / "root.key")
-    assert "root CRL" not in pki.crl_refresh_job()
-    assert pki.current_crl(pki.ROOT_CRL).crl_number == before + 1
-    warnings = [str(warning) for warning in pki.expiry_warnings()]
+    assert "root CRL" not in revocation.crl_refresh_job()
+    assert revocation.current_crl(revocation.ROOT_CRL).crl_number == before + 1
+    warnings = [str(warning) for warning in own_keys.expiry_warnings()]
     assert any("root CRL runs out in" in warning and "flask ca root-crl" in warning for warning in warnings)
 
 
@@ -297,16 +298,16 @@ def test_the_scheduler_renews_the_management_nodes_own_certificates_in_their_las
     from app.extensions import db
     from app.routing import service as routing
 
-    assert pki.service_renewal_job() == "nothing due"
+    assert own_keys.service_renewal_job() == "nothing due"
     loaded = pki.authority()
     old_signer, old_management = loaded.route_signer_certificate, loaded.management_certificate
     version = routing.head_version()
     later = old_signer.not_valid_after_utc - timedelta(days=100)  # of 365: inside the last third
-    monkeypatch.setattr(pki, "utcnow", lambda: later)
-    assert pki.service_certificates_due() == ["route-signer", "management"]
-    assert any("route signer certificate expires in" in str(w) for w in pki.expiry_warnings(now=later + timedelta(
+    monkeypatch.setattr(own_keys, "utcnow", lambda: later)
+    assert own_keys.service_certificates_due() == ["route-signer", "management"]
+    assert any("route signer certificate expires in" in str(w) for w in own_keys.expiry_warnings(now=later + timedelta(
         days=75)))  # had the scheduler not run
-    assert pki.service_renewal_job() == "renewed route-signer, management"
+    assert own_keys.service_renewal_job() == "renewed route-signer, management"
     monkeypatch.undo()
 
     signer, management = loaded.route_signer_certificate, loaded.management_certificate
@@ -324,7 +325,7 @@ def test_the_scheduler_renews_the_management_nodes_own_certificates_in_their_las
     actions = db.session.scalars(db.select(AuditRecord.target).where(AuditRecord.actor == "scheduler",
                                                                      AuditRecord.action == "certificate.issue"))
     assert {format(signer.serial_number, "x"), format(management.serial_number, "x")} == set(actions)
-    assert pki.service_renewal_job() == "nothing due"
+    assert own_keys.service_renewal_job() == "nothing due"
 
 
 def test_ocsp_over_get_answers_good_then_revoked(issued, client):
@@ -348,7 +349,7 @@ def test_ocsp_over_get_answers_good_then_revoked(issued, client):
         return answer.certificate_status
 
     assert status() == ocsp.OCSPCertStatus.GOOD
-    pki.revoke(issued["row"], "key_compromise", by=issued["minister"])
+    revocation.revoke(issued["row"], "key_compromise", by=issued["minister"])
     pki.db.session.commit()
     assert status() == ocsp.OCSPCertStatus.REVOKED
     for junk in ("not-base64!", quote(base64.b64encode(b"junk").decode(), safe="")):

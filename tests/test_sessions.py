@@ -95,7 +95,7 @@ def test_unknown_suspended_and_revoked_nodes_are_refused(client, people):
 
 
 def test_revoked_or_expired_certificate_is_refused(client, people):
-    from app.pki import service as pki
+    from app.pki import revocation
     from app.pki.models import Certificate
 
     minister, _ = people
@@ -105,7 +105,7 @@ def test_revoked_or_expired_certificate_is_refused(client, people):
     db.session.commit()
     assert error_code(open_session(client, keys.session_request(node.node_id))) == (401, "certificate_expired")
     certificate.not_after = utcnow() + timedelta(days=30)
-    pki.revoke(certificate, "key_compromise", by=minister)
+    revocation.revoke(certificate, "key_compromise", by=minister)
     db.session.commit()
     assert error_code(open_session(client, keys.session_request(node.node_id))) == (401, "certificate_revoked")
 

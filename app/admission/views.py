@@ -155,10 +155,10 @@ def application_detail(application_id: str):
 @roles_required(*ADMINS)
 def application_probe(application_id: str):
     """Run on demand by the detail page's script, so the page itself never waits on a node."""
+    from app.pki import own_keys
     from app.pki import service as pki
-
     application = _visible_application(application_id)
-    identity = pki.present_management_identity if pki.is_ready() else None
+    identity = own_keys.present_management_identity if pki.is_ready() else None
     result = probe.probe_health(application.endpoint, timeout=current_app.config.get("MPIM_PROBE_TIMEOUT", 3.0),
                                 present_identity=identity)
     if result.get("failure"):

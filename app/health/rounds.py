@@ -13,7 +13,6 @@ from app.health import service
 def targets() -> list:
     from app.health import poller
     from app.pki import service as pki
-
     fingerprints = pki.current_fingerprints()
     rows = db.session.execute(select(Node.node_id, Node.endpoint).where(Node.status == "active")
                               .order_by(Node.node_id)).all()
@@ -23,11 +22,10 @@ def targets() -> list:
 def run_round(*, spread: bool) -> service.RoundReport:
     """Poll every active node (spread over the interval for the scheduler, at once for the CLI)."""
     from app.health import poller
-    from app.pki import service as pki
-
+    from app.pki import own_keys
     config = current_app.config
     polled = targets()
-    context = pki.management_client_ssl_context()
+    context = own_keys.management_client_ssl_context()
     if spread:
         results = poller.run(poller.poll_spread(polled, config["MPIM_HEALTH_INTERVAL"], ssl_context=context,
                                                  timeout=config["MPIM_HEALTH_TIMEOUT"],

@@ -6,7 +6,7 @@ def init_app(app) -> None:
 
     from app import console
     from app.admission import hooks
-    from app.pki import service, views
+    from app.pki import lifecycle, own_keys, revocation, views
     from app.pki.api import bp as api_bp
     from app.pki.cli import cli
     from app.scheduler import registry
@@ -14,13 +14,13 @@ def init_app(app) -> None:
     app.register_blueprint(api_bp)
     app.register_blueprint(views.bp)
     app.cli.add_command(cli)
-    for name, hook in (("node_admitted", service.node_admitted), ("node_status_changed", service.node_status_changed),
-                       ("node_changed", service.node_changed)):
+    for name, hook in (("node_admitted", lifecycle.node_admitted), ("node_changed", lifecycle.node_changed),
+                       ("node_status_changed", lifecycle.node_status_changed)):
         hook_list = getattr(hooks, name)
         if hook not in hook_list:
             hook_list.insert(0, hook)  # certificates first: routing publishes what they decide
-    registry.register(registry.Job("ca.crl_refresh", service.crl_refresh_job, 3600))
-    registry.register(registry.Job("ca.service_renewal", service.service_renewal_job, 3600))
+    registry.register(registry.Job("ca.crl_refresh", revocation.crl_refresh_job, 3600))
+    registry.register(registry.Job("ca.service_renewal", own_keys.service_renewal_job, 3600))
     if views.dashboard_panel not in console.dashboard_panels:
         console.dashboard_panels.append(views.dashboard_panel)
         console.banner_sources.append(views.banner)

@@ -11,7 +11,7 @@ from app.admission import nodes, tokens
 from app.admission.api import bearer_token, json_body
 from app.errors import NotFound, Unauthorized
 from app.extensions import csrf, db
-from app.pki import service
+from app.pki import revocation, service
 from app.sessions import service as sessions
 from app.sessions.api import node_session_required
 
@@ -47,29 +47,29 @@ def route_signer():
 
 @bp.get("/ca/crl.pem")
 def crl_pem():
-    return pem(service.current_crl().pem)
+    return pem(revocation.current_crl().pem)
 
 
 @bp.get("/ca/crl.crl")
 def crl_der():
-    return Response(service.current_crl().der, mimetype="application/pkix-crl")
+    return Response(revocation.current_crl().der, mimetype="application/pkix-crl")
 
 
 @bp.get("/ca/root-crl.pem")
 def root_crl_pem():
-    return pem(service.current_crl(service.ROOT_CRL).pem)
+    return pem(revocation.current_crl(revocation.ROOT_CRL).pem)
 
 
 @bp.get("/ca/root-crl.crl")
 def root_crl_der():
-    return Response(service.current_crl(service.ROOT_CRL).der, mimetype="application/pkix-crl")
+    return Response(revocation.current_crl(revocation.ROOT_CRL).der, mimetype="application/pkix-crl")
 
 
 @bp.post("/ca/ocsp")
 def ocsp_post():
     if request.mimetype != "application/ocsp-request":
         raise UnsupportedMediaType("Send an application/ocsp-request body.")
-    return Response(service.ocsp_response(request.get_data()), mimetype="application/ocsp-response")
+    return Response(revocation.ocsp_response(request.get_data()), mimetype="application/ocsp-response")
 
 
 @bp.get("/ca/ocsp/<path:encoded>")
@@ -80,7 +80,7 @@ def ocsp_get(encoded: str):
         request_der = base64.b64decode(encoded, validate=True)
     except ValueError:
         request_der = b""
-    return Response(service.ocsp_response(request_der), mimetype="application/ocsp-response")
+    return Response(revocation.ocsp_response(request_der), mimetype="application/ocsp-response")
 
 
 def _caller_may_fetch(node) -> None:

@@ -14,7 +14,7 @@ from app.auth import service as users
 from app.config import read_or_create_secret
 from app.database import paginate
 from app.extensions import db
-from app.pki import authority, service
+from app.pki import authority, lifecycle, own_keys, revocation, service
 
 cli = AppGroup("ca", help="The certificate authority.")
 
@@ -33,7 +33,7 @@ def init_command(key_type, if_missing, generate_passphrase, as_json):
         return
     if generate_passphrase and not current_app.config["MPIM_CA_PASSPHRASE"]:
         read_or_create_secret(Path(current_app.config["MPIM_CA_PASSPHRASE_FILE"]), 32)
-    result = run(lambda: service.initialise(key_type=key_type, actor="cli"), as_json)
+    result = run(lambda: lifecycle.initialise(key_type=key_type, actor="cli"), as_json)
     emit(result, as_json, "CA created in {}\n  root {root}\n  route signer {route_signer}".format(
         service.ca_directory(), **result))
 
@@ -85,11 +85,11 @@ def show_command(serial, as_json):
 
 @cli.command("revoke")
 @click.argument("serial")
-@click.option("--reason", type=click.Choice(service.REASONS), required=True)
+@click.option("--reason", type=click.Choice(revocation.REASONS), required=True)
 @click.option("--user", "username", required=True)
 @click.option("--json", "as_json", is_flag=True)
 def revoke_command(serial, reason, username, as_json):
-    revoked = run(lambda: service.revoke(service.get(serial), reason, by=users.get_user(username)), as_json)
+    revoked = run(lambda: revocation.revoke(service.get(serial), reason, by=users.get_user(username)), as_json)
     row, replacement = revoked.certificate, revoked.replacement
     line = f"revoked {row.serial} ({reason}); CRL regenerated"
     if replacement is not None:
@@ -102,8 +102,8 @@ def revoke_command(serial, reason, username, as_json):
 def crl_command(regenerate):
     """Print the current CRL (PEM); --regenerate issues a new one first."""
     if regenerate:
-        run(lambda: service.regenerate_crl(actor="cli"), False)
-    click.echo(service.current_crl().pem, nl=False)
+        run(lambda: revocation.regenerate_crl(actor="cli"), False)
+    click.echo(revocation.current_crl().pem, nl=False)
 
 
 @cli.command("root-crl")
@@ -111,7 +111,7 @@ def crl_command(regenerate):
               help="The root key exported by `flask ca root-offline` (when it is not on this server).")
 def root_crl_command(root_key):
     """Sign a new root CRL (the intermediate's issuer) with the root key; print it (PEM)."""
-    state = run(lambda: service.regenerate_root_crl(root_key_path=root_key, actor="cli"), False)
+    state = run(lambda: revocation.regenerate_root_crl(root_key_path=root_key, actor="cli"), False)
     click.echo(state.pem, nl=False)
     click.echo(f"root CRL {state.crl_number}, next update {state.next_update:%Y-%m-%d}", err=True)
 
@@ -119,7 +119,7 @@ def root_crl_command(root_key):
 @cli.command("rotate-route-signer")
 def rotate_command():
     """A new route-signing key and certificate now; the routing table is re-signed with it."""
-    row = run(lambda: service.rotate_route_signer(actor="cli"), False)
+    row = run(lambda: own_keys.rotate_route_signer(actor="cli"), False)
     click.echo(f"new route signer {row.sha256}; nodes pick it up from /ca/route-signer.pem")
 
 

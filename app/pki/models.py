@@ -49,8 +49,12 @@ class Certificate(db.Model):
         return "valid"
 
 
+INTERMEDIATE_CRL, ROOT_CRL = 1, 2  # CRLState ids: the intermediate's CRL and the root's
+
+
 class CRLState(db.Model):
-    """The single current CRL (id 1): regenerated on every revocation and before nextUpdate."""
+    """One issuer's current CRL (INTERMEDIATE_CRL or ROOT_CRL): regenerated on every revocation and
+    before its nextUpdate."""
 
     __tablename__ = "crl_state"
 

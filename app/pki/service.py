@@ -1,14 +1,15 @@
-"""The CA's rules as the console, the API, the CLI and admission's hooks call them.
+"""The CA's issuing rules as the console, the API and the CLI call them: configuration, the loaded
+authority, one key per node, issuance and renewal, and the certificate inventory.
 
 Crypto lives in `authority.py` / `csr_policy.py` / `ocsp.py` (no database); this module adds
-configuration, persistence, audit and the lifecycle rules (issue on approval, renew in the last
-third, revoke with the node, CRL regenerated on every revocation).
+persistence and audit. Beside it: `revocation.py` (revoke, CRLs, OCSP), `own_keys.py` (the route
+signer and the management node's TLS identity) and `lifecycle.py` (`flask ca init` and admission's
+hooks: issue on approval, revoke with the node).
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -21,12 +22,12 @@ from sqlalchemy.orm import make_transient_to_detached
 
 from app.audit import service as audit
 from app.database import serialise, utcnow
-from app.errors import Conflict, DomainError, NotFound, PermissionDenied, ValidationFailed
+from app.errors import Conflict, DomainError, NotFound, PermissionDenied
 from app.extensions import db
 from app.labels import status_word
 from app.pki import authority as ca
-from app.pki import csr_policy, ocsp
-from app.pki.models import Certificate, CRLState
+from app.pki import csr_policy
+from app.pki.models import Certificate
 
 INSERT_CERTIFICATE = Certificate.__table__.insert()
 CERTIFICATE_COLUMNS = tuple(Certificate.__table__.columns.keys())
@@ -35,13 +36,6 @@ CERTIFICATE_COLUMNS = tuple(Certificate.__table__.columns.keys())
 certificate_changed: list = []
 # Functions (actor) run after the route signer was rotated (routing re-signs the table as a new version).
 route_signer_changed: list = []
-
-ROOT_CRL_WARNING_DAYS = 60
-INTERMEDIATE_CRL, ROOT_CRL = 1, 2  # CRLState rows
-# RFC 5280 reasons an admin may give. certificateHold is left out: a hold is meant to be lifted, and
-# a revocation here is final (nothing ever takes a certificate off the CRL).
-REASONS = ("unspecified", "key_compromise", "affiliation_changed", "superseded", "cessation_of_operation",
-           "privilege_withdrawn")
 
 
 class CANotReady(DomainError):
@@ -153,26 +147,6 @@ def store(certificate: x509.Certificate, kind: str, node_id: str | None, actor: 
     return row
 
 
-def initialise(*, key_type: str | None = None, actor: str = "cli") -> dict:
-    """`flask ca init`: root + intermediate, then the route signer and the management node's TLS
-    certificate, then the first CRL. Refuses to overwrite an existing CA."""
-    config = ca_config()
-    if key_type:
-        config = ca.CAConfig(**{**config.__dict__, "key_type": key_type})
-    ca.init_ca(ca_directory(), passphrase(), config)
-    current_app.extensions.pop("mpim_authority", None)
-    loaded = authority()
-    audit.record("ca.init", loaded.intermediate_certificate.subject.rfc4514_string(),
-                 {"key_type": config.key_type, "root_not_after": loaded.root_certificate.not_valid_after_utc},
-                 actor=actor)
-    signer = store(loaded.route_signer_certificate, "route_signer", None, actor)
-    management = store(loaded.management_certificate, "management", None, actor)
-    regenerate_crl(actor=actor)
-    regenerate_root_crl(actor=actor)
-    return {"root": fingerprint(loaded.root_certificate), "intermediate": fingerprint(loaded.intermediate_certificate),
-            "route_signer": signer.sha256, "management": management.sha256}
-
-
 # --- node certificates ---------------------------------------------------------------------------
 
 def issue_for_node(node, csr_pem: str, *, actor: str) -> Certificate:
@@ -187,41 +161,6 @@ def issue_for_node(node, csr_pem: str, *, actor: str) -> Certificate:
         csr, node_id=node.node_id, org_name=node.org_name, endpoint_host=endpoint_host(node.endpoint),
         validity_days=current_app.config["MPIM_CERT_DAYS"])
     return store(certificate, "node", node.node_id, actor, key_sha256=key_sha256)
-
-
-def node_admitted(node, application) -> None:
-    """admission hook: approval issues the certificate from the application's CSR."""
-    issue_for_node(node, application.csr_pem, actor=application.reviewed_by or "system")
-
-
-def node_status_changed(node, old: str, new: str, reason: str) -> None:
-    """admission hook: revoking a node revokes all its certificates."""
-    if new == "revoked":
-        now = utcnow()
-        for row in node_certificates(node.node_id):
-            if row.revoked_at is None and row.not_after > now:
-                row.revoked_at, row.revocation_reason = now, "cessation_of_operation"
-                audit.record("certificate.revoke", row.serial,
-                             {"node": node.node_id, "reason": "cessation_of_operation"})
-        regenerate_crl()
-
-
-def node_changed(node, application, changes: dict) -> None:
-    """admission hook: an approved change with a new CSR gets a new certificate; when the endpoint
-    host changed, the old certificates name a host the node no longer has and are superseded."""
-    if not application.csr_pem:
-        return
-    previous = [row for row in node_certificates(node.node_id) if row.revoked_at is None]
-    issue_for_node(node, application.csr_pem, actor=application.reviewed_by or "system")
-    if "endpoint" in changes:
-        from app.admission.information import endpoint_host
-
-        old_host, new_host = (endpoint_host(value) for value in changes["endpoint"])
-        if old_host != new_host:
-            for row in previous:
-                row.revoked_at, row.revocation_reason = utcnow(), "superseded"
-                audit.record("certificate.revoke", row.serial, {"node": node.node_id, "reason": "superseded"})
-            regenerate_crl()
 
 
 def node_certificates(node_id: str) -> list[Certificate]:
@@ -287,235 +226,11 @@ def renew(node, csr_pem: str, *, by=None) -> Certificate:
     return row
 
 
-# --- revocation, CRL, OCSP -------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Revoked:
-    """A revocation's outcome; `replacement` is the management node's new certificate when the revoked
-    one was in use (a route signer or TLS identity is replaced at once), else None."""
-
-    certificate: Certificate
-    replacement: Certificate | None = None
-
-
-def revoke(certificate: Certificate, reason: str, *, by) -> Revoked:
-    if by.role != "ministry_admin":
-        raise PermissionDenied(_l("Only a ministry admin may do this."), code="ministry_only")
-    if reason not in REASONS:
-        raise ValidationFailed(_l("Unknown revocation reason %(reason)s.", reason=reason), code="invalid_reason",
-                               field="reason")
-    serialise(f"certificate:{certificate.serial}")  # two admins revoking the route signer rotate it once
-    db.session.refresh(certificate)
-    if certificate.revoked_at is not None:
-        raise Conflict(_l("This certificate is revoked already."), code="already_revoked")
-    in_service = in_service_role(certificate)
-    certificate.revoked_at, certificate.revocation_reason = utcnow(), reason
-    audit.record("certificate.revoke", certificate.serial, {"node": certificate.node_id, "reason": reason},
-                 actor=by.username)
-    replacement = None
-    if in_service == "route_signer":  # nodes would keep accepting tables signed by a revoked key
-        replacement = rotate_route_signer(actor=by.username)
-    elif in_service == "management":  # and nodes would keep accepting our polls with it
-        replacement = rotate_management_certificate(actor=by.username)
-    regenerate_crl(actor=by.username)
-    if certificate.node_id:
-        for hook in certificate_changed:
-            hook(certificate.node_id)
-    return Revoked(certificate, replacement)
-
-
-def in_service_role(certificate: Certificate) -> str | None:
-    """"route_signer" or "management" when the row is the management node's certificate in use now
-    (revoking it replaces it at once), else None."""
-    if certificate.kind not in ("route_signer", "management"):
-        return None
-    loaded = authority()
-    current = loaded.route_signer_certificate if certificate.kind == "route_signer" else loaded.management_certificate
-    return certificate.kind if current is not None and fingerprint(current) == certificate.sha256 else None
-
-
 def get(serial: str) -> Certificate:
     row = db.session.get(Certificate, serial.lower().lstrip("0") or "0") if len(serial) <= 40 else None
     if row is None:
         raise NotFound(_l("No certificate with serial %(serial)s.", serial=serial), code="certificate_not_found")
     return row
-
-
-def regenerate_crl(*, actor: str | None = None) -> CRLState:
-    """The intermediate's CRL (row INTERMEDIATE_CRL): every revoked certificate it issued."""
-    revoked = db.session.execute(select(Certificate.serial, Certificate.revoked_at, Certificate.revocation_reason)
-                                 .where(Certificate.revoked_at.is_not(None))).all()
-    entries = [(int(serial, 16), at, reason) for serial, at, reason in revoked]
-    return _next_crl(INTERMEDIATE_CRL, current_app.config["MPIM_CRL_DAYS"],
-                     lambda number, now, until: authority().build_crl(entries, crl_number=number, this_update=now,
-                                                                      next_update=until))
-
-
-def regenerate_root_crl(*, root_key_path: Path | None = None, actor: str | None = None) -> CRLState:
-    """The root's CRL (row ROOT_CRL), signed with the root key: from the CA directory while it is
-    online, else from `root_key_path` (the exported key, brought back for this)."""
-    loaded = authority()
-    root_key = loaded.load_root_key(root_key_path)
-    state = _next_crl(ROOT_CRL, current_app.config["MPIM_ROOT_CRL_DAYS"],
-                      lambda number, now, until: loaded.build_root_crl(root_key, crl_number=number, this_update=now,
-                                                                       next_update=until))
-    audit.record("ca.root_crl", str(state.crl_number), {"next_update": state.next_update}, actor=actor)
-    return state
-
-
-def _next_crl(row_id: int, days: int, build) -> CRLState:
-    """Sign the next CRL of one issuer with `build(number, this_update, next_update)` and keep it."""
-    now = utcnow().replace(microsecond=0)
-    state = db.session.get(CRLState, row_id)
-    number = (state.crl_number + 1) if state else 1
-    crl = build(number, now, now + timedelta(days=days))
-    if state is None:
-        state = CRLState(id=row_id)
-        db.session.add(state)
-    state.crl_number, state.this_update, state.next_update = number, now, crl.next_update_utc
-    state.pem = crl.public_bytes(serialization.Encoding.PEM).decode()
-    state.der = crl.public_bytes(serialization.Encoding.DER)
-    db.session.flush()
-    return state
-
-
-def crl_refresh_job() -> str:
-    """Scheduler job: a new CRL once half of the current one's validity has passed; the root's CRL
-    too while the root key is online (offline, the dashboard warns before it runs out)."""
-    if not is_ready():
-        return "no CA"
-    now = utcnow()
-    done = []
-    state = db.session.get(CRLState, INTERMEDIATE_CRL)
-    half = timedelta(days=current_app.config["MPIM_CRL_DAYS"]) / 2
-    if state is not None and state.next_update - now > half:
-        done.append(f"CRL {state.crl_number} good until {state.next_update.isoformat()}")
-    else:
-        state = regenerate_crl(actor="scheduler")
-        done.append(f"issued CRL {state.crl_number}")
-    root_state = db.session.get(CRLState, ROOT_CRL)
-    root_half = timedelta(days=current_app.config["MPIM_ROOT_CRL_DAYS"]) / 2
-    if authority().root_key_online and (root_state is None or root_state.next_update - now <= root_half):
-        root_state = regenerate_root_crl(actor="scheduler")
-        done.append(f"issued root CRL {root_state.crl_number}")
-    db.session.commit()
-    return "; ".join(done)
-
-
-def current_crl(which: int = INTERMEDIATE_CRL) -> CRLState:
-    """The intermediate's CRL or the root's (ROOT_CRL)."""
-    state = db.session.get(CRLState, which)
-    if state is None:
-        raise CANotReady("No root CRL has been issued: run `flask ca root-crl --root-key PATH`." if which == ROOT_CRL
-                         else "No CRL has been issued: run `flask ca init`.")
-    return state
-
-
-def ocsp_response(request_der: bytes) -> bytes:
-    def lookup(serial: int) -> ocsp.CertStatus:
-        row = db.session.get(Certificate, format(serial, "x"))
-        if row is None:
-            return ocsp.CertStatus("unknown")
-        if row.revoked_at is not None:
-            return ocsp.CertStatus("revoked", row.revoked_at, row.revocation_reason)
-        return ocsp.CertStatus("good")
-
-    loaded = authority()
-    return ocsp.respond(request_der, lookup, issuer=loaded.intermediate_certificate,
-                        signing_key=loaded.intermediate_key)
-
-
-# --- the management node's own keys ---------------------------------------------------------------
-
-def route_signer():
-    """(signing key, certificate) for routing tables."""
-    loaded = authority()
-    return loaded.route_signer_key.signer(), loaded.route_signer_certificate
-
-
-def rotate_route_signer(*, actor: str) -> Certificate:
-    """A new route-signing pair; the routing table is then re-signed with it (`route_signer_changed`)."""
-    certificate = authority().create_service_certificate("route-signer")
-    row = store(certificate, "route_signer", None, actor)
-    for hook in route_signer_changed:
-        hook(actor)
-    return row
-
-
-def rotate_management_certificate(*, actor: str) -> Certificate:
-    """A new TLS identity for the management node (health polling picks it up on its next round)."""
-    return store(authority().create_service_certificate("management"), "management", None, actor)
-
-
-def service_certificates_due(now: datetime | None = None) -> list[str]:
-    """The management node's own certificates in the last third of their lifetime."""
-    now = now or utcnow()
-    loaded = authority()
-    due = []
-    for role, certificate in (("route-signer", loaded.route_signer_certificate),
-                              ("management", loaded.management_certificate)):
-        lifetime = certificate.not_valid_after_utc - certificate.not_valid_before_utc
-        if certificate.not_valid_after_utc - now <= lifetime / 3:
-            due.append(role)
-    return due
-
-
-def service_renewal_job() -> str:
-    """Scheduler job: renew the route signer and the management node's TLS certificate in the last
-    third of their lifetime, so neither runs out unnoticed (an expired route signer would make every
-    node refuse the routing table)."""
-    if not is_ready():
-        return "no CA"
-    due = service_certificates_due()
-    for role in due:
-        if role == "route-signer":
-            rotate_route_signer(actor="scheduler")
-        else:
-            rotate_management_certificate(actor="scheduler")
-    db.session.commit()
-    return f"renewed {', '.join(due)}" if due else "nothing due"
-
-
-def present_management_identity(context) -> None:
-    """Load the management node's TLS certificate and key into `context` (an `ssl.SSLContext`), under
-    the rotation lock: a renewal in another process never hands us its new key beside the old certificate."""
-    directory = ca_directory()
-    with authority().service_files_settled():
-        context.load_cert_chain(directory / "management.pem", directory / "management.key", password=passphrase())
-
-
-def management_client_ssl_context():
-    """TLS context for polling nodes: trusts our CA, presents the management node's certificate."""
-    import ssl
-
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=authority().chain_pem().decode())
-    present_management_identity(context)
-    return context
-
-
-def expiry_warnings(now: datetime | None = None) -> list[str]:
-    """Long before a CA certificate expires: a year for the root, half a year for the intermediate."""
-    if not is_ready():
-        return []
-    now = now or utcnow()
-    loaded = authority()
-    warnings = []
-    # The route signer and the management certificate renew themselves in their last third
-    # (`service_renewal_job`); a warning for them means the scheduler is not running.
-    for label, certificate, horizon in ((_l("root CA"), loaded.root_certificate, 365),
-                                        (_l("intermediate CA"), loaded.intermediate_certificate, 180),
-                                        (_l("route signer"), loaded.route_signer_certificate, 30),
-                                        (_l("management node TLS"), loaded.management_certificate, 30)):
-        left = certificate.not_valid_after_utc - now
-        if left < timedelta(days=horizon):
-            warnings.append(_l("The %(label)s certificate expires in %(days)s days (%(date)s).", label=label,
-                               days=max(0, left.days), date=certificate.not_valid_after_utc.date().isoformat()))
-    root_crl = db.session.get(CRLState, ROOT_CRL)
-    if root_crl is not None and root_crl.next_update - now < timedelta(days=ROOT_CRL_WARNING_DAYS):
-        warnings.append(_l("The root CRL runs out in %(days)s days (%(date)s): bring the root key online and run "
-                           "`flask ca root-crl`.", days=max(0, (root_crl.next_update - now).days),
-                           date=root_crl.next_update.date().isoformat()))
-    return warnings
 
 
 def inventory_query(*, state: str = "", node_id: str = "", now: datetime | None = None):

@@ -13,7 +13,7 @@ from app.auth.views import form_error
 from app.database import paginate, utcnow
 from app.errors import DomainError
 from app.extensions import db
-from app.pki import service
+from app.pki import own_keys, revocation, service
 from app.pki.forms import RenewForm
 from app.pki.models import Certificate
 
@@ -64,8 +64,8 @@ def _detail_page(row: Certificate, renew_form: RenewForm, status: int = 200):
 
         node = db.session.get(Node, row.node_id)
         newest = service.node_certificates(row.node_id)[0]
-    return render_template("pki/detail.html", row=row, node=node, newest=newest, reasons=service.REASONS,
-                           in_service=service.in_service_role(row), confirm_form=ConfirmForm(),
+    return render_template("pki/detail.html", row=row, node=node, newest=newest, reasons=revocation.REASONS,
+                           in_service=revocation.in_service_role(row), confirm_form=ConfirmForm(),
                            renew_form=renew_form), status
 
 
@@ -86,7 +86,7 @@ def revoke(serial: str):
     row = service.get(serial)
     if ConfirmForm().validate_on_submit():
         try:
-            replacement = service.revoke(row, request.form.get("reason", ""), by=current_user).replacement
+            replacement = revocation.revoke(row, request.form.get("reason", ""), by=current_user).replacement
             db.session.commit()
             flash(_("Certificate %(serial)s revoked; the CRL was regenerated.", serial=serial), "success")
             if replacement is not None and replacement.kind == "route_signer":
@@ -154,4 +154,4 @@ def dashboard_panel(user) -> dict | None:
 def banner(user) -> list[dict]:
     if user.role not in ("ministry_admin", "auditor"):
         return []
-    return [{"kind": "warning", "text": str(text)} for text in service.expiry_warnings()]
+    return [{"kind": "warning", "text": str(text)} for text in own_keys.expiry_warnings()]

@@ -47,7 +47,6 @@ def current_entries() -> dict[str, dict]:
     """Every active node that holds a current certificate, with its health status."""
     from app.health.models import NodeHealth
     from app.pki import service as pki
-
     fingerprints = pki.current_fingerprints()
     rows = db.session.execute(
         select(Node, NodeHealth.status).outerjoin(NodeHealth, NodeHealth.node_id == Node.node_id)
@@ -79,9 +78,9 @@ def entries_of(version: RouteVersion | None) -> dict[str, dict]:
 
 
 def sign(body: bytes) -> tuple[str, str]:
-    from app.pki import service as pki
 
-    key, certificate = pki.route_signer()
+    from app.pki import own_keys
+    key, certificate = own_keys.route_signer()
     return base64.b64encode(document.sign_body(body, key)).decode(), document.certificate_fingerprint(certificate)
 
 
@@ -187,8 +186,8 @@ def signer_of(body: bytes, signature_der: bytes) -> SignerFound:
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
 
+    from app.pki import own_keys
     from app.pki import service as pki
-
     def verifies(certificate: x509.Certificate) -> bool:
         try:
             certificate.public_key().verify(signature_der, body, ec.ECDSA(hashes.SHA256()))
@@ -196,7 +195,7 @@ def signer_of(body: bytes, signature_der: bytes) -> SignerFound:
         except (InvalidSignature, TypeError):  # TypeError: a key that is not EC
             return False
 
-    _, certificate = pki.route_signer()
+    _, certificate = own_keys.route_signer()
     current = document.certificate_fingerprint(certificate)
     if verifies(certificate):
         return SignerFound(current, current, "valid")

@@ -1,0 +1,158 @@
+"""Revocation, the CRLs and the OCSP responder: how the network learns a certificate is no longer good.
+
+A revocation is final (no certificateHold), regenerates the intermediate's CRL at once, and when it
+hits the management node's own route signer or TLS certificate in use, replaces that one
+(`own_keys`). The scheduler refreshes both CRLs before their nextUpdate (`crl_refresh_job`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from flask import current_app
+from flask_babel import lazy_gettext as _l
+from sqlalchemy import select
+
+from app.audit import service as audit
+from app.database import serialise, utcnow
+from app.errors import Conflict, PermissionDenied, ValidationFailed
+from app.extensions import db
+from app.pki import ocsp, own_keys, service
+from app.pki.models import INTERMEDIATE_CRL, ROOT_CRL, Certificate, CRLState
+
+# RFC 5280 reasons an admin may give. certificateHold is left out: a hold is meant to be lifted, and
+# a revocation here is final (nothing ever takes a certificate off the CRL).
+REASONS = ("unspecified", "key_compromise", "affiliation_changed", "superseded", "cessation_of_operation",
+           "privilege_withdrawn")
+
+
+@dataclass(frozen=True)
+class Revoked:
+    """A revocation's outcome; `replacement` is the management node's new certificate when the revoked
+    one was in use (a route signer or TLS identity is replaced at once), else None."""
+
+    certificate: Certificate
+    replacement: Certificate | None = None
+
+
+def revoke(certificate: Certificate, reason: str, *, by) -> Revoked:
+    if by.role != "ministry_admin":
+        raise PermissionDenied(_l("Only a ministry admin may do this."), code="ministry_only")
+    if reason not in REASONS:
+        raise ValidationFailed(_l("Unknown revocation reason %(reason)s.", reason=reason), code="invalid_reason",
+                               field="reason")
+    serialise(f"certificate:{certificate.serial}")  # two admins revoking the route signer rotate it once
+    db.session.refresh(certificate)
+    if certificate.revoked_at is not None:
+        raise Conflict(_l("This certificate is revoked already."), code="already_revoked")
+    in_service = in_service_role(certificate)
+    certificate.revoked_at, certificate.revocation_reason = utcnow(), reason
+    audit.record("certificate.revoke", certificate.serial, {"node": certificate.node_id, "reason": reason},
+                 actor=by.username)
+    replacement = None
+    if in_service == "route_signer":  # nodes would keep accepting tables signed by a revoked key
+        replacement = own_keys.rotate_route_signer(actor=by.username)
+    elif in_service == "management":  # and nodes would keep accepting our polls with it
+        replacement = own_keys.rotate_management_certificate(actor=by.username)
+    regenerate_crl(actor=by.username)
+    if certificate.node_id:
+        for hook in service.certificate_changed:
+            hook(certificate.node_id)
+    return Revoked(certificate, replacement)
+
+
+def in_service_role(certificate: Certificate) -> str | None:
+    """"route_signer" or "management" when the row is the management node's certificate in use now
+    (revoking it replaces it at once), else None."""
+    if certificate.kind not in ("route_signer", "management"):
+        return None
+    loaded = service.authority()
+    current = loaded.route_signer_certificate if certificate.kind == "route_signer" else loaded.management_certificate
+    return certificate.kind if current is not None and service.fingerprint(current) == certificate.sha256 else None
+
+
+def regenerate_crl(*, actor: str | None = None) -> CRLState:
+    """The intermediate's CRL (row INTERMEDIATE_CRL): every revoked certificate it issued."""
+    revoked = db.session.execute(select(Certificate.serial, Certificate.revoked_at, Certificate.revocation_reason)
+                                 .where(Certificate.revoked_at.is_not(None))).all()
+    entries = [(int(serial, 16), at, reason) for serial, at, reason in revoked]
+    return _next_crl(INTERMEDIATE_CRL, current_app.config["MPIM_CRL_DAYS"],
+                     lambda number, now, until: service.authority().build_crl(
+                         entries, crl_number=number, this_update=now, next_update=until))
+
+
+def regenerate_root_crl(*, root_key_path: Path | None = None, actor: str | None = None) -> CRLState:
+    """The root's CRL (row ROOT_CRL), signed with the root key: from the CA directory while it is
+    online, else from `root_key_path` (the exported key, brought back for this)."""
+    loaded = service.authority()
+    root_key = loaded.load_root_key(root_key_path)
+    state = _next_crl(ROOT_CRL, current_app.config["MPIM_ROOT_CRL_DAYS"],
+                      lambda number, now, until: loaded.build_root_crl(root_key, crl_number=number, this_update=now,
+                                                                       next_update=until))
+    audit.record("ca.root_crl", str(state.crl_number), {"next_update": state.next_update}, actor=actor)
+    return state
+
+
+def _next_crl(row_id: int, days: int, build) -> CRLState:
+    """Sign the next CRL of one issuer with `build(number, this_update, next_update)` and keep it."""
+    now = utcnow().replace(microsecond=0)
+    state = db.session.get(CRLState, row_id)
+    number = (state.crl_number + 1) if state else 1
+    crl = build(number, now, now + timedelta(days=days))
+    if state is None:
+        state = CRLState(id=row_id)
+        db.session.add(state)
+    state.crl_number, state.this_update, state.next_update = number, now, crl.next_update_utc
+    state.pem = crl.public_bytes(serialization.Encoding.PEM).decode()
+    state.der = crl.public_bytes(serialization.Encoding.DER)
+    db.session.flush()
+    return state
+
+
+def crl_refresh_job() -> str:
+    """Scheduler job: a new CRL once half of the current one's validity has passed; the root's CRL
+    too while the root key is online (offline, the dashboard warns before it runs out)."""
+    if not service.is_ready():
+        return "no CA"
+    now = utcnow()
+    done = []
+    state = db.session.get(CRLState, INTERMEDIATE_CRL)
+    half = timedelta(days=current_app.config["MPIM_CRL_DAYS"]) / 2
+    if state is not None and state.next_update - now > half:
+        done.append(f"CRL {state.crl_number} good until {state.next_update.isoformat()}")
+    else:
+        state = regenerate_crl(actor="scheduler")
+        done.append(f"issued CRL {state.crl_number}")
+    root_state = db.session.get(CRLState, ROOT_CRL)
+    root_half = timedelta(days=current_app.config["MPIM_ROOT_CRL_DAYS"]) / 2
+    if service.authority().root_key_online and (root_state is None or root_state.next_update - now <= root_half):
+        root_state = regenerate_root_crl(actor="scheduler")
+        done.append(f"issued root CRL {root_state.crl_number}")
+    db.session.commit()
+    return "; ".join(done)
+
+
+def current_crl(which: int = INTERMEDIATE_CRL) -> CRLState:
+    """The intermediate's CRL or the root's (ROOT_CRL)."""
+    state = db.session.get(CRLState, which)
+    if state is None:
+        raise service.CANotReady("No root CRL has been issued: run `flask ca root-crl --root-key PATH`."
+                                 if which == ROOT_CRL else "No CRL has been issued: run `flask ca init`.")
+    return state
+
+
+def ocsp_response(request_der: bytes) -> bytes:
+    def lookup(serial: int) -> ocsp.CertStatus:
+        row = db.session.get(Certificate, format(serial, "x"))
+        if row is None:
+            return ocsp.CertStatus("unknown")
+        if row.revoked_at is not None:
+            return ocsp.CertStatus("revoked", row.revoked_at, row.revocation_reason)
+        return ocsp.CertStatus("good")
+
+    loaded = service.authority()
+    return ocsp.respond(request_der, lookup, issuer=loaded.intermediate_certificate,
+                        signing_key=loaded.intermediate_key)
