@@ -247,3 +247,32 @@ def test_a_certificate_revoked_twice_at_once_is_revoked_once(app, make_user):
     assert len(pki.service_certificates("route_signer")) == 2  # the revoked one and one replacement
     assert db.session.scalar(select(func.count()).where(AuditRecord.action == "certificate.revoke",
                                                         AuditRecord.target == serial)) == 1
+
+
+def test_a_renewal_racing_a_revocation_leaves_no_valid_certificate(app, make_user):
+    """A node revoked while its renewal is being issued: the new certificate must not outlive the
+    revocation (the renewal is refused, or its certificate is revoked with the rest)."""
+    from app.admission import nodes
+    from app.pki import service as pki
+    from app.pki.models import Certificate
+
+    minister = make_user("minister")
+    document = node_document("360000")
+    node_id = applications.approve(applications.submit_by_user(parse(document), document["csr"], by=minister),
+                                   by=minister).node_id
+    minister_id = minister.id
+    db.session.commit()
+    db.session.remove()
+    csrs = [make_csr() for _ in range(RACERS)]
+
+    def decide(i: int) -> str:
+        by, node = db.session.get(User, minister_id), nodes.get(node_id)
+        if i == 0:
+            return nodes.revoke(node, "密钥泄露", by=by).status
+        return pki.renew(node, csrs[i], by=by).serial
+
+    results, errors = _race(app, decide)
+    assert "revoked" in results and _codes(errors) <= {"node_revoked"}, (results, errors)
+    valid = db.session.scalars(select(Certificate.serial).where(Certificate.node_id == node_id,
+                                                                Certificate.revoked_at.is_(None))).all()
+    assert valid == []

@@ -207,12 +207,18 @@ def session_certificates(node_id: str) -> dict:
 def renew(node, csr_pem: str, *, by=None) -> Certificate:
     """A node renews in the last third of its certificate's validity; an admin (`by`) any time.
     The old certificate stays valid until it expires; the route table carries the new one."""
+    from app.admission import nodes
+
+    if by is not None and by.role != "ministry_admin":
+        raise PermissionDenied(_l("Only a ministry admin may do this."), code="ministry_only")
+    csr = csr_policy.load_csr(csr_pem)
+    csr_policy.check_csr(csr)  # bad input is reported before the window
+    # Queue behind a revocation of the node deciding at the same moment (it then refuses this renewal,
+    # or revokes the new certificate too); the key's name too, in the order every other caller takes them.
+    nodes.lock(node, key_lock_name(key_fingerprint(csr.public_key())))
     if node.status != "active":
         raise Conflict(_l("A %(status)s node cannot renew its certificate.", status=status_word(node.status)),
                        code=f"node_{node.status}")
-    if by is not None and by.role != "ministry_admin":
-        raise PermissionDenied(_l("Only a ministry admin may do this."), code="ministry_only")
-    csr_policy.check_csr(csr_policy.load_csr(csr_pem))  # bad input is reported before the window
     current = current_certificate(node.node_id)
     if by is None and current is not None:
         lifetime = current.not_after - current.not_before
