@@ -1,4 +1,5 @@
-"""Concurrent approvals in one division never share a node id (real PostgreSQL row locks)."""
+"""Requests that arrive together: approvals never share a node id, and every check-then-write rule
+(one pending change, one key, one endpoint, one verdict, one user name) holds, on both databases."""
 
 from __future__ import annotations
 
@@ -276,3 +277,12 @@ def test_a_renewal_racing_a_revocation_leaves_no_valid_certificate(app, make_use
     valid = db.session.scalars(select(Certificate.serial).where(Certificate.node_id == node_id,
                                                                 Certificate.revoked_at.is_(None))).all()
     assert valid == []
+
+
+def test_one_user_name_created_twice_at_once_is_one_user(app):
+    from app.auth import service as users
+
+    results, errors = _race(app, lambda i: users.create_user(
+        users.UserDraft("zhang.san", f"Strong-Password-{i}", "provincial_admin", ("360000",))).id)
+    assert len(results) == 1 and _codes(errors) == {"username_taken"}, (results, errors)
+    assert db.session.scalars(select(User.id).where(User.username == "zhang.san")).all() == results

@@ -14,7 +14,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from app.audit import service as audit
 from app.auth.models import ROLES, LoginThrottle, User
-from app.database import utcnow
+from app.database import serialise, utcnow
 from app.errors import Conflict, DomainError, NotFound, ValidationFailed
 from app.extensions import db
 
@@ -79,6 +79,7 @@ def create_user(draft: UserDraft) -> User:
         raise ValidationFailed(_l("Unknown role %(role)s.", role=draft.role), code="invalid_role", field="role")
     check_password_policy(draft.password, draft.username)
     scope_codes = normalise_scopes(draft.role, draft.scopes)
+    serialise(f"user:{draft.username.lower()}")  # two admins creating one name together: one is told it is taken
     if db.session.scalar(select(User.id).where(func.lower(User.username) == draft.username.lower())):
         raise Conflict(_l("User %(name)s already exists.", name=draft.username), code="username_taken",
                        field="username")
