@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from sqlalchemy import text
 from sqlalchemy.exc import DatabaseError
 
@@ -83,3 +85,31 @@ def test_console_shows_details_as_written_and_escaped(admin_console):
     assert "安全检查 &lt;b&gt;now&lt;/b&gt; → later" in page and "\\u5b89" not in page
     assert "<b>now" not in page
     assert "起始日期" in page and "来源地址" in page
+
+
+def test_an_anchor_copied_elsewhere_catches_the_newest_records_cut_off(app, runner):
+    """The chain is intact after its tail is deleted; the anchor an operator copied is not."""
+    write_records(5)
+    anchor = runner.invoke(args=["audit", "anchor"]).output.strip()
+    seq, digest = anchor.split(":")
+    listed = json.loads(runner.invoke(args=["audit", "list", "--json", "--limit", "1"]).output)
+    assert (listed["seq"], listed["hash"]) == (int(seq), digest)
+    verified = json.loads(runner.invoke(args=["audit", "verify", "--json", "--anchor", anchor]).output)
+    assert verified["ok"] and (verified["last_seq"], verified["last_hash"]) == (int(seq), digest)
+
+    drop_guard()
+    db.session.execute(text("DELETE FROM audit_records WHERE seq >= :seq"), {"seq": int(seq) - 1})
+    db.session.commit()
+    assert service.verify().ok  # what the chain alone can tell
+    result = runner.invoke(args=["audit", "verify", "--anchor", anchor])
+    cut_off = f"record {seq}: anchored, but the chain ends at {int(seq) - 2} (cut off)"
+    assert result.exit_code == 1 and cut_off in result.output
+
+
+def test_an_anchor_that_does_not_match_is_reported(app, runner):
+    write_records(3)
+    forged = "2:" + "0" * 64
+    result = runner.invoke(args=["audit", "verify", "--anchor", forged])
+    assert result.exit_code == 1 and "record 2: is not the record anchored with that number" in result.output
+    malformed = runner.invoke(args=["audit", "verify", "--anchor", "2-abc"])
+    assert malformed.exit_code == 2 and "is not SEQ:HASH" in malformed.output

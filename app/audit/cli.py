@@ -1,4 +1,4 @@
-"""`flask audit verify|list`."""
+"""`flask audit verify|anchor|list`."""
 
 from __future__ import annotations
 
@@ -15,19 +15,41 @@ from app.extensions import db
 cli = AppGroup("audit", help="Inspect and verify the audit log.")
 
 
+def _anchor(value: str) -> tuple[int, str]:
+    seq, _, digest = value.partition(":")
+    if not seq.isdigit() or len(digest) != 64:
+        raise click.BadParameter(f"{value!r} is not SEQ:HASH as `flask audit anchor` prints it.")
+    return int(seq), digest.lower()
+
+
 @cli.command("verify")
+@click.option("--anchor", "anchors", multiple=True, metavar="SEQ:HASH",
+              help="A record copied elsewhere earlier (`flask audit anchor`); it must still be in the chain, "
+                   "unchanged. Repeatable.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def verify_command(as_json: bool) -> None:
-    """Recompute the hash chain; exit 1 if any record was edited, deleted or reordered."""
-    report = service.verify()
+def verify_command(anchors: tuple[str, ...], as_json: bool) -> None:
+    """Recompute the hash chain; exit 1 if any record was edited, deleted, reordered or, given an
+    anchor, cut off."""
+    report = service.verify(anchors=[_anchor(value) for value in anchors])
     if as_json:
-        click.echo(json.dumps({"ok": report.ok, "checked": report.checked, "problems": report.problems}))
+        click.echo(json.dumps({"ok": report.ok, "checked": report.checked, "problems": report.problems,
+                               "last_seq": report.last_seq, "last_hash": report.last_hash}))
     else:
         for problem in report.problems:
             click.echo(problem, err=True)
         click.echo(f"{report.checked} records checked, {'chain intact' if report.ok else 'CHAIN BROKEN'}")
     if not report.ok:
         raise SystemExit(1)
+
+
+@cli.command("anchor")
+def anchor_command() -> None:
+    """Print the newest record as SEQ:HASH. Copy it to another system now and then: the chain cannot
+    tell that its newest records were cut off, `flask audit verify --anchor SEQ:HASH` can."""
+    row = db.session.scalars(select(AuditRecord).order_by(AuditRecord.seq.desc()).limit(1)).first()
+    if row is None:
+        raise click.ClickException("The audit log is empty.")
+    click.echo(f"{row.seq}:{row.hash}")
 
 
 @cli.command("list")
@@ -37,6 +59,6 @@ def list_command(limit: int, as_json: bool) -> None:
     rows = db.session.scalars(select(AuditRecord).order_by(AuditRecord.seq.desc()).limit(limit))
     for row in rows:
         item = {"seq": row.seq, "at": row.at.isoformat(), "actor": row.actor, "action": row.action,
-                "target": row.target, "remote_addr": row.remote_addr, "detail": row.detail}
+                "target": row.target, "remote_addr": row.remote_addr, "detail": row.detail, "hash": row.hash}
         click.echo(json.dumps(item, ensure_ascii=False) if as_json else
                    f"{row.seq:>6} {row.at:%Y-%m-%d %H:%M:%S} {row.actor:<16} {row.action:<28} {row.target}")

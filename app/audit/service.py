@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -79,15 +80,21 @@ def record(action: str, target: str = "", detail: dict | None = None, *, actor: 
 class VerifyReport:
     checked: int = 0
     problems: list[str] = field(default_factory=list)
+    last_seq: int = 0  # the newest record checked and its hash: the anchor to copy elsewhere
+    last_hash: str = ""
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
 
-def verify(batch_size: int = 5000) -> VerifyReport:
-    """Walk the whole chain in order; report every break with the sequence number where it is."""
+def verify(batch_size: int = 5000, anchors: Iterable[tuple[int, str]] = ()) -> VerifyReport:
+    """Walk the whole chain in order; report every break with the sequence number where it is.
+
+    The chain alone cannot tell that its newest records were cut off. `anchors` are (seq, hash) pairs
+    copied elsewhere earlier (`flask audit anchor`): each must still be in the chain, unchanged."""
     report = VerifyReport()
+    expected = dict(anchors)
     expected_seq, prev_hash = 1, GENESIS
     last_seq = 0
     while True:
@@ -106,6 +113,12 @@ def verify(batch_size: int = 5000) -> VerifyReport:
                                    row.detail, row.remote_addr)
             if digest != row.hash:
                 report.problems.append(f"record {row.seq}: content does not match its hash (edited)")
+            if row.seq in expected and expected.pop(row.seq) != row.hash:
+                report.problems.append(f"record {row.seq}: is not the record anchored with that number (replaced)")
             expected_seq, prev_hash, last_seq = row.seq + 1, row.hash, row.seq
+            report.last_seq, report.last_hash = row.seq, row.hash
         db.session.expunge_all()
+    for seq in sorted(expected):
+        report.problems.append(f"record {seq}: anchored, but the chain ends at {report.last_seq} (cut off)"
+                               if seq > report.last_seq else f"record {seq}: anchored, but missing (deleted)")
     return report
