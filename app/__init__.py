@@ -49,9 +49,11 @@ def create_app(test_config: dict | None = None) -> Flask:
     if proxies := app.config.get("MPIM_TRUSTED_PROXIES"):
         from werkzeug.middleware.proxy_fix import ProxyFix
 
-        # Behind that many reverse proxies, the client's address (sign-in throttle, audit) and scheme come
-        # from X-Forwarded-For/-Proto; without them those headers are anyone's to forge and are ignored.
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies)  # type: ignore[method-assign]
+        # Behind that many reverse proxies, the client's address (sign-in throttle, audit), scheme and host
+        # come from X-Forwarded-For/-Proto/-Host; without them those headers are anyone's to forge and are
+        # ignored. The host matters on HTTPS: a form's Referer must name the host the console sees.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies,  # type: ignore[method-assign]
+                                x_host=proxies)
     if app.config.get("MPIM_EXPOSE_WORKER_PID"):
         import os
 

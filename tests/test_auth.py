@@ -112,6 +112,24 @@ def test_client_address_comes_from_x_forwarded_for_only_behind_a_trusted_proxy(a
     assert login_addresses() == ["127.0.0.1", "10.1.2.3"]
 
 
+def test_sign_in_works_behind_a_proxy_that_rewrites_the_host(app, make_user):
+    """nginx's plain `proxy_pass` sends its upstream's address as Host and the public name in
+    X-Forwarded-Host; on HTTPS the form's Referer names the public host, and must match."""
+    from app import create_app
+
+    make_user("alice")
+    headers = {"HTTP_HOST": "127.0.0.1:5620", "HTTP_X_FORWARDED_HOST": "registry.example.test",
+               "HTTP_X_FORWARDED_PROTO": "https", "HTTP_X_FORWARDED_FOR": "203.0.113.7",
+               "HTTP_REFERER": "https://registry.example.test/login"}
+    proxied_app = create_app({**app.config, "MPIM_TRUSTED_PROXIES": 1})
+    browser = proxied_app.test_client()
+    browser.environ_base.update(headers)
+    assert Console(browser).login("alice").status_code == 302
+    with proxied_app.app_context():
+        db.engine.dispose()
+    assert login_addresses()[-1] == "203.0.113.7"
+
+
 def test_form_without_csrf_token_is_refused(client, make_user):
     make_user("alice")
     response = client.post("/login", data={"username": "alice", "password": PASSWORD})
