@@ -96,6 +96,31 @@ def serialise(*names: str) -> None:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def schema_state() -> str:
+    """The database's Alembic revision against this code's: "current", "behind" (run `flask db
+    upgrade`: pages that read new columns fail), "ahead" (a newer release migrated it; expected in
+    a rolling upgrade) or "unknown" (no revision recorded)."""
+    from alembic.script import ScriptDirectory
+    from flask import current_app
+
+    heads = current_app.extensions.get("mpim_schema_heads")
+    if heads is None:
+        script = ScriptDirectory(current_app.extensions["migrate"].directory)
+        heads = current_app.extensions["mpim_schema_heads"] = (set(script.get_heads()),
+                                                                {rev.revision for rev in script.walk_revisions()})
+    head, known = heads
+    try:
+        recorded = set(db.session.scalars(text("SELECT version_num FROM alembic_version")))
+    except Exception:  # no table: never migrated
+        db.session.rollback()
+        return "unknown"
+    if not recorded:
+        return "unknown"
+    if recorded == head:
+        return "current"
+    return "behind" if recorded <= known else "ahead"
+
+
 @event.listens_for(Engine, "connect")
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     """SQLite: WAL lets the console's readers work while the scheduler writes, and

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from flask import url_for
+from flask_babel import lazy_gettext as _l
 from flask_login import current_user
 
 dashboard_panels: list[Callable] = []
@@ -32,9 +33,21 @@ def _banners() -> list[dict]:
     return [banner for source in banner_sources for banner in source(current_user)]
 
 
+def schema_banner(user) -> list[dict]:
+    """Started on a database older than the code: some pages fail until it is upgraded."""
+    from app.database import schema_state
+
+    if user.role != "ministry_admin" or schema_state() != "behind":
+        return []
+    return [{"kind": "error", "text": str(_l("The database schema is older than this version of the registry: "
+                                              "some pages will fail until an operator runs `flask db upgrade`."))}]
+
+
 def init_app(app) -> None:
     from app.console.views import bp
 
     app.register_blueprint(bp)
+    if schema_banner not in banner_sources:
+        banner_sources.append(schema_banner)
     app.jinja_env.globals["nav_items"] = _nav_items
     app.jinja_env.globals["banners"] = _banners

@@ -9,7 +9,7 @@ from sqlalchemy import func, select, text
 from app.audit.models import AuditRecord
 from app.auth.models import User
 from app.console import dashboard_panels
-from app.database import utcnow
+from app.database import schema_state, utcnow
 from app.divisions import service as divisions
 from app.extensions import db
 
@@ -37,13 +37,16 @@ def dashboard():
 
 @bp.get("/healthz")
 def healthz():
-    """SPEC §4: the management node's own health (database reachable)."""
+    """SPEC §4: the management node's own health: the database reachable, and its schema not older
+    than this code (a load balancer should not send requests that fail on a missing column)."""
+    schema = "unknown"
     try:
         db.session.execute(text("SELECT 1"))
         database = "ok"
+        schema = schema_state()
     except Exception:  # any failure means unhealthy; the reason goes to the log, not the answer
         db.session.rollback()
         database = "error"
-    status = 200 if database == "ok" else 503
-    return {"status": "ok" if status == 200 else "error", "database": database,
+    status = 200 if database == "ok" and schema in ("current", "ahead") else 503
+    return {"status": "ok" if status == 200 else "error", "database": database, "schema": schema,
             "time": utcnow().isoformat().replace("+00:00", "Z")}, status
