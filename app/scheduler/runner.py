@@ -32,6 +32,8 @@ def run_job(job: registry.Job, holder: str) -> JobRun:
                  ok=ok, message=str(message)[:500])
     db.session.add(run)
     db.session.commit()
+    if ok:  # a failure was logged above, with its traceback
+        log.info("%s ok in %.3fs%s", job.name, run.seconds, f": {run.message}" if run.message else "")
     return run
 
 
@@ -82,9 +84,10 @@ class SchedulerProcess:
     def start(self) -> None:
         now = datetime.now().astimezone()
         self.renew()
-        self.scheduler.add_job(self.renew, "interval", seconds=max(1.0, self.lease_seconds / 3), id="lease")
+        self.scheduler.add_job(self.renew, "interval", seconds=max(1.0, self.lease_seconds / 3), id="lease",
+                               name="scheduler.lease")
         for job in registry.jobs:
-            self.scheduler.add_job(self.wrap(job), "interval", seconds=job.interval_seconds, id=job.name,
+            self.scheduler.add_job(self.wrap(job), "interval", seconds=job.interval_seconds, id=job.name, name=job.name,
                                    next_run_time=now, misfire_grace_time=max(1, int(job.interval_seconds)))
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: self.stop())
