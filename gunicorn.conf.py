@@ -10,3 +10,7 @@ timeout = int(os.environ.get("MPIM_WORKER_TIMEOUT", 30))
 accesslog = os.environ.get("MPIM_ACCESS_LOG", "-")
 # The app is created in each worker after fork: no database connection crosses a fork.
 preload_app = False
+# gunicorn 27's control socket defaults to one path per user ($HOME/.gunicorn/gunicorn.ctl): a second
+# instance on the host takes it over, and stopping either removes the other's. Off unless a path is set.
+control_socket = os.environ.get("MPIM_CONTROL_SOCKET") or None
+control_socket_disable = control_socket is None

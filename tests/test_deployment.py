@@ -1,0 +1,33 @@
+"""How the console's gunicorn is configured (gunicorn.conf.py), read back from gunicorn itself."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def gunicorn_settings(**environment: str) -> dict[str, str]:
+    """`gunicorn --print-config` with the project's config file, as `make run` starts it."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MPIM_")}
+    output = subprocess.run([str(Path(sys.executable).with_name("gunicorn")), "-c", "gunicorn.conf.py",
+                             "--print-config", "wsgi:app"], cwd=ROOT, env={**env, **environment},
+                            capture_output=True, text=True, check=True).stdout
+    return {name.strip(): value.strip() for name, _, value in (line.partition("=") for line in output.splitlines())}
+
+
+def test_no_control_socket_shared_between_instances_unless_asked(tmp_path):
+    """gunicorn 27 puts every instance's control socket at one path per user: a second instance took
+    the first one's over, and stopping either removed it."""
+    assert gunicorn_settings()["control_socket_disable"] == "True"
+    path = tmp_path / "console.ctl"
+    asked = gunicorn_settings(MPIM_CONTROL_SOCKET=str(path))
+    assert asked["control_socket_disable"] == "False" and asked["control_socket"] == str(path)
+
+
+def test_bind_and_workers_come_from_the_environment():
+    settings = gunicorn_settings(MPIM_BIND="127.0.0.1:5601", MPIM_WORKERS="3")
+    assert settings["bind"] == "['127.0.0.1:5601']" and settings["workers"] == "3"
