@@ -42,7 +42,7 @@ $(BIN)/.installed-dev: requirements-dev.txt $(BIN)/.installed
 	touch $@
 
 translations: $(BIN)/.installed
-	@$(BIN)/pybabel compile -d app/translations >/dev/null
+	@$(BIN)/pybabel -q compile -d app/translations
 
 # Debian's Chromium drives the browser tests (Playwright never downloads a browser here);
 # a CJK font makes the zh-CN screenshots legible.
