@@ -15,14 +15,12 @@ import mimetypes
 import random
 import secrets
 import sqlite3
-import struct
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -33,6 +31,16 @@ from sqlalchemy.orm import Session
 from app.appnode import filetypes, protocol
 from app.appnode.certificate import CertificateNotInstalled, KeyNotHeld, check_issued, key_holder
 from app.appnode.config import SOFTWARE_VERSION, NodeConfig
+from app.appnode.messages import (
+    FILE_KINDS,
+    PATHS,
+    Reply,
+    address,
+    declared_type,
+    image_size,
+    local_part,
+    media_type,
+)
 from app.appnode.protocol import (
     CertificateMismatch,
     Conflict,
@@ -79,7 +87,6 @@ from app.routing.client import OwnEntryMismatch, RouteClient, RouteRejected
 
 log = logging.getLogger("mpim.appnode")
 
-PATHS = {kind: path for path, kind in protocol.ENDPOINTS.items()}
 RETRY_FIRST, RETRY_MAX = 2.0, 600.0
 GIVE_UP_AFTER = timedelta(hours=48)
 PEER_RETRY_WINDOW = timedelta(hours=1)  # unknown_peer / certificate_mismatch are retried this long
@@ -93,7 +100,6 @@ MEDIA_RETENTION = timedelta(days=30)
 FILE_RETENTION = timedelta(days=7)
 MAX_GROUP_MEMBERS = 3000
 DELIVERY_PARALLELISM = 4
-FILE_KINDS = ("image", "voice", "file", "sticker")
 
 
 _OUTBOX = Outbox.__table__
@@ -101,16 +107,6 @@ _OUTBOX = Outbox.__table__
 
 class NotJoined(DomainError):
     code, status = "not_joined", 409
-
-
-@dataclass
-class Reply:
-    """A receiver's answer: JSON (`document`) or file bytes (`body`), with its status and headers."""
-
-    status: int = 200
-    document: dict | None = None
-    body: bytes | None = None
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 def _strict_object(pairs):
@@ -121,52 +117,6 @@ def _strict_object(pairs):
             raise InvalidJSON(f"duplicate key {key!r}")
         result[key] = value
     return result
-
-
-def address(user_id: str, node_id: str) -> str:
-    return f"{user_id}@{node_id}"
-
-
-def local_part(addr: str) -> str:
-    return addr.rpartition("@")[0]
-
-
-def declared_type(msg_type: str, content: dict) -> str:
-    """What an A.5/A.6/A.7/A.14 content says its bytes are."""
-    return {"image": content.get("format"), "voice": "AAC", "file": content.get("mime_type"),
-            "sticker": content.get("format")}[msg_type]
-
-
-def media_type(msg_type: str, content: dict, data: bytes) -> str:
-    if msg_type == "file":
-        return content["mime_type"]
-    if msg_type == "voice":
-        return "audio/mp4" if data[4:8] == b"ftyp" else "audio/aac"
-    return {"JPG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif"}[content["format"]]
-
-
-def image_size(data: bytes, fmt: str) -> tuple[int, int]:
-    """Width and height from the header of a PNG, GIF or JPEG (the A.5 fields), or 415."""
-    try:
-        if fmt == "PNG" and data[12:16] == b"IHDR":
-            return struct.unpack(">II", data[16:24])
-        if fmt == "GIF":
-            return struct.unpack("<HH", data[6:10])
-        if fmt == "JPG":
-            index = 2
-            while index + 9 < len(data):
-                if data[index] != 0xFF:
-                    index += 1
-                    continue
-                marker = data[index + 1]
-                length = struct.unpack(">H", data[index + 2:index + 4])[0]
-                if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
-                    height, width = struct.unpack(">HH", data[index + 5:index + 9])
-                    return width, height
-                index += 2 + length
-    except struct.error:
-        pass
-    raise UnsupportedMediaType(f"the {fmt} image has no readable size")
 
 
 class Node:
