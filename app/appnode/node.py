@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 
 from app.appnode import filetypes, protocol
 from app.appnode.certificate import CertificateNotInstalled, KeyNotHeld, check_issued, key_holder
-from app.appnode.config import SOFTWARE_VERSION, NodeConfig
+from app.appnode.config import NodeConfig
 from app.appnode.messages import (
     FILE_KINDS,
     PATHS,
@@ -56,6 +56,7 @@ from app.appnode.protocol import (
     UnsupportedMediaType,
     node_of,
 )
+from app.appnode.reading import ReadingMixin
 from app.appnode.registry import Identity, RegistryClient, RegistryError, write_atomic
 from app.appnode.store import (
     OUTBOX_MUTABLE,
@@ -119,7 +120,7 @@ def _strict_object(pairs):
     return result
 
 
-class Node:
+class Node(ReadingMixin):
     def __init__(self, data_dir: str | Path):
         self.data_dir = Path(data_dir)
         self.config = NodeConfig.load(self.data_dir)
@@ -1455,87 +1456,3 @@ class Node:
         with self.db.begin() as session:
             session.execute(delete(Outbox).where(Outbox.state == "delivered", Outbox.finished_at < cutoff))
             session.execute(delete(Received).where(Received.received_at < cutoff))
-
-    # ---- reading ----------------------------------------------------------------------------------------
-    def conversations(self, user_id: str) -> list[dict]:
-        """The user's conversations, newest first, with the last message and the unread count."""
-        me_address = address(user_id, self.node_id)
-        group_addresses = {f"g:{group.address}" for group in self.groups(user_id)}
-        with self.db() as session:
-            rows = session.scalars(select(Message).where(or_(
-                Message.sender_address == me_address, Message.to == me_address,
-                Message.conversation_id.in_(group_addresses))).order_by(Message.send_time, Message.message_id)).all()
-            by_conversation: dict[str, list[Message]] = defaultdict(list)
-            for row in rows:
-                by_conversation[row.conversation_id].append(row)
-            result = []
-            for conversation, messages in by_conversation.items():
-                result.append({"conversation_id": conversation, "last": messages[-1],
-                               "unread": self._unread(session, me_address, conversation, messages),
-                               "count": len(messages),
-                               "with": self._title(messages[-1], me_address)})
-        return sorted(result, key=lambda item: item["last"].send_time, reverse=True)
-
-    @staticmethod
-    def _title(message: Message, me_address: str) -> str:
-        if message.chat_type == "group":
-            return message.to
-        return message.to if message.sender_address == me_address else message.sender_address
-
-    def _unread(self, session: Session, reader: str, conversation: str, messages: list[Message]) -> int:
-        state = session.get(ReadState, (conversation, reader))
-        position = None
-        if state is not None:
-            read = session.get(Message, state.read_up_to_message_id)
-            position = (read.send_time, read.message_id) if read else None
-        return sum(1 for m in messages if m.sender_address != reader
-                   and (position is None or (m.send_time, m.message_id) > position))
-
-    def history(self, user_id: str, conversation_id: str) -> list[dict]:
-        """The conversation's messages in order, with who has read each (A.13 read counts)."""
-        reader = address(user_id, self.node_id)
-        with self.db() as session:
-            messages = session.scalars(select(Message).where(Message.conversation_id == conversation_id)
-                                       .order_by(Message.send_time, Message.message_id)).all()
-            if not messages:
-                raise NotFound(f"no messages in {conversation_id}")
-            self._require_participant(session, reader, messages[-1])
-            positions = {}
-            for state in session.scalars(select(ReadState).where(ReadState.conversation_id == conversation_id)):
-                read = session.get(Message, state.read_up_to_message_id)
-                if read is not None:
-                    positions[state.user_id] = (read.send_time, read.message_id)
-            group = None
-            if messages[-1].chat_type == "group":
-                group = session.get(Group, (local_part(messages[-1].to), node_of(messages[-1].to)))
-            result = []
-            for message in messages:
-                audience = ([m for m in group.members if m != message.sender_address] if group else
-                            [a for a in (message.sender_address, message.to) if a != message.sender_address])
-                key = (message.send_time, message.message_id)
-                read_by = [user for user in audience if user in positions and positions[user] >= key]
-                result.append({"message": message, "read_by": read_by, "unread_by": len(audience) - len(read_by),
-                               "delivery": self._delivery_state(session, message)})
-        return result
-
-    @staticmethod
-    def _delivery_state(session: Session, message: Message) -> str | None:
-        states = set(session.scalars(select(Outbox.state).where(Outbox.message_id == message.message_id)))
-        if not states:
-            return None
-        if "failed" in states or "pending" in states:
-            return "failed" if "failed" in states else "pending"
-        return "partial" if "skipped" in states else "delivered"  # partial: some nodes take no such message
-
-    def presence_of(self, user: str) -> dict | None:
-        with self.db() as session:
-            row = session.get(Presence, user)
-            if row is None:
-                return None
-            stale = protocol.parse_timestamp(row.updated_at, "updated_at") < utcnow() - timedelta(minutes=10)
-            return {"user_id": row.user_id, "status": "offline" if stale else row.status,
-                    "client_type": row.client_type, "last_active": row.last_active}
-
-    def health(self) -> dict:
-        return {"status": "ok", "node_id": self.node_id, "version": SOFTWARE_VERSION,
-                "time": protocol.format_timestamp(utcnow()).replace(".000Z", "Z")}
