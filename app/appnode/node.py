@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import mimetypes
-import random
 import secrets
 import sqlite3
 import threading
@@ -23,9 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
 from app.appnode import filetypes, protocol
@@ -41,6 +39,7 @@ from app.appnode.messages import (
     local_part,
     media_type,
 )
+from app.appnode.outbox import CLAIM_SECONDS, OutboxMixin
 from app.appnode.protocol import (
     CertificateMismatch,
     Conflict,
@@ -59,8 +58,6 @@ from app.appnode.protocol import (
 from app.appnode.reading import ReadingMixin
 from app.appnode.registry import Identity, RegistryClient, RegistryError, write_atomic
 from app.appnode.store import (
-    OUTBOX_MUTABLE,
-    UPDATE_OUTBOX,
     Group,
     Message,
     Outbox,
@@ -88,10 +85,6 @@ from app.routing.client import OwnEntryMismatch, RouteClient, RouteRejected
 
 log = logging.getLogger("mpim.appnode")
 
-RETRY_FIRST, RETRY_MAX = 2.0, 600.0
-GIVE_UP_AFTER = timedelta(hours=48)
-PEER_RETRY_WINDOW = timedelta(hours=1)  # unknown_peer / certificate_mismatch are retried this long
-CLAIM_SECONDS = 60.0
 REFRESH_INTERVAL = 30.0
 # A member confirmation (§8.9) may run inside a request's write transaction: a short answer timeout bounds
 # how long one slow member node can hold up this node's other writes.
@@ -100,10 +93,6 @@ EPHEMERAL_ATTEMPTS, EPHEMERAL_WINDOW = 3, timedelta(seconds=60)
 MEDIA_RETENTION = timedelta(days=30)
 FILE_RETENTION = timedelta(days=7)
 MAX_GROUP_MEMBERS = 3000
-DELIVERY_PARALLELISM = 4
-
-
-_OUTBOX = Outbox.__table__
 
 
 class NotJoined(DomainError):
@@ -120,7 +109,7 @@ def _strict_object(pairs):
     return result
 
 
-class Node(ReadingMixin):
+class Node(OutboxMixin, ReadingMixin):
     def __init__(self, data_dir: str | Path):
         self.data_dir = Path(data_dir)
         self.config = NodeConfig.load(self.data_dir)
@@ -1325,134 +1314,3 @@ class Node(ReadingMixin):
 
     def file_bytes(self, stored: StoredFile) -> bytes:
         return (self.data_dir / stored.path).read_bytes()
-
-    @staticmethod
-    def _peer_error(response) -> DomainError:
-        try:
-            error = json.loads(response.body)["error"]
-            cls = protocol.ERRORS.get(error["code"], DomainError)
-            return cls(f"peer: {error['message']}", code=error["code"], status=response.status)
-        except (ValueError, KeyError, TypeError, RecursionError):
-            return DomainError(f"peer answered HTTP {response.status}", status=502, code="peer_error")
-
-    # ---- outbox (docs/protocol.md §6) --------------------------------------------------------------------
-    def _enqueue(self, session: Session, peer: str, kind: str, envelope: dict, *, claim: bool = False) -> int:
-        """An outbox row; `claim` marks it taken by the caller, who attempts it right after the commit."""
-        return insert_outbox(raw_cursor(session), peer=peer, kind=kind, envelope=envelope,
-                             next_attempt_at=utcnow() + timedelta(seconds=CLAIM_SECONDS) if claim else utcnow())
-
-    def deliver(self, ids: Iterable[int] | None = None, *, claimed: bool = False, batch: int = 100,
-                refusals: dict[int, DomainError] | None = None) -> dict:
-        """Send due envelopes (or these, already claimed by the caller). Rows are claimed in one statement
-        before anything is sent, so the server loop and a CLI never send the same row at once; outcomes
-        are written back once per batch. A crash in between only re-sends envelopes the peer acknowledges
-        as duplicates (docs/protocol.md §6). `refusals` collects the peer's error of each row it refused for
-        good, for a caller whose user waits on the answer."""
-        outcome = {"delivered": 0, "retry": 0, "failed": 0}
-        once = ids is not None
-        with self.db() as session:
-            while True:
-                now = utcnow()
-                todo = list(ids) if once else list(session.scalars(select(Outbox.id).where(
-                    Outbox.state == "pending", Outbox.next_attempt_at <= now).order_by(Outbox.id).limit(batch)))
-                if not todo:
-                    return outcome
-                if not claimed:
-                    with self._writing:
-                        todo = list(session.scalars(update(Outbox).where(
-                            Outbox.id.in_(todo), Outbox.state == "pending", Outbox.next_attempt_at <= now,
-                        ).values(next_attempt_at=now + timedelta(seconds=CLAIM_SECONDS)).returning(Outbox.id)))
-                        session.commit()
-                rows = [SimpleNamespace(**found._mapping) for found in
-                        session.execute(select(_OUTBOX).where(_OUTBOX.c.id.in_(todo)).order_by(_OUTBOX.c.id))]
-                results = []
-                attempts = self._executor().map(self._attempt, rows) if len(rows) > 1 else map(self._attempt, rows)
-                for row, result in zip(rows, attempts, strict=True):
-                    outcome[result] += 1
-                    if refusals is not None and getattr(row, "refusal", None) is not None:
-                        refusals[row.id] = row.refusal
-                    results.append({"row_id": row.id, **{f"new_{name}": getattr(row, name)
-                                                         for name in OUTBOX_MUTABLE}})
-                if results:
-                    with self._writing:
-                        session.execute(UPDATE_OUTBOX, results)
-                        session.commit()
-                if once or len(todo) < batch:
-                    return outcome
-
-    def _executor(self) -> ThreadPoolExecutor:
-        """A few envelopes in flight at once (peers take them in any order, docs/protocol.md §6), each on its
-        own kept-alive connection, so one slow answer does not hold up the rest of a batch."""
-        with self._pool_lock:
-            if self._delivery_pool is None:
-                self._delivery_pool = ThreadPoolExecutor(DELIVERY_PARALLELISM, thread_name_prefix="deliver")
-            return self._delivery_pool
-
-    def _attempt(self, row) -> str:
-        now = utcnow()
-        row.first_attempt_at = row.first_attempt_at or now
-        row.attempts += 1
-        entry = self.routes.peek(row.peer_node)
-        retry_after = 0.0
-        peer_refused = False
-        if entry is None:
-            error, retryable, peer_refused = "the peer is not in the routing table", True, True
-        else:
-            body = json.dumps(protocol.restamp(row.envelope), ensure_ascii=False).encode()
-            try:
-                response = self.peers.post(entry["endpoint"], PATHS[row.kind], body, pin=entry["cert_sha256"])
-            except PeerCertificateMismatch as failure:
-                error, retryable, peer_refused = str(failure), True, True
-            except PeerUnreachable as failure:
-                error, retryable = str(failure), True
-            else:
-                if response.status == 200:
-                    row.state, row.finished_at, row.last_error = "delivered", now, None
-                    return "delivered"
-                error = f"HTTP {response.status}: {response.body[:200].decode('utf-8', 'replace')}"
-                code = self._error_code(response.body)
-                peer_refused = code in ("unknown_peer", "certificate_mismatch")
-                retryable = response.status == 429 or response.status >= 500 or peer_refused
-                try:
-                    retry_after = float(response.header("Retry-After") or 0)
-                except ValueError:
-                    retry_after = 0.0
-        row.last_error = error[:300]
-        window = PEER_RETRY_WINDOW if peer_refused else GIVE_UP_AFTER
-        if not retryable or now - row.first_attempt_at > window:
-            if not retryable:
-                row.refusal = self._peer_error(response)
-            row.state, row.finished_at = "failed", now
-            log.warning("gave up envelope %s to %s: %s", row.message_id, row.peer_node, error)
-            return "failed"
-        delay = min(RETRY_FIRST * 2 ** (row.attempts - 1), RETRY_MAX) * random.uniform(0.8, 1.2)
-        row.next_attempt_at = now + timedelta(seconds=max(delay, retry_after))
-        return "retry"
-
-    @staticmethod
-    def _error_code(body: bytes) -> str | None:
-        try:
-            return json.loads(body)["error"]["code"]
-        except (ValueError, KeyError, TypeError, RecursionError):
-            return None
-
-    def retry_now(self) -> int:
-        """Operator's nudge: every pending envelope is due now (e.g. after a peer came back)."""
-        with self.db.begin() as session:
-            result = session.execute(update(Outbox).where(Outbox.state == "pending")
-                                     .values(next_attempt_at=utcnow()))
-        return result.rowcount
-
-    def outbox(self, state: str | None = None) -> list[Outbox]:
-        with self.db() as session:
-            query = select(Outbox).order_by(Outbox.id)
-            if state:
-                query = query.where(Outbox.state == state)
-            return list(session.scalars(query))
-
-    def forget_delivered(self, older_than: timedelta = timedelta(days=7)) -> None:
-        """Housekeeping: delivered envelopes and dedup records past the 7 days a repeat is recognised."""
-        cutoff = utcnow() - older_than
-        with self.db.begin() as session:
-            session.execute(delete(Outbox).where(Outbox.state == "delivered", Outbox.finished_at < cutoff))
-            session.execute(delete(Received).where(Received.received_at < cutoff))

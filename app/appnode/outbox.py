@@ -1,0 +1,172 @@
+"""The outbox (docs/protocol.md §6): every envelope for another node is written as a row first, then sent,
+at once by a caller that claimed it or by the node loop once due. A row is retried with growing delays (from
+RETRY_FIRST up to RETRY_MAX, or the peer's Retry-After if longer) until GIVE_UP_AFTER; when the two nodes'
+tables disagree (the peer is missing from this node's table or does not present the certificate it lists,
+or it answers unknown_peer or certificate_mismatch) only for PEER_RETRY_WINDOW, as the next table may mend
+that. Also here: how a peer's error answer is read, which the group confirmation and the download read the
+same way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from types import SimpleNamespace
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from app.appnode import protocol
+from app.appnode.messages import PATHS
+from app.appnode.store import OUTBOX_MUTABLE, UPDATE_OUTBOX, Outbox, Received, insert_outbox, raw_cursor, utcnow
+from app.appnode.transport import PeerCertificateMismatch, PeerUnreachable
+from app.errors import DomainError
+
+log = logging.getLogger("mpim.appnode")
+
+RETRY_FIRST, RETRY_MAX = 2.0, 600.0
+GIVE_UP_AFTER = timedelta(hours=48)
+PEER_RETRY_WINDOW = timedelta(hours=1)  # unknown_peer / certificate_mismatch are retried this long
+CLAIM_SECONDS = 60.0
+DELIVERY_PARALLELISM = 4
+
+_OUTBOX = Outbox.__table__
+
+
+class OutboxMixin:
+    """Delivery of a `Node`'s queued envelopes. Relies on the node's `db`, `routes`, `peers` (the pinned
+    TLS client), `_writing` (the write lock) and `_pool_lock` / `_delivery_pool` (set up in `Node.__init__`)."""
+
+    def _enqueue(self, session: Session, peer: str, kind: str, envelope: dict, *, claim: bool = False) -> int:
+        """An outbox row; `claim` marks it taken by the caller, who attempts it right after the commit."""
+        return insert_outbox(raw_cursor(session), peer=peer, kind=kind, envelope=envelope,
+                             next_attempt_at=utcnow() + timedelta(seconds=CLAIM_SECONDS) if claim else utcnow())
+
+    def deliver(self, ids: Iterable[int] | None = None, *, claimed: bool = False, batch: int = 100,
+                refusals: dict[int, DomainError] | None = None) -> dict:
+        """Send due envelopes (or these, already claimed by the caller). Rows are claimed in one statement
+        before anything is sent, so the server loop and a CLI never send the same row at once; outcomes
+        are written back once per batch. A crash in between only re-sends envelopes the peer acknowledges
+        as duplicates (docs/protocol.md §6). `refusals` collects the peer's error of each row it refused for
+        good, for a caller whose user waits on the answer."""
+        outcome = {"delivered": 0, "retry": 0, "failed": 0}
+        once = ids is not None
+        with self.db() as session:
+            while True:
+                now = utcnow()
+                todo = list(ids) if once else list(session.scalars(select(Outbox.id).where(
+                    Outbox.state == "pending", Outbox.next_attempt_at <= now).order_by(Outbox.id).limit(batch)))
+                if not todo:
+                    return outcome
+                if not claimed:
+                    with self._writing:
+                        todo = list(session.scalars(update(Outbox).where(
+                            Outbox.id.in_(todo), Outbox.state == "pending", Outbox.next_attempt_at <= now,
+                        ).values(next_attempt_at=now + timedelta(seconds=CLAIM_SECONDS)).returning(Outbox.id)))
+                        session.commit()
+                rows = [SimpleNamespace(**found._mapping) for found in
+                        session.execute(select(_OUTBOX).where(_OUTBOX.c.id.in_(todo)).order_by(_OUTBOX.c.id))]
+                results = []
+                attempts = self._executor().map(self._attempt, rows) if len(rows) > 1 else map(self._attempt, rows)
+                for row, result in zip(rows, attempts, strict=True):
+                    outcome[result] += 1
+                    if refusals is not None and getattr(row, "refusal", None) is not None:
+                        refusals[row.id] = row.refusal
+                    results.append({"row_id": row.id, **{f"new_{name}": getattr(row, name)
+                                                         for name in OUTBOX_MUTABLE}})
+                if results:
+                    with self._writing:
+                        session.execute(UPDATE_OUTBOX, results)
+                        session.commit()
+                if once or len(todo) < batch:
+                    return outcome
+
+    def _executor(self) -> ThreadPoolExecutor:
+        """A few envelopes in flight at once (peers take them in any order, docs/protocol.md §6), each on its
+        own kept-alive connection, so one slow answer does not hold up the rest of a batch."""
+        with self._pool_lock:
+            if self._delivery_pool is None:
+                self._delivery_pool = ThreadPoolExecutor(DELIVERY_PARALLELISM, thread_name_prefix="deliver")
+            return self._delivery_pool
+
+    def _attempt(self, row) -> str:
+        now = utcnow()
+        row.first_attempt_at = row.first_attempt_at or now
+        row.attempts += 1
+        entry = self.routes.peek(row.peer_node)
+        retry_after = 0.0
+        peer_refused = False
+        if entry is None:
+            error, retryable, peer_refused = "the peer is not in the routing table", True, True
+        else:
+            body = json.dumps(protocol.restamp(row.envelope), ensure_ascii=False).encode()
+            try:
+                response = self.peers.post(entry["endpoint"], PATHS[row.kind], body, pin=entry["cert_sha256"])
+            except PeerCertificateMismatch as failure:
+                error, retryable, peer_refused = str(failure), True, True
+            except PeerUnreachable as failure:
+                error, retryable = str(failure), True
+            else:
+                if response.status == 200:
+                    row.state, row.finished_at, row.last_error = "delivered", now, None
+                    return "delivered"
+                error = f"HTTP {response.status}: {response.body[:200].decode('utf-8', 'replace')}"
+                code = self._error_code(response.body)
+                peer_refused = code in ("unknown_peer", "certificate_mismatch")
+                retryable = response.status == 429 or response.status >= 500 or peer_refused
+                try:
+                    retry_after = float(response.header("Retry-After") or 0)
+                except ValueError:
+                    retry_after = 0.0
+        row.last_error = error[:300]
+        window = PEER_RETRY_WINDOW if peer_refused else GIVE_UP_AFTER
+        if not retryable or now - row.first_attempt_at > window:
+            if not retryable:
+                row.refusal = self._peer_error(response)
+            row.state, row.finished_at = "failed", now
+            log.warning("gave up envelope %s to %s: %s", row.message_id, row.peer_node, error)
+            return "failed"
+        delay = min(RETRY_FIRST * 2 ** (row.attempts - 1), RETRY_MAX) * random.uniform(0.8, 1.2)
+        row.next_attempt_at = now + timedelta(seconds=max(delay, retry_after))
+        return "retry"
+
+    @staticmethod
+    def _error_code(body: bytes) -> str | None:
+        try:
+            return json.loads(body)["error"]["code"]
+        except (ValueError, KeyError, TypeError, RecursionError):
+            return None
+
+    @staticmethod
+    def _peer_error(response) -> DomainError:
+        try:
+            error = json.loads(response.body)["error"]
+            cls = protocol.ERRORS.get(error["code"], DomainError)
+            return cls(f"peer: {error['message']}", code=error["code"], status=response.status)
+        except (ValueError, KeyError, TypeError, RecursionError):
+            return DomainError(f"peer answered HTTP {response.status}", status=502, code="peer_error")
+
+    def retry_now(self) -> int:
+        """Operator's nudge: every pending envelope is due now (e.g. after a peer came back)."""
+        with self.db.begin() as session:
+            result = session.execute(update(Outbox).where(Outbox.state == "pending")
+                                     .values(next_attempt_at=utcnow()))
+        return result.rowcount
+
+    def outbox(self, state: str | None = None) -> list[Outbox]:
+        with self.db() as session:
+            query = select(Outbox).order_by(Outbox.id)
+            if state:
+                query = query.where(Outbox.state == state)
+            return list(session.scalars(query))
+
+    def forget_delivered(self, older_than: timedelta = timedelta(days=7)) -> None:
+        """Housekeeping: delivered envelopes and dedup records past the 7 days a repeat is recognised."""
+        cutoff = utcnow() - older_than
+        with self.db.begin() as session:
+            session.execute(delete(Outbox).where(Outbox.state == "delivered", Outbox.finished_at < cutoff))
+            session.execute(delete(Received).where(Received.received_at < cutoff))
