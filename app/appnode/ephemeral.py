@@ -1,0 +1,203 @@
+"""Ephemeral state (A.13 read states, A.15 presence): newest-wins records, queued for the nodes concerned
+and sent as one batch per peer. They bypass the outbox: a batch that fails EPHEMERAL_ATTEMPTS times or for
+longer than EPHEMERAL_WINDOW is dropped, since the next change supersedes it (docs/protocol.md §6). The
+participant check (`_require_participant`) stays with the read states it was written for; files and reading
+use it too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from datetime import timedelta
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from app.appnode import protocol
+from app.appnode.messages import PATHS, address, local_part
+from app.appnode.protocol import NotAParticipant, NotFound, node_of
+from app.appnode.store import Group, Message, PendingEphemeral, Presence, ReadState, User, utcnow
+from app.appnode.transport import PeerUnreachable
+
+log = logging.getLogger("mpim.appnode")
+
+EPHEMERAL_ATTEMPTS, EPHEMERAL_WINDOW = 3, timedelta(seconds=60)
+
+
+class EphemeralMixin:
+    """Read states and presence for a `Node`. Relies on the node's `db`, `node_id`, `routes` and `peers`,
+    on `_require_capability` and `_member_nodes` (ReceivingMixin)."""
+
+    def _accept_ephemeral(self, session: Session, envelope: dict) -> None:
+        batch, from_node, me = envelope["payload"], envelope["from_node"], self.node_id
+        if batch.get("read_states"):
+            self._require_capability("read_count")
+        if batch.get("presence"):
+            self._require_capability("presence")
+        for state in batch.get("read_states", ()):
+            self._keep_read_state(session, state)
+            conversation = state["conversation_id"]
+            if conversation.startswith("g:") and node_of(conversation) == me:
+                group = session.get(Group, (local_part(conversation[2:]), me))
+                if group is None or state["user_id"] not in group.members:
+                    raise NotAParticipant(f"{state['user_id']} is not in {conversation}")
+                for peer in self._member_nodes(group):
+                    if peer not in (me, from_node):
+                        self._queue_ephemeral(session, peer, "read", state)
+        for item in batch.get("presence", {}).get("items", ()):
+            row = session.get(Presence, item["user_id"])
+            if row is None:
+                session.add(Presence(**item))
+            elif item["updated_at"] > row.updated_at:
+                row.status, row.client_type = item["status"], item["client_type"]
+                row.last_active, row.updated_at = item["last_active"], item["updated_at"]
+
+    @staticmethod
+    def _keep_read_state(session: Session, state: dict) -> None:
+        row = session.get(ReadState, (state["conversation_id"], state["user_id"]))
+        if row is None:
+            session.add(ReadState(**state))
+        elif state["updated_at"] > row.updated_at:  # newest wins; RFC 3339 Z strings sort by time
+            row.read_up_to_message_id, row.unread_count = state["read_up_to_message_id"], state["unread_count"]
+            row.updated_at = state["updated_at"]
+
+    @staticmethod
+    def _queue_ephemeral(session: Session, peer: str, kind: str, item: dict) -> None:
+        key = item["conversation_id"] + "|" + item["user_id"] if kind == "read" else item["user_id"]
+        row = session.get(PendingEphemeral, (peer, kind, key))
+        if row is None:
+            session.add(PendingEphemeral(peer_node=peer, kind=kind, key=key, item=item, attempts=0))
+        else:
+            row.item, row.attempts, row.first_try_at = item, 0, None
+
+    def mark_read(self, user_id: str, conversation_id: str) -> ReadState:
+        """A.13: the user has read everything in the conversation; peers hear of it in the next batch."""
+        me = self.node_id
+        reader = address(user_id, me)
+        with self.db() as session:
+            latest = session.scalars(select(Message).where(Message.conversation_id == conversation_id)
+                                     .order_by(Message.send_time.desc(), Message.message_id.desc())
+                                     .limit(1)).first()
+            if latest is None:
+                raise NotFound(f"no messages in {conversation_id}")
+            self._require_participant(session, reader, latest)
+            state = {"conversation_id": conversation_id, "user_id": reader,
+                     "read_up_to_message_id": latest.message_id, "unread_count": 0,
+                     "updated_at": protocol.format_timestamp(utcnow())}
+            self._keep_read_state(session, state)
+            for peer in self._conversation_peers(session, latest):
+                self._queue_ephemeral(session, peer, "read", state)
+            session.commit()
+            return session.get(ReadState, (conversation_id, reader))
+
+    def _conversation_peers(self, session: Session, message: Message) -> list[str]:
+        """Where a read state of this conversation goes: the other user's node, or the group's home node
+        (every member node when this node is home)."""
+        me = self.node_id
+        if message.chat_type == "single":
+            other = {node_of(message.sender_address), node_of(message.to)} - {me}
+            return sorted(other)
+        home = node_of(message.to)
+        if home != me:
+            return [home]
+        group = session.get(Group, (local_part(message.to), me))
+        return [peer for peer in self._member_nodes(group) if peer != me]
+
+    def _require_participant(self, session: Session, user: str, message: Message) -> None:
+        if message.chat_type == "single":
+            if user not in (message.sender_address, message.to):
+                raise NotAParticipant(f"{user} is not in {message.conversation_id}")
+            return
+        group = session.get(Group, (local_part(message.to), node_of(message.to)))
+        if user != message.sender_address and (group is None or user not in group.members):
+            raise NotAParticipant(f"{user} is not in {message.conversation_id}")
+
+    def set_presence(self, user_id: str, status: str, client_type: str = "pc") -> dict:
+        """A.15: told to every node that shares a conversation with the user (a group, or a recent chat)."""
+        me = self.node_id
+        user = address(user_id, me)
+        now = protocol.format_timestamp(utcnow())
+        item = {"user_id": user, "status": status, "client_type": client_type, "last_active": now, "updated_at": now}
+        protocol.validate("presence", {"items": [item]})
+        with self.db() as session:
+            if session.get(User, user_id) is None:
+                raise NotFound(f"no local user {user_id}")
+            row = session.get(Presence, user)
+            if row is None:
+                session.add(Presence(**item))
+            else:
+                row.status, row.client_type, row.last_active, row.updated_at = status, client_type, now, now
+            peers = set()
+            for group in session.scalars(select(Group).where(Group.dismissed.is_(False))):
+                if user in group.members:
+                    peers.update(self._member_nodes(group))
+            since = protocol.format_timestamp(utcnow() - timedelta(days=30))
+            for sender, to in session.execute(select(Message.sender_address, Message.to).where(
+                    Message.chat_type == "single", Message.send_time >= since,
+                    or_(Message.sender_address == user, Message.to == user))):
+                peers.update((node_of(sender), node_of(to)))
+            for peer in sorted(peers - {me}):
+                self._queue_ephemeral(session, peer, "presence", item)
+            session.commit()
+        return item
+
+    def rebroadcast_presence(self) -> int:
+        """A.15: every 5 minutes, the status of each local user who is not offline goes out again, so a peer
+        that missed a change (or restarted) catches up, and users whose node went quiet age out there."""
+        suffix = "@" + self.node_id
+        with self.db() as session:
+            rows = session.scalars(select(Presence).where(Presence.user_id.endswith(suffix),
+                                                          Presence.status != "offline")).all()
+        for row in rows:
+            self.set_presence(local_part(row.user_id), row.status, row.client_type)
+        return len(rows)
+
+    def flush_ephemeral(self) -> int:
+        """One batch per peer of everything pending (newest per key); a batch failing 3 times or for 60 s
+        is dropped: the next change supersedes it (docs/protocol.md §6)."""
+        sent = 0
+        with self.db() as session:
+            rows = session.scalars(select(PendingEphemeral)).all()
+            by_peer: dict[str, list[PendingEphemeral]] = defaultdict(list)
+            for row in rows:
+                by_peer[row.peer_node].append(row)
+            me, now = self.node_id, utcnow()
+            for peer, items in by_peer.items():
+                items = items[:1000]
+                entry = self.routes.entry(peer)
+                capabilities = set(entry["capabilities"]) if entry else set()
+                batch: dict = {}
+                reads = [row.item for row in items if row.kind == "read" and "read_count" in capabilities]
+                presence = [row.item for row in items if row.kind == "presence" and "presence" in capabilities]
+                if reads:
+                    batch["read_states"] = reads
+                if presence:
+                    batch["presence"] = {"items": presence}
+                ok = False
+                if entry is not None and batch:
+                    envelope = protocol.make_envelope(from_node=me, to_node=peer, type="ephemeral", payload=batch)
+                    try:
+                        response = self.peers.post(entry["endpoint"], PATHS["ephemeral"],
+                                                   json.dumps(envelope, ensure_ascii=False).encode(),
+                                                   pin=entry["cert_sha256"])
+                        ok = response.status == 200
+                        if not ok:
+                            log.warning("ephemeral batch to %s refused: %s %s", peer, response.status,
+                                        response.body[:200])
+                    except PeerUnreachable as error:
+                        log.info("ephemeral batch to %s failed: %s", peer, error)
+                elif entry is not None:
+                    ok = True  # nothing this peer can take: drop quietly
+                for row in items:
+                    if ok:
+                        session.delete(row)
+                        continue
+                    row.attempts += 1
+                    row.first_try_at = row.first_try_at or now
+                    if row.attempts >= EPHEMERAL_ATTEMPTS or now - row.first_try_at > EPHEMERAL_WINDOW:
+                        session.delete(row)
+                sent += ok
+            session.commit()
+        return sent
