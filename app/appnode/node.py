@@ -7,64 +7,29 @@ server process can work on the same node at once (SQLite in WAL mode serialises 
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import logging
-import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy.orm import Session
-
-from app.appnode import filetypes, protocol
 from app.appnode.certificate import CertificateNotInstalled, KeyNotHeld, check_issued, key_holder
 from app.appnode.config import NodeConfig
 from app.appnode.ephemeral import EphemeralMixin
 from app.appnode.files import FilesMixin
 from app.appnode.groups import GroupsMixin
-from app.appnode.messages import (
-    FILE_KINDS,
-    Reply,
-    address,
-    declared_type,
-    image_size,
-    local_part,
-    media_type,
-)
+from app.appnode.messages import Reply, address, declared_type, image_size, local_part, media_type
 from app.appnode.outbox import OutboxMixin
-from app.appnode.protocol import (
-    CertificateMismatch,
-    Conflict,
-    InvalidJSON,
-    NotAParticipant,
-    NotFound,
-    PayloadTooLarge,
-    UnknownPeer,
-    UnsupportedCapability,
-    UnsupportedMediaType,
-    node_of,
-)
+from app.appnode.protocol import Conflict, UnknownPeer
 from app.appnode.reading import ReadingMixin
+from app.appnode.receiving import ReceivingMixin
 from app.appnode.registry import Identity, RegistryClient, RegistryError, write_atomic
 from app.appnode.sending import SendingMixin
-from app.appnode.store import (
-    Group,
-    Received,
-    get_setting,
-    insert_message,
-    insert_received,
-    open_database,
-    put_setting,
-    raw_cursor,
-    user_row,
-    utcnow,
-)
+from app.appnode.store import get_setting, open_database, put_setting, utcnow
 from app.appnode.transport import PeerPool, client_context
 from app.errors import DomainError
 from app.routing.client import OwnEntryMismatch, RouteClient, RouteRejected
@@ -82,17 +47,7 @@ class NotJoined(DomainError):
     code, status = "not_joined", 409
 
 
-def _strict_object(pairs):
-    """JSON objects without duplicate keys (docs/protocol.md §2.5)."""
-    result = {}
-    for key, value in pairs:
-        if key in result:
-            raise InvalidJSON(f"duplicate key {key!r}")
-        result[key] = value
-    return result
-
-
-class Node(GroupsMixin, EphemeralMixin, SendingMixin, FilesMixin, OutboxMixin, ReadingMixin):
+class Node(ReceivingMixin, GroupsMixin, EphemeralMixin, SendingMixin, FilesMixin, OutboxMixin, ReadingMixin):
     def __init__(self, data_dir: str | Path):
         self.data_dir = Path(data_dir)
         self.config = NodeConfig.load(self.data_dir)
@@ -117,6 +72,20 @@ class Node(GroupsMixin, EphemeralMixin, SendingMixin, FilesMixin, OutboxMixin, R
         self._certificate_lock = threading.Lock()
         # Called after the node's certificate changed (renewal, or one an admin issued): the server reloads.
         self.certificate_changed: list[Callable[[], None]] = []
+
+    @contextmanager
+    def _raw(self):
+        """The process's own DBAPI connection, bypassing the ORM, for one short write transaction; whatever
+        is not committed is rolled back. Writers of this process take turns on `_writing`: SQLite has one
+        writer at a time, and a thread waiting on a Python lock wakes at once, where SQLite's busy handler
+        would sleep for milliseconds. One connection kept open saves a pool checkout per message."""
+        with self._writing:
+            if self._hot is None:
+                self._hot = self.engine.raw_connection()
+            try:
+                yield self._hot
+            finally:
+                self._hot.rollback()  # a no-op after a commit
 
     # ---- identity ----------------------------------------------------------------------------------------
     @classmethod
@@ -365,169 +334,3 @@ class Node(GroupsMixin, EphemeralMixin, SendingMixin, FilesMixin, OutboxMixin, R
         for hook in self.certificate_changed:
             hook()
         return fingerprint
-
-    # ---- receiving (docs/protocol.md §5.4) ------------------------------------------------------------
-    def receive(self, kind: str, body: bytes, content_type: str | None, peer_certificate: bytes | None) -> Reply:
-        if (content_type or "").split(";")[0].strip().lower() != "application/json":
-            raise UnsupportedMediaType("send application/json")
-        if len(body) > protocol.MAX_BODY_BYTES:
-            raise PayloadTooLarge(f"the body is over {protocol.MAX_BODY_BYTES} bytes")
-        try:
-            envelope = json.loads(body.decode("utf-8"), object_pairs_hook=_strict_object)
-        except (UnicodeDecodeError, ValueError, RecursionError) as error:
-            # RecursionError: nested deeper than the parser goes; refused like any other body that is not JSON
-            # (a 5xx would have the sender retry it for 48 hours).
-            if isinstance(error, InvalidJSON):
-                raise
-            raise InvalidJSON("the body is not JSON") from None
-        if not isinstance(envelope, dict):
-            raise InvalidJSON("the body is not a JSON object")
-        protocol.check_envelope(envelope, node_id=self.node_id, expected_type=kind)
-        self._check_peer(envelope["from_node"], peer_certificate)
-        if kind == "download":
-            self._require_capability("download")
-            return self._serve_download(envelope)
-        now = utcnow()
-        if kind == "message" and envelope["payload"]["chat_type"] == "single":
-            return self._receive_single(envelope, now)
-        try:
-            enqueued = self._receive_in_transaction(kind, envelope, now)
-        except DomainError as error:
-            self._withdraw_confirmed(error)
-            raise
-        if isinstance(enqueued, Reply):
-            return enqueued  # a duplicate
-        if enqueued:
-            self.wake.set()  # relays and announcements to deliver: the loop need not wait for its next round
-        return Reply(document=protocol.make_ack(envelope["message_id"], now))
-
-    def _receive_in_transaction(self, kind: str, envelope: dict, now: datetime) -> bool | Reply:
-        with self._writing, self.db() as session:
-            if kind != "ephemeral":
-                # The dedup record first: a repeat fails on the primary key before anything else is done.
-                try:
-                    insert_received(raw_cursor(session), envelope["from_node"], envelope["message_id"], now)
-                except sqlite3.IntegrityError:
-                    session.rollback()
-                    return self._duplicate(envelope)
-            handler = {"message": self._accept_message, "group_op": self._accept_group_op,
-                       "ephemeral": self._accept_ephemeral}[kind]
-            enqueued = handler(session, envelope)
-            session.commit()
-        return enqueued
-
-    def _receive_single(self, envelope: dict, now: datetime) -> Reply:
-        """A.11, the hot path: dedup record, recipient check and the message in one short transaction."""
-        message = envelope["payload"]
-        self._require_capability(message["msg_type"])
-        self._require_capability("single_chat")
-        self._check_content(message)
-        with self._raw() as connection:
-            cursor = connection.cursor()
-            try:
-                insert_received(cursor, envelope["from_node"], envelope["message_id"], now)
-            except sqlite3.IntegrityError:
-                connection.rollback()
-                return self._duplicate(envelope)
-            recipient = local_part(message["to"])
-            if recipient not in self._known_users:  # users are never deleted: a user seen once exists
-                if user_row(cursor, recipient) is None:
-                    raise NotFound(f"no user {message['to']} here", field="payload.to")
-                self._known_users.add(recipient)
-            insert_message(cursor, self._message_values(message, [message["sender"]["node_id"], self.node_id]))
-            connection.commit()
-        return Reply(document=protocol.make_ack(envelope["message_id"], now))
-
-    def _duplicate(self, envelope: dict) -> Reply:
-        with self.db() as session:
-            seen = session.get(Received, (envelope["from_node"], envelope["message_id"]))
-        return Reply(document=protocol.make_ack(envelope["message_id"], seen.received_at, duplicate=True))
-
-    @contextmanager
-    def _raw(self):
-        """The process's own DBAPI connection, bypassing the ORM, for one short write transaction; whatever
-        is not committed is rolled back. Writers of this process take turns on `_writing`: SQLite has one
-        writer at a time, and a thread waiting on a Python lock wakes at once, where SQLite's busy handler
-        would sleep for milliseconds. One connection kept open saves a pool checkout per message."""
-        with self._writing:
-            if self._hot is None:
-                self._hot = self.engine.raw_connection()
-            try:
-                yield self._hot
-            finally:
-                self._hot.rollback()  # a no-op after a commit
-
-    def _check_peer(self, from_node: str, certificate: bytes | None) -> None:
-        if not certificate:
-            raise CertificateMismatch("federation requests need a client certificate", field="from_node")
-        fingerprint = hashlib.sha256(certificate).hexdigest()
-        if self.routes.is_trusted_peer(from_node, fingerprint):
-            return
-        self._refresh_for_peer()
-        if self.routes.is_trusted_peer(from_node, fingerprint):
-            return
-        if self.routes.peek(from_node) is None:
-            raise UnknownPeer(f"node {from_node} is not in this node's routing table", field="from_node")
-        raise CertificateMismatch(f"the client certificate is not the one the routing table lists for {from_node}",
-                                  field="from_node")
-
-    def _require_capability(self, name: str) -> None:
-        if name not in self.config.capabilities:
-            raise UnsupportedCapability(f"this node does not offer {name}")
-
-    def _check_content(self, message: dict) -> None:
-        msg_type, content = message["msg_type"], message["content"]
-        if msg_type in FILE_KINDS and content["size"] > self.config.limit(msg_type):
-            raise PayloadTooLarge(f"a {msg_type} of {content['size']} bytes is over this node's limit of "
-                                  f"{self.config.limit(msg_type)}", field="payload.content.size")
-        if msg_type == "file" and content["mime_type"] in filetypes.EXECUTABLE_TYPES:
-            raise UnsupportedMediaType("this node does not accept executables", field="payload.content.mime_type")
-        thumbnail = content.get("thumbnail") if msg_type == "image" else None
-        if thumbnail:
-            data = base64.b64decode(thumbnail["data"])
-            filetypes.check_size(len(data), filetypes.LIMITS["thumbnail"])
-            try:
-                filetypes.check_declared(data, thumbnail["format"])
-            except UnsupportedMediaType as error:
-                raise UnsupportedMediaType(f"thumbnail: {error}", field="payload.content.thumbnail.data") from None
-
-    def _accept_message(self, session: Session, envelope: dict) -> bool:
-        message = envelope["payload"]
-        self._require_capability(message["msg_type"])
-        self._require_capability("group")  # single chats take _receive_single
-        self._check_content(message)
-        me = self.node_id
-        home = node_of(message["to"])
-        if home != me:  # relayed by the home node (protocol.check_envelope made sure)
-            group = session.get(Group, (local_part(message["to"]), home))
-            self._store_message(session, message, self._member_nodes(group) if group else [home, me])
-            return
-        group = session.get(Group, (local_part(message["to"]), me))
-        if group is None or group.dismissed:
-            raise NotFound(f"no group {message['to']}", field="payload.to")
-        sender = address(message["sender"]["user_id"], message["sender"]["node_id"])
-        if sender not in group.members:
-            raise NotAParticipant(f"{sender} is not a member of {message['to']}", field="payload.sender")
-        self._store_message(session, message, self._member_nodes(group))
-        self._fan_out(session, message, [peer for peer in self._member_nodes(group)
-                                         if peer not in (me, envelope["from_node"])])
-        return True
-
-    @staticmethod
-    def _message_values(message: dict, participants: Iterable[str]) -> dict:
-        sender = message["sender"]
-        return dict(message_id=message["message_id"], conversation_id=message["conversation_id"],
-                    chat_type=message["chat_type"], sender_address=address(sender["user_id"], sender["node_id"]),
-                    origin_node=sender["node_id"], to=message["to"], msg_type=message["msg_type"],
-                    document=message, send_time=message["send_time"], received_at=utcnow(),
-                    participant_nodes=sorted(set(participants)))
-
-    def _store_message(self, session: Session, message: dict, participants: Iterable[str]) -> dict:
-        """Keep an A.9 message once, however many paths bring it (e.g. a relay of our own)."""
-        values = self._message_values(message, participants)
-        insert_message(raw_cursor(session), values)
-        return values
-
-    @staticmethod
-    def _member_nodes(group: Group | None) -> list[str]:
-        return sorted({node_of(member) for member in group.members}) if group else []
