@@ -1,8 +1,13 @@
-"""The reference application node's domain: joining, receiving (docs/protocol.md §5.4), sending, groups,
-files, read state and presence, and the outbox. The web layer, the CLI and the server loop all call this.
+"""The reference application node's domain, `Node`: the web layer, the CLI and the server loop all call it.
 
 One `Node` is one data directory. Every method opens its own short database session, so the CLI and the
 server process can work on the same node at once (SQLite in WAL mode serialises their writes).
+
+This module holds what every part of the node stands on: the constructor and its shared state, the raw
+write connection, joining the network (identity), the routing table and certificate renewal. Each other job
+is a mixin in a module of its own, since the single class had grown to 1,600 lines (STYLE rule 7):
+receiving.py (docs/protocol.md §5.4), groups.py (A.12), ephemeral.py (A.13, A.15), sending.py (A.9, A.11),
+files.py (A.10), outbox.py (docs/protocol.md §6) and reading.py; messages.py holds what they share.
 """
 
 from __future__ import annotations
@@ -48,6 +53,9 @@ class NotJoined(DomainError):
 
 
 class Node(ReceivingMixin, GroupsMixin, EphemeralMixin, SendingMixin, FilesMixin, OutboxMixin, ReadingMixin):
+    """One node data directory. The state every section shares is set up here; each mixin's docstring names
+    what it uses of it and of the other mixins."""
+
     def __init__(self, data_dir: str | Path):
         self.data_dir = Path(data_dir)
         self.config = NodeConfig.load(self.data_dir)
