@@ -405,12 +405,26 @@ def test_a_png_that_is_really_an_executable_is_refused(network):
 
 def test_a_downloaded_file_that_is_not_what_it_claims_is_discarded(network):
     a, b = network["a"], network["b"]
-    message = a.node.send_file("zhangsan", b.user("lisi"), png(), "image", file_name="p.png")
+    picture = png()
+    message = a.node.send_file("zhangsan", b.user("lisi"), picture, "image", file_name="p.png")
     stored = next(f for f in (a.dir / "files" / a.id).iterdir())
-    stored.write_bytes(ELF)  # the origin's copy is swapped behind its back
+    stored.write_bytes(ELF.ljust(len(picture), b"\0")[:len(picture)])  # swapped behind its back, same size
     with pytest.raises(UnsupportedMediaType, match="checksum"):
         b.node.download("lisi", message.message_id)
-    assert not (b.dir / "files" / a.id).exists()
+    assert list((b.dir / "files" / a.id).iterdir()) == []  # nothing kept, not even the partial download
+
+
+def test_a_download_running_past_the_declared_size_is_cut_off_and_discarded(network):
+    """The origin sends more than the message declared: the download stops there (it never holds a
+    hostile origin's gigabytes), and nothing is kept."""
+    a, b = network["a"], network["b"]
+    picture = png()
+    message = a.node.send_file("zhangsan", b.user("lisi"), picture, "image", file_name="p.png")
+    stored = next(f for f in (a.dir / "files" / a.id).iterdir())
+    stored.write_bytes(picture + b"\0" * (4 * 1024 * 1024))
+    with pytest.raises(PayloadTooLarge, match=f"more than the {len(picture)} bytes the message declares"):
+        b.node.download("lisi", message.message_id)
+    assert list((b.dir / "files" / a.id).iterdir()) == []
 
 
 def test_a_file_over_the_limit_is_refused(network):

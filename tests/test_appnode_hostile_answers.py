@@ -1,12 +1,26 @@
 """What a peer or the management node answers is read without trusting its shape: an error body nested
-deeper than Python's JSON parser goes reads as 'no usable error', never as an exception in the sender."""
+deeper than Python's JSON parser goes reads as 'no usable error', never as an exception in the sender;
+an answer that never ends is cut off at a limit, never read into memory whole."""
 
 from __future__ import annotations
 
+import ipaddress
+import ssl
+import tempfile
+import threading
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from app.appnode.node import Node
 from app.appnode.registry import HTTPResult, RegistryClient
+from app.appnode.transport import ANSWER_LIMIT, PeerAnswerTooLarge, PeerPool
 
 NESTED = b"[" * 5000
 
@@ -20,3 +34,71 @@ def test_a_peers_error_body_nested_too_deep_is_a_plain_peer_error():
 def test_a_registry_error_body_nested_too_deep_names_the_http_status():
     error = RegistryClient.fail(HTTPResult(502, {}, NESTED), "apply")
     assert error.message == "apply: HTTP 502"
+
+
+class EndlessAnswer(BaseHTTPRequestHandler):
+    """A peer whose answer never ends (chunked, no length), or announces a length it would not fit."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self):  # noqa: N802 (the http.server hook's name)
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        if self.path == "/announces":
+            self.send_header("Content-Length", str(10 * 1024 ** 3))
+            self.end_headers()
+            return
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        chunk = b"x" * 65536
+        try:
+            while True:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        except OSError:  # the reader hung up: what the test wants
+            pass
+
+    def log_message(self, *_args):
+        pass
+
+
+@pytest.fixture
+def endless_peer(tmp_path):
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "peer")])
+    now = datetime.now(UTC)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=1))
+                   .not_valid_after(now + timedelta(days=1))
+                   .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                                  critical=False)
+                   .sign(key, hashes.SHA256()))
+    (tmp_path / "peer.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "peer.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                          serialization.PrivateFormat.PKCS8,
+                                                          serialization.NoEncryption()))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), EndlessAnswer)
+    server.daemon_threads = True
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "peer.pem", tmp_path / "peer.key")
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    client = ssl.create_default_context(cafile=str(tmp_path / "peer.pem"))
+    yield PeerPool(lambda: client), f"https://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_an_answer_that_never_ends_is_cut_off_at_the_limit(endless_peer):
+    pool, endpoint = endless_peer
+    with pytest.raises(PeerAnswerTooLarge, match=f"runs past {ANSWER_LIMIT} bytes"):
+        pool.post(endpoint, "/endless", b"{}", pin=None)
+    with tempfile.TemporaryFile() as into:  # a download: to a file, at most the declared size
+        with pytest.raises(PeerAnswerTooLarge, match="runs past 200000 bytes"):
+            pool.post(endpoint, "/endless", b"{}", pin=None, into=into, limit=200_000)
+        assert into.tell() <= 200_000
+
+
+def test_an_answer_announcing_more_than_the_limit_is_refused_before_reading(endless_peer):
+    pool, endpoint = endless_peer
+    with pytest.raises(PeerAnswerTooLarge, match="announces 10737418240 bytes"):
+        pool.post(endpoint, "/announces", b"{}", pin=None)

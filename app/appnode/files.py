@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
+from collections.abc import Iterator
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from app.appnode import filetypes, protocol
 from app.appnode.messages import FILE_KINDS, PATHS, Reply, address, declared_type, media_type
 from app.appnode.protocol import (
     NotAParticipant,
     NotFound,
+    PayloadTooLarge,
     RangeNotSatisfiable,
     UnsupportedCapability,
     UnsupportedMediaType,
@@ -22,9 +27,32 @@ from app.appnode.protocol import (
 )
 from app.appnode.registry import write_atomic
 from app.appnode.store import Message, StoredFile, utcnow
-from app.appnode.transport import PeerUnreachable
+from app.appnode.transport import CHUNK_BYTES, PeerAnswerTooLarge, PeerUnreachable
 
 MEDIA_RETENTION = timedelta(days=30)
+
+
+def _chunks(path: Path, offset: int, end: int) -> Iterator[bytes]:
+    """Bytes [offset, end) of a file, a chunk at a time: a 1 GiB file is never held in memory whole."""
+    with path.open("rb") as stream:
+        stream.seek(offset)
+        left = end - offset
+        while left > 0 and (chunk := stream.read(min(CHUNK_BYTES, left))):
+            left -= len(chunk)
+            yield chunk
+
+
+def _sha256_of(path: Path, offset: int = 0, end: int | None = None) -> str:
+    digest = hashlib.sha256()
+    for chunk in _chunks(path, offset, path.stat().st_size if end is None else end):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _head(path: Path) -> bytes:
+    """What sniffing needs (filetypes.SNIFF_BYTES), without reading the rest."""
+    with path.open("rb") as stream:
+        return stream.read(filetypes.SNIFF_BYTES)
 
 
 class FilesMixin:
@@ -51,20 +79,23 @@ class FilesMixin:
             kept_until = stored.expire_at or (protocol.parse_timestamp(message.send_time) + MEDIA_RETENTION)
             if utcnow() > kept_until:
                 raise protocol.FileExpired("the file is no longer kept")
-        data = (self.data_dir / stored.path).read_bytes()
-        headers = {"Content-Type": media_type(message.msg_type, message.document["content"], data)}
-        status = 200
+        path = self.data_dir / stored.path
+        size = path.stat().st_size
+        headers = {"Content-Type": media_type(message.msg_type, message.document["content"], _head(path))}
+        status, offset, end = 200, 0, size
         wanted = request.get("range")
         if wanted is not None:
             offset = wanted["offset"]
-            if offset >= len(data):
-                raise RangeNotSatisfiable(f"offset {offset} is past the end ({len(data)} bytes)",
+            if offset >= size:
+                raise RangeNotSatisfiable(f"offset {offset} is past the end ({size} bytes)",
                                           field="payload.range.offset")
-            end = min(len(data), offset + wanted.get("length", len(data)))
-            headers["Content-Range"] = f"bytes {offset}-{end - 1}/{len(data)}"
-            data, status = data[offset:end], 206
-        headers["X-Content-SHA256"] = hashlib.sha256(data).hexdigest()
-        return Reply(status=status, body=data, headers=headers)
+            end = min(size, offset + wanted.get("length", size))
+            headers["Content-Range"] = f"bytes {offset}-{end - 1}/{size}"
+            status = 206
+        # The checksum header goes before the body, so the slice is read twice, a chunk at a time each.
+        headers["X-Content-SHA256"] = _sha256_of(path, offset, end)
+        headers["Content-Length"] = str(end - offset)
+        return Reply(status=status, body=_chunks(path, offset, end), headers=headers)
 
     def download(self, user_id: str, message_id: str) -> StoredFile:
         """Fetch a message's file from its origin node, check every byte, keep it here."""
@@ -84,35 +115,59 @@ class FilesMixin:
             raise UnsupportedCapability(f"node {origin} does not serve downloads")
         envelope = protocol.make_envelope(from_node=me, to_node=origin, type="download",
                                           payload={"file_id": content["file_id"], "message_id": message_id})
-        try:
-            response = self.peers.post(entry["endpoint"], PATHS["download"], json.dumps(envelope).encode(),
-                                       pin=entry["cert_sha256"])
-        except PeerUnreachable as error:
-            raise protocol.Unavailable(str(error)) from None
-        if response.status != 200:
-            raise self._peer_error(response)
-        data = response.body
         kind = message.msg_type
-        filetypes.check_size(len(data), self.config.limit(kind))
-        digest = hashlib.sha256(data).hexdigest()
-        if response.header("X-Content-SHA256") != digest or digest != content["sha256"]:
-            raise UnsupportedMediaType("the downloaded bytes do not match their checksum; discarded")
-        declared = declared_type(kind, content)
-        filetypes.check_declared(data, declared)
-        return self._keep_file(origin, content["file_id"], kind, declared, data, digest, content.get("file_name"),
-                               protocol.parse_timestamp(content["expire_at"]) if kind == "file" else None)
+        limit = min(self.config.limit(kind), content["size"])  # the message said how big; not a byte more
+        # Into a temporary file beside where it will be kept, never into memory: files run to 1 GiB.
+        directory = self.files_dir / origin
+        directory.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{content['file_id']}.")
+        part = Path(temporary)
+        try:
+            with os.fdopen(handle, "w+b") as stream:
+                try:
+                    response = self.peers.post(entry["endpoint"], PATHS["download"], json.dumps(envelope).encode(),
+                                               pin=entry["cert_sha256"], into=stream, limit=limit)
+                except PeerAnswerTooLarge:
+                    raise PayloadTooLarge(f"node {origin} sent more than the {limit} bytes the message declares; "
+                                          "discarded") from None
+                except PeerUnreachable as error:
+                    raise protocol.Unavailable(str(error)) from None
+                if response.status != 200:
+                    raise self._peer_error(response)
+                stream.flush()
+                os.fsync(stream.fileno())
+            digest = _sha256_of(part)
+            if response.header("X-Content-SHA256") != digest or digest != content["sha256"]:
+                raise UnsupportedMediaType("the downloaded bytes do not match their checksum; discarded")
+            declared = declared_type(kind, content)
+            filetypes.check_declared(_head(part), declared)
+            return self._keep_file(origin, content["file_id"], kind, declared, part, digest,
+                                   content.get("file_name"),
+                                   protocol.parse_timestamp(content["expire_at"]) if kind == "file" else None)
+        finally:
+            part.unlink(missing_ok=True)  # kept files were moved away; anything left here is discarded
+
+    def file_path(self, stored: StoredFile) -> Path:
+        return self.data_dir / stored.path
 
     def file_bytes(self, stored: StoredFile) -> bytes:
-        return (self.data_dir / stored.path).read_bytes()
+        return self.file_path(stored).read_bytes()
 
-    def _keep_file(self, origin: str, file_id: str, kind: str, declared: str, data: bytes, digest: str,
+    def _keep_file(self, origin: str, file_id: str, kind: str, declared: str, data: bytes | Path, digest: str,
                    file_name: str | None, expire_at: datetime | None) -> StoredFile:
+        """Store the bytes (`data`), or move a checked temporary file in the same directory into place."""
         path = self.files_dir / origin / file_id
-        write_atomic(path, data, 0o600)
+        if isinstance(data, Path):
+            size = data.stat().st_size
+            os.chmod(data, 0o600)
+            os.replace(data, path)
+        else:
+            size = len(data)
+            write_atomic(path, data, 0o600)
         with self.db.begin() as session:
             row = session.get(StoredFile, (origin, file_id))
             if row is None:
-                row = StoredFile(origin_node=origin, file_id=file_id, kind=kind, declared=declared, size=len(data),
+                row = StoredFile(origin_node=origin, file_id=file_id, kind=kind, declared=declared, size=size,
                                  sha256=digest, path=str(path.relative_to(self.data_dir)), file_name=file_name,
                                  expire_at=expire_at, created_at=utcnow())
                 session.add(row)

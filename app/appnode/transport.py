@@ -12,10 +12,15 @@ import os
 import ssl
 import threading
 from dataclasses import dataclass
+from typing import BinaryIO
 from urllib.parse import urlsplit
 
 CONNECT_TIMEOUT = 10.0
 ANSWER_TIMEOUT = 30.0
+# A JSON answer (an ack, an error) is a few hundred bytes; more than this is a faulty or hostile peer,
+# and reading it whole would let that peer fill this node's memory.
+ANSWER_LIMIT = 1024 * 1024
+CHUNK_BYTES = 64 * 1024
 
 
 class PeerUnreachable(Exception):
@@ -24,6 +29,10 @@ class PeerUnreachable(Exception):
 
 class PeerCertificateMismatch(PeerUnreachable):
     """The peer's server certificate is not the one the routing table lists: nothing is sent to it."""
+
+
+class PeerAnswerTooLarge(PeerUnreachable):
+    """The peer's answer ran past what the caller accepts: the connection is dropped, nothing is kept."""
 
 
 @dataclass
@@ -109,8 +118,11 @@ class PeerPool:
                 self._context = self._context_factory()
             return self._context
 
-    def post(self, endpoint: str, path: str, body: bytes, *, pin: str | None,
-             timeout: float = ANSWER_TIMEOUT) -> PeerResponse:
+    def post(self, endpoint: str, path: str, body: bytes, *, pin: str | None, timeout: float = ANSWER_TIMEOUT,
+             into: BinaryIO | None = None, limit: int = ANSWER_LIMIT) -> PeerResponse:
+        """POST `body`; the answer is read in chunks and refused past `limit` bytes (PeerAnswerTooLarge).
+        With `into`, a 200 answer's bytes go to that file instead of memory (`body` is then empty); any
+        other answer is an error document, read into memory within ANSWER_LIMIT."""
         parts = urlsplit(endpoint)
         key = (parts.hostname, parts.port or 443)
         url = (parts.path.rstrip("/") + path) or "/"
@@ -129,12 +141,19 @@ class PeerPool:
                             f"{parts.hostname} presented certificate {seen}, the routing table lists {pin}")
                 connection.request("POST", url, body=body, headers=headers)
                 response = connection.getresponse()
-                data = response.read()
+                sink = into if into is not None and response.status == 200 else None
+                data = _read_bounded(response, limit if sink is not None else ANSWER_LIMIT, sink, f"{endpoint}{path}")
             except PeerCertificateMismatch:
+                raise
+            except PeerAnswerTooLarge:
+                connection.close()  # the rest of the answer is still on the wire
                 raise
             except (OSError, http.client.HTTPException) as error:
                 connection.close()
                 if reused and attempt == 0:
+                    if into is not None:  # whatever a broken answer wrote is not the file
+                        into.seek(0)
+                        into.truncate()
                     continue
                 raise PeerUnreachable(f"{endpoint}{path}: {error.__class__.__name__}: {error}") from None
             result = PeerResponse(response.status, dict(response.getheaders()), data)
@@ -160,3 +179,21 @@ class PeerPool:
                 bucket.append(connection)
                 return
         connection.close()
+
+
+def _read_bounded(response: http.client.HTTPResponse, limit: int, sink: BinaryIO | None, where: str) -> bytes:
+    """The answer's body, chunk by chunk, into `sink` or memory; PeerAnswerTooLarge past `limit` bytes,
+    before reading anything when the answer announces its length."""
+    declared = response.getheader("Content-Length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+        raise PeerAnswerTooLarge(f"{where}: the answer announces {int(declared)} bytes, more than {limit}")
+    chunks, total = [], 0
+    while chunk := response.read(CHUNK_BYTES):
+        total += len(chunk)
+        if total > limit:
+            raise PeerAnswerTooLarge(f"{where}: the answer runs past {limit} bytes")
+        if sink is not None:
+            sink.write(chunk)
+        else:
+            chunks.append(chunk)
+    return b"".join(chunks)
