@@ -8,6 +8,7 @@ import ipaddress
 import ssl
 import tempfile
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
@@ -20,7 +21,7 @@ from cryptography.x509.oid import NameOID
 
 from app.appnode.node import Node
 from app.appnode.registry import HTTPResult, RegistryClient
-from app.appnode.transport import ANSWER_LIMIT, PeerAnswerTooLarge, PeerPool
+from app.appnode.transport import ANSWER_LIMIT, PeerAnswerTooLarge, PeerPool, PeerUnreachable
 
 NESTED = b"[" * 5000
 
@@ -43,6 +44,9 @@ class EndlessAnswer(BaseHTTPRequestHandler):
 
     def do_POST(self):  # noqa: N802 (the http.server hook's name)
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.path == "/silent":  # a peer that takes the request and never answers
+            time.sleep(60)
+            return
         self.send_response(200)
         if self.path == "/announces":
             self.send_header("Content-Length", str(10 * 1024 ** 3))
@@ -102,3 +106,28 @@ def test_an_answer_announcing_more_than_the_limit_is_refused_before_reading(endl
     pool, endpoint = endless_peer
     with pytest.raises(PeerAnswerTooLarge, match="announces 10737418240 bytes"):
         pool.post(endpoint, "/announces", b"{}", pin=None)
+
+
+def test_a_stopping_node_abandons_a_request_a_silent_peer_never_answers(endless_peer):
+    """At exit the process waited for the slowest answer (up to 30 s), past gunicorn's 10 s grace, and was
+    killed. `abort` (Node.close, from the worker's exit hook) ends such a request at once."""
+    pool, endpoint = endless_peer
+    outcome = {}
+
+    def deliver():
+        started = time.monotonic()
+        try:
+            pool.post(endpoint, "/silent", b"{}", pin=None)
+        except PeerUnreachable as error:
+            outcome["error"] = str(error)
+        outcome["seconds"] = time.monotonic() - started
+
+    sender = threading.Thread(target=deliver)
+    sender.start()
+    time.sleep(0.5)  # the request is out, its answer awaited
+    assert sender.is_alive()
+    pool.abort()
+    sender.join(timeout=5)
+    assert not sender.is_alive() and "this node is stopping" in outcome["error"], outcome
+    with pytest.raises(PeerUnreachable, match="stopping"):
+        pool.post(endpoint, "/endless", b"{}", pin=None)  # nothing new starts

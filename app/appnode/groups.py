@@ -17,7 +17,7 @@ from app.appnode import protocol
 from app.appnode.messages import PATHS, address, local_part
 from app.appnode.protocol import Conflict, NotAParticipant, NotFound, PermissionDenied, UnsupportedCapability, node_of
 from app.appnode.store import Group, User
-from app.appnode.transport import PeerCertificateMismatch, PeerUnreachable
+from app.appnode.transport import PeerUnreachable
 from app.errors import DomainError
 
 # A member confirmation (§8.9) may run inside a request's write transaction: a short answer timeout bounds
@@ -229,7 +229,7 @@ class GroupsMixin:
         try:
             response = self.peers.post(entry["endpoint"], PATHS["group_op"], body, pin=entry["cert_sha256"],
                                        timeout=CONFIRM_TIMEOUT)
-        except (PeerUnreachable, PeerCertificateMismatch) as failure:
+        except PeerUnreachable as failure:  # PeerCertificateMismatch included
             return Conflict(f"cannot confirm members {users}: node {peer} did not answer ({failure}); "
                             "nothing changed, try again later", field="payload.target_user_ids")
         if response.status == 200:

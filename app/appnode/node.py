@@ -81,6 +81,15 @@ class Node(ReceivingMixin, GroupsMixin, EphemeralMixin, SendingMixin, FilesMixin
         # Called after the node's certificate changed (renewal, or one an admin issued): the server reloads.
         self.certificate_changed: list[Callable[[], None]] = []
 
+    def close(self) -> None:
+        """The process is stopping: deliveries in flight fail now (they stay in the outbox and are retried
+        after the restart) and the delivery threads end, so the process exits within gunicorn's grace."""
+        self.peers.abort()
+        with self._pool_lock:
+            pool, self._delivery_pool = self._delivery_pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
     @contextmanager
     def _raw(self):
         """The process's own DBAPI connection, bypassing the ORM, for one short write transaction; whatever

@@ -160,6 +160,7 @@ class ReceivingMixin:
                 raise UnsupportedMediaType(f"thumbnail: {error}", field="payload.content.thumbnail.data") from None
 
     def _accept_message(self, session: Session, envelope: dict) -> bool:
+        """Store a group message; True when it queued relays to the other member nodes (the home node)."""
         message = envelope["payload"]
         self._require_capability(message["msg_type"])
         self._require_capability("group")  # single chats take _receive_single
@@ -169,7 +170,7 @@ class ReceivingMixin:
         if home != me:  # relayed by the home node (protocol.check_envelope made sure)
             group = session.get(Group, (local_part(message["to"]), home))
             self._store_message(session, message, self._member_nodes(group) if group else [home, me])
-            return
+            return False
         group = session.get(Group, (local_part(message["to"]), me))
         if group is None or group.dismissed:
             raise NotFound(f"no group {message['to']}", field="payload.to")

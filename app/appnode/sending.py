@@ -16,9 +16,8 @@ from datetime import timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from app.appnode import filetypes, protocol
+from app.appnode import filetypes, outbox, protocol
 from app.appnode.messages import FILE_KINDS, address, image_size, local_part
-from app.appnode.outbox import CLAIM_SECONDS
 from app.appnode.protocol import (
     Conflict,
     NotAParticipant,
@@ -96,7 +95,7 @@ class SendingMixin:
                     recipients = [target]
                 values = self._message_values(message, [me, target])
                 insert_message(cursor, values)
-                claim_until = utcnow() + timedelta(seconds=CLAIM_SECONDS) if deliver else utcnow()
+                claim_until = utcnow() + timedelta(seconds=outbox.CLAIM_SECONDS) if deliver else utcnow()
                 ids = [insert_outbox(cursor, peer=peer, kind="message", next_attempt_at=claim_until,
                                      envelope=protocol.make_envelope(from_node=me, to_node=peer, type="message",
                                                                      payload=message)) for peer in recipients]

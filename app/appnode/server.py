@@ -87,6 +87,7 @@ class NodeServer(BaseApplication):
     def __init__(self, data_dir, *, threads: int = 8):
         self.data_dir = data_dir
         self.threads = threads
+        self.running: tuple[Node, NodeLoop] | None = None  # in the worker, once `load` ran
         super().__init__()
 
     def load_config(self) -> None:
@@ -99,6 +100,7 @@ class NodeServer(BaseApplication):
             "timeout": 60, "graceful_timeout": 10, "accesslog": os.environ.get("MPIM_NODE_ACCESS_LOG"),
             "errorlog": "-", "loglevel": os.environ.get("MPIM_NODE_LOG_LEVEL", "info"),
             "proc_name": f"mpim-node-{node.node_id}", "control_socket_disable": True,
+            "worker_exit": self._worker_exit,
         }
         for key, value in settings.items():
             self.cfg.set(key, value)
@@ -110,4 +112,12 @@ class NodeServer(BaseApplication):
         node.certificate_changed.append(lambda: os.kill(os.getppid(), signal.SIGHUP))
         loop = NodeLoop(node)
         loop.start()
+        self.running = (node, loop)
         return create_node_app(node)
+
+    def _worker_exit(self, _arbiter, _worker) -> None:
+        """In the worker, after it stopped serving: stop the loop and the deliveries it started."""
+        if self.running is not None:
+            node, loop = self.running
+            loop.stop()
+            node.close()
