@@ -8,6 +8,7 @@ import click
 from flask.cli import AppGroup
 
 from app.admission import applications, nodes, tokens
+from app.admission.models import APPLICATION_STATUSES, NODE_STATUSES
 from app.auth import service as users
 from app.database import paginate
 from app.errors import DomainError
@@ -88,7 +89,7 @@ def application_dict(application) -> dict:
 
 
 @applications_cli.command("list")
-@click.option("--status", default="pending", show_default=True, help="pending, approved, rejected or all")
+@click.option("--status", type=click.Choice([*APPLICATION_STATUSES, "all"]), default="pending", show_default=True)
 @user_option
 @json_option
 def applications_list(status, username, as_json):
@@ -141,12 +142,13 @@ def node_dict(node) -> dict:
 
 
 @nodes_cli.command("list")
-@click.option("--status", default="")
-@click.option("--province", default="")
+@click.option("--status", type=click.Choice([*NODE_STATUSES, "suspension_requested", "all"]), default="all",
+              show_default=True)
+@click.option("--province", default="", help="Two-digit province prefix, e.g. 36.")
 @user_option
 @json_option
 def nodes_list(status, province, username, as_json):
-    query = nodes.list_query(users.get_user(username), status=status, province=province)
+    query = nodes.list_query(users.get_user(username), status="" if status == "all" else status, province=province)
     for node in paginate(query, 1, 100000, count=False).items:
         emit(node_dict(node), as_json, f"{node.node_id} {node.status:<9} {node.org_name} {node.endpoint}")
 
