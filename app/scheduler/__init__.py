@@ -16,4 +16,4 @@ def init_app(app) -> None:
 
     app.cli.add_command(cli)
     registry.register(registry.Job("scheduler.heartbeat", heartbeat,
-                                   float(os.environ.get("MPIM_HEARTBEAT_SECONDS", 15))))
+                                   float(os.environ.get("MPIM_HEARTBEAT_SECONDS", 15)), log_runs=False))

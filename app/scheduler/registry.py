@@ -13,6 +13,7 @@ class Job:
     function: Callable[[], str | None]  # returns a one-line summary for the run record
     interval_seconds: float
     timeout_seconds: float = 300
+    log_runs: bool = True  # False for a job whose every run is the same news (the heartbeat)
 
 
 jobs: list[Job] = []

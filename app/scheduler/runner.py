@@ -32,7 +32,7 @@ def run_job(job: registry.Job, holder: str) -> JobRun:
                  ok=ok, message=str(message)[:500])
     db.session.add(run)
     db.session.commit()
-    if ok:  # a failure was logged above, with its traceback
+    if ok and job.log_runs:  # a failure was logged above, with its traceback
         log.info("%s ok in %.3fs%s", job.name, run.seconds, f": {run.message}" if run.message else "")
     return run
 
@@ -92,9 +92,13 @@ class SchedulerProcess:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: self.stop())
         log.info("scheduler %s starting with jobs: %s", self.holder, ", ".join(j.name for j in registry.jobs))
+        if not self.is_leader:
+            log.info("%s standing by: another scheduler holds the lease; this one takes over when it lapses",
+                     self.holder)
         self.scheduler.start()
 
     def stop(self) -> None:
+        log.info("scheduler %s stopping%s", self.holder, " (releasing the lease)" if self.is_leader else "")
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         with self.app.app_context():
