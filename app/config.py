@@ -64,7 +64,8 @@ def load_config(overrides: dict | None = None) -> dict:
     overrides = overrides or {}
     if "MPIM_INSTANCE_PATH" in overrides:
         instance = Path(overrides["MPIM_INSTANCE_PATH"])
-    instance.mkdir(parents=True, exist_ok=True)
+    # 0700: it holds the session secret, the CA and, on SQLite, the database (created 0644 by umask).
+    instance.mkdir(mode=0o700, parents=True, exist_ok=True)
     config = {
         "MPIM_INSTANCE_PATH": str(instance),
         "SECRET_KEY": os.environ.get("SECRET_KEY") or read_or_create_secret(instance / "secret_key"),

@@ -153,6 +153,15 @@ def test_secure_cookie_is_the_default(monkeypatch, tmp_path):
     assert config["SESSION_COOKIE_SECURE"] is True
 
 
+def test_a_new_instance_directory_is_private(monkeypatch, tmp_path):
+    """It holds the session secret, the CA and the SQLite database (which SQLite creates 0644)."""
+    from app.config import load_config
+
+    instance = tmp_path / "instance"
+    load_config({"MPIM_INSTANCE_PATH": str(instance)})
+    assert oct(instance.stat().st_mode & 0o777) == "0o700"
+
+
 def test_password_is_hashed_strongly(make_user):
     user = make_user("alice")
     assert user.password_hash.startswith("scrypt:") and PASSWORD not in user.password_hash

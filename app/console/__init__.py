@@ -40,7 +40,7 @@ def schema_banner(user) -> list[dict]:
     if user.role != "ministry_admin" or schema_state() != "behind":
         return []
     return [{"kind": "error", "text": str(_l("The database schema is older than this version of the registry: "
-                                              "some pages will fail until an operator runs `flask db upgrade`."))}]
+                                              "some pages will fail until an operator runs flask db upgrade."))}]
 
 
 def init_app(app) -> None:
