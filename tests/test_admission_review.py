@@ -185,6 +185,11 @@ def test_cli_approve_and_lifecycle(runner, jx_admin, minister):
     assert json.loads(suspended.output)["status"] == "suspended"
     shown = json.loads(runner.invoke(args=["nodes", "show", node_id, "--json"]).output)
     assert shown["token_issued_by"] is None and shown["status_reason"] == "drill"
+    listed = runner.invoke(args=["nodes", "list", "--user", "minister", "--status", "suspended", "--json"])
+    assert node_id in listed.output
+    for command in ("nodes", "applications"):  # a typo is refused, not answered with an empty list
+        typo = runner.invoke(args=[command, "list", "--user", "minister", "--status", "suspend"])
+        assert typo.exit_code == 2 and "Invalid value for '--status'" in typo.output
 
 
 def change_form(node, **overrides) -> dict:
