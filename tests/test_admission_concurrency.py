@@ -286,3 +286,30 @@ def test_one_user_name_created_twice_at_once_is_one_user(app):
         users.UserDraft("zhang.san", f"Strong-Password-{i}", "provincial_admin", ("360000",))).id)
     assert len(results) == 1 and _codes(errors) == {"username_taken"}, (results, errors)
     assert db.session.scalars(select(User.id).where(User.username == "zhang.san")).all() == results
+
+
+def test_a_certificate_revoked_by_an_admin_and_by_its_nodes_revocation_at_once_is_revoked_once(app, make_user):
+    from app.admission import nodes
+    from app.audit.models import AuditRecord
+    from app.pki import revocation
+    from app.pki import service as pki
+
+    minister = make_user("minister")
+    document = node_document("360000")
+    node_id = applications.approve(applications.submit_by_user(parse(document), document["csr"], by=minister),
+                                   by=minister).node_id
+    serial, minister_id = pki.current_certificate(node_id).serial, minister.id
+    db.session.commit()
+    db.session.remove()
+
+    def revoke(i: int) -> str:
+        by = db.session.get(User, minister_id)
+        if i % 2:
+            return revocation.revoke(pki.get(serial), "key_compromise", by=by).certificate.serial
+        return nodes.revoke(nodes.get(node_id), "撤销", by=by).status if i == 0 else "skipped"
+
+    results, errors = _race(app, revoke)
+    assert _codes(errors) <= {"already_revoked", "invalid_transition"}, errors
+    assert "revoked" in results
+    assert db.session.scalar(select(func.count()).where(AuditRecord.action == "certificate.revoke",
+                                                        AuditRecord.target == serial)) == 1

@@ -44,9 +44,7 @@ def node_status_changed(node, old: str, new: str, reason: str) -> None:
         now = utcnow()
         for row in service.node_certificates(node.node_id):
             if row.revoked_at is None and row.not_after > now:
-                row.revoked_at, row.revocation_reason = now, "cessation_of_operation"
-                audit.record("certificate.revoke", row.serial,
-                             {"node": node.node_id, "reason": "cessation_of_operation"})
+                revocation.revoke_with_node(row, "cessation_of_operation", now=now)
         revocation.regenerate_crl()
 
 
@@ -63,6 +61,5 @@ def node_changed(node, application, changes: dict) -> None:
         old_host, new_host = (endpoint_host(value) for value in changes["endpoint"])
         if old_host != new_host:
             for row in previous:
-                row.revoked_at, row.revocation_reason = utcnow(), "superseded"
-                audit.record("certificate.revoke", row.serial, {"node": node.node_id, "reason": "superseded"})
+                revocation.revoke_with_node(row, "superseded", now=utcnow())
             revocation.regenerate_crl()

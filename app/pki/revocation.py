@@ -64,6 +64,19 @@ def revoke(certificate: Certificate, reason: str, *, by) -> Revoked:
     return Revoked(certificate, replacement)
 
 
+def revoke_with_node(row: Certificate, reason: str, *, now) -> bool:
+    """A node's certificate revoked because of what happened to the node (its revocation, a new host):
+    queued behind an admin revoking the same certificate at that moment, so it is revoked, and audited,
+    once. False when it was revoked already."""
+    serialise(f"certificate:{row.serial}")
+    db.session.refresh(row)
+    if row.revoked_at is not None:
+        return False
+    row.revoked_at, row.revocation_reason = now, reason
+    audit.record("certificate.revoke", row.serial, {"node": row.node_id, "reason": reason})
+    return True
+
+
 def in_service_role(certificate: Certificate) -> str | None:
     """"route_signer" or "management" when the row is the management node's certificate in use now
     (revoking it replaces it at once), else None."""
