@@ -185,6 +185,8 @@ def test_cli_approve_and_lifecycle(runner, jx_admin, minister):
     assert json.loads(suspended.output)["status"] == "suspended"
     shown = json.loads(runner.invoke(args=["nodes", "show", node_id, "--json"]).output)
     assert shown["token_issued_by"] is None and shown["status_reason"] == "drill"
+    plain = runner.invoke(args=["nodes", "show", node_id]).output  # README: --json is for machine output
+    assert "node_id" in plain and node_id in plain and "status_reason" in plain and not plain.startswith("{")
     listed = runner.invoke(args=["nodes", "list", "--user", "minister", "--status", "suspended", "--json"])
     assert node_id in listed.output
     for command in ("nodes", "applications"):  # a typo is refused, not answered with an empty list

@@ -39,6 +39,18 @@ def emit(item: dict, as_json: bool, line: str) -> None:
     click.echo(json.dumps(item, ensure_ascii=False, default=str) if as_json else line)
 
 
+def emit_record(item: dict, as_json: bool) -> None:
+    """One record (`show`): JSON with --json, else a "name: value" line per field."""
+    width = max(map(len, item), default=0)
+    emit(item, as_json, "\n".join(f"{name:<{width}}  {_plain(value)}" for name, value in item.items()))
+
+
+def _plain(value) -> str:
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False, default=str)
+    return "" if value is None else str(value)
+
+
 def token_dict(token) -> dict:
     return {"id": token.id, "prefix": token.prefix, "division": token.division_code, "state": token.state(),
             "issued_by": token.issued_by.username, "expires_at": token.expires_at.isoformat()}
@@ -108,7 +120,7 @@ def applications_show(application_id, as_json):
     item = application_dict(application)
     if application.csr_pem:
         item["csr"] = run(lambda: applications.inspect_csr(application.csr_pem), as_json)
-    emit(item, True, "")
+    emit_record(item, as_json)
 
 
 @applications_cli.command("approve")
@@ -157,7 +169,7 @@ def nodes_list(status, province, username, as_json):
 @click.argument("node_id")
 @json_option
 def nodes_show(node_id, as_json):
-    emit(node_dict(run(lambda: nodes.get(node_id), as_json)), True, "")
+    emit_record(node_dict(run(lambda: nodes.get(node_id), as_json)), as_json)
 
 
 def lifecycle_command(name: str, action):
