@@ -95,17 +95,24 @@ def _codes(errors: list[BaseException]) -> set[str]:
     return {getattr(error, "code", repr(error)) for error in errors}
 
 
+def _admitted_node(make_user) -> tuple[str, int]:
+    """One admitted node and the minister who approved it, committed and out of the session, as ids:
+    the racing threads load their own copies."""
+    minister = make_user("minister")
+    document = node_document("360000")
+    node_id = applications.approve(applications.submit_by_user(parse(document), document["csr"], by=minister),
+                                   by=minister).node_id
+    minister_id = minister.id
+    db.session.commit()
+    db.session.remove()
+    return node_id, minister_id
+
+
 def test_parallel_change_requests_leave_one_pending(app, make_user):
     from app.admission import nodes
     from app.admission.models import Application
 
-    minister = make_user("minister")
-    document = node_document("360000")
-    node = applications.approve(applications.submit_by_user(parse(document), document["csr"], by=minister),
-                                by=minister)
-    node_id, minister_id = node.node_id, minister.id
-    db.session.commit()
-    db.session.remove()
+    node_id, minister_id = _admitted_node(make_user)
 
     def change(i: int) -> str:
         node = nodes.get(node_id)
@@ -207,13 +214,7 @@ def test_a_suspension_racing_a_revocation_never_undoes_it(app, make_user):
     leave the node suspended, and so resumable, with its certificates revoked."""
     from app.admission import nodes
 
-    minister = make_user("minister")
-    document = node_document("360000")
-    node_id = applications.approve(applications.submit_by_user(parse(document), document["csr"], by=minister),
-                                   by=minister).node_id
-    minister_id = minister.id
-    db.session.commit()
-    db.session.remove()
+    node_id, minister_id = _admitted_node(make_user)
 
     def decide(i: int) -> str:
         by, node = db.session.get(User, minister_id), nodes.get(node_id)
@@ -257,13 +258,7 @@ def test_a_renewal_racing_a_revocation_leaves_no_valid_certificate(app, make_use
     from app.pki import service as pki
     from app.pki.models import Certificate
 
-    minister = make_user("minister")
-    document = node_document("360000")
-    node_id = applications.approve(applications.submit_by_user(parse(document), document["csr"], by=minister),
-                                   by=minister).node_id
-    minister_id = minister.id
-    db.session.commit()
-    db.session.remove()
+    node_id, minister_id = _admitted_node(make_user)
     csrs = [make_csr() for _ in range(RACERS)]
 
     def decide(i: int) -> str:
@@ -294,13 +289,8 @@ def test_a_certificate_revoked_by_an_admin_and_by_its_nodes_revocation_at_once_i
     from app.pki import revocation
     from app.pki import service as pki
 
-    minister = make_user("minister")
-    document = node_document("360000")
-    node_id = applications.approve(applications.submit_by_user(parse(document), document["csr"], by=minister),
-                                   by=minister).node_id
-    serial, minister_id = pki.current_certificate(node_id).serial, minister.id
-    db.session.commit()
-    db.session.remove()
+    node_id, minister_id = _admitted_node(make_user)
+    serial = pki.current_certificate(node_id).serial
 
     def revoke(i: int) -> str:
         by = db.session.get(User, minister_id)
