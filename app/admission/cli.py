@@ -39,16 +39,18 @@ def emit(item: dict, as_json: bool, line: str) -> None:
     click.echo(json.dumps(item, ensure_ascii=False, default=str) if as_json else line)
 
 
+def record_lines(item: dict) -> str:
+    """One record for people (every `show` command): a "name:  value" line per field that has a value."""
+    width = max(map(len, item), default=0) + 2
+    return "\n".join(f"{name + ':':<{width}}{_plain(value)}" for name, value in item.items() if value is not None)
+
+
 def emit_record(item: dict, as_json: bool) -> None:
-    """One record (`show`): JSON with --json, else a "name: value" line per field."""
-    width = max(map(len, item), default=0)
-    emit(item, as_json, "\n".join(f"{name:<{width}}  {_plain(value)}" for name, value in item.items()))
+    emit(item, as_json, record_lines(item))
 
 
 def _plain(value) -> str:
-    if isinstance(value, dict | list):
-        return json.dumps(value, ensure_ascii=False, default=str)
-    return "" if value is None else str(value)
+    return json.dumps(value, ensure_ascii=False, default=str) if isinstance(value, dict | list) else str(value)
 
 
 def token_dict(token) -> dict:

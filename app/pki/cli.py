@@ -9,7 +9,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from app.admission.cli import emit, run
+from app.admission.cli import emit, record_lines, run
 from app.auth import service as users
 from app.config import read_or_create_secret
 from app.database import paginate
@@ -77,9 +77,7 @@ def show_command(serial, as_json):
     if as_json:
         click.echo(json.dumps({**certificate_dict(row), "pem": row.pem}, ensure_ascii=False))
         return
-    for name, value in certificate_dict(row).items():
-        if value is not None:
-            click.echo(f"{name + ':':<19}{value}")
+    click.echo(record_lines(certificate_dict(row)))
     click.echo(row.pem, nl=False)
 
 
