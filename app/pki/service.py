@@ -150,11 +150,15 @@ def store(certificate: x509.Certificate, kind: str, node_id: str | None, actor: 
 # --- node certificates ---------------------------------------------------------------------------
 
 def issue_for_node(node, csr_pem: str, *, actor: str) -> Certificate:
-    from app.admission.information import endpoint_host
-
     csr = csr_policy.load_csr(csr_pem)
     csr_policy.check_csr(csr)
-    key_sha256 = key_fingerprint(csr.public_key())  # the certificate certifies this very key
+    return _issue_checked(node, csr, key_fingerprint(csr.public_key()), actor=actor)
+
+
+def _issue_checked(node, csr: x509.CertificateSigningRequest, key_sha256: str, *, actor: str) -> Certificate:
+    """Issue for a CSR that passed the policy; `key_sha256` is its key's (the certificate certifies it)."""
+    from app.admission.information import endpoint_host
+
     serialise(key_lock_name(key_sha256))  # an approval and a renewal racing with one key: one wins
     require_key_unused(key_sha256, node.node_id)
     certificate = authority().issue_node_certificate(
@@ -215,7 +219,8 @@ def renew(node, csr_pem: str, *, by=None) -> Certificate:
     csr_policy.check_csr(csr)  # bad input is reported before the window
     # Queue behind a revocation of the node deciding at the same moment (it then refuses this renewal,
     # or revokes the new certificate too); the key's name too, in the order every other caller takes them.
-    nodes.lock(node, key_lock_name(key_fingerprint(csr.public_key())))
+    key_sha256 = key_fingerprint(csr.public_key())
+    nodes.lock(node, key_lock_name(key_sha256))
     if node.status != "active":
         raise Conflict(_l("A %(status)s node cannot renew its certificate.", status=status_word(node.status)),
                        code=f"node_{node.status}")
@@ -226,7 +231,7 @@ def renew(node, csr_pem: str, *, by=None) -> Certificate:
         if utcnow() < opens:
             raise Conflict(_l("Renewal opens at %(when)s, in the last third of the validity.",
                               when=opens.isoformat(timespec="seconds")), code="renewal_too_early")
-    row = issue_for_node(node, csr_pem, actor=by.username if by else f"node:{node.node_id}")
+    row = _issue_checked(node, csr, key_sha256, actor=by.username if by else f"node:{node.node_id}")
     for hook in certificate_changed:
         hook(node.node_id)
     return row
