@@ -80,8 +80,10 @@ def serialise(*names: str) -> None:
     """Make the caller's check-then-write atomic against every other process and thread, until commit.
 
     A rule such as "one pending change per node" reads, then writes; two requests arriving together
-    both pass the read unless they queue. PostgreSQL: a transaction-scoped advisory lock per name
-    (taken in sorted order, so callers never deadlock; other names proceed in parallel). SQLite: the
+    both pass the read unless they queue. PostgreSQL: a transaction-scoped advisory lock per name,
+    taken in sorted order (other names proceed in parallel); callers that need several take them in
+    one call, or in one order across calls (application, endpoint, key, node), so none waits on
+    another in a circle. SQLite: the
     database's write lock, taken now (BEGIN IMMEDIATE) rather than at the first write, so what the
     caller reads next is current and stays so; SQLite has one writer at a time anyway."""
     connection = db.session.connection()
