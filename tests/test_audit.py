@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import threading
 
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.exc import DatabaseError
 
 from app.audit import service
+from app.audit.models import AuditRecord
 from app.extensions import db
 
 
@@ -113,3 +115,83 @@ def test_an_anchor_that_does_not_match_is_reported(app, runner):
     assert result.exit_code == 1 and "record 2: is not the record anchored with that number" in result.output
     malformed = runner.invoke(args=["audit", "verify", "--anchor", "2-abc"])
     assert malformed.exit_code == 2 and "is not SEQ:HASH" in malformed.output
+
+
+def test_recording_early_never_deadlocks_with_a_lock_taken_later(app):
+    """The audit chain's lock is taken at commit, after every other lock the transaction holds.
+
+    Before, `record()` took it at once and held it until commit: a transaction that recorded and then
+    waited for a certificate's lock, against one holding that lock and about to record, waited in a
+    circle (PostgreSQL aborted one of them as a deadlock). Here each thread waits for the other to
+    reach that point, so the circle would form whatever the timing."""
+    from app.database import serialise
+
+    recorded_first, locked_first = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def record_then_lock() -> None:
+        with app.app_context():
+            try:
+                service.record("test.first", "a", actor="tester")
+                recorded_first.set()
+                assert locked_first.wait(10)
+                serialise("certificate:1")
+                db.session.commit()
+            except BaseException as error:
+                errors.append(error)
+            finally:
+                db.session.remove()
+
+    def lock_then_record() -> None:
+        with app.app_context():
+            try:
+                assert recorded_first.wait(10)
+                serialise("certificate:1")
+                locked_first.set()
+                service.record("test.second", "b", actor="tester")
+                db.session.commit()
+            except BaseException as error:
+                errors.append(error)
+            finally:
+                db.session.remove()
+
+    threads = [threading.Thread(target=record_then_lock), threading.Thread(target=lock_then_record)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+    tested = select(AuditRecord.action).where(AuditRecord.action.startswith("test.")).order_by(AuditRecord.seq)
+    assert list(db.session.scalars(tested)) == ["test.second", "test.first"]  # in commit order
+    assert service.verify().ok
+
+
+def _tested_actions() -> list[str]:
+    tested = select(AuditRecord.action).where(AuditRecord.action.startswith("test.")).order_by(AuditRecord.seq)
+    return list(db.session.scalars(tested))
+
+
+def test_a_rollback_takes_its_entries_with_it(app):
+    service.record("test.kept-before", actor="tester")
+    db.session.commit()
+    service.record("test.rolled-back", actor="tester")
+    db.session.rollback()
+    service.record("test.closed", actor="tester")
+    db.session.remove()  # the end of a request that never committed
+    service.record("test.kept-after", actor="tester")
+    db.session.commit()
+    assert _tested_actions() == ["test.kept-before", "test.kept-after"]
+    assert service.verify().ok
+
+
+def test_a_savepoint_rollback_takes_only_the_entries_recorded_inside_it(app):
+    service.record("test.outer", actor="tester")
+    savepoint = db.session.begin_nested()
+    service.record("test.inner-rolled-back", actor="tester")
+    savepoint.rollback()
+    with db.session.begin_nested():
+        service.record("test.inner-kept", actor="tester")
+    service.record("test.outer-again", actor="tester")
+    db.session.commit()
+    assert _tested_actions() == ["test.outer", "test.inner-kept", "test.outer-again"]
+    assert service.verify().ok

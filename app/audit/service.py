@@ -1,8 +1,9 @@
 """Record and verify audit entries.
 
 Every state-changing action calls `record()` inside the same transaction as the change, so the
-entry exists exactly when the change does. Each entry carries the SHA-256 of the previous entry;
-`verify()` recomputes the chain and finds edited, deleted or reordered records.
+entry exists exactly when the change does. Each entry carries the SHA-256 of the previous entry,
+linked at commit, so entries are in commit order and `at` is the commit's time; `verify()`
+recomputes the chain and finds edited, deleted or reordered records.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from datetime import datetime
 
 from flask import has_request_context, request
 from flask_login import current_user
-from sqlalchemy import select, text
+from flask_sqlalchemy.session import Session as FlaskSession
+from sqlalchemy import event, select, text
+from sqlalchemy.orm import Session, SessionTransaction
 
 from app.audit.models import AuditRecord
 from app.database import utcnow
@@ -48,32 +51,87 @@ def _request_actor() -> tuple[str, str]:
     return actor, request.remote_addr or ""
 
 
-def _lock_chain() -> None:
-    """Serialise writers so two concurrent records never claim the same predecessor."""
-    if db.session.get_bind().dialect.name == "postgresql":
-        db.session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": AUDIT_LOCK_KEY})
+PENDING = "mpim_audit_pending"  # session.info key: entries recorded, chained at commit
+SAVEPOINT_MARKS = "mpim_audit_marks"  # session.info key: pending count when each savepoint began
 
 
 def record(action: str, target: str = "", detail: dict | None = None, *, actor: str | None = None,
            remote_addr: str | None = None) -> None:
-    """Append one entry in the session's transaction; the caller's commit makes it durable with the change.
+    """Add one entry to the session's transaction; the caller's commit makes it durable with the change.
 
-    A plain table insert rather than an ORM object: the unit of work's flush cost more than the
-    rest of the entry (a quarter of a certificate issuance), and nothing reads the entry back as
-    an object in the same transaction."""
+    The entry joins the chain at commit (`_chain_pending`), not here: taking the chain's lock here
+    held it from the first entry to commit, and a transaction that recorded and then waited for
+    another lock (a certificate's, a node's) could wait in a circle with one that held that lock
+    and was about to record. At commit, every other lock is already held."""
     request_actor, request_addr = _request_actor()
-    actor = actor or request_actor
-    remote_addr = request_addr if remote_addr is None else remote_addr
-    detail = json.loads(json.dumps(detail or {}, ensure_ascii=False, default=str))
-    target = str(target)[:200]
-    _lock_chain()
-    last = db.session.execute(LAST_ENTRY).first()
-    seq, prev_hash = (last.seq + 1, last.hash) if last else (1, GENESIS)
+    entry = {"actor": actor or request_actor, "action": action, "target": str(target)[:200],
+             "detail": json.loads(json.dumps(detail or {}, ensure_ascii=False, default=str)),
+             "remote_addr": request_addr if remote_addr is None else remote_addr}
+    db.session.info.setdefault(PENDING, []).append(entry)
+
+
+def _lock_chain(session: Session) -> None:
+    """Serialise writers so two concurrent commits never claim the same predecessor."""
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": AUDIT_LOCK_KEY})
+    elif connection.dialect.name == "sqlite" and not connection.connection.driver_connection.in_transaction:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")  # pysqlite would begin only at the insert, after the read
+
+
+def _chain_pending(session: Session) -> None:
+    """Before commit: append the transaction's entries to the chain, as one batch, in record order.
+
+    The session is flushed first, so the commit that follows waits on nothing while it holds the
+    chain's lock (a row another transaction has locked would otherwise be waited for here).
+    A plain table insert rather than ORM objects: the unit of work cost more than the rest of an
+    entry (a quarter of a certificate issuance), and nothing reads entries back as objects."""
+    entries = session.info.pop(PENDING, None)
+    session.info.pop(SAVEPOINT_MARKS, None)
+    if not entries:
+        return
+    session.flush()
+    _lock_chain(session)
+    last = session.execute(LAST_ENTRY).first()
+    seq, prev_hash = (last.seq, last.hash) if last else (0, GENESIS)
     at = utcnow()
-    digest = record_digest(prev_hash, seq, at, actor, action, target, detail, remote_addr)
-    db.session.execute(INSERT_ENTRY, {"seq": seq, "at": at, "actor": actor, "action": action, "target": target,
-                                      "detail": detail, "remote_addr": remote_addr, "prev_hash": prev_hash,
-                                      "hash": digest})
+    rows = []
+    for entry in entries:
+        seq += 1
+        digest = record_digest(prev_hash, seq, at, entry["actor"], entry["action"], entry["target"],
+                               entry["detail"], entry["remote_addr"])
+        rows.append({**entry, "seq": seq, "at": at, "prev_hash": prev_hash, "hash": digest})
+        prev_hash = digest
+    session.execute(INSERT_ENTRY, rows)
+
+
+def _mark_savepoint(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.nested:
+        session.info.setdefault(SAVEPOINT_MARKS, {})[transaction] = len(session.info.get(PENDING, ()))
+
+
+def _drop_rolled_back(session: Session, previous_transaction: SessionTransaction) -> None:
+    """A rollback takes its entries with it: all of them, or those recorded since the savepoint."""
+    marks = session.info.get(SAVEPOINT_MARKS, {})
+    if previous_transaction.nested and previous_transaction in marks:
+        del session.info.get(PENDING, [])[marks.pop(previous_transaction):]
+    elif previous_transaction.parent is None:
+        session.info.pop(PENDING, None)
+        session.info.pop(SAVEPOINT_MARKS, None)
+
+
+def _forget_pending(session: Session, transaction: SessionTransaction) -> None:
+    """The outermost transaction ended without a commit (session.close, the end of a request)."""
+    if transaction.parent is None:
+        session.info.pop(PENDING, None)
+        session.info.pop(SAVEPOINT_MARKS, None)
+
+
+# Flask-SQLAlchemy's session class: `db.session` is the only session `record()` writes to.
+event.listen(FlaskSession, "before_commit", _chain_pending)
+event.listen(FlaskSession, "after_transaction_create", _mark_savepoint)
+event.listen(FlaskSession, "after_soft_rollback", _drop_rolled_back)
+event.listen(FlaskSession, "after_transaction_end", _forget_pending)
 
 
 @dataclass
