@@ -119,6 +119,18 @@ def test_api_division_lookup(client):
     assert body["parent"] == "360100" and body["path"] == ["360000", "360100", "360102"]
 
 
+def test_api_and_cli_answer_the_nation_as_the_division_above_the_provinces(client, runner):
+    response = client.get("/api/v1/divisions/100000")
+    assert response.status_code == 200
+    nation = response.get_json()
+    assert nation == {"code": "100000", "name": "中华人民共和国", "level": "nation", "parent": None,
+                      "path": ["100000"], "path_names": ["中华人民共和国"], "revision": None, "retired": False,
+                      "retired_in": None}
+    shown = runner.invoke(args=["divisions", "show", "100000"])
+    assert shown.exit_code == 0 and json.loads(shown.output) == nation
+    assert client.get("/api/v1/divisions/360000").get_json()["parent"] is None  # the standard's list, unchanged
+
+
 @pytest.mark.parametrize(("code", "status", "error"), [
     ("999999", 404, "division_not_found"),
     ("36010", 400, "invalid_division_code"),

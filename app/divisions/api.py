@@ -11,4 +11,4 @@ bp = Blueprint("divisions_api", __name__, url_prefix="/api/v1/divisions")
 
 @bp.get("/<code>")
 def show(code: str):
-    return service.to_dict(service.get(code))
+    return service.describe(code)

@@ -55,7 +55,7 @@ def import_command(file, revision, allow_older, as_json):
 @click.argument("code")
 def show_command(code):
     try:
-        click.echo(json.dumps(service.to_dict(service.get(code)), ensure_ascii=False))
+        click.echo(json.dumps(service.describe(code), ensure_ascii=False))
     except DomainError as error:
         click.echo(f"error: {error.message}", err=True)
         raise SystemExit(1) from None

@@ -12,7 +12,9 @@ from flask_babel import lazy_gettext as _l
 from app.errors import ValidationFailed
 
 CODE_PATTERN = re.compile(r"^[0-9]{6}$")
+# The nation: no row of the GB/T 2260 list, but the code the ministry's node id starts with (SPEC §2).
 NATION_CODE = "100000"
+NATION_NAME = "中华人民共和国"
 
 
 class MalformedDivisionFile(ValidationFailed):

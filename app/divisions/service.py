@@ -11,7 +11,7 @@ from flask_babel import lazy_gettext as _l
 from sqlalchemy import func, or_, select
 
 from app.audit import service as audit
-from app.divisions.codes import DivisionRow, check_code_format, parse_division_file
+from app.divisions.codes import NATION_CODE, NATION_NAME, DivisionRow, check_code_format, parse_division_file
 from app.divisions.models import Division, DivisionRevision
 from app.errors import Conflict, NotFound, ValidationFailed
 from app.extensions import db
@@ -202,8 +202,20 @@ def latest_revision() -> DivisionRevision | None:
     return db.session.scalar(select(DivisionRevision).order_by(DivisionRevision.id.desc()).limit(1))
 
 
+def describe(code: str) -> dict:
+    """SPEC §4 `GET /api/v1/divisions/{code}` and `flask divisions show`: a division of the loaded list,
+    or the nation. The list has no row for 100000, but it is the nation's code (the ministry's node id
+    starts with it), so it is answered as a division above the provinces, at level "nation". Provinces
+    keep `parent: null`, as the standard's list has them."""
+    if code == NATION_CODE:
+        return {"code": NATION_CODE, "name": NATION_NAME, "level": "nation", "parent": None,
+                "path": [NATION_CODE], "path_names": [NATION_NAME], "revision": None, "retired": False,
+                "retired_in": None}
+    return to_dict(get(code))
+
+
 def to_dict(division: Division) -> dict:
-    """SPEC §4 `GET /api/v1/divisions/{code}`."""
+    """SPEC §4 `GET /api/v1/divisions/{code}` for a division of the list."""
     chain = path(division)
     return {
         "code": division.code, "name": division.name, "level": division.level,
