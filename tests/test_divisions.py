@@ -7,8 +7,8 @@ import json
 import pytest
 from sqlalchemy import func, select
 
-from app.divisions import service
-from app.divisions.codes import MalformedDivisionFile, parse_division_file
+from app.divisions import names, service
+from app.divisions.codes import NATION_CODE, MalformedDivisionFile, parse_division_file
 from app.divisions.models import Division
 from app.extensions import db
 
@@ -153,3 +153,27 @@ def test_console_drill_down_and_search(admin_console):
     found = client.get("/divisions/?q=济源").get_data(as_text=True)
     assert "419001" in found
     assert client.get("/divisions/123456").status_code == 404
+
+
+def test_every_provincial_level_division_and_the_nation_has_an_english_name(app):
+    provincial = {d.code for d in service.children(None, include_retired=True)}
+    assert len(provincial) == 34 and provincial | {NATION_CODE} == set(names.ENGLISH_NAMES)
+    assert names.display_name("540000", "西藏自治区", "en") == "Tibet (Xizang)"
+    assert names.display_name("540000", "西藏自治区", "zh_CN") == "西藏自治区"
+    assert names.display_name("360100", "南昌市", "en") == "南昌市"  # no English names below the provinces
+
+
+def test_english_console_names_provinces_in_english_and_lower_levels_in_chinese(admin_console):
+    client = admin_console.client
+    client.get("/lang/en")
+    top = client.get("/divisions/").get_data(as_text=True)
+    assert "Jiangxi" in top and "Inner Mongolia" in top and "Macao" in top and "江西省" not in top
+    nanchang = client.get("/divisions/360100").get_data(as_text=True)
+    assert ">Jiangxi</a> / <a" in nanchang and ">南昌市</a>" in nanchang and "东湖区" in nanchang
+    found = client.get("/divisions/?q=36").get_data(as_text=True)
+    assert ">Jiangxi</a>" in found and ">南昌市</a>" in found
+    # The API gives the standard's Chinese names whatever the console's language.
+    assert client.get("/api/v1/divisions/360100").get_json()["path_names"] == ["江西省", "南昌市"]
+    client.get("/lang/zh_CN")
+    top = client.get("/divisions/").get_data(as_text=True)
+    assert "江西省" in top and "Jiangxi" not in top
