@@ -47,6 +47,39 @@ def test_dashboard_has_the_province_tile_map(admin_console):
     assert html.count("data-province=") == 34 and "<svg" in html
 
 
+def test_province_names_follow_the_console_language(admin_console):
+    from app.admission import applications
+    from app.admission.information import parse
+    from tests.factories import node_document
+
+    minister = db.session.scalar(db.select(User).where(User.username == "minister"))
+    province, county = (node_document(code, org_name="公安厅") for code in ("440000", "440106"))
+    node = applications.approve(applications.submit_by_user(parse(province), province["csr"], by=minister),
+                                by=minister)
+    pending = applications.submit_by_user(parse(county), county["csr"], by=minister)
+    db.session.commit()
+    client = admin_console.client
+    pages = ("/", "/nodes/", f"/nodes/{node.node_id}", "/applications/?status=all", f"/applications/{pending.id}")
+    client.get("/lang/en")
+    english = {page: client.get(page).get_data(as_text=True) for page in pages}
+    tile = r'data-province="{}"><title>[^<]*</title><rect[^>]*/><text[^>]*><tspan[^>]*>{}</tspan>'
+    assert re.search(tile.format(44, "Guangdong"), english["/"])
+    assert re.search(tile.format(15, "Inner") + "<tspan", english["/"])  # two words, two lines on the tile
+    assert '<option value="440000">Guangdong</option>' in english["/nodes/"]
+    assert "<td>Guangdong</td>" in english["/nodes/"]
+    assert "<dd>Guangdong <code>440000</code>" in english[f"/nodes/{node.node_id}"]
+    assert "Guangdong <code>440000</code>" in english["/applications/?status=all"]
+    assert "天河区 <code>440106</code>" in english["/applications/?status=all"]  # counties keep their Chinese name
+    assert "Guangdong / 广州市 / 天河区 <code>440106</code>" in english[f"/applications/{pending.id}"]
+    assert not any("广东" in html for html in english.values())
+    client.get("/lang/zh_CN")
+    chinese = {page: client.get(page).get_data(as_text=True) for page in pages}
+    assert re.search(tile.format(44, "广东"), chinese["/"])
+    assert '<option value="440000">广东</option>' in chinese["/nodes/"] and "<td>广东省</td>" in chinese["/nodes/"]
+    assert "广东省 / 广州市 / 天河区 <code>440106</code>" in chinese[f"/applications/{pending.id}"]
+    assert not any("Guangdong" in html for html in chinese.values())
+
+
 def test_resolve_page_explains_a_miss(admin_console):
     html = admin_console.client.get("/nodes/resolve?division=360102").get_data(as_text=True)
     assert "没有" in html or "No active node" in html

@@ -38,7 +38,7 @@ def index():
                                  .group_by(Node.vendor).order_by(Node.vendor).limit(200)).all()
     columns = [(header, render(page.items)) for header, render in node_columns]
     return render_template("admission/nodes.html", page=page, filters=filters, descending=descending,
-                           vendors=vendors, provinces=tilemap.TILES, capabilities=labels.CAPABILITIES,
+                           vendors=vendors, provinces=tilemap.province_names(), capabilities=labels.CAPABILITIES,
                            columns=columns)
 
 

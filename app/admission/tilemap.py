@@ -7,7 +7,9 @@ from xml.sax.saxutils import escape
 
 from flask_babel import gettext
 
-# province prefix → (short name, column, row); a tile-grid approximation of the map.
+from app.divisions.names import display_name
+
+# province prefix → (short Chinese name, column, row); a tile-grid approximation of the map.
 TILES = {
     "23": ("黑龙江", 8, 0),
     "65": ("新疆", 1, 1), "15": ("内蒙古", 5, 1), "11": ("北京", 6, 1), "21": ("辽宁", 7, 1), "22": ("吉林", 8, 1),
@@ -19,6 +21,30 @@ TILES = {
     "46": ("海南", 4, 7), "82": ("澳门", 5, 7), "81": ("香港", 6, 7),
 }
 SIZE, GAP = 62, 6
+FONT_SIZE = 14
+
+
+def province_names() -> dict[str, str]:
+    """Province prefix → the name a tile and the nodes list's province filter show, in the reader's language."""
+    return {prefix: display_name(f"{prefix}0000", name) for prefix, (name, _, _) in TILES.items()}
+
+
+def tile_label(name: str) -> tuple[list[str], float]:
+    """The lines and font size of a tile's name. A Chinese name (two or three characters) is one line at
+    full size; an English name of two words ("Inner Mongolia") takes two lines; a long word
+    ("Heilongjiang") is set smaller, to fit the tile."""
+    lines = name.split(" ", 1)
+    widest = max(sum(_ems(character) for character in line) for line in lines)
+    return lines, round(min(FONT_SIZE if len(lines) == 1 else FONT_SIZE - 2, (SIZE - 8) / widest), 1)
+
+
+def _ems(character: str) -> float:
+    """A character's width in ems, roughly (sans-serif)."""
+    if ord(character) >= 0x2E80:  # CJK
+        return 1.0
+    if character in "fijlrt()":
+        return 0.3
+    return 0.7 if character.isupper() else 0.6
 
 
 @dataclass
@@ -47,20 +73,26 @@ def render(figures: dict[str, ProvinceFigures], link: str = "/nodes/?province={p
     label = escape(gettext("Province tile map"), {'"': "&quot;"})
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" class="tilemap" '
              f'role="img" aria-label="{label}">']
-    for prefix, (name, column, row) in TILES.items():
+    names = province_names()
+    for prefix, (_, column, row) in TILES.items():
+        name = names[prefix]
         figure = figures.get(prefix, ProvinceFigures())
         fill, ink = tile_colour(figure)
         x, y = column * (SIZE + GAP), row * (SIZE + GAP)
         total = figure.active + figure.suspended
         title = gettext("%(name)s: %(active)s active, %(suspended)s suspended, %(down)s down", name=name,
                         active=figure.active, suspended=figure.suspended, down=figure.down)
+        lines, font_size = tile_label(name)
+        middle, two_lines = x + SIZE / 2, len(lines) == 2
+        name_lines = "".join(f'<tspan x="{middle}" dy="{font_size + 1 if i else 0}">{escape(line)}</tspan>'
+                             for i, line in enumerate(lines))
         parts.append(
             f'<a href="{escape(link.format(prefix=prefix))}" data-province="{prefix}">'
             f'<title>{escape(title)}</title>'
             f'<rect x="{x}" y="{y}" width="{SIZE}" height="{SIZE}" rx="6" fill="{fill}"/>'
-            f'<text x="{x + SIZE / 2}" y="{y + 26}" text-anchor="middle" font-size="14" fill="{ink}">'
-            f'{escape(name)}</text>'
-            f'<text x="{x + SIZE / 2}" y="{y + 46}" text-anchor="middle" font-size="13" fill="{ink}">'
-            f'{total or ""}</text></a>')
+            f'<text x="{middle}" y="{y + (20 if two_lines else 26)}" text-anchor="middle" font-size="{font_size}" '
+            f'fill="{ink}">{name_lines}</text>'
+            f'<text x="{middle}" y="{y + (50 if two_lines else 46)}" text-anchor="middle" font-size="13" '
+            f'fill="{ink}">{total or ""}</text></a>')
     parts.append("</svg>")
     return "".join(parts)
