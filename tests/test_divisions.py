@@ -172,6 +172,8 @@ def test_english_console_names_provinces_in_english_and_lower_levels_in_chinese(
     assert ">Jiangxi</a> / <a" in nanchang and ">南昌市</a>" in nanchang and "东湖区" in nanchang
     found = client.get("/divisions/?q=36").get_data(as_text=True)
     assert ">Jiangxi</a>" in found and ">南昌市</a>" in found
+    found = client.get("/divisions/?q=mongol").get_data(as_text=True)  # what the English reader sees, any case
+    assert ">Inner Mongolia</a>" in found and "150000" in found and "Jiangxi" not in found
     # The API gives the standard's Chinese names whatever the console's language.
     assert client.get("/api/v1/divisions/360100").get_json()["path_names"] == ["江西省", "南昌市"]
     client.get("/lang/zh_CN")

@@ -13,6 +13,7 @@ from sqlalchemy import func, or_, select
 from app.audit import service as audit
 from app.divisions.codes import NATION_CODE, NATION_NAME, DivisionRow, check_code_format, parse_division_file
 from app.divisions.models import Division, DivisionRevision
+from app.divisions.names import ENGLISH_NAMES
 from app.errors import Conflict, NotFound, ValidationFailed
 from app.extensions import db
 
@@ -180,12 +181,15 @@ def children(parent_code: str | None, include_retired: bool = False) -> list[Div
 
 
 def search_query(term: str):
-    """Code prefix or a part of the Chinese name."""
+    """Code prefix, a part of the Chinese name, or a part of a province's English name (what the
+    English console shows, so an English reader can search for what they read)."""
     term = term.strip()[:50]
     query = select(Division).order_by(Division.retired, Division.code)
     if term.isdigit():
         return query.where(Division.code.startswith(term))
-    return query.where(or_(Division.name.contains(term, autoescape=True), Division.code == term))  # % and _ as typed
+    english = [code for code, name in ENGLISH_NAMES.items() if term and term.casefold() in name.casefold()]
+    return query.where(or_(Division.name.contains(term, autoescape=True), Division.code == term,  # % and _ as typed
+                           Division.code.in_(english)))
 
 
 def counts() -> dict[str, int]:
