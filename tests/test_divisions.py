@@ -153,6 +153,7 @@ def test_console_drill_down_and_search(admin_console):
     found = client.get("/divisions/?q=济源").get_data(as_text=True)
     assert "419001" in found
     assert client.get("/divisions/123456").status_code == 404
+    assert client.get("/divisions/100000").headers["Location"] == "/divisions/"  # the nation is the top level
 
 
 def test_every_provincial_level_division_and_the_nation_has_an_english_name(app):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, render_template, request
+from flask import Blueprint, current_app, redirect, render_template, request, url_for
 from flask_login import login_required
 
 from app.database import paginate
 from app.divisions import service
+from app.divisions.codes import NATION_CODE
 
 bp = Blueprint("divisions", __name__, url_prefix="/divisions")
 
@@ -25,6 +26,8 @@ def browse():
 @bp.get("/<code>")
 @login_required
 def drill(code: str):
+    if code == NATION_CODE:  # the nation is the browser's top level (the API answers it as a division)
+        return redirect(url_for("divisions.browse"))
     division = service.get(code)
     return render_template("divisions/browse.html", current=division, trail=service.path(division),
                            items=service.children(division.code, include_retired=True))
