@@ -368,14 +368,105 @@ def test_pull_sends_the_held_version_and_takes_304_as_unchanged(pki):
     assert "If-None-Match" not in sent[0] and sent[1]["If-None-Match"] == '"4"'
 
 
-def test_stored_state_is_the_table_and_the_signed_body_it_came_from(pki, tmp_path):
+def test_stored_state_is_the_table_and_the_signed_documents_it_came_from(pki, tmp_path):
     storage = tmp_path / "routes.json"
     arguments = signed(pki, table(1))
-    make_client(pki, storage_path=storage).accept(**arguments)
+    make_client(pki, storage_path=storage).accept(**arguments, chain_pem=pki.intermediate.pem)
 
     stored = json.loads(storage.read_text("utf-8"))
-    assert base64.b64decode(stored["body"]) == arguments["body"]
-    assert stored["signature"] == arguments["signature_b64"] and stored["table"] == table(1)
+    assert stored["format"] == 2 and stored["table"] == table(1)
+    [kept] = stored["documents"]
+    assert base64.b64decode(kept["body"]) == arguments["body"] and kept["signature"] == arguments["signature_b64"]
+    assert kept["signer_sha256"] == pki.signer.fingerprint
+    assert base64.b64decode(kept["signer_certificate"]) == pki.signer.pem
+    assert base64.b64decode(kept["chain"]) == pki.intermediate.pem
+
+
+# --- a stored table is trusted only once it verifies as a pulled one would ---------------------------
+
+def edit_stored(storage, change) -> None:
+    """What someone who can write the data directory does: load the stored record, change it, save it."""
+    record = json.loads(storage.read_text("utf-8"))
+    change(record)
+    storage.write_text(json.dumps(record), "utf-8")
+
+
+def moved_endpoint_in_the_table(pki, record) -> None:
+    record["table"]["nodes"][0]["endpoint"] = "https://attacker.example.net/"
+
+
+def moved_endpoint_in_table_and_body(pki, record) -> None:
+    moved_endpoint_in_the_table(pki, record)
+    body = base64.b64decode(record["documents"][0]["body"]).replace(b"https://im36.example.gov.cn:8443/",
+                                                                    b"https://attacker.example.net/")
+    record["documents"][0]["body"] = base64.b64encode(body).decode()
+
+
+def swapped_fingerprint_and_signature(pki, record) -> None:
+    """The table lists another certificate for Jiangxi, its body says so, and a signature made for it by
+    a key of the attacker's (anything but the route signer's) is stored beside it."""
+    forged = table(9, entry(JIANGXI, cert_sha256="66" * 32), entry(HUNAN))
+    body = document.serialise(forged)
+    record["table"], record["documents"][0]["body"] = forged, base64.b64encode(body).decode()
+    record["documents"][0]["signature"] = base64.b64encode(document.sign_body(body, pki.node.key)).decode()
+
+
+def signed_by_a_foreign_key(pki, record) -> None:
+    record["table"] = table(9, entry(JIANGXI, cert_sha256="66" * 32))
+    forged = signed(pki, record["table"], signer=pki.foreign_signer)
+    record["documents"] = [{"body": base64.b64encode(forged["body"]).decode(), "signature": forged["signature_b64"],
+                            "signer_sha256": forged["signer_fingerprint"],
+                            "signer_certificate": base64.b64encode(forged["signer_cert_pem"]).decode(),
+                            "chain": None}]
+
+
+def written_by_the_older_format(pki, record) -> None:
+    """Format 1: the table, the body and its signature, but no signer certificate to check them by."""
+    [kept] = record.pop("documents")
+    record.update(format=1, body=kept["body"], signature=kept["signature"], signer_sha256=kept["signer_sha256"])
+
+
+@pytest.mark.parametrize(("tamper", "reason"), [
+    (moved_endpoint_in_the_table, "storage_unverified: its table is not the one its signed documents give"),
+    (moved_endpoint_in_table_and_body, "bad_signature"),
+    (swapped_fingerprint_and_signature, "bad_signature"),
+    (signed_by_a_foreign_key, "bad_signer"),
+    (written_by_the_older_format, "storage_unverified: it holds no signed documents"),
+], ids=["endpoint_in_the_table", "endpoint_in_table_and_body", "fingerprint_and_signature", "foreign_key",
+        "older_format"])
+def test_a_stored_table_that_does_not_verify_is_not_used_and_the_next_pull_replaces_it(pki, tmp_path, caplog,
+                                                                                     tamper, reason):
+    storage = tmp_path / "routes.json"
+    make_client(pki, storage_path=storage).accept(**signed(pki, table(5)))
+    edit_stored(storage, lambda record: tamper(pki, record))
+
+    restarted = make_client(pki, storage_path=storage)
+
+    assert restarted.table is None and restarted.peek(JIANGXI) is None
+    assert not restarted.is_trusted_peer(JIANGXI, "66" * 32)
+    assert [record.levelname for record in caplog.records] == ["WARNING"]
+    assert f"not using the routing table stored in {storage}: {reason}" in caplog.text
+    assert restarted.accept(**signed(pki, table(3))).outcome == "accepted"  # not a rollback from a forged 9
+    assert make_client(pki, storage_path=storage).table == table(3)
+
+
+def test_a_stored_table_built_from_deltas_verifies_and_a_changed_delta_does_not(pki, tmp_path, caplog):
+    storage = tmp_path / "routes.json"
+    client = make_client(pki, storage_path=storage)
+    client.accept(**signed(pki, table(1)))
+    client.accept(**signed(pki, delta(2, 1, changed=[entry(GUANGDONG)])))
+    client.accept(**signed(pki, delta(3, 2, removed=[HUNAN])))
+    assert len(json.loads(storage.read_text("utf-8"))["documents"]) == 3
+    assert make_client(pki, storage_path=storage).table == client.table  # replayed from the documents
+
+    def changed_delta(record):
+        record["documents"][1]["signature"] = record["documents"][2]["signature"]
+    edit_stored(storage, changed_delta)
+
+    assert make_client(pki, storage_path=storage).table is None
+    assert "bad_signature" in caplog.text
+    client.accept(**signed(pki, table(4)))  # a full table starts the stored documents afresh
+    assert len(json.loads(storage.read_text("utf-8"))["documents"]) == 1
 
 
 def test_unreadable_storage_is_refused_rather_than_silently_forgotten(pki, tmp_path):
@@ -493,6 +584,21 @@ def test_a_corrupt_stored_file_is_logged_and_the_held_table_kept(pki, tmp_path, 
     # A good table written over it later is taken as usual
     replace_file(storage, stored_by_another_client(pki, tmp_path, table(6, entry(GUANGDONG))))
     assert server.version == 6 and server.peek(GUANGDONG) is not None
+
+
+def test_a_newer_stored_table_that_does_not_verify_is_logged_and_the_held_table_kept(pki, tmp_path, caplog):
+    storage = tmp_path / "routes.json"
+    server = make_client(pki, storage_path=storage, storage_check_interval=0)
+    server.accept(**signed(pki, table(5)))
+    genuine = stored_by_another_client(pki, tmp_path, table(6, entry(JIANGXI), entry(HUNAN)))
+    replace_file(storage, genuine.replace(b"https://im43.example.gov.cn:8443/", b"https://attacker.example.net/"))
+
+    assert server.version == 5 and server.peek(HUNAN)["endpoint"] == "https://im43.example.gov.cn:8443/"
+    assert server.peek(HUNAN)["endpoint"] == "https://im43.example.gov.cn:8443/"  # logged once, not per lookup
+    assert [record.levelname for record in caplog.records] == ["WARNING"]
+    assert f"not using the routing table stored in {storage}: storage_unverified" in caplog.text
+    replace_file(storage, genuine)  # the same table as signed is taken as usual
+    assert server.version == 6
 
 
 def test_a_removed_stored_file_keeps_the_held_table(pki, tmp_path):

@@ -4,7 +4,9 @@ Size first (before parsing), then the signer certificate and the signature over 
 bytes, then the version (no rollback), then `expires_at` (no freeze), then the contents, and only
 then is a delta applied and the new table written to storage. A rejected table changes nothing.
 A client with storage also follows that file: a newer table another process (the node's CLI) stored
-there is adopted before the next lookups, under the same rules except the signature, as on a restart.
+there is adopted before the next lookups, under the same rules, as on a restart. A stored table is
+verified again from the signed documents stored with it (`app.routing.storage`); one that fails, or that
+an older version stored without them, is logged and passed over, and the next pull replaces it.
 Accepting holds a lock file beside it (POSIX `flock`) from reading the stored version to writing, so the
 server and the CLI accepting at the same moment cannot leave the older of their two tables stored.
 """
@@ -18,19 +20,13 @@ import copy
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: processes sharing a data directory are not serialised
-    fcntl = None  # type: ignore[assignment]
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -40,11 +36,20 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from app.errors import DomainError
 from app.routing import document as route_document
 from app.routing.document import ROUTE_SIGNER_USAGE, MalformedDocument
+from app.routing.storage import (
+    FileIdentity,
+    SignedDocument,
+    StoredTable,
+    UnreadableStorage,
+    file_identity,
+    read_stored_table,
+    storage_lock,
+    write_stored_table,
+)
 
 DEFAULT_MAX_BODY_SIZE = 8 * 1024 * 1024
 DEFAULT_STORAGE_CHECK_INTERVAL = 1.0
 MAX_CHAIN_DEPTH = 4
-STORAGE_FORMAT = 1
 
 Certificates = bytes | x509.Certificate | Sequence[x509.Certificate]
 
@@ -53,7 +58,8 @@ log = logging.getLogger(__name__)
 
 class RouteRejected(DomainError):
     """§5: the node refuses this table; `code` says why (too_large, bad_signer, bad_signature,
-    rollback, expired, malformed, own_entry_mismatch, delta_base_mismatch, storage_corrupt)."""
+    rollback, expired, malformed, own_entry_mismatch, delta_base_mismatch, storage_corrupt; for a stored
+    table only, storage_unverified)."""
 
     code = "route_rejected"
     status = 422
@@ -99,16 +105,18 @@ class AcceptResult:
 
 @dataclass(frozen=True)
 class _Held:
-    """One accepted table with its lookups, swapped in whole so readers never see half an update."""
+    """One accepted table with its lookups and the signed documents it was built from (to store them
+    with it), swapped in whole so readers never see half an update."""
 
     table: dict
+    documents: tuple[SignedDocument, ...] = field(repr=False)
     expires_at: datetime
     by_id: dict[str, dict] = field(repr=False)
     by_fingerprint: dict[str, dict] = field(repr=False)
 
     @classmethod
-    def of(cls, table: dict) -> _Held:
-        return cls(table, route_document.parse_time(table["expires_at"], "expires_at"),
+    def of(cls, table: dict, documents: tuple[SignedDocument, ...]) -> _Held:
+        return cls(table, documents, route_document.parse_time(table["expires_at"], "expires_at"),
                    {entry["node_id"]: entry for entry in table["nodes"]},
                    {entry["cert_sha256"]: entry for entry in table["nodes"]})
 
@@ -158,7 +166,7 @@ class RouteClient:
         self.signer_usage = signer_usage
         self.storage_check_interval = storage_check_interval
         self._lock = threading.Lock()
-        self._stored_identity: tuple[int, int, int] | None = None  # of the file last read, written or passed over
+        self._stored_identity: FileIdentity | None = None  # of the file last read, written or passed over
         self._next_storage_check = time.monotonic() + storage_check_interval
         self._held: _Held | None = self._load()
 
@@ -229,17 +237,22 @@ class RouteClient:
     def accept(self, body: bytes, signature_b64: str, signer_fingerprint: str, signer_cert_pem: bytes,
                chain_pem: bytes | None = None) -> AcceptResult:
         """Check a pulled table or delta in TUF's order and hold it; RouteRejected(code) otherwise."""
-        if len(body) > self.max_body_size:
-            raise RouteRejected("too_large", f"routing table of {len(body)} bytes exceeds {self.max_body_size}")
-        signer = self._verify_signer(signer_cert_pem, chain_pem, signer_fingerprint)
-        self._verify_signature(signer, body, signature_b64)
+        signed = SignedDocument(body, signature_b64, signer_fingerprint.lower(), signer_cert_pem, chain_pem)
         try:
-            return self._accept_signed(body, signature_b64, signer_fingerprint.lower())
+            return self._accept_signed(self._verified_document(signed), signed)
         except MalformedDocument as error:
             raise RouteRejected("malformed", str(error)) from None
 
-    def _accept_signed(self, body: bytes, signature_b64: str, signer_fingerprint: str) -> AcceptResult:
-        document = _parse(body)
+    def _verified_document(self, signed: SignedDocument) -> dict[str, Any]:
+        """Size, signer and signature, then just enough parsing to order the remaining checks."""
+        if len(signed.body) > self.max_body_size:
+            raise RouteRejected("too_large", f"routing table of {len(signed.body)} bytes exceeds "
+                                f"{self.max_body_size}")
+        signer = self._verify_signer(signed.signer_cert_pem, signed.chain_pem, signed.signer_fingerprint)
+        self._verify_signature(signer, signed.body, signed.signature_b64)
+        return _parse(signed.body)
+
+    def _accept_signed(self, document: dict[str, Any], signed: SignedDocument) -> AcceptResult:
         with self._lock, self._storage_lock():
             if self.storage_path is not None:
                 self._follow_storage()  # so a version another process stored is never overwritten by an older one
@@ -254,8 +267,8 @@ class RouteClient:
                 raise RouteRejected("expired", f"routing table version {version} expired at {document['expires_at']}")
             table = self._next_table(document, held)
             self._check_own_entry(table)
-            self._store(table, body, signature_b64, signer_fingerprint)
-            new_held = _Held.of(table)
+            new_held = _Held.of(table, _documents_after(held, document, signed))
+            self._store(new_held)
             changes = route_document.describe_changes(held.by_id if held else {}, new_held.by_id)
             self._held = new_held
         return AcceptResult("accepted", version, held_version, tuple(changes))
@@ -361,33 +374,52 @@ class RouteClient:
     def _load(self) -> _Held | None:
         if self.storage_path is None:
             return None
-        # Starting empty from a corrupt file would silently drop rollback protection: make the operator look.
-        return self._read_storage()
+        # Starting empty from an unreadable file would silently drop rollback protection: make the operator
+        # look. A readable one that fails verification is passed over with a warning, as if it were absent.
+        stored = self._read_storage()
+        return self._verified_storage(stored) if stored is not None else None
 
-    def _read_storage(self) -> _Held | None:
-        """The stored table (None if there is no file), noting which file it came from; RouteRejected
-        `storage_corrupt` if it cannot be read."""
+    def _read_storage(self) -> StoredTable | None:
+        """The stored table, unverified (None if there is no file), noting which file it came from;
+        RouteRejected `storage_corrupt` if it cannot be read."""
         assert self.storage_path is not None
         try:
-            with open(self.storage_path, "rb") as stream:
-                self._stored_identity = _file_identity(os.fstat(stream.fileno()))
-                stored = json.loads(stream.read().decode("utf-8"))
-            table = stored["table"]
-            route_document.check_table(table)
-            return _Held.of(table)
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, KeyError, TypeError, RecursionError, MalformedDocument) as error:
+            stored = read_stored_table(self.storage_path)
+        except UnreadableStorage as error:
+            self._stored_identity = error.identity
             raise RouteRejected("storage_corrupt", f"{self.storage_path} is unreadable: {error}") from None
+        if stored is not None:
+            self._stored_identity = stored.identity
+        return stored
+
+    def _verified_storage(self, stored: StoredTable) -> _Held | None:
+        """The stored table if its signed documents verify as pulled ones would and, replayed in order, give
+        exactly that table; otherwise None, with a warning naming the file and the reason."""
+        try:
+            if not stored.documents:
+                raise RouteRejected("storage_unverified", "it holds no signed documents to verify it by "
+                                    "(an older version of the node stored it)")
+            held: _Held | None = None
+            for signed in stored.documents:
+                document = self._verified_document(signed)
+                held = _Held.of(self._next_table(document, held), _documents_after(held, document, signed))
+            assert held is not None
+            if held.table != stored.table:
+                raise RouteRejected("storage_unverified", "its table is not the one its signed documents give")
+        except (RouteRejected, MalformedDocument) as error:
+            log.warning("not using the routing table stored in %s: %s: %s", self.storage_path, error.code,
+                        error.message)
+            return None
+        return held
 
     def _follow_storage(self) -> None:
-        """Under `_lock`: adopt the stored table if another process replaced the file with a newer version,
-        unexpired, that lists this node with its own certificate. Anything else keeps the held table; a
-        table listing another certificate for this node is left to the node's pull, which can install it."""
+        """Under `_lock`: adopt the stored table if another process replaced the file with a newer version that
+        verifies, unexpired, and lists this node with its own certificate. Anything else keeps the held table;
+        a table listing another certificate for this node is left to the node's pull, which can install it."""
         assert self.storage_path is not None
         self._next_storage_check = time.monotonic() + self.storage_check_interval
         try:
-            identity = _file_identity(os.stat(self.storage_path))
+            identity = file_identity(os.stat(self.storage_path))
         except FileNotFoundError:
             return
         except OSError as error:
@@ -397,11 +429,14 @@ class RouteClient:
             return
         held = self._held
         try:
-            stored = self._read_storage()
+            read = self._read_storage()
         except RouteRejected as error:
             log.error("keeping routing table version %s: %s", held.table["version"] if held else None, error)
             return
-        if stored is None or (held is not None and stored.table["version"] <= held.table["version"]):
+        if read is None or (held is not None and read.table["version"] <= held.table["version"]):
+            return
+        stored = self._verified_storage(read)
+        if stored is None:
             return
         version = stored.table["version"]
         if self.now() >= stored.expires_at:
@@ -418,48 +453,20 @@ class RouteClient:
         log.info("adopted routing table version %s, which another process stored in %s", version,
                  self.storage_path)
 
-    @contextlib.contextmanager
-    def _storage_lock(self) -> Iterator[None]:
-        """Across processes sharing the storage file (the node's server and its CLI): from looking at the
-        stored version to writing the new one, so two accepting at once cannot leave the older on disk."""
-        if self.storage_path is None or fcntl is None:
-            yield
-            return
-        self.storage_path.parent.mkdir(parents=True, exist_ok=True)
-        lock_path = self.storage_path.with_name(f".{self.storage_path.name}.lock")
-        with open(lock_path, "a+b") as lock_file:
-            fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
+    def _storage_lock(self) -> contextlib.AbstractContextManager[None]:
+        return storage_lock(self.storage_path) if self.storage_path is not None else contextlib.nullcontext()
 
-    def _store(self, table: dict, body: bytes, signature_b64: str, signer_fingerprint: str) -> None:
-        """Write the table with the signed body it came from, atomically: a crash leaves old or new."""
-        if self.storage_path is None:
-            return
-        record = {"format": STORAGE_FORMAT, "table": table, "body": base64.b64encode(body).decode("ascii"),
-                  "signature": signature_b64, "signer_sha256": signer_fingerprint}
-        directory = self.storage_path.parent
-        directory.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{self.storage_path.name}.")
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                stream.write(route_document.serialise(record))
-                stream.flush()
-                os.fsync(stream.fileno())
-                written = _file_identity(os.fstat(stream.fileno()))  # a rename keeps inode, mtime and size
-            os.replace(temporary, self.storage_path)
-            self._stored_identity = written
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        if hasattr(os, "O_DIRECTORY"):
-            directory_handle = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(directory_handle)
-            finally:
-                os.close(directory_handle)
+    def _store(self, held: _Held) -> None:
+        if self.storage_path is not None:
+            self._stored_identity = write_stored_table(self.storage_path, held.table, held.documents)
+
+
+def _documents_after(held: _Held | None, document: dict[str, Any],
+                     signed: SignedDocument) -> tuple[SignedDocument, ...]:
+    """What verifies the table `document` leads to: a full table alone, a delta after those of its base."""
+    if held is None or not route_document.is_delta(document):
+        return (signed,)
+    return (*held.documents, signed)
 
 
 def _parse(body: bytes) -> dict[str, Any]:
@@ -471,11 +478,6 @@ def _parse(body: bytes) -> dict[str, Any]:
     if not isinstance(document, dict) or type(document.get("version")) is not int:
         raise MalformedDocument("the routing table has no integer version")
     return document
-
-
-def _file_identity(status: os.stat_result) -> tuple[int, int, int]:
-    """Changes whenever the file is replaced (a new inode) or rewritten."""
-    return status.st_ino, status.st_mtime_ns, status.st_size
 
 
 def _issued_by(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
