@@ -2,11 +2,13 @@
 
 A table the operator pulls with `routes pull` is stored there by the CLI's process; the running server adopts
 it before its own next pull, so the two never answer from different versions for longer than a moment.
+Like every command, `routes pull` and `routes show` print lines for a person, and JSON only with `--json`.
 """
 
 from __future__ import annotations
 
 import json
+import re
 
 from tests.appnode_processes import eventually
 from tests.test_appnode import network  # noqa: F401 (fixture)
@@ -35,3 +37,28 @@ def test_the_running_node_uses_the_table_its_operator_pulled_from_the_cli(networ
     sent = c.node.send_text("sunqi", b.user("lisi"), "新节点")
     assert [row.state for row in c.node.outbox()] == ["delivered"]
     assert [entry["message"].message_id for entry in b.node.history("lisi", sent.conversation_id)] == [sent.message_id]
+
+
+def test_routes_pull_and_show_print_lines_for_a_person_and_json_only_with_json(network):  # noqa: F811
+    b = network["b"]
+    c = network["join"]("110000")
+    c.node.sync_routes()
+
+    def cli_pulled_c():
+        done = node_cli(b, "routes", "pull")
+        assert done.returncode == 0, done.stderr
+        return done.stdout if f"\n  {c.id} added\n" in done.stdout else None
+    pulled = eventually(cli_pulled_c, timeout=10, interval=0.05, what=f"the CLI's pull to list {c.id}")
+    installed = re.fullmatch(r"routing table v(\d+) installed \(was v\d+\)", pulled.splitlines()[0])
+    assert installed, pulled
+    version = int(installed[1])
+    assert node_cli(b, "routes", "pull").stdout == f"routing table v{version} unchanged\n"
+    assert json.loads(node_cli(b, "--json", "routes", "pull").stdout) == {"outcome": "unchanged", "version": version,
+                                                                        "changes": []}
+
+    table = json.loads(node_cli(b, "--json", "routes", "show").stdout)
+    shown = node_cli(b, "routes", "show").stdout.splitlines()
+    assert table["version"] == version and shown[0] == f"routing table v{version}, expires {table['expires_at']}"
+    assert shown[1:] == [f"{entry['node_id']}\t{entry['division_code']}\t{entry['endpoint']}\t{entry['status']}"
+                         for entry in table["nodes"]]
+    assert f"{c.id}\t110000\t{c.node.config.endpoint}\t" in "\n".join(shown)

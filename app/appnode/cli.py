@@ -352,14 +352,31 @@ def routes():
 @routes.command("pull")
 @pass_ctx
 def routes_pull(ctx: Context):
+    """Pull the signed routing table now, as the node loop does; a refused table is the command's error."""
     result = ctx.node.sync_routes()
-    ctx.out({"outcome": result.outcome, "version": result.version, "changes": list(result.changes)})
+    if result.outcome == "accepted":
+        was = f" (was v{result.previous_version})" if result.previous_version is not None else ""
+        lines = [f"routing table v{result.version} installed{was}", *(f"  {change}" for change in result.changes)]
+    else:
+        lines = [f"routing table v{result.version} unchanged"]
+    ctx.out({"outcome": result.outcome, "version": result.version, "changes": list(result.changes)},
+            "\n".join(lines))
 
 
 @routes.command("show")
 @pass_ctx
 def routes_show(ctx: Context):
-    ctx.out(ctx.node.routes.table)
+    """The routing table this node holds: one line per node (node id, division, endpoint, status)."""
+    routes = ctx.node.routes
+    table = routes.table
+    if table is None:
+        ctx.out(None, "no routing table yet")
+        return
+    lines = [f"routing table v{table['version']}, expires {table['expires_at']}"
+             + (" (expired)" if routes.expired else "")]
+    lines += [f"{entry['node_id']}\t{entry['division_code']}\t{entry['endpoint']}\t{entry['status']}"
+              for entry in table["nodes"]]
+    ctx.out(table, "\n".join(lines))
 
 
 @cli.group()
