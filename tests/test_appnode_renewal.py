@@ -19,6 +19,7 @@ from app.admission import nodes
 from app.appnode.certificate import KeyNotHeld
 from app.appnode.transport import fingerprint_of
 from app.extensions import db
+from app.pki import revocation
 from app.pki import service as pki
 from tests.appnode_processes import eventually
 from tests.factories import make_csr, make_key
@@ -139,3 +140,29 @@ def test_a_certificate_for_a_key_the_node_does_not_hold_is_refused_and_reported(
     assert a.node.identity.fingerprint() == issued.sha256
     assert json.loads(node_cli(a, "--json", "status").stdout)["certificate_problem"] is None
     assert_both_ways(a, b, "恢复")
+
+
+@pytest.mark.parametrize("revoked", ["node", "certificate"])
+def test_a_revocation_is_the_certificate_problem_in_status_not_only_the_registrys(network, revoked):  # noqa: F811
+    a = network["a"]
+    fingerprint = a.node.identity.fingerprint()
+    if revoked == "node":
+        nodes.revoke(nodes.get(a.id), "drill", by=network["minister"])
+    else:
+        revocation.revoke(pki.current_certificate(a.id), "key_compromise", by=network["minister"])
+    db.session.commit()
+
+    done = node_cli(a, "routes", "pull")  # a process of its own opens a new node session, which is refused
+    assert done.returncode == 2 and f"{revoked}_revoked" in done.stderr
+
+    status = json.loads(node_cli(a, "--json", "status").stdout)
+    assert status["registry_problem"].startswith(f"{revoked}_revoked")
+    assert status["certificate_problem"].startswith(f"certificate {fingerprint} revoked by the management node")
+    assert f"\nproblem: certificate {fingerprint} revoked by the management node" in node_cli(a, "status").stdout
+    if revoked == "certificate":  # what the problem asks for: a renewal from a CSR made by the node
+        issued = admin_renews(network, a, node_cli(a, "csr").stdout)
+        await_listed(network["b"], a.id, issued.sha256)
+        assert node_cli(a, "routes", "pull").returncode == 0
+        status = json.loads(node_cli(a, "--json", "status").stdout)
+        assert status["certificate_sha256"] == issued.sha256
+        assert status["certificate_problem"] is None and status["registry_problem"] is None

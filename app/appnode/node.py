@@ -46,6 +46,15 @@ __all__ = ["Node", "NotJoined", "Reply", "address", "declared_type", "image_size
 log = logging.getLogger("mpim.appnode")
 
 REFRESH_INTERVAL = 30.0
+# Session refusals (docs/protocol.md §4) in which the management node says this node's certificate is revoked:
+# `status` shows them as the certificate problem they are, not only as the registry's refusal.
+CERTIFICATE_REVOKED = {
+    "node_revoked": "certificate {sha256} revoked by the management node, which revoked node {node_id} "
+                    "(a revocation is final)",
+    "certificate_revoked": "certificate {sha256} revoked by the management node: this node can open no node session "
+                           "until a ministry admin renews node {node_id} from a CSR made here "
+                           "(`python -m app.appnode csr`)",
+}
 
 
 class NotJoined(DomainError):
@@ -235,6 +244,9 @@ class Node(ReceivingMixin, GroupsMixin, EphemeralMixin, SendingMixin, FilesMixin
                 # `status` shows it: a suspended or revoked node cannot open sessions, so its own table,
                 # which still lists it, would otherwise look healthy.
                 self._note_registry_problem(f"{error.code}: {error.message}")
+                if error.code in CERTIFICATE_REVOKED:
+                    self._note_certificate_problem(CERTIFICATE_REVOKED[error.code].format(
+                        sha256=self.identity.fingerprint(), node_id=node_id))
                 raise
             except RouteRejected as error:
                 if error.code in mended or error.code not in ("bad_signer", "own_entry_mismatch"):
@@ -245,9 +257,8 @@ class Node(ReceivingMixin, GroupsMixin, EphemeralMixin, SendingMixin, FilesMixin
                 else:
                     self.registry.fetch_ca()  # the signer may have been rotated: fetch it and try once more
         self._last_refresh = time.monotonic()
-        if result.outcome == "accepted" and self.setting("certificate_problem"):
-            with self.db.begin() as session:
-                put_setting(session, "certificate_problem", "")
+        if result.outcome == "accepted":
+            self._note_certificate_problem("")
         self._note_registry_problem("")
         return result
 
@@ -255,6 +266,14 @@ class Node(ReceivingMixin, GroupsMixin, EphemeralMixin, SendingMixin, FilesMixin
         if (self.setting("registry_problem") or "") != problem:
             with self.db.begin() as session:
                 put_setting(session, "registry_problem", problem)
+
+    def _note_certificate_problem(self, problem: str) -> None:
+        """For `status`; logged once when it starts, cleared ("") by a table that takes this node's certificate."""
+        if (self.setting("certificate_problem") or "") != problem:
+            if problem:
+                log.error("%s", problem)
+            with self.db.begin() as session:
+                put_setting(session, "certificate_problem", problem)
 
     def _refresh_for_peer(self) -> None:
         """§2.3: before refusing a caller, refresh the table, at most once per 30 s."""
@@ -328,10 +347,7 @@ class Node(ReceivingMixin, GroupsMixin, EphemeralMixin, SendingMixin, FilesMixin
                         f"{self.routes.version}. Make a CSR here (`python -m app.appnode csr`, or `csr --new-key`) "
                         f"and ask a ministry admin to renew node {node_id} from it")
             except CertificateNotInstalled as error:
-                if self.setting("certificate_problem") != error.message:
-                    log.error("%s", error.message)
-                    with self.db.begin() as session:
-                        put_setting(session, "certificate_problem", error.message)
+                self._note_certificate_problem(error.message)
                 raise
             if holder == "pending":
                 write_atomic(self.identity.key_file, pending.read_bytes(), 0o600)
