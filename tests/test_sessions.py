@@ -110,6 +110,33 @@ def test_revoked_or_expired_certificate_is_refused(client, people):
     assert error_code(open_session(client, keys.session_request(node.node_id))) == (401, "certificate_revoked")
 
 
+def test_sessions_end_when_a_certificate_of_the_node_is_revoked(client, people):
+    """A stolen key's session must not outlive the revocation (up to MPIM_NODE_SESSION_SECONDS).
+    Which certificate opened a session is not recorded, so every session of the node ends; the node
+    opens a new one with a certificate that is still valid, as its client does on any 401."""
+    from app.pki import revocation
+    from app.pki import service as pki
+    from app.pki.models import Certificate
+
+    minister, _ = people
+    node, keys = admit_with_keys(people)
+    old = db.session.scalars(db.select(Certificate).where(Certificate.node_id == node.node_id)).one()
+    renewed_keys = NodeKeys("ec256")
+    pki.renew(node, renewed_keys.csr, by=minister)
+    db.session.commit()
+    token = open_session(client, keys.session_request(node.node_id)).get_json()["token"]  # with the old key
+    headers = {"Authorization": f"Bearer {token}"}
+    assert client.get("/api/v1/routes", headers=headers).status_code == 200
+    revocation.revoke(old, "key_compromise", by=minister)
+    db.session.commit()
+    assert await_refusal(client, headers) == (401, "session_revoked")
+    assert error_code(open_session(client, keys.session_request(node.node_id))) == (401, "bad_signature")
+    renewed = open_session(client, renewed_keys.session_request(node.node_id))
+    assert renewed.status_code == 201
+    assert client.get("/api/v1/routes", headers={"Authorization": f"Bearer {renewed.get_json()['token']}"}) \
+        .status_code == 200
+
+
 @pytest.mark.parametrize("body", [
     {}, {"node_id": "123", "timestamp": "2026-01-01T00:00:00Z", "nonce": "abcdefgh", "signature": "AAAA" * 8},
     {"node_id": "36000000002025000001", "timestamp": "yesterday", "nonce": "abcdefgh", "signature": "AAAA" * 8},

@@ -59,7 +59,7 @@ def revoke(certificate: Certificate, reason: str, *, by) -> Revoked:
         replacement = own_keys.rotate_management_certificate(actor=by.username)
     regenerate_crl(actor=by.username)
     if certificate.node_id:
-        for hook in service.certificate_changed:
+        for hook in service.certificate_revoked + service.certificate_changed:
             hook(certificate.node_id)
     return Revoked(certificate, replacement)
 

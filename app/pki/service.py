@@ -34,6 +34,10 @@ CERTIFICATE_COLUMNS = tuple(Certificate.__table__.columns.keys())
 
 # Functions (node_id) run after a node's current certificate changed (routing re-publishes).
 certificate_changed: list = []
+# Functions (node_id) run after an admin revoked one of a node's certificates: its sessions end, and
+# routing publishes a new version even if the table is unchanged, as the session cache expects. Not run
+# for revocations that come with the node's own (`revoke_with_node`): those change the table anyway.
+certificate_revoked: list = []
 # Functions (actor) run after the route signer was rotated (routing re-signs the table as a new version).
 route_signer_changed: list = []
 

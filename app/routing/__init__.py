@@ -1,11 +1,11 @@
 """The signed routing table (SPEC §5): publication, serving, history, and the node-side client."""
 
 
-def publish_after(reason: str):
+def publish_after(reason: str, *, force: bool = False):
     def hook(*_args) -> None:
         from app.routing import service
 
-        service.publish(reason)
+        service.publish(reason, force=force)
 
     hook.__name__ = f"publish_after_{reason.replace(' ', '_')}"
     return hook
@@ -18,6 +18,9 @@ _hooks = {
 }
 _health_hook = publish_after("health round")
 _certificate_hook = publish_after("certificate changed")
+# Every worker forgets its cached node sessions when the version changes (serving.py): a revoked
+# certificate ends the node's sessions, so the version changes even when the table does not.
+_revocation_hook = publish_after("certificate revoked", force=True)
 
 
 def init_app(app) -> None:
@@ -43,6 +46,8 @@ def init_app(app) -> None:
         health.status_changed.append(_health_hook)
     if _certificate_hook not in pki.certificate_changed:
         pki.certificate_changed.append(_certificate_hook)
+    if _revocation_hook not in pki.certificate_revoked:
+        pki.certificate_revoked.append(_revocation_hook)
     if _resign_after_rotation not in pki.route_signer_changed:
         pki.route_signer_changed.append(_resign_after_rotation)
     registry.register(registry.Job("routes.resign", _resign, 600))

@@ -140,9 +140,15 @@ def authenticate(raw: str | None, *, also=None):
 def end_sessions(node, old_status: str, new_status: str, reason: str) -> None:
     """admission hook: sessions die with the node's suspension or revocation."""
     if new_status in ("suspended", "revoked"):
-        db.session.execute(update(NodeSession).where(NodeSession.node_id == node.node_id,
-                                                     NodeSession.revoked_at.is_(None))
-                           .values(revoked_at=utcnow()).execution_options(synchronize_session=False))
+        end_node_sessions(node.node_id)
+
+
+def end_node_sessions(node_id: str) -> None:
+    """Also the CA's hook when one of the node's certificates is revoked: a session does not record
+    which certificate opened it, so all of them end (a stolen key's session must not outlive the
+    revocation); the node opens a new one with a certificate still valid, as after any 401."""
+    db.session.execute(update(NodeSession).where(NodeSession.node_id == node_id, NodeSession.revoked_at.is_(None))
+                       .values(revoked_at=utcnow()).execution_options(synchronize_session=False))
 
 
 def cleanup() -> str:
