@@ -3,10 +3,14 @@ nothing does, and how a group message reaches member nodes that lack a capabilit
 
 from __future__ import annotations
 
+import json
+import threading
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
 import pytest
 from sqlalchemy import select
 
-from app.appnode import protocol
+from app.appnode import groups, protocol
 from app.appnode.config import CAPABILITIES
 from app.appnode.protocol import Conflict, NotAParticipant, NotFound
 from app.appnode.store import Group, Outbox
@@ -185,3 +189,75 @@ def test_an_operation_that_changes_nothing_takes_no_seq_and_is_not_announced(net
     settle(a, b)
     assert b.node.groups()[0].seq == 2 and b.node.groups()[0].members == [a.user("zhangsan"), b.user("lisi"),
                                                                           a.user("wangwu")]
+
+
+class HeldAnnouncement:
+    """A member node slow to answer: the next group announcement it receives (a home node's confirmation among
+    them) waits, on its real TLS connection, until the test releases it; announcements after it pass."""
+
+    def __init__(self, served, monkeypatch):
+        self.arrived, self.release = threading.Event(), threading.Event()
+        self._waiting = threading.Lock()
+        receive = served.node.receive
+
+        def held(kind: str, body: bytes, content_type, certificate):
+            if kind == "group_op" and "seq" in json.loads(body)["payload"] and self._waiting.acquire(blocking=False):
+                self.arrived.set()
+                self.release.wait(60)  # bounded only so that a failing test cannot hang the run
+            return receive(kind, body, content_type, certificate)
+
+        monkeypatch.setattr(served.node, "receive", held)
+        # The held confirmation must not time out while the test works; only the events decide what happens.
+        monkeypatch.setattr(groups, "CONFIRM_TIMEOUT", 20.0)
+
+
+def test_a_member_node_slow_to_confirm_holds_up_no_other_write_of_the_home_node(network, monkeypatch):  # noqa: F811
+    a, b = network["a"], network["b"]
+    group = a.node.create_group("zhangsan", "专班", [b.user("lisi")])
+    other = a.node.create_group("zhangsan", "另一个", [a.user("wangwu")])
+    settle(a, b)
+    held = HeldAnnouncement(b, monkeypatch)
+
+    def write_meanwhile() -> str:
+        a.node.send_text("zhangsan", a.user("wangwu"), "开会")
+        return a.node.group_operation("zhangsan", other.address, "update_info", info={"name": "改名"})
+
+    with ThreadPoolExecutor(2) as pool:
+        try:  # B's user asks home A to invite zhaoliu; A asks B to confirm him, and B is slow to answer
+            asking = pool.submit(b.node.group_operation, "lisi", group.address, "invite", [b.user("zhaoliu")])
+            assert held.arrived.wait(30)
+            writing = pool.submit(write_meanwhile)
+            done, _ = wait([asking, writing], return_when=FIRST_COMPLETED)
+            assert writing in done and not asking.done()  # written while the confirmation is in flight
+        finally:
+            held.release.set()
+        assert writing.result() == "applied" and asking.result() == "accepted"
+    settle(a, b)
+    chat = protocol.single_chat_conversation_id(a.user("zhangsan"), a.user("wangwu"))
+    assert [m["content"]["text"] for m in history(a, "wangwu", chat)] == ["开会"]
+    by_address = {g.address: g for g in a.node.groups()}
+    assert by_address[other.address].name == "改名"
+    assert by_address[group.address].members == [a.user("zhangsan"), b.user("lisi"), b.user("zhaoliu")]
+    assert b.node.groups("zhaoliu")[0].seq == by_address[group.address].seq
+
+
+def test_an_operation_on_a_group_changed_during_its_confirmation_is_refused(network, monkeypatch):  # noqa: F811
+    a, b = network["a"], network["b"]
+    group = a.node.create_group("zhangsan", "专班", [b.user("lisi")])
+    settle(a, b)
+    held = HeldAnnouncement(b, monkeypatch)
+    with ThreadPoolExecutor(1) as pool:
+        try:  # B is asked to confirm zhaoliu; meanwhile the owner renames the group
+            inviting = pool.submit(a.node.group_operation, "zhangsan", group.address, "invite", [b.user("zhaoliu")])
+            assert held.arrived.wait(30)
+            assert a.node.group_operation("zhangsan", group.address, "update_info", info={"name": "改名"}) == "applied"
+        finally:
+            held.release.set()  # B confirms zhaoliu, but the state it confirmed is no longer the next one
+        with pytest.raises(Conflict, match="changed while"):
+            inviting.result()
+    settle(a, b)
+    members = [a.user("zhangsan"), b.user("lisi")]
+    home = a.node.groups()[0]
+    assert (home.name, home.members) == ("改名", members)
+    assert [(g.name, g.members, g.seq) for g in b.node.groups()] == [("改名", members, home.seq)]  # withdrawn
+    assert not [row for row in group_ops(a) if b.user("zhaoliu") in row.envelope["payload"]["group_info"]["members"]]

@@ -2,47 +2,98 @@
 numbered by seq; other nodes apply announcements and ask the home node for operations. Only a user's own
 node knows whether the user exists, so before a state gives another node new members the home node has that
 node confirm it (§8.9), and withdraws a state some nodes took when a later one refuses.
+
+A confirmation is a round trip to another node, so it never runs inside a write transaction: the home node
+computes the new state and reserves its seq in one short transaction, asks the nodes, and applies the state
+in a second short transaction only if the group still has the reserved seq (§10).
 """
 
 from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterable
+import sqlite3
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.appnode import protocol
-from app.appnode.messages import PATHS, address, local_part
+from app.appnode.messages import PATHS, Reply, address, local_part
 from app.appnode.protocol import Conflict, NotAParticipant, NotFound, PermissionDenied, UnsupportedCapability, node_of
-from app.appnode.store import Group, User
+from app.appnode.store import Group, User, insert_received, raw_cursor
 from app.appnode.transport import PeerUnreachable
 from app.errors import DomainError
 
-# A member confirmation (§8.9) may run inside a request's write transaction: a short answer timeout bounds
-# how long one slow member node can hold up this node's other writes.
+# Each node gaining members is asked in turn while the operator (or, for a member node's request, that node,
+# which waits up to 30 s for the answer) waits: a short answer timeout keeps that wait bounded.
 CONFIRM_TIMEOUT = 5.0
 MAX_GROUP_MEMBERS = 3000
 
 
+@dataclass(frozen=True)
+class NewState:
+    """A state the home node computed for an operation: the announcement carrying it (whole, with its seq),
+    the users it removed (their nodes are told too) and the state it was computed from (None for a create)."""
+
+    announcement: dict
+    removed: list[str]
+    before: dict | None
+
+    @property
+    def group_key(self) -> tuple[str, str]:
+        return self.announcement["group_id"], self.announcement["home_node_id"]
+
+    @property
+    def seq(self) -> int:
+        return self.announcement["seq"]
+
+    def gaining(self) -> list[str]:
+        """Who becomes a member, or the owner, in this state: what their nodes must confirm (§8.9)."""
+        info = self.announcement["group_info"]
+        old_members = set(self.before["members"]) if self.before else set()
+        gaining = {member for member in info["members"] if member not in old_members}
+        if self.before is None or info["owner"] != self.before["owner"]:
+            gaining.add(info["owner"])
+        return sorted(gaining)
+
+
 class GroupsMixin:
-    """Group operations for a `Node`. Relies on the node's `db`, `node_id`, `routes`, `peers`,
-    `peer_entry` and `_writing`; on `_require_capability` (ReceivingMixin), and on `_enqueue`, `deliver`,
-    `_error_code` and `_peer_error` (OutboxMixin)."""
+    """Group operations for a `Node`. Relies on the node's `db`, `node_id`, `routes`, `peers`, `wake`,
+    `peer_entry` and `_writing`; on `_require_capability` and `_duplicate` (ReceivingMixin), and on `_enqueue`,
+    `deliver`, `_error_code` and `_peer_error` (OutboxMixin)."""
 
     def _accept_group_op(self, session: Session, envelope: dict) -> bool:
+        """An announcement from a group's home node; requests take `_receive_group_request`."""
         self._require_capability("group")
-        op = envelope["payload"]
-        if "seq" in op:
-            self._apply_announcement(session, op)
-        else:
-            if op["op"] == "create":
-                raise Conflict("a group is created by its home node, never requested", field="payload.op")
-            self._apply_at_home(session, op["op"], op["group_id"], op["operator"], op.get("target_user_ids", []),
-                                op.get("group_info", {}))
-            return True
+        self._apply_announcement(session, envelope["payload"])
         return False
+
+    def _receive_group_request(self, envelope: dict, now: datetime) -> Reply:
+        """A member node asks this home node for an operation. Not in `_receive_in_transaction`: the operation
+        may need confirmations (§8.9), which run between two short transactions; the dedup record (§5.4 step 8)
+        is written in the one that applies the operation, so a refused request is not remembered."""
+        request = envelope["payload"]
+
+        def first_time(session: Session) -> bool:
+            try:
+                insert_received(raw_cursor(session), envelope["from_node"], envelope["message_id"], now)
+            except sqlite3.IntegrityError:
+                return False
+            self._require_capability("group")
+            if request["op"] == "create":
+                raise Conflict("a group is created by its home node, never requested", field="payload.op")
+            return True
+
+        group = self._operate_at_home(request["op"], request["group_id"], request["operator"],
+                                      request.get("target_user_ids", []), request.get("group_info", {}),
+                                      first_time=first_time)
+        if group is None:
+            return self._duplicate(envelope)
+        self.wake.set()  # announcements to deliver: the loop need not wait for its next round
+        return Reply(document=protocol.make_ack(envelope["message_id"], now))
 
     def _apply_announcement(self, session: Session, op: dict) -> None:
         key = (op["group_id"], op["home_node_id"])
@@ -70,11 +121,37 @@ class GroupsMixin:
         group.name, group.notice, group.owner = info["name"], info.get("notice", ""), info["owner"]
         group.members, group.seq, group.dismissed = list(info["members"]), op["seq"], op["op"] == "dismiss"
 
+    def _operate_at_home(self, op: str, group_id: str, operator: str, targets: list[str], info: dict, *,
+                         first_time: Callable[[Session], bool] | None = None) -> Group | None:
+        """An operation on a group homed here, by a local user or a member node's request. When its new state
+        gives no other node new members, one transaction applies and announces it. Otherwise a first one
+        computes the state and reserves its seq, the nodes confirm it with no transaction open, and a second
+        one applies it (`_apply_confirmed`). `first_time` writes a request's dedup record in each transaction:
+        None is returned, and nothing applied, for a request already accepted."""
+        with self._writing, self.db() as session:
+            if first_time is not None and not first_time(session):
+                return None
+            group, state = self._apply_at_home(session, op, group_id, operator, targets, info)
+            if state is None or not self._nodes_to_confirm(state):
+                if state is not None:
+                    self._announce(session, state)
+                session.commit()
+                return group
+            # Undo the computed state (and the dedup record), keeping only its seq, taken so that no other
+            # state of this group is offered to a node under the same seq while this one is being confirmed.
+            session.rollback()
+            group = session.get(Group, state.group_key)
+            if group is None or group.seq != state.seq - 1:  # changed meanwhile by another process
+                raise self._changed(group_id)
+            group.seq = state.seq
+            session.commit()
+        return self._confirm_and_apply(state, first_time)
+
     def _apply_at_home(self, session: Session, op: str, group_id: str, operator: str, targets: list[str],
-                       info: dict) -> Group:
-        """The home node applies an operation and announces the group's whole new state. One that changes
-        nothing (inviting members, a member joining, renaming to the same name) takes no seq and is not
-        announced (§8.9); kicking someone who is not a member is refused."""
+                       info: dict) -> tuple[Group, NewState | None]:
+        """The home node applies an operation to its record in `session` and returns the new state to
+        announce. One that changes nothing (inviting members, a member joining, renaming to the same name)
+        takes no seq and is not announced (None, §8.9); kicking someone who is not a member is refused."""
         me = self.node_id
         group = session.get(Group, (group_id, me))
         if group is None:
@@ -122,11 +199,52 @@ class GroupsMixin:
             raise Conflict(f"a group has at most {MAX_GROUP_MEMBERS} members", field="payload.target_user_ids")
         group.members = members
         if not group.dismissed and group.info() == before:
-            return group  # nothing changed: no new state to number or announce
+            return group, None  # nothing changed: no new state to number or announce
         group.seq += 1
-        confirmed = self._confirm_new_members(group, before, op, operator, targets)
-        self._announce(session, group, op, operator, targets, removed, confirmed)
+        return group, NewState(self._announcement(group, op, operator, targets), removed, before)
+
+    def _confirm_and_apply(self, state: NewState, first_time: Callable[[Session], bool] | None = None) -> Group | None:
+        """Has the nodes gaining members confirm `state`, with no transaction open, then applies it in a short
+        one. Refused if a node refuses, or if the group no longer has the seq the state was numbered after
+        (changed by another operation meanwhile: `conflict`, try again); the nodes that took the state are then
+        told the unchanged one (`_withdraw`). None for a request already accepted meanwhile, withdrawn too."""
+        confirmed: dict[str, dict] = {}
+        try:
+            self._confirm_new_members(state, confirmed)
+            with self._writing, self.db() as session:
+                repeat = first_time is not None and not first_time(session)
+                if not repeat:
+                    group = self._apply_confirmed(session, state)
+                    self._announce(session, state, confirmed)
+                    session.commit()
+        except DomainError:
+            self._withdraw(state, sorted(confirmed))
+            raise
+        if repeat:
+            self._withdraw(state, sorted(confirmed))
+            return None
         return group
+
+    def _apply_confirmed(self, session: Session, state: NewState) -> Group:
+        """Writes a confirmed state to the home node's record, if nothing changed since it was computed: every
+        change to a group homed here moves its seq, so the seq the state reserved says so."""
+        group = session.get(Group, state.group_key)
+        if state.before is None:  # a create: the id is new (random), unless a withdrawal kept it
+            if group is not None:
+                raise Conflict(f"group id {state.group_key[0]} is taken", field="payload.group_id")
+            group = Group(group_id=state.group_key[0], home_node_id=state.group_key[1], seq=state.seq)
+            session.add(group)
+        elif group is None or group.seq != state.seq or group.dismissed:
+            raise self._changed(state.group_key[0])
+        info = state.announcement["group_info"]
+        group.name, group.notice, group.owner = info["name"], info.get("notice", ""), info["owner"]
+        group.members, group.dismissed = list(info["members"]), False
+        return group
+
+    @staticmethod
+    def _changed(group_id: str) -> Conflict:
+        return Conflict(f"group {group_id} changed while its new members were being confirmed; nothing changed, "
+                        "try again", field="payload.group_id")
 
     def _check_new_members(self, session: Session, users: Iterable[str],
                            field: str = "payload.target_user_ids") -> None:
@@ -155,63 +273,54 @@ class GroupsMixin:
         protocol.validate("group_op", announcement)
         return announcement
 
-    def _announce(self, session: Session, group: Group, op: str, operator: str, targets: list[str],
-                  removed: list[str], confirmed: dict[str, dict] | None = None) -> None:
+    def _announce(self, session: Session, state: NewState, confirmed: dict[str, dict] | None = None) -> None:
         """Queue the announcement to every member's node; a node that confirmed it already gets the same
         envelope again (acknowledged as a duplicate), so the outbox still records every announcement."""
-        announcement = self._announcement(group, op, operator, targets)
         me, confirmed = self.node_id, confirmed or {}
-        for peer in sorted({node_of(user) for user in [*group.members, *removed]} - {me}):
+        users = [*state.announcement["group_info"]["members"], *state.removed]
+        for peer in sorted({node_of(user) for user in users} - {me}):
             self._enqueue(session, peer, "group_op", confirmed.get(peer) or protocol.make_envelope(
-                from_node=me, to_node=peer, type="group_op", payload=announcement))
+                from_node=me, to_node=peer, type="group_op", payload=state.announcement))
 
-    def _confirm_new_members(self, group: Group, before: dict | None, op: str, operator: str,
-                             targets: list[str]) -> dict[str, dict]:
+    def _nodes_to_confirm(self, state: NewState) -> list[str]:
+        return sorted({node_of(user) for user in state.gaining()} - {self.node_id})
+
+    def _confirm_new_members(self, state: NewState, confirmed: dict[str, dict]) -> None:
         """Only a user's own node knows whether the user exists (§8.9). Before the home node applies a state
         that gives another node new members (or the ownership), it delivers the announcement to that node at
         once; the node refuses it (`not_found`) if it lacks the user. A refusal, or no answer, refuses the
-        operation. Returns the confirmed envelopes by node. Nodes are asked one by one: if a later one
-        refuses, those that took the state are sent the unchanged one with a higher seq (`_withdraw`)."""
-        me = self.node_id
-        old_members = set(before["members"]) if before else set()
-        gaining = {member for member in group.members if member not in old_members}
-        if before is None or group.owner != before["owner"]:
-            gaining.add(group.owner)
-        peers = sorted({node_of(user) for user in gaining} - {me})
-        if not peers:
-            return {}
-        announcement = self._announcement(group, op, operator, targets)
-        confirmed: dict[str, dict] = {}
-        for peer in peers:
-            envelope = protocol.make_envelope(from_node=me, to_node=peer, type="group_op", payload=announcement)
-            refusal = self._deliver_now(peer, envelope, sorted(user for user in gaining if node_of(user) == peer))
-            if refusal is None:
-                confirmed[peer] = envelope
-                continue
-            if confirmed:  # undone after the caller's rollback, when the group is as it was (`_withdraw`)
-                refusal.withdraw = (group.group_id, group.seq, sorted(confirmed), group.name, group.owner)
-            raise refusal
-        return confirmed
+        operation. Nodes are asked one by one; `confirmed` collects the envelope each accepted, so that the
+        caller can withdraw the state from them if a later one refuses."""
+        me, gaining = self.node_id, state.gaining()
+        for peer in self._nodes_to_confirm(state):
+            envelope = protocol.make_envelope(from_node=me, to_node=peer, type="group_op",
+                                              payload=state.announcement)
+            refusal = self._deliver_now(peer, envelope, [user for user in gaining if node_of(user) == peer])
+            if refusal is not None:
+                raise refusal
+            confirmed[peer] = envelope
 
-    def _withdraw_confirmed(self, error: DomainError) -> None:
-        """Called with a refusal after the caller's rollback: withdraws a state some nodes confirmed."""
-        if getattr(error, "withdraw", None):
-            self._withdraw(*error.withdraw)
-
-    def _withdraw(self, group_id: str, seq: int, peers: list[str], name: str, owner: str) -> None:
-        """Some nodes took a state that another node then refused: the home node numbers its unchanged state
-        (or, for a group never created, a dismissal) above the withdrawn one and announces it to them."""
+    def _withdraw(self, state: NewState, peers: list[str]) -> None:
+        """`state` was refused after it was numbered. Nodes that took it (`peers`) are sent the home node's
+        unchanged state (or, for a group never created, a dismissal) numbered above it. If none did, the seq
+        it reserved is given back, unless another operation has numbered a state after it meanwhile."""
         me = self.node_id
         with self._writing, self.db() as session:
-            group = session.get(Group, (group_id, me))
+            group = session.get(Group, state.group_key)
+            if not peers:
+                if group is not None and group.seq == state.seq and state.before is not None:
+                    group.seq -= 1
+                    session.commit()
+                return
             if group is None:  # a refused create: the replicas go, the id stays taken
-                group = Group(group_id=group_id, home_node_id=me, name=name, notice="", owner=owner, members=[],
-                              seq=seq, dismissed=True)
+                info = state.announcement["group_info"]
+                group = Group(group_id=state.group_key[0], home_node_id=me, name=info["name"], notice="",
+                              owner=info["owner"], members=[], seq=state.seq, dismissed=True)
                 session.add(group)
                 op = "dismiss"
             else:
                 op = "update_info"
-            group.seq = max(group.seq, seq) + 1
+            group.seq = max(group.seq, state.seq) + 1
             announcement = self._announcement(group, op, group.owner, [])
             for peer in peers:
                 self._enqueue(session, peer, "group_op", protocol.make_envelope(
@@ -241,7 +350,8 @@ class GroupsMixin:
         return self._peer_error(response)
 
     def create_group(self, owner_user_id: str, name: str, members: Iterable[str] = (), notice: str = "") -> Group:
-        """A new group homed on this node, announced (seq 1) to every member's node."""
+        """A new group homed on this node, announced (seq 1) to every member's node. Nothing is written before
+        the nodes of its members have confirmed them."""
         me = self.node_id
         owner = address(owner_user_id, me)
         with self.db() as session:
@@ -249,17 +359,9 @@ class GroupsMixin:
                 raise NotFound(f"no local user {owner_user_id}")
             initial = [owner] + [member for member in dict.fromkeys(members) if member != owner]
             self._check_new_members(session, initial[1:], field="members")
-            group = Group(group_id="g" + secrets.token_hex(6), home_node_id=me, name=name, notice=notice,
-                          owner=owner, members=initial, seq=1)
-            try:
-                confirmed = self._confirm_new_members(group, None, "create", owner, initial[1:])
-            except DomainError as error:
-                session.rollback()
-                self._withdraw_confirmed(error)
-                raise
-            session.add(group)
-            self._announce(session, group, "create", owner, initial[1:], [], confirmed)
-            session.commit()
+        draft = Group(group_id="g" + secrets.token_hex(6), home_node_id=me, name=name, notice=notice, owner=owner,
+                      members=initial, seq=1)
+        group = self._confirm_and_apply(NewState(self._announcement(draft, "create", owner, initial[1:]), [], None))
         self.deliver()
         return group
 
@@ -272,39 +374,32 @@ class GroupsMixin:
         operator = address(user_id, me)
         group_id, home = local_part(group_address), node_of(group_address)
         targets, info = list(dict.fromkeys(targets)), dict(info or {})
-        try:
-            row_id = self._group_operation(me, operator, group_id, home, op, targets, info)
-        except DomainError as error:
-            self._withdraw_confirmed(error)
-            raise
         if home == me:
+            self._operate_at_home(op, group_id, operator, targets, info)
             self.deliver()
             return "applied"
+        row_id = self._request_from_home(me, operator, group_id, home, op, targets, info)
         refusals: dict[int, DomainError] = {}
         outcome = self.deliver([row_id], claimed=True, refusals=refusals)
         if row_id in refusals:
             raise refusals[row_id]
         return "accepted" if outcome["delivered"] else "queued"
 
-    def _group_operation(self, me: str, operator: str, group_id: str, home: str, op: str, targets: list[str],
-                         info: dict) -> int | None:
-        """One transaction of `group_operation`: applied here, or the request queued (its outbox row id)."""
-        row_id = None
+    def _request_from_home(self, me: str, operator: str, group_id: str, home: str, op: str, targets: list[str],
+                           info: dict) -> int:
+        """The request to the home node queued (and claimed, for the caller to send at once): its outbox row id."""
         with self.db() as session:
             if op == "invite":  # the home node checks too; this says so at once, even while it is unreachable
                 self._check_new_members(session, targets)
-            if home == me:
-                self._apply_at_home(session, op, group_id, operator, targets, info)
-            else:
-                request = {"op": op, "group_id": group_id, "home_node_id": home, "operator": operator}
-                if targets:
-                    request["target_user_ids"] = targets
-                if info:
-                    request["group_info"] = info
-                protocol.validate("group_op", request)
-                self.peer_entry(home)
-                row_id = self._enqueue(session, home, "group_op", protocol.make_envelope(
-                    from_node=me, to_node=home, type="group_op", payload=request), claim=True)
+            request = {"op": op, "group_id": group_id, "home_node_id": home, "operator": operator}
+            if targets:
+                request["target_user_ids"] = targets
+            if info:
+                request["group_info"] = info
+            protocol.validate("group_op", request)
+            self.peer_entry(home)
+            row_id = self._enqueue(session, home, "group_op", protocol.make_envelope(
+                from_node=me, to_node=home, type="group_op", payload=request), claim=True)
             session.commit()
         return row_id
 

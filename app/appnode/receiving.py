@@ -30,7 +30,6 @@ from app.appnode.protocol import (
     node_of,
 )
 from app.appnode.store import Group, Received, insert_message, insert_received, raw_cursor, user_row, utcnow
-from app.errors import DomainError
 
 
 def _strict_object(pairs):
@@ -45,8 +44,8 @@ def _strict_object(pairs):
 
 class ReceivingMixin:
     """The receiving side of a `Node`. Relies on the node's `db`, `config`, `node_id`, `routes`, `wake`,
-    `_raw`, `_writing`, `_known_users` and `_refresh_for_peer`; hands envelopes to `_accept_group_op`,
-    `_withdraw_confirmed` (GroupsMixin), `_accept_ephemeral` (EphemeralMixin) and `_serve_download`
+    `_raw`, `_writing`, `_known_users` and `_refresh_for_peer`; hands envelopes to `_accept_group_op` and
+    `_receive_group_request` (GroupsMixin), `_accept_ephemeral` (EphemeralMixin) and `_serve_download`
     (FilesMixin), and fans group messages out with `_fan_out` (SendingMixin)."""
 
     def receive(self, kind: str, body: bytes, content_type: str | None, peer_certificate: bytes | None) -> Reply:
@@ -72,11 +71,9 @@ class ReceivingMixin:
         now = utcnow()
         if kind == "message" and envelope["payload"]["chat_type"] == "single":
             return self._receive_single(envelope, now)
-        try:
-            enqueued = self._receive_in_transaction(kind, envelope, now)
-        except DomainError as error:
-            self._withdraw_confirmed(error)
-            raise
+        if kind == "group_op" and "seq" not in envelope["payload"]:
+            return self._receive_group_request(envelope, now)
+        enqueued = self._receive_in_transaction(kind, envelope, now)
         if isinstance(enqueued, Reply):
             return enqueued  # a duplicate
         if enqueued:
