@@ -261,3 +261,23 @@ def test_an_operation_on_a_group_changed_during_its_confirmation_is_refused(netw
     assert (home.name, home.members) == ("改名", members)
     assert [(g.name, g.members, g.seq) for g in b.node.groups()] == [("改名", members, home.seq)]  # withdrawn
     assert not [row for row in group_ops(a) if b.user("zhaoliu") in row.envelope["payload"]["group_info"]["members"]]
+
+
+def test_a_refused_create_leaves_nothing_behind_and_its_id_can_be_created(network, monkeypatch):  # noqa: F811
+    a, b = network["a"], network["b"]
+    c = network["join"]("110000")
+    for node in (a, b, c):
+        node.node.sync_routes()
+    assert c.id < b.id  # C confirms sunqi before B refuses ghost
+    monkeypatch.setattr(groups, "new_group_id", lambda: "zhian-2025")
+    with pytest.raises(NotFound, match="ghost"):
+        a.node.create_group("zhangsan", "专班", [c.user("sunqi"), b.user("ghost")])
+    settle(a, b, c)
+    assert replicas(a) == [] and replicas(c) == []  # C took the group, then its dismissal
+
+    group = a.node.create_group("zhangsan", "专班", [c.user("sunqi"), b.user("lisi")])  # the member list fixed
+    settle(a, b, c)
+    members = [a.user("zhangsan"), c.user("sunqi"), b.user("lisi")]
+    assert group.address == f"zhian-2025@{a.id}"
+    for node in (a, b, c):
+        assert [(g.address, g.seq, g.members) for g in node.node.groups()] == [(group.address, 1, members)]

@@ -33,6 +33,12 @@ CONFIRM_TIMEOUT = 5.0
 MAX_GROUP_MEMBERS = 3000
 
 
+def new_group_id() -> str:
+    """A group's id, random: a refused create's dismissal (`_withdraw`) may still be on its way to a node when
+    the user tries again, and must not meet a new group of the same id there."""
+    return "g" + secrets.token_hex(6)
+
+
 @dataclass(frozen=True)
 class NewState:
     """A state the home node computed for an operation: the announcement carrying it (whole, with its seq),
@@ -229,7 +235,7 @@ class GroupsMixin:
         """Writes a confirmed state to the home node's record, if nothing changed since it was computed: every
         change to a group homed here moves its seq, so the seq the state reserved says so."""
         group = session.get(Group, state.group_key)
-        if state.before is None:  # a create: the id is new (random), unless a withdrawal kept it
+        if state.before is None:  # a create: the id is new (`new_group_id`)
             if group is not None:
                 raise Conflict(f"group id {state.group_key[0]} is taken", field="payload.group_id")
             group = Group(group_id=state.group_key[0], home_node_id=state.group_key[1], seq=state.seq)
@@ -312,16 +318,14 @@ class GroupsMixin:
                     group.seq -= 1
                     session.commit()
                 return
-            if group is None:  # a refused create: the replicas go, the id stays taken
+            if state.before is None:  # a refused create: the replicas go, and nothing of it is kept here
                 info = state.announcement["group_info"]
-                group = Group(group_id=state.group_key[0], home_node_id=me, name=info["name"], notice="",
-                              owner=info["owner"], members=[], seq=state.seq, dismissed=True)
-                session.add(group)
-                op = "dismiss"
+                gone = Group(group_id=state.group_key[0], home_node_id=me, name=info["name"], notice="",
+                             owner=info["owner"], members=[], seq=state.seq + 1)
+                announcement = self._announcement(gone, "dismiss", gone.owner, [])
             else:
-                op = "update_info"
-            group.seq = max(group.seq, state.seq) + 1
-            announcement = self._announcement(group, op, group.owner, [])
+                group.seq = max(group.seq, state.seq) + 1
+                announcement = self._announcement(group, "update_info", group.owner, [])
             for peer in peers:
                 self._enqueue(session, peer, "group_op", protocol.make_envelope(
                     from_node=me, to_node=peer, type="group_op", payload=announcement))
@@ -359,7 +363,7 @@ class GroupsMixin:
                 raise NotFound(f"no local user {owner_user_id}")
             initial = [owner] + [member for member in dict.fromkeys(members) if member != owner]
             self._check_new_members(session, initial[1:], field="members")
-        draft = Group(group_id="g" + secrets.token_hex(6), home_node_id=me, name=name, notice=notice, owner=owner,
+        draft = Group(group_id=new_group_id(), home_node_id=me, name=name, notice=notice, owner=owner,
                       members=initial, seq=1)
         group = self._confirm_and_apply(NewState(self._announcement(draft, "create", owner, initial[1:]), [], None))
         self.deliver()
