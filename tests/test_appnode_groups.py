@@ -281,3 +281,28 @@ def test_a_refused_create_leaves_nothing_behind_and_its_id_can_be_created(networ
     assert group.address == f"zhian-2025@{a.id}"
     for node in (a, b, c):
         assert [(g.address, g.seq, g.members) for g in node.node.groups()] == [(group.address, 1, members)]
+
+
+def test_two_home_nodes_confirming_with_each_other_at_once_both_succeed(network, monkeypatch):  # noqa: F811
+    """A asks B to confirm a member while B asks A to confirm one. Each confirmation arrives while the other
+    node is handling a member node's request; when that handling held the write lock (before §10's two
+    transactions), each waited for the other until the timeout and both operations were refused."""
+    a, b = network["a"], network["b"]
+    homed_on_a = a.node.create_group("zhangsan", "甲组", [b.user("lisi")])
+    homed_on_b = b.node.create_group("lisi", "乙组", [a.user("zhangsan")])
+    settle(a, b)
+    held_at_a, held_at_b = HeldAnnouncement(a, monkeypatch), HeldAnnouncement(b, monkeypatch)
+    with ThreadPoolExecutor(2) as pool:
+        try:  # B's lisi asks home A to invite zhaoliu (A asks B); A's zhangsan asks home B to invite wangwu
+            asked_a = pool.submit(b.node.group_operation, "lisi", homed_on_a.address, "invite", [b.user("zhaoliu")])
+            asked_b = pool.submit(a.node.group_operation, "zhangsan", homed_on_b.address, "invite",
+                                  [a.user("wangwu")])
+            assert held_at_b.arrived.wait(30) and held_at_a.arrived.wait(30)  # both confirmations under way
+        finally:
+            held_at_a.release.set()
+            held_at_b.release.set()
+        assert asked_a.result() == "accepted" and asked_b.result() == "accepted"
+    settle(a, b)
+    by_address = {g.address: g.members for g in a.node.groups()} | {g.address: g.members for g in b.node.groups()}
+    assert by_address[homed_on_a.address] == [a.user("zhangsan"), b.user("lisi"), b.user("zhaoliu")]
+    assert by_address[homed_on_b.address] == [b.user("lisi"), a.user("zhangsan"), a.user("wangwu")]
