@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from app.admission import applications
 from app.admission.information import parse
 from app.admission.models import Node
+from app.audit import service as audit
 from app.auth.models import User
 from app.extensions import db
 from app.pki import csr_policy
@@ -55,6 +56,7 @@ def test_parallel_approvals_get_distinct_consecutive_ids(app, make_user):
     assert not errors, errors
     node_ids = sorted(db.session.scalars(select(Node.node_id)))
     assert node_ids == [f"36000000002025{serial:06d}" for serial in range(1, APPROVALS + 1)]
+    assert audit.verify().ok  # 24 transactions chained their entries at commit, none on the same predecessor
 
 
 # --- check-then-write rules under concurrency (both databases) ------------------------------------------------
@@ -67,7 +69,8 @@ RACERS = 6
 
 def _race(app, work) -> tuple[list, list[BaseException]]:
     """Run `work(i)` in RACERS threads released together, each in its own app context and session
-    (as concurrent requests are); commit what succeeds. Returns (results, errors)."""
+    (as concurrent requests are); commit what succeeds. Returns (results, errors), once the audit chain
+    has verified."""
     barrier = threading.Barrier(RACERS)
     results, errors = [], []
 
@@ -88,6 +91,7 @@ def _race(app, work) -> tuple[list, list[BaseException]]:
         thread.start()
     for thread in threads:
         thread.join()
+    assert audit.verify().ok  # what the racers committed is chained, and what they rolled back is not in it
     return results, errors
 
 
