@@ -1,7 +1,7 @@
 """`python -m app.appnode`: run a reference node, and act as one of its users.
 
 Every command works on one data directory (`--data`, or MPIM_NODE_DATA) and calls the same `Node` methods
-as the server; `--json` prints machine-readable output.
+as the server. It prints lines for a person (app/appnode/cli_lines.py), and JSON only with `--json`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,15 @@ from pathlib import Path
 
 import click
 
+from app.appnode.cli_lines import (
+    download_line,
+    one_per_line,
+    outbox_line,
+    presence_line,
+    read_line,
+    renewal_line,
+    retry_line,
+)
 from app.appnode.config import NodeConfig
 from app.appnode.node import Node, address
 from app.appnode.registry import write_atomic, write_private
@@ -34,12 +43,9 @@ class Context:
             self._node = Node(self.data)
         return self._node
 
-    def out(self, document, text: str | None = None) -> None:
-        if self.as_json:
-            click.echo(json.dumps(document, ensure_ascii=False, default=str))
-        else:
-            click.echo(text if text is not None else json.dumps(document, ensure_ascii=False, indent=2,
-                                                                default=str))
+    def out(self, document, text: str) -> None:
+        """`document` as JSON with --json, else `text`, the same answer in lines for a person."""
+        click.echo(json.dumps(document, ensure_ascii=False, default=str) if self.as_json else text)
 
 
 pass_ctx = click.make_pass_decorator(Context)
@@ -258,7 +264,8 @@ def history(ctx: Context, user, conversation_id):
 def read(ctx: Context, user, conversation_id):
     """Mark the conversation read (A.13); peers hear it in the next batch."""
     state = ctx.node.mark_read(user, conversation_id)
-    ctx.out({"conversation_id": state.conversation_id, "read_up_to_message_id": state.read_up_to_message_id})
+    ctx.out({"conversation_id": state.conversation_id, "read_up_to_message_id": state.read_up_to_message_id},
+            read_line(state))
 
 
 @cli.command()
@@ -267,7 +274,8 @@ def read(ctx: Context, user, conversation_id):
 @pass_ctx
 def presence(ctx: Context, user, status):
     """Set the user's presence (A.15)."""
-    ctx.out(ctx.node.set_presence(user, status))
+    item = ctx.node.set_presence(user, status)
+    ctx.out(item, presence_line(item))
 
 
 @cli.command()
@@ -280,8 +288,9 @@ def download(ctx: Context, user, message_id, out):
     stored = ctx.node.download(user, message_id)
     if out:
         shutil.copyfile(ctx.node.file_path(stored), out)  # a chunk at a time: files run to 1 GiB
-    ctx.out({"file_id": stored.file_id, "size": stored.size, "sha256": stored.sha256,
-             "path": str(out or ctx.data / stored.path)})
+    path = out or ctx.data / stored.path
+    ctx.out({"file_id": stored.file_id, "size": stored.size, "sha256": stored.sha256, "path": str(path)},
+            download_line(path, stored.size, stored.sha256))
 
 
 @cli.group()
@@ -388,18 +397,21 @@ def outbox():
 @click.option("--state", type=click.Choice(["pending", "delivered", "failed"]))
 @pass_ctx
 def outbox_list(ctx: Context, state):
+    """Envelopes, a line each: id, peer, kind, message, state, attempts, the next try and the last error."""
     rows = ctx.node.outbox(state)
     ctx.out([{"id": r.id, "peer": r.peer_node, "kind": r.kind, "message_id": r.message_id, "state": r.state,
               "attempts": r.attempts, "next_attempt_at": r.next_attempt_at, "last_error": r.last_error}
-             for r in rows])
+             for r in rows],
+            one_per_line(rows, outbox_line, f"no {state} envelopes" if state else "outbox empty"))
 
 
 @outbox.command("retry")
 @pass_ctx
 def outbox_retry(ctx: Context):
     """Make every pending envelope due now and try them."""
-    count = ctx.node.retry_now()
-    ctx.out({"due": count, **ctx.node.deliver()})
+    due = ctx.node.retry_now()
+    outcome = ctx.node.deliver()
+    ctx.out({"due": due, **outcome}, retry_line(due, outcome))
 
 
 @cli.command()
@@ -410,7 +422,8 @@ def renew(ctx: Context, force):
     node = ctx.node
     if not force and not node.renewal_due():
         raise click.ClickException("renewal opens in the last third of the certificate's validity")
-    ctx.out({"certificate_sha256": node.renew()})
+    sha256 = node.renew()
+    ctx.out({"certificate_sha256": sha256}, renewal_line(node.identity.certificate(), sha256))
 
 
 @cli.command()

@@ -1,0 +1,67 @@
+"""What the reference node's CLI prints for a person (without `--json`): short lines, tab-separated columns for
+lists so `cut -f` works, times as UTC with a `Z`. The JSON each command prints with `--json` stays in cli.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+
+from cryptography import x509
+
+from app.appnode.store import Outbox, ReadState
+
+Row = TypeVar("Row")
+
+
+def one_per_line(rows: Iterable[Row], line: Callable[[Row], str], empty: str) -> str:
+    """A line per row, or `empty` when there are none: a blank answer reads like a fault."""
+    return "\n".join(map(line, rows)) or empty
+
+
+def counted(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def when(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def read_line(state: ReadState) -> str:
+    """`read`: how far the user has now read the conversation (A.13)."""
+    return f"{state.conversation_id} read up to {state.read_up_to_message_id}"
+
+
+def presence_line(item: dict) -> str:
+    """`presence`: the user's new status (A.15)."""
+    return f"{item['user_id']} is {item['status']}"
+
+
+def download_line(path: Path, size: int, sha256: str) -> str:
+    """`download`: where the checked file is, and what to check it against."""
+    return f"{path}: {counted(size, 'byte')}, sha256 {sha256}"
+
+
+def outbox_line(row: Outbox) -> str:
+    """`outbox list`: id, peer, kind, message id, state, attempts; then, if pending, the next try; then the
+    last error on one line (a peer's answer may hold newlines)."""
+    fields = [str(row.id), row.peer_node, row.kind, row.message_id, row.state, counted(row.attempts, "attempt")]
+    if row.state == "pending":
+        fields.append(f"next try {when(row.next_attempt_at)}")
+    if row.last_error:
+        fields.append(" ".join(row.last_error.split()))
+    return "\t".join(fields)
+
+
+def retry_line(due: int, outcome: dict) -> str:
+    """`outbox retry`: how many pending envelopes were made due, and what became of the envelopes tried."""
+    return (f"{counted(due, 'pending envelope')} due now: {outcome['delivered']} delivered, "
+            f"{outcome['retry']} to retry, {outcome['failed']} failed")
+
+
+def renewal_line(certificate: x509.Certificate, sha256: str) -> str:
+    """`renew`: the certificate now installed, by serial (as the console lists it) and fingerprint."""
+    return (f"certificate {format(certificate.serial_number, 'x')} installed, sha256 {sha256}, valid "
+            f"{when(certificate.not_valid_before_utc)} to {when(certificate.not_valid_after_utc)}")

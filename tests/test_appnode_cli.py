@@ -1,0 +1,101 @@
+"""The reference node's CLI prints lines for a person, and the same JSON as ever only with `--json` (README).
+
+`status`, `routes pull` and `routes show` are tested where their behaviour is (tests/test_appnode.py,
+tests/test_appnode_shared_routes.py); these are the commands that printed JSON either way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime, timedelta
+
+from click.testing import CliRunner
+
+from app.appnode.cli import cli
+from tests.test_appnode import PDF, network  # noqa: F401 (fixture)
+from tests.test_sessions import people  # noqa: F401 (fixture)
+
+
+def node_cli(served, *args: str) -> str:
+    """What the command prints on stdout, in this process (so a test can move the management node's clock)."""
+    result = CliRunner().invoke(cli, ["--data", str(served.dir), *args])
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def when(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def test_read_prints_how_far_the_conversation_is_read_and_json_only_with_json(network):  # noqa: F811
+    a, b = network["a"], network["b"]
+    sent = a.node.send_text("zhangsan", b.user("lisi"), "请回电")
+    conversation = sent.conversation_id
+    assert node_cli(b, "read", "--as", "lisi", conversation) == f"{conversation} read up to {sent.message_id}\n"
+    assert json.loads(node_cli(b, "--json", "read", "--as", "lisi", conversation)) == {
+        "conversation_id": conversation, "read_up_to_message_id": sent.message_id}
+
+
+def test_presence_prints_the_users_new_status_and_json_only_with_json(network):  # noqa: F811
+    a = network["a"]
+    assert node_cli(a, "presence", "--as", "zhangsan", "busy") == f"{a.user('zhangsan')} is busy\n"
+    item = json.loads(node_cli(a, "--json", "presence", "--as", "zhangsan", "away"))
+    assert item["user_id"] == a.user("zhangsan") and item["status"] == "away" and item["client_type"] == "pc"
+    assert item["last_active"] == item["updated_at"]
+
+
+def test_download_prints_where_the_file_went_its_size_and_sha256_and_json_only_with_json(network, tmp_path):  # noqa: F811
+    a, b = network["a"], network["b"]
+    message = a.node.send_file("zhangsan", b.user("lisi"), PDF, "file", file_name="协查通报.pdf")
+    out = tmp_path / "got.pdf"
+    digest = hashlib.sha256(PDF).hexdigest()
+    printed = node_cli(b, "download", "--as", "lisi", message.message_id, "--out", str(out))
+    assert printed == f"{out}: {len(PDF)} bytes, sha256 {digest}\n" and out.read_bytes() == PDF
+    document = json.loads(node_cli(b, "--json", "download", "--as", "lisi", message.message_id))
+    file_id = message.document["content"]["file_id"]
+    assert document == {"file_id": file_id, "size": len(PDF), "sha256": digest,
+                        "path": str(b.dir / "files" / a.id / file_id)}
+
+
+def test_outbox_list_and_retry_print_a_line_per_envelope_and_what_was_retried_and_json_only_with_json(
+        network):  # noqa: F811
+    a, b = network["a"], network["b"]
+    b.stop()
+    message = a.node.send_text("zhangsan", b.user("lisi"), "稍后送达")
+    row = a.node.outbox("pending")[0]
+    error = " ".join(row.last_error.split())
+    assert node_cli(a, "outbox", "list", "--state", "pending") == (
+        f"{row.id}\t{b.id}\tmessage\t{message.message_id}\tpending\t1 attempt\t"
+        f"next try {when(row.next_attempt_at)}\t{error}\n")
+    listed = json.loads(node_cli(a, "--json", "outbox", "list", "--state", "pending"))
+    assert listed == [{"id": row.id, "peer": b.id, "kind": "message", "message_id": message.message_id,
+                       "state": "pending", "attempts": 1, "next_attempt_at": str(row.next_attempt_at),
+                       "last_error": row.last_error}]
+    assert node_cli(a, "outbox", "list", "--state", "failed") == "no failed envelopes\n"
+
+    assert node_cli(a, "outbox", "retry") == "1 pending envelope due now: 0 delivered, 1 to retry, 0 failed\n"
+    b.start()
+    assert json.loads(node_cli(a, "--json", "outbox", "retry")) == {"due": 1, "delivered": 1, "retry": 0,
+                                                                  "failed": 0}
+    assert node_cli(a, "outbox", "retry") == "0 pending envelopes due now: 0 delivered, 0 to retry, 0 failed\n"
+    delivered = node_cli(a, "outbox", "list").splitlines()
+    assert delivered == [f"{row.id}\t{b.id}\tmessage\t{message.message_id}\tdelivered\t3 attempts"]
+
+
+def test_renew_prints_the_new_certificates_serial_fingerprint_and_validity_and_json_only_with_json(
+        network, monkeypatch):  # noqa: F811
+    a, b = network["a"], network["b"]
+    refused = CliRunner().invoke(cli, ["--data", str(a.dir), "renew"])
+    assert refused.exit_code == 1 and "renewal opens in the last third" in refused.output
+    import app.pki.service as pki_service
+    later = datetime.now(UTC) + timedelta(days=70)  # of 90: inside the last third, on the management node's clock
+    monkeypatch.setattr(pki_service, "utcnow", lambda: later)
+    printed = node_cli(a, "renew", "--force")
+    certificate = a.node.identity.certificate()
+    assert printed == (f"certificate {format(certificate.serial_number, 'x')} installed, "
+                       f"sha256 {a.node.identity.fingerprint()}, valid "
+                       f"{when(certificate.not_valid_before_utc)} to {when(certificate.not_valid_after_utc)}\n")
+    # B's turn: A's new certificate starts on the moved clock, so A opens no session until then.
+    assert json.loads(node_cli(b, "--json", "renew", "--force")) == {
+        "certificate_sha256": b.node.identity.fingerprint()}
