@@ -16,13 +16,18 @@ from pathlib import Path
 import click
 
 from app.appnode.cli_lines import (
+    conversation_line,
     download_line,
+    history_line,
     one_per_line,
     outbox_line,
     presence_line,
+    pull_lines,
     read_line,
     renewal_line,
     retry_line,
+    status_lines,
+    table_lines,
 )
 from app.appnode.config import NodeConfig
 from app.appnode.node import Node, address
@@ -141,12 +146,7 @@ def status(ctx: Context):
                 "certificate_sha256": node.identity.fingerprint() if node.joined else None,
                 "certificate_problem": node.setting("certificate_problem") or None,
                 "registry_problem": node.setting("registry_problem") or None}
-    lines = [f"node {document['node_id'] or '(not joined)'}",
-             f"routing table v{document['route_version']}" + (" (expired)" if document["routes_expired"] else "")
-             if document["route_version"] is not None else "no routing table yet",
-             "outbox " + (", ".join(f"{count} {state}" for state, count in sorted(states.items())) or "empty")]
-    lines += [f"problem: {document[key]}" for key in ("registry_problem", "certificate_problem") if document[key]]
-    ctx.out(document, "\n".join(lines))
+    ctx.out(document, status_lines(document))
 
 
 @cli.group()
@@ -234,9 +234,7 @@ def inbox(ctx: Context, user):
     rows = ctx.node.conversations(user)
     ctx.out([{"conversation_id": r["conversation_id"], "with": r["with"], "unread": r["unread"],
               "count": r["count"], "last_message_id": r["last"].message_id} for r in rows],
-            "\n".join(f"{r['conversation_id']}\t{r['with']}\tunread {r['unread']}\t{r['count']} "
-                      f"message{'' if r['count'] == 1 else 's'}"
-                      for r in rows) or "no conversations")
+            one_per_line(rows, conversation_line, "no conversations"))
 
 
 @cli.command()
@@ -248,13 +246,7 @@ def history(ctx: Context, user, conversation_id):
     rows = ctx.node.history(user, conversation_id)
     documents = [{**r["message"].document, "read_by": r["read_by"], "unread_by": r["unread_by"],
                   "delivery": r["delivery"]} for r in rows]
-    lines = []
-    for r in rows:
-        m = r["message"]
-        content = m.document["content"]
-        shown = content.get("text") or content.get("alt_text") or f"[{m.msg_type}] {content.get('file_id')}"
-        lines.append(f"{m.send_time}\t{m.sender_address}\t{shown}\tread by {len(r['read_by'])}")
-    ctx.out(documents, "\n".join(lines))
+    ctx.out(documents, one_per_line(rows, history_line, "no messages"))
 
 
 @cli.command()
@@ -363,13 +355,8 @@ def routes():
 def routes_pull(ctx: Context):
     """Pull the signed routing table now, as the node loop does; a refused table is the command's error."""
     result = ctx.node.sync_routes()
-    if result.outcome == "accepted":
-        was = f" (was v{result.previous_version})" if result.previous_version is not None else ""
-        lines = [f"routing table v{result.version} installed{was}", *(f"  {change}" for change in result.changes)]
-    else:
-        lines = [f"routing table v{result.version} unchanged"]
     ctx.out({"outcome": result.outcome, "version": result.version, "changes": list(result.changes)},
-            "\n".join(lines))
+            pull_lines(result))
 
 
 @routes.command("show")
@@ -378,14 +365,7 @@ def routes_show(ctx: Context):
     """The routing table this node holds: one line per node (node id, division, endpoint, status)."""
     routes = ctx.node.routes
     table = routes.table
-    if table is None:
-        ctx.out(None, "no routing table yet")
-        return
-    lines = [f"routing table v{table['version']}, expires {table['expires_at']}"
-             + (" (expired)" if routes.expired else "")]
-    lines += [f"{entry['node_id']}\t{entry['division_code']}\t{entry['endpoint']}\t{entry['status']}"
-              for entry in table["nodes"]]
-    ctx.out(table, "\n".join(lines))
+    ctx.out(table, table_lines(table, routes.expired) if table is not None else "no routing table yet")
 
 
 @cli.group()

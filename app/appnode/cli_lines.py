@@ -12,6 +12,7 @@ from typing import TypeVar
 from cryptography import x509
 
 from app.appnode.store import Outbox, ReadState
+from app.routing.client import AcceptResult
 
 Row = TypeVar("Row")
 
@@ -27,6 +28,46 @@ def counted(count: int, noun: str) -> str:
 
 def when(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def status_lines(document: dict) -> str:
+    """`status`, from its JSON: node id, routing table, outbox by state, then any problem, a line each."""
+    route_version, states = document["route_version"], document["outbox"]
+    lines = [f"node {document['node_id'] or '(not joined)'}",
+             f"routing table v{route_version}" + (" (expired)" if document["routes_expired"] else "")
+             if route_version is not None else "no routing table yet",
+             "outbox " + (", ".join(f"{count} {state}" for state, count in sorted(states.items())) or "empty")]
+    lines += [f"problem: {document[key]}" for key in ("registry_problem", "certificate_problem") if document[key]]
+    return "\n".join(lines)
+
+
+def conversation_line(row: dict) -> str:
+    """`inbox`: conversation id, with whom, unread count, message count."""
+    return f"{row['conversation_id']}\t{row['with']}\tunread {row['unread']}\t{counted(row['count'], 'message')}"
+
+
+def history_line(row: dict) -> str:
+    """`history`: send time, sender, the text (or a sticker's alt text, or a file's kind and id), read count."""
+    message = row["message"]
+    content = message.document["content"]
+    shown = content.get("text") or content.get("alt_text") or f"[{message.msg_type}] {content.get('file_id')}"
+    return f"{message.send_time}\t{message.sender_address}\t{shown}\tread by {len(row['read_by'])}"
+
+
+def pull_lines(result: AcceptResult) -> str:
+    """`routes pull`: the version installed and a line per change, or that the table is unchanged."""
+    if result.outcome != "accepted":
+        return f"routing table v{result.version} unchanged"
+    was = f" (was v{result.previous_version})" if result.previous_version is not None else ""
+    return "\n".join([f"routing table v{result.version} installed{was}", *(f"  {change}" for change in result.changes)])
+
+
+def table_lines(table: dict, expired: bool) -> str:
+    """`routes show`: version and expiry, then a line per node (node id, division, endpoint, status)."""
+    lines = [f"routing table v{table['version']}, expires {table['expires_at']}" + (" (expired)" if expired else "")]
+    lines += [f"{entry['node_id']}\t{entry['division_code']}\t{entry['endpoint']}\t{entry['status']}"
+              for entry in table["nodes"]]
+    return "\n".join(lines)
 
 
 def read_line(state: ReadState) -> str:
