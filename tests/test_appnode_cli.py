@@ -99,3 +99,19 @@ def test_renew_prints_the_new_certificates_serial_fingerprint_and_validity_and_j
     # B's turn: A's new certificate starts on the moved clock, so A opens no session until then.
     assert json.loads(node_cli(b, "--json", "renew", "--force")) == {
         "certificate_sha256": b.node.identity.fingerprint()}
+
+
+def test_group_list_says_the_user_is_in_no_group_instead_of_printing_a_blank_line(network):  # noqa: F811
+    a = network["a"]
+    assert node_cli(a, "group", "list", "--as", "zhangsan") == "no groups\n"
+    assert json.loads(node_cli(a, "--json", "group", "list", "--as", "zhangsan")) == []
+    a.node.create_group("zhangsan", "专案组", [a.user("wangwu")], "")
+    assert node_cli(a, "group", "list", "--as", "zhangsan").endswith("\t专案组\t2 members\n")
+
+
+def test_users_list_says_the_node_has_no_users_instead_of_printing_a_blank_line(tmp_path):
+    data = tmp_path / "jx"
+    CliRunner().invoke(cli, ["--data", str(data), "init", "--registry", "http://127.0.0.1:5000", "--division",
+                             "360000", "--endpoint", "https://127.0.0.1:8643"])
+    assert CliRunner().invoke(cli, ["--data", str(data), "users", "list"]).stdout == "no users\n"
+    assert CliRunner().invoke(cli, ["--data", str(data), "--json", "users", "list"]).stdout == "[]\n"

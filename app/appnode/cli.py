@@ -18,6 +18,7 @@ import click
 from app.appnode.cli_lines import (
     conversation_line,
     download_line,
+    group_line,
     history_line,
     one_per_line,
     outbox_line,
@@ -28,6 +29,7 @@ from app.appnode.cli_lines import (
     retry_line,
     status_lines,
     table_lines,
+    user_line,
 )
 from app.appnode.config import NodeConfig
 from app.appnode.node import Node, address
@@ -171,7 +173,7 @@ def users_add(ctx: Context, user_id, user_name, org_code, org_name):
 def users_list(ctx: Context):
     rows = ctx.node.users()
     ctx.out([{"user_id": u.user_id, "user_name": u.user_name} for u in rows],
-            "\n".join(f"{u.user_id}\t{u.user_name}" for u in rows))
+            one_per_line(rows, user_line, "no users"))
 
 
 as_user = click.option("--as", "user", required=True, help="The local user acting.")
@@ -342,7 +344,7 @@ def group_rename(ctx: Context, user, group_address, name, notice):
 def group_list(ctx: Context, user):
     rows = ctx.node.groups(user)
     ctx.out([{"group": g.address, "name": g.name, "owner": g.owner, "members": g.members, "seq": g.seq}
-             for g in rows], "\n".join(f"{g.address}\t{g.name}\t{len(g.members)} members" for g in rows))
+             for g in rows], one_per_line(rows, group_line, "no groups"))
 
 
 @cli.group()

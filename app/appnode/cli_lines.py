@@ -11,7 +11,7 @@ from typing import TypeVar
 
 from cryptography import x509
 
-from app.appnode.store import Outbox, ReadState
+from app.appnode.store import Group, Outbox, ReadState, User
 from app.routing.client import AcceptResult
 
 Row = TypeVar("Row")
@@ -39,6 +39,16 @@ def status_lines(document: dict) -> str:
              "outbox " + (", ".join(f"{count} {state}" for state, count in sorted(states.items())) or "empty")]
     lines += [f"problem: {document[key]}" for key in ("registry_problem", "certificate_problem") if document[key]]
     return "\n".join(lines)
+
+
+def user_line(user: User) -> str:
+    """`users list`: user id, name."""
+    return f"{user.user_id}\t{user.user_name}"
+
+
+def group_line(group: Group) -> str:
+    """`group list`: address, name, member count."""
+    return f"{group.address}\t{group.name}\t{counted(len(group.members), 'member')}"
 
 
 def conversation_line(row: dict) -> str:
