@@ -47,3 +47,16 @@ def test_a_node_that_has_applied_refuses_other_values_and_keeps_its_own(tmp_path
     assert result.exit_code == 1
     assert "already applied with division_code 360000 (given 440000)" in result.output
     assert stored(data)["division_code"] == "360000"
+
+
+def test_status_of_a_node_that_has_not_joined_says_so(tmp_path):
+    """Before `join` there are no CA certificates, hence no route client; `status` failed with not_joined."""
+    data = tmp_path / "jx"
+    assert init(data, "360000").exit_code == 0
+    result = CliRunner().invoke(cli, ["--data", str(data), "status"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == ["node (not joined)", "no routing table yet", "outbox empty"]
+    result = CliRunner().invoke(cli, ["--data", str(data), "--json", "status"])
+    assert json.loads(result.output) == {"node_id": None, "route_version": None, "routes_expired": False,
+                                         "outbox": {}, "certificate_sha256": None, "certificate_problem": None,
+                                         "registry_problem": None}

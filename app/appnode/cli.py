@@ -143,8 +143,10 @@ def status(ctx: Context):
     states: dict[str, int] = {}
     for row in node.outbox():
         states[row.state] = states.get(row.state, 0) + 1
-    document = {"node_id": node.node_id if node.joined else None, "route_version": node.routes.version,
-                "routes_expired": node.routes.expired, "outbox": states,
+    routes = node.routes if node.identity.ca_file.exists() else None  # none before `join` fetched the CA
+    document = {"node_id": node.node_id if node.joined else None,
+                "route_version": routes.version if routes else None,
+                "routes_expired": routes.expired if routes else False, "outbox": states,
                 "certificate_sha256": node.identity.fingerprint() if node.joined else None,
                 "certificate_problem": node.setting("certificate_problem") or None,
                 "registry_problem": node.setting("registry_problem") or None}
