@@ -244,3 +244,13 @@ def test_the_dashboard_shows_each_tile_only_to_those_who_may_open_it(app, make_u
         html = console.client.get("/").get_data(as_text=True)
         tiles[username] = ('id="users-tile"' in html, 'id="audit-tile"' in html)
     assert tiles == {"minister": (True, True), "jx-admin": (False, False), "auditor-1": (False, True)}
+
+
+def test_revoking_a_node_certificate_says_the_nodes_sessions_end(app, people):  # noqa: F811
+    node, _ = admit_with_keys(people)
+    console = Console(app.test_client())
+    console.login("minister")
+    page = console.client.get(f"/certificates/{pki.current_certificate(node.node_id).serial}").get_data(as_text=True)
+    assert "所有会话立即结束" in page  # zh-CN, the console's default
+    signer = pki.service_certificates("route_signer")[0]
+    assert "所有会话立即结束" not in console.client.get(f"/certificates/{signer.serial}").get_data(as_text=True)
