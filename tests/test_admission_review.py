@@ -317,6 +317,34 @@ def test_renewal_keeps_or_replaces_its_own_key_but_cannot_take_another_nodes(jx_
     pki.renew(first, second_keys.csr, by=minister)
 
 
+def test_a_key_revoked_for_compromise_is_never_certified_again(jx_admin, minister):
+    """Before, a revoked certificate freed its key whatever the reason: renewing the node from a CSR with
+    the stolen key, or admitting another node with it, gave the thief a valid certificate again."""
+    from app.pki import revocation
+    from app.pki import service as pki
+    from tests.factories import NodeKeys
+
+    keys = NodeKeys()
+    node = admit(jx_admin, minister, csr=keys.csr)
+    stolen = pki.current_certificate(node.node_id)
+    revocation.revoke(stolen, "key_compromise", by=minister)
+    db.session.commit()
+    with pytest.raises(Conflict) as caught:
+        pki.renew(node, keys.csr, by=minister)
+    assert caught.value.code == "key_compromised" and stolen.serial in caught.value.message
+    db.session.rollback()
+    for submit in (lambda: apply(jx_admin, csr=keys.csr),  # another node, new application
+                   lambda: applications.submit_change(node, parse(node_document("360000", csr=keys.csr)),
+                                                      keys.csr, by=jx_admin)):
+        with pytest.raises(Conflict) as caught:
+            submit()
+        assert (caught.value.code, caught.value.field) == ("key_compromised", "csr")
+        db.session.rollback()
+    pki.renew(node, NodeKeys().csr, by=minister)  # a new key is certified
+    db.session.commit()
+    assert pki.current_certificate(node.node_id).key_sha256 != stolen.key_sha256
+
+
 def test_console_application_with_a_key_in_use_is_refused_in_the_csr_field(app, jx_admin, minister):
     from tests.conftest import Console
     from tests.factories import NodeKeys

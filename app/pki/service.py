@@ -116,8 +116,21 @@ def key_certified_elsewhere(key_sha256: str, node_id: str | None) -> Certificate
     return db.session.scalar(query.order_by(Certificate.issued_at).limit(1))
 
 
+def key_compromised(key_sha256: str) -> Certificate | None:
+    """A certificate of this key revoked as `key_compromise`: whoever holds the key now, it is not the node."""
+    return db.session.scalar(select(Certificate).where(Certificate.key_sha256 == key_sha256,
+                                                       Certificate.revocation_reason == "key_compromise").limit(1))
+
+
 def require_key_unused(key_sha256: str, node_id: str | None) -> None:
-    """One key, one node: a second node with the same key could open sessions and sign as the first."""
+    """One key, one node: a second node with the same key could open sessions and sign as the first.
+    And never a key once reported compromised, for any node: a revocation for another reason (the node
+    retired, the certificate superseded) frees the key, that one does not."""
+    compromised = key_compromised(key_sha256)
+    if compromised is not None:
+        raise Conflict(_l("This CSR's key was reported compromised when certificate %(serial)s was revoked: it is "
+                          "never certified again. Generate a new key and CSR.", serial=compromised.serial),
+                       code="key_compromised", field="csr")
     other = key_certified_elsewhere(key_sha256, node_id)
     if other is not None:
         raise Conflict(_l("This CSR's key is already certified for %(holder)s (certificate %(serial)s): every node "
