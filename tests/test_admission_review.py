@@ -12,7 +12,7 @@ from app.audit.models import AuditRecord
 from app.divisions.models import Division
 from app.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from app.extensions import db
-from tests.factories import node_document
+from tests.factories import NodeKeys, node_document
 
 
 @pytest.fixture
@@ -156,6 +156,24 @@ def test_resolve_by_longest_prefix(client, jx_admin, minister):
     assert "江西：启用 2，暂停 1，故障 0" in client.get("/").get_data(as_text=True)  # the province tile's tooltip
     assert client.get("/api/v1/resolve?division=440300").get_json()["error"]["code"] == "no_serving_node"
     assert client.get("/api/v1/resolve?division=12").status_code == 400
+
+
+def test_resolve_passes_over_a_node_the_routing_table_leaves_out(jx_admin, minister):
+    """An active node whose certificates are all revoked or expired is not in the routing table: nobody could
+    reach it, so resolve names the node above it, as the table's readers would."""
+    from app.pki import revocation
+    from app.pki import service as pki
+    from app.routing import service as routing
+
+    province = admit(jx_admin, minister, "360000")
+    nanchang = admit(jx_admin, minister, "360100")
+    revocation.revoke(pki.current_certificate(nanchang.node_id), "key_compromise", by=minister)
+    db.session.commit()
+    assert nanchang.status == "active" and nanchang.node_id not in routing.current_entries()
+    assert nodes.resolve("360102") == (province, "province")
+    pki.renew(nanchang, NodeKeys().csr, by=minister)
+    db.session.commit()
+    assert nodes.resolve("360102") == (nanchang, "prefecture")
 
 
 def test_importing_a_revision_that_retires_a_code_in_use_flags_the_node(jx_admin, minister, runner, tmp_path):

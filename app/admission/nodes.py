@@ -130,7 +130,10 @@ LEVEL_CANDIDATES = (lambda code: code, prefecture_of, province_of)
 
 def resolve(division_code: str) -> tuple[Node, str]:
     """SPEC §2: the active node for the exact code, else its prefecture, else its province.
-    Several active nodes at one level: the earliest admitted (lowest id) serves."""
+    Several active nodes at one level: the earliest admitted (lowest id) serves. A node without a valid
+    certificate is passed over: the routing table leaves it out, so nobody could reach it."""
+    from app.pki import service as pki
+
     division = divisions.get(division_code)
     tried: list[str] = []
     for derive in LEVEL_CANDIDATES:
@@ -138,7 +141,8 @@ def resolve(division_code: str) -> tuple[Node, str]:
         if code in tried:
             continue
         tried.append(code)
-        node = db.session.scalar(select(Node).where(Node.division_code == code, Node.status == "active")
+        node = db.session.scalar(select(Node).where(Node.division_code == code, Node.status == "active",
+                                                    pki.holds_current_certificate(Node.node_id))
                                  .order_by(Node.node_id).limit(1))
         if node is not None:
             return node, level_of(code)

@@ -203,6 +203,14 @@ def current_certificate(node_id: str) -> Certificate | None:
         Certificate.not_after > now).order_by(Certificate.not_before.desc(), Certificate.issued_at.desc()).limit(1))
 
 
+def holds_current_certificate(node_id_column):
+    """A WHERE clause: the node has a valid, unrevoked certificate now, what the routing table requires."""
+    now = utcnow()
+    return select(Certificate.serial).where(
+        Certificate.node_id == node_id_column, Certificate.kind == "node", Certificate.revoked_at.is_(None),
+        Certificate.not_before <= now, Certificate.not_after > now).exists()
+
+
 def current_fingerprints() -> dict[str, str]:
     """node id → SHA-256 of its newest valid certificate (what the routing table carries)."""
     now = utcnow()
