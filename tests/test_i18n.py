@@ -144,3 +144,16 @@ def test_the_latency_chart_speaks_chinese(app):
     with force_locale("zh_CN"):
         svg = charts.latency_chart([], end=datetime.now(UTC))
     assert "无成功巡检" in svg and "24 小时前" in svg and "现在" in svg and "now" not in svg
+
+
+def test_every_reason_the_code_publishes_a_route_version_for_has_a_label():
+    """The routes page shows a version's reason through ROUTE_REASONS; a reason missing there shows raw
+    ("certificate revoked" did, in English words on the Chinese page)."""
+    import re
+
+    from app.labels import ROUTE_REASONS
+
+    source = "\n".join(path.read_text("utf-8") for path in (ROOT / "app" / "routing").glob("*.py"))
+    reasons = set(re.findall(r'publish(?:_after)?\("([^"]+)"', source))
+    assert {"node admitted", "certificate revoked", "re-sign"} <= reasons  # the pattern finds them
+    assert reasons - set(ROUTE_REASONS) == set()
