@@ -129,6 +129,26 @@ def test_change_request_goes_through_review(jx_admin, minister):
     assert caught.value.code == "missing_csr"
 
 
+def test_the_approve_confirmation_says_what_approving_does(client, jx_admin, minister):
+    from tests.conftest import Console
+
+    node = admit(jx_admin, minister)
+    contact_only = applications.submit_change(node, parse(node_document(endpoint=node.endpoint, contact={
+        "name": "李四", "phone": "0791-7654321", "email": "li@jx.example"})), None, by=jx_admin)
+    admission = apply(jx_admin)
+    db.session.commit()
+    console = Console(client)
+    console.login("minister")
+    assert "证书保持不变" in client.get(f"/applications/{contact_only.id}").get_data(as_text=True)
+    applications.reject(contact_only, "test", by=minister)
+    keys = NodeKeys()
+    with_csr = applications.submit_change(node, parse(node_document(endpoint=node.endpoint, csr=keys.csr)), keys.csr,
+                                          by=jx_admin)
+    db.session.commit()
+    assert "按申请中的 CSR 签发证书" in client.get(f"/applications/{with_csr.id}").get_data(as_text=True)
+    assert "将分配节点编号并签发证书" in client.get(f"/applications/{admission.id}").get_data(as_text=True)
+
+
 def test_resolve_by_longest_prefix(client, jx_admin, minister):
     province = admit(jx_admin, minister, "360000")
     nanchang = admit(jx_admin, minister, "360100")
