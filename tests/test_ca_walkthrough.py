@@ -254,3 +254,26 @@ def test_revoking_a_node_certificate_says_the_nodes_sessions_end(app, people):  
     assert "所有会话立即结束" in page  # zh-CN, the console's default
     signer = pki.service_certificates("route_signer")[0]
     assert "所有会话立即结束" not in console.client.get(f"/certificates/{signer.serial}").get_data(as_text=True)
+
+
+def test_the_node_page_says_when_the_node_has_no_valid_certificate(app, people):  # noqa: F811
+    """An active node whose certificates are all revoked is out of the routing table; its page said nothing of
+    it (status active, health up), and revoking its last certificate did not warn."""
+    minister, _ = people
+    node, _ = admit_with_keys(people)
+    only = pki.current_certificate(node.node_id)
+    console = Console(app.test_client())
+    console.login("minister")
+    page = console.client.get(f"/nodes/{node.node_id}").get_data(as_text=True)
+    assert 'id="node-certificate"' in page and only.serial[:16] in page and 'id="no-valid-certificate"' not in page
+    assert "唯一有效的证书" in console.client.get(f"/certificates/{only.serial}").get_data(as_text=True)
+    revocation.revoke(only, "key_compromise", by=minister)
+    db.session.commit()
+    page = console.client.get(f"/nodes/{node.node_id}").get_data(as_text=True)
+    assert 'id="no-valid-certificate"' in page and "csr --new-key" in page
+    renewed = pki.renew(node, NodeKeys().csr, by=minister)
+    db.session.commit()
+    assert "唯一有效的证书" in console.client.get(f"/certificates/{renewed.serial}").get_data(as_text=True)
+    pki.renew(node, NodeKeys().csr, by=minister)  # two valid now: revoking one keeps the node in the table
+    db.session.commit()
+    assert "唯一有效的证书" not in console.client.get(f"/certificates/{renewed.serial}").get_data(as_text=True)

@@ -5,7 +5,7 @@ def init_app(app) -> None:
     from flask_babel import lazy_gettext as _l
 
     from app import console
-    from app.admission import hooks
+    from app.admission import hooks, node_views
     from app.pki import lifecycle, own_keys, revocation, views
     from app.pki.api import bp as api_bp
     from app.pki.cli import cli
@@ -24,6 +24,8 @@ def init_app(app) -> None:
     if views.dashboard_panel not in console.dashboard_panels:
         console.dashboard_panels.append(views.dashboard_panel)
         console.banner_sources.append(views.banner)
+    if views.node_section not in node_views.node_sections:
+        node_views.node_sections.insert(0, views.node_section)  # above the health card
     entry = ("certificates.index", _l("Certificates"), ("ministry_admin", "provincial_admin", "auditor"))
     if entry not in console.nav_entries:
         console.nav_entries.append(entry)

@@ -57,16 +57,35 @@ def detail(serial: str):
 
 def _detail_page(row: Certificate, renew_form: RenewForm, status: int = 200):
     """`newest`: the node's newest certificate; renewal is offered on that one only (whatever its
-    state: after a revocation it is where an admin issues the replacement)."""
+    state: after a revocation it is where an admin issues the replacement). `last_valid`: revoking this
+    one leaves the node no valid certificate, so the confirmation says the node leaves the routing table."""
     node = newest = None
+    last_valid = False
     if row.node_id:
         from app.admission.models import Node
 
         node = db.session.get(Node, row.node_id)
-        newest = service.node_certificates(row.node_id)[0]
+        certificates = service.node_certificates(row.node_id)
+        newest = certificates[0]
+        last_valid = [c.serial for c in certificates if _valid_now(c)] == [row.serial]
     return render_template("pki/detail.html", row=row, node=node, newest=newest, reasons=revocation.REASONS,
                            in_service=revocation.in_service_role(row), confirm_form=ConfirmForm(),
-                           renew_form=renew_form), status
+                           renew_form=renew_form, last_valid=last_valid), status
+
+
+def _valid_now(row: Certificate) -> bool:
+    now = utcnow()
+    return row.revoked_at is None and row.not_before <= now < row.not_after
+
+
+def node_section(node) -> dict | None:
+    """The node page's certificate card: the valid certificate, or why the node is out of the routing
+    table (an active node with none valid is left out, which its status and health do not show)."""
+    if node.status == "revoked":
+        return None
+    certificates = service.node_certificates(node.node_id)
+    return {"template": "pki/node_section.html", "current": next((c for c in certificates if _valid_now(c)), None),
+            "newest": certificates[0] if certificates else None}
 
 
 @bp.get("/<serial>.pem")
