@@ -1,0 +1,194 @@
+"""`python -m app.appnode` commands a local user acts with: send text and files, read the inbox and a
+conversation's history, mark it read, set presence, download a file, and the `group` commands (A.12).
+
+cli.py registers them on the root group.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import click
+
+from app.appnode.cli_context import Context, pass_ctx
+from app.appnode.cli_lines import (
+    conversation_line,
+    download_line,
+    group_line,
+    history_line,
+    one_per_line,
+    presence_line,
+    read_line,
+)
+
+as_user = click.option("--as", "user", required=True, help="The local user acting.")
+
+
+@click.command()
+@as_user
+@click.argument("to")
+@click.argument("text")
+@pass_ctx
+def send(ctx: Context, user, to, text):
+    """Send a text message to a user address or a group address."""
+    message = ctx.node.send_text(user, to, text)
+    report_sent(ctx, message, {"conversation_id": message.conversation_id})
+
+
+def report_sent(ctx: Context, message, document: dict) -> None:
+    """The message id, then the nodes it will not reach (§6 capabilities, a refusal): exit 3 if there are any,
+    so a script does not take a partial delivery for a full one. A queued envelope is not a failure."""
+    undelivered = ctx.node.undelivered(message.message_id)
+    ctx.out({"message_id": message.message_id, **document, "undelivered": undelivered}, message.message_id)
+    for peer, reason in undelivered.items():
+        click.echo(f"not delivered to node {peer}: {reason}", err=True)
+    if undelivered:
+        sys.exit(3)
+
+
+@click.command("send-file")
+@as_user
+@click.argument("to")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--kind", type=click.Choice(["image", "voice", "file", "sticker"]), default="file")
+@click.option("--type", "declared", help="Declared format or MIME type (default: from the name).")
+@click.option("--duration-ms", type=int, help="Voice: the duration.")
+@click.option("--package", help="Sticker: package id.")
+@click.option("--sticker", help="Sticker: sticker id.")
+@click.option("--alt", help="Sticker: alt text such as [点赞].")
+@pass_ctx
+def send_file(ctx: Context, user, to, path: Path, kind, declared, duration_ms, package, sticker, alt):
+    """Send an image, voice clip, file or sticker; its bytes are checked and stay here until downloaded."""
+    if kind == "voice" and duration_ms is None:
+        raise click.UsageError("a voice message needs --duration-ms")
+    if kind == "sticker" and not (package and sticker and alt):
+        raise click.UsageError("a sticker needs --package, --sticker and --alt")
+    extra = {"package_id": package, "sticker_id": sticker, "alt_text": alt} if kind == "sticker" else None
+    message = ctx.node.send_file(user, to, path.read_bytes(), kind, file_name=path.name, declared=declared,
+                                 duration_ms=duration_ms, sticker=extra)
+    # No file_id when a sticker went as its alt text to a node without stickers (§6): say so.
+    file_id = message.document["content"].get("file_id")
+    if kind == "sticker" and file_id is None and not ctx.as_json:
+        click.echo(f"sent as its alt text {alt}: {to.rsplit('@', 1)[-1]} does not take stickers", err=True)
+    report_sent(ctx, message, {"file_id": file_id})
+
+
+@click.command()
+@as_user
+@pass_ctx
+def inbox(ctx: Context, user):
+    """The user's conversations with their unread counts."""
+    rows = ctx.node.conversations(user)
+    ctx.out([{"conversation_id": r["conversation_id"], "with": r["with"], "unread": r["unread"],
+              "count": r["count"], "last_message_id": r["last"].message_id} for r in rows],
+            one_per_line(rows, conversation_line, "no conversations"))
+
+
+@click.command()
+@as_user
+@click.argument("conversation_id")
+@pass_ctx
+def history(ctx: Context, user, conversation_id):
+    """The messages of one conversation, with read counts."""
+    rows = ctx.node.history(user, conversation_id)
+    documents = [{**r["message"].document, "read_by": r["read_by"], "unread_by": r["unread_by"],
+                  "delivery": r["delivery"]} for r in rows]
+    ctx.out(documents, one_per_line(rows, history_line, "no messages"))
+
+
+@click.command()
+@as_user
+@click.argument("conversation_id")
+@pass_ctx
+def read(ctx: Context, user, conversation_id):
+    """Mark the conversation read (A.13); peers hear it in the next batch."""
+    state = ctx.node.mark_read(user, conversation_id)
+    ctx.out({"conversation_id": state.conversation_id, "read_up_to_message_id": state.read_up_to_message_id},
+            read_line(state))
+
+
+@click.command()
+@as_user
+@click.argument("status", type=click.Choice(["online", "offline", "busy", "away"]))
+@pass_ctx
+def presence(ctx: Context, user, status):
+    """Set the user's presence (A.15)."""
+    item = ctx.node.set_presence(user, status)
+    ctx.out(item, presence_line(item))
+
+
+@click.command()
+@as_user
+@click.argument("message_id")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path))
+@pass_ctx
+def download(ctx: Context, user, message_id, out):
+    """Fetch a message's file from its origin node (A.10), checked by checksum and content."""
+    stored = ctx.node.download(user, message_id)
+    if out:
+        shutil.copyfile(ctx.node.file_path(stored), out)  # a chunk at a time: files run to 1 GiB
+    path = out or ctx.data / stored.path
+    ctx.out({"file_id": stored.file_id, "size": stored.size, "sha256": stored.sha256, "path": str(path)},
+            download_line(path, stored.size, stored.sha256))
+
+
+@click.group()
+def group():
+    """Groups (A.12): this node is home of the groups its users create."""
+
+
+@group.command("create")
+@as_user
+@click.argument("name")
+@click.option("--member", "members", multiple=True, help="A member's address (repeat).")
+@click.option("--notice", default="")
+@pass_ctx
+def group_create(ctx: Context, user, name, members, notice):
+    created = ctx.node.create_group(user, name, members, notice)
+    ctx.out({"group": created.address, "seq": created.seq}, created.address)
+
+
+def _group_op(op: str, with_targets: bool):
+    @as_user
+    @click.argument("group_address")
+    @click.argument("targets", nargs=-1, required=with_targets)
+    @pass_ctx
+    def command(ctx: Context, user, group_address, targets):
+        outcome = ctx.node.group_operation(user, group_address, op, targets)
+        ctx.out({"op": op, "group": group_address, "outcome": outcome}, f"{op} {OUTCOMES[outcome]}")
+    return command
+
+
+OUTCOMES = {"applied": "applied", "accepted": "accepted by the home node",
+            "queued": "queued: the home node is unreachable now and will be asked again"}
+
+
+group.command("invite", help="Invite users (addresses).")(_group_op("invite", True))
+group.command("kick", help="Remove members (owner only).")(_group_op("kick", True))
+group.command("transfer", help="Make a member the owner.")(_group_op("transfer_owner", True))
+group.command("quit", help="Leave the group.")(_group_op("quit", False))
+group.command("join", help="Join an open group.")(_group_op("join", False))
+group.command("dismiss", help="Dismiss the group (owner only).")(_group_op("dismiss", False))
+
+
+@group.command("rename")
+@as_user
+@click.argument("group_address")
+@click.argument("name")
+@click.option("--notice")
+@pass_ctx
+def group_rename(ctx: Context, user, group_address, name, notice):
+    info = {"name": name, **({"notice": notice} if notice is not None else {})}
+    outcome = ctx.node.group_operation(user, group_address, "update_info", (), info)
+    ctx.out({"op": "update_info", "group": group_address, "outcome": outcome}, f"update_info {OUTCOMES[outcome]}")
+
+
+@group.command("list")
+@as_user
+@pass_ctx
+def group_list(ctx: Context, user):
+    rows = ctx.node.groups(user)
+    ctx.out([{"group": g.address, "name": g.name, "owner": g.owner, "members": g.members, "seq": g.seq}
+             for g in rows], one_per_line(rows, group_line, "no groups"))
