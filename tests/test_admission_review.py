@@ -175,6 +175,9 @@ def test_resolve_by_longest_prefix(client, jx_admin, minister):
     assert "360104 已在 GB/T 2260 2099 版中撤销" in page and nanchang.node_id in page
     assert "江西：启用 2，暂停 1，故障 0" in client.get("/").get_data(as_text=True)  # the province tile's tooltip
     assert client.get("/api/v1/resolve?division=440300").get_json()["error"]["code"] == "no_serving_node"
+    nation = client.get("/api/v1/resolve?division=100000")
+    assert nation.status_code == 404 and nation.get_json()["error"]["code"] == "no_serving_node"
+    assert "no node of its own" in nation.get_json()["error"]["message"]
     assert client.get("/api/v1/resolve?division=12").status_code == 400
 
 

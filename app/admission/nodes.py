@@ -14,7 +14,7 @@ from app.audit import service as audit
 from app.auth.access import require_division_scope
 from app.database import serialise, utcnow
 from app.divisions import service as divisions
-from app.divisions.codes import level_of, prefecture_of, province_of
+from app.divisions.codes import NATION_CODE, level_of, prefecture_of, province_of
 from app.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from app.extensions import db
 
@@ -134,6 +134,9 @@ def resolve(division_code: str) -> tuple[Node, str]:
     certificate is passed over: the routing table leaves it out, so nobody could reach it."""
     from app.pki import service as pki
 
+    if division_code == NATION_CODE:  # a code (the API describes it) but no node's division: admission refuses it
+        raise NotFound(_l("The nation (%(code)s) has no node of its own: resolve a province, prefecture or county "
+                          "code.", code=NATION_CODE), code="no_serving_node")
     division = divisions.get(division_code)
     tried: list[str] = []
     for derive in LEVEL_CANDIDATES:
