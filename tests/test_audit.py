@@ -195,3 +195,10 @@ def test_a_savepoint_rollback_takes_only_the_entries_recorded_inside_it(app):
     db.session.commit()
     assert _tested_actions() == ["test.outer", "test.inner-kept", "test.outer-again"]
     assert service.verify().ok
+
+
+def test_cli_list_marks_its_times_as_utc(app, runner):
+    write_records(1)
+    line = runner.invoke(args=["audit", "list", "--limit", "1"]).output.splitlines()[0]
+    newest = db.session.scalars(select(AuditRecord).order_by(AuditRecord.seq.desc())).first()
+    assert f"{newest.at:%Y-%m-%d %H:%M:%S}Z" in line  # the console shows local time; the CLI says which it is

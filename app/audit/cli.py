@@ -56,9 +56,10 @@ def anchor_command() -> None:
 @click.option("--limit", default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def list_command(limit: int, as_json: bool) -> None:
+    """The newest records; times in UTC (the console shows them in the admin's time zone)."""
     rows = db.session.scalars(select(AuditRecord).order_by(AuditRecord.seq.desc()).limit(limit))
     for row in rows:
         item = {"seq": row.seq, "at": row.at.isoformat(), "actor": row.actor, "action": row.action,
                 "target": row.target, "remote_addr": row.remote_addr, "detail": row.detail, "hash": row.hash}
         click.echo(json.dumps(item, ensure_ascii=False) if as_json else
-                   f"{row.seq:>6} {row.at:%Y-%m-%d %H:%M:%S} {row.actor:<16} {row.action:<28} {row.target}")
+                   f"{row.seq:>6} {row.at:%Y-%m-%d %H:%M:%S}Z {row.actor:<16} {row.action:<28} {row.target}")
