@@ -233,6 +233,11 @@ def test_cli_approve_and_lifecycle(runner, jx_admin, minister):
     for command in ("nodes", "applications"):  # a typo is refused, not answered with an empty list
         typo = runner.invoke(args=[command, "list", "--user", "minister", "--status", "suspend"])
         assert typo.exit_code == 2 and "Invalid value for '--status'" in typo.output
+    outside = runner.invoke(args=["nodes", "list", "--user", "jx-admin", "--province", "44"])
+    assert (outside.exit_code, outside.output) == (0, "no nodes\n")  # said, not a silence that reads as a fault
+    assert runner.invoke(args=["nodes", "list", "--user", "jx-admin", "--province", "44", "--json"]).output == ""
+    assert runner.invoke(args=["applications", "list", "--user", "jx-admin"]).output == "no applications\n"
+    assert runner.invoke(args=["tokens", "list", "--user", "jx-admin"]).output == "no tokens\n"
 
 
 def change_form(node, **overrides) -> dict:

@@ -244,6 +244,9 @@ def test_cli_users_create_reads_password_from_stdin(runner):
     assert result.exit_code == 0, result.output
     assert '"scopes": ["360000", "440000"]' in result.output
     assert service.authenticate("gd", "Guangdong-Admin-7", "127.0.0.1").role == "provincial_admin"
+    created = db.session.scalars(db.select(AuditRecord).where(AuditRecord.action == "user.create",
+                                                          AuditRecord.target == "gd")).one()
+    assert created.actor == "cli"  # as the other CLI actions without --user; "system" is the scheduler's
 
 
 def test_cli_refuses_a_bad_scope(runner):

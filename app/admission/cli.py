@@ -39,6 +39,17 @@ def emit(item: dict, as_json: bool, line: str) -> None:
     click.echo(json.dumps(item, ensure_ascii=False, default=str) if as_json else line)
 
 
+def emit_list(rows, as_json: bool, empty: str) -> None:
+    """A list command's (item, line) rows, a JSON line or a text line each; for people, `empty` when there
+    are none (nothing at all read like a failure, or like a filter that was ignored)."""
+    listed = False
+    for item, line in rows:
+        emit(item, as_json, line)
+        listed = True
+    if not listed and not as_json:
+        click.echo(empty)
+
+
 def record_lines(item: dict) -> str:
     """One record for people (every `show` command): a "name:  value" line per field that has a value."""
     width = max(map(len, item), default=0) + 2
@@ -77,10 +88,12 @@ def tokens_create(division, username, ttl, note, as_json):
 @json_option
 def tokens_list(username, as_json):
     user = users.get_user(username)
-    for token in db.session.scalars(tokens.visible_tokens_query(user)):
+    def row(token):
         item = token_dict(token)
-        emit(item, as_json, f"{token.id:>5} {token.prefix}… {token.division_code} {item['state']:<8} "
-             f"by {item['issued_by']} expires {token.expires_at:%Y-%m-%d}")
+        return item, (f"{token.id:>5} {token.prefix}… {token.division_code} {item['state']:<8} "
+                      f"by {item['issued_by']} expires {token.expires_at:%Y-%m-%d}")
+
+    emit_list(map(row, db.session.scalars(tokens.visible_tokens_query(user))), as_json, "no tokens")
 
 
 @tokens_cli.command("revoke")
@@ -109,9 +122,9 @@ def application_dict(application) -> dict:
 def applications_list(status, username, as_json):
     user = users.get_user(username)
     query = applications.queue_query(user, status=None if status == "all" else status)
-    for application in paginate(query, 1, 1000, count=False).items:
-        emit(application_dict(application), as_json, f"{application.id} {application.status:<8} "
-             f"{application.division_code} {application.org_name} {application.endpoint}")
+    emit_list(((application_dict(application), f"{application.id} {application.status:<8} "
+                f"{application.division_code} {application.org_name} {application.endpoint}")
+               for application in paginate(query, 1, 1000, count=False).items), as_json, "no applications")
 
 
 @applications_cli.command("show")
@@ -163,8 +176,8 @@ def node_dict(node) -> dict:
 @json_option
 def nodes_list(status, province, username, as_json):
     query = nodes.list_query(users.get_user(username), status="" if status == "all" else status, province=province)
-    for node in paginate(query, 1, 100000, count=False).items:
-        emit(node_dict(node), as_json, f"{node.node_id} {node.status:<9} {node.org_name} {node.endpoint}")
+    emit_list(((node_dict(node), f"{node.node_id} {node.status:<9} {node.org_name} {node.endpoint}")
+               for node in paginate(query, 1, 100000, count=False).items), as_json, "no nodes")
 
 
 @nodes_cli.command("show")

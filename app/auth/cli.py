@@ -36,7 +36,7 @@ def create_command(role, username, scope, display_name, password_stdin, as_json)
     draft = service.UserDraft(username=username, password=password, role=role,
                               scopes=tuple(scope.split(",")), display_name=display_name)
     try:
-        user = service.create_user(draft)
+        user = service.create_user(draft, actor="cli")
         db.session.commit()
     except DomainError as error:
         db.session.rollback()

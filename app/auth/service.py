@@ -71,7 +71,8 @@ def normalise_scopes(role: str, scopes: tuple[str, ...] | list[str]) -> str:
     return ",".join(codes)
 
 
-def create_user(draft: UserDraft) -> User:
+def create_user(draft: UserDraft, *, actor: str | None = None) -> User:
+    """`actor`: who creates it, when not the console's signed-in admin (the CLI says "cli")."""
     if not USERNAME_PATTERN.match(draft.username):
         raise ValidationFailed(_l("Usernames are 2-64 letters, digits, '_', '.' or '-'."), code="invalid_username",
                                field="username")
@@ -87,7 +88,7 @@ def create_user(draft: UserDraft) -> User:
                 scope_codes=scope_codes, password_hash=generate_password_hash(draft.password))
     db.session.add(user)
     db.session.flush()
-    audit.record("user.create", draft.username, {"role": draft.role, "scopes": scope_codes})
+    audit.record("user.create", draft.username, {"role": draft.role, "scopes": scope_codes}, actor=actor)
     return user
 
 
