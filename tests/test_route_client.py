@@ -476,6 +476,10 @@ def test_unreadable_storage_is_refused_rather_than_silently_forgotten(pki, tmp_p
     with pytest.raises(RouteRejected) as caught:
         make_client(pki, storage_path=storage)
     assert caught.value.code == "storage_corrupt"
+    storage.write_text('{"nodes": []}', "utf-8")  # JSON, but not what a node stores
+    with pytest.raises(RouteRejected) as caught:
+        make_client(pki, storage_path=storage)
+    assert "is not a stored routing table: it has no 'table'" in caught.value.message
 
 
 # --- following the stored table (the node's server and its CLI share one data directory) ----------

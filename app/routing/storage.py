@@ -80,7 +80,9 @@ def read_stored_table(path: Path) -> StoredTable | None:
         return StoredTable(table, documents, identity)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError, binascii.Error,
+    except KeyError as error:  # str() of a KeyError is only the key's repr
+        raise UnreadableStorage(f"it is not a stored routing table: it has no {error}", identity) from None
+    except (OSError, ValueError, TypeError, AttributeError, RecursionError, binascii.Error,
             MalformedDocument) as error:
         raise UnreadableStorage(str(error), identity) from None
 
