@@ -144,6 +144,10 @@ def test_the_latency_chart_speaks_chinese(app):
     with force_locale("zh_CN"):
         svg = charts.latency_chart([], end=datetime.now(UTC))
     assert "无成功巡检" in svg and "24 小时前" in svg and "现在" in svg and "now" not in svg
+    assert " ms<" not in svg  # no scale for a chart with no line (it read "11 ms")
+    with force_locale("zh_CN"):
+        drawn = charts.latency_chart([(datetime.now(UTC), 42.0)], end=datetime.now(UTC))
+    assert ">46 ms<" in drawn and "无成功巡检" not in drawn
 
 
 def test_every_reason_the_code_publishes_a_route_version_for_has_a_label():

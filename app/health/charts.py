@@ -27,8 +27,9 @@ def latency_chart(points: list[tuple[datetime, float]], *, end: datetime, hours:
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" class="chart latency" '
              f'role="img" aria-label="{words["label"]}">',
              f'<line x1="{pad}" y1="{height - 20}" x2="{width - 8}" y2="{height - 20}" stroke="#d9dee4"/>',
-             f'<text x="2" y="14" font-size="11" fill="#66707c">{top:.0f} ms</text>',
-             f'<text x="2" y="{height - 22}" font-size="11" fill="#66707c">0</text>',
+             # the scale only with a line to read against it (an empty chart said "11 ms" of nothing)
+             f'<text x="2" y="14" font-size="11" fill="#66707c">{top:.0f} ms</text>' if points else "",
+             f'<text x="2" y="{height - 22}" font-size="11" fill="#66707c">0</text>' if points else "",
              f'<text x="{pad}" y="{height - 4}" font-size="11" fill="#66707c">{words["start"]}</text>',
              f'<text x="{width - 8}" y="{height - 4}" text-anchor="end" font-size="11" fill="#66707c">'
              f'{words["now"]}</text>']
