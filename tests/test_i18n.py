@@ -161,3 +161,18 @@ def test_every_reason_the_code_publishes_a_route_version_for_has_a_label():
     reasons = set(re.findall(r'publish(?:_after)?\("([^"]+)"', source))
     assert {"node admitted", "certificate revoked", "re-sign"} <= reasons  # the pattern finds them
     assert reasons - set(ROUTE_REASONS) == set()
+
+
+def test_uptime_bar_tooltips_give_console_local_time(app):
+    from datetime import UTC, datetime
+
+    from flask_babel import force_locale
+
+    from app.health import charts
+    from app.health.history import Bucket
+
+    with app.test_request_context("/"), force_locale("zh_CN"):
+        svg = charts.uptime_bars([Bucket(start=datetime(2026, 11, 30, 23, 0, tzinfo=UTC), polls=0, successes=0,
+                                         latency_ms=None)],
+                                 label="24 小时")
+    assert "<title>2026-12-01 07:00: 无数据</title>" in svg  # Asia/Shanghai, as every time the console shows

@@ -8,6 +8,7 @@ from xml.sax.saxutils import escape
 from flask_babel import gettext as _
 
 from app.health.history import Bucket
+from app.i18n import local_time
 
 
 def latency_chart(points: list[tuple[datetime, float]], *, end: datetime, hours: int = 24, width: int = 720,
@@ -56,7 +57,7 @@ def uptime_bars(buckets: list[Bucket], *, label: str, width: int = 720, height: 
             "#b3261e" if uptime < 0.5 else "#e0a800"
         title = _("no data") if uptime is None else _("%(percent)s%% of %(n)s polls", percent=f"{uptime * 100:.1f}",
                                                        n=bucket.polls)
-        title = escape(f"{bucket.start.isoformat()}: {title}")
+        title = escape(f"{local_time(bucket.start, '%Y-%m-%d %H:%M')}: {title}")  # as every console time
         parts.append(f'<rect x="{index * bar + 1:.1f}" y="2" width="{max(bar - 2, 1):.1f}" height="{height - 4}" '
                      f'rx="2" fill="{colour}"><title>{title}</title></rect>')
     parts.append("</svg>")
