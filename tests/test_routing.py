@@ -157,6 +157,19 @@ def test_the_console_verification_hint_runs_as_printed_on_the_downloads(app, ses
     assert [done.returncode for done in outputs] == [0, 0] and "Verified OK" in outputs[-1].stdout
 
 
+def test_provincial_admins_see_their_own_nodes_not_the_whole_routing_table(app, session):
+    """The table lists every province's nodes, endpoints and fingerprints; a provincial admin is scoped to
+    its divisions everywhere else in the console (its nodes' routing status is on their node pages)."""
+    console = Console(app.test_client())
+    console.login("jx-admin")
+    assert "/routes/" not in console.client.get("/").get_data(as_text=True)  # not in the navigation
+    for url in ("/routes/", "/routes/v1.json", "/routes/v1.sig"):
+        assert console.client.get(url).status_code == 403, url
+    ministry = Console(app.test_client())
+    ministry.login("minister")
+    assert ministry.client.get("/routes/").status_code == 200
+
+
 def test_the_real_flask_executable_reaches_our_routing_group(app, session):
     """Through FlaskGroup, where a built-in of the same name would win (the group was once `routes`)."""
     env = {**os.environ, "FLASK_APP": "wsgi.py", "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],

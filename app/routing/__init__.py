@@ -51,7 +51,8 @@ def init_app(app) -> None:
     if _resign_after_rotation not in pki.route_signer_changed:
         pki.route_signer_changed.append(_resign_after_rotation)
     registry.register(registry.Job("routes.resign", _resign, 600))
-    entry = ("routes.index", _l("Routes"), ("ministry_admin", "provincial_admin", "auditor"))
+    # Not provincial admins: the table lists every province's nodes, and they are scoped to their own.
+    entry = ("routes.index", _l("Routes"), ("ministry_admin", "auditor"))
     if entry not in console.nav_entries:
         console.nav_entries.append(entry)
 

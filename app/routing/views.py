@@ -13,10 +13,12 @@ from app.errors import NotFound
 from app.routing import service
 
 bp = Blueprint("routes", __name__, url_prefix="/routes")
+# Ministry admins and auditors: the table lists every province's nodes, and provincial admins see their own.
+VIEWERS = ("ministry_admin", "auditor")
 
 
 @bp.get("/")
-@roles_required("ministry_admin", "auditor", "provincial_admin")
+@roles_required(*VIEWERS)
 def index():
     page = paginate(service.history_query(), request.args.get("page", 1, type=int),
                     current_app.config["MPIM_PAGE_SIZE"])
@@ -33,7 +35,7 @@ def _with_body(version: int):
 
 
 @bp.get("/v<int:version>.json")
-@roles_required("ministry_admin", "auditor", "provincial_admin")
+@roles_required(*VIEWERS)
 def download_table(version: int):
     row = _with_body(version)
     return Response(row.body, mimetype="application/json",
@@ -41,7 +43,7 @@ def download_table(version: int):
 
 
 @bp.get("/v<int:version>.sig")
-@roles_required("ministry_admin", "auditor", "provincial_admin")
+@roles_required(*VIEWERS)
 def download_signature(version: int):
     """The DER signature, ready for `openssl dgst -sha256 -verify signer.pub -signature …`."""
     row = _with_body(version)
