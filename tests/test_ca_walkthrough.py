@@ -271,9 +271,15 @@ def test_the_node_page_says_when_the_node_has_no_valid_certificate(app, people):
     db.session.commit()
     page = console.client.get(f"/nodes/{node.node_id}").get_data(as_text=True)
     assert 'id="no-valid-certificate"' in page and "csr --new-key" in page
+    dashboard = console.client.get("/").get_data(as_text=True)
+    assert 'id="nodes-without-certificate"' in dashboard and "1 个启用的节点没有有效证书" in dashboard
+    listed = console.client.get("/nodes/?status=no_certificate").get_data(as_text=True)
+    assert node.node_id in listed
     renewed = pki.renew(node, NodeKeys().csr, by=minister)
     db.session.commit()
     assert "唯一有效的证书" in console.client.get(f"/certificates/{renewed.serial}").get_data(as_text=True)
+    assert 'id="nodes-without-certificate"' not in console.client.get("/").get_data(as_text=True)
+    assert node.node_id not in console.client.get("/nodes/?status=no_certificate").get_data(as_text=True)
     pki.renew(node, NodeKeys().csr, by=minister)  # two valid now: revoking one keeps the node in the table
     db.session.commit()
     assert "唯一有效的证书" not in console.client.get(f"/certificates/{renewed.serial}").get_data(as_text=True)

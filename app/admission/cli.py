@@ -169,8 +169,8 @@ def node_dict(node) -> dict:
 
 
 @nodes_cli.command("list")
-@click.option("--status", type=click.Choice([*NODE_STATUSES, "suspension_requested", "all"]), default="all",
-              show_default=True)
+@click.option("--status", type=click.Choice([*NODE_STATUSES, "suspension_requested", "no_certificate", "all"]),
+              default="all", show_default=True)
 @click.option("--province", default="", help="Two-digit province prefix, e.g. 36.")
 @user_option
 @json_option

@@ -172,6 +172,10 @@ def list_query(user, *, province: str = "", status: str = "", vendor: str = "", 
         query = query.where(Node.province_prefix == province[:2])
     if status == "suspension_requested":  # active nodes a provincial admin asked the ministry to suspend
         query = query.where(Node.status == "active", Node.suspension_requested.is_(True))
+    elif status == "no_certificate":  # active, but out of the routing table: no valid certificate
+        from app.pki import service as pki
+
+        query = query.where(Node.status == "active", ~pki.holds_current_certificate(Node.node_id))
     elif status:
         query = query.where(Node.status == status)
     if vendor:

@@ -167,7 +167,17 @@ def dashboard_panel(user) -> dict | None:
         live = live.join(Node, Node.node_id == Certificate.node_id).where(division_filter(user, Node.division_code))
     valid = db.session.scalar(live) or 0
     expiring = db.session.scalar(live.where(Certificate.not_after <= now + timedelta(days=30))) or 0
-    return {"template": "pki/dashboard_panel.html", "ready": True, "expiring": expiring, "valid": valid}
+    return {"template": "pki/dashboard_panel.html", "ready": True, "expiring": expiring, "valid": valid,
+            "without": _active_without_certificate(user)}
+
+
+def _active_without_certificate(user) -> int:
+    """Active nodes the routing table leaves out for want of a valid certificate (all revoked or expired):
+    their status still reads active."""
+    from app.admission import nodes
+
+    return db.session.scalar(select(func.count()).select_from(
+        nodes.list_query(user, status="no_certificate").order_by(None).subquery())) or 0
 
 
 def banner(user) -> list[dict]:
