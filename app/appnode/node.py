@@ -4,10 +4,10 @@ One `Node` is one data directory. Every method opens its own short database sess
 server process can work on the same node at once (SQLite in WAL mode serialises their writes).
 
 This module holds what every part of the node stands on: the constructor and its shared state, the raw
-write connection, joining the network (identity), the routing table and certificate renewal. Each other job
-is a mixin in a module of its own, since the single class had grown to 1,600 lines (STYLE rule 7):
-receiving.py (docs/protocol.md §5.4), groups.py (A.12), ephemeral.py (A.13, A.15), sending.py (A.9, A.11),
-files.py (A.10), outbox.py (docs/protocol.md §6) and reading.py; messages.py holds what they share.
+write connection, joining the network (identity) and the routing table. Each other job is a mixin in a
+module of its own, since the single class had grown to 1,600 lines (STYLE rule 7): receiving.py
+(docs/protocol.md §5.4), groups.py (A.12), ephemeral.py (A.13, A.15), sending.py (A.9, A.11), files.py (A.10),
+outbox.py (docs/protocol.md §6), reading.py and renewal.py (§4 certificates); messages.py holds what they share.
 """
 
 from __future__ import annotations
@@ -19,10 +19,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 
-from app.appnode.certificate import CertificateNotInstalled, KeyNotHeld, check_issued, key_holder
 from app.appnode.config import NodeConfig
 from app.appnode.ephemeral import EphemeralMixin
 from app.appnode.files import FilesMixin
@@ -32,9 +30,10 @@ from app.appnode.outbox import OutboxMixin
 from app.appnode.protocol import Conflict, UnknownPeer
 from app.appnode.reading import ReadingMixin
 from app.appnode.receiving import ReceivingMixin
-from app.appnode.registry import Identity, RegistryClient, RegistryError, write_atomic
+from app.appnode.registry import Identity, RegistryClient, RegistryError
+from app.appnode.renewal import CERTIFICATE_REVOKED, RenewalMixin
 from app.appnode.sending import SendingMixin
-from app.appnode.store import get_setting, open_database, put_setting, utcnow
+from app.appnode.store import get_setting, open_database, put_setting
 from app.appnode.transport import PeerPool, client_context
 from app.errors import DomainError
 from app.routing.client import OwnEntryMismatch, RouteClient, RouteRejected
@@ -46,22 +45,14 @@ __all__ = ["Node", "NotJoined", "Reply", "address", "declared_type", "image_size
 log = logging.getLogger("mpim.appnode")
 
 REFRESH_INTERVAL = 30.0
-# Session refusals (docs/protocol.md §4) in which the management node says this node's certificate is revoked:
-# `status` shows them as the certificate problem they are, not only as the registry's refusal.
-CERTIFICATE_REVOKED = {
-    "node_revoked": "certificate {sha256} revoked by the management node, which revoked node {node_id} "
-                    "(a revocation is final)",
-    "certificate_revoked": "certificate {sha256} revoked by the management node: this node can open no node session "
-                           "until a ministry admin renews node {node_id} from a CSR made here "
-                           "(`python -m app.appnode csr`)",
-}
 
 
 class NotJoined(DomainError):
     code, status = "not_joined", 409
 
 
-class Node(ReceivingMixin, GroupsMixin, EphemeralMixin, SendingMixin, FilesMixin, OutboxMixin, ReadingMixin):
+class Node(ReceivingMixin, GroupsMixin, EphemeralMixin, SendingMixin, FilesMixin, OutboxMixin, ReadingMixin,
+           RenewalMixin):
     """One node data directory. The state every section shares is set up here; each mixin's docstring names
     what it uses of it and of the other mixins."""
 
@@ -290,80 +281,3 @@ class Node(ReceivingMixin, GroupsMixin, EphemeralMixin, SendingMixin, FilesMixin
         if entry is None:
             raise UnknownPeer(f"node {node_id} is not in this node's routing table", field="to")
         return entry
-
-    # ---- certificate renewal --------------------------------------------------------------------------
-    def renewal_due(self, now: datetime | None = None) -> bool:
-        """The last third of the certificate's validity (SPEC §4 renewal window)."""
-        certificate = self.identity.certificate()
-        start, end = certificate.not_valid_before_utc, certificate.not_valid_after_utc
-        return (now or utcnow()) >= end - (end - start) / 3
-
-    def renew(self) -> str:
-        """A new key and CSR; the old certificate keeps working until the table carries the new one. A pending
-        key `csr --new-key` made is used rather than replaced, so the CSR its operator handed out stays good."""
-        pending = self.identity.pending_key_file
-        key = self.identity.key(pending) if pending.exists() else self.identity.generate_key(pending)
-        key_pem = pending.read_bytes()  # a route pull may promote it meanwhile, once the table lists the new one
-        pem_chain = self.registry.renew(self.node_id, Identity.csr_for(key, self.node_id))
-        with self._certificate_lock:
-            write_atomic(self.identity.key_file, key_pem, 0o600)
-            self.identity.store_certificate(pem_chain)
-            pending.unlink(missing_ok=True)
-            return self._use_certificate()
-
-    def certificate_request(self, *, new_key: bool = False) -> tuple[str, str, bool]:
-        """A PEM CSR for a ministry admin to renew this node from (the console, or `flask ca renew`), for the
-        current key or, with `new_key`, for the pending key (made now, 0600, or reused if one is waiting).
-        Returns the CSR, which key ("current" or "pending") and whether a waiting pending key was reused."""
-        node_id = self.node_id
-        if not new_key:
-            return Identity.csr_for(self.identity.key(), node_id), "current", False
-        pending = self.identity.pending_key_file
-        with self._certificate_lock:
-            reused = pending.exists()
-            key = self.identity.key(pending) if reused else self.identity.generate_key(pending)
-        return Identity.csr_for(key, node_id), "pending", reused
-
-    def adopt_listed_certificate(self, listed_sha256: str) -> str:
-        """§4: the table lists this node with another certificate (an admin renewed it from a CSR the operator
-        handed over). Fetch the node's current certificate with the node session, check it (chain, node id,
-        the listed fingerprint) and install it if this node holds its key, promoting a pending key; otherwise
-        record the problem for `status` and raise CertificateNotInstalled. Returns the new fingerprint."""
-        node_id = self.node_id
-        with self._certificate_lock:
-            if self.identity.fingerprint() == self.routes.own_fingerprint == listed_sha256.lower():
-                return listed_sha256.lower()  # another thread installed it while this one waited
-            try:
-                issued = check_issued(self.registry.current_certificate(node_id), node_id=node_id,
-                                      listed_sha256=listed_sha256, root_pem=self.identity.ca_file.read_bytes(),
-                                      chain_pem=self.identity.chain_file.read_bytes())
-                pending = self.identity.pending_key_file
-                holder = key_holder(issued.certificate, self.identity.key(),
-                                    self.identity.key(pending) if pending.exists() else None)
-                if holder is None:
-                    raise KeyNotHeld(
-                        f"the management node issued certificate {issued.fingerprint} for a key this node does "
-                        f"not hold; it keeps certificate {self.identity.fingerprint()} and routing table version "
-                        f"{self.routes.version}. Make a CSR here (`python -m app.appnode csr`, or `csr --new-key`) "
-                        f"and ask a ministry admin to renew node {node_id} from it")
-            except CertificateNotInstalled as error:
-                self._note_certificate_problem(error.message)
-                raise
-            if holder == "pending":
-                write_atomic(self.identity.key_file, pending.read_bytes(), 0o600)
-            self.identity.store_certificate(issued.pem_chain)
-            if holder == "pending":
-                pending.unlink(missing_ok=True)
-            fingerprint = self._use_certificate()
-        log.info("installed certificate %s, which the management node issued for this node's %s key",
-                 fingerprint, holder)
-        return fingerprint
-
-    def _use_certificate(self) -> str:
-        """After the certificate file changed: the route client expects it, new connections present it."""
-        fingerprint = self.identity.fingerprint()
-        self.routes.set_identity(self.node_id, fingerprint)
-        self.peers.reset()
-        for hook in self.certificate_changed:
-            hook()
-        return fingerprint

@@ -1,0 +1,106 @@
+"""Certificate renewal (docs/protocol.md §4): the node's own renewal in the last third of its certificate's
+validity, the CSR its operator hands a ministry admin, and installing the certificate an admin issued for one
+of the node's keys. Kept apart from node.py, which pulls the routing table that asks for the last of these.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from app.appnode.certificate import CertificateNotInstalled, KeyNotHeld, check_issued, key_holder
+from app.appnode.registry import Identity, write_atomic
+from app.appnode.store import utcnow
+
+log = logging.getLogger("mpim.appnode")
+
+# Session refusals (docs/protocol.md §4) in which the management node says this node's certificate is revoked:
+# `status` shows them as the certificate problem they are, not only as the registry's refusal.
+CERTIFICATE_REVOKED = {
+    "node_revoked": "certificate {sha256} revoked by the management node, which revoked node {node_id} "
+                    "(a revocation is final)",
+    "certificate_revoked": "certificate {sha256} revoked by the management node: this node can open no node session "
+                           "until a ministry admin renews node {node_id} from a CSR made here "
+                           "(`python -m app.appnode csr`)",
+}
+
+
+class RenewalMixin:
+    """A `Node`'s certificate. Relies on the node's `identity`, `registry`, `routes`, `peers`, `node_id`,
+    `certificate_changed` hooks, `_certificate_lock` and `_note_certificate_problem`."""
+
+    def renewal_due(self, now: datetime | None = None) -> bool:
+        """The last third of the certificate's validity (SPEC §4 renewal window)."""
+        certificate = self.identity.certificate()
+        start, end = certificate.not_valid_before_utc, certificate.not_valid_after_utc
+        return (now or utcnow()) >= end - (end - start) / 3
+
+    def renew(self) -> str:
+        """A new key and CSR; the old certificate keeps working until the table carries the new one. A pending
+        key `csr --new-key` made is used rather than replaced, so the CSR its operator handed out stays good."""
+        pending = self.identity.pending_key_file
+        key = self.identity.key(pending) if pending.exists() else self.identity.generate_key(pending)
+        key_pem = pending.read_bytes()  # a route pull may promote it meanwhile, once the table lists the new one
+        pem_chain = self.registry.renew(self.node_id, Identity.csr_for(key, self.node_id))
+        with self._certificate_lock:
+            write_atomic(self.identity.key_file, key_pem, 0o600)
+            self.identity.store_certificate(pem_chain)
+            pending.unlink(missing_ok=True)
+            return self._use_certificate()
+
+    def certificate_request(self, *, new_key: bool = False) -> tuple[str, str, bool]:
+        """A PEM CSR for a ministry admin to renew this node from (the console, or `flask ca renew`), for the
+        current key or, with `new_key`, for the pending key (made now, 0600, or reused if one is waiting).
+        Returns the CSR, which key ("current" or "pending") and whether a waiting pending key was reused."""
+        node_id = self.node_id
+        if not new_key:
+            return Identity.csr_for(self.identity.key(), node_id), "current", False
+        pending = self.identity.pending_key_file
+        with self._certificate_lock:
+            reused = pending.exists()
+            key = self.identity.key(pending) if reused else self.identity.generate_key(pending)
+        return Identity.csr_for(key, node_id), "pending", reused
+
+    def adopt_listed_certificate(self, listed_sha256: str) -> str:
+        """§4: the table lists this node with another certificate (an admin renewed it from a CSR the operator
+        handed over). Fetch the node's current certificate with the node session, check it (chain, node id,
+        the listed fingerprint) and install it if this node holds its key, promoting a pending key; otherwise
+        record the problem for `status` and raise CertificateNotInstalled. Returns the new fingerprint."""
+        node_id = self.node_id
+        with self._certificate_lock:
+            if self.identity.fingerprint() == self.routes.own_fingerprint == listed_sha256.lower():
+                return listed_sha256.lower()  # another thread installed it while this one waited
+            try:
+                issued = check_issued(self.registry.current_certificate(node_id), node_id=node_id,
+                                      listed_sha256=listed_sha256, root_pem=self.identity.ca_file.read_bytes(),
+                                      chain_pem=self.identity.chain_file.read_bytes())
+                pending = self.identity.pending_key_file
+                holder = key_holder(issued.certificate, self.identity.key(),
+                                    self.identity.key(pending) if pending.exists() else None)
+                if holder is None:
+                    raise KeyNotHeld(
+                        f"the management node issued certificate {issued.fingerprint} for a key this node does "
+                        f"not hold; it keeps certificate {self.identity.fingerprint()} and routing table version "
+                        f"{self.routes.version}. Make a CSR here (`python -m app.appnode csr`, or `csr --new-key`) "
+                        f"and ask a ministry admin to renew node {node_id} from it")
+            except CertificateNotInstalled as error:
+                self._note_certificate_problem(error.message)
+                raise
+            if holder == "pending":
+                write_atomic(self.identity.key_file, pending.read_bytes(), 0o600)
+            self.identity.store_certificate(issued.pem_chain)
+            if holder == "pending":
+                pending.unlink(missing_ok=True)
+            fingerprint = self._use_certificate()
+        log.info("installed certificate %s, which the management node issued for this node's %s key",
+                 fingerprint, holder)
+        return fingerprint
+
+    def _use_certificate(self) -> str:
+        """After the certificate file changed: the route client expects it, new connections present it."""
+        fingerprint = self.identity.fingerprint()
+        self.routes.set_identity(self.node_id, fingerprint)
+        self.peers.reset()
+        for hook in self.certificate_changed:
+            hook()
+        return fingerprint
