@@ -18,6 +18,7 @@ import pytest
 from app.admission import nodes
 from app.appnode.certificate import KeyNotHeld
 from app.appnode.transport import fingerprint_of
+from app.errors import Conflict
 from app.extensions import db
 from app.pki import revocation
 from app.pki import service as pki
@@ -159,10 +160,54 @@ def test_a_revocation_is_the_certificate_problem_in_status_not_only_the_registry
     assert status["registry_problem"].startswith(f"{revoked}_revoked")
     assert status["certificate_problem"].startswith(f"certificate {fingerprint} revoked by the management node")
     assert f"\nproblem: certificate {fingerprint} revoked by the management node" in node_cli(a, "status").stdout
-    if revoked == "certificate":  # what the problem asks for: a renewal from a CSR made by the node
-        issued = admin_renews(network, a, node_cli(a, "csr").stdout)
+    if revoked == "certificate":  # what the problem asks for: a renewal from a CSR for a new key made by the node
+        assert "`python -m app.appnode csr --new-key`" in status["certificate_problem"]
+        issued = admin_renews(network, a, node_cli(a, "csr", "--new-key").stdout)
         await_listed(network["b"], a.id, issued.sha256)
         assert node_cli(a, "routes", "pull").returncode == 0
         status = json.loads(node_cli(a, "--json", "status").stdout)
         assert status["certificate_sha256"] == issued.sha256
         assert status["certificate_problem"] is None and status["registry_problem"] is None
+
+
+@pytest.mark.parametrize("pull", ["cli", "loop"])
+def test_a_node_whose_only_certificate_was_revoked_as_compromised_recovers_with_a_new_key(network, pull):  # noqa: F811
+    """The management node never certifies a compromised key again and refuses a session signed with it, so
+    the node opens the session with its pending key, fetches the certificate issued for that key and installs it."""
+    a, b = network["a"], network["b"]
+    old = a.node.identity.fingerprint()
+    revocation.revoke(pki.current_certificate(a.id), "key_compromise", by=network["minister"])
+    db.session.commit()
+    with pytest.raises(Conflict, match="never certified again"):  # the same key: refused
+        admin_renews(network, a, node_cli(a, "csr").stdout)
+    db.session.rollback()
+    done = node_cli(a, "--json", "csr", "--new-key")
+    pending_pem = (a.dir / "tls" / "pending.key").read_bytes()
+    issued = admin_renews(network, a, json.loads(done.stdout)["csr"])
+    await_listed(b, a.id, issued.sha256)
+
+    if pull == "cli":  # the operator's `routes pull`, a process of its own
+        done = node_cli(a, "routes", "pull")
+        assert done.returncode == 0, done.stderr
+        assert "installed" in done.stdout
+    else:  # the node loop's pull in the serving process, whose node session the revocation ended
+        assert a.node.sync_routes().outcome == "accepted"
+        assert a.node.identity.fingerprint() == issued.sha256
+
+    assert (a.dir / "tls" / "node.key").read_bytes() == pending_pem and not (a.dir / "tls" / "pending.key").exists()
+    status = json.loads(node_cli(a, "--json", "status").stdout)
+    assert status["certificate_sha256"] == issued.sha256 != old
+    assert status["certificate_problem"] is None and status["registry_problem"] is None
+    a.node.sync_routes()  # the serving process takes the table too (after the CLI, from the files it installed)
+    assert a.node.routes.entry(a.id)["cert_sha256"] == a.node.identity.fingerprint() == issued.sha256
+    assert served_fingerprint(a) == issued.sha256
+    assert_both_ways(a, b, "换钥之后")
+
+
+def test_csr_new_key_after_a_refused_renew_says_which_command_may_have_made_the_pending_key(network):  # noqa: F811
+    a = network["a"]
+    refused = node_cli(a, "renew", "--force")  # too early: the management node refuses, the new key stays
+    assert refused.returncode == 2 and "renewal_too_early" in refused.stderr
+    done = node_cli(a, "csr", "--new-key")
+    assert done.returncode == 0
+    assert "made by an earlier `csr --new-key`, or by a `renew` that was refused" in done.stderr

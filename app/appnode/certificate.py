@@ -42,17 +42,18 @@ class Issued:
     fingerprint: str
 
 
-def check_issued(pem_chain: bytes, *, node_id: str, listed_sha256: str, root_pem: bytes, chain_pem: bytes,
+def check_issued(pem_chain: bytes, *, node_id: str, listed_sha256: str | None, root_pem: bytes, chain_pem: bytes,
                  now: datetime | None = None) -> Issued:
-    """The first certificate of `pem_chain` must have the fingerprint the table lists, chain to the root this
-    node trusts (as a client certificate, valid now) and name `node_id` (CN and `urn:mpim:node:` SAN)."""
+    """The first certificate of `pem_chain` must have the fingerprint the table lists (when one does), chain to
+    the root this node trusts (as a client certificate, valid now) and name `node_id` (CN and `urn:mpim:node:`
+    SAN)."""
     try:
         certificates = x509.load_pem_x509_certificates(pem_chain)
     except ValueError:
         raise CertificateNotInstalled("the management node sent no PEM certificate") from None
     leaf = certificates[0]
     fingerprint = leaf.fingerprint(hashes.SHA256()).hex()
-    if fingerprint != listed_sha256.lower():
+    if listed_sha256 is not None and fingerprint != listed_sha256.lower():
         raise CertificateNotInstalled(
             f"the routing table lists certificate {listed_sha256} for {node_id}, but the management node serves "
             f"{fingerprint} as its current one; the next route pull tries again")

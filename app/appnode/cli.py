@@ -236,7 +236,9 @@ def csr(ctx: Context, new_key, out):
     request, key, reused = ctx.node.certificate_request(new_key=new_key)
     key_file = ctx.node.identity.pending_key_file if key == "pending" else ctx.node.identity.key_file
     if reused:
-        click.echo(f"reusing the pending key already in {key_file} (made by an earlier `csr --new-key`)", err=True)
+        # `renew` makes the pending key too, and keeps it when the management node refuses the renewal
+        click.echo(f"reusing the pending key already in {key_file} (made by an earlier `csr --new-key`, or by a "
+                   f"`renew` that was refused or did not finish)", err=True)
     if out:
         write_atomic(out, request.encode("ascii"))
     document = {"csr": request, "key": key, "key_file": str(key_file), "reused": reused,

@@ -31,7 +31,7 @@ from app.appnode.protocol import Conflict, UnknownPeer
 from app.appnode.reading import ReadingMixin
 from app.appnode.receiving import ReceivingMixin
 from app.appnode.registry import Identity, RegistryClient, RegistryError
-from app.appnode.renewal import CERTIFICATE_REVOKED, RenewalMixin
+from app.appnode.renewal import CERTIFICATE_REVOKED, PENDING_KEY_MAY_OPEN, RenewalMixin
 from app.appnode.sending import SendingMixin
 from app.appnode.store import get_setting, open_database, put_setting
 from app.appnode.transport import PeerPool, client_context
@@ -232,6 +232,9 @@ class Node(ReceivingMixin, GroupsMixin, EphemeralMixin, SendingMixin, FilesMixin
                                           self.identity.chain_file.read_bytes())
                 break
             except RegistryError as error:
+                if "pending_key" not in mended and self._recovered_with_pending_key(error):
+                    mended.add("pending_key")
+                    continue  # the pending key is the current key now: pull with its session
                 # `status` shows it: a suspended or revoked node cannot open sessions, so its own table,
                 # which still lists it, would otherwise look healthy.
                 self._note_registry_problem(f"{error.code}: {error.message}")
@@ -252,6 +255,18 @@ class Node(ReceivingMixin, GroupsMixin, EphemeralMixin, SendingMixin, FilesMixin
             self._note_certificate_problem("")
         self._note_registry_problem("")
         return result
+
+    def _recovered_with_pending_key(self, refusal: RegistryError) -> bool:
+        """The session signed with the current key was refused; if a key is pending (`csr --new-key`), try it
+        (`adopt_pending_certificate`). False when that is refused too: the current key's refusal stands."""
+        if refusal.code not in PENDING_KEY_MAY_OPEN or not self.identity.pending_key_file.exists():
+            return False
+        try:
+            self.adopt_pending_certificate()
+        except RegistryError as error:
+            log.info("a node session with the pending key was refused too: %s", error.message)
+            return False
+        return True
 
     def _note_registry_problem(self, problem: str) -> None:
         if (self.setting("registry_problem") or "") != problem:

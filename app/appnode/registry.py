@@ -101,10 +101,11 @@ class Identity:
         if signer_pem is not None:
             write_atomic(self.signer_file, signer_pem)
 
-    def sign_session(self, node_id: str, timestamp: str, nonce: str) -> str:
-        """A.2: ECDSA-SHA256 (DER) over node_id, timestamp and nonce joined by newlines, base64."""
+    def sign_session(self, node_id: str, timestamp: str, nonce: str, key_file: Path | None = None) -> str:
+        """A.2: ECDSA-SHA256 (DER) over node_id, timestamp and nonce joined by newlines, base64; with the
+        current key unless `key_file` names another (the pending key)."""
         message = f"{node_id}\n{timestamp}\n{nonce}".encode()
-        return base64.b64encode(self.key().sign(message, ec.ECDSA(hashes.SHA256()))).decode("ascii")
+        return base64.b64encode(self.key(key_file).sign(message, ec.ECDSA(hashes.SHA256()))).decode("ascii")
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -191,7 +192,8 @@ class RegistryClient:
         return result.body
 
     # --- node session (A.2) ------------------------------------------------------------------------
-    def session_token(self, node_id: str, *, fresh: bool = False) -> str:
+    def session_token(self, node_id: str, *, fresh: bool = False, key_file: Path | None = None) -> str:
+        """The kept node session, or a new one signed with the current key (or `key_file`'s)."""
         with self._lock:
             if not fresh and self._session and self._session[1] > time.time() + 60:
                 return self._session[0]
@@ -199,7 +201,7 @@ class RegistryClient:
             nonce = secrets.token_hex(16)
             result = self.request("POST", "/api/v1/session", body={
                 "node_id": node_id, "timestamp": timestamp, "nonce": nonce,
-                "signature": self.identity.sign_session(node_id, timestamp, nonce)})
+                "signature": self.identity.sign_session(node_id, timestamp, nonce, key_file)})
             if result.status != 201:
                 self._session = None
                 raise self.fail(result, "the node session was refused")

@@ -20,9 +20,14 @@ CERTIFICATE_REVOKED = {
     "node_revoked": "certificate {sha256} revoked by the management node, which revoked node {node_id} "
                     "(a revocation is final)",
     "certificate_revoked": "certificate {sha256} revoked by the management node: this node can open no node session "
-                           "until a ministry admin renews node {node_id} from a CSR made here "
-                           "(`python -m app.appnode csr`)",
+                           "until a ministry admin renews node {node_id} from a CSR for a new key made here "
+                           "(`python -m app.appnode csr --new-key`; a key revoked as compromised is never "
+                           "certified again); the next route pull then opens its session with that key and "
+                           "installs the certificate",
 }
+# Session refusals that a certificate issued for the pending key may answer: with the current key's certificates
+# revoked, the management node refuses that key's signature (bad_signature once another certificate is valid).
+PENDING_KEY_MAY_OPEN = frozenset({"bad_signature", "certificate_revoked", "certificate_expired", "no_certificate"})
 
 
 class RenewalMixin:
@@ -66,32 +71,50 @@ class RenewalMixin:
         handed over). Fetch the node's current certificate with the node session, check it (chain, node id,
         the listed fingerprint) and install it if this node holds its key, promoting a pending key; otherwise
         record the problem for `status` and raise CertificateNotInstalled. Returns the new fingerprint."""
-        node_id = self.node_id
         with self._certificate_lock:
             if self.identity.fingerprint() == self.routes.own_fingerprint == listed_sha256.lower():
                 return listed_sha256.lower()  # another thread installed it while this one waited
-            try:
-                issued = check_issued(self.registry.current_certificate(node_id), node_id=node_id,
-                                      listed_sha256=listed_sha256, root_pem=self.identity.ca_file.read_bytes(),
-                                      chain_pem=self.identity.chain_file.read_bytes())
-                pending = self.identity.pending_key_file
-                holder = key_holder(issued.certificate, self.identity.key(),
-                                    self.identity.key(pending) if pending.exists() else None)
-                if holder is None:
-                    raise KeyNotHeld(
-                        f"the management node issued certificate {issued.fingerprint} for a key this node does "
-                        f"not hold; it keeps certificate {self.identity.fingerprint()} and routing table version "
-                        f"{self.routes.version}. Make a CSR here (`python -m app.appnode csr`, or `csr --new-key`) "
-                        f"and ask a ministry admin to renew node {node_id} from it")
-            except CertificateNotInstalled as error:
-                self._note_certificate_problem(error.message)
-                raise
-            if holder == "pending":
-                write_atomic(self.identity.key_file, pending.read_bytes(), 0o600)
-            self.identity.store_certificate(issued.pem_chain)
-            if holder == "pending":
-                pending.unlink(missing_ok=True)
-            fingerprint = self._use_certificate()
+            return self._install_current_certificate(listed_sha256)
+
+    def adopt_pending_certificate(self) -> str | None:
+        """§4, after a key compromise: the management node refuses a session signed with the current key, whose
+        certificates are all revoked, but a ministry admin may have renewed the node from the CSR `csr --new-key`
+        made. Open the session with the pending key (RegistryError if that is refused too), fetch the node's
+        current certificate with it and install it as `adopt_listed_certificate` does, the pending key becoming
+        the current key. None if no key is pending any more (another process installed it meanwhile)."""
+        pending = self.identity.pending_key_file
+        with self._certificate_lock:
+            if not pending.exists():
+                return None
+            self.registry.session_token(self.node_id, fresh=True, key_file=pending)
+            return self._install_current_certificate(None)
+
+    def _install_current_certificate(self, listed_sha256: str | None) -> str:
+        """Under `_certificate_lock`: the node's current certificate, fetched with the node session and checked
+        (against `listed_sha256` when a table lists one), installed if it certifies a key this node holds."""
+        node_id = self.node_id
+        try:
+            issued = check_issued(self.registry.current_certificate(node_id), node_id=node_id,
+                                  listed_sha256=listed_sha256, root_pem=self.identity.ca_file.read_bytes(),
+                                  chain_pem=self.identity.chain_file.read_bytes())
+            pending = self.identity.pending_key_file
+            holder = key_holder(issued.certificate, self.identity.key(),
+                                self.identity.key(pending) if pending.exists() else None)
+            if holder is None:
+                raise KeyNotHeld(
+                    f"the management node issued certificate {issued.fingerprint} for a key this node does "
+                    f"not hold; it keeps certificate {self.identity.fingerprint()} and routing table version "
+                    f"{self.routes.version}. Make a CSR here (`python -m app.appnode csr`, or `csr --new-key`) "
+                    f"and ask a ministry admin to renew node {node_id} from it")
+        except CertificateNotInstalled as error:
+            self._note_certificate_problem(error.message)
+            raise
+        if holder == "pending":
+            write_atomic(self.identity.key_file, pending.read_bytes(), 0o600)
+        self.identity.store_certificate(issued.pem_chain)
+        if holder == "pending":
+            pending.unlink(missing_ok=True)
+        fingerprint = self._use_certificate()
         log.info("installed certificate %s, which the management node issued for this node's %s key",
                  fingerprint, holder)
         return fingerprint
