@@ -58,6 +58,33 @@ def test_download_prints_where_the_file_went_its_size_and_sha256_and_json_only_w
                         "path": str(b.dir / "files" / a.id / file_id)}
 
 
+def test_history_lines_start_with_the_message_id_that_download_takes(network):  # noqa: F811
+    a, b = network["a"], network["b"]
+    text = a.node.send_text("zhangsan", b.user("lisi"), "协查通报见附件")
+    sent = a.node.send_file("zhangsan", b.user("lisi"), PDF, "file", file_name="协查通报.pdf")
+    lines = node_cli(b, "history", "--as", "lisi", sent.conversation_id).splitlines()
+    assert lines == [f"{m.message_id}\t{m.send_time}\t{a.user('zhangsan')}\t{shown}\tread by 0"
+                     for m, shown in ((text, "协查通报见附件"), (sent, "[file] 协查通报.pdf"))]
+    message_id = lines[1].split("\t")[0]
+    assert node_cli(b, "download", "--as", "lisi", message_id).startswith(str(b.dir / "files"))
+
+
+def test_download_given_a_file_id_names_the_message_that_carried_it(network):  # noqa: F811
+    a, b = network["a"], network["b"]
+    sent = a.node.send_file("zhangsan", b.user("lisi"), PDF, "file", file_name="协查通报.pdf")
+    file_id = sent.document["content"]["file_id"]
+    refused = CliRunner().invoke(cli, ["--data", str(b.dir), "download", "--as", "lisi", file_id])
+    assert refused.exception.code == "not_found"
+    assert refused.exception.message == (f"no file message {file_id}: {file_id} is the file id of message "
+                                         f"{sent.message_id}; download takes the message's id (the first column "
+                                         f"of `history`)")
+    # Not the user's conversation: the message is not named
+    refused = CliRunner().invoke(cli, ["--data", str(b.dir), "download", "--as", "zhaoliu", file_id])
+    assert refused.exception.message.endswith(f"{file_id} is no message id (a UUID); download takes the id of the "
+                                              f"message that carried the file")
+    assert sent.message_id not in refused.exception.message
+
+
 def test_outbox_list_and_retry_print_a_line_per_envelope_and_what_was_retried_and_json_only_with_json(
         network):  # noqa: F811
     a, b = network["a"], network["b"]

@@ -57,11 +57,14 @@ def conversation_line(row: dict) -> str:
 
 
 def history_line(row: dict) -> str:
-    """`history`: send time, sender, the text (or a sticker's alt text, or a file's kind and id), read count."""
+    """`history`: message id (what `download` and a reply to the user need), send time, sender, the text (or a
+    sticker's alt text, or a file's kind and name), read count."""
     message = row["message"]
     content = message.document["content"]
-    shown = content.get("text") or content.get("alt_text") or f"[{message.msg_type}] {content.get('file_id')}"
-    return f"{message.send_time}\t{message.sender_address}\t{shown}\tread by {len(row['read_by'])}"
+    shown = (content.get("text") or content.get("alt_text")
+             or f"[{message.msg_type}] {content.get('file_name') or content.get('file_id')}")
+    return "\t".join([message.message_id, message.send_time, message.sender_address, shown,
+                      f"read by {len(row['read_by'])}"])
 
 
 def pull_lines(result: AcceptResult) -> str:

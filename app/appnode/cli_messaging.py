@@ -91,7 +91,8 @@ def inbox(ctx: Context, user):
 @click.argument("conversation_id")
 @pass_ctx
 def history(ctx: Context, user, conversation_id):
-    """The messages of one conversation, with read counts."""
+    """The messages of one conversation, a line each: message id (what `download` takes), send time, sender,
+    text or file, read count."""
     rows = ctx.node.history(user, conversation_id)
     documents = [{**r["message"].document, "read_by": r["read_by"], "unread_by": r["unread_by"],
                   "delivery": r["delivery"]} for r in rows]
@@ -125,7 +126,8 @@ def presence(ctx: Context, user, status):
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path))
 @pass_ctx
 def download(ctx: Context, user, message_id, out):
-    """Fetch a message's file from its origin node (A.10), checked by checksum and content."""
+    """Fetch a message's file from its origin node (A.10), checked by checksum and content. MESSAGE_ID is the
+    message's id (the first column of `history`), not its file id."""
     stored = ctx.node.download(user, message_id)
     if out:
         shutil.copyfile(ctx.node.file_path(stored), out)  # a chunk at a time: files run to 1 GiB

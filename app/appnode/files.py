@@ -9,10 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from app.appnode import filetypes, protocol
 from app.appnode.messages import FILE_KINDS, PATHS, Reply, address, declared_type, media_type
@@ -30,6 +34,7 @@ from app.appnode.store import Message, StoredFile, utcnow
 from app.appnode.transport import CHUNK_BYTES, PeerAnswerTooLarge, PeerUnreachable
 
 MEDIA_RETENTION = timedelta(days=30)
+MESSAGE_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")  # A.9 (UUID)
 
 
 def _chunks(path: Path, offset: int, end: int) -> Iterator[bytes]:
@@ -103,7 +108,7 @@ class FilesMixin:
         with self.db() as session:
             message = session.get(Message, message_id)
             if message is None or message.msg_type not in FILE_KINDS:
-                raise NotFound(f"no file message {message_id}")
+                raise NotFound(f"no file message {message_id}{self._file_id_hint(session, user_id, message_id)}")
             self._require_participant(session, address(user_id, me), message)
             content = message.document["content"]
             stored = session.get(StoredFile, (message.origin_node, content["file_id"]))
@@ -146,6 +151,22 @@ class FilesMixin:
                                    protocol.parse_timestamp(content["expire_at"]) if kind == "file" else None)
         finally:
             part.unlink(missing_ok=True)  # kept files were moved away; anything left here is discarded
+
+    def _file_id_hint(self, session: Session, user_id: str, given: str) -> str:
+        """A file id where a message id belongs (a file message shows both): name the message that carried the
+        file, if the user may see it, so the next try works."""
+        if MESSAGE_ID.match(given):
+            return ""
+        carrier = session.scalars(select(Message).where(
+            Message.document[("content", "file_id")].as_string() == given).limit(1)).first()
+        try:
+            if carrier is not None:
+                self._require_participant(session, address(user_id, self.node_id), carrier)
+                return (f": {given} is the file id of message {carrier.message_id}; download takes the message's id "
+                        f"(the first column of `history`)")
+        except NotAParticipant:
+            pass
+        return f": {given} is no message id (a UUID); download takes the id of the message that carried the file"
 
     def file_path(self, stored: StoredFile) -> Path:
         return self.data_dir / stored.path
