@@ -114,7 +114,9 @@ def test_renew_prints_the_new_certificates_serial_fingerprint_and_validity_and_j
         network, monkeypatch):  # noqa: F811
     a, b = network["a"], network["b"]
     refused = CliRunner().invoke(cli, ["--data", str(a.dir), "renew"])
-    assert refused.exit_code == 1 and "renewal opens in the last third" in refused.output
+    assert refused.exception.code == "renewal_too_early"  # exit 2 through main(), as every refusal
+    assert refused.exception.message == (f"renewal opens at {when(a.node.renewal_opens())}, in the last third of "
+                                         f"the certificate's validity")
     import app.pki.service as pki_service
     later = datetime.now(UTC) + timedelta(days=70)  # of 90: inside the last third, on the management node's clock
     monkeypatch.setattr(pki_service, "utcnow", lambda: later)
@@ -126,6 +128,26 @@ def test_renew_prints_the_new_certificates_serial_fingerprint_and_validity_and_j
     # B's turn: A's new certificate starts on the moved clock, so A opens no session until then.
     assert json.loads(node_cli(b, "--json", "renew", "--force")) == {
         "certificate_sha256": b.node.identity.fingerprint()}
+
+
+def refusal(served_dir, *args: str) -> tuple[int, dict]:
+    """A command run with --json that is refused: its exit code and the JSON object on stderr (stdout empty)."""
+    result = CliRunner().invoke(cli, ["--data", str(served_dir), "--json", *args])
+    assert result.stdout == "" and isinstance(result.exception, SystemExit)
+    return result.exit_code, json.loads(result.stderr)
+
+
+def test_json_refusals_are_a_json_error_object_on_stderr_with_the_usual_exit_code(network, tmp_path):  # noqa: F811
+    a, b = network["a"], network["b"]
+    assert refusal(a.dir, "send", "--as", "nobody", b.user("lisi"), "在吗") == (
+        2, {"error": {"code": "not_found", "message": "no local user nobody"}})
+    assert refusal(a.dir, "renew") == (2, {"error": {"code": "renewal_too_early", "message": (
+        f"renewal opens at {when(a.node.renewal_opens())}, in the last third of the certificate's validity")}})
+    (a.dir / "clip.aac").write_bytes(b"\xff\xf1")
+    assert refusal(a.dir, "send-file", "--as", "zhangsan", "--kind", "voice", b.user("lisi"), str(a.dir / "clip.aac")
+                   ) == (2, {"error": {"code": "usage_error", "message": "a voice message needs --duration-ms"}})
+    assert refusal(tmp_path / "none", "status") == (1, {"error": {
+        "code": "no_node", "message": f"{tmp_path / 'none'} holds no node: run `init` first"}})
 
 
 def test_group_list_says_the_user_is_in_no_group_instead_of_printing_a_blank_line(network):  # noqa: F811

@@ -1,7 +1,8 @@
 """`python -m app.appnode`: run a reference node, and act as one of its users.
 
 Every command works on one data directory (`--data`, or MPIM_NODE_DATA) and calls the same `Node` methods
-as the server. It prints lines for a person (app/appnode/cli_lines.py), and JSON only with `--json`.
+as the server. It prints lines for a person (app/appnode/cli_lines.py), and JSON only with `--json`, a
+refusal included (on stderr, see cli_context.Commands).
 
 This module holds the root group and the node's own commands (init, join, run, status, users, routes, outbox,
 renew, csr); a user's messaging commands live in app/appnode/cli_messaging.py and are registered here.
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from app.appnode.cli_context import Context, pass_ctx
+from app.appnode.cli_context import Commands, Context, Refused, pass_ctx
 from app.appnode.cli_lines import (
     one_per_line,
     outbox_line,
@@ -26,15 +27,16 @@ from app.appnode.cli_lines import (
     status_lines,
     table_lines,
     user_line,
+    when,
 )
 from app.appnode.cli_messaging import download, group, history, inbox, presence, read, send, send_file
 from app.appnode.config import NodeConfig
 from app.appnode.node import Node, address
 from app.appnode.registry import write_atomic, write_private
-from app.errors import DomainError
+from app.errors import Conflict, DomainError
 
 
-@click.group()
+@click.group(cls=Commands)
 @click.option("--data", type=click.Path(path_type=Path), envvar="MPIM_NODE_DATA", default=Path("instance/appnode"),
               show_default=True, help="The node's data directory.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -73,7 +75,7 @@ def init(ctx: Context, registry, division, endpoint, listen, org_name, org_code,
             changes = ctx.node.amend_config(registry_url=registry, division_code=division, endpoint=endpoint,
                                             listen=listen)
         except DomainError as error:
-            raise click.ClickException(error.message) from None
+            raise Refused(error.message, code=error.code) from None
         if changes:
             ctx.out({"data": str(ctx.data), "changed": {name: new for name, (_, new) in changes.items()}},
                     f"node in {ctx.data} not applied yet; now " +
@@ -99,7 +101,7 @@ def join(ctx: Context, token, wait, if_needed):
     if node.joined:
         if if_needed:
             return
-        raise click.ClickException(f"already joined as {node.node_id}")
+        raise Refused(f"already joined as {node.node_id}", code="already_joined")
     if not node.setting("application_id") or node.setting("enrollment_token") != token:
         application_id = node.apply(token)
         click.echo(f"application {application_id} submitted; waiting for a ministry admin to approve it", err=True)
@@ -116,7 +118,7 @@ def run(ctx: Context, threads):
     from app.appnode.server import NodeServer
 
     if not ctx.node.joined:
-        raise click.ClickException("join the network first")
+        raise Refused("join the network first", code="not_joined")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     NodeServer(ctx.data, threads=threads).run()
 
@@ -219,8 +221,9 @@ def outbox_retry(ctx: Context):
 def renew(ctx: Context, force):
     """Renew the node certificate with a new key (the running server picks it up after a reload)."""
     node = ctx.node
-    if not force and not node.renewal_due():
-        raise click.ClickException("renewal opens in the last third of the certificate's validity")
+    if not force and not node.renewal_due():  # refused as the management node would, with the same code
+        raise Conflict(f"renewal opens at {when(node.renewal_opens())}, in the last third of the certificate's "
+                       f"validity", code="renewal_too_early")
     sha256 = node.renew()
     ctx.out({"certificate_sha256": sha256}, renewal_line(node.identity.certificate(), sha256))
 

@@ -34,11 +34,14 @@ class RenewalMixin:
     """A `Node`'s certificate. Relies on the node's `identity`, `registry`, `routes`, `peers`, `node_id`,
     `certificate_changed` hooks, `_certificate_lock` and `_note_certificate_problem`."""
 
-    def renewal_due(self, now: datetime | None = None) -> bool:
-        """The last third of the certificate's validity (SPEC §4 renewal window)."""
+    def renewal_opens(self) -> datetime:
+        """The start of the last third of the certificate's validity (SPEC §4 renewal window)."""
         certificate = self.identity.certificate()
         start, end = certificate.not_valid_before_utc, certificate.not_valid_after_utc
-        return (now or utcnow()) >= end - (end - start) / 3
+        return end - (end - start) / 3
+
+    def renewal_due(self, now: datetime | None = None) -> bool:
+        return (now or utcnow()) >= self.renewal_opens()
 
     def renew(self) -> str:
         """A new key and CSR; the old certificate keeps working until the table carries the new one. A pending
