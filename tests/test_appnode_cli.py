@@ -150,6 +150,15 @@ def test_json_refusals_are_a_json_error_object_on_stderr_with_the_usual_exit_cod
         "code": "no_node", "message": f"{tmp_path / 'none'} holds no node: run `init` first"}})
 
 
+def test_inbox_and_group_list_refuse_an_unknown_local_user_as_send_does(network):  # noqa: F811
+    a = network["a"]
+    assert node_cli(a, "inbox", "--as", "wangwu") == "no conversations\n"  # a user with an empty inbox
+    unknown = (2, {"error": {"code": "not_found", "message": "no local user nobody"}})
+    assert refusal(a.dir, "send", "--as", "nobody", a.user("zhangsan"), "在吗") == unknown
+    assert refusal(a.dir, "inbox", "--as", "nobody") == unknown
+    assert refusal(a.dir, "group", "list", "--as", "nobody") == unknown
+
+
 def test_group_list_says_the_user_is_in_no_group_instead_of_printing_a_blank_line(network):  # noqa: F811
     a = network["a"]
     assert node_cli(a, "group", "list", "--as", "zhangsan") == "no groups\n"

@@ -408,7 +408,10 @@ class GroupsMixin:
         return row_id
 
     def groups(self, user_id: str | None = None) -> list[Group]:
+        """The groups this node holds, or those `user_id` (a local user: not_found otherwise) is a member of."""
         with self.db() as session:
+            if user_id is not None and session.get(User, user_id) is None:
+                raise NotFound(f"no local user {user_id}")
             rows = session.scalars(select(Group).where(Group.dismissed.is_(False))).all()
         if user_id is None:
             return list(rows)

@@ -24,9 +24,10 @@ class ReadingMixin:
     `groups` (GroupsMixin) and `_require_participant` (EphemeralMixin)."""
 
     def conversations(self, user_id: str) -> list[dict]:
-        """The user's conversations, newest first, with the last message and the unread count."""
+        """The user's conversations, newest first, with the last message and the unread count. An unknown user
+        is refused (not_found) as sending is: no conversations would read as a user with an empty inbox."""
         me_address = address(user_id, self.node_id)
-        group_addresses = {f"g:{group.address}" for group in self.groups(user_id)}
+        group_addresses = {f"g:{group.address}" for group in self.groups(user_id)}  # refuses an unknown user
         with self.db() as session:
             rows = session.scalars(select(Message).where(or_(
                 Message.sender_address == me_address, Message.to == me_address,
