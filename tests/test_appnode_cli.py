@@ -159,6 +159,24 @@ def test_inbox_and_group_list_refuse_an_unknown_local_user_as_send_does(network)
     assert refusal(a.dir, "group", "list", "--as", "nobody") == unknown
 
 
+def test_group_commands_refuse_a_name_that_is_no_address_in_the_words_send_uses(network):  # noqa: F811
+    a = network["a"]
+    group = a.node.create_group("zhangsan", "专案组", [a.user("wangwu")], "").address
+
+    def said(*args: str) -> tuple[int, str, str]:
+        exit_code, document = refusal(a.dir, *args)
+        return exit_code, document["error"]["code"], document["error"]["message"]
+
+    not_a_user = (2, "schema_violation", "not a user address: 'ghost'")
+    assert said("send", "--as", "zhangsan", "ghost", "在吗") == not_a_user
+    assert said("group", "invite", "--as", "zhangsan", group, "ghost") == not_a_user
+    assert said("group", "kick", "--as", "zhangsan", group, "ghost") == not_a_user
+    assert said("group", "transfer", "--as", "zhangsan", group, "ghost") == not_a_user
+    assert said("group", "create", "--as", "zhangsan", "新组", "--member", "ghost") == not_a_user
+    assert said("group", "quit", "--as", "wangwu", "ghost") == (2, "schema_violation", "not a group address: 'ghost'")
+    assert [len(g.members) for g in a.node.groups("zhangsan")] == [2]
+
+
 def test_group_list_says_the_user_is_in_no_group_instead_of_printing_a_blank_line(network):  # noqa: F811
     a = network["a"]
     assert node_cli(a, "group", "list", "--as", "zhangsan") == "no groups\n"

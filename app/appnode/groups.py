@@ -22,7 +22,15 @@ from sqlalchemy.orm import Session
 
 from app.appnode import protocol
 from app.appnode.messages import PATHS, Reply, address, local_part
-from app.appnode.protocol import Conflict, NotAParticipant, NotFound, PermissionDenied, UnsupportedCapability, node_of
+from app.appnode.protocol import (
+    Conflict,
+    NotAParticipant,
+    NotFound,
+    PermissionDenied,
+    UnsupportedCapability,
+    node_of,
+    require_address,
+)
 from app.appnode.store import Group, User, insert_received, raw_cursor
 from app.appnode.transport import PeerUnreachable
 from app.errors import DomainError
@@ -358,6 +366,7 @@ class GroupsMixin:
         the nodes of its members have confirmed them."""
         me = self.node_id
         owner = address(owner_user_id, me)
+        members = [require_address(member, "members") for member in members]
         with self.db() as session:
             if session.get(User, owner_user_id) is None:
                 raise NotFound(f"no local user {owner_user_id}")
@@ -376,8 +385,9 @@ class GroupsMixin:
         a refusal by the home node is raised, as one here is."""
         me = self.node_id
         operator = address(user_id, me)
-        group_id, home = local_part(group_address), node_of(group_address)
-        targets, info = list(dict.fromkeys(targets)), dict(info or {})
+        group_id, home = local_part(require_address(group_address, "group_id", "group")), node_of(group_address)
+        targets = list(dict.fromkeys(require_address(target, "target_user_ids") for target in targets))
+        info = dict(info or {})
         if home == me:
             self._operate_at_home(op, group_id, operator, targets, info)
             self.deliver()

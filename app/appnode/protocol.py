@@ -231,6 +231,14 @@ def node_of(address: str) -> str:
     return address.rpartition("@")[2]
 
 
+def require_address(value: str, field: str, what: str = "user") -> str:
+    """A `local_id@node_id` address (A.3, a user's or a group's), or a SchemaViolation in the words a single
+    chat's `to` gets: a bare name would otherwise be taken for a node id and refused as an unknown node."""
+    if not isinstance(value, str) or not _pattern("address").match(value):
+        raise SchemaViolation(f"not a {what} address: {value!r}", field=field)
+    return value
+
+
 def single_chat_conversation_id(addr_a: str, addr_b: str) -> str:
     """A.11: "s:" + the first 32 hex digits of SHA-256 over the two addresses, sorted, joined by a newline."""
     for address in (addr_a, addr_b):
