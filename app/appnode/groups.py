@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from app.appnode import protocol
@@ -31,7 +31,7 @@ from app.appnode.protocol import (
     node_of,
     require_address,
 )
-from app.appnode.store import Group, User, insert_received, raw_cursor
+from app.appnode.store import Group, Outbox, User, insert_received, raw_cursor
 from app.appnode.transport import PeerUnreachable
 from app.errors import DomainError
 
@@ -382,7 +382,7 @@ class GroupsMixin:
                         info: dict | None = None) -> str:
         """A local user's A.12 operation: applied here when this node is home, else requested from home at
         once. Returns "applied" (here), "accepted" (by the home node) or "queued" (home unreachable, retried);
-        a refusal by the home node is raised, as one here is."""
+        a refusal by the home node is raised, as one here is, and the request is not kept."""
         me = self.node_id
         operator = address(user_id, me)
         group_id, home = local_part(require_address(group_address, "group_id", "group")), node_of(group_address)
@@ -395,8 +395,12 @@ class GroupsMixin:
         row_id = self._request_from_home(me, operator, group_id, home, op, targets, info)
         refusals: dict[int, DomainError] = {}
         outcome = self.deliver([row_id], claimed=True, refusals=refusals)
-        if row_id in refusals:
-            raise refusals[row_id]
+        refusal = refusals.get(row_id)
+        if refusal is not None:  # refused for good, as a single message may be: its error is the user's answer,
+            with self._writing, self.db.begin() as session:  # and a failed row would read as delivery trouble
+                session.execute(delete(Outbox).where(Outbox.id == row_id))
+            raise type(refusal)(f"{refusal.message} (home node {home}); the request was not kept",
+                                code=refusal.code, status=refusal.status, field=refusal.field)
         return "accepted" if outcome["delivered"] else "queued"
 
     def _request_from_home(self, me: str, operator: str, group_id: str, home: str, op: str, targets: list[str],
