@@ -80,12 +80,17 @@ def test_the_cli_says_when_a_message_or_request_is_refused_and_exits_non_zero(ne
     a, b = network["a"], network["b"]
     done = node_cli(a, "send", "--as", "zhangsan", b.user("nobody"), "在吗")
     assert done.returncode == 2 and "not_found" in done.stderr and "nobody" in done.stderr
+    # The refusal once, in the CLI's words: no log line before it with the peer's answer as raw JSON
+    assert done.stderr.splitlines() == [f"error (not_found): peer: no user {b.user('nobody')} here (node {b.id}); "
+                                        f"the message was not kept"]
     assert a.node.conversations("zhangsan") == [] and a.node.outbox() == []
 
     group = a.node.create_group("zhangsan", "专班", [b.user("lisi")])
     settle(a, b)
     done = node_cli(b, "group", "rename", "--as", "lisi", group.address, "改名")  # lisi is not the owner
     assert done.returncode == 2 and "forbidden" in done.stderr
+    assert done.stderr.splitlines() == [f"error (forbidden): peer: only the owner may update_info (home node {a.id}); "
+                                        f"the request was not kept"]
     assert a.node.groups()[0].name == "专班"
     done = node_cli(a, "--json", "group", "rename", "--as", "zhangsan", group.address, "改名")
     assert done.returncode == 0 and json.loads(done.stdout)["outcome"] == "applied"

@@ -68,13 +68,13 @@ class OutboxMixin:
                             Outbox.id.in_(todo), Outbox.state == "pending", Outbox.next_attempt_at <= now,
                         ).values(next_attempt_at=now + timedelta(seconds=CLAIM_SECONDS)).returning(Outbox.id)))
                         session.commit()
-                rows = [SimpleNamespace(**found._mapping) for found in
+                rows = [SimpleNamespace(**found._mapping, refusal=None, reported=refusals is not None) for found in
                         session.execute(select(_OUTBOX).where(_OUTBOX.c.id.in_(todo)).order_by(_OUTBOX.c.id))]
                 results = []
                 attempts = self._executor().map(self._attempt, rows) if len(rows) > 1 else map(self._attempt, rows)
                 for row, result in zip(rows, attempts, strict=True):
                     outcome[result] += 1
-                    if refusals is not None and getattr(row, "refusal", None) is not None:
+                    if refusals is not None and row.refusal is not None:
                         refusals[row.id] = row.refusal
                     results.append({"row_id": row.id, **{f"new_{name}": getattr(row, name)
                                                          for name in OUTBOX_MUTABLE}})
@@ -128,7 +128,12 @@ class OutboxMixin:
             if not retryable:
                 row.refusal = self._peer_error(response)
             row.state, row.finished_at = "failed", now
-            log.warning("gave up envelope %s to %s: %s", row.message_id, row.peer_node, error)
+            # One readable line; only INFO when the caller waiting on the answer reports the refusal itself
+            # (the CLI's `error (code): ...`), so the person does not read it twice, once as raw JSON.
+            level = logging.INFO if row.reported and row.refusal is not None else logging.WARNING
+            log.log(level, "gave up envelope %s to %s: %s", row.message_id, row.peer_node,
+                    f"HTTP {response.status} {row.refusal.code}: {row.refusal.message}"
+                    if row.refusal is not None else " ".join(error.split()))
             return "failed"
         delay = min(RETRY_FIRST * 2 ** (row.attempts - 1), RETRY_MAX) * random.uniform(0.8, 1.2)
         row.next_attempt_at = now + timedelta(seconds=max(delay, retry_after))
