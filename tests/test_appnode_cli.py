@@ -177,6 +177,23 @@ def test_group_commands_refuse_a_name_that_is_no_address_in_the_words_send_uses(
     assert [len(g.members) for g in a.node.groups("zhangsan")] == [2]
 
 
+def test_group_commands_say_what_happened_in_words_and_nothing_changed_for_a_no_op(network):  # noqa: F811
+    a, b = network["a"], network["b"]
+    group = a.node.create_group("zhangsan", "专案组", [a.user("wangwu")], "").address
+    wangwu, lisi = a.user("wangwu"), b.user("lisi")
+    assert node_cli(a, "group", "rename", "--as", "zhangsan", group, "改名") == "renamed 改名\n"
+    assert node_cli(a, "group", "rename", "--as", "zhangsan", group, "改名") == "nothing changed\n"
+    assert node_cli(a, "group", "invite", "--as", "zhangsan", group, wangwu) == "nothing changed\n"
+    assert node_cli(a, "group", "invite", "--as", "zhangsan", group, lisi) == f"invited {lisi}\n"
+    assert node_cli(a, "group", "transfer", "--as", "zhangsan", group, wangwu) == f"{wangwu} is now the owner\n"
+    assert node_cli(a, "group", "kick", "--as", "wangwu", group, lisi) == f"removed {lisi}\n"
+    assert node_cli(b, "group", "join", "--as", "lisi", group) == "joined the group (the home node accepted it)\n"
+    # --json as ever: a no-op is "applied", the op its protocol name
+    assert json.loads(node_cli(a, "--json", "group", "rename", "--as", "wangwu", group, "改名")) == {
+        "op": "update_info", "group": group, "outcome": "applied"}
+    assert node_cli(a, "group", "dismiss", "--as", "wangwu", group) == "dismissed the group\n"
+
+
 def test_group_list_says_the_user_is_in_no_group_instead_of_printing_a_blank_line(network):  # noqa: F811
     a = network["a"]
     assert node_cli(a, "group", "list", "--as", "zhangsan") == "no groups\n"

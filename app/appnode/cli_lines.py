@@ -51,6 +51,22 @@ def group_line(group: Group) -> str:
     return f"{group.address}\t{group.name}\t{counted(len(group.members), 'member')}"
 
 
+def group_operation_done(op: str, targets: Iterable[str]) -> str:
+    """What an A.12 operation did, in words rather than its op name."""
+    listed = ", ".join(targets)
+    return {"invite": f"invited {listed}", "kick": f"removed {listed}", "transfer_owner": f"{listed} is now the owner",
+            "quit": "left the group", "join": "joined the group", "dismiss": "dismissed the group"}[op]
+
+
+def group_outcome_line(outcome: str, done: str) -> str:
+    """`group invite|kick|transfer|quit|join|dismiss|rename`: `done` once it happened, or why not yet."""
+    if outcome == "queued":
+        return "queued: the home node is unreachable now and will be asked again"
+    if outcome == "unchanged":
+        return "nothing changed"  # inviting members, renaming to the group's own name
+    return done if outcome == "applied" else f"{done} (the home node accepted it)"
+
+
 def conversation_line(row: dict) -> str:
     """`inbox`: conversation id, with whom, unread count, message count."""
     return f"{row['conversation_id']}\t{row['with']}\tunread {row['unread']}\t{counted(row['count'], 'message')}"

@@ -17,6 +17,8 @@ from app.appnode.cli_lines import (
     conversation_line,
     download_line,
     group_line,
+    group_operation_done,
+    group_outcome_line,
     history_line,
     one_per_line,
     presence_line,
@@ -159,12 +161,14 @@ def _group_op(op: str, with_targets: bool):
     @pass_ctx
     def command(ctx: Context, user, group_address, targets):
         outcome = ctx.node.group_operation(user, group_address, op, targets)
-        ctx.out({"op": op, "group": group_address, "outcome": outcome}, f"{op} {OUTCOMES[outcome]}")
+        report_group_operation(ctx, op, group_address, outcome, group_operation_done(op, targets))
     return command
 
 
-OUTCOMES = {"applied": "applied", "accepted": "accepted by the home node",
-            "queued": "queued: the home node is unreachable now and will be asked again"}
+def report_group_operation(ctx: Context, op: str, group_address: str, outcome: str, done: str) -> None:
+    # "unchanged" is "applied" in JSON, as it always was: scripts compare with the values they know
+    ctx.out({"op": op, "group": group_address, "outcome": "applied" if outcome == "unchanged" else outcome},
+            group_outcome_line(outcome, done))
 
 
 group.command("invite", help="Invite users (addresses).")(_group_op("invite", True))
@@ -184,7 +188,8 @@ group.command("dismiss", help="Dismiss the group (owner only).")(_group_op("dism
 def group_rename(ctx: Context, user, group_address, name, notice):
     info = {"name": name, **({"notice": notice} if notice is not None else {})}
     outcome = ctx.node.group_operation(user, group_address, "update_info", (), info)
-    ctx.out({"op": "update_info", "group": group_address, "outcome": outcome}, f"update_info {OUTCOMES[outcome]}")
+    done = f"renamed {name}" + (", notice set" if notice is not None else "")
+    report_group_operation(ctx, "update_info", group_address, outcome, done)
 
 
 @group.command("list")

@@ -101,9 +101,9 @@ class GroupsMixin:
                 raise Conflict("a group is created by its home node, never requested", field="payload.op")
             return True
 
-        group = self._operate_at_home(request["op"], request["group_id"], request["operator"],
-                                      request.get("target_user_ids", []), request.get("group_info", {}),
-                                      first_time=first_time)
+        group, _ = self._operate_at_home(request["op"], request["group_id"], request["operator"],
+                                         request.get("target_user_ids", []), request.get("group_info", {}),
+                                         first_time=first_time)
         if group is None:
             return self._duplicate(envelope)
         self.wake.set()  # announcements to deliver: the loop need not wait for its next round
@@ -136,21 +136,22 @@ class GroupsMixin:
         group.members, group.seq, group.dismissed = list(info["members"]), op["seq"], op["op"] == "dismiss"
 
     def _operate_at_home(self, op: str, group_id: str, operator: str, targets: list[str], info: dict, *,
-                         first_time: Callable[[Session], bool] | None = None) -> Group | None:
+                         first_time: Callable[[Session], bool] | None = None) -> tuple[Group | None, bool]:
         """An operation on a group homed here, by a local user or a member node's request. When its new state
         gives no other node new members, one transaction applies and announces it. Otherwise a first one
         computes the state and reserves its seq, the nodes confirm it with no transaction open, and a second
-        one applies it (`_apply_confirmed`). `first_time` writes a request's dedup record in each transaction:
-        None is returned, and nothing applied, for a request already accepted."""
+        one applies it (`_apply_confirmed`). Returns the group and whether the operation changed it (a user
+        is told "nothing changed"). `first_time` writes a request's dedup record in each transaction: None is
+        returned, and nothing applied, for a request already accepted."""
         with self._writing, self.db() as session:
             if first_time is not None and not first_time(session):
-                return None
+                return None, False
             group, state = self._apply_at_home(session, op, group_id, operator, targets, info)
             if state is None or not self._nodes_to_confirm(state):
                 if state is not None:
                     self._announce(session, state)
                 session.commit()
-                return group
+                return group, state is not None
             # Undo the computed state (and the dedup record), keeping only its seq, taken so that no other
             # state of this group is offered to a node under the same seq while this one is being confirmed.
             session.rollback()
@@ -159,7 +160,8 @@ class GroupsMixin:
                 raise self._changed(group_id)
             group.seq = state.seq
             session.commit()
-        return self._confirm_and_apply(state, first_time)
+        group = self._confirm_and_apply(state, first_time)
+        return group, group is not None
 
     def _apply_at_home(self, session: Session, op: str, group_id: str, operator: str, targets: list[str],
                        info: dict) -> tuple[Group, NewState | None]:
@@ -381,17 +383,18 @@ class GroupsMixin:
     def group_operation(self, user_id: str, group_address: str, op: str, targets: Iterable[str] = (),
                         info: dict | None = None) -> str:
         """A local user's A.12 operation: applied here when this node is home, else requested from home at
-        once. Returns "applied" (here), "accepted" (by the home node) or "queued" (home unreachable, retried);
-        a refusal by the home node is raised, as one here is, and the request is not kept."""
+        once. Returns "applied" (here), "unchanged" (here, and it changed nothing: inviting members, renaming
+        to the same name), "accepted" (by the home node) or "queued" (home unreachable, retried); a refusal by
+        the home node is raised, as one here is, and the request is not kept."""
         me = self.node_id
         operator = address(user_id, me)
         group_id, home = local_part(require_address(group_address, "group_id", "group")), node_of(group_address)
         targets = list(dict.fromkeys(require_address(target, "target_user_ids") for target in targets))
         info = dict(info or {})
         if home == me:
-            self._operate_at_home(op, group_id, operator, targets, info)
+            _, changed = self._operate_at_home(op, group_id, operator, targets, info)
             self.deliver()
-            return "applied"
+            return "applied" if changed else "unchanged"
         row_id = self._request_from_home(me, operator, group_id, home, op, targets, info)
         refusals: dict[int, DomainError] = {}
         outcome = self.deliver([row_id], claimed=True, refusals=refusals)
