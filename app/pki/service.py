@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from flask import current_app
 from flask_babel import lazy_gettext as _l
-from sqlalchemy import or_, select
+from sqlalchemy import and_, case, or_, select
 from sqlalchemy.orm import make_transient_to_detached
 
 from app.audit import service as audit
@@ -108,30 +108,29 @@ def key_lock_name(key_sha256: str) -> str:
     return f"key:{key_sha256}"
 
 
-def key_certified_elsewhere(key_sha256: str, node_id: str | None) -> Certificate | None:
-    """A certificate, not revoked, that certifies this key for another node (or for the CA's own services)."""
-    query = select(Certificate).where(Certificate.key_sha256 == key_sha256, Certificate.revoked_at.is_(None))
+def key_conflict(key_sha256: str, node_id: str | None) -> Certificate | None:
+    """A certificate that keeps this key from being certified for `node_id`: one revoked as `key_compromise`
+    (for any node: whoever holds the key now, it is not the node), else one not revoked that certifies it for
+    another node or for the CA's own services. One query: every issuance asks."""
+    certified_elsewhere = Certificate.revoked_at.is_(None)
     if node_id:
-        query = query.where(or_(Certificate.node_id.is_(None), Certificate.node_id != node_id))
-    return db.session.scalar(query.order_by(Certificate.issued_at).limit(1))
-
-
-def key_compromised(key_sha256: str) -> Certificate | None:
-    """A certificate of this key revoked as `key_compromise`: whoever holds the key now, it is not the node."""
+        certified_elsewhere = and_(certified_elsewhere,
+                                   or_(Certificate.node_id.is_(None), Certificate.node_id != node_id))
+    compromised = Certificate.revocation_reason == "key_compromise"
     return db.session.scalar(select(Certificate).where(Certificate.key_sha256 == key_sha256,
-                                                       Certificate.revocation_reason == "key_compromise").limit(1))
+                                                       or_(compromised, certified_elsewhere))
+                             .order_by(case((compromised, 0), else_=1), Certificate.issued_at).limit(1))
 
 
 def require_key_unused(key_sha256: str, node_id: str | None) -> None:
     """One key, one node: a second node with the same key could open sessions and sign as the first.
     And never a key once reported compromised, for any node: a revocation for another reason (the node
     retired, the certificate superseded) frees the key, that one does not."""
-    compromised = key_compromised(key_sha256)
-    if compromised is not None:
+    other = key_conflict(key_sha256, node_id)
+    if other is not None and other.revocation_reason == "key_compromise":
         raise Conflict(_l("This CSR's key was reported compromised when certificate %(serial)s was revoked: it is "
-                          "never certified again. Generate a new key and CSR.", serial=compromised.serial),
+                          "never certified again. Generate a new key and CSR.", serial=other.serial),
                        code="key_compromised", field="csr")
-    other = key_certified_elsewhere(key_sha256, node_id)
     if other is not None:
         raise Conflict(_l("This CSR's key is already certified for %(holder)s (certificate %(serial)s): every node "
                           "needs its own key. Generate a new key and CSR.",
@@ -195,28 +194,35 @@ def service_certificates(kind: str) -> list[Certificate]:
                                    .order_by(Certificate.issued_at.desc())))
 
 
+def _valid_now():
+    """The one rule for a certificate that counts now: not revoked, inside its validity."""
+    now = utcnow()
+    return and_(Certificate.revoked_at.is_(None), Certificate.not_before <= now, Certificate.not_after > now)
+
+
+def valid_certificates(node_id: str) -> list[Certificate]:
+    """The node's certificates valid now, newest first (the first is `current_certificate`)."""
+    return list(db.session.scalars(select(Certificate).where(Certificate.node_id == node_id, _valid_now())
+                                   .order_by(Certificate.not_before.desc(), Certificate.issued_at.desc())))
+
+
 def current_certificate(node_id: str) -> Certificate | None:
     """The newest certificate that is valid now and not revoked."""
-    now = utcnow()
-    return db.session.scalar(select(Certificate).where(
-        Certificate.node_id == node_id, Certificate.revoked_at.is_(None), Certificate.not_before <= now,
-        Certificate.not_after > now).order_by(Certificate.not_before.desc(), Certificate.issued_at.desc()).limit(1))
+    return db.session.scalar(select(Certificate).where(Certificate.node_id == node_id, _valid_now())
+                             .order_by(Certificate.not_before.desc(), Certificate.issued_at.desc()).limit(1))
 
 
 def holds_current_certificate(node_id_column):
     """A WHERE clause: the node has a valid, unrevoked certificate now, what the routing table requires."""
-    now = utcnow()
-    return select(Certificate.serial).where(
-        Certificate.node_id == node_id_column, Certificate.kind == "node", Certificate.revoked_at.is_(None),
-        Certificate.not_before <= now, Certificate.not_after > now).exists()
+    return select(Certificate.serial).where(Certificate.node_id == node_id_column, Certificate.kind == "node",
+                                            _valid_now()).exists()
 
 
 def current_fingerprints() -> dict[str, str]:
     """node id → SHA-256 of its newest valid certificate (what the routing table carries)."""
-    now = utcnow()
     rows = db.session.execute(select(Certificate.node_id, Certificate.sha256).where(
-        Certificate.kind == "node", Certificate.revoked_at.is_(None), Certificate.not_before <= now,
-        Certificate.not_after > now).order_by(Certificate.node_id, Certificate.not_before, Certificate.issued_at))
+        Certificate.kind == "node", _valid_now()).order_by(Certificate.node_id, Certificate.not_before,
+                                                           Certificate.issued_at))
     result: dict[str, str] = {}
     for node_id, sha256 in rows:
         result[node_id] = sha256  # ordered oldest first: the newest wins

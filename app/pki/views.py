@@ -65,17 +65,11 @@ def _detail_page(row: Certificate, renew_form: RenewForm, status: int = 200):
         from app.admission.models import Node
 
         node = db.session.get(Node, row.node_id)
-        certificates = service.node_certificates(row.node_id)
-        newest = certificates[0]
-        last_valid = [c.serial for c in certificates if _valid_now(c)] == [row.serial]
+        newest = service.node_certificates(row.node_id)[0]
+        last_valid = [c.serial for c in service.valid_certificates(row.node_id)] == [row.serial]
     return render_template("pki/detail.html", row=row, node=node, newest=newest, reasons=revocation.REASONS,
                            in_service=revocation.in_service_role(row), confirm_form=ConfirmForm(),
                            renew_form=renew_form, last_valid=last_valid), status
-
-
-def _valid_now(row: Certificate) -> bool:
-    now = utcnow()
-    return row.revoked_at is None and row.not_before <= now < row.not_after
 
 
 def node_section(node) -> dict | None:
@@ -84,7 +78,7 @@ def node_section(node) -> dict | None:
     if node.status == "revoked":
         return None
     certificates = service.node_certificates(node.node_id)
-    return {"template": "pki/node_section.html", "current": next((c for c in certificates if _valid_now(c)), None),
+    return {"template": "pki/node_section.html", "current": service.current_certificate(node.node_id),
             "newest": certificates[0] if certificates else None}
 
 
