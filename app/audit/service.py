@@ -111,17 +111,16 @@ def _mark_savepoint(session: Session, transaction: SessionTransaction) -> None:
 
 
 def _drop_rolled_back(session: Session, previous_transaction: SessionTransaction) -> None:
-    """A rollback takes its entries with it: all of them, or those recorded since the savepoint."""
+    """A savepoint's rollback takes the entries recorded since it began (the outermost's, all of them:
+    `_forget_pending`)."""
     marks = session.info.get(SAVEPOINT_MARKS, {})
     if previous_transaction.nested and previous_transaction in marks:
         del session.info.get(PENDING, [])[marks.pop(previous_transaction):]
-    elif previous_transaction.parent is None:
-        session.info.pop(PENDING, None)
-        session.info.pop(SAVEPOINT_MARKS, None)
 
 
 def _forget_pending(session: Session, transaction: SessionTransaction) -> None:
-    """The outermost transaction ended without a commit (session.close, the end of a request)."""
+    """The outermost transaction ended without a commit (a rollback, session.close, the end of a request);
+    after a commit, `_chain_pending` has taken the entries already."""
     if transaction.parent is None:
         session.info.pop(PENDING, None)
         session.info.pop(SAVEPOINT_MARKS, None)
