@@ -31,7 +31,7 @@ from app.appnode.cli_lines import (
 )
 from app.appnode.cli_messaging import download, group, history, inbox, presence, read, send, send_file
 from app.appnode.config import NodeConfig
-from app.appnode.node import Node, address
+from app.appnode.node import Node, NotJoined, address
 from app.appnode.registry import write_atomic, write_private
 from app.errors import Conflict, DomainError
 
@@ -131,7 +131,10 @@ def status(ctx: Context):
     states: dict[str, int] = {}
     for row in node.outbox():
         states[row.state] = states.get(row.state, 0) + 1
-    routes = node.routes if node.identity.ca_file.exists() else None  # none before `join` fetched the CA
+    try:
+        routes = node.routes
+    except NotJoined:  # no route client before `join` fetched the CA certificates
+        routes = None
     document = {"node_id": node.node_id if node.joined else None,
                 "route_version": routes.version if routes else None,
                 "routes_expired": routes.expired if routes else False, "outbox": states,
