@@ -149,6 +149,24 @@ def test_malformed_session_requests_get_400(client, body):
     assert error_code(response) == (400, "invalid_request")
 
 
+@pytest.mark.parametrize("timestamp", [
+    "2026-13-01T00:00:00Z", "2026-02-30T00:00:00Z", "2026-12-02T24:00:00Z", "0000-01-01T00:00:00Z",
+    "\uff12\uff10\uff12\uff16-12-02T00:00:00Z", "{now}\n",
+])
+def test_a_timestamp_that_names_no_moment_is_a_400_not_a_500(client, people, timestamp):
+    """The shape of RFC 3339 is not enough: month 13 or hour 24 must not reach the clock comparison."""
+    node, keys = admit_with_keys(people)
+    timestamp = timestamp.format(now=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    response = open_session(client, keys.session_request(node.node_id, timestamp=timestamp))
+    assert (*error_code(response), response.get_json()["error"]["field"]) == (400, "invalid_request", "timestamp")
+
+
+def test_a_field_with_a_trailing_newline_is_malformed(client, people):
+    node, keys = admit_with_keys(people)
+    response = open_session(client, keys.session_request(node.node_id, nonce="abcdefgh12345678\n"))
+    assert (*error_code(response), response.get_json()["error"]["field"]) == (400, "invalid_request", "nonce")
+
+
 def test_sessions_die_with_suspension_and_expire(client, people):
     minister, _ = people
     node, keys = admit_with_keys(people)

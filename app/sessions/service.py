@@ -28,9 +28,11 @@ from app.extensions import db
 from app.sessions import nonces
 from app.sessions.models import NodeSession
 
-NODE_ID = re.compile(r"^[0-9]{20}$")
-NONCE = re.compile(r"^[A-Za-z0-9_\-]{8,128}$")
-TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z$")
+# Matched whole (fullmatch: `$` also matches before a final newline) and in ASCII digits only.
+NODE_ID = re.compile(r"[0-9]{20}")
+NONCE = re.compile(r"[A-Za-z0-9_\-]{8,128}")
+TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?Z")
+SIGNATURE = re.compile(r"[A-Za-z0-9+/=]{16,1400}")
 SKEW = timedelta(minutes=5)
 
 
@@ -40,9 +42,18 @@ class SessionRefused(Unauthorized):
 
 def _text(document: dict, name: str, pattern: re.Pattern) -> str:
     value = document.get(name)
-    if not isinstance(value, str) or not pattern.match(value):
+    if not isinstance(value, str) or not pattern.fullmatch(value):
         raise ValidationFailed(f"{name} is missing or malformed.", code="invalid_request", field=name)
     return value
+
+
+def _moment(timestamp: str) -> datetime:
+    """An RFC 3339 UTC timestamp of the right shape may still name no moment (month 13, hour 24)."""
+    try:
+        return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).astimezone(UTC)
+    except ValueError as error:
+        raise ValidationFailed("timestamp is not a real moment.", code="invalid_request",
+                               field="timestamp") from error
 
 
 def hash_token(raw: str) -> str:
@@ -76,10 +87,10 @@ def open_session(document) -> tuple[str, datetime, str]:
         raise ValidationFailed("The body must be a JSON object.", code="invalid_body")
     node_id = _text(document, "node_id", NODE_ID)
     timestamp = _text(document, "timestamp", TIMESTAMP)
+    moment = _moment(timestamp)
     nonce = _text(document, "nonce", NONCE)
     try:
-        signature = base64.b64decode(_text(document, "signature", re.compile(r"^[A-Za-z0-9+/=]{16,1400}$")),
-                                     validate=True)
+        signature = base64.b64decode(_text(document, "signature", SIGNATURE), validate=True)
     except binascii.Error as error:
         raise ValidationFailed("signature is not base64.", code="invalid_request", field="signature") from error
 
@@ -88,7 +99,6 @@ def open_session(document) -> tuple[str, datetime, str]:
         raise SessionRefused(f"Node {node_id} is not known.", code="unknown_node")
     if node.status != "active":
         raise SessionRefused(f"Node {node_id} is {node.status}.", code=f"node_{node.status}")
-    moment = datetime.fromisoformat(timestamp.replace("Z", "+00:00")).astimezone(UTC)
     now = utcnow()
     if moment < now - SKEW:
         raise SessionRefused("The timestamp is more than 5 minutes old.", code="stale_timestamp")
