@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -153,6 +154,15 @@ def test_deeply_nested_json_is_invalid_json_not_a_server_error(client, token, pa
                            content_type="application/json")
     assert response.status_code == 400
     assert response.get_json()["error"]["code"] == "invalid_json"
+    assert db.session.scalar(select(EnrollmentToken)).state() == "active"
+
+
+def test_a_lone_surrogate_escape_is_invalid_json_not_a_server_error(client, token):
+    """`"\\ud800"` is valid JSON syntax but no Unicode text: it must not reach the database (a 500)."""
+    body = json.dumps(node_document()).replace('"org_name": "', '"org_name": "\\ud800', 1)
+    response = client.post("/api/v1/applications", data=body, headers={"Authorization": f"Bearer {token}"},
+                           content_type="application/json")
+    assert response.status_code == 400 and response.get_json()["error"]["code"] == "invalid_json"
     assert db.session.scalar(select(EnrollmentToken)).state() == "active"
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from flask import Blueprint, request
 
 from app.admission import applications, nodes
@@ -35,11 +37,21 @@ def json_body() -> dict:
     except RecursionError:
         # `silent` covers ValueError only; a few KB of '[' nest deeper than the parser's stack.
         document = None
-    if document is None:
+    if document is None or not _is_unicode(document):
         raise ValidationFailed("The body is not valid JSON.", code="invalid_json")
     if not isinstance(document, dict):
         raise ValidationFailed("The body must be a JSON object.", code="invalid_body")
     return document
+
+
+def _is_unicode(document) -> bool:
+    """False when a string (or key) holds a lone surrogate: `"\\ud800"` parses, but is no text a database
+    or a certificate can take (RFC 8259 §8.2)."""
+    try:
+        json.dumps(document, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def application_status(application) -> dict:
