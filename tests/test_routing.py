@@ -98,7 +98,8 @@ def test_cli_publish_reports_in_json(app, session, runner):
 
 
 @pytest.mark.parametrize(("since", "code"), [("-1", "invalid_since"), ("abc", "invalid_since"),
-                                             ("1.5", "invalid_since"), ("99", "since_in_future")])
+                                             ("1.5", "invalid_since"), ("99", "since_in_future"),
+                                             ("\uff10", "invalid_since"), ("\u0660", "invalid_since")])
 def test_bad_since_values(client, session, since, code):
     response = pull(client, session, f"?since={since}")
     assert response.status_code == 400 and response.get_json()["error"]["code"] == code

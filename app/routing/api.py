@@ -39,7 +39,8 @@ def authenticated_node(cache) -> str:
 
 
 def parse_since(value: str, head: int) -> int:
-    if not re.fullmatch(r"\d{1,12}", value or ""):
+    # [0-9], not \d: int() would take "０" (fullwidth) or "٠" (Arabic-Indic) for a version too.
+    if not re.fullmatch(r"[0-9]{1,12}", value or ""):
         raise ValidationFailed("since must be a non-negative whole number (a version).", code="invalid_since",
                                field="since")
     since = int(value)
