@@ -64,6 +64,8 @@ def test_the_route_client_accepts_what_the_server_serves(client, session, tmp_pa
 def test_if_none_match_gets_304_and_garbage_gets_the_table(client, session):
     assert pull(client, session, **{"If-None-Match": '"1"'}).status_code == 304
     assert pull(client, session, **{"If-None-Match": 'W/"1"'}).status_code == 304
+    assert pull(client, session, **{"If-None-Match": '"0", W/"1"'}).status_code == 304
+    assert pull(client, session, **{"If-None-Match": "*"}).status_code == 304  # RFC 9110 §13.1.2: any current one
     garbage = pull(client, session, **{"If-None-Match": "%%% not an etag"})
     assert garbage.status_code == 200 and json.loads(garbage.data)["version"] == 1
 

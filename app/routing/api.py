@@ -77,7 +77,10 @@ def routes():
             return cached[0], 200, cached[1]
         # Older than the kept history: the full table, which the client applies as a whole.
     else:
-        for candidate in request.headers.get("If-None-Match", "").split(","):
+        if_none_match = request.headers.get("If-None-Match", "")
+        if if_none_match.strip() == "*":  # RFC 9110 §13.1.2: matches any current table
+            return not_modified(published)
+        for candidate in if_none_match.split(","):
             match = ETAG_VALUE.match(candidate.strip())
             if match and int(match.group(1)) == published.version:
                 return not_modified(published)
