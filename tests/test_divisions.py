@@ -135,6 +135,8 @@ def test_api_and_cli_answer_the_nation_as_the_division_above_the_provinces(clien
     ("999999", 404, "division_not_found"),
     ("36010", 400, "invalid_division_code"),
     ("abcdef", 400, "invalid_division_code"),
+    ("360000%0A", 400, "invalid_division_code"),  # a trailing newline
+    ("%EF%BC%93%EF%BC%96%EF%BC%90%EF%BC%90%EF%BC%90%EF%BC%90", 400, "invalid_division_code"),  # fullwidth digits
 ])
 def test_api_unknown_or_malformed_code(client, code, status, error):
     response = client.get(f"/api/v1/divisions/{code}")

@@ -11,7 +11,7 @@ from flask_babel import lazy_gettext as _l
 
 from app.errors import ValidationFailed
 
-CODE_PATTERN = re.compile(r"^[0-9]{6}$")
+CODE_PATTERN = re.compile(r"[0-9]{6}")  # fullmatch: `$` would also match before a final newline
 # The nation: no row of the GB/T 2260 list, but the code the ministry's node id starts with (SPEC §2).
 NATION_CODE = "100000"
 NATION_NAME = "中华人民共和国"
@@ -38,7 +38,7 @@ def prefecture_of(code: str) -> str:
 
 
 def check_code_format(code: str, field: str = "division_code") -> None:
-    if not CODE_PATTERN.match(code or ""):
+    if not CODE_PATTERN.fullmatch(code or ""):
         raise ValidationFailed(_l("%(code)s is not a division code: six digits are needed.", code=repr(code)),
                                code="invalid_division_code", field=field)
 
@@ -78,7 +78,7 @@ def parse_division_file(data: bytes) -> list[DivisionRow]:
         if len(record) < 2:
             raise MalformedDivisionFile(f"line {line}: expected 'code,name'.")
         code, name = record[0].strip(), record[1].strip()
-        if not CODE_PATTERN.match(code):
+        if not CODE_PATTERN.fullmatch(code):
             raise MalformedDivisionFile(f"line {line}: {code!r} is not a six-digit code.")
         if code == NATION_CODE or code.startswith("00"):
             raise MalformedDivisionFile(f"line {line}: {code} is not a province, prefecture or county code.")
