@@ -126,7 +126,9 @@ def init_app(app) -> None:
 
     @app.errorhandler(HTTPException)
     def handle_http_error(error: HTTPException):
+        # What the status needs besides a body (Allow on a 405, Retry-After, ...); the body is ours.
+        headers = [(name, value) for name, value in error.get_headers() if name.lower() != "content-type"]
         if wants_json():
             code = (error.name or "error").lower().replace(" ", "_")
-            return {"error": {"code": code, "message": error.description}}, error.code
-        return page(error.code, http_explanation(error))
+            return {"error": {"code": code, "message": error.description}}, error.code, headers
+        return *page(error.code, http_explanation(error)), headers
