@@ -97,6 +97,9 @@ def test_missing_or_unknown_token(client, header):
     ({"endpoint": "https://10.2.2.2:65536"}, 400, "invalid_endpoint", "endpoint"),
     ({"org_name": "省" * 101}, 400, "too_long", "org_name"),
     ({"org_name": "  "}, 400, "missing_field", "org_name"),
+    ({"org_name": "江西省\u202e厅安公"}, 400, "invalid_input", "org_name"),  # right-to-left override
+    ({"system_name": "赣警通\x7f"}, 400, "invalid_input", "system_name"),  # DEL
+    ({"vendor": "Vendor\x85A"}, 400, "invalid_input", "vendor"),  # C1 next line
     ({"capabilities": ["text", "teleport"]}, 400, "unknown_capability", "capabilities"),
     ({"capabilities": []}, 400, "invalid_input", "capabilities"),
     ({"contact": {"name": "张三", "phone": "call me", "email": "ops@jx.example"}}, 400, "invalid_input",
