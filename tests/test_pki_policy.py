@@ -179,6 +179,24 @@ def test_certificate_fetch_with_the_enrollment_token(client, people):  # noqa: F
     assert refused.status_code == 404
 
 
+def test_who_may_fetch_a_certificate_is_asked_before_whether_the_node_exists(client, people):  # noqa: F811
+    """Without the admitting token or the node's own session, an existing and a made-up node id get the
+    same refusal: the endpoint is no oracle of which node ids exist (suspended and revoked ones included)."""
+    node, keys = admit_with_keys(people)
+    other, _ = admit_with_keys(people)
+    path = "/api/v1/nodes/{}/certificate"
+    made_up = "36000000002025999999"
+    for node_id in (node.node_id, made_up):
+        response = client.get(path.format(node_id))
+        assert (response.status_code, response.get_json()["error"]["code"]) == (401, "missing_session")
+    token = client.post("/api/v1/session", json=keys.session_request(node.node_id)).get_json()["token"]
+    headers = {"Authorization": f"Bearer {token}"}
+    assert client.get(path.format(node.node_id), headers=headers).status_code == 200
+    for node_id in (other.node_id, made_up):
+        response = client.get(path.format(node_id), headers=headers)
+        assert (response.status_code, response.get_json()["error"]["code"]) == (401, "wrong_node")
+
+
 def test_console_inventory_and_revocation(app, people):  # noqa: F811
     from tests.conftest import Console
 

@@ -83,23 +83,26 @@ def ocsp_get(encoded: str):
     return Response(revocation.ocsp_response(request_der), mimetype="application/ocsp-response")
 
 
-def _caller_may_fetch(node) -> None:
-    """The enrollment token that admitted this node, or a session of the node itself."""
+def _caller_may_fetch(node_id: str) -> None:
+    """The enrollment token that admitted this node, or a session of the node itself. The caller is
+    checked before the node is looked up, so nobody else learns which node ids exist."""
     raw = bearer_token()
     if raw and raw.startswith(tokens.TOKEN_PREFIX):
         token = tokens.find_by_raw(raw)
-        if token.id == node.enrolled_by_token_id:
-            return
-        raise NotFound(f"No certificate for {node.node_id} with this token.", code="certificate_not_found")
-    if sessions.authenticate(raw) != node.node_id:
+        try:
+            node = nodes.get(node_id)
+        except NotFound:
+            node = None
+        if node is None or token.id != node.enrolled_by_token_id:
+            raise NotFound(f"No certificate for {node_id} with this token.", code="certificate_not_found")
+    elif sessions.authenticate(raw) != node_id:
         raise Unauthorized("This session belongs to another node.", code="wrong_node")
 
 
 @bp.get("/api/v1/nodes/<node_id>/certificate")
 def node_certificate(node_id: str):
     """PEM: the node's current certificate followed by the CA chain (intermediate, root)."""
-    node = nodes.get(node_id)
-    _caller_may_fetch(node)
+    _caller_may_fetch(node_id)
     current = service.current_certificate(node_id)
     if current is None:
         raise NotFound(f"Node {node_id} has no valid certificate.", code="certificate_not_found")
