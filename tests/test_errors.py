@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import http.client
+import json
+
+from tests.appnode_processes import ManagementNode
+
 
 def test_a_405_names_the_allowed_methods_under_the_api_and_in_the_console(client):
     """RFC 9110 §15.5.6: a 405 must carry Allow; the JSON body replaced Werkzeug's response and dropped it."""
@@ -13,3 +18,34 @@ def test_a_405_names_the_allowed_methods_under_the_api_and_in_the_console(client
     assert ca.status_code == 405 and set(ca.headers["Allow"].split(", ")) == {"GET", "HEAD", "OPTIONS"}
     page = client.put("/healthz")
     assert page.status_code == 405 and "GET" in page.headers["Allow"]
+
+
+def post_chunked(url: str, path: str, body: bytes) -> tuple[int, dict]:
+    """POST `body` with Transfer-Encoding: chunked (no Content-Length), as a streaming client sends it."""
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        connection.request("POST", path, body=iter([body[i:i + 65536] for i in range(0, len(body), 65536)]),
+                           headers={"Content-Type": "application/json"}, encode_chunked=True)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def test_a_chunked_body_over_the_limit_is_a_413_not_its_first_megabyte(app):
+    """Werkzeug enforces MAX_CONTENT_LENGTH on a Content-Length, but reads a chunked body only up to the
+    limit and hands over the truncated bytes as the whole body: a JSON object filling the first 1 MiB was
+    taken, whatever followed it."""
+    limit = app.config["MAX_CONTENT_LENGTH"]
+    head = b'{"pad": "'
+    exactly = head + b"x" * (limit - len(head) - 2) + b'"}'
+    assert len(exactly) == limit
+    server = ManagementNode(app.config["SQLALCHEMY_DATABASE_URI"], app.config["MPIM_INSTANCE_PATH"])
+    try:
+        status, body = post_chunked(server.url, "/api/v1/session", exactly + b" and more")
+        assert (status, body["error"]["code"]) == (413, "request_entity_too_large")
+        status, body = post_chunked(server.url, "/api/v1/session", exactly)  # at the limit: read and judged
+        assert (status, body["error"]["code"], body["error"]["field"]) == (400, "invalid_request", "node_id")
+    finally:
+        server.stop()

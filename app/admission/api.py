@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from flask import Blueprint, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from app.admission import applications, nodes
 from app.divisions import service as divisions
@@ -26,12 +27,24 @@ def bearer_token() -> str | None:
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
+def request_body() -> bytes:
+    """The whole body, or 413 past MAX_CONTENT_LENGTH. Werkzeug refuses a Content-Length over the limit,
+    but reads a chunked body only up to it and returns those bytes as if they were all of it."""
+    data = request.get_data(cache=True)
+    limit = request.max_content_length
+    if request.content_length is None and limit is not None and len(data) >= limit \
+            and request.environ["wsgi.input"].read(1):
+        raise RequestEntityTooLarge()
+    return data
+
+
 def json_body() -> dict:
     """The body must be declared and parse as a JSON object; anything else is refused up front.
 
     Every JSON-body endpoint of the registry (applications, session, renewal) reads its body here."""
     if request.mimetype != "application/json":
         raise UnsupportedMediaType("Send the body as application/json.")
+    request_body()  # get_json parses these cached bytes
     try:
         document = request.get_json(silent=True)
     except RecursionError:

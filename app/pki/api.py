@@ -8,7 +8,7 @@ from flask import Blueprint, Response, g, request
 from werkzeug.exceptions import UnsupportedMediaType
 
 from app.admission import nodes, tokens
-from app.admission.api import bearer_token, json_body
+from app.admission.api import bearer_token, json_body, request_body
 from app.errors import NotFound, Unauthorized
 from app.extensions import csrf, db
 from app.pki import revocation, service
@@ -69,7 +69,7 @@ def root_crl_der():
 def ocsp_post():
     if request.mimetype != "application/ocsp-request":
         raise UnsupportedMediaType("Send an application/ocsp-request body.")
-    return Response(revocation.ocsp_response(request.get_data()), mimetype="application/ocsp-response")
+    return Response(revocation.ocsp_response(request_body()), mimetype="application/ocsp-response")
 
 
 @bp.get("/ca/ocsp/<path:encoded>")
