@@ -121,7 +121,9 @@ def init_app(app) -> None:
     @app.errorhandler(DomainError)
     def handle_domain_error(error: DomainError):
         if wants_json():
-            return error.to_dict(), error.status
+            # RFC 9110 §11.6.1: a 401 names the scheme to use; the API knows only bearer tokens (RFC 6750).
+            challenge = {"WWW-Authenticate": 'Bearer realm="mpim"'} if error.status == 401 else {}
+            return error.to_dict(), error.status, challenge
         return page(error.status, error.message)
 
     @app.errorhandler(HTTPException)

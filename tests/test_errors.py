@@ -49,3 +49,13 @@ def test_a_chunked_body_over_the_limit_is_a_413_not_its_first_megabyte(app):
         assert (status, body["error"]["code"], body["error"]["field"]) == (400, "invalid_request", "node_id")
     finally:
         server.stop()
+
+
+def test_a_401_carries_a_bearer_challenge(client):
+    """RFC 9110 §11.6.1: a 401 must say how to authenticate (RFC 6750: Bearer)."""
+    for response in (client.get("/api/v1/routes"), client.get("/api/v1/applications/x"),
+                     client.post("/api/v1/session", json={"node_id": "36000000002025999999",
+                                                          "timestamp": "2026-01-01T00:00:00Z",
+                                                          "nonce": "abcdefgh", "signature": "A" * 32})):
+        assert response.status_code == 401
+        assert response.headers["WWW-Authenticate"].startswith("Bearer ")
