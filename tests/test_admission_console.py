@@ -47,6 +47,23 @@ def test_dashboard_has_the_province_tile_map(admin_console):
     assert html.count("data-province=") == 34 and "<svg" in html
 
 
+def test_long_english_province_names_break_between_syllables_instead_of_shrinking(app):
+    """A one-word English name too wide for a tile ("Heilongjiang") takes two lines, broken with a hyphen
+    between pinyin syllables, at the size two-word names get; it was set at 9 px to fit one line."""
+    from app.admission.tilemap import TILES, tile_label
+    from app.divisions.names import ENGLISH_NAMES
+
+    assert tile_label("Heilongjiang") == (["Heilong-", "jiang"], 12)
+    assert tile_label("Guangdong") == (["Guang-", "dong"], 12)
+    assert tile_label("Chongqing") == (["Chong-", "qing"], 12)
+    assert tile_label("Beijing") == (["Beijing"], 14)  # fits: one line, full size
+    assert tile_label("黑龙江") == (["黑龙江"], 14)
+    for prefix in TILES:
+        lines, size = tile_label(ENGLISH_NAMES[f"{prefix}0000"])
+        assert size >= 11, (lines, size)
+        assert all(line.rstrip("-") for line in lines)
+
+
 def test_province_names_follow_the_console_language(admin_console):
     from app.admission import applications
     from app.admission.information import parse
@@ -63,7 +80,7 @@ def test_province_names_follow_the_console_language(admin_console):
     client.get("/lang/en")
     english = {page: client.get(page).get_data(as_text=True) for page in pages}
     tile = r'data-province="{}"><title>[^<]*</title><rect[^>]*/><text[^>]*><tspan[^>]*>{}</tspan>'
-    assert re.search(tile.format(44, "Guangdong"), english["/"])
+    assert re.search(tile.format(44, "Guang-") + "<tspan[^>]*>dong</tspan>", english["/"])  # too long for a line
     assert re.search(tile.format(15, "Inner") + "<tspan", english["/"])  # two words, two lines on the tile
     assert '<option value="440000">Guangdong</option>' in english["/nodes/"]
     assert "<td>Guangdong</td>" in english["/nodes/"]

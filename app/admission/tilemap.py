@@ -31,18 +31,51 @@ def province_names() -> dict[str, str]:
 
 def tile_label(name: str) -> tuple[list[str], float]:
     """The lines and font size of a tile's name. A Chinese name (two or three characters) is one line at
-    full size; an English name of two words ("Inner Mongolia") takes two lines; a long word
-    ("Heilongjiang") is set smaller, to fit the tile."""
+    full size; an English name of two words ("Inner Mongolia") takes two lines; a word too long for one
+    line at that size ("Heilongjiang") is broken between pinyin syllables with a hyphen ("Heilong-",
+    "jiang"), since set on one line it had to shrink to about 9 px."""
     lines = name.split(" ", 1)
+    if len(lines) == 1 and _fitting_size(lines) < FONT_SIZE - 2:
+        lines = _hyphenate(name) or lines
+    return lines, _fitting_size(lines)
+
+
+def _fitting_size(lines: list[str]) -> float:
     widest = max(sum(_ems(character) for character in line) for line in lines)
-    return lines, round(min(FONT_SIZE if len(lines) == 1 else FONT_SIZE - 2, (SIZE - 8) / widest), 1)
+    return round(min(FONT_SIZE if len(lines) == 1 else FONT_SIZE - 2, (SIZE - 8) / widest), 1)
+
+
+_VOWELS = set("aeiouv")
+
+
+def _hyphenate(word: str) -> list[str] | None:
+    """Two lines of a romanised name, broken at the syllable boundary nearest its middle: before an
+    initial consonant that follows a vowel or an "n"/"ng" final. An "n" before a vowel starts a syllable
+    ("He-nan"); before "g" it ends one, and "ng", "zh", "ch", "sh" are never split."""
+    lower = word.lower()
+
+    def starts_syllable(i: int) -> bool:
+        here, before = lower[i], lower[i - 1]
+        if here in _VOWELS or not here.isalpha():
+            return False
+        if here == "n" and lower[i + 1] not in _VOWELS:
+            return False
+        if (here == "g" and before == "n") or (here == "h" and before in "zcs"):
+            return False
+        return before in _VOWELS or before == "n" or lower[i - 2:i] == "ng"
+
+    breaks = [i for i in range(2, len(word) - 1) if starts_syllable(i)]
+    if not breaks:
+        return None
+    at = min(breaks, key=lambda i: abs(len(word) / 2 - i))
+    return [word[:at] + "-", word[at:]]
 
 
 def _ems(character: str) -> float:
     """A character's width in ems, roughly (sans-serif)."""
     if ord(character) >= 0x2E80:  # CJK
         return 1.0
-    if character in "fijlrt()":
+    if character in "fijlrt()-":
         return 0.3
     return 0.7 if character.isupper() else 0.6
 
