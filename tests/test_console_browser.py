@@ -86,3 +86,28 @@ def test_console_fits_a_390_px_phone_in_both_languages(page, live_server, make_u
         page.goto(f"{live_server}/")
         if heading == "仪表盘":
             page.click("text=English")
+
+
+def test_nodes_list_on_a_phone_shows_each_nodes_state_beside_its_id(page, live_server, make_user):
+    """At 390 px the nodes table scrolls sideways inside itself; what a reader scans the list for (the
+    state and the health of each node) is in the first screen, next to the node id, not past the
+    organisation, system, vendor and division columns."""
+    from tests.test_i18n import _admitted_node
+
+    make_user("minister")
+    _admitted_node(make_user)
+    page.set_viewport_size({"width": 390, "height": 800})
+    sign_in(page, live_server, "minister")
+    for language in ("zh_CN", "en"):
+        page.goto(f"{live_server}/lang/{language}")
+        page.goto(f"{live_server}/nodes/")
+        table = page.eval_on_selector("table.nodes", "t => ({right: t.getBoundingClientRect().right,"
+                                      " scroll: t.scrollWidth, width: t.clientWidth})")
+        assert table["scroll"] > table["width"]  # the rest is a sideways scroll inside the table
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        headers = page.eval_on_selector_all("table.nodes th", "ths => ths.map(th => [th.dataset.column,"
+                                            " th.getBoundingClientRect().right])")
+        seen = {column: right for column, right in headers}
+        for column in ("node_id", "status", "health"):
+            assert seen[column] <= table["right"], f"{column} is off to the side ({language}): {headers}"
+        screenshot(page, f"phone-nodes-{language}")

@@ -36,15 +36,15 @@ def index():
     page = paginate(query, request.args.get("page", 1, type=int), current_app.config["MPIM_PAGE_SIZE"])
     vendors = db.session.scalars(select(Node.vendor).where(division_filter(current_user, Node.division_code))
                                  .group_by(Node.vendor).order_by(Node.vendor).limit(200)).all()
-    columns = [(header, render(page.items)) for header, render in node_columns]
+    columns = [(name, header, render(page.items)) for name, header, render in node_columns]
     return render_template("admission/nodes.html", page=page, filters=filters, descending=descending,
                            vendors=vendors, provinces=tilemap.province_names(), capabilities=labels.CAPABILITIES,
                            columns=columns)
 
 
-# Extra columns other features add to the nodes list: (header, function(nodes of the page) ->
+# Extra columns other features add to the nodes list: (name, header, function(nodes of the page) ->
 # {node_id: markup}); one call per page, so a column costs one query, not one per row.
-node_columns: list[tuple[object, object]] = []
+node_columns: list[tuple[str, object, object]] = []
 # Extra sections on the node page: functions (node) -> {"template": ..., **context} | None.
 node_sections: list = []
 

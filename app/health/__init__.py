@@ -15,8 +15,8 @@ def init_app(app) -> None:
     registry.register(registry.Job("health.poll", rounds.poll_job, app.config["MPIM_HEALTH_INTERVAL"],
                                    timeout_seconds=app.config["MPIM_HEALTH_INTERVAL"] * 2))
     registry.register(registry.Job("health.downsample", history.downsample, 3600))
-    column = (_l("Health"), views.health_cells)
-    if all(header != column[0] for header, _ in node_views.node_columns):
+    column = ("health", _l("Health"), views.health_cells)
+    if all(name != column[0] for name, _, _ in node_views.node_columns):
         node_views.node_columns.append(column)
     if views.node_section not in node_views.node_sections:
         node_views.node_sections.append(views.node_section)
