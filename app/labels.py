@@ -1,4 +1,5 @@
-"""Console words for stored codes: statuses, revocation reasons, capabilities, routing reasons and changes.
+"""Console words for stored codes: statuses, revocation reasons, capabilities, routing reasons and changes,
+audit actions.
 
 The database, the JSON API and the CLI keep the English codes; only the console shows these labels, in the
 reader's language. Each function returns its input unchanged for a code it does not know, so a newer code
@@ -55,6 +56,26 @@ HEALTH_FAILURES = {
     "certificate_mismatch": _l("certificate mismatch"), "http_status": _l("unexpected HTTP status"),
     "bad_body": _l("unreadable answer"), "wrong_node": _l("another node answered"), "error": _l("error"),
 }
+# Every action app.audit.service.record is called with (tests/test_audit.py finds them all in the code).
+AUDIT_ACTIONS = {
+    "auth.login": _l("Signed in"), "auth.login_failed": _l("Sign-in failed"),
+    "auth.login_blocked": _l("Sign-in refused (locked)"), "auth.logout": _l("Signed out"),
+    "auth.unlock": _l("Account unlocked"), "auth.unlock_addresses": _l("Address locks cleared"),
+    "user.create": _l("User created"), "user.update": _l("User changed"),
+    "user.password_reset": _l("Password reset"), "user.password_change": _l("Own password changed"),
+    "token.create": _l("Enrollment token issued"), "token.revoke": _l("Enrollment token revoked"),
+    "application.submit": _l("Application submitted"), "application.submit_change": _l("Change request submitted"),
+    "application.approve": _l("Application approved"), "application.approve_change": _l("Change request approved"),
+    "application.reject": _l("Application rejected"),
+    "node.suspend": _l("Node suspended"), "node.resume": _l("Node resumed"), "node.revoke": _l("Node revoked"),
+    "node.request_suspension": _l("Suspension requested"),
+    "certificate.issue": _l("Certificate issued"), "certificate.revoke": _l("Certificate revoked"),
+    "routes.publish": _l("Routing table published"),
+    "health.maintenance": _l("Maintenance started"), "health.maintenance_end": _l("Maintenance ended"),
+    "divisions.import": _l("Division codes imported"),
+    "ca.init": _l("CA created"), "ca.root_offline": _l("Root key taken offline"),
+    "ca.root_crl": _l("Root CRL signed"),
+}
 
 _CHANGE = re.compile(r"^(?P<node>\S+) (?:(?P<verb>added|removed)|status (?P<old>\S+)→(?P<new>\S+)|"
                      r"(?P<field>.+) changed)$")
@@ -77,6 +98,12 @@ def revocation_reason_label(code: str | None):
 
 def capability_label(code: str):
     return CAPABILITIES.get(code, code)
+
+
+def audit_action_label(action: str):
+    """An audit record's action in words (`node.suspend` → "Node suspended"); the code itself stays what
+    the audit log's filter and the CLI take."""
+    return AUDIT_ACTIONS.get(action, action)
 
 
 def route_reason_label(reason: str):
@@ -112,6 +139,7 @@ FILTERS = {
     "route_reason_label": route_reason_label,
     "route_change_label": route_change_label,
     "health_failure_label": health_failure_label,
+    "audit_action_label": audit_action_label,
 }
 
 

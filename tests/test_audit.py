@@ -202,3 +202,34 @@ def test_cli_list_marks_its_times_as_utc(app, runner):
     line = runner.invoke(args=["audit", "list", "--limit", "1"]).output.splitlines()[0]
     newest = db.session.scalars(select(AuditRecord).order_by(AuditRecord.seq.desc())).first()
     assert f"{newest.at:%Y-%m-%d %H:%M:%S}Z" in line  # the console shows local time; the CLI says which it is
+
+
+def _recorded_actions() -> set[str]:
+    """Every action the code records: `audit.record("x.y", ...)` and the `action="x.y"` handed on to it."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "app"
+    pattern = re.compile(r'(?:audit\.record\(\s*|\baction(?::\s*str)?\s*=\s*)"([a-z_]+\.[a-z_]+)"')
+    return {match for path in root.rglob("*.py") if "appnode" not in path.parts
+            for match in pattern.findall(path.read_text())}
+
+
+def test_every_recorded_action_has_words_in_the_console():
+    from app.labels import AUDIT_ACTIONS
+
+    actions = _recorded_actions()
+    assert {"auth.login", "node.suspend", "user.password_change", "certificate.revoke"} <= actions
+    assert actions - AUDIT_ACTIONS.keys() == set()
+
+
+def test_console_names_each_action_in_words_and_keeps_the_code(admin_console):
+    service.record("node.suspend", "36000000002025000001", {"reason": "安全检查"}, actor="tester")
+    db.session.commit()
+    client = admin_console.client
+    page = client.get("/audit/?actor=tester").get_data(as_text=True)
+    assert "暂停节点" in page and ">node.suspend</code>" in page  # the code is what the filter takes
+    dashboard = client.get("/").get_data(as_text=True)
+    assert "暂停节点" in dashboard and "登录" in dashboard
+    client.get("/lang/en")
+    assert "Node suspended" in client.get("/audit/?actor=tester").get_data(as_text=True)
