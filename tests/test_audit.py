@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 
 from sqlalchemy import select, text
@@ -233,3 +234,14 @@ def test_console_names_each_action_in_words_and_keeps_the_code(admin_console):
     assert "暂停节点" in dashboard and "登录" in dashboard
     client.get("/lang/en")
     assert "Node suspended" in client.get("/audit/?actor=tester").get_data(as_text=True)
+
+
+def test_console_times_say_their_zone(admin_console):
+    """The console shows Asia/Shanghai time and the CLI UTC; a page must say which its times are."""
+    write_records(1)
+    client = admin_console.client
+    for path in ("/", "/audit/", "/nodes/"):
+        assert "所示时间均为 Asia/Shanghai 时间（UTC+08:00）" in client.get(path).get_data(as_text=True), path
+    assert re.search(r"<th>时间 <span[^>]*>\(UTC\+08:00\)</span></th>", client.get("/audit/").get_data(as_text=True))
+    client.get("/lang/en")
+    assert "Times are Asia/Shanghai time (UTC+08:00)." in client.get("/").get_data(as_text=True)

@@ -42,9 +42,16 @@ def local_time(value: datetime | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
     return value.astimezone(zone).strftime(fmt)
 
 
+def display_zone() -> str:
+    """The zone the console's times are shown in, as people read it: "UTC+08:00" for Asia/Shanghai."""
+    offset = datetime.now(ZoneInfo(current_app.config["MPIM_DISPLAY_TIMEZONE"])).strftime("%z")
+    return f"UTC{offset[:3]}:{offset[3:]}"
+
+
 def init_app(app) -> None:
     babel.init_app(app, locale_selector=select_locale)
     app.register_blueprint(bp)
     app.jinja_env.filters["local_time"] = local_time
     app.jinja_env.globals["current_locale"] = select_locale
+    app.jinja_env.globals["display_zone"] = display_zone
     app.jinja_env.globals["utcnow"] = lambda: datetime.now(UTC)
