@@ -76,6 +76,16 @@ AUDIT_ACTIONS = {
     "ca.init": _l("CA created"), "ca.root_offline": _l("Root key taken offline"),
     "ca.root_crl": _l("Root CRL signed"),
 }
+# The details app.health.poller writes itself (kept in English in the database and the API); a library's
+# error text (connection, TLS) has no translation and is shown as it is.
+HEALTH_DETAILS = [
+    (re.compile(r"^no answer within (?P<seconds>\S+) s$"), _l("no answer within %(seconds)s s")),
+    (re.compile(r"^the server certificate does not name this node$"),
+     _l("the server certificate does not name this node")),
+    (re.compile(r"^the answer is not a JSON object$"), _l("the answer is not a JSON object")),
+    (re.compile(r"^status is (?P<status>.+)$", re.S), _l("status is %(status)s")),
+    (re.compile(r"^answered as (?P<node>.+)$", re.S), _l("answered as %(node)s")),
+]
 
 _CHANGE = re.compile(r"^(?P<node>\S+) (?:(?P<verb>added|removed)|status (?P<old>\S+)→(?P<new>\S+)|"
                      r"(?P<field>.+) changed)$")
@@ -114,6 +124,15 @@ def health_failure_label(code: str | None):
     return HEALTH_FAILURES.get(code, code)
 
 
+def health_detail_label(detail: str | None) -> str:
+    """A health poll's detail in the reader's language when the poller wrote it (`no answer within 5 s`)."""
+    for pattern, words in HEALTH_DETAILS:
+        match = pattern.match(detail or "")
+        if match:
+            return str(words) % match.groupdict() if match.groupdict() else str(words)
+    return detail or ""
+
+
 def route_change_label(line: str) -> str:
     """One describe_changes line (`<node> added`, `<node> status up→down`, `<node> endpoint changed`) in words."""
     if line in ROUTE_TABLE_LINES:
@@ -140,6 +159,7 @@ FILTERS = {
     "route_change_label": route_change_label,
     "health_failure_label": health_failure_label,
     "audit_action_label": audit_action_label,
+    "health_detail_label": health_detail_label,
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import io
 import subprocess
 import sys
@@ -176,3 +177,32 @@ def test_uptime_bar_tooltips_give_console_local_time(app):
                                          latency_ms=None)],
                                  label="24 小时")
     assert "<title>2026-12-01 07:00: 无数据</title>" in svg  # Asia/Shanghai, as every time the console shows
+
+
+def test_health_failure_details_the_poller_writes_are_shown_in_chinese(admin_console, make_user):
+    """The poller stores its own details in English ("no answer within 2 s"); the console shows them in the
+    reader's language, as it does the failure reason beside them. A library's error text stays as it is."""
+    from datetime import UTC, datetime
+
+    from app.extensions import db
+    from app.health.models import HealthEvent, NodeHealth
+
+    _, node = _admitted_node(make_user)
+    now = datetime.now(UTC)
+    details = ["no answer within 2 s", "the server certificate does not name this node",
+               "the answer is not a JSON object", "status is 'degraded'", "answered as '36000000002025000009'",
+               "Cannot connect to host im.example:8443"]
+    for n, detail in enumerate(details):
+        db.session.add(HealthEvent(node_id=node.node_id, at=now, old_status="up" if n % 2 else "down",
+                                   new_status="down" if n % 2 else "up", reason="timeout", detail=detail))
+    db.session.add(NodeHealth(node_id=node.node_id, status="down", last_checked_at=now, last_failure="timeout",
+                              last_detail="no answer within 2 s"))
+    db.session.commit()
+    events = html.unescape(admin_console.client.get("/health/events").get_data(as_text=True))
+    for chinese in ("2 秒内无应答", "服务器证书未指明此节点", "应答不是 JSON 对象", "状态为 'degraded'",
+                    "以 '36000000002025000009' 的身份应答", "Cannot connect to host im.example:8443"):
+        assert chinese in events
+    assert "no answer within" not in events and "answered as" not in events
+    assert "超时: 2 秒内无应答" in admin_console.client.get(f"/nodes/{node.node_id}").get_data(as_text=True)
+    admin_console.client.get("/lang/en")
+    assert "no answer within 2 s" in admin_console.client.get("/health/events").get_data(as_text=True)
