@@ -45,6 +45,7 @@ def test_good_keys_pass():
      "Ed25519 keys are refused"),
     (lambda: "-----BEGIN CERTIFICATE REQUEST-----\n" + "A" * 70000 + "\n-----END CERTIFICATE REQUEST-----\n",
      "larger than 64 KB"),
+    (lambda: make_csr(make_key()) + make_csr(make_key()), "one certificate signing request (CSR), not 2"),
 ])
 def test_bad_csrs_are_refused_with_a_reason(build, reason):
     assert reason in reason_for(build())

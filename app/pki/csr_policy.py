@@ -3,7 +3,7 @@
 Accepted: one PEM certificate signing request, at most 64 KB, whose self-signature verifies
 (SHA-256 or stronger), holding an EC P-256, EC P-384 or RSA 2048-8192 bit key.
 
-Refused, each with its own reason: not PEM or not parsable; a certificate where a CSR belongs;
+Refused, each with its own reason: not PEM or not parsable; several CSRs in one text; a certificate where a CSR belongs;
 over 64 KB; a self-signature that does not verify or uses MD5/SHA-1; RSA below 2048 bits; DSA;
 any other curve (P-192, secp256k1, SM2, ...); Ed25519 and Ed448.
 
@@ -79,6 +79,8 @@ def load_csr(pem: str | bytes) -> x509.CertificateSigningRequest:
     if not _CSR_BEGIN.search(data):
         raise InvalidCSR(_l("This is not a PEM certificate signing request: it must start with "
                             "-----BEGIN CERTIFICATE REQUEST-----."))
+    if (count := len(_CSR_BEGIN.findall(data))) > 1:  # the parser would take the first and drop the rest
+        raise InvalidCSR(_l("Send one certificate signing request (CSR), not %(count)s.", count=count))
     try:
         return x509.load_pem_x509_csr(data.replace(b"NEW CERTIFICATE REQUEST", b"CERTIFICATE REQUEST"))
     except ValueError as error:
