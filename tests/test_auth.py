@@ -206,6 +206,15 @@ def test_ministry_admin_creates_a_provincial_admin_in_the_console(admin_console)
     assert "user.create" in actions()
 
 
+@pytest.mark.parametrize("username", ["a", "alice\n", "alice bob", "al/ice", "ａｌｉｃｅ", "x" * 65])
+def test_malformed_usernames_are_refused(app, username):
+    """"alice\n" would sit in the users list looking like alice."""
+    with pytest.raises(ValidationFailed) as caught:
+        service.create_user(service.UserDraft(username=username, password=PASSWORD, role="auditor"))
+    assert caught.value.code == "invalid_username"
+    assert db.session.scalars(select(User).where(User.username == username)).first() is None
+
+
 def test_provincial_admin_needs_a_valid_current_scope(app):
     for scopes, code in [((), "scope_required"), (("999999",), "unknown_division_code"),
                          (("36000",), "invalid_division_code")]:

@@ -73,7 +73,7 @@ def normalise_scopes(role: str, scopes: tuple[str, ...] | list[str]) -> str:
 
 def create_user(draft: UserDraft, *, actor: str | None = None) -> User:
     """`actor`: who creates it, when not the console's signed-in admin (the CLI says "cli")."""
-    if not USERNAME_PATTERN.match(draft.username):
+    if not USERNAME_PATTERN.fullmatch(draft.username):  # match() would let "alice\n" through ($)
         raise ValidationFailed(_l("Usernames are 2-64 letters, digits, '_', '.' or '-'."), code="invalid_username",
                                field="username")
     if draft.role not in ROLES:
