@@ -18,7 +18,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from app.routing import document
-from app.routing.client import AcceptResult, RouteClient, RouteRejected
+from app.routing.client import AcceptResult, RouteClient
+from app.routing.verification import RouteRejected
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 ISSUER = "10000000002015000001"

@@ -36,7 +36,8 @@ from app.appnode.sending import SendingMixin
 from app.appnode.store import get_setting, open_database, put_setting
 from app.appnode.transport import PeerPool, client_context
 from app.errors import DomainError
-from app.routing.client import OwnEntryMismatch, RouteClient, RouteRejected
+from app.routing.client import RouteClient
+from app.routing.verification import OwnEntryMismatch, RouteRejected
 
 # What callers import from here. The message helpers live in messages.py and are re-exported so that their
 # callers need not change. The sections' constants are not: a patch must reach the module that reads them.
