@@ -10,7 +10,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 import pytest
 from sqlalchemy import select
 
-from app.appnode import groups, protocol
+from app.appnode import group_confirmation, groups, protocol
 from app.appnode.config import CAPABILITIES
 from app.appnode.protocol import Conflict, NotAParticipant, NotFound
 from app.appnode.store import Group, Outbox
@@ -208,7 +208,7 @@ class HeldAnnouncement:
 
         monkeypatch.setattr(served.node, "receive", held)
         # The held confirmation must not time out while the test works; only the events decide what happens.
-        monkeypatch.setattr(groups, "CONFIRM_TIMEOUT", 20.0)
+        monkeypatch.setattr(group_confirmation, "CONFIRM_TIMEOUT", 20.0)
 
 
 def test_a_member_node_slow_to_confirm_holds_up_no_other_write_of_the_home_node(network, monkeypatch):  # noqa: F811

@@ -6,8 +6,9 @@ server process can work on the same node at once (SQLite in WAL mode serialises 
 This module holds what every part of the node stands on: the constructor and its shared state, the raw
 write connection, joining the network (identity) and the routing table. Each other job is a mixin in a
 module of its own, since the single class had grown to 1,600 lines (STYLE rule 7): receiving.py
-(docs/protocol.md §5.4), groups.py (A.12), ephemeral.py (A.13, A.15), sending.py (A.9, A.11), files.py (A.10),
-outbox.py (docs/protocol.md §6), reading.py and renewal.py (§4 certificates); messages.py holds what they share.
+(docs/protocol.md §5.4), groups.py, group_home.py and group_confirmation.py (A.12), ephemeral.py (A.13,
+A.15), sending.py (A.9, A.11), files.py (A.10), outbox.py (docs/protocol.md §6), reading.py and renewal.py
+(§4 certificates); messages.py holds what they share.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from pathlib import Path
 from app.appnode.config import NodeConfig
 from app.appnode.ephemeral import EphemeralMixin
 from app.appnode.files import FilesMixin
+from app.appnode.group_confirmation import GroupConfirmationMixin
+from app.appnode.group_home import GroupHomeMixin
 from app.appnode.groups import GroupsMixin
 from app.appnode.messages import Reply, address, declared_type, image_size, local_part, media_type
 from app.appnode.outbox import OutboxMixin
@@ -52,8 +55,8 @@ class NotJoined(DomainError):
     code, status = "not_joined", 409
 
 
-class Node(ReceivingMixin, GroupsMixin, EphemeralMixin, SendingMixin, FilesMixin, OutboxMixin, ReadingMixin,
-           RenewalMixin):
+class Node(ReceivingMixin, GroupsMixin, GroupHomeMixin, GroupConfirmationMixin, EphemeralMixin, SendingMixin,
+           FilesMixin, OutboxMixin, ReadingMixin, RenewalMixin):
     """One node data directory. The state every section shares is set up here; each mixin's docstring names
     what it uses of it and of the other mixins."""
 
