@@ -357,7 +357,7 @@ def test_pull_sends_the_held_version_and_takes_304_as_unchanged(pki):
     first = signed(pki, table(4))
     sent = []
 
-    def fetch(headers):
+    def fetch(headers, since):
         sent.append(headers)
         if headers.get("If-None-Match") == '"4"':
             return Response(304, {})

@@ -7,6 +7,10 @@ import json
 import os
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -14,8 +18,9 @@ import pytest
 from app.admission import nodes
 from app.extensions import db
 from app.routing import service
-from app.routing.client import RouteClient
+from app.routing.client import MAX_STORED_DELTAS, RouteClient
 from app.routing.models import RouteVersion
+from app.routing.serving import cache_for
 from tests.conftest import Console
 from tests.test_sessions import admit_with_keys, people  # noqa: F401 (fixture)
 
@@ -59,6 +64,59 @@ def test_the_route_client_accepts_what_the_server_serves(client, session, tmp_pa
     result = route_client.accept(response.data, response.headers["X-Route-Signature"],
                                  response.headers["X-Route-Signer"], signer)
     assert result.outcome == "accepted" and route_client.entry(session["node"].node_id)["status"] == "unknown"
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict
+    body: bytes
+
+
+def test_a_client_pulling_deltas_asks_for_the_full_table_again_once_it_stores_max_stored_deltas(
+        app, client, session, live_server, tmp_path):
+    """The signed documents stored to verify the table again (the full table and every delta since) stay
+    few: after MAX_STORED_DELTAS deltas the next pull asks for the full table, which starts them afresh."""
+    storage = tmp_path / "routes.json"
+    root, chain = client.get("/ca/ca.pem").data, client.get("/ca/chain.pem").data
+    signer = client.get("/ca/route-signer.pem").data
+    route_client = RouteClient(root, intermediates=chain, storage_path=storage)
+    asked = []
+
+    def fetch(headers, since):
+        asked.append(since)
+        query = f"?since={since}" if since is not None else ""
+        request = urllib.request.Request(f"{live_server}/api/v1/routes{query}",
+                                         headers={**headers, **session["headers"]})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return Answer(response.status, dict(response.headers), response.read())
+        except urllib.error.HTTPError as refusal:
+            return Answer(refusal.code, dict(refusal.headers), refusal.read())
+
+    def stored_documents() -> int:
+        return len(json.loads(storage.read_text("utf-8"))["documents"])
+
+    def served(version: int) -> None:
+        """On PostgreSQL the server learns of a new version by NOTIFY, on a thread of its own."""
+        deadline = time.monotonic() + 10
+        while cache.current_version() < version and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    route_client.pull(fetch, signer)
+    cache = cache_for(app)
+    kept = [stored_documents()]
+    for _ in range(MAX_STORED_DELTAS + 1):
+        version = service.publish("re-sign", force=True).version
+        db.session.commit()
+        served(version)
+        assert route_client.pull(fetch, signer).outcome == "accepted"
+        kept.append(stored_documents())
+
+    assert asked == [None, *range(1, MAX_STORED_DELTAS + 1), None]  # deltas while few, then the full table
+    assert kept == [*range(1, MAX_STORED_DELTAS + 2), 1]
+    assert route_client.version == MAX_STORED_DELTAS + 2
+    assert RouteClient(root, intermediates=chain, storage_path=storage).table == route_client.table
 
 
 def test_if_none_match_gets_304_and_garbage_gets_the_table(client, session):
@@ -187,10 +245,6 @@ def test_the_real_flask_executable_reaches_our_routing_group(app, session):
 
 
 def test_on_postgresql_workers_learn_new_versions_by_notification(app, client, session, people):  # noqa: F811
-    import time
-
-    from app.routing.serving import cache_for
-
     if db.engine.dialect.name != "postgresql":
         pytest.skip("LISTEN/NOTIFY is PostgreSQL's; SQLite reads the version from the database")
     cache = cache_for(app)

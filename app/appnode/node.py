@@ -226,7 +226,7 @@ class Node(ReceivingMixin, GroupsMixin, GroupHomeMixin, GroupConfirmationMixin, 
         """One `GET /api/v1/routes` round through the route client (signature, rollback, freeze, contents)."""
         node_id = self.node_id
 
-        def fetch(headers):
+        def fetch(headers, since):  # always the full table: one signed document to store and verify again
             return self.registry.with_session(node_id, "GET", "/api/v1/routes", headers=headers)
 
         mended: set[str] = set()

@@ -43,6 +43,9 @@ from app.routing.verification import (
 
 DEFAULT_MAX_BODY_SIZE = 8 * 1024 * 1024
 DEFAULT_STORAGE_CHECK_INTERVAL = 1.0
+# A pull asks for the full table instead of a delta once this many deltas are held after the last full table:
+# each is stored, and verified again on every load, until a full table replaces them.
+MAX_STORED_DELTAS = 32
 
 
 class RouteUnavailable(DomainError):
@@ -205,15 +208,18 @@ class RouteClient(VerificationMixin, StoredTableMixin):
 
     # --- pulling ---------------------------------------------------------------------------------
 
-    def pull(self, fetch: Callable[[dict[str, str]], RouteResponse], signer_cert_pem: bytes,
+    def pull(self, fetch: Callable[[dict[str, str], int | None], RouteResponse], signer_cert_pem: bytes,
              chain_pem: bytes | None = None) -> AcceptResult:
-        """One §4 `GET /api/v1/routes` round: `fetch(headers)` does the HTTP (URL, `?since=`, session),
-        this sends `If-None-Match` for the held version and accepts a 200 or takes a 304 as unchanged."""
-        held_version = self.version
+        """One §4 `GET /api/v1/routes` round: `fetch(headers, since)` does the HTTP (URL, session), asking for
+        a delta (`?since=<since>`) when `since` is a version and for the full table when it is None (a fetch
+        may always ask for the full table); this sends `If-None-Match` for the held version and accepts a 200
+        or takes a 304 as unchanged."""
+        held = self._current()
+        held_version = held.table["version"] if held else None
         headers = {"Accept": "application/json"}
         if held_version is not None:
             headers["If-None-Match"] = route_document.etag(held_version)
-        response = fetch(headers)
+        response = fetch(headers, _delta_base(held))
         if response.status == 304 and held_version is not None:
             return AcceptResult("unchanged", held_version, held_version)
         if response.status != 200:
@@ -225,6 +231,14 @@ class RouteClient(VerificationMixin, StoredTableMixin):
         if signature is None:
             raise RouteRejected("bad_signature", "the response has no X-Route-Signature header")
         return self.accept(response.body, signature, signer, signer_cert_pem, chain_pem)
+
+
+def _delta_base(held: _Held | None) -> int | None:
+    """The version a pull may ask a delta from; None, for the full table, when nothing is held or once
+    MAX_STORED_DELTAS deltas are held after the full table (its signed documents are that one and the deltas)."""
+    if held is None or len(held.documents) > MAX_STORED_DELTAS:
+        return None
+    return held.table["version"]
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
