@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.conftest import PASSWORD, screenshot
 
 
@@ -88,26 +90,65 @@ def test_console_fits_a_390_px_phone_in_both_languages(page, live_server, make_u
             page.click("text=English")
 
 
-def test_nodes_list_on_a_phone_shows_each_nodes_state_beside_its_id(page, live_server, make_user):
-    """At 390 px the nodes table scrolls sideways inside itself; what a reader scans the list for (the
-    state and the health of each node) is in the first screen, next to the node id, not past the
-    organisation, system, vendor and division columns."""
+def _one_of_each_row(make_user) -> None:
+    """A row or more in every list: an admitted node (its certificate, route table and health), an unused
+    token and a pending application from a provincial admin, and that admin locked out by failed sign-ins."""
+    from datetime import UTC, datetime, timedelta
+
+    from app.admission import applications, tokens
+    from app.admission.information import parse
+    from app.auth import service as auth
+    from app.extensions import db
+    from app.health.models import HealthEvent
+    from tests.factories import node_document
     from tests.test_i18n import _admitted_node
 
     make_user("minister")
-    _admitted_node(make_user)
+    _, node = _admitted_node(make_user)
+    jx = make_user("jx-admin", "provincial_admin", ("360000",))
+    tokens.create_token("360000", by=jx, note="南昌市公安局即时通信节点接入")
+    document = node_document("360100")
+    applications.submit_by_user(parse(document), document["csr"], by=jx)
+    now = datetime.now(UTC)
+    for minutes, (old, new) in enumerate([("down", "up"), ("up", "down"), ("unknown", "up")]):
+        db.session.add(HealthEvent(node_id=node.node_id, at=now - timedelta(minutes=minutes), old_status=old,
+                                   new_status=new, reason="timeout" if new == "down" else None,
+                                   detail="no answer within 2 s" if new == "down" else ""))
+    db.session.commit()
+    for attempt in range(5):
+        try:
+            auth.authenticate("jx-admin", "Not-The-Password-1", f"10.36.0.{attempt + 1}")
+        except auth.LoginRefused:
+            pass
+    assert auth.is_locked("jx-admin")
+
+
+# What a reader scans each list for, and so must be in the first screen of a 390 px phone beside the row's
+# identifier: (path, data-column names of those header cells).
+PHONE_LISTS = [
+    ("/nodes/", ("node_id", "status", "health")),
+]
+
+
+@pytest.mark.parametrize(("path", "columns"), PHONE_LISTS, ids=[path.strip("/").replace("/", "-")
+                                                                 for path, _ in PHONE_LISTS])
+def test_a_list_on_a_phone_shows_each_rows_state_beside_its_id(page, live_server, make_user, path, columns):
+    """At 390 px a list's table scrolls sideways inside itself; what a reader scans the list for (the state
+    of each row, and the button that acts on it) is in the first screen, next to the row's identifier, and
+    the less needed text columns are the ones off to the side."""
+    _one_of_each_row(make_user)
     page.set_viewport_size({"width": 390, "height": 800})
     sign_in(page, live_server, "minister")
     for language in ("zh_CN", "en"):
         page.goto(f"{live_server}/lang/{language}")
-        page.goto(f"{live_server}/nodes/")
-        table = page.eval_on_selector("table.nodes", "t => ({right: t.getBoundingClientRect().right,"
+        page.goto(f"{live_server}{path}")
+        table = page.eval_on_selector("main table.list", "t => ({right: t.getBoundingClientRect().right,"
                                       " scroll: t.scrollWidth, width: t.clientWidth})")
         assert table["scroll"] > table["width"]  # the rest is a sideways scroll inside the table
         assert page.evaluate("document.documentElement.scrollWidth") <= 390
-        headers = page.eval_on_selector_all("table.nodes th", "ths => ths.map(th => [th.dataset.column,"
+        headers = page.eval_on_selector_all("main table.list th", "ths => ths.map(th => [th.dataset.column,"
                                             " th.getBoundingClientRect().right])")
         seen = {column: right for column, right in headers}
-        for column in ("node_id", "status", "health"):
+        for column in columns:
             assert seen[column] <= table["right"], f"{column} is off to the side ({language}): {headers}"
-        screenshot(page, f"phone-nodes-{language}")
+        screenshot(page, f"phone-{path.strip('/').replace('/', '-')}-{language}")
