@@ -127,6 +127,7 @@ def _one_of_each_row(make_user) -> None:
 # identifier: (path, data-column names of those header cells).
 PHONE_LISTS = [
     ("/nodes/", ("node_id", "status", "health")),
+    ("/certificates/", ("serial", "state")),
 ]
 
 
