@@ -128,6 +128,7 @@ def _one_of_each_row(make_user) -> None:
 PHONE_LISTS = [
     ("/nodes/", ("node_id", "status", "health")),
     ("/certificates/", ("serial", "state")),
+    ("/tokens/", ("token", "state", "actions")),
 ]
 
 
