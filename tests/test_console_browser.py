@@ -129,6 +129,7 @@ PHONE_LISTS = [
     ("/nodes/", ("node_id", "status", "health")),
     ("/certificates/", ("serial", "state")),
     ("/tokens/", ("token", "state", "actions")),
+    ("/applications/", ("submitted", "status")),
 ]
 
 
