@@ -130,6 +130,7 @@ PHONE_LISTS = [
     ("/certificates/", ("serial", "state")),
     ("/tokens/", ("token", "state", "actions")),
     ("/applications/", ("submitted", "status")),
+    ("/users/", ("username", "state", "actions")),
 ]
 
 
