@@ -131,6 +131,7 @@ PHONE_LISTS = [
     ("/tokens/", ("token", "state", "actions")),
     ("/applications/", ("submitted", "status")),
     ("/users/", ("username", "state", "actions")),
+    ("/health/events", ("at", "node", "change")),
 ]
 
 
