@@ -132,6 +132,7 @@ PHONE_LISTS = [
     ("/applications/", ("submitted", "status")),
     ("/users/", ("username", "state", "actions")),
     ("/health/events", ("at", "node", "change")),
+    ("/audit/", ("at", "actor", "action")),
 ]
 
 
@@ -157,3 +158,4 @@ def test_a_list_on_a_phone_shows_each_rows_state_beside_its_id(page, live_server
         for column in columns:
             assert seen[column] <= table["right"], f"{column} is off to the side ({language}): {headers}"
         screenshot(page, f"phone-{path.strip('/').replace('/', '-')}-{language}")
+
