@@ -159,3 +159,26 @@ def test_a_list_on_a_phone_shows_each_rows_state_beside_its_id(page, live_server
             assert seen[column] <= table["right"], f"{column} is off to the side ({language}): {headers}"
         screenshot(page, f"phone-{path.strip('/').replace('/', '-')}-{language}")
 
+
+def test_audit_log_never_splits_an_actors_name(page, live_server, make_user):
+    """A username reads as one word: in a log filtered to "jx-admin" the actor column is narrow, and the
+    name broke after its hyphen ("jx-" over "admin"); on a phone and on a desktop it is one line."""
+    _one_of_each_row(make_user)
+    sign_in(page, live_server, "minister")
+    for width in (390, 1366):
+        page.set_viewport_size({"width": width, "height": 800})
+        for language in ("zh_CN", "en"):
+            page.goto(f"{live_server}/lang/{language}")
+            page.goto(f"{live_server}/audit/?actor=jx-admin")
+            lines = page.evaluate("""() => {
+                const headers = [...document.querySelectorAll('main table.list th')];
+                const column = headers.findIndex(th => th.dataset.column === 'actor');
+                return [...document.querySelectorAll('main table.list tbody tr')].map(tr => {
+                    const range = document.createRange();
+                    range.selectNodeContents(tr.cells[column]);
+                    return [tr.cells[column].innerText, range.getClientRects().length];
+                });
+            }""")
+            assert lines and all(text == "jx-admin" for text, _ in lines)
+            assert all(count == 1 for _, count in lines), f"{width} px, {language}: {lines}"
+    screenshot(page, "audit-actor-jx-admin")
