@@ -182,3 +182,23 @@ def test_audit_log_never_splits_an_actors_name(page, live_server, make_user):
             assert lines and all(text == "jx-admin" for text, _ in lines)
             assert all(count == 1 for _, count in lines), f"{width} px, {language}: {lines}"
     screenshot(page, "audit-actor-jx-admin")
+
+
+def test_application_page_sets_each_heading_apart_from_the_facts_above_it(page, live_server, make_user):
+    """The reachability heading sat flush under the CSR's facts (0 px: the list and the heading both had no
+    margin), reading as one more fact; a heading that follows something in a card has room above it."""
+    from app.admission.models import Application
+    from app.extensions import db
+
+    _one_of_each_row(make_user)
+    pending = db.session.scalars(db.select(Application).where(Application.status == "pending")).first()
+    sign_in(page, live_server, "minister")
+    for width in (390, 1366):
+        page.set_viewport_size({"width": width, "height": 800})
+        page.goto(f"{live_server}/applications/{pending.id}")
+        gap = page.evaluate("""() => {
+            const facts = document.querySelector('#csr-key').closest('dl');
+            return facts.nextElementSibling.getBoundingClientRect().top - facts.getBoundingClientRect().bottom;
+        }""")
+        assert gap >= 12, f"{width} px: the heading is {gap} px under the facts"
+    screenshot(page, "application-pending")
