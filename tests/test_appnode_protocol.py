@@ -148,6 +148,11 @@ BAD = [
     ("ack", lambda d: d.update(status="ok"), "$.status"),
     ("error", lambda d: d["error"].update(code="Schema Violation"), "$.error.code"),
     ("health", lambda d: d.update(status="degraded"), "$.status"),
+    # `$` in Python's re also matches before a final newline; a schema's pattern is matched whole (ECMA-262)
+    ("envelope", lambda d: d.update(message_id=d["message_id"] + "\n"), "$.message_id"),
+    ("envelope", lambda d: d.update(from_node=d["from_node"] + "\n"), "$.from_node"),
+    ("sender", lambda d: d.update(user_id="zhangsan\n"), "$.user_id"),
+    ("read_state", lambda d: d.update(updated_at=d["updated_at"] + "\n"), "$.updated_at"),
 ]
 
 
@@ -194,6 +199,10 @@ def test_single_chat_id_is_symmetric_and_distinct():
 def test_single_chat_id_refuses_a_bare_user_id():
     with pytest.raises(ValueError):
         single_chat_conversation_id("zhangsan", f"lisi@{GANZHOU}")
+    with pytest.raises(ValueError):
+        single_chat_conversation_id(f"zhangsan@{NANCHANG}\n", f"lisi@{GANZHOU}")
+    with pytest.raises(SchemaViolation):
+        protocol.require_address(f"lisi@{GANZHOU}\n", "to")
 
 
 # ---- A.8 envelope checks ----------------------------------------------------------------------------------------
