@@ -36,6 +36,21 @@ def test_a_body_nested_deeper_than_the_parser_goes_is_invalid_json_not_a_server_
     assert status == 400 and body["error"]["code"] == "invalid_json"
 
 
+def test_a_string_holding_a_lone_surrogate_is_invalid_json_not_a_server_error(network):  # noqa: F811
+    """A "\\ud800" escape parses in Python but is no text: the schema validator could not encode it and answered
+    500, which the sender retries for 48 hours."""
+    a, b = network["a"], network["b"]
+    for text in ('"\\ud800"', '"\\udfff\\ud800"', '"a\\ud83d"'):
+        body = json.dumps(text_envelope(a, b, text="X")).replace('"X"', text).encode()
+        status, answer = raw_post(a.node, b, "message", body)
+        assert status == 400 and answer["error"]["code"] == "invalid_json", answer
+    key = json.dumps(text_envelope(a, b)).replace('"payload"', '"\\udc00payload"').encode()
+    assert raw_post(a.node, b, "message", key)[1]["error"]["code"] == "invalid_json"
+    paired = json.dumps(text_envelope(a, b, text="X")).replace('"X"', '"\\ud83d\\ude00"').encode()
+    assert raw_post(a.node, b, "message", paired)[0] == 200  # a surrogate pair is a character: 😀
+    assert [m.document["content"]["text"] for m in stored_messages(b)] == ["😀"]
+
+
 def test_a_wrong_method_is_method_not_allowed_and_a_fault_is_a_json_500(network):  # noqa: F811
     a, b = network["a"], network["b"]
     entry = a.node.routes.entry(b.id)

@@ -42,6 +42,16 @@ def _strict_object(pairs):
     return result
 
 
+def _is_text(document) -> bool:
+    """False when a string or key holds a lone surrogate: "\\ud800" parses, but no UTF-8 (the schema validator,
+    the database) can take it (RFC 8259 §8.2). Only an escape makes one, hence the caller's cheap test first."""
+    try:
+        json.dumps(document, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class ReceivingMixin:
     """The receiving side of a `Node`. Relies on the node's `db`, `config`, `node_id`, `routes`, `wake`,
     `_raw`, `_writing`, `_known_users` and `_refresh_for_peer`; hands envelopes to `_accept_group_op` and
@@ -63,6 +73,8 @@ class ReceivingMixin:
             raise InvalidJSON("the body is not JSON") from None
         if not isinstance(envelope, dict):
             raise InvalidJSON("the body is not a JSON object")
+        if b"\\u" in body and not _is_text(envelope):
+            raise InvalidJSON("a string holds a lone surrogate escape, which is no character")
         protocol.check_envelope(envelope, node_id=self.node_id, expected_type=kind)
         self._check_peer(envelope["from_node"], peer_certificate)
         if kind == "download":
