@@ -290,6 +290,31 @@ def test_ephemeral_state_comes_from_the_users_node_or_the_groups_home():
                                      now=NOW), node_id=GANZHOU, now=NOW)
 
 
+def _file_message(message: dict) -> None:
+    message.update(msg_type="file", content=example("file"))
+
+
+@pytest.mark.parametrize(("kind", "change", "field"), [
+    ("message", lambda m: m.update(send_time="2025-02-30T00:00:00Z"), "payload.send_time"),
+    ("message", lambda m: (_file_message(m), m["content"].update(expire_at="2025-04-31T00:00:00Z")),
+     "payload.content.expire_at"),
+    ("ephemeral", lambda b: b["read_states"][0].update(updated_at="2026-02-29T00:00:00Z"),
+     "payload.read_states[0].updated_at"),
+    ("ephemeral", lambda b: b["presence"]["items"][0].update(last_active="0000-06-12T02:19:58Z"),
+     "payload.presence.items[0].last_active"),
+    ("ephemeral", lambda b: b["presence"]["items"][0].update(updated_at="2025-06-31T02:20:00Z"),
+     "payload.presence.items[0].updated_at"),
+])
+def test_a_payload_time_that_names_no_moment_is_refused(kind, change, field):
+    """The pattern lets February 30 through: stored, it made the conversation page answer 422 to its operator."""
+    payload = example(kind)
+    change(payload)
+    envelope = make_envelope(from_node=NANCHANG, to_node=GANZHOU, type=kind, payload=payload, now=NOW)
+    with pytest.raises(SchemaViolation, match="not a calendar date") as caught:
+        check_envelope(envelope, node_id=GANZHOU, now=NOW)
+    assert caught.value.field == field
+
+
 def test_built_envelopes_acks_and_retries_are_valid():
     envelope = make_envelope(from_node=NANCHANG, to_node=GANZHOU, type="download", payload=example("download"),
                              now=NOW)

@@ -337,10 +337,27 @@ def check_envelope(envelope, *, node_id: str, expected_type: str | None = None,
     if envelope["to_node"] != node_id:
         raise WrongRecipient(f"this is node {node_id}, not {envelope['to_node']}", field="to_node")
     check_timestamp(envelope["timestamp"], now)
+    for field, text in _payload_times(envelope["type"], envelope["payload"]):
+        parse_timestamp(text, field)
     check = {"message": _check_message, "group_op": _check_group_op, "ephemeral": _check_ephemeral}
     if envelope["type"] in check:
         check[envelope["type"]](envelope["from_node"], envelope["to_node"], envelope["message_id"],
                                 envelope["payload"])
+
+
+def _payload_times(kind: str, payload: dict):
+    """The payload's times, by field: each must name a moment, which the schema's pattern (day 01-31, any
+    month, year 0000) does not make sure of, and the node reads them back to store, serve and show."""
+    if kind == "message":
+        yield "payload.send_time", payload["send_time"]
+        if "expire_at" in payload["content"]:
+            yield "payload.content.expire_at", payload["content"]["expire_at"]
+    elif kind == "ephemeral":
+        for index, state in enumerate(payload.get("read_states", ())):
+            yield f"payload.read_states[{index}].updated_at", state["updated_at"]
+        for index, item in enumerate(payload.get("presence", {}).get("items", ())):
+            yield f"payload.presence.items[{index}].last_active", item["last_active"]
+            yield f"payload.presence.items[{index}].updated_at", item["updated_at"]
 
 
 def _check_message(from_node: str, to_node: str, message_id: str, message: dict) -> None:
