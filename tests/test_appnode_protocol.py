@@ -153,6 +153,17 @@ BAD = [
     ("envelope", lambda d: d.update(from_node=d["from_node"] + "\n"), "$.from_node"),
     ("sender", lambda d: d.update(user_id="zhangsan\n"), "$.user_id"),
     ("read_state", lambda d: d.update(updated_at=d["updated_at"] + "\n"), "$.updated_at"),
+    # C1 controls and bidi controls in what people read: "江西省\u202e厅安公" shows as 江西省公安厅, and
+    # "现场\u202egnp.exe" as 现场exe.png
+    ("sender", lambda d: d.update(org_name="江西省\u202e厅安公"), "$.org_name"),
+    ("sender", lambda d: d.update(user_name="张\u2067三"), "$.user_name"),
+    ("sender", lambda d: d.update(user_name="张\x85三"), "$.user_name"),
+    ("file", lambda d: d.update(file_name="现场\u202egnp.exe"), "$.file_name"),
+    ("image", lambda d: d.update(file_name="\u200f现场.jpg"), "$.file_name"),
+    ("sticker", lambda d: d.update(alt_text="[\u202d赞]"), "$.alt_text"),
+    ("group_op", lambda d: d["group_info"].update(name="专班\u061c"), "$.group_info.name"),
+    ("group_op", lambda d: d["group_info"].update(notice="通知\x9b"), "$.group_info.notice"),
+    ("text", lambda d: d.update(text="收到\x9d"), "$.text"),
 ]
 
 
