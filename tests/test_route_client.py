@@ -290,11 +290,24 @@ def test_oversized_body_is_too_large_before_anything_is_parsed_or_verified(pki):
     {"status": "sleeping"},
     {"cert_sha256": "36" * 31},
     {"capabilities": ["text", "telepathy"]},
+    # `$` in Python's re also matches before a final newline: each field is matched whole
+    {"node_id": JIANGXI + "\n"},
+    {"division_code": "360000\n"},
+    {"cert_sha256": "36" * 32 + "\n"},
 ])
 def test_malformed_entry_is_rejected(pki, broken):
     client = make_client(pki)
     assert rejected(client, **signed(pki, table(1, {**entry(JIANGXI), **broken}))) == "malformed"
     assert client.table is None
+
+
+def test_an_issuer_or_removed_node_id_ending_in_a_newline_is_malformed(pki):
+    client = make_client(pki)
+    assert rejected(client, **signed(pki, {**table(1), "issuer": ISSUER + "\n"})) == "malformed"
+    delta = document.delta_document(2, 1, [], [HUNAN + "\n"], issuer=ISSUER, issued_at=NOW - timedelta(minutes=5),
+                                    expires_at=NOW + timedelta(hours=24))
+    with pytest.raises(document.MalformedDocument, match="removed"):
+        document.check_delta(delta)
 
 
 @pytest.mark.parametrize("body", [b'["not", "a", "table"]', b"[" * 5000])

@@ -141,10 +141,10 @@ def check_entry(entry: object, where: str = "entry") -> None:
     if not isinstance(entry, dict):
         raise MalformedDocument(f"{where} must be an object")
     node_id = entry.get("node_id")
-    if not isinstance(node_id, str) or not NODE_ID.match(node_id):
+    if not isinstance(node_id, str) or not NODE_ID.fullmatch(node_id):
         raise MalformedDocument(f"{where}: node_id must be 20 digits")
     where = f"node {node_id}"
-    if not isinstance(entry.get("division_code"), str) or not DIVISION_CODE.match(entry["division_code"]):
+    if not isinstance(entry.get("division_code"), str) or not DIVISION_CODE.fullmatch(entry["division_code"]):
         raise MalformedDocument(f"{where}: division_code must be 6 digits")
     for field in ("org_name", "system_name"):
         if not isinstance(entry.get(field), str) or not entry[field].strip():
@@ -152,7 +152,7 @@ def check_entry(entry: object, where: str = "entry") -> None:
     _check_endpoint(entry.get("endpoint"), where)
     if entry.get("status") not in STATUSES:
         raise MalformedDocument(f"{where}: status must be one of {', '.join(STATUSES)}")
-    if not isinstance(entry.get("cert_sha256"), str) or not FINGERPRINT.match(entry["cert_sha256"]):
+    if not isinstance(entry.get("cert_sha256"), str) or not FINGERPRINT.fullmatch(entry["cert_sha256"]):
         raise MalformedDocument(f"{where}: cert_sha256 must be 64 lowercase hex digits")
     capabilities = entry.get("capabilities")
     if not isinstance(capabilities, list) or not all(isinstance(item, str) for item in capabilities):
@@ -180,7 +180,7 @@ def _check_header(document: object) -> None:
     version = document.get("version")
     if type(version) is not int or version < 0:
         raise MalformedDocument("version must be a non-negative integer")
-    if not isinstance(document.get("issuer"), str) or not NODE_ID.match(document["issuer"]):
+    if not isinstance(document.get("issuer"), str) or not NODE_ID.fullmatch(document["issuer"]):
         raise MalformedDocument("issuer must be a 20-digit node id")
     if parse_time(document.get("issued_at"), "issued_at") > parse_time(document.get("expires_at"), "expires_at"):
         raise MalformedDocument("issued_at is after expires_at")
@@ -217,7 +217,7 @@ def check_delta(document: object) -> None:
         raise MalformedDocument("since must be an integer below version")
     _check_entries(document.get("changed"), "changed")
     removed = document.get("removed")
-    if not isinstance(removed, list) or not all(isinstance(item, str) and NODE_ID.match(item) for item in removed):
+    if not isinstance(removed, list) or not all(isinstance(item, str) and NODE_ID.fullmatch(item) for item in removed):
         raise MalformedDocument("removed must be a list of 20-digit node ids")
     if len(set(removed)) != len(removed) or set(removed) & {entry["node_id"] for entry in document["changed"]}:
         raise MalformedDocument("removed repeats a node id or names one that is also changed")
