@@ -9,7 +9,8 @@ import ssl
 import urllib.request
 from html import unescape
 
-from tests.test_appnode import network, png  # noqa: F401 (fixture)
+from tests.appnode_harness import raw_post
+from tests.test_appnode import network, png, text_envelope  # noqa: F401 (fixture)
 from tests.test_sessions import people  # noqa: F401 (fixture)
 
 
@@ -53,3 +54,13 @@ def test_the_conversation_page_names_delivery_message_types_and_the_contacts_pre
     assert re.search(r"Presence:\s*Busy · android · last active \d{4}-", english)
     chinese = page(a, path + "&lang=zh_CN")
     assert "[图片] 现场.png" in chinese and "在线状态" in chinese and "<td>delivered</td>" not in chinese
+
+
+def test_a_peers_time_at_the_end_of_the_calendar_is_shown_as_sent_instead_of_failing_the_page(network):  # noqa: F811
+    """9999-12-31T23:59:59Z names a moment, but none in UTC+08:00: the list and the conversation answered 500."""
+    a, b = network["a"], network["b"]
+    envelope = text_envelope(a, b, "来自未来", message={"send_time": "9999-12-31T23:59:59Z"})
+    assert raw_post(a.node, b, "message", envelope)[0] == 200
+    assert "9999-12-31T23:59:59Z" in page(b, "/?user=lisi")
+    conversation = page(b, f"/conversation?user=lisi&id={envelope['payload']['conversation_id']}")
+    assert "9999-12-31T23:59:59Z" in conversation and "来自未来" in conversation

@@ -52,9 +52,16 @@ def create_node_app(node: Node) -> Flask:
     Babel(app, locale_selector=lambda: g.get("lang", "zh_CN"))
     app.extensions["mpim_node"] = node
     zone = ZoneInfo(os.environ.get("MPIM_DISPLAY_TIMEZONE", "Asia/Shanghai"))
-    # Protocol times are RFC 3339 UTC; people read them in their own time zone, as in the console.
-    app.jinja_env.filters["shown_time"] = lambda value: protocol.parse_timestamp(value).astimezone(zone).strftime(
-        "%Y-%m-%d %H:%M:%S")
+
+    @app.template_filter("shown_time")
+    def shown_time(value: str) -> str:
+        """Protocol times are RFC 3339 UTC; people read them in their own time zone, as in the console. A
+        peer's time at either end of the calendar has no local time (9999-12-31T23:59:59Z is past year 9999
+        in UTC+08:00): it is shown as sent."""
+        try:
+            return protocol.parse_timestamp(value).astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
+        except OverflowError:
+            return value
 
     @app.context_processor
     def page_helpers():
