@@ -56,6 +56,9 @@ def test_a_wrong_method_is_method_not_allowed_and_a_fault_is_a_json_500(network)
     entry = a.node.routes.entry(b.id)
     answered = a.node.peers.post(entry["endpoint"], "/api/v1/health", b"{}", pin=entry["cert_sha256"])
     assert answered.status == 405 and json.loads(answered.body)["error"]["code"] == "method_not_allowed"
+    for method, path, allowed in (("POST", "/api/v1/health", "GET"), ("GET", "/api/v1/federation/messages", "POST")):
+        answered = create_node_app(b.node).test_client().open(path, method=method)
+        assert answered.status_code == 405 and allowed in answered.headers["Allow"]  # RFC 9110 §15.5.6
 
     app = create_node_app(b.node)  # the node's own app, with one path that fails as a bug would
 

@@ -79,8 +79,11 @@ def create_node_app(node: Node) -> Flask:
         return json_response(protocol.NotFound("unknown path").to_dict(), 404)
 
     @app.errorhandler(405)
-    def not_allowed(_error):
-        return json_response(protocol.MethodNotAllowed(f"{request.method} is not allowed here").to_dict(), 405)
+    def not_allowed(error):
+        # The Allow header Werkzeug built (RFC 9110 requires it on a 405); the body is the protocol's.
+        allow = {name: value for name, value in error.get_headers() if name.lower() == "allow"}
+        return json_response(protocol.MethodNotAllowed(f"{request.method} is not allowed here").to_dict(), 405,
+                             allow)
 
     @app.errorhandler(500)
     def internal_error(error):
