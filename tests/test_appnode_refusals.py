@@ -51,6 +51,25 @@ def test_a_string_holding_a_lone_surrogate_is_invalid_json_not_a_server_error(ne
     assert [m.document["content"]["text"] for m in stored_messages(b)] == ["😀"]
 
 
+def test_a_body_announced_over_the_limit_is_refused_before_it_is_read(network):  # noqa: F811
+    """The node waited for the announced bytes, holding one of its few threads for a caller who needs no
+    certificate to say it will send 100 MB, then sends nothing."""
+    import http.client
+
+    from app.appnode.transport import client_context
+    a, b = network["a"], network["b"]
+    who = a.node.identity
+    connection = http.client.HTTPSConnection("127.0.0.1", b.port, timeout=30,
+                                             context=client_context(who.cert_file, who.key_file, who.bundle_file))
+    connection.putrequest("POST", "/api/v1/federation/messages")
+    connection.putheader("Content-Type", "application/json")
+    connection.putheader("Content-Length", str(100 * 1024 * 1024))
+    connection.endheaders(b"{")
+    answered = connection.getresponse()
+    assert answered.status == 413 and json.loads(answered.read())["error"]["code"] == "payload_too_large"
+    connection.close()
+
+
 def test_a_wrong_method_is_method_not_allowed_and_a_fault_is_a_json_500(network):  # noqa: F811
     a, b = network["a"], network["b"]
     entry = a.node.routes.entry(b.id)

@@ -101,6 +101,9 @@ def create_node_app(node: Node) -> Flask:
         kind = protocol.ENDPOINTS.get(f"/api/v1/federation/{name}")
         if kind is None:
             abort(404)
+        if (request.content_length or 0) > protocol.MAX_BODY_BYTES:
+            # Refused before a byte is read: waiting for them would hold a thread for whoever announces them.
+            raise protocol.PayloadTooLarge(f"the body is over {protocol.MAX_BODY_BYTES} bytes")
         body = request.stream.read(protocol.MAX_BODY_BYTES + 1)  # one byte more: receive() refuses 413
         reply = node.receive(kind, body, request.content_type, peer_certificate())
         if reply.body is not None:
