@@ -5,6 +5,7 @@ an answer that never ends is cut off at a limit, never read into memory whole.""
 from __future__ import annotations
 
 import ipaddress
+import json
 import ssl
 import tempfile
 import threading
@@ -19,9 +20,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from app.appnode import outbox
 from app.appnode.node import Node
+from app.appnode.protocol import Unavailable
 from app.appnode.registry import HTTPResult, RegistryClient
+from app.appnode.store import utcnow
 from app.appnode.transport import ANSWER_LIMIT, PeerAnswerTooLarge, PeerPool, PeerUnreachable
+from tests.test_appnode import network  # noqa: F401 (fixture)
+from tests.test_sessions import people  # noqa: F401 (fixture)
 
 NESTED = b"[" * 5000
 
@@ -131,3 +137,25 @@ def test_a_stopping_node_abandons_a_request_a_silent_peer_never_answers(endless_
     assert not sender.is_alive() and "this node is stopping" in outcome["error"], outcome
     with pytest.raises(PeerUnreachable, match="stopping"):
         pool.post(endpoint, "/endless", b"{}", pin=None)  # nothing new starts
+
+
+def answering_unavailable(retry_after: str):
+    """A peer node that takes nothing now and says when to come back."""
+    def answer(environ, start_response):
+        environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        start_response("503 Service Unavailable", [("Content-Type", "application/json"),
+                                                   ("Retry-After", retry_after)])
+        return [json.dumps(Unavailable("busy").to_dict()).encode()]
+    return answer
+
+
+@pytest.mark.parametrize("retry_after", ["1e400", "99999999999999", "٣٠٠٠٠٠٠٠٠٠٠٠٠٠٠"])
+def test_a_peers_retry_after_beyond_the_calendar_is_no_crash_and_no_endless_wait(network, retry_after):  # noqa: F811
+    """float() took "1e400" (infinity), a delay past year 9999, and Arabic-Indic digits: the user's send failed
+    with OverflowError, and in the loop the whole batch of envelopes with it was never written back."""
+    a, b = network["a"], network["b"]
+    b.server.app = answering_unavailable(retry_after)
+    message = a.node.send_text("zhangsan", b.user("lisi"), "稍后再试")
+    [row] = a.node.outbox()
+    assert (row.message_id, row.state) == (message.message_id, "pending")
+    assert row.next_attempt_at <= utcnow() + outbox.RETRY_AFTER_MAX

@@ -1,10 +1,10 @@
 """The outbox (docs/protocol.md §6): every envelope for another node is written as a row first, then sent,
 at once by a caller that claimed it or by the node loop once due. A row is retried with growing delays (from
-RETRY_FIRST up to RETRY_MAX, or the peer's Retry-After if longer) until GIVE_UP_AFTER; when the two nodes'
-tables disagree (the peer is missing from this node's table or does not present the certificate it lists,
-or it answers unknown_peer or certificate_mismatch) only for PEER_RETRY_WINDOW, as the next table may mend
-that. Also here: how a peer's error answer is read, which the group confirmation and the download read the
-same way.
+RETRY_FIRST up to RETRY_MAX, or the peer's Retry-After if longer, up to RETRY_AFTER_MAX) until GIVE_UP_AFTER;
+when the two nodes' tables disagree (the peer is missing from this node's table or does not present the
+certificate it lists, or it answers unknown_peer or certificate_mismatch) only for PEER_RETRY_WINDOW, as the
+next table may mend that. Also here: how a peer's error answer is read, which the group confirmation and the
+download read the same way.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -30,11 +31,24 @@ log = logging.getLogger("mpim.appnode")
 
 RETRY_FIRST, RETRY_MAX = 2.0, 600.0
 GIVE_UP_AFTER = timedelta(hours=48)
+# A peer's Retry-After is honoured up to an hour, so that the give-up after 48 hours still comes.
+RETRY_AFTER_MAX = timedelta(hours=1)
 PEER_RETRY_WINDOW = timedelta(hours=1)  # unknown_peer / certificate_mismatch are retried this long
 CLAIM_SECONDS = 60.0
 DELIVERY_PARALLELISM = 4
 
 _OUTBOX = Outbox.__table__
+
+
+def retry_after_seconds(value: str | None) -> float:
+    """A peer's Retry-After in delay-seconds (RFC 9110 §10.2.3: ASCII digits), at most RETRY_AFTER_MAX; 0 for
+    anything else. float() took "1e400" (infinity) and Arabic-Indic digits, and a delay past year 9999 made
+    the retry time overflow."""
+    value = (value or "").strip()
+    if not re.fullmatch(r"[0-9]+", value):
+        return 0.0
+    most = RETRY_AFTER_MAX.total_seconds()
+    return most if len(value) > 9 else min(float(value), most)
 
 
 class OutboxMixin:
@@ -118,10 +132,7 @@ class OutboxMixin:
                 code = self._error_code(response.body)
                 peer_refused = code in ("unknown_peer", "certificate_mismatch")
                 retryable = response.status == 429 or response.status >= 500 or peer_refused
-                try:
-                    retry_after = float(response.header("Retry-After") or 0)
-                except ValueError:
-                    retry_after = 0.0
+                retry_after = retry_after_seconds(response.header("Retry-After"))
         row.last_error = error[:300]
         window = PEER_RETRY_WINDOW if peer_refused else GIVE_UP_AFTER
         if not retryable or now - row.first_attempt_at > window:
