@@ -159,3 +159,21 @@ def test_a_peers_retry_after_beyond_the_calendar_is_no_crash_and_no_endless_wait
     [row] = a.node.outbox()
     assert (row.message_id, row.state) == (message.message_id, "pending")
     assert row.next_attempt_at <= utcnow() + outbox.RETRY_AFTER_MAX
+
+
+def test_an_answer_length_in_superscript_digits_is_no_length_and_no_crash(network):  # noqa: F811
+    """A "²" length: "²".isdigit() holds but int("²") fails; the ValueError escaped the transport, so the send
+    failed and the loop lost the batch. A length that is not ASCII digits is no length; the answer is
+    still read to its limit."""
+    a, b = network["a"], network["b"]
+    served = b.server.app
+
+    def superscript_length(environ, start_response):
+        def start(status, headers, *args):
+            return start_response(status, [(name, "²" if name.lower() == "content-length" else value)
+                                           for name, value in headers], *args)
+        return served(environ, start)
+    b.server.app = superscript_length
+    message = a.node.send_text("zhangsan", b.user("lisi"), "上标")
+    assert a.node.outbox()[0].state == "delivered"
+    assert b.node.history("lisi", message.conversation_id)[0]["message"].document["content"]["text"] == "上标"

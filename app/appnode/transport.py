@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import re
 import socket
 import ssl
 import threading
@@ -213,8 +214,9 @@ class PeerPool:
 def _read_bounded(response: http.client.HTTPResponse, limit: int, sink: BinaryIO | None, where: str) -> bytes:
     """The answer's body, chunk by chunk, into `sink` or memory; PeerAnswerTooLarge past `limit` bytes,
     before reading anything when the answer announces its length."""
-    declared = response.getheader("Content-Length")
-    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+    declared = (response.getheader("Content-Length") or "").strip()
+    # ASCII digits only: "²".isdigit() holds, and int() then fails, or reads "٣" as 3.
+    if re.fullmatch(r"[0-9]+", declared) and int(declared) > limit:
         raise PeerAnswerTooLarge(f"{where}: the answer announces {int(declared)} bytes, more than {limit}")
     chunks, total = [], 0
     while chunk := response.read(CHUNK_BYTES):
