@@ -65,8 +65,8 @@ def paginate(query: Select, page: int, per_page: int, *, count: bool = True) -> 
     """Offset pagination with a separate COUNT; callers keep list queries index-friendly."""
     page = max(1, page)
     total = db.session.scalar(select(func.count()).select_from(query.order_by(None).subquery())) if count else 0
-    if total:
-        page = min(page, -(-total // per_page))  # a page past the end (an old link) shows the last one
+    if count:  # a page past the end (an old link) shows the last one, and of an empty list the first
+        page = min(page, max(1, -(-total // per_page)))
     items = list(db.session.scalars(query.limit(per_page).offset((page - 1) * per_page)))
     return Page(items=items, page=page, per_page=per_page, total=total or 0)
 

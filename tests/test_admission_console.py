@@ -214,3 +214,10 @@ def test_asking_for_a_suspension_says_so_and_the_ministry_dashboard_counts_it(ap
     admin_console.client.get("/lang/zh_CN")
     listed = admin_console.client.get(link.group(1).replace("&amp;", "&")).get_data(as_text=True)
     assert node.node_id in listed
+
+
+def test_a_page_number_past_any_offset_shows_the_first_page_of_an_empty_list(admin_console):
+    """An old or typed link: page 10**30 of a list with nothing in it was an offset no database holds."""
+    for path in ("/nodes/", "/applications/", "/tokens/", "/health/events"):
+        response = admin_console.client.get(path, query_string={"page": str(10**30)})
+        assert response.status_code == 200, path
