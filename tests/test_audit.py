@@ -247,3 +247,12 @@ def test_console_times_say_their_zone(admin_console):
     assert re.search(r"<th[^>]*>时间 <span[^>]*>\(UTC\+08:00\)</span></th>", audit_page)
     client.get("/lang/en")
     assert "Times are Asia/Shanghai time (UTC+08:00)." in client.get("/").get_data(as_text=True)
+
+
+def test_console_dates_at_the_ends_of_the_calendar_bound_nothing(admin_console):
+    """0001-01-01 in Asia/Shanghai is a moment before year 1 in UTC, and the day after 9999-12-31 is no
+    date at all; each answered 500."""
+    write_records(1)
+    for query in ({"since": "0001-01-01"}, {"until": "9999-12-31"}, {"since": "0001-01-01", "until": "9999-12-31"}):
+        response = admin_console.client.get("/audit/", query_string={"actor": "tester", **query})
+        assert response.status_code == 200 and "target-0<" in response.get_data(as_text=True), query

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from flask import Blueprint, current_app, render_template, request
@@ -16,13 +16,16 @@ bp = Blueprint("audit", __name__, url_prefix="/audit")
 
 
 def _day_bound(value: str, end: bool) -> datetime | None:
+    """The start of the day (of the next, for `end`) in UTC; None when it is not a date, or when the
+    bound falls outside the years a datetime holds (0001-01-01 here is in year 0 in UTC, the day after
+    9999-12-31 is none), which bounds nothing anyway."""
     try:
         day = datetime.strptime(value, "%Y-%m-%d").date()
-    except ValueError:
+        zone = ZoneInfo(current_app.config["MPIM_DISPLAY_TIMEZONE"])
+        moment = datetime.combine(day, time.min, tzinfo=zone)
+        return (moment + timedelta(days=1) if end else moment).astimezone(UTC)
+    except (ValueError, OverflowError):
         return None
-    zone = ZoneInfo(current_app.config["MPIM_DISPLAY_TIMEZONE"])
-    moment = datetime.combine(day, time.min, tzinfo=zone)
-    return moment + timedelta(days=1) if end else moment
 
 
 @bp.get("/")
