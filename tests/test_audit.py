@@ -119,6 +119,14 @@ def test_an_anchor_that_does_not_match_is_reported(app, runner):
     assert malformed.exit_code == 2 and "is not SEQ:HASH" in malformed.output
 
 
+def test_an_anchor_numbered_in_other_digits_is_malformed_not_a_traceback(app, runner):
+    """"²" passes isdigit() and int() refuses it (a ValueError out of the command); "٢" int() reads as 2."""
+    write_records(3)
+    for seq in ("²", "٢", "２"):
+        result = runner.invoke(args=["audit", "verify", "--anchor", f"{seq}:" + "0" * 64])
+        assert result.exit_code == 2 and "is not SEQ:HASH" in result.output, seq
+
+
 def test_recording_early_never_deadlocks_with_a_lock_taken_later(app):
     """The audit chain's lock is taken at commit, after every other lock the transaction holds.
 

@@ -17,7 +17,7 @@ cli = AppGroup("audit", help="Inspect and verify the audit log.")
 
 def _anchor(value: str) -> tuple[int, str]:
     seq, _, digest = value.partition(":")
-    if not seq.isdigit() or len(digest) != 64:
+    if not (seq.isascii() and seq.isdigit()) or len(digest) != 64:  # "²" and "٢" are digits too
         raise click.BadParameter(f"{value!r} is not SEQ:HASH as `flask audit anchor` prints it.")
     return int(seq), digest.lower()
 
