@@ -221,3 +221,18 @@ def test_a_page_number_past_any_offset_shows_the_first_page_of_an_empty_list(adm
     for path in ("/nodes/", "/applications/", "/tokens/", "/health/events"):
         response = admin_console.client.get(path, query_string={"page": str(10**30)})
         assert response.status_code == 200, path
+
+
+def test_revoking_a_token_number_no_column_holds_reads_as_no_such_token(app, make_user, runner):
+    """2**31 is past PostgreSQL's integer and 10**30 past SQLite's: each answered 500 in the console and
+    ended in a traceback from `flask tokens revoke`."""
+    make_user("minister")
+    console = Console(app.test_client())
+    console.login("minister")
+    for token_id in (2**31, 10**30):
+        response = console.post_form("/tokens/", {}, action=f"/tokens/{token_id}/revoke")
+        assert response.status_code == 302, token_id
+        html = console.client.get(response.headers["Location"]).get_data(as_text=True)
+        assert "没有该接入令牌" in html, token_id
+        result = runner.invoke(args=["tokens", "revoke", str(token_id), "--user", "minister"])
+        assert result.exit_code == 1 and result.output.startswith("error: No such enrollment token"), result.output

@@ -97,7 +97,8 @@ def consume(token: EnrollmentToken) -> None:
 
 
 def revoke_token(token_id: int, *, by) -> EnrollmentToken:
-    token = db.session.get(EnrollmentToken, token_id)
+    # A number past the column's integer (PostgreSQL's ends at 2**31 - 1) names no token.
+    token = db.session.get(EnrollmentToken, token_id) if 0 < token_id < 2**31 else None
     # Another province's token is answered as missing: its existence and division are not ours to tell.
     if token is None or not by.can_access_division(token.division_code):
         raise NotFound(_l("No such enrollment token."), code="token_not_found")
