@@ -264,3 +264,12 @@ def test_console_dates_at_the_ends_of_the_calendar_bound_nothing(admin_console):
     for query in ({"since": "0001-01-01"}, {"until": "9999-12-31"}, {"since": "0001-01-01", "until": "9999-12-31"}):
         response = admin_console.client.get("/audit/", query_string={"actor": "tester", **query})
         assert response.status_code == 200 and "target-0<" in response.get_data(as_text=True), query
+
+
+def test_audit_list_refuses_a_limit_no_database_takes(app, runner):
+    """--limit 10**30 is past SQLite's and PostgreSQL's integers (a traceback); PostgreSQL refuses -1,
+    which SQLite reads as no limit at all."""
+    write_records(2)
+    for limit in ("0", "-1", str(10**30)):
+        result = runner.invoke(args=["audit", "list", "--limit", limit])
+        assert result.exit_code == 2 and "--limit" in result.output, limit

@@ -53,7 +53,7 @@ def anchor_command() -> None:
 
 
 @cli.command("list")
-@click.option("--limit", default=20, show_default=True)
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1_000_000))
 @click.option("--json", "as_json", is_flag=True)
 def list_command(limit: int, as_json: bool) -> None:
     """The newest records; times in UTC (the console shows them in the admin's time zone)."""
