@@ -22,6 +22,7 @@ from app.divisions import service as divisions
 from app.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from app.extensions import db
 from app.labels import status_word
+from app.readable import readable_text
 
 
 def inspect_csr(pem: str | None) -> dict:
@@ -297,7 +298,7 @@ def _approve_change(application: Application, *, by) -> Node:
 def reject(application: Application, reason: str, *, by) -> Application:
     _require_ministry(by)
     _require_pending(application)
-    reason = (reason or "").strip()
+    reason = readable_text(reason, "reason", multiline=True)
     if not reason:
         raise ValidationFailed(_l("A rejection needs a reason."), code="reason_required", field="reason")
     application.status, application.reason = "rejected", reason[:500]

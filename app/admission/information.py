@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import unicodedata
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -12,15 +11,13 @@ from flask_babel import lazy_gettext as _l
 
 from app.admission.models import CAPABILITIES
 from app.errors import ValidationFailed
+from app.readable import misleading
 
 LIMITS = {"org_name": 100, "system_name": 100, "vendor": 100, "endpoint": 255, "contact.name": 50,
           "contact.phone": 32, "contact.email": 254}
 HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 PHONE = re.compile(r"^[0-9+()\- ]{5,32}$")
 PORT_RANGE = _l("The endpoint's port must be between 1 and 65535.")
-# Unicode's Bidi_Control characters: an override makes a name read otherwise in the review console and in
-# the certificate's O= than the characters say ("江西省\u202e厅安公" shows as 江西省公安厅).
-BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 EMAIL = re.compile(r"^[^@\s]{1,64}@[A-Za-z0-9.-]{1,189}\.[A-Za-z]{2,24}$")
 
 
@@ -52,7 +49,7 @@ def text_field(value, field: str, required: bool = True) -> str:
     if len(value) > LIMITS[field]:
         raise invalid(_l("%(field)s is longer than %(n)s characters.", field=field, n=LIMITS[field]), field,
                       "too_long")
-    if any(unicodedata.category(ch) == "Cc" or ch in BIDI_CONTROLS for ch in value):
+    if misleading(value):
         raise invalid(_l("%(field)s contains control characters.", field=field), field)
     return value
 

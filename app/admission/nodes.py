@@ -17,6 +17,7 @@ from app.divisions import service as divisions
 from app.divisions.codes import NATION_CODE, level_of, prefecture_of, province_of
 from app.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from app.extensions import db
+from app.readable import readable_text
 
 APPLICATION_NODE = "202"
 MANAGEMENT_NODE = "201"
@@ -81,7 +82,7 @@ def lock(node: Node, *also: str) -> Node:
 def _change_status(node: Node, new_status: str, reason: str, *, by, action: str) -> Node:
     if by.role != "ministry_admin":
         raise PermissionDenied(_l("Only a ministry admin may do this."), code="ministry_only")
-    reason = (reason or "").strip()
+    reason = readable_text(reason, "reason")
     if not reason:
         raise ValidationFailed(_l("A reason is required."), code="reason_required", field="reason")
     lock(node)
@@ -116,7 +117,7 @@ def request_suspension(node: Node, reason: str, *, by) -> Node:
     lock(node)
     if node.status != "active":
         raise Conflict(_l("Only an active node can be suspended."), code="invalid_transition")
-    reason = (reason or "").strip()
+    reason = readable_text(reason, "reason")
     if not reason:
         raise ValidationFailed(_l("A reason is required."), code="reason_required", field="reason")
     node.suspension_requested, node.suspension_request_reason = True, reason[:500]

@@ -17,6 +17,7 @@ from app.database import utcnow
 from app.divisions import service as divisions
 from app.errors import NotFound, Unauthorized, ValidationFailed
 from app.extensions import db
+from app.readable import readable_text
 
 TOKEN_PREFIX = "mpet_"
 DEFAULT_TTL = timedelta(days=7)
@@ -51,9 +52,10 @@ def create_token(division_code: str, *, by, ttl: timedelta = DEFAULT_TTL,
     """Returns the row and the raw token; the raw token exists only in this return value."""
     divisions.require_current(division_code)
     require_division_scope(by, division_code)
+    note = readable_text(note, "note")
     raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
     token = EnrollmentToken(token_hash=hash_token(raw), prefix=raw[: len(TOKEN_PREFIX) + 6],
-                            division_code=division_code, issued_by_id=by.id, note=note.strip()[:200],
+                            division_code=division_code, issued_by_id=by.id, note=note[:200],
                             expires_at=utcnow() + ttl)
     db.session.add(token)
     db.session.flush()

@@ -17,6 +17,7 @@ from app.auth.models import ROLES, LoginThrottle, User
 from app.database import serialise, utcnow
 from app.errors import Conflict, DomainError, NotFound, ValidationFailed
 from app.extensions import db
+from app.readable import readable_text
 
 USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{2,64}$")
 MIN_PASSWORD_LENGTH = 10
@@ -79,12 +80,13 @@ def create_user(draft: UserDraft, *, actor: str | None = None) -> User:
     if draft.role not in ROLES:
         raise ValidationFailed(_l("Unknown role %(role)s.", role=draft.role), code="invalid_role", field="role")
     check_password_policy(draft.password, draft.username)
+    display_name = readable_text(draft.display_name, "display_name")
     scope_codes = normalise_scopes(draft.role, draft.scopes)
     serialise(f"user:{draft.username.lower()}")  # two admins creating one name together: one is told it is taken
     if db.session.scalar(select(User.id).where(func.lower(User.username) == draft.username.lower())):
         raise Conflict(_l("User %(name)s already exists.", name=draft.username), code="username_taken",
                        field="username")
-    user = User(username=draft.username, display_name=draft.display_name[:120], role=draft.role,
+    user = User(username=draft.username, display_name=display_name[:120], role=draft.role,
                 scope_codes=scope_codes, password_hash=generate_password_hash(draft.password))
     db.session.add(user)
     db.session.flush()
@@ -96,6 +98,7 @@ def update_user(user: User, *, role: str, scopes: list[str], active: bool, displ
     if role not in ROLES:
         raise ValidationFailed(_l("Unknown role %(role)s.", role=role), code="invalid_role", field="role")
     scope_codes = normalise_scopes(role, scopes)
+    display_name = readable_text(display_name, "display_name")
     before = {"role": user.role, "scopes": user.scope_codes, "active": user.active}
     user.role, user.scope_codes, user.active = role, scope_codes, active
     user.display_name = display_name[:120]

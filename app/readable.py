@@ -1,0 +1,34 @@
+"""Texts people read (names, notes, reasons): the characters that would make one read otherwise.
+
+A bidi override makes a text show other than its characters say ("江西省\u202e厅安公" shows as
+江西省公安厅); a control character hides or reorders what follows it; a lone surrogate (only the CLI
+can pass one, from bytes that are not UTF-8) is no character at all, and no database stores it.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+from flask_babel import lazy_gettext as _l
+
+from app.errors import ValidationFailed
+
+# Unicode's Bidi_Control characters.
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+LINE_BREAKS = frozenset("\r\n")
+
+
+def misleading(value: str, *, multiline: bool = False) -> bool:
+    """True when `value` holds a control character (line breaks allowed in a multi-line text), a
+    Bidi_Control character or a lone surrogate."""
+    return any((unicodedata.category(ch) in ("Cc", "Cs") and not (multiline and ch in LINE_BREAKS))
+               or ch in BIDI_CONTROLS for ch in value)
+
+
+def readable_text(value: str | None, field: str, *, multiline: bool = False) -> str:
+    """`value` stripped, or ValidationFailed naming `field` when it would read otherwise than it is."""
+    value = (value or "").strip()
+    if misleading(value, multiline=multiline):
+        raise ValidationFailed(_l("%(field)s contains control characters.", field=field), code="invalid_input",
+                               field=field)
+    return value

@@ -1,0 +1,94 @@
+"""Notes, reasons and display names people read: a bidi override or a control character makes one
+read otherwise than it is ("江西省\u202e厅安公" shows as 江西省公安厅), and PostgreSQL refuses NUL, so
+the console answered 500 there. Each door refuses them, as A.1 names are refused."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from app.admission import applications
+from app.admission.information import parse
+from app.admission.models import Application, EnrollmentToken, Node
+from app.auth.models import User
+from app.extensions import db
+from app.health.models import NodeHealth
+from tests.conftest import Console
+from tests.factories import node_document
+
+MISLEADING = ["江西省\u202e厅安公", "a\u0085b", "a\x00b", "a\x1bb", "\u2066x\u2069"]
+
+
+@pytest.fixture
+def jx(app, make_user):
+    """The minister's and a provincial admin's consoles, a pending application and an active node."""
+    minister = make_user("minister")
+    jx_admin = make_user("jx-admin", "provincial_admin", ("360000",))
+    document = node_document()
+    node = applications.approve(applications.submit_by_user(parse(document), document["csr"], by=jx_admin),
+                                by=minister)
+    pending = node_document()
+    application = applications.submit_by_user(parse(pending), pending["csr"], by=jx_admin)
+    db.session.commit()
+    consoles = {}
+    for name in ("minister", "jx-admin"):
+        consoles[name] = Console(app.test_client())
+        consoles[name].login(name)
+    return consoles, node.node_id, application.id
+
+
+def flash_error(console, response) -> str:
+    html = console.client.get(response.headers["Location"]).get_data(as_text=True)
+    return re.search(r'class="flash error"[^>]*>([^<]*)<', html).group(1)
+
+
+@pytest.mark.parametrize("text", MISLEADING)
+def test_console_refuses_a_misleading_note_reason_or_name(jx, text):
+    consoles, node_id, application_id = jx
+    minister, jx_admin = consoles["minister"], consoles["jx-admin"]
+    html = minister.post_form("/tokens/", {"division_code": "360000", "ttl": "7d", "note": text}).get_data(as_text=True)
+    assert "note 含有控制字符" in html
+    html = minister.post_form("/users/new", {"username": "eye", "password": "Correct-Horse-9x", "role": "auditor",
+                                             "scopes": "", "display_name": text}).get_data(as_text=True)
+    assert "display_name 含有控制字符" in html
+    html = minister.post_form("/users/jx-admin", {"role": "provincial_admin", "scopes": "360000", "active": "y",
+                                                  "display_name": text}).get_data(as_text=True)
+    assert "display_name 含有控制字符" in html
+    asked = jx_admin.post_form(f"/nodes/{node_id}", {"reason": text}, action=f"/nodes/{node_id}/request-suspension")
+    assert "reason 含有控制字符" in flash_error(jx_admin, asked)
+    suspended = minister.post_form(f"/nodes/{node_id}", {"reason": text}, action=f"/nodes/{node_id}/suspend")
+    assert "reason 含有控制字符" in flash_error(minister, suspended)
+    window = minister.post_form(f"/nodes/{node_id}", {"hours": "2", "note": text},
+                                action=f"/health/{node_id}/maintenance")
+    assert "note 含有控制字符" in flash_error(minister, window)
+    rejected = minister.post_form(f"/applications/{application_id}", {"reason": text},
+                                  action=f"/applications/{application_id}/reject")
+    assert "reason 含有控制字符" in flash_error(minister, rejected)
+    db.session.expire_all()
+    node = db.session.get(Node, node_id)
+    assert node.status == "active" and not node.suspension_requested
+    assert db.session.get(Application, application_id).status == "pending"
+    assert db.session.scalar(db.select(EnrollmentToken)) is None and db.session.get(NodeHealth, node_id) is None
+    assert {user.display_name for user in db.session.scalars(db.select(User))} == {""}
+
+
+def test_a_rejection_reason_may_take_several_lines(jx):
+    consoles, _, application_id = jx
+    rejected = consoles["minister"].post_form(f"/applications/{application_id}", {"reason": "证书不符\r\n请重新申请"},
+                                              action=f"/applications/{application_id}/reject")
+    assert rejected.status_code == 302
+    db.session.expire_all()
+    application = db.session.get(Application, application_id)
+    assert application.status == "rejected" and application.reason == "证书不符\r\n请重新申请"
+
+
+def test_cli_refuses_a_misleading_note_reason_or_name(jx, runner):
+    _, node_id, application_id = jx
+    text = MISLEADING[0]
+    for args in (["tokens", "create", "--division", "360000", "--user", "minister", "--note", text],
+                 ["users", "create", "--role", "auditor", "--username", "eye", "--name", text],
+                 ["nodes", "suspend", node_id, "--reason", text, "--user", "minister"],
+                 ["applications", "reject", application_id, "--reason", text, "--user", "minister"]):
+        result = runner.invoke(args=args)
+        assert result.exit_code == 1 and "contains control characters" in result.output, args
