@@ -46,6 +46,9 @@ def create_app(test_config: dict | None = None) -> Flask:
     errors.init_app(app)
     for name in FEATURES:
         importlib.import_module(name).init_app(app)
+    from app.cli_arguments import require_utf8
+
+    require_utf8(app.cli)
     if proxies := app.config.get("MPIM_TRUSTED_PROXIES"):
         from werkzeug.middleware.proxy_fix import ProxyFix
 

@@ -92,3 +92,19 @@ def test_cli_refuses_a_misleading_note_reason_or_name(jx, runner):
                  ["applications", "reject", application_id, "--reason", text, "--user", "minister"]):
         result = runner.invoke(args=args)
         assert result.exit_code == 1 and "contains control characters" in result.output, args
+
+
+def test_cli_refuses_an_argument_that_is_not_utf8(jx, runner):
+    """Bytes that are not UTF-8 reach a command as lone surrogates (Python decodes argv with
+    surrogateescape); no database stores one, and each of these ended in a UnicodeEncodeError traceback."""
+    _, node_id, application_id = jx
+    name = "\udcbd\udcad"  # what argv gives for 江 typed in GBK under a UTF-8 locale
+    for args in (["users", "unlock", name],
+                 ["tokens", "create", "--division", "360000", "--user", name],
+                 ["users", "create", "--role", "auditor", "--username", "eye", "--name", name],
+                 ["applications", "show", name],
+                 ["applications", "reject", name, "--reason", "重复申请", "--user", "minister"],
+                 ["nodes", "list", "--province", name, "--user", "minister"],
+                 ["audit", "verify", "--anchor", "1:" + name * 32]):
+        result = runner.invoke(args=args)
+        assert result.exit_code == 2 and "not UTF-8" in result.output, (args, result.output, result.exception)

@@ -1,0 +1,37 @@
+"""Every `flask` command's text arguments are UTF-8, or the command does not run.
+
+Python decodes argv with surrogateescape: bytes that are not UTF-8 (a name typed in GBK, a file name
+from another system) reach a command as lone surrogates, which no database stores and no page shows.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import click
+
+
+def _undecodable(value) -> bool:
+    values = value if isinstance(value, tuple | list) else (value,)
+    return any(isinstance(item, str) and any("\ud800" <= ch <= "\udfff" for ch in item) for item in values)
+
+
+def _checked(callback):
+    @functools.wraps(callback)
+    def run(*args, **kwargs):
+        for name, value in kwargs.items():
+            if _undecodable(value):
+                raise click.BadParameter("is not UTF-8 text.", param_hint=f"'{name}'")
+        return callback(*args, **kwargs)
+
+    run.checks_utf8 = True
+    return run
+
+
+def require_utf8(group: click.Group) -> None:
+    """Wrap each command of `group`, and of its subgroups, once."""
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            require_utf8(command)
+        elif command.callback is not None and not getattr(command.callback, "checks_utf8", False):
+            command.callback = _checked(command.callback)
