@@ -199,7 +199,8 @@ def test_cli_tokens_create_prints_the_token_once(runner, jx_admin):
     assert outside.exit_code == 1 and "outside your scope" in outside.output
 
 
-@pytest.mark.parametrize("ttl", ["0d", "1y", "91d", "2m"])
+# "٣h", "３h": \d matches any Unicode digit and int() reads it, so `--ttl ٣h` issued a token for 3 hours.
+@pytest.mark.parametrize("ttl", ["0d", "1y", "91d", "2m", "٣h", "３h", "1\u0663h"])
 def test_bad_token_lifetimes(ttl):
     from app.errors import ValidationFailed
 

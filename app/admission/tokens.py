@@ -22,7 +22,7 @@ from app.readable import readable_text
 TOKEN_PREFIX = "mpet_"
 DEFAULT_TTL = timedelta(days=7)
 MAX_TTL = timedelta(days=90)
-TTL_PATTERN = re.compile(r"^(\d{1,4})([mhd])$")
+TTL_PATTERN = re.compile(r"([0-9]{1,4})([mhd])")  # fullmatch, ASCII digits: \d is any Unicode digit
 
 
 class StaleToken(Unauthorized):
@@ -37,7 +37,7 @@ def hash_token(raw: str) -> str:
 
 def parse_ttl(text: str) -> timedelta:
     """`7d`, `12h`, `30m`: how long a token lives."""
-    match = TTL_PATTERN.match(text.strip())
+    match = TTL_PATTERN.fullmatch(text.strip())
     if not match:
         raise ValidationFailed(_l("A lifetime looks like 7d, 12h or 30m."), code="invalid_ttl", field="ttl")
     amount, unit = int(match.group(1)), match.group(2)
