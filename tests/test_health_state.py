@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 from sqlalchemy import func, select
 
+from app.audit.models import AuditRecord
 from app.database import utcnow
 from app.extensions import db
 from app.health import history, service
@@ -156,3 +157,58 @@ def test_flapping_counts_changes_in_the_last_hour(app, node):
             service.apply_round([Result(node.node_id, ok)])
     counts = service.flap_counts()
     assert counts[node.node_id] == 6 and service.is_flapping(counts[node.node_id])
+
+
+def maintenance_records(node_id: str) -> list[AuditRecord]:
+    return list(db.session.scalars(select(AuditRecord).where(AuditRecord.action.like("health.maintenance%"),
+                                                             AuditRecord.target == node_id)))
+
+
+@pytest.mark.parametrize("hours", ["nan", "1e400", "abc", "٣", "-1", "721", ""])
+def test_a_maintenance_length_that_is_no_number_of_hours_is_refused_in_words(app, node, console, hours):
+    """The form's select gives 0, 1, 4 or 24; a hand-made POST used to flash Python's own text."""
+    console.login("minister")
+    console.post_form(f"/nodes/{node.node_id}", {"hours": hours, "note": "upgrade"},
+                      action=f"/health/{node.node_id}/maintenance")
+    page = console.client.get(f"/nodes/{node.node_id}").get_data(as_text=True)
+    assert "维护时长为 0（结束维护）至 720 小时。" in page
+    assert not service.in_maintenance(db.session.get(NodeHealth, node.node_id))
+    assert maintenance_records(node.node_id) == []
+
+
+def test_the_console_sets_and_ends_a_maintenance_window(app, node, console):
+    console.login("jx-admin")  # a provincial admin, for a node of their own division
+    console.post_form(f"/nodes/{node.node_id}", {"hours": "4", "note": "upgrade"},
+                      action=f"/health/{node.node_id}/maintenance")
+    health = db.session.get(NodeHealth, node.node_id)
+    assert service.in_maintenance(health) and health.maintenance_note == "upgrade"
+    assert timedelta(hours=3.9) < health.maintenance_until - utcnow() <= timedelta(hours=4)
+    console.post_form(f"/nodes/{node.node_id}", {"hours": "0"}, action=f"/health/{node.node_id}/maintenance")
+    db.session.expire_all()
+    assert not service.in_maintenance(db.session.get(NodeHealth, node.node_id))
+    assert [(r.action, r.actor) for r in maintenance_records(node.node_id)] == [
+        ("health.maintenance", "jx-admin"), ("health.maintenance_end", "jx-admin")]
+
+
+def test_cli_twin_sets_and_ends_a_maintenance_window(app, node, runner, make_user):
+    args = ["health", "maintenance", node.node_id, "--user", "minister", "--json"]
+    result = runner.invoke(args=[*args, "--hours", "24", "--note", "机房搬迁"])
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.output)
+    assert answer["node_id"] == node.node_id and answer["note"] == "机房搬迁"
+    until = datetime.fromisoformat(answer["maintenance_until"])
+    assert timedelta(hours=23.9) < until - utcnow() <= timedelta(hours=24)
+    assert service.in_maintenance(db.session.get(NodeHealth, node.node_id))
+
+    result = runner.invoke(args=[*args[:-1], "--hours", "0"])
+    assert result.exit_code == 0 and f"{node.node_id}: no maintenance window" in result.output
+    db.session.expire_all()
+    assert not service.in_maintenance(db.session.get(NodeHealth, node.node_id))
+
+    refused = runner.invoke(args=[*args, "--hours", "nan"])
+    assert refused.exit_code == 1 and json.loads(refused.stderr)["error"]["code"] == "invalid_hours"
+    make_user("eye", "auditor")
+    refused = runner.invoke(args=["health", "maintenance", node.node_id, "--user", "eye", "--hours", "1"])
+    assert refused.exit_code == 1 and "error:" in refused.stderr
+    assert [(r.action, r.actor) for r in maintenance_records(node.node_id)] == [
+        ("health.maintenance", "minister"), ("health.maintenance_end", "minister")]

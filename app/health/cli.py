@@ -1,4 +1,4 @@
-"""`flask health poll --once`, `flask health status`."""
+"""`flask health poll --once`, `flask health status`, `flask health maintenance`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import json
 import click
 from flask.cli import AppGroup
 
+from app.admission import nodes
+from app.admission.cli import emit, run
+from app.auth import service as users
 from app.health import rounds, service
 
 cli = AppGroup("health", help="Health polling of every active node.")
@@ -40,3 +43,20 @@ def status_command(as_json):
         click.echo(json.dumps(item, default=str) if as_json else
                    f"{health.node_id} {health.status:<8} {health.last_failure or ''} "
                    f"{'' if health.last_latency_ms is None else f'{health.last_latency_ms:.0f} ms'}")
+
+
+@cli.command("maintenance")
+@click.argument("node_id")
+@click.option("--hours", required=True, help="How long from now, up to 720; 0 ends the window.")
+@click.option("--note", default="", help="What is being done; shown on the node's page.")
+@click.option("--user", "username", required=True, help="The console user acting (audited).")
+@click.option("--json", "as_json", is_flag=True)
+def maintenance_command(node_id, hours, note, username, as_json):
+    """Set or end a node's maintenance window, as the node's page does: polls inside it are kept but
+    do not count against availability, and raise no alert."""
+    health = run(lambda: service.schedule_maintenance(nodes.get(node_id), hours, note,
+                                                      by=users.get_user(username)), as_json)
+    until = health.maintenance_until if health is not None else None
+    emit({"node_id": node_id, "maintenance_until": until.isoformat() if until else None,
+          "note": health.maintenance_note if health is not None else ""}, as_json,
+         f"{node_id} in maintenance until {until.isoformat()}" if until else f"{node_id}: no maintenance window")

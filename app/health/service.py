@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import urllib.request
 from collections.abc import Callable
@@ -20,8 +21,9 @@ from flask_babel import lazy_gettext as _l
 from sqlalchemy import func, select
 
 from app.audit import service as audit
+from app.auth.access import require_division_scope
 from app.database import utcnow
-from app.errors import ValidationFailed
+from app.errors import PermissionDenied, ValidationFailed
 from app.extensions import db
 from app.health import history
 from app.health.models import HealthEvent, HealthSample, NodeHealth
@@ -149,6 +151,33 @@ def flap_counts(node_ids: list[str] | None = None, now: datetime | None = None) 
 
 def is_flapping(changes_last_hour: int) -> bool:
     return changes_last_hour > current_app.config["MPIM_HEALTH_FLAP_CHANGES"]
+
+
+MAX_MAINTENANCE_HOURS = 24 * 30
+_HOURS = re.compile(r"[0-9]{1,4}(?:\.[0-9]{1,2})?")  # ASCII only: float() would read "٣", "nan" and "1e400"
+
+
+def maintenance_hours(value: str | None) -> float:
+    """A window's length as the console's form or `flask health maintenance --hours` gives it; 0 ends one."""
+    text = (value or "").strip()
+    hours = float(text) if _HOURS.fullmatch(text) else -1.0
+    if not 0 <= hours <= MAX_MAINTENANCE_HOURS:
+        raise ValidationFailed(_l("A maintenance window lasts from 0 (end it) to %(max)s hours.",
+                                  max=MAX_MAINTENANCE_HOURS), code="invalid_hours", field="hours")
+    return hours
+
+
+def schedule_maintenance(node, hours: str | None, note: str, *, by) -> NodeHealth | None:
+    """The console's maintenance form and its CLI twin: a window of `hours` from now, or none with 0.
+    Ministry admins, and provincial admins for their own divisions' nodes."""
+    if by.role not in ("ministry_admin", "provincial_admin"):
+        raise PermissionDenied(_l("Only a ministry or provincial admin may do this."), code="role_forbidden")
+    require_division_scope(by, node.division_code)
+    length = maintenance_hours(hours)
+    if length == 0:
+        clear_maintenance(node.node_id, by=by)
+        return None
+    return set_maintenance(node.node_id, utcnow() + timedelta(hours=length), note, by=by)
 
 
 def set_maintenance(node_id: str, until: datetime, note: str, *, by) -> NodeHealth:

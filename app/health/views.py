@@ -49,17 +49,13 @@ def maintenance(node_id: str):
         flash(_("The form expired; try again."), "error")
         return redirect(url_for("nodes.detail", node_id=node_id))
     try:
-        hours = float(request.form.get("hours", "0"))
-        if hours <= 0:
-            service.clear_maintenance(node.node_id, by=current_user)
-        else:
-            service.set_maintenance(node.node_id, utcnow() + timedelta(hours=min(hours, 24 * 30)),
-                                    request.form.get("note", ""), by=current_user)
+        service.schedule_maintenance(node, request.form.get("hours"), request.form.get("note", ""),
+                                     by=current_user)
         db.session.commit()
         flash(_("Maintenance window saved."), "success")
-    except (DomainError, ValueError) as error:
+    except DomainError as error:
         db.session.rollback()
-        flash(getattr(error, "message", str(error)), "error")
+        flash(error.message, "error")
     return redirect(url_for("nodes.detail", node_id=node_id))
 
 
