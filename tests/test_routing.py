@@ -260,3 +260,12 @@ def test_on_postgresql_workers_learn_new_versions_by_notification(app, client, s
     admit_with_keys(people)
     assert await_version(2) == 2  # told by NOTIFY, without a query per request
     assert json.loads(pull(client, session).data)["version"] == 2
+
+
+def test_routing_history_refuses_a_limit_no_database_takes(app, session, runner):
+    """As `flask audit list`: 10**30 overflowed into a traceback, -1 listed everything on SQLite."""
+    for limit in ("0", "-1", str(10**30)):
+        result = runner.invoke(args=["routing", "history", "--limit", limit])
+        assert result.exit_code == 2 and "--limit" in result.output, limit
+    listed = runner.invoke(args=["routing", "history", "--limit", "1", "--json"])
+    assert listed.exit_code == 0 and len(listed.output.strip().splitlines()) == 1
