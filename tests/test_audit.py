@@ -273,3 +273,17 @@ def test_audit_list_refuses_a_limit_no_database_takes(app, runner):
     for limit in ("0", "-1", str(10**30)):
         result = runner.invoke(args=["audit", "list", "--limit", limit])
         assert result.exit_code == 2 and "--limit" in result.output, limit
+
+
+def test_console_says_when_a_filter_date_is_no_date(admin_console):
+    """A hand-typed URL (the inputs are date pickers) with 2025-02-30 listed every record, unfiltered,
+    while the box still showed the date."""
+    write_records(2)
+    for query in ({"since": "2025-02-30"}, {"until": "tomorrow"}, {"since": "2025-02-30", "until": "2025-13-01"}):
+        page = admin_console.client.get("/audit/", query_string={"actor": "tester", **query}).get_data(as_text=True)
+        for value in query.values():
+            assert f"“{value}”不是日期（YYYY-MM-DD），更正前不列出任何记录。" in page, query
+        assert "target-0<" not in page and "target-1<" not in page, query
+    page = admin_console.client.get("/audit/", query_string={"actor": "tester", "since": "2000-01-01"}).get_data(
+        as_text=True)
+    assert "target-0<" in page and "不是日期" not in page

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from flask import Blueprint, current_app, render_template, request
-from sqlalchemy import select
+from sqlalchemy import false, select
 
 from app.audit.models import AuditRecord
 from app.auth.access import roles_required
@@ -16,12 +16,12 @@ bp = Blueprint("audit", __name__, url_prefix="/audit")
 
 
 def _day_bound(value: str, end: bool) -> datetime | None:
-    """The start of the day (of the next, for `end`) in UTC; None when it is not a date, or when the
-    bound falls outside the years a datetime holds (0001-01-01 here is in year 0 in UTC, the day after
+    """The start of the day (of the next, for `end`) in UTC; ValueError when it is not a date, None when
+    the bound falls outside the years a datetime holds (0001-01-01 here is in year 0 in UTC, the day after
     9999-12-31 is none), which bounds nothing anyway."""
+    day = datetime.strptime(value, "%Y-%m-%d").date()
+    zone = ZoneInfo(current_app.config["MPIM_DISPLAY_TIMEZONE"])
     try:
-        day = datetime.strptime(value, "%Y-%m-%d").date()
-        zone = ZoneInfo(current_app.config["MPIM_DISPLAY_TIMEZONE"])
         moment = datetime.combine(day, time.min, tzinfo=zone)
         return (moment + timedelta(days=1) if end else moment).astimezone(UTC)
     except (ValueError, OverflowError):
@@ -39,9 +39,18 @@ def index():
         query = query.where(AuditRecord.action.startswith(filters["action"], autoescape=True))
     if filters["target"]:
         query = query.where(AuditRecord.target.contains(filters["target"], autoescape=True))  # % and _ as typed
-    if filters["since"] and (start := _day_bound(filters["since"], end=False)):
-        query = query.where(AuditRecord.at >= start)
-    if filters["until"] and (stop := _day_bound(filters["until"], end=True)):
-        query = query.where(AuditRecord.at < stop)
+    not_dates, bounds = [], {}  # a hand-typed URL can hold 2025-02-30: say so rather than list unfiltered
+    for key in ("since", "until"):
+        if filters[key]:
+            try:
+                bounds[key] = _day_bound(filters[key], end=key == "until")
+            except ValueError:
+                not_dates.append(filters[key])
+    if bounds.get("since"):
+        query = query.where(AuditRecord.at >= bounds["since"])
+    if bounds.get("until"):
+        query = query.where(AuditRecord.at < bounds["until"])
+    if not_dates:
+        query = query.where(false())
     page = paginate(query, request.args.get("page", 1, type=int), current_app.config["MPIM_PAGE_SIZE"])
-    return render_template("audit/index.html", page=page, filters=filters)
+    return render_template("audit/index.html", page=page, filters=filters, not_dates=not_dates)
