@@ -7,13 +7,16 @@ from another system) reach a command as lone surrogates, which no database store
 from __future__ import annotations
 
 import functools
+import os
 
 import click
 
 
 def _undecodable(value) -> bool:
     values = value if isinstance(value, tuple | list) else (value,)
-    return any(isinstance(item, str) and any("\ud800" <= ch <= "\udfff" for ch in item) for item in values)
+    # A path too: its name is printed, and may be sent (a file's name travels with it)
+    return any(isinstance(item, str | os.PathLike) and any("\ud800" <= ch <= "\udfff" for ch in os.fspath(item))
+               for item in values)
 
 
 def _checked(callback):
@@ -29,7 +32,10 @@ def _checked(callback):
 
 
 def require_utf8(group: click.Group) -> None:
-    """Wrap each command of `group`, and of its subgroups, once."""
+    """Wrap each command of `group`, and of its subgroups, once (the flask commands, and the reference node's
+    `python -m app.appnode`)."""
+    if group.callback is not None and not getattr(group.callback, "checks_utf8", False):
+        group.callback = _checked(group.callback)  # a group's own options (the reference node's --data)
     for command in group.commands.values():
         if isinstance(command, click.Group):
             require_utf8(command)

@@ -208,3 +208,43 @@ def test_users_list_says_the_node_has_no_users_instead_of_printing_a_blank_line(
                              "360000", "--endpoint", "https://127.0.0.1:8643"])
     assert CliRunner().invoke(cli, ["--data", str(data), "users", "list"]).stdout == "no users\n"
     assert CliRunner().invoke(cli, ["--data", str(data), "--json", "users", "list"]).stdout == "[]\n"
+
+
+def test_an_argument_that_is_not_utf8_is_refused_naming_it_instead_of_a_traceback(network, tmp_path):  # noqa: F811
+    """Bytes that are not UTF-8 (a name typed in GBK) reach Python as lone surrogates, which no database stores,
+    no schema validates and no terminal prints: each ended in a UnicodeEncodeError traceback."""
+    import os
+
+    a, b = network["a"], network["b"]
+    gbk = os.fsdecode("你好".encode("gbk"))
+    (tmp_path / "r.pdf").write_bytes(PDF)
+    named_in_gbk = os.fsdecode(os.fsencode(tmp_path) + b"/" + "报告.pdf".encode("gbk"))
+    with open(os.fsencode(named_in_gbk), "wb") as stream:  # a real file, named on a GBK system
+        stream.write(PDF)
+    sent = a.node.send_text("zhangsan", b.user("lisi"), "在吗")
+    cases = {("send", "--as", "zhangsan", b.user("lisi"), gbk): "text",
+             ("send", "--as", "zhangsan", f"{gbk}@{b.id}", "在吗"): "to",
+             ("send", "--as", gbk, b.user("lisi"), "在吗"): "user",
+             ("users", "add", gbk, "张三"): "user_id",
+             ("users", "add", "lisi2", gbk): "user_name",
+             ("users", "add", "lisi2", "李四", "--org-name", gbk): "org_name",
+             ("group", "create", "--as", "zhangsan", gbk): "name",
+             ("group", "create", "--as", "zhangsan", "专案组", "--notice", gbk): "notice",
+             ("send-file", "--as", "zhangsan", b.user("lisi"), named_in_gbk): "path",
+             ("send-file", "--as", "zhangsan", b.user("lisi"), "--type", gbk, str(tmp_path / "r.pdf")): "declared",
+             ("inbox", "--as", gbk): "user",
+             ("history", "--as", "zhangsan", gbk): "conversation_id",
+             ("presence", "--as", gbk, "busy"): "user",
+             ("download", "--as", "zhangsan", sent.message_id, "--out", named_in_gbk): "out"}
+    for args, name in cases.items():
+        assert refusal(a.dir, *args) == (2, {"error": {"code": "usage_error",
+                                                       "message": f"Invalid value for '{name}': is not UTF-8 text."}})
+        result = CliRunner().invoke(cli, ["--data", str(a.dir), *args])
+        assert result.exit_code == 2 and f"Invalid value for '{name}'" in result.stderr, args
+    assert [u.user_id for u in a.node.users()] == ["wangwu", "zhangsan"] and a.node.groups("zhangsan") == []
+    data_in_gbk = os.fsdecode(os.fsencode(tmp_path) + b"/" + "江西".encode("gbk"))
+    result = CliRunner().invoke(cli, ["--data", data_in_gbk, "init", "--registry", "http://127.0.0.1:5000",
+                                      "--division", "360000", "--endpoint", "https://127.0.0.1:8643"])
+    assert result.exit_code == 2 and "Invalid value for 'data': is not UTF-8 text." in result.stderr
+    assert not os.path.exists(os.fsencode(data_in_gbk))
+    assert len(a.node.history("zhangsan", sent.conversation_id)) == 1

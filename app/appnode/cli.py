@@ -33,6 +33,7 @@ from app.appnode.cli_messaging import download, group, history, inbox, presence,
 from app.appnode.config import NodeConfig
 from app.appnode.node import Node, NotJoined, address
 from app.appnode.registry import write_atomic, write_private
+from app.cli_arguments import require_utf8
 from app.errors import Conflict, DomainError
 
 
@@ -250,6 +251,9 @@ def csr(ctx: Context, new_key, out):
     document = {"csr": request, "key": key, "key_file": str(key_file), "reused": reused,
                 "out": str(out) if out else None}
     ctx.out(document, f"CSR for the {key} key written to {out}" if out else request.rstrip("\n"))
+
+
+require_utf8(cli)  # every command: its text ends up in the database, a peer's envelope or a terminal
 
 
 def main() -> None:
