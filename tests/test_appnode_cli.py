@@ -248,3 +248,21 @@ def test_an_argument_that_is_not_utf8_is_refused_naming_it_instead_of_a_tracebac
     assert result.exit_code == 2 and "Invalid value for 'data': is not UTF-8 text." in result.stderr
     assert not os.path.exists(os.fsencode(data_in_gbk))
     assert len(a.node.history("zhangsan", sent.conversation_id)) == 1
+
+
+def test_download_out_keeps_a_file_already_there_unless_told_and_names_a_missing_directory(network, tmp_path):  # noqa: F811
+    """shutil.copyfile wrote over whatever --out named without a word, and a missing directory ended in a
+    FileNotFoundError traceback."""
+    a, b = network["a"], network["b"]
+    message = a.node.send_file("zhangsan", b.user("lisi"), PDF, "file", file_name="协查通报.pdf")
+    mine = tmp_path / "案卷.pdf"
+    mine.write_bytes(b"the operator's own file")
+    assert refusal(b.dir, "download", "--as", "lisi", message.message_id, "--out", str(mine)) == (2, {"error": {
+        "code": "file_exists", "message": f"{mine} exists: download writes over no file unless given --overwrite"}})
+    assert mine.read_bytes() == b"the operator's own file"
+    node_cli(b, "download", "--as", "lisi", message.message_id, "--out", str(mine), "--overwrite")
+    assert mine.read_bytes() == PDF
+    missing = tmp_path / "no-such-directory" / "x.pdf"
+    assert refusal(b.dir, "download", "--as", "lisi", message.message_id, "--out", str(missing)) == (2, {"error": {
+        "code": "no_directory", "message": f"{missing.parent} is no directory to write x.pdf into"}})
+    assert not missing.parent.exists()

@@ -6,7 +6,6 @@ cli.py registers them on the root group.
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 
@@ -125,14 +124,15 @@ def presence(ctx: Context, user, status):
 @click.command()
 @as_user
 @click.argument("message_id")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Also copy the file here.")
+@click.option("--overwrite", is_flag=True, help="Write over a file already at --out.")
 @pass_ctx
-def download(ctx: Context, user, message_id, out):
+def download(ctx: Context, user, message_id, out, overwrite):
     """Fetch a message's file from its origin node (A.10), checked by checksum and content. MESSAGE_ID is the
     message's id (the first column of `history`), not its file id."""
     stored = ctx.node.download(user, message_id)
     if out:
-        shutil.copyfile(ctx.node.file_path(stored), out)  # a chunk at a time: files run to 1 GiB
+        ctx.node.copy_file_to(stored, out, overwrite=overwrite)
     path = out or ctx.data / stored.path
     ctx.out({"file_id": stored.file_id, "size": stored.size, "sha256": stored.sha256, "path": str(path)},
             download_line(path, stored.size, stored.sha256))

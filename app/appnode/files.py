@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -21,6 +22,7 @@ from sqlalchemy.orm import Session
 from app.appnode import filetypes, protocol
 from app.appnode.messages import FILE_KINDS, PATHS, Reply, address, declared_type, media_type
 from app.appnode.protocol import (
+    Conflict,
     NotAParticipant,
     NotFound,
     PayloadTooLarge,
@@ -170,6 +172,19 @@ class FilesMixin:
 
     def file_path(self, stored: StoredFile) -> Path:
         return self.data_dir / stored.path
+
+    def copy_file_to(self, stored: StoredFile, out: Path, *, overwrite: bool = False) -> None:
+        """A kept file, copied where its user asked (`download --out`): never over a file already there unless
+        `overwrite`, and never into a directory that is not there (a mistyped path), which is named."""
+        if not out.parent.is_dir():
+            raise NotFound(f"{out.parent} is no directory to write {out.name} into", code="no_directory")
+        try:
+            # "x" creates the file or fails, so nothing made there since the check is written over either
+            with self.file_path(stored).open("rb") as source, out.open("wb" if overwrite else "xb") as target:
+                shutil.copyfileobj(source, target, CHUNK_BYTES)  # a chunk at a time: files run to 1 GiB
+        except FileExistsError:
+            raise Conflict(f"{out} exists: download writes over no file unless given --overwrite",
+                           code="file_exists") from None
 
     def file_bytes(self, stored: StoredFile) -> bytes:
         return self.file_path(stored).read_bytes()
