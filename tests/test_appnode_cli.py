@@ -266,3 +266,27 @@ def test_download_out_keeps_a_file_already_there_unless_told_and_names_a_missing
     assert refusal(b.dir, "download", "--as", "lisi", message.message_id, "--out", str(missing)) == (2, {"error": {
         "code": "no_directory", "message": f"{missing.parent} is no directory to write x.pdf into"}})
     assert not missing.parent.exists()
+
+
+def test_send_file_refuses_a_fifo_instead_of_waiting_for_a_writer(network, tmp_path):  # noqa: F811
+    """PATH was read whole before any check: a FIFO (click's `exists` takes one) blocked the command until some
+    writer came. (A file over the limit is now refused by its size before it is read, too.)"""
+    import contextlib
+    import os
+    import threading
+
+    a, b = network["a"], network["b"]
+    fifo = tmp_path / "report.pdf"
+    os.mkfifo(fifo)
+
+    def writer() -> None:  # the unfixed command would read this, then send it
+        with contextlib.suppress(BrokenPipeError), fifo.open("wb") as stream:  # nobody reads it: the pipe breaks
+            stream.write(PDF)
+
+    feeding = threading.Thread(target=writer, daemon=True)
+    feeding.start()
+    assert refusal(a.dir, "send-file", "--as", "zhangsan", b.user("lisi"), str(fifo)) == (2, {"error": {
+        "code": "not_a_regular_file", "message": f"{fifo} is no regular file: send-file sends a file's bytes"}})
+    os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # lets the writer through, now the command is done
+    feeding.join()
+    assert a.node.outbox() == []

@@ -67,7 +67,8 @@ def send_file(ctx: Context, user, to, path: Path, kind, declared, duration_ms, p
     if kind == "sticker" and not (package and sticker and alt):
         raise click.UsageError("a sticker needs --package, --sticker and --alt")
     extra = {"package_id": package, "sticker_id": sticker, "alt_text": alt} if kind == "sticker" else None
-    message = ctx.node.send_file(user, to, path.read_bytes(), kind, file_name=path.name, declared=declared,
+    data = ctx.node.read_file_to_send(path, kind)
+    message = ctx.node.send_file(user, to, data, kind, file_name=path.name, declared=declared,
                                  duration_ms=duration_ms, sticker=extra)
     # No file_id when a sticker went as its alt text to a node without stickers (§6): say so.
     file_id = message.document["content"].get("file_id")

@@ -10,8 +10,10 @@ import hashlib
 import logging
 import mimetypes
 import secrets
+import stat
 from collections.abc import Iterable
 from datetime import timedelta
+from pathlib import Path
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -39,7 +41,7 @@ from app.appnode.store import (
     user_row,
     utcnow,
 )
-from app.errors import DomainError
+from app.errors import DomainError, ValidationFailed
 
 log = logging.getLogger("mpim.appnode")
 
@@ -222,6 +224,18 @@ class SendingMixin:
 
     def send_text(self, user_id: str, to: str, text: str, **kwargs) -> Message:
         return self.send(user_id, to, "text", {"text": text}, **kwargs)
+
+    def read_file_to_send(self, path: Path, kind: str) -> bytes:
+        """The bytes of a file a local user sends (`send-file PATH`), once it is known to be a regular file within
+        this node's limit for `kind`: a FIFO would block until some writer came, and a file of any size would be
+        read into memory only to be refused for its size (`send_file` checks the bytes it is given again)."""
+        if kind not in FILE_KINDS:
+            raise SchemaViolation(f"unknown file kind {kind!r}")
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise ValidationFailed(f"{path} is no regular file: send-file sends a file's bytes",
+                                   code="not_a_regular_file")
+        filetypes.check_size(path.stat().st_size, self.config.limit(kind))
+        return path.read_bytes()
 
     def send_file(self, user_id: str, to: str, data: bytes, kind: str, *, file_name: str | None = None,
                   declared: str | None = None, duration_ms: int | None = None, sticker: dict | None = None,
