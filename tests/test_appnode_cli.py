@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from click.testing import CliRunner
 
 from app.appnode.cli import cli
-from tests.test_appnode import PDF, network  # noqa: F401 (fixture)
+from tests.test_appnode import ADTS, PDF, network  # noqa: F401 (fixture)
 from tests.test_sessions import people  # noqa: F401 (fixture)
 
 
@@ -289,4 +289,21 @@ def test_send_file_refuses_a_fifo_instead_of_waiting_for_a_writer(network, tmp_p
         "code": "not_a_regular_file", "message": f"{fifo} is no regular file: send-file sends a file's bytes"}})
     os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # lets the writer through, now the command is done
     feeding.join()
+    assert a.node.outbox() == []
+
+
+def test_numbers_are_ascii_digits_not_whatever_int_reads(network, tmp_path):  # noqa: F811
+    """click's INT is int(), which reads fullwidth (１２) and Arabic-Indic (١٢) digits: a voice clip went out as
+    12 ms from `--duration-ms １２`. Superscript digits (²) it refused, in another message."""
+    a, b = network["a"], network["b"]
+    (tmp_path / "clip.aac").write_bytes(ADTS)
+    for typed in ("１２", "١٢", "²", "+12", " 12", "12\n"):
+        code, document = refusal(a.dir, "send-file", "--as", "zhangsan", "--kind", "voice", "--duration-ms", typed,
+                                 b.user("lisi"), str(tmp_path / "clip.aac"))
+        assert code == 2 and document["error"] == {"code": "usage_error", "message": (
+            f"Invalid value for '--duration-ms': {typed!r} is not a whole number in ASCII digits.")}, typed
+    assert refusal(a.dir, "run", "--threads", "８")[1]["error"]["message"] == (
+        "Invalid value for '--threads': '８' is not a whole number in ASCII digits.")
+    assert refusal(a.dir, "run", "--threads", "0")[1]["error"]["message"] == (
+        "Invalid value for '--threads': 0 is not in the range 1 to 1000.")
     assert a.node.outbox() == []

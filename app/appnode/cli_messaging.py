@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from app.appnode.cli_context import Context, pass_ctx
+from app.appnode.cli_context import Context, Digits, pass_ctx
 from app.appnode.cli_lines import (
     conversation_line,
     download_line,
@@ -55,7 +55,7 @@ def report_sent(ctx: Context, message, document: dict) -> None:
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--kind", type=click.Choice(["image", "voice", "file", "sticker"]), default="file")
 @click.option("--type", "declared", help="Declared format or MIME type (default: from the name).")
-@click.option("--duration-ms", type=int, help="Voice: the duration.")
+@click.option("--duration-ms", type=Digits(), help="Voice: the duration.")
 @click.option("--package", help="Sticker: package id.")
 @click.option("--sticker", help="Sticker: sticker id.")
 @click.option("--alt", help="Sticker: alt text such as [点赞].")
