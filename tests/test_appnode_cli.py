@@ -307,3 +307,14 @@ def test_numbers_are_ascii_digits_not_whatever_int_reads(network, tmp_path):  # 
     assert refusal(a.dir, "run", "--threads", "0")[1]["error"]["message"] == (
         "Invalid value for '--threads': 0 is not in the range 1 to 1000.")
     assert a.node.outbox() == []
+
+
+def test_download_says_a_message_id_ending_in_a_newline_is_no_message_id(network):  # noqa: F811
+    """MESSAGE_ID.match passed "<uuid>\\n" ($ matches before a final newline), so the refusal read "no file message
+    <the very id history shows>" without the reason."""
+    a, b = network["a"], network["b"]
+    message = a.node.send_file("zhangsan", b.user("lisi"), PDF, "file", file_name="协查通报.pdf")
+    code, document = refusal(b.dir, "download", "--as", "lisi", message.message_id + "\n")
+    assert code == 2 and document["error"]["message"] == (
+        f"no file message {message.message_id}\n: {message.message_id}\n is no message id (a UUID); download takes "
+        f"the id of the message that carried the file")

@@ -157,7 +157,7 @@ class FilesMixin:
     def _file_id_hint(self, session: Session, user_id: str, given: str) -> str:
         """A file id where a message id belongs (a file message shows both): name the message that carried the
         file, if the user may see it, so the next try works."""
-        if MESSAGE_ID.match(given):
+        if MESSAGE_ID.fullmatch(given):
             return ""
         carrier = session.scalars(select(Message).where(
             Message.document[("content", "file_id")].as_string() == given).limit(1)).first()
