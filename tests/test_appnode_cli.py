@@ -306,6 +306,12 @@ def test_numbers_are_ascii_digits_not_whatever_int_reads(network, tmp_path):  # 
         "Invalid value for '--threads': '８' is not a whole number in ASCII digits.")
     assert refusal(a.dir, "run", "--threads", "0")[1]["error"]["message"] == (
         "Invalid value for '--threads': 0 is not in the range 1 to 1000.")
+    for typed, message in (("nan", "'nan' is not a whole number in ASCII digits."),
+                           ("1e400", "'1e400' is not a whole number in ASCII digits."),
+                           (str(10**30), f"{10**30} is not in the range 0 to 2592000.")):
+        # float() read these: nan and inf made join wait for ever, the deadline never reached
+        assert refusal(a.dir, "join", "--token", "mpim_et_x", "--wait", typed)[1]["error"]["message"] == (
+            f"Invalid value for '--wait': {message}"), typed
     assert a.node.outbox() == []
 
 

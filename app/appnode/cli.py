@@ -93,7 +93,8 @@ def init(ctx: Context, registry, division, endpoint, listen, org_name, org_code,
 
 @cli.command()
 @click.option("--token", required=True, envvar="MPIM_NODE_ENROLL", help="The enrollment token.")
-@click.option("--wait", default=3600.0, show_default=True, help="Seconds to wait for the approval.")
+@click.option("--wait", default=3600, show_default=True, type=Digits(0, 30 * 24 * 3600),
+              help="Seconds to wait for the approval (whole seconds, up to 30 days).")
 @click.option("--if-needed", is_flag=True, help="Do nothing when the node has joined already.")
 @pass_ctx
 def join(ctx: Context, token, wait, if_needed):
