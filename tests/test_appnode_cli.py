@@ -268,6 +268,23 @@ def test_download_out_keeps_a_file_already_there_unless_told_and_names_a_missing
     assert not missing.parent.exists()
 
 
+def test_csr_out_writes_over_no_file_unless_told(network, tmp_path):  # noqa: F811
+    """`csr --out` wrote over whatever it named: `--out tls/node.key` replaced the node's key with its CSR."""
+    a = network["a"]
+    key_file, key_pem = a.dir / "tls" / "node.key", (a.dir / "tls" / "node.key").read_bytes()
+    assert refusal(a.dir, "csr", "--new-key", "--out", str(key_file)) == (2, {"error": {
+        "code": "file_exists", "message": f"{key_file} exists: csr writes over no file unless given --overwrite"}})
+    assert key_file.read_bytes() == key_pem and not (a.dir / "tls" / "pending.key").exists()
+    missing = tmp_path / "no-such-directory" / "node.csr"
+    assert refusal(a.dir, "csr", "--out", str(missing)) == (2, {"error": {
+        "code": "no_directory", "message": f"{missing.parent} is no directory to write node.csr into"}})
+    assert not missing.parent.exists()
+    earlier = tmp_path / "node.csr"
+    earlier.write_text("an earlier CSR")
+    node_cli(a, "csr", "--out", str(earlier), "--overwrite")
+    assert earlier.read_text().startswith("-----BEGIN CERTIFICATE REQUEST-----")
+
+
 def test_send_file_refuses_a_fifo_instead_of_waiting_for_a_writer(network, tmp_path):  # noqa: F811
     """PATH was read whole before any check: a FIFO (click's `exists` takes one) blocked the command until some
     writer came. (A file over the limit is now refused by its size before it is read, too.)"""

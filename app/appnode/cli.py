@@ -34,7 +34,7 @@ from app.appnode.config import NodeConfig
 from app.appnode.node import Node, NotJoined, address
 from app.appnode.registry import write_atomic, write_private
 from app.cli_arguments import require_utf8
-from app.errors import Conflict, DomainError
+from app.errors import Conflict, DomainError, NotFound
 
 
 @click.group(cls=Commands)
@@ -237,10 +237,15 @@ def renew(ctx: Context, force):
 @click.option("--new-key", is_flag=True, help="For a new key, kept as the pending key until its certificate "
               "arrives (a pending key already waiting is reused).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the CSR here.")
+@click.option("--overwrite", is_flag=True, help="Write over a file already at --out.")
 @pass_ctx
-def csr(ctx: Context, new_key, out):
+def csr(ctx: Context, new_key, out, overwrite):
     """A CSR to hand to a ministry admin, who renews this node from it in the console (or `flask ca renew`);
     the node installs the certificate from its next route pull."""
+    if out and not out.parent.is_dir():  # checked before a pending key is made: a mistyped path
+        raise NotFound(f"{out.parent} is no directory to write {out.name} into", code="no_directory")
+    if out and out.exists() and not overwrite:  # --out tls/node.key would have replaced the key with its CSR
+        raise Conflict(f"{out} exists: csr writes over no file unless given --overwrite", code="file_exists")
     request, key, reused = ctx.node.certificate_request(new_key=new_key)
     key_file = ctx.node.identity.pending_key_file if key == "pending" else ctx.node.identity.key_file
     if reused:
