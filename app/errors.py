@@ -109,9 +109,14 @@ def http_explanation(error) -> str:
     return error.description
 
 
+# How long a client is told to wait when the database is away (RFC 9110 §10.2.3, delay-seconds).
+DATABASE_RETRY_SECONDS = 5
+
+
 def init_app(app) -> None:
     """One handler per error kind: JSON for the API, an error page for the console."""
     from flask import render_template
+    from sqlalchemy.exc import OperationalError
     from werkzeug.exceptions import HTTPException
 
     def page(status: int, message):
@@ -125,6 +130,26 @@ def init_app(app) -> None:
             challenge = {"WWW-Authenticate": 'Bearer realm="mpim"'} if error.status == 401 else {}
             return error.to_dict(), error.status, challenge
         return page(error.status, error.message)
+
+    @app.errorhandler(OperationalError)
+    def handle_database_unavailable(error: OperationalError):
+        """The database refused or dropped the connection (a restart, a failover, a lock held too long):
+        a 503 the client retries, not a 500 that says this server is broken. The pool's pre-ping finds
+        the database again on the next request once it is back."""
+        from flask import current_app, g
+
+        from app.extensions import db
+
+        db.session.rollback()
+        # The page is drawn as for a visitor: the signed-in user, the navigation and the banners are
+        # read from the database that is away.
+        g._login_user = current_app.login_manager.anonymous_user()
+        current_app.logger.error("database unavailable: %s", str(error.orig or error).splitlines()[0])
+        retry = {"Retry-After": str(DATABASE_RETRY_SECONDS)}
+        if wants_json():
+            return {"error": {"code": "database_unavailable",
+                              "message": "The registry's database is unavailable; try again shortly."}}, 503, retry
+        return *page(503, HTTP_EXPLANATIONS[503]), retry
 
     @app.errorhandler(HTTPException)
     def handle_http_error(error: HTTPException):

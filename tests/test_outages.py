@@ -1,0 +1,80 @@
+"""A part the management node depends on fails for a while, then comes back: the database, Redis.
+
+While it is away a request is answered with a 503 saying so (a client retries a 503; a 500 says the
+server is broken), and once it is back the same request succeeds, with no process restarted."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from app.extensions import db
+from tests.appnode_processes import ManagementNode
+from tests.conftest import PASSWORD
+from tests.test_routing_workers import Browser
+from tests.test_sessions import admit_with_keys, people  # noqa: F401 (fixture)
+
+
+def request(url: str, body: dict | None = None) -> tuple[int, dict, str]:
+    """(status, headers, body) of one request on a fresh connection; an HTTP error is an answer too."""
+    data = json.dumps(body).encode() if body is not None else None
+    outgoing = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json",
+                                                               "Connection": "close"})
+    try:
+        with urllib.request.urlopen(outgoing, timeout=30) as response:
+            return response.status, dict(response.headers), response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read().decode()
+
+
+class DatabaseOutage:
+    """PostgreSQL refusing every connection to the test's database, and dropping those it had."""
+
+    def __init__(self, url: str):
+        self.name = make_url(url).database
+        self.admin = create_engine(make_url(url).set(database="postgres"), isolation_level="AUTOCOMMIT")
+
+    def begin(self) -> None:
+        with self.admin.connect() as connection:
+            connection.execute(text(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS false'))
+            connection.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                                    " WHERE datname = :name AND pid <> pg_backend_pid()"), {"name": self.name})
+
+    def end(self) -> None:
+        with self.admin.connect() as connection:
+            connection.execute(text(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS true'))
+        self.admin.dispose()
+
+
+def test_while_the_database_is_away_requests_get_503_and_afterwards_succeed(app, people):  # noqa: F811
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("a database server going away is PostgreSQL's; SQLite is a file in the process")
+    node, keys = admit_with_keys(people)
+    node_id = node.node_id
+    server = ManagementNode(app.config["SQLALCHEMY_DATABASE_URI"], app.config["MPIM_INSTANCE_PATH"])
+    outage = DatabaseOutage(app.config["SQLALCHEMY_DATABASE_URI"])
+    console = Browser(server.url)
+    console.post_form("/login", {"username": "minister", "password": PASSWORD})
+    db.session.remove()
+    db.engine.dispose()
+    try:
+        outage.begin()
+        try:
+            status, headers, body = request(f"{server.url}/api/v1/session", keys.session_request(node_id))
+            assert status == 503, body
+            assert json.loads(body)["error"]["code"] == "database_unavailable"
+            assert int(headers["Retry-After"]) > 0
+            response, page = console.get("/nodes/")
+            assert response.status == 503 and "Retry-After" in response.headers, page
+        finally:
+            outage.end()
+        status, _, body = request(f"{server.url}/api/v1/session", keys.session_request(node_id))
+        assert status == 201, body
+        assert console.get("/nodes/")[0].status == 200
+    finally:
+        server.stop()
