@@ -78,6 +78,17 @@ class Conflict(DomainError):
     status = 409
 
 
+class Unavailable(DomainError):
+    """A part the registry depends on is away for now; `retry_after` (seconds) goes out as Retry-After."""
+
+    code = "unavailable"
+    status = 503
+
+    def __init__(self, message, *, code: str | None = None, retry_after: int = 5):
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
 def wants_json() -> bool:
     from flask import request
 
@@ -127,8 +138,12 @@ def init_app(app) -> None:
     def handle_domain_error(error: DomainError):
         if wants_json():
             # RFC 9110 §11.6.1: a 401 names the scheme to use; the API knows only bearer tokens (RFC 6750).
-            challenge = {"WWW-Authenticate": 'Bearer realm="mpim"'} if error.status == 401 else {}
-            return error.to_dict(), error.status, challenge
+            headers = {"WWW-Authenticate": 'Bearer realm="mpim"'} if error.status == 401 else {}
+            if isinstance(error, Unavailable):
+                headers["Retry-After"] = str(error.retry_after)
+            return error.to_dict(), error.status, headers
+        if isinstance(error, Unavailable):
+            return *page(error.status, error.message), {"Retry-After": str(error.retry_after)}
         return page(error.status, error.message)
 
     @app.errorhandler(OperationalError)

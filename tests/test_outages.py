@@ -6,15 +6,18 @@ server is broken), and once it is back the same request succeeds, with no proces
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import urllib.error
 import urllib.request
 
 import pytest
+import redis
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from app.extensions import db
-from tests.appnode_processes import ManagementNode
+from tests.appnode_processes import ManagementNode, eventually, free_port
 from tests.conftest import PASSWORD
 from tests.test_routing_workers import Browser
 from tests.test_sessions import admit_with_keys, people  # noqa: F401 (fixture)
@@ -78,3 +81,58 @@ def test_while_the_database_is_away_requests_get_503_and_afterwards_succeed(app,
         assert console.get("/nodes/")[0].status == 200
     finally:
         server.stop()
+
+
+class RedisServer:
+    """A redis-server of the test's own on a free port, kept in memory only (as `--save ''` runs it):
+    stopping it and starting it again loses every key, as a restart without persistence does."""
+
+    def __init__(self):
+        if shutil.which("redis-server") is None:
+            pytest.fail("redis-server is part of this machine; it must be installed")
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                                         "--save", "", "--appendonly", "no"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url)
+        eventually(lambda: self._answers(client), what=f"redis-server on port {self.port}")
+        client.close()
+
+    @staticmethod
+    def _answers(client) -> bool:
+        try:
+            return client.ping()
+        except redis.ConnectionError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(30)
+
+
+@pytest.fixture
+def redis_server(app):
+    server = RedisServer()
+    app.config["REDIS_URL"] = server.url
+    yield server
+    server.stop()
+
+
+def test_while_redis_is_away_a_session_gets_503_and_afterwards_opens(app, client, people, redis_server):  # noqa: F811
+    node, keys = admit_with_keys(people)
+    assert client.post("/api/v1/session", json=keys.session_request(node.node_id)).status_code == 201
+    redis_server.stop()
+    away = client.post("/api/v1/session", json=keys.session_request(node.node_id))
+    assert away.status_code == 503, away.get_data(as_text=True)
+    assert away.get_json()["error"]["code"] == "nonce_store_unavailable"
+    assert int(away.headers["Retry-After"]) > 0
+    redis_server.start()
+    back = client.post("/api/v1/session", json=keys.session_request(node.node_id))
+    assert back.status_code == 201, back.get_data(as_text=True)
+

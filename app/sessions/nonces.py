@@ -13,6 +13,7 @@ from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 
 from app.database import utcnow
+from app.errors import Unavailable
 from app.extensions import db
 from app.sessions.models import UsedNonce
 
@@ -27,22 +28,37 @@ def _redis():
     if client is None:
         import redis
 
-        client = current_app.extensions["mpim_redis"] = redis.Redis.from_url(url)
+        # A Redis that hangs must not hold a worker for ever: the request is refused instead.
+        client = current_app.extensions["mpim_redis"] = redis.Redis.from_url(url, socket_timeout=5,
+                                                                             socket_connect_timeout=5)
     return client
 
 
 def claim(node_id: str, nonce: str) -> bool:
-    """True the first time a node presents `nonce`; False for a replay. Atomic in both stores."""
+    """True the first time a node presents `nonce`; False for a replay. Atomic in both stores.
+
+    With Redis, raises Unavailable while Redis does not answer: never accepted unchecked."""
     client = _redis()
     if client is not None:
-        ttl = int(WINDOW.total_seconds() * 2) + 60
-        return bool(client.set(f"mpim:nonce:{node_id}:{nonce}", b"1", nx=True, ex=ttl))
+        return _claim_in_redis(client, node_id, nonce)
     try:
         with db.session.begin_nested():
             db.session.add(UsedNonce(node_id=node_id, nonce=nonce, seen_at=utcnow()))
         return True
     except IntegrityError:
         return False
+
+
+def _claim_in_redis(client, node_id: str, nonce: str) -> bool:
+    import redis
+
+    try:
+        ttl = int(WINDOW.total_seconds() * 2) + 60
+        return bool(client.set(f"mpim:nonce:{node_id}:{nonce}", b"1", nx=True, ex=ttl))
+    except redis.RedisError as error:
+        current_app.logger.error("nonce store (Redis) unavailable: %s", error)
+        raise Unavailable("The nonce store is unavailable; open the session again shortly.",
+                          code="nonce_store_unavailable") from error
 
 
 def prune() -> int:
