@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime
 
 import pytest
 import redis
@@ -17,6 +18,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from app.extensions import db
+from app.sessions import nonces
 from tests.appnode_processes import ManagementNode, eventually, free_port
 from tests.conftest import PASSWORD
 from tests.test_routing_workers import Browser
@@ -120,6 +122,7 @@ class RedisServer:
 def redis_server(app):
     server = RedisServer()
     app.config["REDIS_URL"] = server.url
+    redis.Redis.from_url(server.url).set(nonces.SINCE_KEY, "0")  # as if it had remembered nonces for long
     yield server
     server.stop()
 
@@ -132,7 +135,33 @@ def test_while_redis_is_away_a_session_gets_503_and_afterwards_opens(app, client
     assert away.status_code == 503, away.get_data(as_text=True)
     assert away.get_json()["error"]["code"] == "nonce_store_unavailable"
     assert int(away.headers["Retry-After"]) > 0
-    redis_server.start()
-    back = client.post("/api/v1/session", json=keys.session_request(node.node_id))
+    redis_server.start()  # with no keys: see the next test
+    assert client.post("/api/v1/session", json=keys.session_request(node.node_id)).status_code == 503
+    later = datetime.now(UTC) + nonces.WINDOW
+    back = client.post("/api/v1/session", json=keys.session_request(node.node_id, timestamp=stamp(later)))
     assert back.status_code == 201, back.get_data(as_text=True)
 
+
+def stamp(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def test_a_nonce_used_before_redis_lost_its_keys_is_not_accepted_again(app, client, people, redis_server):  # noqa: F811
+    """Redis restarted without persistence (or flushed, or failed over to an empty replica) has forgotten
+    every nonce: a session request captured before, replayed within its 5 minutes, must not open a session.
+    Until no request signed before the loss can still pass the timestamp check, the registry says so."""
+    node, keys = admit_with_keys(people)
+    captured = keys.session_request(node.node_id)
+    assert client.post("/api/v1/session", json=captured).status_code == 201
+    redis_server.stop()
+    redis_server.start()
+    replay = client.post("/api/v1/session", json=captured)
+    assert replay.status_code == 503, replay.get_data(as_text=True)
+    assert replay.get_json()["error"]["code"] == "nonce_store_restarted"
+    assert 0 < int(replay.headers["Retry-After"]) <= 2 * nonces.WINDOW.total_seconds()
+    fresh = client.post("/api/v1/session", json=keys.session_request(node.node_id))
+    assert fresh.status_code == 503  # signed now, yet no newer than a request captured just before the loss
+    # A request signed a full window after Redis began remembering again cannot have been seen before.
+    later = datetime.now(UTC) + nonces.WINDOW
+    assert client.post("/api/v1/session",
+                       json=keys.session_request(node.node_id, timestamp=stamp(later))).status_code == 201

@@ -112,7 +112,7 @@ def open_session(document) -> tuple[str, datetime, str]:
     message = signed_message(node_id, timestamp, nonce)
     if not any(verify_signature(cert, message, signature) for cert in candidates["usable"]):
         raise SessionRefused("The signature does not verify with the node's certificate.", code="bad_signature")
-    if not nonces.claim(node_id, nonce):
+    if not nonces.claim(node_id, nonce, moment):
         raise SessionRefused("This nonce has been used already.", code="replayed_nonce")
     raw = secrets.token_urlsafe(32)
     expires_at = now + timedelta(seconds=current_app.config["MPIM_NODE_SESSION_SECONDS"])
