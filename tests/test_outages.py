@@ -11,6 +11,7 @@ import subprocess
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import redis
@@ -165,3 +166,38 @@ def test_a_nonce_used_before_redis_lost_its_keys_is_not_accepted_again(app, clie
     later = datetime.now(UTC) + nonces.WINDOW
     assert client.post("/api/v1/session",
                        json=keys.session_request(node.node_id, timestamp=stamp(later))).status_code == 201
+
+
+def unreadable(path: Path) -> Path:
+    """Put something that cannot be read as a file where `path` was (a directory: permissions would do
+    too, but the suite may run as root, who reads through them); returns where the file went."""
+    kept = path.with_name(path.name + ".kept")
+    path.rename(kept)
+    path.mkdir()
+    return kept
+
+
+def readable_again(path: Path, kept: Path) -> None:
+    path.rmdir()
+    kept.rename(path)
+
+
+@pytest.mark.parametrize("name", ["intermediate.key", "intermediate.pem", "route-signer.key"])
+def test_a_ca_file_that_cannot_be_read_is_a_503_naming_it_and_then_recovers(app, client, name):
+    """Every process reads the CA directory (a shared file system on several hosts): a file it cannot
+    read (an unmounted share, permissions, an I/O error) was a 500 and a traceback, where a missing one
+    is a 503 naming it."""
+    path = Path(app.config["MPIM_CA_DIR"]) / name
+    assert client.get("/ca/route-signer.pem").status_code == 200
+    kept = unreadable(path)
+    try:
+        if name.startswith("route-signer"):  # a process that runs already keeps the pair it holds
+            assert client.get("/ca/route-signer.pem").status_code == 200
+        app.extensions.pop("mpim_authority", None)  # as a process starting now
+        response = client.get("/ca/route-signer.pem")
+        assert response.status_code == 503, response.get_data(as_text=True)
+        error = response.get_json()["error"]
+        assert error["code"] == "ca_key_unreadable" and name in error["message"]
+    finally:
+        readable_again(path, kept)
+    assert client.get("/ca/route-signer.pem").status_code == 200

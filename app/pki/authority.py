@@ -171,9 +171,9 @@ class Authority:
     def load(cls, directory: Path, passphrase: bytes, config: CAConfig, *, clock: Clock = now_utc) -> Authority:
         """Read the CA from `directory`; the root key is never read, so it may be offline."""
         authority = cls(directory, config, passphrase=passphrase, clock=clock,
-                        root_certificate=x509.load_pem_x509_certificate((directory / "root.pem").read_bytes()),
+                        root_certificate=x509.load_pem_x509_certificate(keys.read_ca_file(directory / "root.pem")),
                         intermediate_certificate=x509.load_pem_x509_certificate(
-                            (directory / "intermediate.pem").read_bytes()),
+                            keys.read_ca_file(directory / "intermediate.pem")),
                         intermediate_key=keys.FileSigningKey.load(directory / "intermediate.key", passphrase))
         authority.refresh_service_keys(strict=True)
         return authority
@@ -211,7 +211,7 @@ class Authority:
 
     def _read_service_pair(self, role: ServiceRole) -> tuple[x509.Certificate, SigningKey]:
         try:
-            certificate = x509.load_pem_x509_certificate((self.directory / f"{role}.pem").read_bytes())
+            certificate = x509.load_pem_x509_certificate(keys.read_ca_file(self.directory / f"{role}.pem"))
         except ValueError as error:
             raise keys.CAKeyUnreadable(f"{role}.pem is not a PEM certificate.") from error
         key = keys.FileSigningKey.load(self.directory / f"{role}.key", self._passphrase)

@@ -36,6 +36,14 @@ KeyRole = Literal["root", "intermediate", "service"]
 RSA_BITS = 3072
 
 
+def read_ca_file(path: Path) -> bytes:
+    """The bytes of a CA certificate file, or `CAKeyUnreadable` naming it: a 503, not a traceback."""
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise CAKeyUnreadable(f"The CA file {path.name} could not be read: {error.strerror}.") from error
+
+
 class CAKeyUnreadable(DomainError):
     """A CA key file is missing, not a key, or the passphrase does not open it."""
 
@@ -83,6 +91,8 @@ class FileSigningKey:
             data = path.read_bytes()
         except FileNotFoundError as error:
             raise CAKeyUnreadable(f"The CA key file {path.name} is missing.") from error
+        except OSError as error:  # permissions, a directory in its place, an unmounted share
+            raise CAKeyUnreadable(f"The CA key file {path.name} could not be read: {error.strerror}.") from error
         try:
             key = serialization.load_pem_private_key(data, password=passphrase)
         except (TypeError, ValueError) as error:
