@@ -122,10 +122,12 @@ class RedisServer:
 @pytest.fixture
 def redis_server(app):
     server = RedisServer()
-    app.config["REDIS_URL"] = server.url
-    redis.Redis.from_url(server.url).set(nonces.SINCE_KEY, "0")  # as if it had remembered nonces for long
-    yield server
-    server.stop()
+    try:
+        app.config["REDIS_URL"] = server.url
+        redis.Redis.from_url(server.url).set(nonces.SINCE_KEY, "0")  # as if it had remembered nonces for long
+        yield server
+    finally:
+        server.stop()
 
 
 def test_while_redis_is_away_a_session_gets_503_and_afterwards_opens(app, client, people, redis_server):  # noqa: F811
