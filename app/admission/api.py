@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from flask import Blueprint, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -11,6 +9,7 @@ from app.admission import applications, nodes
 from app.divisions import service as divisions
 from app.errors import DomainError, ValidationFailed
 from app.extensions import csrf, db
+from app.readable import lone_surrogate_in
 
 bp = Blueprint("admission_api", __name__, url_prefix="/api/v1")
 csrf.exempt(bp)
@@ -44,27 +43,17 @@ def json_body() -> dict:
     Every JSON-body endpoint of the registry (applications, session, renewal) reads its body here."""
     if request.mimetype != "application/json":
         raise UnsupportedMediaType("Send the body as application/json.")
-    request_body()  # get_json parses these cached bytes
+    body = request_body()  # get_json parses these cached bytes
     try:
         document = request.get_json(silent=True)
     except RecursionError:
         # `silent` covers ValueError only; a few KB of '[' nest deeper than the parser's stack.
         document = None
-    if document is None or not _is_unicode(document):
+    if document is None or (b"\\u" in body and lone_surrogate_in(document)):
         raise ValidationFailed("The body is not valid JSON.", code="invalid_json")
     if not isinstance(document, dict):
         raise ValidationFailed("The body must be a JSON object.", code="invalid_body")
     return document
-
-
-def _is_unicode(document) -> bool:
-    """False when a string (or key) holds a lone surrogate: `"\\ud800"` parses, but is no text a database
-    or a certificate can take (RFC 8259 §8.2)."""
-    try:
-        json.dumps(document, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def application_status(application) -> dict:

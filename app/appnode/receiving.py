@@ -30,6 +30,7 @@ from app.appnode.protocol import (
     node_of,
 )
 from app.appnode.store import Group, Received, insert_message, insert_received, raw_cursor, user_row, utcnow
+from app.readable import lone_surrogate_in
 
 
 def _strict_object(pairs):
@@ -40,16 +41,6 @@ def _strict_object(pairs):
             raise InvalidJSON(f"duplicate key {key!r}")
         result[key] = value
     return result
-
-
-def _is_text(document) -> bool:
-    """False when a string or key holds a lone surrogate: "\\ud800" parses, but no UTF-8 (the schema validator,
-    the database) can take it (RFC 8259 §8.2). Only an escape makes one, hence the caller's cheap test first."""
-    try:
-        json.dumps(document, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 class ReceivingMixin:
@@ -73,7 +64,7 @@ class ReceivingMixin:
             raise InvalidJSON("the body is not JSON") from None
         if not isinstance(envelope, dict):
             raise InvalidJSON("the body is not a JSON object")
-        if b"\\u" in body and not _is_text(envelope):
+        if b"\\u" in body and lone_surrogate_in(envelope):
             raise InvalidJSON("a string holds a lone surrogate escape, which is no character")
         protocol.check_envelope(envelope, node_id=self.node_id, expected_type=kind)
         self._check_peer(envelope["from_node"], peer_certificate)
