@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -36,7 +35,6 @@ from app.appnode.store import Message, StoredFile, utcnow
 from app.appnode.transport import CHUNK_BYTES, PeerAnswerTooLarge, PeerUnreachable
 
 MEDIA_RETENTION = timedelta(days=30)
-MESSAGE_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")  # A.9 (UUID)
 
 
 def _chunks(path: Path, offset: int, end: int) -> Iterator[bytes]:
@@ -157,7 +155,7 @@ class FilesMixin:
     def _file_id_hint(self, session: Session, user_id: str, given: str) -> str:
         """A file id where a message id belongs (a file message shows both): name the message that carried the
         file, if the user may see it, so the next try works."""
-        if MESSAGE_ID.fullmatch(given):
+        if protocol.is_a("message_id", given):
             return ""
         carrier = session.scalars(select(Message).where(
             Message.document[("content", "file_id")].as_string() == given).limit(1)).first()

@@ -243,6 +243,12 @@ def _pattern(name: str) -> re.Pattern:
     return schema_pattern(schema("common")["$defs"][name]["pattern"])
 
 
+def is_a(name: str, value) -> bool:
+    """`value` is what common.schema.json's `name` (message_id, node_id, address, ...) allows, read as the
+    schemas read it."""
+    return isinstance(value, str) and _pattern(name).search(value) is not None
+
+
 def format_timestamp(moment: datetime) -> str:
     """RFC 3339 UTC with milliseconds and a `Z`, the only spelling the schemas accept."""
     if moment.tzinfo is None:
@@ -251,7 +257,7 @@ def format_timestamp(moment: datetime) -> str:
 
 
 def parse_timestamp(text: str, field: str = "timestamp") -> datetime:
-    if not isinstance(text, str) or not _pattern("timestamp").match(text):
+    if not is_a("timestamp", text):
         raise SchemaViolation(f"$.{field}: not an RFC 3339 UTC timestamp", field=field)
     try:
         return datetime.fromisoformat(text)
@@ -280,7 +286,7 @@ def node_of(address: str) -> str:
 def require_address(value: str, field: str, what: str = "user") -> str:
     """A `local_id@node_id` address (A.3, a user's or a group's), or a SchemaViolation in the words a single
     chat's `to` gets: a bare name would otherwise be taken for a node id and refused as an unknown node."""
-    if not isinstance(value, str) or not _pattern("address").match(value):
+    if not is_a("address", value):
         raise SchemaViolation(f"not a {what} address: {value!r}", field=field)
     return value
 
@@ -288,7 +294,7 @@ def require_address(value: str, field: str, what: str = "user") -> str:
 def single_chat_conversation_id(addr_a: str, addr_b: str) -> str:
     """A.11: "s:" + the first 32 hex digits of SHA-256 over the two addresses, sorted, joined by a newline."""
     for address in (addr_a, addr_b):
-        if not isinstance(address, str) or not _pattern("address").match(address):
+        if not is_a("address", address):
             raise ValueError(f"not a user address: {address!r}")
     joined = "\n".join(sorted((addr_a, addr_b)))
     return "s:" + hashlib.sha256(joined.encode("ascii")).hexdigest()[:32]
