@@ -136,15 +136,13 @@ def init_app(app) -> None:
 
     @app.errorhandler(DomainError)
     def handle_domain_error(error: DomainError):
+        headers = {"Retry-After": str(error.retry_after)} if isinstance(error, Unavailable) else {}
         if wants_json():
-            # RFC 9110 §11.6.1: a 401 names the scheme to use; the API knows only bearer tokens (RFC 6750).
-            headers = {"WWW-Authenticate": 'Bearer realm="mpim"'} if error.status == 401 else {}
-            if isinstance(error, Unavailable):
-                headers["Retry-After"] = str(error.retry_after)
+            if error.status == 401:
+                # RFC 9110 §11.6.1: a 401 names the scheme to use; the API knows only bearer tokens (RFC 6750).
+                headers["WWW-Authenticate"] = 'Bearer realm="mpim"'
             return error.to_dict(), error.status, headers
-        if isinstance(error, Unavailable):
-            return *page(error.status, error.message), {"Retry-After": str(error.retry_after)}
-        return page(error.status, error.message)
+        return *page(error.status, error.message), headers
 
     @app.errorhandler(OperationalError)
     def handle_database_unavailable(error: OperationalError):
