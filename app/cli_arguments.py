@@ -1,4 +1,4 @@
-"""Every `flask` command's text arguments are UTF-8, or the command does not run.
+"""Every `flask` command's text arguments are UTF-8, or the command does not run; numbers are ASCII digits.
 
 Python decodes argv with surrogateescape: bytes that are not UTF-8 (a name typed in GBK, a file name
 from another system) reach a command as lone surrogates, which no database stores and no page shows.
@@ -41,3 +41,24 @@ def require_utf8(group: click.Group) -> None:
             require_utf8(command)
         elif command.callback is not None and not getattr(command.callback, "checks_utf8", False):
             command.callback = _checked(command.callback)
+
+
+class Digits(click.ParamType):
+    """A whole number typed in ASCII digits, optionally within [low, high]. click's INT is int(), which reads
+    fullwidth (１２) and Arabic-Indic (١٢) digits, a sign and surrounding blanks too."""
+
+    name = "integer"
+
+    def __init__(self, low: int | None = None, high: int | None = None):
+        self.low, self.high = low, high
+
+    def convert(self, value, param, ctx) -> int:
+        if isinstance(value, int):
+            return value  # a default
+        if not (value.isascii() and value.isdigit()):
+            self.fail(f"{value!r} is not a whole number in ASCII digits.", param, ctx)
+        number = int(value)
+        if (self.low is not None and number < self.low) or (self.high is not None and number > self.high):
+            self.fail(f"{number} is not in the range {self.low if self.low is not None else '…'} to "
+                      f"{self.high if self.high is not None else '…'}.", param, ctx)
+        return number

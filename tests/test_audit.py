@@ -270,7 +270,7 @@ def test_audit_list_refuses_a_limit_no_database_takes(app, runner):
     """--limit 10**30 is past SQLite's and PostgreSQL's integers (a traceback); PostgreSQL refuses -1,
     which SQLite reads as no limit at all."""
     write_records(2)
-    for limit in ("0", "-1", str(10**30)):
+    for limit in ("0", "-1", str(10**30), "１０"):  # fullwidth: click.IntRange read it as 10
         result = runner.invoke(args=["audit", "list", "--limit", limit])
         assert result.exit_code == 2 and "--limit" in result.output, limit
 

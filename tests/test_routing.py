@@ -264,7 +264,7 @@ def test_on_postgresql_workers_learn_new_versions_by_notification(app, client, s
 
 def test_routing_history_refuses_a_limit_no_database_takes(app, session, runner):
     """As `flask audit list`: 10**30 overflowed into a traceback, -1 listed everything on SQLite."""
-    for limit in ("0", "-1", str(10**30)):
+    for limit in ("0", "-1", str(10**30), "１０"):  # fullwidth: click.IntRange read it as 10
         result = runner.invoke(args=["routing", "history", "--limit", limit])
         assert result.exit_code == 2 and "--limit" in result.output, limit
     listed = runner.invoke(args=["routing", "history", "--limit", "1", "--json"])

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from app.appnode.cli_context import Commands, Context, Digits, Refused, pass_ctx
+from app.appnode.cli_context import Commands, Context, Refused, pass_ctx
 from app.appnode.cli_lines import (
     one_per_line,
     outbox_line,
@@ -33,7 +33,7 @@ from app.appnode.cli_messaging import download, group, history, inbox, presence,
 from app.appnode.config import NodeConfig
 from app.appnode.node import Node, NotJoined, address
 from app.appnode.registry import write_atomic, write_private
-from app.cli_arguments import require_utf8
+from app.cli_arguments import Digits, require_utf8
 from app.errors import Conflict, DomainError, NotFound
 
 

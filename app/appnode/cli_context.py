@@ -44,26 +44,6 @@ class Context:
 pass_ctx = click.make_pass_decorator(Context)
 
 
-class Digits(click.ParamType):
-    """A whole number typed in ASCII digits, optionally within [low, high]. click's INT is int(), which reads
-    fullwidth (１２) and Arabic-Indic (١٢) digits, a sign and surrounding blanks too."""
-
-    name = "integer"
-
-    def __init__(self, low: int | None = None, high: int | None = None):
-        self.low, self.high = low, high
-
-    def convert(self, value, param, ctx) -> int:
-        if isinstance(value, int):
-            return value  # a default
-        if not (value.isascii() and value.isdigit()):
-            self.fail(f"{value!r} is not a whole number in ASCII digits.", param, ctx)
-        number = int(value)
-        if (self.low is not None and number < self.low) or (self.high is not None and number > self.high):
-            self.fail(f"{number} is not in the range {self.low} to {self.high}.", param, ctx)
-        return number
-
-
 def error_document(error: DomainError | click.ClickException) -> dict:
     """A refusal as --json prints it: the management node's API shape, `{"error": {"code", "message"}}`."""
     if isinstance(error, DomainError):

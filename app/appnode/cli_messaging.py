@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from app.appnode.cli_context import Context, Digits, pass_ctx
+from app.appnode.cli_context import Context, pass_ctx
 from app.appnode.cli_lines import (
     conversation_line,
     download_line,
@@ -23,6 +23,7 @@ from app.appnode.cli_lines import (
     presence_line,
     read_line,
 )
+from app.cli_arguments import Digits
 
 as_user = click.option("--as", "user", required=True, help="The local user acting.")
 

@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from app.audit import service
 from app.audit.models import AuditRecord
+from app.cli_arguments import Digits
 from app.extensions import db
 
 cli = AppGroup("audit", help="Inspect and verify the audit log.")
@@ -53,7 +54,7 @@ def anchor_command() -> None:
 
 
 @cli.command("list")
-@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1_000_000))
+@click.option("--limit", default=20, show_default=True, type=Digits(1, 1_000_000))
 @click.option("--json", "as_json", is_flag=True)
 def list_command(limit: int, as_json: bool) -> None:
     """The newest records; times in UTC (the console shows them in the admin's time zone)."""

@@ -8,6 +8,7 @@ import json
 import click
 from flask.cli import AppGroup
 
+from app.cli_arguments import Digits
 from app.database import paginate
 from app.extensions import db
 from app.routing import document, service
@@ -30,7 +31,7 @@ def show_command(as_json):
 
 
 @cli.command("history")
-@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1_000_000))
+@click.option("--limit", default=20, show_default=True, type=Digits(1, 1_000_000))
 @click.option("--json", "as_json", is_flag=True)
 def history_command(limit, as_json):
     for row in paginate(service.history_query(), 1, limit, count=False).items:
