@@ -534,7 +534,9 @@ def test_a_node_follows_a_route_signer_rotation_and_keeps_talking(network):
     version = a.node.routes.table["version"]
     rotated = own_keys.rotate_route_signer(actor="tests")  # re-signs the table as a new version
     db.session.commit()
-    sync(a, b)
+    for served in (a, b):
+        sync_until(served, lambda served=served: served.node.routes.table["version"] == version + 1,
+                   f"{served.id} pulls the table the new signer signed")
     assert a.node.routes.table["version"] == version + 1
     held = x509.load_pem_x509_certificate(a.node.identity.signer_file.read_bytes())
     assert a.node.identity.signer_file.read_bytes() != old_signer
