@@ -195,7 +195,7 @@ def test_who_may_fetch_a_certificate_is_asked_before_whether_the_node_exists(cli
     assert client.get(path.format(node.node_id), headers=headers).status_code == 200
     for node_id in (other.node_id, made_up):
         response = client.get(path.format(node_id), headers=headers)
-        assert (response.status_code, response.get_json()["error"]["code"]) == (401, "wrong_node")
+        assert (response.status_code, response.get_json()["error"]["code"]) == (403, "wrong_node")
 
 
 def test_console_inventory_and_revocation(app, people):  # noqa: F811

@@ -9,7 +9,7 @@ from werkzeug.exceptions import UnsupportedMediaType
 
 from app.admission import nodes, tokens
 from app.admission.api import bearer_token, json_body, request_body
-from app.errors import NotFound, Unauthorized
+from app.errors import NotFound, PermissionDenied
 from app.extensions import csrf, db
 from app.pki import revocation, service
 from app.sessions import service as sessions
@@ -96,7 +96,7 @@ def _caller_may_fetch(node_id: str) -> None:
         if node is None or token.id != node.enrolled_by_token_id:
             raise NotFound(f"No certificate for {node_id} with this token.", code="certificate_not_found")
     elif sessions.authenticate(raw) != node_id:
-        raise Unauthorized("This session belongs to another node.", code="wrong_node")
+        raise PermissionDenied("This session belongs to another node.", code="wrong_node")
 
 
 @bp.get("/api/v1/nodes/<node_id>/certificate")
