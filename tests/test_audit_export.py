@@ -1,0 +1,132 @@
+"""The audit log leaves the system as CSV (console link and `flask audit export`): the filter the admin sees,
+readable in a Chinese spreadsheet, no cell a spreadsheet would run, and the export itself audited."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import select
+
+from app.audit import service
+from app.audit.models import AuditRecord
+from app.extensions import db
+from tests.conftest import PASSWORD, Console
+
+
+def seed_records() -> None:
+    service.record("node.suspend", "36000000002025000001", {"reason": "维护"}, actor="minister")
+    service.record("node.resume", "36000000002025000001", {}, actor="minister")
+    service.record("user.create", "=HYPERLINK(\"http://evil\")", {"role": "auditor"}, actor="@admin")
+    service.record("token.create", "-2+3", {"division": "440000"}, actor="minister")
+    db.session.commit()
+
+
+def read_csv(data: bytes) -> list[dict]:
+    assert data.startswith("\ufeff".encode()), "no byte-order mark: Excel would read the UTF-8 as GBK"
+    return list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"))))
+
+
+def exports() -> list[AuditRecord]:
+    return list(db.session.scalars(select(AuditRecord).where(AuditRecord.action == "audit.export")))
+
+
+def test_the_export_holds_what_the_filter_selects_newest_first_and_is_audited(admin_console):
+    seed_records()
+    response = admin_console.client.get("/audit/export.csv?action=node.&target=2025000001")
+    assert response.status_code == 200
+    assert response.mimetype == "text/csv"
+    assert response.headers["Content-Disposition"].startswith("attachment; filename=audit-")
+    rows = read_csv(response.data)
+    assert [row["action"] for row in rows] == ["node.resume", "node.suspend"]
+    assert rows[1]["detail"] == '{"reason": "维护"}' and rows[1]["action_label"] == "暂停节点"
+    stored = db.session.scalar(select(AuditRecord).where(AuditRecord.action == "node.suspend"))
+    assert rows[1]["hash"] == stored.hash and rows[1]["seq"] == str(stored.seq)
+    assert rows[1]["at_utc"] == stored.at.isoformat(timespec="seconds").replace("+00:00", "Z")
+    local = datetime.fromisoformat(rows[1]["at_local (Asia/Shanghai)"])
+    assert (local - stored.at.replace(tzinfo=None, microsecond=0)).total_seconds() == 8 * 3600
+    [entry] = exports()
+    assert entry.actor == "minister" and entry.detail == {"filters": {"action": "node.", "target": "2025000001"}}
+    assert service.verify().ok
+
+
+def test_no_exported_cell_is_a_formula_a_spreadsheet_would_run(admin_console):
+    seed_records()
+    rows = read_csv(admin_console.client.get("/audit/export.csv?action=user.create").data)
+    assert rows[0]["actor"] == "'@admin"
+    assert rows[0]["target"] == "'=HYPERLINK(\"http://evil\")"
+    rows = read_csv(admin_console.client.get("/audit/export.csv?action=token.").data)
+    assert rows[0]["target"] == "'-2+3"
+
+
+def test_the_list_offers_the_export_with_its_filter_and_count(admin_console):
+    seed_records()
+    page = admin_console.client.get("/audit/?actor=minister&action=node.").get_data(as_text=True)
+    assert 'href="/audit/export.csv?actor=minister&amp;action=node."' in page
+    assert "导出全部 2 条记录（CSV）" in page
+
+
+def test_a_date_that_is_no_date_exports_nothing_and_says_why(admin_console):
+    seed_records()
+    response = admin_console.client.get("/audit/export.csv?since=2025-02-30", follow_redirects=True)
+    assert response.status_code == 200 and response.mimetype == "text/html"
+    assert "2025-02-30" in response.get_data(as_text=True)
+    assert exports() == []
+
+
+def test_a_provincial_admin_cannot_export_the_audit_log(app, make_user, client):
+    seed_records()
+    make_user("jx", "provincial_admin", scopes=("360000",))
+    console = Console(client)
+    assert console.login("jx").status_code == 302
+    assert client.get("/audit/export.csv").status_code == 403
+    assert exports() == []
+
+
+def test_an_auditor_exports_too(app, make_user, client):
+    seed_records()
+    make_user("reader", "auditor")
+    console = Console(client)
+    assert console.login("reader").status_code == 302
+    rows = read_csv(client.get("/audit/export.csv?actor=minister").data)
+    assert {row["actor"] for row in rows} == {"minister"} and len(rows) == 3
+
+
+def test_the_cli_exports_the_same_rows_and_is_audited_as_cli(app, runner):
+    seed_records()
+    result = runner.invoke(args=["audit", "export", "--action", "node.", "--since", "2000-01-01"])
+    assert result.exit_code == 0, result.output
+    rows = read_csv(result.stdout_bytes)
+    assert [row["action"] for row in rows] == ["node.resume", "node.suspend"]
+    [entry] = exports()
+    assert entry.actor == "cli" and entry.detail == {"filters": {"action": "node.", "since": "2000-01-01"}}
+
+
+def test_the_cli_refuses_a_date_that_is_no_date(app, runner):
+    seed_records()
+    result = runner.invoke(args=["audit", "export", "--until", "2025-13-01"])
+    assert result.exit_code == 2 and "'2025-13-01' is not a date" in result.output
+    assert exports() == []
+
+
+
+def test_an_admin_filters_the_log_in_the_browser_and_downloads_what_it_shows(page, live_server, make_user):
+    make_user("minister")
+    seed_records()
+    page.goto(f"{live_server}/login")
+    page.fill("input[name=username]", "minister")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_selector("h1:has-text('仪表盘')")
+    page.goto(f"{live_server}/audit/")
+    page.fill("input[name=action]", "node.")
+    page.click("form.filters button[type=submit]")
+    page.wait_for_selector("a:has-text('导出全部 2 条记录（CSV）')")
+    with page.expect_download() as download:
+        page.click("a:has-text('导出全部 2 条记录（CSV）')")
+    rows = read_csv(Path(download.value.path()).read_bytes())
+    assert download.value.suggested_filename.startswith("audit-")
+    assert [row["action"] for row in rows] == ["node.resume", "node.suspend"]
+    assert [row["action_label"] for row in rows] == ["恢复节点", "暂停节点"]
