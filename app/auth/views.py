@@ -10,7 +10,7 @@ from flask_login import current_user, login_required, login_user, logout_user
 from sqlalchemy import select
 
 from app.audit import service as audit
-from app.auth import service
+from app.auth import idle, service
 from app.auth.access import roles_required
 from app.auth.forms import ConfirmForm, LoginForm, PasswordChangeForm, PasswordResetForm, UserCreateForm, UserEditForm
 from app.auth.models import User
@@ -49,6 +49,7 @@ def login():
                   if error.code == "locked" else _("Wrong username or password."), "error")
             return render_template("auth/login.html", form=form), 401
         login_user(user)
+        idle.start()
         return redirect(_safe_next(request.args.get("next")))
     return render_template("auth/login.html", form=form)
 
@@ -60,6 +61,20 @@ def logout():
     db.session.commit()
     logout_user()
     return redirect(url_for("auth.login"))
+
+
+@bp.get("/session/status")
+@login_required
+def session_status():
+    """For the page's script: how long this session has left; asking does not count as activity."""
+    return idle.seconds_left()
+
+
+@bp.post("/session/keepalive")
+@login_required
+def session_keepalive():
+    """The warning's "stay signed in" button: a request like any other, so it counts as activity."""
+    return idle.seconds_left()
 
 
 @bp.route("/account/password", methods=["GET", "POST"])

@@ -56,3 +56,56 @@ document.addEventListener("submit", function (event) {
     }
   }
 });
+
+// The session clock (app/auth/idle.py): shortly before the idle limit, a warning with a button that counts as
+// activity; at the end, a link to sign in again in another tab, so what was typed on this page can still be sent
+// (the form's CSRF token stays valid for the same browser). Asking the server how long is left does not count
+// as activity, so a page left open in another tab cannot keep the session alive.
+document.addEventListener("DOMContentLoaded", function () {
+  var box = document.getElementById("session-clock");
+  if (!box || !window.fetch) return;
+  var warnSeconds = parseInt(box.getAttribute("data-warn-seconds"), 10);
+  var timer = null;
+
+  function show(which) {
+    box.hidden = which === null;
+    ["soon", "final", "ended"].forEach(function (name) {
+      box.querySelector(".session-" + name).hidden = name !== which;
+    });
+  }
+
+  function schedule(state) {
+    clearTimeout(timer);
+    var left = state.seconds_left;
+    if (left <= 0) {
+      show("ended");
+    } else if (left > warnSeconds) {
+      show(null);
+      timer = setTimeout(check, (left - warnSeconds) * 1000);
+    } else {
+      show(state.renewable ? "soon" : "final");
+      timer = setTimeout(check, (left + 1) * 1000);
+    }
+  }
+
+  // A signed-out session answers 401, or a redirect to the sign-in page: either way, ended.
+  function read(response) {
+    var json = (response.headers.get("Content-Type") || "").indexOf("application/json") === 0;
+    return response.ok && json && !response.redirected ? response.json() : {seconds_left: 0};
+  }
+
+  function check() {
+    fetch(box.getAttribute("data-status-url"), {credentials: "same-origin", headers: {"Accept": "application/json"}})
+      .then(read).then(schedule, function () { timer = setTimeout(check, 30000); });
+  }
+
+  box.querySelector(".session-stay").addEventListener("click", function () {
+    fetch(box.getAttribute("data-keepalive-url"), {
+      method: "POST", credentials: "same-origin",
+      headers: {"Accept": "application/json", "X-CSRFToken": box.getAttribute("data-csrf")}
+    }).then(read).then(schedule, function () { timer = setTimeout(check, 30000); });
+  });
+
+  schedule({seconds_left: parseInt(box.getAttribute("data-seconds-left"), 10),
+            renewable: box.getAttribute("data-renewable") === "true"});
+});

@@ -1,0 +1,189 @@
+"""Console sessions end after MPIM_IDLE_MINUTES without activity and MPIM_SESSION_MINUTES after sign-in
+(app/auth/idle.py); nothing typed is lost to it, and every such end is audited."""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import select
+
+from app.audit.models import AuditRecord
+from app.auth import idle
+from app.extensions import db
+from tests.conftest import PASSWORD, Console, csrf_token
+
+
+def signed_in(app, make_user, username="minister", role="ministry_admin", scopes=()) -> Console:
+    make_user(username, role, scopes)
+    console = Console(app.test_client())
+    assert console.login(username).status_code == 302
+    return console
+
+
+def set_clocks(console: Console, *, active_ago: int | None = None, signed_in_ago: int | None = None) -> None:
+    """What a cookie last used `active_ago` seconds ago carries (the clocks ride in the signed session)."""
+    now = int(time.time())
+    with console.client.session_transaction() as session:
+        if active_ago is not None:
+            session[idle.ACTIVE_AT] = now - active_ago
+        if signed_in_ago is not None:
+            session[idle.SIGNED_IN_AT] = now - signed_in_ago
+
+
+def clocks(console: Console) -> tuple[int, int]:
+    with console.client.session_transaction() as session:
+        return session[idle.ACTIVE_AT], session[idle.SIGNED_IN_AT]
+
+
+def timeouts() -> list[AuditRecord]:
+    return list(db.session.scalars(select(AuditRecord).where(AuditRecord.action == "auth.timeout")))
+
+
+def test_thirty_idle_minutes_sign_the_user_out_and_say_why(app, make_user):
+    console = signed_in(app, make_user)
+    set_clocks(console, active_ago=31 * 60)
+    response = console.client.get("/nodes/?status=active")
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/login?next=/nodes/?status%3Dactive"
+    page = console.client.get(response.headers["Location"]).get_data(as_text=True)
+    assert "30 分钟无操作" in page
+    assert console.client.get("/").status_code == 302  # signed out, not just turned away once
+    [entry] = timeouts()
+    assert entry.target == "minister" and entry.detail["reason"] == "idle" and entry.detail["minutes"] == 30
+
+
+def test_activity_inside_the_limit_keeps_the_session_and_restarts_the_idle_clock(app, make_user):
+    console = signed_in(app, make_user)
+    set_clocks(console, active_ago=29 * 60)
+    assert console.client.get("/nodes/").status_code == 200
+    active_at, _ = clocks(console)
+    assert int(time.time()) - active_at < 60
+    assert timeouts() == []
+
+
+def test_asking_how_long_is_left_is_no_activity(app, make_user):
+    console = signed_in(app, make_user)
+    set_clocks(console, active_ago=10 * 60)
+    before, _ = clocks(console)
+    status = console.client.get("/session/status", headers={"Accept": "application/json"}).get_json()
+    assert 19 * 60 <= status["seconds_left"] <= 20 * 60 and status["renewable"] is True
+    assert clocks(console)[0] == before
+
+
+def test_the_warnings_button_counts_as_activity(app, make_user):
+    console = signed_in(app, make_user)
+    token = csrf_token(console.client.get("/nodes/").get_data(as_text=True))  # every page's sign-out form has one
+    set_clocks(console, active_ago=29 * 60)
+    response = console.client.post("/session/keepalive", headers={"X-CSRFToken": token,
+                                                                 "Accept": "application/json"})
+    assert response.status_code == 200 and response.get_json()["seconds_left"] >= 29 * 60
+
+
+def test_the_keepalive_needs_the_csrf_token(app, make_user):
+    console = signed_in(app, make_user)
+    set_clocks(console, active_ago=29 * 60)
+    response = console.client.post("/session/keepalive", headers={"Accept": "application/json"})
+    assert response.status_code == 400
+    assert int(time.time()) - clocks(console)[0] >= 29 * 60 - 5
+
+
+def test_after_the_limit_the_script_hears_signed_out_as_json(app, make_user):
+    console = signed_in(app, make_user)
+    set_clocks(console, active_ago=31 * 60)
+    response = console.client.get("/session/status", headers={"Accept": "application/json"})
+    assert response.status_code == 401
+    assert response.get_json()["error"]["code"] == "signed_out" and response.get_json()["seconds_left"] == 0
+    assert len(timeouts()) == 1
+
+
+def test_eight_hours_after_sign_in_the_session_ends_however_active(app, make_user):
+    console = signed_in(app, make_user)
+    set_clocks(console, active_ago=5, signed_in_ago=8 * 3600 + 60)
+    response = console.client.get("/nodes/")
+    assert response.status_code == 302 and response.headers["Location"].startswith("/login")
+    assert "登录已满 8 小时" in console.client.get("/login").get_data(as_text=True)
+    [entry] = timeouts()
+    assert entry.detail["reason"] == "session_limit"
+
+
+def test_near_the_absolute_limit_the_status_says_it_cannot_be_extended(app, make_user):
+    console = signed_in(app, make_user)
+    set_clocks(console, active_ago=0, signed_in_ago=8 * 3600 - 60)
+    status = console.client.get("/session/status", headers={"Accept": "application/json"}).get_json()
+    assert status["seconds_left"] <= 60 and status["renewable"] is False
+
+
+def test_a_form_sent_after_the_limit_does_nothing_and_can_be_sent_again_after_signing_in(app, make_user):
+    from app.admission.models import EnrollmentToken
+
+    console = signed_in(app, make_user, "jx-admin", "provincial_admin", ("360000",))
+    token = csrf_token(console.client.get("/tokens/").get_data(as_text=True))
+    set_clocks(console, active_ago=31 * 60)
+    form = {"division_code": "360000", "ttl": "7d", "note": "赣警通", "csrf_token": token}
+    response = console.client.post("/tokens/", data=form, headers={"Referer": "http://localhost/tokens/"})
+    assert response.status_code == 302 and response.headers["Location"] == "/login?next=/tokens/"
+    assert db.session.scalar(select(db.func.count()).select_from(EnrollmentToken)) == 0
+    assert console.login("jx-admin").status_code == 302
+    assert console.client.post("/tokens/", data=form).status_code == 302  # the same page's form, as typed
+    assert db.session.scalar(select(db.func.count()).select_from(EnrollmentToken)) == 1
+
+
+def test_no_idle_limit_when_it_is_set_to_zero(app, make_user):
+    app.config["MPIM_IDLE_SECONDS"] = 0
+    console = signed_in(app, make_user)
+    set_clocks(console, active_ago=5 * 3600)
+    assert console.client.get("/nodes/").status_code == 200
+
+
+def test_a_session_from_before_the_clocks_starts_them_instead_of_ending(app, make_user):
+    console = signed_in(app, make_user)
+    with console.client.session_transaction() as session:
+        del session[idle.ACTIVE_AT], session[idle.SIGNED_IN_AT]
+    assert console.client.get("/nodes/").status_code == 200
+    active_at, signed_in_at = clocks(console)
+    assert active_at == signed_in_at and int(time.time()) - active_at < 60
+
+
+def test_the_api_never_carries_a_console_session(app, make_user):
+    """A node's bearer-token call neither reads nor sets the clocks: no Set-Cookie on API answers."""
+    response = app.test_client().get("/api/v1/divisions/360000")
+    assert response.status_code == 200 and "Set-Cookie" not in response.headers
+
+
+
+def test_the_page_warns_lets_the_user_stay_and_after_the_end_keeps_the_typed_form(app, page, live_server,
+                                                                                  make_user):
+    """Idle limit shortened to 6 s (the warning comes at 3 s left); every wait is for something on the page."""
+    from app.admission.models import EnrollmentToken
+
+    app.config["MPIM_IDLE_SECONDS"] = 6
+    make_user("jx-admin", "provincial_admin", ("360000",))
+    page.goto(f"{live_server}/login?next=/tokens/")
+    page.fill("input[name=username]", "jx-admin")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_selector("input[name=note]")
+    page.fill("input[name=division_code]", "360000")
+    page.fill("input[name=note]", "赣警通 夜班")
+
+    page.wait_for_selector(".session-soon", state="visible", timeout=30000)
+    assert page.locator("#session-clock").get_attribute("role") == "alert"
+    page.click("text=保持登录")
+    page.wait_for_selector("#session-clock", state="hidden")  # the server counted the click as activity
+
+    page.wait_for_selector(".session-ended", state="visible", timeout=30000)
+    assert db.session.scalar(select(db.func.count()).select_from(AuditRecord).where(
+        AuditRecord.action == "auth.timeout")) == 1
+    with page.context.expect_page() as opened:
+        page.click("text=在新标签页中重新登录")
+    again = opened.value
+    again.fill("input[name=username]", "jx-admin")
+    again.fill("input[name=password]", PASSWORD)
+    again.click("button[type=submit]")
+    again.wait_for_selector("h1")
+    again.close()
+
+    assert page.input_value("input[name=note]") == "赣警通 夜班"
+    page.click("form:has(input[name=note]) button[type=submit]")
+    page.wait_for_selector("#issued-token")
+    assert db.session.scalar(select(EnrollmentToken.note)) == "赣警通 夜班"
