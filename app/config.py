@@ -77,6 +77,7 @@ def load_config(overrides: dict | None = None) -> dict:
         "SESSION_COOKIE_SAMESITE": "Lax",
         "PERMANENT_SESSION_LIFETIME": env_int("MPIM_SESSION_MINUTES", 480) * 60,
         "MPIM_IDLE_SECONDS": env_int("MPIM_IDLE_MINUTES", 30) * 60,
+        "MPIM_PASSWORD_MAX_DAYS": env_int("MPIM_PASSWORD_MAX_DAYS", 90),
         "WTF_CSRF_TIME_LIMIT": None,
         "MAX_CONTENT_LENGTH": env_int("MPIM_MAX_REQUEST_BYTES", 1024 * 1024),
         "BABEL_DEFAULT_LOCALE": os.environ.get("MPIM_DEFAULT_LOCALE", "zh_CN"),

@@ -25,7 +25,8 @@ def seeded_app(count: int):
     app = fresh_app(f"nodes{count}")
     rng = random.Random(count)
     with app.app_context():
-        users.create_user(users.UserDraft(username="minister", password="Bench-Password-1", role="ministry_admin"))
+        users.create_user(users.UserDraft(username="minister", password="Bench-Password-1", role="ministry_admin",
+                                          must_change_password=False))  # the page, not the first-sign-in form
         provinces = [d for d in ("110000", "360000", "440000", "510000", "650000", "330000")]
         apps, nodes = [], []
         for index in range(count):

@@ -183,8 +183,12 @@ class Console:
 def make_user(app):
     from app.auth import service
 
-    def make(username: str, role: str = "ministry_admin", scopes: tuple[str, ...] = (), password: str = PASSWORD):
-        user = service.create_user(service.UserDraft(username=username, password=password, role=role, scopes=scopes))
+    def make(username: str, role: str = "ministry_admin", scopes: tuple[str, ...] = (), password: str = PASSWORD,
+             must_change_password: bool = False):
+        """By default a user who has chosen their own password already (tests/test_password_due.py covers
+        the first sign-in with one an admin chose)."""
+        user = service.create_user(service.UserDraft(username=username, password=password, role=role, scopes=scopes,
+                                                     must_change_password=must_change_password))
         db.session.commit()
         return user
 

@@ -21,7 +21,7 @@ def load_user(session_id: str):
 def init_app(app) -> None:
     from flask_babel import lazy_gettext
 
-    from app.auth import idle
+    from app.auth import idle, password_due
     from app.auth.cli import cli
     from app.auth.views import bp
 
@@ -30,6 +30,7 @@ def init_app(app) -> None:
     login_manager.session_protection = "strong"
     app.register_blueprint(bp)
     app.before_request(idle.enforce)
+    app.before_request(password_due.enforce)
     app.context_processor(lambda: {"session_clock": idle.seconds_left,
                                    "session_warning_seconds": idle.warning_seconds})
     app.cli.add_command(cli)

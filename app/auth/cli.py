@@ -31,7 +31,8 @@ def fail(error: DomainError, as_json: bool) -> None:
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
 @click.option("--json", "as_json", is_flag=True)
 def create_command(role, username, scope, display_name, password_stdin, as_json):
-    """Create a user; without --password-stdin a password is generated and printed once."""
+    """Create a user; without --password-stdin a password is generated and printed once. Either way it is
+    a first password: the user chooses their own at the first sign-in."""
     password = sys.stdin.readline().rstrip("\n") if password_stdin else service.generate_password()
     draft = service.UserDraft(username=username, password=password, role=role,
                               scopes=tuple(scope.split(",")), display_name=display_name)
@@ -69,7 +70,8 @@ def ensure_admin_command(username):
     password = os.environ.get("MPIM_ADMIN_PASSWORD") or service.generate_password()
     try:
         service.create_user(service.UserDraft(username=username, password=password, role="ministry_admin",
-                                              display_name="Ministry admin"))
+                                              display_name="Ministry admin",
+                                              must_change_password=not os.environ.get("MPIM_ADMIN_PASSWORD")))
         db.session.commit()
     except DomainError as error:
         db.session.rollback()
@@ -77,7 +79,8 @@ def ensure_admin_command(username):
     if os.environ.get("MPIM_ADMIN_PASSWORD"):
         click.echo(f"created ministry admin '{username}' with the password from MPIM_ADMIN_PASSWORD")
     else:
-        click.echo(f"created ministry admin '{username}' with password: {password}  (shown once; change it)")
+        click.echo(f"created ministry admin '{username}' with password: {password}  (shown once; the console asks "
+                   "for a new one at the first sign-in)")
 
 
 @cli.command("unlock")

@@ -39,6 +39,9 @@ class UserDraft:
     role: str
     scopes: tuple[str, ...] = ()
     display_name: str = ""
+    # The creator chose the password, so the user replaces it at first sign-in; False only where the
+    # password is the user's own (MPIM_ADMIN_PASSWORD set by the operator who signs in with it).
+    must_change_password: bool = True
 
 
 def check_password_policy(password: str, username: str = "") -> None:
@@ -87,7 +90,8 @@ def create_user(draft: UserDraft, *, actor: str | None = None) -> User:
         raise Conflict(_l("User %(name)s already exists.", name=draft.username), code="username_taken",
                        field="username")
     user = User(username=draft.username, display_name=display_name[:120], role=draft.role,
-                scope_codes=scope_codes, password_hash=generate_password_hash(draft.password))
+                scope_codes=scope_codes, password_hash=generate_password_hash(draft.password),
+                password_must_change=draft.must_change_password)
     db.session.add(user)
     db.session.flush()
     audit.record("user.create", draft.username, {"role": draft.role, "scopes": scope_codes}, actor=actor)
@@ -107,9 +111,12 @@ def update_user(user: User, *, role: str, scopes: list[str], active: bool, displ
     return user
 
 
-def set_password(user: User, new_password: str, *, action: str = "user.password_reset") -> None:
+def set_password(user: User, new_password: str, *, action: str = "user.password_reset",
+                 temporary: bool = True) -> None:
+    """`temporary`: an admin's reset, which the user must replace at the next sign-in."""
     check_password_policy(new_password, user.username)
     user.password_hash = generate_password_hash(new_password)
+    user.password_must_change = temporary
     # Whole seconds: the session id embeds this timestamp, so bump it past the current one.
     user.password_changed_at = max(utcnow(), user.password_changed_at + timedelta(seconds=1))
     audit.record(action, user.username)
@@ -121,7 +128,18 @@ def change_own_password(user: User, current_password: str, new_password: str) ->
     if current_password == new_password:
         raise ValidationFailed(_l("The new password must differ from the current one."), code="weak_password",
                                field="new_password")
-    set_password(user, new_password, action="user.password_change")
+    set_password(user, new_password, action="user.password_change", temporary=False)
+
+
+def password_change_due(user: User) -> str | None:
+    """Why the user must change their password before anything else: "temporary" (someone else chose it),
+    "expired" (older than MPIM_PASSWORD_MAX_DAYS; MLPS 2.0 asks passwords to be changed regularly), or None."""
+    if user.password_must_change:
+        return "temporary"
+    max_days = current_app.config["MPIM_PASSWORD_MAX_DAYS"]
+    if max_days and user.password_changed_at < utcnow() - timedelta(days=max_days):
+        return "expired"
+    return None
 
 
 def generate_password() -> str:

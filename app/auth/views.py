@@ -10,7 +10,7 @@ from flask_login import current_user, login_required, login_user, logout_user
 from sqlalchemy import select
 
 from app.audit import service as audit
-from app.auth import idle, service
+from app.auth import idle, password_due, service
 from app.auth.access import roles_required
 from app.auth.forms import ConfirmForm, LoginForm, PasswordChangeForm, PasswordResetForm, UserCreateForm, UserEditForm
 from app.auth.models import User
@@ -81,6 +81,7 @@ def session_keepalive():
 @login_required
 def change_password():
     form = PasswordChangeForm()
+    due = service.password_change_due(current_user)
     if form.validate_on_submit():
         try:
             service.change_own_password(current_user, form.current_password.data, form.new_password.data)
@@ -91,8 +92,9 @@ def change_password():
         else:
             login_user(current_user)  # the session id embeds the password time: renew ours
             flash(_("Your password has been changed."), "success")
-            return redirect(url_for("console.dashboard"))
-    return render_template("auth/password.html", form=form)
+            return redirect(_safe_next(request.args.get("next")))
+    return render_template("auth/password.html", form=form,
+                           reason=password_due.reason_text(due, current_app.config["MPIM_PASSWORD_MAX_DAYS"]))
 
 
 @bp.get("/users/")
