@@ -7,7 +7,6 @@ can pass one, from bytes that are not UTF-8) is no character at all, and no data
 
 from __future__ import annotations
 
-import json
 import unicodedata
 
 from flask_babel import lazy_gettext as _l
@@ -34,13 +33,3 @@ def readable_text(value: str | None, field: str, *, multiline: bool = False) -> 
                                field=field)
     return value
 
-
-def lone_surrogate_in(document) -> bool:
-    """True when a parsed JSON document's string or key holds a lone surrogate: `"\\ud800"` parses, but no
-    UTF-8 (a database, a certificate, a schema validator) takes it (RFC 8259 §8.2). Only a `\\u` escape in
-    the body makes one, so a caller tests its body for one before asking."""
-    try:
-        json.dumps(document, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False

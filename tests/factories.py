@@ -79,3 +79,25 @@ class NodeKeys:
             signature = self.key.sign(message, padding.PKCS1v15(), hashes.SHA256())
         return {"node_id": node_id, "timestamp": timestamp, "nonce": nonce,
                 "signature": base64.b64encode(signature).decode()}
+
+
+def not_strict_bodies(document: dict, *, duplicate: str, nested: str) -> dict[str, tuple[bytes, str]]:
+    """`document` written in each way a strict JSON reader refuses (app.strict_json), each with a fragment of the
+    reason it must give: its top-level member `duplicate` named twice (the first copy holding "A"), a member
+    of its inner object `nested` named twice, a UTF-8 byte-order mark, UTF-16 (with and without its BOM) and
+    UTF-32. Every one of these parsed with Python's json as it stands."""
+    import codecs
+    import json
+
+    text = json.dumps(document, ensure_ascii=False)
+    inner = next(iter(document[nested]))
+    return {
+        "duplicate_top_level_key": (f'{{"{duplicate}": "A", {text[1:]}'.encode(),
+                                    f"key '{duplicate}' appears twice"),
+        "duplicate_nested_key": (text.replace(f'"{nested}": {{', f'"{nested}": {{"{inner}": "A", ', 1).encode(),
+                                 f"key '{inner}' appears twice"),
+        "utf8_bom": (codecs.BOM_UTF8 + text.encode(), "UTF-8 without a byte-order mark"),
+        "utf16_bom": (text.encode("utf-16"), "UTF-8 without a byte-order mark"),
+        "utf16_le": (text.encode("utf-16-le"), "UTF-8 without a byte-order mark"),
+        "utf32": (text.encode("utf-32"), "UTF-8 without a byte-order mark"),
+    }

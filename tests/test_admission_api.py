@@ -12,7 +12,7 @@ from app.admission import applications, tokens
 from app.admission.models import Application, EnrollmentToken
 from app.database import utcnow
 from app.extensions import db
-from tests.factories import make_csr, node_document
+from tests.factories import make_csr, node_document, not_strict_bodies
 
 
 @pytest.fixture
@@ -166,6 +166,23 @@ def test_a_lone_surrogate_escape_is_invalid_json_not_a_server_error(client, toke
     response = client.post("/api/v1/applications", data=body, headers={"Authorization": f"Bearer {token}"},
                            content_type="application/json")
     assert response.status_code == 400 and response.get_json()["error"]["code"] == "invalid_json"
+    assert db.session.scalar(select(EnrollmentToken)).state() == "active"
+
+
+NOT_STRICT = not_strict_bodies(node_document(), duplicate="csr", nested="contact")
+
+
+@pytest.mark.parametrize("case", NOT_STRICT)
+def test_a_body_that_is_not_strict_json_is_refused_and_nothing_is_stored(client, token, case):
+    """Python's json keeps the last of two equal keys and reads a BOM, UTF-16 or UTF-32: each of these made an
+    application, though an auditor of the body could read another CSR or contact than the one acted on, and
+    RFC 8259 §8.1 wants UTF-8 without a BOM between systems."""
+    body, reason = NOT_STRICT[case]
+    response = client.post("/api/v1/applications", data=body, headers={"Authorization": f"Bearer {token}"},
+                           content_type="application/json")
+    error = response.get_json()["error"]
+    assert (response.status_code, error["code"]) == (400, "invalid_json") and reason in error["message"], error
+    assert db.session.scalar(select(Application)) is None
     assert db.session.scalar(select(EnrollmentToken)).state() == "active"
 
 

@@ -11,7 +11,7 @@ from app.admission.information import parse
 from app.database import utcnow
 from app.extensions import db
 from app.sessions.models import NodeSession
-from tests.factories import NodeKeys, node_document
+from tests.factories import NodeKeys, node_document, not_strict_bodies
 
 
 @pytest.fixture
@@ -147,6 +147,21 @@ def test_sessions_end_when_a_certificate_of_the_node_is_revoked(client, people):
 def test_malformed_session_requests_get_400(client, body):
     response = open_session(client, body)
     assert error_code(response) == (400, "invalid_request")
+
+
+@pytest.mark.parametrize("case", ["duplicate_top_level_key", "duplicate_nested_key", "utf8_bom", "utf16_bom",
+                                  "utf16_le", "utf32"])
+def test_a_session_request_that_is_not_strict_json_is_refused_and_its_nonce_kept(client, people, case):
+    """Each of these opened a session: Python's json keeps the last of two equal keys and reads a BOM, UTF-16
+    or UTF-32. Refused before the service, the nonce is not spent and the same request, sent right, opens one."""
+    node, keys = admit_with_keys(people)
+    request = keys.session_request(node.node_id)
+    body, reason = not_strict_bodies({**request, "client": {"name": "ref-node"}}, duplicate="nonce",
+                                     nested="client")[case]
+    response = client.post("/api/v1/session", data=body, content_type="application/json")
+    assert error_code(response) == (400, "invalid_json") and reason in response.get_json()["error"]["message"]
+    assert db.session.scalars(db.select(NodeSession)).all() == []
+    assert open_session(client, request).status_code == 201
 
 
 @pytest.mark.parametrize("timestamp", [

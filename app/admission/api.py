@@ -9,7 +9,7 @@ from app.admission import applications, nodes
 from app.divisions import service as divisions
 from app.errors import DomainError, ValidationFailed
 from app.extensions import csrf, db
-from app.readable import lone_surrogate_in
+from app.strict_json import NotStrictJSON, parse
 
 bp = Blueprint("admission_api", __name__, url_prefix="/api/v1")
 csrf.exempt(bp)
@@ -38,19 +38,17 @@ def request_body() -> bytes:
 
 
 def json_body() -> dict:
-    """The body must be declared and parse as a JSON object; anything else is refused up front.
+    """The body must be declared and parse as a strict JSON object (app.strict_json: UTF-8 without a BOM, no
+    duplicate keys, no lone surrogates); anything else is refused up front, before a service sees it.
 
     Every JSON-body endpoint of the registry (applications, session, renewal) reads its body here."""
     if request.mimetype != "application/json":
         raise UnsupportedMediaType("Send the body as application/json.")
-    body = request_body()  # get_json parses these cached bytes
     try:
-        document = request.get_json(silent=True)
-    except RecursionError:
-        # `silent` covers ValueError only; a few KB of '[' nest deeper than the parser's stack.
-        document = None
-    if document is None or (b"\\u" in body and lone_surrogate_in(document)):
-        raise ValidationFailed("The body is not valid JSON.", code="invalid_json")
+        document = parse(request_body())
+    except NotStrictJSON as error:
+        reason = str(error)
+        raise ValidationFailed(f"{reason[0].upper()}{reason[1:]}.", code="invalid_json") from None
     if not isinstance(document, dict):
         raise ValidationFailed("The body must be a JSON object.", code="invalid_body")
     return document

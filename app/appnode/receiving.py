@@ -30,7 +30,7 @@ from app.appnode.protocol import (
     node_of,
 )
 from app.appnode.store import Group, Received, insert_message, insert_received, raw_cursor, user_row, utcnow
-from app.readable import lone_surrogate_in
+from app.strict_json import lone_surrogate_in
 
 
 def _strict_object(pairs):
