@@ -23,9 +23,10 @@ from cryptography.x509.oid import NameOID
 from app.appnode import outbox
 from app.appnode.node import Node
 from app.appnode.protocol import Unavailable
-from app.appnode.registry import HTTPResult, RegistryClient
+from app.appnode.registry import HTTPResult, RegistryClient, RegistryError
 from app.appnode.store import utcnow
 from app.appnode.transport import ANSWER_LIMIT, PeerAnswerTooLarge, PeerPool, PeerUnreachable
+from tests.factories import not_strict_bodies
 from tests.test_appnode import network  # noqa: F401 (fixture)
 from tests.test_sessions import people  # noqa: F401 (fixture)
 
@@ -41,6 +42,30 @@ def test_a_peers_error_body_nested_too_deep_is_a_plain_peer_error():
 def test_a_registry_error_body_nested_too_deep_names_the_http_status():
     error = RegistryClient.fail(HTTPResult(502, {}, NESTED), "apply")
     assert error.message == "apply: HTTP 502"
+
+
+def test_a_registry_answer_that_is_not_strict_json_is_a_registry_error_not_a_value_guessed_at():
+    """A session answer naming its token twice was read as the last one; one with a BOM or in UTF-16 was read
+    too. Each is a RegistryError saying why, and an error answer of that kind names only the HTTP status."""
+    answer = {"token": "T" * 43, "expires_at": "2026-01-01T00:00:00Z", "nested": {"k": 1}}
+    for case, (body, reason) in not_strict_bodies(answer, duplicate="token", nested="nested").items():
+        with pytest.raises(RegistryError, match="not strict JSON") as refused:
+            HTTPResult(201, {}, body).json()
+        assert reason in refused.value.message, case
+    error = {"error": {"code": "invalid_json", "message": "m"}}
+    for case, (body, _) in not_strict_bodies(error, duplicate="error", nested="error").items():
+        assert RegistryClient.fail(HTTPResult(400, {}, body), "apply").message == "apply: HTTP 400", case
+    assert RegistryClient.fail(HTTPResult(400, {}, b'{"error": "text"}'), "apply").message == "apply: HTTP 400"
+
+
+def test_a_peers_error_answer_that_is_not_strict_json_is_a_plain_peer_error():
+    """A peer's refusal naming its code twice ({"code": "rate_limited", "code": "forbidden"}) or sent with a BOM
+    or in UTF-16 was read for its code, and the code decides whether the sender retries."""
+    error = {"error": {"code": "forbidden", "message": "m"}}
+    for case, (body, _) in not_strict_bodies(error, duplicate="error", nested="error").items():
+        assert Node._error_code(body) is None, case
+        refusal = Node._peer_error(SimpleNamespace(body=body, status=403))
+        assert (refusal.code, refusal.message) == ("peer_error", "peer answered HTTP 403"), case
 
 
 class EndlessAnswer(BaseHTTPRequestHandler):

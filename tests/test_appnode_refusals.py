@@ -12,6 +12,7 @@ from app.appnode.config import CAPABILITIES
 from app.appnode.protocol import NotFound
 from app.appnode.web import create_node_app
 from tests.appnode_harness import raw_post
+from tests.factories import not_strict_bodies
 from tests.test_appnode import (  # noqa: F401 (fixture)
     ADTS,
     GIF,
@@ -49,6 +50,24 @@ def test_a_string_holding_a_lone_surrogate_is_invalid_json_not_a_server_error(ne
     paired = json.dumps(text_envelope(a, b, text="X")).replace('"X"', '"\\ud83d\\ude00"').encode()
     assert raw_post(a.node, b, "message", paired)[0] == 200  # a surrogate pair is a character: 😀
     assert [m.document["content"]["text"] for m in stored_messages(b)] == ["😀"]
+
+
+def test_a_body_that_is_not_strict_json_is_invalid_json_saying_why_and_nothing_is_kept(network):  # noqa: F811
+    """A key named twice, at the top or in the payload, is refused naming the key (Python's json would keep
+    the last); a body with a BOM, in UTF-16 or in UTF-32 says it must be UTF-8 without a byte-order mark
+    (RFC 8259 §8.1), where it was "the body is not JSON". None is stored or recorded as received: the same
+    envelope, sent right, is then accepted as new."""
+    a, b = network["a"], network["b"]
+    envelope = text_envelope(a, b)
+    for case, (body, reason) in not_strict_bodies(envelope, duplicate="message_id", nested="payload").items():
+        status, answer = raw_post(a.node, b, "message", body)
+        assert (status, answer["error"]["code"]) == (400, "invalid_json"), case
+        assert reason in answer["error"]["message"], (case, answer)
+        protocol.validate("error", answer)
+    assert stored_messages(b) == []
+    status, ack = raw_post(a.node, b, "message", envelope)
+    assert (status, ack["status"]) == (200, "accepted")
+    assert [m.document["content"]["text"] for m in stored_messages(b)] == ["你好"]
 
 
 def test_a_body_announced_over_the_limit_is_refused_before_it_is_read(network):  # noqa: F811

@@ -21,6 +21,7 @@ from types import SimpleNamespace
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from app import strict_json
 from app.appnode import protocol
 from app.appnode.messages import PATHS
 from app.appnode.store import OUTBOX_MUTABLE, UPDATE_OUTBOX, Outbox, Received, insert_outbox, raw_cursor, utcnow
@@ -153,17 +154,17 @@ class OutboxMixin:
     @staticmethod
     def _error_code(body: bytes) -> str | None:
         try:
-            return json.loads(body)["error"]["code"]
-        except (ValueError, KeyError, TypeError, RecursionError):
+            return strict_json.parse(body)["error"]["code"]
+        except (strict_json.NotStrictJSON, KeyError, TypeError):
             return None
 
     @staticmethod
     def _peer_error(response) -> DomainError:
         try:
-            error = json.loads(response.body)["error"]
+            error = strict_json.parse(response.body)["error"]
             cls = protocol.ERRORS.get(error["code"], DomainError)
             return cls(f"peer: {error['message']}", code=error["code"], status=response.status)
-        except (ValueError, KeyError, TypeError, RecursionError):
+        except (strict_json.NotStrictJSON, KeyError, TypeError):
             return DomainError(f"peer answered HTTP {response.status}", status=502, code="peer_error")
 
     def retry_now(self) -> int:

@@ -1,21 +1,21 @@
-"""Receiving (docs/protocol.md §5.4): a peer's envelope is checked (JSON without duplicate keys, the
-envelope, the caller's certificate against the routing table, this node's capabilities and limits), recorded
-for deduplication (all but ephemeral batches) and handed on: a single-chat message takes a short path of its
-own (A.11), a group message is stored and, at the home node, fanned out; group operations, ephemeral batches
-and download requests go to their sections' mixins.
+"""Receiving (docs/protocol.md §5.4): a peer's envelope is checked (strict JSON: UTF-8 without a BOM, no
+duplicate keys; the envelope, the caller's certificate against the routing table, this node's capabilities and
+limits), recorded for deduplication (all but ephemeral batches) and handed on: a single-chat message takes a
+short path of its own (A.11), a group message is stored and, at the home node, fanned out; group operations,
+ephemeral batches and download requests go to their sections' mixins.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import sqlite3
 from collections.abc import Iterable
 from datetime import datetime
 
 from sqlalchemy.orm import Session
 
+from app import strict_json
 from app.appnode import filetypes, protocol
 from app.appnode.messages import FILE_KINDS, Reply, address, local_part
 from app.appnode.protocol import (
@@ -30,17 +30,6 @@ from app.appnode.protocol import (
     node_of,
 )
 from app.appnode.store import Group, Received, insert_message, insert_received, raw_cursor, user_row, utcnow
-from app.strict_json import lone_surrogate_in
-
-
-def _strict_object(pairs):
-    """JSON objects without duplicate keys (docs/protocol.md §2.5)."""
-    result = {}
-    for key, value in pairs:
-        if key in result:
-            raise InvalidJSON(f"duplicate key {key!r}")
-        result[key] = value
-    return result
 
 
 class ReceivingMixin:
@@ -55,17 +44,13 @@ class ReceivingMixin:
         if len(body) > protocol.MAX_BODY_BYTES:
             raise PayloadTooLarge(f"the body is over {protocol.MAX_BODY_BYTES} bytes")
         try:
-            envelope = json.loads(body.decode("utf-8"), object_pairs_hook=_strict_object)
-        except (UnicodeDecodeError, ValueError, RecursionError) as error:
-            # RecursionError: nested deeper than the parser goes; refused like any other body that is not JSON
-            # (a 5xx would have the sender retry it for 48 hours).
-            if isinstance(error, InvalidJSON):
-                raise
-            raise InvalidJSON("the body is not JSON") from None
+            envelope = strict_json.parse(body)
+        except strict_json.NotStrictJSON as error:
+            # Nesting deeper than the parser goes is refused here too: a 5xx would have the sender retry it for
+            # 48 hours.
+            raise InvalidJSON(str(error)) from None
         if not isinstance(envelope, dict):
             raise InvalidJSON("the body is not a JSON object")
-        if b"\\u" in body and lone_surrogate_in(envelope):
-            raise InvalidJSON("a string holds a lone surrogate escape, which is no character")
         protocol.check_envelope(envelope, node_id=self.node_id, expected_type=kind)
         self._check_peer(envelope["from_node"], peer_certificate)
         if kind == "download":

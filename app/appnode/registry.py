@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from app import strict_json
 from app.errors import DomainError
 
 
@@ -41,7 +42,13 @@ class HTTPResult:
     body: bytes
 
     def json(self) -> dict:
-        return json.loads(self.body.decode("utf-8"))
+        """The answer's document, read as strictly as the node reads a peer's envelope (app.strict_json): an
+        answer with a key twice, a BOM or in UTF-16 is a RegistryError saying so, not a value guessed at."""
+        try:
+            return strict_json.parse(self.body)
+        except strict_json.NotStrictJSON as error:
+            raise RegistryError(f"the management node answered HTTP {self.status} with a body that is not strict "
+                                f"JSON: {error}") from None
 
 
 class Identity:
@@ -158,7 +165,7 @@ class RegistryClient:
         try:
             error = result.json()["error"]
             return RegistryError(f"{what}: {error.get('message')}", code=error.get("code"), status=result.status)
-        except (ValueError, KeyError, TypeError, RecursionError):
+        except (RegistryError, KeyError, TypeError, AttributeError):
             return RegistryError(f"{what}: HTTP {result.status}", status=result.status)
 
     def fetch_ca(self) -> None:
