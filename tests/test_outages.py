@@ -10,6 +10,8 @@ import shutil
 import subprocess
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -182,6 +184,30 @@ def unreadable(path: Path) -> Path:
 def readable_again(path: Path, kept: Path) -> None:
     path.rmdir()
     kept.rename(path)
+
+
+@contextmanager
+def database_away(app) -> Iterator[None]:
+    """The app's database unreachable for the block: PostgreSQL refusing connections, or for SQLite a
+    directory where its file was (what a lost mount looks like). The app's pooled connections are
+    closed first, so its next query has to connect."""
+    url = app.config["SQLALCHEMY_DATABASE_URI"]
+    db.session.remove()
+    db.engine.dispose()
+    if db.engine.dialect.name == "postgresql":
+        outage = DatabaseOutage(url)
+        outage.begin()
+        try:
+            yield
+        finally:
+            outage.end()
+    else:
+        path = Path(make_url(url).database)
+        kept = unreadable(path)
+        try:
+            yield
+        finally:
+            readable_again(path, kept)
 
 
 @pytest.mark.parametrize("name", ["intermediate.key", "intermediate.pem", "route-signer.key"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -16,6 +17,8 @@ from app.database import utcnow
 from app.extensions import db
 from app.scheduler import leader
 from app.scheduler.models import JobRun, SchedulerLease
+from app.scheduler.runner import SchedulerProcess
+from tests.test_outages import database_away
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -93,3 +96,29 @@ def test_the_scheduler_log_names_each_job_run_and_nothing_else_repeats(app, tmp_
     assert "sessions.cleanup ok in" in log and "stopping (releasing the lease)" in log, log
     assert "scheduler.heartbeat ok in" not in log  # every 15 s the same news: recorded (`jobs`), not logged
     assert "Running job" not in log and "executed successfully" not in log and "<locals>" not in log, log
+
+
+def test_a_lease_renewal_in_a_database_outage_logs_one_line_and_the_recovery_one(app, caplog):
+    """Renewals come a third of the lease apart: a database restart of a few minutes was a screenful
+    of identical tracebacks per renewal. Each failure is one line naming the error (the traceback
+    only with debug logging on), and the first renewal that works again says so, once."""
+    process = SchedulerProcess(app, lease_seconds=30)
+    caplog.set_level(logging.INFO, logger="mpim.scheduler")
+    assert process.renew()
+    with database_away(app):
+        assert not process.renew()
+        assert not process.renew()
+        failures = [r for r in caplog.records if r.name == "mpim.scheduler" and "renewal failed" in r.getMessage()]
+        assert [r.levelno for r in failures] == [logging.WARNING, logging.WARNING]
+        assert all(r.exc_info is None for r in caplog.records if r.name == "mpim.scheduler")
+        assert "OperationalError" in failures[0].getMessage() and "\n" not in failures[0].getMessage()
+        caplog.set_level(logging.DEBUG, logger="mpim.scheduler")
+        caplog.clear()
+        assert not process.renew()
+        assert [r.exc_info is not None for r in caplog.records if "renewal failed" in r.getMessage()] == [True]
+    caplog.set_level(logging.INFO, logger="mpim.scheduler")
+    caplog.clear()
+    assert process.renew()
+    assert process.renew()
+    recovered = [r.getMessage() for r in caplog.records if r.name == "mpim.scheduler" and "again" in r.getMessage()]
+    assert recovered == ["lease renewal works again after 3 failed"]

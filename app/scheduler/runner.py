@@ -37,6 +37,13 @@ def run_job(job: registry.Job, holder: str) -> JobRun:
     return run
 
 
+def first_line(error: BaseException) -> str:
+    """An error's message without what follows its first line (SQLAlchemy appends the statement, its
+    parameters and a link; psycopg the server's DETAIL and HINT)."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else ""
+
+
 class SchedulerProcess:
     def __init__(self, app, lease_seconds: float = 30.0):
         self.app = app
@@ -44,20 +51,33 @@ class SchedulerProcess:
         self.lease_seconds = lease_seconds
         self.is_leader = False
         self.lease_valid_until = 0.0
+        self.renewal_failures = 0  # renewals failed since the last that worked
         self.scheduler = BlockingScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
         self.lock = threading.Lock()
 
     def renew(self) -> bool:
+        """Take or keep the lease. While the database is away every renewal (a third of the lease
+        apart) fails: each is one warning line naming the error, the traceback only with debug
+        logging on (a restart of a few minutes was a screenful of identical tracebacks per renewal),
+        and the first renewal that works again says so once."""
+        failure = None
         with self.app.app_context():
             try:
                 held = leader.try_acquire(self.holder, self.lease_seconds)
-            except Exception:  # the database may be briefly away: we are not leader until it answers
-                log.exception("lease renewal failed")
+            except Exception as error:  # the database may be briefly away: we are not leader until it answers
                 db.session.rollback()
-                held = False
+                held, failure = False, error
             finally:
                 db.session.remove()
         with self.lock:
+            if failure is not None:
+                self.renewal_failures += 1
+                log.warning("lease renewal failed (%d in a row): %s: %s", self.renewal_failures,
+                            type(failure).__name__, first_line(failure),
+                            exc_info=failure if log.isEnabledFor(logging.DEBUG) else None)
+            elif self.renewal_failures:
+                log.info("lease renewal works again after %d failed", self.renewal_failures)
+                self.renewal_failures = 0
             if held != self.is_leader:
                 log.info("%s %s leadership", self.holder, "took" if held else "lost")
             self.is_leader = held
