@@ -5,6 +5,8 @@ Features plug into the shell without editing it:
   and is rendered inside the dashboard.
 - `nav_entries`: `(endpoint, label, roles)` tuples shown in the top navigation for those roles.
 - `banner_sources`: functions `(user) -> list[dict(kind, text)]` shown on every page (alerts).
+- `health_checks`: `(field, check)` pairs beside the database's own check; `check() -> (value, serving,
+  reason)`. /healthz shows each value under its field and answers 503 when one is not serving.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from flask_login import current_user
 dashboard_panels: list[Callable] = []
 nav_entries: list[tuple[str, object, tuple[str, ...]]] = []
 banner_sources: list[Callable] = []
+health_checks: list[tuple[str, Callable[[], tuple[str, bool, str]]]] = []
 
 
 def _nav_items() -> list[dict]:
@@ -41,6 +44,21 @@ def schema_banner(user) -> list[dict]:
         return []
     return [{"kind": "error", "text": str(_l("The database schema is older than this version of the registry: "
                                               "some pages will fail until an operator runs flask db upgrade."))}]
+
+
+def run_health_checks() -> dict[str, tuple[str, bool, str]]:
+    """{field: (value, serving, reason)} of every registered check; one that raises (its database
+    away, say) is "error" and not serving, and does not stop the others."""
+    from app.extensions import db
+
+    results = {}
+    for field, check in health_checks:
+        try:
+            results[field] = check()
+        except Exception as error:  # a health check answers; it never fails the probe
+            db.session.rollback()
+            results[field] = ("error", False, f"{type(error).__name__}: {error}".splitlines()[0])
+    return results
 
 
 def init_app(app) -> None:

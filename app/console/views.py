@@ -8,7 +8,7 @@ from sqlalchemy import func, select, text
 
 from app.audit.models import AuditRecord
 from app.auth.models import User
-from app.console import dashboard_panels
+from app.console import dashboard_panels, run_health_checks
 from app.database import schema_state, utcnow
 from app.divisions import service as divisions
 from app.extensions import db
@@ -37,8 +37,17 @@ def dashboard():
 
 @bp.get("/healthz")
 def healthz():
-    """SPEC §4: the management node's own health: the database reachable, and its schema not older
-    than this code (a load balancer should not send requests that fail on a missing column)."""
+    """SPEC §4: the management node's own health: the database reachable, its schema not older than
+    this code (a load balancer should not send requests that fail on a missing column), and the
+    features' checks (`console.health_checks`): "ca", whether this process can sign with the CA.
+
+    A CA that exists but cannot be opened here (a wrong passphrase, an unreadable or missing key file)
+    makes the answer 503, though much still works without it (the console, resolve, sessions, the
+    stored routing table and CRL): issuing on approval, renewal, revocation, every OCSP response (each
+    is signed), /ca/*.pem, certificate downloads and publishing a new routing table all fail on this
+    instance. The load balancer sends those to an instance that can sign; when none can (one
+    environment file shared by all), it is told so at once rather than by the first failed issuance,
+    and the "ca" field says why. A CA not yet initialised is 200: no instance has one to route to."""
     schema = "unknown"
     try:
         db.session.execute(text("SELECT 1"))
@@ -47,6 +56,9 @@ def healthz():
     except Exception:  # any failure means unhealthy; the reason goes to the log, not the answer
         db.session.rollback()
         database = "error"
-    status = 200 if database == "ok" and schema in ("current", "ahead") else 503
-    return {"status": "ok" if status == 200 else "error", "database": database, "schema": schema,
+    checks = run_health_checks()
+    healthy = database == "ok" and schema in ("current", "ahead") and all(serving for _, serving, _ in checks.values())
+    status = 200 if healthy else 503
+    return {"status": "ok" if healthy else "error", "database": database, "schema": schema,
+            **{field: value for field, (value, _, _) in checks.items()},
             "time": utcnow().isoformat().replace("+00:00", "Z")}, status

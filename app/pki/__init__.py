@@ -6,7 +6,7 @@ def init_app(app) -> None:
 
     from app import console
     from app.admission import hooks, node_views
-    from app.pki import lifecycle, own_keys, revocation, views
+    from app.pki import lifecycle, own_keys, readiness, revocation, views
     from app.pki.api import bp as api_bp
     from app.pki.cli import cli
     from app.scheduler import registry
@@ -24,6 +24,8 @@ def init_app(app) -> None:
     if views.dashboard_panel not in console.dashboard_panels:
         console.dashboard_panels.append(views.dashboard_panel)
         console.banner_sources.append(views.banner)
+    if ("ca", readiness.health_check) not in console.health_checks:
+        console.health_checks.append(("ca", readiness.health_check))
     if views.node_section not in node_views.node_sections:
         node_views.node_sections.insert(0, views.node_section)  # above the health card
     entry = ("certificates.index", _l("Certificates"), ("ministry_admin", "provincial_admin", "auditor"))

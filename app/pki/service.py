@@ -89,6 +89,11 @@ def authority() -> ca.Authority:
     return cached
 
 
+def authority_loaded() -> bool:
+    """Whether this process holds the loaded CA (so it can sign without opening a key file)."""
+    return "mpim_authority" in current_app.extensions
+
+
 def is_ready() -> bool:
     return ca.is_initialised(ca_directory())
 

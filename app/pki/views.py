@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
 from flask_login import current_user
 from sqlalchemy import func, select
 
@@ -13,7 +14,7 @@ from app.auth.views import form_error
 from app.database import paginate, utcnow
 from app.errors import DomainError
 from app.extensions import db
-from app.pki import own_keys, revocation, service
+from app.pki import own_keys, readiness, revocation, service
 from app.pki.forms import RenewForm
 from app.pki.models import Certificate
 
@@ -174,7 +175,25 @@ def _active_without_certificate(user) -> int:
         nodes.list_query(user, status="no_certificate").order_by(None).subquery())) or 0
 
 
+CA_UNUSABLE = {
+    "key_unreadable": _l("The CA key cannot be opened: the CA passphrase is wrong, or a file in the CA directory "
+                         "cannot be read."),
+    "passphrase_missing": _l("No CA passphrase is set: MPIM_CA_PASSPHRASE or MPIM_CA_PASSPHRASE_FILE."),
+    "files_missing": _l("The CA directory (MPIM_CA_DIR) holds no CA, though this registry has one: is it "
+                        "mounted?"),
+}
+
+
 def banner(user) -> list[dict]:
+    """Ministry admins are told at once when the CA cannot sign (before an approval fails on it);
+    they and auditors see the CA's certificates expiring."""
     if user.role not in ("ministry_admin", "auditor"):
         return []
+    found = readiness.condition()
+    if found.state in CA_UNUSABLE:
+        if user.role != "ministry_admin":
+            return []
+        return [{"kind": "error", "text": str(CA_UNUSABLE[found.state]) + " " + str(_l(
+            "Until an operator corrects it, no certificate can be issued, renewed or revoked, and no OCSP "
+            "response, CRL or routing table signed; /healthz answers 503. Detail: %(reason)s", reason=found.reason))}]
     return [{"kind": "warning", "text": str(text)} for text in own_keys.expiry_warnings()]

@@ -1,0 +1,136 @@
+"""The CA's condition where operators look: /healthz and the console's banner.
+
+A wrong CA passphrase used to show only when the first issuance failed. Every test here opens real key
+files in the CA directory the `app` fixture made (`flask ca init`); "as a process starting now" means
+the CA this process loaded is forgotten, as in a worker that has not loaded it yet."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from sqlalchemy import delete
+
+from app.extensions import db
+from app.pki import authority
+from app.pki.models import CRLState
+from tests.conftest import PASSWORD
+
+WRONG = "not-the-ca-passphrase"
+
+
+def as_a_process_starting_now(app) -> None:
+    app.extensions.pop("mpim_authority", None)
+
+
+@pytest.fixture
+def decryptions(monkeypatch) -> list[int]:
+    """Counts private-key decryptions (cryptography's loader, which `FileSigningKey.load` calls)."""
+    calls: list[int] = []
+    load = serialization.load_pem_private_key
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(serialization, "load_pem_private_key", counting)
+    return calls
+
+
+def test_a_wrong_passphrase_is_a_503_naming_it_and_ministry_admins_are_warned(app, client, admin_console, make_user):
+    as_a_process_starting_now(app)
+    app.config["MPIM_CA_PASSPHRASE"] = WRONG
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    body = response.get_json()
+    assert (body["status"], body["database"], body["ca"]) == ("error", "ok", "key_unreadable")
+    assert "passphrase" not in response.get_data(as_text=True)  # the reason is for the log and the admins
+
+    page = admin_console.client.get("/").get_data(as_text=True)
+    assert "无法打开 CA 密钥" in page and "intermediate.key" in page
+    admin_console.client.get("/lang/en")
+    page = admin_console.client.get("/").get_data(as_text=True)
+    assert "The CA key cannot be opened" in page and "/healthz answers 503" in page
+
+    make_user("auditor1", "auditor")  # auditors see the CA's expiry warnings; this one is not theirs
+    from tests.conftest import Console
+
+    auditor = Console(app.test_client())
+    auditor.login("auditor1", PASSWORD)
+    answer = auditor.client.get("/")
+    assert answer.status_code == 200 and "intermediate.key" not in answer.get_data(as_text=True)
+
+
+def test_the_right_passphrase_with_the_root_key_offline_is_ok(app, client, admin_console, tmp_path):
+    """The intermediate issues; the root key belongs offline."""
+    authority.root_offline(Path(app.config["MPIM_CA_DIR"]), tmp_path / "root.key")
+    as_a_process_starting_now(app)
+    response = client.get("/healthz")
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["ca"] == "ok"
+    assert "intermediate.key" not in admin_console.client.get("/").get_data(as_text=True)
+
+
+def test_before_ca_init_the_ca_is_not_initialised_and_healthz_is_200(app, client, tmp_path):
+    app.config["MPIM_CA_DIR"] = str(tmp_path / "no-ca-yet")
+    db.session.execute(delete(CRLState))  # a registry that never ran `flask ca init`
+    db.session.commit()
+    as_a_process_starting_now(app)
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.get_json()["ca"] == "not_initialised"
+
+
+def test_a_ca_directory_without_the_ca_the_database_knows_is_a_503(app, client, admin_console, tmp_path):
+    """An unmounted share looks like an empty directory; the database says a CA was made."""
+    app.config["MPIM_CA_DIR"] = str(tmp_path / "unmounted")
+    as_a_process_starting_now(app)
+    response = client.get("/healthz")
+    assert response.status_code == 503 and response.get_json()["ca"] == "files_missing"
+    assert "本注册中心已有 CA" in admin_console.client.get("/").get_data(as_text=True)
+
+
+def test_no_passphrase_at_all_is_a_503(app, client, tmp_path):
+    app.config["MPIM_CA_PASSPHRASE"] = ""
+    app.config["MPIM_CA_PASSPHRASE_FILE"] = str(tmp_path / "nowhere")
+    as_a_process_starting_now(app)
+    response = client.get("/healthz")
+    assert response.status_code == 503 and response.get_json()["ca"] == "passphrase_missing"
+
+
+def test_healthz_decrypts_no_key_while_the_ca_is_loaded_and_once_per_change_while_it_fails(
+        app, client, tmp_path, decryptions):
+    """A load balancer probes every few seconds: the answer comes from the CA this process holds, or
+    from the failure remembered until the passphrase or a CA file changes."""
+    for _ in range(3):
+        assert client.get("/healthz").get_json()["ca"] == "ok"
+    assert decryptions == []
+
+    passphrase_file = tmp_path / "ca_passphrase"
+    passphrase_file.write_text(WRONG + "\n")
+    app.config["MPIM_CA_PASSPHRASE"] = ""
+    app.config["MPIM_CA_PASSPHRASE_FILE"] = str(passphrase_file)
+    as_a_process_starting_now(app)
+    for _ in range(3):
+        assert client.get("/healthz").get_json()["ca"] == "key_unreadable"
+    assert len(decryptions) == 1  # the intermediate key, once
+
+    passphrase_file.write_text("test-ca-passphrase\n")  # the operator corrects it (as conftest has it)
+    assert client.get("/healthz").status_code == 200
+    loaded = len(decryptions)
+    for _ in range(3):
+        assert client.get("/healthz").get_json()["ca"] == "ok"
+    assert len(decryptions) == loaded
+
+
+def test_a_key_file_restored_is_seen_by_the_next_probe(app, client):
+    key = Path(app.config["MPIM_CA_DIR"]) / "intermediate.key"
+    kept = key.read_bytes()
+    key.unlink()
+    as_a_process_starting_now(app)
+    assert client.get("/healthz").get_json()["ca"] == "key_unreadable"
+    key.write_bytes(kept)
+    os.chmod(key, 0o600)
+    assert client.get("/healthz").get_json()["ca"] == "ok"
