@@ -14,3 +14,11 @@ preload_app = False
 # instance on the host takes it over, and stopping either removes the other's. Off unless a path is set.
 control_socket = os.environ.get("MPIM_CONTROL_SOCKET") or None
 control_socket_disable = control_socket is None
+
+
+def post_worker_init(worker):
+    """Each worker, once it has loaded the app: a check that fails (a CA key the passphrase does not open)
+    is logged now, not when the first request that needs it fails."""
+    from app.console import log_failing_checks
+
+    log_failing_checks(worker.wsgi, f"web worker {worker.pid}")

@@ -1,4 +1,4 @@
-"""The CA's condition where operators look: /healthz and the console's banner.
+"""The CA's condition where operators look: /healthz, the console's banner, the start-up log.
 
 A wrong CA passphrase used to show only when the first issuance failed. Every test here opens real key
 files in the CA directory the `app` fixture made (`flask ca init`); "as a process starting now" means
@@ -7,6 +7,9 @@ the CA this process loaded is forgotten, as in a worker that has not loaded it y
 from __future__ import annotations
 
 import os
+import subprocess
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -16,7 +19,9 @@ from sqlalchemy import delete
 from app.extensions import db
 from app.pki import authority
 from app.pki.models import CRLState
+from tests.appnode_processes import PYTHON, ROOT, eventually, free_port
 from tests.conftest import PASSWORD
+from tests.test_scheduler import heartbeat_holders, start_scheduler, wait_for
 
 WRONG = "not-the-ca-passphrase"
 
@@ -134,3 +139,40 @@ def test_a_key_file_restored_is_seen_by_the_next_probe(app, client):
     key.write_bytes(kept)
     os.chmod(key, 0o600)
     assert client.get("/healthz").get_json()["ca"] == "ok"
+
+
+def test_the_scheduler_logs_at_start_that_the_ca_key_cannot_be_opened(app, tmp_path):
+    log_path = tmp_path / "scheduler.log"
+    with open(log_path, "wb") as log_file:
+        process = start_scheduler(app, stderr=log_file, env={"MPIM_CA_PASSPHRASE": WRONG})
+        # Stopped once it has run jobs, as the other scheduler tests do: a SIGTERM while its first runs are in
+        # flight was seen to keep it from exiting for over 10 s (the first runs: no CA change of ours).
+        try:
+            wait_for(lambda: len(heartbeat_holders()) >= 3)
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+    lines = [line for line in log_path.read_text().splitlines() if "starting with ca" in line]
+    assert len(lines) == 1 and "WARNING" in lines[0], log_path.read_text()
+    assert "scheduler starting with ca key_unreadable: The CA key file intermediate.key could not be opened" in lines[0]
+
+
+def test_each_web_worker_logs_at_start_that_the_ca_key_cannot_be_opened(app, tmp_path):
+    log_path = tmp_path / "gunicorn.log"
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
+           "MPIM_INSTANCE_PATH": app.config["MPIM_INSTANCE_PATH"], "MPIM_CA_PASSPHRASE": WRONG,
+           "SECRET_KEY": "test", "MPIM_ACCESS_LOG": "/dev/null", "MPIM_BIND": f"127.0.0.1:{port}",
+           "MPIM_WORKERS": "2"}
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen([str(Path(PYTHON).with_name("gunicorn")), "-c", "gunicorn.conf.py", "wsgi:app"],
+                                   cwd=ROOT, env=env, stdout=log_file, stderr=log_file)
+        try:
+            eventually(lambda: log_path.read_text().count("starting with ca key_unreadable") == 2,
+                       what="both workers' warning")
+            with pytest.raises(urllib.error.HTTPError) as answer:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10)
+            assert answer.value.code == 503
+        finally:
+            process.terminate()
+            process.wait(timeout=30)

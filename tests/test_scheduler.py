@@ -46,10 +46,10 @@ def wait_for(condition, timeout: float = 30.0, step: float = 0.1):
     raise AssertionError("condition not reached in time")
 
 
-def start_scheduler(app, stderr=subprocess.DEVNULL) -> subprocess.Popen:
+def start_scheduler(app, stderr=subprocess.DEVNULL, env: dict[str, str] | None = None) -> subprocess.Popen:
     env = {**os.environ, "FLASK_APP": "wsgi.py", "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
            "MPIM_INSTANCE_PATH": app.config["MPIM_INSTANCE_PATH"], "SECRET_KEY": "test",
-           "MPIM_HEARTBEAT_SECONDS": "0.3"}
+           "MPIM_HEARTBEAT_SECONDS": "0.3", **(env or {})}
     return subprocess.Popen([str(Path(sys.executable).with_name("flask")), "scheduler", "run", "--lease-seconds",
                              "2"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
 

@@ -6,11 +6,13 @@ Features plug into the shell without editing it:
 - `nav_entries`: `(endpoint, label, roles)` tuples shown in the top navigation for those roles.
 - `banner_sources`: functions `(user) -> list[dict(kind, text)]` shown on every page (alerts).
 - `health_checks`: `(field, check)` pairs beside the database's own check; `check() -> (value, serving,
-  reason)`. /healthz shows each value under its field and answers 503 when one is not serving.
+  reason)`. /healthz shows each value under its field and answers 503 when one is not serving; web
+  workers and the scheduler log each one not serving when they start (`log_failing_checks`).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from flask import url_for
@@ -21,6 +23,7 @@ dashboard_panels: list[Callable] = []
 nav_entries: list[tuple[str, object, tuple[str, ...]]] = []
 banner_sources: list[Callable] = []
 health_checks: list[tuple[str, Callable[[], tuple[str, bool, str]]]] = []
+log = logging.getLogger("mpim.health")
 
 
 def _nav_items() -> list[dict]:
@@ -59,6 +62,20 @@ def run_health_checks() -> dict[str, tuple[str, bool, str]]:
             db.session.rollback()
             results[field] = ("error", False, f"{type(error).__name__}: {error}".splitlines()[0])
     return results
+
+
+def log_failing_checks(app, process: str) -> None:
+    """One warning per check not serving, as a web worker or the scheduler starts: a wrong CA passphrase
+    is in the log before the first request or job that needs the CA fails on it."""
+    from app.extensions import db
+
+    with app.app_context():
+        try:
+            for field, (value, serving, reason) in run_health_checks().items():
+                if not serving:
+                    log.warning("%s starting with %s %s: %s", process, field, value, reason)
+        finally:
+            db.session.remove()
 
 
 def init_app(app) -> None:

@@ -10,6 +10,7 @@ from flask import current_app
 from flask.cli import AppGroup
 from sqlalchemy import func, select
 
+from app.console import log_failing_checks
 from app.extensions import db
 from app.scheduler import leader, registry
 from app.scheduler.models import JobRun
@@ -26,6 +27,7 @@ def run_command(lease_seconds):
     # APScheduler logs two INFO lines per run, lease renewals included (some 35,000 a day); `run_job` logs
     # one line per job run, with the job's name. Its warnings (a missed run) and errors still show.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    log_failing_checks(current_app._get_current_object(), "scheduler")  # the CA's jobs would fail on it later
     SchedulerProcess(current_app._get_current_object(), lease_seconds=lease_seconds).start()
 
 
