@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy import delete
 
 from app.extensions import db
-from app.pki import authority
+from app.pki import authority, service
 from app.pki.models import CRLState
 from tests.appnode_processes import PYTHON, ROOT, eventually, free_port
 from tests.conftest import PASSWORD
@@ -176,3 +176,24 @@ def test_each_web_worker_logs_at_start_that_the_ca_key_cannot_be_opened(app, tmp
         finally:
             process.terminate()
             process.wait(timeout=30)
+
+
+def test_ca_init_refuses_a_second_ca_when_the_directory_of_the_first_is_missing(app, runner, tmp_path):
+    """The first CA's files are away (an unmounted share); a new CA would be one no admitted node trusts."""
+    app.config["MPIM_CA_DIR"] = str(tmp_path / "unmounted")
+    as_a_process_starting_now(app)
+    result = runner.invoke(args=["ca", "init", "--if-missing"])
+    assert result.exit_code == 1
+    assert "holds this CA's CRL" in result.output and "no admitted node trusts" in result.output
+    assert not (tmp_path / "unmounted" / "intermediate.pem").exists()
+    assert "run `flask ca init`" not in service.missing_ca_message()  # what requests needing the CA now say
+
+
+def test_ca_init_still_works_on_a_database_without_a_ca(app, runner, tmp_path):
+    db.session.execute(delete(CRLState))
+    db.session.commit()
+    app.config["MPIM_CA_DIR"] = str(tmp_path / "fresh")
+    as_a_process_starting_now(app)
+    result = runner.invoke(args=["ca", "init"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "fresh" / "intermediate.pem").exists()

@@ -15,6 +15,10 @@ from app.pki import revocation, service
 def initialise(*, key_type: str | None = None, actor: str = "cli") -> dict:
     """`flask ca init`: root + intermediate, then the route signer and the management node's TLS
     certificate, then the first CRL. Refuses to overwrite an existing CA."""
+    if not service.is_ready() and service.database_holds_ca():
+        raise ca.CAAlreadyInitialised(
+            f"{service.missing_ca_message()} A new CA here would be one that no admitted node trusts, so "
+            "`flask ca init` refuses.", code="ca_files_missing")
     config = service.ca_config()
     if key_type:
         config = ca.CAConfig(**{**config.__dict__, "key_type": key_type})

@@ -21,12 +21,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from flask import current_app
-from sqlalchemy import select
 
-from app.extensions import db
 from app.pki import authority as ca
 from app.pki import keys, service
-from app.pki.models import INTERMEDIATE_CRL, CRLState
 
 State = Literal["ok", "not_initialised", "files_missing", "passphrase_missing", "key_unreadable"]
 # What `Authority.load` reads: a change to any of them may turn a failure into a success.
@@ -63,10 +60,8 @@ def condition() -> Condition:
     app = current_app._get_current_object()
     directory = service.ca_directory()
     if not ca.is_initialised(directory):
-        if db.session.scalar(select(CRLState.id).where(CRLState.id == INTERMEDIATE_CRL)) is None:
-            return Condition("not_initialised", "The CA is not initialised: run `flask ca init`.")
-        return Condition("files_missing", f"The database holds this CA's CRL, but {directory} has no "
-                                          "intermediate.pem: is the CA directory mounted, and MPIM_CA_DIR right?")
+        return Condition("files_missing" if service.database_holds_ca() else "not_initialised",
+                         service.missing_ca_message())
     depends_on = _what_loading_depends_on(directory)
     remembered = app.extensions.get(FAILURE)
     if remembered is not None and remembered[0] == depends_on:

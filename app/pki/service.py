@@ -27,7 +27,7 @@ from app.extensions import db
 from app.labels import status_word
 from app.pki import authority as ca
 from app.pki import csr_policy
-from app.pki.models import Certificate
+from app.pki.models import INTERMEDIATE_CRL, Certificate, CRLState
 
 INSERT_CERTIFICATE = Certificate.__table__.insert()
 CERTIFICATE_COLUMNS = tuple(Certificate.__table__.columns.keys())
@@ -81,7 +81,7 @@ def authority() -> ca.Authority:
     cached = current_app.extensions.get("mpim_authority")
     if cached is None:
         if not ca.is_initialised(ca_directory()):
-            raise CANotReady("The CA is not initialised: run `flask ca init`.")
+            raise CANotReady(missing_ca_message())
         cached = current_app.extensions["mpim_authority"] = ca.Authority.load(ca_directory(), passphrase(),
                                                                               ca_config())
     else:
@@ -96,6 +96,20 @@ def authority_loaded() -> bool:
 
 def is_ready() -> bool:
     return ca.is_initialised(ca_directory())
+
+
+def database_holds_ca() -> bool:
+    """`flask ca init` stores the first CRL: a database with one belongs to a CA, whatever the directory holds."""
+    return db.session.scalar(select(CRLState.id).where(CRLState.id == INTERMEDIATE_CRL)) is not None
+
+
+def missing_ca_message() -> str:
+    """Why there is no CA to load. When the database already belongs to one, its files are what is missing:
+    `flask ca init` would make a second CA, which no admitted node trusts."""
+    if database_holds_ca():
+        return (f"The database holds this CA's CRL, but {ca_directory()} has no intermediate.pem: mount the CA "
+                "directory or restore it from the backup (is MPIM_CA_DIR right?).")
+    return "The CA is not initialised: run `flask ca init`."
 
 
 def fingerprint(certificate: x509.Certificate) -> str:
