@@ -75,9 +75,13 @@ TEXT = [
     ("var(--unknown)", PAGE, "tag.muted beside a h1"), ("var(--unknown)", CARD, "tag.muted"),
 ]
 
-# Outlines a reader must see to find a field (3:1).
+# Outlines a reader must see to find a field or the focus (3:1).
 NON_TEXT = [
     ("var(--control-line)", CARD, "a field's border in a card"), ("var(--control-line)", PAGE, "a filter's border"),
+    (declarations(":focus-visible")["outline"].split()[-1], PAGE, "focus ring on the page"),
+    (declarations(":focus-visible")["outline"].split()[-1], CARD, "focus ring in a card"),
+    (declarations(".topbar :focus-visible")["outline-color"], declarations(".topbar")["background"],
+     "focus ring in the header"),
 ]
 
 

@@ -179,6 +179,27 @@ def test_uptime_bar_tooltips_give_console_local_time(app):
     assert "<title>2026-12-01 07:00: 无数据</title>" in svg  # Asia/Shanghai, as every time the console shows
 
 
+def test_a_health_charts_name_counts_what_its_colours_and_line_show(app):
+    """A screen reader has only the chart's name: the bars' colours counted, the line's lowest, highest and
+    latest latency, in the reader's language."""
+    from datetime import UTC, datetime, timedelta
+
+    from flask_babel import force_locale
+
+    from app.health import charts
+    from app.health.history import Bucket
+
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    buckets = [Bucket(start=start + timedelta(hours=i), polls=polls, successes=ok, latency_ms=None)
+               for i, (polls, ok) in enumerate([(60, 60), (60, 60), (60, 45), (60, 10), (0, 0)])]
+    with app.test_request_context("/"), force_locale("zh_CN"):
+        bars = charts.uptime_bars(buckets, label="24 小时")
+        line = charts.latency_chart([(start, 31.0), (start + timedelta(hours=1), 12.4), (start + timedelta(hours=2),
+                                                                                          18.0)], end=start)
+    assert 'aria-label="24 小时：5 个时段中 2 个全程正常，1 个部分正常，1 个故障，1 个无数据"' in bars
+    assert 'aria-label="延迟（最近 24 小时）：成功巡检 3 次，最低 12 ms，最高 31 ms，最近一次 18 ms"' in line
+
+
 def test_health_failure_details_the_poller_writes_are_shown_in_chinese(admin_console, make_user):
     """The poller stores its own details in English ("no answer within 2 s"); the console shows them in the
     reader's language, as it does the failure reason beside them. A library's error text stays as it is."""

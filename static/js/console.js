@@ -18,7 +18,8 @@ document.addEventListener("DOMContentLoaded", function () {
 
 // A file input with data-max-bytes refuses a larger file at once, in the reader's language (data-too-large),
 // and keeps its form from being sent (the forms are novalidate, so the browser would not stop it): the
-// server would answer 413 and everything else typed into the form would be lost.
+// server would answer 413 and everything else typed into the form would be lost. The refusal is announced
+// (role=alert) and tied to the input, as the server's own field errors are.
 function fileTooLarge(input) {
   var file = input.files && input.files[0];
   return Boolean(file && file.size > parseInt(input.getAttribute("data-max-bytes"), 10));
@@ -31,11 +32,21 @@ function showFileLimit(input) {
     if (!note) {
       note = document.createElement("div");
       note.className = "error file-limit";
+      note.id = (input.id || input.name) + "-file-limit";
+      note.setAttribute("role", "alert");
       field.appendChild(note);
     }
     note.textContent = input.getAttribute("data-too-large") || "Too large";
     field.classList.add("has-error");
+    input.setAttribute("aria-invalid", "true");
+    var described = (input.getAttribute("aria-describedby") || "").split(" ").filter(Boolean);
+    if (described.indexOf(note.id) < 0) described.push(note.id);
+    input.setAttribute("aria-describedby", described.join(" "));
   } else if (note) {
+    var rest = (input.getAttribute("aria-describedby") || "").split(" ").filter(function (id) { return id && id !== note.id; });
+    if (rest.length) input.setAttribute("aria-describedby", rest.join(" "));
+    else input.removeAttribute("aria-describedby");
+    input.removeAttribute("aria-invalid");
     note.remove();
     field.classList.remove("has-error");
   }
