@@ -108,3 +108,8 @@ def test_a_tiles_name_is_legible_on_its_colour(figures):
 def test_more_active_nodes_still_mean_a_darker_tile():
     shades = [tile_colour(ProvinceFigures(active=n))[0] for n in range(1, 5)]
     assert [luminance(s) for s in shades] == sorted((luminance(s) for s in shades), reverse=True)
+
+
+def test_a_warning_note_is_coloured_as_a_warning():
+    """`hint warn` (a node with no valid certificate, the certificate in service) read as a grey note before."""
+    assert colour(declarations(".hint.warn")["color"]) == colour("var(--warn)")
