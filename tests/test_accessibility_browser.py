@@ -136,6 +136,9 @@ def test_the_navigation_marks_the_page_shown(page, live_server, make_user):
     page.goto(f"{live_server}/users/")
     current = page.eval_on_selector_all("nav.mainnav [aria-current=page]", "links => links.map(a => a.textContent)")
     assert current == ["用户"]
+    page.goto(f"{live_server}/users/new")  # a page inside the section: its link is the current one of the set
+    assert page.eval_on_selector_all("nav.mainnav [aria-current]", "links => links.map(a => [a.textContent, "
+                                     "a.getAttribute('aria-current')])") == [["用户", "true"]]
 
 
 def test_a_field_in_error_says_so_and_reads_its_error(page, live_server, make_user):
