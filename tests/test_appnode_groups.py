@@ -83,6 +83,40 @@ def test_a_user_another_node_does_not_have_is_never_made_a_member(network):  # n
     assert b.node.groups()[0].seq == 2 and b.user("zhaoliu") in b.node.groups()[0].members
 
 
+def announce(home, member, seq: int, op: str, members: list[str], owner: str | None = None, **fields):
+    """A hand-made announcement of group "专班" sent by `home` (its home node, so never `sender_mismatch`)."""
+    owner = owner or home.user("zhangsan")
+    payload = {"op": op, "group_id": "zhuanban", "home_node_id": home.id, "operator": owner, "seq": seq,
+               "group_info": {"name": "专班", "owner": owner, "members": members}, **fields}
+    return raw_post(home.node, member, "group_op", protocol.make_envelope(
+        from_node=home.id, to_node=member.id, type="group_op", payload=payload))
+
+
+def test_a_hostile_home_node_cannot_make_a_member_node_list_users_it_does_not_have(network, caplog):  # noqa: F811
+    """The member node checked only the users `target_user_ids` named, and applied `group_info.members` whole:
+    a create without `target_user_ids` (which the schema allows), a join, an update_info, or an invite naming
+    one real user had it list users of its own that do not exist. A user of the node that the state adds
+    without naming it is left out; one it names, or makes owner, refuses the announcement."""
+    a, b = network["a"], network["b"]
+    owner, lisi, zhaoliu, ghost = a.user("zhangsan"), b.user("lisi"), b.user("zhaoliu"), b.user("ghost")
+    assert announce(a, b, 1, "create", [owner, ghost])[0] == 200
+    assert replicas(b) == []  # no user of B is a member: no replica
+    assert announce(a, b, 1, "create", [owner, lisi, ghost])[0] == 200
+    assert replicas(b) == [(owner, 1, [owner, lisi])]
+    for seq, (op, fields) in enumerate((("join", {}), ("update_info", {}),
+                                        ("invite", {"target_user_ids": [zhaoliu]})), start=2):
+        assert announce(a, b, seq, op, [owner, lisi, zhaoliu, ghost], **fields)[0] == 200
+        assert b.node.groups()[0].members == [owner, lisi, zhaoliu], op
+        assert f"{op} (seq {seq}) lists {ghost}, a user this node does not have" in caplog.text
+        assert b.node.groups("lisi")[0].seq == seq
+
+    status, body = announce(a, b, 5, "invite", [owner, lisi, zhaoliu, ghost], target_user_ids=[ghost])
+    assert status == 404 and ghost in body["error"]["message"] and body["error"]["field"] == "payload.target_user_ids"
+    status, body = announce(a, b, 5, "update_info", [owner, lisi, zhaoliu, ghost], owner=ghost)
+    assert status == 404 and ghost in body["error"]["message"] and body["error"]["field"] == "payload.group_info.owner"
+    assert replicas(b) == [(owner, 4, [owner, lisi, zhaoliu])]
+
+
 def test_a_node_that_confirmed_members_is_told_the_operation_was_refused_elsewhere(network):  # noqa: F811
     a, b = network["a"], network["b"]
     c = network["join"]("110000")

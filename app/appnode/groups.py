@@ -10,6 +10,7 @@ group_home.py, and the confirmations by other nodes in group_confirmation.py.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import sqlite3
 from collections.abc import Iterable
@@ -24,6 +25,8 @@ from app.appnode.messages import Reply, address, local_part
 from app.appnode.protocol import Conflict, NotFound, node_of, require_address
 from app.appnode.store import Group, Outbox, User, insert_received, raw_cursor
 from app.errors import DomainError
+
+log = logging.getLogger("mpim.appnode")
 
 
 def new_group_id() -> str:
@@ -74,25 +77,51 @@ class GroupsMixin:
         if group is not None and op["seq"] <= group.seq:
             return  # already applied (or older): acknowledged and ignored
         info = op["group_info"]
-        me = self.node_id
-        if not any(node_of(member) == me for member in info["members"]):
+        members = self._own_users_checked(session, group, op)
+        if not any(node_of(member) == self.node_id for member in members):
             if group is not None:
                 session.delete(group)
             return
-        # Only this node knows its users: the home node relies on this refusal (§8.9) to keep phantoms out.
-        # Only the users the operation adds (or makes owner) are checked, so a phantom let in before this
-        # check existed blocks no later operation.
-        if op["op"] in ("create", "invite", "transfer_owner"):
-            known = set(group.members) if group is not None and op["op"] == "invite" else set()
-            for user in op.get("target_user_ids", []):
-                if node_of(user) == me and user not in known and session.get(User, local_part(user)) is None:
-                    raise NotFound(f"no user {user} here", field="payload.target_user_ids")
         if group is None:
             group = Group(group_id=op["group_id"], home_node_id=op["home_node_id"], seq=op["seq"],
                           name=info["name"], owner=info["owner"], members=[])
             session.add(group)
         group.name, group.notice, group.owner = info["name"], info.get("notice", ""), info["owner"]
-        group.members, group.seq, group.dismissed = list(info["members"]), op["seq"], op["op"] == "dismiss"
+        group.members, group.seq, group.dismissed = members, op["seq"], op["op"] == "dismiss"
+
+    def _own_users_checked(self, session: Session, replica: Group | None, op: dict) -> list[str]:
+        """The members to keep of an announcement's state. Only this node knows its users (§8.9), and the state
+        is applied whole, so each user of this node that it adds to the replica, or makes owner, is checked:
+        one the operation names (`target_user_ids`), or the new owner, that is not here refuses the
+        announcement, as the home node's confirmation relies on; one it does not name (a create without
+        `target_user_ids`, a join, an update_info: no honest home node adds a user so) is left out of the
+        replica and logged, so that the home node cannot have this node list a user it does not have, and a
+        phantom the home node let in before it checked members blocks no operation. Members the replica lists
+        already are not checked again, for the same reason."""
+        me, info = self.node_id, op["group_info"]
+        listed = set(replica.members) if replica is not None else set()
+        named = set(op.get("target_user_ids", []))
+
+        def missing(user: str) -> bool:
+            return node_of(user) == me and session.get(User, local_part(user)) is None
+
+        owner = info["owner"]
+        if (replica is None or owner != replica.owner) and missing(owner):
+            raise NotFound(f"no user {owner} here", field="payload.target_user_ids" if owner in named
+                           else "payload.group_info.owner")
+        members, phantoms = [], []
+        for user in info["members"]:
+            if user not in listed and missing(user):
+                if user in named:
+                    raise NotFound(f"no user {user} here", field="payload.target_user_ids")
+                phantoms.append(user)
+            else:
+                members.append(user)
+        if phantoms:
+            log.warning("group %s@%s: the home node's %s (seq %s) lists %s, a user this node does not have; "
+                        "left out of the group here",
+                        op["group_id"], op["home_node_id"], op["op"], op["seq"], ", ".join(phantoms))
+        return members
 
     def create_group(self, owner_user_id: str, name: str, members: Iterable[str] = (), notice: str = "") -> Group:
         """A new group homed on this node, announced (seq 1) to every member's node. Nothing is written before
