@@ -188,10 +188,36 @@ def test_group_commands_say_what_happened_in_words_and_nothing_changed_for_a_no_
     assert node_cli(a, "group", "transfer", "--as", "zhangsan", group, wangwu) == f"{wangwu} is now the owner\n"
     assert node_cli(a, "group", "kick", "--as", "wangwu", group, lisi) == f"removed {lisi}\n"
     assert node_cli(b, "group", "join", "--as", "lisi", group) == "joined the group (the home node accepted it)\n"
-    # --json as ever: a no-op is "applied", the op its protocol name
-    assert json.loads(node_cli(a, "--json", "group", "rename", "--as", "wangwu", group, "改名")) == {
-        "op": "update_info", "group": group, "outcome": "applied"}
     assert node_cli(a, "group", "dismiss", "--as", "wangwu", group) == "dismissed the group\n"
+
+
+def test_group_commands_with_json_say_whether_the_operation_changed_the_group(network):  # noqa: F811
+    """--json printed outcome "applied" for an operation that changed nothing (inviting a member, renaming to
+    the same name), where the line for a person says "nothing changed". The outcome stays what scripts
+    compare with; `changed` says whether the group changed (null when the home node is another node, whose
+    acknowledgement does not say). Removing a user who is not a member is refused, not reported."""
+    a, b = network["a"], network["b"]
+    group = a.node.create_group("zhangsan", "专案组", [a.user("wangwu")], "").address
+    wangwu, lisi = a.user("wangwu"), b.user("lisi")
+
+    def said(*args: str) -> dict:
+        return json.loads(node_cli(a, "--json", "group", *args))
+
+    assert said("invite", "--as", "zhangsan", group, wangwu) == {
+        "op": "invite", "group": group, "outcome": "applied", "changed": False}
+    assert node_cli(a, "group", "invite", "--as", "zhangsan", group, wangwu) == "nothing changed\n"
+    assert said("rename", "--as", "zhangsan", group, "专案组") == {
+        "op": "update_info", "group": group, "outcome": "applied", "changed": False}
+    assert said("transfer", "--as", "zhangsan", group, a.user("zhangsan")) == {
+        "op": "transfer_owner", "group": group, "outcome": "applied", "changed": False}
+    assert said("invite", "--as", "zhangsan", group, lisi) == {
+        "op": "invite", "group": group, "outcome": "applied", "changed": True}
+    assert json.loads(node_cli(b, "--json", "group", "join", "--as", "lisi", group)) == {
+        "op": "join", "group": group, "outcome": "accepted", "changed": None}
+    assert refusal(a.dir, "group", "kick", "--as", "zhangsan", group, a.user("nobody")) == (2, {"error": {
+        "code": "not_a_participant", "message": f"not a member: {a.user('nobody')}",
+        "field": "payload.target_user_ids"}})
+    assert [(g.seq, len(g.members)) for g in a.node.groups("zhangsan")] == [(2, 3)]
 
 
 def test_group_list_says_the_user_is_in_no_group_instead_of_printing_a_blank_line(network):  # noqa: F811

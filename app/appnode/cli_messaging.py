@@ -167,10 +167,16 @@ def _group_op(op: str, with_targets: bool):
     return command
 
 
+# Whether the group changed: known when this node is home; a home node elsewhere acknowledges a request
+# without saying (A.12), so None for "accepted" and "queued".
+CHANGED = {"applied": True, "unchanged": False}
+
+
 def report_group_operation(ctx: Context, op: str, group_address: str, outcome: str, done: str) -> None:
-    # "unchanged" is "applied" in JSON, as it always was: scripts compare with the values they know
-    ctx.out({"op": op, "group": group_address, "outcome": "applied" if outcome == "unchanged" else outcome},
-            group_outcome_line(outcome, done))
+    # "unchanged" keeps outcome "applied" in JSON, as it always was: scripts compare with the values they know,
+    # and read `changed` for whether the operation did anything
+    ctx.out({"op": op, "group": group_address, "outcome": "applied" if outcome == "unchanged" else outcome,
+             "changed": CHANGED.get(outcome)}, group_outcome_line(outcome, done))
 
 
 group.command("invite", help="Invite users (addresses).")(_group_op("invite", True))
