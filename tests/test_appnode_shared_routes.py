@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import json
 import re
+import ssl
+import subprocess
 
-from tests.appnode_processes import eventually
+import pytest
+
+from tests.appnode_processes import PYTHON, ROOT, eventually, wait_http
 from tests.test_appnode import network  # noqa: F401 (fixture)
 from tests.test_appnode_renewal import node_cli
 from tests.test_sessions import people  # noqa: F401 (fixture)
@@ -62,3 +66,33 @@ def test_routes_pull_and_show_print_lines_for_a_person_and_json_only_with_json(n
     assert shown[1:] == [f"{entry['node_id']}\t{entry['division_code']}\t{entry['endpoint']}\t{entry['status']}"
                          for entry in table["nodes"]]
     assert f"{c.id}\t110000\t{c.node.config.endpoint}\t" in "\n".join(shown)
+
+
+@pytest.mark.parametrize("data", [b"\x00garbage\xff", b'{"format": 2, "table": {"version": 3, "no',
+                                  '{"table": {"issuer": "公安部"}}'.encode("gb18030")],
+                         ids=["garbage", "truncated_json", "not_utf8"])
+def test_a_node_whose_stored_table_is_unreadable_starts_and_installs_the_current_table(network, data):  # noqa: F811
+    """An unreadable routes.json stopped the node's route client (storage_corrupt on every pull, and `status`
+    refused), while one that fails verification was passed over. It is passed over too, with a warning."""
+    a, b = network["a"], network["b"]
+    b.stop()
+    (b.dir / "routes.json").write_bytes(data)
+    log = b.dir / "run.log"
+    with open(log, "wb") as stream:
+        server = subprocess.Popen([PYTHON, "-m", "app.appnode", "--data", str(b.dir), "run"], cwd=ROOT,
+                                  stdout=stream, stderr=stream)
+    try:
+        wait_http(f"https://127.0.0.1:{b.port}/api/v1/health", server,
+                  ssl.create_default_context(cafile=str(b.node.identity.bundle_file)))
+
+        def installed_the_current_table() -> bool:
+            done = node_cli(b, "--json", "status")
+            assert done.returncode == 0, done.stderr
+            return json.loads(done.stdout)["route_version"] == a.node.sync_routes().version
+        eventually(installed_the_current_table, timeout=10, interval=0.1, what="the current table")
+    finally:
+        server.terminate()
+        server.wait(30)
+    assert f"not using the routing table stored in {b.dir / 'routes.json'}: storage_corrupt" in log.read_text()
+    b.node.reload_routes()
+    assert b.node.routes.entry(a.id)["cert_sha256"] == a.node.identity.fingerprint()

@@ -483,17 +483,29 @@ def test_a_stored_table_built_from_deltas_verifies_and_a_changed_delta_does_not(
     assert len(json.loads(storage.read_text("utf-8"))["documents"]) == 1
 
 
-def test_unreadable_storage_is_refused_rather_than_silently_forgotten(pki, tmp_path):
-    storage = tmp_path / "routes.json"
-    storage.write_text('{"table": {"version": 3}}', "utf-8")
+UNREADABLE = {
+    "garbage": b"\x00\x01 not json at all \xff",
+    "truncated": b'{"format": 2, "table": {"version": 3, "nod',
+    "not_utf8": '{"table": {"version": 3, "issuer": "公安部"}}'.encode("gb18030"),
+    "not_a_table": b'{"nodes": []}',  # JSON, but not what a node stores
+    "table_without_fields": b'{"table": {"version": 3}}',
+}
 
-    with pytest.raises(RouteRejected) as caught:
-        make_client(pki, storage_path=storage)
-    assert caught.value.code == "storage_corrupt"
-    storage.write_text('{"nodes": []}', "utf-8")  # JSON, but not what a node stores
-    with pytest.raises(RouteRejected) as caught:
-        make_client(pki, storage_path=storage)
-    assert "is not a stored routing table: it has no 'table'" in caught.value.message
+
+@pytest.mark.parametrize("data", UNREADABLE.values(), ids=UNREADABLE.keys())
+def test_an_unreadable_stored_table_is_passed_over_as_one_that_does_not_verify(pki, tmp_path, caplog, data):
+    """It raised storage_corrupt, so the node could not start, where one that fails verification (as easily
+    made by anyone who can write the file) is logged and passed over: the next pull installs a fresh table."""
+    storage = tmp_path / "routes.json"
+    storage.write_bytes(data)
+
+    restarted = make_client(pki, storage_path=storage)
+
+    assert restarted.table is None and restarted.peek(JIANGXI) is None
+    assert [record.levelname for record in caplog.records] == ["WARNING"]
+    assert f"not using the routing table stored in {storage}: storage_corrupt: it is unreadable: " in caplog.text
+    assert restarted.accept(**signed(pki, table(3))).outcome == "accepted"
+    assert make_client(pki, storage_path=storage).table == table(3)
 
 
 # --- following the stored table (the node's server and its CLI share one data directory) ----------
@@ -598,7 +610,7 @@ def test_a_corrupt_stored_file_is_logged_and_the_held_table_kept(pki, tmp_path, 
 
     assert server.is_trusted_peer(HUNAN, "43" * 32) and server.version == 5
     assert [record.levelname for record in caplog.records] == ["ERROR"]  # once, not on every lookup
-    assert f"{storage} is unreadable" in caplog.text
+    assert f"{storage}: it is unreadable" in caplog.text
     # A good table written over it later is taken as usual
     replace_file(storage, stored_by_another_client(pki, tmp_path, table(6, entry(GUANGDONG))))
     assert server.version == 6 and server.peek(GUANGDONG) is not None

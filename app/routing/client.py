@@ -5,8 +5,9 @@ bytes, then the version (no rollback), then `expires_at` (no freeze), then the c
 then is a delta applied and the new table written to storage. A rejected table changes nothing.
 A client with storage also follows that file: a newer table another process (the node's CLI) stored
 there is adopted before the next lookups, under the same rules, as on a restart. A stored table is
-verified again from the signed documents stored with it (`app.routing.storage`); one that fails, or that
-an older version stored without them, is logged and passed over, and the next pull replaces it.
+verified again from the signed documents stored with it (`app.routing.storage`); one that fails, that
+an older version stored without them, or that does not read at all, is logged and passed over, and the next
+pull replaces it.
 Accepting holds a lock file beside it (POSIX `flock`) from reading the stored version to writing, so the
 server and the CLI accepting at the same moment cannot leave the older of their two tables stored.
 This module orders the checks and holds the accepted table; the checks of one signed document are in

@@ -1,10 +1,10 @@
 """SPEC §5 on the application node: the route client's stored table, trusted only once it verifies again.
 
 On start the client loads the table it stored (`app.routing.storage` keeps it with the signed documents it
-was built from) and replays those documents through the checks a pulled table passes; one that fails is
-logged and passed over, and the next pull replaces it. While running, it adopts a newer table another
-process sharing the file (the node's CLI) stored, under the same rules. Kept apart from client.py, which
-accepts pulled tables and writes them here under the lock file.
+was built from) and replays those documents through the checks a pulled table passes; one that fails, or a
+file that does not read as a stored table, is logged and passed over, and the next pull replaces it. While
+running, it adopts a newer table another process sharing the file (the node's CLI) stored, under the same
+rules. Kept apart from client.py, which accepts pulled tables and writes them here under the lock file.
 """
 
 from __future__ import annotations
@@ -35,11 +35,18 @@ class StoredTableMixin:
     `_check_own_entry` (VerificationMixin)."""
 
     def _load(self) -> _Held | None:
+        """On start: the stored table if it reads and verifies. One that does not read (garbage, cut short,
+        not UTF-8, not a stored table) is passed over with a warning, as one that fails verification is: either
+        is as easily made by whoever can write the file, and refusing to start over it kept the node from the
+        fresh table its next pull installs (rollback protection then rests on `expires_at`, as after a loss)."""
         if self.storage_path is None:
             return None
-        # Starting empty from an unreadable file would silently drop rollback protection: make the operator
-        # look. A readable one that fails verification is passed over with a warning, as if it were absent.
-        stored = self._read_storage()
+        try:
+            stored = self._read_storage()
+        except RouteRejected as error:
+            log.warning("not using the routing table stored in %s: %s: %s", self.storage_path, error.code,
+                        error.message)
+            return None
         return self._verified_storage(stored) if stored is not None else None
 
     def _read_storage(self) -> StoredTable | None:
@@ -50,7 +57,7 @@ class StoredTableMixin:
             stored = read_stored_table(self.storage_path)
         except UnreadableStorage as error:
             self._stored_identity = error.identity
-            raise RouteRejected("storage_corrupt", f"{self.storage_path} is unreadable: {error}") from None
+            raise RouteRejected("storage_corrupt", f"it is unreadable: {error}") from None
         if stored is not None:
             self._stored_identity = stored.identity
         return stored
@@ -94,7 +101,8 @@ class StoredTableMixin:
         try:
             read = self._read_storage()
         except RouteRejected as error:
-            log.error("keeping routing table version %s: %s", held.table["version"] if held else None, error)
+            log.error("keeping routing table version %s: %s: %s", held.table["version"] if held else None,
+                      self.storage_path, error)
             return
         if read is None or (held is not None and read.table["version"] <= held.table["version"]):
             return

@@ -35,8 +35,8 @@ Certificates = bytes | x509.Certificate | Sequence[x509.Certificate]
 
 class RouteRejected(DomainError):
     """§5: the node refuses this table; `code` says why (too_large, bad_signer, bad_signature,
-    rollback, expired, malformed, own_entry_mismatch, delta_base_mismatch, storage_corrupt; for a stored
-    table only, storage_unverified)."""
+    rollback, expired, malformed, own_entry_mismatch, delta_base_mismatch; for a stored table only,
+    storage_corrupt and storage_unverified)."""
 
     code = "route_rejected"
     status = 422
