@@ -17,6 +17,7 @@ import pytest
 
 from app.admission import nodes
 from app.appnode.certificate import KeyNotHeld
+from app.appnode.registry import RegistryError
 from app.appnode.transport import fingerprint_of
 from app.errors import Conflict
 from app.extensions import db
@@ -211,3 +212,58 @@ def test_csr_new_key_after_a_refused_renew_says_which_command_may_have_made_the_
     done = node_cli(a, "csr", "--new-key")
     assert done.returncode == 0
     assert "made by an earlier `csr --new-key`, or by a `renew` that was refused" in done.stderr
+
+
+class SessionRequests:
+    """What the management node is asked at `POST /api/v1/session`, and what it answered, as its WSGI app sees
+    them (every request passes through unchanged)."""
+
+    def __init__(self, app, monkeypatch):
+        self.answers: list[str] = []
+        served = app.wsgi_app
+
+        def recording(environ, start_response):
+            if environ["PATH_INFO"] == "/api/v1/session":
+                def start(status, headers, *args):
+                    self.answers.append(status.split()[0])
+                    return start_response(status, headers, *args)
+                return served(environ, start)
+            return served(environ, start_response)
+        monkeypatch.setattr(app, "wsgi_app", recording)
+
+    def taken(self) -> list[str]:
+        answers, self.answers = self.answers, []
+        return answers
+
+
+def test_a_pull_while_no_certificate_is_valid_asks_for_no_session_with_the_pending_key(network, app, monkeypatch):  # noqa: F811
+    """While the node's only certificate is revoked, every pull also signed a session with the pending key
+    `csr --new-key` made, and was refused again: the management node refuses any session of a node with no
+    valid certificate (certificate_revoked) before it looks at the signature, so no key could open one. The
+    pending key is tried when the current key's signature is what is refused (bad_signature): then the node
+    has a valid certificate, perhaps for that key. The revocation is still the problem `status` shows."""
+    a = network["a"]
+    fingerprint = a.node.identity.fingerprint()
+    revocation.revoke(pki.current_certificate(a.id), "key_compromise", by=network["minister"])
+    db.session.commit()
+    csr = json.loads(node_cli(a, "--json", "csr", "--new-key").stdout)["csr"]
+    sessions = SessionRequests(app, monkeypatch)
+
+    for _ in range(2):  # the loop's pulls, one after another
+        with pytest.raises(RegistryError, match="certificate_revoked|no valid certificate") as refused:
+            a.node.sync_routes()
+        assert refused.value.code == "certificate_revoked"
+        assert sessions.taken() == ["401"]
+    done = node_cli(a, "routes", "pull")  # the operator's, a process of its own
+    assert done.returncode == 2 and "certificate_revoked" in done.stderr
+    assert sessions.taken() == ["401"]
+    status = json.loads(node_cli(a, "--json", "status").stdout)
+    assert status["registry_problem"].startswith("certificate_revoked")
+    assert status["certificate_problem"].startswith(f"certificate {fingerprint} revoked by the management node")
+
+    issued = admin_renews(network, a, csr)  # now the current key's signature is refused, and the pending key opens
+    await_listed(network["b"], a.id, issued.sha256)
+    sessions.taken()  # B's, if its session needed renewing
+    assert a.node.sync_routes().outcome == "accepted"
+    assert sessions.taken() == ["401", "201"]
+    assert a.node.identity.fingerprint() == issued.sha256

@@ -25,9 +25,11 @@ CERTIFICATE_REVOKED = {
                            "certified again); the next route pull then opens its session with that key and "
                            "installs the certificate",
 }
-# Session refusals that a certificate issued for the pending key may answer: with the current key's certificates
-# revoked, the management node refuses that key's signature (bad_signature once another certificate is valid).
-PENDING_KEY_MAY_OPEN = frozenset({"bad_signature", "certificate_revoked", "certificate_expired", "no_certificate"})
+# The session refusal that a certificate issued for the pending key may answer: the node has a valid certificate,
+# but not for the current key, whose signature is refused. certificate_revoked, certificate_expired and
+# no_certificate say the node has no valid certificate at all; the management node says so before it looks at the
+# signature, so the pending key would be refused the same way, on every pull until an admin renews the node.
+PENDING_KEY_MAY_OPEN = frozenset({"bad_signature"})
 
 
 class RenewalMixin:
