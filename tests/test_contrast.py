@@ -113,3 +113,10 @@ def test_more_active_nodes_still_mean_a_darker_tile():
 def test_a_warning_note_is_coloured_as_a_warning():
     """`hint warn` (a node with no valid certificate, the certificate in service) read as a grey note before."""
     assert colour(declarations(".hint.warn")["color"]) == colour("var(--warn)")
+
+
+@pytest.mark.parametrize("band", ["full", "partial", "none"])
+def test_an_uptime_bar_that_carries_a_state_stands_out_from_the_card(band):
+    from app.health.charts import BAND_COLOURS
+
+    assert contrast(BAND_COLOURS[band], colour(CARD)) >= 3
