@@ -227,3 +227,36 @@ def test_health_failure_details_the_poller_writes_are_shown_in_chinese(admin_con
     assert "超时: 2 秒内无应答" in admin_console.client.get(f"/nodes/{node.node_id}").get_data(as_text=True)
     admin_console.client.get("/lang/en")
     assert "no answer within 2 s" in admin_console.client.get("/health/events").get_data(as_text=True)
+
+
+def test_one_word_keeps_its_translation_in_each_context(app):
+    """Catalog tools that key translations by msgid alone gave a certificate's and a token's "Revoke" the
+    node's word; app/translations/fill.py keys a message with a context by both."""
+    from flask_babel import force_locale, gettext, pgettext
+
+    with app.test_request_context(), force_locale("zh_CN"):
+        assert pgettext("certificate", "Revoke") == "吊销" and pgettext("certificate", "Revoked") == "已吊销"
+        assert pgettext("token", "Revoke") == "撤销" and pgettext("token", "Revoked") == "已撤销"
+        assert gettext("Revoke") == "注销"
+
+
+def test_the_fill_tool_keeps_contexts_apart(tmp_path, monkeypatch):
+    from babel.messages.catalog import Catalog
+    from babel.messages.pofile import read_po, write_po
+
+    from app.translations import fill
+
+    catalog = Catalog(locale="zh_Hans_CN")
+    catalog.add("Revoke")
+    catalog.add("Revoke", context="certificate")
+    po = tmp_path / "messages.po"
+    with po.open("wb") as handle:
+        write_po(handle, catalog)
+    mapping = tmp_path / "zh.py"
+    mapping.write_text('ZH = {"Revoke": "注销", "certificate\\x04Revoke": "吊销"}\n', "utf-8")
+    monkeypatch.setattr(fill, "CATALOG", po)
+    fill.main(str(mapping))
+    with po.open("rb") as handle:
+        filled = read_po(handle)
+    assert filled.get("Revoke").string == "注销"
+    assert filled.get("Revoke", context="certificate").string == "吊销"

@@ -2,7 +2,10 @@
 
 Usage: `python -m app.translations.fill FILE.py`. Babel resolves zh_CN to zh_Hans_CN, hence the folder name.
 
-FILE.py defines a dict named ZH. Extraction itself is `make i18n-extract`; this only saves typing.
+FILE.py defines a dict named ZH: msgid -> translation; a plural's key is (singular, plural) and its value a
+one-form tuple; a message with a context (pgettext) is keyed "context\x04msgid", gettext's own spelling, so
+that one word translated differently in two contexts (a token's "Revoke" 撤销, a certificate's 吊销) is never
+overwritten by the other's. Extraction itself is `make i18n-extract`; this only saves typing.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ def main(mapping_file: str) -> None:
     with CATALOG.open("rb") as handle:
         catalog = read_po(handle, locale="zh_Hans_CN")
     for message in catalog:
-        if message.id and message.id in mapping:
-            message.string = mapping[message.id]
+        key = f"{message.context}\x04{message.id}" if message.context else message.id
+        if message.id and key in mapping:
+            message.string = mapping[key]
             message.flags.discard("fuzzy")
     with CATALOG.open("wb") as handle:
         write_po(handle, catalog, width=120, omit_header=False)
