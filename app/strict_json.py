@@ -46,6 +46,11 @@ def parse(body: bytes) -> Any:
         raise NotStrictJSON("the body is nested deeper than the parser goes") from None
     except json.JSONDecodeError as error:
         raise NotStrictJSON(f"the body is not JSON ({error.msg} at character {error.pos})") from None
+    except NotStrictJSON:
+        raise
+    except ValueError:
+        # Not a JSONDecodeError: an integer of more digits than int() converts (sys.get_int_max_str_digits).
+        raise NotStrictJSON("the body is not JSON (a number has more digits than the parser converts)") from None
     if "\\u" in text and lone_surrogate_in(document):  # only a \u escape makes one
         raise NotStrictJSON("a string holds a lone surrogate escape, which is no character (RFC 8259 §8.2)")
     return document

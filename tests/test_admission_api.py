@@ -160,6 +160,16 @@ def test_deeply_nested_json_is_invalid_json_not_a_server_error(client, token, pa
     assert db.session.scalar(select(EnrollmentToken)).state() == "active"
 
 
+@pytest.mark.parametrize("path", ["/api/v1/applications", "/api/v1/session"])
+def test_an_integer_longer_than_python_converts_is_invalid_json_not_a_server_error(client, token, path):
+    """Python 3.11 refuses to convert an integer of more than 4,300 digits with a plain ValueError, which is no
+    JSONDecodeError: it must be a 400 like any other body that is not JSON, not a 500."""
+    response = client.post(path, data=b'{"a": ' + b"1" * 5000 + b"}", headers={"Authorization": f"Bearer {token}"},
+                           content_type="application/json")
+    assert response.status_code == 400 and response.get_json()["error"]["code"] == "invalid_json"
+    assert db.session.scalar(select(EnrollmentToken)).state() == "active"
+
+
 def test_a_lone_surrogate_escape_is_invalid_json_not_a_server_error(client, token):
     """`"\\ud800"` is valid JSON syntax but no Unicode text: it must not reach the database (a 500)."""
     body = json.dumps(node_document()).replace('"org_name": "', '"org_name": "\\ud800', 1)

@@ -68,6 +68,17 @@ def test_a_peers_error_answer_that_is_not_strict_json_is_a_plain_peer_error():
         assert (refusal.code, refusal.message) == ("peer_error", "peer answered HTTP 403"), case
 
 
+def test_an_answer_with_an_integer_longer_than_python_converts_is_refused_as_not_strict_json():
+    """Python 3.11 refuses an integer of more than 4,300 digits with a plain ValueError, which escaped the strict
+    reader: a registry answer of that kind is a RegistryError and a peer's error answer names its HTTP status."""
+    body = b'{"error": {"code": "rate_limited", "message": "m", "n": ' + b"9" * 5000 + b"}}"
+    with pytest.raises(RegistryError, match="not strict JSON"):
+        HTTPResult(200, {}, body).json()
+    assert RegistryClient.fail(HTTPResult(429, {}, body), "apply").message == "apply: HTTP 429"
+    assert Node._error_code(body) is None
+    assert Node._peer_error(SimpleNamespace(body=body, status=429)).code == "peer_error"
+
+
 class EndlessAnswer(BaseHTTPRequestHandler):
     """A peer whose answer never ends (chunked, no length), or announces a length it would not fit."""
 

@@ -37,6 +37,16 @@ def test_a_body_nested_deeper_than_the_parser_goes_is_invalid_json_not_a_server_
     assert status == 400 and body["error"]["code"] == "invalid_json"
 
 
+def test_a_number_longer_than_the_parser_converts_is_invalid_json_not_a_server_error(network):  # noqa: F811
+    """Python 3.11 refuses an integer of over 4,300 digits with a plain ValueError: it answered 500, which the
+    sender retries for 48 hours."""
+    a, b = network["a"], network["b"]
+    body = json.dumps(text_envelope(a, b)).replace('"payload": {', '"payload": {"n": ' + "7" * 5000 + ", ", 1)
+    status, answer = raw_post(a.node, b, "message", body.encode())
+    assert status == 400 and answer["error"]["code"] == "invalid_json", answer
+    protocol.validate("error", answer)
+
+
 def test_a_string_holding_a_lone_surrogate_is_invalid_json_not_a_server_error(network):  # noqa: F811
     """A "\\ud800" escape parses in Python but is no text: the schema validator could not encode it and answered
     500, which the sender retries for 48 hours."""
