@@ -141,6 +141,19 @@ def test_a_key_file_restored_is_seen_by_the_next_probe(app, client):
     assert client.get("/healthz").get_json()["ca"] == "ok"
 
 
+@pytest.mark.parametrize("name", ["intermediate.pem", "root.pem"])
+def test_a_ca_certificate_file_cut_short_is_unreadable_not_a_console_failure(app, client, admin_console, name):
+    """A certificate file half-restored from a backup raised cryptography's ValueError from the CA's load, past
+    the readiness check: every ministry admin's and auditor's page failed on the banner, again on each page."""
+    certificate = Path(app.config["MPIM_CA_DIR"]) / name
+    certificate.write_bytes(certificate.read_bytes()[:200])
+    as_a_process_starting_now(app)
+    response = client.get("/healthz")
+    assert response.status_code == 503 and response.get_json()["ca"] == "key_unreadable"
+    page = admin_console.client.get("/")
+    assert page.status_code == 200 and name in page.get_data(as_text=True)
+
+
 def test_the_scheduler_logs_at_start_that_the_ca_key_cannot_be_opened(app, tmp_path):
     log_path = tmp_path / "scheduler.log"
     with open(log_path, "wb") as log_file:

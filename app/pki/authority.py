@@ -88,6 +88,15 @@ def is_initialised(directory: Path) -> bool:
     return (directory / "intermediate.pem").exists()
 
 
+def _read_certificate(path: Path) -> x509.Certificate:
+    """A CA certificate file, or `CAKeyUnreadable` naming it: one cut short or overwritten is a 503 and a
+    readiness state, not cryptography's ValueError (a 500 on every page that asks for the CA)."""
+    try:
+        return x509.load_pem_x509_certificate(keys.read_ca_file(path))
+    except ValueError as error:
+        raise keys.CAKeyUnreadable(f"{path.name} is not a PEM certificate.") from error
+
+
 def _ca_name(config: CAConfig, common_name: str) -> x509.Name:
     return profiles.subject_name(config.country, config.organisation, common_name)
 
@@ -171,9 +180,8 @@ class Authority:
     def load(cls, directory: Path, passphrase: bytes, config: CAConfig, *, clock: Clock = now_utc) -> Authority:
         """Read the CA from `directory`; the root key is never read, so it may be offline."""
         authority = cls(directory, config, passphrase=passphrase, clock=clock,
-                        root_certificate=x509.load_pem_x509_certificate(keys.read_ca_file(directory / "root.pem")),
-                        intermediate_certificate=x509.load_pem_x509_certificate(
-                            keys.read_ca_file(directory / "intermediate.pem")),
+                        root_certificate=_read_certificate(directory / "root.pem"),
+                        intermediate_certificate=_read_certificate(directory / "intermediate.pem"),
                         intermediate_key=keys.FileSigningKey.load(directory / "intermediate.key", passphrase))
         authority.refresh_service_keys(strict=True)
         return authority
@@ -210,10 +218,7 @@ class Authority:
             self._hold(role, certificate, key)
 
     def _read_service_pair(self, role: ServiceRole) -> tuple[x509.Certificate, SigningKey]:
-        try:
-            certificate = x509.load_pem_x509_certificate(keys.read_ca_file(self.directory / f"{role}.pem"))
-        except ValueError as error:
-            raise keys.CAKeyUnreadable(f"{role}.pem is not a PEM certificate.") from error
+        certificate = _read_certificate(self.directory / f"{role}.pem")
         key = keys.FileSigningKey.load(self.directory / f"{role}.key", self._passphrase)
         if key.public_key().public_numbers() != certificate.public_key().public_numbers():
             raise keys.CAKeyUnreadable(f"{role}.key is not the key of {role}.pem.")
