@@ -28,8 +28,8 @@ class NotStrictJSON(ValueError):
 
 def parse(body: bytes) -> Any:
     """The document `body` holds, or NotStrictJSON saying why it is refused: not UTF-8 or led by a byte-order
-    mark, not JSON (nested deeper than the parser goes included), an object naming a member twice at any depth,
-    or a string or name holding a lone surrogate."""
+    mark, not JSON (nested deeper than the parser goes, NaN and Infinity included), an object naming a member
+    twice at any depth, or a string or name holding a lone surrogate."""
     for mark, encoding in BYTE_ORDER_MARKS:
         if body.startswith(mark):
             raise NotStrictJSON(f"{NOT_UTF8}; it begins with a {encoding} byte-order mark")
@@ -41,7 +41,7 @@ def parse(body: bytes) -> Any:
     except UnicodeDecodeError as error:
         raise NotStrictJSON(f"{NOT_UTF8}; byte {error.start} is not UTF-8") from None
     try:
-        document = json.loads(text, object_pairs_hook=_object)
+        document = json.loads(text, object_pairs_hook=_object, parse_constant=_constant)
     except RecursionError:
         raise NotStrictJSON("the body is nested deeper than the parser goes") from None
     except json.JSONDecodeError as error:
@@ -67,6 +67,10 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
                 raise NotStrictJSON(f"the key {shown!r} appears twice in one object")
             seen.add(name)
     return document
+
+
+def _constant(name: str) -> Any:
+    raise NotStrictJSON(f"the body is not JSON ({name} is no JSON value, RFC 8259 §6)")
 
 
 def lone_surrogate_in(document: Any) -> bool:

@@ -170,6 +170,17 @@ def test_an_integer_longer_than_python_converts_is_invalid_json_not_a_server_err
     assert db.session.scalar(select(EnrollmentToken)).state() == "active"
 
 
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_are_invalid_json(client, token, constant):
+    """Python's json reads NaN and Infinity, which RFC 8259 §6 leaves out of JSON: a strict reader refuses them."""
+    body = json.dumps(node_document()).replace("{", '{"n": ' + constant + ", ", 1)
+    response = client.post("/api/v1/applications", data=body, headers={"Authorization": f"Bearer {token}"},
+                           content_type="application/json")
+    error = response.get_json()["error"]
+    assert (response.status_code, error["code"]) == (400, "invalid_json") and constant in error["message"], error
+    assert db.session.scalar(select(EnrollmentToken)).state() == "active"
+
+
 def test_a_lone_surrogate_escape_is_invalid_json_not_a_server_error(client, token):
     """`"\\ud800"` is valid JSON syntax but no Unicode text: it must not reach the database (a 500)."""
     body = json.dumps(node_document()).replace('"org_name": "', '"org_name": "\\ud800', 1)
