@@ -187,3 +187,16 @@ def test_the_page_warns_lets_the_user_stay_and_after_the_end_keeps_the_typed_for
     page.click("form:has(input[name=note]) button[type=submit]")
     page.wait_for_selector("#issued-token")
     assert db.session.scalar(select(EnrollmentToken.note)) == "赣警通 夜班"
+
+
+def test_activity_is_written_once_a_minute_not_on_every_response(app, make_user):
+    """A response still in flight at sign-out writes its cookie back; few responses write one at all."""
+    console = signed_in(app, make_user)
+    set_clocks(console, active_ago=10)
+    before = clocks(console)[0]
+    response = console.client.get("/nodes/")
+    assert response.status_code == 200 and "Set-Cookie" not in response.headers
+    assert clocks(console)[0] == before
+    set_clocks(console, active_ago=61)
+    response = console.client.get("/nodes/")
+    assert "Set-Cookie" in response.headers and int(time.time()) - clocks(console)[0] < 5

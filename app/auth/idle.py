@@ -69,9 +69,17 @@ def enforce() -> object | None:
         return _end("session_limit", now)
     if idle_seconds() and now - session[ACTIVE_AT] > idle_seconds():
         return _end("idle", now)
-    if request.endpoint not in NOT_ACTIVITY and session[ACTIVE_AT] != now:
+    if request.endpoint not in NOT_ACTIVITY and now - session[ACTIVE_AT] >= activity_resolution():
         session[ACTIVE_AT] = now
     return None
+
+
+def activity_resolution() -> int:
+    """How stale the recorded activity may be before a request writes it again (so sets the cookie): a
+    minute, or a quarter of a short limit. Sessions live in the cookie, so a response still in flight when
+    the user signs out writes its cookie back; writing it once a minute, not on every response, leaves that
+    only to a response that is also the first in a minute. The idle limit may come that much early."""
+    return min(60, max(1, idle_seconds() // 4)) if idle_seconds() else 60
 
 
 def _end(reason: str, now: int):
