@@ -59,6 +59,10 @@ def test_no_exported_cell_is_a_formula_a_spreadsheet_would_run(admin_console):
     assert rows[0]["target"] == "'=HYPERLINK(\"http://evil\")"
     rows = read_csv(admin_console.client.get("/audit/export.csv?action=token.").data)
     assert rows[0]["target"] == "'-2+3"
+    service.record("node.suspend", "＝1+1", {}, actor="minister")  # as a Chinese input method types it
+    db.session.commit()
+    rows = read_csv(admin_console.client.get("/audit/export.csv?target=1%2B1").data)
+    assert rows[0]["target"] == "'＝1+1"
 
 
 def test_the_list_offers_the_export_with_its_filter_and_count(admin_console):

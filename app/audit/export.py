@@ -1,9 +1,10 @@
 """The audit log as CSV: for an auditor's spreadsheet, or an archive kept outside this system.
 
 The file starts with a UTF-8 byte-order mark, without which Excel on a Chinese Windows reads UTF-8 as GBK and
-shows every name garbled. A cell that a spreadsheet would take for a formula (it starts with =, +, -, @, a tab
-or a carriage return: an actor's or a node's name is typed by people) is prefixed with an apostrophe, as OWASP
-advises against CSV injection; `flask audit list --json` keeps every value exactly as recorded, hashes included.
+shows every name garbled. A cell that a spreadsheet would take for a formula (it starts with =, +, -, @, a tab,
+a carriage return or a full-width ＝＋－＠: an actor's or a node's name is typed by people) is prefixed with an
+apostrophe, as OWASP advises against CSV injection; `flask audit list --json` keeps every value exactly as
+recorded, hashes included.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from app.labels import AUDIT_ACTIONS
 
 COLUMNS = ("seq", "at_utc", "at_local", "actor", "action", "action_label", "target", "remote_addr", "detail",
            "prev_hash", "hash")
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# OWASP's list, and the full-width forms a Chinese input method types (＝＋－＠), which a spreadsheet might
+# read as the ASCII ones: an apostrophe costs little in a rare cell.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "＝", "＋", "－", "＠")
 BYTE_ORDER_MARK = "\ufeff"
 
 
