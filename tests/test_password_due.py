@@ -147,3 +147,13 @@ def test_first_sign_in_in_the_browser(page, live_server, make_user):
     page.click("form button[type=submit].primary")
     page.wait_for_selector("h1:has-text('仪表盘')")
     assert "密码已修改" in page.inner_text("main")
+
+
+def test_an_admin_resetting_their_own_password_is_not_asked_to_replace_it(app, admin_console):
+    html = admin_console.client.get("/users/minister").get_data(as_text=True)
+    token = re.search(r'name="reset-csrf_token"[^>]*value="([^"]+)"', html).group(1)
+    admin_console.client.post("/users/minister/password", data={"reset-password": "Chosen-By-Myself-7",
+                                                                "reset-csrf_token": token})
+    assert Console(admin_console.client.application.test_client()).login("minister", "Chosen-By-Myself-7") \
+        .status_code == 302  # the reset took
+    assert user("minister").password_must_change is False
