@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from sqlalchemy import select
 
@@ -193,6 +195,24 @@ def test_password_change_with_wrong_current_password(app, console, make_user):
     response = console.post_form("/account/password", {"current_password": "nope-Nope-1",
                                                        "new_password": "New-Secret-42", "confirm": "New-Secret-42"})
     assert response.status_code == 200 and "当前密码错误" in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("weak", ["Short-1", "alllowercaseletters", "My-alice-Secret-1"])
+def test_a_weak_new_password_is_refused_at_the_new_password_field(app, console, make_user, weak):
+    """The rule's refusal sits under the field it is about, tied to it and marked invalid, next to the rule
+    itself (the change form's fields are current_password, new_password and confirm; a refusal naming a
+    field the form lacks was a flash at the top of the page, apart from the field)."""
+    make_user("alice")
+    console.login("alice")
+    response = console.post_form("/account/password", {"current_password": PASSWORD, "new_password": weak,
+                                                       "confirm": weak})
+    html = response.get_data(as_text=True)
+    assert response.status_code == 200
+    field = re.search(r'<div class="field has-error">\s*<label for="new_password".*?</div>\s*</div>', html, re.S)
+    assert field, "the new password field is not marked in error"
+    assert 'aria-invalid="true"' in field.group(0)
+    assert 'id="new_password-error-1"' in field.group(0) and 'id="new_password-hint"' in field.group(0)
+    assert 'class="flash error"' not in html
 
 
 def test_ministry_admin_creates_a_provincial_admin_in_the_console(admin_console):

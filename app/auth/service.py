@@ -44,17 +44,18 @@ class UserDraft:
     must_change_password: bool = True
 
 
-def check_password_policy(password: str, username: str = "") -> None:
+def check_password_policy(password: str, username: str = "", *, field: str = "password") -> None:
+    """`field`: the form field a refusal is shown at (the change form's is new_password)."""
     if len(password) < MIN_PASSWORD_LENGTH:
         raise ValidationFailed(_l("Passwords need at least %(n)s characters.", n=MIN_PASSWORD_LENGTH),
-                               code="weak_password", field="password")
+                               code="weak_password", field=field)
     classes = sum(bool(re.search(p, password)) for p in (r"[a-z]", r"[A-Z]", r"[0-9]", r"[^A-Za-z0-9]"))
     if classes < 3:
         raise ValidationFailed(_l("Passwords need three of: lower case, upper case, digits, symbols."),
-                               code="weak_password", field="password")
+                               code="weak_password", field=field)
     if len(username) >= 4 and username.lower() in password.lower():
         raise ValidationFailed(_l("A password must not contain the username."), code="weak_password",
-                               field="password")
+                               field=field)
 
 
 def normalise_scopes(role: str, scopes: tuple[str, ...] | list[str]) -> str:
@@ -112,9 +113,10 @@ def update_user(user: User, *, role: str, scopes: list[str], active: bool, displ
 
 
 def set_password(user: User, new_password: str, *, action: str = "user.password_reset",
-                 temporary: bool = True) -> None:
-    """`temporary`: an admin's reset, which the user must replace at the next sign-in."""
-    check_password_policy(new_password, user.username)
+                 temporary: bool = True, field: str = "password") -> None:
+    """`temporary`: an admin's reset, which the user must replace at the next sign-in; `field`: where a
+    refusal is shown."""
+    check_password_policy(new_password, user.username, field=field)
     user.password_hash = generate_password_hash(new_password)
     user.password_must_change = temporary
     # Whole seconds: the session id embeds this timestamp, so bump it past the current one.
@@ -128,7 +130,8 @@ def change_own_password(user: User, current_password: str, new_password: str) ->
     if current_password == new_password:
         raise ValidationFailed(_l("The new password must differ from the current one."), code="weak_password",
                                field="new_password")
-    set_password(user, new_password, action="user.password_change", temporary=False)
+    set_password(user, new_password, action="user.password_change", temporary=False,
+                 field="new_password")
 
 
 def password_change_due(user: User) -> str | None:
