@@ -72,6 +72,19 @@ def test_an_admins_reset_must_be_replaced_at_the_next_sign_in(app, admin_console
     assert console.client.get("/audit/").headers["Location"].startswith("/account/password")
 
 
+def test_the_admin_choosing_a_password_is_told_its_rules_and_that_it_is_only_for_the_first_sign_in(
+        admin_console, make_user):
+    """The new-user form's initial password and the reset form's new one carry the rules and say the user
+    replaces it at the first sign-in, tied to the field as its hint."""
+    make_user("alice", "auditor")
+    for page, field_id in (("/users/new", "password"), ("/users/alice", "reset-password")):
+        html = admin_console.client.get(page).get_data(as_text=True)
+        hint = re.search(rf'<small class="hint" id="{field_id}-hint">([^<]*)</small>', html)
+        assert hint, f"{page}: no hint on {field_id}"
+        assert "至少 10 个字符" in hint.group(1) and "首次登录" in hint.group(1)
+        assert re.search(rf'<input[^>]*aria-describedby="{field_id}-hint"[^>]*id="{field_id}"', html)
+
+
 def test_a_password_older_than_the_limit_is_due(app, make_user):
     make_user("alice", "auditor")
     db.session.execute(update(User).where(User.username == "alice").values(

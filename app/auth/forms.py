@@ -13,6 +13,11 @@ ROLE_CHOICES = [
     ("auditor", _l("Auditor")),
 ]
 
+# A password an admin types for someone else: the rules, and that it serves only until the user's first sign-in
+# (app/auth/password_due.py), so the admin hands it over as a temporary one.
+ADMIN_CHOSEN_PASSWORD = _l("At least 10 characters, with three of: lower case, upper case, digits, symbols. "
+                           "The user replaces it with their own at the first sign-in.")
+
 
 class LoginForm(FlaskForm):
     username = StringField(_l("Username"), validators=[DataRequired(), Length(max=64)])
@@ -34,7 +39,8 @@ class UserCreateForm(FlaskForm):
     role = SelectField(_l("Role"), choices=ROLE_CHOICES)
     scopes = StringField(_l("Division scope"), description=_l("Comma-separated codes, e.g. 360000,440000"),
                          validators=[Length(max=400)])
-    password = PasswordField(_l("Initial password"), validators=[DataRequired(), Length(max=256)])
+    password = PasswordField(_l("Initial password"), validators=[DataRequired(), Length(max=256)],
+                             description=ADMIN_CHOSEN_PASSWORD)
 
 
 class UserEditForm(FlaskForm):
@@ -46,7 +52,8 @@ class UserEditForm(FlaskForm):
 
 
 class PasswordResetForm(FlaskForm):
-    password = PasswordField(_l("New password"), validators=[DataRequired(), Length(max=256)])
+    password = PasswordField(_l("New password"), validators=[DataRequired(), Length(max=256)],
+                             description=ADMIN_CHOSEN_PASSWORD)
 
 
 class ConfirmForm(FlaskForm):
