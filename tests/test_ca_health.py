@@ -6,6 +6,7 @@ the CA this process loaded is forgotten, as in a worker that has not loaded it y
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import urllib.error
@@ -168,6 +169,28 @@ def test_the_scheduler_logs_at_start_that_the_ca_key_cannot_be_opened(app, tmp_p
     lines = [line for line in log_path.read_text().splitlines() if "starting with ca" in line]
     assert len(lines) == 1 and "WARNING" in lines[0], log_path.read_text()
     assert "scheduler starting with ca key_unreadable: The CA key file intermediate.key could not be opened" in lines[0]
+
+
+def test_a_job_that_needs_the_ca_key_logs_one_line_per_run_while_it_cannot_be_opened(app, caplog):
+    """health.poll needs the management key every 30 s, ca.crl_refresh the intermediate's: with a wrong
+    passphrase each run was a traceback of some 30 lines, though the error's message says all there is (the
+    start-up warning names it too). One line naming the job and the reason; the traceback with debug on."""
+    from app.scheduler import registry
+    from app.scheduler.runner import run_job
+
+    as_a_process_starting_now(app)
+    app.config["MPIM_CA_PASSPHRASE"] = WRONG
+    job = next(job for job in registry.jobs if job.name == "ca.crl_refresh")
+    caplog.set_level(logging.INFO, logger="mpim.scheduler")
+    run = run_job(job, "test")
+    assert not run.ok and run.message.startswith("CAKeyUnreadable: The CA key file intermediate.key")
+    lines = [r for r in caplog.records if r.name == "mpim.scheduler"]
+    assert [(r.levelno, r.exc_info) for r in lines] == [(logging.ERROR, None)]
+    assert lines[0].getMessage() == f"job ca.crl_refresh failed: {run.message}"
+    caplog.set_level(logging.DEBUG, logger="mpim.scheduler")
+    caplog.clear()
+    run_job(job, "test")
+    assert [r.exc_info is not None for r in caplog.records if r.name == "mpim.scheduler"] == [True]
 
 
 def test_each_web_worker_logs_at_start_that_the_ca_key_cannot_be_opened(app, tmp_path):
