@@ -19,6 +19,12 @@ control_socket_disable = control_socket is None
 def post_worker_init(worker):
     """Each worker, once it has loaded the app: a check that fails (a CA key the passphrase does not open)
     is logged now, not when the first request that needs it fails."""
+    import logging
+
     from app.console import log_failing_checks
 
+    # The app's loggers (mpim.*) have no handler of their own and gunicorn's do not propagate: without this,
+    # Python's last resort printed their warnings bare (no time, logger or level) and dropped the rest. The
+    # scheduler's format (app/scheduler/cli.py); Flask's logger then finds this handler and adds none.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     log_failing_checks(worker.wsgi, f"web worker {worker.pid}")
