@@ -57,9 +57,13 @@ def test_a_wrong_passphrase_is_a_503_naming_it_and_ministry_admins_are_warned(ap
 
     page = admin_console.client.get("/").get_data(as_text=True)
     assert "无法打开 CA 密钥" in page and "intermediate.key" in page
+    # health.poll presents the management certificate, whose key the passphrase opens too: the health shown
+    # stops changing, which the banner says, lest a green map be taken for nodes seen up a moment ago.
+    assert "也不会巡检节点健康" in page
     admin_console.client.get("/lang/en")
     page = admin_console.client.get("/").get_data(as_text=True)
     assert "The CA key cannot be opened" in page and "/healthz answers 503" in page
+    assert "no node&#39;s health polled" in page
 
     make_user("auditor1", "auditor")  # auditors see the CA's expiry warnings; this one is not theirs
     from tests.conftest import Console

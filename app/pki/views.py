@@ -194,6 +194,7 @@ def banner(user) -> list[dict]:
         if user.role != "ministry_admin":
             return []
         return [{"kind": "error", "text": str(CA_UNUSABLE[found.state]) + " " + str(_l(
-            "Until an operator corrects it, no certificate can be issued, renewed or revoked, and no OCSP "
-            "response, CRL or routing table signed; /healthz answers 503. Detail: %(reason)s", reason=found.reason))}]
+            "Until an operator corrects it, no certificate can be issued, renewed or revoked, no OCSP response, "
+            "CRL or routing table signed, and no node's health polled (the console shows each node's last known "
+            "state); /healthz answers 503. Detail: %(reason)s", reason=found.reason))}]
     return [{"kind": "warning", "text": str(text)} for text in own_keys.expiry_warnings()]
