@@ -38,7 +38,7 @@ def test_a_user_an_admin_created_chooses_a_password_first_and_then_lands_where_t
     assert response.status_code == 302
     assert response.headers["Location"] == "/account/password?next=/nodes/?status%3Dactive"
     form = console.client.get(response.headers["Location"]).get_data(as_text=True)
-    assert "您的密码由管理员设置" in form
+    assert "您的密码是为您预设的" in form
     assert console.client.get("/tokens/").status_code == 302  # every page, not only the first
     changed = change(console, response.headers["Location"])
     assert changed.status_code == 302 and changed.headers["Location"] == "/nodes/?status=active"
@@ -116,7 +116,7 @@ def test_signing_out_and_switching_language_stay_open_while_the_change_is_due(ap
     console = Console(app.test_client())
     console.login("alice")
     assert console.client.get("/lang/en").status_code == 302
-    assert "Your password was set by an administrator" in \
+    assert "Your password was chosen for you" in \
         console.client.get("/account/password").get_data(as_text=True)
     assert console.post_form("/account/password", {}, action="/logout").headers["Location"] == "/login"
 
@@ -135,6 +135,10 @@ def test_the_generated_first_admin_password_is_a_first_password_and_a_chosen_one
     result = runner.invoke(args=["users", "ensure-admin", "--username", "first"])
     assert result.exit_code == 0 and "asks for a new one at the first sign-in" in result.output
     assert user("first").password_must_change is True
+    # Its first sign-in does not speak of an administrator who set it: make run generated it.
+    console = Console(app.test_client())
+    console.login("first", re.search(r"with password: (\S+)", result.output).group(1))
+    assert "在系统安装时生成" in console.client.get("/account/password").get_data(as_text=True)
     db.session.execute(update(User).where(User.username == "first").values(role="auditor"))
     db.session.commit()
     monkeypatch.setenv("MPIM_ADMIN_PASSWORD", "Operators-Own-Pass-1")
@@ -153,7 +157,7 @@ def test_first_sign_in_in_the_browser(page, live_server, make_user):
     page.fill("input[name=username]", "first")
     page.fill("input[name=password]", PASSWORD)
     page.click("button[type=submit]")
-    page.wait_for_selector("text=您的密码由管理员设置")
+    page.wait_for_selector("text=您的密码是为您预设的")
     page.fill("input[name=current_password]", PASSWORD)
     page.fill("input[name=new_password]", NEW_PASSWORD)
     page.fill("input[name=confirm]", NEW_PASSWORD)

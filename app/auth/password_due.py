@@ -34,7 +34,9 @@ def enforce() -> object | None:
 def reason_text(reason: str | None, max_days: int) -> str | None:
     """The change form's explanation."""
     if reason == "temporary":
-        return _("Your password was set by an administrator: choose your own before going on.")
+        # Also the first ministry admin's, which `flask users ensure-admin` generated: no administrator set it.
+        return _("Your password was chosen for you, by an administrator or when the registry was set up: choose "
+                 "your own before going on.")
     if reason == "expired":
         return _("Your password is more than %(days)d days old: choose a new one before going on.", days=max_days)
     return None
