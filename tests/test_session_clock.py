@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
 from sqlalchemy import select
 
@@ -50,6 +51,18 @@ def test_thirty_idle_minutes_sign_the_user_out_and_say_why(app, make_user):
     assert console.client.get("/").status_code == 302  # signed out, not just turned away once
     [entry] = timeouts()
     assert entry.target == "minister" and entry.detail["reason"] == "idle" and entry.detail["minutes"] == 30
+
+
+def test_the_timeout_record_says_when_the_user_was_last_active_as_a_time_a_reader_can_read(app, make_user):
+    """The audit page and its CSV show the detail as recorded: seconds since 1970 (1796186260) told an
+    auditor nothing; the moment is recorded as the other records' times are (UTC, ISO 8601)."""
+    console = signed_in(app, make_user)
+    set_clocks(console, active_ago=31 * 60)
+    with console.client.session_transaction() as session:
+        last_active = session[idle.ACTIVE_AT]
+    console.client.get("/")
+    [entry] = timeouts()
+    assert datetime.fromisoformat(entry.detail["last_active"]) == datetime.fromtimestamp(last_active, UTC)
 
 
 def test_activity_inside_the_limit_keeps_the_session_and_restarts_the_idle_clock(app, make_user):

@@ -12,6 +12,7 @@ form is not lost to the timeout. An ended session is an audit record, like a sig
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 from flask import current_app, flash, jsonify, redirect, request, session, url_for
@@ -84,8 +85,10 @@ def activity_resolution() -> int:
 
 def _end(reason: str, now: int):
     minutes = (idle_seconds() if reason == "idle" else session_seconds()) // 60
+    # The session keeps seconds since the epoch; the record a moment an auditor can read, as other records do.
+    last_active = datetime.fromtimestamp(session[ACTIVE_AT], UTC)
     audit.record("auth.timeout", current_user.username,
-                 {"reason": reason, "minutes": minutes, "last_active": session.get(ACTIVE_AT)})
+                 {"reason": reason, "minutes": minutes, "last_active": last_active})
     db.session.commit()
     logout_user()
     session.pop(ACTIVE_AT, None)
