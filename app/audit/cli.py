@@ -80,7 +80,7 @@ def export_command(**values: str) -> None:
     query, not_dates = search.records(audit_filter)
     if not_dates:
         raise click.BadParameter(f"{not_dates[0]!r} is not a date (YYYY-MM-DD).")
-    service.record("audit.export", detail={"filters": audit_filter.as_dict()}, actor="cli")
+    query = export.record_export(audit_filter, query, actor="cli")
     db.session.commit()
     for line in export.csv_lines(db.engine, query, audit_filter.zone, export.action_labels()):
         click.echo(line, nl=False)

@@ -15,8 +15,11 @@ import json
 from collections.abc import Iterator
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, Select
+from sqlalchemy import Engine, Select, func, select
 
+from app.audit import service
+from app.audit.models import AuditRecord
+from app.extensions import db
 from app.labels import AUDIT_ACTIONS
 
 COLUMNS = ("seq", "at_utc", "at_local", "actor", "action", "action_label", "target", "remote_addr", "detail",
@@ -30,6 +33,15 @@ BYTE_ORDER_MARK = "\ufeff"
 def safe_cell(value: str) -> str:
     """A text cell no spreadsheet evaluates."""
     return "'" + value if value.startswith(FORMULA_STARTS) else value
+
+
+def record_export(audit_filter, query: Select, *, actor: str | None = None) -> Select:
+    """Audit the export (the caller commits before the first line goes out) and bound `query` to the records
+    there were before it: the file holds what the list counted, not also its own export record or what
+    others record while it streams."""
+    newest = db.session.scalar(select(func.max(AuditRecord.seq))) or 0
+    service.record("audit.export", detail={"filters": audit_filter.as_dict(), "up_to_seq": newest}, actor=actor)
+    return query.where(AuditRecord.seq <= newest)
 
 
 def action_labels() -> dict[str, str]:

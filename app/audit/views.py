@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, redirect, render_template, request, url_for
 
-from app.audit import export, search, service
+from app.audit import export, search
 from app.auth.access import roles_required
 from app.database import paginate, utcnow
 from app.extensions import db
@@ -33,7 +33,7 @@ def export_csv():
     query, not_dates = search.records(audit_filter)
     if not_dates:  # the list says which date is no date; an empty file would look like an empty log
         return redirect(url_for("audit.index", **audit_filter.as_dict()))
-    service.record("audit.export", detail={"filters": audit_filter.as_dict()})
+    query = export.record_export(audit_filter, query)
     db.session.commit()
     lines = export.csv_lines(db.engine, query, audit_filter.zone, export.action_labels())
     name = export.file_name(utcnow(), audit_filter.zone)
