@@ -107,6 +107,8 @@ def test_after_the_limit_the_script_hears_signed_out_as_json(app, make_user):
     assert response.status_code == 401
     assert response.get_json()["error"]["code"] == "signed_out" and response.get_json()["seconds_left"] == 0
     assert len(timeouts()) == 1
+    # The page's link to sign in again (or a reload) then says why the session ended, not just "sign in".
+    assert "30 分钟无操作" in console.client.get("/login").get_data(as_text=True)
 
 
 def test_eight_hours_after_sign_in_the_session_ends_however_active(app, make_user):

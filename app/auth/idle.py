@@ -99,9 +99,9 @@ def _end(reason: str, now: int):
     else:
         message = _("Your sign-in ended %(hours)s hours after it began; sign in again to go on.",
                     hours=f"{minutes / 60:g}")
+    flash(message, "info")  # also when the page's script asked: the next page it opens says why
     if request.accept_mimetypes.best == "application/json" or request.endpoint in NOT_ACTIVITY:
         return jsonify({"error": {"code": "signed_out", "message": message}, "seconds_left": 0}), 401
-    flash(message, "info")
     return redirect(url_for("auth.login", next=_return_path()))
 
 
