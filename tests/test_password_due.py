@@ -174,3 +174,12 @@ def test_an_admin_resetting_their_own_password_is_not_asked_to_replace_it(app, a
     assert Console(admin_console.client.application.test_client()).login("minister", "Chosen-By-Myself-7") \
         .status_code == 302  # the reset took
     assert user("minister").password_must_change is False
+
+
+def test_the_users_list_shows_who_still_has_a_temporary_password(app, admin_console, make_user):
+    make_user("alice", "auditor", must_change_password=True)
+    make_user("bob", "auditor")
+    html = admin_console.client.get("/users/").get_data(as_text=True)
+    rows = {re.search(r">([a-z]+)</a>", row).group(1): row for row in re.findall(r"<tr>(.*?)</tr>", html, re.S)
+            if "</a>" in row}
+    assert "临时密码" in rows["alice"] and "临时密码" not in rows["bob"]
