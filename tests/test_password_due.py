@@ -39,6 +39,7 @@ def test_a_user_an_admin_created_chooses_a_password_first_and_then_lands_where_t
     assert response.headers["Location"] == "/account/password?next=/nodes/?status%3Dactive"
     form = console.client.get(response.headers["Location"]).get_data(as_text=True)
     assert "您的密码是为您预设的" in form
+    assert 'class="mainnav"' not in form  # no menu whose every link leads back here
     assert console.client.get("/tokens/").status_code == 302  # every page, not only the first
     changed = change(console, response.headers["Location"])
     assert changed.status_code == 302 and changed.headers["Location"] == "/nodes/?status=active"

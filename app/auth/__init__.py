@@ -32,5 +32,6 @@ def init_app(app) -> None:
     app.before_request(idle.enforce)
     app.before_request(password_due.enforce)
     app.context_processor(lambda: {"session_clock": idle.seconds_left,
-                                   "session_warning_seconds": idle.warning_seconds})
+                                   "session_warning_seconds": idle.warning_seconds,
+                                   "password_change_due": password_due.due_now})
     app.cli.add_command(cli)

@@ -31,6 +31,11 @@ def enforce() -> object | None:
     return redirect(url_for("auth.change_password", next=target))
 
 
+def due_now() -> bool:
+    """For templates: the signed-in user must change their password before anything else."""
+    return current_user.is_authenticated and service.password_change_due(current_user) is not None
+
+
 def reason_text(reason: str | None, max_days: int) -> str | None:
     """The change form's explanation."""
     if reason == "temporary":
