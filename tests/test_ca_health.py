@@ -15,7 +15,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509 import ocsp
 from sqlalchemy import delete
 
 from app.extensions import db
@@ -72,6 +74,36 @@ def test_a_wrong_passphrase_is_a_503_naming_it_and_ministry_admins_are_warned(ap
     auditor.login("auditor1", PASSWORD)
     answer = auditor.client.get("/")
     assert answer.status_code == 200 and "intermediate.key" not in answer.get_data(as_text=True)
+
+
+@pytest.mark.parametrize(("url", "name"), [("/ca/ca.pem", "root.pem"), ("/ca/chain.pem", "intermediate.pem"),
+                                         ("/ca/route-signer.pem", "route-signer.pem")])
+def test_a_wrong_passphrase_still_publishes_the_certificates_without_opening_a_key(app, client, decryptions,
+                                                                                   url, name):
+    """They need no private key: a joining node failed at init fetching the trust anchor."""
+    as_a_process_starting_now(app)
+    app.config["MPIM_CA_PASSPHRASE"] = WRONG
+    response = client.get(url)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.data == (Path(app.config["MPIM_CA_DIR"]) / name).read_bytes()
+    assert decryptions == []
+
+
+def test_a_wrong_passphrase_makes_ocsp_a_503_that_does_not_say_why(app, client, decryptions):
+    """Anyone may ask OCSP: the reason (which file, the passphrase) is for the log and the admins' banner."""
+    as_a_process_starting_now(app)
+    app.config["MPIM_CA_PASSPHRASE"] = WRONG
+    directory = Path(app.config["MPIM_CA_DIR"])
+    node = x509.load_pem_x509_certificate((directory / "route-signer.pem").read_bytes())
+    issuer = x509.load_pem_x509_certificate((directory / "intermediate.pem").read_bytes())
+    request = ocsp.OCSPRequestBuilder().add_certificate(node, issuer, hashes.SHA256()).build()
+    response = client.post("/ca/ocsp", data=request.public_bytes(serialization.Encoding.DER),
+                           content_type="application/ocsp-request")
+    assert response.status_code == 503 and response.headers["Retry-After"]
+    assert response.get_json()["error"]["code"] == "ca_unavailable"
+    body = response.get_data(as_text=True)
+    assert "passphrase" not in body and ".key" not in body and ".pem" not in body
+    assert decryptions  # it did try the key: OCSP needs it
 
 
 def test_the_right_passphrase_with_the_root_key_offline_is_ok(app, client, admin_console, tmp_path):

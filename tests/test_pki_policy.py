@@ -161,7 +161,7 @@ def test_suspended_node_cannot_renew(client, people):  # noqa: F811
     assert [r.serial for r in pki.node_certificates(node.node_id)] == [row.serial]
 
 
-def test_certificate_fetch_with_the_enrollment_token(client, people):  # noqa: F811
+def test_certificate_fetch_with_the_enrollment_token(app, client, people):  # noqa: F811
     from app.admission import applications, tokens
     from tests.factories import node_document
 
@@ -178,6 +178,12 @@ def test_certificate_fetch_with_the_enrollment_token(client, people):  # noqa: F
     other, _ = admit_with_keys(people)
     refused = client.get(path.format(other.node_id), headers={"Authorization": f"Bearer {raw}"})
     assert refused.status_code == 404
+
+    # The download hands out certificates only: a CA key the passphrase no longer opens does not stop it.
+    app.extensions.pop("mpim_authority", None)
+    app.config["MPIM_CA_PASSPHRASE"] = "not-the-ca-passphrase"
+    response = client.get(path.format(node.node_id), headers={"Authorization": f"Bearer {raw}"})
+    assert response.status_code == 200 and response.data.count(b"BEGIN CERTIFICATE") == 3
 
 
 def test_who_may_fetch_a_certificate_is_asked_before_whether_the_node_exists(client, people):  # noqa: F811

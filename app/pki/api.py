@@ -11,7 +11,7 @@ from app.admission import nodes, tokens
 from app.admission.api import bearer_token, json_body, request_body
 from app.errors import NotFound, PermissionDenied
 from app.extensions import csrf, db
-from app.pki import revocation, service
+from app.pki import keys, published, revocation, service
 from app.sessions import service as sessions
 from app.sessions.api import node_session_required
 
@@ -26,23 +26,17 @@ def pem(data: str | bytes) -> Response:
 
 @bp.get("/ca/ca.pem")
 def root_certificate():
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    return pem(service.authority().root_certificate.public_bytes(Encoding.PEM))
+    return pem(published.certificate_pem(published.ROOT))
 
 
 @bp.get("/ca/chain.pem")
 def chain():
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    return pem(service.authority().intermediate_certificate.public_bytes(Encoding.PEM))
+    return pem(published.certificate_pem(published.INTERMEDIATE))
 
 
 @bp.get("/ca/route-signer.pem")
 def route_signer():
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    return pem(service.authority().route_signer_certificate.public_bytes(Encoding.PEM))
+    return pem(published.certificate_pem(published.ROUTE_SIGNER))
 
 
 @bp.get("/ca/crl.pem")
@@ -69,7 +63,7 @@ def root_crl_der():
 def ocsp_post():
     if request.mimetype != "application/ocsp-request":
         raise UnsupportedMediaType("Send an application/ocsp-request body.")
-    return Response(revocation.ocsp_response(request_body()), mimetype="application/ocsp-response")
+    return Response(_ocsp_response(request_body()), mimetype="application/ocsp-response")
 
 
 @bp.get("/ca/ocsp/<path:encoded>")
@@ -80,7 +74,16 @@ def ocsp_get(encoded: str):
         request_der = base64.b64decode(encoded, validate=True)
     except ValueError:
         request_der = b""
-    return Response(revocation.ocsp_response(request_der), mimetype="application/ocsp-response")
+    return Response(_ocsp_response(request_der), mimetype="application/ocsp-response")
+
+
+def _ocsp_response(request_der: bytes) -> bytes:
+    """OCSP answers are signed with the intermediate key: when it cannot be loaded, anyone may ask, so the
+    answer says only that the CA is unavailable (the reason names files and the passphrase)."""
+    try:
+        return revocation.ocsp_response(request_der)
+    except (keys.CAKeyUnreadable, service.CANotReady) as error:
+        raise published.CAUnavailable() from error
 
 
 def _caller_may_fetch(node_id: str) -> None:
@@ -106,7 +109,7 @@ def node_certificate(node_id: str):
     current = service.current_certificate(node_id)
     if current is None:
         raise NotFound(f"Node {node_id} has no valid certificate.", code="certificate_not_found")
-    return pem(current.pem.encode() + service.authority().chain_pem())
+    return pem(current.pem.encode() + published.chain_pem())
 
 
 @bp.post("/api/v1/certificates/renew")
