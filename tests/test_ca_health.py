@@ -89,8 +89,9 @@ def test_a_wrong_passphrase_still_publishes_the_certificates_without_opening_a_k
     assert decryptions == []
 
 
-def test_a_wrong_passphrase_makes_ocsp_a_503_that_does_not_say_why(app, client, decryptions):
-    """Anyone may ask OCSP: the reason (which file, the passphrase) is for the log and the admins' banner."""
+def test_a_wrong_passphrase_makes_ocsp_answer_try_later_without_saying_why(app, client, decryptions):
+    """Anyone may ask OCSP: the reason (which file, the passphrase) is for the log and the admins' banner;
+    the answer is RFC 6960's unsigned tryLater, which OCSP clients understand."""
     as_a_process_starting_now(app)
     app.config["MPIM_CA_PASSPHRASE"] = WRONG
     directory = Path(app.config["MPIM_CA_DIR"])
@@ -99,10 +100,10 @@ def test_a_wrong_passphrase_makes_ocsp_a_503_that_does_not_say_why(app, client, 
     request = ocsp.OCSPRequestBuilder().add_certificate(node, issuer, hashes.SHA256()).build()
     response = client.post("/ca/ocsp", data=request.public_bytes(serialization.Encoding.DER),
                            content_type="application/ocsp-request")
-    assert response.status_code == 503 and response.headers["Retry-After"]
-    assert response.get_json()["error"]["code"] == "ca_unavailable"
-    body = response.get_data(as_text=True)
-    assert "passphrase" not in body and ".key" not in body and ".pem" not in body
+    assert response.status_code == 200 and response.headers["Retry-After"]
+    assert response.mimetype == "application/ocsp-response"
+    assert ocsp.load_der_ocsp_response(response.data).response_status == ocsp.OCSPResponseStatus.TRY_LATER
+    assert b"passphrase" not in response.data and b".key" not in response.data
     assert decryptions  # it did try the key: OCSP needs it
 
 

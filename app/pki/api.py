@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 
+from cryptography.x509.ocsp import OCSPResponseStatus
 from flask import Blueprint, Response, g, request
 from werkzeug.exceptions import UnsupportedMediaType
 
@@ -11,7 +12,7 @@ from app.admission import nodes, tokens
 from app.admission.api import bearer_token, json_body, request_body
 from app.errors import NotFound, PermissionDenied
 from app.extensions import csrf, db
-from app.pki import keys, published, revocation, service
+from app.pki import keys, ocsp, published, revocation, service
 from app.sessions import service as sessions
 from app.sessions.api import node_session_required
 
@@ -63,7 +64,7 @@ def root_crl_der():
 def ocsp_post():
     if request.mimetype != "application/ocsp-request":
         raise UnsupportedMediaType("Send an application/ocsp-request body.")
-    return Response(_ocsp_response(request_body()), mimetype="application/ocsp-response")
+    return _ocsp_response(request_body())
 
 
 @bp.get("/ca/ocsp/<path:encoded>")
@@ -74,16 +75,20 @@ def ocsp_get(encoded: str):
         request_der = base64.b64decode(encoded, validate=True)
     except ValueError:
         request_der = b""
-    return Response(_ocsp_response(request_der), mimetype="application/ocsp-response")
+    return _ocsp_response(request_der)
 
 
-def _ocsp_response(request_der: bytes) -> bytes:
-    """OCSP answers are signed with the intermediate key: when it cannot be loaded, anyone may ask, so the
-    answer says only that the CA is unavailable (the reason names files and the passphrase)."""
+def _ocsp_response(request_der: bytes) -> Response:
+    """OCSP answers are signed with the intermediate key. When it cannot be loaded the answer is RFC 6960's
+    unsigned "tryLater", which OCSP clients understand (openssl: "Responder Error: trylater"), with
+    Retry-After; anyone may ask, so it says nothing of why (the reason names files and the passphrase: it
+    is for the log and the admins' banner)."""
     try:
-        return revocation.ocsp_response(request_der)
-    except (keys.CAKeyUnreadable, service.CANotReady) as error:
-        raise published.CAUnavailable() from error
+        answer = revocation.ocsp_response(request_der)
+    except (keys.CAKeyUnreadable, service.CANotReady):
+        return Response(ocsp.unsuccessful(OCSPResponseStatus.TRY_LATER), mimetype="application/ocsp-response",
+                        headers={"Retry-After": str(published.RETRY_SECONDS)})
+    return Response(answer, mimetype="application/ocsp-response")
 
 
 def _caller_may_fetch(node_id: str) -> None:
