@@ -75,6 +75,8 @@ class Node(ReceivingMixin, GroupsMixin, GroupHomeMixin, GroupConfirmationMixin, 
         self._routes: RouteClient | None = None
         self._routes_lock = threading.Lock()
         self._last_refresh = 0.0
+        # When the sending side last pulled for a recipient's node, and that pull's error (None: it was taken).
+        self._recipient_pull: tuple[float, str | None] = (-REFRESH_INTERVAL, None)
         self._node_id: str | None = None
         self._delivery_pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
@@ -295,8 +297,36 @@ class Node(ReceivingMixin, GroupsMixin, GroupHomeMixin, GroupConfirmationMixin, 
         except DomainError as error:
             log.warning("route refresh failed: %s", error)
 
-    def peer_entry(self, node_id: str):
+    def _pull_for_recipient(self, node_id: str) -> str | None:
+        """§2.3 on the sending side: a node approved since the last pull is missing from this table until the
+        next one (every `route_interval`), so before refusing a recipient's node pull once, at most once per
+        REFRESH_INTERVAL (a mistyped node id must not make every send pull). Waits on the network: call it
+        before the write transaction opens. None when the node is in the table; else what to tell the user
+        about the table (`peer_entry`'s `unknown`), so a refusal is not taken for a stale table."""
+        if self.routes.peek(node_id) is not None:
+            return None
+        started = time.monotonic()
+        if started - self._recipient_pull[0] >= REFRESH_INTERVAL:
+            failure = None
+            try:
+                self.sync_routes()
+            except DomainError as error:
+                log.warning("route pull for node %s failed: %s", node_id, error)
+                failure = error.message
+            self._recipient_pull = (started, failure)
+            if self.routes.peek(node_id) is not None:
+                return None
+        when, failure = self._recipient_pull
+        if failure is not None and self._last_refresh < when:  # no pull has been taken since it failed
+            return f", and pulling the table from the management node failed: {failure}"
+        ago = time.monotonic() - self._last_refresh
+        pulled = "just now" if ago < 1 else f"{ago:.0f} s ago"
+        return (f" as pulled from the management node {pulled}: check the node id, and that the management "
+                f"node has approved it")
+
+    def peer_entry(self, node_id: str, unknown: str | None = None):
+        """The table's entry for `node_id`, or unknown_peer; `unknown` is `_pull_for_recipient`'s account."""
         entry = self.routes.peek(node_id)
         if entry is None:
-            raise UnknownPeer(f"node {node_id} is not in this node's routing table", field="to")
+            raise UnknownPeer(f"node {node_id} is not in this node's routing table{unknown or ''}", field="to")
         return entry

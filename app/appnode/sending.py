@@ -50,8 +50,8 @@ FILE_RETENTION = timedelta(days=7)
 
 class SendingMixin:
     """Sending for a `Node`. Relies on the node's `db`, `config`, `node_id`, `routes`, `peer_entry`,
-    `_raw` and `_writing`; on `_message_values`, `_store_message` and `_member_nodes` (ReceivingMixin),
-    `_enqueue` and `deliver` (OutboxMixin) and `_keep_file` (FilesMixin)."""
+    `_pull_for_recipient`, `_raw` and `_writing`; on `_message_values`, `_store_message` and `_member_nodes`
+    (ReceivingMixin), `_enqueue` and `deliver` (OutboxMixin) and `_keep_file` (FilesMixin)."""
 
     def add_user(self, user_id: str, user_name: str, org_code: str | None = None,
                  org_name: str | None = None) -> User:
@@ -76,6 +76,7 @@ class SendingMixin:
         With `deliver`, the envelopes are attempted at once (the CLI); otherwise the node loop sends them."""
         me = self.node_id
         target = node_of(to)
+        unknown = self._pull_for_recipient(target) if target != me else None  # not inside the transaction
         with self._raw() as connection:
             cursor = connection.cursor()
             user = user_row(cursor, user_id)
@@ -92,7 +93,7 @@ class SendingMixin:
                         raise NotFound(f"no local user {to}")
                     recipients = []
                 else:
-                    self.peer_entry(target)
+                    self.peer_entry(target, unknown)
                     message = self._payload_for(target, message)
                     recipients = [target]
                 values = self._message_values(message, [me, target])
@@ -103,7 +104,7 @@ class SendingMixin:
                                                                      payload=message)) for peer in recipients]
                 connection.commit()
         if grouped:
-            values, ids = self._send_to_group(message, deliver)
+            values, ids = self._send_to_group(message, deliver, unknown)
         if deliver and ids:
             refusals: dict[int, DomainError] = {}
             self.deliver(ids, claimed=True, refusals=refusals)
@@ -134,7 +135,7 @@ class SendingMixin:
         protocol.validate("message", message)
         return message
 
-    def _send_to_group(self, message: dict, deliver: bool) -> tuple[dict, list[int]]:
+    def _send_to_group(self, message: dict, deliver: bool, unknown: str | None = None) -> tuple[dict, list[int]]:
         """A group message goes to the home node, or, from the home node, to every member's node."""
         me, to = self.node_id, message["to"]
         target = node_of(to)
@@ -150,7 +151,7 @@ class SendingMixin:
                 values = self._store_message(session, message, participants)
                 ids = self._fan_out(session, message, [peer for peer in participants if peer != me], claim=deliver)
             else:
-                self.peer_entry(target)
+                self.peer_entry(target, unknown)
                 message = self._payload_for(target, message)  # the home node relays what it takes
                 values = self._store_message(session, message, participants)
                 ids = [self._enqueue(session, target, "message", protocol.make_envelope(
