@@ -146,3 +146,17 @@ def test_an_admin_filters_the_log_in_the_browser_and_downloads_what_it_shows(pag
     assert download.value.suggested_filename.startswith("audit-")
     assert [row["action"] for row in rows] == ["node.resume", "node.suspend"]
     assert [row["action_label"] for row in rows] == ["恢复节点", "暂停节点"]
+
+
+def test_the_action_filter_takes_the_words_the_list_shows(admin_console):
+    """An auditor types "暂停" (the label), not only "node." (the code's prefix); the export follows the list."""
+    seed_records()
+    page = admin_console.client.get("/audit/?action=暂停").get_data(as_text=True)
+    assert "node.suspend" in page.replace("<wbr>", "") and "node.resume" not in page.replace("<wbr>", "")
+    rows = read_csv(admin_console.client.get("/audit/export.csv?action=暂停").data)
+    assert [row["action"] for row in rows] == ["node.suspend"]
+    admin_console.client.get("/lang/en")
+    rows = read_csv(admin_console.client.get("/audit/export.csv?action=suspended").data)
+    assert [row["action"] for row in rows] == ["node.suspend"]
+    rows = read_csv(admin_console.client.get("/audit/export.csv?action=node.").data)
+    assert {row["action"] for row in rows} == {"node.suspend", "node.resume"}

@@ -69,7 +69,8 @@ def list_command(limit: int, as_json: bool) -> None:
 
 @cli.command("export")
 @click.option("--actor", default="", help="Exactly this actor.")
-@click.option("--action", default="", help="Actions starting with this (`node.` for every node action).")
+@click.option("--action", default="", help="Actions starting with this (`node.` for every node action), or "
+                                           "whose label contains it.")
 @click.option("--target", default="", help="Targets containing this.")
 @click.option("--since", default="", metavar="YYYY-MM-DD", help="From this day on (in MPIM_DISPLAY_TIMEZONE).")
 @click.option("--until", default="", metavar="YYYY-MM-DD", help="Up to and including this day.")

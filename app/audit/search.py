@@ -11,16 +11,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Select, false, select
+from sqlalchemy import Select, false, or_, select
 
 from app.audit.models import AuditRecord
+from app.labels import AUDIT_ACTIONS
 
 FILTER_KEYS = ("actor", "action", "target", "since", "until")
 
 
 @dataclass(frozen=True)
 class AuditFilter:
-    """The filter as typed: exact actor, action prefix (`node.`), target substring, first and last day."""
+    """The filter as typed: exact actor, action (a code's prefix, `node.`, or words of its label), target
+    substring, first and last day."""
 
     actor: str = ""
     action: str = ""
@@ -51,13 +53,21 @@ def day_bound(value: str, zone: str, *, end: bool) -> datetime | None:
         return None
 
 
+def actions_labelled(text: str) -> list[str]:
+    """The actions whose label, in the reader's language, contains `text`: an auditor types what the list
+    shows ("暂停", "suspended"), not only the code's prefix ("node.")."""
+    wanted = text.casefold()
+    return [action for action, label in AUDIT_ACTIONS.items() if wanted in str(label).casefold()]
+
+
 def records(audit_filter: AuditFilter) -> tuple[Select, list[str]]:
     """The query, newest first, and the typed dates that are no date (when any, the query matches nothing)."""
     query = select(AuditRecord).order_by(AuditRecord.seq.desc())
     if audit_filter.actor:
         query = query.where(AuditRecord.actor == audit_filter.actor)
     if audit_filter.action:
-        query = query.where(AuditRecord.action.startswith(audit_filter.action, autoescape=True))
+        query = query.where(or_(AuditRecord.action.startswith(audit_filter.action, autoescape=True),
+                                AuditRecord.action.in_(actions_labelled(audit_filter.action))))
     if audit_filter.target:  # % and _ as typed
         query = query.where(AuditRecord.target.contains(audit_filter.target, autoescape=True))
     not_dates, bounds = [], {}
