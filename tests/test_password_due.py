@@ -136,6 +136,7 @@ def test_the_generated_first_admin_password_is_a_first_password_and_a_chosen_one
     result = runner.invoke(args=["users", "ensure-admin", "--username", "first"])
     assert result.exit_code == 0 and "asks for a new one at the first sign-in" in result.output
     assert user("first").password_must_change is True
+    assert user("first").display_name == "部级管理员"  # a Chinese console's first account, named in Chinese
     # Its first sign-in does not speak of an administrator who set it: make run generated it.
     console = Console(app.test_client())
     console.login("first", re.search(r"with password: (\S+)", result.output).group(1))

@@ -70,7 +70,7 @@ def ensure_admin_command(username):
     password = os.environ.get("MPIM_ADMIN_PASSWORD") or service.generate_password()
     try:
         service.create_user(service.UserDraft(username=username, password=password, role="ministry_admin",
-                                              display_name="Ministry admin",
+                                              display_name="部级管理员",
                                               must_change_password=not os.environ.get("MPIM_ADMIN_PASSWORD")))
         db.session.commit()
     except DomainError as error:
