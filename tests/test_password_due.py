@@ -86,13 +86,18 @@ def test_the_admin_choosing_a_password_is_told_its_rules_and_that_it_is_only_for
         assert re.search(rf'<input[^>]*aria-describedby="{field_id}-hint"[^>]*id="{field_id}"', html)
 
 
-def test_a_password_older_than_the_limit_is_due(app, make_user):
+def signed_in_with_a_password_aged(app, make_user, days: int) -> Console:
     make_user("alice", "auditor")
     db.session.execute(update(User).where(User.username == "alice").values(
-        password_changed_at=utcnow() - timedelta(days=91)))
+        password_changed_at=utcnow() - timedelta(days=days)))
     db.session.commit()
     console = Console(app.test_client())
     console.login("alice")
+    return console
+
+
+def test_a_password_older_than_the_limit_is_due(app, make_user):
+    console = signed_in_with_a_password_aged(app, make_user, 91)
     response = console.client.get("/audit/")
     assert response.headers["Location"] == "/account/password?next=/audit/"
     assert "超过 90 天" in console.client.get(response.headers["Location"]).get_data(as_text=True)
@@ -103,12 +108,7 @@ def test_a_password_older_than_the_limit_is_due(app, make_user):
 
 def test_no_password_age_limit_when_it_is_zero(app, make_user):
     app.config["MPIM_PASSWORD_MAX_DAYS"] = 0
-    make_user("alice", "auditor")
-    db.session.execute(update(User).where(User.username == "alice").values(
-        password_changed_at=utcnow() - timedelta(days=900)))
-    db.session.commit()
-    console = Console(app.test_client())
-    console.login("alice")
+    console = signed_in_with_a_password_aged(app, make_user, 900)
     assert console.client.get("/audit/").status_code == 200
 
 
@@ -149,8 +149,13 @@ def test_the_generated_first_admin_password_is_a_first_password_and_a_chosen_one
 
 
 def test_the_api_is_not_held_up_by_a_console_password(app, make_user):
-    response = app.test_client().get("/api/v1/divisions/360000")
-    assert response.status_code == 200
+    """The JSON API is the nodes' door: a console cookie whose password change is due does not turn it away."""
+    make_user("alice", "auditor", must_change_password=True)
+    console = Console(app.test_client())
+    console.login("alice")
+    assert console.client.get("/audit/").status_code == 302  # the console is held up
+    response = console.client.get("/api/v1/divisions/360000", headers={"Accept": "application/json"})
+    assert response.status_code == 200 and response.get_json()["code"] == "360000"
 
 
 def test_first_sign_in_in_the_browser(page, live_server, make_user):

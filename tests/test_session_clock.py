@@ -160,9 +160,14 @@ def test_a_session_from_before_the_clocks_starts_them_instead_of_ending(app, mak
 
 
 def test_the_api_never_carries_a_console_session(app, make_user):
-    """A node's bearer-token call neither reads nor sets the clocks: no Set-Cookie on API answers."""
-    response = app.test_client().get("/api/v1/divisions/360000")
+    """The API neither counts as console activity nor ends a session: a browser signed in to the console
+    that also asks the API gets no Set-Cookie there, and its clocks stay as they were."""
+    console = signed_in(app, make_user)
+    set_clocks(console, active_ago=31 * 60)
+    before = clocks(console)
+    response = console.client.get("/api/v1/divisions/360000")
     assert response.status_code == 200 and "Set-Cookie" not in response.headers
+    assert clocks(console) == before and timeouts() == []
 
 
 

@@ -124,6 +124,12 @@ def set_password(user: User, new_password: str, *, action: str = "user.password_
     audit.record(action, user.username)
 
 
+def reset_password(user: User, new_password: str, *, by: User) -> None:
+    """An admin's reset: a password the user must replace at the next sign-in, unless the admin resets
+    their own, which they chose."""
+    set_password(user, new_password, temporary=user.id != by.id)
+
+
 def change_own_password(user: User, current_password: str, new_password: str) -> None:
     if not check_password_hash(user.password_hash, current_password):
         raise ValidationFailed(_l("The current password is wrong."), code="wrong_password", field="current_password")

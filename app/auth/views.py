@@ -170,8 +170,7 @@ def reset_password(username: str):
     form = PasswordResetForm(prefix="reset")
     if form.validate_on_submit():
         try:
-            # An admin resetting their own password chose it: nothing to replace at the next sign-in.
-            service.set_password(user, form.password.data, temporary=user.id != current_user.id)
+            service.reset_password(user, form.password.data, by=current_user)
             db.session.commit()
             flash(_("Password of %(name)s reset.", name=username), "success")
         except DomainError as error:
