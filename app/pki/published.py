@@ -35,7 +35,7 @@ def certificate_pem(name: str) -> bytes:
     a file cut short is a 503 rather than garbage a node would store as its trust anchor."""
     directory = service.ca_directory()
     if not ca.is_initialised(directory) and not service.database_holds_ca():
-        raise service.CANotReady("The CA is not initialised: run `flask ca init`.")
+        raise service.CANotReady(service.NOT_INITIALISED)
     try:
         certificate = x509.load_pem_x509_certificate(keys.read_ca_file(directory / name))
     except (keys.CAKeyUnreadable, ValueError) as error:

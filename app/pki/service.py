@@ -98,6 +98,9 @@ def is_ready() -> bool:
     return ca.is_initialised(ca_directory())
 
 
+NOT_INITIALISED = "The CA is not initialised: run `flask ca init`."
+
+
 def database_holds_ca() -> bool:
     """`flask ca init` stores the first CRL: a database with one belongs to a CA, whatever the directory holds."""
     return db.session.scalar(select(CRLState.id).where(CRLState.id == INTERMEDIATE_CRL)) is not None
@@ -109,7 +112,7 @@ def missing_ca_message() -> str:
     if database_holds_ca():
         return (f"The database holds this CA's CRL, but {ca_directory()} has no intermediate.pem: mount the CA "
                 "directory or restore it from the backup (is MPIM_CA_DIR right?).")
-    return "The CA is not initialised: run `flask ca init`."
+    return NOT_INITIALISED
 
 
 def fingerprint(certificate: x509.Certificate) -> str:
