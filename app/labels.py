@@ -87,6 +87,18 @@ HEALTH_DETAILS = [
     (re.compile(r"^the answer is not a JSON object$"), _l("the answer is not a JSON object")),
     (re.compile(r"^status is (?P<status>.+)$", re.S), _l("status is %(status)s")),
     (re.compile(r"^answered as (?P<node>.+)$", re.S), _l("answered as %(node)s")),
+    (re.compile(r"^the answer is not strict JSON: (?P<reason>.+)$", re.S),
+     _l("the answer is not strict JSON: %(reason)s")),
+]
+# The reasons app.strict_json gives that a health detail quotes; any other is shown as it is.
+STRICT_JSON_REASONS = [
+    (re.compile(r"^the key (?P<key>.+) appears twice in one object$", re.S), _l("the key %(key)s appears twice")),
+    (re.compile(r"^the body is not JSON \((?P<name>-?NaN|-?Infinity) is no JSON value, RFC 8259 §6\)$"),
+     _l("%(name)s is no JSON value (RFC 8259 §6)")),
+    (re.compile(r"^the body must be UTF-8 without a byte-order mark \(RFC 8259 §8\.1\)"),
+     _l("it is not UTF-8 without a byte-order mark (RFC 8259 §8.1)")),
+    (re.compile(r"^the body is not JSON \(a number has more digits than the parser converts\)$"),
+     _l("a number has more digits than the parser converts")),
 ]
 
 _CHANGE = re.compile(r"^(?P<node>\S+) (?:(?P<verb>added|removed)|status (?P<old>\S+)→(?P<new>\S+)|"
@@ -128,11 +140,18 @@ def health_failure_label(code: str | None):
 
 def health_detail_label(detail: str | None) -> str:
     """A health poll's detail in the reader's language when the poller wrote it (`no answer within 5 s`)."""
-    for pattern, words in HEALTH_DETAILS:
-        match = pattern.match(detail or "")
+    return _translated(detail or "", HEALTH_DETAILS)
+
+
+def _translated(text: str, table) -> str:
+    for pattern, words in table:
+        match = pattern.match(text)
         if match:
-            return str(words) % match.groupdict() if match.groupdict() else str(words)
-    return detail or ""
+            values = match.groupdict()
+            if "reason" in values:
+                values["reason"] = _translated(values["reason"], STRICT_JSON_REASONS)
+            return str(words) % values if values else str(words)
+    return text
 
 
 def route_change_label(line: str) -> str:

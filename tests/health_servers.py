@@ -38,6 +38,12 @@ class HealthServer:
             return web.Response(text="{not json", content_type="application/json")
         if self.behaviour == "nested_json":  # 5 KB, deeper than Python's JSON parser goes
             return web.Response(text="[" * 5000, content_type="application/json")
+        if self.behaviour == "duplicate_key":  # Python's json keeps the last "status" silently
+            return web.Response(text=f'{{"status": "down", "status": "ok", "node_id": "{self.node_id}"}}',
+                                content_type="application/json")
+        if self.behaviour == "nan":
+            return web.Response(text=f'{{"status": "ok", "node_id": "{self.node_id}", "load": NaN}}',
+                                content_type="application/json")
         body = {"status": "ok" if self.behaviour != "not_ok" else "degraded",
                 "node_id": self.node_id if self.behaviour != "wrong_node" else "44000000002025000001",
                 "version": "test", "time": "2026-01-01T00:00:00Z"}

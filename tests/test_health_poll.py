@@ -50,6 +50,26 @@ def test_plain_http_outcomes(servers, behaviour, failure):
     assert (result.latency_ms is not None) is (failure is None)
 
 
+@pytest.mark.parametrize(("behaviour", "english", "chinese"), [
+    ("duplicate_key", "the answer is not strict JSON: the key 'status' appears twice",
+     "应答不是严格的 JSON：键 'status' 出现了两次"),
+    ("nan", "the answer is not strict JSON: NaN is no JSON value (RFC 8259 §6)",
+     "应答不是严格的 JSON：NaN 不是 JSON 值（RFC 8259 §6）")])
+def test_an_answer_that_is_not_strict_json_is_no_usable_answer(app, servers, behaviour, english, chinese):
+    from flask_babel import force_locale
+
+    from app.labels import health_detail_label
+
+    server = servers(NODE, behaviour)
+    [result] = poll([poller.PollTarget(NODE, server.url)])
+    assert result.failure == "bad_body" and not result.ok and result.latency_ms is None
+    with app.test_request_context("/"):
+        with force_locale("en"):
+            assert health_detail_label(result.detail) == english
+        with force_locale("zh_CN"):
+            assert health_detail_label(result.detail) == chinese
+
+
 def test_connection_refused():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

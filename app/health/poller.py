@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import ssl
 import time
 from dataclasses import dataclass
@@ -21,6 +20,8 @@ from enum import StrEnum
 
 import aiohttp
 from cryptography import x509
+
+from app import strict_json
 
 MAX_BODY = 64 * 1024
 
@@ -120,10 +121,14 @@ async def poll_one(session: aiohttp.ClientSession, target: PollTarget, timeout: 
         return _result(target, started, FailureReason.REFUSED if refused else FailureReason.ERROR, str(error))
     except (aiohttp.ClientError, OSError, ValueError) as error:
         return _result(target, started, FailureReason.ERROR, f"{type(error).__name__}: {error}")
+    if len(body) > MAX_BODY:
+        return _result(target, started, FailureReason.BAD_BODY, "the answer is not a JSON object", cert_matches)
     try:
-        document = json.loads(body) if len(body) <= MAX_BODY else None
-    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
-        document = None
+        # As strictly as every other JSON on the wire: a repeated "status" or a NaN is no usable answer.
+        document = strict_json.parse(body)
+    except strict_json.NotStrictJSON as error:
+        return _result(target, started, FailureReason.BAD_BODY, f"the answer is not strict JSON: {error}",
+                       cert_matches)
     if not isinstance(document, dict):
         return _result(target, started, FailureReason.BAD_BODY, "the answer is not a JSON object", cert_matches)
     if document.get("status") != "ok":
