@@ -221,3 +221,26 @@ def test_console_inventory_and_revocation(app, people):  # noqa: F811
     db.session.expire_all()
     assert db.session.get(Certificate, row.serial).revocation_reason == "key_compromise"
 
+
+
+def test_renewal_while_the_ca_key_cannot_be_opened_is_a_generic_503_and_the_log_names_the_file(
+        app, client, people, caplog):  # noqa: F811
+    """The node learns to come back later; which CA file failed (and that the passphrase is wrong) is for the log
+    and the ministry admins' banner."""
+    import logging
+
+    node, keys = admit_with_keys(people)
+    token = client.post("/api/v1/session", json=keys.session_request(node.node_id)).get_json()["token"]
+    row = pki.current_certificate(node.node_id)
+    row.not_before, row.not_after = utcnow() - timedelta(days=70), utcnow() + timedelta(days=20)  # window open
+    db.session.commit()
+    app.extensions.pop("mpim_authority", None)  # as in a worker that has not loaded the CA yet
+    app.config["MPIM_CA_PASSPHRASE"] = "not-the-ca-passphrase"
+    with caplog.at_level(logging.WARNING, logger="mpim.pki"):
+        response = renew(client, token, NodeKeys().csr)
+    assert response.status_code == 503 and response.headers["Retry-After"] == "30"
+    assert response.get_json()["error"] == {"code": "ca_unavailable",
+                                            "message": "The CA cannot answer now; try again later."}
+    assert ".key" not in response.get_data(as_text=True) and "passphrase" not in response.get_data(as_text=True)
+    assert f"renewal of {node.node_id}" in caplog.text and "intermediate.key" in caplog.text
+    assert [r.serial for r in pki.node_certificates(node.node_id)] == [row.serial]  # nothing issued

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 
 from cryptography.x509.ocsp import OCSPResponseStatus
 from flask import Blueprint, Response, g, request
@@ -16,6 +17,7 @@ from app.pki import keys, ocsp, published, revocation, service
 from app.sessions import service as sessions
 from app.sessions.api import node_session_required
 
+log = logging.getLogger("mpim.pki")
 bp = Blueprint("pki_api", __name__)
 csrf.exempt(bp)
 PEM = "application/x-pem-file"
@@ -120,8 +122,16 @@ def node_certificate(node_id: str):
 @bp.post("/api/v1/certificates/renew")
 @node_session_required
 def renew():
+    """While the CA key cannot be opened (or the CA directory is missing) the node gets `ca_unavailable`
+    with Retry-After, as for the published certificates: the reason names CA files and the directory, which
+    is for the log and the ministry admins' banner, not for the nodes."""
     document = json_body()
     node = nodes.get(g.node_id)
-    row = service.renew(node, document.get("csr") if isinstance(document.get("csr"), str) else "")
+    try:
+        row = service.renew(node, document.get("csr") if isinstance(document.get("csr"), str) else "")
+        chain = service.authority().chain_pem()
+    except (keys.CAKeyUnreadable, service.CANotReady) as error:
+        log.warning("certificate renewal of %s refused for now: %s", node.node_id, error.message)
+        raise published.CAUnavailable() from error
     db.session.commit()
-    return pem(row.pem.encode() + service.authority().chain_pem()), 201
+    return pem(row.pem.encode() + chain), 201
