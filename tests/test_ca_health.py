@@ -12,11 +12,13 @@ import re
 import subprocess
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 from sqlalchemy import delete
 
@@ -87,6 +89,48 @@ def test_a_wrong_passphrase_still_publishes_the_certificates_without_opening_a_k
     assert response.status_code == 200, response.get_data(as_text=True)
     assert response.data == (Path(app.config["MPIM_CA_DIR"]) / name).read_bytes()
     assert decryptions == []
+
+
+@pytest.mark.parametrize(("url", "name"), [("/ca/ca.pem", "root.pem"), ("/ca/chain.pem", "intermediate.pem"),
+                                         ("/ca/route-signer.pem", "route-signer.pem")])
+def test_a_published_certificate_is_parsed_once_per_version_of_its_file(app, client, monkeypatch, tmp_path,
+                                                                        url, name):
+    """Parsed on every request before; now once until the file changes. A file replaced (a rename, as a rotation
+    or a restore does) is served on the next request, without a restart; one cut short in place is a 503."""
+    from app.pki import published
+
+    parses: list[int] = []
+    parse = published._parse
+
+    def counting(data):
+        parses.append(1)
+        return parse(data)
+
+    monkeypatch.setattr(published, "_parse", counting)
+    path = Path(app.config["MPIM_CA_DIR"]) / name
+    original = path.read_bytes()
+    assert client.get(url).data == original and client.get(url).data == original
+    assert len(parses) == 1
+
+    # Another certificate in its place, by one atomic rename.
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "replacement")])
+    now = datetime.now(UTC)
+    other = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+             .serial_number(x509.random_serial_number()).not_valid_before(now)
+             .not_valid_after(now + timedelta(days=1)).sign(key, hashes.SHA256()))
+    staged = path.with_name("staged.pem")
+    staged.write_bytes(other.public_bytes(serialization.Encoding.PEM))
+    os.replace(staged, path)
+    assert client.get(url).data == path.read_bytes() != original
+    assert client.get(url).data == path.read_bytes() and len(parses) == 2
+
+    path.write_bytes(original[:200])  # cut short, in place
+    response = client.get(url)
+    assert response.status_code == 503 and response.get_json()["error"]["code"] == "ca_unavailable"
+    assert response.headers["Retry-After"] == str(published.RETRY_SECONDS)
+    path.write_bytes(original)  # restored
+    assert client.get(url).data == original
 
 
 def test_a_wrong_passphrase_makes_ocsp_answer_try_later_without_saying_why(app, client, decryptions):

@@ -8,19 +8,30 @@ the last step of a rotation, after the key the new tables are signed with is in 
 
 Anonymous callers get `CAUnavailable` without the reason (file names, "wrong passphrase"): that is for
 the log and the ministry admins' banner (`readiness.condition`), as /healthz has it.
+
+Each file is parsed once per version of it: the parsed certificate is kept under the file's (inode, mtime,
+size), taken from the open file before it is read, so a file replaced (a rotation's rename, a restore) or
+rewritten is read again on the next request, and what is kept never outlives the bytes it came from.
 """
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from app.errors import Unavailable
 from app.pki import authority as ca
-from app.pki import keys, service
+from app.pki import service
 
 ROOT, INTERMEDIATE, ROUTE_SIGNER = "root.pem", "intermediate.pem", "route-signer.pem"
 RETRY_SECONDS = 30  # an operator has to act (a passphrase, a file restored): no point asking sooner
+
+
+# path -> ((st_ino, st_mtime_ns, st_size), the certificate's PEM as parsed and written out again)
+_parsed: dict[Path, tuple[tuple[int, int, int], bytes]] = {}
 
 
 class CAUnavailable(Unavailable):
@@ -36,11 +47,28 @@ def certificate_pem(name: str) -> bytes:
     directory = service.ca_directory()
     if not ca.is_initialised(directory) and not service.database_holds_ca():
         raise service.CANotReady(service.NOT_INITIALISED)
+    path = directory / name
     try:
-        certificate = x509.load_pem_x509_certificate(keys.read_ca_file(directory / name))
-    except (keys.CAKeyUnreadable, ValueError) as error:
+        with path.open("rb") as handle:
+            status = os.fstat(handle.fileno())
+            version = (status.st_ino, status.st_mtime_ns, status.st_size)
+            kept = _parsed.get(path)
+            if kept is not None and kept[0] == version:
+                return kept[1]
+            data = handle.read()
+    except OSError as error:
         raise CAUnavailable() from error
-    return certificate.public_bytes(Encoding.PEM)
+    try:
+        certificate = _parse(data)
+    except ValueError as error:
+        raise CAUnavailable() from error
+    written = certificate.public_bytes(Encoding.PEM)
+    _parsed[path] = (version, written)
+    return written
+
+
+def _parse(data: bytes) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(data)
 
 
 def chain_pem() -> bytes:
