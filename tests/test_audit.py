@@ -287,3 +287,21 @@ def test_console_says_when_a_filter_date_is_no_date(admin_console):
     page = admin_console.client.get("/audit/", query_string={"actor": "tester", "since": "2000-01-01"}).get_data(
         as_text=True)
     assert "target-0<" in page and "不是日期" not in page
+
+
+def test_a_token_expiry_is_recorded_as_other_records_times_are(app, make_user):
+    """token.create wrote expires_at to the microsecond (2026-12-09 06:50:12.345678+00:00), unlike a certificate's
+    not_after or a timeout's last_active; an auditor reads seconds, and the token expires at what its record says."""
+    from datetime import UTC, datetime
+
+    from app.admission import tokens
+
+    token, _ = tokens.create_token("360000", by=make_user("minister"))
+    db.session.commit()
+    [created] = db.session.scalars(select(AuditRecord).where(AuditRecord.action == "token.create"))
+    [ca_init] = db.session.scalars(select(AuditRecord).where(AuditRecord.action == "ca.init"))
+    shape = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\+00:00")
+    assert shape.fullmatch(ca_init.detail["root_not_after"])  # how the other records write a moment
+    assert shape.fullmatch(created.detail["expires_at"]), created.detail["expires_at"]
+    expires_at = token.expires_at if token.expires_at.tzinfo else token.expires_at.replace(tzinfo=UTC)
+    assert datetime.fromisoformat(created.detail["expires_at"]) == expires_at
