@@ -79,3 +79,31 @@ def test_a_csr_file_over_the_limit_is_refused_in_the_browser_and_keeps_the_form(
     assert page.input_value("input[name=system_name]") == "赣警通"
     screenshot(page, "admission-csr-file-too-large")
     assert db.session.scalar(db.select(db.func.count()).select_from(Application)) == 0
+
+
+def test_probe_refused_before_approval_shows_that_it_is_expected(page, live_server, make_user):
+    """The page's script shows the hint under the refusal, not only the JSON carrying it."""
+    import socket
+
+    from app.admission import applications
+    from app.admission.information import parse
+    from app.extensions import db
+    from tests.factories import NodeKeys
+
+    make_user("minister", "ministry_admin")
+    jx = make_user("jx-admin", "provincial_admin", ("360000",))
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    keys = NodeKeys()
+    application = applications.submit_by_user(
+        parse(node_document("360000", csr=keys.csr, endpoint=f"https://127.0.0.1:{port}")), keys.csr, by=jx)
+    db.session.commit()
+    sign_in(page, live_server, "minister")
+    page.wait_for_selector("nav.mainnav")
+    page.goto(f"{live_server}/applications/{application.id}")
+    page.click("#probe")
+    page.wait_for_selector("#probe-result .hint")
+    assert page.inner_text("#probe-result").startswith("✗ 连接被拒绝")
+    assert page.inner_text("#probe-result .hint") == \
+        "应用节点通常在获批并取得证书后才开始提供服务，因此批准前连接被拒绝属正常现象。"

@@ -74,6 +74,35 @@ def test_probe_reports_reachability_without_blocking_the_page(app, people):  # n
     result = client.get(probe_url).get_json()  # the server has stopped
     assert not result["reachable"] and result["error"] == "Connection refused"  # not "[Errno 111] ..."
     assert result["failure"] == "refused" and result["message"] == "连接被拒绝"  # what the page shows
+    assert "hint" not in result  # approved: the node should be serving
+
+
+def test_probe_refused_before_approval_says_that_is_expected(app, people):  # noqa: F811
+    """The reference node serves only once approved and holding its certificate: "connection refused" alone read
+    as a broken endpoint to an admin reviewing the application."""
+    import socket
+
+    from app.admission import applications
+    from app.admission.information import parse
+    from tests.factories import node_document
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    keys = NodeKeys()
+    application = applications.submit_by_user(
+        parse(node_document("360000", csr=keys.csr, endpoint=f"https://127.0.0.1:{port}")), keys.csr, by=people[1])
+    db.session.commit()
+    console = Console(app.test_client())
+    console.login("jx-admin")
+    result = console.client.get(f"/applications/{application.id}/probe").get_json()
+    assert result["failure"] == "refused" and result["message"] == "连接被拒绝"
+    assert result["hint"] == "应用节点通常在获批并取得证书后才开始提供服务，因此批准前连接被拒绝属正常现象。"
+    console.client.get("/lang/en")
+    result = console.client.get(f"/applications/{application.id}/probe").get_json()
+    assert result["message"] == "connection refused" and result["hint"] == (
+        "An application node usually starts serving only once it is approved and holds its certificate, "
+        "so a refused connection before approval is expected.")
 
 
 def test_probe_of_an_answer_nested_deeper_than_the_parser_goes_reports_no_answer(app, people):  # noqa: F811

@@ -163,6 +163,10 @@ def application_probe(application_id: str):
                                 present_identity=identity)
     if result.get("failure"):
         result["message"] = str(labels.health_failure_label(result["failure"]))  # in the reader's language
+    if result.get("failure") == "refused" and application.kind == "admission" and application.status == "pending":
+        # The reference node, like most, serves only once it holds the certificate approval issues.
+        result["hint"] = _("An application node usually starts serving only once it is approved and holds its "
+                           "certificate, so a refused connection before approval is expected.")
     return result
 
 

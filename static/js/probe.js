@@ -13,6 +13,13 @@ document.addEventListener("DOMContentLoaded", function () {
         if (r.answer) { text += " · " + JSON.stringify(r.answer); }
         out.textContent = text;
         out.className = r.reachable && r.http_status === 200 ? "good" : "error";
+        if (r.hint) {
+          var hint = document.createElement("span");
+          hint.className = "hint";
+          hint.textContent = r.hint;
+          out.appendChild(document.createElement("br"));
+          out.appendChild(hint);
+        }
       })
       .catch(function (e) { out.textContent = "✗ " + e; out.className = "error"; })
       .then(function () { button.disabled = false; });
