@@ -93,7 +93,7 @@ def test_the_scheduler_log_names_each_job_run_and_nothing_else_repeats(app, tmp_
             process.terminate()
             process.wait(timeout=10)
     log = log_path.read_text()
-    assert "sessions.cleanup ok in" in log and "stopping (releasing the lease)" in log, log
+    assert "sessions.cleanup ok in" in log and "stopped (lease released)" in log, log
     assert "scheduler.heartbeat ok in" not in log  # every 15 s the same news: recorded (`jobs`), not logged
     assert "Running job" not in log and "executed successfully" not in log and "<locals>" not in log, log
 
@@ -122,3 +122,83 @@ def test_a_lease_renewal_in_a_database_outage_logs_one_line_and_the_recovery_one
     assert process.renew()
     recovered = [r.getMessage() for r in caplog.records if r.name == "mpim.scheduler" and "again" in r.getMessage()]
     assert recovered == ["lease renewal works again after 3 failed"]
+
+
+def test_a_stop_is_logged_once_and_waits_for_the_running_job_before_its_last_line(app, caplog, monkeypatch):
+    """SIGTERM then SIGINT (a service manager's stop, a terminal's Ctrl-C) logged "stopping" twice, and the lease
+    was released while a job still ran, which another scheduler could then start again; the process's last line
+    came before the job's. The real scheduler, in a thread of this process, with one job that runs until let go."""
+    import threading
+
+    from app.scheduler import registry
+
+    entered, let_go = threading.Event(), threading.Event()
+    seen_while_running: list[tuple[str | None, list[str]]] = []
+
+    def held_job():
+        entered.set()
+        assert let_go.wait(30)
+        lease = leader.current_leader()
+        seen_while_running.append((lease.holder if lease else None,
+                                   [r.getMessage() for r in caplog.records if "stopped" in r.getMessage()]))
+        return "done"
+
+    monkeypatch.setattr(registry, "jobs", [registry.Job("test.held", held_job, 3600)])
+    caplog.set_level(logging.INFO, logger="mpim.scheduler")
+    process = SchedulerProcess(app, lease_seconds=30, stop_grace_seconds=30)
+    outcome: list[bool] = []
+    thread = threading.Thread(target=lambda: outcome.append(process.start(handle_signals=False)))
+    thread.start()
+    try:
+        assert entered.wait(30)
+        process.stop()
+        process.stop()  # the second signal
+    finally:
+        let_go.set()
+        thread.join(60)
+    assert not thread.is_alive() and outcome == [True]
+    assert seen_while_running == [(process.holder, [])]  # the lease held, and no last line, while the job ran
+    lines = [r.getMessage() for r in caplog.records if r.name == "mpim.scheduler"]
+    assert [line for line in lines if "stopping" in line] == \
+        [f"scheduler {process.holder} stopping, waiting for test.held"]
+    assert lines[-2].startswith("test.held ok in")
+    assert lines[-1] == f"scheduler {process.holder} stopped (lease released)"
+    assert leader.current_leader() is None
+    db.session.rollback()
+    assert [r.message for r in db.session.scalars(select(JobRun).where(JobRun.job == "test.held"))] == ["done"]
+
+
+def test_a_job_still_running_past_the_stop_grace_keeps_the_lease_and_is_named(app, caplog, monkeypatch):
+    """The wait is bounded: past the grace the scheduler says which job still runs and leaves its lease to lapse,
+    so no other scheduler starts that job while this process (which then exits) may still be running it."""
+    import threading
+
+    from app.scheduler import registry
+
+    entered, let_go = threading.Event(), threading.Event()
+
+    def stuck_job():
+        entered.set()
+        let_go.wait(30)
+
+    monkeypatch.setattr(registry, "jobs", [registry.Job("test.stuck", stuck_job, 3600)])
+    caplog.set_level(logging.INFO, logger="mpim.scheduler")
+    process = SchedulerProcess(app, lease_seconds=30, stop_grace_seconds=0.2)
+    outcome: list[bool] = []
+    thread = threading.Thread(target=lambda: outcome.append(process.start(handle_signals=False)))
+    thread.start()
+    try:
+        assert entered.wait(30)
+        process.stop()
+        thread.join(30)
+        assert outcome == [False]
+        db.session.rollback()
+        assert leader.current_leader().holder == process.holder
+        last = [r for r in caplog.records if r.name == "mpim.scheduler"][-1]
+        assert last.levelno == logging.WARNING
+        assert last.getMessage() == (f"scheduler {process.holder} stopped with test.stuck still running after 0.2s;"
+                                     " its lease lapses on its own")
+    finally:
+        let_go.set()
+        with process.jobs_changed:  # the job's thread records its run before the database goes
+            assert process.jobs_changed.wait_for(lambda: not process.running, timeout=30)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 import click
 from flask import current_app
@@ -21,14 +22,21 @@ cli = AppGroup("scheduler", help="The scheduler process (one leader runs every j
 
 @cli.command("run")
 @click.option("--lease-seconds", default=30.0, show_default=True)
-def run_command(lease_seconds):
+@click.option("--stop-grace-seconds", default=30.0, show_default=True,
+              help="How long a stop waits for the jobs running before the process exits anyway.")
+def run_command(lease_seconds, stop_grace_seconds):
     """Run the scheduler in the foreground; start one or more, only the leader runs jobs."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # APScheduler logs two INFO lines per run, lease renewals included (some 35,000 a day); `run_job` logs
     # one line per job run, with the job's name. Its warnings (a missed run) and errors still show.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     log_failing_checks(current_app._get_current_object(), "scheduler")  # the CA's jobs would fail on it later
-    SchedulerProcess(current_app._get_current_object(), lease_seconds=lease_seconds).start()
+    process = SchedulerProcess(current_app._get_current_object(), lease_seconds=lease_seconds,
+                               stop_grace_seconds=stop_grace_seconds)
+    if not process.start():
+        # Python's exit would wait for the job's thread without end; the job's transaction dies with the process.
+        logging.shutdown()
+        os._exit(1)
 
 
 @cli.command("jobs")

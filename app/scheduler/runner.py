@@ -53,15 +53,21 @@ def first_line(error: BaseException) -> str:
 
 
 class SchedulerProcess:
-    def __init__(self, app, lease_seconds: float = 30.0):
+    def __init__(self, app, lease_seconds: float = 30.0, stop_grace_seconds: float = 30.0):
         self.app = app
         self.holder = leader.make_holder_id()
         self.lease_seconds = lease_seconds
+        self.stop_grace_seconds = stop_grace_seconds
         self.is_leader = False
         self.lease_valid_until = 0.0
         self.renewal_failures = 0  # renewals failed since the last that worked
         self.scheduler = BlockingScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
         self.lock = threading.Lock()
+        # The jobs running now, and whether a stop began: a job starts only while none has. Re-entrant, as a
+        # signal's stop() may interrupt the main thread while it holds it.
+        self.jobs_changed = threading.Condition(threading.RLock())
+        self.running: list[str] = []
+        self.stopping = False
 
     def renew(self) -> bool:
         """Take or keep the lease. While the database is away every renewal (a third of the lease
@@ -99,17 +105,27 @@ class SchedulerProcess:
 
     def wrap(self, job: registry.Job):
         def execute():
-            if not self.leading() and not self.renew():
+            if self.stopping or (not self.leading() and not self.renew()):
                 return
-            with self.app.app_context():
-                try:
-                    run_job(job, self.holder)
-                finally:
-                    db.session.remove()
+            with self.jobs_changed:
+                if self.stopping:
+                    return
+                self.running.append(job.name)
+            try:
+                with self.app.app_context():
+                    try:
+                        run_job(job, self.holder)
+                    finally:
+                        db.session.remove()
+            finally:
+                with self.jobs_changed:
+                    self.running.remove(job.name)
+                    self.jobs_changed.notify_all()
 
         return execute
 
-    def start(self) -> None:
+    def start(self, handle_signals: bool = True) -> bool:
+        """Run until stop(); then wait for the jobs running (`finish`). True when none was left running."""
         now = datetime.now().astimezone()
         self.renew()
         self.scheduler.add_job(self.renew, "interval", seconds=max(1.0, self.lease_seconds / 3), id="lease",
@@ -117,18 +133,48 @@ class SchedulerProcess:
         for job in registry.jobs:
             self.scheduler.add_job(self.wrap(job), "interval", seconds=job.interval_seconds, id=job.name, name=job.name,
                                    next_run_time=now, misfire_grace_time=max(1, int(job.interval_seconds)))
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: self.stop())
+        if handle_signals:  # only the main thread may set them
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda *_: self.stop())
         log.info("scheduler %s starting with jobs: %s", self.holder, ", ".join(j.name for j in registry.jobs))
         if not self.is_leader:
             log.info("%s standing by: another scheduler holds the lease; this one takes over when it lapses",
                      self.holder)
-        self.scheduler.start()
+        if not self.stopping:  # a signal may have come while it started
+            self.scheduler.start()
+        return self.finish()
 
     def stop(self) -> None:
-        log.info("scheduler %s stopping%s", self.holder, " (releasing the lease)" if self.is_leader else "")
+        """Start no more jobs and end start()'s loop, which then waits for the running ones (`finish`). A second
+        call (SIGINT after SIGTERM, as a terminal's Ctrl-C sends beside a service manager's stop) does nothing."""
+        with self.jobs_changed:
+            if self.stopping:
+                return
+            self.stopping = True
+            running = list(self.running)
+        log.info("scheduler %s stopping%s", self.holder,
+                 f", waiting for {', '.join(running)}" if running else "")
         if self.scheduler.running:
-            self.scheduler.shutdown(wait=False)
+            self.scheduler.shutdown(wait=False)  # a signal handler must not block; finish() waits
+
+    def finish(self) -> bool:
+        """Wait, at most `stop_grace_seconds`, for the jobs still running, keeping the lease meanwhile so no other
+        scheduler starts the same job; then release it and log the last line. A job still running past the grace
+        keeps the lease (it lapses on its own), and False says so."""
+        deadline = time.monotonic() + self.stop_grace_seconds
+        with self.jobs_changed:
+            while self.running and (left := deadline - time.monotonic()) > 0:
+                self.jobs_changed.wait(min(left, self.lease_seconds / 3))
+                if self.running and self.is_leader:
+                    self.renew()
+            running = list(self.running)
+        if running:
+            log.warning("scheduler %s stopped with %s still running after %gs; its lease lapses on its own",
+                        self.holder, ", ".join(running), self.stop_grace_seconds)
+            return False
+        released = self.is_leader
         with self.app.app_context():
             leader.release(self.holder)
             db.session.remove()
+        log.info("scheduler %s stopped%s", self.holder, " (lease released)" if released else "")
+        return True
