@@ -105,8 +105,11 @@ def test_probe_refused_before_approval_says_that_is_expected(app, people):  # no
         "so a refused connection before approval is expected.")
 
 
-def test_probe_of_an_answer_nested_deeper_than_the_parser_goes_reports_no_answer(app, people):  # noqa: F811
-    with probed_node(app, people, "nested_json") as (_node, client, probe_url):
+@pytest.mark.parametrize("behaviour", ["nested_json", "duplicate_key", "nan"])
+def test_probe_of_an_answer_that_is_not_strict_json_reports_no_answer(app, people, behaviour):  # noqa: F811
+    """Nested deeper than the parser goes; or a repeated "status" (the last, "ok", was shown) or a NaN, which
+    health polling refuses once the node is approved."""
+    with probed_node(app, people, behaviour) as (_node, client, probe_url):
         response = client.get(probe_url)
     assert response.status_code == 200
     assert response.get_json()["reachable"] and response.get_json()["answer"] is None

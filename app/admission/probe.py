@@ -7,13 +7,14 @@ the chain and the node's identity.
 
 from __future__ import annotations
 
-import json
 import socket
 import ssl
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+
+from app import strict_json
 
 
 def probe_health(endpoint: str, timeout: float = 3.0,
@@ -33,10 +34,11 @@ def probe_health(endpoint: str, timeout: float = 3.0,
             body = response.read(65536)
             result.update(reachable=True, http_status=response.status)
             try:
-                document = json.loads(body)
+                # As strictly as health polling reads it: a repeated "status" shown as "ok" here would be refused there.
+                document = strict_json.parse(body)
                 result["answer"] = {k: document.get(k) for k in ("status", "node_id", "version")} \
                     if isinstance(document, dict) else None
-            except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
+            except strict_json.NotStrictJSON:
                 result["answer"] = None
     except urllib.error.HTTPError as error:
         result.update(reachable=True, http_status=error.code, error=f"HTTP {error.code}", failure="http_status")
