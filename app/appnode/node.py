@@ -74,9 +74,10 @@ class Node(ReceivingMixin, GroupsMixin, GroupHomeMixin, GroupConfirmationMixin, 
         self.wake = threading.Event()
         self._routes: RouteClient | None = None
         self._routes_lock = threading.Lock()
-        self._last_refresh = 0.0
+        self._last_refresh = 0.0  # the last pull taken, scheduled or on demand: how fresh the table is
         # When the sending side last pulled for a recipient's node, and that pull's error (None: it was taken).
         self._recipient_pull: tuple[float, str | None] = (-REFRESH_INTERVAL, None)
+        self._caller_refresh = -REFRESH_INTERVAL  # when the receiving side last pulled for a caller not in it
         self._node_id: str | None = None
         self._delivery_pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
@@ -288,10 +289,15 @@ class Node(ReceivingMixin, GroupsMixin, GroupHomeMixin, GroupConfirmationMixin, 
                 put_setting(session, "certificate_problem", problem)
 
     def _refresh_for_peer(self) -> None:
-        """§2.3: before refusing a caller, refresh the table, at most once per 30 s."""
-        if time.monotonic() - self._last_refresh < REFRESH_INTERVAL:
+        """§2.3: before refusing a caller, refresh the table, at most once per REFRESH_INTERVAL. Only these
+        refreshes count against it: a pull lists only nodes approved before it, and when the caller was approved
+        this side cannot tell (its certificate's notBefore is backdated, on the management node's clock), so a
+        scheduled pull a moment ago would refuse a node approved just after it until the next one. A caller
+        outside the table (suspended, revoked: retried for an hour) still makes at most one pull per interval."""
+        started = time.monotonic()
+        if started - self._caller_refresh < REFRESH_INTERVAL:
             return
-        self._last_refresh = time.monotonic()
+        self._caller_refresh = started
         try:
             self.sync_routes()
         except DomainError as error:

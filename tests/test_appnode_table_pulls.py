@@ -1,0 +1,88 @@
+"""A node missing from the reference node's routing table (docs/protocol.md §2.2-§2.3): approved since the last
+scheduled pull, or unknown to the management node. Before refusing it, the node pulls the table once (at most
+once per 30 s) when sending to it and receiving from it, each over real mutual TLS against a real management
+node."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import flask
+import pytest
+
+from app.admission import nodes
+from app.appnode.protocol import UnknownPeer
+from app.extensions import db
+from tests.appnode_harness import raw_post
+from tests.test_appnode import (  # noqa: F401 (fixture)
+    network,
+    stored_messages,
+    sync_until,
+    text_envelope,
+)
+from tests.test_sessions import people  # noqa: F401 (fixture)
+
+
+@contextmanager
+def route_pulls(app):
+    """The status of every `GET /api/v1/routes` the management node answers meanwhile, in order."""
+    pulls = []
+
+    def count_pulls(sender, response, **extra):
+        if flask.request.path == "/api/v1/routes":
+            pulls.append(response.status_code)
+
+    flask.request_finished.connect(count_pulls, app)
+    try:
+        yield pulls
+    finally:
+        flask.request_finished.disconnect(count_pulls, app)
+
+
+# ---- sending ----------------------------------------------------------------------------------------------------
+
+def test_a_node_approved_after_the_last_pull_is_sent_to_at_once(network):  # noqa: F811
+    a, b = network["a"], network["b"]
+    c = network["join"]("110000")
+    sync_until(b, lambda: b.node.routes.peek(c.id) is not None, "the management node to publish node C")
+    assert a.node.routes.peek(c.id) is None  # A pulled before C was approved, and its next pull is an hour off
+    message = a.node.send_text("zhangsan", c.user("sunqi"), "你好")
+    assert [row.state for row in a.node.outbox()] == ["delivered"]
+    assert [stored.message_id for stored in stored_messages(c)] == [message.message_id]
+
+
+def test_sending_to_a_node_nobody_approved_pulls_once_and_says_the_table_is_fresh(network, app):  # noqa: F811
+    a = network["a"]
+    with route_pulls(app) as pulls:
+        for _ in range(2):  # the second within the refresh interval: no second pull
+            with pytest.raises(UnknownPeer, match=r"node 44000000002025000999 is not in this node's routing table "
+                                                  r"as pulled from the management node (just now|\d+ s ago)"):
+                a.node.send_text("zhangsan", "lisi@44000000002025000999", "谁")
+    assert len(pulls) == 1
+    assert a.node.outbox() == []
+
+
+# ---- receiving --------------------------------------------------------------------------------------------------
+
+def test_a_node_approved_after_the_receivers_last_pull_is_received_from_at_its_first_try(network):  # noqa: F811
+    a, b = network["a"], network["b"]
+    a.node.sync_routes()  # A's scheduled pull, a moment before C is approved
+    c = network["join"]("110000")
+    sync_until(b, lambda: b.node.routes.peek(c.id) is not None, "the management node to publish node C")
+    assert a.node.routes.peek(c.id) is None
+    message = c.node.send_text("sunqi", a.user("zhangsan"), "你好")
+    assert [(row.state, row.attempts) for row in c.node.outbox()] == [("delivered", 1)]
+    assert [stored.message_id for stored in stored_messages(a)] == [message.message_id]
+
+
+def test_a_caller_outside_the_table_makes_the_receiver_pull_once_within_the_interval(network, app):  # noqa: F811
+    a, b = network["a"], network["b"]
+    nodes.suspend(nodes.get(a.id), "drill", by=network["minister"])
+    db.session.commit()
+    sync_until(b, lambda: b.node.routes.peek(a.id) is None, "B's table to drop the suspended A")  # pulled just now
+    with route_pulls(app) as pulls:
+        for _ in range(2):  # the second within the refresh interval: no second pull
+            status, body = raw_post(a.node, b, "message", text_envelope(a, b))
+            assert status == 403 and body["error"]["code"] == "unknown_peer"
+    assert len(pulls) == 1
+    assert stored_messages(b) == []
