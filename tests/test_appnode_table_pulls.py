@@ -1,7 +1,7 @@
-"""A node missing from the reference node's routing table (docs/protocol.md §2.2-§2.3): approved since the last
-scheduled pull, or unknown to the management node. Before refusing it, the node pulls the table once (at most
-once per 30 s) when sending to it and receiving from it, each over real mutual TLS against a real management
-node."""
+"""A node missing from the reference node's routing table (docs/protocol.md §2.2-§2.3): approved or resumed since
+the last scheduled pull, or unknown to the management node. Before refusing it, the node pulls the table once (at
+most once per 30 s) when sending to it, asking its home node for a group operation, downloading from it and
+receiving from it, each over real mutual TLS against a real management node."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ import pytest
 from app.admission import nodes
 from app.appnode.protocol import UnknownPeer
 from app.extensions import db
-from tests.appnode_harness import raw_post
+from tests.appnode_harness import ServedNode, raw_post
 from tests.test_appnode import (  # noqa: F401 (fixture)
+    PDF,
     network,
+    settle,
     stored_messages,
     sync_until,
     text_envelope,
@@ -39,6 +41,19 @@ def route_pulls(app):
         flask.request_finished.disconnect(count_pulls, app)
 
 
+def resumed_since_the_last_pull(served: dict, node: ServedNode, reader: ServedNode) -> None:
+    """`node` suspended until `reader`'s table drops it, then resumed: the management node lists it again and
+    `reader`'s next scheduled pull is an hour off, as for a node approved since that pull."""
+    nodes.suspend(nodes.get(node.id), "drill", by=served["minister"])
+    db.session.commit()
+    sync_until(reader, lambda: reader.node.routes.peek(node.id) is None, "the table to drop the suspended node")
+    nodes.resume(nodes.get(node.id), "drill over", by=served["minister"])
+    db.session.commit()
+    probe = served["join"]("110000")
+    sync_until(probe, lambda: probe.node.routes.peek(node.id) is not None, "the management node to list it again")
+    assert reader.node.routes.peek(node.id) is None
+
+
 # ---- sending ----------------------------------------------------------------------------------------------------
 
 def test_a_node_approved_after_the_last_pull_is_sent_to_at_once(network):  # noqa: F811
@@ -60,6 +75,22 @@ def test_sending_to_a_node_nobody_approved_pulls_once_and_says_the_table_is_fres
                 a.node.send_text("zhangsan", "lisi@44000000002025000999", "谁")
     assert len(pulls) == 1
     assert a.node.outbox() == []
+
+
+def test_a_group_request_to_a_home_node_resumed_since_the_last_pull_is_sent_at_once(network):  # noqa: F811
+    a, b = network["a"], network["b"]
+    group = a.node.create_group("zhangsan", "专班", [b.user("lisi")])
+    resumed_since_the_last_pull(network, a, b)
+    assert b.node.group_operation("lisi", group.address, "invite", [b.user("zhaoliu")]) == "accepted"
+    settle(a, b)
+    assert b.user("zhaoliu") in b.node.groups("zhaoliu")[0].members
+
+
+def test_a_file_from_a_node_resumed_since_the_last_pull_is_downloaded_at_once(network):  # noqa: F811
+    a, b = network["a"], network["b"]
+    message = a.node.send_file("zhangsan", b.user("lisi"), PDF, "file", file_name="协查通报.pdf")
+    resumed_since_the_last_pull(network, a, b)
+    assert b.node.file_bytes(b.node.download("lisi", message.message_id)) == PDF
 
 
 # ---- receiving --------------------------------------------------------------------------------------------------

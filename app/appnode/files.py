@@ -61,9 +61,9 @@ def _head(path: Path) -> bytes:
 
 
 class FilesMixin:
-    """Serving, downloading and storing a `Node`'s files. Relies on the node's `db`, `data_dir`,
-    `files_dir`, `config`, `node_id`, `peers` and `peer_entry`, on `_require_participant` (EphemeralMixin)
-    and `_peer_error` (OutboxMixin)."""
+    """Serving, downloading and storing a `Node`'s files. Relies on the node's `db`, `data_dir`, `files_dir`,
+    `config`, `node_id`, `peers`, `peer_entry` and `_pull_for_recipient`, on `_require_participant`
+    (EphemeralMixin) and `_peer_error` (OutboxMixin)."""
 
     def _serve_download(self, envelope: dict) -> Reply:
         request, from_node, me = envelope["payload"], envelope["from_node"], self.node_id
@@ -115,7 +115,7 @@ class FilesMixin:
             if stored is not None:
                 return stored
         origin = message.origin_node
-        entry = self.peer_entry(origin)
+        entry = self.peer_entry(origin, self._pull_for_recipient(origin))
         if "download" not in entry["capabilities"]:
             raise UnsupportedCapability(f"node {origin} does not serve downloads")
         envelope = protocol.make_envelope(from_node=me, to_node=origin, type="download",

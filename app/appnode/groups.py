@@ -36,10 +36,10 @@ def new_group_id() -> str:
 
 
 class GroupsMixin:
-    """Group operations for a `Node`. Relies on the node's `db`, `node_id`, `wake`, `peer_entry` and `_writing`;
-    on `_require_capability` and `_duplicate` (ReceivingMixin), on `_enqueue` and `deliver` (OutboxMixin), on
-    `_operate_at_home`, `_check_new_members` and `_announcement` (GroupHomeMixin), and on `_confirm_and_apply`
-    (GroupConfirmationMixin)."""
+    """Group operations for a `Node`. Relies on the node's `db`, `node_id`, `wake`, `peer_entry`,
+    `_pull_for_recipient` and `_writing`; on `_require_capability` and `_duplicate` (ReceivingMixin), on
+    `_enqueue` and `deliver` (OutboxMixin), on `_operate_at_home`, `_check_new_members` and `_announcement`
+    (GroupHomeMixin), and on `_confirm_and_apply` (GroupConfirmationMixin)."""
 
     def _accept_group_op(self, session: Session, envelope: dict) -> bool:
         """An announcement from a group's home node; requests take `_receive_group_request`."""
@@ -169,6 +169,7 @@ class GroupsMixin:
     def _request_from_home(self, me: str, operator: str, group_id: str, home: str, op: str, targets: list[str],
                            info: dict) -> int:
         """The request to the home node queued (and claimed, for the caller to send at once): its outbox row id."""
+        unknown = self._pull_for_recipient(home)  # not inside the transaction
         with self.db() as session:
             if op == "invite":  # the home node checks too; this says so at once, even while it is unreachable
                 self._check_new_members(session, targets)
@@ -178,7 +179,7 @@ class GroupsMixin:
             if info:
                 request["group_info"] = info
             protocol.validate("group_op", request)
-            self.peer_entry(home)
+            self.peer_entry(home, unknown)
             row_id = self._enqueue(session, home, "group_op", protocol.make_envelope(
                 from_node=me, to_node=home, type="group_op", payload=request), claim=True)
             session.commit()

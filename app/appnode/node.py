@@ -304,11 +304,12 @@ class Node(ReceivingMixin, GroupsMixin, GroupHomeMixin, GroupConfirmationMixin, 
             log.warning("route refresh failed: %s", error)
 
     def _pull_for_recipient(self, node_id: str) -> str | None:
-        """§2.3 on the sending side: a node approved since the last pull is missing from this table until the
-        next one (every `route_interval`), so before refusing a recipient's node pull once, at most once per
-        REFRESH_INTERVAL (a mistyped node id must not make every send pull). Waits on the network: call it
-        before the write transaction opens. None when the node is in the table; else what to tell the user
-        about the table (`peer_entry`'s `unknown`), so a refusal is not taken for a stale table."""
+        """§2.3 on the sending side (a message, a group request to the home node, a download): a node approved
+        since the last pull is missing from this table until the next one (every `route_interval`), so before
+        refusing a recipient's node pull once, at most once per REFRESH_INTERVAL (a mistyped node id must not
+        make every send pull). Waits on the network: call it before the write transaction opens. None when the
+        node is in the table; else what to tell the user about the table (`peer_entry`'s `unknown`), so a refusal
+        is not taken for a stale table."""
         if self.routes.peek(node_id) is not None:
             return None
         started = time.monotonic()
