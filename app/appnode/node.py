@@ -4,17 +4,16 @@ One `Node` is one data directory. Every method opens its own short database sess
 server process can work on the same node at once (SQLite in WAL mode serialises their writes).
 
 This module holds what every part of the node stands on: the constructor and its shared state, the raw
-write connection, joining the network (identity) and the routing table. Each other job is a mixin in a
-module of its own, since the single class had grown to 1,600 lines (STYLE rule 7): receiving.py
-(docs/protocol.md §5.4), groups.py, group_home.py and group_confirmation.py (A.12), ephemeral.py (A.13,
-A.15), sending.py (A.9, A.11), files.py (A.10), outbox.py (docs/protocol.md §6), reading.py and renewal.py
-(§4 certificates); messages.py holds what they share.
+write connection and joining the network (identity). Each other job is a mixin in a module of its own, since
+the single class had grown to 1,600 lines (STYLE rule 7): route_table.py (the routing table, docs/protocol.md
+§2.2-§2.3), receiving.py (§5.4), groups.py, group_home.py and group_confirmation.py (A.12), ephemeral.py
+(A.13, A.15), sending.py (A.9, A.11), files.py (A.10), outbox.py (§6), reading.py and renewal.py (§4
+certificates); messages.py holds what they share.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -30,33 +29,24 @@ from app.appnode.group_home import GroupHomeMixin
 from app.appnode.groups import GroupsMixin
 from app.appnode.messages import Reply, address, declared_type, image_size, local_part, media_type
 from app.appnode.outbox import OutboxMixin
-from app.appnode.protocol import Conflict, UnknownPeer
+from app.appnode.protocol import Conflict
 from app.appnode.reading import ReadingMixin
 from app.appnode.receiving import ReceivingMixin
-from app.appnode.registry import Identity, RegistryClient, RegistryError
-from app.appnode.renewal import CERTIFICATE_REVOKED, PENDING_KEY_MAY_OPEN, RenewalMixin
+from app.appnode.registry import Identity, NotJoined, RegistryClient, RegistryError
+from app.appnode.renewal import RenewalMixin
+from app.appnode.route_table import REFRESH_INTERVAL, RouteTableMixin
 from app.appnode.sending import SendingMixin
 from app.appnode.store import get_setting, open_database, put_setting
 from app.appnode.transport import PeerPool, client_context
-from app.errors import DomainError
 from app.routing.client import RouteClient
-from app.routing.verification import OwnEntryMismatch, RouteRejected
 
 # What callers import from here. The message helpers live in messages.py and are re-exported so that their
 # callers need not change. The sections' constants are not: a patch must reach the module that reads them.
 __all__ = ["Node", "NotJoined", "Reply", "address", "declared_type", "image_size", "local_part", "media_type"]
 
-log = logging.getLogger("mpim.appnode")
-
-REFRESH_INTERVAL = 30.0
-
-
-class NotJoined(DomainError):
-    code, status = "not_joined", 409
-
 
 class Node(ReceivingMixin, GroupsMixin, GroupHomeMixin, GroupConfirmationMixin, EphemeralMixin, SendingMixin,
-           FilesMixin, OutboxMixin, ReadingMixin, RenewalMixin):
+           FilesMixin, OutboxMixin, ReadingMixin, RenewalMixin, RouteTableMixin):
     """One node data directory. The state every section shares is set up here; each mixin's docstring names
     what it uses of it and of the other mixins."""
 
@@ -205,135 +195,3 @@ class Node(ReceivingMixin, GroupsMixin, GroupHomeMixin, GroupConfirmationMixin, 
         self._node_id = node_id
         self._routes = None
         return node_id
-
-    # ---- routes ------------------------------------------------------------------------------------------
-    @property
-    def routes(self) -> RouteClient:
-        with self._routes_lock:
-            if self._routes is None:
-                if not self.identity.ca_file.exists():
-                    raise NotJoined("the CA certificates have not been fetched yet")
-                own = self.identity.fingerprint() if self.joined else None
-                self._routes = RouteClient(self.identity.ca_file.read_bytes(),
-                                           intermediates=self.identity.chain_file.read_bytes(),
-                                           node_id=self.node_id if self.joined else None, own_fingerprint=own,
-                                           storage_path=self.data_dir / "routes.json")
-            return self._routes
-
-    def reload_routes(self) -> None:
-        """Re-read the table the server process stored (the CLI's view of the network)."""
-        with self._routes_lock:
-            self._routes = None
-
-    def sync_routes(self):
-        """One `GET /api/v1/routes` round through the route client (signature, rollback, freeze, contents)."""
-        node_id = self.node_id
-
-        def fetch(headers, since):  # always the full table: one signed document to store and verify again
-            return self.registry.with_session(node_id, "GET", "/api/v1/routes", headers=headers)
-
-        mended: set[str] = set()
-        while True:
-            try:
-                result = self.routes.pull(fetch, self.identity.signer_file.read_bytes(),
-                                          self.identity.chain_file.read_bytes())
-                break
-            except RegistryError as error:
-                if "pending_key" not in mended and self._recovered_with_pending_key(error):
-                    mended.add("pending_key")
-                    continue  # the pending key is the current key now: pull with its session
-                # `status` shows it: a suspended or revoked node cannot open sessions, so its own table,
-                # which still lists it, would otherwise look healthy.
-                self._note_registry_problem(f"{error.code}: {error.message}")
-                if error.code in CERTIFICATE_REVOKED:
-                    self._note_certificate_problem(CERTIFICATE_REVOKED[error.code].format(
-                        sha256=self.identity.fingerprint(), node_id=node_id))
-                raise
-            except RouteRejected as error:
-                if error.code in mended or error.code not in ("bad_signer", "own_entry_mismatch"):
-                    raise
-                mended.add(error.code)
-                if isinstance(error, OwnEntryMismatch):
-                    self.adopt_listed_certificate(error.listed_sha256)  # then pull once more
-                else:
-                    self.registry.fetch_ca()  # the signer may have been rotated: fetch it and try once more
-        self._last_refresh = time.monotonic()
-        if result.outcome == "accepted":
-            self._note_certificate_problem("")
-        self._note_registry_problem("")
-        return result
-
-    def _recovered_with_pending_key(self, refusal: RegistryError) -> bool:
-        """The session signed with the current key was refused; if a key is pending (`csr --new-key`), try it
-        (`adopt_pending_certificate`). False when that is refused too: the current key's refusal stands."""
-        if refusal.code not in PENDING_KEY_MAY_OPEN or not self.identity.pending_key_file.exists():
-            return False
-        try:
-            self.adopt_pending_certificate()
-        except RegistryError as error:
-            log.info("a node session with the pending key was refused too: %s", error.message)
-            return False
-        return True
-
-    def _note_registry_problem(self, problem: str) -> None:
-        if (self.setting("registry_problem") or "") != problem:
-            with self.db.begin() as session:
-                put_setting(session, "registry_problem", problem)
-
-    def _note_certificate_problem(self, problem: str) -> None:
-        """For `status`; logged once when it starts, cleared ("") by a table that takes this node's certificate."""
-        if (self.setting("certificate_problem") or "") != problem:
-            if problem:
-                log.error("%s", problem)
-            with self.db.begin() as session:
-                put_setting(session, "certificate_problem", problem)
-
-    def _refresh_for_peer(self) -> None:
-        """§2.3: before refusing a caller, refresh the table, at most once per REFRESH_INTERVAL. Only these
-        refreshes count against it: a pull lists only nodes approved before it, and when the caller was approved
-        this side cannot tell (its certificate's notBefore is backdated, on the management node's clock), so a
-        scheduled pull a moment ago would refuse a node approved just after it until the next one. A caller
-        outside the table (suspended, revoked: retried for an hour) still makes at most one pull per interval."""
-        started = time.monotonic()
-        if started - self._caller_refresh < REFRESH_INTERVAL:
-            return
-        self._caller_refresh = started
-        try:
-            self.sync_routes()
-        except DomainError as error:
-            log.warning("route refresh failed: %s", error)
-
-    def _pull_for_recipient(self, node_id: str) -> str | None:
-        """§2.3 on the sending side (a message, a group request to the home node, a download): a node approved
-        since the last pull is missing from this table until the next one (every `route_interval`), so before
-        refusing a recipient's node pull once, at most once per REFRESH_INTERVAL (a mistyped node id must not
-        make every send pull). Waits on the network: call it before the write transaction opens. None when the
-        node is in the table; else what to tell the user about the table (`peer_entry`'s `unknown`), so a refusal
-        is not taken for a stale table."""
-        if self.routes.peek(node_id) is not None:
-            return None
-        started = time.monotonic()
-        if started - self._recipient_pull[0] >= REFRESH_INTERVAL:
-            failure = None
-            try:
-                self.sync_routes()
-            except DomainError as error:
-                log.warning("route pull for node %s failed: %s", node_id, error)
-                failure = error.message
-            self._recipient_pull = (started, failure)
-            if self.routes.peek(node_id) is not None:
-                return None
-        when, failure = self._recipient_pull
-        if failure is not None and self._last_refresh < when:  # no pull has been taken since it failed
-            return f", and pulling the table from the management node failed: {failure}"
-        ago = time.monotonic() - self._last_refresh
-        pulled = "just now" if ago < 1 else f"{ago:.0f} s ago"
-        return (f" as pulled from the management node {pulled}: check the node id, and that the management "
-                f"node has approved it")
-
-    def peer_entry(self, node_id: str, unknown: str | None = None):
-        """The table's entry for `node_id`, or unknown_peer; `unknown` is `_pull_for_recipient`'s account."""
-        entry = self.routes.peek(node_id)
-        if entry is None:
-            raise UnknownPeer(f"node {node_id} is not in this node's routing table{unknown or ''}", field="to")
-        return entry

@@ -35,6 +35,10 @@ class RegistryError(DomainError):
     status = 502
 
 
+class NotJoined(DomainError):
+    code, status = "not_joined", 409
+
+
 @dataclass
 class HTTPResult:
     status: int

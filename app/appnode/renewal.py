@@ -1,6 +1,6 @@
 """Certificate renewal (docs/protocol.md §4): the node's own renewal in the last third of its certificate's
 validity, the CSR its operator hands a ministry admin, and installing the certificate an admin issued for one
-of the node's keys. Kept apart from node.py, which pulls the routing table that asks for the last of these.
+of the node's keys. Kept apart from route_table.py, which pulls the routing table that asks for the last of these.
 """
 
 from __future__ import annotations

@@ -1,0 +1,158 @@
+"""The routing table of a `Node` (docs/protocol.md §2.2-§2.3, SPEC §5): the route client over the stored
+table, the pull from the management node and what it leaves for `status`, and the pulls made before a node
+missing from the table is refused, as a caller (`_refresh_for_peer`) or as a recipient (`_pull_for_recipient`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from app.appnode.protocol import UnknownPeer
+from app.appnode.registry import NotJoined, RegistryError
+from app.appnode.renewal import CERTIFICATE_REVOKED, PENDING_KEY_MAY_OPEN
+from app.appnode.store import put_setting
+from app.errors import DomainError
+from app.routing.client import RouteClient
+from app.routing.verification import OwnEntryMismatch, RouteRejected
+
+log = logging.getLogger("mpim.appnode")
+
+REFRESH_INTERVAL = 30.0
+
+
+class RouteTableMixin:
+    """The routing table of a `Node`. Relies on the node's `db`, `identity`, `registry`, `data_dir`, `node_id`,
+    `joined`, `setting`, `_routes`, `_routes_lock`, `_last_refresh`, `_recipient_pull` and `_caller_refresh`,
+    and on `adopt_listed_certificate` and `adopt_pending_certificate` (RenewalMixin)."""
+
+    @property
+    def routes(self) -> RouteClient:
+        with self._routes_lock:
+            if self._routes is None:
+                if not self.identity.ca_file.exists():
+                    raise NotJoined("the CA certificates have not been fetched yet")
+                own = self.identity.fingerprint() if self.joined else None
+                self._routes = RouteClient(self.identity.ca_file.read_bytes(),
+                                           intermediates=self.identity.chain_file.read_bytes(),
+                                           node_id=self.node_id if self.joined else None, own_fingerprint=own,
+                                           storage_path=self.data_dir / "routes.json")
+            return self._routes
+
+    def reload_routes(self) -> None:
+        """Re-read the table the server process stored (the CLI's view of the network)."""
+        with self._routes_lock:
+            self._routes = None
+
+    def sync_routes(self):
+        """One `GET /api/v1/routes` round through the route client (signature, rollback, freeze, contents)."""
+        node_id = self.node_id
+
+        def fetch(headers, since):  # always the full table: one signed document to store and verify again
+            return self.registry.with_session(node_id, "GET", "/api/v1/routes", headers=headers)
+
+        mended: set[str] = set()
+        while True:
+            try:
+                result = self.routes.pull(fetch, self.identity.signer_file.read_bytes(),
+                                          self.identity.chain_file.read_bytes())
+                break
+            except RegistryError as error:
+                if "pending_key" not in mended and self._recovered_with_pending_key(error):
+                    mended.add("pending_key")
+                    continue  # the pending key is the current key now: pull with its session
+                # `status` shows it: a suspended or revoked node cannot open sessions, so its own table,
+                # which still lists it, would otherwise look healthy.
+                self._note_registry_problem(f"{error.code}: {error.message}")
+                if error.code in CERTIFICATE_REVOKED:
+                    self._note_certificate_problem(CERTIFICATE_REVOKED[error.code].format(
+                        sha256=self.identity.fingerprint(), node_id=node_id))
+                raise
+            except RouteRejected as error:
+                if error.code in mended or error.code not in ("bad_signer", "own_entry_mismatch"):
+                    raise
+                mended.add(error.code)
+                if isinstance(error, OwnEntryMismatch):
+                    self.adopt_listed_certificate(error.listed_sha256)  # then pull once more
+                else:
+                    self.registry.fetch_ca()  # the signer may have been rotated: fetch it and try once more
+        self._last_refresh = time.monotonic()
+        if result.outcome == "accepted":
+            self._note_certificate_problem("")
+        self._note_registry_problem("")
+        return result
+
+    def _recovered_with_pending_key(self, refusal: RegistryError) -> bool:
+        """The session signed with the current key was refused; if a key is pending (`csr --new-key`), try it
+        (`adopt_pending_certificate`). False when that is refused too: the current key's refusal stands."""
+        if refusal.code not in PENDING_KEY_MAY_OPEN or not self.identity.pending_key_file.exists():
+            return False
+        try:
+            self.adopt_pending_certificate()
+        except RegistryError as error:
+            log.info("a node session with the pending key was refused too: %s", error.message)
+            return False
+        return True
+
+    def _note_registry_problem(self, problem: str) -> None:
+        if (self.setting("registry_problem") or "") != problem:
+            with self.db.begin() as session:
+                put_setting(session, "registry_problem", problem)
+
+    def _note_certificate_problem(self, problem: str) -> None:
+        """For `status`; logged once when it starts, cleared ("") by a table that takes this node's certificate."""
+        if (self.setting("certificate_problem") or "") != problem:
+            if problem:
+                log.error("%s", problem)
+            with self.db.begin() as session:
+                put_setting(session, "certificate_problem", problem)
+
+    def _refresh_for_peer(self) -> None:
+        """§2.3: before refusing a caller, refresh the table, at most once per REFRESH_INTERVAL. Only these
+        refreshes count against it: a pull lists only nodes approved before it, and when the caller was approved
+        this side cannot tell (its certificate's notBefore is backdated, on the management node's clock), so a
+        scheduled pull a moment ago would refuse a node approved just after it until the next one. A caller
+        outside the table (suspended, revoked: retried for an hour) still makes at most one pull per interval."""
+        started = time.monotonic()
+        if started - self._caller_refresh < REFRESH_INTERVAL:
+            return
+        self._caller_refresh = started
+        try:
+            self.sync_routes()
+        except DomainError as error:
+            log.warning("route refresh failed: %s", error)
+
+    def _pull_for_recipient(self, node_id: str) -> str | None:
+        """§2.3 on the sending side (a message, a group request to the home node, a download): a node approved
+        since the last pull is missing from this table until the next one (every `route_interval`), so before
+        refusing a recipient's node pull once, at most once per REFRESH_INTERVAL (a mistyped node id must not
+        make every send pull). Waits on the network: call it before the write transaction opens. None when the
+        node is in the table; else what to tell the user about the table (`peer_entry`'s `unknown`), so a refusal
+        is not taken for a stale table."""
+        if self.routes.peek(node_id) is not None:
+            return None
+        started = time.monotonic()
+        if started - self._recipient_pull[0] >= REFRESH_INTERVAL:
+            failure = None
+            try:
+                self.sync_routes()
+            except DomainError as error:
+                log.warning("route pull for node %s failed: %s", node_id, error)
+                failure = error.message
+            self._recipient_pull = (started, failure)
+            if self.routes.peek(node_id) is not None:
+                return None
+        when, failure = self._recipient_pull
+        if failure is not None and self._last_refresh < when:  # no pull has been taken since it failed
+            return f", and pulling the table from the management node failed: {failure}"
+        ago = time.monotonic() - self._last_refresh
+        pulled = "just now" if ago < 1 else f"{ago:.0f} s ago"
+        return (f" as pulled from the management node {pulled}: check the node id, and that the management "
+                f"node has approved it")
+
+    def peer_entry(self, node_id: str, unknown: str | None = None):
+        """The table's entry for `node_id`, or unknown_peer; `unknown` is `_pull_for_recipient`'s account."""
+        entry = self.routes.peek(node_id)
+        if entry is None:
+            raise UnknownPeer(f"node {node_id} is not in this node's routing table{unknown or ''}", field="to")
+        return entry
