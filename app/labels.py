@@ -60,7 +60,7 @@ HEALTH_FAILURES = {
 AUDIT_ACTIONS = {
     "auth.login": _l("Signed in"), "auth.login_failed": _l("Sign-in failed"),
     "auth.login_blocked": _l("Sign-in refused (locked)"), "auth.logout": _l("Signed out"),
-    "auth.timeout": _l("Signed out (time limit)"),
+    "auth.timeout": _l("Signed out (time limit)"), "auth.session_end": _l("Sign-in sessions ended"),
     "auth.unlock": _l("Account unlocked"), "auth.unlock_addresses": _l("Address locks cleared"),
     "user.create": _l("User created"), "user.update": _l("User changed"),
     "user.password_reset": _l("Password reset"), "user.password_change": _l("Own password changed"),

@@ -51,8 +51,16 @@ def _paths() -> dict[str, str]:
     from sqlalchemy import select
 
     from app.admission.models import Application, Node
+    from app.auth import console_sessions
+    from app.auth.models import User
     from app.extensions import db
     from app.pki.models import Certificate
+
+    for username in ("minister", "jx-admin"):  # signed in on another machine too: the sessions tables have rows
+        console_sessions.start(db.session.scalars(select(User).where(User.username == username)).one(),
+                               remote_addr="10.36.1.7", user_agent="Mozilla/5.0 (Windows NT 10.0; Win64; x64) "
+                               "AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36")
+    db.session.commit()
 
     node = db.session.scalars(select(Node)).one()
     pending = db.session.scalars(select(Application).where(Application.status == "pending")).one()
@@ -65,13 +73,14 @@ def _paths() -> dict[str, str]:
         "certificates": "/certificates/", "certificate": f"/certificates/{certificate.serial}",
         "tokens": "/tokens/", "users": "/users/", "user": "/users/jx-admin", "user-new": "/users/new",
         "audit": "/audit/", "health-events": "/health/events", "routes": "/routes/", "password": "/account/password",
+        "sessions": "/account/sessions",
         "not-found": "/nodes/99999999999999999999",
     }
 
 
 PAGES = ["dashboard", "divisions", "division", "division-search", "applications", "application", "application-new",
          "nodes", "node", "resolve", "certificates", "certificate", "tokens", "users", "user", "user-new", "audit",
-         "health-events", "routes", "password", "not-found"]
+         "health-events", "routes", "password", "sessions", "not-found"]
 
 
 def check_page(page, language: str) -> None:

@@ -30,6 +30,25 @@ def test_login_and_logout(console, make_user):
     assert actions()[-2:] == ["auth.login", "auth.logout"]
 
 
+def test_a_cookie_copied_before_sign_out_is_refused_after_it(app, console, make_user):
+    """Sign-out ends the session on the server (app/auth/console_sessions.py): the cookie is dead wherever it
+    went, and also when a response still in flight at sign-out writes it back."""
+    make_user("alice")
+    console.login("alice")
+    copied = console.client.get_cookie("session").value
+    elsewhere = app.test_client()  # the test client sends its own cookies, not a Cookie header given to it
+    elsewhere.set_cookie("session", copied)
+    assert elsewhere.get("/nodes/").status_code == 200
+    token = csrf_token(console.client.get("/").get_data(as_text=True))
+    console.client.post("/logout", data={"csrf_token": token})
+    response = elsewhere.get("/nodes/")
+    assert response.status_code == 302 and response.headers["Location"].startswith("/login")
+    console.client.set_cookie("session", copied)
+    assert console.client.get("/nodes/").status_code == 302
+    with console.client.session_transaction() as session:
+        assert "_user_id" not in session  # refused, and the browser told to forget it
+
+
 def test_wrong_password_is_refused_and_audited(console, make_user):
     make_user("alice")
     response = console.login("alice", "Wrong-Password-1")

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-from app.extensions import db, login_manager
+from app.extensions import login_manager
 
 
 @login_manager.user_loader
-def load_user(session_id: str):
-    from app.auth.models import User
+def load_user(user_id: str):
+    """Signed in only while the cookie's console session is live (app/auth/idle.py)."""
+    from app.auth import idle
 
-    user_id, _, stamp = session_id.partition(":")
-    if not user_id.isdigit():
-        return None
-    user = db.session.get(User, int(user_id))
-    if user is None or str(int(user.password_changed_at.timestamp())) != stamp:
-        return None
-    return user
+    return idle.load_user(user_id)
 
 
 def init_app(app) -> None:

@@ -1,4 +1,4 @@
-"""`flask users create|list|ensure-admin|unlock`."""
+"""`flask users create|list|ensure-admin|unlock|sessions|end-sessions`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import click
 from flask.cli import AppGroup
 from sqlalchemy import func, select
 
-from app.auth import service
+from app.auth import console_sessions, service
 from app.auth.models import ROLES, User
 from app.errors import DomainError
 from app.extensions import db
@@ -89,3 +89,33 @@ def unlock_command(username):
     addresses = service.unlock(username)
     db.session.commit()
     click.echo(f"unlocked {username}" + (f" and the address lock on {', '.join(addresses)}" if addresses else ""))
+
+
+@cli.command("sessions")
+@click.argument("username")
+@click.option("--json", "as_json", is_flag=True)
+def sessions_command(username, as_json):
+    """The user's live console sign-in sessions (times in UTC)."""
+    try:
+        user = service.get_user(username)
+    except DomainError as error:
+        fail(error, as_json)
+    for row in console_sessions.live_sessions(user):
+        item = {"id": row.id, "remote_addr": row.remote_addr, "user_agent": row.user_agent,
+                "signed_in_at": row.signed_in_at.isoformat(), "last_active_at": row.last_active_at.isoformat()}
+        click.echo(json.dumps(item, ensure_ascii=False) if as_json else
+                   f"{row.id:<8} {row.remote_addr:<40} {item['signed_in_at']:<34} {item['last_active_at']:<34} "
+                   f"{row.user_agent}")
+
+
+@cli.command("end-sessions")
+@click.argument("username")
+def end_sessions_command(username):
+    """Sign the user out everywhere: every console session of theirs ends at its next request."""
+    try:
+        user = service.get_user(username)
+    except DomainError as error:
+        fail(error, False)
+    ended = console_sessions.end_sessions(user, "ended_by_admin", actor="cli")
+    db.session.commit()
+    click.echo(f"ended {len(ended)} session(s) of {username}")

@@ -1,104 +1,131 @@
-"""Console sessions end after a spell without activity and at a fixed time after sign-in.
+"""The console's side of its sessions (app/auth/console_sessions.py): the cookie's token, and the limits.
 
 MLPS 2.0 (GB/T 22239-2019, 8.1.4.1) asks a system to sign out a login connection that has timed out; an
-unattended console in a police office should not stay signed in all day. Two limits:
+unattended console in a police office should not stay signed in all day. Two limits, decided from the
+session's row on the server, not from anything the cookie says:
 - idle: `MPIM_IDLE_MINUTES` (30) without a console request ends the session (0 turns this off);
 - absolute: `MPIM_SESSION_MINUTES` (480) after sign-in, however active (also the cookie's own lifetime).
 Each page a user opens counts as activity; the page's script asks `/session/status` (which does not count)
 and warns shortly before the idle limit, with a button that counts (`/session/keepalive`), so a half-typed
 form is not lost to the timeout. An ended session is an audit record, like a sign-out.
+
+A cookie whose session is over (signed out, ended from another session or by an administrator, or from
+before sessions were held on the server) signs nobody in: its holder is sent to sign in, told why.
 """
 
 from __future__ import annotations
 
-import time
-from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
-from flask import current_app, flash, jsonify, redirect, request, session, url_for
+from flask import current_app, flash, g, jsonify, redirect, request, session, url_for
 from flask_babel import gettext as _
 from flask_login import current_user, logout_user
 
 from app.audit import service as audit
+from app.auth import console_sessions
+from app.auth.models import ConsoleSession, User
+from app.database import utcnow
 from app.extensions import db
 
-ACTIVE_AT = "active_at"  # session keys, seconds since the epoch
-SIGNED_IN_AT = "signed_in_at"
+TOKEN = "console_session"  # the session key holding this sign-in's token
 NOT_ACTIVITY = {"auth.session_status"}  # asked by the page's script, not by the user
 SKIPPED_PREFIXES = ("/api/", "/ca/", "/static/", "/healthz")  # no console session there
 WARNING_SECONDS = 120
 
 
-def idle_seconds() -> int:
-    return current_app.config["MPIM_IDLE_SECONDS"]
-
-
-def session_seconds() -> int:
-    return int(current_app.permanent_session_lifetime.total_seconds())
-
-
 def warning_seconds() -> int:
     """How long before the idle limit the page warns: two minutes, or half the limit when it is short."""
-    return min(WARNING_SECONDS, max(1, idle_seconds() // 2))
+    return min(WARNING_SECONDS, max(1, console_sessions.idle_seconds() // 2))
 
 
-def start(now: float | None = None) -> None:
-    """Call right after `login_user` at sign-in: both clocks start."""
-    now = int(now if now is not None else time.time())
-    session[SIGNED_IN_AT] = session[ACTIVE_AT] = now
+def load_user(user_id: str) -> User | None:
+    """Flask-Login's user loader: the user whose live session the cookie's token names, if still active."""
+    row = console_sessions.live(session.get(TOKEN), user_id)
+    if row is None or not row.user.active:
+        return None
+    g.console_session = row
+    return row.user
 
 
-def seconds_left(now: float | None = None) -> dict:
-    """What remains of this session: before the idle limit, before the absolute one, and whether activity
-    can extend it (not when the absolute limit comes first)."""
-    now = int(now if now is not None else time.time())
-    absolute_left = session.get(SIGNED_IN_AT, now) + session_seconds() - now
-    idle_left = session.get(ACTIVE_AT, now) + idle_seconds() - now if idle_seconds() else absolute_left
-    return {"seconds_left": max(0, min(idle_left, absolute_left)), "renewable": idle_left < absolute_left}
+def current_row() -> ConsoleSession | None:
+    """This request's console session, when it is signed in."""
+    return g.get("console_session") if current_user.is_authenticated else None
+
+
+def start(user: User) -> None:
+    """Call right after `login_user` at sign-in: the session's row, and its token in the cookie."""
+    token = console_sessions.start(user, remote_addr=request.remote_addr or "",
+                                   user_agent=request.headers.get("User-Agent", ""))
+    db.session.commit()
+    session[TOKEN] = token
+
+
+def sign_out() -> None:
+    """The sign-out button: the row ends first, so the cookie is dead even if copied or written back."""
+    row = current_row()
+    if row is not None:
+        console_sessions.end(row, "logout")
+    audit.record("auth.logout", current_user.username)
+    db.session.commit()
+    _forget()
+
+
+def seconds_left() -> dict:
+    """For the page and its script: what remains of this session."""
+    return console_sessions.seconds_left(current_row())
 
 
 def enforce() -> object | None:
-    """before_request: end a session past either limit, else note the activity. A session from before
-    these limits existed (no clocks yet) starts its clocks now."""
-    if request.path.startswith(SKIPPED_PREFIXES) or not current_user.is_authenticated:
+    """before_request: turn away a cookie whose session is over, end a session past either limit, else note
+    the activity (at most about once a minute)."""
+    if request.path.startswith(SKIPPED_PREFIXES):
         return None
-    now = int(time.time())
-    if ACTIVE_AT not in session or SIGNED_IN_AT not in session:
-        start(now)
-        return None
-    if now - session[SIGNED_IN_AT] > session_seconds():
-        return _end("session_limit", now)
-    if idle_seconds() and now - session[ACTIVE_AT] > idle_seconds():
-        return _end("idle", now)
-    if request.endpoint not in NOT_ACTIVITY and now - session[ACTIVE_AT] >= activity_resolution():
-        session[ACTIVE_AT] = now
+    if not current_user.is_authenticated:
+        if session.get("_user_id") is None:
+            return None
+        row = console_sessions.find(session.get(TOKEN))  # why it is over, to say so
+        _forget()
+        if request.endpoint == "auth.login":
+            return None
+        return _signed_out(_ended_message(row.end_reason if row else None))
+    row = current_row()
+    now = utcnow()
+    if reason := console_sessions.expiry(row, now):
+        minutes = (console_sessions.idle_seconds() if reason == "idle" else console_sessions.session_seconds()) // 60
+        audit.record("auth.timeout", current_user.username,
+                     {"reason": reason, "minutes": minutes, "last_active": row.last_active_at})
+        console_sessions.end(row, reason, now)
+        db.session.commit()
+        _forget()
+        return _signed_out(_ended_message(reason))
+    if request.endpoint not in NOT_ACTIVITY and console_sessions.note_activity(row, now):
+        db.session.commit()
     return None
 
 
-def activity_resolution() -> int:
-    """How stale the recorded activity may be before a request writes it again (so sets the cookie): a
-    minute, or a quarter of a short limit. Sessions live in the cookie, so a response still in flight when
-    the user signs out writes its cookie back; writing it once a minute, not on every response, leaves that
-    only to a response that is also the first in a minute. The idle limit may come that much early."""
-    return min(60, max(1, idle_seconds() // 4)) if idle_seconds() else 60
-
-
-def _end(reason: str, now: int):
-    minutes = (idle_seconds() if reason == "idle" else session_seconds()) // 60
-    # The session keeps seconds since the epoch; the record a moment an auditor can read, as other records do.
-    last_active = datetime.fromtimestamp(session[ACTIVE_AT], UTC)
-    audit.record("auth.timeout", current_user.username,
-                 {"reason": reason, "minutes": minutes, "last_active": last_active})
-    db.session.commit()
+def _forget() -> None:
     logout_user()
-    session.pop(ACTIVE_AT, None)
-    session.pop(SIGNED_IN_AT, None)
+    session.pop(TOKEN, None)
+    g.pop("console_session", None)
+
+
+def _ended_message(reason: str | None) -> str:
     if reason == "idle":
-        message = _("You were signed out after %(minutes)d minutes without activity; sign in again to go on.",
-                    minutes=minutes)
-    else:
-        message = _("Your sign-in ended %(hours)s hours after it began; sign in again to go on.",
-                    hours=f"{minutes / 60:g}")
+        return _("You were signed out after %(minutes)d minutes without activity; sign in again to go on.",
+                 minutes=console_sessions.idle_seconds() // 60)
+    if reason == "session_limit":
+        return _("Your sign-in ended %(hours)s hours after it began; sign in again to go on.",
+                 hours=f"{console_sessions.session_seconds() / 3600:g}")
+    if reason == "ended_by_user":
+        return _("This sign-in was ended from another of your sessions; sign in again to go on.")
+    if reason in ("ended_by_admin", "password_reset", "disabled"):
+        return _("An administrator ended this sign-in; sign in again to go on.")
+    if reason == "password_change":
+        return _("Your password was changed in another session; sign in with the new one to go on.")
+    return str(current_app.login_manager.login_message)
+
+
+def _signed_out(message: str):
     flash(message, "info")  # also when the page's script asked: the next page it opens says why
     if request.accept_mimetypes.best == "application/json" or request.endpoint in NOT_ACTIVITY:
         return jsonify({"error": {"code": "signed_out", "message": message}, "seconds_left": 0}), 401

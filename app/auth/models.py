@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from flask_login import UserMixin
-from sqlalchemy import Boolean, CheckConstraint, Integer, String, false
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Index, Integer, String, false
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.database import UTCDateTime, utcnow
 from app.extensions import db
@@ -60,10 +60,6 @@ class User(UserMixin, db.Model):
             return True
         return any(code.startswith(division_prefix(scope)) for scope in self.scopes)
 
-    def get_id(self) -> str:
-        # Changing the password invalidates other sessions: the id embeds when it was set.
-        return f"{self.id}:{int(self.password_changed_at.timestamp())}"
-
 
 class LoginThrottle(db.Model):
     """Failure counters per account ("user:NAME") and per address ("addr:IP")."""
@@ -74,3 +70,28 @@ class LoginThrottle(db.Model):
     failures: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     first_failure_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ConsoleSession(db.Model):
+    """One console sign-in, held on the server: the cookie carries a random token, this row only its SHA-256.
+
+    A request is signed in only while its token's row is live (no `ended_at`): signing out, an admin and the
+    idle and absolute limits end the row, so a copied or written-back cookie is dead with it."""
+
+    __tablename__ = "console_sessions"
+    __table_args__ = (
+        CheckConstraint("(ended_at IS NULL) = (end_reason IS NULL)", name="ended_with_reason"),
+        Index("ix_console_sessions_user_live", "user_id", "ended_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=False)
+    signed_in_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    last_active_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    remote_addr: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    user_agent: Mapped[str] = mapped_column(String(120), nullable=False, default="")
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    end_reason: Mapped[str | None] = mapped_column(String(32))
+
+    user: Mapped[User] = relationship()

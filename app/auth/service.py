@@ -13,7 +13,8 @@ from sqlalchemy import func, select
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from app.audit import service as audit
-from app.auth.models import ROLES, LoginThrottle, User
+from app.auth import console_sessions
+from app.auth.models import ROLES, ConsoleSession, LoginThrottle, User
 from app.database import serialise, utcnow
 from app.errors import Conflict, DomainError, NotFound, ValidationFailed
 from app.extensions import db
@@ -109,6 +110,8 @@ def update_user(user: User, *, role: str, scopes: list[str], active: bool, displ
     user.display_name = display_name[:120]
     audit.record("user.update", user.username,
                  {"before": before, "after": {"role": role, "scopes": scope_codes, "active": active}})
+    if before["active"] and not active:
+        console_sessions.end_sessions(user, "disabled")  # a disabled account is signed out everywhere at once
     return user
 
 
@@ -119,18 +122,21 @@ def set_password(user: User, new_password: str, *, action: str = "user.password_
     check_password_policy(new_password, user.username, field=field)
     user.password_hash = generate_password_hash(new_password)
     user.password_must_change = temporary
-    # Whole seconds: the session id embeds this timestamp, so bump it past the current one.
-    user.password_changed_at = max(utcnow(), user.password_changed_at + timedelta(seconds=1))
+    user.password_changed_at = utcnow()
     audit.record(action, user.username)
 
 
-def reset_password(user: User, new_password: str, *, by: User) -> None:
+def reset_password(user: User, new_password: str, *, by: User, keep: ConsoleSession | None = None) -> None:
     """An admin's reset: a password the user must replace at the next sign-in, unless the admin resets
-    their own, which they chose."""
+    their own, which they chose. Every session of the user ends, but `keep` (the admin's own, when they
+    reset their own password)."""
     set_password(user, new_password, temporary=user.id != by.id)
+    console_sessions.end_sessions(user, "password_reset", keep=keep if user.id == by.id else None)
 
 
-def change_own_password(user: User, current_password: str, new_password: str) -> None:
+def change_own_password(user: User, current_password: str, new_password: str, *,
+                        keep: ConsoleSession | None = None) -> None:
+    """The user's own change: their other sessions end, `keep` (the one they changed it in) stays."""
     if not check_password_hash(user.password_hash, current_password):
         raise ValidationFailed(_l("The current password is wrong."), code="wrong_password", field="current_password")
     if current_password == new_password:
@@ -138,6 +144,7 @@ def change_own_password(user: User, current_password: str, new_password: str) ->
                                field="new_password")
     set_password(user, new_password, action="user.password_change", temporary=False,
                  field="new_password")
+    console_sessions.end_sessions(user, "password_change", keep=keep)
 
 
 def password_change_due(user: User) -> str | None:

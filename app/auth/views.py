@@ -6,11 +6,11 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
-from flask_login import current_user, login_required, login_user, logout_user
+from flask_babel import ngettext
+from flask_login import current_user, login_required, login_user
 from sqlalchemy import select
 
-from app.audit import service as audit
-from app.auth import idle, password_due, service
+from app.auth import console_sessions, idle, password_due, service
 from app.auth.access import roles_required
 from app.auth.forms import ConfirmForm, LoginForm, PasswordChangeForm, PasswordResetForm, UserCreateForm, UserEditForm
 from app.auth.models import User
@@ -49,7 +49,7 @@ def login():
                   if error.code == "locked" else _("Wrong username or password."), "error")
             return render_template("auth/login.html", form=form), 401
         login_user(user)
-        idle.start()
+        idle.start(user)
         return redirect(_safe_next(request.args.get("next")))
     return render_template("auth/login.html", form=form)
 
@@ -57,9 +57,7 @@ def login():
 @bp.post("/logout")
 @login_required
 def logout():
-    audit.record("auth.logout", current_user.username)
-    db.session.commit()
-    logout_user()
+    idle.sign_out()
     return redirect(url_for("auth.login"))
 
 
@@ -84,13 +82,13 @@ def change_password():
     due = service.password_change_due(current_user)
     if form.validate_on_submit():
         try:
-            service.change_own_password(current_user, form.current_password.data, form.new_password.data)
+            service.change_own_password(current_user, form.current_password.data, form.new_password.data,
+                                        keep=idle.current_row())
             db.session.commit()
         except DomainError as error:
             db.session.rollback()
             form_error(form, error)
         else:
-            login_user(current_user)  # the session id embeds the password time: renew ours
             flash(_("Your password has been changed."), "success")
             return redirect(_safe_next(request.args.get("next")))
     return render_template("auth/password.html", form=form,
@@ -160,7 +158,8 @@ def edit_user(username: str):
                 flash(_("User %(name)s updated.", name=username), "success")
                 return redirect(url_for("auth.users"))
     return render_template("auth/user_form.html", form=form, user=user, reset_form=reset_form,
-                           locked=service.is_locked(username), confirm_form=ConfirmForm())
+                           locked=service.is_locked(username), confirm_form=ConfirmForm(),
+                           sessions=console_sessions.live_sessions(user))
 
 
 @bp.post("/users/<username>/password")
@@ -170,7 +169,7 @@ def reset_password(username: str):
     form = PasswordResetForm(prefix="reset")
     if form.validate_on_submit():
         try:
-            service.reset_password(user, form.password.data, by=current_user)
+            service.reset_password(user, form.password.data, by=current_user, keep=idle.current_row())
             db.session.commit()
             flash(_("Password of %(name)s reset.", name=username), "success")
         except DomainError as error:
@@ -191,3 +190,47 @@ def unlock_user(username: str):
               _("Sign-in lock of %(name)s cleared, and the lock on %(addresses)s.", name=username,
                 addresses=", ".join(addresses)), "success")
     return redirect(url_for("auth.users"))
+
+
+@bp.post("/users/<username>/sessions/end")
+@roles_required("ministry_admin")
+def end_user_sessions(username: str):
+    """An administrator signs a user out everywhere (confirmed on the user's page)."""
+    user = service.get_user(username)
+    if ConfirmForm().validate_on_submit():
+        ended = console_sessions.end_sessions(user, "ended_by_admin", keep=idle.current_row())
+        db.session.commit()
+        flash(ngettext("Ended %(num)d sign-in session of %(name)s.", "Ended %(num)d sign-in sessions of %(name)s.",
+                       len(ended), name=username) if ended else
+              _("%(name)s had no live sign-in session.", name=username), "success")
+    return redirect(url_for("auth.edit_user", username=username))
+
+
+@bp.get("/account/sessions")
+@login_required
+def my_sessions():
+    """The signed-in user's live sessions, this one marked, the others each with an end button."""
+    return render_template("auth/sessions.html", sessions=console_sessions.live_sessions(current_user),
+                           current=idle.current_row())
+
+
+@bp.post("/account/sessions/<int:session_id>/end")
+@login_required
+def end_my_session(session_id: int):
+    if ConfirmForm().validate_on_submit():
+        console_sessions.end_session(current_user, session_id, current=idle.current_row())
+        db.session.commit()
+        flash(_("That sign-in session has been ended."), "success")
+    return redirect(url_for("auth.my_sessions"))
+
+
+@bp.post("/account/sessions/end-others")
+@login_required
+def end_my_other_sessions():
+    if ConfirmForm().validate_on_submit():
+        ended = console_sessions.end_sessions(current_user, "ended_by_user", keep=idle.current_row())
+        db.session.commit()
+        flash(ngettext("Signed out of %(num)d other session.", "Signed out of %(num)d other sessions.",
+                       len(ended)) if ended else
+              _("There was no other session to end."), "success")
+    return redirect(url_for("auth.my_sessions"))

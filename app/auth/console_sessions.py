@@ -1,0 +1,192 @@
+"""Console sessions held on the server: one row per sign-in, so that ending it ends it for good.
+
+MLPS 2.0 (GB/T 22239-2019, 8.1.4.1) asks that a login connection can be ended and that one which timed out
+is signed out. The signed cookie carries a random token (256 bits); `console_sessions` keeps only its
+SHA-256. A console request is signed in only while its token's row is live, so a cookie copied before
+sign-out, or written back by a response still in flight at sign-out, is refused with the row. The idle
+limit (MPIM_IDLE_MINUTES) and the absolute one (MPIM_SESSION_MINUTES) are read from the row too.
+
+Plain functions: the console, the CLI and the password rules of `service` call them; none reads the request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from datetime import datetime, timedelta
+
+from flask import current_app
+from flask_babel import lazy_gettext as _l
+from sqlalchemy import and_, delete, or_, select
+from sqlalchemy.orm import joinedload
+
+from app.audit import service as audit
+from app.auth.models import ConsoleSession, User
+from app.database import utcnow
+from app.errors import NotFound
+from app.extensions import db
+
+TOKEN_BYTES = 32
+KEEP_ENDED_DAYS = 30  # ended (or expired) rows are deleted this long after, at a sign-in
+# Why a row ended: signed out; a limit; from the user's other session; by an administrator (console or CLI);
+# a password change elsewhere; an administrator's reset; the account disabled.
+END_REASONS = ("logout", "idle", "session_limit", "ended_by_user", "ended_by_admin", "password_change",
+               "password_reset", "disabled")
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def idle_seconds() -> int:
+    """The idle limit; 0 turns it off."""
+    return current_app.config["MPIM_IDLE_SECONDS"]
+
+
+def session_seconds() -> int:
+    """The absolute limit after sign-in (also the signed cookie's own lifetime)."""
+    return int(current_app.permanent_session_lifetime.total_seconds())
+
+
+def activity_resolution() -> int:
+    """How stale `last_active_at` may be before a request writes it again: a minute, or a quarter of a short
+    idle limit, so a busy console writes its row about once a minute, not on every request. The idle limit
+    may come that much early."""
+    return min(60, max(1, idle_seconds() // 4)) if idle_seconds() else 60
+
+
+def start(user: User, *, remote_addr: str, user_agent: str, now: datetime | None = None) -> str:
+    """A new console session for `user`, who has just signed in; returns the token for the cookie (shown
+    nowhere else). Rows long over are pruned here, so the table holds about 30 days of sign-ins."""
+    now = now or utcnow()
+    prune(now)
+    token = secrets.token_urlsafe(TOKEN_BYTES)
+    db.session.add(ConsoleSession(token_hash=token_hash(token), user_id=user.id, signed_in_at=now,
+                                  last_active_at=now, remote_addr=remote_addr[:64],
+                                  user_agent=readable_agent(user_agent)))
+    return token
+
+
+def find(token: str | None) -> ConsoleSession | None:
+    """The row of `token`, live or ended."""
+    if not token:
+        return None
+    # With its user: every console request reads both.
+    return db.session.scalar(select(ConsoleSession).options(joinedload(ConsoleSession.user))
+                             .where(ConsoleSession.token_hash == token_hash(token)))
+
+
+def live(token: str | None, user_id: str | int) -> ConsoleSession | None:
+    """The row of `token` if it is not ended and belongs to `user_id` (which the cookie names too)."""
+    row = find(token)
+    if row is None or row.ended_at is not None or str(row.user_id) != str(user_id):
+        return None
+    return row
+
+
+def expiry(row: ConsoleSession, now: datetime | None = None) -> str | None:
+    """Which limit the session is past: "session_limit", "idle", or None."""
+    now = now or utcnow()
+    if now - row.signed_in_at > timedelta(seconds=session_seconds()):
+        return "session_limit"
+    if idle_seconds() and now - row.last_active_at > timedelta(seconds=idle_seconds()):
+        return "idle"
+    return None
+
+
+def seconds_left(row: ConsoleSession, now: datetime | None = None) -> dict:
+    """What remains: before the idle limit or the absolute one, whichever is first, and whether activity can
+    extend it (not when the absolute limit comes first)."""
+    now = now or utcnow()
+    absolute_left = int((row.signed_in_at - now).total_seconds()) + session_seconds()
+    idle_left = (int((row.last_active_at - now).total_seconds()) + idle_seconds() if idle_seconds()
+                 else absolute_left)
+    return {"seconds_left": max(0, min(idle_left, absolute_left)), "renewable": idle_left < absolute_left}
+
+
+def note_activity(row: ConsoleSession, now: datetime | None = None) -> bool:
+    """Move `last_active_at` on when it is older than `activity_resolution`; True when it was written."""
+    now = now or utcnow()
+    if now - row.last_active_at < timedelta(seconds=activity_resolution()):
+        return False
+    row.last_active_at = now
+    return True
+
+
+def end(row: ConsoleSession, reason: str, now: datetime | None = None) -> None:
+    """End one row. Signing out and the limits record their own audit entries (auth.logout, auth.timeout);
+    the other endings go through `end_session` and `end_sessions`, which record auth.session_end."""
+    assert reason in END_REASONS, reason
+    row.ended_at, row.end_reason = now or utcnow(), reason
+
+
+def live_sessions(user: User, now: datetime | None = None) -> list[ConsoleSession]:
+    """The user's sessions that are neither ended nor past a limit, the most recently active first."""
+    now = now or utcnow()
+    rows = db.session.scalars(select(ConsoleSession).where(ConsoleSession.user_id == user.id,
+                                                           ConsoleSession.ended_at.is_(None))
+                              .order_by(ConsoleSession.last_active_at.desc(), ConsoleSession.id.desc()))
+    return [row for row in rows if expiry(row, now) is None]
+
+
+def end_session(user: User, session_id: int, *, current: ConsoleSession | None = None) -> ConsoleSession:
+    """The user ends one of their other live sessions ("my sessions"); NotFound for anyone else's, for
+    one already over, and for the session asking (that one signs out)."""
+    row = db.session.get(ConsoleSession, session_id)
+    if (row is None or row.user_id != user.id or row.ended_at is not None
+            or (current is not None and row.id == current.id)):
+        raise NotFound(_l("No such sign-in session of yours is live."), code="console_session_not_found")
+    end(row, "ended_by_user")
+    audit.record("auth.session_end", user.username, {"reason": "ended_by_user", "sessions": [row.id]})
+    return row
+
+
+def end_sessions(user: User, reason: str, *, keep: ConsoleSession | None = None,
+                 actor: str | None = None) -> list[int]:
+    """End every session of `user` that is not over, but `keep` (the one asking, when it is theirs);
+    returns the ids ended, and records auth.session_end when there were any. `actor`: who, when not the
+    console's signed-in user (the CLI says "cli")."""
+    now = utcnow()
+    rows = db.session.scalars(select(ConsoleSession).where(ConsoleSession.user_id == user.id,
+                                                           ConsoleSession.ended_at.is_(None))
+                              .order_by(ConsoleSession.id))
+    ended = []
+    for row in rows:
+        if keep is not None and row.id == keep.id:
+            continue
+        end(row, reason, now)
+        ended.append(row.id)
+    if ended:
+        audit.record("auth.session_end", user.username, {"reason": reason, "sessions": ended}, actor=actor)
+    return ended
+
+
+def prune(now: datetime | None = None) -> int:
+    """Delete the rows ended, or past a limit, more than KEEP_ENDED_DAYS ago; returns how many."""
+    cutoff = (now or utcnow()) - timedelta(days=KEEP_ENDED_DAYS)
+    over = [ConsoleSession.ended_at < cutoff,
+            and_(ConsoleSession.ended_at.is_(None),
+                 ConsoleSession.signed_in_at < cutoff - timedelta(seconds=session_seconds()))]
+    if idle_seconds():
+        over.append(and_(ConsoleSession.ended_at.is_(None),
+                         ConsoleSession.last_active_at < cutoff - timedelta(seconds=idle_seconds())))
+    return db.session.execute(delete(ConsoleSession).where(or_(*over))).rowcount
+
+
+# Checked in order: Edge and the Chinese browsers also say "Chrome/", and every Chromium says "Safari/".
+_BROWSERS = (("Edg/", "Edge"), ("OPR/", "Opera"), ("QQBrowser/", "QQ Browser"), ("Firefox/", "Firefox"),
+             ("Chromium/", "Chromium"), ("Chrome/", "Chrome"), ("Version/", "Safari"))
+_SYSTEMS = (("Windows", "Windows"), ("Android", "Android"), ("iPhone", "iOS"), ("iPad", "iPadOS"),
+            ("Mac OS X", "macOS"), ("Kylin", "Kylin"), ("UOS", "UOS"), ("CrOS", "ChromeOS"), ("Linux", "Linux"))
+
+
+def readable_agent(raw: str) -> str:
+    """A browser's User-Agent as a person tells one machine from another ("Chrome 131, Windows"); anything
+    not recognised as it came, without control characters, cut to 120 characters."""
+    browser = next((f"{name} {match.group(1)}" for marker, name in _BROWSERS
+                    if (match := re.search(re.escape(marker) + r"(\d+)", raw))), None)
+    system = next((name for marker, name in _SYSTEMS if marker in raw), None)
+    if browser:
+        return f"{browser}, {system}" if system else browser
+    return "".join(ch for ch in raw if ch.isprintable())[:120]

@@ -1,0 +1,306 @@
+"""Console sessions held on the server (app/auth/console_sessions.py): signing out, ending a session from
+another one, an administrator's levers and the CLI end a sign-in for good, whatever cookie is still about."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from app.audit.models import AuditRecord
+from app.auth import console_sessions, idle
+from app.auth.models import ConsoleSession, User
+from app.database import utcnow
+from app.extensions import db
+from tests.conftest import PASSWORD, Console, csrf_token
+
+CHROME_ON_WINDOWS = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+                     "Chrome/131.0.0.0 Safari/537.36")
+
+
+def signed_in(app, username: str = "alice", user_agent: str | None = None) -> Console:
+    client = app.test_client()
+    if user_agent:
+        client.environ_base["HTTP_USER_AGENT"] = user_agent
+    console = Console(client)
+    assert console.login(username).status_code == 302
+    return console
+
+
+def session_cookie(console: Console) -> str:
+    return console.client.get_cookie("session").value
+
+
+def row_of(console: Console) -> ConsoleSession:
+    with console.client.session_transaction() as session:
+        token = session[idle.TOKEN]
+    db.session.expire_all()
+    return console_sessions.find(token)
+
+
+def is_signed_in(console: Console) -> bool:
+    response = console.client.get("/")
+    assert response.status_code in (200, 302)
+    return response.status_code == 200
+
+
+def session_ends() -> list[AuditRecord]:
+    return list(db.session.scalars(select(AuditRecord).where(AuditRecord.action == "auth.session_end")
+                                   .order_by(AuditRecord.seq)))
+
+
+def reset_password(admin: Console, username: str) -> None:
+    """The reset form on the user's page (its fields are prefixed "reset-")."""
+    token = csrf_token(admin.client.get(f"/users/{username}").get_data(as_text=True))
+    response = admin.client.post(f"/users/{username}/password",
+                                 data={"reset-password": "Reset-Secret-42", "reset-csrf_token": token})
+    assert response.status_code == 302
+    assert f"已重置 {username} 的密码" in admin.client.get(f"/users/{username}").get_data(as_text=True)
+
+
+def sign_out(console: Console) -> None:
+    token = csrf_token(console.client.get("/").get_data(as_text=True))
+    assert console.client.post("/logout", data={"csrf_token": token}).status_code == 302
+
+
+def test_signing_out_ends_the_row_first(app, make_user):
+    make_user("alice")
+    console = signed_in(app)
+    row_id = row_of(console).id
+    sign_out(console)
+    db.session.expire_all()
+    row = db.session.get(ConsoleSession, row_id)
+    assert row.end_reason == "logout" and row.ended_at is not None
+    assert console_sessions.live_sessions(row.user) == []
+
+
+def test_the_cookie_carries_a_random_token_and_the_database_only_its_hash(app, make_user):
+    make_user("alice")
+    first, second = signed_in(app), signed_in(app)
+    tokens = []
+    for console in (first, second):
+        with console.client.session_transaction() as session:
+            tokens.append(session[idle.TOKEN])
+    assert tokens[0] != tokens[1] and all(len(token) >= 43 for token in tokens)  # 256 bits, base64url
+    rows = list(db.session.scalars(select(ConsoleSession).order_by(ConsoleSession.id)))
+    assert [row.token_hash for row in rows] == [hashlib.sha256(t.encode()).hexdigest() for t in tokens]
+    dump = json.dumps([[str(v) for v in (r.token_hash, r.remote_addr, r.user_agent)] for r in rows])
+    assert not any(token in dump for token in tokens)
+
+
+def test_my_sessions_lists_where_i_am_signed_in_and_marks_this_one(app, make_user):
+    make_user("alice")
+    here = signed_in(app, user_agent=CHROME_ON_WINDOWS)
+    signed_in(app, user_agent="Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0")
+    page = here.client.get("/account/sessions").get_data(as_text=True)
+    assert "登录会话" in page and "Chrome 131, Windows" in page and "Firefox 128, Linux" in page
+    assert "127.0.0.1" in page
+    marked = re.search(r'<tr aria-current="true">(.*?)</tr>', page, re.S).group(1)
+    assert "Chrome 131, Windows" in marked and "当前会话" in marked and "/end" not in marked
+    assert page.count('data-confirm="结束来自') == 1  # only the other one can be ended from here
+    assert 'href="/account/sessions"' in here.client.get("/").get_data(as_text=True)  # from the user menu
+
+
+def test_ending_another_session_signs_it_out_and_keeps_this_one(app, make_user):
+    make_user("alice")
+    here, there = signed_in(app), signed_in(app)
+    other_id = row_of(there).id
+    response = here.post_form("/account/sessions", {}, action=f"/account/sessions/{other_id}/end")
+    assert response.status_code == 302
+    response = there.client.get("/nodes/")
+    assert response.status_code == 302 and response.headers["Location"] == "/login?next=/nodes/"
+    assert "此次登录已在您的另一个会话中被结束" in there.client.get("/login").get_data(as_text=True)
+    assert is_signed_in(here)
+    [entry] = session_ends()
+    assert (entry.actor, entry.target, entry.detail) == ("alice", "alice",
+                                                         {"reason": "ended_by_user", "sessions": [other_id]})
+
+
+def test_sign_out_everywhere_else_keeps_only_this_session(app, make_user):
+    make_user("alice")
+    make_user("bob")
+    here, second, third, bobs = signed_in(app), signed_in(app), signed_in(app), signed_in(app, "bob")
+    here.post_form("/account/sessions", {}, action="/account/sessions/end-others")
+    assert [is_signed_in(c) for c in (here, second, third, bobs)] == [True, False, False, True]
+    [entry] = session_ends()
+    assert entry.detail["reason"] == "ended_by_user" and len(entry.detail["sessions"]) == 2
+
+
+def test_nobody_ends_or_sees_another_users_session_from_my_sessions(app, make_user):
+    make_user("alice")
+    make_user("bob")
+    alice, bob = signed_in(app), signed_in(app, "bob")
+    response = bob.post_form("/account/sessions", {}, action=f"/account/sessions/{row_of(alice).id}/end")
+    assert response.status_code == 404
+    bobs_page = bob.client.get("/account/sessions").get_data(as_text=True)
+    assert bobs_page.count("<tr") == 2 and '<tr aria-current="true">' in bobs_page  # header and bob's own
+    assert is_signed_in(alice) and session_ends() == []
+
+
+def test_an_admins_reset_ends_every_session_of_the_user(app, admin_console, make_user):
+    make_user("alice")
+    first, second = signed_in(app), signed_in(app)
+    reset_password(admin_console, "alice")
+    assert not is_signed_in(first) and not is_signed_in(second)
+    assert is_signed_in(admin_console)
+    [entry] = session_ends()
+    assert entry.actor == "minister" and entry.detail["reason"] == "password_reset"
+    assert len(entry.detail["sessions"]) == 2
+
+
+def test_an_admin_resetting_their_own_password_stays_signed_in_here_only(app, admin_console):
+    elsewhere = signed_in(app, "minister")
+    reset_password(admin_console, "minister")
+    assert is_signed_in(admin_console) and not is_signed_in(elsewhere)
+
+
+def test_disabling_an_account_ends_its_sessions(app, admin_console, make_user):
+    make_user("alice", "auditor")
+    alice = signed_in(app)
+    response = admin_console.post_form("/users/alice", {"display_name": "", "role": "auditor", "scopes": ""})
+    assert response.status_code == 302  # the active box left unticked
+    assert db.session.scalar(select(User.active).where(User.username == "alice")) is False
+    response = alice.client.get("/audit/")
+    assert response.status_code == 302 and response.headers["Location"].startswith("/login")
+    assert "管理员已结束此次登录" in alice.client.get("/login").get_data(as_text=True)
+    [entry] = session_ends()
+    assert entry.detail["reason"] == "disabled" and entry.actor == "minister"
+
+
+def test_an_admin_sees_a_users_sessions_and_ends_them_all_after_confirming(app, admin_console, make_user):
+    make_user("alice")
+    first, second = signed_in(app, user_agent=CHROME_ON_WINDOWS), signed_in(app)
+    page = admin_console.client.get("/users/alice").get_data(as_text=True)
+    assert "Chrome 131, Windows" in page
+    assert 'data-confirm="让 alice 在所有位置退出登录？' in page
+    response = admin_console.post_form("/users/alice", {}, action="/users/alice/sessions/end")
+    assert response.status_code == 302
+    assert "已结束 alice 的 2 个登录会话" in admin_console.client.get("/users/alice").get_data(as_text=True)
+    assert not is_signed_in(first) and not is_signed_in(second) and is_signed_in(admin_console)
+    assert "alice 当前未在任何位置登录" in admin_console.client.get("/users/alice").get_data(as_text=True)
+    [entry] = session_ends()
+    assert (entry.actor, entry.target, entry.detail["reason"]) == ("minister", "alice", "ended_by_admin")
+
+
+def test_a_provincial_admin_neither_sees_nor_ends_another_users_sessions(app, make_user):
+    make_user("alice")
+    make_user("jx-admin", "provincial_admin", ("360000",))
+    alice, provincial = signed_in(app), signed_in(app, "jx-admin")
+    token = csrf_token(provincial.client.get("/account/sessions").get_data(as_text=True))
+    assert provincial.client.get("/users/alice").status_code == 403
+    assert provincial.client.post("/users/alice/sessions/end", data={"csrf_token": token}).status_code == 403
+    assert provincial.client.post(f"/account/sessions/{row_of(alice).id}/end",
+                                  data={"csrf_token": token}).status_code == 404
+    assert is_signed_in(alice) and session_ends() == []
+
+
+def test_a_password_change_ends_the_other_sessions_and_keeps_this_one(app, make_user):
+    make_user("alice")
+    here, there = signed_in(app), signed_in(app)
+    here.post_form("/account/password", {"current_password": PASSWORD, "new_password": "New-Secret-42",
+                                         "confirm": "New-Secret-42"})
+    assert row_of(here).ended_at is None and is_signed_in(here)
+    assert not is_signed_in(there)
+    assert "您的密码已在另一个会话中修改" in there.client.get("/login").get_data(as_text=True)
+    [entry] = session_ends()
+    assert entry.detail["reason"] == "password_change" and len(entry.detail["sessions"]) == 1
+
+
+def test_cli_lists_and_ends_a_users_sessions(app, runner, make_user):
+    make_user("alice")
+    first, second = signed_in(app, user_agent=CHROME_ON_WINDOWS), signed_in(app)
+    listed = runner.invoke(args=["users", "sessions", "alice", "--json"])
+    assert listed.exit_code == 0, listed.output
+    items = [json.loads(line) for line in listed.output.splitlines()]
+    assert {item["id"] for item in items} == {row_of(first).id, row_of(second).id}
+    assert {item["user_agent"] for item in items} >= {"Chrome 131, Windows"}
+    assert all(item["remote_addr"] == "127.0.0.1" for item in items)
+    assert "Chrome 131, Windows" in runner.invoke(args=["users", "sessions", "alice"]).output
+
+    ended = runner.invoke(args=["users", "end-sessions", "alice"])
+    assert ended.exit_code == 0 and "ended 2 session(s) of alice" in ended.output
+    assert not is_signed_in(first) and not is_signed_in(second)
+    assert runner.invoke(args=["users", "sessions", "alice"]).output == ""
+    [entry] = session_ends()
+    assert (entry.actor, entry.detail["reason"]) == ("cli", "ended_by_admin")
+    missing = runner.invoke(args=["users", "end-sessions", "nobody"])
+    assert missing.exit_code == 1 and "nobody" in missing.output
+
+
+def test_a_session_past_its_limits_is_not_listed_as_live(app, make_user):
+    user = make_user("alice")
+    stale = signed_in(app)
+    row = row_of(stale)
+    row.last_active_at = utcnow() - timedelta(minutes=31)
+    db.session.commit()
+    fresh = signed_in(app)
+    assert [r.id for r in console_sessions.live_sessions(user)] == [row_of(fresh).id]
+
+
+def test_signing_in_prunes_sessions_over_for_more_than_thirty_days(app, make_user):
+    make_user("alice")
+    old_ended, recent_ended, old_expired, live = (signed_in(app) for _ in range(4))
+    now = utcnow()
+    rows = [row_of(console) for console in (old_ended, recent_ended, old_expired)]
+    for row, ended_days_ago, signed_in_days_ago in zip(rows, (31, 29, None), (31, 29, 32), strict=True):
+        row.signed_in_at = row.last_active_at = now - timedelta(days=signed_in_days_ago)
+        if ended_days_ago is not None:
+            row.ended_at, row.end_reason = now - timedelta(days=ended_days_ago), "logout"
+    db.session.commit()
+    kept = {row_of(c).id for c in (recent_ended, live)}
+    signed_in(app)
+    db.session.expire_all()
+    remaining = set(db.session.scalars(select(ConsoleSession.id)))
+    assert kept < remaining and len(remaining) == 3
+
+
+def test_readable_agents():
+    assert console_sessions.readable_agent(CHROME_ON_WINDOWS) == "Chrome 131, Windows"
+    assert console_sessions.readable_agent(CHROME_ON_WINDOWS + " Edg/131.0.2903.86") == "Edge 131, Windows"
+    assert console_sessions.readable_agent(
+        "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 "
+        "Safari/605.1.15") == "Safari 17, macOS"
+    assert console_sessions.readable_agent("curl/8.5.0\x1b[2J") == "curl/8.5.0[2J"
+    assert console_sessions.readable_agent("") == ""
+    assert len(console_sessions.readable_agent("x" * 500)) == 120
+
+
+def test_one_user_ends_their_other_browser_from_my_sessions(browser, live_server, make_user):
+    """Two browsers signed in as one user; the first ends the second through the confirmation, and the
+    second's next page is the sign-in form, saying why."""
+    make_user("alice")
+    contexts = [browser.new_context(locale="zh-CN") for _ in range(2)]
+    try:
+        first, second = (context.new_page() for context in contexts)
+        for tab in (first, second):
+            tab.set_default_timeout(15000)
+            tab.goto(f"{live_server}/login")
+            tab.fill("input[name=username]", "alice")
+            tab.fill("input[name=password]", PASSWORD)
+            tab.click("button[type=submit]")
+            tab.wait_for_selector("h1:has-text('仪表盘')")
+        first.click("header >> text=登录会话")
+        first.wait_for_selector("h1:has-text('登录会话')")
+        assert first.locator("#console-sessions tbody tr").count() == 2
+        questions = []
+        first.once("dialog", lambda dialog: (questions.append(dialog.message), dialog.dismiss()))
+        first.click("#console-sessions button:has-text('结束')")
+        assert questions and questions[0].startswith("结束来自 127.0.0.1")
+        assert first.locator("#console-sessions tbody tr").count() == 2  # thought better of it: nothing ended
+        first.once("dialog", lambda dialog: dialog.accept())
+        first.click("#console-sessions button:has-text('结束')")
+        first.wait_for_selector(".flash:has-text('该登录会话已结束')")
+        assert first.locator("#console-sessions tbody tr").count() == 1
+
+        second.click("nav.mainnav >> text=行政区划")
+        second.wait_for_selector("input[name=password]")
+        assert "/login" in second.url
+        assert "此次登录已在您的另一个会话中被结束" in second.inner_text("main")
+        first.reload()
+        first.wait_for_selector("h1:has-text('登录会话')")
+    finally:
+        for context in contexts:
+            context.close()
