@@ -208,6 +208,37 @@ def test_password_change_logs_out_other_sessions(app, make_user):
     assert Console(app.test_client()).login("alice", "New-Secret-42").status_code == 302
 
 
+def test_a_change_or_a_reset_cannot_bring_back_any_of_the_last_five_passwords(app, admin_console, make_user):
+    user = make_user("alice")
+    passwords = [PASSWORD] + [f"Rotated-Secret-{n}" for n in range(1, 6)]
+    for current, new in zip(passwords[:4], passwords[1:5], strict=True):
+        service.change_own_password(user, current, new)
+        db.session.commit()
+    console = Console(app.test_client())
+    console.login("alice", passwords[4])
+    for earlier in passwords[:4]:
+        response = console.post_form("/account/password", {"current_password": passwords[4], "new_password": earlier,
+                                                           "confirm": earlier})
+        assert response.status_code == 200
+        assert re.search(r'<input[^>]*aria-invalid="true"[^>]*name="new_password"|'
+                         r'<input[^>]*name="new_password"[^>]*aria-invalid="true"', response.get_data(as_text=True))
+        assert "新密码不能与该账号最近 5 次使用过的密码相同" in response.get_data(as_text=True)
+    html = admin_console.client.get("/users/alice").get_data(as_text=True)
+    admin_console.client.post("/users/alice/password", data={"reset-password": passwords[2],
+                                                             "reset-csrf_token": csrf_token(html)})
+    refusal = admin_console.client.get("/users/alice").get_data(as_text=True)
+    assert "新密码不能与该账号最近 5 次使用过的密码相同" in refusal
+    assert Console(app.test_client()).login("alice", passwords[4]).status_code == 302  # nothing changed
+
+    service.change_own_password(user, passwords[4], passwords[5])
+    db.session.commit()
+    service.reset_password(user, PASSWORD, by=user)  # six passwords ago: allowed again
+    db.session.commit()
+    with pytest.raises(ValidationFailed) as refused:
+        service.reset_password(user, passwords[2], by=user)
+    assert refused.value.code == "password_reused"
+
+
 def test_password_change_with_wrong_current_password(app, console, make_user):
     make_user("alice")
     console.login("alice")

@@ -95,3 +95,15 @@ class ConsoleSession(db.Model):
     end_reason: Mapped[str | None] = mapped_column(String(32))
 
     user: Mapped[User] = relationship()
+
+
+class PasswordHistory(db.Model):
+    """A user's earlier password hashes, the newest few only: a change or a reset may not bring one back."""
+
+    __tablename__ = "password_history"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True)
+    password_hash: Mapped[str] = mapped_column(String(255), nullable=False)
+    # When this password stopped being the user's.
+    replaced_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)

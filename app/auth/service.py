@@ -14,7 +14,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from app.audit import service as audit
 from app.auth import console_sessions
-from app.auth.models import ROLES, ConsoleSession, LoginThrottle, User
+from app.auth.models import ROLES, ConsoleSession, LoginThrottle, PasswordHistory, User
 from app.database import serialise, utcnow
 from app.errors import Conflict, DomainError, NotFound, ValidationFailed
 from app.extensions import db
@@ -22,6 +22,8 @@ from app.readable import readable_text
 
 USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{2,64}$")
 MIN_PASSWORD_LENGTH = 10
+# A new password may not be any of the account's last five: the current one and the four before it.
+PASSWORD_HISTORY = 5
 # Checked even for unknown accounts, so the reply time does not reveal which usernames exist.
 _DUMMY_HASH = generate_password_hash("not-a-real-password")
 
@@ -118,8 +120,18 @@ def update_user(user: User, *, role: str, scopes: list[str], active: bool, displ
 def set_password(user: User, new_password: str, *, action: str = "user.password_reset",
                  temporary: bool = True, field: str = "password") -> None:
     """`temporary`: an admin's reset, which the user must replace at the next sign-in; `field`: where a
-    refusal is shown."""
+    refusal is shown. None of the account's last PASSWORD_HISTORY passwords comes back (MLPS 2.0 asks
+    passwords to be changed, which a change back to the last one would not be)."""
     check_password_policy(new_password, user.username, field=field)
+    earlier = list(db.session.scalars(select(PasswordHistory).where(PasswordHistory.user_id == user.id)
+                                      .order_by(PasswordHistory.replaced_at.desc(), PasswordHistory.id.desc())))
+    if any(check_password_hash(hashed, new_password)
+           for hashed in [user.password_hash, *(row.password_hash for row in earlier[:PASSWORD_HISTORY - 1])]):
+        raise ValidationFailed(_l("The new password must differ from the last %(n)d passwords of this account.",
+                                  n=PASSWORD_HISTORY), code="password_reused", field=field)
+    db.session.add(PasswordHistory(user_id=user.id, password_hash=user.password_hash))
+    for row in earlier[PASSWORD_HISTORY - 2:]:  # with the one just added, the newest four are kept
+        db.session.delete(row)
     user.password_hash = generate_password_hash(new_password)
     user.password_must_change = temporary
     user.password_changed_at = utcnow()
