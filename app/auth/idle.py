@@ -93,7 +93,8 @@ def enforce() -> object | None:
     if reason := console_sessions.expiry(row, now):
         minutes = (console_sessions.idle_seconds() if reason == "idle" else console_sessions.session_seconds()) // 60
         audit.record("auth.timeout", current_user.username,
-                     {"reason": reason, "minutes": minutes, "last_active": row.last_active_at})
+                     {"reason": reason, "minutes": minutes,
+                      "last_active": row.last_active_at.replace(microsecond=0)})  # whole seconds, as other records
         console_sessions.end(row, reason, now)
         db.session.commit()
         _forget()
