@@ -1,7 +1,8 @@
 """A node missing from the reference node's routing table (docs/protocol.md §2.2-§2.3): approved or resumed since
 the last scheduled pull, or unknown to the management node. Before refusing it, the node pulls the table once (at
-most once per 30 s) when sending to it, asking its home node for a group operation, downloading from it and
-receiving from it, each over real mutual TLS against a real management node."""
+most once per 30 s) when sending to it, asking its home node for a group operation, taking a member on it into a
+group homed here (and having it confirm them), downloading from it and receiving from it, each over real mutual
+TLS against a real management node."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ import flask
 import pytest
 
 from app.admission import nodes
-from app.appnode.protocol import UnknownPeer
+from app.appnode import protocol
+from app.appnode.groups import new_group_id
+from app.appnode.protocol import NotFound, UnknownPeer
+from app.appnode.store import Group
 from app.extensions import db
 from tests.appnode_harness import ServedNode, raw_post
 from tests.test_appnode import (  # noqa: F401 (fixture)
@@ -91,6 +95,71 @@ def test_a_file_from_a_node_resumed_since_the_last_pull_is_downloaded_at_once(ne
     message = a.node.send_file("zhangsan", b.user("lisi"), PDF, "file", file_name="协查通报.pdf")
     resumed_since_the_last_pull(network, a, b)
     assert b.node.file_bytes(b.node.download("lisi", message.message_id)) == PDF
+
+
+# ---- a group's home node --------------------------------------------------------------------------------------
+
+def test_a_group_with_a_member_on_a_node_approved_after_the_home_nodes_last_pull_is_created_at_once(network):  # noqa: F811
+    a, b = network["a"], network["b"]
+    c = network["join"]("110000")
+    sync_until(b, lambda: b.node.routes.peek(c.id) is not None, "the management node to publish node C")
+    assert a.node.routes.peek(c.id) is None  # A pulled before C was approved, and its next pull is an hour off
+    group = a.node.create_group("zhangsan", "专班", [c.user("sunqi")])
+    assert group.members == [a.user("zhangsan"), c.user("sunqi")]
+    assert [replica.address for replica in c.node.groups("sunqi")] == [group.address]  # C confirmed it
+
+
+def test_a_member_on_a_node_resumed_since_the_home_nodes_last_pull_is_invited_at_once(network):  # noqa: F811
+    a, b = network["a"], network["b"]
+    group = a.node.create_group("zhangsan", "专班")
+    resumed_since_the_last_pull(network, b, a)
+    assert a.node.group_operation("zhangsan", group.address, "invite", [b.user("lisi")]) == "applied"
+    assert b.user("lisi") in a.node.groups("zhangsan")[0].members
+    assert [replica.address for replica in b.node.groups("lisi")] == [group.address]
+
+
+def test_a_member_nodes_invite_of_a_user_on_a_node_neither_table_lists_yet_is_applied_at_once(network):  # noqa: F811
+    """B asks home A to invite a user of C, approved after both pulled: each pulls once before it would refuse."""
+    a, b = network["a"], network["b"]
+    group = a.node.create_group("zhangsan", "专班", [b.user("lisi")])
+    c = network["join"]("110000")
+    probe = network["join"]("110000")
+    sync_until(probe, lambda: probe.node.routes.peek(c.id) is not None, "the management node to publish node C")
+    assert a.node.routes.peek(c.id) is None and b.node.routes.peek(c.id) is None
+    assert b.node.group_operation("lisi", group.address, "invite", [c.user("sunqi")]) == "accepted"
+    settle(a, b, c)
+    assert c.user("sunqi") in a.node.groups("zhangsan")[0].members
+    assert [replica.address for replica in c.node.groups("sunqi")] == [group.address]
+
+
+def test_a_member_on_a_node_nobody_approved_is_refused_as_not_found_after_one_pull(network, app):  # noqa: F811
+    a = network["a"]
+    group = a.node.create_group("zhangsan", "专班")
+    nobody = "sunqi@44000000002025000999"
+    refused = (r"sunqi@44000000002025000999: node 44000000002025000999 is not in the routing table as pulled from "
+               r"the management node (just now|\d+ s ago)")
+    with route_pulls(app) as pulls:
+        with pytest.raises(NotFound, match=refused):
+            a.node.create_group("zhangsan", "幻影", [nobody])
+        with pytest.raises(NotFound, match=refused):  # within the refresh interval: no second pull
+            a.node.group_operation("zhangsan", group.address, "invite", [nobody])
+    assert len(pulls) == 1
+    assert [listed.members for listed in a.node.groups("zhangsan")] == [[a.user("zhangsan")]]
+
+
+def test_the_confirmation_pulls_for_a_node_approved_since_the_last_pull(network):  # noqa: F811
+    """The home node asks a node gaining members to confirm them (§8.9): one missing from the table (dropped
+    by a pull between the members' check and the confirmation) is pulled for, not refused at once."""
+    a, b = network["a"], network["b"]
+    c = network["join"]("110000")
+    sync_until(b, lambda: b.node.routes.peek(c.id) is not None, "the management node to publish node C")
+    assert a.node.routes.peek(c.id) is None
+    draft = Group(group_id=new_group_id(), home_node_id=a.id, name="专班", notice="", owner=a.user("zhangsan"),
+                  members=[a.user("zhangsan"), c.user("sunqi")], seq=1)
+    envelope = protocol.make_envelope(from_node=a.id, to_node=c.id, type="group_op",
+                                      payload=a.node._announcement(draft, "create", draft.owner, [c.user("sunqi")]))
+    assert a.node._deliver_now(c.id, envelope, [c.user("sunqi")]) is None
+    assert [replica.address for replica in c.node.groups("sunqi")] == [draft.address]
 
 
 # ---- receiving --------------------------------------------------------------------------------------------------

@@ -26,8 +26,8 @@ CONFIRM_TIMEOUT = 5.0
 
 class GroupConfirmationMixin:
     """Confirmations for a `Node`'s groups. Relies on the node's `db`, `node_id`, `routes`, `peers` and
-    `_writing`; on `_enqueue`, `deliver`, `_error_code` and `_peer_error` (OutboxMixin), and on
-    `_apply_confirmed`, `_announce` and `_announcement` (GroupHomeMixin)."""
+    `_writing`; on `_pull_for_recipient` (RouteTableMixin), on `_enqueue`, `deliver`, `_error_code` and
+    `_peer_error` (OutboxMixin), and on `_apply_confirmed`, `_announce` and `_announcement` (GroupHomeMixin)."""
 
     def _confirm_and_apply(self, state: NewState, first_time: Callable[[Session], bool] | None = None) -> Group | None:
         """Has the nodes gaining members confirm `state`, with no transaction open, then applies it in a short
@@ -96,11 +96,13 @@ class GroupConfirmationMixin:
         self.deliver()  # at once: until then those nodes show members the group never had
 
     def _deliver_now(self, peer: str, envelope: dict, gaining: list[str]) -> DomainError | None:
-        """One synchronous attempt, outside the outbox: None when accepted, else the error to refuse with."""
+        """One synchronous attempt, outside the outbox: None when accepted, else the error to refuse with. A node
+        missing from the table is pulled for first (`_pull_for_recipient`: no transaction is open here)."""
+        unknown = self._pull_for_recipient(peer)
         entry = self.routes.peek(peer)
         users = ", ".join(gaining)
         if entry is None:
-            return NotFound(f"node {peer} is not in the routing table", field="payload.target_user_ids")
+            return NotFound(f"node {peer} is not in the routing table{unknown or ''}", field="payload.target_user_ids")
         body = json.dumps(envelope, ensure_ascii=False).encode()
         try:
             response = self.peers.post(entry["endpoint"], PATHS["group_op"], body, pin=entry["cert_sha256"],

@@ -9,7 +9,7 @@ in a second short transaction only if the group still has the reserved seq (§10
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
@@ -58,7 +58,8 @@ class NewState:
 
 class GroupHomeMixin:
     """The home node's side of a `Node`'s groups. Relies on the node's `db`, `node_id`, `routes` and `_writing`;
-    on `_enqueue` (OutboxMixin), and on `_confirm_and_apply` and `_nodes_to_confirm` (GroupConfirmationMixin)."""
+    on `_pull_for_recipient` (RouteTableMixin), on `_enqueue` (OutboxMixin), and on `_confirm_and_apply` and
+    `_nodes_to_confirm` (GroupConfirmationMixin)."""
 
     def _operate_at_home(self, op: str, group_id: str, operator: str, targets: list[str], info: dict, *,
                          first_time: Callable[[Session], bool] | None = None) -> tuple[Group | None, bool]:
@@ -67,11 +68,14 @@ class GroupHomeMixin:
         computes the state and reserves its seq, the nodes confirm it with no transaction open, and a second
         one applies it (`_apply_confirmed`). Returns the group and whether the operation changed it (a user
         is told "nothing changed"). `first_time` writes a request's dedup record in each transaction: None is
-        returned, and nothing applied, for a request already accepted."""
+        returned, and nothing applied, for a request already accepted. The members an invite or a transfer
+        names are looked up in the routing table, pulled first if one's node is missing (`_pull_for_members`)."""
+        named = {"invite": targets, "transfer_owner": targets[:1]}.get(op, [])
+        unknown = self._pull_for_members(named)  # before the transaction: it may wait on the network
         with self._writing, self.db() as session:
             if first_time is not None and not first_time(session):
                 return None, False
-            group, state = self._apply_at_home(session, op, group_id, operator, targets, info)
+            group, state = self._apply_at_home(session, op, group_id, operator, targets, info, unknown)
             if state is None or not self._nodes_to_confirm(state):
                 if state is not None:
                     self._announce(session, state)
@@ -89,10 +93,11 @@ class GroupHomeMixin:
         return group, group is not None
 
     def _apply_at_home(self, session: Session, op: str, group_id: str, operator: str, targets: list[str],
-                       info: dict) -> tuple[Group, NewState | None]:
+                       info: dict, unknown: Mapping[str, str]) -> tuple[Group, NewState | None]:
         """The home node applies an operation to its record in `session` and returns the new state to
         announce. One that changes nothing (inviting members, a member joining, renaming to the same name)
-        takes no seq and is not announced (None, §8.9); kicking someone who is not a member is refused."""
+        takes no seq and is not announced (None, §8.9); kicking someone who is not a member is refused.
+        `unknown` is `_pull_for_members`' account of the targets' nodes still missing from the table."""
         me = self.node_id
         group = session.get(Group, (group_id, me))
         if group is None:
@@ -110,7 +115,7 @@ class GroupHomeMixin:
             group.dismissed = True
         elif op == "invite":
             added = [target for target in targets if target not in members]
-            self._check_new_members(session, added)
+            self._check_new_members(session, added, unknown=unknown)
             members += added
         elif op == "join":
             if operator not in members:
@@ -134,7 +139,8 @@ class GroupHomeMixin:
         elif op == "transfer_owner":
             if targets[0] not in members:
                 raise NotAParticipant(f"{targets[0]} is not a member", field="payload.target_user_ids")
-            self._check_new_members(session, targets[:1])  # never to a member added before this check existed
+            # never to a member added before this check existed
+            self._check_new_members(session, targets[:1], unknown=unknown)
             group.owner = targets[0]
         if len(members) > MAX_GROUP_MEMBERS:
             raise Conflict(f"a group has at most {MAX_GROUP_MEMBERS} members", field="payload.target_user_ids")
@@ -165,11 +171,25 @@ class GroupHomeMixin:
         return Conflict(f"group {group_id} changed while its new members were being confirmed; nothing changed, "
                         "try again", field="payload.group_id")
 
-    def _check_new_members(self, session: Session, users: Iterable[str],
-                           field: str = "payload.target_user_ids") -> None:
+    def _pull_for_members(self, users: Iterable[str]) -> dict[str, str]:
+        """§2.3 for new members: a node approved or resumed since the last pull is missing from the table until
+        the next one, so before `_check_new_members` refuses a member on it the table is pulled, once however
+        many nodes are missing (`_pull_for_recipient`: at most once per REFRESH_INTERVAL). Waits on the network:
+        call it before a session opens. Returns, for each node still missing, what to tell the user about the
+        table (`_check_new_members`' `unknown`)."""
+        me, unknown = self.node_id, {}
+        for node in sorted({node_of(user) for user in users} - {me}):
+            account = self._pull_for_recipient(node)
+            if account is not None:
+                unknown[node] = account
+        return unknown
+
+    def _check_new_members(self, session: Session, users: Iterable[str], field: str = "payload.target_user_ids",
+                           unknown: Mapping[str, str] | None = None) -> None:
         """A member must be someone: a user of this node, or of a node the routing table lists with `group`
         (§6). A phantom would inflate unread counts, keep envelopes to an unknown node retrying, and could be
-        made owner, leaving nobody to manage the group."""
+        made owner, leaving nobody to manage the group. Only looks at the table: `_pull_for_members` pulls it
+        first, before the session opened, and `unknown` is its account of the nodes still missing."""
         me = self.node_id
         for user in users:
             node = node_of(user)
@@ -179,7 +199,8 @@ class GroupHomeMixin:
                 continue
             entry = self.routes.peek(node)
             if entry is None:
-                raise NotFound(f"{user}: node {node} is not in the routing table", field=field)
+                raise NotFound(f"{user}: node {node} is not in the routing table{(unknown or {}).get(node, '')}",
+                               field=field)
             if "group" not in entry["capabilities"]:
                 raise UnsupportedCapability(f"{user}: node {node} does not take part in groups", field=field)
 

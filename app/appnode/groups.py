@@ -38,8 +38,8 @@ def new_group_id() -> str:
 class GroupsMixin:
     """Group operations for a `Node`. Relies on the node's `db`, `node_id`, `wake`, `peer_entry`,
     `_pull_for_recipient` and `_writing`; on `_require_capability` and `_duplicate` (ReceivingMixin), on
-    `_enqueue` and `deliver` (OutboxMixin), on `_operate_at_home`, `_check_new_members` and `_announcement`
-    (GroupHomeMixin), and on `_confirm_and_apply` (GroupConfirmationMixin)."""
+    `_enqueue` and `deliver` (OutboxMixin), on `_operate_at_home`, `_pull_for_members`, `_check_new_members`
+    and `_announcement` (GroupHomeMixin), and on `_confirm_and_apply` (GroupConfirmationMixin)."""
 
     def _accept_group_op(self, session: Session, envelope: dict) -> bool:
         """An announcement from a group's home node; requests take `_receive_group_request`."""
@@ -129,11 +129,12 @@ class GroupsMixin:
         me = self.node_id
         owner = address(owner_user_id, me)
         members = [require_address(member, "members") for member in members]
+        initial = [owner] + [member for member in dict.fromkeys(members) if member != owner]
+        unknown = self._pull_for_members(initial[1:])  # not inside the session
         with self.db() as session:
             if session.get(User, owner_user_id) is None:
                 raise NotFound(f"no local user {owner_user_id}")
-            initial = [owner] + [member for member in dict.fromkeys(members) if member != owner]
-            self._check_new_members(session, initial[1:], field="members")
+            self._check_new_members(session, initial[1:], field="members", unknown=unknown)
         draft = Group(group_id=new_group_id(), home_node_id=me, name=name, notice=notice, owner=owner,
                       members=initial, seq=1)
         group = self._confirm_and_apply(NewState(self._announcement(draft, "create", owner, initial[1:]), [], None))
@@ -170,9 +171,10 @@ class GroupsMixin:
                            info: dict) -> int:
         """The request to the home node queued (and claimed, for the caller to send at once): its outbox row id."""
         unknown = self._pull_for_recipient(home)  # not inside the transaction
+        members_unknown = self._pull_for_members(targets) if op == "invite" else {}  # the same single pull
         with self.db() as session:
             if op == "invite":  # the home node checks too; this says so at once, even while it is unreachable
-                self._check_new_members(session, targets)
+                self._check_new_members(session, targets, unknown=members_unknown)
             request = {"op": op, "group_id": group_id, "home_node_id": home, "operator": operator}
             if targets:
                 request["target_user_ids"] = targets
