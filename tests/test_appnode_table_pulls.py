@@ -6,6 +6,8 @@ TLS against a real management node."""
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import flask
@@ -43,6 +45,18 @@ def route_pulls(app):
         yield pulls
     finally:
         flask.request_finished.disconnect(count_pulls, app)
+
+
+def together(count: int, action) -> list:
+    """`action()` from `count` threads released at once by a barrier; their results, in thread order."""
+    barrier = threading.Barrier(count)
+
+    def released(_):
+        barrier.wait(timeout=30)
+        return action()
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(released, range(count)))
 
 
 def resumed_since_the_last_pull(served: dict, node: ServedNode, reader: ServedNode) -> None:
@@ -95,6 +109,18 @@ def test_a_file_from_a_node_resumed_since_the_last_pull_is_downloaded_at_once(ne
     message = a.node.send_file("zhangsan", b.user("lisi"), PDF, "file", file_name="协查通报.pdf")
     resumed_since_the_last_pull(network, a, b)
     assert b.node.file_bytes(b.node.download("lisi", message.message_id)) == PDF
+
+
+def test_sends_at_once_to_a_node_approved_after_the_last_pull_make_one_pull_and_all_arrive(network, app):  # noqa: F811
+    a = network["a"]
+    c = network["join"]("110000")
+    sync_until(c, lambda: c.node.routes.peek(c.id) is not None, "the management node to publish node C")
+    assert a.node.routes.peek(c.id) is None
+    with route_pulls(app) as pulls:
+        sent = together(6, lambda: a.node.send_text("zhangsan", c.user("sunqi"), "并发").message_id)
+    assert len(pulls) == 1  # the others waited for that pull, and its table lists C
+    assert [row.state for row in a.node.outbox()] == ["delivered"] * 6
+    assert sorted(stored.message_id for stored in stored_messages(c)) == sorted(sent)
 
 
 # ---- a group's home node --------------------------------------------------------------------------------------
@@ -173,6 +199,20 @@ def test_a_node_approved_after_the_receivers_last_pull_is_received_from_at_its_f
     message = c.node.send_text("sunqi", a.user("zhangsan"), "你好")
     assert [(row.state, row.attempts) for row in c.node.outbox()] == [("delivered", 1)]
     assert [stored.message_id for stored in stored_messages(a)] == [message.message_id]
+
+
+def test_first_messages_at_once_from_a_node_approved_after_the_last_pull_make_one_pull_and_all_land(
+        network, app):  # noqa: F811
+    a = network["a"]
+    c = network["join"]("110000")
+    sync_until(c, lambda: c.node.routes.peek(c.id) is not None, "the management node to publish node C")
+    assert a.node.routes.peek(c.id) is None
+    envelopes = [text_envelope(c, a, f"并发 {n}", message={"to": a.user("zhangsan")}) for n in range(6)]
+    with route_pulls(app) as pulls:
+        answers = together(6, lambda: raw_post(c.node, a, "message", envelopes.pop()))
+    assert [status for status, _ in answers] == [200] * 6  # none refused while another thread pulled
+    assert len(pulls) == 1
+    assert len(stored_messages(a)) == 6
 
 
 def test_a_caller_outside_the_table_makes_the_receiver_pull_once_within_the_interval(network, app):  # noqa: F811

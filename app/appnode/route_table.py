@@ -23,8 +23,8 @@ REFRESH_INTERVAL = 30.0
 
 class RouteTableMixin:
     """The routing table of a `Node`. Relies on the node's `db`, `identity`, `registry`, `data_dir`, `node_id`,
-    `joined`, `setting`, `_routes`, `_routes_lock`, `_last_refresh`, `_recipient_pull` and `_caller_refresh`,
-    and on `adopt_listed_certificate` and `adopt_pending_certificate` (RenewalMixin)."""
+    `joined`, `setting`, `_routes`, `_routes_lock`, `_last_refresh`, `_recipient_pull`, `_caller_refresh` and
+    `_pull_lock`, and on `adopt_listed_certificate` and `adopt_pending_certificate` (RenewalMixin)."""
 
     @property
     def routes(self) -> RouteClient:
@@ -112,15 +112,17 @@ class RouteTableMixin:
         refreshes count against it: a pull lists only nodes approved before it, and when the caller was approved
         this side cannot tell (its certificate's notBefore is backdated, on the management node's clock), so a
         scheduled pull a moment ago would refuse a node approved just after it until the next one. A caller
-        outside the table (suspended, revoked: retried for an hour) still makes at most one pull per interval."""
-        started = time.monotonic()
-        if started - self._caller_refresh < REFRESH_INTERVAL:
-            return
-        self._caller_refresh = started
-        try:
-            self.sync_routes()
-        except DomainError as error:
-            log.warning("route refresh failed: %s", error)
+        outside the table (suspended, revoked: retried for an hour) still makes at most one pull per interval.
+        Under `_pull_lock`, as `_pull_for_recipient`."""
+        with self._pull_lock:
+            started = time.monotonic()
+            if started - self._caller_refresh < REFRESH_INTERVAL:
+                return
+            self._caller_refresh = started
+            try:
+                self.sync_routes()
+            except DomainError as error:
+                log.warning("route refresh failed: %s", error)
 
     def _pull_for_recipient(self, node_id: str) -> str | None:
         """§2.3 on the sending side (a message, a group request to the home node, a download): a node approved
@@ -128,21 +130,29 @@ class RouteTableMixin:
         refusing a recipient's node pull once, at most once per REFRESH_INTERVAL (a mistyped node id must not
         make every send pull). Waits on the network: call it before the write transaction opens. None when the
         node is in the table; else what to tell the user about the table (`peer_entry`'s `unknown`), so a refusal
-        is not taken for a stale table."""
+        is not taken for a stale table.
+
+        The check of the interval, the pull and its record are one step under `_pull_lock` (a server's threads
+        call this at once): two threads finding the same new node would otherwise both pass the check and both
+        pull, and a thread that finds the interval just taken waits for that pull, whose table may list its node,
+        rather than refuse at once. Only a thread missing a node waits, at most the management node's timeout;
+        none holds a transaction or `_writing` (the pull writes settings, and every caller pulls before its
+        transaction), so the lock cannot close a cycle."""
         if self.routes.peek(node_id) is not None:
             return None
-        started = time.monotonic()
-        if started - self._recipient_pull[0] >= REFRESH_INTERVAL:
-            failure = None
-            try:
-                self.sync_routes()
-            except DomainError as error:
-                log.warning("route pull for node %s failed: %s", node_id, error)
-                failure = error.message
-            self._recipient_pull = (started, failure)
-            if self.routes.peek(node_id) is not None:
-                return None
-        when, failure = self._recipient_pull
+        with self._pull_lock:
+            started = time.monotonic()
+            if started - self._recipient_pull[0] >= REFRESH_INTERVAL:
+                failure = None
+                try:
+                    self.sync_routes()
+                except DomainError as error:
+                    log.warning("route pull for node %s failed: %s", node_id, error)
+                    failure = error.message
+                self._recipient_pull = (started, failure)
+            when, failure = self._recipient_pull
+        if self.routes.peek(node_id) is not None:  # this thread's pull, or the one it waited for, lists it
+            return None
         if failure is not None and self._last_refresh < when:  # no pull has been taken since it failed
             return f", and pulling the table from the management node failed: {failure}"
         ago = time.monotonic() - self._last_refresh
