@@ -8,20 +8,24 @@ certificate for a key the node lacks is never installed: the node keeps its tabl
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import ssl
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from app.admission import nodes
 from app.appnode.certificate import KeyNotHeld
+from app.appnode.outbox import RETRY_AFTER_MAX
 from app.appnode.registry import RegistryError
+from app.appnode.renewal import RENEWAL_CHECK_EVERY
 from app.appnode.transport import fingerprint_of
 from app.errors import Conflict
 from app.extensions import db
-from app.pki import revocation
+from app.pki import published, revocation
 from app.pki import service as pki
 from tests.appnode_processes import eventually
 from tests.factories import make_csr, make_key
@@ -267,3 +271,39 @@ def test_a_pull_while_no_certificate_is_valid_asks_for_no_session_with_the_pendi
     assert a.node.sync_routes().outcome == "accepted"
     assert sessions.taken() == ["401", "201"]
     assert a.node.identity.fingerprint() == issued.sha256
+
+
+def test_a_renewal_while_the_ca_key_cannot_be_opened_keeps_the_certificate_and_comes_back_after_retry_after(
+        network, app, monkeypatch, caplog):  # noqa: F811
+    """The management node answers 503 ca_unavailable with Retry-After while its CA key cannot be opened (here: a
+    wrong passphrase, as after a restart with the wrong secret). The node keeps its certificate and its peers,
+    logs one line saying so, and its loop asks again after Retry-After (capped at an hour), not in an hour."""
+    a, b = network["a"], network["b"]
+    old = a.node.identity.fingerprint()
+    later = datetime.now(UTC) + timedelta(days=70)  # of 90: inside the last third, on both clocks
+    monkeypatch.setattr(pki, "utcnow", lambda: later)
+    passphrase = app.config["MPIM_CA_PASSPHRASE"]
+    app.extensions.pop("mpim_authority", None)  # as in a management node started with the wrong passphrase
+    monkeypatch.setitem(app.config, "MPIM_CA_PASSPHRASE", "not-the-ca-passphrase")
+
+    with caplog.at_level(logging.INFO, logger="mpim.appnode"):
+        assert a.node.renew_if_due(later) == published.RETRY_SECONDS == 30
+    lines = [record.getMessage() for record in caplog.records if record.name == "mpim.appnode"]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("certificate renewal put off (ca_unavailable, HTTP 503): the renewal was refused: "
+                               f"The CA cannot answer now; try again later; keeping certificate {old}, valid until ")
+    assert lines[0].endswith("; trying again in 30 s")
+    assert a.node.identity.fingerprint() == old and [row.serial for row in pki.node_certificates(a.id)] == [
+        pki.current_certificate(a.id).serial]  # nothing issued
+    new_key = a.node.identity.pending_key_file.read_bytes()  # kept for the next try, its CSR unchanged
+    a.node.send_text("zhangsan", b.user("lisi"), "证书未变")  # the old certificate still opens peers
+    assert [row.state for row in a.node.outbox()] == ["delivered"]
+
+    monkeypatch.setattr(published, "RETRY_SECONDS", 7200)  # a Retry-After past the cap: an hour
+    assert a.node.renew_if_due(later) == RETRY_AFTER_MAX.total_seconds() == 3600
+
+    monkeypatch.setitem(app.config, "MPIM_CA_PASSPHRASE", passphrase)  # the operator fixed it
+    assert a.node.renew_if_due(later) == RENEWAL_CHECK_EVERY
+    assert a.node.identity.fingerprint() != old
+    assert (a.dir / "tls" / "node.key").read_bytes() == new_key  # the key made for the first try
+    assert not a.node.identity.pending_key_file.exists()

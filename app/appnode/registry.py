@@ -29,10 +29,12 @@ from app.errors import DomainError
 
 
 class RegistryError(DomainError):
-    """The management node refused or could not be reached; `code` is its error code when it sent one."""
+    """The management node refused or could not be reached; `code` is its error code when it sent one, and
+    `retry_after` its Retry-After header when it sent one (a 503 while its CA key cannot be opened)."""
 
     code = "registry_error"
     status = 502
+    retry_after: str | None = None
 
 
 class NotJoined(DomainError):
@@ -168,9 +170,12 @@ class RegistryClient:
     def fail(result: HTTPResult, what: str) -> RegistryError:
         try:
             error = result.json()["error"]
-            return RegistryError(f"{what}: {error.get('message')}", code=error.get("code"), status=result.status)
+            failure = RegistryError(f"{what}: {error.get('message')}", code=error.get("code"), status=result.status)
         except (RegistryError, KeyError, TypeError, AttributeError):
-            return RegistryError(f"{what}: HTTP {result.status}", status=result.status)
+            failure = RegistryError(f"{what}: HTTP {result.status}", status=result.status)
+        failure.retry_after = next((value for name, value in result.headers.items()
+                                    if name.lower() == "retry-after"), None)
+        return failure
 
     def fetch_ca(self) -> None:
         """The trust anchor, the issuing chain and the route signer (SPEC §4 `/ca/*`)."""

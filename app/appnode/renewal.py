@@ -9,10 +9,16 @@ import logging
 from datetime import datetime
 
 from app.appnode.certificate import CertificateNotInstalled, KeyNotHeld, check_issued, key_holder
-from app.appnode.registry import Identity, write_atomic
+from app.appnode.outbox import retry_after_seconds
+from app.appnode.registry import Identity, RegistryError, write_atomic
 from app.appnode.store import utcnow
 
 log = logging.getLogger("mpim.appnode")
+
+# The node loop asks whether renewal is due this often; a refusal with Retry-After brings the next ask forward
+# to that delay (capped as a peer's, at an hour), but never sooner than RENEWAL_RETRY_MIN.
+RENEWAL_CHECK_EVERY = 3600.0
+RENEWAL_RETRY_MIN = 5.0
 
 # Session refusals (docs/protocol.md §4) in which the management node says this node's certificate is revoked:
 # `status` shows them as the certificate problem they are, not only as the registry's refusal.
@@ -44,6 +50,29 @@ class RenewalMixin:
 
     def renewal_due(self, now: datetime | None = None) -> bool:
         return (now or utcnow()) >= self.renewal_opens()
+
+    def renew_if_due(self, now: datetime | None = None) -> float:
+        """The node loop's renewal round (§4): renews once the last third of the validity has begun, and returns
+        the seconds until the next round, RENEWAL_CHECK_EVERY. A refusal with Retry-After (503 `ca_unavailable`
+        while the management node's CA key cannot be opened) keeps the current certificate (and the pending key,
+        for the next try), is logged in one line, and returns that delay, as `retry_after_seconds` caps a
+        peer's, at least RENEWAL_RETRY_MIN. Other failures are raised: the loop logs them and asks again in
+        RENEWAL_CHECK_EVERY."""
+        if not self.renewal_due(now):
+            return RENEWAL_CHECK_EVERY
+        try:
+            fingerprint = self.renew()
+        except RegistryError as error:
+            if error.retry_after is None:
+                raise
+            delay = min(max(retry_after_seconds(error.retry_after), RENEWAL_RETRY_MIN), RENEWAL_CHECK_EVERY)
+            log.warning("certificate renewal put off (%s, HTTP %s): %s; keeping certificate %s, valid until %s; "
+                        "trying again in %.0f s", error.code, error.status, str(error.message).rstrip("."),
+                        self.identity.fingerprint(),
+                        self.identity.certificate().not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"), delay)
+            return delay
+        log.info("renewed the node certificate: %s", fingerprint)
+        return RENEWAL_CHECK_EVERY
 
     def renew(self) -> str:
         """A new key and CSR; the old certificate keeps working until the table carries the new one. A pending

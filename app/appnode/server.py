@@ -16,12 +16,12 @@ import time
 from gunicorn.app.base import BaseApplication
 
 from app.appnode.node import Node
+from app.appnode.renewal import RENEWAL_CHECK_EVERY
 from app.appnode.store import checkpoint
 from app.appnode.web import create_node_app
 
 log = logging.getLogger("mpim.appnode")
 EPHEMERAL_EVERY = 2.0
-RENEWAL_CHECK_EVERY = 3600.0
 PRESENCE_EVERY = 300.0
 CHECKPOINT_EVERY = 1.0
 HOUSEKEEPING_EVERY = 6 * 3600.0
@@ -64,23 +64,19 @@ class NodeLoop(threading.Thread):
             if now >= next_housekeeping:
                 next_housekeeping = now + HOUSEKEEPING_EVERY
                 self._guard("housekeeping", self.node.forget_delivered)
-            if now >= next_renewal:
-                next_renewal = now + RENEWAL_CHECK_EVERY
-                self._guard("renewal", self._renew_if_due)
+            if now >= next_renewal:  # sooner after a refusal with Retry-After (`renew_if_due`)
+                next_renewal = now + (self._guard("renewal", self.node.renew_if_due) or RENEWAL_CHECK_EVERY)
             wait = min(1.0, max(0.05, next_routes - time.monotonic()))
             self.node.wake.wait(timeout=wait)
 
-    def _renew_if_due(self) -> None:
-        if self.node.renewal_due():
-            fingerprint = self.node.renew()
-            log.info("renewed the node certificate: %s", fingerprint)
-
     @staticmethod
-    def _guard(what: str, action) -> None:
+    def _guard(what: str, action):
+        """`action()`'s result, or None when it failed (logged)."""
         try:
-            action()
+            return action()
         except Exception as error:  # the loop must outlive any one failure; the next round tries again
             log.warning("%s failed: %s", what, error)
+            return None
 
 
 class NodeServer(BaseApplication):
