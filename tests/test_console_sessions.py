@@ -6,9 +6,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from app.audit.models import AuditRecord
 from app.auth import console_sessions, idle
@@ -50,6 +52,28 @@ def is_signed_in(console: Console) -> bool:
 def session_ends() -> list[AuditRecord]:
     return list(db.session.scalars(select(AuditRecord).where(AuditRecord.action == "auth.session_end")
                                    .order_by(AuditRecord.seq)))
+
+
+def records(action: str) -> list[AuditRecord]:
+    return list(db.session.scalars(select(AuditRecord).where(AuditRecord.action == action).order_by(AuditRecord.seq)))
+
+
+@contextmanager
+def racing(other_request: Callable[[], object]) -> Iterator[list]:
+    """The race made deterministic: `other_request` runs, and commits, just before the next statement that ends
+    a console session reaches the database, that is after this request read the row live and before it writes."""
+    ran = []
+
+    def before(_connection, _cursor, statement, *_args):
+        if not ran and statement.startswith("UPDATE console_sessions SET ended_at"):
+            ran.append(None)  # once: the other request's own update goes straight through
+            ran[0] = other_request()
+
+    event.listen(db.engine, "before_cursor_execute", before)
+    try:
+        yield ran
+    finally:
+        event.remove(db.engine, "before_cursor_execute", before)
 
 
 def reset_password(admin: Console, username: str) -> None:
@@ -228,6 +252,73 @@ def test_cli_lists_and_ends_a_users_sessions(app, runner, make_user):
     assert (entry.actor, entry.detail["reason"]) == ("cli", "ended_by_admin")
     missing = runner.invoke(args=["users", "end-sessions", "nobody"])
     assert missing.exit_code == 1 and "nobody" in missing.output
+
+
+def test_two_requests_past_the_idle_limit_at_once_record_one_timeout(app, make_user):
+    """Both requests read the row live and past the limit; the one that ends it records auth.timeout, the other
+    only signs out."""
+    make_user("alice")
+    first = signed_in(app)
+    second = Console(app.test_client())
+    second.client.set_cookie("session", session_cookie(first))  # the same sign-in: two tabs' requests
+    row = row_of(first)
+    row.last_active_at = utcnow() - timedelta(minutes=31)
+    db.session.commit()
+    with racing(lambda: second.client.get("/audit/")) as ran:
+        response = first.client.get("/nodes/")
+    assert ran and ran[0].status_code == 302 and response.status_code == 302
+    assert response.headers["Location"] == "/login?next=/nodes/"
+    assert "30 分钟无操作" in first.client.get("/login").get_data(as_text=True)
+    db.session.expire_all()
+    assert len(records("auth.timeout")) == 1 and db.session.get(ConsoleSession, row.id).end_reason == "idle"
+    assert not is_signed_in(first) and not is_signed_in(second)
+
+
+def test_a_sign_out_that_comes_first_leaves_an_admins_end_all_nothing_to_record(app, admin_console, make_user):
+    make_user("alice")
+    alice = signed_in(app)
+    row_id = row_of(alice).id
+    alices_token = csrf_token(alice.client.get("/").get_data(as_text=True))
+    admins_token = csrf_token(admin_console.client.get("/users/alice").get_data(as_text=True))
+    with racing(lambda: alice.client.post("/logout", data={"csrf_token": alices_token})) as ran:
+        response = admin_console.client.post("/users/alice/sessions/end", data={"csrf_token": admins_token})
+    assert ran and ran[0].status_code == 302 and response.status_code == 302
+    assert "alice 没有在用的登录会话" in admin_console.client.get("/users/alice").get_data(as_text=True)
+    assert [entry.actor for entry in records("auth.logout")] == ["alice"] and session_ends() == []
+    db.session.expire_all()
+    assert db.session.get(ConsoleSession, row_id).end_reason == "logout"
+
+
+def test_an_admins_end_all_that_comes_first_leaves_a_sign_out_nothing_to_record(app, admin_console, make_user):
+    make_user("alice")
+    alice = signed_in(app)
+    row_id = row_of(alice).id
+    alices_token = csrf_token(alice.client.get("/").get_data(as_text=True))
+    admins_token = csrf_token(admin_console.client.get("/users/alice").get_data(as_text=True))
+    with racing(lambda: admin_console.client.post("/users/alice/sessions/end",
+                                                  data={"csrf_token": admins_token})) as ran:
+        response = alice.client.post("/logout", data={"csrf_token": alices_token})
+    assert ran and ran[0].status_code == 302
+    assert response.status_code == 302 and response.headers["Location"] == "/login"
+    assert not is_signed_in(alice) and records("auth.logout") == []
+    [entry] = session_ends()
+    assert (entry.actor, entry.detail) == ("minister", {"reason": "ended_by_admin", "sessions": [row_id]})
+    db.session.expire_all()
+    assert db.session.get(ConsoleSession, row_id).end_reason == "ended_by_admin"
+
+
+def test_ending_a_row_another_request_ended_since_it_was_read_changes_nothing(app, make_user):
+    """At the function: the row read live here, ended and committed elsewhere, then ended here."""
+    user = make_user("alice")
+    row = row_of(signed_in(app))
+    assert row.ended_at is None
+    with app.app_context():  # another request: its own session and connection
+        console_sessions.end(db.session.get(ConsoleSession, row.id), "ended_by_admin")
+        db.session.commit()
+    assert console_sessions.end(row, "logout") is False
+    assert row.end_reason == "ended_by_admin"
+    assert console_sessions.end_sessions(user, "password_reset") == [] and session_ends() == []
+    db.session.commit()
 
 
 def test_a_session_past_its_limits_is_not_listed_as_live(app, make_user):

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 
 from flask import current_app
 from flask_babel import lazy_gettext as _l
-from sqlalchemy import and_, delete, or_, select
+from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.orm import joinedload
 
 from app.audit import service as audit
@@ -114,11 +114,19 @@ def note_activity(row: ConsoleSession, now: datetime | None = None) -> bool:
     return True
 
 
-def end(row: ConsoleSession, reason: str, now: datetime | None = None) -> None:
-    """End one row. Signing out and the limits record their own audit entries (auth.logout, auth.timeout);
-    the other endings go through `end_session` and `end_sessions`, which record auth.session_end."""
+def end(row: ConsoleSession, reason: str, now: datetime | None = None) -> bool:
+    """End one row unless it is over already; True when this call ended it. Only the caller that ended a
+    row records it: two requests past a limit at once, or a sign-out racing an administrator's "end all",
+    both read the row live, and the update is conditional so that exactly one of them ends it. Signing out
+    and the limits record their own audit entries (auth.logout, auth.timeout); the other endings go through
+    `end_session` and `end_sessions`, which record auth.session_end."""
     assert reason in END_REASONS, reason
-    row.ended_at, row.end_reason = now or utcnow(), reason
+    result = db.session.execute(update(ConsoleSession)
+                                .where(ConsoleSession.id == row.id, ConsoleSession.ended_at.is_(None))
+                                .values(ended_at=now or utcnow(), end_reason=reason)
+                                .execution_options(synchronize_session=False))
+    db.session.expire(row, ["ended_at", "end_reason"])  # read again: as this call or the other ended it
+    return result.rowcount == 1
 
 
 def live_sessions(user: User, now: datetime | None = None) -> list[ConsoleSession]:
@@ -137,7 +145,8 @@ def end_session(user: User, session_id: int, *, current: ConsoleSession | None =
     if (row is None or row.user_id != user.id or row.ended_at is not None
             or (current is not None and row.id == current.id)):
         raise NotFound(_l("No such sign-in session of yours is live."), code="console_session_not_found")
-    end(row, "ended_by_user")
+    if not end(row, "ended_by_user"):  # over since it was read
+        raise NotFound(_l("No such sign-in session of yours is live."), code="console_session_not_found")
     audit.record("auth.session_end", user.username, {"reason": "ended_by_user", "sessions": [row.id]})
     return row
 
@@ -145,8 +154,8 @@ def end_session(user: User, session_id: int, *, current: ConsoleSession | None =
 def end_sessions(user: User, reason: str, *, keep: ConsoleSession | None = None,
                  actor: str | None = None) -> list[int]:
     """End every session of `user` that is not over, but `keep` (the one asking, when it is theirs);
-    returns the ids ended, and records auth.session_end when there were any. `actor`: who, when not the
-    console's signed-in user (the CLI says "cli")."""
+    returns the ids this call ended, and records auth.session_end when there were any. `actor`: who, when
+    not the console's signed-in user (the CLI says "cli")."""
     now = utcnow()
     rows = db.session.scalars(select(ConsoleSession).where(ConsoleSession.user_id == user.id,
                                                            ConsoleSession.ended_at.is_(None))
@@ -155,8 +164,8 @@ def end_sessions(user: User, reason: str, *, keep: ConsoleSession | None = None,
     for row in rows:
         if keep is not None and row.id == keep.id:
             continue
-        end(row, reason, now)
-        ended.append(row.id)
+        if end(row, reason, now):  # not one that another request ended meanwhile
+            ended.append(row.id)
     if ended:
         audit.record("auth.session_end", user.username, {"reason": reason, "sessions": ended}, actor=actor)
     return ended

@@ -63,9 +63,8 @@ def start(user: User) -> None:
 def sign_out() -> None:
     """The sign-out button: the row ends first, so the cookie is dead even if copied or written back."""
     row = current_row()
-    if row is not None:
-        console_sessions.end(row, "logout")
-    audit.record("auth.logout", current_user.username)
+    if row is None or console_sessions.end(row, "logout"):  # not when a limit or an administrator ended it first
+        audit.record("auth.logout", current_user.username)
     db.session.commit()
     _forget()
 
@@ -92,13 +91,14 @@ def enforce() -> object | None:
     now = utcnow()
     if reason := console_sessions.expiry(row, now):
         minutes = (console_sessions.idle_seconds() if reason == "idle" else console_sessions.session_seconds()) // 60
-        audit.record("auth.timeout", current_user.username,
-                     {"reason": reason, "minutes": minutes,
-                      "last_active": row.last_active_at.replace(microsecond=0)})  # whole seconds, as other records
-        console_sessions.end(row, reason, now)
+        last_active = row.last_active_at.replace(microsecond=0)  # whole seconds, as other records
+        if console_sessions.end(row, reason, now):  # not when another request ended it since it was read
+            audit.record("auth.timeout", current_user.username,
+                         {"reason": reason, "minutes": minutes, "last_active": last_active})
         db.session.commit()
+        message = _ended_message(row.end_reason)  # as it ended, whichever request ended it
         _forget()
-        return _signed_out(_ended_message(reason))
+        return _signed_out(message)
     if request.endpoint not in NOT_ACTIVITY and console_sessions.note_activity(row, now):
         db.session.commit()
     return None
