@@ -321,6 +321,40 @@ def test_ending_a_row_another_request_ended_since_it_was_read_changes_nothing(ap
     db.session.commit()
 
 
+def test_an_admins_end_all_counts_only_live_sessions_and_marks_the_expired_by_their_limit(app, admin_console,
+                                                                                          make_user):
+    make_user("alice")
+    idle_one, long_one, live_one = signed_in(app), signed_in(app), signed_in(app)
+    idle_row, long_row, live_id = row_of(idle_one), row_of(long_one), row_of(live_one).id
+    idle_row.last_active_at = utcnow() - timedelta(minutes=31)
+    long_row.signed_in_at = utcnow() - timedelta(hours=9)
+    db.session.commit()
+    admin_console.post_form("/users/alice", {}, action="/users/alice/sessions/end")
+    assert "已结束 alice 的 1 个登录会话" in admin_console.client.get("/users/alice").get_data(as_text=True)
+    [entry] = session_ends()
+    assert entry.detail == {"reason": "ended_by_admin", "sessions": [live_id]}
+    db.session.expire_all()
+    assert [db.session.get(ConsoleSession, row_id).end_reason for row_id in (idle_row.id, long_row.id, live_id)] == [
+        "idle", "session_limit", "ended_by_admin"]
+    assert idle_one.client.get("/nodes/").status_code == 302  # its holder comes back: told why, as at the limit
+    assert "30 分钟无操作" in idle_one.client.get("/login").get_data(as_text=True)
+
+
+def test_cli_end_sessions_reports_only_live_ones(app, runner, make_user):
+    make_user("alice")
+    stale, live = signed_in(app), signed_in(app)
+    row, live_id = row_of(stale), row_of(live).id
+    row.last_active_at = utcnow() - timedelta(minutes=31)
+    db.session.commit()
+    ended = runner.invoke(args=["users", "end-sessions", "alice"])
+    assert ended.exit_code == 0 and "ended 1 session(s) of alice" in ended.output
+    [entry] = session_ends()
+    assert entry.detail == {"reason": "ended_by_admin", "sessions": [live_id]} and entry.actor == "cli"
+    db.session.expire_all()
+    assert db.session.get(ConsoleSession, row.id).end_reason == "idle"
+    assert runner.invoke(args=["users", "end-sessions", "alice"]).output == "ended 0 session(s) of alice\n"
+
+
 def test_a_session_past_its_limits_is_not_listed_as_live(app, make_user):
     user = make_user("alice")
     stale = signed_in(app)
