@@ -25,9 +25,21 @@ def seed_records() -> None:
     db.session.commit()
 
 
-def read_csv(data: bytes) -> list[dict]:
+KEYS = ["seq", "at_utc", "at_local (Asia/Shanghai)", "actor", "action", "action_label", "target", "remote_addr",
+        "detail", "prev_hash", "hash"]
+CHINESE = ["序号", "时间（UTC）", "时间（Asia/Shanghai）", "操作人", "操作代码", "操作", "对象", "来源地址", "详情",
+           "上一条记录的哈希", "本条记录的哈希"]
+ENGLISH = ["No.", "Time (UTC)", "Time (Asia/Shanghai)", "Actor", "Action code", "Action", "Target", "Address",
+           "Detail", "Previous record's hash", "Record hash"]
+
+
+def read_csv(data: bytes, header: list[str] = CHINESE) -> list[dict]:
+    """The rows under the stable keys, once the file's first row is checked to be `header` (the console's
+    file is headed in the reader's language, the CLI's by the keys)."""
     assert data.startswith("\ufeff".encode()), "no byte-order mark: Excel would read the UTF-8 as GBK"
-    return list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"))))
+    rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
+    assert rows[0] == header
+    return [dict(zip(KEYS, row, strict=True)) for row in rows[1:]]
 
 
 def exports() -> list[AuditRecord]:
@@ -114,10 +126,29 @@ def test_the_cli_exports_the_same_rows_and_is_audited_as_cli(app, runner):
     seed_records()
     result = runner.invoke(args=["audit", "export", "--action", "node.", "--since", "2000-01-01"])
     assert result.exit_code == 0, result.output
-    rows = read_csv(result.stdout_bytes)
+    rows = read_csv(result.stdout_bytes, KEYS)  # scripts read the keys: unchanged unless asked
     assert [row["action"] for row in rows] == ["node.resume", "node.suspend"]
+    assert [row["action_label"] for row in rows] == ["Node resumed", "Node suspended"]
     [entry] = exports()
     assert entry.actor == "cli" and entry.detail["filters"] == {"action": "node.", "since": "2000-01-01"}
+
+
+def test_the_english_console_heads_its_file_in_english(admin_console):
+    seed_records()
+    admin_console.client.get("/lang/en")
+    rows = read_csv(admin_console.client.get("/audit/export.csv?action=node.").data, ENGLISH)
+    assert [row["action_label"] for row in rows] == ["Node resumed", "Node suspended"]
+
+
+def test_the_cli_writes_the_column_names_when_asked(app, runner):
+    seed_records()
+    english = runner.invoke(args=["audit", "export", "--action", "node.", "--header", "labels"])
+    assert english.exit_code == 0, english.output
+    assert [row["action"] for row in read_csv(english.stdout_bytes, ENGLISH)] == ["node.resume", "node.suspend"]
+    chinese = runner.invoke(args=["audit", "export", "--action", "node.", "--header", "labels",
+                                  "--language", "zh_CN"])
+    assert [row["action_label"] for row in read_csv(chinese.stdout_bytes, CHINESE)] == ["恢复节点", "暂停节点"]
+    assert "--header [keys|labels]" in runner.invoke(args=["audit", "export", "--help"]).output
 
 
 def test_the_cli_refuses_a_date_that_is_no_date(app, runner):
@@ -156,7 +187,7 @@ def test_the_action_filter_takes_the_words_the_list_shows(admin_console):
     rows = read_csv(admin_console.client.get("/audit/export.csv?action=暂停").data)
     assert [row["action"] for row in rows] == ["node.suspend"]
     admin_console.client.get("/lang/en")
-    rows = read_csv(admin_console.client.get("/audit/export.csv?action=suspended").data)
+    rows = read_csv(admin_console.client.get("/audit/export.csv?action=suspended").data, ENGLISH)
     assert [row["action"] for row in rows] == ["node.suspend"]
-    rows = read_csv(admin_console.client.get("/audit/export.csv?action=node.").data)
+    rows = read_csv(admin_console.client.get("/audit/export.csv?action=node.").data, ENGLISH)
     assert {row["action"] for row in rows} == {"node.suspend", "node.resume"}

@@ -7,6 +7,7 @@ import json
 import click
 from flask import current_app
 from flask.cli import AppGroup
+from flask_babel import force_locale
 from sqlalchemy import select
 
 from app.audit import export, search, service
@@ -74,7 +75,12 @@ def list_command(limit: int, as_json: bool) -> None:
 @click.option("--target", default="", help="Targets containing this.")
 @click.option("--since", default="", metavar="YYYY-MM-DD", help="From this day on (in MPIM_DISPLAY_TIMEZONE).")
 @click.option("--until", default="", metavar="YYYY-MM-DD", help="Up to and including this day.")
-def export_command(**values: str) -> None:
+@click.option("--header", type=click.Choice(["keys", "labels"]), default="keys", show_default=True,
+              help="First row: stable keys (seq, at_utc, ...), which scripts read, or the column names in "
+                   "--language, as the console's export has them.")
+@click.option("--language", type=click.Choice(["zh_CN", "en"]), default="en", show_default=True,
+              help="Language of the column names and of the action_label column.")
+def export_command(header: str, language: str, **values: str) -> None:
     """Write the records the filters select to standard output as CSV, newest first, as the console's
     export does (UTF-8 with a byte-order mark, for spreadsheets); the export is audited."""
     audit_filter = search.AuditFilter.from_values(values, current_app.config["MPIM_DISPLAY_TIMEZONE"])
@@ -83,5 +89,7 @@ def export_command(**values: str) -> None:
         raise click.BadParameter(f"{not_dates[0]!r} is not a date (YYYY-MM-DD).")
     query = export.record_export(audit_filter, query, actor="cli")
     db.session.commit()
-    for line in export.csv_lines(db.engine, query, audit_filter.zone, export.action_labels()):
+    with force_locale(language):
+        labels, first_row = export.action_labels(), export.header(audit_filter.zone, names=header == "labels")
+    for line in export.csv_lines(db.engine, query, audit_filter.zone, labels, first_row):
         click.echo(line, nl=False)

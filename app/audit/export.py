@@ -1,8 +1,10 @@
 """The audit log as CSV: for an auditor's spreadsheet, or an archive kept outside this system.
 
-The file starts with a UTF-8 byte-order mark, without which Excel on a Chinese Windows reads UTF-8 as GBK and
-shows every name garbled. A cell that a spreadsheet would take for a formula (it starts with =, +, -, @, a tab,
-a carriage return or a full-width ＝＋－＠: an actor's or a node's name is typed by people) is prefixed with an
+The console's file is headed by the column names in the reader's language, which a spreadsheet shows; the
+CLI's by stable keys (`seq, at_utc, ...`), which scripts read, unless asked for the names. The file starts
+with a UTF-8 byte-order mark, without which Excel on a Chinese Windows reads UTF-8 as GBK and shows every name
+garbled. A cell that a spreadsheet would take for a formula (it starts with =, +, -, @, a tab, a carriage
+return or a full-width ＝＋－＠: an actor's or a node's name is typed by people) is prefixed with an
 apostrophe, as OWASP advises against CSV injection; `flask audit list --json` keeps every value exactly as
 recorded, hashes included.
 """
@@ -15,6 +17,8 @@ import json
 from collections.abc import Iterator
 from zoneinfo import ZoneInfo
 
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
 from sqlalchemy import Engine, Select, func, select
 
 from app.audit import service
@@ -24,6 +28,12 @@ from app.labels import AUDIT_ACTIONS
 
 COLUMNS = ("seq", "at_utc", "at_local", "actor", "action", "action_label", "target", "remote_addr", "detail",
            "prev_hash", "hash")
+# The header a person reads, column by column as COLUMNS; the local time's is named with its zone.
+COLUMN_NAMES = {
+    "seq": _l("No."), "at_utc": _l("Time (UTC)"), "actor": _l("Actor"), "action": _l("Action code"),
+    "action_label": _l("Action"), "target": _l("Target"), "remote_addr": _l("Address"), "detail": _l("Detail"),
+    "prev_hash": _l("Previous record's hash"), "hash": _l("Record hash"),
+}
 # OWASP's list, and the full-width forms a Chinese input method types (＝＋－＠), which a spreadsheet might
 # read as the ASCII ones: an apostrophe costs little in a rare cell.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "＝", "＋", "－", "＠")
@@ -50,9 +60,20 @@ def action_labels() -> dict[str, str]:
     return {action: str(label) for action, label in AUDIT_ACTIONS.items()}
 
 
-def csv_lines(engine: Engine, query: Select, zone: str, labels: dict[str, str]) -> Iterator[str]:
-    """The header, then one line per record `query` selects, read on a connection of its own as the lines
-    go out: a long log streams instead of being built in memory, and outlives the request's session."""
+def header(zone: str, *, names: bool) -> list[str]:
+    """The first row: the stable keys, or with `names` the column names in the current language (taken
+    while the request is current, as `action_labels`)."""
+    if not names:
+        return [*COLUMNS[:2], f"at_local ({zone})", *COLUMNS[3:]]
+    return [_("Time (%(zone)s)", zone=zone) if column == "at_local" else str(COLUMN_NAMES[column])
+            for column in COLUMNS]
+
+
+def csv_lines(engine: Engine, query: Select, zone: str, labels: dict[str, str],
+              first_row: list[str]) -> Iterator[str]:
+    """`first_row` (see `header`), then one line per record `query` selects, read on a connection of its own
+    as the lines go out: a long log streams instead of being built in memory, and outlives the request's
+    session."""
     local = ZoneInfo(zone)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
@@ -63,7 +84,7 @@ def csv_lines(engine: Engine, query: Select, zone: str, labels: dict[str, str]) 
         writer.writerow(values)
         return buffer.getvalue()
 
-    yield BYTE_ORDER_MARK + line([*COLUMNS[:2], f"at_local ({zone})", *COLUMNS[3:]])
+    yield BYTE_ORDER_MARK + line(first_row)
     with engine.connect() as connection:
         for row in connection.execution_options(yield_per=500).execute(query):
             detail = json.dumps(row.detail, ensure_ascii=False, sort_keys=True, default=str) if row.detail else ""

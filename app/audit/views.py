@@ -35,6 +35,7 @@ def export_csv():
         return redirect(url_for("audit.index", **audit_filter.as_dict()))
     query = export.record_export(audit_filter, query)
     db.session.commit()
-    lines = export.csv_lines(db.engine, query, audit_filter.zone, export.action_labels())
+    lines = export.csv_lines(db.engine, query, audit_filter.zone, export.action_labels(),
+                             export.header(audit_filter.zone, names=True))  # a person opens it
     name = export.file_name(utcnow(), audit_filter.zone)
     return Response(lines, mimetype="text/csv", headers={"Content-Disposition": f"attachment; filename={name}"})
