@@ -78,6 +78,41 @@ def test_a_wrong_passphrase_is_a_503_naming_it_and_ministry_admins_are_warned(ap
     assert answer.status_code == 200 and "intermediate.key" not in answer.get_data(as_text=True)
 
 
+def test_the_banners_reason_is_in_the_admins_language_and_the_logs_in_english(app, admin_console):
+    """The reason names the file as it is; its words are the reader's. The failure is remembered with its reason
+    (`readiness.condition`), so whoever asked first, each reader gets their own language, and the log English."""
+    from app.pki import readiness
+
+    as_a_process_starting_now(app)
+    app.config["MPIM_CA_PASSPHRASE"] = WRONG
+    page = admin_console.client.get("/").get_data(as_text=True)
+    assert "无法打开 CA 密钥文件 intermediate.key：口令错误，或该文件不是加密的 PKCS#8 密钥。" in page
+    assert "could not be opened" not in page and "wrong passphrase" not in page
+    assert readiness.health_check()[2] == ("The CA key file intermediate.key could not be opened: wrong passphrase "
+                                           "or not an encrypted PKCS#8 key.")
+    admin_console.client.get("/lang/en")
+    page = admin_console.client.get("/").get_data(as_text=True)
+    assert "Detail: The CA key file intermediate.key could not be opened: wrong passphrase" in page
+
+    admin_console.client.get("/lang/zh_CN")
+    app.config["MPIM_CA_PASSPHRASE"] = "test-ca-passphrase"
+    key = Path(app.config["MPIM_CA_DIR"]) / "intermediate.key"
+    key.unlink()
+    assert "CA 密钥文件 intermediate.key 不存在。" in admin_console.client.get("/").get_data(as_text=True)
+    assert readiness.health_check()[2] == "The CA key file intermediate.key is missing."
+
+
+def test_the_banner_says_in_chinese_that_the_ca_directory_is_missing_naming_it(app, admin_console, tmp_path):
+    unmounted = tmp_path / "unmounted"
+    app.config["MPIM_CA_DIR"] = str(unmounted)
+    as_a_process_starting_now(app)
+    page = admin_console.client.get("/").get_data(as_text=True)
+    assert f"数据库中有本 CA 的 CRL，但 {unmounted} 中没有 intermediate.pem：请挂载 CA 目录" in page
+    admin_console.client.get("/lang/en")
+    page = admin_console.client.get("/").get_data(as_text=True)
+    assert f"The database holds this CA&#39;s CRL, but {unmounted} has no intermediate.pem" in page
+
+
 @pytest.mark.parametrize(("url", "name"), [("/ca/ca.pem", "root.pem"), ("/ca/chain.pem", "intermediate.pem"),
                                          ("/ca/route-signer.pem", "route-signer.pem")])
 def test_a_wrong_passphrase_still_publishes_the_certificates_without_opening_a_key(app, client, decryptions,

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from flask import Blueprint, current_app, has_request_context, redirect, request, session, url_for
+from flask_babel import force_locale
 
 from app.extensions import babel
 
@@ -20,6 +21,12 @@ def select_locale() -> str:
     if chosen in current_app.config["MPIM_LANGUAGES"]:
         return chosen
     return current_app.config["BABEL_DEFAULT_LOCALE"]
+
+
+def english(message) -> str:
+    """A message, perhaps a lazy translation, as the log has it whatever the reader's language."""
+    with force_locale("en"):
+        return str(message)
 
 
 @bp.get("/lang/<code>")

@@ -37,8 +37,10 @@ from typing import Literal
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from flask_babel import lazy_gettext as _l
 
 from app.errors import Conflict, DomainError, ValidationFailed
+from app.i18n import english
 from app.pki import crl, csr_policy, keys, ocsp, profiles
 from app.pki.keys import KeyType, SigningKey, now_utc, signature_hash
 
@@ -94,7 +96,7 @@ def _read_certificate(path: Path) -> x509.Certificate:
     try:
         return x509.load_pem_x509_certificate(keys.read_ca_file(path))
     except ValueError as error:
-        raise keys.CAKeyUnreadable(f"{path.name} is not a PEM certificate.") from error
+        raise keys.CAKeyUnreadable(_l("%(file)s is not a PEM certificate.", file=path.name)) from error
 
 
 def _ca_name(config: CAConfig, common_name: str) -> x509.Name:
@@ -213,7 +215,7 @@ class Authority:
                 except keys.CAKeyUnreadable as error:
                     if strict:
                         raise
-                    log.warning("keeping the %s pair in use: %s", role, error.message)
+                    log.warning("keeping the %s pair in use: %s", role, english(error.message))
                     continue
             self._hold(role, certificate, key)
 
@@ -221,7 +223,8 @@ class Authority:
         certificate = _read_certificate(self.directory / f"{role}.pem")
         key = keys.FileSigningKey.load(self.directory / f"{role}.key", self._passphrase)
         if key.public_key().public_numbers() != certificate.public_key().public_numbers():
-            raise keys.CAKeyUnreadable(f"{role}.key is not the key of {role}.pem.")
+            raise keys.CAKeyUnreadable(_l("%(key)s is not the key of %(certificate)s.", key=f"{role}.key",
+                                          certificate=f"{role}.pem"))
         return certificate, key
 
     @property

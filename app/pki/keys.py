@@ -28,6 +28,7 @@ from typing import Literal, Protocol
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+from flask_babel import lazy_gettext as _l
 
 from app.errors import DomainError, ValidationFailed
 
@@ -41,7 +42,8 @@ def read_ca_file(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except OSError as error:
-        raise CAKeyUnreadable(f"The CA file {path.name} could not be read: {error.strerror}.") from error
+        raise CAKeyUnreadable(_l("The CA file %(file)s could not be read: %(error)s.", file=path.name,
+                                 error=error.strerror)) from error
 
 
 class CAKeyUnreadable(DomainError):
@@ -90,16 +92,18 @@ class FileSigningKey:
         try:
             data = path.read_bytes()
         except FileNotFoundError as error:
-            raise CAKeyUnreadable(f"The CA key file {path.name} is missing.") from error
+            raise CAKeyUnreadable(_l("The CA key file %(file)s is missing.", file=path.name)) from error
         except OSError as error:  # permissions, a directory in its place, an unmounted share
-            raise CAKeyUnreadable(f"The CA key file {path.name} could not be read: {error.strerror}.") from error
+            raise CAKeyUnreadable(_l("The CA key file %(file)s could not be read: %(error)s.", file=path.name,
+                                     error=error.strerror)) from error
         try:
             key = serialization.load_pem_private_key(data, password=passphrase)
         except (TypeError, ValueError) as error:
-            raise CAKeyUnreadable(f"The CA key file {path.name} could not be opened: wrong passphrase "
-                                  "or not an encrypted PKCS#8 key.") from error
+            raise CAKeyUnreadable(_l("The CA key file %(file)s could not be opened: wrong passphrase or not an "
+                                     "encrypted PKCS#8 key.", file=path.name)) from error
         if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
-            raise CAKeyUnreadable(f"The CA key file {path.name} holds a {type(key).__name__}, not an EC or RSA key.")
+            raise CAKeyUnreadable(_l("The CA key file %(file)s holds a %(kind)s, not an EC or RSA key.",
+                                     file=path.name, kind=type(key).__name__))
         return cls(key)
 
     def public_key(self) -> ec.EllipticCurvePublicKey | rsa.RSAPublicKey:

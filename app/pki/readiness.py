@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from flask import current_app
+from flask_babel import LazyString
 
+from app.i18n import english
 from app.pki import authority as ca
 from app.pki import keys, service
 
@@ -34,11 +36,11 @@ FAILURE = "mpim_ca_failure"  # app.extensions key: (what the failed load depende
 
 @dataclass(frozen=True)
 class Condition:
-    """`state` is what /healthz shows; `reason` (English, naming the file) is for the log and for
-    ministry admins, not for anonymous callers of /healthz."""
+    """`state` is what /healthz shows; `reason` (naming the file) is for the log, in English, and for
+    ministry admins, in their language (a lazy translation), not for anonymous callers of /healthz."""
 
     state: State
-    reason: str = ""
+    reason: str | LazyString = ""
 
     @property
     def serving(self) -> bool:
@@ -100,4 +102,4 @@ def _what_loading_depends_on(directory) -> tuple:
 def health_check() -> tuple[str, bool, str]:
     """`console.health_checks`' "ca": /healthz and the start-up log."""
     found = condition()
-    return found.state, found.serving, found.reason
+    return found.state, found.serving, english(found.reason)

@@ -16,6 +16,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from flask import current_app
+from flask_babel import LazyString
 from flask_babel import lazy_gettext as _l
 from sqlalchemy import and_, case, or_, select
 from sqlalchemy.orm import make_transient_to_detached
@@ -57,7 +58,7 @@ def passphrase() -> bytes:
     if not value and path and Path(path).exists():
         value = Path(path).read_text().strip()
     if not value:
-        raise CANotReady("No CA passphrase: set MPIM_CA_PASSPHRASE or MPIM_CA_PASSPHRASE_FILE.")
+        raise CANotReady(_l("No CA passphrase: set MPIM_CA_PASSPHRASE or MPIM_CA_PASSPHRASE_FILE."))
     return value.encode()
 
 
@@ -106,12 +107,13 @@ def database_holds_ca() -> bool:
     return db.session.scalar(select(CRLState.id).where(CRLState.id == INTERMEDIATE_CRL)) is not None
 
 
-def missing_ca_message() -> str:
-    """Why there is no CA to load. When the database already belongs to one, its files are what is missing:
-    `flask ca init` would make a second CA, which no admitted node trusts."""
+def missing_ca_message() -> str | LazyString:
+    """Why there is no CA to load (a lazy translation, as the other reasons the CA cannot sign). When the
+    database already belongs to one, its files are what is missing: `flask ca init` would make a second CA,
+    which no admitted node trusts."""
     if database_holds_ca():
-        return (f"The database holds this CA's CRL, but {ca_directory()} has no intermediate.pem: mount the CA "
-                "directory or restore it from the backup (is MPIM_CA_DIR right?).")
+        return _l("The database holds this CA's CRL, but %(directory)s has no intermediate.pem: mount the CA "
+                  "directory or restore it from the backup (is MPIM_CA_DIR right?).", directory=str(ca_directory()))
     return NOT_INITIALISED
 
 
