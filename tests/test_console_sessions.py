@@ -429,3 +429,25 @@ def test_one_user_ends_their_other_browser_from_my_sessions(browser, live_server
     finally:
         for context in contexts:
             context.close()
+
+
+def test_a_browser_signed_out_by_session_protection_ends_its_row(app, make_user):
+    """Flask-Login's strong session protection signs a browser out when its address or User-Agent changes (a
+    browser update does), but left this sign-in's token, and its row, live. The row ends with it, so a copy of
+    the old cookie, sent from the old address and browser, is refused, and after signing in again the user's
+    sessions page lists only the new sign-in."""
+    make_user("alice")
+    console = signed_in(app, user_agent=CHROME_ON_WINDOWS)
+    copy = app.test_client()
+    copy.environ_base["HTTP_USER_AGENT"] = CHROME_ON_WINDOWS
+    copy.set_cookie("session", session_cookie(console))
+    old_id = row_of(console).id
+    console.client.environ_base["HTTP_USER_AGENT"] = CHROME_ON_WINDOWS.replace("Chrome/131", "Chrome/132")
+    assert not is_signed_in(console)  # session protection: signed out here
+    db.session.expire_all()
+    old = db.session.get(ConsoleSession, old_id)
+    assert old.ended_at is not None and old.end_reason == "logout"
+    assert console.login("alice").status_code == 302
+    assert [row.id for row in console_sessions.live_sessions(old.user)] == [row_of(console).id]
+    assert not is_signed_in(Console(copy))
+    assert [record.target for record in records("auth.logout")] == ["alice"]

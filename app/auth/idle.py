@@ -81,6 +81,8 @@ def enforce() -> object | None:
         return None
     if not current_user.is_authenticated:
         if session.get("_user_id") is None:
+            if TOKEN in session:  # signed out by Flask-Login's session protection: its row ends too
+                _end_orphan(session.pop(TOKEN))
             return None
         row = console_sessions.find(session.get(TOKEN))  # why it is over, to say so
         _forget()
@@ -102,6 +104,20 @@ def enforce() -> object | None:
     if request.endpoint not in NOT_ACTIVITY and console_sessions.note_activity(row, now):
         db.session.commit()
     return None
+
+
+def _end_orphan(token: str) -> None:
+    """Flask-Login's strong session protection signs a browser out when its address or User-Agent changes (a
+    browser update does) by dropping the user's id from the cookie, not this module's token: the row would stay
+    live, for any copy of the old cookie sent from the old address and browser, until a limit. It ends now, as
+    a sign-out, or with its limit's reason when it is past one."""
+    row = console_sessions.find(token)
+    if row is None or row.ended_at is not None:
+        return
+    expired = console_sessions.expiry(row)
+    if console_sessions.end(row, expired or "logout") and not expired:
+        audit.record("auth.logout", row.user.username)
+    db.session.commit()
 
 
 def _forget() -> None:
