@@ -6,10 +6,11 @@ import re
 
 import pytest
 from sqlalchemy import select
+from werkzeug.security import check_password_hash
 
 from app.audit.models import AuditRecord
 from app.auth import service
-from app.auth.models import User
+from app.auth.models import PasswordHistory, User
 from app.errors import PermissionDenied, ValidationFailed
 from app.extensions import db
 from tests.conftest import PASSWORD, Console, csrf_token
@@ -237,6 +238,19 @@ def test_a_change_or_a_reset_cannot_bring_back_any_of_the_last_five_passwords(ap
     with pytest.raises(ValidationFailed) as refused:
         service.reset_password(user, passwords[2], by=user)
     assert refused.value.code == "password_reused"
+
+
+def test_the_password_history_keeps_only_the_four_before_the_current_one(app, make_user):
+    """Five passwords count (the current one and four kept hashes); older hashes are deleted, not kept for good."""
+    user = make_user("alice")
+    passwords = [PASSWORD] + [f"Rotated-Secret-{n}" for n in range(1, 8)]
+    for current, new in zip(passwords, passwords[1:], strict=False):
+        service.change_own_password(user, current, new)
+        db.session.commit()
+    kept = list(db.session.scalars(select(PasswordHistory.password_hash).where(PasswordHistory.user_id == user.id)))
+    assert len(kept) == 4
+    assert sorted(passwords[3:7]) == sorted(next(p for p in passwords if check_password_hash(hashed, p))
+                                            for hashed in kept)
 
 
 def test_password_change_with_wrong_current_password(app, console, make_user):
