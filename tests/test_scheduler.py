@@ -202,3 +202,30 @@ def test_a_job_still_running_past_the_stop_grace_keeps_the_lease_and_is_named(ap
         let_go.set()
         with process.jobs_changed:  # the job's thread records its run before the database goes
             assert process.jobs_changed.wait_for(lambda: not process.running, timeout=30)
+
+
+def test_a_stop_while_the_scheduler_starts_still_ends_it(app, caplog):
+    """A signal can come while APScheduler starts, after start() looked at `stopping` and before the scheduler
+    says it runs: stop() then found nothing running to shut down, the loop ran on with no job starting, and a
+    second signal did nothing, so the process hung until killed and kept its lease. Here the stop comes from
+    inside the scheduler's start, as a signal's handler would run there, when it adds the first job."""
+    import threading
+
+    from apscheduler.events import EVENT_JOB_ADDED
+
+    caplog.set_level(logging.INFO, logger="mpim.scheduler")
+    process = SchedulerProcess(app, lease_seconds=30, stop_grace_seconds=1)
+    process.scheduler.add_listener(lambda _event: process.stop(), EVENT_JOB_ADDED)
+    outcome: list[bool] = []
+    thread = threading.Thread(target=lambda: outcome.append(process.start(handle_signals=False)), daemon=True)
+    thread.start()
+    thread.join(10)
+    if thread.is_alive():
+        process.scheduler.shutdown(wait=False)
+        thread.join(10)
+        raise AssertionError("the scheduler ran on after a stop that came while it started")
+    assert outcome == [True]
+    db.session.rollback()
+    assert leader.current_leader() is None
+    lines = [r.getMessage() for r in caplog.records if r.name == "mpim.scheduler"]
+    assert lines[-1] == f"scheduler {process.holder} stopped (lease released)"

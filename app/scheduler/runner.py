@@ -8,6 +8,7 @@ import threading
 import time
 from datetime import datetime
 
+from apscheduler.events import EVENT_SCHEDULER_STARTED
 from apscheduler.schedulers.blocking import BlockingScheduler
 
 from app.database import utcnow
@@ -133,6 +134,8 @@ class SchedulerProcess:
         for job in registry.jobs:
             self.scheduler.add_job(self.wrap(job), "interval", seconds=job.interval_seconds, id=job.name, name=job.name,
                                    next_run_time=now, misfire_grace_time=max(1, int(job.interval_seconds)))
+        # A stop() while APScheduler starts finds it not running yet, so cannot end its loop: ended once it runs.
+        self.scheduler.add_listener(self._stopped_while_starting, EVENT_SCHEDULER_STARTED)
         if handle_signals:  # only the main thread may set them
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, lambda *_: self.stop())
@@ -143,6 +146,10 @@ class SchedulerProcess:
         if not self.stopping:  # a signal may have come while it started
             self.scheduler.start()
         return self.finish()
+
+    def _stopped_while_starting(self, _event) -> None:
+        if self.stopping and self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
 
     def stop(self) -> None:
         """Start no more jobs and end start()'s loop, which then waits for the running ones (`finish`). A second
