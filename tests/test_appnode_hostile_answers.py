@@ -11,6 +11,7 @@ import tempfile
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
@@ -195,6 +196,27 @@ def test_a_peers_retry_after_beyond_the_calendar_is_no_crash_and_no_endless_wait
     [row] = a.node.outbox()
     assert (row.message_id, row.state) == (message.message_id, "pending")
     assert row.next_attempt_at <= utcnow() + outbox.RETRY_AFTER_MAX
+
+
+def test_a_retry_after_given_as_an_http_date_is_waited_for(network):  # noqa: F811
+    """RFC 9110 lets Retry-After be an HTTP-date, which a proxy in front of a peer may send; it was read as no
+    delay at all (the sender's own back-off, seconds), and a renewal asked again every 5 s."""
+    a, b = network["a"], network["b"]
+    b.server.app = answering_unavailable(format_datetime(utcnow() + timedelta(minutes=20), usegmt=True))
+    a.node.send_text("zhangsan", b.user("lisi"), "二十分钟后")
+    [row] = a.node.outbox()
+    assert row.state == "pending"
+    assert utcnow() + timedelta(minutes=18) < row.next_attempt_at <= utcnow() + timedelta(minutes=20)
+
+
+@pytest.mark.parametrize(("value", "seconds"), [
+    ("Wed, 02 Dec 2026 08:20:00 GMT", 1200.0), ("Wednesday, 02-Dec-26 08:20:00 GMT", 1200.0),
+    ("Wed Dec  2 08:20:00 2026", 1200.0), ("Wed, 02 Dec 2026 07:00:00 GMT", 0.0),
+    ("Fri, 31 Dec 9999 23:59:59 GMT", 3600.0), ("Wed, 99 Foo 2026 08:20:00 GMT", 0.0), ("x" * 100, 0.0),
+    ("１２", 0.0), ("120", 120.0)])
+def test_retry_after_reads_seconds_and_the_three_http_date_forms_and_nothing_else(value, seconds):
+    now = datetime(2026, 12, 2, 8, 0, tzinfo=UTC)
+    assert outbox.retry_after_seconds(value, now) == seconds
 
 
 def test_an_answer_length_in_superscript_digits_is_no_length_and_no_crash(network):  # noqa: F811

@@ -15,7 +15,8 @@ import random
 import re
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from types import SimpleNamespace
 
 from sqlalchemy import delete, select, update
@@ -41,15 +42,25 @@ DELIVERY_PARALLELISM = 4
 _OUTBOX = Outbox.__table__
 
 
-def retry_after_seconds(value: str | None) -> float:
-    """A peer's Retry-After in delay-seconds (RFC 9110 §10.2.3: ASCII digits), at most RETRY_AFTER_MAX; 0 for
-    anything else. float() took "1e400" (infinity) and Arabic-Indic digits, and a delay past year 9999 made
-    the retry time overflow."""
+def retry_after_seconds(value: str | None, now: datetime | None = None) -> float:
+    """A peer's Retry-After (RFC 9110 §10.2.3) as seconds from `now`, at most RETRY_AFTER_MAX; 0 for anything
+    else. Delay-seconds are ASCII digits: float() took "1e400" (infinity) and Arabic-Indic digits, and a delay
+    past year 9999 made the retry time overflow. An HTTP-date (which a proxy in front of a peer or of the
+    management node may send) counts from `now`; one already past is 0. Read as 0, it made a renewal ask again
+    every few seconds."""
     value = (value or "").strip()
-    if not re.fullmatch(r"[0-9]+", value):
-        return 0.0
     most = RETRY_AFTER_MAX.total_seconds()
-    return most if len(value) > 9 else min(float(value), most)
+    if re.fullmatch(r"[0-9]+", value):
+        return most if len(value) > 9 else min(float(value), most)
+    if not value.isascii() or len(value) > 64:
+        return 0.0
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return 0.0
+    if when.tzinfo is None:  # "-0000": the zone unknown; HTTP-dates are GMT
+        when = when.replace(tzinfo=UTC)
+    return min(max((when - (now or utcnow())).total_seconds(), 0.0), most)
 
 
 class OutboxMixin:
