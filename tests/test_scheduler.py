@@ -124,13 +124,27 @@ def test_a_lease_renewal_in_a_database_outage_logs_one_line_and_the_recovery_one
     assert recovered == ["lease renewal works again after 3 failed"]
 
 
+def _running_in_a_thread(app, monkeypatch, caplog, name: str, job, *, stop_grace_seconds: float):
+    """The real scheduler in a thread of this process, its one job `name`; returns it, the thread, and the list
+    that receives start()'s outcome."""
+    import threading
+
+    from app.scheduler import registry
+
+    monkeypatch.setattr(registry, "jobs", [registry.Job(name, job, 3600)])
+    caplog.set_level(logging.INFO, logger="mpim.scheduler")
+    process = SchedulerProcess(app, lease_seconds=30, stop_grace_seconds=stop_grace_seconds)
+    outcome: list[bool] = []
+    thread = threading.Thread(target=lambda: outcome.append(process.start(handle_signals=False)))
+    thread.start()
+    return process, thread, outcome
+
+
 def test_a_stop_is_logged_once_and_waits_for_the_running_job_before_its_last_line(app, caplog, monkeypatch):
     """SIGTERM then SIGINT (a service manager's stop, a terminal's Ctrl-C) logged "stopping" twice, and the lease
     was released while a job still ran, which another scheduler could then start again; the process's last line
     came before the job's. The real scheduler, in a thread of this process, with one job that runs until let go."""
     import threading
-
-    from app.scheduler import registry
 
     entered, let_go = threading.Event(), threading.Event()
     seen_while_running: list[tuple[str | None, list[str]]] = []
@@ -143,12 +157,8 @@ def test_a_stop_is_logged_once_and_waits_for_the_running_job_before_its_last_lin
                                    [r.getMessage() for r in caplog.records if "stopped" in r.getMessage()]))
         return "done"
 
-    monkeypatch.setattr(registry, "jobs", [registry.Job("test.held", held_job, 3600)])
-    caplog.set_level(logging.INFO, logger="mpim.scheduler")
-    process = SchedulerProcess(app, lease_seconds=30, stop_grace_seconds=30)
-    outcome: list[bool] = []
-    thread = threading.Thread(target=lambda: outcome.append(process.start(handle_signals=False)))
-    thread.start()
+    process, thread, outcome = _running_in_a_thread(app, monkeypatch, caplog, "test.held", held_job,
+                                                    stop_grace_seconds=30)
     try:
         assert entered.wait(30)
         process.stop()
@@ -173,20 +183,14 @@ def test_a_job_still_running_past_the_stop_grace_keeps_the_lease_and_is_named(ap
     so no other scheduler starts that job while this process (which then exits) may still be running it."""
     import threading
 
-    from app.scheduler import registry
-
     entered, let_go = threading.Event(), threading.Event()
 
     def stuck_job():
         entered.set()
         let_go.wait(30)
 
-    monkeypatch.setattr(registry, "jobs", [registry.Job("test.stuck", stuck_job, 3600)])
-    caplog.set_level(logging.INFO, logger="mpim.scheduler")
-    process = SchedulerProcess(app, lease_seconds=30, stop_grace_seconds=0.2)
-    outcome: list[bool] = []
-    thread = threading.Thread(target=lambda: outcome.append(process.start(handle_signals=False)))
-    thread.start()
+    process, thread, outcome = _running_in_a_thread(app, monkeypatch, caplog, "test.stuck", stuck_job,
+                                                    stop_grace_seconds=0.2)
     try:
         assert entered.wait(30)
         process.stop()
