@@ -274,12 +274,16 @@ def test_two_requests_past_the_idle_limit_at_once_record_one_timeout(app, make_u
     assert not is_signed_in(first) and not is_signed_in(second)
 
 
-def test_a_sign_out_that_comes_first_leaves_an_admins_end_all_nothing_to_record(app, admin_console, make_user):
+def _alice_signed_in_and_both_forms(app, admin_console, make_user):
+    """alice signed in, her session's id, and the CSRF tokens of her sign-out and of the admin's end all."""
     make_user("alice")
     alice = signed_in(app)
-    row_id = row_of(alice).id
-    alices_token = csrf_token(alice.client.get("/").get_data(as_text=True))
-    admins_token = csrf_token(admin_console.client.get("/users/alice").get_data(as_text=True))
+    return (alice, row_of(alice).id, csrf_token(alice.client.get("/").get_data(as_text=True)),
+            csrf_token(admin_console.client.get("/users/alice").get_data(as_text=True)))
+
+
+def test_a_sign_out_that_comes_first_leaves_an_admins_end_all_nothing_to_record(app, admin_console, make_user):
+    alice, row_id, alices_token, admins_token = _alice_signed_in_and_both_forms(app, admin_console, make_user)
     with racing(lambda: alice.client.post("/logout", data={"csrf_token": alices_token})) as ran:
         response = admin_console.client.post("/users/alice/sessions/end", data={"csrf_token": admins_token})
     assert ran and ran[0].status_code == 302 and response.status_code == 302
@@ -290,11 +294,7 @@ def test_a_sign_out_that_comes_first_leaves_an_admins_end_all_nothing_to_record(
 
 
 def test_an_admins_end_all_that_comes_first_leaves_a_sign_out_nothing_to_record(app, admin_console, make_user):
-    make_user("alice")
-    alice = signed_in(app)
-    row_id = row_of(alice).id
-    alices_token = csrf_token(alice.client.get("/").get_data(as_text=True))
-    admins_token = csrf_token(admin_console.client.get("/users/alice").get_data(as_text=True))
+    alice, row_id, alices_token, admins_token = _alice_signed_in_and_both_forms(app, admin_console, make_user)
     with racing(lambda: admin_console.client.post("/users/alice/sessions/end",
                                                   data={"csrf_token": admins_token})) as ran:
         response = alice.client.post("/logout", data={"csrf_token": alices_token})
