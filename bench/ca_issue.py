@@ -3,7 +3,9 @@
 `issue_once` is the CA core's path for one node certificate: parse the CSR, apply the key policy and
 check its self-signature, sign with the intermediate (EC P-256), serialise to PEM, fingerprint it.
 `service_issue_once` adds what the service layer does around it (store the row, audit, commit, on
-SQLite). Baseline: `CertificateBuilder.sign` with a fixed subject and an EC P-256 key, nothing else.
+SQLite), each issuance for a new key as a renewal is (one key, one node: the service looks up every key it
+certifies, and a thousand certificates of one key would make that lookup cost what no real key's does).
+Baseline: `CertificateBuilder.sign` with a fixed subject and an EC P-256 key, nothing else.
 
 Two more loops bound what any implementation could reach, measured in the same rounds: `profile`
 signs the certificate the CA must issue (SPEC §3.4: subject, SANs, usages, AKI/SKI, CRL and OCSP
@@ -39,7 +41,7 @@ from cryptography.x509.oid import NameOID  # noqa: E402
 
 from app.pki import authority, csr_policy, profiles  # noqa: E402
 
-ROUNDS, PER_ROUND = 5, 200
+ROUNDS, PER_ROUND, WARM_UP = 5, 200, 50
 NODE_ID = "36000000002025000001"
 BENCH_NAME = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench")])
 
@@ -102,7 +104,7 @@ def per_second(once: Callable[[], object], count: int) -> float:
 def alternate(paths: dict[str, Callable[[], object]]) -> dict[str, float]:
     """Median rate of each path over interleaved rounds."""
     for once in paths.values():
-        per_second(once, 50)  # warm up
+        per_second(once, WARM_UP)
     rates: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(ROUNDS):
         for name, once in paths.items():
@@ -111,9 +113,10 @@ def alternate(paths: dict[str, Callable[[], object]]) -> dict[str, float]:
 
 
 @contextmanager
-def service_issuer(csr_pem: bytes) -> Iterator[Callable[[], object]]:
+def service_issuer(csr_pem: bytes, count: int) -> Iterator[Callable[[], object]]:
     """Issuance through `app.pki.service` on a migrated SQLite database, one session per issuance
-    (as a request has), inside the app context the callable needs."""
+    (as a request has), inside the app context the callable needs; good for `count` calls, each with
+    its own CSR, all made before the clock starts."""
     from common import fresh_app
 
     app = fresh_app("ca", MPIM_CA_PASSPHRASE="bench-passphrase")
@@ -135,9 +138,10 @@ def service_issuer(csr_pem: bytes) -> Iterator[Callable[[], object]]:
         db.session.commit()
         node_id = node.node_id
         db.session.remove()
+        renewal_csrs = iter([node_csr().decode() for _ in range(count)])
 
         def service_issue_once():
-            pki.issue_for_node(db.session.get(Node, node_id), pem, actor="bench")
+            pki.issue_for_node(db.session.get(Node, node_id), next(renewal_csrs), actor="bench")
             db.session.commit()
             db.session.remove()
 
@@ -148,7 +152,7 @@ def main() -> None:
     csr_pem = node_csr()
     with_service = "--core-only" not in sys.argv
     with tempfile.TemporaryDirectory(prefix="mpim-bench-ca-") as directory, \
-            (service_issuer(csr_pem) if with_service else nullcontext()) as service_once:
+            (service_issuer(csr_pem, WARM_UP + ROUNDS * PER_ROUND) if with_service else nullcontext()) as service_once:
         ca = authority.init_ca(Path(directory) / "ca", b"bench-passphrase", authority.CAConfig())
         paths = {"core": lambda: issue_once(ca, csr_pem), "baseline": baseline_issuer(),
                  "unchecked": lambda: issue_once(ca, csr_pem, check=False), "profile": profile_issuer(ca, csr_pem),
