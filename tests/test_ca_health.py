@@ -102,6 +102,25 @@ def test_the_banners_reason_is_in_the_admins_language_and_the_logs_in_english(ap
     assert readiness.health_check()[2] == "The CA key file intermediate.key is missing."
 
 
+def test_the_systems_reason_a_key_file_cannot_be_read_is_in_the_admins_language_too(app, admin_console):
+    """A directory where the key file belongs (as a bad mount or restore leaves it; chmod would not stop root):
+    the system says "Is a directory" in English; the banner says it in the reader's language, the log in
+    English."""
+    from app.pki import readiness
+
+    as_a_process_starting_now(app)
+    key = Path(app.config["MPIM_CA_DIR"]) / "intermediate.key"
+    key.unlink()
+    key.mkdir()
+    page = admin_console.client.get("/").get_data(as_text=True)
+    assert "无法读取 CA 密钥文件 intermediate.key：它是一个目录。" in page
+    assert "Is a directory" not in page
+    assert readiness.health_check()[2] == "The CA key file intermediate.key could not be read: it is a directory."
+    admin_console.client.get("/lang/en")
+    assert "Detail: The CA key file intermediate.key could not be read: it is a directory." in \
+        admin_console.client.get("/").get_data(as_text=True)
+
+
 def test_the_banner_says_in_chinese_that_the_ca_directory_is_missing_naming_it(app, admin_console, tmp_path):
     unmounted = tmp_path / "unmounted"
     app.config["MPIM_CA_DIR"] = str(unmounted)

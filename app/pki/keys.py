@@ -20,6 +20,7 @@ A PKCS#11 (HSM) or KMS key replaces the file by implementing `SigningKey`:
 
 from __future__ import annotations
 
+import errno
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,13 +38,29 @@ KeyRole = Literal["root", "intermediate", "service"]
 RSA_BITS = 3072
 
 
+# The system's reasons a CA file cannot be read, in the reader's language (the banner shows them to ministry
+# admins; strerror is English). Others keep the system's words.
+OS_ERROR_REASONS = {
+    errno.EACCES: _l("permission denied"), errno.EPERM: _l("permission denied"),
+    errno.ENOENT: _l("no such file"), errno.EISDIR: _l("it is a directory"),
+    errno.ENOTDIR: _l("a part of its path is not a directory"), errno.EIO: _l("input/output error"),
+    errno.ELOOP: _l("too many levels of symbolic links"),
+    errno.ESTALE: _l("stale network file handle (is the share still mounted?)"),
+}
+
+
+def os_error_reason(error: OSError):
+    """Why the system refused, as a (lazily) translated phrase where we know the error."""
+    return OS_ERROR_REASONS.get(error.errno) or error.strerror or str(error)
+
+
 def read_ca_file(path: Path) -> bytes:
     """The bytes of a CA certificate file, or `CAKeyUnreadable` naming it: a 503, not a traceback."""
     try:
         return path.read_bytes()
     except OSError as error:
         raise CAKeyUnreadable(_l("The CA file %(file)s could not be read: %(error)s.", file=path.name,
-                                 error=error.strerror)) from error
+                                 error=os_error_reason(error))) from error
 
 
 class CAKeyUnreadable(DomainError):
@@ -95,7 +112,7 @@ class FileSigningKey:
             raise CAKeyUnreadable(_l("The CA key file %(file)s is missing.", file=path.name)) from error
         except OSError as error:  # permissions, a directory in its place, an unmounted share
             raise CAKeyUnreadable(_l("The CA key file %(file)s could not be read: %(error)s.", file=path.name,
-                                     error=error.strerror)) from error
+                                     error=os_error_reason(error))) from error
         try:
             key = serialization.load_pem_private_key(data, password=passphrase)
         except (TypeError, ValueError) as error:
