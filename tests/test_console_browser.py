@@ -202,3 +202,41 @@ def test_application_page_sets_each_heading_apart_from_the_facts_above_it(page, 
         }""")
         assert gap >= 12, f"{width} px: the heading is {gap} px under the facts"
     screenshot(page, "application-pending")
+
+
+# The controls of each filter or search form that share a line: pairs whose heights differ by more than half a
+# pixel, with the label (or button text) of each.
+UNEVEN_CONTROLS = """(form) => {
+  const controls = [...form.querySelectorAll("input:not([type=hidden], [type=checkbox], [type=radio]), select, button")]
+    .filter(control => control.getClientRects().length)
+    .map(control => ({name: (control.closest("label") || control).textContent.trim().slice(0, 20),
+                      box: control.getBoundingClientRect()}));
+  const pairs = [];
+  controls.forEach((a, i) => controls.slice(i + 1).forEach(b => {
+    const sameLine = a.box.top < b.box.bottom && b.box.top < a.box.bottom;
+    const uneven = Math.abs(a.box.height - b.box.height) > 0.5;
+    if (sameLine && uneven) pairs.push([a.name, a.box.height, b.name, b.box.height]);
+  }));
+  return pairs;
+}"""
+
+
+@pytest.mark.parametrize("language", ["zh_CN", "en"])
+def test_filter_and_search_buttons_are_as_tall_as_the_fields_beside_them(page, live_server, make_user, language):
+    """The nodes list's 筛选 button stood 2 px taller than the selects and the search box it ends the line with
+    (buttons kept the form fields' padding, the filter rows' controls have less)."""
+    make_user("minister")
+    make_user("jx-admin", "provincial_admin", ("360000",))
+    pages = {"minister": ["/nodes/", "/applications/", "/certificates/", "/audit/", "/health/events",
+                          "/divisions/", "/nodes/resolve"], "jx-admin": ["/tokens/"]}
+    for username, paths in pages.items():
+        page.context.clear_cookies()
+        sign_in(page, live_server, username)
+        page.wait_for_selector("nav.mainnav")
+        page.goto(f"{live_server}/lang/{language}")
+        for path in paths:
+            page.goto(f"{live_server}{path}")
+            forms = page.locator("main form.filters, main form.search")
+            assert forms.count() >= 1, path
+            for index in range(forms.count()):
+                assert forms.nth(index).evaluate(UNEVEN_CONTROLS) == [], (path, index)
