@@ -365,7 +365,13 @@ def test_a_session_past_its_limits_is_not_listed_as_live(app, make_user):
     assert [r.id for r in console_sessions.live_sessions(user)] == [row_of(fresh).id]
 
 
-def test_signing_in_prunes_sessions_over_for_more_than_thirty_days(app, make_user):
+def test_the_scheduler_deletes_sessions_ended_over_thirty_days_ago_and_none_whose_end_is_unrecorded(app,
+                                                                                                    make_user):
+    """The table holds about a month of sign-ins. One left live long past its limits (no scheduler ran) is not
+    deleted, at a sign-in or by the job, before its end is recorded: the job ends and records it first."""
+    from app.scheduler import registry
+    from app.scheduler.runner import run_job
+
     make_user("alice")
     old_ended, recent_ended, old_expired, live = (signed_in(app) for _ in range(4))
     now = utcnow()
@@ -375,11 +381,17 @@ def test_signing_in_prunes_sessions_over_for_more_than_thirty_days(app, make_use
         if ended_days_ago is not None:
             row.ended_at, row.end_reason = now - timedelta(days=ended_days_ago), "logout"
     db.session.commit()
-    kept = {row_of(c).id for c in (recent_ended, live)}
+    old_ended_id, old_expired_id = rows[0].id, rows[2].id
     signed_in(app)
     db.session.expire_all()
+    assert db.session.get(ConsoleSession, old_expired_id) is not None
+    run = run_job(next(job for job in registry.jobs if job.name == "auth.expire_sessions"), "test")
+    assert run.message == "ended 1 past a limit, deleted 1 ended over 30 days ago"
+    db.session.expire_all()
     remaining = set(db.session.scalars(select(ConsoleSession.id)))
-    assert kept < remaining and len(remaining) == 3
+    assert old_ended_id not in remaining and len(remaining) == 4
+    assert db.session.get(ConsoleSession, old_expired_id).end_reason == "session_limit"
+    assert [entry.detail["reason"] for entry in records("auth.timeout")] == ["session_limit"]
 
 
 def test_readable_agents():

@@ -1,6 +1,6 @@
 """Console sessions end after MPIM_IDLE_MINUTES without activity and MPIM_SESSION_MINUTES after sign-in
 (app/auth/idle.py), decided from the session's row on the server; nothing typed is lost to it, and every
-such end is audited."""
+such end is audited, at the holder's next request or by the scheduler's job when nobody comes back."""
 
 from __future__ import annotations
 
@@ -15,7 +15,10 @@ from app.auth import console_sessions, idle
 from app.auth.models import ConsoleSession
 from app.database import utcnow
 from app.extensions import db
+from app.scheduler import registry
+from app.scheduler.runner import run_job
 from tests.conftest import PASSWORD, Console, csrf_token
+from tests.test_console_sessions import racing
 
 
 def signed_in(app, make_user, username="minister", role="ministry_admin", scopes=()) -> Console:
@@ -240,3 +243,92 @@ def test_activity_is_written_once_a_minute_not_on_every_response(app, make_user)
     set_clocks(console, active_ago=61)
     response = console.client.get("/nodes/")
     assert "Set-Cookie" not in response.headers and int(time.time()) - clocks(console)[0] < 5
+
+
+def another_sign_in(app, username="minister") -> Console:
+    console = Console(app.test_client())
+    assert console.login(username).status_code == 302
+    return console
+
+
+def run_expire_job():
+    """The job as the scheduler runs it: from the registry, through the runner, which records the run."""
+    run = run_job(next(job for job in registry.jobs if job.name == "auth.expire_sessions"), "test")
+    assert run.ok, run.message
+    db.session.expire_all()
+    return run
+
+
+def test_the_scheduler_ends_sessions_nobody_came_back_to_with_the_record_their_request_would_write(app, make_user):
+    """A closed tab or a lost laptop sends no request after the limit: the job ends the session, with the
+    auth.timeout record the holder's next request would have written (its actor the scheduler, which did it),
+    once; a live session and one already ended are left as they were, and a holder who comes back after all is
+    told why they were signed out."""
+    idle_one = signed_in(app, make_user)
+    long_one, live_one, gone_one = another_sign_in(app), another_sign_in(app), another_sign_in(app)
+    set_clocks(idle_one, active_ago=31 * 60)
+    set_clocks(long_one, active_ago=5, signed_in_ago=8 * 3600 + 60)
+    set_clocks(gone_one, active_ago=31 * 60)
+    gone = session_row(gone_one)
+    gone.ended_at, gone.end_reason = utcnow() - timedelta(minutes=1), "logout"
+    db.session.commit()
+    gone_ended_at = gone.ended_at
+    idle_row, long_row, live_row = session_row(idle_one), session_row(long_one), session_row(live_one)
+
+    assert run_expire_job().message.startswith("ended 2 past a limit")
+    assert [(entry.actor, entry.target, entry.detail) for entry in timeouts()] == [
+        ("scheduler", "minister", {"reason": "idle", "minutes": 30,
+                                   "last_active": str(idle_row.last_active_at.replace(microsecond=0))}),
+        ("scheduler", "minister", {"reason": "session_limit", "minutes": 480,
+                                   "last_active": str(long_row.last_active_at.replace(microsecond=0))})]
+    assert [(row.end_reason, row.ended_at is not None) for row in (idle_row, long_row, live_row)] == [
+        ("idle", True), ("session_limit", True), (None, False)]
+    gone = db.session.get(ConsoleSession, gone.id)
+    assert (gone.end_reason, gone.ended_at) == ("logout", gone_ended_at)
+
+    assert run_expire_job().message.startswith("ended 0 past a limit") and len(timeouts()) == 2
+    response = idle_one.client.get("/nodes/")
+    assert response.status_code == 302 and response.headers["Location"] == "/login?next=/nodes/"
+    assert "30 分钟无操作" in idle_one.client.get("/login").get_data(as_text=True)
+    assert long_one.client.get("/nodes/").status_code == 302
+    assert "登录已满 8 小时" in long_one.client.get("/login").get_data(as_text=True)
+    assert live_one.client.get("/nodes/").status_code == 200 and len(timeouts()) == 2
+
+
+def test_without_an_idle_limit_the_scheduler_ends_only_sessions_past_the_absolute_one(app, make_user):
+    app.config["MPIM_IDLE_SECONDS"] = 0
+    console = signed_in(app, make_user)
+    set_clocks(console, active_ago=5 * 3600)
+    assert run_expire_job().message.startswith("ended 0 past a limit") and timeouts() == []
+    set_clocks(console, signed_in_ago=8 * 3600 + 60)
+    run_expire_job()
+    assert [entry.detail["reason"] for entry in timeouts()] == ["session_limit"]
+
+
+def test_a_request_that_ends_the_session_while_the_scheduler_does_leaves_the_scheduler_nothing_to_record(
+        app, make_user):
+    """Both read the row live and past the limit; the request's end reaches the database first."""
+    console = signed_in(app, make_user)
+    set_clocks(console, active_ago=31 * 60)
+    with racing(lambda: console.client.get("/nodes/")) as ran:
+        run = run_expire_job()
+    assert ran and ran[0].status_code == 302 and run.message.startswith("ended 0 past a limit")
+    assert [(entry.actor, entry.detail["reason"]) for entry in timeouts()] == [("minister", "idle")]
+
+
+def test_the_scheduler_ending_the_session_while_a_request_does_leaves_the_request_nothing_to_record(
+        app, make_user):
+    """The other way round: the job's end reaches the database first; the request only signs out, and says why."""
+    console = signed_in(app, make_user)
+    set_clocks(console, active_ago=31 * 60)
+
+    def job_elsewhere():
+        with app.app_context():  # the scheduler process: its own session and connection
+            return run_expire_job().message
+
+    with racing(job_elsewhere) as ran:
+        response = console.client.get("/nodes/")
+    assert ran and ran[0].startswith("ended 1 past a limit")
+    assert response.status_code == 302 and response.headers["Location"] == "/login?next=/nodes/"
+    assert "30 分钟无操作" in console.client.get("/login").get_data(as_text=True)
+    assert [(entry.actor, entry.detail["reason"]) for entry in timeouts()] == [("scheduler", "idle")]

@@ -16,9 +16,10 @@ def load_user(user_id: str):
 def init_app(app) -> None:
     from flask_babel import lazy_gettext
 
-    from app.auth import idle, password_due
+    from app.auth import console_sessions, idle, password_due
     from app.auth.cli import cli
     from app.auth.views import bp
+    from app.scheduler import registry
 
     login_manager.login_view = "auth.login"
     login_manager.login_message = lazy_gettext("Please sign in to see this page.")
@@ -30,3 +31,5 @@ def init_app(app) -> None:
                                    "session_warning_seconds": idle.warning_seconds,
                                    "password_change_due": password_due.due_now})
     app.cli.add_command(cli)
+    # Every few minutes: a session's end is recorded that long after its limit at most, its holder back or not.
+    registry.register(registry.Job("auth.expire_sessions", console_sessions.expire_job, 300))

@@ -6,7 +6,12 @@ SHA-256. A console request is signed in only while its token's row is live, so a
 sign-out, or written back by a response still in flight at sign-out, is refused with the row. The idle
 limit (MPIM_IDLE_MINUTES) and the absolute one (MPIM_SESSION_MINUTES) are read from the row too.
 
-Plain functions: the console, the CLI and the password rules of `service` call them; none reads the request.
+A session past a limit ends at its holder's next request, or at the scheduler's `auth.expire_sessions` job
+when that comes first (a closed tab, a lost laptop): either way once, with one auth.timeout record, so every
+sign-in's end is in the audit log.
+
+Plain functions: the console, the CLI, the scheduler and the password rules of `service` call them; none
+reads the request.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from datetime import datetime, timedelta
 
 from flask import current_app
 from flask_babel import lazy_gettext as _l
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import joinedload
 
 from app.audit import service as audit
@@ -28,7 +33,7 @@ from app.errors import NotFound
 from app.extensions import db
 
 TOKEN_BYTES = 32
-KEEP_ENDED_DAYS = 30  # ended (or expired) rows are deleted this long after, at a sign-in
+KEEP_ENDED_DAYS = 30  # ended rows are deleted this long after, by the scheduler's job
 # Why a row ended: signed out; a limit; from the user's other session; by an administrator (console or CLI);
 # a password change elsewhere; an administrator's reset; the account disabled.
 END_REASONS = ("logout", "idle", "session_limit", "ended_by_user", "ended_by_admin", "password_change",
@@ -58,9 +63,8 @@ def activity_resolution() -> int:
 
 def start(user: User, *, remote_addr: str, user_agent: str, now: datetime | None = None) -> str:
     """A new console session for `user`, who has just signed in; returns the token for the cookie (shown
-    nowhere else). Rows long over are pruned here, so the table holds about 30 days of sign-ins."""
+    nowhere else)."""
     now = now or utcnow()
-    prune(now)
     token = secrets.token_urlsafe(TOKEN_BYTES)
     db.session.add(ConsoleSession(token_hash=token_hash(token), user_id=user.id, signed_in_at=now,
                                   last_active_at=now, remote_addr=remote_addr[:64],
@@ -118,8 +122,8 @@ def end(row: ConsoleSession, reason: str, now: datetime | None = None) -> bool:
     """End one row unless it is over already; True when this call ended it. Only the caller that ended a
     row records it: two requests past a limit at once, or a sign-out racing an administrator's "end all",
     both read the row live, and the update is conditional so that exactly one of them ends it. Signing out
-    and the limits record their own audit entries (auth.logout, auth.timeout); the other endings go through
-    `end_session` and `end_sessions`, which record auth.session_end."""
+    records its own audit entry (auth.logout), the limits theirs through `end_at_limit` (auth.timeout); the
+    other endings go through `end_session` and `end_sessions`, which record auth.session_end."""
     assert reason in END_REASONS, reason
     result = db.session.execute(update(ConsoleSession)
                                 .where(ConsoleSession.id == row.id, ConsoleSession.ended_at.is_(None))
@@ -127,6 +131,45 @@ def end(row: ConsoleSession, reason: str, now: datetime | None = None) -> bool:
                                 .execution_options(synchronize_session=False))
     db.session.expire(row, ["ended_at", "end_reason"])  # read again: as this call or the other ended it
     return result.rowcount == 1
+
+
+def end_at_limit(row: ConsoleSession, reason: str, now: datetime | None = None, *,
+                 actor: str | None = None) -> bool:
+    """End `row` at the limit `expiry` named ("idle", "session_limit") and record auth.timeout, when this call
+    ended it (`end`: of a request and the scheduler's job racing, one records). The record's shape is the same
+    whoever noticed: the limit, its length in minutes, and the last activity in whole seconds. `actor`: whose
+    request or process noticed, when not the console's signed-in user (the job says "scheduler")."""
+    if not end(row, reason, now):
+        return False
+    minutes = (idle_seconds() if reason == "idle" else session_seconds()) // 60
+    audit.record("auth.timeout", row.user.username,
+                 {"reason": reason, "minutes": minutes, "last_active": row.last_active_at.replace(microsecond=0)},
+                 actor=actor)
+    return True
+
+
+def expire_over_limit(now: datetime | None = None, *, actor: str = "scheduler") -> int:
+    """End every live session past a limit, with that limit's reason, and record each (`end_at_limit`); returns
+    how many this call ended. MLPS 2.0 asks that every sign-in's end be auditable: a session whose holder never
+    comes back would otherwise stay live on paper until pruned, with no end in the audit log."""
+    now = now or utcnow()
+    over = [ConsoleSession.signed_in_at < now - timedelta(seconds=session_seconds())]
+    if idle_seconds():
+        over.append(ConsoleSession.last_active_at < now - timedelta(seconds=idle_seconds()))
+    rows = db.session.scalars(select(ConsoleSession).options(joinedload(ConsoleSession.user))
+                              .where(ConsoleSession.ended_at.is_(None), or_(*over))
+                              .order_by(ConsoleSession.id)).all()
+    return sum(end_at_limit(row, reason, now, actor=actor) for row in rows if (reason := expiry(row, now)))
+
+
+def expire_job() -> str:
+    """Scheduler job: end the sessions past a limit, then delete the rows ended long ago. In this order, and
+    only here, so that no row is deleted before its end is recorded."""
+    now = utcnow()
+    expired = expire_over_limit(now)
+    pruned = prune(now)
+    db.session.commit()
+    return f"ended {expired} past a limit, deleted {pruned} ended over {KEEP_ENDED_DAYS} days ago"
 
 
 def live_sessions(user: User, now: datetime | None = None) -> list[ConsoleSession]:
@@ -174,15 +217,10 @@ def end_sessions(user: User, reason: str, *, keep: ConsoleSession | None = None,
 
 
 def prune(now: datetime | None = None) -> int:
-    """Delete the rows ended, or past a limit, more than KEEP_ENDED_DAYS ago; returns how many."""
+    """Delete the rows ended more than KEEP_ENDED_DAYS ago; returns how many. Never a live row, even one long
+    past a limit: that one is ended and recorded first (`expire_job`), the audit log keeps every end for good."""
     cutoff = (now or utcnow()) - timedelta(days=KEEP_ENDED_DAYS)
-    over = [ConsoleSession.ended_at < cutoff,
-            and_(ConsoleSession.ended_at.is_(None),
-                 ConsoleSession.signed_in_at < cutoff - timedelta(seconds=session_seconds()))]
-    if idle_seconds():
-        over.append(and_(ConsoleSession.ended_at.is_(None),
-                         ConsoleSession.last_active_at < cutoff - timedelta(seconds=idle_seconds())))
-    return db.session.execute(delete(ConsoleSession).where(or_(*over))).rowcount
+    return db.session.execute(delete(ConsoleSession).where(ConsoleSession.ended_at < cutoff)).rowcount
 
 
 # Checked in order: Edge and the Chinese browsers also say "Chrome/", and every Chromium says "Safari/".

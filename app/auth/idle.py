@@ -92,11 +92,8 @@ def enforce() -> object | None:
     row = current_row()
     now = utcnow()
     if reason := console_sessions.expiry(row, now):
-        minutes = (console_sessions.idle_seconds() if reason == "idle" else console_sessions.session_seconds()) // 60
-        last_active = row.last_active_at.replace(microsecond=0)  # whole seconds, as other records
-        if console_sessions.end(row, reason, now):  # not when another request ended it since it was read
-            audit.record("auth.timeout", current_user.username,
-                         {"reason": reason, "minutes": minutes, "last_active": last_active})
+        # Recorded unless another request, or the scheduler's job, ended it since it was read.
+        console_sessions.end_at_limit(row, reason, now)
         db.session.commit()
         message = _ended_message(row.end_reason)  # as it ended, whichever request ended it
         _forget()
