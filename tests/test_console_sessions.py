@@ -336,6 +336,9 @@ def test_an_admins_end_all_counts_only_live_sessions_and_marks_the_expired_by_th
     db.session.expire_all()
     assert [db.session.get(ConsoleSession, row_id).end_reason for row_id in (idle_row.id, long_row.id, live_id)] == [
         "idle", "session_limit", "ended_by_admin"]
+    # Their ends are recorded as the limits', noticed by the admin's request: no sign-in is left without an end.
+    assert [(entry.actor, entry.target, entry.detail["reason"]) for entry in records("auth.timeout")] == [
+        ("minister", "alice", "idle"), ("minister", "alice", "session_limit")]
     assert idle_one.client.get("/nodes/").status_code == 302  # its holder comes back: told why, as at the limit
     assert "30 分钟无操作" in idle_one.client.get("/login").get_data(as_text=True)
 
@@ -352,6 +355,8 @@ def test_cli_end_sessions_reports_only_live_ones(app, runner, make_user):
     assert entry.detail == {"reason": "ended_by_admin", "sessions": [live_id]} and entry.actor == "cli"
     db.session.expire_all()
     assert db.session.get(ConsoleSession, row.id).end_reason == "idle"
+    assert [(entry.actor, entry.target, entry.detail["reason"]) for entry in records("auth.timeout")] == [
+        ("cli", "alice", "idle")]
     assert runner.invoke(args=["users", "end-sessions", "alice"]).output == "ended 0 session(s) of alice\n"
 
 
@@ -463,3 +468,20 @@ def test_a_browser_signed_out_by_session_protection_ends_its_row(app, make_user)
     assert [row.id for row in console_sessions.live_sessions(old.user)] == [row_of(console).id]
     assert not is_signed_in(Console(copy))
     assert [record.target for record in records("auth.logout")] == ["alice"]
+
+
+def test_a_browser_signed_out_by_session_protection_past_its_limit_ends_its_row_at_the_limit(app, make_user):
+    """The row ends as the limit's, with the auth.timeout record its holder's request would have written there,
+    not as a sign-out and not without a record."""
+    make_user("alice")
+    console = signed_in(app, user_agent=CHROME_ON_WINDOWS)
+    row = row_of(console)
+    row.last_active_at = utcnow() - timedelta(minutes=31)
+    db.session.commit()
+    console.client.environ_base["HTTP_USER_AGENT"] = CHROME_ON_WINDOWS.replace("Chrome/131", "Chrome/132")
+    assert not is_signed_in(console)
+    db.session.expire_all()
+    assert db.session.get(ConsoleSession, row.id).end_reason == "idle" and records("auth.logout") == []
+    [entry] = records("auth.timeout")
+    assert (entry.actor, entry.target, entry.detail["reason"], entry.detail["minutes"]) == (
+        "alice", "alice", "idle", 30)

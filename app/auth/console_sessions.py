@@ -198,8 +198,9 @@ def end_sessions(user: User, reason: str, *, keep: ConsoleSession | None = None,
                  actor: str | None = None) -> list[int]:
     """End every live session of `user` but `keep` (the one asking, when it is theirs); returns the ids this
     call ended, and records auth.session_end when there were any. A session already past a limit but not yet
-    marked (its holder has not come back) is marked with that limit's reason, and neither counted nor
-    recorded as ended here. `actor`: who, when not the console's signed-in user (the CLI says "cli")."""
+    marked (its holder has not come back, the scheduler's job not yet run) ends at that limit, recorded as
+    auth.timeout (`end_at_limit`), and is not counted here. `actor`: who, when not the console's signed-in user
+    (the CLI says "cli")."""
     now = utcnow()
     rows = db.session.scalars(select(ConsoleSession).where(ConsoleSession.user_id == user.id,
                                                            ConsoleSession.ended_at.is_(None))
@@ -208,8 +209,9 @@ def end_sessions(user: User, reason: str, *, keep: ConsoleSession | None = None,
     for row in rows:
         if keep is not None and row.id == keep.id:
             continue
-        expired = expiry(row, now)
-        if end(row, expired or reason, now) and not expired:  # not one another request ended meanwhile
+        if expired := expiry(row, now):
+            end_at_limit(row, expired, now, actor=actor)
+        elif end(row, reason, now):  # not one another request ended meanwhile
             ended.append(row.id)
     if ended:
         audit.record("auth.session_end", user.username, {"reason": reason, "sessions": ended}, actor=actor)

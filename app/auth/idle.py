@@ -107,12 +107,13 @@ def _end_orphan(token: str) -> None:
     """Flask-Login's strong session protection signs a browser out when its address or User-Agent changes (a
     browser update does) by dropping the user's id from the cookie, not this module's token: the row would stay
     live, for any copy of the old cookie sent from the old address and browser, until a limit. It ends now, as
-    a sign-out, or with its limit's reason when it is past one."""
+    a sign-out, or at its limit (auth.timeout, its actor the user as at the limit) when it is past one."""
     row = console_sessions.find(token)
     if row is None or row.ended_at is not None:
         return
-    expired = console_sessions.expiry(row)
-    if console_sessions.end(row, expired or "logout") and not expired:
+    if expired := console_sessions.expiry(row):
+        console_sessions.end_at_limit(row, expired, actor=row.user.username)  # no user signed in to name
+    elif console_sessions.end(row, "logout"):
         audit.record("auth.logout", row.user.username)
     db.session.commit()
 
