@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from app.appnode.cli_context import Commands, Context, Refused, pass_ctx
+from app.appnode.cli_context import Commands, Context, Refused, exit_code, pass_ctx
 from app.appnode.cli_lines import (
     one_per_line,
     outbox_line,
@@ -272,4 +272,4 @@ def main() -> None:
         sys.exit(1)
     except DomainError as error:
         click.echo(f"error ({error.code}): {error.message}", err=True)
-        sys.exit(2)
+        sys.exit(exit_code(error))

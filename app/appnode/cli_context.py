@@ -6,13 +6,21 @@ imports, need not import cli.py.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import click
 
+from app.appnode.cli_lines import put_off_line
 from app.appnode.config import NodeConfig
 from app.appnode.node import Node
+from app.appnode.outbox import retry_after_seconds
+from app.appnode.registry import RegistryError
 from app.errors import DomainError
+
+# sysexits.h EX_TEMPFAIL, "try again later": the management node put the request off and said for how long.
+# Apart from 1 (the CLI's refusal), 2 (a refusal that stands) and 3 (a message some nodes will not get).
+TRY_LATER = 75
 
 
 class Refused(click.ClickException):
@@ -44,23 +52,60 @@ class Context:
 pass_ctx = click.make_pass_decorator(Context)
 
 
+class PutOff(DomainError):
+    """The management node put a request off and said when to ask again (503 or 429 with Retry-After: its CA
+    key cannot be opened, its database is away, a proxy limits the rate): the line says how long to wait, and
+    the command exits TRY_LATER, so that a script can tell it from a refusal that stands. `seconds` is the
+    Retry-After as the node loop reads it (seconds or an HTTP-date, at most an hour)."""
+
+    def __init__(self, error: RegistryError, seconds: int):
+        super().__init__(put_off_line(error.what, error.code, error.status, seconds), code=error.code,
+                         status=error.status)
+        self.seconds = seconds
+
+    def to_dict(self) -> dict:
+        document = super().to_dict()
+        document["error"]["retry_after"] = self.seconds
+        return document
+
+
+def put_off(error: Exception) -> PutOff | None:
+    """`error` as a PutOff when the management node said to wait; None for any other refusal."""
+    if isinstance(error, RegistryError) and error.retry_after is not None and error.status in (429, 503):
+        return PutOff(error, math.ceil(retry_after_seconds(error.retry_after)))
+    return None
+
+
 def error_document(error: DomainError | click.ClickException) -> dict:
-    """A refusal as --json prints it: the management node's API shape, `{"error": {"code", "message"}}`."""
+    """A refusal as --json prints it: the management node's API shape, `{"error": {"code", "message"}}`, with
+    `retry_after` (seconds) for a request put off."""
     if isinstance(error, DomainError):
         return error.to_dict()
     code = getattr(error, "code", None) or ("usage_error" if isinstance(error, click.UsageError) else "refused")
     return {"error": {"code": code, "message": error.format_message()}}
 
 
+def exit_code(error: DomainError | click.ClickException) -> int:
+    """TRY_LATER for a request put off, 2 for a domain refusal or misuse, 1 for the CLI's own refusal."""
+    if isinstance(error, PutOff):
+        return TRY_LATER
+    return 2 if isinstance(error, DomainError) else error.exit_code
+
+
 class Commands(click.Group):
     """The root group: under --json a refusal is one JSON line on stderr (stdout carries only results), with
-    the exit code the text would have (2 for a domain refusal or misuse, 1 for the CLI's own refusal)."""
+    the exit code the text would have (`exit_code`). A request the management node put off is reported as a
+    PutOff, with the wait, either way."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except (DomainError, click.ClickException) as error:
+            later = put_off(error)
             if not ctx.params.get("as_json"):
-                raise  # main() prints it as a line for a person
-            click.echo(json.dumps(error_document(error), ensure_ascii=False), err=True)
-            raise SystemExit(2 if isinstance(error, DomainError) else error.exit_code) from None
+                if later is not None:
+                    raise later from error  # main() prints it as a line for a person
+                raise
+            refusal = later or error
+            click.echo(json.dumps(error_document(refusal), ensure_ascii=False), err=True)
+            raise SystemExit(exit_code(refusal)) from None

@@ -135,3 +135,16 @@ def renewal_line(certificate: x509.Certificate, sha256: str) -> str:
     """`renew`: the certificate now installed, by serial (as the console lists it) and fingerprint."""
     return (f"certificate {format(certificate.serial_number, 'x')} installed, sha256 {sha256}, valid "
             f"{when(certificate.not_valid_before_utc)} to {when(certificate.not_valid_after_utc)}")
+
+
+# Why the management node put a request off, by its error code, else by the HTTP status (a proxy's answer has no
+# code); what it says itself ("try again later") is vaguer than its Retry-After.
+PUT_OFF_REASONS = {"ca_unavailable": "the management node's CA cannot answer now"}
+PUT_OFF_STATUSES = {429: "too many requests to the management node", 503: "the management node cannot answer now"}
+
+
+def put_off_line(what: str, code: str, status: int, seconds: int) -> str:
+    """A request the management node put off (503 or 429 with Retry-After): which, why, and when to try again
+    (now, for a date already past)."""
+    reason = PUT_OFF_REASONS.get(code) or PUT_OFF_STATUSES[status]
+    return f"{what}: {reason}; try again {f'in {seconds} s' if seconds else 'now'} (Retry-After)"

@@ -29,12 +29,14 @@ from app.errors import DomainError
 
 
 class RegistryError(DomainError):
-    """The management node refused or could not be reached; `code` is its error code when it sent one, and
-    `retry_after` its Retry-After header when it sent one (a 503 while its CA key cannot be opened)."""
+    """The management node refused or could not be reached; `code` is its error code when it sent one,
+    `retry_after` its Retry-After header when it sent one (a 503 while its CA key cannot be opened), and `what`
+    the request it refused, in the words `RegistryClient.fail` was given (the CLI's line for a wait names it)."""
 
     code = "registry_error"
     status = 502
     retry_after: str | None = None
+    what: str | None = None
 
 
 class NotJoined(DomainError):
@@ -175,6 +177,7 @@ class RegistryClient:
             failure = RegistryError(f"{what}: HTTP {result.status}", status=result.status)
         failure.retry_after = next((value for name, value in result.headers.items()
                                     if name.lower() == "retry-after"), None)
+        failure.what = what
         return failure
 
     def fetch_ca(self) -> None:
