@@ -72,6 +72,17 @@ def dating_retry_after(upstream, wait: timedelta):
     return serve
 
 
+def limiting_route_pulls(upstream):
+    """Passes everything on but route pulls, which it answers 429 with Retry-After, as a rate limit in a proxy
+    may (nginx's limit_req with limit_req_status 429): a page of its own, no JSON error."""
+    def serve(environ, start_response):
+        if environ["PATH_INFO"] == "/api/v1/routes":
+            start_response("429 Too Many Requests", [("Content-Type", "text/html"), ("Retry-After", "120")])
+            return [b"<html><body>429 Too Many Requests</body></html>"]
+        return upstream(environ, start_response)
+    return serve
+
+
 def test_renew_while_the_ca_key_cannot_be_opened_says_how_long_to_wait_and_exits_75(network, app, monkeypatch):  # noqa: F811
     a = network["a"]
     old = a.node.identity.fingerprint()
@@ -122,3 +133,20 @@ def test_join_while_the_ca_files_cannot_be_read_says_how_long_to_wait(app, live_
     assert (done.returncode, done.stdout) == (TRY_LATER, "")
     assert done.stderr == ("error (ca_unavailable): GET /ca/ca.pem: the management node's CA cannot answer now; "
                            "try again in 30 s (Retry-After)\n")
+
+
+def test_routes_pull_limited_by_a_proxy_says_how_long_to_wait_and_status_shows_it(network, app, monkeypatch):  # noqa: F811
+    """The route pull's own answer (not only its node session) is read for Retry-After: a 429 or 503 was
+    `route_unavailable`, exit 2, with no word of when to pull again."""
+    a = network["a"]
+    with proxy(app, limiting_route_pulls) as url:
+        monkeypatch.setenv("MPIM_NODE_REGISTRY_URL", url)
+        done = node_cli(a.dir, "routes", "pull")
+    assert (done.returncode, done.stdout) == (TRY_LATER, ""), done.stderr
+    assert done.stderr == ("error (registry_error): the routing table is unavailable: too many requests to the "
+                           "management node; try again in 120 s (Retry-After)\n")
+    assert "problem: registry_error: the routing table is unavailable: HTTP 429" in node_cli(a.dir, "status").stdout
+    monkeypatch.delenv("MPIM_NODE_REGISTRY_URL")
+    done = node_cli(a.dir, "routes", "pull")  # straight to the management node: taken, and the problem gone
+    assert done.returncode == 0 and done.stdout.startswith("routing table v"), done.stderr
+    assert "problem" not in node_cli(a.dir, "status").stdout

@@ -49,7 +49,10 @@ class RouteTableMixin:
         node_id = self.node_id
 
         def fetch(headers, since):  # always the full table: one signed document to store and verify again
-            return self.registry.with_session(node_id, "GET", "/api/v1/routes", headers=headers)
+            result = self.registry.with_session(node_id, "GET", "/api/v1/routes", headers=headers)
+            if result.status in (429, 503):  # put off, as a session can be: a RegistryError keeps its Retry-After
+                raise self.registry.fail(result, "the routing table is unavailable")
+            return result
 
         mended: set[str] = set()
         while True:
