@@ -134,6 +134,19 @@ def init_app(app) -> None:
         return render_template("error.html", status=status, title=HTTP_TITLES.get(status, status),
                                message=message), status
 
+    @app.before_request
+    def refuse_nul_in_console_address():
+        """A NUL (%00) in a console page's path or query string is no code, id, name or filter anyone means,
+        and PostgreSQL refuses it in any text it is compared with: every list filter and look-up answered 500.
+        (The API checks each code and id it takes, and answers with that field's own error.)"""
+        from flask import request
+
+        if request.path.startswith(("/api/", "/ca/")):
+            return
+        if "\x00" in request.path or any("\x00" in key + value for key, value in request.args.items(multi=True)):
+            raise ValidationFailed(_l("The address holds a NUL character (%00), which no page takes."),
+                                   code="invalid_request")
+
     @app.errorhandler(DomainError)
     def handle_domain_error(error: DomainError):
         headers = {"Retry-After": str(error.retry_after)} if isinstance(error, Unavailable) else {}
