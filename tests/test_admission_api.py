@@ -56,6 +56,13 @@ def test_status_is_hidden_from_another_token(client, token, jx_admin):
     assert response.status_code == 404
 
 
+@pytest.mark.parametrize("application_id", ["%00", "a%00b", "A" * 32, "x" * 33])
+def test_an_application_id_no_application_can_have_is_not_found_not_a_server_error(client, token, application_id):
+    """PostgreSQL refuses a NUL in any text it compares: the look-up answered 500 there."""
+    response = client.get(f"/api/v1/applications/{application_id}", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 404 and response.get_json()["error"]["code"] == "application_not_found"
+
+
 def test_a_token_is_single_use(client, token):
     assert submit(client, token, node_document()).status_code == 201
     again = submit(client, token, node_document())

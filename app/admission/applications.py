@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import replace
 
@@ -181,8 +182,16 @@ def pending_change(node: Node) -> Application | None:
         .order_by(Application.created_at).limit(1))
 
 
+# What `uuid4().hex` gives; anything else is no application's, and is not looked up (PostgreSQL refuses a NUL).
+APPLICATION_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def _find(application_id: str) -> Application | None:
+    return db.session.get(Application, application_id) if APPLICATION_ID.fullmatch(application_id) else None
+
+
 def get(application_id: str) -> Application:
-    application = db.session.get(Application, application_id) if len(application_id) <= 32 else None
+    application = _find(application_id)
     if application is None:
         raise NotFound(_l("No application %(id)s.", id=application_id), code="application_not_found")
     return application
@@ -191,7 +200,7 @@ def get(application_id: str) -> Application:
 def get_for_token(application_id: str, raw_token: str | None) -> Application:
     """Only the holder of the token that submitted an application may read its status."""
     token = tokens.find_by_raw(raw_token)
-    application = db.session.get(Application, application_id) if len(application_id) <= 32 else None
+    application = _find(application_id)
     if application is None or application.token_id != token.id:
         raise NotFound("No application with this id for this token.", code="application_not_found")
     return application
