@@ -58,6 +58,16 @@ def test_wrong_password_is_refused_and_audited(console, make_user):
     assert actions()[-1] == "auth.login_failed"
 
 
+@pytest.mark.parametrize("typed", ["mini\x00ster", "mini\u202eretsin"])
+def test_a_username_with_a_nul_or_a_bidi_control_is_a_failed_sign_in_audited_escaped(console, make_user, typed):
+    """PostgreSQL refuses NUL in the throttle's key and the audit record: that sign-in answered 500."""
+    make_user("minister")
+    response = console.login(typed)
+    assert response.status_code == 401 and "用户名或密码错误" in response.get_data(as_text=True)
+    record = db.session.scalars(select(AuditRecord).order_by(AuditRecord.seq.desc())).first()
+    assert (record.action, record.target) == ("auth.login_failed", typed.encode("unicode_escape").decode())
+
+
 def test_repeated_failures_lock_the_account_even_for_the_right_password(app, console, make_user):
     make_user("alice")
     for _ in range(app.config["MPIM_LOGIN_MAX_FAILURES"]):

@@ -18,7 +18,7 @@ from app.auth.models import ROLES, ConsoleSession, LoginThrottle, PasswordHistor
 from app.database import serialise, utcnow
 from app.errors import Conflict, DomainError, NotFound, ValidationFailed
 from app.extensions import db
-from app.readable import readable_text
+from app.readable import misleading, readable_text
 
 USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{2,64}$")
 MIN_PASSWORD_LENGTH = 10
@@ -219,6 +219,10 @@ def _register_failure(key: str, limit: int) -> bool:
 
 def authenticate(username: str, password: str, remote_addr: str) -> User:
     """Check credentials under the throttle. Commits failures itself: they must outlive the refusal."""
+    if misleading(username):
+        # No account has such a name (USERNAME_PATTERN). It is throttled and audited escaped: PostgreSQL refuses
+        # a NUL (the sign-in answered 500), and a control or bidi character would misread in the audit log.
+        username = username.encode("unicode_escape").decode("ascii")
     user_key, addr_key = f"user:{username.lower()}", f"addr:{remote_addr}"
     if _locked(user_key) or _locked(addr_key):
         audit.record("auth.login_blocked", username, {"reason": "locked"}, actor=username or "anonymous",
