@@ -300,6 +300,21 @@ def test_ministry_admin_creates_a_provincial_admin_in_the_console(admin_console)
     assert "user.create" in actions()
 
 
+def test_user_forms_without_their_optional_fields_save_instead_of_failing(admin_console, make_user):
+    """A form posted without the name or scope box (a script, an older page) answered 500: WTForms gives None
+    for a text field absent from the request, and the view stripped it."""
+    created = admin_console.post_form("/users/new", {"username": "eye", "password": "Correct-Horse-9x",
+                                                     "role": "auditor"})
+    assert created.status_code == 302
+    make_user("jx-admin", "provincial_admin", ("360000",))
+    edited = admin_console.post_form("/users/jx-admin", {"role": "auditor", "active": "y"})
+    assert edited.status_code == 302
+    db.session.expire_all()
+    users = {user.username: user for user in db.session.scalars(select(User))}
+    assert users["eye"].role == "auditor" and users["eye"].display_name == ""
+    assert users["jx-admin"].role == "auditor" and users["jx-admin"].scopes == []
+
+
 @pytest.mark.parametrize("username", ["a", "alice\n", "alice bob", "al/ice", "ａｌｉｃｅ", "x" * 65])
 def test_malformed_usernames_are_refused(app, username):
     """"alice\n" would sit in the users list looking like alice."""

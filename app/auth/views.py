@@ -121,8 +121,8 @@ def create_user():
     form = UserCreateForm()
     if form.validate_on_submit():
         draft = service.UserDraft(username=form.username.data.strip(), password=form.password.data,
-                                  role=form.role.data, scopes=tuple(form.scopes.data.split(",")),
-                                  display_name=form.display_name.data.strip())
+                                  role=form.role.data, scopes=tuple((form.scopes.data or "").split(",")),
+                                  display_name=(form.display_name.data or "").strip())
         try:
             service.create_user(draft)
             db.session.commit()
@@ -148,8 +148,8 @@ def edit_user(username: str):
             flash(_("You cannot demote or deactivate yourself."), "error")
         else:
             try:
-                service.update_user(user, role=form.role.data, scopes=form.scopes.data.split(","),
-                                    active=form.active.data, display_name=form.display_name.data.strip())
+                service.update_user(user, role=form.role.data, scopes=(form.scopes.data or "").split(","),
+                                    active=form.active.data, display_name=(form.display_name.data or "").strip())
                 db.session.commit()
             except DomainError as error:
                 db.session.rollback()
