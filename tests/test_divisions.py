@@ -86,6 +86,10 @@ def test_revisions_named_by_date_are_ordered_by_date(app, name, latest, older):
     ("code,name\n110000,北京市\n110101,东城区\n110101,西城区\n", 4, "appears again"),
     ("code,name\n110000,北京市\n360102,东湖区\n", 3, "has no province 360000"),
     ("code,name\n110000,北京市\n110101,\n", 3, "empty name"),
+    # PostgreSQL refuses the NUL (the command ended in a traceback); the others read as another name
+    ("code,name\n110000,北京\x00市\n", 2, "control or bidi character"),
+    ("code,name\n110000,北京市\n110101,东\u202e区城\n", 3, "control or bidi character"),
+    ("code,name\n110000,北京市\n110101,东城\x1b区\n", 3, "control or bidi character"),
 ])
 def test_malformed_file_is_refused_with_its_line_and_changes_nothing(app, content, line, reason):
     before = db.session.scalar(select(func.count()).select_from(Division))

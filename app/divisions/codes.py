@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from flask_babel import lazy_gettext as _l
 
 from app.errors import ValidationFailed
+from app.readable import misleading
 
 CODE_PATTERN = re.compile(r"[0-9]{6}")  # fullmatch: `$` would also match before a final newline
 # The nation: no row of the GB/T 2260 list, but the code the ministry's node id starts with (SPEC §2).
@@ -86,6 +87,8 @@ def parse_division_file(data: bytes) -> list[DivisionRow]:
             raise MalformedDivisionFile(f"line {line}: division {code} has an empty name.")
         if len(name) > 100:
             raise MalformedDivisionFile(f"line {line}: the name of {code} is longer than 100 characters.")
+        if misleading(name):  # a NUL stops the import on PostgreSQL; a bidi override shows another name
+            raise MalformedDivisionFile(f"line {line}: the name of {code} holds a control or bidi character.")
         if code in names:
             raise MalformedDivisionFile(f"line {line}: code {code} appears again (first on line {names[code][1]}).")
         names[code] = (name, line)
