@@ -25,11 +25,15 @@ def misleading(value: str, *, multiline: bool = False) -> bool:
                or ch in BIDI_CONTROLS for ch in value)
 
 
-def readable_text(value: str | None, field: str, *, multiline: bool = False) -> str:
-    """`value` stripped, or ValidationFailed naming `field` when it would read otherwise than it is."""
+def readable_text(value: str | None, field: str, *, multiline: bool = False, limit: int | None = None) -> str:
+    """`value` stripped, or ValidationFailed naming `field` when it would read otherwise than it is, or when it
+    is longer than `limit` (its column's length): refused at every door, never cut short unseen."""
     value = (value or "").strip()
     if misleading(value, multiline=multiline):
         raise ValidationFailed(_l("%(field)s contains control characters.", field=field), code="invalid_input",
                                field=field)
+    if limit is not None and len(value) > limit:
+        raise ValidationFailed(_l("%(field)s is longer than %(n)s characters.", field=field, n=limit),
+                               code="too_long", field=field)
     return value
 

@@ -108,3 +108,39 @@ def test_cli_refuses_an_argument_that_is_not_utf8(jx, runner):
                  ["audit", "verify", "--anchor", "1:" + name * 32]):
         result = runner.invoke(args=args)
         assert result.exit_code == 2 and "not UTF-8" in result.output, (args, result.output, result.exception)
+
+
+def test_a_note_reason_or_name_longer_than_its_column_is_refused_at_every_door_not_cut_short(jx, runner):
+    """The CLI's doors cut each of these to its column's length without a word, and the console refused a long
+    reason as if none had been given ("需要填写理由", the typed reason gone with the redirect)."""
+    consoles, node_id, application_id = jx
+    minister = consoles["minister"]
+    page = minister.client.get(f"/nodes/{node_id}").get_data(as_text=True)
+    assert 'name="reason" required maxlength="500"' in page  # the browser holds the limit as the admin types
+    assert 'maxlength="500"' in minister.client.get(f"/applications/{application_id}").get_data(as_text=True)
+    suspended = minister.post_form(f"/nodes/{node_id}", {"reason": "理" * 501}, action=f"/nodes/{node_id}/suspend")
+    assert "reason 超过 500 个字符" in flash_error(minister, suspended)
+    rejected = minister.post_form(f"/applications/{application_id}", {"reason": "理" * 501},
+                                  action=f"/applications/{application_id}/reject")
+    assert "reason 超过 500 个字符" in flash_error(minister, rejected)
+    window = minister.post_form(f"/nodes/{node_id}", {"hours": "2", "note": "注" * 201},
+                                action=f"/health/{node_id}/maintenance")
+    assert "note 超过 200 个字符" in flash_error(minister, window)
+    for args, message in (
+            (["tokens", "create", "--division", "360000", "--user", "minister", "--note", "注" * 201], "note"),
+            (["users", "create", "--role", "auditor", "--username", "eye", "--name", "名" * 121], "display_name"),
+            (["nodes", "suspend", node_id, "--reason", "理" * 501, "--user", "minister"], "reason"),
+            (["applications", "reject", application_id, "--reason", "理" * 501, "--user", "minister"], "reason"),
+            (["health", "maintenance", node_id, "--hours", "2", "--note", "注" * 201, "--user", "minister"], "note")):
+        result = runner.invoke(args=args)
+        assert result.exit_code == 1 and f"{message} is longer than" in result.output, (args[:2], result.output)
+    db.session.expire_all()
+    assert db.session.get(Node, node_id).status == "active" and db.session.get(NodeHealth, node_id) is None
+    assert db.session.get(Application, application_id).status == "pending"
+    assert db.session.scalar(db.select(EnrollmentToken)) is None
+    assert [user.username for user in db.session.scalars(db.select(User).order_by(User.username))] == \
+        ["jx-admin", "minister"]
+    at_limit = minister.post_form(f"/nodes/{node_id}", {"reason": "理" * 500}, action=f"/nodes/{node_id}/suspend")
+    assert at_limit.status_code == 302
+    db.session.expire_all()
+    assert db.session.get(Node, node_id).status_reason == "理" * 500

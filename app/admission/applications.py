@@ -307,10 +307,10 @@ def _approve_change(application: Application, *, by) -> Node:
 def reject(application: Application, reason: str, *, by) -> Application:
     _require_ministry(by)
     _require_pending(application)
-    reason = readable_text(reason, "reason", multiline=True)
+    reason = readable_text(reason, "reason", multiline=True, limit=500)
     if not reason:
         raise ValidationFailed(_l("A rejection needs a reason."), code="reason_required", field="reason")
-    application.status, application.reason = "rejected", reason[:500]
+    application.status, application.reason = "rejected", reason
     application.reviewed_by, application.reviewed_at = by.username, utcnow()
     audit.record("application.reject", application.id, {"reason": application.reason}, actor=by.username)
     return application

@@ -66,9 +66,11 @@ class ApplicationForm(CSRInput, FlaskForm):
 
 
 
+# No Length here: the service refuses a reason over its 500 characters by name, where a form's refusal would
+# flash only that a reason is required (the page writes these inputs itself, with maxlength).
 class RejectForm(FlaskForm):
-    reason = TextAreaField(_l("Reason"), validators=[DataRequired(), Length(max=500)])
+    reason = TextAreaField(_l("Reason"), validators=[DataRequired()])
 
 
 class ReasonForm(FlaskForm):
-    reason = StringField(_l("Reason"), validators=[DataRequired(), Length(max=500)])
+    reason = StringField(_l("Reason"), validators=[DataRequired()])

@@ -82,7 +82,7 @@ def lock(node: Node, *also: str) -> Node:
 def _change_status(node: Node, new_status: str, reason: str, *, by, action: str) -> Node:
     if by.role != "ministry_admin":
         raise PermissionDenied(_l("Only a ministry admin may do this."), code="ministry_only")
-    reason = readable_text(reason, "reason")
+    reason = readable_text(reason, "reason", limit=500)
     if not reason:
         raise ValidationFailed(_l("A reason is required."), code="reason_required", field="reason")
     lock(node)
@@ -90,11 +90,11 @@ def _change_status(node: Node, new_status: str, reason: str, *, by, action: str)
         raise Conflict(_l("A %(old)s node cannot become %(new)s.", old=node.status, new=new_status),
                        code="invalid_transition")
     old = node.status
-    node.status, node.status_reason, node.status_changed_at = new_status, reason[:500], utcnow()
+    node.status, node.status_reason, node.status_changed_at = new_status, reason, utcnow()
     node.suspension_requested = False
     db.session.flush()
     hooks.run(hooks.node_status_changed, node, old, new_status, reason)
-    audit.record(action, node.node_id, {"from": old, "to": new_status, "reason": reason[:500]}, actor=by.username)
+    audit.record(action, node.node_id, {"from": old, "to": new_status, "reason": reason}, actor=by.username)
     return node
 
 
@@ -117,12 +117,12 @@ def request_suspension(node: Node, reason: str, *, by) -> Node:
     lock(node)
     if node.status != "active":
         raise Conflict(_l("Only an active node can be suspended."), code="invalid_transition")
-    reason = readable_text(reason, "reason")
+    reason = readable_text(reason, "reason", limit=500)
     if not reason:
         raise ValidationFailed(_l("A reason is required."), code="reason_required", field="reason")
-    node.suspension_requested, node.suspension_request_reason = True, reason[:500]
+    node.suspension_requested, node.suspension_request_reason = True, reason
     node.suspension_requested_by = by.username
-    audit.record("node.request_suspension", node.node_id, {"reason": reason[:500]}, actor=by.username)
+    audit.record("node.request_suspension", node.node_id, {"reason": reason}, actor=by.username)
     return node
 
 

@@ -52,11 +52,11 @@ def create_token(division_code: str, *, by, ttl: timedelta = DEFAULT_TTL,
     """Returns the row and the raw token; the raw token exists only in this return value."""
     divisions.require_current(division_code)
     require_division_scope(by, division_code)
-    note = readable_text(note, "note")
+    note = readable_text(note, "note", limit=200)
     raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
     # Whole seconds, as its record and every other recorded moment read; the token expires when the record says.
     token = EnrollmentToken(token_hash=hash_token(raw), prefix=raw[: len(TOKEN_PREFIX) + 6],
-                            division_code=division_code, issued_by_id=by.id, note=note[:200],
+                            division_code=division_code, issued_by_id=by.id, note=note,
                             expires_at=(utcnow() + ttl).replace(microsecond=0))
     db.session.add(token)
     db.session.flush()

@@ -87,13 +87,13 @@ def create_user(draft: UserDraft, *, actor: str | None = None) -> User:
     if draft.role not in ROLES:
         raise ValidationFailed(_l("Unknown role %(role)s.", role=draft.role), code="invalid_role", field="role")
     check_password_policy(draft.password, draft.username)
-    display_name = readable_text(draft.display_name, "display_name")
+    display_name = readable_text(draft.display_name, "display_name", limit=120)
     scope_codes = normalise_scopes(draft.role, draft.scopes)
     serialise(f"user:{draft.username.lower()}")  # two admins creating one name together: one is told it is taken
     if db.session.scalar(select(User.id).where(func.lower(User.username) == draft.username.lower())):
         raise Conflict(_l("User %(name)s already exists.", name=draft.username), code="username_taken",
                        field="username")
-    user = User(username=draft.username, display_name=display_name[:120], role=draft.role,
+    user = User(username=draft.username, display_name=display_name, role=draft.role,
                 scope_codes=scope_codes, password_hash=generate_password_hash(draft.password),
                 password_must_change=draft.must_change_password)
     db.session.add(user)
@@ -106,10 +106,10 @@ def update_user(user: User, *, role: str, scopes: list[str], active: bool, displ
     if role not in ROLES:
         raise ValidationFailed(_l("Unknown role %(role)s.", role=role), code="invalid_role", field="role")
     scope_codes = normalise_scopes(role, scopes)
-    display_name = readable_text(display_name, "display_name")
+    display_name = readable_text(display_name, "display_name", limit=120)
     before = {"role": user.role, "scopes": user.scope_codes, "active": user.active}
     user.role, user.scope_codes, user.active = role, scope_codes, active
-    user.display_name = display_name[:120]
+    user.display_name = display_name
     audit.record("user.update", user.username,
                  {"before": before, "after": {"role": role, "scopes": scope_codes, "active": active}})
     if before["active"] and not active:

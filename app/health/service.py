@@ -184,12 +184,12 @@ def set_maintenance(node_id: str, until: datetime, note: str, *, by) -> NodeHeal
     if until <= utcnow():
         raise ValidationFailed(_l("A maintenance window must end in the future."), code="invalid_window",
                                field="until")
-    note = readable_text(note, "note")
+    note = readable_text(note, "note", limit=200)
     health = db.session.get(NodeHealth, node_id) or NodeHealth(node_id=node_id, status="unknown",
                                                               consecutive_failures=0, consecutive_successes=0,
                                                               last_detail="", maintenance_note="")
     db.session.add(health)
-    health.maintenance_until, health.maintenance_note = until, note[:200]
+    health.maintenance_until, health.maintenance_note = until, note
     audit.record("health.maintenance", node_id, {"until": until, "note": health.maintenance_note},
                  actor=by.username)
     return health
