@@ -236,3 +236,17 @@ def test_revoking_a_token_number_no_column_holds_reads_as_no_such_token(app, mak
         assert "没有该接入令牌" in html, token_id
         result = runner.invoke(args=["tokens", "revoke", str(token_id), "--user", "minister"])
         assert result.exit_code == 1 and result.output.startswith("error: No such enrollment token"), result.output
+
+
+def test_an_unknown_capability_is_refused_in_the_readers_language_and_the_form_kept(app, make_user):
+    """WTForms' refusal of a value its checkboxes do not offer is English on the Chinese console."""
+    from app.admission.models import Application
+    from tests.factories import application_form, make_csr
+
+    make_user("jx-admin", "provincial_admin", ("360000",))
+    console = Console(app.test_client())
+    console.login("jx-admin")
+    form = application_form(csr=make_csr(), capabilities=["text", "teleport"])
+    html = console.post_form("/applications/new", form).get_data(as_text=True)
+    assert "未知功能：teleport" in html and "not a valid choice" not in html and 'value="赣警通"' in html
+    assert db.session.scalar(db.select(db.func.count()).select_from(Application)) == 0
