@@ -26,13 +26,15 @@ from app.appnode import protocol
 from app.appnode.cli import cli
 from app.appnode.node import Node
 from app.appnode.protocol import (
+    NotFound,
     PayloadTooLarge,
     PermissionDenied,
+    SchemaViolation,
     UnknownPeer,
     UnsupportedMediaType,
 )
 from app.appnode.registry import RegistryError
-from app.appnode.store import Message, Received
+from app.appnode.store import Message, Received, StoredFile
 from app.extensions import db
 from app.pki import own_keys
 from app.pki import service as pki
@@ -444,6 +446,27 @@ def test_a_file_over_the_limit_is_refused(network):
         a.node.send_file("zhangsan", c.user("sunqi"), PDF, "file", file_name="big.pdf")
     assert a.node.outbox() == [] and a.node.conversations("zhangsan") == []
     assert stored_messages(c) == []
+
+
+def test_a_file_whose_message_is_refused_leaves_no_bytes_or_row_at_its_origin(network):
+    """The file was stored before its message was checked and sent: each refusal left its bytes (up to 1 GiB)
+    and their row at the origin, served to nobody and never removed."""
+    a, b = network["a"], network["b"]
+    c = network["join"]("110000", limits={"file": 1000})
+    sync(a, b, c)
+    refusals = [(NotFound, lambda: a.node.send_file("zhangsan", a.user("nobody"), png(), "image")),
+                (SchemaViolation, lambda: a.node.send_file("zhangsan", b.user("lisi"), png(), "image",
+                                                           file_name="现场/照片.png")),
+                (PayloadTooLarge, lambda: a.node.send_file("zhangsan", c.user("sunqi"), PDF, "file",
+                                                           file_name="big.pdf"))]  # C refuses it for good
+    for refusal, send in refusals:
+        with pytest.raises(refusal):
+            send()
+    with a.node.db() as session:
+        assert session.scalars(select(StoredFile)).all() == []
+    assert not (a.dir / "files" / a.id).exists() or list((a.dir / "files" / a.id).iterdir()) == []
+    kept = a.node.send_file("zhangsan", b.user("lisi"), png(), "image")  # one that is sent keeps its file
+    assert [f.name for f in (a.dir / "files" / a.id).iterdir()] == [kept.document["content"]["file_id"]]
 
 
 def test_a_download_by_a_node_outside_the_conversation_is_refused(network):

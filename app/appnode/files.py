@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from app.appnode import filetypes, protocol
@@ -61,8 +61,8 @@ def _head(path: Path) -> bytes:
 
 
 class FilesMixin:
-    """Serving, downloading and storing a `Node`'s files. Relies on the node's `db`, `data_dir`, `files_dir`,
-    `config`, `node_id`, `peers`, `peer_entry` and `_pull_for_recipient`, on `_require_participant`
+    """Serving, downloading and storing a `Node`'s files. Relies on the node's `db`, `_writing`, `data_dir`,
+    `files_dir`, `config`, `node_id`, `peers`, `peer_entry` and `_pull_for_recipient`, on `_require_participant`
     (EphemeralMixin) and `_peer_error` (OutboxMixin)."""
 
     def _serve_download(self, envelope: dict) -> Reply:
@@ -206,3 +206,9 @@ class FilesMixin:
                                  expire_at=expire_at, created_at=utcnow())
                 session.add(row)
         return row
+
+    def _discard_file(self, origin: str, file_id: str) -> None:
+        """Undo `_keep_file` for a file whose message was refused and not kept: no bytes or row stay behind."""
+        with self._writing, self.db.begin() as session:
+            session.execute(delete(StoredFile).where(StoredFile.origin_node == origin, StoredFile.file_id == file_id))
+        (self.files_dir / origin / file_id).unlink(missing_ok=True)

@@ -281,6 +281,12 @@ class SendingMixin:
                 raise UnsupportedMediaType(f"a sticker is GIF or PNG, not {declared}")
             content = {**(sticker or {}), "file_id": file_id, "format": declared, "size": len(data),
                        "sha256": digest}
+        # Kept first, so a peer that takes the message can download at once. A DomainError from send means no
+        # message was kept (refused before it was stored, or for good by its one next hop): neither is the file.
         self._keep_file(self.node_id, file_id, kind, declared, data, digest, file_name,
                         now + FILE_RETENTION if kind == "file" else None)
-        return self.send(user_id, to, kind, content, **kwargs)
+        try:
+            return self.send(user_id, to, kind, content, **kwargs)
+        except DomainError:
+            self._discard_file(self.node_id, file_id)
+            raise
