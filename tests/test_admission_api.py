@@ -95,6 +95,7 @@ def test_missing_or_unknown_token(client, header):
 @pytest.mark.parametrize(("overrides", "status", "code", "field"), [
     ({"division_code": "369999"}, 400, "unknown_division_code", "division_code"),
     ({"division_code": "36010"}, 400, "invalid_division_code", "division_code"),
+    ({"division_code": 360000}, 400, "invalid_input", "division_code"),  # was "division_code is required."
     ({"division_code": "440300"}, 403, "out_of_scope", "division_code"),
     ({"endpoint": "http://im.jx.example"}, 400, "endpoint_not_https", "endpoint"),
     ({"endpoint": "https://user:pw@im.jx.example"}, 400, "invalid_endpoint", "endpoint"),

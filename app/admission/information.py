@@ -112,8 +112,10 @@ def parse(document) -> NodeInformation:
     if not isinstance(contact, dict):
         raise invalid(_l("contact must be an object with name, phone and email."), "contact", "missing_field")
     division_code = document.get("division_code")
-    if not isinstance(division_code, str):
+    if division_code is None:
         raise invalid(_l("division_code is required."), "division_code", "missing_field")
+    if not isinstance(division_code, str):  # 360000 as a number: a code is text (it may begin with 0)
+        raise invalid(_l("%(field)s must be text.", field="division_code"), "division_code")
     phone = text_field(contact.get("phone"), "contact.phone")
     if not PHONE.match(phone):
         raise invalid(_l("contact.phone is not a phone number."), "contact.phone")
