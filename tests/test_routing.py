@@ -199,6 +199,16 @@ def test_console_history_downloads_and_cli_verify(app, session, runner, tmp_path
     assert forged.exit_code == 1 and "signature INVALID" in forged.output
 
 
+@pytest.mark.parametrize("version", [2**31, 10**30])
+def test_a_version_number_no_column_holds_is_not_kept_rather_than_a_server_error(app, session, version):
+    """2**31 is past PostgreSQL's integer and 10**30 past SQLite's: each download answered 500."""
+    admin_console = Console(app.test_client())
+    admin_console.login("minister")
+    for suffix in ("json", "sig"):
+        response = admin_console.client.get(f"/routes/v{version}.{suffix}")
+        assert response.status_code == 404 and "不再保留" in response.get_data(as_text=True)
+
+
 def test_the_console_verification_hint_runs_as_printed_on_the_downloads(app, session, tmp_path):
     """The routing page's openssl lines, run on the files its three links download (under their names)."""
     import html

@@ -165,7 +165,8 @@ def history_query():
 
 
 def find(version_number: int) -> RouteVersion | None:
-    return db.session.get(RouteVersion, version_number)
+    # A number past the column's integer (PostgreSQL's ends at 2**31 - 1, SQLite's at 2**63 - 1) names no version.
+    return db.session.get(RouteVersion, version_number) if 0 < version_number < 2**31 else None
 
 
 @dataclass(frozen=True)
