@@ -64,3 +64,23 @@ def test_a_peers_time_at_the_end_of_the_calendar_is_shown_as_sent_instead_of_fai
     assert "9999-12-31T23:59:59Z" in page(b, "/?user=lisi")
     conversation = page(b, f"/conversation?user=lisi&id={envelope['payload']['conversation_id']}")
     assert "9999-12-31T23:59:59Z" in conversation and "来自未来" in conversation
+
+
+def test_a_user_or_conversation_the_node_does_not_have_is_refused_on_a_page_in_the_readers_language(network):  # noqa: F811
+    """The operator's page answered an unknown user or conversation in its address with the protocol's English
+    JSON ({"error": {"code": "not_found", "message": "no messages in …"}})."""
+    import urllib.error
+
+    b = network["b"]
+    for path, chinese, english in (("/?user=nobody", "本节点没有这个用户或这个会话。", "This node has no such user"),
+                                   ("/conversation?user=lisi&id=s:0", "本节点没有这个用户或这个会话。",
+                                    "no such conversation")):
+        for lang, words in (("zh_CN", chinese), ("en", english)):
+            try:
+                page(b, f"{path}&lang={lang}")
+            except urllib.error.HTTPError as refused:
+                html = refused.read().decode()
+                assert refused.code == 404 and refused.headers["Content-Type"].startswith("text/html")
+                assert words in html and '"error"' not in html, html
+            else:
+                raise AssertionError(f"{path} was not refused")

@@ -30,6 +30,9 @@ LABELS = {
     "presence": {"online": _l("Online"), "offline": _l("Offline"), "busy": _l("Busy"), "away": _l("Away")},
     "msg_type": {kind: CAPABILITIES[kind] for kind in ("text", "image", "voice", "file", "sticker")},
 }
+# The page's words for a refusal of what its address names; other refusals show the node's own message.
+PAGE_REFUSALS = {"not_found": _l("This node has no such user, or no such conversation."),
+                 "not_a_participant": _l("This user takes no part in that conversation.")}
 
 
 def peer_certificate() -> bytes | None:
@@ -72,7 +75,12 @@ def create_node_app(node: Node) -> Flask:
 
     @app.errorhandler(DomainError)
     def domain_error(error: DomainError):
-        return json_response(error.to_dict(), error.status)
+        if request.path.startswith("/api/"):
+            return json_response(error.to_dict(), error.status)
+        # The operator's page, a user or conversation typed into its address: a page in the reader's language,
+        # not the protocol's English JSON.
+        return render_template("appnode/refused.html", node=node, lang=g.get("lang", "zh_CN"),
+                               message=PAGE_REFUSALS.get(error.code, error.message)), error.status
 
     @app.errorhandler(404)
     def not_found(_error):
