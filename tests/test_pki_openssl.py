@@ -227,6 +227,22 @@ def test_an_ocsp_request_for_two_certificates_at_once_is_malformed_not_an_error(
     assert answer.response_status == ocsp.OCSPResponseStatus.MALFORMED_REQUEST
 
 
+def test_an_ocsp_post_of_the_wrong_type_garbage_or_too_large_is_refused_as_such(client):
+    """Handled, and now held: a body that is no OCSP request is RFC 6960's malformedRequest (what OCSP clients
+    read), a body of another type a 415 and one past the request limit a 413, each without a 500."""
+    from cryptography.x509 import ocsp
+
+    wrong_type = client.post("/ca/ocsp", data=b"0", content_type="text/plain")
+    assert (wrong_type.status_code, wrong_type.get_json()["error"]["code"]) == (415, "unsupported_media_type")
+    for junk in (b"", b"\x00\xff not DER", b"\x30\x82\xff\xff"):
+        answer = client.post("/ca/ocsp", data=junk, content_type="application/ocsp-request")
+        assert answer.status_code == 200 and answer.mimetype == "application/ocsp-response"
+        assert ocsp.load_der_ocsp_response(answer.data).response_status == ocsp.OCSPResponseStatus.MALFORMED_REQUEST
+    too_large = client.post("/ca/ocsp", data=b"0" * (client.application.config["MAX_CONTENT_LENGTH"] + 1),
+                            content_type="application/ocsp-request")
+    assert (too_large.status_code, too_large.get_json()["error"]["code"]) == (413, "request_entity_too_large")
+
+
 def test_every_level_of_the_chain_has_a_crl_for_crl_check_all(issued, client):
     """The root's CRL, served at /ca/root-crl.pem, lets `-crl_check_all` check the intermediate too."""
     write_crl(issued)
