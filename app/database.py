@@ -61,6 +61,12 @@ class Page:
         return self.page < self.pages
 
 
+def get_by_number(model, number: int):
+    """The row whose integer key is `number`, taken from an address, or None. A number past the column's integer
+    (PostgreSQL's ends at 2**31 - 1, SQLite's at 2**63 - 1) names no row: PostgreSQL refuses to compare it."""
+    return db.session.get(model, number) if 0 < number < 2**31 else None
+
+
 def paginate(query: Select, page: int, per_page: int, *, count: bool = True) -> Page:
     """Offset pagination with a separate COUNT; callers keep list queries index-friendly."""
     page = max(1, page)

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import event, select
 
 from app.audit.models import AuditRecord
@@ -161,6 +162,16 @@ def test_nobody_ends_or_sees_another_users_session_from_my_sessions(app, make_us
     assert response.status_code == 404
     bobs_page = bob.client.get("/account/sessions").get_data(as_text=True)
     assert bobs_page.count("<tr") == 2 and '<tr aria-current="true">' in bobs_page  # header and bob's own
+    assert is_signed_in(alice) and session_ends() == []
+
+
+@pytest.mark.parametrize("number", [0, 2**31, 10**30])
+def test_a_session_number_no_row_can_have_is_not_found_not_a_server_error(app, make_user, number):
+    """PostgreSQL refuses to compare a number past its integer column: ending "session 2**31" answered 500."""
+    make_user("alice")
+    alice = signed_in(app)
+    response = alice.post_form("/account/sessions", {}, action=f"/account/sessions/{number}/end")
+    assert response.status_code == 404
     assert is_signed_in(alice) and session_ends() == []
 
 

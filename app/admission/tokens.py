@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 from app.admission.models import EnrollmentToken
 from app.audit import service as audit
 from app.auth.access import require_division_scope
-from app.database import utcnow
+from app.database import get_by_number, utcnow
 from app.divisions import service as divisions
 from app.errors import NotFound, Unauthorized, ValidationFailed
 from app.extensions import db
@@ -100,8 +100,7 @@ def consume(token: EnrollmentToken) -> None:
 
 
 def revoke_token(token_id: int, *, by) -> EnrollmentToken:
-    # A number past the column's integer (PostgreSQL's ends at 2**31 - 1) names no token.
-    token = db.session.get(EnrollmentToken, token_id) if 0 < token_id < 2**31 else None
+    token = get_by_number(EnrollmentToken, token_id)
     # Another province's token is answered as missing: its existence and division are not ours to tell.
     if token is None or not by.can_access_division(token.division_code):
         raise NotFound(_l("No such enrollment token."), code="token_not_found")

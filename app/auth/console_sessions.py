@@ -28,7 +28,7 @@ from sqlalchemy.orm import joinedload
 
 from app.audit import service as audit
 from app.auth.models import ConsoleSession, User
-from app.database import utcnow
+from app.database import get_by_number, utcnow
 from app.errors import NotFound
 from app.extensions import db
 
@@ -184,7 +184,7 @@ def live_sessions(user: User, now: datetime | None = None) -> list[ConsoleSessio
 def end_session(user: User, session_id: int, *, current: ConsoleSession | None = None) -> ConsoleSession:
     """The user ends one of their other live sessions ("my sessions"); NotFound for anyone else's, for
     one already over, and for the session asking (that one signs out)."""
-    row = db.session.get(ConsoleSession, session_id)
+    row = get_by_number(ConsoleSession, session_id)
     if (row is None or row.user_id != user.id or row.ended_at is not None
             or (current is not None and row.id == current.id)):
         raise NotFound(_l("No such sign-in session of yours is live."), code="console_session_not_found")

@@ -23,7 +23,7 @@ from sqlalchemy import delete, func, select, text, update
 
 from app.admission.models import Node
 from app.audit import service as audit
-from app.database import utcnow
+from app.database import get_by_number, utcnow
 from app.extensions import db
 from app.routing import document
 from app.routing.models import RouteChange, RouteVersion
@@ -165,8 +165,7 @@ def history_query():
 
 
 def find(version_number: int) -> RouteVersion | None:
-    # A number past the column's integer (PostgreSQL's ends at 2**31 - 1, SQLite's at 2**63 - 1) names no version.
-    return db.session.get(RouteVersion, version_number) if 0 < version_number < 2**31 else None
+    return get_by_number(RouteVersion, version_number)
 
 
 @dataclass(frozen=True)
