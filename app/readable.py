@@ -27,8 +27,11 @@ def misleading(value: str, *, multiline: bool = False) -> bool:
 
 def readable_text(value: str | None, field: str, *, multiline: bool = False, limit: int | None = None) -> str:
     """`value` stripped, or ValidationFailed naming `field` when it would read otherwise than it is, or when it
-    is longer than `limit` (its column's length): refused at every door, never cut short unseen."""
+    is longer than `limit` (its column's length): refused at every door, never cut short unseen. A multi-line
+    text's line breaks are one "\n" each, as a browser counts them for a textarea's maxlength (it sends CR LF)."""
     value = (value or "").strip()
+    if multiline:
+        value = value.replace("\r\n", "\n").replace("\r", "\n")
     if misleading(value, multiline=multiline):
         raise ValidationFailed(_l("%(field)s contains control characters.", field=field), code="invalid_input",
                                field=field)

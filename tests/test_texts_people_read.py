@@ -80,7 +80,7 @@ def test_a_rejection_reason_may_take_several_lines(jx):
     assert rejected.status_code == 302
     db.session.expire_all()
     application = db.session.get(Application, application_id)
-    assert application.status == "rejected" and application.reason == "证书不符\r\n请重新申请"
+    assert application.status == "rejected" and application.reason == "证书不符\n请重新申请"  # one line break, as typed
 
 
 def test_cli_refuses_a_misleading_note_reason_or_name(jx, runner):
@@ -144,3 +144,18 @@ def test_a_note_reason_or_name_longer_than_its_column_is_refused_at_every_door_n
     assert at_limit.status_code == 302
     db.session.expire_all()
     assert db.session.get(Node, node_id).status_reason == "理" * 500
+
+
+def test_a_rejection_typed_up_to_the_textareas_limit_is_taken_whatever_its_line_breaks(jx):
+    """A browser holds a textarea's maxlength=500 counting a line break as one character, and sends it as CR LF:
+    500 characters typed on 11 lines arrive as 510, and were refused as longer than 500."""
+    consoles, _node_id, application_id = jx
+    typed = "\n".join(["理" * 45] * 10 + ["由" * 40])
+    assert len(typed) == 500
+    sent = typed.replace("\n", "\r\n")
+    rejected = consoles["minister"].post_form(f"/applications/{application_id}", {"reason": sent},
+                                              action=f"/applications/{application_id}/reject")
+    assert rejected.status_code == 302
+    db.session.expire_all()
+    application = db.session.get(Application, application_id)
+    assert application.status == "rejected" and application.reason == typed
