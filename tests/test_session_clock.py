@@ -332,3 +332,39 @@ def test_the_scheduler_ending_the_session_while_a_request_does_leaves_the_reques
     assert response.status_code == 302 and response.headers["Location"] == "/login?next=/nodes/"
     assert "30 分钟无操作" in console.client.get("/login").get_data(as_text=True)
     assert [(entry.actor, entry.detail["reason"]) for entry in timeouts()] == [("scheduler", "idle")]
+
+
+def test_a_session_active_again_before_the_scheduler_ends_it_stays_live(app, make_user):
+    """The job read the row past the idle limit; its holder's request, a moment inside the limit by its own
+    clock, noted activity and committed before the job's end reached the database: the session is live, and no
+    auth.timeout says it idled out after that activity."""
+    console = signed_in(app, make_user)
+    set_clocks(console, active_ago=31 * 60)
+
+    def activity_elsewhere():
+        with app.app_context():  # the web worker: its own session and connection
+            set_clocks(console, active_ago=0)
+
+    with racing(activity_elsewhere) as ran:
+        run = run_expire_job()
+    assert ran and run.message.startswith("ended 0 past a limit"), run.message
+    assert timeouts() == [] and session_row(console).ended_at is None
+    assert console.client.get("/nodes/").status_code == 200
+
+
+def test_ending_every_session_of_a_user_ends_one_past_a_limit_even_if_it_was_active_again_meanwhile(
+        app, make_user, runner):
+    """Only the job leaves a session that came back inside the limit: an end of all sessions (an administrator,
+    a password change, the account disabled) ends it whatever its clock says."""
+    console = signed_in(app, make_user)
+    set_clocks(console, active_ago=31 * 60)
+
+    def activity_elsewhere():
+        with app.app_context():
+            set_clocks(console, active_ago=0)
+
+    with racing(activity_elsewhere) as ran:
+        result = runner.invoke(args=["users", "end-sessions", "minister"])
+    assert ran and result.exit_code == 0, result.output
+    assert session_row(console).ended_at is not None
+    assert console.client.get("/nodes/").status_code == 302

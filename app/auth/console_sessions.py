@@ -118,15 +118,17 @@ def note_activity(row: ConsoleSession, now: datetime | None = None) -> bool:
     return True
 
 
-def end(row: ConsoleSession, reason: str, now: datetime | None = None) -> bool:
+def end(row: ConsoleSession, reason: str, now: datetime | None = None, *, still=None) -> bool:
     """End one row unless it is over already; True when this call ended it. Only the caller that ended a
     row records it: two requests past a limit at once, or a sign-out racing an administrator's "end all",
     both read the row live, and the update is conditional so that exactly one of them ends it. Signing out
     records its own audit entry (auth.logout), the limits theirs through `end_at_limit` (auth.timeout); the
-    other endings go through `end_session` and `end_sessions`, which record auth.session_end."""
+    other endings go through `end_session` and `end_sessions`, which record auth.session_end. `still`: a
+    condition the row must meet as the database has it, or it is not ended (`end_at_limit`)."""
     assert reason in END_REASONS, reason
     result = db.session.execute(update(ConsoleSession)
-                                .where(ConsoleSession.id == row.id, ConsoleSession.ended_at.is_(None))
+                                .where(ConsoleSession.id == row.id, ConsoleSession.ended_at.is_(None),
+                                       *([] if still is None else [still]))
                                 .values(ended_at=now or utcnow(), end_reason=reason)
                                 .execution_options(synchronize_session=False))
     db.session.expire(row, ["ended_at", "end_reason"])  # read again: as this call or the other ended it
@@ -134,12 +136,19 @@ def end(row: ConsoleSession, reason: str, now: datetime | None = None) -> bool:
 
 
 def end_at_limit(row: ConsoleSession, reason: str, now: datetime | None = None, *,
-                 actor: str | None = None) -> bool:
+                 actor: str | None = None, still_over: bool = False) -> bool:
     """End `row` at the limit `expiry` named ("idle", "session_limit") and record auth.timeout, when this call
     ended it (`end`: of a request and the scheduler's job racing, one records). The record's shape is the same
     whoever noticed: the limit, its length in minutes, and the last activity in whole seconds. `actor`: whose
-    request or process noticed, when not the console's signed-in user (the job says "scheduler")."""
-    if not end(row, reason, now):
+    request or process noticed, when not the console's signed-in user (the job says "scheduler"). `still_over`
+    (the job): ended only while the database still has it past that limit, since a request inside the idle
+    limit may have noted activity after the row was read; a request, or an end of all sessions, ends it anyway."""
+    now = now or utcnow()
+    still = None
+    if still_over:
+        still = (ConsoleSession.last_active_at < now - timedelta(seconds=idle_seconds()) if reason == "idle"
+                 else ConsoleSession.signed_in_at < now - timedelta(seconds=session_seconds()))
+    if not end(row, reason, now, still=still):
         return False
     minutes = (idle_seconds() if reason == "idle" else session_seconds()) // 60
     audit.record("auth.timeout", row.user.username,
@@ -159,7 +168,8 @@ def expire_over_limit(now: datetime | None = None, *, actor: str = "scheduler") 
     rows = db.session.scalars(select(ConsoleSession).options(joinedload(ConsoleSession.user))
                               .where(ConsoleSession.ended_at.is_(None), or_(*over))
                               .order_by(ConsoleSession.id)).all()
-    return sum(end_at_limit(row, reason, now, actor=actor) for row in rows if (reason := expiry(row, now)))
+    return sum(end_at_limit(row, reason, now, actor=actor, still_over=True)
+               for row in rows if (reason := expiry(row, now)))
 
 
 def expire_job() -> str:
