@@ -68,6 +68,19 @@ def test_a_username_with_a_nul_or_a_bidi_control_is_a_failed_sign_in_audited_esc
     assert (record.action, record.target) == ("auth.login_failed", typed.encode("unicode_escape").decode())
 
 
+@pytest.mark.parametrize("typed", ["\x01" * 64, "张" * 63 + "\x00"])
+def test_a_long_username_with_control_characters_is_a_failed_sign_in_not_a_500(console, make_user, typed):
+    """The form takes 64 characters; escaped, each control character is four and each other one past ASCII six,
+    past the audit record's actor (120) and the throttle's key (200): PostgreSQL refused the record, a 500."""
+    make_user("minister")
+    response = console.login(typed)
+    assert response.status_code == 401 and "用户名或密码错误" in response.get_data(as_text=True)
+    record = db.session.scalars(select(AuditRecord).order_by(AuditRecord.seq.desc())).first()
+    escaped = typed[:8].encode("unicode_escape").decode()
+    assert record.action == "auth.login_failed" and record.target.startswith(escaped)
+    assert len(record.actor) <= 120 and len(record.target) <= 200
+
+
 def test_repeated_failures_lock_the_account_even_for_the_right_password(app, console, make_user):
     make_user("alice")
     for _ in range(app.config["MPIM_LOGIN_MAX_FAILURES"]):

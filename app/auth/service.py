@@ -222,7 +222,8 @@ def authenticate(username: str, password: str, remote_addr: str) -> User:
     if misleading(username):
         # No account has such a name (USERNAME_PATTERN). It is throttled and audited escaped: PostgreSQL refuses
         # a NUL (the sign-in answered 500), and a control or bidi character would misread in the audit log.
-        username = username.encode("unicode_escape").decode("ascii")
+        # Cut to the 64 characters a name has: escaped, up to six times as long, it outgrew the record's actor.
+        username = username.encode("unicode_escape").decode("ascii")[:64]
     user_key, addr_key = f"user:{username.lower()}", f"addr:{remote_addr}"
     if _locked(user_key) or _locked(addr_key):
         audit.record("auth.login_blocked", username, {"reason": "locked"}, actor=username or "anonymous",
