@@ -63,6 +63,14 @@ def test_an_application_id_no_application_can_have_is_not_found_not_a_server_err
     assert response.status_code == 404 and response.get_json()["error"]["code"] == "application_not_found"
 
 
+@pytest.mark.parametrize("node_id", ["1234567890123456789%00", "%00" * 20, "１２３４５６７８９０１２３４５６７８９０"])
+def test_a_node_id_no_node_can_have_is_not_found_not_a_server_error(client, token, node_id):
+    """Twenty characters holding a NUL were looked up, and PostgreSQL refuses a NUL: the certificate download
+    an enrollment token may make answered 500 there (the console's address check does not cover the API)."""
+    response = client.get(f"/api/v1/nodes/{node_id}/certificate", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 404 and response.get_json()["error"]["code"] == "certificate_not_found"
+
+
 def test_a_token_is_single_use(client, token):
     assert submit(client, token, node_document()).status_code == 201
     again = submit(client, token, node_document())

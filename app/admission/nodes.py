@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from flask import current_app
 from flask_babel import lazy_gettext as _l
 from sqlalchemy import false, func, or_, select, update
@@ -55,8 +57,12 @@ def allocate_node_id(division_code: str, node_type: str = APPLICATION_NODE) -> s
     return format_node_id(division_code, node_type, serial, current_app.config["MPIM_NETWORK_FLAG"])
 
 
+# SPEC §2: twenty ASCII digits. Anything else is no node's, and is not looked up (PostgreSQL refuses a NUL).
+NODE_ID = re.compile(r"[0-9]{20}")
+
+
 def get(node_id: str) -> Node:
-    node = db.session.get(Node, node_id) if node_id and len(node_id) == 20 else None
+    node = db.session.get(Node, node_id) if NODE_ID.fullmatch(node_id or "") else None
     if node is None:
         raise NotFound(_l("No node %(id)s.", id=node_id), code="node_not_found")
     return node
