@@ -144,6 +144,22 @@ def test_ending_another_session_signs_it_out_and_keeps_this_one(app, make_user):
                                                          {"reason": "ended_by_user", "sessions": [other_id]})
 
 
+def test_ending_another_session_already_past_a_limit_records_that_limit_as_ending_them_all_does(app, make_user):
+    """A page listed it before it idled out, and the scheduler's job has not yet come by: it ends at its limit
+    (auth.timeout), not as ended by its user, as "sign out everywhere else" and the job record it."""
+    make_user("alice")
+    here, there = signed_in(app), signed_in(app)
+    other = row_of(there)
+    other.last_active_at = utcnow() - timedelta(minutes=31)
+    db.session.commit()
+    response = here.post_form("/account/sessions", {}, action=f"/account/sessions/{other.id}/end")
+    assert response.status_code == 302
+    db.session.expire_all()
+    assert db.session.get(ConsoleSession, other.id).end_reason == "idle"
+    assert session_ends() == [] and [entry.detail["reason"] for entry in records("auth.timeout")] == ["idle"]
+    assert is_signed_in(here) and not is_signed_in(there)
+
+
 def test_sign_out_everywhere_else_keeps_only_this_session(app, make_user):
     make_user("alice")
     make_user("bob")

@@ -193,11 +193,15 @@ def live_sessions(user: User, now: datetime | None = None) -> list[ConsoleSessio
 
 def end_session(user: User, session_id: int, *, current: ConsoleSession | None = None) -> ConsoleSession:
     """The user ends one of their other live sessions ("my sessions"); NotFound for anyone else's, for
-    one already over, and for the session asking (that one signs out)."""
+    one already over, and for the session asking (that one signs out). One past a limit but not yet marked
+    (a page listed it before) ends at that limit, recorded as auth.timeout, as `end_sessions` ends it."""
     row = get_by_number(ConsoleSession, session_id)
     if (row is None or row.user_id != user.id or row.ended_at is not None
             or (current is not None and row.id == current.id)):
         raise NotFound(_l("No such sign-in session of yours is live."), code="console_session_not_found")
+    if expired := expiry(row):
+        end_at_limit(row, expired)
+        return row
     if not end(row, "ended_by_user"):  # over since it was read
         raise NotFound(_l("No such sign-in session of yours is live."), code="console_session_not_found")
     audit.record("auth.session_end", user.username, {"reason": "ended_by_user", "sessions": [row.id]})
