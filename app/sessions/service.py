@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from flask import current_app
 from sqlalchemy import delete, select, update
 
+from app.admission.nodes import NODE_ID
 from app.database import utcnow
 from app.errors import Unauthorized, ValidationFailed
 from app.extensions import db
@@ -29,7 +30,6 @@ from app.sessions import nonces
 from app.sessions.models import NodeSession
 
 # Matched whole (fullmatch: `$` also matches before a final newline) and in ASCII digits only.
-NODE_ID = re.compile(r"[0-9]{20}")
 NONCE = re.compile(r"[A-Za-z0-9_\-]{8,128}")
 TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?Z")
 SIGNATURE = re.compile(r"[A-Za-z0-9+/=]{16,1400}")
