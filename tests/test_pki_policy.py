@@ -222,6 +222,24 @@ def test_console_inventory_and_revocation(app, people):  # noqa: F811
     assert db.session.get(Certificate, row.serial).revocation_reason == "key_compromise"
 
 
+def test_a_forged_revocation_reason_is_refused_and_repeated_short_and_escaped(app, people):  # noqa: F811
+    """Only a forged form sends a reason outside the list; the refusal names it without repeating 10,000
+    characters, or a right-to-left override that would turn the message around."""
+    from tests.conftest import Console
+
+    node, _ = admit_with_keys(people)
+    admin_console = Console(app.test_client())
+    admin_console.login("minister")
+    row = pki.current_certificate(node.node_id)
+    response = admin_console.post_form(f"/certificates/{row.serial}", {"reason": "\u202e" + "x" * 10_000},
+                                       action=f"/certificates/{row.serial}/revoke")
+    assert response.status_code == 302
+    page = admin_console.client.get(f"/certificates/{row.serial}").get_data(as_text=True)
+    assert "\\u202e" + "x" * 34 + "…。" in page and "x" * 35 not in page and "\u202e" not in page
+    db.session.expire_all()
+    assert db.session.get(Certificate, row.serial).revoked_at is None
+
+
 
 def test_renewal_while_the_ca_key_cannot_be_opened_is_a_generic_503_and_the_log_names_the_file(
         app, client, people, caplog):  # noqa: F811

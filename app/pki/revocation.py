@@ -38,12 +38,19 @@ class Revoked:
     replacement: Certificate | None = None
 
 
+def _shown(reason: str) -> str:
+    """A refused reason as the refusal may repeat it: only a forged form sends one, so it can be long or hold
+    control characters; escaped and cut to 40 characters, it reads as what was sent without filling the page."""
+    escaped = reason.encode("unicode_escape").decode("ascii")
+    return escaped if len(escaped) <= 40 else escaped[:40] + "…"
+
+
 def revoke(certificate: Certificate, reason: str, *, by) -> Revoked:
     if by.role != "ministry_admin":
         raise PermissionDenied(_l("Only a ministry admin may do this."), code="ministry_only")
     if reason not in REASONS:
-        raise ValidationFailed(_l("Unknown revocation reason %(reason)s.", reason=reason), code="invalid_reason",
-                               field="reason")
+        raise ValidationFailed(_l("Unknown revocation reason %(reason)s.", reason=_shown(reason)),
+                               code="invalid_reason", field="reason")
     serialise(f"certificate:{certificate.serial}")  # two admins revoking the route signer rotate it once
     db.session.refresh(certificate)
     if certificate.revoked_at is not None:
