@@ -16,6 +16,9 @@ from app.errors import ValidationFailed
 # Unicode's Bidi_Control characters.
 BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 LINE_BREAKS = frozenset("\r\n")
+# What a person calls each text readable_text checks: its refusal reaches them in a flash or beside a form
+# field in their language, not as the field's key ("reason 超过 500 个字符").
+LABELS = {"display_name": _l("Name"), "note": _l("Note"), "reason": _l("Reason")}
 
 
 def misleading(value: str, *, multiline: bool = False) -> bool:
@@ -26,17 +29,19 @@ def misleading(value: str, *, multiline: bool = False) -> bool:
 
 
 def readable_text(value: str | None, field: str, *, multiline: bool = False, limit: int | None = None) -> str:
-    """`value` stripped, or ValidationFailed naming `field` when it would read otherwise than it is, or when it
-    is longer than `limit` (its column's length): refused at every door, never cut short unseen. A multi-line
-    text's line breaks are one "\n" each, as a browser counts them for a textarea's maxlength (it sends CR LF)."""
+    """`value` stripped, or ValidationFailed naming `field` (by its label) when it would read otherwise than it
+    is, or when it is longer than `limit` (its column's length): refused at every door, never cut short unseen. A
+    multi-line text's line breaks are one "\n" each, as a browser counts them for a textarea's maxlength (it
+    sends CR LF)."""
     value = (value or "").strip()
     if multiline:
         value = value.replace("\r\n", "\n").replace("\r", "\n")
+    label = LABELS.get(field, field)
     if misleading(value, multiline=multiline):
-        raise ValidationFailed(_l("%(field)s contains control characters.", field=field), code="invalid_input",
+        raise ValidationFailed(_l("%(label)s: contains control characters.", label=label), code="invalid_input",
                                field=field)
     if limit is not None and len(value) > limit:
-        raise ValidationFailed(_l("%(field)s is longer than %(n)s characters.", field=field, n=limit),
+        raise ValidationFailed(_l("%(label)s: longer than %(n)s characters.", label=label, n=limit),
                                code="too_long", field=field)
     return value
 

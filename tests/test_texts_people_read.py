@@ -48,23 +48,23 @@ def test_console_refuses_a_misleading_note_reason_or_name(jx, text):
     consoles, node_id, application_id = jx
     minister, jx_admin = consoles["minister"], consoles["jx-admin"]
     html = minister.post_form("/tokens/", {"division_code": "360000", "ttl": "7d", "note": text}).get_data(as_text=True)
-    assert "note 含有控制字符" in html
+    assert "备注：含有控制字符" in html
     html = minister.post_form("/users/new", {"username": "eye", "password": "Correct-Horse-9x", "role": "auditor",
                                              "scopes": "", "display_name": text}).get_data(as_text=True)
-    assert "display_name 含有控制字符" in html
+    assert "名称：含有控制字符" in html
     html = minister.post_form("/users/jx-admin", {"role": "provincial_admin", "scopes": "360000", "active": "y",
                                                   "display_name": text}).get_data(as_text=True)
-    assert "display_name 含有控制字符" in html
+    assert "名称：含有控制字符" in html
     asked = jx_admin.post_form(f"/nodes/{node_id}", {"reason": text}, action=f"/nodes/{node_id}/request-suspension")
-    assert "reason 含有控制字符" in flash_error(jx_admin, asked)
+    assert "理由：含有控制字符" in flash_error(jx_admin, asked)
     suspended = minister.post_form(f"/nodes/{node_id}", {"reason": text}, action=f"/nodes/{node_id}/suspend")
-    assert "reason 含有控制字符" in flash_error(minister, suspended)
+    assert "理由：含有控制字符" in flash_error(minister, suspended)
     window = minister.post_form(f"/nodes/{node_id}", {"hours": "2", "note": text},
                                 action=f"/health/{node_id}/maintenance")
-    assert "note 含有控制字符" in flash_error(minister, window)
+    assert "备注：含有控制字符" in flash_error(minister, window)
     rejected = minister.post_form(f"/applications/{application_id}", {"reason": text},
                                   action=f"/applications/{application_id}/reject")
-    assert "reason 含有控制字符" in flash_error(minister, rejected)
+    assert "理由：含有控制字符" in flash_error(minister, rejected)
     db.session.expire_all()
     node = db.session.get(Node, node_id)
     assert node.status == "active" and not node.suspension_requested
@@ -119,21 +119,21 @@ def test_a_note_reason_or_name_longer_than_its_column_is_refused_at_every_door_n
     assert 'name="reason" required maxlength="500"' in page  # the browser holds the limit as the admin types
     assert 'maxlength="500"' in minister.client.get(f"/applications/{application_id}").get_data(as_text=True)
     suspended = minister.post_form(f"/nodes/{node_id}", {"reason": "理" * 501}, action=f"/nodes/{node_id}/suspend")
-    assert "reason 超过 500 个字符" in flash_error(minister, suspended)
+    assert "理由：超过 500 个字符" in flash_error(minister, suspended)
     rejected = minister.post_form(f"/applications/{application_id}", {"reason": "理" * 501},
                                   action=f"/applications/{application_id}/reject")
-    assert "reason 超过 500 个字符" in flash_error(minister, rejected)
+    assert "理由：超过 500 个字符" in flash_error(minister, rejected)
     window = minister.post_form(f"/nodes/{node_id}", {"hours": "2", "note": "注" * 201},
                                 action=f"/health/{node_id}/maintenance")
-    assert "note 超过 200 个字符" in flash_error(minister, window)
+    assert "备注：超过 200 个字符" in flash_error(minister, window)
     for args, message in (
-            (["tokens", "create", "--division", "360000", "--user", "minister", "--note", "注" * 201], "note"),
-            (["users", "create", "--role", "auditor", "--username", "eye", "--name", "名" * 121], "display_name"),
-            (["nodes", "suspend", node_id, "--reason", "理" * 501, "--user", "minister"], "reason"),
-            (["applications", "reject", application_id, "--reason", "理" * 501, "--user", "minister"], "reason"),
-            (["health", "maintenance", node_id, "--hours", "2", "--note", "注" * 201, "--user", "minister"], "note")):
+            (["tokens", "create", "--division", "360000", "--user", "minister", "--note", "注" * 201], "Note"),
+            (["users", "create", "--role", "auditor", "--username", "eye", "--name", "名" * 121], "Name"),
+            (["nodes", "suspend", node_id, "--reason", "理" * 501, "--user", "minister"], "Reason"),
+            (["applications", "reject", application_id, "--reason", "理" * 501, "--user", "minister"], "Reason"),
+            (["health", "maintenance", node_id, "--hours", "2", "--note", "注" * 201, "--user", "minister"], "Note")):
         result = runner.invoke(args=args)
-        assert result.exit_code == 1 and f"{message} is longer than" in result.output, (args[:2], result.output)
+        assert result.exit_code == 1 and f"{message}: longer than" in result.output, (args[:2], result.output)
     db.session.expire_all()
     assert db.session.get(Node, node_id).status == "active" and db.session.get(NodeHealth, node_id) is None
     assert db.session.get(Application, application_id).status == "pending"
