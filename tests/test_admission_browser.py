@@ -8,6 +8,7 @@ import urllib.request
 from tests.conftest import screenshot
 from tests.factories import node_document
 from tests.test_console_browser import sign_in
+from tests.test_sessions import admit_with_keys, people  # noqa: F401 (fixture)
 
 
 def sign_out(page):
@@ -145,3 +146,32 @@ def test_labels_side_by_side_line_up_on_the_token_and_application_forms(page, li
             form = page.locator("main form").first
             assert form.locator(".checks label").count() == 10
             assert form.evaluate(MISALIGNED_LABELS) == [], (language, width)
+
+
+def test_a_reason_pasted_past_its_limit_says_it_was_cut(page, live_server, people):  # noqa: F811
+    """The browser cuts a pasted text at the field's maxlength without a word; a reason pasted from a letter
+    would be sent cut short and nobody would know. Pasted with the keyboard, from the real clipboard."""
+    node, _ = admit_with_keys(people)
+    sign_in(page, live_server, "minister")
+    page.goto(f"{live_server}/nodes/{node.node_id}")
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server)
+    reason = page.locator("form.lifecycle input[name=reason]").first
+
+    page.evaluate("text => navigator.clipboard.writeText(text)", "理由" * 300)
+    reason.focus()
+    page.keyboard.press("Control+V")
+    note = page.locator("form.lifecycle .paste-cut")
+    note.wait_for()
+    assert len(reason.input_value()) == 500
+    assert note.inner_text() == "粘贴的文字超过本栏的 500 个字符，超出部分没有粘贴进来。"
+    assert note.get_attribute("role") == "alert" and reason.get_attribute("aria-describedby") == \
+        note.get_attribute("id")
+    screenshot(page, "node-reason-paste-cut")
+    page.keyboard.press("Backspace")
+    assert note.count() == 0 and reason.get_attribute("aria-describedby") is None
+
+    page.keyboard.press("Control+A")
+    page.keyboard.press("Backspace")
+    page.evaluate("text => navigator.clipboard.writeText(text)", "重复接入")
+    page.keyboard.press("Control+V")
+    assert reason.input_value() == "重复接入" and note.count() == 0  # a paste that fits says nothing

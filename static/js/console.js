@@ -68,6 +68,41 @@ document.addEventListener("submit", function (event) {
   }
 });
 
+// A field with maxlength cuts a longer pasted text at its limit without a word (the browser's own behaviour), so a
+// reason pasted from a letter would be sent cut short and nobody would know. The field says so (role=alert), in
+// the reader's language (body's data-paste-cut); the note goes once the text is shorter than the limit again.
+document.addEventListener("paste", function (event) {
+  var field = event.target;
+  if (!field.matches || !field.matches("input[maxlength], textarea[maxlength]")) return;
+  var limit = parseInt(field.getAttribute("maxlength"), 10);
+  var pasted = (event.clipboardData ? event.clipboardData.getData("text") : "").replace(/\r\n?/g, "\n");
+  if (field.tagName !== "TEXTAREA") pasted = pasted.replace(/\n/g, "");  // a one-line input drops line breaks
+  var replaced = (field.selectionEnd || 0) - (field.selectionStart || 0);
+  if (field.value.length - replaced + pasted.length <= limit) return;
+  var note = field.nextElementSibling;
+  if (!note || !note.classList.contains("paste-cut")) {
+    note = document.createElement("span");
+    note.className = "error paste-cut";
+    note.id = (field.id || field.name) + "-paste-cut-" + Math.random().toString(36).slice(2, 8);
+    note.setAttribute("role", "alert");
+    field.insertAdjacentElement("afterend", note);
+    field.setAttribute("aria-describedby", ((field.getAttribute("aria-describedby") || "") + " " + note.id).trim());
+  }
+  note.textContent = (document.body.getAttribute("data-paste-cut") || "Pasted text cut to {n} characters.")
+    .replace("{n}", String(limit));
+});
+
+document.addEventListener("input", function (event) {
+  var field = event.target, note = field.nextElementSibling;
+  if (note && note.classList && note.classList.contains("paste-cut")
+      && field.value.length < parseInt(field.getAttribute("maxlength"), 10)) {
+    var rest = (field.getAttribute("aria-describedby") || "").split(" ").filter(function (id) { return id && id !== note.id; });
+    if (rest.length) field.setAttribute("aria-describedby", rest.join(" "));
+    else field.removeAttribute("aria-describedby");
+    note.remove();
+  }
+});
+
 // The session clock (app/auth/idle.py): shortly before the idle limit, a warning with a button that counts as
 // activity; at the end, a link to sign in again in another tab, so what was typed on this page can still be sent
 // (the form's CSRF token stays valid for the same browser). Asking the server how long is left does not count
