@@ -72,12 +72,12 @@ def dating_retry_after(upstream, wait: timedelta):
     return serve
 
 
-def limiting_route_pulls(upstream):
+def limiting_route_pulls(upstream, retry_after: str = "120"):
     """Passes everything on but route pulls, which it answers 429 with Retry-After, as a rate limit in a proxy
     may (nginx's limit_req with limit_req_status 429): a page of its own, no JSON error."""
     def serve(environ, start_response):
         if environ["PATH_INFO"] == "/api/v1/routes":
-            start_response("429 Too Many Requests", [("Content-Type", "text/html"), ("Retry-After", "120")])
+            start_response("429 Too Many Requests", [("Content-Type", "text/html"), ("Retry-After", retry_after)])
             return [b"<html><body>429 Too Many Requests</body></html>"]
         return upstream(environ, start_response)
     return serve
@@ -150,3 +150,16 @@ def test_routes_pull_limited_by_a_proxy_says_how_long_to_wait_and_status_shows_i
     done = node_cli(a.dir, "routes", "pull")  # straight to the management node: taken, and the problem gone
     assert done.returncode == 0 and done.stdout.startswith("routing table v"), done.stderr
     assert "problem" not in node_cli(a.dir, "status").stdout
+
+
+def test_a_retry_after_that_is_neither_seconds_nor_a_date_says_later_not_now(network, app, monkeypatch):  # noqa: F811
+    """A proxy's "soon" was read as no delay at all: "try again now", and a script that obeyed asked at once."""
+    a = network["a"]
+    with proxy(app, lambda upstream: limiting_route_pulls(upstream, "soon")) as url:
+        monkeypatch.setenv("MPIM_NODE_REGISTRY_URL", url)
+        done = node_cli(a.dir, "routes", "pull")
+        as_json = node_cli(a.dir, "--json", "routes", "pull")
+    assert (done.returncode, done.stdout) == (TRY_LATER, ""), done.stderr
+    assert done.stderr == ("error (registry_error): the routing table is unavailable: too many requests to the "
+                           "management node; try again later (its Retry-After is neither seconds nor a date)\n")
+    assert as_json.returncode == TRY_LATER and json.loads(as_json.stderr)["error"]["retry_after"] is None

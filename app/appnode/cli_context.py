@@ -14,7 +14,7 @@ import click
 from app.appnode.cli_lines import put_off_line
 from app.appnode.config import NodeConfig
 from app.appnode.node import Node
-from app.appnode.outbox import retry_after_seconds
+from app.appnode.outbox import retry_after_read
 from app.appnode.registry import RegistryError
 from app.errors import DomainError
 
@@ -56,9 +56,10 @@ class PutOff(DomainError):
     """The management node put a request off and said when to ask again (503 or 429 with Retry-After: its CA
     key cannot be opened, its database is away, a proxy limits the rate): the line says how long to wait, and
     the command exits TRY_LATER, so that a script can tell it from a refusal that stands. `seconds` is the
-    Retry-After as the node loop reads it (seconds or an HTTP-date, at most an hour)."""
+    Retry-After as the node loop reads it (seconds or an HTTP-date, at most an hour), None when it is neither
+    (a proxy's "soon"): the wait is then unknown, not none."""
 
-    def __init__(self, error: RegistryError, seconds: int):
+    def __init__(self, error: RegistryError, seconds: int | None):
         super().__init__(put_off_line(error.what, error.code, error.status, seconds), code=error.code,
                          status=error.status)
         self.seconds = seconds
@@ -72,13 +73,14 @@ class PutOff(DomainError):
 def put_off(error: Exception) -> PutOff | None:
     """`error` as a PutOff when the management node said to wait; None for any other refusal."""
     if isinstance(error, RegistryError) and error.retry_after is not None and error.status in (429, 503):
-        return PutOff(error, math.ceil(retry_after_seconds(error.retry_after)))
+        seconds = retry_after_read(error.retry_after)
+        return PutOff(error, None if seconds is None else math.ceil(seconds))
     return None
 
 
 def error_document(error: DomainError | click.ClickException) -> dict:
     """A refusal as --json prints it: the management node's API shape, `{"error": {"code", "message"}}`, with
-    `retry_after` (seconds) for a request put off."""
+    `retry_after` (seconds, null when its Retry-After could not be read) for a request put off."""
     if isinstance(error, DomainError):
         return error.to_dict()
     code = getattr(error, "code", None) or ("usage_error" if isinstance(error, click.UsageError) else "refused")

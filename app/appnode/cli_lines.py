@@ -143,8 +143,10 @@ PUT_OFF_REASONS = {"ca_unavailable": "the management node's CA cannot answer now
 PUT_OFF_STATUSES = {429: "too many requests to the management node", 503: "the management node cannot answer now"}
 
 
-def put_off_line(what: str, code: str, status: int, seconds: int) -> str:
+def put_off_line(what: str, code: str, status: int, seconds: int | None) -> str:
     """A request the management node put off (503 or 429 with Retry-After): which, why, and when to try again
-    (now, for a date already past)."""
+    (now, for a date already past; later, when its Retry-After is neither seconds nor a date)."""
     reason = PUT_OFF_REASONS.get(code) or PUT_OFF_STATUSES[status]
+    if seconds is None:
+        return f"{what}: {reason}; try again later (its Retry-After is neither seconds nor a date)"
     return f"{what}: {reason}; try again {f'in {seconds} s' if seconds else 'now'} (Retry-After)"

@@ -44,20 +44,25 @@ _OUTBOX = Outbox.__table__
 
 def retry_after_seconds(value: str | None, now: datetime | None = None) -> float:
     """A peer's Retry-After (RFC 9110 §10.2.3) as seconds from `now`, at most RETRY_AFTER_MAX; 0 for anything
-    else. Delay-seconds are ASCII digits: float() took "1e400" (infinity) and Arabic-Indic digits, and a delay
-    past year 9999 made the retry time overflow. An HTTP-date (which a proxy in front of a peer or of the
-    management node may send) counts from `now`; one already past is 0. Read as 0, it made a renewal ask again
-    every few seconds."""
+    else (`retry_after_read` tells the two apart). Read as 0, it made a renewal ask again every few seconds."""
+    return retry_after_read(value, now) or 0.0
+
+
+def retry_after_read(value: str | None, now: datetime | None = None) -> float | None:
+    """A Retry-After as seconds from `now`, at most RETRY_AFTER_MAX, or None when it is neither delay-seconds
+    nor an HTTP-date. Delay-seconds are ASCII digits: float() took "1e400" (infinity) and Arabic-Indic digits,
+    and a delay past year 9999 made the retry time overflow. An HTTP-date (which a proxy in front of a peer or
+    of the management node may send) counts from `now`; one already past is 0."""
     value = (value or "").strip()
     most = RETRY_AFTER_MAX.total_seconds()
     if re.fullmatch(r"[0-9]+", value):
         return most if len(value) > 9 else min(float(value), most)
     if not value.isascii() or len(value) > 64:
-        return 0.0
+        return None
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError, OverflowError):
-        return 0.0
+        return None
     if when.tzinfo is None:  # "-0000": the zone unknown; HTTP-dates are GMT
         when = when.replace(tzinfo=UTC)
     return min(max((when - (now or utcnow())).total_seconds(), 0.0), most)
