@@ -72,10 +72,12 @@ def routes():
             cached = published.deltas.get(since)
             if cached is None:
                 body = service.delta_since(since, service.find(published.version))
-                signature, signer = service.sign(body)
-                cached = published.deltas[since] = (body, signed_headers(published.version, signature, signer))
-            return cached[0], 200, cached[1]
-        # Older than the kept history: the full table, which the client applies as a whole.
+                if body is not None:
+                    signature, signer = service.sign(body)
+                    cached = published.deltas[since] = (body, signed_headers(published.version, signature, signer))
+            if cached is not None:
+                return cached[0], 200, cached[1]
+        # Older than the kept history (or beyond what it can tell): the full table, applied as a whole.
     else:
         if_none_match = request.headers.get("If-None-Match", "")
         if if_none_match.strip() == "*":  # RFC 9110 §13.1.2: matches any current table

@@ -135,18 +135,52 @@ def oldest_delta_base() -> int:
     return (first - 1) if first else head_version()
 
 
-def delta_since(since: int, current: RouteVersion) -> bytes:
-    """The delta from `since` to `current`, folded from the kept per-version changes."""
+def delta_since(since: int, current: RouteVersion) -> bytes | None:
+    """The delta from `since` to `current`, folded from the kept per-version changes; None when the
+    kept history cannot tell which nodes the table of `since` listed (the caller sends the full table).
+
+    `removed` names only nodes that table listed: a node added and removed again after `since` is in
+    neither list, else a client holding `since` would be told to remove a node it never had."""
     final: dict[str, dict | None] = {}
+    first: dict[str, dict | None] = {}
     for row in db.session.scalars(select(RouteChange).where(RouteChange.version > since,
                                                             RouteChange.version <= current.version)
                                   .order_by(RouteChange.version)):
         final[row.node_id] = row.entry
+        first.setdefault(row.node_id, row.entry)
+    gone = [node_id for node_id, entry in final.items() if entry is None]
+    listed = _listed_at(since, gone, first)
+    if listed is None:
+        return None
     changed = [entry for entry in final.values() if entry is not None]
-    removed = [node_id for node_id, entry in final.items() if entry is None]
+    removed = [node_id for node_id in gone if node_id in listed]
     return document.serialise(document.delta_document(
         current.version, since, changed, removed, issuer=issuer(), issued_at=current.issued_at,
         expires_at=current.expires_at))
+
+
+def _listed_at(since: int, node_ids: list[str], first: dict[str, dict | None]) -> set[str] | None:
+    """Which of `node_ids` the table of version `since` listed; None if the kept history cannot tell."""
+    if not node_ids:
+        return set()
+    base = find(since)
+    if base is not None and base.body is not None:
+        return set(entries_of(base)) & set(node_ids)
+    latest: dict[str, dict | None] = {}
+    for row in db.session.scalars(select(RouteChange).where(RouteChange.version <= since,
+                                                            RouteChange.node_id.in_(node_ids))
+                                  .order_by(RouteChange.version)):
+        latest[row.node_id] = row.entry
+    listed = set()
+    for node_id in node_ids:
+        if node_id in latest:  # its last change up to `since` says whether it was listed then
+            if latest[node_id] is not None:
+                listed.add(node_id)
+        elif first[node_id] is None:  # unchanged until removed after `since`: listed then
+            listed.add(node_id)
+        else:  # added or changed after `since`, its earlier changes pruned: cannot tell
+            return None
+    return listed
 
 
 def resign_job() -> str:
