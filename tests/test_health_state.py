@@ -212,3 +212,50 @@ def test_cli_twin_sets_and_ends_a_maintenance_window(app, node, runner, make_use
     assert refused.exit_code == 1 and "error:" in refused.stderr
     assert [(r.action, r.actor) for r in maintenance_records(node.node_id)] == [
         ("health.maintenance", "minister"), ("health.maintenance_end", "minister")]
+
+
+def test_two_rounds_applied_at_once_record_a_change_once(app, node):
+    """`flask health poll --once` while the scheduler's round is applied: both read the node's state before either
+    committed, both took it down, and the event (and its webhook alert) was recorded twice."""
+    import time
+
+    from sqlalchemy import text
+
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("two processes writing at once: PostgreSQL (SQLite has one writer at a time)")
+    for _ in range(2):
+        service.apply_round([Result(node.node_id, True)])
+    for _ in range(2):
+        service.apply_round([Result(node.node_id, False, failure="timeout")])  # one more failure takes it down
+    other_round: list = []
+
+    def second_round():
+        with app.app_context():
+            other_round.append(service.apply_round([Result(node.node_id, False, failure="timeout")]))
+
+    def while_applying(_changes):
+        """Inside the first round's transaction: start the second and let it run until it waits on us."""
+        if threads:
+            return  # the second round's own change, if it finds one
+        thread = threading.Thread(target=second_round)
+        thread.start()
+        threads.append(thread)
+        deadline = time.monotonic() + 30
+        with db.engine.connect() as watcher:
+            while time.monotonic() < deadline and not watcher.scalar(text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'")):
+                time.sleep(0.05)
+
+    threads: list[threading.Thread] = []
+    service.status_changed.append(while_applying)
+    try:
+        service.apply_round([Result(node.node_id, False, failure="timeout")])
+    finally:
+        service.status_changed.remove(while_applying)
+    threads[0].join(60)
+    db.session.expire_all()
+    events = db.session.scalars(select(HealthEvent).order_by(HealthEvent.id)).all()
+    assert [(e.old_status, e.new_status) for e in events] == [("unknown", "up"), ("up", "down")]
+    assert other_round[0].changes == []
+    assert db.session.get(NodeHealth, node.node_id).consecutive_failures == 4

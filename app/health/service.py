@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 
 from app.audit import service as audit
 from app.auth.access import require_division_scope
-from app.database import utcnow
+from app.database import serialise, utcnow
 from app.errors import PermissionDenied, ValidationFailed
 from app.extensions import db
 from app.health import history
@@ -75,8 +75,12 @@ def apply_round(results) -> RoundReport:
     checked_at) in one transaction; commits; then sends webhook alerts for real changes."""
     report = RoundReport(polled=len(results))
     limits, now = thresholds(), utcnow()
+    # One round at a time (the scheduler's and `flask health poll --once`): two reading the same state would
+    # both record its change. Read after the lock, overwriting anything this session loaded before it.
+    serialise("health.round")
     states = {h.node_id: h for h in db.session.scalars(
-        select(NodeHealth).where(NodeHealth.node_id.in_([r.node_id for r in results])))} if results else {}
+        select(NodeHealth).where(NodeHealth.node_id.in_([r.node_id for r in results]))
+        .execution_options(populate_existing=True))} if results else {}
     samples: list[HealthSample] = []
     maintained: set[str] = set()
     for result in results:
