@@ -259,3 +259,16 @@ def test_two_rounds_applied_at_once_record_a_change_once(app, node):
     assert [(e.old_status, e.new_status) for e in events] == [("unknown", "up"), ("up", "down")]
     assert other_round[0].changes == []
     assert db.session.get(NodeHealth, node.node_id).consecutive_failures == 4
+
+
+def test_the_uptime_figure_counts_the_hours_its_bars_show(app, node):
+    """The figure "Uptime, 24 hours" summed 25 hourly rows (from the hour 24 h ago) over bars that show 24: a
+    failed poll an hour before the first bar lowered the figure printed above bars that were all green."""
+    now = utcnow()
+    service.apply_round([Result(node.node_id, False, failure="timeout", checked_at=now - timedelta(hours=24))])
+    service.apply_round([Result(node.node_id, True, checked_at=now)])
+    for span, count in ((timedelta(hours=24), 24), (timedelta(days=7), 28), (timedelta(days=90), 90)):
+        buckets = history.uptime_buckets(node.node_id, span=span, buckets=count, now=now)
+        polls, successes = sum(b.polls for b in buckets), sum(b.successes for b in buckets)
+        assert history.uptime_ratio(node.node_id, span, now) == successes / polls
+    assert history.uptime_ratio(node.node_id, timedelta(hours=24), now) == 1.0

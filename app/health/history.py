@@ -82,10 +82,15 @@ def latency_series(node_id: str, hours: int = 24, now: datetime | None = None) -
     return [(at, latency) for at, latency in rows if latency is not None]
 
 
+def window_start(span: timedelta, now: datetime) -> datetime:
+    """The first hour of the last `span` of hourly rows, the current (partial) hour being the last one."""
+    return hour_of(now) - span + timedelta(hours=1)
+
+
 def uptime_buckets(node_id: str, *, span: timedelta, buckets: int, now: datetime | None = None) -> list[Bucket]:
     """Uptime per bucket from the hourly aggregates (hour resolution suffices for 24 h to 90 days)."""
     now = now or utcnow()
-    start = hour_of(now) - span + timedelta(hours=1)
+    start = window_start(span, now)
     rows = db.session.scalars(select(HealthHourly).where(HealthHourly.node_id == node_id,
                                                          HealthHourly.hour >= start)).all()
     width = span / buckets
@@ -102,9 +107,10 @@ def uptime_buckets(node_id: str, *, span: timedelta, buckets: int, now: datetime
 
 
 def uptime_ratio(node_id: str, span: timedelta, now: datetime | None = None) -> float | None:
-    """Share of successful polls in the span, maintenance windows left out (see `record`)."""
+    """Share of successful polls in the span, maintenance windows left out (see `record`): the hours
+    `uptime_buckets` draws for the same span, so the figure is that of the bars beside it."""
     now = now or utcnow()
     polls, successes = db.session.execute(
         select(func.coalesce(func.sum(HealthHourly.polls), 0), func.coalesce(func.sum(HealthHourly.successes), 0))
-        .where(HealthHourly.node_id == node_id, HealthHourly.hour >= hour_of(now - span))).one()
+        .where(HealthHourly.node_id == node_id, HealthHourly.hour >= window_start(span, now))).one()
     return successes / polls if polls else None
