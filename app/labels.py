@@ -41,7 +41,7 @@ ROUTE_REASONS = {
     "node admitted": _l("Node admitted"), "node status": _l("Node status changed"),
     "node changed": _l("Node details changed"), "health round": _l("Health check"),
     "certificate changed": _l("Certificate changed"), "certificate revoked": _l("Certificate revoked"),
-    "route signer rotated": _l("Route signer rotated"),
+    "route signer rotated": _l("Route signer rotated"), "certificate expired": _l("Certificate expired"),
     "re-sign": _l("Scheduled re-signing"), "cli": _l("Command line"),
 }
 # The fields app.routing.document.describe_changes names, and its two whole-table lines.

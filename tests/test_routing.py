@@ -318,3 +318,25 @@ def test_routing_history_refuses_a_limit_no_database_takes(app, session, runner)
         assert result.exit_code == 2 and "--limit" in result.output, limit
     listed = runner.invoke(args=["routing", "history", "--limit", "1", "--json"])
     assert listed.exit_code == 0 and len(listed.output.strip().splitlines()) == 1
+
+
+def test_a_node_whose_certificate_expired_leaves_the_table_at_the_next_scheduled_check(app, session, people):  # noqa: F811
+    """An expiry publishes nothing by itself, and a node already down changes nothing a health round publishes:
+    the table went on listing the node with its dead certificate until the next re-signing, up to 12 hours."""
+    from datetime import timedelta
+
+    from sqlalchemy import select
+
+    from app.database import utcnow
+    from app.pki.models import Certificate
+
+    other, _ = admit_with_keys(people)
+    assert service.head_version() == 2
+    row = db.session.scalars(select(Certificate).where(Certificate.node_id == other.node_id)).one()
+    row.not_after = utcnow() - timedelta(seconds=1)
+    db.session.commit()
+    result = service.resign_job()
+    head = service.head()
+    assert head.version == 3 and other.node_id not in service.entries_of(head), result
+    assert head.reason == "certificate expired" and head.changes == [f"{other.node_id} removed"]
+    assert service.resign_job().startswith("v3 fresh until")  # nothing else to do: no new version

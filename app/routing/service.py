@@ -184,10 +184,16 @@ def _listed_at(since: int, node_ids: list[str], first: dict[str, dict | None]) -
 
 
 def resign_job() -> str:
-    """Scheduler job: re-sign before half the table's lifetime has passed."""
+    """Scheduler job: re-sign before half the table's lifetime has passed. Meanwhile, a table that lists
+    a node whose certificate has expired since is published again without it: an expiry is no event
+    that publishes, and a node already down changes nothing a health round would publish."""
     current = head()
     ttl = timedelta(hours=current_app.config["MPIM_ROUTE_TTL_HOURS"])
     if current is not None and current.expires_at - utcnow() > ttl / 2:
+        version = publish("certificate expired")
+        db.session.commit()
+        if version is not None:
+            return f"published v{version.version}: {'; '.join(version.changes[:20])}"
         return f"v{current.version} fresh until {current.expires_at.isoformat()}"
     version = publish("re-sign", force=True)
     db.session.commit()
