@@ -340,3 +340,30 @@ def test_a_node_whose_certificate_expired_leaves_the_table_at_the_next_scheduled
     assert head.version == 3 and other.node_id not in service.entries_of(head), result
     assert head.reason == "certificate expired" and head.changes == [f"{other.node_id} removed"]
     assert service.resign_job().startswith("v3 fresh until")  # nothing else to do: no new version
+
+
+def test_a_suspended_node_outside_the_table_cannot_pull_with_a_session_this_worker_remembers(
+        app, client, session, people):  # noqa: F811
+    """Workers remember validated sessions until the version changes, and a suspension changed it only by taking
+    the node out of the table: a node already out of it (its certificate expired) kept pulling after suspension."""
+    from datetime import timedelta
+
+    from sqlalchemy import select
+
+    from app.database import utcnow
+    from app.pki.models import Certificate
+
+    minister, _ = people
+    node = session["node"]
+    row = db.session.scalars(select(Certificate).where(Certificate.node_id == node.node_id)).one()
+    row.not_after = utcnow() - timedelta(seconds=1)  # a session opened before the expiry lives on
+    db.session.commit()
+    service.publish("certificate expired")
+    db.session.commit()
+    await_served(app, 2)
+    assert pull(client, session).status_code == 200  # validated, and remembered by this worker
+    nodes.suspend(db.session.merge(node), "drill", by=minister)
+    db.session.commit()
+    await_served(app, 3)
+    refused = pull(client, session)
+    assert refused.status_code == 401 and refused.get_json()["error"]["code"] in ("session_revoked", "node_suspended")

@@ -13,7 +13,9 @@ def publish_after(reason: str, *, force: bool = False):
 
 _hooks = {
     "node_admitted": publish_after("node admitted"),
-    "node_status_changed": publish_after("node status"),
+    # Forced for the same reason as a revoked certificate (below): suspending or revoking a node the table
+    # does not list (its certificate expired) must still end its sessions cached in every worker.
+    "node_status_changed": publish_after("node status", force=True),
     "node_changed": publish_after("node changed"),
 }
 _health_hook = publish_after("health round")

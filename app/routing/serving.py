@@ -7,9 +7,9 @@ A request learns the current version cheaply and never rebuilds anything:
   single indexed read.
 The signed bytes of that version are loaded once and kept until the next version.
 Validated node-session tokens are cached with their expiry and forgotten whenever the version
-changes, because every suspension or revocation changes the table (and revoking one of a node's
-certificates publishes a version even when the table is the same). On PostgreSQL that means a
-worker honours a just-suspended node's token until the notification arrives (milliseconds);
+changes, because every suspension or revocation publishes a version (even for a node the table does
+not list), and so does revoking one of a node's certificates, even when the table is the same.
+On PostgreSQL that means a worker honours a just-suspended node's token until the notification arrives (milliseconds);
 the database itself has ended the session at once, and every new session is refused.
 """
 
