@@ -272,3 +272,16 @@ def test_the_uptime_figure_counts_the_hours_its_bars_show(app, node):
         polls, successes = sum(b.polls for b in buckets), sum(b.successes for b in buckets)
         assert history.uptime_ratio(node.node_id, span, now) == successes / polls
     assert history.uptime_ratio(node.node_id, timedelta(hours=24), now) == 1.0
+
+
+def test_cli_status_json_writes_times_as_the_other_commands_do(app, node, runner):
+    """`health status --json` wrote last_checked_at through str() ("2026-12-02 14:00:00"), unlike every other
+    command's ISO 8601 ("2026-12-02T14:00:00"), so a script reading both needed two parsers."""
+    service.apply_round([Result(node.node_id, False, latency_ms=None, failure="timeout")])
+    result = runner.invoke(args=["health", "status", "--json"])
+    assert result.exit_code == 0, result.output
+    [line] = [json.loads(text) for text in result.output.splitlines()]
+    checked = db.session.get(NodeHealth, node.node_id).last_checked_at
+    assert line == {"node_id": node.node_id, "status": "unknown", "last_checked_at": checked.isoformat(),
+                    "last_latency_ms": None, "last_failure": "timeout", "maintenance": False}
+    assert "T" in line["last_checked_at"]

@@ -37,10 +37,11 @@ def status_command(as_json):
     from app.health.models import NodeHealth
 
     for health in db.session.scalars(select(NodeHealth).order_by(NodeHealth.node_id)):
-        item = {"node_id": health.node_id, "status": health.status, "last_checked_at": health.last_checked_at,
+        item = {"node_id": health.node_id, "status": health.status, "last_checked_at":
+                health.last_checked_at.isoformat() if health.last_checked_at else None,
                 "last_latency_ms": health.last_latency_ms, "last_failure": health.last_failure,
                 "maintenance": service.in_maintenance(health)}
-        click.echo(json.dumps(item, default=str) if as_json else
+        click.echo(json.dumps(item) if as_json else
                    f"{health.node_id} {health.status:<8} {health.last_failure or ''} "
                    f"{'' if health.last_latency_ms is None else f'{health.last_latency_ms:.0f} ms'}")
 
