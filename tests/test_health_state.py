@@ -151,6 +151,61 @@ def test_webhook_is_retried_and_skipped_in_maintenance(app, node, webhook, make_
     assert event.new_status == "down" and event.in_maintenance
 
 
+def test_a_node_still_down_when_its_maintenance_ends_is_alerted_then_once(app, node, webhook, make_user):
+    """Down inside a maintenance window, no alert (as above); when the window ended, nothing was ever sent
+    either, and a node that stayed down went unannounced. The round after the window's end sends the change
+    it held back, once; a window an admin ends early counts the same."""
+    app.config["MPIM_HEALTH_WEBHOOK_URL"] = webhook
+    Hook.fail_first = 0
+    minister = db.session.merge(make_user("other-minister"))
+    for _ in range(2):
+        service.apply_round([Result(node.node_id, True)])
+    assert [c["new"] for h in Hook.received for c in h["changes"]] == ["up"]
+    service.set_maintenance(node.node_id, utcnow() + timedelta(hours=1), "upgrade", by=minister)
+    db.session.commit()
+    for _ in range(4):
+        service.apply_round([Result(node.node_id, False, failure="refused")])
+    assert len(Hook.received) == 1  # held back
+    db.session.get(NodeHealth, node.node_id).maintenance_until = utcnow() - timedelta(seconds=1)  # ran out
+    db.session.commit()
+    report = service.apply_round([Result(node.node_id, False, failure="refused")])
+    assert report.changes == [] and [c.node_id for c in report.late_alerts] == [node.node_id]
+    assert "still down after maintenance: " + node.node_id in report.summary()
+    assert len(Hook.received) == 2
+    assert Hook.received[1]["changes"] == [{"node_id": node.node_id, "old": "up", "new": "down",
+                                             "reason": "refused", "detail": "", "in_maintenance": False,
+                                             "after_maintenance": True}]
+    service.apply_round([Result(node.node_id, False, failure="refused")])
+    assert len(Hook.received) == 2  # once
+
+    for _ in range(2):
+        service.apply_round([Result(node.node_id, True)])  # back up: alerted as usual
+    service.set_maintenance(node.node_id, utcnow() + timedelta(hours=1), "upgrade", by=minister)
+    for _ in range(3):
+        service.apply_round([Result(node.node_id, False, failure="timeout")])
+    received = len(Hook.received)
+    service.schedule_maintenance(db.session.merge(node), "0", "", by=minister)  # ended early
+    db.session.commit()
+    service.apply_round([Result(node.node_id, False, failure="timeout")])
+    assert len(Hook.received) == received + 1 and Hook.received[-1]["changes"][0]["after_maintenance"] is True
+
+
+def test_a_node_back_up_inside_its_window_or_down_before_it_is_not_alerted_again(app, node, webhook, make_user):
+    app.config["MPIM_HEALTH_WEBHOOK_URL"] = webhook
+    Hook.fail_first = 0
+    minister = db.session.merge(make_user("other-minister"))
+    for _ in range(3):
+        service.apply_round([Result(node.node_id, False, failure="refused")])  # down before: alerted then
+    assert [c["new"] for h in Hook.received for c in h["changes"]] == ["down"]
+    service.set_maintenance(node.node_id, utcnow() + timedelta(hours=1), "upgrade", by=minister)
+    db.session.commit()
+    service.apply_round([Result(node.node_id, False, failure="refused")])
+    db.session.get(NodeHealth, node.node_id).maintenance_until = utcnow() - timedelta(seconds=1)
+    db.session.commit()
+    assert service.apply_round([Result(node.node_id, False, failure="refused")]).late_alerts == []
+    assert len(Hook.received) == 1
+
+
 def test_flapping_counts_changes_in_the_last_hour(app, node):
     for _ in range(3):
         for ok in (True, True, False, False, False):

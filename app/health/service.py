@@ -41,6 +41,8 @@ class StatusChange:
     reason: str | None
     detail: str
     in_maintenance: bool
+    # Alerted when the maintenance window it happened in ended with the node still down (`late_alert`).
+    after_maintenance: bool = False
 
 
 @dataclass
@@ -49,12 +51,16 @@ class RoundReport:
     ok: int = 0
     changes: list[StatusChange] = field(default_factory=list)
     failures: dict[str, int] = field(default_factory=dict)
+    # Changes recorded during a maintenance window that ended this round with the node still down.
+    late_alerts: list[StatusChange] = field(default_factory=list)
 
     def summary(self) -> str:
         failed = ", ".join(f"{reason} {count}" for reason, count in sorted(self.failures.items()))
         changed = ", ".join(f"{c.node_id} {c.old}→{c.new}" for c in self.changes)
+        late = ", ".join(c.node_id for c in self.late_alerts)
         return (f"{self.polled} polled, {self.ok} ok" + (f"; failed: {failed}" if failed else "")
-                + (f"; changed: {changed}" if changed else ""))
+                + (f"; changed: {changed}" if changed else "")
+                + (f"; still down after maintenance: {late}" if late else ""))
 
 
 # Functions (changes: list[StatusChange]) run inside the round's transaction (routing publishes).
@@ -114,15 +120,33 @@ def apply_round(results) -> RoundReport:
                                     latency_ms=result.latency_ms, failure=reason))
         if in_maintenance(health, now):
             maintained.add(result.node_id)
+        elif health.maintenance_until is not None:  # the window ended since the last round: once
+            health.maintenance_until = None
+            if (late := late_alert(health)) is not None:
+                report.late_alerts.append(late)
     history.record(samples, maintained)
     if report.changes:
         for hook in status_changed:
             hook(report.changes)
     db.session.commit()
-    alerts = [c for c in report.changes if not c.in_maintenance]
+    alerts = [c for c in report.changes if not c.in_maintenance] + report.late_alerts
     if alerts and current_app.config.get("MPIM_HEALTH_WEBHOOK_URL"):
         send_webhook(current_app.config["MPIM_HEALTH_WEBHOOK_URL"], alerts)
     return report
+
+
+def late_alert(health: NodeHealth) -> StatusChange | None:
+    """The alert a maintenance window held back, now that it has ended (at its time, or an admin ended it):
+    the node went down inside it and is still down. No alert went out then, so without this one nobody would
+    hear of it; a node that came back inside the window, or was down before it (alerted then), gets none."""
+    if health.status != "down":
+        return None
+    event = db.session.scalars(select(HealthEvent).where(HealthEvent.node_id == health.node_id)
+                               .order_by(HealthEvent.at.desc(), HealthEvent.id.desc()).limit(1)).first()
+    if event is None or not event.in_maintenance or event.new_status != "down":
+        return None
+    return StatusChange(health.node_id, event.old_status, "down", event.reason, event.detail, False,
+                        after_maintenance=True)
 
 
 def send_webhook(url: str, changes: list[StatusChange], attempts: int = 3, timeout: float = 5.0,
@@ -200,9 +224,11 @@ def set_maintenance(node_id: str, until: datetime, note: str, *, by) -> NodeHeal
 
 
 def clear_maintenance(node_id: str, *, by) -> None:
+    """End the window now. Its end is kept (not cleared) so that the next round sees a window end and sends
+    the alert it held back (`late_alert`), as when a window runs out by itself."""
     health = db.session.get(NodeHealth, node_id)
-    if health is not None:
-        health.maintenance_until = None
+    if health is not None and health.maintenance_until is not None:
+        health.maintenance_until = min(health.maintenance_until, utcnow())
     audit.record("health.maintenance_end", node_id, actor=by.username)
 
 
