@@ -37,15 +37,18 @@ class EphemeralMixin:
         if batch.get("presence"):
             self._require_capability("presence")
         for state in batch.get("read_states", ()):
-            self._keep_read_state(session, state)
             conversation = state["conversation_id"]
             if conversation.startswith("g:") and node_of(conversation) == me:
                 group = session.get(Group, (local_part(conversation[2:]), me))
-                if group is None or state["user_id"] not in group.members:
-                    raise NotAParticipant(f"{state['user_id']} is not in {conversation}")
+                if group is None or group.dismissed or state["user_id"] not in group.members:
+                    # Read before leaving (quit, kick, dismiss) and sent after: nothing to count any more. Only
+                    # this state is passed over; refusing the batch lost everyone else's in it, and presence.
+                    log.info("read state of %s in %s ignored: not a member", state["user_id"], conversation)
+                    continue
                 for peer in self._member_nodes(group):
                     if peer not in (me, from_node):
                         self._queue_ephemeral(session, peer, "read", state)
+            self._keep_read_state(session, state)
         for item in batch.get("presence", {}).get("items", ()):
             row = session.get(Presence, item["user_id"])
             if row is None:

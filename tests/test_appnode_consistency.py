@@ -1,0 +1,37 @@
+"""The reference node's messaging logic between two real nodes over mutual TLS: what a user or a peer meets
+when things happen in an ordinary but unlucky order (a read state sent after its reader left the group, a
+presence repeat, timestamps of other precisions, an operation by a user who does not exist)."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from app.appnode.store import ReadState
+from tests.test_appnode import network, settle  # noqa: F401 (fixture)
+from tests.test_sessions import people  # noqa: F401 (fixture)
+
+
+def read_states(served) -> dict[str, str]:
+    with served.node.db() as session:
+        return {row.user_id: row.read_up_to_message_id for row in session.scalars(select(ReadState))}
+
+
+def test_a_read_state_of_a_member_who_left_does_not_lose_the_rest_of_the_batch(network):  # noqa: F811
+    """Zhao Liu reads the group and quits before the next batch: the home node refused the whole batch
+    (not_a_participant), so Li Si's read state and presence in it were retried and dropped."""
+    a, b = network["a"], network["b"]
+    group = a.node.create_group("zhangsan", "专班", [b.user("lisi"), b.user("zhaoliu")])
+    settle(a, b)
+    sent = a.node.send_text("zhangsan", group.address, "17时报送进展")
+    settle(a, b)
+    conversation = f"g:{group.address}"
+    b.node.mark_read("lisi", conversation)
+    b.node.mark_read("zhaoliu", conversation)
+    b.node.set_presence("lisi", "busy")
+    assert b.node.group_operation("zhaoliu", group.address, "quit") == "accepted"
+
+    assert b.node.flush_ephemeral() == 1  # taken, not refused
+    assert read_states(a) == {b.user("lisi"): sent.message_id}  # the leaver's is not kept
+    assert a.node.presence_of(b.user("lisi"))["status"] == "busy"
+    [entry] = a.node.history("zhangsan", conversation)
+    assert entry["read_by"] == [b.user("lisi")] and entry["unread_by"] == 0
