@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from app.appnode.store import ReadState
+from app.appnode.store import Presence, ReadState
 from tests.test_appnode import network, settle  # noqa: F401 (fixture)
 from tests.test_sessions import people  # noqa: F401 (fixture)
 
@@ -35,3 +35,20 @@ def test_a_read_state_of_a_member_who_left_does_not_lose_the_rest_of_the_batch(n
     assert a.node.presence_of(b.user("lisi"))["status"] == "busy"
     [entry] = a.node.history("zhangsan", conversation)
     assert entry["read_by"] == [b.user("lisi")] and entry["unread_by"] == 0
+
+
+def test_repeating_presence_keeps_the_users_last_activity(network):  # noqa: F811
+    """The 5-minute repeat set `last_active` to the moment of the repeat, so a user idle for hours read as
+    active a minute ago on every other node."""
+    a, b = network["a"], network["b"]
+    a.node.send_text("zhangsan", b.user("lisi"), "在吗")
+    a.node.set_presence("zhangsan", "away", "android")
+    idle_since = "2025-06-12T02:17:41.000Z"  # as if the user had done nothing since
+    with a.node.db.begin() as session:
+        session.get(Presence, a.user("zhangsan")).last_active = idle_since
+    assert a.node.rebroadcast_presence() == 1
+    assert a.node.flush_ephemeral() == 1
+    seen = b.node.presence_of(a.user("zhangsan"))
+    assert seen["status"] == "away" and seen["client_type"] == "android" and seen["last_active"] == idle_since
+    with b.node.db() as session:
+        assert session.get(Presence, a.user("zhangsan")).updated_at > idle_since  # the repeat itself is new

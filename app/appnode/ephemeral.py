@@ -117,12 +117,16 @@ class EphemeralMixin:
         if user != message.sender_address and (group is None or user not in group.members):
             raise NotAParticipant(f"{user} is not in {message.conversation_id}")
 
-    def set_presence(self, user_id: str, status: str, client_type: str = "pc") -> dict:
-        """A.15: told to every node that shares a conversation with the user (a group, or a recent chat)."""
+    def set_presence(self, user_id: str, status: str, client_type: str = "pc", *,
+                     last_active: str | None = None) -> dict:
+        """A.15: told to every node that shares a conversation with the user (a group, or a recent chat).
+        `last_active` is the user's last activity: now, unless this repeats a status (`rebroadcast_presence`)."""
         me = self.node_id
         user = address(user_id, me)
         now = protocol.format_timestamp(utcnow())
-        item = {"user_id": user, "status": status, "client_type": client_type, "last_active": now, "updated_at": now}
+        last_active = last_active or now
+        item = {"user_id": user, "status": status, "client_type": client_type, "last_active": last_active,
+                "updated_at": now}
         protocol.validate("presence", {"items": [item]})
         with self.db() as session:
             if session.get(User, user_id) is None:
@@ -131,7 +135,7 @@ class EphemeralMixin:
             if row is None:
                 session.add(Presence(**item))
             else:
-                row.status, row.client_type, row.last_active, row.updated_at = status, client_type, now, now
+                row.status, row.client_type, row.last_active, row.updated_at = status, client_type, last_active, now
             peers = set()
             for group in session.scalars(select(Group).where(Group.dismissed.is_(False))):
                 if user in group.members:
@@ -148,13 +152,14 @@ class EphemeralMixin:
 
     def rebroadcast_presence(self) -> int:
         """A.15: every 5 minutes, the status of each local user who is not offline goes out again, so a peer
-        that missed a change (or restarted) catches up, and users whose node went quiet age out there."""
+        that missed a change (or restarted) catches up, and users whose node went quiet age out there. Only
+        `updated_at` is new: the repeat is no activity of the user's, so `last_active` stays when it was."""
         suffix = "@" + self.node_id
         with self.db() as session:
             rows = session.scalars(select(Presence).where(Presence.user_id.endswith(suffix),
                                                           Presence.status != "offline")).all()
         for row in rows:
-            self.set_presence(local_part(row.user_id), row.status, row.client_type)
+            self.set_presence(local_part(row.user_id), row.status, row.client_type, last_active=row.last_active)
         return len(rows)
 
     def flush_ephemeral(self) -> int:
