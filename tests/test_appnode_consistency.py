@@ -4,8 +4,10 @@ presence repeat, timestamps of other precisions, an operation by a user who does
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import select
 
+from app.appnode.protocol import NotFound
 from app.appnode.store import Presence, ReadState
 from tests.test_appnode import network, settle  # noqa: F401 (fixture)
 from tests.test_sessions import people  # noqa: F401 (fixture)
@@ -52,3 +54,20 @@ def test_repeating_presence_keeps_the_users_last_activity(network):  # noqa: F81
     assert seen["status"] == "away" and seen["client_type"] == "android" and seen["last_active"] == idle_since
     with b.node.db() as session:
         assert session.get(Presence, a.user("zhangsan")).updated_at > idle_since  # the repeat itself is new
+
+
+def test_a_user_this_node_does_not_have_cannot_join_a_group(network):  # noqa: F811
+    """A local `join` took the operator on trust: a mistyped user became a member on the home node (an unread
+    count nobody clears, a member nobody can be), while the member node left it out of its replica, so the two
+    nodes listed different members."""
+    a, b = network["a"], network["b"]
+    group = a.node.create_group("zhangsan", "专班", [b.user("lisi")])
+    settle(a, b)
+    for served in (a, b):
+        with pytest.raises(NotFound, match="no local user ghost"):
+            served.node.group_operation("ghost", group.address, "join")
+    settle(a, b)
+    members = [a.user("zhangsan"), b.user("lisi")]
+    assert a.node.groups()[0].members == members and b.node.groups()[0].members == members
+    assert a.node.groups()[0].seq == 1 and [row.kind for row in b.node.outbox()] == []
+

@@ -150,6 +150,9 @@ class GroupsMixin:
         me = self.node_id
         operator = address(user_id, me)
         group_id, home = local_part(require_address(group_address, "group_id", "group")), node_of(group_address)
+        with self.db() as session:  # only this node knows its users (§8.9): a `join` by a typo made it a member
+            if session.get(User, user_id) is None:
+                raise NotFound(f"no local user {user_id}")
         targets = list(dict.fromkeys(require_address(target, "target_user_ids") for target in targets))
         info = dict(info or {})
         if home == me:
