@@ -4,11 +4,15 @@ presence repeat, timestamps of other precisions, an operation by a user who does
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from sqlalchemy import select
 
+from app.appnode import protocol
 from app.appnode.protocol import NotFound
 from app.appnode.store import Presence, ReadState
+from tests.appnode_harness import raw_post
 from tests.test_appnode import network, settle  # noqa: F401 (fixture)
 from tests.test_sessions import people  # noqa: F401 (fixture)
 
@@ -71,3 +75,35 @@ def test_a_user_this_node_does_not_have_cannot_join_a_group(network):  # noqa: F
     assert a.node.groups()[0].members == members and b.node.groups()[0].members == members
     assert a.node.groups()[0].seq == 1 and [row.kind for row in b.node.outbox()] == []
 
+
+def test_the_newest_read_state_and_presence_win_whatever_their_fractional_digits(network):  # noqa: F811
+    """A peer may write 0 to 6 fractional digits (§3). Newest-wins compared the strings, so "…:00Z" beat
+    "…:00.500Z" (half a second later) and "…:00.1Z" beat "…:00.12Z": an older read state or status replaced
+    a newer one."""
+    a, b = network["a"], network["b"]
+    message = a.node.send_text("zhangsan", b.user("lisi"), "在吗")
+    lisi = b.user("lisi")
+
+    def batch(unread: int, status: str, updated_at: str) -> int:
+        payload = {"read_states": [{"conversation_id": message.conversation_id, "user_id": lisi, "unread_count": unread,
+                                    "read_up_to_message_id": message.message_id, "updated_at": updated_at}],
+                   "presence": {"items": [{"user_id": lisi, "status": status, "client_type": "pc",
+                                           "last_active": updated_at, "updated_at": updated_at}]}}
+        return raw_post(b.node, a, "ephemeral", protocol.make_envelope(
+            from_node=b.id, to_node=a.id, type="ephemeral", payload=payload))[0]
+
+    def kept() -> tuple[int, str]:
+        with a.node.db() as session:
+            return (session.get(ReadState, (message.conversation_id, lisi)).unread_count,
+                    session.get(Presence, lisi).status)
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    second = [(now + timedelta(seconds=n)).strftime("%Y-%m-%dT%H:%M:%S") for n in range(3)]
+    assert batch(0, "online", f"{second[0]}.5Z") == 200
+    assert batch(7, "away", f"{second[0]}Z") == 200  # half a second older
+    assert kept() == (0, "online")
+    assert batch(1, "busy", f"{second[1]}.12Z") == 200
+    assert batch(8, "away", f"{second[1]}.1Z") == 200  # older than .12, though it sorts after it as a string
+    assert kept() == (1, "busy")
+    assert batch(2, "online", f"{second[2]}Z") == 200
+    assert kept() == (2, "online")

@@ -26,6 +26,12 @@ log = logging.getLogger("mpim.appnode")
 EPHEMERAL_ATTEMPTS, EPHEMERAL_WINDOW = 3, timedelta(seconds=60)
 
 
+def _newer(given: str, kept: str) -> bool:
+    """`given` is a later time than `kept`. Compared as times: as strings, a peer's "…:00Z" (0 to 6 fractional
+    digits are allowed, §3) sorted after "…:00.500Z", and "…:00.1Z" after "…:00.12Z"."""
+    return protocol.parse_timestamp(given, "updated_at") > protocol.parse_timestamp(kept, "updated_at")
+
+
 class EphemeralMixin:
     """Read states and presence for a `Node`. Relies on the node's `db`, `node_id`, `routes` and `peers`,
     on `_require_capability` and `_member_nodes` (ReceivingMixin)."""
@@ -53,7 +59,7 @@ class EphemeralMixin:
             row = session.get(Presence, item["user_id"])
             if row is None:
                 session.add(Presence(**item))
-            elif item["updated_at"] > row.updated_at:
+            elif _newer(item["updated_at"], row.updated_at):
                 row.status, row.client_type = item["status"], item["client_type"]
                 row.last_active, row.updated_at = item["last_active"], item["updated_at"]
 
@@ -62,7 +68,7 @@ class EphemeralMixin:
         row = session.get(ReadState, (state["conversation_id"], state["user_id"]))
         if row is None:
             session.add(ReadState(**state))
-        elif state["updated_at"] > row.updated_at:  # newest wins; RFC 3339 Z strings sort by time
+        elif _newer(state["updated_at"], row.updated_at):  # newest wins
             row.read_up_to_message_id, row.unread_count = state["read_up_to_message_id"], state["unread_count"]
             row.updated_at = state["updated_at"]
 
