@@ -63,7 +63,7 @@ def test_history_lines_start_with_the_message_id_that_download_takes(network):  
     text = a.node.send_text("zhangsan", b.user("lisi"), "协查通报见附件")
     sent = a.node.send_file("zhangsan", b.user("lisi"), PDF, "file", file_name="协查通报.pdf")
     lines = node_cli(b, "history", "--as", "lisi", sent.conversation_id).splitlines()
-    assert lines == [f"{m.message_id}\t{m.send_time}\t{a.user('zhangsan')}\t{shown}\tread by 0"
+    assert lines == [f"{m.message_id}\t{m.document['send_time']}\t{a.user('zhangsan')}\t{shown}\tread by 0"
                      for m, shown in ((text, "协查通报见附件"), (sent, "[file] 协查通报.pdf"))]
     message_id = lines[1].split("\t")[0]
     assert node_cli(b, "download", "--as", "lisi", message_id).startswith(str(b.dir / "files"))

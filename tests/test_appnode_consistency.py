@@ -13,7 +13,7 @@ from app.appnode import protocol
 from app.appnode.protocol import NotFound
 from app.appnode.store import Presence, ReadState
 from tests.appnode_harness import raw_post
-from tests.test_appnode import network, settle  # noqa: F401 (fixture)
+from tests.test_appnode import history, network, settle, text_envelope  # noqa: F401 (fixture)
 from tests.test_sessions import people  # noqa: F401 (fixture)
 
 
@@ -107,3 +107,20 @@ def test_the_newest_read_state_and_presence_win_whatever_their_fractional_digits
     assert kept() == (1, "busy")
     assert batch(2, "online", f"{second[2]}Z") == 200
     assert kept() == (2, "online")
+
+
+def test_a_conversation_is_in_time_order_whatever_the_fractional_digits_of_its_send_times(network):  # noqa: F811
+    """Messages were ordered by their send_time strings: a peer writing trimmed fractions (Go's RFC3339Nano:
+    "…:30.1Z", "…:30.12Z", "…:30Z") had 100 ms sort after 120 ms and a whole second after every fraction of
+    it, so the history ran out of order and `read` marked read up to a message that was not the last."""
+    a, b = network["a"], network["b"]
+    second = datetime.now(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%S")
+    envelopes = [text_envelope(b, a, text, message={"sender": {**text_envelope(b, a)["payload"]["sender"],
+                                                                "user_id": "lisi"}, "to": a.user("zhangsan"),
+                                                     "send_time": f"{second}{fraction}Z"})
+                 for text, fraction in (("第三", ".12"), ("第二", ".1"), ("第一", ""))]
+    for envelope in envelopes:
+        assert raw_post(b.node, a, "message", envelope)[0] == 200
+    conversation = envelopes[0]["payload"]["conversation_id"]
+    assert [m["content"]["text"] for m in history(a, "zhangsan", conversation)] == ["第一", "第二", "第三"]
+    assert a.node.mark_read("zhangsan", conversation).read_up_to_message_id == envelopes[0]["message_id"]

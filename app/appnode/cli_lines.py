@@ -79,7 +79,7 @@ def history_line(row: dict) -> str:
     content = message.document["content"]
     shown = (content.get("text") or content.get("alt_text")
              or f"[{message.msg_type}] {content.get('file_name') or content.get('file_id')}")
-    return "\t".join([message.message_id, message.send_time, message.sender_address, shown,
+    return "\t".join([message.message_id, message.document["send_time"], message.sender_address, shown,
                       f"read by {len(row['read_by'])}"])
 
 

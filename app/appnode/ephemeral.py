@@ -146,7 +146,7 @@ class EphemeralMixin:
             for group in session.scalars(select(Group).where(Group.dismissed.is_(False))):
                 if user in group.members:
                     peers.update(self._member_nodes(group))
-            since = protocol.format_timestamp(utcnow() - timedelta(days=30))
+            since = protocol.sortable_time(protocol.format_timestamp(utcnow() - timedelta(days=30)))
             for sender, to in session.execute(select(Message.sender_address, Message.to).where(
                     Message.chat_type == "single", Message.send_time >= since,
                     or_(Message.sender_address == user, Message.to == user))):

@@ -256,6 +256,13 @@ def format_timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def sortable_time(text: str) -> str:
+    """A valid protocol time as the node stores it to order by: always 6 fractional digits, so that comparing
+    the text compares the times. Peers write 0 to 6 digits, and as strings "…:00Z" sorted after "…:00.500Z" and
+    "…:00.1Z" after "…:00.12Z"."""
+    return datetime.fromisoformat(text).astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
 def parse_timestamp(text: str, field: str = "timestamp") -> datetime:
     if not is_a("timestamp", text):
         raise SchemaViolation(f"$.{field}: not an RFC 3339 UTC timestamp", field=field)

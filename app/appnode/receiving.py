@@ -173,7 +173,7 @@ class ReceivingMixin:
         return dict(message_id=message["message_id"], conversation_id=message["conversation_id"],
                     chat_type=message["chat_type"], sender_address=address(sender["user_id"], sender["node_id"]),
                     origin_node=sender["node_id"], to=message["to"], msg_type=message["msg_type"],
-                    document=message, send_time=message["send_time"], received_at=utcnow(),
+                    document=message, send_time=protocol.sortable_time(message["send_time"]), received_at=utcnow(),
                     participant_nodes=sorted(set(participants)))
 
     def _store_message(self, session: Session, message: dict, participants: Iterable[str]) -> dict:

@@ -55,7 +55,7 @@ class Message(Base):
     to: Mapped[str] = mapped_column(String(100))
     msg_type: Mapped[str] = mapped_column(String(10))
     document: Mapped[dict] = mapped_column(JSON)
-    send_time: Mapped[str] = mapped_column(String(32), index=True)
+    send_time: Mapped[str] = mapped_column(String(32), index=True)  # protocol.sortable_time: text order is time order
     received_at: Mapped[datetime]
     participant_nodes: Mapped[list] = mapped_column(JSON, default=list)
 
