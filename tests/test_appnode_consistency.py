@@ -124,3 +124,24 @@ def test_a_conversation_is_in_time_order_whatever_the_fractional_digits_of_its_s
     conversation = envelopes[0]["payload"]["conversation_id"]
     assert [m["content"]["text"] for m in history(a, "zhangsan", conversation)] == ["第一", "第二", "第三"]
     assert a.node.mark_read("zhangsan", conversation).read_up_to_message_id == envelopes[0]["message_id"]
+
+
+def test_an_older_announcement_arriving_after_a_kick_does_not_bring_the_group_back(network):  # noqa: F811
+    """B was down while the home node renamed the group and then kicked B's only member; the outbox sends
+    its backlog in parallel, so the kick may land first. B deleted its replica on the kick, forgot its seq, and
+    took the older rename as a new group: Li Si was a member again on B, sent into a group that refused him,
+    and the home node sent B nothing more."""
+    a, b = network["a"], network["b"]
+    group = a.node.create_group("zhangsan", "专班", [b.user("lisi")])
+    settle(a, b)
+    b.stop()
+    a.node.group_operation("zhangsan", group.address, "update_info", info={"name": "改名"})
+    a.node.group_operation("zhangsan", group.address, "kick", [b.user("lisi")])
+    rename, kick = [row for row in a.node.outbox() if row.kind == "group_op" and row.state == "pending"]
+    b.start()
+    a.node.retry_now()
+    assert a.node.deliver([kick.id])["delivered"] == 1  # the kick (seq 3) lands first
+    assert a.node.deliver([rename.id])["delivered"] == 1  # then the rename (seq 2)
+    assert b.node.groups() == [] and b.node.groups("lisi") == []
+    with pytest.raises(NotFound, match="no group"):
+        b.node.send_text("lisi", group.address, "我还在吗")

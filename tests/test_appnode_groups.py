@@ -51,8 +51,10 @@ def test_invite_and_create_refuse_users_who_do_not_exist_and_change_nothing(netw
 
 
 def replicas(served) -> list[tuple[str, int, list[str]]]:
+    """The groups a node shows; one that lists no user of the node is kept hidden, for its seq alone."""
     with served.node.db() as session:
-        return [(group.owner, group.seq, list(group.members)) for group in session.scalars(select(Group))]
+        return [(group.owner, group.seq, list(group.members))
+                for group in session.scalars(select(Group).where(Group.dismissed.is_(False)))]
 
 
 def test_a_user_another_node_does_not_have_is_never_made_a_member(network):  # noqa: F811
@@ -99,8 +101,8 @@ def test_a_hostile_home_node_cannot_make_a_member_node_list_users_it_does_not_ha
     without naming it is left out; one it names, or makes owner, refuses the announcement."""
     a, b = network["a"], network["b"]
     owner, lisi, zhaoliu, ghost = a.user("zhangsan"), b.user("lisi"), b.user("zhaoliu"), b.user("ghost")
-    assert announce(a, b, 1, "create", [owner, ghost])[0] == 200
-    assert replicas(b) == []  # no user of B is a member: no replica
+    assert announce(a, b, 1, "create", [owner, ghost], group_id="youling")[0] == 200
+    assert replicas(b) == []  # no user of B is a member: no replica shown
     assert announce(a, b, 1, "create", [owner, lisi, ghost])[0] == 200
     assert replicas(b) == [(owner, 1, [owner, lisi])]
     for seq, (op, fields) in enumerate((("join", {}), ("update_info", {}),
@@ -297,22 +299,27 @@ def test_an_operation_on_a_group_changed_during_its_confirmation_is_refused(netw
     assert not [row for row in group_ops(a) if b.user("zhaoliu") in row.envelope["payload"]["group_info"]["members"]]
 
 
-def test_a_refused_create_leaves_nothing_behind_and_its_id_can_be_created(network, monkeypatch):  # noqa: F811
+def test_a_refused_create_leaves_nothing_behind_and_a_new_attempt_is_created(network, monkeypatch):  # noqa: F811
+    """The new attempt has a new id (`new_group_id`): C keeps the refused one's dismissal (seq 2) hidden, so an
+    announcement of the old id, seq 1, would be ignored there."""
     a, b = network["a"], network["b"]
     c = network["join"]("110000")
     for node in (a, b, c):
         node.node.sync_routes()
     assert c.id < b.id  # C confirms sunqi before B refuses ghost
-    monkeypatch.setattr(groups, "new_group_id", lambda: "zhian-2025")
+    ids = iter(("zhian-2025", "zhian-2026"))
+    monkeypatch.setattr(groups, "new_group_id", lambda: next(ids))
     with pytest.raises(NotFound, match="ghost"):
         a.node.create_group("zhangsan", "专班", [c.user("sunqi"), b.user("ghost")])
     settle(a, b, c)
     assert replicas(a) == [] and replicas(c) == []  # C took the group, then its dismissal
+    with a.node.db() as session:
+        assert session.scalars(select(Group)).all() == []  # the home node keeps nothing of it
 
     group = a.node.create_group("zhangsan", "专班", [c.user("sunqi"), b.user("lisi")])  # the member list fixed
     settle(a, b, c)
     members = [a.user("zhangsan"), c.user("sunqi"), b.user("lisi")]
-    assert group.address == f"zhian-2025@{a.id}"
+    assert group.address == f"zhian-2026@{a.id}"
     for node in (a, b, c):
         assert [(g.address, g.seq, g.members) for g in node.node.groups()] == [(group.address, 1, members)]
 

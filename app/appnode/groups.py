@@ -78,16 +78,17 @@ class GroupsMixin:
             return  # already applied (or older): acknowledged and ignored
         info = op["group_info"]
         members = self._own_users_checked(session, group, op)
-        if not any(node_of(member) == self.node_id for member in members):
-            if group is not None:
-                session.delete(group)
-            return
+        # A state that lists no user of this node (kick, quit, dismiss) keeps the replica as gone (`dismissed`:
+        # shown nowhere, nobody's to speak in) for its seq alone. Deleted, it forgot that seq, and an older
+        # announcement still on its way (the outbox sends in parallel, so in any order) brought the group back
+        # here with the removed users in it, while the home node no longer sent them anything.
+        gone = op["op"] == "dismiss" or not any(node_of(member) == self.node_id for member in members)
         if group is None:
             group = Group(group_id=op["group_id"], home_node_id=op["home_node_id"], seq=op["seq"],
                           name=info["name"], owner=info["owner"], members=[])
             session.add(group)
         group.name, group.notice, group.owner = info["name"], info.get("notice", ""), info["owner"]
-        group.members, group.seq, group.dismissed = members, op["seq"], op["op"] == "dismiss"
+        group.members, group.seq, group.dismissed = members, op["seq"], gone
 
     def _own_users_checked(self, session: Session, replica: Group | None, op: dict) -> list[str]:
         """The members to keep of an announcement's state. Only this node knows its users (§8.9), and the state

@@ -143,7 +143,8 @@ class SendingMixin:
         with self.db() as session:
             group = session.get(Group, (local_part(to), target))
             if group is None or group.dismissed:
-                raise NotFound(f"no group {to} here any more: it was dismissed", field="to")
+                raise NotFound(f"no group {to} here any more: it was dismissed or this node's users left it",
+                               field="to")
             if sender not in group.members:
                 raise NotAParticipant(f"{sender} is not a member of {to}")
             participants = self._member_nodes(group)
