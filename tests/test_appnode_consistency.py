@@ -145,3 +145,42 @@ def test_an_older_announcement_arriving_after_a_kick_does_not_bring_the_group_ba
     assert b.node.groups() == [] and b.node.groups("lisi") == []
     with pytest.raises(NotFound, match="no group"):
         b.node.send_text("lisi", group.address, "我还在吗")
+
+
+def test_a_read_state_queued_while_the_last_batch_was_in_flight_is_sent_not_dropped(network):  # noqa: F811
+    """The batch is read, posted, then settled: Zhang San read a newer message while the batch to a slow peer
+    was on its way, and settling deleted the queued row by its key, his newer read state with it, unsent.
+    The peer answers this batch only after the newer state is queued."""
+    import threading
+
+    from app.appnode.store import PendingEphemeral
+
+    a, b = network["a"], network["b"]
+    first = b.node.send_text("lisi", a.user("zhangsan"), "第一条")
+    a.node.mark_read("zhangsan", first.conversation_id)
+    served, arrived, answer = b.server.app, threading.Event(), threading.Event()
+
+    def slow_ephemeral(environ, start_response):
+        if environ["PATH_INFO"].endswith("/ephemeral"):
+            arrived.set()
+            assert answer.wait(30), "the test never let the batch be answered"
+        return served(environ, start_response)
+
+    b.server.app = slow_ephemeral
+    flushed: list[int] = []
+    flushing = threading.Thread(target=lambda: flushed.append(a.node.flush_ephemeral()))
+    flushing.start()
+    try:
+        assert arrived.wait(30), "the batch never reached the peer"
+        second = b.node.send_text("lisi", a.user("zhangsan"), "第二条")  # a's own server is not held up
+        a.node.mark_read("zhangsan", first.conversation_id)  # queued under the same key, while in flight
+    finally:
+        answer.set()
+        flushing.join(60)
+    assert flushed == [1]
+    with a.node.db() as session:
+        [pending] = session.scalars(select(PendingEphemeral)).all()
+        assert pending.item["read_up_to_message_id"] == second.message_id
+    b.server.app = served
+    assert a.node.flush_ephemeral() == 1
+    assert read_states(b) == {a.user("zhangsan"): second.message_id}

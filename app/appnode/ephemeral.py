@@ -12,7 +12,7 @@ import logging
 from collections import defaultdict
 from datetime import timedelta
 
-from sqlalchemy import or_, select
+from sqlalchemy import Text, delete, or_, select, type_coerce, update
 from sqlalchemy.orm import Session
 
 from app.appnode import protocol
@@ -205,13 +205,24 @@ class EphemeralMixin:
                 elif entry is not None:
                     ok = True  # nothing this peer can take: drop quietly
                 for row in items:
-                    if ok:
-                        session.delete(row)
-                        continue
-                    row.attempts += 1
-                    row.first_try_at = row.first_try_at or now
-                    if row.attempts >= EPHEMERAL_ATTEMPTS or now - row.first_try_at > EPHEMERAL_WINDOW:
-                        session.delete(row)
+                    self._settle_ephemeral(session, row, ok, now)
                 sent += ok
             session.commit()
         return sent
+
+    @staticmethod
+    def _settle_ephemeral(session: Session, row: PendingEphemeral, sent: bool, now) -> None:
+        """Delete the row that was sent, or count a failed try, only while it still holds the item this batch
+        carried. The batch is read, then posted (seconds, to a slow peer), then settled: a newer read state or
+        presence the CLI queued in between under the same key replaced the row's item, and deleting by key
+        alone dropped that one unsent. Conditional, in one statement each (SQLite takes no lock for the read)."""
+        unchanged = (PendingEphemeral.peer_node == row.peer_node, PendingEphemeral.kind == row.kind,
+                     PendingEphemeral.key == row.key,
+                     type_coerce(PendingEphemeral.item, Text) == json.dumps(row.item, ensure_ascii=False))
+        attempts, first_try_at = row.attempts + 1, row.first_try_at or now
+        if sent or attempts >= EPHEMERAL_ATTEMPTS or now - first_try_at > EPHEMERAL_WINDOW:
+            session.execute(delete(PendingEphemeral).where(*unchanged).execution_options(synchronize_session=False))
+        else:
+            session.execute(update(PendingEphemeral).where(*unchanged).values(attempts=attempts,
+                                                                              first_try_at=first_try_at)
+                            .execution_options(synchronize_session=False))
