@@ -367,3 +367,25 @@ def test_a_suspended_node_outside_the_table_cannot_pull_with_a_session_this_work
     await_served(app, 3)
     refused = pull(client, session)
     assert refused.status_code == 401 and refused.get_json()["error"]["code"] in ("session_revoked", "node_suspended")
+
+
+def test_a_session_validated_while_another_request_loaded_a_newer_version_is_not_cached(
+        app, client, session, people):  # noqa: F811
+    """Two threads of one worker: A reads version N and validates a node's session; meanwhile B loads N+1 (the
+    node's suspension) and clears the cache; A then cached the session it validated, and the suspended node's
+    token was served from the cache until the next version. The interleaving is driven by hand here."""
+    from app.sessions import service as sessions
+
+    minister, _ = people
+    cache = cache_for(app)
+    assert pull(client, session).status_code == 200
+    seen = cache.current()  # request A: the version it serves, read before it validates
+    token_hash = sessions.hash_token(session["headers"]["Authorization"].removeprefix("Bearer "))
+    cache.sessions.clear()
+    nodes.suspend(db.session.merge(session["node"]), "drill", by=minister)  # meanwhile: a new version...
+    db.session.commit()
+    await_served(app, seen.version + 1)
+    assert cache.current().version == seen.version + 1  # ...which request B loaded, clearing the cache
+    cache.remember_session(token_hash, session["node"].node_id, time.time() + 3600, seen_version=seen.version)
+    assert cache.session_node(token_hash) is None  # request A's validation is not kept
+    assert pull(client, session).status_code == 401  # the suspended node is refused, not served from memory

@@ -24,8 +24,9 @@ class RoutesUnavailable(NotFound):
     code = "no_route_table"
 
 
-def authenticated_node(cache) -> str:
-    """A node session, served from the per-process cache after its first validation."""
+def authenticated_node(cache, published) -> str:
+    """A node session, served from the per-process cache after its first validation. `published`: the
+    version this request serves, read before the validation (a session is cached only while it is current)."""
     raw = bearer_token()
     if raw:
         token_hash = sessions.hash_token(raw)
@@ -34,7 +35,8 @@ def authenticated_node(cache) -> str:
             return node_id
     node_id = sessions.authenticate(raw)
     row = db.session.get(NodeSession, sessions.hash_token(raw))
-    cache.remember_session(row.token_hash, node_id, row.expires_at.timestamp())
+    cache.remember_session(row.token_hash, node_id, row.expires_at.timestamp(),
+                           seen_version=published.version if published else None)
     return node_id
 
 
@@ -58,7 +60,7 @@ def not_modified(published):
 def routes():
     cache = cache_for(current_app)
     published = cache.current()
-    g.node_id = authenticated_node(cache)
+    g.node_id = authenticated_node(cache, published)
     if published is None:
         raise RoutesUnavailable("No routing table has been published yet.")
     since_arg = request.args.get("since")
@@ -94,7 +96,7 @@ def routes():
 def route_entry(node_id: str):
     cache = cache_for(current_app)
     published = cache.current()
-    authenticated_node(cache)
+    authenticated_node(cache, published)
     if published is None:
         raise RoutesUnavailable("No routing table has been published yet.")
     if published.entries is None:

@@ -125,10 +125,17 @@ class RouteCache:
             return cached[0]
         return None
 
-    def remember_session(self, token_hash: str, node_id: str, expires_at: float) -> None:
-        if len(self.sessions) > 100_000:
-            self.sessions.clear()
-        self.sessions[token_hash] = (node_id, expires_at)
+    def remember_session(self, token_hash: str, node_id: str, expires_at: float, *,
+                         seen_version: int | None) -> None:
+        """Cache a session validated while `seen_version` was the version served, only if it still is. With
+        threads, another request may have loaded a newer version (a suspension's) and cleared the cache
+        while this one validated; storing it then would keep a suspended node's token for its lifetime."""
+        with self.lock:
+            if seen_version is None or self.published is None or self.published.version != seen_version:
+                return
+            if len(self.sessions) > 100_000:
+                self.sessions.clear()
+            self.sessions[token_hash] = (node_id, expires_at)
 
 
 def cache_for(app) -> RouteCache:
