@@ -94,6 +94,8 @@ class Node(db.Model):
         CheckConstraint("length(node_id) = 20", name="node_id_twenty_digits"),
         Index("ix_nodes_status_node_id", "status", "node_id"),
         Index("ix_nodes_province_node_id", "province_prefix", "node_id"),
+        # The list filtered by status and sorted by organisation pages in index order (no sort of every row).
+        Index("ix_nodes_status_org_name", "status", "org_name", "node_id"),
     )
 
     node_id: Mapped[str] = mapped_column(String(20), primary_key=True)
