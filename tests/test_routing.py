@@ -306,6 +306,9 @@ def test_on_postgresql_workers_learn_new_versions_by_notification(app, client, s
         return cache.notified_version
 
     assert await_version(1) == 1
+    # A database lost without a reset would leave the listener waiting for good: libpq's TCP keepalives are on.
+    assert {key: cache.listener_parameters.get(key) for key in cache.LISTENER_KEEPALIVES} == {
+        key: str(value) for key, value in cache.LISTENER_KEEPALIVES.items()}
     admit_with_keys(people)
     assert await_version(2) == 2  # told by NOTIFY, without a query per request
     assert json.loads(pull(client, session).data)["version"] == 2

@@ -54,6 +54,7 @@ class RouteCache:
         self.sessions: dict[str, tuple[str, float]] = {}
         self.notified_version: int | None = None
         self.listener: threading.Thread | None = None
+        self.listener_parameters: dict[str, str] = {}  # the listening connection's, as libpq took them
         self.stopping = threading.Event()
         self.uses_notify = db.engine.dialect.name == "postgresql"
 
@@ -72,6 +73,13 @@ class RouteCache:
                     self.listener = threading.Thread(target=self._listen, name="route-listener", daemon=True)
                     self.listener.start()
 
+    # TCP keepalives on the listening connection (libpq's parameters): it only ever waits, so a database lost
+    # without a reset (a network partition, a failover that sends none) would leave it waiting for good and the
+    # worker serving its last version. With these, the kernel gives up on the silent peer in about a minute,
+    # the loop below falls back to queries and reconnects.
+    LISTENER_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+                           "keepalives_count": 3}
+
     def _listen(self) -> None:
         import psycopg
 
@@ -79,7 +87,8 @@ class RouteCache:
         conninfo = url.render_as_string(hide_password=False)
         while not self.stopping.is_set():
             try:
-                with psycopg.connect(conninfo, autocommit=True) as connection:
+                with psycopg.connect(conninfo, autocommit=True, **self.LISTENER_KEEPALIVES) as connection:
+                    self.listener_parameters = connection.info.get_parameters()
                     connection.execute("LISTEN mpim_routes")
                     # Anything published before LISTEN took effect is read once here.
                     row = connection.execute("SELECT coalesce(max(version), 0) FROM route_versions").fetchone()
