@@ -35,7 +35,7 @@ def test_token_application_approval_and_the_node_appears(page, live_server, make
         f"{live_server}/api/v1/applications", method="POST",
         data=json.dumps(node_document("360100", endpoint="https://im.nc.jx.example")).encode(),
         headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
-    with urllib.request.urlopen(request) as response:
+    with urllib.request.urlopen(request, timeout=30) as response:
         application = json.loads(response.read())
     assert response.status == 201 and application["status"] == "pending"
 
@@ -148,6 +148,18 @@ def test_labels_side_by_side_line_up_on_the_token_and_application_forms(page, li
             assert form.evaluate(MISALIGNED_LABELS) == [], (language, width)
 
 
+# page.evaluate has no timeout and awaits the promise the function returns: a clipboard write that never settles
+# (no focus, a permission prompt nobody answers) would hold the test for good. Raced against a timer instead.
+WRITE_CLIPBOARD = """([text, ms]) => Promise.race([
+    navigator.clipboard.writeText(text).then(() => "written", error => String(error)),
+    new Promise(settle => setTimeout(() => settle(`no answer in ${ms} ms`), ms))])"""
+
+
+def write_clipboard(page, text: str, seconds: float = 10) -> None:
+    outcome = page.evaluate(WRITE_CLIPBOARD, [text, int(seconds * 1000)])
+    assert outcome == "written", f"navigator.clipboard.writeText: {outcome}"
+
+
 def test_a_reason_pasted_past_its_limit_says_it_was_cut(page, live_server, people):  # noqa: F811
     """The browser cuts a pasted text at the field's maxlength without a word; a reason pasted from a letter
     would be sent cut short and nobody would know. Pasted with the keyboard, from the real clipboard."""
@@ -157,7 +169,7 @@ def test_a_reason_pasted_past_its_limit_says_it_was_cut(page, live_server, peopl
     page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server)
     reason = page.locator("form.lifecycle input[name=reason]").first
 
-    page.evaluate("text => navigator.clipboard.writeText(text)", "理由" * 300)
+    write_clipboard(page, "理由" * 300)
     reason.focus()
     page.keyboard.press("Control+V")
     note = page.locator("form.lifecycle .paste-cut")
@@ -172,6 +184,6 @@ def test_a_reason_pasted_past_its_limit_says_it_was_cut(page, live_server, peopl
 
     page.keyboard.press("Control+A")
     page.keyboard.press("Backspace")
-    page.evaluate("text => navigator.clipboard.writeText(text)", "重复接入")
+    write_clipboard(page, "重复接入")
     page.keyboard.press("Control+V")
     assert reason.input_value() == "重复接入" and note.count() == 0  # a paste that fits says nothing
