@@ -16,6 +16,7 @@ from app.appnode.transport import PeerPool, client_context, server_context
 from app.appnode.web import create_node_app
 from app.extensions import db
 from tests.appnode_processes import free_port
+from tests.conftest import stop_serving
 
 USERS = {"360000": [("zhangsan", "张三"), ("wangwu", "王五")], "440000": [("lisi", "李四"), ("zhaoliu", "赵六")],
          "110000": [("sunqi", "孙七")]}
@@ -50,7 +51,7 @@ class ServedNode:
         self.node.await_approval(timeout=10, interval=0.05)
         for user_id, name in USERS[division]:
             self.node.add_user(user_id, name)
-        self.server = None
+        self.server = self.thread = None
 
     @property
     def id(self) -> str:
@@ -64,13 +65,13 @@ class ServedNode:
         context = server_context(identity.cert_file, identity.key_file, identity.bundle_file)
         self.server = make_server("127.0.0.1", self.port, create_node_app(self.node), threaded=True,
                                   ssl_context=context)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
         return self
 
     def stop(self) -> None:
         if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
+            stop_serving(self.server, self.thread)
             self.server = None
 
 

@@ -220,8 +220,19 @@ def live_server(app):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join()
+    stop_serving(server, thread)
+
+
+def stop_serving(server, thread: threading.Thread, timeout: float = 30) -> None:
+    """Stop a socketserver that `thread` runs `serve_forever` on. Its shutdown() waits without a timeout for the
+    loop to notice, forever if the loop never ran or is stuck: bounded here, so that fails the test instead."""
+    stopper = threading.Thread(target=server.shutdown, daemon=True)
+    stopper.start()
+    stopper.join(timeout)
+    assert not stopper.is_alive(), f"the server on {server.server_address} did not stop serving in {timeout} s"
+    server.server_close()
+    thread.join(timeout)
+    assert not thread.is_alive(), f"the thread serving {server.server_address} did not end in {timeout} s"
 
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

@@ -23,6 +23,7 @@ from werkzeug.serving import make_server
 from app.appnode.cli_context import TRY_LATER
 from app.pki import service as pki
 from tests.appnode_harness import enroll
+from tests.conftest import stop_serving
 from tests.test_appnode import network  # noqa: F401 (fixture)
 from tests.test_outages import readable_again, unreadable
 from tests.test_sessions import people  # noqa: F401 (fixture)
@@ -56,9 +57,7 @@ def proxy(app, between: Callable) -> Iterator[str]:
     try:
         yield f"http://127.0.0.1:{server.server_port}"
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+        stop_serving(server, thread)
 
 
 def dating_retry_after(upstream, wait: timedelta):

@@ -27,6 +27,7 @@ from app.appnode.protocol import Unavailable
 from app.appnode.registry import HTTPResult, RegistryClient, RegistryError
 from app.appnode.store import utcnow
 from app.appnode.transport import ANSWER_LIMIT, PeerAnswerTooLarge, PeerPool, PeerUnreachable
+from tests.conftest import stop_serving
 from tests.factories import not_strict_bodies
 from tests.test_appnode import network  # noqa: F401 (fixture)
 from tests.test_sessions import people  # noqa: F401 (fixture)
@@ -128,11 +129,11 @@ def endless_peer(tmp_path):
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(tmp_path / "peer.pem", tmp_path / "peer.key")
     server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
     client = ssl.create_default_context(cafile=str(tmp_path / "peer.pem"))
     yield PeerPool(lambda: client), f"https://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    stop_serving(server, thread)
 
 
 def test_an_answer_that_never_ends_is_cut_off_at_the_limit(endless_peer):

@@ -17,6 +17,7 @@ from app.extensions import db
 from app.health import history, service
 from app.health.models import HealthEvent, HealthHourly, HealthSample, NodeHealth
 from app.health.state import Counters, Thresholds, step
+from tests.conftest import stop_serving
 from tests.test_admission_review import admit
 
 
@@ -133,7 +134,7 @@ def webhook():
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}/hook"
-    server.shutdown()
+    stop_serving(server, thread)
 
 
 def test_webhook_is_retried_and_skipped_in_maintenance(app, node, webhook, make_user):

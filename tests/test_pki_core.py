@@ -30,6 +30,7 @@ from app.pki.authority import Authority, CAConfig
 from app.pki.crl import RevokedEntry
 from app.pki.csr_policy import InvalidCSR
 from app.pki.ocsp import CertStatusInfo
+from tests.conftest import stop_serving
 
 PASSPHRASE = b"correct horse battery staple"
 NODE_ID = "36000000002025000001"
@@ -432,9 +433,7 @@ def responder(ec_ca):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield {"url": f"http://127.0.0.1:{server.server_address[1]}/", "statuses": statuses, "answer": answer}
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    stop_serving(server, thread)
 
 
 def ask_ocsp(ca: Authority, responder, directory: Path, *extra: str) -> str:
@@ -529,7 +528,8 @@ def handshake(server_context: ssl.SSLContext, client_context: ssl.SSLContext) ->
             client: object = tls.recv(2)  # under TLS 1.3 a refused client certificate shows up here
     except (ssl.SSLError, OSError) as error:
         client = error
-    thread.join()
+    thread.join(30)
+    assert not thread.is_alive(), "the TLS server side of the handshake did not end in 30 s"
     return seen["server"], client
 
 
