@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import replace
 
 import pytest
@@ -19,6 +20,16 @@ from app.pki import csr_policy
 from tests.factories import make_csr, node_document
 
 APPROVALS = 24
+
+
+def joined(threads: list[threading.Thread], timeout: float = 120) -> None:
+    """Wait for every thread, for `timeout` in all: one stuck (on a lock held by a session nobody will end)
+    fails the test, naming how many, instead of holding the run for good."""
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    stuck = [thread.name for thread in threads if thread.is_alive()]
+    assert not stuck, f"{len(stuck)} of {len(threads)} threads still running after {timeout} s: {stuck}"
 
 
 def test_parallel_approvals_get_distinct_consecutive_ids(app, make_user):
@@ -39,7 +50,7 @@ def test_parallel_approvals_get_distinct_consecutive_ids(app, make_user):
     def approve(application_id: str) -> None:
         with app.app_context():
             try:
-                barrier.wait()
+                barrier.wait(timeout=60)  # a thread that never gets here breaks it: no wait for good
                 user = db.session.get(User, minister_id)
                 applications.approve(applications.get(application_id), by=user)
                 db.session.commit()
@@ -51,8 +62,7 @@ def test_parallel_approvals_get_distinct_consecutive_ids(app, make_user):
     threads = [threading.Thread(target=approve, args=(application_id,)) for application_id in ids]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        thread.join()
+    joined(threads)
     assert not errors, errors
     node_ids = sorted(db.session.scalars(select(Node.node_id)))
     assert node_ids == [f"36000000002025{serial:06d}" for serial in range(1, APPROVALS + 1)]
@@ -77,7 +87,7 @@ def _race(app, work) -> tuple[list, list[BaseException]]:
     def run(i: int) -> None:
         with app.app_context():
             try:
-                barrier.wait()
+                barrier.wait(timeout=60)  # a thread that never gets here breaks it: no wait for good
                 results.append(work(i))
                 db.session.commit()
             except BaseException as error:
@@ -89,8 +99,7 @@ def _race(app, work) -> tuple[list, list[BaseException]]:
     threads = [threading.Thread(target=run, args=(i,)) for i in range(RACERS)]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        thread.join()
+    joined(threads)
     assert audit.verify().ok  # what the racers committed is chained, and what they rolled back is not in it
     return results, errors
 

@@ -136,7 +136,8 @@ def test_a_joined_node_holds_its_certificate_routes_and_serves_health_over_tls(n
     import ssl
     import urllib.request
     context = ssl.create_default_context(cafile=str(a.node.identity.bundle_file))
-    with urllib.request.urlopen(f"https://127.0.0.1:{b.port}/api/v1/health", context=context) as response:
+    with urllib.request.urlopen(f"https://127.0.0.1:{b.port}/api/v1/health", context=context,
+                                timeout=30) as response:
         health = json.loads(response.read())
     protocol.validate("health", health)
     assert health["node_id"] == b.id

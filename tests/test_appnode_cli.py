@@ -331,7 +331,8 @@ def test_send_file_refuses_a_fifo_instead_of_waiting_for_a_writer(network, tmp_p
     assert refusal(a.dir, "send-file", "--as", "zhangsan", b.user("lisi"), str(fifo)) == (2, {"error": {
         "code": "not_a_regular_file", "message": f"{fifo} is no regular file: send-file sends a file's bytes"}})
     os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # lets the writer through, now the command is done
-    feeding.join()
+    feeding.join(30)
+    assert not feeding.is_alive(), "the writer of the named pipe was never let through"
     assert a.node.outbox() == []
 
 

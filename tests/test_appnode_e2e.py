@@ -139,7 +139,7 @@ def test_two_nodes_join_and_exchange_every_appendix_a_message(app, people, tmp_p
         credentials = base64.b64encode(f"operator:{jx.ui_password}".encode()).decode()
         request = urllib.request.Request(f"{jx.endpoint}/?user=zhangsan",
                                          headers={"Authorization": f"Basic {credentials}"})
-        with urllib.request.urlopen(request, context=context) as response:
+        with urllib.request.urlopen(request, context=context, timeout=30) as response:
             page = response.read().decode()
         assert single in page and "治安专班" in page
 

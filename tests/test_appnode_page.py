@@ -19,7 +19,7 @@ def page(served, path: str) -> str:
     credentials = base64.b64encode(b"operator:operator-password").decode()
     request = urllib.request.Request(f"https://127.0.0.1:{served.port}{path}",
                                      headers={"Authorization": f"Basic {credentials}"})
-    with urllib.request.urlopen(request, context=context) as response:
+    with urllib.request.urlopen(request, context=context, timeout=30) as response:
         return response.read().decode()
 
 

@@ -67,7 +67,7 @@ def test_expiring_certificate_from_the_dashboard_to_its_revocation(page, live_se
     assert revoked.revocation_reason == "key_compromise"
     entry = db.session.scalars(select(AuditRecord).where(AuditRecord.action == "certificate.revoke")).one()
     assert (entry.actor, entry.target, entry.detail["reason"]) == ("minister", serial, "key_compromise")
-    with urllib.request.urlopen(f"{live_server}/ca/crl.pem") as response:
+    with urllib.request.urlopen(f"{live_server}/ca/crl.pem", timeout=30) as response:
         crl = x509.load_pem_x509_crl(response.read())
     assert crl.get_revoked_certificate_by_serial_number(int(serial, 16)) is not None
     assert page.locator("button:has-text('吊销')").count() == 0  # no second revocation offered

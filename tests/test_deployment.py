@@ -15,7 +15,7 @@ def gunicorn_settings(**environment: str) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("MPIM_")}
     output = subprocess.run([str(Path(sys.executable).with_name("gunicorn")), "-c", "gunicorn.conf.py",
                              "--print-config", "wsgi:app"], cwd=ROOT, env={**env, **environment},
-                            capture_output=True, text=True, check=True).stdout
+                            capture_output=True, text=True, check=True, timeout=120).stdout
     return {name.strip(): value.strip() for name, _, value in (line.partition("=") for line in output.splitlines())}
 
 

@@ -20,7 +20,7 @@ def test_every_extracted_string_is_translated(tmp_path):
     pot = tmp_path / "messages.pot"
     subprocess.run([str(Path(sys.executable).with_name("pybabel")), "extract", "-F", "babel.cfg",
                     "-k", "_l", "-k", "lazy_gettext", "-o", str(pot), "."], cwd=ROOT, check=True,
-                   capture_output=True)
+                   capture_output=True, timeout=300)
     with pot.open("rb") as handle:
         wanted = {m.id for m in read_po(handle) if m.id}
     with (ROOT / "app/translations/zh_Hans_CN/LC_MESSAGES/messages.po").open("rb") as handle:

@@ -21,7 +21,7 @@ from tests.test_sessions import admit_with_keys, people  # noqa: F401 (fixture)
 
 
 def openssl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True)
+    return subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
 
 
 @pytest.fixture
@@ -108,11 +108,12 @@ def serve_tls(context: ssl.SSLContext) -> tuple[int, list]:
     """A one-connection TLS server on 127.0.0.1 recording the handshake outcome."""
     outcome: list = []
     listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(30)  # accept() returns or raises: a client that never came ends this thread
     port = listener.getsockname()[1]
 
     def run():
-        connection, _ = listener.accept()
         try:
+            connection, _ = listener.accept()
             with context.wrap_socket(connection, server_side=True) as tls:
                 outcome.append(tls.getpeercert()["subject"])
                 tls.sendall(b"ok")
@@ -152,7 +153,7 @@ def handshake(issued, client_cert: str, client_key: str, server_crl: bool = Fals
     port, outcome = serve_tls(tls_context(issued, True, "peer.pem", "peer.key", crl=server_crl))
     client = tls_context(issued, False, client_cert, client_key)
     try:
-        with socket.create_connection(("127.0.0.1", port)) as raw, \
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as raw, \
                 client.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
             tls.recv(2)
     except (ssl.SSLError, OSError):

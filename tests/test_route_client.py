@@ -136,9 +136,9 @@ def test_openssl_verifies_a_body_signed_by_document(pki, tmp_path):
         pki.signer.cert.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
     command = [openssl, "dgst", "-sha256", "-verify", "signer-pubkey.pem", "-signature", "sig.der"]
 
-    good = subprocess.run([*command, "body.json"], cwd=tmp_path, capture_output=True, text=True)
+    good = subprocess.run([*command, "body.json"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     (tmp_path / "tampered.json").write_bytes(body.replace(b'"version":7', b'"version":8'))
-    bad = subprocess.run([*command, "tampered.json"], cwd=tmp_path, capture_output=True, text=True)
+    bad = subprocess.run([*command, "tampered.json"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
 
     assert good.returncode == 0 and "Verified OK" in good.stdout
     assert bad.returncode != 0

@@ -49,9 +49,9 @@ def test_approval_publishes_a_signed_table_that_openssl_verifies(client, session
     (tmp_path / "body.json").write_bytes(response.data)
     (tmp_path / "sig.der").write_bytes(base64.b64decode(response.headers["X-Route-Signature"]))
     subprocess.run(["openssl", "x509", "-in", "signer.pem", "-pubkey", "-noout", "-out", "pub.pem"],
-                   cwd=tmp_path, check=True)
+                   cwd=tmp_path, check=True, timeout=60)
     result = subprocess.run(["openssl", "dgst", "-sha256", "-verify", "pub.pem", "-signature", "sig.der",
-                             "body.json"], cwd=tmp_path, capture_output=True, text=True)
+                             "body.json"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "Verified OK" in result.stdout
 
 
@@ -262,7 +262,7 @@ def test_the_console_verification_hint_runs_as_printed_on_the_downloads(app, ses
         response = admin_console.client.get(url)
         disposition = re.search(r"filename=([^;]+)", response.headers.get("Content-Disposition", ""))
         (tmp_path / (disposition.group(1) if disposition else url.rsplit("/", 1)[1])).write_bytes(response.data)
-    outputs = [subprocess.run(shlex.split(line), cwd=tmp_path, capture_output=True, text=True)
+    outputs = [subprocess.run(shlex.split(line), cwd=tmp_path, capture_output=True, text=True, timeout=60)
                for line in hint.strip().splitlines()]
     assert [done.returncode for done in outputs] == [0, 0] and "Verified OK" in outputs[-1].stdout
 

@@ -69,7 +69,7 @@ def test_two_scheduler_processes_run_each_job_on_one_leader_only(app):
         pid = int(first_leader.split(":")[1])
         victim = next(p for p in processes if p.pid == pid)
         victim.send_signal(signal.SIGKILL)  # no clean release: the lease must expire on its own
-        victim.wait()
+        victim.wait(timeout=30)
         before = len(heartbeat_holders())
         wait_for(lambda: len(set(heartbeat_holders()[before:])) == 1 and len(heartbeat_holders()) >= before + 3)
         successors = set(heartbeat_holders()[before:])
