@@ -25,6 +25,11 @@ from app.extensions import db
 PASSWORD = "Correct-Horse-9"
 SCREENSHOTS = Path(__file__).parent / "screenshots"
 KEEP_TABLES = {"alembic_version", "divisions", "division_revisions"}
+# Every PostgreSQL session of the suite (this process's threads, and the commands and servers it starts with
+# this URL) gives up on a lock after this long. A lock held by a session whose owner waits on the waiter (the
+# test's own session while its request, server thread or subprocess waits) is a deadlock PostgreSQL cannot see:
+# without this it waited for good; now the statement fails with "canceling statement due to lock timeout".
+LOCK_TIMEOUT = "120s"  # given as --lock_timeout=..., without the space of "-c ...", which URLs re-rendered mangle
 
 
 def _test_config(instance: Path, url: str) -> dict:
@@ -66,6 +71,7 @@ def database(tmp_path_factory):
     root = tmp_path_factory.mktemp("db")
     if url:
         url = database_url(root)
+        url += ("&" if "?" in url else "?") + f"options=--lock_timeout%3D{LOCK_TIMEOUT}"
         app = create_app(_test_config(root / "instance", url))
         with app.app_context():
             with db.engine.begin() as connection:
@@ -88,6 +94,18 @@ def database(tmp_path_factory):
 
 
 def _reset_postgresql(baseline: dict) -> None:
+    try:
+        _empty_postgresql(baseline)
+    except Exception as error:  # the lock timeout, most likely: name who held the tables
+        with db.engine.connect() as connection:
+            others = connection.execute(text(
+                "SELECT pid, state, backend_type, application_name, now() - xact_start, left(query, 200)"
+                " FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")).all()
+        raise AssertionError(f"emptying the database after the test failed ({error}); other sessions: "
+                             f"{[tuple(row) for row in others]}") from error
+
+
+def _empty_postgresql(baseline: dict) -> None:
     with db.engine.begin() as connection:
         tables = [row[0] for row in
                   connection.execute(text("SELECT tablename FROM pg_tables WHERE schemaname='public'"))]
