@@ -178,11 +178,13 @@ def test_a_stopping_node_abandons_a_request_a_silent_peer_never_answers(endless_
 
 
 def answering_unavailable(retry_after: str):
-    """A peer node that takes nothing now and says when to come back."""
+    """A peer node that takes nothing now and says when to come back. The value goes on the wire as UTF-8, as a
+    hostile peer may write it: WSGI takes header values as Latin-1 text, and the server refused anything else
+    (the client then waited out its own 30 s timeout, never reading a Retry-After at all)."""
     def answer(environ, start_response):
         environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
         start_response("503 Service Unavailable", [("Content-Type", "application/json"),
-                                                   ("Retry-After", retry_after)])
+                                                   ("Retry-After", retry_after.encode().decode("latin-1"))])
         return [json.dumps(Unavailable("busy").to_dict()).encode()]
     return answer
 
@@ -196,6 +198,7 @@ def test_a_peers_retry_after_beyond_the_calendar_is_no_crash_and_no_endless_wait
     message = a.node.send_text("zhangsan", b.user("lisi"), "稍后再试")
     [row] = a.node.outbox()
     assert (row.message_id, row.state) == (message.message_id, "pending")
+    assert "busy" in row.last_error  # the peer's answer was read, not waited out
     assert row.next_attempt_at <= utcnow() + outbox.RETRY_AFTER_MAX
 
 
