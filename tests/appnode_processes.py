@@ -13,6 +13,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from tests.conftest import stop_process
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
@@ -72,8 +74,7 @@ class ManagementNode:
         return subprocess.run(command, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=120)
 
     def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(30)
+        stop_process(self.process)
 
 
 class NodeProcess:
@@ -123,8 +124,7 @@ class NodeProcess:
 
     def stop(self) -> None:
         if self.server is not None:
-            self.server.terminate()
-            self.server.wait(30)
+            stop_process(self.server)
             self.server = None
 
     def address(self, user_id: str) -> str:

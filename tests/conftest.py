@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
 import threading
 from pathlib import Path
 
@@ -251,6 +252,22 @@ def stop_serving(server, thread: threading.Thread, timeout: float = 30) -> None:
     server.server_close()
     thread.join(timeout)
     assert not thread.is_alive(), f"the thread serving {server.server_address} did not end in {timeout} s"
+
+
+def stop_process(process: subprocess.Popen, grace: float = 60) -> None:
+    """Stop a server or scheduler the test started: SIGTERM, and SIGKILL if it is still there after `grace`.
+    A wait that only timed out left the process running against the database the next tests use (and its
+    open transaction held their TRUNCATE); now it is gone either way, and a process that ignored SIGTERM
+    fails the test that started it."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(30)
+        raise AssertionError(f"{process.args} did not stop within {grace} s of SIGTERM; killed") from None
 
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

@@ -15,6 +15,7 @@ import subprocess
 import pytest
 
 from tests.appnode_processes import PYTHON, ROOT, eventually, wait_http
+from tests.conftest import stop_process
 from tests.test_appnode import network  # noqa: F401 (fixture)
 from tests.test_appnode_renewal import node_cli
 from tests.test_sessions import people  # noqa: F401 (fixture)
@@ -91,8 +92,7 @@ def test_a_node_whose_stored_table_is_unreadable_starts_and_installs_the_current
             return json.loads(done.stdout)["route_version"] == a.node.sync_routes().version
         eventually(installed_the_current_table, timeout=10, interval=0.1, what="the current table")
     finally:
-        server.terminate()
-        server.wait(30)
+        stop_process(server)
     assert f"not using the routing table stored in {b.dir / 'routes.json'}: storage_corrupt" in log.read_text()
     b.node.reload_routes()
     assert b.node.routes.entry(a.id)["cert_sha256"] == a.node.identity.fingerprint()

@@ -26,7 +26,7 @@ from app.extensions import db
 from app.pki import authority, service
 from app.pki.models import CRLState
 from tests.appnode_processes import PYTHON, ROOT, eventually, free_port
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, stop_process
 from tests.test_scheduler import heartbeat_holders, start_scheduler, wait_for
 
 WRONG = "not-the-ca-passphrase"
@@ -300,8 +300,7 @@ def test_the_scheduler_logs_at_start_that_the_ca_key_cannot_be_opened(app, tmp_p
         try:
             wait_for(lambda: len(heartbeat_holders()) >= 3)
         finally:
-            process.terminate()
-            process.wait(timeout=10)
+            stop_process(process)
     lines = [line for line in log_path.read_text().splitlines() if "starting with ca" in line]
     assert len(lines) == 1 and "WARNING" in lines[0], log_path.read_text()
     assert "scheduler starting with ca key_unreadable: The CA key file intermediate.key could not be opened" in lines[0]
@@ -352,8 +351,7 @@ def test_each_web_worker_logs_at_start_that_the_ca_key_cannot_be_opened(app, tmp
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10)
             assert answer.value.code == 503
         finally:
-            process.terminate()
-            process.wait(timeout=30)
+            stop_process(process)
 
 
 def test_ca_init_refuses_a_second_ca_when_the_directory_of_the_first_is_missing(app, runner, tmp_path):

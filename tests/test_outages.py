@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 from app.extensions import db
 from app.sessions import nonces
 from tests.appnode_processes import ManagementNode, eventually, free_port
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, stop_process
 from tests.test_routing_workers import Browser
 from tests.test_sessions import admit_with_keys, people  # noqa: F401 (fixture)
 
@@ -116,9 +116,8 @@ class RedisServer:
             return False
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(30)
+        if self.process is not None:
+            stop_process(self.process)
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from app.extensions import db
 from tests.appnode_processes import free_port
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, stop_process
 from tests.test_sessions import admit_with_keys, people  # noqa: F401 (fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,5 +101,4 @@ def test_a_change_through_one_worker_is_served_by_the_other(app, client, people)
             assert table["version"] == old_version + 1
             assert target.node_id not in [entry["node_id"] for entry in table["nodes"]]
     finally:
-        server.terminate()
-        server.wait(30)
+        stop_process(server)

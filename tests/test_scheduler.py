@@ -18,6 +18,7 @@ from app.extensions import db
 from app.scheduler import leader
 from app.scheduler.models import JobRun, SchedulerLease
 from app.scheduler.runner import SchedulerProcess
+from tests.conftest import stop_process
 from tests.test_outages import database_away
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,9 +77,7 @@ def test_two_scheduler_processes_run_each_job_on_one_leader_only(app):
         assert first_leader not in successors
     finally:
         for process in processes:
-            if process.poll() is None:
-                process.terminate()
-                process.wait(timeout=10)
+            stop_process(process)
 
 
 def test_the_scheduler_log_names_each_job_run_and_nothing_else_repeats(app, tmp_path):
@@ -90,8 +89,7 @@ def test_the_scheduler_log_names_each_job_run_and_nothing_else_repeats(app, tmp_
         try:
             wait_for(lambda: len(heartbeat_holders()) >= 3)
         finally:
-            process.terminate()
-            process.wait(timeout=10)
+            stop_process(process)
     log = log_path.read_text()
     assert "sessions.cleanup ok in" in log and "stopped (lease released)" in log, log
     assert "scheduler.heartbeat ok in" not in log  # every 15 s the same news: recorded (`jobs`), not logged
