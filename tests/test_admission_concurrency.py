@@ -287,6 +287,39 @@ def test_a_renewal_racing_a_revocation_leaves_no_valid_certificate(app, make_use
     assert valid == []
 
 
+def test_a_renewal_keeping_a_key_revoked_as_compromised_at_that_moment_leaves_it_certified_nowhere(app, make_user):
+    """An admin revokes a node's certificate as key_compromise while renewals keeping that key are being issued:
+    afterwards no certificate of the key is valid (each renewal is refused, or revoked with the rest)."""
+    from app.admission import nodes
+    from app.pki import revocation
+    from app.pki import service as pki
+    from app.pki.models import Certificate
+    from tests.factories import make_key
+
+    key = make_key()
+    minister = make_user("minister")
+    document = node_document("360000", csr=make_csr(key))
+    node_id = applications.approve(applications.submit_by_user(parse(document), document["csr"], by=minister),
+                                   by=minister).node_id
+    minister_id, serial = minister.id, pki.current_certificate(node_id).serial
+    key_sha256 = pki.current_certificate(node_id).key_sha256
+    db.session.commit()
+    db.session.remove()
+    csrs = [make_csr(key) for _ in range(RACERS)]
+
+    def decide(i: int) -> str:
+        by = db.session.get(User, minister_id)
+        if i == 0:
+            return revocation.revoke(pki.get(serial), "key_compromise", by=by).certificate.serial
+        return pki.renew(nodes.get(node_id), csrs[i], by=by).serial
+
+    results, errors = _race(app, decide)
+    assert serial in results and _codes(errors) <= {"key_compromised"}, (results, errors)
+    valid = db.session.scalars(select(Certificate.serial).where(Certificate.key_sha256 == key_sha256,
+                                                                Certificate.revoked_at.is_(None))).all()
+    assert valid == []
+
+
 def test_one_user_name_created_twice_at_once_is_one_user(app):
     from app.auth import service as users
 

@@ -200,3 +200,22 @@ def test_sessions_die_with_suspension_and_expire(client, people):
     db.session.commit()
     response = client.get("/api/v1/routes", headers={"Authorization": f"Bearer {token}"})
     assert error_code(response) == (401, "session_expired")
+
+
+def test_a_key_revoked_as_compromised_opens_no_session_through_another_certificate_of_it(client, people):
+    """A renewal may keep the key, so two certificates can certify it. Once an admin revokes one as
+    key_compromise the key is never good again (protocol.md): the other certificate of the same key must
+    not let whoever stole it open a session, nor the routing table keep listing it."""
+    from app.pki import revocation
+    from app.pki import service as pki
+
+    minister, _ = people
+    node, keys = admit_with_keys(people)
+    first = pki.current_certificate(node.node_id)
+    renewed = pki.renew(node, keys.csr, by=minister)  # same key: allowed, a new key is only recommended
+    db.session.commit()
+    assert renewed.key_sha256 == first.key_sha256 and pki.current_certificate(node.node_id) == renewed
+    revocation.revoke(renewed, "key_compromise", by=minister)
+    db.session.commit()
+    assert error_code(open_session(client, keys.session_request(node.node_id))) == (401, "certificate_revoked")
+    assert pki.current_certificate(node.node_id) is None

@@ -51,14 +51,22 @@ def revoke(certificate: Certificate, reason: str, *, by) -> Revoked:
     if reason not in REASONS:
         raise ValidationFailed(_l("Unknown revocation reason %(reason)s.", reason=_shown(reason)),
                                code="invalid_reason", field="reason")
+    if certificate.node_id:
+        # Queued as a renewal (its key, then its node) and before the node's revocation or change (which hold the
+        # node, then its certificates): a renewal keeping a key reported compromised here is refused, and every
+        # certificate of the node is ours to read and revoke until commit.
+        serialise(service.key_lock_name(certificate.key_sha256), f"node:{certificate.node_id}")
     serialise(f"certificate:{certificate.serial}")  # two admins revoking the route signer rotate it once
     db.session.refresh(certificate)
     if certificate.revoked_at is not None:
         raise Conflict(_l("This certificate is revoked already."), code="already_revoked")
     in_service = in_service_role(certificate)
-    certificate.revoked_at, certificate.revocation_reason = utcnow(), reason
+    now = utcnow()
+    certificate.revoked_at, certificate.revocation_reason = now, reason
     audit.record("certificate.revoke", certificate.serial, {"node": certificate.node_id, "reason": reason},
                  actor=by.username)
+    if reason == "key_compromise":
+        _revoke_same_key(certificate, now=now, actor=by.username)
     replacement = None
     if in_service == "route_signer":  # nodes would keep accepting tables signed by a revoked key
         replacement = own_keys.rotate_route_signer(actor=by.username)
@@ -69,6 +77,21 @@ def revoke(certificate: Certificate, reason: str, *, by) -> Revoked:
         for hook in service.certificate_revoked + service.certificate_changed:
             hook(certificate.node_id)
     return Revoked(certificate, replacement)
+
+
+def _revoke_same_key(compromised: Certificate, *, now, actor: str) -> None:
+    """A compromised key is never good again (protocol.md), and a renewal may have kept it: every other
+    certificate of the node that certifies it is revoked with it, or whoever stole the key opens sessions
+    with the older one and the routing table goes back to listing that."""
+    if compromised.node_id is None:
+        return
+    others = db.session.scalars(select(Certificate).where(
+        Certificate.node_id == compromised.node_id, Certificate.key_sha256 == compromised.key_sha256,
+        Certificate.serial != compromised.serial, Certificate.revoked_at.is_(None)).order_by(Certificate.serial))
+    for row in others:  # read under the node's lock (`revoke`), which every revocation of a node's certificate holds
+        row.revoked_at, row.revocation_reason = now, "key_compromise"
+        audit.record("certificate.revoke", row.serial, {"node": row.node_id, "reason": "key_compromise",
+                                                        "same_key_as": compromised.serial}, actor=actor)
 
 
 def revoke_with_node(row: Certificate, reason: str, *, now) -> bool:
