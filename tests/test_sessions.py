@@ -219,3 +219,75 @@ def test_a_key_revoked_as_compromised_opens_no_session_through_another_certifica
     db.session.commit()
     assert error_code(open_session(client, keys.session_request(node.node_id))) == (401, "certificate_revoked")
     assert pki.current_certificate(node.node_id) is None
+
+
+def _decided_while_a_session_opens(app, people, decide):
+    """A node opens a session (checked, signed, not yet committed) while an admin's `decide(node_id, minister_id)`
+    runs in another thread; the session commits once the decision has committed or waits on it. Returns the node
+    and the session's raw token."""
+    import threading
+    import time
+
+    from sqlalchemy import text
+
+    from app.sessions import service
+
+    node, keys = admit_with_keys(people)
+    node_id, minister_id = node.node_id, people[0].id
+    db.session.remove()
+    errors: list[BaseException] = []
+
+    def admin():
+        with app.app_context():
+            try:
+                decide(node_id, minister_id)
+                db.session.commit()
+            except BaseException as error:
+                errors.append(error)
+            finally:
+                db.session.remove()
+
+    with app.app_context():  # the node's request: its own session
+        raw, _, _ = service.open_session(keys.session_request(node_id))
+        thread = threading.Thread(target=admin)
+        thread.start()
+        deadline = time.monotonic() + 30
+        with db.engine.connect() as watcher:  # until the admin has committed, or waits on the node's request
+            while thread.is_alive() and time.monotonic() < deadline and not watcher.scalar(text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'")):
+                time.sleep(0.02)
+        db.session.commit()
+    thread.join(60)
+    assert not thread.is_alive() and not errors, errors
+    return nodes.get(node_id), raw
+
+
+def test_a_session_opened_while_the_node_is_suspended_dies_with_the_suspension(app, client, people):
+    """The token dies with the suspension (SPEC §4): one whose request read the node active just before
+    the suspension committed must not come back to life when the node is resumed."""
+    from app.auth.models import User
+
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("a request and an admin at once: PostgreSQL (SQLite has one writer at a time)")
+    node, raw = _decided_while_a_session_opens(app, people, lambda node_id, minister_id: nodes.suspend(
+        nodes.get(node_id), "drill", by=db.session.get(User, minister_id)))
+    assert node.status == "suspended"
+    nodes.resume(node, "drill over", by=people[0])
+    db.session.commit()
+    assert error_code(client.get("/api/v1/routes", headers={"Authorization": f"Bearer {raw}"})) == \
+        (401, "session_revoked")
+
+
+def test_a_session_opened_while_its_certificate_is_revoked_dies_with_the_revocation(app, client, people):
+    """A stolen key's session must not outlive the revocation, even one opened as the admin revoked."""
+    from app.auth.models import User
+    from app.pki import revocation
+    from app.pki import service as pki
+
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("a request and an admin at once: PostgreSQL (SQLite has one writer at a time)")
+    _, raw = _decided_while_a_session_opens(app, people, lambda node_id, minister_id: revocation.revoke(
+        pki.current_certificate(node_id), "key_compromise", by=db.session.get(User, minister_id)))
+    assert error_code(client.get("/api/v1/routes", headers={"Authorization": f"Bearer {raw}"})) == \
+        (401, "session_revoked")

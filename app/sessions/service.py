@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from flask import current_app
 from sqlalchemy import delete, select, update
 
-from app.admission.nodes import NODE_ID
+from app.admission.nodes import NODE_ID, lock
 from app.database import utcnow
 from app.errors import Unauthorized, ValidationFailed
 from app.extensions import db
@@ -97,6 +97,10 @@ def open_session(document) -> tuple[str, datetime, str]:
     node = db.session.get(Node, node_id)
     if node is None:
         raise SessionRefused(f"Node {node_id} is not known.", code="unknown_node")
+    # Queued behind a suspension, a revocation of the node or of its certificate deciding now (they hold the
+    # node): read before it commits, the node's state let a session in that the decision's end of its
+    # sessions never saw, and the token outlived the suspension (alive again on resume) or the stolen key.
+    lock(node)
     if node.status != "active":
         raise SessionRefused(f"Node {node_id} is {node.status}.", code=f"node_{node.status}")
     now = utcnow()
