@@ -279,3 +279,22 @@ def test_one_key_is_never_in_two_applications_or_certified_for_two_nodes(client,
     assert (certified.status_code, error["code"], error["field"]) == (409, "key_in_use", "csr")
     assert node.node_id in error["message"]
     assert submit(client, raws[1], node_document()).status_code == 201  # the token was not used up
+
+
+def test_an_auditor_issues_and_revokes_no_token_through_any_door(runner, jx_admin, make_user):
+    """Auditors read; the console refuses them the token page, and `flask tokens create|revoke --user AUDITOR`,
+    its twin, must refuse them too (the rule in the service, not only in the console's decorator)."""
+    import json
+
+    from app.admission.models import EnrollmentToken
+
+    make_user("auditor1", "auditor")
+    created = runner.invoke(args=["tokens", "create", "--division", "360000", "--user", "auditor1", "--json"])
+    assert created.exit_code == 1 and json.loads(created.output)["error"]["code"] == "role_forbidden", created.output
+    token, _ = tokens.create_token("360000", by=jx_admin)
+    db.session.commit()
+    revoked = runner.invoke(args=["tokens", "revoke", str(token.id), "--user", "auditor1", "--json"])
+    assert revoked.exit_code == 1 and json.loads(revoked.output)["error"]["code"] == "role_forbidden", revoked.output
+    db.session.expire_all()
+    assert db.session.get(EnrollmentToken, token.id).state() == "active"
+    assert db.session.scalar(db.select(db.func.count()).select_from(EnrollmentToken)) == 1

@@ -16,7 +16,7 @@ from app.admission import hooks, information, nodes, tokens
 from app.admission.information import NodeInformation, endpoint_host
 from app.admission.models import Application, EnrollmentToken, Node
 from app.audit import service as audit
-from app.auth.access import require_division_scope
+from app.auth.access import require_admin, require_division_scope
 from app.auth.models import division_prefix
 from app.database import serialise, utcnow
 from app.divisions import service as divisions
@@ -129,6 +129,7 @@ def submit_with_token(raw_token: str | None, document) -> Application:
 
 def submit_by_user(info: NodeInformation, csr_pem: str | None, *, by) -> Application:
     """Console door: a provincial (or ministry) admin applies inside its own scope."""
+    require_admin(by)
     divisions.require_current(info.division_code)
     require_division_scope(by, info.division_code)
     inspect_csr(csr_pem)
@@ -148,6 +149,7 @@ def submit_change(node: Node, info: NodeInformation, csr_pem: str | None, *, by)
 
     One change request per node waits at a time, and it must change something: a request is the
     node's full A.1 information, so a second one written from the same form would undo the first."""
+    require_admin(by)
     require_division_scope(by, node.division_code)
     if csr_pem:
         inspect_csr(csr_pem)

@@ -13,7 +13,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from app.admission import hooks
 from app.admission.models import CAPABILITIES, Node, NodeSerial
 from app.audit import service as audit
-from app.auth.access import require_division_scope
+from app.auth.access import require_admin, require_division_scope
 from app.database import serialise, utcnow
 from app.divisions import service as divisions
 from app.divisions.codes import NATION_CODE, level_of, prefecture_of, province_of
@@ -119,6 +119,7 @@ def revoke(node: Node, reason: str, *, by) -> Node:
 
 def request_suspension(node: Node, reason: str, *, by) -> Node:
     """A provincial admin may ask; a ministry admin decides."""
+    require_admin(by)
     require_division_scope(by, node.division_code)
     lock(node)
     if node.status != "active":

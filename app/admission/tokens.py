@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 
 from app.admission.models import EnrollmentToken
 from app.audit import service as audit
-from app.auth.access import require_division_scope
+from app.auth.access import require_admin, require_division_scope
 from app.database import get_by_number, utcnow
 from app.divisions import service as divisions
 from app.errors import NotFound, Unauthorized, ValidationFailed
@@ -50,6 +50,7 @@ def parse_ttl(text: str) -> timedelta:
 def create_token(division_code: str, *, by, ttl: timedelta = DEFAULT_TTL,
                  note: str = "") -> tuple[EnrollmentToken, str]:
     """Returns the row and the raw token; the raw token exists only in this return value."""
+    require_admin(by)
     divisions.require_current(division_code)
     require_division_scope(by, division_code)
     note = readable_text(note, "note", limit=200)
@@ -100,6 +101,7 @@ def consume(token: EnrollmentToken) -> None:
 
 
 def revoke_token(token_id: int, *, by) -> EnrollmentToken:
+    require_admin(by)
     token = get_by_number(EnrollmentToken, token_id)
     # Another province's token is answered as missing: its existence and division are not ours to tell.
     if token is None or not by.can_access_division(token.division_code):

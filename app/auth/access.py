@@ -26,6 +26,16 @@ def roles_required(*roles: str):
     return decorator
 
 
+ADMIN_ROLES = ("ministry_admin", "provincial_admin")
+
+
+def require_admin(user) -> None:
+    """Services call this before an admin's action (a token, an application, a request): auditors read only.
+    The console's pages refuse them by role already; the CLI, which names its user, reaches the service."""
+    if user.role not in ADMIN_ROLES:
+        raise PermissionDenied(_l("Your role does not allow this action."), code="role_forbidden")
+
+
 def require_division_scope(user, code: str) -> None:
     """Services call this before acting on anything that belongs to a division."""
     if not user.can_access_division(code):
