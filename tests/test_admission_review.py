@@ -403,3 +403,24 @@ def test_console_application_with_a_key_in_use_is_refused_in_the_csr_field(app, 
     html = console.post_form("/applications/new", form).get_data(as_text=True)
     assert node.node_id in html and "has-error" in html
     assert db.session.scalar(select(db.func.count()).select_from(Application)) == 1
+
+
+def test_a_disabled_account_acts_through_no_cli_command(runner, make_user):
+    """`--user NAME` is the console user acting (README): a disabled account signs in nowhere, so the CLI must
+    not approve, suspend or issue in its name either, leaving the audit log naming someone who left."""
+    import json
+
+    from app.auth import service as users
+
+    minister, _ = make_user("minister"), make_user("old-minister")
+    document = node_document("360000")
+    application = applications.submit_by_user(parse(document), document["csr"], by=minister)
+    users.update_user(users.get_user("old-minister"), role="ministry_admin", scopes=[], active=False,
+                      display_name="")
+    db.session.commit()
+    for args in (["applications", "approve", application.id], ["tokens", "create", "--division", "360000"]):
+        result = runner.invoke(args=[*args, "--user", "old-minister", "--json"])
+        assert result.exit_code == 1, result.output
+        assert json.loads(result.output)["error"]["code"] == "account_disabled"
+    db.session.expire_all()
+    assert applications.get(application.id).status == "pending"

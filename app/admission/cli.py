@@ -77,7 +77,7 @@ def token_dict(token) -> dict:
 @json_option
 def tokens_create(division, username, ttl, note, as_json):
     """Issue a token; the raw token is printed once and never again."""
-    token, raw = run(lambda: tokens.create_token(division, by=users.get_user(username), ttl=tokens.parse_ttl(ttl),
+    token, raw = run(lambda: tokens.create_token(division, by=users.acting_user(username), ttl=tokens.parse_ttl(ttl),
                                                  note=note), as_json)
     emit({**token_dict(token), "token": raw}, as_json, f"{raw}\n(expires {token.expires_at:%Y-%m-%d %H:%M} UTC; "
          "shown once)")
@@ -87,7 +87,7 @@ def tokens_create(division, username, ttl, note, as_json):
 @user_option
 @json_option
 def tokens_list(username, as_json):
-    user = users.get_user(username)
+    user = run(lambda: users.acting_user(username), as_json)
     def row(token):
         item = token_dict(token)
         return item, (f"{token.id:>5} {token.prefix}… {token.division_code} {item['state']:<8} "
@@ -101,7 +101,7 @@ def tokens_list(username, as_json):
 @user_option
 @json_option
 def tokens_revoke(token_id, username, as_json):
-    token = run(lambda: tokens.revoke_token(token_id, by=users.get_user(username)), as_json)
+    token = run(lambda: tokens.revoke_token(token_id, by=users.acting_user(username)), as_json)
     emit(token_dict(token), as_json, f"revoked {token.prefix}…")
 
 
@@ -120,7 +120,7 @@ def application_dict(application) -> dict:
 @user_option
 @json_option
 def applications_list(status, username, as_json):
-    user = users.get_user(username)
+    user = run(lambda: users.acting_user(username), as_json)
     query = applications.queue_query(user, status=None if status == "all" else status)
     emit_list(((application_dict(application), f"{application.id} {application.status:<8} "
                 f"{application.division_code} {application.org_name} {application.endpoint}")
@@ -143,7 +143,7 @@ def applications_show(application_id, as_json):
 @user_option
 @json_option
 def applications_approve(application_id, username, as_json):
-    node = run(lambda: applications.approve(applications.get(application_id), by=users.get_user(username)), as_json)
+    node = run(lambda: applications.approve(applications.get(application_id), by=users.acting_user(username)), as_json)
     emit({"application_id": application_id, "status": "approved", "node_id": node.node_id}, as_json,
          f"approved: node {node.node_id}")
 
@@ -154,7 +154,7 @@ def applications_approve(application_id, username, as_json):
 @user_option
 @json_option
 def applications_reject(application_id, reason, username, as_json):
-    run(lambda: applications.reject(applications.get(application_id), reason, by=users.get_user(username)),
+    run(lambda: applications.reject(applications.get(application_id), reason, by=users.acting_user(username)),
         as_json)
     emit({"application_id": application_id, "status": "rejected", "reason": reason}, as_json, "rejected")
 
@@ -175,7 +175,8 @@ def node_dict(node) -> dict:
 @user_option
 @json_option
 def nodes_list(status, province, username, as_json):
-    query = nodes.list_query(users.get_user(username), status="" if status == "all" else status, province=province)
+    user = run(lambda: users.acting_user(username), as_json)
+    query = nodes.list_query(user, status="" if status == "all" else status, province=province)
     emit_list(((node_dict(node), f"{node.node_id} {node.status:<9} {node.org_name} {node.endpoint}")
                for node in paginate(query, 1, 100000, count=False).items), as_json, "no nodes")
 
@@ -194,7 +195,7 @@ def lifecycle_command(name: str, action):
     @user_option
     @json_option
     def command(node_id, reason, username, as_json):
-        node = run(lambda: action(nodes.get(node_id), reason, by=users.get_user(username)), as_json)
+        node = run(lambda: action(nodes.get(node_id), reason, by=users.acting_user(username)), as_json)
         emit(node_dict(node), as_json, f"{node.node_id} is now {node.status}")
 
     command.__doc__ = f"{name.capitalize()} a node (ministry admins; needs a reason)."

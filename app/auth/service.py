@@ -16,7 +16,7 @@ from app.audit import service as audit
 from app.auth import console_sessions
 from app.auth.models import ROLES, ConsoleSession, LoginThrottle, PasswordHistory, User
 from app.database import serialise, utcnow
-from app.errors import Conflict, DomainError, NotFound, ValidationFailed
+from app.errors import Conflict, DomainError, NotFound, PermissionDenied, ValidationFailed
 from app.extensions import db
 from app.readable import misleading, readable_text
 
@@ -185,6 +185,15 @@ def get_user(username: str) -> User:
     user = db.session.scalar(select(User).where(User.username == username))
     if user is None:
         raise NotFound(_l("No user named %(name)s.", name=username), code="user_not_found")
+    return user
+
+
+def acting_user(username: str) -> User:
+    """The console user a CLI command acts as (`--user`): its role and divisions apply, and the audit log
+    names it. A disabled account signs in nowhere, so it acts through no command either."""
+    user = get_user(username)
+    if not user.active:
+        raise PermissionDenied(_l("The account %(name)s is disabled.", name=username), code="account_disabled")
     return user
 
 

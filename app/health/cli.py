@@ -56,7 +56,7 @@ def maintenance_command(node_id, hours, note, username, as_json):
     """Set or end a node's maintenance window, as the node's page does: polls inside it are kept but
     do not count against availability, and raise no alert."""
     health = run(lambda: service.schedule_maintenance(nodes.get(node_id), hours, note,
-                                                      by=users.get_user(username)), as_json)
+                                                      by=users.acting_user(username)), as_json)
     until = health.maintenance_until if health is not None else None
     emit({"node_id": node_id, "maintenance_until": until.isoformat() if until else None,
           "note": health.maintenance_note if health is not None else ""}, as_json,

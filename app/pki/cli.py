@@ -87,7 +87,7 @@ def show_command(serial, as_json):
 @click.option("--user", "username", required=True)
 @click.option("--json", "as_json", is_flag=True)
 def revoke_command(serial, reason, username, as_json):
-    revoked = run(lambda: revocation.revoke(service.get(serial), reason, by=users.get_user(username)), as_json)
+    revoked = run(lambda: revocation.revoke(service.get(serial), reason, by=users.acting_user(username)), as_json)
     row, replacement = revoked.certificate, revoked.replacement
     line = f"revoked {row.serial} ({reason}); CRL regenerated"
     if replacement is not None:
@@ -132,5 +132,5 @@ def renew_command(node_id, csr_file, username, as_json):
     from app.pki.csr_policy import MAX_PEM_BYTES, pem_from_file
 
     data = csr_file.read(MAX_PEM_BYTES + 1)
-    row = run(lambda: service.renew(nodes.get(node_id), pem_from_file(data), by=users.get_user(username)), as_json)
+    row = run(lambda: service.renew(nodes.get(node_id), pem_from_file(data), by=users.acting_user(username)), as_json)
     emit(certificate_dict(row), as_json, f"issued {row.serial} for {node_id}, valid until {row.not_after:%Y-%m-%d}")
