@@ -424,3 +424,20 @@ def test_a_disabled_account_acts_through_no_cli_command(runner, make_user):
         assert json.loads(result.output)["error"]["code"] == "account_disabled"
     db.session.expire_all()
     assert applications.get(application.id).status == "pending"
+
+
+def test_every_record_a_cli_node_revocation_writes_names_the_admin_as_the_console_does(runner, make_user):
+    """Revoking a node also revokes its certificates and publishes a route version. From the console every record
+    of it names the admin; from `flask nodes revoke --user NAME` the certificate and route records said "system"."""
+    minister = make_user("minister")
+    document = node_document("360000")
+    node = applications.approve(applications.submit_by_user(parse(document), document["csr"], by=minister),
+                                by=minister)
+    db.session.commit()
+    before = db.session.scalar(select(db.func.max(AuditRecord.seq)))
+    result = runner.invoke(args=["nodes", "revoke", node.node_id, "--reason", "retired", "--user", "minister"])
+    assert result.exit_code == 0, result.output
+    records = db.session.execute(select(AuditRecord.action, AuditRecord.actor).where(AuditRecord.seq > before)
+                                 .order_by(AuditRecord.seq)).all()
+    assert {"node.revoke", "certificate.revoke", "routes.publish"} <= {action for action, _ in records}
+    assert {actor for _, actor in records} == {"minister"}, records

@@ -46,12 +46,20 @@ def record_digest(prev_hash: str, seq: int, at: datetime, actor: str, action: st
 
 def _request_actor() -> tuple[str, str]:
     if not has_request_context():
-        return SYSTEM_ACTOR, ""
+        return db.session.info.get(ACTING, SYSTEM_ACTOR), ""
     actor = current_user.username if getattr(current_user, "is_authenticated", False) else "anonymous"
     return actor, request.remote_addr or ""
 
 
 PENDING = "mpim_audit_pending"  # session.info key: entries recorded, chained at commit
+ACTING = "mpim_audit_acting"  # session.info key: the user a CLI command acts as, until its transaction ends
+
+
+def act_as(username: str) -> None:
+    """Outside a request (a CLI command), records of this transaction name `username` where they name no actor
+    themselves: what a hook writes for the action (a certificate revoked with its node, a route version), as
+    the console's request names its user for them."""
+    db.session.info[ACTING] = username
 SAVEPOINT_MARKS = "mpim_audit_marks"  # session.info key: pending count when each savepoint began
 
 
@@ -120,10 +128,11 @@ def _drop_rolled_back(session: Session, previous_transaction: SessionTransaction
 
 def _forget_pending(session: Session, transaction: SessionTransaction) -> None:
     """The outermost transaction ended without a commit (a rollback, session.close, the end of a request);
-    after a commit, `_chain_pending` has taken the entries already."""
+    after a commit, `_chain_pending` has taken the entries already. The acting user goes with it either way."""
     if transaction.parent is None:
         session.info.pop(PENDING, None)
         session.info.pop(SAVEPOINT_MARKS, None)
+        session.info.pop(ACTING, None)
 
 
 # Flask-SQLAlchemy's session class: `db.session` is the only session `record()` writes to.

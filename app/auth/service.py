@@ -190,10 +190,12 @@ def get_user(username: str) -> User:
 
 def acting_user(username: str) -> User:
     """The console user a CLI command acts as (`--user`): its role and divisions apply, and the audit log
-    names it. A disabled account signs in nowhere, so it acts through no command either."""
+    names it, in every record the command's transaction writes. A disabled account signs in nowhere, so it acts
+    through no command either."""
     user = get_user(username)
     if not user.active:
         raise PermissionDenied(_l("The account %(name)s is disabled.", name=username), code="account_disabled")
+    audit.act_as(user.username)
     return user
 
 
