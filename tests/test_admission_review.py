@@ -441,3 +441,20 @@ def test_every_record_a_cli_node_revocation_writes_names_the_admin_as_the_consol
                                  .order_by(AuditRecord.seq)).all()
     assert {"node.revoke", "certificate.revoke", "routes.publish"} <= {action for action, _ in records}
     assert {actor for _, actor in records} == {"minister"}, records
+
+
+def test_revoking_a_node_closes_its_pending_change_request_and_frees_its_endpoint_and_key(jx_admin, minister):
+    """A revoked node cannot change, so its change request can never be approved; left pending it held its new
+    endpoint and key (endpoint_pending, key_pending) against the node that replaces it, and waited in the queue."""
+    node = admit(jx_admin, minister, endpoint="https://old.jx.example")
+    keys = NodeKeys()
+    change = applications.submit_change(node, parse(node_document(endpoint="https://new.jx.example")), keys.csr,
+                                        by=jx_admin)
+    db.session.commit()
+    nodes.revoke(node, "replaced by a new system", by=minister)
+    db.session.commit()
+    db.session.refresh(change)
+    assert (change.status, change.reviewed_by) == ("rejected", "minister")
+    assert applications.pending_count() == 0
+    successor = apply(jx_admin, endpoint="https://new.jx.example", csr=keys.csr)
+    assert successor.status == "pending"

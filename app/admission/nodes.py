@@ -99,9 +99,29 @@ def _change_status(node: Node, new_status: str, reason: str, *, by, action: str)
     node.status, node.status_reason, node.status_changed_at = new_status, reason, utcnow()
     node.suspension_requested = False
     db.session.flush()
+    if new_status == "revoked":
+        _close_pending_changes(node, reason, by=by)
     hooks.run(hooks.node_status_changed, node, old, new_status, reason)
     audit.record(action, node.node_id, {"from": old, "to": new_status, "reason": reason}, actor=by.username)
     return node
+
+
+def _close_pending_changes(node: Node, reason: str, *, by) -> None:
+    """A revoked node cannot change: its waiting change request is rejected with it, or it would wait in the queue
+    for good, holding its endpoint and key (endpoint_pending, key_pending) against the node that replaces it.
+    One conditional UPDATE each, so an admin rejecting it at this moment gives it one verdict."""
+    from app.admission.models import Application
+
+    waiting = db.session.scalars(select(Application.id).where(
+        Application.node_id == node.node_id, Application.kind == "change", Application.status == "pending")).all()
+    text = f"node revoked: {reason}"[:500]
+    for application_id in waiting:
+        done = db.session.execute(
+            update(Application).where(Application.id == application_id, Application.status == "pending")
+            .values(status="rejected", reason=text, reviewed_by=by.username, reviewed_at=utcnow())
+            .execution_options(synchronize_session=False))
+        if done.rowcount == 1:
+            audit.record("application.reject", application_id, {"reason": text}, actor=by.username)
 
 
 def suspend(node: Node, reason: str, *, by) -> Node:
