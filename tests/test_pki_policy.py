@@ -222,6 +222,27 @@ def test_console_inventory_and_revocation(app, people):  # noqa: F811
     assert db.session.get(Certificate, row.serial).revocation_reason == "key_compromise"
 
 
+def test_the_revoke_card_says_a_compromise_takes_the_other_certificates_of_the_key(app, people):  # noqa: F811
+    """Revoked as key_compromise, a certificate takes with it the node's others of the same key (a renewal may keep
+    it): the card says so, and when those are all the node has, the confirmation says the node leaves the table."""
+    from tests.conftest import Console
+
+    node, keys = admit_with_keys(people)
+    first = pki.current_certificate(node.node_id)
+    renewed = pki.renew(node, keys.csr, by=people[0])
+    db.session.commit()
+    admin_console = Console(app.test_client())
+    admin_console.login("minister")
+    for row, other in ((renewed, first), (first, renewed)):
+        page = admin_console.client.get(f"/certificates/{row.serial}").get_data(as_text=True)
+        assert "同一密钥" in page and other.serial in page, page
+        assert "在以新密钥续期前不在路由表中" in page  # revoked as key compromise, it leaves the node without one
+    pki.renew(node, NodeKeys().csr, by=people[0])
+    db.session.commit()
+    page = admin_console.client.get(f"/certificates/{first.serial}").get_data(as_text=True)
+    assert "同一密钥" in page and renewed.serial in page and "在以新密钥续期前不在路由表中" not in page
+
+
 def test_a_forged_revocation_reason_is_refused_and_repeated_short_and_escaped(app, people):  # noqa: F811
     """Only a forged form sends a reason outside the list; the refusal names it without repeating 10,000
     characters, or a right-to-left override that would turn the message around."""

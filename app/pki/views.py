@@ -59,18 +59,26 @@ def detail(serial: str):
 def _detail_page(row: Certificate, renew_form: RenewForm, status: int = 200):
     """`newest`: the node's newest certificate; renewal is offered on that one only (whatever its
     state: after a revocation it is where an admin issues the replacement). `last_valid`: revoking this
-    one leaves the node no valid certificate, so the confirmation says the node leaves the routing table."""
+    one leaves the node no valid certificate, so the confirmation says the node leaves the routing table.
+    `same_key`: the node's other valid certificates of this key, which a revocation as key_compromise takes
+    with it (`same_key_all`: and those are all the others it has)."""
     node = newest = None
-    last_valid = False
+    last_valid = same_key_all = False
+    same_key: list[Certificate] = []
     if row.node_id:
         from app.admission.models import Node
 
         node = db.session.get(Node, row.node_id)
         newest = service.node_certificates(row.node_id)[0]
-        last_valid = [c.serial for c in service.valid_certificates(row.node_id)] == [row.serial]
+        valid = service.valid_certificates(row.node_id)
+        last_valid = [c.serial for c in valid] == [row.serial]
+        others = [c for c in valid if c.serial != row.serial]
+        same_key = [c for c in others if c.key_sha256 == row.key_sha256]
+        same_key_all = bool(same_key) and len(same_key) == len(others)
     return render_template("pki/detail.html", row=row, node=node, newest=newest, reasons=revocation.REASONS,
                            in_service=revocation.in_service_role(row), confirm_form=ConfirmForm(),
-                           renew_form=renew_form, last_valid=last_valid), status
+                           renew_form=renew_form, last_valid=last_valid, same_key=same_key,
+                           same_key_all=same_key_all), status
 
 
 def node_section(node) -> dict | None:
