@@ -320,6 +320,52 @@ def test_a_renewal_keeping_a_key_revoked_as_compromised_at_that_moment_leaves_it
     assert valid == []
 
 
+def test_a_token_revoked_while_an_application_uses_it_stays_used(app, make_user):
+    """An admin revokes an enrollment token while a node's application with it is being stored: the application
+    took the token first, so the revocation must be refused. Its blind UPDATE waited for the application's commit
+    and then wrote over it: a token shown revoked, with its application waiting for approval."""
+    from sqlalchemy import text
+
+    from app.admission import tokens
+    from app.admission.models import EnrollmentToken
+
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("an admin and a node at once: PostgreSQL (SQLite has one writer at a time)")
+    admin = make_user("jx-admin", "provincial_admin", ("360000",))
+    token, raw = tokens.create_token("360000", by=admin)
+    token_id, admin_id = token.id, admin.id
+    db.session.commit()
+    db.session.remove()
+    errors: list[BaseException] = []
+
+    def revoke() -> None:
+        with app.app_context():
+            try:
+                tokens.revoke_token(token_id, by=db.session.get(User, admin_id))
+                db.session.commit()
+            except BaseException as error:
+                errors.append(error)
+            finally:
+                db.session.remove()
+
+    with app.app_context():  # the node's request, in its own session
+        application = applications.submit_with_token(raw, node_document("360000"))
+        thread = threading.Thread(target=revoke)
+        thread.start()
+        deadline = time.monotonic() + 30
+        with db.engine.connect() as watcher:  # until the admin has committed, or waits on the application
+            while thread.is_alive() and time.monotonic() < deadline and not watcher.scalar(text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'")):
+                time.sleep(0.02)
+        application_id = application.id
+        db.session.commit()
+    joined([thread])
+    assert _codes(errors) == {"token_not_active"}, errors
+    assert db.session.get(EnrollmentToken, token_id).state() == "used"
+    assert applications.get(application_id).token_id == token_id
+
+
 def test_one_user_name_created_twice_at_once_is_one_user(app):
     from app.auth import service as users
 

@@ -106,9 +106,19 @@ def revoke_token(token_id: int, *, by) -> EnrollmentToken:
     # Another province's token is answered as missing: its existence and division are not ours to tell.
     if token is None or not by.can_access_division(token.division_code):
         raise NotFound(_l("No such enrollment token."), code="token_not_found")
-    if token.state() != "active":
+    # One conditional UPDATE, as `consume`: an application using the token at this moment holds its row, and a
+    # blind write would wait for it and then mark revoked a token that admitted an application.
+    now = utcnow()
+    result = db.session.execute(
+        update(EnrollmentToken)
+        .where(EnrollmentToken.id == token.id, EnrollmentToken.used_at.is_(None),
+               EnrollmentToken.revoked_at.is_(None), EnrollmentToken.expires_at > now)
+        .values(revoked_at=now, revoked_by=by.username)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
         raise ValidationFailed(_l("Only an unused, unexpired token can be revoked."), code="token_not_active")
-    token.revoked_at, token.revoked_by = utcnow(), by.username
+    db.session.refresh(token)
     audit.record("token.revoke", token.prefix, {"division": token.division_code}, actor=by.username)
     return token
 
