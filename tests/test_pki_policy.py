@@ -140,6 +140,26 @@ def test_renewal_in_the_last_third_changes_the_route_fingerprint(client, people)
     assert renew(client, token, "garbage").get_json()["error"]["code"] == "invalid_csr"
 
 
+def test_every_record_of_a_nodes_own_renewal_names_the_node(client, people):  # noqa: F811
+    """A node's renewal issues a certificate (recorded as node:ID) and publishes a route version for it, which
+    was recorded as "anonymous": the API request has no console user, and nothing else named the node."""
+    from sqlalchemy import select
+
+    from app.audit.models import AuditRecord
+
+    node, keys = admit_with_keys(people)
+    token = client.post("/api/v1/session", json=keys.session_request(node.node_id)).get_json()["token"]
+    row = pki.current_certificate(node.node_id)
+    row.not_before, row.not_after = utcnow() - timedelta(days=70), utcnow() + timedelta(days=20)
+    db.session.commit()
+    before = db.session.scalar(select(db.func.max(AuditRecord.seq)))
+    assert renew(client, token, NodeKeys().csr).status_code == 201
+    records = db.session.execute(select(AuditRecord.action, AuditRecord.actor).where(AuditRecord.seq > before)
+                                 .order_by(AuditRecord.seq)).all()
+    assert {"certificate.issue", "routes.publish"} <= {action for action, _ in records}
+    assert {actor for _, actor in records} == {f"node:{node.node_id}"}, records
+
+
 def test_suspended_node_cannot_renew(client, people):  # noqa: F811
     """Not through its session (which died with the suspension), nor by an admin."""
     from app.admission import nodes

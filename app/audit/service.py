@@ -45,9 +45,10 @@ def record_digest(prev_hash: str, seq: int, at: datetime, actor: str, action: st
 
 
 def _request_actor() -> tuple[str, str]:
+    acting = db.session.info.get(ACTING)
     if not has_request_context():
-        return db.session.info.get(ACTING, SYSTEM_ACTOR), ""
-    actor = current_user.username if getattr(current_user, "is_authenticated", False) else "anonymous"
+        return acting or SYSTEM_ACTOR, ""
+    actor = acting or (current_user.username if getattr(current_user, "is_authenticated", False) else "anonymous")
     return actor, request.remote_addr or ""
 
 
@@ -56,9 +57,9 @@ ACTING = "mpim_audit_acting"  # session.info key: the user a CLI command acts as
 
 
 def act_as(username: str) -> None:
-    """Outside a request (a CLI command), records of this transaction name `username` where they name no actor
-    themselves: what a hook writes for the action (a certificate revoked with its node, a route version), as
-    the console's request names its user for them."""
+    """Records of this transaction name `username` where they name no actor themselves: what a hook writes for the
+    action (a certificate revoked with its node, a route version), as a console request names its user for them.
+    For a CLI command (no request) and a node's own request (no console user: "node:ID")."""
     db.session.info[ACTING] = username
 SAVEPOINT_MARKS = "mpim_audit_marks"  # session.info key: pending count when each savepoint began
 

@@ -286,7 +286,9 @@ def renew(node, csr_pem: str, *, by=None) -> Certificate:
         if utcnow() < opens:
             raise Conflict(_l("Renewal opens at %(when)s, in the last third of the validity.",
                               when=opens.isoformat(timespec="seconds")), code="renewal_too_early")
-    row = _issue_checked(node, csr, key_sha256, actor=by.username if by else f"node:{node.node_id}")
+    actor = by.username if by else f"node:{node.node_id}"
+    audit.act_as(actor)  # the route version the hooks publish is this renewal's too
+    row = _issue_checked(node, csr, key_sha256, actor=actor)
     for hook in certificate_changed:
         hook(node.node_id)
     return row
