@@ -11,7 +11,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from app.admission import hooks
-from app.admission.models import CAPABILITIES, Node, NodeSerial
+from app.admission.models import CAPABILITIES, Application, Node, NodeSerial
 from app.audit import service as audit
 from app.auth.access import require_admin, require_division_scope
 from app.database import serialise, utcnow
@@ -75,12 +75,17 @@ def get_visible(node_id: str, user) -> Node:
     return node
 
 
+def lock_name(node_id: str) -> str:
+    """The name every request that changes a node, or decides about its certificates, queues on."""
+    return f"node:{node_id}"
+
+
 def lock(node: Node, *also: str) -> Node:
     """Queue behind every other request that changes this node (and on `also`, see `serialise`), then
     read it again: its status, a pending change, whatever the caller checks next, is current until
     the caller commits. Without it, a suspension racing a revocation could leave a revoked node
     suspended, and later resumable."""
-    serialise(f"node:{node.node_id}", *also)
+    serialise(lock_name(node.node_id), *also)
     db.session.refresh(node)
     return node
 
@@ -110,8 +115,6 @@ def _close_pending_changes(node: Node, reason: str, *, by) -> None:
     """A revoked node cannot change: its waiting change request is rejected with it, or it would wait in the queue
     for good, holding its endpoint and key (endpoint_pending, key_pending) against the node that replaces it.
     One conditional UPDATE each, so an admin rejecting it at this moment gives it one verdict."""
-    from app.admission.models import Application
-
     waiting = db.session.scalars(select(Application.id).where(
         Application.node_id == node.node_id, Application.kind == "change", Application.status == "pending")).all()
     text = f"node revoked: {reason}"[:500]

@@ -54,6 +54,7 @@ def _request_actor() -> tuple[str, str]:
 
 PENDING = "mpim_audit_pending"  # session.info key: entries recorded, chained at commit
 ACTING = "mpim_audit_acting"  # session.info key: the user a CLI command acts as, until its transaction ends
+SAVEPOINT_MARKS = "mpim_audit_marks"  # session.info key: pending count when each savepoint began
 
 
 def act_as(username: str) -> None:
@@ -61,7 +62,6 @@ def act_as(username: str) -> None:
     action (a certificate revoked with its node, a route version), as a console request names its user for them.
     For a CLI command (no request) and a node's own request (no console user: "node:ID")."""
     db.session.info[ACTING] = username
-SAVEPOINT_MARKS = "mpim_audit_marks"  # session.info key: pending count when each savepoint began
 
 
 def record(action: str, target: str = "", detail: dict | None = None, *, actor: str | None = None,

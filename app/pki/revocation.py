@@ -52,10 +52,12 @@ def revoke(certificate: Certificate, reason: str, *, by) -> Revoked:
         raise ValidationFailed(_l("Unknown revocation reason %(reason)s.", reason=_shown(reason)),
                                code="invalid_reason", field="reason")
     if certificate.node_id:
+        from app.admission.nodes import lock_name
+
         # Queued as a renewal (its key, then its node) and before the node's revocation or change (which hold the
         # node, then its certificates): a renewal keeping a key reported compromised here is refused, and every
         # certificate of the node is ours to read and revoke until commit.
-        serialise(service.key_lock_name(certificate.key_sha256), f"node:{certificate.node_id}")
+        serialise(service.key_lock_name(certificate.key_sha256), lock_name(certificate.node_id))
     serialise(f"certificate:{certificate.serial}")  # two admins revoking the route signer rotate it once
     db.session.refresh(certificate)
     if certificate.revoked_at is not None:
@@ -79,16 +81,21 @@ def revoke(certificate: Certificate, reason: str, *, by) -> Revoked:
     return Revoked(certificate, replacement)
 
 
+def same_key_certificates(certificate: Certificate) -> list[Certificate]:
+    """The node's other unrevoked certificates of this certificate's key: what revoking it as key_compromise
+    revokes with it (`revoke`), and what the certificate page says it will."""
+    if certificate.node_id is None:
+        return []
+    return list(db.session.scalars(select(Certificate).where(
+        Certificate.node_id == certificate.node_id, Certificate.key_sha256 == certificate.key_sha256,
+        Certificate.serial != certificate.serial, Certificate.revoked_at.is_(None)).order_by(Certificate.serial)))
+
+
 def _revoke_same_key(compromised: Certificate, *, now, actor: str) -> None:
     """A compromised key is never good again (protocol.md), and a renewal may have kept it: every other
     certificate of the node that certifies it is revoked with it, or whoever stole the key opens sessions
     with the older one and the routing table goes back to listing that."""
-    if compromised.node_id is None:
-        return
-    others = db.session.scalars(select(Certificate).where(
-        Certificate.node_id == compromised.node_id, Certificate.key_sha256 == compromised.key_sha256,
-        Certificate.serial != compromised.serial, Certificate.revoked_at.is_(None)).order_by(Certificate.serial))
-    for row in others:  # read under the node's lock (`revoke`), which every revocation of a node's certificate holds
+    for row in same_key_certificates(compromised):  # read under the node's lock (`revoke`)
         row.revoked_at, row.revocation_reason = now, "key_compromise"
         audit.record("certificate.revoke", row.serial, {"node": row.node_id, "reason": "key_compromise",
                                                         "same_key_as": compromised.serial}, actor=actor)

@@ -73,7 +73,8 @@ def _detail_page(row: Certificate, renew_form: RenewForm, status: int = 200):
         valid = service.valid_certificates(row.node_id)
         last_valid = [c.serial for c in valid] == [row.serial]
         others = [c for c in valid if c.serial != row.serial]
-        same_key = [c for c in others if c.key_sha256 == row.key_sha256]
+        valid_serials = {c.serial for c in valid}
+        same_key = [c for c in revocation.same_key_certificates(row) if c.serial in valid_serials]
         same_key_all = bool(same_key) and len(same_key) == len(others)
     return render_template("pki/detail.html", row=row, node=node, newest=newest, reasons=revocation.REASONS,
                            in_service=revocation.in_service_role(row), confirm_form=ConfirmForm(),
