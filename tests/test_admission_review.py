@@ -199,6 +199,53 @@ def test_resolve_passes_over_a_node_the_routing_table_leaves_out(jx_admin, minis
     assert nodes.resolve("360102") == (nanchang, "prefecture")
 
 
+def test_resuming_a_node_without_a_valid_certificate_says_it_stays_out_of_the_routing_table(client, runner, jx_admin,
+                                                                                           minister):
+    """A certificate may expire, or be revoked, while its node is suspended: resumed, the node is still out of the
+    routing table (it lists only nodes with a valid certificate). The confirmation, the result and the CLI say so,
+    instead of promising that it returns."""
+    import json
+    from datetime import timedelta
+
+    from app.database import utcnow
+    from app.pki import revocation
+    from app.pki import service as pki
+    from app.routing import service as routing
+    from tests.conftest import Console
+
+    expired, revoked, fine = (admit(jx_admin, minister) for _ in range(3))
+    for node in (expired, revoked, fine):
+        nodes.suspend(node, "drill", by=minister)
+    db.session.commit()
+    console = Console(client)
+    console.login("minister")
+    page = client.get(f"/nodes/{expired.node_id}").get_data(as_text=True)
+    assert "确定恢复此节点？它将重新进入路由表。" in page and "已过期或已被吊销" not in page
+    pki.current_certificate(expired.node_id).not_after = utcnow() - timedelta(seconds=1)
+    db.session.commit()
+    page = client.get(f"/nodes/{expired.node_id}").get_data(as_text=True)
+    assert "它将重新进入路由表" not in page
+    assert "确定恢复此节点？其证书已过期或已被吊销：在签发新证书之前，它不会回到路由表" in page
+    done = console.post_form(f"/nodes/{expired.node_id}", {"reason": "drill over"},
+                             action=f"/nodes/{expired.node_id}/resume")
+    page = client.get(done.location).get_data(as_text=True)
+    assert f"完成：节点 {expired.node_id} 现为“启用”状态。" in page
+    assert f"{expired.node_id} 没有有效证书（已过期或已被吊销）：在签发新证书之前，它不会回到路由表" in page
+    assert expired.node_id not in routing.current_entries()
+
+    revocation.revoke(pki.current_certificate(revoked.node_id), "superseded", by=minister)
+    db.session.commit()
+    result = runner.invoke(args=["nodes", "resume", revoked.node_id, "--reason", "back", "--user", "minister",
+                                 "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["status"] == "active"
+    assert f"warning: {revoked.node_id} has no valid certificate (they expired or were revoked): it will not " \
+           "return to the routing table" in result.stderr
+    result = runner.invoke(args=["nodes", "resume", fine.node_id, "--reason", "back", "--user", "minister"])
+    assert (result.exit_code, result.output) == (0, f"{fine.node_id} is now active\n")
+    db.session.expire_all()
+    assert set(routing.current_entries()) == {fine.node_id}
+
+
 def test_importing_a_revision_that_retires_a_code_in_use_flags_the_node(jx_admin, minister, runner, tmp_path):
     from app.divisions import service as divisions
 

@@ -197,6 +197,8 @@ def lifecycle_command(name: str, action):
     def command(node_id, reason, username, as_json):
         node = run(lambda: action(nodes.get(node_id), reason, by=users.acting_user(username)), as_json)
         emit(node_dict(node), as_json, f"{node.node_id} is now {node.status}")
+        if name == "resume" and not nodes.holds_valid_certificate(node):  # on stderr: --json output stays one record
+            click.echo(f"warning: {nodes.not_back_in_routes(node)}", err=True)
 
     command.__doc__ = f"{name.capitalize()} a node (ministry admins; needs a reason)."
     return command

@@ -54,8 +54,10 @@ node_sections: list = []
 def detail(node_id: str):
     node = nodes.get_visible(node_id, current_user)
     sections = [section for section in (build(node) for build in node_sections) if section]
+    # Resuming brings the node back into the routing table only with a valid certificate: the confirmation says which.
+    back_in_routes = node.status != "suspended" or nodes.holds_valid_certificate(node)
     return render_template("admission/node_detail.html", node=node, form=ReasonForm(), sections=sections,
-                           capabilities=labels.CAPABILITIES)
+                           capabilities=labels.CAPABILITIES, back_in_routes=back_in_routes)
 
 
 LIFECYCLE = {"suspend": nodes.suspend, "resume": nodes.resume, "revoke": nodes.revoke,
@@ -81,6 +83,8 @@ def lifecycle(node_id: str, action: str):
             else:
                 flash(_("Done: %(node)s is %(status)s.", node=node.node_id,
                         status=labels.status_word(node.status)), "success")
+                if action == "resume" and not nodes.holds_valid_certificate(node):
+                    flash(nodes.not_back_in_routes(node), "info")
         except DomainError as error:
             db.session.rollback()
             flash(error.message, "error")

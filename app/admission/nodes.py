@@ -132,7 +132,24 @@ def suspend(node: Node, reason: str, *, by) -> Node:
 
 
 def resume(node: Node, reason: str, *, by) -> Node:
+    """Active again. The routing table lists it again only if it holds a valid certificate: one that expired or
+    was revoked while it was suspended keeps it out (`holds_valid_certificate`), which the console's confirmation,
+    its result and the CLI say (`not_back_in_routes`)."""
     return _change_status(node, "active", reason, by=by, action="node.resume")
+
+
+def not_back_in_routes(node: Node):
+    """What an admin resuming a node without a valid certificate is told, in the console and by the CLI."""
+    return _l("%(node)s has no valid certificate (they expired or were revoked): it will not return to the routing "
+              "table until it is issued a new one (renew it from a new CSR).", node=node.node_id)
+
+
+def holds_valid_certificate(node: Node) -> bool:
+    """Whether the node holds a certificate valid now (pki's rule): without one the routing table leaves it out
+    even when it is active, as `resolve` passes it over."""
+    from app.pki import service as pki
+
+    return pki.current_certificate(node.node_id) is not None
 
 
 def revoke(node: Node, reason: str, *, by) -> Node:
