@@ -287,6 +287,35 @@ def test_cli_approve_and_lifecycle(runner, jx_admin, minister):
     assert runner.invoke(args=["tokens", "list", "--user", "jx-admin"]).output == "no tokens\n"
 
 
+def test_cli_show_with_a_user_shows_only_what_that_users_console_shows(client, runner, jx_admin, minister,
+                                                                        make_user):
+    """`show --user NAME` reads as that console user: a provincial admin asking for an application or a node outside
+    its divisions is told there is none, the console's answer. Without --user it is the operator on the server."""
+    import json
+
+    from tests.conftest import Console
+
+    make_user("gd-admin", "provincial_admin", ("440000",))
+    application, node = apply(jx_admin), admit(jx_admin, minister)
+    console = Console(client)
+    console.login("gd-admin")
+    for args, page, code, message in (
+            (["applications", "show", application.id], f"/applications/{application.id}", "application_not_found",
+             f"No application {application.id}."),
+            (["nodes", "show", node.node_id], f"/nodes/{node.node_id}", "node_not_found", f"No node {node.node_id}.")):
+        assert client.get(page).status_code == 404
+        refused = runner.invoke(args=[*args, "--user", "gd-admin", "--json"])
+        assert (refused.exit_code, refused.stdout) == (1, "")
+        assert json.loads(refused.stderr) == {"error": {"code": code, "message": message}}
+        plain = runner.invoke(args=[*args, "--user", "gd-admin"])
+        assert (plain.exit_code, plain.stdout, plain.stderr) == (1, "", f"error: {message}\n")
+        for viewer in (["--user", "jx-admin"], ["--user", "minister"], []):
+            shown = runner.invoke(args=[*args, *viewer, "--json"])
+            assert shown.exit_code == 0 and json.loads(shown.stdout)["division_code"] == "360000", shown.output
+        unknown = runner.invoke(args=[*args, "--user", "nobody", "--json"])
+        assert unknown.exit_code == 1 and json.loads(unknown.stderr)["error"]["code"] == "user_not_found"
+
+
 def change_form(node, **overrides) -> dict:
     """The change page's form as a browser posts it unchanged: the node's own values."""
     form = {"org_name": node.org_name, "system_name": node.system_name, "vendor": node.vendor,

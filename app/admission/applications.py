@@ -199,6 +199,15 @@ def get(application_id: str) -> Application:
     return application
 
 
+def get_visible(application_id: str, user) -> Application:
+    """The application, if `user` may see it: a provincial admin's outside its divisions is no application of
+    theirs (not found, as a node outside them is: `nodes.get_visible`)."""
+    application = get(application_id)
+    if not user.can_access_division(application.division_code):
+        raise NotFound(_l("No application %(id)s.", id=application_id), code="application_not_found")
+    return application
+
+
 def get_for_token(application_id: str, raw_token: str | None) -> Application:
     """Only the holder of the token that submitted an application may read its status."""
     token = tokens.find_by_raw(raw_token)

@@ -20,6 +20,9 @@ nodes_cli = AppGroup("nodes", help="Admitted nodes.")
 
 user_option = click.option("--user", "username", required=True, help="The console user acting (audited).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+# `show`: read as the operator on the server, or as a console user, who sees only what the console shows them.
+viewer_option = click.option("--user", "username", default=None,
+                             help="Show it only if this console user may see it (a provincial admin: its divisions).")
 
 
 def run(action, as_json: bool):
@@ -129,9 +132,11 @@ def applications_list(status, username, as_json):
 
 @applications_cli.command("show")
 @click.argument("application_id")
+@viewer_option
 @json_option
-def applications_show(application_id, as_json):
-    application = run(lambda: applications.get(application_id), as_json)
+def applications_show(application_id, username, as_json):
+    application = run(lambda: applications.get(application_id) if username is None
+                      else applications.get_visible(application_id, users.acting_user(username)), as_json)
     item = application_dict(application)
     if application.csr_pem:
         item["csr"] = run(lambda: applications.inspect_csr(application.csr_pem), as_json)
@@ -183,9 +188,12 @@ def nodes_list(status, province, username, as_json):
 
 @nodes_cli.command("show")
 @click.argument("node_id")
+@viewer_option
 @json_option
-def nodes_show(node_id, as_json):
-    emit_record(node_dict(run(lambda: nodes.get(node_id), as_json)), as_json)
+def nodes_show(node_id, username, as_json):
+    node = run(lambda: nodes.get(node_id) if username is None
+               else nodes.get_visible(node_id, users.acting_user(username)), as_json)
+    emit_record(node_dict(node), as_json)
 
 
 def lifecycle_command(name: str, action):

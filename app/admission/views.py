@@ -122,19 +122,10 @@ def change_request(node_id: str):
                            pending_change=applications.pending_change(node))
 
 
-def _visible_application(application_id: str):
-    application = applications.get(application_id)
-    if not current_user.can_access_division(application.division_code):
-        from app.errors import NotFound
-
-        raise NotFound(_("No application %(id)s.", id=application_id), code="application_not_found")
-    return application
-
-
 @bp.get("/applications/<application_id>")
 @roles_required(*ADMINS)
 def application_detail(application_id: str):
-    application = _visible_application(application_id)
+    application = applications.get_visible(application_id, current_user)
     csr_info, csr_error = None, None
     if application.csr_pem:
         try:
@@ -157,7 +148,7 @@ def application_probe(application_id: str):
     """Run on demand by the detail page's script, so the page itself never waits on a node."""
     from app.pki import own_keys
     from app.pki import service as pki
-    application = _visible_application(application_id)
+    application = applications.get_visible(application_id, current_user)
     identity = own_keys.present_management_identity if pki.is_ready() else None
     result = probe.probe_health(application.endpoint, timeout=current_app.config.get("MPIM_PROBE_TIMEOUT", 3.0),
                                 present_identity=identity)
