@@ -5,14 +5,18 @@ the root key's export to a path that cannot be written, and what the detail page
 
 from __future__ import annotations
 
+import base64
 import json
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from sqlalchemy.exc import IntegrityError
 
 from app.extensions import db
 from app.pki import csr_policy, own_keys, revocation
 from app.pki import service as pki
+from app.pki.authority import Authority
 from app.pki.csr_policy import InvalidCSR
 from app.pki.models import Certificate
 from app.routing import service as routing
@@ -66,6 +70,50 @@ def test_revoking_the_management_certificate_in_use_replaces_it(app, client, run
     assert key.public_key().public_bytes(*spki) == current.public_key().public_bytes(*spki)
     kinds = [row.kind for row in db.session.scalars(db.select(Certificate).where(Certificate.revoked_at.is_(None)))]
     assert kinds.count("management") == 1
+
+
+def test_a_route_signer_rotation_whose_commit_fails_leaves_the_signer_in_use(app, client, people):  # noqa: F811
+    """A rotation's new pair replaces the one in use only once its certificate, and the table it re-signed, are
+    committed. A commit that fails (here a real constraint violation) leaves the signer in use on disk, in this
+    process and for a process started now, the CA directory as it was, and no key the database does not know."""
+    _, jx_admin = people
+    admit_with_keys(people)
+    directory = pki.ca_directory()
+
+    def files() -> dict[str, bytes]:
+        return {path.name: path.read_bytes() for path in directory.iterdir() if path.name != ".rotation.lock"}
+
+    def signer_of_head() -> str | None:
+        head = routing.head()
+        return routing.signer_of(head.body, base64.b64decode(head.signature)).signer
+
+    before, signer, version = files(), pki.service_certificates("route_signer")[0], routing.head_version()
+    own_keys.rotate_route_signer(actor="test")  # re-signs the table with the new key, in this transaction
+    staged = files()
+    assert staged.keys() - before.keys() and {name: staged[name] for name in before} == before  # beside, not over
+    jx_admin.role = "emperor"  # refused by the role_known check constraint when the commit flushes it
+    with pytest.raises(IntegrityError):
+        db.session.commit()
+    db.session.rollback()
+    assert files() == before  # the staged pair is gone; the pair in use untouched
+    assert pki.fingerprint(pki.authority().route_signer_certificate) == signer.sha256
+    assert pki.fingerprint(Authority.load(directory, pki.passphrase(), pki.ca_config()).route_signer_certificate) \
+        == signer.sha256
+    assert pki.fingerprint(x509.load_pem_x509_certificate(client.get("/ca/route-signer.pem").data)) == signer.sha256
+    assert [row.serial for row in pki.service_certificates("route_signer")] == [signer.serial]
+    assert routing.head_version() == version
+    routing.publish("after a failed rotation", force=True)
+    db.session.commit()
+    assert signer_of_head() == signer.sha256  # the old key still signs, and its certificate verifies it
+
+    new = own_keys.rotate_route_signer(actor="test")
+    with db.session.begin_nested():  # a savepoint released is no commit: the pair in use stays until the real one
+        pass
+    assert files()["route-signer.pem"] == before["route-signer.pem"]
+    db.session.commit()
+    assert signer_of_head() == new.sha256 == pki.fingerprint(pki.authority().route_signer_certificate)
+    assert pki.fingerprint(x509.load_pem_x509_certificate(client.get("/ca/route-signer.pem").data)) == new.sha256
+    assert set(files()) - set(before) == {f"route-signer.{signer.serial}.pem", f"route-signer.{signer.serial}.key"}
 
 
 def test_revoking_a_retired_service_certificate_rotates_nothing(app, people):  # noqa: F811

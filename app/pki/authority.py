@@ -12,9 +12,10 @@ Files in the CA directory (0700; keys encrypted PKCS#8, 0600; certificates 0644)
     management.pem, management.key      EC P-256; serverAuth+clientAuth: the management node's own
                                         TLS identity (health polling, HTTPS)
 
-Rotation keeps history: `create_service_certificate` links the current pair to
-`<role>.<old serial hex>.pem/.key`, then replaces it (key first, certificate last, each an atomic
-rename), holding `.rotation.lock` so two rotations cannot interleave. Other processes (gunicorn
+Rotation keeps history: a new pair is first staged as `<role>.<new serial hex>.new.pem/.key`, so the
+pair in use is untouched until its caller committed the new certificate; installing it links the
+current pair to `<role>.<old serial hex>.pem/.key`, then replaces it (key first, certificate last, each
+an atomic rename), holding `.rotation.lock` so two installs cannot interleave. Other processes (gunicorn
 workers, the scheduler) notice a replaced certificate file on their next use of the CA and load the
 new pair (`refresh_service_keys`), so none keeps signing with a rotated key.
 
@@ -157,6 +158,23 @@ def root_offline(directory: Path, export_path: Path) -> None:
         raise ValidationFailed(f"Cannot write {export_path}: {error.strerror or error}; the root key stays on "
                                "this server.", code="export_failed") from error
     source.unlink()
+
+
+@dataclass(frozen=True)
+class StagedServicePair:
+    """A new service pair on disk beside the pair in use, not in use yet (`Authority.stage_service_pair`)."""
+
+    role: ServiceRole
+    certificate: x509.Certificate
+    key: SigningKey
+    key_path: Path
+    certificate_path: Path
+
+
+def discard_service_pair(staged: StagedServicePair) -> None:
+    """Remove a staged pair's files (its rotation was not committed); the pair in use is untouched."""
+    for path in (staged.key_path, staged.certificate_path):
+        path.unlink(missing_ok=True)
 
 
 class Authority:
@@ -304,11 +322,36 @@ class Authority:
         raise ValidationFailed(f"Unknown service certificate role {role!r}.", code="invalid_role")
 
     def create_service_certificate(self, role: ServiceRole) -> x509.Certificate:
-        """A fresh EC P-256 key and its certificate, written to the directory; the previous pair,
-        if any, is kept as `<role>.<old serial hex>.pem/.key`. Returns the new certificate."""
+        """A fresh EC P-256 key and its certificate, written to the directory and in use at once; the previous
+        pair, if any, is kept as `<role>.<old serial hex>.pem/.key`. Returns the new certificate. For a caller
+        with nothing to commit (`init_ca`); one that records the pair in a database stages it, commits, then
+        installs it (`stage_service_pair`)."""
+        staged = self.stage_service_pair(role)
+        self.install_service_pair(staged)
+        return staged.certificate
+
+    def stage_service_pair(self, role: ServiceRole) -> StagedServicePair:
+        """A fresh EC P-256 key and its certificate, written beside the pair in use under names of their own
+        (`<role>.<new serial hex>.new.key/.pem`): the pair in use stays in use, on disk and here, until
+        `install_service_pair`; `discard_service_pair` removes the new files instead."""
+        key = keys.generate("ec", "service")
+        certificate = self.issue_service_certificate(role, key.public_key())
+        stem = f"{role}.{certificate.serial_number:x}.new"
+        staged = StagedServicePair(role, certificate, keys.FileSigningKey(key), self.directory / f"{stem}.key",
+                                   self.directory / f"{stem}.pem")
+        try:
+            keys.write_private_key(staged.key_path, key, self._passphrase)
+            keys.write_public_file(staged.certificate_path, pem(certificate))
+        except BaseException:
+            discard_service_pair(staged)
+            raise
+        return staged
+
+    def install_service_pair(self, staged: StagedServicePair) -> None:
+        """Put a staged pair in place of the pair in use, which is kept as `<role>.<old serial hex>.pem/.key`:
+        key first, certificate last, each an atomic rename, under the rotation lock."""
+        role = staged.role
         with self._rotation_lock():
-            key = keys.generate("ec", "service")
-            certificate = self.issue_service_certificate(role, key.public_key())
             current_pem, current_key = self.directory / f"{role}.pem", self.directory / f"{role}.key"
             if current_pem.exists():
                 old_serial = format(x509.load_pem_x509_certificate(current_pem.read_bytes()).serial_number, "x")
@@ -316,25 +359,16 @@ class Authority:
                     archived = self.directory / f"{role}.{old_serial}{current.suffix}"
                     if current.exists() and not archived.exists():
                         os.link(current, archived)
-            self._replace(current_key, lambda staged: keys.write_private_key(staged, key, self._passphrase))
-            self._replace(current_pem, lambda staged: keys.write_public_file(staged, pem(certificate)))
-            self._hold(role, certificate, keys.FileSigningKey(key))
+            os.replace(staged.key_path, current_key)
+            os.replace(staged.certificate_path, current_pem)
+            self._hold(role, staged.certificate, staged.key)
             self._service_files[role] = self._file_identity(role)
-        return certificate
 
     @contextmanager
     def service_files_settled(self) -> Iterator[None]:
         """For callers that read a service pair's files themselves (ssl's `load_cert_chain`)."""
         with self._rotation_lock(shared=True):
             yield
-
-    @staticmethod
-    def _replace(path: Path, write: Callable[[Path], None]) -> None:
-        """Write beside `path`, then rename into place: a reader sees the old file or the new one."""
-        staged = path.with_name(path.name + ".new")
-        staged.unlink(missing_ok=True)  # left by a rotation that died here; the lock is ours
-        write(staged)
-        os.replace(staged, path)
 
     @contextmanager
     def _rotation_lock(self, *, shared: bool = False) -> Iterator[None]:

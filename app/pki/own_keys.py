@@ -6,27 +6,40 @@ once when revoked; the CA certificates above them only warn, long before they ex
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 
 from flask_babel import lazy_gettext as _l
+from flask_sqlalchemy.session import Session as FlaskSession
+from sqlalchemy import event
+from sqlalchemy.orm import Session, SessionTransaction
 
 from app.database import utcnow
 from app.extensions import db
 from app.pki import service
+from app.pki.authority import ServiceRole, StagedServicePair, discard_service_pair
 from app.pki.models import ROOT_CRL, Certificate, CRLState
 
 ROOT_CRL_WARNING_DAYS = 60
+# session.info: the (authority, staged pair) of each rotation in the transaction, installed once it commits.
+STAGED = "mpim_staged_service_pairs"
+log = logging.getLogger(__name__)
+
 
 def route_signer():
-    """(signing key, certificate) for routing tables."""
+    """(signing key, certificate) for routing tables: the pair this transaction rotated to, if it did (its
+    tables are signed with the key they name), else the pair in use."""
+    staged = _staged_in_transaction("route-signer")
+    if staged is not None:
+        return staged.key.signer(), staged.certificate
     loaded = service.authority()
     return loaded.route_signer_key.signer(), loaded.route_signer_certificate
 
 
 def rotate_route_signer(*, actor: str) -> Certificate:
-    """A new route-signing pair; the routing table is then re-signed with it (`route_signer_changed`)."""
-    certificate = service.authority().create_service_certificate("route-signer")
-    row = service.store(certificate, "route_signer", None, actor)
+    """A new route-signing pair; the routing table is then re-signed with it (`route_signer_changed`).
+    The pair replaces the one in use only when the transaction commits (`_rotate`)."""
+    row = _rotate("route-signer", "route_signer", actor)
     for hook in service.route_signer_changed:
         hook(actor)
     return row
@@ -34,7 +47,51 @@ def rotate_route_signer(*, actor: str) -> Certificate:
 
 def rotate_management_certificate(*, actor: str) -> Certificate:
     """A new TLS identity for the management node (health polling picks it up on its next round)."""
-    return service.store(service.authority().create_service_certificate("management"), "management", None, actor)
+    return _rotate("management", "management", actor)
+
+
+def _rotate(role: ServiceRole, kind: str, actor: str) -> Certificate:
+    """Stage a new pair and record its certificate. Its files go in place of the pair in use after the commit
+    (`_install_committed`), so a commit that fails leaves the pair in use where it was, on disk and in every
+    process, instead of a key the database never recorded; the staged files are then removed
+    (`_discard_uncommitted`). The outermost transaction decides: no caller rotates inside a savepoint."""
+    loaded = service.authority()
+    db.session.connection()  # begin the transaction the staged pair belongs to
+    staged = loaded.stage_service_pair(role)
+    db.session.info.setdefault(STAGED, []).append((loaded, staged))
+    return service.store(staged.certificate, kind, None, actor)
+
+
+def _staged_in_transaction(role: ServiceRole) -> StagedServicePair | None:
+    for _, staged in reversed(db.session.info.get(STAGED, ())):
+        if staged.role == role:
+            return staged
+    return None
+
+
+def _install_committed(session: Session) -> None:
+    """After commit: the database knows the new certificates, so their pairs go in place. A failure here cannot
+    undo the commit: it is logged with the staged files' names, which are left for the operator."""
+    if session.in_nested_transaction():  # a savepoint released: the outermost transaction has not committed
+        return
+    for loaded, staged in session.info.pop(STAGED, ()):
+        try:
+            loaded.install_service_pair(staged)
+        except OSError:
+            log.exception("the %s pair %s was committed but could not be put in place; its files are %s and %s",
+                          staged.role, format(staged.certificate.serial_number, "x"), staged.key_path,
+                          staged.certificate_path)
+
+
+def _discard_uncommitted(session: Session, transaction: SessionTransaction) -> None:
+    """The outermost transaction ended without a commit (after one, `_install_committed` took the pairs)."""
+    if transaction.parent is None:
+        for _, staged in session.info.pop(STAGED, ()):
+            discard_service_pair(staged)
+
+
+event.listen(FlaskSession, "after_commit", _install_committed)
+event.listen(FlaskSession, "after_transaction_end", _discard_uncommitted)
 
 
 def service_certificates_due(now: datetime | None = None) -> list[str]:
