@@ -228,6 +228,16 @@ def test_group_list_says_the_user_is_in_no_group_instead_of_printing_a_blank_lin
     assert node_cli(a, "group", "list", "--as", "zhangsan").endswith("\t专案组\t2 members\n")
 
 
+def test_quit_join_and_dismiss_take_no_addresses_after_the_group_and_leave_the_group_as_it_was(network):  # noqa: F811
+    """`group quit --as wangwu GROUP zhangsan@...` reads as removing zhangsan; it made wangwu leave instead."""
+    a = network["a"]
+    group = a.node.create_group("zhangsan", "专案组", [a.user("wangwu")], "").address
+    for op, user in (("quit", "wangwu"), ("join", "wangwu"), ("dismiss", "zhangsan")):
+        result = CliRunner().invoke(cli, ["--data", str(a.dir), "group", op, "--as", user, group, a.user("zhangsan")])
+        assert result.exit_code == 2 and "unexpected extra argument" in result.output, (op, result.output)
+    assert node_cli(a, "group", "list", "--as", "wangwu").endswith("\t专案组\t2 members\n")
+
+
 def test_users_list_says_the_node_has_no_users_instead_of_printing_a_blank_line(tmp_path):
     data = tmp_path / "jx"
     CliRunner().invoke(cli, ["--data", str(data), "init", "--registry", "http://127.0.0.1:5000", "--division",

@@ -157,14 +157,16 @@ def group_create(ctx: Context, user, name, members, notice):
 
 
 def _group_op(op: str, with_targets: bool):
-    @as_user
-    @click.argument("group_address")
-    @click.argument("targets", nargs=-1, required=with_targets)
     @pass_ctx
-    def command(ctx: Context, user, group_address, targets):
+    def command(ctx: Context, user, group_address, targets=()):
         outcome = ctx.node.group_operation(user, group_address, op, targets)
         report_group_operation(ctx, op, group_address, outcome, group_operation_done(op, targets))
-    return command
+
+    # quit, join and dismiss name no users: an address after the group's was taken and dropped, so
+    # `group quit --as lisi GROUP zhangsan@...` read as removing zhangsan and made lisi leave.
+    if with_targets:
+        command = click.argument("targets", nargs=-1, required=True)(command)
+    return as_user(click.argument("group_address")(command))
 
 
 # Whether the group changed: known when this node is home; a home node elsewhere acknowledges a request
