@@ -274,7 +274,8 @@ def test_cli_lists_and_ends_a_users_sessions(app, runner, make_user):
     ended = runner.invoke(args=["users", "end-sessions", "alice"])
     assert ended.exit_code == 0 and "ended 2 session(s) of alice" in ended.output
     assert not is_signed_in(first) and not is_signed_in(second)
-    assert runner.invoke(args=["users", "sessions", "alice"]).output == ""
+    assert runner.invoke(args=["users", "sessions", "alice"]).output == "no live console sessions of alice\n"
+    assert runner.invoke(args=["users", "sessions", "alice", "--json"]).output == ""  # one object per session
     [entry] = session_ends()
     assert (entry.actor, entry.detail["reason"]) == ("cli", "ended_by_admin")
     missing = runner.invoke(args=["users", "end-sessions", "nobody"])

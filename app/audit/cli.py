@@ -73,7 +73,8 @@ def list_command(limit: int, as_json: bool) -> None:
 @click.option("--action", default="", help="Actions starting with this (`node.` for every node action), or "
                                            "whose label contains it.")
 @click.option("--target", default="", help="Targets containing this.")
-@click.option("--since", default="", metavar="YYYY-MM-DD", help="From this day on (in MPIM_DISPLAY_TIMEZONE).")
+@click.option("--since", default="", metavar="YYYY-MM-DD",
+              help="From this day on (Asia/Shanghai, the console's time zone).")
 @click.option("--until", default="", metavar="YYYY-MM-DD", help="Up to and including this day.")
 @click.option("--header", type=click.Choice(["keys", "labels"]), default="keys", show_default=True,
               help="First row: stable keys (seq, at_utc, ...), which scripts read, or the column names in "

@@ -100,7 +100,10 @@ def sessions_command(username, as_json):
         user = service.get_user(username)
     except DomainError as error:
         fail(error, as_json)
-    for row in console_sessions.live_sessions(user):
+    rows = console_sessions.live_sessions(user)
+    if not rows and not as_json:
+        click.echo(f"no live console sessions of {username}")
+    for row in rows:
         item = {"id": row.id, "remote_addr": row.remote_addr, "user_agent": row.user_agent,
                 "signed_in_at": row.signed_in_at.isoformat(), "last_active_at": row.last_active_at.isoformat()}
         click.echo(json.dumps(item, ensure_ascii=False) if as_json else
