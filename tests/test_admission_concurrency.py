@@ -197,6 +197,33 @@ def test_one_key_is_certified_for_one_node_when_issuances_race(app, make_user):
     assert holders == results
 
 
+def test_one_key_goes_to_one_node_when_applications_and_renewals_race(app, make_user):
+    """Applications and other nodes' renewals with one key, all at once: one of them gets the key, and the rest
+    are told who holds it (key_pending, key_in_use). A renewal queues on the key's name as an application does."""
+    from app.admission import nodes
+    from app.pki import service as pki
+
+    minister = make_user("minister")
+    node_ids = []
+    for _ in range(RACERS // 2):
+        document = node_document("360000")
+        application = applications.submit_by_user(parse(document), document["csr"], by=minister)
+        node_ids.append(applications.approve(application, by=minister).node_id)
+    minister_id = minister.id
+    db.session.commit()
+    db.session.remove()
+    csr = make_csr()
+
+    def apply_or_renew(i: int) -> str:
+        user = db.session.get(User, minister_id)
+        if i % 2:
+            return applications.submit_by_user(parse(node_document("360000", csr=csr)), csr, by=user).id
+        return pki.renew(nodes.get(node_ids[i // 2]), csr, by=user).node_id
+
+    results, errors = _race(app, apply_or_renew)
+    assert len(results) == 1 and _codes(errors) <= {"key_pending", "key_in_use"}, (results, errors)
+
+
 def test_one_application_approved_twice_at_once_admits_one_node(app, make_user):
     """Two admins pressing approve (or one approving while another rejects) on the same application."""
     from app.admission.models import Application

@@ -224,6 +224,33 @@ def test_console_renewal_with_nothing_or_junk_says_so(app, people):  # noqa: F81
     assert [r.serial for r in pki.node_certificates(node.node_id)] == [row.serial]
 
 
+def test_admin_renewal_with_the_key_of_a_waiting_application_says_so_in_the_console_and_cli(
+        app, runner, people, tmp_path):  # noqa: F811
+    from app.admission import applications
+    from app.admission.information import parse
+    from tests.factories import node_document
+
+    _, jx_admin = people
+    node, _ = admit_with_keys(people)
+    row = pki.current_certificate(node.node_id)
+    keys = NodeKeys()
+    waiting = applications.submit_by_user(parse(node_document("360000", csr=keys.csr)), keys.csr, by=jx_admin)
+    db.session.commit()
+    console = Console(app.test_client())
+    console.login("minister")
+    page = console.post_form(f"/certificates/{row.serial}", {"csr": keys.csr},
+                             action=f"/certificates/{row.serial}/renew")
+    assert page.status_code == 422
+    assert f"使用该证书请求（CSR）密钥的接入申请 {waiting.id} 正在等待审核" in page.get_data(as_text=True)
+    (tmp_path / "waiting.csr").write_text(keys.csr)
+    command = ["ca", "renew", node.node_id, "--csr", str(tmp_path / "waiting.csr"), "--user", "minister"]
+    scripted = runner.invoke(args=[*command, "--json"])
+    assert scripted.exit_code == 1 and json.loads(scripted.output)["error"]["code"] == "key_pending"
+    human = runner.invoke(args=command)
+    assert human.exit_code == 1 and f"error: Application {waiting.id} with this CSR's key" in human.output
+    assert [c.serial for c in pki.node_certificates(node.node_id)] == [row.serial]
+
+
 def test_the_dashboard_counts_node_certificates_in_the_admins_scope(app, make_user, people):  # noqa: F811
     from datetime import timedelta
 

@@ -140,6 +140,36 @@ def test_renewal_in_the_last_third_changes_the_route_fingerprint(client, people)
     assert renew(client, token, "garbage").get_json()["error"]["code"] == "invalid_csr"
 
 
+def test_renewal_cannot_take_the_key_another_nodes_application_waits_with(client, people):  # noqa: F811
+    """One key, one node (docs/protocol.md) counts pending applications too. Renewal checked certificates only: a
+    node renewed with the key of another node's waiting application or change request, whose approval then found
+    its key certified for someone else. The node's own change request holds no key against it."""
+    from app.admission import applications
+    from app.admission.information import parse
+    from tests.factories import node_document
+
+    _, jx_admin = people
+    node, keys = admit_with_keys(people)
+    other, _ = admit_with_keys(people)
+    token = client.post("/api/v1/session", json=keys.session_request(node.node_id)).get_json()["token"]
+    row = pki.current_certificate(node.node_id)
+    row.not_before, row.not_after = utcnow() - timedelta(days=70), utcnow() + timedelta(days=20)  # window open
+    admission, change, own = NodeKeys(), NodeKeys(), NodeKeys()
+    waiting = applications.submit_by_user(parse(node_document("360000", csr=admission.csr)), admission.csr,
+                                          by=jx_admin)
+    other_change = applications.submit_change(other, parse(node_document(endpoint=other.endpoint)), change.csr,
+                                              by=jx_admin)
+    applications.submit_change(node, parse(node_document(endpoint=node.endpoint)), own.csr, by=jx_admin)
+    db.session.commit()
+    for held, application in ((admission, waiting), (change, other_change)):
+        refused = renew(client, token, held.csr)
+        error = refused.get_json()["error"]
+        assert (refused.status_code, error["code"], error["field"]) == (409, "key_pending", "csr")
+        assert application.id in error["message"]
+    assert [c.serial for c in pki.node_certificates(node.node_id)] == [row.serial]
+    assert renew(client, token, own.csr).status_code == 201
+
+
 def test_every_record_of_a_nodes_own_renewal_names_the_node(client, people):  # noqa: F811
     """A node's renewal issues a certificate (recorded as node:ID) and publishes a route version for it, which
     was recorded as "anonymous": the API request has no console user, and nothing else named the node."""

@@ -73,9 +73,10 @@ def _queue(*, key_sha256: str | None = None, endpoint: str | None = None) -> Non
     serialise(*_lock_names(key_sha256, endpoint))
 
 
-def _require_key_free(key_sha256: str | None, node_id: str | None = None) -> None:
+def require_key_free(key_sha256: str | None, node_id: str | None = None) -> None:
     """One key, one node: refuse a CSR whose key another node's certificate (not revoked) or another
-    pending application already carries."""
+    pending application already carries; `node_id`'s own certificates and change request do not count.
+    Admission and renewal ask this (the caller holds the key's lock, see `_queue`)."""
     from app.pki import service as pki
 
     if not key_sha256:
@@ -116,7 +117,7 @@ def submit_with_token(raw_token: str | None, document) -> Application:
     inspect_csr(csr_pem)
     key_sha256 = _key_of(csr_pem)
     _queue(key_sha256=key_sha256, endpoint=info.endpoint)
-    _require_key_free(key_sha256)
+    require_key_free(key_sha256)
     _require_endpoint_free(info.endpoint)
     tokens.consume(token)  # last: only an accepted application uses the token up
     application = _new_application(info, csr_pem, token_id=token.id, key_sha256=key_sha256)
@@ -135,7 +136,7 @@ def submit_by_user(info: NodeInformation, csr_pem: str | None, *, by) -> Applica
     inspect_csr(csr_pem)
     key_sha256 = _key_of(csr_pem)
     _queue(key_sha256=key_sha256, endpoint=info.endpoint)
-    _require_key_free(key_sha256)
+    require_key_free(key_sha256)
     _require_endpoint_free(info.endpoint)
     application = _new_application(info, csr_pem, submitted_by_id=by.id, key_sha256=key_sha256)
     db.session.flush()
@@ -169,7 +170,7 @@ def submit_change(node: Node, info: NodeInformation, csr_pem: str | None, *, by)
     if endpoint_host(info.endpoint) != endpoint_host(node.endpoint) and not csr_pem:
         raise ValidationFailed(_l("A new endpoint host needs a new CSR: the certificate names the host."),
                                code="missing_csr", field="csr")
-    _require_key_free(key_sha256, node.node_id)
+    require_key_free(key_sha256, node.node_id)
     application = _new_application(info, csr_pem, kind="change", node_id=node.node_id, submitted_by_id=by.id,
                                    key_sha256=key_sha256)
     db.session.flush()

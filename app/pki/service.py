@@ -265,8 +265,10 @@ def session_certificates(node_id: str) -> dict:
 
 def renew(node, csr_pem: str, *, by=None) -> Certificate:
     """A node renews in the last third of its certificate's validity; an admin (`by`) any time.
-    The old certificate stays valid until it expires; the route table carries the new one."""
-    from app.admission import nodes
+    The old certificate stays valid until it expires; the route table carries the new one.
+    One key, one node, as for an application: a key another node's pending application carries is refused
+    too (`key_pending`), or approving that application would find its key certified for someone else."""
+    from app.admission import applications, nodes
 
     if by is not None and by.role != "ministry_admin":
         raise PermissionDenied(_l("Only a ministry admin may do this."), code="ministry_only")
@@ -286,6 +288,7 @@ def renew(node, csr_pem: str, *, by=None) -> Certificate:
         if utcnow() < opens:
             raise Conflict(_l("Renewal opens at %(when)s, in the last third of the validity.",
                               when=opens.isoformat(timespec="seconds")), code="renewal_too_early")
+    applications.require_key_free(key_sha256, node.node_id)
     actor = by.username if by else f"node:{node.node_id}"
     audit.act_as(actor)  # the route version the hooks publish is this renewal's too
     row = _issue_checked(node, csr, key_sha256, actor=actor)
