@@ -393,6 +393,83 @@ def test_a_token_revoked_while_an_application_uses_it_stays_used(app, make_user)
     assert applications.get(application_id).token_id == token_id
 
 
+@pytest.mark.parametrize("change", ["revoked", "expired"])
+def test_a_token_that_changed_after_the_application_checked_it_is_refused_for_what_happened(app, make_user, change):
+    """Between an application's check of its token (`require_usable`) and its use (`consume`) an admin revokes it,
+    or it expires: the conditional UPDATE matches nothing, and the refusal said token_used, sending the node's
+    operator after an application that never was. It says token_revoked (token_expired)."""
+    from datetime import timedelta
+
+    from app.admission import tokens
+    from app.admission.models import EnrollmentToken
+    from app.database import utcnow
+
+    admin = make_user("jx-admin", "provincial_admin", ("360000",))
+    token, raw = tokens.create_token("360000", by=admin)
+    token_id, admin_id = token.id, admin.id
+    db.session.commit()
+    db.session.remove()
+    with app.app_context():  # the node's request, in its own session
+        token = tokens.find_by_raw(raw)
+        tokens.require_usable(token)
+        with app.app_context():  # meanwhile, another session commits
+            if change == "revoked":
+                tokens.revoke_token(token_id, by=db.session.get(User, admin_id))
+            else:
+                db.session.get(EnrollmentToken, token_id).expires_at = utcnow() - timedelta(seconds=1)
+            db.session.commit()
+        with pytest.raises(tokens.StaleToken) as caught:
+            tokens.consume(token)
+        assert caught.value.code == f"token_{change}"
+        db.session.rollback()
+    assert db.session.get(EnrollmentToken, token_id).used_at is None
+
+
+def test_a_token_revoked_while_an_application_waits_to_use_it_is_refused_as_revoked(app, make_user):
+    """The race itself: the admin's revocation holds the token's row when the application, which found the token
+    usable, comes to use it; the application waits, the revocation commits, the application is refused as revoked
+    (it said token_used), and nothing of it is stored."""
+    from sqlalchemy import text
+
+    from app.admission import tokens
+    from app.admission.models import Application, EnrollmentToken
+
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("an admin and a node at once: PostgreSQL (SQLite has one writer at a time)")
+    admin = make_user("jx-admin", "provincial_admin", ("360000",))
+    token, raw = tokens.create_token("360000", by=admin)
+    token_id, admin_id = token.id, admin.id
+    db.session.commit()
+    db.session.remove()
+    errors: list[BaseException] = []
+
+    def apply() -> None:
+        with app.app_context():
+            try:
+                applications.submit_with_token(raw, node_document("360000"))
+                db.session.commit()
+            except BaseException as error:
+                errors.append(error)
+            finally:
+                db.session.remove()
+
+    with app.app_context():  # the admin's request, in its own session
+        tokens.revoke_token(token_id, by=db.session.get(User, admin_id))
+        thread = threading.Thread(target=apply)
+        thread.start()
+        deadline = time.monotonic() + 30
+        with db.engine.connect() as watcher:  # until the application waits on the revocation, or has finished
+            while thread.is_alive() and time.monotonic() < deadline and not watcher.scalar(text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'")):
+                time.sleep(0.02)
+        db.session.commit()
+    joined([thread])
+    assert _codes(errors) == {"token_revoked"}, errors
+    assert db.session.get(EnrollmentToken, token_id).state() == "revoked"
+    assert db.session.scalar(select(func.count()).select_from(Application)) == 0
+
+
 def test_one_user_name_created_twice_at_once_is_one_user(app):
     from app.auth import service as users
 

@@ -86,7 +86,9 @@ def require_usable(token: EnrollmentToken) -> None:
 
 
 def consume(token: EnrollmentToken) -> None:
-    """Mark used in one conditional UPDATE, so two racing applications cannot both use it."""
+    """Mark used in one conditional UPDATE, so two racing applications cannot both use it. When it matches
+    nothing, the token changed after `require_usable` read it: used, revoked or expired meanwhile, and the
+    refusal says which."""
     now = utcnow()
     result = db.session.execute(
         update(EnrollmentToken)
@@ -96,7 +98,9 @@ def consume(token: EnrollmentToken) -> None:
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:
-        raise StaleToken("This enrollment token has been used already.", code="token_used")
+        db.session.refresh(token)  # as the UPDATE found it: a revocation or the clock, not only another application
+        require_usable(token)
+        raise StaleToken("This enrollment token has been used already.", code="token_used")  # unreachable in practice
     db.session.refresh(token)
 
 
