@@ -92,6 +92,51 @@ def test_a_revoked_token_is_refused(client, token, jx_admin):
     assert response.status_code == 401 and response.get_json()["error"]["code"] == "token_revoked"
 
 
+def reassign(user, **change) -> None:
+    """What an admin changes on the users page: the account's role, scope, whether it is enabled."""
+    from app.auth import service as users
+
+    users.update_user(user, **{"role": user.role, "scopes": user.scopes, "active": user.active, "display_name": "",
+                               **change})
+    db.session.commit()
+
+
+@pytest.mark.parametrize(("change", "lapse"), [
+    ({"active": False}, "disabled"),
+    ({"scopes": ["440000"]}, "out_of_scope"),
+    ({"role": "auditor", "scopes": []}, "not_admin"),
+], ids=["disabled", "moved_to_another_province", "made_an_auditor"])
+def test_a_token_stops_admitting_once_its_issuer_could_not_issue_it(client, token, jx_admin, change, lapse):
+    """A provincial admin's token outlived their account and their scope: disabled, moved to another province or
+    made an auditor, the admin could issue no such token, and the one they left behind still admitted a node."""
+    from sqlalchemy import func
+
+    reassign(jx_admin, **change)
+    response = submit(client, token, node_document())
+    error = response.get_json()["error"]
+    assert (response.status_code, error["code"]) == (401, "token_issuer_inactive"), error
+    row = db.session.scalar(select(EnrollmentToken))
+    assert (row.used_at, row.state(), row.issuer_lapse()) == (None, "issuer_inactive", lapse)
+    assert db.session.scalar(select(func.count()).select_from(Application)) == 0
+
+
+def test_a_token_admits_while_its_issuer_could_issue_it(client, jx_admin, make_user):
+    """A scope narrowed but still covering the token's division, a ministry admin's token for any province, and an
+    account enabled again (the token was refused, not revoked: nothing was stored)."""
+    _, narrowed = tokens.create_token("360100", by=jx_admin)
+    _, national = tokens.create_token("440000", by=make_user("minister"))
+    _, paused = tokens.create_token("360000", by=make_user("gan-admin", "provincial_admin", ("360000",)))
+    db.session.commit()
+    reassign(jx_admin, scopes=["360100", "440000"])
+    assert submit(client, narrowed, node_document("360100")).status_code == 201
+    assert submit(client, national, node_document("440000")).status_code == 201
+    gan_admin = db.session.scalar(select(EnrollmentToken).where(EnrollmentToken.division_code == "360000")).issued_by
+    reassign(gan_admin, active=False)
+    assert submit(client, paused, node_document()).get_json()["error"]["code"] == "token_issuer_inactive"
+    reassign(gan_admin, active=True)
+    assert submit(client, paused, node_document()).status_code == 201
+
+
 @pytest.mark.parametrize("header", [None, "Bearer mpet_not-a-real-token", "Basic abc"])
 def test_missing_or_unknown_token(client, header):
     headers = {"Authorization": header} if header else {}

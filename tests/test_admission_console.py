@@ -115,6 +115,30 @@ def test_revoking_a_used_token_is_refused(app, make_user):
     assert token.revoked_at is None and token.state() == "used"
 
 
+def test_token_list_shows_a_token_whose_issuer_could_not_issue_it_as_not_usable_and_why(app, make_user):
+    from app.auth import service as users
+
+    minister = make_user("minister")
+    jx_admin = make_user("jx-admin", "provincial_admin", ("360000",))
+    gd_admin = make_user("gd-admin", "provincial_admin", ("440000",))
+    kept, _ = tokens.create_token("450000", by=minister)
+    left, _ = tokens.create_token("360000", by=jx_admin)
+    moved, _ = tokens.create_token("440100", by=gd_admin)
+    db.session.commit()
+    users.update_user(jx_admin, role="provincial_admin", scopes=["360000"], active=False, display_name="")
+    users.update_user(gd_admin, role="provincial_admin", scopes=["450000"], active=True, display_name="")
+    db.session.commit()
+    console = Console(app.test_client())
+    console.login("minister")
+    html = console.client.get("/tokens/").get_data(as_text=True)
+    rows = {prefix: row for row in html.split("<tr>") for prefix in (kept.prefix, left.prefix, moved.prefix)
+            if prefix in row}
+    assert "未使用" in rows[kept.prefix] and "不可用" not in rows[kept.prefix]
+    assert "不可用" in rows[left.prefix] and "签发人 jx-admin 的账户已停用。" in rows[left.prefix]
+    assert "不可用" in rows[moved.prefix] and "签发人 gd-admin 的管辖范围已不包含 440100。" in rows[moved.prefix]
+    assert all('class="danger"' in row for row in rows.values())  # not final: an admin may still revoke them
+
+
 def test_console_refuses_endpoint_port_zero_in_the_form(app, make_user):
     from app.admission.models import Application
     from tests.factories import application_form, make_csr

@@ -7,6 +7,7 @@ from datetime import datetime
 from sqlalchemy import JSON, Boolean, CheckConstraint, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from app.auth.access import admin_lapse
 from app.database import UTCDateTime, utcnow
 from app.extensions import db
 
@@ -37,6 +38,9 @@ class EnrollmentToken(db.Model):
     issued_by = relationship("User", lazy="joined")
 
     def state(self, now: datetime | None = None) -> str:
+        """revoked, used, expired, issuer_inactive (unused and unexpired, but its issuer could not issue it now, see
+        `issuer_lapse`) or active. Nothing is stored for issuer_inactive: the token admits again once the account is
+        enabled or its scope restored, unless an admin revoked it meanwhile."""
         now = now or utcnow()
         if self.revoked_at:
             return "revoked"
@@ -44,7 +48,14 @@ class EnrollmentToken(db.Model):
             return "used"
         if self.expires_at <= now:
             return "expired"
+        if self.issuer_lapse():
+            return "issuer_inactive"
         return "active"
+
+    def issuer_lapse(self) -> str | None:
+        """Why the admin who issued the token no longer vouches for it ("disabled", "not_admin", "out_of_scope"):
+        a provincial admin's token must not outlive their account or their scope over its division."""
+        return admin_lapse(self.issued_by, self.division_code)
 
 
 class Application(db.Model):

@@ -77,11 +77,15 @@ def find_by_raw(raw: str | None) -> EnrollmentToken:
 
 
 def require_usable(token: EnrollmentToken) -> None:
+    """Unused, unexpired, not revoked, and its issuer still an active admin whose scope covers its division."""
     state = token.state()
     if state != "active":
         messages = {"used": "This enrollment token has been used already.",
                     "expired": "This enrollment token has expired.",
-                    "revoked": "This enrollment token has been revoked."}
+                    "revoked": "This enrollment token has been revoked.",
+                    "issuer_inactive": "The admin who issued this enrollment token could not issue it now (the "
+                                       "account was disabled, or its role or scope changed): ask an admin for a "
+                                       "new token."}
         raise StaleToken(messages[state], code=f"token_{state}")
 
 

@@ -41,3 +41,16 @@ def require_division_scope(user, code: str) -> None:
     if not user.can_access_division(code):
         raise PermissionDenied(_l("Division %(code)s is outside your scope.", code=code), code="out_of_scope",
                                field="division_code")
+
+
+def admin_lapse(user, code: str) -> str | None:
+    """Why `user` could not act as an admin in division `code` now: "disabled" (the account), "not_admin" (the
+    role) or "out_of_scope" (the scope; a ministry admin's is the nation); None while they could. What an admin
+    issued in their own name and is used later (an enrollment token) stands only while this is None."""
+    if not user.active:
+        return "disabled"
+    if user.role not in ADMIN_ROLES:
+        return "not_admin"
+    if not user.can_access_division(code):
+        return "out_of_scope"
+    return None
