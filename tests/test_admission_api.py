@@ -137,12 +137,14 @@ def test_a_token_admits_while_its_issuer_could_issue_it(client, jx_admin, make_u
     assert submit(client, paused, node_document()).status_code == 201
 
 
-@pytest.mark.parametrize("header", [None, "Bearer mpet_not-a-real-token", "Basic abc"])
-def test_missing_or_unknown_token(client, header):
+@pytest.mark.parametrize(("header", "code"), [
+    (None, "missing_token"), ("Basic abc", "missing_token"), ("Bearer mpet_not-a-real-token", "unknown_token"),
+    ("Bearer not-shaped-like-a-token", "unknown_token"), ("Bearer mpet_" + "x" * 200, "unknown_token"),
+])
+def test_missing_or_unknown_token(client, header, code):
     headers = {"Authorization": header} if header else {}
     response = client.post("/api/v1/applications", json=node_document(), headers=headers)
-    assert response.status_code == 401
-    assert response.get_json()["error"]["code"] in ("missing_token", "unknown_token")
+    assert (response.status_code, response.get_json()["error"]["code"]) == (401, code)
 
 
 @pytest.mark.parametrize(("overrides", "status", "code", "field"), [

@@ -68,8 +68,10 @@ def create_token(division_code: str, *, by, ttl: timedelta = DEFAULT_TTL,
 
 def find_by_raw(raw: str | None) -> EnrollmentToken:
     """The token a bearer holds, in whatever state; unknown tokens are refused."""
-    if not raw or not raw.startswith(TOKEN_PREFIX) or len(raw) > 100:
+    if not raw:
         raise StaleToken("An enrollment token is required: Authorization: Bearer <token>.", code="missing_token")
+    if not raw.startswith(TOKEN_PREFIX) or len(raw) > 100:  # not worth a lookup, but a token all the same
+        raise StaleToken(f"This is not an enrollment token (they begin with {TOKEN_PREFIX}).", code="unknown_token")
     token = db.session.scalar(select(EnrollmentToken).where(EnrollmentToken.token_hash == hash_token(raw)))
     if token is None:
         raise StaleToken("This enrollment token is not known.", code="unknown_token")
