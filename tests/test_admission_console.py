@@ -274,3 +274,33 @@ def test_an_unknown_capability_is_refused_in_the_readers_language_and_the_form_k
     html = console.post_form("/applications/new", form).get_data(as_text=True)
     assert "未知功能：teleport" in html and "not a valid choice" not in html and 'value="赣警通"' in html
     assert db.session.scalar(db.select(db.func.count()).select_from(Application)) == 0
+
+
+def test_the_dashboard_names_a_few_nodes_on_retired_codes_and_the_nodes_list_pages_through_all(app, make_user,
+                                                                                                 admin_console):
+    """A GB/T 2260 revision can retire the codes of many nodes at once: the dashboard listed every one of them."""
+    from app.admission import applications
+    from app.admission.information import parse
+    from app.divisions.models import Division
+    from tests.factories import node_document
+
+    minister = db.session.scalar(db.select(User).where(User.username == "minister"))
+    jx_admin = make_user("jx-admin", "provincial_admin", ("360000",))
+    codes = [code for code in db.session.scalars(db.select(Division.code).where(
+        Division.code.like("36__%"), Division.level == "county", Division.retired.is_(False))
+        .order_by(Division.code).limit(12))]
+    admitted = []
+    for number, code in enumerate(codes):
+        document = node_document(code, endpoint=f"https://n{number}.jx.example")
+        admitted.append(applications.approve(applications.submit_by_user(parse(document), document["csr"],
+                                                                         by=jx_admin), by=minister).node_id)
+    for division in db.session.scalars(db.select(Division).where(Division.code.in_(codes))):
+        division.retired, division.retired_in = True, "2099"
+    db.session.commit()
+    dashboard = admin_console.client.get("/").get_data(as_text=True)
+    named = [node_id for node_id in admitted if f'href="/nodes/{node_id}"' in dashboard]
+    assert len(named) == 10
+    link = re.search(r'<a href="([^"]+)" id="retired-division-nodes">([^<]*)<', dashboard)
+    assert link and link.group(2) == "全部 12 个，见节点列表"
+    listed = admin_console.client.get(link.group(1).replace("&amp;", "&")).get_data(as_text=True)
+    assert sum(f'href="/nodes/{node_id}"' in listed for node_id in admitted) == 12

@@ -126,4 +126,15 @@ def dashboard_panel(user) -> dict:
             "pending": applications.pending_count() if user.role == "ministry_admin" else None,
             "suspension_requests": nodes.suspension_requests_count(user) if user.role == "ministry_admin" else 0,
             "tilemap": Markup(tilemap.render(province_figures(user))),
-            "retired_nodes": nodes.nodes_in_retired_divisions() if user.role != "provincial_admin" else []}
+            **_retired_division_figures(user)}
+
+
+# The dashboard names this many nodes on retired division codes; the nodes list pages through the rest.
+RETIRED_SHOWN = 10
+
+
+def _retired_division_figures(user) -> dict:
+    if user.role == "provincial_admin":
+        return {"retired_nodes": [], "retired_total": 0}
+    return {"retired_nodes": nodes.nodes_in_retired_divisions(RETIRED_SHOWN),
+            "retired_total": nodes.count_in_retired_divisions()}

@@ -6,7 +6,7 @@ import re
 
 from flask import current_app
 from flask_babel import lazy_gettext as _l
-from sqlalchemy import false, func, or_, select, update
+from sqlalchemy import and_, false, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -224,6 +224,8 @@ def list_query(user, *, province: str = "", status: str = "", vendor: str = "", 
         from app.pki import service as pki
 
         query = query.where(Node.status == "active", ~pki.holds_current_certificate(Node.node_id))
+    elif status == "retired_division":
+        query = query.where(on_retired_division())
     elif status:
         query = query.where(Node.status == status)
     if vendor:
@@ -265,12 +267,21 @@ def suspension_requests_count(user) -> int:
         Node.suspension_requested.is_(True))) or 0
 
 
-def nodes_in_retired_divisions() -> list[Node]:
+def on_retired_division():
+    """A live node registered for a division code a GB/T 2260 revision has retired (the filter "retired_division")."""
     from app.divisions.models import Division
 
-    return list(db.session.scalars(select(Node).join(Division, Division.code == Node.division_code)
-                                   .where(Division.retired.is_(True), Node.status != "revoked")
-                                   .order_by(Node.node_id)))
+    return and_(Node.status != "revoked",
+                Node.division_code.in_(select(Division.code).where(Division.retired.is_(True))))
+
+
+def nodes_in_retired_divisions(limit: int | None = None) -> list[Node]:
+    """The first `limit` of them (all without one): the dashboard names a few and links the paged list."""
+    return list(db.session.scalars(select(Node).where(on_retired_division()).order_by(Node.node_id).limit(limit)))
+
+
+def count_in_retired_divisions() -> int:
+    return db.session.scalar(select(func.count()).select_from(Node).where(on_retired_division())) or 0
 
 
 def retired_codes_in_use(codes: set[str]) -> list[str]:
