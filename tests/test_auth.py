@@ -135,6 +135,32 @@ def test_users_page_lists_locked_addresses_and_clears_them_after_confirmation(ap
     assert console.login("root").status_code == 302
 
 
+def test_users_page_names_twenty_locked_addresses_and_counts_the_rest(app, admin_console):
+    """A guessing run from many addresses locks each of them: the users page listed every one in its banner,
+    and the flash after clearing them named every one again."""
+    from datetime import timedelta
+
+    from app.auth.models import LoginThrottle
+    from app.database import utcnow
+
+    addresses = [f"10.1.0.{number}" for number in range(100, 125)]
+    db.session.add_all(LoginThrottle(key=f"addr:{address}", failures=9, first_failure_at=utcnow(),
+                                     locked_until=utcnow() + timedelta(minutes=15)) for address in addresses)
+    db.session.commit()
+    page = admin_console.client.get("/users/").get_data(as_text=True)
+    assert sum(f"<code>{address}</code>" in page for address in addresses) == 20
+    assert re.search(r'id="more-locked-addresses">另有 5 条<', page)
+
+    response = admin_console.post_form("/users/", {}, action="/users/address-locks/clear")
+
+    flash = re.search(r'class="flash success"[^>]*>([^<]*)<',
+                      admin_console.client.get(response.headers["Location"]).get_data(as_text=True)).group(1)
+    assert sum(address in flash for address in addresses) == 20 and "10.1.0.119 另有 5 条" in flash
+    assert service.locked_addresses() == []
+    assert db.session.scalars(select(AuditRecord.detail).where(
+        AuditRecord.action == "auth.unlock_addresses")).one()["addresses"] == addresses
+
+
 def login_addresses() -> list[str]:
     return list(db.session.scalars(select(AuditRecord.remote_addr).where(AuditRecord.action == "auth.login")
                                    .order_by(AuditRecord.seq)))

@@ -275,9 +275,14 @@ def unlock(username: str) -> list[str]:
     return addresses
 
 
-def locked_addresses() -> list[tuple[str, datetime]]:
-    """Addresses refused now (too many failed sign-ins from them), with when each lock ends."""
-    return [(row.key.removeprefix("addr:"), row.locked_until) for row in _address_locks()]
+def locked_addresses(limit: int | None = None) -> list[tuple[str, datetime]]:
+    """Addresses refused now (too many failed sign-ins from them), with when each lock ends; the first `limit`
+    of them (a guessing run from many addresses locks them all), every one without."""
+    return [(row.key.removeprefix("addr:"), row.locked_until) for row in _address_locks(limit)]
+
+
+def locked_address_count() -> int:
+    return db.session.scalar(select(func.count()).select_from(_address_locks_query().subquery())) or 0
 
 
 def unlock_addresses() -> list[str]:
@@ -287,9 +292,12 @@ def unlock_addresses() -> list[str]:
     return addresses
 
 
-def _address_locks() -> list[LoginThrottle]:
-    return list(db.session.scalars(select(LoginThrottle).where(
-        LoginThrottle.key.startswith("addr:"), LoginThrottle.locked_until > utcnow()).order_by(LoginThrottle.key)))
+def _address_locks_query():
+    return select(LoginThrottle).where(LoginThrottle.key.startswith("addr:"), LoginThrottle.locked_until > utcnow())
+
+
+def _address_locks(limit: int | None = None) -> list[LoginThrottle]:
+    return list(db.session.scalars(_address_locks_query().order_by(LoginThrottle.key).limit(limit)))
 
 
 def _clear_address_locks() -> list[str]:

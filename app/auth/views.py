@@ -95,13 +95,26 @@ def change_password():
                            reason=password_due.reason_text(due, current_app.config["MPIM_PASSWORD_MAX_DAYS"]))
 
 
+# Locked addresses the users page and its flashes name; the rest are counted (a guessing run from many
+# addresses locks each of them, and one button clears them all).
+ADDRESSES_SHOWN = 20
+
+
+def _named_addresses(addresses: list[str]) -> str:
+    named = ", ".join(addresses[:ADDRESSES_SHOWN])
+    if len(addresses) > ADDRESSES_SHOWN:
+        named += " " + _("and %(n)s more", n=len(addresses) - ADDRESSES_SHOWN)
+    return named
+
+
 @bp.get("/users/")
 @roles_required("ministry_admin")
 def users():
     query = select(User).order_by(User.username)
     page = paginate(query, request.args.get("page", 1, type=int), current_app.config["MPIM_PAGE_SIZE"])
     return render_template("auth/users.html", page=page, is_locked=service.is_locked, confirm_form=ConfirmForm(),
-                           locked_addresses=service.locked_addresses())
+                           locked_addresses=service.locked_addresses(ADDRESSES_SHOWN),
+                           locked_total=service.locked_address_count())
 
 
 @bp.post("/users/address-locks/clear")
@@ -110,7 +123,7 @@ def unlock_addresses():
     if ConfirmForm().validate_on_submit():
         addresses = service.unlock_addresses()
         db.session.commit()
-        flash(_("Sign-in lock cleared on %(addresses)s.", addresses=", ".join(addresses)) if addresses else
+        flash(_("Sign-in lock cleared on %(addresses)s.", addresses=_named_addresses(addresses)) if addresses else
               _("No address was locked."), "success")
     return redirect(url_for("auth.users"))
 
@@ -188,7 +201,7 @@ def unlock_user(username: str):
         db.session.commit()
         flash(_("Sign-in lock of %(name)s cleared.", name=username) if not addresses else
               _("Sign-in lock of %(name)s cleared, and the lock on %(addresses)s.", name=username,
-                addresses=", ".join(addresses)), "success")
+                addresses=_named_addresses(addresses)), "success")
     return redirect(url_for("auth.users"))
 
 
