@@ -178,6 +178,24 @@ def test_bad_input_is_refused_and_leaves_the_token_unused(client, token, overrid
     assert db.session.scalar(select(Application)) is None
 
 
+@pytest.mark.parametrize("endpoint", ["https://im.jx.example/a b", "https://im.jx.example/a\u00a0b",
+                                      "https://im.jx.example/a\u2028b", "https://im.jx.example/im\u3000x"])
+def test_an_endpoint_with_a_space_is_refused_since_no_route_client_would_take_the_table(client, token, endpoint):
+    """No-break, ideographic and line separator spaces are no control characters and urlsplit takes them
+    in a path: the endpoint was stored, approved and published, and every route client refused the whole
+    table for it (app.routing.document), so no node took a new table."""
+    from app.routing.document import MalformedDocument, check_entry
+
+    with pytest.raises(MalformedDocument):  # what the nodes would make of it
+        check_entry({"node_id": "3" * 20, "division_code": "360000", "org_name": "o", "system_name": "s",
+                     "endpoint": endpoint, "status": "up", "cert_sha256": "0" * 64, "capabilities": ["text"]})
+    response = submit(client, token, node_document(endpoint=endpoint))
+    error = response.get_json()["error"]
+    assert (response.status_code, error["code"], error["field"]) == (400, "invalid_endpoint", "endpoint")
+    assert error["message"] == "The endpoint must not contain spaces."
+    assert db.session.scalar(select(EnrollmentToken)).state() == "active"
+
+
 @pytest.mark.parametrize("endpoint", ["https://10.2.2.2:0", "https://10.2.2.2:65536", "https://im.jx.example:99999"])
 def test_an_endpoint_port_outside_1_to_65535_is_refused_by_name(client, token, endpoint):
     response = submit(client, token, node_document(endpoint=endpoint))

@@ -61,6 +61,11 @@ def endpoint_host(endpoint: str) -> str:
 def normalise_endpoint(value) -> str:
     """An https URL with a host, no user info, query or fragment; lower-case host, no default port."""
     raw = text_field(value, "endpoint")
+    # A URL holds no whitespace (RFC 3986), and every route client refuses a table with such an endpoint
+    # (app.routing.document): one node admitted with "/a b" or a no-break space in its path would stop the
+    # whole network taking new tables. urlsplit takes them, so they are refused here, by name.
+    if any(char.isspace() for char in raw):
+        raise invalid(_l("The endpoint must not contain spaces."), "endpoint", "invalid_endpoint")
     try:
         parts = urlsplit(raw)
         port = parts.port
