@@ -291,3 +291,43 @@ def test_a_session_opened_while_its_certificate_is_revoked_dies_with_the_revocat
         pki.current_certificate(node_id), "key_compromise", by=db.session.get(User, minister_id)))
     assert error_code(client.get("/api/v1/routes", headers={"Authorization": f"Bearer {raw}"})) == \
         (401, "session_revoked")
+
+
+def test_a_renewal_queued_behind_its_certificates_revocation_issues_nothing_to_the_ended_session(app, client, people):
+    """Whoever stole a node's key holds its session and asks for a renewal, for a key of their own, just as an
+    admin revokes the certificate as key_compromise. The request read its session alive, then waited for the
+    node the revocation holds; once in, it found the node active and no current certificate (so no renewal
+    window to respect), and was issued a certificate the revocation had meant to leave nobody."""
+    import threading
+    import time
+
+    from sqlalchemy import text
+
+    from app.pki import revocation
+    from app.pki import service as pki
+    from tests.factories import make_csr
+
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("a request and an admin at once: PostgreSQL (SQLite has one writer at a time)")
+    minister, _ = people
+    node, keys = admit_with_keys(people)
+    token = open_session(client, keys.session_request(node.node_id)).get_json()["token"]
+    csr = make_csr()
+    revocation.revoke(pki.current_certificate(node.node_id), "key_compromise", by=minister)  # not committed yet
+    answers = []
+    thread = threading.Thread(target=lambda: answers.append(client.post(
+        "/api/v1/certificates/renew", json={"csr": csr}, headers={"Authorization": f"Bearer {token}"})))
+    thread.start()
+    deadline = time.monotonic() + 30
+    with db.engine.connect() as watcher:  # until the renewal waits on the node the revocation holds
+        while thread.is_alive() and time.monotonic() < deadline and not watcher.scalar(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'")):
+            time.sleep(0.02)
+    db.session.commit()
+    thread.join(60)
+    assert not thread.is_alive()
+    response = answers[0]
+    assert response.status_code == 401, response.get_data(as_text=True)[:64]  # was 201 and a certificate
+    assert error_code(response) == (401, "session_revoked")
+    assert pki.current_certificate(node.node_id) is None

@@ -128,7 +128,9 @@ def renew():
     document = json_body()
     node = nodes.get(g.node_id)
     try:
-        row = service.renew(node, document.get("csr") if isinstance(document.get("csr"), str) else "")
+        raw = bearer_token()
+        row = service.renew(node, document.get("csr") if isinstance(document.get("csr"), str) else "",
+                            still_entitled=lambda: sessions.authenticate(raw))
         chain = service.authority().chain_pem()
     except (keys.CAKeyUnreadable, service.CANotReady) as error:
         log.warning("certificate renewal of %s refused for now: %s", node.node_id, error.message)

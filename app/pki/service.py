@@ -10,6 +10,7 @@ hooks: issue on approval, revoke with the node).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -263,11 +264,13 @@ def session_certificates(node_id: str) -> dict:
             "expired": any(row.not_after <= now for row in rows)}
 
 
-def renew(node, csr_pem: str, *, by=None) -> Certificate:
+def renew(node, csr_pem: str, *, by=None, still_entitled: Callable[[], object] | None = None) -> Certificate:
     """A node renews in the last third of its certificate's validity; an admin (`by`) any time.
     The old certificate stays valid until it expires; the route table carries the new one.
     One key, one node, as for an application: a key another node's pending application carries is refused
-    too (`key_pending`), or approving that application would find its key certified for someone else."""
+    too (`key_pending`), or approving that application would find its key certified for someone else.
+    `still_entitled`: the caller's credentials checked again once the node is held, raising to refuse (the API
+    door's node session, which a revocation of one of the node's certificates ends while the request waits)."""
     from app.admission import applications, nodes
 
     if by is not None and by.role != "ministry_admin":
@@ -278,6 +281,10 @@ def renew(node, csr_pem: str, *, by=None) -> Certificate:
     # or revokes the new certificate too); the key's name too, in the order every other caller takes them.
     key_sha256 = key_fingerprint(csr.public_key())
     nodes.lock(node, key_lock_name(key_sha256))
+    if still_entitled is not None:
+        # Read before the node was ours, the session may have ended since: revoking a certificate as
+        # key_compromise ends it, and leaves no current certificate, so no renewal window, to refuse with.
+        still_entitled()
     if node.status != "active":
         raise Conflict(_l("A %(status)s node cannot renew its certificate.", status=status_word(node.status)),
                        code=f"node_{node.status}")
