@@ -489,6 +489,24 @@ def test_ocsp_refuses_malformed_requests_and_other_issuers_without_raising(ec_ca
     assert other.response_status == x509_ocsp.OCSPResponseStatus.UNAUTHORIZED and lookup["asked"] == 0
 
 
+@pytest.mark.parametrize(("octets", "echoed"), [(1, True), (16, True), (32, True), (128, True), (0, False),
+                                                 (129, False), (60_000, False)])
+def test_an_ocsp_nonce_of_1_to_128_octets_is_echoed_and_any_other_is_a_malformed_request(ec_ca, tmp_path, octets,
+                                                                                        echoed):
+    """RFC 9654 §2.1: a responder MUST answer malformedRequest to an empty nonce or one over 128 octets. Any
+    length was echoed, so the intermediate's key signed a response holding up to 64 KB a caller chose."""
+    holder = Holder(ec_ca, tmp_path, "node").certificate
+    nonce = bytes(range(256)) * (octets // 256) + bytes(range(octets % 256))
+    request = x509_ocsp.OCSPRequestBuilder().add_certificate(holder, ec_ca.intermediate_certificate, hashes.SHA256()) \
+        .add_extension(x509.OCSPNonce(nonce), critical=False).build().public_bytes(serialization.Encoding.DER)
+    response = x509_ocsp.load_der_ocsp_response(ec_ca.respond_ocsp(request, lambda serial: CertStatusInfo.good()))
+    if echoed:
+        assert response.response_status == x509_ocsp.OCSPResponseStatus.SUCCESSFUL
+        assert response.extensions.get_extension_for_class(x509.OCSPNonce).value.nonce == nonce
+    else:
+        assert response.response_status == x509_ocsp.OCSPResponseStatus.MALFORMED_REQUEST
+
+
 # --- mutual TLS with Python's ssl ----------------------------------------------------------------
 
 def tls_context(ca: Authority, holder: Holder, *, server: bool, crl: Path | None = None) -> ssl.SSLContext:

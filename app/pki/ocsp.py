@@ -3,8 +3,9 @@
 * Responses are signed by the issuing intermediate itself (a CA-signed response, RFC 6960
   §4.2.2.2), responder id by key hash, so clients need no delegated responder certificate; the
   intermediate carries digitalSignature for this.
-* `thisUpdate` is now, `nextUpdate` now + `validity` (an hour by default). A request nonce
-  (RFC 8954) is echoed.
+* `thisUpdate` is now, `nextUpdate` now + `validity` (an hour by default). A request nonce of 1 to
+  128 octets is echoed; one of 0 octets or more is `malformedRequest`, as RFC 9654 §2.1 requires (it
+  replaced RFC 8954's 32-octet bound with 128), so the CA key never signs a 60 KB string a caller chose.
 * A request that does not parse (or holds several CertIDs, or is over 64 KB) gets
   `malformedRequest`.
 * A request about a certificate of another issuer gets `unauthorized`, not a signed `unknown`:
@@ -32,6 +33,7 @@ from app.pki.keys import SigningKey, now_utc, signature_hash
 
 RESPONSE_VALIDITY = timedelta(hours=1)
 MAX_REQUEST_BYTES = 64 * 1024
+NONCE_OCTETS = range(1, 129)  # RFC 9654 §2.1: Nonce ::= OCTET STRING (SIZE(1..128))
 Status = Literal["good", "revoked", "unknown"]
 _CERT_STATUS = {"good": ocsp.OCSPCertStatus.GOOD, "revoked": ocsp.OCSPCertStatus.REVOKED,
                 "unknown": ocsp.OCSPCertStatus.UNKNOWN}
@@ -104,6 +106,8 @@ def respond(request_der: bytes, lookup: Callable[[int], CertStatusInfo], *, issu
     except (ValueError, TypeError, NotImplementedError, UnsupportedAlgorithm):
         # cryptography raises NotImplementedError for requests it does not support (more than one
         # certificate in a request, unknown hash algorithms): to us those are malformed requests.
+        return unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
+    if any(len(nonce.nonce) not in NONCE_OCTETS for nonce in nonces):
         return unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
     if (name_hash, key_hash) != issuer_hashes(issuer, algorithm):
         return unsuccessful(ocsp.OCSPResponseStatus.UNAUTHORIZED)
