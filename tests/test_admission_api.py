@@ -147,6 +147,18 @@ def test_missing_or_unknown_token(client, header, code):
     assert (response.status_code, response.get_json()["error"]["code"]) == (401, code)
 
 
+@pytest.mark.parametrize(("header", "code"), [(None, "missing_token"),
+                                              ("Bearer mpet_not-a-real-token", "unknown_token")])
+@pytest.mark.parametrize(("body", "content_type"), [(b"not json", "text/plain"), (b"{", "application/json"),
+                                                    (b"[]", "application/json")])
+def test_the_token_is_checked_before_the_body(client, header, code, body, content_type):
+    """protocol.md §4: the token first, then the document. A body that was no JSON object was judged first (415,
+    400), so a vendor fixed it only to learn its token was no good."""
+    headers = {"Authorization": header} if header else {}
+    response = client.post("/api/v1/applications", data=body, content_type=content_type, headers=headers)
+    assert (response.status_code, response.get_json()["error"]["code"]) == (401, code)
+
+
 @pytest.mark.parametrize(("overrides", "status", "code", "field"), [
     ({"division_code": "369999"}, 400, "unknown_division_code", "division_code"),
     ({"division_code": "36010"}, 400, "invalid_division_code", "division_code"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from app.admission import applications, nodes
+from app.admission import applications, nodes, tokens
 from app.divisions import service as divisions
 from app.errors import DomainError, ValidationFailed
 from app.extensions import csrf, db
@@ -66,6 +66,9 @@ def application_status(application) -> dict:
 @bp.post("/applications")
 def submit():
     token = bearer_token()
+    # §4: the token is checked first, as a session is on the other doors: a caller without a good one learns
+    # that, not what is wrong with a body it may not send.
+    tokens.require_usable(tokens.find_by_raw(token))
     document = json_body()
     application = applications.submit_with_token(token, document)
     db.session.commit()
