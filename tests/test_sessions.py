@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import func, select
 
 from app.admission import applications, nodes
 from app.admission.information import parse
@@ -331,3 +332,58 @@ def test_a_renewal_queued_behind_its_certificates_revocation_issues_nothing_to_t
     assert response.status_code == 401, response.get_data(as_text=True)[:64]  # was 201 and a certificate
     assert error_code(response) == (401, "session_revoked")
     assert pki.current_certificate(node.node_id) is None
+
+
+def _answer_while_the_node_is_held(app, client, node, body, hold):
+    """`hold(node)` runs in the test's session and is not committed while a node's session request runs in another
+    thread. Returns (whether that request waited on a lock, its answer), after the hold commits."""
+    import threading
+    import time
+
+    from sqlalchemy import text
+
+    hold(node)  # not committed yet
+    answers = []
+    thread = threading.Thread(target=lambda: answers.append(open_session(client, body)))
+    thread.start()
+    waited, deadline = False, time.monotonic() + 30
+    with db.engine.connect() as watcher:  # until the request answers, or waits on what the test holds
+        while thread.is_alive() and time.monotonic() < deadline and not waited:
+            waited = bool(watcher.scalar(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'")))
+            time.sleep(0.02)
+    db.session.commit()
+    thread.join(60)
+    assert not thread.is_alive()
+    return waited, answers[0]
+
+
+def test_a_session_request_whose_signature_fails_does_not_queue_behind_a_decision_on_the_node(app, client, people):
+    """Anyone can send a node id: a request that proves nothing is refused at once, and does not hold up (or wait
+    for) an admin's decision on that node, which a stream of such requests would otherwise stall."""
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("a request and an admin at once: PostgreSQL (SQLite has one writer at a time)")
+    node, _ = admit_with_keys(people)
+    forged = NodeKeys("ec256").session_request(node.node_id)
+    waited, response = _answer_while_the_node_is_held(app, client, node, forged, lambda held: nodes.lock(held))
+    assert not waited  # it queued behind the admin before
+    assert error_code(response) == (401, "bad_signature")
+
+
+def test_a_signed_session_request_that_waited_for_a_revocation_of_its_certificate_is_refused(app, client, people):
+    """The signature verified before the request queued; the revocation it waited for took that certificate,
+    so what the wait changed is read again and no session opens for the stolen key."""
+    from app.pki import revocation
+    from app.pki import service as pki
+
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("a request and an admin at once: PostgreSQL (SQLite has one writer at a time)")
+    minister, _ = people
+    node, keys = admit_with_keys(people)
+    waited, response = _answer_while_the_node_is_held(
+        app, client, node, keys.session_request(node.node_id),
+        lambda held: revocation.revoke(pki.current_certificate(held.node_id), "key_compromise", by=minister))
+    assert waited
+    assert error_code(response) == (401, "certificate_revoked")
+    assert db.session.scalar(select(func.count()).select_from(NodeSession)) == 0

@@ -97,31 +97,49 @@ def open_session(document) -> tuple[str, datetime, str]:
     node = db.session.get(Node, node_id)
     if node is None:
         raise SessionRefused(f"Node {node_id} is not known.", code="unknown_node")
-    # Queued behind a suspension, a revocation of the node or of its certificate deciding now (they hold the
-    # node): read before it commits, the node's state let a session in that the decision's end of its
-    # sessions never saw, and the token outlived the suspension (alive again on resume) or the stolen key.
-    lock(node)
-    if node.status != "active":
-        raise SessionRefused(f"Node {node_id} is {node.status}.", code=f"node_{node.status}")
+    _require_active(node)
     now = utcnow()
     if moment < now - SKEW:
         raise SessionRefused("The timestamp is more than 5 minutes old.", code="stale_timestamp")
     if moment > now + SKEW:
         raise SessionRefused("The timestamp is more than 5 minutes ahead.", code="future_timestamp")
-    candidates = pki.session_certificates(node_id)
-    if not candidates["usable"]:
-        code = "certificate_revoked" if candidates["revoked"] else "certificate_expired" if candidates["expired"] \
-            else "no_certificate"
-        raise SessionRefused("The node has no valid certificate.", code=code)
     message = signed_message(node_id, timestamp, nonce)
-    if not any(verify_signature(cert, message, signature) for cert in candidates["usable"]):
-        raise SessionRefused("The signature does not verify with the node's certificate.", code="bad_signature")
+    signer = _verifying_certificate(node_id, message, signature)
+    # Queued behind a suspension, a revocation of the node or of its certificate deciding now (they hold the
+    # node): read before it commits, the node's state let a session in that the decision's end of its
+    # sessions never saw, and the token outlived the suspension (alive again on resume) or the stolen key.
+    # Only a request whose signature verifies queues: anyone can send a node id, and unsigned requests for
+    # it must not hold up an admin's decision on that node. What the wait may have changed is read again.
+    lock(node)
+    _require_active(node)
+    if signer.serial_number not in {cert.serial_number for cert in pki.session_certificates(node_id)["usable"]}:
+        _verifying_certificate(node_id, message, signature)  # the one that verified was revoked meanwhile
     if not nonces.claim(node_id, nonce, moment):
         raise SessionRefused("This nonce has been used already.", code="replayed_nonce")
     raw = secrets.token_urlsafe(32)
     expires_at = now + timedelta(seconds=current_app.config["MPIM_NODE_SESSION_SECONDS"])
     db.session.add(NodeSession(token_hash=hash_token(raw), node_id=node_id, expires_at=expires_at))
     return raw, expires_at, node_id
+
+
+def _require_active(node) -> None:
+    if node.status != "active":
+        raise SessionRefused(f"Node {node.node_id} is {node.status}.", code=f"node_{node.status}")
+
+
+def _verifying_certificate(node_id: str, message: bytes, signature: bytes):
+    """The node's usable certificate the signature verifies with, or the refusal that says why none does."""
+    from app.pki import service as pki
+
+    candidates = pki.session_certificates(node_id)
+    if not candidates["usable"]:
+        code = "certificate_revoked" if candidates["revoked"] else "certificate_expired" if candidates["expired"] \
+            else "no_certificate"
+        raise SessionRefused("The node has no valid certificate.", code=code)
+    for certificate in candidates["usable"]:
+        if verify_signature(certificate, message, signature):
+            return certificate
+    raise SessionRefused("The signature does not verify with the node's certificate.", code="bad_signature")
 
 
 def authenticate(raw: str | None, *, also=None):
