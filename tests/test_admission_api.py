@@ -208,6 +208,26 @@ def test_an_endpoint_with_a_space_is_refused_since_no_route_client_would_take_th
     assert db.session.scalar(select(EnrollmentToken)).state() == "active"
 
 
+@pytest.mark.parametrize(("endpoint", "message"), [
+    ("https://1.2.3", "The endpoint's host is not a valid DNS name."),
+    ("https://im.jx.2025", "The endpoint's host is not a valid DNS name."),
+    ("https://[fe80::1%25eth0]:8443", "The endpoint's IPv6 address must not name a network interface (a zone)."),
+])
+def test_an_endpoint_host_no_certificate_could_name_is_refused(client, token, endpoint, message):
+    """"1.2.3" is neither an IPv4 address nor a DNS name (an all-numeric top label, RFC 3696), and a zone names
+    one machine's interface: neither can be the SAN of the node's certificate nor be reached by another node."""
+    response = submit(client, token, node_document(endpoint=endpoint))
+    error = response.get_json()["error"]
+    assert (response.status_code, error["code"], error["field"], error["message"]) == \
+        (400, "invalid_endpoint", "endpoint", message)
+    assert db.session.scalar(select(EnrollmentToken)).state() == "active"
+
+
+@pytest.mark.parametrize("endpoint", ["https://2025.jx.example", "https://[2001:db8::1]:8443", "https://10.2.2.2"])
+def test_an_endpoint_host_with_numeric_labels_or_a_plain_address_is_taken(client, token, endpoint):
+    assert submit(client, token, node_document(endpoint=endpoint)).status_code == 201
+
+
 @pytest.mark.parametrize("endpoint", ["https://10.2.2.2:0", "https://10.2.2.2:65536", "https://im.jx.example:99999"])
 def test_an_endpoint_port_outside_1_to_65535_is_refused_by_name(client, token, endpoint):
     response = submit(client, token, node_document(endpoint=endpoint))

@@ -90,10 +90,17 @@ def normalise_endpoint(value) -> str:
         ip = ipaddress.ip_address(host)
         shown_host = f"[{ip}]" if ip.version == 6 else str(ip)
     except ValueError:
-        if not all(HOST_LABEL.match(label) for label in host.rstrip(".").split(".")):
+        labels = host.rstrip(".").split(".")
+        # An all-numeric last label is no DNS name (RFC 3696 §2): "1.2.3" reads as an IPv4 address to
+        # resolvers and browsers (1.2.0.3), which the node's certificate would then not name.
+        if not all(HOST_LABEL.match(label) for label in labels) or labels[-1].isdigit():
             raise invalid(_l("The endpoint's host is not a valid DNS name."), "endpoint", "invalid_endpoint") \
                 from None
         shown_host = host.rstrip(".")
+    else:
+        if ip.version == 6 and ip.scope_id:  # "%eth0" names an interface of one machine, not an address
+            raise invalid(_l("The endpoint's IPv6 address must not name a network interface (a zone)."), "endpoint",
+                          "invalid_endpoint")
     netloc = shown_host if port in (None, 443) else f"{shown_host}:{port}"
     path = parts.path.rstrip("/")
     return f"https://{netloc}{path}"
