@@ -118,6 +118,20 @@ def test_unlocking_an_account_also_clears_the_address_locks_that_would_refuse_it
         {"addresses": ["127.0.0.1"]}
 
 
+def test_every_action_on_a_user_no_account_has_is_a_404_that_changes_and_audits_nothing(app, admin_console, runner):
+    """Unlocking a username no account has flashed "lock cleared" and wrote an auth.unlock record for nobody."""
+    lock_the_address(app, Console(app.test_client()))
+    before = actions()
+    for action, data in (("/users/ghost/unlock", {}), ("/users/ghost/password", {"reset-password": "Other-Horse-77"}),
+                         ("/users/ghost/sessions/end", {}), ("/users/ghost", {"role": "auditor"})):
+        response = admin_console.post_form("/users/", data, action=action)
+        assert response.status_code == 404 and "ghost" in response.get_data(as_text=True), action
+    result = runner.invoke(args=["users", "unlock", "ghost"])
+    assert result.exit_code == 1 and "ghost" in result.output
+    assert actions() == before
+    assert [address for address, _until in service.locked_addresses()] == ["127.0.0.1"]
+
+
 def test_users_page_lists_locked_addresses_and_clears_them_after_confirmation(app, console, make_user):
     make_user("root")
     lock_the_address(app, console)

@@ -86,8 +86,12 @@ def ensure_admin_command(username):
 @cli.command("unlock")
 @click.argument("username")
 def unlock_command(username):
-    addresses = service.unlock(username)
-    db.session.commit()
+    try:
+        addresses = service.unlock(username)
+        db.session.commit()
+    except DomainError as error:
+        db.session.rollback()
+        fail(error, False)
     click.echo(f"unlocked {username}" + (f" and the address lock on {', '.join(addresses)}" if addresses else ""))
 
 

@@ -266,12 +266,14 @@ def authenticate(username: str, password: str, remote_addr: str) -> User:
 
 def unlock(username: str) -> list[str]:
     """Clear the account's lock and every address lock in force (the admin is letting people back in,
-    and an address lock would keep refusing this user too); returns the addresses cleared."""
-    row = db.session.get(LoginThrottle, f"user:{username.lower()}")
+    and an address lock would keep refusing this user too); returns the addresses cleared. NotFound for a
+    username no account has: an unlock "done" for nobody was reported and audited as if it were real."""
+    user = get_user(username)
+    row = db.session.get(LoginThrottle, f"user:{user.username.lower()}")
     if row is not None:
         db.session.delete(row)
     addresses = _clear_address_locks()
-    audit.record("auth.unlock", username, {"addresses": addresses} if addresses else None)
+    audit.record("auth.unlock", user.username, {"addresses": addresses} if addresses else None)
     return addresses
 
 
