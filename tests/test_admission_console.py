@@ -42,6 +42,28 @@ def test_auditor_sees_nodes_but_not_tokens(app, make_user):
     assert console.client.get("/applications/").status_code == 403
 
 
+def test_an_auditor_reads_the_nodes_application_id_as_text_not_as_a_link_answering_403(app, make_user, admin_console):
+    """The node page linked every reader to the application it was admitted with; application pages are the
+    admins' (auditors have no applications list either), so an auditor's link answered 403."""
+    from app.admission import applications
+    from app.admission.information import parse
+    from tests.factories import node_document
+
+    minister = db.session.scalar(db.select(User).where(User.username == "minister"))
+    document = node_document("360000")
+    node = applications.approve(applications.submit_by_user(parse(document), document["csr"], by=minister),
+                                by=minister)
+    db.session.commit()
+    link = f'href="/applications/{node.application_id}"'
+    assert link in admin_console.client.get(f"/nodes/{node.node_id}").get_data(as_text=True)
+    make_user("eye", "auditor")
+    auditor = Console(app.test_client())
+    auditor.login("eye")
+    page = auditor.client.get(f"/nodes/{node.node_id}").get_data(as_text=True)
+    assert link not in page and f'<code id="node-application">{node.application_id}</code>' in page
+    assert auditor.client.get(f"/applications/{node.application_id}").status_code == 403
+
+
 def test_dashboard_has_the_province_tile_map(admin_console):
     html = admin_console.client.get("/").get_data(as_text=True)
     assert html.count("data-province=") == 34 and "<svg" in html
