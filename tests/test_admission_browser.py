@@ -187,3 +187,21 @@ def test_a_reason_pasted_past_its_limit_says_it_was_cut(page, live_server, peopl
     write_clipboard(page, "重复接入")
     page.keyboard.press("Control+V")
     assert reason.input_value() == "重复接入" and note.count() == 0  # a paste that fits says nothing
+
+
+def test_a_refused_reason_comes_back_typed_focused_and_read_with_its_refusal(page, live_server, people):  # noqa: F811
+    """A reason the server refuses (a bidi override pasted with it) comes back in its field, which takes the focus
+    and is described by the refusal; the redirect it replaced had emptied the field."""
+    node, _ = admit_with_keys(people)
+    sign_in(page, live_server, "minister")
+    page.goto(f"{live_server}/nodes/{node.node_id}")
+    page.on("dialog", lambda dialog: dialog.accept())
+    typed = "机房搬迁\u202e后恢复"
+    page.fill("form.lifecycle[action$='/suspend'] input[name=reason]", typed)
+    page.click("form.lifecycle[action$='/suspend'] button")
+    page.wait_for_selector("form.lifecycle.has-error .error")
+    reason = page.locator("form.lifecycle[action$='/suspend'] input[name=reason]")
+    assert reason.input_value() == typed and reason.evaluate("e => e === document.activeElement")
+    error = page.locator(f"#{reason.get_attribute('aria-describedby')}")
+    assert error.inner_text() == "理由：含有控制字符。"
+    screenshot(page, "node-reason-refused")

@@ -536,3 +536,87 @@ def test_revoking_a_node_closes_its_pending_change_request_and_frees_its_endpoin
     assert applications.pending_count() == 0
     successor = apply(jx_admin, endpoint="https://new.jx.example", csr=keys.csr)
     assert successor.status == "pending"
+
+
+def audit_count() -> int:
+    return db.session.scalar(select(db.func.count()).select_from(AuditRecord))
+
+
+@pytest.mark.parametrize(("status", "action", "who"), [("active", "suspend", "minister"),
+                                                       ("suspended", "resume", "minister"),
+                                                       ("active", "revoke", "minister"),
+                                                       ("active", "request-suspension", "jx-admin")])
+def test_a_refused_lifecycle_reason_comes_back_in_its_field_with_the_refusal_beside_it(client, jx_admin, minister,
+                                                                                       status, action, who):
+    """A reason the service refused (here a pasted escape character) redirected to the node page, and what the
+    admin had typed was gone: the page now comes back, the reason as typed in the action's field, nothing done."""
+    import re
+
+    from markupsafe import escape
+
+    from tests.conftest import Console
+
+    node = admit(jx_admin, minister)
+    if status == "suspended":
+        nodes.suspend(node, "drill", by=minister)
+        db.session.commit()
+    console = Console(client)
+    console.login(who)
+    before = audit_count()
+    typed = "机房\x1b[2J搬迁"
+
+    response = console.post_form(f"/nodes/{node.node_id}", {"reason": typed}, action=f"/nodes/{node.node_id}/{action}")
+
+    assert response.status_code == 422
+    page = response.get_data(as_text=True)
+    form = re.search(rf'<form [^>]*action="/nodes/{node.node_id}/{action}"[^>]*>.*?</form>', page, re.S).group(0)
+    assert f'value="{escape(typed)}"' in form and 'aria-invalid="true"' in form
+    assert re.search(rf'<div class="error" id="reason-{action}-error-1">理由：含有控制字符。</div>', form)
+    assert page.count(f'value="{escape(typed)}"') == 1  # the other actions' fields stay empty
+    db.session.expire_all()
+    node = db.session.get(Node, node.node_id)
+    assert node.status == status and not node.suspension_requested and audit_count() == before
+
+
+def test_a_refused_rejection_reason_comes_back_in_its_field_with_the_refusal_beside_it(client, jx_admin, minister):
+    import re
+
+    from markupsafe import escape
+
+    from tests.conftest import Console
+
+    application = apply(jx_admin)
+    console = Console(client)
+    console.login("minister")
+    before = audit_count()
+    typed = "证书不符\r\n请\x07重新申请"
+
+    response = console.post_form(f"/applications/{application.id}", {"reason": typed},
+                                 action=f"/applications/{application.id}/reject")
+
+    assert response.status_code == 422
+    page = response.get_data(as_text=True)
+    assert re.search(r'<textarea [^>]*aria-invalid="true"[^>]*name="reason"[^>]*>\r\n' + re.escape(str(escape(typed)))
+                     + "</textarea>", page)
+    assert '<div class="error" id="reject-reason-error-1">理由：含有控制字符。</div>' in page
+    empty = console.post_form(f"/applications/{application.id}", {"reason": "  "},
+                              action=f"/applications/{application.id}/reject")
+    assert empty.status_code == 422 and "驳回需要填写理由。" in empty.get_data(as_text=True)
+    db.session.expire_all()
+    assert db.session.get(Application, application.id).status == "pending" and audit_count() == before
+
+
+def test_a_refused_reason_for_an_action_the_node_no_longer_offers_is_still_said(client, jx_admin, minister):
+    """Revoked in another tab meanwhile, the node page offers no action: the refusal of the reason is not lost
+    with the field it would have been shown at."""
+    from tests.conftest import Console
+
+    node = admit(jx_admin, minister)
+    console = Console(client)
+    console.login("minister")
+    page_url = f"/nodes/{node.node_id}"
+    nodes.revoke(node, "decommissioned", by=minister)
+    db.session.commit()
+    response = console.post_form(page_url, {"reason": "a\x00b"}, action=f"{page_url}/suspend")
+    assert response.status_code == 422
+    assert '<p class="error" role="alert">理由：含有控制字符。</p>' in response.get_data(as_text=True)

@@ -224,12 +224,36 @@ def maintenance_records(node_id: str) -> list[AuditRecord]:
 def test_a_maintenance_length_that_is_no_number_of_hours_is_refused_in_words(app, node, console, hours):
     """The form's select gives 0, 1, 4 or 24; a hand-made POST used to flash Python's own text."""
     console.login("minister")
-    console.post_form(f"/nodes/{node.node_id}", {"hours": hours, "note": "upgrade"},
-                      action=f"/health/{node.node_id}/maintenance")
-    page = console.client.get(f"/nodes/{node.node_id}").get_data(as_text=True)
-    assert "维护时长为 0（结束维护）至 720 小时。" in page
+    response = console.post_form(f"/nodes/{node.node_id}", {"hours": hours, "note": "upgrade"},
+                                 action=f"/health/{node.node_id}/maintenance")
+    assert response.status_code == 422
+    page = response.get_data(as_text=True)
+    assert '<div class="error" id="hours-error-1">维护时长为 0（结束维护）至 720 小时。</div>' in page
+    assert 'name="note" type="text" value="upgrade"' in page
     assert not service.in_maintenance(db.session.get(NodeHealth, node.node_id))
     assert maintenance_records(node.node_id) == []
+
+
+@pytest.mark.parametrize("note", ["机房\x1b[2J搬迁", "注" * 201])
+def test_a_refused_maintenance_note_comes_back_in_its_field_with_the_refusal_beside_it(app, node, console, note):
+    """A note the service refused (a pasted control character, one over its 200 characters) redirected to the node
+    page, and the note and the chosen length were gone: the page now comes back with both, nothing saved."""
+    from markupsafe import escape
+
+    console.login("jx-admin")
+    before = db.session.scalar(select(func.count()).select_from(AuditRecord))
+
+    response = console.post_form(f"/nodes/{node.node_id}", {"hours": "24", "note": note},
+                                 action=f"/health/{node.node_id}/maintenance")
+
+    assert response.status_code == 422
+    page = response.get_data(as_text=True)
+    assert f'aria-invalid="true" id="note" maxlength="200" name="note" type="text" value="{escape(note)}"' in page
+    assert '<option selected value="24">' in page
+    assert '<div class="error" id="note-error-1">备注：' in page
+    db.session.expire_all()
+    assert db.session.get(NodeHealth, node.node_id) is None
+    assert db.session.scalar(select(func.count()).select_from(AuditRecord)) == before
 
 
 def test_the_console_sets_and_ends_a_maintenance_window(app, node, console):

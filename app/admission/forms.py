@@ -68,11 +68,11 @@ class ApplicationForm(CSRInput, FlaskForm):
 
 
 
-# No Length here: the service refuses a reason over its 500 characters by name, where a form's refusal would
-# flash only that a reason is required (the page writes these inputs itself, with maxlength).
+# No validators here: the service refuses a missing reason, a misleading one and one over its 500 characters,
+# by name and at every door; the page shows its refusal at the field, the reason still in it.
 class RejectForm(FlaskForm):
-    reason = TextAreaField(_l("Reason"), validators=[DataRequired()])
+    reason = TextAreaField(_l("Reason"))
 
 
 class ReasonForm(FlaskForm):
-    reason = StringField(_l("Reason"), validators=[DataRequired()])
+    reason = StringField(_l("Reason"))

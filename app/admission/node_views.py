@@ -14,6 +14,7 @@ from app.admission.forms import ReasonForm
 from app.admission.models import Node
 from app.admission.scope import division_filter
 from app.auth.access import roles_required
+from app.auth.views import form_error
 from app.database import paginate
 from app.divisions import service as divisions
 from app.errors import DomainError
@@ -52,12 +53,20 @@ node_sections: list = []
 @bp.get("/<node_id>")
 @roles_required(*VIEWERS)
 def detail(node_id: str):
-    node = nodes.get_visible(node_id, current_user)
+    return detail_page(nodes.get_visible(node_id, current_user))
+
+
+def detail_page(node: Node, status: int = 200, *, form: ReasonForm | None = None, refused_action: str | None = None,
+                **refused_forms):
+    """The node page; after a refusal (`status` 422) with the refused form as it was sent, its error at its field:
+    `form` for the lifecycle action `refused_action`, or a section's own form by the name its template reads
+    (health's `maintenance_form`)."""
     sections = [section for section in (build(node) for build in node_sections) if section]
     # Resuming brings the node back into the routing table only with a valid certificate: the confirmation says which.
     back_in_routes = node.status != "suspended" or nodes.holds_valid_certificate(node)
-    return render_template("admission/node_detail.html", node=node, form=ReasonForm(), sections=sections,
-                           capabilities=labels.CAPABILITIES, back_in_routes=back_in_routes)
+    return render_template("admission/node_detail.html", node=node, form=form or ReasonForm(formdata=None),
+                           refused_action=refused_action, sections=sections, capabilities=labels.CAPABILITIES,
+                           back_in_routes=back_in_routes, **refused_forms), status
 
 
 LIFECYCLE = {"suspend": nodes.suspend, "resume": nodes.resume, "revoke": nodes.revoke,
@@ -71,23 +80,22 @@ def lifecycle(node_id: str, action: str):
     form = ReasonForm()
     if action not in LIFECYCLE:
         flash(_("Unknown action."), "error")
-    elif not form.validate_on_submit():
-        flash(_("A reason is required."), "error")
+        return redirect(url_for("nodes.detail", node_id=node_id))
+    try:
+        LIFECYCLE[action](node, form.reason.data or "", by=current_user)
+        db.session.commit()
+    except DomainError as error:
+        # The page comes back with the reason as typed and the refusal beside it: a redirect lost the reason.
+        db.session.rollback()
+        form_error(form, error)
+        return detail_page(node, 422, form=form, refused_action=action)
+    if action == "request-suspension":  # nothing changed yet: say who decides
+        flash(_("Suspension of %(node)s requested; a ministry admin decides.", node=node.node_id), "success")
     else:
-        try:
-            LIFECYCLE[action](node, form.reason.data, by=current_user)
-            db.session.commit()
-            if action == "request-suspension":  # nothing changed yet: say who decides
-                flash(_("Suspension of %(node)s requested; a ministry admin decides.", node=node.node_id),
-                      "success")
-            else:
-                flash(_("Done: %(node)s is %(status)s.", node=node.node_id,
-                        status=labels.status_word(node.status)), "success")
-                if action == "resume" and not nodes.holds_valid_certificate(node):
-                    flash(nodes.not_back_in_routes(node), "info")
-        except DomainError as error:
-            db.session.rollback()
-            flash(error.message, "error")
+        flash(_("Done: %(node)s is %(status)s.", node=node.node_id, status=labels.status_word(node.status)),
+              "success")
+        if action == "resume" and not nodes.holds_valid_certificate(node):
+            flash(nodes.not_back_in_routes(node), "info")
     return redirect(url_for("nodes.detail", node_id=node_id))
 
 

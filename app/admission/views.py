@@ -125,7 +125,11 @@ def change_request(node_id: str):
 @bp.get("/applications/<application_id>")
 @roles_required(*ADMINS)
 def application_detail(application_id: str):
-    application = applications.get_visible(application_id, current_user)
+    return _application_page(applications.get_visible(application_id, current_user))
+
+
+def _application_page(application, status: int = 200, *, reject_form: RejectForm | None = None):
+    """The application page; after a refused rejection (`status` 422) with the reason as typed, the refusal at it."""
     csr_info, csr_error = None, None
     if application.csr_pem:
         try:
@@ -139,7 +143,8 @@ def application_detail(application_id: str):
     return render_template(
         "admission/application_detail.html", application=application, csr_info=csr_info, csr_error=csr_error,
         division_path=divisions.path(division), serving=nodes.serving(application.division_code),
-        current_node=current_node, changes=changes, reject_form=RejectForm(), confirm_form=ConfirmForm())
+        current_node=current_node, changes=changes, reject_form=reject_form or RejectForm(formdata=None),
+        confirm_form=ConfirmForm()), status
 
 
 @bp.get("/applications/<application_id>/probe")
@@ -182,15 +187,14 @@ def application_approve(application_id: str):
 def application_reject(application_id: str):
     application = applications.get(application_id)
     form = RejectForm()
-    if form.validate_on_submit():
-        try:
-            applications.reject(application, form.reason.data, by=current_user)
-            db.session.commit()
-            flash(_("Application rejected."), "success")
-        except DomainError as error:
-            db.session.rollback()
-            flash(error.message, "error")
-    else:
-        flash(_("A rejection needs a reason."), "error")
+    try:
+        applications.reject(application, form.reason.data or "", by=current_user)
+        db.session.commit()
+    except DomainError as error:
+        # The page comes back with the reason as typed and the refusal beside it: a redirect lost the reason.
+        db.session.rollback()
+        form_error(form, error)
+        return _application_page(application, 422, reject_form=form)
+    flash(_("Application rejected."), "success")
     return redirect(url_for("admission.application_detail", application_id=application_id))
 

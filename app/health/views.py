@@ -13,14 +13,16 @@ from markupsafe import Markup, escape
 from sqlalchemy import select
 
 from app import labels
-from app.admission import nodes
+from app.admission import node_views, nodes
 from app.admission.models import Node
 from app.admission.scope import division_filter
 from app.auth.access import roles_required
+from app.auth.views import form_error
 from app.database import paginate, utcnow
 from app.errors import DomainError
 from app.extensions import db
 from app.health import charts, history, service
+from app.health.forms import MaintenanceForm
 from app.health.models import HealthEvent, NodeHealth
 
 bp = Blueprint("health", __name__, url_prefix="/health")
@@ -42,20 +44,20 @@ def events():
 @bp.post("/<node_id>/maintenance")
 @roles_required("ministry_admin", "provincial_admin")
 def maintenance(node_id: str):
-    from app.auth.forms import ConfirmForm
-
     node = nodes.get_visible(node_id, current_user)
-    if not ConfirmForm().validate_on_submit():
+    form = MaintenanceForm()
+    if not form.validate_on_submit():
         flash(_("The form expired; try again."), "error")
         return redirect(url_for("nodes.detail", node_id=node_id))
     try:
-        service.schedule_maintenance(node, request.form.get("hours"), request.form.get("note", ""),
-                                     by=current_user)
+        service.schedule_maintenance(node, form.hours.data, form.note.data or "", by=current_user)
         db.session.commit()
-        flash(_("Maintenance window saved."), "success")
     except DomainError as error:
+        # The node page comes back with the note as typed and the refusal beside it: a redirect lost the note.
         db.session.rollback()
-        flash(error.message, "error")
+        form_error(form, error)
+        return node_views.detail_page(node, 422, maintenance_form=form)
+    flash(_("Maintenance window saved."), "success")
     return redirect(url_for("nodes.detail", node_id=node_id))
 
 
@@ -84,6 +86,7 @@ def node_section(node: Node) -> dict | None:
     flaps = service.flap_counts([node.node_id], now).get(node.node_id, 0)
     return {
         "template": "health/node_section.html", "health": health, "labels": STATUS_LABELS,
+        "maintenance_form": MaintenanceForm(formdata=None),
         "in_maintenance": service.in_maintenance(health, now), "flapping": service.is_flapping(flaps),
         "flaps": flaps,
         "latency_chart": Markup(charts.latency_chart(history.latency_series(node.node_id, 24, now), end=now)),

@@ -9,7 +9,7 @@ document.addEventListener("submit", function (event) {
 // A form sent back with an error shows it: the first field in error is scrolled into view and focused,
 // so a refusal far down the page (a CSR under the certificate's PEM) is not missed.
 document.addEventListener("DOMContentLoaded", function () {
-  var field = document.querySelector(".field.has-error");
+  var field = document.querySelector(".has-error");  // a form's .field, or a one-line form's label or form
   if (!field) return;
   field.scrollIntoView({block: "center"});
   var input = field.querySelector("textarea, input:not([type=hidden]), select");
