@@ -19,6 +19,7 @@ from app.divisions import service as divisions
 from app.divisions.codes import NATION_CODE, level_of, prefecture_of, province_of
 from app.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from app.extensions import db
+from app.labels import status_word
 from app.readable import readable_text
 
 APPLICATION_NODE = "202"
@@ -98,7 +99,8 @@ def _change_status(node: Node, new_status: str, reason: str, *, by, action: str)
         raise ValidationFailed(_l("A reason is required."), code="reason_required", field="reason")
     lock(node)
     if (node.status, new_status) not in TRANSITIONS:
-        raise Conflict(_l("A %(old)s node cannot become %(new)s.", old=node.status, new=new_status),
+        raise Conflict(_l("A %(old)s node cannot become %(new)s.", old=status_word(node.status),
+                          new=status_word(new_status)),
                        code="invalid_transition")
     old = node.status
     node.status, node.status_reason, node.status_changed_at = new_status, reason, utcnow()
