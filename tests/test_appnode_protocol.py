@@ -260,6 +260,7 @@ def test_a_node_cannot_send_a_single_chat_message_for_another_nodes_user():
     (NANCHANG, JIUJIANG, True),   # the home node relays to a member node
     (JIUJIANG, NANCHANG, False),  # a third node speaks for a Ganzhou user
     (GANZHOU, JIUJIANG, False),   # the sender's node bypasses the home node
+    (NANCHANG, GANZHOU, False),   # the home node "relays" it back to the sender's node
 ])
 def test_group_messages_go_through_the_home_node(from_node, to_node, allowed):
     message = example("message")

@@ -391,6 +391,11 @@ def _check_message(from_node: str, to_node: str, message_id: str, message: dict)
         # A group message goes from the sender's node to the home node, then from the home node to members.
         raise SenderMismatch("a group message comes from the sender's node to the home node, or from the home node",
                              field="payload.to")
+    elif to_node == origin and from_node != origin:
+        # The home node relays to every member node but the sender's: one "relayed" back there is a message its
+        # user never sent, which that node would store and show as theirs (and serve its file id as its own).
+        raise SenderMismatch(f"a group message of a user of node {origin} is never relayed to that node",
+                             field="payload.sender.node_id")
 
 
 def _check_group_op(from_node: str, to_node: str, message_id: str, op: dict) -> None:

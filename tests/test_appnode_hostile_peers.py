@@ -1,0 +1,38 @@
+"""A hostile or buggy peer node against the reference node's federation endpoints: what a peer that passes
+the TLS and routing-table checks may still not do (docs/protocol.md §5.4 step 6, §8). Each refusal is the
+protocol's error shape, and nothing it carried is kept."""
+
+from __future__ import annotations
+
+from app.appnode import protocol
+from tests.appnode_harness import raw_post
+from tests.test_appnode import network, settle, stored_messages, text_envelope  # noqa: F401 (fixture)
+from tests.test_sessions import people  # noqa: F401 (fixture)
+
+
+def group_message(sender, home, member, group_address: str, user_id: str, text: str) -> dict:
+    """An A.9 group message from `sender`'s user, as the home node `home` relays it to `member`."""
+    message = {"chat_type": "group", "to": group_address,
+               "sender": {**text_envelope(home, member)["payload"]["sender"], "user_id": user_id,
+                          "node_id": sender.id}}
+    envelope = text_envelope(home, member, text=text, message=message)
+    return envelope
+
+
+def test_a_home_node_cannot_relay_a_message_as_sent_by_a_user_of_the_receiving_node(network):  # noqa: F811
+    """The home node relays a group message to every member node except the sender's (§8.6): one "relayed"
+    to the sender's own node was a message that node's user never sent, and it was stored and shown as theirs
+    (and, carrying a file id, served as a file of this node's)."""
+    a, b = network["a"], network["b"]
+    group = a.node.create_group("zhangsan", "专班", [b.user("lisi")])
+    settle(a, b)
+    forged = group_message(b, a, b, group.address, "lisi", "我没说过这句")
+    status, body = raw_post(a.node, b, "message", forged)
+    assert status == 403 and body["error"]["code"] == "sender_mismatch", body
+    assert body["error"]["field"] == "payload.sender.node_id"
+    protocol.validate("error", body)
+    assert stored_messages(b) == []
+    honest = group_message(a, a, b, group.address, "zhangsan", "大家好")  # the home node's own user: taken
+    assert raw_post(a.node, b, "message", honest)[0] == 200
+    assert [m.document["content"]["text"] for m in stored_messages(b)] == ["大家好"]
+
