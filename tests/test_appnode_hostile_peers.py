@@ -4,6 +4,8 @@ protocol's error shape, and nothing it carried is kept."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from app.appnode import protocol
 from tests.appnode_harness import raw_post
 from tests.test_appnode import network, settle, stored_messages, text_envelope  # noqa: F401 (fixture)
@@ -36,3 +38,26 @@ def test_a_home_node_cannot_relay_a_message_as_sent_by_a_user_of_the_receiving_n
     assert raw_post(a.node, b, "message", honest)[0] == 200
     assert [m.document["content"]["text"] for m in stored_messages(b)] == ["大家好"]
 
+
+def test_a_home_node_cannot_report_what_a_user_of_the_receiving_node_has_read(network):  # noqa: F811
+    """A home node relays a member's read state to the other member nodes, never back to the member's own node
+    (§8.10): only that node knows what its user read. One naming a user of the receiving node overwrote that
+    user's own read state there, and with a far-future `updated_at` for good (newest wins)."""
+    a, b = network["a"], network["b"]
+    group = a.node.create_group("zhangsan", "专班", [b.user("lisi")])
+    a.node.send_text("zhangsan", group.address, "第一条")
+    settle(a, b)
+    conversation = f"g:{group.address}"
+    latest = stored_messages(b)[0].message_id
+    assert [c["unread"] for c in b.node.conversations("lisi")] == [1]
+    state = {"conversation_id": conversation, "user_id": b.user("lisi"), "read_up_to_message_id": latest,
+             "unread_count": 0, "updated_at": protocol.format_timestamp(datetime.now(UTC) + timedelta(days=3650))}
+    envelope = protocol.make_envelope(from_node=a.id, to_node=b.id, type="ephemeral",
+                                      payload={"read_states": [state]})
+    status, body = raw_post(a.node, b, "ephemeral", envelope)
+    assert status == 403 and body["error"]["code"] == "sender_mismatch", body
+    assert body["error"]["field"] == "payload.read_states[0].user_id"
+    protocol.validate("error", body)
+    assert [c["unread"] for c in b.node.conversations("lisi")] == [1]
+    b.node.mark_read("lisi", conversation)  # the user's own reading still counts
+    assert [c["unread"] for c in b.node.conversations("lisi")] == [0]

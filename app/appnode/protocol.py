@@ -414,7 +414,9 @@ def _check_group_op(from_node: str, to_node: str, message_id: str, op: dict) -> 
 def _check_ephemeral(from_node: str, to_node: str, message_id: str, batch: dict) -> None:
     for index, state in enumerate(batch.get("read_states", ())):
         relayed = state["conversation_id"].startswith("g:") and node_of(state["conversation_id"]) == from_node
-        if node_of(state["user_id"]) != from_node and not relayed:
+        # The home node relays a read state to the member nodes but the reader's: only that node knows what its
+        # user read, and one relayed back there overwrote it (for good, with an updated_at far ahead).
+        if node_of(state["user_id"]) != from_node and (not relayed or node_of(state["user_id"]) == to_node):
             raise SenderMismatch(f"node {from_node} cannot report for {state['user_id']}",
                                  field=f"payload.read_states[{index}].user_id")
     for index, item in enumerate(batch.get("presence", {}).get("items", ())):
