@@ -61,3 +61,18 @@ def test_a_home_node_cannot_report_what_a_user_of_the_receiving_node_has_read(ne
     assert [c["unread"] for c in b.node.conversations("lisi")] == [1]
     b.node.mark_read("lisi", conversation)  # the user's own reading still counts
     assert [c["unread"] for c in b.node.conversations("lisi")] == [0]
+
+
+def test_a_thumbnail_that_is_not_whole_base64_is_a_schema_violation_not_a_server_error(network):  # noqa: F811
+    """The schema let through base64 of any length ("AAAAA", "AAAAAA="), which the decoder refused with an
+    exception: the node answered 500, which the sender retries for 48 hours."""
+    a, b = network["a"], network["b"]
+    for data in ("AAAAA", "AAAAAA", "AAAAAA=", "AAAAAAA=="):
+        envelope = text_envelope(a, b, message={"msg_type": "image", "content": {
+            "file_id": "f-1", "format": "PNG", "size": 100, "width": 1, "height": 1, "sha256": "0" * 64,
+            "thumbnail": {"format": "PNG", "width": 1, "height": 1, "data": data}}})
+        status, body = raw_post(a.node, b, "message", envelope)
+        assert (status, body["error"]["code"]) == (422, "schema_violation"), (data, body)
+        assert body["error"]["field"] == "payload.content.thumbnail.data"
+        protocol.validate("error", body)
+    assert stored_messages(b) == []

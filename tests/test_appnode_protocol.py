@@ -122,6 +122,7 @@ BAD = [
     ("image", lambda d: d.update(format="BMP"), "$.format"),
     ("image", lambda d: d.update(sha256="B" * 64), "$.sha256"),
     ("image", lambda d: d["thumbnail"].update(data="A" * 43693), "$.thumbnail.data"),
+    ("image", lambda d: d["thumbnail"].update(data="AAAAA"), "$.thumbnail.data"),
     ("voice", lambda d: d.update(format="AMR"), "$.format"),
     ("voice", lambda d: d.pop("duration_ms"), "$.duration_ms"),
     ("file", lambda d: d.update(file_name="../../etc/passwd"), "$.file_name"),
