@@ -4,11 +4,22 @@ protocol's error shape, and nothing it carried is kept."""
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from app.appnode import protocol
+from app.appnode.protocol import UnsupportedMediaType
 from tests.appnode_harness import raw_post
-from tests.test_appnode import network, settle, stored_messages, text_envelope  # noqa: F401 (fixture)
+from tests.test_appnode import (  # noqa: F401 (fixture)
+    PDF,
+    network,
+    png,
+    settle,
+    stored_messages,
+    text_envelope,
+)
 from tests.test_sessions import people  # noqa: F401 (fixture)
 
 
@@ -76,3 +87,21 @@ def test_a_thumbnail_that_is_not_whole_base64_is_a_schema_violation_not_a_server
         assert body["error"]["field"] == "payload.content.thumbnail.data"
         protocol.validate("error", body)
     assert stored_messages(b) == []
+
+
+def test_a_file_id_reused_for_other_bytes_does_not_hand_out_the_file_kept_under_it(network):  # noqa: F811
+    """A file already downloaded was handed to whoever downloaded any later message naming its file id, whatever
+    that message declared: a peer's "PNG image" to zhaoliu came out as the PDF lisi had been sent, unchecked
+    against the checksum and type the message states."""
+    a, b = network["a"], network["b"]
+    sent = a.node.send_file("zhangsan", b.user("lisi"), PDF, "file", file_name="协查通报.pdf")
+    kept = b.node.download("lisi", sent.message_id)
+    image = png()
+    envelope = text_envelope(a, b, message={"to": b.user("zhaoliu"), "msg_type": "image", "content": {
+        "file_id": sent.document["content"]["file_id"], "format": "PNG", "size": len(image), "width": 3,
+        "height": 2, "sha256": hashlib.sha256(image).hexdigest()}})
+    assert raw_post(a.node, b, "message", envelope)[0] == 200
+    with pytest.raises(UnsupportedMediaType, match="other bytes"):
+        b.node.download("zhaoliu", envelope["message_id"])
+    assert b.node.file_bytes(b.node.download("lisi", sent.message_id)) == PDF  # what was kept stays
+    assert kept.sha256 == hashlib.sha256(PDF).hexdigest()

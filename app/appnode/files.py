@@ -113,6 +113,11 @@ class FilesMixin:
             content = message.document["content"]
             stored = session.get(StoredFile, (message.origin_node, content["file_id"]))
             if stored is not None:
+                if stored.sha256 != content["sha256"] or stored.declared != declared_type(message.msg_type, content):
+                    # An origin names each file once: another message naming the id for other bytes (or another
+                    # type) is refused rather than given the kept file, which it does not describe.
+                    raise UnsupportedMediaType(f"node {message.origin_node} named file {content['file_id']} for "
+                                               "other bytes already; this message's file is refused")
                 return stored
         origin = message.origin_node
         entry = self.peer_entry(origin, self._pull_for_recipient(origin))
