@@ -105,3 +105,22 @@ def test_a_file_id_reused_for_other_bytes_does_not_hand_out_the_file_kept_under_
         b.node.download("zhaoliu", envelope["message_id"])
     assert b.node.file_bytes(b.node.download("lisi", sent.message_id)) == PDF  # what was kept stays
     assert kept.sha256 == hashlib.sha256(PDF).hexdigest()
+
+
+def test_a_read_state_pointing_into_another_conversation_counts_for_nothing(network):  # noqa: F811
+    """A read position is a message of its conversation. One naming a later message of another conversation
+    was taken as a time: the reader showed as having read messages of this one its node never received."""
+    a, b = network["a"], network["b"]
+    b.stop()  # zhangsan's message waits in A's outbox: B has not received it
+    unseen = a.node.send_text("zhangsan", b.user("lisi"), "还没送到")
+    b.start()
+    group = a.node.create_group("zhangsan", "专班", [b.user("lisi")])
+    later = a.node.send_text("zhangsan", group.address, "群里一条")  # later than `unseen`, in another conversation
+    state = {"conversation_id": unseen.conversation_id, "user_id": b.user("lisi"),
+             "read_up_to_message_id": later.message_id, "unread_count": 0,
+             "updated_at": protocol.format_timestamp(datetime.now(UTC))}
+    envelope = protocol.make_envelope(from_node=b.id, to_node=a.id, type="ephemeral",
+                                      payload={"read_states": [state]})
+    assert raw_post(b.node, a, "ephemeral", envelope)[0] == 200
+    [entry] = a.node.history("zhangsan", unseen.conversation_id)
+    assert (entry["read_by"], entry["unread_by"]) == ([], 1)

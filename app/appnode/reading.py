@@ -51,12 +51,19 @@ class ReadingMixin:
 
     def _unread(self, session: Session, reader: str, conversation: str, messages: list[Message]) -> int:
         state = session.get(ReadState, (conversation, reader))
-        position = None
-        if state is not None:
-            read = session.get(Message, state.read_up_to_message_id)
-            position = (read.send_time, read.message_id) if read else None
+        position = self._read_position(session, state) if state is not None else None
         return sum(1 for m in messages if m.sender_address != reader
                    and (position is None or (m.send_time, m.message_id) > position))
+
+    @staticmethod
+    def _read_position(session: Session, state: ReadState) -> tuple[str, str] | None:
+        """Where a read state puts its reader: `(send_time, message_id)` of its message, once that message is
+        here (§6: held until then), and only if it is a message of the state's own conversation: a peer naming a
+        later message of another one would have its user read messages its node never received."""
+        read = session.get(Message, state.read_up_to_message_id)
+        if read is None or read.conversation_id != state.conversation_id:
+            return None
+        return read.send_time, read.message_id
 
     def history(self, user_id: str, conversation_id: str) -> list[dict]:
         """The conversation's messages in order, with who has read each (A.13 read counts)."""
@@ -69,9 +76,9 @@ class ReadingMixin:
             self._require_participant(session, reader, messages[-1])
             positions = {}
             for state in session.scalars(select(ReadState).where(ReadState.conversation_id == conversation_id)):
-                read = session.get(Message, state.read_up_to_message_id)
-                if read is not None:
-                    positions[state.user_id] = (read.send_time, read.message_id)
+                position = self._read_position(session, state)
+                if position is not None:
+                    positions[state.user_id] = position
             group = None
             if messages[-1].chat_type == "group":
                 group = session.get(Group, (local_part(messages[-1].to), node_of(messages[-1].to)))
