@@ -124,3 +124,24 @@ def test_a_read_state_pointing_into_another_conversation_counts_for_nothing(netw
     assert raw_post(b.node, a, "ephemeral", envelope)[0] == 200
     [entry] = a.node.history("zhangsan", unseen.conversation_id)
     assert (entry["read_by"], entry["unread_by"]) == ([], 1)
+
+
+def test_a_caller_without_a_client_certificate_is_refused_before_its_body_is_read(network):  # noqa: F811
+    """The server asks for a client certificate but, for health's sake, does not require one at the TLS layer
+    (§2.4). The federation paths read and parsed the body before they looked for one: anybody, with no
+    certificate, held one of the node's few threads for as long as it took to send an announced megabyte."""
+    import http.client
+    import json
+    import ssl
+    a, b = network["a"], network["b"]
+    context = ssl.create_default_context(cafile=str(a.node.identity.bundle_file))
+    connection = http.client.HTTPSConnection("127.0.0.1", b.port, context=context, timeout=30)
+    connection.putrequest("POST", "/api/v1/federation/messages")
+    connection.putheader("Content-Type", "application/json")
+    connection.putheader("Content-Length", str(protocol.MAX_BODY_BYTES))
+    connection.endheaders(b"{")  # and nothing more
+    answered = connection.getresponse()
+    body = json.loads(answered.read())
+    assert answered.status == 403 and body["error"]["code"] == "certificate_mismatch", body
+    protocol.validate("error", body)
+    connection.close()

@@ -112,8 +112,13 @@ def create_node_app(node: Node) -> Flask:
         if (request.content_length or 0) > protocol.MAX_BODY_BYTES:
             # Refused before a byte is read: waiting for them would hold a thread for whoever announces them.
             raise protocol.PayloadTooLarge(f"the body is over {protocol.MAX_BODY_BYTES} bytes")
+        certificate = peer_certificate()
+        if not certificate:
+            # Refused before a byte is read too: the TLS layer lets callers without one through (for health),
+            # and any of them could otherwise hold a thread for as long as it takes to send an announced MiB.
+            raise protocol.CertificateMismatch("federation requests need a client certificate", field="from_node")
         body = request.stream.read(protocol.MAX_BODY_BYTES + 1)  # one byte more: receive() refuses 413
-        reply = node.receive(kind, body, request.content_type, peer_certificate())
+        reply = node.receive(kind, body, request.content_type, certificate)
         if reply.body is not None:
             return Response(reply.body, status=reply.status, headers=reply.headers)
         return json_response(reply.document, reply.status, reply.headers)
