@@ -145,3 +145,32 @@ def test_a_caller_without_a_client_certificate_is_refused_before_its_body_is_rea
     assert answered.status == 403 and body["error"]["code"] == "certificate_mismatch", body
     protocol.validate("error", body)
     connection.close()
+
+
+def test_a_message_id_already_taken_by_another_message_is_refused_and_nothing_is_relayed(network):  # noqa: F811
+    """Message ids are deduplicated per calling node (§6), and a message is kept once by its id: a member node
+    reusing the id of another node's group message (it sees every id the home node relays) got `accepted`, and
+    the home node, which kept the first message, relayed the second to the other member nodes, to be shown
+    wherever the id was new. Same for a single chat: acknowledged, silently dropped."""
+    a, b = network["a"], network["b"]
+    c = network["join"]("110000")
+    for node in (a, b, c):
+        node.node.sync_routes()
+    group = a.node.create_group("zhangsan", "专班", [b.user("lisi"), c.user("sunqi")])
+    first = a.node.send_text("zhangsan", group.address, "原话")
+    settle(a, b, c)
+    relays = len(a.node.outbox())
+    reused = group_message(b, b, a, group.address, "lisi", "冒用编号")
+    reused["payload"]["message_id"] = reused["message_id"] = first.message_id
+    status, body = raw_post(b.node, a, "message", reused)
+    assert (status, body["error"]["code"]) == (409, "conflict"), body
+    protocol.validate("error", body)
+    assert len(a.node.outbox()) == relays  # nothing relayed
+    assert [m.document["content"]["text"] for m in stored_messages(a)] == ["原话"]
+    single = text_envelope(b, a, message={"message_id": first.message_id, "to": a.user("wangwu")})
+    status, body = raw_post(b.node, a, "message", single)
+    assert (status, body["error"]["code"]) == (409, "conflict"), body
+    assert [m.document["content"]["text"] for m in stored_messages(a)] == ["原话"]
+    retried = text_envelope(b, a, message={"to": a.user("wangwu")})  # an honest message and its retry: as before
+    assert raw_post(b.node, a, "message", retried)[1]["status"] == "accepted"
+    assert raw_post(b.node, a, "message", retried)[1]["status"] == "duplicate"

@@ -20,6 +20,7 @@ from app.appnode import filetypes, protocol
 from app.appnode.messages import FILE_KINDS, Reply, address, local_part
 from app.appnode.protocol import (
     CertificateMismatch,
+    Conflict,
     InvalidJSON,
     NotAParticipant,
     NotFound,
@@ -29,7 +30,7 @@ from app.appnode.protocol import (
     UnsupportedMediaType,
     node_of,
 )
-from app.appnode.store import Group, Received, insert_message, insert_received, raw_cursor, user_row, utcnow
+from app.appnode.store import Group, Message, Received, insert_message, insert_received, raw_cursor, user_row, utcnow
 
 
 class ReceivingMixin:
@@ -101,6 +102,9 @@ class ReceivingMixin:
                 if user_row(cursor, recipient) is None:
                     raise NotFound(f"no user {message['to']} here", field="payload.to")
                 self._known_users.add(recipient)
+            self._check_id_not_taken(message, cursor.execute(
+                "SELECT origin_node, conversation_id FROM messages WHERE message_id = ?",
+                (message["message_id"],)).fetchone())
             insert_message(cursor, self._message_values(message, [message["sender"]["node_id"], self.node_id]))
             connection.commit()
         return Reply(document=protocol.make_ack(envelope["message_id"], now))
@@ -152,6 +156,9 @@ class ReceivingMixin:
         self._check_content(message)
         me = self.node_id
         home = node_of(message["to"])
+        kept = session.get(Message, message["message_id"])
+        if kept is not None:
+            self._check_id_not_taken(message, (kept.origin_node, kept.conversation_id))
         if home != me:  # relayed by the home node (protocol.check_envelope made sure)
             group = session.get(Group, (local_part(message["to"]), home))
             self._store_message(session, message, self._member_nodes(group) if group else [home, me])
@@ -162,10 +169,19 @@ class ReceivingMixin:
         sender = address(message["sender"]["user_id"], message["sender"]["node_id"])
         if sender not in group.members:
             raise NotAParticipant(f"{sender} is not a member of {message['to']}", field="payload.sender")
+        if kept is not None:
+            return False  # this very message, kept and relayed already (its dedup record forgotten since)
         self._store_message(session, message, self._member_nodes(group))
         self._fan_out(session, message, [peer for peer in self._member_nodes(group)
                                          if peer not in (me, envelope["from_node"])])
         return True
+
+    @staticmethod
+    def _check_id_not_taken(message: dict, kept: tuple[str, str] | None) -> None:
+        """A message is kept once by its id (§6): an id this node holds for a message of another origin or
+        conversation is refused, not acknowledged and dropped (or, at a home node, relayed unkept)."""
+        if kept is not None and tuple(kept) != (message["sender"]["node_id"], message["conversation_id"]):
+            raise Conflict(f"message id {message['message_id']} is another message's here", field="payload.message_id")
 
     @staticmethod
     def _message_values(message: dict, participants: Iterable[str]) -> dict:
