@@ -5,8 +5,8 @@ def init_app(app) -> None:
     from flask_babel import lazy_gettext as _l
 
     from app import console
-    from app.admission import node_views
-    from app.health import history, rounds, views
+    from app.admission import hooks, node_views
+    from app.health import history, rounds, service, views
     from app.health.cli import cli
     from app.scheduler import registry
 
@@ -14,6 +14,9 @@ def init_app(app) -> None:
     app.cli.add_command(cli)
     registry.register(registry.Job("health.poll", rounds.poll_job, app.config["MPIM_HEALTH_INTERVAL"],
                                    timeout_seconds=app.config["MPIM_HEALTH_INTERVAL"] * 2))
+    # Registered before the routing feature's hook (FEATURES order): the table it publishes lists the node unknown.
+    if service.forget_verdict not in hooks.node_status_changed:
+        hooks.node_status_changed.append(service.forget_verdict)
     registry.register(registry.Job("health.downsample", history.downsample, 3600))
     column = ("health", _l("Health"), views.health_cells)
     if all(name != column[0] for name, _, _ in node_views.node_columns):

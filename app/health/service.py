@@ -135,6 +135,20 @@ def apply_round(results) -> RoundReport:
     return report
 
 
+def forget_verdict(node, old: str, new: str, reason: str) -> None:
+    """Admission hook (suspend, resume, revoke): the node's status goes back to unknown, its streaks to zero.
+    Only active nodes are polled, so whatever it was before says nothing of it once it is back: shown, and
+    published in the routing table, that old "up" would stand until enough polls had failed
+    (MPIM_HEALTH_FAILURES_BEFORE_DOWN rounds). Runs before the routing table's hook publishes the change."""
+    health = db.session.get(NodeHealth, node.node_id)
+    if health is None or (health.status == "unknown" and not health.consecutive_failures
+                          and not health.consecutive_successes):
+        return
+    health.status, health.changed_at = "unknown", utcnow()
+    health.consecutive_failures = health.consecutive_successes = 0
+    db.session.flush()
+
+
 def late_alert(health: NodeHealth) -> StatusChange | None:
     """The alert a maintenance window held back, now that it has ended (at its time, or an admin ended it):
     the node went down inside it and is still down. No alert went out then, so without this one nobody would
