@@ -32,6 +32,25 @@ class HealthServer:
         self.requests += 1
         if self.behaviour == "slow":
             await self.never.wait()  # an answer that never comes; the poller's timeout must fire
+        if self.behaviour == "two_parts":  # a good answer in two chunks, the second a moment later
+            body = json.dumps({"status": "ok", "node_id": self.node_id, "version": "test",
+                               "time": "2026-01-01T00:00:00Z"}).encode()
+            response = web.StreamResponse(headers={"Content-Type": "application/json"})
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            await response.write(body[:20])
+            await asyncio.sleep(0.2)  # the peer's network, not the test, is slow here
+            try:
+                await response.write(body[20:])
+                await response.write_eof()
+            except ConnectionError:  # a poller that stopped at the first part went away
+                pass
+            return response
+        if self.behaviour == "huge":  # a well-formed answer, far past what the poller reads
+            return web.Response(text=json.dumps({"status": "ok", "node_id": self.node_id, "pad": "x" * 10_000_000}),
+                                content_type="application/json")
+        if self.behaviour == "redirect":  # to somewhere that would answer well: not followed
+            raise web.HTTPFound("/elsewhere")
         if self.behaviour == "error":
             return web.Response(status=500, text="boom")
         if self.behaviour == "invalid_json":

@@ -45,7 +45,8 @@ def poll(targets, **options):
 
 @pytest.mark.parametrize(("behaviour", "failure"), [
     ("ok", None), ("slow", "timeout"), ("error", "http_status"), ("invalid_json", "bad_body"),
-    ("nested_json", "bad_body"), ("not_ok", "bad_body"), ("wrong_node", "wrong_node")])
+    ("nested_json", "bad_body"), ("not_ok", "bad_body"), ("wrong_node", "wrong_node"), ("huge", "bad_body"),
+    ("redirect", "http_status")])
 def test_plain_http_outcomes(servers, behaviour, failure):
     server = servers(NODE, behaviour)
     [result] = poll([poller.PollTarget(NODE, server.url)], **({"timeout": 0.5} if behaviour == "slow" else {}))
@@ -71,6 +72,14 @@ def test_an_answer_that_is_not_strict_json_is_no_usable_answer(app, servers, beh
             assert health_detail_label(result.detail) == english
         with force_locale("zh_CN"):
             assert health_detail_label(result.detail) == chinese
+
+
+def test_an_answer_that_arrives_in_parts_is_read_whole(servers):
+    """The body was read with one `read(n)`, which returns what has arrived so far: a healthy node whose
+    answer crossed the network in two pieces read as unparsable, and a slow link marked it down."""
+    server = servers(NODE, "two_parts")
+    [result] = poll([poller.PollTarget(NODE, server.url)])
+    assert result.ok, result.detail
 
 
 def test_connection_refused():

@@ -87,6 +87,20 @@ def peer_certificate(response: aiohttp.ClientResponse) -> bytes | None:
     return ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
 
 
+async def read_body(content: aiohttp.StreamReader) -> bytes:
+    """The whole answer, or its first MAX_BODY + 1 bytes when it is longer: one `read(n)` returns only what has
+    arrived so far, so a healthy answer split over two packets read as cut short. The round's timeout bounds it."""
+    parts: list[bytes] = []
+    size = 0
+    while size <= MAX_BODY:
+        part = await content.read(MAX_BODY + 1 - size)
+        if not part:
+            break
+        parts.append(part)
+        size += len(part)
+    return b"".join(parts)
+
+
 def _result(target: PollTarget, started: float, failure: FailureReason | None, detail: str,
             cert_matches: bool | None = None) -> PollResult:
     latency = round((time.perf_counter() - started) * 1000, 2) if failure is None else None
@@ -111,7 +125,7 @@ async def poll_one(session: aiohttp.ClientSession, target: PollTarget, timeout: 
                 if response.status != 200:
                     return _result(target, started, FailureReason.HTTP_STATUS, f"HTTP {response.status}",
                                    cert_matches)
-                body = await response.content.read(MAX_BODY + 1)
+                body = await read_body(response.content)
     except TimeoutError:
         return _result(target, started, FailureReason.TIMEOUT, f"no answer within {timeout:g} s")
     except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError, ssl.SSLError) as error:
