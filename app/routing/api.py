@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 
 from flask import Blueprint, current_app, g, request
@@ -18,6 +19,7 @@ from app.sessions.models import NodeSession
 bp = Blueprint("routing_api", __name__, url_prefix="/api/v1")
 csrf.exempt(bp)
 ETAG_VALUE = re.compile(r'^(?:W/)?"(\d{1,12})"$')
+log = logging.getLogger("mpim.routing")
 
 
 class RoutesUnavailable(NotFound):
@@ -47,9 +49,18 @@ def parse_since(value: str, head: int) -> int:
                                field="since")
     since = int(value)
     if since > head:
+        ahead(since, head)
         raise ValidationFailed(f"since={since} is ahead of the current version {head}.", code="since_in_future",
                                field="since")
     return since
+
+
+def ahead(held: int, head: int) -> None:
+    """A node holds a version this database never published: restored from a backup? Nodes refuse every table
+    below the one they hold until the operator publishes above it (docs/operations.md, Backup)."""
+    log.warning("node %s holds routing table version %s, ahead of the current %s: if the database was restored "
+                "from a backup, run `flask routing publish --above <the highest version nodes hold>`",
+                g.get("node_id"), held, head)
 
 
 def not_modified(published):
@@ -68,7 +79,7 @@ def routes():
         since = parse_since(since_arg, published.version)
         if since == published.version:
             return not_modified(published)
-        if since == published.version - 1 and published.delta_from_previous is not None:
+        if since == published.previous_version and published.delta_from_previous is not None:
             return published.delta_from_previous[0], 200, published.delta_from_previous[1]
         if since >= service.oldest_delta_base():
             cached = published.deltas.get(since)
@@ -88,6 +99,8 @@ def routes():
             match = ETAG_VALUE.match(candidate.strip())
             if match and int(match.group(1)) == published.version:
                 return not_modified(published)
+            if match and int(match.group(1)) > published.version:
+                ahead(int(match.group(1)), published.version)
         # A malformed If-None-Match matches nothing (RFC 9110): the full table is the answer.
     return published.body, 200, published.headers
 

@@ -69,9 +69,11 @@ def verify_command(body_file, signature_file):
 
 @cli.command("publish")
 @click.option("--force", is_flag=True, help="Re-sign even when nothing changed.")
+@click.option("--above", type=Digits(1, service.MAX_VERSION - 1), default=None,
+              help="After restoring a backup: publish a version above this one (the highest version nodes hold).")
 @click.option("--json", "as_json", is_flag=True)
-def publish_command(force, as_json):
-    version = service.publish("cli", force=force, actor="cli")
+def publish_command(force, above, as_json):
+    version = service.publish("cli", force=force, actor="cli", above=above)
     db.session.commit()
     if as_json:
         click.echo(json.dumps({"published": version is not None, "version": version.version if version else

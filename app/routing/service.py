@@ -84,15 +84,26 @@ def sign(body: bytes) -> tuple[str, str]:
     return base64.b64encode(document.sign_body(body, key)).decode(), document.certificate_fingerprint(certificate)
 
 
-def publish(reason: str, *, force: bool = False, actor: str | None = None) -> RouteVersion | None:
-    """A new version if what nodes would see changed (or `force`, for re-signing); else None."""
+# A version column holds no more (PostgreSQL integer); `publish(above=...)` refuses to reach it.
+MAX_VERSION = 2**31 - 1
+
+
+def publish(reason: str, *, force: bool = False, actor: str | None = None,
+            above: int | None = None) -> RouteVersion | None:
+    """A new version if what nodes would see changed (or `force`, for re-signing); else None.
+
+    `above`: after restoring a backup, nodes hold versions the restored database never saw, and refuse
+    every lower one as a rollback (a version they hold with other contents they would even keep as
+    unchanged). The new version is then `above + 1` (at least), skipping the numbers nodes may hold."""
     _lock()
     previous = head()
     old, new = entries_of(previous), current_entries()
     changed, removed = document.compute_delta(old, new)
-    if previous is not None and not changed and not removed and not force:
+    if previous is not None and not changed and not removed and not force and above is None:
         return None
-    number = previous.version + 1 if previous else 1
+    number = max(previous.version if previous else 0, above or 0) + 1
+    if number > MAX_VERSION:
+        raise ValueError(f"a routing table version cannot exceed {MAX_VERSION}")
     issued_at = utcnow().replace(microsecond=0)
     expires_at = issued_at + timedelta(hours=current_app.config["MPIM_ROUTE_TTL_HOURS"])
     meta = {"issuer": issuer(), "issued_at": issued_at, "expires_at": expires_at}
@@ -148,6 +159,8 @@ def delta_since(since: int, current: RouteVersion) -> bytes | None:
                                   .order_by(RouteChange.version)):
         final[row.node_id] = row.entry
         first.setdefault(row.node_id, row.entry)
+    if not _consecutive(since, current.version):
+        return None
     gone = [node_id for node_id, entry in final.items() if entry is None]
     listed = _listed_at(since, gone, first)
     if listed is None:
@@ -157,6 +170,16 @@ def delta_since(since: int, current: RouteVersion) -> bytes | None:
     return document.serialise(document.delta_document(
         current.version, since, changed, removed, issuer=issuer(), issued_at=current.issued_at,
         expires_at=current.expires_at))
+
+
+def _consecutive(since: int, version: int) -> bool:
+    """Whether this database published `since` and every version up to `version`. Not so across the numbers
+    skipped after a restore (`publish(above=...)`): a node holding one of them holds a table this database
+    never built, and no delta from its history applies to it. Version 0 is the empty table before the first."""
+    lowest = max(since, 1)
+    count = db.session.scalar(select(func.count()).select_from(RouteVersion)
+                              .where(RouteVersion.version >= lowest, RouteVersion.version <= version))
+    return count == version - lowest + 1
 
 
 def _listed_at(since: int, node_ids: list[str], first: dict[str, dict | None]) -> set[str] | None:

@@ -37,6 +37,7 @@ class Published:
     headers: dict[str, str]
     etag: str
     delta_from_previous: tuple[bytes, dict[str, str]] | None
+    previous_version: int | None = None  # what `delta_from_previous` starts from (see service.publish(above=...))
     entries: dict[str, dict] | None = None
     deltas: dict[int, tuple[bytes, dict[str, str]]] = field(default_factory=dict)
 
@@ -115,12 +116,14 @@ class RouteCache:
         row = db.session.get(RouteVersion, version)
         if row is None or row.body is None:
             return None
-        delta = None
+        delta = previous = None
         if row.delta_body is not None:
             delta = (row.delta_body, signed_headers(version, row.delta_signature, row.signer_sha256))
+            # Not always version - 1: the numbers skipped after a restore (service.publish(above=...)).
+            previous = db.session.scalar(select(func.max(RouteVersion.version)).where(RouteVersion.version < version))
         published = Published(version=version, body=row.body, etag=document.etag(version),
                               headers=signed_headers(version, row.signature, row.signer_sha256),
-                              delta_from_previous=delta)
+                              delta_from_previous=delta, previous_version=previous)
         with self.lock:
             if self.published is None or self.published.version < version:
                 self.published = published
