@@ -20,7 +20,7 @@ from app.extensions import db
 from app.routing import service
 from app.routing.client import MAX_STORED_DELTAS, RouteClient
 from app.routing.models import RouteVersion
-from app.routing.serving import cache_for
+from app.routing.serving import MAX_CACHED_DELTAS, cache_for
 from tests.conftest import Console
 from tests.test_sessions import admit_with_keys, people  # noqa: F401 (fixture)
 
@@ -392,3 +392,18 @@ def test_a_session_validated_while_another_request_loaded_a_newer_version_is_not
     cache.remember_session(token_hash, session["node"].node_id, time.time() + 3600, seen_version=seen.version)
     assert cache.session_node(token_hash) is None  # request A's validation is not kept
     assert pull(client, session).status_code == 401  # the suspended node is refused, not served from memory
+
+
+def test_a_worker_keeps_a_bounded_number_of_folded_deltas(app, client, session):
+    """Each `?since=` from an older version folds and keeps a delta as large as the table may be: a node asking
+    from every kept version (thousands after a week of health changes) grew a worker's memory without bound."""
+    for _ in range(MAX_CACHED_DELTAS + 8):
+        service.publish("re-sign", force=True)
+    db.session.commit()
+    head = service.head_version()
+    await_served(app, head)
+    first = pull(client, session, "?since=1").data
+    for since in range(2, head - 1):
+        assert json.loads(pull(client, session, f"?since={since}").data)["since"] == since
+    assert len(cache_for(app).current().deltas) <= MAX_CACHED_DELTAS
+    assert pull(client, session, "?since=1").data == first  # folded again once it is no longer kept

@@ -87,7 +87,8 @@ def routes():
                 body = service.delta_since(since, service.find(published.version))
                 if body is not None:
                     signature, signer = service.sign(body)
-                    cached = published.deltas[since] = (body, signed_headers(published.version, signature, signer))
+                    cached = (body, signed_headers(published.version, signature, signer))
+                    cache.remember_delta(published, since, cached)
             if cached is not None:
                 return cached[0], 200, cached[1]
         # Older than the kept history (or beyond what it can tell): the full table, applied as a whole.

@@ -30,6 +30,11 @@ from app.routing.models import RouteVersion
 log = logging.getLogger("mpim.routing")
 
 
+# Deltas folded on demand (`?since=` older than the version before) kept per version and process. Each can be as
+# large as the table, and a node may ask from any of the kept versions (thousands in a week of health changes).
+MAX_CACHED_DELTAS = 64
+
+
 @dataclass
 class Published:
     version: int
@@ -129,6 +134,13 @@ class RouteCache:
                 self.published = published
                 self.sessions.clear()
         return published
+
+    def remember_delta(self, published: Published, since: int, delta: tuple[bytes, dict[str, str]]) -> None:
+        """Keep a folded delta for the next node asking from `since`; the oldest kept goes past MAX_CACHED_DELTAS."""
+        with self.lock:
+            while len(published.deltas) >= MAX_CACHED_DELTAS:
+                del published.deltas[next(iter(published.deltas))]
+            published.deltas[since] = delta
 
     # --- node sessions ----------------------------------------------------------------------
     def session_node(self, token_hash: str) -> str | None:
