@@ -407,3 +407,26 @@ def test_a_worker_keeps_a_bounded_number_of_folded_deltas(app, client, session):
         assert json.loads(pull(client, session, f"?since={since}").data)["since"] == since
     assert len(cache_for(app).current().deltas) <= MAX_CACHED_DELTAS
     assert pull(client, session, "?since=1").data == first  # folded again once it is no longer kept
+
+
+def test_admins_are_told_when_the_table_is_not_re_signed_on_time(app, session, admin_console):
+    """Re-signing is the scheduler's job, and a stopped scheduler fails no request: the first sign of it was every
+    node refusing the expired table and losing its peers."""
+    assert "flask routing publish --force" not in admin_console.client.get("/").get_data(as_text=True)
+    head = service.head()
+    lifetime = head.expires_at - head.issued_at
+    head.issued_at -= lifetime * 0.6  # past half its life (the job re-signs then) and the grace after it
+    head.expires_at -= lifetime * 0.6
+    db.session.commit()
+    page = admin_console.client.get("/").get_data(as_text=True)
+    assert "路由表（版本 1）未按时重新签名" in page and "flask routing publish --force" in page
+    head = service.head()
+    head.issued_at -= lifetime
+    head.expires_at -= lifetime
+    db.session.commit()
+    admin_console.client.get("/lang/en")
+    page = admin_console.client.get("/").get_data(as_text=True)
+    assert "The routing table (version 1) expired at" in page
+    service.publish("re-sign", force=True)
+    db.session.commit()
+    assert "flask routing publish --force" not in admin_console.client.get("/").get_data(as_text=True)

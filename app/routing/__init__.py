@@ -34,7 +34,7 @@ def init_app(app) -> None:
     from app.pki import service as pki
     from app.routing.api import bp as api_bp
     from app.routing.cli import cli
-    from app.routing.views import bp
+    from app.routing.views import banner, bp
     from app.scheduler import registry
 
     app.register_blueprint(api_bp)
@@ -53,6 +53,8 @@ def init_app(app) -> None:
     if _resign_after_rotation not in pki.route_signer_changed:
         pki.route_signer_changed.append(_resign_after_rotation)
     registry.register(registry.Job("routes.resign", _resign, 600))
+    if banner not in console.banner_sources:
+        console.banner_sources.append(banner)
     # Not provincial admins: the table lists every province's nodes, and they are scoped to their own.
     entry = ("routes.index", _l("Routes"), ("ministry_admin", "auditor"))
     if entry not in console.nav_entries:
