@@ -6,11 +6,13 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
-from app.admission import nodes
+from app.admission import applications, nodes
+from app.admission.information import parse
 from app.extensions import db
 from app.health import service
 from app.health.models import NodeHealth
 from app.routing import service as routes
+from tests.factories import node_document
 from tests.test_sessions import admit_with_keys, people  # noqa: F401 (fixture)
 
 
@@ -62,3 +64,26 @@ def test_a_revoked_node_keeps_no_health_verdict(app, people):  # noqa: F811
     nodes.revoke(node, "key lost", by=minister)
     db.session.commit()
     assert db.session.get(NodeHealth, node.node_id).status == "unknown"
+
+
+def test_a_node_whose_endpoint_moved_is_listed_unknown_until_the_new_one_is_polled(app, people):  # noqa: F811
+    """The polls so far were of the old endpoint: published with the new one, their "up" said a server nobody
+    had polled yet was up."""
+    minister, jx_admin = people
+    node, _ = admit_with_keys(people)
+    bring_up(node.node_id)
+    moved = node.endpoint.rstrip("/") + "/v2"
+    change = applications.submit_change(node, parse(node_document("360000", endpoint=moved)), None, by=jx_admin)
+    db.session.commit()
+    applications.approve(change, by=minister)
+    db.session.commit()
+    entry = {e["node_id"]: e for e in json.loads(routes.head().body)["nodes"]}[node.node_id]
+    assert (entry["endpoint"], entry["status"]) == (moved, "unknown")
+    contact_only = node_document("360000", endpoint=moved, contact={"name": "李四", "phone": "0791-7654321",
+                                                                    "email": "li@jx.example"})
+    bring_up(node.node_id)
+    change = applications.submit_change(node, parse(contact_only), None, by=jx_admin)
+    db.session.commit()
+    applications.approve(change, by=minister)
+    db.session.commit()
+    assert db.session.get(NodeHealth, node.node_id).status == "up"  # nothing polled changed

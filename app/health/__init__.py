@@ -17,6 +17,8 @@ def init_app(app) -> None:
     # Registered before the routing feature's hook (FEATURES order): the table it publishes lists the node unknown.
     if service.forget_verdict not in hooks.node_status_changed:
         hooks.node_status_changed.append(service.forget_verdict)
+    if service.forget_verdict_after_move not in hooks.node_changed:
+        hooks.node_changed.append(service.forget_verdict_after_move)
     registry.register(registry.Job("health.downsample", history.downsample, 3600))
     column = ("health", _l("Health"), views.health_cells)
     if all(name != column[0] for name, _, _ in node_views.node_columns):

@@ -140,7 +140,18 @@ def forget_verdict(node, old: str, new: str, reason: str) -> None:
     Only active nodes are polled, so whatever it was before says nothing of it once it is back: shown, and
     published in the routing table, that old "up" would stand until enough polls had failed
     (MPIM_HEALTH_FAILURES_BEFORE_DOWN rounds). Runs before the routing table's hook publishes the change."""
-    health = db.session.get(NodeHealth, node.node_id)
+    _forget(node.node_id)
+
+
+def forget_verdict_after_move(node, application, changes: dict) -> None:
+    """Admission hook (an approved change request): the polls so far were of the old endpoint, and say nothing
+    of the new one, which the routing table publishes in the same transaction."""
+    if "endpoint" in changes:
+        _forget(node.node_id)
+
+
+def _forget(node_id: str) -> None:
+    health = db.session.get(NodeHealth, node_id)
     if health is None or (health.status == "unknown" and not health.consecutive_failures
                           and not health.consecutive_successes):
         return
