@@ -430,3 +430,40 @@ def test_admins_are_told_when_the_table_is_not_re_signed_on_time(app, session, a
     service.publish("re-sign", force=True)
     db.session.commit()
     assert "flask routing publish --force" not in admin_console.client.get("/").get_data(as_text=True)
+
+
+def test_on_sqlite_publishing_holds_the_write_lock_from_reading_the_head_on(app, session):
+    """The re-signing job and `flask routing publish` write nothing before publishing: SQLite took its write lock
+    only at the insert, so a version another process published in between made theirs a duplicate key, and the
+    job failed. Reading the head now takes the lock: the other writer waits instead."""
+    if db.engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL publishes under an advisory lock taken before the head is read")
+    import sqlite3
+
+    from sqlalchemy import event
+    from sqlalchemy.engine import make_url
+
+    path = make_url(app.config["SQLALCHEMY_DATABASE_URI"]).database
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    refused = []
+
+    def another_process_publishes(_connection, _cursor, statement, *_args):
+        if statement.startswith("INSERT INTO route_versions") and not refused:
+            try:
+                other.execute("BEGIN IMMEDIATE")
+                other.execute("INSERT INTO route_versions (version, issued_at, expires_at, node_count, reason, "
+                              "changes, signer_sha256) SELECT max(version) + 1, issued_at, expires_at, node_count, "
+                              "'other', '[]', signer_sha256 FROM route_versions")
+                other.execute("COMMIT")
+                refused.append(False)
+            except sqlite3.OperationalError:  # database is locked
+                refused.append(True)
+
+    event.listen(db.engine, "before_cursor_execute", another_process_publishes)
+    try:
+        version = service.publish("cli", force=True, actor="cli").version  # as `flask routing publish --force`
+        db.session.commit()
+    finally:
+        event.remove(db.engine, "before_cursor_execute", another_process_publishes)
+        other.close()
+    assert refused == [True] and version == 2 == service.head_version()

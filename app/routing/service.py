@@ -23,7 +23,7 @@ from sqlalchemy import delete, func, select, text, update
 
 from app.admission.models import Node
 from app.audit import service as audit
-from app.database import get_by_number, utcnow
+from app.database import get_by_number, serialise, utcnow
 from app.extensions import db
 from app.routing import document
 from app.routing.models import RouteChange, RouteVersion
@@ -33,8 +33,13 @@ KEEP_BODIES = 20
 
 
 def _lock() -> None:
+    """One publication at a time, from reading the head to commit. On SQLite that is the write lock, taken now:
+    a caller that wrote nothing yet (the re-signing job, the CLI) would otherwise take it only at its insert,
+    after another process may have published the number it read as next."""
     if db.session.get_bind().dialect.name == "postgresql":
         db.session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ROUTES_LOCK_KEY})
+    else:
+        serialise()
 
 
 def issuer() -> str:
