@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from flask import current_app
 from sqlalchemy import delete, func, select, text, update
@@ -226,6 +226,24 @@ def resign_job() -> str:
     version = publish("re-sign", force=True)
     db.session.commit()
     return f"published v{version.version}" if version else "nothing to do"
+
+
+# The re-signing job runs every 10 minutes once half the table's lifetime has passed; this much later, it is not.
+RESIGN_GRACE = timedelta(minutes=30)
+
+
+def resigning_overdue(now: datetime | None = None) -> tuple[str, RouteVersion] | None:
+    """("expired" | "late", head) when the table was not re-signed on time (`resign_job`), else None: every node
+    refuses an expired table, and a stopped scheduler fails no request, so nothing else would say so."""
+    current = head()
+    if current is None:
+        return None
+    now = now or utcnow()
+    if now >= current.expires_at:
+        return "expired", current
+    if now - current.issued_at > (current.expires_at - current.issued_at) / 2 + RESIGN_GRACE:
+        return "late", current
+    return None
 
 
 def history_query():

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import base64
-from datetime import timedelta
 
 from flask import Blueprint, Response, current_app, render_template, request
 from flask_babel import lazy_gettext as _l
 
 from app.auth.access import roles_required
-from app.database import paginate, utcnow
+from app.database import paginate
 from app.errors import NotFound
 from app.i18n import local_time
 from app.routing import service
@@ -53,28 +52,18 @@ def download_signature(version: int):
                     headers={"Content-Disposition": f"attachment; filename=routes-v{version}.sig"})
 
 
-# The re-signing job runs every 10 minutes once half the table's lifetime has passed; this much later, it is not.
-RESIGN_GRACE = timedelta(minutes=30)
-
-
 def banner(user) -> list[dict]:
-    """Ministry admins and auditors are told when the table is not re-signed on time: every node refuses an
-    expired table and can then look up no peer, and nothing else says so (it is the scheduler's job, and a
-    stopped scheduler fails no request)."""
-    if user.role not in VIEWERS:
+    """Ministry admins and auditors are told when the table is not re-signed on time (`resigning_overdue`)."""
+    overdue = service.resigning_overdue() if user.role in VIEWERS else None
+    if overdue is None:
         return []
-    head = service.head()
-    if head is None:
-        return []
-    now = utcnow()
-    if now >= head.expires_at:
+    state, head = overdue
+    if state == "expired":
         return [{"kind": "error", "text": str(_l(
             "The routing table (version %(version)s) expired at %(time)s: application nodes refuse it and cannot "
             "look up their peers. Is the scheduler running? `flask routing publish --force` signs a new one now.",
             version=head.version, time=local_time(head.expires_at)))}]
-    if now - head.issued_at > (head.expires_at - head.issued_at) / 2 + RESIGN_GRACE:
-        return [{"kind": "warning", "text": str(_l(
-            "The routing table (version %(version)s) was not re-signed on time and expires at %(time)s. Is the "
-            "scheduler running? `flask routing publish --force` signs a new one now.",
-            version=head.version, time=local_time(head.expires_at)))}]
-    return []
+    return [{"kind": "warning", "text": str(_l(
+        "The routing table (version %(version)s) was not re-signed on time and expires at %(time)s. Is the "
+        "scheduler running? `flask routing publish --force` signs a new one now.",
+        version=head.version, time=local_time(head.expires_at)))}]
