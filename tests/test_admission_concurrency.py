@@ -347,6 +347,19 @@ def test_a_renewal_keeping_a_key_revoked_as_compromised_at_that_moment_leaves_it
     assert valid == []
 
 
+def _committed_token(make_user) -> tuple[int, str, int]:
+    """A Jiangxi admin's enrollment token, committed, the session left empty for the racing threads:
+    (token id, raw token, admin id)."""
+    from app.admission import tokens
+
+    admin = make_user("jx-admin", "provincial_admin", ("360000",))
+    token, raw = tokens.create_token("360000", by=admin)
+    token_id, admin_id = token.id, admin.id
+    db.session.commit()
+    db.session.remove()
+    return token_id, raw, admin_id
+
+
 def test_a_token_revoked_while_an_application_uses_it_stays_used(app, make_user):
     """An admin revokes an enrollment token while a node's application with it is being stored: the application
     took the token first, so the revocation must be refused. Its blind UPDATE waited for the application's commit
@@ -358,11 +371,7 @@ def test_a_token_revoked_while_an_application_uses_it_stays_used(app, make_user)
 
     if db.engine.dialect.name != "postgresql":
         pytest.skip("an admin and a node at once: PostgreSQL (SQLite has one writer at a time)")
-    admin = make_user("jx-admin", "provincial_admin", ("360000",))
-    token, raw = tokens.create_token("360000", by=admin)
-    token_id, admin_id = token.id, admin.id
-    db.session.commit()
-    db.session.remove()
+    token_id, raw, admin_id = _committed_token(make_user)
     errors: list[BaseException] = []
 
     def revoke() -> None:
@@ -404,11 +413,7 @@ def test_a_token_that_changed_after_the_application_checked_it_is_refused_for_wh
     from app.admission.models import EnrollmentToken
     from app.database import utcnow
 
-    admin = make_user("jx-admin", "provincial_admin", ("360000",))
-    token, raw = tokens.create_token("360000", by=admin)
-    token_id, admin_id = token.id, admin.id
-    db.session.commit()
-    db.session.remove()
+    token_id, raw, admin_id = _committed_token(make_user)
     with app.app_context():  # the node's request, in its own session
         token = tokens.find_by_raw(raw)
         tokens.require_usable(token)
@@ -436,11 +441,7 @@ def test_a_token_revoked_while_an_application_waits_to_use_it_is_refused_as_revo
 
     if db.engine.dialect.name != "postgresql":
         pytest.skip("an admin and a node at once: PostgreSQL (SQLite has one writer at a time)")
-    admin = make_user("jx-admin", "provincial_admin", ("360000",))
-    token, raw = tokens.create_token("360000", by=admin)
-    token_id, admin_id = token.id, admin.id
-    db.session.commit()
-    db.session.remove()
+    token_id, raw, admin_id = _committed_token(make_user)
     errors: list[BaseException] = []
 
     def apply() -> None:

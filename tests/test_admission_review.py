@@ -606,17 +606,22 @@ def test_a_refused_rejection_reason_comes_back_in_its_field_with_the_refusal_bes
     assert db.session.get(Application, application.id).status == "pending" and audit_count() == before
 
 
-def test_a_refused_reason_for_an_action_the_node_no_longer_offers_is_still_said(client, jx_admin, minister):
-    """Revoked in another tab meanwhile, the node page offers no action: the refusal of the reason is not lost
-    with the field it would have been shown at."""
+def _revoked_in_another_tab(client, jx_admin, minister):
+    """A minister signed in to the console, and an admitted node revoked since its page was drawn: (console, page)."""
     from tests.conftest import Console
 
     node = admit(jx_admin, minister)
     console = Console(client)
     console.login("minister")
-    page_url = f"/nodes/{node.node_id}"
     nodes.revoke(node, "decommissioned", by=minister)
     db.session.commit()
+    return console, f"/nodes/{node.node_id}"
+
+
+def test_a_refused_reason_for_an_action_the_node_no_longer_offers_is_still_said(client, jx_admin, minister):
+    """Revoked in another tab meanwhile, the node page offers no action: the refusal of the reason is not lost
+    with the field it would have been shown at."""
+    console, page_url = _revoked_in_another_tab(client, jx_admin, minister)
     response = console.post_form(page_url, {"reason": "a\x00b"}, action=f"{page_url}/suspend")
     assert response.status_code == 422
     assert '<p class="error" role="alert">理由：含有控制字符。</p>' in response.get_data(as_text=True)
@@ -625,14 +630,7 @@ def test_a_refused_reason_for_an_action_the_node_no_longer_offers_is_still_said(
 def test_a_transition_the_node_no_longer_allows_names_both_states_in_the_console_language(client, jx_admin, minister):
     """Suspended in another tab after it was revoked: the refusal names the states in words, not in codes
     ("状态为 revoked 的节点" read as a leak of the database into the page)."""
-    from tests.conftest import Console
-
-    node = admit(jx_admin, minister)
-    console = Console(client)
-    console.login("minister")
-    page_url = f"/nodes/{node.node_id}"
-    nodes.revoke(node, "decommissioned", by=minister)
-    db.session.commit()
+    console, page_url = _revoked_in_another_tab(client, jx_admin, minister)
     response = console.post_form(page_url, {"reason": "drill"}, action=f"{page_url}/suspend")
     page = response.get_data(as_text=True)
     assert "状态为“已注销”的节点不能变为“已暂停”。" in page, [line for line in page.splitlines() if "不能变为" in line]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from datetime import datetime
 
 from app.admission import applications, nodes
 from app.admission.information import parse
@@ -13,18 +11,8 @@ from app.health import service
 from app.health.models import NodeHealth
 from app.routing import service as routes
 from tests.factories import node_document
+from tests.test_health_state import Result  # one poll's outcome, as the poller reports it
 from tests.test_sessions import admit_with_keys, people  # noqa: F401 (fixture)
-
-
-@dataclass
-class Result:
-    node_id: str
-    ok: bool
-    latency_ms: float | None = 12.0
-    failure: str | None = None
-    detail: str = ""
-    cert_matches: bool | None = True
-    checked_at: datetime | None = None
 
 
 def listed_status(node_id: str) -> str | None:

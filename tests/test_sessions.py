@@ -55,6 +55,22 @@ def await_refusal(client, headers, timeout: float = 10.0):
         time.sleep(0.02)
 
 
+def wait_for_a_lock_wait(thread, timeout: float = 30) -> bool:
+    """Until `thread` ends or some session of this database waits on a lock (PostgreSQL); whether one did."""
+    import time
+
+    from sqlalchemy import text
+
+    deadline = time.monotonic() + timeout
+    with db.engine.connect() as watcher:
+        while thread.is_alive() and time.monotonic() < deadline:
+            if watcher.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                   "AND wait_event_type = 'Lock'")):
+                return True
+            time.sleep(0.02)
+    return False
+
+
 def error_code(response):
     return response.status_code, response.get_json()["error"]["code"]
 
@@ -227,9 +243,6 @@ def _decided_while_a_session_opens(app, people, decide):
     runs in another thread; the session commits once the decision has committed or waits on it. Returns the node
     and the session's raw token."""
     import threading
-    import time
-
-    from sqlalchemy import text
 
     from app.sessions import service
 
@@ -252,12 +265,7 @@ def _decided_while_a_session_opens(app, people, decide):
         raw, _, _ = service.open_session(keys.session_request(node_id))
         thread = threading.Thread(target=admin)
         thread.start()
-        deadline = time.monotonic() + 30
-        with db.engine.connect() as watcher:  # until the admin has committed, or waits on the node's request
-            while thread.is_alive() and time.monotonic() < deadline and not watcher.scalar(text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND wait_event_type = 'Lock'")):
-                time.sleep(0.02)
+        wait_for_a_lock_wait(thread)  # until the admin has committed, or waits on the node's request
         db.session.commit()
     thread.join(60)
     assert not thread.is_alive() and not errors, errors
@@ -300,9 +308,6 @@ def test_a_renewal_queued_behind_its_certificates_revocation_issues_nothing_to_t
     node the revocation holds; once in, it found the node active and no current certificate (so no renewal
     window to respect), and was issued a certificate the revocation had meant to leave nobody."""
     import threading
-    import time
-
-    from sqlalchemy import text
 
     from app.pki import revocation
     from app.pki import service as pki
@@ -319,12 +324,7 @@ def test_a_renewal_queued_behind_its_certificates_revocation_issues_nothing_to_t
     thread = threading.Thread(target=lambda: answers.append(client.post(
         "/api/v1/certificates/renew", json={"csr": csr}, headers={"Authorization": f"Bearer {token}"})))
     thread.start()
-    deadline = time.monotonic() + 30
-    with db.engine.connect() as watcher:  # until the renewal waits on the node the revocation holds
-        while thread.is_alive() and time.monotonic() < deadline and not watcher.scalar(text(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND wait_event_type = 'Lock'")):
-            time.sleep(0.02)
+    wait_for_a_lock_wait(thread)  # until the renewal waits on the node the revocation holds
     db.session.commit()
     thread.join(60)
     assert not thread.is_alive()
@@ -338,21 +338,13 @@ def _answer_while_the_node_is_held(app, client, node, body, hold):
     """`hold(node)` runs in the test's session and is not committed while a node's session request runs in another
     thread. Returns (whether that request waited on a lock, its answer), after the hold commits."""
     import threading
-    import time
 
-    from sqlalchemy import text
 
     hold(node)  # not committed yet
     answers = []
     thread = threading.Thread(target=lambda: answers.append(open_session(client, body)))
     thread.start()
-    waited, deadline = False, time.monotonic() + 30
-    with db.engine.connect() as watcher:  # until the request answers, or waits on what the test holds
-        while thread.is_alive() and time.monotonic() < deadline and not waited:
-            waited = bool(watcher.scalar(text(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND wait_event_type = 'Lock'")))
-            time.sleep(0.02)
+    waited = wait_for_a_lock_wait(thread)  # until the request answers, or waits on what the test holds
     db.session.commit()
     thread.join(60)
     assert not thread.is_alive()
