@@ -56,6 +56,11 @@ HEALTH_FAILURES = {
     "certificate_mismatch": _l("certificate mismatch"), "http_status": _l("unexpected HTTP status"),
     "bad_body": _l("unreadable answer"), "wrong_node": _l("another node answered"), "error": _l("error"),
 }
+# app.health.service.ADMIN_RESETS: why an admin's action set a node's health back to unknown.
+HEALTH_RESETS = {
+    "node_suspended": _l("node suspended"), "node_resumed": _l("node resumed"), "node_revoked": _l("node revoked"),
+    "endpoint_changed": _l("endpoint changed"),
+}
 # Every action app.audit.service.record is called with (tests/test_audit.py finds them all in the code).
 AUDIT_ACTIONS = {
     "auth.login": _l("Signed in"), "auth.login_failed": _l("Sign-in failed"),
@@ -138,6 +143,11 @@ def health_failure_label(code: str | None):
     return HEALTH_FAILURES.get(code, code)
 
 
+def health_event_reason_label(code: str | None):
+    """A health event's reason: the poll failure that took the node down, or the admin's action that reset it."""
+    return HEALTH_RESETS.get(code) or health_failure_label(code)
+
+
 def health_detail_label(detail: str | None) -> str:
     """A health poll's detail in the reader's language when the poller wrote it (`no answer within 5 s`)."""
     return _translated(detail or "", HEALTH_DETAILS)
@@ -179,6 +189,7 @@ FILTERS = {
     "route_reason_label": route_reason_label,
     "route_change_label": route_change_label,
     "health_failure_label": health_failure_label,
+    "health_event_reason_label": health_event_reason_label,
     "audit_action_label": audit_action_label,
     "health_detail_label": health_detail_label,
 }

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import html
 import json
+from datetime import timedelta
+
+from sqlalchemy import select
 
 from app.admission import applications, nodes
 from app.admission.information import parse
+from app.database import utcnow
 from app.extensions import db
 from app.health import service
-from app.health.models import NodeHealth
+from app.health.models import HealthEvent, NodeHealth
 from app.routing import service as routes
 from tests.factories import node_document
-from tests.test_health_state import Result  # one poll's outcome, as the poller reports it
+from tests.test_health_state import Hook, Result, webhook  # noqa: F401 (fixture; Result: one poll's outcome)
 from tests.test_sessions import admit_with_keys, people  # noqa: F401 (fixture)
 
 
@@ -75,3 +80,123 @@ def test_a_node_whose_endpoint_moved_is_listed_unknown_until_the_new_one_is_poll
     applications.approve(change, by=minister)
     db.session.commit()
     assert db.session.get(NodeHealth, node.node_id).status == "up"  # nothing polled changed
+
+
+def history(node_id: str) -> list[tuple[str, str, str | None]]:
+    return [(e.old_status, e.new_status, e.reason) for e in db.session.scalars(
+        select(HealthEvent).where(HealthEvent.node_id == node_id).order_by(HealthEvent.at, HealthEvent.id))]
+
+
+def test_an_admins_reset_to_unknown_is_a_health_event_naming_the_action(app, people):  # noqa: F811
+    """The history read "unknown → up, then unknown → up" with nothing between: how the node became unknown
+    again (a suspension, a revocation, a moved endpoint) was nowhere in it."""
+    minister, jx_admin = people
+    node, _ = admit_with_keys(people)
+    bring_up(node.node_id)
+    nodes.suspend(node, "drill", by=minister)
+    db.session.commit()
+    # A round that polled the node before its suspension, applied after it: there is a streak to forget again.
+    service.apply_round([Result(node.node_id, True)])
+    nodes.resume(node, "drill over", by=minister)
+    db.session.commit()
+    nodes.suspend(node, "again", by=minister)  # nothing polled since the resumption: nothing to forget, no event
+    nodes.resume(node, "over", by=minister)
+    db.session.commit()
+    bring_up(node.node_id)
+    moved = node.endpoint.rstrip("/") + "/v2"
+    change = applications.submit_change(node, parse(node_document("360000", endpoint=moved)), None, by=jx_admin)
+    db.session.commit()
+    applications.approve(change, by=minister)
+    db.session.commit()
+    service.apply_round([Result(node.node_id, False, failure="refused")])
+    nodes.revoke(node, "key lost", by=minister)
+    db.session.commit()
+    assert history(node.node_id) == [
+        ("unknown", "up", None), ("up", "unknown", "node_suspended"), ("unknown", "unknown", "node_resumed"),
+        ("unknown", "up", None), ("up", "unknown", "endpoint_changed"), ("unknown", "unknown", "node_revoked")]
+    assert not any(e.in_maintenance for e in db.session.scalars(select(HealthEvent)))
+
+
+def test_a_reset_inside_a_maintenance_window_is_marked_so(app, people):  # noqa: F811
+    minister, _ = people
+    node, _ = admit_with_keys(people)
+    bring_up(node.node_id)
+    service.set_maintenance(node.node_id, utcnow() + timedelta(hours=1), "upgrade", by=minister)
+    nodes.suspend(node, "upgrade", by=minister)
+    db.session.commit()
+    event = db.session.scalars(select(HealthEvent).order_by(HealthEvent.id.desc())).first()
+    assert (event.old_status, event.new_status, event.reason, event.in_maintenance) == \
+        ("up", "unknown", "node_suspended", True)
+
+
+def test_the_console_names_the_action_that_reset_a_node_in_the_readers_language(app, people, console):  # noqa: F811
+    minister, _ = people
+    node, _ = admit_with_keys(people)
+    bring_up(node.node_id)
+    nodes.suspend(node, "drill", by=minister)
+    db.session.commit()
+    console.login("minister")
+    events = html.unescape(console.client.get(f"/health/events?node={node.node_id}").get_data(as_text=True))
+    assert "节点被暂停" in events and "node_suspended" not in events
+    page = html.unescape(console.client.get(f"/nodes/{node.node_id}").get_data(as_text=True))
+    assert "正常 → 未知 节点被暂停" in page
+    console.client.get("/lang/en")
+    assert "node suspended" in console.client.get("/health/events").get_data(as_text=True)
+
+
+def test_suspending_and_resuming_a_node_is_no_flapping(app, people, console):  # noqa: F811
+    """An admin's resets are events, but not changes polling found: counted, three suspensions in an hour made a
+    node that was up each time it was polled "flapping"."""
+    minister, _ = people
+    node, _ = admit_with_keys(people)
+    for _ in range(3):
+        bring_up(node.node_id)
+        nodes.suspend(node, "drill", by=minister)
+        nodes.resume(node, "drill over", by=minister)
+        db.session.commit()
+    assert len(history(node.node_id)) == 6
+    assert service.flap_counts([node.node_id]) == {node.node_id: 3}
+    console.login("minister")
+    assert "状态频繁变化" not in console.client.get(f"/nodes/{node.node_id}").get_data(as_text=True)
+
+
+def test_a_node_down_in_maintenance_then_suspended_and_resumed_is_alerted_only_if_polls_find_it_down_again(
+        app, people, webhook):  # noqa: F811
+    """The suspension forgets the "down" the window held back, as it forgets any verdict: no alert for the
+    suspension or the resumption (an admin's action, audited), and no late alert for a verdict nobody holds any
+    more. Whatever the polls after the resumption find is alerted: late when the window ends, if they found it
+    down inside the window; as any change, if they find it after."""
+    app.config["MPIM_HEALTH_WEBHOOK_URL"] = webhook
+    Hook.fail_first = 0
+    minister, _ = people
+    node, _ = admit_with_keys(people)
+    bring_up(node.node_id)
+    service.set_maintenance(node.node_id, utcnow() + timedelta(hours=1), "upgrade", by=minister)
+    db.session.commit()
+    for _ in range(3):
+        service.apply_round([Result(node.node_id, False, failure="refused")])
+    assert db.session.get(NodeHealth, node.node_id).status == "down"
+    nodes.suspend(node, "upgrade", by=minister)
+    nodes.resume(node, "upgrade done", by=minister)
+    db.session.commit()
+    assert [c["new"] for h in Hook.received for c in h["changes"]] == ["up"]  # the resets sent nothing
+
+    for _ in range(3):  # inside the window, the polls find it down again: held back, then sent late, once
+        service.apply_round([Result(node.node_id, False, failure="timeout")])
+    db.session.get(NodeHealth, node.node_id).maintenance_until = utcnow() - timedelta(seconds=1)
+    db.session.commit()
+    report = service.apply_round([Result(node.node_id, False, failure="timeout")])
+    assert [(c.old, c.new, c.reason) for c in report.late_alerts] == [("unknown", "down", "timeout")]
+    assert len(Hook.received) == 2 and Hook.received[1]["changes"][0]["after_maintenance"] is True
+
+    service.set_maintenance(node.node_id, utcnow() + timedelta(hours=1), "upgrade", by=minister)
+    nodes.suspend(node, "upgrade", by=minister)  # down inside a window, suspended, the window ends meanwhile
+    db.session.get(NodeHealth, node.node_id).maintenance_until = utcnow() - timedelta(seconds=1)
+    nodes.resume(node, "upgrade done", by=minister)
+    db.session.commit()
+    report = service.apply_round([Result(node.node_id, False, failure="timeout")])
+    assert report.late_alerts == [] and report.changes == []  # unknown: no verdict to announce yet
+    for _ in range(2):
+        report = service.apply_round([Result(node.node_id, False, failure="timeout")])
+    assert [(c.old, c.new, c.in_maintenance) for c in report.changes] == [("unknown", "down", False)]
+    assert len(Hook.received) == 3 and Hook.received[2]["changes"][0]["after_maintenance"] is False

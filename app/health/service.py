@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 
 from flask import current_app
 from flask_babel import lazy_gettext as _l
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 
 from app.audit import service as audit
 from app.auth.access import require_division_scope
@@ -135,27 +135,40 @@ def apply_round(results) -> RoundReport:
     return report
 
 
+# HealthEvent.reason of a reset to unknown that an admin's action made (`forget_verdict`, `forget_verdict_after_move`),
+# by the node's new status. Recorded so the history says how a node became unknown; not a change polling found, so
+# it counts toward no flapping and sends no alert (the action itself is audited).
+RESET_REASONS = {"suspended": "node_suspended", "active": "node_resumed", "revoked": "node_revoked"}
+ENDPOINT_CHANGED = "endpoint_changed"
+ADMIN_RESETS = (*RESET_REASONS.values(), ENDPOINT_CHANGED)
+
+
 def forget_verdict(node, old: str, new: str, reason: str) -> None:
     """Admission hook (suspend, resume, revoke): the node's status goes back to unknown, its streaks to zero.
     Only active nodes are polled, so whatever it was before says nothing of it once it is back: shown, and
     published in the routing table, that old "up" would stand until enough polls had failed
     (MPIM_HEALTH_FAILURES_BEFORE_DOWN rounds). Runs before the routing table's hook publishes the change."""
-    _forget(node.node_id)
+    _forget(node.node_id, RESET_REASONS[new])
 
 
 def forget_verdict_after_move(node, application, changes: dict) -> None:
     """Admission hook (an approved change request): the polls so far were of the old endpoint, and say nothing
     of the new one, which the routing table publishes in the same transaction."""
     if "endpoint" in changes:
-        _forget(node.node_id)
+        _forget(node.node_id, ENDPOINT_CHANGED)
 
 
-def _forget(node_id: str) -> None:
+def _forget(node_id: str, reason: str) -> None:
+    """Back to unknown with no streaks, recorded as a health event (old status → unknown, `reason`) unless there
+    was nothing to forget."""
     health = db.session.get(NodeHealth, node_id)
     if health is None or (health.status == "unknown" and not health.consecutive_failures
                           and not health.consecutive_successes):
         return
-    health.status, health.changed_at = "unknown", utcnow()
+    now = utcnow()
+    db.session.add(HealthEvent(node_id=node_id, at=now, old_status=health.status, new_status="unknown",
+                               reason=reason, detail="", in_maintenance=in_maintenance(health, now)))
+    health.status, health.changed_at = "unknown", now
     health.consecutive_failures = health.consecutive_successes = 0
     db.session.flush()
 
@@ -163,7 +176,9 @@ def _forget(node_id: str) -> None:
 def late_alert(health: NodeHealth) -> StatusChange | None:
     """The alert a maintenance window held back, now that it has ended (at its time, or an admin ended it):
     the node went down inside it and is still down. No alert went out then, so without this one nobody would
-    hear of it; a node that came back inside the window, or was down before it (alerted then), gets none."""
+    hear of it; a node that came back inside the window, or was down before it (alerted then), gets none.
+    An admin's reset (`_forget`) in between forgets that "down" with the rest: the node is unknown, and is alerted
+    only if the polls after it find it down again (late, if they do so inside the window; as usual, after it)."""
     if health.status != "down":
         return None
     event = db.session.scalars(select(HealthEvent).where(HealthEvent.node_id == health.node_id)
@@ -194,9 +209,11 @@ def send_webhook(url: str, changes: list[StatusChange], attempts: int = 3, timeo
 
 
 def flap_counts(node_ids: list[str] | None = None, now: datetime | None = None) -> dict[str, int]:
+    """Status changes polling found in the last hour, per node; an admin's resets (`ADMIN_RESETS`) are none."""
     now = now or utcnow()
-    query = select(HealthEvent.node_id, func.count()).where(HealthEvent.at >= now - timedelta(hours=1)) \
-        .group_by(HealthEvent.node_id)
+    query = select(HealthEvent.node_id, func.count()).where(
+        HealthEvent.at >= now - timedelta(hours=1),
+        or_(HealthEvent.reason.is_(None), HealthEvent.reason.not_in(ADMIN_RESETS))).group_by(HealthEvent.node_id)
     if node_ids is not None:
         query = query.where(HealthEvent.node_id.in_(node_ids))
     return dict(db.session.execute(query).all())
