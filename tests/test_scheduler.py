@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -122,14 +123,15 @@ def test_a_lease_renewal_in_a_database_outage_logs_one_line_and_the_recovery_one
     assert recovered == ["lease renewal works again after 3 failed"]
 
 
-def _running_in_a_thread(app, monkeypatch, caplog, name: str, job, *, stop_grace_seconds: float):
+def _running_in_a_thread(app, monkeypatch, caplog, name: str, job, *, stop_grace_seconds: float,
+                         timeout_seconds: float = 300):
     """The real scheduler in a thread of this process, its one job `name`; returns it, the thread, and the list
     that receives start()'s outcome."""
     import threading
 
     from app.scheduler import registry
 
-    monkeypatch.setattr(registry, "jobs", [registry.Job(name, job, 3600)])
+    monkeypatch.setattr(registry, "jobs", [registry.Job(name, job, 3600, timeout_seconds=timeout_seconds)])
     caplog.set_level(logging.INFO, logger="mpim.scheduler")
     process = SchedulerProcess(app, lease_seconds=30, stop_grace_seconds=stop_grace_seconds)
     outcome: list[bool] = []
@@ -231,3 +233,115 @@ def test_a_stop_while_the_scheduler_starts_still_ends_it(app, caplog):
     assert leader.current_leader() is None
     lines = [r.getMessage() for r in caplog.records if r.name == "mpim.scheduler"]
     assert lines[-1] == f"scheduler {process.holder} stopped (lease released)"
+
+
+def _held_past(seconds: float):
+    """A job that runs `seconds` (0 for none) and then until let go; returns it and its two events."""
+    import threading
+
+    ran, let_go = threading.Event(), threading.Event()
+
+    def job():
+        time.sleep(seconds)
+        ran.set()
+        assert let_go.wait(30)
+        return "polled 3"
+
+    return job, ran, let_go
+
+
+def _jobs_listed(runner) -> tuple[str, dict]:
+    """`flask scheduler jobs` as text, and as JSON for the one job registered."""
+    db.session.rollback()
+    text, as_json = runner.invoke(args=["scheduler", "jobs"]), runner.invoke(args=["scheduler", "jobs", "--json"])
+    assert text.exit_code == 0 and as_json.exit_code == 0, text.output + as_json.output
+    return text.output, json.loads(as_json.output)
+
+
+def test_a_job_running_past_its_limit_is_named_once_while_it_runs_and_its_record_says_so(app, caplog, monkeypatch,
+                                                                                         runner):
+    """`timeout_seconds` was read by nothing: a health poll stuck on a lock ran on unseen while every later run was
+    skipped. It is not killed (a thread cannot be), but the lease renewal that comes a third of a lease apart names
+    it once per run, `flask scheduler jobs` shows it running past its limit, and its record says it overran."""
+    job, ran, let_go = _held_past(0.3)
+    process, thread, outcome = _running_in_a_thread(app, monkeypatch, caplog, "test.slow", job, stop_grace_seconds=30,
+                                                    timeout_seconds=0.2)
+    try:
+        assert ran.wait(30)
+        assert process.renew() and process.renew()
+        text, listed = _jobs_listed(runner)
+    finally:
+        let_go.set()
+        process.stop()
+        thread.join(30)
+    assert outcome == [True]
+    warned = [r for r in caplog.records if r.name == "mpim.scheduler" and "has run" in r.getMessage()]
+    assert [r.levelno for r in warned] == [logging.WARNING]
+    assert warned[0].getMessage().startswith("job test.slow has run ")
+    assert warned[0].getMessage().endswith(" s, past its 0.2 s limit; it runs on, and its next runs are skipped "
+                                           "until it ends")
+    assert "RUNNING" in text and "past its 0.2s limit" in text, text
+    assert (listed["last_state"], listed["last_ok"], listed["overrunning"]) == ("running", None, True)
+    db.session.rollback()
+    run = db.session.scalars(select(JobRun).where(JobRun.job == "test.slow")).one()
+    assert (run.ok, run.message) == (True, "polled 3; overran its 0.2 s limit")
+    ended = [r for r in caplog.records if r.getMessage().startswith("test.slow ok in")]
+    assert [r.levelno for r in ended] == [logging.WARNING]
+    assert ended[0].getMessage().endswith("s: polled 3; overran its 0.2 s limit")
+
+
+def test_a_job_within_its_limit_is_neither_warned_of_nor_marked(app, caplog, monkeypatch, runner):
+    job, ran, let_go = _held_past(0)
+    process, thread, outcome = _running_in_a_thread(app, monkeypatch, caplog, "test.quick", job, stop_grace_seconds=30,
+                                                    timeout_seconds=600)
+    try:
+        assert ran.wait(30)
+        assert process.renew()
+        text, listed = _jobs_listed(runner)
+    finally:
+        let_go.set()
+        process.stop()
+        thread.join(30)
+    assert outcome == [True]
+    assert [r for r in caplog.records if r.name == "mpim.scheduler" and r.levelno >= logging.WARNING] == []
+    assert "test.quick" in text and "running " in text and "RUNNING" not in text and "past its" not in text, text
+    assert (listed["last_state"], listed["overrunning"]) == ("running", False)
+    db.session.rollback()
+    assert [r.message for r in db.session.scalars(select(JobRun).where(JobRun.job == "test.quick"))] == ["polled 3"]
+    ended = [r for r in caplog.records if r.getMessage().startswith("test.quick ok in")]
+    assert [r.levelno for r in ended] == [logging.INFO]
+
+
+def test_a_run_that_fails_past_its_limit_says_both(app, caplog, monkeypatch, runner):
+    """`flask scheduler run-job` goes through the same runner: the failure and the overrun, in its record and line."""
+    from app.scheduler import registry
+
+    def failing():
+        time.sleep(0.3)
+        raise RuntimeError("gave up waiting on a lock")
+
+    monkeypatch.setattr(registry, "jobs", [registry.Job("test.failing", failing, 3600, timeout_seconds=0.2)])
+    caplog.set_level(logging.INFO, logger="mpim.scheduler")
+    result = runner.invoke(args=["scheduler", "run-job", "test.failing"])
+    assert result.exit_code == 1
+    assert result.output.rstrip().endswith("s RuntimeError: gave up waiting on a lock; overran its 0.2 s limit")
+    lines = [r for r in caplog.records if r.name == "mpim.scheduler"]
+    assert [(r.levelno, r.getMessage(), r.exc_info is not None) for r in lines] == \
+        [(logging.ERROR, "job test.failing failed; overran its 0.2 s limit", True)]
+    db.session.rollback()
+    run = db.session.scalars(select(JobRun).where(JobRun.job == "test.failing")).one()
+    assert (run.ok, run.message) == (False, "RuntimeError: gave up waiting on a lock; overran its 0.2 s limit")
+
+
+def test_a_run_without_an_end_whose_holder_does_not_lead_is_not_shown_as_running(app, monkeypatch, runner):
+    """A run's row is written when it starts; a process killed during a run leaves it without an end. Only the
+    leader's own unended run is running; any other cannot be told from a dead one, and says so."""
+    from app.scheduler import registry
+
+    monkeypatch.setattr(registry, "jobs", [registry.Job("test.killed", lambda: None, 3600, timeout_seconds=0.2)])
+    db.session.add(JobRun(job="test.killed", holder="gone:4242:abcdef", started_at=utcnow() - timedelta(hours=1)))
+    db.session.commit()
+    assert leader.try_acquire("alive:1:fedcba", 30)
+    text, listed = _jobs_listed(runner)
+    assert "no end recorded (its holder gone:4242:abcdef does not lead)" in text and "RUNNING" not in text, text
+    assert (listed["last_state"], listed["running_seconds"], listed["overrunning"]) == ("unfinished", None, False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from datetime import datetime
 
 import click
 from flask import current_app
@@ -12,6 +13,7 @@ from flask.cli import AppGroup
 from sqlalchemy import func, select
 
 from app.console import log_failing_checks
+from app.database import utcnow
 from app.extensions import db
 from app.scheduler import leader, registry
 from app.scheduler.models import JobRun
@@ -42,20 +44,42 @@ def run_command(lease_seconds, stop_grace_seconds):
 @cli.command("jobs")
 @click.option("--json", "as_json", is_flag=True)
 def jobs_command(as_json):
-    """The registered jobs and their last run."""
+    """The registered jobs and their last run; a run the leader has not ended yet shows how long it has run."""
     lease = leader.current_leader()
+    now = utcnow()
     for job in registry.jobs:
         last = db.session.scalar(select(JobRun).where(JobRun.job == job.name).order_by(JobRun.started_at.desc())
                                  .limit(1))
         runs = db.session.scalar(select(func.count()).where(JobRun.job == job.name))
-        item = {"job": job.name, "interval_seconds": job.interval_seconds, "runs": runs,
-                "last_started_at": last.started_at.isoformat() if last else None,
-                "last_ok": last.ok if last else None, "last_message": last.message if last else None,
+        state, running_seconds = last_state(last, lease.holder if lease else None, now)
+        overrunning = running_seconds is not None and running_seconds > job.timeout_seconds
+        item = {"job": job.name, "interval_seconds": job.interval_seconds, "timeout_seconds": job.timeout_seconds,
+                "runs": runs, "last_started_at": last.started_at.isoformat() if last else None,
+                "last_ok": last.ok if last else None, "last_state": state, "running_seconds": running_seconds,
+                "overrunning": overrunning, "last_message": last.message if last else None,
                 "leader": lease.holder if lease else None}
+        if state == "running":
+            shown = (f"RUNNING {running_seconds:g}s, past its {job.timeout_seconds:g}s limit" if overrunning
+                     else f"running {running_seconds:g}s")
+        elif state == "unfinished":
+            shown = f"no end recorded (its holder {last.holder} does not lead)"
+        else:
+            shown = "FAILED" if state == "failed" else state or ""
         click.echo(json.dumps(item) if as_json else
                    f"{job.name:<24} every {job.interval_seconds:>6g}s  runs {runs:<6} "
-                   f"last {item['last_started_at'] or '—'} {'' if last is None else ('ok' if last.ok else 'FAILED')}"
-                   f" {item['last_message'] or ''}")
+                   f"last {item['last_started_at'] or '—'} {shown} {item['last_message'] or ''}")
+
+
+def last_state(last: JobRun | None, leader_holder: str | None, now: datetime) -> tuple[str | None, float | None]:
+    """ok, failed, running (with its seconds so far) or unfinished. A run without an end is running only while
+    its holder leads: one whose process died, or that `run-job` began, cannot be told from one still going."""
+    if last is None:
+        return None, None
+    if last.ok is not None:
+        return ("ok" if last.ok else "failed"), None
+    if last.holder != leader_holder:
+        return "unfinished", None
+    return "running", round(max(0.0, (now - last.started_at).total_seconds()), 1)
 
 
 @cli.command("run-job")

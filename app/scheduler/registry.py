@@ -12,6 +12,8 @@ class Job:
     name: str
     function: Callable[[], str | None]  # returns a one-line summary for the run record
     interval_seconds: float
+    # Not a kill (a thread cannot be stopped safely): a run past it is named in one warning while it runs (checked
+    # at each lease renewal) and its record says it overran; its next runs are skipped until it ends.
     timeout_seconds: float = 300
     log_runs: bool = True  # False for a job whose every run is the same news (the heartbeat)
 

@@ -6,6 +6,7 @@ import logging
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from datetime import datetime
 
 from apscheduler.events import EVENT_SCHEDULER_STARTED
@@ -21,28 +22,41 @@ log = logging.getLogger("mpim.scheduler")
 
 
 def run_job(job: registry.Job, holder: str) -> JobRun:
-    """Run one job now and record it; a failure is recorded, never raised into the scheduler."""
-    started, clock = utcnow(), time.perf_counter()
-    ok, message = True, ""
+    """Run one job now and record it; a failure is recorded, never raised into the scheduler.
+
+    The run's row is committed before the job starts, so `flask scheduler jobs` shows a run that has not ended
+    (a job hung on a lock); the job's own work is committed with the row's end, as it always was. A run that took
+    longer than the job's `timeout_seconds` says so in its record and its line, whether it ended ok or not."""
+    clock = time.perf_counter()
+    run = JobRun(job=job.name, holder=holder, started_at=utcnow())
+    db.session.add(run)
+    db.session.flush()
+    run_id = run.id
+    db.session.commit()
+    failure: Exception | None = None
+    message = ""
     try:
-        message = job.function() or ""
-    except DomainError as error:
-        # A condition the error's message names (a CA key the passphrase does not open): one line per run,
-        # where health.poll's traceback every 30 s buried the log; the traceback only with debug logging on.
-        db.session.rollback()
-        ok, message = False, f"{type(error).__name__}: {error}"
-        log.error("job %s failed: %s", job.name, message,
-                  exc_info=error if log.isEnabledFor(logging.DEBUG) else None)
+        message = str(job.function() or "")
     except Exception as error:  # a job's failure must not stop the other jobs
         db.session.rollback()
-        ok, message = False, f"{type(error).__name__}: {error}"
-        log.exception("job %s failed", job.name)
-    run = JobRun(job=job.name, holder=holder, started_at=started, seconds=round(time.perf_counter() - clock, 3),
-                 ok=ok, message=str(message)[:500])
-    db.session.add(run)
+        failure, message = error, f"{type(error).__name__}: {error}"
+    seconds = time.perf_counter() - clock
+    overran = f"overran its {job.timeout_seconds:g} s limit" if seconds > job.timeout_seconds else ""
+    if overran:  # the note survives the cut to the column's length
+        message = f"{message[:500 - len(overran) - 2]}; {overran}" if message else overran
+    run = db.session.get(JobRun, run_id)  # the job may have expunged it
+    run.seconds, run.ok, run.message = round(seconds, 3), failure is None, message[:500]
+    if isinstance(failure, DomainError):
+        # A condition the error's message names (a CA key the passphrase does not open): one line per run,
+        # where health.poll's traceback every 30 s buried the log; the traceback only with debug logging on.
+        log.error("job %s failed: %s", job.name, run.message,
+                  exc_info=failure if log.isEnabledFor(logging.DEBUG) else None)
+    elif failure is not None:
+        log.error("job %s failed%s", job.name, f"; {overran}" if overran else "", exc_info=failure)
     db.session.commit()
-    if ok and job.log_runs:  # a failure was logged above
-        log.info("%s ok in %.3fs%s", job.name, run.seconds, f": {run.message}" if run.message else "")
+    if failure is None and (job.log_runs or overran):  # a failure was logged above
+        log.log(logging.WARNING if overran else logging.INFO, "%s ok in %.3fs%s", job.name, run.seconds,
+                f": {run.message}" if run.message else "")
     return run
 
 
@@ -51,6 +65,15 @@ def first_line(error: BaseException) -> str:
     parameters and a link; psycopg the server's DETAIL and HINT)."""
     lines = str(error).strip().splitlines()
     return lines[0] if lines else ""
+
+
+@dataclass
+class RunningJob:
+    """A job this process runs now: since when (monotonic), and whether its overrun was logged yet."""
+
+    job: registry.Job
+    started: float
+    overrun_logged: bool = False
 
 
 class SchedulerProcess:
@@ -67,14 +90,16 @@ class SchedulerProcess:
         # The jobs running now, and whether a stop began: a job starts only while none has. Re-entrant, as a
         # signal's stop() may interrupt the main thread while it holds it.
         self.jobs_changed = threading.Condition(threading.RLock())
-        self.running: list[str] = []
+        self.running: dict[str, RunningJob] = {}  # by job name: APScheduler runs one instance of each at most
         self.stopping = False
 
     def renew(self) -> bool:
         """Take or keep the lease. While the database is away every renewal (a third of the lease
         apart) fails: each is one warning line naming the error, the traceback only with debug
         logging on (a restart of a few minutes was a screenful of identical tracebacks per renewal),
-        and the first renewal that works again says so once."""
+        and the first renewal that works again says so once. It tells of jobs past their limit first
+        (`warn_overruns`), before it asks the database: a database that hangs a job may hang the renewal too."""
+        self.warn_overruns()
         failure = None
         with self.app.app_context():
             try:
@@ -100,6 +125,19 @@ class SchedulerProcess:
             self.lease_valid_until = time.monotonic() + self.lease_seconds * 0.8 if held else 0.0
         return held
 
+    def warn_overruns(self) -> None:
+        """One warning per run of a job running past its `timeout_seconds`. The job is left to run (a thread
+        cannot be stopped safely); until it ends, APScheduler skips its next runs."""
+        now = time.monotonic()
+        with self.jobs_changed:
+            late = [running for running in self.running.values()
+                    if not running.overrun_logged and now - running.started > running.job.timeout_seconds]
+            for running in late:
+                running.overrun_logged = True
+        for running in late:
+            log.warning("job %s has run %.1f s, past its %g s limit; it runs on, and its next runs are skipped "
+                        "until it ends", running.job.name, now - running.started, running.job.timeout_seconds)
+
     def leading(self) -> bool:
         with self.lock:
             return self.is_leader and time.monotonic() < self.lease_valid_until
@@ -111,7 +149,7 @@ class SchedulerProcess:
             with self.jobs_changed:
                 if self.stopping:
                     return
-                self.running.append(job.name)
+                self.running[job.name] = RunningJob(job, time.monotonic())
             try:
                 with self.app.app_context():
                     try:
@@ -120,7 +158,7 @@ class SchedulerProcess:
                         db.session.remove()
             finally:
                 with self.jobs_changed:
-                    self.running.remove(job.name)
+                    del self.running[job.name]
                     self.jobs_changed.notify_all()
 
         return execute
