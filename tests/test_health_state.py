@@ -365,3 +365,31 @@ def test_cli_status_json_writes_times_as_the_other_commands_do(app, node, runner
     assert line == {"node_id": node.node_id, "status": "unknown", "last_checked_at": checked.isoformat(),
                     "last_latency_ms": None, "last_failure": "timeout", "maintenance": False}
     assert "T" in line["last_checked_at"]
+
+
+@pytest.mark.parametrize("hours", ["4", "0"])
+def test_a_maintenance_window_for_a_node_revoked_meanwhile_is_refused_in_words(app, node, console, runner, hours):
+    """Revoked in another tab after its page was drawn: the window was saved (and audited) for a node nobody polls
+    any more, and the page said "Maintenance window saved." It is refused, at every door, and the page says why."""
+    from app.admission import nodes
+    from app.auth.models import User
+
+    console.login("jx-admin")
+    page_url = f"/nodes/{node.node_id}"
+    csrf_page = console.client.get(page_url)
+    assert 'id="maintenance-form"' in csrf_page.get_data(as_text=True)
+    nodes.revoke(node, "decommissioned", by=db.session.scalar(select(User).where(User.username == "minister")))
+    db.session.commit()
+    before = db.session.scalar(select(func.count()).select_from(AuditRecord))
+
+    response = console.post_form(page_url, {"hours": hours, "note": "upgrade"},
+                                 action=f"/health/{node.node_id}/maintenance")
+
+    assert response.status_code == 422
+    assert "已注销的节点不再巡检，不能设置维护窗口。" in response.get_data(as_text=True)
+    refused = runner.invoke(args=["health", "maintenance", node.node_id, "--user", "minister", "--hours", hours,
+                                  "--json"])
+    assert refused.exit_code == 1 and json.loads(refused.stderr)["error"]["code"] == "node_revoked"
+    db.session.expire_all()
+    assert not service.in_maintenance(db.session.get(NodeHealth, node.node_id))
+    assert db.session.scalar(select(func.count()).select_from(AuditRecord)) == before

@@ -20,10 +20,11 @@ from flask import current_app
 from flask_babel import lazy_gettext as _l
 from sqlalchemy import func, or_, select
 
+from app.admission import nodes
 from app.audit import service as audit
 from app.auth.access import require_division_scope
 from app.database import serialise, utcnow
-from app.errors import PermissionDenied, ValidationFailed
+from app.errors import Conflict, PermissionDenied, ValidationFailed
 from app.extensions import db
 from app.health import history
 from app.health.models import HealthEvent, HealthSample, NodeHealth
@@ -239,11 +240,15 @@ def maintenance_hours(value: str | None) -> float:
 
 def schedule_maintenance(node, hours: str | None, note: str, *, by) -> NodeHealth | None:
     """The console's maintenance form and its CLI twin: a window of `hours` from now, or none with 0.
-    Ministry admins, and provincial admins for their own divisions' nodes."""
+    Ministry admins, and provincial admins for their own divisions' nodes. A revoked node is polled no more
+    and takes no window (node_revoked); the check holds against a revocation at this moment (`nodes.lock`)."""
     if by.role not in ("ministry_admin", "provincial_admin"):
         raise PermissionDenied(_l("Only a ministry or provincial admin may do this."), code="role_forbidden")
     require_division_scope(by, node.division_code)
     length = maintenance_hours(hours)
+    nodes.lock(node)
+    if node.status == "revoked":
+        raise Conflict(_l("A revoked node is not polled: it takes no maintenance window."), code="node_revoked")
     if length == 0:
         clear_maintenance(node.node_id, by=by)
         return None
