@@ -634,3 +634,28 @@ def test_a_transition_the_node_no_longer_allows_names_both_states_in_the_console
     response = console.post_form(page_url, {"reason": "drill"}, action=f"{page_url}/suspend")
     page = response.get_data(as_text=True)
     assert "状态为“已注销”的节点不能变为“已暂停”。" in page, [line for line in page.splitlines() if "不能变为" in line]
+
+
+def test_an_action_no_lifecycle_names_is_not_found_and_changes_nothing(client, jx_admin, minister, make_user):
+    """It flashed "Unknown action." and redirected (302) as if something had happened. The node is looked up first:
+    another province's node answers as a node that does not exist does, whatever the action."""
+    from tests.conftest import Console
+
+    node = admit(jx_admin, minister)
+    elsewhere = admit(make_user("gd-admin", "provincial_admin", ("440000",)), minister, "440000")
+    console = Console(client)
+    console.login("jx-admin")
+    before = audit_count()
+
+    response = console.post_form(f"/nodes/{node.node_id}", {"reason": "drill"}, action=f"/nodes/{node.node_id}/explode")
+
+    assert response.status_code == 404
+    db.session.expire_all()
+    assert db.session.get(Node, node.node_id).status == "active" and audit_count() == before
+    missing = "36000000002025999999"
+    answers = [console.post_form("/nodes/", {"reason": "drill"}, action=f"/nodes/{node_id}/{action}")
+               for node_id in (elsewhere.node_id, missing) for action in ("explode", "suspend")]
+    assert {answer.status_code for answer in answers} == {404}
+    pages = [answer.get_data(as_text=True).replace(elsewhere.node_id, missing) for answer in answers]
+    assert pages[0] == pages[1] == pages[2] == pages[3]
+
