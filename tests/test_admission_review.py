@@ -620,11 +620,16 @@ def _revoked_in_another_tab(client, jx_admin, minister):
 
 def test_a_refused_reason_for_an_action_the_node_no_longer_offers_is_still_said(client, jx_admin, minister):
     """Revoked in another tab meanwhile, the node page offers no action: the refusal of the reason is not lost
-    with the field it would have been shown at."""
+    with the field it would have been shown at, which comes back as it was sent, its button disabled."""
+    import re
+
     console, page_url = _revoked_in_another_tab(client, jx_admin, minister)
     response = console.post_form(page_url, {"reason": "a\x00b"}, action=f"{page_url}/suspend")
     assert response.status_code == 422
-    assert '<p class="error" role="alert">理由：含有控制字符。</p>' in response.get_data(as_text=True)
+    form = re.search(rf'<form [^>]*action="{page_url}/suspend"[^>]*>.*?</form>', response.get_data(as_text=True),
+                     re.S).group(0)
+    assert 'aria-invalid="true"' in form and re.search(r"<button [^>]*disabled", form)
+    assert '<div class="error" id="reason-suspend-error-1">理由：含有控制字符。</div>' in form
 
 
 def test_a_transition_the_node_no_longer_allows_names_both_states_in_the_console_language(client, jx_admin, minister):
@@ -659,3 +664,37 @@ def test_an_action_no_lifecycle_names_is_not_found_and_changes_nothing(client, j
     pages = [answer.get_data(as_text=True).replace(elsewhere.node_id, missing) for answer in answers]
     assert pages[0] == pages[1] == pages[2] == pages[3]
 
+
+@pytest.mark.parametrize(("meanwhile", "action"), [("revoke", "suspend"), ("suspend", "suspend"),
+                                                   ("revoke", "revoke")])
+def test_an_action_the_node_no_longer_allows_is_refused_at_its_form_the_reason_as_typed(client, jx_admin, minister,
+                                                                                         meanwhile, action):
+    """Done in another tab meanwhile: the refusal was a flash at the top of the page and the reason typed was gone
+    with the form, which the node no longer offers. The form comes back as it was sent, the reason in its field
+    and the refusal under it, its button disabled; nothing is done."""
+    import re
+
+    from markupsafe import escape
+
+    from tests.conftest import Console
+
+    node = admit(jx_admin, minister)
+    console = Console(client)
+    console.login("minister")
+    page_url = f"/nodes/{node.node_id}"
+    getattr(nodes, meanwhile)(node, "decided in another tab", by=minister)
+    db.session.commit()
+    before = audit_count()
+    typed = "机房搬迁 <停机>"
+
+    response = console.post_form(page_url, {"reason": typed}, action=f"{page_url}/{action}")
+
+    assert response.status_code == 422
+    page = response.get_data(as_text=True)
+    form = re.search(rf'<form [^>]*action="{page_url}/{action}"[^>]*>.*?</form>', page, re.S).group(0)
+    assert f'value="{escape(typed)}"' in form and page.count(f'value="{escape(typed)}"') == 1
+    assert re.search(rf'<div class="error" id="reason-{action}-error-1">状态为“[^”]+”的节点不能变为“[^”]+”。</div>',
+                     form)
+    assert re.search(r"<button [^>]*disabled", form) and 'class="flash error"' not in page
+    db.session.expire_all()
+    assert audit_count() == before

@@ -59,8 +59,9 @@ def detail(node_id: str):
 def detail_page(node: Node, status: int = 200, *, form: ReasonForm | None = None, refused_action: str | None = None,
                 **refused_forms):
     """The node page; after a refusal (`status` 422) with the refused form as it was sent, its error at its field:
-    `form` for the lifecycle action `refused_action`, or a section's own form by the name its template reads
-    (health's `maintenance_form`)."""
+    `form` for the lifecycle action `refused_action` (a refusal of no field in its `form_errors`; an action the
+    node no longer offers comes back all the same, its button disabled), or a section's own form by the name its
+    template reads (health's `maintenance_form`)."""
     sections = [section for section in (build(node) for build in node_sections) if section]
     # Resuming brings the node back into the routing table only with a valid certificate: the confirmation says which.
     back_in_routes = node.status != "suspended" or nodes.holds_valid_certificate(node)
@@ -86,8 +87,13 @@ def lifecycle(node_id: str, action: str):
         db.session.commit()
     except DomainError as error:
         # The page comes back with the reason as typed and the refusal beside it: a redirect lost the reason.
+        # A refusal of no field (the node changed meanwhile: invalid_transition) is the sent form's too, said at
+        # it rather than flashed at the top of the page, away from the reason it leaves undone.
         db.session.rollback()
-        form_error(form, error)
+        if error.field is None:
+            form.form_errors.append(error.message)
+        else:
+            form_error(form, error)
         return detail_page(node, 422, form=form, refused_action=action)
     if action == "request-suspension":  # nothing changed yet: say who decides
         flash(_("Suspension of %(node)s requested; a ministry admin decides.", node=node.node_id), "success")
