@@ -98,6 +98,9 @@ def _change_status(node: Node, new_status: str, reason: str, *, by, action: str)
     if not reason:
         raise ValidationFailed(_l("A reason is required."), code="reason_required", field="reason")
     lock(node)
+    if node.status == new_status:  # done meanwhile, in another tab or by another admin
+        raise Conflict(_l("The node is already %(status)s.", status=status_word(new_status)),
+                       code="invalid_transition")
     if (node.status, new_status) not in TRANSITIONS:
         raise Conflict(_l("A %(old)s node cannot become %(new)s.", old=status_word(node.status),
                           new=status_word(new_status)),
