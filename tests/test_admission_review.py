@@ -699,3 +699,20 @@ def test_an_action_the_node_no_longer_allows_is_refused_at_its_form_the_reason_a
     assert re.search(r"<button [^>]*disabled", form) and 'class="flash error"' not in page
     db.session.expire_all()
     assert audit_count() == before
+
+
+def test_a_provincial_admins_hand_made_suspension_is_forbidden_not_unprocessable(client, jx_admin, minister):
+    """Suspending is the ministry's: the page offers a provincial admin only a request for it. A POST made by hand
+    came back 422, as if the reason were wrong; it is a 403 with the refusal, and nothing is done."""
+    from tests.conftest import Console
+
+    node = admit(jx_admin, minister)
+    console = Console(client)
+    console.login("jx-admin")
+    before = audit_count()
+
+    response = console.post_form(f"/nodes/{node.node_id}", {"reason": "drill"}, action=f"/nodes/{node.node_id}/suspend")
+
+    assert response.status_code == 403
+    db.session.expire_all()
+    assert db.session.get(Node, node.node_id).status == "active" and audit_count() == before

@@ -17,7 +17,7 @@ from app.auth.access import roles_required
 from app.auth.views import form_error
 from app.database import paginate
 from app.divisions import service as divisions
-from app.errors import DomainError
+from app.errors import DomainError, PermissionDenied
 from app.extensions import db
 
 bp = Blueprint("nodes", __name__, url_prefix="/nodes")
@@ -94,7 +94,9 @@ def lifecycle(node_id: str, action: str):
             form.form_errors.append(error.message)
         else:
             form_error(form, error)
-        return detail_page(node, 422, form=form, refused_action=action)
+        # A refusal of who asks (a provincial admin's hand-made suspend: ministry_only) is a 403, the rest 422.
+        return detail_page(node, 403 if isinstance(error, PermissionDenied) else 422, form=form,
+                           refused_action=action)
     if action == "request-suspension":  # nothing changed yet: say who decides
         flash(_("Suspension of %(node)s requested; a ministry admin decides.", node=node.node_id), "success")
     else:
