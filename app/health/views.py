@@ -97,7 +97,7 @@ def node_section(node: Node) -> dict | None:
                                             (_l("7 days"), timedelta(days=7), 28),
                                             (_l("90 days"), timedelta(days=90), 90))],
         "events": db.session.scalars(select(HealthEvent).where(HealthEvent.node_id == node.node_id)
-                                     .order_by(HealthEvent.at.desc()).limit(10)).all(),
+                                     .order_by(HealthEvent.at.desc(), HealthEvent.id.desc()).limit(10)).all(),
     }
 
 
