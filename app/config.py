@@ -16,9 +16,18 @@ def env_flag(name: str, default: bool) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
-def env_int(name: str, default: int) -> int:
+def env_int(name: str, default: int, minimum: int | None = None) -> int:
+    """The variable as a whole number; one that is not, or is below `minimum`, stops the start naming it."""
     value = os.environ.get(name)
-    return int(value) if value not in (None, "") else default
+    if value in (None, ""):
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, not {value!r}") from None
+    if minimum is not None and number < minimum:
+        raise ValueError(f"{name} must be {minimum} or more, not {value!r}")
+    return number
 
 
 def instance_path() -> Path:
@@ -113,6 +122,7 @@ def load_config(overrides: dict | None = None) -> dict:
         "MPIM_HEALTH_SUCCESSES_BEFORE_UP": env_int("MPIM_HEALTH_SUCCESSES_BEFORE_UP", 2),
         "MPIM_HEALTH_FLAP_CHANGES": env_int("MPIM_HEALTH_FLAP_CHANGES", 4),
         "MPIM_HEALTH_WEBHOOK_URL": os.environ.get("MPIM_HEALTH_WEBHOOK_URL", ""),
+        "MPIM_JOB_RUNS_KEEP_DAYS": env_int("MPIM_JOB_RUNS_KEEP_DAYS", 30, minimum=1),
     }
     config.update(overrides)
     # A ping before each checkout finds connections a database server dropped; a SQLite file has no

@@ -13,7 +13,9 @@ def heartbeat() -> str:
 def init_app(app) -> None:
     from app.scheduler import registry
     from app.scheduler.cli import cli
+    from app.scheduler.retention import prune_runs
 
     app.cli.add_command(cli)
     registry.register(registry.Job("scheduler.heartbeat", heartbeat,
                                    float(os.environ.get("MPIM_HEARTBEAT_SECONDS", 15)), log_runs=False))
+    registry.register(registry.Job("scheduler.prune_runs", prune_runs, 3600))
