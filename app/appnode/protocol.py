@@ -11,7 +11,7 @@ import os
 import re
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
 
@@ -356,6 +356,19 @@ def check_envelope(envelope, *, node_id: str, expected_type: str | None = None,
     if envelope["type"] in check:
         check[envelope["type"]](envelope["from_node"], envelope["to_node"], envelope["message_id"],
                                 envelope["payload"])
+    if envelope["type"] == "ephemeral":
+        _check_not_ahead(envelope["payload"], now)
+
+
+def _check_not_ahead(batch: dict, now: datetime | None = None, skew: float = MAX_SKEW_SECONDS) -> None:
+    """An ephemeral item's `updated_at` at most `skew` seconds ahead of the receiver's clock (newest wins, §6):
+    one far ahead beat every later, true state of its user until that time came. After the checks of who
+    speaks for whom, so that a forged item is named as such. Times in the past are fine: they lose."""
+    limit = (now or datetime.now(UTC)) + timedelta(seconds=skew)
+    for field, text in _payload_times("ephemeral", batch):
+        if field.endswith(".updated_at") and parse_timestamp(text, field) > limit:
+            raise StaleTimestamp(f"{field[len('payload.'):]} {text} is ahead of this node's clock by more than "
+                                 f"{skew:.0f} s", field=field)
 
 
 def _payload_times(kind: str, payload: dict):
