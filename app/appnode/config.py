@@ -34,6 +34,11 @@ class NodeConfig:
     # Largest file of each kind this node accepts, in bytes (never above the protocol's own limits).
     limits: dict = field(default_factory=lambda: dict(filetypes.LIMITS))
     route_interval: float = 60.0
+    # What one peer node may keep here of its users' ephemeral state (docs/protocol.md §6): read states past the
+    # cap are refused (quota_exceeded), presence past it evicts that peer's oldest. Generous for honest peers: a
+    # home node relays the read states of every member of its groups (up to 3000 each).
+    max_read_states_per_peer: int = 500_000
+    max_presence_per_peer: int = 50_000
     registry_ca_file: str | None = None
 
     FILE = "config.json"

@@ -2,7 +2,7 @@
 and sent as one batch per peer. They bypass the outbox: a batch that fails EPHEMERAL_ATTEMPTS times or for
 longer than EPHEMERAL_WINDOW is dropped, since the next change supersedes it (docs/protocol.md §6). The
 participant check (`_require_participant`) stays with the read states it was written for; files and reading
-use it too.
+use it too. What one peer keeps here is bounded (`NodeConfig.max_read_states_per_peer`, `max_presence_per_peer`).
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import logging
 from collections import defaultdict
 from datetime import timedelta
 
-from sqlalchemy import Text, delete, or_, select, type_coerce, update
+from sqlalchemy import Text, delete, func, or_, select, type_coerce, update
 from sqlalchemy.orm import Session
 
 from app.appnode import protocol
 from app.appnode.messages import PATHS, address, local_part
-from app.appnode.protocol import NotAParticipant, NotFound, node_of
+from app.appnode.protocol import NotAParticipant, NotFound, QuotaExceeded, node_of
 from app.appnode.store import Group, Message, PendingEphemeral, Presence, ReadState, User, utcnow
 from app.appnode.transport import PeerUnreachable
 
@@ -42,6 +42,7 @@ class EphemeralMixin:
             self._require_capability("read_count")
         if batch.get("presence"):
             self._require_capability("presence")
+        added = False
         for state in batch.get("read_states", ()):
             conversation = state["conversation_id"]
             if conversation.startswith("g:") and node_of(conversation) == me:
@@ -54,23 +55,60 @@ class EphemeralMixin:
                 for peer in self._member_nodes(group):
                     if peer not in (me, from_node):
                         self._queue_ephemeral(session, peer, "read", state)
-            self._keep_read_state(session, state)
+            added |= self._keep_read_state(session, state, from_node)
+        if added:
+            self._check_read_state_cap(session, from_node)
+        added = False
         for item in batch.get("presence", {}).get("items", ()):
             row = session.get(Presence, item["user_id"])
             if row is None:
-                session.add(Presence(**item))
+                session.add(Presence(**item, peer_node=from_node))
+                added = True
             elif _newer(item["updated_at"], row.updated_at):
                 row.status, row.client_type = item["status"], item["client_type"]
                 row.last_active, row.updated_at = item["last_active"], item["updated_at"]
+        if added:
+            self._evict_oldest_presence(session, from_node)
+
+    def _check_read_state_cap(self, session: Session, peer: str) -> None:
+        """Refuse the batch (quota_exceeded, nothing of it kept) once it takes the peer past its cap of read
+        states here. Refused rather than evicted: a read state is what "read by 3" and a user's unread count
+        stand on, and dropping the oldest would show long-read conversations as unread again, silently. Updates
+        of the states the peer already has here still pass, so its users' reading keeps counting."""
+        cap = self.config.max_read_states_per_peer
+        held = session.scalar(select(func.count()).select_from(ReadState).where(ReadState.peer_node == peer))
+        if held > cap:
+            log.warning("read states from %s refused: %d would be kept, over the cap of %d per peer", peer, held,
+                        cap)
+            raise QuotaExceeded(f"node {peer} has the {cap} read states this node keeps for one peer; only "
+                                "updates of those are taken", field="payload.read_states")
+
+    def _evict_oldest_presence(self, session: Session, peer: str) -> None:
+        """Past the peer's cap, its entries with the oldest `updated_at` go. Evicted rather than refused, as
+        users expect of presence: it says what a user is doing now, an entry over 10 minutes old shows as offline
+        anyway, and the peer repeats every online user every 5 minutes, so what goes is what is missed least and
+        comes back if it was wrong; refusing would keep the stale entries and lose the fresh. A peer's made-up
+        users displace only its own. Ordered by the stored text, which peers write with 0 to 6 fractional digits:
+        off at most within one second, which does not matter here."""
+        cap = self.config.max_presence_per_peer
+        held = session.scalar(select(func.count()).select_from(Presence).where(Presence.peer_node == peer))
+        if held > cap:
+            oldest = (select(Presence.user_id).where(Presence.peer_node == peer)
+                      .order_by(Presence.updated_at, Presence.user_id).limit(held - cap))
+            session.execute(delete(Presence).where(Presence.user_id.in_(oldest)))
+            log.info("presence of %d users of %s evicted: over the cap of %d per peer", held - cap, peer, cap)
 
     @staticmethod
-    def _keep_read_state(session: Session, state: dict) -> None:
+    def _keep_read_state(session: Session, state: dict, peer_node: str) -> bool:
+        """Keep the newest state per key; True when the key is new here (counted against `peer_node`)."""
         row = session.get(ReadState, (state["conversation_id"], state["user_id"]))
         if row is None:
-            session.add(ReadState(**state))
-        elif _newer(state["updated_at"], row.updated_at):  # newest wins
+            session.add(ReadState(**state, peer_node=peer_node))
+            return True
+        if _newer(state["updated_at"], row.updated_at):  # newest wins
             row.read_up_to_message_id, row.unread_count = state["read_up_to_message_id"], state["unread_count"]
             row.updated_at = state["updated_at"]
+        return False
 
     @staticmethod
     def _queue_ephemeral(session: Session, peer: str, kind: str, item: dict) -> None:
@@ -95,7 +133,7 @@ class EphemeralMixin:
             state = {"conversation_id": conversation_id, "user_id": reader,
                      "read_up_to_message_id": latest.message_id, "unread_count": 0,
                      "updated_at": protocol.format_timestamp(utcnow())}
-            self._keep_read_state(session, state)
+            self._keep_read_state(session, state, me)
             for peer in self._conversation_peers(session, latest):
                 self._queue_ephemeral(session, peer, "read", state)
             session.commit()
@@ -139,7 +177,7 @@ class EphemeralMixin:
                 raise NotFound(f"no local user {user_id}")
             row = session.get(Presence, user)
             if row is None:
-                session.add(Presence(**item))
+                session.add(Presence(**item, peer_node=me))
             else:
                 row.status, row.client_type, row.last_active, row.updated_at = status, client_type, last_active, now
             peers = set()

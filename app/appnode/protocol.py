@@ -73,6 +73,12 @@ class NotAParticipant(PermissionDenied):
     code, status = "not_a_participant", 403
 
 
+class QuotaExceeded(PermissionDenied):
+    """The peer holds as much of this kind here as the receiver keeps for one node: a refusal of this peer, not
+    a rate (429) or a fault of the receiver's (5xx), so it is not retried."""
+    code, status = "quota_exceeded", 403
+
+
 class FileExpired(DomainError):
     code, status = "file_expired", 410
 
@@ -111,8 +117,9 @@ class Unavailable(DomainError):
 
 ERRORS: dict[str, type[DomainError]] = {cls.code: cls for cls in (
     InvalidJSON, StaleTimestamp, WrongRecipient, UnknownPeer, CertificateMismatch, SenderMismatch, NotAParticipant,
-    PermissionDenied, NotFound, MethodNotAllowed, Conflict, FileExpired, PayloadTooLarge, UnsupportedMediaType,
-    RangeNotSatisfiable, SchemaViolation, UnsupportedCapability, RateLimited, InternalError, Unavailable)}
+    QuotaExceeded, PermissionDenied, NotFound, MethodNotAllowed, Conflict, FileExpired, PayloadTooLarge,
+    UnsupportedMediaType, RangeNotSatisfiable, SchemaViolation, UnsupportedCapability, RateLimited, InternalError,
+    Unavailable)}
 
 
 # ---- schemas ----------------------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Plain SQLAlchemy 2.0 with its own declarative base, so nothing of the management node's schema
 (Flask-SQLAlchemy, Alembic) leaks into a node. The schema is created on first use; a vendor node
-would migrate it, the reference node is recreated when its version changes (SCHEMA_VERSION).
+would migrate it, the reference node upgrades in place from the versions listed in `open_database` and is
+recreated from any other (SCHEMA_VERSION).
 The CLI and the server process share the file: WAL mode lets the CLI write while the server reads.
 """
 
@@ -12,12 +13,12 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import JSON, Boolean, Integer, String, Text, bindparam, create_engine, event, select, update
+from sqlalchemy import JSON, Boolean, Index, Integer, String, Text, bindparam, create_engine, event, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from app.database import UTCDateTime, utcnow
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 
 class Base(DeclarativeBase):
@@ -124,7 +125,8 @@ class Group(Base):
 
 
 class ReadState(Base):
-    """A.13: a user's read position in a conversation, local users' and peers' alike; newest `updated_at` wins."""
+    """A.13: a user's read position in a conversation, local users' and peers' alike; newest `updated_at` wins.
+    `peer_node` is the node that first reported it (this node for its own users), whose cap it counts against."""
 
     __tablename__ = "read_states"
     conversation_id: Mapped[str] = mapped_column(String(200), primary_key=True)
@@ -132,17 +134,20 @@ class ReadState(Base):
     read_up_to_message_id: Mapped[str] = mapped_column(String(36))
     unread_count: Mapped[int] = mapped_column(Integer)
     updated_at: Mapped[str] = mapped_column(String(32))
+    peer_node: Mapped[str] = mapped_column(String(20), index=True)
 
 
 class Presence(Base):
-    """A.15: the newest status of a user, local or remote."""
+    """A.15: the newest status of a user, local or remote; `peer_node` is the user's node, as for read states."""
 
     __tablename__ = "presence"
+    __table_args__ = (Index("ix_presence_peer_node_updated_at", "peer_node", "updated_at"),)
     user_id: Mapped[str] = mapped_column(String(100), primary_key=True)
     status: Mapped[str] = mapped_column(String(8))
     client_type: Mapped[str] = mapped_column(String(8))
     last_active: Mapped[str] = mapped_column(String(32))
     updated_at: Mapped[str] = mapped_column(String(32))
+    peer_node: Mapped[str] = mapped_column(String(20))
 
 
 class PendingEphemeral(Base):
@@ -184,9 +189,25 @@ def open_database(path: Path) -> sessionmaker[Session]:
         current = session.get(Setting, "schema_version")
         if current is None:
             session.add(Setting(key="schema_version", value=SCHEMA_VERSION))
+        elif current.value == "1":
+            _add_peer_node(session)
+            current.value = SCHEMA_VERSION
         elif current.value != SCHEMA_VERSION:
             raise RuntimeError(f"{path} has schema {current.value}; this node software needs {SCHEMA_VERSION}")
     return factory
+
+
+def _add_peer_node(session: Session) -> None:
+    """Schema 1 to 2: who reported each read state and presence entry, for the caps per peer. A node's data
+    directory is its identity (key, certificate, admission), so this one step is done in place rather than
+    starting afresh. Kept rows count against their user's node: a group's read states relayed by its home node
+    before the upgrade are few, and count against the members' nodes instead."""
+    connection = session.connection()
+    for table in ("read_states", "presence"):
+        connection.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN peer_node VARCHAR(20) NOT NULL DEFAULT ''")
+        connection.exec_driver_sql(f"UPDATE {table} SET peer_node = substr(user_id, instr(user_id, '@') + 1)")
+    for index in (*ReadState.__table__.indexes, *Presence.__table__.indexes):
+        index.create(connection, checkfirst=True)
 
 
 # ---- the hot path in plain SQL -------------------------------------------------------------------------------
