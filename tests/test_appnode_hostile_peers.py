@@ -174,3 +174,20 @@ def test_a_message_id_already_taken_by_another_message_is_refused_and_nothing_is
     retried = text_envelope(b, a, message={"to": a.user("wangwu")})  # an honest message and its retry: as before
     assert raw_post(b.node, a, "message", retried)[1]["status"] == "accepted"
     assert raw_post(b.node, a, "message", retried)[1]["status"] == "duplicate"
+
+
+def test_a_message_dated_ahead_of_the_receivers_clock_is_refused_and_not_kept(network):  # noqa: F811
+    """A message with a send_time years ahead was stored: it stayed last in its conversation, and once its reader
+    had read it every message sent before that time counted as read, the user's unread count stuck at 0. Refused
+    as stale_timestamp, as the envelope's own time is; a sender's clock a minute fast still gets through."""
+    a, b = network["a"], network["b"]
+    ahead = protocol.format_timestamp(datetime.now(UTC) + timedelta(days=3650))
+    status, body = raw_post(a.node, b, "message", text_envelope(a, b, text="来自未来", message={"send_time": ahead}))
+    assert status == 400 and body["error"]["code"] == "stale_timestamp", body
+    assert body["error"]["field"] == "payload.send_time"
+    protocol.validate("error", body)
+    assert stored_messages(b) == []
+    a_minute = protocol.format_timestamp(datetime.now(UTC) + timedelta(seconds=60))
+    status, body = raw_post(a.node, b, "message", text_envelope(a, b, text="快一分钟", message={"send_time": a_minute}))
+    assert status == 200, body
+    assert [m.document["content"]["text"] for m in stored_messages(b)] == ["快一分钟"]

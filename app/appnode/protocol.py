@@ -363,17 +363,23 @@ def check_envelope(envelope, *, node_id: str, expected_type: str | None = None,
     if envelope["type"] in check:
         check[envelope["type"]](envelope["from_node"], envelope["to_node"], envelope["message_id"],
                                 envelope["payload"])
-    if envelope["type"] == "ephemeral":
-        _check_not_ahead(envelope["payload"], now)
+    if envelope["type"] in ("ephemeral", "message"):
+        _check_not_ahead(envelope["type"], envelope["payload"], now)
 
 
-def _check_not_ahead(batch: dict, now: datetime | None = None, skew: float = MAX_SKEW_SECONDS) -> None:
-    """An ephemeral item's `updated_at` at most `skew` seconds ahead of the receiver's clock (newest wins, §6):
-    one far ahead beat every later, true state of its user until that time came. After the checks of who
-    speaks for whom, so that a forged item is named as such. Times in the past are fine: they lose."""
+# The times that order what they belong to, so that one far ahead wins every comparison until that time comes.
+_ORDERING_TIMES = {"ephemeral": ".updated_at", "message": ".send_time"}
+
+
+def _check_not_ahead(kind: str, payload: dict, now: datetime | None = None, skew: float = MAX_SKEW_SECONDS) -> None:
+    """An ephemeral item's `updated_at` (newest wins, §6) or a message's `send_time` at most `skew` seconds ahead
+    of the receiver's clock: an item far ahead beat every later, true state of its user until that time came; a
+    message far ahead stayed last in its conversation, and reading it counted every message sent before that
+    time as read. After the checks of who speaks for whom, so that a forged item is named as such. Times in the
+    past are fine (a message retried for hours keeps its send_time)."""
     limit = (now or datetime.now(UTC)) + timedelta(seconds=skew)
-    for field, text in _payload_times("ephemeral", batch):
-        if field.endswith(".updated_at") and parse_timestamp(text, field) > limit:
+    for field, text in _payload_times(kind, payload):
+        if field.endswith(_ORDERING_TIMES[kind]) and parse_timestamp(text, field) > limit:
             raise StaleTimestamp(f"{field[len('payload.'):]} {text} is ahead of this node's clock by more than "
                                  f"{skew:.0f} s", field=field)
 
