@@ -122,6 +122,7 @@ def load_config(overrides: dict | None = None) -> dict:
         "MPIM_HEALTH_SUCCESSES_BEFORE_UP": env_int("MPIM_HEALTH_SUCCESSES_BEFORE_UP", 2),
         "MPIM_HEALTH_FLAP_CHANGES": env_int("MPIM_HEALTH_FLAP_CHANGES", 4),
         "MPIM_HEALTH_WEBHOOK_URL": os.environ.get("MPIM_HEALTH_WEBHOOK_URL", ""),
+        "MPIM_HEARTBEAT_SECONDS": float(os.environ.get("MPIM_HEARTBEAT_SECONDS", 15)),
         "MPIM_JOB_RUNS_KEEP_DAYS": env_int("MPIM_JOB_RUNS_KEEP_DAYS", 30, minimum=1),
     }
     config.update(overrides)

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from app.console import log_failing_checks
 from app.database import utcnow
 from app.extensions import db
-from app.scheduler import leader, registry
+from app.scheduler import leader, liveness, registry
 from app.scheduler.models import JobRun
 from app.scheduler.runner import SchedulerProcess, run_job
 
@@ -44,9 +44,12 @@ def run_command(lease_seconds, stop_grace_seconds):
 @cli.command("jobs")
 @click.option("--json", "as_json", is_flag=True)
 def jobs_command(as_json):
-    """The registered jobs and their last run; a run the leader has not ended yet shows how long it has run."""
+    """The registered jobs and their last run; a run the leader has not ended yet shows how long it has run. A last
+    line says when the heartbeat is stale (the scheduler stopped, as the console's banner says); with --json, the
+    heartbeat's item says it in `"stale"`."""
     lease = leader.current_leader()
     now = utcnow()
+    stale = liveness.stale_heartbeat(current_app.config["MPIM_HEARTBEAT_SECONDS"], now)
     for job in registry.jobs:
         last = db.session.scalar(select(JobRun).where(JobRun.job == job.name).order_by(JobRun.started_at.desc())
                                  .limit(1))
@@ -58,6 +61,8 @@ def jobs_command(as_json):
                 "last_ok": last.ok if last else None, "last_state": state, "running_seconds": running_seconds,
                 "overrunning": overrunning, "last_message": last.message if last else None,
                 "leader": lease.holder if lease else None}
+        if job.name == liveness.HEARTBEAT:
+            item["stale"] = stale is not None
         if state == "running":
             shown = (f"RUNNING {running_seconds:g}s, past its {job.timeout_seconds:g}s limit" if overrunning
                      else f"running {running_seconds:g}s")
@@ -68,6 +73,11 @@ def jobs_command(as_json):
         click.echo(json.dumps(item) if as_json else
                    f"{job.name:<24} every {job.interval_seconds:>6g}s  runs {runs:<6} "
                    f"last {item['last_started_at'] or '—'} {shown} {item['last_message'] or ''}")
+    if stale is not None and not as_json:
+        ended = "" if stale.finished else " and never ended"
+        click.echo(f"STALE heartbeat: its last run started at {stale.last_started_at.isoformat()}{ended}, "
+                   f"{stale.limit.total_seconds():g}s or more ago; no scheduler is running the jobs: start "
+                   "`flask scheduler run` (docs/operations.md, Processes)")
 
 
 def last_state(last: JobRun | None, leader_holder: str | None, now: datetime) -> tuple[str | None, float | None]:

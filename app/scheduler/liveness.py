@@ -1,0 +1,50 @@
+"""Is the scheduler alive? Read from its heartbeat's newest run, the one rule the console's banner and
+`flask scheduler jobs` both ask."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+
+from app.database import utcnow
+from app.extensions import db
+from app.scheduler.models import JobRun
+
+HEARTBEAT = "scheduler.heartbeat"
+# A leader's failover (a lease of 30 s lapsing) or a slow database skips a beat or two; four missed beats, and at
+# least a minute, are not that.
+BEATS_MISSED = 4
+MINIMUM_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class StaleHeartbeat:
+    """The heartbeat's newest run, which started `limit` or longer ago; `finished` False: it never ended."""
+
+    last_started_at: datetime
+    finished: bool
+    limit: timedelta
+
+
+def stale_after(interval_seconds: float) -> timedelta:
+    """How long without a new heartbeat before the scheduler is taken for stopped."""
+    return timedelta(seconds=max(MINIMUM_SECONDS, BEATS_MISSED * interval_seconds))
+
+
+def stale_heartbeat(interval_seconds: float, now: datetime | None = None) -> StaleHeartbeat | None:
+    """The heartbeat's newest run when it started `stale_after(interval_seconds)` or longer ago, else None.
+
+    Its start, whether it ended or not: a heartbeat does nothing, so one still without an end minutes after it began
+    is as much a sign of a stopped (or hung) scheduler as no heartbeat at all. None as well when no heartbeat was
+    ever recorded: a fresh install, or a database no scheduler has run on (the test suite), is not a stopped
+    scheduler. One indexed query (`ix_job_runs_job_started`): the console asks on every page."""
+    last = db.session.execute(select(JobRun.started_at, JobRun.seconds).where(JobRun.job == HEARTBEAT)
+                              .order_by(JobRun.started_at.desc()).limit(1)).first()
+    if last is None:
+        return None
+    limit = stale_after(interval_seconds)
+    if (now or utcnow()) - last.started_at < limit:
+        return None
+    return StaleHeartbeat(last_started_at=last.started_at, finished=last.seconds is not None, limit=limit)
