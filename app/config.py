@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 from pathlib import Path
@@ -28,6 +29,21 @@ def env_int(name: str, default: int, minimum: int | None = None) -> int:
     if minimum is not None and number < minimum:
         raise ValueError(f"{name} must be {minimum} or more, not {value!r}")
     return number
+
+
+def env_seconds(name: str, default: float) -> float:
+    """A positive, finite number of seconds; anything else stops the start naming the variable (float() reads
+    "nan", "inf" and "1e400", and an interval of 0 made the scheduler refuse the job only once it started)."""
+    value = os.environ.get(name)
+    if value in (None, ""):
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of seconds, not {value!r}") from None
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+    return seconds
 
 
 def instance_path() -> Path:
@@ -115,14 +131,14 @@ def load_config(overrides: dict | None = None) -> dict:
         "MPIM_CRL_DAYS": env_int("MPIM_CRL_DAYS", 7),
         "MPIM_ROOT_CRL_DAYS": env_int("MPIM_ROOT_CRL_DAYS", 365),
         "MPIM_ROUTE_TTL_HOURS": env_int("MPIM_ROUTE_TTL_HOURS", 24),
-        "MPIM_HEALTH_INTERVAL": float(os.environ.get("MPIM_HEALTH_INTERVAL", 30)),
-        "MPIM_HEALTH_TIMEOUT": float(os.environ.get("MPIM_HEALTH_TIMEOUT", 5)),
+        "MPIM_HEALTH_INTERVAL": env_seconds("MPIM_HEALTH_INTERVAL", 30),
+        "MPIM_HEALTH_TIMEOUT": env_seconds("MPIM_HEALTH_TIMEOUT", 5),
         "MPIM_HEALTH_CONCURRENCY": env_int("MPIM_HEALTH_CONCURRENCY", 500),
         "MPIM_HEALTH_FAILURES_BEFORE_DOWN": env_int("MPIM_HEALTH_FAILURES_BEFORE_DOWN", 3),
         "MPIM_HEALTH_SUCCESSES_BEFORE_UP": env_int("MPIM_HEALTH_SUCCESSES_BEFORE_UP", 2),
         "MPIM_HEALTH_FLAP_CHANGES": env_int("MPIM_HEALTH_FLAP_CHANGES", 4),
         "MPIM_HEALTH_WEBHOOK_URL": os.environ.get("MPIM_HEALTH_WEBHOOK_URL", ""),
-        "MPIM_HEARTBEAT_SECONDS": float(os.environ.get("MPIM_HEARTBEAT_SECONDS", 15)),
+        "MPIM_HEARTBEAT_SECONDS": env_seconds("MPIM_HEARTBEAT_SECONDS", 15),
         "MPIM_JOB_RUNS_KEEP_DAYS": env_int("MPIM_JOB_RUNS_KEEP_DAYS", 30, minimum=1),
     }
     config.update(overrides)

@@ -102,3 +102,18 @@ def test_kept_days_that_are_not_a_whole_number_of_one_or_more_stop_the_start(mon
     with pytest.raises(ValueError) as raised:
         load_config({"MPIM_INSTANCE_PATH": str(tmp_path)})
     assert str(raised.value) == error
+
+
+@pytest.mark.parametrize("name", ["MPIM_HEALTH_INTERVAL", "MPIM_HEALTH_TIMEOUT", "MPIM_HEARTBEAT_SECONDS"])
+@pytest.mark.parametrize(("value", "says"), [
+    ("0", "a positive number of seconds"), ("-1", "a positive number of seconds"),
+    ("nan", "a positive number of seconds"), ("inf", "a positive number of seconds"), ("30s", "a number of seconds")])
+def test_an_interval_that_is_no_positive_number_of_seconds_stops_the_start(monkeypatch, tmp_path, name, value, says):
+    """float() took "nan", "inf" and "0": an interval of 0 surfaced only when the scheduler added the job, a NaN
+    timeout when the first poll ran. Each stops the start naming the variable; "0.3" is fine."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError) as raised:
+        load_config({"MPIM_INSTANCE_PATH": str(tmp_path)})
+    assert str(raised.value) == f"{name} must be {says}, not {value!r}"
+    monkeypatch.setenv(name, "0.3")
+    assert load_config({"MPIM_INSTANCE_PATH": str(tmp_path)})[name] == 0.3
