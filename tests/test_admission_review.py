@@ -108,6 +108,22 @@ def test_provincial_admin_may_ask_for_a_suspension_inside_its_scope_only(jx_admi
         nodes.get_visible(node.node_id, gd_admin)
 
 
+def test_a_second_request_for_a_suspension_leaves_the_first_standing(jx_admin, minister, make_user):
+    """A second provincial admin's request (another tab, an older page) replaced the first one's reason and name
+    without a word: the ministry decided on a request its author never made."""
+    node = admit(jx_admin, minister)
+    other = make_user("jx-admin-2", "provincial_admin", ("360000",))
+    nodes.request_suspension(node, "looks hacked", by=jx_admin)
+    db.session.commit()
+    before = audit_count()
+    with pytest.raises(Conflict) as refused:
+        nodes.request_suspension(node, "just in case", by=other)
+    db.session.rollback()
+    assert refused.value.code == "suspension_already_requested" and "jx-admin" in str(refused.value.message)
+    assert (node.suspension_request_reason, node.suspension_requested_by) == ("looks hacked", "jx-admin")
+    assert audit_count() == before
+
+
 def test_provincial_admin_cannot_apply_outside_its_scope(jx_admin):
     with pytest.raises(PermissionDenied):
         apply(jx_admin, "440300")

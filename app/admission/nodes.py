@@ -169,6 +169,9 @@ def request_suspension(node: Node, reason: str, *, by) -> Node:
     lock(node)
     if node.status != "active":
         raise Conflict(_l("Only an active node can be suspended."), code="invalid_transition")
+    if node.suspension_requested:  # the first request stands: a second one replaced its reason and requester
+        raise Conflict(_l("%(user)s has already asked for this node's suspension; a ministry admin decides.",
+                          user=node.suspension_requested_by), code="suspension_already_requested")
     reason = readable_text(reason, "reason", limit=500)
     if not reason:
         raise ValidationFailed(_l("A reason is required."), code="reason_required", field="reason")
