@@ -149,3 +149,13 @@ def test_flask_scheduler_jobs_is_silent_on_a_live_or_never_run_scheduler(app, ru
     assert "STALE" not in runner.invoke(args=["scheduler", "jobs"]).output
     listed = [json.loads(line) for line in runner.invoke(args=["scheduler", "jobs", "--json"]).output.splitlines()]
     assert next(item for item in listed if item["job"] == liveness.HEARTBEAT)["stale"] is False
+
+
+def test_a_heartbeat_run_by_hand_does_not_hide_a_stopped_scheduler(app, admin_console, runner):
+    """`flask scheduler run-job scheduler.heartbeat` recorded a beat that said the scheduler was alive, and the banner
+    went away for a minute while no scheduler ran at all."""
+    beat(300)
+    result = runner.invoke(args=["scheduler", "run-job", liveness.HEARTBEAT])
+    assert result.exit_code == 0, result.output
+    assert STOPPED_ZH in banners_seen(admin_console)
+    assert liveness.stale_heartbeat(15) is not None

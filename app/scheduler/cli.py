@@ -16,7 +16,7 @@ from app.console import log_failing_checks
 from app.database import utcnow
 from app.extensions import db
 from app.scheduler import leader, liveness, registry
-from app.scheduler.models import JobRun
+from app.scheduler.models import CLI_HOLDER, JobRun
 from app.scheduler.runner import SchedulerProcess, run_job
 
 cli = AppGroup("scheduler", help="The scheduler process (one leader runs every job).")
@@ -99,7 +99,7 @@ def run_job_command(name):
     job = next((j for j in registry.jobs if j.name == name), None)
     if job is None:
         raise click.UsageError(f"no job {name!r}; see `flask scheduler jobs`")
-    run = run_job(job, "cli")
+    run = run_job(job, CLI_HOLDER)
     click.echo(f"{name}: {'ok' if run.ok else 'FAILED'} in {run.seconds}s {run.message}")
     if not run.ok:
         raise SystemExit(1)

@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from app.database import utcnow
 from app.extensions import db
-from app.scheduler.models import JobRun
+from app.scheduler.models import CLI_HOLDER, JobRun
 
 HEARTBEAT = "scheduler.heartbeat"
 # A leader's failover (a lease of 30 s lapsing) or a slow database skips a beat or two; four missed beats, and at
@@ -39,8 +39,10 @@ def stale_heartbeat(interval_seconds: float, now: datetime | None = None) -> Sta
     Its start, whether it ended or not: a heartbeat does nothing, so one still without an end minutes after it began
     is as much a sign of a stopped (or hung) scheduler as no heartbeat at all. None as well when no heartbeat was
     ever recorded: a fresh install, or a database no scheduler has run on (the test suite), is not a stopped
-    scheduler. One indexed query (`ix_job_runs_job_started`): the console asks on every page."""
-    last = db.session.execute(select(JobRun.started_at, JobRun.seconds).where(JobRun.job == HEARTBEAT)
+    scheduler. A heartbeat run by hand (`flask scheduler run-job`) proves no scheduler runs: not counted. One
+    indexed query (`ix_job_runs_job_started`): the console asks on every page."""
+    last = db.session.execute(select(JobRun.started_at, JobRun.seconds)
+                              .where(JobRun.job == HEARTBEAT, JobRun.holder != CLI_HOLDER)
                               .order_by(JobRun.started_at.desc()).limit(1)).first()
     if last is None:
         return None

@@ -21,6 +21,10 @@ class SchedulerLease(db.Model):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
 
 
+# The holder of a run `flask scheduler run-job` makes by hand, outside any leader's lease.
+CLI_HOLDER = "cli"
+
+
 class JobRun(db.Model):
     __tablename__ = "job_runs"
     __table_args__ = (Index("ix_job_runs_job_started", "job", "started_at"),)
