@@ -357,29 +357,35 @@ def check_envelope(envelope, *, node_id: str, expected_type: str | None = None,
     if envelope["to_node"] != node_id:
         raise WrongRecipient(f"this is node {node_id}, not {envelope['to_node']}", field="to_node")
     check_timestamp(envelope["timestamp"], now)
+    ordering = _ORDERING_TIMES.get(envelope["type"])
+    ordered = []
     for field, text in _payload_times(envelope["type"], envelope["payload"]):
-        parse_timestamp(text, field)
+        moment = parse_timestamp(text, field)  # every time must name a moment; those that order, checked below
+        if ordering and field.endswith(ordering):
+            ordered.append((field, text, moment))
     check = {"message": _check_message, "group_op": _check_group_op, "ephemeral": _check_ephemeral}
     if envelope["type"] in check:
         check[envelope["type"]](envelope["from_node"], envelope["to_node"], envelope["message_id"],
                                 envelope["payload"])
-    if envelope["type"] in ("ephemeral", "message"):
-        _check_not_ahead(envelope["type"], envelope["payload"], now)
+    _check_not_ahead(ordered, now)
 
 
 # The times that order what they belong to, so that one far ahead wins every comparison until that time comes.
 _ORDERING_TIMES = {"ephemeral": ".updated_at", "message": ".send_time"}
 
 
-def _check_not_ahead(kind: str, payload: dict, now: datetime | None = None, skew: float = MAX_SKEW_SECONDS) -> None:
+def _check_not_ahead(ordered: list[tuple[str, str, datetime]], now: datetime | None = None,
+                     skew: float = MAX_SKEW_SECONDS) -> None:
     """An ephemeral item's `updated_at` (newest wins, §6) or a message's `send_time` at most `skew` seconds ahead
     of the receiver's clock: an item far ahead beat every later, true state of its user until that time came; a
     message far ahead stayed last in its conversation, and reading it counted every message sent before that
     time as read. After the checks of who speaks for whom, so that a forged item is named as such. Times in the
-    past are fine (a message retried for hours keeps its send_time)."""
+    past are fine (a message retried for hours keeps its send_time). `ordered`: (field, text, moment), parsed once."""
+    if not ordered:
+        return
     limit = (now or datetime.now(UTC)) + timedelta(seconds=skew)
-    for field, text in _payload_times(kind, payload):
-        if field.endswith(_ORDERING_TIMES[kind]) and parse_timestamp(text, field) > limit:
+    for field, text, moment in ordered:
+        if moment > limit:
             raise StaleTimestamp(f"{field[len('payload.'):]} {text} is ahead of this node's clock by more than "
                                  f"{skew:.0f} s", field=field)
 
