@@ -6,6 +6,7 @@ import html
 import json
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import select
 
 from app.admission import applications, nodes
@@ -95,12 +96,7 @@ def test_an_admins_reset_to_unknown_is_a_health_event_naming_the_action(app, peo
     bring_up(node.node_id)
     nodes.suspend(node, "drill", by=minister)
     db.session.commit()
-    # A round that polled the node before its suspension, applied after it: there is a streak to forget again.
-    service.apply_round([Result(node.node_id, True)])
-    nodes.resume(node, "drill over", by=minister)
-    db.session.commit()
-    nodes.suspend(node, "again", by=minister)  # nothing polled since the resumption: nothing to forget, no event
-    nodes.resume(node, "over", by=minister)
+    nodes.resume(node, "drill over", by=minister)  # a suspended node is not polled: nothing to forget, no event
     db.session.commit()
     bring_up(node.node_id)
     moved = node.endpoint.rstrip("/") + "/v2"
@@ -112,8 +108,8 @@ def test_an_admins_reset_to_unknown_is_a_health_event_naming_the_action(app, peo
     nodes.revoke(node, "key lost", by=minister)
     db.session.commit()
     assert history(node.node_id) == [
-        ("unknown", "up", None), ("up", "unknown", "node_suspended"), ("unknown", "unknown", "node_resumed"),
-        ("unknown", "up", None), ("up", "unknown", "endpoint_changed"), ("unknown", "unknown", "node_revoked")]
+        ("unknown", "up", None), ("up", "unknown", "node_suspended"), ("unknown", "up", None),
+        ("up", "unknown", "endpoint_changed"), ("unknown", "unknown", "node_revoked")]
     assert not any(e.in_maintenance for e in db.session.scalars(select(HealthEvent)))
 
 
@@ -200,3 +196,110 @@ def test_a_node_down_in_maintenance_then_suspended_and_resumed_is_alerted_only_i
         report = service.apply_round([Result(node.node_id, False, failure="timeout")])
     assert [(c.old, c.new, c.in_maintenance) for c in report.changes] == [("unknown", "down", False)]
     assert len(Hook.received) == 3 and Hook.received[2]["changes"][0]["after_maintenance"] is False
+
+
+def test_a_round_applied_while_a_suspension_commits_waits_for_it_and_skips_the_node(app, people):  # noqa: F811
+    """PostgreSQL: the round and the suspension queued on different locks (the round's own, the node's), so a round
+    applied while the suspension was being committed waited only for the health row the reset had written, then
+    wrote the streak of a poll made before the suspension over it. It now waits for the node's row, and skips it."""
+    import threading
+    import time
+
+    from sqlalchemy import func, text
+
+    from app.health.models import HealthSample
+    from tests.test_admission_concurrency import joined
+
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("an admin and a round at once: PostgreSQL (SQLite has one writer at a time)")
+    minister, _ = people
+    node, _ = admit_with_keys(people)
+    bring_up(node.node_id)
+    polled = [Result(node.node_id, True)]  # the round polled the node before the suspension
+    reports: list = []
+    errors: list[BaseException] = []
+
+    def apply() -> None:
+        with app.app_context():
+            try:
+                reports.append(service.apply_round(polled))
+            except BaseException as error:
+                errors.append(error)
+            finally:
+                db.session.remove()
+
+    nodes.suspend(node, "drill", by=minister)  # the admin's transaction, not committed yet
+    thread = threading.Thread(target=apply)
+    thread.start()
+    deadline = time.monotonic() + 30
+    with db.engine.connect() as watcher:  # until the round waits on the suspension, or has finished
+        while thread.is_alive() and time.monotonic() < deadline and not watcher.scalar(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'")):
+            time.sleep(0.02)
+    assert thread.is_alive()  # it waits for the admin
+    db.session.commit()
+    joined([thread])
+    assert not errors, errors
+    db.session.expire_all()
+    health = db.session.get(NodeHealth, node.node_id)
+    assert (health.status, health.consecutive_successes, health.consecutive_failures) == ("unknown", 0, 0)
+    assert db.session.scalar(select(func.count()).select_from(HealthSample)) == 2  # bring_up's
+    assert reports[0].skipped == 1 and reports[0].ok == 0
+
+
+def test_a_suspension_while_a_round_is_applied_waits_for_it_and_then_resets_what_it_wrote(app, people):  # noqa: F811
+    """The other order: the round holds the node's row when the admin comes to suspend it. The admin waited only for
+    the health row, then wrote the reset over a state it had read before the round committed: the status it saw was
+    already unknown, so the round's "up" stayed. It now waits for the round at the node's row, and reads after it."""
+    import threading
+    import time
+
+    from sqlalchemy import text
+
+    from app.auth.models import User
+    from tests.test_admission_concurrency import joined
+
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("an admin and a round at once: PostgreSQL (SQLite has one writer at a time)")
+    minister, _ = people
+    node, _ = admit_with_keys(people)
+    node_id, minister_id = node.node_id, minister.id
+    service.apply_round([Result(node_id, True)])  # one more success takes it up
+    errors: list[BaseException] = []
+    threads: list[threading.Thread] = []
+
+    def suspend() -> None:
+        with app.app_context():
+            try:
+                nodes.suspend(nodes.get(node_id), "drill", by=db.session.get(User, minister_id))
+                db.session.commit()
+            except BaseException as error:
+                errors.append(error)
+            finally:
+                db.session.remove()
+
+    def while_applying(_changes) -> None:
+        """Inside the round's transaction: the admin's suspension starts and runs until it waits on the round."""
+        thread = threading.Thread(target=suspend)
+        thread.start()
+        threads.append(thread)
+        deadline = time.monotonic() + 30
+        with db.engine.connect() as watcher:
+            while thread.is_alive() and time.monotonic() < deadline and not watcher.scalar(text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'")):
+                time.sleep(0.02)
+
+    service.status_changed.append(while_applying)
+    try:
+        report = service.apply_round([Result(node_id, True)])
+    finally:
+        service.status_changed.remove(while_applying)
+    joined(threads)
+    assert not errors, errors
+    db.session.expire_all()
+    health = db.session.get(NodeHealth, node_id)
+    assert (health.status, health.consecutive_successes, health.consecutive_failures) == ("unknown", 0, 0)
+    assert history(node_id) == [("unknown", "up", None), ("up", "unknown", "node_suspended")]
+    assert [(c.old, c.new) for c in report.changes] == [("unknown", "up")]

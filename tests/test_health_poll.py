@@ -210,3 +210,70 @@ def test_maintenance_suppresses_the_banner(app, servers, people, admin_console):
     assert "维护至" in detail and "<svg" in detail
     events = db.session.scalars(select(HealthEvent)).all()
     assert [(e.old_status, e.new_status) for e in events] == [("unknown", "down")]
+
+
+def samples_of(node_id: str) -> int:
+    from sqlalchemy import func
+
+    from app.health.models import HealthSample
+    return db.session.scalar(select(func.count()).select_from(HealthSample).where(HealthSample.node_id == node_id))
+
+
+@pytest.mark.parametrize(("action", "reason"), [("suspend", "node_suspended"), ("revoke", "node_revoked")])
+def test_a_round_that_polled_a_node_before_its_suspension_leaves_it_unknown(app, servers, people, action,  # noqa: F811
+                                                                             reason):
+    """A round polls, then applies what it found. A node suspended (revoked) in between was reset to unknown by the
+    admin's action, and the round's poll of it then counted again: a streak, a sample, in time an "up", for a node
+    nobody polls any more. Its result is skipped, and the round's report says so."""
+    from app.admission import nodes
+
+    minister, _ = people
+    node, keys = admit_local(people)
+    server = servers(node.node_id, "ok", ssl_context=node_server_context(app, node, keys))
+    node.endpoint = server.url
+    db.session.commit()
+    app.config["MPIM_HEALTH_TIMEOUT"] = 10.0
+    for _ in range(2):
+        rounds.run_round(spread=False)
+    assert db.session.get(NodeHealth, node.node_id).status == "up"
+    polled = poll(rounds.targets(), ssl_context=own_keys.management_client_ssl_context())
+    db.session.rollback()
+    getattr(nodes, action)(node, "drill", by=minister)
+    db.session.commit()
+    report = service.apply_round(polled)
+    health = db.session.get(NodeHealth, node.node_id)
+    assert (health.status, health.consecutive_successes, health.consecutive_failures) == ("unknown", 0, 0)
+    assert samples_of(node.node_id) == 2
+    last = db.session.scalars(select(HealthEvent).order_by(HealthEvent.id.desc())).first()
+    assert (last.old_status, last.new_status, last.reason) == ("up", "unknown", reason)
+    assert (report.polled, report.ok, report.skipped, report.failures) == (1, 0, 1, {})
+    assert report.summary() == "1 polled, 0 ok; skipped 1 no longer active or moved since polled"
+
+
+def test_a_poll_of_the_endpoint_a_node_moved_from_is_skipped(app, servers, people):  # noqa: F811
+    """A round that polled the old endpoint, applied after the move was approved, counted its answer toward the new
+    endpoint's verdict, which the reset had just made unknown until the new one is polled."""
+    from app.admission import applications
+    from app.admission.information import parse
+    from tests.factories import node_document
+
+    minister, jx = people
+    node, keys = admit_local(people)
+    context = node_server_context(app, node, keys)
+    old, new = servers(node.node_id, "ok", ssl_context=context), servers(node.node_id, "error", ssl_context=context)
+    node.endpoint = old.url
+    db.session.commit()
+    app.config["MPIM_HEALTH_TIMEOUT"] = 10.0
+    polled = poll(rounds.targets(), ssl_context=own_keys.management_client_ssl_context())
+    assert [(r.endpoint, r.ok) for r in polled] == [(old.url, True)]
+    db.session.rollback()
+    change = applications.submit_change(node, parse(node_document("360000", endpoint=new.url)), None, by=jx)
+    db.session.commit()
+    applications.approve(change, by=minister)
+    db.session.commit()
+    report = service.apply_round(polled)
+    assert db.session.get(NodeHealth, node.node_id) is None and samples_of(node.node_id) == 0
+    assert (report.ok, report.skipped) == (0, 1)
+    report = rounds.run_round(spread=False)  # the new endpoint's answers count
+    assert (report.ok, report.skipped, report.failures) == (0, 0, {"http_status": 1})
+    assert samples_of(node.node_id) == 1 and old.requests == 1

@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 from sqlalchemy import func, select
 
+from app.admission.models import Node
 from app.audit.models import AuditRecord
 from app.database import utcnow
 from app.extensions import db
@@ -30,6 +31,11 @@ class Result:
     detail: str = ""
     cert_matches: bool | None = True
     checked_at: datetime | None = None
+    endpoint: str | None = None  # the one polled: the node's when the result is made, unless given
+
+    def __post_init__(self):
+        if self.endpoint is None:
+            self.endpoint = db.session.get(Node, self.node_id).endpoint
 
 
 def test_step_needs_three_failures_to_go_down_and_two_successes_to_come_back():

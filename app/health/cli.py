@@ -22,7 +22,8 @@ def poll_command(once, as_json):
     """Poll every active node once and print what was found."""
     report = rounds.run_round(spread=False)
     if as_json:
-        click.echo(json.dumps({"polled": report.polled, "ok": report.ok, "failures": report.failures,
+        click.echo(json.dumps({"polled": report.polled, "ok": report.ok, "skipped": report.skipped,
+                               "failures": report.failures,
                                "changes": [c.__dict__ for c in report.changes]}, ensure_ascii=False))
     else:
         click.echo(report.summary())

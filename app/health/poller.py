@@ -47,6 +47,8 @@ class FailureReason(StrEnum):
 @dataclass(frozen=True)
 class PollResult:
     node_id: str
+    # The endpoint polled: a round applied after the node moved must not count the old server's answer.
+    endpoint: str
     ok: bool
     latency_ms: float | None
     failure: FailureReason | None
@@ -104,7 +106,7 @@ async def read_body(content: aiohttp.StreamReader) -> bytes:
 def _result(target: PollTarget, started: float, failure: FailureReason | None, detail: str,
             cert_matches: bool | None = None) -> PollResult:
     latency = round((time.perf_counter() - started) * 1000, 2) if failure is None else None
-    return PollResult(target.node_id, failure is None, latency, failure, detail[:300], cert_matches,
+    return PollResult(target.node_id, target.endpoint, failure is None, latency, failure, detail[:300], cert_matches,
                       datetime.now(UTC))
 
 

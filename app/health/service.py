@@ -21,6 +21,7 @@ from flask_babel import lazy_gettext as _l
 from sqlalchemy import func, or_, select
 
 from app.admission import nodes
+from app.admission.models import Node
 from app.audit import service as audit
 from app.auth.access import require_division_scope
 from app.database import serialise, utcnow
@@ -54,12 +55,15 @@ class RoundReport:
     failures: dict[str, int] = field(default_factory=dict)
     # Changes recorded during a maintenance window that ended this round with the node still down.
     late_alerts: list[StatusChange] = field(default_factory=list)
+    # Results for nodes suspended, revoked or moved to another endpoint since they were polled (`still_polled`).
+    skipped: int = 0
 
     def summary(self) -> str:
         failed = ", ".join(f"{reason} {count}" for reason, count in sorted(self.failures.items()))
         changed = ", ".join(f"{c.node_id} {c.old}→{c.new}" for c in self.changes)
         late = ", ".join(c.node_id for c in self.late_alerts)
         return (f"{self.polled} polled, {self.ok} ok" + (f"; failed: {failed}" if failed else "")
+                + (f"; skipped {self.skipped} no longer active or moved since polled" if self.skipped else "")
                 + (f"; changed: {changed}" if changed else "")
                 + (f"; still down after maintenance: {late}" if late else ""))
 
@@ -77,20 +81,43 @@ def in_maintenance(health: NodeHealth | None, now: datetime | None = None) -> bo
     return bool(health and health.maintenance_until and health.maintenance_until > (now or utcnow()))
 
 
+def still_polled(node_ids: list[str]) -> dict[str, str]:
+    """node id → endpoint, of those of `node_ids` that are active now, their rows locked FOR SHARE until commit.
+
+    A round polls, then applies; an admin may suspend, revoke or move a node in between, and reset its health to
+    unknown (`forget_verdict`). The lock orders the two on PostgreSQL: a round that comes second waits for the
+    admin's uncommitted row (its UPDATE of the node) and reads what it committed; an admin that comes second waits
+    at that UPDATE for the round's commit, and then resets what the round wrote. SQLite's write lock, which the
+    round holds already (`serialise`), orders them the same way (FOR SHARE is not said there).
+    Lock order: the round takes health.round, then these rows, then node_health; an admin takes node:<id>, then
+    the node's row, then node_health, and never health.round: no circle."""
+    if not node_ids:
+        return {}
+    return dict(db.session.execute(
+        select(Node.node_id, Node.endpoint).where(Node.node_id.in_(node_ids), Node.status == "active")
+        .order_by(Node.node_id).with_for_update(read=True)).all())
+
+
 def apply_round(results) -> RoundReport:
-    """Apply poll results (objects with node_id, ok, latency_ms, failure, detail, cert_matches,
-    checked_at) in one transaction; commits; then sends webhook alerts for real changes."""
+    """Apply poll results (objects with node_id, endpoint, ok, latency_ms, failure, detail, cert_matches,
+    checked_at) in one transaction; commits; then sends webhook alerts for real changes. A result for a node
+    that is no longer active, or no longer at the endpoint polled, is skipped (`still_polled`)."""
     report = RoundReport(polled=len(results))
     limits, now = thresholds(), utcnow()
     # One round at a time (the scheduler's and `flask health poll --once`): two reading the same state would
     # both record its change. Read after the lock, overwriting anything this session loaded before it.
     serialise("health.round")
+    endpoints = still_polled(sorted({r.node_id for r in results}))
+    # Skipped, not recorded as a sample either: the poll was of a node now out of polling (or of a server it has
+    # left), and a sample would put it into the availability and latency history of a node it says nothing of.
+    current = [r for r in results if endpoints.get(r.node_id) == r.endpoint]
+    report.skipped = len(results) - len(current)
     states = {h.node_id: h for h in db.session.scalars(
-        select(NodeHealth).where(NodeHealth.node_id.in_([r.node_id for r in results]))
-        .execution_options(populate_existing=True))} if results else {}
+        select(NodeHealth).where(NodeHealth.node_id.in_([r.node_id for r in current]))
+        .execution_options(populate_existing=True))} if current else {}
     samples: list[HealthSample] = []
     maintained: set[str] = set()
-    for result in results:
+    for result in current:
         health = states.get(result.node_id)
         if health is None:
             health = NodeHealth(node_id=result.node_id, status="unknown", consecutive_failures=0,
@@ -162,7 +189,8 @@ def forget_verdict_after_move(node, application, changes: dict) -> None:
 def _forget(node_id: str, reason: str) -> None:
     """Back to unknown with no streaks, recorded as a health event (old status → unknown, `reason`) unless there
     was nothing to forget."""
-    health = db.session.get(NodeHealth, node_id)
+    # Read afresh: a round may have committed since this session loaded it (`still_polled`).
+    health = db.session.get(NodeHealth, node_id, populate_existing=True)
     if health is None or (health.status == "unknown" and not health.consecutive_failures
                           and not health.consecutive_successes):
         return
