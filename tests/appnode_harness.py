@@ -4,6 +4,9 @@ served over real mutual TLS on 127.0.0.1 (werkzeug threads in-process, or gunico
 from __future__ import annotations
 
 import json
+import os
+import ssl
+import subprocess
 import threading
 
 from werkzeug.serving import make_server
@@ -15,8 +18,8 @@ from app.appnode.node import Node
 from app.appnode.transport import PeerPool, client_context, server_context
 from app.appnode.web import create_node_app
 from app.extensions import db
-from tests.appnode_processes import free_port
-from tests.conftest import stop_serving
+from tests.appnode_processes import PYTHON, ROOT, free_port, wait_http
+from tests.conftest import stop_process, stop_serving
 
 USERS = {"360000": [("zhangsan", "张三"), ("wangwu", "王五")], "440000": [("lisi", "李四"), ("zhaoliu", "赵六")],
          "110000": [("sunqi", "孙七")]}
@@ -51,7 +54,8 @@ class ServedNode:
         self.node.await_approval(timeout=10, interval=0.05)
         for user_id, name in USERS[division]:
             self.node.add_user(user_id, name)
-        self.server = self.thread = None
+        self.server = self.thread = self.process = None
+        self.log = self.dir.parent / f"node-{division}-{self.port}.log"
 
     @property
     def id(self) -> str:
@@ -62,17 +66,32 @@ class ServedNode:
 
     def start(self) -> ServedNode:
         identity = self.node.identity
-        context = server_context(identity.cert_file, identity.key_file, identity.bundle_file)
+        context = server_context(identity.cert_file, identity.key_file, identity.bundle_file,
+                                 self.node.config.request_deadline)
         self.server = make_server("127.0.0.1", self.port, create_node_app(self.node), threaded=True,
                                   ssl_context=context)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
         return self
 
+    def start_process(self, threads: int = 8) -> ServedNode:
+        """Serve the node as production does instead: `python -m app.appnode run` (gunicorn, one worker with
+        `threads` threads), its log in `self.log`."""
+        stream = open(self.log, "ab")  # noqa: SIM115 (closed with the process)
+        self.process = subprocess.Popen(
+            [PYTHON, "-m", "app.appnode", "--data", str(self.dir), "run", "--threads", str(threads)], cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=stream, stderr=stream)
+        context = ssl.create_default_context(cafile=str(self.node.identity.bundle_file))
+        wait_http(f"https://127.0.0.1:{self.port}/api/v1/health", self.process, context)
+        return self
+
     def stop(self) -> None:
         if self.server is not None:
             stop_serving(self.server, self.thread)
             self.server = None
+        if self.process is not None:
+            stop_process(self.process)
+            self.process = None
 
 
 def raw_post(sender: Node, receiver: ServedNode, kind: str, envelope: dict | bytes, *, identity_of: Node | None = None,

@@ -60,3 +60,20 @@ def test_status_of_a_node_that_has_not_joined_says_so(tmp_path):
     assert json.loads(result.output) == {"node_id": None, "route_version": None, "routes_expired": False,
                                          "outbox": {}, "certificate_sha256": None, "certificate_problem": None,
                                          "registry_problem": None}
+
+
+def test_a_request_deadline_that_is_not_a_positive_time_is_refused_with_its_name(tmp_path):
+    """A zero deadline would cut off every caller at its handshake, and an infinite one, read as none, would
+    fail the first connection's socket timeout; either is refused when the node's configuration is read."""
+    data = tmp_path / "jx"
+    assert init(data, "360000").exit_code == 0
+    for name, value in (("request_read_seconds", 0), ("request_min_bytes_per_second", "fast"),
+                        ("request_read_seconds", float("inf"))):
+        config = stored(data)
+        (data / "config.json").write_text(json.dumps({**config, name: value}), "utf-8")
+        result = CliRunner().invoke(cli, ["--data", str(data), "--json", "status"])
+        assert result.exit_code == 2, result.output
+        error = json.loads(result.output)["error"]
+        assert error["code"] == "invalid_config" and f"{name} ({value!r})" in error["message"], error
+        (data / "config.json").write_text(json.dumps(config), "utf-8")
+    assert CliRunner().invoke(cli, ["--data", str(data), "status"]).exit_code == 0

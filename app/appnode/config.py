@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from app.appnode import filetypes
+from app.appnode.request_deadline import RequestDeadline
+from app.errors import ValidationFailed
 
 CAPABILITIES = ("text", "image", "voice", "file", "download", "single_chat", "group", "read_count", "sticker",
                 "presence")
@@ -39,6 +41,11 @@ class NodeConfig:
     # home node relays the read states of every member of its groups (up to 3000 each).
     max_read_states_per_peer: int = 500_000
     max_presence_per_peer: int = 50_000
+    # How long a caller may take to send one request (docs/protocol.md §10, app/appnode/request_deadline.py):
+    # the TLS handshake (on a new connection), the request line, headers and body together get
+    # `request_read_seconds`, and a body `1 / request_min_bytes_per_second` seconds more per byte it declares.
+    request_read_seconds: float = 30.0
+    request_min_bytes_per_second: int = 16 * 1024
     registry_ca_file: str | None = None
 
     FILE = "config.json"
@@ -56,11 +63,22 @@ class NodeConfig:
         if os.environ.get("MPIM_NODE_MAX_FILE_BYTES"):
             cap = int(os.environ["MPIM_NODE_MAX_FILE_BYTES"])
             config.limits = {kind: min(limit, cap) for kind, limit in config.limits.items()}
+        config.request_deadline  # noqa: B018 (a deadline that is not a positive time is refused here, at start)
         return config
 
     def save(self, data_dir: Path) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         (data_dir / self.FILE).write_text(json.dumps(asdict(self), ensure_ascii=False, indent=2) + "\n", "utf-8")
+
+    @property
+    def request_deadline(self) -> RequestDeadline:
+        try:
+            return RequestDeadline(float(self.request_read_seconds), float(self.request_min_bytes_per_second))
+        except (TypeError, ValueError):
+            raise ValidationFailed(
+                f"request_read_seconds ({self.request_read_seconds!r}) and request_min_bytes_per_second "
+                f"({self.request_min_bytes_per_second!r}) in {self.FILE} must be positive numbers",
+                code="invalid_config") from None
 
     def limit(self, kind: str) -> int:
         return min(int(self.limits.get(kind, filetypes.LIMITS[kind])), filetypes.LIMITS[kind])

@@ -14,9 +14,11 @@ import threading
 import time
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.workers.gthread import ThreadWorker
 
 from app.appnode.node import Node
 from app.appnode.renewal import RENEWAL_CHECK_EVERY
+from app.appnode.request_deadline import bound_requests, deadline_socket
 from app.appnode.store import checkpoint
 from app.appnode.web import create_node_app
 
@@ -79,6 +81,16 @@ class NodeLoop(threading.Thread):
             return None
 
 
+class NodeWorker(ThreadWorker):
+    """gthread, each request read against the node's deadline (`request_deadline.py`). A new connection's starts
+    with its TLS handshake; a kept-alive connection comes back here when its next request begins to arrive."""
+
+    def handle(self, conn):
+        if conn.initialized and (sock := deadline_socket(conn.sock)):
+            sock.start_request()
+        return super().handle(conn)
+
+
 class NodeServer(BaseApplication):
     def __init__(self, data_dir, *, threads: int = 8):
         self.data_dir = data_dir
@@ -88,15 +100,18 @@ class NodeServer(BaseApplication):
 
     def load_config(self) -> None:
         node = Node(self.data_dir)
-        identity = node.identity
+        identity, deadline = node.identity, node.config.request_deadline
         settings = {
-            "bind": node.config.listen, "workers": 1, "worker_class": "gthread", "threads": self.threads,
+            "bind": node.config.listen, "workers": 1, "threads": self.threads,
             "certfile": str(identity.cert_file), "keyfile": str(identity.key_file),
             "ca_certs": str(identity.bundle_file), "cert_reqs": ssl.CERT_OPTIONAL, "keepalive": 75,
             "timeout": 60, "graceful_timeout": 10, "accesslog": os.environ.get("MPIM_NODE_ACCESS_LOG"),
             "errorlog": "-", "loglevel": os.environ.get("MPIM_NODE_LOG_LEVEL", "info"),
             "proc_name": f"mpim-node-{node.node_id}", "control_socket_disable": True,
-            "worker_exit": self._worker_exit,
+            "worker_exit": self._worker_exit, "worker_class": NodeWorker,
+            # gunicorn builds a context per connection (so a renewed certificate is served at once): each one's
+            # sockets read against the deadline.
+            "ssl_context": lambda _config, default: bound_requests(default(), deadline),
         }
         for key, value in settings.items():
             self.cfg.set(key, value)

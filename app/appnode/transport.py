@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import BinaryIO
 from urllib.parse import urlsplit
 
+from app.appnode.request_deadline import RequestDeadline, bound_requests
+
 CONNECT_TIMEOUT = 10.0
 ANSWER_TIMEOUT = 30.0
 # A JSON answer (an ack, an error) is a few hundred bytes; more than this is a faulty or hostile peer,
@@ -54,8 +56,9 @@ def client_context(cert_file, key_file, bundle_file) -> ssl.SSLContext:
     return context
 
 
-def server_context(cert_file, key_file, bundle_file) -> ssl.SSLContext:
+def server_context(cert_file, key_file, bundle_file, deadline: RequestDeadline | None = None) -> ssl.SSLContext:
     """Requests a client certificate without requiring it: health is open, federation paths enforce it.
+    With `deadline`, each request's handshake, headers and body are read against it (`request_deadline.py`).
 
     Each handshake is served the pair now in the files, as gunicorn's per-connection contexts do: when they
     changed (a renewal, or a certificate an admin issued), a context loaded from them takes over. A pair
@@ -89,7 +92,7 @@ def server_context(cert_file, key_file, bundle_file) -> ssl.SSLContext:
                 connection.context = held["context"]
 
     first.sni_callback = follow_files  # called on every handshake, with or without a server name
-    return first
+    return bound_requests(first, deadline) if deadline else first
 
 
 def fingerprint_of(der: bytes | None) -> str | None:

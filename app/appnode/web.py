@@ -18,6 +18,7 @@ from flask_babel import lazy_gettext as _l
 
 from app.appnode import protocol
 from app.appnode.node import Node, address
+from app.appnode.request_deadline import deadline_socket
 from app.errors import DomainError
 from app.labels import CAPABILITIES
 
@@ -35,10 +36,13 @@ PAGE_REFUSALS = {"not_found": _l("This node has no such user, or no such convers
                  "not_a_participant": _l("This user takes no part in that conversation.")}
 
 
+def client_socket():
+    return request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
+
+
 def peer_certificate() -> bytes | None:
     """The DER bytes of the caller's verified client certificate, or None."""
-    sock = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
-    getpeercert = getattr(sock, "getpeercert", None)
+    getpeercert = getattr(client_socket(), "getpeercert", None)
     return getpeercert(binary_form=True) if getpeercert else None
 
 
@@ -100,6 +104,13 @@ def create_node_app(node: Node) -> Flask:
             return error
         return json_response(protocol.InternalError("the node failed to handle the request").to_dict(), 500)
 
+    @app.after_request
+    def request_read(response: Response) -> Response:
+        """The request's deadline ends as its answer begins; an answer's time is not the caller's sending."""
+        if sock := deadline_socket(client_socket()):
+            sock.request_read()
+        return response
+
     @app.get("/api/v1/health")
     def health():
         return json_response(node.health())
@@ -117,7 +128,15 @@ def create_node_app(node: Node) -> Flask:
             # Refused before a byte is read too: the TLS layer lets callers without one through (for health),
             # and any of them could otherwise hold a thread for as long as it takes to send an announced MiB.
             raise protocol.CertificateMismatch("federation requests need a client certificate", field="from_node")
+        if sock := deadline_socket(client_socket()):
+            # Only now, for a body it is going to read: one without a length may still be the largest allowed.
+            sock.allow_body(request.content_length if request.content_length is not None
+                            else protocol.MAX_BODY_BYTES)
         body = request.stream.read(protocol.MAX_BODY_BYTES + 1)  # one byte more: receive() refuses 413
+        if request.content_length is not None and len(body) < request.content_length:
+            # The connection closed before the body it announced was whole (the caller went, or was cut off at
+            # its deadline): what arrived is not the request, and is not taken as one.
+            raise protocol.InvalidJSON("the body ended before its Content-Length")
         reply = node.receive(kind, body, request.content_type, certificate)
         if reply.body is not None:
             return Response(reply.body, status=reply.status, headers=reply.headers)
