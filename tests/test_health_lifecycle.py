@@ -18,7 +18,7 @@ from app.health.models import HealthEvent, NodeHealth
 from app.routing import service as routes
 from tests.factories import node_document
 from tests.test_health_state import Hook, Result, webhook  # noqa: F401 (fixture; Result: one poll's outcome)
-from tests.test_sessions import admit_with_keys, people  # noqa: F401 (fixture)
+from tests.test_sessions import admit_with_keys, people, wait_for_a_lock_wait  # noqa: F401 (fixture)
 
 
 def listed_status(node_id: str) -> str | None:
@@ -203,9 +203,8 @@ def test_a_round_applied_while_a_suspension_commits_waits_for_it_and_skips_the_n
     applied while the suspension was being committed waited only for the health row the reset had written, then
     wrote the streak of a poll made before the suspension over it. It now waits for the node's row, and skips it."""
     import threading
-    import time
 
-    from sqlalchemy import func, text
+    from sqlalchemy import func
 
     from app.health.models import HealthSample
     from tests.test_admission_concurrency import joined
@@ -231,12 +230,7 @@ def test_a_round_applied_while_a_suspension_commits_waits_for_it_and_skips_the_n
     nodes.suspend(node, "drill", by=minister)  # the admin's transaction, not committed yet
     thread = threading.Thread(target=apply)
     thread.start()
-    deadline = time.monotonic() + 30
-    with db.engine.connect() as watcher:  # until the round waits on the suspension, or has finished
-        while thread.is_alive() and time.monotonic() < deadline and not watcher.scalar(text(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND wait_event_type = 'Lock'")):
-            time.sleep(0.02)
+    wait_for_a_lock_wait(thread)  # until the round waits on the suspension, or has finished
     assert thread.is_alive()  # it waits for the admin
     db.session.commit()
     joined([thread])
@@ -253,9 +247,6 @@ def test_a_suspension_while_a_round_is_applied_waits_for_it_and_then_resets_what
     the health row, then wrote the reset over a state it had read before the round committed: the status it saw was
     already unknown, so the round's "up" stayed. It now waits for the round at the node's row, and reads after it."""
     import threading
-    import time
-
-    from sqlalchemy import text
 
     from app.auth.models import User
     from tests.test_admission_concurrency import joined
@@ -284,12 +275,7 @@ def test_a_suspension_while_a_round_is_applied_waits_for_it_and_then_resets_what
         thread = threading.Thread(target=suspend)
         thread.start()
         threads.append(thread)
-        deadline = time.monotonic() + 30
-        with db.engine.connect() as watcher:
-            while thread.is_alive() and time.monotonic() < deadline and not watcher.scalar(text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND wait_event_type = 'Lock'")):
-                time.sleep(0.02)
+        wait_for_a_lock_wait(thread)
 
     service.status_changed.append(while_applying)
     try:
