@@ -242,10 +242,11 @@ class SessionRequests:
 
 def test_a_pull_while_no_certificate_is_valid_asks_for_no_session_with_the_pending_key(network, app, monkeypatch):  # noqa: F811
     """While the node's only certificate is revoked, every pull also signed a session with the pending key
-    `csr --new-key` made, and was refused again: the management node refuses any session of a node with no
-    valid certificate (certificate_revoked) before it looks at the signature, so no key could open one. The
-    pending key is tried when the current key's signature is what is refused (bad_signature): then the node
-    has a valid certificate, perhaps for that key. The revocation is still the problem `status` shows."""
+    `csr --new-key` made, and was refused again: a node with no valid certificate opens no session with any key,
+    and the management node tells the current key, which its revoked certificate still verifies, why
+    (certificate_revoked). The pending key is tried when the current key's signature is what is refused
+    (bad_signature): then the node has a valid certificate, perhaps for that key. The revocation is still the
+    problem `status` shows."""
     a = network["a"]
     fingerprint = a.node.identity.fingerprint()
     revocation.revoke(pki.current_certificate(a.id), "key_compromise", by=network["minister"])

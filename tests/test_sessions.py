@@ -99,16 +99,88 @@ def test_a_replayed_nonce_is_refused(client, people):
     assert open_session(client, fresh).status_code == 201
 
 
-def test_unknown_suspended_and_revoked_nodes_are_refused(client, people):
+def test_suspended_and_revoked_nodes_are_told_so_when_they_sign_with_their_key(client, people):
+    """A revoked node's certificates are all revoked with it: a signature one of them verifies still proves the
+    key, and the node hears node_revoked (the reference node tells its operator the revocation is final)."""
     minister, _ = people
     node, keys = admit_with_keys(people)
-    assert error_code(open_session(client, keys.session_request("36000000002025999999"))) == (401, "unknown_node")
     nodes.suspend(node, "drill", by=minister)
     db.session.commit()
     assert error_code(open_session(client, keys.session_request(node.node_id))) == (401, "node_suspended")
     nodes.revoke(node, "retired", by=minister)
     db.session.commit()
     assert error_code(open_session(client, keys.session_request(node.node_id))) == (401, "node_revoked")
+
+
+def whole_answer(response):
+    return response.status_code, response.get_json(), response.headers.get("WWW-Authenticate")
+
+
+def test_a_request_no_certificate_of_the_node_verifies_learns_nothing_of_the_node(client, people):
+    """Node ids are public (every routing table lists them), but whether an id names a node, and whether a node
+    out of the table is suspended, revoked or has no valid certificate, is not: a signature that does not verify
+    with a certificate of the node gets one answer, the same for all of them and for an active node."""
+    from app.pki import revocation
+    from app.pki import service as pki
+
+    minister, _ = people
+    active, _ = admit_with_keys(people)
+    suspended, _ = admit_with_keys(people)
+    nodes.suspend(suspended, "drill", by=minister)
+    revoked, _ = admit_with_keys(people)
+    nodes.revoke(revoked, "retired", by=minister)
+    compromised, _ = admit_with_keys(people)
+    revocation.revoke(pki.current_certificate(compromised.node_id), "key_compromise", by=minister)
+    expired, _ = admit_with_keys(people)
+    pki.current_certificate(expired.node_id).not_after = utcnow() - timedelta(seconds=1)
+    db.session.commit()
+    forger = NodeKeys("ec256")
+    node_ids = {"unknown": "36000000002025999999", "active": active.node_id, "suspended": suspended.node_id,
+                "revoked": revoked.node_id, "certificate revoked": compromised.node_id,
+                "certificate expired": expired.node_id}
+    answers = {name: whole_answer(open_session(client, forger.session_request(node_id)))
+               for name, node_id in node_ids.items()}
+    assert answers["unknown"][:2] == (401, {"error": {
+        "code": "bad_signature", "message": "The signature does not verify with the node's certificate."}})
+    assert {name: answer for name, answer in answers.items() if answer != answers["unknown"]} == {}
+
+
+def test_only_the_node_s_key_hears_why_it_has_no_valid_certificate(client, people):
+    """certificate_expired, certificate_revoked and no_certificate (its only certificate not valid yet) are told to
+    a signature that verifies with one of the node's certificates; any other key hears bad_signature."""
+    from app.pki import revocation
+    from app.pki import service as pki
+
+    minister, _ = people
+    node, keys = admit_with_keys(people)
+    certificate = pki.current_certificate(node.node_id)
+    forged = NodeKeys("ec256")
+    certificate.not_before = utcnow() + timedelta(hours=1)
+    db.session.commit()
+    assert error_code(open_session(client, keys.session_request(node.node_id))) == (401, "no_certificate")
+    assert error_code(open_session(client, forged.session_request(node.node_id))) == (401, "bad_signature")
+    certificate.not_before, certificate.not_after = utcnow() - timedelta(days=2), utcnow() - timedelta(seconds=1)
+    db.session.commit()
+    assert error_code(open_session(client, keys.session_request(node.node_id))) == (401, "certificate_expired")
+    assert error_code(open_session(client, forged.session_request(node.node_id))) == (401, "bad_signature")
+    certificate.not_after = utcnow() + timedelta(days=30)
+    revocation.revoke(certificate, "key_compromise", by=minister)
+    db.session.commit()
+    assert error_code(open_session(client, keys.session_request(node.node_id))) == (401, "certificate_revoked")
+    assert error_code(open_session(client, forged.session_request(node.node_id))) == (401, "bad_signature")
+
+
+def test_a_stale_timestamp_is_told_alike_for_every_node_id(client, people):
+    """The clock is checked before anything about the node is read: an old request, even one the node signed,
+    hears stale_timestamp whatever the node's state, and a replay of it learns nothing later."""
+    minister, _ = people
+    node, keys = admit_with_keys(people)
+    nodes.suspend(node, "drill", by=minister)
+    db.session.commit()
+    old = (datetime.now(UTC) - timedelta(minutes=6)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    for request in (keys.session_request(node.node_id, timestamp=old),
+                    NodeKeys().session_request("36000000002025999999", timestamp=old)):
+        assert error_code(open_session(client, request)) == (401, "stale_timestamp")
 
 
 def test_revoked_or_expired_certificate_is_refused(client, people):

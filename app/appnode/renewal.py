@@ -33,8 +33,8 @@ CERTIFICATE_REVOKED = {
 }
 # The session refusal that a certificate issued for the pending key may answer: the node has a valid certificate,
 # but not for the current key, whose signature is refused. certificate_revoked, certificate_expired and
-# no_certificate say the node has no valid certificate at all; the management node says so before it looks at the
-# signature, so the pending key would be refused the same way, on every pull until an admin renews the node.
+# no_certificate say the node has no valid certificate at all (told only to a key once certified for the node,
+# as the current key is): the pending key could open no session either, on every pull until an admin renews it.
 PENDING_KEY_MAY_OPEN = frozenset({"bad_signature"})
 
 

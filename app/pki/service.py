@@ -255,13 +255,14 @@ def current_fingerprints() -> dict[str, str]:
 
 
 def session_certificates(node_id: str) -> dict:
-    """What A.2 may verify a session signature with, and why nothing, when nothing."""
+    """What A.2 may verify a session signature with ("usable"), and why nothing, when nothing: the node's other
+    certificates ("unusable": revoked, expired, not valid yet) and whether any is revoked, any expired."""
     now = utcnow()
     rows = node_certificates(node_id)
-    usable = [x509.load_pem_x509_certificate(row.pem.encode()) for row in rows
-              if row.revoked_at is None and row.not_before <= now < row.not_after]
-    return {"usable": usable, "revoked": any(row.revoked_at for row in rows),
-            "expired": any(row.not_after <= now for row in rows)}
+    usable = [row for row in rows if row.revoked_at is None and row.not_before <= now < row.not_after]
+    return {"usable": [x509.load_pem_x509_certificate(row.pem.encode()) for row in usable],
+            "unusable": [x509.load_pem_x509_certificate(row.pem.encode()) for row in rows if row not in usable],
+            "revoked": any(row.revoked_at for row in rows), "expired": any(row.not_after <= now for row in rows)}
 
 
 def renew(node, csr_pem: str, *, by=None, still_entitled: Callable[[], object] | None = None) -> Certificate:

@@ -3,7 +3,9 @@
 The signature is over the UTF-8 bytes of node_id + "\\n" + timestamp + "\\n" + nonce (ECDSA-SHA256
 DER for EC keys, RSASSA-PKCS1-v1_5 SHA-256 for RSA); the timestamp must lie within 5 minutes of
 our clock; a nonce is accepted once; the certificate must be valid and not revoked, the node active.
-Every refusal is a 401 with its own code.
+Every refusal is a 401 with its own code; but what a refusal says of the node (whether the id names one, whether
+it is suspended, revoked, without a valid certificate) is told only to a signature that verifies with one of its
+certificates. Any other gets `bad_signature`, the same for every node id: the ids are public, their state is not.
 """
 
 from __future__ import annotations
@@ -94,17 +96,17 @@ def open_session(document) -> tuple[str, datetime, str]:
     except binascii.Error as error:
         raise ValidationFailed("signature is not base64.", code="invalid_request", field="signature") from error
 
-    node = db.session.get(Node, node_id)
-    if node is None:
-        raise SessionRefused(f"Node {node_id} is not known.", code="unknown_node")
-    _require_active(node)
-    now = utcnow()
+    now = utcnow()  # before anything of the node is read: an old request, signed or not, learns nothing
     if moment < now - SKEW:
         raise SessionRefused("The timestamp is more than 5 minutes old.", code="stale_timestamp")
     if moment > now + SKEW:
         raise SessionRefused("The timestamp is more than 5 minutes ahead.", code="future_timestamp")
     message = signed_message(node_id, timestamp, nonce)
-    signer = _verifying_certificate(node_id, message, signature)
+    signer, unusable = _verifying_certificate(node_id, message, signature)
+    node = db.session.get(Node, node_id)  # there: one of its certificates verified
+    _require_active(node)
+    if unusable:
+        raise SessionRefused("The node has no valid certificate.", code=unusable)
     # Queued behind a suspension, a revocation of the node or of its certificate deciding now (they hold the
     # node): read before it commits, the node's state let a session in that the decision's end of its
     # sessions never saw, and the token outlived the suspension (alive again on resume) or the stolen key.
@@ -113,7 +115,9 @@ def open_session(document) -> tuple[str, datetime, str]:
     lock(node)
     _require_active(node)
     if signer.serial_number not in {cert.serial_number for cert in pki.session_certificates(node_id)["usable"]}:
-        _verifying_certificate(node_id, message, signature)  # the one that verified was revoked meanwhile
+        _, unusable = _verifying_certificate(node_id, message, signature)  # the one that verified was revoked
+        if unusable:
+            raise SessionRefused("The node has no valid certificate.", code=unusable)
     if not nonces.claim(node_id, nonce, moment):
         raise SessionRefused("This nonce has been used already.", code="replayed_nonce")
     raw = secrets.token_urlsafe(32)
@@ -127,18 +131,25 @@ def _require_active(node) -> None:
         raise SessionRefused(f"Node {node.node_id} is {node.status}.", code=f"node_{node.status}")
 
 
-def _verifying_certificate(node_id: str, message: bytes, signature: bytes):
-    """The node's usable certificate the signature verifies with, or the refusal that says why none does."""
+def _verifying_certificate(node_id: str, message: bytes, signature: bytes) -> tuple[x509.Certificate, str]:
+    """The node's certificate the signature verifies with, and "" when it may open a session, else the code
+    that says why the node has no certificate that may (certificate_revoked, certificate_expired, no_certificate).
+
+    Tried are the certificates that may open a session; while the node has none, all of its certificates: a key
+    once certified for the node still proves that the node asks, and it hears why it cannot (after a key
+    compromise, or once its certificate expired). A key whose certificate was revoked or expired while another
+    is valid proves nothing. When no certificate verifies, the refusal is the same whether the node is unknown,
+    suspended, revoked or active, and says nothing of it."""
     from app.pki import service as pki
 
     candidates = pki.session_certificates(node_id)
-    if not candidates["usable"]:
-        code = "certificate_revoked" if candidates["revoked"] else "certificate_expired" if candidates["expired"] \
-            else "no_certificate"
-        raise SessionRefused("The node has no valid certificate.", code=code)
-    for certificate in candidates["usable"]:
+    usable = candidates["usable"]
+    for certificate in usable or candidates["unusable"]:
         if verify_signature(certificate, message, signature):
-            return certificate
+            if usable:
+                return certificate, ""
+            return certificate, "certificate_revoked" if candidates["revoked"] else \
+                "certificate_expired" if candidates["expired"] else "no_certificate"
     raise SessionRefused("The signature does not verify with the node's certificate.", code="bad_signature")
 
 
