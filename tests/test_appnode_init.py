@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
+from app.appnode.caller_limit import per_caller_limit
 from app.appnode.cli import cli
 from app.appnode.node import Node
 from app.appnode.store import put_setting
@@ -77,3 +79,30 @@ def test_a_request_deadline_that_is_not_a_positive_time_is_refused_with_its_name
         assert error["code"] == "invalid_config" and f"{name} ({value!r})" in error["message"], error
         (data / "config.json").write_text(json.dumps(config), "utf-8")
     assert CliRunner().invoke(cli, ["--data", str(data), "status"]).exit_code == 0
+
+
+def test_a_connection_limit_per_caller_outside_1_to_64_is_refused_with_its_name(tmp_path):
+    """0 would refuse every caller and a fraction or a string cannot be counted to; the default (null) and whole
+    numbers from 1 to 64 are taken."""
+    data = tmp_path / "jx"
+    assert init(data, "360000").exit_code == 0
+    config = stored(data)
+    assert config["max_connections_per_caller"] is None
+    for value in (0, 65, 2.5, "2", True):
+        (data / "config.json").write_text(json.dumps({**config, "max_connections_per_caller": value}), "utf-8")
+        result = CliRunner().invoke(cli, ["--data", str(data), "--json", "status"])
+        assert result.exit_code == 2, result.output
+        error = json.loads(result.output)["error"]
+        assert error["code"] == "invalid_config", error
+        assert f"max_connections_per_caller ({value!r})" in error["message"], error
+    for value in (1, 64, None):
+        (data / "config.json").write_text(json.dumps({**config, "max_connections_per_caller": value}), "utf-8")
+        assert CliRunner().invoke(cli, ["--data", str(data), "status"]).exit_code == 0
+
+
+@pytest.mark.parametrize(("configured", "threads", "limit"), [
+    (None, 8, 4), (None, 4, 2), (None, 2, 1), (None, 1, 1), (3, 8, 3), (8, 2, 2), (64, 8, 8)])
+def test_the_connection_limit_leaves_other_callers_threads_unless_set_otherwise(configured, threads, limit):
+    """By default a caller may have 4 connections served (the reference sender's parallelism) and never more
+    than half the threads; a limit set in config.json is taken as it is, up to all the threads."""
+    assert per_caller_limit(configured, threads) == limit

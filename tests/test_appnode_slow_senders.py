@@ -27,21 +27,24 @@ FEDERATION_POST = (b"POST /api/v1/federation/messages HTTP/1.1\r\nHost: 127.0.0.
 @pytest.fixture
 def bounded(network, live_server, people, tmp_path):  # noqa: F811
     """Node A, and node C served by gunicorn with THREADS threads and a 1 s request deadline (bodies get
-    1 s more per 128 KiB they declare)."""
+    1 s more per 128 KiB they declare). One caller may hold all the threads here: these tests are about the
+    deadline alone (test_appnode_connection_limits.py is about the limit per caller)."""
     minister, _ = people
     c = ServedNode(tmp_path, live_server, "110000", minister, request_read_seconds=1.0,
-                   request_min_bytes_per_second=128 * 1024).start_process(threads=THREADS)
+                   request_min_bytes_per_second=128 * 1024,
+                   max_connections_per_caller=THREADS).start_process(threads=THREADS)
     network["a"].node.sync_routes()
     yield network["a"], c
     c.stop()
 
 
-def peer_connection(sender: ServedNode, receiver: ServedNode) -> ssl.SSLSocket:
-    """A TLS connection to `receiver` presenting `sender`'s node certificate, the handshake done."""
+def peer_connection(sender: ServedNode, receiver: ServedNode, source: str = "127.0.0.1") -> ssl.SSLSocket:
+    """A TLS connection to `receiver` presenting `sender`'s node certificate, the handshake done, from the
+    loopback address `source`."""
     identity = sender.node.identity
     context = client_context(identity.cert_file, identity.key_file, identity.bundle_file)
-    return context.wrap_socket(socket.create_connection(("127.0.0.1", receiver.port), timeout=30),
-                               server_hostname="127.0.0.1")
+    connection = socket.create_connection(("127.0.0.1", receiver.port), timeout=30, source_address=(source, 0))
+    return context.wrap_socket(connection, server_hostname="127.0.0.1")
 
 
 def sent_until_closed(connection: socket.socket, trickle: bytes = b"", within: float = 60.0) -> bytes:

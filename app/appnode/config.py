@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from app.appnode import filetypes
+from app.appnode.caller_limit import MAX_PER_CALLER
 from app.appnode.request_deadline import RequestDeadline
 from app.errors import ValidationFailed
 
@@ -44,8 +45,14 @@ class NodeConfig:
     # How long a caller may take to send one request (docs/protocol.md §10, app/appnode/request_deadline.py):
     # the TLS handshake (on a new connection), the request line, headers and body together get
     # `request_read_seconds`, and a body `1 / request_min_bytes_per_second` seconds more per byte it declares.
+    # The same two bound taking an answer: each write within `request_read_seconds`, the whole answer within that
+    # plus the time its length takes at `request_min_bytes_per_second`.
     request_read_seconds: float = 30.0
     request_min_bytes_per_second: int = 16 * 1024
+    # How many connections of one caller (a peer node by its certificate, else an IP address) are served at once
+    # (docs/protocol.md §10, app/appnode/caller_limit.py): 1 to 64, at most the threads; null is 4, and never more
+    # than half the threads, so the other peers keep the rest. Past it a connection gets 503 too_many_connections.
+    max_connections_per_caller: int | None = None
     registry_ca_file: str | None = None
 
     FILE = "config.json"
@@ -64,6 +71,7 @@ class NodeConfig:
             cap = int(os.environ["MPIM_NODE_MAX_FILE_BYTES"])
             config.limits = {kind: min(limit, cap) for kind, limit in config.limits.items()}
         config.request_deadline  # noqa: B018 (a deadline that is not a positive time is refused here, at start)
+        config.check_connection_limit()
         return config
 
     def save(self, data_dir: Path) -> None:
@@ -79,6 +87,12 @@ class NodeConfig:
                 f"request_read_seconds ({self.request_read_seconds!r}) and request_min_bytes_per_second "
                 f"({self.request_min_bytes_per_second!r}) in {self.FILE} must be positive numbers",
                 code="invalid_config") from None
+
+    def check_connection_limit(self) -> None:
+        value = self.max_connections_per_caller
+        if value is not None and not (type(value) is int and 1 <= value <= MAX_PER_CALLER):
+            raise ValidationFailed(f"max_connections_per_caller ({value!r}) in {self.FILE} must be a whole number "
+                                   f"from 1 to {MAX_PER_CALLER}, or null for the default", code="invalid_config")
 
     def limit(self, kind: str) -> int:
         return min(int(self.limits.get(kind, filetypes.LIMITS[kind])), filetypes.LIMITS[kind])

@@ -115,11 +115,16 @@ class Unavailable(DomainError):
     code, status = "unavailable", 503
 
 
+class TooManyConnections(DomainError):
+    """The caller already has as many connections being served as the receiver allows one caller (§10)."""
+    code, status = "too_many_connections", 503
+
+
 ERRORS: dict[str, type[DomainError]] = {cls.code: cls for cls in (
     InvalidJSON, StaleTimestamp, WrongRecipient, UnknownPeer, CertificateMismatch, SenderMismatch, NotAParticipant,
     QuotaExceeded, PermissionDenied, NotFound, MethodNotAllowed, Conflict, FileExpired, PayloadTooLarge,
     UnsupportedMediaType, RangeNotSatisfiable, SchemaViolation, UnsupportedCapability, RateLimited, InternalError,
-    Unavailable)}
+    Unavailable, TooManyConnections)}
 
 
 # ---- schemas ----------------------------------------------------------------------------------------------------

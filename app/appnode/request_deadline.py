@@ -11,18 +11,25 @@ the request line, headers and body of each request must all arrive within `Reque
 time for the body that grows with the length it declares (`allow_body`). Past it the connection is shut down
 and the read sees it closed, as if the caller had gone; one log line names the caller. No 408 is sent: §6 makes
 any other 4xx final for the sender, while a dropped connection is retried, which is what an honest peer on a
-bad link needs. The deadline ends once the request is read and the answer begins (`request_read`); answers
-are not bounded here.
+bad link needs. The deadline ends once the request is read and the answer begins (`request_read`).
+
+The answer has a deadline of its own, for a caller that stops reading it (a download it asked for, and let
+lie, held a thread as long as it liked): each write must go out within `seconds`, and the whole answer within
+`seconds` plus the time its length takes at `min_bytes_per_second`. Past either the connection is shut down,
+the write fails as if the caller had gone, and one log line names the caller.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import socket
 import ssl
 import time
 from dataclasses import dataclass
+
+from app.appnode.caller_limit import certificate_name
 
 log = logging.getLogger("mpim.appnode")
 
@@ -54,19 +61,44 @@ class DeadlineSSLSocket(ssl.SSLSocket):
 
     request_deadline: RequestDeadline = RequestDeadline()
     _deadline: float | None = None
+    _answer_deadline: float | None = None
+    _answer_length: int | None = None
 
     def start_request(self) -> None:
         """A request begins: the handshake of a new connection, or the next request on a kept-alive one."""
         self._deadline = time.monotonic() + self.request_deadline.seconds
+        self._answer_deadline = None
 
     def allow_body(self, length: int) -> None:
         """The request's body is about to be read: the deadline grows by the time its `length` bytes may take."""
         if self._deadline is not None:
             self._deadline += self.request_deadline.for_body(length)
 
-    def request_read(self) -> None:
-        """The answer begins: reading this request is over, and so is its deadline."""
+    def request_read(self, answer_length: int | None = None) -> None:
+        """The answer begins: reading this request is over, and so is its deadline. The answer's starts: each
+        write within `seconds`, and all `answer_length` bytes (when known) within `seconds` more per
+        `min_bytes_per_second`."""
         self._deadline = None
+        self._answer_length = answer_length
+        self._answer_deadline = (time.monotonic() + self.request_deadline.seconds
+                                 + self.request_deadline.for_body(answer_length or 0))
+
+    def send(self, data, flags=0):  # sendall and sendfile come here
+        if self._answer_deadline is None:
+            return super().send(data, flags)
+        limit = min(self.request_deadline.seconds, self._answer_deadline - time.monotonic())
+        if limit > 0:
+            own = self.gettimeout()
+            self.settimeout(limit if own is None else min(own, limit))
+            try:
+                return super().send(data, flags)
+            except TimeoutError:
+                if own is not None and own < limit:
+                    raise  # the server's own shorter wait ran out: its business
+            finally:
+                self.settimeout(own)
+        self._cut_off_answer()
+        raise BrokenPipeError(errno.EPIPE, "the caller did not take its answer within the deadline")
 
     def do_handshake(self, block=False):
         if self._deadline is None:
@@ -104,19 +136,25 @@ class DeadlineSSLSocket(ssl.SSLSocket):
         except OSError:
             pass
 
+    def _cut_off_answer(self) -> None:
+        length = "of unknown length" if self._answer_length is None else f"of {self._answer_length} bytes"
+        log.warning("closed the connection to %s: it did not take its answer (%s) within the deadline (%g s for "
+                    "each write, and %g s more per MiB of the answer)", self._caller(), length,
+                    self.request_deadline.seconds, self.request_deadline.for_body(1024 * 1024))
+        self._answer_deadline = None
+        try:
+            socket.socket.shutdown(self, socket.SHUT_RDWR)
+        except OSError:
+            pass
+
     def _caller(self) -> str:
         """The caller's address, and the node URN or subject of its certificate when the handshake got that far."""
         try:
             host, port = self.getpeername()[:2]
         except OSError:
             return "a caller that is gone"
-        try:
-            certificate = self.getpeercert() or {}
-        except ValueError:  # the handshake is not done
-            certificate = {}
-        names = [value for kind, value in certificate.get("subjectAltName", ()) if kind == "URI"]
-        names += [value for rdn in certificate.get("subject", ()) for key, value in rdn if key == "commonName"]
-        return f"{host}:{port}" + (f" ({names[0]})" if names else " (no client certificate)")
+        name = certificate_name(self)
+        return f"{host}:{port}" + (f" ({name})" if name else " (no client certificate)")
 
 
 def bound_requests(context: ssl.SSLContext, deadline: RequestDeadline) -> ssl.SSLContext:

@@ -14,8 +14,10 @@ import threading
 import time
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.workers import gthread
 from gunicorn.workers.gthread import ThreadWorker
 
+from app.appnode.caller_limit import CallerLimit, certificate_name, per_caller_limit, refuse
 from app.appnode.node import Node
 from app.appnode.renewal import RENEWAL_CHECK_EVERY
 from app.appnode.request_deadline import bound_requests, deadline_socket
@@ -82,13 +84,67 @@ class NodeLoop(threading.Thread):
 
 
 class NodeWorker(ThreadWorker):
-    """gthread, each request read against the node's deadline (`request_deadline.py`). A new connection's starts
-    with its TLS handshake; a kept-alive connection comes back here when its next request begins to arrive."""
+    """gthread, each request read against the node's deadline (`request_deadline.py`) and each caller holding at
+    most `connection_limit` threads (`caller_limit.py`). A new connection's deadline starts with its TLS
+    handshake; a kept-alive connection comes back here when its next request begins to arrive.
+
+    Relies on gthread's `handle` (27.0.1) skipping its wait for data and its `conn.init()` for a connection
+    already initialised, which the worker does here itself so as to count the caller by its certificate before
+    a request is read; tests/test_appnode_connection_limits.py fails if that changes."""
+
+    connection_limit = 1  # set per server (`NodeServer.load_config`)
+
+    def init_process(self):
+        self.callers = CallerLimit(self.connection_limit)
+        super().init_process()
 
     def handle(self, conn):
         if conn.initialized and (sock := deadline_socket(conn.sock)):
-            sock.start_request()
-        return super().handle(conn)
+            sock.start_request()  # before a refusal too: it is written outside the last answer's deadline
+        caller = getattr(conn, "caller", None) or conn.client[0]  # a kept-alive connection's node, if it has one
+        if not self.callers.take(caller):
+            return self._refuse(conn, caller)
+        try:
+            if not conn.initialized:
+                if not (conn.data_ready or conn.wait_for_data(gthread.DEFAULT_WORKER_DATA_TIMEOUT)):
+                    return gthread._DEFER  # back to the poller without a thread, as gthread does
+                if not self._handshake(conn):
+                    return False
+                if node := certificate_name(conn.sock):
+                    conn.caller = node
+                    if not self.callers.move(caller, node):
+                        caller = None  # released by `move`
+                        return self._refuse(conn, node)
+                    caller = node
+            return super().handle(conn)
+        finally:
+            if caller is not None:
+                self.callers.release(caller)
+
+    def _handshake(self, conn) -> bool:
+        """The TLS handshake of a new connection (against its deadline), as gthread's `handle` would do it."""
+        try:
+            conn.sock.setblocking(True)
+            conn.init()
+        except ssl.SSLError as error:
+            if error.args[0] != ssl.SSL_ERROR_EOF:
+                self.handle_error(None, conn.sock, conn.client, error)  # gthread's warning naming the address
+            return False
+        except OSError as error:  # the caller went, or was cut off at its deadline
+            self.log.debug("TLS handshake ended: %s", error)
+            return False
+        return True
+
+    def _refuse(self, conn, caller: str) -> bool:
+        """Answer a connection of a caller at its limit with a refusal, quickly and without serving it."""
+        if self.callers.first_refusal(caller):
+            host, port = conn.client[:2]
+            who = caller if caller == host else f"{caller} at {host}"
+            log.warning("refused a connection from %s (port %s): it already has %d connections being served, "
+                        "the most one caller may have (of %d threads); its further refusals are not logged until "
+                        "it has fewer", who, port, self.callers.limit, self.cfg.threads)
+        refuse(conn.sock, self.callers.limit, answer=conn.initialized)  # a TLS connection can take an HTTP 503
+        return False
 
 
 class NodeServer(BaseApplication):
@@ -101,6 +157,8 @@ class NodeServer(BaseApplication):
     def load_config(self) -> None:
         node = Node(self.data_dir)
         identity, deadline = node.identity, node.config.request_deadline
+        limit = per_caller_limit(node.config.max_connections_per_caller, self.threads)
+        log.info("each caller may have %d of the %d threads serving it at once", limit, self.threads)
         settings = {
             "bind": node.config.listen, "workers": 1, "threads": self.threads,
             "certfile": str(identity.cert_file), "keyfile": str(identity.key_file),
@@ -108,7 +166,8 @@ class NodeServer(BaseApplication):
             "timeout": 60, "graceful_timeout": 10, "accesslog": os.environ.get("MPIM_NODE_ACCESS_LOG"),
             "errorlog": "-", "loglevel": os.environ.get("MPIM_NODE_LOG_LEVEL", "info"),
             "proc_name": f"mpim-node-{node.node_id}", "control_socket_disable": True,
-            "worker_exit": self._worker_exit, "worker_class": NodeWorker,
+            "worker_exit": self._worker_exit,
+            "worker_class": type("NodeWorker", (NodeWorker,), {"connection_limit": limit}),
             # gunicorn builds a context per connection (so a renewed certificate is served at once): each one's
             # sockets read against the deadline.
             "ssl_context": lambda _config, default: bound_requests(default(), deadline),

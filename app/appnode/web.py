@@ -106,9 +106,9 @@ def create_node_app(node: Node) -> Flask:
 
     @app.after_request
     def request_read(response: Response) -> Response:
-        """The request's deadline ends as its answer begins; an answer's time is not the caller's sending."""
+        """The request's deadline ends as its answer begins, and the answer's deadline, for its length, starts."""
         if sock := deadline_socket(client_socket()):
-            sock.request_read()
+            sock.request_read(response.content_length)
         return response
 
     @app.get("/api/v1/health")

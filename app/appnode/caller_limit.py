@@ -1,0 +1,131 @@
+"""How many of the node's threads one caller may hold at once (docs/protocol.md §10).
+
+The deadlines of `request_deadline.py` bound how long one connection holds a thread, not how many a caller
+opens: a peer that reconnected as fast as it was cut off still kept every thread, each for up to 30 to 94 s.
+So each caller may hold at most `limit` of them at a time. A caller is its verified client certificate's node
+once the TLS handshake is done, and its IP address before that (the handshake is reached without a
+certificate) or without one (health checks, the operator's page). A connection over the limit is not served:
+during the handshake it is closed at once, after it an HTTP/1.1 503 `too_many_connections` with `Retry-After`
+is written without reading the request, and the connection is closed. The sender retries either (§6).
+
+Only connections in a thread count: a kept-alive connection waiting for its next request holds none.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+
+from app.appnode import protocol
+
+log = logging.getLogger("mpim.appnode")
+# The reference sender delivers up to 4 envelopes to one peer at once (`outbox.DELIVERY_PARALLELISM`), each on
+# its own connection; more than half of the threads is never the default, so other peers keep the rest.
+DEFAULT_PER_CALLER = 4
+MAX_PER_CALLER = 64
+RETRY_AFTER_SECONDS = 5
+# A refusal is written and the request it did not read drained (so that the close does not reset the answer
+# away) within this time at most; a caller that does not take it loses it.
+REFUSAL_SECONDS = 1.0
+REFUSAL_DRAIN_BYTES = 64 * 1024
+
+
+def per_caller_limit(configured: int | None, threads: int) -> int:
+    """The limit in force: `configured` (at most `threads`), or by default 4 and never more than half the threads."""
+    if configured is not None:
+        return min(configured, threads)
+    return max(1, min(DEFAULT_PER_CALLER, threads // 2))
+
+
+class CallerLimit:
+    """Connections in a thread, counted per caller (a node URN or an IP address), at most `limit` each."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._held: dict[str, int] = {}
+        self._refused: set[str] = set()  # refusals logged until the caller holds fewer again
+        self._lock = threading.Lock()
+
+    def take(self, caller: str) -> bool:
+        """One more connection of `caller` in a thread; False, with nothing taken, when it holds its limit."""
+        with self._lock:
+            if self._held.get(caller, 0) >= self.limit:
+                return False
+            self._held[caller] = self._held.get(caller, 0) + 1
+            return True
+
+    def release(self, caller: str) -> None:
+        with self._lock:
+            held = self._held.get(caller, 0) - 1
+            if held > 0:
+                self._held[caller] = held
+            else:
+                self._held.pop(caller, None)
+            if held < self.limit:
+                self._refused.discard(caller)
+
+    def move(self, before: str, after: str) -> bool:
+        """A connection counted as `before` (its address) turns out to be `after` (its node): counted as that, or,
+        when `after` holds its limit, released and False."""
+        self.release(before)
+        return self.take(after)
+
+    def first_refusal(self, caller: str) -> bool:
+        """Whether this refusal is the first since `caller` reached its limit: only that one is logged."""
+        with self._lock:
+            if caller in self._refused:
+                return False
+            self._refused.add(caller)
+            return True
+
+    def held(self, caller: str) -> int:
+        with self._lock:
+            return self._held.get(caller, 0)
+
+
+def certificate_name(sock) -> str | None:
+    """The node URN (or else the subject CN) of the verified client certificate on `sock`, once the handshake
+    is done; None without one."""
+    try:
+        certificate = sock.getpeercert() or {}
+    except (ValueError, AttributeError, OSError):  # not TLS, the handshake is not done, or the socket is gone
+        return None
+    names = [value for kind, value in certificate.get("subjectAltName", ()) if kind == "URI"]
+    names += [value for rdn in certificate.get("subject", ()) for key, value in rdn if key == "commonName"]
+    return names[0] if names else None
+
+
+def refusal(limit: int) -> bytes:
+    """The 503 a caller over its limit gets, closing the connection."""
+    body = json.dumps(protocol.TooManyConnections(
+        f"this caller already has {limit} connections being served here; retry after {RETRY_AFTER_SECONDS} s"
+    ).to_dict()).encode()
+    return (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nRetry-After: %d\r\nConnection: close\r\n\r\n" % (len(body), RETRY_AFTER_SECONDS)
+            + body)
+
+
+def refuse(sock, limit: int, *, answer: bool) -> None:
+    """Refuse the connection on `sock` without serving it: with the 503 when `answer` (the TLS handshake is
+    done), at once otherwise. The socket is left shut down for the server to close."""
+    try:
+        if answer:
+            sock.settimeout(REFUSAL_SECONDS)
+            sock.sendall(refusal(limit))
+            sock.shutdown(socket.SHUT_WR)  # SSLSocket's: the TLS layer is done, the raw socket drained below
+            end, drained = time.monotonic() + REFUSAL_SECONDS, 0
+            while drained < REFUSAL_DRAIN_BYTES and (remaining := end - time.monotonic()) > 0:
+                sock.settimeout(remaining)
+                data = sock.recv(4096)
+                if not data:
+                    break
+                drained += len(data)
+    except OSError:
+        pass  # the caller went, or did not take the refusal in time: it is closed all the same
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass

@@ -1,0 +1,153 @@
+"""One caller cannot take more than its share of the node's threads, and a caller that stops reading its answer
+loses its thread, against the reference node as production serves it (gunicorn, mutual TLS on 127.0.0.1):
+docs/protocol.md §10, app/appnode/caller_limit.py and request_deadline.py."""
+
+from __future__ import annotations
+
+import http.client
+import inspect
+import json
+import socket
+
+import gunicorn
+import pytest
+from gunicorn.workers import gthread
+
+from app.appnode import protocol
+from tests.appnode_harness import ServedNode, raw_post
+from tests.appnode_processes import eventually
+from tests.test_appnode import network, stored_messages  # noqa: F401 (fixture)
+from tests.test_appnode_slow_senders import (  # noqa: F401 (fixture)
+    FEDERATION_POST,
+    THREADS,
+    bounded,
+    finished,
+    honest_message,
+    in_background,
+    logged_cut_off,
+    peer_connection,
+    sent_until_closed,
+)
+from tests.test_sessions import people  # noqa: F401 (fixture)
+
+LIMITED_THREADS, LIMIT = 4, 2
+
+
+@pytest.fixture
+def limited(network, live_server, people, tmp_path):  # noqa: F811
+    """Nodes A and B, and node C served by gunicorn with 4 threads, 2 per caller, and a 60 s request deadline:
+    whoever holds a thread here holds it for the whole test."""
+    minister, _ = people
+    c = ServedNode(tmp_path, live_server, "110000", minister, request_read_seconds=60.0,
+                   max_connections_per_caller=LIMIT).start_process(threads=LIMITED_THREADS)
+    for node in (network["a"], network["b"]):
+        node.node.sync_routes()
+    yield network["a"], network["b"], c
+    c.stop()
+
+
+def answer_of(connection) -> tuple[int, dict, dict]:
+    """The status, headers and JSON body of the answer on `connection`."""
+    answer = http.client.HTTPResponse(connection)
+    answer.begin()
+    return answer.status, dict(answer.getheaders()), json.loads(answer.read())
+
+
+def logged_refusals(c: ServedNode, who: str) -> list[str]:
+    return [line for line in c.log.read_text("utf-8", "replace").splitlines()
+            if "refused a connection from" in line and who in line]
+
+
+def test_a_peer_holding_its_limit_is_refused_more_threads_and_another_peer_is_served(limited):
+    """Peer B sends requests slowly on as many connections as C has threads: it used to hold them all until each
+    was cut off at its deadline, and to take them again on reconnecting. Now two are served, the others are
+    answered 503 too_many_connections with Retry-After at once, without their requests being read, and A's
+    message goes through while B's two still hold their threads."""
+    a, b, c = limited
+    envelope = json.dumps(honest_message(b, c, "慢慢来"), ensure_ascii=False).encode()
+    waiting = []
+    for _ in range(LIMITED_THREADS):  # from an address of their own: before its handshake a caller is its address
+        connection = peer_connection(b, c, source="127.0.0.2")
+        connection.sendall(FEDERATION_POST % (len(envelope) + 10) + envelope)
+        waiting.append((connection, in_background(answer_of, connection)))
+    eventually(lambda: sum(not outcome["thread"].is_alive() for _, outcome in waiting) == LIMITED_THREADS - LIMIT,
+               timeout=30, what="the connections past B's limit refused")
+    refused = [finished(outcome) for _, outcome in waiting if not outcome["thread"].is_alive()]
+    for status, headers, body in refused:
+        assert (status, body["error"]["code"], headers["Retry-After"]) == (503, "too_many_connections", "5"), body
+        protocol.validate("error", body)
+    status, body = raw_post(a.node, c, "message", honest_message(a, c))
+    assert (status, body["status"]) == (200, "accepted"), body
+    held = [(connection, outcome) for connection, outcome in waiting if outcome["thread"].is_alive()]
+    assert len(held) == LIMIT  # still waiting for their answers while A was served
+    assert len(logged_refusals(c, b.id)) == 1  # once, however many were refused
+    for connection, outcome in held:
+        connection.shutdown(socket.SHUT_RDWR)
+        outcome["thread"].join(30)
+    assert [m.document["content"]["text"] for m in stored_messages(c)] == ["你好"]
+
+
+def test_callers_without_a_certificate_are_limited_by_address_during_the_handshake(limited):
+    """The handshake is reached without a certificate, so until it is done a caller is its address: a third
+    connection from an address with two handshakes in progress is closed at once, and a peer from another
+    address is served meanwhile."""
+    a, _, c = limited
+    waiting = []
+    for _ in range(LIMIT + 1):
+        half_handshake = socket.create_connection(("127.0.0.1", c.port), timeout=30, source_address=("127.0.0.3", 0))
+        half_handshake.sendall(b"\x16\x03\x01")  # the start of a TLS record header, and nothing more
+        waiting.append((half_handshake, in_background(sent_until_closed, half_handshake)))
+    eventually(lambda: sum(not outcome["thread"].is_alive() for _, outcome in waiting) == 1, timeout=30,
+               what="the third half handshake closed")
+    assert [finished(outcome) for _, outcome in waiting if not outcome["thread"].is_alive()] == [b""]
+    status, body = raw_post(a.node, c, "message", honest_message(a, c))
+    assert (status, body["status"]) == (200, "accepted"), body
+    held = [(connection, outcome) for connection, outcome in waiting if outcome["thread"].is_alive()]
+    assert len(held) == LIMIT
+    assert len(logged_refusals(c, "127.0.0.3")) == 1
+    for connection, outcome in held:
+        connection.shutdown(socket.SHUT_RDWR)
+        assert finished(outcome) == b""
+
+
+def big_pdf(size: int) -> bytes:
+    return b"%PDF-1.7\n" + b"0" * (size - 16) + b"\n%%EOF\n"
+
+
+def test_a_download_whose_reader_stops_reading_frees_its_thread(bounded):  # noqa: F811
+    """A peer asked for a file on as many connections as the node has threads and read none of it: each answer
+    stopped when the sockets' buffers were full and the threads waited on them for as long as the peer liked.
+    Each is cut off when a write waits past the deadline, an honest message is answered, and an honest
+    download of the same file is served whole."""
+    a, c = bounded
+    data = big_pdf(24 * 1024 * 1024)  # far more than loopback's socket buffers hold
+    message = c.node.send_file("sunqi", a.user("zhangsan"), data, "file", file_name="卷宗.pdf")
+    request = protocol.make_envelope(from_node=a.id, to_node=c.id, type="download", payload={
+        "file_id": message.document["content"]["file_id"], "message_id": message.message_id})
+    stalled = []
+    for _ in range(THREADS):
+        body = json.dumps(protocol.restamp(request)).encode()
+        connection = peer_connection(a, c)
+        connection.sendall(FEDERATION_POST.replace(b"messages", b"download") % len(body) + body)
+        answer = http.client.HTTPResponse(connection)
+        answer.begin()  # and then reads nothing
+        assert answer.status == 200
+        stalled.append(answer)
+    status, reply = raw_post(a.node, c, "message", honest_message(a, c))
+    assert (status, reply["status"]) == (200, "accepted"), reply
+    eventually(lambda: len([line for line in logged_cut_off(c, a.id) if "did not take its answer" in line])
+               == THREADS, timeout=30, what="the stalled downloads cut off")
+    for answer in stalled:
+        with pytest.raises(http.client.IncompleteRead):  # closed before the length it announced
+            answer.read()
+    assert a.node.file_bytes(a.node.download("zhangsan", message.message_id)) == data
+
+
+def test_the_gunicorn_internals_the_node_worker_relies_on_are_there():
+    """NodeWorker does the wait for data and the handshake of a new connection itself (server.py), relying on
+    gthread's `handle` skipping both for a connection already initialised and on its deferral to the poller:
+    a gunicorn other than the pinned one must be checked against them before it is taken."""
+    assert gunicorn.__version__ == "27.0.1"
+    assert "if not conn.initialized and not conn.data_ready:" in inspect.getsource(gthread.ThreadWorker.handle)
+    assert "if self.initialized:\n            return" in inspect.getsource(gthread.TConn.init)
+    assert gthread._DEFER is not None and gthread.DEFAULT_WORKER_DATA_TIMEOUT > 0
