@@ -66,8 +66,8 @@ def test_a_peer_holding_its_limit_is_refused_more_threads_and_another_peer_is_se
     a, b, c = limited
     envelope = json.dumps(honest_message(b, c, "慢慢来"), ensure_ascii=False).encode()
     waiting = []
-    for _ in range(LIMITED_THREADS):  # from an address of their own: before its handshake a caller is its address
-        connection = peer_connection(b, c, source="127.0.0.2")
+    for i in range(LIMITED_THREADS):  # each from an address of its own: they are one caller by their certificate
+        connection = peer_connection(b, c, source=f"127.0.0.{10 + i}")
         connection.sendall(FEDERATION_POST % (len(envelope) + 10) + envelope)
         waiting.append((connection, in_background(answer_of, connection)))
     eventually(lambda: sum(not outcome["thread"].is_alive() for _, outcome in waiting) == LIMITED_THREADS - LIMIT,
