@@ -100,6 +100,45 @@ def test_a_connection_limit_per_caller_outside_1_to_64_is_refused_with_its_name(
         assert CliRunner().invoke(cli, ["--data", str(data), "status"]).exit_code == 0
 
 
+def test_caps_limits_and_the_route_interval_the_node_cannot_work_with_are_refused_with_their_name(
+        tmp_path, monkeypatch):
+    """A cap of "many" failed every batch it applied to as an internal error (retried by the peer for 48 h), one
+    of 0 refused every read state, a file limit that is not a whole number failed every file, and a route interval
+    of 0 pulled the table up to 20 times a second: each is refused when the configuration is read, by name, and a
+    sound value is taken."""
+    data = tmp_path / "jx"
+    assert init(data, "360000").exit_code == 0
+    config = stored(data)
+
+    def refusal(**changed) -> str:
+        (data / "config.json").write_text(json.dumps({**config, **changed}), "utf-8")
+        result = CliRunner().invoke(cli, ["--data", str(data), "--json", "status"])
+        assert result.exit_code == 2, result.output
+        error = json.loads(result.output)["error"]
+        assert error["code"] == "invalid_config", error
+        return error["message"]
+
+    for name in ("max_read_states_per_peer", "max_presence_per_peer"):
+        for value in (0, -1, 2.5, "many", None, True, 10**10):
+            assert f"{name} ({value!r})" in refusal(**{name: value})
+    for limits in ({"file": -1}, {"file": "1 MB"}, {"file": 1.5}, {"video": 1000}, ["file"]):
+        assert f"limits ({limits!r})" in refusal(limits=limits)
+    for value in (0, 0.5, -60, "60", None, float("inf")):
+        assert f"route_interval ({value!r})" in refusal(route_interval=value)
+
+    sound = {"max_read_states_per_peer": 1, "max_presence_per_peer": 1_000_000_000, "route_interval": 1,
+             "limits": {"file": 0, "image": 10**12}}
+    (data / "config.json").write_text(json.dumps({**config, **sound}), "utf-8")
+    assert CliRunner().invoke(cli, ["--data", str(data), "status"]).exit_code == 0
+    for name, value in (("MPIM_NODE_ROUTE_INTERVAL", "0"), ("MPIM_NODE_ROUTE_INTERVAL", "soon"),
+                        ("MPIM_NODE_MAX_FILE_BYTES", "-1"), ("MPIM_NODE_MAX_FILE_BYTES", "1MB")):
+        monkeypatch.setenv(name, value)
+        result = CliRunner().invoke(cli, ["--data", str(data), "--json", "status"])
+        assert result.exit_code == 2, result.output
+        assert f"{name} ({value!r})" in json.loads(result.output)["error"]["message"]
+        monkeypatch.delenv(name)
+
+
 @pytest.mark.parametrize(("configured", "threads", "limit"), [
     (None, 8, 4), (None, 4, 2), (None, 2, 1), (None, 1, 1), (3, 8, 3), (8, 2, 2), (64, 8, 8)])
 def test_the_connection_limit_leaves_other_callers_threads_unless_set_otherwise(configured, threads, limit):

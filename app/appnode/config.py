@@ -7,6 +7,7 @@ routing table and the files its users sent or downloaded.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +20,28 @@ from app.errors import ValidationFailed
 CAPABILITIES = ("text", "image", "voice", "file", "download", "single_chat", "group", "read_count", "sticker",
                 "presence")
 SOFTWARE_VERSION = "mpim-reference-node 1.0"
+
+
+# A peer's ephemeral state kept here: beyond a billion rows the node's SQLite file would fill its disk first.
+MAX_PER_PEER = 1_000_000_000
+# Pulling the routing table more often than this asks the management node for nothing new (it is re-signed
+# hourly and changes only by an admin's decision); 0 pulled it up to 20 times a second.
+MIN_ROUTE_INTERVAL = 1.0
+
+
+def _whole(value, least: int, most: float) -> bool:
+    return type(value) is int and least <= value <= most
+
+
+def _from_environment(name: str, kind: type, least: float):
+    try:
+        value = kind(os.environ[name])
+    except ValueError:
+        value = None
+    if value is None or not least <= value < math.inf:
+        raise ValidationFailed(f"{name} ({os.environ[name]!r}) must be a number, at least {least:g}",
+                               code="invalid_config")
+    return value
 
 
 @dataclass
@@ -66,12 +89,12 @@ class NodeConfig:
             if os.environ.get(name):
                 setattr(config, attribute, os.environ[name])
         if os.environ.get("MPIM_NODE_ROUTE_INTERVAL"):
-            config.route_interval = float(os.environ["MPIM_NODE_ROUTE_INTERVAL"])
+            config.route_interval = _from_environment("MPIM_NODE_ROUTE_INTERVAL", float, MIN_ROUTE_INTERVAL)
+        config.check_numbers()
         if os.environ.get("MPIM_NODE_MAX_FILE_BYTES"):
-            cap = int(os.environ["MPIM_NODE_MAX_FILE_BYTES"])
+            cap = _from_environment("MPIM_NODE_MAX_FILE_BYTES", int, 0)
             config.limits = {kind: min(limit, cap) for kind, limit in config.limits.items()}
         config.request_deadline  # noqa: B018 (a deadline that is not a positive time is refused here, at start)
-        config.check_connection_limit()
         return config
 
     def save(self, data_dir: Path) -> None:
@@ -88,11 +111,28 @@ class NodeConfig:
                 f"({self.request_min_bytes_per_second!r}) in {self.FILE} must be positive numbers",
                 code="invalid_config") from None
 
-    def check_connection_limit(self) -> None:
+    def check_numbers(self) -> None:
+        """Refuse, at start and by name, a count or time the node could not work with: a cap of "many" (or a file
+        limit that is not a whole number) failed every batch it applied to as an internal error, retried by the
+        peer for 48 h; a cap of 0 refused every read state; a route interval of 0 pulled the table from the
+        management node up to 20 times a second."""
         value = self.max_connections_per_caller
-        if value is not None and not (type(value) is int and 1 <= value <= MAX_PER_CALLER):
+        if value is not None and not _whole(value, 1, MAX_PER_CALLER):
             raise ValidationFailed(f"max_connections_per_caller ({value!r}) in {self.FILE} must be a whole number "
                                    f"from 1 to {MAX_PER_CALLER}, or null for the default", code="invalid_config")
+        for name in ("max_read_states_per_peer", "max_presence_per_peer"):
+            if not _whole(value := getattr(self, name), 1, MAX_PER_PEER):
+                raise ValidationFailed(f"{name} ({value!r}) in {self.FILE} must be a whole number from 1 to "
+                                       f"{MAX_PER_PEER}", code="invalid_config")
+        if not isinstance(self.limits, dict) or not all(
+                kind in filetypes.LIMITS and _whole(limit, 0, math.inf) for kind, limit in self.limits.items()):
+            raise ValidationFailed(f"limits ({self.limits!r}) in {self.FILE} must give, for kinds among "
+                                   f"{', '.join(filetypes.LIMITS)}, a whole number of bytes (at least 0; above the "
+                                   "protocol's own limit counts as that)", code="invalid_config")
+        interval = self.route_interval
+        if type(interval) not in (int, float) or not MIN_ROUTE_INTERVAL <= interval < math.inf:
+            raise ValidationFailed(f"route_interval ({interval!r}) in {self.FILE} must be a number of seconds, "
+                                   f"at least {MIN_ROUTE_INTERVAL:g}", code="invalid_config")
 
     def limit(self, kind: str) -> int:
         return min(int(self.limits.get(kind, filetypes.LIMITS[kind])), filetypes.LIMITS[kind])
