@@ -151,3 +151,61 @@ def test_the_gunicorn_internals_the_node_worker_relies_on_are_there():
     assert "if not conn.initialized and not conn.data_ready:" in inspect.getsource(gthread.ThreadWorker.handle)
     assert "if self.initialized:\n            return" in inspect.getsource(gthread.TConn.init)
     assert gthread._DEFER is not None and gthread.DEFAULT_WORKER_DATA_TIMEOUT > 0
+
+
+def honest_message_within(a: ServedNode, c: ServedNode, seconds: float) -> tuple[int, dict]:
+    """A's message to C, answered within `seconds`: a functional deadline, far below the stall it guards
+    against (tens of seconds) and far above an answer on loopback."""
+    outcome = in_background(raw_post, a.node, c, "message", honest_message(a, c))
+    outcome["thread"].join(seconds)
+    assert not outcome["thread"].is_alive(), f"A's message was not answered within {seconds} s"
+    return finished(outcome)
+
+
+STALLERS = 20  # each held gunicorn's main loop for 2 s: 40 s in all
+
+
+def test_callers_failing_their_handshake_and_never_closing_do_not_hold_up_the_node(limited):
+    """A connection whose TLS handshake failed was closed by gunicorn's main loop, which waited up to 2 s for
+    the caller to close it too, accepting nothing meanwhile: callers sending a few bytes of anything and then
+    nothing held up every other caller, certificate or not, 2 s each. Such a connection is now shut at once
+    (nothing was sent on it, so nothing is lost), and A's message is answered while they are all still open."""
+    a, _, c = limited
+    stallers = []
+    for i in range(STALLERS):
+        staller = socket.create_connection(("127.0.0.1", c.port), timeout=30, source_address=(f"127.0.1.{i}", 0))
+        staller.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # plain HTTP on the TLS port
+        stallers.append(staller)
+    status, body = honest_message_within(a, c, 15)
+    assert (status, body["status"]) == (200, "accepted"), body
+    for staller in stallers:
+        assert sent_until_closed(staller) == b""  # shut by the node, the staller never closed it
+        staller.close()
+
+
+def test_a_peer_asking_to_close_and_never_closing_holds_no_more_than_its_own_threads(limited):
+    """After an answer with "Connection: close" gunicorn's main loop waited up to 2 s for the caller to close
+    its end too (so that the answer is not reset away), accepting nothing meanwhile: a peer asking so and never
+    closing held up every other caller, 2 s a connection. The wait now happens in the thread that served the
+    connection, counted against the peer's own limit: B's next connection meanwhile is refused, not queued
+    behind it, and A is served."""
+    a, b, c = limited
+    health = b"GET /api/v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    lingering = []
+    for i in range(LIMIT):
+        connection = peer_connection(b, c, source=f"127.0.2.{i}")
+        connection.sendall(health)
+        lingering.append(connection)
+    for connection in lingering:  # answered in full, and B does not close its end
+        answer = http.client.HTTPResponse(connection)
+        answer.begin()
+        assert (answer.status, json.loads(answer.read())["status"]) == (200, "ok")
+    another = peer_connection(b, c, source="127.0.2.9")
+    another.sendall(health)
+    status, headers, body = answer_of(another)
+    assert (status, body["error"]["code"]) == (503, "too_many_connections"), body
+    status, reply = honest_message_within(a, c, 15)
+    assert (status, reply["status"]) == (200, "accepted"), reply
+    for connection in [*lingering, another]:
+        assert sent_until_closed(connection) == b""  # shut by the node once B's time to close was up
+        connection.close()

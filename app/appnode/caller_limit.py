@@ -30,7 +30,10 @@ RETRY_AFTER_SECONDS = 5
 # A refusal is written and the request it did not read drained (so that the close does not reset the answer
 # away) within this time at most; a caller that does not take it loses it.
 REFUSAL_SECONDS = 1.0
-REFUSAL_DRAIN_BYTES = 64 * 1024
+# After an answer that closes the connection, how long the caller may take to close its end (gunicorn's own
+# `util.close_graceful` waits as long), and how much of what it still sends is drained meanwhile.
+LINGER_SECONDS = 2.0
+LINGER_DRAIN_BYTES = 64 * 1024
 
 
 def per_caller_limit(configured: int | None, threads: int) -> int:
@@ -111,20 +114,38 @@ def refusal(limit: int) -> bytes:
 def refuse(sock, limit: int, *, answer: bool) -> None:
     """Refuse the connection on `sock` without serving it: with the 503 when `answer` (the TLS handshake is
     done), at once otherwise. The socket is left shut down for the server to close."""
+    if not answer:
+        return shut(sock)
     try:
-        if answer:
-            sock.settimeout(REFUSAL_SECONDS)
-            sock.sendall(refusal(limit))
-            sock.shutdown(socket.SHUT_WR)  # SSLSocket's: the TLS layer is done, the raw socket drained below
-            end, drained = time.monotonic() + REFUSAL_SECONDS, 0
-            while drained < REFUSAL_DRAIN_BYTES and (remaining := end - time.monotonic()) > 0:
-                sock.settimeout(remaining)
-                data = sock.recv(4096)
-                if not data:
-                    break
-                drained += len(data)
+        sock.settimeout(REFUSAL_SECONDS)
+        sock.sendall(refusal(limit))
     except OSError:
-        pass  # the caller went, or did not take the refusal in time: it is closed all the same
+        return shut(sock)  # the caller went, or did not take the refusal in time: it is closed all the same
+    shut_after_linger(sock, REFUSAL_SECONDS)
+
+
+def shut_after_linger(sock, seconds: float = LINGER_SECONDS) -> None:
+    """End a connection whose answer was sent, as gunicorn's `util.close_graceful` does (RFC 9112 §9.6: our end
+    first, then what the caller still sends is drained, at most `seconds` and 64 KiB, so that closing does not
+    reset the answer away), but in the thread that served it and without closing the socket, which gunicorn's
+    main loop still does: there, a caller that never closed its end held up every other caller `seconds` a
+    connection, while here it holds one of its own threads (the caller's limit)."""
+    try:
+        sock.shutdown(socket.SHUT_WR)  # SSLSocket's: the TLS layer is done, the raw socket drained below
+        end, drained = time.monotonic() + seconds, 0
+        while drained < LINGER_DRAIN_BYTES and (remaining := end - time.monotonic()) > 0:
+            sock.settimeout(remaining)
+            data = sock.recv(4096)
+            if not data:
+                break
+            drained += len(data)
+    except OSError:
+        pass  # the caller went, or did not close its end in time: it is closed all the same
+    shut(sock)
+
+
+def shut(sock) -> None:
+    """Both ways of the TCP connection under `sock` shut down: the main loop's close then waits for nothing."""
     try:
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
     except OSError:

@@ -17,7 +17,7 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.workers import gthread
 from gunicorn.workers.gthread import ThreadWorker
 
-from app.appnode.caller_limit import CallerLimit, certificate_name, per_caller_limit, refuse
+from app.appnode.caller_limit import CallerLimit, certificate_name, per_caller_limit, refuse, shut, shut_after_linger
 from app.appnode.node import Node
 from app.appnode.renewal import RENEWAL_CHECK_EVERY
 from app.appnode.request_deadline import bound_requests, deadline_socket
@@ -109,6 +109,7 @@ class NodeWorker(ThreadWorker):
                 if not (conn.data_ready or conn.wait_for_data(gthread.DEFAULT_WORKER_DATA_TIMEOUT)):
                     return gthread._DEFER  # back to the poller without a thread, as gthread does
                 if not self._handshake(conn):
+                    shut(conn.sock)  # nothing was sent on it, so there is nothing to linger for
                     return False
                 if node := certificate_name(conn.sock):
                     conn.caller = node
@@ -116,7 +117,10 @@ class NodeWorker(ThreadWorker):
                         caller = None  # released by `move`
                         return self._refuse(conn, node)
                     caller = node
-            return super().handle(conn)
+            kept = super().handle(conn)
+            if kept is False:  # gunicorn's main loop would wait for the caller to close (`shut_after_linger`)
+                shut_after_linger(conn.sock)
+            return kept
         finally:
             if caller is not None:
                 self.callers.release(caller)
