@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from app.appnode import protocol
 from app.appnode.messages import PATHS, address, local_part
 from app.appnode.protocol import NotAParticipant, NotFound, QuotaExceeded, node_of
-from app.appnode.store import MESSAGE_ORDER, Group, Message, PendingEphemeral, Presence, ReadState, User, utcnow
+from app.appnode.store import Group, Message, PendingEphemeral, Presence, ReadState, User, utcnow
 from app.appnode.transport import PeerUnreachable
 
 log = logging.getLogger("mpim.appnode")
@@ -125,7 +125,7 @@ class EphemeralMixin:
         reader = address(user_id, me)
         with self.db() as session:
             latest = session.scalars(select(Message).where(Message.conversation_id == conversation_id)
-                                     .order_by(*(column.desc() for column in MESSAGE_ORDER))
+                                     .order_by(Message.send_time.desc(), Message.message_id.desc())
                                      .limit(1)).first()
             if latest is None:
                 raise NotFound(f"no messages in {conversation_id}")

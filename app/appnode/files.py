@@ -68,8 +68,8 @@ class FilesMixin:
     def _serve_download(self, envelope: dict) -> Reply:
         request, from_node, me = envelope["payload"], envelope["from_node"], self.node_id
         with self.db() as session:
-            message = session.get(Message, (me, request["message_id"]))  # the origin answers for its own only
-            if (message is None
+            message = session.get(Message, request["message_id"])
+            if (message is None or message.origin_node != me
                     or message.document["content"].get("file_id") != request["file_id"]):
                 raise NotFound("no such file in a message of this node", field="payload.file_id")
             if message.chat_type == "single":
@@ -102,13 +102,12 @@ class FilesMixin:
         headers["Content-Length"] = str(end - offset)
         return Reply(status=status, body=_chunks(path, offset, end), headers=headers)
 
-    def download(self, user_id: str, message_id: str, origin: str | None = None) -> StoredFile:
-        """Fetch a message's file from its origin node, check every byte, keep it here. `origin` says whose
-        message it is when messages of several nodes carry the id (docs/protocol.md §6)."""
+    def download(self, user_id: str, message_id: str) -> StoredFile:
+        """Fetch a message's file from its origin node, check every byte, keep it here."""
         me = self.node_id
         with self.db() as session:
-            message = self._file_message(session, address(user_id, me), message_id, origin)
-            if message is None:
+            message = session.get(Message, message_id)
+            if message is None or message.msg_type not in FILE_KINDS:
                 raise NotFound(f"no file message {message_id}{self._file_id_hint(session, user_id, message_id)}")
             self._require_participant(session, address(user_id, me), message)
             content = message.document["content"]
@@ -157,27 +156,6 @@ class FilesMixin:
                                    protocol.parse_timestamp(content["expire_at"]) if kind == "file" else None)
         finally:
             part.unlink(missing_ok=True)  # kept files were moved away; anything left here is discarded
-
-    def _file_message(self, session: Session, user: str, message_id: str, origin: str | None) -> Message | None:
-        """The file message of this id (of `origin`, if given); of several origins, the one the user takes
-        part in, and a conflict if that is still more than one."""
-        query = select(Message).where(Message.message_id == message_id, Message.msg_type.in_(FILE_KINDS))
-        if origin is not None:
-            query = query.where(Message.origin_node == origin)
-        candidates = list(session.scalars(query.order_by(Message.origin_node)))
-        if len(candidates) > 1:
-            candidates = [message for message in candidates if self._takes_part(session, user, message)] or candidates
-        if len(candidates) > 1:
-            raise Conflict(f"messages of nodes {', '.join(m.origin_node for m in candidates)} carry the id "
-                           f"{message_id}; say whose with --origin")
-        return candidates[0] if candidates else None
-
-    def _takes_part(self, session: Session, user: str, message: Message) -> bool:
-        try:
-            self._require_participant(session, user, message)
-        except NotAParticipant:
-            return False
-        return True
 
     def _file_id_hint(self, session: Session, user_id: str, given: str) -> str:
         """A file id where a message id belongs (a file message shows both): name the message that carried the

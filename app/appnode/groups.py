@@ -55,7 +55,7 @@ class GroupsMixin:
 
         def first_time(session: Session) -> bool:
             try:
-                insert_received(raw_cursor(session), envelope, now)
+                insert_received(raw_cursor(session), envelope["from_node"], envelope["message_id"], now)
             except sqlite3.IntegrityError:
                 return False
             self._require_capability("group")

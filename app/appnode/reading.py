@@ -16,7 +16,7 @@ from app.appnode import protocol
 from app.appnode.config import SOFTWARE_VERSION
 from app.appnode.messages import address, local_part
 from app.appnode.protocol import NotFound, node_of
-from app.appnode.store import MESSAGE_ORDER, Group, Message, Outbox, Presence, ReadState, message_position, utcnow
+from app.appnode.store import Group, Message, Outbox, Presence, ReadState, utcnow
 
 
 class ReadingMixin:
@@ -31,7 +31,7 @@ class ReadingMixin:
         with self.db() as session:
             rows = session.scalars(select(Message).where(or_(
                 Message.sender_address == me_address, Message.to == me_address,
-                Message.conversation_id.in_(group_addresses))).order_by(*MESSAGE_ORDER)).all()
+                Message.conversation_id.in_(group_addresses))).order_by(Message.send_time, Message.message_id)).all()
             by_conversation: dict[str, list[Message]] = defaultdict(list)
             for row in rows:
                 by_conversation[row.conversation_id].append(row)
@@ -53,25 +53,24 @@ class ReadingMixin:
         state = session.get(ReadState, (conversation, reader))
         position = self._read_position(session, state) if state is not None else None
         return sum(1 for m in messages if m.sender_address != reader
-                   and (position is None or message_position(m) > position))
+                   and (position is None or (m.send_time, m.message_id) > position))
 
     @staticmethod
-    def _read_position(session: Session, state: ReadState) -> tuple[str, str, str] | None:
-        """Where a read state puts its reader: the `message_position` of its message, once that message is
-        here (§6: held until then), and only a message of the state's own conversation: a peer naming a later
-        message of another one would have its user read messages its node never received. A read state names
-        no origin (A.13): should two origins' messages share the id in this conversation, the earlier counts."""
-        read = session.scalars(select(Message).where(
-            Message.conversation_id == state.conversation_id,
-            Message.message_id == state.read_up_to_message_id).order_by(*MESSAGE_ORDER).limit(1)).first()
-        return None if read is None else message_position(read)
+    def _read_position(session: Session, state: ReadState) -> tuple[str, str] | None:
+        """Where a read state puts its reader: `(send_time, message_id)` of its message, once that message is
+        here (§6: held until then), and only if it is a message of the state's own conversation: a peer naming a
+        later message of another one would have its user read messages its node never received."""
+        read = session.get(Message, state.read_up_to_message_id)
+        if read is None or read.conversation_id != state.conversation_id:
+            return None
+        return read.send_time, read.message_id
 
     def history(self, user_id: str, conversation_id: str) -> list[dict]:
         """The conversation's messages in order, with who has read each (A.13 read counts)."""
         reader = address(user_id, self.node_id)
         with self.db() as session:
             messages = session.scalars(select(Message).where(Message.conversation_id == conversation_id)
-                                       .order_by(*MESSAGE_ORDER)).all()
+                                       .order_by(Message.send_time, Message.message_id)).all()
             if not messages:
                 raise NotFound(f"no messages in {conversation_id}")
             self._require_participant(session, reader, messages[-1])
@@ -87,7 +86,7 @@ class ReadingMixin:
             for message in messages:
                 audience = ([m for m in group.members if m != message.sender_address] if group else
                             [a for a in (message.sender_address, message.to) if a != message.sender_address])
-                key = message_position(message)
+                key = (message.send_time, message.message_id)
                 read_by = [user for user in audience if user in positions and positions[user] >= key]
                 result.append({"message": message, "read_by": read_by, "unread_by": len(audience) - len(read_by),
                                "delivery": self._delivery_state(session, message)})
@@ -95,8 +94,7 @@ class ReadingMixin:
 
     @staticmethod
     def _delivery_state(session: Session, message: Message) -> str | None:
-        states = set(session.scalars(select(Outbox.state).where(Outbox.origin_node == message.origin_node,
-                                                                Outbox.message_id == message.message_id)))
+        states = set(session.scalars(select(Outbox.state).where(Outbox.message_id == message.message_id)))
         if not states:
             return None
         if "failed" in states or "pending" in states:

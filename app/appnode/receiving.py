@@ -30,17 +30,7 @@ from app.appnode.protocol import (
     UnsupportedMediaType,
     node_of,
 )
-from app.appnode.store import (
-    Group,
-    Message,
-    Received,
-    insert_message,
-    insert_received,
-    raw_cursor,
-    received_key,
-    user_row,
-    utcnow,
-)
+from app.appnode.store import Group, Message, Received, insert_message, insert_received, raw_cursor, user_row, utcnow
 
 
 class ReceivingMixin:
@@ -84,7 +74,7 @@ class ReceivingMixin:
             if kind != "ephemeral":
                 # The dedup record first: a repeat fails on the primary key before anything else is done.
                 try:
-                    insert_received(raw_cursor(session), envelope, now)
+                    insert_received(raw_cursor(session), envelope["from_node"], envelope["message_id"], now)
                 except sqlite3.IntegrityError:
                     session.rollback()
                     return self._duplicate(envelope)
@@ -103,7 +93,7 @@ class ReceivingMixin:
         with self._raw() as connection:
             cursor = connection.cursor()
             try:
-                insert_received(cursor, envelope, now)
+                insert_received(cursor, envelope["from_node"], envelope["message_id"], now)
             except sqlite3.IntegrityError:
                 connection.rollback()
                 return self._duplicate(envelope)
@@ -113,15 +103,15 @@ class ReceivingMixin:
                     raise NotFound(f"no user {message['to']} here", field="payload.to")
                 self._known_users.add(recipient)
             self._check_id_not_taken(message, cursor.execute(
-                "SELECT conversation_id FROM messages WHERE origin_node = ? AND message_id = ?",
-                (message["sender"]["node_id"], message["message_id"])).fetchone())
+                "SELECT origin_node, conversation_id FROM messages WHERE message_id = ?",
+                (message["message_id"],)).fetchone())
             insert_message(cursor, self._message_values(message, [message["sender"]["node_id"], self.node_id]))
             connection.commit()
         return Reply(document=protocol.make_ack(envelope["message_id"], now))
 
     def _duplicate(self, envelope: dict) -> Reply:
         with self.db() as session:
-            seen = session.get(Received, received_key(envelope))
+            seen = session.get(Received, (envelope["from_node"], envelope["message_id"]))
         return Reply(document=protocol.make_ack(envelope["message_id"], seen.received_at, duplicate=True))
 
     def _check_peer(self, from_node: str, certificate: bytes | None) -> None:
@@ -166,9 +156,9 @@ class ReceivingMixin:
         self._check_content(message)
         me = self.node_id
         home = node_of(message["to"])
-        kept = session.get(Message, (message["sender"]["node_id"], message["message_id"]))
+        kept = session.get(Message, message["message_id"])
         if kept is not None:
-            self._check_id_not_taken(message, (kept.conversation_id,))
+            self._check_id_not_taken(message, (kept.origin_node, kept.conversation_id))
         if home != me:  # relayed by the home node (protocol.check_envelope made sure)
             group = session.get(Group, (local_part(message["to"]), home))
             self._store_message(session, message, self._member_nodes(group) if group else [home, me])
@@ -187,15 +177,11 @@ class ReceivingMixin:
         return True
 
     @staticmethod
-    def _check_id_not_taken(message: dict, kept: tuple[str] | None) -> None:
-        """A message is kept once by its origin and id (§6): `kept` is the conversation of the message this
-        node holds under the same pair. Another origin's message with this id is another message, never looked
-        at here (a node that learns an id cannot pre-empt the real message with it); the origin reusing its own
-        id in another conversation is refused, not acknowledged and dropped (or, at a home node, relayed
-        unkept)."""
-        if kept is not None and tuple(kept) != (message["conversation_id"],):
-            raise Conflict(f"node {message['sender']['node_id']} used message id {message['message_id']} for another "
-                           "message here", field="payload.message_id")
+    def _check_id_not_taken(message: dict, kept: tuple[str, str] | None) -> None:
+        """A message is kept once by its id (§6): an id this node holds for a message of another origin or
+        conversation is refused, not acknowledged and dropped (or, at a home node, relayed unkept)."""
+        if kept is not None and tuple(kept) != (message["sender"]["node_id"], message["conversation_id"]):
+            raise Conflict(f"message id {message['message_id']} is another message's here", field="payload.message_id")
 
     @staticmethod
     def _message_values(message: dict, participants: Iterable[str]) -> dict:
@@ -207,7 +193,7 @@ class ReceivingMixin:
                     participant_nodes=sorted(set(participants)))
 
     def _store_message(self, session: Session, message: dict, participants: Iterable[str]) -> dict:
-        """Keep an A.9 message once per (origin, id), however many paths bring it (e.g. a relay of our own)."""
+        """Keep an A.9 message once, however many paths bring it (e.g. a relay of our own)."""
         values = self._message_values(message, participants)
         insert_message(raw_cursor(session), values)
         return values

@@ -116,11 +116,9 @@ class SendingMixin:
         return Message(**values)
 
     def _forget(self, message_id: str) -> None:
-        """Drop a message of this node's own, and its envelopes (another node's under the same id stay)."""
-        me = self.node_id
         with self._writing, self.db.begin() as session:
-            session.execute(delete(Outbox).where(Outbox.origin_node == me, Outbox.message_id == message_id))
-            session.execute(delete(Message).where(Message.origin_node == me, Message.message_id == message_id))
+            session.execute(delete(Outbox).where(Outbox.message_id == message_id))
+            session.execute(delete(Message).where(Message.message_id == message_id))
 
     def _new_message(self, user: tuple, client_type: str, chat_type: str, to: str, msg_type: str,
                      content: dict) -> dict:
@@ -214,18 +212,15 @@ class SendingMixin:
     def _record_skip(self, session: Session, peer: str, message: dict, reason: str) -> None:
         log.info("message %s is not sent to %s: %s", message["message_id"], peer, reason)
         now = utcnow()
-        session.add(Outbox(peer_node=peer, kind="message", message_id=message["message_id"],
-                           origin_node=message["sender"]["node_id"], state="skipped",
+        session.add(Outbox(peer_node=peer, kind="message", message_id=message["message_id"], state="skipped",
                            envelope=protocol.make_envelope(from_node=self.node_id, to_node=peer, type="message",
                                                            payload=message),
                            attempts=0, next_attempt_at=now, last_error=reason[:300], finished_at=now))
 
     def undelivered(self, message_id: str) -> dict[str, str]:
-        """The nodes a message sent from here (this node's own) did not reach for good (skipped or refused),
-        with why."""
+        """The nodes a message sent from here did not reach for good (skipped or refused), with why."""
         with self.db() as session:
-            rows = session.scalars(select(Outbox).where(Outbox.origin_node == self.node_id,
-                                                        Outbox.message_id == message_id,
+            rows = session.scalars(select(Outbox).where(Outbox.message_id == message_id,
                                                         Outbox.state.in_(("failed", "skipped"))))
             return {row.peer_node: row.last_error or row.state for row in rows}
 

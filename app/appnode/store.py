@@ -18,7 +18,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 from app.database import UTCDateTime, utcnow
 
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "2"
 
 
 class Base(DeclarativeBase):
@@ -44,16 +44,15 @@ class User(Base):
 
 
 class Message(Base):
-    """An A.9 message this node sent or received, keyed by its origin node and id (docs/protocol.md §6: each
-    origin mints its own ids, so another node's message under the same id is another message);
-    `participant_nodes` is the origin's snapshot of who may download its file (§7.2)."""
+    """An A.9 message this node sent or received; `participant_nodes` is the origin's snapshot of who may
+    download its file (docs/protocol.md §7.2)."""
 
     __tablename__ = "messages"
-    origin_node: Mapped[str] = mapped_column(String(20), primary_key=True)
     message_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     conversation_id: Mapped[str] = mapped_column(String(200), index=True)
     chat_type: Mapped[str] = mapped_column(String(8))
     sender_address: Mapped[str] = mapped_column(String(100))
+    origin_node: Mapped[str] = mapped_column(String(20))
     to: Mapped[str] = mapped_column(String(100))
     msg_type: Mapped[str] = mapped_column(String(10))
     document: Mapped[dict] = mapped_column(JSON)
@@ -62,23 +61,11 @@ class Message(Base):
     participant_nodes: Mapped[list] = mapped_column(JSON, default=list)
 
 
-# A conversation's order: by send time, then id, then origin (two origins may use one id).
-MESSAGE_ORDER = (Message.send_time, Message.message_id, Message.origin_node)
-
-
-def message_position(message: Message) -> tuple[str, str, str]:
-    """A message's place in `MESSAGE_ORDER`, for comparing with a read position."""
-    return message.send_time, message.message_id, message.origin_node
-
-
 class Received(Base):
-    """Every (from_node, origin, message_id) accepted: a repeat is acknowledged as a duplicate, never delivered
-    twice. The origin (`envelope_origin`) tells apart the messages of several origins a home node relays under
-    one id (docs/protocol.md §5.4 step 8)."""
+    """Every (from_node, message_id) accepted: a repeat is acknowledged as a duplicate, never delivered twice."""
 
     __tablename__ = "received"
     from_node: Mapped[str] = mapped_column(String(20), primary_key=True)
-    origin_node: Mapped[str] = mapped_column(String(20), primary_key=True)
     message_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     received_at: Mapped[datetime]
 
@@ -91,9 +78,6 @@ class Outbox(Base):
     peer_node: Mapped[str] = mapped_column(String(20), index=True)
     kind: Mapped[str] = mapped_column(String(10))
     message_id: Mapped[str] = mapped_column(String(36))
-    # The node whose id `message_id` is: a message's sender's node (this node's, or another's it relays as a
-    # group's home), this node for its own group operations and batches.
-    origin_node: Mapped[str] = mapped_column(String(20))
     envelope: Mapped[dict] = mapped_column(JSON)
     state: Mapped[str] = mapped_column(String(10), default="pending", index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -205,10 +189,8 @@ def open_database(path: Path) -> sessionmaker[Session]:
         current = session.get(Setting, "schema_version")
         if current is None:
             session.add(Setting(key="schema_version", value=SCHEMA_VERSION))
-        elif current.value in ("1", "2"):
-            if current.value == "1":
-                _add_peer_node(session)
-            _key_messages_by_origin(session)
+        elif current.value == "1":
+            _add_peer_node(session)
             current.value = SCHEMA_VERSION
         elif current.value != SCHEMA_VERSION:
             raise RuntimeError(f"{path} has schema {current.value}; this node software needs {SCHEMA_VERSION}")
@@ -226,33 +208,6 @@ def _add_peer_node(session: Session) -> None:
         connection.exec_driver_sql(f"UPDATE {table} SET peer_node = substr(user_id, instr(user_id, '@') + 1)")
     for index in (*ReadState.__table__.indexes, *Presence.__table__.indexes):
         index.create(connection, checkfirst=True)
-
-
-def _key_messages_by_origin(session: Session) -> None:
-    """Schema 2 to 3: messages and dedup records are keyed by origin node and id instead of id alone, and each
-    outbox row says whose id it carries (docs/protocol.md §6). SQLite cannot change a primary key in place, so
-    those two tables are rebuilt under the new one, every row kept; outbox rows take their origin from their
-    envelope."""
-    connection = session.connection()
-    for index in Message.__table__.indexes:
-        connection.exec_driver_sql(f"DROP INDEX IF EXISTS {index.name}")
-    connection.exec_driver_sql("ALTER TABLE messages RENAME TO messages_v2")
-    Message.__table__.create(connection)
-    columns = ", ".join(f'"{column}"' for column in MESSAGE_COLUMNS)
-    connection.exec_driver_sql(f"INSERT INTO messages ({columns}) SELECT {columns} FROM messages_v2")
-    connection.exec_driver_sql("DROP TABLE messages_v2")
-    # Before this version a message id was held by one message here: a record of a message takes its origin.
-    connection.exec_driver_sql("ALTER TABLE received RENAME TO received_v2")
-    Received.__table__.create(connection)
-    connection.exec_driver_sql(
-        "INSERT INTO received (from_node, origin_node, message_id, received_at) SELECT from_node, coalesce("
-        "(SELECT origin_node FROM messages WHERE messages.message_id = received_v2.message_id), from_node), "
-        "message_id, received_at FROM received_v2")
-    connection.exec_driver_sql("DROP TABLE received_v2")
-    connection.exec_driver_sql("ALTER TABLE outbox ADD COLUMN origin_node VARCHAR(20) NOT NULL DEFAULT ''")
-    connection.exec_driver_sql(
-        "UPDATE outbox SET origin_node = coalesce(CASE WHEN kind = 'message' THEN "
-        "json_extract(envelope, '$.payload.sender.node_id') END, json_extract(envelope, '$.from_node'), '')")
 
 
 # ---- the hot path in plain SQL -------------------------------------------------------------------------------
@@ -286,16 +241,10 @@ def insert_message(cursor, values: dict) -> None:
     cursor.execute(INSERT_MESSAGE_SQL, [row[column] for column in MESSAGE_COLUMNS])
 
 
-def envelope_origin(kind: str, envelope: dict) -> str:
-    """Whose id an outbox envelope carries: an A.9 message's sender's node, else the sending node."""
-    return envelope["payload"]["sender"]["node_id"] if kind == "message" else envelope["from_node"]
-
-
 def insert_outbox(cursor, *, peer: str, kind: str, envelope: dict, next_attempt_at: datetime) -> int:
-    cursor.execute("INSERT INTO outbox (peer_node, kind, message_id, origin_node, envelope, state, attempts, "
-                   "next_attempt_at) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?) RETURNING id",
-                   (peer, kind, envelope["message_id"], envelope_origin(kind, envelope), sql_json(envelope),
-                    sql_time(next_attempt_at)))
+    cursor.execute("INSERT INTO outbox (peer_node, kind, message_id, envelope, state, attempts, next_attempt_at)"
+                   " VALUES (?, ?, ?, ?, 'pending', 0, ?) RETURNING id",
+                   (peer, kind, envelope["message_id"], sql_json(envelope), sql_time(next_attempt_at)))
     return cursor.fetchone()[0]
 
 
@@ -305,15 +254,10 @@ UPDATE_OUTBOX = update(Outbox.__table__).where(Outbox.__table__.c.id == bindpara
     {name: bindparam(f"new_{name}") for name in OUTBOX_MUTABLE})
 
 
-def received_key(envelope: dict) -> tuple[str, str, str]:
-    """A received envelope's dedup key, the primary key of `Received`."""
-    return envelope["from_node"], envelope_origin(envelope["type"], envelope), envelope["message_id"]
-
-
-def insert_received(cursor, envelope: dict, received_at: datetime) -> None:
-    """Raises sqlite3.IntegrityError for an envelope already received (`received_key`)."""
-    cursor.execute("INSERT INTO received (from_node, origin_node, message_id, received_at) VALUES (?, ?, ?, ?)",
-                   (*received_key(envelope), sql_time(received_at)))
+def insert_received(cursor, from_node: str, message_id: str, received_at: datetime) -> None:
+    """Raises sqlite3.IntegrityError for a pair already received."""
+    cursor.execute("INSERT INTO received (from_node, message_id, received_at) VALUES (?, ?, ?)",
+                   (from_node, message_id, sql_time(received_at)))
 
 
 def user_row(cursor, user_id: str) -> tuple | None:
