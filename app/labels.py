@@ -53,7 +53,8 @@ ROUTE_TABLE_LINES = {"first table": _l("first table"), "re-signed": _l("re-signe
 # app.health.poller.FailureReason values.
 HEALTH_FAILURES = {
     "timeout": _l("timed out"), "refused": _l("connection refused"), "tls": _l("TLS handshake failed"),
-    "certificate_mismatch": _l("certificate mismatch"), "http_status": _l("unexpected HTTP status"),
+    "certificate_mismatch": _l("certificate mismatch"), "certificate_revoked": _l("certificate revoked"),
+    "http_status": _l("unexpected HTTP status"),
     "bad_body": _l("unreadable answer"), "wrong_node": _l("another node answered"), "error": _l("error"),
 }
 # app.health.service.ADMIN_RESETS: why an admin's action set a node's health back to unknown.
@@ -89,6 +90,7 @@ HEALTH_DETAILS = [
     (re.compile(r"^no answer within (?P<seconds>\S+) s$"), _l("no answer within %(seconds)s s")),
     (re.compile(r"^the server certificate does not name this node$"),
      _l("the server certificate does not name this node")),
+    (re.compile(r"^the server certificate is revoked$"), _l("the server certificate is revoked")),
     (re.compile(r"^the answer is not a JSON object$"), _l("the answer is not a JSON object")),
     (re.compile(r"^status is (?P<status>.+)$", re.S), _l("status is %(status)s")),
     (re.compile(r"^answered as (?P<node>.+)$", re.S), _l("answered as %(node)s")),

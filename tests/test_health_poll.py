@@ -277,3 +277,34 @@ def test_a_poll_of_the_endpoint_a_node_moved_from_is_skipped(app, servers, peopl
     report = rounds.run_round(spread=False)  # the new endpoint's answers count
     assert (report.ok, report.skipped, report.failures) == (0, 0, {"http_status": 1})
     assert samples_of(node.node_id) == 1 and old.requests == 1
+
+
+def test_a_node_presenting_a_certificate_we_revoked_fails_its_poll(app, servers, people, admin_console):  # noqa: F811
+    """Chain verification does not consult revocation: a node still serving its old certificate after we revoked
+    it (a compromised key, say) answered healthy beside a newer valid one, flagged only as a mismatch."""
+    from app.pki import revocation
+    from tests.factories import NodeKeys
+
+    minister, _ = people
+    node, keys = admit_local(people)
+    server = servers(node.node_id, "ok", ssl_context=node_server_context(app, node, keys))  # the first certificate
+    node.endpoint = server.url
+    db.session.commit()
+    first = pki.current_certificate(node.node_id)
+    pki.renew(node, NodeKeys().csr, by=minister)
+    db.session.commit()
+    revocation.revoke(db.session.merge(first), "key_compromise", by=minister)
+    db.session.commit()
+    [target] = rounds.targets()
+    assert target.revoked_sha256 == frozenset({first.sha256})
+    [result] = poll([target], ssl_context=own_keys.management_client_ssl_context())
+    assert (result.ok, result.failure, result.cert_matches) == (False, "certificate_revoked", False)
+    assert result.latency_ms is None
+    app.config["MPIM_HEALTH_TIMEOUT"] = 10.0
+    report = rounds.run_round(spread=False)
+    assert report.failures == {"certificate_revoked": 1}
+    page = admin_console.client.get(f"/nodes/{node.node_id}").get_data(as_text=True)
+    assert "证书已吊销: 服务器证书已被吊销" in page
+    admin_console.client.get("/lang/en")
+    page = admin_console.client.get(f"/nodes/{node.node_id}").get_data(as_text=True)
+    assert "certificate revoked: the server certificate is revoked" in page

@@ -13,10 +13,11 @@ from app.health import service
 def targets() -> list:
     from app.health import poller
     from app.pki import service as pki
-    fingerprints = pki.current_fingerprints()
+    fingerprints, revoked = pki.current_fingerprints(), pki.revoked_fingerprints()
     rows = db.session.execute(select(Node.node_id, Node.endpoint).where(Node.status == "active")
                               .order_by(Node.node_id)).all()
-    return [poller.PollTarget(node_id, endpoint, fingerprints.get(node_id)) for node_id, endpoint in rows]
+    return [poller.PollTarget(node_id, endpoint, fingerprints.get(node_id), revoked.get(node_id, frozenset()))
+            for node_id, endpoint in rows]
 
 
 def run_round(*, spread: bool) -> service.RoundReport:

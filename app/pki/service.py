@@ -254,6 +254,19 @@ def current_fingerprints() -> dict[str, str]:
     return result
 
 
+def revoked_fingerprints() -> dict[str, frozenset[str]]:
+    """node id → SHA-256 of its revoked certificates not yet expired, for every node in one query.
+
+    The health poller refuses a node presenting one of them: the TLS chain check does not consult revocation.
+    An expired one is left out, as the chain check refuses it anyway."""
+    rows = db.session.execute(select(Certificate.node_id, Certificate.sha256).where(
+        Certificate.kind == "node", Certificate.revoked_at.is_not(None), Certificate.not_after > utcnow()))
+    result: dict[str, set[str]] = {}
+    for node_id, sha256 in rows:
+        result.setdefault(node_id, set()).add(sha256)
+    return {node_id: frozenset(fingerprints) for node_id, fingerprints in result.items()}
+
+
 def session_certificates(node_id: str) -> dict:
     """What A.2 may verify a session signature with ("usable"), and why nothing, when nothing: the node's other
     certificates ("unusable": revoked, expired, not valid yet) and whether any is revoked, any expired."""
