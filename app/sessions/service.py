@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import re
 import secrets
@@ -139,18 +140,35 @@ def _verifying_certificate(node_id: str, message: bytes, signature: bytes) -> tu
     once certified for the node still proves that the node asks, and it hears why it cannot (after a key
     compromise, or once its certificate expired). A key whose certificate was revoked or expired while another
     is valid proves nothing. When no certificate verifies, the refusal is the same whether the node is unknown,
-    suspended, revoked or active, and says nothing of it."""
+    suspended, revoked or active, and says nothing of it; an id with no certificate (no node by that id) has its
+    signature verified against a stand-in key all the same, so that the time the answer takes does not tell either."""
     from app.pki import service as pki
 
     candidates = pki.session_certificates(node_id)
     usable = candidates["usable"]
-    for certificate in usable or candidates["unusable"]:
+    tried = usable or candidates["unusable"]
+    if not tried:  # an unknown id: the same work as a known node's wrong signature, or the timing tells them apart
+        verify_signature(_stand_in_certificate(), message, signature)
+    for certificate in tried:
         if verify_signature(certificate, message, signature):
             if usable:
                 return certificate, ""
             return certificate, "certificate_revoked" if candidates["revoked"] else \
                 "certificate_expired" if candidates["expired"] else "no_certificate"
     raise SessionRefused("The signature does not verify with the node's certificate.", code="bad_signature")
+
+
+@functools.cache
+def _stand_in_certificate() -> x509.Certificate:
+    """A self-signed certificate of a throwaway EC P-256 key (the kind nodes are issued), made once per process:
+    what a signature for a node id with no certificate is verified against, its result discarded. The private
+    key is dropped once it has signed the certificate: nobody can sign with it."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "session stand-in")])
+    now = datetime.now(UTC)
+    return (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now)
+            .sign(key, hashes.SHA256()))
 
 
 def authenticate(raw: str | None, *, also=None):
