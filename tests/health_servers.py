@@ -19,6 +19,7 @@ class HealthServer:
         self.never = None
         self.port = 0
         self.requests = 0
+        self.elsewhere_requests = 0  # what a followed redirect would reach
         started = threading.Event()
         self.thread = threading.Thread(target=self._run, args=(started,), daemon=True)
         self.thread.start()
@@ -46,6 +47,19 @@ class HealthServer:
             except ConnectionError:  # a poller that stopped at the first part went away
                 pass
             return response
+        if self.behaviour == "trickle":  # a good answer, one byte every 0.25 s: about 20 s in all
+            body = json.dumps({"status": "ok", "node_id": self.node_id}).encode()
+            response = web.StreamResponse(headers={"Content-Type": "application/json"})
+            response.content_length = len(body)
+            await response.prepare(request)
+            try:
+                for index in range(len(body)):
+                    await response.write(body[index:index + 1])
+                    await asyncio.sleep(0.25)
+                await response.write_eof()
+            except ConnectionError:  # the caller gave up, as it should
+                pass
+            return response
         if self.behaviour == "huge":  # a well-formed answer, far past what the poller reads
             return web.Response(text=json.dumps({"status": "ok", "node_id": self.node_id, "pad": "x" * 10_000_000}),
                                 content_type="application/json")
@@ -68,11 +82,17 @@ class HealthServer:
                 "version": "test", "time": "2026-01-01T00:00:00Z"}
         return web.Response(text=json.dumps(body), content_type="application/json")
 
+    async def elsewhere(self, request):
+        self.elsewhere_requests += 1
+        return web.Response(text=json.dumps({"status": "ok", "node_id": "internal-service"}),
+                            content_type="application/json")
+
     def _run(self, started: threading.Event) -> None:
         asyncio.set_event_loop(self.loop)
         self.never = asyncio.Event()
         app = web.Application()
         app.router.add_get("/api/v1/health", self.health)
+        app.router.add_get("/elsewhere", self.elsewhere)
         self.runner = web.AppRunner(app, access_log=None)
         self.loop.run_until_complete(self.runner.setup())
         site = web.TCPSite(self.runner, "127.0.0.1", 0, ssl_context=self.ssl_context)

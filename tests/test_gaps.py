@@ -51,7 +51,7 @@ def test_console_application_errors_stay_in_the_form(app, make_user):
 @contextmanager
 def probed_node(app, admins, behaviour: str):
     """An admitted node whose application endpoint is a health server answering with `behaviour`, and the
-    probe URL as a signed-in provincial admin calls it; the server stops when the block ends."""
+    probe URL as a signed-in provincial admin calls it, and the server; it stops when the block ends."""
     from tests.test_health_poll import node_server_context
 
     node, keys = admit_with_keys(admins)
@@ -62,13 +62,13 @@ def probed_node(app, admins, behaviour: str):
         application = db.session.get(Application, node.application_id)
         application.endpoint = server.url
         db.session.commit()
-        yield node, console.client, f"/applications/{application.id}/probe"
+        yield node, console.client, f"/applications/{application.id}/probe", server
     finally:
         server.close()
 
 
 def test_probe_reports_reachability_without_blocking_the_page(app, people):  # noqa: F811
-    with probed_node(app, people, "ok") as (node, client, probe_url):
+    with probed_node(app, people, "ok") as (node, client, probe_url, _server):
         result = client.get(probe_url).get_json()
         assert result["reachable"] and result["http_status"] == 200 and result["answer"]["node_id"] == node.node_id
     result = client.get(probe_url).get_json()  # the server has stopped
@@ -109,10 +109,29 @@ def test_probe_refused_before_approval_says_that_is_expected(app, people):  # no
 def test_probe_of_an_answer_that_is_not_strict_json_reports_no_answer(app, people, behaviour):  # noqa: F811
     """Nested deeper than the parser goes; or a repeated "status" (the last, "ok", was shown) or a NaN, which
     health polling refuses once the node is approved."""
-    with probed_node(app, people, behaviour) as (_node, client, probe_url):
+    with probed_node(app, people, behaviour) as (_node, client, probe_url, _server):
         response = client.get(probe_url)
     assert response.status_code == 200
     assert response.get_json()["reachable"] and response.get_json()["answer"] is None
+
+
+def test_probe_does_not_follow_a_redirect(app, people):  # noqa: F811
+    """An applicant's endpoint answering 302 would otherwise send the management node to any address on its
+    network and show the reviewer what answered there, as if it were the node."""
+    with probed_node(app, people, "redirect") as (_node, client, probe_url, server):
+        result = client.get(probe_url).get_json()
+        assert server.elsewhere_requests == 0
+    assert result["reachable"] and result["http_status"] == 302 and result["failure"] == "http_status"
+    assert "answer" not in result and result["message"] == "异常 HTTP 状态码"
+
+
+def test_probe_timeout_bounds_the_whole_answer_not_each_read(app, people):  # noqa: F811
+    """A node trickling a good answer a byte at a time never lets one read wait out the timeout; it held a
+    console thread for as long as it kept trickling."""
+    app.config["MPIM_PROBE_TIMEOUT"] = 1.0
+    with probed_node(app, people, "trickle") as (_node, client, probe_url, _server):
+        result = client.get(probe_url).get_json()
+    assert not result["reachable"] and result["failure"] == "timeout" and result["error"] == "no answer within 1 s"
 
 
 def test_nodes_list_filters_search_and_sort(people, admin_console):  # noqa: F811

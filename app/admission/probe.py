@@ -1,20 +1,25 @@
 """On-demand reachability probe of `{endpoint}/api/v1/health` for the review page.
 
 Before approval a node holds no certificate of ours, so this checks reachability and the answer's
-shape only: the TLS certificate is reported, not trusted. Health polling after approval verifies
-the chain and the node's identity.
+shape only: the TLS certificate is not trusted. Health polling after approval verifies the chain and
+the node's identity. Otherwise the probe asks as health polling does, with the same client (aiohttp):
+a redirect is an answer, never followed (or an applicant's endpoint could send the management node to
+any address on its network and read back what answered there), and `timeout` bounds the whole probe,
+not each read (a node trickling its answer would otherwise hold a console thread as long as it liked).
 """
 
 from __future__ import annotations
 
-import socket
+import asyncio
+import os
 import ssl
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 
+import aiohttp
+
 from app import strict_json
+from app.health import poller
 
 
 def probe_health(endpoint: str, timeout: float = 3.0,
@@ -29,30 +34,41 @@ def probe_health(endpoint: str, timeout: float = 3.0,
         present_identity(context)
     started = time.perf_counter()
     result: dict = {"url": url, "reachable": False}
-    try:
-        with urllib.request.urlopen(url, timeout=timeout, context=context) as response:  # noqa: S310 (https only)
-            body = response.read(65536)
-            result.update(reachable=True, http_status=response.status)
-            try:
-                # As strictly as health polling reads it: a repeated "status" shown as "ok" here would be refused there.
-                document = strict_json.parse(body)
-                result["answer"] = {k: document.get(k) for k in ("status", "node_id", "version")} \
-                    if isinstance(document, dict) else None
-            except strict_json.NotStrictJSON:
-                result["answer"] = None
-    except urllib.error.HTTPError as error:
-        result.update(reachable=True, http_status=error.code, error=f"HTTP {error.code}", failure="http_status")
-    except TimeoutError:
-        result.update(error=f"no answer within {timeout:g} s", failure="timeout")
-    except urllib.error.URLError as error:
-        reason = error.reason
-        result["error"] = ("timeout" if isinstance(reason, TimeoutError | socket.timeout) else
-                           reason.strerror if isinstance(reason, OSError) and reason.strerror else str(reason)[:200])
-        # The health poller's failure codes, so the console can name them in the reader's language.
-        result["failure"] = ("timeout" if isinstance(reason, TimeoutError | socket.timeout) else
-                             "refused" if isinstance(reason, ConnectionRefusedError) else
-                             "tls" if isinstance(reason, ssl.SSLError) else "error")
-    except (OSError, ValueError) as error:
-        result.update(error=str(error)[:200], failure="tls" if isinstance(error, ssl.SSLError) else "error")
+    result.update(poller.run(_ask(url, context, timeout)))
     result["latency_ms"] = round((time.perf_counter() - started) * 1000, 1)
     return result
+
+
+async def _ask(url: str, context: ssl.SSLContext, timeout: float) -> dict:
+    """What the probe learnt: reachable, the HTTP status and the answer's keys, or the failure in health
+    polling's codes, so that the console names them in the reader's language."""
+    try:
+        async with asyncio.timeout(timeout), aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=context, force_close=True)) as client, \
+                client.get(url, allow_redirects=False) as response:
+            if response.status >= 300:  # a redirect included: its target is not the node's health endpoint
+                return {"reachable": True, "http_status": response.status, "error": f"HTTP {response.status}",
+                        "failure": "http_status"}
+            body = await poller.read_body(response.content)
+            found: dict = {"reachable": True, "http_status": response.status, "answer": None}
+    except TimeoutError:
+        return {"error": f"no answer within {timeout:g} s", "failure": "timeout"}
+    except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError, ssl.SSLError) as error:
+        return {"error": str(error)[:200], "failure": "tls"}
+    except aiohttp.ClientConnectorError as error:
+        refused = isinstance(error.os_error, ConnectionRefusedError)
+        number = getattr(error.os_error, "errno", None)
+        # "Connection refused", not asyncio's "Connect call failed ('127.0.0.1', 443)".
+        return {"error": os.strerror(number) if number else str(error)[:200],
+                "failure": "refused" if refused else "error"}
+    except (aiohttp.ClientError, OSError, ValueError) as error:
+        return {"error": f"{type(error).__name__}: {error}"[:200], "failure": "error"}
+    if len(body) <= poller.MAX_BODY:
+        try:
+            # As strictly as health polling reads it: a repeated "status" shown as "ok" here would be refused there.
+            document = strict_json.parse(body)
+        except strict_json.NotStrictJSON:
+            document = None
+        if isinstance(document, dict):
+            found["answer"] = {key: document.get(key) for key in ("status", "node_id", "version")}
+    return found
