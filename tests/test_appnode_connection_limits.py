@@ -8,6 +8,7 @@ import http.client
 import inspect
 import json
 import socket
+import threading
 
 import gunicorn
 import pytest
@@ -53,6 +54,14 @@ def answer_of(connection) -> tuple[int, dict, dict]:
     return answer.status, dict(answer.getheaders()), json.loads(answer.read())
 
 
+def answer_or_closed(connection) -> tuple[int, dict, dict] | None:
+    """The answer on `connection` (`answer_of`), or None when the node closed it without one."""
+    try:
+        return answer_of(connection)
+    except OSError:  # reset, or ended before a status line (http.client.RemoteDisconnected)
+        return None
+
+
 def logged_refusals(c: ServedNode, who: str) -> list[str]:
     return [line for line in c.log.read_text("utf-8", "replace").splitlines()
             if "refused a connection from" in line and who in line]
@@ -61,19 +70,22 @@ def logged_refusals(c: ServedNode, who: str) -> list[str]:
 def test_a_peer_holding_its_limit_is_refused_more_threads_and_another_peer_is_served(limited):
     """Peer B sends requests slowly on as many connections as C has threads: it used to hold them all until each
     was cut off at its deadline, and to take them again on reconnecting. Now two are served, the others are
-    answered 503 too_many_connections with Retry-After at once, without their requests being read, and A's
-    message goes through while B's two still hold their threads."""
+    refused at once without their requests being read: the first answered 503 too_many_connections with
+    Retry-After, the next, while that refusal is still being answered, closed without an answer. A's message
+    goes through while B's two still hold their threads."""
     a, b, c = limited
     envelope = json.dumps(honest_message(b, c, "慢慢来"), ensure_ascii=False).encode()
     waiting = []
     for i in range(LIMITED_THREADS):  # each from an address of its own: they are one caller by their certificate
         connection = peer_connection(b, c, source=f"127.0.0.{10 + i}")
         connection.sendall(FEDERATION_POST % (len(envelope) + 10) + envelope)
-        waiting.append((connection, in_background(answer_of, connection)))
+        waiting.append((connection, in_background(answer_or_closed, connection)))
     eventually(lambda: sum(not outcome["thread"].is_alive() for _, outcome in waiting) == LIMITED_THREADS - LIMIT,
                timeout=30, what="the connections past B's limit refused")
     refused = [finished(outcome) for _, outcome in waiting if not outcome["thread"].is_alive()]
-    for status, headers, body in refused:
+    answered = [answer for answer in refused if answer is not None]
+    assert answered
+    for status, headers, body in answered:
         assert (status, body["error"]["code"], headers["Retry-After"]) == (503, "too_many_connections", "5"), body
         protocol.validate("error", body)
     status, body = raw_post(a.node, c, "message", honest_message(a, c))
@@ -209,3 +221,52 @@ def test_a_peer_asking_to_close_and_never_closing_holds_no_more_than_its_own_thr
     for connection in [*lingering, another]:
         assert sent_until_closed(connection) == b""  # shut by the node once B's time to close was up
         connection.close()
+
+
+
+FLOODERS = 40  # each refusal held one of C's two free threads about 1 s: A's handshake queued some 20 s behind
+
+
+def flood(b: ServedNode, c: ServedNode, source: str, stop: threading.Event, connected: list) -> None:
+    """Connect to C as B from `source`, again and again until `stop`, sending nothing and closing each connection
+    only once the next one's handshake is done; each handshake done goes into `connected`."""
+    last = None
+    while not stop.is_set():
+        try:
+            connection = peer_connection(b, c, source=source)
+        except OSError:  # closed during the handshake, or C's queue was longer than 30 s
+            continue
+        connected.append(source)
+        if last is not None:
+            last.close()
+        last = connection
+    if last is not None:
+        last.close()
+
+
+def test_a_peer_flooding_past_its_limit_does_not_starve_another_peer(limited):
+    """A refusal held a thread while its 503 was written and B given time to close (up to 2 s), outside B's
+    count: B, holding its limit, kept connecting from many addresses and closing nothing, and A's message
+    queued behind its refusals for as long as B went on. Now one refusal of B's at a time is answered, the
+    others are closed at once, and A is answered while B floods."""
+    a, b, c = limited
+    envelope = json.dumps(honest_message(b, c, "慢慢来"), ensure_ascii=False).encode()
+    held = []
+    for i in range(LIMIT):  # B's limit, held for the whole test: the rest of its request never comes
+        connection = peer_connection(b, c, source=f"127.0.4.{i}")
+        connection.sendall(FEDERATION_POST % (len(envelope) + 10) + envelope)
+        held.append(connection)
+    stop, connected = threading.Event(), []
+    flooders = [in_background(flood, b, c, f"127.0.5.{i}", stop, connected) for i in range(FLOODERS)]
+    try:
+        eventually(lambda: len(connected) > LIMITED_THREADS, timeout=30, what="B's flood past C's threads")
+        status, body = honest_message_within(a, c, 15)
+        assert (status, body["status"]) == (200, "accepted"), body
+    finally:
+        stop.set()
+        for outcome in flooders:
+            finished(outcome)
+    assert len(logged_refusals(c, b.id)) == 1  # once, however many were refused
+    for connection in held:
+        connection.close()
+    assert [m.document["content"]["text"] for m in stored_messages(c)] == ["你好"]

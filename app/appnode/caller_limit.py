@@ -9,6 +9,12 @@ during the handshake it is closed at once, after it an HTTP/1.1 503 `too_many_co
 is written without reading the request, and the connection is closed. The sender retries either (§6).
 
 Only connections in a thread count: a kept-alive connection waiting for its next request holds none.
+
+A refusal holds a thread too, while its answer is written and the caller given time to close (up to
+2 * REFUSAL_SECONDS), outside the caller's limit: a caller at its limit that kept opening connections held all
+the other threads that way. So a refusal is answered only while the caller has no other refusal being answered
+and another thread is left idle; otherwise the connection is closed at once without an answer, as during the
+handshake, which takes a thread for milliseconds.
 """
 
 from __future__ import annotations
@@ -44,12 +50,15 @@ def per_caller_limit(configured: int | None, threads: int) -> int:
 
 
 class CallerLimit:
-    """Connections in a thread, counted per caller (a node URN or an IP address), at most `limit` each."""
+    """Connections in a thread, counted per caller (a node URN or an IP address), at most `limit` each, and
+    the refusals being answered, at most one per caller and never in the last idle one of `threads`."""
 
-    def __init__(self, limit: int):
-        self.limit = limit
+    def __init__(self, limit: int, threads: int):
+        self.limit, self.threads = limit, threads
         self._held: dict[str, int] = {}
         self._refused: set[str] = set()  # refusals logged until the caller holds fewer again
+        self._answering: set[str] = set()  # callers with a refusal being answered
+        self._busy = 0  # threads counted here: connections held and refusals being answered
         self._lock = threading.Lock()
 
     def take(self, caller: str) -> bool:
@@ -58,10 +67,12 @@ class CallerLimit:
             if self._held.get(caller, 0) >= self.limit:
                 return False
             self._held[caller] = self._held.get(caller, 0) + 1
+            self._busy += 1
             return True
 
     def release(self, caller: str) -> None:
         with self._lock:
+            self._busy -= 1
             held = self._held.get(caller, 0) - 1
             if held > 0:
                 self._held[caller] = held
@@ -83,6 +94,22 @@ class CallerLimit:
                 return False
             self._refused.add(caller)
             return True
+
+    def take_refusal(self, caller: str) -> bool:
+        """Whether a refusal of `caller`, in a thread now, may be answered (taken until `release_refusal`): not
+        while another of its refusals is, nor when that would leave no thread idle. Otherwise it is closed without
+        an answer, so that refusals never take the threads the limit keeps for other callers."""
+        with self._lock:
+            if caller in self._answering or self._busy + 2 > self.threads:  # this thread, and one idle
+                return False
+            self._answering.add(caller)
+            self._busy += 1
+            return True
+
+    def release_refusal(self, caller: str) -> None:
+        with self._lock:
+            self._answering.discard(caller)
+            self._busy -= 1
 
     def held(self, caller: str) -> int:
         with self._lock:
@@ -111,11 +138,9 @@ def refusal(limit: int) -> bytes:
             + body)
 
 
-def refuse(sock, limit: int, *, answer: bool) -> None:
-    """Refuse the connection on `sock` without serving it: with the 503 when `answer` (the TLS handshake is
-    done), at once otherwise. The socket is left shut down for the server to close."""
-    if not answer:
-        return shut(sock)
+def refuse(sock, limit: int) -> None:
+    """Refuse the connection on `sock` (its TLS handshake done) without serving it: the 503, then the caller's time
+    to close, each within REFUSAL_SECONDS. The socket is left shut down for the server to close."""
     try:
         sock.settimeout(REFUSAL_SECONDS)
         sock.sendall(refusal(limit))

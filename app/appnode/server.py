@@ -95,7 +95,7 @@ class NodeWorker(ThreadWorker):
     connection_limit = 1  # set per server (`NodeServer.load_config`)
 
     def init_process(self):
-        self.callers = CallerLimit(self.connection_limit)
+        self.callers = CallerLimit(self.connection_limit, self.cfg.threads)
         super().init_process()
 
     def handle(self, conn):
@@ -140,14 +140,22 @@ class NodeWorker(ThreadWorker):
         return True
 
     def _refuse(self, conn, caller: str) -> bool:
-        """Answer a connection of a caller at its limit with a refusal, quickly and without serving it."""
+        """Refuse a connection of a caller at its limit without serving it: answered with a 503 once its TLS
+        handshake is done, unless the caller has another refusal being answered or no thread would be left
+        idle (`CallerLimit.take_refusal`); else closed at once."""
         if self.callers.first_refusal(caller):
             host, port = conn.client[:2]
             who = caller if caller == host else f"{caller} at {host}"
             log.warning("refused a connection from %s (port %s): it already has %d connections being served, "
                         "the most one caller may have (of %d threads); its further refusals are not logged until "
                         "it has fewer", who, port, self.callers.limit, self.cfg.threads)
-        refuse(conn.sock, self.callers.limit, answer=conn.initialized)  # a TLS connection can take an HTTP 503
+        if not (conn.initialized and self.callers.take_refusal(caller)):
+            shut(conn.sock)
+            return False
+        try:
+            refuse(conn.sock, self.callers.limit)
+        finally:
+            self.callers.release_refusal(caller)
         return False
 
 
