@@ -74,12 +74,13 @@ class ServedNode:
         self.thread.start()
         return self
 
-    def start_process(self, threads: int = 8) -> ServedNode:
+    def start_process(self, threads: int | None = None) -> ServedNode:
         """Serve the node as production does instead: `python -m app.appnode run` (gunicorn, one worker with
-        `threads` threads), its log in `self.log`."""
+        `threads` threads, by default `run`'s), its log in `self.log`."""
         stream = open(self.log, "ab")  # noqa: SIM115 (closed with the process)
         self.process = subprocess.Popen(
-            [PYTHON, "-m", "app.appnode", "--data", str(self.dir), "run", "--threads", str(threads)], cwd=ROOT,
+            [PYTHON, "-m", "app.appnode", "--data", str(self.dir), "run",
+             *(["--threads", str(threads)] if threads is not None else [])], cwd=ROOT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=stream, stderr=stream)
         context = ssl.create_default_context(cafile=str(self.node.identity.bundle_file))
         wait_http(f"https://127.0.0.1:{self.port}/api/v1/health", self.process, context)

@@ -15,6 +15,7 @@ import pytest
 from gunicorn.workers import gthread
 
 from app.appnode import protocol
+from app.appnode.outbox import DELIVERY_PARALLELISM
 from tests.appnode_harness import ServedNode, raw_post
 from tests.appnode_processes import eventually
 from tests.test_appnode import network, stored_messages  # noqa: F401 (fixture)
@@ -41,6 +42,18 @@ def limited(network, live_server, people, tmp_path):  # noqa: F811
     minister, _ = people
     c = ServedNode(tmp_path, live_server, "110000", minister, request_read_seconds=60.0,
                    max_connections_per_caller=LIMIT).start_process(threads=LIMITED_THREADS)
+    for node in (network["a"], network["b"]):
+        node.node.sync_routes()
+    yield network["a"], network["b"], c
+    c.stop()
+
+
+@pytest.fixture
+def default_limit(network, live_server, people, tmp_path):  # noqa: F811
+    """Nodes A and B, and node C served by gunicorn with `run`'s threads and limit per caller, and a 60 s request
+    deadline: whoever holds a thread here holds it for the whole test."""
+    minister, _ = people
+    c = ServedNode(tmp_path, live_server, "110000", minister, request_read_seconds=60.0).start_process()
     for node in (network["a"], network["b"]):
         node.node.sync_routes()
     yield network["a"], network["b"], c
@@ -270,3 +283,21 @@ def test_a_peer_flooding_past_its_limit_does_not_starve_another_peer(limited):
     for connection in held:
         connection.close()
     assert [m.document["content"]["text"] for m in stored_messages(c)] == ["你好"]
+
+
+def test_a_peer_delivering_at_full_parallelism_has_room_for_one_more_request(default_limit):
+    """The default limit was the reference sender's parallelism itself: while B delivered that many envelopes
+    to C at once, anything else B sent C (a CLI send, a download its user asked for) was refused 503. With
+    B's deliveries all in flight (their bodies still on their way), one more request of B's is served."""
+    _, b, c = default_limit
+    envelope = json.dumps(honest_message(b, c, "慢慢来"), ensure_ascii=False).encode()
+    delivering = []
+    for i in range(DELIVERY_PARALLELISM):  # each from an address of its own: one caller by its certificate
+        connection = peer_connection(b, c, source=f"127.0.6.{i}")
+        connection.sendall(FEDERATION_POST % (len(envelope) + 10) + envelope)
+        delivering.append(connection)
+    status, body = raw_post(b.node, c, "message", honest_message(b, c))
+    assert (status, body.get("status")) == (200, "accepted"), body
+    assert logged_refusals(c, b.id) == []
+    for connection in delivering:
+        connection.close()

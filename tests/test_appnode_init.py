@@ -7,9 +7,10 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from app.appnode.caller_limit import per_caller_limit
+from app.appnode.caller_limit import DEFAULT_PER_CALLER, DEFAULT_THREADS, per_caller_limit
 from app.appnode.cli import cli
 from app.appnode.node import Node
+from app.appnode.outbox import DELIVERY_PARALLELISM
 from app.appnode.store import put_setting
 
 
@@ -140,8 +141,16 @@ def test_caps_limits_and_the_route_interval_the_node_cannot_work_with_are_refuse
 
 
 @pytest.mark.parametrize(("configured", "threads", "limit"), [
-    (None, 8, 4), (None, 4, 2), (None, 2, 1), (None, 1, 1), (3, 8, 3), (8, 2, 2), (64, 8, 8)])
+    (None, 16, 6), (None, 12, 6), (None, 8, 4), (None, 4, 2), (None, 2, 1), (None, 1, 1), (3, 8, 3), (8, 2, 2),
+    (64, 8, 8)])
 def test_the_connection_limit_leaves_other_callers_threads_unless_set_otherwise(configured, threads, limit):
-    """By default a caller may have 4 connections served (the reference sender's parallelism) and never more
-    than half the threads; a limit set in config.json is taken as it is, up to all the threads."""
+    """By default a caller may have 6 connections served (the reference sender's 4 deliveries at once, and 2
+    more for its other traffic) and never more than half the threads; a limit set in config.json is taken as it
+    is, up to all the threads."""
     assert per_caller_limit(configured, threads) == limit
+
+
+def test_the_default_limit_is_in_force_with_the_default_threads():
+    """A peer delivering at full parallelism still has room for more, and `run` has threads enough for that."""
+    assert DEFAULT_PER_CALLER > DELIVERY_PARALLELISM
+    assert per_caller_limit(None, DEFAULT_THREADS) == DEFAULT_PER_CALLER

@@ -26,11 +26,19 @@ import threading
 import time
 
 from app.appnode import protocol
+from app.appnode.outbox import DELIVERY_PARALLELISM
 
 log = logging.getLogger("mpim.appnode")
-# The reference sender delivers up to 4 envelopes to one peer at once (`outbox.DELIVERY_PARALLELISM`), each on
-# its own connection; more than half of the threads is never the default, so other peers keep the rest.
-DEFAULT_PER_CALLER = 4
+# The reference sender delivers up to DELIVERY_PARALLELISM envelopes to one peer at once, each on its own
+# connection, and the same peer's other traffic comes on top of that: a CLI send (which delivers from a process
+# of its own), a download or a group operation one of its users waits on. With no headroom, a peer delivering
+# at full speed had those refused. More than half of the threads is never the default, so other peers keep
+# the rest.
+HEADROOM = 2
+DEFAULT_PER_CALLER = DELIVERY_PARALLELISM + HEADROOM
+# `run --threads` by default: enough that the default limit is in force (at most half of them), and that two
+# peers at their limit still leave a few threads to everybody else.
+DEFAULT_THREADS = 16
 MAX_PER_CALLER = 64
 RETRY_AFTER_SECONDS = 5
 # A refusal is written and the request it did not read drained (so that the close does not reset the answer
@@ -43,7 +51,8 @@ LINGER_DRAIN_BYTES = 64 * 1024
 
 
 def per_caller_limit(configured: int | None, threads: int) -> int:
-    """The limit in force: `configured` (at most `threads`), or by default 4 and never more than half the threads."""
+    """The limit in force: `configured` (at most `threads`), or by default DEFAULT_PER_CALLER and never more than
+    half the threads."""
     if configured is not None:
         return min(configured, threads)
     return max(1, min(DEFAULT_PER_CALLER, threads // 2))
@@ -114,18 +123,6 @@ class CallerLimit:
     def held(self, caller: str) -> int:
         with self._lock:
             return self._held.get(caller, 0)
-
-
-def certificate_name(sock) -> str | None:
-    """The node URN (or else the subject CN) of the verified client certificate on `sock`, once the handshake
-    is done; None without one."""
-    try:
-        certificate = sock.getpeercert() or {}
-    except (ValueError, AttributeError, OSError):  # not TLS, the handshake is not done, or the socket is gone
-        return None
-    names = [value for kind, value in certificate.get("subjectAltName", ()) if kind == "URI"]
-    names += [value for rdn in certificate.get("subject", ()) for key, value in rdn if key == "commonName"]
-    return names[0] if names else None
 
 
 def refusal(limit: int) -> bytes:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import click
 
+from app.appnode.caller_limit import DEFAULT_THREADS
 from app.appnode.cli_context import Commands, Context, Refused, exit_code, pass_ctx
 from app.appnode.cli_lines import (
     one_per_line,
@@ -113,7 +114,7 @@ def join(ctx: Context, token, wait, if_needed):
 
 
 @cli.command()
-@click.option("--threads", default=8, show_default=True, type=Digits(1, 1000))
+@click.option("--threads", default=DEFAULT_THREADS, show_default=True, type=Digits(1, 1000))
 @pass_ctx
 def run(ctx: Context, threads):
     """Serve the node over HTTPS with mutual TLS, and keep it current."""

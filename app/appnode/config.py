@@ -73,8 +73,9 @@ class NodeConfig:
     request_read_seconds: float = 30.0
     request_min_bytes_per_second: int = 16 * 1024
     # How many connections of one caller (a peer node by its certificate, else an IP address) are served at once
-    # (docs/protocol.md §10, app/appnode/caller_limit.py): 1 to 64, at most the threads; null is 4, and never more
-    # than half the threads, so the other peers keep the rest. Past it a connection gets 503 too_many_connections.
+    # (docs/protocol.md §10, app/appnode/caller_limit.py): 1 to 64, at most the threads; null is 6 (the reference
+    # sender's 4 deliveries at once, and 2 more for the peer's other traffic), and never more than half the
+    # threads, so the other peers keep the rest. Past it a connection gets 503 too_many_connections.
     max_connections_per_caller: int | None = None
     registry_ca_file: str | None = None
 

@@ -1,6 +1,6 @@
 """How long a caller may take to send a request to the node (docs/protocol.md §10).
 
-The node serves with a few threads (gunicorn's gthread worker, 8 by default), and neither gunicorn nor werkzeug
+The node serves with a few threads (gunicorn's gthread worker, 16 by default), and neither gunicorn nor werkzeug
 bounds how long a thread waits for a caller: not the TLS handshake, not the headers, not the body. A caller
 that sends a byte every half second, or nothing at all once connected, held a thread for as long as it liked,
 and a few such callers held them all. Mutual TLS does not help: any node of the network has a valid
@@ -28,8 +28,6 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass
-
-from app.appnode.caller_limit import certificate_name
 
 log = logging.getLogger("mpim.appnode")
 
@@ -155,6 +153,18 @@ class DeadlineSSLSocket(ssl.SSLSocket):
             return "a caller that is gone"
         name = certificate_name(self)
         return f"{host}:{port}" + (f" ({name})" if name else " (no client certificate)")
+
+
+def certificate_name(sock) -> str | None:
+    """The node URN (or else the subject CN) of the verified client certificate on `sock`, once the handshake
+    is done; None without one."""
+    try:
+        certificate = sock.getpeercert() or {}
+    except (ValueError, AttributeError, OSError):  # not TLS, the handshake is not done, or the socket is gone
+        return None
+    names = [value for kind, value in certificate.get("subjectAltName", ()) if kind == "URI"]
+    names += [value for rdn in certificate.get("subject", ()) for key, value in rdn if key == "commonName"]
+    return names[0] if names else None
 
 
 def bound_requests(context: ssl.SSLContext, deadline: RequestDeadline) -> ssl.SSLContext:

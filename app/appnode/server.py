@@ -17,10 +17,10 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.workers import gthread
 from gunicorn.workers.gthread import ThreadWorker
 
-from app.appnode.caller_limit import CallerLimit, certificate_name, per_caller_limit, refuse, shut, shut_after_linger
+from app.appnode.caller_limit import DEFAULT_THREADS, CallerLimit, per_caller_limit, refuse, shut, shut_after_linger
 from app.appnode.node import Node
 from app.appnode.renewal import RENEWAL_CHECK_EVERY
-from app.appnode.request_deadline import bound_requests, deadline_socket
+from app.appnode.request_deadline import bound_requests, certificate_name, deadline_socket
 from app.appnode.store import checkpoint
 from app.appnode.web import create_node_app
 
@@ -160,7 +160,7 @@ class NodeWorker(ThreadWorker):
 
 
 class NodeServer(BaseApplication):
-    def __init__(self, data_dir, *, threads: int = 8):
+    def __init__(self, data_dir, *, threads: int = DEFAULT_THREADS):
         self.data_dir = data_dir
         self.threads = threads
         self.running: tuple[Node, NodeLoop] | None = None  # in the worker, once `load` ran
