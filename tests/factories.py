@@ -31,6 +31,41 @@ def make_csr(key=None, common_name: str = "node.example", *, extensions=()) -> s
     return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
 
 
+def csr_with_unreadable_subject(how: str = "integer", key=None) -> str:
+    """A correctly self-signed CSR whose subject CN is an INTEGER (no X.520 string type) or a UTF8String that is
+    not UTF-8: cryptography loads it and verifies its signature, and raises only when the subject is read.
+    Made by patching the DER of a good CSR and signing the patched request again."""
+    key = key or ec.generate_private_key(ec.SECP256R1())
+    der = x509.load_pem_x509_csr(make_csr(key, "ZZZZ").encode()).public_bytes(serialization.Encoding.DER)
+
+    def header(at: int) -> tuple[int, int]:  # (where the contents start, their length) of the TLV at `at`
+        first = der[at + 1]
+        if first < 0x80:
+            return at + 2, first
+        count = first & 0x7F
+        return at + 2 + count, int.from_bytes(der[at + 2:at + 2 + count], "big")
+
+    outer_start, _ = header(0)
+    info_start, info_length = header(outer_start)
+    info = bytearray(der[outer_start:info_start + info_length])
+    at = info.find(b"\x0c\x04ZZZZ")
+    if how == "integer":
+        info[at], info[at + 2:at + 6] = 0x02, b"\x01\x02\x03\x04"
+    else:
+        info[at + 2:at + 6] = b"\xff\xfe\xfd\xfc"
+    signature = key.sign(bytes(info), ec.ECDSA(hashes.SHA256()))
+
+    def tlv(tag: int, body: bytes) -> bytes:
+        length = len(body)
+        encoded = bytes([length]) if length < 0x80 else \
+            bytes([0x80 | ((length.bit_length() + 7) // 8)]) + length.to_bytes((length.bit_length() + 7) // 8, "big")
+        return bytes([tag]) + encoded + body
+
+    ecdsa_with_sha256 = tlv(0x30, tlv(0x06, bytes.fromhex("2a8648ce3d040302")))
+    request = tlv(0x30, bytes(info) + ecdsa_with_sha256 + tlv(0x03, b"\x00" + signature))
+    return x509.load_der_x509_csr(request).public_bytes(serialization.Encoding.PEM).decode()
+
+
 def node_document(division_code: str = "360000", *, endpoint: str | None = None, csr: str | None = None,
                   **overrides) -> dict:
     n = next(_counter)

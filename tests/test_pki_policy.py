@@ -18,7 +18,7 @@ from app.pki import authority, csr_policy
 from app.pki import service as pki
 from app.pki.csr_policy import InvalidCSR
 from app.pki.models import Certificate
-from tests.factories import NodeKeys, make_csr, make_key
+from tests.factories import NodeKeys, csr_with_unreadable_subject, make_csr, make_key
 from tests.test_sessions import admit_with_keys, people  # noqa: F401 (fixture)
 
 
@@ -62,6 +62,24 @@ def test_a_broken_self_signature_is_refused():
     der[-5] ^= 0x01  # inside the signature
     pem = x509.load_der_x509_csr(bytes(der)).public_bytes(serialization.Encoding.PEM)
     assert "self-signature does not verify" in reason_for(pem)
+
+
+@pytest.mark.parametrize("how", ["integer", "badutf8"])
+def test_a_csr_whose_subject_cannot_be_read_is_refused(how):
+    """cryptography loads such a CSR and verifies its signature, and raises only when the subject is read: the
+    review page's description then failed every door that takes a CSR with a 500 (and renewal issued for it)."""
+    assert "subject cannot be read" in reason_for(csr_with_unreadable_subject(how))
+
+
+def test_renewal_with_a_csr_whose_subject_cannot_be_read_is_refused(client, people):  # noqa: F811
+    node, keys = admit_with_keys(people)
+    token = client.post("/api/v1/session", json=keys.session_request(node.node_id)).get_json()["token"]
+    row = pki.current_certificate(node.node_id)
+    row.not_before, row.not_after = utcnow() - timedelta(days=70), utcnow() + timedelta(days=20)
+    db.session.commit()
+    response = renew(client, token, csr_with_unreadable_subject())
+    assert (response.status_code, response.get_json()["error"]["code"]) == (400, "invalid_csr")
+    assert pki.current_certificate(node.node_id).serial == row.serial  # nothing issued
 
 
 def test_ca_true_and_extra_names_in_a_csr_are_never_honoured(app, people):  # noqa: F811

@@ -134,7 +134,8 @@ def _public_key(csr: x509.CertificateSigningRequest) -> CertificatePublicKeyType
 
 
 def check_csr(csr: x509.CertificateSigningRequest) -> None:
-    """`InvalidCSR` unless the key passes `check_key` and the self-signature verifies with SHA-256+."""
+    """`InvalidCSR` unless the key passes `check_key`, the self-signature verifies with SHA-256+ and the subject
+    can be read."""
     check_key(_public_key(csr))
     if csr.signature_algorithm_oid in WEAK_SIGNATURES:
         raise InvalidCSR(_l("The CSR is signed with %(algorithm)s, which is refused (MD5 and SHA-1 are broken): "
@@ -146,6 +147,13 @@ def check_csr(csr: x509.CertificateSigningRequest) -> None:
     if not valid:
         raise InvalidCSR(_l("The CSR's self-signature does not verify: it was altered, or signed by a key "
                             "other than the one it carries."))
+    try:  # read lazily: an attribute of a type no name allows, or a UTF8String that is not UTF-8, fails here
+        csr.subject.rfc4514_string()
+    except ValueError as error:
+        # Ignored for issuance, but the review page shows it, and a CSR that breaks its own rules is no CSR.
+        raise InvalidCSR(_l("The CSR's subject cannot be read: it holds a value of a type or encoding that "
+                            "X.509 names do not allow. Make the CSR again with a plain subject such as "
+                            "CN=<node id>.")) from error
 
 
 def requested_names(csr: x509.CertificateSigningRequest) -> list[str]:
