@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from flask_babel import lazy_gettext as _l
-from flask_wtf import FlaskForm
 from flask_wtf.file import FileField, FileSize
 from wtforms import SelectField, SelectMultipleField, StringField, TextAreaField, widgets
 from wtforms.validators import DataRequired, Length, Optional
 
 from app import labels
 from app.admission.models import CAPABILITIES
+from app.console.forms import ConsoleForm
 
 
 class CSRInput:
@@ -35,14 +35,14 @@ class CSRInput:
         return self.csr.data or None
 
 
-class TokenForm(FlaskForm):
+class TokenForm(ConsoleForm):
     division_code = StringField(_l("Division code"), validators=[DataRequired(), Length(max=6)])
     ttl = SelectField(_l("Valid for"), choices=[("1d", _l("1 day")), ("7d", _l("7 days")), ("30d", _l("30 days"))],
                       default="7d")
     note = StringField(_l("Note"), validators=[Length(max=200)])
 
 
-class ApplicationForm(CSRInput, FlaskForm):
+class ApplicationForm(CSRInput, ConsoleForm):
     division_code = StringField(_l("Division code"), validators=[DataRequired(), Length(max=6)])
     org_name = StringField(_l("Organisation"), validators=[DataRequired(), Length(max=100)])
     system_name = StringField(_l("System name"), validators=[DataRequired(), Length(max=100)])
@@ -70,9 +70,9 @@ class ApplicationForm(CSRInput, FlaskForm):
 
 # No validators here: the service refuses a missing reason, a misleading one and one over its 500 characters,
 # by name and at every door; the page shows its refusal at the field, the reason still in it.
-class RejectForm(FlaskForm):
+class RejectForm(ConsoleForm):
     reason = TextAreaField(_l("Reason"))
 
 
-class ReasonForm(FlaskForm):
+class ReasonForm(ConsoleForm):
     reason = StringField(_l("Reason"))

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from flask_babel import lazy_gettext as _l
-from flask_wtf import FlaskForm
 from wtforms import BooleanField, PasswordField, SelectField, StringField
 from wtforms.validators import DataRequired, EqualTo, Length
+
+from app.console.forms import ConsoleForm
 
 ROLE_CHOICES = [
     ("ministry_admin", _l("Ministry admin")),
@@ -19,12 +20,12 @@ ADMIN_CHOSEN_PASSWORD = _l("At least 10 characters, with three of: lower case, u
                            "The user replaces it with their own at the first sign-in.")
 
 
-class LoginForm(FlaskForm):
+class LoginForm(ConsoleForm):
     username = StringField(_l("Username"), validators=[DataRequired(), Length(max=64)])
     password = PasswordField(_l("Password"), validators=[DataRequired(), Length(max=256)])
 
 
-class PasswordChangeForm(FlaskForm):
+class PasswordChangeForm(ConsoleForm):
     current_password = PasswordField(_l("Current password"), validators=[DataRequired()])
     new_password = PasswordField(_l("New password"), validators=[DataRequired(), Length(max=256)],
                                  description=_l("At least 10 characters, with three of: lower case, upper case, "
@@ -33,7 +34,7 @@ class PasswordChangeForm(FlaskForm):
                             validators=[DataRequired(), EqualTo("new_password", message=_l("The passwords differ."))])
 
 
-class UserCreateForm(FlaskForm):
+class UserCreateForm(ConsoleForm):
     username = StringField(_l("Username"), validators=[DataRequired(), Length(max=64)])
     display_name = StringField(_l("Name"), validators=[Length(max=120)])
     role = SelectField(_l("Role"), choices=ROLE_CHOICES)
@@ -43,7 +44,7 @@ class UserCreateForm(FlaskForm):
                              description=ADMIN_CHOSEN_PASSWORD)
 
 
-class UserEditForm(FlaskForm):
+class UserEditForm(ConsoleForm):
     display_name = StringField(_l("Name"), validators=[Length(max=120)])
     role = SelectField(_l("Role"), choices=ROLE_CHOICES)
     scopes = StringField(_l("Division scope"), description=_l("Comma-separated codes, e.g. 360000,440000"),
@@ -51,10 +52,10 @@ class UserEditForm(FlaskForm):
     active = BooleanField(_l("Active"))
 
 
-class PasswordResetForm(FlaskForm):
+class PasswordResetForm(ConsoleForm):
     password = PasswordField(_l("New password"), validators=[DataRequired(), Length(max=256)],
                              description=ADMIN_CHOSEN_PASSWORD)
 
 
-class ConfirmForm(FlaskForm):
+class ConfirmForm(ConsoleForm):
     """An empty form: its CSRF token is the confirmation that a button was really pressed."""

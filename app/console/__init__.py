@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from urllib.parse import urlencode
 
-from flask import url_for
+from flask import request, url_for
 from flask_babel import lazy_gettext as _l
 from flask_login import current_user
 
@@ -78,6 +79,18 @@ def log_failing_checks(app, process: str) -> None:
             db.session.remove()
 
 
+def url_with_query(endpoint: str, **changes) -> str:
+    """The current page's URL for `endpoint` with its query string kept and `changes` made (a page, a sort).
+    The query goes into the query string, never into url_for's arguments: a key named `endpoint` or `_method`
+    (or a view argument's name) would be taken as one of those."""
+    arguments = request.args.copy()
+    for key, value in changes.items():
+        arguments[key] = value
+    url = url_for(endpoint, **(request.view_args or {}))
+    query = urlencode(list(arguments.items(multi=True)))
+    return f"{url}?{query}" if query else url
+
+
 def init_app(app) -> None:
     from app.console.views import bp
 
@@ -86,3 +99,4 @@ def init_app(app) -> None:
         banner_sources.append(schema_banner)
     app.jinja_env.globals["nav_items"] = _nav_items
     app.jinja_env.globals["banners"] = _banners
+    app.jinja_env.globals["url_with_query"] = url_with_query

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from flask_babel import lazy_gettext as _l
-from flask_wtf import FlaskForm
 from wtforms import SelectField, StringField
 
+from app.console.forms import ConsoleForm
 
-class MaintenanceForm(FlaskForm):
+
+class MaintenanceForm(ConsoleForm):
     """No validators: `service.schedule_maintenance` refuses a length or a note by name, at every door, and the
     node page shows its refusal at the field with what was typed still in it. validate_choice=False: a length
     outside the list is the service's to refuse, in the reader's language."""

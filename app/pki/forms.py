@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from flask_wtf import FlaskForm
-
 from app.admission.forms import CSRInput
+from app.console.forms import ConsoleForm
 
 
-class RenewForm(CSRInput, FlaskForm):
+class RenewForm(CSRInput, ConsoleForm):
     """A ministry admin renews a node's certificate at any time, from the node's new CSR."""
