@@ -368,6 +368,15 @@ def test_user_forms_without_their_optional_fields_save_instead_of_failing(admin_
     assert users["jx-admin"].role == "auditor" and users["jx-admin"].scopes == []
 
 
+def test_renaming_a_user_is_in_the_audit_record(admin_console, make_user):
+    """The name is shown beside a user's actions: a rename left no trace of what it was before."""
+    make_user("auditor1", "auditor")
+    response = admin_console.post_form("/users/auditor1", {"display_name": "王五", "role": "auditor", "active": "y"})
+    assert response.status_code == 302
+    record = db.session.scalars(select(AuditRecord).where(AuditRecord.action == "user.update")).one()
+    assert (record.detail["before"]["display_name"], record.detail["after"]["display_name"]) == ("", "王五")
+
+
 @pytest.mark.parametrize("username", ["a", "alice\n", "alice bob", "al/ice", "ａｌｉｃｅ", "x" * 65])
 def test_malformed_usernames_are_refused(app, username):
     """"alice\n" would sit in the users list looking like alice."""

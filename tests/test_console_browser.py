@@ -240,3 +240,42 @@ def test_filter_and_search_buttons_are_as_tall_as_the_fields_beside_them(page, l
             assert forms.count() >= 1, path
             for index in range(forms.count()):
                 assert forms.nth(index).evaluate(UNEVEN_CONTROLS) == [], (path, index)
+
+
+def test_disabling_a_user_asks_first_and_a_rename_does_not(page, live_server, make_user):
+    """Unticking "active" signs the account out everywhere at once: the only change on the user form that
+    asked nothing while the smaller "end all sessions" beside it did."""
+    from app.auth.models import User
+    from app.extensions import db
+
+    make_user("minister")
+    make_user("auditor1", "auditor")
+    sign_in(page, live_server, "minister")
+    page.wait_for_selector("h1:has-text('仪表盘')")
+    questions = []
+
+    def answer(dialog, accept):
+        questions.append(dialog.message)
+        dialog.accept() if accept else dialog.dismiss()
+
+    page.goto(f"{live_server}/users/auditor1")
+    page.uncheck("input[name=active]")
+    page.once("dialog", lambda dialog: answer(dialog, False))
+    page.click("form[data-confirm-unchecking] button[type=submit]")
+    page.wait_for_function("() => true")
+    assert questions == ["停用 auditor1？该账户将立即在所有位置退出登录，重新启用前无法登录。"]
+    db.session.expire_all()
+    assert db.session.scalar(db.select(User.active).where(User.username == "auditor1")) is True
+    page.once("dialog", lambda dialog: answer(dialog, True))
+    page.click("form[data-confirm-unchecking] button[type=submit]")
+    page.wait_for_selector(".flash.success")
+    db.session.expire_all()
+    assert db.session.scalar(db.select(User.active).where(User.username == "auditor1")) is False
+
+    page.goto(f"{live_server}/users/auditor1")  # disabled now: a rename keeps it so, without a question
+    page.fill("input[name=display_name]", "王五")
+    page.click("form[data-confirm-unchecking] button[type=submit]")
+    page.wait_for_selector(".flash.success")
+    assert len(questions) == 2
+    db.session.expire_all()
+    assert db.session.scalar(db.select(User.display_name).where(User.username == "auditor1")) == "王五"

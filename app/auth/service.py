@@ -98,7 +98,8 @@ def create_user(draft: UserDraft, *, actor: str | None = None) -> User:
                 password_must_change=draft.must_change_password)
     db.session.add(user)
     db.session.flush()
-    audit.record("user.create", draft.username, {"role": draft.role, "scopes": scope_codes}, actor=actor)
+    audit.record("user.create", draft.username, {"display_name": display_name, "role": draft.role,
+                                                 "scopes": scope_codes}, actor=actor)
     return user
 
 
@@ -107,11 +108,12 @@ def update_user(user: User, *, role: str, scopes: list[str], active: bool, displ
         raise ValidationFailed(_l("Unknown role %(role)s.", role=role), code="invalid_role", field="role")
     scope_codes = normalise_scopes(role, scopes)
     display_name = readable_text(display_name, "display_name", limit=120)
-    before = {"role": user.role, "scopes": user.scope_codes, "active": user.active}
+    before = {"display_name": user.display_name, "role": user.role, "scopes": user.scope_codes, "active": user.active}
     user.role, user.scope_codes, user.active = role, scope_codes, active
     user.display_name = display_name
-    audit.record("user.update", user.username,
-                 {"before": before, "after": {"role": role, "scopes": scope_codes, "active": active}})
+    # The name too: the console shows it beside the user's actions, so a rename is a change worth a record.
+    audit.record("user.update", user.username, {"before": before, "after": {
+        "display_name": display_name, "role": role, "scopes": scope_codes, "active": active}})
     if before["active"] and not active:
         console_sessions.end_sessions(user, "disabled")  # a disabled account is signed out everywhere at once
     return user

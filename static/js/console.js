@@ -1,6 +1,14 @@
-// Confirmation before destructive actions: any form with data-confirm asks first.
+// Confirmation before destructive actions: any form with data-confirm asks first. A form with
+// data-confirm-unchecking="<checkbox name>" asks data-confirm-unchecking-message only when that box was ticked
+// when the page loaded and is not now (a user edit that disables the account).
 document.addEventListener("submit", function (event) {
-  var message = event.target.getAttribute("data-confirm");
+  var form = event.target;
+  var message = form.getAttribute("data-confirm");
+  var boxName = form.getAttribute("data-confirm-unchecking");
+  var box = boxName ? form.querySelector('input[type=checkbox][name="' + boxName + '"]') : null;
+  if (!message && box && box.defaultChecked && !box.checked) {
+    message = form.getAttribute("data-confirm-unchecking-message");
+  }
   if (message && !window.confirm(message)) {
     event.preventDefault();
   }
