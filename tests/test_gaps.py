@@ -48,6 +48,29 @@ def test_console_application_errors_stay_in_the_form(app, make_user):
     assert db.session.scalar(db.select(db.func.count()).select_from(Application)) == 0
 
 
+@pytest.mark.parametrize(("language", "typed", "refusal"), [
+    ("zh_CN", {"org_name": "江西\u202e省公安厅"}, "单位 含有控制字符。"),
+    ("zh_CN", {"vendor": "a\x07b"}, "厂商 含有控制字符。"),
+    ("en", {"contact_phone": "call me"}, "Contact phone is not a phone number."),
+    ("en", {"contact_email": "nobody"}, "Contact e-mail is not an e-mail address."),
+    ("en", {"system_name": "a\x07b"}, "System name contains control characters."),
+])
+def test_console_application_refusals_name_the_field_as_the_form_does(app, make_user, language, typed, refusal):
+    """The API's keys (org_name, contact.phone) stood in the form's refusals, beside fields labelled otherwise."""
+    import html as entities
+    import re
+
+    make_user("jx-admin", "provincial_admin", ("360000",))
+    console = Console(app.test_client())
+    console.login("jx-admin")
+    console.client.get(f"/lang/{language}")
+    page = console.post_form("/applications/new", {**application_form(**typed), "csr": NodeKeys().csr})
+    html = page.get_data(as_text=True)
+    errors = [entities.unescape(text) for text in re.findall(r'class="error"[^>]*>([^<]*)<', html)]
+    assert errors == [refusal]
+    assert db.session.scalar(db.select(db.func.count()).select_from(Application)) == 0
+
+
 @contextmanager
 def probed_node(app, admins, behaviour: str):
     """An admitted node whose application endpoint is a health server answering with `behaviour`, and the

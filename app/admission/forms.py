@@ -66,6 +66,12 @@ class ApplicationForm(CSRInput, ConsoleForm):
             "capabilities": list(self.capabilities.data or []),
         }
 
+    def names(self) -> dict[str, str]:
+        """The document's keys → this form's labels, so that a refusal names the field as the page does."""
+        return {key: str(getattr(self, key.replace(".", "_")).label.text)
+                for key in ("division_code", "org_name", "system_name", "vendor", "endpoint", "contact.name",
+                            "contact.phone", "contact.email")}
+
 
 
 # No validators here: the service refuses a missing reason, a misleading one and one over its 500 characters,

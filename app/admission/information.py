@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -38,19 +39,21 @@ def invalid(message, field: str, code: str = "invalid_input") -> ValidationFaile
     return ValidationFailed(message, code=code, field=field)
 
 
-def text_field(value, field: str, required: bool = True) -> str:
+def text_field(value, field: str, required: bool = True, names: Mapping[str, str] | None = None) -> str:
+    """`value` checked as the A.1 text `field`; a refusal names it as `names` has it (a console form's labels)."""
+    name = (names or {}).get(field, field)
     if value is None:
         value = ""
     if not isinstance(value, str):
-        raise invalid(_l("%(field)s must be text.", field=field), field)
+        raise invalid(_l("%(field)s must be text.", field=name), field)
     value = value.strip()
     if required and not value:
-        raise invalid(_l("%(field)s is required.", field=field), field, "missing_field")
+        raise invalid(_l("%(field)s is required.", field=name), field, "missing_field")
     if len(value) > LIMITS[field]:
-        raise invalid(_l("%(field)s is longer than %(n)s characters.", field=field, n=LIMITS[field]), field,
+        raise invalid(_l("%(field)s is longer than %(n)s characters.", field=name, n=LIMITS[field]), field,
                       "too_long")
     if misleading(value):
-        raise invalid(_l("%(field)s contains control characters.", field=field), field)
+        raise invalid(_l("%(field)s contains control characters.", field=name), field)
     return value
 
 
@@ -116,8 +119,9 @@ def capabilities(value) -> tuple[str, ...]:
     return tuple(item for item in CAPABILITIES if item in value)
 
 
-def parse(document) -> NodeInformation:
-    """From the API's JSON or a console form (same keys); refuses on the first defect."""
+def parse(document, names: Mapping[str, str] | None = None) -> NodeInformation:
+    """From the API's JSON or a console form (same keys); refuses on the first defect, naming a field by its key
+    or, given `names` (key → a console form's label), by its label."""
     if not isinstance(document, dict):
         raise invalid(_l("The body must be a JSON object."), "body", "invalid_body")
     contact = document.get("contact")
@@ -128,19 +132,22 @@ def parse(document) -> NodeInformation:
         raise invalid(_l("division_code is required."), "division_code", "missing_field")
     if not isinstance(division_code, str):  # 360000 as a number: a code is text (it may begin with 0)
         raise invalid(_l("%(field)s must be text.", field="division_code"), "division_code")
-    phone = text_field(contact.get("phone"), "contact.phone")
+    named = (names or {}).get
+    phone = text_field(contact.get("phone"), "contact.phone", names=names)
     if not PHONE.match(phone):
-        raise invalid(_l("contact.phone is not a phone number."), "contact.phone")
-    email = text_field(contact.get("email"), "contact.email")
+        raise invalid(_l("%(field)s is not a phone number.", field=named("contact.phone", "contact.phone")),
+                      "contact.phone")
+    email = text_field(contact.get("email"), "contact.email", names=names)
     if not EMAIL.match(email):
-        raise invalid(_l("contact.email is not an e-mail address."), "contact.email")
+        raise invalid(_l("%(field)s is not an e-mail address.", field=named("contact.email", "contact.email")),
+                      "contact.email")
     return NodeInformation(
         division_code=division_code.strip(),
-        org_name=text_field(document.get("org_name"), "org_name"),
-        system_name=text_field(document.get("system_name"), "system_name"),
-        vendor=text_field(document.get("vendor"), "vendor"),
+        org_name=text_field(document.get("org_name"), "org_name", names=names),
+        system_name=text_field(document.get("system_name"), "system_name", names=names),
+        vendor=text_field(document.get("vendor"), "vendor", names=names),
         endpoint=normalise_endpoint(document.get("endpoint")),
-        contact_name=text_field(contact.get("name"), "contact.name"),
+        contact_name=text_field(contact.get("name"), "contact.name", names=names),
         contact_phone=phone, contact_email=email,
         capabilities=capabilities(document.get("capabilities")),
     )

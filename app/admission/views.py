@@ -81,7 +81,8 @@ def application_new():
         form.division_code.data = current_user.scopes[0]
     if form.validate_on_submit():
         try:
-            application = applications.submit_by_user(parse(form.document()), form.csr_pem(), by=current_user)
+            application = applications.submit_by_user(parse(form.document(), form.names()), form.csr_pem(),
+                                                      by=current_user)
             db.session.commit()
         except DomainError as error:
             db.session.rollback()
@@ -110,7 +111,8 @@ def change_request(node_id: str):
     form.division_code.data = node.division_code
     if form.validate_on_submit():
         try:
-            application = applications.submit_change(node, parse(form.document()), form.csr_pem(), by=current_user)
+            application = applications.submit_change(node, parse(form.document(), form.names()), form.csr_pem(),
+                                                     by=current_user)
             db.session.commit()
         except DomainError as error:
             db.session.rollback()
