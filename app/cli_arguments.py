@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 
 import click
 
@@ -62,3 +63,23 @@ class Digits(click.ParamType):
             self.fail(f"{number} is not in the range {self.low if self.low is not None else '…'} to "
                       f"{self.high if self.high is not None else '…'}.", param, ctx)
         return number
+
+
+class Seconds(click.ParamType):
+    """A finite number of seconds in ASCII within [low, high]. click's FLOAT is float(), which reads "nan" (every
+    comparison with it is false, so a range check passes it), "inf" and "1e400"."""
+
+    name = "seconds"
+
+    def __init__(self, low: float, high: float):
+        self.low, self.high = low, high
+
+    def convert(self, value, param, ctx) -> float:
+        if isinstance(value, int | float):
+            return float(value)  # a default
+        if not (value.isascii() and re.fullmatch(r"[0-9]+(\.[0-9]+)?", value)):
+            self.fail(f"{value!r} is not a number of seconds in ASCII digits.", param, ctx)
+        seconds = float(value)
+        if not self.low <= seconds <= self.high:
+            self.fail(f"{value} is not in the range {self.low:g} to {self.high:g} seconds.", param, ctx)
+        return seconds

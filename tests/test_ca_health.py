@@ -373,3 +373,37 @@ def test_ca_init_still_works_on_a_database_without_a_ca(app, runner, tmp_path):
     result = runner.invoke(args=["ca", "init"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "fresh" / "intermediate.pem").exists()
+
+
+@pytest.mark.parametrize("command", [["ca", "crl"], ["routing", "publish", "--force"],
+                                     ["routing", "verify", "BODY", "SIGNATURE"]])
+def test_commands_needing_the_ca_say_so_on_a_database_without_one(app, runner, tmp_path, command):
+    """`ca crl`, `routing publish` and `routing verify` ended in a traceback there; their siblings printed the
+    error line."""
+    (tmp_path / "BODY").write_text('{"version": 1}')
+    (tmp_path / "SIGNATURE").write_bytes(b"MEUCIQ==")
+    db.session.execute(delete(CRLState))
+    db.session.commit()
+    app.config["MPIM_CA_DIR"] = str(tmp_path / "fresh")
+    as_a_process_starting_now(app)
+    result = runner.invoke(args=[str(tmp_path / part) if part.isupper() else part for part in command])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert result.output.startswith("error: ") and "flask ca init" in result.output
+
+
+def test_routing_publish_with_a_ca_key_it_cannot_open_says_so(app, runner):
+    app.extensions.pop("mpim_authority", None)  # as in a process that has not loaded the CA yet
+    app.config["MPIM_CA_PASSPHRASE"] = "not-the-ca-passphrase"
+    result = runner.invoke(args=["routing", "publish", "--force"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert result.output.startswith("error: The CA key file intermediate.key could not be opened")
+
+
+@pytest.mark.parametrize(("option", "value"), [("--lease-seconds", "inf"), ("--lease-seconds", "nan"),
+                                               ("--lease-seconds", "0"), ("--lease-seconds", "-1"),
+                                               ("--lease-seconds", "１０"), ("--stop-grace-seconds", "1e400")])
+def test_scheduler_run_refuses_seconds_it_cannot_keep(app, runner, option, value):
+    """inf was a traceback, nan ran forever never leading, and 0 or -1 wrote leases already lapsed, which a
+    second scheduler could take while the first still ran a job."""
+    result = runner.invoke(args=["scheduler", "run", option, value])
+    assert result.exit_code == 2 and f"Invalid value for '{option}'" in result.output, result.output

@@ -101,7 +101,7 @@ def crl_command(regenerate):
     """Print the current CRL (PEM); --regenerate issues a new one first."""
     if regenerate:
         run(lambda: revocation.regenerate_crl(actor="cli"), False)
-    click.echo(revocation.current_crl().pem, nl=False)
+    click.echo(run(revocation.current_crl, False).pem, nl=False)
 
 
 @cli.command("root-crl")

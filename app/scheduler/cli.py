@@ -12,6 +12,7 @@ from flask import current_app
 from flask.cli import AppGroup
 from sqlalchemy import func, select
 
+from app.cli_arguments import Seconds
 from app.console import log_failing_checks
 from app.database import utcnow
 from app.extensions import db
@@ -23,8 +24,10 @@ cli = AppGroup("scheduler", help="The scheduler process (one leader runs every j
 
 
 @cli.command("run")
-@click.option("--lease-seconds", default=30.0, show_default=True)
-@click.option("--stop-grace-seconds", default=30.0, show_default=True,
+# The lease is renewed every third of it, but at most once a second: a lease of 1 s or less would lapse
+# between renewals, and another scheduler could take it while this one still runs a job.
+@click.option("--lease-seconds", default=30.0, show_default=True, type=Seconds(2, 3600))
+@click.option("--stop-grace-seconds", default=30.0, show_default=True, type=Seconds(0, 3600),
               help="How long a stop waits for the jobs running before the process exits anyway.")
 def run_command(lease_seconds, stop_grace_seconds):
     """Run the scheduler in the foreground; start one or more, only the leader runs jobs."""
