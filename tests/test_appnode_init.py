@@ -1,11 +1,21 @@
-"""`init --if-missing` run again (as `make appnode` does) with corrected values."""
+"""`init`: all or nothing, refusing by name what the node could not work with, and `init --if-missing` run again
+(as `make appnode` does) with corrected values; and what a node that has not joined says."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from app.appnode.caller_limit import DEFAULT_PER_CALLER, DEFAULT_THREADS, per_caller_limit
 from app.appnode.cli import cli
@@ -154,3 +164,137 @@ def test_the_default_limit_is_in_force_with_the_default_threads():
     """A peer delivering at full parallelism still has room for more, and `run` has threads enough for that."""
     assert DEFAULT_PER_CALLER > DELIVERY_PARALLELISM
     assert per_caller_limit(None, DEFAULT_THREADS) == DEFAULT_PER_CALLER
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def init_json(data, *extra: str) -> tuple[int, dict | None]:
+    """`init` with --json: its exit code and the refusal on stderr (None when it created the node)."""
+    result = CliRunner().invoke(cli, ["--data", str(data), "--json", "init", "--registry", "https://127.0.0.1:5000",
+                                      "--division", "360000", "--endpoint", "https://127.0.0.1:8643", *extra])
+    return result.exit_code, json.loads(result.stderr) if result.exit_code else None
+
+
+def operator_runs(data, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The command as an operator runs it, through main(): the line it prints for a refusal, and its exit code."""
+    return subprocess.run([sys.executable, "-m", "app.appnode", "--data", str(data), *args], cwd=ROOT,
+                          env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=120)
+
+
+def a_ca_file(path: Path) -> Path:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "registry CA")])
+    now = datetime.now(UTC)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=1))
+                   .not_valid_after(now + timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                   .sign(key, hashes.SHA256()))
+    path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def test_a_registry_ca_that_cannot_be_used_is_refused_by_name_before_init_writes_anything(tmp_path):
+    """The CA file was opened only after config.json and node.db were written: the directory then held a node
+    that init called already_initialised and every other command failed with a traceback."""
+    (tmp_path / "garbage.pem").write_text("not a certificate")
+    for ca in (tmp_path / "missing.pem", tmp_path / "garbage.pem", tmp_path):
+        data = tmp_path / "jx"
+        code, refusal = init_json(data, "--registry-ca", str(ca))
+        assert code == 2, refusal
+        assert refusal["error"]["code"] == "invalid_config" and str(ca) in refusal["error"]["message"], refusal
+        assert not data.exists()
+        data.mkdir()  # an empty directory made for the node stays as it was
+        assert init_json(data, "--registry-ca", str(ca))[0] == 2 and list(data.iterdir()) == []
+        data.rmdir()
+    assert init_json(data, "--registry-ca", str(a_ca_file(tmp_path / "ca.pem"))) == (0, None)
+
+
+def test_a_node_whose_registry_ca_went_away_says_so_instead_of_a_traceback(tmp_path):
+    data, ca = tmp_path / "jx", a_ca_file(tmp_path / "ca.pem")
+    assert init_json(data, "--registry-ca", str(ca)) == (0, None)
+    ca.unlink()
+    result = CliRunner().invoke(cli, ["--data", str(data), "--json", "status"])
+    assert result.exit_code == 2
+    error = json.loads(result.stderr)["error"]
+    assert error["code"] == "invalid_config" and str(ca) in error["message"], error
+    done = operator_runs(data, "users", "list")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith("error (invalid_config): ") and str(ca) in done.stderr
+
+
+def test_init_that_fails_after_it_began_writing_leaves_the_directory_as_it_found_it(tmp_path, monkeypatch):
+    """All or nothing: a configuration the new node cannot open (here an environment override) undoes what init
+    wrote, so init can simply be run again."""
+    monkeypatch.setenv("MPIM_NODE_ROUTE_INTERVAL", "0")
+    fresh, kept = tmp_path / "new" / "jx", tmp_path / "kept"
+    kept.mkdir()
+    (kept / "README").write_text("the operator's own file")
+    for data in (fresh, kept):
+        code, refusal = init_json(data)
+        assert code == 2 and refusal["error"]["code"] == "invalid_config", refusal
+    assert not (tmp_path / "new").exists()
+    assert [p.name for p in kept.iterdir()] == ["README"]
+    monkeypatch.delenv("MPIM_NODE_ROUTE_INTERVAL")
+    assert init_json(fresh) == (0, None) and init_json(kept) == (0, None)
+
+
+def test_init_in_a_data_path_that_is_a_file_is_refused_naming_it(tmp_path):
+    data = tmp_path / "notes.txt"
+    data.write_text("not a directory")
+    code, refusal = init_json(data)
+    assert code == 2 and refusal["error"]["code"] == "cannot_write" and str(data) in refusal["error"]["message"]
+    assert data.read_text() == "not a directory"
+    done = operator_runs(data, "init", "--registry", "http://127.0.0.1:5000", "--division", "360000",
+                         "--endpoint", "https://127.0.0.1:8643")
+    assert done.returncode == 2 and done.stderr.startswith("error (cannot_write): "), done.stderr
+
+
+def test_renew_and_csr_before_join_are_refused_as_not_joined_and_make_no_pending_key(tmp_path):
+    """`renew` read a certificate the node does not have yet (a FileNotFoundError traceback), and `renew --force`
+    made the pending key before it found the node had no node id."""
+    data = tmp_path / "jx"
+    assert init_json(data) == (0, None)
+    for args in (("renew",), ("renew", "--force"), ("csr",), ("csr", "--new-key")):
+        result = CliRunner().invoke(cli, ["--data", str(data), "--json", *args])
+        assert result.exit_code == 2, result.output
+        assert json.loads(result.stderr)["error"]["code"] == "not_joined", args
+        assert not (data / "tls" / "pending.key").exists(), args
+    done = operator_runs(data, "renew")
+    assert done.returncode == 2 and done.stderr.startswith("error (not_joined): "), done.stderr
+
+
+@pytest.mark.parametrize("listen", ["nonsense", "127.0.0.1:99999", "127.0.0.1:0", "127.0.0.1:-5", "127.0.0.1:",
+                                    ":8443", "127.0.0.1:８４４３", "127.0.0.1:8443 "])
+def test_a_listen_address_that_is_no_host_and_port_is_refused_by_name(tmp_path, monkeypatch, listen):
+    """`--listen nonsense` was stored as given, and a port past 65535 failed `run` with an OverflowError."""
+    data = tmp_path / "jx"
+    code, refusal = init_json(data, "--listen", listen)
+    assert code == 2 and refusal["error"]["code"] == "invalid_config" and repr(listen) in refusal["error"]["message"]
+    assert not data.exists()
+    assert init_json(data, "--listen", "127.0.0.1:8643") == (0, None)
+    result = CliRunner().invoke(cli, ["--data", str(data), "--json", "init", "--if-missing", "--registry",
+                                      "https://127.0.0.1:5000", "--division", "360000", "--endpoint",
+                                      "https://127.0.0.1:8643", "--listen", listen])
+    assert result.exit_code == 2 and json.loads(result.stderr)["error"]["code"] == "invalid_config"
+    assert stored(data)["listen"] == "127.0.0.1:8643"
+    monkeypatch.setenv("MPIM_NODE_LISTEN", listen)
+    result = CliRunner().invoke(cli, ["--data", str(data), "--json", "status"])
+    assert result.exit_code == 2
+    error = json.loads(result.stderr)["error"]
+    assert error["code"] == "invalid_config" and f"MPIM_NODE_LISTEN ({listen!r})" in error["message"], error
+    monkeypatch.delenv("MPIM_NODE_LISTEN")
+    (data / "config.json").write_text(json.dumps({**stored(data), "listen": listen}), "utf-8")
+    result = CliRunner().invoke(cli, ["--data", str(data), "--json", "status"])
+    assert result.exit_code == 2 and f"listen ({listen!r})" in json.loads(result.stderr)["error"]["message"]
+
+
+def test_a_listen_address_with_a_port_from_1_to_65535_is_taken(tmp_path, monkeypatch):
+    for number, listen in enumerate(("0.0.0.0:1", "[::1]:65535", "localhost:8443")):
+        data = tmp_path / f"n{number}"
+        assert init_json(data, "--listen", listen) == (0, None)
+        monkeypatch.setenv("MPIM_NODE_LISTEN", listen)
+        assert CliRunner().invoke(cli, ["--data", str(data), "status"]).exit_code == 0
+    done = operator_runs(data, "run", env={"MPIM_NODE_LISTEN": "127.0.0.1:99999"})
+    assert done.returncode == 2 and done.stderr.startswith("error (invalid_config): "), done.stderr

@@ -31,9 +31,9 @@ from app.appnode.cli_lines import (
     when,
 )
 from app.appnode.cli_messaging import download, group, history, inbox, presence, read, send, send_file
-from app.appnode.config import NodeConfig
+from app.appnode.config import NodeConfig, check_listen
 from app.appnode.node import Node, NotJoined, address
-from app.appnode.registry import write_atomic, write_private
+from app.appnode.registry import write_atomic
 from app.cli_arguments import Digits, require_utf8
 from app.errors import Conflict, DomainError, NotFound
 
@@ -72,6 +72,7 @@ cli.add_command(group)
 def init(ctx: Context, registry, division, endpoint, listen, org_name, org_code, system_name, registry_ca,
          if_missing):
     """Create the node: configuration, database, private key (0600) and the page's operator password."""
+    check_listen(listen, "--listen")  # exit 2, as when the node reads it; before --if-missing changes anything
     if if_missing and (ctx.data / NodeConfig.FILE).exists():
         try:
             changes = ctx.node.amend_config(registry_url=registry, division_code=division, endpoint=endpoint,
@@ -85,9 +86,8 @@ def init(ctx: Context, registry, division, endpoint, listen, org_name, org_code,
         return
     config = NodeConfig(registry_url=registry, division_code=division, endpoint=endpoint, listen=listen,
                         org_name=org_name, org_code=org_code, system_name=system_name, registry_ca_file=registry_ca)
-    Node.init(ctx.data, config)
     password = secrets.token_urlsafe(12)
-    write_private(ctx.data / "ui_password", password.encode())
+    Node.init(ctx.data, config, ui_password=password)
     ctx.out({"data": str(ctx.data), "ui_user": "operator", "ui_password": password},
             f"node created in {ctx.data}; page login: operator / {password} (shown once)")
 

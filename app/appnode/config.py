@@ -33,6 +33,16 @@ def _whole(value, least: int, most: float) -> bool:
     return type(value) is int and least <= value <= most
 
 
+def check_listen(listen, name: str, place: str = "") -> None:
+    """`listen` must be host:port, the port a whole number from 1 to 65535 in ASCII digits: gunicorn took
+    "nonsense" for a host, and a port past 65535 failed `run` with an OverflowError. Refused naming `name`
+    (the setting, option or variable it came from) and `place` (" in config.json")."""
+    host, _, port = listen.rpartition(":") if isinstance(listen, str) else ("", "", "")
+    if not (host and host == host.strip() and port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValidationFailed(f"{name} ({listen!r}){place} must be host:port, the port a whole number from 1 to "
+                               "65535", code="invalid_config")
+
+
 def _from_environment(name: str, kind: type, least: float):
     try:
         value = kind(os.environ[name])
@@ -89,6 +99,10 @@ class NodeConfig:
         for name, attribute in (("MPIM_NODE_REGISTRY_URL", "registry_url"), ("MPIM_NODE_LISTEN", "listen")):
             if os.environ.get(name):
                 setattr(config, attribute, os.environ[name])
+        if os.environ.get("MPIM_NODE_LISTEN"):
+            check_listen(config.listen, "MPIM_NODE_LISTEN")
+        else:
+            check_listen(config.listen, "listen", f" in {cls.FILE}")
         if os.environ.get("MPIM_NODE_ROUTE_INTERVAL"):
             config.route_interval = _from_environment("MPIM_NODE_ROUTE_INTERVAL", float, MIN_ROUTE_INTERVAL)
         config.check_numbers()

@@ -14,6 +14,8 @@ certificates); messages.py holds what they share.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -21,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-from app.appnode.config import NodeConfig
+from app.appnode.config import NodeConfig, check_listen
 from app.appnode.ephemeral import EphemeralMixin
 from app.appnode.files import FilesMixin
 from app.appnode.group_confirmation import GroupConfirmationMixin
@@ -32,7 +34,15 @@ from app.appnode.outbox import OutboxMixin
 from app.appnode.protocol import Conflict
 from app.appnode.reading import ReadingMixin
 from app.appnode.receiving import ReceivingMixin
-from app.appnode.registry import Identity, NotJoined, RegistryClient, RegistryError
+from app.appnode.registry import (
+    CannotWrite,
+    Identity,
+    NotJoined,
+    RegistryClient,
+    RegistryError,
+    registry_context,
+    write_private,
+)
 from app.appnode.renewal import RenewalMixin
 from app.appnode.route_table import REFRESH_INTERVAL, RouteTableMixin
 from app.appnode.sending import SendingMixin
@@ -104,14 +114,28 @@ class Node(ReceivingMixin, GroupsMixin, GroupHomeMixin, GroupConfirmationMixin, 
 
     # ---- identity ----------------------------------------------------------------------------------------
     @classmethod
-    def init(cls, data_dir: str | Path, config: NodeConfig) -> Node:
-        """A new node directory: configuration, database and key (the key never leaves it)."""
+    def init(cls, data_dir: str | Path, config: NodeConfig, *, ui_password: str | None = None) -> Node:
+        """A new node directory: configuration, database, key (the key never leaves it) and, when given, the
+        page's operator password. All or nothing: the listen address and the management node's CA file are
+        checked before anything is written, and a failure after that removes what init made (a half-made node
+        was refused as already_initialised by the next init, and failed every other command)."""
         data_dir = Path(data_dir)
         if (data_dir / NodeConfig.FILE).exists():
             raise Conflict(f"{data_dir} already holds a node", code="already_initialised")
-        config.save(data_dir)
-        node = cls(data_dir)
-        node.identity.generate_key()
+        check_listen(config.listen, "listen")
+        registry_context(config.registry_ca_file)
+        if data_dir.exists() and not data_dir.is_dir():
+            raise CannotWrite(f"{data_dir} is a file, not a directory to create the node in")
+        with _undone_on_failure(data_dir):
+            config.save(data_dir)
+            node = cls(data_dir)
+            try:
+                node.identity.generate_key()
+                if ui_password is not None:
+                    write_private(data_dir / "ui_password", ui_password.encode())
+            except BaseException:
+                node.engine.dispose()  # the database file is about to go
+                raise
         return node
 
     def amend_config(self, **wanted: str) -> dict[str, tuple[str, str]]:
@@ -127,6 +151,8 @@ class Node(ReceivingMixin, GroupsMixin, GroupHomeMixin, GroupConfirmationMixin, 
             listed = "; ".join(f"{name} {old} (given {new})" for name, (old, new) in changes.items())
             raise Conflict(f"{self.data_dir} holds a node that has already applied with {listed}: use another data "
                            f"directory (NAME), or remove this one to start over", code="already_applied")
+        if "listen" in changes:
+            check_listen(changes["listen"][1], "listen")
         stored.update({name: new for name, (_, new) in changes.items()})
         path.write_text(json.dumps(stored, ensure_ascii=False, indent=2) + "\n", "utf-8")
         self.config = NodeConfig.load(self.data_dir)
@@ -196,3 +222,30 @@ class Node(ReceivingMixin, GroupsMixin, GroupHomeMixin, GroupConfirmationMixin, 
         self._node_id = node_id
         self._routes = None
         return node_id
+
+
+@contextmanager
+def _undone_on_failure(data_dir: Path):
+    """`Node.init`'s writing: if it fails, what it created goes (the directory, and the parents it made, when it
+    was not there; else the entries it added), and an OSError is the refusal cannot_write, naming the path."""
+    made = None  # the outermost directory that is not there yet
+    missing = data_dir
+    while not missing.exists() and missing != missing.parent:
+        made, missing = missing, missing.parent
+    before = set() if made else set(os.listdir(data_dir))
+    try:
+        yield
+    except BaseException as error:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        else:
+            for name in set(os.listdir(data_dir)) - before:
+                path = data_dir / name
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            which = f" ({error.filename})" if error.filename and Path(error.filename) != data_dir else ""
+            raise CannotWrite(f"cannot create the node in {data_dir}{which}: {error.strerror or error}") from None
+        raise

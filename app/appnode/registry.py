@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from app import strict_json
-from app.errors import DomainError
+from app.errors import DomainError, ValidationFailed
 
 
 class RegistryError(DomainError):
@@ -41,6 +41,13 @@ class RegistryError(DomainError):
 
 class NotJoined(DomainError):
     code, status = "not_joined", 409
+
+
+class CannotWrite(DomainError):
+    """A file the node or its operator asked for could not be written (no such directory, no permission, a full
+    disk, a name too long): the message names the path."""
+
+    code = "cannot_write"
 
 
 @dataclass
@@ -124,18 +131,43 @@ class Identity:
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """`data` in `path`, whole or not at all: written beside it and renamed over it. When that fails (a full
+    disk) the OSError is raised and the temporary file is gone."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(descriptor, "wb") as stream:
-        stream.write(data)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(temporary, path)
+    try:
+        with os.fdopen(descriptor, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def write_private(path: Path, data: bytes) -> None:
     write_atomic(path, data, 0o600)
+
+
+def registry_context(ca_file: str | None) -> ssl.SSLContext | None:
+    """The TLS context for an https management node whose CA certificates are in `ca_file` (None: the system's).
+    A file that cannot be read or holds no certificate is refused naming it (invalid_config), at `init` before
+    anything is written and whenever the node is opened, where it failed with a traceback."""
+    if ca_file is None or ca_file == "":
+        return None
+    if not isinstance(ca_file, str):
+        raise ValidationFailed(f"registry_ca_file ({ca_file!r}) in config.json must be a file name",
+                               code="invalid_config")
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except ssl.SSLError as error:
+        reason = f"it holds no certificate OpenSSL can read ({error.reason})"
+    except OSError as error:
+        reason = error.strerror or str(error)
+    raise ValidationFailed(f"the management node's CA file {ca_file} (`init --registry-ca`, registry_ca_file in "
+                           f"config.json) cannot be used: {reason}", code="invalid_config")
 
 
 class RegistryClient:
@@ -145,7 +177,7 @@ class RegistryClient:
         self.base_url = base_url.rstrip("/")
         self.identity = identity
         self.timeout = timeout
-        self._context = ssl.create_default_context(cafile=ca_file) if ca_file else None
+        self._context = registry_context(ca_file)
         self._session: tuple[str, float] | None = None
         self._lock = threading.Lock()
 

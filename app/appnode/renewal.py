@@ -43,7 +43,9 @@ class RenewalMixin:
     `certificate_changed` hooks, `_certificate_lock` and `_note_certificate_problem`."""
 
     def renewal_opens(self) -> datetime:
-        """The start of the last third of the certificate's validity (SPEC §4 renewal window)."""
+        """The start of the last third of the certificate's validity (SPEC §4 renewal window); NotJoined before
+        `join` fetched the certificate."""
+        self.node_id  # noqa: B018 (NotJoined, the refusal every command gives before `join`)
         certificate = self.identity.certificate()
         start, end = certificate.not_valid_before_utc, certificate.not_valid_after_utc
         return end - (end - start) / 3
@@ -77,10 +79,11 @@ class RenewalMixin:
     def renew(self) -> str:
         """A new key and CSR; the old certificate keeps working until the table carries the new one. A pending
         key `csr --new-key` made is used rather than replaced, so the CSR its operator handed out stays good."""
+        node_id = self.node_id  # before the pending key is made: a node that has not joined keeps no key for it
         pending = self.identity.pending_key_file
         key = self.identity.key(pending) if pending.exists() else self.identity.generate_key(pending)
         key_pem = pending.read_bytes()  # a route pull may promote it meanwhile, once the table lists the new one
-        pem_chain = self.registry.renew(self.node_id, Identity.csr_for(key, self.node_id))
+        pem_chain = self.registry.renew(node_id, Identity.csr_for(key, node_id))
         with self._certificate_lock:
             write_atomic(self.identity.key_file, key_pem, 0o600)
             self.identity.store_certificate(pem_chain)
