@@ -378,3 +378,24 @@ def test_download_says_a_message_id_ending_in_a_newline_is_no_message_id(network
     assert code == 2 and document["error"]["message"] == (
         f"no file message {message.message_id}\n: {message.message_id}\n is no message id (a UUID); download takes "
         f"the id of the message that carried the file")
+
+
+def test_download_and_csr_out_that_cannot_be_written_are_refused_naming_the_path(network, tmp_path):  # noqa: F811
+    """An OSError writing --out (here a name longer than the file system takes; as root, permissions stop
+    nothing) ended in a traceback. 250 bytes is a name the file itself could have, but not the temporary file
+    `csr` writes first, beside it."""
+    a, b = network["a"], network["b"]
+    message = a.node.send_file("zhangsan", b.user("lisi"), PDF, "file", file_name="协查通报.pdf")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    too_long, almost = folder / ("案" * 100 + ".pdf"), folder / ("x" * 250)
+    for overwrite in ((), ("--overwrite",)):
+        code, document = refusal(b.dir, "download", "--as", "lisi", message.message_id, "--out", str(too_long),
+                                 *overwrite)
+        error = document["error"]
+        assert code == 2 and error["code"] == "cannot_write" and str(too_long) in error["message"], document
+        for out in (too_long, almost):
+            code, document = refusal(a.dir, "csr", "--out", str(out), *overwrite)
+            error = document["error"]
+            assert code == 2 and error["code"] == "cannot_write" and str(out) in error["message"], document
+    assert list(folder.iterdir()) == []

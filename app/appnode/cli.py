@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from app.appnode.caller_limit import DEFAULT_THREADS
-from app.appnode.cli_context import Commands, Context, Refused, exit_code, pass_ctx
+from app.appnode.cli_context import Commands, Context, Refused, exit_code, pass_ctx, writing
 from app.appnode.cli_lines import (
     one_per_line,
     outbox_line,
@@ -243,10 +243,12 @@ def renew(ctx: Context, force):
 def csr(ctx: Context, new_key, out, overwrite):
     """A CSR to hand to a ministry admin, who renews this node from it in the console (or `flask ca renew`);
     the node installs the certificate from its next route pull."""
-    if out and not out.parent.is_dir():  # checked before a pending key is made: a mistyped path
-        raise NotFound(f"{out.parent} is no directory to write {out.name} into", code="no_directory")
-    if out and out.exists() and not overwrite:  # --out tls/node.key would have replaced the key with its CSR
-        raise Conflict(f"{out} exists: csr writes over no file unless given --overwrite", code="file_exists")
+    if out:
+        with writing(out):  # checked before a pending key is made: a mistyped path
+            if not out.parent.is_dir():
+                raise NotFound(f"{out.parent} is no directory to write {out.name} into", code="no_directory")
+            if out.exists() and not overwrite:  # --out tls/node.key would have replaced the key with its CSR
+                raise Conflict(f"{out} exists: csr writes over no file unless given --overwrite", code="file_exists")
     request, key, reused = ctx.node.certificate_request(new_key=new_key)
     key_file = ctx.node.identity.pending_key_file if key == "pending" else ctx.node.identity.key_file
     if reused:
@@ -254,7 +256,8 @@ def csr(ctx: Context, new_key, out, overwrite):
         click.echo(f"reusing the pending key already in {key_file} (made by an earlier `csr --new-key`, or by a "
                    f"`renew` that was refused or did not finish)", err=True)
     if out:
-        write_atomic(out, request.encode("ascii"))
+        with writing(out):
+            write_atomic(out, request.encode("ascii"))
     document = {"csr": request, "key": key, "key_file": str(key_file), "reused": reused,
                 "out": str(out) if out else None}
     ctx.out(document, f"CSR for the {key} key written to {out}" if out else request.rstrip("\n"))

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -15,7 +17,7 @@ from app.appnode.cli_lines import put_off_line
 from app.appnode.config import NodeConfig
 from app.appnode.node import Node
 from app.appnode.outbox import retry_after_read
-from app.appnode.registry import RegistryError
+from app.appnode.registry import CannotWrite, RegistryError
 from app.errors import DomainError
 
 # sysexits.h EX_TEMPFAIL, "try again later": the management node put the request off and said for how long.
@@ -50,6 +52,19 @@ class Context:
 
 
 pass_ctx = click.make_pass_decorator(Context)
+
+
+@contextmanager
+def writing(path: Path):
+    """A command writing the file its operator named (`--out`): an OSError about it, or about a temporary file
+    beside it (a full disk, no permission, a name too long), is the refusal cannot_write naming the path, where it
+    was a traceback."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is not None and Path(os.fsdecode(error.filename)).parent != path.parent:
+            raise  # another file (the node's own): no fault of the path given
+        raise CannotWrite(f"cannot write {path}: {error.strerror or error}") from None
 
 
 class PutOff(DomainError):

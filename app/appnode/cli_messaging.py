@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from app.appnode.cli_context import Context, pass_ctx
+from app.appnode.cli_context import Context, pass_ctx, writing
 from app.appnode.cli_lines import (
     conversation_line,
     download_line,
@@ -134,7 +134,8 @@ def download(ctx: Context, user, message_id, out, overwrite):
     message's id (the first column of `history`), not its file id."""
     stored = ctx.node.download(user, message_id)
     if out:
-        ctx.node.copy_file_to(stored, out, overwrite=overwrite)
+        with writing(out):
+            ctx.node.copy_file_to(stored, out, overwrite=overwrite)
     path = out or ctx.data / stored.path
     ctx.out({"file_id": stored.file_id, "size": stored.size, "sha256": stored.sha256, "path": str(path)},
             download_line(path, stored.size, stored.sha256))
