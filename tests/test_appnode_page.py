@@ -96,3 +96,22 @@ def test_a_user_or_conversation_the_node_does_not_have_is_refused_on_a_page_in_t
                 assert words in html and '"error"' not in html, html
             else:
                 raise AssertionError(f"{path} was not refused")
+
+
+def test_the_language_switch_keeps_the_query_as_given_and_builds_nothing_from_it(network):  # noqa: F811
+    """The query went to url_for as keywords: `?endpoint=x` and `?_method=POST` failed the page (500), and
+    `_external=1` made the link absolute, to whatever `_scheme` said. Now the link is this page's path and its
+    query, repeated names kept, with only `lang` replaced."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    a, b = network["a"], network["b"]
+    sent = a.node.send_text("zhangsan", b.user("lisi"), "在吗")
+    for path in ("/", "/conversation"):
+        for query in ("endpoint=x", "_method=POST", "_external=1&_scheme=javascript&_anchor=%0Aalert(1)",
+                      "tag=a&tag=b&lang=zh_CN"):
+            link = switch_link(page(a, f"{path}?user=zhangsan&id={sent.conversation_id}&lang=en&{query}"))
+            parts = urlsplit(link)
+            assert (parts.scheme, parts.netloc, parts.path, parts.fragment) == ("", "", path, ""), link
+            assert parse_qsl(parts.query) == [("user", "zhangsan"), ("id", sent.conversation_id),
+                                              *[(name, value) for name, value in parse_qsl(query) if name != "lang"],
+                                              ("lang", "zh_CN")], link

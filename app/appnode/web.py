@@ -10,6 +10,7 @@ import hmac
 import json
 import os
 from pathlib import Path
+from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 from flask import Flask, Response, abort, g, render_template, request, url_for
@@ -73,8 +74,11 @@ def create_node_app(node: Node) -> Flask:
     @app.context_processor
     def page_helpers():
         def with_language(lang: str) -> str:
-            """This page in another language: `lang` replaced, never appended (a repeated one lost)."""
-            return url_for(request.endpoint, **{**request.args.to_dict(), "lang": lang})
+            """This page in another language: its path and its query as given (a repeated name kept), `lang`
+            replaced, never appended. The query is never handed to url_for, which took `endpoint` or `_method`
+            in it for its own arguments (a 500) and `_external` for a link to another scheme and host."""
+            query = [(name, value) for name, value in request.args.items(multi=True) if name != "lang"]
+            return f"{url_for(request.endpoint)}?{urlencode([*query, ('lang', lang)])}"
         return {"with_language": with_language, "labels": LABELS}
 
     @app.errorhandler(DomainError)
