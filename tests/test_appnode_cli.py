@@ -340,8 +340,13 @@ def test_send_file_refuses_a_fifo_instead_of_waiting_for_a_writer(network, tmp_p
     feeding.start()
     assert refusal(a.dir, "send-file", "--as", "zhangsan", b.user("lisi"), str(fifo)) == (2, {"error": {
         "code": "not_a_regular_file", "message": f"{fifo} is no regular file: send-file sends a file's bytes"}})
-    os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # lets the writer through, now the command is done
-    feeding.join(30)
+    # Lets the writer through, now the command is done. Held open until the writer is done: a reader opened and
+    # closed before the writer's thread reached its open() let nothing through, and the test failed under load.
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        feeding.join(30)  # its 3 KB fit in the pipe's buffer
+    finally:
+        os.close(reader)
     assert not feeding.is_alive(), "the writer of the named pipe was never let through"
     assert a.node.outbox() == []
 
