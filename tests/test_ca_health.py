@@ -28,6 +28,7 @@ from app.pki.models import CRLState
 from tests.appnode_processes import PYTHON, ROOT, eventually, free_port
 from tests.conftest import PASSWORD, stop_process
 from tests.test_scheduler import heartbeat_holders, start_scheduler, wait_for
+from tests.test_sessions import admit_with_keys, people  # noqa: F401 (fixture)
 
 WRONG = "not-the-ca-passphrase"
 
@@ -407,3 +408,23 @@ def test_scheduler_run_refuses_seconds_it_cannot_keep(app, runner, option, value
     second scheduler could take while the first still ran a job."""
     result = runner.invoke(args=["scheduler", "run", option, value])
     assert result.exit_code == 2 and f"Invalid value for '{option}'" in result.output, result.output
+
+
+def test_certificate_pages_show_while_the_ca_key_cannot_be_opened(app, people, admin_console):  # noqa: F811
+    """Showing or handing out a certificate opens no key: the route signer's and the management certificate's
+    detail pages (which asked the loaded CA whether they are in service) and every certificate's .pem (whose
+    chain came from the loaded CA) answered 503 with a wrong passphrase."""
+    from app.pki.models import Certificate
+
+    admit_with_keys(people)
+    rows = {row.kind: row for row in db.session.scalars(db.select(Certificate))}
+    app.extensions.pop("mpim_authority", None)  # as in a worker that has not loaded the CA yet
+    app.config["MPIM_CA_PASSPHRASE"] = "not-the-ca-passphrase"
+    client = admin_console.client
+    for kind in ("route_signer", "management", "node"):
+        page = client.get(f"/certificates/{rows[kind].serial}")
+        assert page.status_code == 200, kind
+        download = client.get(f"/certificates/{rows[kind].serial}.pem")
+        assert download.status_code == 200 and download.data.count(b"BEGIN CERTIFICATE") == 3, kind
+    assert "这是正在使用的路由签名证书" in client.get(f"/certificates/{rows['route_signer'].serial}").get_data(
+        as_text=True)

@@ -27,6 +27,7 @@ from app.pki import authority as ca
 from app.pki import service
 
 ROOT, INTERMEDIATE, ROUTE_SIGNER = "root.pem", "intermediate.pem", "route-signer.pem"
+MANAGEMENT = "management.pem"  # not published under /ca/, but read the same way (the console's detail page)
 RETRY_SECONDS = 30  # an operator has to act (a passphrase, a file restored): no point asking sooner
 
 
@@ -42,7 +43,7 @@ class CAUnavailable(Unavailable):
 
 
 def certificate_pem(name: str) -> bytes:
-    """One published certificate (ROOT, INTERMEDIATE or ROUTE_SIGNER), PEM. Parsed before it goes out, so
+    """One published certificate (ROOT, INTERMEDIATE or ROUTE_SIGNER; or MANAGEMENT), PEM. Parsed before it goes out, so
     a file cut short is a 503 rather than garbage a node would store as its trust anchor."""
     directory = service.ca_directory()
     if not ca.is_initialised(directory) and not service.database_holds_ca():

@@ -114,13 +114,26 @@ def revoke_with_node(row: Certificate, reason: str, *, now) -> bool:
     return True
 
 
-def in_service_role(certificate: Certificate) -> str | None:
+def in_service_role(certificate: Certificate, *, from_files: bool = False) -> str | None:
     """"route_signer" or "management" when the row is the management node's certificate in use now
-    (revoking it replaces it at once), else None."""
+    (revoking it replaces it at once), else None. A revocation asks the loaded CA, which it needs anyway;
+    `from_files` asks the certificate files instead, opening no key: the detail page shows while the CA key
+    cannot be opened (it answered 503 then), and says nothing of a role it cannot read."""
     if certificate.kind not in ("route_signer", "management"):
         return None
-    loaded = service.authority()
-    current = loaded.route_signer_certificate if certificate.kind == "route_signer" else loaded.management_certificate
+    if from_files:
+        from cryptography import x509
+
+        from app.pki import published
+        try:
+            current = x509.load_pem_x509_certificate(published.certificate_pem(
+                published.ROUTE_SIGNER if certificate.kind == "route_signer" else published.MANAGEMENT))
+        except (published.CAUnavailable, service.CANotReady):
+            return None
+    else:
+        loaded = service.authority()
+        current = (loaded.route_signer_certificate if certificate.kind == "route_signer"
+                   else loaded.management_certificate)
     return certificate.kind if current is not None and service.fingerprint(current) == certificate.sha256 else None
 
 

@@ -14,7 +14,7 @@ from app.auth.views import form_error
 from app.database import paginate, utcnow
 from app.errors import DomainError
 from app.extensions import db
-from app.pki import own_keys, readiness, revocation, service
+from app.pki import own_keys, published, readiness, revocation, service
 from app.pki.forms import RenewForm
 from app.pki.models import Certificate
 
@@ -77,7 +77,7 @@ def _detail_page(row: Certificate, renew_form: RenewForm, status: int = 200):
         same_key = [c for c in revocation.same_key_certificates(row) if c.serial in valid_serials]
         same_key_all = bool(same_key) and len(same_key) == len(others)
     return render_template("pki/detail.html", row=row, node=node, newest=newest, reasons=revocation.REASONS,
-                           in_service=revocation.in_service_role(row), confirm_form=ConfirmForm(),
+                           in_service=revocation.in_service_role(row, from_files=True), confirm_form=ConfirmForm(),
                            renew_form=renew_form, last_valid=last_valid, same_key=same_key,
                            same_key_all=same_key_all), status
 
@@ -98,7 +98,7 @@ def download(serial: str):
     row = service.get(serial)
     if not _visible(row):
         abort(404)
-    body = row.pem + service.authority().chain_pem().decode()
+    body = row.pem + published.chain_pem().decode()  # the files: no key is opened to hand out a certificate
     return Response(body, mimetype="application/x-pem-file",
                     headers={"Content-Disposition": f"attachment; filename={row.node_id or row.kind}-{row.serial}.pem"})
 
