@@ -69,13 +69,9 @@ class FilesMixin:
         request, from_node, me = envelope["payload"], envelope["from_node"], self.node_id
         with self.db() as session:
             # The origin answers for its own messages only, and it mints their ids: other nodes' messages may
-            # carry one of them too (in other conversations, §6), but none of this node's does twice. Named, the
-            # conversation must be that message's: a copy of it forged into another conversation (by that
-            # conversation's home node) is answered as an unknown message, saying nothing of the real one.
-            query = select(Message).where(Message.message_id == request["message_id"], Message.origin_node == me)
-            if "conversation_id" in request:
-                query = query.where(Message.conversation_id == request["conversation_id"])
-            message = session.scalars(query).first()
+            # carry one of them too (in other conversations, §6), but none of this node's does twice.
+            message = session.scalars(select(Message).where(
+                Message.message_id == request["message_id"], Message.origin_node == me)).first()
             if message is None or message.document["content"].get("file_id") != request["file_id"]:
                 raise NotFound("no such file in a message of this node", field="payload.file_id")
             if message.chat_type == "single":
@@ -116,14 +112,19 @@ class FilesMixin:
             message = self._file_message(session, user_id, message_id, conversation_id)
             content = message.document["content"]
             stored = session.get(StoredFile, (message.origin_node, content["file_id"]))
+            if stored is not None:
+                if stored.sha256 != content["sha256"] or stored.declared != declared_type(message.msg_type, content):
+                    # An origin names each file once: another message naming the id for other bytes (or another
+                    # type) is refused rather than given the kept file, which it does not describe.
+                    raise UnsupportedMediaType(f"node {message.origin_node} named file {content['file_id']} for "
+                                               "other bytes already; this message's file is refused")
+                return stored
         origin = message.origin_node
-        if stored is not None:
-            given = self._kept_for(stored, message)  # or refused here, asking nobody
-            if origin != me and stored.conversation_id != message.conversation_id:
-                # Kept for another conversation's message (or before files said whose): only the origin knows
-                # whether this message is its own too, or a copy forged into a conversation it never reached.
-                self._ask_origin(message, {"offset": 0, "length": 1})
-            return given
+        entry = self.peer_entry(origin, self._pull_for_recipient(origin))
+        if "download" not in entry["capabilities"]:
+            raise UnsupportedCapability(f"node {origin} does not serve downloads")
+        envelope = protocol.make_envelope(from_node=me, to_node=origin, type="download",
+                                          payload={"file_id": content["file_id"], "message_id": message_id})
         kind = message.msg_type
         limit = min(self.config.limit(kind), content["size"])  # the message said how big; not a byte more
         # Into a temporary file beside where it will be kept, never into memory: files run to 1 GiB.
@@ -134,10 +135,15 @@ class FilesMixin:
         try:
             with os.fdopen(handle, "w+b") as stream:
                 try:
-                    response = self._ask_origin(message, None, into=stream, limit=limit)
+                    response = self.peers.post(entry["endpoint"], PATHS["download"], json.dumps(envelope).encode(),
+                                               pin=entry["cert_sha256"], into=stream, limit=limit)
                 except PeerAnswerTooLarge:
                     raise PayloadTooLarge(f"node {origin} sent more than the {limit} bytes the message declares; "
                                           "discarded") from None
+                except PeerUnreachable as error:
+                    raise protocol.Unavailable(str(error)) from None
+                if response.status != 200:
+                    raise self._peer_error(response)
                 stream.flush()
                 os.fsync(stream.fileno())
             digest = _sha256_of(part)
@@ -147,55 +153,9 @@ class FilesMixin:
             filetypes.check_declared(_head(part), declared)
             return self._keep_file(origin, content["file_id"], kind, declared, part, digest,
                                    content.get("file_name"),
-                                   protocol.parse_timestamp(content["expire_at"]) if kind == "file" else None,
-                                   message.conversation_id)
+                                   protocol.parse_timestamp(content["expire_at"]) if kind == "file" else None)
         finally:
             part.unlink(missing_ok=True)  # kept files were moved away; anything left here is discarded
-
-    def _ask_origin(self, message: Message, wanted: dict | None, **reading):
-        """A.10 to the message's origin, naming the message by its conversation and id (§7.2); the origin's
-        refusal is raised. `reading` goes to the transport (`into`, `limit`)."""
-        me, origin, content = self.node_id, message.origin_node, message.document["content"]
-        entry = self.peer_entry(origin, self._pull_for_recipient(origin))
-        if "download" not in entry["capabilities"]:
-            raise UnsupportedCapability(f"node {origin} does not serve downloads")
-        request = {"file_id": content["file_id"], "message_id": message.message_id,
-                   "conversation_id": message.conversation_id}
-        if wanted is not None:
-            request["range"] = wanted
-        envelope = protocol.make_envelope(from_node=me, to_node=origin, type="download", payload=request)
-        try:
-            response = self.peers.post(entry["endpoint"], PATHS["download"], json.dumps(envelope).encode(),
-                                       pin=entry["cert_sha256"], **reading)
-        except PeerAnswerTooLarge:
-            raise  # the caller says what was too large
-        except PeerUnreachable as error:
-            raise protocol.Unavailable(str(error)) from None
-        if response.status != (200 if wanted is None else 206):
-            raise self._peer_error(response)
-        return response
-
-    def _kept_for(self, stored: StoredFile, message: Message) -> StoredFile:
-        """The kept file `stored` as `message`'s file. An origin names each file once, so a message naming the id
-        for other bytes is refused rather than given the kept file, which it does not describe. The same bytes
-        kept under another declared type (by an earlier release, for a forged copy of the message) are given
-        when they pass as this message's type, under this message's name and type."""
-        content = message.document["content"]
-        declared = declared_type(message.msg_type, content)
-        if stored.sha256 == content["sha256"] and stored.declared == declared:
-            return stored
-        refused = UnsupportedMediaType(f"node {message.origin_node} named file {content['file_id']} for other "
-                                       "bytes already; this message's file is refused")
-        if stored.sha256 != content["sha256"]:
-            raise refused
-        try:
-            filetypes.check_declared(_head(self.data_dir / stored.path), declared)
-        except UnsupportedMediaType:
-            raise refused from None
-        return StoredFile(origin_node=stored.origin_node, file_id=stored.file_id, kind=message.msg_type,
-                          declared=declared, size=stored.size, sha256=stored.sha256, path=stored.path,
-                          file_name=content.get("file_name"), expire_at=stored.expire_at,
-                          created_at=stored.created_at, conversation_id=message.conversation_id)
 
     def _file_message(self, session: Session, user_id: str, message_id: str,
                       conversation_id: str | None) -> Message:
@@ -259,10 +219,8 @@ class FilesMixin:
         return self.file_path(stored).read_bytes()
 
     def _keep_file(self, origin: str, file_id: str, kind: str, declared: str, data: bytes | Path, digest: str,
-                   file_name: str | None, expire_at: datetime | None,
-                   conversation_id: str | None = None) -> StoredFile:
-        """Store the bytes (`data`), or move a checked temporary file in the same directory into place;
-        `conversation_id` is that of the message a downloaded file was fetched for."""
+                   file_name: str | None, expire_at: datetime | None) -> StoredFile:
+        """Store the bytes (`data`), or move a checked temporary file in the same directory into place."""
         path = self.files_dir / origin / file_id
         if isinstance(data, Path):
             size = data.stat().st_size
@@ -276,7 +234,7 @@ class FilesMixin:
             if row is None:
                 row = StoredFile(origin_node=origin, file_id=file_id, kind=kind, declared=declared, size=size,
                                  sha256=digest, path=str(path.relative_to(self.data_dir)), file_name=file_name,
-                                 expire_at=expire_at, created_at=utcnow(), conversation_id=conversation_id)
+                                 expire_at=expire_at, created_at=utcnow())
                 session.add(row)
         return row
 
