@@ -174,7 +174,7 @@ def test_a_database_of_schema_1_gains_who_reported_each_entry_in_place(tmp_path)
     connection.close()
     factory = open_database(path)
     with factory() as session:
-        assert session.get(Setting, "schema_version").value == SCHEMA_VERSION == "4"
+        assert session.get(Setting, "schema_version").value == SCHEMA_VERSION == "3"
         assert [p.peer_node for p in session.scalars(select(Presence))] == ["44000000002025000001"]
         assert [r.peer_node for r in session.scalars(select(ReadState))] == ["36000000002025000001"]
         indexes = set(session.scalars(select(text("name")).select_from(text("sqlite_master"))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.exc import IntegrityError
 
-from app.appnode import protocol, store
+from app.appnode import protocol
 from app.appnode.store import SCHEMA_VERSION, Message, Setting, open_database, utcnow
 
 SCHEMA_2 = Path(__file__).parent / "fixtures" / "appnode_schema_2.sql"
@@ -72,7 +72,7 @@ def test_a_schema_2_database_is_keyed_by_conversation_and_id_after_the_upgrade_w
     _, before, _ = snapshot(path)
     factory = open_database(path)
     schema, after, version = snapshot(path)
-    assert (after, version) == (before, SCHEMA_VERSION) and SCHEMA_VERSION == "4"
+    assert (after, version) == (before, SCHEMA_VERSION) and SCHEMA_VERSION == "3"
     assert [name for kind, name, _ in schema if kind == "table" and name.startswith("messages")] == ["messages"]
     fresh = tmp_path / "fresh.sqlite3"
     open_database(fresh).kw["bind"].dispose()
@@ -85,7 +85,7 @@ def test_a_schema_2_database_is_keyed_by_conversation_and_id_after_the_upgrade_w
     with pytest.raises(IntegrityError), factory.begin() as session:  # and the same one twice is not
         session.add(Message(**{c: getattr(kept, c) for c in COLUMNS}))
     with factory() as session:
-        assert session.get(Setting, "schema_version").value == "4"
+        assert session.get(Setting, "schema_version").value == "3"
         assert session.query(Message).filter(Message.message_id == first[0]).count() == 2
     factory.kw["bind"].dispose()
     open_database(path).kw["bind"].dispose()  # and opens as schema 3 from then on
@@ -111,7 +111,7 @@ def test_an_upgrade_that_fails_part_way_leaves_the_database_as_it_was_and_the_ne
     connection.close()
     open_database(path).kw["bind"].dispose()
     _, messages, version = snapshot(path)
-    assert (messages, version) == (before[1], "4")
+    assert (messages, version) == (before[1], "3")
 
 
 def test_forty_thousand_messages_are_upgraded_in_one_pass(tmp_path):
@@ -123,125 +123,5 @@ def test_forty_thousand_messages_are_upgraded_in_one_pass(tmp_path):
     with sqlite3.connect(path) as connection:
         assert connection.execute("SELECT count(*), count(DISTINCT message_id) FROM messages").fetchone() == (
             40_000, 40_000)
-        assert connection.execute("SELECT value FROM settings WHERE key = 'schema_version'").fetchone() == ("4",)
+        assert connection.execute("SELECT value FROM settings WHERE key = 'schema_version'").fetchone() == ("3",)
     connection.close()
-
-
-SCHEMA_3_BY_ORIGIN = Path(__file__).parent / "fixtures" / "appnode_schema_3_by_origin.sql"
-OTHER = "11000000002025000001"
-
-
-def tables(path: Path, *names: str) -> dict:
-    """Each table's columns (name, type, not null, primary-key position) and indexes, as SQLite sees them."""
-    with sqlite3.connect(path) as connection:
-        found = {}
-        for name in names:
-            columns = [row[1:4] + row[5:] for row in connection.execute(f"PRAGMA table_info({name})")]
-            indexes = sorted((index, [c[2] for c in connection.execute(f"PRAGMA index_info({index})")])
-                             for _, index, *_ in connection.execute(f"PRAGMA index_list({name})"))
-            found[name] = (columns, indexes)
-    connection.close()
-    return found
-
-
-def fresh_tables(tmp_path: Path, *names: str) -> dict:
-    fresh = tmp_path / "fresh.sqlite3"
-    open_database(fresh).kw["bind"].dispose()
-    return tables(fresh, *names)
-
-
-def test_a_schema_3_database_keyed_by_origin_is_upgraded_to_schema_4(tmp_path):
-    """Commit 36684d6 (reverted) wrote schema "3" with messages keyed by (origin_node, message_id) and dedup
-    records by (from_node, origin_node, message_id). The next build wrote its own, other schema "3", opened such a
-    file as its own, and then failed to record any envelope received. Now the shape is told by its keys and
-    upgraded: one message per (conversation, id), the first received; one dedup record per (from_node, id)."""
-    path = tmp_path / "node.sqlite3"
-    rows = [message_row(number) for number in range(3)]
-    twin = (rows[0][0], *rows[0][1:4], OTHER, *rows[0][5:9], "2026-12-01 09:00:00.000000", rows[0][10])
-    with sqlite3.connect(path) as connection:
-        connection.executescript(SCHEMA_3_BY_ORIGIN.read_text("utf-8"))
-        columns = ", ".join(f'"{column}"' for column in COLUMNS)
-        connection.executemany(f"INSERT INTO messages ({columns}) VALUES ({', '.join('?' for _ in COLUMNS)})",
-                               [*rows, twin])
-        connection.executemany("INSERT INTO received VALUES (?, ?, ?, ?)", [
-            (HOME, MEMBER, rows[0][0], "2026-12-01 08:00:00.000000"),
-            (HOME, OTHER, rows[0][0], "2026-12-01 09:00:00.000000"),
-            (MEMBER, MEMBER, rows[1][0], "2026-12-01 08:00:00.000000")])
-        connection.execute("INSERT INTO outbox (peer_node, kind, message_id, envelope, state, attempts, "
-                           "next_attempt_at, origin_node) VALUES (?, 'message', ?, '{}', 'pending', 0, ?, ?)",
-                           (OTHER, rows[2][0], "2026-12-01 08:00:00.000000", MEMBER))
-    connection.close()
-    open_database(path).kw["bind"].dispose()
-    _, messages, version = snapshot(path)
-    assert version == SCHEMA_VERSION == "4"
-    assert sorted(messages) == sorted(rows)  # the twin of another origin, received later, is not kept
-    with sqlite3.connect(path) as connection:
-        assert connection.execute("SELECT from_node, message_id, received_at FROM received ORDER BY 1, 2").fetchall() \
-            == sorted([(HOME, rows[0][0], "2026-12-01 08:00:00.000000"),
-                       (MEMBER, rows[1][0], "2026-12-01 08:00:00.000000")])
-        store.insert_received(connection.cursor(), OTHER, rows[0][0], utcnow())
-        assert connection.execute("SELECT peer_node, message_id FROM outbox").fetchall() == [(OTHER, rows[2][0])]
-    connection.close()
-    names = ("messages", "received", "outbox", "files")
-    assert tables(path, *names) == fresh_tables(tmp_path, *names)
-
-
-@pytest.mark.parametrize("version", ["3", "4"])
-def test_a_database_whose_tables_are_not_its_versions_is_refused(tmp_path, version):
-    """A schema-2 file that says it is at a later version (written by some other build) is refused with what to
-    do, not opened: every message of it would be looked up by a key it does not have."""
-    path = tmp_path / "node.sqlite3"
-    schema_2_database(path)
-    with sqlite3.connect(path) as connection:
-        connection.execute("UPDATE settings SET value = ? WHERE key = 'schema_version'", (version,))
-    connection.close()
-    before = snapshot(path)
-    with pytest.raises(RuntimeError, match="keyed by .* backup"):
-        open_database(path)
-    assert snapshot(path) == before
-
-
-def test_a_schema_1_database_the_previous_release_left_half_upgraded_starts(tmp_path):
-    """The release that brought schema 2 ran its step without a transaction: a failure after the first column was
-    added left read_states.peer_node at version 1, and every later start failed with "duplicate column name"."""
-    path = tmp_path / "node.sqlite3"
-    schema_2_database(path)
-    with sqlite3.connect(path) as connection:
-        connection.execute("DROP INDEX ix_presence_peer_node_updated_at")
-        connection.execute("ALTER TABLE presence DROP COLUMN peer_node")
-        connection.execute("INSERT INTO presence VALUES ('lisi@44000000002025000001', 'online', 'pc', 't', 't')")
-        connection.execute("UPDATE settings SET value = '1' WHERE key = 'schema_version'")
-    connection.close()
-    open_database(path).kw["bind"].dispose()
-    with sqlite3.connect(path) as connection:
-        assert connection.execute("SELECT peer_node FROM presence").fetchall() == [(MEMBER,)]
-    connection.close()
-    assert snapshot(path)[2] == "4"
-    assert tables(path, "presence", "read_states") == fresh_tables(tmp_path, "presence", "read_states")
-
-
-def test_a_newer_schema_is_refused_before_the_file_is_touched(tmp_path):
-    path = tmp_path / "node.sqlite3"
-    with sqlite3.connect(path) as connection:
-        connection.execute('CREATE TABLE settings ("key" VARCHAR(64) NOT NULL PRIMARY KEY, value TEXT NOT NULL)')
-        connection.execute("INSERT INTO settings VALUES ('schema_version', '9')")
-    connection.close()
-    with pytest.raises(RuntimeError, match="has schema 9"):
-        open_database(path)
-    with sqlite3.connect(path) as connection:
-        assert connection.execute("SELECT name FROM sqlite_master").fetchall() == [("settings",), (
-            "sqlite_autoindex_settings_1",)]
-    connection.close()
-
-
-def test_a_database_without_its_version_is_upgraded_from_what_its_tables_are(tmp_path):
-    """A settings table without the version (a first start stopped between the two) was stamped with the current
-    version as it stood, schema 2 tables and all."""
-    path = tmp_path / "node.sqlite3"
-    schema_2_database(path)
-    with sqlite3.connect(path) as connection:
-        connection.execute("DELETE FROM settings")
-    connection.close()
-    open_database(path).kw["bind"].dispose()
-    assert snapshot(path)[2] == "4"
-    assert tables(path, "messages", "outbox") == fresh_tables(tmp_path, "messages", "outbox")

@@ -2,14 +2,15 @@
 
 Plain SQLAlchemy 2.0 with its own declarative base, so nothing of the management node's schema
 (Flask-SQLAlchemy, Alembic) leaks into a node. The schema is created on first use; a vendor node
-would migrate it, the reference node upgrades in place from the older versions it knows, in one transaction
-(app/appnode/schema_upgrade.py), and refuses to open any other (SCHEMA_VERSION).
+would migrate it, the reference node upgrades in place from the versions listed in `UPGRADES`, in one transaction
+(`upgrade`), and refuses to open any other (SCHEMA_VERSION).
 The CLI and the server process share the file: WAL mode lets the CLI write while the server reads.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from sqlalchemy import (
     Boolean,
     Index,
     Integer,
+    MetaData,
     String,
     Text,
     bindparam,
@@ -26,12 +28,13 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.schema import CreateIndex, CreateTable
 
-from app.appnode import schema_upgrade
 from app.database import UTCDateTime, utcnow
 
-SCHEMA_VERSION = schema_upgrade.CURRENT
+SCHEMA_VERSION = "3"
 
 
 class Base(DeclarativeBase):
@@ -92,7 +95,7 @@ class Outbox(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     peer_node: Mapped[str] = mapped_column(String(20), index=True)
     kind: Mapped[str] = mapped_column(String(10))
-    message_id: Mapped[str] = mapped_column(String(36), index=True)
+    message_id: Mapped[str] = mapped_column(String(36))
     envelope: Mapped[dict] = mapped_column(JSON)
     state: Mapped[str] = mapped_column(String(10), default="pending", index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -116,10 +119,6 @@ class StoredFile(Base):
     file_name: Mapped[str | None] = mapped_column(String(255))
     expire_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
-    # The conversation of the message a downloaded file was fetched for (§7.2); None for this node's own files
-    # and for files kept before schema 4. Another conversation's message naming the file is given it only once
-    # the origin answers for that message too.
-    conversation_id: Mapped[str | None] = mapped_column(String(200))
 
 
 class Group(Base):
@@ -187,7 +186,7 @@ def open_database(path: Path) -> sessionmaker[Session]:
     """The node's sessionmaker; WAL journal so that the CLI and the server can share the file. A database of an
     older schema is upgraded first (`upgrade`); a new one is created at SCHEMA_VERSION."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    schema_upgrade.upgrade(path)  # or refuses, before the file is touched
+    upgrade(path)
     engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30, "check_same_thread": False},
                            json_serializer=lambda value: json.dumps(value, ensure_ascii=False))
 
@@ -212,8 +211,79 @@ def open_database(path: Path) -> sessionmaker[Session]:
             session.add(Setting(key="schema_version", value=SCHEMA_VERSION))
         elif current.value != SCHEMA_VERSION:
             raise RuntimeError(f"{path} has schema {current.value}; this node software needs {SCHEMA_VERSION}")
-        schema_upgrade.check(session.connection().connection.dbapi_connection, path)
     return factory
+
+
+def upgrade(path: Path) -> None:
+    """Bring the database at `path` from an older schema (a key of `UPGRADES`) to SCHEMA_VERSION in place: a
+    node's data directory is its identity (key, certificate, admission), so it is not started afresh. All steps
+    run in one transaction, and a failure anywhere leaves the file as it was. The transaction is begun by hand:
+    Python's sqlite3 runs DDL in autocommit when no transaction is open, while SQLite's DDL is transactional
+    inside one. A database that does not exist yet, or is at SCHEMA_VERSION already, is left alone."""
+    if not path.exists():
+        return
+    connection = sqlite3.connect(path, timeout=30, isolation_level=None)
+    try:
+        if _schema_version(connection) not in UPGRADES:
+            return
+        connection.execute("BEGIN IMMEDIATE")  # the write lock first: another process may be upgrading it
+        try:
+            version = _schema_version(connection)  # again, under the lock
+            if version in UPGRADES:
+                while version in UPGRADES:
+                    version = UPGRADES[version](connection)
+                connection.execute("UPDATE settings SET value = ? WHERE key = 'schema_version'", (version,))
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:  # some errors (a full disk) end the transaction themselves
+                connection.execute("ROLLBACK")
+            raise
+    finally:
+        connection.close()
+
+
+def _schema_version(connection: sqlite3.Connection) -> str | None:
+    if connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'settings'").fetchone() is None:
+        return None
+    row = connection.execute("SELECT value FROM settings WHERE key = 'schema_version'").fetchone()
+    return row[0] if row else None
+
+
+def _ddl(statement) -> str:
+    return str(statement.compile(dialect=sqlite_dialect.dialect()))
+
+
+def _add_peer_node(connection: sqlite3.Connection) -> str:
+    """Schema 1 to 2: who reported each read state and presence entry, for the caps per peer. Kept rows count
+    against their user's node: a group's read states relayed by its home node before the upgrade are few, and
+    count against the members' nodes instead."""
+    for table in ("read_states", "presence"):
+        connection.execute(f"ALTER TABLE {table} ADD COLUMN peer_node VARCHAR(20) NOT NULL DEFAULT ''")
+        connection.execute(f"UPDATE {table} SET peer_node = substr(user_id, instr(user_id, '@') + 1)")
+    for index in (*ReadState.__table__.indexes, *Presence.__table__.indexes):
+        connection.execute(_ddl(CreateIndex(index, if_not_exists=True)))
+    return "2"
+
+
+def _key_messages_by_conversation(connection: sqlite3.Connection) -> str:
+    """Schema 2 to 3: messages keyed by (conversation_id, message_id) instead of message_id alone (docs/protocol.md
+    §6). SQLite cannot change a primary key in place: the table is built anew beside the old one and filled by
+    one INSERT ... SELECT (every row kept: ids unique before are unique within each conversation), then takes
+    the old one's name and its indexes. The table and indexes are the model's: should a later schema change
+    them, this step gets its own copy of the schema-3 DDL."""
+    table = Message.__table__
+    columns = ", ".join(f'"{column}"' for column in MESSAGE_COLUMNS)
+    connection.execute(_ddl(CreateTable(table.to_metadata(MetaData(), name="messages_v3"))))
+    connection.execute(f"INSERT INTO messages_v3 ({columns}) SELECT {columns} FROM messages")
+    connection.execute("DROP TABLE messages")  # and its indexes with it
+    connection.execute("ALTER TABLE messages_v3 RENAME TO messages")
+    for index in table.indexes:
+        connection.execute(_ddl(CreateIndex(index)))
+    return "3"
+
+
+# The step from each older schema to the next; each returns the version it brings the database to.
+UPGRADES = {"1": _add_peer_node, "2": _key_messages_by_conversation}
 
 
 # ---- the hot path in plain SQL -------------------------------------------------------------------------------
