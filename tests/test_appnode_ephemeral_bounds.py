@@ -18,7 +18,6 @@ from app.appnode.config import NodeConfig
 from app.appnode.store import SCHEMA_VERSION, Presence, ReadState, Setting, open_database
 from tests.appnode_harness import raw_post
 from tests.test_appnode import network, stored_messages, sync  # noqa: F401 (fixture)
-from tests.test_appnode_store import schema_2_database
 from tests.test_sessions import people  # noqa: F401 (fixture)
 
 
@@ -158,10 +157,10 @@ def test_a_config_written_before_the_caps_loads_with_the_defaults(tmp_path):
 
 
 def test_a_database_of_schema_1_gains_who_reported_each_entry_in_place(tmp_path):
-    """A node's data directory is its identity: its schema steps are taken in place, each kept read state and
-    presence entry counted against its user's node, not refused as a database of another version."""
+    """A node's data directory is its identity: the one schema step so far is taken in place, each kept read
+    state and presence entry counted against its user's node, not refused as a database of another version."""
     path = tmp_path / "node.sqlite3"
-    schema_2_database(path, messages=0)
+    open_database(path).kw["bind"].dispose()
     with sqlite3.connect(path) as connection:  # as schema 1 left it: no peer_node, no index on it
         for statement in ("DROP INDEX ix_read_states_peer_node", "DROP INDEX ix_presence_peer_node_updated_at",
                           "ALTER TABLE read_states DROP COLUMN peer_node", "ALTER TABLE presence DROP COLUMN peer_node",
@@ -174,11 +173,11 @@ def test_a_database_of_schema_1_gains_who_reported_each_entry_in_place(tmp_path)
     connection.close()
     factory = open_database(path)
     with factory() as session:
-        assert session.get(Setting, "schema_version").value == SCHEMA_VERSION == "3"
+        assert session.get(Setting, "schema_version").value == SCHEMA_VERSION == "2"
         assert [p.peer_node for p in session.scalars(select(Presence))] == ["44000000002025000001"]
         assert [r.peer_node for r in session.scalars(select(ReadState))] == ["36000000002025000001"]
         indexes = set(session.scalars(select(text("name")).select_from(text("sqlite_master"))
                                       .where(text("type = 'index'"))))
     assert {"ix_read_states_peer_node", "ix_presence_peer_node_updated_at"} <= indexes
     factory.kw["bind"].dispose()
-    open_database(path).kw["bind"].dispose()  # and opens as schema 3 from then on
+    open_database(path).kw["bind"].dispose()  # and opens as schema 2 from then on

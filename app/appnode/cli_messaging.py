@@ -128,13 +128,11 @@ def presence(ctx: Context, user, status):
 @click.argument("message_id")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Also copy the file here.")
 @click.option("--overwrite", is_flag=True, help="Write over a file already at --out.")
-@click.option("--conversation", metavar="CONVERSATION_ID",
-              help="The message's conversation, should messages of several carry the id.")
 @pass_ctx
-def download(ctx: Context, user, message_id, out, overwrite, conversation):
+def download(ctx: Context, user, message_id, out, overwrite):
     """Fetch a message's file from its origin node (A.10), checked by checksum and content. MESSAGE_ID is the
     message's id (the first column of `history`), not its file id."""
-    stored = ctx.node.download(user, message_id, conversation)
+    stored = ctx.node.download(user, message_id)
     if out:
         with writing(out):
             ctx.node.copy_file_to(stored, out, overwrite=overwrite)

@@ -68,11 +68,9 @@ class FilesMixin:
     def _serve_download(self, envelope: dict) -> Reply:
         request, from_node, me = envelope["payload"], envelope["from_node"], self.node_id
         with self.db() as session:
-            # The origin answers for its own messages only, and it mints their ids: other nodes' messages may
-            # carry one of them too (in other conversations, §6), but none of this node's does twice.
-            message = session.scalars(select(Message).where(
-                Message.message_id == request["message_id"], Message.origin_node == me)).first()
-            if message is None or message.document["content"].get("file_id") != request["file_id"]:
+            message = session.get(Message, request["message_id"])
+            if (message is None or message.origin_node != me
+                    or message.document["content"].get("file_id") != request["file_id"]):
                 raise NotFound("no such file in a message of this node", field="payload.file_id")
             if message.chat_type == "single":
                 allowed = {node_of(message.to)}
@@ -104,12 +102,14 @@ class FilesMixin:
         headers["Content-Length"] = str(end - offset)
         return Reply(status=status, body=_chunks(path, offset, end), headers=headers)
 
-    def download(self, user_id: str, message_id: str, conversation_id: str | None = None) -> StoredFile:
-        """Fetch a message's file from its origin node, check every byte, keep it here. `conversation_id` says
-        which message, should the user take part in several conversations holding one under this id (§6)."""
+    def download(self, user_id: str, message_id: str) -> StoredFile:
+        """Fetch a message's file from its origin node, check every byte, keep it here."""
         me = self.node_id
         with self.db() as session:
-            message = self._file_message(session, user_id, message_id, conversation_id)
+            message = session.get(Message, message_id)
+            if message is None or message.msg_type not in FILE_KINDS:
+                raise NotFound(f"no file message {message_id}{self._file_id_hint(session, user_id, message_id)}")
+            self._require_participant(session, address(user_id, me), message)
             content = message.document["content"]
             stored = session.get(StoredFile, (message.origin_node, content["file_id"]))
             if stored is not None:
@@ -156,32 +156,6 @@ class FilesMixin:
                                    protocol.parse_timestamp(content["expire_at"]) if kind == "file" else None)
         finally:
             part.unlink(missing_ok=True)  # kept files were moved away; anything left here is discarded
-
-    def _file_message(self, session: Session, user_id: str, message_id: str,
-                      conversation_id: str | None) -> Message:
-        """The file message a local user names by its id: a message id is unique within its conversation only
-        (§6), so of several the user takes part in, the conversation must be named."""
-        query = select(Message).where(Message.message_id == message_id, Message.msg_type.in_(FILE_KINDS))
-        if conversation_id is not None:
-            query = query.where(Message.conversation_id == conversation_id)
-        found = list(session.scalars(query.order_by(Message.conversation_id)))
-        if not found:
-            raise NotFound(f"no file message {message_id}{self._file_id_hint(session, user_id, message_id)}")
-        user = address(user_id, self.node_id)
-        theirs = [message for message in found if self._takes_part(session, user, message)]
-        if not theirs:
-            self._require_participant(session, user, found[0])  # refuses, naming the conversation
-        if len(theirs) > 1:
-            raise Conflict(f"messages of conversations {', '.join(m.conversation_id for m in theirs)} carry the id "
-                           f"{message_id}; name the conversation")
-        return theirs[0]
-
-    def _takes_part(self, session: Session, user: str, message: Message) -> bool:
-        try:
-            self._require_participant(session, user, message)
-        except NotAParticipant:
-            return False
-        return True
 
     def _file_id_hint(self, session: Session, user_id: str, given: str) -> str:
         """A file id where a message id belongs (a file message shows both): name the message that carried the

@@ -60,8 +60,10 @@ class ReadingMixin:
         """Where a read state puts its reader: `(send_time, message_id)` of its message, once that message is
         here (§6: held until then), and only if it is a message of the state's own conversation: a peer naming a
         later message of another one would have its user read messages its node never received."""
-        read = session.get(Message, (state.conversation_id, state.read_up_to_message_id))
-        return None if read is None else (read.send_time, read.message_id)
+        read = session.get(Message, state.read_up_to_message_id)
+        if read is None or read.conversation_id != state.conversation_id:
+            return None
+        return read.send_time, read.message_id
 
     def history(self, user_id: str, conversation_id: str) -> list[dict]:
         """The conversation's messages in order, with who has read each (A.13 read counts)."""
@@ -92,11 +94,7 @@ class ReadingMixin:
 
     @staticmethod
     def _delivery_state(session: Session, message: Message) -> str | None:
-        """How far this node's envelopes of the message went: those of its conversation, for another message
-        may carry the id in another (§6)."""
-        states = set(session.scalars(select(Outbox.state).where(
-            Outbox.message_id == message.message_id, Outbox.kind == "message",
-            Outbox.envelope[("payload", "conversation_id")].as_string() == message.conversation_id)))
+        states = set(session.scalars(select(Outbox.state).where(Outbox.message_id == message.message_id)))
         if not states:
             return None
         if "failed" in states or "pending" in states:

@@ -13,7 +13,6 @@ import sqlite3
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app import strict_json
@@ -104,8 +103,8 @@ class ReceivingMixin:
                     raise NotFound(f"no user {message['to']} here", field="payload.to")
                 self._known_users.add(recipient)
             self._check_id_not_taken(message, cursor.execute(
-                "SELECT origin_node FROM messages WHERE conversation_id = ? AND message_id = ?",
-                (message["conversation_id"], message["message_id"])).fetchone())
+                "SELECT origin_node, conversation_id FROM messages WHERE message_id = ?",
+                (message["message_id"],)).fetchone())
             insert_message(cursor, self._message_values(message, [message["sender"]["node_id"], self.node_id]))
             connection.commit()
         return Reply(document=protocol.make_ack(envelope["message_id"], now))
@@ -157,9 +156,9 @@ class ReceivingMixin:
         self._check_content(message)
         me = self.node_id
         home = node_of(message["to"])
-        kept = session.get(Message, (message["conversation_id"], message["message_id"]))
+        kept = session.get(Message, message["message_id"])
         if kept is not None:
-            self._check_id_not_taken(message, (kept.origin_node,))
+            self._check_id_not_taken(message, (kept.origin_node, kept.conversation_id))
         if home != me:  # relayed by the home node (protocol.check_envelope made sure)
             group = session.get(Group, (local_part(message["to"]), home))
             self._store_message(session, message, self._member_nodes(group) if group else [home, me])
@@ -172,33 +171,16 @@ class ReceivingMixin:
             raise NotAParticipant(f"{sender} is not a member of {message['to']}", field="payload.sender")
         if kept is not None:
             return False  # this very message, kept and relayed already (its dedup record forgotten since)
-        self._check_id_not_relayed(session, message)
         self._store_message(session, message, self._member_nodes(group))
         self._fan_out(session, message, [peer for peer in self._member_nodes(group)
                                          if peer not in (me, envelope["from_node"])])
         return True
 
     @staticmethod
-    def _check_id_not_taken(message: dict, kept: tuple[str] | None) -> None:
-        """A message id is unique within its conversation at each node (§6): `kept`, the origin of the message
-        this node holds under the id in the message's conversation, is another origin's → refused, not
-        acknowledged and dropped. Only the nodes that may write into a conversation get this far (the home node
-        for a group's relays, the two users' nodes for a single chat: protocol.check_envelope), so an id learnt
-        in one conversation takes nothing in another."""
-        if kept is not None and kept[0] != message["sender"]["node_id"]:
-            raise Conflict(f"message id {message['message_id']} is another message's in {message['conversation_id']}"
-                           " here", field="payload.message_id")
-
-    @staticmethod
-    def _check_id_not_relayed(session: Session, message: dict) -> None:
-        """A home node relays a group message under its id, and member nodes tell its relays apart by (home
-        node, id) (§5.4 step 8): a second message under an id it holds (in another conversation) would be taken
-        there for a duplicate of the first, by whichever copy came second. Nobody but its origin knows the id of
-        a group message before it reaches the home node, so what is refused here is only ever a reuse, and costs
-        nobody but the node that reused it."""
-        taken = session.scalars(select(Message.conversation_id).where(
-            Message.message_id == message["message_id"]).limit(1)).first()
-        if taken is not None:
+    def _check_id_not_taken(message: dict, kept: tuple[str, str] | None) -> None:
+        """A message is kept once by its id (§6): an id this node holds for a message of another origin or
+        conversation is refused, not acknowledged and dropped (or, at a home node, relayed unkept)."""
+        if kept is not None and tuple(kept) != (message["sender"]["node_id"], message["conversation_id"]):
             raise Conflict(f"message id {message['message_id']} is another message's here", field="payload.message_id")
 
     @staticmethod

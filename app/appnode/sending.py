@@ -110,18 +110,15 @@ class SendingMixin:
             self.deliver(ids, claimed=True, refusals=refusals)
             refusal = refusals.get(ids[0]) if target != me else None
             if refusal is not None:  # its one next hop refused it for good: keep no message nobody will get
-                self._forget(values["conversation_id"], values["message_id"])
+                self._forget(values["message_id"])
                 raise type(refusal)(f"{refusal.message} (node {target}); the message was not kept",
                                     code=refusal.code, status=refusal.status, field=refusal.field)
         return Message(**values)
 
-    def _forget(self, conversation_id: str, message_id: str) -> None:
-        """Drop a message of this node's just sent (its id minted here a moment ago: no other envelope here
-        carries it) and its envelopes."""
+    def _forget(self, message_id: str) -> None:
         with self._writing, self.db.begin() as session:
             session.execute(delete(Outbox).where(Outbox.message_id == message_id))
-            session.execute(delete(Message).where(Message.conversation_id == conversation_id,
-                                                  Message.message_id == message_id))
+            session.execute(delete(Message).where(Message.message_id == message_id))
 
     def _new_message(self, user: tuple, client_type: str, chat_type: str, to: str, msg_type: str,
                      content: dict) -> dict:

@@ -2,39 +2,23 @@
 
 Plain SQLAlchemy 2.0 with its own declarative base, so nothing of the management node's schema
 (Flask-SQLAlchemy, Alembic) leaks into a node. The schema is created on first use; a vendor node
-would migrate it, the reference node upgrades in place from the versions listed in `UPGRADES`, in one transaction
-(`upgrade`), and refuses to open any other (SCHEMA_VERSION).
+would migrate it, the reference node upgrades in place from the versions listed in `open_database` and is
+recreated from any other (SCHEMA_VERSION).
 The CLI and the server process share the file: WAL mode lets the CLI write while the server reads.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import (
-    JSON,
-    Boolean,
-    Index,
-    Integer,
-    MetaData,
-    String,
-    Text,
-    bindparam,
-    create_engine,
-    event,
-    select,
-    update,
-)
-from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy import JSON, Boolean, Index, Integer, String, Text, bindparam, create_engine, event, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
-from sqlalchemy.schema import CreateIndex, CreateTable
 
 from app.database import UTCDateTime, utcnow
 
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "2"
 
 
 class Base(DeclarativeBase):
@@ -60,14 +44,12 @@ class User(Base):
 
 
 class Message(Base):
-    """An A.9 message this node sent or received, keyed by its conversation and id: a message id is unique
-    within its conversation at each node (docs/protocol.md §6), and only the nodes that may write into a
-    conversation can use one there, so an id learnt elsewhere (a group relay) takes nothing from anybody.
-    `participant_nodes` is the origin's snapshot of who may download its file (§7.2)."""
+    """An A.9 message this node sent or received; `participant_nodes` is the origin's snapshot of who may
+    download its file (docs/protocol.md §7.2)."""
 
     __tablename__ = "messages"
-    conversation_id: Mapped[str] = mapped_column(String(200), primary_key=True)
-    message_id: Mapped[str] = mapped_column(String(36), primary_key=True, index=True)
+    message_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    conversation_id: Mapped[str] = mapped_column(String(200), index=True)
     chat_type: Mapped[str] = mapped_column(String(8))
     sender_address: Mapped[str] = mapped_column(String(100))
     origin_node: Mapped[str] = mapped_column(String(20))
@@ -183,10 +165,8 @@ class PendingEphemeral(Base):
 
 
 def open_database(path: Path) -> sessionmaker[Session]:
-    """The node's sessionmaker; WAL journal so that the CLI and the server can share the file. A database of an
-    older schema is upgraded first (`upgrade`); a new one is created at SCHEMA_VERSION."""
+    """The node's sessionmaker; WAL journal so that the CLI and the server can share the file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    upgrade(path)
     engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30, "check_same_thread": False},
                            json_serializer=lambda value: json.dumps(value, ensure_ascii=False))
 
@@ -209,81 +189,25 @@ def open_database(path: Path) -> sessionmaker[Session]:
         current = session.get(Setting, "schema_version")
         if current is None:
             session.add(Setting(key="schema_version", value=SCHEMA_VERSION))
+        elif current.value == "1":
+            _add_peer_node(session)
+            current.value = SCHEMA_VERSION
         elif current.value != SCHEMA_VERSION:
             raise RuntimeError(f"{path} has schema {current.value}; this node software needs {SCHEMA_VERSION}")
     return factory
 
 
-def upgrade(path: Path) -> None:
-    """Bring the database at `path` from an older schema (a key of `UPGRADES`) to SCHEMA_VERSION in place: a
-    node's data directory is its identity (key, certificate, admission), so it is not started afresh. All steps
-    run in one transaction, and a failure anywhere leaves the file as it was. The transaction is begun by hand:
-    Python's sqlite3 runs DDL in autocommit when no transaction is open, while SQLite's DDL is transactional
-    inside one. A database that does not exist yet, or is at SCHEMA_VERSION already, is left alone."""
-    if not path.exists():
-        return
-    connection = sqlite3.connect(path, timeout=30, isolation_level=None)
-    try:
-        if _schema_version(connection) not in UPGRADES:
-            return
-        connection.execute("BEGIN IMMEDIATE")  # the write lock first: another process may be upgrading it
-        try:
-            version = _schema_version(connection)  # again, under the lock
-            if version in UPGRADES:
-                while version in UPGRADES:
-                    version = UPGRADES[version](connection)
-                connection.execute("UPDATE settings SET value = ? WHERE key = 'schema_version'", (version,))
-            connection.execute("COMMIT")
-        except BaseException:
-            if connection.in_transaction:  # some errors (a full disk) end the transaction themselves
-                connection.execute("ROLLBACK")
-            raise
-    finally:
-        connection.close()
-
-
-def _schema_version(connection: sqlite3.Connection) -> str | None:
-    if connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'settings'").fetchone() is None:
-        return None
-    row = connection.execute("SELECT value FROM settings WHERE key = 'schema_version'").fetchone()
-    return row[0] if row else None
-
-
-def _ddl(statement) -> str:
-    return str(statement.compile(dialect=sqlite_dialect.dialect()))
-
-
-def _add_peer_node(connection: sqlite3.Connection) -> str:
-    """Schema 1 to 2: who reported each read state and presence entry, for the caps per peer. Kept rows count
-    against their user's node: a group's read states relayed by its home node before the upgrade are few, and
-    count against the members' nodes instead."""
+def _add_peer_node(session: Session) -> None:
+    """Schema 1 to 2: who reported each read state and presence entry, for the caps per peer. A node's data
+    directory is its identity (key, certificate, admission), so this one step is done in place rather than
+    starting afresh. Kept rows count against their user's node: a group's read states relayed by its home node
+    before the upgrade are few, and count against the members' nodes instead."""
+    connection = session.connection()
     for table in ("read_states", "presence"):
-        connection.execute(f"ALTER TABLE {table} ADD COLUMN peer_node VARCHAR(20) NOT NULL DEFAULT ''")
-        connection.execute(f"UPDATE {table} SET peer_node = substr(user_id, instr(user_id, '@') + 1)")
+        connection.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN peer_node VARCHAR(20) NOT NULL DEFAULT ''")
+        connection.exec_driver_sql(f"UPDATE {table} SET peer_node = substr(user_id, instr(user_id, '@') + 1)")
     for index in (*ReadState.__table__.indexes, *Presence.__table__.indexes):
-        connection.execute(_ddl(CreateIndex(index, if_not_exists=True)))
-    return "2"
-
-
-def _key_messages_by_conversation(connection: sqlite3.Connection) -> str:
-    """Schema 2 to 3: messages keyed by (conversation_id, message_id) instead of message_id alone (docs/protocol.md
-    §6). SQLite cannot change a primary key in place: the table is built anew beside the old one and filled by
-    one INSERT ... SELECT (every row kept: ids unique before are unique within each conversation), then takes
-    the old one's name and its indexes. The table and indexes are the model's: should a later schema change
-    them, this step gets its own copy of the schema-3 DDL."""
-    table = Message.__table__
-    columns = ", ".join(f'"{column}"' for column in MESSAGE_COLUMNS)
-    connection.execute(_ddl(CreateTable(table.to_metadata(MetaData(), name="messages_v3"))))
-    connection.execute(f"INSERT INTO messages_v3 ({columns}) SELECT {columns} FROM messages")
-    connection.execute("DROP TABLE messages")  # and its indexes with it
-    connection.execute("ALTER TABLE messages_v3 RENAME TO messages")
-    for index in table.indexes:
-        connection.execute(_ddl(CreateIndex(index)))
-    return "3"
-
-
-# The step from each older schema to the next; each returns the version it brings the database to.
-UPGRADES = {"1": _add_peer_node, "2": _key_messages_by_conversation}
+        index.create(connection, checkfirst=True)
 
 
 # ---- the hot path in plain SQL -------------------------------------------------------------------------------
