@@ -11,7 +11,6 @@ not each read (a node trickling its answer would otherwise hold a console thread
 from __future__ import annotations
 
 import asyncio
-import os
 import ssl
 import time
 from collections.abc import Callable
@@ -51,18 +50,9 @@ async def _ask(url: str, context: ssl.SSLContext, timeout: float) -> dict:
                         "failure": "http_status"}
             body = await poller.read_body(response.content)
             found: dict = {"reachable": True, "http_status": response.status, "answer": None}
-    except TimeoutError:
-        return {"error": f"no answer within {timeout:g} s", "failure": "timeout"}
-    except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError, ssl.SSLError) as error:
-        return {"error": str(error)[:200], "failure": "tls"}
-    except aiohttp.ClientConnectorError as error:
-        refused = isinstance(error.os_error, ConnectionRefusedError)
-        number = getattr(error.os_error, "errno", None)
-        # "Connection refused", not asyncio's "Connect call failed ('127.0.0.1', 443)".
-        return {"error": os.strerror(number) if number else str(error)[:200],
-                "failure": "refused" if refused else "error"}
-    except (aiohttp.ClientError, OSError, ValueError) as error:
-        return {"error": f"{type(error).__name__}: {error}"[:200], "failure": "error"}
+    except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as error:
+        failure, detail = poller.connection_failure(error, timeout)
+        return {"error": detail[:200], "failure": failure.value}
     if len(body) <= poller.MAX_BODY:
         try:
             # As strictly as health polling reads it: a repeated "status" shown as "ok" here would be refused there.

@@ -12,7 +12,9 @@ and compares its SHA-256 with the registered one.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
+import os
 import ssl
 import time
 from dataclasses import dataclass
@@ -114,6 +116,20 @@ def _result(target: PollTarget, started: float, failure: FailureReason | None, d
                       datetime.now(UTC))
 
 
+def connection_failure(error: Exception, timeout: float) -> tuple[FailureReason, str]:
+    """What an exception of asking a node's health endpoint stands for, and its detail: for a poll, and for the
+    review page's probe (app/admission/probe.py), which asks the same way."""
+    if isinstance(error, TimeoutError):
+        return FailureReason.TIMEOUT, f"no answer within {timeout:g} s"
+    if isinstance(error, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError | ssl.SSLError):
+        return FailureReason.TLS, str(error)
+    if isinstance(error, aiohttp.ClientConnectorError):
+        if isinstance(error.os_error, ConnectionRefusedError):  # not asyncio's "Connect call failed (host, port)"
+            return FailureReason.REFUSED, os.strerror(errno.ECONNREFUSED)
+        return FailureReason.ERROR, str(error)
+    return FailureReason.ERROR, f"{type(error).__name__}: {error}"
+
+
 async def poll_one(session: aiohttp.ClientSession, target: PollTarget, timeout: float) -> PollResult:
     url = target.endpoint.rstrip("/") + "/api/v1/health"
     started = time.perf_counter()
@@ -136,15 +152,8 @@ async def poll_one(session: aiohttp.ClientSession, target: PollTarget, timeout: 
                     return _result(target, started, FailureReason.HTTP_STATUS, f"HTTP {response.status}",
                                    cert_matches)
                 body = await read_body(response.content)
-    except TimeoutError:
-        return _result(target, started, FailureReason.TIMEOUT, f"no answer within {timeout:g} s")
-    except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError, ssl.SSLError) as error:
-        return _result(target, started, FailureReason.TLS, str(error))
-    except aiohttp.ClientConnectorError as error:
-        refused = isinstance(error.os_error, ConnectionRefusedError)
-        return _result(target, started, FailureReason.REFUSED if refused else FailureReason.ERROR, str(error))
-    except (aiohttp.ClientError, OSError, ValueError) as error:
-        return _result(target, started, FailureReason.ERROR, f"{type(error).__name__}: {error}")
+    except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as error:
+        return _result(target, started, *connection_failure(error, timeout))
     if len(body) > MAX_BODY:
         return _result(target, started, FailureReason.BAD_BODY, "the answer is not a JSON object", cert_matches)
     try:
