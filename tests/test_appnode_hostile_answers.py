@@ -17,9 +17,8 @@ from types import SimpleNamespace
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from app.appnode import outbox
 from app.appnode.node import Node
@@ -28,7 +27,7 @@ from app.appnode.registry import HTTPResult, RegistryClient, RegistryError
 from app.appnode.store import utcnow
 from app.appnode.transport import ANSWER_LIMIT, PeerAnswerTooLarge, PeerPool, PeerUnreachable
 from tests.conftest import stop_serving
-from tests.factories import not_strict_bodies
+from tests.factories import not_strict_bodies, self_signed_certificate
 from tests.test_appnode import network  # noqa: F401 (fixture)
 from tests.test_sessions import people  # noqa: F401 (fixture)
 
@@ -112,14 +111,8 @@ class EndlessAnswer(BaseHTTPRequestHandler):
 @pytest.fixture
 def endless_peer(tmp_path):
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "peer")])
-    now = datetime.now(UTC)
-    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-                   .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=1))
-                   .not_valid_after(now + timedelta(days=1))
-                   .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                                  critical=False)
-                   .sign(key, hashes.SHA256()))
+    certificate = self_signed_certificate(
+        key, "peer", x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
     (tmp_path / "peer.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
     (tmp_path / "peer.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
                                                           serialization.PrivateFormat.PKCS8,

@@ -7,21 +7,20 @@ import json
 import os
 import subprocess
 import sys
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from app.appnode.caller_limit import DEFAULT_PER_CALLER, DEFAULT_THREADS, per_caller_limit
 from app.appnode.cli import cli
 from app.appnode.node import Node
 from app.appnode.outbox import DELIVERY_PARALLELISM
 from app.appnode.store import put_setting
+from tests.factories import self_signed_certificate
 
 
 def init(data, division: str, registry: str = "http://127.0.0.1:5000"):
@@ -183,14 +182,8 @@ def operator_runs(data, *args: str, env: dict | None = None) -> subprocess.Compl
 
 
 def a_ca_file(path: Path) -> Path:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "registry CA")])
-    now = datetime.now(UTC)
-    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-                   .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=1))
-                   .not_valid_after(now + timedelta(days=1))
-                   .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-                   .sign(key, hashes.SHA256()))
+    certificate = self_signed_certificate(ec.generate_private_key(ec.SECP256R1()), "registry CA",
+                                          x509.BasicConstraints(ca=True, path_length=None), critical=True)
     path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
     return path
 
