@@ -77,3 +77,24 @@ def test_after_a_restore_nodes_ahead_get_the_full_table_above_what_they_hold(
 def test_publishing_above_refuses_versions_no_column_holds(app, session, runner):  # noqa: F811
     result = runner.invoke(args=["routing", "publish", "--above", str(service.MAX_VERSION)])
     assert result.exit_code != 0 and service.head_version() == 1
+
+
+def test_a_node_ahead_is_logged_once_per_version_served_not_once_per_request(app, client, session, caplog):  # noqa: F811
+    """A node asking every few seconds from ahead of the table would fill the log with one line per request;
+    the operator needs one line per node, again only when a new version is served and the node is still ahead."""
+    head = service.head_version()
+
+    def ahead_lines() -> int:
+        return sum("ahead of the current" in record.getMessage() for record in caplog.records)
+
+    with caplog.at_level(logging.WARNING, logger="mpim.routing"):
+        for _ in range(3):
+            assert pull(client, session, **{"If-None-Match": f'"{head + 10}"'}).status_code == 200
+            assert pull(client, session, f"?since={head + 10}").status_code == 400
+        assert ahead_lines() == 1
+        service.publish("re-sign", force=True)
+        db.session.commit()
+        await_served(app, head + 1)
+        assert pull(client, session, **{"If-None-Match": f'"{head + 10}"'}).status_code == 200
+        assert pull(client, session, f"?since={head + 10}").status_code == 400
+        assert ahead_lines() == 2

@@ -57,7 +57,10 @@ def parse_since(value: str, head: int) -> int:
 
 def ahead(held: int, head: int) -> None:
     """A node holds a version this database never published: restored from a backup? Nodes refuse every table
-    below the one they hold until the operator publishes above it (docs/operations.md, Backup)."""
+    below the one they hold until the operator publishes above it (docs/operations.md, Backup). Said once per
+    node and version served."""
+    if not cache_for(current_app).first_report_ahead(g.get("node_id"), head):
+        return
     log.warning("node %s holds routing table version %s, ahead of the current %s: if the database was restored "
                 "from a backup, run `flask routing publish --above <the highest version nodes hold>`",
                 g.get("node_id"), held, head)

@@ -58,6 +58,7 @@ class RouteCache:
         self.lock = threading.Lock()
         self.published: Published | None = None
         self.sessions: dict[str, tuple[str, float]] = {}
+        self.warned_ahead: dict[str, int] = {}  # node id -> the version served when it was last reported ahead
         self.notified_version: int | None = None
         self.listener: threading.Thread | None = None
         self.listener_parameters: dict[str, str] = {}  # the listening connection's, as libpq took them
@@ -160,6 +161,19 @@ class RouteCache:
             if len(self.sessions) > 100_000:
                 self.sessions.clear()
             self.sessions[token_hash] = (node_id, expires_at)
+
+
+    # --- nodes ahead of the table -------------------------------------------------------------
+    def first_report_ahead(self, node_id: str, head: int) -> bool:
+        """True once per node for each version served: a node ahead asks again every few seconds, and the
+        operator needs one line per node, not one per request."""
+        with self.lock:
+            if self.warned_ahead.get(node_id) == head:
+                return False
+            if len(self.warned_ahead) > 100_000:
+                self.warned_ahead.clear()
+            self.warned_ahead[node_id] = head
+            return True
 
 
 def cache_for(app) -> RouteCache:
