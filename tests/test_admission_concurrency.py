@@ -500,3 +500,96 @@ def test_a_certificate_revoked_by_an_admin_and_by_its_nodes_revocation_at_once_i
     assert "revoked" in results
     assert db.session.scalar(select(func.count()).where(AuditRecord.action == "certificate.revoke",
                                                         AuditRecord.target == serial)) == 1
+
+
+def _crl_serials() -> set[str]:
+    from cryptography import x509
+
+    from app.pki.models import INTERMEDIATE_CRL, CRLState
+
+    state = db.session.get(CRLState, INTERMEDIATE_CRL, populate_existing=True)
+    return {format(entry.serial_number, "x") for entry in x509.load_der_x509_crl(state.der)}
+
+
+def test_certificates_of_different_nodes_revoked_at_once_are_all_on_the_crl(app, make_user):
+    """Each revocation signs a new CRL from the revocations it can see: two reading before either commits would
+    each leave out the other's, and the one committed last is the one served."""
+    from app.pki import revocation
+    from app.pki import service as pki
+
+    minister = make_user("minister")
+    serials = []
+    for index in range(RACERS):
+        document = node_document("360000", endpoint=f"https://revoked-{index}.example")
+        node = applications.approve(applications.submit_by_user(parse(document), document["csr"], by=minister),
+                                    by=minister)
+        serials.append(pki.current_certificate(node.node_id).serial)
+    minister_id = minister.id
+    db.session.commit()
+    db.session.remove()
+
+    def revoke(i: int) -> str:
+        return revocation.revoke(pki.get(serials[i]), "key_compromise",
+                                 by=db.session.get(User, minister_id)).certificate.serial
+
+    results, errors = _race(app, revoke)
+    assert sorted(results) == sorted(serials) and not errors, errors
+    assert _crl_serials() == {serial.lower() for serial in serials}
+
+
+def test_a_crl_refresh_racing_a_revocation_keeps_the_revocation_on_the_crl(app, make_user):
+    """The scheduler's refresh reads the revocations, signs, then stores: a revocation committed while it signs
+    must not be overwritten by the CRL it signed without it, under the same CRL number."""
+    from cryptography import x509
+
+    from app.database import utcnow
+    from app.pki import authority, revocation
+    from app.pki import service as pki
+    from app.pki.models import INTERMEDIATE_CRL, CRLState
+
+    node_id, minister_id = _admitted_node(make_user)
+    serial = pki.current_certificate(node_id).serial
+    state = db.session.get(CRLState, INTERMEDIATE_CRL)
+    state.next_update, number_before = utcnow(), state.crl_number  # due for its refresh
+    db.session.commit()
+    db.session.remove()
+    signing, revoked = threading.Event(), threading.Event()
+    build_crl = authority.Authority.build_crl
+
+    def slow_build(self, entries, **kwargs):
+        """The refresh signs slowly: a revocation that can commit meanwhile (nothing orders the two) does."""
+        if threading.current_thread().name == "refresh":
+            signing.set()
+            revoked.wait(3)
+        return build_crl(self, entries, **kwargs)
+
+    def refresh():
+        with app.app_context():
+            try:
+                revocation.crl_refresh_job()
+            finally:
+                db.session.remove()
+
+    def revoke():
+        with app.app_context():
+            try:
+                signing.wait(30)
+                revocation.revoke(pki.get(serial), "key_compromise", by=db.session.get(User, minister_id))
+                db.session.commit()
+            finally:
+                revoked.set()
+                db.session.remove()
+
+    authority.Authority.build_crl = slow_build
+    try:
+        threads = [threading.Thread(target=refresh, name="refresh"), threading.Thread(target=revoke)]
+        for thread in threads:
+            thread.start()
+        joined(threads)
+    finally:
+        authority.Authority.build_crl = build_crl
+    assert pki.get(serial).revoked_at is not None
+    assert serial.lower() in _crl_serials()
+    served = x509.load_der_x509_crl(db.session.get(CRLState, INTERMEDIATE_CRL).der)
+    # Two CRLs were signed, one after the other: never two different CRLs under one number (RFC 5280 §5.2.3).
+    assert served.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == number_before + 2

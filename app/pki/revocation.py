@@ -139,6 +139,7 @@ def in_service_role(certificate: Certificate, *, from_files: bool = False) -> st
 
 def regenerate_crl(*, actor: str | None = None) -> CRLState:
     """The intermediate's CRL (row INTERMEDIATE_CRL): every revoked certificate it issued."""
+    serialise(crl_lock_name(INTERMEDIATE_CRL))
     revoked = db.session.execute(select(Certificate.serial, Certificate.revoked_at, Certificate.revocation_reason)
                                  .where(Certificate.revoked_at.is_not(None))).all()
     entries = [(int(serial, 16), at, reason) for serial, at, reason in revoked]
@@ -152,6 +153,7 @@ def regenerate_root_crl(*, root_key_path: Path | None = None, actor: str | None 
     online, else from `root_key_path` (the exported key, brought back for this)."""
     loaded = service.authority()
     root_key = loaded.load_root_key(root_key_path)
+    serialise(crl_lock_name(ROOT_CRL))
     state = _next_crl(ROOT_CRL, current_app.config["MPIM_ROOT_CRL_DAYS"],
                       lambda number, now, until: loaded.build_root_crl(root_key, crl_number=number, this_update=now,
                                                                        next_update=until))
@@ -159,10 +161,18 @@ def regenerate_root_crl(*, root_key_path: Path | None = None, actor: str | None 
     return state
 
 
+def crl_lock_name(row_id: int) -> str:
+    """Held from reading what a CRL lists until it is committed, so that two CRLs signed at once (a revocation's
+    and another's, or the scheduler's refresh) are signed one after the other: the second lists what the first
+    committed, under the next number. Taken after every other lock its callers hold (key, node, certificate)."""
+    return f"crl:{row_id}"
+
+
 def _next_crl(row_id: int, days: int, build) -> CRLState:
-    """Sign the next CRL of one issuer with `build(number, this_update, next_update)` and keep it."""
+    """Sign the next CRL of one issuer with `build(number, this_update, next_update)` and keep it. The caller
+    holds `crl_lock_name(row_id)`; the row is read afresh (the session may hold it from before the lock)."""
     now = utcnow().replace(microsecond=0)
-    state = db.session.get(CRLState, row_id)
+    state = db.session.get(CRLState, row_id, populate_existing=True)
     number = (state.crl_number + 1) if state else 1
     crl = build(number, now, now + timedelta(days=days))
     if state is None:
