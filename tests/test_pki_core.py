@@ -26,6 +26,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from app.errors import Conflict, ValidationFailed
 from app.pki import authority, csr_policy, keys
+from app.pki import ocsp as ocsp_module
 from app.pki.authority import Authority, CAConfig
 from app.pki.crl import RevokedEntry
 from app.pki.csr_policy import InvalidCSR
@@ -487,6 +488,18 @@ def test_ocsp_refuses_malformed_requests_and_other_issuers_without_raising(ec_ca
     other = x509_ocsp.load_der_ocsp_response(ec_ca.respond_ocsp(request.public_bytes(serialization.Encoding.DER),
                                                                 count))
     assert other.response_status == x509_ocsp.OCSPResponseStatus.UNAUTHORIZED and lookup["asked"] == 0
+
+
+def test_an_ocsp_request_for_a_negative_serial_is_malformed_not_an_error(ec_ca):
+    """RFC 5280 §4.1.2.2: serials are positive. A CertID with a negative one parses, and signing the response
+    raised (HTTP 500 from a responder anyone may ask)."""
+    name_hash, key_hash = ocsp_module.issuer_hashes(ec_ca.intermediate_certificate, hashes.SHA256())
+    request = x509_ocsp.OCSPRequestBuilder().add_certificate_by_hash(
+        name_hash, key_hash, 0x0123456789ABCDEF, hashes.SHA256()).build().public_bytes(serialization.Encoding.DER)
+    negative = request.replace(bytes.fromhex("02080123456789abcdef"), bytes.fromhex("02088123456789abcdef"))
+    assert x509_ocsp.load_der_ocsp_request(negative).serial_number < 0
+    response = x509_ocsp.load_der_ocsp_response(ec_ca.respond_ocsp(negative, lambda serial: CertStatusInfo.good()))
+    assert response.response_status == x509_ocsp.OCSPResponseStatus.MALFORMED_REQUEST
 
 
 @pytest.mark.parametrize(("octets", "echoed"), [(1, True), (16, True), (32, True), (128, True), (0, False),

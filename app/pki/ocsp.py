@@ -107,7 +107,8 @@ def respond(request_der: bytes, lookup: Callable[[int], CertStatusInfo], *, issu
         # cryptography raises NotImplementedError for requests it does not support (more than one
         # certificate in a request, unknown hash algorithms): to us those are malformed requests.
         return unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
-    if any(len(nonce.nonce) not in NONCE_OCTETS for nonce in nonces):
+    # RFC 5280 §4.1.2.2: a serial is positive (a negative one parses, and no response can be signed for it).
+    if serial < 0 or any(len(nonce.nonce) not in NONCE_OCTETS for nonce in nonces):
         return unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
     if (name_hash, key_hash) != issuer_hashes(issuer, algorithm):
         return unsuccessful(ocsp.OCSPResponseStatus.UNAUTHORIZED)
