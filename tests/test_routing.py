@@ -229,6 +229,11 @@ def test_console_history_downloads_and_cli_verify(app, session, runner, tmp_path
     (tmp_path / "t.sig").write_bytes(signature)
     result = runner.invoke(args=["routing", "verify", str(tmp_path / "t.json"), str(tmp_path / "t.sig")])
     assert result.exit_code == 0 and "signature valid" in result.output
+    # The X-Route-Signature header's base64, saved the way `echo "$SIGNATURE" > t.sig` saves it: with a newline.
+    encoded = signature if not signature.startswith(b"0") else base64.b64encode(signature)
+    (tmp_path / "t.b64").write_bytes(encoded + b"\n")
+    result = runner.invoke(args=["routing", "verify", str(tmp_path / "t.json"), str(tmp_path / "t.b64")])
+    assert result.exit_code == 0 and "signature valid" in result.output, result.output
     rotated = runner.invoke(args=["ca", "rotate-route-signer"])  # v1 stays authentic, by an earlier signer
     assert rotated.exit_code == 0, rotated.output
     earlier = runner.invoke(args=["routing", "verify", str(tmp_path / "t.json"), str(tmp_path / "t.sig")])
@@ -467,3 +472,17 @@ def test_on_sqlite_publishing_holds_the_write_lock_from_reading_the_head_on(app,
         event.remove(db.engine, "before_cursor_execute", another_process_publishes)
         other.close()
     assert refused == [True] and version == 2 == service.head_version()
+
+
+def test_publishing_above_leaves_room_for_the_publications_after_it(app, session, runner):
+    """`--above` near the last version a column holds published it, and then every later publication failed,
+    a revocation's too (rolled back: the certificate stayed valid)."""
+    result = runner.invoke(args=["routing", "publish", "--above", str(service.MAX_VERSION - 1)])
+    assert result.exit_code != 0 and "--above" in result.output and service.head_version() == 1
+    from app.routing import cli as routing_cli
+
+    highest = routing_cli.HIGHEST_ABOVE
+    assert service.MAX_VERSION - highest >= 1_000_000
+    result = runner.invoke(args=["routing", "publish", "--above", str(highest)])
+    assert result.exit_code == 0, result.output
+    assert service.head_version() == highest + 1

@@ -24,6 +24,7 @@ from sqlalchemy import delete, func, select, text, update
 from app.admission.models import Node
 from app.audit import service as audit
 from app.database import get_by_number, serialise, utcnow
+from app.errors import Conflict
 from app.extensions import db
 from app.routing import document
 from app.routing.models import RouteChange, RouteVersion
@@ -108,7 +109,7 @@ def publish(reason: str, *, force: bool = False, actor: str | None = None,
         return None
     number = max(previous.version if previous else 0, above or 0) + 1
     if number > MAX_VERSION:
-        raise ValueError(f"a routing table version cannot exceed {MAX_VERSION}")
+        raise Conflict(f"A routing table version cannot exceed {MAX_VERSION}.", code="versions_exhausted")
     issued_at = utcnow().replace(microsecond=0)
     expires_at = issued_at + timedelta(hours=current_app.config["MPIM_ROUTE_TTL_HOURS"])
     meta = {"issuer": issuer(), "issued_at": issued_at, "expires_at": expires_at}
