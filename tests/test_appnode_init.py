@@ -291,3 +291,45 @@ def test_a_listen_address_with_a_port_from_1_to_65535_is_taken(tmp_path, monkeyp
         assert CliRunner().invoke(cli, ["--data", str(data), "status"]).exit_code == 0
     done = operator_runs(data, "run", env={"MPIM_NODE_LISTEN": "127.0.0.1:99999"})
     assert done.returncode == 2 and done.stderr.startswith("error (invalid_config): "), done.stderr
+
+
+@pytest.mark.parametrize("division", ["abc", "36000", "3600000", "３６００００", "360000\n", " 360000", "36 000"])
+def test_a_division_that_is_no_six_digit_code_is_refused_by_name_before_init_writes_anything(tmp_path, division):
+    """`--division abc` was stored as given and refused only at `join`, by the management node. Only the shape
+    is checked here: which codes are current divisions only the management node knows (it says so at join)."""
+    data = tmp_path / "jx"
+    for again in ((), ("--if-missing",)):  # the second time over a node made in between, which keeps its own
+        result = CliRunner().invoke(cli, ["--data", str(data), "--json", "init", *again, "--registry",
+                                          "https://127.0.0.1:5000", "--division", division, "--endpoint",
+                                          "https://127.0.0.1:8643"])
+        assert result.exit_code == 2, result.output
+        error = json.loads(result.stderr)["error"]
+        assert error["code"] == "invalid_config" and f"--division ({division!r})" in error["message"], error
+        assert not data.exists() if not again else stored(data)["division_code"] == "360000"
+        assert init(data, "360000").exit_code == 0
+
+
+@pytest.mark.parametrize("endpoint", ["x", "127.0.0.1:8643", "http://127.0.0.1:8643", "https://", "https:///node",
+                                      "https://ops@node.example", "https://node.example/a b",
+                                      "https://node.example:99999", "https://node.example/?q=1"])
+def test_an_endpoint_the_management_node_would_refuse_is_refused_by_name_before_init_writes_anything(
+        tmp_path, endpoint):
+    """`--endpoint x` was stored as given and refused only at `join`; init now applies the management node's own
+    rule (an https URL with a host, no user information, query or fragment)."""
+    data = tmp_path / "jx"
+    code, refusal = init_json(data, "--endpoint", endpoint)  # the last --endpoint given is the one click takes
+    assert code == 2, refusal
+    assert refusal["error"]["code"] == "invalid_config" and f"--endpoint ({endpoint!r})" in refusal["error"]["message"]
+    assert not data.exists()
+    assert init_json(data) == (0, None)
+    result = CliRunner().invoke(cli, ["--data", str(data), "--json", "init", "--if-missing", "--registry",
+                                      "https://127.0.0.1:5000", "--division", "360000", "--endpoint", endpoint])
+    assert result.exit_code == 2 and stored(data)["endpoint"] == "https://127.0.0.1:8643"
+
+
+def test_an_endpoint_the_management_node_takes_is_taken_as_given(tmp_path):
+    for number, endpoint in enumerate(("https://node.example", "HTTPS://Node.Example:443/im/", "https://[::1]:8443")):
+        data = tmp_path / f"n{number}"
+        assert init_json(data, "--endpoint", endpoint) == (0, None)
+        assert stored(data)["endpoint"] == endpoint
+

@@ -31,7 +31,7 @@ from app.appnode.cli_lines import (
     when,
 )
 from app.appnode.cli_messaging import download, group, history, inbox, presence, read, send, send_file
-from app.appnode.config import NodeConfig, check_listen
+from app.appnode.config import NodeConfig, check_division, check_endpoint, check_listen
 from app.appnode.node import Node, NotJoined, address
 from app.appnode.registry import write_atomic
 from app.cli_arguments import Digits, require_utf8
@@ -73,6 +73,8 @@ def init(ctx: Context, registry, division, endpoint, listen, org_name, org_code,
          if_missing):
     """Create the node: configuration, database, private key (0600) and the page's operator password."""
     check_listen(listen, "--listen")  # exit 2, as when the node reads it; before --if-missing changes anything
+    check_division(division, "--division")  # here, not first at `join` (the management node's refusal)
+    check_endpoint(endpoint, "--endpoint")
     if if_missing and (ctx.data / NodeConfig.FILE).exists():
         try:
             changes = ctx.node.amend_config(registry_url=registry, division_code=division, endpoint=endpoint,

@@ -12,9 +12,11 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from app.admission.information import normalise_endpoint
 from app.appnode import filetypes
 from app.appnode.caller_limit import MAX_PER_CALLER
 from app.appnode.request_deadline import RequestDeadline
+from app.divisions.codes import CODE_PATTERN
 from app.errors import ValidationFailed
 
 CAPABILITIES = ("text", "image", "voice", "file", "download", "single_chat", "group", "read_count", "sticker",
@@ -41,6 +43,25 @@ def check_listen(listen, name: str, place: str = "") -> None:
     if not (host and host == host.strip() and port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
         raise ValidationFailed(f"{name} ({listen!r}){place} must be host:port, the port a whole number from 1 to "
                                "65535", code="invalid_config")
+
+
+def check_division(code, name: str) -> None:
+    """`code` must have the shape the management node requires of a division code (app.divisions.codes): six
+    ASCII digits. Only the shape: which codes are current GB/T 2260 divisions is in the management node's
+    database, and it says so at `join`. Refused naming `name`, where `abc` was refused only at `join`."""
+    if not (isinstance(code, str) and CODE_PATTERN.fullmatch(code)):
+        raise ValidationFailed(f"{name} ({code!r}) must be six digits, a GB/T 2260 division code such as 360000",
+                               code="invalid_config")
+
+
+def check_endpoint(endpoint, name: str) -> None:
+    """`endpoint` must be a URL the management node takes (its own rule, normalise_endpoint: https, a host, no
+    user information, query or fragment); refused naming `name`, where `x` was refused only at `join`."""
+    try:
+        normalise_endpoint(endpoint)
+    except ValidationFailed as error:
+        raise ValidationFailed(f"{name} ({endpoint!r}) is no endpoint the management node takes: {error.message}",
+                               code="invalid_config") from None
 
 
 def _from_environment(name: str, kind: type, least: float):

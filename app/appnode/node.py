@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-from app.appnode.config import NodeConfig, check_listen
+from app.appnode.config import NodeConfig, check_division, check_endpoint, check_listen
 from app.appnode.ephemeral import EphemeralMixin
 from app.appnode.files import FilesMixin
 from app.appnode.group_confirmation import GroupConfirmationMixin
@@ -116,13 +116,15 @@ class Node(ReceivingMixin, GroupsMixin, GroupHomeMixin, GroupConfirmationMixin, 
     @classmethod
     def init(cls, data_dir: str | Path, config: NodeConfig, *, ui_password: str | None = None) -> Node:
         """A new node directory: configuration, database, key (the key never leaves it) and, when given, the
-        page's operator password. All or nothing: the listen address and the management node's CA file are
-        checked before anything is written, and a failure after that removes what init made (a half-made node
-        was refused as already_initialised by the next init, and failed every other command)."""
+        page's operator password. All or nothing: the listen address, division code, endpoint and the management
+        node's CA file are checked before anything is written, and a failure after that removes what init made (a
+        half-made node was refused as already_initialised by the next init, and failed every other command)."""
         data_dir = Path(data_dir)
         if (data_dir / NodeConfig.FILE).exists():
             raise Conflict(f"{data_dir} already holds a node", code="already_initialised")
         check_listen(config.listen, "listen")
+        check_division(config.division_code, "division_code")
+        check_endpoint(config.endpoint, "endpoint")
         registry_context(config.registry_ca_file)
         if data_dir.exists() and not data_dir.is_dir():
             raise CannotWrite(f"{data_dir} is a file, not a directory to create the node in")
@@ -153,6 +155,10 @@ class Node(ReceivingMixin, GroupsMixin, GroupHomeMixin, GroupConfirmationMixin, 
                            f"directory (NAME), or remove this one to start over", code="already_applied")
         if "listen" in changes:
             check_listen(changes["listen"][1], "listen")
+        if "division_code" in changes:
+            check_division(changes["division_code"][1], "division_code")
+        if "endpoint" in changes:
+            check_endpoint(changes["endpoint"][1], "endpoint")
         stored.update({name: new for name, (_, new) in changes.items()})
         path.write_text(json.dumps(stored, ensure_ascii=False, indent=2) + "\n", "utf-8")
         self.config = NodeConfig.load(self.data_dir)
