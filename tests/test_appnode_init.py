@@ -333,3 +333,19 @@ def test_an_endpoint_the_management_node_takes_is_taken_as_given(tmp_path):
         assert init_json(data, "--endpoint", endpoint) == (0, None)
         assert stored(data)["endpoint"] == endpoint
 
+
+def test_a_relative_registry_ca_is_kept_as_an_absolute_path_so_the_node_runs_from_any_directory(
+        tmp_path, monkeypatch):
+    """`--registry-ca ca.pem` was stored as given: the node opened fine in the directory init ran in, and
+    failed invalid_config in any other."""
+    data, setup, elsewhere = tmp_path / "jx", tmp_path / "setup", tmp_path / "elsewhere"
+    setup.mkdir()
+    elsewhere.mkdir()
+    a_ca_file(setup / "ca.pem")
+    monkeypatch.chdir(setup)
+    assert init_json(data, "--registry-ca", "ca.pem") == (0, None)
+    assert stored(data)["registry_ca_file"] == str(setup / "ca.pem")
+    monkeypatch.chdir(elsewhere)
+    result = CliRunner().invoke(cli, ["--data", str(data), "--json", "status"])
+    assert result.exit_code == 0, result.stderr
+    assert operator_runs(data, "status").returncode == 0  # from the checkout, as an operator would

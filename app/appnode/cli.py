@@ -11,6 +11,7 @@ renew, csr); a user's messaging commands live in app/appnode/cli_messaging.py an
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import sys
 from pathlib import Path
@@ -66,7 +67,7 @@ cli.add_command(group)
 @click.option("--org-name", default="Reference node")
 @click.option("--org-code", default="000000000000")
 @click.option("--system-name", default="MPIM reference node")
-@click.option("--registry-ca", default=None, help="CA file for an https management node.")
+@click.option("--registry-ca", default=None, help="CA file for an https management node (kept as an absolute path).")
 @click.option("--if-missing", is_flag=True, help="Do nothing when the directory already holds a node.")
 @pass_ctx
 def init(ctx: Context, registry, division, endpoint, listen, org_name, org_code, system_name, registry_ca,
@@ -86,6 +87,8 @@ def init(ctx: Context, registry, division, endpoint, listen, org_name, org_code,
                     f"node in {ctx.data} not applied yet; now " +
                     ", ".join(f"{name} {new} (was {old})" for name, (old, new) in changes.items()))
         return
+    if registry_ca:  # the node runs from other directories; abspath, not resolve: a symlink may be repointed
+        registry_ca = os.path.abspath(registry_ca)
     config = NodeConfig(registry_url=registry, division_code=division, endpoint=endpoint, listen=listen,
                         org_name=org_name, org_code=org_code, system_name=system_name, registry_ca_file=registry_ca)
     password = secrets.token_urlsafe(12)
