@@ -404,3 +404,21 @@ def test_download_and_csr_out_that_cannot_be_written_are_refused_naming_the_path
             error = document["error"]
             assert code == 2 and error["code"] == "cannot_write" and str(out) in error["message"], document
     assert list(folder.iterdir()) == []
+
+
+def test_csr_new_key_whose_out_cannot_be_written_leaves_no_pending_key(network, tmp_path):  # noqa: F811
+    """The pending key was made before --out was written: the refused run left it, and the next `csr --new-key`
+    reused a key whose CSR nobody had. The CSR is now written first and the key kept only after."""
+    a = network["a"]
+    pending = a.dir / "tls" / "pending.key"
+    folder = tmp_path / "out"
+    folder.mkdir()
+    too_long = folder / ("x" * 250)  # the file's name fits; the temporary file beside it does not
+    code, document = refusal(a.dir, "csr", "--new-key", "--out", str(too_long))
+    assert code == 2 and document["error"]["code"] == "cannot_write", document
+    assert not pending.exists() and list(folder.iterdir()) == []
+    out = folder / "node.csr"
+    document = json.loads(node_cli(a, "--json", "csr", "--new-key", "--out", str(out)))
+    assert document["key"] == "pending" and document["reused"] is False and pending.exists()
+    assert out.read_text() == document["csr"]
+

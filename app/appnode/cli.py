@@ -254,15 +254,18 @@ def csr(ctx: Context, new_key, out, overwrite):
                 raise NotFound(f"{out.parent} is no directory to write {out.name} into", code="no_directory")
             if out.exists() and not overwrite:  # --out tls/node.key would have replaced the key with its CSR
                 raise Conflict(f"{out} exists: csr writes over no file unless given --overwrite", code="file_exists")
-    request, key, reused = ctx.node.certificate_request(new_key=new_key)
+
+    def deliver(request: str) -> None:
+        with writing(out):
+            write_atomic(out, request.encode("ascii"))
+
+    # written before a new pending key is kept: a path that cannot be written leaves no key for the next run
+    request, key, reused = ctx.node.certificate_request(new_key=new_key, deliver=deliver if out else None)
     key_file = ctx.node.identity.pending_key_file if key == "pending" else ctx.node.identity.key_file
     if reused:
         # `renew` makes the pending key too, and keeps it when the management node refuses the renewal
         click.echo(f"reusing the pending key already in {key_file} (made by an earlier `csr --new-key`, or by a "
                    f"`renew` that was refused or did not finish)", err=True)
-    if out:
-        with writing(out):
-            write_atomic(out, request.encode("ascii"))
     document = {"csr": request, "key": key, "key_file": str(key_file), "reused": reused,
                 "out": str(out) if out else None}
     ctx.out(document, f"CSR for the {key} key written to {out}" if out else request.rstrip("\n"))

@@ -85,13 +85,22 @@ class Identity:
     def has_certificate(self) -> bool:
         return self.cert_file.exists()
 
+    @staticmethod
+    def new_key() -> ec.EllipticCurvePrivateKey:
+        """A new EC P-256 key, in memory only until `keep_key` writes it."""
+        return ec.generate_private_key(ec.SECP256R1())
+
     def generate_key(self, path: Path | None = None) -> ec.EllipticCurvePrivateKey:
-        """A new EC P-256 key, written unencrypted but readable by the node's user only (0600)."""
-        key = ec.generate_private_key(ec.SECP256R1())
+        """A new key, kept (`keep_key`)."""
+        key = self.new_key()
+        self.keep_key(key, path)
+        return key
+
+    def keep_key(self, key: ec.EllipticCurvePrivateKey, path: Path | None = None) -> None:
+        """`key` written unencrypted but readable by the node's user only (0600)."""
         write_private(path or self.key_file, key.private_bytes(serialization.Encoding.PEM,
                                                                serialization.PrivateFormat.PKCS8,
                                                                serialization.NoEncryption()))
-        return key
 
     def key(self, path: Path | None = None):
         return serialization.load_pem_private_key((path or self.key_file).read_bytes(), password=None)

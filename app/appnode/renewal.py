@@ -6,6 +6,7 @@ of the node's keys. Kept apart from route_table.py, which pulls the routing tabl
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
 
 from app.appnode.certificate import CertificateNotInstalled, KeyNotHeld, check_issued, key_holder
@@ -90,18 +91,29 @@ class RenewalMixin:
             pending.unlink(missing_ok=True)
             return self._use_certificate()
 
-    def certificate_request(self, *, new_key: bool = False) -> tuple[str, str, bool]:
+    def certificate_request(self, *, new_key: bool = False,
+                            deliver: Callable[[str], None] | None = None) -> tuple[str, str, bool]:
         """A PEM CSR for a ministry admin to renew this node from (the console, or `flask ca renew`), for the
         current key or, with `new_key`, for the pending key (made now, 0600, or reused if one is waiting).
+        `deliver` (`csr --out` writing its file) is handed the CSR before a new pending key is kept: when it
+        fails, no key is left that the next run would reuse with a CSR nobody has.
         Returns the CSR, which key ("current" or "pending") and whether a waiting pending key was reused."""
         node_id = self.node_id
         if not new_key:
-            return Identity.csr_for(self.identity.key(), node_id), "current", False
+            request = Identity.csr_for(self.identity.key(), node_id)
+            if deliver is not None:
+                deliver(request)
+            return request, "current", False
         pending = self.identity.pending_key_file
         with self._certificate_lock:
             reused = pending.exists()
-            key = self.identity.key(pending) if reused else self.identity.generate_key(pending)
-        return Identity.csr_for(key, node_id), "pending", reused
+            key = self.identity.key(pending) if reused else Identity.new_key()
+            request = Identity.csr_for(key, node_id)
+            if deliver is not None:
+                deliver(request)
+            if not reused:
+                self.identity.keep_key(key, pending)
+        return request, "pending", reused
 
     def adopt_listed_certificate(self, listed_sha256: str) -> str:
         """§4: the table lists this node with another certificate (an admin renewed it from a CSR the operator
