@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from app.appnode.cli import cli
 from tests.test_appnode import ADTS, PDF, network  # noqa: F401 (fixture)
+from tests.test_appnode_init import operator_runs
 from tests.test_sessions import people  # noqa: F401 (fixture)
 
 
@@ -422,3 +423,20 @@ def test_csr_new_key_whose_out_cannot_be_written_leaves_no_pending_key(network, 
     assert document["key"] == "pending" and document["reused"] is False and pending.exists()
     assert out.read_text() == document["csr"]
 
+
+def test_download_out_of_a_kept_file_that_cannot_be_read_is_refused_naming_it(network, tmp_path):  # noqa: F811
+    """The node's own copy of the file, removed (or, here, a directory in its place: as root, permissions stop
+    nothing) ended `download --out` in a traceback."""
+    a, b = network["a"], network["b"]
+    message = a.node.send_file("zhangsan", b.user("lisi"), PDF, "file", file_name="协查通报.pdf")
+    node_cli(b, "download", "--as", "lisi", message.message_id)
+    kept = b.dir / "files" / a.id / message.document["content"]["file_id"]
+    out = tmp_path / "got.pdf"
+    for unreadable in (kept.unlink, kept.mkdir):
+        unreadable()
+        code, document = refusal(b.dir, "download", "--as", "lisi", message.message_id, "--out", str(out))
+        error = document["error"]
+        assert code == 2 and error["code"] == "cannot_read" and str(kept) in error["message"], document
+        assert not out.exists()
+    done = operator_runs(b.dir, "download", "--as", "lisi", message.message_id, "--out", str(out))
+    assert done.returncode == 2 and done.stderr.startswith("error (cannot_read): "), done.stderr

@@ -30,7 +30,7 @@ from app.appnode.protocol import (
     UnsupportedMediaType,
     node_of,
 )
-from app.appnode.registry import write_atomic
+from app.appnode.registry import CannotRead, write_atomic
 from app.appnode.store import Message, StoredFile, utcnow
 from app.appnode.transport import CHUNK_BYTES, PeerAnswerTooLarge, PeerUnreachable
 
@@ -181,9 +181,15 @@ class FilesMixin:
         `overwrite`, and never into a directory that is not there (a mistyped path), which is named."""
         if not out.parent.is_dir():
             raise NotFound(f"{out.parent} is no directory to write {out.name} into", code="no_directory")
+        kept = self.file_path(stored)
+        try:  # opened before --out is made, and refused apart from it: this node's file, not the path given
+            source = kept.open("rb")
+        except OSError as error:
+            raise CannotRead(f"cannot read {kept}, this node's copy of file {stored.file_id}: "
+                             f"{error.strerror or error}") from None
         try:
             # "x" creates the file or fails, so nothing made there since the check is written over either
-            with self.file_path(stored).open("rb") as source, out.open("wb" if overwrite else "xb") as target:
+            with source, out.open("wb" if overwrite else "xb") as target:
                 shutil.copyfileobj(source, target, CHUNK_BYTES)  # a chunk at a time: files run to 1 GiB
         except FileExistsError:
             raise Conflict(f"{out} exists: download writes over no file unless given --overwrite",

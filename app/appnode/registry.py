@@ -50,6 +50,13 @@ class CannotWrite(DomainError):
     code = "cannot_write"
 
 
+class CannotRead(DomainError):
+    """A file the node keeps in its data directory could not be read (removed, no permission, a directory in its
+    place): the message names the path."""
+
+    code = "cannot_read"
+
+
 @dataclass
 class HTTPResult:
     status: int
