@@ -17,9 +17,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from app.appnode.caller_limit import DEFAULT_PER_CALLER, DEFAULT_THREADS, per_caller_limit
 from app.appnode.cli import cli
+from app.appnode.config import NodeConfig
 from app.appnode.node import Node
 from app.appnode.outbox import DELIVERY_PARALLELISM
 from app.appnode.store import put_setting
+from app.errors import ValidationFailed
 from tests.factories import self_signed_certificate
 
 
@@ -325,6 +327,16 @@ def test_an_endpoint_the_management_node_would_refuse_is_refused_by_name_before_
     result = CliRunner().invoke(cli, ["--data", str(data), "--json", "init", "--if-missing", "--registry",
                                       "https://127.0.0.1:5000", "--division", "360000", "--endpoint", endpoint])
     assert result.exit_code == 2 and stored(data)["endpoint"] == "https://127.0.0.1:8643"
+
+
+def test_node_init_refuses_them_too_before_it_writes_anything(tmp_path):
+    """`Node.init`, which the CLI's init calls, holds the same rule for a caller that is not the CLI."""
+    for division, endpoint, name in (("abc", "https://node.example", "division_code"), ("360000", "x", "endpoint")):
+        with pytest.raises(ValidationFailed) as refused:
+            Node.init(tmp_path / "jx", NodeConfig(registry_url="https://127.0.0.1:5000", division_code=division,
+                                                  endpoint=endpoint))
+        assert refused.value.code == "invalid_config" and refused.value.message.startswith(f"{name} (")
+        assert not (tmp_path / "jx").exists()
 
 
 def test_an_endpoint_the_management_node_takes_is_taken_as_given(tmp_path):

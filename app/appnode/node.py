@@ -155,10 +155,6 @@ class Node(ReceivingMixin, GroupsMixin, GroupHomeMixin, GroupConfirmationMixin, 
                            f"directory (NAME), or remove this one to start over", code="already_applied")
         if "listen" in changes:
             check_listen(changes["listen"][1], "listen")
-        if "division_code" in changes:
-            check_division(changes["division_code"][1], "division_code")
-        if "endpoint" in changes:
-            check_endpoint(changes["endpoint"][1], "endpoint")
         stored.update({name: new for name, (_, new) in changes.items()})
         path.write_text(json.dumps(stored, ensure_ascii=False, indent=2) + "\n", "utf-8")
         self.config = NodeConfig.load(self.data_dir)
