@@ -117,3 +117,4 @@ def test_an_interval_that_is_no_positive_number_of_seconds_stops_the_start(monke
     assert str(raised.value) == f"{name} must be {says}, not {value!r}"
     monkeypatch.setenv(name, "0.3")
     assert load_config({"MPIM_INSTANCE_PATH": str(tmp_path)})[name] == 0.3
+

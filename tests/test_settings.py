@@ -1,0 +1,26 @@
+"""Settings from the environment: a value out of its range stops the start, naming the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.config import load_config
+
+
+@pytest.mark.parametrize(("name", "value", "minimum"), [
+    ("MPIM_HEALTH_CONCURRENCY", "0", 1), ("MPIM_HEALTH_FAILURES_BEFORE_DOWN", "0", 1),
+    ("MPIM_HEALTH_SUCCESSES_BEFORE_UP", "-1", 1), ("MPIM_HEALTH_FLAP_CHANGES", "-1", 0),
+    ("MPIM_CERT_DAYS", "0", 1), ("MPIM_CRL_DAYS", "0", 1), ("MPIM_ROOT_CRL_DAYS", "-3", 1),
+    ("MPIM_ROUTE_TTL_HOURS", "0", 1), ("MPIM_PAGE_SIZE", "0", 1), ("MPIM_SESSION_MINUTES", "0", 1),
+    ("MPIM_IDLE_MINUTES", "0", 1), ("MPIM_PASSWORD_MAX_DAYS", "-1", 0), ("MPIM_LOGIN_MAX_FAILURES", "0", 1),
+    ("MPIM_LOGIN_MAX_ADDRESS_FAILURES", "0", 1), ("MPIM_LOGIN_LOCK_MINUTES", "0", 1),
+    ("MPIM_TRUSTED_PROXIES", "-1", 0), ("MPIM_NODE_SESSION_SECONDS", "0", 60),
+    ("MPIM_MAX_REQUEST_BYTES", "100", 65536)])
+def test_settings_out_of_their_range_stop_the_start_naming_them(monkeypatch, tmp_path, name, value, minimum):
+    """MPIM_HEALTH_CONCURRENCY=0 started, and every round then waited for good on a semaphore of none; a CRL
+    valid 0 days, a page of 0 rows or a lock of 0 minutes started as quietly."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=f"^{name} must be {minimum} or more, not '{value}'$"):
+        load_config({"MPIM_INSTANCE_PATH": str(tmp_path)})
+    monkeypatch.setenv(name, str(minimum))
+    load_config({"MPIM_INSTANCE_PATH": str(tmp_path)})
