@@ -191,3 +191,23 @@ def test_the_action_filter_takes_the_words_the_list_shows(admin_console):
     assert [row["action"] for row in rows] == ["node.suspend"]
     rows = read_csv(admin_console.client.get("/audit/export.csv?action=node.").data, ENGLISH)
     assert {row["action"] for row in rows} == {"node.suspend", "node.resume"}
+
+
+def test_the_cli_file_is_utf_8_whatever_the_terminal_speaks(app):
+    """On a server with a GBK or GB18030 locale the export was written in the terminal's encoding: GBK failed
+    at the byte-order mark (after the export was audited), GB18030 wrote a file that is not the UTF-8 promised."""
+    import os
+    import subprocess
+    import sys
+
+    seed_records()
+    db.session.remove()
+    environment = {**os.environ, "FLASK_APP": "wsgi.py", "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
+                   "MPIM_INSTANCE_PATH": app.config["MPIM_INSTANCE_PATH"]}
+    for encoding in ("gbk", "gb18030"):
+        result = subprocess.run([sys.executable, "-m", "flask", "audit", "export", "--action", "node."],
+                                env={**environment, "PYTHONIOENCODING": encoding}, capture_output=True, timeout=120,
+                                cwd=Path(__file__).resolve().parent.parent)
+        assert result.returncode == 0, result.stderr.decode(errors="replace")
+        rows = read_csv(result.stdout, KEYS)
+        assert [row["action"] for row in rows] == ["node.resume", "node.suspend"] and "维护" in rows[1]["detail"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import click
 from flask import current_app
@@ -92,5 +93,9 @@ def export_command(header: str, language: str, **values: str) -> None:
     db.session.commit()
     with force_locale(language):
         labels, first_row = export.action_labels(), export.header(audit_filter.zone, names=header == "labels")
+    # UTF-8 as promised, whatever the terminal's encoding (GBK would fail at the byte-order mark).
+    sys.stdout.flush()
+    out = sys.stdout.buffer
     for line in export.csv_lines(db.engine, query, audit_filter.zone, labels, first_row):
-        click.echo(line, nl=False)
+        out.write(line.encode("utf-8"))
+    out.flush()
