@@ -110,6 +110,10 @@ def test_an_anchor_copied_elsewhere_catches_the_newest_records_cut_off(app, runn
     assert result.exit_code == 1 and cut_off in result.output
 
 
+def _hash_of(seq: int) -> str:
+    return db.session.scalar(select(AuditRecord.hash).where(AuditRecord.seq == seq))
+
+
 def test_an_anchor_that_does_not_match_is_reported(app, runner):
     write_records(3)
     forged = "2:" + "0" * 64
@@ -117,6 +121,12 @@ def test_an_anchor_that_does_not_match_is_reported(app, runner):
     assert result.exit_code == 1 and "record 2: is not the record anchored with that number" in result.output
     malformed = runner.invoke(args=["audit", "verify", "--anchor", "2-abc"])
     assert malformed.exit_code == 2 and "is not SEQ:HASH" in malformed.output
+    # A true anchor of the same record given beside it does not cover for it (the last one given won).
+    true = f"2:{_hash_of(2)}"
+    both = runner.invoke(args=["audit", "verify", "--anchor", forged, "--anchor", true])
+    assert both.exit_code == 1 and "record 2: is not the record anchored with that number" in both.output
+    alone = runner.invoke(args=["audit", "verify", "--anchor", true])
+    assert alone.exit_code == 0, alone.output
 
 
 def test_an_anchor_numbered_in_other_digits_is_malformed_not_a_traceback(app, runner):
