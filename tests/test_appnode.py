@@ -198,7 +198,7 @@ def test_image_voice_file_and_sticker_are_downloaded_from_the_origin_and_checked
     assert received == {"image", "voice", "file", "sticker"}
 
 
-def test_a_ranged_download_answers_206_with_the_slice_and_its_checksum(network):
+def test_a_ranged_download_answers_206_with_the_slice_and_416_with_the_size_past_the_end(network):
     a, b = network["a"], network["b"]
     message = a.node.send_file("zhangsan", b.user("lisi"), PDF, "file", file_name="a.pdf")
     request = protocol.make_envelope(from_node=b.id, to_node=a.id, type="download", payload={
@@ -216,7 +216,8 @@ def test_a_ranged_download_answers_206_with_the_slice_and_its_checksum(network):
     request["message_id"] = protocol.new_message_id()
     response = pool.post(f"https://127.0.0.1:{a.port}", "/api/v1/federation/download",
                          json.dumps(protocol.restamp(request)).encode(), pin=None)
-    assert response.status == 416
+    assert response.status == 416 and json.loads(response.body)["error"]["code"] == "range_not_satisfiable"
+    assert response.header("Content-Range") == f"bytes */{len(PDF)}"  # §7.2: the size, for the next range
 
 
 # ---- groups, read counts, presence -----------------------------------------------------------------------------

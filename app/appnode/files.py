@@ -92,8 +92,11 @@ class FilesMixin:
         if wanted is not None:
             offset = wanted["offset"]
             if offset >= size:
-                raise RangeNotSatisfiable(f"offset {offset} is past the end ({size} bytes)",
-                                          field="payload.range.offset")
+                # §7.2: the refusal names the size (`bytes */<size>`), so the caller can ask for a range within it.
+                refusal = RangeNotSatisfiable(f"offset {offset} is past the end ({size} bytes)",
+                                              field="payload.range.offset")
+                return Reply(status=refusal.status, document=refusal.to_dict(),
+                             headers={"Content-Range": f"bytes */{size}"})
             end = min(size, offset + wanted.get("length", size))
             headers["Content-Range"] = f"bytes {offset}-{end - 1}/{size}"
             status = 206
