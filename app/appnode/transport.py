@@ -2,6 +2,10 @@
 
 The client presents the node's certificate, verifies the peer's chain to the network's root and the
 endpoint's host, and pins the peer's certificate to the fingerprint the routing table lists for it.
+
+Each request is sent and its whole answer read against a deadline of its own (§6, §7.2), whatever connection
+carries it: a peer answering a byte at a time within each read's timeout held the outbox, and with it the node
+loop, for as long as it liked.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import re
 import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass
 from typing import BinaryIO
 from urllib.parse import urlsplit
@@ -25,6 +30,10 @@ ANSWER_TIMEOUT = 30.0
 # and reading it whole would let that peer fill this node's memory.
 ANSWER_LIMIT = 1024 * 1024
 CHUNK_BYTES = 64 * 1024
+# The time a request's body and a downloaded file may take on top of the answer timeout: 1 s per 16 KiB
+# (128 kbit/s), the rate the receiving side allows its callers (request_deadline.py), so a 1 MiB envelope or a
+# 20 MiB file gets through a slow county link while a peer sending a byte at a time is cut off.
+MIN_BYTES_PER_SECOND = 16 * 1024
 
 
 class PeerUnreachable(Exception):
@@ -33,6 +42,10 @@ class PeerUnreachable(Exception):
 
 class PeerCertificateMismatch(PeerUnreachable):
     """The peer's server certificate is not the one the routing table lists: nothing is sent to it."""
+
+
+class PeerTimedOut(PeerUnreachable):
+    """No connection within CONNECT_TIMEOUT, or no whole answer within the request's deadline: retried (§6)."""
 
 
 class PeerAnswerTooLarge(PeerUnreachable):
@@ -95,6 +108,36 @@ def server_context(cert_file, key_file, bundle_file, deadline: RequestDeadline |
     return bound_requests(first, deadline) if deadline else first
 
 
+class DeadlineSocket(ssl.SSLSocket):
+    """A client TLS socket whose reads and writes each wait at most `wait` seconds, and not past `deadline`
+    (monotonic): the socket's own timeout bounds one read, which a peer sending a byte at a time never runs out."""
+
+    deadline: float | None = None
+    wait: float | None = None
+
+    def bound(self, wait: float, seconds: float) -> None:
+        """The next exchange: `seconds` for all of it, `wait` for any one read or write."""
+        self.wait, self.deadline = wait, time.monotonic() + seconds
+        self.settimeout(wait)
+
+    def read(self, len=1024, buffer=None):  # noqa: A002 (ssl.SSLSocket's signature); recv and recv_into come here
+        self._wait_left()
+        return super().read(len, buffer)
+
+    def send(self, data, flags=0):  # sendall comes here
+        self._wait_left()
+        return super().send(data, flags)
+
+    def _wait_left(self) -> None:
+        if self.deadline is None:
+            return  # the handshake: CONNECT_TIMEOUT bounds it whole
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the exchange's deadline passed")
+        # ssl reads and writes with a timeout end within it in all, however many TCP segments they take.
+        self.settimeout(min(self.wait, remaining))
+
+
 def fingerprint_of(der: bytes | None) -> str | None:
     return hashlib.sha256(der).hexdigest() if der else None
 
@@ -140,31 +183,39 @@ class PeerPool:
         with self._lock:
             if self._context is None:
                 self._context = self._context_factory()
+                self._context.sslsocket_class = DeadlineSocket
             return self._context
 
     def post(self, endpoint: str, path: str, body: bytes, *, pin: str | None, timeout: float = ANSWER_TIMEOUT,
              into: BinaryIO | None = None, limit: int = ANSWER_LIMIT) -> PeerResponse:
         """POST `body`; the answer is read in chunks and refused past `limit` bytes (PeerAnswerTooLarge).
         With `into`, a 200 answer's bytes go to that file instead of memory (`body` is then empty); any
-        other answer is an error document, read into memory within ANSWER_LIMIT."""
+        other answer is an error document, read into memory within ANSWER_LIMIT.
+
+        Once connected, sending the request and reading its whole answer may take `timeout` seconds, plus 1 s
+        per MIN_BYTES_PER_SECOND bytes of `body` and, with `into`, of `limit`; no single read or write may wait
+        longer than `timeout`. Past either: PeerTimedOut, and the connection is dropped."""
         parts = urlsplit(endpoint)
         key = (parts.hostname, parts.port or 443)
         url = (parts.path.rstrip("/") + path) or "/"
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        seconds = timeout + (len(body) + (limit if into is not None else 0)) / MIN_BYTES_PER_SECOND
         for attempt in (0, 1):  # a kept-alive connection the peer closed is retried once on a fresh one
             connection, reused = self._take(key)
             with self._lock:
                 self._busy.add(connection)
+            connected = connection.sock is not None
             try:
-                if connection.sock is None:
+                if not connected:
                     connection.timeout = CONNECT_TIMEOUT
                     connection.connect()
-                    connection.sock.settimeout(timeout)
+                    connected = True
                     seen = fingerprint_of(connection.sock.getpeercert(binary_form=True))
                     if pin is not None and seen != pin.lower():
                         connection.close()
                         raise PeerCertificateMismatch(
                             f"{parts.hostname} presented certificate {seen}, the routing table lists {pin}")
+                connection.sock.bound(timeout, seconds)  # a kept connection too: what this call allows
                 connection.request("POST", url, body=body, headers=headers)
                 response = connection.getresponse()
                 sink = into if into is not None and response.status == 200 else None
@@ -174,6 +225,14 @@ class PeerPool:
             except PeerAnswerTooLarge:
                 connection.close()  # the rest of the answer is still on the wire
                 raise
+            except TimeoutError:
+                connection.close()
+                if self._closed:
+                    raise PeerUnreachable(f"{endpoint}{path}: this node is stopping") from None
+                # Not tried again on a new connection: the peer is slow, not gone, and the caller waited enough.
+                if not connected:
+                    raise PeerTimedOut(f"{endpoint}{path}: no connection within {CONNECT_TIMEOUT:.1f} s") from None
+                raise PeerTimedOut(f"{endpoint}{path}: no whole answer within {seconds:.1f} s") from None
             except (OSError, http.client.HTTPException) as error:
                 connection.close()
                 if self._closed:
