@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 from math import ceil
 from typing import Any
 
-from sqlalchemy import DateTime, Select, event, func, select, text
+from sqlalchemy import DateTime, Select, any_, bindparam, event, func, select, text
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Engine
 from sqlalchemy.types import TypeDecorator
 
@@ -75,6 +76,15 @@ def paginate(query: Select, page: int, per_page: int, *, count: bool = True) -> 
         page = min(page, max(1, -(-total // per_page)))
     items = list(db.session.scalars(query.limit(per_page).offset((page - 1) * per_page)))
     return Page(items=items, page=page, per_page=per_page, total=total or 0)
+
+
+def among(column, values) -> Any:
+    """`column IN values`, for lists as long as a health round's (every active node). PostgreSQL takes the list
+    as one array (`= ANY`): as 10,000 bound parameters, psycopg parsed them out of the statement's text at every
+    run (about 0.2 s a query at 10,000 nodes)."""
+    if db.session.get_bind().dialect.name == "postgresql":
+        return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
+    return column.in_(values)
 
 
 # Namespace of `serialise`'s two-key advisory locks; PostgreSQL keeps two-key and one-key locks apart,

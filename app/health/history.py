@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import bindparam, delete, func, insert, select, update
 
-from app.database import utcnow
+from app.database import among, utcnow
 from app.extensions import db
 from app.health.models import HealthHourly, HealthSample
 
@@ -23,34 +23,46 @@ def hour_of(moment: datetime) -> datetime:
     return moment.replace(minute=0, second=0, microsecond=0)
 
 
-def record(samples: list[HealthSample], in_maintenance: frozenset[str] | set[str] = frozenset()) -> None:
-    """Store a round's samples and fold them into their hourly aggregates, except the polls of nodes in a
-    maintenance window: those stay in the raw samples, but availability is counted outside announced
-    maintenance (as an SLA counts it), so a planned upgrade does not read as downtime."""
+def record(samples: list[dict], in_maintenance: frozenset[str] | set[str] = frozenset()) -> None:
+    """Store a round's samples (health_samples rows: node_id, at, ok, latency_ms, failure) and fold them into
+    their hourly aggregates, except the polls of nodes in a maintenance window: those stay in the raw samples,
+    but availability is counted outside announced maintenance (as an SLA counts it), so a planned upgrade does
+    not read as downtime. Written with executemany statements: a round writes a row of each per node."""
     if not samples:
         return
-    db.session.add_all(samples)
-    buckets: dict[tuple[str, datetime], list[HealthSample]] = {}
+    db.session.execute(insert(HealthSample.__table__), samples)
+    buckets: dict[tuple[str, datetime], list[dict]] = {}
     for sample in samples:
-        if sample.node_id not in in_maintenance:
-            buckets.setdefault((sample.node_id, hour_of(sample.at)), []).append(sample)
+        if sample["node_id"] not in in_maintenance:
+            buckets.setdefault((sample["node_id"], hour_of(sample["at"])), []).append(sample)
     if not buckets:
         return
-    existing = {(row.node_id, row.hour): row for row in db.session.scalars(
-        select(HealthHourly).where(HealthHourly.node_id.in_({key[0] for key in buckets}),
-                                   HealthHourly.hour.in_({key[1] for key in buckets})))}
-    for key, group in buckets.items():
+    table = HealthHourly.__table__
+    existing = {(row.node_id, row.hour): row for row in db.session.execute(
+        select(table).where(among(table.c.node_id, {key[0] for key in buckets}),
+                            among(table.c.hour, {key[1] for key in buckets})))}
+    inserts: list[dict] = []
+    updates: list[dict] = []
+    for key in sorted(buckets):
         row = existing.get(key)
+        polls, successes, latency_sum, latency_max = \
+            (row.polls, row.successes, row.latency_sum_ms, row.latency_max_ms) if row else (0, 0, 0.0, 0.0)
+        for sample in buckets[key]:
+            polls += 1
+            if sample["ok"]:
+                successes += 1
+                latency_sum += sample["latency_ms"] or 0.0
+                latency_max = max(latency_max, sample["latency_ms"] or 0.0)
+        values = dict(polls=polls, successes=successes, latency_sum_ms=latency_sum, latency_max_ms=latency_max)
         if row is None:
-            row = HealthHourly(node_id=key[0], hour=key[1], polls=0, successes=0, latency_sum_ms=0.0,
-                               latency_max_ms=0.0)
-            db.session.add(row)
-        for sample in group:
-            row.polls += 1
-            if sample.ok:
-                row.successes += 1
-                row.latency_sum_ms += sample.latency_ms or 0.0
-                row.latency_max_ms = max(row.latency_max_ms, sample.latency_ms or 0.0)
+            inserts.append(dict(node_id=key[0], hour=key[1], **values))
+        else:
+            updates.append(dict(b_node_id=key[0], b_hour=key[1], **values))
+    if updates:
+        db.session.execute(update(table).where(table.c.node_id == bindparam("b_node_id"),
+                                               table.c.hour == bindparam("b_hour")), updates)
+    if inserts:
+        db.session.execute(insert(table), inserts)
 
 
 def downsample(now: datetime | None = None) -> str:

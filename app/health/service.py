@@ -15,20 +15,21 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 
 from flask import current_app
 from flask_babel import lazy_gettext as _l
-from sqlalchemy import func, or_, select
+from sqlalchemy import bindparam, func, insert, or_, select, update
 
 from app.admission import nodes
 from app.admission.models import Node
 from app.audit import service as audit
 from app.auth.access import require_division_scope
-from app.database import serialise, utcnow
+from app.database import among, serialise, utcnow
 from app.errors import Conflict, PermissionDenied, ValidationFailed
 from app.extensions import db
 from app.health import history
-from app.health.models import HealthEvent, HealthSample, NodeHealth
+from app.health.models import HealthEvent, NodeHealth
 from app.health.state import Counters, Thresholds, step
 from app.readable import readable_text
 
@@ -94,35 +95,35 @@ def still_polled(node_ids: list[str]) -> dict[str, str]:
     if not node_ids:
         return {}
     return dict(db.session.execute(
-        select(Node.node_id, Node.endpoint).where(Node.node_id.in_(node_ids), Node.status == "active")
+        select(Node.node_id, Node.endpoint).where(among(Node.node_id, node_ids), Node.status == "active")
         .order_by(Node.node_id).with_for_update(read=True)).all())
 
 
 def apply_round(results) -> RoundReport:
     """Apply poll results (objects with node_id, endpoint, ok, latency_ms, failure, detail, cert_matches,
     checked_at) in one transaction; commits; then sends webhook alerts for real changes. A result for a node
-    that is no longer active, or no longer at the endpoint polled, is skipped (`still_polled`)."""
+    that is no longer active, or no longer at the endpoint polled, is skipped (`still_polled`).
+    Rows are read and written with executemany statements, not ORM objects: a round of 10,000 nodes spent most
+    of its time (and so most of the time it holds its locks) building and flushing objects (bench/health.py)."""
     report = RoundReport(polled=len(results))
     limits, now = thresholds(), utcnow()
     # One round at a time (the scheduler's and `flask health poll --once`): two reading the same state would
-    # both record its change. Read after the lock, overwriting anything this session loaded before it.
+    # both record its change. Read after the lock.
     serialise("health.round")
     endpoints = still_polled(sorted({r.node_id for r in results}))
     # Skipped, not recorded as a sample either: the poll was of a node now out of polling (or of a server it has
     # left), and a sample would put it into the availability and latency history of a node it says nothing of.
     current = [r for r in results if endpoints.get(r.node_id) == r.endpoint]
     report.skipped = len(results) - len(current)
-    states = {h.node_id: h for h in db.session.scalars(
-        select(NodeHealth).where(NodeHealth.node_id.in_([r.node_id for r in current]))
-        .execution_options(populate_existing=True))} if current else {}
-    samples: list[HealthSample] = []
+    states = _read_states([r.node_id for r in current])
+    events: list[dict] = []
+    latest: dict[str, dict] = {}  # node id → its event of this round, not written yet (`late_alert`)
+    samples: list[dict] = []
     maintained: set[str] = set()
     for result in current:
         health = states.get(result.node_id)
         if health is None:
-            health = NodeHealth(node_id=result.node_id, status="unknown", consecutive_failures=0,
-                                consecutive_successes=0, last_detail="", maintenance_note="")
-            db.session.add(health)
+            health = states[result.node_id] = SimpleNamespace(**NEW_STATE, node_id=result.node_id, read=None)
         reason = str(result.failure) if result.failure else None
         after = step(Counters(health.status, health.consecutive_failures, health.consecutive_successes),
                      result.ok, limits)
@@ -140,18 +141,22 @@ def apply_round(results) -> RoundReport:
             change = StatusChange(result.node_id, health.status, after.status, reason, health.last_detail,
                                   in_maintenance(health, now))
             report.changes.append(change)
-            db.session.add(HealthEvent(node_id=change.node_id, at=checked_at, old_status=change.old,
-                                       new_status=change.new, reason=reason, detail=change.detail,
-                                       in_maintenance=change.in_maintenance))
+            latest[change.node_id] = dict(node_id=change.node_id, at=checked_at, old_status=change.old,
+                                          new_status=change.new, reason=reason, detail=change.detail,
+                                          in_maintenance=change.in_maintenance)
+            events.append(latest[change.node_id])
             health.status, health.changed_at = after.status, checked_at
-        samples.append(HealthSample(node_id=result.node_id, at=checked_at, ok=result.ok,
-                                    latency_ms=result.latency_ms, failure=reason))
+        samples.append(dict(node_id=result.node_id, at=checked_at, ok=result.ok, latency_ms=result.latency_ms,
+                            failure=reason))
         if in_maintenance(health, now):
             maintained.add(result.node_id)
         elif health.maintenance_until is not None:  # the window ended since the last round: once
             health.maintenance_until = None
-            if (late := late_alert(health)) is not None:
+            if (late := late_alert(health, latest.get(result.node_id))) is not None:
                 report.late_alerts.append(late)
+    _write_states(states)
+    if events:
+        db.session.execute(insert(HealthEvent.__table__), events)
     history.record(samples, maintained)
     if report.changes:
         for hook in status_changed:
@@ -161,6 +166,53 @@ def apply_round(results) -> RoundReport:
     if alerts and current_app.config.get("MPIM_HEALTH_WEBHOOK_URL"):
         send_webhook(current_app.config["MPIM_HEALTH_WEBHOOK_URL"], alerts)
     return report
+
+
+# node_health's columns a round writes; the maintenance window is the admin's, but for its end (`apply_round`).
+ROUND_COLUMNS = ("status", "consecutive_failures", "consecutive_successes", "changed_at", "last_checked_at",
+                 "last_ok_at", "last_latency_ms", "last_failure", "last_detail", "cert_matches")
+NEW_STATE = dict(status="unknown", consecutive_failures=0, consecutive_successes=0, changed_at=None,
+                 last_checked_at=None, last_ok_at=None, last_latency_ms=None, last_failure=None, last_detail="",
+                 cert_matches=None, maintenance_until=None)
+
+
+def _read_states(node_ids: list[str]) -> dict[str, SimpleNamespace]:
+    """node id → its node_health row as read now (`read`), and as the round changes it (the attributes)."""
+    if not node_ids:
+        return {}
+    table = NodeHealth.__table__
+    rows = db.session.execute(select(table.c.node_id, table.c.maintenance_until, *(table.c[k] for k in ROUND_COLUMNS))
+                              .where(among(table.c.node_id, node_ids)))
+    return {row.node_id: SimpleNamespace(**row._asdict(), read=row) for row in rows}
+
+
+def _write_states(states: dict[str, SimpleNamespace]) -> None:
+    """Write what the round changed, in node id order (the order the round's row locks are taken in). Only the
+    columns a round owns, and the window's end: an admin may set a new window meanwhile (`set_maintenance` waits
+    on no lock of the round's), and that must stand."""
+    table = NodeHealth.__table__
+    inserts: list[dict] = []
+    updates: dict[bool, list[dict]] = {False: [], True: []}  # by whether the row's maintenance window ended
+    for node_id in sorted(states):
+        health = states[node_id]
+        values = {key: getattr(health, key) for key in ROUND_COLUMNS}
+        if health.read is None:
+            inserts.append({"node_id": node_id, **values, "maintenance_until": None, "maintenance_note": ""})
+            continue
+        ended = health.maintenance_until is None and health.read.maintenance_until is not None
+        if ended:
+            values["maintenance_until"] = None
+        elif all(values[key] == getattr(health.read, key) for key in ROUND_COLUMNS):
+            continue
+        updates[ended].append({"b_node_id": node_id, **values})
+    for rows in updates.values():
+        if rows:
+            db.session.execute(update(table).where(table.c.node_id == bindparam("b_node_id")), rows)
+    if inserts:
+        db.session.execute(insert(table), inserts)
+    # This session's copies of these rows, if it loaded any before the round, are out of date now.
+    for key in [key for key in db.session.identity_map.keys() if key[0] is NodeHealth and key[1][0] in states]:
+        db.session.expire(db.session.identity_map[key])
 
 
 # HealthEvent.reason of a reset to unknown that an admin's action made (`forget_verdict`, `forget_verdict_after_move`),
@@ -202,16 +254,19 @@ def _forget(node_id: str, reason: str) -> None:
     db.session.flush()
 
 
-def late_alert(health: NodeHealth) -> StatusChange | None:
+def late_alert(health, pending: dict | None = None) -> StatusChange | None:
     """The alert a maintenance window held back, now that it has ended (at its time, or an admin ended it):
     the node went down inside it and is still down. No alert went out then, so without this one nobody would
     hear of it; a node that came back inside the window, or was down before it (alerted then), gets none.
     An admin's reset (`_forget`) in between forgets that "down" with the rest: the node is unknown, and is alerted
-    only if the polls after it find it down again (late, if they do so inside the window; as usual, after it)."""
+    only if the polls after it find it down again (late, if they do so inside the window; as usual, after it).
+    `pending`: the node's event of this round, not written yet; the latest, unless one written is later."""
     if health.status != "down":
         return None
     event = db.session.scalars(select(HealthEvent).where(HealthEvent.node_id == health.node_id)
                                .order_by(HealthEvent.at.desc(), HealthEvent.id.desc()).limit(1)).first()
+    if pending is not None and (event is None or pending["at"] >= event.at):
+        event = SimpleNamespace(**pending)
     if event is None or not event.in_maintenance or event.new_status != "down":
         return None
     return StatusChange(health.node_id, event.old_status, "down", event.reason, event.detail, False,
