@@ -188,6 +188,7 @@ def test_group_commands_say_what_happened_in_words_and_nothing_changed_for_a_no_
     assert node_cli(a, "group", "invite", "--as", "zhangsan", group, lisi) == f"invited {lisi}\n"
     assert node_cli(a, "group", "transfer", "--as", "zhangsan", group, wangwu) == f"{wangwu} is now the owner\n"
     assert node_cli(a, "group", "kick", "--as", "wangwu", group, lisi) == f"removed {lisi}\n"
+    a.node.config.open_groups = True  # home A lets anyone join its groups, a kicked user too (config.json)
     assert node_cli(b, "group", "join", "--as", "lisi", group) == "joined the group (the home node accepted it)\n"
     assert node_cli(a, "group", "dismiss", "--as", "wangwu", group) == "dismissed the group\n"
 

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from app.appnode import group_confirmation, groups, protocol
 from app.appnode.config import CAPABILITIES
-from app.appnode.protocol import Conflict, NotAParticipant, NotFound
+from app.appnode.protocol import Conflict, NotAParticipant, NotFound, PermissionDenied
 from app.appnode.store import Group, Outbox
 from tests.appnode_harness import raw_post
 from tests.test_appnode import ADTS, GIF, history, network, settle  # noqa: F401 (fixture)
@@ -48,6 +48,36 @@ def test_invite_and_create_refuse_users_who_do_not_exist_and_change_nothing(netw
         from_node=b.id, to_node=a.id, type="group_op", payload=request))
     assert status == 404 and body["error"]["code"] == "not_found"
     assert a.node.groups()[0].members == [a.user("zhangsan"), b.user("lisi")]
+
+
+def test_a_group_is_joined_by_invitation_unless_its_home_node_opens_its_groups(network):  # noqa: F811
+    """Any node could add its user to any group with a `join`, and a kicked user could rejoin at once: the home
+    node let every non-member join. By default (`open_groups` false) only members may `join` (which changes
+    nothing); a node that opens its groups lets anyone who knows the address join, a kicked user too."""
+    a, b = network["a"], network["b"]
+    assert a.node.config.open_groups is False
+    group = a.node.create_group("zhangsan", "专班", [b.user("lisi")])
+    a.node.group_operation("zhangsan", group.address, "kick", [b.user("lisi")])
+    settle(a, b)
+    announced = len(group_ops(a))
+    with pytest.raises(PermissionDenied, match=f"joined by invitation only.*home node {a.id}") as refused:
+        b.node.group_operation("lisi", group.address, "join")  # kicked, and back at once
+    assert refused.value.code == "forbidden"
+    with pytest.raises(PermissionDenied, match="joined by invitation only: ask a member") as refused:
+        a.node.group_operation("wangwu", group.address, "join")  # a user of the home node is no exception
+    assert refused.value.code == "forbidden" and refused.value.field == "payload.operator"
+    assert a.node.group_operation("zhangsan", group.address, "join") == "unchanged"  # a member: nothing to do
+    settle(a, b)
+    assert [(g.seq, g.members) for g in a.node.groups()] == [(2, [a.user("zhangsan")])]
+    assert len(group_ops(a)) == announced and b.node.groups("lisi") == []
+
+    a.node.config.open_groups = True  # the home node's operator opens its groups (config.json)
+    assert b.node.group_operation("lisi", group.address, "join") == "accepted"
+    assert a.node.group_operation("wangwu", group.address, "join") == "applied"
+    settle(a, b)
+    members = [a.user("zhangsan"), b.user("lisi"), a.user("wangwu")]
+    assert [(g.seq, g.members) for g in a.node.groups()] == [(4, members)]
+    assert [(g.seq, g.members) for g in b.node.groups("lisi")] == [(4, members)]
 
 
 def replicas(served) -> list[tuple[str, int, list[str]]]:

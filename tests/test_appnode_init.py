@@ -151,6 +151,25 @@ def test_caps_limits_and_the_route_interval_the_node_cannot_work_with_are_refuse
         monkeypatch.delenv(name)
 
 
+def test_groups_are_joined_by_invitation_unless_config_json_opens_them_with_a_boolean(tmp_path):
+    """`init` writes `open_groups: false` (docs/protocol.md §8.9: a non-member's `join` is the home node's
+    policy). Only true or false is taken: the string "false" is truthy, and would have opened every group."""
+    data = tmp_path / "jx"
+    assert init(data, "360000").exit_code == 0
+    config = stored(data)
+    assert config["open_groups"] is False
+    for value in ("false", "true", 0, 1, None):
+        (data / "config.json").write_text(json.dumps({**config, "open_groups": value}), "utf-8")
+        result = CliRunner().invoke(cli, ["--data", str(data), "--json", "status"])
+        assert result.exit_code == 2, result.output
+        error = json.loads(result.output)["error"]
+        assert (error["code"], error["message"]) == (
+            "invalid_config", f"open_groups ({value!r}) in config.json must be true or false"), value
+    (data / "config.json").write_text(json.dumps({**config, "open_groups": True}), "utf-8")
+    assert CliRunner().invoke(cli, ["--data", str(data), "status"]).exit_code == 0
+    assert Node(data).config.open_groups is True
+
+
 @pytest.mark.parametrize(("configured", "threads", "limit"), [
     (None, 16, 6), (None, 12, 6), (None, 8, 4), (None, 4, 2), (None, 2, 1), (None, 1, 1), (3, 8, 3), (8, 2, 2),
     (64, 8, 8)])

@@ -108,6 +108,10 @@ class NodeConfig:
     # sender's 4 deliveries at once, and 2 more for the peer's other traffic), and never more than half the
     # threads, so the other peers keep the rest. Past it a connection gets 503 too_many_connections.
     max_connections_per_caller: int | None = None
+    # Whether a user who is not a member may `join` a group homed here (docs/protocol.md §8.9, "if the home
+    # node's policy allows"). False: groups are joined by invitation only, and a kicked user stays out. True:
+    # anyone who knows a group's address may join it, a user kicked from it too (no one is barred).
+    open_groups: bool = False
     registry_ca_file: str | None = None
 
     FILE = "config.json"
@@ -148,9 +152,9 @@ class NodeConfig:
                 code="invalid_config") from None
 
     def check_numbers(self) -> None:
-        """Refuse, at start and by name, a count or time the node could not work with: a cap of "many" (or a file
-        limit that is not a whole number) failed every batch it applied to as an internal error, retried by the
-        peer for 48 h; a cap of 0 refused every read state; a route interval of 0 pulled the table from the
+        """Refuse, at start and by name, a count, time or switch the node could not work with: a cap of "many" (or
+        a file limit that is not a whole number) failed every batch it applied to as an internal error, retried by
+        the peer for 48 h; a cap of 0 refused every read state; a route interval of 0 pulled the table from the
         management node up to 20 times a second."""
         value = self.max_connections_per_caller
         if value is not None and not _whole(value, 1, MAX_PER_CALLER):
@@ -165,6 +169,9 @@ class NodeConfig:
             raise ValidationFailed(f"limits ({self.limits!r}) in {self.FILE} must give, for kinds among "
                                    f"{', '.join(filetypes.LIMITS)}, a whole number of bytes (at least 0; above the "
                                    "protocol's own limit counts as that)", code="invalid_config")
+        if type(self.open_groups) is not bool:  # "false" in the file would have opened every group
+            raise ValidationFailed(f"open_groups ({self.open_groups!r}) in {self.FILE} must be true or false",
+                                   code="invalid_config")
         interval = self.route_interval
         if type(interval) not in (int, float) or not MIN_ROUTE_INTERVAL <= interval < math.inf:
             raise ValidationFailed(f"route_interval ({interval!r}) in {self.FILE} must be a number of seconds, "

@@ -57,9 +57,9 @@ class NewState:
 
 
 class GroupHomeMixin:
-    """The home node's side of a `Node`'s groups. Relies on the node's `db`, `node_id`, `routes` and `_writing`;
-    on `_pull_for_recipient` (RouteTableMixin), on `_enqueue` (OutboxMixin), and on `_confirm_and_apply` and
-    `_nodes_to_confirm` (GroupConfirmationMixin)."""
+    """The home node's side of a `Node`'s groups. Relies on the node's `db`, `node_id`, `config`, `routes` and
+    `_writing`; on `_pull_for_recipient` (RouteTableMixin), on `_enqueue` (OutboxMixin), and on
+    `_confirm_and_apply` and `_nodes_to_confirm` (GroupConfirmationMixin)."""
 
     def _operate_at_home(self, op: str, group_id: str, operator: str, targets: list[str], info: dict, *,
                          first_time: Callable[[Session], bool] | None = None) -> tuple[Group | None, bool]:
@@ -96,7 +96,8 @@ class GroupHomeMixin:
                        info: dict, unknown: Mapping[str, str]) -> tuple[Group, NewState | None]:
         """The home node applies an operation to its record in `session` and returns the new state to
         announce. One that changes nothing (inviting members, a member joining, renaming to the same name)
-        takes no seq and is not announced (None, §8.9); kicking someone who is not a member is refused.
+        takes no seq and is not announced (None, §8.9); kicking someone who is not a member is refused, and so
+        is a non-member's `join` unless this node opens its groups (`NodeConfig.open_groups`).
         `unknown` is `_pull_for_members`' account of the targets' nodes still missing from the table."""
         me = self.node_id
         group = session.get(Group, (group_id, me))
@@ -108,7 +109,10 @@ class GroupHomeMixin:
         owner_only = op in ("dismiss", "kick", "update_info", "transfer_owner")
         if owner_only and operator != group.owner:
             raise PermissionDenied(f"only the owner may {op}", field="payload.operator")
-        if op not in ("join",) and operator not in members:
+        if op == "join" and operator not in members and not self.config.open_groups:
+            raise PermissionDenied(f"the group is joined by invitation only: ask a member to invite {operator}",
+                                   field="payload.operator")
+        if op != "join" and operator not in members:
             raise NotAParticipant(f"{operator} is not a member", field="payload.operator")
         if op == "dismiss":
             removed, members = members, []
