@@ -262,7 +262,7 @@ class HeldAnnouncement:
     them) waits, on its real TLS connection, until the test releases it; announcements after it pass."""
 
     def __init__(self, served, monkeypatch):
-        self.arrived, self.release = threading.Event(), threading.Event()
+        self.arrived, self.release, self.answered = threading.Event(), threading.Event(), threading.Event()
         self._waiting = threading.Lock()
         receive = served.node.receive
 
@@ -270,6 +270,10 @@ class HeldAnnouncement:
             if kind == "group_op" and "seq" in json.loads(body)["payload"] and self._waiting.acquire(blocking=False):
                 self.arrived.set()
                 self.release.wait(60)  # bounded only so that a failing test cannot hang the run
+                try:
+                    return receive(kind, body, content_type, certificate)
+                finally:
+                    self.answered.set()
             return receive(kind, body, content_type, certificate)
 
         monkeypatch.setattr(served.node, "receive", held)
@@ -305,6 +309,62 @@ def test_a_member_node_slow_to_confirm_holds_up_no_other_write_of_the_home_node(
     assert by_address[other.address].name == "改名"
     assert by_address[group.address].members == [a.user("zhangsan"), b.user("lisi"), b.user("zhaoliu")]
     assert b.node.groups("zhaoliu")[0].seq == by_address[group.address].seq
+
+
+def test_a_confirmation_taken_after_the_home_node_gave_up_is_withdrawn_and_its_seq_never_reused(
+        network, monkeypatch):  # noqa: F811
+    """A confirmation that timed out counted as not taken: the home node gave its seq back and numbered another
+    state under it, while the slow node, answering late, had taken the refused one (sunqi a member there, whom
+    the home node never added) and ignored the other as already applied. A node whose answer is unknown may
+    have taken the state: it is sent the withdrawal, and the seq the state took is never given back."""
+    a, b = network["a"], network["b"]
+    c = network["join"]("110000")
+    for node in (a, b, c):
+        node.node.sync_routes()
+    group = a.node.create_group("zhangsan", "专班", [b.user("lisi")])
+    settle(a, b, c)
+    held = HeldAnnouncement(c, monkeypatch)
+    monkeypatch.setattr(group_confirmation, "CONFIRM_TIMEOUT", 0.5)  # A stops waiting while C holds the state
+    try:
+        with pytest.raises(Conflict, match=f"cannot confirm members {c.user('sunqi')}.*did not answer"):
+            a.node.group_operation("zhangsan", group.address, "invite", [c.user("sunqi")])
+        assert held.arrived.wait(30)
+    finally:
+        held.release.set()
+    assert held.answered.wait(30)  # C took the refused state after all
+    members = [a.user("zhangsan"), b.user("lisi")]
+    assert a.node.group_operation("zhangsan", group.address, "update_info", info={"name": "改名"}) == "applied"
+    settle(a, b, c)
+    home = a.node.groups()[0]
+    assert (home.name, home.members, home.seq) == ("改名", members, 4)  # 2 refused, 3 its withdrawal, 4 the rename
+    assert [(g.name, g.members, g.seq) for g in b.node.groups()] == [("改名", members, 4)]
+    assert c.node.groups("sunqi") == [] and replicas(c) == []
+    with c.node.db() as session:  # the withdrawal (seq 3) lists no user of C: kept hidden, for its seq
+        replica = session.get(Group, (group.group_id, a.id))
+        assert (replica.seq, replica.members, replica.dismissed) == (3, members, True)
+
+
+def test_a_confirmation_answered_with_a_server_error_after_it_was_taken_is_withdrawn(network, monkeypatch):  # noqa: F811
+    """A 500 says the node failed while handling the request, which may be after it committed the state."""
+    a, b = network["a"], network["b"]
+    group = a.node.create_group("zhangsan", "专班", [a.user("wangwu")])
+    receive = b.node.receive
+
+    def failing_after_commit(kind: str, *args):
+        reply = receive(kind, *args)
+        if kind == "group_op":
+            raise RuntimeError("the node failed after taking the state")
+        return reply
+
+    monkeypatch.setattr(b.node, "receive", failing_after_commit)
+    with pytest.raises(Conflict, match="answered HTTP 500"):
+        a.node.group_operation("zhangsan", group.address, "invite", [b.user("lisi")])
+    assert b.node.groups("lisi")[0].seq == 2  # B took it
+    monkeypatch.setattr(b.node, "receive", receive)
+    settle(a, b)
+    members = [a.user("zhangsan"), a.user("wangwu")]
+    assert [(g.members, g.seq) for g in a.node.groups()] == [(members, 3)]
+    assert b.node.groups("lisi") == [] and replicas(b) == []
 
 
 def test_an_operation_on_a_group_changed_during_its_confirmation_is_refused(network, monkeypatch):  # noqa: F811

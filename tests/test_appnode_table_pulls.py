@@ -184,7 +184,7 @@ def test_the_confirmation_pulls_for_a_node_approved_since_the_last_pull(network)
                   members=[a.user("zhangsan"), c.user("sunqi")], seq=1)
     envelope = protocol.make_envelope(from_node=a.id, to_node=c.id, type="group_op",
                                       payload=a.node._announcement(draft, "create", draft.owner, [c.user("sunqi")]))
-    assert a.node._deliver_now(c.id, envelope, [c.user("sunqi")]) is None
+    assert a.node._deliver_now(c.id, envelope, [c.user("sunqi")]) == (None, False)  # accepted
     assert [replica.address for replica in c.node.groups("sunqi")] == [draft.address]
 
 
