@@ -44,6 +44,10 @@ class PeerCertificateMismatch(PeerUnreachable):
     """The peer's server certificate is not the one the routing table lists: nothing is sent to it."""
 
 
+class PeerRefused(PeerUnreachable):
+    """The peer refused the connection, and no earlier attempt of this call reached it: nothing was sent."""
+
+
 class PeerTimedOut(PeerUnreachable):
     """No connection within CONNECT_TIMEOUT, or no whole answer within the request's deadline: retried (§6)."""
 
@@ -242,7 +246,9 @@ class PeerPool:
                         into.seek(0)
                         into.truncate()
                     continue
-                raise PeerUnreachable(f"{endpoint}{path}: {error.__class__.__name__}: {error}") from None
+                # Refused on the first attempt: sent nowhere (after a kept connection failed, it may have been).
+                kind = PeerRefused if isinstance(error, ConnectionRefusedError) and attempt == 0 else PeerUnreachable
+                raise kind(f"{endpoint}{path}: {error.__class__.__name__}: {error}") from None
             finally:
                 with self._lock:
                     self._busy.discard(connection)
