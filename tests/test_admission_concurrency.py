@@ -593,3 +593,63 @@ def test_a_crl_refresh_racing_a_revocation_keeps_the_revocation_on_the_crl(app, 
     served = x509.load_der_x509_crl(db.session.get(CRLState, INTERMEDIATE_CRL).der)
     # Two CRLs were signed, one after the other: never two different CRLs under one number (RFC 5280 §5.2.3).
     assert served.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == number_before + 2
+
+
+def test_revoking_the_route_signer_and_a_node_certificate_at_once_both_succeed(app, make_user):
+    """Revoking the route signer re-signs the routing table (its lock) and then the CRL (its lock); revoking a
+    node's certificate signs the CRL, then publishes the table. Taken in those orders, each waited for the other
+    and PostgreSQL ended one revocation as a deadlock."""
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has one writer: the second revocation waits for the first to commit")
+    from app.pki import revocation
+    from app.pki import service as pki
+    from app.pki.models import Certificate
+    from app.routing import service as routing
+
+    node_id, minister_id = _admitted_node(make_user)
+    node_serial = pki.current_certificate(node_id).serial
+    signer_serial = db.session.scalars(select(Certificate.serial).where(
+        Certificate.kind == "route_signer", Certificate.revoked_at.is_(None))).first()
+    db.session.remove()
+    published, signing = threading.Event(), threading.Event()
+    publish, next_crl = routing.publish, revocation._next_crl
+
+    def held_publish(*args, **kwargs):
+        """The signer's revocation, holding the routing lock, waits a moment for the other to sign its CRL."""
+        result = publish(*args, **kwargs)
+        if threading.current_thread().name == "signer" and not published.is_set():
+            published.set()
+            signing.wait(5)
+        return result
+
+    def held_next_crl(*args, **kwargs):
+        """The node's, holding the CRL lock, waits a moment for the other to publish."""
+        if threading.current_thread().name == "node" and not signing.is_set():
+            signing.set()
+            published.wait(5)
+        return next_crl(*args, **kwargs)
+
+    errors: list[BaseException] = []
+
+    def revoke(serial: str) -> None:
+        with app.app_context():
+            try:
+                revocation.revoke(pki.get(serial), "superseded", by=db.session.get(User, minister_id))
+                db.session.commit()
+            except BaseException as error:
+                db.session.rollback()
+                errors.append(error)
+            finally:
+                db.session.remove()
+
+    routing.publish, revocation._next_crl = held_publish, held_next_crl
+    try:
+        threads = [threading.Thread(target=revoke, args=(signer_serial,), name="signer"),
+                   threading.Thread(target=revoke, args=(node_serial,), name="node")]
+        for thread in threads:
+            thread.start()
+        joined(threads)
+    finally:
+        routing.publish, revocation._next_crl = publish, next_crl
+    assert not errors, [repr(error)[:300] for error in errors]
+    assert {format(serial, "x") for serial in (int(signer_serial, 16), int(node_serial, 16))} <= _crl_serials()

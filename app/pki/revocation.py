@@ -59,6 +59,9 @@ def revoke(certificate: Certificate, reason: str, *, by) -> Revoked:
         # certificate of the node is ours to read and revoke until commit.
         serialise(service.key_lock_name(certificate.key_sha256), lock_name(certificate.node_id))
     serialise(f"certificate:{certificate.serial}")  # two admins revoking the route signer rotate it once
+    # The CRL's lock before the route signer's rotation publishes the routing table (its lock): every revocation
+    # takes the two in that order, as a node's revocation does through its hooks.
+    serialise(crl_lock_name(INTERMEDIATE_CRL))
     db.session.refresh(certificate)
     if certificate.revoked_at is not None:
         raise Conflict(_l("This certificate is revoked already."), code="already_revoked")
@@ -164,7 +167,8 @@ def regenerate_root_crl(*, root_key_path: Path | None = None, actor: str | None 
 def crl_lock_name(row_id: int) -> str:
     """Held from reading what a CRL lists until it is committed, so that two CRLs signed at once (a revocation's
     and another's, or the scheduler's refresh) are signed one after the other: the second lists what the first
-    committed, under the next number. Taken after every other lock its callers hold (key, node, certificate)."""
+    committed, under the next number. Lock order: after the key, node and certificate locks, before the routing
+    table's (`revoke` takes it before a route signer's rotation publishes)."""
     return f"crl:{row_id}"
 
 
