@@ -101,7 +101,7 @@ def load_config(overrides: dict | None = None) -> dict:
         "REMEMBER_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
         "PERMANENT_SESSION_LIFETIME": env_int("MPIM_SESSION_MINUTES", 480, minimum=1) * 60,
-        "MPIM_IDLE_SECONDS": env_int("MPIM_IDLE_MINUTES", 30, minimum=1) * 60,
+        "MPIM_IDLE_SECONDS": env_int("MPIM_IDLE_MINUTES", 30, minimum=0) * 60,
         "MPIM_PASSWORD_MAX_DAYS": env_int("MPIM_PASSWORD_MAX_DAYS", 90, minimum=0),
         "WTF_CSRF_TIME_LIMIT": None,
         "MAX_CONTENT_LENGTH": env_int("MPIM_MAX_REQUEST_BYTES", 1024 * 1024, minimum=65536),
