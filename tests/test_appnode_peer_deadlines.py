@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from app.appnode.transport import MIN_BYTES_PER_SECOND, PeerPool, PeerTimedOut
+from app.appnode.transport import MIN_BYTES_PER_SECOND, PeerNotReached, PeerPool, PeerTimedOut
 from tests.conftest import stop_serving
 from tests.factories import self_signed_certificate
 
@@ -131,3 +131,35 @@ def test_a_download_trickling_past_the_time_for_its_size_is_cut_off(slow_peer):
     pool, endpoint, _ = slow_peer
     with tempfile.TemporaryFile() as into, pytest.raises(PeerTimedOut, match="/trickle: no whole answer"):
         pool.post(endpoint, "/trickle", b"{}", pin=None, timeout=1, into=into, limit=len(TRICKLE))
+
+
+def test_a_call_that_never_connects_says_nothing_was_sent(slow_peer):
+    """A group's home node gives a state's seq back only when no member node may have taken it: a refused
+    connection or a failed TLS handshake sent nothing; they read as failures after sending."""
+    import socket
+
+    pool, endpoint, _server = slow_peer
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    refused_port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now
+    with pytest.raises(PeerNotReached):
+        pool.post(f"https://127.0.0.1:{refused_port}", "/quick", b"{}", pin=None)
+    hanging_up = socket.create_server(("127.0.0.1", 0))
+
+    def hang_up() -> None:
+        connection, _ = hanging_up.accept()
+        connection.close()  # no TLS handshake
+
+    thread = threading.Thread(target=hang_up, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(PeerNotReached):
+            pool.post(f"https://127.0.0.1:{hanging_up.getsockname()[1]}", "/quick", b"{}", pin=None)
+    finally:
+        thread.join(10)
+        hanging_up.close()
+    # Connected and answered late: it was sent.
+    with pytest.raises(PeerTimedOut) as failure:
+        pool.post(endpoint, "/held", b"{}", pin=None, timeout=0.3)
+    assert not isinstance(failure.value, PeerNotReached)

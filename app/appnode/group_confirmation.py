@@ -17,7 +17,7 @@ from app.appnode.group_home import NewState
 from app.appnode.messages import PATHS
 from app.appnode.protocol import Conflict, NotFound, node_of
 from app.appnode.store import Group
-from app.appnode.transport import PeerCertificateMismatch, PeerRefused, PeerUnreachable
+from app.appnode.transport import PeerCertificateMismatch, PeerNotReached, PeerUnreachable
 from app.errors import DomainError
 
 # Each node gaining members is asked in turn while the operator (or, for a member node's request, that node,
@@ -144,5 +144,5 @@ class GroupConfirmationMixin:
 
 def _maybe_sent(failure: PeerUnreachable) -> bool:
     """Whether the request may have reached the node before `failure`: not when the certificate did not match
-    (checked before sending) or the connection was refused, else it may."""
-    return not isinstance(failure, PeerCertificateMismatch | PeerRefused)
+    (checked before sending) or no connection was made, else it may."""
+    return not isinstance(failure, PeerCertificateMismatch | PeerNotReached)

@@ -44,8 +44,9 @@ class PeerCertificateMismatch(PeerUnreachable):
     """The peer's server certificate is not the one the routing table lists: nothing is sent to it."""
 
 
-class PeerRefused(PeerUnreachable):
-    """The peer refused the connection, and no earlier attempt of this call reached it: nothing was sent."""
+class PeerNotReached(PeerUnreachable):
+    """No connection was made (refused, no route, no such name, a failed TLS handshake, none within
+    CONNECT_TIMEOUT) and no earlier attempt of this call reached the peer: nothing was sent."""
 
 
 class PeerTimedOut(PeerUnreachable):
@@ -235,7 +236,8 @@ class PeerPool:
                     raise PeerUnreachable(f"{endpoint}{path}: this node is stopping") from None
                 # Not tried again on a new connection: the peer is slow, not gone, and the caller waited enough.
                 if not connected:
-                    raise PeerTimedOut(f"{endpoint}{path}: no connection within {CONNECT_TIMEOUT:.1f} s") from None
+                    kind = PeerNotReached if attempt == 0 else PeerTimedOut
+                    raise kind(f"{endpoint}{path}: no connection within {CONNECT_TIMEOUT:.1f} s") from None
                 raise PeerTimedOut(f"{endpoint}{path}: no whole answer within {seconds:.1f} s") from None
             except (OSError, http.client.HTTPException) as error:
                 connection.close()
@@ -246,8 +248,8 @@ class PeerPool:
                         into.seek(0)
                         into.truncate()
                     continue
-                # Refused on the first attempt: sent nowhere (after a kept connection failed, it may have been).
-                kind = PeerRefused if isinstance(error, ConnectionRefusedError) and attempt == 0 else PeerUnreachable
+                # No connection on the first attempt: sent nowhere (after a kept connection failed, it may have been).
+                kind = PeerNotReached if not connected and attempt == 0 else PeerUnreachable
                 raise kind(f"{endpoint}{path}: {error.__class__.__name__}: {error}") from None
             finally:
                 with self._lock:
