@@ -6,6 +6,7 @@ import math
 import os
 import secrets
 from pathlib import Path
+from urllib.parse import urlsplit
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,6 +45,24 @@ def env_seconds(name: str, default: float) -> float:
     if not (math.isfinite(seconds) and seconds > 0):
         raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
     return seconds
+
+
+def env_http_url(name: str) -> str:
+    """An http:// or https:// address with a host, or "" (none); anything else stops the start naming the
+    variable. The health webhook is sent after the round commits: a URL urllib cannot open surfaced only then,
+    at the first alert, as a round recorded failed (no scheme) or as every alert lost (another scheme, no host)."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return ""
+    try:
+        parts = urlsplit(value)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:  # a port out of range, a malformed IPv6 host
+        parts, port_ok = None, False
+    if (parts is None or not port_ok or parts.scheme not in ("http", "https") or not parts.hostname
+            or any(character.isspace() or not character.isprintable() for character in value)):
+        raise ValueError(f"{name} must be an http:// or https:// address with a host, not {value!r}")
+    return value
 
 
 def instance_path() -> Path:
@@ -137,7 +156,7 @@ def load_config(overrides: dict | None = None) -> dict:
         "MPIM_HEALTH_FAILURES_BEFORE_DOWN": env_int("MPIM_HEALTH_FAILURES_BEFORE_DOWN", 3, minimum=1),
         "MPIM_HEALTH_SUCCESSES_BEFORE_UP": env_int("MPIM_HEALTH_SUCCESSES_BEFORE_UP", 2, minimum=1),
         "MPIM_HEALTH_FLAP_CHANGES": env_int("MPIM_HEALTH_FLAP_CHANGES", 4, minimum=0),
-        "MPIM_HEALTH_WEBHOOK_URL": os.environ.get("MPIM_HEALTH_WEBHOOK_URL", ""),
+        "MPIM_HEALTH_WEBHOOK_URL": env_http_url("MPIM_HEALTH_WEBHOOK_URL"),
         "MPIM_HEARTBEAT_SECONDS": env_seconds("MPIM_HEARTBEAT_SECONDS", 15),
         "MPIM_JOB_RUNS_KEEP_DAYS": env_int("MPIM_JOB_RUNS_KEEP_DAYS", 30, minimum=1),
     }

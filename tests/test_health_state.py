@@ -158,6 +158,52 @@ def test_webhook_is_retried_and_skipped_in_maintenance(app, node, webhook, make_
     assert event.new_status == "down" and event.in_maintenance
 
 
+@pytest.fixture
+def garbage_webhook():
+    """A receiver that answers every request with a line that is no HTTP status line."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:  # closed: the test is over
+                return
+            with connection:
+                connection.recv(65536)
+                connection.sendall(b"garbage, not HTTP\r\n\r\n")
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/hook"
+    listener.close()
+    thread.join(30)
+
+
+def test_a_receiver_answering_garbage_costs_the_alert_not_the_round(app, node, garbage_webhook, caplog):
+    """send_webhook caught only OSError: a receiver's garbage answer (BadStatusLine, an HTTPException) raised out
+    of apply_round after its commit, so the scheduler recorded the health.poll run failed and `flask health poll
+    --once` printed a traceback. It is logged, as a refused attempt is."""
+    app.config["MPIM_HEALTH_WEBHOOK_URL"] = garbage_webhook
+    service.apply_round([Result(node.node_id, True)])
+    report = service.apply_round([Result(node.node_id, True)])  # unknown → up: an alert
+    assert [(c.old, c.new) for c in report.changes] == [("unknown", "up")]
+    assert db.session.get(NodeHealth, node.node_id).status == "up"
+    assert [r.getMessage().split(":")[0] for r in caplog.records if r.name == "mpim.health"] == [
+        f"health webhook attempt {n} failed" for n in (1, 2, 3)]
+
+
+@pytest.mark.parametrize("url", ["hooks.example/alert", "ftp://hooks.example/alert", "http:///alert"])
+def test_a_webhook_url_urllib_cannot_open_is_logged_not_raised(app, url, caplog):
+    """A URL without a scheme raised ValueError ("unknown url type") out of the round; the start refuses such a
+    URL now (`env_http_url`), but one set in the config by other means still costs no round."""
+    change = service.StatusChange("36000000002025000001", "up", "down", "timeout", "", False)
+    assert service.send_webhook(url, [change], backoff=0) is False
+    assert any(r.getMessage().startswith("health webhook attempt 3 failed") for r in caplog.records)
+
+
 def test_a_node_still_down_when_its_maintenance_ends_is_alerted_then_once(app, node, webhook, make_user):
     """Down inside a maintenance window, no alert (as above); when the window ended, nothing was ever sent
     either, and a node that stayed down went unannounced. The round after the window's end sends the change

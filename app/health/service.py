@@ -7,6 +7,7 @@ again and again.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import re
@@ -275,7 +276,10 @@ def late_alert(health, pending: dict | None = None) -> StatusChange | None:
 
 def send_webhook(url: str, changes: list[StatusChange], attempts: int = 3, timeout: float = 5.0,
                  backoff: float = 0.5) -> bool:
-    """POST the state changes as JSON; retried with backoff; a failure is logged, never raised."""
+    """POST the state changes as JSON; retried with backoff; a failure is logged, never raised: the round it
+    alerts of is committed already, and an exception here would record it failed. Besides OSError (refused,
+    timed out, an HTTP error status), a receiver answering no HTTP raises HTTPException, and a URL urllib cannot
+    open (no scheme) ValueError; the start refuses such a URL (`config.env_http_url`), the config may still hold one."""
     body = json.dumps({"event": "node_health_changed", "time": utcnow().isoformat(),
                        "changes": [c.__dict__ for c in changes]}, ensure_ascii=False).encode()
     for attempt in range(attempts):
@@ -285,8 +289,8 @@ def send_webhook(url: str, changes: list[StatusChange], attempts: int = 3, timeo
             with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (configured URL)
                 if 200 <= response.status < 300:
                     return True
-        except OSError as error:
-            log.warning("health webhook attempt %s failed: %s", attempt + 1, error)
+        except (OSError, http.client.HTTPException, ValueError) as error:
+            log.warning("health webhook attempt %s failed: %s: %s", attempt + 1, type(error).__name__, error)
         if attempt + 1 < attempts:
             time.sleep(backoff * 2 ** attempt)
     return False
