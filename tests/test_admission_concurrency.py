@@ -389,7 +389,9 @@ def test_a_token_revoked_while_an_application_uses_it_stays_used(app, make_user)
         thread = threading.Thread(target=revoke)
         thread.start()
         deadline = time.monotonic() + 30
-        with db.engine.connect() as watcher:  # until the admin has committed, or waits on the application
+        # Until the admin has committed, or waits on the application; each look in a transaction of its own
+        # (inside one, pg_stat_activity answers from its first look's snapshot).
+        with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as watcher:
             while thread.is_alive() and time.monotonic() < deadline and not watcher.scalar(text(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                     "AND wait_event_type = 'Lock'")):
@@ -459,7 +461,8 @@ def test_a_token_revoked_while_an_application_waits_to_use_it_is_refused_as_revo
         thread = threading.Thread(target=apply)
         thread.start()
         deadline = time.monotonic() + 30
-        with db.engine.connect() as watcher:  # until the application waits on the revocation, or has finished
+        # Until the application waits on the revocation, or has finished; each look in a transaction of its own.
+        with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as watcher:
             while thread.is_alive() and time.monotonic() < deadline and not watcher.scalar(text(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                     "AND wait_event_type = 'Lock'")):

@@ -373,7 +373,7 @@ def test_two_rounds_applied_at_once_record_a_change_once(app, node):
         thread.start()
         threads.append(thread)
         deadline = time.monotonic() + 30
-        with db.engine.connect() as watcher:
+        with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as watcher:
             while time.monotonic() < deadline and not watcher.scalar(text(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                     "AND wait_event_type = 'Lock'")):

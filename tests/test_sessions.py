@@ -56,13 +56,14 @@ def await_refusal(client, headers, timeout: float = 10.0):
 
 
 def wait_for_a_lock_wait(thread, timeout: float = 30) -> bool:
-    """Until `thread` ends or some session of this database waits on a lock (PostgreSQL); whether one did."""
+    """Until `thread` ends or some session of this database waits on a lock (PostgreSQL); whether one did.
+    Each look in a transaction of its own: inside one, pg_stat_activity answers from its first look's snapshot."""
     import time
 
     from sqlalchemy import text
 
     deadline = time.monotonic() + timeout
-    with db.engine.connect() as watcher:
+    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as watcher:
         while thread.is_alive() and time.monotonic() < deadline:
             if watcher.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                                    "AND wait_event_type = 'Lock'")):
