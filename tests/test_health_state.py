@@ -393,44 +393,6 @@ def test_two_rounds_applied_at_once_record_a_change_once(app, node):
     assert db.session.get(NodeHealth, node.node_id).consecutive_failures == 4
 
 
-def test_a_maintenance_window_saved_while_a_round_is_applied_stands(app, node, make_user):
-    """A round writes back the columns it owns of a node's health, not the whole row as it read it: an admin's
-    window, saved while the round waited on that row (`set_maintenance` queues on no lock of the round's),
-    would be written over with the "no window" the round had read."""
-    from tests.test_admission_concurrency import joined
-    from tests.test_sessions import wait_for_a_lock_wait
-
-    if db.engine.dialect.name != "postgresql":
-        pytest.skip("an admin and a round at once: PostgreSQL (SQLite has one writer at a time)")
-    node_id = node.node_id
-    service.apply_round([Result(node_id, True)])
-    polled = [Result(node_id, True)]
-    errors: list[BaseException] = []
-
-    def apply() -> None:
-        with app.app_context():
-            try:
-                service.apply_round(polled)
-            except BaseException as error:
-                errors.append(error)
-            finally:
-                db.session.remove()
-
-    until = utcnow() + timedelta(hours=2)
-    service.set_maintenance(node_id, until, "upgrade", by=db.session.merge(make_user("other-minister")))
-    db.session.flush()  # the admin's write, not committed yet
-    thread = threading.Thread(target=apply)
-    thread.start()
-    assert wait_for_a_lock_wait(thread) and thread.is_alive()  # the round waits for the admin's row
-    db.session.commit()
-    joined([thread])
-    assert not errors, errors
-    db.session.expire_all()
-    health = db.session.get(NodeHealth, node_id)
-    assert (health.maintenance_until, health.maintenance_note) == (until, "upgrade")
-    assert (health.status, health.consecutive_successes) == ("up", 2)  # and the round's poll is in
-
-
 def test_a_round_s_hooks_read_the_health_it_wrote_of_rows_loaded_before_it(app, node):
     """The hooks (the routing table's) run inside the round's transaction: a node's health this session had
     loaded before the round reads there as the round wrote it, not as it was loaded."""

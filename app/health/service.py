@@ -91,8 +91,10 @@ def still_polled(node_ids: list[str]) -> dict[str, str]:
     admin's uncommitted row (its UPDATE of the node) and reads what it committed; an admin that comes second waits
     at that UPDATE for the round's commit, and then resets what the round wrote. SQLite's write lock, which the
     round holds already (`serialise`), orders them the same way (FOR SHARE is not said there).
-    Lock order: the round takes health.round, then these rows, then node_health; an admin takes node:<id>, then
-    the node's row, then node_health, and never health.round: no circle."""
+    Lock order: the round takes health.round, then these rows, then node_health; an admin's node action takes
+    node:<id>, then the node's row, then node_health, and never health.round; a maintenance window takes
+    node:<id>, then health.round (`set_maintenance`), and never a node's row. Nothing takes node:<id> after
+    health.round, nor health.round after a node's row: no circle."""
     if not node_ids:
         return {}
     return dict(db.session.execute(
@@ -109,7 +111,8 @@ def apply_round(results) -> RoundReport:
     report = RoundReport(polled=len(results))
     limits, now = thresholds(), utcnow()
     # One round at a time (the scheduler's and `flask health poll --once`): two reading the same state would
-    # both record its change. Read after the lock.
+    # both record its change. And no maintenance window set between the round's read of the health rows and
+    # its write (`set_maintenance`). Read after the lock.
     serialise("health.round")
     endpoints = still_polled(sorted({r.node_id for r in results}))
     # Skipped, not recorded as a sample either: the poll was of a node now out of polling (or of a server it has
@@ -189,8 +192,8 @@ def _read_states(node_ids: list[str]) -> dict[str, SimpleNamespace]:
 
 def _write_states(states: dict[str, SimpleNamespace]) -> None:
     """Write what the round changed, in node id order (the order the round's row locks are taken in). Only the
-    columns a round owns, and the window's end: an admin may set a new window meanwhile (`set_maintenance` waits
-    on no lock of the round's), and that must stand."""
+    columns a round owns, and the end of a window that ended: no admin wrote the window since the round read it
+    (`set_maintenance` waits for the round), and a row the round inserts is one nobody else inserted meanwhile."""
     table = NodeHealth.__table__
     inserts: list[dict] = []
     updates: dict[bool, list[dict]] = {False: [], True: []}  # by whether the row's maintenance window ended
@@ -343,13 +346,21 @@ def schedule_maintenance(node, hours: str | None, note: str, *, by) -> NodeHealt
 
 
 def set_maintenance(node_id: str, until: datetime, note: str, *, by) -> NodeHealth:
+    """A window until `until`. It waits for a round being applied, and a round waits for it (health.round, held
+    to commit): a round reads the node's health, then writes it, and a window set in between was written over
+    with the end of the one the round had read as ended, or, for a node never polled, inserted as the round
+    inserted its first row (a duplicate key, the round or the admin's request lost). A round holds the lock for
+    its apply only (seconds at 10,000 nodes, bench/health.py), not its polls, so the wait is short.
+    Lock order: the caller's node:<id> (`schedule_maintenance`) before health.round, never after (`still_polled`)."""
     if until <= utcnow():
         raise ValidationFailed(_l("A maintenance window must end in the future."), code="invalid_window",
                                field="until")
     note = readable_text(note, "note", limit=200)
-    health = db.session.get(NodeHealth, node_id) or NodeHealth(node_id=node_id, status="unknown",
-                                                              consecutive_failures=0, consecutive_successes=0,
-                                                              last_detail="", maintenance_note="")
+    serialise("health.round")
+    # Read after the lock, afresh: a round may have committed since this session loaded the row.
+    health = db.session.get(NodeHealth, node_id, populate_existing=True) or NodeHealth(
+        node_id=node_id, status="unknown", consecutive_failures=0, consecutive_successes=0, last_detail="",
+        maintenance_note="")
     db.session.add(health)
     health.maintenance_until, health.maintenance_note = until, note
     audit.record("health.maintenance", node_id, {"until": until, "note": health.maintenance_note},
@@ -359,8 +370,10 @@ def set_maintenance(node_id: str, until: datetime, note: str, *, by) -> NodeHeal
 
 def clear_maintenance(node_id: str, *, by) -> None:
     """End the window now. Its end is kept (not cleared) so that the next round sees a window end and sends
-    the alert it held back (`late_alert`), as when a window runs out by itself."""
-    health = db.session.get(NodeHealth, node_id)
+    the alert it held back (`late_alert`), as when a window runs out by itself. Queued with rounds as
+    `set_maintenance` is, for the same reason."""
+    serialise("health.round")
+    health = db.session.get(NodeHealth, node_id, populate_existing=True)
     if health is not None and health.maintenance_until is not None:
         health.maintenance_until = min(health.maintenance_until, utcnow())
     audit.record("health.maintenance_end", node_id, actor=by.username)
