@@ -240,6 +240,24 @@ def test_a_peer_asking_to_close_and_never_closing_holds_no_more_than_its_own_thr
 FLOODERS = 40  # each refusal held one of C's two free threads about 1 s: A's handshake queued some 20 s behind
 
 
+def holding_the_limit(b: ServedNode, c: ServedNode, addresses: str) -> list[tuple]:
+    """B's limit on C, held for the whole test: one connection more than it, each from an address in `addresses`
+    and sending a request whose rest never comes, until one is refused; the others, each with the background read
+    of its answer. B's client handshake ends before C's, which counts the connection, so C may count them in
+    another order, or after a connection B opens next: which ones C serves is only known from the refusal."""
+    envelope = json.dumps(honest_message(b, c, "慢慢来"), ensure_ascii=False).encode()
+    waiting = []
+    for i in range(LIMIT + 1):
+        connection = peer_connection(b, c, source=f"{addresses}.{i}")
+        connection.sendall(FEDERATION_POST % (len(envelope) + 10) + envelope)
+        waiting.append((connection, in_background(answer_or_closed, connection)))
+    eventually(lambda: sum(not outcome["thread"].is_alive() for _, outcome in waiting) == 1, timeout=30,
+               what="B's connection past its limit refused")
+    [refused] = [finished(outcome) for _, outcome in waiting if not outcome["thread"].is_alive()]
+    assert refused is None or refused[0] == 503, refused  # refused, not answered: its request never ended
+    return [(connection, outcome) for connection, outcome in waiting if outcome["thread"].is_alive()]
+
+
 def flood(b: ServedNode, c: ServedNode, source: str, stop: threading.Event, connected: list) -> None:
     """Connect to C as B from `source`, again and again until `stop`, sending nothing and closing each connection
     only once the next one's handshake is done; each handshake done goes into `connected`."""
@@ -263,12 +281,7 @@ def test_a_peer_flooding_past_its_limit_does_not_starve_another_peer(limited):
     queued behind its refusals for as long as B went on. Now one refusal of B's at a time is answered, the
     others are closed at once, and A is answered while B floods."""
     a, b, c = limited
-    envelope = json.dumps(honest_message(b, c, "慢慢来"), ensure_ascii=False).encode()
-    held = []
-    for i in range(LIMIT):  # B's limit, held for the whole test: the rest of its request never comes
-        connection = peer_connection(b, c, source=f"127.0.4.{i}")
-        connection.sendall(FEDERATION_POST % (len(envelope) + 10) + envelope)
-        held.append(connection)
+    held = holding_the_limit(b, c, "127.0.4")
     stop, connected = threading.Event(), []
     flooders = [in_background(flood, b, c, f"127.0.5.{i}", stop, connected) for i in range(FLOODERS)]
     try:
@@ -280,8 +293,9 @@ def test_a_peer_flooding_past_its_limit_does_not_starve_another_peer(limited):
         for outcome in flooders:
             finished(outcome)
     assert len(logged_refusals(c, b.id)) == 1  # once, however many were refused
-    for connection in held:
-        connection.close()
+    for connection, outcome in held:
+        connection.shutdown(socket.SHUT_RDWR)
+        outcome["thread"].join(30)
     assert [m.document["content"]["text"] for m in stored_messages(c)] == ["你好"]
 
 
