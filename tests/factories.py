@@ -149,3 +149,29 @@ def not_strict_bodies(document: dict, *, duplicate: str, nested: str) -> dict[st
         "utf16_le": (text.encode("utf-16-le"), "UTF-8 without a byte-order mark"),
         "utf32": (text.encode("utf-32"), "UTF-8 without a byte-order mark"),
     }
+
+
+def loopback_tls_server(handler, directory):
+    """A threading HTTPS server on 127.0.0.1 answering with `handler`, under a self-signed certificate written to
+    `directory`/peer.pem (the CA file a client trusts it by). Returns (server, its serving thread, that file);
+    the caller stops it with tests.conftest.stop_serving."""
+    import ipaddress
+    import ssl
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    certificate = self_signed_certificate(
+        key, "peer", x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+    certificate_file, key_file = directory / "peer.pem", directory / "peer.key"
+    certificate_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certificate_file, key_file)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return server, thread, certificate_file

@@ -4,7 +4,6 @@ an answer that never ends is cut off at a limit, never read into memory whole.""
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import ssl
 import tempfile
@@ -12,13 +11,10 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from types import SimpleNamespace
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from app.appnode import outbox
 from app.appnode.node import Node
@@ -27,7 +23,7 @@ from app.appnode.registry import HTTPResult, RegistryClient, RegistryError
 from app.appnode.store import utcnow
 from app.appnode.transport import ANSWER_LIMIT, PeerAnswerTooLarge, PeerPool, PeerUnreachable
 from tests.conftest import stop_serving
-from tests.factories import not_strict_bodies, self_signed_certificate
+from tests.factories import loopback_tls_server, not_strict_bodies
 from tests.test_appnode import network  # noqa: F401 (fixture)
 from tests.test_sessions import people  # noqa: F401 (fixture)
 
@@ -110,21 +106,8 @@ class EndlessAnswer(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def endless_peer(tmp_path):
-    key = ec.generate_private_key(ec.SECP256R1())
-    certificate = self_signed_certificate(
-        key, "peer", x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-    (tmp_path / "peer.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "peer.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                          serialization.PrivateFormat.PKCS8,
-                                                          serialization.NoEncryption()))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), EndlessAnswer)
-    server.daemon_threads = True
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(tmp_path / "peer.pem", tmp_path / "peer.key")
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    client = ssl.create_default_context(cafile=str(tmp_path / "peer.pem"))
+    server, thread, certificate_file = loopback_tls_server(EndlessAnswer, tmp_path)
+    client = ssl.create_default_context(cafile=str(certificate_file))
     yield PeerPool(lambda: client), f"https://127.0.0.1:{server.server_address[1]}"
     stop_serving(server, thread)
 

@@ -5,21 +5,17 @@ stopped route pulls, ephemeral batches and renewals for as long as it liked."""
 
 from __future__ import annotations
 
-import ipaddress
 import ssl
 import tempfile
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from app.appnode.transport import MIN_BYTES_PER_SECOND, PeerNotReached, PeerPool, PeerTimedOut
 from tests.conftest import stop_serving
-from tests.factories import self_signed_certificate
+from tests.factories import loopback_tls_server
 
 ANSWER = b'{"status": "accepted"}'
 TRICKLE = b" " * 40 + ANSWER  # one byte every 0.2 s: about 12 s in all
@@ -65,22 +61,9 @@ class SlowPeer(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def slow_peer(tmp_path):
-    key = ec.generate_private_key(ec.SECP256R1())
-    certificate = self_signed_certificate(
-        key, "peer", x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-    (tmp_path / "peer.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "peer.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                          serialization.PrivateFormat.PKCS8,
-                                                          serialization.NoEncryption()))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowPeer)
-    server.daemon_threads = True
+    server, thread, certificate_file = loopback_tls_server(SlowPeer, tmp_path)
     server.seen, server.release = [], threading.Event()
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(tmp_path / "peer.pem", tmp_path / "peer.key")
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    pool = PeerPool(lambda: ssl.create_default_context(cafile=str(tmp_path / "peer.pem")))
+    pool = PeerPool(lambda: ssl.create_default_context(cafile=str(certificate_file)))
     yield pool, f"https://127.0.0.1:{server.server_address[1]}", server
     server.release.set()
     pool.abort()
