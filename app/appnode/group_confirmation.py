@@ -114,9 +114,9 @@ class GroupConfirmationMixin:
         """One synchronous attempt, outside the outbox: (None, False) when accepted, else the error to refuse
         with and whether the node may have taken the state all the same. It may have when its answer is unknown:
         a timeout or a connection broken once the request could have been sent, or a 5xx (a 500 can follow
-        the commit, and a gateway's 502 or 504 says nothing of the node behind it). It has not when the
-        connection was refused or the certificate did not match (nothing was sent), nor when it refused the
-        envelope before handling it (429, `too_many_connections`, `unknown_peer`, `certificate_mismatch`) or
+        the commit, and a gateway's 502 or 504 says nothing of the node behind it). It has not when no
+        connection was made (PeerNotReached) or the certificate did not match (nothing was sent), nor when it
+        refused the envelope before handling it (429, `too_many_connections`, `unknown_peer`, `certificate_mismatch`) or
         for good (any other 4xx). A node missing from the table is pulled for first (`_pull_for_recipient`:
         no transaction is open here)."""
         unknown = self._pull_for_recipient(peer)
