@@ -433,11 +433,32 @@ def test_download_out_of_a_kept_file_that_cannot_be_read_is_refused_naming_it(ne
     node_cli(b, "download", "--as", "lisi", message.message_id)
     kept = b.dir / "files" / a.id / message.document["content"]["file_id"]
     out = tmp_path / "got.pdf"
-    for unreadable in (kept.unlink, kept.mkdir):
-        unreadable()
-        code, document = refusal(b.dir, "download", "--as", "lisi", message.message_id, "--out", str(out))
-        error = document["error"]
-        assert code == 2 and error["code"] == "cannot_read" and str(kept) in error["message"], document
-        assert not out.exists()
+    kept.unlink()
+    kept.mkdir()  # a directory where the file was: there, but not to be read
+    code, document = refusal(b.dir, "download", "--as", "lisi", message.message_id, "--out", str(out))
+    error = document["error"]
+    assert code == 2 and error["code"] == "cannot_read" and str(kept) in error["message"], document
+    assert not out.exists()
     done = operator_runs(b.dir, "download", "--as", "lisi", message.message_id, "--out", str(out))
     assert done.returncode == 2 and done.stderr.startswith("error (cannot_read): "), done.stderr
+    # The node's own file (it is the origin: nothing to fetch it again from), removed.
+    own = a.dir / "files" / a.id / message.document["content"]["file_id"]
+    own.unlink()
+    code, document = refusal(a.dir, "download", "--as", "zhangsan", message.message_id, "--out", str(out))
+    assert code == 2 and document["error"]["code"] == "cannot_read" and str(own) in document["error"]["message"]
+
+
+def test_download_of_a_kept_file_gone_from_the_data_directory_fetches_it_again(network, tmp_path):  # noqa: F811
+    """Without --out, `download` said the file was at a path where nothing was any more (removed by hand, or a
+    data directory restored without its files): it is fetched again from its origin, and checked again."""
+    a, b = network["a"], network["b"]
+    message = a.node.send_file("zhangsan", b.user("lisi"), PDF, "file", file_name="协查通报.pdf")
+    node_cli(b, "download", "--as", "lisi", message.message_id)
+    kept = b.dir / "files" / a.id / message.document["content"]["file_id"]
+    kept.unlink()
+    document = json.loads(node_cli(b, "--json", "download", "--as", "lisi", message.message_id))
+    assert document["path"] == str(kept) and kept.read_bytes() == PDF
+    out = tmp_path / "got.pdf"
+    kept.unlink()
+    node_cli(b, "download", "--as", "lisi", message.message_id, "--out", str(out))
+    assert out.read_bytes() == PDF and kept.read_bytes() == PDF

@@ -121,7 +121,11 @@ class FilesMixin:
                     # type) is refused rather than given the kept file, which it does not describe.
                     raise UnsupportedMediaType(f"node {message.origin_node} named file {content['file_id']} for "
                                                "other bytes already; this message's file is refused")
-                return stored
+                # Kept, unless gone from the data directory (removed by hand, or a restore without its files):
+                # then fetched again from its origin and checked again. This node's own file has no other source,
+                # and something else in its place is not ours to replace: the copy names it (`cannot_read`).
+                if message.origin_node == me or os.path.lexists(self.file_path(stored)):
+                    return stored
         origin = message.origin_node
         entry = self.peer_entry(origin, self._pull_for_recipient(origin))
         if "download" not in entry["capabilities"]:
