@@ -77,6 +77,20 @@ def test_parallel_approvals_get_distinct_consecutive_ids(app, make_user):
 RACERS = 6
 
 
+def _committed_alone(app, work, errors: list[BaseException]) -> None:
+    """`work()` in its own app context and session, as a request has, committed; what it raises is rolled back
+    and kept in `errors`."""
+    with app.app_context():
+        try:
+            work()
+            db.session.commit()
+        except BaseException as error:
+            db.session.rollback()
+            errors.append(error)
+        finally:
+            db.session.remove()
+
+
 def _race(app, work) -> tuple[list, list[BaseException]]:
     """Run `work(i)` in RACERS threads released together, each in its own app context and session
     (as concurrent requests are); commit what succeeds. Returns (results, errors), once the audit chain
@@ -85,16 +99,11 @@ def _race(app, work) -> tuple[list, list[BaseException]]:
     results, errors = [], []
 
     def run(i: int) -> None:
-        with app.app_context():
-            try:
-                barrier.wait(timeout=60)  # a thread that never gets here breaks it: no wait for good
-                results.append(work(i))
-                db.session.commit()
-            except BaseException as error:
-                db.session.rollback()
-                errors.append(error)
-            finally:
-                db.session.remove()
+        def released() -> None:
+            barrier.wait(timeout=60)  # a thread that never gets here breaks it: no wait for good
+            results.append(work(i))
+
+        _committed_alone(app, released, errors)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(RACERS)]
     for thread in threads:
@@ -635,15 +644,8 @@ def test_revoking_the_route_signer_and_a_node_certificate_at_once_both_succeed(a
     errors: list[BaseException] = []
 
     def revoke(serial: str) -> None:
-        with app.app_context():
-            try:
-                revocation.revoke(pki.get(serial), "superseded", by=db.session.get(User, minister_id))
-                db.session.commit()
-            except BaseException as error:
-                db.session.rollback()
-                errors.append(error)
-            finally:
-                db.session.remove()
+        _committed_alone(app, lambda: revocation.revoke(pki.get(serial), "superseded",
+                                                        by=db.session.get(User, minister_id)), errors)
 
     routing.publish, revocation._next_crl = held_publish, held_next_crl
     try:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from app.admission import nodes
+from app.errors import ValidationFailed
 from app.extensions import db
 from app.routing import service
 from app.routing.client import MAX_STORED_DELTAS, RouteClient
@@ -479,9 +480,10 @@ def test_publishing_above_leaves_room_for_the_publications_after_it(app, session
     a revocation's too (rolled back: the certificate stayed valid)."""
     result = runner.invoke(args=["routing", "publish", "--above", str(service.MAX_VERSION - 1)])
     assert result.exit_code != 0 and "--above" in result.output and service.head_version() == 1
-    from app.routing import cli as routing_cli
-
-    highest = routing_cli.HIGHEST_ABOVE
+    with pytest.raises(ValidationFailed) as refused:  # the service's rule, whoever calls it
+        service.publish("restore", above=service.MAX_VERSION - 1)
+    assert refused.value.code == "invalid_above" and service.head_version() == 1
+    highest = service.HIGHEST_ABOVE
     assert service.MAX_VERSION - highest >= 1_000_000
     result = runner.invoke(args=["routing", "publish", "--above", str(highest)])
     assert result.exit_code == 0, result.output

@@ -67,14 +67,9 @@ def verify_command(body_file, signature_file):
     click.echo(f"signature valid: {kind} version {table['version']} by {found.current}")
 
 
-# `--above` leaves a million publications before the last version a column holds: a publication past it would
-# fail, a revocation's too.
-HIGHEST_ABOVE = service.MAX_VERSION - 1_000_000
-
-
 @cli.command("publish")
 @click.option("--force", is_flag=True, help="Re-sign even when nothing changed.")
-@click.option("--above", type=Digits(1, HIGHEST_ABOVE), default=None,
+@click.option("--above", type=Digits(1, service.HIGHEST_ABOVE), default=None,
               help="After restoring a backup: publish a version above this one (the highest version nodes hold).")
 @click.option("--json", "as_json", is_flag=True)
 def publish_command(force, above, as_json):

@@ -162,7 +162,6 @@ class RouteCache:
                 self.sessions.clear()
             self.sessions[token_hash] = (node_id, expires_at)
 
-
     # --- nodes ahead of the table -------------------------------------------------------------
     def first_report_ahead(self, node_id: str, head: int) -> bool:
         """True once per node for each version served: a node ahead asks again every few seconds, and the
