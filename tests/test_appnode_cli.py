@@ -462,3 +462,24 @@ def test_download_of_a_kept_file_gone_from_the_data_directory_fetches_it_again(n
     kept.unlink()
     node_cli(b, "download", "--as", "lisi", message.message_id, "--out", str(out))
     assert out.read_bytes() == PDF and kept.read_bytes() == PDF
+
+
+def test_download_out_whose_copy_fails_part_way_names_the_kept_file_and_leaves_no_part(network, tmp_path):  # noqa: F811
+    """A read error during the copy (a failing disk under the data directory) was reported as cannot_write, naming
+    --out, and left an empty or partial file under the name asked for. The kept file here is a link to
+    /proc/self/mem, which opens and then fails its first read with EIO: a real read error, not a simulated one."""
+    a, b = network["a"], network["b"]
+    message = a.node.send_file("zhangsan", b.user("lisi"), PDF, "file", file_name="协查通报.pdf")
+    node_cli(b, "download", "--as", "lisi", message.message_id)
+    kept = b.dir / "files" / a.id / message.document["content"]["file_id"]
+    kept.unlink()
+    kept.symlink_to("/proc/self/mem")
+    out = tmp_path / "got.pdf"
+    for overwrite in ((), ("--overwrite",)):
+        code, document = refusal(b.dir, "download", "--as", "lisi", message.message_id, "--out", str(out), *overwrite)
+        error = document["error"]
+        assert code == 2 and error["code"] == "cannot_read" and str(kept) in error["message"], document
+        assert not out.exists()
+    out.write_bytes(b"an earlier download")
+    code, document = refusal(b.dir, "download", "--as", "lisi", message.message_id, "--out", str(out))
+    assert code == 2 and document["error"]["code"] == "file_exists" and out.read_bytes() == b"an earlier download"

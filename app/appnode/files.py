@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -185,7 +184,9 @@ class FilesMixin:
 
     def copy_file_to(self, stored: StoredFile, out: Path, *, overwrite: bool = False) -> None:
         """A kept file, copied where its user asked (`download --out`): never over a file already there unless
-        `overwrite`, and never into a directory that is not there (a mistyped path), which is named."""
+        `overwrite`, and never into a directory that is not there (a mistyped path), which is named. A copy that
+        fails part way leaves nothing under `out` (with `overwrite`, the file it replaced is gone already), and a
+        read error is this node's copy's (`cannot_read`), a write error `out`'s (`cannot_write`)."""
         if not out.parent.is_dir():
             raise NotFound(f"{out.parent} is no directory to write {out.name} into", code="no_directory")
         kept = self.file_path(stored)
@@ -194,13 +195,27 @@ class FilesMixin:
         except OSError as error:
             raise CannotRead(f"cannot read {kept}, this node's copy of file {stored.file_id}: "
                              f"{error.strerror or error}") from None
+        opened = False
         try:
             # "x" creates the file or fails, so nothing made there since the check is written over either
             with source, out.open("wb" if overwrite else "xb") as target:
-                shutil.copyfileobj(source, target, CHUNK_BYTES)  # a chunk at a time: files run to 1 GiB
+                opened = True
+                while True:  # a chunk at a time: files run to 1 GiB
+                    try:
+                        chunk = source.read(CHUNK_BYTES)
+                    except OSError as error:  # this node's copy failed part way (a disk error): not --out's fault
+                        raise CannotRead(f"cannot read {kept}, this node's copy of file {stored.file_id}: "
+                                         f"{error.strerror or error}") from None
+                    if not chunk:
+                        break
+                    target.write(chunk)
         except FileExistsError:
             raise Conflict(f"{out} exists: download writes over no file unless given --overwrite",
                            code="file_exists") from None
+        except BaseException:
+            if opened:  # a part of the file under the name asked for would pass for the whole of it
+                out.unlink(missing_ok=True)
+            raise
 
     def file_bytes(self, stored: StoredFile) -> bytes:
         return self.file_path(stored).read_bytes()
