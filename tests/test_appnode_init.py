@@ -380,3 +380,59 @@ def test_a_relative_registry_ca_is_kept_as_an_absolute_path_so_the_node_runs_fro
     result = CliRunner().invoke(cli, ["--data", str(data), "--json", "status"])
     assert result.exit_code == 0, result.stderr
     assert operator_runs(data, "status").returncode == 0  # from the checkout, as an operator would
+
+
+@pytest.mark.parametrize("registry", ["localhost:5000", "ftp://registry.example", "http://", "http://a b",
+                                      "http://user:pw@registry.example/", "https://registry.example/?q=1",
+                                      "https://registry.example/#top", "https://registry.example:99999",
+                                      "https://registry.example\n"])
+def test_a_registry_address_that_is_no_http_url_is_refused_by_name_wherever_it_comes_from(
+        tmp_path, monkeypatch, registry):
+    """`--registry` was stored as given: "http://a b" and "http://user:pw@host/" ended `join` in a traceback
+    (http.client.InvalidURL), and "localhost:5000" was called unreachable. It is refused at init, again, in
+    config.json and in MPIM_NODE_REGISTRY_URL, naming where it came from."""
+    data = tmp_path / "jx"
+    code, refusal = init_json(data, "--registry", registry)  # the last --registry given is the one click takes
+    assert code == 2, refusal
+    assert refusal["error"]["code"] == "invalid_config" and f"--registry ({registry!r})" in refusal["error"]["message"]
+    assert not data.exists()
+    assert init_json(data) == (0, None)
+    result = CliRunner().invoke(cli, ["--data", str(data), "--json", "init", "--if-missing", "--registry", registry,
+                                      "--division", "360000", "--endpoint", "https://127.0.0.1:8643"])
+    assert result.exit_code == 2 and json.loads(result.stderr)["error"]["code"] == "invalid_config"
+    assert stored(data)["registry_url"] == "https://127.0.0.1:5000"
+    monkeypatch.setenv("MPIM_NODE_REGISTRY_URL", registry)
+    result = CliRunner().invoke(cli, ["--data", str(data), "--json", "status"])
+    error = json.loads(result.stderr)["error"]
+    assert result.exit_code == 2 and f"MPIM_NODE_REGISTRY_URL ({registry!r})" in error["message"], error
+    monkeypatch.delenv("MPIM_NODE_REGISTRY_URL")
+    (data / "config.json").write_text(json.dumps({**stored(data), "registry_url": registry}), "utf-8")
+    result = CliRunner().invoke(cli, ["--data", str(data), "--json", "status"])
+    assert result.exit_code == 2 and f"registry_url ({registry!r})" in json.loads(result.stderr)["error"]["message"]
+    with pytest.raises(ValidationFailed):
+        Node.init(tmp_path / "other", NodeConfig(registry_url=registry, division_code="360000",
+                                                 endpoint="https://node.example"))
+    assert not (tmp_path / "other").exists()
+
+
+def test_a_node_that_has_not_applied_takes_a_corrected_registry_ca_and_refuses_one_it_cannot_use(tmp_path):
+    """`init --if-missing` compared the registry, division, endpoint and listen address, and ignored a changed
+    --registry-ca: a node made with the wrong CA file kept it, and `join` failed its TLS handshake."""
+    data, wrong, right = tmp_path / "jx", a_ca_file(tmp_path / "wrong.pem"), a_ca_file(tmp_path / "right.pem")
+    assert init_json(data, "--registry-ca", str(wrong)) == (0, None)
+    again = ["--data", str(data), "--json", "init", "--if-missing", "--registry", "https://127.0.0.1:5000",
+             "--division", "360000", "--endpoint", "https://127.0.0.1:8643"]
+    (tmp_path / "garbage.pem").write_text("not a certificate")
+    result = CliRunner().invoke(cli, [*again, "--registry-ca", str(tmp_path / "garbage.pem")])
+    assert result.exit_code == 1 and "garbage.pem" in json.loads(result.stderr)["error"]["message"], result.output
+    assert stored(data)["registry_ca_file"] == str(wrong)
+    result = CliRunner().invoke(cli, [*again, "--registry-ca", str(right)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["changed"] == {"registry_ca_file": str(right)}
+    assert stored(data)["registry_ca_file"] == str(right)
+    assert CliRunner().invoke(cli, [*again, "--registry-ca", str(right)]).output == ""  # nothing to change
+    with Node(data).db.begin() as session:
+        put_setting(session, "application_id", "3f2a")
+    result = CliRunner().invoke(cli, [*again, "--registry-ca", str(wrong)])
+    assert result.exit_code == 1 and "already applied with registry_ca_file" in result.stderr, result.output
+    assert stored(data)["registry_ca_file"] == str(right)

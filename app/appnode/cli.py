@@ -32,7 +32,7 @@ from app.appnode.cli_lines import (
     when,
 )
 from app.appnode.cli_messaging import download, group, history, inbox, presence, read, send, send_file
-from app.appnode.config import NodeConfig, check_division, check_endpoint, check_listen
+from app.appnode.config import NodeConfig, check_division, check_endpoint, check_listen, check_registry_url
 from app.appnode.node import Node, NotJoined, address
 from app.appnode.registry import write_atomic
 from app.cli_arguments import Digits, require_utf8
@@ -76,10 +76,13 @@ def init(ctx: Context, registry, division, endpoint, listen, org_name, org_code,
     check_listen(listen, "--listen")  # exit 2, as when the node reads it; before --if-missing changes anything
     check_division(division, "--division")  # here, not first at `join` (the management node's refusal)
     check_endpoint(endpoint, "--endpoint")
+    check_registry_url(registry, "--registry")
+    if registry_ca:  # the node runs from other directories; abspath, not resolve: a symlink may be repointed
+        registry_ca = os.path.abspath(registry_ca)
     if if_missing and (ctx.data / NodeConfig.FILE).exists():
         try:
             changes = ctx.node.amend_config(registry_url=registry, division_code=division, endpoint=endpoint,
-                                            listen=listen)
+                                            listen=listen, registry_ca_file=registry_ca or None)
         except DomainError as error:
             raise Refused(error.message, code=error.code) from None
         if changes:
@@ -87,8 +90,6 @@ def init(ctx: Context, registry, division, endpoint, listen, org_name, org_code,
                     f"node in {ctx.data} not applied yet; now " +
                     ", ".join(f"{name} {new} (was {old})" for name, (old, new) in changes.items()))
         return
-    if registry_ca:  # the node runs from other directories; abspath, not resolve: a symlink may be repointed
-        registry_ca = os.path.abspath(registry_ca)
     config = NodeConfig(registry_url=registry, division_code=division, endpoint=endpoint, listen=listen,
                         org_name=org_name, org_code=org_code, system_name=system_name, registry_ca_file=registry_ca)
     password = secrets.token_urlsafe(12)

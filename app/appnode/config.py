@@ -11,6 +11,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from app.admission.information import normalise_endpoint
 from app.appnode import filetypes
@@ -62,6 +63,24 @@ def check_endpoint(endpoint, name: str) -> None:
     except ValidationFailed as error:
         raise ValidationFailed(f"{name} ({endpoint!r}) is no endpoint the management node takes: {error.message}",
                                code="invalid_config") from None
+
+
+def check_registry_url(url, name: str, place: str = "") -> None:
+    """`url` must be an http:// or https:// address of the management node: a host, a port from 1 to 65535, a
+    path at most (requests go to the path joined after it), no user information, query, fragment, whitespace or
+    control character. Checked at `init` and whenever the node reads its configuration: "http://a b" or
+    "http://user:pw@host/" ended `join` in a traceback, and "localhost:5000" was called unreachable."""
+    try:
+        parts = urlsplit(url) if isinstance(url, str) else None
+        port_ok = parts is not None and (parts.port is None or parts.port > 0)
+    except ValueError:  # a port that is no number or past 65535, a malformed IPv6 host
+        parts, port_ok = None, False
+    if (parts is None or not port_ok or parts.scheme not in ("http", "https") or not parts.hostname
+            or "@" in parts.netloc or parts.query or parts.fragment or "?" in url or "#" in url
+            or any(character.isspace() or not character.isprintable() for character in url)):
+        raise ValidationFailed(f"{name} ({url!r}){place} must be the management node's http:// or https:// address: "
+                               "a host and port, no user, query or fragment, e.g. https://registry.example:8443",
+                               code="invalid_config")
 
 
 def _from_environment(name: str, kind: type, least: float):
@@ -124,6 +143,10 @@ class NodeConfig:
         for name, attribute in (("MPIM_NODE_REGISTRY_URL", "registry_url"), ("MPIM_NODE_LISTEN", "listen")):
             if os.environ.get(name):
                 setattr(config, attribute, os.environ[name])
+        if os.environ.get("MPIM_NODE_REGISTRY_URL"):
+            check_registry_url(config.registry_url, "MPIM_NODE_REGISTRY_URL")
+        else:
+            check_registry_url(config.registry_url, "registry_url", f" in {cls.FILE}")
         if os.environ.get("MPIM_NODE_LISTEN"):
             check_listen(config.listen, "MPIM_NODE_LISTEN")
         else:

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-from app.appnode.config import NodeConfig, check_division, check_endpoint, check_listen
+from app.appnode.config import NodeConfig, check_division, check_endpoint, check_listen, check_registry_url
 from app.appnode.ephemeral import EphemeralMixin
 from app.appnode.files import FilesMixin
 from app.appnode.group_confirmation import GroupConfirmationMixin
@@ -116,15 +116,17 @@ class Node(ReceivingMixin, GroupsMixin, GroupHomeMixin, GroupConfirmationMixin, 
     @classmethod
     def init(cls, data_dir: str | Path, config: NodeConfig, *, ui_password: str | None = None) -> Node:
         """A new node directory: configuration, database, key (the key never leaves it) and, when given, the
-        page's operator password. All or nothing: the listen address, division code, endpoint and the management
-        node's CA file are checked before anything is written, and a failure after that removes what init made (a
-        half-made node was refused as already_initialised by the next init, and failed every other command)."""
+        page's operator password. All or nothing: the listen address, division code, endpoint, the management
+        node's address and its CA file are checked before anything is written, and a failure after that removes
+        what init made (a half-made node was refused as already_initialised by the next init, and failed every
+        other command)."""
         data_dir = Path(data_dir)
         if (data_dir / NodeConfig.FILE).exists():
             raise Conflict(f"{data_dir} already holds a node", code="already_initialised")
         check_listen(config.listen, "listen")
         check_division(config.division_code, "division_code")
         check_endpoint(config.endpoint, "endpoint")
+        check_registry_url(config.registry_url, "registry_url")
         registry_context(config.registry_ca_file)
         if data_dir.exists() and not data_dir.is_dir():
             raise CannotWrite(f"{data_dir} is a file, not a directory to create the node in")
@@ -141,7 +143,7 @@ class Node(ReceivingMixin, GroupsMixin, GroupHomeMixin, GroupConfirmationMixin, 
         return node
 
     def amend_config(self, **wanted: str) -> dict[str, tuple[str, str]]:
-        """`init --if-missing` run again with other values (a wrong division or registry the first time):
+        """`init --if-missing` run again with other values (a wrong division, registry or its CA file the first time):
         before the node has applied, they replace the stored ones; after, they would contradict what the
         management node holds, so they are refused. Returns what changed, as name → (old, new)."""
         path = self.data_dir / NodeConfig.FILE
@@ -155,6 +157,10 @@ class Node(ReceivingMixin, GroupsMixin, GroupHomeMixin, GroupConfirmationMixin, 
                            f"directory (NAME), or remove this one to start over", code="already_applied")
         if "listen" in changes:
             check_listen(changes["listen"][1], "listen")
+        if "registry_url" in changes:
+            check_registry_url(changes["registry_url"][1], "registry_url")
+        if "registry_ca_file" in changes:  # before the file is written: a CA file that cannot be read changes nothing
+            registry_context(changes["registry_ca_file"][1])
         stored.update({name: new for name, (_, new) in changes.items()})
         path.write_text(json.dumps(stored, ensure_ascii=False, indent=2) + "\n", "utf-8")
         self.config = NodeConfig.load(self.data_dir)
