@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from click.testing import CliRunner
 
@@ -483,3 +484,24 @@ def test_download_out_whose_copy_fails_part_way_names_the_kept_file_and_leaves_n
     out.write_bytes(b"an earlier download")
     code, document = refusal(b.dir, "download", "--as", "lisi", message.message_id, "--out", str(out))
     assert code == 2 and document["error"]["code"] == "file_exists" and out.read_bytes() == b"an earlier download"
+
+
+def test_download_out_over_the_kept_file_or_a_link_to_it_keeps_the_node_s_copy(network, tmp_path):  # noqa: F811
+    """`download --out <the path download prints> --overwrite` opened the kept file for writing, which emptied it
+    before a byte was read: the command reported the whole size, every later download handed out 0 bytes, and on
+    the origin node the file was gone for good. The copy is now made beside --out and renamed over it."""
+    a, b = network["a"], network["b"]
+    message = a.node.send_file("zhangsan", b.user("lisi"), PDF, "file", file_name="协查通报.pdf")
+    kept = Path(json.loads(node_cli(b, "--json", "download", "--as", "lisi", message.message_id))["path"])
+    own = a.dir / "files" / a.id / message.document["content"]["file_id"]
+    link = tmp_path / "link.pdf"
+    link.symlink_to(own)
+    for node, user, out in ((b, "lisi", kept), (a, "zhangsan", link)):
+        document = json.loads(node_cli(node, "--json", "download", "--as", user, message.message_id, "--out",
+                                       str(out), "--overwrite"))
+        assert document["size"] == len(PDF), document
+        assert out.read_bytes() == PDF
+    assert kept.read_bytes() == PDF and own.read_bytes() == PDF  # both nodes' copies whole
+    assert not link.is_symlink()  # the link itself was replaced by the copy, not what it pointed to
+    leftovers = [path for path in tmp_path.iterdir() if path.name.startswith(".")]
+    assert leftovers == []

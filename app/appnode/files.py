@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import tempfile
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -185,8 +186,8 @@ class FilesMixin:
     def copy_file_to(self, stored: StoredFile, out: Path, *, overwrite: bool = False) -> None:
         """A kept file, copied where its user asked (`download --out`): never over a file already there unless
         `overwrite`, and never into a directory that is not there (a mistyped path), which is named. A copy that
-        fails part way leaves nothing under `out` (with `overwrite`, the file it replaced is gone already), and a
-        read error is this node's copy's (`cannot_read`), a write error `out`'s (`cannot_write`)."""
+        fails part way leaves nothing under `out`, or with `overwrite` the file that was there as it was; a read
+        error is this node's copy's (`cannot_read`), a write error `out`'s (`cannot_write`)."""
         if not out.parent.is_dir():
             raise NotFound(f"{out.parent} is no directory to write {out.name} into", code="no_directory")
         kept = self.file_path(stored)
@@ -195,10 +196,14 @@ class FilesMixin:
         except OSError as error:
             raise CannotRead(f"cannot read {kept}, this node's copy of file {stored.file_id}: "
                              f"{error.strerror or error}") from None
+        # Without `overwrite`, "x" creates the file or fails, so nothing made there since the check is written
+        # over either. With it, the copy is made beside `out` and renamed over it: `out` opened for writing was
+        # emptied before a byte was read when it was the kept file itself or a link to it (the path `download`
+        # prints), and the node's only copy was lost while the command reported the whole size.
+        written = out.with_name(f".{out.name}.{secrets.token_hex(4)}") if overwrite else out
         opened = False
         try:
-            # "x" creates the file or fails, so nothing made there since the check is written over either
-            with source, out.open("wb" if overwrite else "xb") as target:
+            with source, written.open("xb") as target:
                 opened = True
                 while True:  # a chunk at a time: files run to 1 GiB
                     try:
@@ -209,12 +214,16 @@ class FilesMixin:
                     if not chunk:
                         break
                     target.write(chunk)
+            if overwrite:
+                os.replace(written, out)
         except FileExistsError:
+            if overwrite:
+                raise
             raise Conflict(f"{out} exists: download writes over no file unless given --overwrite",
                            code="file_exists") from None
         except BaseException:
             if opened:  # a part of the file under the name asked for would pass for the whole of it
-                out.unlink(missing_ok=True)
+                written.unlink(missing_ok=True)
             raise
 
     def file_bytes(self, stored: StoredFile) -> bytes:
