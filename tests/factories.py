@@ -79,6 +79,34 @@ def csr_with_unreadable_subject(how: str = "integer", key=None) -> str:
     return x509.load_der_x509_csr(request).public_bytes(serialization.Encoding.PEM).decode()
 
 
+UNREADABLE_EXTENSIONS = {
+    # the same extension twice (X.509 allows each once): a subjectAltName, then one written as raw DER
+    "duplicate": "subjectAltName = DNS:a.example\n2.5.29.17 = DER:300b8209622e6578616d706c65\n",
+    # a subjectAltName holding one empty x400Address ([3] in GeneralName), a name type cryptography cannot read
+    "x400": "2.5.29.17 = DER:3002a300\n",
+}
+
+
+def csr_with_unreadable_extensions(how: str = "duplicate", key=None) -> str:
+    """A correctly self-signed CSR, made by the system `openssl req`, that cryptography loads and verifies and
+    whose extensions raise (not ValueError) only when read: see `UNREADABLE_EXTENSIONS`."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    key = key or ec.generate_private_key(ec.SECP256R1())
+    with tempfile.TemporaryDirectory() as directory:
+        folder = Path(directory)
+        (folder / "node.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                            serialization.PrivateFormat.PKCS8,
+                                                            serialization.NoEncryption()))
+        (folder / "req.cnf").write_text("[req]\ndistinguished_name = dn\nreq_extensions = ext\nprompt = no\n"
+                                        "[dn]\nCN = node\n[ext]\n" + UNREADABLE_EXTENSIONS[how])
+        result = subprocess.run(["openssl", "req", "-new", "-sha256", "-key", "node.key", "-config", "req.cnf"],
+                                cwd=folder, capture_output=True, text=True, timeout=60, check=True)
+    return result.stdout
+
+
 def node_document(division_code: str = "360000", *, endpoint: str | None = None, csr: str | None = None,
                   **overrides) -> dict:
     n = next(_counter)

@@ -12,7 +12,13 @@ from app.admission import applications, tokens
 from app.admission.models import Application, EnrollmentToken
 from app.database import utcnow
 from app.extensions import db
-from tests.factories import csr_with_unreadable_subject, make_csr, node_document, not_strict_bodies
+from tests.factories import (
+    csr_with_unreadable_extensions,
+    csr_with_unreadable_subject,
+    make_csr,
+    node_document,
+    not_strict_bodies,
+)
 
 
 @pytest.fixture
@@ -181,6 +187,8 @@ def test_the_token_is_checked_before_the_body(client, header, code, body, conten
      "contact.phone"),
     ({"csr": "not a csr"}, 400, "invalid_csr", "csr"),
     ({"csr": csr_with_unreadable_subject("integer")}, 400, "invalid_csr", "csr"),  # was a 500
+    ({"csr": csr_with_unreadable_extensions("duplicate")}, 400, "invalid_csr", "csr"),  # was a 500
+    ({"csr": csr_with_unreadable_extensions("x400")}, 400, "invalid_csr", "csr"),  # was a 500
     ({"csr": ""}, 400, "missing_csr", "csr"),
 ])
 def test_bad_input_is_refused_and_leaves_the_token_unused(client, token, overrides, status, code, field):

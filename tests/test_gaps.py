@@ -19,7 +19,7 @@ from app.pki import service as pki
 from app.routing import service as routing
 from app.routing.models import RouteChange
 from tests.conftest import Console
-from tests.factories import NodeKeys, application_form
+from tests.factories import NodeKeys, application_form, csr_with_unreadable_extensions
 from tests.health_servers import HealthServer
 from tests.test_sessions import admit_with_keys, people  # noqa: F401 (fixture)
 
@@ -45,6 +45,17 @@ def test_console_application_errors_stay_in_the_form(app, make_user):
     html = console.post_form("/applications/new", {**application_form(), "csr": "-----BEGIN CERTIFICATE REQUEST-----"
                                                    }).get_data(as_text=True)
     assert "无法解析该 CSR" in html or "这不是 PEM 格式的证书请求" in html  # the console speaks Chinese
+    assert db.session.scalar(db.select(db.func.count()).select_from(Application)) == 0
+
+
+@pytest.mark.parametrize("how", ["duplicate", "x400"])
+def test_console_application_with_a_csr_whose_extensions_cannot_be_read_says_why(app, make_user, how):
+    make_user("jx-admin", "provincial_admin", ("360000",))
+    console = Console(app.test_client())
+    console.login("jx-admin")
+    response = console.post_form("/applications/new", {**application_form(),
+                                                       "csr": csr_with_unreadable_extensions(how)})
+    assert response.status_code == 200 and "CSR 的扩展无法读取" in response.get_data(as_text=True)
     assert db.session.scalar(db.select(db.func.count()).select_from(Application)) == 0
 
 

@@ -18,7 +18,7 @@ from app.pki import authority, csr_policy
 from app.pki import service as pki
 from app.pki.csr_policy import InvalidCSR
 from app.pki.models import Certificate
-from tests.factories import NodeKeys, csr_with_unreadable_subject, make_csr, make_key
+from tests.factories import NodeKeys, csr_with_unreadable_extensions, csr_with_unreadable_subject, make_csr, make_key
 from tests.test_sessions import admit_with_keys, people  # noqa: F401 (fixture)
 
 
@@ -79,6 +79,30 @@ def test_renewal_with_a_csr_whose_subject_cannot_be_read_is_refused(client, peop
     db.session.commit()
     response = renew(client, token, csr_with_unreadable_subject())
     assert (response.status_code, response.get_json()["error"]["code"]) == (400, "invalid_csr")
+    assert pki.current_certificate(node.node_id).serial == row.serial  # nothing issued
+
+
+@pytest.mark.parametrize(("how", "reason"), [("duplicate", "carries the subjectAltName extension twice"),
+                                           ("x400", "x400Address")])
+def test_a_csr_whose_extensions_cannot_be_read_is_refused(how, reason):
+    """cryptography reads a CSR's extensions lazily, and a repeated extension or an x400Address name raises an
+    exception that is no ValueError: the review page's description then failed the application doors with a 500,
+    and renewal, which never describes the CSR, certified it."""
+    message = reason_for(csr_with_unreadable_extensions(how))
+    assert "extensions cannot be read" in message and reason in message
+
+
+@pytest.mark.parametrize("how", ["duplicate", "x400"])
+def test_renewal_with_a_csr_whose_extensions_cannot_be_read_is_refused(client, people, how):  # noqa: F811
+    node, keys = admit_with_keys(people)
+    token = client.post("/api/v1/session", json=keys.session_request(node.node_id)).get_json()["token"]
+    row = pki.current_certificate(node.node_id)
+    row.not_before, row.not_after = utcnow() - timedelta(days=70), utcnow() + timedelta(days=20)
+    db.session.commit()
+    response = renew(client, token, csr_with_unreadable_extensions(how))
+    error = response.get_json()["error"]
+    assert (response.status_code, error["code"], error["field"]) == (400, "invalid_csr", "csr")
+    assert "extensions cannot be read" in error["message"]
     assert pki.current_certificate(node.node_id).serial == row.serial  # nothing issued
 
 

@@ -5,7 +5,9 @@ Accepted: one PEM certificate signing request, at most 64 KB, whose self-signatu
 
 Refused, each with its own reason: not PEM or not parsable; several CSRs in one text; a certificate where a CSR belongs;
 over 64 KB; a self-signature that does not verify or uses MD5/SHA-1; RSA below 2048 bits; DSA;
-any other curve (P-192, secp256k1, SM2, ...); Ed25519 and Ed448.
+any other curve (P-192, secp256k1, SM2, ...); Ed25519 and Ed448; a subject or extensions that cannot be
+read (a value of a type X.509 names do not allow, an extension present twice, an x400Address or
+EDIPartyName subject alternative name).
 
 Ed25519/Ed448 are refused on purpose: a node must open A.2 node sessions (SPEC §4), which define
 ECDSA-SHA256 and RSASSA-PKCS1-v1_5-SHA256 signatures only, so an EdDSA node could be certified
@@ -135,7 +137,7 @@ def _public_key(csr: x509.CertificateSigningRequest) -> CertificatePublicKeyType
 
 def check_csr(csr: x509.CertificateSigningRequest) -> None:
     """`InvalidCSR` unless the key passes `check_key`, the self-signature verifies with SHA-256+ and the subject
-    can be read."""
+    and the extensions can be read."""
     check_key(_public_key(csr))
     if csr.signature_algorithm_oid in WEAK_SIGNATURES:
         raise InvalidCSR(_l("The CSR is signed with %(algorithm)s, which is refused (MD5 and SHA-1 are broken): "
@@ -154,6 +156,26 @@ def check_csr(csr: x509.CertificateSigningRequest) -> None:
         raise InvalidCSR(_l("The CSR's subject cannot be read: it holds a value of a type or encoding that "
                             "X.509 names do not allow. Make the CSR again with a plain subject such as "
                             "CN=<node id>.")) from error
+    _check_extensions(csr)
+
+
+def _check_extensions(csr: x509.CertificateSigningRequest) -> None:
+    """`InvalidCSR` unless the CSR's extensions can be read. cryptography reads them lazily and raises on the
+    first use, with exceptions that are no ValueError: an extension present twice, or a subject alternative
+    name of a type it does not read (x400Address, EDIPartyName). The CA issues none of them, but the review
+    page shows them, and a CSR that breaks X.509's own rules is refused at every door alike."""
+    try:
+        csr.extensions  # noqa: B018 (reading is the check)
+    except x509.DuplicateExtension as error:
+        raise InvalidCSR(_l("The CSR's extensions cannot be read: it carries the %(name)s extension twice, and "
+                            "X.509 allows each extension once. Make the CSR again without the repeated "
+                            "extension.", name=getattr(error.oid, "_name", None) or error.oid.dotted_string)) \
+            from error
+    except (x509.UnsupportedGeneralNameType, ValueError) as error:
+        raise InvalidCSR(_l("The CSR's extensions cannot be read: one is damaged, or holds a subject alternative "
+                            "name of a type certificates here do not use (x400Address, EDIPartyName). Make the "
+                            "CSR again with DNS or IP names only, or none: the CA sets the certificate's names "
+                            "itself.")) from error
 
 
 def requested_names(csr: x509.CertificateSigningRequest) -> list[str]:
