@@ -345,6 +345,28 @@ def test_second_application_for_the_same_endpoint_is_refused(client, jx_admin, m
     assert taken.status_code == 409 and taken.get_json()["error"]["code"] == "endpoint_in_use"
 
 
+def test_an_endpoint_refusal_names_no_node_and_no_application_to_the_token_holder(client, jx_admin, make_user):
+    """§4: whether an id names a node, and the state of a node the table no longer lists (here a suspended one),
+    are told only to that node; an endpoint is easy to guess, so its refusal names neither node nor application."""
+    from app.admission import nodes
+
+    raws = [tokens.create_token("360000", by=jx_admin)[1] for _ in range(3)]
+    db.session.commit()
+    application_id = submit(client, raws[0], node_document(endpoint="https://im.jx.example")).get_json()[
+        "application_id"]
+    pending = submit(client, raws[1], node_document(endpoint="https://im.jx.example")).get_json()["error"]
+    assert (pending["code"], pending["field"]) == ("endpoint_pending", "endpoint")
+    assert "https://im.jx.example" in pending["message"] and application_id not in pending["message"]
+    minister = make_user("minister")
+    node = applications.approve(applications.get(application_id), by=minister)
+    nodes.suspend(node, "maintenance", by=minister)
+    db.session.commit()
+    taken = submit(client, raws[2], node_document(endpoint="https://im.jx.example")).get_json()["error"]
+    assert (taken["code"], taken["field"]) == ("endpoint_in_use", "endpoint")
+    assert "https://im.jx.example" in taken["message"] and node.node_id not in taken["message"]
+    assert application_id not in taken["message"]
+
+
 def test_cli_tokens_create_prints_the_token_once(runner, jx_admin):
     import json
 

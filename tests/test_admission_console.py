@@ -174,6 +174,29 @@ def test_console_refuses_endpoint_port_zero_in_the_form(app, make_user):
     assert db.session.scalar(db.select(db.func.count()).select_from(Application)) == 0
 
 
+def test_an_endpoint_refusal_in_the_console_names_the_node_only_to_an_admin_who_may_see_it(app, make_user):
+    from app.admission import applications
+    from app.admission.information import parse
+    from tests.factories import application_form, make_csr, node_document
+
+    minister, jx = make_user("minister"), make_user("jx-admin", "provincial_admin", ("360000",))
+    make_user("gd-admin", "provincial_admin", ("440000",))
+    taken = node_document("360000", endpoint="https://im.jx.example")
+    node = applications.approve(applications.submit_by_user(parse(taken), taken["csr"], by=jx), by=minister)
+    waiting = node_document("360000", endpoint="https://im2.jx.example")
+    application = applications.submit_by_user(parse(waiting), waiting["csr"], by=jx)
+    db.session.commit()
+    for who, shown in (("jx-admin", True), ("gd-admin", False)):
+        console = Console(app.test_client())
+        console.login(who)
+        html = console.post_form("/applications/new", application_form(
+            "360000" if shown else "440000", endpoint="https://im.jx.example", csr=make_csr())).get_data(as_text=True)
+        assert "已使用 https://im.jx.example" in html and (node.node_id in html) is shown, who
+        html = console.post_form("/applications/new", application_form(
+            "360000" if shown else "440000", endpoint="https://im2.jx.example", csr=make_csr())).get_data(as_text=True)
+        assert "https://im2.jx.example" in html and "等待审核" in html and (application.id in html) is shown, who
+
+
 def test_a_csr_both_pasted_and_uploaded_is_refused_rather_than_guessed(app, make_user):
     import io
 

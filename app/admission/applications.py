@@ -37,19 +37,31 @@ def inspect_csr(pem: str | None) -> dict:
     return csr_policy.describe_csr(csr)
 
 
-def _require_endpoint_free(endpoint: str, node_id: str | None = None, application_id: str | None = None) -> None:
-    """One endpoint, one node: a second node at the same URL would make routing ambiguous."""
-    taken = db.session.scalar(select(Node.node_id).where(Node.endpoint == endpoint, Node.status != "revoked",
-                                                          Node.node_id != (node_id or "")))
+def _require_endpoint_free(endpoint: str, node_id: str | None = None, application_id: str | None = None, *,
+                           by=None) -> None:
+    """One endpoint, one node: a second node at the same URL would make routing ambiguous.
+
+    An endpoint is easy to guess, and §4 tells whether an id names a node, and the state of a node the table no
+    longer lists, only to that node: the refusal names the node (or the waiting application) only to `by`, an
+    admin whose scope covers it; an enrollment-token holder, or an admin of another province, reads the code."""
+    taken = db.session.execute(select(Node.node_id, Node.division_code).where(
+        Node.endpoint == endpoint, Node.status != "revoked", Node.node_id != (node_id or "")).limit(1)).first()
     if taken:
-        raise Conflict(_l("Node %(node)s already serves %(url)s.", node=taken, url=endpoint),
-                       code="endpoint_in_use", field="endpoint")
-    pending = db.session.scalar(select(Application.id).where(Application.endpoint == endpoint,
-                                                             Application.status == "pending",
-                                                             Application.id != (application_id or "")))
+        message = _l("Node %(node)s already serves %(url)s.", node=taken.node_id, url=endpoint) \
+            if _may_see(by, taken.division_code) else _l("Another node already serves %(url)s.", url=endpoint)
+        raise Conflict(message, code="endpoint_in_use", field="endpoint")
+    pending = db.session.execute(select(Application.id, Application.division_code).where(
+        Application.endpoint == endpoint, Application.status == "pending",
+        Application.id != (application_id or "")).limit(1)).first()
     if pending:
-        raise Conflict(_l("Application %(id)s for %(url)s is already waiting for review.", id=pending, url=endpoint),
-                       code="endpoint_pending", field="endpoint")
+        message = _l("Application %(id)s for %(url)s is already waiting for review.", id=pending.id, url=endpoint) \
+            if _may_see(by, pending.division_code) else \
+            _l("Another application for %(url)s is already waiting for review.", url=endpoint)
+        raise Conflict(message, code="endpoint_pending", field="endpoint")
+
+
+def _may_see(user, division_code: str) -> bool:
+    return user is not None and user.can_access_division(division_code)
 
 
 def _key_of(csr_pem: str | None) -> str | None:
@@ -137,7 +149,7 @@ def submit_by_user(info: NodeInformation, csr_pem: str | None, *, by) -> Applica
     key_sha256 = _key_of(csr_pem)
     _queue(key_sha256=key_sha256, endpoint=info.endpoint)
     require_key_free(key_sha256)
-    _require_endpoint_free(info.endpoint)
+    _require_endpoint_free(info.endpoint, by=by)
     application = _new_application(info, csr_pem, submitted_by_id=by.id, key_sha256=key_sha256)
     db.session.flush()
     audit.record("application.submit", application.id,
@@ -166,7 +178,7 @@ def submit_change(node: Node, info: NodeInformation, csr_pem: str | None, *, by)
     if not csr_pem and not _differences(node, lambda name: _requested(info, name)):
         raise ValidationFailed(NO_CHANGE, code="no_change")
     if info.endpoint != node.endpoint:
-        _require_endpoint_free(info.endpoint, node.node_id)
+        _require_endpoint_free(info.endpoint, node.node_id, by=by)
     if endpoint_host(info.endpoint) != endpoint_host(node.endpoint) and not csr_pem:
         raise ValidationFailed(_l("A new endpoint host needs a new CSR: the certificate names the host."),
                                code="missing_csr", field="csr")
@@ -241,7 +253,7 @@ def approve(application: Application, *, by) -> Node:
         return _approve_change(application, by=by)
     divisions.require_current(application.division_code)
     _queue(key_sha256=application.key_sha256, endpoint=application.endpoint)
-    _require_endpoint_free(application.endpoint, application_id=application.id)
+    _require_endpoint_free(application.endpoint, application_id=application.id, by=by)
     node = Node(
         node_id=nodes.allocate_node_id(application.division_code), division_code=application.division_code,
         province_prefix=application.division_code[:2], org_name=application.org_name,
@@ -304,7 +316,7 @@ def _approve_change(application: Application, *, by) -> Node:
     if not changes and not application.csr_pem:
         raise Conflict(NO_CHANGE, code="no_change")
     if application.endpoint != node.endpoint:
-        _require_endpoint_free(application.endpoint, node.node_id, application.id)
+        _require_endpoint_free(application.endpoint, node.node_id, application.id, by=by)
     for name, (_, new) in changes.items():
         setattr(node, name, list(new) if name == "capabilities" else new)
     application.status = "approved"
