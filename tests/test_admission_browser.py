@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import urllib.request
 
+from app.admission.models import EnrollmentToken
+from app.extensions import db
 from tests.conftest import screenshot
 from tests.factories import node_document
 from tests.test_console_browser import sign_in
@@ -29,6 +31,10 @@ def test_token_application_approval_and_the_node_appears(page, live_server, make
     token = page.inner_text("#issued-token").strip()
     assert token.startswith("mpet_")
     screenshot(page, "admission-token")
+    page.reload()  # reads the list again: the form is not sent a second time, and the token is not shown again
+    page.wait_for_selector("form.filters")
+    assert page.locator("#issued-token").count() == 0 and f"{token[:11]}…" in page.inner_text("table.list")
+    assert db.session.scalar(db.select(db.func.count()).select_from(EnrollmentToken)) == 1
     sign_out(page)
 
     request = urllib.request.Request(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 from app.admission import tokens
@@ -12,16 +13,21 @@ from tests.conftest import Console
 
 
 def test_token_page_shows_a_new_token_once(app, make_user):
+    """The raw token is in the answer to the POST that issued it, never in the session cookie (signed, not
+    encrypted: anyone who sees the cookie could read it, and a copied cookie would show it again)."""
     make_user("jx-admin", "provincial_admin", ("360000",))
     console = Console(app.test_client())
     console.login("jx-admin")
     posted = console.post_form("/tokens/", {"division_code": "360000", "ttl": "7d", "note": "赣警通"})
-    assert posted.status_code == 302  # post/redirect/get: refreshing the page cannot issue another token
-    html = console.client.get(posted.headers["Location"]).get_data(as_text=True)
-    raw = re.search(r'id="issued-token">(mpet_[^<]+)<', html).group(1)
+    assert posted.status_code == 200 and "no-store" in posted.headers["Cache-Control"]
+    raw = re.search(r'id="issued-token">(mpet_[^<]+)<', posted.get_data(as_text=True)).group(1)
     assert tokens.find_by_raw(raw).division_code == "360000"
+    cookie = console.client.get_cookie("session").value
+    assert raw not in json.dumps(app.session_interface.get_signing_serializer(app).loads(cookie))
     again = console.client.get("/tokens/").get_data(as_text=True)
     assert raw not in again and raw[:11] in again
+    console.client.set_cookie("session", cookie)  # the cookie as it was after the POST, copied
+    assert raw not in console.client.get("/tokens/").get_data(as_text=True)
     assert db.session.scalar(db.select(db.func.count()).select_from(EnrollmentToken)) == 1
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, flash, redirect, render_template, request, session, url_for
+from flask import Blueprint, current_app, flash, make_response, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from flask_login import current_user
 
@@ -20,31 +20,34 @@ from app.extensions import db
 
 bp = Blueprint("admission", __name__)
 ADMINS = ("ministry_admin", "provincial_admin")
-ISSUED_TOKEN = "admission.issued_token"
 
 
 @bp.route("/tokens/", methods=["GET", "POST"])
 @roles_required(*ADMINS)
 def token_list():
-    """Post/redirect/get: a refresh after issuing must not issue a second token. The new token rides
-    in the session to the one GET that shows it, and is gone from there once shown."""
+    """A new token is shown once, in the answer to the POST that issued it, never kept anywhere to be shown
+    later: the session cookie is signed, not encrypted, so anyone who saw it could read a token put there.
+    The answer is not stored (no-store), and console.js turns its history entry into a plain GET, so a
+    reload or Back shows the list again without the token instead of issuing a second one."""
     form = TokenForm()
+    issued = None
     if form.validate_on_submit():
         try:
-            _, raw = tokens.create_token(form.division_code.data.strip(), by=current_user,
-                                         ttl=tokens.parse_ttl(form.ttl.data), note=form.note.data or "")
+            _, issued = tokens.create_token(form.division_code.data.strip(), by=current_user,
+                                            ttl=tokens.parse_ttl(form.ttl.data), note=form.note.data or "")
             db.session.commit()
         except DomainError as error:
             db.session.rollback()
             form_error(form, error)
         else:
-            session[ISSUED_TOKEN] = raw
-            return redirect(url_for("admission.token_list"))
-    issued = session.pop(ISSUED_TOKEN, None) if request.method == "GET" else None
+            form = TokenForm(formdata=None)  # issued: the form starts again empty
     page = paginate(tokens.visible_tokens_query(current_user), request.args.get("page", 1, type=int),
                     current_app.config["MPIM_PAGE_SIZE"])
-    return render_template("admission/tokens.html", form=form, page=page, issued=issued,
-                           confirm_form=ConfirmForm())
+    response = make_response(render_template("admission/tokens.html", form=form, page=page, issued=issued,
+                                             confirm_form=ConfirmForm()))
+    if issued:
+        response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @bp.post("/tokens/<int:token_id>/revoke")

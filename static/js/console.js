@@ -163,3 +163,10 @@ document.addEventListener("DOMContentLoaded", function () {
   schedule({seconds_left: parseInt(box.getAttribute("data-seconds-left"), 10),
             renewable: box.getAttribute("data-renewable") === "true"});
 });
+
+// A page that shows a secret once (data-shown-once: a new enrollment token, in the answer to the form's POST)
+// turns its history entry into a plain GET of the same address, so a reload, or Back and Forward, read the
+// page again without the secret instead of sending the form, and issuing a token, a second time.
+if (document.querySelector("[data-shown-once]")) {
+  window.history.replaceState(null, "", window.location.href);
+}
