@@ -261,3 +261,57 @@ def test_the_fill_tool_keeps_contexts_apart(tmp_path, monkeypatch):
         filled = read_po(handle)
     assert filled.get("Revoke").string == "注销"
     assert filled.get("Revoke", context="certificate").string == "吊销"
+
+
+# --- switching language on a page a refused form left --------------------------------------------
+
+def _refused_form(case: str, make_user) -> tuple[str, str, dict]:
+    """(page, action, form): a form the console refuses back onto its page, at the form's POST-only address."""
+    from app.admission import applications, nodes
+    from app.admission.information import parse
+    from app.extensions import db
+    from app.pki import service as pki
+    from tests.factories import NodeKeys, node_document
+
+    application, node = _admitted_node(make_user)
+    page = f"/nodes/{node.node_id}"
+    if case == "suspend":
+        return page, f"{page}/suspend", {"reason": ""}
+    if case == "maintenance":
+        return page, f"/health/{node.node_id}/maintenance", {"hours": "100000", "note": ""}
+    if case == "renew":
+        serial = pki.current_certificate(node.node_id).serial
+        nodes.suspend(node, "x", by=make_user("suspender"))
+        db.session.commit()
+        return f"/certificates/{serial}", f"/certificates/{serial}/renew", {"csr": NodeKeys().csr}
+    document = node_document("360000")
+    pending = applications.submit_by_user(parse(document), document["csr"], by=make_user("applicant"))
+    db.session.commit()
+    return f"/applications/{pending.id}", f"/applications/{pending.id}/reject", {"reason": ""}
+
+
+@pytest.mark.parametrize("case", ["suspend", "maintenance", "renew", "reject"])
+def test_switching_language_on_a_refused_form_returns_to_its_page_in_that_language(admin_console, make_user, case):
+    """The refused form's page is shown at the form's own address, which answers POST only: the language link
+    brings the reader back to the page itself, not to a 405 there."""
+    import re
+
+    page, action, form = _refused_form(case, make_user)
+    refused = admin_console.post_form(page, form, action=action)
+    assert refused.status_code == 422
+    link = html.unescape(re.search(r'href="([^"]*/lang/en[^"]*)"', refused.get_data(as_text=True)).group(1))
+    switched = admin_console.client.get(link, headers={"Referer": f"http://localhost{action}"})
+    assert switched.status_code == 302 and switched.headers["Location"] == page
+    landed = admin_console.client.get(page)
+    assert landed.status_code == 200 and '<html lang="en">' in landed.get_data(as_text=True)
+    # A link without the page's address (a tab opened before it carried one): the Referer is the form's address.
+    back = admin_console.client.get("/lang/zh_CN", headers={"Referer": f"http://localhost{action}"})
+    assert back.status_code == 302 and back.headers["Location"] == page
+
+
+def test_the_language_switch_goes_back_only_to_this_consoles_pages(admin_console):
+    for target in ("https://evil.example/nodes/", "//evil.example/nodes/", "/\\evil.example/", "/no-such-page"):
+        response = admin_console.client.get("/lang/en", query_string={"next": target})
+        assert response.headers["Location"] == "/", target
+    on_page = admin_console.client.get("/lang/en", query_string={"next": "/nodes/?status=active"})
+    assert on_page.headers["Location"] == "/nodes/?status=active"

@@ -159,6 +159,22 @@ def test_a_form_sent_after_the_limit_does_nothing_and_can_be_sent_again_after_si
     assert db.session.scalar(select(db.func.count()).select_from(EnrollmentToken)) == 1
 
 
+def test_a_form_sent_after_the_limit_from_a_refused_forms_page_brings_back_that_page(app, make_user):
+    """A refused form's page is shown at the form's own address, which answers POST only: signing in again
+    comes back to the page itself, not to a 405 there."""
+    from tests.test_i18n import _admitted_node
+
+    console = signed_in(app, make_user)
+    _, node = _admitted_node(make_user)
+    page, action = f"/nodes/{node.node_id}", f"/nodes/{node.node_id}/suspend"
+    token = csrf_token(console.client.get(page).get_data(as_text=True))
+    assert console.client.post(action, data={"reason": "", "csrf_token": token}).status_code == 422
+    set_clocks(console, active_ago=31 * 60)
+    form = {"reason": "maintenance", "csrf_token": token}
+    response = console.client.post(action, data=form, headers={"Referer": f"http://localhost{action}"})
+    assert response.status_code == 302 and response.headers["Location"] == f"/login?next={page}"
+
+
 def test_no_idle_limit_when_it_is_set_to_zero(app, make_user):
     app.config["MPIM_IDLE_SECONDS"] = 0
     console = signed_in(app, make_user)

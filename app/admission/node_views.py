@@ -15,6 +15,7 @@ from app.admission.models import Node
 from app.admission.scope import division_filter
 from app.auth.access import roles_required
 from app.auth.views import form_error
+from app.console.pages import shows_page
 from app.database import paginate
 from app.divisions import service as divisions
 from app.errors import DomainError, PermissionDenied
@@ -75,6 +76,7 @@ LIFECYCLE = {"suspend": nodes.suspend, "resume": nodes.resume, "revoke": nodes.r
 
 
 @bp.post("/<node_id>/<action>")
+@shows_page("nodes.detail")
 @roles_required("ministry_admin", "provincial_admin")
 def lifecycle(node_id: str, action: str):
     # The node first: one outside this admin's divisions answers as a missing one does, whatever the action.

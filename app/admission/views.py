@@ -13,6 +13,7 @@ from app.admission.information import parse
 from app.auth.access import roles_required
 from app.auth.forms import ConfirmForm
 from app.auth.views import form_error
+from app.console.pages import shows_page
 from app.database import paginate
 from app.divisions import service as divisions
 from app.errors import DomainError
@@ -188,6 +189,7 @@ def application_approve(application_id: str):
 
 
 @bp.post("/applications/<application_id>/reject")
+@shows_page("admission.application_detail")
 @roles_required("ministry_admin")
 def application_reject(application_id: str):
     application = applications.get(application_id)

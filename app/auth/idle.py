@@ -15,8 +15,6 @@ before sessions were held on the server) signs nobody in: its holder is sent to 
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from flask import current_app, flash, g, jsonify, redirect, request, session, url_for
 from flask_babel import gettext as _
 from flask_login import current_user, logout_user
@@ -24,6 +22,7 @@ from flask_login import current_user, logout_user
 from app.audit import service as audit
 from app.auth import console_sessions
 from app.auth.models import ConsoleSession, User
+from app.console import pages
 from app.database import utcnow
 from app.extensions import db
 
@@ -149,10 +148,8 @@ def _signed_out(message: str):
 
 def _return_path() -> str | None:
     """Where to come back to after signing in again: this page, or for a form sent after the limit, the
-    page that held the form (its own URL may answer only POST)."""
+    page that held the form (its own URL may answer only POST; so may the address of a refused form's page,
+    which `pages.page_address` turns into the page's own)."""
     if request.method == "GET":
         return request.full_path.rstrip("?")
-    referrer = urlsplit(request.referrer or "")
-    if referrer.netloc == request.host and referrer.path.startswith("/"):
-        return referrer.path + (f"?{referrer.query}" if referrer.query else "")
-    return None
+    return pages.page_address(request.referrer)

@@ -20,6 +20,8 @@ from flask import request, url_for
 from flask_babel import lazy_gettext as _l
 from flask_login import current_user
 
+from app.console import pages
+
 dashboard_panels: list[Callable] = []
 nav_entries: list[tuple[str, object, tuple[str, ...]]] = []
 banner_sources: list[Callable] = []
@@ -100,3 +102,4 @@ def init_app(app) -> None:
     app.jinja_env.globals["nav_items"] = _nav_items
     app.jinja_env.globals["banners"] = _banners
     app.jinja_env.globals["url_with_query"] = url_with_query
+    app.jinja_env.globals["page_here"] = pages.here

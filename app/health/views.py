@@ -18,6 +18,7 @@ from app.admission.models import Node
 from app.admission.scope import division_filter
 from app.auth.access import roles_required
 from app.auth.views import form_error
+from app.console.pages import shows_page
 from app.database import paginate, utcnow
 from app.errors import DomainError
 from app.extensions import db
@@ -42,6 +43,7 @@ def events():
 
 
 @bp.post("/<node_id>/maintenance")
+@shows_page("nodes.detail")
 @roles_required("ministry_admin", "provincial_admin")
 def maintenance(node_id: str):
     node = nodes.get_visible(node_id, current_user)

@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 from flask import Blueprint, current_app, has_request_context, redirect, request, session, url_for
 from flask_babel import force_locale
 
+from app.console import pages
 from app.extensions import babel
 
 bp = Blueprint("i18n", __name__)
@@ -31,12 +32,12 @@ def english(message) -> str:
 
 @bp.get("/lang/<code>")
 def switch_language(code: str):
+    """Back to the page the reader was on (the link's `next`, else the Referer), in the new language; for a
+    refused form's page, shown at the form's POST-only address, the page itself (`pages.page_address`)."""
     if code in current_app.config["MPIM_LANGUAGES"]:
         session["lang"] = code
-    target = request.referrer or url_for("console.dashboard")
-    if not target.startswith(request.host_url):
-        target = url_for("console.dashboard")
-    return redirect(target)
+    target = pages.page_address(request.args.get("next")) or pages.page_address(request.referrer)
+    return redirect(target or url_for("console.dashboard"))
 
 
 def local_time(value: datetime | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:

@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 from app.auth.access import roles_required
 from app.auth.forms import ConfirmForm
 from app.auth.views import form_error
+from app.console.pages import shows_page
 from app.database import paginate, utcnow
 from app.errors import DomainError
 from app.extensions import db
@@ -125,6 +126,7 @@ def revoke(serial: str):
 
 
 @bp.post("/<serial>/renew")
+@shows_page("certificates.detail")
 @roles_required("ministry_admin")
 def renew(serial: str):
     """A new certificate for the node from its new CSR, whatever the renewal window; the old one
