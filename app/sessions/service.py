@@ -37,6 +37,9 @@ NONCE = re.compile(r"[A-Za-z0-9_\-]{8,128}")
 TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?Z")
 SIGNATURE = re.compile(r"[A-Za-z0-9+/=]{16,1400}")
 SKEW = timedelta(minutes=5)
+# Signature verifications a bad_signature answer costs, whatever the node id: a node has one certificate to try,
+# two while a renewal overlaps, four after three renewals in a row; the stand-in key makes up the rest.
+BAD_SIGNATURE_VERIFICATIONS = 4
 
 
 class SessionRefused(Unauthorized):
@@ -140,29 +143,31 @@ def _verifying_certificate(node_id: str, message: bytes, signature: bytes) -> tu
     once certified for the node still proves that the node asks, and it hears why it cannot (after a key
     compromise, or once its certificate expired). A key whose certificate was revoked or expired while another
     is valid proves nothing. When no certificate verifies, the refusal is the same whether the node is unknown,
-    suspended, revoked or active, and says nothing of it; an id with no certificate (no node by that id) has its
-    signature verified against a stand-in key all the same, so that the time the answer takes does not tell either."""
+    suspended, revoked or active, and says nothing of it; nor does the time it takes: it costs
+    BAD_SIGNATURE_VERIFICATIONS verifications, those the node's certificates leave (all of them for an id with
+    no certificate, no node by that id) made against a stand-in key, their result discarded. Only a node with
+    more certificates to try than that costs more."""
     from app.pki import service as pki
 
     candidates = pki.session_certificates(node_id)
     usable = candidates["usable"]
     tried = usable or candidates["unusable"]
-    if not tried:  # an unknown id: the same work as a known node's wrong signature, or the timing tells them apart
-        verify_signature(_stand_in_certificate(), message, signature)
     for certificate in tried:
         if verify_signature(certificate, message, signature):
             if usable:
                 return certificate, ""
             return certificate, "certificate_revoked" if candidates["revoked"] else \
                 "certificate_expired" if candidates["expired"] else "no_certificate"
+    for _ in range(BAD_SIGNATURE_VERIFICATIONS - len(tried)):
+        verify_signature(_stand_in_certificate(), message, signature)
     raise SessionRefused("The signature does not verify with the node's certificate.", code="bad_signature")
 
 
 @functools.cache
 def _stand_in_certificate() -> x509.Certificate:
     """A self-signed certificate of a throwaway EC P-256 key (the kind nodes are issued), made once per process:
-    what a signature for a node id with no certificate is verified against, its result discarded. The private
-    key is dropped once it has signed the certificate: nobody can sign with it."""
+    what the verifications a bad_signature makes up (`BAD_SIGNATURE_VERIFICATIONS`) are made against, their
+    result discarded. The private key is dropped once it has signed the certificate: nobody can sign with it."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "session stand-in")])
     now = datetime.now(UTC)
