@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mimetypes
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from click.testing import CliRunner
 
 from app.appnode.cli import cli
-from tests.test_appnode import ADTS, PDF, network  # noqa: F401 (fixture)
+from tests.test_appnode import ADTS, ELF, PDF, network  # noqa: F401 (fixture)
 from tests.test_appnode_init import operator_runs
 from tests.test_sessions import people  # noqa: F401 (fixture)
 
@@ -352,6 +353,33 @@ def test_send_file_refuses_a_fifo_instead_of_waiting_for_a_writer(network, tmp_p
         os.close(reader)
     assert not feeding.is_alive(), "the writer of the named pipe was never let through"
     assert a.node.outbox() == []
+
+
+def test_send_file_declares_a_mime_type_in_lower_case_however_it_was_guessed_or_typed(network, tmp_path, monkeypatch):  # noqa: F811
+    """MIME types are case-insensitive (RFC 2045) and A.7 takes them in lower case: Debian's /etc/mime.types has
+    audio/AMR for .amr and ...macroEnabled.12 for .xlsm, and sending such a file was refused with a regex dump."""
+    a, b = network["a"], network["b"]
+    if not mimetypes.inited:
+        mimetypes.init()
+    monkeypatch.setitem(mimetypes.types_map, ".amr", "audio/AMR")  # as Debian's /etc/mime.types has it
+    monkeypatch.setitem(mimetypes.types_map, ".xlsm", "application/vnd.ms-excel.sheet.macroEnabled.12")
+    sent = {}
+    for name, typed, data in (("memo.amr", None, b"#!AMR\n" + b"x" * 100), ("budget.xlsm", None, b"PK" + b"x" * 100),
+                              ("r.pdf", "Application/PDF", PDF)):
+        (tmp_path / name).write_bytes(data)
+        declared = ("--type", typed) if typed else ()
+        document = json.loads(node_cli(a, "--json", "send-file", "--as", "zhangsan", *declared, b.user("lisi"),
+                                       str(tmp_path / name)))
+        sent[document["message_id"]] = name
+    received = b.node.history("lisi", a.node.conversations("zhangsan")[0]["conversation_id"])
+    assert {sent[r["message"].message_id]: r["message"].document["content"]["mime_type"] for r in received} == {
+        "memo.amr": "audio/amr", "budget.xlsm": "application/vnd.ms-excel.sheet.macroenabled.12",
+        "r.pdf": "application/pdf"}
+    # an executable is one however its type is written
+    (tmp_path / "tool").write_bytes(ELF)
+    assert refusal(a.dir, "send-file", "--as", "zhangsan", "--type", "Application/X-Executable", b.user("lisi"),
+                   str(tmp_path / "tool")) == (2, {"error": {"code": "unsupported_media_type",
+                                                             "message": "this node does not send executables"}})
 
 
 def test_numbers_are_ascii_digits_not_whatever_int_reads(network, tmp_path):  # noqa: F811

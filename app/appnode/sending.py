@@ -251,7 +251,9 @@ class SendingMixin:
             raise SchemaViolation("the file is empty")
         extension = (file_name or "").rpartition(".")[2].lower() if file_name and "." in file_name else ""
         if kind == "file":
-            declared = declared or mimetypes.guess_type(file_name or "")[0] or "application/octet-stream"
+            # MIME types are case-insensitive (RFC 2045) and A.7 takes them in lower case; Debian's
+            # /etc/mime.types guesses audio/AMR for .amr, and an operator may type Application/PDF.
+            declared = (declared or mimetypes.guess_type(file_name or "")[0] or "application/octet-stream").lower()
             if declared in filetypes.EXECUTABLE_TYPES:
                 raise UnsupportedMediaType("this node does not send executables")
         elif kind == "voice":
