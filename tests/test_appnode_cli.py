@@ -15,7 +15,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from app.appnode.cli import cli
-from tests.test_appnode import ADTS, ELF, PDF, network  # noqa: F401 (fixture)
+from tests.test_appnode import ADTS, ELF, GIF, PDF, network, png  # noqa: F401 (fixture)
 from tests.test_appnode_init import operator_runs
 from tests.test_sessions import people  # noqa: F401 (fixture)
 
@@ -380,6 +380,37 @@ def test_send_file_declares_a_mime_type_in_lower_case_however_it_was_guessed_or_
     assert refusal(a.dir, "send-file", "--as", "zhangsan", "--type", "Application/X-Executable", b.user("lisi"),
                    str(tmp_path / "tool")) == (2, {"error": {"code": "unsupported_media_type",
                                                              "message": "this node does not send executables"}})
+
+
+def test_send_file_type_takes_the_format_names_and_mime_types_its_help_promises(network, tmp_path):  # noqa: F811
+    """--type is a "declared format or MIME type", and the content check maps jpeg and image/png to JPG and PNG;
+    but images and stickers compared the value upper-cased (JPEG, IMAGE/PNG) with JPG, PNG and GIF, and refused."""
+    a, b = network["a"], network["b"]
+    jpeg = (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
+            b"\xff\xc0\x00\x11\x08\x00\x02\x00\x03\x03\x01\x11\x00\x02\x11\x00\x03\x11\x00\xff\xd9")
+    (tmp_path / "photo").write_bytes(jpeg)  # no extension: the format is the one typed
+    (tmp_path / "picture").write_bytes(png())
+    (tmp_path / "ok").write_bytes(GIF)
+    sticker = ("--package", "jingwu", "--sticker", "ok", "--alt", "[好的]")
+    sent = {}
+    for kind, typed, name, expected in (("image", "jpeg", "photo", "JPG"), ("image", "image/jpeg", "photo", "JPG"),
+                                        ("image", "Image/PNG", "picture", "PNG"), ("image", "gif", "ok", "GIF"),
+                                        ("sticker", "image/png", "picture", "PNG"),
+                                        ("sticker", "image/gif", "ok", "GIF")):
+        document = json.loads(node_cli(a, "--json", "send-file", "--as", "zhangsan", "--kind", kind, "--type", typed,
+                                       *(sticker if kind == "sticker" else ()), b.user("lisi"), str(tmp_path / name)))
+        sent[document["message_id"]] = (kind, typed, expected)
+    received = b.node.history("lisi", a.node.conversations("zhangsan")[0]["conversation_id"])
+    assert sorted(sent[r["message"].message_id][:2] + (r["message"].document["content"]["format"],)
+                  for r in received) == sorted(sent.values())
+    assert received[0]["message"].document["content"]["width"] == 3  # the JPEG's size was read as a JPEG's
+    # a declared format is still checked against the bytes, and a sticker is still GIF or PNG
+    assert refusal(a.dir, "send-file", "--as", "zhangsan", "--kind", "image", "--type", "image/jpeg", b.user("lisi"),
+                   str(tmp_path / "picture"))[1]["error"] == {
+        "code": "unsupported_media_type", "message": "declared 'JPG', but the content is PNG"}
+    assert refusal(a.dir, "send-file", "--as", "zhangsan", "--kind", "sticker", "--type", "jpeg", *sticker,
+                   b.user("lisi"), str(tmp_path / "photo"))[1]["error"] == {
+        "code": "unsupported_media_type", "message": "a sticker is GIF or PNG, not JPG"}
 
 
 def test_numbers_are_ascii_digits_not_whatever_int_reads(network, tmp_path):  # noqa: F811

@@ -259,7 +259,9 @@ class SendingMixin:
         elif kind == "voice":
             declared = "AAC"
         else:
-            declared = (declared or filetypes.DECLARED.get(extension) or filetypes.sniff(data) or "").upper()
+            # A format name or a MIME type, read as check_declared reads it: jpeg and image/jpeg are JPG.
+            named = (declared or extension).split(";")[0].strip().lower()
+            declared = filetypes.DECLARED.get(named) or (declared or filetypes.sniff(data) or "").upper()
         filetypes.check_declared(data, declared)
         digest = hashlib.sha256(data).hexdigest()
         file_id = f"{kind[0]}-{secrets.token_hex(12)}"
