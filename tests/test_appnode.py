@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import sqlite3
 import struct
 import zlib
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,7 @@ from sqlalchemy import select
 from app.admission import nodes
 from app.appnode import protocol
 from app.appnode.cli import cli
+from app.appnode.config import CAPABILITIES
 from app.appnode.node import Node
 from app.appnode.protocol import (
     NotFound,
@@ -34,7 +36,7 @@ from app.appnode.protocol import (
     UnsupportedMediaType,
 )
 from app.appnode.registry import RegistryError
-from app.appnode.store import Message, Received, StoredFile
+from app.appnode.store import SCHEMA_VERSION, Message, Received, Setting, StoredFile, open_database
 from app.extensions import db
 from app.pki import own_keys
 from app.pki import service as pki
@@ -301,6 +303,74 @@ def test_messages_wait_in_the_outbox_while_the_peer_is_down_and_survive_a_restar
     b.start()
     assert restarted.retry_now() == 1 and restarted.deliver()["delivered"] == 1
     assert history(b, "lisi", message.conversation_id)[0]["message_id"] == message.message_id
+
+
+
+def test_a_delivered_message_still_reads_delivered_once_housekeeping_forgot_its_envelopes(network):
+    """The delivery state was worked out from the outbox rows alone, and housekeeping deletes delivered rows
+    after 7 days: a delivered message then read "—", as a received one does, and history --json "delivery": null.
+    Whatever else a message's rows say (pending, skipped) is kept, and so is no state where there never was one."""
+    a, b = network["a"], network["b"]
+    c = network["join"]("110000", capabilities=[cap for cap in CAPABILITIES if cap != "voice"])
+    sync(a, b, c)
+    group = a.node.create_group("zhangsan", "三地", [b.user("lisi"), c.user("sunqi")])
+    settle(a, b, c)
+    sent = {"single": a.node.send_text("zhangsan", b.user("lisi"), "收到请回复"),
+            "local": a.node.send_text("zhangsan", a.user("wangwu"), "本地"),
+            "group": a.node.send_text("zhangsan", group.address, "集合"),
+            "skipped by C": a.node.send_file("zhangsan", group.address, ADTS, "voice", duration_ms=900),
+            "from a member": b.node.send_text("lisi", group.address, "到")}
+    settle(a, b, c)
+    c.stop()
+    sent["C down"] = a.node.send_text("zhangsan", group.address, "C 未收到")  # delivered to B, pending to C
+
+    def delivery() -> dict:
+        seen = {}
+        for served, user in ((a, "zhangsan"), (b, "lisi")):
+            for conversation in served.node.conversations(user):
+                for entry in served.node.history(user, conversation["conversation_id"]):
+                    seen[served.id, entry["message"].message_id] = entry["delivery"]
+        return {(node, name): seen[node, message.message_id] for name, message in sent.items()
+                for node in (a.id, b.id) if (node, message.message_id) in seen}
+
+    before = delivery()
+    assert before == {
+        (a.id, "single"): "delivered", (b.id, "single"): None,  # received: no state
+        (a.id, "local"): None,  # to a user of this node: no envelope, no state
+        (a.id, "group"): "delivered", (b.id, "group"): None,
+        (a.id, "skipped by C"): "partial", (b.id, "skipped by C"): None,
+        (a.id, "from a member"): "delivered", (b.id, "from a member"): "delivered",  # relayed, and sent
+        (a.id, "C down"): "pending", (b.id, "C down"): None}
+    for served in (a, b):
+        served.node.forget_delivered(older_than=timedelta(seconds=-1))  # what the loop does 7 days later
+        assert "delivered" not in {row.state for row in served.node.outbox()}
+    assert delivery() == before
+
+
+
+def test_a_database_of_schema_2_gains_the_mark_of_forgotten_deliveries_in_place(tmp_path):
+    """Schema 3 marks a message whose delivered envelopes housekeeping deleted; a node's data directory is its
+    identity, so a database of schema 2 takes the column in place, its messages unmarked, as they read before."""
+    path = tmp_path / "node.sqlite3"
+    open_database(path).kw["bind"].dispose()
+    message_id = protocol.new_message_id()
+    with sqlite3.connect(path) as connection:  # as schema 2 left it, with a message
+        connection.execute("ALTER TABLE messages DROP COLUMN delivered_forgotten")
+        connection.execute("UPDATE settings SET value = '2' WHERE key = 'schema_version'")
+        connection.execute("INSERT INTO messages VALUES (?, 's:0123456789abcdef0123456789abcdef', 'single', "
+                           "'zhangsan@36000000002025000001', '36000000002025000001', "
+                           "'lisi@44000000002025000001', 'text', '{}', '2026-01-01T00:00:00.000Z', "
+                           "'2026-01-01 00:00:00.000000', '[]')", (message_id,))
+    connection.close()
+    factory = open_database(path)
+    with factory.begin() as session:
+        assert session.get(Setting, "schema_version").value == SCHEMA_VERSION == "3"
+        assert session.get(Message, message_id).delivered_forgotten is False
+        session.get(Message, message_id).delivered_forgotten = True
+    with factory() as session:
+        assert session.get(Message, message_id).delivered_forgotten is True
+    factory.kw["bind"].dispose()
+    open_database(path).kw["bind"].dispose()  # and opens as schema 3 from then on
 
 
 # ---- trust and bad input, each a test ---------------------------------------------------------------------------

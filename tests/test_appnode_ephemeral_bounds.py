@@ -164,6 +164,7 @@ def test_a_database_of_schema_1_gains_who_reported_each_entry_in_place(tmp_path)
     with sqlite3.connect(path) as connection:  # as schema 1 left it: no peer_node, no index on it
         for statement in ("DROP INDEX ix_read_states_peer_node", "DROP INDEX ix_presence_peer_node_updated_at",
                           "ALTER TABLE read_states DROP COLUMN peer_node", "ALTER TABLE presence DROP COLUMN peer_node",
+                          "ALTER TABLE messages DROP COLUMN delivered_forgotten",  # schema 3's
                           "UPDATE settings SET value = '1' WHERE key = 'schema_version'"):
             connection.execute(statement)
         connection.execute("INSERT INTO presence VALUES ('lisi@44000000002025000001', 'online', 'pc', ?, ?)",
@@ -173,11 +174,11 @@ def test_a_database_of_schema_1_gains_who_reported_each_entry_in_place(tmp_path)
     connection.close()
     factory = open_database(path)
     with factory() as session:
-        assert session.get(Setting, "schema_version").value == SCHEMA_VERSION == "2"
+        assert session.get(Setting, "schema_version").value == SCHEMA_VERSION == "3"
         assert [p.peer_node for p in session.scalars(select(Presence))] == ["44000000002025000001"]
         assert [r.peer_node for r in session.scalars(select(ReadState))] == ["36000000002025000001"]
         indexes = set(session.scalars(select(text("name")).select_from(text("sqlite_master"))
                                       .where(text("type = 'index'"))))
     assert {"ix_read_states_peer_node", "ix_presence_peer_node_updated_at"} <= indexes
     factory.kw["bind"].dispose()
-    open_database(path).kw["bind"].dispose()  # and opens as schema 2 from then on
+    open_database(path).kw["bind"].dispose()  # and opens as schema 3 from then on

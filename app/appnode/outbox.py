@@ -25,7 +25,16 @@ from sqlalchemy.orm import Session
 from app import strict_json
 from app.appnode import protocol
 from app.appnode.messages import PATHS
-from app.appnode.store import OUTBOX_MUTABLE, UPDATE_OUTBOX, Outbox, Received, insert_outbox, raw_cursor, utcnow
+from app.appnode.store import (
+    OUTBOX_MUTABLE,
+    UPDATE_OUTBOX,
+    Message,
+    Outbox,
+    Received,
+    insert_outbox,
+    raw_cursor,
+    utcnow,
+)
 from app.appnode.transport import PeerCertificateMismatch, PeerUnreachable
 from app.errors import DomainError
 
@@ -198,8 +207,12 @@ class OutboxMixin:
             return list(session.scalars(query))
 
     def forget_delivered(self, older_than: timedelta = timedelta(days=7)) -> None:
-        """Housekeeping: delivered envelopes and dedup records past the 7 days a repeat is recognised."""
+        """Housekeeping: delivered envelopes and dedup records past the 7 days a repeat is recognised. Each
+        message whose envelopes go is marked, so that its delivery state still counts them (`history`)."""
         cutoff = utcnow() - older_than
+        forgotten = (Outbox.state == "delivered", Outbox.finished_at < cutoff)
         with self.db.begin() as session:
-            session.execute(delete(Outbox).where(Outbox.state == "delivered", Outbox.finished_at < cutoff))
+            session.execute(update(Message).where(Message.message_id.in_(select(Outbox.message_id).where(*forgotten)))
+                            .values(delivered_forgotten=True), execution_options={"synchronize_session": False})
+            session.execute(delete(Outbox).where(*forgotten))
             session.execute(delete(Received).where(Received.received_at < cutoff))

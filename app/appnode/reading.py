@@ -94,7 +94,11 @@ class ReadingMixin:
 
     @staticmethod
     def _delivery_state(session: Session, message: Message) -> str | None:
+        """From the message's outbox rows, and the delivered ones housekeeping has since deleted; None for a
+        message that never had any (received, or to users of this node only)."""
         states = set(session.scalars(select(Outbox.state).where(Outbox.message_id == message.message_id)))
+        if message.delivered_forgotten:
+            states.add("delivered")
         if not states:
             return None
         if "failed" in states or "pending" in states:

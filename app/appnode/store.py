@@ -13,12 +13,25 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import JSON, Boolean, Index, Integer, String, Text, bindparam, create_engine, event, select, update
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Index,
+    Integer,
+    String,
+    Text,
+    bindparam,
+    create_engine,
+    event,
+    false,
+    select,
+    update,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from app.database import UTCDateTime, utcnow
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 
 
 class Base(DeclarativeBase):
@@ -45,7 +58,8 @@ class User(Base):
 
 class Message(Base):
     """An A.9 message this node sent or received; `participant_nodes` is the origin's snapshot of who may
-    download its file (docs/protocol.md §7.2)."""
+    download its file (docs/protocol.md §7.2). `delivered_forgotten`: housekeeping deleted outbox rows of it
+    that were delivered, so its delivery state still counts them."""
 
     __tablename__ = "messages"
     message_id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -59,6 +73,8 @@ class Message(Base):
     send_time: Mapped[str] = mapped_column(String(32), index=True)  # protocol.sortable_time: text order is time order
     received_at: Mapped[datetime]
     participant_nodes: Mapped[list] = mapped_column(JSON, default=list)
+    # A server default: the hot path's INSERT (insert_message) leaves it out.
+    delivered_forgotten: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Received(Base):
@@ -189,8 +205,10 @@ def open_database(path: Path) -> sessionmaker[Session]:
         current = session.get(Setting, "schema_version")
         if current is None:
             session.add(Setting(key="schema_version", value=SCHEMA_VERSION))
-        elif current.value == "1":
-            _add_peer_node(session)
+        elif current.value in ("1", "2"):
+            if current.value == "1":
+                _add_peer_node(session)
+            _add_delivered_forgotten(session)
             current.value = SCHEMA_VERSION
         elif current.value != SCHEMA_VERSION:
             raise RuntimeError(f"{path} has schema {current.value}; this node software needs {SCHEMA_VERSION}")
@@ -208,6 +226,13 @@ def _add_peer_node(session: Session) -> None:
         connection.exec_driver_sql(f"UPDATE {table} SET peer_node = substr(user_id, instr(user_id, '@') + 1)")
     for index in (*ReadState.__table__.indexes, *Presence.__table__.indexes):
         index.create(connection, checkfirst=True)
+
+
+def _add_delivered_forgotten(session: Session) -> None:
+    """Schema 2 to 3: whether housekeeping deleted delivered outbox rows of a message. Rows deleted before the
+    upgrade are not known any more: those messages read as before, with no delivery state."""
+    session.connection().exec_driver_sql(
+        "ALTER TABLE messages ADD COLUMN delivered_forgotten BOOLEAN NOT NULL DEFAULT 0")
 
 
 # ---- the hot path in plain SQL -------------------------------------------------------------------------------
