@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 from flask import current_app
 from flask_babel import lazy_gettext as _l
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from app.audit import service as audit
@@ -216,6 +216,11 @@ def _locked(key: str) -> bool:
     return bool(row and row.locked_until and row.locked_until > utcnow())
 
 
+def _serialise_throttles(*keys: str) -> None:
+    """Queue behind every other request reading or writing these counters, until commit."""
+    serialise(*(f"login_throttle:{key}" for key in keys))
+
+
 def _register_failure(key: str, limit: int) -> bool:
     """Count one failure; returns True when this failure locks the key."""
     now = utcnow()
@@ -230,6 +235,27 @@ def _register_failure(key: str, limit: int) -> bool:
     return False
 
 
+def _reserve_attempt(limits: dict[str, int]) -> list[str] | None:
+    """Count a password check as a failure before it is made, and commit the count; None (nothing counted,
+    nothing committed) when one of the keys is locked already. Returns the keys this attempt locks: its check
+    is the last one their limit allows. The lock is checked and the count taken in one serialised step, so
+    that guesses arriving together each see the ones before them: checked first and counted after the slow
+    hash, a burst of 120 guesses all passed the check and got 31 passwords checked with a limit of 5. A right
+    password clears the count (`_clear_failures`), so it costs nothing."""
+    _serialise_throttles(*limits)
+    if any(_locked(key) for key in limits):
+        return None
+    locked = [key for key, limit in limits.items() if _register_failure(key, limit)]
+    db.session.commit()
+    return locked
+
+
+def _clear_failures(*keys: str) -> None:
+    """Forget the keys' counts and locks (a right password), in the caller's transaction."""
+    _serialise_throttles(*keys)
+    db.session.execute(delete(LoginThrottle).where(LoginThrottle.key.in_(keys)))
+
+
 def authenticate(username: str, password: str, remote_addr: str) -> User:
     """Check credentials under the throttle. Commits failures itself: they must outlive the refusal."""
     if misleading(username):
@@ -238,7 +264,10 @@ def authenticate(username: str, password: str, remote_addr: str) -> User:
         # Cut to the 64 characters a name has: escaped, up to six times as long, it outgrew the record's actor.
         username = username.encode("unicode_escape").decode("ascii")[:64]
     user_key, addr_key = f"user:{username.lower()}", f"addr:{remote_addr}"
-    if _locked(user_key) or _locked(addr_key):
+    # An address gets more tries than an account: one person's typos must not lock everyone behind it.
+    locked = _reserve_attempt({user_key: current_app.config["MPIM_LOGIN_MAX_FAILURES"],
+                               addr_key: current_app.config["MPIM_LOGIN_MAX_ADDRESS_FAILURES"]})
+    if locked is None:
         audit.record("auth.login_blocked", username, {"reason": "locked"}, actor=username or "anonymous",
                      remote_addr=remote_addr)
         db.session.commit()
@@ -247,19 +276,13 @@ def authenticate(username: str, password: str, remote_addr: str) -> User:
     user = db.session.scalar(select(User).where(func.lower(User.username) == username.lower()))
     valid = check_password_hash(user.password_hash if user else _DUMMY_HASH, password)
     if not valid or user is None or not user.active:
-        # An address gets more tries than an account: one person's typos must not lock everyone behind it.
-        limits = {user_key: current_app.config["MPIM_LOGIN_MAX_FAILURES"],
-                  addr_key: current_app.config["MPIM_LOGIN_MAX_ADDRESS_FAILURES"]}
-        locked = [key for key, limit in limits.items() if _register_failure(key, limit)]
         audit.record("auth.login_failed", username, {"locked": locked}, actor=username or "anonymous",
                      remote_addr=remote_addr)
         db.session.commit()
         raise LoginRefused("Wrong username or password." if not locked else
                            "Too many failed sign-ins: this account or address is locked for a while.",
                            code="locked" if locked else "bad_credentials")
-    for key in (user_key, addr_key):
-        if (row := db.session.get(LoginThrottle, key)) is not None:
-            db.session.delete(row)
+    _clear_failures(user_key, addr_key)
     user.last_login_at = utcnow()
     audit.record("auth.login", user.username, actor=user.username, remote_addr=remote_addr)
     db.session.commit()
