@@ -70,6 +70,8 @@ AUDIT_ACTIONS = {
     "auth.unlock": _l("Account unlocked"), "auth.unlock_addresses": _l("Address locks cleared"),
     "user.create": _l("User created"), "user.update": _l("User changed"),
     "user.password_reset": _l("Password reset"), "user.password_change": _l("Own password changed"),
+    "auth.password_change_failed": _l("Password change refused (wrong current password)"),
+    "auth.password_change_blocked": _l("Password change refused (locked)"),
     "token.create": _l("Enrollment token issued"), "token.revoke": _l("Enrollment token revoked"),
     "application.submit": _l("Application submitted"), "application.submit_change": _l("Change request submitted"),
     "application.approve": _l("Application approved"), "application.approve_change": _l("Change request approved"),

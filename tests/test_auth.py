@@ -259,6 +259,70 @@ def test_weak_passwords_are_refused(app, password):
     assert caught.value.code == "weak_password"
 
 
+def change_form(console: Console, current: str, new: str = "New-Secret-42"):
+    return console.post_form("/account/password", {"current_password": current, "new_password": new,
+                                                   "confirm": new})
+
+
+def test_wrong_current_passwords_on_the_change_form_lock_the_account_and_sign_this_session_out(app, make_user):
+    """A console left signed in, or a stolen cookie, guessed the current password on the change form without
+    limit and without a trace. Each wrong one now counts with the failed sign-ins of the account and is audited;
+    the one that locks the account also ends the session it was typed in."""
+    make_user("alice")
+    console = Console(app.test_client())
+    console.login("alice")
+    limit = app.config["MPIM_LOGIN_MAX_FAILURES"]
+    for attempt in range(limit - 1):
+        response = change_form(console, f"Guess-{attempt:04d}x")
+        assert response.status_code == 200 and "当前密码错误" in response.get_data(as_text=True)
+    assert not service.is_locked("alice")
+
+    response = change_form(console, "Guess-last-x")
+
+    assert response.status_code == 302 and response.headers["Location"].startswith("/login")
+    assert "锁定" in console.client.get(response.headers["Location"]).get_data(as_text=True)
+    assert service.is_locked("alice")
+    assert console.client.get("/").status_code == 302  # signed out
+    assert console.login("alice").status_code == 401  # the right password too, until the lock ends
+    failed = list(db.session.scalars(select(AuditRecord).where(AuditRecord.action == "auth.password_change_failed")
+                                     .order_by(AuditRecord.seq)))
+    assert [(record.actor, record.target) for record in failed] == [("alice", "alice")] * limit
+    assert failed[-1].detail == {"locked": ["user:alice"]} and failed[0].remote_addr == "127.0.0.1"
+    assert "auth.logout" in actions()
+
+
+def test_a_session_open_on_a_locked_account_cannot_change_its_password(app, make_user):
+    """Locked by failed sign-ins elsewhere: the change is refused, even with the right password, and audited;
+    the session stays (the guesses may be someone else's, who must not be able to sign the owner out)."""
+    make_user("alice")
+    console = Console(app.test_client())
+    console.login("alice")
+    for _ in range(app.config["MPIM_LOGIN_MAX_FAILURES"]):
+        Console(app.test_client()).login("alice", "Wrong-Password-1")
+
+    response = change_form(console, PASSWORD)
+
+    assert response.status_code == 429 and "锁定" in response.get_data(as_text=True)
+    assert actions()[-1] == "auth.password_change_blocked"
+    assert console.client.get("/").status_code == 200
+    service.unlock("alice")
+    db.session.commit()
+    assert Console(app.test_client()).login("alice").status_code == 302  # the password did not change
+
+
+def test_the_right_current_password_clears_the_count_even_when_the_new_one_is_refused(app, make_user):
+    make_user("alice")
+    console = Console(app.test_client())
+    console.login("alice")
+    limit = app.config["MPIM_LOGIN_MAX_FAILURES"]
+    for attempt in range(limit - 1):
+        change_form(console, f"Guess-{attempt:04d}x")
+    assert "密码至少需要 10 个字符" in change_form(console, PASSWORD, "weak").get_data(as_text=True)
+    for attempt in range(limit - 1):
+        assert change_form(console, f"Guess-{attempt:04d}y").status_code == 200
+    assert not service.is_locked("alice")
+
+
 def test_password_change_logs_out_other_sessions(app, make_user):
     make_user("alice")
     first, second = Console(app.test_client()), Console(app.test_client())

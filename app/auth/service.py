@@ -33,6 +33,18 @@ class LoginRefused(DomainError):
     status = 401
 
 
+class PasswordChangeLocked(DomainError):
+    """The change form's refusal while the account is locked (`change_own_password`). `locked_now`: this
+    attempt's wrong current password is the one that locked it."""
+
+    code = "locked"
+    status = 429
+
+    def __init__(self, message, *, locked_now: bool) -> None:
+        super().__init__(message)
+        self.locked_now = locked_now
+
+
 @dataclass(frozen=True)
 class UserDraft:
     """What a form or the CLI hands to `create_user`."""
@@ -150,9 +162,29 @@ def reset_password(user: User, new_password: str, *, by: User, keep: ConsoleSess
 
 def change_own_password(user: User, current_password: str, new_password: str, *,
                         keep: ConsoleSession | None = None) -> None:
-    """The user's own change: their other sessions end, `keep` (the one they changed it in) stays."""
+    """The user's own change: their other sessions end, `keep` (the one they changed it in) stays.
+
+    The current password is checked under the account's sign-in throttle (`user:NAME`), as a sign-in is: a
+    console left signed in, or a stolen cookie, would otherwise guess it without limit. A wrong one counts
+    as a failed sign-in and is audited (auth.password_change_failed), the right one clears the count; while
+    the account is locked the change is refused (PasswordChangeLocked, auth.password_change_blocked). Commits
+    the count and its records itself: they must outlive the refusal."""
+    key = f"user:{user.username.lower()}"
+    locked = _reserve_attempt({key: current_app.config["MPIM_LOGIN_MAX_FAILURES"]})
+    if locked is None:
+        audit.record("auth.password_change_blocked", user.username, {"reason": "locked"}, actor=user.username)
+        db.session.commit()
+        raise PasswordChangeLocked(_l("Too many failed sign-ins: this account is locked for a while, and its "
+                                      "password cannot be changed until the lock ends."), locked_now=False)
     if not check_password_hash(user.password_hash, current_password):
+        audit.record("auth.password_change_failed", user.username, {"locked": locked}, actor=user.username)
+        db.session.commit()
+        if locked:
+            raise PasswordChangeLocked(_l("Too many wrong passwords: this account is locked for a while."),
+                                       locked_now=True)
         raise ValidationFailed(_l("The current password is wrong."), code="wrong_password", field="current_password")
+    _clear_failures(key)
+    db.session.commit()  # the right password clears the count, whether or not the new one is accepted
     if current_password == new_password:
         raise ValidationFailed(_l("The new password must differ from the current one."), code="weak_password",
                                field="new_password")

@@ -85,6 +85,18 @@ def change_password():
             service.change_own_password(current_user, form.current_password.data, form.new_password.data,
                                         keep=idle.current_row())
             db.session.commit()
+        except service.PasswordChangeLocked as error:
+            db.session.rollback()
+            if error.locked_now:
+                # This session typed the guess that locked the account: it is the one a guesser holds (a
+                # console left signed in, a stolen cookie), so it ends; the owner signs in after the lock.
+                idle.sign_out()
+                flash(_("Too many wrong passwords: this account is locked for a while, and you have been "
+                        "signed out."), "error")
+                return redirect(url_for("auth.login"))
+            # Locked by failed sign-ins elsewhere, perhaps someone else's: this session stays.
+            flash(error.message, "error")
+            return render_template("auth/password.html", form=form, reason=None), 429
         except DomainError as error:
             db.session.rollback()
             form_error(form, error)
