@@ -360,11 +360,39 @@ def test_a_change_or_a_reset_cannot_bring_back_any_of_the_last_five_passwords(ap
 
     service.change_own_password(user, passwords[4], passwords[5])
     db.session.commit()
-    service.reset_password(user, PASSWORD, by=user)  # six passwords ago: allowed again
+    minister = service.get_user("minister")
+    service.reset_password(user, PASSWORD, by=minister)  # six passwords ago: allowed again
     db.session.commit()
     with pytest.raises(ValidationFailed) as refused:
-        service.reset_password(user, passwords[2], by=user)
+        service.reset_password(user, passwords[2], by=minister)
     assert refused.value.code == "password_reused"
+
+
+def test_an_admin_cannot_reset_their_own_password_on_the_users_page(app, admin_console, make_user):
+    """A reset asks for no current password and ended the owner's other sessions: whoever found a ministry
+    admin's console signed in took the account. One's own password is changed on /account/password, with
+    the current one; the user page offers no reset for oneself, and refuses one sent anyway."""
+    elsewhere = Console(app.test_client())
+    elsewhere.login("minister")
+    html = admin_console.client.get("/users/minister").get_data(as_text=True)
+    assert 'name="reset-password"' not in html and 'href="/account/password"' in html
+    make_user("alice")
+    assert 'name="reset-password"' in admin_console.client.get("/users/alice").get_data(as_text=True)
+
+    response = admin_console.client.post("/users/minister/password", data={
+        "reset-password": "Thief-Chosen-77", "reset-csrf_token": csrf_token(html)})
+
+    assert response.status_code == 302 and response.headers["Location"] == "/account/password"
+    page = admin_console.client.get(response.headers["Location"]).get_data(as_text=True)
+    assert "不能在此重置自己的密码" in page
+    assert elsewhere.client.get("/").status_code == 200  # no session of the owner ended
+    assert Console(app.test_client()).login("minister", "Thief-Chosen-77").status_code == 401
+    assert Console(app.test_client()).login("minister").status_code == 302
+    assert "user.password_reset" not in actions()
+    minister = service.get_user("minister")
+    with pytest.raises(PermissionDenied) as refused:
+        service.reset_password(minister, "Thief-Chosen-77", by=minister)
+    assert refused.value.code == "own_password"
 
 
 def test_the_password_history_keeps_only_the_four_before_the_current_one(app, make_user):

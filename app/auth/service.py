@@ -152,12 +152,16 @@ def set_password(user: User, new_password: str, *, action: str = "user.password_
     audit.record(action, user.username)
 
 
-def reset_password(user: User, new_password: str, *, by: User, keep: ConsoleSession | None = None) -> None:
-    """An admin's reset: a password the user must replace at the next sign-in, unless the admin resets
-    their own, which they chose. Every session of the user ends, but `keep` (the admin's own, when they
-    reset their own password)."""
-    set_password(user, new_password, temporary=user.id != by.id)
-    console_sessions.end_sessions(user, "password_reset", keep=keep if user.id == by.id else None)
+def reset_password(user: User, new_password: str, *, by: User) -> None:
+    """An admin's reset of someone else's password: one the user must replace at the next sign-in, and
+    every session of the user ends. Not of the admin's own (PermissionDenied, "own_password"): a reset asks
+    for no current password, so whoever found an admin's console signed in would take the account and
+    sign its owner out everywhere; one's own is changed with the current one (`change_own_password`)."""
+    if user.id == by.id:
+        raise PermissionDenied(_l("You cannot reset your own password here: change it on the Change password "
+                                  "page, which asks for the current one."), code="own_password")
+    set_password(user, new_password)
+    console_sessions.end_sessions(user, "password_reset")
 
 
 def change_own_password(user: User, current_password: str, new_password: str, *,

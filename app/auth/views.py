@@ -194,12 +194,14 @@ def reset_password(username: str):
     form = PasswordResetForm(prefix="reset")
     if form.validate_on_submit():
         try:
-            service.reset_password(user, form.password.data, by=current_user, keep=idle.current_row())
+            service.reset_password(user, form.password.data, by=current_user)
             db.session.commit()
             flash(_("Password of %(name)s reset.", name=username), "success")
         except DomainError as error:
             db.session.rollback()
             flash(error.message, "error")
+            if error.code == "own_password":
+                return redirect(url_for("auth.change_password"))
     else:
         flash(_("Enter a new password."), "error")
     return redirect(url_for("auth.edit_user", username=username))
