@@ -49,6 +49,12 @@ class PeerNotReached(PeerUnreachable):
     CONNECT_TIMEOUT) and no earlier attempt of this call reached the peer: nothing was sent."""
 
 
+class PeerClosedHandshake(PeerNotReached):
+    """The peer accepted the connection and closed it during the TLS handshake without an alert: what a receiver
+    does to a caller past its limit of connections while it counts callers by address (docs/protocol.md §10),
+    and what a failing peer, or something in front of it, may do too."""
+
+
 class PeerTimedOut(PeerUnreachable):
     """No connection within CONNECT_TIMEOUT, or no whole answer within the request's deadline: retried (§6)."""
 
@@ -250,6 +256,8 @@ class PeerPool:
                     continue
                 # No connection on the first attempt: sent nowhere (after a kept connection failed, it may have been).
                 kind = PeerNotReached if not connected and attempt == 0 else PeerUnreachable
+                if kind is PeerNotReached and isinstance(error, ssl.SSLEOFError | ConnectionResetError):
+                    kind = PeerClosedHandshake
                 raise kind(f"{endpoint}{path}: {error.__class__.__name__}: {error}") from None
             finally:
                 with self._lock:
