@@ -315,3 +315,42 @@ def test_a_peer_delivering_at_full_parallelism_has_room_for_one_more_request(def
     assert logged_refusals(c, b.id) == []
     for connection in delivering:
         connection.close()
+
+
+def test_a_busy_batch_to_a_peer_allowing_fewer_connections_than_the_sender_sends_at_once_goes_without_backoff(
+        limited):
+    """A sent up to DELIVERY_PARALLELISM envelopes at once to any peer: to C, which serves one caller two at a time,
+    most of a busy batch was refused (503 too_many_connections, or closed during the handshake while C counted A
+    by its address) and each refused envelope waited out a growing backoff, seconds to minutes, although C was
+    healthy. A now learns how many C takes at once and sends the refused envelopes again at once, not charged as
+    attempts: all go in one or two deliveries, none with a failed attempt, and C refuses A a few times at most."""
+    a, _, c = limited
+    texts = [f"第{i}条" for i in range(40)]
+    for text in texts:
+        a.node.send_text("zhangsan", c.user("sunqi"), text, deliver=False)
+    for _ in range(2):
+        a.node.deliver()
+    assert [(row.state, row.attempts, row.last_error) for row in a.node.outbox()] == [("delivered", 1, None)] * 40
+    assert 1 <= a.node._peer_slots.limit(c.id) <= LIMIT
+    assert len(logged_refusals(c, "")) <= 3
+    assert sorted(m.document["content"]["text"] for m in stored_messages(c)) == sorted(texts)
+
+
+def test_a_peer_refusing_every_connection_gets_its_retry_after_after_a_few_immediate_retries(limited):
+    """A refusal past the peer's limit is sent again at once, but only a few times: while A's own connections
+    hold its whole limit on C, each of A's envelopes is refused, and the delivery ends with each rescheduled after
+    C's Retry-After, one attempt charged, instead of sending again for as long as C refuses."""
+    a, _, c = limited
+    held = holding_the_limit(a, c, "127.0.7")
+    try:
+        for i in range(3):
+            a.node.send_text("zhangsan", c.user("sunqi"), f"第{i}条", deliver=False)
+        assert a.node.deliver() == {"delivered": 0, "retry": 3, "failed": 0}
+        rows = a.node.outbox()
+        assert [(row.state, row.attempts) for row in rows] == [("pending", 1)] * 3
+        assert any("too_many_connections" in row.last_error for row in rows), [row.last_error for row in rows]
+        assert a.node._peer_slots.limit(c.id) == 1
+    finally:
+        for connection, outcome in held:
+            connection.shutdown(socket.SHUT_RDWR)
+            outcome["thread"].join(30)

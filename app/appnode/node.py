@@ -30,7 +30,8 @@ from app.appnode.group_confirmation import GroupConfirmationMixin
 from app.appnode.group_home import GroupHomeMixin
 from app.appnode.groups import GroupsMixin
 from app.appnode.messages import Reply, address, declared_type, image_size, local_part, media_type
-from app.appnode.outbox import OutboxMixin
+from app.appnode.outbox import DELIVERY_PARALLELISM, OutboxMixin
+from app.appnode.peer_slots import PeerSlots
 from app.appnode.protocol import Conflict
 from app.appnode.reading import ReadingMixin
 from app.appnode.receiving import ReceivingMixin
@@ -82,6 +83,7 @@ class Node(ReceivingMixin, GroupsMixin, GroupHomeMixin, GroupConfirmationMixin, 
         self._node_id: str | None = None
         self._delivery_pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        self._peer_slots = PeerSlots(DELIVERY_PARALLELISM)
         self._writing = threading.Lock()
         self._hot = None
         self._known_users: set[str] = set()

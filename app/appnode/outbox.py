@@ -3,8 +3,12 @@ at once by a caller that claimed it or by the node loop once due. A row is retri
 RETRY_FIRST up to RETRY_MAX, or the peer's Retry-After if longer, up to RETRY_AFTER_MAX) until GIVE_UP_AFTER;
 when the two nodes' tables disagree (the peer is missing from this node's table or does not present the
 certificate it lists, or it answers unknown_peer or certificate_mismatch) only for PEER_RETRY_WINDOW, as the
-next table may mend that. Also here: how a peer's error answer is read, which the group confirmation and the
-download read the same way.
+next table may mend that. Up to DELIVERY_PARALLELISM envelopes are in flight at once, to any one peer at most
+its learned concurrency (`peer_slots.py`); an envelope a peer refused as past its limit of connections
+(`too_many_connections`, or a handshake it closed while others of ours were in flight to it) is sent again once
+one of that peer's slots is free, not charged as an attempt, at most IMMEDIATE_RETRIES times in one `deliver`
+(docs/protocol.md §6, "Connections per peer"). Also here: how a peer's error answer is read, which the
+group confirmation and the download read the same way.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import logging
 import random
 import re
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from types import SimpleNamespace
@@ -25,6 +29,7 @@ from sqlalchemy.orm import Session
 from app import strict_json
 from app.appnode import protocol
 from app.appnode.messages import PATHS
+from app.appnode.peer_slots import PeerSlots
 from app.appnode.store import (
     OUTBOX_MUTABLE,
     UPDATE_OUTBOX,
@@ -35,7 +40,7 @@ from app.appnode.store import (
     raw_cursor,
     utcnow,
 )
-from app.appnode.transport import PeerCertificateMismatch, PeerUnreachable
+from app.appnode.transport import PeerCertificateMismatch, PeerClosedHandshake, PeerUnreachable
 from app.errors import DomainError
 
 log = logging.getLogger("mpim.appnode")
@@ -47,6 +52,9 @@ RETRY_AFTER_MAX = timedelta(hours=1)
 PEER_RETRY_WINDOW = timedelta(hours=1)  # unknown_peer / certificate_mismatch are retried this long
 CLAIM_SECONDS = 60.0
 DELIVERY_PARALLELISM = 4
+# A row refused as past the peer's limit is sent again at once this many times in one `deliver` at most; then it
+# waits for the peer's Retry-After as any 503 does, so that a peer refusing everything cannot spin the loop.
+IMMEDIATE_RETRIES = 3
 
 _OUTBOX = Outbox.__table__
 
@@ -79,7 +87,8 @@ def retry_after_read(value: str | None, now: datetime | None = None) -> float | 
 
 class OutboxMixin:
     """Delivery of a `Node`'s queued envelopes. Relies on the node's `db`, `routes`, `peers` (the pinned
-    TLS client), `_writing` (the write lock) and `_pool_lock` / `_delivery_pool` (set up in `Node.__init__`)."""
+    TLS client), `_writing` (the write lock), `_pool_lock` / `_delivery_pool` and `_peer_slots` (a PeerSlots of
+    DELIVERY_PARALLELISM), set up in `Node.__init__`."""
 
     def _enqueue(self, session: Session, peer: str, kind: str, envelope: dict, *, claim: bool = False) -> int:
         """An outbox row; `claim` marks it taken by the caller, who attempts it right after the commit."""
@@ -108,11 +117,11 @@ class OutboxMixin:
                             Outbox.id.in_(todo), Outbox.state == "pending", Outbox.next_attempt_at <= now,
                         ).values(next_attempt_at=now + timedelta(seconds=CLAIM_SECONDS)).returning(Outbox.id)))
                         session.commit()
-                rows = [SimpleNamespace(**found._mapping, refusal=None, reported=refusals is not None) for found in
-                        session.execute(select(_OUTBOX).where(_OUTBOX.c.id.in_(todo)).order_by(_OUTBOX.c.id))]
+                rows = [SimpleNamespace(**found._mapping, refusal=None, reported=refusals is not None, again=0)
+                        for found in session.execute(select(_OUTBOX).where(_OUTBOX.c.id.in_(todo))
+                                                     .order_by(_OUTBOX.c.id))]
                 results = []
-                attempts = self._executor().map(self._attempt, rows) if len(rows) > 1 else map(self._attempt, rows)
-                for row, result in zip(rows, attempts, strict=True):
+                for row, result in zip(rows, self._attempt_all(rows), strict=True):
                     outcome[result] += 1
                     if refusals is not None and row.refusal is not None:
                         refusals[row.id] = row.refusal
@@ -133,10 +142,54 @@ class OutboxMixin:
                 self._delivery_pool = ThreadPoolExecutor(DELIVERY_PARALLELISM, thread_name_prefix="deliver")
             return self._delivery_pool
 
+    def _attempt_all(self, rows: list) -> list[str]:
+        """Each row's outcome, at most its peer's learned concurrency of them in flight to one peer (rows to
+        other peers meanwhile go ahead, in order); a row answered `again` is sent once the peer has a free slot.
+        One row is sent in the calling thread."""
+        slots: PeerSlots = self._peer_slots
+        outcomes: dict[int, str] = {}
+        waiting, running = list(rows), {}
+        try:
+            while waiting or running:
+                seen = slots.released
+                for row in [row for row in waiting if slots.take(row.peer_node)]:
+                    waiting.remove(row)
+                    running[self._start(row, inline=len(rows) == 1)] = row
+                if not running:  # every waiting row's peer is busy with another delivery of this process
+                    slots.wait_release(seen, timeout=1.0)
+                    continue
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    row, outcome = running.pop(future), None
+                    try:
+                        outcome = future.result()
+                    finally:
+                        slots.release(row.peer_node, delivered=outcome == "delivered")
+                    if outcome == "again":
+                        waiting.insert(0, row)
+                    else:
+                        outcomes[row.id] = outcome
+        finally:
+            wait(running)  # a row that raised: the others finish before their slots are given back
+            for row in running.values():
+                slots.release(row.peer_node, delivered=False)
+        return [outcomes[row.id] for row in rows]
+
+    def _start(self, row, *, inline: bool) -> Future:
+        if not inline:
+            return self._executor().submit(self._attempt, row)
+        future = Future()
+        try:
+            future.set_result(self._attempt(row))
+        except Exception as error:  # raised again by `result()`, as from the pool
+            future.set_exception(error)
+        return future
+
     def _attempt(self, row) -> str:
+        """Send one row; its outcome: delivered, retry, failed, or again (refused as past the peer's limit of
+        connections: not an attempt, sent again once the peer has a free slot, `_past_limit`)."""
         now = utcnow()
         row.first_attempt_at = row.first_attempt_at or now
-        row.attempts += 1
         entry = self.routes.peek(row.peer_node)
         retry_after = 0.0
         peer_refused = False
@@ -148,17 +201,26 @@ class OutboxMixin:
                 response = self.peers.post(entry["endpoint"], PATHS[row.kind], body, pin=entry["cert_sha256"])
             except PeerCertificateMismatch as failure:
                 error, retryable, peer_refused = str(failure), True, True
+            except PeerClosedHandshake as failure:
+                # Also what a failing peer may do: read as its limit only while it serves others of ours.
+                if self._peer_slots.in_flight(row.peer_node) > 1 and self._past_limit(row):
+                    return "again"
+                error, retryable = str(failure), True
             except PeerUnreachable as failure:
                 error, retryable = str(failure), True
             else:
                 if response.status == 200:
+                    row.attempts += 1
                     row.state, row.finished_at, row.last_error = "delivered", now, None
                     return "delivered"
                 error = f"HTTP {response.status}: {response.body[:200].decode('utf-8', 'replace')}"
                 code = self._error_code(response.body)
+                if code == "too_many_connections" and self._past_limit(row):
+                    return "again"
                 peer_refused = code in ("unknown_peer", "certificate_mismatch")
                 retryable = response.status == 429 or response.status >= 500 or peer_refused
                 retry_after = retry_after_seconds(response.header("Retry-After"))
+        row.attempts += 1
         row.last_error = error[:300]
         window = PEER_RETRY_WINDOW if peer_refused else GIVE_UP_AFTER
         if not retryable or now - row.first_attempt_at > window:
@@ -175,6 +237,15 @@ class OutboxMixin:
         delay = min(RETRY_FIRST * 2 ** (row.attempts - 1), RETRY_MAX) * random.uniform(0.8, 1.2)
         row.next_attempt_at = now + timedelta(seconds=max(delay, retry_after))
         return "retry"
+
+    def _past_limit(self, row) -> bool:
+        """The row's peer refused it as past its limit of connections (§10): the peer's concurrency is lowered,
+        and whether the row goes again in this `deliver` (not IMMEDIATE_RETRIES times yet)."""
+        self._peer_slots.refused(row.peer_node)
+        if row.again >= IMMEDIATE_RETRIES:
+            return False
+        row.again += 1
+        return True
 
     @staticmethod
     def _error_code(body: bytes) -> str | None:
