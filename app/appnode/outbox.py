@@ -151,8 +151,13 @@ class OutboxMixin:
         waiting, running = list(rows), {}
         try:
             while waiting or running:
-                seen = slots.released
-                for row in [row for row in waiting if slots.take(row.peer_node)]:
+                seen, full = slots.released, set()
+                for row in list(waiting):
+                    if row.peer_node in full:
+                        continue
+                    if not slots.take(row.peer_node):
+                        full.add(row.peer_node)
+                        continue
                     waiting.remove(row)
                     running[self._start(row, inline=len(rows) == 1)] = row
                 if not running:  # every waiting row's peer is busy with another delivery of this process
