@@ -16,6 +16,7 @@ from gunicorn.workers import gthread
 
 from app.appnode import protocol
 from app.appnode.outbox import DELIVERY_PARALLELISM
+from app.appnode.peer_slots import CREEP_AFTER, PeerSlots
 from tests.appnode_harness import ServedNode, raw_post
 from tests.appnode_processes import eventually
 from tests.test_appnode import network, stored_messages  # noqa: F401 (fixture)
@@ -323,17 +324,22 @@ def test_a_busy_batch_to_a_peer_allowing_fewer_connections_than_the_sender_sends
     most of a busy batch was refused (503 too_many_connections, or closed during the handshake while C counted A
     by its address) and each refused envelope waited out a growing backoff, seconds to minutes, although C was
     healthy. A now learns how many C takes at once and sends the refused envelopes again at once, not charged as
-    attempts: all go in one or two deliveries, none with a failed attempt, and C refuses A a few times at most."""
-    a, _, c = limited
+    attempts: all go in one or two deliveries, none with a failed attempt, and C refuses A a few times at most.
+    The envelopes to B in the same batch go as before."""
+    a, b, c = limited
     texts = [f"第{i}条" for i in range(40)]
-    for text in texts:
+    for i, text in enumerate(texts):
         a.node.send_text("zhangsan", c.user("sunqi"), text, deliver=False)
+        if i % 4 == 0:
+            a.node.send_text("zhangsan", b.user("lisi"), text, deliver=False)
     for _ in range(2):
         a.node.deliver()
-    assert [(row.state, row.attempts, row.last_error) for row in a.node.outbox()] == [("delivered", 1, None)] * 40
+    assert [(row.state, row.attempts, row.last_error) for row in a.node.outbox()] == [("delivered", 1, None)] * 50
     assert 1 <= a.node._peer_slots.limit(c.id) <= LIMIT
+    assert a.node._peer_slots.limit(b.id) == DELIVERY_PARALLELISM
     assert len(logged_refusals(c, "")) <= 3
     assert sorted(m.document["content"]["text"] for m in stored_messages(c)) == sorted(texts)
+    assert len(stored_messages(b)) == 10
 
 
 def test_a_peer_refusing_every_connection_gets_its_retry_after_after_a_few_immediate_retries(limited):
@@ -354,3 +360,32 @@ def test_a_peer_refusing_every_connection_gets_its_retry_after_after_a_few_immed
         for connection, outcome in held:
             connection.shutdown(socket.SHUT_RDWR)
             outcome["thread"].join(30)
+
+
+def test_a_peers_learned_concurrency_drops_to_what_it_took_and_creeps_back_up_only_under_load():
+    """A refusal lowers the peer's concurrency to the envelopes in flight to it, the refused one not counted, never
+    below 1; it goes up by one after CREEP_AFTER envelopes delivered while every slot was taken, not for envelopes
+    delivered with slots to spare."""
+    slots, peer, other = PeerSlots(4), "urn:mpim:node:11000000002025000001", "urn:mpim:node:44000000002025000001"
+    assert [slots.take(peer) for _ in range(5)] == [True, True, True, True, False]
+    slots.refused(peer)
+    slots.release(peer, delivered=False)
+    assert (slots.limit(peer), slots.take(peer), slots.limit(other)) == (3, False, 4)
+    for _ in range(CREEP_AFTER - 1):  # all three slots in use at each delivery
+        slots.release(peer, delivered=True)
+        assert slots.take(peer)
+    slots.release(peer, delivered=True)
+    assert slots.limit(peer) == 4
+    for _ in range(2):
+        slots.release(peer, delivered=False)
+    assert slots.take(peer)
+    slots.refused(peer)  # refused while it had nothing else of ours in flight: 1, not 0
+    assert slots.limit(peer) == 1
+    for _ in range(CREEP_AFTER):
+        slots.release(peer, delivered=True)  # 1 in flight of 1: at the limit
+        assert slots.take(peer)
+    assert slots.limit(peer) == 2
+    for _ in range(CREEP_AFTER):
+        slots.release(peer, delivered=True)  # 1 in flight of 2: slots to spare
+        assert slots.take(peer)
+    assert slots.limit(peer) == 2
