@@ -196,6 +196,16 @@ def init_json(data, *extra: str) -> tuple[int, dict | None]:
     return result.exit_code, json.loads(result.stderr) if result.exit_code else None
 
 
+def refused_by_name_before_init_writes_anything(data: Path, option: str, value: str) -> None:
+    """`init` with `option` set to `value` is refused as invalid_config naming both, and writes nothing; the same
+    init with good values then makes the node (for the test to go on with)."""
+    code, refusal = init_json(data, option, value)  # the last of an option given is the one click takes
+    assert code == 2, refusal
+    assert refusal["error"]["code"] == "invalid_config" and f"{option} ({value!r})" in refusal["error"]["message"]
+    assert not data.exists()
+    assert init_json(data) == (0, None)
+
+
 def operator_runs(data, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """The command as an operator runs it, through main(): the line it prints for a refusal, and its exit code."""
     return subprocess.run([sys.executable, "-m", "app.appnode", "--data", str(data), *args], cwd=ROOT,
@@ -338,11 +348,7 @@ def test_an_endpoint_the_management_node_would_refuse_is_refused_by_name_before_
     """`--endpoint x` was stored as given and refused only at `join`; init now applies the management node's own
     rule (an https URL with a host, no user information, query or fragment)."""
     data = tmp_path / "jx"
-    code, refusal = init_json(data, "--endpoint", endpoint)  # the last --endpoint given is the one click takes
-    assert code == 2, refusal
-    assert refusal["error"]["code"] == "invalid_config" and f"--endpoint ({endpoint!r})" in refusal["error"]["message"]
-    assert not data.exists()
-    assert init_json(data) == (0, None)
+    refused_by_name_before_init_writes_anything(data, "--endpoint", endpoint)
     result = CliRunner().invoke(cli, ["--data", str(data), "--json", "init", "--if-missing", "--registry",
                                       "https://127.0.0.1:5000", "--division", "360000", "--endpoint", endpoint])
     assert result.exit_code == 2 and stored(data)["endpoint"] == "https://127.0.0.1:8643"
@@ -392,11 +398,7 @@ def test_a_registry_address_that_is_no_http_url_is_refused_by_name_wherever_it_c
     (http.client.InvalidURL), and "localhost:5000" was called unreachable. It is refused at init, again, in
     config.json and in MPIM_NODE_REGISTRY_URL, naming where it came from."""
     data = tmp_path / "jx"
-    code, refusal = init_json(data, "--registry", registry)  # the last --registry given is the one click takes
-    assert code == 2, refusal
-    assert refusal["error"]["code"] == "invalid_config" and f"--registry ({registry!r})" in refusal["error"]["message"]
-    assert not data.exists()
-    assert init_json(data) == (0, None)
+    refused_by_name_before_init_writes_anything(data, "--registry", registry)
     result = CliRunner().invoke(cli, ["--data", str(data), "--json", "init", "--if-missing", "--registry", registry,
                                       "--division", "360000", "--endpoint", "https://127.0.0.1:8643"])
     assert result.exit_code == 2 and json.loads(result.stderr)["error"]["code"] == "invalid_config"
