@@ -315,3 +315,14 @@ def test_the_language_switch_goes_back_only_to_this_consoles_pages(admin_console
         assert response.headers["Location"] == "/", target
     on_page = admin_console.client.get("/lang/en", query_string={"next": "/nodes/?status=active"})
     assert on_page.headers["Location"] == "/nodes/?status=active"
+
+
+def test_the_language_switch_rebuilds_the_address_so_no_other_host_can_be_named(admin_console):
+    """The router ignores repeated slashes: "//login" matched /login, and given back as it came it sent the
+    browser to a host named "login" (`next` needs no sign-in). The address is now built from the route it
+    matched; a link back to the switch itself, which would redirect to itself for ever, goes to the dashboard."""
+    for target, expected in (("http://localhost//login", "/login"), ("///nodes/", "/nodes/"),
+                             ("http://localhost//api/v1/resolve?x=1", "/api/v1/resolve?x=1"),
+                             ("/lang/en?next=/lang/en", "/"), ("//login", "/")):
+        response = admin_console.client.get("/lang/en", query_string={"next": target})
+        assert response.headers["Location"] == expected, target

@@ -8,7 +8,7 @@ that page's address stands in for its own.
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from flask import current_app, request, url_for
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
@@ -26,35 +26,53 @@ def shows_page(endpoint: str):
 
 def page_address(target: str | None) -> str | None:
     """The local address (path and query) a GET brings back for `target`, a local address or a URL of this
-    host: `target` itself when it answers GET, the page a POST-only view names with `shows_page`, else None.
-    Only an address of one of this console's routes comes back, so a `next` from outside cannot lead away."""
+    host: the page `target` shows when it answers GET, the page a POST-only view names with `shows_page`, else
+    None. The address is built again from the route it matches (`url_for`), never taken from `target`: the
+    router ignores repeated slashes, so "//login" matched /login, and given back as it came it sent the
+    browser to a host named "login". So only an address of one of this console's routes comes back."""
     if not target:
         return None
     parts = urlsplit(target)
     if parts.netloc and parts.netloc != request.host:  # the scheme may be a proxy's: only the path is kept
         return None
-    query = f"?{parts.query}" if parts.query else ""
     adapter = current_app.create_url_adapter(request)
+    path = unquote(parts.path)  # as the router saw it: the server decodes the path before routing
     try:
-        adapter.match(parts.path, method="GET")
-        return parts.path + query
-    except RequestRedirect as moved:  # /nodes for /nodes/
-        return urlsplit(moved.new_url).path + query
+        endpoint, values = _matched(adapter, path, "GET")
+        query = parts.query
     except MethodNotAllowed:
-        pass
+        try:
+            endpoint, values = _matched(adapter, path, "POST")
+        except HTTPException:
+            return None
+        endpoint, query = getattr(current_app.view_functions.get(endpoint), "shows_page", None), ""
     except HTTPException:
         return None
+    if endpoint in (None, "i18n.switch_language"):  # back to the language switch would go round for ever
+        return None
+    return _address(endpoint, values, query)
+
+
+def _matched(adapter, path: str, method: str) -> tuple[str, dict]:
     try:
-        endpoint, values = adapter.match(parts.path, method="POST")
-    except HTTPException:
-        return None
-    page = getattr(current_app.view_functions.get(endpoint), "shows_page", None)
-    if page is None:
-        return None
-    arguments = next(current_app.url_map.iter_rules(page)).arguments
-    return url_for(page, **{name: value for name, value in values.items() if name in arguments})
+        return adapter.match(path, method=method)
+    except RequestRedirect as moved:  # /nodes for /nodes/
+        return adapter.match(unquote(urlsplit(moved.new_url).path), method=method)
+
+
+def _address(endpoint: str, values: dict, query: str) -> str:
+    arguments = next(current_app.url_map.iter_rules(endpoint)).arguments
+    address = url_for(endpoint, **{name: value for name, value in values.items() if name in arguments})
+    return address + (f"?{query}" if query else "")
 
 
 def here() -> str | None:
-    """For templates: the address of the page being rendered, as `page_address` has it."""
-    return page_address(request.full_path)
+    """For templates: the address of the page being rendered, from the route that is serving it (the decoded
+    path split at an encoded "?" or "#"): its own when it answers GET, else the page its view names."""
+    rule = request.url_rule
+    if rule is None:
+        return None
+    if "GET" in rule.methods:
+        return _address(request.endpoint, request.view_args or {}, request.query_string.decode("latin-1"))
+    page = getattr(current_app.view_functions.get(request.endpoint), "shows_page", None)
+    return _address(page, request.view_args or {}, "") if page else None
