@@ -564,3 +564,23 @@ def test_download_out_over_the_kept_file_or_a_link_to_it_keeps_the_node_s_copy(n
     assert not link.is_symlink()  # the link itself was replaced by the copy, not what it pointed to
     leftovers = [path for path in tmp_path.iterdir() if path.name.startswith(".")]
     assert leftovers == []
+
+
+def test_download_out_overwrite_keeps_the_replaced_file_s_permissions_and_takes_any_name(network, tmp_path):  # noqa: F811
+    """The copy made beside --out and renamed over it took the umask's mode, so a file its user had made private
+    became readable by everyone; and its temporary name, --out's own and 10 characters more, failed a name that
+    works without --overwrite."""
+    a, b = network["a"], network["b"]
+    message = a.node.send_file("zhangsan", b.user("lisi"), PDF, "file", file_name="协查通报.pdf")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    private = folder / "secret.pdf"
+    private.write_bytes(b"an earlier download")
+    private.chmod(0o600)
+    node_cli(b, "download", "--as", "lisi", message.message_id, "--out", str(private), "--overwrite")
+    assert private.read_bytes() == PDF and (private.stat().st_mode & 0o777) == 0o600
+    longest = folder / ("x" * 250)
+    longest.write_bytes(b"an earlier download")
+    node_cli(b, "download", "--as", "lisi", message.message_id, "--out", str(longest), "--overwrite")
+    assert longest.read_bytes() == PDF
+    assert sorted(path.name for path in folder.iterdir()) == sorted(["secret.pdf", longest.name])

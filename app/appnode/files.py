@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import secrets
+import stat
 import tempfile
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -200,7 +201,8 @@ class FilesMixin:
         # over either. With it, the copy is made beside `out` and renamed over it: `out` opened for writing was
         # emptied before a byte was read when it was the kept file itself or a link to it (the path `download`
         # prints), and the node's only copy was lost while the command reported the whole size.
-        written = out.with_name(f".{out.name}.{secrets.token_hex(4)}") if overwrite else out
+        # The temporary name is short, so that any name --out may have works with --overwrite too.
+        written = out.with_name(f".mpim-{secrets.token_hex(4)}.part") if overwrite else out
         opened = False
         try:
             with source, written.open("xb") as target:
@@ -215,6 +217,10 @@ class FilesMixin:
                         break
                     target.write(chunk)
             if overwrite:
+                try:  # the file replaced keeps its permissions, as when it was written over in place
+                    os.chmod(written, stat.S_IMODE(out.stat().st_mode))
+                except FileNotFoundError:
+                    pass
                 os.replace(written, out)
         except FileExistsError:
             if overwrite:
