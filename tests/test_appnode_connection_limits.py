@@ -9,12 +9,14 @@ import inspect
 import json
 import socket
 import threading
+from datetime import timedelta
 
 import gunicorn
 import pytest
 from gunicorn.workers import gthread
 
 from app.appnode import protocol
+from app.appnode.caller_limit import RETRY_AFTER_SECONDS
 from app.appnode.outbox import DELIVERY_PARALLELISM
 from app.appnode.peer_slots import CREEP_AFTER, PeerSlots
 from tests.appnode_harness import ServedNode, raw_post
@@ -254,8 +256,10 @@ def holding_the_limit(b: ServedNode, c: ServedNode, addresses: str) -> list[tupl
         waiting.append((connection, in_background(answer_or_closed, connection)))
     eventually(lambda: sum(not outcome["thread"].is_alive() for _, outcome in waiting) == 1, timeout=30,
                what="B's connection past its limit refused")
-    [refused] = [finished(outcome) for _, outcome in waiting if not outcome["thread"].is_alive()]
+    [(connection, refused)] = [(connection, finished(outcome)) for connection, outcome in waiting
+                               if not outcome["thread"].is_alive()]
     assert refused is None or refused[0] == 503, refused  # refused, not answered: its request never ended
+    connection.close()  # C stops waiting for B to close it: B's next refusal is answered, not closed at once
     return [(connection, outcome) for connection, outcome in waiting if outcome["thread"].is_alive()]
 
 
@@ -345,7 +349,8 @@ def test_a_busy_batch_to_a_peer_allowing_fewer_connections_than_the_sender_sends
 def test_a_peer_refusing_every_connection_gets_its_retry_after_after_a_few_immediate_retries(limited):
     """A refusal past the peer's limit is sent again at once, but only a few times: while A's own connections
     hold its whole limit on C, each of A's envelopes is refused, and the delivery ends with each rescheduled after
-    C's Retry-After, one attempt charged, instead of sending again for as long as C refuses."""
+    C's Retry-After, one attempt charged, instead of sending again for as long as C refuses. (What A learns of C's
+    limit depends on which of its connections C answers 503, one at a time, and which it closes unanswered.)"""
     a, _, c = limited
     held = holding_the_limit(a, c, "127.0.7")
     try:
@@ -355,7 +360,35 @@ def test_a_peer_refusing_every_connection_gets_its_retry_after_after_a_few_immed
         rows = a.node.outbox()
         assert [(row.state, row.attempts) for row in rows] == [("pending", 1)] * 3
         assert any("too_many_connections" in row.last_error for row in rows), [row.last_error for row in rows]
-        assert a.node._peer_slots.limit(c.id) == 1
+    finally:
+        for connection, outcome in held:
+            connection.shutdown(socket.SHUT_RDWR)
+            outcome["thread"].join(30)
+
+
+def test_a_single_envelope_refused_while_others_hold_the_peers_limit_waits_for_its_retry_after(limited, monkeypatch):
+    """One envelope sent at once (a CLI send, a reply), refused 503 too_many_connections while nothing else of its
+    process was in flight to C: connections outside it hold A's limit there (another process of A's, here the test's
+    own), so no answer of its own will free a slot. It was sent again three times within a millisecond, C's
+    Retry-After ignored, and A learned a limit of 1 for C that its own envelopes never caused. Now it is sent once,
+    counted as an attempt and rescheduled after C's Retry-After, and A's concurrency for C is unchanged."""
+    a, _, c = limited
+    posted = []
+    post = a.node.peers.post
+
+    def counted_post(endpoint, path, body, **kwargs):
+        posted.append(path)
+        return post(endpoint, path, body, **kwargs)
+
+    monkeypatch.setattr(a.node.peers, "post", counted_post)
+    held = holding_the_limit(a, c, "127.0.8")
+    try:
+        a.node.send_text("zhangsan", c.user("sunqi"), "你好")
+        [row] = a.node.outbox()
+        assert (row.state, row.attempts, len(posted)) == ("pending", 1, 1), row.last_error
+        assert "too_many_connections" in row.last_error, row.last_error
+        assert row.next_attempt_at - row.first_attempt_at >= timedelta(seconds=RETRY_AFTER_SECONDS)
+        assert a.node._peer_slots.limit(c.id) == DELIVERY_PARALLELISM
     finally:
         for connection, outcome in held:
             connection.shutdown(socket.SHUT_RDWR)
@@ -363,8 +396,9 @@ def test_a_peer_refusing_every_connection_gets_its_retry_after_after_a_few_immed
 
 
 def test_a_peers_learned_concurrency_drops_to_what_it_took_and_creeps_back_up_only_under_load():
-    """A refusal lowers the peer's concurrency to the envelopes in flight to it, the refused one not counted, never
-    below 1; it goes up by one after CREEP_AFTER envelopes delivered while every slot was taken, not for envelopes
+    """A refusal lowers the peer's concurrency to the envelopes in flight to it, the refused one not counted; one
+    refused with nothing else of ours in flight changes nothing (connections outside the process held the limit); it
+    goes up by one after CREEP_AFTER envelopes delivered while every slot was taken, not for envelopes
     delivered with slots to spare."""
     slots, peer, other = PeerSlots(4), "urn:mpim:node:11000000002025000001", "urn:mpim:node:44000000002025000001"
     assert [slots.take(peer) for _ in range(5)] == [True, True, True, True, False]
@@ -379,7 +413,11 @@ def test_a_peers_learned_concurrency_drops_to_what_it_took_and_creeps_back_up_on
     for _ in range(2):
         slots.release(peer, delivered=False)
     assert slots.take(peer)
-    slots.refused(peer)  # refused while it had nothing else of ours in flight: 1, not 0
+    assert not slots.refused(peer)  # nothing else of ours in flight: others' connections hold its limit
+    assert slots.limit(peer) == 4
+    assert slots.take(peer)
+    assert slots.refused(peer)  # the one other of ours in flight is what it takes
+    slots.release(peer, delivered=False)
     assert slots.limit(peer) == 1
     for _ in range(CREEP_AFTER):
         slots.release(peer, delivered=True)  # 1 in flight of 1: at the limit

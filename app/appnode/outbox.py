@@ -5,7 +5,7 @@ when the two nodes' tables disagree (the peer is missing from this node's table 
 certificate it lists, or it answers unknown_peer or certificate_mismatch) only for PEER_RETRY_WINDOW, as the
 next table may mend that. Up to DELIVERY_PARALLELISM envelopes are in flight at once, to any one peer at most
 its learned concurrency (`peer_slots.py`); an envelope a peer refused as past its limit of connections
-(`too_many_connections`, or a handshake it closed while others of ours were in flight to it) is sent again once
+(`too_many_connections`, or a handshake it closed) while others of ours were in flight to it is sent again once
 one of that peer's slots is free, not charged as an attempt, at most IMMEDIATE_RETRIES times in one `deliver`
 (docs/protocol.md §6, "Connections per peer"). Also here: how a peer's error answer is read, which the
 group confirmation and the download read the same way.
@@ -208,7 +208,7 @@ class OutboxMixin:
                 error, retryable, peer_refused = str(failure), True, True
             except PeerClosedHandshake as failure:
                 # Also what a failing peer may do: read as its limit only while it serves others of ours.
-                if self._peer_slots.in_flight(row.peer_node) > 1 and self._past_limit(row):
+                if self._past_limit(row):
                     return "again"
                 error, retryable = str(failure), True
             except PeerUnreachable as failure:
@@ -244,10 +244,12 @@ class OutboxMixin:
         return "retry"
 
     def _past_limit(self, row) -> bool:
-        """The row's peer refused it as past its limit of connections (§10): the peer's concurrency is lowered,
-        and whether the row goes again in this `deliver` (not IMMEDIATE_RETRIES times yet)."""
-        self._peer_slots.refused(row.peer_node)
-        if row.again >= IMMEDIATE_RETRIES:
+        """The row's peer refused it as past its limit of connections (§10): whether the row goes again in this
+        `deliver`. Only while others of ours were in flight to the peer (its concurrency is then lowered), so that
+        one of them being answered frees a slot for it, and not IMMEDIATE_RETRIES times yet. With none in flight,
+        connections outside this process hold the limit and nothing here will free a slot: resent at once, a
+        single row (a CLI send) went again within a millisecond, the peer's Retry-After ignored."""
+        if not self._peer_slots.refused(row.peer_node) or row.again >= IMMEDIATE_RETRIES:
             return False
         row.again += 1
         return True

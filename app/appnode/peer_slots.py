@@ -7,8 +7,9 @@ refused envelope waited out a growing backoff although the peer was healthy (to 
 envelopes a second instead of hundreds).
 
 So each peer has a learned concurrency: the most of its envelopes in flight at once. It starts at
-DELIVERY_PARALLELISM; a refusal lowers it to the envelopes in flight to that peer at that moment, the refused one
-not counted (at least 1); and it creeps back up by one after CREEP_AFTER envelopes the peer took while all of its
+DELIVERY_PARALLELISM; a refusal while others of ours were in flight to that peer lowers it to those others (a
+refusal of our only envelope there says nothing about our concurrency: connections outside this process held the
+peer's limit); and it creeps back up by one after CREEP_AFTER envelopes the peer took while all of its
 slots were taken, so that a peer that raised its limit is used fully again, at the cost of one refusal each time
 it has not. It is kept in memory for the process: a CLI send starts again from DELIVERY_PARALLELISM.
 """
@@ -36,10 +37,6 @@ class PeerSlots:
         with self._changed:
             return self._limit.get(peer, self.most)
 
-    def in_flight(self, peer: str) -> int:
-        with self._changed:
-            return self._busy.get(peer, 0)
-
     def take(self, peer: str) -> bool:
         """One more envelope in flight to `peer`; False, with nothing taken, when it has its limit."""
         with self._changed:
@@ -49,11 +46,18 @@ class PeerSlots:
             self._busy[peer] = busy + 1
             return True
 
-    def refused(self, peer: str) -> None:
-        """`peer` refused one of the envelopes in flight to it as past its limit (its slot still taken)."""
+    def refused(self, peer: str) -> bool:
+        """`peer` refused one of the envelopes in flight to it as past its limit (its slot still taken): whether
+        others of ours were in flight to it, which the concurrency is then lowered to. When none were, the limit
+        was held by connections outside this process (another process of this node's, a CLI send or the server)
+        and nothing is learned: the concurrency stays, and no answer here will free one of the peer's slots."""
         with self._changed:
-            self._limit[peer] = max(1, min(self._limit.get(peer, self.most), self._busy.get(peer, 1) - 1))
+            others = self._busy.get(peer, 1) - 1
+            if others < 1:
+                return False
+            self._limit[peer] = min(self._limit.get(peer, self.most), others)
             self._taken_full.pop(peer, None)
+            return True
 
     def release(self, peer: str, *, delivered: bool) -> None:
         """An envelope to `peer` is no longer in flight; `delivered`: the peer took it."""
