@@ -339,7 +339,8 @@ def test_a_busy_batch_to_a_peer_allowing_fewer_connections_than_the_sender_sends
     for _ in range(2):
         a.node.deliver()
     assert [(row.state, row.attempts, row.last_error) for row in a.node.outbox()] == [("delivered", 1, None)] * 50
-    assert 1 <= a.node._peer_slots.limit(c.id) <= LIMIT
+    # What A learned of C's limit is not asserted: it is down to timing whether A's envelopes overlapped at C past
+    # its limit at all, and whether C answered a refusal (learned) or closed it unanswered (§10, not learned).
     assert a.node._peer_slots.limit(b.id) == DELIVERY_PARALLELISM
     assert len(logged_refusals(c, "")) <= 3
     assert sorted(m.document["content"]["text"] for m in stored_messages(c)) == sorted(texts)
