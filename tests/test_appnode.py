@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import multiprocessing
 import sqlite3
 import struct
 import zlib
@@ -371,6 +372,53 @@ def test_a_database_of_schema_2_gains_the_mark_of_forgotten_deliveries_in_place(
         assert session.get(Message, message_id).delivered_forgotten is True
     factory.kw["bind"].dispose()
     open_database(path).kw["bind"].dispose()  # and opens as schema 3 from then on
+
+
+def _as_schema_2(path) -> None:
+    """A fresh database taken back to what schema 2 left: no delivered_forgotten, version 2."""
+    open_database(path).kw["bind"].dispose()
+    with sqlite3.connect(path) as connection:
+        connection.execute("ALTER TABLE messages DROP COLUMN delivered_forgotten")
+        connection.execute("UPDATE settings SET value = '2' WHERE key = 'schema_version'")
+    connection.close()
+
+
+def _schema_of(path) -> tuple[str, list[str]]:
+    with sqlite3.connect(path) as connection:
+        version = connection.execute("SELECT value FROM settings WHERE key = 'schema_version'").fetchone()[0]
+        columns = [row[1] for row in connection.execute("PRAGMA table_info(messages)")]
+    connection.close()
+    return version, columns
+
+
+def _open_after(barrier, path, results) -> None:
+    """One process of the race below: the server and a CLI command opening the node's database together."""
+    barrier.wait()
+    try:
+        open_database(path).kw["bind"].dispose()
+        results.put("ok")
+    except Exception as error:  # noqa: BLE001 (reported to the parent, which asserts on it)
+        results.put(f"{type(error).__name__}: {error}".splitlines()[0])
+
+
+def test_processes_opening_a_database_of_schema_2_together_upgrade_it_once(tmp_path):
+    """The server and a CLI command may open a node just upgraded at the same moment: one takes the step,
+    the others wait for its write lock and then find schema 3, none fails on a column already added."""
+    context = multiprocessing.get_context("fork")
+    outcomes = []
+    for trial in range(10):
+        path = tmp_path / f"node-{trial}.sqlite3"
+        _as_schema_2(path)
+        barrier, results = context.Barrier(3), context.Queue()
+        processes = [context.Process(target=_open_after, args=(barrier, path, results)) for _ in range(3)]
+        for process in processes:
+            process.start()
+        outcomes += [results.get(timeout=120) for _ in processes]
+        for process in processes:
+            process.join()
+        version, columns = _schema_of(path)
+        assert version == SCHEMA_VERSION and columns.count("delivered_forgotten") == 1
+    assert [outcome for outcome in outcomes if outcome != "ok"] == []
 
 
 # ---- trust and bad input, each a test ---------------------------------------------------------------------------

@@ -182,3 +182,37 @@ def test_a_database_of_schema_1_gains_who_reported_each_entry_in_place(tmp_path)
     assert {"ix_read_states_peer_node", "ix_presence_peer_node_updated_at"} <= indexes
     factory.kw["bind"].dispose()
     open_database(path).kw["bind"].dispose()  # and opens as schema 3 from then on
+
+
+def test_an_upgrade_that_fails_part_way_leaves_the_database_as_it_was(tmp_path):
+    """The steps and the version run in one transaction: a failure after a column was added (here a trigger
+    refusing the fill of presence's) leaves schema 1 whole, and the next open, once the cause is gone, upgrades."""
+    path = tmp_path / "node.sqlite3"
+    open_database(path).kw["bind"].dispose()
+    with sqlite3.connect(path) as connection:
+        for statement in ("DROP INDEX ix_read_states_peer_node", "DROP INDEX ix_presence_peer_node_updated_at",
+                          "ALTER TABLE read_states DROP COLUMN peer_node", "ALTER TABLE presence DROP COLUMN peer_node",
+                          "ALTER TABLE messages DROP COLUMN delivered_forgotten",
+                          "UPDATE settings SET value = '1' WHERE key = 'schema_version'",
+                          "CREATE TRIGGER refuse BEFORE UPDATE ON presence BEGIN SELECT RAISE(ABORT, 'refused'); END"):
+            connection.execute(statement)
+        connection.execute("INSERT INTO presence VALUES ('lisi@44000000002025000001', 'online', 'pc', ?, ?)",
+                           (stamp(), stamp()))
+    connection.close()
+
+    def schema() -> tuple:
+        with sqlite3.connect(path) as connection:
+            version = connection.execute("SELECT value FROM settings WHERE key = 'schema_version'").fetchone()[0]
+            columns = {table: [row[1] for row in connection.execute(f"PRAGMA table_info({table})")]
+                       for table in ("read_states", "presence")}
+        connection.close()
+        return version, "peer_node" in columns["read_states"], "peer_node" in columns["presence"]
+
+    with pytest.raises(Exception, match="refused"):
+        open_database(path)
+    assert schema() == ("1", False, False)
+    with sqlite3.connect(path) as connection:
+        connection.execute("DROP TRIGGER refuse")
+    connection.close()
+    open_database(path).kw["bind"].dispose()
+    assert schema() == (SCHEMA_VERSION, True, True)

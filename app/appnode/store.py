@@ -2,7 +2,7 @@
 
 Plain SQLAlchemy 2.0 with its own declarative base, so nothing of the management node's schema
 (Flask-SQLAlchemy, Alembic) leaks into a node. The schema is created on first use; a vendor node
-would migrate it, the reference node upgrades in place from the versions listed in `open_database` and is
+would migrate it, the reference node upgrades in place from the versions listed in `_create_or_upgrade` and is
 recreated from any other (SCHEMA_VERSION).
 The CLI and the server process share the file: WAL mode lets the CLI write while the server reads.
 """
@@ -24,9 +24,11 @@ from sqlalchemy import (
     create_engine,
     event,
     false,
+    insert,
     select,
     update,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from app.database import UTCDateTime, utcnow
@@ -199,28 +201,44 @@ def open_database(path: Path) -> sessionmaker[Session]:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
-    Base.metadata.create_all(engine)
-    factory = sessionmaker(engine, expire_on_commit=False)
-    with factory.begin() as session:
-        current = session.get(Setting, "schema_version")
-        if current is None:
-            session.add(Setting(key="schema_version", value=SCHEMA_VERSION))
-        elif current.value in ("1", "2"):
-            if current.value == "1":
-                _add_peer_node(session)
-            _add_delivered_forgotten(session)
-            current.value = SCHEMA_VERSION
-        elif current.value != SCHEMA_VERSION:
-            raise RuntimeError(f"{path} has schema {current.value}; this node software needs {SCHEMA_VERSION}")
-    return factory
+    # pysqlite begins its implicit transaction only before INSERT, UPDATE and DELETE: an ALTER TABLE or a
+    # CREATE TABLE would run outside it, committed at once. With the driver in autocommit the transaction is the
+    # one begun here, and the steps are atomic. IMMEDIATE takes the write lock before the version is read: a
+    # second process (the server and a CLI command opening a node just upgraded) waits, then finds the new one.
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        try:
+            _create_or_upgrade(connection, path)
+        except BaseException:
+            if connection.connection.driver_connection.in_transaction:  # SQLite may have rolled back itself
+                connection.exec_driver_sql("ROLLBACK")
+            raise
+        connection.exec_driver_sql("COMMIT")
+    return sessionmaker(engine, expire_on_commit=False)
 
 
-def _add_peer_node(session: Session) -> None:
+def _create_or_upgrade(connection: Connection, path: Path) -> None:
+    """Create the tables of a new database, or take one of an older schema to SCHEMA_VERSION; inside the
+    caller's transaction."""
+    Base.metadata.create_all(connection)
+    settings = Setting.__table__
+    current = connection.execute(select(settings.c.value).where(settings.c.key == "schema_version")).scalar()
+    if current is None:
+        connection.execute(insert(settings).values(key="schema_version", value=SCHEMA_VERSION))
+    elif current in ("1", "2"):
+        if current == "1":
+            _add_peer_node(connection)
+        _add_delivered_forgotten(connection)
+        connection.execute(update(settings).where(settings.c.key == "schema_version").values(value=SCHEMA_VERSION))
+    elif current != SCHEMA_VERSION:
+        raise RuntimeError(f"{path} has schema {current}; this node software needs {SCHEMA_VERSION}")
+
+
+def _add_peer_node(connection: Connection) -> None:
     """Schema 1 to 2: who reported each read state and presence entry, for the caps per peer. A node's data
     directory is its identity (key, certificate, admission), so this one step is done in place rather than
     starting afresh. Kept rows count against their user's node: a group's read states relayed by its home node
     before the upgrade are few, and count against the members' nodes instead."""
-    connection = session.connection()
     for table in ("read_states", "presence"):
         connection.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN peer_node VARCHAR(20) NOT NULL DEFAULT ''")
         connection.exec_driver_sql(f"UPDATE {table} SET peer_node = substr(user_id, instr(user_id, '@') + 1)")
@@ -228,11 +246,10 @@ def _add_peer_node(session: Session) -> None:
         index.create(connection, checkfirst=True)
 
 
-def _add_delivered_forgotten(session: Session) -> None:
+def _add_delivered_forgotten(connection: Connection) -> None:
     """Schema 2 to 3: whether housekeeping deleted delivered outbox rows of a message. Rows deleted before the
     upgrade are not known any more: those messages read as before, with no delivery state."""
-    session.connection().exec_driver_sql(
-        "ALTER TABLE messages ADD COLUMN delivered_forgotten BOOLEAN NOT NULL DEFAULT 0")
+    connection.exec_driver_sql("ALTER TABLE messages ADD COLUMN delivered_forgotten BOOLEAN NOT NULL DEFAULT 0")
 
 
 # ---- the hot path in plain SQL -------------------------------------------------------------------------------
