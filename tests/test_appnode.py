@@ -421,6 +421,19 @@ def test_processes_opening_a_database_of_schema_2_together_upgrade_it_once(tmp_p
     assert [outcome for outcome in outcomes if outcome != "ok"] == []
 
 
+def test_an_upgrade_to_schema_3_interrupted_after_its_column_opens(tmp_path):
+    """A database left with the new column but still version 2 (an upgrade cut short by an older release,
+    which added the column outside its transaction) takes the rest of the step instead of never opening."""
+    path = tmp_path / "node.sqlite3"
+    _as_schema_2(path)
+    with sqlite3.connect(path) as connection:
+        connection.execute("ALTER TABLE messages ADD COLUMN delivered_forgotten BOOLEAN NOT NULL DEFAULT 0")
+    connection.close()
+    open_database(path).kw["bind"].dispose()
+    version, columns = _schema_of(path)
+    assert version == SCHEMA_VERSION and columns.count("delivered_forgotten") == 1
+
+
 # ---- trust and bad input, each a test ---------------------------------------------------------------------------
 
 def test_a_forged_sender_node_is_refused(network):

@@ -184,6 +184,29 @@ def test_a_database_of_schema_1_gains_who_reported_each_entry_in_place(tmp_path)
     open_database(path).kw["bind"].dispose()  # and opens as schema 3 from then on
 
 
+def test_an_upgrade_from_schema_1_interrupted_part_way_opens(tmp_path):
+    """An older release added each column outside its transaction: a database left with read_states' new
+    column (its rows not yet filled) but not presence's, still version 1, takes the rest of the step."""
+    path = tmp_path / "node.sqlite3"
+    open_database(path).kw["bind"].dispose()
+    with sqlite3.connect(path) as connection:
+        for statement in ("DROP INDEX ix_read_states_peer_node", "DROP INDEX ix_presence_peer_node_updated_at",
+                          "ALTER TABLE read_states DROP COLUMN peer_node", "ALTER TABLE presence DROP COLUMN peer_node",
+                          "ALTER TABLE messages DROP COLUMN delivered_forgotten",
+                          "UPDATE settings SET value = '1' WHERE key = 'schema_version'"):
+            connection.execute(statement)
+        connection.execute("INSERT INTO read_states VALUES ('s:0123456789abcdef0123456789abcdef', "
+                           "'zhangsan@36000000002025000001', ?, 0, ?)", (protocol.new_message_id(), stamp()))
+        connection.execute("ALTER TABLE read_states ADD COLUMN peer_node VARCHAR(20) NOT NULL DEFAULT ''")
+    connection.close()
+    factory = open_database(path)
+    with factory() as session:
+        assert session.get(Setting, "schema_version").value == SCHEMA_VERSION
+        assert [r.peer_node for r in session.scalars(select(ReadState))] == ["36000000002025000001"]
+        assert session.scalars(select(func.count()).select_from(Presence)).one() == 0
+    factory.kw["bind"].dispose()
+
+
 def test_an_upgrade_that_fails_part_way_leaves_the_database_as_it_was(tmp_path):
     """The steps and the version run in one transaction: a failure after a column was added (here a trigger
     refusing the fill of presence's) leaves schema 1 whole, and the next open, once the cause is gone, upgrades."""

@@ -234,14 +234,21 @@ def _create_or_upgrade(connection: Connection, path: Path) -> None:
         raise RuntimeError(f"{path} has schema {current}; this node software needs {SCHEMA_VERSION}")
 
 
+def _has_column(connection: Connection, table: str, column: str) -> bool:
+    """Each step checks before it adds: releases before the steps were atomic could leave one half done."""
+    return any(row[1] == column for row in connection.exec_driver_sql(f"PRAGMA table_info({table})"))
+
+
 def _add_peer_node(connection: Connection) -> None:
     """Schema 1 to 2: who reported each read state and presence entry, for the caps per peer. A node's data
     directory is its identity (key, certificate, admission), so this one step is done in place rather than
     starting afresh. Kept rows count against their user's node: a group's read states relayed by its home node
     before the upgrade are few, and count against the members' nodes instead."""
     for table in ("read_states", "presence"):
-        connection.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN peer_node VARCHAR(20) NOT NULL DEFAULT ''")
-        connection.exec_driver_sql(f"UPDATE {table} SET peer_node = substr(user_id, instr(user_id, '@') + 1)")
+        if not _has_column(connection, table, "peer_node"):
+            connection.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN peer_node VARCHAR(20) NOT NULL DEFAULT ''")
+        connection.exec_driver_sql(
+            f"UPDATE {table} SET peer_node = substr(user_id, instr(user_id, '@') + 1) WHERE peer_node = ''")
     for index in (*ReadState.__table__.indexes, *Presence.__table__.indexes):
         index.create(connection, checkfirst=True)
 
@@ -249,7 +256,8 @@ def _add_peer_node(connection: Connection) -> None:
 def _add_delivered_forgotten(connection: Connection) -> None:
     """Schema 2 to 3: whether housekeeping deleted delivered outbox rows of a message. Rows deleted before the
     upgrade are not known any more: those messages read as before, with no delivery state."""
-    connection.exec_driver_sql("ALTER TABLE messages ADD COLUMN delivered_forgotten BOOLEAN NOT NULL DEFAULT 0")
+    if not _has_column(connection, "messages", "delivered_forgotten"):
+        connection.exec_driver_sql("ALTER TABLE messages ADD COLUMN delivered_forgotten BOOLEAN NOT NULL DEFAULT 0")
 
 
 # ---- the hot path in plain SQL -------------------------------------------------------------------------------
