@@ -6,12 +6,16 @@ read and written back, lost increments."""
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 
+import pytest
 from sqlalchemy import func, select
 
 from app.audit import service as audit
 from app.audit.models import AuditRecord
 from app.auth import service
+from app.auth.models import LoginCheck, LoginThrottle
+from app.database import utcnow
 from app.extensions import db
 from tests.conftest import PASSWORD
 from tests.test_admission_concurrency import joined
@@ -88,3 +92,61 @@ def test_the_right_password_in_a_burst_of_wrong_ones_signs_in_and_clears_the_cou
     assert sorted(outcomes) == sorted(["ok"] + ["bad_credentials"] * (limit - 2))
     assert not service.is_locked("alice")
     assert service.authenticate("alice", PASSWORD, "10.0.1.1").username == "alice"
+
+
+def test_right_passwords_together_from_one_address_all_sign_in(app, make_user):
+    """People behind one NAT or proxy signing in at once: their checks in flight are not failures, so more of
+    them than the address's limit are let in, none refused as locked (each check counted as a failure until
+    its hash was checked locked the address at the limit, and four of eight were refused)."""
+    app.config["MPIM_LOGIN_MAX_ADDRESS_FAILURES"] = limit = 4
+    people = 2 * limit
+    for i in range(people):
+        make_user(f"staff{i}")
+    db.session.remove()
+    outcomes = _guess_together(app, [(f"staff{i}", PASSWORD, "10.1.1.1") for i in range(people)])
+
+    assert outcomes == ["ok"] * people
+    assert _count("auth.login_blocked") == 0
+    assert service.locked_addresses() == []
+
+
+def test_right_passwords_together_at_one_account_all_sign_in(app, make_user):
+    """One account signed in from several browsers at once, more of them than its limit: all are let in."""
+    make_user("alice")
+    db.session.remove()
+    attempts = app.config["MPIM_LOGIN_MAX_FAILURES"] + 3
+    outcomes = _guess_together(app, [("alice", PASSWORD, f"10.2.0.{i + 1}") for i in range(attempts)])
+
+    assert outcomes == ["ok"] * attempts
+    assert _count("auth.login_blocked") == 0
+    assert not service.is_locked("alice")
+
+
+def _checks_under_way(key: str, count: int, age: timedelta) -> None:
+    """Checks another worker began `age` ago and has not ended (still hashing, or died mid-check)."""
+    started = utcnow() - age
+    db.session.add_all([LoginCheck(key=key, started_at=started) for _ in range(count)])
+    db.session.commit()
+
+
+def test_a_sign_in_finding_every_place_held_by_checks_under_way_is_refused_as_busy_not_locked(app, make_user,
+                                                                                            monkeypatch):
+    make_user("alice")
+    _checks_under_way("user:alice", app.config["MPIM_LOGIN_MAX_FAILURES"], timedelta(seconds=1))
+    monkeypatch.setattr(service, "BUSY_WAIT_SECONDS", 0.2)
+
+    with pytest.raises(service.SignInsBusy) as refusal:
+        service.authenticate("alice", PASSWORD, "10.3.0.1")
+    assert refusal.value.code == "busy"
+    assert not service.is_locked("alice")
+    assert db.session.get(LoginThrottle, "user:alice") is None  # not counted as a failure either
+    assert _count("auth.login_blocked") == 0
+
+
+def test_checks_left_by_a_worker_that_died_mid_check_give_their_places_back(app, make_user):
+    make_user("alice")
+    _checks_under_way("user:alice", app.config["MPIM_LOGIN_MAX_FAILURES"],
+                      service.CHECK_LIFETIME + timedelta(seconds=1))
+
+    assert service.authenticate("alice", PASSWORD, "10.3.0.1").username == "alice"
+    assert db.session.scalar(select(func.count()).select_from(LoginCheck)) == 0

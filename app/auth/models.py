@@ -72,6 +72,18 @@ class LoginThrottle(db.Model):
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class LoginCheck(db.Model):
+    """A password check under way under a throttle key, one row per key: it holds one of the key's `limit`
+    places until its hash is checked, and is then deleted (and counted in LoginThrottle if it was wrong).
+    A row older than the service's CHECK_LIFETIME was left by a process that died mid-check, and is ignored."""
+
+    __tablename__ = "login_checks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), nullable=False, index=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
 class ConsoleSession(db.Model):
     """One console sign-in, held on the server: the cookie carries a random token, this row only its SHA-256.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -14,7 +15,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from app.audit import service as audit
 from app.auth import console_sessions
-from app.auth.models import ROLES, ConsoleSession, LoginThrottle, PasswordHistory, User
+from app.auth.models import ROLES, ConsoleSession, LoginCheck, LoginThrottle, PasswordHistory, User
 from app.database import serialise, utcnow
 from app.errors import Conflict, DomainError, NotFound, PermissionDenied, ValidationFailed
 from app.extensions import db
@@ -26,11 +27,25 @@ MIN_PASSWORD_LENGTH = 10
 PASSWORD_HISTORY = 5
 # Checked even for unknown accounts, so the reply time does not reveal which usernames exist.
 _DUMMY_HASH = generate_password_hash("not-a-real-password")
+# A password check still under way after this long was left by a process that died mid-check: its place is
+# given back. Far longer than a hash takes, and than a worker may run (gunicorn's timeout).
+CHECK_LIFETIME = timedelta(seconds=60)
+# How long a sign-in waits for a place while every place of its account or address is held by checks under
+# way (a burst of sign-ins), and how often it looks; then it is refused as busy, not locked, and not counted.
+BUSY_WAIT_SECONDS = 5.0
+BUSY_POLL_SECONDS = 0.05
 
 
 class LoginRefused(DomainError):
     code = "login_refused"
     status = 401
+
+
+class SignInsBusy(LoginRefused):
+    """Every place of the account or address stayed held by checks under way (`_start_check`): try again."""
+
+    code = "busy"
+    status = 429
 
 
 class PasswordChangeLocked(DomainError):
@@ -173,21 +188,22 @@ def change_own_password(user: User, current_password: str, new_password: str, *,
     as a failed sign-in and is audited (auth.password_change_failed), the right one clears the count; while
     the account is locked the change is refused (PasswordChangeLocked, auth.password_change_blocked). Commits
     the count and its records itself: they must outlive the refusal."""
-    key = f"user:{user.username.lower()}"
-    locked = _reserve_attempt({key: current_app.config["MPIM_LOGIN_MAX_FAILURES"]})
-    if locked is None:
+    limits = {f"user:{user.username.lower()}": current_app.config["MPIM_LOGIN_MAX_FAILURES"]}
+    checks = _start_check(limits)
+    if checks is None:
         audit.record("auth.password_change_blocked", user.username, {"reason": "locked"}, actor=user.username)
         db.session.commit()
         raise PasswordChangeLocked(_l("Too many failed sign-ins: this account is locked for a while, and its "
                                       "password cannot be changed until the lock ends."), locked_now=False)
-    if not check_password_hash(user.password_hash, current_password):
+    right = check_password_hash(user.password_hash, current_password)
+    locked = _end_check(checks, limits, right=right)
+    if not right:
         audit.record("auth.password_change_failed", user.username, {"locked": locked}, actor=user.username)
         db.session.commit()
         if locked:
             raise PasswordChangeLocked(_l("Too many wrong passwords: this account is locked for a while."),
                                        locked_now=True)
         raise ValidationFailed(_l("The current password is wrong."), code="wrong_password", field="current_password")
-    _clear_failures(key)
     db.session.commit()  # the right password clears the count, whether or not the new one is accepted
     if current_password == new_password:
         raise ValidationFailed(_l("The new password must differ from the current one."), code="weak_password",
@@ -258,7 +274,7 @@ def _serialise_throttles(*keys: str) -> None:
 
 
 def _register_failure(key: str, limit: int) -> bool:
-    """Count one failure; returns True when this failure locks the key."""
+    """Count one confirmed failure; returns True when this failure locks the key."""
     now = utcnow()
     window = timedelta(minutes=current_app.config["MPIM_LOGIN_LOCK_MINUTES"])
     row = _throttle(key)
@@ -271,25 +287,66 @@ def _register_failure(key: str, limit: int) -> bool:
     return False
 
 
-def _reserve_attempt(limits: dict[str, int]) -> list[str] | None:
-    """Count a password check as a failure before it is made, and commit the count; None (nothing counted,
-    nothing committed) when one of the keys is locked already. Returns the keys this attempt locks: its check
-    is the last one their limit allows. The lock is checked and the count taken in one serialised step, so
-    that guesses arriving together each see the ones before them: checked first and counted after the slow
-    hash, a burst of 120 guesses all passed the check and got 31 passwords checked with a limit of 5. A right
-    password clears the count (`_clear_failures`), so it costs nothing."""
+def _places_taken(limits: dict[str, int], now: datetime) -> dict[str, int]:
+    """Per key, its confirmed failures in the current window plus its checks under way; forgets the checks
+    older than CHECK_LIFETIME on the way (their process died before it resolved them)."""
+    window = timedelta(minutes=current_app.config["MPIM_LOGIN_LOCK_MINUTES"])
+    db.session.execute(delete(LoginCheck).where(LoginCheck.key.in_(limits),
+                                                LoginCheck.started_at < now - CHECK_LIFETIME))
+    taken = dict.fromkeys(limits, 0)
+    for key, count in db.session.execute(select(LoginCheck.key, func.count()).where(LoginCheck.key.in_(limits))
+                                         .group_by(LoginCheck.key)):
+        taken[key] += count
+    for key, failures, first in db.session.execute(
+            select(LoginThrottle.key, LoginThrottle.failures, LoginThrottle.first_failure_at)
+            .where(LoginThrottle.key.in_(limits))):
+        if first is not None and now - first <= window:
+            taken[key] += failures
+    return taken
+
+
+def _start_check(limits: dict[str, int]) -> list[int] | None:
+    """Take one of each key's places for a password check, and commit it; returns the checks' ids to hand to
+    `_end_check`, or None (nothing taken, nothing written) when one of the keys is locked.
+
+    A key has `limit` places, held by its confirmed failures and by the checks under way: however many guesses
+    arrive together, no more than `limit` wrong ones are checked before the lock (checked first and counted
+    after the slow hash, 120 guesses sent together got 31 checks with a limit of 5). A check under way is not a
+    failure, and does not lock: counted as one, right passwords signed in together from one address locked it
+    and were refused. While the places are all taken, the attempt waits, polling in short transactions, for
+    the checks under way to end; SignInsBusy if they have not after BUSY_WAIT_SECONDS."""
+    deadline = time.monotonic() + BUSY_WAIT_SECONDS
+    while True:
+        _serialise_throttles(*limits)
+        now = utcnow()
+        locked = db.session.scalar(select(func.count()).where(LoginThrottle.key.in_(limits),
+                                                               LoginThrottle.locked_until > now))
+        if locked:
+            return None  # the caller records the refusal and commits
+        taken = _places_taken(limits, now)
+        if all(taken[key] < limit for key, limit in limits.items()):
+            checks = [LoginCheck(key=key, started_at=now) for key in limits]
+            db.session.add_all(checks)
+            db.session.flush()
+            ids = [check.id for check in checks]
+            db.session.commit()
+            return ids
+        db.session.commit()  # the stale checks forgotten, and the locks let go while this one waits
+        if time.monotonic() >= deadline:
+            raise SignInsBusy(_l("Too many sign-ins at once from this address or to this account: try again in "
+                                 "a moment."))
+        time.sleep(BUSY_POLL_SECONDS)
+
+
+def _end_check(checks: list[int], limits: dict[str, int], *, right: bool) -> list[str]:
+    """Give back the places `_start_check` took, in the caller's transaction: a right password clears the keys'
+    failures and locks, a wrong one counts as a failure of each. Returns the keys this failure locks."""
     _serialise_throttles(*limits)
-    if any(_locked(key) for key in limits):
-        return None
-    locked = [key for key, limit in limits.items() if _register_failure(key, limit)]
-    db.session.commit()
-    return locked
-
-
-def _clear_failures(*keys: str) -> None:
-    """Forget the keys' counts and locks (a right password), in the caller's transaction."""
-    _serialise_throttles(*keys)
-    db.session.execute(delete(LoginThrottle).where(LoginThrottle.key.in_(keys)))
+    db.session.execute(delete(LoginCheck).where(LoginCheck.id.in_(checks)))
+    if right:
+        db.session.execute(delete(LoginThrottle).where(LoginThrottle.key.in_(limits)))
+        return []
+    return [key for key, limit in limits.items() if _register_failure(key, limit)]
 
 
 def authenticate(username: str, password: str, remote_addr: str) -> User:
@@ -299,11 +356,11 @@ def authenticate(username: str, password: str, remote_addr: str) -> User:
         # a NUL (the sign-in answered 500), and a control or bidi character would misread in the audit log.
         # Cut to the 64 characters a name has: escaped, up to six times as long, it outgrew the record's actor.
         username = username.encode("unicode_escape").decode("ascii")[:64]
-    user_key, addr_key = f"user:{username.lower()}", f"addr:{remote_addr}"
     # An address gets more tries than an account: one person's typos must not lock everyone behind it.
-    locked = _reserve_attempt({user_key: current_app.config["MPIM_LOGIN_MAX_FAILURES"],
-                               addr_key: current_app.config["MPIM_LOGIN_MAX_ADDRESS_FAILURES"]})
-    if locked is None:
+    limits = {f"user:{username.lower()}": current_app.config["MPIM_LOGIN_MAX_FAILURES"],
+              f"addr:{remote_addr}": current_app.config["MPIM_LOGIN_MAX_ADDRESS_FAILURES"]}
+    checks = _start_check(limits)
+    if checks is None:
         audit.record("auth.login_blocked", username, {"reason": "locked"}, actor=username or "anonymous",
                      remote_addr=remote_addr)
         db.session.commit()
@@ -311,14 +368,15 @@ def authenticate(username: str, password: str, remote_addr: str) -> User:
                            code="locked")
     user = db.session.scalar(select(User).where(func.lower(User.username) == username.lower()))
     valid = check_password_hash(user.password_hash if user else _DUMMY_HASH, password)
-    if not valid or user is None or not user.active:
+    right = valid and user is not None and user.active
+    locked = _end_check(checks, limits, right=right)
+    if not right:
         audit.record("auth.login_failed", username, {"locked": locked}, actor=username or "anonymous",
                      remote_addr=remote_addr)
         db.session.commit()
         raise LoginRefused("Wrong username or password." if not locked else
                            "Too many failed sign-ins: this account or address is locked for a while.",
                            code="locked" if locked else "bad_credentials")
-    _clear_failures(user_key, addr_key)
     user.last_login_at = utcnow()
     audit.record("auth.login", user.username, actor=user.username, remote_addr=remote_addr)
     db.session.commit()

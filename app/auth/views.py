@@ -44,6 +44,9 @@ def login():
     if form.validate_on_submit():
         try:
             user = service.authenticate(form.username.data.strip(), form.password.data, request.remote_addr or "")
+        except service.SignInsBusy as error:
+            flash(error.message, "error")
+            return render_template("auth/login.html", form=form), error.status
         except service.LoginRefused as error:
             flash(_("Too many failed sign-ins: this account or address is locked for a while.")
                   if error.code == "locked" else _("Wrong username or password."), "error")
