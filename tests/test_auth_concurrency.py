@@ -129,7 +129,7 @@ def _checks_under_way(key: str, count: int, age: timedelta) -> None:
     db.session.commit()
 
 
-def test_a_sign_in_finding_every_place_held_by_checks_under_way_is_refused_as_busy_not_locked(app, make_user,
+def test_a_sign_in_finding_every_place_held_by_checks_under_way_is_refused_as_busy_not_locked(app, make_user, console,
                                                                                             monkeypatch):
     make_user("alice")
     _checks_under_way("user:alice", app.config["MPIM_LOGIN_MAX_FAILURES"], timedelta(seconds=1))
@@ -138,6 +138,8 @@ def test_a_sign_in_finding_every_place_held_by_checks_under_way_is_refused_as_bu
     with pytest.raises(service.SignInsBusy) as refusal:
         service.authenticate("alice", PASSWORD, "10.3.0.1")
     assert refusal.value.code == "busy"
+    response = console.login("alice")  # the console says so, in the reader's language
+    assert response.status_code == 429 and "请稍后重试" in response.get_data(as_text=True)
     assert not service.is_locked("alice")
     assert db.session.get(LoginThrottle, "user:alice") is None  # not counted as a failure either
     assert _count("auth.login_blocked") == 0
