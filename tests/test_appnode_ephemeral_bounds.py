@@ -156,17 +156,23 @@ def test_a_config_written_before_the_caps_loads_with_the_defaults(tmp_path):
     assert (loaded.max_read_states_per_peer, loaded.max_presence_per_peer) == (500_000, 50_000)
 
 
+def back_to_schema_1(connection: sqlite3.Connection) -> None:
+    """A current node database turned back into what schema 1 left: no peer_node and no index on it, and not
+    schema 3's delivered_forgotten either."""
+    for statement in ("DROP INDEX ix_read_states_peer_node", "DROP INDEX ix_presence_peer_node_updated_at",
+                      "ALTER TABLE read_states DROP COLUMN peer_node", "ALTER TABLE presence DROP COLUMN peer_node",
+                      "ALTER TABLE messages DROP COLUMN delivered_forgotten",
+                      "UPDATE settings SET value = '1' WHERE key = 'schema_version'"):
+        connection.execute(statement)
+
+
 def test_a_database_of_schema_1_gains_who_reported_each_entry_in_place(tmp_path):
     """A node's data directory is its identity: the one schema step so far is taken in place, each kept read
     state and presence entry counted against its user's node, not refused as a database of another version."""
     path = tmp_path / "node.sqlite3"
     open_database(path).kw["bind"].dispose()
-    with sqlite3.connect(path) as connection:  # as schema 1 left it: no peer_node, no index on it
-        for statement in ("DROP INDEX ix_read_states_peer_node", "DROP INDEX ix_presence_peer_node_updated_at",
-                          "ALTER TABLE read_states DROP COLUMN peer_node", "ALTER TABLE presence DROP COLUMN peer_node",
-                          "ALTER TABLE messages DROP COLUMN delivered_forgotten",  # schema 3's
-                          "UPDATE settings SET value = '1' WHERE key = 'schema_version'"):
-            connection.execute(statement)
+    with sqlite3.connect(path) as connection:
+        back_to_schema_1(connection)
         connection.execute("INSERT INTO presence VALUES ('lisi@44000000002025000001', 'online', 'pc', ?, ?)",
                            (stamp(), stamp()))
         connection.execute("INSERT INTO read_states VALUES ('s:0123456789abcdef0123456789abcdef', "
@@ -190,11 +196,7 @@ def test_an_upgrade_from_schema_1_interrupted_part_way_opens(tmp_path):
     path = tmp_path / "node.sqlite3"
     open_database(path).kw["bind"].dispose()
     with sqlite3.connect(path) as connection:
-        for statement in ("DROP INDEX ix_read_states_peer_node", "DROP INDEX ix_presence_peer_node_updated_at",
-                          "ALTER TABLE read_states DROP COLUMN peer_node", "ALTER TABLE presence DROP COLUMN peer_node",
-                          "ALTER TABLE messages DROP COLUMN delivered_forgotten",
-                          "UPDATE settings SET value = '1' WHERE key = 'schema_version'"):
-            connection.execute(statement)
+        back_to_schema_1(connection)
         connection.execute("INSERT INTO read_states VALUES ('s:0123456789abcdef0123456789abcdef', "
                            "'zhangsan@36000000002025000001', ?, 0, ?)", (protocol.new_message_id(), stamp()))
         connection.execute("ALTER TABLE read_states ADD COLUMN peer_node VARCHAR(20) NOT NULL DEFAULT ''")
@@ -213,12 +215,8 @@ def test_an_upgrade_that_fails_part_way_leaves_the_database_as_it_was(tmp_path):
     path = tmp_path / "node.sqlite3"
     open_database(path).kw["bind"].dispose()
     with sqlite3.connect(path) as connection:
-        for statement in ("DROP INDEX ix_read_states_peer_node", "DROP INDEX ix_presence_peer_node_updated_at",
-                          "ALTER TABLE read_states DROP COLUMN peer_node", "ALTER TABLE presence DROP COLUMN peer_node",
-                          "ALTER TABLE messages DROP COLUMN delivered_forgotten",
-                          "UPDATE settings SET value = '1' WHERE key = 'schema_version'",
-                          "CREATE TRIGGER refuse BEFORE UPDATE ON presence BEGIN SELECT RAISE(ABORT, 'refused'); END"):
-            connection.execute(statement)
+        back_to_schema_1(connection)
+        connection.execute("CREATE TRIGGER refuse BEFORE UPDATE ON presence BEGIN SELECT RAISE(ABORT, 'refused'); END")
         connection.execute("INSERT INTO presence VALUES ('lisi@44000000002025000001', 'online', 'pc', ?, ?)",
                            (stamp(), stamp()))
     connection.close()

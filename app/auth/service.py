@@ -318,11 +318,9 @@ def _start_check(limits: dict[str, int]) -> list[int] | None:
     deadline = time.monotonic() + BUSY_WAIT_SECONDS
     while True:
         _serialise_throttles(*limits)
-        now = utcnow()
-        locked = db.session.scalar(select(func.count()).where(LoginThrottle.key.in_(limits),
-                                                               LoginThrottle.locked_until > now))
-        if locked:
+        if any(_locked(key) for key in limits):
             return None  # the caller records the refusal and commits
+        now = utcnow()
         taken = _places_taken(limits, now)
         if all(taken[key] < limit for key, limit in limits.items()):
             checks = [LoginCheck(key=key, started_at=now) for key in limits]
