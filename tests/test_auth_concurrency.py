@@ -152,3 +152,26 @@ def test_checks_left_by_a_worker_that_died_mid_check_give_their_places_back(app,
 
     assert service.authenticate("alice", PASSWORD, "10.3.0.1").username == "alice"
     assert db.session.scalar(select(func.count()).select_from(LoginCheck)) == 0
+
+
+@pytest.mark.parametrize("door", ["sign_in", "password_change"])
+def test_a_check_that_fails_part_way_gives_its_places_back_at_once(app, make_user, monkeypatch, door):
+    """An error between taking a place and resolving it (here the password hash itself raising, as a database
+    error in the user lookup would) gave the place back only when its 60 s lifetime ended: a few such errors
+    held every place, and right passwords were refused as busy for a minute."""
+    user = make_user("alice")
+
+    def broken_hash(*_args):
+        raise RuntimeError("the check broke part way")
+
+    monkeypatch.setattr(service, "check_password_hash", broken_hash)
+    for _ in range(app.config["MPIM_LOGIN_MAX_FAILURES"] + 1):
+        with pytest.raises(RuntimeError):
+            if door == "sign_in":
+                service.authenticate("alice", PASSWORD, "10.3.0.1")
+            else:
+                service.change_own_password(user, PASSWORD, "An0ther-long-passphrase")
+    assert db.session.scalar(select(func.count()).select_from(LoginCheck)) == 0
+    monkeypatch.undo()
+    monkeypatch.setattr(service, "BUSY_WAIT_SECONDS", 0.2)  # held places would make this wait, then refuse
+    assert service.authenticate("alice", PASSWORD, "10.3.0.1").username == "alice"

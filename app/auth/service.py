@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 import secrets
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -195,16 +197,17 @@ def change_own_password(user: User, current_password: str, new_password: str, *,
         db.session.commit()
         raise PasswordChangeLocked(_l("Too many failed sign-ins: this account is locked for a while, and its "
                                       "password cannot be changed until the lock ends."), locked_now=False)
-    right = check_password_hash(user.password_hash, current_password)
-    locked = _end_check(checks, limits, right=right)
+    with _places_held(checks):
+        right = check_password_hash(user.password_hash, current_password)
+        locked = _end_check(checks, limits, right=right)
+        if not right:
+            audit.record("auth.password_change_failed", user.username, {"locked": locked}, actor=user.username)
+        db.session.commit()  # a right password clears the count, whether or not the new one is accepted
     if not right:
-        audit.record("auth.password_change_failed", user.username, {"locked": locked}, actor=user.username)
-        db.session.commit()
         if locked:
             raise PasswordChangeLocked(_l("Too many wrong passwords: this account is locked for a while."),
                                        locked_now=True)
         raise ValidationFailed(_l("The current password is wrong."), code="wrong_password", field="current_password")
-    db.session.commit()  # the right password clears the count, whether or not the new one is accepted
     if current_password == new_password:
         raise ValidationFailed(_l("The new password must differ from the current one."), code="weak_password",
                                field="new_password")
@@ -336,6 +339,23 @@ def _start_check(limits: dict[str, int]) -> list[int] | None:
         time.sleep(BUSY_POLL_SECONDS)
 
 
+@contextmanager
+def _places_held(checks: list[int]) -> Iterator[None]:
+    """Give the places back at once when the check between `_start_check` and `_end_check` fails part way (a
+    database error in the user lookup, a broken hash): left to their lifetime, a few such errors held every
+    place of an account or address for CHECK_LIFETIME, and right passwords were refused as busy."""
+    try:
+        yield
+    except BaseException:
+        db.session.rollback()
+        try:
+            db.session.execute(delete(LoginCheck).where(LoginCheck.id.in_(checks)))
+            db.session.commit()
+        except Exception:  # the database itself is failing: the places' lifetime frees them
+            db.session.rollback()
+        raise
+
+
 def _end_check(checks: list[int], limits: dict[str, int], *, right: bool) -> list[str]:
     """Give back the places `_start_check` took, in the caller's transaction: a right password clears the keys'
     failures and locks, a wrong one counts as a failure of each. Returns the keys this failure locks."""
@@ -364,20 +384,22 @@ def authenticate(username: str, password: str, remote_addr: str) -> User:
         db.session.commit()
         raise LoginRefused("Too many failed sign-ins: this account or address is locked for a while.",
                            code="locked")
-    user = db.session.scalar(select(User).where(func.lower(User.username) == username.lower()))
-    valid = check_password_hash(user.password_hash if user else _DUMMY_HASH, password)
-    right = valid and user is not None and user.active
-    locked = _end_check(checks, limits, right=right)
-    if not right:
-        audit.record("auth.login_failed", username, {"locked": locked}, actor=username or "anonymous",
-                     remote_addr=remote_addr)
+    with _places_held(checks):
+        user = db.session.scalar(select(User).where(func.lower(User.username) == username.lower()))
+        valid = check_password_hash(user.password_hash if user else _DUMMY_HASH, password)
+        right = valid and user is not None and user.active
+        locked = _end_check(checks, limits, right=right)
+        if right:
+            user.last_login_at = utcnow()
+            audit.record("auth.login", user.username, actor=user.username, remote_addr=remote_addr)
+        else:
+            audit.record("auth.login_failed", username, {"locked": locked}, actor=username or "anonymous",
+                         remote_addr=remote_addr)
         db.session.commit()
+    if not right:
         raise LoginRefused("Wrong username or password." if not locked else
                            "Too many failed sign-ins: this account or address is locked for a while.",
                            code="locked" if locked else "bad_credentials")
-    user.last_login_at = utcnow()
-    audit.record("auth.login", user.username, actor=user.username, remote_addr=remote_addr)
-    db.session.commit()
     return user
 
 
