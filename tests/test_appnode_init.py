@@ -438,3 +438,28 @@ def test_a_node_that_has_not_applied_takes_a_corrected_registry_ca_and_refuses_o
     result = CliRunner().invoke(cli, [*again, "--registry-ca", str(wrong)])
     assert result.exit_code == 1 and "already applied with registry_ca_file" in result.stderr, result.output
     assert stored(data)["registry_ca_file"] == str(right)
+
+
+def test_a_node_that_has_not_applied_takes_corrected_names_and_keeps_what_is_not_given_again(tmp_path):
+    """`init --if-missing --org-name ...` over a node that had not applied answered "nothing to change" and kept
+    the first name, which the application then sent; and a rerun without --listen or --registry-ca (as `make
+    appnode` runs it) would have put back the defaults over values given the first time. Only what is given
+    is compared."""
+    data = tmp_path / "jx"
+    ca_file = a_ca_file(tmp_path / "ca.pem")
+    assert init_json(data, "--listen", "127.0.0.1:9443", "--registry-ca", str(ca_file),
+                     "--org-name", "江西省公安厅（误）") == (0, None)
+    again = ["--data", str(data), "--json", "init", "--if-missing", "--registry", "https://127.0.0.1:5000",
+             "--division", "360000", "--endpoint", "https://127.0.0.1:8643"]
+
+    result = CliRunner().invoke(cli, [*again, "--org-name", "江西省公安厅", "--org-code", "11360000MB1234567X",
+                                      "--system-name", "江西移动警务即时通信"])
+
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["changed"] == {"org_name": "江西省公安厅", "org_code": "11360000MB1234567X",
+                                                    "system_name": "江西移动警务即时通信"}
+    assert (stored(data)["listen"], stored(data)["registry_ca_file"]) == ("127.0.0.1:9443", str(ca_file))
+    information = Node(data).information()
+    assert (information["org_name"], information["system_name"]) == ("江西省公安厅", "江西移动警务即时通信")
+    assert CliRunner().invoke(cli, again).output == ""  # nothing given differs: nothing changes
+    assert stored(data)["org_name"] == "江西省公安厅"

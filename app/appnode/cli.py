@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from app.appnode.caller_limit import DEFAULT_THREADS
 from app.appnode.cli_context import Commands, Context, Refused, exit_code, pass_ctx, writing
@@ -59,6 +60,10 @@ cli.add_command(download)
 cli.add_command(group)
 
 
+# `init`'s options by the configuration field each sets, where the names differ.
+OPTION_OF = {"registry_url": "registry", "division_code": "division", "registry_ca_file": "registry_ca"}
+
+
 @cli.command()
 @click.option("--registry", required=True, help="The management node, e.g. http://127.0.0.1:5000")
 @click.option("--division", required=True, help="GB/T 2260 division code this node serves.")
@@ -80,9 +85,16 @@ def init(ctx: Context, registry, division, endpoint, listen, org_name, org_code,
     if registry_ca:  # the node runs from other directories; abspath, not resolve: a symlink may be repointed
         registry_ca = os.path.abspath(registry_ca)
     if if_missing and (ctx.data / NodeConfig.FILE).exists():
+        # Only what is given is compared: a rerun without --listen or --registry-ca (as `make appnode` runs
+        # it) put the defaults back over what the first run was given, and the names were not compared at all.
+        given = {"registry_url": registry, "division_code": division, "endpoint": endpoint, "listen": listen,
+                 "registry_ca_file": registry_ca or None, "org_name": org_name, "org_code": org_code,
+                 "system_name": system_name}
+        source = click.get_current_context().get_parameter_source
+        wanted = {name: value for name, value in given.items()
+                  if source(OPTION_OF.get(name, name)) not in (ParameterSource.DEFAULT, None)}
         try:
-            changes = ctx.node.amend_config(registry_url=registry, division_code=division, endpoint=endpoint,
-                                            listen=listen, registry_ca_file=registry_ca or None)
+            changes = ctx.node.amend_config(**wanted)
         except DomainError as error:
             raise Refused(error.message, code=error.code) from None
         if changes:
