@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import sqlite3
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from math import ceil
@@ -139,13 +141,29 @@ def schema_state() -> str:
     return "behind" if recorded <= known else "ahead"
 
 
+def switch_to_wal(cursor: sqlite3.Cursor, seconds: float) -> None:
+    """WAL is kept in the file once set, so only a brand-new database's first openers switch. While another
+    opener writes the file's first page (still in rollback-journal mode, under its write lock), SQLite refuses
+    the switch at once rather than waiting out the busy timeout: two processes opening a new reference-node
+    database together failed about once in 270 with "database is locked". Tried again for `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
 @event.listens_for(Engine, "connect")
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     """SQLite: WAL lets the console's readers work while the scheduler writes, and
     synchronous=NORMAL is durable across application crashes (WAL's documented pairing)."""
     if type(dbapi_connection).__module__.startswith("sqlite3"):
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        switch_to_wal(cursor, 10)
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA busy_timeout=10000")
         cursor.close()

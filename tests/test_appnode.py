@@ -14,6 +14,7 @@ import json
 import multiprocessing
 import sqlite3
 import struct
+import threading
 import zlib
 from datetime import UTC, datetime, timedelta
 
@@ -419,6 +420,28 @@ def test_processes_opening_a_database_of_schema_2_together_upgrade_it_once(tmp_p
         version, columns = _schema_of(path)
         assert version == SCHEMA_VERSION and columns.count("delivered_forgotten") == 1
     assert [outcome for outcome in outcomes if outcome != "ok"] == []
+
+
+def test_a_brand_new_database_opened_while_another_opener_writes_its_first_page_waits_for_it(tmp_path):
+    """Two processes opening a brand-new node database together failed about once in 270 with "database is
+    locked": while the first writes the file's first page (still in rollback-journal mode, under its write
+    lock), SQLite refuses the second's switch to WAL at once, without waiting out the busy timeout."""
+    path = tmp_path / "node.sqlite3"
+    first = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    first.execute("BEGIN IMMEDIATE")  # the other opener, part way through its first write
+    first.execute("CREATE TABLE being_written (x)")
+    released = threading.Timer(0.3, first.execute, args=("COMMIT",))
+    released.start()
+    try:
+        open_database(path).kw["bind"].dispose()
+    finally:
+        released.join()
+        first.close()
+    version, columns = _schema_of(path)
+    assert version == SCHEMA_VERSION and "delivered_forgotten" in columns
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    connection.close()
 
 
 def test_an_upgrade_to_schema_3_interrupted_after_its_column_opens(tmp_path):

@@ -31,7 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from app.database import UTCDateTime, utcnow
+from app.database import UTCDateTime, switch_to_wal, utcnow
 
 SCHEMA_VERSION = "3"
 
@@ -182,16 +182,19 @@ class PendingEphemeral(Base):
     first_try_at: Mapped[datetime | None]
 
 
+BUSY_TIMEOUT = 30  # seconds a connection waits for another's write lock
+
+
 def open_database(path: Path) -> sessionmaker[Session]:
     """The node's sessionmaker; WAL journal so that the CLI and the server can share the file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30, "check_same_thread": False},
+    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": BUSY_TIMEOUT, "check_same_thread": False},
                            json_serializer=lambda value: json.dumps(value, ensure_ascii=False))
 
     @event.listens_for(engine, "connect")
     def _pragmas(connection, _record):
         cursor = connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        switch_to_wal(cursor, BUSY_TIMEOUT)  # the management node's listener did already, when imported
         # NORMAL in WAL mode: a commit survives a crash of the process (what an ack promises a peer);
         # only an operating-system crash may lose the last moments.
         cursor.execute("PRAGMA synchronous=NORMAL")
