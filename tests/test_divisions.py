@@ -186,3 +186,36 @@ def test_english_console_names_provinces_in_english_and_lower_levels_in_chinese(
     client.get("/lang/zh_CN")
     top = client.get("/divisions/").get_data(as_text=True)
     assert "江西省" in top and "Jiangxi" not in top
+
+
+def test_a_revision_name_without_its_file_is_refused_and_changes_nothing(app, runner, tmp_path):
+    """`import --revision 2025` without a FILE imported the shipped 2023 list under the name 2025: it passed the
+    older-revision check, undid every rename and retirement a newer revision had made, and the audit log
+    recorded a new revision."""
+    lines = service.DEFAULT_FILE.read_text(encoding="utf-8").splitlines()
+    newer = tmp_path / "2024.csv"
+    newer.write_text("\n".join(line.replace("东湖区", "东湖区（新）") if line.startswith("360102") else line
+                               for line in lines), encoding="utf-8")
+    assert runner.invoke(args=["divisions", "import", str(newer), "--revision", "2024"]).exit_code == 0
+
+    result = runner.invoke(args=["divisions", "import", "--revision", "2025"])
+
+    assert result.exit_code == 2 and "--revision" in result.output and "FILE" in result.output, result.output
+    assert db.session.get(Division, "360102").name == "东湖区（新）"
+    assert service.latest_revision().name == "2024"
+    assert runner.invoke(args=["divisions", "import", "--revision", "2023"]).exit_code == 1  # the shipped one, named
+
+
+def test_the_start_up_import_leaves_a_newer_revision_in_place_and_succeeds(app, runner, tmp_path):
+    """`make db` (so `make run`) runs a bare `flask divisions import` on every start. Once a newer revision was
+    loaded, that import of the shipped list was refused as older and exited 1, and the console never started."""
+    lines = service.DEFAULT_FILE.read_text(encoding="utf-8").splitlines()
+    newer = tmp_path / "2024.csv"
+    newer.write_text("\n".join(line for line in lines if not line.startswith("360102")), encoding="utf-8")
+    assert runner.invoke(args=["divisions", "import", str(newer), "--revision", "2024"]).exit_code == 0
+
+    result = runner.invoke(args=["divisions", "import"])
+
+    assert result.exit_code == 0, result.output
+    assert "2024" in result.output and "nothing imported" in result.output
+    assert db.session.get(Division, "360102").retired and service.latest_revision().name == "2024"

@@ -20,7 +20,21 @@ cli = AppGroup("divisions", help="GB/T 2260 division codes.")
 @click.option("--allow-older", is_flag=True, help="Import a revision older than the current one (a rollback).")
 @click.option("--json", "as_json", is_flag=True)
 def import_command(file, revision, allow_older, as_json):
-    """Load a revision in one transaction and report what it added, renamed and retired."""
+    """Load a revision in one transaction and report what it added, renamed and retired.
+
+    Without FILE it loads the shipped list, which is revision 2023 and no other: named otherwise, it passed
+    the older-revision check and undid a newer revision's renames and retirements. A bare `import` (what
+    `make db` runs on every start) leaves a newer revision in place: refused as older, it failed `make run`."""
+    if file is None and revision not in (None, service.DEFAULT_REVISION):
+        raise click.UsageError(f"--revision names the revision in FILE; give the FILE (without one, the shipped "
+                               f"list is imported, which is revision {service.DEFAULT_REVISION})")
+    if file is None and revision is None:
+        latest = service.latest_revision()
+        if latest is not None and service.is_older_revision(service.DEFAULT_REVISION, latest.name):
+            message = (f"revision {latest.name} is loaded, newer than the shipped {service.DEFAULT_REVISION}: "
+                       f"nothing imported")
+            click.echo(json.dumps({"revision": latest.name, "imported": False}) if as_json else message)
+            return
     path = file or str(service.DEFAULT_FILE)
     revision = revision or (service.DEFAULT_REVISION if file is None else None)
     if not revision:
