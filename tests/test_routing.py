@@ -488,3 +488,11 @@ def test_publishing_above_leaves_room_for_the_publications_after_it(app, session
     result = runner.invoke(args=["routing", "publish", "--above", str(highest)])
     assert result.exit_code == 0, result.output
     assert service.head_version() == highest + 1
+
+
+def test_the_re_signing_job_publishes_nothing_before_the_first_node_is_approved(app):
+    """On a fresh install the job published an empty v1 "re-sign", and the console's "published when the first
+    node is approved" was then wrong."""
+    assert service.head() is None
+    assert service.resign_job() == "nothing to do: no table published yet"
+    assert service.head() is None

@@ -222,6 +222,8 @@ def resign_job() -> str:
     a node whose certificate has expired since is published again without it: an expiry is no event
     that publishes, and a node already down changes nothing a health round would publish."""
     current = head()
+    if current is None and not current_entries():  # the console says the first approval publishes the first
+        return "nothing to do: no table published yet"
     ttl = timedelta(hours=current_app.config["MPIM_ROUTE_TTL_HOURS"])
     if current is not None and current.expires_at - utcnow() > ttl / 2:
         version = publish("certificate expired")
