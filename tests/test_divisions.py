@@ -219,3 +219,12 @@ def test_the_start_up_import_leaves_a_newer_revision_in_place_and_succeeds(app, 
     assert result.exit_code == 0, result.output
     assert "2024" in result.output and "nothing imported" in result.output
     assert db.session.get(Division, "360102").retired and service.latest_revision().name == "2024"
+
+
+def test_a_search_typed_with_a_chinese_input_method_finds_what_its_ascii_twin_finds(admin_console):
+    """A Chinese input method in full-width mode types ３６０１ and ｊｉａｎｇｘｉ: the digits passed the
+    prefix test (str.isdigit is true for them) and matched no code, so the search found nothing."""
+    client = admin_console.client
+    assert "东湖区" in client.get("/divisions/?q=３６０１").get_data(as_text=True)
+    assert "江西省" in client.get("/divisions/?q=ｊｉａｎｇｘｉ").get_data(as_text=True)
+    assert client.get("/divisions/?q=٣٦").status_code == 200  # other digits are no code prefix, and no error

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,9 +184,10 @@ def children(parent_code: str | None, include_retired: bool = False) -> list[Div
 def search_query(term: str):
     """Code prefix, a part of the Chinese name, or a part of a province's English name (what the
     English console shows, so an English reader can search for what they read)."""
-    term = term.strip()[:50]
+    # NFKC: a Chinese input method in full-width mode types ３６０１ and ｊｉａｎｇｘｉ, which matched nothing.
+    term = unicodedata.normalize("NFKC", term).strip()[:50]
     query = select(Division).order_by(Division.retired, Division.code)
-    if term.isdigit():
+    if term.isascii() and term.isdigit():
         return query.where(Division.code.startswith(term))
     english = [code for code, name in ENGLISH_NAMES.items() if term and term.casefold() in name.casefold()]
     return query.where(or_(Division.name.contains(term, autoescape=True), Division.code == term,  # % and _ as typed
