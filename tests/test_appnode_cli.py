@@ -584,3 +584,17 @@ def test_download_out_overwrite_keeps_the_replaced_file_s_permissions_and_takes_
     node_cli(b, "download", "--as", "lisi", message.message_id, "--out", str(longest), "--overwrite")
     assert longest.read_bytes() == PDF
     assert sorted(path.name for path in folder.iterdir()) == sorted(["secret.pdf", longest.name])
+
+
+def test_send_file_refuses_a_voice_type_other_than_aac_instead_of_ignoring_it(network, tmp_path):  # noqa: F811
+    """A.6 voice is AAC, and --type was ignored for it: `--type amr` sent the clip as AAC without a word."""
+    a, b = network["a"], network["b"]
+    (tmp_path / "clip.aac").write_bytes(ADTS)
+    voice = ("send-file", "--as", "zhangsan", "--kind", "voice", "--duration-ms", "1200")
+    assert refusal(a.dir, *voice, "--type", "amr", b.user("lisi"), str(tmp_path / "clip.aac"))[1]["error"] == {
+        "code": "unsupported_media_type", "message": "a voice message is AAC, not amr"}
+    sent = {json.loads(node_cli(a, "--json", *voice, "--type", typed, b.user("lisi"), str(tmp_path / "clip.aac"))
+                       )["message_id"] for typed in ("aac", "audio/AAC", "audio/mp4")}
+    rows = a.node.history("zhangsan", a.node.conversations("zhangsan")[0]["conversation_id"])
+    assert {r["message"].message_id for r in rows} == sent
+    assert {r["message"].document["content"]["format"] for r in rows} == {"AAC"}

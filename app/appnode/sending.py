@@ -256,7 +256,9 @@ class SendingMixin:
             declared = (declared or mimetypes.guess_type(file_name or "")[0] or "application/octet-stream").lower()
             if declared in filetypes.EXECUTABLE_TYPES:
                 raise UnsupportedMediaType("this node does not send executables")
-        elif kind == "voice":
+        elif kind == "voice":  # A.6 voice is AAC: another type given was ignored, and the clip sent as AAC
+            if declared and filetypes.DECLARED.get(declared.split(";")[0].strip().lower()) != "AAC":
+                raise UnsupportedMediaType(f"a voice message is AAC, not {declared}")
             declared = "AAC"
         else:
             # A format name or a MIME type, read as check_declared reads it: jpeg and image/jpeg are JPG.
