@@ -13,7 +13,7 @@ from app.appnode import protocol
 from app.appnode.protocol import NotFound
 from app.appnode.store import Presence, ReadState
 from tests.appnode_harness import raw_post
-from tests.test_appnode import history, network, settle, text_envelope  # noqa: F401 (fixture)
+from tests.test_appnode import history, network, settle, sync, text_envelope  # noqa: F401 (fixture)
 from tests.test_sessions import people  # noqa: F401 (fixture)
 
 
@@ -41,6 +41,36 @@ def test_a_read_state_of_a_member_who_left_does_not_lose_the_rest_of_the_batch(n
     assert a.node.presence_of(b.user("lisi"))["status"] == "busy"
     [entry] = a.node.history("zhangsan", conversation)
     assert entry["read_by"] == [b.user("lisi")] and entry["unread_by"] == 0
+
+
+def test_the_home_node_relays_no_older_read_state_over_a_newer_one_waiting_to_go_out(network):  # noqa: F811
+    """Li Si's node sent "read up to m2", then an older "read up to m1" (a retried batch, another vendor's
+    queue). The home node kept m2 but queued each for the other member nodes as it came, the older replacing
+    the newer still waiting: C was told m1, and the member nodes disagreed on who had read m2."""
+    a, b = network["a"], network["b"]
+    c = network["join"]("110000")
+    sync(a, b, c)
+    group = a.node.create_group("zhangsan", "专班", [b.user("lisi"), c.user("sunqi")])
+    first = a.node.send_text("zhangsan", group.address, "一")
+    second = a.node.send_text("zhangsan", group.address, "二")
+    settle(a, b, c)
+    a.node.flush_ephemeral()
+    conversation = f"g:{group.address}"
+    now = datetime.now(UTC)
+    newer = {"conversation_id": conversation, "user_id": b.user("lisi"), "read_up_to_message_id": second.message_id,
+             "unread_count": 0, "updated_at": protocol.format_timestamp(now - timedelta(seconds=1))}
+    older = {**newer, "read_up_to_message_id": first.message_id, "unread_count": 1,
+             "updated_at": protocol.format_timestamp(now - timedelta(seconds=5))}
+    for state in (newer, older):
+        envelope = protocol.make_envelope(from_node=b.id, to_node=a.id, type="ephemeral",
+                                          payload={"read_states": [state]})
+        assert raw_post(b.node, a, "ephemeral", envelope)[0] == 200
+    assert a.node.flush_ephemeral() == 1
+    for served, reader in ((a, "zhangsan"), (c, "sunqi")):
+        assert read_states(served) == {b.user("lisi"): second.message_id}, served.id
+        read_by = {entry["message"].message_id: entry["read_by"]
+                   for entry in served.node.history(reader, conversation)}
+        assert read_by[second.message_id] == [b.user("lisi")], served.id
 
 
 def test_repeating_presence_keeps_the_users_last_activity(network):  # noqa: F811

@@ -44,18 +44,22 @@ class EphemeralMixin:
             self._require_capability("presence")
         added = False
         for state in batch.get("read_states", ()):
-            conversation = state["conversation_id"]
-            if conversation.startswith("g:") and node_of(conversation) == me:
+            conversation, group = state["conversation_id"], None
+            if conversation.startswith("g:") and node_of(conversation) == me:  # a group of this home node
                 group = session.get(Group, (local_part(conversation[2:]), me))
                 if group is None or group.dismissed or state["user_id"] not in group.members:
                     # Read before leaving (quit, kick, dismiss) and sent after: nothing to count any more. Only
                     # this state is passed over; refusing the batch lost everyone else's in it, and presence.
                     log.info("read state of %s in %s ignored: not a member", state["user_id"], conversation)
                     continue
+            kept = self._keep_read_state(session, state, from_node)
+            added |= kept == "new"
+            if kept and group is not None:
+                # Relayed only when kept as the newest: an older state arriving second (a retried batch) replaced
+                # the newer one still waiting to go out, and the member nodes disagreed on what the user read.
                 for peer in self._member_nodes(group):
                     if peer not in (me, from_node):
                         self._queue_ephemeral(session, peer, "read", state)
-            added |= self._keep_read_state(session, state, from_node)
         if added:
             self._check_read_state_cap(session, from_node)
         added = False
@@ -99,16 +103,18 @@ class EphemeralMixin:
             log.info("presence of %d users of %s evicted: over the cap of %d per peer", held - cap, peer, cap)
 
     @staticmethod
-    def _keep_read_state(session: Session, state: dict, peer_node: str) -> bool:
-        """Keep the newest state per key; True when the key is new here (counted against `peer_node`)."""
+    def _keep_read_state(session: Session, state: dict, peer_node: str) -> str | None:
+        """Keep the newest state per key: "new" when the key is new here (counted against `peer_node`), "newer"
+        when it replaced an older state, None when it was no newer than the one kept (ignored)."""
         row = session.get(ReadState, (state["conversation_id"], state["user_id"]))
         if row is None:
             session.add(ReadState(**state, peer_node=peer_node))
-            return True
+            return "new"
         if _newer(state["updated_at"], row.updated_at):  # newest wins
             row.read_up_to_message_id, row.unread_count = state["read_up_to_message_id"], state["unread_count"]
             row.updated_at = state["updated_at"]
-        return False
+            return "newer"
+        return None
 
     @staticmethod
     def _queue_ephemeral(session: Session, peer: str, kind: str, item: dict) -> None:
