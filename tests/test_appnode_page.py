@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from html import unescape
 
 from app.appnode import protocol
+from app.appnode.store import Presence
 from tests.appnode_harness import raw_post
 from tests.test_appnode import network, png, text_envelope  # noqa: F401 (fixture)
 from tests.test_sessions import people  # noqa: F401 (fixture)
@@ -60,8 +61,8 @@ def test_the_conversation_page_names_delivery_message_types_and_the_contacts_pre
 
 def test_a_peers_time_at_the_end_of_the_calendar_is_shown_as_sent_instead_of_failing_the_page(network):  # noqa: F811
     """9999-12-31T23:59:59Z names a moment, but none in UTC+08:00: the list and the conversation answered 500.
-    A message's send_time that far ahead is refused at the door now (stale_timestamp); a presence's last_active,
-    which orders nothing, is still taken and shown, as are messages a node kept from before that rule."""
+    A message's send_time that far ahead is refused at the door now (stale_timestamp), and so is a presence's
+    last_active; what a node kept from before those rules is still shown."""
     a, b = network["a"], network["b"]
     envelope = text_envelope(a, b, "来自未来", message={"send_time": "9999-12-31T23:59:59Z"})
     status, body = raw_post(a.node, b, "message", envelope)
@@ -72,7 +73,11 @@ def test_a_peers_time_at_the_end_of_the_calendar_is_shown_as_sent_instead_of_fai
     presence = {"items": [{"user_id": a.user("zhangsan"), "status": "online", "client_type": "pc",
                            "last_active": "9999-12-31T23:59:59Z", "updated_at": now}]}
     ephemeral = protocol.make_envelope(from_node=a.id, to_node=b.id, type="ephemeral", payload={"presence": presence})
-    assert raw_post(a.node, b, "ephemeral", ephemeral)[0] == 200
+    status, body = raw_post(a.node, b, "ephemeral", ephemeral)
+    assert (status, body["error"]["code"], body["error"]["field"]) == (400, "stale_timestamp",
+                                                                       "payload.presence.items[0].last_active")
+    with b.node.db.begin() as session:  # kept from before that rule
+        session.add(Presence(**presence["items"][0], peer_node=a.id))
     assert envelope["payload"]["conversation_id"] in page(b, "/?user=lisi")  # listed, the page whole
     conversation = page(b, f"/conversation?user=lisi&id={envelope['payload']['conversation_id']}")
     assert "9999-12-31T23:59:59Z" in conversation and "你好" in conversation

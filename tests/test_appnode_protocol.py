@@ -328,6 +328,28 @@ def test_a_payload_time_that_names_no_moment_is_refused(kind, change, field):
     assert caught.value.field == field
 
 
+@pytest.mark.parametrize(("last_active", "updated_at", "refusal"), [
+    ("2099-01-01T00:00:00Z", "2025-06-12T02:20:00Z", StaleTimestamp),  # years ahead of the clock
+    ("2025-06-12T02:20:00.001Z", "2025-06-12T02:20:00Z", SchemaViolation),  # active after the status was recorded
+    ("2025-06-12T02:20:00Z", "2025-06-12T02:20:00.000Z", None),
+    ("2024-06-12T02:20:00Z", "2025-06-12T02:20:00Z", None),  # idle for a year
+])
+def test_a_presence_last_active_ahead_of_the_clock_or_after_its_updated_at_is_refused(last_active, updated_at,
+                                                                                      refusal):
+    """A peer's last_active years ahead was taken and shown ("last active 2099-01-01"): only updated_at was held
+    to the clock. The user's last activity is at most when their node recorded the status."""
+    batch = example("ephemeral")
+    batch["presence"]["items"][0].update(last_active=last_active, updated_at=updated_at)
+    envelope = make_envelope(from_node=NANCHANG, to_node=GANZHOU, type="ephemeral", payload=batch, now=NOW)
+    if refusal is None:
+        check_envelope(envelope, node_id=GANZHOU, now=NOW)
+        return
+    with pytest.raises(refusal) as caught:
+        check_envelope(envelope, node_id=GANZHOU, now=NOW)
+    field = "payload.presence.items[0].last_active"
+    assert caught.value.field == field and caught.value.status == {StaleTimestamp: 400, SchemaViolation: 422}[refusal]
+
+
 def test_built_envelopes_acks_and_retries_are_valid():
     envelope = make_envelope(from_node=NANCHANG, to_node=GANZHOU, type="download", payload=example("download"),
                              now=NOW)

@@ -362,21 +362,24 @@ def check_envelope(envelope, *, node_id: str, expected_type: str | None = None,
     if envelope["to_node"] != node_id:
         raise WrongRecipient(f"this is node {node_id}, not {envelope['to_node']}", field="to_node")
     check_timestamp(envelope["timestamp"], now)
-    ordering = _ORDERING_TIMES.get(envelope["type"])
-    ordered = []
+    not_ahead = _NOT_AHEAD_TIMES.get(envelope["type"])
+    ordered, moments = [], {}
     for field, text in _payload_times(envelope["type"], envelope["payload"]):
-        moment = parse_timestamp(text, field)  # every time must name a moment; those that order, checked below
-        if ordering and field.endswith(ordering):
+        moment = moments[field] = parse_timestamp(text, field)  # every time must name a moment
+        if not_ahead and field.endswith(not_ahead):
             ordered.append((field, text, moment))
     check = {"message": _check_message, "group_op": _check_group_op, "ephemeral": _check_ephemeral}
     if envelope["type"] in check:
         check[envelope["type"]](envelope["from_node"], envelope["to_node"], envelope["message_id"],
                                 envelope["payload"])
     _check_not_ahead(ordered, now)
+    if envelope["type"] == "ephemeral":
+        _check_last_active(envelope["payload"], moments)
 
 
-# The times that order what they belong to, so that one far ahead wins every comparison until that time comes.
-_ORDERING_TIMES = {"ephemeral": ".updated_at", "message": ".send_time"}
+# The times that may not be ahead of the receiver's clock: those that order what they belong to, so that one far
+# ahead wins every comparison until that time comes, and a presence's `last_active`, which is shown.
+_NOT_AHEAD_TIMES = {"ephemeral": (".updated_at", ".last_active"), "message": (".send_time",)}
 
 
 def _check_not_ahead(ordered: list[tuple[str, str, datetime]], now: datetime | None = None,
@@ -384,8 +387,9 @@ def _check_not_ahead(ordered: list[tuple[str, str, datetime]], now: datetime | N
     """An ephemeral item's `updated_at` (newest wins, §6) or a message's `send_time` at most `skew` seconds ahead
     of the receiver's clock: an item far ahead beat every later, true state of its user until that time came; a
     message far ahead stayed last in its conversation, and reading it counted every message sent before that
-    time as read. After the checks of who speaks for whom, so that a forged item is named as such. Times in the
-    past are fine (a message retried for hours keeps its send_time). `ordered`: (field, text, moment), parsed once."""
+    time as read. A presence's `last_active` too: one in 2099 was kept and shown as the user's last activity.
+    After the checks of who speaks for whom, so that a forged item is named as such. Times in the past are fine
+    (a message retried for hours keeps its send_time). `ordered`: (field, text, moment), parsed once."""
     if not ordered:
         return
     limit = (now or datetime.now(UTC)) + timedelta(seconds=skew)
@@ -393,6 +397,16 @@ def _check_not_ahead(ordered: list[tuple[str, str, datetime]], now: datetime | N
         if moment > limit:
             raise StaleTimestamp(f"{field[len('payload.'):]} {text} is ahead of this node's clock by more than "
                                  f"{skew:.0f} s", field=field)
+
+
+def _check_last_active(batch: dict, moments: dict[str, datetime]) -> None:
+    """A presence's `last_active` at most its `updated_at`: the user was last active, at the latest, when their
+    node recorded the status (A.15). Compared as times, after the clock check, so that one far ahead is named as
+    such. `moments`: the payload's times by field, parsed once."""
+    for index in range(len(batch.get("presence", {}).get("items", ()))):
+        field = f"payload.presence.items[{index}].last_active"
+        if moments[field] > moments[f"payload.presence.items[{index}].updated_at"]:
+            raise SchemaViolation(f"$.{field}: later than the item's updated_at", field=field)
 
 
 def _payload_times(kind: str, payload: dict):
