@@ -363,9 +363,9 @@ def check_envelope(envelope, *, node_id: str, expected_type: str | None = None,
         raise WrongRecipient(f"this is node {node_id}, not {envelope['to_node']}", field="to_node")
     check_timestamp(envelope["timestamp"], now)
     not_ahead = _NOT_AHEAD_TIMES.get(envelope["type"])
-    ordered, moments = [], {}
+    ordered = []
     for field, text in _payload_times(envelope["type"], envelope["payload"]):
-        moment = moments[field] = parse_timestamp(text, field)  # every time must name a moment
+        moment = parse_timestamp(text, field)  # every time must name a moment
         if not_ahead and field.endswith(not_ahead):
             ordered.append((field, text, moment))
     check = {"message": _check_message, "group_op": _check_group_op, "ephemeral": _check_ephemeral}
@@ -373,8 +373,6 @@ def check_envelope(envelope, *, node_id: str, expected_type: str | None = None,
         check[envelope["type"]](envelope["from_node"], envelope["to_node"], envelope["message_id"],
                                 envelope["payload"])
     _check_not_ahead(ordered, now)
-    if envelope["type"] == "ephemeral":
-        _check_last_active(envelope["payload"], moments)
 
 
 # The times that may not be ahead of the receiver's clock: those that order what they belong to, so that one far
@@ -397,16 +395,6 @@ def _check_not_ahead(ordered: list[tuple[str, str, datetime]], now: datetime | N
         if moment > limit:
             raise StaleTimestamp(f"{field[len('payload.'):]} {text} is ahead of this node's clock by more than "
                                  f"{skew:.0f} s", field=field)
-
-
-def _check_last_active(batch: dict, moments: dict[str, datetime]) -> None:
-    """A presence's `last_active` at most its `updated_at`: the user was last active, at the latest, when their
-    node recorded the status (A.15). Compared as times, after the clock check, so that one far ahead is named as
-    such. `moments`: the payload's times by field, parsed once."""
-    for index in range(len(batch.get("presence", {}).get("items", ()))):
-        field = f"payload.presence.items[{index}].last_active"
-        if moments[field] > moments[f"payload.presence.items[{index}].updated_at"]:
-            raise SchemaViolation(f"$.{field}: later than the item's updated_at", field=field)
 
 
 def _payload_times(kind: str, payload: dict):
