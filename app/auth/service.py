@@ -90,8 +90,10 @@ def check_password_policy(password: str, username: str = "", *, field: str = "pa
                                field=field)
 
 
-def normalise_scopes(role: str, scopes: tuple[str, ...] | list[str]) -> str:
-    """Provincial admins need at least one known, current division code; other roles none."""
+def normalise_scopes(role: str, scopes: tuple[str, ...] | list[str], held: frozenset[str] = frozenset()) -> str:
+    """Provincial admins need at least one known, current division code; other roles none. `held`: the codes
+    the account has already, kept as they are though a later revision retired them (they still cover what
+    they did): checked again, the edit form refused every change to such an account, even disabling it."""
     from app.divisions import service as divisions
 
     codes = sorted({code.strip() for code in scopes if code.strip()})
@@ -104,7 +106,8 @@ def normalise_scopes(role: str, scopes: tuple[str, ...] | list[str]) -> str:
         raise ValidationFailed(_l("A provincial admin needs at least one division code."), code="scope_required",
                                field="scopes")
     for code in codes:
-        divisions.require_current(code, field="scopes")
+        if code not in held:
+            divisions.require_current(code, field="scopes")
     return ",".join(codes)
 
 
@@ -135,7 +138,7 @@ def create_user(draft: UserDraft, *, actor: str | None = None) -> User:
 def update_user(user: User, *, role: str, scopes: list[str], active: bool, display_name: str) -> User:
     if role not in ROLES:
         raise ValidationFailed(_l("Unknown role %(role)s.", role=role), code="invalid_role", field="role")
-    scope_codes = normalise_scopes(role, scopes)
+    scope_codes = normalise_scopes(role, scopes, held=frozenset(user.scopes))
     display_name = readable_text(display_name, "display_name", limit=120)
     before = {"display_name": user.display_name, "role": user.role, "scopes": user.scope_codes, "active": user.active}
     user.role, user.scope_codes, user.active = role, scope_codes, active
