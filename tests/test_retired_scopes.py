@@ -122,3 +122,18 @@ def test_a_retired_code_is_still_refused_as_a_new_scope(xingtai, make_user, admi
     assert (scopes["hd-admin"], scopes["xt-admin"], scopes["eye"]) == ("130400", "130521", "")
     assert "new-admin" not in scopes and user_updates("hd-admin") == user_updates("eye") == []
 
+
+def test_the_users_page_and_the_edit_form_mark_a_retired_scope(xingtai, make_user, admin_console):
+    make_user("hd-admin", "provincial_admin", ("130400",))
+    retire_xingtai()
+    listing = admin_console.client.get("/users/").get_data(as_text=True)
+    row = re.search(r"<tr>\s*<td><a href=\"/users/xt-admin\">.*?</tr>", listing, re.S).group(0)
+    assert "130521" in row and "已于 2023 撤销" in row
+    other = re.search(r"<tr>\s*<td><a href=\"/users/hd-admin\">.*?</tr>", listing, re.S).group(0)
+    assert "130400" in other and "撤销" not in other
+
+    form = admin_console.client.get("/users/xt-admin").get_data(as_text=True)
+    note = re.search(r'<p[^>]*id="retired-scopes"[^>]*>.*?</p>', form, re.S)
+    assert note and "130521 邢台县" in note.group(0) and "2023" in note.group(0)
+    assert 'id="retired-scopes"' not in admin_console.client.get("/users/hd-admin").get_data(as_text=True)
+

@@ -15,6 +15,7 @@ from app.auth.access import roles_required
 from app.auth.forms import ConfirmForm, LoginForm, PasswordChangeForm, PasswordResetForm, UserCreateForm, UserEditForm
 from app.auth.models import User
 from app.database import paginate
+from app.divisions import service as divisions
 from app.errors import DomainError
 from app.extensions import db
 
@@ -128,6 +129,7 @@ def users():
     query = select(User).order_by(User.username)
     page = paginate(query, request.args.get("page", 1, type=int), current_app.config["MPIM_PAGE_SIZE"])
     return render_template("auth/users.html", page=page, is_locked=service.is_locked, confirm_form=ConfirmForm(),
+                           retired=divisions.retired_among(code for user in page.items for code in user.scopes),
                            locked_addresses=service.locked_addresses(ADDRESSES_SHOWN),
                            locked_total=service.locked_address_count())
 
@@ -187,7 +189,9 @@ def edit_user(username: str):
                 return redirect(url_for("auth.users"))
     return render_template("auth/user_form.html", form=form, user=user, reset_form=reset_form,
                            locked=service.is_locked(username), confirm_form=ConfirmForm(),
-                           sessions=console_sessions.live_sessions(user))
+                           sessions=console_sessions.live_sessions(user),
+                           retired_scopes=sorted(divisions.retired_among(user.scopes).values(),
+                                                 key=lambda division: division.code))
 
 
 @bp.post("/users/<username>/password")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -159,6 +159,15 @@ def require_current(code: str, field: str = "division_code") -> Division:
                                  name=division.name, rev=division.retired_in),
                               field=field)
     return division
+
+
+def retired_among(codes: Iterable[str]) -> dict[str, Division]:
+    """The retired divisions among `codes`, by code: what the console marks beside a code it shows."""
+    codes = set(codes)
+    if not codes:
+        return {}
+    return {division.code: division for division in db.session.scalars(
+        select(Division).where(Division.code.in_(codes), Division.retired.is_(True)))}
 
 
 def path(division: Division) -> list[Division]:
