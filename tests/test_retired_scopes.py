@@ -137,3 +137,31 @@ def test_the_users_page_and_the_edit_form_mark_a_retired_scope(xingtai, make_use
     assert note and "130521 邢台县" in note.group(0) and "2023" in note.group(0)
     assert 'id="retired-scopes"' not in admin_console.client.get("/users/hd-admin").get_data(as_text=True)
 
+
+def test_the_import_that_retires_a_scope_names_its_console_users(xingtai, make_user, runner, admin_console):
+    """Beside the nodes on retired codes (retirement_checks): the CLI's report, its JSON and the audit record
+    the console's audit log shows. A scope above the retired code (130000, 130500) keeps covering what is left,
+    so it is not named."""
+    make_user("hb-admin", "provincial_admin", ("130000",))
+    make_user("xt-city", "provincial_admin", ("130500",))
+    gone = make_user("rx-admin", "provincial_admin", ("130526", "130527"))
+    gone.active = False
+    db.session.commit()
+
+    result = runner.invoke(args=["divisions", "import"])  # the shipped 2023 list
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if line.startswith("  ! ")]
+    assert warnings == ["  ! console user rx-admin (disabled) has retired codes 130526, 130527 in its division scope",
+                        "  ! console user xt-admin has retired code 130521 in its division scope"]
+
+    record = db.session.scalars(select(AuditRecord).where(AuditRecord.action == "divisions.import")
+                                .order_by(AuditRecord.seq.desc())).first()
+    assert record.target == "2023" and record.detail["retired_in_use"] == [line[4:] for line in warnings]
+    audit_page = admin_console.client.get("/audit/?action=divisions.import").get_data(as_text=True)
+    assert "console user xt-admin has retired code 130521 in its division scope" in audit_page
+
+    # The report object the CLI prints, as --json gives it.
+    divisions.import_revision(OLDER.read_bytes(), "2019.04", allow_older=True)
+    db.session.commit()
+    report = divisions.import_revision(divisions.DEFAULT_FILE.read_bytes(), "2023")
+    assert "console user xt-admin has retired code 130521 in its division scope" in report.to_dict()["retired_in_use"]

@@ -16,9 +16,10 @@ def load_user(user_id: str):
 def init_app(app) -> None:
     from flask_babel import lazy_gettext
 
-    from app.auth import console_sessions, idle, password_due
+    from app.auth import console_sessions, idle, password_due, service
     from app.auth.cli import cli
     from app.auth.views import bp
+    from app.divisions import service as divisions
     from app.scheduler import registry
 
     login_manager.login_view = "auth.login"
@@ -31,5 +32,7 @@ def init_app(app) -> None:
                                    "session_warning_seconds": idle.warning_seconds,
                                    "password_change_due": password_due.due_now})
     app.cli.add_command(cli)
+    if service.retired_scopes_in_use not in divisions.retirement_checks:
+        divisions.retirement_checks.append(service.retired_scopes_in_use)
     # Every few minutes: a session's end is recorded that long after its limit at most, its holder back or not.
     registry.register(registry.Job("auth.expire_sessions", console_sessions.expire_job, 300))

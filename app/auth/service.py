@@ -111,6 +111,19 @@ def normalise_scopes(role: str, scopes: tuple[str, ...] | list[str], held: froze
     return ",".join(codes)
 
 
+def retired_scopes_in_use(codes: set[str]) -> list[str]:
+    """divisions.retirement_checks entry: name every console user with a retired code in its scope (an edit
+    keeps it, so the import's report is where the operator learns it is to be replaced), disabled ones too:
+    enabled again, they would have it still. A scope above a retired code keeps covering what is left."""
+    lines = []
+    for user in db.session.scalars(select(User).where(User.scope_codes != "").order_by(User.username)):
+        retired = sorted(codes.intersection(user.scopes))
+        if retired:
+            lines.append(f"console user {user.username}{'' if user.active else ' (disabled)'} has retired "
+                         f"{'code' if len(retired) == 1 else 'codes'} {', '.join(retired)} in its division scope")
+    return lines
+
+
 def create_user(draft: UserDraft, *, actor: str | None = None) -> User:
     """`actor`: who creates it, when not the console's signed-in admin (the CLI says "cli")."""
     if not USERNAME_PATTERN.fullmatch(draft.username):  # match() would let "alice\n" through ($)
