@@ -16,6 +16,7 @@ from app.appnode.protocol import Conflict, NotAParticipant, NotFound, Permission
 from app.appnode.store import Group, Outbox
 from tests.appnode_harness import raw_post
 from tests.test_appnode import ADTS, GIF, history, network, settle  # noqa: F401 (fixture)
+from tests.test_appnode_page import page
 from tests.test_appnode_renewal import node_cli
 from tests.test_sessions import people  # noqa: F401 (fixture)
 
@@ -437,3 +438,36 @@ def test_two_home_nodes_confirming_with_each_other_at_once_both_succeed(network,
     by_address = {g.address: g.members for g in a.node.groups()} | {g.address: g.members for g in b.node.groups()}
     assert by_address[homed_on_a.address] == [a.user("zhangsan"), b.user("lisi"), b.user("zhaoliu")]
     assert by_address[homed_on_b.address] == [b.user("lisi"), a.user("zhangsan"), a.user("wangwu")]
+
+
+def test_a_group_the_user_left_leaves_their_inbox_and_page_and_stays_for_its_members(network):  # noqa: F811
+    """A user's own messages kept a group they had quit, been removed from or seen dismissed in their inbox
+    and on the page, where opening it was refused (not_a_participant): a group is listed while the user is in
+    it, a single chat while they are one of its two."""
+    a, b = network["a"], network["b"]
+    left = a.node.create_group("zhangsan", "专班", [a.user("wangwu"), b.user("lisi"), b.user("zhaoliu")])
+    ended = a.node.create_group("zhangsan", "临时组", [b.user("lisi")])
+    settle(a, b)
+    for served, user in ((b, "lisi"), (b, "zhaoliu"), (a, "wangwu"), (a, "zhangsan")):
+        served.node.send_text(user, left.address, f"{user} 收到")
+    for served, user in ((b, "lisi"), (a, "zhangsan")):
+        served.node.send_text(user, ended.address, f"{user} 好")
+    single = b.node.send_text("lisi", a.user("zhangsan"), "单聊")
+    settle(a, b)
+    b.node.group_operation("lisi", left.address, "quit")
+    a.node.group_operation("zhangsan", left.address, "kick", [a.user("wangwu")])
+    a.node.group_operation("zhangsan", ended.address, "dismiss")
+    settle(a, b)
+
+    def listed(served, user: str) -> set[str]:
+        return {row["conversation_id"] for row in served.node.conversations(user)}
+
+    assert listed(b, "lisi") == {single.conversation_id}  # quit: both groups gone, the single chat stays
+    assert listed(a, "wangwu") == set()  # removed
+    assert listed(a, "zhangsan") == {single.conversation_id, f"g:{left.address}"}  # dismissed: gone
+    assert listed(b, "zhaoliu") == {f"g:{left.address}"}
+    for served, user in ((b, "lisi"), (b, "zhaoliu"), (a, "zhangsan")):
+        for conversation in listed(served, user):
+            assert served.node.history(user, conversation)  # every conversation listed opens
+    assert f"g:{left.address}" not in page(b, "/?user=lisi") and f"g:{ended.address}" not in page(b, "/?user=lisi")
+    assert f"g:{left.address}" in page(b, "/?user=zhaoliu")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import timedelta
 
-from sqlalchemy import or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from app.appnode import protocol
@@ -25,12 +25,15 @@ class ReadingMixin:
 
     def conversations(self, user_id: str) -> list[dict]:
         """The user's conversations, newest first, with the last message and the unread count. An unknown user
-        is refused (not_found) as sending is: no conversations would read as a user with an empty inbox."""
+        is refused (not_found) as sending is: no conversations would read as a user with an empty inbox. A group
+        is listed while the user is in it: by their own messages, one they had quit, been removed from or seen
+        dismissed stayed listed, and opening it was refused."""
         me_address = address(user_id, self.node_id)
         group_addresses = {f"g:{group.address}" for group in self.groups(user_id)}  # refuses an unknown user
         with self.db() as session:
             rows = session.scalars(select(Message).where(or_(
-                Message.sender_address == me_address, Message.to == me_address,
+                and_(Message.chat_type == "single",
+                     or_(Message.sender_address == me_address, Message.to == me_address)),
                 Message.conversation_id.in_(group_addresses))).order_by(Message.send_time, Message.message_id)).all()
             by_conversation: dict[str, list[Message]] = defaultdict(list)
             for row in rows:
