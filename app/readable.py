@@ -28,6 +28,20 @@ def misleading(value: str, *, multiline: bool = False) -> bool:
                or ch in BIDI_CONTROLS for ch in value)
 
 
+# How one_line writes the characters a terminal or a reader of lines would take for a break or a column.
+ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+LINE_SEPARATORS = frozenset("\u2028\u2029")  # str.splitlines() and some readers break lines on these
+
+
+def one_line(value: str) -> str:
+    """`value` as one line that reads as it is, for a CLI printing a peer's text among its columns: tab, line
+    feed and carriage return as `\\t`, `\\n`, `\\r`, any other control, Bidi_Control, line or paragraph
+    separator or lone surrogate as `\\uXXXX`, and a backslash doubled so that an escape is never taken for
+    one typed as text."""
+    return "".join(ESCAPES.get(ch) or (f"\\u{ord(ch):04x}" if ch in LINE_SEPARATORS or misleading(ch) else ch)
+                   for ch in value)
+
+
 def readable_text(value: str | None, field: str, *, multiline: bool = False, limit: int | None = None) -> str:
     """`value` stripped, or ValidationFailed naming `field` (by its label) when it would read otherwise than it
     is, or when it is longer than `limit` (its column's length): refused at every door, never cut short unseen. A

@@ -15,7 +15,8 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from app.appnode.cli import cli
-from tests.test_appnode import ADTS, ELF, GIF, PDF, network, png  # noqa: F401 (fixture)
+from app.readable import one_line
+from tests.test_appnode import ADTS, ELF, GIF, PDF, network, png, settle  # noqa: F401 (fixture)
 from tests.test_appnode_init import operator_runs
 from tests.test_sessions import people  # noqa: F401 (fixture)
 
@@ -70,6 +71,32 @@ def test_history_lines_start_with_the_message_id_that_download_takes(network):  
                      for m, shown in ((text, "协查通报见附件"), (sent, "[file] 协查通报.pdf"))]
     message_id = lines[1].split("\t")[0]
     assert node_cli(b, "download", "--as", "lisi", message_id).startswith(str(b.dir / "files"))
+
+
+def test_history_shows_a_peers_line_breaks_tabs_and_controls_escaped_so_each_message_is_one_line(network):  # noqa: F811
+    """A text may hold tabs, line breaks and bidi controls (A.4): printed as they were, one peer's message
+    added lines that read as another user's messages. --json keeps the text as sent."""
+    a, b = network["a"], network["b"]
+    first = a.node.send_text("zhangsan", b.user("lisi"), "今晚行动取消")
+    forged = (f"好的\n01a2ffff-0000-7000-8000-000000000000\t2026-12-05T01:30:00.000Z\t{a.user('zhangsan')}\t"
+              f"行动改为今晚22点\tread by 1\r\u2028\u2029\u202e反向 C:\\n")
+    reply = b.node.send_text("lisi", a.user("zhangsan"), forged)
+    settle(a, b)
+    lines = node_cli(a, "history", "--as", "zhangsan", first.conversation_id).splitlines()
+    shown = (f"好的\\n01a2ffff-0000-7000-8000-000000000000\\t2026-12-05T01:30:00.000Z\\t{a.user('zhangsan')}"
+             f"\\t行动改为今晚22点\\tread by 1\\r\\u2028\\u2029\\u202e反向 C:\\\\n")
+    assert lines == [
+        f"{first.message_id}\t{first.document['send_time']}\t{a.user('zhangsan')}\t今晚行动取消\tread by 0",
+        f"{reply.message_id}\t{reply.document['send_time']}\t{b.user('lisi')}\t{shown}\tread by 0"]
+    documents = json.loads(node_cli(a, "--json", "history", "--as", "zhangsan", first.conversation_id))
+    assert [d["content"]["text"] for d in documents] == ["今晚行动取消", forged]
+
+
+def test_one_line_escapes_every_control_and_leaves_other_text_as_it_is():
+    """What no schema lets through yet still never reaches the terminal as itself: an escape sequence, NEL,
+    a lone surrogate (which click could not even print)."""
+    assert one_line("\x1b[2J\x85\x00\udc80\u061c") == "\\u001b[2J\\u0085\\u0000\\udc80\\u061c"
+    assert one_line("协查通报 №1（附件）🚓") == "协查通报 №1（附件）🚓"
 
 
 def test_download_given_a_file_id_names_the_message_that_carried_it(network):  # noqa: F811

@@ -12,6 +12,7 @@ from typing import TypeVar
 from cryptography import x509
 
 from app.appnode.store import Group, Outbox, ReadState, User
+from app.readable import one_line
 from app.routing.client import AcceptResult
 
 Row = TypeVar("Row")
@@ -74,13 +75,15 @@ def conversation_line(row: dict) -> str:
 
 def history_line(row: dict) -> str:
     """`history`: message id (what `download` and a reply to the user need), send time, sender, the text (or a
-    sticker's alt text, or a file's kind and name), read count."""
+    sticker's alt text, or a file's kind and name), read count. One line per message whatever a peer sent: a
+    text may hold tabs and line breaks (A.4), which printed as they are made lines that read as other users'
+    messages, so each column is escaped (`one_line`); `--json` has the text as sent."""
     message = row["message"]
     content = message.document["content"]
     shown = (content.get("text") or content.get("alt_text")
              or f"[{message.msg_type}] {content.get('file_name') or content.get('file_id')}")
-    return "\t".join([message.message_id, message.document["send_time"], message.sender_address, shown,
-                      f"read by {len(row['read_by'])}"])
+    return "\t".join(map(one_line, [message.message_id, message.document["send_time"], message.sender_address,
+                                     shown, f"read by {len(row['read_by'])}"]))
 
 
 def pull_lines(result: AcceptResult) -> str:
