@@ -301,6 +301,7 @@ def test_an_argument_that_is_not_utf8_is_refused_naming_it_instead_of_a_tracebac
              ("send-file", "--as", "zhangsan", b.user("lisi"), "--type", gbk, str(tmp_path / "r.pdf")): "declared",
              ("inbox", "--as", gbk): "user",
              ("history", "--as", "zhangsan", gbk): "conversation_id",
+             ("history", "--as", "zhangsan", "--before", gbk, sent.conversation_id): "before",
              ("presence", "--as", gbk, "busy"): "user",
              ("download", "--as", "zhangsan", sent.message_id, "--out", named_in_gbk): "out"}
     for args, name in cases.items():

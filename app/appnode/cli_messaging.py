@@ -23,6 +23,7 @@ from app.appnode.cli_lines import (
     presence_line,
     read_line,
 )
+from app.appnode.reading import HISTORY_PAGE, MAX_HISTORY_PAGE
 from app.cli_arguments import Digits
 
 as_user = click.option("--as", "user", required=True, help="The local user acting.")
@@ -92,14 +93,20 @@ def inbox(ctx: Context, user):
 @click.command()
 @as_user
 @click.argument("conversation_id")
+@click.option("--limit", type=click.IntRange(1, MAX_HISTORY_PAGE), default=HISTORY_PAGE, show_default=True,
+              help="How many messages: the newest ones, or the newest before --before.")
+@click.option("--before", metavar="MESSAGE_ID", help="Only messages older than this one (its id, the first column).")
 @pass_ctx
-def history(ctx: Context, user, conversation_id):
-    """The messages of one conversation, a line each: message id (what `download` takes), send time, sender,
-    text or file, read count."""
-    rows = ctx.node.history(user, conversation_id)
+def history(ctx: Context, user, conversation_id, limit, before):
+    """The newest messages of one conversation, oldest first, a line each: message id (what `download` takes),
+    send time, sender, text or file, read count. When there are older ones, stderr says which --before reads
+    them (with --json, a page shorter than --limit is the last)."""
+    rows, older = ctx.node.history_page(user, conversation_id, limit=limit, before=before)
     documents = [{**r["message"].document, "read_by": r["read_by"], "unread_by": r["unread_by"],
                   "delivery": r["delivery"]} for r in rows]
-    ctx.out(documents, one_per_line(rows, history_line, "no messages"))
+    ctx.out(documents, one_per_line(rows, history_line, "no older messages" if before else "no messages"))
+    if older and not ctx.as_json:
+        click.echo(f"older messages: history --before {older}", err=True)
 
 
 @click.command()

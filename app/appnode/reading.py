@@ -10,13 +10,17 @@ from collections import defaultdict
 from datetime import timedelta
 
 from sqlalchemy import and_, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from app.appnode import protocol
 from app.appnode.config import SOFTWARE_VERSION
 from app.appnode.messages import address, local_part
 from app.appnode.protocol import NotFound, node_of
 from app.appnode.store import Group, Message, Outbox, Presence, ReadState, utcnow
+
+# The messages of a conversation a page of history holds unless told otherwise (the newest ones), and the most
+# the CLI asks for at once.
+HISTORY_PAGE, MAX_HISTORY_PAGE = 100, 1000
 
 
 class ReadingMixin:
@@ -68,45 +72,87 @@ class ReadingMixin:
             return None
         return read.send_time, read.message_id
 
-    def history(self, user_id: str, conversation_id: str) -> list[dict]:
-        """The conversation's messages in order, with who has read each (A.13 read counts)."""
+    def history(self, user_id: str, conversation_id: str, *, limit: int = HISTORY_PAGE,
+                before: str | None = None) -> list[dict]:
+        """A page of the conversation's messages (`history_page`), without the cursor to the one before."""
+        return self.history_page(user_id, conversation_id, limit=limit, before=before)[0]
+
+    def history_page(self, user_id: str, conversation_id: str, *, limit: int = HISTORY_PAGE,
+                     before: str | None = None) -> tuple[list[dict], str | None]:
+        """The newest `limit` messages of the conversation (those before the message `before`, if given) in
+        order, with who has read each (A.13 read counts) and how far each was delivered; and the `before` that
+        reads the page of older ones, None when there are none. A page costs the same few queries however many
+        messages, members and readers: each message's audience was a list searched once per reader, and its
+        delivery a query of its own, so a large group's whole history took seconds to read."""
+        if limit < 1:
+            raise ValueError("a page holds at least one message")
         reader = address(user_id, self.node_id)
+        newest_first = (Message.send_time.desc(), Message.message_id.desc())
         with self.db() as session:
-            messages = session.scalars(select(Message).where(Message.conversation_id == conversation_id)
-                                       .order_by(Message.send_time, Message.message_id)).all()
-            if not messages:
+            latest = session.scalars(select(Message).where(Message.conversation_id == conversation_id)
+                                     .order_by(*newest_first).limit(1)).first()
+            if latest is None:
                 raise NotFound(f"no messages in {conversation_id}")
-            self._require_participant(session, reader, messages[-1])
-            positions = {}
-            for state in session.scalars(select(ReadState).where(ReadState.conversation_id == conversation_id)):
-                position = self._read_position(session, state)
-                if position is not None:
-                    positions[state.user_id] = position
-            group = None
-            if messages[-1].chat_type == "group":
-                group = session.get(Group, (local_part(messages[-1].to), node_of(messages[-1].to)))
+            self._require_participant(session, reader, latest)
+            query = select(Message).where(Message.conversation_id == conversation_id)
+            if before is not None:
+                cursor = session.get(Message, before)
+                if cursor is None or cursor.conversation_id != conversation_id:
+                    raise NotFound(f"no message {before} in {conversation_id}")
+                query = query.where(or_(Message.send_time < cursor.send_time,
+                                        and_(Message.send_time == cursor.send_time,
+                                             Message.message_id < cursor.message_id)))
+            messages = session.scalars(query.order_by(*newest_first).limit(limit + 1)).all()
+            older = messages[limit - 1].message_id if len(messages) > limit else None
+            messages = messages[:limit][::-1]
+            positions = self._read_positions(session, conversation_id)
+            members = None  # a single chat's
+            if latest.chat_type == "group":
+                group = session.get(Group, (local_part(latest.to), node_of(latest.to)))
+                members = list(group.members) if group is not None else []
+            member_set = set(members or ())
+            # Only members with a read position can have read anything; in the members' order, as listed.
+            readers = [(user, positions[user]) for user in members or () if user in positions]
+            deliveries = self._delivery_states(session, messages)
             result = []
             for message in messages:
-                audience = ([m for m in group.members if m != message.sender_address] if group else
-                            [a for a in (message.sender_address, message.to) if a != message.sender_address])
                 key = (message.send_time, message.message_id)
-                read_by = [user for user in audience if user in positions and positions[user] >= key]
-                result.append({"message": message, "read_by": read_by, "unread_by": len(audience) - len(read_by),
-                               "delivery": self._delivery_state(session, message)})
-        return result
+                sender = message.sender_address
+                if members is None:  # a single chat: the other user
+                    audience = [user for user in (message.to,) if user != sender]
+                    read_by = [user for user in audience if user in positions and positions[user] >= key]
+                    audience_size = len(audience)
+                else:
+                    read_by = [user for user, position in readers if user != sender and position >= key]
+                    audience_size = len(members) - (1 if sender in member_set else 0)
+                result.append({"message": message, "read_by": read_by, "unread_by": audience_size - len(read_by),
+                               "delivery": deliveries.get(message.message_id)})
+        return result, older
 
     @staticmethod
-    def _delivery_state(session: Session, message: Message) -> str | None:
-        """From the message's outbox rows, and the delivered ones housekeeping has since deleted; None for a
-        message that never had any (received, or to users of this node only)."""
-        states = set(session.scalars(select(Outbox.state).where(Outbox.message_id == message.message_id)))
-        if message.delivered_forgotten:
-            states.add("delivered")
-        if not states:
-            return None
-        if "failed" in states or "pending" in states:
-            return "failed" if "failed" in states else "pending"
-        return "partial" if "skipped" in states else "delivered"  # partial: some nodes take no such message
+    def _read_positions(session: Session, conversation_id: str) -> dict[str, tuple[str, str]]:
+        """Every reader's `(send_time, message_id)` in the conversation, in one query: a read state counts once
+        its message is here and is one of this conversation's (as `_read_position` says)."""
+        read = aliased(Message)
+        rows = session.execute(select(ReadState.user_id, read.send_time, read.message_id)
+                               .join(read, read.message_id == ReadState.read_up_to_message_id)
+                               .where(ReadState.conversation_id == conversation_id,
+                                      read.conversation_id == conversation_id))
+        return {user: (send_time, message_id) for user, send_time, message_id in rows}
+
+    @staticmethod
+    def _delivery_states(session: Session, messages: list[Message]) -> dict[str, str]:
+        """Each message's delivery, from its outbox rows (one query for the page) and the delivered ones
+        housekeeping has since deleted; a message that never had any (received, or to users of this node only)
+        has none."""
+        states: dict[str, set[str]] = defaultdict(set)
+        for message_id, state in session.execute(select(Outbox.message_id, Outbox.state)
+                                                 .where(Outbox.message_id.in_([m.message_id for m in messages]))):
+            states[message_id].add(state)
+        for message in messages:
+            if message.delivered_forgotten:
+                states[message.message_id].add("delivered")
+        return {message_id: _delivery(kept) for message_id, kept in states.items() if kept}
 
     def presence_of(self, user: str) -> dict | None:
         with self.db() as session:
@@ -120,3 +166,11 @@ class ReadingMixin:
     def health(self) -> dict:
         return {"status": "ok", "node_id": self.node_id, "version": SOFTWARE_VERSION,
                 "time": protocol.format_timestamp(utcnow()).replace(".000Z", "Z")}
+
+
+def _delivery(states: set[str]) -> str:
+    """A message's delivery from the states of its outbox rows: failed or pending while any row is; partial when a
+    node takes no such message (skipped); delivered otherwise."""
+    if "failed" in states or "pending" in states:
+        return "failed" if "failed" in states else "pending"
+    return "partial" if "skipped" in states else "delivered"

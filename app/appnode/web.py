@@ -174,12 +174,17 @@ def create_node_app(node: Node) -> Flask:
         if denied:
             return denied
         user, conversation_id = request.args.get("user", ""), request.args.get("id", "")
+        # A page of the newest messages, or of those before `before` (the "older messages" link): a whole large
+        # conversation on one page took seconds to read and to show.
+        before = request.args.get("before") or None
         me = address(user, node.node_id)
-        entries = node.history(user, conversation_id)
-        last = entries[-1]["message"]
-        other = (last.to if last.sender_address == me else last.sender_address) if last.chat_type == "single" else None
+        entries, older = node.history_page(user, conversation_id, before=before)
+        last = entries[-1]["message"] if entries else None  # none before a conversation's first message
+        other = ((last.to if last.sender_address == me else last.sender_address)
+                 if last is not None and last.chat_type == "single" else None)
         return render_template("appnode/conversation.html", node=node, user=user, me=me, other=other,
                                presence=node.presence_of(other) if other else None,
-                               conversation_id=conversation_id, entries=entries, lang=g.lang)
+                               conversation_id=conversation_id, entries=entries, before=before, older=older,
+                               lang=g.lang)
 
     return app
