@@ -1,4 +1,5 @@
-"""`flask users create|list|ensure-admin|unlock|sessions|end-sessions`."""
+"""`flask users create|list|update|reset-password|ensure-admin|unlock|clear-address-locks|sessions|end-sessions`:
+the users pages' twins (SPEC §4), audited as the console's actions are, under the actor "cli"."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import click
 from flask.cli import AppGroup
 from sqlalchemy import func, select
 
+from app.audit import service as audit
 from app.auth import console_sessions, service
 from app.auth.models import ROLES, User
 from app.errors import DomainError
@@ -60,6 +62,67 @@ def list_command(as_json):
                    f"{'active' if user.active else 'inactive'}{' locked' if item['locked'] else ''}")
 
 
+@cli.command("update")
+@click.argument("username")
+@click.option("--role", type=click.Choice(ROLES), default=None, help="Keep the current one if not given.")
+@click.option("--scope", default=None,
+              help="Comma-separated division codes (provincial admins); \"\" for none. Not given: the current "
+                   "ones for a provincial admin, none for another role.")
+@click.option("--active/--inactive", default=None, help="Enable or disable the account (disabling signs it out "
+                                                          "everywhere).")
+@click.option("--name", "display_name", default=None)
+@click.option("--json", "as_json", is_flag=True)
+def update_command(username, role, scope, active, display_name, as_json):
+    """Change a user as the console's edit form does; what is not given stays as it is."""
+    if role is None and scope is None and active is None and display_name is None:
+        raise click.UsageError("nothing to change: give --role, --scope, --active/--inactive or --name.")
+    try:
+        user = service.get_user(username)
+        audit.act_as("cli")  # the records update_user writes, and the sign-out of a disabled account, name the CLI
+        role = role or user.role
+        if scope is not None:
+            scopes = scope.split(",")
+        else:
+            scopes = user.scopes if role == "provincial_admin" else []
+        service.update_user(user, role=role, scopes=scopes,
+                            active=user.active if active is None else active,
+                            display_name=user.display_name if display_name is None else display_name)
+        db.session.commit()
+    except DomainError as error:
+        db.session.rollback()
+        fail(error, as_json)
+    item = {"username": user.username, "display_name": user.display_name, "role": user.role, "scopes": user.scopes,
+            "active": user.active}
+    click.echo(json.dumps(item, ensure_ascii=False) if as_json else
+               f"updated {user.username}: {user.role}" + (f", scopes {user.scope_codes}" if user.scope_codes else "")
+               + (", active" if user.active else ", inactive"))
+
+
+@cli.command("reset-password")
+@click.argument("username")
+@click.option("--password-stdin", is_flag=True, help="Read the new password from standard input.")
+@click.option("--json", "as_json", is_flag=True)
+def reset_password_command(username, password_stdin, as_json):
+    """Reset a user's password as the console does: every session of the user ends, and the user chooses a new
+    one at the next sign-in. Without --password-stdin one is generated and printed once. Any account, the
+    ministry admin's too: the way back in when its password is forgotten."""
+    password = sys.stdin.readline().rstrip("\n") if password_stdin else service.generate_password()
+    try:
+        user = service.get_user(username)
+        service.reset_password(user, password, by=None, actor="cli")
+        db.session.commit()
+    except DomainError as error:
+        db.session.rollback()
+        fail(error, as_json)
+    result = {"username": user.username}
+    if not password_stdin:
+        result["password"] = password
+    then = f"{user.username} chooses a new one at the next sign-in"
+    click.echo(json.dumps(result, ensure_ascii=False) if as_json else
+               f"reset the password of {user.username} ({then})" if password_stdin else
+               f"reset the password of {user.username}; password: {password}  (shown once; {then})")
+
+
 @cli.command("ensure-admin")
 @click.option("--username", default="admin", show_default=True)
 def ensure_admin_command(username):
@@ -93,6 +156,17 @@ def unlock_command(username):
         db.session.rollback()
         fail(error, False)
     click.echo(f"unlocked {username}" + (f" and the address lock on {', '.join(addresses)}" if addresses else ""))
+
+
+@cli.command("clear-address-locks")
+@click.option("--json", "as_json", is_flag=True)
+def clear_address_locks_command(as_json):
+    """Clear every address lock in force, as the users page's button does (failed sign-ins from an address lock
+    it for everyone behind it)."""
+    addresses = service.unlock_addresses(actor="cli")
+    db.session.commit()
+    click.echo(json.dumps({"addresses": addresses}) if as_json else
+               f"cleared the sign-in lock on {', '.join(addresses)}" if addresses else "no address was locked")
 
 
 @cli.command("sessions")

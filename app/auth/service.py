@@ -165,10 +165,11 @@ def update_user(user: User, *, role: str, scopes: list[str], active: bool, displ
 
 
 def set_password(user: User, new_password: str, *, action: str = "user.password_reset",
-                 temporary: bool = True, field: str = "password") -> None:
+                 temporary: bool = True, field: str = "password", actor: str | None = None) -> None:
     """`temporary`: an admin's reset, which the user must replace at the next sign-in; `field`: where a
-    refusal is shown. None of the account's last PASSWORD_HISTORY passwords comes back (MLPS 2.0 asks
-    passwords to be changed, which a change back to the last one would not be)."""
+    refusal is shown; `actor`: who, when not the console's signed-in user (the CLI says "cli"). None of the
+    account's last PASSWORD_HISTORY passwords comes back (MLPS 2.0 asks passwords to be changed, which a change
+    back to the last one would not be)."""
     check_password_policy(new_password, user.username, field=field)
     earlier = list(db.session.scalars(select(PasswordHistory).where(PasswordHistory.user_id == user.id)
                                       .order_by(PasswordHistory.replaced_at.desc(), PasswordHistory.id.desc())))
@@ -182,19 +183,21 @@ def set_password(user: User, new_password: str, *, action: str = "user.password_
     user.password_hash = generate_password_hash(new_password)
     user.password_must_change = temporary
     user.password_changed_at = utcnow()
-    audit.record(action, user.username)
+    audit.record(action, user.username, actor=actor)
 
 
-def reset_password(user: User, new_password: str, *, by: User) -> None:
+def reset_password(user: User, new_password: str, *, by: User | None, actor: str | None = None) -> None:
     """An admin's reset of someone else's password: one the user must replace at the next sign-in, and
     every session of the user ends. Not of the admin's own (PermissionDenied, "own_password"): a reset asks
     for no current password, so whoever found an admin's console signed in would take the account and
-    sign its owner out everywhere; one's own is changed with the current one (`change_own_password`)."""
-    if user.id == by.id:
+    sign its owner out everywhere; one's own is changed with the current one (`change_own_password`).
+    `by` None: the operator on the server (`flask users reset-password`, `actor` "cli"), who is no console
+    session and may reset any account, the one ministry admin's forgotten password too."""
+    if by is not None and user.id == by.id:
         raise PermissionDenied(_l("You cannot reset your own password here: change it on the Change password "
                                   "page, which asks for the current one."), code="own_password")
-    set_password(user, new_password)
-    console_sessions.end_sessions(user, "password_reset")
+    set_password(user, new_password, actor=actor)
+    console_sessions.end_sessions(user, "password_reset", actor=actor)
 
 
 def change_own_password(user: User, current_password: str, new_password: str, *,
@@ -442,10 +445,11 @@ def locked_address_count() -> int:
     return db.session.scalar(select(func.count()).select_from(_address_locks_query().subquery())) or 0
 
 
-def unlock_addresses() -> list[str]:
-    """The users page's "clear address locks": every address lock in force, audited."""
+def unlock_addresses(*, actor: str | None = None) -> list[str]:
+    """The users page's "clear address locks": every address lock in force, audited. `actor`: who, when not
+    the console's signed-in admin (the CLI says "cli")."""
     addresses = _clear_address_locks()
-    audit.record("auth.unlock_addresses", ", ".join(addresses)[:200], {"addresses": addresses})
+    audit.record("auth.unlock_addresses", ", ".join(addresses)[:200], {"addresses": addresses}, actor=actor)
     return addresses
 
 

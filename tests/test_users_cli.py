@@ -1,0 +1,240 @@
+"""`flask users …`: the console's user actions from the command line (SPEC §4: every console action has a CLI
+twin), audited as the console audits them but under the actor "cli"."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from app.audit.models import AuditRecord
+from app.auth import service
+from app.auth.models import LoginThrottle, User
+from app.database import utcnow
+from app.extensions import db
+from tests.conftest import PASSWORD, Console
+
+
+def records(action: str | None = None) -> list[AuditRecord]:
+    query = select(AuditRecord).order_by(AuditRecord.seq)
+    if action:
+        query = query.where(AuditRecord.action == action)
+    return list(db.session.scalars(query))
+
+
+def newest(count: int) -> list[tuple[str, str, str, dict]]:
+    """The newest records as (actor, action, target, detail), oldest first."""
+    return [(entry.actor, entry.action, entry.target, entry.detail) for entry in records()[-count:]]
+
+
+def without_actor(entries):
+    return [entry[1:] for entry in entries]
+
+
+def user(username: str) -> User:
+    db.session.expire_all()
+    return db.session.scalar(select(User).where(User.username == username))
+
+
+def signs_in(app, username: str, password: str = PASSWORD) -> bool:
+    return Console(app.test_client()).login(username, password).status_code == 302
+
+
+def lock_addresses(*addresses: str) -> None:
+    db.session.add_all(LoginThrottle(key=f"addr:{address}", failures=0, locked_until=utcnow() + timedelta(minutes=15))
+                       for address in addresses)
+    db.session.commit()
+
+
+# --- users update ------------------------------------------------------------------------------
+
+def test_update_changes_a_user_as_the_edit_form_does_and_records_the_same(app, admin_console, make_user, runner):
+    make_user("alice", "provincial_admin", ("360000",))
+    make_user("bob", "provincial_admin", ("360000",))
+    admin_console.post_form("/users/bob", {"display_name": "王五", "role": "provincial_admin",
+                                           "scopes": "360000,440000", "active": "y"})
+    by_console = newest(1)
+
+    result = runner.invoke(args=["users", "update", "alice", "--name", "王五", "--scope", "360000,440000"])
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "updated alice: provincial_admin, scopes 360000,440000, active\n"
+    changed = user("alice")
+    assert (changed.display_name, changed.role, changed.scope_codes, changed.active) == \
+        ("王五", "provincial_admin", "360000,440000", True)
+    by_cli = newest(1)
+    assert [entry[0] for entry in by_console + by_cli] == ["minister", "cli"]
+    assert [entry[1:3] for entry in by_cli] == [("user.update", "alice")]
+    assert by_cli[0][3] == by_console[0][3]  # the same before and after
+
+
+def test_update_disabling_an_account_ends_its_sessions_as_the_edit_form_does(app, admin_console, make_user, runner):
+    make_user("alice", "auditor")
+    make_user("bob", "auditor")
+    alice, bob = Console(app.test_client()), Console(app.test_client())
+    assert alice.login("alice").status_code == 302 and bob.login("bob").status_code == 302
+    admin_console.post_form("/users/bob", {"display_name": "", "role": "auditor", "scopes": ""})  # active unticked
+    by_console = newest(2)
+
+    result = runner.invoke(args=["users", "update", "alice", "--inactive", "--json"])
+
+    by_cli = newest(2)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"username": "alice", "display_name": "", "role": "auditor", "scopes": [],
+                                         "active": False}
+    assert user("alice").active is False
+    assert alice.client.get("/audit/").status_code == 302  # signed out everywhere
+    assert [entry[0] for entry in by_cli] == ["cli", "cli"]
+    assert [(action, target) for action, target, _detail in without_actor(by_console)] == \
+        [("user.update", "bob"), ("auth.session_end", "bob")]
+    assert [(action, target) for action, target, _detail in without_actor(by_cli)] == \
+        [("user.update", "alice"), ("auth.session_end", "alice")]
+    assert by_cli[0][3] == by_console[0][3] and by_cli[1][3]["reason"] == by_console[1][3]["reason"] == "disabled"
+    assert signs_in(app, "alice") is False
+    assert runner.invoke(args=["users", "update", "alice", "--active"]).exit_code == 0
+    assert signs_in(app, "alice")
+
+
+def test_update_keeps_what_it_is_not_told_to_change(app, make_user, runner):
+    make_user("alice", "provincial_admin", ("360000",))
+    assert runner.invoke(args=["users", "update", "alice", "--name", "张三"]).exit_code == 0
+    kept = user("alice")
+    assert (kept.display_name, kept.role, kept.scope_codes, kept.active) == \
+        ("张三", "provincial_admin", "360000", True)
+    # Another role has no scope: the provincial one goes with the role, without --scope "".
+    result = runner.invoke(args=["users", "update", "alice", "--role", "auditor"])
+    assert result.exit_code == 0, result.output
+    changed = user("alice")
+    assert (changed.display_name, changed.role, changed.scope_codes) == ("张三", "auditor", "")
+    assert records("user.update")[-1].detail["after"]["scopes"] == ""
+
+
+@pytest.mark.parametrize(("args", "stderr", "code"), [
+    (["ghost", "--name", "x"], "error: No user named ghost.\n", "user_not_found"),
+    (["alice", "--scope", "999999"], None, None),
+    (["alice", "--role", "auditor", "--scope", "360000"], "error: Only provincial admins have a division scope.\n",
+     "scope_not_allowed"),
+    (["alice", "--role", "provincial_admin", "--scope", ""], "error: A provincial admin needs at least one division "
+     "code.\n", "scope_required"),
+])
+def test_update_refusals_are_one_line_exit_1_and_change_nothing(app, make_user, runner, args, stderr, code):
+    make_user("alice", "provincial_admin", ("360000",))
+    before = len(records())
+    result = runner.invoke(args=["users", "update", *args])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert result.stdout == "" and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    if stderr:
+        assert result.stderr == stderr
+    as_json = runner.invoke(args=["users", "update", *args, "--json"])
+    assert as_json.exit_code == 1
+    if code:
+        assert json.loads(as_json.stderr)["error"]["code"] == code
+    assert len(records()) == before and user("alice").scope_codes == "360000"
+
+
+def test_update_with_nothing_to_change_is_a_usage_error(make_user, runner):
+    make_user("alice", "auditor")
+    before = len(records())
+    result = runner.invoke(args=["users", "update", "alice"])
+    assert result.exit_code == 2 and "--role" in result.stderr
+    assert len(records()) == before
+
+
+# --- users reset-password ----------------------------------------------------------------------
+
+def test_reset_password_from_stdin_is_the_consoles_reset(app, admin_console, make_user, runner):
+    make_user("alice")
+    make_user("bob")
+    alice, bob = Console(app.test_client()), Console(app.test_client())
+    assert alice.login("alice").status_code == 302 and bob.login("bob").status_code == 302
+    admin_console.post_form("/users/bob", {"reset-password": "Other-Horse-77"}, action="/users/bob/password")
+    by_console = newest(2)
+
+    result = runner.invoke(args=["users", "reset-password", "alice", "--password-stdin"], input="Other-Horse-77\n")
+
+    by_cli = newest(2)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "reset the password of alice (alice chooses a new one at the next sign-in)\n"
+    assert alice.client.get("/audit/").status_code == 302  # signed out everywhere
+    assert user("alice").password_must_change is True  # someone else chose it
+    assert signs_in(app, "alice", "Other-Horse-77") and not signs_in(app, "alice", PASSWORD)
+    assert [entry[0] for entry in by_cli] == ["cli", "cli"]
+    assert [entry[1:3] for entry in by_console] == [("user.password_reset", "bob"), ("auth.session_end", "bob")]
+    assert [entry[1:3] for entry in by_cli] == [("user.password_reset", "alice"), ("auth.session_end", "alice")]
+    assert by_cli[0][3] == by_console[0][3]
+    assert by_cli[1][3]["reason"] == by_console[1][3]["reason"] == "password_reset"
+
+
+def test_reset_password_generates_one_and_prints_it_once(app, make_user, runner):
+    make_user("alice")
+    result = runner.invoke(args=["users", "reset-password", "alice"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("reset the password of alice; password: ")
+    password = result.stdout.split("password: ")[1].split()[0]
+    assert signs_in(app, "alice", password)
+    as_json = runner.invoke(args=["users", "reset-password", "alice", "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    item = json.loads(as_json.stdout)
+    assert item["username"] == "alice" and item["password"] != password and signs_in(app, "alice", item["password"])
+    quiet = runner.invoke(args=["users", "reset-password", "alice", "--password-stdin", "--json"],
+                          input="Other-Horse-77\n")
+    assert json.loads(quiet.stdout) == {"username": "alice"}  # a password the operator gave is not echoed
+
+
+def test_reset_password_lets_the_operator_back_into_the_only_ministry_admin(app, make_user, runner):
+    """The console refuses an admin's reset of their own password; on the server the operator is nobody's
+    session, and this is how a forgotten password of the one ministry admin is replaced."""
+    make_user("minister")
+    result = runner.invoke(args=["users", "reset-password", "minister", "--password-stdin"], input="Other-Horse-77\n")
+    assert result.exit_code == 0, result.output
+    assert signs_in(app, "minister", "Other-Horse-77")
+
+
+@pytest.mark.parametrize(("username", "password", "stderr", "code"), [
+    ("ghost", "Other-Horse-77", "error: No user named ghost.\n", "user_not_found"),
+    ("alice", "short", "error: Passwords need at least 10 characters.\n", "weak_password"),
+    ("alice", PASSWORD, "error: The new password must differ from the last 5 passwords of this account.\n",
+     "password_reused"),
+])
+def test_reset_password_refusals_are_one_line_exit_1_and_change_nothing(app, make_user, runner, username, password,
+                                                                        stderr, code):
+    make_user("alice")
+    before = len(records())
+    result = runner.invoke(args=["users", "reset-password", username, "--password-stdin"], input=password + "\n")
+    assert (result.exit_code, result.stdout, result.stderr) == (1, "", stderr)
+    as_json = runner.invoke(args=["users", "reset-password", username, "--password-stdin", "--json"],
+                            input=password + "\n")
+    assert as_json.exit_code == 1 and json.loads(as_json.stderr)["error"]["code"] == code
+    assert len(records()) == before and signs_in(app, "alice")
+
+
+# --- users clear-address-locks -----------------------------------------------------------------
+
+def test_clear_address_locks_is_the_users_pages_button(app, admin_console, runner):
+    lock_addresses("10.0.0.1", "10.0.0.2")
+    admin_console.post_form("/users/", {}, action="/users/address-locks/clear")
+    by_console = newest(1)
+    lock_addresses("10.0.0.1", "10.0.0.2")
+
+    result = runner.invoke(args=["users", "clear-address-locks"])
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "cleared the sign-in lock on 10.0.0.1, 10.0.0.2\n"
+    assert service.locked_addresses() == []
+    by_cli = newest(1)
+    assert by_console[0][0] == "minister" and by_cli[0][0] == "cli"
+    assert without_actor(by_cli) == without_actor(by_console) == \
+        [("auth.unlock_addresses", "10.0.0.1, 10.0.0.2", {"addresses": ["10.0.0.1", "10.0.0.2"]})]
+
+
+def test_clear_address_locks_with_none_locked_says_so_and_records_it_as_the_console_does(admin_console, runner):
+    admin_console.post_form("/users/", {}, action="/users/address-locks/clear")
+    by_console = newest(1)
+    result = runner.invoke(args=["users", "clear-address-locks"])
+    assert (result.exit_code, result.stdout) == (0, "no address was locked\n")
+    assert without_actor(newest(1)) == without_actor(by_console)
+    lock_addresses("10.0.0.3")
+    as_json = runner.invoke(args=["users", "clear-address-locks", "--json"])
+    assert json.loads(as_json.stdout) == {"addresses": ["10.0.0.3"]}
