@@ -1,12 +1,17 @@
 """`flask users …`: the console's user actions from the command line (SPEC §4: every console action has a CLI
-twin), audited as the console audits them but under the actor "cli"."""
+twin), audited as the console audits them but under the actor "cli", and passwords read from standard input as
+an operator's file holds them."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import sys
 from datetime import timedelta
 
 import pytest
+from flask.testing import FlaskCliRunner
 from sqlalchemy import select
 
 from app.audit.models import AuditRecord
@@ -15,6 +20,23 @@ from app.auth.models import LoginThrottle, User
 from app.database import utcnow
 from app.extensions import db
 from tests.conftest import PASSWORD, Console
+
+
+class ProcessStdinRunner(FlaskCliRunner):
+    """Standard input as a real `flask` process has it. CliRunner's reads CRLF as LF (universal newlines) and
+    refuses bytes that are not UTF-8; Python's own sys.stdin keeps the CR, and under a UTF-8 locale turns such
+    bytes into lone surrogates (surrogateescape), which is how both reached the password."""
+
+    @contextlib.contextmanager
+    def isolation(self, *args, **kwargs):
+        with super().isolation(*args, **kwargs) as streams:
+            sys.stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="surrogateescape", newline="\n")
+            yield streams
+
+
+@pytest.fixture
+def process_runner(app):
+    return ProcessStdinRunner(app)
 
 
 def records(action: str | None = None) -> list[AuditRecord]:
@@ -238,3 +260,49 @@ def test_clear_address_locks_with_none_locked_says_so_and_records_it_as_the_cons
     lock_addresses("10.0.0.3")
     as_json = runner.invoke(args=["users", "clear-address-locks", "--json"])
     assert json.loads(as_json.stdout) == {"addresses": ["10.0.0.3"]}
+
+
+# --- passwords on standard input ---------------------------------------------------------------
+
+def create_with_stdin(runner, data: bytes, username: str = "gbkpw", *extra: str):
+    return runner.invoke(args=["users", "create", "--role", "auditor", "--username", username, "--password-stdin",
+                               *extra], input=data)
+
+
+def test_a_password_that_is_not_utf8_is_refused_in_one_line(process_runner, make_user):
+    """GBK bytes (a file saved on a Chinese Windows) ended in a UnicodeEncodeError traceback."""
+    make_user("alice")
+    gbk = "密码密码密码Correct9\n".encode("gbk")
+    before = len(records())
+    created = create_with_stdin(process_runner, gbk)
+    reset = process_runner.invoke(args=["users", "reset-password", "alice", "--password-stdin"], input=gbk)
+    for result in (created, reset):
+        assert isinstance(result.exception, SystemExit) and result.exit_code == 1, result.output
+        assert (result.stdout, result.stderr) == ("", "error: the password on standard input is not UTF-8 text\n")
+    as_json = create_with_stdin(process_runner, gbk, "gbkpw", "--json")
+    assert json.loads(as_json.stderr) == {"error": {"code": "invalid_encoding", "field": "password",
+                                                    "message": "the password on standard input is not UTF-8 text"}}
+    assert user("gbkpw") is None and len(records()) == before
+
+
+@pytest.mark.parametrize("line_end", [b"\r\n", b"\n", b""])
+def test_a_password_read_from_stdin_loses_its_line_end_crlf_too(app, process_runner, make_user, line_end):
+    """A password file with Windows line ends kept the CR in the password: nobody could sign in with it."""
+    make_user("alice")
+    typed = "密码-Correct-Horse-9"
+    created = create_with_stdin(process_runner, typed.encode() + line_end, "crlf")
+    assert created.exit_code == 0, created.output
+    assert signs_in(app, "crlf", typed)
+    reset = process_runner.invoke(args=["users", "reset-password", "alice", "--password-stdin"],
+                                  input=b"Other-Horse-77" + line_end)
+    assert reset.exit_code == 0, reset.output
+    assert signs_in(app, "alice", "Other-Horse-77")
+
+
+def test_only_one_line_end_is_taken_off_and_a_byte_order_mark_is_dropped(app, process_runner):
+    """Notepad saves UTF-8 with a byte-order mark, which nobody types; spaces and a second CR are the
+    password's own."""
+    assert create_with_stdin(process_runner, "\ufeffCorrect-Horse-9\n".encode(), "bom").exit_code == 0
+    assert signs_in(app, "bom", "Correct-Horse-9")
+    assert create_with_stdin(process_runner, b"Correct-Horse-9 \r\r\n", "spaced").exit_code == 0
+    assert signs_in(app, "spaced", "Correct-Horse-9 \r") and not signs_in(app, "spaced", "Correct-Horse-9")

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from app.audit import service as audit
 from app.auth import console_sessions, service
 from app.auth.models import ROLES, User
-from app.errors import DomainError
+from app.errors import DomainError, ValidationFailed
 from app.extensions import db
 
 cli = AppGroup("users", help="Manage console users.")
@@ -23,6 +23,22 @@ cli = AppGroup("users", help="Manage console users.")
 def fail(error: DomainError, as_json: bool) -> None:
     click.echo(json.dumps(error.to_dict(), ensure_ascii=False) if as_json else f"error: {error.message}", err=True)
     raise SystemExit(1)
+
+
+def read_password(as_json: bool) -> str:
+    """The first line of standard input, for --password-stdin: its bytes decoded as UTF-8 or refused, without
+    a leading byte-order mark (Notepad's) and one line end, CRLF too. Read as text, a GBK file's password ended
+    in a UnicodeEncodeError traceback, and a Windows file's CR stayed in the password, which nobody can type."""
+    line = sys.stdin.buffer.readline()
+    try:
+        text = line.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        fail(ValidationFailed("the password on standard input is not UTF-8 text", code="invalid_encoding",
+                              field="password"), as_json)
+    for end in ("\r\n", "\n"):
+        if text.endswith(end):
+            return text.removesuffix(end)
+    return text
 
 
 @cli.command("create")
@@ -35,7 +51,7 @@ def fail(error: DomainError, as_json: bool) -> None:
 def create_command(role, username, scope, display_name, password_stdin, as_json):
     """Create a user; without --password-stdin a password is generated and printed once. Either way it is
     a first password: the user chooses their own at the first sign-in."""
-    password = sys.stdin.readline().rstrip("\n") if password_stdin else service.generate_password()
+    password = read_password(as_json) if password_stdin else service.generate_password()
     draft = service.UserDraft(username=username, password=password, role=role,
                               scopes=tuple(scope.split(",")), display_name=display_name)
     try:
@@ -106,7 +122,7 @@ def reset_password_command(username, password_stdin, as_json):
     """Reset a user's password as the console does: every session of the user ends, and the user chooses a new
     one at the next sign-in. Without --password-stdin one is generated and printed once. Any account, the
     ministry admin's too: the way back in when its password is forgotten."""
-    password = sys.stdin.readline().rstrip("\n") if password_stdin else service.generate_password()
+    password = read_password(as_json) if password_stdin else service.generate_password()
     try:
         user = service.get_user(username)
         service.reset_password(user, password, by=None, actor="cli")
