@@ -306,3 +306,22 @@ def test_only_one_line_end_is_taken_off_and_a_byte_order_mark_is_dropped(app, pr
     assert signs_in(app, "bom", "Correct-Horse-9")
     assert create_with_stdin(process_runner, b"Correct-Horse-9 \r\r\n", "spaced").exit_code == 0
     assert signs_in(app, "spaced", "Correct-Horse-9 \r") and not signs_in(app, "spaced", "Correct-Horse-9")
+
+
+# --- the actor ---------------------------------------------------------------------------------
+
+def test_unlock_and_ensure_admin_are_recorded_as_the_cli_not_the_system(app, make_user, runner, monkeypatch):
+    """"system" is what the server does by itself (the scheduler's jobs); every other CLI action says "cli"."""
+    make_user("alice", "auditor")
+    for _ in range(app.config["MPIM_LOGIN_MAX_FAILURES"]):
+        Console(app.test_client()).login("alice", "Wrong-Horse-99")
+    assert service.is_locked("alice")
+    assert runner.invoke(args=["users", "unlock", "alice"]).exit_code == 0
+    [unlocked] = records("auth.unlock")
+    assert (unlocked.actor, unlocked.target) == ("cli", "alice")
+
+    monkeypatch.delenv("MPIM_ADMIN_PASSWORD", raising=False)
+    result = runner.invoke(args=["users", "ensure-admin", "--username", "first"])
+    assert result.exit_code == 0, result.output
+    [created] = records("user.create")[-1:]
+    assert (created.actor, created.target) == ("cli", "first")

@@ -150,7 +150,8 @@ def ensure_admin_command(username):
     try:
         service.create_user(service.UserDraft(username=username, password=password, role="ministry_admin",
                                               display_name="部级管理员",
-                                              must_change_password=not os.environ.get("MPIM_ADMIN_PASSWORD")))
+                                              must_change_password=not os.environ.get("MPIM_ADMIN_PASSWORD")),
+                            actor="cli")
         db.session.commit()
     except DomainError as error:
         db.session.rollback()
@@ -166,7 +167,7 @@ def ensure_admin_command(username):
 @click.argument("username")
 def unlock_command(username):
     try:
-        addresses = service.unlock(username)
+        addresses = service.unlock(username, actor="cli")
         db.session.commit()
     except DomainError as error:
         db.session.rollback()

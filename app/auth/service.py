@@ -422,16 +422,17 @@ def authenticate(username: str, password: str, remote_addr: str) -> User:
     return user
 
 
-def unlock(username: str) -> list[str]:
+def unlock(username: str, *, actor: str | None = None) -> list[str]:
     """Clear the account's lock and every address lock in force (the admin is letting people back in,
     and an address lock would keep refusing this user too); returns the addresses cleared. NotFound for a
-    username no account has: an unlock "done" for nobody was reported and audited as if it were real."""
+    username no account has: an unlock "done" for nobody was reported and audited as if it were real.
+    `actor`: who, when not the console's signed-in admin (the CLI says "cli")."""
     user = get_user(username)
     row = db.session.get(LoginThrottle, f"user:{user.username.lower()}")
     if row is not None:
         db.session.delete(row)
     addresses = _clear_address_locks()
-    audit.record("auth.unlock", user.username, {"addresses": addresses} if addresses else None)
+    audit.record("auth.unlock", user.username, {"addresses": addresses} if addresses else None, actor=actor)
     return addresses
 
 
