@@ -133,6 +133,22 @@ def test_update_keeps_what_it_is_not_told_to_change(app, make_user, runner):
     assert records("user.update")[-1].detail["after"]["scopes"] == ""
 
 
+def test_update_keeps_a_scope_a_later_revision_retired(app, make_user, runner):
+    """As the edit form does (tests/test_retired_scopes.py): with no --scope the account's own codes are kept,
+    retired or not, so a provincial admin of a merged county can still be renamed and disabled."""
+    from app.divisions import service as divisions
+
+    divisions.import_revision((divisions.DATA_DIR / "gb2260-2019.04.csv").read_bytes(), "2019.04", allow_older=True)
+    db.session.commit()
+    make_user("xt-admin", "provincial_admin", ("130521",))
+    divisions.import_revision(divisions.DEFAULT_FILE.read_bytes(), "2023")  # 130521 邢台县 retired
+    db.session.commit()
+    result = runner.invoke(args=["users", "update", "xt-admin", "--inactive", "--name", "邢台"])
+    assert result.exit_code == 0, result.output
+    kept = user("xt-admin")
+    assert (kept.active, kept.display_name, kept.scope_codes) == (False, "邢台", "130521")
+
+
 @pytest.mark.parametrize(("args", "stderr", "code"), [
     (["ghost", "--name", "x"], "error: No user named ghost.\n", "user_not_found"),
     (["alice", "--scope", "999999"], None, None),
