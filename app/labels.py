@@ -83,7 +83,7 @@ AUDIT_ACTIONS = {
     "health.maintenance": _l("Maintenance started"), "health.maintenance_end": _l("Maintenance ended"),
     "divisions.import": _l("Division codes imported"),
     "ca.init": _l("CA created"), "ca.root_offline": _l("Root key taken offline"),
-    "ca.root_crl": _l("Root CRL signed"),
+    "ca.root_crl": _l("Root CRL signed"), "ca.crl": _l("CRL signed"),
     "audit.export": _l("Audit log exported"),
 }
 # The details app.health.poller writes itself (kept in English in the database and the API); a library's

@@ -287,6 +287,38 @@ def test_the_root_crl_is_signed_again_with_the_root_key_brought_back(app, runner
     assert not (pki.ca_directory() / "root.key").exists()  # brought back for the signature only
 
 
+def test_each_crl_asked_for_is_audited_as_the_root_crls_are(app, runner):
+    """`flask ca crl --regenerate` signed a new CRL and recorded nothing, while `flask ca root-crl` and the
+    scheduler's renewal of the root CRL record theirs: now `ca init`, the command and the scheduler's refresh
+    each record the CRL they signed (a revocation's CRL is part of the revocation, recorded as such)."""
+    from sqlalchemy import select
+
+    from app.audit import service as audit
+    from app.audit.models import AuditRecord
+    from app.extensions import db
+    from app.pki.models import CRLState
+
+    def crl_records() -> list[tuple[str, str]]:
+        return [(row.actor, row.target) for row in db.session.scalars(
+            select(AuditRecord).where(AuditRecord.action == "ca.crl").order_by(AuditRecord.seq))]
+
+    assert crl_records() == [("tests", "1")]  # the `app` fixture's `ca init`
+    printed = runner.invoke(args=["ca", "crl"])  # printing the current CRL signs nothing
+    assert printed.exit_code == 0 and crl_records() == [("tests", "1")]
+    result = runner.invoke(args=["ca", "crl", "--regenerate"])
+    assert result.exit_code == 0, result.output
+    db.session.expire_all()
+    assert revocation.current_crl().crl_number == 2 and revocation.current_crl().pem in result.output
+    assert crl_records() == [("tests", "1"), ("cli", "2")]
+    state = db.session.get(CRLState, revocation.INTERMEDIATE_CRL)
+    state.next_update = pki.utcnow() + dt.timedelta(hours=1)  # past half of its week
+    db.session.commit()
+    assert "issued CRL 3" in revocation.crl_refresh_job()
+    assert crl_records() == [("tests", "1"), ("cli", "2"), ("scheduler", "3")]
+    assert "CRL 3 good until" in revocation.crl_refresh_job()  # nothing signed, nothing recorded
+    assert len(crl_records()) == 3 and audit.verify().ok
+
+
 def test_the_scheduler_renews_the_root_crl_only_while_the_root_key_is_online(app, tmp_path):
     from app.extensions import db
     from app.pki import authority

@@ -77,7 +77,7 @@ def revoke(certificate: Certificate, reason: str, *, by) -> Revoked:
         replacement = own_keys.rotate_route_signer(actor=by.username)
     elif in_service == "management":  # and nodes would keep accepting our polls with it
         replacement = own_keys.rotate_management_certificate(actor=by.username)
-    regenerate_crl(actor=by.username)
+    regenerate_crl()  # recorded as the revocation above
     if certificate.node_id:
         for hook in service.certificate_revoked + service.certificate_changed:
             hook(certificate.node_id)
@@ -141,14 +141,20 @@ def in_service_role(certificate: Certificate, *, from_files: bool = False) -> st
 
 
 def regenerate_crl(*, actor: str | None = None) -> CRLState:
-    """The intermediate's CRL (row INTERMEDIATE_CRL): every revoked certificate it issued."""
+    """The intermediate's CRL (row INTERMEDIATE_CRL): every revoked certificate it issued. Audited as `ca.crl`
+    when someone asked for it (`actor`: `flask ca init`, `flask ca crl --regenerate`, the scheduler's refresh),
+    as the root's CRL is; a revocation's CRL goes without an actor, being part of the revocation it records."""
     serialise(crl_lock_name(INTERMEDIATE_CRL))
     revoked = db.session.execute(select(Certificate.serial, Certificate.revoked_at, Certificate.revocation_reason)
                                  .where(Certificate.revoked_at.is_not(None))).all()
     entries = [(int(serial, 16), at, reason) for serial, at, reason in revoked]
-    return _next_crl(INTERMEDIATE_CRL, current_app.config["MPIM_CRL_DAYS"],
-                     lambda number, now, until: service.authority().build_crl(
-                         entries, crl_number=number, this_update=now, next_update=until))
+    state = _next_crl(INTERMEDIATE_CRL, current_app.config["MPIM_CRL_DAYS"],
+                      lambda number, now, until: service.authority().build_crl(
+                          entries, crl_number=number, this_update=now, next_update=until))
+    if actor is not None:
+        audit.record("ca.crl", str(state.crl_number), {"next_update": state.next_update, "revoked": len(entries)},
+                     actor=actor)
+    return state
 
 
 def regenerate_root_crl(*, root_key_path: Path | None = None, actor: str | None = None) -> CRLState:
