@@ -193,6 +193,22 @@ def test_the_action_filter_takes_the_words_the_list_shows(admin_console):
     assert {row["action"] for row in rows} == {"node.suspend", "node.resume"}
 
 
+def test_the_cli_action_filter_takes_the_words_of_its_language(app, runner):
+    """`flask audit export --action 暂停 --language zh_CN` wrote an empty file: the words were matched against the
+    English labels whatever --language said, while the console in Chinese finds the records."""
+    seed_records()
+    chinese = runner.invoke(args=["audit", "export", "--action", "暂停", "--language", "zh_CN"])
+    assert chinese.exit_code == 0, chinese.output
+    rows = read_csv(chinese.stdout_bytes, KEYS)
+    assert [(row["action"], row["action_label"]) for row in rows] == [("node.suspend", "暂停节点")]
+    english = runner.invoke(args=["audit", "export", "--action", "suspended"])
+    assert [row["action"] for row in read_csv(english.stdout_bytes, KEYS)] == ["node.suspend"]
+    neither = runner.invoke(args=["audit", "export", "--action", "suspended", "--language", "zh_CN"])
+    assert read_csv(neither.stdout_bytes, KEYS) == []  # the words of the language asked for, not of another
+    assert [entry.detail["filters"] for entry in exports()] == [{"action": "暂停"}, {"action": "suspended"},
+                                                                {"action": "suspended"}]
+
+
 def test_the_cli_file_is_utf_8_whatever_the_terminal_speaks(app):
     """On a server with a GBK or GB18030 locale the export was written in the terminal's encoding: GBK failed
     at the byte-order mark (after the export was audited), GB18030 wrote a file that is not the UTF-8 promised."""

@@ -72,7 +72,7 @@ def list_command(limit: int, as_json: bool) -> None:
 @cli.command("export")
 @click.option("--actor", default="", help="Exactly this actor.")
 @click.option("--action", default="", help="Actions starting with this (`node.` for every node action), or "
-                                           "whose label contains it.")
+                                           "whose label in --language contains it.")
 @click.option("--target", default="", help="Targets containing this.")
 @click.option("--since", default="", metavar="YYYY-MM-DD",
               help="From this day on (Asia/Shanghai, the console's time zone).")
@@ -81,18 +81,19 @@ def list_command(limit: int, as_json: bool) -> None:
               help="First row: stable keys (seq, at_utc, ...), which scripts read, or the column names in "
                    "--language, as the console's export has them.")
 @click.option("--language", type=click.Choice(["zh_CN", "en"]), default="en", show_default=True,
-              help="Language of the column names and of the action_label column.")
+              help="Language of the column names, of the action_label column and of the labels --action "
+                   "matches.")
 def export_command(header: str, language: str, **values: str) -> None:
     """Write the records the filters select to standard output as CSV, newest first, as the console's
     export does (UTF-8 with a byte-order mark, for spreadsheets); the export is audited."""
     audit_filter = search.AuditFilter.from_values(values, current_app.config["MPIM_DISPLAY_TIMEZONE"])
-    query, not_dates = search.records(audit_filter)
+    with force_locale(language):  # --action's words match the labels in --language, as the console's in its own
+        query, not_dates = search.records(audit_filter)
+        labels, first_row = export.action_labels(), export.header(audit_filter.zone, names=header == "labels")
     if not_dates:
         raise click.BadParameter(f"{not_dates[0]!r} is not a date (YYYY-MM-DD).")
     query = export.record_export(audit_filter, query, actor="cli")
     db.session.commit()
-    with force_locale(language):
-        labels, first_row = export.action_labels(), export.header(audit_filter.zone, names=header == "labels")
     # UTF-8 as promised, whatever the terminal's encoding (GBK would fail at the byte-order mark).
     sys.stdout.flush()
     out = sys.stdout.buffer
