@@ -142,10 +142,12 @@ def load_config(overrides: dict | None = None) -> dict:
         "MPIM_CA_DIR": os.environ.get("MPIM_CA_DIR") or str(instance / "ca"),
         "MPIM_CA_PASSPHRASE": os.environ.get("MPIM_CA_PASSPHRASE", ""),
         "MPIM_CA_PASSPHRASE_FILE": os.environ.get("MPIM_CA_PASSPHRASE_FILE") or str(instance / "ca_passphrase"),
-        "MPIM_CA_KEY_TYPE": os.environ.get("MPIM_CA_KEY_TYPE", "ec"),
-        "MPIM_CA_ORGANISATION": os.environ.get("MPIM_CA_ORGANISATION", "Ministry of Public Security"),
-        "MPIM_CA_ROOT_NAME": os.environ.get("MPIM_CA_ROOT_NAME", "MPIM Root CA"),
-        "MPIM_CA_INTERMEDIATE_NAME": os.environ.get("MPIM_CA_INTERMEDIATE_NAME", "MPIM Issuing CA 1"),
+        # Declared but left empty (`MPIM_CA_ROOT_NAME=` in a compose file) means the default, as for MPIM_CA_DIR:
+        # an empty name is no certificate name.
+        "MPIM_CA_KEY_TYPE": os.environ.get("MPIM_CA_KEY_TYPE") or "ec",
+        "MPIM_CA_ORGANISATION": os.environ.get("MPIM_CA_ORGANISATION") or "Ministry of Public Security",
+        "MPIM_CA_ROOT_NAME": os.environ.get("MPIM_CA_ROOT_NAME") or "MPIM Root CA",
+        "MPIM_CA_INTERMEDIATE_NAME": os.environ.get("MPIM_CA_INTERMEDIATE_NAME") or "MPIM Issuing CA 1",
         "MPIM_CERT_DAYS": env_int("MPIM_CERT_DAYS", 90, minimum=1),
         "MPIM_CRL_DAYS": env_int("MPIM_CRL_DAYS", 7, minimum=1),
         "MPIM_ROOT_CRL_DAYS": env_int("MPIM_ROOT_CRL_DAYS", 365, minimum=1),

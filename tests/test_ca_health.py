@@ -400,6 +400,126 @@ def test_routing_publish_with_a_ca_key_it_cannot_open_says_so(app, runner):
     assert result.output.startswith("error: The CA key file intermediate.key could not be opened")
 
 
+def before_ca_init(app, tmp_path) -> Path:
+    """A database without a CA and an empty place for one (as `test_ca_init_still_works_on_a_database_without_a_ca`
+    has them); the CA directory `flask ca init` would make."""
+    db.session.execute(delete(CRLState))
+    db.session.commit()
+    app.config["MPIM_CA_DIR"] = str(tmp_path / "fresh")
+    as_a_process_starting_now(app)
+    return tmp_path / "fresh"
+
+
+def refused_in_one_line(result, setting: str) -> None:
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert result.output.startswith(f"error: {setting} ") and result.output.count("\n") == 1, result.output
+
+
+def test_ca_init_with_names_declared_but_empty_takes_the_defaults(app, tmp_path, monkeypatch):
+    """`MPIM_CA_ROOT_NAME=` (declared and left empty, as a compose file has it) ended `flask ca init` in
+    cryptography's ValueError; an empty setting now means its default, as for MPIM_CA_DIR."""
+    from app import create_app
+
+    directory = before_ca_init(app, tmp_path)
+    names = ("MPIM_CA_ROOT_NAME", "MPIM_CA_INTERMEDIATE_NAME", "MPIM_CA_ORGANISATION", "MPIM_CA_KEY_TYPE")
+    for name in names:
+        monkeypatch.setenv(name, "")
+    from_environment = create_app({key: value for key, value in app.config.items() if key not in names})
+    with from_environment.app_context():  # the command runs in the context it finds (the fixture's, else)
+        try:
+            result = from_environment.test_cli_runner().invoke(args=["ca", "init"])
+        finally:
+            db.session.remove()
+            db.engine.dispose()
+    assert result.exit_code == 0, result.output
+    for name, common_name in (("root.pem", "MPIM Root CA"), ("intermediate.pem", "MPIM Issuing CA 1")):
+        subject = x509.load_pem_x509_certificate((directory / name).read_bytes()).subject
+        assert subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == common_name
+        assert subject.get_attributes_for_oid(x509.NameOID.ORGANIZATION_NAME)[0].value == "Ministry of Public Security"
+    key = serialization.load_pem_private_key((directory / "root.key").read_bytes(), b"test-ca-passphrase")
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+
+
+@pytest.mark.parametrize("setting", ["MPIM_CA_ROOT_NAME", "MPIM_CA_INTERMEDIATE_NAME"])
+def test_ca_init_refuses_a_name_no_certificate_holds_naming_the_setting(app, runner, tmp_path, setting):
+    """A common name holds 64 bytes of UTF-8 (RFC 5280's ub-common-name, as cryptography counts it): 22 Chinese
+    characters. A longer one was cryptography's ValueError; now a refusal before anything is written, so the
+    retry with a shorter name goes through."""
+    directory = before_ca_init(app, tmp_path)
+    app.config[setting] = "公安部移动警务即时通信互联互通网络管理节点根证书认证中心"  # 27 characters, 81 bytes
+    refused_in_one_line(runner.invoke(args=["ca", "init"]), setting)
+    assert "64" in runner.invoke(args=["ca", "init"]).output
+    assert not directory.exists()
+    app.config[setting] = ""  # set so only by hand (the environment's empty value is the default)
+    refused_in_one_line(runner.invoke(args=["ca", "init"]), setting)
+    app.config[setting] = "公安部移动警务即时通信根证书"
+    result = runner.invoke(args=["ca", "init"])
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("generate", [False, True])
+def test_ca_init_with_a_passphrase_file_that_is_a_directory_says_so(app, runner, tmp_path, generate):
+    """MPIM_CA_PASSPHRASE_FILE naming a directory ended `flask ca init` (with or without --generate-passphrase)
+    in IsADirectoryError."""
+    directory = before_ca_init(app, tmp_path)
+    app.config["MPIM_CA_PASSPHRASE"] = ""
+    app.config["MPIM_CA_PASSPHRASE_FILE"] = str(tmp_path)
+    result = runner.invoke(args=["ca", "init", *(["--generate-passphrase"] if generate else [])])
+    refused_in_one_line(result, "MPIM_CA_PASSPHRASE_FILE")
+    assert str(tmp_path) in result.output and "it is a directory" in result.output
+    assert not directory.exists()
+
+
+def test_a_passphrase_file_that_is_a_directory_is_a_503_naming_it(app, client, admin_console, tmp_path):
+    """Every page asking for the CA, /healthz among them, answered 500 (IsADirectoryError)."""
+    app.config["MPIM_CA_PASSPHRASE"] = ""
+    app.config["MPIM_CA_PASSPHRASE_FILE"] = str(tmp_path)
+    as_a_process_starting_now(app)
+    response = client.get("/healthz")
+    assert response.status_code == 503 and response.get_json()["ca"] == "passphrase_missing"
+    assert "MPIM_CA_PASSPHRASE_FILE" in admin_console.client.get("/").get_data(as_text=True)
+
+
+@pytest.mark.parametrize("place", ["a-file", "a-file/ca"])
+def test_ca_init_with_a_ca_directory_that_is_no_directory_says_so(app, runner, tmp_path, place):
+    """MPIM_CA_DIR naming a file (or a path through one) ended `flask ca init` in FileExistsError
+    (NotADirectoryError)."""
+    before_ca_init(app, tmp_path)
+    (tmp_path / "a-file").write_text("kept\n")
+    app.config["MPIM_CA_DIR"] = str(tmp_path / place)
+    result = runner.invoke(args=["ca", "init"])
+    refused_in_one_line(result, "MPIM_CA_DIR")
+    assert str(tmp_path / place) in result.output
+    assert (tmp_path / "a-file").read_text() == "kept\n"
+    assert db.session.scalar(db.select(CRLState.id)) is None  # nothing recorded either
+
+
+@pytest.mark.parametrize("failing", ["intermediate.pem", "management."])
+def test_ca_init_that_cannot_write_its_files_keeps_none_of_them(app, runner, tmp_path, monkeypatch, failing):
+    """A write failing part way (a full disk) left part of a CA: `intermediate.pem` written without the service pairs
+    is a CA every later `flask ca init` refuses to overwrite, and which the database knows nothing of."""
+    import errno
+
+    from app.pki import keys
+
+    directory = before_ca_init(app, tmp_path)
+    write = keys.write_public_file
+
+    def full_disk(path, data):
+        if path.name.startswith(failing):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write(path, data)
+
+    monkeypatch.setattr(keys, "write_public_file", full_disk)
+    result = runner.invoke(args=["ca", "init"])
+    refused_in_one_line(result, "MPIM_CA_DIR")
+    assert "No space left on device; nothing was kept" in result.output
+    assert [path.name for path in directory.iterdir() if path.suffix in (".pem", ".key")] == []
+    monkeypatch.setattr(keys, "write_public_file", write)
+    again = runner.invoke(args=["ca", "init"])
+    assert again.exit_code == 0, again.output
+
+
 @pytest.mark.parametrize(("option", "value"), [("--lease-seconds", "inf"), ("--lease-seconds", "nan"),
                                                ("--lease-seconds", "0"), ("--lease-seconds", "-1"),
                                                ("--lease-seconds", "１０"), ("--stop-grace-seconds", "1e400")])

@@ -62,6 +62,12 @@ class RootKeyOffline(Conflict):
     code = "root_offline"
 
 
+class CADirectoryUnusable(ValidationFailed):
+    """The CA's files could not be written (no permission, a full disk); `init_ca` removed what it had written."""
+
+    code = "ca_dir_unusable"
+
+
 class CAExpired(DomainError):
     code = "ca_expired"
     status = 503
@@ -129,19 +135,39 @@ def init_ca(directory: Path, passphrase: bytes, config: CAConfig, *, clock: Cloc
                                                  intermediate_key.public_key(), now - BACKDATE, intermediate_end, 0,
                                                  crl_url=config.root_crl_url),
                          root_key)
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
-        keys.write_private_key(directory / "root.key", root_key.signer(), passphrase)
-        keys.write_public_file(directory / "root.pem", pem(root))
-        keys.write_private_key(directory / "intermediate.key", intermediate_key.signer(), passphrase)
-        keys.write_public_file(directory / "intermediate.pem", pem(intermediate))
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except FileExistsError as error:
+        raise CADirectoryUnusable(_l("it is a file, not a directory")) from error
+    except OSError as error:
+        raise CADirectoryUnusable(keys.os_error_reason(error)) from error
+    written: list[Path] = []  # removed again if a write fails: half a CA would refuse every later `init`
+    try:
+        for name, write in (("root.key", lambda path: keys.write_private_key(path, root_key.signer(), passphrase)),
+                            ("root.pem", lambda path: keys.write_public_file(path, pem(root))),
+                            ("intermediate.key",
+                             lambda path: keys.write_private_key(path, intermediate_key.signer(), passphrase)),
+                            ("intermediate.pem", lambda path: keys.write_public_file(path, pem(intermediate)))):
+            write(directory / name)
+            written.append(directory / name)
+        authority = Authority(directory, config, root_certificate=root, intermediate_certificate=intermediate,
+                              intermediate_key=intermediate_key, passphrase=passphrase, clock=clock)
+        for role in SERVICE_ROLES:
+            pair = [directory / f"{role}.key", directory / f"{role}.pem"]
+            written += [path for path in pair if not path.exists()]
+            authority.create_service_certificate(role)
     except FileExistsError as error:  # another `init` won the race
+        _remove(written)
         raise CAAlreadyInitialised(f"A CA exists already in {directory}; refusing to overwrite it.") from error
-    authority = Authority(directory, config, root_certificate=root, intermediate_certificate=intermediate,
-                          intermediate_key=intermediate_key, passphrase=passphrase, clock=clock)
-    for role in SERVICE_ROLES:
-        authority.create_service_certificate(role)
+    except OSError as error:
+        _remove(written)
+        raise CADirectoryUnusable(keys.os_error_reason(error)) from error
     return authority
+
+
+def _remove(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
 
 
 def root_offline(directory: Path, export_path: Path) -> None:

@@ -6,12 +6,10 @@ import json
 from pathlib import Path
 
 import click
-from flask import current_app
 from flask.cli import AppGroup
 
 from app.admission.cli import emit, record_lines, run
 from app.auth import service as users
-from app.config import read_or_create_secret
 from app.database import paginate
 from app.extensions import db
 from app.pki import authority, lifecycle, own_keys, revocation, service
@@ -31,9 +29,8 @@ def init_command(key_type, if_missing, generate_passphrase, as_json):
     if if_missing and service.is_ready():
         click.echo("CA exists already")
         return
-    if generate_passphrase and not current_app.config["MPIM_CA_PASSPHRASE"]:
-        read_or_create_secret(Path(current_app.config["MPIM_CA_PASSPHRASE_FILE"]), 32)
-    result = run(lambda: lifecycle.initialise(key_type=key_type, actor="cli"), as_json)
+    result = run(lambda: lifecycle.initialise(key_type=key_type, actor="cli", generate_passphrase=generate_passphrase),
+                 as_json)
     emit(result, as_json, "CA created in {}\n  root {root}\n  route signer {route_signer}".format(
         service.ca_directory(), **result))
 

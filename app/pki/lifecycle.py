@@ -8,13 +8,19 @@ from flask import current_app
 
 from app.audit import service as audit
 from app.database import utcnow
+from app.errors import ValidationFailed
 from app.pki import authority as ca
 from app.pki import revocation, service
 
+# A certificate's common name holds 64 bytes of UTF-8 (RFC 5280's ub-common-name, as cryptography counts it).
+COMMON_NAME_BYTES = 64
 
-def initialise(*, key_type: str | None = None, actor: str = "cli") -> dict:
+
+def initialise(*, key_type: str | None = None, actor: str = "cli", generate_passphrase: bool = False) -> dict:
     """`flask ca init`: root + intermediate, then the route signer and the management node's TLS
-    certificate, then the first CRL. Refuses to overwrite an existing CA."""
+    certificate, then the first CRL. Refuses to overwrite an existing CA, and refuses a setting the CA
+    cannot be made with (naming it) before anything is written. `generate_passphrase`: create
+    MPIM_CA_PASSPHRASE_FILE when neither it nor MPIM_CA_PASSPHRASE holds one."""
     if not service.is_ready() and service.database_holds_ca():
         raise ca.CAAlreadyInitialised(
             f"{service.missing_ca_message()} A new CA here would be one that no admitted node trusts, so "
@@ -22,7 +28,16 @@ def initialise(*, key_type: str | None = None, actor: str = "cli") -> dict:
     config = service.ca_config()
     if key_type:
         config = ca.CAConfig(**{**config.__dict__, "key_type": key_type})
-    ca.init_ca(service.ca_directory(), service.passphrase(), config)
+    _check_names(config)
+    if generate_passphrase and not current_app.config["MPIM_CA_PASSPHRASE"]:
+        service.create_passphrase_file()
+    passphrase = service.passphrase()
+    directory = service.ca_directory()
+    try:
+        ca.init_ca(directory, passphrase, config)
+    except ca.CADirectoryUnusable as error:
+        raise ValidationFailed(f"MPIM_CA_DIR {directory} cannot hold the CA: {error.message}; nothing was kept.",
+                               code=error.code) from error
     current_app.extensions.pop("mpim_authority", None)
     loaded = service.authority()
     audit.record("ca.init", loaded.intermediate_certificate.subject.rfc4514_string(),
@@ -35,6 +50,21 @@ def initialise(*, key_type: str | None = None, actor: str = "cli") -> dict:
     return {"root": service.fingerprint(loaded.root_certificate),
             "intermediate": service.fingerprint(loaded.intermediate_certificate),
             "route_signer": signer.sha256, "management": management.sha256}
+
+
+def _check_names(config: ca.CAConfig) -> None:
+    """The CA's names as certificates hold them: cryptography's ValueError, out of `flask ca init`, named neither
+    the setting nor the bound."""
+    for setting, name in (("MPIM_CA_ROOT_NAME", config.root_common_name),
+                          ("MPIM_CA_INTERMEDIATE_NAME", config.intermediate_common_name)):
+        size = len(name.encode("utf-8"))
+        if not name.strip():
+            raise ValidationFailed(f"{setting} is empty: a CA certificate needs a name (leave the setting out for "
+                                   "the default).", code="invalid_ca_name")
+        if size > COMMON_NAME_BYTES:
+            raise ValidationFailed(f"{setting} is {size} bytes in UTF-8; a certificate's common name holds at most "
+                                   f"{COMMON_NAME_BYTES} (about 21 Chinese characters): shorten it.",
+                                   code="invalid_ca_name")
 
 
 def node_admitted(node, application) -> None:

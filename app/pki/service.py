@@ -24,12 +24,13 @@ from sqlalchemy import and_, case, or_, select
 from sqlalchemy.orm import make_transient_to_detached
 
 from app.audit import service as audit
+from app.config import read_or_create_secret
 from app.database import serialise, utcnow
 from app.errors import Conflict, DomainError, NotFound, PermissionDenied
 from app.extensions import db
 from app.labels import status_word
 from app.pki import authority as ca
-from app.pki import csr_policy
+from app.pki import csr_policy, keys
 from app.pki.models import INTERMEDIATE_CRL, Certificate, CRLState
 
 INSERT_CERTIFICATE = Certificate.__table__.insert()
@@ -58,10 +59,36 @@ def passphrase() -> bytes:
     value = current_app.config.get("MPIM_CA_PASSPHRASE")
     path = current_app.config.get("MPIM_CA_PASSPHRASE_FILE")
     if not value and path and Path(path).exists():
-        value = Path(path).read_text().strip()
+        value = _read_passphrase_file(Path(path))
     if not value:
         raise CANotReady(_l("No CA passphrase: set MPIM_CA_PASSPHRASE or MPIM_CA_PASSPHRASE_FILE."))
     return value.encode()
+
+
+def _read_passphrase_file(path: Path) -> str:
+    """The passphrase file's text, or `CANotReady` naming the setting: a directory or an unreadable file there
+    was an OSError out of `flask ca init` and a 500 on every page that asks for the CA."""
+    try:
+        return path.read_text().strip()
+    except OSError as error:
+        raise CANotReady(_l("MPIM_CA_PASSPHRASE_FILE %(path)s could not be read: %(error)s.", path=str(path),
+                            error=keys.os_error_reason(error))) from error
+    except ValueError as error:  # UnicodeDecodeError
+        raise CANotReady(_l("MPIM_CA_PASSPHRASE_FILE %(path)s is not text.", path=str(path))) from error
+
+
+def create_passphrase_file() -> None:
+    """`flask ca init --generate-passphrase`: a random passphrase in MPIM_CA_PASSPHRASE_FILE, unless it holds one
+    already (which must be readable: it is the one the CA is made with)."""
+    path = Path(current_app.config["MPIM_CA_PASSPHRASE_FILE"])
+    if path.exists():
+        _read_passphrase_file(path)
+        return
+    try:
+        read_or_create_secret(path, 32)
+    except OSError as error:
+        raise CANotReady(_l("MPIM_CA_PASSPHRASE_FILE %(path)s could not be written: %(error)s.", path=str(path),
+                            error=keys.os_error_reason(error))) from error
 
 
 def ca_config() -> ca.CAConfig:
