@@ -520,6 +520,26 @@ def test_ca_init_that_cannot_write_its_files_keeps_none_of_them(app, runner, tmp
     assert again.exit_code == 0, again.output
 
 
+def test_routing_verify_needs_no_ca_key(app, runner, tmp_path):
+    """Checking a signature takes certificates only, yet `flask routing verify` refused while the CA key could not
+    be opened (a wrong MPIM_CA_PASSPHRASE), which is when an operator most wants to check a table."""
+    from app.routing import service as routing
+
+    assert runner.invoke(args=["routing", "publish", "--force"]).exit_code == 0
+    head = routing.head()
+    (tmp_path / "t.json").write_bytes(head.body)
+    (tmp_path / "t.sig").write_text(head.signature)
+    as_a_process_starting_now(app)
+    app.config["MPIM_CA_PASSPHRASE"] = WRONG
+    result = runner.invoke(args=["routing", "verify", str(tmp_path / "t.json"), str(tmp_path / "t.sig")])
+    assert result.exit_code == 0, result.output
+    assert f"signature valid: table version {head.version} by {head.signer_sha256}" in result.output
+    (tmp_path / "t.json").write_bytes(head.body.replace(b'"version":', b'"version":9'))
+    forged = runner.invoke(args=["routing", "verify", str(tmp_path / "t.json"), str(tmp_path / "t.sig")])
+    assert forged.exit_code == 1 and "signature INVALID" in forged.output
+    assert not service.authority_loaded()  # no key was opened
+
+
 @pytest.mark.parametrize(("option", "value"), [("--lease-seconds", "inf"), ("--lease-seconds", "nan"),
                                                ("--lease-seconds", "0"), ("--lease-seconds", "-1"),
                                                ("--lease-seconds", "１０"), ("--stop-grace-seconds", "1e400")])

@@ -106,6 +106,12 @@ def _read_certificate(path: Path) -> x509.Certificate:
         raise keys.CAKeyUnreadable(_l("%(file)s is not a PEM certificate.", file=path.name)) from error
 
 
+def service_certificate(directory: Path, role: ServiceRole) -> x509.Certificate:
+    """The certificate of the service pair in use, from its file, opening no key: checking what it signed needs
+    no more (the CA passphrase may be wrong)."""
+    return _read_certificate(directory / f"{role}.pem")
+
+
 def _ca_name(config: CAConfig, common_name: str) -> x509.Name:
     return profiles.subject_name(config.country, config.organisation, common_name)
 

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 
 from app.database import utcnow
 from app.extensions import db
-from app.pki import service
+from app.pki import authority, service
 from app.pki.authority import ServiceRole, StagedServicePair, discard_service_pair
 from app.pki.models import ROOT_CRL, Certificate, CRLState
 
@@ -34,6 +34,18 @@ def route_signer():
         return staged.key.signer(), staged.certificate
     loaded = service.authority()
     return loaded.route_signer_key.signer(), loaded.route_signer_certificate
+
+
+def route_signer_certificate():
+    """The route signer's certificate as `route_signer` has it, opening no key: verifying a table needs only the
+    certificate, and works while the CA key cannot be opened."""
+    staged = _staged_in_transaction("route-signer")
+    if staged is not None:
+        return staged.certificate
+    directory = service.ca_directory()
+    if not authority.is_initialised(directory):
+        raise service.CANotReady(service.missing_ca_message())
+    return authority.service_certificate(directory, "route-signer")
 
 
 def rotate_route_signer(*, actor: str) -> Certificate:

@@ -274,7 +274,8 @@ class SignerFound:
 
 def signer_of(body: bytes, signature_der: bytes) -> SignerFound:
     """The current route signer first, then the earlier ones (a table kept from before a rotation
-    is authentic, but nodes take only tables signed by the current one)."""
+    is authentic, but nodes take only tables signed by the current one). Certificates only: no key is
+    opened, so a table is checked while the CA key cannot be."""
     from cryptography import x509
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives import hashes
@@ -289,7 +290,7 @@ def signer_of(body: bytes, signature_der: bytes) -> SignerFound:
         except (InvalidSignature, TypeError):  # TypeError: a key that is not EC
             return False
 
-    _, certificate = own_keys.route_signer()
+    certificate = own_keys.route_signer_certificate()
     current = document.certificate_fingerprint(certificate)
     if verifies(certificate):
         return SignerFound(current, current, "valid")
