@@ -178,6 +178,22 @@ def test_root_offline_to_a_path_that_cannot_be_written_keeps_the_key(app, runner
     assert (pki.ca_directory() / "root.key").exists()
 
 
+def test_root_offline_before_ca_init_says_the_ca_is_not_initialised(app, runner, tmp_path):
+    """It said "The root key is not on this server any more", as if someone had taken it offline."""
+    from sqlalchemy import delete
+
+    from app.pki.models import CRLState
+
+    db.session.execute(delete(CRLState))
+    db.session.commit()
+    app.config["MPIM_CA_DIR"] = str(tmp_path / "fresh")
+    app.extensions.pop("mpim_authority", None)
+    result = runner.invoke(args=["ca", "root-offline", str(tmp_path / "root.key")])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert result.output == "error: The CA is not initialised: run `flask ca init`.\n"
+    assert not (tmp_path / "root.key").exists()
+
+
 def test_ca_show_speaks_to_people_and_to_scripts(app, runner, people):  # noqa: F811
     node, _ = admit_with_keys(people)
     row = pki.current_certificate(node.node_id)

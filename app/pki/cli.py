@@ -11,8 +11,7 @@ from flask.cli import AppGroup
 from app.admission.cli import emit, record_lines, run
 from app.auth import service as users
 from app.database import paginate
-from app.extensions import db
-from app.pki import authority, lifecycle, own_keys, revocation, service
+from app.pki import lifecycle, own_keys, revocation, service
 
 cli = AppGroup("ca", help="The certificate authority.")
 
@@ -39,11 +38,7 @@ def init_command(key_type, if_missing, generate_passphrase, as_json):
 @click.argument("export_path", type=click.Path(dir_okay=False, path_type=Path))
 def root_offline_command(export_path):
     """Export the root key to EXPORT_PATH and remove it from this server."""
-    run(lambda: authority.root_offline(service.ca_directory(), export_path), False)
-    from app.audit import service as audit
-
-    audit.record("ca.root_offline", str(export_path.name), actor="cli")
-    db.session.commit()
+    run(lambda: lifecycle.root_offline(export_path, actor="cli"), False)
     click.echo(f"root key moved to {export_path}; the intermediate keeps issuing")
 
 

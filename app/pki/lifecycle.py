@@ -4,6 +4,8 @@ changed, or revoked) deciding what happens to its certificates.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from flask import current_app
 
 from app.audit import service as audit
@@ -50,6 +52,15 @@ def initialise(*, key_type: str | None = None, actor: str = "cli", generate_pass
     return {"root": service.fingerprint(loaded.root_certificate),
             "intermediate": service.fingerprint(loaded.intermediate_certificate),
             "route_signer": signer.sha256, "management": management.sha256}
+
+
+def root_offline(export_path: Path, *, actor: str) -> None:
+    """`flask ca root-offline`: the root key leaves this server (`authority.root_offline`). Before `flask ca init`
+    there is no key to take: said so, rather than that the key is not here any more."""
+    if not service.is_ready():
+        raise service.CANotReady(service.missing_ca_message())
+    ca.root_offline(service.ca_directory(), export_path)
+    audit.record("ca.root_offline", export_path.name, actor=actor)
 
 
 def _check_names(config: ca.CAConfig) -> None:
