@@ -126,6 +126,34 @@ def test_a_second_request_for_a_suspension_leaves_the_first_standing(jx_admin, m
     assert audit_count() == before
 
 
+def test_cli_asks_for_a_suspension_as_the_console_does(runner, jx_admin, minister, make_user):
+    """SPEC §4: every console action has a CLI twin; a provincial admin's request for a suspension had none."""
+    import json
+
+    node = admit(jx_admin, minister)
+    make_user("gd-admin", "provincial_admin", ("440000",))
+    command = ["nodes", "request-suspension", node.node_id, "--reason", "looks hacked"]
+    outside = runner.invoke(args=[*command, "--user", "gd-admin", "--json"])  # as the console: no such node
+    assert outside.exit_code == 1 and json.loads(outside.output)["error"]["code"] == "node_not_found"
+    asked = runner.invoke(args=[*command, "--user", "jx-admin", "--json"])
+    assert asked.exit_code == 0, asked.output
+    item = json.loads(asked.output)
+    assert (item["node_id"], item["status"], item["suspension_requested"], item["suspension_requested_by"],
+            item["suspension_request_reason"]) == (node.node_id, "active", True, "jx-admin", "looks hacked")
+    [record] = db.session.scalars(select(AuditRecord).where(AuditRecord.action == "node.request_suspension"))
+    assert (record.actor, record.target, record.detail) == ("jx-admin", node.node_id, {"reason": "looks hacked"})
+    again = runner.invoke(args=[*command, "--user", "minister"])
+    assert again.exit_code == 1
+    assert again.output == "error: jx-admin has already asked for this node's suspension; a ministry admin decides.\n"
+    listed = runner.invoke(args=["nodes", "list", "--user", "minister", "--status", "suspension_requested", "--json"])
+    assert [json.loads(line)["node_id"] for line in listed.output.splitlines()] == [node.node_id]
+    suspended = runner.invoke(args=["nodes", "suspend", node.node_id, "--reason", "confirmed", "--user", "minister"])
+    assert suspended.exit_code == 0, suspended.output
+    plain = runner.invoke(args=[*command, "--user", "jx-admin"])
+    assert plain.output == "error: Only an active node can be suspended.\n"
+    assert "request-suspension" in runner.invoke(args=["nodes", "--help"]).output
+
+
 def test_provincial_admin_cannot_apply_outside_its_scope(jx_admin):
     with pytest.raises(PermissionDenied):
         apply(jx_admin, "440300")

@@ -217,6 +217,24 @@ lifecycle_command("resume", nodes.resume)
 lifecycle_command("revoke", nodes.revoke)
 
 
+@nodes_cli.command("request-suspension")
+@click.argument("node_id")
+@click.option("--reason", required=True)
+@user_option
+@json_option
+def nodes_request_suspension(node_id, reason, username, as_json):
+    """Ask the ministry to suspend a node (an admin of its division; a ministry admin decides)."""
+    def request():
+        user = users.acting_user(username)
+        return nodes.request_suspension(nodes.get_visible(node_id, user), reason, by=user)  # as the console
+
+    node = run(request, as_json)
+    emit({**node_dict(node), "suspension_requested": node.suspension_requested,
+          "suspension_request_reason": node.suspension_request_reason,
+          "suspension_requested_by": node.suspension_requested_by}, as_json,
+         f"suspension of {node.node_id} requested; a ministry admin decides")
+
+
 @nodes_cli.command("resolve")
 @click.argument("division_code")
 @json_option
