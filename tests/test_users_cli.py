@@ -341,3 +341,18 @@ def test_unlock_and_ensure_admin_are_recorded_as_the_cli_not_the_system(app, mak
     assert result.exit_code == 0, result.output
     [created] = records("user.create")[-1:]
     assert (created.actor, created.target) == ("cli", "first")
+
+
+def test_a_password_longer_than_the_sign_in_form_takes_is_refused_at_every_door(app, make_user, runner):
+    """The sign-in form takes at most 256 characters, and the CLI set any length: a 300-character password
+    from --password-stdin was stored, and its user could never sign in with it."""
+    make_user("alice")
+    long_password = "Correct-Horse-9" * 20  # 300 characters
+    before = len(records())
+    created = create_with_stdin(runner, (long_password + "\n").encode(), "longpw")
+    reset = runner.invoke(args=["users", "reset-password", "alice", "--password-stdin"], input=long_password + "\n")
+    for result in (created, reset):
+        assert (result.exit_code, result.stderr) == (1, "error: Passwords have at most 256 characters.\n")
+    assert len(records()) == before and signs_in(app, "alice")
+    assert create_with_stdin(runner, (long_password[:256] + "\n").encode(), "longpw").exit_code == 0
+    assert signs_in(app, "longpw", long_password[:256])

@@ -25,6 +25,7 @@ from app.readable import misleading, readable_text
 
 USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{2,64}$")
 MIN_PASSWORD_LENGTH = 10
+MAX_PASSWORD_LENGTH = 256  # the forms' Length(max=...)
 # A new password may not be any of the account's last five: the current one and the four before it.
 PASSWORD_HISTORY = 5
 # Checked even for unknown accounts, so the reply time does not reveal which usernames exist.
@@ -78,6 +79,9 @@ class UserDraft:
 
 def check_password_policy(password: str, username: str = "", *, field: str = "password") -> None:
     """`field`: the form field a refusal is shown at (the change form's is new_password)."""
+    if len(password) > MAX_PASSWORD_LENGTH:  # what the sign-in form takes: a longer one could never sign in
+        raise ValidationFailed(_l("Passwords have at most %(n)s characters.", n=MAX_PASSWORD_LENGTH),
+                               code="weak_password", field=field)
     if len(password) < MIN_PASSWORD_LENGTH:
         raise ValidationFailed(_l("Passwords need at least %(n)s characters.", n=MIN_PASSWORD_LENGTH),
                                code="weak_password", field=field)
