@@ -46,9 +46,13 @@ def create_app(test_config: dict | None = None) -> Flask:
     errors.init_app(app)
     for name in FEATURES:
         importlib.import_module(name).init_app(app)
-    from app.cli_arguments import require_utf8
+    from flask_migrate.cli import db as db_commands
 
-    require_utf8(app.cli)
+    from app.cli_arguments import require_utf8
+    from app.cli_schema import require_schema
+
+    require_schema(app.cli, exempt=(db_commands,))  # `flask db upgrade` makes the schema the others need
+    require_utf8(app.cli)  # outermost: a usage error is told before the schema is looked at
     if proxies := app.config.get("MPIM_TRUSTED_PROXIES"):
         from werkzeug.middleware.proxy_fix import ProxyFix
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import DateTime, Select, any_, bindparam, event, func, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.types import TypeDecorator
 
 from app.extensions import db
@@ -116,10 +116,11 @@ def serialise(*names: str) -> None:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def schema_state() -> str:
+def schema_state(connection: Connection | None = None) -> str:
     """The database's Alembic revision against this code's: "current", "behind" (run `flask db
     upgrade`: pages that read new columns fail), "ahead" (a newer release migrated it; expected in
-    a rolling upgrade) or "unknown" (no revision recorded)."""
+    a rolling upgrade) or "unknown" (no revision recorded). Read on `connection` when given (the
+    caller ends its transaction), else in the session."""
     from alembic.script import ScriptDirectory
     from flask import current_app
 
@@ -130,9 +131,10 @@ def schema_state() -> str:
                                                                 {rev.revision for rev in script.walk_revisions()})
     head, known = heads
     try:
-        recorded = set(db.session.scalars(text("SELECT version_num FROM alembic_version")))
+        recorded = set((connection or db.session).scalars(text("SELECT version_num FROM alembic_version")))
     except Exception:  # no table: never migrated
-        db.session.rollback()
+        if connection is None:
+            db.session.rollback()
         return "unknown"
     if not recorded:
         return "unknown"
