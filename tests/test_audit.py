@@ -6,7 +6,8 @@ import json
 import re
 import threading
 
-from sqlalchemy import select, text
+import pytest
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import DatabaseError
 
 from app.audit import service
@@ -315,3 +316,79 @@ def test_a_token_expiry_is_recorded_as_other_records_times_are(app, make_user):
     assert shape.fullmatch(created.detail["expires_at"]), created.detail["expires_at"]
     expires_at = token.expires_at if token.expires_at.tzinfo else token.expires_at.replace(tzinfo=UTC)
     assert datetime.fromisoformat(created.detail["expires_at"]) == expires_at
+
+
+# Edits made in the database with its append-only guard removed, each as (SET clause, what `verify` finds). Text
+# where a number or a time belongs, or a detail that is not JSON, only SQLite stores (any value in any column);
+# PostgreSQL's typed columns refuse those, but keep times no Python datetime holds (`infinity`, a date BC, past
+# 9999), which its driver cannot read. Each case runs on the database it is possible on.
+TAMPERINGS = {
+    "sqlite": [("detail = '{not json'", "unreadable"), ("detail = '5'", "edited"),  # stored as a number: JSON still
+               ("at = 'yesterday'", "unreadable"), ("at = 12345", "unreadable"), ("actor = x'00'", "unreadable"),
+               ("at = '9999-12-31 23:30:00.000000'", "edited")],  # a time, but none in Asia/Shanghai
+    "postgresql": [("at = 'infinity'", "unreadable"), ("at = '-infinity'", "unreadable"),
+                   ("at = '10000-01-01'", "unreadable"), ("at = '0044-03-15 BC'", "unreadable"),
+                   ("at = '9999-12-31 23:30:00+00'", "unreadable")],
+}
+COMMON_TAMPERINGS = [("detail = 'null'", "edited"), ("action = '=1+2'", "edited")]
+FINDINGS = {"unreadable": "unreadable (edited)", "edited": "content does not match its hash (edited)"}
+
+
+def edit_unguarded(statements: list[str]) -> None:
+    """Run `statements` with the append-only guard removed (`drop_guard`); on PostgreSQL, where the suite shares
+    one database, the guard is back afterwards."""
+    drop_guard()
+    try:
+        for statement in statements:
+            db.session.execute(text(statement))
+        db.session.commit()
+    finally:
+        db.session.rollback()
+        if db.engine.dialect.name == "postgresql":
+            db.session.execute(text("ALTER TABLE audit_records ENABLE TRIGGER audit_records_no_change"))
+            db.session.commit()
+
+
+def tamper_records() -> tuple[list[int], dict[int, tuple[str, str]]]:
+    """Write records and edit every other one of them, one tampering each (this database's and the common ones);
+    the seqs written, and {seq: (clause, finding)} of those edited."""
+    cases = TAMPERINGS[db.engine.dialect.name] + COMMON_TAMPERINGS
+    first = (db.session.scalar(select(func.max(AuditRecord.seq))) or 0) + 1
+    write_records(2 * len(cases) + 1)
+    edited = {first + 1 + 2 * index: case for index, case in enumerate(cases)}
+    edit_unguarded([f"UPDATE audit_records SET {clause} WHERE seq = {seq}" for seq, (clause, _) in edited.items()])
+    return list(range(first, first + 2 * len(cases) + 1)), edited
+
+
+def test_verify_reports_each_record_it_cannot_read_and_goes_on(app, runner):
+    """A detail that is not JSON, a time that is no time, a blob for a name: verify ended in a traceback (exit 1,
+    and --json printed no JSON) at the first such record, the very edits it exists to find."""
+    _, edited = tamper_records()
+    expected = [f"record {seq}: {FINDINGS[finding]}" for seq, (_, finding) in edited.items()]
+    assert service.verify().problems == expected
+    assert service.verify(batch_size=2).problems == expected
+    result = runner.invoke(args=["audit", "verify", "--json"])
+    assert result.exit_code == 1 and json.loads(result.output)["problems"] == expected, result.output
+    result = runner.invoke(args=["audit", "verify"])
+    assert result.exit_code == 1 and result.output.splitlines() == [*expected, result.output.splitlines()[-1]]
+    assert result.output.endswith("CHAIN BROKEN\n")
+
+
+def test_verify_reports_a_number_that_is_no_number(app, runner):
+    """SQLite only: PostgreSQL's integer column refuses text, so there this edit cannot be made (the test then
+    checks that the database refused it). SQLite sorts text after every number: the record is missing from its
+    place, its successor does not follow, and the record itself is reported last."""
+    write_records(5)
+    seq = db.session.scalar(select(func.max(AuditRecord.seq))) - 2
+    edit = f"UPDATE audit_records SET seq = '{seq}a' WHERE seq = {seq}"
+    if db.engine.dialect.name == "postgresql":
+        with pytest.raises(DatabaseError, match="integer"):
+            edit_unguarded([edit])
+        return
+    edit_unguarded([edit])
+    expected = [f"records {seq}..{seq} are missing (deleted)",
+                f"record {seq + 1}: does not follow the record before it", f"record {seq}a: unreadable (edited)"]
+    assert service.verify().problems == expected
+    assert service.verify(batch_size=1).problems == expected
+    result = runner.invoke(args=["audit", "verify", "--json"])
+    assert result.exit_code == 1 and json.loads(result.output)["problems"] == expected, result.output

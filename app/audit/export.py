@@ -4,9 +4,9 @@ The console's file is headed by the column names in the reader's language, which
 CLI's by stable keys (`seq, at_utc, ...`), which scripts read, unless asked for the names. The file starts
 with a UTF-8 byte-order mark, without which Excel on a Chinese Windows reads UTF-8 as GBK and shows every name
 garbled. A cell that a spreadsheet would take for a formula (it starts with =, +, -, @, a tab, a carriage
-return or a full-width ＝＋－＠: an actor's or a node's name is typed by people) is prefixed with an
-apostrophe, as OWASP advises against CSV injection; `flask audit list --json` keeps every value exactly as
-recorded, hashes included.
+return or a full-width ＝＋－＠: an actor's or a node's name is typed by people, and any cell of a record edited
+in the database may hold anything) is prefixed with an apostrophe, as OWASP advises against CSV injection;
+`flask audit list --json` keeps every value exactly as recorded, hashes included.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from sqlalchemy import Engine, Select, func, select
 
 from app.audit import service
 from app.audit.models import AuditRecord
+from app.audit.stored import StoredRecords, Unreadable
 from app.extensions import db
 from app.labels import AUDIT_ACTIONS
 
@@ -73,10 +74,12 @@ def csv_lines(engine: Engine, query: Select, zone: str, labels: dict[str, str],
               first_row: list[str]) -> Iterator[str]:
     """`first_row` (see `header`), then one line per record `query` selects, read on a connection of its own
     as the lines go out: a long log streams instead of being built in memory, and outlives the request's
-    session."""
+    session. What a record edited in the database holds that no record could is written as stored (`stored`),
+    and the file goes on; every text cell is safe, since any of them may have been edited."""
     local = ZoneInfo(zone)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
+    records = StoredRecords(engine.dialect)
 
     def line(values) -> str:
         buffer.seek(0)
@@ -86,14 +89,31 @@ def csv_lines(engine: Engine, query: Select, zone: str, labels: dict[str, str],
 
     yield BYTE_ORDER_MARK + line(first_row)
     with engine.connect() as connection:
-        for row in connection.execution_options(yield_per=500).execute(query):
-            detail = json.dumps(row.detail, ensure_ascii=False, sort_keys=True, default=str) if row.detail else ""
+        for row in connection.execution_options(yield_per=500).execute(query.with_only_columns(*records.columns)):
+            stored = records.decode(row)
             yield line([
-                row.seq, row.at.isoformat(timespec="seconds").replace("+00:00", "Z"),
-                row.at.astimezone(local).strftime("%Y-%m-%d %H:%M:%S"),
-                safe_cell(row.actor), row.action, labels.get(row.action, row.action), safe_cell(row.target),
-                safe_cell(row.remote_addr), safe_cell(detail), row.prev_hash, row.hash,
+                stored.seq, *_times(stored.at, local), safe_cell(stored.actor), safe_cell(stored.action),
+                safe_cell(labels.get(stored.action, stored.action)), safe_cell(stored.target),
+                safe_cell(stored.remote_addr), safe_cell(_detail_text(stored.detail)), safe_cell(stored.prev_hash),
+                safe_cell(stored.hash),
             ])
+
+
+def _times(at, local: ZoneInfo) -> tuple[str, str]:
+    """UTC and local, or the stored text and nothing: a time past 9999 in Asia/Shanghai is no Python time."""
+    if isinstance(at, Unreadable):
+        return safe_cell(at), ""
+    try:
+        shown = at.astimezone(local).strftime("%Y-%m-%d %H:%M:%S")
+    except OverflowError:
+        shown = ""
+    return at.isoformat(timespec="seconds").replace("+00:00", "Z"), shown
+
+
+def _detail_text(detail) -> str:
+    if isinstance(detail, Unreadable):
+        return detail
+    return json.dumps(detail, ensure_ascii=False, sort_keys=True, default=str) if detail else ""
 
 
 def file_name(moment, zone: str) -> str:

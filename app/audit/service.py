@@ -21,6 +21,7 @@ from sqlalchemy import event, select, text
 from sqlalchemy.orm import Session, SessionTransaction
 
 from app.audit.models import AuditRecord
+from app.audit.stored import StoredRecords, Unreadable
 from app.database import utcnow
 from app.extensions import db
 
@@ -159,34 +160,42 @@ def verify(batch_size: int = 5000, anchors: Iterable[tuple[int, str]] = ()) -> V
     """Walk the whole chain in order; report every break with the sequence number where it is.
 
     The chain alone cannot tell that its newest records were cut off. `anchors` are (seq, hash) pairs
-    copied elsewhere earlier (`flask audit anchor`): each must still be in the chain, unchanged."""
+    copied elsewhere earlier (`flask audit anchor`): each must still be in the chain, unchanged. A record
+    edited into what no record holds (`stored`) is reported as unreadable, and the walk goes on."""
     report = VerifyReport()
     expected: dict[int, set[str]] = {}  # every hash given for a number: one that does not match is a problem
     for seq, digest in anchors:
         expected.setdefault(seq, set()).add(digest)
+    records = StoredRecords(db.session.get_bind().dialect)
+    table = AuditRecord.__table__
     expected_seq, prev_hash = 1, GENESIS
-    last_seq = 0
+    last_seq: object = 0  # as stored: SQLite sorts a seq edited into text after every number, and pages on past it
     while True:
-        rows = list(db.session.scalars(
-            select(AuditRecord).where(AuditRecord.seq > last_seq).order_by(AuditRecord.seq).limit(batch_size)
-        ))
+        rows = db.session.execute(select(*records.columns).where(table.c.seq > last_seq).order_by(table.c.seq)
+                                  .limit(batch_size)).all()
         if not rows:
             break
         for row in rows:
             report.checked += 1
-            if row.seq != expected_seq:
-                report.problems.append(f"records {expected_seq}..{row.seq - 1} are missing (deleted)")
-            if row.prev_hash != prev_hash:
-                report.problems.append(f"record {row.seq}: does not follow the record before it")
-            digest = record_digest(row.prev_hash, row.seq, row.at, row.actor, row.action, row.target,
-                                   row.detail, row.remote_addr)
-            if digest != row.hash:
-                report.problems.append(f"record {row.seq}: content does not match its hash (edited)")
-            if row.seq in expected and expected.pop(row.seq) != {row.hash}:
-                report.problems.append(f"record {row.seq}: is not the record anchored with that number (replaced)")
-            expected_seq, prev_hash, last_seq = row.seq + 1, row.hash, row.seq
-            report.last_seq, report.last_hash = row.seq, row.hash
-        db.session.expunge_all()
+            last_seq = row.seq
+            stored = records.decode(row)
+            if isinstance(stored.seq, Unreadable):  # no place in the chain to check it at
+                report.problems.append(f"record {stored.seq}: unreadable (edited)")
+                continue
+            if stored.seq != expected_seq:
+                report.problems.append(f"records {expected_seq}..{stored.seq - 1} are missing (deleted)")
+            if stored.prev_hash != prev_hash:
+                report.problems.append(f"record {stored.seq}: does not follow the record before it")
+            if not stored.readable:
+                report.problems.append(f"record {stored.seq}: unreadable (edited)")
+            elif record_digest(stored.prev_hash, stored.seq, stored.at, stored.actor, stored.action, stored.target,
+                               stored.detail, stored.remote_addr) != stored.hash:
+                report.problems.append(f"record {stored.seq}: content does not match its hash (edited)")
+            if stored.seq in expected and expected.pop(stored.seq) != {stored.hash}:
+                report.problems.append(f"record {stored.seq}: is not the record anchored with that number "
+                                       "(replaced)")
+            expected_seq, prev_hash = stored.seq + 1, stored.hash
+            report.last_seq, report.last_hash = stored.seq, stored.hash
     for seq in sorted(expected):
         report.problems.append(f"record {seq}: anchored, but the chain ends at {report.last_seq} (cut off)"
                                if seq > report.last_seq else f"record {seq}: anchored, but missing (deleted)")
