@@ -392,3 +392,24 @@ def test_verify_reports_a_number_that_is_no_number(app, runner):
     assert service.verify(batch_size=1).problems == expected
     result = runner.invoke(args=["audit", "verify", "--json"])
     assert result.exit_code == 1 and json.loads(result.output)["problems"] == expected, result.output
+
+
+def test_verify_reports_a_record_numbered_before_the_first(app, runner):
+    """verify began after number 0: a record inserted under number 0 (no trigger stops an insert) or renumbered
+    below it was never looked at, and the chain read intact with a forged record in the log."""
+    write_records(3)
+    last = db.session.scalar(select(func.max(AuditRecord.seq)))
+    db.session.execute(text(
+        "INSERT INTO audit_records (seq, at, actor, action, target, detail, remote_addr, prev_hash, hash)"
+        " SELECT 0, at, 'minister', 'user.create', 'mallory', detail, remote_addr, prev_hash, hash"
+        " FROM audit_records WHERE seq = :last"), {"last": last})
+    db.session.commit()
+    before = "numbered before the first record (inserted or renumbered)"
+    assert service.verify().problems == [f"record 0: {before}"]
+    edit_unguarded([f"UPDATE audit_records SET seq = -seq WHERE seq = {last - 1}"])
+    expected = [f"record {1 - last}: {before}", f"record 0: {before}", f"records {last - 1}..{last - 1} are missing "
+                "(deleted)", f"record {last}: does not follow the record before it"]
+    assert service.verify().problems == expected
+    assert service.verify(batch_size=1).problems == expected
+    result = runner.invoke(args=["audit", "verify", "--json"])
+    assert result.exit_code == 1 and json.loads(result.output)["problems"] == expected, result.output

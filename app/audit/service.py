@@ -169,10 +169,10 @@ def verify(batch_size: int = 5000, anchors: Iterable[tuple[int, str]] = ()) -> V
     records = StoredRecords(db.session.get_bind().dialect)
     table = AuditRecord.__table__
     expected_seq, prev_hash = 1, GENESIS
-    last_seq: object = 0  # as stored: SQLite sorts a seq edited into text after every number, and pages on past it
+    last_seq: object = None  # as stored: SQLite sorts a seq edited into text after every number, and pages past it
     while True:
-        rows = db.session.execute(select(*records.columns).where(table.c.seq > last_seq).order_by(table.c.seq)
-                                  .limit(batch_size)).all()
+        page = select(*records.columns).order_by(table.c.seq).limit(batch_size)
+        rows = db.session.execute(page if last_seq is None else page.where(table.c.seq > last_seq)).all()
         if not rows:
             break
         for row in rows:
@@ -181,6 +181,10 @@ def verify(batch_size: int = 5000, anchors: Iterable[tuple[int, str]] = ()) -> V
             stored = records.decode(row)
             if isinstance(stored.seq, Unreadable):  # no place in the chain to check it at
                 report.problems.append(f"record {stored.seq}: unreadable (edited)")
+                continue
+            if stored.seq < expected_seq:  # 0 or below: none of the chain's, yet in the log
+                report.problems.append(f"record {stored.seq}: numbered before the first record (inserted or "
+                                       "renumbered)")
                 continue
             if stored.seq != expected_seq:
                 report.problems.append(f"records {expected_seq}..{stored.seq - 1} are missing (deleted)")
