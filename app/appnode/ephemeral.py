@@ -159,14 +159,18 @@ class EphemeralMixin:
         group = session.get(Group, (local_part(message.to), me))
         return [peer for peer in self._member_nodes(group) if peer != me]
 
-    def _require_participant(self, session: Session, user: str, message: Message) -> None:
+    def _require_participant(self, session: Session, user: str, message: Message) -> Group | None:
+        """`user` takes part in the conversation of `message`: one of a single chat's two users, or a member of
+        the group now. Having sent the message is no exception: a user who had left the group still opened it
+        while their own message was its newest. Returns the group (None for a single chat)."""
         if message.chat_type == "single":
             if user not in (message.sender_address, message.to):
                 raise NotAParticipant(f"{user} is not in {message.conversation_id}")
-            return
+            return None
         group = session.get(Group, (local_part(message.to), node_of(message.to)))
-        if user != message.sender_address and (group is None or user not in group.members):
+        if group is None or user not in group.members:
             raise NotAParticipant(f"{user} is not in {message.conversation_id}")
+        return group
 
     def set_presence(self, user_id: str, status: str, client_type: str = "pc") -> dict:
         """A.15: told to every node that shares a conversation with the user (a group, or a recent chat). Who
