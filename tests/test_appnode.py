@@ -366,18 +366,28 @@ def test_a_database_of_schema_2_gains_the_mark_of_forgotten_deliveries_in_place(
     connection.close()
     factory = open_database(path)
     with factory.begin() as session:
-        assert session.get(Setting, "schema_version").value == SCHEMA_VERSION == "3"
+        assert session.get(Setting, "schema_version").value == SCHEMA_VERSION == "4"
         assert session.get(Message, message_id).delivered_forgotten is False
         session.get(Message, message_id).delivered_forgotten = True
     with factory() as session:
         assert session.get(Message, message_id).delivered_forgotten is True
     factory.kw["bind"].dispose()
-    open_database(path).kw["bind"].dispose()  # and opens as schema 3 from then on
+    open_database(path).kw["bind"].dispose()  # and opens as the current schema from then on
+
+
+def _as_schema_3(path) -> None:
+    """A database (a fresh one if there is none) taken back to what schema 3 left: no joined_at, version 3."""
+    open_database(path).kw["bind"].dispose()
+    with sqlite3.connect(path) as connection:
+        connection.execute("ALTER TABLE groups DROP COLUMN joined_at")
+        connection.execute("UPDATE settings SET value = '3' WHERE key = 'schema_version'")
+    connection.close()
 
 
 def _as_schema_2(path) -> None:
-    """A fresh database taken back to what schema 2 left: no delivered_forgotten, version 2."""
-    open_database(path).kw["bind"].dispose()
+    """A fresh database taken back to what schema 2 left: no delivered_forgotten (nor schema 4's joined_at),
+    version 2."""
+    _as_schema_3(path)
     with sqlite3.connect(path) as connection:
         connection.execute("ALTER TABLE messages DROP COLUMN delivered_forgotten")
         connection.execute("UPDATE settings SET value = '2' WHERE key = 'schema_version'")
@@ -385,9 +395,11 @@ def _as_schema_2(path) -> None:
 
 
 def _schema_of(path) -> tuple[str, list[str]]:
+    """The schema version, and the columns of the tables the steps since schema 2 changed (messages, groups)."""
     with sqlite3.connect(path) as connection:
         version = connection.execute("SELECT value FROM settings WHERE key = 'schema_version'").fetchone()[0]
-        columns = [row[1] for row in connection.execute("PRAGMA table_info(messages)")]
+        columns = [row[1] for table in ("messages", "groups")
+                   for row in connection.execute(f"PRAGMA table_info({table})")]
     connection.close()
     return version, columns
 
@@ -419,6 +431,7 @@ def test_processes_opening_a_database_of_schema_2_together_upgrade_it_once(tmp_p
             process.join()
         version, columns = _schema_of(path)
         assert version == SCHEMA_VERSION and columns.count("delivered_forgotten") == 1
+        assert columns.count("joined_at") == 1
     assert [outcome for outcome in outcomes if outcome != "ok"] == []
 
 
@@ -455,6 +468,50 @@ def test_an_upgrade_to_schema_3_interrupted_after_its_column_opens(tmp_path):
     open_database(path).kw["bind"].dispose()
     version, columns = _schema_of(path)
     assert version == SCHEMA_VERSION and columns.count("delivered_forgotten") == 1
+
+
+def test_a_database_of_schema_3_gains_when_each_member_joined_in_place(network):
+    """Schema 4 records when each group member was last added: a member sees the group's messages from then on
+    (docs/protocol.md §8.9). A node's data directory is its identity, so a database of schema 3 takes the column
+    in place; its members, whose joining nobody recorded, keep seeing everything, as they did."""
+    a, b = network["a"], network["b"]
+    group = a.node.create_group("zhangsan", "专班", [b.user("lisi")])
+    conversation = f"g:{group.address}"
+
+    def texts(user: str) -> list[str]:
+        return [document["content"]["text"] for document in history(a, user, conversation)]
+
+    a.node.send_text("zhangsan", group.address, "早")
+    a.node.group_operation("zhangsan", group.address, "invite", [a.user("wangwu")])
+    a.node.send_text("zhangsan", group.address, "晚")
+    settle(a, b)
+    assert texts("wangwu") == ["晚"]
+    _as_schema_3(a.dir / "node.db")  # the node's database as schema 3 left it, under the idle node
+    open_database(a.dir / "node.db").kw["bind"].dispose()  # what the next start of the node does
+    version, columns = _schema_of(a.dir / "node.db")
+    assert version == SCHEMA_VERSION == "4" and columns.count("joined_at") == 1
+    assert texts("wangwu") == ["早", "晚"]
+    assert [(row["unread"], row["count"]) for row in a.node.conversations("wangwu")] == [(2, 2)]
+    assert [entry["unread_by"] for entry in a.node.history("zhangsan", conversation)] == [2, 2]
+    a.node.group_operation("zhangsan", group.address, "kick", [a.user("wangwu")])
+    a.node.group_operation("zhangsan", group.address, "invite", [a.user("wangwu")])
+    a.node.send_text("zhangsan", group.address, "再")
+    settle(a, b)
+    assert texts("wangwu") == ["再"]  # a member added since the upgrade: from when they were
+    assert texts("zhangsan") == ["早", "晚", "再"]
+
+
+def test_an_upgrade_to_schema_4_interrupted_after_its_column_opens(tmp_path):
+    """A database left with schema 4's column but still version 3 (an upgrade cut short) takes the rest of the
+    step instead of failing on a column already there."""
+    path = tmp_path / "node.sqlite3"
+    _as_schema_3(path)
+    with sqlite3.connect(path) as connection:
+        connection.execute("ALTER TABLE groups ADD COLUMN joined_at JSON NOT NULL DEFAULT '{}'")
+    connection.close()
+    open_database(path).kw["bind"].dispose()
+    version, columns = _schema_of(path)
+    assert version == SCHEMA_VERSION and columns.count("joined_at") == 1
 
 
 # ---- trust and bad input, each a test ---------------------------------------------------------------------------

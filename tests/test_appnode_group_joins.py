@@ -8,8 +8,8 @@ from urllib.error import HTTPError
 
 import pytest
 
-from app.appnode.protocol import NotAParticipant
-from tests.test_appnode import history, network, settle  # noqa: F401 (fixture)
+from app.appnode.protocol import NotAParticipant, NotFound
+from tests.test_appnode import history, network, png, settle, sync  # noqa: F401 (fixture)
 from tests.test_appnode_cli import refusal
 from tests.test_appnode_page import page
 from tests.test_sessions import people  # noqa: F401 (fixture)
@@ -17,6 +17,124 @@ from tests.test_sessions import people  # noqa: F401 (fixture)
 
 def texts(served, user: str, conversation: str) -> list[str]:
     return [document["content"].get("text", document["msg_type"]) for document in history(served, user, conversation)]
+
+
+def inbox(served, user: str) -> list[tuple[str, int, int]]:
+    return [(row["conversation_id"], row["unread"], row["count"]) for row in served.node.conversations(user)]
+
+
+def counts(served, user: str, conversation: str) -> dict[str, tuple[list[str], int]]:
+    """Who has read each message the user sees, and how many have not, by message id."""
+    return {entry["message"].message_id: (entry["read_by"], entry["unread_by"])
+            for entry in served.node.history(user, conversation)}
+
+
+def exchange_read_states(*served) -> None:
+    """Members' nodes send their users' read states to the home node (the last), which relays them."""
+    for node in served:
+        node.node.flush_ephemeral()
+
+
+def test_a_new_member_sees_the_messages_from_when_they_joined_whichever_node_they_are_on(network):  # noqa: F811
+    """Invited after three messages, a new member on the home node, and one on a node that already had a member,
+    saw and were counted unread for all three, while one on a node new to the group saw nothing: a member
+    sees what was said from when they joined, on every node, and counts as neither having read nor not having
+    read a message sent before."""
+    a, b = network["a"], network["b"]
+    c = network["join"]("110000")
+    sync(a, b, c)
+    group = a.node.create_group("zhangsan", "专班", [b.user("lisi")])
+    conversation = f"g:{group.address}"
+    early = [a.node.send_text("zhangsan", group.address, text).message_id for text in ("早1", "早2", "早3")]
+    settle(a, b, c)
+    a.node.group_operation("zhangsan", group.address, "invite",
+                           [a.user("wangwu"), b.user("zhaoliu"), c.user("sunqi")])
+    settle(a, b, c)
+    newcomers = ((a, "wangwu"), (b, "zhaoliu"), (c, "sunqi"))
+    for served, user in newcomers:
+        assert inbox(served, user) == [], user
+        with pytest.raises(NotFound, match="no messages"):
+            served.node.history(user, conversation)
+        with pytest.raises(NotFound, match="no messages"):
+            served.node.mark_read(user, conversation)
+    assert inbox(b, "lisi") == [(conversation, 3, 3)]  # there from the beginning: everything
+
+    late = a.node.send_text("zhangsan", group.address, "晚").message_id
+    settle(a, b, c)
+    hello = c.node.send_text("sunqi", group.address, "我来了").message_id
+    settle(a, b, c)
+    for served, user in newcomers:
+        assert texts(served, user, conversation) == ["晚", "我来了"], user
+    assert inbox(a, "wangwu") == inbox(b, "zhaoliu") == [(conversation, 2, 2)]
+    assert inbox(c, "sunqi") == [(conversation, 1, 2)]  # their own message is not unread
+    assert texts(b, "lisi", conversation) == ["早1", "早2", "早3", "晚", "我来了"]
+    assert inbox(b, "lisi") == [(conversation, 5, 5)]
+
+    # Nobody has read anything: the early messages wait for lisi alone, the later ones for every member but
+    # their sender, on every node that has them.
+    members = [a.user("zhangsan"), b.user("lisi"), a.user("wangwu"), b.user("zhaoliu"), c.user("sunqi")]
+    unread = {**{message_id: ([], 1) for message_id in early}, late: ([], 4), hello: ([], 4)}
+    assert counts(a, "zhangsan", conversation) == counts(b, "lisi", conversation) == unread
+    later = {late: ([], 4), hello: ([], 4)}
+    for served, user in newcomers:
+        assert counts(served, user, conversation) == later, user
+
+    # sunqi reads everything (up to the newest message), lisi too: each early message is read by lisi alone,
+    # sunqi having joined after it; every node that has a message says the same of it.
+    c.node.mark_read("sunqi", conversation)
+    b.node.mark_read("lisi", conversation)
+    exchange_read_states(c, b, a)
+    read = {**{message_id: ([b.user("lisi")], 0) for message_id in early},
+            late: ([b.user("lisi"), c.user("sunqi")], 2), hello: ([b.user("lisi")], 3)}
+    assert read[late][0] == [member for member in members if member in read[late][0]]  # the members' order
+    assert counts(a, "zhangsan", conversation) == counts(b, "lisi", conversation) == read
+    for served, user in newcomers:
+        assert counts(served, user, conversation) == {late: read[late], hello: read[hello]}, user
+    assert inbox(c, "sunqi") == [(conversation, 0, 2)] and inbox(b, "lisi") == [(conversation, 0, 5)]
+
+
+def test_a_member_removed_and_invited_again_does_not_see_what_was_said_meanwhile(network):  # noqa: F811
+    """A user kicked, then invited again, saw what was said while they were out if their node kept another
+    member: they see what was said from when they were last invited, on whichever node, and cannot download
+    a file sent before either."""
+    a, b = network["a"], network["b"]
+    c = network["join"]("110000")
+    sync(a, b, c)
+    returning = ((a, "wangwu"), (b, "zhaoliu"), (c, "sunqi"))  # A and B keep a member meanwhile, C keeps none
+    group = a.node.create_group("zhangsan", "专班", [a.user("wangwu"), b.user("lisi"), b.user("zhaoliu"),
+                                                    c.user("sunqi")])
+    conversation = f"g:{group.address}"
+    before = a.node.send_text("zhangsan", group.address, "之前").message_id
+    settle(a, b, c)
+    for served, user in returning:
+        assert texts(served, user, conversation) == ["之前"], user
+    a.node.group_operation("zhangsan", group.address, "kick", [a.user("wangwu"), b.user("zhaoliu"),
+                                                              c.user("sunqi")])
+    settle(a, b, c)
+    gap = a.node.send_text("zhangsan", group.address, "期间").message_id
+    picture = b.node.send_file("lisi", group.address, png(), "image", file_name="现场.png").message_id
+    settle(a, b, c)
+    a.node.group_operation("zhangsan", group.address, "invite", [a.user("wangwu"), b.user("zhaoliu"),
+                                                                c.user("sunqi")])
+    settle(a, b, c)
+    for served, user in returning:
+        assert inbox(served, user) == [], user
+        with pytest.raises(NotFound, match="no messages"):
+            served.node.history(user, conversation)
+    back = a.node.send_text("zhangsan", group.address, "回来了").message_id
+    settle(a, b, c)
+    for served, user in returning:
+        assert texts(served, user, conversation) == ["回来了"], user
+        assert inbox(served, user) == [(conversation, 1, 1)], user
+    assert texts(b, "lisi", conversation) == ["之前", "期间", "image", "回来了"]
+    assert inbox(b, "lisi") == [(conversation, 3, 4)]
+    for served, user in ((a, "wangwu"), (b, "zhaoliu")):  # their nodes hold it, for the members who stayed
+        with pytest.raises(NotAParticipant, match="before"):
+            served.node.download(user, picture)
+    assert b.node.download("lisi", picture).size > 0
+    # Whoever was out is counted for nothing sent before their return: neither read nor unread.
+    expected = {before: ([], 1), gap: ([], 1), picture: ([], 1), back: ([], 4)}
+    assert counts(a, "zhangsan", conversation) == counts(b, "lisi", conversation) == expected
 
 
 def test_a_member_who_left_cannot_open_the_group_even_when_they_said_the_last_word(network):  # noqa: F811

@@ -1,8 +1,9 @@
 """Ephemeral state (A.13 read states, A.15 presence): newest-wins records, queued for the nodes concerned
 and sent as one batch per peer. They bypass the outbox: a batch that fails EPHEMERAL_ATTEMPTS times or for
 longer than EPHEMERAL_WINDOW is dropped, since the next change supersedes it (docs/protocol.md §6). The
-participant check (`_require_participant`) stays with the read states it was written for; files and reading
-use it too. What one peer keeps here is bounded (`NodeConfig.max_read_states_per_peer`, `max_presence_per_peer`).
+participant check (`_require_participant`, and `_require_reader` for one message) stays with the read states
+it was written for; files and reading use it too. What one peer keeps here is bounded
+(`NodeConfig.max_read_states_per_peer`, `max_presence_per_peer`).
 """
 
 from __future__ import annotations
@@ -136,7 +137,9 @@ class EphemeralMixin:
                                      .limit(1)).first()
             if latest is None:
                 raise NotFound(f"no messages in {conversation_id}")
-            self._require_participant(session, reader, latest)
+            group = self._require_participant(session, reader, latest)
+            if group is not None and latest.send_time < group.joined(reader):
+                raise NotFound(f"no messages in {conversation_id}")  # none since the reader joined (§8.9)
             state = {"conversation_id": conversation_id, "user_id": reader,
                      "read_up_to_message_id": latest.message_id, "unread_count": 0,
                      "updated_at": protocol.format_timestamp(utcnow())}
@@ -171,6 +174,13 @@ class EphemeralMixin:
         if group is None or user not in group.members:
             raise NotAParticipant(f"{user} is not in {message.conversation_id}")
         return group
+
+    def _require_reader(self, session: Session, user: str, message: Message) -> None:
+        """`_require_participant`, and for a group message one the member sees: sent since they last joined
+        (docs/protocol.md §8.9)."""
+        group = self._require_participant(session, user, message)
+        if group is not None and message.send_time < group.joined(user):
+            raise NotAParticipant(f"message {message.message_id} was sent before {user} joined {message.to}")
 
     def set_presence(self, user_id: str, status: str, client_type: str = "pc") -> dict:
         """A.15: told to every node that shares a conversation with the user (a group, or a recent chat). Who

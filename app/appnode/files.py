@@ -63,7 +63,7 @@ def _head(path: Path) -> bytes:
 
 class FilesMixin:
     """Serving, downloading and storing a `Node`'s files. Relies on the node's `db`, `_writing`, `data_dir`,
-    `files_dir`, `config`, `node_id`, `peers`, `peer_entry` and `_pull_for_recipient`, on `_require_participant`
+    `files_dir`, `config`, `node_id`, `peers`, `peer_entry` and `_pull_for_recipient`, on `_require_reader`
     (EphemeralMixin) and `_peer_error` (OutboxMixin)."""
 
     def _serve_download(self, envelope: dict) -> Reply:
@@ -113,7 +113,7 @@ class FilesMixin:
             message = session.get(Message, message_id)
             if message is None or message.msg_type not in FILE_KINDS:
                 raise NotFound(f"no file message {message_id}{self._file_id_hint(session, user_id, message_id)}")
-            self._require_participant(session, address(user_id, me), message)
+            self._require_reader(session, address(user_id, me), message)
             content = message.document["content"]
             stored = session.get(StoredFile, (message.origin_node, content["file_id"]))
             if stored is not None:
@@ -174,7 +174,7 @@ class FilesMixin:
             Message.document[("content", "file_id")].as_string() == given).limit(1)).first()
         try:
             if carrier is not None:
-                self._require_participant(session, address(user_id, self.node_id), carrier)
+                self._require_reader(session, address(user_id, self.node_id), carrier)
                 return (f": {given} is the file id of message {carrier.message_id}; download takes the message's id "
                         f"(the first column of `history`)")
         except NotAParticipant:

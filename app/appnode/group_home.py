@@ -24,9 +24,15 @@ from app.appnode.protocol import (
     UnsupportedCapability,
     node_of,
 )
-from app.appnode.store import Group, User
+from app.appnode.store import Group, User, utcnow
 
 MAX_GROUP_MEMBERS = 3000
+
+
+def joined_now() -> str:
+    """When a member this node learns of now joins (`Group.set_members`), stored as message send times are:
+    what a member sees, and is counted for, starts there (§8.9)."""
+    return protocol.sortable_time(protocol.format_timestamp(utcnow()))
 
 
 @dataclass(frozen=True)
@@ -148,7 +154,7 @@ class GroupHomeMixin:
             group.owner = targets[0]
         if len(members) > MAX_GROUP_MEMBERS:
             raise Conflict(f"a group has at most {MAX_GROUP_MEMBERS} members", field="payload.target_user_ids")
-        group.members = members
+        group.set_members(members, joined_now())
         if not group.dismissed and group.info() == before:
             return group, None  # nothing changed: no new state to number or announce
         group.seq += 1
@@ -167,7 +173,8 @@ class GroupHomeMixin:
             raise self._changed(state.group_key[0])
         info = state.announcement["group_info"]
         group.name, group.notice, group.owner = info["name"], info.get("notice", ""), info["owner"]
-        group.members, group.dismissed = list(info["members"]), False
+        group.set_members(info["members"], None if state.before is None else joined_now())  # a create: none
+        group.dismissed = False
         return group
 
     @staticmethod

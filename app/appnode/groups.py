@@ -20,7 +20,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from app.appnode import protocol
-from app.appnode.group_home import NewState
+from app.appnode.group_home import NewState, joined_now
 from app.appnode.messages import Reply, address, local_part
 from app.appnode.protocol import Conflict, NotFound, node_of, require_address
 from app.appnode.store import Group, Outbox, User, insert_received, raw_cursor
@@ -88,7 +88,10 @@ class GroupsMixin:
                           name=info["name"], owner=info["owner"], members=[])
             session.add(group)
         group.name, group.notice, group.owner = info["name"], info.get("notice", ""), info["owner"]
-        group.members, group.seq, group.dismissed = members, op["seq"], gone
+        # The announcement carries no time (§8.9): a member new to the replica joins when this node learns of
+        # it, at its confirmation if this node gained them; a group's first members, from its beginning.
+        group.set_members(members, None if op["op"] == "create" else joined_now())
+        group.seq, group.dismissed = op["seq"], gone
 
     def _own_users_checked(self, session: Session, replica: Group | None, op: dict) -> list[str]:
         """The members to keep of an announcement's state. Only this node knows its users (§8.9), and the state

@@ -6,6 +6,7 @@ writes.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import defaultdict
 from datetime import timedelta
 
@@ -14,9 +15,9 @@ from sqlalchemy.orm import Session, aliased
 
 from app.appnode import protocol
 from app.appnode.config import SOFTWARE_VERSION
-from app.appnode.messages import address, local_part
-from app.appnode.protocol import NotFound, node_of
-from app.appnode.store import Group, Message, Outbox, Presence, ReadState, utcnow
+from app.appnode.messages import address
+from app.appnode.protocol import NotFound
+from app.appnode.store import Message, Outbox, Presence, ReadState, utcnow
 
 # The messages of a conversation a page of history holds unless told otherwise (the newest ones), and the most
 # the CLI asks for at once.
@@ -31,17 +32,20 @@ class ReadingMixin:
         """The user's conversations, newest first, with the last message and the unread count. An unknown user
         is refused (not_found) as sending is: no conversations would read as a user with an empty inbox. A group
         is listed while the user is in it: by their own messages, one they had quit, been removed from or seen
-        dismissed stayed listed, and opening it was refused."""
+        dismissed stayed listed, and opening it was refused. Only its messages sent since the user last joined
+        count (§8.9): listed by them alone, a group is not listed before its first message since then."""
         me_address = address(user_id, self.node_id)
-        group_addresses = {f"g:{group.address}" for group in self.groups(user_id)}  # refuses an unknown user
+        # Refuses an unknown user. Each group's conversation, with when the user joined it.
+        joined = {f"g:{group.address}": group.joined(me_address) for group in self.groups(user_id)}
         with self.db() as session:
             rows = session.scalars(select(Message).where(or_(
                 and_(Message.chat_type == "single",
                      or_(Message.sender_address == me_address, Message.to == me_address)),
-                Message.conversation_id.in_(group_addresses))).order_by(Message.send_time, Message.message_id)).all()
+                Message.conversation_id.in_(joined))).order_by(Message.send_time, Message.message_id)).all()
             by_conversation: dict[str, list[Message]] = defaultdict(list)
             for row in rows:
-                by_conversation[row.conversation_id].append(row)
+                if row.chat_type == "single" or row.send_time >= joined[row.conversation_id]:
+                    by_conversation[row.conversation_id].append(row)
             result = []
             for conversation, messages in by_conversation.items():
                 result.append({"conversation_id": conversation, "last": messages[-1],
@@ -83,7 +87,9 @@ class ReadingMixin:
         order, with who has read each (A.13 read counts) and how far each was delivered; and the `before` that
         reads the page of older ones, None when there are none. A page costs the same few queries however many
         messages, members and readers: each message's audience was a list searched once per reader, and its
-        delivery a query of its own, so a large group's whole history took seconds to read."""
+        delivery a query of its own, so a large group's whole history took seconds to read. A group member
+        sees its messages sent since they last joined, and a message's audience is the members who had joined
+        by then (§8.9): a conversation with none of those is not found, as on a node that has none at all."""
         if limit < 1:
             raise ValueError("a page holds at least one message")
         reader = address(user_id, self.node_id)
@@ -93,26 +99,30 @@ class ReadingMixin:
                                      .order_by(*newest_first).limit(1)).first()
             if latest is None:
                 raise NotFound(f"no messages in {conversation_id}")
-            self._require_participant(session, reader, latest)
+            group = self._require_participant(session, reader, latest)
+            since = group.joined(reader) if group is not None else ""  # "": before any message
             query = select(Message).where(Message.conversation_id == conversation_id)
+            if since:
+                query = query.where(Message.send_time >= since)
             if before is not None:
                 cursor = session.get(Message, before)
-                if cursor is None or cursor.conversation_id != conversation_id:
+                if cursor is None or cursor.conversation_id != conversation_id or cursor.send_time < since:
                     raise NotFound(f"no message {before} in {conversation_id}")
                 query = query.where(or_(Message.send_time < cursor.send_time,
                                         and_(Message.send_time == cursor.send_time,
                                              Message.message_id < cursor.message_id)))
             messages = session.scalars(query.order_by(*newest_first).limit(limit + 1)).all()
+            if not messages and before is None:
+                raise NotFound(f"no messages in {conversation_id}")
             older = messages[limit - 1].message_id if len(messages) > limit else None
             messages = messages[:limit][::-1]
             positions = self._read_positions(session, conversation_id)
-            members = None  # a single chat's
-            if latest.chat_type == "group":
-                group = session.get(Group, (local_part(latest.to), node_of(latest.to)))
-                members = list(group.members) if group is not None else []
-            member_set = set(members or ())
+            members = list(group.members) if group is not None else None  # None: a single chat's
+            joined = {user: group.joined(user) for user in members} if group is not None else {}
+            # How many members had joined by a time: bisect their times, sorted.
+            joined_times = sorted(joined.values())
             # Only members with a read position can have read anything; in the members' order, as listed.
-            readers = [(user, positions[user]) for user in members or () if user in positions]
+            readers = [(user, positions[user], joined[user]) for user in members or () if user in positions]
             deliveries = self._delivery_states(session, messages)
             result = []
             for message in messages:
@@ -122,9 +132,11 @@ class ReadingMixin:
                     audience = [user for user in (message.to,) if user != sender]
                     read_by = [user for user in audience if user in positions and positions[user] >= key]
                     audience_size = len(audience)
-                else:
-                    read_by = [user for user, position in readers if user != sender and position >= key]
-                    audience_size = len(members) - (1 if sender in member_set else 0)
+                else:  # the members who had joined when it was sent, but its sender
+                    read_by = [user for user, position, added in readers
+                               if user != sender and position >= key and added <= message.send_time]
+                    audience_size = bisect_right(joined_times, message.send_time) - (
+                        1 if sender in joined and joined[sender] <= message.send_time else 0)
                 result.append({"message": message, "read_by": read_by, "unread_by": audience_size - len(read_by),
                                "delivery": deliveries.get(message.message_id)})
         return result, older

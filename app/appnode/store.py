@@ -33,7 +33,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 from app.database import UTCDateTime, switch_to_wal, utcnow
 
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"
 
 
 class Base(DeclarativeBase):
@@ -122,7 +122,9 @@ class StoredFile(Base):
 
 
 class Group(Base):
-    """A group this node is home of (authoritative) or a replica of its home node's last announcement."""
+    """A group this node is home of (authoritative) or a replica of its home node's last announcement.
+    `joined_at`: when each member was last added, as this node learned it (`set_members`); a member sees the
+    group's messages sent from then on (docs/protocol.md §8.9)."""
 
     __tablename__ = "groups"
     group_id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -133,10 +135,31 @@ class Group(Base):
     members: Mapped[list] = mapped_column(JSON)
     seq: Mapped[int] = mapped_column(Integer)
     dismissed: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Member address to `protocol.sortable_time` (text order is time order). Schema 4: a member without an
+    # entry was there before anything was recorded (a group's first members; every member of an older schema).
+    joined_at: Mapped[dict] = mapped_column(JSON, default=dict, server_default="{}")
 
     @property
     def address(self) -> str:
         return f"{self.group_id}@{self.home_node_id}"
+
+    def joined(self, member: str) -> str:
+        """When `member` was last added, comparable with `Message.send_time`; "" (before any message) when it is
+        not known: a member since the group's beginning, or since before schema 4."""
+        return (self.joined_at or {}).get(member, "")
+
+    def set_members(self, members: list[str], now: str | None) -> None:
+        """The group's members become `members`. Each one it did not list joins `now` (None: the group's first
+        members, there from its beginning); each one it keeps keeps its time, and a removed one loses it, so
+        that being invited again starts afresh."""
+        listed, joined, kept = set(self.members or ()), self.joined_at or {}, {}
+        for member in members:
+            if member not in listed:
+                if now is not None:
+                    kept[member] = now
+            elif member in joined:
+                kept[member] = joined[member]
+        self.joined_at, self.members = kept, list(members)
 
     def info(self) -> dict:
         return {"name": self.name, "notice": self.notice, "owner": self.owner, "members": list(self.members)}
@@ -228,10 +251,12 @@ def _create_or_upgrade(connection: Connection, path: Path) -> None:
     current = connection.execute(select(settings.c.value).where(settings.c.key == "schema_version")).scalar()
     if current is None:
         connection.execute(insert(settings).values(key="schema_version", value=SCHEMA_VERSION))
-    elif current in ("1", "2"):
+    elif current in ("1", "2", "3"):
         if current == "1":
             _add_peer_node(connection)
-        _add_delivered_forgotten(connection)
+        if current in ("1", "2"):
+            _add_delivered_forgotten(connection)
+        _add_joined_at(connection)
         connection.execute(update(settings).where(settings.c.key == "schema_version").values(value=SCHEMA_VERSION))
     elif current != SCHEMA_VERSION:
         raise RuntimeError(f"{path} has schema {current}; this node software needs {SCHEMA_VERSION}")
@@ -261,6 +286,13 @@ def _add_delivered_forgotten(connection: Connection) -> None:
     upgrade are not known any more: those messages read as before, with no delivery state."""
     if not _has_column(connection, "messages", "delivered_forgotten"):
         connection.exec_driver_sql("ALTER TABLE messages ADD COLUMN delivered_forgotten BOOLEAN NOT NULL DEFAULT 0")
+
+
+def _add_joined_at(connection: Connection) -> None:
+    """Schema 3 to 4: when each group member was last added. Nobody recorded it before the upgrade: the members
+    then have no entry, and see their groups' messages from the beginning, as they did."""
+    if not _has_column(connection, "groups", "joined_at"):
+        connection.exec_driver_sql("ALTER TABLE groups ADD COLUMN joined_at JSON NOT NULL DEFAULT '{}'")
 
 
 # ---- the hot path in plain SQL -------------------------------------------------------------------------------
