@@ -668,3 +668,58 @@ def test_a_stored_table_listing_another_certificate_for_this_node_is_left_to_the
     server.set_identity(JIANGXI, "36" * 32)
     assert server.accept(**signed(pki, table(6, entry(JIANGXI), entry(GUANGDONG)))).outcome == "accepted"
     assert server.version == 6 and server.peek(GUANGDONG) is not None
+
+
+# --- the route signer's revocation (the intermediate's CRL) --------------------------------------------
+
+def crl_of(issuer: Issued, *revoked: Issued, number: int = 1, next_update: datetime = NOW + timedelta(days=7),
+           this_update: datetime = NOW - timedelta(hours=1)) -> bytes:
+    """A CRL in DER, as `/ca/crl.crl` serves it, signed by `issuer`'s key."""
+    builder = (x509.CertificateRevocationListBuilder().issuer_name(issuer.cert.subject)
+               .last_update(this_update).next_update(next_update)
+               .add_extension(x509.CRLNumber(number), critical=False))
+    for certificate in revoked:
+        builder = builder.add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(
+            certificate.cert.serial_number).revocation_date(NOW - timedelta(minutes=30)).build())
+    return builder.sign(issuer.key, hashes.SHA256()).public_bytes(Encoding.DER)
+
+
+def test_a_signer_on_the_crl_is_refused_and_a_table_it_signed_is_no_longer_held(pki, tmp_path, caplog):
+    storage = tmp_path / "routes.json"
+    client = make_client(pki, storage_path=storage)
+    client.accept(**signed(pki, table(3)))
+    assert client.use_revocation_list(crl_of(pki.intermediate, pki.signer, number=2)) is True
+    assert client.version is None and client.entry(JIANGXI) is None
+    assert f"version 3: the route signer certificate {pki.signer.cert.serial_number:x} is revoked" in caplog.text
+    assert rejected(client, **signed(pki, table(4))) == "signer_revoked"
+    restarted = make_client(pki, storage_path=storage, revocation_list=crl_of(pki.intermediate, pki.signer, number=2))
+    assert restarted.version is None  # nor is the stored table trusted again
+    successor = issue("route signer", pki.intermediate, usages=[document.ROUTE_SIGNER_USAGE])
+    assert client.accept(**signed(pki, table(4), successor)).outcome == "accepted"
+
+
+def test_a_crl_no_trusted_ca_signed_or_older_than_the_one_held_is_not_taken(pki):
+    client = make_client(pki)
+    impostor = issue("MPIM test issuing CA", ca=True)  # the intermediate's name, another key
+    for data in (crl_of(impostor, pki.signer), b"not a CRL"):
+        with pytest.raises(RouteRejected) as refused:
+            client.use_revocation_list(data)
+        assert refused.value.code == "bad_crl"
+    assert client.use_revocation_list(crl_of(pki.intermediate, number=5)) is True
+    replayed = crl_of(pki.intermediate, pki.signer, number=4, this_update=NOW - timedelta(days=2))
+    assert client.use_revocation_list(replayed) is False  # older than the one held
+    assert client.accept(**signed(pki, table(1))).outcome == "accepted"
+
+
+def test_with_a_crl_required_a_new_table_needs_a_current_one_and_the_held_one_stays(pki, tmp_path):
+    clock = Clock()
+    storage = tmp_path / "routes.json"
+    client = make_client(pki, now=clock, storage_path=storage, require_revocation_list=True)
+    assert rejected(client, **signed(pki, table(1))) == "revocation_unknown"
+    client.use_revocation_list(crl_of(pki.intermediate, next_update=NOW + timedelta(hours=1)))
+    assert client.accept(**signed(pki, table(1))).outcome == "accepted"
+    clock.moment = NOW + timedelta(hours=2)  # the CRL is past its nextUpdate, the table is not past its expiry
+    assert rejected(client, **signed(pki, table(2))) == "revocation_unknown"
+    assert client.version == 1 and client.entry(JIANGXI) is not None
+    restarted = make_client(pki, now=clock, storage_path=storage, require_revocation_list=True)  # and no CRL
+    assert restarted.version == 1 and restarted.entry(JIANGXI) is not None

@@ -1,8 +1,9 @@
 """SPEC §5 on the application node: accept a pulled routing table only after TUF's order of checks.
 
-Size first (before parsing), then the signer certificate and the signature over the exact body
-bytes, then the version (no rollback), then `expires_at` (no freeze), then the contents, and only
-then is a delta applied and the new table written to storage. A rejected table changes nothing.
+Size first (before parsing), then the signer certificate (its chain, and its issuer's CRL:
+client_revocation.py) and the signature over the exact body bytes, then the version (no rollback),
+then `expires_at` (no freeze), then the contents, and only then is a delta applied and the new table
+written to storage. A rejected table changes nothing.
 A client with storage also follows that file: a newer table another process (the node's CLI) stored
 there is adopted before the next lookups, under the same rules, as on a restart. A stored table is
 verified again from the signed documents stored with it (`app.routing.storage`); one that fails, that
@@ -30,6 +31,7 @@ from cryptography import x509
 
 from app.errors import DomainError
 from app.routing import document as route_document
+from app.routing.client_revocation import RevocationMixin
 from app.routing.client_storage import StoredTableMixin
 from app.routing.document import ROUTE_SIGNER_USAGE, MalformedDocument
 from app.routing.storage import FileIdentity, SignedDocument
@@ -78,7 +80,7 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class RouteClient(VerificationMixin, StoredTableMixin):
+class RouteClient(VerificationMixin, RevocationMixin, StoredTableMixin):
     """Holds the newest routing table this node has accepted, and answers peer lookups from it.
 
     `trust_anchor` is the root CA certificate(s) (`GET /ca/ca.pem`); `intermediates` the issuing
@@ -89,6 +91,8 @@ class RouteClient(VerificationMixin, StoredTableMixin):
     adopted: the file's identity is looked at, at most once per `storage_check_interval` seconds
     (0: on every lookup), before answering. `signer_usage` is the extended key usage the signer
     certificate must carry (None to skip; node certificates chain to the same root).
+    `revocation_list` is a CRL of the signer's issuer kept from before (later ones: `use_revocation_list`); with
+    `require_revocation_list` a new table needs a current one (see client_revocation.py).
     """
 
     def __init__(self, trust_anchor: Certificates, *, intermediates: Certificates | None = None,
@@ -96,7 +100,8 @@ class RouteClient(VerificationMixin, StoredTableMixin):
                  storage_path: str | os.PathLike[str] | None = None,
                  max_body_size: int = DEFAULT_MAX_BODY_SIZE, now: Callable[[], datetime] = _utcnow,
                  signer_usage: x509.ObjectIdentifier | None = ROUTE_SIGNER_USAGE,
-                 storage_check_interval: float = DEFAULT_STORAGE_CHECK_INTERVAL):
+                 storage_check_interval: float = DEFAULT_STORAGE_CHECK_INTERVAL,
+                 revocation_list: bytes | None = None, require_revocation_list: bool = False):
         self._roots = _load_certificates(trust_anchor)
         if not self._roots:
             raise ValueError("a route client needs at least one trust anchor")
@@ -108,6 +113,9 @@ class RouteClient(VerificationMixin, StoredTableMixin):
         self.now = now
         self.signer_usage = signer_usage
         self.storage_check_interval = storage_check_interval
+        self.require_revocation_list = require_revocation_list
+        self._revocation_lists: dict[bytes, x509.CertificateRevocationList] = {}  # by the issuer's key
+        self._use_initial_revocation_list(revocation_list)
         self._lock = threading.Lock()
         self._stored_identity: FileIdentity | None = None  # of the file last read, written or passed over
         self._next_storage_check = time.monotonic() + storage_check_interval
@@ -182,7 +190,7 @@ class RouteClient(VerificationMixin, StoredTableMixin):
         """Check a pulled table or delta in TUF's order and hold it; RouteRejected(code) otherwise."""
         signed = SignedDocument(body, signature_b64, signer_fingerprint.lower(), signer_cert_pem, chain_pem)
         try:
-            return self._accept_signed(self._verified_document(signed), signed)
+            return self._accept_signed(self._verified_document(signed, pulled=True), signed)
         except MalformedDocument as error:
             raise RouteRejected("malformed", str(error)) from None
 

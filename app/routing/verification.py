@@ -34,9 +34,9 @@ Certificates = bytes | x509.Certificate | Sequence[x509.Certificate]
 
 
 class RouteRejected(DomainError):
-    """§5: the node refuses this table; `code` says why (too_large, bad_signer, bad_signature,
-    rollback, expired, malformed, own_entry_mismatch, delta_base_mismatch; for a stored table only,
-    storage_corrupt and storage_unverified)."""
+    """§5: the node refuses this table; `code` says why (too_large, bad_signer, signer_revoked,
+    revocation_unknown, bad_signature, rollback, expired, malformed, own_entry_mismatch, delta_base_mismatch;
+    for a stored table only, storage_corrupt and storage_unverified; for a CRL, bad_crl)."""
 
     code = "route_rejected"
     status = 422
@@ -85,19 +85,24 @@ def _load_certificates(value: Certificates | None) -> list[x509.Certificate]:
 
 class VerificationMixin:
     """The checks of one signed document for a `RouteClient`. Relies on the client's `max_body_size`, `now`,
-    `signer_usage`, `node_id`, `own_fingerprint`, `_roots` and `_intermediates`."""
+    `signer_usage`, `node_id`, `own_fingerprint`, `_roots` and `_intermediates`, and on `_check_revocation`
+    (RevocationMixin)."""
 
-    def _verified_document(self, signed: SignedDocument) -> dict[str, Any]:
-        """Size, signer and signature, then just enough parsing to order the remaining checks."""
+    def _verified_document(self, signed: SignedDocument, *, pulled: bool = False) -> dict[str, Any]:
+        """Size, signer and signature, then just enough parsing to order the remaining checks. `pulled`: a new
+        document, rather than one the client holds or stored (they differ in what a missing CRL means)."""
         if len(signed.body) > self.max_body_size:
             raise RouteRejected("too_large", f"routing table of {len(signed.body)} bytes exceeds "
                                 f"{self.max_body_size}")
-        signer = self._verify_signer(signed.signer_cert_pem, signed.chain_pem, signed.signer_fingerprint)
+        signer = self._verify_signer(signed.signer_cert_pem, signed.chain_pem, signed.signer_fingerprint,
+                                     pulled=pulled)
         self._verify_signature(signer, signed.body, signed.signature_b64)
         return _parse(signed.body)
 
-    def _verify_signer(self, signer_cert_pem: bytes, chain_pem: bytes | None, fingerprint: str) -> x509.Certificate:
-        """§5: the certificate named by `X-Route-Signer`, fit to sign tables, chaining to the anchor."""
+    def _verify_signer(self, signer_cert_pem: bytes, chain_pem: bytes | None, fingerprint: str, *,
+                       pulled: bool = False) -> x509.Certificate:
+        """§5: the certificate named by `X-Route-Signer`, fit to sign tables, chaining to the anchor, and not
+        on its issuer's CRL."""
         try:
             signer = x509.load_pem_x509_certificate(signer_cert_pem)
             pool = self._intermediates + _load_certificates(chain_pem)
@@ -110,13 +115,16 @@ class VerificationMixin:
         if not signer.not_valid_before_utc <= now <= signer.not_valid_after_utc:
             raise RouteRejected("bad_signer", "the signer certificate is outside its validity period")
         self._check_signer_profile(signer)
-        current = signer
+        current, signers_issuer = signer, None
         for _ in range(MAX_CHAIN_DEPTH):
-            if any(_issued_by(current, root) for root in self._roots):
+            root = next((root for root in self._roots if _issued_by(current, root)), None)
+            if root is not None:
+                self._check_revocation(signer, signers_issuer or root, pulled=pulled)
                 return signer
             issuer = next((ca for ca in pool if _is_usable_ca(ca, now) and _issued_by(current, ca)), None)
             if issuer is None:
                 break
+            signers_issuer = signers_issuer or issuer
             current = issuer
         raise RouteRejected("bad_signer", "the signer certificate does not chain to the trust anchor")
 
