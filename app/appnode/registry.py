@@ -84,6 +84,7 @@ class Identity:
         self.chain_file = self.dir / "chain.pem"
         self.bundle_file = self.dir / "ca-bundle.pem"
         self.signer_file = self.dir / "route-signer.pem"
+        self.crl_file = self.dir / "crl.crl"  # the intermediate's CRL (DER), the route signer is checked against
         self.pending_key_file = self.dir / "pending.key"
 
     def has_key(self) -> bool:
@@ -237,6 +238,13 @@ class RegistryClient:
                 raise self.fail(result, f"GET /ca/{name}")
             parts[name] = result.body
         self.identity.store_ca(parts["ca.pem"], parts["chain.pem"], parts["route-signer.pem"])
+
+    def fetch_crl(self) -> bytes:
+        """The intermediate's CRL (SPEC §4 `/ca/crl.crl`, DER): the route signer is checked against it."""
+        result = self.request("GET", "/ca/crl.crl", headers={"Accept": "application/pkix-crl"})
+        if result.status != 200:
+            raise self.fail(result, "GET /ca/crl.crl")
+        return result.body
 
     # --- admission ---------------------------------------------------------------------------------
     def apply(self, token: str, information: dict, csr: str) -> str:

@@ -6,10 +6,11 @@ missing from the table is refused, as a caller (`_refresh_for_peer`) or as a rec
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 from app.appnode.protocol import UnknownPeer
-from app.appnode.registry import NotJoined, RegistryError
+from app.appnode.registry import NotJoined, RegistryError, write_atomic
 from app.appnode.renewal import CERTIFICATE_REVOKED, PENDING_KEY_MAY_OPEN
 from app.appnode.store import put_setting
 from app.errors import DomainError
@@ -19,6 +20,9 @@ from app.routing.verification import OwnEntryMismatch, RouteRejected
 log = logging.getLogger("mpim.appnode")
 
 REFRESH_INTERVAL = 30.0
+# The CRL the route signer is checked against is fetched again after this long (docs/protocol.md §2: at least
+# hourly), before its nextUpdate, and whenever the table names a signer the node does not hold.
+REVOCATION_LIST_INTERVAL = 3600.0
 
 
 class RouteTableMixin:
@@ -33,10 +37,13 @@ class RouteTableMixin:
                 if not self.identity.ca_file.exists():
                     raise NotJoined("the CA certificates have not been fetched yet")
                 own = self.identity.fingerprint() if self.joined else None
+                crl_file = self.identity.crl_file
                 self._routes = RouteClient(self.identity.ca_file.read_bytes(),
                                            intermediates=self.identity.chain_file.read_bytes(),
                                            node_id=self.node_id if self.joined else None, own_fingerprint=own,
-                                           storage_path=self.data_dir / "routes.json")
+                                           storage_path=self.data_dir / "routes.json",
+                                           revocation_list=crl_file.read_bytes() if crl_file.exists() else None,
+                                           require_revocation_list=True)
             return self._routes
 
     def reload_routes(self) -> None:
@@ -54,6 +61,7 @@ class RouteTableMixin:
                 raise self.registry.fail(result, "the routing table is unavailable")
             return result
 
+        self._refresh_revocation_list()
         mended: set[str] = set()
         while True:
             try:
@@ -79,11 +87,40 @@ class RouteTableMixin:
                     self.adopt_listed_certificate(error.listed_sha256)  # then pull once more
                 else:
                     self.registry.fetch_ca()  # the signer may have been rotated: fetch it and try once more
+                    # A rotation may come with the old signer's revocation: a CRL listing it drops a table it
+                    # signed (which a leaked key may have made, of a version no genuine table reaches).
+                    self._refresh_revocation_list(force=True)
         self._last_refresh = time.monotonic()
         if result.outcome == "accepted":
             self._note_certificate_problem("")
         self._note_registry_problem("")
         return result
+
+    def _refresh_revocation_list(self, *, force: bool = False) -> None:
+        """Fetch the intermediate's CRL for the route client when it is due (or `force`), and keep it in
+        `tls/crl.crl`. A CRL that cannot be fetched or is not taken is logged and changes nothing: the table held
+        stays in use, and a new one is taken only while the CRL held is current (docs/protocol.md §4)."""
+        if not force and not self._revocation_list_due():
+            return
+        crl_file = self.identity.crl_file
+        try:
+            data = self.registry.fetch_crl()
+            taken = self.routes.use_revocation_list(data, self.identity.chain_file.read_bytes())
+        except (RegistryError, RouteRejected) as error:
+            log.warning("the CRL the route signer is checked against was not refreshed: %s", error.message)
+            return
+        if taken:
+            write_atomic(crl_file, data)
+        elif crl_file.exists():
+            os.utime(crl_file)  # fetched now; the one kept is newer
+
+    def _revocation_list_due(self) -> bool:
+        try:
+            age = time.time() - self.identity.crl_file.stat().st_mtime
+        except FileNotFoundError:
+            return True
+        next_update = self.routes.revocation_list_next_update
+        return age >= REVOCATION_LIST_INTERVAL or next_update is None or next_update <= self.routes.now()
 
     def _recovered_with_pending_key(self, refusal: RegistryError) -> bool:
         """The session signed with the current key was refused; if a key is pending (`csr --new-key`), try it
