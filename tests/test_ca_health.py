@@ -568,3 +568,43 @@ def test_certificate_pages_show_while_the_ca_key_cannot_be_opened(app, people, a
         assert download.status_code == 200 and download.data.count(b"BEGIN CERTIFICATE") == 3, kind
     assert "这是正在使用的路由签名证书" in client.get(f"/certificates/{rows['route_signer'].serial}").get_data(
         as_text=True)
+
+
+def test_a_revoked_route_signer_put_back_in_use_signs_no_table_and_healthz_says_so(app, client, runner,
+                                                                                  admin_console):
+    """Revoking the signer in use replaces it at once; a CA directory then restored from a backup taken before
+    (or a replacement committed whose files could not be put in place) has the management node sign with the
+    revoked key again, and every node refuses what it signs. It refuses to sign instead, and says so."""
+    from app.pki import own_keys
+    from app.routing import service as routing
+
+    directory = Path(app.config["MPIM_CA_DIR"])
+    backup = {name: (directory / name).read_bytes() for name in ("route-signer.pem", "route-signer.key")}
+    serial = format(x509.load_pem_x509_certificate(backup["route-signer.pem"]).serial_number, "x")
+    revoked = runner.invoke(args=["ca", "revoke", serial, "--reason", "key_compromise", "--user", "minister"])
+    assert revoked.exit_code == 0 and "it was in use: replaced by route_signer" in revoked.output, revoked.output
+    assert client.get("/healthz").get_json()["route_signer"] == "ok"
+    for name, data in backup.items():  # the CA directory restored from a backup taken before the revocation
+        (directory / name).write_bytes(data)
+    head = routing.head_version()
+
+    published = runner.invoke(args=["routing", "publish", "--force"])
+    assert published.exit_code == 1 and isinstance(published.exception, SystemExit), published.output
+    assert published.output.startswith(f"error: The route signer in use (certificate {serial}) is revoked")
+    assert "flask ca rotate-route-signer" in published.output
+    assert routing.head_version() == head
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert (response.get_json()["ca"], response.get_json()["route_signer"]) == ("ok", "revoked")
+    assert serial.encode() not in response.data  # the reason is for the log and the admins
+    assert "路由签名证书" in admin_console.client.get("/").get_data(as_text=True)
+    admin_console.client.get("/lang/en")
+    page = admin_console.client.get("/").get_data(as_text=True)
+    assert f"The route signer in use (certificate {serial}) is revoked" in page
+
+    assert own_keys.service_renewal_job() == "renewed route-signer"  # the scheduler's hourly job mends it
+    assert routing.head_version() == head + 1  # the table re-signed by the new signer
+    response = client.get("/healthz")
+    assert response.status_code == 200 and response.get_json()["route_signer"] == "ok"
+    assert runner.invoke(args=["routing", "publish", "--force"]).exit_code == 0
+    assert routing.head_version() == head + 2

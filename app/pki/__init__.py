@@ -26,6 +26,8 @@ def init_app(app) -> None:
         console.banner_sources.append(views.banner)
     if ("ca", readiness.health_check) not in console.health_checks:
         console.health_checks.append(("ca", readiness.health_check))
+    if ("route_signer", own_keys.health_check) not in console.health_checks:
+        console.health_checks.append(("route_signer", own_keys.health_check))
     if views.node_section not in node_views.node_sections:
         node_views.node_sections.insert(0, views.node_section)  # above the health card
     entry = ("certificates.index", _l("Certificates"), ("ministry_admin", "provincial_admin", "auditor"))

@@ -1,7 +1,10 @@
 """The management node's own keys: the route signer (routing tables) and its TLS identity (health polls).
 
 Both renew themselves in the last third of their lifetime (`service_renewal_job`) and are replaced at
-once when revoked; the CA certificates above them only warn, long before they expire.
+once when revoked; the CA certificates above them only warn, long before they expire. A route signer
+in use whose certificate is revoked all the same (a CA directory restored from a backup taken before
+the revocation, a replacement committed whose files could not be put in place) signs no routing table,
+which every node would refuse: /healthz and the console say so, and `service_renewal_job` replaces it.
 """
 
 from __future__ import annotations
@@ -9,12 +12,14 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
+from flask_babel import LazyString
 from flask_babel import lazy_gettext as _l
 from flask_sqlalchemy.session import Session as FlaskSession
-from sqlalchemy import event
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session, SessionTransaction
 
 from app.database import utcnow
+from app.errors import DomainError
 from app.extensions import db
 from app.pki import authority, service
 from app.pki.authority import ServiceRole, StagedServicePair, discard_service_pair
@@ -24,6 +29,11 @@ ROOT_CRL_WARNING_DAYS = 60
 # session.info: the (authority, staged pair) of each rotation in the transaction, installed once it commits.
 STAGED = "mpim_staged_service_pairs"
 log = logging.getLogger(__name__)
+
+
+class RouteSignerRevoked(DomainError):
+    code = "route_signer_revoked"
+    status = 503
 
 
 def route_signer():
@@ -46,6 +56,42 @@ def route_signer_certificate():
     if not authority.is_initialised(directory):
         raise service.CANotReady(service.missing_ca_message())
     return authority.service_certificate(directory, "route-signer")
+
+
+def route_signer_to_sign_with():
+    """`route_signer()`, refused (RouteSignerRevoked) while its certificate is revoked: nodes check the signer
+    against the CRL and would refuse every table it signs, and a table signed with a key that may have leaked
+    is worth nothing."""
+    key, certificate = route_signer()
+    row = revoked_row(certificate)
+    if row is not None:
+        raise RouteSignerRevoked(revoked_route_signer_message(row))
+    return key, certificate
+
+
+def revoked_row(certificate) -> Certificate | None:
+    """The certificate's row if it is revoked, read from the database (another process may have revoked it)."""
+    return db.session.scalar(select(Certificate).where(Certificate.serial == format(certificate.serial_number, "x"),
+                                                       Certificate.revoked_at.is_not(None)))
+
+
+def revoked_route_signer_message(row: Certificate) -> LazyString:
+    return _l("The route signer in use (certificate %(serial)s) is revoked: nodes refuse every routing table it "
+              "signs, so none is signed or published. Run `flask ca rotate-route-signer` (the scheduler's "
+              "ca.service_renewal job does within the hour).", serial=row.serial)
+
+
+def health_check() -> tuple[str, bool, str]:
+    """`console.health_checks`' "route_signer": "revoked" (not serving: no table can be published here) while
+    the signer in use is revoked, else "ok"; "unknown" while this process cannot open the CA ("ca" says why)."""
+    from app.i18n import english
+    from app.pki import readiness
+
+    if readiness.condition().state != "ok":
+        return "unknown", True, ""
+    _, certificate = route_signer()
+    row = revoked_row(certificate)
+    return ("ok", True, "") if row is None else ("revoked", False, english(revoked_route_signer_message(row)))
 
 
 def rotate_route_signer(*, actor: str) -> Certificate:
@@ -107,14 +153,14 @@ event.listen(FlaskSession, "after_transaction_end", _discard_uncommitted)
 
 
 def service_certificates_due(now: datetime | None = None) -> list[str]:
-    """The management node's own certificates in the last third of their lifetime."""
+    """The management node's own certificates in the last third of their lifetime, or revoked while in use."""
     now = now or utcnow()
     loaded = service.authority()
     due = []
     for role, certificate in (("route-signer", loaded.route_signer_certificate),
                               ("management", loaded.management_certificate)):
         lifetime = certificate.not_valid_after_utc - certificate.not_valid_before_utc
-        if certificate.not_valid_after_utc - now <= lifetime / 3:
+        if certificate.not_valid_after_utc - now <= lifetime / 3 or revoked_row(certificate) is not None:
             due.append(role)
     return due
 
@@ -122,7 +168,7 @@ def service_certificates_due(now: datetime | None = None) -> list[str]:
 def service_renewal_job() -> str:
     """Scheduler job: renew the route signer and the management node's TLS certificate in the last
     third of their lifetime, so neither runs out unnoticed (an expired route signer would make every
-    node refuse the routing table)."""
+    node refuse the routing table), and replace one in use that is revoked (nodes refuse what it signs)."""
     if not service.is_ready():
         return "no CA"
     due = service_certificates_due()

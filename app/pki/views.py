@@ -196,8 +196,9 @@ CA_UNUSABLE = {
 
 
 def banner(user) -> list[dict]:
-    """Ministry admins are told at once when the CA cannot sign (before an approval fails on it);
-    they and auditors see the CA's certificates expiring."""
+    """Ministry admins are told at once when the CA cannot sign (before an approval fails on it) and when
+    the route signer in use is revoked (no table is published); they and auditors see the CA's certificates
+    expiring."""
     if user.role not in ("ministry_admin", "auditor"):
         return []
     found = readiness.condition()
@@ -208,4 +209,9 @@ def banner(user) -> list[dict]:
             "Until an operator corrects it, no certificate can be issued, renewed or revoked, no OCSP response, "
             "CRL or routing table signed, and no node's health polled (the console shows each node's last known "
             "state); /healthz answers 503. Detail: %(reason)s", reason=found.reason))}]
-    return [{"kind": "warning", "text": str(text)} for text in own_keys.expiry_warnings()]
+    banners = []
+    if found.state == "ok" and user.role == "ministry_admin":
+        revoked = own_keys.revoked_row(own_keys.route_signer()[1])
+        if revoked is not None:
+            banners.append({"kind": "error", "text": str(own_keys.revoked_route_signer_message(revoked))})
+    return banners + [{"kind": "warning", "text": str(text)} for text in own_keys.expiry_warnings()]

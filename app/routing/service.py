@@ -84,9 +84,9 @@ def entries_of(version: RouteVersion | None) -> dict[str, dict]:
 
 
 def sign(body: bytes) -> tuple[str, str]:
-
+    """(signature, signer fingerprint) for `body`; refused while the route signer in use is revoked."""
     from app.pki import own_keys
-    key, certificate = own_keys.route_signer()
+    key, certificate = own_keys.route_signer_to_sign_with()
     return base64.b64encode(document.sign_body(body, key)).decode(), document.certificate_fingerprint(certificate)
 
 
