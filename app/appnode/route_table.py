@@ -109,10 +109,13 @@ class RouteTableMixin:
         except (RegistryError, RouteRejected) as error:
             log.warning("the CRL the route signer is checked against was not refreshed: %s", error.message)
             return
-        if taken:
-            write_atomic(crl_file, data)
-        elif crl_file.exists():
-            os.utime(crl_file)  # fetched now; the one kept is newer
+        try:
+            if taken:
+                write_atomic(crl_file, data)
+            elif crl_file.exists():
+                os.utime(crl_file)  # fetched now; the one kept is newer
+        except OSError as error:  # the route client holds it: only a restart would do without it
+            log.warning("the CRL fetched could not be kept in %s: %s", crl_file, error)
 
     def _revocation_list_due(self) -> bool:
         try:
