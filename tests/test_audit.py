@@ -21,7 +21,22 @@ def write_records(count: int) -> None:
     db.session.commit()
 
 
-def drop_guard() -> None:
+@pytest.fixture(autouse=True)
+def guard_is_back_after_each_test(request):
+    """PostgreSQL: the suite shares one database, so a test that removes the append-only guard must put it back;
+    a test that left it disabled had every later test of the run edit and delete records unguarded."""
+    if "app" not in request.fixturenames:
+        yield
+        return
+    request.getfixturevalue("app")  # set up first, so torn down after this check
+    yield
+    if db.engine.dialect.name == "postgresql":
+        db.session.rollback()
+        state = db.session.scalar(text("SELECT tgenabled FROM pg_trigger WHERE tgname = 'audit_records_no_change'"))
+        assert state == "O", f"the append-only trigger is left {state!r} (O: enabled)"
+
+
+def remove_guard() -> None:
     """What a DBA with full rights could do: remove the triggers and then edit rows."""
     if db.engine.dialect.name == "postgresql":
         db.session.execute(text("ALTER TABLE audit_records DISABLE TRIGGER audit_records_no_change"))
@@ -29,6 +44,23 @@ def drop_guard() -> None:
         db.session.execute(text("DROP TRIGGER audit_records_no_update"))
         db.session.execute(text("DROP TRIGGER audit_records_no_delete"))
     db.session.commit()
+
+
+def restore_guard() -> None:
+    """PostgreSQL, where the suite shares one database: the trigger enabled again. SQLite's file is the test's own."""
+    db.session.rollback()
+    if db.engine.dialect.name == "postgresql":
+        db.session.execute(text("ALTER TABLE audit_records ENABLE TRIGGER audit_records_no_change"))
+        db.session.commit()
+
+
+@pytest.fixture
+def drop_guard(app):
+    """`drop_guard()` removes the append-only guard (`remove_guard`) for the rest of the test; it is back after."""
+    dropped = []
+    yield lambda: (remove_guard(), dropped.append(True))
+    if dropped:
+        restore_guard()
 
 
 def test_chain_verifies(app, runner):
@@ -50,7 +82,7 @@ def test_database_refuses_update_and_delete(app):
             assert "append-only" in str(error)
 
 
-def test_verify_detects_an_edited_record(app, runner):
+def test_verify_detects_an_edited_record(app, runner, drop_guard):
     write_records(4)
     drop_guard()
     db.session.execute(text("UPDATE audit_records SET target = 'forged' WHERE seq = 2"))
@@ -61,7 +93,7 @@ def test_verify_detects_an_edited_record(app, runner):
     assert result.exit_code == 1
 
 
-def test_verify_detects_a_deleted_record(app):
+def test_verify_detects_a_deleted_record(app, drop_guard):
     write_records(4)
     drop_guard()
     db.session.execute(text("DELETE FROM audit_records WHERE seq = 3"))
@@ -92,7 +124,7 @@ def test_console_shows_details_as_written_and_escaped(admin_console):
     assert "起始日期" in page and "来源地址" in page
 
 
-def test_an_anchor_copied_elsewhere_catches_the_newest_records_cut_off(app, runner):
+def test_an_anchor_copied_elsewhere_catches_the_newest_records_cut_off(app, runner, drop_guard):
     """The chain is intact after its tail is deleted; the anchor an operator copied is not."""
     write_records(5)
     anchor = runner.invoke(args=["audit", "anchor"]).output.strip()
@@ -335,18 +367,15 @@ FINDINGS = {"unreadable": "unreadable (edited)", "edited": "content does not mat
 
 
 def edit_unguarded(statements: list[str]) -> None:
-    """Run `statements` with the append-only guard removed (`drop_guard`); on PostgreSQL, where the suite shares
+    """Run `statements` with the append-only guard removed (`remove_guard`); on PostgreSQL, where the suite shares
     one database, the guard is back afterwards."""
-    drop_guard()
+    remove_guard()
     try:
         for statement in statements:
             db.session.execute(text(statement))
         db.session.commit()
     finally:
-        db.session.rollback()
-        if db.engine.dialect.name == "postgresql":
-            db.session.execute(text("ALTER TABLE audit_records ENABLE TRIGGER audit_records_no_change"))
-            db.session.commit()
+        restore_guard()
 
 
 def tamper_records() -> tuple[list[int], dict[int, tuple[str, str]]]:
