@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from math import ceil
@@ -12,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import DateTime, Select, any_, bindparam, event, func, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.types import TypeDecorator
 
 from app.extensions import db
@@ -70,13 +71,16 @@ def get_by_number(model, number: int):
     return db.session.get(model, number) if 0 < number < 2**31 else None
 
 
-def paginate(query: Select, page: int, per_page: int, *, count: bool = True) -> Page:
-    """Offset pagination with a separate COUNT; callers keep list queries index-friendly."""
+def paginate(query: Select, page: int, per_page: int, *, count: bool = True,
+             decode: Callable[[Row], Any] | None = None) -> Page:
+    """Offset pagination with a separate COUNT; callers keep list queries index-friendly. The items are the
+    query's first column (a model), or, given `decode`, what it makes of each row."""
     page = max(1, page)
     total = db.session.scalar(select(func.count()).select_from(query.order_by(None).subquery())) if count else 0
     if count:  # a page past the end (an old link) shows the last one, and of an empty list the first
         page = min(page, max(1, -(-total // per_page)))
-    items = list(db.session.scalars(query.limit(per_page).offset((page - 1) * per_page)))
+    result = db.session.execute(query.limit(per_page).offset((page - 1) * per_page))
+    items = list(result.scalars()) if decode is None else [decode(row) for row in result]
     return Page(items=items, page=page, per_page=per_page, total=total or 0)
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import threading
+from datetime import datetime
 
 import pytest
 from sqlalchemy import func, select, text
@@ -442,3 +444,198 @@ def test_verify_reports_a_record_numbered_before_the_first(app, runner):
     assert service.verify(batch_size=1).problems == expected
     result = runner.invoke(args=["audit", "verify", "--json"])
     assert result.exit_code == 1 and json.loads(result.output)["problems"] == expected, result.output
+
+
+UNREADABLE_MARK = "无法读取（已被改动）"  # "unreadable (edited)", as verify says it
+# What the audit page, the dashboard and `flask audit list` show of each edited record (TAMPERINGS): the column, and
+# what the database holds there, as it shows it (the text, or a test of it: PostgreSQL writes a time in its
+# session's zone); None where the record is readable, and shown as any record is.
+SHOWN_AS_STORED = {
+    "detail = '{not json'": ("detail", "{not json"),
+    "at = 'yesterday'": ("at", "yesterday"),
+    "at = 12345": ("at", "12345"),
+    "actor = x'00'": ("actor", "x'00'"),
+    "at = 'infinity'": ("at", "infinity"),
+    "at = '-infinity'": ("at", "-infinity"),
+    "at = '10000-01-01'": ("at", lambda text: "10000-01-01" in text),
+    "at = '0044-03-15 BC'": ("at", lambda text: text.startswith("0044-03-1") and text.endswith(" BC")),
+    "at = '9999-12-31 23:30:00+00'": ("at", lambda text: "-12-31" in text),
+}
+PAGE_COLUMNS = ("seq", "at", "actor", "action", "target", "remote_addr", "detail")
+
+
+def _matches(expected, text: str) -> bool:
+    return expected(text) if callable(expected) else text == expected
+
+
+def _cells(row_html: str) -> list[str]:
+    return re.findall(r"<td[^>]*>(.*?)</td>", row_html, re.S)
+
+
+def _as_stored(cell: str) -> str | None:
+    """What a cell shows as the database holds it, unescaped; None when it shows a value as usual."""
+    match = re.search(r'<code class="stored">(.*?)</code>', cell, re.S)
+    return html.unescape(match.group(1)) if match else None
+
+
+def _shown(cell: str) -> str:
+    return html.unescape(re.sub(r"<[^>]+>", "", cell)).strip()
+
+
+def audit_page_rows(client, **query) -> dict[str, list[str]]:
+    """Every row the audit page lists for `query`, over all its pages, by the number in its first cell (as the page
+    shows it); the total the page states is what it lists, and no row is on two pages."""
+    rows: dict[str, list[str]] = {}
+    number = 1
+    while True:
+        response = client.get("/audit/", query_string={**query, "page": number})
+        assert response.status_code == 200, (query, number)
+        page = response.get_data(as_text=True)
+        for row in re.findall(r"<tr[^>]*>(<td.*?)</tr>", page, re.S):
+            cells = _cells(row)
+            seq = _shown(cells[0]).split()[0]
+            assert seq not in rows, (seq, query)
+            rows[seq] = cells
+        if 'rel="next"' not in page:
+            break
+        number += 1
+    total = re.search(r"共 (\d+) 条", page)
+    assert int(total.group(1) if total else 0) == len(rows), query
+    return rows
+
+
+def check_shown(clause: str, finding: str, cells: dict[str, str], marked: str) -> None:
+    """A record edited by `clause` is marked unreadable where it is one (`marked`: the cell the mark is in), and
+    shows in its column what the database holds; every other column, as usual."""
+    assert (UNREADABLE_MARK in cells[marked]) == (finding == "unreadable"), (clause, cells[marked])
+    column, expected = SHOWN_AS_STORED.get(clause, (None, None))
+    for name, cell in cells.items():
+        if name == column:
+            assert _as_stored(cell) is not None and _matches(expected, _as_stored(cell)), (clause, name, cell)
+        else:
+            assert _as_stored(cell) is None, (clause, name, cell)
+
+
+def test_console_lists_each_record_it_cannot_read_marked_as_stored(admin_console):
+    """The audit page answered 500 at a record edited into what no record holds, where a ministry admin looks
+    first once verify reports one: each is listed, marked, with what the database holds; the rest as usual."""
+    written, edited = tamper_records()
+    rows = audit_page_rows(admin_console.client)
+    assert {str(seq) for seq in written} <= rows.keys()
+    for seq in written:
+        cells = dict(zip(PAGE_COLUMNS, rows[str(seq)], strict=True))
+        assert _shown(cells["target"]) == f"target-{seq - written[0]}"  # what could be read, shown as always
+        if seq not in edited:
+            assert UNREADABLE_MARK not in cells["seq"] and not any(map(_as_stored, cells.values())), cells
+            assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", _shown(cells["at"])), cells["at"]
+            continue
+        clause, finding = edited[seq]
+        check_shown(clause, finding, cells, marked="seq")
+        if clause == "at = '9999-12-31 23:30:00.000000'":  # SQLite: a time, but past 9999 in Asia/Shanghai
+            assert _shown(cells["at"]) == "9999-12-31 23:30:00 UTC"
+        if clause == "action = '=1+2'":
+            assert _shown(cells["action"]) == "=1+2"
+        if clause == "detail = '5'":
+            assert _shown(cells["detail"]) == "5"
+    admin_console.client.get("/lang/en")
+    page = admin_console.client.get("/audit/").get_data(as_text=True)
+    assert page.count("unreadable (edited)") == sum(finding == "unreadable" for _, finding in edited.values())
+
+
+def test_console_filters_records_it_cannot_read_by_what_is_stored(admin_console, runner):
+    """Actor, action and target compare what the database holds; a time that is no time (unreadable) is on no day,
+    so a date filter lists no such record, where the database's own order put text after every day, a number
+    before, infinity after. The export and `flask audit export` select as the page does."""
+    written, edited = tamper_records()
+    client = admin_console.client
+    seqs = {str(seq) for seq in written}
+    edit_of = {str(seq): clause for seq, (clause, _) in edited.items()}
+    unreadable_time = {seq for seq, clause in edit_of.items() if clause.startswith("at = ")
+                       and edited[int(seq)][1] == "unreadable"}
+    by_tester = seqs - {seq for seq, clause in edit_of.items() if clause.startswith("actor = ")}
+    assert audit_page_rows(client, actor="tester").keys() == by_tester
+    assert audit_page_rows(client, action="test.").keys() == seqs - {
+        seq for seq, clause in edit_of.items() if clause.startswith("action = ")}
+    assert seqs <= audit_page_rows(client, target="target-").keys()
+    since = audit_page_rows(client, actor="tester", since="2000-01-01")
+    assert since.keys() == by_tester - unreadable_time
+    until = audit_page_rows(client, actor="tester", until="2999-12-31")
+    assert until.keys() == by_tester - {seq for seq, clause in edit_of.items() if clause.startswith("at = ")}
+    for query, listed in (({"since": "2000-01-01"}, since), ({"until": "2999-12-31"}, until)):
+        exported = client.get("/audit/export.csv", query_string={"actor": "tester", **query})
+        assert exported.status_code == 200
+        assert {line.split(",")[0] for line in exported.get_data(as_text=True).splitlines()[1:]} == listed.keys()
+        result = runner.invoke(args=["audit", "export", "--actor", "tester", *(f"--{key}={value}" for key, value in
+                                                                             query.items())])
+        assert result.exit_code == 0 and {line.split(",")[0] for line in result.output.splitlines()[1:]} == \
+            listed.keys(), result.output
+
+
+def test_dashboard_lists_recent_records_it_cannot_read_marked_as_stored(admin_console):
+    """The dashboard's recent activity answered 500 as the audit page did, so no page of the console opened."""
+    written, edited = tamper_records()
+    response = admin_console.client.get("/")
+    assert response.status_code == 200
+    section = response.get_data(as_text=True).split('id="recent-activity"', 1)[1].split("</section>", 1)[0]
+    rows = [dict(zip(("at", "actor", "action", "target"), _cells(row), strict=True))
+            for row in re.findall(r"<tr[^>]*>(<td.*?)</tr>", section, re.S)]
+    assert [_shown(row["target"]) for row in rows] == [f"target-{seq - written[0]}" for seq in written[::-1][:8]]
+    recent_edits = [seq for seq in written[::-1][:8] if seq in edited]
+    assert any(edited[seq][1] == "unreadable" for seq in recent_edits)
+    for seq, row in zip(written[::-1], rows, strict=False):
+        if seq in edited:
+            check_shown(*edited[seq], row, marked="at")
+        else:
+            assert UNREADABLE_MARK not in row["at"] and not any(map(_as_stored, row.values())), row
+
+
+def test_cli_lists_each_record_it_cannot_read_marked_as_stored(app, runner):
+    """`flask audit list` ended in a traceback at such a record (--json too, after the lines before it): each is
+    listed with what the database holds, marked; --json names the columns that could not be read."""
+    written, edited = tamper_records()
+    result = runner.invoke(args=["audit", "list", "--limit", str(len(written))])
+    assert result.exit_code == 0, (result.output, result.exception)
+    lines = result.output.splitlines()
+    assert len(lines) == len(written)
+    listed = runner.invoke(args=["audit", "list", "--json", "--limit", str(len(written))])
+    assert listed.exit_code == 0, (listed.output, listed.exception)
+    items = [json.loads(line) for line in listed.output.splitlines()]
+    assert [item["seq"] for item in items] == written[::-1]
+    for seq, line, item in zip(written[::-1], lines, items, strict=True):
+        assert line.split()[0] == str(seq) and f" target-{seq - written[0]}" in line, line
+        assert item["target"] == f"target-{seq - written[0]}" and item["hash"] == _hash_of(seq)
+        clause, finding = edited.get(seq, ("", ""))
+        column, expected = SHOWN_AS_STORED.get(clause, (None, None))
+        assert item["unreadable"] == ([column] if finding == "unreadable" else []), (clause, item)
+        assert line.endswith(f"  unreadable (edited): {column}") == (finding == "unreadable"), (clause, line)
+        if column is None:
+            assert item["at"] == datetime.fromisoformat(item["at"]).isoformat(), item
+            continue
+        assert _matches(expected, item[column]), (clause, item)
+        if column != "detail":  # which the lines leave out; what cannot be read, quoted as JSON: no control character
+            quoted = re.search(r'"((?:[^"\\]|\\.)*)"', line)
+            assert quoted and _matches(expected, json.loads(quoted.group(0))), (clause, line)
+
+
+def test_console_and_cli_list_a_record_whose_number_is_no_number(admin_console, runner):
+    """SQLite only (PostgreSQL's integer column refuses text, checked here too): SQLite sorts text after every
+    number, so the newest first list it first; its other values, and the HTML its detail holds, as stored."""
+    write_records(3)
+    seq = db.session.scalar(select(func.max(AuditRecord.seq))) - 1
+    edit = f"UPDATE audit_records SET seq = '{seq}a', detail = '<b>x' WHERE seq = {seq}"
+    if db.engine.dialect.name == "postgresql":
+        with pytest.raises(DatabaseError, match="integer"):
+            edit_unguarded([edit])
+        return
+    edit_unguarded([edit])
+    page = admin_console.client.get("/audit/").get_data(as_text=True)
+    assert "<b>x" not in page
+    rows = audit_page_rows(admin_console.client, actor="tester")
+    assert list(rows) == [f"{seq}a", str(seq + 1), str(seq - 1)]
+    first = dict(zip(PAGE_COLUMNS, rows[f"{seq}a"], strict=True))
+    assert UNREADABLE_MARK in first["seq"] and _as_stored(first["seq"]) == f"{seq}a"
+    assert _as_stored(first["detail"]) == "<b>x" and _shown(first["target"]) == "target-1"
+    lines = runner.invoke(args=["audit", "list", "--limit", "3"]).output.splitlines()
+    assert lines[0].split()[0] == f'"{seq}a"' and lines[0].endswith("  unreadable (edited): seq, detail"), lines
+    item = json.loads(runner.invoke(args=["audit", "list", "--json", "--limit", "1"]).output)
+    assert (item["seq"], item["detail"], item["unreadable"]) == (f"{seq}a", "<b>x", ["seq", "detail"])

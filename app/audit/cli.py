@@ -11,8 +11,9 @@ from flask.cli import AppGroup
 from flask_babel import force_locale
 from sqlalchemy import select
 
-from app.audit import export, search, service
+from app.audit import export, search, service, stored
 from app.audit.models import AuditRecord
+from app.audit.stored import Unreadable
 from app.cli_arguments import Digits
 from app.extensions import db
 
@@ -60,13 +61,22 @@ def anchor_command() -> None:
 @click.option("--limit", default=20, show_default=True, type=Digits(1, 1_000_000))
 @click.option("--json", "as_json", is_flag=True)
 def list_command(limit: int, as_json: bool) -> None:
-    """The newest records; times in UTC (the console shows them in the admin's time zone)."""
-    rows = db.session.scalars(select(AuditRecord).order_by(AuditRecord.seq.desc()).limit(limit))
-    for row in rows:
-        item = {"seq": row.seq, "at": row.at.isoformat(), "actor": row.actor, "action": row.action,
-                "target": row.target, "remote_addr": row.remote_addr, "detail": row.detail, "hash": row.hash}
-        click.echo(json.dumps(item, ensure_ascii=False) if as_json else
-                   f"{row.seq:>6} {row.at:%Y-%m-%d %H:%M:%S}Z {row.actor:<16} {row.action:<28} {row.target}")
+    """The newest records; times in UTC (the console shows them in the admin's time zone). A record edited in
+    the database into what no record holds is listed with what the database holds, marked "unreadable
+    (edited)"; --json names such columns in "unreadable" (empty for every other record)."""
+    for row in stored.newest(limit):
+        if as_json:
+            at = row.at if isinstance(row.at, Unreadable) else row.at.isoformat()
+            click.echo(json.dumps({"seq": row.seq, "at": at, "actor": row.actor, "action": row.action,
+                                   "target": row.target, "remote_addr": row.remote_addr, "detail": row.detail,
+                                   "hash": row.hash, "unreadable": row.unreadable}, ensure_ascii=False))
+            continue
+        # What could not be read, quoted as JSON: a terminal is shown no control character an edit put there.
+        seq, at, actor, action, target = (json.dumps(value, ensure_ascii=False) if isinstance(value, Unreadable)
+                                          else value for value in (row.seq, row.at, row.actor, row.action, row.target))
+        at = at if isinstance(at, str) else f"{at:%Y-%m-%d %H:%M:%S}Z"
+        mark = f"  unreadable (edited): {', '.join(row.unreadable)}" if row.unreadable else ""
+        click.echo(f"{seq:>6} {at:<20} {actor:<16} {action:<28} {target}{mark}")
 
 
 @cli.command("export")

@@ -2,7 +2,8 @@
 
 Dates are calendar days in the display time zone (what the admin sees beside each record); a record's `at` is
 UTC. A date that is no date (2025-02-30 in a hand-typed URL) selects nothing and is reported, rather than
-quietly listing everything.
+quietly listing everything. The other filters compare what the database holds, even in a record edited there;
+a time edited into what is no time (`stored`) is on no day, so a date filter selects no such record.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Select, false, or_, select
 
 from app.audit.models import AuditRecord
+from app.audit.stored import holds_a_time
+from app.extensions import db
 from app.labels import AUDIT_ACTIONS
 
 FILTER_KEYS = ("actor", "action", "target", "since", "until")
@@ -78,6 +81,8 @@ def records(audit_filter: AuditFilter) -> tuple[Select, list[str]]:
                 bounds[key] = day_bound(value, audit_filter.zone, end=key == "until")
             except ValueError:
                 not_dates.append(value)
+    if bounds:  # any day typed, even one at the calendar's ends that bounds nothing: no such time is on it
+        query = query.where(holds_a_time(db.session.get_bind().dialect))
     if bounds.get("since"):
         query = query.where(AuditRecord.at >= bounds["since"])
     if bounds.get("until"):

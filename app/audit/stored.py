@@ -1,7 +1,8 @@
-"""Audit records read as the database holds them, for `verify` and the CSV export: the two readers that exist to
-find records edited in the database (its append-only triggers removed first). A record edited into what no record
-written here holds (a detail that is not JSON, a time that is no time, text for its number) is reported, or
-exported as stored, and the reading goes on; the models' own decoding ended both at the first such record.
+"""Audit records read as the database holds them, for every reader of the log: `verify`, the CSV export, the
+console's audit page and dashboard, `flask audit list`. A record edited in the database (its append-only triggers
+removed first) into what no record written here holds (a detail that is not JSON, a time that is no time, text
+for its number) is reported, exported or listed as stored, and the reading goes on; the models' own decoding ended
+each at the first such record (the audit page answered 500), where a reader looks once verify reports one.
 
 SQLite keeps any value in any column: each column is read as stored, then decoded here as the models decode it.
 PostgreSQL's typed columns refuse most of that, but keep times outside Python's years 1 to 9999 (`infinity`, a
@@ -12,20 +13,23 @@ database's own text of it.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import String, case, cast, type_coerce
+from sqlalchemy import ColumnElement, String, and_, case, cast, func, select, type_coerce
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import NullType
 
 from app.audit.models import AuditRecord
+from app.extensions import db
 
 TABLE = AuditRecord.__table__
 TEXTS = ("actor", "action", "target", "remote_addr", "prev_hash", "hash")
 # PostgreSQL: the times its driver reads in any session time zone (a day inside Python's years 1 to 9999).
 EARLIEST, LATEST = datetime(1, 1, 2, tzinfo=UTC), datetime(9999, 12, 30, tzinfo=UTC)
+# SQLite: a time as written here (2025-01-01 08:00:00.000000), which compares with another as text does.
+TIME_AS_WRITTEN = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9] [0-9][0-9]:[0-9][0-9]:[0-9][0-9]*"
 
 
 class Unreadable(str):
@@ -55,9 +59,14 @@ class Stored:
     hash: str
 
     @property
+    def unreadable(self) -> list[str]:
+        """The columns that hold what no record does, in the table's order."""
+        return [field.name for field in fields(self) if isinstance(getattr(self, field.name), Unreadable)]
+
+    @property
     def readable(self) -> bool:
         """Whether it holds what a record does, so its hash can be recomputed."""
-        return not any(isinstance(getattr(self, name), Unreadable) for name in ("seq", "at", "detail", *TEXTS))
+        return not self.unreadable
 
 
 class StoredRecords:
@@ -92,3 +101,20 @@ class StoredRecords:
         except (ValueError, TypeError, RecursionError):  # not JSON, a number, nested past any record's depth
             detail = Unreadable.of(row.detail)
         return Stored(seq=seq, at=at, detail=detail, **texts)
+
+
+def newest(limit: int) -> list[Stored]:
+    """The newest `limit` records, as stored (SQLite lists a number edited into text first: it sorts text last)."""
+    records = StoredRecords(db.session.get_bind().dialect)
+    rows = db.session.execute(select(*records.columns).order_by(TABLE.c.seq.desc()).limit(limit))
+    return [records.decode(row) for row in rows]
+
+
+def holds_a_time(dialect: Dialect) -> ColumnElement[bool]:
+    """Where a record's time is one `StoredRecords` reads (near enough on SQLite: stored as written here), so
+    that comparing it with a day's bounds means what it says. A time that is no time is on no day: without this,
+    the database's own order put SQLite's text after every time and its numbers before, PostgreSQL's infinity
+    after."""
+    if dialect.name == "postgresql":
+        return TABLE.c.at.between(EARLIEST, LATEST)
+    return and_(func.typeof(TABLE.c.at) == "text", type_coerce(TABLE.c.at, String).op("GLOB")(TIME_AS_WRITTEN))

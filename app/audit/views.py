@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, redirect, render_template, request, url_for
 
 from app.audit import export, search
+from app.audit.stored import StoredRecords
 from app.auth.access import roles_required
 from app.database import paginate, utcnow
 from app.extensions import db
@@ -21,7 +22,9 @@ def _filter() -> search.AuditFilter:
 def index():
     audit_filter = _filter()
     query, not_dates = search.records(audit_filter)
-    page = paginate(query, request.args.get("page", 1, type=int), current_app.config["MPIM_PAGE_SIZE"])
+    records = StoredRecords(db.session.get_bind().dialect)  # a record edited in the database is listed as stored
+    page = paginate(query.with_only_columns(*records.columns), request.args.get("page", 1, type=int),
+                    current_app.config["MPIM_PAGE_SIZE"], decode=records.decode)
     return render_template("audit/index.html", page=page, filters=audit_filter, not_dates=not_dates)
 
 

@@ -6,6 +6,7 @@ from flask import Blueprint, render_template
 from flask_login import current_user, login_required
 from sqlalchemy import func, select, text
 
+from app.audit import stored
 from app.audit.models import AuditRecord
 from app.auth.models import User
 from app.console import dashboard_panels, run_health_checks
@@ -26,7 +27,7 @@ def dashboard():
         users_by_role = dict(db.session.execute(select(User.role, func.count()).group_by(User.role)).all())
     if current_user.role in ("ministry_admin", "auditor"):
         audit_total = db.session.scalar(select(func.count(AuditRecord.id))) or 0
-        recent = list(db.session.scalars(select(AuditRecord).order_by(AuditRecord.seq.desc()).limit(8)))
+        recent = stored.newest(8)  # a record edited in the database is listed as stored, marked
     panels = [panel(current_user) for panel in dashboard_panels]
     return render_template(
         "console/dashboard.html",
