@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import NoReturn
 
 import click
 from flask.cli import AppGroup
@@ -33,9 +34,13 @@ def run(action, as_json: bool):
         return result
     except DomainError as error:
         db.session.rollback()
-        click.echo(json.dumps(error.to_dict(), ensure_ascii=False) if as_json else f"error: {error.message}",
-                   err=True)
-        raise SystemExit(1) from None
+        refuse(error, as_json)
+
+
+def refuse(error: DomainError, as_json: bool, exit_code: int = 1) -> NoReturn:
+    """A refusal on stderr, the error object with --json (stdout holds only what succeeded), and its exit code."""
+    click.echo(json.dumps(error.to_dict(), ensure_ascii=False) if as_json else f"error: {error.message}", err=True)
+    raise SystemExit(exit_code) from None
 
 
 def emit(item: dict, as_json: bool, line: str) -> None:
