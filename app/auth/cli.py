@@ -141,22 +141,26 @@ def reset_password_command(username, password_stdin, as_json):
 
 @cli.command("ensure-admin")
 @click.option("--username", default="admin", show_default=True)
-def ensure_admin_command(username):
+@click.option("--json", "as_json", is_flag=True)
+def ensure_admin_command(username, as_json):
     """Create the first ministry admin if there is none (password: MPIM_ADMIN_PASSWORD or generated)."""
     if db.session.scalar(select(func.count()).where(User.role == "ministry_admin")):
-        click.echo("a ministry admin exists already")
+        click.echo(json.dumps({"created": False}) if as_json else "a ministry admin exists already")
         return
-    password = os.environ.get("MPIM_ADMIN_PASSWORD") or service.generate_password()
+    chosen = os.environ.get("MPIM_ADMIN_PASSWORD")
+    password = chosen or service.generate_password()
     try:
-        service.create_user(service.UserDraft(username=username, password=password, role="ministry_admin",
-                                              display_name="部级管理员",
-                                              must_change_password=not os.environ.get("MPIM_ADMIN_PASSWORD")),
-                            actor="cli")
+        user = service.create_user(service.UserDraft(username=username, password=password, role="ministry_admin",
+                                                     display_name="部级管理员", must_change_password=not chosen),
+                                   actor="cli")
         db.session.commit()
     except DomainError as error:
         db.session.rollback()
-        fail(error, False)
-    if os.environ.get("MPIM_ADMIN_PASSWORD"):
+        fail(error, as_json)
+    if as_json:  # the password only when generated, as `users create` prints it
+        click.echo(json.dumps({"created": True, "username": user.username, "role": user.role,
+                               **({} if chosen else {"password": password})}, ensure_ascii=False))
+    elif chosen:
         click.echo(f"created ministry admin '{username}' with the password from MPIM_ADMIN_PASSWORD")
     else:
         click.echo(f"created ministry admin '{username}' with password: {password}  (shown once; the console asks "
@@ -165,14 +169,16 @@ def ensure_admin_command(username):
 
 @cli.command("unlock")
 @click.argument("username")
-def unlock_command(username):
+@click.option("--json", "as_json", is_flag=True)
+def unlock_command(username, as_json):
     try:
         addresses = service.unlock(username, actor="cli")
         db.session.commit()
     except DomainError as error:
         db.session.rollback()
-        fail(error, False)
-    click.echo(f"unlocked {username}" + (f" and the address lock on {', '.join(addresses)}" if addresses else ""))
+        fail(error, as_json)
+    click.echo(json.dumps({"username": username, "addresses": addresses}, ensure_ascii=False) if as_json else
+               f"unlocked {username}" + (f" and the address lock on {', '.join(addresses)}" if addresses else ""))
 
 
 @cli.command("clear-address-locks")
@@ -208,12 +214,14 @@ def sessions_command(username, as_json):
 
 @cli.command("end-sessions")
 @click.argument("username")
-def end_sessions_command(username):
+@click.option("--json", "as_json", is_flag=True)
+def end_sessions_command(username, as_json):
     """Sign the user out everywhere: every console session of theirs ends at its next request."""
     try:
         user = service.get_user(username)
     except DomainError as error:
-        fail(error, False)
+        fail(error, as_json)
     ended = console_sessions.end_sessions(user, "ended_by_admin", actor="cli")
     db.session.commit()
-    click.echo(f"ended {len(ended)} session(s) of {username}")
+    click.echo(json.dumps({"username": user.username, "ended": ended}, ensure_ascii=False) if as_json else
+               f"ended {len(ended)} session(s) of {username}")

@@ -67,9 +67,12 @@ def import_command(file, revision, allow_older, as_json):
 
 @cli.command("show")
 @click.argument("code")
-def show_command(code):
+@click.option("--json", "as_json", is_flag=True, help="Accepted for scripts: the division is printed as JSON anyway.")
+def show_command(code, as_json):
+    """The division as `GET /api/v1/divisions/CODE` answers it (JSON, with or without --json)."""
     try:
         click.echo(json.dumps(service.describe(code), ensure_ascii=False))
     except DomainError as error:
-        click.echo(f"error: {error.message}", err=True)
+        click.echo(json.dumps(error.to_dict(), ensure_ascii=False) if as_json else f"error: {error.message}",
+                   err=True)
         raise SystemExit(1) from None

@@ -1,0 +1,95 @@
+"""SPEC §4: every console action has a CLI twin under `flask`, printing machine-readable output with `--json`.
+
+With --json a command prints one JSON object on stdout when it succeeds, and a refusal as the error object
+(`{"error": {"code": …, "message": …}}`) on stderr with the exit code the text refusal has. A verification's
+verdict (`routing verify`, as `audit verify`) and a job's outcome are results, not refusals: on stdout, exit 1
+when they are not good."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sqlalchemy import select, update
+
+from app.auth import service as users
+from app.auth.console_sessions import live_sessions
+from app.auth.models import User
+from app.extensions import db
+from tests.conftest import Console
+
+
+def success(result) -> dict:
+    """The one JSON object a command printed on stdout, and nothing on stderr."""
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    assert result.stderr == "" and result.stdout.count("\n") == 1, (result.stdout, result.stderr)
+    return json.loads(result.stdout)
+
+
+def refusal(result, exit_code: int = 1) -> dict:
+    """The error object a refusal printed on stderr, with nothing on stdout."""
+    assert result.exit_code == exit_code and isinstance(result.exception, SystemExit), (result.stdout,
+                                                                                         result.stderr)
+    assert result.stdout == "" and result.stderr.count("\n") == 1, (result.stdout, result.stderr)
+    return json.loads(result.stderr)["error"]
+
+
+def take_ca_away(app, tmp_path: Path) -> None:
+    """As on a server where `flask ca init` has not run: the CA directory is empty."""
+    app.config["MPIM_CA_DIR"] = str(tmp_path / "fresh")
+    app.extensions.pop("mpim_authority", None)
+
+
+# --- users -------------------------------------------------------------------------------------
+
+def test_users_ensure_admin_json(app, runner, monkeypatch):
+    monkeypatch.setenv("MPIM_ADMIN_PASSWORD", "short")
+    weak = refusal(runner.invoke(args=["users", "ensure-admin", "--json"]))
+    assert weak["code"] and weak["message"]
+    assert db.session.scalar(select(User).where(User.role == "ministry_admin")) is None
+
+    monkeypatch.delenv("MPIM_ADMIN_PASSWORD")
+    created = success(runner.invoke(args=["users", "ensure-admin", "--username", "first", "--json"]))
+    assert created == {"created": True, "username": "first", "role": "ministry_admin",
+                       "password": created["password"]}
+    assert Console(app.test_client()).login("first", created["password"]).status_code == 302  # the one printed
+    assert success(runner.invoke(args=["users", "ensure-admin", "--json"])) == {"created": False}
+
+    db.session.execute(update(User).where(User.username == "first").values(role="auditor"))
+    db.session.commit()
+    monkeypatch.setenv("MPIM_ADMIN_PASSWORD", "Operators-Own-Pass-1")
+    chosen = success(runner.invoke(args=["users", "ensure-admin", "--username", "second", "--json"]))
+    assert chosen == {"created": True, "username": "second", "role": "ministry_admin"}  # never echoed back
+
+
+def test_users_unlock_json(app, runner, make_user):
+    make_user("alice", "auditor")
+    for _ in range(app.config["MPIM_LOGIN_MAX_FAILURES"]):
+        Console(app.test_client()).login("alice", "Wrong-Horse-99")
+    assert users.is_locked("alice")
+    unlocked = success(runner.invoke(args=["users", "unlock", "alice", "--json"]))
+    assert unlocked["username"] == "alice" and isinstance(unlocked["addresses"], list)
+    assert not users.is_locked("alice")
+    assert refusal(runner.invoke(args=["users", "unlock", "ghost", "--json"]))["code"] == "user_not_found"
+
+
+def test_users_end_sessions_json(app, runner, make_user):
+    make_user("alice")
+    assert Console(app.test_client()).login("alice").status_code == 302
+    [row] = live_sessions(users.get_user("alice"))
+    ended = success(runner.invoke(args=["users", "end-sessions", "alice", "--json"]))
+    assert ended == {"username": "alice", "ended": [row.id]}
+    assert live_sessions(users.get_user("alice")) == []
+    assert success(runner.invoke(args=["users", "end-sessions", "alice", "--json"])) == {"username": "alice",
+                                                                                        "ended": []}
+    assert refusal(runner.invoke(args=["users", "end-sessions", "nobody", "--json"]))["code"] == "user_not_found"
+
+
+# --- divisions ---------------------------------------------------------------------------------
+
+def test_divisions_show_json_is_what_it_always_printed(runner):
+    plain = runner.invoke(args=["divisions", "show", "360102"])
+    shown = success(runner.invoke(args=["divisions", "show", "360102", "--json"]))
+    assert shown == json.loads(plain.stdout) and shown["name"] == "东湖区"
+    assert "东湖区" in plain.stdout  # not \u escapes, with or without --json
+    assert refusal(runner.invoke(args=["divisions", "show", "999999", "--json"]))["code"] == "division_not_found"
