@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, text, update
 
+from app.audit.models import AuditRecord
 from app.auth import service as users
 from app.auth.console_sessions import live_sessions
 from app.auth.models import User
@@ -93,3 +94,48 @@ def test_divisions_show_json_is_what_it_always_printed(runner):
     assert shown == json.loads(plain.stdout) and shown["name"] == "东湖区"
     assert "东湖区" in plain.stdout  # not \u escapes, with or without --json
     assert refusal(runner.invoke(args=["divisions", "show", "999999", "--json"]))["code"] == "division_not_found"
+
+
+# --- audit -------------------------------------------------------------------------------------
+
+def empty_audit_log() -> None:
+    """What a DBA with full rights could do: lift the append-only guard and delete every record."""
+    if db.engine.dialect.name == "postgresql":
+        db.session.execute(text("ALTER TABLE audit_records DISABLE TRIGGER audit_records_no_change"))
+        db.session.execute(delete(AuditRecord))
+        db.session.execute(text("ALTER TABLE audit_records ENABLE TRIGGER audit_records_no_change"))
+    else:
+        db.session.execute(text("DROP TRIGGER audit_records_no_delete"))
+        db.session.execute(delete(AuditRecord))
+    db.session.commit()
+
+
+def test_audit_anchor_json(app, runner):
+    newest = db.session.scalars(select(AuditRecord).order_by(AuditRecord.seq.desc()).limit(1)).one()
+    anchor = success(runner.invoke(args=["audit", "anchor", "--json"]))
+    assert anchor == {"seq": newest.seq, "hash": newest.hash, "anchor": f"{newest.seq}:{newest.hash}"}
+    assert runner.invoke(args=["audit", "verify", "--anchor", anchor["anchor"]]).exit_code == 0
+    empty_audit_log()
+    assert refusal(runner.invoke(args=["audit", "anchor", "--json"]))["code"] == "audit_log_empty"
+
+
+# --- scheduler ---------------------------------------------------------------------------------
+
+def test_scheduler_run_job_json(app, runner, monkeypatch):
+    from app.scheduler import registry
+
+    def failing():
+        raise RuntimeError("gave up")
+
+    monkeypatch.setattr(registry, "jobs", [registry.Job("test.ok", lambda: "did it", 3600),
+                                           registry.Job("test.failing", failing, 3600)])
+    done = success(runner.invoke(args=["scheduler", "run-job", "test.ok", "--json"]))
+    assert done == {"job": "test.ok", "ok": True, "started_at": done["started_at"], "seconds": done["seconds"],
+                    "message": "did it"}
+    assert isinstance(done["seconds"], float) and done["started_at"].endswith("+00:00")
+    failed = runner.invoke(args=["scheduler", "run-job", "test.failing", "--json"])  # an outcome, not a refusal
+    assert failed.exit_code == 1 and failed.stdout.count("\n") == 1
+    assert json.loads(failed.stdout)["ok"] is False
+    assert json.loads(failed.stdout)["message"] == "RuntimeError: gave up"
+    unknown = refusal(runner.invoke(args=["scheduler", "run-job", "test.none", "--json"]), exit_code=2)
+    assert unknown["code"] == "job_not_found" and "test.none" in unknown["message"]

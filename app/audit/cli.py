@@ -11,10 +11,12 @@ from flask.cli import AppGroup
 from flask_babel import force_locale
 from sqlalchemy import select
 
+from app.admission.cli import refuse
 from app.audit import export, search, service, stored
 from app.audit.models import AuditRecord
 from app.audit.stored import Unreadable
 from app.cli_arguments import Digits
+from app.errors import NotFound
 from app.extensions import db
 
 cli = AppGroup("audit", help="Inspect and verify the audit log.")
@@ -48,13 +50,17 @@ def verify_command(anchors: tuple[str, ...], as_json: bool) -> None:
 
 
 @cli.command("anchor")
-def anchor_command() -> None:
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def anchor_command(as_json: bool) -> None:
     """Print the newest record as SEQ:HASH. Copy it to another system now and then: the chain cannot
     tell that its newest records were cut off, `flask audit verify --anchor SEQ:HASH` can."""
     row = db.session.scalars(select(AuditRecord).order_by(AuditRecord.seq.desc()).limit(1)).first()
     if row is None:
+        if as_json:
+            refuse(NotFound("The audit log is empty.", code="audit_log_empty"), as_json)
         raise click.ClickException("The audit log is empty.")
-    click.echo(f"{row.seq}:{row.hash}")
+    click.echo(json.dumps({"seq": row.seq, "hash": row.hash, "anchor": f"{row.seq}:{row.hash}"}) if as_json else
+               f"{row.seq}:{row.hash}")
 
 
 @cli.command("list")

@@ -12,9 +12,11 @@ from flask import current_app
 from flask.cli import AppGroup
 from sqlalchemy import func, select
 
+from app.admission.cli import refuse
 from app.cli_arguments import Seconds
 from app.console import log_failing_checks
 from app.database import utcnow
+from app.errors import NotFound
 from app.extensions import db
 from app.scheduler import leader, liveness, registry
 from app.scheduler.models import CLI_HOLDER, JobRun
@@ -97,12 +99,19 @@ def last_state(last: JobRun | None, leader_holder: str | None, now: datetime) ->
 
 @cli.command("run-job")
 @click.argument("name")
-def run_job_command(name):
-    """Run one job now in the foreground (outside the leader lock)."""
+@click.option("--json", "as_json", is_flag=True)
+def run_job_command(name, as_json):
+    """Run one job now in the foreground (outside the leader lock). A failed run is its outcome, on stdout (exit 1);
+    an unknown name is a usage error (exit 2)."""
     job = next((j for j in registry.jobs if j.name == name), None)
     if job is None:
-        raise click.UsageError(f"no job {name!r}; see `flask scheduler jobs`")
+        message = f"no job {name!r}; see `flask scheduler jobs`"
+        if as_json:
+            refuse(NotFound(message, code="job_not_found"), as_json, exit_code=2)
+        raise click.UsageError(message)
     run = run_job(job, CLI_HOLDER)
-    click.echo(f"{name}: {'ok' if run.ok else 'FAILED'} in {run.seconds}s {run.message}")
+    click.echo(json.dumps({"job": name, "ok": run.ok, "started_at": run.started_at.isoformat(),
+                           "seconds": run.seconds, "message": run.message}, ensure_ascii=False) if as_json else
+               f"{name}: {'ok' if run.ok else 'FAILED'} in {run.seconds}s {run.message}")
     if not run.ok:
         raise SystemExit(1)
