@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from urllib.parse import urlsplit
 
+from cryptography import x509
 from sqlalchemy import delete, select, text, update
 
 from app.audit.models import AuditRecord
@@ -17,6 +19,10 @@ from app.auth import service as users
 from app.auth.console_sessions import live_sessions
 from app.auth.models import User
 from app.extensions import db
+from app.pki import authority, revocation
+from app.pki import service as pki
+from app.pki.models import Certificate, CRLState
+from app.routing import service as routing
 from tests.conftest import Console
 
 
@@ -139,3 +145,72 @@ def test_scheduler_run_job_json(app, runner, monkeypatch):
     assert json.loads(failed.stdout)["message"] == "RuntimeError: gave up"
     unknown = refusal(runner.invoke(args=["scheduler", "run-job", "test.none", "--json"]), exit_code=2)
     assert unknown["code"] == "job_not_found" and "test.none" in unknown["message"]
+
+
+# --- ca ----------------------------------------------------------------------------------------
+
+def test_ca_root_offline_json(app, runner, tmp_path):
+    (tmp_path / "taken.key").write_text("something else")
+    exists = refusal(runner.invoke(args=["ca", "root-offline", str(tmp_path / "taken.key"), "--json"]))
+    assert exists["code"] == "export_exists" and (pki.ca_directory() / "root.key").exists()
+    moved = success(runner.invoke(args=["ca", "root-offline", str(tmp_path / "root.key"), "--json"]))
+    assert moved == {"exported_to": str(tmp_path / "root.key"), "root_key_online": False}
+    assert (tmp_path / "root.key").exists() and not (pki.ca_directory() / "root.key").exists()
+
+
+def crl_described(state: CRLState) -> dict:
+    crl = x509.load_der_x509_crl(state.der)
+    return {"crl_number": state.crl_number, "issuer": crl.issuer.rfc4514_string(),
+            "this_update": state.this_update.isoformat(), "next_update": state.next_update.isoformat(),
+            "revoked": len(crl)}
+
+
+def test_ca_crl_json_describes_the_crl(app, client, runner, make_user):
+    make_user("minister")
+    signer = db.session.scalars(select(Certificate).where(Certificate.kind == "route_signer")).one()
+    assert runner.invoke(args=["ca", "revoke", signer.serial, "--reason", "superseded", "--user",
+                               "minister"]).exit_code == 0
+    db.session.expire_all()
+    described = success(runner.invoke(args=["ca", "crl", "--json"]))
+    state = revocation.current_crl()
+    assert described == {**crl_described(state), "url": described["url"], "pem_url": described["pem_url"]}
+    assert described["revoked"] == 1 and described["crl_number"] == 2
+    assert client.get(urlsplit(described["url"]).path).data == state.der  # where relying parties fetch it
+    assert client.get(urlsplit(described["pem_url"]).path).data.decode() == state.pem
+    assert described["url"] == pki.ca_config().crl_url  # the distribution point certificates name
+
+    again = success(runner.invoke(args=["ca", "crl", "--regenerate", "--json"]))
+    db.session.expire_all()
+    assert again["crl_number"] == 3 and again == {**crl_described(revocation.current_crl()),
+                                                  "url": described["url"], "pem_url": described["pem_url"]}
+
+    db.session.execute(delete(CRLState))
+    db.session.commit()
+    assert refusal(runner.invoke(args=["ca", "crl", "--json"]))["code"] == "ca_not_initialised"
+
+
+def test_ca_root_crl_json_describes_the_root_crl(app, client, runner, tmp_path):
+    first = revocation.current_crl(revocation.ROOT_CRL).crl_number
+    described = success(runner.invoke(args=["ca", "root-crl", "--json"]))  # no summary line on stderr either
+    db.session.expire_all()
+    state = revocation.current_crl(revocation.ROOT_CRL)
+    assert state.crl_number == first + 1
+    assert described == {**crl_described(state), "url": pki.ca_config().root_crl_url,
+                         "pem_url": described["pem_url"]}
+    assert described["revoked"] == 0 and client.get(urlsplit(described["pem_url"]).path).data.decode() == state.pem
+
+    authority.root_offline(pki.ca_directory(), tmp_path / "root.key")
+    assert refusal(runner.invoke(args=["ca", "root-crl", "--json"]))["code"] == "root_offline"
+
+
+def test_ca_rotate_route_signer_json(app, runner, tmp_path):
+    before = routing.head()
+    rotated = success(runner.invoke(args=["ca", "rotate-route-signer", "--json"]))
+    db.session.expire_all()
+    row = db.session.get(Certificate, rotated["serial"])
+    assert rotated["kind"] == "route_signer" and rotated["sha256"] == row.sha256 and rotated["state"] == "valid"
+    head = routing.head()
+    assert head.signer_sha256 == rotated["sha256"] and (before is None or head.version > before.version)
+
+    take_ca_away(app, tmp_path)
+    assert refusal(runner.invoke(args=["ca", "rotate-route-signer", "--json"]))["code"] == "ca_not_initialised"

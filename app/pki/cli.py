@@ -6,12 +6,14 @@ import json
 from pathlib import Path
 
 import click
+from cryptography import x509
 from flask.cli import AppGroup
 
 from app.admission.cli import emit, record_lines, run
 from app.auth import service as users
 from app.database import paginate
 from app.pki import lifecycle, own_keys, revocation, service
+from app.pki.models import CRLState
 
 cli = AppGroup("ca", help="The certificate authority.")
 
@@ -36,10 +38,12 @@ def init_command(key_type, if_missing, generate_passphrase, as_json):
 
 @cli.command("root-offline")
 @click.argument("export_path", type=click.Path(dir_okay=False, path_type=Path))
-def root_offline_command(export_path):
+@click.option("--json", "as_json", is_flag=True)
+def root_offline_command(export_path, as_json):
     """Export the root key to EXPORT_PATH and remove it from this server."""
-    run(lambda: lifecycle.root_offline(export_path, actor="cli"), False)
-    click.echo(f"root key moved to {export_path}; the intermediate keeps issuing")
+    run(lambda: lifecycle.root_offline(export_path, actor="cli"), as_json)
+    emit({"exported_to": str(export_path), "root_key_online": False}, as_json,
+         f"root key moved to {export_path}; the intermediate keeps issuing")
 
 
 def certificate_dict(row) -> dict:
@@ -87,30 +91,50 @@ def revoke_command(serial, reason, username, as_json):
     emit({**certificate_dict(row), "replaced_by": replacement.serial if replacement else None}, as_json, line)
 
 
+def crl_dict(state: CRLState, url: str) -> dict:
+    """A CRL for scripts: what it says and where relying parties fetch it (`url`, the DER its certificates name,
+    and the PEM beside it), not its bytes."""
+    crl = x509.load_der_x509_crl(state.der)
+    return {"crl_number": state.crl_number, "issuer": crl.issuer.rfc4514_string(),
+            "this_update": state.this_update.isoformat(), "next_update": state.next_update.isoformat(),
+            "revoked": len(crl), "url": url, "pem_url": url.removesuffix(".crl") + ".pem"}
+
+
 @cli.command("crl")
 @click.option("--regenerate", is_flag=True)
-def crl_command(regenerate):
+@click.option("--json", "as_json", is_flag=True, help="Describe the CRL (number, dates, revoked count, URL) "
+                                                      "instead of printing it.")
+def crl_command(regenerate, as_json):
     """Print the current CRL (PEM); --regenerate issues a new one first."""
     if regenerate:
-        run(lambda: revocation.regenerate_crl(actor="cli"), False)
-    click.echo(run(revocation.current_crl, False).pem, nl=False)
+        run(lambda: revocation.regenerate_crl(actor="cli"), as_json)
+    state = run(revocation.current_crl, as_json)
+    if as_json:
+        click.echo(json.dumps(crl_dict(state, service.ca_config().crl_url), ensure_ascii=False))
+    else:
+        click.echo(state.pem, nl=False)
 
 
 @cli.command("root-crl")
 @click.option("--root-key", "root_key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="The root key exported by `flask ca root-offline` (when it is not on this server).")
-def root_crl_command(root_key):
+@click.option("--json", "as_json", is_flag=True, help="Describe the new root CRL instead of printing it.")
+def root_crl_command(root_key, as_json):
     """Sign a new root CRL (the intermediate's issuer) with the root key; print it (PEM)."""
-    state = run(lambda: revocation.regenerate_root_crl(root_key_path=root_key, actor="cli"), False)
+    state = run(lambda: revocation.regenerate_root_crl(root_key_path=root_key, actor="cli"), as_json)
+    if as_json:
+        click.echo(json.dumps(crl_dict(state, service.ca_config().root_crl_url), ensure_ascii=False))
+        return
     click.echo(state.pem, nl=False)
     click.echo(f"root CRL {state.crl_number}, next update {state.next_update:%Y-%m-%d}", err=True)
 
 
 @cli.command("rotate-route-signer")
-def rotate_command():
+@click.option("--json", "as_json", is_flag=True)
+def rotate_command(as_json):
     """A new route-signing key and certificate now; the routing table is re-signed with it."""
-    row = run(lambda: own_keys.rotate_route_signer(actor="cli"), False)
-    click.echo(f"new route signer {row.sha256}; nodes pick it up from /ca/route-signer.pem")
+    row = run(lambda: own_keys.rotate_route_signer(actor="cli"), as_json)
+    emit(certificate_dict(row), as_json, f"new route signer {row.sha256}; nodes pick it up from /ca/route-signer.pem")
 
 
 @cli.command("renew")
