@@ -214,3 +214,37 @@ def test_ca_rotate_route_signer_json(app, runner, tmp_path):
 
     take_ca_away(app, tmp_path)
     assert refusal(runner.invoke(args=["ca", "rotate-route-signer", "--json"]))["code"] == "ca_not_initialised"
+
+
+# --- routing -----------------------------------------------------------------------------------
+
+def test_routing_verify_json_gives_the_verdict_with_the_same_exit_codes(app, runner, tmp_path):
+    assert runner.invoke(args=["routing", "publish", "--force"]).exit_code == 0
+    head = routing.head()
+    body, signature = tmp_path / "t.json", tmp_path / "t.sig"
+    body.write_bytes(head.body)
+    signature.write_text(head.signature)
+    args = ["routing", "verify", str(body), str(signature), "--json"]
+
+    valid = success(runner.invoke(args=args))
+    assert valid == {"valid": True, "kind": "table", "version": head.version, "signer": head.signer_sha256,
+                     "current_signer": head.signer_sha256}
+
+    assert runner.invoke(args=["ca", "rotate-route-signer"]).exit_code == 0
+    db.session.expire_all()
+    earlier = runner.invoke(args=args)
+    assert earlier.exit_code == 1 and earlier.stdout.count("\n") == 1
+    verdict = json.loads(earlier.stdout)
+    assert verdict["valid"] is False and verdict["reason"] == "earlier_signer"
+    assert verdict["signer"] == head.signer_sha256 and verdict["current_signer"] == routing.head().signer_sha256
+    assert "earlier route signer" in verdict["message"]
+
+    body.write_bytes(head.body.replace(b'"version":', b'"version":9'))
+    forged = runner.invoke(args=args)
+    assert forged.exit_code == 1 and forged.stdout.count("\n") == 1
+    verdict = json.loads(forged.stdout)
+    assert (verdict["valid"], verdict["reason"], verdict["signer"]) == (False, "invalid_signature", None)
+    assert "INVALID" in verdict["message"]
+
+    take_ca_away(app, tmp_path)
+    assert refusal(runner.invoke(args=args))["code"] == "ca_not_initialised"

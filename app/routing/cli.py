@@ -44,7 +44,9 @@ def history_command(limit, as_json):
 @cli.command("verify")
 @click.argument("body_file", type=click.File("rb"))
 @click.argument("signature_file", type=click.File("rb"))
-def verify_command(body_file, signature_file):
+@click.option("--json", "as_json", is_flag=True,
+              help="The verdict as JSON on stdout: valid, or the reason it is not (exit 1, as without --json).")
+def verify_command(body_file, signature_file, as_json):
     """Verify a downloaded table against its signature (DER or base64) and our route signer."""
     body, signature = body_file.read(), signature_file.read()
     if not signature.startswith(b"0"):
@@ -52,19 +54,28 @@ def verify_command(body_file, signature_file):
             signature = base64.b64decode(signature.strip(), validate=True)  # `echo` ends the file with a newline
         except ValueError:
             pass
-    found = run(lambda: service.signer_of(body, signature), False)  # the CA not ready: an error line, exit 1
+    found = run(lambda: service.signer_of(body, signature), as_json)  # the CA not ready: an error line, exit 1
+    verdict = {"valid": found.signer is not None and found.signer == found.current, "signer": found.signer,
+               "current_signer": found.current}
+    if found.signer is not None:  # signed by us, so our JSON
+        table = json.loads(body)
+        verdict.update(kind="delta" if document.is_delta(table) else "table", version=table["version"])
     if found.signer is None:
-        click.echo(f"signature INVALID: neither the current route signer {found.current} nor an earlier one "
-                   "signed it", err=True)
+        verdict.update(reason="invalid_signature", message=f"signature INVALID: neither the current route signer "
+                       f"{found.current} nor an earlier one signed it")
+    elif found.signer != found.current:
+        verdict.update(reason="earlier_signer", signer_state=found.signer_state,
+                       message=f"signed by an earlier route signer {found.signer} ({found.signer_state}), not the "
+                               f"current {found.current}: authentic when issued, but nodes take only tables by the "
+                               "current signer")
+    if as_json:  # the verdict is the result, as `audit verify --json` prints a broken chain's
+        click.echo(json.dumps(verdict, ensure_ascii=False))
+    elif not verdict["valid"]:
+        click.echo(verdict["message"], err=True)
+    else:
+        click.echo(f"signature valid: {verdict['kind']} version {verdict['version']} by {found.current}")
+    if not verdict["valid"]:
         raise SystemExit(1)
-    if found.signer != found.current:
-        click.echo(f"signed by an earlier route signer {found.signer} ({found.signer_state}), not the current "
-                   f"{found.current}: authentic when issued, but nodes take only tables by the current signer",
-                   err=True)
-        raise SystemExit(1)
-    table = json.loads(body)
-    kind = "delta" if document.is_delta(table) else "table"
-    click.echo(f"signature valid: {kind} version {table['version']} by {found.current}")
 
 
 @cli.command("publish")
