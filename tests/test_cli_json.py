@@ -3,7 +3,7 @@
 With --json a command prints one JSON object on stdout when it succeeds, and a refusal as the error object
 (`{"error": {"code": …, "message": …}}`) on stderr with the exit code the text refusal has. A verification's
 verdict (`routing verify`, as `audit verify`) and a job's outcome are results, not refusals: on stdout, exit 1
-when they are not good."""
+when they are not good. The last test walks `app.cli` so that a command added later cannot forget --json."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import click
 from cryptography import x509
 from sqlalchemy import delete, select, text, update
 
@@ -24,6 +25,9 @@ from app.pki import service as pki
 from app.pki.models import Certificate, CRLState
 from app.routing import service as routing
 from tests.conftest import Console
+
+# What may go without --json: Flask-Migrate's commands, a CSV writer, and the scheduler's foreground process.
+WITHOUT_JSON = {("db",), ("audit", "export"), ("scheduler", "run")}
 
 
 def success(result) -> dict:
@@ -248,3 +252,29 @@ def test_routing_verify_json_gives_the_verdict_with_the_same_exit_codes(app, run
 
     take_ca_away(app, tmp_path)
     assert refusal(runner.invoke(args=args))["code"] == "ca_not_initialised"
+
+
+# --- every command ------------------------------------------------------------------------------
+
+def commands(group: click.Group, path: tuple[str, ...] = ()):
+    """Every (path, command) under `group`, a group's commands included, the group itself not."""
+    for name, command in sorted(group.commands.items()):
+        if isinstance(command, click.Group):
+            yield from commands(command, (*path, name))
+        else:
+            yield (*path, name), command
+
+
+def allowed_without_json(path: tuple[str, ...]) -> bool:
+    return any(path[:len(allowed)] == allowed for allowed in WITHOUT_JSON)
+
+
+def test_every_command_takes_json_but_the_few_allowed(app):
+    """A command that forgets --json fails here: SPEC §4 promises it for every console action's twin."""
+    listed = dict(commands(app.cli))
+    for allowed in WITHOUT_JSON:  # the allow-list names commands that exist, or it hides nothing
+        assert any(path[:len(allowed)] == allowed for path in listed), allowed
+    missing = [" ".join(path) for path, command in listed.items() if not allowed_without_json(path) and not any(
+        isinstance(param, click.Option) and "--json" in param.opts and param.is_flag for param in command.params)]
+    assert missing == []
+
