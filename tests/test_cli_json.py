@@ -220,6 +220,19 @@ def test_ca_rotate_route_signer_json(app, runner, tmp_path):
     assert refusal(runner.invoke(args=["ca", "rotate-route-signer", "--json"]))["code"] == "ca_not_initialised"
 
 
+def test_ca_init_json_says_whether_it_created_the_ca(app, runner, tmp_path):
+    """`ca init --if-missing --json` over a CA printed "CA exists already", which no JSON reader takes."""
+    assert success(runner.invoke(args=["ca", "init", "--if-missing", "--json"])) == {"created": False}
+    assert refusal(runner.invoke(args=["ca", "init", "--json"]))["code"]  # a second CA over the first: refused
+    db.session.execute(delete(CRLState))
+    db.session.commit()
+    take_ca_away(app, tmp_path)
+    created = success(runner.invoke(args=["ca", "init", "--if-missing", "--json"]))
+    assert created == {"created": True, "root": created["root"], "intermediate": created["intermediate"],
+                       "route_signer": created["route_signer"], "management": created["management"]}
+    assert created["root"] == pki.fingerprint(pki.authority().root_certificate)
+
+
 # --- routing -----------------------------------------------------------------------------------
 
 def test_routing_verify_json_gives_the_verdict_with_the_same_exit_codes(app, runner, tmp_path):
@@ -252,6 +265,14 @@ def test_routing_verify_json_gives_the_verdict_with_the_same_exit_codes(app, run
 
     take_ca_away(app, tmp_path)
     assert refusal(runner.invoke(args=args))["code"] == "ca_not_initialised"
+
+
+def test_routing_show_json_without_a_table_is_a_refusal(app, runner):
+    """It printed "no table published yet" on stdout, where a JSON reader expects the table."""
+    assert routing.head() is None
+    assert refusal(runner.invoke(args=["routing", "show", "--json"]))["code"] == "no_table_published"
+    plain = runner.invoke(args=["routing", "show"])
+    assert (plain.exit_code, plain.stdout) == (1, "no table published yet\n")
 
 
 # --- every command ------------------------------------------------------------------------------

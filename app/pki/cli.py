@@ -28,11 +28,11 @@ cli = AppGroup("ca", help="The certificate authority.")
 def init_command(key_type, if_missing, generate_passphrase, as_json):
     """Create the root and issuing CA; refuses to overwrite an existing one."""
     if if_missing and service.is_ready():
-        click.echo("CA exists already")
+        emit({"created": False}, as_json, "CA exists already")
         return
     result = run(lambda: lifecycle.initialise(key_type=key_type, actor="cli", generate_passphrase=generate_passphrase),
                  as_json)
-    emit(result, as_json, "CA created in {}\n  root {root}\n  route signer {route_signer}".format(
+    emit({"created": True, **result}, as_json, "CA created in {}\n  root {root}\n  route signer {route_signer}".format(
         service.ca_directory(), **result))
 
 

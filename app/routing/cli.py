@@ -8,9 +8,10 @@ import json
 import click
 from flask.cli import AppGroup
 
-from app.admission.cli import run
+from app.admission.cli import refuse, run
 from app.cli_arguments import Digits
 from app.database import paginate
+from app.errors import NotFound
 from app.routing import document, service
 
 cli = AppGroup("routing", help="The signed routing table.")
@@ -21,6 +22,8 @@ cli = AppGroup("routing", help="The signed routing table.")
 def show_command(as_json):
     head = service.head()
     if head is None:
+        if as_json:  # stdout is for the table
+            refuse(NotFound("no table published yet", code="no_table_published"), as_json)
         click.echo("no table published yet")
         raise SystemExit(1)
     if as_json:
