@@ -639,3 +639,21 @@ def test_console_and_cli_list_a_record_whose_number_is_no_number(admin_console, 
     assert lines[0].split()[0] == f'"{seq}a"' and lines[0].endswith("  unreadable (edited): seq, detail"), lines
     item = json.loads(runner.invoke(args=["audit", "list", "--json", "--limit", "1"]).output)
     assert (item["seq"], item["detail"], item["unreadable"]) == (f"{seq}a", "<b>x", ["seq", "detail"])
+
+
+def test_anchor_prints_the_newest_record_even_when_its_time_or_detail_was_edited(app, runner):
+    """The anchor is what an operator copies away to catch records cut off later; it read the whole newest
+    record, so a newest record whose time was edited (SQLite: 'yesterday'; PostgreSQL: infinity) ended it in a
+    traceback. It needs only the number and the hash."""
+    write_records(3)
+    newest = db.session.scalars(select(AuditRecord).order_by(AuditRecord.seq.desc()).limit(1)).one()
+    seq, digest = newest.seq, newest.hash
+    edit = "at = 'yesterday'" if db.engine.dialect.name == "sqlite" else "at = 'infinity'"
+    edit_unguarded([f"UPDATE audit_records SET {edit}, detail = 'null' WHERE seq = {seq}"])
+    db.session.expire_all()
+
+    result = runner.invoke(args=["audit", "anchor"])
+    as_json = runner.invoke(args=["audit", "anchor", "--json"])
+
+    assert (result.exit_code, result.output) == (0, f"{seq}:{digest}\n"), result.output
+    assert as_json.exit_code == 0 and json.loads(as_json.output)["anchor"] == f"{seq}:{digest}"
