@@ -457,17 +457,24 @@ def test_a_brand_new_database_opened_while_another_opener_writes_its_first_page_
     connection.close()
 
 
-def test_an_upgrade_to_schema_3_interrupted_after_its_column_opens(tmp_path):
-    """A database left with the new column but still version 2 (an upgrade cut short by an older release,
-    which added the column outside its transaction) takes the rest of the step instead of never opening."""
-    path = tmp_path / "node.sqlite3"
-    _as_schema_2(path)
+def _opens_after_a_step_cut_short(path, as_older, step: str, column: str) -> None:
+    """A database turned back by `as_older`, then given `step` (the upgrade's column) but not the version, as an
+    upgrade cut short leaves it: it opens, takes the rest of the step, and has the column once."""
+    as_older(path)
     with sqlite3.connect(path) as connection:
-        connection.execute("ALTER TABLE messages ADD COLUMN delivered_forgotten BOOLEAN NOT NULL DEFAULT 0")
+        connection.execute(step)
     connection.close()
     open_database(path).kw["bind"].dispose()
     version, columns = _schema_of(path)
-    assert version == SCHEMA_VERSION and columns.count("delivered_forgotten") == 1
+    assert version == SCHEMA_VERSION and columns.count(column) == 1
+
+
+def test_an_upgrade_to_schema_3_interrupted_after_its_column_opens(tmp_path):
+    """A database left with the new column but still version 2 (an upgrade cut short by an older release,
+    which added the column outside its transaction) takes the rest of the step instead of never opening."""
+    _opens_after_a_step_cut_short(
+        tmp_path / "node.sqlite3", _as_schema_2,
+        "ALTER TABLE messages ADD COLUMN delivered_forgotten BOOLEAN NOT NULL DEFAULT 0", "delivered_forgotten")
 
 
 def test_a_database_of_schema_3_gains_when_each_member_joined_in_place(network):
@@ -504,14 +511,8 @@ def test_a_database_of_schema_3_gains_when_each_member_joined_in_place(network):
 def test_an_upgrade_to_schema_4_interrupted_after_its_column_opens(tmp_path):
     """A database left with schema 4's column but still version 3 (an upgrade cut short) takes the rest of the
     step instead of failing on a column already there."""
-    path = tmp_path / "node.sqlite3"
-    _as_schema_3(path)
-    with sqlite3.connect(path) as connection:
-        connection.execute("ALTER TABLE groups ADD COLUMN joined_at JSON NOT NULL DEFAULT '{}'")
-    connection.close()
-    open_database(path).kw["bind"].dispose()
-    version, columns = _schema_of(path)
-    assert version == SCHEMA_VERSION and columns.count("joined_at") == 1
+    _opens_after_a_step_cut_short(tmp_path / "node.sqlite3", _as_schema_3,
+                                  "ALTER TABLE groups ADD COLUMN joined_at JSON NOT NULL DEFAULT '{}'", "joined_at")
 
 
 # ---- trust and bad input, each a test ---------------------------------------------------------------------------

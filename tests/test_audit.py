@@ -405,18 +405,26 @@ def test_verify_reports_each_record_it_cannot_read_and_goes_on(app, runner):
     assert result.output.endswith("CHAIN BROKEN\n")
 
 
+def number_edited_into_text(seq: int, more: str = "") -> bool:
+    """Record `seq`'s number edited into text ('5a'), with `more` of the SET clause; False on PostgreSQL, whose
+    integer column refuses it (checked here: the test then has nothing more to check there)."""
+    edit = f"UPDATE audit_records SET seq = '{seq}a'{more} WHERE seq = {seq}"
+    if db.engine.dialect.name == "postgresql":
+        with pytest.raises(DatabaseError, match="integer"):
+            edit_unguarded([edit])
+        return False
+    edit_unguarded([edit])
+    return True
+
+
 def test_verify_reports_a_number_that_is_no_number(app, runner):
     """SQLite only: PostgreSQL's integer column refuses text, so there this edit cannot be made (the test then
     checks that the database refused it). SQLite sorts text after every number: the record is missing from its
     place, its successor does not follow, and the record itself is reported last."""
     write_records(5)
     seq = db.session.scalar(select(func.max(AuditRecord.seq))) - 2
-    edit = f"UPDATE audit_records SET seq = '{seq}a' WHERE seq = {seq}"
-    if db.engine.dialect.name == "postgresql":
-        with pytest.raises(DatabaseError, match="integer"):
-            edit_unguarded([edit])
+    if not number_edited_into_text(seq):
         return
-    edit_unguarded([edit])
     expected = [f"records {seq}..{seq} are missing (deleted)",
                 f"record {seq + 1}: does not follow the record before it", f"record {seq}a: unreadable (edited)"]
     assert service.verify().problems == expected
@@ -622,12 +630,8 @@ def test_console_and_cli_list_a_record_whose_number_is_no_number(admin_console, 
     number, so the newest first list it first; its other values, and the HTML its detail holds, as stored."""
     write_records(3)
     seq = db.session.scalar(select(func.max(AuditRecord.seq))) - 1
-    edit = f"UPDATE audit_records SET seq = '{seq}a', detail = '<b>x' WHERE seq = {seq}"
-    if db.engine.dialect.name == "postgresql":
-        with pytest.raises(DatabaseError, match="integer"):
-            edit_unguarded([edit])
+    if not number_edited_into_text(seq, ", detail = '<b>x'"):
         return
-    edit_unguarded([edit])
     page = admin_console.client.get("/audit/").get_data(as_text=True)
     assert "<b>x" not in page
     rows = audit_page_rows(admin_console.client, actor="tester")
