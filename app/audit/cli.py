@@ -40,7 +40,7 @@ def verify_command(anchors: tuple[str, ...], as_json: bool) -> None:
     report = service.verify(anchors=[_anchor(value) for value in anchors])
     if as_json:
         click.echo(json.dumps({"ok": report.ok, "checked": report.checked, "problems": report.problems,
-                               "last_seq": report.last_seq, "last_hash": report.last_hash}))
+                               "last_seq": report.last_seq, "last_hash": report.last_hash}, ensure_ascii=False))
     else:
         for problem in report.problems:
             click.echo(problem, err=True)

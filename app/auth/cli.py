@@ -73,7 +73,7 @@ def list_command(as_json):
     for user in db.session.scalars(select(User).order_by(User.username)):
         item = {"username": user.username, "role": user.role, "scopes": user.scopes, "active": user.active,
                 "locked": service.is_locked(user.username)}
-        click.echo(json.dumps(item) if as_json else
+        click.echo(json.dumps(item, ensure_ascii=False) if as_json else
                    f"{user.username:<24} {user.role:<18} {user.scope_codes:<20} "
                    f"{'active' if user.active else 'inactive'}{' locked' if item['locked'] else ''}")
 

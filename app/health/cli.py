@@ -42,7 +42,7 @@ def status_command(as_json):
                 health.last_checked_at.isoformat() if health.last_checked_at else None,
                 "last_latency_ms": health.last_latency_ms, "last_failure": health.last_failure,
                 "maintenance": service.in_maintenance(health)}
-        click.echo(json.dumps(item) if as_json else
+        click.echo(json.dumps(item, ensure_ascii=False) if as_json else
                    f"{health.node_id} {health.status:<8} {health.last_failure or ''} "
                    f"{'' if health.last_latency_ms is None else f'{health.last_latency_ms:.0f} ms'}")
 

@@ -75,7 +75,7 @@ def jobs_command(as_json):
             shown = f"no end recorded (its holder {last.holder} does not lead)"
         else:
             shown = "FAILED" if state == "failed" else state or ""
-        click.echo(json.dumps(item) if as_json else
+        click.echo(json.dumps(item, ensure_ascii=False) if as_json else
                    f"{job.name:<24} every {job.interval_seconds:>6g}s  runs {runs:<6} "
                    f"last {item['last_started_at'] or '—'} {shown} {item['last_message'] or ''}")
     if stale is not None and not as_json:
