@@ -356,3 +356,22 @@ def test_a_password_longer_than_the_sign_in_form_takes_is_refused_at_every_door(
     assert len(records()) == before and signs_in(app, "alice")
     assert create_with_stdin(runner, (long_password[:256] + "\n").encode(), "longpw").exit_code == 0
     assert signs_in(app, "longpw", long_password[:256])
+
+
+def test_update_never_leaves_the_registry_without_an_active_ministry_admin(app, make_user, runner):
+    """The console refuses demoting or deactivating oneself, so it always kept a ministry admin; `users update` had
+    no such check: it disabled or demoted the only one, and `flask users ensure-admin` (a step of `make run`) then
+    failed with "User admin already exists"."""
+    make_user("minister")
+    make_user("alice", "auditor")
+    for change in (["--inactive"], ["--role", "auditor"], ["--role", "provincial_admin", "--scope", "360000"]):
+        result = runner.invoke(args=["users", "update", "minister", *change])
+        assert (result.exit_code, result.stderr) == (1, "error: This is the last active ministry admin: make "
+                                                        "another one first.\n"), result.output
+        assert user("minister").active and user("minister").role == "ministry_admin"
+    as_json = runner.invoke(args=["users", "update", "minister", "--inactive", "--json"])
+    assert json.loads(as_json.stderr)["error"]["code"] == "last_ministry_admin"
+    assert runner.invoke(args=["users", "update", "alice", "--role", "ministry_admin"]).exit_code == 0
+    assert runner.invoke(args=["users", "update", "minister", "--inactive"]).exit_code == 0  # alice is one now
+    result = runner.invoke(args=["users", "update", "alice", "--inactive"])
+    assert result.exit_code == 1 and user("alice").active

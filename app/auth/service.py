@@ -158,6 +158,8 @@ def update_user(user: User, *, role: str, scopes: list[str], active: bool, displ
     scope_codes = normalise_scopes(role, scopes, held=frozenset(user.scopes))
     display_name = readable_text(display_name, "display_name", limit=120)
     before = {"display_name": user.display_name, "role": user.role, "scopes": user.scope_codes, "active": user.active}
+    if user.role == "ministry_admin" and user.active and (role != "ministry_admin" or not active):
+        _refuse_if_last_ministry_admin(user)
     user.role, user.scope_codes, user.active = role, scope_codes, active
     user.display_name = display_name
     # The name too: the console shows it beside the user's actions, so a rename is a change worth a record.
@@ -166,6 +168,17 @@ def update_user(user: User, *, role: str, scopes: list[str], active: bool, displ
     if before["active"] and not active:
         console_sessions.end_sessions(user, "disabled")  # a disabled account is signed out everywhere at once
     return user
+
+
+def _refuse_if_last_ministry_admin(user: User) -> None:
+    """Nobody could approve a node, sign in to the console's ministry pages or make another admin: the console
+    refuses demoting oneself, but the CLI's `users update` disabled or demoted the only one, and `flask users
+    ensure-admin` (a step of `make run`) then failed on the name it holds."""
+    others = db.session.scalar(select(func.count()).select_from(User).where(
+        User.role == "ministry_admin", User.active.is_(True), User.id != user.id))
+    if not others:
+        raise Conflict(_l("This is the last active ministry admin: make another one first."),
+                       code="last_ministry_admin")
 
 
 def set_password(user: User, new_password: str, *, action: str = "user.password_reset",
