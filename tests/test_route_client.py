@@ -723,3 +723,14 @@ def test_with_a_crl_required_a_new_table_needs_a_current_one_and_the_held_one_st
     assert client.version == 1 and client.entry(JIANGXI) is not None
     restarted = make_client(pki, now=clock, storage_path=storage, require_revocation_list=True)  # and no CRL
     assert restarted.version == 1 and restarted.entry(JIANGXI) is not None
+
+
+def test_a_crl_replayed_from_the_same_second_as_the_one_held_is_not_taken(pki):
+    """The management node writes thisUpdate in whole seconds, so CRLs it signs within one second tie, and only a
+    strictly older thisUpdate was refused: the CRL from before a revocation, replayed after the one listing the
+    signer, was taken, and the revoked signer's tables were accepted again. The CRL number decides."""
+    client = make_client(pki)
+    same_second = NOW - timedelta(minutes=5)
+    assert client.use_revocation_list(crl_of(pki.intermediate, pki.signer, number=5, this_update=same_second))
+    assert client.use_revocation_list(crl_of(pki.intermediate, number=4, this_update=same_second)) is False
+    assert rejected(client, **signed(pki, table(1))) == "signer_revoked"

@@ -47,7 +47,7 @@ class RevocationMixin:
         issuer = self._crl_issuer(revocation_list, chain_pem)
         with self._lock:
             held = self._revocation_lists.get(_key_id(issuer))
-            if held is not None and revocation_list.last_update_utc < held.last_update_utc:
+            if held is not None and _older(revocation_list, held):
                 return False
             self._revocation_lists[_key_id(issuer)] = revocation_list
             self._drop_held_if_revoked()
@@ -134,6 +134,16 @@ def _parse(data: bytes) -> x509.CertificateRevocationList:
 def _key_id(certificate: x509.Certificate) -> bytes:
     """A CA by its key, so that a CRL applies only to certificates that key issued."""
     return certificate.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+
+def _older(offered: x509.CertificateRevocationList, held: x509.CertificateRevocationList) -> bool:
+    """Whether `offered` is older than `held`, by CRL number when both carry one (RFC 5280 5.2.3: it increases
+    with each CRL): the management node writes thisUpdate in whole seconds, so CRLs signed within one second
+    tie, and the one from before a revocation, replayed after it, was taken. By thisUpdate otherwise."""
+    offered_number, held_number = _number(offered), _number(held)
+    if offered_number is not None and held_number is not None:
+        return offered_number < held_number
+    return offered.last_update_utc < held.last_update_utc
 
 
 def _number(revocation_list: x509.CertificateRevocationList) -> int | None:
