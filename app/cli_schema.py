@@ -14,6 +14,7 @@ Not checked: `flask db ...`, which makes the schema, and Flask's own `run`, `she
 from __future__ import annotations
 
 import functools
+import json
 
 import click
 from flask.cli import with_appcontext
@@ -23,26 +24,39 @@ from app.database import schema_state
 from app.extensions import db
 
 REFUSALS = {
-    "unknown": "The database is not migrated: run flask db upgrade first.",
-    "behind": "The database schema is older than this version of the registry: run flask db upgrade first.",
+    "unknown": ("not_migrated", "The database is not migrated: run flask db upgrade first."),
+    "behind": ("schema_behind",
+               "The database schema is older than this version of the registry: run flask db upgrade first."),
 }
 
 
-def refuse_unless_migrated() -> None:
-    """Exit 1 with one line unless the database is reachable and its schema is current (or newer)."""
+def schema_refusal() -> tuple[str, str] | None:
+    """(code, message) unless the database is reachable and its schema is current (or newer)."""
     try:
         with db.engine.connect() as connection:  # not the command's session: its transaction stays its own
             state = schema_state(connection)
     except SQLAlchemyError as error:  # a PostgreSQL server down, a SQLite file in a missing directory
-        raise click.ClickException(f"The database cannot be opened: {str(error).splitlines()[0]}") from None
-    if state in REFUSALS:
-        raise click.ClickException(REFUSALS[state])
+        return "database_unavailable", f"The database cannot be opened: {str(error).splitlines()[0]}"
+    return REFUSALS.get(state)
+
+
+def refuse_unless_migrated(as_json: bool = False) -> None:
+    """Exit 1 with one line, click's or with --json the error object every other refusal prints, unless the
+    database is reachable and its schema is current (or newer)."""
+    refusal = schema_refusal()
+    if refusal is None:
+        return
+    code, message = refusal
+    if as_json:
+        click.echo(json.dumps({"error": {"code": code, "message": message}}, ensure_ascii=False), err=True)
+        raise SystemExit(1)
+    raise click.ClickException(message)
 
 
 def _checked(callback):
     @functools.wraps(callback)
     def run(*args, **kwargs):
-        refuse_unless_migrated()
+        refuse_unless_migrated(bool(kwargs.get("as_json")))
         return callback(*args, **kwargs)
 
     checked = with_appcontext(run)  # the check needs the app; the command's callback finds it pushed

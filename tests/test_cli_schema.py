@@ -4,6 +4,7 @@ doing any of its work; `flask db ...` itself, and Flask's own commands, run as e
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -97,3 +98,14 @@ def test_the_real_flask_executable_answers_one_line_and_runs_its_own_commands(tm
     assert result.stderr == "Error: The database is not migrated: run flask db upgrade first.\n"
     result = flask("routes")
     assert result.returncode == 0 and "audit.export" in result.stdout, result.stderr
+
+
+@pytest.mark.parametrize("args", [["users", "list"], ["ca", "crl"], ["audit", "verify"], ["health", "status"]],
+                         ids=" ".join)
+def test_with_json_the_refusal_is_the_error_object_as_every_other_refusal(unmigrated, args):
+    """The README says a refusal under --json is one {"error": ...} line on stderr; the schema check printed
+    click's plain line whatever the command was asked for."""
+    result = unmigrated.test_cli_runner().invoke(args=[*args, "--json"])
+    assert result.exit_code == 1 and result.stdout == "", result.output
+    assert json.loads(result.stderr) == {"error": {
+        "code": "not_migrated", "message": "The database is not migrated: run flask db upgrade first."}}
