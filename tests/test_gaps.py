@@ -279,3 +279,21 @@ def test_api_renewal_without_a_csr_does_not_speak_of_pasting_or_uploading(client
     error = response.get_json()["error"]
     assert response.status_code == 400 and error["code"] == "invalid_csr"
     assert "paste" not in error["message"] and "upload" not in error["message"] and "CSR" in error["message"]
+
+
+def test_probe_of_a_host_name_that_does_not_resolve_says_so(app, people):  # noqa: F811
+    """The probe showed only "✗ 错误" for an endpoint whose host name does not resolve: the cause was in the
+    answer's `error`, in aiohttp's English, and the page shows `message` first."""
+    from app.admission import applications
+    from app.admission.information import parse
+    from tests.factories import node_document
+
+    keys = NodeKeys()
+    application = applications.submit_by_user(
+        parse(node_document("360000", csr=keys.csr, endpoint="https://no-such-node.invalid:8443")), keys.csr,
+        by=people[1])
+    db.session.commit()
+    console = Console(app.test_client())
+    console.login("jx-admin")
+    result = console.client.get(f"/applications/{application.id}/probe").get_json()
+    assert result["failure"] == "error" and result["message"] == "错误：主机名 no-such-node.invalid 无法解析", result

@@ -308,3 +308,18 @@ def test_a_node_presenting_a_certificate_we_revoked_fails_its_poll(app, servers,
     admin_console.client.get("/lang/en")
     page = admin_console.client.get(f"/nodes/{node.node_id}").get_data(as_text=True)
     assert "certificate revoked: the server certificate is revoked" in page
+
+
+def test_a_host_name_that_does_not_resolve_is_said_so_in_the_readers_language(app):
+    """aiohttp's "Cannot connect to host x:8443 ssl:default [Name or service not known]" was stored and shown
+    as it was, in English on the Chinese health pages and as a bare "error" by the review page's probe."""
+    from flask_babel import force_locale
+
+    from app.labels import health_detail_label
+
+    [result] = poll([poller.PollTarget(NODE, "https://no-such-node.invalid:8443")])
+    assert result.failure == "error" and not result.ok
+    assert result.detail == "the host name no-such-node.invalid does not resolve", result.detail
+    with app.test_request_context("/"):
+        with force_locale("zh_CN"):
+            assert health_detail_label(result.detail) == "主机名 no-such-node.invalid 无法解析"

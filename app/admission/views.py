@@ -165,6 +165,9 @@ def application_probe(application_id: str):
                                 present_identity=identity)
     if result.get("failure"):
         result["message"] = str(labels.health_failure_label(result["failure"]))  # in the reader's language
+        if result["failure"] == "error":  # a bare "error" said nothing: its cause too, translated where known
+            result["message"] = _("%(failure)s: %(detail)s", failure=result["message"],
+                                  detail=labels.health_detail_label(result.get("error")))
     if result.get("failure") == "refused" and application.kind == "admission" and application.status == "pending":
         # The reference node, like most, serves only once it holds the certificate approval issues.
         result["hint"] = _("An application node usually starts serving only once it is approved and holds its "

@@ -116,6 +116,10 @@ def _result(target: PollTarget, started: float, failure: FailureReason | None, d
                       datetime.now(UTC))
 
 
+# Connection failures stored as the C library says them ("Network is unreachable"), which the console translates.
+SAID_ERRNOS = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ECONNRESET})
+
+
 def connection_failure(error: Exception, timeout: float) -> tuple[FailureReason, str]:
     """What an exception of asking a node's health endpoint stands for, and its detail: for a poll, and for the
     review page's probe (app/admission/probe.py), which asks the same way."""
@@ -123,9 +127,13 @@ def connection_failure(error: Exception, timeout: float) -> tuple[FailureReason,
         return FailureReason.TIMEOUT, f"no answer within {timeout:g} s"
     if isinstance(error, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError | ssl.SSLError):
         return FailureReason.TLS, str(error)
+    if isinstance(error, aiohttp.ClientConnectorDNSError):  # said in words the console translates (HEALTH_DETAILS)
+        return FailureReason.ERROR, f"the host name {error.host} does not resolve"
     if isinstance(error, aiohttp.ClientConnectorError):
         if isinstance(error.os_error, ConnectionRefusedError):  # not asyncio's "Connect call failed (host, port)"
             return FailureReason.REFUSED, os.strerror(errno.ECONNREFUSED)
+        if getattr(error.os_error, "errno", None) in SAID_ERRNOS:
+            return FailureReason.ERROR, os.strerror(error.os_error.errno)
         return FailureReason.ERROR, str(error)
     return FailureReason.ERROR, f"{type(error).__name__}: {error}"
 
