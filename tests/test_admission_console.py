@@ -355,3 +355,23 @@ def test_the_dashboard_names_a_few_nodes_on_retired_codes_and_the_nodes_list_pag
     assert link and link.group(2) == "全部 12 个，见节点列表"
     listed = admin_console.client.get(link.group(1).replace("&amp;", "&")).get_data(as_text=True)
     assert sum(f'href="/nodes/{node_id}"' in listed for node_id in admitted) == 12
+
+
+def test_a_provincial_admins_tile_map_marks_the_provinces_outside_their_divisions_as_such(app, make_user):
+    """For a provincial admin every other province was grey, which the legend calls "no node", though Beijing
+    and others had nodes; and each was a link to a nodes list that could only be empty for them."""
+    make_user("jx-admin", "provincial_admin", ("360000",))
+    console = Console(app.test_client())
+    console.login("jx-admin")
+    html = console.client.get("/").get_data(as_text=True)
+    assert html.count("data-province=") == 34
+    assert re.search(r'<a href="/nodes/\?province=3600" data-province="36">', html)
+    beijing = re.search(r'<g data-province="11" class="outside">\s*<title>([^<]*)</title>', html)
+    assert beijing and beijing.group(1) == "北京：不在您的管辖范围", html[html.find('data-province="11"') - 80:][:300]
+    assert 'href="/nodes/?province=1100"' not in html
+    assert "虚线：不在您的管辖范围。" in html
+    make_user("minister", "ministry_admin")
+    minister = Console(app.test_client())
+    minister.login("minister")
+    everything = minister.client.get("/").get_data(as_text=True)
+    assert "虚线" not in everything and 'class="outside"' not in everything

@@ -135,6 +135,13 @@ def province_figures(user) -> dict[str, tilemap.ProvinceFigures]:
     return figures
 
 
+def provinces_within(user) -> set[str] | None:
+    """The province prefixes a provincial admin's divisions reach; None for a role that sees every province."""
+    if user.role != "provincial_admin":
+        return None
+    return {code[:2] for code in user.scopes}
+
+
 # Functions (user, figures) that add to the tile figures (health adds `down`).
 province_contributors: list = []
 
@@ -143,7 +150,8 @@ def dashboard_panel(user) -> dict:
     return {"template": "admission/dashboard_panel.html", "node_counts": nodes.counts_by_status(user),
             "pending": applications.pending_count() if user.role == "ministry_admin" else None,
             "suspension_requests": nodes.suspension_requests_count(user) if user.role == "ministry_admin" else 0,
-            "tilemap": Markup(tilemap.render(province_figures(user))),
+            "tilemap": Markup(tilemap.render(province_figures(user), within=provinces_within(user))),
+            "scoped": provinces_within(user) is not None,
             **_retired_division_figures(user)}
 
 

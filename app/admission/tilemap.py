@@ -101,10 +101,13 @@ def tile_colour(figures: ProvinceFigures) -> tuple[str, str]:
     return shade, "#ffffff" if figures.active >= 4 else "#1d2733"
 
 
-def render(figures: dict[str, ProvinceFigures], link: str = "/nodes/?province={prefix}00") -> str:
+def render(figures: dict[str, ProvinceFigures], link: str = "/nodes/?province={prefix}00",
+           within: set[str] | None = None) -> str:
     """The map is a group of links, one a province, each named by its figures (its <title>): a colour is no
     answer for a screen reader. As role="img" the map was one picture to a screen reader's reading mode,
-    which reads an image's name and never its parts."""
+    which reads an image's name and never its parts. `within`: the province prefixes a provincial admin's
+    divisions reach (None: all); the others are drawn dashed, named as outside them, and link nowhere (grey,
+    they read as "no node" where there were nodes, and their lists could only be empty)."""
     width = 9 * (SIZE + GAP)
     height = 8 * (SIZE + GAP)
     label = escape(gettext("Province tile map"), {'"': "&quot;"})
@@ -113,9 +116,12 @@ def render(figures: dict[str, ProvinceFigures], link: str = "/nodes/?province={p
     names = province_names()
     for prefix, (_, column, row) in TILES.items():
         name = names[prefix]
+        x, y = column * (SIZE + GAP), row * (SIZE + GAP)
+        if within is not None and prefix not in within:
+            parts.append(_outside_tile(prefix, name, x, y))
+            continue
         figure = figures.get(prefix, ProvinceFigures())
         fill, ink = tile_colour(figure)
-        x, y = column * (SIZE + GAP), row * (SIZE + GAP)
         total = figure.active + figure.suspended
         title = gettext("%(name)s: %(active)s active, %(suspended)s suspended, %(down)s down", name=name,
                         active=figure.active, suspended=figure.suspended, down=figure.down)
@@ -133,3 +139,17 @@ def render(figures: dict[str, ProvinceFigures], link: str = "/nodes/?province={p
             f'fill="{ink}">{total or ""}</text></a>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _outside_tile(prefix: str, name: str, x: int, y: int) -> str:
+    """A province outside the reader's divisions: white, dashed, its name only (#4f5864 on white: 7.4:1)."""
+    lines, font_size = tile_label(name)
+    middle, two_lines = x + SIZE / 2, len(lines) == 2
+    name_lines = "".join(f'<tspan x="{middle}" dy="{font_size + 1 if i else 0}">{escape(line)}</tspan>'
+                         for i, line in enumerate(lines))
+    title = gettext("%(name)s: outside your divisions", name=name)
+    return (f'<g data-province="{prefix}" class="outside"><title>{escape(title)}</title>'
+            f'<rect x="{x}" y="{y}" width="{SIZE}" height="{SIZE}" rx="6" fill="#ffffff" stroke="#8a939e" '
+            f'stroke-dasharray="4 3"/>'
+            f'<text x="{middle}" y="{y + (20 if two_lines else 26)}" text-anchor="middle" font-size="{font_size}" '
+            f'fill="#4f5864">{name_lines}</text></g>')
