@@ -137,6 +137,32 @@ def test_a_member_removed_and_invited_again_does_not_see_what_was_said_meanwhile
     assert counts(a, "zhangsan", conversation) == counts(b, "lisi", conversation) == expected
 
 
+def test_a_member_named_again_by_an_invite_keeps_what_they_saw_though_their_node_missed_a_state(network):  # noqa: F811
+    """An invite naming a member with a newcomer adds the newcomer alone: the home node's announcement names
+    only who it adds, so the member's node, which missed the state before it (a rename, while it was
+    unreachable) and so cannot tell from its replica whether someone named was out meanwhile, keeps the member's
+    time and they still see everything."""
+    a, b = network["a"], network["b"]
+    sync(a, b)
+    group = a.node.create_group("zhangsan", "专班", [b.user("lisi")])
+    conversation = f"g:{group.address}"
+    a.node.send_text("zhangsan", group.address, "之前")
+    settle(a, b)
+    b.stop()
+    a.node.group_operation("zhangsan", group.address, "update_info", info={"name": "专班二"})
+    b.start()
+    assert a.node.group_operation("zhangsan", group.address, "invite", [b.user("lisi"), b.user("zhaoliu")]) == "applied"
+    invite = [row.envelope["payload"] for row in a.node.outbox() if row.kind == "group_op"][-1]
+    assert (invite["op"], invite["target_user_ids"]) == ("invite", [b.user("zhaoliu")])
+    a.node.retry_now()
+    settle(a, b)
+    a.node.send_text("zhangsan", group.address, "之后")
+    settle(a, b)
+    assert texts(b, "lisi", conversation) == ["之前", "之后"]
+    assert texts(b, "zhaoliu", conversation) == ["之后"]
+    assert b.node.groups("lisi")[0].name == "专班二"
+
+
 def test_a_member_who_left_cannot_open_the_group_even_when_they_said_the_last_word(network):  # noqa: F811
     """A user who quit, or was removed, could still open the group (its history, the page at a typed address,
     `history`, marking it read) as long as the newest message there was their own: a group opens for its

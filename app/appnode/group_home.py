@@ -111,7 +111,7 @@ class GroupHomeMixin:
             raise NotFound(f"no group {group_id}@{me}", field="payload.group_id")
         if group.dismissed:
             raise Conflict("the group is dismissed", field="payload.group_id")
-        members, removed, before = list(group.members), [], group.info()
+        members, removed, before, named = list(group.members), [], group.info(), targets
         owner_only = op in ("dismiss", "kick", "update_info", "transfer_owner")
         if owner_only and operator != group.owner:
             raise PermissionDenied(f"only the owner may {op}", field="payload.operator")
@@ -127,6 +127,7 @@ class GroupHomeMixin:
             added = [target for target in targets if target not in members]
             self._check_new_members(session, added, unknown=unknown)
             members += added
+            named = added  # the announcement names whom it adds, not members named again (§8.9)
         elif op == "join":
             if operator not in members:
                 members.append(operator)
@@ -158,7 +159,7 @@ class GroupHomeMixin:
         if not group.dismissed and group.info() == before:
             return group, None  # nothing changed: no new state to number or announce
         group.seq += 1
-        return group, NewState(self._announcement(group, op, operator, targets), removed, before)
+        return group, NewState(self._announcement(group, op, operator, named), removed, before)
 
     def _apply_confirmed(self, session: Session, state: NewState) -> Group:
         """Writes a confirmed state to the home node's record, if nothing changed since it was computed: every
