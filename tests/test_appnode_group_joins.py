@@ -7,10 +7,13 @@ from __future__ import annotations
 from urllib.error import HTTPError
 
 import pytest
+from sqlalchemy import select
 
 from app.appnode.protocol import NotAParticipant, NotFound
+from app.appnode.store import Group
 from tests.test_appnode import history, network, png, settle, sync  # noqa: F401 (fixture)
 from tests.test_appnode_cli import refusal
+from tests.test_appnode_groups import announce
 from tests.test_appnode_page import page
 from tests.test_sessions import people  # noqa: F401 (fixture)
 
@@ -137,6 +140,48 @@ def test_a_member_removed_and_invited_again_does_not_see_what_was_said_meanwhile
     assert counts(a, "zhangsan", conversation) == counts(b, "lisi", conversation) == expected
 
 
+@pytest.mark.parametrize("leave, back", [("kick", "invite"), ("quit", "join")])
+def test_a_member_back_before_their_node_heard_they_had_left_does_not_see_what_was_said_meanwhile(
+        network, leave, back):  # noqa: F811
+    """Kicked while their node was unreachable (the kick's announcement waiting in the home node's outbox), then
+    invited again once it was back, a user saw what was said while they were out: the re-invite's confirmation
+    reached their node first, the kick then came as an older state and was ignored, and their node, which had
+    listed them all along, kept the time they had first joined. The same for a user who quit and joined again.
+    The operation that adds someone is their return, on every node, whatever their node missed before it."""
+    a, b = network["a"], network["b"]
+    sync(a, b)
+    a.node.config.open_groups = True  # so that one who quit may join again (config.json)
+    group = a.node.create_group("zhangsan", "专班", [b.user("lisi"), b.user("zhaoliu")])
+    conversation = f"g:{group.address}"
+    before = a.node.send_text("zhangsan", group.address, "之前").message_id
+    settle(a, b)
+    b.stop()  # B unreachable: the home node cannot tell it that zhaoliu left
+    if leave == "kick":
+        assert a.node.group_operation("zhangsan", group.address, "kick", [b.user("zhaoliu")]) == "applied"
+    else:  # B reaches A, not A B
+        assert b.node.group_operation("zhaoliu", group.address, "quit") == "accepted"
+    gap = a.node.send_text("zhangsan", group.address, "期间").message_id
+    a.node.deliver()
+    assert {row.kind for row in a.node.outbox("pending")} == {"group_op", "message"}
+    b.start()
+    if back == "invite":  # confirmed by B at once, before the queued announcement
+        assert a.node.group_operation("zhangsan", group.address, "invite", [b.user("zhaoliu")]) == "applied"
+    else:
+        assert b.node.group_operation("zhaoliu", group.address, "join") == "accepted"
+    a.node.retry_now()
+    settle(a, b)  # the kick (or quit) now reaches B, older than the state it holds: ignored
+    assert a.node.outbox("pending") == []
+    back_id = a.node.send_text("zhangsan", group.address, "回来了").message_id
+    settle(a, b)
+    assert texts(b, "zhaoliu", conversation) == ["回来了"]
+    assert inbox(b, "zhaoliu") == [(conversation, 1, 1)]
+    assert texts(b, "lisi", conversation) == ["之前", "期间", "回来了"]
+    assert inbox(b, "lisi") == [(conversation, 3, 3)]
+    # The home node and B count the same audience: "期间" was said to lisi alone.
+    expected = {before: ([], 1), gap: ([], 1), back_id: ([], 2)}
+    assert counts(a, "zhangsan", conversation) == counts(b, "lisi", conversation) == expected
+
+
 def test_a_member_named_again_by_an_invite_keeps_what_they_saw_though_their_node_missed_a_state(network):  # noqa: F811
     """An invite naming a member with a newcomer adds the newcomer alone: the home node's announcement names
     only who it adds, so the member's node, which missed the state before it (a rename, while it was
@@ -161,6 +206,29 @@ def test_a_member_named_again_by_an_invite_keeps_what_they_saw_though_their_node
     assert texts(b, "lisi", conversation) == ["之前", "之后"]
     assert texts(b, "zhaoliu", conversation) == ["之后"]
     assert b.node.groups("lisi")[0].name == "专班二"
+
+
+def test_a_replica_takes_whom_an_operation_names_as_added_only_when_it_missed_a_state(network):  # noqa: F811
+    """Announcements as another implementation's home node may send them, naming members in an invite: a node
+    whose replica has the state before the operation knows who was a member already, and keeps their time; one
+    that missed states cannot tell whether whom an invite names, or who joined, was out meanwhile, and takes
+    them as added now."""
+    a, b = network["a"], network["b"]
+    owner, lisi, zhaoliu, wangwu = a.user("zhangsan"), b.user("lisi"), b.user("zhaoliu"), a.user("wangwu")
+
+    def joined() -> dict[str, str]:
+        with b.node.db() as session:
+            return dict(session.scalar(select(Group)).joined_at)
+
+    assert announce(a, b, 1, "create", [owner, lisi, zhaoliu])[0] == 200
+    assert joined() == {}  # the first members: there from the beginning
+    assert announce(a, b, 2, "invite", [owner, lisi, zhaoliu, wangwu], target_user_ids=[lisi, wangwu])[0] == 200
+    assert set(joined()) == {wangwu}  # lisi, named again with no state missed, was a member already
+    first = joined()[wangwu]
+    assert announce(a, b, 4, "invite", [owner, lisi, zhaoliu, wangwu], target_user_ids=[lisi])[0] == 200
+    assert set(joined()) == {wangwu, lisi} and joined()[wangwu] == first  # seq 3 missed: lisi may have been out
+    assert announce(a, b, 6, "join", [owner, lisi, zhaoliu, wangwu], operator=zhaoliu)[0] == 200
+    assert set(joined()) == {wangwu, lisi, zhaoliu} and joined()[wangwu] == first
 
 
 def test_a_member_who_left_cannot_open_the_group_even_when_they_said_the_last_word(network):  # noqa: F811

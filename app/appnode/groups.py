@@ -35,6 +35,14 @@ def new_group_id() -> str:
     return "g" + secrets.token_hex(6)
 
 
+def _added_by(announcement: dict) -> list[str]:
+    """Whom an announced operation added to the group: the users an invite names (a home node names only those
+    it adds, `_apply_at_home`), or who joined. No other operation adds anyone but a create's first members."""
+    if announcement["op"] == "invite":
+        return list(announcement.get("target_user_ids", []))
+    return [announcement["operator"]] if announcement["op"] == "join" else []
+
+
 class GroupsMixin:
     """Group operations for a `Node`. Relies on the node's `db`, `node_id`, `wake`, `peer_entry`,
     `_pull_for_recipient` and `_writing`; on `_require_capability` and `_duplicate` (ReceivingMixin), on
@@ -83,6 +91,12 @@ class GroupsMixin:
         # announcement still on its way (the outbox sends in parallel, so in any order) brought the group back
         # here with the removed users in it, while the home node no longer sent them anything.
         gone = op["op"] == "dismiss" or not any(node_of(member) == self.node_id for member in members)
+        # A replica that missed states (a seq skipped) may still list a member removed and added again meanwhile
+        # (kicked while this node was unreachable, invited again once it was back: the invite's confirmation
+        # comes first, the kick later as an older state): whom the operation adds is added now all the same.
+        # With no seq skipped, the replica is the state the operation was applied to, and someone it lists was a
+        # member already (an invite may name members too) and keeps their time.
+        skipped = group is not None and op["seq"] > group.seq + 1
         if group is None:
             group = Group(group_id=op["group_id"], home_node_id=op["home_node_id"], seq=op["seq"],
                           name=info["name"], owner=info["owner"], members=[])
@@ -90,7 +104,8 @@ class GroupsMixin:
         group.name, group.notice, group.owner = info["name"], info.get("notice", ""), info["owner"]
         # The announcement carries no time (§8.9): a member new to the replica joins when this node learns of
         # it, at its confirmation if this node gained them; a group's first members, from its beginning.
-        group.set_members(members, None if op["op"] == "create" else joined_now())
+        group.set_members(members, None if op["op"] == "create" else joined_now(),
+                          rejoined=_added_by(op) if skipped else ())
         group.seq, group.dismissed = op["seq"], gone
 
     def _own_users_checked(self, session: Session, replica: Group | None, op: dict) -> list[str]:

@@ -10,6 +10,7 @@ The CLI and the server process share the file: WAL mode lets the CLI write while
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -148,11 +149,12 @@ class Group(Base):
         not known: a member since the group's beginning, or since before schema 4."""
         return (self.joined_at or {}).get(member, "")
 
-    def set_members(self, members: list[str], now: str | None) -> None:
+    def set_members(self, members: list[str], now: str | None, rejoined: Iterable[str] = ()) -> None:
         """The group's members become `members`. Each one it did not list joins `now` (None: the group's first
         members, there from its beginning); each one it keeps keeps its time, and a removed one loses it, so
-        that being invited again starts afresh."""
-        listed, joined, kept = set(self.members or ()), self.joined_at or {}, {}
+        that being invited again starts afresh. A replica that missed states may still list someone removed
+        and added again meanwhile: `rejoined`, the members the operation added, join `now` all the same."""
+        listed, joined, kept = set(self.members or ()) - set(rejoined), self.joined_at or {}, {}
         for member in members:
             if member not in listed:
                 if now is not None:
