@@ -78,6 +78,8 @@ AUDIT_ACTIONS = {
     "application.reject": _l("Application rejected"),
     "node.suspend": _l("Node suspended"), "node.resume": _l("Node resumed"), "node.revoke": _l("Node revoked"),
     "node.request_suspension": _l("Suspension requested"),
+    "node.decline_suspension": _l("Suspension request declined"),
+    "node.withdraw_suspension": _l("Suspension request withdrawn"),
     "certificate.issue": _l("Certificate issued"), "certificate.revoke": _l("Certificate revoked"),
     "routes.publish": _l("Routing table published"),
     "health.maintenance": _l("Maintenance started"), "health.maintenance_end": _l("Maintenance ended"),

@@ -375,3 +375,105 @@ def test_a_provincial_admins_tile_map_marks_the_provinces_outside_their_division
     minister.login("minister")
     everything = minister.client.get("/").get_data(as_text=True)
     assert "虚线" not in everything and 'class="outside"' not in everything
+
+
+def _requested_node(make_user, jx_admin_name="jx-admin"):
+    from app.admission import applications, nodes
+    from app.admission.information import parse
+    from tests.factories import node_document
+
+    jx_admin = make_user(jx_admin_name, "provincial_admin", ("360000",))
+    document = node_document()
+    node = applications.approve(applications.submit_by_user(parse(document), document["csr"], by=jx_admin),
+                                by=db.session.scalar(db.select(User).where(User.username == "minister")))
+    nodes.request_suspension(node, "looks hacked", by=jx_admin)
+    db.session.commit()
+    return node
+
+
+def _action_form(html, node_id, action):
+    found = re.search(rf'<form [^>]*action="/nodes/{node_id}/{action}"[^>]*>', html)
+    return found.group(0) if found else None
+
+
+def test_the_ministry_declines_a_suspension_request_from_the_node_page_and_the_requester_sees_it(
+        app, make_user, admin_console):
+    """The dashboard's link led to a page offering only suspend and revoke: nothing declined a request."""
+    from app.admission.models import Node
+    from app.audit.models import AuditRecord
+
+    node = _requested_node(make_user)
+    page = admin_console.client.get(f"/nodes/{node.node_id}").get_data(as_text=True)
+    form = _action_form(page, node.node_id, "decline-suspension")
+    assert form and 'data-confirm="' in form  # asks before it acts, as every other state change
+    no_token = admin_console.client.post(f"/nodes/{node.node_id}/decline-suspension", data={"reason": "x"})
+    assert no_token.status_code == 400  # CSRF
+    response = admin_console.post_form(f"/nodes/{node.node_id}", {"reason": "没有证据"},
+                                       action=f"/nodes/{node.node_id}/decline-suspension")
+    assert response.status_code == 302
+    html = admin_console.client.get(response.headers["Location"]).get_data(as_text=True)
+    flash = re.search(r'class="flash success"[^>]*>([^<]*)<', html).group(1)
+    assert node.node_id in flash and "已驳回" in flash
+    assert _action_form(html, node.node_id, "decline-suspension") is None
+    dashboard = admin_console.client.get("/").get_data(as_text=True)
+    assert 'id="suspension-requests"' not in dashboard or "0 个暂停申请" in dashboard
+    db.session.expire_all()
+    assert not db.session.get(Node, node.node_id).suspension_requested
+    assert db.session.scalar(db.select(AuditRecord.actor).where(AuditRecord.action == "node.decline_suspension")) \
+        == "minister"
+    requester = Console(app.test_client())
+    requester.login("jx-admin")
+    seen = requester.client.get(f"/nodes/{node.node_id}").get_data(as_text=True)
+    declined = re.search(r'<dt>暂停申请已驳回</dt><dd>([^<]*)</dd>', seen)
+    assert declined and "minister" in declined.group(1) and "没有证据" in declined.group(1)
+    audit = admin_console.client.get("/audit/", query_string={"target": node.node_id}).get_data(as_text=True)
+    assert "暂停申请已驳回" in audit
+
+
+def test_a_provincial_admin_withdraws_a_suspension_request_and_cannot_decline_it(app, make_user, admin_console):
+    from app.admission.models import Node
+    from app.audit.models import AuditRecord
+
+    node = _requested_node(make_user)
+    requester = Console(app.test_client())
+    requester.login("jx-admin")
+    page = requester.client.get(f"/nodes/{node.node_id}").get_data(as_text=True)
+    assert _action_form(page, node.node_id, "decline-suspension") is None
+    form = _action_form(page, node.node_id, "withdraw-suspension")
+    assert form and 'data-confirm="' in form
+    assert _action_form(admin_console.client.get(f"/nodes/{node.node_id}").get_data(as_text=True), node.node_id,
+                        "withdraw-suspension") is None  # the ministry declines instead
+    refused = requester.post_form(f"/nodes/{node.node_id}", {"reason": "x"},
+                                  action=f"/nodes/{node.node_id}/decline-suspension")
+    assert refused.status_code == 403
+    response = requester.post_form(f"/nodes/{node.node_id}", {"reason": ""},
+                                   action=f"/nodes/{node.node_id}/withdraw-suspension")  # no reason needed
+    assert response.status_code == 302
+    html = requester.client.get(response.headers["Location"]).get_data(as_text=True)
+    flash = re.search(r'class="flash success"[^>]*>([^<]*)<', html).group(1)
+    assert node.node_id in flash and "已撤回" in flash
+    assert _action_form(html, node.node_id, "request-suspension")  # may ask again
+    db.session.expire_all()
+    assert not db.session.get(Node, node.node_id).suspension_requested
+    assert db.session.scalar(db.select(AuditRecord.actor).where(AuditRecord.action == "node.withdraw_suspension")) \
+        == "jx-admin"
+    again = requester.post_form(f"/nodes/{node.node_id}", {"reason": ""},
+                                action=f"/nodes/{node.node_id}/withdraw-suspension")
+    assert again.status_code == 422 and "没有等待决定的暂停申请" in again.get_data(as_text=True)
+
+
+def test_a_provincial_admin_of_another_province_cannot_withdraw_a_suspension_request(app, make_user, admin_console):
+    from app.admission.models import Node
+
+    node = _requested_node(make_user)
+    make_user("gd-admin", "provincial_admin", ("440000",))
+    outsider = Console(app.test_client())
+    outsider.login("gd-admin")
+    token_page = outsider.client.get("/nodes/").get_data(as_text=True)
+    from tests.conftest import csrf_token
+
+    response = outsider.client.post(f"/nodes/{node.node_id}/withdraw-suspension",
+                                    data={"reason": "", "csrf_token": csrf_token(token_page)})
+    assert response.status_code == 404  # as a node outside its divisions always answers
+    db.session.expire_all()
+    assert db.session.get(Node, node.node_id).suspension_requested

@@ -154,6 +154,105 @@ def test_cli_asks_for_a_suspension_as_the_console_does(runner, jx_admin, ministe
     assert "request-suspension" in runner.invoke(args=["nodes", "--help"]).output
 
 
+def test_a_ministry_admin_declines_a_suspension_request_and_the_node_stays_active(jx_admin, minister):
+    """The ministry could only suspend or revoke: a request it disagreed with waited on the dashboard for good,
+    or the node left the routing table (suspend, then resume) to clear it."""
+    node = admit(jx_admin, minister)
+    with pytest.raises(Conflict) as none_yet:
+        nodes.decline_suspension(node, "no evidence", by=minister)
+    db.session.rollback()
+    assert none_yet.value.code == "no_suspension_request"
+    nodes.request_suspension(node, "looks hacked", by=jx_admin)
+    db.session.commit()
+    with pytest.raises(PermissionDenied) as refused:
+        nodes.decline_suspension(node, "no evidence", by=jx_admin)
+    db.session.rollback()
+    assert refused.value.code == "ministry_only" and node.suspension_requested
+    with pytest.raises(ValidationFailed):
+        nodes.decline_suspension(node, "  ", by=minister)
+    db.session.rollback()
+    assert nodes.suspension_requests_count(minister) == 1
+    nodes.decline_suspension(node, "no evidence", by=minister)
+    db.session.commit()
+    assert not node.suspension_requested and node.status == "active"
+    assert nodes.suspension_requests_count(minister) == 0
+    [record] = db.session.scalars(select(AuditRecord).where(AuditRecord.action == "node.decline_suspension"))
+    assert (record.actor, record.target, record.detail) == (
+        "minister", node.node_id,
+        {"reason": "no evidence", "requested_by": "jx-admin", "request_reason": "looks hacked"})
+    assert nodes.declined_suspension(node).detail["reason"] == "no evidence"
+    with pytest.raises(Conflict) as twice:
+        nodes.decline_suspension(node, "again", by=minister)
+    db.session.rollback()
+    assert twice.value.code == "no_suspension_request"
+    nodes.request_suspension(node, "still looks hacked", by=jx_admin)  # a new request may follow
+    db.session.commit()
+    assert node.suspension_requested and nodes.declined_suspension(node) is None
+
+
+def test_an_admin_of_the_nodes_province_withdraws_a_suspension_request_and_no_other(jx_admin, minister, make_user):
+    node = admit(jx_admin, minister)
+    gd_admin = make_user("gd-admin", "provincial_admin", ("440000",))
+    colleague = make_user("jx-admin-2", "provincial_admin", ("360000",))
+    auditor = make_user("auditor", "auditor")
+    with pytest.raises(Conflict) as none_yet:
+        nodes.withdraw_suspension(node, "", by=jx_admin)
+    db.session.rollback()
+    assert none_yet.value.code == "no_suspension_request"
+    nodes.request_suspension(node, "looks hacked", by=jx_admin)
+    db.session.commit()
+    before = audit_count()
+    for outsider, code in ((gd_admin, "out_of_scope"), (auditor, "role_forbidden")):
+        with pytest.raises(PermissionDenied) as refused:
+            nodes.withdraw_suspension(node, "", by=outsider)
+        db.session.rollback()
+        assert refused.value.code == code and node.suspension_requested
+    assert audit_count() == before
+    nodes.withdraw_suspension(node, "false alarm", by=colleague)  # the province's request, not one person's
+    db.session.commit()
+    assert not node.suspension_requested and node.status == "active"
+    assert nodes.declined_suspension(node) is None  # withdrawn, not declined
+    [record] = db.session.scalars(select(AuditRecord).where(AuditRecord.action == "node.withdraw_suspension"))
+    assert (record.actor, record.target, record.detail) == (
+        "jx-admin-2", node.node_id, {"reason": "false alarm", "requested_by": "jx-admin",
+                                     "request_reason": "looks hacked"})
+
+
+def test_cli_declines_and_withdraws_a_suspension_request_as_the_console_does(runner, jx_admin, minister, make_user):
+    import json
+
+    node = admit(jx_admin, minister)
+    make_user("gd-admin", "provincial_admin", ("440000",))
+    ask = ["nodes", "request-suspension", node.node_id, "--reason", "looks hacked", "--user", "jx-admin"]
+    withdraw = ["nodes", "withdraw-suspension", node.node_id]
+    decline = ["nodes", "decline-suspension", node.node_id, "--reason", "no evidence"]
+    nothing = runner.invoke(args=[*decline, "--user", "minister", "--json"])
+    assert nothing.exit_code == 1 and json.loads(nothing.output)["error"]["code"] == "no_suspension_request"
+    assert runner.invoke(args=ask).exit_code == 0
+    outside = runner.invoke(args=[*withdraw, "--user", "gd-admin", "--json"])  # as the console: no such node
+    assert outside.exit_code == 1 and json.loads(outside.output)["error"]["code"] == "node_not_found"
+    provincial = runner.invoke(args=[*decline, "--user", "jx-admin", "--json"])
+    assert provincial.exit_code == 1 and json.loads(provincial.output)["error"]["code"] == "ministry_only"
+    withdrawn = runner.invoke(args=[*withdraw, "--user", "jx-admin", "--json"])
+    assert withdrawn.exit_code == 0, withdrawn.output
+    item = json.loads(withdrawn.output)
+    assert (item["node_id"], item["status"], item["suspension_requested"]) == (node.node_id, "active", False)
+    again = runner.invoke(args=[*withdraw, "--user", "jx-admin"])
+    assert again.exit_code == 1 and again.output == "error: No suspension request is waiting for this node.\n"
+    assert runner.invoke(args=ask).exit_code == 0
+    declined = runner.invoke(args=[*decline, "--user", "minister"])
+    assert declined.exit_code == 0, declined.output
+    assert declined.output == f"suspension request for {node.node_id} declined; it stays active\n"
+    without_reason = runner.invoke(args=["nodes", "decline-suspension", node.node_id, "--user", "minister"])
+    assert without_reason.exit_code == 2  # click: --reason is required
+    actions = list(db.session.scalars(select(AuditRecord.action).where(AuditRecord.target == node.node_id,
+                                                                      AuditRecord.action.like("%suspension"))))
+    assert actions == ["node.request_suspension", "node.withdraw_suspension", "node.request_suspension",
+                       "node.decline_suspension"]
+    help_text = runner.invoke(args=["nodes", "--help"]).output
+    assert "decline-suspension" in help_text and "withdraw-suspension" in help_text
+
+
 def test_provincial_admin_cannot_apply_outside_its_scope(jx_admin):
     with pytest.raises(PermissionDenied):
         apply(jx_admin, "440300")

@@ -222,6 +222,12 @@ lifecycle_command("resume", nodes.resume)
 lifecycle_command("revoke", nodes.revoke)
 
 
+def suspension_request_dict(node) -> dict:
+    return {**node_dict(node), "suspension_requested": node.suspension_requested,
+            "suspension_request_reason": node.suspension_request_reason,
+            "suspension_requested_by": node.suspension_requested_by}
+
+
 @nodes_cli.command("request-suspension")
 @click.argument("node_id")
 @click.option("--reason", required=True)
@@ -234,11 +240,37 @@ def nodes_request_suspension(node_id, reason, username, as_json):
         return nodes.request_suspension(nodes.get_visible(node_id, user), reason, by=user)  # as the console
 
     node = run(request, as_json)
-    emit({**node_dict(node), "suspension_requested": node.suspension_requested,
-          "suspension_request_reason": node.suspension_request_reason,
-          "suspension_requested_by": node.suspension_requested_by}, as_json,
-         f"suspension of {node.node_id} requested; a ministry admin decides")
+    emit(suspension_request_dict(node), as_json, f"suspension of {node.node_id} requested; a ministry admin decides")
 
+
+@nodes_cli.command("decline-suspension")
+@click.argument("node_id")
+@click.option("--reason", required=True)
+@user_option
+@json_option
+def nodes_decline_suspension(node_id, reason, username, as_json):
+    """Decline a request to suspend a node (ministry admins; needs a reason; the node stays active)."""
+    def decline():
+        user = users.acting_user(username)
+        return nodes.decline_suspension(nodes.get_visible(node_id, user), reason, by=user)
+
+    node = run(decline, as_json)
+    emit(suspension_request_dict(node), as_json, f"suspension request for {node.node_id} declined; it stays active")
+
+
+@nodes_cli.command("withdraw-suspension")
+@click.argument("node_id")
+@click.option("--reason", default="", help="Optional.")
+@user_option
+@json_option
+def nodes_withdraw_suspension(node_id, reason, username, as_json):
+    """Withdraw a request to suspend a node (an admin of its division)."""
+    def withdraw():
+        user = users.acting_user(username)
+        return nodes.withdraw_suspension(nodes.get_visible(node_id, user), reason, by=user)  # as the console
+
+    node = run(withdraw, as_json)
+    emit(suspension_request_dict(node), as_json, f"suspension request for {node.node_id} withdrawn")
 
 @nodes_cli.command("resolve")
 @click.argument("division_code")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
 from flask_login import current_user
 from markupsafe import Markup
 from sqlalchemy import func, select
@@ -68,11 +69,17 @@ def detail_page(node: Node, status: int = 200, *, form: ReasonForm | None = None
     back_in_routes = node.status != "suspended" or nodes.holds_valid_certificate(node)
     return render_template("admission/node_detail.html", node=node, form=form or ReasonForm(formdata=None),
                            refused_action=refused_action, sections=sections, capabilities=labels.CAPABILITIES,
-                           back_in_routes=back_in_routes, **refused_forms), status
+                           back_in_routes=back_in_routes, declined=nodes.declined_suspension(node),
+                           **refused_forms), status
 
 
 LIFECYCLE = {"suspend": nodes.suspend, "resume": nodes.resume, "revoke": nodes.revoke,
-             "request-suspension": nodes.request_suspension}
+             "request-suspension": nodes.request_suspension, "decline-suspension": nodes.decline_suspension,
+             "withdraw-suspension": nodes.withdraw_suspension}
+# What a done request-related action says: nothing changed the node's status, so "Done: … is active" would mislead.
+REQUEST_DONE = {"request-suspension": _l("Suspension of %(node)s requested; a ministry admin decides."),
+                "decline-suspension": _l("Suspension request for %(node)s declined; it stays active."),
+                "withdraw-suspension": _l("Suspension request for %(node)s withdrawn.")}
 
 
 @bp.post("/<node_id>/<action>")
@@ -99,8 +106,8 @@ def lifecycle(node_id: str, action: str):
         # A refusal of who asks (a provincial admin's hand-made suspend: ministry_only) is a 403, the rest 422.
         return detail_page(node, 403 if isinstance(error, PermissionDenied) else 422, form=form,
                            refused_action=action)
-    if action == "request-suspension":  # nothing changed yet: say who decides
-        flash(_("Suspension of %(node)s requested; a ministry admin decides.", node=node.node_id), "success")
+    if action in REQUEST_DONE:  # the status did not change: say what did (and, for a request, who decides)
+        flash(REQUEST_DONE[action] % {"node": node.node_id}, "success")
     else:
         flash(_("Done: %(node)s is %(status)s.", node=node.node_id, status=labels.status_word(node.status)),
               "success")

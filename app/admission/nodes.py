@@ -181,6 +181,51 @@ def request_suspension(node: Node, reason: str, *, by) -> Node:
     return node
 
 
+
+def _close_suspension_request(node: Node, reason: str, *, by, action: str) -> Node:
+    """The request ends without a suspension: the flag clears (the dashboard stops counting it), the audit record
+    keeps who asked and why."""
+    lock(node)
+    if not node.suspension_requested or node.status != "active":
+        raise Conflict(_l("No suspension request is waiting for this node."), code="no_suspension_request")
+    node.suspension_requested = False
+    audit.record(action, node.node_id, {"reason": reason, "requested_by": node.suspension_requested_by,
+                                        "request_reason": node.suspension_request_reason}, actor=by.username)
+    return node
+
+
+def decline_suspension(node: Node, reason: str, *, by) -> Node:
+    """The ministry's other answer to a request: the node stays active, and its admins see why on its page."""
+    if by.role != "ministry_admin":
+        raise PermissionDenied(_l("Only a ministry admin may do this."), code="ministry_only")
+    reason = readable_text(reason, "reason", limit=500)
+    if not reason:
+        raise ValidationFailed(_l("A reason is required."), code="reason_required", field="reason")
+    return _close_suspension_request(node, reason, by=by, action="node.decline_suspension")
+
+
+def withdraw_suspension(node: Node, reason: str, *, by) -> Node:
+    """Whoever may ask may withdraw (an admin whose scope covers the node): the request is the province's, and a
+    colleague cannot file their own while it stands. The reason is optional."""
+    require_admin(by)
+    require_division_scope(by, node.division_code)
+    reason = readable_text(reason, "reason", limit=500)
+    return _close_suspension_request(node, reason, by=by, action="node.withdraw_suspension")
+
+
+def declined_suspension(node: Node):
+    """The audit record of the ministry's decline of this node's latest suspension request, if that is how the
+    request ended (no newer request, withdrawal or suspension since): what its page shows the requester."""
+    from app.audit.models import AuditRecord
+
+    if node.suspension_requested or node.status != "active":
+        return None
+    latest = db.session.scalars(
+        select(AuditRecord).where(AuditRecord.target == node.node_id, AuditRecord.action.in_(
+            ("node.request_suspension", "node.decline_suspension", "node.withdraw_suspension", "node.suspend")))
+        .order_by(AuditRecord.seq.desc()).limit(1)).first()
+    return latest if latest is not None and latest.action == "node.decline_suspension" else None
+
 LEVEL_CANDIDATES = (lambda code: code, prefecture_of, province_of)
 
 
