@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from flask_babel import lazy_gettext as _l
 
 # The console's words for HTTP errors (Werkzeug's own are English); the JSON API keeps Werkzeug's.
@@ -34,6 +37,7 @@ class DomainError(Exception):
 
     code = "domain_error"
     status = 400
+    also: tuple[DomainError, ...] = ()  # more refusals of the same request (`Refusals`), shown by the console
 
     def __init__(self, message, *, code: str | None = None, field: str | None = None,
                  status: int | None = None):
@@ -56,6 +60,33 @@ class DomainError(Exception):
 class ValidationFailed(DomainError):
     code = "invalid_input"
     status = 400
+
+
+class Refusals:
+    """The refusals of a form's independent checks, collected so that one submit shows every field's at once
+    (a console form showed one per submit: six wrong fields, six round trips). `raise_any` raises the first,
+    carrying the rest in `also`: the API answers that first one alone, SPEC's one error object, as before."""
+
+    def __init__(self) -> None:
+        self.errors: list[ValidationFailed] = []
+
+    @contextmanager
+    def check(self) -> Iterator[None]:
+        try:
+            yield
+        except ValidationFailed as error:
+            self.errors.extend(every_refusal(error))
+
+    def raise_any(self) -> None:
+        if self.errors:
+            first, *rest = self.errors
+            first.also = tuple(rest)
+            raise first
+
+
+def every_refusal(error: DomainError) -> list[DomainError]:
+    """`error` and the refusals it carries (`Refusals`)."""
+    return [error, *getattr(error, "also", ())]
 
 
 class NotFound(DomainError):

@@ -426,3 +426,14 @@ def test_an_auditor_issues_and_revokes_no_token_through_any_door(runner, jx_admi
     db.session.expire_all()
     assert db.session.get(EnrollmentToken, token.id).state() == "active"
     assert db.session.scalar(db.select(db.func.count()).select_from(EnrollmentToken)) == 1
+
+
+def test_the_api_answers_one_error_object_the_first_refusal_as_before(client, token):
+    """The console shows every field's refusal at once; the API keeps SPEC's one error object, and the one it
+    names is the first in the parser's order (the phone before the e-mail before the organisation)."""
+    document = node_document(org_name="", endpoint="http://im.jx.example", capabilities=[],
+                             contact={"name": "张三", "phone": "abc", "email": "not-an-email"})
+    response = submit(client, token, document)
+    assert response.status_code == 400
+    assert response.get_json() == {"error": {"code": "invalid_input", "field": "contact.phone",
+                                             "message": response.get_json()["error"]["message"]}}

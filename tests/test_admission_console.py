@@ -477,3 +477,46 @@ def test_a_provincial_admin_of_another_province_cannot_withdraw_a_suspension_req
     assert response.status_code == 404  # as a node outside its divisions always answers
     db.session.expire_all()
     assert db.session.get(Node, node.node_id).suspension_requested
+
+
+def _error_at(html: str, field: str) -> str:
+    """The text of the first refusal the page shows at `field` (macros.html: id="<field>-error-1")."""
+    found = re.search(rf'id="{field}-error-1">([^<]*)<', html)
+    assert found, f"no error at {field}"
+    return found.group(1)
+
+
+def test_one_submit_of_the_application_form_shows_every_fields_refusal_at_its_field(app, make_user):
+    """A browser walk needed six round trips for six wrong fields: the form showed one refusal per submit."""
+    from app.admission.models import Application
+    from tests.factories import application_form
+
+    make_user("jx-admin", "provincial_admin", ("360000",))
+    console = Console(app.test_client())
+    console.login("jx-admin")
+    form = application_form(org_name="", endpoint="http://im.jx.example", contact_phone="abc",
+                            contact_email="not-an-email", capabilities=[], csr="garbage")
+    response = console.post_form("/applications/new", form)
+    html = response.get_data(as_text=True)
+    assert response.status_code == 200
+    for field in ("org_name", "contact_phone", "contact_email", "endpoint", "capabilities", "csr"):
+        assert _error_at(html, field), field
+    assert "https://" in _error_at(html, "endpoint")
+    for typed in ('value="http://im.jx.example"', 'value="abc"', 'value="not-an-email"', 'value="赣警通"'):
+        assert typed in html, typed
+    assert "garbage</textarea>" in html
+    assert 'class="flash error"' not in html
+    assert db.session.scalar(db.select(db.func.count()).select_from(Application)) == 0
+
+
+def test_the_application_forms_refusals_come_once_per_field(app, make_user):
+    """A field WTForms refuses (empty) is not refused a second time by the A.1 parser."""
+    from tests.factories import application_form, make_csr
+
+    make_user("jx-admin", "provincial_admin", ("360000",))
+    console = Console(app.test_client())
+    console.login("jx-admin")
+    html = console.post_form("/applications/new", application_form(org_name="", contact_phone="abc",
+                                                                   csr=make_csr())).get_data(as_text=True)
+    assert _error_at(html, "org_name") and _error_at(html, "contact_phone")
+    assert 'id="org_name-error-2"' not in html and 'id="csr-error-1"' not in html

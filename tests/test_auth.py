@@ -533,3 +533,15 @@ def test_ensure_admin_creates_the_first_admin_once(runner, monkeypatch):
     assert "created ministry admin" in first.output
     assert "exists already" in runner.invoke(args=["users", "ensure-admin"]).output
     assert service.authenticate("admin", "First-Minister-Pass-1", "127.0.0.1").is_ministry_admin
+
+
+def test_one_submit_of_the_user_form_shows_the_weak_password_and_the_missing_scope_together(admin_console):
+    """The form showed the weak password first and the missing scope only on the next try."""
+    response = admin_console.post_form("/users/new", {"username": "jx-admin", "display_name": "江西省厅",
+                                                      "role": "provincial_admin", "scopes": "",
+                                                      "password": "short"})
+    html = response.get_data(as_text=True)
+    assert response.status_code == 200
+    assert 'id="password-error-1"' in html and 'id="scopes-error-1"' in html
+    assert 'value="jx-admin"' in html and 'value="江西省厅"' in html
+    assert db.session.scalar(select(User).where(User.username == "jx-admin")) is None

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from flask_babel import lazy_gettext as _l
 
 from app.admission.models import CAPABILITIES
-from app.errors import ValidationFailed
+from app.errors import Refusals, ValidationFailed
 from app.readable import misleading
 
 LIMITS = {"org_name": 100, "system_name": 100, "vendor": 100, "endpoint": 255, "contact.name": 50,
@@ -120,8 +120,9 @@ def capabilities(value) -> tuple[str, ...]:
 
 
 def parse(document, names: Mapping[str, str] | None = None) -> NodeInformation:
-    """From the API's JSON or a console form (same keys); refuses on the first defect, naming a field by its key
-    or, given `names` (key → a console form's label), by its label."""
+    """From the API's JSON or a console form (same keys); refuses every defective field at once (`Refusals`: the
+    API names the first), naming a field by its key or, given `names` (key → a console form's label), by its
+    label. A body, contact or division code of the wrong shape is refused alone, first."""
     if not isinstance(document, dict):
         raise invalid(_l("The body must be a JSON object."), "body", "invalid_body")
     contact = document.get("contact")
@@ -133,21 +134,33 @@ def parse(document, names: Mapping[str, str] | None = None) -> NodeInformation:
     if not isinstance(division_code, str):  # 360000 as a number: a code is text (it may begin with 0)
         raise invalid(_l("%(field)s must be text.", field="division_code"), "division_code")
     named = (names or {}).get
-    phone = text_field(contact.get("phone"), "contact.phone", names=names)
-    if not PHONE.match(phone):
-        raise invalid(_l("%(field)s is not a phone number.", field=named("contact.phone", "contact.phone")),
-                      "contact.phone")
-    email = text_field(contact.get("email"), "contact.email", names=names)
-    if not EMAIL.match(email):
-        raise invalid(_l("%(field)s is not an e-mail address.", field=named("contact.email", "contact.email")),
-                      "contact.email")
-    return NodeInformation(
-        division_code=division_code.strip(),
-        org_name=text_field(document.get("org_name"), "org_name", names=names),
-        system_name=text_field(document.get("system_name"), "system_name", names=names),
-        vendor=text_field(document.get("vendor"), "vendor", names=names),
-        endpoint=normalise_endpoint(document.get("endpoint")),
-        contact_name=text_field(contact.get("name"), "contact.name", names=names),
-        contact_phone=phone, contact_email=email,
-        capabilities=capabilities(document.get("capabilities")),
-    )
+    refusals, checked = Refusals(), {}
+
+    def check(key: str, value) -> None:
+        with refusals.check():
+            checked[key] = value()
+
+    def phone() -> str:
+        value = text_field(contact.get("phone"), "contact.phone", names=names)
+        if not PHONE.match(value):
+            raise invalid(_l("%(field)s is not a phone number.", field=named("contact.phone", "contact.phone")),
+                          "contact.phone")
+        return value
+
+    def email() -> str:
+        value = text_field(contact.get("email"), "contact.email", names=names)
+        if not EMAIL.match(value):
+            raise invalid(_l("%(field)s is not an e-mail address.", field=named("contact.email", "contact.email")),
+                          "contact.email")
+        return value
+
+    # Every field is checked, in the order the first refusal (the API's one error object) has always followed.
+    check("contact_phone", phone)
+    check("contact_email", email)
+    for key in ("org_name", "system_name", "vendor"):
+        check(key, lambda key=key: text_field(document.get(key), key, names=names))
+    check("endpoint", lambda: normalise_endpoint(document.get("endpoint")))
+    check("contact_name", lambda: text_field(contact.get("name"), "contact.name", names=names))
+    check("capabilities", lambda: capabilities(document.get("capabilities")))
+    refusals.raise_any()
+    return NodeInformation(division_code=division_code.strip(), **checked)

@@ -16,7 +16,7 @@ from app.auth.views import form_error
 from app.console.pages import shows_page
 from app.database import paginate
 from app.divisions import service as divisions
-from app.errors import DomainError
+from app.errors import DomainError, Refusals, ValidationFailed, every_refusal
 from app.extensions import db
 
 bp = Blueprint("admission", __name__)
@@ -83,10 +83,10 @@ def application_new():
     form = ApplicationForm()
     if request.method == "GET" and current_user.scopes:
         form.division_code.data = current_user.scopes[0]
-    if form.validate_on_submit():
+    submission = _submission(form, csr_required=True) if form.is_submitted() else None
+    if submission:
         try:
-            application = applications.submit_by_user(parse(form.document(), form.names()), form.csr_pem(),
-                                                      by=current_user)
+            application = applications.submit_by_user(*submission, by=current_user)
             db.session.commit()
         except DomainError as error:
             db.session.rollback()
@@ -97,10 +97,31 @@ def application_new():
     return render_template("admission/application_form.html", form=form, node=None)
 
 
+def _submission(form: ApplicationForm, *, csr_required: bool):
+    """(A.1 information, CSR PEM) of a submitted form, or None with every refusal at its field: WTForms', the
+    A.1 parser's and the CSR's together, so that one submit shows them all (it showed one per submit). A field
+    WTForms refused (an empty one) keeps that one refusal. The CSR file is read here, once."""
+    valid = form.validate()
+    refusals = Refusals()
+    with refusals.check():
+        info = parse(form.document(), form.names())
+    with refusals.check():
+        csr_pem = form.csr_pem()
+        if csr_pem or csr_required:
+            applications.inspect_csr(csr_pem)
+    try:
+        refusals.raise_any()
+    except ValidationFailed as error:
+        form_error(form, _map_field(error))
+        return None
+    return (info, csr_pem) if valid else None
+
+
 def _map_field(error: DomainError) -> DomainError:
-    """API field names (contact.phone, csr) → form field names."""
-    if error.field and error.field.startswith("contact."):
-        error.field = "contact_" + error.field.split(".", 1)[1]
+    """API field names (contact.phone, csr) → form field names, in `error` and the refusals it carries."""
+    for refusal in every_refusal(error):
+        if refusal.field and refusal.field.startswith("contact."):
+            refusal.field = "contact_" + refusal.field.split(".", 1)[1]
     return error
 
 
@@ -113,10 +134,10 @@ def change_request(node_id: str):
         form.contact_name.data, form.contact_phone.data = node.contact_name, node.contact_phone
         form.contact_email.data, form.capabilities.data = node.contact_email, node.capabilities
     form.division_code.data = node.division_code
-    if form.validate_on_submit():
+    submission = _submission(form, csr_required=False) if form.is_submitted() else None
+    if submission:
         try:
-            application = applications.submit_change(node, parse(form.document(), form.names()), form.csr_pem(),
-                                                     by=current_user)
+            application = applications.submit_change(node, *submission, by=current_user)
             db.session.commit()
         except DomainError as error:
             db.session.rollback()

@@ -19,7 +19,7 @@ from app.audit import service as audit
 from app.auth import console_sessions
 from app.auth.models import ROLES, ConsoleSession, LoginCheck, LoginThrottle, PasswordHistory, User
 from app.database import serialise, utcnow
-from app.errors import Conflict, DomainError, NotFound, PermissionDenied, ValidationFailed
+from app.errors import Conflict, DomainError, NotFound, PermissionDenied, Refusals, ValidationFailed
 from app.extensions import db
 from app.readable import misleading, readable_text
 
@@ -130,14 +130,22 @@ def retired_scopes_in_use(codes: set[str]) -> list[str]:
 
 def create_user(draft: UserDraft, *, actor: str | None = None) -> User:
     """`actor`: who creates it, when not the console's signed-in admin (the CLI says "cli")."""
-    if not USERNAME_PATTERN.fullmatch(draft.username):  # match() would let "alice\n" through ($)
-        raise ValidationFailed(_l("Usernames are 2-64 letters, digits, '_', '.' or '-'."), code="invalid_username",
-                               field="username")
-    if draft.role not in ROLES:
-        raise ValidationFailed(_l("Unknown role %(role)s.", role=draft.role), code="invalid_role", field="role")
-    check_password_policy(draft.password, draft.username)
-    display_name = readable_text(draft.display_name, "display_name", limit=120)
-    scope_codes = normalise_scopes(draft.role, draft.scopes)
+    refusals = Refusals()  # every field's refusal at once, in this order (the CLI and a test name the first)
+    with refusals.check():
+        if not USERNAME_PATTERN.fullmatch(draft.username):  # match() would let "alice\n" through ($)
+            raise ValidationFailed(_l("Usernames are 2-64 letters, digits, '_', '.' or '-'."),
+                                   code="invalid_username", field="username")
+    with refusals.check():
+        if draft.role not in ROLES:
+            raise ValidationFailed(_l("Unknown role %(role)s.", role=draft.role), code="invalid_role", field="role")
+    with refusals.check():
+        check_password_policy(draft.password, draft.username)
+    with refusals.check():
+        display_name = readable_text(draft.display_name, "display_name", limit=120)
+    if draft.role in ROLES:  # which scope a role takes is known only for a known role
+        with refusals.check():
+            scope_codes = normalise_scopes(draft.role, draft.scopes)
+    refusals.raise_any()
     serialise(f"user:{draft.username.lower()}")  # two admins creating one name together: one is told it is taken
     if db.session.scalar(select(User.id).where(func.lower(User.username) == draft.username.lower())):
         raise Conflict(_l("User %(name)s already exists.", name=draft.username), code="username_taken",

@@ -16,19 +16,21 @@ from app.auth.forms import ConfirmForm, LoginForm, PasswordChangeForm, PasswordR
 from app.auth.models import User
 from app.database import paginate
 from app.divisions import service as divisions
-from app.errors import DomainError
+from app.errors import DomainError, every_refusal
 from app.extensions import db
 
 bp = Blueprint("auth", __name__)
 
 
 def form_error(form, error: DomainError) -> None:
-    """Pour a service error back into the form field it names, else flash it."""
-    field = getattr(form, error.field, None) if error.field else None
-    if field is not None:
-        field.errors = [*field.errors, error.message]
-    else:
-        flash(error.message, "error")
+    """Pour a service error, and the refusals it carries (`Refusals`), back into the form fields they name, else
+    flash it; a field that shows a refusal already (WTForms', for an empty one) is not refused twice."""
+    for refusal in every_refusal(error):
+        field = getattr(form, refusal.field, None) if refusal.field else None
+        if field is None:
+            flash(refusal.message, "error")
+        elif not field.errors:
+            field.errors = [refusal.message]
 
 
 def _safe_next(target: str | None) -> str:
