@@ -545,3 +545,14 @@ def test_one_submit_of_the_user_form_shows_the_weak_password_and_the_missing_sco
     assert 'id="password-error-1"' in html and 'id="scopes-error-1"' in html
     assert 'value="jx-admin"' in html and 'value="江西省厅"' in html
     assert db.session.scalar(select(User).where(User.username == "jx-admin")) is None
+
+
+def test_the_user_forms_empty_password_and_missing_scope_come_in_one_answer(admin_console):
+    """WTForms' refusal of an empty field came alone; the service's (the missing scope) only on the next try."""
+    response = admin_console.post_form("/users/new", {"username": "jx-admin", "role": "provincial_admin",
+                                                      "scopes": "", "password": ""})
+    html = response.get_data(as_text=True)
+    assert response.status_code == 200
+    assert 'id="password-error-1"' in html and 'id="scopes-error-1"' in html
+    assert 'id="password-error-2"' not in html and 'value="jx-admin"' in html
+    assert db.session.scalar(select(User).where(User.username == "jx-admin")) is None

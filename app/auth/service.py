@@ -128,9 +128,11 @@ def retired_scopes_in_use(codes: set[str]) -> list[str]:
     return lines
 
 
-def create_user(draft: UserDraft, *, actor: str | None = None) -> User:
-    """`actor`: who creates it, when not the console's signed-in admin (the CLI says "cli")."""
-    refusals = Refusals()  # every field's refusal at once, in this order (the CLI and a test name the first)
+def check_draft(draft: UserDraft) -> tuple[str, str]:
+    """(display name, scope codes) of a new user, or every field's refusal at once, in this order (the CLI and
+    the API-less callers name the first). The console also calls it when WTForms refused a field, so that the
+    other fields' refusals come with that one."""
+    refusals = Refusals()
     with refusals.check():
         if not USERNAME_PATTERN.fullmatch(draft.username):  # match() would let "alice\n" through ($)
             raise ValidationFailed(_l("Usernames are 2-64 letters, digits, '_', '.' or '-'."),
@@ -146,6 +148,12 @@ def create_user(draft: UserDraft, *, actor: str | None = None) -> User:
         with refusals.check():
             scope_codes = normalise_scopes(draft.role, draft.scopes)
     refusals.raise_any()
+    return display_name, scope_codes
+
+
+def create_user(draft: UserDraft, *, actor: str | None = None) -> User:
+    """`actor`: who creates it, when not the console's signed-in admin (the CLI says "cli")."""
+    display_name, scope_codes = check_draft(draft)
     serialise(f"user:{draft.username.lower()}")  # two admins creating one name together: one is told it is taken
     if db.session.scalar(select(User.id).where(func.lower(User.username) == draft.username.lower())):
         raise Conflict(_l("User %(name)s already exists.", name=draft.username), code="username_taken",

@@ -151,19 +151,24 @@ def unlock_addresses():
 @roles_required("ministry_admin")
 def create_user():
     form = UserCreateForm()
-    if form.validate_on_submit():
-        draft = service.UserDraft(username=form.username.data.strip(), password=form.password.data,
+    if form.is_submitted():
+        valid = form.validate()
+        draft = service.UserDraft(username=(form.username.data or "").strip(), password=form.password.data or "",
                                   role=form.role.data, scopes=tuple((form.scopes.data or "").split(",")),
                                   display_name=(form.display_name.data or "").strip())
         try:
-            service.create_user(draft)
-            db.session.commit()
+            if not valid:  # the other fields' refusals come with WTForms' (an empty field's) in one answer
+                service.check_draft(draft)
+            else:
+                service.create_user(draft)
+                db.session.commit()
         except DomainError as error:
             db.session.rollback()
             form_error(form, error)
         else:
-            flash(_("User %(name)s created.", name=draft.username), "success")
-            return redirect(url_for("auth.users"))
+            if valid:
+                flash(_("User %(name)s created.", name=draft.username), "success")
+                return redirect(url_for("auth.users"))
     return render_template("auth/user_form.html", form=form, user=None)
 
 
