@@ -494,12 +494,12 @@ def test_one_submit_of_the_application_form_shows_every_fields_refusal_at_its_fi
     make_user("jx-admin", "provincial_admin", ("360000",))
     console = Console(app.test_client())
     console.login("jx-admin")
-    form = application_form(org_name="", endpoint="http://im.jx.example", contact_phone="abc",
+    form = application_form(division="999999", org_name="", endpoint="http://im.jx.example", contact_phone="abc",
                             contact_email="not-an-email", capabilities=[], csr="garbage")
     response = console.post_form("/applications/new", form)
     html = response.get_data(as_text=True)
     assert response.status_code == 200
-    for field in ("org_name", "contact_phone", "contact_email", "endpoint", "capabilities", "csr"):
+    for field in ("division_code", "org_name", "contact_phone", "contact_email", "endpoint", "capabilities", "csr"):
         assert _error_at(html, field), field
     assert "https://" in _error_at(html, "endpoint")
     for typed in ('value="http://im.jx.example"', 'value="abc"', 'value="not-an-email"', 'value="赣警通"'):

@@ -83,7 +83,7 @@ def application_new():
     form = ApplicationForm()
     if request.method == "GET" and current_user.scopes:
         form.division_code.data = current_user.scopes[0]
-    submission = _submission(form, csr_required=True) if form.is_submitted() else None
+    submission = _submission(form, new=True) if form.is_submitted() else None
     if submission:
         try:
             application = applications.submit_by_user(*submission, by=current_user)
@@ -97,17 +97,21 @@ def application_new():
     return render_template("admission/application_form.html", form=form, node=None)
 
 
-def _submission(form: ApplicationForm, *, csr_required: bool):
+def _submission(form: ApplicationForm, *, new: bool):
     """(A.1 information, CSR PEM) of a submitted form, or None with every refusal at its field: WTForms', the
-    A.1 parser's and the CSR's together, so that one submit shows them all (it showed one per submit). A field
-    WTForms refused (an empty one) keeps that one refusal. The CSR file is read here, once."""
+    A.1 parser's, the CSR's and (`new`: an application, not a change) the division code's together, so that one
+    submit shows them all (it showed one per submit). A field WTForms refused (an empty one) keeps that one
+    refusal. The CSR file is read here, once; the service checks all of it again."""
     valid = form.validate()
     refusals = Refusals()
+    if new and form.division_code.data:
+        with refusals.check():
+            divisions.require_current(form.division_code.data.strip())
     with refusals.check():
         info = parse(form.document(), form.names())
     with refusals.check():
         csr_pem = form.csr_pem()
-        if csr_pem or csr_required:
+        if csr_pem or new:  # a change request may keep the node's key
             applications.inspect_csr(csr_pem)
     try:
         refusals.raise_any()
@@ -134,7 +138,7 @@ def change_request(node_id: str):
         form.contact_name.data, form.contact_phone.data = node.contact_name, node.contact_phone
         form.contact_email.data, form.capabilities.data = node.contact_email, node.capabilities
     form.division_code.data = node.division_code
-    submission = _submission(form, csr_required=False) if form.is_submitted() else None
+    submission = _submission(form, new=False) if form.is_submitted() else None
     if submission:
         try:
             application = applications.submit_change(node, *submission, by=current_user)
