@@ -13,12 +13,13 @@ from sqlalchemy import func, select
 
 from app.admission.models import Node
 from app.audit.models import AuditRecord
+from app.auth.models import User
 from app.database import utcnow
 from app.extensions import db
 from app.health import history, service
 from app.health.models import HealthEvent, HealthHourly, HealthSample, NodeHealth
 from app.health.state import Counters, Thresholds, step
-from tests.conftest import stop_serving
+from tests.conftest import csrf_token, stop_serving
 from tests.test_admission_review import admit
 
 
@@ -320,6 +321,102 @@ def test_the_console_sets_and_ends_a_maintenance_window(app, node, console):
     assert not service.in_maintenance(db.session.get(NodeHealth, node.node_id))
     assert [(r.action, r.actor) for r in maintenance_records(node.node_id)] == [
         ("health.maintenance", "jx-admin"), ("health.maintenance_end", "jx-admin")]
+
+
+def test_the_node_page_shows_the_current_window_and_saving_only_its_note_keeps_it(app, node, console):
+    """The form under "Maintenance until ..." came back as "none (end it)" with an empty note: an admin who changed
+    only the note and pressed Save ended the window (the node showed down), and the note was shown nowhere."""
+    from app.i18n import local_time
+
+    console.login("jx-admin")
+    page_url = f"/nodes/{node.node_id}"
+    console.post_form(page_url, {"hours": "24", "note": "机房搬迁"}, action=f"/health/{node.node_id}/maintenance")
+    until = db.session.get(NodeHealth, node.node_id).maintenance_until
+
+    with app.test_request_context():
+        shown_until = local_time(until)
+    page = console.client.get(page_url).get_data(as_text=True)
+    assert '<option selected value="keep">保持当前结束时间</option>' in page
+    assert 'name="note" type="text" value="机房搬迁"' in page
+    assert f"维护至 {shown_until}" in page and "由 jx-admin 设置" in page
+    assert '<p class="meta" id="maintenance-window">' in page and "备注：机房搬迁" in page
+
+    response = console.post_form(page_url, {"hours": "keep", "note": "机房搬迁，第二天"},
+                                 action=f"/health/{node.node_id}/maintenance")
+    assert response.status_code == 302
+    assert "维护窗口已保存。" in console.client.get(page_url).get_data(as_text=True)
+    db.session.expire_all()
+    health = db.session.get(NodeHealth, node.node_id)
+    assert service.in_maintenance(health)
+    assert (health.maintenance_until, health.maintenance_note) == (until, "机房搬迁，第二天")
+    assert [(r.action, r.actor) for r in maintenance_records(node.node_id)] == [
+        ("health.maintenance", "jx-admin"), ("health.maintenance", "jx-admin")]
+
+
+def test_without_a_window_the_form_offers_lengths_only(app, node, console):
+    """No window to keep or end: the form's first choice starts one, never "none (end it)"."""
+    console.login("jx-admin")
+    page = console.client.get(f"/nodes/{node.node_id}").get_data(as_text=True)
+    assert 'value="keep"' not in page and 'value="0"' not in page and "无（结束维护）" not in page
+    assert 'id="maintenance-end"' not in page
+
+
+def test_keeping_the_end_of_a_window_that_ended_meanwhile_is_refused_in_words(app, node, console):
+    """The page was drawn during the window, and saved after it ran out: nothing to keep, nothing saved."""
+    console.login("jx-admin")
+    page_url = f"/nodes/{node.node_id}"
+    console.post_form(page_url, {"hours": "1", "note": "upgrade"}, action=f"/health/{node.node_id}/maintenance")
+    token_page = console.client.get(page_url).get_data(as_text=True)
+    db.session.get(NodeHealth, node.node_id).maintenance_until = utcnow() - timedelta(seconds=1)
+    db.session.commit()
+    response = console.client.post(f"/health/{node.node_id}/maintenance",
+                                   data={"hours": "keep", "note": "later", "csrf_token": csrf_token(token_page)})
+    assert response.status_code == 422
+    page = response.get_data(as_text=True)
+    assert '<div class="error" id="hours-error-1">维护窗口已结束，没有可保持的结束时间；请选择时长。</div>' in page
+    assert 'name="note" type="text" value="later"' in page
+    db.session.expire_all()
+    assert db.session.get(NodeHealth, node.node_id).maintenance_note == "upgrade"
+    assert len(maintenance_records(node.node_id)) == 1
+
+
+def test_ending_a_window_is_its_own_confirmed_action(app, node, console):
+    """Ending a window takes the node back into alerting and availability: its own button, asking first, with
+    its own message and audit record, never a choice of the form that saves the note."""
+    console.login("jx-admin")
+    page_url = f"/nodes/{node.node_id}"
+    console.post_form(page_url, {"hours": "4", "note": "upgrade"}, action=f"/health/{node.node_id}/maintenance")
+    page = console.client.get(page_url).get_data(as_text=True)
+    assert 'value="0"' not in page and "无（结束维护）" not in page
+    assert (f'<form method="post" action="/health/{node.node_id}/maintenance/end" class="inline" '
+            f'id="maintenance-end" data-confirm="结束 {node.node_id} 的维护窗口？节点立即恢复告警，并计入可用率。">'
+            in page)
+
+    response = console.post_form(page_url, {}, action=f"/health/{node.node_id}/maintenance/end")
+    assert response.status_code == 302
+    assert "维护已结束。" in console.client.get(page_url).get_data(as_text=True)
+    db.session.expire_all()
+    assert not service.in_maintenance(db.session.get(NodeHealth, node.node_id))
+    assert [(r.action, r.actor) for r in maintenance_records(node.node_id)] == [
+        ("health.maintenance", "jx-admin"), ("health.maintenance_end", "jx-admin")]
+
+
+def test_ending_a_window_needs_an_admin_of_the_node_s_division(app, node, make_user):
+    from tests.conftest import Console
+
+    make_user("eye", "auditor")
+    make_user("gd-admin", "provincial_admin", ("440000",))
+    service.set_maintenance(node.node_id, utcnow() + timedelta(hours=1), "upgrade",
+                            by=db.session.scalar(select(User).where(User.username == "minister")))
+    db.session.commit()
+    for username in ("eye", "gd-admin"):
+        other = Console(app.test_client())
+        other.login(username)
+        response = other.post_form("/", {}, action=f"/health/{node.node_id}/maintenance/end")
+        assert response.status_code in (403, 404)
+    db.session.expire_all()
+    assert service.in_maintenance(db.session.get(NodeHealth, node.node_id))
+    assert [r.action for r in maintenance_records(node.node_id)] == ["health.maintenance"]
 
 
 def test_cli_twin_sets_and_ends_a_maintenance_window(app, node, runner, make_user):

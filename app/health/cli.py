@@ -49,7 +49,8 @@ def status_command(as_json):
 
 @cli.command("maintenance")
 @click.argument("node_id")
-@click.option("--hours", required=True, help="How long from now, up to 720; 0 ends the window.")
+@click.option("--hours", required=True,
+              help="How long from now, up to 720; 0 ends the window; keep: its end stays, the note changes.")
 @click.option("--note", default="", help="What is being done; shown on the node's page.")
 @click.option("--user", "username", required=True, help="The console user acting (audited).")
 @click.option("--json", "as_json", is_flag=True)

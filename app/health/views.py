@@ -18,6 +18,7 @@ from app.admission.models import Node
 from app.admission.scope import division_filter
 from app.auth.access import roles_required
 from app.auth.views import form_error
+from app.console.forms import ConsoleForm
 from app.console.pages import shows_page
 from app.database import paginate, utcnow
 from app.errors import DomainError
@@ -52,14 +53,36 @@ def maintenance(node_id: str):
         flash(_("The form expired; try again."), "error")
         return redirect(url_for("nodes.detail", node_id=node_id))
     try:
-        service.schedule_maintenance(node, form.hours.data, form.note.data or "", by=current_user)
+        health = service.schedule_maintenance(node, form.hours.data, form.note.data or "", by=current_user)
         db.session.commit()
     except DomainError as error:
         # The node page comes back with the note as typed and the refusal beside it: a redirect lost the note.
         db.session.rollback()
         form_error(form, error)
+        form.offer_keep(service.in_maintenance(db.session.get(NodeHealth, node.node_id)))
         return node_views.detail_page(node, 422, maintenance_form=form)
-    flash(_("Maintenance window saved."), "success")
+    # 0 hours ends the window (a hand-made POST, or a page from before the end button): said as the button says it.
+    flash(_("Maintenance window saved.") if health is not None else _("Maintenance ended."), "success")
+    return redirect(url_for("nodes.detail", node_id=node_id))
+
+
+@bp.post("/<node_id>/maintenance/end")
+@shows_page("nodes.detail")
+@roles_required("ministry_admin", "provincial_admin")
+def end_maintenance(node_id: str):
+    """Its own button, asking first (data-confirm): the node is alerted of and counted against again at once."""
+    node = nodes.get_visible(node_id, current_user)
+    if not ConsoleForm().validate_on_submit():
+        flash(_("The form expired; try again."), "error")
+        return redirect(url_for("nodes.detail", node_id=node_id))
+    try:
+        service.end_maintenance(node, by=current_user)
+        db.session.commit()
+    except DomainError as error:
+        db.session.rollback()
+        flash(error.message, "error")
+        return redirect(url_for("nodes.detail", node_id=node_id))
+    flash(_("Maintenance ended."), "success")
     return redirect(url_for("nodes.detail", node_id=node_id))
 
 
@@ -86,10 +109,14 @@ def node_section(node: Node) -> dict | None:
     health = db.session.get(NodeHealth, node.node_id)
     now = utcnow()
     flaps = service.flap_counts([node.node_id], now).get(node.node_id, 0)
+    active = service.in_maintenance(health, now)
+    # The form shows the window as it stands: saved unchanged, it keeps it (it used to reset to "none (end it)").
+    form = MaintenanceForm(formdata=None, hours=service.KEEP_END if active else None,
+                           note=health.maintenance_note if active else "").offer_keep(active)
     return {
         "template": "health/node_section.html", "health": health, "labels": STATUS_LABELS,
-        "maintenance_form": MaintenanceForm(formdata=None),
-        "in_maintenance": service.in_maintenance(health, now), "flapping": service.is_flapping(flaps),
+        "maintenance_form": form, "set_by": service.window_setter(node.node_id) if active else None,
+        "in_maintenance": active, "flapping": service.is_flapping(flaps),
         "flaps": flaps,
         "latency_chart": Markup(charts.latency_chart(history.latency_series(node.node_id, 24, now), end=now)),
         "bars": [(label, Markup(charts.uptime_bars(history.uptime_buckets(node.node_id, span=span, buckets=count,
