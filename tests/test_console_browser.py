@@ -279,3 +279,53 @@ def test_disabling_a_user_asks_first_and_a_rename_does_not(page, live_server, ma
     assert len(questions) == 2
     db.session.expire_all()
     assert db.session.scalar(db.select(User.display_name).where(User.username == "auditor1")) == "王五"
+
+
+def test_saving_only_a_maintenance_note_keeps_the_window_and_ending_it_asks_first(page, live_server, make_user):
+    """The form under "Maintenance until ..." reset to "none (end it)": editing only the note and saving ended the
+    window. It now keeps the window's end; ending is its own button, which asks first."""
+    from app.extensions import db
+    from app.health import service
+    from app.health.models import NodeHealth
+    from tests.test_i18n import _admitted_node
+
+    make_user("minister")
+    _, node = _admitted_node(make_user)
+    sign_in(page, live_server, "minister")
+    page.wait_for_selector("h1:has-text('仪表盘')")
+    page.goto(f"{live_server}/nodes/{node.node_id}")
+    page.select_option("#maintenance-form select[name=hours]", "24")
+    page.fill("#maintenance-form input[name=note]", "机房搬迁")
+    page.click("#maintenance-form button[type=submit]")
+    page.wait_for_selector(".flash.success")
+    db.session.expire_all()
+    until = db.session.get(NodeHealth, node.node_id).maintenance_until
+
+    assert page.input_value("#maintenance-form input[name=note]") == "机房搬迁"
+    assert "备注：机房搬迁" in page.inner_text("#maintenance-window")
+    page.fill("#maintenance-form input[name=note]", "机房搬迁，延期")
+    page.click("#maintenance-form button[type=submit]")
+    page.wait_for_selector(".flash.success:has-text('维护窗口已保存。')")
+    db.session.expire_all()
+    health = db.session.get(NodeHealth, node.node_id)
+    assert service.in_maintenance(health)
+    assert (health.maintenance_until, health.maintenance_note) == (until, "机房搬迁，延期")
+    screenshot(page, "maintenance-window")
+
+    questions = []
+
+    def answer(dialog, accept):
+        questions.append(dialog.message)
+        dialog.accept() if accept else dialog.dismiss()
+
+    page.once("dialog", lambda dialog: answer(dialog, False))
+    page.click("#maintenance-end button[type=submit]")
+    page.wait_for_function("() => true")
+    assert len(questions) == 1 and node.node_id in questions[0]
+    db.session.expire_all()
+    assert service.in_maintenance(db.session.get(NodeHealth, node.node_id))
+    page.once("dialog", lambda dialog: answer(dialog, True))
+    page.click("#maintenance-end button[type=submit]")
+    page.wait_for_selector(".flash.success:has-text('维护已结束。')")
+    db.session.expire_all()
+    assert not service.in_maintenance(db.session.get(NodeHealth, node.node_id))
