@@ -443,6 +443,18 @@ def test_cli_twin_sets_and_ends_a_maintenance_window(app, node, runner, make_use
         ("health.maintenance", "minister"), ("health.maintenance_end", "minister")]
 
 
+def test_cli_keeps_a_window_s_end_while_changing_its_note(app, node, runner, make_user):
+    args = ["health", "maintenance", node.node_id, "--user", "minister", "--json", "--hours"]
+    refused = runner.invoke(args=[*args, "keep", "--note", "early"])
+    assert refused.exit_code == 1 and json.loads(refused.stderr)["error"]["code"] == "window_ended"
+    assert runner.invoke(args=[*args, "4", "--note", "upgrade"]).exit_code == 0
+    until = db.session.get(NodeHealth, node.node_id).maintenance_until
+    result = runner.invoke(args=[*args, "keep", "--note", "upgrade, day two"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == {"node_id": node.node_id, "maintenance_until": until.isoformat(),
+                                         "note": "upgrade, day two"}
+
+
 def test_two_rounds_applied_at_once_record_a_change_once(app, node):
     """`flask health poll --once` while the scheduler's round is applied: both read the node's state before either
     committed, both took it down, and the event (and its webhook alert) was recorded twice."""
