@@ -228,49 +228,42 @@ def suspension_request_dict(node) -> dict:
             "suspension_requested_by": node.suspension_requested_by}
 
 
-@nodes_cli.command("request-suspension")
-@click.argument("node_id")
-@click.option("--reason", required=True)
-@user_option
-@json_option
-def nodes_request_suspension(node_id, reason, username, as_json):
-    """Ask the ministry to suspend a node (an admin of its division; a ministry admin decides)."""
-    def request():
-        user = users.acting_user(username)
-        return nodes.request_suspension(nodes.get_visible(node_id, user), reason, by=user)  # as the console
+def suspension_request_command(name: str, action, doc: str, done: str, *, reason_required: bool = True):
+    """`nodes request-suspension|decline-suspension|withdraw-suspension`: the node found as the console finds it
+    for the acting user (one outside their divisions is not found), then `action`, as the node page does."""
+    reason_option = (click.option("--reason", required=True) if reason_required
+                     else click.option("--reason", default="", help="Optional."))
 
-    node = run(request, as_json)
-    emit(suspension_request_dict(node), as_json, f"suspension of {node.node_id} requested; a ministry admin decides")
+    @nodes_cli.command(name)
+    @click.argument("node_id")
+    @reason_option
+    @user_option
+    @json_option
+    def command(node_id, reason, username, as_json):
+        def act():
+            user = users.acting_user(username)
+            return action(nodes.get_visible(node_id, user), reason, by=user)
 
+        node = run(act, as_json)
+        emit(suspension_request_dict(node), as_json, done.format(node_id=node.node_id))
 
-@nodes_cli.command("decline-suspension")
-@click.argument("node_id")
-@click.option("--reason", required=True)
-@user_option
-@json_option
-def nodes_decline_suspension(node_id, reason, username, as_json):
-    """Decline a request to suspend a node (ministry admins; needs a reason; the node stays active)."""
-    def decline():
-        user = users.acting_user(username)
-        return nodes.decline_suspension(nodes.get_visible(node_id, user), reason, by=user)
-
-    node = run(decline, as_json)
-    emit(suspension_request_dict(node), as_json, f"suspension request for {node.node_id} declined; it stays active")
+    command.__doc__ = doc
+    return command
 
 
-@nodes_cli.command("withdraw-suspension")
-@click.argument("node_id")
-@click.option("--reason", default="", help="Optional.")
-@user_option
-@json_option
-def nodes_withdraw_suspension(node_id, reason, username, as_json):
-    """Withdraw a request to suspend a node (an admin of its division)."""
-    def withdraw():
-        user = users.acting_user(username)
-        return nodes.withdraw_suspension(nodes.get_visible(node_id, user), reason, by=user)  # as the console
+suspension_request_command(
+    "request-suspension", nodes.request_suspension,
+    "Ask the ministry to suspend a node (an admin of its division; a ministry admin decides).",
+    "suspension of {node_id} requested; a ministry admin decides")
+suspension_request_command(
+    "decline-suspension", nodes.decline_suspension,
+    "Decline a request to suspend a node (ministry admins; needs a reason; the node stays active).",
+    "suspension request for {node_id} declined; it stays active")
+suspension_request_command(
+    "withdraw-suspension", nodes.withdraw_suspension,
+    "Withdraw a request to suspend a node (an admin of its division).",
+    "suspension request for {node_id} withdrawn", reason_required=False)
 
-    node = run(withdraw, as_json)
-    emit(suspension_request_dict(node), as_json, f"suspension request for {node.node_id} withdrawn")
 
 @nodes_cli.command("resolve")
 @click.argument("division_code")
