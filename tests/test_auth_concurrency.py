@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from app.audit import service as audit
 from app.audit.models import AuditRecord
-from app.auth import service
+from app.auth import service, throttle
 from app.auth.models import LoginCheck, LoginThrottle
 from app.database import utcnow
 from app.extensions import db
@@ -133,7 +133,7 @@ def test_a_sign_in_finding_every_place_held_by_checks_under_way_is_refused_as_bu
                                                                                             monkeypatch):
     make_user("alice")
     _checks_under_way("user:alice", app.config["MPIM_LOGIN_MAX_FAILURES"], timedelta(seconds=1))
-    monkeypatch.setattr(service, "BUSY_WAIT_SECONDS", 0.2)
+    monkeypatch.setattr(throttle, "BUSY_WAIT_SECONDS", 0.2)
 
     with pytest.raises(service.SignInsBusy) as refusal:
         service.authenticate("alice", PASSWORD, "10.3.0.1")
@@ -148,7 +148,7 @@ def test_a_sign_in_finding_every_place_held_by_checks_under_way_is_refused_as_bu
 def test_checks_left_by_a_worker_that_died_mid_check_give_their_places_back(app, make_user):
     make_user("alice")
     _checks_under_way("user:alice", app.config["MPIM_LOGIN_MAX_FAILURES"],
-                      service.CHECK_LIFETIME + timedelta(seconds=1))
+                      throttle.CHECK_LIFETIME + timedelta(seconds=1))
 
     assert service.authenticate("alice", PASSWORD, "10.3.0.1").username == "alice"
     assert db.session.scalar(select(func.count()).select_from(LoginCheck)) == 0
@@ -173,5 +173,5 @@ def test_a_check_that_fails_part_way_gives_its_places_back_at_once(app, make_use
                 service.change_own_password(user, PASSWORD, "An0ther-long-passphrase")
     assert db.session.scalar(select(func.count()).select_from(LoginCheck)) == 0
     monkeypatch.undo()
-    monkeypatch.setattr(service, "BUSY_WAIT_SECONDS", 0.2)  # held places would make this wait, then refuse
+    monkeypatch.setattr(throttle, "BUSY_WAIT_SECONDS", 0.2)  # held places would make this wait, then refuse
     assert service.authenticate("alice", PASSWORD, "10.3.0.1").username == "alice"

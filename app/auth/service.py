@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import re
 import secrets
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from flask import current_app
 from flask_babel import lazy_gettext as _l
-from sqlalchemy import delete, func, select
+from sqlalchemy import func, select
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from app.audit import service as audit
-from app.auth import console_sessions
-from app.auth.models import ROLES, ConsoleSession, LoginCheck, LoginThrottle, PasswordHistory, User
+from app.auth import console_sessions, throttle
+from app.auth.models import ROLES, ConsoleSession, LoginThrottle, PasswordHistory, User
 from app.database import serialise, utcnow
 from app.errors import Conflict, DomainError, NotFound, PermissionDenied, Refusals, ValidationFailed
 from app.extensions import db
@@ -30,25 +27,11 @@ MAX_PASSWORD_LENGTH = 256  # the forms' Length(max=...)
 PASSWORD_HISTORY = 5
 # Checked even for unknown accounts, so the reply time does not reveal which usernames exist.
 _DUMMY_HASH = generate_password_hash("not-a-real-password")
-# A password check still under way after this long was left by a process that died mid-check: its place is
-# given back. Far longer than a hash takes, and than a worker may run (gunicorn's timeout).
-CHECK_LIFETIME = timedelta(seconds=60)
-# How long a sign-in waits for a place while every place of its account or address is held by checks under
-# way (a burst of sign-ins), and how often it looks; then it is refused as busy, not locked, and not counted.
-BUSY_WAIT_SECONDS = 5.0
-BUSY_POLL_SECONDS = 0.05
 
-
-class LoginRefused(DomainError):
-    code = "login_refused"
-    status = 401
-
-
-class SignInsBusy(LoginRefused):
-    """Every place of the account or address stayed held by checks under way (`_start_check`): try again."""
-
-    code = "busy"
-    status = 429
+# What the views, the CLI and the tests reach through this module: the throttle is one part of signing in.
+LoginRefused, SignInsBusy = throttle.LoginRefused, throttle.SignInsBusy
+locked_addresses, locked_address_count, is_locked = (throttle.locked_addresses, throttle.locked_address_count,
+                                                     throttle.is_locked)
 
 
 class PasswordChangeLocked(DomainError):
@@ -243,15 +226,15 @@ def change_own_password(user: User, current_password: str, new_password: str, *,
     the account is locked the change is refused (PasswordChangeLocked, auth.password_change_blocked). Commits
     the count and its records itself: they must outlive the refusal."""
     limits = {f"user:{user.username.lower()}": current_app.config["MPIM_LOGIN_MAX_FAILURES"]}
-    checks = _start_check(limits)
+    checks = throttle.start_check(limits)
     if checks is None:
         audit.record("auth.password_change_blocked", user.username, {"reason": "locked"}, actor=user.username)
         db.session.commit()
         raise PasswordChangeLocked(_l("Too many failed sign-ins: this account is locked for a while, and its "
                                       "password cannot be changed until the lock ends."), locked_now=False)
-    with _places_held(checks):
+    with throttle.places_held(checks):
         right = check_password_hash(user.password_hash, current_password)
-        locked = _end_check(checks, limits, right=right)
+        locked = throttle.end_check(checks, limits, right=right)
         if not right:
             audit.record("auth.password_change_failed", user.username, {"locked": locked}, actor=user.username)
         db.session.commit()  # a right password clears the count, whether or not the new one is accepted
@@ -308,117 +291,6 @@ def acting_user(username: str) -> User:
     return user
 
 
-# --- sign-in throttle -------------------------------------------------------------------------
-
-def _throttle(key: str) -> LoginThrottle:
-    row = db.session.get(LoginThrottle, key)
-    if row is None:
-        row = LoginThrottle(key=key, failures=0)
-        db.session.add(row)
-    return row
-
-
-def _locked(key: str) -> bool:
-    row = db.session.get(LoginThrottle, key)
-    return bool(row and row.locked_until and row.locked_until > utcnow())
-
-
-def _serialise_throttles(*keys: str) -> None:
-    """Queue behind every other request reading or writing these counters, until commit."""
-    serialise(*(f"login_throttle:{key}" for key in keys))
-
-
-def _register_failure(key: str, limit: int) -> bool:
-    """Count one confirmed failure; returns True when this failure locks the key."""
-    now = utcnow()
-    window = timedelta(minutes=current_app.config["MPIM_LOGIN_LOCK_MINUTES"])
-    row = _throttle(key)
-    if row.first_failure_at is None or now - row.first_failure_at > window:
-        row.failures, row.first_failure_at = 0, now
-    row.failures += 1
-    if row.failures >= limit:
-        row.locked_until, row.failures, row.first_failure_at = now + window, 0, None
-        return True
-    return False
-
-
-def _places_taken(limits: dict[str, int], now: datetime) -> dict[str, int]:
-    """Per key, its confirmed failures in the current window plus its checks under way; forgets the checks
-    older than CHECK_LIFETIME on the way (their process died before it resolved them)."""
-    window = timedelta(minutes=current_app.config["MPIM_LOGIN_LOCK_MINUTES"])
-    db.session.execute(delete(LoginCheck).where(LoginCheck.key.in_(limits),
-                                                LoginCheck.started_at < now - CHECK_LIFETIME))
-    taken = dict.fromkeys(limits, 0)
-    for key, count in db.session.execute(select(LoginCheck.key, func.count()).where(LoginCheck.key.in_(limits))
-                                         .group_by(LoginCheck.key)):
-        taken[key] += count
-    for key, failures, first in db.session.execute(
-            select(LoginThrottle.key, LoginThrottle.failures, LoginThrottle.first_failure_at)
-            .where(LoginThrottle.key.in_(limits))):
-        if first is not None and now - first <= window:
-            taken[key] += failures
-    return taken
-
-
-def _start_check(limits: dict[str, int]) -> list[int] | None:
-    """Take one of each key's places for a password check, and commit it; returns the checks' ids to hand to
-    `_end_check`, or None (nothing taken, nothing written) when one of the keys is locked.
-
-    A key has `limit` places, held by its confirmed failures and by the checks under way: however many guesses
-    arrive together, no more than `limit` wrong ones are checked before the lock (checked first and counted
-    after the slow hash, 120 guesses sent together got 31 checks with a limit of 5). A check under way is not a
-    failure, and does not lock: counted as one, right passwords signed in together from one address locked it
-    and were refused. While the places are all taken, the attempt waits, polling in short transactions, for
-    the checks under way to end; SignInsBusy if they have not after BUSY_WAIT_SECONDS."""
-    deadline = time.monotonic() + BUSY_WAIT_SECONDS
-    while True:
-        _serialise_throttles(*limits)
-        if any(_locked(key) for key in limits):
-            return None  # the caller records the refusal and commits
-        now = utcnow()
-        taken = _places_taken(limits, now)
-        if all(taken[key] < limit for key, limit in limits.items()):
-            checks = [LoginCheck(key=key, started_at=now) for key in limits]
-            db.session.add_all(checks)
-            db.session.flush()
-            ids = [check.id for check in checks]
-            db.session.commit()
-            return ids
-        db.session.commit()  # the stale checks forgotten, and the locks let go while this one waits
-        if time.monotonic() >= deadline:
-            raise SignInsBusy(_l("Too many sign-ins at once from this address or to this account: try again in "
-                                 "a moment."))
-        time.sleep(BUSY_POLL_SECONDS)
-
-
-@contextmanager
-def _places_held(checks: list[int]) -> Iterator[None]:
-    """Give the places back at once when the check between `_start_check` and `_end_check` fails part way (a
-    database error in the user lookup, a broken hash): left to their lifetime, a few such errors held every
-    place of an account or address for CHECK_LIFETIME, and right passwords were refused as busy."""
-    try:
-        yield
-    except BaseException:
-        db.session.rollback()
-        try:
-            db.session.execute(delete(LoginCheck).where(LoginCheck.id.in_(checks)))
-            db.session.commit()
-        except Exception:  # the database itself is failing: the places' lifetime frees them
-            db.session.rollback()
-        raise
-
-
-def _end_check(checks: list[int], limits: dict[str, int], *, right: bool) -> list[str]:
-    """Give back the places `_start_check` took, in the caller's transaction: a right password clears the keys'
-    failures and locks, a wrong one counts as a failure of each. Returns the keys this failure locks."""
-    _serialise_throttles(*limits)
-    db.session.execute(delete(LoginCheck).where(LoginCheck.id.in_(checks)))
-    if right:
-        db.session.execute(delete(LoginThrottle).where(LoginThrottle.key.in_(limits)))
-        return []
-    return [key for key, limit in limits.items() if _register_failure(key, limit)]
-
-
 def authenticate(username: str, password: str, remote_addr: str) -> User:
     """Check credentials under the throttle. Commits failures itself: they must outlive the refusal."""
     if misleading(username):
@@ -429,18 +301,18 @@ def authenticate(username: str, password: str, remote_addr: str) -> User:
     # An address gets more tries than an account: one person's typos must not lock everyone behind it.
     limits = {f"user:{username.lower()}": current_app.config["MPIM_LOGIN_MAX_FAILURES"],
               f"addr:{remote_addr}": current_app.config["MPIM_LOGIN_MAX_ADDRESS_FAILURES"]}
-    checks = _start_check(limits)
+    checks = throttle.start_check(limits)
     if checks is None:
         audit.record("auth.login_blocked", username, {"reason": "locked"}, actor=username or "anonymous",
                      remote_addr=remote_addr)
         db.session.commit()
         raise LoginRefused("Too many failed sign-ins: this account or address is locked for a while.",
                            code="locked")
-    with _places_held(checks):
+    with throttle.places_held(checks):
         user = db.session.scalar(select(User).where(func.lower(User.username) == username.lower()))
         valid = check_password_hash(user.password_hash if user else _DUMMY_HASH, password)
         right = valid and user is not None and user.active
-        locked = _end_check(checks, limits, right=right)
+        locked = throttle.end_check(checks, limits, right=right)
         if right:
             user.last_login_at = utcnow()
             audit.record("auth.login", user.username, actor=user.username, remote_addr=remote_addr)
@@ -464,43 +336,14 @@ def unlock(username: str, *, actor: str | None = None) -> list[str]:
     row = db.session.get(LoginThrottle, f"user:{user.username.lower()}")
     if row is not None:
         db.session.delete(row)
-    addresses = _clear_address_locks()
+    addresses = throttle.clear_address_locks()
     audit.record("auth.unlock", user.username, {"addresses": addresses} if addresses else None, actor=actor)
     return addresses
-
-
-def locked_addresses(limit: int | None = None) -> list[tuple[str, datetime]]:
-    """Addresses refused now (too many failed sign-ins from them), with when each lock ends; the first `limit`
-    of them (a guessing run from many addresses locks them all), every one without."""
-    return [(row.key.removeprefix("addr:"), row.locked_until) for row in _address_locks(limit)]
-
-
-def locked_address_count() -> int:
-    return db.session.scalar(select(func.count()).select_from(_address_locks_query().subquery())) or 0
 
 
 def unlock_addresses(*, actor: str | None = None) -> list[str]:
     """The users page's "clear address locks": every address lock in force, audited. `actor`: who, when not
     the console's signed-in admin (the CLI says "cli")."""
-    addresses = _clear_address_locks()
+    addresses = throttle.clear_address_locks()
     audit.record("auth.unlock_addresses", ", ".join(addresses)[:200], {"addresses": addresses}, actor=actor)
     return addresses
-
-
-def _address_locks_query():
-    return select(LoginThrottle).where(LoginThrottle.key.startswith("addr:"), LoginThrottle.locked_until > utcnow())
-
-
-def _address_locks(limit: int | None = None) -> list[LoginThrottle]:
-    return list(db.session.scalars(_address_locks_query().order_by(LoginThrottle.key).limit(limit)))
-
-
-def _clear_address_locks() -> list[str]:
-    rows = _address_locks()
-    for row in rows:
-        db.session.delete(row)
-    return [row.key.removeprefix("addr:") for row in rows]
-
-
-def is_locked(username: str) -> bool:
-    return _locked(f"user:{username.lower()}")

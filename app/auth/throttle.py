@@ -1,0 +1,177 @@
+"""The console's sign-in throttle: how many password checks an account or an address may have, confirmed
+failures and checks under way together, and the locks they lead to. `service.authenticate` and
+`service.change_own_password` take a place before the slow hash and give it back after (docs/operations.md)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+
+from flask import current_app
+from flask_babel import lazy_gettext as _l
+from sqlalchemy import delete, func, select
+
+from app.auth.models import LoginCheck, LoginThrottle
+from app.database import serialise, utcnow
+from app.errors import DomainError
+from app.extensions import db
+
+# A password check still under way after this long was left by a process that died mid-check: its place is
+# given back. Far longer than a hash takes, and than a worker may run (gunicorn's timeout).
+CHECK_LIFETIME = timedelta(seconds=60)
+# How long a sign-in waits for a place while every place of its account or address is held by checks under
+# way (a burst of sign-ins), and how often it looks; then it is refused as busy, not locked, and not counted.
+BUSY_WAIT_SECONDS = 5.0
+BUSY_POLL_SECONDS = 0.05
+
+
+class LoginRefused(DomainError):
+    code = "login_refused"
+    status = 401
+
+
+class SignInsBusy(LoginRefused):
+    """Every place of the account or address stayed held by checks under way (`start_check`): try again."""
+
+    code = "busy"
+    status = 429
+
+
+def throttle_row(key: str) -> LoginThrottle:
+    row = db.session.get(LoginThrottle, key)
+    if row is None:
+        row = LoginThrottle(key=key, failures=0)
+        db.session.add(row)
+    return row
+
+
+def locked(key: str) -> bool:
+    row = db.session.get(LoginThrottle, key)
+    return bool(row and row.locked_until and row.locked_until > utcnow())
+
+
+def serialise_keys(*keys: str) -> None:
+    """Queue behind every other request reading or writing these counters, until commit."""
+    serialise(*(f"login_throttle:{key}" for key in keys))
+
+
+def register_failure(key: str, limit: int) -> bool:
+    """Count one confirmed failure; returns True when this failure locks the key."""
+    now = utcnow()
+    window = timedelta(minutes=current_app.config["MPIM_LOGIN_LOCK_MINUTES"])
+    row = throttle_row(key)
+    if row.first_failure_at is None or now - row.first_failure_at > window:
+        row.failures, row.first_failure_at = 0, now
+    row.failures += 1
+    if row.failures >= limit:
+        row.locked_until, row.failures, row.first_failure_at = now + window, 0, None
+        return True
+    return False
+
+
+def places_taken(limits: dict[str, int], now: datetime) -> dict[str, int]:
+    """Per key, its confirmed failures in the current window plus its checks under way; forgets the checks
+    older than CHECK_LIFETIME on the way (their process died before it resolved them)."""
+    window = timedelta(minutes=current_app.config["MPIM_LOGIN_LOCK_MINUTES"])
+    db.session.execute(delete(LoginCheck).where(LoginCheck.key.in_(limits),
+                                                LoginCheck.started_at < now - CHECK_LIFETIME))
+    taken = dict.fromkeys(limits, 0)
+    for key, count in db.session.execute(select(LoginCheck.key, func.count()).where(LoginCheck.key.in_(limits))
+                                         .group_by(LoginCheck.key)):
+        taken[key] += count
+    for key, failures, first in db.session.execute(
+            select(LoginThrottle.key, LoginThrottle.failures, LoginThrottle.first_failure_at)
+            .where(LoginThrottle.key.in_(limits))):
+        if first is not None and now - first <= window:
+            taken[key] += failures
+    return taken
+
+
+def start_check(limits: dict[str, int]) -> list[int] | None:
+    """Take one of each key's places for a password check, and commit it; returns the checks' ids to hand to
+    `end_check`, or None (nothing taken, nothing written) when one of the keys is locked.
+
+    A key has `limit` places, held by its confirmed failures and by the checks under way: however many guesses
+    arrive together, no more than `limit` wrong ones are checked before the lock (checked first and counted
+    after the slow hash, 120 guesses sent together got 31 checks with a limit of 5). A check under way is not a
+    failure, and does not lock: counted as one, right passwords signed in together from one address locked it
+    and were refused. While the places are all taken, the attempt waits, polling in short transactions, for
+    the checks under way to end; SignInsBusy if they have not after BUSY_WAIT_SECONDS."""
+    deadline = time.monotonic() + BUSY_WAIT_SECONDS
+    while True:
+        serialise_keys(*limits)
+        if any(locked(key) for key in limits):
+            return None  # the caller records the refusal and commits
+        now = utcnow()
+        taken = places_taken(limits, now)
+        if all(taken[key] < limit for key, limit in limits.items()):
+            checks = [LoginCheck(key=key, started_at=now) for key in limits]
+            db.session.add_all(checks)
+            db.session.flush()
+            ids = [check.id for check in checks]
+            db.session.commit()
+            return ids
+        db.session.commit()  # the stale checks forgotten, and the locks let go while this one waits
+        if time.monotonic() >= deadline:
+            raise SignInsBusy(_l("Too many sign-ins at once from this address or to this account: try again in "
+                                 "a moment."))
+        time.sleep(BUSY_POLL_SECONDS)
+
+
+@contextmanager
+def places_held(checks: list[int]) -> Iterator[None]:
+    """Give the places back at once when the check between `start_check` and `end_check` fails part way (a
+    database error in the user lookup, a broken hash): left to their lifetime, a few such errors held every
+    place of an account or address for CHECK_LIFETIME, and right passwords were refused as busy."""
+    try:
+        yield
+    except BaseException:
+        db.session.rollback()
+        try:
+            db.session.execute(delete(LoginCheck).where(LoginCheck.id.in_(checks)))
+            db.session.commit()
+        except Exception:  # the database itself is failing: the places' lifetime frees them
+            db.session.rollback()
+        raise
+
+
+def end_check(checks: list[int], limits: dict[str, int], *, right: bool) -> list[str]:
+    """Give back the places `start_check` took, in the caller's transaction: a right password clears the keys'
+    failures and locks, a wrong one counts as a failure of each. Returns the keys this failure locks."""
+    serialise_keys(*limits)
+    db.session.execute(delete(LoginCheck).where(LoginCheck.id.in_(checks)))
+    if right:
+        db.session.execute(delete(LoginThrottle).where(LoginThrottle.key.in_(limits)))
+        return []
+    return [key for key, limit in limits.items() if register_failure(key, limit)]
+
+
+def locked_addresses(limit: int | None = None) -> list[tuple[str, datetime]]:
+    """Addresses refused now (too many failed sign-ins from them), with when each lock ends; the first `limit`
+    of them (a guessing run from many addresses locks them all), every one without."""
+    return [(row.key.removeprefix("addr:"), row.locked_until) for row in address_locks(limit)]
+
+
+def locked_address_count() -> int:
+    return db.session.scalar(select(func.count()).select_from(address_locks_query().subquery())) or 0
+
+
+def address_locks_query():
+    return select(LoginThrottle).where(LoginThrottle.key.startswith("addr:"), LoginThrottle.locked_until > utcnow())
+
+
+def address_locks(limit: int | None = None) -> list[LoginThrottle]:
+    return list(db.session.scalars(address_locks_query().order_by(LoginThrottle.key).limit(limit)))
+
+
+def clear_address_locks() -> list[str]:
+    rows = address_locks()
+    for row in rows:
+        db.session.delete(row)
+    return [row.key.removeprefix("addr:") for row in rows]
+
+
+def is_locked(username: str) -> bool:
+    return locked(f"user:{username.lower()}")
