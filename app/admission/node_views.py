@@ -13,7 +13,7 @@ from app import labels
 from app.admission import applications, nodes, tilemap
 from app.admission.forms import ReasonForm
 from app.admission.models import Node
-from app.admission.scope import division_filter
+from app.admission.scope import division_filter, provinces_within
 from app.auth.access import roles_required
 from app.auth.views import form_error
 from app.console.pages import shows_page
@@ -142,13 +142,6 @@ def province_figures(user) -> dict[str, tilemap.ProvinceFigures]:
     return figures
 
 
-def provinces_within(user) -> set[str] | None:
-    """The province prefixes a provincial admin's divisions reach; None for a role that sees every province."""
-    if user.role != "provincial_admin":
-        return None
-    return {code[:2] for code in user.scopes}
-
-
 # Functions (user, figures) that add to the tile figures (health adds `down`).
 province_contributors: list = []
 
@@ -158,7 +151,7 @@ def dashboard_panel(user) -> dict:
             "pending": applications.pending_count() if user.role == "ministry_admin" else None,
             "suspension_requests": nodes.suspension_requests_count(user) if user.role == "ministry_admin" else 0,
             "tilemap": Markup(tilemap.render(province_figures(user), within=provinces_within(user))),
-            "scoped": provinces_within(user) is not None,
+            "scoped": user.role == "provincial_admin",
             **_retired_division_figures(user)}
 
 

@@ -1,4 +1,4 @@
-"""SQL filters that keep a provincial admin inside its division prefixes."""
+"""What a provincial admin's division prefixes reach: SQL filters, and the provinces they touch."""
 
 from __future__ import annotations
 
@@ -11,3 +11,11 @@ def division_filter(user, column):
     if user.role != "provincial_admin":
         return true()
     return or_(*[column.startswith(division_prefix(code)) for code in user.scopes])
+
+
+def provinces_within(user) -> set[str] | None:
+    """The province prefixes a provincial admin's divisions reach; None for a role that sees every province
+    (the same rule as `division_filter`, at the province level: the dashboard's tile map)."""
+    if user.role != "provincial_admin":
+        return None
+    return {code[:2] for code in user.scopes}
