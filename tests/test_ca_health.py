@@ -457,6 +457,23 @@ def test_ca_init_refuses_a_name_no_certificate_holds_naming_the_setting(app, run
     assert result.exit_code == 0, result.output
 
 
+def test_ca_init_names_the_setting_of_an_unknown_key_type_and_a_name_of_spaces(app, runner, tmp_path):
+    """`MPIM_CA_KEY_TYPE=dsa` was refused as "Unknown CA key type 'dsa'", naming no setting to correct, and a name
+    of only spaces was called "empty"."""
+    directory = before_ca_init(app, tmp_path)
+    app.config["MPIM_CA_KEY_TYPE"] = "dsa"
+    result = runner.invoke(args=["ca", "init"])
+    refused_in_one_line(result, "MPIM_CA_KEY_TYPE")
+    assert "'dsa'" in result.output and "--key-type" in result.output
+    assert not directory.exists()
+    app.config["MPIM_CA_KEY_TYPE"] = "ec"
+    app.config["MPIM_CA_ROOT_NAME"] = "   "
+    result = runner.invoke(args=["ca", "init"])
+    refused_in_one_line(result, "MPIM_CA_ROOT_NAME")
+    assert "only spaces" in result.output
+    assert not directory.exists()
+
+
 @pytest.mark.parametrize("generate", [False, True])
 def test_ca_init_with_a_passphrase_file_that_is_a_directory_says_so(app, runner, tmp_path, generate):
     """MPIM_CA_PASSPHRASE_FILE naming a directory ended `flask ca init` (with or without --generate-passphrase)

@@ -30,6 +30,9 @@ def initialise(*, key_type: str | None = None, actor: str = "cli", generate_pass
     config = service.ca_config()
     if key_type:
         config = ca.CAConfig(**{**config.__dict__, "key_type": key_type})
+    if config.key_type not in ("ec", "rsa"):
+        raise ValidationFailed(f"MPIM_CA_KEY_TYPE is {config.key_type!r}, no key type the CA knows: use 'ec' or "
+                               "'rsa' (or `--key-type`).", code="invalid_key_type", field="key_type")
     _check_names(config)
     if generate_passphrase and not current_app.config["MPIM_CA_PASSPHRASE"]:
         service.create_passphrase_file()
@@ -70,8 +73,8 @@ def _check_names(config: ca.CAConfig) -> None:
                           ("MPIM_CA_INTERMEDIATE_NAME", config.intermediate_common_name)):
         size = len(name.encode("utf-8"))
         if not name.strip():
-            raise ValidationFailed(f"{setting} is empty: a CA certificate needs a name (leave the setting out for "
-                                   "the default).", code="invalid_ca_name")
+            raise ValidationFailed(f"{setting} is {'only spaces' if name else 'empty'}: a CA certificate needs a "
+                                   "name (leave the setting out for the default).", code="invalid_ca_name")
         if size > COMMON_NAME_BYTES:
             raise ValidationFailed(f"{setting} is {size} bytes in UTF-8; a certificate's common name holds at most "
                                    f"{COMMON_NAME_BYTES} (about 21 Chinese characters): shorten it.",
