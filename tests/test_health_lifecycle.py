@@ -13,7 +13,7 @@ from app.admission import applications, nodes
 from app.admission.information import parse
 from app.database import utcnow
 from app.extensions import db
-from app.health import service
+from app.health import maintenance, service
 from app.health.models import HealthEvent, NodeHealth
 from app.routing import service as routes
 from tests.factories import node_document
@@ -117,7 +117,7 @@ def test_a_reset_inside_a_maintenance_window_is_marked_so(app, people):  # noqa:
     minister, _ = people
     node, _ = admit_with_keys(people)
     bring_up(node.node_id)
-    service.set_maintenance(node.node_id, utcnow() + timedelta(hours=1), "upgrade", by=minister)
+    maintenance.set_maintenance(node.node_id, utcnow() + timedelta(hours=1), "upgrade", by=minister)
     nodes.suspend(node, "upgrade", by=minister)
     db.session.commit()
     event = db.session.scalars(select(HealthEvent).order_by(HealthEvent.id.desc())).first()
@@ -167,7 +167,7 @@ def test_a_node_down_in_maintenance_then_suspended_and_resumed_is_alerted_only_i
     minister, _ = people
     node, _ = admit_with_keys(people)
     bring_up(node.node_id)
-    service.set_maintenance(node.node_id, utcnow() + timedelta(hours=1), "upgrade", by=minister)
+    maintenance.set_maintenance(node.node_id, utcnow() + timedelta(hours=1), "upgrade", by=minister)
     db.session.commit()
     for _ in range(3):
         service.apply_round([Result(node.node_id, False, failure="refused")])
@@ -185,7 +185,7 @@ def test_a_node_down_in_maintenance_then_suspended_and_resumed_is_alerted_only_i
     assert [(c.old, c.new, c.reason) for c in report.late_alerts] == [("unknown", "down", "timeout")]
     assert len(Hook.received) == 2 and Hook.received[1]["changes"][0]["after_maintenance"] is True
 
-    service.set_maintenance(node.node_id, utcnow() + timedelta(hours=1), "upgrade", by=minister)
+    maintenance.set_maintenance(node.node_id, utcnow() + timedelta(hours=1), "upgrade", by=minister)
     nodes.suspend(node, "upgrade", by=minister)  # down inside a window, suspended, the window ends meanwhile
     db.session.get(NodeHealth, node.node_id).maintenance_until = utcnow() - timedelta(seconds=1)
     nodes.resume(node, "upgrade done", by=minister)

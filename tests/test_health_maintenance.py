@@ -16,7 +16,7 @@ from app.admission.models import Node
 from app.auth.models import User
 from app.database import utcnow
 from app.extensions import db
-from app.health import service
+from app.health import maintenance, service
 from app.health.models import HealthHourly, NodeHealth
 from tests.test_admission_concurrency import joined
 from tests.test_admission_review import admit
@@ -110,9 +110,9 @@ def prepare(node_id: str, history: str, minister) -> int:
     if history == "window ended early":
         for _ in range(2):
             service.apply_round([Result(node_id, True)])
-        service.set_maintenance(node_id, utcnow() + timedelta(hours=1), "upgrade", by=minister)
+        maintenance.set_maintenance(node_id, utcnow() + timedelta(hours=1), "upgrade", by=minister)
         db.session.commit()
-        service.clear_maintenance(node_id, by=minister)
+        maintenance.clear_maintenance(node_id, by=minister)
         db.session.commit()
         return 2
     return 0
@@ -121,7 +121,7 @@ def prepare(node_id: str, history: str, minister) -> int:
 def window_of_four_hours(app, node_id: str, minister_id: int) -> Worker:
     """The console's (and the CLI's) door: `schedule_maintenance`, then commit, as the view does."""
     def work() -> None:
-        service.schedule_maintenance(db.session.get(Node, node_id), "4", "second upgrade",
+        maintenance.schedule_maintenance(db.session.get(Node, node_id), "4", "second upgrade",
                                      by=db.session.get(User, minister_id))
     return Worker(app, work)
 
@@ -165,7 +165,7 @@ def test_a_round_applied_while_a_window_is_saved_waits_and_applies_its_poll_insi
     minister = db.session.scalar(select(User).where(User.username == "minister"))
     polls = prepare(node_id, history, minister)
     until = utcnow() + timedelta(hours=2)
-    service.set_maintenance(node_id, until, "upgrade", by=minister)
+    maintenance.set_maintenance(node_id, until, "upgrade", by=minister)
     db.session.flush()  # the admin's window, not committed yet
     round_ = Worker(app, lambda: service.apply_round([Result(node_id, True)]))
     round_.start()

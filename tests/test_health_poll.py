@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from app.database import utcnow
 from app.extensions import db
-from app.health import poller, rounds, service
+from app.health import maintenance, poller, rounds, service
 from app.health.models import HealthEvent, NodeHealth
 from app.pki import own_keys
 from app.pki import service as pki
@@ -202,7 +202,7 @@ def test_maintenance_suppresses_the_banner(app, servers, people, admin_console):
     page = admin_console.client.get("/").get_data(as_text=True)
     assert f"1 node is down: {node.org_name} ({node.node_id})" in page  # one, and English punctuation
     admin_console.client.get("/lang/zh_CN")
-    service.set_maintenance(node.node_id, utcnow() + timedelta(hours=1), "upgrade",
+    maintenance.set_maintenance(node.node_id, utcnow() + timedelta(hours=1), "upgrade",
                             by=db.session.merge(people[0]))
     db.session.commit()
     assert "个节点故障" not in admin_console.client.get("/").get_data(as_text=True)

@@ -16,7 +16,7 @@ from app.audit.models import AuditRecord
 from app.auth.models import User
 from app.database import utcnow
 from app.extensions import db
-from app.health import history, service
+from app.health import history, maintenance, service
 from app.health.models import HealthEvent, HealthHourly, HealthSample, NodeHealth
 from app.health.state import Counters, Thresholds, step
 from tests.conftest import csrf_token, stop_serving
@@ -104,7 +104,7 @@ def test_uptime_buckets_from_hourly_aggregates(app, node):
 def test_polls_in_a_maintenance_window_are_kept_but_do_not_count_against_availability(app, node, make_user):
     for ok in (True, True, False, True):
         service.apply_round([Result(node.node_id, ok)])
-    service.set_maintenance(node.node_id, utcnow() + timedelta(hours=1), "upgrade",
+    maintenance.set_maintenance(node.node_id, utcnow() + timedelta(hours=1), "upgrade",
                             by=db.session.merge(make_user("other-minister")))
     db.session.commit()
     for _ in range(6):
@@ -149,7 +149,7 @@ def test_webhook_is_retried_and_skipped_in_maintenance(app, node, webhook, make_
     service.apply_round([Result(node.node_id, True)])
     service.apply_round([Result(node.node_id, True)])  # unknown → up: an alert, after one refused attempt
     assert len(Hook.received) == 1 and Hook.received[0]["changes"][0]["new"] == "up"
-    service.set_maintenance(node.node_id, utcnow() + timedelta(hours=1), "upgrade", by=db.session.merge(
+    maintenance.set_maintenance(node.node_id, utcnow() + timedelta(hours=1), "upgrade", by=db.session.merge(
         make_user("other-minister")))
     db.session.commit()
     for _ in range(3):
@@ -215,7 +215,7 @@ def test_a_node_still_down_when_its_maintenance_ends_is_alerted_then_once(app, n
     for _ in range(2):
         service.apply_round([Result(node.node_id, True)])
     assert [c["new"] for h in Hook.received for c in h["changes"]] == ["up"]
-    service.set_maintenance(node.node_id, utcnow() + timedelta(hours=1), "upgrade", by=minister)
+    maintenance.set_maintenance(node.node_id, utcnow() + timedelta(hours=1), "upgrade", by=minister)
     db.session.commit()
     for _ in range(4):
         service.apply_round([Result(node.node_id, False, failure="refused")])
@@ -234,11 +234,11 @@ def test_a_node_still_down_when_its_maintenance_ends_is_alerted_then_once(app, n
 
     for _ in range(2):
         service.apply_round([Result(node.node_id, True)])  # back up: alerted as usual
-    service.set_maintenance(node.node_id, utcnow() + timedelta(hours=1), "upgrade", by=minister)
+    maintenance.set_maintenance(node.node_id, utcnow() + timedelta(hours=1), "upgrade", by=minister)
     for _ in range(3):
         service.apply_round([Result(node.node_id, False, failure="timeout")])
     received = len(Hook.received)
-    service.schedule_maintenance(db.session.merge(node), "0", "", by=minister)  # ended early
+    maintenance.schedule_maintenance(db.session.merge(node), "0", "", by=minister)  # ended early
     db.session.commit()
     service.apply_round([Result(node.node_id, False, failure="timeout")])
     assert len(Hook.received) == received + 1 and Hook.received[-1]["changes"][0]["after_maintenance"] is True
@@ -251,7 +251,7 @@ def test_a_node_back_up_inside_its_window_or_down_before_it_is_not_alerted_again
     for _ in range(3):
         service.apply_round([Result(node.node_id, False, failure="refused")])  # down before: alerted then
     assert [c["new"] for h in Hook.received for c in h["changes"]] == ["down"]
-    service.set_maintenance(node.node_id, utcnow() + timedelta(hours=1), "upgrade", by=minister)
+    maintenance.set_maintenance(node.node_id, utcnow() + timedelta(hours=1), "upgrade", by=minister)
     db.session.commit()
     service.apply_round([Result(node.node_id, False, failure="refused")])
     db.session.get(NodeHealth, node.node_id).maintenance_until = utcnow() - timedelta(seconds=1)
@@ -406,7 +406,7 @@ def test_ending_a_window_needs_an_admin_of_the_node_s_division(app, node, make_u
 
     make_user("eye", "auditor")
     make_user("gd-admin", "provincial_admin", ("440000",))
-    service.set_maintenance(node.node_id, utcnow() + timedelta(hours=1), "upgrade",
+    maintenance.set_maintenance(node.node_id, utcnow() + timedelta(hours=1), "upgrade",
                             by=db.session.scalar(select(User).where(User.username == "minister")))
     db.session.commit()
     for username in ("eye", "gd-admin"):

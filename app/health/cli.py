@@ -10,7 +10,7 @@ from flask.cli import AppGroup
 from app.admission import nodes
 from app.admission.cli import emit, run
 from app.auth import service as users
-from app.health import rounds, service
+from app.health import maintenance, rounds, service
 
 cli = AppGroup("health", help="Health polling of every active node.")
 
@@ -57,7 +57,7 @@ def status_command(as_json):
 def maintenance_command(node_id, hours, note, username, as_json):
     """Set or end a node's maintenance window, as the node's page does: polls inside it are kept but
     do not count against availability, and raise no alert."""
-    health = run(lambda: service.schedule_maintenance(nodes.get(node_id), hours, note,
+    health = run(lambda: maintenance.schedule_maintenance(nodes.get(node_id), hours, note,
                                                       by=users.acting_user(username)), as_json)
     until = health.maintenance_until if health is not None else None
     emit({"node_id": node_id, "maintenance_until": until.isoformat() if until else None,

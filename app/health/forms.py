@@ -6,13 +6,13 @@ from flask_babel import lazy_gettext as _l
 from wtforms import SelectField, StringField
 
 from app.console.forms import ConsoleForm
-from app.health.service import KEEP_END
+from app.health.maintenance import KEEP_END
 
 LENGTHS = [("1", "1 h"), ("4", "4 h"), ("24", "24 h")]
 
 
 class MaintenanceForm(ConsoleForm):
-    """No validators: `service.schedule_maintenance` refuses a length or a note by name, at every door, and the
+    """No validators: `maintenance.schedule_maintenance` refuses a length or a note by name, at every door, and the
     node page shows its refusal at the field with what was typed still in it. validate_choice=False: a length
     outside the list is the service's to refuse, in the reader's language.
     No "0 (end it)" choice: ending a window is its own confirmed button (`health.end_maintenance`); as the form's

@@ -24,6 +24,7 @@ from app.database import paginate, utcnow
 from app.errors import DomainError
 from app.extensions import db
 from app.health import charts, history, service
+from app.health import maintenance as windows
 from app.health.forms import MaintenanceForm
 from app.health.models import HealthEvent, NodeHealth
 
@@ -53,7 +54,7 @@ def maintenance(node_id: str):
         flash(_("The form expired; try again."), "error")
         return redirect(url_for("nodes.detail", node_id=node_id))
     try:
-        health = service.schedule_maintenance(node, form.hours.data, form.note.data or "", by=current_user)
+        health = windows.schedule_maintenance(node, form.hours.data, form.note.data or "", by=current_user)
         db.session.commit()
     except DomainError as error:
         # The node page comes back with the note as typed and the refusal beside it: a redirect lost the note.
@@ -76,7 +77,7 @@ def end_maintenance(node_id: str):
         flash(_("The form expired; try again."), "error")
         return redirect(url_for("nodes.detail", node_id=node_id))
     try:
-        service.end_maintenance(node, by=current_user)
+        windows.end_maintenance(node, by=current_user)
         db.session.commit()
     except DomainError as error:
         db.session.rollback()
@@ -111,11 +112,11 @@ def node_section(node: Node) -> dict | None:
     flaps = service.flap_counts([node.node_id], now).get(node.node_id, 0)
     active = service.in_maintenance(health, now)
     # The form shows the window as it stands: saved unchanged, it keeps it (it used to reset to "none (end it)").
-    form = MaintenanceForm(formdata=None, hours=service.KEEP_END if active else None,
+    form = MaintenanceForm(formdata=None, hours=windows.KEEP_END if active else None,
                            note=health.maintenance_note if active else "").offer_keep(active)
     return {
         "template": "health/node_section.html", "health": health, "labels": STATUS_LABELS,
-        "maintenance_form": form, "set_by": service.window_setter(node.node_id) if active else None,
+        "maintenance_form": form, "set_by": windows.window_setter(node.node_id) if active else None,
         "in_maintenance": active, "flapping": service.is_flapping(flaps),
         "flaps": flaps,
         "latency_chart": Markup(charts.latency_chart(history.latency_series(node.node_id, 24, now), end=now)),
