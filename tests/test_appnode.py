@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes
 from sqlalchemy import select
 
 from app.admission import nodes
-from app.appnode import protocol
+from app.appnode import protocol, validation
 from app.appnode.cli import cli
 from app.appnode.config import CAPABILITIES
 from app.appnode.node import Node
@@ -143,7 +143,7 @@ def test_a_joined_node_holds_its_certificate_routes_and_serves_health_over_tls(n
     with urllib.request.urlopen(f"https://127.0.0.1:{b.port}/api/v1/health", context=context,
                                 timeout=30) as response:
         health = json.loads(response.read())
-    protocol.validate("health", health)
+    validation.validate("health", health)
     assert health["node_id"] == b.id
 
 
@@ -176,7 +176,7 @@ def test_text_single_chat_is_delivered_once_and_a_replay_is_acknowledged_as_dupl
     replay = a.node.outbox()[0].envelope
     status, ack = raw_post(a.node, b, "message", protocol.restamp(replay))
     assert status == 200 and ack["status"] == "duplicate"
-    protocol.validate("ack", ack)
+    validation.validate("ack", ack)
     assert len(stored_messages(b)) == 1
     with b.node.db() as session:
         assert session.scalar(select(Received).where(Received.message_id == message.message_id)) is not None

@@ -15,7 +15,7 @@ import gunicorn
 import pytest
 from gunicorn.workers import gthread
 
-from app.appnode import protocol
+from app.appnode import protocol, validation
 from app.appnode.caller_limit import RETRY_AFTER_SECONDS
 from app.appnode.outbox import DELIVERY_PARALLELISM
 from app.appnode.peer_slots import CREEP_AFTER, PeerSlots
@@ -103,7 +103,7 @@ def test_a_peer_holding_its_limit_is_refused_more_threads_and_another_peer_is_se
     assert answered
     for status, headers, body in answered:
         assert (status, body["error"]["code"], headers["Retry-After"]) == (503, "too_many_connections", "5"), body
-        protocol.validate("error", body)
+        validation.validate("error", body)
     status, body = raw_post(a.node, c, "message", honest_message(a, c))
     assert (status, body["status"]) == (200, "accepted"), body
     held = [(connection, outcome) for connection, outcome in waiting if outcome["thread"].is_alive()]

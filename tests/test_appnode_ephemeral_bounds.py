@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select, text
 
-from app.appnode import protocol
+from app.appnode import protocol, validation
 from app.appnode.config import NodeConfig
 from app.appnode.store import SCHEMA_VERSION, Presence, ReadState, Setting, open_database
 from tests.appnode_harness import raw_post
@@ -83,7 +83,7 @@ def test_read_states_past_a_peers_cap_are_refused_and_nothing_of_the_batch_is_ke
     status, body = post_batch(a, c, read_states=[read_state(a.user("wangwu"))],
                               presence={"items": [presence_item(a.user("wangwu"))]})
     assert (status, body["error"]["code"], body["error"]["field"]) == (403, "quota_exceeded", "payload.read_states")
-    protocol.validate("error", body)
+    validation.validate("error", body)
     assert len(read_states(c)) == 3 and presence_users(c, a.id) == set()
     moved = {**kept[0], "read_up_to_message_id": protocol.new_message_id(), "updated_at": stamp()}
     assert post_batch(a, c, read_states=[moved])[0] == 200
@@ -121,7 +121,7 @@ def test_an_updated_at_ahead_of_the_receivers_clock_is_refused(network, kind):  
         field = "payload.read_states[0].updated_at"
     status, body = post_batch(a, b, **batch(3650 * 86400, "busy"))
     assert (status, body["error"]["code"], body["error"]["field"]) == (400, "stale_timestamp", field), body
-    protocol.validate("error", body)
+    validation.validate("error", body)
     assert post_batch(a, b, **batch(-1, "online"))[0] == 200
     assert seen() == "online"  # the true, later state is not shadowed by the future one
     assert post_batch(a, b, **batch(60, "away"))[0] == 200  # a clock a minute fast: taken
@@ -138,7 +138,7 @@ def test_a_presence_last_active_ahead_of_the_clock_is_refused(network):  # noqa:
     status, body = post_batch(a, b, presence={"items": [{**presence_item(user), "last_active": "2099-01-01T00:00:00Z",
                                                          "updated_at": stamp()}]})
     assert (status, body["error"]["code"], body["error"]["field"]) == (400, "stale_timestamp", field), body
-    protocol.validate("error", body)
+    validation.validate("error", body)
     assert b.node.presence_of(user) is None
     idle_since = stamp(-3600)
     assert post_batch(a, b, presence={"items": [{**presence_item(user), "last_active": idle_since}]})[0] == 200

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from app.appnode import protocol
+from app.appnode import protocol, validation
 from app.appnode.protocol import UnsupportedMediaType
 from tests.appnode_harness import raw_post
 from tests.test_appnode import (  # noqa: F401 (fixture)
@@ -43,7 +43,7 @@ def test_a_home_node_cannot_relay_a_message_as_sent_by_a_user_of_the_receiving_n
     status, body = raw_post(a.node, b, "message", forged)
     assert status == 403 and body["error"]["code"] == "sender_mismatch", body
     assert body["error"]["field"] == "payload.sender.node_id"
-    protocol.validate("error", body)
+    validation.validate("error", body)
     assert stored_messages(b) == []
     honest = group_message(a, a, b, group.address, "zhangsan", "大家好")  # the home node's own user: taken
     assert raw_post(a.node, b, "message", honest)[0] == 200
@@ -68,7 +68,7 @@ def test_a_home_node_cannot_report_what_a_user_of_the_receiving_node_has_read(ne
     status, body = raw_post(a.node, b, "ephemeral", envelope)
     assert status == 403 and body["error"]["code"] == "sender_mismatch", body
     assert body["error"]["field"] == "payload.read_states[0].user_id"
-    protocol.validate("error", body)
+    validation.validate("error", body)
     assert [c["unread"] for c in b.node.conversations("lisi")] == [1]
     b.node.mark_read("lisi", conversation)  # the user's own reading still counts
     assert [c["unread"] for c in b.node.conversations("lisi")] == [0]
@@ -85,7 +85,7 @@ def test_a_thumbnail_that_is_not_whole_base64_is_a_schema_violation_not_a_server
         status, body = raw_post(a.node, b, "message", envelope)
         assert (status, body["error"]["code"]) == (422, "schema_violation"), (data, body)
         assert body["error"]["field"] == "payload.content.thumbnail.data"
-        protocol.validate("error", body)
+        validation.validate("error", body)
     assert stored_messages(b) == []
 
 
@@ -143,7 +143,7 @@ def test_a_caller_without_a_client_certificate_is_refused_before_its_body_is_rea
     answered = connection.getresponse()
     body = json.loads(answered.read())
     assert answered.status == 403 and body["error"]["code"] == "certificate_mismatch", body
-    protocol.validate("error", body)
+    validation.validate("error", body)
     connection.close()
 
 
@@ -164,7 +164,7 @@ def test_a_message_id_already_taken_by_another_message_is_refused_and_nothing_is
     reused["payload"]["message_id"] = reused["message_id"] = first.message_id
     status, body = raw_post(b.node, a, "message", reused)
     assert (status, body["error"]["code"]) == (409, "conflict"), body
-    protocol.validate("error", body)
+    validation.validate("error", body)
     assert len(a.node.outbox()) == relays  # nothing relayed
     assert [m.document["content"]["text"] for m in stored_messages(a)] == ["原话"]
     single = text_envelope(b, a, message={"message_id": first.message_id, "to": a.user("wangwu")})
@@ -185,7 +185,7 @@ def test_a_message_dated_ahead_of_the_receivers_clock_is_refused_and_not_kept(ne
     status, body = raw_post(a.node, b, "message", text_envelope(a, b, text="来自未来", message={"send_time": ahead}))
     assert status == 400 and body["error"]["code"] == "stale_timestamp", body
     assert body["error"]["field"] == "payload.send_time"
-    protocol.validate("error", body)
+    validation.validate("error", body)
     assert stored_messages(b) == []
     a_minute = protocol.format_timestamp(datetime.now(UTC) + timedelta(seconds=60))
     status, body = raw_post(a.node, b, "message", text_envelope(a, b, text="快一分钟", message={"send_time": a_minute}))

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
-from app.appnode import filetypes, protocol
+from app.appnode import filetypes, protocol, validation
 from app.appnode.filetypes import check_declared, check_size, sniff
 from app.appnode.protocol import (
     PayloadTooLarge,
@@ -56,16 +56,16 @@ def refused(kind: str, document, path: str) -> SchemaViolation:
 # ---- the schemas and the doc agree ------------------------------------------------------------------------------
 
 def test_every_schema_file_is_a_valid_2020_12_schema_named_by_its_id():
-    files = sorted(protocol.SCHEMA_DIR.glob("*.schema.json"))
-    assert {f.name.removesuffix(".schema.json") for f in files} == set(protocol.KINDS) | {"common"}
+    files = sorted(validation.SCHEMA_DIR.glob("*.schema.json"))
+    assert {f.name.removesuffix(".schema.json") for f in files} == set(validation.KINDS) | {"common"}
     for path in files:
         schema = json.loads(path.read_text("utf-8"))
         Draft202012Validator.check_schema(schema)
-        assert schema["$id"] == protocol.SCHEMA_BASE + path.name
+        assert schema["$id"] == validation.SCHEMA_BASE + path.name
 
 
 def test_the_doc_has_one_example_of_every_shape():
-    assert sorted(EXAMPLES) == sorted(protocol.KINDS)
+    assert sorted(EXAMPLES) == sorted(validation.KINDS)
 
 
 @pytest.mark.parametrize("kind", sorted(EXAMPLES))
@@ -88,11 +88,11 @@ def test_endpoint_table_in_the_doc_matches_the_code():
 @pytest.mark.parametrize(("kind", "limit"), [("image", "image"), ("voice", "voice"), ("file", "file"),
                                              ("sticker", "sticker")])
 def test_schema_size_limits_are_the_filetype_limits(kind, limit):
-    assert protocol.schema(kind)["properties"]["size"]["maximum"] == filetypes.LIMITS[limit]
+    assert validation.schema(kind)["properties"]["size"]["maximum"] == filetypes.LIMITS[limit]
 
 
 def test_thumbnail_limit_is_the_base64_of_the_filetype_limit():
-    data = protocol.schema("image")["properties"]["thumbnail"]["properties"]["data"]
+    data = validation.schema("image")["properties"]["thumbnail"]["properties"]["data"]
     assert data["maxLength"] == 4 * math.ceil(filetypes.LIMITS["thumbnail"] / 3)
 
 
@@ -174,7 +174,7 @@ def test_schema_refuses_bad_document_naming_the_path(kind, change, path):
 
 
 def test_every_shape_has_a_refusal_case():
-    assert {kind for kind, _, _ in BAD} == set(protocol.KINDS)
+    assert {kind for kind, _, _ in BAD} == set(validation.KINDS)
 
 
 def test_an_empty_ephemeral_batch_is_refused():

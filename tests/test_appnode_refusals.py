@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from app.appnode import protocol
+from app.appnode import protocol, validation
 from app.appnode.config import CAPABILITIES
 from app.appnode.protocol import NotFound
 from app.appnode.web import create_node_app
@@ -31,7 +31,7 @@ def test_a_body_nested_deeper_than_the_parser_goes_is_invalid_json_not_a_server_
     for path in protocol.ENDPOINTS.values():
         status, body = raw_post(a.node, b, path, b"[" * 5000)
         assert status == 400 and body["error"]["code"] == "invalid_json"
-        protocol.validate("error", body)
+        validation.validate("error", body)
     nested = json.dumps(text_envelope(a, b)).replace('"text": "', '"text": ' + "[" * 5000 + '"', 1).encode()
     status, body = raw_post(a.node, b, "message", nested)
     assert status == 400 and body["error"]["code"] == "invalid_json"
@@ -44,7 +44,7 @@ def test_a_number_longer_than_the_parser_converts_is_invalid_json_not_a_server_e
     body = json.dumps(text_envelope(a, b)).replace('"payload": {', '"payload": {"n": ' + "7" * 5000 + ", ", 1)
     status, answer = raw_post(a.node, b, "message", body.encode())
     assert status == 400 and answer["error"]["code"] == "invalid_json", answer
-    protocol.validate("error", answer)
+    validation.validate("error", answer)
 
 
 def test_a_string_holding_a_lone_surrogate_is_invalid_json_not_a_server_error(network):  # noqa: F811
@@ -73,7 +73,7 @@ def test_a_body_that_is_not_strict_json_is_invalid_json_saying_why_and_nothing_i
         status, answer = raw_post(a.node, b, "message", body)
         assert (status, answer["error"]["code"]) == (400, "invalid_json"), case
         assert reason in answer["error"]["message"], (case, answer)
-        protocol.validate("error", answer)
+        validation.validate("error", answer)
     assert stored_messages(b) == []
     status, ack = raw_post(a.node, b, "message", envelope)
     assert (status, ack["status"]) == (200, "accepted")
@@ -115,7 +115,7 @@ def test_a_wrong_method_is_method_not_allowed_and_a_fault_is_a_json_500(network)
         raise RuntimeError("a fault of this node")
     answered = app.test_client().get("/api/v1/broken")
     assert answered.status_code == 500 and answered.json["error"]["code"] == "internal_error"
-    protocol.validate("error", answered.json)
+    validation.validate("error", answered.json)
 
 
 def counts(served) -> tuple[int, int]:

@@ -17,7 +17,7 @@ from sqlalchemy import Text, delete, func, or_, select, type_coerce, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from app.appnode import protocol
+from app.appnode import protocol, validation
 from app.appnode.messages import PATHS, address, local_part
 from app.appnode.protocol import NotAParticipant, NotFound, QuotaExceeded, node_of
 from app.appnode.store import Group, Message, PendingEphemeral, Presence, ReadState, User, utcnow
@@ -190,7 +190,7 @@ class EphemeralMixin:
         now = protocol.format_timestamp(utcnow())
         item = {"user_id": user, "status": status, "client_type": client_type, "last_active": now,
                 "updated_at": now}
-        protocol.validate("presence", {"items": [item]})
+        validation.validate("presence", {"items": [item]})
         with self.db() as session:
             if session.get(User, user_id) is None:
                 raise NotFound(f"no local user {user_id}")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from app.appnode import protocol
+from app.appnode import protocol, validation
 from app.appnode.messages import local_part
 from app.appnode.protocol import (
     Conflict,
@@ -222,7 +222,7 @@ class GroupHomeMixin:
                         "operator": operator, "group_info": group.info(), "seq": group.seq}
         if targets:
             announcement["target_user_ids"] = list(targets)
-        protocol.validate("group_op", announcement)
+        validation.validate("group_op", announcement)
         return announcement
 
     def _announce(self, session: Session, state: NewState, confirmed: dict[str, dict] | None = None) -> None:

@@ -19,7 +19,7 @@ from datetime import datetime
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from app.appnode import protocol
+from app.appnode import protocol, validation
 from app.appnode.group_home import NewState, joined_now
 from app.appnode.messages import Reply, address, local_part
 from app.appnode.protocol import Conflict, NotFound, node_of, require_address
@@ -202,7 +202,7 @@ class GroupsMixin:
                 request["target_user_ids"] = targets
             if info:
                 request["group_info"] = info
-            protocol.validate("group_op", request)
+            validation.validate("group_op", request)
             self.peer_entry(home, unknown)
             row_id = self._enqueue(session, home, "group_op", protocol.make_envelope(
                 from_node=me, to_node=home, type="group_op", payload=request), claim=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from app.appnode import filetypes, outbox, protocol
+from app.appnode import filetypes, outbox, protocol, validation
 from app.appnode.messages import FILE_KINDS, address, image_size, local_part
 from app.appnode.protocol import (
     Conflict,
@@ -55,7 +55,7 @@ class SendingMixin:
 
     def add_user(self, user_id: str, user_name: str, org_code: str | None = None,
                  org_name: str | None = None) -> User:
-        protocol.validate("sender", {"user_id": user_id, "user_name": user_name, "node_id": "0" * 20,
+        validation.validate("sender", {"user_id": user_id, "user_name": user_name, "node_id": "0" * 20,
                                      "org_code": org_code or self.config.org_code,
                                      "org_name": org_name or self.config.org_name, "client_type": "pc"})
         with self.db.begin() as session:
@@ -132,7 +132,7 @@ class SendingMixin:
             message["conversation_id"] = protocol.conversation_id_for(message)
         except ValueError as error:
             raise SchemaViolation(str(error), field="to") from None
-        protocol.validate("message", message)
+        validation.validate("message", message)
         return message
 
     def _send_to_group(self, message: dict, deliver: bool, unknown: str | None = None) -> tuple[dict, list[int]]:
