@@ -499,3 +499,51 @@ def test_a_signed_session_request_that_waited_for_a_revocation_of_its_certificat
     assert waited
     assert error_code(response) == (401, "certificate_revoked")
     assert db.session.scalar(select(func.count()).select_from(NodeSession)) == 0
+
+
+def test_a_change_of_host_ends_the_sessions_its_superseded_certificates_opened(client, people):
+    """Approving a move to another host revokes the node's old certificates (superseded), but the sessions they
+    had opened went on pulling routes and certificates for up to a session's lifetime: the old host may be
+    exactly the one nobody trusts any more. They end now, as with any revocation of the node's certificates."""
+    from app.pki import service as pki
+
+    minister, jx_admin = people
+    node, keys = admit_with_keys(people)
+    old = {"Authorization": f"Bearer {open_session(client, keys.session_request(node.node_id)).get_json()['token']}"}
+    assert client.get("/api/v1/routes", headers=old).status_code == 200
+    moved_keys = NodeKeys()
+    change = applications.submit_change(nodes.get(node.node_id), parse(node_document(
+        "360000", csr=moved_keys.csr, endpoint="https://moved.jx.example:8443")), moved_keys.csr, by=jx_admin)
+    db.session.commit()
+    applications.approve(change, by=minister)
+    db.session.commit()
+    assert [row.revocation_reason for row in pki.node_certificates(node.node_id)].count("superseded") == 1
+    assert await_refusal(client, old) == (401, "session_revoked")
+    moved = open_session(client, moved_keys.session_request(node.node_id))
+    assert moved.status_code == 201, moved.get_json()
+    assert client.get("/api/v1/routes", headers={"Authorization": f"Bearer {moved.get_json()['token']}"}) \
+        .status_code == 200
+
+
+def test_a_session_ends_when_the_certificate_that_opened_it_expires(app, client, people):
+    """A session lived its full lifetime past the expiry of the certificate that opened it, pulling routes and,
+    with no current certificate to measure a window by, renewing at any time. It now ends with that
+    certificate; and a node's own renewal without a valid certificate is refused (an admin re-issues)."""
+    from app.pki import service as pki
+    from app.pki.models import Certificate
+
+    node, keys = admit_with_keys(people)
+    certificate = db.session.scalars(db.select(Certificate).where(Certificate.node_id == node.node_id)).one()
+    expires = pki.parsed_certificate(certificate.pem).not_valid_after_utc
+    app.config["MPIM_NODE_SESSION_SECONDS"] = 200 * 24 * 3600  # longer than the certificate's 90 days
+    opened = open_session(client, keys.session_request(node.node_id)).get_json()
+    stored = db.session.scalars(db.select(NodeSession)).one()
+    assert stored.expires_at == expires
+    assert opened["expires_at"] == expires.isoformat().replace("+00:00", "Z")
+    headers = {"Authorization": f"Bearer {opened['token']}"}
+    certificate.not_after = utcnow() - timedelta(seconds=1)  # as if it had expired during the session
+    db.session.commit()
+    renewal = client.post("/api/v1/certificates/renew", json={"csr": NodeKeys().csr}, headers=headers)
+    assert error_code(renewal) == (409, "no_certificate")
+    assert db.session.scalar(select(func.count()).select_from(Certificate)
+                             .where(Certificate.node_id == node.node_id)) == 1

@@ -108,6 +108,8 @@ def node_changed(node, application, changes: dict) -> None:
 
         old_host, new_host = (endpoint_host(value) for value in changes["endpoint"])
         if old_host != new_host:
-            for row in previous:
-                revocation.revoke_with_node(row, "superseded", now=utcnow())
+            superseded = [row for row in previous if revocation.revoke_with_node(row, "superseded", now=utcnow())]
             revocation.regenerate_crl()
+            if superseded:  # the sessions they opened end with them, as with an admin's revocation
+                for hook in service.certificate_revoked:
+                    hook(node.node_id)

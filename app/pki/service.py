@@ -38,9 +38,10 @@ CERTIFICATE_COLUMNS = tuple(Certificate.__table__.columns.keys())
 
 # Functions (node_id) run after a node's current certificate changed (routing re-publishes).
 certificate_changed: list = []
-# Functions (node_id) run after an admin revoked one of a node's certificates: its sessions end, and
-# routing publishes a new version even if the table is unchanged, as the session cache expects. Not run
-# for revocations that come with the node's own (`revoke_with_node`): those change the table anyway.
+# Functions (node_id) run after an admin revoked one of a node's certificates, or a move to another host
+# superseded them: its sessions end, and routing publishes a new version even if the table is unchanged, as
+# the session cache expects. Not run for revocations that come with the node's own revocation: its status
+# change ends its sessions and changes the table anyway.
 certificate_revoked: list = []
 # Functions (actor) run after the route signer was rotated (routing re-signs the table as a new version).
 route_signer_changed: list = []
@@ -344,7 +345,10 @@ def renew(node, csr_pem: str, *, by=None, still_entitled: Callable[[], object] |
         raise Conflict(_l("A %(status)s node cannot renew its certificate.", status=status_word(node.status)),
                        code=f"node_{node.status}")
     current = current_certificate(node.node_id)
-    if by is None and current is not None:
+    if by is None and current is None:  # a session ends with its certificate (sessions.open_session): a backstop
+        raise Conflict(_l("The node has no valid certificate to renew: a ministry admin issues it a new one."),
+                       code="no_certificate")
+    if by is None:
         lifetime = current.not_after - current.not_before
         opens = current.not_after - lifetime / 3
         if utcnow() < opens:

@@ -125,7 +125,10 @@ def open_session(document) -> tuple[str, datetime, str]:
     if not nonces.claim(node_id, nonce, moment):
         raise SessionRefused("This nonce has been used already.", code="replayed_nonce")
     raw = secrets.token_urlsafe(32)
-    expires_at = now + timedelta(seconds=current_app.config["MPIM_NODE_SESSION_SECONDS"])
+    # Not past the certificate that opened it: a session outliving it pulled routes, and renewed with no
+    # certificate to measure the renewal window by.
+    expires_at = min(now + timedelta(seconds=current_app.config["MPIM_NODE_SESSION_SECONDS"]),
+                     signer.not_valid_after_utc)
     db.session.add(NodeSession(token_hash=hash_token(raw), node_id=node_id, expires_at=expires_at))
     return raw, expires_at, node_id
 
