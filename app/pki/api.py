@@ -14,6 +14,8 @@ from app.admission.api import bearer_token, json_body, request_body
 from app.errors import NotFound, PermissionDenied
 from app.extensions import csrf, db
 from app.pki import keys, ocsp, published, revocation, service
+from app.pki.crl import entity_tag
+from app.pki.models import CRLState
 from app.sessions import service as sessions
 from app.sessions.api import node_session_required
 
@@ -42,24 +44,44 @@ def route_signer():
     return pem(published.certificate_pem(published.ROUTE_SIGNER))
 
 
+def crl_response(state: CRLState, data: str | bytes, mimetype: str) -> Response:
+    """A CRL with its validators (docs/protocol.md §4): a strong ETag (`entity_tag`), Last-Modified its
+    thisUpdate, and a conditional GET for the CRL the caller holds answered 304 without it (Werkzeug weighs
+    If-None-Match over If-Modified-Since, RFC 9110 §13.2.2). `no-cache` rather than a max-age: a revocation
+    regenerates the CRL at once and a node is to see it at its next fetch, which a cache allowed to keep the
+    CRL for a while would defer; made to ask every time, a cache never hands out one past its nextUpdate
+    either, and asking costs a 304."""
+    body = data.encode() if isinstance(data, str) else data
+    response = Response(body, mimetype=mimetype)
+    response.headers["ETag"] = entity_tag(state.crl_number, body)
+    response.last_modified = state.this_update
+    response.cache_control.public = True
+    response.cache_control.no_cache = True
+    return response.make_conditional(request)
+
+
 @bp.get("/ca/crl.pem")
 def crl_pem():
-    return pem(revocation.current_crl().pem)
+    state = revocation.current_crl()
+    return crl_response(state, state.pem, PEM)
 
 
 @bp.get("/ca/crl.crl")
 def crl_der():
-    return Response(revocation.current_crl().der, mimetype="application/pkix-crl")
+    state = revocation.current_crl()
+    return crl_response(state, state.der, "application/pkix-crl")
 
 
 @bp.get("/ca/root-crl.pem")
 def root_crl_pem():
-    return pem(revocation.current_crl(revocation.ROOT_CRL).pem)
+    state = revocation.current_crl(revocation.ROOT_CRL)
+    return crl_response(state, state.pem, PEM)
 
 
 @bp.get("/ca/root-crl.crl")
 def root_crl_der():
-    return Response(revocation.current_crl(revocation.ROOT_CRL).der, mimetype="application/pkix-crl")
+    state = revocation.current_crl(revocation.ROOT_CRL)
+    return crl_response(state, state.der, "application/pkix-crl")
 
 
 @bp.post("/ca/ocsp")

@@ -10,6 +10,7 @@ Reason `unspecified` is written as no reason code, as RFC 5280 §5.3.1 asks.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from datetime import datetime
 from typing import NamedTuple
@@ -74,3 +75,22 @@ def build_crl(revoked: Iterable[RevokedEntry | tuple], *, issuer: x509.Certifica
             revoked_builder = revoked_builder.add_extension(x509.CRLReason(flag), critical=False)
         builder = builder.add_revoked_certificate(revoked_builder.build())
     return builder.sign(signing_key.signer(), signature_hash(signing_key))
+
+
+def entity_tag(crl_number: int, data: bytes) -> str:
+    """The strong ETag `/ca/crl.crl`, `/ca/crl.pem` and the root's twins serve (docs/protocol.md §4), quoted:
+    the CRL number, for whoever reads it, and the SHA-256 of the bytes served, so that it changes with every
+    CRL and differs between the DER and the PEM. A function of the bytes alone: a node works it out from the
+    CRL it keeps (`entity_tag_of`) and sends it in If-None-Match, with nothing stored beside the CRL."""
+    return f'"{crl_number}-{hashlib.sha256(data).hexdigest()}"'
+
+
+def entity_tag_of(data: bytes) -> str | None:
+    """`entity_tag` of a CRL as it was served (DER or PEM); None when it is not a CRL with a CRL number."""
+    try:
+        loaded = (x509.load_pem_x509_crl(data) if data.lstrip().startswith(b"-----BEGIN")
+                  else x509.load_der_x509_crl(data))
+        number = loaded.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except (ValueError, x509.ExtensionNotFound):
+        return None
+    return entity_tag(number, data)
