@@ -12,6 +12,7 @@ import threading
 import urllib.error
 import urllib.request
 from datetime import timedelta
+from typing import NamedTuple
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -30,13 +31,23 @@ from tests.test_sessions import people  # noqa: F401 (fixture)
 HOP_BY_HOP = {"connection", "transfer-encoding", "content-length", "keep-alive"}
 
 
+class Exchange(NamedTuple):
+    """One request as the interposer saw it pass: what the node asked, and what went back on the wire."""
+
+    path: str
+    if_none_match: str | None
+    status: int
+    body_bytes: int
+
+
 class Interposer:
     """What a node reaches in place of the management node: every request passed on to it, except the paths
-    whose answers are set in `answers` (path → (status, headers, body))."""
+    whose answers are set in `answers` (path → (status, headers, body)). Each exchange is kept in `exchanges`."""
 
     def __init__(self, upstream: str):
         self.upstream = upstream.rstrip("/")
         self.answers: dict[str, tuple[int, dict[str, str], bytes]] = {}
+        self.exchanges: list[Exchange] = []
         self.server = make_server("127.0.0.1", 0, self, threaded=True)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -48,6 +59,7 @@ class Interposer:
             status, headers, body = self.answers[path]
         else:
             status, headers, body = self._passed_on(environ)
+        self.exchanges.append(Exchange(path, environ.get("HTTP_IF_NONE_MATCH"), status, len(body)))
         start_response(f"{status} Answer", [(name, value) for name, value in headers.items()
                                             if name.lower() not in HOP_BY_HOP])
         return [body]

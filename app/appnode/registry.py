@@ -239,9 +239,16 @@ class RegistryClient:
             parts[name] = result.body
         self.identity.store_ca(parts["ca.pem"], parts["chain.pem"], parts["route-signer.pem"])
 
-    def fetch_crl(self) -> bytes:
-        """The intermediate's CRL (SPEC §4 `/ca/crl.crl`, DER): the route signer is checked against it."""
-        result = self.request("GET", "/ca/crl.crl", headers={"Accept": "application/pkix-crl"})
+    def fetch_crl(self, held_etag: str | None = None) -> bytes | None:
+        """The intermediate's CRL (SPEC §4 `/ca/crl.crl`, DER): the route signer is checked against it. With
+        `held_etag`, the ETag of the CRL the node keeps, in If-None-Match: None when the management node
+        answers 304, the CRL it serves being that one (docs/protocol.md §4)."""
+        headers = {"Accept": "application/pkix-crl"}
+        if held_etag:
+            headers["If-None-Match"] = held_etag
+        result = self.request("GET", "/ca/crl.crl", headers=headers)
+        if result.status == 304 and held_etag:
+            return None
         if result.status != 200:
             raise self.fail(result, "GET /ca/crl.crl")
         return result.body

@@ -14,6 +14,7 @@ from app.appnode.registry import NotJoined, RegistryError, write_atomic
 from app.appnode.renewal import CERTIFICATE_REVOKED, PENDING_KEY_MAY_OPEN
 from app.appnode.store import put_setting
 from app.errors import DomainError
+from app.pki.crl import entity_tag_of
 from app.routing.client import RouteClient
 from app.routing.verification import OwnEntryMismatch, RouteRejected
 
@@ -99,21 +100,31 @@ class RouteTableMixin:
     def _refresh_revocation_list(self, *, force: bool = False) -> None:
         """Fetch the intermediate's CRL for the route client when it is due (or `force`), and keep it in
         `tls/crl.crl`. A CRL that cannot be fetched or is not taken is logged and changes nothing: the table held
-        stays in use, and a new one is taken only while the CRL held is current (docs/protocol.md §4)."""
+        stays in use, and a new one is taken only while the CRL held is current (docs/protocol.md §4).
+
+        It asks with the ETag of the CRL kept (If-None-Match; the ETag is a function of its bytes), and a 304 is
+        that CRL served again: given to the route client as a 200 of it would be, and a fetch as far as the hour
+        goes. It makes the CRL no fresher than its nextUpdate: past that, new tables are still refused
+        (`revocation_unknown`), and the node asks again at every pull until the management node issues another."""
         if not force and not self._revocation_list_due():
             return
         crl_file = self.identity.crl_file
         try:
-            data = self.registry.fetch_crl()
+            kept = crl_file.read_bytes()
+        except OSError:  # none yet (or unreadable): the CRL in full
+            kept = None
+        try:
+            fetched = self.registry.fetch_crl(entity_tag_of(kept) if kept else None)
+            data = kept if fetched is None else fetched
             taken = self.routes.use_revocation_list(data, self.identity.chain_file.read_bytes())
         except (RegistryError, RouteRejected) as error:
             log.warning("the CRL the route signer is checked against was not refreshed: %s", error.message)
             return
         try:
-            if taken:
+            if taken and fetched is not None:
                 write_atomic(crl_file, data)
             elif crl_file.exists():
-                os.utime(crl_file)  # fetched now; the one kept is newer
+                os.utime(crl_file)  # fetched now; the one kept is newer, or is the one served (304)
         except OSError as error:  # the route client holds it: only a restart would do without it
             log.warning("the CRL fetched could not be kept in %s: %s", crl_file, error)
 
