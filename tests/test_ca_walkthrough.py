@@ -374,3 +374,35 @@ def test_the_node_page_says_when_the_node_has_no_valid_certificate(app, people):
     pki.renew(node, NodeKeys().csr, by=minister)  # two valid now: revoking one keeps the node in the table
     db.session.commit()
     assert "唯一有效的证书" not in console.client.get(f"/certificates/{renewed.serial}").get_data(as_text=True)
+
+
+def test_a_provincial_admin_opens_no_management_node_certificate_the_list_does_not_show_them(app, make_user):
+    """The list showed a provincial admin only their divisions' nodes' certificates, but the detail page opened
+    the management node's own (route signer, TLS) by URL, with the route signer's rotation notices."""
+    make_user("jx-admin", "provincial_admin", ("360000",))
+    console = Console(app.test_client())
+    console.login("jx-admin")
+    for kind in ("management", "route_signer"):
+        serial = pki.service_certificates(kind)[0].serial
+        assert console.client.get(f"/certificates/{serial}").status_code == 404
+        assert console.client.get(f"/certificates/{serial}.pem").status_code == 404
+        assert serial not in console.client.get("/certificates/").get_data(as_text=True)
+
+
+def test_a_provincial_admin_with_no_divisions_reaches_no_node(app, make_user, people):  # noqa: F811
+    """A provincial admin's division filter was `or_()` of nothing when the scopes were empty, which SQLAlchemy
+    renders as no condition at all: every province's nodes. The service never stores such a user, but the
+    filter must not fail open on one edited into the database."""
+    from sqlalchemy import select
+
+    from app.admission.models import Node
+    from app.admission.scope import division_filter
+    from app.auth.models import User
+
+    admit_with_keys(people)
+    user = make_user("jx-admin-2", "provincial_admin", ("360000",))
+    assert db.session.scalars(select(Node.node_id).where(division_filter(user, Node.division_code))).all()
+    user = db.session.get(User, user.id)
+    user.scope_codes = ""
+    assert user.scopes == []
+    assert db.session.scalars(select(Node.node_id).where(division_filter(user, Node.division_code))).all() == []

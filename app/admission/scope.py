@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import or_, true
+from sqlalchemy import false, or_, true
 
 from app.auth.models import division_prefix
 
@@ -10,7 +10,9 @@ from app.auth.models import division_prefix
 def division_filter(user, column):
     if user.role != "provincial_admin":
         return true()
-    return or_(*[column.startswith(division_prefix(code)) for code in user.scopes])
+    # false() first: `or_()` of nothing is no condition at all, every division (a user with no scopes is never
+    # stored, but one edited into the database must reach nothing, as `can_access_division` says).
+    return or_(false(), *[column.startswith(division_prefix(code)) for code in user.scopes])
 
 
 def provinces_within(user) -> set[str] | None:

@@ -24,8 +24,12 @@ VIEWERS = ("ministry_admin", "auditor", "provincial_admin")
 
 
 def _visible(row: Certificate) -> bool:
-    if row.node_id is None or current_user.role != "provincial_admin":
+    """As the list shows them: a provincial admin sees their divisions' nodes' certificates, not the management
+    node's own (route signer, TLS), which the list leaves out for them."""
+    if current_user.role != "provincial_admin":
         return True
+    if row.node_id is None:
+        return False
     from app.admission.models import Node
 
     node = db.session.get(Node, row.node_id)
