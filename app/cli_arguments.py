@@ -1,4 +1,5 @@
-"""Every `flask` command's text arguments are UTF-8, or the command does not run; numbers are ASCII digits.
+"""Every `flask` command's text arguments are UTF-8, or the command does not run; numbers are ASCII digits;
+with --json, a usage error is the error object every other refusal prints.
 
 Python decodes argv with surrogateescape: bytes that are not UTF-8 (a name typed in GBK, a file name
 from another system) reach a command as lone surrogates, which no database stores and no page shows.
@@ -7,6 +8,7 @@ from another system) reach a command as lone surrogates, which no database store
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 
@@ -20,28 +22,59 @@ def _undecodable(value) -> bool:
                for item in values)
 
 
+def usage_error_as_json(error: click.UsageError) -> None:
+    """Exit 2 (click's code for a usage error) with `{"error": {"code": "usage_error", "message": …}}` on stderr:
+    a script that asked for --json reads the error object, not click's "Usage: … Error: …" text."""
+    click.echo(json.dumps({"error": {"code": "usage_error", "message": error.format_message()}},
+                          ensure_ascii=False), err=True)
+    raise SystemExit(2)
+
+
 def _checked(callback):
     @functools.wraps(callback)
     def run(*args, **kwargs):
         for name, value in kwargs.items():
             if _undecodable(value):
-                raise click.BadParameter("is not UTF-8 text.", param_hint=f"'{name}'")
+                error = click.BadParameter("is not UTF-8 text.", param_hint=f"'{name}'")
+                if kwargs.get("as_json"):
+                    usage_error_as_json(error)
+                raise error
         return callback(*args, **kwargs)
 
     run.checks_utf8 = True
     return run
 
 
+def _json_usage_errors(make_context):
+    """A command's `make_context`, where click parses its arguments and raises its usage errors (a missing
+    argument, an unknown option, a value a type refuses), telling them as JSON when --json is among them."""
+    @functools.wraps(make_context)
+    def make(info_name, args, parent=None, **extra):
+        asked_json = "--json" in args
+        try:
+            return make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as error:
+            if asked_json:
+                usage_error_as_json(error)
+            raise
+
+    make.json_usage_errors = True
+    return make
+
+
 def require_utf8(group: click.Group) -> None:
     """Wrap each command of `group`, and of its subgroups, once (the flask commands, and the reference node's
-    `python -m app.appnode`)."""
+    `python -m app.appnode`): the UTF-8 check, and usage errors as JSON under --json."""
     if group.callback is not None and not getattr(group.callback, "checks_utf8", False):
         group.callback = _checked(group.callback)  # a group's own options (the reference node's --data)
     for command in group.commands.values():
         if isinstance(command, click.Group):
             require_utf8(command)
-        elif command.callback is not None and not getattr(command.callback, "checks_utf8", False):
+            continue
+        if command.callback is not None and not getattr(command.callback, "checks_utf8", False):
             command.callback = _checked(command.callback)
+        if not getattr(command.make_context, "json_usage_errors", False):
+            command.make_context = _json_usage_errors(command.make_context)  # type: ignore[method-assign]
 
 
 class Digits(click.ParamType):

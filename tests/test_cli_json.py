@@ -299,3 +299,23 @@ def test_every_command_takes_json_but_the_few_allowed(app):
         isinstance(param, click.Option) and "--json" in param.opts and param.is_flag for param in command.params)]
     assert missing == []
 
+
+
+def test_a_usage_error_under_json_is_the_error_object_too(app, runner):
+    """A missing argument, an unknown option or a value click refuses was click's plain "Usage: … Error: …" on
+    stderr even with --json, where a script reads the error object; the exit code stays click's 2."""
+    for args in (["ca", "revoke", "--json"],  # no SERIAL
+                 ["ca", "revoke", "00ff", "--reason", "no-such-reason", "--user", "minister", "--json"],
+                 ["users", "list", "--no-such-option", "--json"],
+                 ["audit", "list", "--json", "--limit", "１２"]):  # a fullwidth number (cli_arguments.Digits)
+        error = refusal(runner.invoke(args=args), exit_code=2)
+        assert error["code"] == "usage_error" and error["message"], (args, error)
+    plain = runner.invoke(args=["ca", "revoke"])
+    assert plain.exit_code == 2 and "Usage:" in plain.stderr
+
+
+def test_text_that_is_not_utf8_under_json_is_the_error_object(app, runner):
+    """The UTF-8 check (cli_arguments.require_utf8) runs inside the command: its refusal was click's plain
+    text too."""
+    error = refusal(runner.invoke(args=["users", "unlock", "li\udcffsi", "--json"]), exit_code=2)
+    assert error["code"] == "usage_error" and "UTF-8" in error["message"]
