@@ -573,3 +573,24 @@ def test_a_maintenance_window_for_a_node_revoked_meanwhile_is_refused_in_words(a
     db.session.expire_all()
     assert not service.in_maintenance(db.session.get(NodeHealth, node.node_id))
     assert db.session.scalar(select(func.count()).select_from(AuditRecord)) == before
+
+
+def test_ending_a_window_that_has_run_out_or_was_never_set_is_refused_in_words(app, node, console, runner):
+    """The end button on a page drawn during the window, pressed after it ran out, or `flask health maintenance
+    --hours 0` for a node without one, recorded `health.maintenance_end` for a window that was not there."""
+    console.login("jx-admin")
+    page_url = f"/nodes/{node.node_id}"
+    console.post_form(page_url, {"hours": "1", "note": "upgrade"}, action=f"/health/{node.node_id}/maintenance")
+    token_page = console.client.get(page_url).get_data(as_text=True)
+    db.session.get(NodeHealth, node.node_id).maintenance_until = utcnow() - timedelta(seconds=1)
+    db.session.commit()
+    response = console.client.post(f"/health/{node.node_id}/maintenance/end",
+                                   data={"csrf_token": csrf_token(token_page)}, follow_redirects=True)
+    assert "没有进行中的维护窗口可结束。" in response.get_data(as_text=True)
+    assert len(maintenance_records(node.node_id)) == 1
+    other = admit(db.session.merge(db.session.scalars(select(User).where(User.username == "jx-admin")).one()),
+                  db.session.scalars(select(User).where(User.username == "minister")).one())
+    result = runner.invoke(args=["health", "maintenance", other.node_id, "--hours", "0", "--user", "minister",
+                                 "--json"])
+    assert result.exit_code == 1 and json.loads(result.stderr)["error"]["code"] == "no_window", result.stderr
+    assert maintenance_records(other.node_id) == []

@@ -105,6 +105,7 @@ def clear_maintenance(node_id: str, *, by) -> None:
     `set_maintenance` is, for the same reason."""
     serialise("health.round")
     health = db.session.get(NodeHealth, node_id, populate_existing=True)
-    if health is not None and health.maintenance_until is not None:
-        health.maintenance_until = min(health.maintenance_until, utcnow())
+    if not in_maintenance(health):  # ran out meanwhile (a page drawn during it), or never set: nothing to record
+        raise Conflict(_l("There is no maintenance window in progress to end."), code="no_window")
+    health.maintenance_until = min(health.maintenance_until, utcnow())
     audit.record("health.maintenance_end", node_id, actor=by.username)
