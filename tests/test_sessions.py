@@ -547,3 +547,13 @@ def test_a_session_ends_when_the_certificate_that_opened_it_expires(app, client,
     assert error_code(renewal) == (409, "no_certificate")
     assert db.session.scalar(select(func.count()).select_from(Certificate)
                              .where(Certificate.node_id == node.node_id)) == 1
+
+
+@pytest.mark.parametrize(("suffix", "status"), [("Z", 201), ("+00:00", 201), ("-00:00", 400), ("+08:00", 400)])
+def test_a_timestamp_in_utc_is_taken_with_z_or_a_zero_offset(client, people, suffix, status):
+    """SPEC §4 asks for RFC 3339 UTC, which `+00:00` is as much as `Z`: a node following SPEC alone was refused
+    (400 invalid_request). RFC 3339's `-00:00` says the local offset is unknown, and another offset is not UTC."""
+    node, keys = admit_with_keys(people)
+    timestamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S") + suffix
+    response = open_session(client, keys.session_request(node.node_id, timestamp=timestamp))
+    assert response.status_code == status, response.get_json()

@@ -34,7 +34,8 @@ from app.sessions.models import NodeSession
 
 # Matched whole (fullmatch: `$` also matches before a final newline) and in ASCII digits only.
 NONCE = re.compile(r"[A-Za-z0-9_\-]{8,128}")
-TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?Z")
+# RFC 3339 UTC (SPEC §4): `Z` or a zero offset; `-00:00` says the local offset is unknown (RFC 3339 §4.3).
+TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?(Z|\+00:00)")
 SIGNATURE = re.compile(r"[A-Za-z0-9+/=]{16,1400}")
 SKEW = timedelta(minutes=5)
 # Signature verifications a bad_signature answer costs, whatever the node id: a node has one certificate to try,
