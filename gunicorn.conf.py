@@ -3,10 +3,12 @@
 import multiprocessing
 import os
 
+from app.config import env_int  # a value that is no whole number, or too small, stops the start naming it
+
 bind = os.environ.get("MPIM_BIND", "127.0.0.1:5000")
-workers = int(os.environ.get("MPIM_WORKERS", multiprocessing.cpu_count() * 2 + 1))
-threads = int(os.environ.get("MPIM_THREADS", 1))
-timeout = int(os.environ.get("MPIM_WORKER_TIMEOUT", 30))
+workers = env_int("MPIM_WORKERS", multiprocessing.cpu_count() * 2 + 1, minimum=1)
+threads = env_int("MPIM_THREADS", 1, minimum=1)
+timeout = env_int("MPIM_WORKER_TIMEOUT", 30, minimum=0)  # 0: no timeout, as gunicorn reads it
 accesslog = os.environ.get("MPIM_ACCESS_LOG", "-")
 # The app is created in each worker after fork: no database connection crosses a fork.
 preload_app = False

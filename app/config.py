@@ -47,6 +47,14 @@ def env_seconds(name: str, default: float) -> float:
     return seconds
 
 
+def env_choice(name: str, default: str, choices: tuple[str, ...], said: str) -> str:
+    """One of `choices` (`said` names them for the operator), or the start stops naming the variable."""
+    value = os.environ.get(name) or default
+    if value not in choices:
+        raise ValueError(f"{name} must be {said}, not {value!r}")
+    return value
+
+
 def env_http_url(name: str) -> str:
     """An http:// or https:// address with a host, or "" (none); anything else stops the start naming the
     variable. The health webhook is sent after the round commits: a URL urllib cannot open surfaced only then,
@@ -124,7 +132,7 @@ def load_config(overrides: dict | None = None) -> dict:
         "MPIM_PASSWORD_MAX_DAYS": env_int("MPIM_PASSWORD_MAX_DAYS", 90, minimum=0),
         "WTF_CSRF_TIME_LIMIT": None,
         "MAX_CONTENT_LENGTH": env_int("MPIM_MAX_REQUEST_BYTES", 1024 * 1024, minimum=65536),
-        "BABEL_DEFAULT_LOCALE": os.environ.get("MPIM_DEFAULT_LOCALE", "zh_CN"),
+        "BABEL_DEFAULT_LOCALE": env_choice("MPIM_DEFAULT_LOCALE", "zh_CN", ("zh_CN", "en"), "zh_CN or en"),
         "BABEL_DEFAULT_TIMEZONE": "Asia/Shanghai",
         "BABEL_TRANSLATION_DIRECTORIES": str(PROJECT_ROOT / "app" / "translations"),
         "MPIM_LANGUAGES": ["zh_CN", "en"],
@@ -135,7 +143,8 @@ def load_config(overrides: dict | None = None) -> dict:
         "MPIM_TRUSTED_PROXIES": env_int("MPIM_TRUSTED_PROXIES", 0, minimum=0),
         "MPIM_PAGE_SIZE": env_int("MPIM_PAGE_SIZE", 50, minimum=1),
         "MPIM_BASE_URL": os.environ.get("MPIM_BASE_URL") or base_url_from_bind(os.environ.get("MPIM_BIND", "")),
-        "MPIM_NETWORK_FLAG": os.environ.get("MPIM_NETWORK_FLAG", "5"),
+        # SPEC §2: the node id's network flag is one digit; "12" made the management node's id 21 digits long.
+        "MPIM_NETWORK_FLAG": env_choice("MPIM_NETWORK_FLAG", "5", tuple("0123456789"), "one digit"),
         "MPIM_EXPOSE_WORKER_PID": env_flag("MPIM_EXPOSE_WORKER_PID", False),
         "MPIM_NODE_SESSION_SECONDS": env_int("MPIM_NODE_SESSION_SECONDS", 3600, minimum=60),
         "REDIS_URL": os.environ.get("REDIS_URL", ""),

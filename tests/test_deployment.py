@@ -31,3 +31,17 @@ def test_no_control_socket_shared_between_instances_unless_asked(tmp_path):
 def test_bind_and_workers_come_from_the_environment():
     settings = gunicorn_settings(MPIM_BIND="127.0.0.1:5601", MPIM_WORKERS="3")
     assert settings["bind"] == "['127.0.0.1:5601']" and settings["workers"] == "3"
+
+
+def test_a_worker_count_that_is_no_whole_number_stops_the_start_naming_it():
+    """MPIM_WORKERS=abc stopped gunicorn with a bare "invalid literal for int()", naming no variable, and
+    MPIM_WORKERS=0 started."""
+    for name, value, said in (("MPIM_WORKERS", "abc", "MPIM_WORKERS must be a whole number, not 'abc'"),
+                              ("MPIM_WORKERS", "0", "MPIM_WORKERS must be 1 or more, not '0'"),
+                              ("MPIM_THREADS", "0", "MPIM_THREADS must be 1 or more, not '0'"),
+                              ("MPIM_WORKER_TIMEOUT", "x", "MPIM_WORKER_TIMEOUT must be a whole number, not 'x'")):
+        env = {key: value for key, value in os.environ.items() if not key.startswith("MPIM_")}
+        result = subprocess.run([str(Path(sys.executable).with_name("gunicorn")), "-c", "gunicorn.conf.py",
+                                 "--print-config", "wsgi:app"], cwd=ROOT, env={**env, name: value},
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode != 0 and said in result.stderr, (name, value, result.stderr[-500:])

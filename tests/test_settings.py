@@ -41,3 +41,23 @@ def test_a_webhook_url_that_is_no_http_address_stops_the_start_naming_it(monkeyp
 def test_an_http_webhook_url_or_none_starts(monkeypatch, tmp_path, value):
     monkeypatch.setenv("MPIM_HEALTH_WEBHOOK_URL", value)
     assert load_config({"MPIM_INSTANCE_PATH": str(tmp_path)})["MPIM_HEALTH_WEBHOOK_URL"] == value
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("MPIM_NETWORK_FLAG", "12", "one digit"), ("MPIM_NETWORK_FLAG", "x", "one digit"),
+    ("MPIM_NETWORK_FLAG", "５", "one digit"), ("MPIM_DEFAULT_LOCALE", "fr", "zh_CN or en"),
+    ("MPIM_DEFAULT_LOCALE", "zh-CN", "zh_CN or en")])
+def test_a_network_flag_or_locale_the_registry_cannot_use_stops_the_start_naming_it(monkeypatch, tmp_path, name,
+                                                                                     value, message):
+    """MPIM_NETWORK_FLAG=12 started, and the management node's id came out 21 digits (SPEC §2: one digit); a
+    default locale the console has no translation for started as quietly."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=f"^{name} must be {message}, not '{value}'$"):
+        load_config({"MPIM_INSTANCE_PATH": str(tmp_path)})
+
+
+def test_a_network_flag_and_locale_it_can_use_start(monkeypatch, tmp_path):
+    monkeypatch.setenv("MPIM_NETWORK_FLAG", "3")
+    monkeypatch.setenv("MPIM_DEFAULT_LOCALE", "en")
+    config = load_config({"MPIM_INSTANCE_PATH": str(tmp_path)})
+    assert (config["MPIM_NETWORK_FLAG"], config["BABEL_DEFAULT_LOCALE"]) == ("3", "en")
