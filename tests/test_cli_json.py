@@ -233,6 +233,18 @@ def test_ca_init_json_says_whether_it_created_the_ca(app, runner, tmp_path):
     assert created["root"] == pki.fingerprint(pki.authority().root_certificate)
 
 
+def test_ca_init_without_a_passphrase_says_passphrase_missing(app, runner, tmp_path):
+    """It said `ca_not_initialised`, the code of a CA nobody created, where /healthz and the operations guide
+    call this state `passphrase_missing`."""
+    db.session.execute(delete(CRLState))
+    db.session.commit()
+    take_ca_away(app, tmp_path)
+    app.config["MPIM_CA_PASSPHRASE"] = ""
+    app.config["MPIM_CA_PASSPHRASE_FILE"] = str(tmp_path / "no-such-file")
+    error = refusal(runner.invoke(args=["ca", "init", "--json"]))
+    assert error["code"] == "passphrase_missing" and "MPIM_CA_PASSPHRASE" in error["message"]
+
+
 # --- routing -----------------------------------------------------------------------------------
 
 def test_routing_verify_json_gives_the_verdict_with_the_same_exit_codes(app, runner, tmp_path):

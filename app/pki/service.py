@@ -62,7 +62,8 @@ def passphrase() -> bytes:
     if not value and path and Path(path).exists():
         value = _read_passphrase_file(Path(path))
     if not value:
-        raise CANotReady(_l("No CA passphrase: set MPIM_CA_PASSPHRASE or MPIM_CA_PASSPHRASE_FILE."))
+        raise CANotReady(_l("No CA passphrase: set MPIM_CA_PASSPHRASE or MPIM_CA_PASSPHRASE_FILE."),
+                         code="passphrase_missing")  # as /healthz names the state (`readiness`)
     return value.encode()
 
 
@@ -73,9 +74,10 @@ def _read_passphrase_file(path: Path) -> str:
         return path.read_text().strip()
     except OSError as error:
         raise CANotReady(_l("MPIM_CA_PASSPHRASE_FILE %(path)s could not be read: %(error)s.", path=str(path),
-                            error=keys.os_error_reason(error))) from error
+                            error=keys.os_error_reason(error)), code="passphrase_missing") from error
     except ValueError as error:  # UnicodeDecodeError
-        raise CANotReady(_l("MPIM_CA_PASSPHRASE_FILE %(path)s is not text.", path=str(path))) from error
+        raise CANotReady(_l("MPIM_CA_PASSPHRASE_FILE %(path)s is not text.", path=str(path)),
+                         code="passphrase_missing") from error
 
 
 def create_passphrase_file() -> None:
