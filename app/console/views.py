@@ -44,11 +44,12 @@ def healthz():
 
     A CA that exists but cannot be opened here (a wrong passphrase, an unreadable or missing key file)
     makes the answer 503, though much still works without it (the console, resolve, sessions, the
-    stored routing table and CRL): issuing on approval, renewal, revocation, every OCSP response (each
-    is signed), /ca/*.pem, certificate downloads and publishing a new routing table all fail on this
-    instance. The load balancer sends those to an instance that can sign; when none can (one
-    environment file shared by all), it is told so at once rather than by the first failed issuance,
-    and the "ca" field says why. A CA not yet initialised is 200: no instance has one to route to."""
+    stored routing table and CRLs, and the published certificates and a node's certificate download,
+    read as files: app/pki/published.py): issuing on approval, renewal, revocation, every OCSP response
+    (each is signed) and publishing a new routing table all fail on this instance. The load balancer
+    sends those to an instance that can sign; when none can (one environment file shared by all), it
+    is told so at once rather than by the first failed issuance, and the "ca" field says why. A CA not
+    yet initialised is 200: no instance has one to route to."""
     schema = "unknown"
     try:
         db.session.execute(text("SELECT 1"))
