@@ -122,7 +122,6 @@ def service_issuer(csr_pem: bytes, count: int) -> Iterator[Callable[[], object]]
     app = fresh_app("ca", MPIM_CA_PASSPHRASE="bench-passphrase")
     with app.app_context():
         from app.admission import applications
-        from app.admission.information import parse
         from app.admission.models import Node
         from app.auth import service as users
         from app.extensions import db
@@ -132,9 +131,8 @@ def service_issuer(csr_pem: bytes, count: int) -> Iterator[Callable[[], object]]
         minister = users.create_user(users.UserDraft("minister", "Bench-Password-1", "ministry_admin"))
         document = {"division_code": "360000", "org_name": "江西省公安厅", "system_name": "bench", "vendor": "v",
                     "endpoint": "https://bench.example", "capabilities": ["text"],
-                    "contact": {"name": "n", "phone": "0791-1234567", "email": "a@b.cn"}}
-        pem = csr_pem.decode()
-        node = applications.approve(applications.submit_by_user(parse(document), pem, by=minister), by=minister)
+                    "contact": {"name": "n", "phone": "0791-1234567", "email": "a@b.cn"}, "csr": csr_pem.decode()}
+        node = applications.approve(applications.submit_by_user(document, by=minister), by=minister)
         db.session.commit()
         node_id = node.node_id
         db.session.remove()

@@ -203,3 +203,28 @@ def loopback_tls_server(handler, directory):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     return server, thread, certificate_file
+
+
+def count_csr_reads(monkeypatch) -> dict[str, int]:
+    """Spy on the CSR policy, calling through: how many times a request parsed a CSR (`load_csr`) and checked
+    it (`check_csr`)."""
+    from app.pki import csr_policy
+
+    counts = {"load_csr": 0, "check_csr": 0}
+
+    def spy(name: str):
+        real = getattr(csr_policy, name)
+
+        def counted(*args, **kwargs):
+            counts[name] += 1
+            return real(*args, **kwargs)
+        return counted
+
+    for name in counts:
+        monkeypatch.setattr(csr_policy, name, spy(name))
+    return counts
+
+
+def change_document(division_code: str = "360000", **overrides) -> dict:
+    """A change request's A.1 document without a CSR: the node keeps its key."""
+    return {**node_document(division_code, csr="", **overrides), "csr": None}

@@ -437,3 +437,12 @@ def test_the_api_answers_one_error_object_the_first_refusal_as_before(client, to
     assert response.status_code == 400
     assert response.get_json() == {"error": {"code": "invalid_input", "field": "contact.phone",
                                              "message": response.get_json()["error"]["message"]}}
+
+
+def test_an_application_reads_its_csr_once(client, token, monkeypatch):
+    """The service checked the CSR's policy, then parsed it again for its key's fingerprint."""
+    from tests.factories import count_csr_reads
+
+    reads = count_csr_reads(monkeypatch)
+    assert submit(client, token, node_document("360100")).status_code == 201
+    assert reads == {"load_csr": 1, "check_csr": 1}

@@ -93,7 +93,6 @@ def test_probe_refused_before_approval_shows_that_it_is_expected(page, live_serv
     import socket
 
     from app.admission import applications
-    from app.admission.information import parse
     from app.extensions import db
     from tests.factories import NodeKeys
 
@@ -104,7 +103,7 @@ def test_probe_refused_before_approval_shows_that_it_is_expected(page, live_serv
         port = closed.getsockname()[1]
     keys = NodeKeys()
     application = applications.submit_by_user(
-        parse(node_document("360000", csr=keys.csr, endpoint=f"https://127.0.0.1:{port}")), keys.csr, by=jx)
+        node_document("360000", csr=keys.csr, endpoint=f"https://127.0.0.1:{port}"), by=jx)
     db.session.commit()
     sign_in(page, live_server, "minister")
     page.wait_for_selector("nav.mainnav")

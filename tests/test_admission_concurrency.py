@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import replace
 
 import pytest
 from sqlalchemy import func, select
 
 from app.admission import applications
-from app.admission.information import parse
 from app.admission.models import Node
 from app.audit import service as audit
 from app.auth.models import User
 from app.extensions import db
 from app.pki import csr_policy
-from tests.factories import make_csr, node_document
+from tests.factories import change_document, make_csr, node_document
 
 APPROVALS = 24
 
@@ -40,7 +38,7 @@ def test_parallel_approvals_get_distinct_consecutive_ids(app, make_user):
     ids = []
     for _ in range(APPROVALS):
         document = node_document("360000")
-        ids.append(applications.submit_by_user(parse(document), document["csr"], by=jx_admin).id)
+        ids.append(applications.submit_by_user(document, by=jx_admin).id)
     db.session.commit()
     minister_id = minister.id  # read here: the main thread's objects must not be touched by the others
 
@@ -122,7 +120,7 @@ def _admitted_node(make_user) -> tuple[str, int]:
     the racing threads load their own copies."""
     minister = make_user("minister")
     document = node_document("360000")
-    node_id = applications.approve(applications.submit_by_user(parse(document), document["csr"], by=minister),
+    node_id = applications.approve(applications.submit_by_user(document, by=minister),
                                    by=minister).node_id
     minister_id = minister.id
     db.session.commit()
@@ -138,8 +136,9 @@ def test_parallel_change_requests_leave_one_pending(app, make_user):
 
     def change(i: int) -> str:
         node = nodes.get(node_id)
-        info = replace(parse(node_document("360000", endpoint=node.endpoint)), contact_name=f"值班员{i}")
-        return applications.submit_change(node, info, None, by=db.session.get(User, minister_id)).id
+        document = change_document("360000", endpoint=node.endpoint,
+                                   contact={"name": f"值班员{i}", "phone": "0791-12345678", "email": "ops@jx.example"})
+        return applications.submit_change(node, document, by=db.session.get(User, minister_id)).id
 
     results, errors = _race(app, change)
     assert len(results) == 1 and len(errors) == RACERS - 1, (results, errors)
@@ -157,7 +156,7 @@ def test_parallel_submissions_with_one_key_leave_one_pending(app, make_user):
 
     def submit(i: int) -> str:
         document = node_document("360000", csr=csr)
-        return applications.submit_by_user(parse(document), csr, by=db.session.get(User, minister_id)).id
+        return applications.submit_by_user(document, by=db.session.get(User, minister_id)).id
 
     results, errors = _race(app, submit)
     assert len(results) == 1 and _codes(errors) == {"key_pending"}, (results, errors)
@@ -171,7 +170,7 @@ def test_parallel_submissions_for_one_endpoint_leave_one_pending(app, make_user)
 
     def submit(i: int) -> str:
         document = node_document("360000", endpoint="https://im.jx.example:8443")
-        return applications.submit_by_user(parse(document), document["csr"], by=db.session.get(User, minister_id)).id
+        return applications.submit_by_user(document, by=db.session.get(User, minister_id)).id
 
     results, errors = _race(app, submit)
     assert len(results) == 1 and _codes(errors) == {"endpoint_pending"}, (results, errors)
@@ -188,7 +187,7 @@ def test_one_key_is_certified_for_one_node_when_issuances_race(app, make_user):
     node_ids = []
     for _ in range(RACERS):
         document = node_document("360000")
-        application = applications.submit_by_user(parse(document), document["csr"], by=minister)
+        application = applications.submit_by_user(document, by=minister)
         node_ids.append(applications.approve(application, by=minister).node_id)
     db.session.commit()
     db.session.remove()
@@ -216,7 +215,7 @@ def test_one_key_goes_to_one_node_when_applications_and_renewals_race(app, make_
     node_ids = []
     for _ in range(RACERS // 2):
         document = node_document("360000")
-        application = applications.submit_by_user(parse(document), document["csr"], by=minister)
+        application = applications.submit_by_user(document, by=minister)
         node_ids.append(applications.approve(application, by=minister).node_id)
     minister_id = minister.id
     db.session.commit()
@@ -226,7 +225,7 @@ def test_one_key_goes_to_one_node_when_applications_and_renewals_race(app, make_
     def apply_or_renew(i: int) -> str:
         user = db.session.get(User, minister_id)
         if i % 2:
-            return applications.submit_by_user(parse(node_document("360000", csr=csr)), csr, by=user).id
+            return applications.submit_by_user(node_document("360000", csr=csr), by=user).id
         return pki.renew(nodes.get(node_ids[i // 2]), csr, by=user).node_id
 
     results, errors = _race(app, apply_or_renew)
@@ -239,7 +238,7 @@ def test_one_application_approved_twice_at_once_admits_one_node(app, make_user):
 
     minister_id = make_user("minister").id
     document = node_document("360000")
-    application_id = applications.submit_by_user(parse(document), document["csr"],
+    application_id = applications.submit_by_user(document,
                                                  by=db.session.get(User, minister_id)).id
     db.session.commit()
     db.session.remove()
@@ -335,7 +334,7 @@ def test_a_renewal_keeping_a_key_revoked_as_compromised_at_that_moment_leaves_it
     key = make_key()
     minister = make_user("minister")
     document = node_document("360000", csr=make_csr(key))
-    node_id = applications.approve(applications.submit_by_user(parse(document), document["csr"], by=minister),
+    node_id = applications.approve(applications.submit_by_user(document, by=minister),
                                    by=minister).node_id
     minister_id, serial = minister.id, pki.current_certificate(node_id).serial
     key_sha256 = pki.current_certificate(node_id).key_sha256
@@ -533,7 +532,7 @@ def test_certificates_of_different_nodes_revoked_at_once_are_all_on_the_crl(app,
     serials = []
     for index in range(RACERS):
         document = node_document("360000", endpoint=f"https://revoked-{index}.example")
-        node = applications.approve(applications.submit_by_user(parse(document), document["csr"], by=minister),
+        node = applications.approve(applications.submit_by_user(document, by=minister),
                                     by=minister)
         serials.append(pki.current_certificate(node.node_id).serial)
     minister_id = minister.id

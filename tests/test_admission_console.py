@@ -52,12 +52,11 @@ def test_an_auditor_reads_the_nodes_application_id_as_text_not_as_a_link_answeri
     """The node page linked every reader to the application it was admitted with; application pages are the
     admins' (auditors have no applications list either), so an auditor's link answered 403."""
     from app.admission import applications
-    from app.admission.information import parse
     from tests.factories import node_document
 
     minister = db.session.scalar(db.select(User).where(User.username == "minister"))
     document = node_document("360000")
-    node = applications.approve(applications.submit_by_user(parse(document), document["csr"], by=minister),
+    node = applications.approve(applications.submit_by_user(document, by=minister),
                                 by=minister)
     db.session.commit()
     link = f'href="/applications/{node.application_id}"'
@@ -94,14 +93,13 @@ def test_long_english_province_names_break_between_syllables_instead_of_shrinkin
 
 def test_province_names_follow_the_console_language(admin_console):
     from app.admission import applications
-    from app.admission.information import parse
     from tests.factories import node_document
 
     minister = db.session.scalar(db.select(User).where(User.username == "minister"))
     province, county = (node_document(code, org_name="公安厅") for code in ("440000", "440106"))
-    node = applications.approve(applications.submit_by_user(parse(province), province["csr"], by=minister),
+    node = applications.approve(applications.submit_by_user(province, by=minister),
                                 by=minister)
-    pending = applications.submit_by_user(parse(county), county["csr"], by=minister)
+    pending = applications.submit_by_user(county, by=minister)
     db.session.commit()
     client = admin_console.client
     pages = ("/", "/nodes/", f"/nodes/{node.node_id}", "/applications/?status=all", f"/applications/{pending.id}")
@@ -182,15 +180,14 @@ def test_console_refuses_endpoint_port_zero_in_the_form(app, make_user):
 
 def test_an_endpoint_refusal_in_the_console_names_the_node_only_to_an_admin_who_may_see_it(app, make_user):
     from app.admission import applications
-    from app.admission.information import parse
     from tests.factories import application_form, make_csr, node_document
 
     minister, jx = make_user("minister"), make_user("jx-admin", "provincial_admin", ("360000",))
     make_user("gd-admin", "provincial_admin", ("440000",))
     taken = node_document("360000", endpoint="https://im.jx.example")
-    node = applications.approve(applications.submit_by_user(parse(taken), taken["csr"], by=jx), by=minister)
+    node = applications.approve(applications.submit_by_user(taken, by=jx), by=minister)
     waiting = node_document("360000", endpoint="https://im2.jx.example")
-    application = applications.submit_by_user(parse(waiting), waiting["csr"], by=jx)
+    application = applications.submit_by_user(waiting, by=jx)
     db.session.commit()
     for who, shown in (("jx-admin", True), ("gd-admin", False)):
         console = Console(app.test_client())
@@ -238,14 +235,13 @@ def test_revoking_another_provinces_token_reads_as_no_such_token(app, make_user)
 
 def test_node_search_treats_percent_and_underscore_as_characters(app, make_user):
     from app.admission import applications
-    from app.admission.information import parse
     from tests.factories import node_document
 
     minister = make_user("minister")
     jx_admin = make_user("jx-admin", "provincial_admin", ("360000",))
     for org_name in ("江西省公安厅", "100%_网络"):
         document = node_document(org_name=org_name)
-        applications.approve(applications.submit_by_user(parse(document), document["csr"], by=jx_admin), by=minister)
+        applications.approve(applications.submit_by_user(document, by=jx_admin), by=minister)
     db.session.commit()
     console = Console(app.test_client())
     console.login("minister")
@@ -265,12 +261,11 @@ def test_node_search_treats_percent_and_underscore_as_characters(app, make_user)
 
 def test_asking_for_a_suspension_says_so_and_the_ministry_dashboard_counts_it(app, make_user, admin_console):
     from app.admission import applications
-    from app.admission.information import parse
     from tests.factories import node_document
 
     jx_admin = make_user("jx-admin", "provincial_admin", ("360000",))
     document = node_document()
-    node = applications.approve(applications.submit_by_user(parse(document), document["csr"], by=jx_admin),
+    node = applications.approve(applications.submit_by_user(document, by=jx_admin),
                                 by=db.session.scalar(db.select(User).where(User.username == "minister")))
     db.session.commit()
     console = Console(app.test_client())
@@ -331,7 +326,6 @@ def test_the_dashboard_names_a_few_nodes_on_retired_codes_and_the_nodes_list_pag
                                                                                                  admin_console):
     """A GB/T 2260 revision can retire the codes of many nodes at once: the dashboard listed every one of them."""
     from app.admission import applications
-    from app.admission.information import parse
     from app.divisions.models import Division
     from tests.factories import node_document
 
@@ -343,7 +337,7 @@ def test_the_dashboard_names_a_few_nodes_on_retired_codes_and_the_nodes_list_pag
     admitted = []
     for number, code in enumerate(codes):
         document = node_document(code, endpoint=f"https://n{number}.jx.example")
-        admitted.append(applications.approve(applications.submit_by_user(parse(document), document["csr"],
+        admitted.append(applications.approve(applications.submit_by_user(document,
                                                                          by=jx_admin), by=minister).node_id)
     for division in db.session.scalars(db.select(Division).where(Division.code.in_(codes))):
         division.retired, division.retired_in = True, "2099"
@@ -379,12 +373,11 @@ def test_a_provincial_admins_tile_map_marks_the_provinces_outside_their_division
 
 def _requested_node(make_user, jx_admin_name="jx-admin"):
     from app.admission import applications, nodes
-    from app.admission.information import parse
     from tests.factories import node_document
 
     jx_admin = make_user(jx_admin_name, "provincial_admin", ("360000",))
     document = node_document()
-    node = applications.approve(applications.submit_by_user(parse(document), document["csr"], by=jx_admin),
+    node = applications.approve(applications.submit_by_user(document, by=jx_admin),
                                 by=db.session.scalar(db.select(User).where(User.username == "minister")))
     nodes.request_suspension(node, "looks hacked", by=jx_admin)
     db.session.commit()
@@ -520,3 +513,29 @@ def test_the_application_forms_refusals_come_once_per_field(app, make_user):
                                                                    csr=make_csr())).get_data(as_text=True)
     assert _error_at(html, "org_name") and _error_at(html, "contact_phone")
     assert 'id="org_name-error-2"' not in html and 'id="csr-error-1"' not in html
+
+
+def test_one_good_submit_of_the_application_form_reads_its_csr_once(app, make_user, monkeypatch):
+    """The form's checks and then the service each parsed and checked the CSR: a good submit read it three times
+    and applied the key policy twice. A new application and a change request with a new CSR alike."""
+    from app.admission import applications
+    from app.admission.models import Application
+    from tests.factories import application_form, count_csr_reads, make_csr
+
+    make_user("minister")
+    make_user("jx-admin", "provincial_admin", ("360000",))
+    console = Console(app.test_client())
+    console.login("jx-admin")
+    reads = count_csr_reads(monkeypatch)
+    response = console.post_form("/applications/new", application_form(csr=make_csr()))
+    assert response.status_code == 302
+    assert reads == {"load_csr": 1, "check_csr": 1}
+
+    application = db.session.scalar(db.select(Application))
+    node = applications.approve(application, by=db.session.scalar(db.select(User).where(User.username == "minister")))
+    db.session.commit()
+    reads.update(load_csr=0, check_csr=0)
+    response = console.post_form(f"/nodes/{node.node_id}/change", application_form(
+        endpoint="https://im-new.jx.example", csr=make_csr()))
+    assert response.status_code == 302
+    assert reads == {"load_csr": 1, "check_csr": 1}

@@ -8,13 +8,12 @@ import pytest
 from sqlalchemy import select
 
 from app.admission import applications, nodes, tokens
-from app.admission.information import parse
 from app.admission.models import Application, Node
 from app.audit.models import AuditRecord
 from app.divisions.models import Division
 from app.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from app.extensions import db
-from tests.factories import NodeKeys, node_document
+from tests.factories import NodeKeys, change_document, node_document
 
 
 @pytest.fixture
@@ -29,7 +28,7 @@ def jx_admin(make_user):
 
 def apply(user, division="360000", **overrides):
     document = node_document(division, **overrides)
-    application = applications.submit_by_user(parse(document), document["csr"], by=user)
+    application = applications.submit_by_user(document, by=user)
     db.session.commit()
     return application
 
@@ -260,17 +259,17 @@ def test_provincial_admin_cannot_apply_outside_its_scope(jx_admin):
 
 def test_change_request_goes_through_review(jx_admin, minister):
     node = admit(jx_admin, minister, endpoint="https://old.jx.example")
-    info = parse(node_document(endpoint="https://old.jx.example/v2", contact={"name": "李四", "phone": "0791-7654321",
-                                                                           "email": "li@jx.example"}))
-    change = applications.submit_change(node, info, None, by=jx_admin)
+    document = change_document(endpoint="https://old.jx.example/v2", contact={
+        "name": "李四", "phone": "0791-7654321", "email": "li@jx.example"})
+    change = applications.submit_change(node, document, by=jx_admin)
     db.session.commit()
     assert node.endpoint == "https://old.jx.example"  # nothing changes before approval
     applications.approve(change, by=minister)
     db.session.commit()
     assert (node.endpoint, node.contact_name) == ("https://old.jx.example/v2", "李四")
-    moved = parse(node_document(endpoint="https://new-host.jx.example"))
+    moved = change_document(endpoint="https://new-host.jx.example")
     with pytest.raises(ValidationFailed) as caught:
-        applications.submit_change(node, moved, None, by=jx_admin)
+        applications.submit_change(node, moved, by=jx_admin)
     assert caught.value.code == "missing_csr"
 
 
@@ -278,8 +277,8 @@ def test_the_approve_confirmation_says_what_approving_does(client, jx_admin, min
     from tests.conftest import Console
 
     node = admit(jx_admin, minister)
-    contact_only = applications.submit_change(node, parse(node_document(endpoint=node.endpoint, contact={
-        "name": "李四", "phone": "0791-7654321", "email": "li@jx.example"})), None, by=jx_admin)
+    contact_only = applications.submit_change(node, change_document(endpoint=node.endpoint, contact={
+        "name": "李四", "phone": "0791-7654321", "email": "li@jx.example"}), by=jx_admin)
     admission = apply(jx_admin)
     db.session.commit()
     console = Console(client)
@@ -287,8 +286,7 @@ def test_the_approve_confirmation_says_what_approving_does(client, jx_admin, min
     assert "证书保持不变" in client.get(f"/applications/{contact_only.id}").get_data(as_text=True)
     applications.reject(contact_only, "test", by=minister)
     keys = NodeKeys()
-    with_csr = applications.submit_change(node, parse(node_document(endpoint=node.endpoint, csr=keys.csr)), keys.csr,
-                                          by=jx_admin)
+    with_csr = applications.submit_change(node, node_document(endpoint=node.endpoint, csr=keys.csr), by=jx_admin)
     db.session.commit()
     assert "按申请中的 CSR 签发证书" in client.get(f"/applications/{with_csr.id}").get_data(as_text=True)
     assert "将分配节点编号并签发证书" in client.get(f"/applications/{admission.id}").get_data(as_text=True)
@@ -475,10 +473,10 @@ def test_a_change_request_that_changes_nothing_is_refused(app, jx_admin, ministe
 
     node = admit(jx_admin, minister)
     with pytest.raises(ValidationFailed) as caught:
-        applications.submit_change(node, parse(node_document(**{
+        applications.submit_change(node, change_document(**{
             "org_name": node.org_name, "endpoint": node.endpoint,
             "contact": {"name": node.contact_name, "phone": node.contact_phone, "email": node.contact_email},
-            "capabilities": list(reversed(node.capabilities))})), None, by=jx_admin)
+            "capabilities": list(reversed(node.capabilities))}), by=jx_admin)
     assert caught.value.code == "no_change"
     db.session.rollback()  # as a request ends a refused transaction: it held the node's row lock (PostgreSQL)
     console = Console(app.test_client())
@@ -504,8 +502,7 @@ def test_a_second_change_request_waits_for_the_first_and_cannot_revert_it(app, j
     again = console.post_form(f"/nodes/{node.node_id}/change", change_form(node, contact_phone="0791-7654321"))
     assert again.status_code == 200 and pending.id in again.get_data(as_text=True)
     with pytest.raises(Conflict) as caught:
-        applications.submit_change(node, parse(node_document(endpoint=node.endpoint, vendor="Vendor B")), None,
-                                   by=jx_admin)
+        applications.submit_change(node, change_document(endpoint=node.endpoint, vendor="Vendor B"), by=jx_admin)
     assert caught.value.code == "change_pending" and pending.id in caught.value.message
     assert db.session.scalar(select(db.func.count()).select_from(Application).where(Application.kind == "change")) == 1
     applications.approve(pending, by=minister)
@@ -518,9 +515,9 @@ def test_a_stale_change_request_is_refused_at_approval_instead_of_undoing_a_newe
     the newer must not put the old contact and capabilities back."""
     node = admit(jx_admin, minister)
     old_values = {name: getattr(node, name) for name in applications.CHANGEABLE}
-    first = applications.submit_change(node, parse(node_document(
+    first = applications.submit_change(node, change_document(
         endpoint=node.endpoint, contact={"name": "李四", "phone": node.contact_phone, "email": node.contact_email},
-        capabilities=[c for c in node.capabilities if c != "presence"])), None, by=jx_admin)
+        capabilities=[c for c in node.capabilities if c != "presence"]), by=jx_admin)
     unchanged = Application(id="0" * 32, kind="change", node_id=node.node_id, division_code=node.division_code,
                             submitted_by_id=jx_admin.id, created_at=first.created_at, **old_values)
     unchanged.contact_phone = "0791-7654321"  # it changes something, or approval would refuse it as empty
@@ -537,9 +534,9 @@ def test_a_stale_change_request_is_refused_at_approval_instead_of_undoing_a_newe
 
 def test_review_page_shows_every_requested_change_against_the_current_value(app, jx_admin, minister, admin_console):
     node = admit(jx_admin, minister)
-    change = applications.submit_change(node, parse(node_document(
+    change = applications.submit_change(node, change_document(
         endpoint=node.endpoint, org_name="江西省公安厅科信处", system_name="赣警通二期", vendor="Vendor B",
-        capabilities=["text", "image"])), None, by=jx_admin)
+        capabilities=["text", "image"]), by=jx_admin)
     db.session.commit()
     html = admin_console.client.get(f"/applications/{change.id}").get_data(as_text=True)
     table = html[html.index('id="requested-changes"'):html.index("</table>", html.index('id="requested-changes"'))]
@@ -603,8 +600,7 @@ def test_a_key_revoked_for_compromise_is_never_certified_again(jx_admin, ministe
     assert caught.value.code == "key_compromised" and stolen.serial in caught.value.message
     db.session.rollback()
     for submit in (lambda: apply(jx_admin, csr=keys.csr),  # another node, new application
-                   lambda: applications.submit_change(node, parse(node_document("360000", csr=keys.csr)),
-                                                      keys.csr, by=jx_admin)):
+                   lambda: applications.submit_change(node, node_document("360000", csr=keys.csr), by=jx_admin)):
         with pytest.raises(Conflict) as caught:
             submit()
         assert (caught.value.code, caught.value.field) == ("key_compromised", "csr")
@@ -637,7 +633,7 @@ def test_a_disabled_account_acts_through_no_cli_command(runner, make_user):
 
     minister, _ = make_user("minister"), make_user("old-minister")
     document = node_document("360000")
-    application = applications.submit_by_user(parse(document), document["csr"], by=minister)
+    application = applications.submit_by_user(document, by=minister)
     users.update_user(users.get_user("old-minister"), role="ministry_admin", scopes=[], active=False,
                       display_name="")
     db.session.commit()
@@ -654,7 +650,7 @@ def test_every_record_a_cli_node_revocation_writes_names_the_admin_as_the_consol
     of it names the admin; from `flask nodes revoke --user NAME` the certificate and route records said "system"."""
     minister = make_user("minister")
     document = node_document("360000")
-    node = applications.approve(applications.submit_by_user(parse(document), document["csr"], by=minister),
+    node = applications.approve(applications.submit_by_user(document, by=minister),
                                 by=minister)
     db.session.commit()
     before = db.session.scalar(select(db.func.max(AuditRecord.seq)))
@@ -671,7 +667,7 @@ def test_revoking_a_node_closes_its_pending_change_request_and_frees_its_endpoin
     endpoint and key (endpoint_pending, key_pending) against the node that replaces it, and waited in the queue."""
     node = admit(jx_admin, minister, endpoint="https://old.jx.example")
     keys = NodeKeys()
-    change = applications.submit_change(node, parse(node_document(endpoint="https://new.jx.example")), keys.csr,
+    change = applications.submit_change(node, node_document(endpoint="https://new.jx.example", csr=keys.csr),
                                         by=jx_admin)
     db.session.commit()
     nodes.revoke(node, "replaced by a new system", by=minister)

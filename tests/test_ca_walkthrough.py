@@ -243,14 +243,13 @@ def test_console_renewal_with_nothing_or_junk_says_so(app, people):  # noqa: F81
 def test_admin_renewal_with_the_key_of_a_waiting_application_says_so_in_the_console_and_cli(
         app, runner, people, tmp_path):  # noqa: F811
     from app.admission import applications
-    from app.admission.information import parse
     from tests.factories import node_document
 
     _, jx_admin = people
     node, _ = admit_with_keys(people)
     row = pki.current_certificate(node.node_id)
     keys = NodeKeys()
-    waiting = applications.submit_by_user(parse(node_document("360000", csr=keys.csr)), keys.csr, by=jx_admin)
+    waiting = applications.submit_by_user(node_document("360000", csr=keys.csr), by=jx_admin)
     db.session.commit()
     console = Console(app.test_client())
     console.login("minister")

@@ -96,7 +96,6 @@ def _one_of_each_row(make_user) -> None:
     from datetime import UTC, datetime, timedelta
 
     from app.admission import applications, tokens
-    from app.admission.information import parse
     from app.auth import service as auth
     from app.extensions import db
     from app.health.models import HealthEvent
@@ -108,7 +107,7 @@ def _one_of_each_row(make_user) -> None:
     jx = make_user("jx-admin", "provincial_admin", ("360000",))
     tokens.create_token("360000", by=jx, note="南昌市公安局即时通信节点接入")
     document = node_document("360100")
-    applications.submit_by_user(parse(document), document["csr"], by=jx)
+    applications.submit_by_user(document, by=jx)
     now = datetime.now(UTC)
     for minutes, (old, new) in enumerate([("down", "up"), ("up", "down"), ("unknown", "up")]):
         db.session.add(HealthEvent(node_id=node.node_id, at=now - timedelta(minutes=minutes), old_status=old,

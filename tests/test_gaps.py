@@ -117,7 +117,6 @@ def test_probe_refused_before_approval_says_that_is_expected(app, people):  # no
     import socket
 
     from app.admission import applications
-    from app.admission.information import parse
     from tests.factories import node_document
 
     with socket.socket() as closed:
@@ -125,7 +124,7 @@ def test_probe_refused_before_approval_says_that_is_expected(app, people):  # no
         port = closed.getsockname()[1]
     keys = NodeKeys()
     application = applications.submit_by_user(
-        parse(node_document("360000", csr=keys.csr, endpoint=f"https://127.0.0.1:{port}")), keys.csr, by=people[1])
+        node_document("360000", csr=keys.csr, endpoint=f"https://127.0.0.1:{port}"), by=people[1])
     db.session.commit()
     console = Console(app.test_client())
     console.login("jx-admin")
@@ -285,13 +284,11 @@ def test_probe_of_a_host_name_that_does_not_resolve_says_so(app, people):  # noq
     """The probe showed only "✗ 错误" for an endpoint whose host name does not resolve: the cause was in the
     answer's `error`, in aiohttp's English, and the page shows `message` first."""
     from app.admission import applications
-    from app.admission.information import parse
     from tests.factories import node_document
 
     keys = NodeKeys()
     application = applications.submit_by_user(
-        parse(node_document("360000", csr=keys.csr, endpoint="https://no-such-node.invalid:8443")), keys.csr,
-        by=people[1])
+        node_document("360000", csr=keys.csr, endpoint="https://no-such-node.invalid:8443"), by=people[1])
     db.session.commit()
     console = Console(app.test_client())
     console.login("jx-admin")

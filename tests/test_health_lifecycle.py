@@ -10,13 +10,12 @@ import pytest
 from sqlalchemy import select
 
 from app.admission import applications, nodes
-from app.admission.information import parse
 from app.database import utcnow
 from app.extensions import db
 from app.health import maintenance, service
 from app.health.models import HealthEvent, NodeHealth
 from app.routing import service as routes
-from tests.factories import node_document
+from tests.factories import change_document
 from tests.test_health_state import Hook, Result, webhook  # noqa: F401 (fixture; Result: one poll's outcome)
 from tests.test_sessions import admit_with_keys, people, wait_for_a_lock_wait  # noqa: F401 (fixture)
 
@@ -67,16 +66,16 @@ def test_a_node_whose_endpoint_moved_is_listed_unknown_until_the_new_one_is_poll
     node, _ = admit_with_keys(people)
     bring_up(node.node_id)
     moved = node.endpoint.rstrip("/") + "/v2"
-    change = applications.submit_change(node, parse(node_document("360000", endpoint=moved)), None, by=jx_admin)
+    change = applications.submit_change(node, change_document("360000", endpoint=moved), by=jx_admin)
     db.session.commit()
     applications.approve(change, by=minister)
     db.session.commit()
     entry = {e["node_id"]: e for e in json.loads(routes.head().body)["nodes"]}[node.node_id]
     assert (entry["endpoint"], entry["status"]) == (moved, "unknown")
-    contact_only = node_document("360000", endpoint=moved, contact={"name": "李四", "phone": "0791-7654321",
-                                                                    "email": "li@jx.example"})
+    contact_only = change_document("360000", endpoint=moved, contact={"name": "李四", "phone": "0791-7654321",
+                                                                      "email": "li@jx.example"})
     bring_up(node.node_id)
-    change = applications.submit_change(node, parse(contact_only), None, by=jx_admin)
+    change = applications.submit_change(node, contact_only, by=jx_admin)
     db.session.commit()
     applications.approve(change, by=minister)
     db.session.commit()
@@ -100,7 +99,7 @@ def test_an_admins_reset_to_unknown_is_a_health_event_naming_the_action(app, peo
     db.session.commit()
     bring_up(node.node_id)
     moved = node.endpoint.rstrip("/") + "/v2"
-    change = applications.submit_change(node, parse(node_document("360000", endpoint=moved)), None, by=jx_admin)
+    change = applications.submit_change(node, change_document("360000", endpoint=moved), by=jx_admin)
     db.session.commit()
     applications.approve(change, by=minister)
     db.session.commit()

@@ -115,13 +115,12 @@ def node_server_context(app, node, keys) -> ssl.SSLContext:
 
 def admit_local(people, endpoint_port=None):  # noqa: F811
     from app.admission import applications
-    from app.admission.information import parse
     from tests.factories import NodeKeys, node_document
 
     minister, jx = people
     keys = NodeKeys()
     document = node_document("360000", csr=keys.csr, endpoint=f"https://127.0.0.1:{endpoint_port or 9}")
-    node = applications.approve(applications.submit_by_user(parse(document), keys.csr, by=jx), by=minister)
+    node = applications.approve(applications.submit_by_user(document, by=jx), by=minister)
     db.session.commit()
     return node, keys
 
@@ -254,8 +253,7 @@ def test_a_poll_of_the_endpoint_a_node_moved_from_is_skipped(app, servers, peopl
     """A round that polled the old endpoint, applied after the move was approved, counted its answer toward the new
     endpoint's verdict, which the reset had just made unknown until the new one is polled."""
     from app.admission import applications
-    from app.admission.information import parse
-    from tests.factories import node_document
+    from tests.factories import change_document
 
     minister, jx = people
     node, keys = admit_local(people)
@@ -267,7 +265,7 @@ def test_a_poll_of_the_endpoint_a_node_moved_from_is_skipped(app, servers, peopl
     polled = poll(rounds.targets(), ssl_context=own_keys.management_client_ssl_context())
     assert [(r.endpoint, r.ok) for r in polled] == [(old.url, True)]
     db.session.rollback()
-    change = applications.submit_change(node, parse(node_document("360000", endpoint=new.url)), None, by=jx)
+    change = applications.submit_change(node, change_document("360000", endpoint=new.url), by=jx)
     db.session.commit()
     applications.approve(change, by=minister)
     db.session.commit()

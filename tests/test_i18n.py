@@ -39,13 +39,12 @@ def test_api_errors_are_english_whatever_the_session_language(client):
 
 def _admitted_node(make_user):
     from app.admission import applications
-    from app.admission.information import parse
     from app.extensions import db
     from tests.factories import node_document
 
     minister = make_user("approver")
     document = node_document("360000")
-    application = applications.submit_by_user(parse(document), document["csr"], by=minister)
+    application = applications.submit_by_user(document, by=minister)
     db.session.commit()
     node = applications.approve(application, by=minister)
     db.session.commit()
@@ -268,7 +267,6 @@ def test_the_fill_tool_keeps_contexts_apart(tmp_path, monkeypatch):
 def _refused_form(case: str, make_user) -> tuple[str, str, dict]:
     """(page, action, form): a form the console refuses back onto its page, at the form's POST-only address."""
     from app.admission import applications, nodes
-    from app.admission.information import parse
     from app.extensions import db
     from app.pki import service as pki
     from tests.factories import NodeKeys, node_document
@@ -285,7 +283,7 @@ def _refused_form(case: str, make_user) -> tuple[str, str, dict]:
         db.session.commit()
         return f"/certificates/{serial}", f"/certificates/{serial}/renew", {"csr": NodeKeys().csr}
     document = node_document("360000")
-    pending = applications.submit_by_user(parse(document), document["csr"], by=make_user("applicant"))
+    pending = applications.submit_by_user(document, by=make_user("applicant"))
     db.session.commit()
     return f"/applications/{pending.id}", f"/applications/{pending.id}/reject", {"reason": ""}
 

@@ -108,7 +108,6 @@ def test_renewal_with_a_csr_whose_extensions_cannot_be_read_is_refused(client, p
 
 def test_ca_true_and_extra_names_in_a_csr_are_never_honoured(app, people):  # noqa: F811
     from app.admission import applications
-    from app.admission.information import parse
     from tests.factories import node_document
 
     key = make_key()
@@ -117,7 +116,7 @@ def test_ca_true_and_extra_names_in_a_csr_are_never_honoured(app, people):  # no
         (x509.SubjectAlternativeName([x509.DNSName("bank.example"), x509.DNSName("*.gov.cn")]), False)])
     minister, jx = people
     document = node_document("360000", csr=csr, endpoint="https://im.jx.example")
-    node = applications.approve(applications.submit_by_user(parse(document), csr, by=jx), by=minister)
+    node = applications.approve(applications.submit_by_user(document, by=jx), by=minister)
     db.session.commit()
     certificate = x509.load_pem_x509_certificate(pki.current_certificate(node.node_id).pem.encode())
     assert not certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
@@ -187,7 +186,6 @@ def test_renewal_cannot_take_the_key_another_nodes_application_waits_with(client
     node renewed with the key of another node's waiting application or change request, whose approval then found
     its key certified for someone else. The node's own change request holds no key against it."""
     from app.admission import applications
-    from app.admission.information import parse
     from tests.factories import node_document
 
     _, jx_admin = people
@@ -197,11 +195,10 @@ def test_renewal_cannot_take_the_key_another_nodes_application_waits_with(client
     row = pki.current_certificate(node.node_id)
     row.not_before, row.not_after = utcnow() - timedelta(days=70), utcnow() + timedelta(days=20)  # window open
     admission, change, own = NodeKeys(), NodeKeys(), NodeKeys()
-    waiting = applications.submit_by_user(parse(node_document("360000", csr=admission.csr)), admission.csr,
-                                          by=jx_admin)
-    other_change = applications.submit_change(other, parse(node_document(endpoint=other.endpoint)), change.csr,
+    waiting = applications.submit_by_user(node_document("360000", csr=admission.csr), by=jx_admin)
+    other_change = applications.submit_change(other, node_document(endpoint=other.endpoint, csr=change.csr),
                                               by=jx_admin)
-    applications.submit_change(node, parse(node_document(endpoint=node.endpoint)), own.csr, by=jx_admin)
+    applications.submit_change(node, node_document(endpoint=node.endpoint, csr=own.csr), by=jx_admin)
     db.session.commit()
     for held, application in ((admission, waiting), (change, other_change)):
         refused = renew(client, token, held.csr)

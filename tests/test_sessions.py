@@ -8,7 +8,6 @@ import pytest
 from sqlalchemy import func, select
 
 from app.admission import applications, nodes
-from app.admission.information import parse
 from app.database import utcnow
 from app.extensions import db
 from app.sessions.models import NodeSession
@@ -24,7 +23,7 @@ def admit_with_keys(people, kind="ec256"):
     minister, jx_admin = people
     keys = NodeKeys(kind)
     document = node_document("360000", csr=keys.csr)
-    node = applications.approve(applications.submit_by_user(parse(document), keys.csr, by=jx_admin), by=minister)
+    node = applications.approve(applications.submit_by_user(document, by=jx_admin), by=minister)
     db.session.commit()
     return node, keys
 
@@ -512,8 +511,8 @@ def test_a_change_of_host_ends_the_sessions_its_superseded_certificates_opened(c
     old = {"Authorization": f"Bearer {open_session(client, keys.session_request(node.node_id)).get_json()['token']}"}
     assert client.get("/api/v1/routes", headers=old).status_code == 200
     moved_keys = NodeKeys()
-    change = applications.submit_change(nodes.get(node.node_id), parse(node_document(
-        "360000", csr=moved_keys.csr, endpoint="https://moved.jx.example:8443")), moved_keys.csr, by=jx_admin)
+    change = applications.submit_change(nodes.get(node.node_id), node_document(
+        "360000", csr=moved_keys.csr, endpoint="https://moved.jx.example:8443"), by=jx_admin)
     db.session.commit()
     applications.approve(change, by=minister)
     db.session.commit()

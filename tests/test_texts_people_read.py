@@ -9,7 +9,6 @@ import re
 import pytest
 
 from app.admission import applications
-from app.admission.information import parse
 from app.admission.models import Application, EnrollmentToken, Node
 from app.auth.models import User
 from app.extensions import db
@@ -26,10 +25,10 @@ def jx(app, make_user):
     minister = make_user("minister")
     jx_admin = make_user("jx-admin", "provincial_admin", ("360000",))
     document = node_document()
-    node = applications.approve(applications.submit_by_user(parse(document), document["csr"], by=jx_admin),
+    node = applications.approve(applications.submit_by_user(document, by=jx_admin),
                                 by=minister)
     pending = node_document()
-    application = applications.submit_by_user(parse(pending), pending["csr"], by=jx_admin)
+    application = applications.submit_by_user(pending, by=jx_admin)
     db.session.commit()
     consoles = {}
     for name in ("minister", "jx-admin"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from flask_babel import lazy_gettext as _l
@@ -30,11 +31,7 @@ def inspect_csr(pem: str | None) -> dict:
     """Parse the CSR and apply the CA's key policy; returns what the review page shows."""
     from app.pki import csr_policy
 
-    if not pem or not pem.strip():
-        raise ValidationFailed(_l("A PKCS#10 CSR (PEM) is required."), code="missing_csr", field="csr")
-    csr = csr_policy.load_csr(pem)
-    csr_policy.check_csr(csr)
-    return csr_policy.describe_csr(csr)
+    return csr_policy.describe_csr(information.checked_csr(pem))
 
 
 def _require_endpoint_free(endpoint: str, node_id: str | None = None, application_id: str | None = None, *,
@@ -62,14 +59,6 @@ def _require_endpoint_free(endpoint: str, node_id: str | None = None, applicatio
 
 def _may_see(user, division_code: str) -> bool:
     return user is not None and user.can_access_division(division_code)
-
-
-def _key_of(csr_pem: str | None) -> str | None:
-    """The SHA-256 of the CSR's public key (stored with the application), or None without a CSR."""
-    from app.pki import csr_policy
-    from app.pki import service as pki
-
-    return pki.key_fingerprint(csr_policy.load_csr(csr_pem).public_key()) if csr_pem else None
 
 
 def _lock_names(key_sha256: str | None, endpoint: str | None) -> list[str]:
@@ -114,25 +103,23 @@ def _new_application(info: NodeInformation, csr_pem: str | None, **fields) -> Ap
     return application
 
 
-def submit_with_token(raw_token: str | None, document) -> Application:
+def submit_with_token(raw_token: str | None, document: dict) -> Application:
     """API door: the token is checked first; it fixes the division the node may claim (its own or below)."""
     token = tokens.find_by_raw(raw_token)
     tokens.require_usable(token)
-    info = information.parse(document)
-    csr_pem = document.get("csr")
-    if csr_pem is not None and not isinstance(csr_pem, str):
-        raise ValidationFailed(_l("csr must be a PEM string."), code="invalid_csr", field="csr")
-    divisions.require_current(info.division_code)
-    if not info.division_code.startswith(division_prefix(token.division_code)):
-        raise PermissionDenied(_l("This token admits nodes in %(code)s only.", code=token.division_code),
-                               code="out_of_scope", field="division_code")
-    inspect_csr(csr_pem)
-    key_sha256 = _key_of(csr_pem)
+
+    def admits(division_code: str) -> None:
+        if not division_code.startswith(division_prefix(token.division_code)):
+            raise PermissionDenied(_l("This token admits nodes in %(code)s only.", code=token.division_code),
+                                   code="out_of_scope", field="division_code")
+
+    submission = information.check_submission(document, admits=admits)
+    info, key_sha256 = submission.info, submission.key_sha256
     _queue(key_sha256=key_sha256, endpoint=info.endpoint)
     require_key_free(key_sha256)
     _require_endpoint_free(info.endpoint)
     tokens.consume(token)  # last: only an accepted application uses the token up
-    application = _new_application(info, csr_pem, token_id=token.id, key_sha256=key_sha256)
+    application = _new_application(info, submission.csr_pem, token_id=token.id, key_sha256=key_sha256)
     db.session.flush()
     audit.record("application.submit", application.id,
                  {"division": info.division_code, "endpoint": info.endpoint, "token": token.prefix},
@@ -140,41 +127,42 @@ def submit_with_token(raw_token: str | None, document) -> Application:
     return application
 
 
-def submit_by_user(info: NodeInformation, csr_pem: str | None, *, by) -> Application:
-    """Console door: a provincial (or ministry) admin applies inside its own scope."""
+def submit_by_user(document: dict, *, by, names: Mapping[str, str] | None = None,
+                   read_csr: Callable[[], object] | None = None) -> Application:
+    """Console door: a provincial (or ministry) admin applies inside its own scope. `names` and `read_csr`: as
+    `check_submission` takes them from a console form."""
     require_admin(by)
-    divisions.require_current(info.division_code)
+    submission = information.check_submission(document, names=names, read_csr=read_csr)
+    info, key_sha256 = submission.info, submission.key_sha256
     require_division_scope(by, info.division_code)
-    inspect_csr(csr_pem)
-    key_sha256 = _key_of(csr_pem)
     _queue(key_sha256=key_sha256, endpoint=info.endpoint)
     require_key_free(key_sha256)
     _require_endpoint_free(info.endpoint, by=by)
-    application = _new_application(info, csr_pem, submitted_by_id=by.id, key_sha256=key_sha256)
+    application = _new_application(info, submission.csr_pem, submitted_by_id=by.id, key_sha256=key_sha256)
     db.session.flush()
     audit.record("application.submit", application.id,
                  {"division": info.division_code, "endpoint": info.endpoint}, actor=by.username)
     return application
 
 
-def submit_change(node: Node, info: NodeInformation, csr_pem: str | None, *, by) -> Application:
+def submit_change(node: Node, document: dict, *, by, names: Mapping[str, str] | None = None,
+                  read_csr: Callable[[], object] | None = None) -> Application:
     """Endpoint, contact and other A.1 changes go through the same review as an admission.
 
     One change request per node waits at a time, and it must change something: a request is the
     node's full A.1 information, so a second one written from the same form would undo the first."""
     require_admin(by)
     require_division_scope(by, node.division_code)
-    if csr_pem:
-        inspect_csr(csr_pem)
-    key_sha256 = _key_of(csr_pem)
-    nodes.lock(node, *_lock_names(key_sha256, info.endpoint))
+    submission = information.check_submission(document, new=False, names=names, read_csr=read_csr)
+    csr_pem, key_sha256 = submission.csr_pem, submission.key_sha256
+    nodes.lock(node, *_lock_names(key_sha256, submission.info.endpoint))
     if node.status == "revoked":
         raise Conflict(_l("A revoked node cannot change."), code="node_revoked")
     pending = pending_change(node)
     if pending is not None:
         raise Conflict(_l("Change request %(id)s for this node is already waiting for review: a ministry admin "
                           "must approve or reject it first.", id=pending.id), code="change_pending")
-    info = replace(info, division_code=node.division_code)
+    info = replace(submission.info, division_code=node.division_code)
     if not csr_pem and not _differences(node, lambda name: _requested(info, name)):
         raise ValidationFailed(NO_CHANGE, code="no_change")
     if info.endpoint != node.endpoint:

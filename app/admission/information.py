@@ -1,11 +1,12 @@
-"""A.1 node information: parsing and checking what an applicant sends (SPEC §4)."""
+"""A.1 node information: parsing and checking what an applicant sends (SPEC §4), its CSR included."""
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from flask_babel import lazy_gettext as _l
@@ -13,6 +14,9 @@ from flask_babel import lazy_gettext as _l
 from app.admission.models import CAPABILITIES
 from app.errors import Refusals, ValidationFailed
 from app.readable import misleading
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 LIMITS = {"org_name": 100, "system_name": 100, "vendor": 100, "endpoint": 255, "contact.name": 50,
           "contact.phone": 32, "contact.email": 254}
@@ -164,3 +168,58 @@ def parse(document, names: Mapping[str, str] | None = None) -> NodeInformation:
     check("capabilities", lambda: capabilities(document.get("capabilities")))
     refusals.raise_any()
     return NodeInformation(division_code=division_code.strip(), **checked)
+
+
+def checked_csr(pem: str | None) -> x509.CertificateSigningRequest:
+    """The CSR parsed, and passed by the CA's key policy (`app.pki.csr_policy`); `missing_csr` without one."""
+    from app.pki import csr_policy
+
+    if not pem or not pem.strip():
+        raise ValidationFailed(_l("A PKCS#10 CSR (PEM) is required."), code="missing_csr", field="csr")
+    csr = csr_policy.load_csr(pem)
+    csr_policy.check_csr(csr)
+    return csr
+
+
+@dataclass(frozen=True)
+class Submission:
+    """An application or change request whose every part passed `check_submission`."""
+
+    info: NodeInformation
+    csr_pem: str | None
+    key_sha256: str | None  # of the CSR's public key; None without a CSR (a change request keeping its key)
+
+
+def check_submission(document: dict, *, new: bool = True, names: Mapping[str, str] | None = None,
+                     read_csr: Callable[[], object] | None = None,
+                     admits: Callable[[str], None] | None = None) -> Submission:
+    """Every door's checks of what an applicant sends, together, so that one console submit shows every field's
+    refusal at once (`Refusals`) while the API answers the first, in its order: A.1 (`parse`), the CSR's type,
+    the division code (`new`: an application; a change request keeps its node's), then `admits` (a door's own
+    scope, asked only once those passed), then the CSR's policy. The CSR is parsed and checked here alone, once
+    a submit. `read_csr` reads it when the document does not carry it (a console form's paste or upload)."""
+    # Imported here: the application node imports this module for `normalise_endpoint`, and needs neither.
+    from app.divisions import service as divisions
+    from app.pki import service as pki
+
+    refusals = Refusals()
+    with refusals.check():
+        info = parse(document, names)
+    csr_pem, key_sha256, csr_read = None, None, False
+    with refusals.check():
+        csr_pem = read_csr() if read_csr else document.get("csr")
+        if csr_pem is not None and not isinstance(csr_pem, str):
+            raise invalid(_l("csr must be a PEM string."), "csr", "invalid_csr")
+        csr_read = True
+    division_code = document.get("division_code")
+    if new and isinstance(division_code, str):
+        with refusals.check():
+            divisions.require_current(division_code.strip())
+    if admits:
+        refusals.raise_any()  # before the door's scope, as the API always answered
+        admits(info.division_code)
+    if csr_read and (csr_pem or new):  # a change request may keep its node's key
+        with refusals.check():
+            key_sha256 = pki.key_fingerprint(checked_csr(csr_pem).public_key())
+    refusals.raise_any()
+    return Submission(info, csr_pem, key_sha256)

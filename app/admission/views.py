@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from flask import Blueprint, current_app, flash, make_response, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from flask_login import current_user
@@ -9,14 +11,15 @@ from flask_login import current_user
 from app import labels
 from app.admission import applications, nodes, probe, tokens
 from app.admission.forms import ApplicationForm, RejectForm, TokenForm
-from app.admission.information import parse
+from app.admission.information import check_submission
+from app.admission.models import Application
 from app.auth.access import roles_required
 from app.auth.forms import ConfirmForm
 from app.auth.views import form_error
 from app.console.pages import shows_page
 from app.database import paginate
 from app.divisions import service as divisions
-from app.errors import DomainError, Refusals, ValidationFailed, every_refusal
+from app.errors import DomainError, every_refusal
 from app.extensions import db
 
 bp = Blueprint("admission", __name__)
@@ -83,42 +86,30 @@ def application_new():
     form = ApplicationForm()
     if request.method == "GET" and current_user.scopes:
         form.division_code.data = current_user.scopes[0]
-    submission = _submission(form, new=True) if form.is_submitted() else None
-    if submission:
-        try:
-            application = applications.submit_by_user(*submission, by=current_user)
-            db.session.commit()
-        except DomainError as error:
-            db.session.rollback()
-            form_error(form, _map_field(error))
-        else:
+    if form.is_submitted():
+        application = _submit(form, lambda: applications.submit_by_user(
+            form.document(), by=current_user, names=form.names(), read_csr=form.csr_pem))
+        if application:
             flash(_("Application submitted; a ministry admin will review it."), "success")
             return redirect(url_for("admission.application_detail", application_id=application.id))
     return render_template("admission/application_form.html", form=form, node=None)
 
 
-def _submission(form: ApplicationForm, *, new: bool):
-    """(A.1 information, CSR PEM) of a submitted form, or None with every refusal at its field: WTForms', the
-    A.1 parser's, the CSR's and (`new`: an application, not a change) the division code's together, so that one
-    submit shows them all (it showed one per submit). A field WTForms refused (an empty one) keeps that one
-    refusal. The CSR file is read here, once; the service checks all of it again."""
+def _submit(form: ApplicationForm, submit: Callable[[], Application], *, new: bool = True) -> Application | None:
+    """`submit()`'s application, committed, once WTForms passed the form; else only the service's checks, so that
+    their refusals come with WTForms' (an empty field's) in one answer. None with every refusal at its field."""
     valid = form.validate()
-    refusals = Refusals()
-    if new and form.division_code.data:
-        with refusals.check():
-            divisions.require_current(form.division_code.data.strip())
-    with refusals.check():
-        info = parse(form.document(), form.names())
-    with refusals.check():
-        csr_pem = form.csr_pem()
-        if csr_pem or new:  # a change request may keep the node's key
-            applications.inspect_csr(csr_pem)
     try:
-        refusals.raise_any()
-    except ValidationFailed as error:
+        if not valid:
+            check_submission(form.document(), new=new, names=form.names(), read_csr=form.csr_pem)
+            return None
+        application = submit()
+        db.session.commit()
+        return application
+    except DomainError as error:
+        db.session.rollback()
         form_error(form, _map_field(error))
         return None
-    return (info, csr_pem) if valid else None
 
 
 def _map_field(error: DomainError) -> DomainError:
@@ -138,15 +129,10 @@ def change_request(node_id: str):
         form.contact_name.data, form.contact_phone.data = node.contact_name, node.contact_phone
         form.contact_email.data, form.capabilities.data = node.contact_email, node.capabilities
     form.division_code.data = node.division_code
-    submission = _submission(form, new=False) if form.is_submitted() else None
-    if submission:
-        try:
-            application = applications.submit_change(node, *submission, by=current_user)
-            db.session.commit()
-        except DomainError as error:
-            db.session.rollback()
-            form_error(form, _map_field(error))
-        else:
+    if form.is_submitted():
+        application = _submit(form, lambda: applications.submit_change(
+            node, form.document(), by=current_user, names=form.names(), read_csr=form.csr_pem), new=False)
+        if application:
             flash(_("Change request submitted for review."), "success")
             return redirect(url_for("admission.application_detail", application_id=application.id))
     return render_template("admission/application_form.html", form=form, node=node,
