@@ -446,3 +446,12 @@ def test_an_application_reads_its_csr_once(client, token, monkeypatch):
     reads = count_csr_reads(monkeypatch)
     assert submit(client, token, node_document("360100")).status_code == 201
     assert reads == {"load_csr": 1, "check_csr": 1}
+
+
+@pytest.mark.parametrize(("overrides", "status", "code"), [
+    ({"division_code": "440300", "csr": "not a csr"}, 403, "out_of_scope"),  # the token's scope before the CSR
+    ({"division_code": "449999"}, 400, "unknown_division_code"),  # a field's refusal before the token's scope
+])
+def test_the_api_names_the_token_scope_after_the_fields_and_before_the_csr(client, token, overrides, status, code):
+    response = submit(client, token, node_document(**overrides))
+    assert (response.status_code, response.get_json()["error"]["code"]) == (status, code), response.get_json()
