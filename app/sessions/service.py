@@ -3,9 +3,10 @@
 The signature is over the UTF-8 bytes of node_id + "\\n" + timestamp + "\\n" + nonce (ECDSA-SHA256
 DER for EC keys, RSASSA-PKCS1-v1_5 SHA-256 for RSA); the timestamp must lie within 5 minutes of
 our clock; a nonce is accepted once; the certificate must be valid and not revoked, the node active.
-Every refusal is a 401 with its own code; but what a refusal says of the node (whether the id names one, whether
-it is suspended, revoked, without a valid certificate) is told only to a signature that verifies with one of its
-certificates. Any other gets `bad_signature`, the same for every node id: the ids are public, their state is not.
+Every refusal of a well-formed request is a 401 with its own code (a malformed one is a 400); but what a
+refusal says of the node (whether the id names one, whether it is suspended, revoked, without a valid
+certificate) is told only to a signature that verifies with one of its certificates. Any other gets
+`bad_signature`, the same for every node id: the ids are public, their state is not.
 """
 
 from __future__ import annotations
