@@ -594,3 +594,26 @@ def test_ending_a_window_that_has_run_out_or_was_never_set_is_refused_in_words(a
                                  "--json"])
     assert result.exit_code == 1 and json.loads(result.stderr)["error"]["code"] == "no_window", result.stderr
     assert maintenance_records(other.node_id) == []
+
+
+def test_cli_status_lists_every_polled_node_a_node_never_polled_as_unknown(app, node, runner, make_user):
+    """`health status` listed only nodes with a health row (polled, or given a maintenance window), where the
+    README says "each node's last known state": a node admitted since the last round was missing, and a node
+    suspended since kept showing its old verdict, though nobody polls it."""
+    from app.admission import nodes
+
+    service.apply_round([Result(node.node_id, True)])
+    minister = db.session.scalars(select(User).where(User.username == "minister")).one()
+    jx_admin = db.session.scalars(select(User).where(User.username == "jx-admin")).one()
+    newcomer = admit(jx_admin, minister)
+    suspended = admit(jx_admin, minister)
+    service.apply_round([Result(suspended.node_id, True)])
+    nodes.suspend(db.session.merge(suspended), "audit", by=minister)
+    db.session.commit()
+    result = runner.invoke(args=["health", "status", "--json"])
+    assert result.exit_code == 0, result.output
+    lines = {item["node_id"]: item for item in map(json.loads, result.output.splitlines())}
+    assert sorted(lines) == sorted([node.node_id, newcomer.node_id])
+    assert lines[newcomer.node_id] == {"node_id": newcomer.node_id, "status": "unknown", "last_checked_at": None,
+                                       "last_latency_ms": None, "last_failure": None, "maintenance": False}
+    assert newcomer.node_id in runner.invoke(args=["health", "status"]).output

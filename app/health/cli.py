@@ -32,19 +32,25 @@ def poll_command(once, as_json):
 @cli.command("status")
 @click.option("--json", "as_json", is_flag=True)
 def status_command(as_json):
+    """Every node polling watches (the active ones), as the console's health column shows them: one admitted
+    since the last round is unknown; a suspended or revoked one is polled no more, and not listed."""
     from sqlalchemy import select
 
+    from app.admission.models import Node
     from app.extensions import db
     from app.health.models import NodeHealth
 
-    for health in db.session.scalars(select(NodeHealth).order_by(NodeHealth.node_id)):
-        item = {"node_id": health.node_id, "status": health.status, "last_checked_at":
-                health.last_checked_at.isoformat() if health.last_checked_at else None,
-                "last_latency_ms": health.last_latency_ms, "last_failure": health.last_failure,
-                "maintenance": service.in_maintenance(health)}
+    rows = db.session.execute(select(Node.node_id, NodeHealth).outerjoin(NodeHealth, NodeHealth.node_id == Node.node_id)
+                              .where(Node.status == "active").order_by(Node.node_id))
+    for node_id, health in rows:
+        status = health.status if health else "unknown"
+        checked = health.last_checked_at if health else None
+        latency = health.last_latency_ms if health else None
+        failure = health.last_failure if health else None
+        item = {"node_id": node_id, "status": status, "last_checked_at": checked.isoformat() if checked else None,
+                "last_latency_ms": latency, "last_failure": failure, "maintenance": service.in_maintenance(health)}
         click.echo(json.dumps(item, ensure_ascii=False) if as_json else
-                   f"{health.node_id} {health.status:<8} {health.last_failure or ''} "
-                   f"{'' if health.last_latency_ms is None else f'{health.last_latency_ms:.0f} ms'}")
+                   f"{node_id} {status:<8} {failure or ''} {'' if latency is None else f'{latency:.0f} ms'}")
 
 
 @cli.command("maintenance")
