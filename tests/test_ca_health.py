@@ -625,3 +625,34 @@ def test_a_revoked_route_signer_put_back_in_use_signs_no_table_and_healthz_says_
     assert response.status_code == 200 and response.get_json()["route_signer"] == "ok"
     assert runner.invoke(args=["routing", "publish", "--force"]).exit_code == 0
     assert routing.head_version() == head + 2
+
+
+def test_a_renewal_while_the_route_signer_in_use_is_revoked_is_put_off_without_the_operators_detail(
+        app, client, runner, people):  # noqa: F811
+    """A renewal publishes a route version, which the revoked signer refuses to sign: the node got 503
+    route_signer_revoked naming the signer's serial and the operator's command, with no Retry-After, though the
+    hourly job mends it. It is put off as while the CA key cannot be opened: ca_unavailable, Retry-After."""
+    from sqlalchemy import update
+
+    from app.database import utcnow
+    from app.pki.models import Certificate
+    from tests.factories import NodeKeys
+
+    node, keys = admit_with_keys(people)
+    db.session.execute(update(Certificate).where(Certificate.node_id == node.node_id).values(
+        not_before=utcnow() - timedelta(days=80), not_after=utcnow() + timedelta(days=10)))  # in the window
+    db.session.commit()
+    token = client.post("/api/v1/session", json=keys.session_request(node.node_id)).get_json()["token"]
+    directory = Path(app.config["MPIM_CA_DIR"])
+    backup = {name: (directory / name).read_bytes() for name in ("route-signer.pem", "route-signer.key")}
+    serial = format(x509.load_pem_x509_certificate(backup["route-signer.pem"]).serial_number, "x")
+    assert runner.invoke(args=["ca", "revoke", serial, "--reason", "key_compromise", "--user", "minister"]) \
+        .exit_code == 0
+    for name, data in backup.items():  # the CA directory restored from a backup taken before the revocation
+        (directory / name).write_bytes(data)
+    response = client.post("/api/v1/certificates/renew", json={"csr": NodeKeys().csr},
+                           headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 503 and response.get_json()["error"]["code"] == "ca_unavailable"
+    assert response.headers["Retry-After"] and serial.encode() not in response.data
+    assert db.session.scalar(db.select(db.func.count()).select_from(Certificate)
+                             .where(Certificate.node_id == node.node_id)) == 1

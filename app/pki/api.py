@@ -13,7 +13,7 @@ from app.admission import nodes, tokens
 from app.admission.api import bearer_token, json_body, request_body
 from app.errors import NotFound, PermissionDenied
 from app.extensions import csrf, db
-from app.pki import keys, ocsp, published, revocation, service
+from app.pki import keys, ocsp, own_keys, published, revocation, service
 from app.pki.crl import entity_tag
 from app.pki.models import CRLState
 from app.sessions import service as sessions
@@ -144,9 +144,10 @@ def node_certificate(node_id: str):
 @bp.post("/api/v1/certificates/renew")
 @node_session_required
 def renew():
-    """While the CA key cannot be opened (or the CA directory is missing) the node gets `ca_unavailable`
-    with Retry-After, as for the published certificates: the reason names CA files and the directory, which
-    is for the log and the ministry admins' banner, not for the nodes."""
+    """While the CA key cannot be opened (or the CA directory is missing), or the route signer in use is revoked
+    (the new version the renewal publishes cannot be signed until the hourly job rotates it), the node gets
+    `ca_unavailable` with Retry-After, as for the published certificates: the reason names CA files, the
+    directory or the signer's serial, which is for the log and the ministry admins' banner, not for the nodes."""
     document = json_body()
     node = nodes.get(g.node_id)
     try:
@@ -154,7 +155,7 @@ def renew():
         row = service.renew(node, document.get("csr") if isinstance(document.get("csr"), str) else "",
                             still_entitled=lambda: sessions.authenticate(raw))
         chain = service.authority().chain_pem()
-    except (keys.CAKeyUnreadable, service.CANotReady) as error:
+    except (keys.CAKeyUnreadable, service.CANotReady, own_keys.RouteSignerRevoked) as error:
         log.warning("certificate renewal of %s refused for now: %s", node.node_id, error.message)
         raise published.CAUnavailable() from error
     db.session.commit()
