@@ -23,6 +23,7 @@ FEATURES = (
     "app.sessions",
     "app.health",
     "app.routing",
+    "app.security_headers",
 )
 
 
