@@ -352,10 +352,11 @@ def test_a_change_or_a_reset_cannot_bring_back_any_of_the_last_five_passwords(ap
                          r'<input[^>]*name="new_password"[^>]*aria-invalid="true"', response.get_data(as_text=True))
         assert "新密码不能与该账号最近 5 次使用过的密码相同" in response.get_data(as_text=True)
     html = admin_console.client.get("/users/alice").get_data(as_text=True)
-    admin_console.client.post("/users/alice/password", data={"reset-password": passwords[2],
-                                                             "reset-csrf_token": csrf_token(html)})
-    refusal = admin_console.client.get("/users/alice").get_data(as_text=True)
-    assert "新密码不能与该账号最近 5 次使用过的密码相同" in refusal
+    refusal = admin_console.client.post("/users/alice/password", data={"reset-password": passwords[2],
+                                                                       "reset-csrf_token": csrf_token(html)})
+    assert refusal.status_code == 200  # the user's page again, the refusal at the reset form's field
+    assert re.search(r'id="reset-password-error-1">新密码不能与该账号最近 5 次使用过的密码相同',
+                     refusal.get_data(as_text=True))
     assert Console(app.test_client()).login("alice", passwords[4]).status_code == 302  # nothing changed
 
     service.change_own_password(user, passwords[4], passwords[5])
@@ -385,6 +386,9 @@ def test_an_admin_cannot_reset_their_own_password_on_the_users_page(app, admin_c
     assert response.status_code == 302 and response.headers["Location"] == "/account/password"
     page = admin_console.client.get(response.headers["Location"]).get_data(as_text=True)
     assert "不能在此重置自己的密码" in page
+    empty = admin_console.client.post("/users/minister/password", data={  # refused so too, not at a form not shown
+        "reset-password": "", "reset-csrf_token": csrf_token(html)})
+    assert empty.status_code == 302 and empty.headers["Location"] == "/account/password"
     assert elsewhere.client.get("/").status_code == 200  # no session of the owner ended
     assert Console(app.test_client()).login("minister", "Thief-Chosen-77").status_code == 401
     assert Console(app.test_client()).login("minister").status_code == 302
@@ -556,3 +560,86 @@ def test_the_user_forms_empty_password_and_missing_scope_come_in_one_answer(admi
     assert 'id="password-error-1"' in html and 'id="scopes-error-1"' in html
     assert 'id="password-error-2"' not in html and 'value="jx-admin"' in html
     assert db.session.scalar(select(User).where(User.username == "jx-admin")) is None
+
+
+def _user_page_form(console: Console, username: str, data: dict):
+    """The edit form on the user's page, posted as a browser does."""
+    return console.post_form(f"/users/{username}", data)
+
+
+@pytest.mark.parametrize("name", ["江西\x07省厅", "江" * 121], ids=["control character", "past WTForms' limit"])
+def test_one_submit_of_the_edit_form_shows_every_fields_refusal_at_its_field(admin_console, make_user, name):
+    """The edit form showed one refusal per submit (the scope first, the name on the next try), and a field
+    WTForms refused (a name past 120 characters) came alone, without the service's refusals of the others."""
+    make_user("jx-admin", "provincial_admin", ("360000",))
+    response = _user_page_form(admin_console, "jx-admin", {"display_name": name, "role": "provincial_admin",
+                                                           "scopes": "", "active": "y"})
+    html = response.get_data(as_text=True)
+    assert response.status_code == 200
+    assert 'id="display_name-error-1"' in html and 'id="scopes-error-1"' in html
+    assert 'id="display_name-error-2"' not in html and 'class="flash error"' not in html
+    db.session.expire_all()
+    user = service.get_user("jx-admin")
+    assert (user.display_name, user.scopes) == ("", ["360000"])
+    assert "user.update" not in actions()
+
+
+def test_the_edit_forms_field_refusals_come_before_the_refusal_of_ones_own_demotion(admin_console):
+    """A check about no one field (here: one's own account) comes after the fields': the form refused the
+    deactivation alone, and the wrong scope only on the next try."""
+    response = _user_page_form(admin_console, "minister", {"display_name": "部\x1b厅", "role": "ministry_admin",
+                                                           "scopes": "360000"})
+    html = response.get_data(as_text=True)
+    assert response.status_code == 200
+    assert 'id="display_name-error-1"' in html and 'id="scopes-error-1"' in html
+    assert service.get_user("minister").active
+
+    fields_right = _user_page_form(admin_console, "minister", {"display_name": "部厅", "role": "ministry_admin",
+                                                                "scopes": ""})
+    assert "不能降低自己的角色或停用自己" in fields_right.get_data(as_text=True)
+    db.session.expire_all()
+    assert service.get_user("minister").active and service.get_user("minister").display_name == ""
+
+
+def test_one_submit_of_the_change_form_shows_the_wrong_current_password_and_the_weak_new_one(app, make_user):
+    """The wrong current password came alone, and the new one's refusal only once the current one was right."""
+    make_user("alice")
+    console = Console(app.test_client())
+    console.login("alice")
+    html = change_form(console, "Guess-0000x", "short").get_data(as_text=True)
+    assert "当前密码错误" in html and 'id="current_password-error-1"' in html
+    assert 'id="new_password-error-1"' in html and 'id="new_password-error-2"' in html  # too short, too plain
+    assert 'class="flash error"' not in html
+
+
+def test_the_change_forms_differing_repeat_comes_with_the_weak_new_password(app, make_user):
+    """WTForms' refusal (the repeat differs) came alone; the new password's only on the next try. Its
+    current password is not checked then (no guess is counted): the rules are the same for everyone."""
+    make_user("alice")
+    console = Console(app.test_client())
+    console.login("alice")
+    html = console.post_form("/account/password", {"current_password": "Guess-0000x", "new_password": "short",
+                                                   "confirm": "shorter"}).get_data(as_text=True)
+    assert 'id="confirm-error-1"' in html and 'id="new_password-error-1"' in html
+    assert 'id="current_password-error-1"' not in html
+    assert "auth.password_change_failed" not in actions()
+
+
+def test_one_submit_of_the_reset_form_shows_every_rule_the_password_breaks_at_its_field(app, admin_console,
+                                                                                      make_user):
+    """The reset form flashed the first broken rule after a redirect, apart from its field; now each one is at
+    the field, on the user's page."""
+    make_user("alice")
+    html = admin_console.client.get("/users/alice").get_data(as_text=True)
+    response = admin_console.client.post("/users/alice/password", data={"reset-password": "alice",
+                                                                        "reset-csrf_token": csrf_token(html)})
+    page = response.get_data(as_text=True)
+    assert response.status_code == 200
+    for number in (1, 2, 3):  # too short; fewer than three kinds of character; holds the username
+        assert f'id="reset-password-error-{number}"' in page, number
+    assert "密码至少需要 10 个字符" in page and 'class="flash error"' not in page
+    empty = admin_console.client.post("/users/alice/password", data={"reset-password": "",
+                                                                     "reset-csrf_token": csrf_token(html)})
+    page = empty.get_data(as_text=True)  # WTForms' refusal alone: the field is not refused twice
+    assert 'id="reset-password-error-1"' in page and 'id="reset-password-error-2"' not in page
+    assert Console(app.test_client()).login("alice").status_code == 302  # unchanged

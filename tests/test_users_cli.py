@@ -156,6 +156,9 @@ def test_update_keeps_a_scope_a_later_revision_retired(app, make_user, runner):
      "scope_not_allowed"),
     (["alice", "--role", "provincial_admin", "--scope", ""], "error: A provincial admin needs at least one division "
      "code.\n", "scope_required"),
+    # Two wrong fields, which the edit form shows together: the command names the first, as before.
+    (["alice", "--role", "provincial_admin", "--scope", "", "--name", "江西\x07省厅"], "error: A provincial admin "
+     "needs at least one division code.\n", "scope_required"),
 ])
 def test_update_refusals_are_one_line_exit_1_and_change_nothing(app, make_user, runner, args, stderr, code):
     make_user("alice", "provincial_admin", ("360000",))
@@ -166,7 +169,7 @@ def test_update_refusals_are_one_line_exit_1_and_change_nothing(app, make_user, 
     if stderr:
         assert result.stderr == stderr
     as_json = runner.invoke(args=["users", "update", *args, "--json"])
-    assert as_json.exit_code == 1
+    assert as_json.exit_code == 1 and as_json.stderr.count("\n") == 1  # one error object
     if code:
         assert json.loads(as_json.stderr)["error"]["code"] == code
     assert len(records()) == before and user("alice").scope_codes == "360000"
@@ -232,7 +235,7 @@ def test_reset_password_lets_the_operator_back_into_the_only_ministry_admin(app,
 
 @pytest.mark.parametrize(("username", "password", "stderr", "code"), [
     ("ghost", "Other-Horse-77", "error: No user named ghost.\n", "user_not_found"),
-    ("alice", "short", "error: Passwords need at least 10 characters.\n", "weak_password"),
+    ("alice", "short", "error: Passwords need at least 10 characters.\n", "weak_password"),  # and too plain
     ("alice", PASSWORD, "error: The new password must differ from the last 5 passwords of this account.\n",
      "password_reused"),
 ])
@@ -244,7 +247,7 @@ def test_reset_password_refusals_are_one_line_exit_1_and_change_nothing(app, mak
     assert (result.exit_code, result.stdout, result.stderr) == (1, "", stderr)
     as_json = runner.invoke(args=["users", "reset-password", username, "--password-stdin", "--json"],
                             input=password + "\n")
-    assert as_json.exit_code == 1 and json.loads(as_json.stderr)["error"]["code"] == code
+    assert as_json.exit_code == 1 and json.loads(as_json.stderr)["error"]["code"] == code  # one error object
     assert len(records()) == before and signs_in(app, "alice")
 
 

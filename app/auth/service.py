@@ -61,20 +61,26 @@ class UserDraft:
 
 
 def check_password_policy(password: str, username: str = "", *, field: str = "password") -> None:
-    """`field`: the form field a refusal is shown at (the change form's is new_password)."""
-    if len(password) > MAX_PASSWORD_LENGTH:  # what the sign-in form takes: a longer one could never sign in
-        raise ValidationFailed(_l("Passwords have at most %(n)s characters.", n=MAX_PASSWORD_LENGTH),
-                               code="weak_password", field=field)
-    if len(password) < MIN_PASSWORD_LENGTH:
-        raise ValidationFailed(_l("Passwords need at least %(n)s characters.", n=MIN_PASSWORD_LENGTH),
-                               code="weak_password", field=field)
-    classes = sum(bool(re.search(p, password)) for p in (r"[a-z]", r"[A-Z]", r"[0-9]", r"[^A-Za-z0-9]"))
-    if classes < 3:
-        raise ValidationFailed(_l("Passwords need three of: lower case, upper case, digits, symbols."),
-                               code="weak_password", field=field)
-    if len(username) >= 4 and username.lower() in password.lower():
-        raise ValidationFailed(_l("A password must not contain the username."), code="weak_password",
-                               field=field)
+    """Every rule `password` breaks, at once (`Refusals`: the first raised, the CLI's one error, in this order).
+    `field`: the form field the refusals are shown at (the change form's is new_password)."""
+    refusals = Refusals()
+    with refusals.check():
+        if len(password) > MAX_PASSWORD_LENGTH:  # what the sign-in form takes: a longer one could never sign in
+            raise ValidationFailed(_l("Passwords have at most %(n)s characters.", n=MAX_PASSWORD_LENGTH),
+                                   code="weak_password", field=field)
+        if len(password) < MIN_PASSWORD_LENGTH:
+            raise ValidationFailed(_l("Passwords need at least %(n)s characters.", n=MIN_PASSWORD_LENGTH),
+                                   code="weak_password", field=field)
+    with refusals.check():
+        classes = sum(bool(re.search(p, password)) for p in (r"[a-z]", r"[A-Z]", r"[0-9]", r"[^A-Za-z0-9]"))
+        if classes < 3:
+            raise ValidationFailed(_l("Passwords need three of: lower case, upper case, digits, symbols."),
+                                   code="weak_password", field=field)
+    with refusals.check():
+        if len(username) >= 4 and username.lower() in password.lower():
+            raise ValidationFailed(_l("A password must not contain the username."), code="weak_password",
+                                   field=field)
+    refusals.raise_any()
 
 
 def normalise_scopes(role: str, scopes: tuple[str, ...] | list[str], held: frozenset[str] = frozenset()) -> str:
@@ -151,11 +157,31 @@ def create_user(draft: UserDraft, *, actor: str | None = None) -> User:
     return user
 
 
-def update_user(user: User, *, role: str, scopes: list[str], active: bool, display_name: str) -> User:
-    if role not in ROLES:
-        raise ValidationFailed(_l("Unknown role %(role)s.", role=role), code="invalid_role", field="role")
-    scope_codes = normalise_scopes(role, scopes, held=frozenset(user.scopes))
-    display_name = readable_text(display_name, "display_name", limit=120)
+def check_user_change(user: User, *, role: str, scopes: list[str], display_name: str) -> tuple[str, str]:
+    """(scope codes, display name) of `user` changed so, or every field's refusal at once, in this order (the CLI
+    names the first). The console also calls it when WTForms refused a field, so that the other fields'
+    refusals come with that one."""
+    refusals = Refusals()
+    with refusals.check():
+        if role not in ROLES:
+            raise ValidationFailed(_l("Unknown role %(role)s.", role=role), code="invalid_role", field="role")
+    if role in ROLES:  # which scope a role takes is known only for a known role
+        with refusals.check():
+            scope_codes = normalise_scopes(role, scopes, held=frozenset(user.scopes))
+    with refusals.check():
+        display_name = readable_text(display_name, "display_name", limit=120)
+    refusals.raise_any()
+    return scope_codes, display_name
+
+
+def update_user(user: User, *, role: str, scopes: list[str], active: bool, display_name: str,
+                by: User | None = None) -> User:
+    """The fields' refusals first (`check_user_change`), then the checks about no one field: `by` (the console's
+    signed-in admin; None for the operator on the server) neither demotes nor disables itself, and the last
+    active ministry admin stays one."""
+    scope_codes, display_name = check_user_change(user, role=role, scopes=scopes, display_name=display_name)
+    if by is not None and by.id == user.id and (role != user.role or not active):
+        raise PermissionDenied(_l("You cannot demote or deactivate yourself."), code="own_account")
     before = {"display_name": user.display_name, "role": user.role, "scopes": user.scope_codes, "active": user.active}
     if user.role == "ministry_admin" and user.active and (role != "ministry_admin" or not active):
         _refuse_if_last_ministry_admin(user)
@@ -185,7 +211,8 @@ def set_password(user: User, new_password: str, *, action: str = "user.password_
     """`temporary`: an admin's reset, which the user must replace at the next sign-in; `field`: where a
     refusal is shown; `actor`: who, when not the console's signed-in user (the CLI says "cli"). None of the
     account's last PASSWORD_HISTORY passwords comes back (MLPS 2.0 asks passwords to be changed, which a change
-    back to the last one would not be)."""
+    back to the last one would not be). Every rule it breaks is refused at once (`check_password_policy`); a past
+    password met the rules when it was set, so only one that meets them now is looked for among them."""
     check_password_policy(new_password, user.username, field=field)
     earlier = list(db.session.scalars(select(PasswordHistory).where(PasswordHistory.user_id == user.id)
                                       .order_by(PasswordHistory.replaced_at.desc(), PasswordHistory.id.desc())))
@@ -209,11 +236,22 @@ def reset_password(user: User, new_password: str, *, by: User | None, actor: str
     sign its owner out everywhere; one's own is changed with the current one (`change_own_password`).
     `by` None: the operator on the server (`flask users reset-password`, `actor` "cli"), who is no console
     session and may reset any account, the one ministry admin's forgotten password too."""
+    _refuse_own_reset(user, by)
+    set_password(user, new_password, actor=actor)
+    console_sessions.end_sessions(user, "password_reset", actor=actor)
+
+
+def check_reset(user: User, new_password: str, *, by: User | None) -> None:
+    """What `reset_password` refuses without reading the account's past passwords: for the console's reset form
+    when WTForms refused it, so that the password's other refusals come with WTForms' one."""
+    _refuse_own_reset(user, by)
+    check_password_policy(new_password, user.username)
+
+
+def _refuse_own_reset(user: User, by: User | None) -> None:
     if by is not None and user.id == by.id:
         raise PermissionDenied(_l("You cannot reset your own password here: change it on the Change password "
                                   "page, which asks for the current one."), code="own_password")
-    set_password(user, new_password, actor=actor)
-    console_sessions.end_sessions(user, "password_reset", actor=actor)
 
 
 def change_own_password(user: User, current_password: str, new_password: str, *,
@@ -242,7 +280,14 @@ def change_own_password(user: User, current_password: str, new_password: str, *,
         if locked:
             raise PasswordChangeLocked(_l("Too many wrong passwords: this account is locked for a while."),
                                        locked_now=True)
-        raise ValidationFailed(_l("The current password is wrong."), code="wrong_password", field="current_password")
+        # With the rules the new one breaks, which are no secret; not whether it is a past one of the account.
+        refusals = Refusals()
+        with refusals.check():
+            raise ValidationFailed(_l("The current password is wrong."), code="wrong_password",
+                                   field="current_password")
+        with refusals.check():
+            check_password_policy(new_password, user.username, field="new_password")
+        refusals.raise_any()
     if current_password == new_password:
         raise ValidationFailed(_l("The new password must differ from the current one."), code="weak_password",
                                field="new_password")

@@ -24,13 +24,15 @@ bp = Blueprint("auth", __name__)
 
 def form_error(form, error: DomainError) -> None:
     """Pour a service error, and the refusals it carries (`Refusals`), back into the form fields they name, else
-    flash it; a field that shows a refusal already (WTForms', for an empty one) is not refused twice."""
+    flash it. A field shows every refusal the service has for it (each rule a password breaks), but a field that
+    WTForms refused already (an empty one) keeps that one alone: it is not refused twice."""
+    refused = {name for name, field in form._fields.items() if field.errors}
     for refusal in every_refusal(error):
         field = getattr(form, refusal.field, None) if refusal.field else None
         if field is None:
             flash(refusal.message, "error")
-        elif not field.errors:
-            field.errors = [refusal.message]
+        elif refusal.field not in refused:
+            field.errors = [*field.errors, refusal.message]
 
 
 def _safe_next(target: str | None) -> str:
@@ -86,7 +88,16 @@ def session_keepalive():
 def change_password():
     form = PasswordChangeForm()
     due = service.password_change_due(current_user)
-    if form.validate_on_submit():
+    submitted = form.is_submitted()
+    if submitted and not form.validate():
+        # The new password's refusals come with WTForms' (the repeat differs, a field is empty) in one answer;
+        # the current password is checked, and counted, only in a submit WTForms let through.
+        try:
+            service.check_password_policy(form.new_password.data or "", current_user.username,
+                                          field="new_password")
+        except DomainError as error:
+            form_error(form, error)
+    elif submitted:
         try:
             service.change_own_password(current_user, form.current_password.data, form.new_password.data,
                                         keep=idle.current_row())
@@ -179,23 +190,30 @@ def edit_user(username: str):
     form = UserEditForm(obj=user) if request.method == "GET" else UserEditForm()
     if request.method == "GET":
         form.scopes.data = user.scope_codes
-    reset_form = PasswordResetForm(prefix="reset")
-    if form.validate_on_submit():
-        if user.id == current_user.id and (form.role.data != user.role or not form.active.data):
-            flash(_("You cannot demote or deactivate yourself."), "error")
-        else:
-            try:
-                service.update_user(user, role=form.role.data, scopes=(form.scopes.data or "").split(","),
-                                    active=form.active.data, display_name=(form.display_name.data or "").strip())
-                db.session.commit()
-            except DomainError as error:
-                db.session.rollback()
-                form_error(form, error)
+    if form.is_submitted():
+        valid = form.validate()
+        change = {"role": form.role.data, "scopes": (form.scopes.data or "").split(","),
+                  "display_name": (form.display_name.data or "").strip()}
+        try:
+            if not valid:  # the other fields' refusals come with WTForms' in one answer
+                service.check_user_change(user, **change)
             else:
+                service.update_user(user, **change, active=form.active.data, by=current_user)
+                db.session.commit()
+        except DomainError as error:
+            db.session.rollback()
+            form_error(form, error)
+        else:
+            if valid:
                 flash(_("User %(name)s updated.", name=username), "success")
                 return redirect(url_for("auth.users"))
+    return _user_page(user, form, PasswordResetForm(prefix="reset"))
+
+
+def _user_page(user: User, form: UserEditForm, reset_form: PasswordResetForm):
+    """The user's page: the edit form, the reset form, the sign-in lock and sessions."""
     return render_template("auth/user_form.html", form=form, user=user, reset_form=reset_form,
-                           locked=service.is_locked(username), confirm_form=ConfirmForm(),
+                           locked=service.is_locked(user.username), confirm_form=ConfirmForm(),
                            sessions=console_sessions.live_sessions(user),
                            retired_scopes=sorted(divisions.retired_among(user.scopes).values(),
                                                  key=lambda division: division.code))
@@ -204,21 +222,29 @@ def edit_user(username: str):
 @bp.post("/users/<username>/password")
 @roles_required("ministry_admin")
 def reset_password(username: str):
+    """Done: back to the user's page. Refused: that page again, each refusal at the reset form's field."""
     user = service.get_user(username)
     form = PasswordResetForm(prefix="reset")
-    if form.validate_on_submit():
-        try:
+    valid = form.validate()
+    try:
+        if not valid:
+            service.check_reset(user, form.password.data or "", by=current_user)
+        else:
             service.reset_password(user, form.password.data, by=current_user)
             db.session.commit()
-            flash(_("Password of %(name)s reset.", name=username), "success")
-        except DomainError as error:
-            db.session.rollback()
+    except DomainError as error:
+        db.session.rollback()
+        if error.code == "own_password":
             flash(error.message, "error")
-            if error.code == "own_password":
-                return redirect(url_for("auth.change_password"))
+            return redirect(url_for("auth.change_password"))
+        form_error(form, error)
     else:
-        flash(_("Enter a new password."), "error")
-    return redirect(url_for("auth.edit_user", username=username))
+        if valid:
+            flash(_("Password of %(name)s reset.", name=username), "success")
+            return redirect(url_for("auth.edit_user", username=username))
+    edit_form = UserEditForm(formdata=None, obj=user)
+    edit_form.scopes.data = user.scope_codes
+    return _user_page(user, edit_form, form)
 
 
 @bp.post("/users/<username>/unlock")
