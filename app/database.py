@@ -115,9 +115,17 @@ def serialise(*names: str) -> None:
             connection.execute(text("SELECT pg_advisory_xact_lock(:namespace, :key)"),
                                {"namespace": SERIALISE_NAMESPACE, "key": key})
     elif connection.dialect.name == "sqlite":
-        driver = connection.connection.driver_connection
-        if not driver.in_transaction:  # pysqlite opens its transaction at the first write: take it now
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        sqlite_write_lock()
+
+
+def sqlite_write_lock() -> None:
+    """SQLite: take the database's write lock now (BEGIN IMMEDIATE), not at the transaction's first write, so
+    that what the caller reads next is current and stays so until commit. pysqlite runs the reads before the
+    first write outside any transaction: two checks-then-writes both read, and the second's write then only
+    queued behind the first's. A transaction that wrote already holds the lock. Nothing on other databases."""
+    connection = db.session.connection()
+    if connection.dialect.name == "sqlite" and not connection.connection.driver_connection.in_transaction:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def schema_state(connection: Connection | None = None) -> str:

@@ -1,21 +1,23 @@
 """Sign-in guesses that arrive together: the throttle checks no more passwords than its limits allow, on both
 databases. The lock was checked before the slow password hash and the failure counted after it, so every
 guess of a burst passed the check (120 at once got 31 password checks with a limit of 5), and the counters,
-read and written back, lost increments."""
+read and written back, lost increments. And two ministry admins disabling each other together: one stays."""
 
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select, text
 
 from app.audit import service as audit
 from app.audit.models import AuditRecord
 from app.auth import service, throttle
-from app.auth.models import LoginCheck, LoginThrottle
+from app.auth.models import LoginCheck, LoginThrottle, User
 from app.database import utcnow
+from app.errors import DomainError
 from app.extensions import db
 from tests.conftest import PASSWORD
 from tests.test_admission_concurrency import joined
@@ -175,3 +177,121 @@ def test_a_check_that_fails_part_way_gives_its_places_back_at_once(app, make_use
     monkeypatch.undo()
     monkeypatch.setattr(throttle, "BUSY_WAIT_SECONDS", 0.2)  # held places would make this wait, then refuse
     assert service.authenticate("alice", PASSWORD, "10.3.0.1").username == "alice"
+
+
+# --- the last active ministry admin -------------------------------------------------------------------------
+
+
+class PastTheirReads:
+    """Holds each racer just after it read the active ministry admins, until every other racer has read them too
+    (both then decide on what they read, before either writes) or waits on a lock this one holds (a serialised
+    check: the other cannot read before this one commits, and holding this one would wait for good). The pause
+    is at the database driver's boundary, so the service runs unchanged.
+
+    Waiting on a lock: on PostgreSQL, what pg_stat_activity says of the racer's session; on SQLite, which has no
+    such view, the racer being inside a statement that needs the database's write lock (BEGIN IMMEDIATE, a
+    write): in WAL mode nothing else waits."""
+
+    WRITE_LOCKING = ("BEGIN IMMEDIATE", "INSERT", "UPDATE", "DELETE")
+
+    def __init__(self, racers: list[threading.Thread]) -> None:
+        self.racers = racers
+        self.read: set[threading.Thread] = set()
+        self.inside: dict[threading.Thread, str] = {}  # the statement a racer is in, until it returns
+        self.pids: dict[threading.Thread, int] = {}
+        self.changed = threading.Condition()
+
+    @staticmethod
+    def is_the_read(statement: str) -> bool:
+        return "FROM users" in statement and "WHERE users.role =" in statement
+
+    def _before(self, connection, _cursor, statement, *_args) -> None:
+        me = threading.current_thread()
+        if me in self.racers:
+            with self.changed:
+                self.inside[me] = statement
+                if connection.dialect.name == "postgresql":
+                    self.pids[me] = connection.connection.driver_connection.info.backend_pid
+                self.changed.notify_all()
+
+    def _after(self, _connection, _cursor, statement, *_args) -> None:
+        me = threading.current_thread()
+        if me not in self.racers:
+            return
+        with self.changed:
+            self.inside.pop(me, None)
+            first_read = self.is_the_read(statement) and me not in self.read
+            if first_read:
+                self.read.add(me)
+            self.changed.notify_all()
+        if first_read:
+            self._hold(me)
+
+    def _hold(self, me: threading.Thread) -> None:
+        others = [racer for racer in self.racers if racer is not me]
+        deadline = time.monotonic() + 60  # a guard against waiting for good, not a measurement
+        while not all(other in self.read or not other.is_alive() or self._waits_on_a_lock(other)
+                      for other in others):
+            assert time.monotonic() < deadline, f"the other racers neither read nor waited: {self.inside}"
+            with self.changed:
+                self.changed.wait(0.02)
+
+    def _waits_on_a_lock(self, racer: threading.Thread) -> bool:
+        with self.changed:
+            statement, pid = self.inside.get(racer), self.pids.get(racer)
+        if statement is None:
+            return False
+        if db.engine.dialect.name != "postgresql":
+            return statement.lstrip().upper().startswith(self.WRITE_LOCKING)
+        with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as watcher:
+            return bool(watcher.scalar(text("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = :pid"),
+                                       {"pid": pid}))
+
+    def __enter__(self):
+        event.listen(db.engine, "before_cursor_execute", self._before)
+        event.listen(db.engine, "after_cursor_execute", self._after)
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        event.remove(db.engine, "before_cursor_execute", self._before)
+        event.remove(db.engine, "after_cursor_execute", self._after)
+
+
+@pytest.mark.parametrize("change", ["disable", "demote"])
+def test_two_ministry_admins_disabling_each_other_at_once_leave_one_active(app, make_user, change):
+    """Each of two ministry admins disables (or demotes) the other, both having read that the other is not the
+    last: both went ahead, and nobody was left to approve a node or make another admin."""
+    ids = {name: make_user(name).id for name in ("minister-a", "minister-b")}
+    db.session.remove()
+    barrier = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def disable_the_other(me: str, other: str) -> None:
+        with app.app_context():
+            try:
+                barrier.wait(timeout=60)  # a thread that never gets here breaks it: no wait for good
+                target = db.session.get(User, ids[other])
+                service.update_user(target, role="auditor" if change == "demote" else "ministry_admin", scopes=[],
+                                    active=change == "demote", display_name=target.display_name,
+                                    by=db.session.get(User, ids[me]))
+                db.session.commit()
+                outcomes.append("ok")
+            except DomainError as refusal:
+                db.session.rollback()
+                outcomes.append(refusal.code)
+            except BaseException as error:  # reported below, with the thread's own traceback
+                outcomes.append(repr(error))
+            finally:
+                db.session.remove()
+
+    threads = [threading.Thread(target=disable_the_other, args=("minister-a", "minister-b")),
+               threading.Thread(target=disable_the_other, args=("minister-b", "minister-a"))]
+    with PastTheirReads(threads):
+        for thread in threads:
+            thread.start()
+        joined(threads)
+
+    assert sorted(outcomes) == ["last_ministry_admin", "ok"]
+    assert db.session.scalar(select(func.count()).select_from(User).where(
+        User.role == "ministry_admin", User.active.is_(True))) == 1
+    assert audit.verify().ok

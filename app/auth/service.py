@@ -15,7 +15,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 from app.audit import service as audit
 from app.auth import console_sessions, throttle
 from app.auth.models import ROLES, ConsoleSession, LoginThrottle, PasswordHistory, User
-from app.database import serialise, utcnow
+from app.database import serialise, sqlite_write_lock, utcnow
 from app.errors import Conflict, DomainError, NotFound, PermissionDenied, Refusals, ValidationFailed
 from app.extensions import db
 from app.readable import misleading, readable_text
@@ -198,10 +198,15 @@ def update_user(user: User, *, role: str, scopes: list[str], active: bool, displ
 def _refuse_if_last_ministry_admin(user: User) -> None:
     """Nobody could approve a node, sign in to the console's ministry pages or make another admin: the console
     refuses demoting oneself, but the CLI's `users update` disabled or demoted the only one, and `flask users
-    ensure-admin` (a step of `make run`) then failed on the name it holds."""
-    others = db.session.scalar(select(func.count()).select_from(User).where(
-        User.role == "ministry_admin", User.active.is_(True), User.id != user.id))
-    if not others:
+    ensure-admin` (a step of `make run`) then failed on the name it holds.
+
+    Two admins disabling each other at once both counted the other and both went ahead. The active ministry
+    admins' rows are locked (FOR UPDATE, in id order) before they are counted, so the second waits for the first
+    to commit and counts what it left; SQLite has no row locks, so its write lock is taken before the count."""
+    sqlite_write_lock()
+    admins = db.session.scalars(select(User.id).where(User.role == "ministry_admin", User.active.is_(True))
+                                .order_by(User.id).with_for_update())
+    if not set(admins) - {user.id}:
         raise Conflict(_l("This is the last active ministry admin: make another one first."),
                        code="last_ministry_admin")
 
