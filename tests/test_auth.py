@@ -638,6 +638,7 @@ def test_one_submit_of_the_reset_form_shows_every_rule_the_password_breaks_at_it
     for number in (1, 2, 3):  # too short; fewer than three kinds of character; holds the username
         assert f'id="reset-password-error-{number}"' in page, number
     assert "密码至少需要 10 个字符" in page and 'class="flash error"' not in page
+    assert 'action="/users/alice"' in page  # shown at the reset's address, the edit form still saves the user
     empty = admin_console.client.post("/users/alice/password", data={"reset-password": "",
                                                                      "reset-csrf_token": csrf_token(html)})
     page = empty.get_data(as_text=True)  # WTForms' refusal alone: the field is not refused twice
