@@ -1,9 +1,22 @@
 """gunicorn settings; every value can be overridden from the environment."""
 
+import importlib.util
 import multiprocessing
 import os
+from pathlib import Path
 
-from app.config import env_int  # a value that is no whole number, or too small, stops the start naming it
+
+def _settings_module():
+    """app/config.py (standard library only) loaded by path, not through the `app` package: importing that in
+    the master brought Flask and SQLAlchemy in before the fork, and workers a HUP reload starts would have kept
+    those modules, old, beside the deploy's new code."""
+    spec = importlib.util.spec_from_file_location("mpim_settings", Path(__file__).with_name("app") / "config.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+env_int = _settings_module().env_int  # a value that is no whole number, or too small, stops the start naming it
 
 bind = os.environ.get("MPIM_BIND", "127.0.0.1:5000")
 workers = env_int("MPIM_WORKERS", multiprocessing.cpu_count() * 2 + 1, minimum=1)

@@ -45,3 +45,15 @@ def test_a_worker_count_that_is_no_whole_number_stops_the_start_naming_it():
                                  "--print-config", "wsgi:app"], cwd=ROOT, env={**env, name: value},
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode != 0 and said in result.stderr, (name, value, result.stderr[-500:])
+
+
+def test_the_gunicorn_settings_import_nothing_of_the_app_in_the_master():
+    """gunicorn.conf.py imported app.config through the `app` package: the master then held app, app.config and
+    app.extensions (Flask, SQLAlchemy) before any fork, and workers a HUP reload started after a deploy kept
+    those old modules beside the new code of the rest."""
+    probe = ("import runpy, sys; runpy.run_path('gunicorn.conf.py'); "
+             "print(sorted(name for name in sys.modules if name == 'app' or name.startswith(('app.', 'flask'))))")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MPIM_")}
+    output = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True,
+                            check=True, timeout=60).stdout
+    assert output.strip() == "[]"
