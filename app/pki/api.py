@@ -45,16 +45,16 @@ def route_signer():
 
 
 def crl_response(state: CRLState, data: str | bytes, mimetype: str) -> Response:
-    """A CRL with its validators (docs/protocol.md §4): a strong ETag (`entity_tag`), Last-Modified its
-    thisUpdate, and a conditional GET for the CRL the caller holds answered 304 without it (Werkzeug weighs
-    If-None-Match over If-Modified-Since, RFC 9110 §13.2.2). `no-cache` rather than a max-age: a revocation
+    """A CRL with its validator (docs/protocol.md §4): a strong ETag (`entity_tag`), and a conditional GET for
+    the CRL the caller holds answered 304 without it. No Last-Modified: thisUpdate is in whole seconds, two CRLs
+    can be signed within one, and an If-Modified-Since revalidation kept the older. `no-cache` rather than a
+    max-age: a revocation
     regenerates the CRL at once and a node is to see it at its next fetch, which a cache allowed to keep the
     CRL for a while would defer; made to ask every time, a cache never hands out one past its nextUpdate
     either, and asking costs a 304."""
     body = data.encode() if isinstance(data, str) else data
     response = Response(body, mimetype=mimetype)
     response.headers["ETag"] = entity_tag(state.crl_number, body)
-    response.last_modified = state.this_update
     response.cache_control.public = True
     response.cache_control.no_cache = True
     return response.make_conditional(request)
