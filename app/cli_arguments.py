@@ -39,18 +39,40 @@ def _checked(callback):
                 if kwargs.get("as_json"):
                     usage_error_as_json(error)
                 raise error
-        return callback(*args, **kwargs)
+        try:
+            return callback(*args, **kwargs)
+        except click.UsageError as error:  # one the command raises itself ("nothing to change")
+            if kwargs.get("as_json"):
+                usage_error_as_json(error)
+            raise
 
     run.checks_utf8 = True
     return run
 
 
-def _json_usage_errors(make_context):
-    """A command's `make_context`, where click parses its arguments and raises its usage errors (a missing
+def _asks_for_json(command: click.Command, args: list[str]) -> bool:
+    """Whether `args`, which click could not parse, hold the --json flag: not as the value of an option that
+    takes one (`--name --json`), nor after `--`."""
+    takes_value = {opt for param in command.params if isinstance(param, click.Option)
+                   and not param.is_flag and not param.count for opt in param.opts}
+    previous = None
+    for arg in args:
+        if arg == "--":
+            return False
+        if arg == "--json" and previous not in takes_value:
+            return True
+        previous = arg
+    return False
+
+
+def _json_usage_errors(command: click.Command):
+    """`command`'s `make_context`, where click parses its arguments and raises its usage errors (a missing
     argument, an unknown option, a value a type refuses), telling them as JSON when --json is among them."""
+    make_context = command.make_context
+
     @functools.wraps(make_context)
     def make(info_name, args, parent=None, **extra):
-        asked_json = "--json" in args
+        asked_json = _asks_for_json(command, args)
         try:
             return make_context(info_name, args, parent=parent, **extra)
         except click.UsageError as error:
@@ -74,7 +96,7 @@ def require_utf8(group: click.Group) -> None:
         if command.callback is not None and not getattr(command.callback, "checks_utf8", False):
             command.callback = _checked(command.callback)
         if not getattr(command.make_context, "json_usage_errors", False):
-            command.make_context = _json_usage_errors(command.make_context)  # type: ignore[method-assign]
+            command.make_context = _json_usage_errors(command)  # type: ignore[method-assign]
 
 
 class Digits(click.ParamType):

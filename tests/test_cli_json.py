@@ -331,3 +331,18 @@ def test_text_that_is_not_utf8_under_json_is_the_error_object(app, runner):
     text too."""
     error = refusal(runner.invoke(args=["users", "unlock", "li\udcffsi", "--json"]), exit_code=2)
     assert error["code"] == "usage_error" and "UTF-8" in error["message"]
+
+
+def test_a_usage_error_a_command_raises_itself_under_json_is_the_error_object(app, runner, make_user):
+    """The check in `make_context` saw only what click's parser refuses: a command's own usage error
+    (`users update` with nothing to change) stayed click's text under --json."""
+    make_user("alice")
+    error = refusal(runner.invoke(args=["users", "update", "alice", "--json"]), exit_code=2)
+    assert error["code"] == "usage_error" and "nothing to change" in error["message"]
+
+
+def test_json_given_as_another_options_value_asks_for_no_json(app, runner, make_user):
+    """`--json` as the value of --name is a display name, not the flag: a usage error then is click's text."""
+    make_user("alice")
+    result = runner.invoke(args=["users", "update", "alice", "--name", "--json", "--role", "bogus"])
+    assert result.exit_code == 2 and result.stderr.startswith("Usage:"), result.stderr
