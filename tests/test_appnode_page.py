@@ -12,6 +12,7 @@ from html import unescape
 
 from app.appnode import protocol
 from app.appnode.store import Presence
+from app.appnode.web import create_node_app
 from tests.appnode_harness import raw_post
 from tests.test_appnode import network, png, text_envelope  # noqa: F401 (fixture)
 from tests.test_sessions import people  # noqa: F401 (fixture)
@@ -120,3 +121,29 @@ def test_the_language_switch_keeps_the_query_as_given_and_builds_nothing_from_it
             assert parse_qsl(parts.query) == [("user", "zhangsan"), ("id", sent.conversation_id),
                                               *[(name, value) for name, value in parse_qsl(query) if name != "lang"],
                                               ("lang", "zh_CN")], link
+
+
+def operator(password: str = "operator-password") -> dict:
+    return {"Authorization": "Basic " + base64.b64encode(f"operator:{password}".encode()).decode()}
+
+
+def test_an_empty_or_missing_password_file_disables_the_page_instead_of_opening_it(network):  # noqa: F811
+    """An empty file let anyone in with an empty password, and a missing one failed every request (500): both
+    answer 503 now, saying how to turn the page on, and no password is taken."""
+    b = network["b"]
+    client = create_node_app(b.node).test_client()
+    password_file = b.dir / "ui_password"
+    for state in ("empty", "missing"):
+        if state == "empty":
+            password_file.write_text("\n")
+        else:
+            password_file.unlink()
+        for headers in ({}, operator(""), operator("operator-password")):
+            answer = client.get("/?lang=en", headers=headers)
+            assert answer.status_code == 503, (state, headers, answer.status_code)
+            assert "The operator page is disabled" in answer.text and "ui_password" in answer.text
+        assert "操作员页面未启用" in client.get("/conversation?user=lisi&id=s:0").text
+        assert client.get("/api/v1/health").status_code == 200  # peers are not the operator
+    password_file.write_text("operator-password")
+    assert client.get("/?lang=en", headers=operator()).status_code == 200
+    assert client.get("/?lang=en", headers=operator("")).status_code == 401

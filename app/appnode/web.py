@@ -148,12 +148,22 @@ def create_node_app(node: Node) -> Flask:
 
     # --- the page: conversations per local user, for the node's operator (HTTP Basic, `operator`) ---------
     def require_operator():
-        expected = (node.data_dir / "ui_password").read_text().strip()
+        """None for the operator; otherwise the answer to give. Without a password in `ui_password` (`init`
+        writes one) the page is off (503): an empty file let anyone in with an empty password, and a missing one
+        failed every request."""
+        g.lang = request.args.get("lang") if request.args.get("lang") in LANGUAGES else "zh_CN"
+        password_file = node.data_dir / "ui_password"
+        try:
+            expected = password_file.read_text().strip()
+        except OSError:
+            expected = ""
+        if not expected:
+            return render_template("appnode/disabled.html", node=node, lang=g.lang,
+                                   file_name=password_file.name), 503
         given = request.authorization
         if not (given and given.username == "operator"
                 and hmac.compare_digest((given.password or "").encode(), expected.encode())):
             return Response("operator login required", 401, {"WWW-Authenticate": 'Basic realm="mpim node"'})
-        g.lang = request.args.get("lang") if request.args.get("lang") in LANGUAGES else "zh_CN"
         return None
 
     @app.get("/")
