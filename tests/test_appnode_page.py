@@ -147,3 +147,19 @@ def test_an_empty_or_missing_password_file_disables_the_page_instead_of_opening_
     password_file.write_text("operator-password")
     assert client.get("/?lang=en", headers=operator()).status_code == 200
     assert client.get("/?lang=en", headers=operator("")).status_code == 401
+
+
+def test_the_page_is_never_cached_framed_or_sniffed(network):  # noqa: F811
+    """The operator's page shows users' messages: a shared browser's cache kept them, and any site could frame
+    the page. The federation API only gains nosniff."""
+    b = network["b"]
+    client = create_node_app(b.node).test_client()
+    for path, headers in (("/?lang=en", operator()), ("/?lang=en", {}), ("/conversation?user=lisi&id=s:0", operator())):
+        answer = client.get(path, headers=headers)
+        assert answer.status_code in (200, 401, 404), answer.status_code
+        assert answer.headers["Cache-Control"] == "no-store", path
+        assert answer.headers["X-Frame-Options"] == "DENY"
+        assert answer.headers["Content-Security-Policy"] == "frame-ancestors 'none'"
+        assert answer.headers["X-Content-Type-Options"] == "nosniff"
+    health = client.get("/api/v1/health")
+    assert health.headers["X-Content-Type-Options"] == "nosniff" and "X-Frame-Options" not in health.headers

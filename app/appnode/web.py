@@ -113,6 +113,19 @@ def create_node_app(node: Node) -> Flask:
         """The request's deadline ends as its answer begins, and the answer's deadline, for its length, starts."""
         if sock := deadline_socket(client_socket()):
             sock.request_read(response.content_length)
+        return defended(response)
+
+    def defended(response: Response) -> Response:
+        """The operator's page shows a user's messages: no cache keeps them, no other site frames the page to
+        trick a click. No answer is sniffed for another type. The federation API keeps its own headers: peers
+        are no browsers, and its answers are not cached anyway."""
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        if request.path.startswith("/api/"):
+            return response
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["Content-Security-Policy"] = "frame-ancestors 'none'"
+        if not request.path.startswith("/static/"):  # the stylesheet holds nothing of anyone's
+            response.headers["Cache-Control"] = "no-store"
         return response
 
     @app.get("/api/v1/health")
