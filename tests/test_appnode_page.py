@@ -163,3 +163,30 @@ def test_the_page_is_never_cached_framed_or_sniffed(network):  # noqa: F811
         assert answer.headers["X-Content-Type-Options"] == "nosniff"
     health = client.get("/api/v1/health")
     assert health.headers["X-Content-Type-Options"] == "nosniff" and "X-Frame-Options" not in health.headers
+
+
+def test_the_page_says_when_the_node_is_in_trouble(network):  # noqa: F811
+    """`status` showed a certificate or registry problem and the outbox's failed envelopes; the page, where the
+    operator looks, said nothing and looked healthy."""
+    from sqlalchemy import update
+
+    from app.appnode.store import Outbox, put_setting
+
+    a, b = network["a"], network["b"]
+    client = create_node_app(a.node).test_client()
+    assert 'class="banner' not in client.get("/?lang=en", headers=operator()).text
+    for _ in range(2):  # held, as while the peer is unreachable
+        a.node.send_text("zhangsan", b.user("lisi"), "在吗", deliver=False)
+    with a.node.db.begin() as session:
+        put_setting(session, "certificate_problem", "the certificate <b>was revoked</b>")
+        put_setting(session, "registry_problem", "node_suspended: the node is suspended")
+        session.execute(update(Outbox).where(Outbox.id == session.query(Outbox.id).limit(1).scalar_subquery())
+                        .values(state="failed"))
+    english = client.get("/?lang=en", headers=operator()).text
+    assert "Certificate problem: the certificate &lt;b&gt;was revoked&lt;/b&gt;" in english
+    assert "Management node problem: node_suspended: the node is suspended" in english
+    assert "Outbox: 1 failed, 1 waiting to be delivered" in english
+    chinese = client.get(f"/conversation?user=zhangsan&id={a.node.conversations('zhangsan')[0]['conversation_id']}",
+                         headers=operator()).text
+    assert "证书问题" in chinese and "管理节点问题" in chinese and "发件箱：1 条失败，1 条等待投递" in chinese
+    assert "node_suspended" not in client.get("/?lang=en").text  # not to whoever is refused

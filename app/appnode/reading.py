@@ -10,14 +10,14 @@ from bisect import bisect_right
 from collections import defaultdict
 from datetime import timedelta
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from app.appnode import protocol
 from app.appnode.config import SOFTWARE_VERSION
 from app.appnode.messages import address
 from app.appnode.protocol import NotFound
-from app.appnode.store import Message, Outbox, Presence, ReadState, utcnow
+from app.appnode.store import Message, Outbox, Presence, ReadState, get_setting, utcnow
 
 # The messages of a conversation a page of history holds unless told otherwise (the newest ones), and the most
 # the CLI asks for at once.
@@ -174,6 +174,16 @@ class ReadingMixin:
             stale = protocol.parse_timestamp(row.updated_at, "updated_at") < utcnow() - timedelta(minutes=10)
             return {"user_id": row.user_id, "status": "offline" if stale else row.status,
                     "client_type": row.client_type, "last_active": row.last_active}
+
+    def problems(self) -> dict:
+        """What the operator should know is wrong, as `status` tells it: the certificate's and the management
+        node's last problem ("" or None: none) and how many outbox envelopes failed or wait, counted in SQL."""
+        with self.db() as session:
+            counts = dict(session.execute(select(Outbox.state, func.count()).group_by(Outbox.state)
+                                          .where(Outbox.state.in_(("failed", "pending")))).all())
+            return {"certificate": get_setting(session, "certificate_problem") or None,
+                    "registry": get_setting(session, "registry_problem") or None,
+                    "failed": counts.get("failed", 0), "pending": counts.get("pending", 0)}
 
     def health(self) -> dict:
         return {"status": "ok", "node_id": self.node_id, "version": SOFTWARE_VERSION,

@@ -79,7 +79,9 @@ def create_node_app(node: Node) -> Flask:
             in it for its own arguments (a 500) and `_external` for a link to another scheme and host."""
             query = [(name, value) for name, value in request.args.items(multi=True) if name != "lang"]
             return f"{url_for(request.endpoint)}?{urlencode([*query, ('lang', lang)])}"
-        return {"with_language": with_language, "labels": LABELS}
+        # The node's problems, for its operator only: not on the page that refuses a login.
+        problems = node.problems() if g.get("operator") else None
+        return {"with_language": with_language, "labels": LABELS, "problems": problems}
 
     @app.errorhandler(DomainError)
     def domain_error(error: DomainError):
@@ -177,6 +179,7 @@ def create_node_app(node: Node) -> Flask:
         if not (given and given.username == "operator"
                 and hmac.compare_digest((given.password or "").encode(), expected.encode())):
             return Response("operator login required", 401, {"WWW-Authenticate": 'Basic realm="mpim node"'})
+        g.operator = True
         return None
 
     @app.get("/")
