@@ -42,6 +42,12 @@ def one_line(value: str) -> str:
                    for ch in value)
 
 
+def shown_controls(value: str | None) -> str:
+    """`value` for a page, where line breaks may stay: each Bidi_Control character written as `[U+XXXX]`, so
+    that a peer's "pay to \u202e1234567\u202c" reads as sent instead of as "pay to 7654321"."""
+    return "".join(f"[U+{ord(ch):04X}]" if ch in BIDI_CONTROLS else ch for ch in value or "")
+
+
 def readable_text(value: str | None, field: str, *, multiline: bool = False, limit: int | None = None) -> str:
     """`value` stripped, or ValidationFailed naming `field` (by its label) when it would read otherwise than it
     is, or when it is longer than `limit` (its column's length): refused at every door, never cut short unseen. A

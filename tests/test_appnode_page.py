@@ -190,3 +190,14 @@ def test_the_page_says_when_the_node_is_in_trouble(network):  # noqa: F811
                          headers=operator()).text
     assert "证书问题" in chinese and "管理节点问题" in chinese and "发件箱：1 条失败，1 条等待投递" in chinese
     assert "node_suspended" not in client.get("/?lang=en").text  # not to whoever is refused
+
+
+def test_direction_overrides_in_a_message_are_shown_not_obeyed(network):  # noqa: F811
+    """"pay to \u202e1234567\u202c" showed as "pay to 7654321": a peer's text may hold any character (A.4), so
+    the page shows each direction control as its code point instead of letting it reorder what follows."""
+    a, b = network["a"], network["b"]
+    sent = a.node.send_text("zhangsan", b.user("lisi"), "pay to \u202e1234567\u202c, \u2067ok\u2069")
+    html = create_node_app(b.node).test_client().get(
+        f"/conversation?user=lisi&id={sent.conversation_id}&lang=en", headers=operator()).text
+    assert "pay to [U+202E]1234567[U+202C], [U+2067]ok[U+2069]" in html
+    assert not any(ch in html for ch in "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")

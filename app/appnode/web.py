@@ -22,6 +22,7 @@ from app.appnode.node import Node, address
 from app.appnode.request_deadline import deadline_socket
 from app.errors import DomainError
 from app.labels import CAPABILITIES
+from app.readable import shown_controls
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 LANGUAGES = ("zh_CN", "en")
@@ -70,6 +71,9 @@ def create_node_app(node: Node) -> Flask:
             return protocol.parse_timestamp(value).astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
         except OverflowError:
             return value
+
+    # A peer's text (A.4 allows any character) with its direction controls shown, never obeyed.
+    app.add_template_filter(shown_controls, "shown_controls")
 
     @app.context_processor
     def page_helpers():
