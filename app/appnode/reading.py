@@ -10,7 +10,7 @@ from bisect import bisect_right
 from collections import defaultdict
 from datetime import timedelta
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from app.appnode import protocol
@@ -22,6 +22,8 @@ from app.appnode.store import Message, Outbox, Presence, ReadState, get_setting,
 # The messages of a conversation a page of history holds unless told otherwise (the newest ones), and the most
 # the CLI asks for at once.
 HISTORY_PAGE, MAX_HISTORY_PAGE = 100, 1000
+# The conversations a page of them holds (the operator page's list).
+CONVERSATION_PAGE = 50
 
 
 class ReadingMixin:
@@ -29,30 +31,70 @@ class ReadingMixin:
     `groups` (GroupsMixin) and `_require_participant` (EphemeralMixin)."""
 
     def conversations(self, user_id: str) -> list[dict]:
-        """The user's conversations, newest first, with the last message and the unread count. An unknown user
-        is refused (not_found) as sending is: no conversations would read as a user with an empty inbox. A group
-        is listed while the user is in it: by their own messages, one they had quit, been removed from or seen
-        dismissed stayed listed, and opening it was refused. Only its messages sent since the user last joined
-        count (§8.9): listed by them alone, a group is not listed before its first message since then."""
+        """All the user's conversations (`conversations_page` without a limit), for the CLI's inbox."""
+        return self.conversations_page(user_id, limit=None)[0]
+
+    def conversations_page(self, user_id: str, *, limit: int | None = CONVERSATION_PAGE,
+                           before: str | None = None) -> tuple[list[dict], str | None]:
+        """The user's conversations, newest first, with the last message, the message count and the unread
+        count: the `limit` newest (all when None), or those whose last message is older than the message
+        `before`; and the `before` that reads the next page, None when there is none. An unknown user is refused
+        (not_found) as sending is: no conversations would read as a user with an empty inbox. A group is listed
+        while the user is in it: by their own messages, one they had quit, been removed from or seen dismissed
+        stayed listed, and opening it was refused. Only its messages sent since the user last joined count
+        (§8.9): listed by them alone, a group is not listed before its first message since then.
+        The same few queries however many conversations: the summary is SQL's, one window over the user's
+        messages; a query per conversation and every message loaded took seconds for a peer's 20,000."""
+        if limit is not None and limit < 1:
+            raise ValueError("a page holds at least one conversation")
         me_address = address(user_id, self.node_id)
         # Refuses an unknown user. Each group's conversation, with when the user joined it.
         joined = {f"g:{group.address}": group.joined(me_address) for group in self.groups(user_id)}
+        since = {conversation: time for conversation, time in joined.items() if time}
+        in_group = Message.conversation_id.in_(joined)
+        if since:  # a CASE, not an OR per group: SQLite's expression depth is limited
+            in_group = and_(in_group, Message.send_time >= case(since, value=Message.conversation_id, else_=""))
+        visible = or_(and_(Message.chat_type == "single",
+                           or_(Message.sender_address == me_address, Message.to == me_address)), in_group)
+        # The user's read position counts once its message is here and is one of the conversation's (as
+        # `_read_position` says); without one, every message of others is unread.
+        read = aliased(Message)
+        unread = case((and_(Message.sender_address != me_address,
+                            or_(read.message_id.is_(None), Message.send_time > read.send_time,
+                                and_(Message.send_time == read.send_time, Message.message_id > read.message_id))),
+                       1), else_=0)
+        per_conversation = {"partition_by": Message.conversation_id}
+        ranked = (select(Message.conversation_id, Message.message_id, Message.send_time,
+                         func.row_number().over(**per_conversation,
+                                                order_by=(Message.send_time.desc(), Message.message_id.desc()))
+                         .label("rank"),
+                         func.count().over(**per_conversation).label("messages"),
+                         func.sum(unread).over(**per_conversation).label("unread"))
+                  .outerjoin(ReadState, and_(ReadState.conversation_id == Message.conversation_id,
+                                             ReadState.user_id == me_address))
+                  .outerjoin(read, and_(read.message_id == ReadState.read_up_to_message_id,
+                                        read.conversation_id == Message.conversation_id))
+                  .where(visible).subquery())
+        query = select(ranked.c.message_id, ranked.c.messages, ranked.c.unread).where(ranked.c.rank == 1)
         with self.db() as session:
-            rows = session.scalars(select(Message).where(or_(
-                and_(Message.chat_type == "single",
-                     or_(Message.sender_address == me_address, Message.to == me_address)),
-                Message.conversation_id.in_(joined))).order_by(Message.send_time, Message.message_id)).all()
-            by_conversation: dict[str, list[Message]] = defaultdict(list)
-            for row in rows:
-                if row.chat_type == "single" or row.send_time >= joined[row.conversation_id]:
-                    by_conversation[row.conversation_id].append(row)
-            result = []
-            for conversation, messages in by_conversation.items():
-                result.append({"conversation_id": conversation, "last": messages[-1],
-                               "unread": self._unread(session, me_address, conversation, messages),
-                               "count": len(messages),
-                               "with": self._title(messages[-1], me_address)})
-        return sorted(result, key=lambda item: item["last"].send_time, reverse=True)
+            if before is not None:
+                cursor = session.get(Message, before)
+                if cursor is None:
+                    raise NotFound(f"no message {before}")
+                query = query.where(or_(ranked.c.send_time < cursor.send_time,
+                                        and_(ranked.c.send_time == cursor.send_time,
+                                             ranked.c.message_id < cursor.message_id)))
+            query = query.order_by(ranked.c.send_time.desc(), ranked.c.message_id.desc())
+            if limit is not None:
+                query = query.limit(limit + 1)
+            rows = session.execute(query).all()
+            older = rows[limit - 1].message_id if limit is not None and len(rows) > limit else None
+            rows = rows[:limit]
+            last = {message.message_id: message for message in session.scalars(
+                select(Message).where(Message.message_id.in_([row.message_id for row in rows])))}
+        return [{"conversation_id": last[row.message_id].conversation_id, "last": last[row.message_id],
+                 "unread": row.unread, "count": row.messages, "with": self._title(last[row.message_id], me_address)}
+                for row in rows], older
 
     @staticmethod
     def _title(message: Message, me_address: str) -> str:

@@ -193,10 +193,13 @@ def create_node_app(node: Node) -> Flask:
             return denied
         users = node.users()
         chosen = request.args.get("user") or (users[0].user_id if users else None)
-        conversations = node.conversations(chosen) if chosen else []
+        # A page of the conversations with the newest messages, or of those older than `before` (the "older
+        # conversations" link): a peer's thousands of them on one page took seconds and megabytes.
+        before = request.args.get("before") or None
+        conversations, older = node.conversations_page(chosen, before=before) if chosen else ([], None)
         return render_template("appnode/index.html", node=node, users=users, chosen=chosen,
-                               conversations=conversations, groups=node.groups(chosen) if chosen else [],
-                               lang=g.lang)
+                               conversations=conversations, before=before, older=older,
+                               groups=node.groups(chosen) if chosen else [], lang=g.lang)
 
     @app.get("/conversation")
     def conversation():
