@@ -56,8 +56,9 @@ class ReadingMixin:
             in_group = and_(in_group, Message.send_time >= case(since, value=Message.conversation_id, else_=""))
         visible = or_(and_(Message.chat_type == "single",
                            or_(Message.sender_address == me_address, Message.to == me_address)), in_group)
-        # The user's read position counts once its message is here and is one of the conversation's (as
-        # `_read_position` says); without one, every message of others is unread.
+        # The user's read position counts once its message is here (§6: held until then) and is one of the
+        # conversation's: a peer naming a later message of another one would have its user read messages its
+        # node never received. Without one, every message of others is unread.
         read = aliased(Message)
         unread = case((and_(Message.sender_address != me_address,
                             or_(read.message_id.is_(None), Message.send_time > read.send_time,
@@ -101,22 +102,6 @@ class ReadingMixin:
         if message.chat_type == "group":
             return message.to
         return message.to if message.sender_address == me_address else message.sender_address
-
-    def _unread(self, session: Session, reader: str, conversation: str, messages: list[Message]) -> int:
-        state = session.get(ReadState, (conversation, reader))
-        position = self._read_position(session, state) if state is not None else None
-        return sum(1 for m in messages if m.sender_address != reader
-                   and (position is None or (m.send_time, m.message_id) > position))
-
-    @staticmethod
-    def _read_position(session: Session, state: ReadState) -> tuple[str, str] | None:
-        """Where a read state puts its reader: `(send_time, message_id)` of its message, once that message is
-        here (§6: held until then), and only if it is a message of the state's own conversation: a peer naming a
-        later message of another one would have its user read messages its node never received."""
-        read = session.get(Message, state.read_up_to_message_id)
-        if read is None or read.conversation_id != state.conversation_id:
-            return None
-        return read.send_time, read.message_id
 
     def history(self, user_id: str, conversation_id: str, *, limit: int = HISTORY_PAGE,
                 before: str | None = None) -> list[dict]:
@@ -186,7 +171,7 @@ class ReadingMixin:
     @staticmethod
     def _read_positions(session: Session, conversation_id: str) -> dict[str, tuple[str, str]]:
         """Every reader's `(send_time, message_id)` in the conversation, in one query: a read state counts once
-        its message is here and is one of this conversation's (as `_read_position` says)."""
+        its message is here and is one of this conversation's (as `conversations_page` counts them)."""
         read = aliased(Message)
         rows = session.execute(select(ReadState.user_id, read.send_time, read.message_id)
                                .join(read, read.message_id == ReadState.read_up_to_message_id)
