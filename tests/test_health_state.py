@@ -361,14 +361,20 @@ def test_without_a_window_the_form_offers_lengths_only(app, node, console):
     assert 'id="maintenance-end"' not in page
 
 
-def test_keeping_the_end_of_a_window_that_ended_meanwhile_is_refused_in_words(app, node, console):
-    """The page was drawn during the window, and saved after it ran out: nothing to keep, nothing saved."""
+def page_drawn_during_a_window_that_ran_out_since(node, console) -> str:
+    """The node's page as a provincial admin drew it during a one-hour window, which has run out since."""
     console.login("jx-admin")
     page_url = f"/nodes/{node.node_id}"
     console.post_form(page_url, {"hours": "1", "note": "upgrade"}, action=f"/health/{node.node_id}/maintenance")
     token_page = console.client.get(page_url).get_data(as_text=True)
     db.session.get(NodeHealth, node.node_id).maintenance_until = utcnow() - timedelta(seconds=1)
     db.session.commit()
+    return token_page
+
+
+def test_keeping_the_end_of_a_window_that_ended_meanwhile_is_refused_in_words(app, node, console):
+    """The page was drawn during the window, and saved after it ran out: nothing to keep, nothing saved."""
+    token_page = page_drawn_during_a_window_that_ran_out_since(node, console)
     response = console.client.post(f"/health/{node.node_id}/maintenance",
                                    data={"hours": "keep", "note": "later", "csrf_token": csrf_token(token_page)})
     assert response.status_code == 422
@@ -578,12 +584,7 @@ def test_a_maintenance_window_for_a_node_revoked_meanwhile_is_refused_in_words(a
 def test_ending_a_window_that_has_run_out_or_was_never_set_is_refused_in_words(app, node, console, runner):
     """The end button on a page drawn during the window, pressed after it ran out, or `flask health maintenance
     --hours 0` for a node without one, recorded `health.maintenance_end` for a window that was not there."""
-    console.login("jx-admin")
-    page_url = f"/nodes/{node.node_id}"
-    console.post_form(page_url, {"hours": "1", "note": "upgrade"}, action=f"/health/{node.node_id}/maintenance")
-    token_page = console.client.get(page_url).get_data(as_text=True)
-    db.session.get(NodeHealth, node.node_id).maintenance_until = utcnow() - timedelta(seconds=1)
-    db.session.commit()
+    token_page = page_drawn_during_a_window_that_ran_out_since(node, console)
     response = console.client.post(f"/health/{node.node_id}/maintenance/end",
                                    data={"csrf_token": csrf_token(token_page)}, follow_redirects=True)
     assert "没有进行中的维护窗口可结束。" in response.get_data(as_text=True)

@@ -163,24 +163,31 @@ def unlock_addresses():
 def create_user():
     form = UserCreateForm()
     if form.is_submitted():
-        valid = form.validate()
         draft = service.UserDraft(username=(form.username.data or "").strip(), password=form.password.data or "",
                                   role=form.role.data, scopes=tuple((form.scopes.data or "").split(",")),
                                   display_name=(form.display_name.data or "").strip())
-        try:
-            if not valid:  # the other fields' refusals come with WTForms' (an empty field's) in one answer
-                service.check_draft(draft)
-            else:
-                service.create_user(draft)
-                db.session.commit()
-        except DomainError as error:
-            db.session.rollback()
-            form_error(form, error)
-        else:
-            if valid:
-                flash(_("User %(name)s created.", name=draft.username), "success")
-                return redirect(url_for("auth.users"))
+        if _submitted(form, check=lambda: service.check_draft(draft), act=lambda: service.create_user(draft)):
+            flash(_("User %(name)s created.", name=draft.username), "success")
+            return redirect(url_for("auth.users"))
     return render_template("auth/user_form.html", form=form, user=None)
+
+
+def _submitted(form, *, check, act) -> bool:
+    """Every refusal in one answer: when WTForms refused a field (an empty one), the service's own checks
+    (`check`) run too and their refusals join WTForms' at their fields; else `act` runs and commits. True once
+    it committed."""
+    valid = form.validate()
+    try:
+        if not valid:
+            check()
+        else:
+            act()
+            db.session.commit()
+    except DomainError as error:
+        db.session.rollback()
+        form_error(form, error)
+        return False
+    return valid
 
 
 @bp.route("/users/<username>", methods=["GET", "POST"])
@@ -191,22 +198,12 @@ def edit_user(username: str):
     if request.method == "GET":
         form.scopes.data = user.scope_codes
     if form.is_submitted():
-        valid = form.validate()
         change = {"role": form.role.data, "scopes": (form.scopes.data or "").split(","),
                   "display_name": (form.display_name.data or "").strip()}
-        try:
-            if not valid:  # the other fields' refusals come with WTForms' in one answer
-                service.check_user_change(user, **change)
-            else:
-                service.update_user(user, **change, active=form.active.data, by=current_user)
-                db.session.commit()
-        except DomainError as error:
-            db.session.rollback()
-            form_error(form, error)
-        else:
-            if valid:
-                flash(_("User %(name)s updated.", name=username), "success")
-                return redirect(url_for("auth.users"))
+        if _submitted(form, check=lambda: service.check_user_change(user, **change),
+                      act=lambda: service.update_user(user, **change, active=form.active.data, by=current_user)):
+            flash(_("User %(name)s updated.", name=username), "success")
+            return redirect(url_for("auth.users"))
     return _user_page(user, form, PasswordResetForm(prefix="reset"))
 
 
