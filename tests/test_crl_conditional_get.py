@@ -162,3 +162,37 @@ def test_a_304_does_not_make_a_crl_past_its_next_update_current(network, interpo
     db.session.commit()
     assert a.node.sync_routes().version == routing.head().version
     assert [exchange.status for exchange in crl_exchanges(interposer)] == [200, 304, 200]
+
+
+def node_status(node_dir, *json_flag: str) -> str:
+    from click.testing import CliRunner
+
+    from app.appnode.cli import cli
+
+    result = CliRunner().invoke(cli, ["--data", str(node_dir), *json_flag, "status"])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_status_shows_the_crl_the_node_holds_and_says_when_it_is_past_its_next_update(network, interposer):  # noqa: F811
+    """`status` said nothing of the CRL, though a node refuses every new table while the one it holds is past its
+    nextUpdate (`revocation_unknown`): the operator had to read tls/crl.crl with openssl to see why."""
+    import json
+
+    a = network["a"]
+    held = x509.load_der_x509_crl(a.node.identity.crl_file.read_bytes())
+    number = held.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    document = json.loads(node_status(a.dir, "--json"))
+    assert document["crl"] == {"number": number, "this_update": held.last_update_utc.isoformat(),
+                               "next_update": held.next_update_utc.isoformat(), "current": True}
+    assert f"\nCRL #{number} of {held.last_update_utc:%Y-%m-%d %H:%M} UTC, next update " in node_status(a.dir)
+
+    lapse_the_crl_served()
+    routing.publish("drill", force=True)
+    db.session.commit()
+    a.node.registry.base_url = interposer.url
+    make_crl_due(a)
+    with pytest.raises(RouteRejected):
+        a.node.sync_routes()
+    assert json.loads(node_status(a.dir, "--json"))["crl"]["current"] is False
+    assert "(past: new routing tables are refused until a newer one is fetched)" in node_status(a.dir)

@@ -38,8 +38,18 @@ def status_lines(document: dict) -> str:
              f"routing table v{route_version}" + (" (expired)" if document["routes_expired"] else "")
              if route_version is not None else "no routing table yet",
              "outbox " + (", ".join(f"{count} {state}" for state, count in sorted(states.items())) or "empty")]
+    if crl := document.get("crl"):
+        lines.append(f"CRL #{crl['number']} of {_minute(crl['this_update'])}, next update "
+                     f"{_minute(crl['next_update']) if crl['next_update'] else 'none given'}"
+                     + ("" if crl["current"] else " (past: new routing tables are refused until a newer one is "
+                                                  "fetched)"))
     lines += [f"problem: {document[key]}" for key in ("registry_problem", "certificate_problem") if document[key]]
     return "\n".join(lines)
+
+
+def _minute(iso_time: str) -> str:
+    """"2026-12-05 22:00 UTC" of an ISO 8601 UTC time, for a line a person reads."""
+    return iso_time[:16].replace("T", " ") + " UTC"
 
 
 def user_line(user: User) -> str:

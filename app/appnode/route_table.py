@@ -128,6 +128,23 @@ class RouteTableMixin:
         except OSError as error:  # the route client holds it: only a restart would do without it
             log.warning("the CRL fetched could not be kept in %s: %s", crl_file, error)
 
+    def held_revocation_list(self) -> dict | None:
+        """The CRL kept in `tls/crl.crl`, for `status`: its number and times, and whether it is still current (past
+        its nextUpdate, new tables are refused as `revocation_unknown`). None when none is kept or it is unreadable."""
+        from datetime import UTC, datetime
+
+        from cryptography import x509
+
+        try:
+            crl = x509.load_der_x509_crl(self.identity.crl_file.read_bytes())
+            number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+        except (OSError, ValueError, x509.ExtensionNotFound):
+            return None
+        next_update = crl.next_update_utc
+        return {"number": number, "this_update": crl.last_update_utc.isoformat(),
+                "next_update": next_update.isoformat() if next_update else None,
+                "current": next_update is not None and next_update > datetime.now(UTC)}
+
     def _revocation_list_due(self) -> bool:
         try:
             age = time.time() - self.identity.crl_file.stat().st_mtime
