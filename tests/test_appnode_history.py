@@ -146,7 +146,7 @@ def test_the_conversation_page_shows_the_newest_messages_and_links_to_older_ones
     ids = add_group_messages(a, group, 130)
 
     def texts(html: str) -> list[str]:
-        return re.findall(r"<td>(m\d+)</td>", html)
+        return re.findall(r"<td[^>]*>(m\d+)</td>", html)
 
     def link(html: str, words: str) -> str | None:
         found = re.search(rf'<a href="([^"]+)"[^>]*>[^<]*{words}', html)
