@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import DateTime, Select, any_, bindparam, event, func, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection, Engine, Row
+from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeDecorator
 
 from app.extensions import db
@@ -118,12 +119,13 @@ def serialise(*names: str) -> None:
         sqlite_write_lock()
 
 
-def sqlite_write_lock() -> None:
+def sqlite_write_lock(session: Session | None = None) -> None:
     """SQLite: take the database's write lock now (BEGIN IMMEDIATE), not at the transaction's first write, so
     that what the caller reads next is current and stays so until commit. pysqlite runs the reads before the
     first write outside any transaction: two checks-then-writes both read, and the second's write then only
-    queued behind the first's. A transaction that wrote already holds the lock. Nothing on other databases."""
-    connection = db.session.connection()
+    queued behind the first's. A transaction that wrote already holds the lock. Nothing on other databases.
+    `session` defaults to the app's."""
+    connection = (session or db.session).connection()
     if connection.dialect.name == "sqlite" and not connection.connection.driver_connection.in_transaction:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 

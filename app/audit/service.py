@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 
 from app.audit.models import AuditRecord
 from app.audit.stored import StoredRecords, Unreadable
-from app.database import utcnow
+from app.database import sqlite_write_lock, utcnow
 from app.extensions import db
 
 GENESIS = "0" * 64
@@ -85,8 +85,8 @@ def _lock_chain(session: Session) -> None:
     connection = session.connection()
     if connection.dialect.name == "postgresql":
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": AUDIT_LOCK_KEY})
-    elif connection.dialect.name == "sqlite" and not connection.connection.driver_connection.in_transaction:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")  # pysqlite would begin only at the insert, after the read
+    else:
+        sqlite_write_lock(session)  # pysqlite would begin only at the insert, after the read
 
 
 def _chain_pending(session: Session) -> None:
