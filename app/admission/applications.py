@@ -11,9 +11,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from flask_babel import lazy_gettext as _l
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 
-from app.admission import hooks, information, nodes, tokens
+from app.admission import hooks, information, nodes, tokens, uniqueness
 from app.admission.information import NodeInformation, endpoint_host
 from app.admission.models import Application, EnrollmentToken, Node
 from app.audit import service as audit
@@ -32,64 +32,6 @@ def inspect_csr(pem: str | None) -> dict:
     from app.pki import csr_policy
 
     return csr_policy.describe_csr(information.checked_csr(pem))
-
-
-def _require_endpoint_free(endpoint: str, node_id: str | None = None, application_id: str | None = None, *,
-                           by=None) -> None:
-    """One endpoint, one node: a second node at the same URL would make routing ambiguous.
-
-    An endpoint is easy to guess, and §4 tells whether an id names a node, and the state of a node the table no
-    longer lists, only to that node: the refusal names the node (or the waiting application) only to `by`, an
-    admin whose scope covers it; an enrollment-token holder, or an admin of another province, reads the code."""
-    taken = db.session.execute(select(Node.node_id, Node.division_code).where(
-        Node.endpoint == endpoint, Node.status != "revoked", Node.node_id != (node_id or "")).limit(1)).first()
-    if taken:
-        message = _l("Node %(node)s already serves %(url)s.", node=taken.node_id, url=endpoint) \
-            if _may_see(by, taken.division_code) else _l("Another node already serves %(url)s.", url=endpoint)
-        raise Conflict(message, code="endpoint_in_use", field="endpoint")
-    pending = db.session.execute(select(Application.id, Application.division_code).where(
-        Application.endpoint == endpoint, Application.status == "pending",
-        Application.id != (application_id or "")).limit(1)).first()
-    if pending:
-        message = _l("Application %(id)s for %(url)s is already waiting for review.", id=pending.id, url=endpoint) \
-            if _may_see(by, pending.division_code) else \
-            _l("Another application for %(url)s is already waiting for review.", url=endpoint)
-        raise Conflict(message, code="endpoint_pending", field="endpoint")
-
-
-def _may_see(user, division_code: str) -> bool:
-    return user is not None and user.can_access_division(division_code)
-
-
-def _lock_names(key_sha256: str | None, endpoint: str | None) -> list[str]:
-    from app.pki import service as pki
-
-    return [name for name in (key_sha256 and pki.key_lock_name(key_sha256), endpoint and f"endpoint:{endpoint}")
-            if name]
-
-
-def _queue(*, key_sha256: str | None = None, endpoint: str | None = None) -> None:
-    """Hold the key and endpoint this request checks until it commits, so two requests that arrive
-    together cannot both pass "is it free?" (see `serialise`)."""
-    serialise(*_lock_names(key_sha256, endpoint))
-
-
-def require_key_free(key_sha256: str | None, node_id: str | None = None) -> None:
-    """One key, one node: refuse a CSR whose key another node's certificate (not revoked) or another
-    pending application already carries; `node_id`'s own certificates and change request do not count.
-    Admission and renewal ask this (the caller holds the key's lock, see `_queue`)."""
-    from app.pki import service as pki
-
-    if not key_sha256:
-        return
-    pki.require_key_unused(key_sha256, node_id)
-    query = select(Application.id).where(Application.key_sha256 == key_sha256, Application.status == "pending")
-    if node_id:
-        query = query.where(or_(Application.node_id.is_(None), Application.node_id != node_id))
-    pending = db.session.scalar(query.limit(1))
-    if pending:
-        raise Conflict(_l("Application %(id)s with this CSR's key is already waiting for review: every node needs "
-                          "its own key. Generate a new key and CSR.", id=pending), code="key_pending", field="csr")
 
 
 def _new_application(info: NodeInformation, csr_pem: str | None, **fields) -> Application:
@@ -115,9 +57,9 @@ def submit_with_token(raw_token: str | None, document: dict) -> Application:
 
     submission = information.check_submission(document, admits=admits)
     info, key_sha256 = submission.info, submission.key_sha256
-    _queue(key_sha256=key_sha256, endpoint=info.endpoint)
-    require_key_free(key_sha256)
-    _require_endpoint_free(info.endpoint)
+    uniqueness.hold(key_sha256=key_sha256, endpoint=info.endpoint)
+    uniqueness.require_key_free(key_sha256)
+    uniqueness.require_endpoint_free(info.endpoint)
     tokens.consume(token)  # last: only an accepted application uses the token up
     application = _new_application(info, submission.csr_pem, token_id=token.id, key_sha256=key_sha256)
     db.session.flush()
@@ -135,9 +77,9 @@ def submit_by_user(document: dict, *, by, names: Mapping[str, str] | None = None
     submission = information.check_submission(document, names=names, read_csr=read_csr)
     info, key_sha256 = submission.info, submission.key_sha256
     require_division_scope(by, info.division_code)
-    _queue(key_sha256=key_sha256, endpoint=info.endpoint)
-    require_key_free(key_sha256)
-    _require_endpoint_free(info.endpoint, by=by)
+    uniqueness.hold(key_sha256=key_sha256, endpoint=info.endpoint)
+    uniqueness.require_key_free(key_sha256)
+    uniqueness.require_endpoint_free(info.endpoint, by=by)
     application = _new_application(info, submission.csr_pem, submitted_by_id=by.id, key_sha256=key_sha256)
     db.session.flush()
     audit.record("application.submit", application.id,
@@ -155,7 +97,7 @@ def submit_change(node: Node, document: dict, *, by, names: Mapping[str, str] | 
     require_division_scope(by, node.division_code)
     submission = information.check_submission(document, new=False, names=names, read_csr=read_csr)
     csr_pem, key_sha256 = submission.csr_pem, submission.key_sha256
-    nodes.lock(node, *_lock_names(key_sha256, submission.info.endpoint))
+    nodes.lock(node, *uniqueness.lock_names(key_sha256, submission.info.endpoint))
     if node.status == "revoked":
         raise Conflict(_l("A revoked node cannot change."), code="node_revoked")
     pending = pending_change(node)
@@ -166,11 +108,11 @@ def submit_change(node: Node, document: dict, *, by, names: Mapping[str, str] | 
     if not csr_pem and not _differences(node, lambda name: _requested(info, name)):
         raise ValidationFailed(NO_CHANGE, code="no_change")
     if info.endpoint != node.endpoint:
-        _require_endpoint_free(info.endpoint, node.node_id, by=by)
+        uniqueness.require_endpoint_free(info.endpoint, node.node_id, by=by)
     if endpoint_host(info.endpoint) != endpoint_host(node.endpoint) and not csr_pem:
         raise ValidationFailed(_l("A new endpoint host needs a new CSR: the certificate names the host."),
                                code="missing_csr", field="csr")
-    require_key_free(key_sha256, node.node_id)
+    uniqueness.require_key_free(key_sha256, node.node_id)
     application = _new_application(info, csr_pem, kind="change", node_id=node.node_id, submitted_by_id=by.id,
                                    key_sha256=key_sha256)
     db.session.flush()
@@ -240,8 +182,8 @@ def approve(application: Application, *, by) -> Node:
     if application.kind == "change":
         return _approve_change(application, by=by)
     divisions.require_current(application.division_code)
-    _queue(key_sha256=application.key_sha256, endpoint=application.endpoint)
-    _require_endpoint_free(application.endpoint, application_id=application.id, by=by)
+    uniqueness.hold(key_sha256=application.key_sha256, endpoint=application.endpoint)
+    uniqueness.require_endpoint_free(application.endpoint, application_id=application.id, by=by)
     node = Node(
         node_id=nodes.allocate_node_id(application.division_code), division_code=application.division_code,
         province_prefix=application.division_code[:2], org_name=application.org_name,
@@ -290,7 +232,8 @@ def requested_changes(application: Application, node: Node) -> dict[str, tuple]:
 def _approve_change(application: Application, *, by) -> Node:
     """A request carries whole A.1 values, not a diff: if another change to the node was approved after
     this one was written, applying it would silently put that change back, so it is refused."""
-    node = nodes.lock(nodes.get(application.node_id), *_lock_names(application.key_sha256, application.endpoint))
+    held = uniqueness.lock_names(application.key_sha256, application.endpoint)
+    node = nodes.lock(nodes.get(application.node_id), *held)
     if node.status == "revoked":
         raise Conflict(_l("A revoked node cannot change."), code="node_revoked")
     newer = db.session.scalar(select(Application.id).where(
@@ -304,7 +247,7 @@ def _approve_change(application: Application, *, by) -> Node:
     if not changes and not application.csr_pem:
         raise Conflict(NO_CHANGE, code="no_change")
     if application.endpoint != node.endpoint:
-        _require_endpoint_free(application.endpoint, node.node_id, application.id, by=by)
+        uniqueness.require_endpoint_free(application.endpoint, node.node_id, application.id, by=by)
     for name, (_, new) in changes.items():
         setattr(node, name, list(new) if name == "capabilities" else new)
     application.status = "approved"

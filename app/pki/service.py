@@ -329,7 +329,7 @@ def renew(node, csr_pem: str, *, by=None, still_entitled: Callable[[], object] |
     too (`key_pending`), or approving that application would find its key certified for someone else.
     `still_entitled`: the caller's credentials checked again once the node is held, raising to refuse (the API
     door's node session, which a revocation of one of the node's certificates ends while the request waits)."""
-    from app.admission import applications, nodes
+    from app.admission import nodes, uniqueness
 
     if by is not None and by.role != "ministry_admin":
         raise PermissionDenied(_l("Only a ministry admin may do this."), code="ministry_only")
@@ -356,7 +356,7 @@ def renew(node, csr_pem: str, *, by=None, still_entitled: Callable[[], object] |
         if utcnow() < opens:
             raise Conflict(_l("Renewal opens at %(when)s, in the last third of the validity.",
                               when=opens.isoformat(timespec="seconds")), code="renewal_too_early")
-    applications.require_key_free(key_sha256, node.node_id)
+    uniqueness.require_key_free(key_sha256, node.node_id)
     actor = by.username if by else f"node:{node.node_id}"
     audit.act_as(actor)  # the route version the hooks publish is this renewal's too
     row = _issue_checked(node, csr, key_sha256, actor=actor)

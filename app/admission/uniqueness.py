@@ -1,0 +1,70 @@
+"""One key, one node; one endpoint, one node (SPEC §3): the checks admission, change requests and renewal
+make before they store a CSR's key or an endpoint, and the locks that keep two requests from both passing."""
+
+from __future__ import annotations
+
+from flask_babel import lazy_gettext as _l
+from sqlalchemy import or_, select
+
+from app.admission.models import Application, Node
+from app.database import serialise
+from app.errors import Conflict
+from app.extensions import db
+
+
+def require_endpoint_free(endpoint: str, node_id: str | None = None, application_id: str | None = None, *,
+                           by=None) -> None:
+    """One endpoint, one node: a second node at the same URL would make routing ambiguous.
+
+    An endpoint is easy to guess, and §4 tells whether an id names a node, and the state of a node the table no
+    longer lists, only to that node: the refusal names the node (or the waiting application) only to `by`, an
+    admin whose scope covers it; an enrollment-token holder, or an admin of another province, reads the code."""
+    taken = db.session.execute(select(Node.node_id, Node.division_code).where(
+        Node.endpoint == endpoint, Node.status != "revoked", Node.node_id != (node_id or "")).limit(1)).first()
+    if taken:
+        message = _l("Node %(node)s already serves %(url)s.", node=taken.node_id, url=endpoint) \
+            if may_see(by, taken.division_code) else _l("Another node already serves %(url)s.", url=endpoint)
+        raise Conflict(message, code="endpoint_in_use", field="endpoint")
+    pending = db.session.execute(select(Application.id, Application.division_code).where(
+        Application.endpoint == endpoint, Application.status == "pending",
+        Application.id != (application_id or "")).limit(1)).first()
+    if pending:
+        message = _l("Application %(id)s for %(url)s is already waiting for review.", id=pending.id, url=endpoint) \
+            if may_see(by, pending.division_code) else \
+            _l("Another application for %(url)s is already waiting for review.", url=endpoint)
+        raise Conflict(message, code="endpoint_pending", field="endpoint")
+
+
+def may_see(user, division_code: str) -> bool:
+    return user is not None and user.can_access_division(division_code)
+
+
+def lock_names(key_sha256: str | None, endpoint: str | None) -> list[str]:
+    from app.pki import service as pki
+
+    return [name for name in (key_sha256 and pki.key_lock_name(key_sha256), endpoint and f"endpoint:{endpoint}")
+            if name]
+
+
+def hold(*, key_sha256: str | None = None, endpoint: str | None = None) -> None:
+    """Hold the key and endpoint this request checks until it commits, so two requests that arrive
+    together cannot both pass "is it free?" (see `serialise`)."""
+    serialise(*lock_names(key_sha256, endpoint))
+
+
+def require_key_free(key_sha256: str | None, node_id: str | None = None) -> None:
+    """One key, one node: refuse a CSR whose key another node's certificate (not revoked) or another
+    pending application already carries; `node_id`'s own certificates and change request do not count.
+    Admission and renewal ask this (the caller holds the key's lock, see `hold`)."""
+    from app.pki import service as pki
+
+    if not key_sha256:
+        return
+    pki.require_key_unused(key_sha256, node_id)
+    query = select(Application.id).where(Application.key_sha256 == key_sha256, Application.status == "pending")
+    if node_id:
+        query = query.where(or_(Application.node_id.is_(None), Application.node_id != node_id))
+    pending = db.session.scalar(query.limit(1))
+    if pending:
+        raise Conflict(_l("Application %(id)s with this CSR's key is already waiting for review: every node needs "
+                          "its own key. Generate a new key and CSR.", id=pending), code="key_pending", field="csr")
