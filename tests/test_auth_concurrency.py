@@ -295,3 +295,50 @@ def test_two_ministry_admins_disabling_each_other_at_once_leave_one_active(app, 
     assert db.session.scalar(select(func.count()).select_from(User).where(
         User.role == "ministry_admin", User.active.is_(True))) == 1
     assert audit.verify().ok
+
+
+class PastTheirUserReads(PastTheirReads):
+    """As PastTheirReads, holding each racer after its first read of one user's row instead: both racers have
+    read the account as it was before either edits it."""
+
+    @staticmethod
+    def is_the_read(statement: str) -> bool:
+        return "FROM users" in statement and "WHERE users.id =" in statement
+
+
+def test_two_edits_of_one_user_at_once_audit_what_each_found(app, make_user):
+    """Each edit's audit record says what the account was before it: the second's "before" is the first's
+    "after". Both read the account, then both wrote: the second record's "before" was the account as both had
+    read it, and the first edit's change never appeared in any record as replaced."""
+    target_id = make_user("jx-admin", role="provincial_admin", scopes=("360000",)).id
+    db.session.remove()
+    barrier = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def rename(display_name: str) -> None:
+        with app.app_context():
+            try:
+                barrier.wait(timeout=60)  # a thread that never gets here breaks it: no wait for good
+                target = db.session.get(User, target_id)
+                service.update_user(target, role="provincial_admin", scopes=["360000"], active=True,
+                                    display_name=display_name)
+                db.session.commit()
+                outcomes.append("ok")
+            except BaseException as error:  # reported below, with the thread's own traceback
+                outcomes.append(repr(error))
+            finally:
+                db.session.remove()
+
+    threads = [threading.Thread(target=rename, args=(name,)) for name in ("Jiangxi one", "Jiangxi two")]
+    with PastTheirUserReads(threads):
+        for thread in threads:
+            thread.start()
+        joined(threads)
+
+    assert outcomes == ["ok", "ok"]
+    first, second = db.session.scalars(select(AuditRecord).where(AuditRecord.action == "user.update")
+                                       .order_by(AuditRecord.seq))
+    assert first.detail["before"]["display_name"] == ""
+    assert second.detail["before"] == first.detail["after"]
+    assert db.session.get(User, target_id).display_name == second.detail["after"]["display_name"]
+    assert audit.verify().ok

@@ -178,7 +178,14 @@ def update_user(user: User, *, role: str, scopes: list[str], active: bool, displ
                 by: User | None = None) -> User:
     """The fields' refusals first (`check_user_change`), then the checks about no one field: `by` (the console's
     signed-in admin; None for the operator on the server) neither demotes nor disables itself, and the last
-    active ministry admin stays one."""
+    active ministry admin stays one.
+
+    Two edits of one account at once queue, and each reads the account again once its turn comes: both had
+    read it first, so the second wrote over the first and audited as "before" what neither left (the first's
+    change appeared in no record as replaced). The lock is per account, so that two admins demoting each
+    other still both reach `_refuse_if_last_ministry_admin`, whose row locks (in id order) decide."""
+    serialise(f"user:{user.username.lower()}")  # create_user's name: an account's one identity
+    db.session.refresh(user)
     scope_codes, display_name = check_user_change(user, role=role, scopes=scopes, display_name=display_name)
     if by is not None and by.id == user.id and (role != user.role or not active):
         raise PermissionDenied(_l("You cannot demote or deactivate yourself."), code="own_account")
