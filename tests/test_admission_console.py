@@ -455,6 +455,21 @@ def test_a_provincial_admin_withdraws_a_suspension_request_and_cannot_decline_it
     assert again.status_code == 422 and "没有等待决定的暂停申请" in again.get_data(as_text=True)
 
 
+def test_a_ministry_admin_posting_a_withdrawal_is_refused_and_the_request_stands(app, make_user, admin_console):
+    """The node page offers the ministry no Withdraw button; a hand-made POST is refused as the service refuses
+    it, with the way out (decline) said beside the form."""
+    from app.admission.models import Node
+
+    node = _requested_node(make_user)
+    refused = admin_console.post_form(f"/nodes/{node.node_id}", {"reason": "done here"},
+                                      action=f"/nodes/{node.node_id}/withdraw-suspension")
+    assert refused.status_code == 403
+    html = refused.get_data(as_text=True)
+    assert "部级管理员应驳回暂停申请并说明理由" in html and 'value="done here"' in html
+    db.session.expire_all()
+    assert db.session.get(Node, node.node_id).suspension_requested
+
+
 def test_a_provincial_admin_of_another_province_cannot_withdraw_a_suspension_request(app, make_user, admin_console):
     from app.admission.models import Node
 

@@ -217,6 +217,25 @@ def test_an_admin_of_the_nodes_province_withdraws_a_suspension_request_and_no_ot
                                      "request_reason": "looks hacked"})
 
 
+def test_a_ministry_admin_declines_a_suspension_request_and_cannot_withdraw_it(runner, jx_admin, minister):
+    """Withdrawing is the requesting province's; the ministry's answer is a decline, whose reason the requester
+    sees on the node's page. A ministry admin's withdrawal ended the request with no reason and no word to them."""
+    import json
+
+    node = admit(jx_admin, minister)
+    nodes.request_suspension(node, "looks hacked", by=jx_admin)
+    db.session.commit()
+    before = audit_count()
+    with pytest.raises(PermissionDenied) as refused:
+        nodes.withdraw_suspension(node, "", by=minister)
+    db.session.rollback()
+    assert refused.value.code == "province_only" and "decline" in refused.value.message
+    cli = runner.invoke(args=["nodes", "withdraw-suspension", node.node_id, "--user", "minister", "--json"])
+    assert cli.exit_code == 1 and json.loads(cli.output)["error"]["code"] == "province_only"
+    db.session.expire_all()
+    assert node.suspension_requested and audit_count() == before
+
+
 def test_cli_declines_and_withdraws_a_suspension_request_as_the_console_does(runner, jx_admin, minister, make_user):
     import json
 

@@ -261,7 +261,7 @@ suspension_request_command(
     "suspension request for {node_id} declined; it stays active")
 suspension_request_command(
     "withdraw-suspension", nodes.withdraw_suspension,
-    "Withdraw a request to suspend a node (an admin of its division).",
+    "Withdraw a request to suspend a node (a provincial admin of its division; the ministry declines instead).",
     "suspension request for {node_id} withdrawn", reason_required=False)
 
 

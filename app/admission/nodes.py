@@ -205,9 +205,15 @@ def decline_suspension(node: Node, reason: str, *, by) -> Node:
 
 
 def withdraw_suspension(node: Node, reason: str, *, by) -> Node:
-    """Whoever may ask may withdraw (an admin whose scope covers the node): the request is the province's, and a
-    colleague cannot file their own while it stands. The reason is optional."""
+    """The requesting province's way out: any provincial admin whose scope covers the node may withdraw (the
+    request is the province's, and a colleague cannot file their own while it stands). The reason is optional.
+    Not a ministry admin's (PermissionDenied, "province_only"): its answer is `decline_suspension`, whose reason
+    the requester sees on the node's page; a withdrawal ended the request with neither."""
     require_admin(by)
+    if by.role == "ministry_admin":
+        raise PermissionDenied(_l("A ministry admin declines a suspension request, with a reason its requester "
+                                  "sees; withdrawing it is for an admin of the node's province."),
+                               code="province_only")
     require_division_scope(by, node.division_code)
     reason = readable_text(reason, "reason", limit=500)
     return _close_suspension_request(node, reason, by=by, action="node.withdraw_suspension")
