@@ -342,3 +342,33 @@ def test_two_edits_of_one_user_at_once_audit_what_each_found(app, make_user):
     assert second.detail["before"] == first.detail["after"]
     assert db.session.get(User, target_id).display_name == second.detail["after"]["display_name"]
     assert audit.verify().ok
+
+
+def test_two_cli_edits_of_one_user_at_once_each_change_only_what_it_names(app, make_user):
+    """`flask users update` keeps what it is not given: a rename and a role change of one account at once both
+    stay. Each filled in the fields it was not given from its own first read, so the second wrote the first's
+    field back as it was."""
+    target_id = make_user("jx-admin", role="provincial_admin", scopes=("360000",)).id
+    db.session.remove()
+    barrier = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def update(*options: str) -> None:
+        try:
+            barrier.wait(timeout=60)
+            result = app.test_cli_runner().invoke(args=["users", "update", "jx-admin", *options])
+            outcomes.append("ok" if result.exit_code == 0 else result.output)
+        except BaseException as error:
+            outcomes.append(repr(error))
+
+    threads = [threading.Thread(target=update, args=("--name", "Jiangxi one")),
+               threading.Thread(target=update, args=("--role", "auditor"))]
+    with PastTheirUserReads(threads):
+        for thread in threads:
+            thread.start()
+        joined(threads)
+
+    assert outcomes == ["ok", "ok"]
+    target = db.session.get(User, target_id)
+    assert (target.display_name, target.role, target.scopes) == ("Jiangxi one", "auditor", [])
+    assert audit.verify().ok

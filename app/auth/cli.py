@@ -95,6 +95,7 @@ def update_command(username, role, scope, active, display_name, as_json):
     try:
         user = service.get_user(username)
         audit.act_as("cli")  # the records update_user writes, and the sign-out of a disabled account, name the CLI
+        service.hold_user(user)  # what it is not given stays as it is now, not as another change found it
         role = role or user.role
         if scope is not None:
             scopes = scope.split(",")

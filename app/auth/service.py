@@ -174,6 +174,14 @@ def check_user_change(user: User, *, role: str, scopes: list[str], display_name:
     return scope_codes, display_name
 
 
+def hold_user(user: User) -> None:
+    """Queue behind any other change of this account until commit, then read it again: what the caller reads
+    of it next is what its change replaces. Taken again by `update_user`; a caller that fills in the fields it
+    was not given (`flask users update`) takes it before reading them."""
+    serialise(f"user:{user.username.lower()}")  # create_user's name: an account's one identity
+    db.session.refresh(user)
+
+
 def update_user(user: User, *, role: str, scopes: list[str], active: bool, display_name: str,
                 by: User | None = None) -> User:
     """The fields' refusals first (`check_user_change`), then the checks about no one field: `by` (the console's
@@ -184,8 +192,7 @@ def update_user(user: User, *, role: str, scopes: list[str], active: bool, displ
     read it first, so the second wrote over the first and audited as "before" what neither left (the first's
     change appeared in no record as replaced). The lock is per account, so that two admins demoting each
     other still both reach `_refuse_if_last_ministry_admin`, whose row locks (in id order) decide."""
-    serialise(f"user:{user.username.lower()}")  # create_user's name: an account's one identity
-    db.session.refresh(user)
+    hold_user(user)
     scope_codes, display_name = check_user_change(user, role=role, scopes=scopes, display_name=display_name)
     if by is not None and by.id == user.id and (role != user.role or not active):
         raise PermissionDenied(_l("You cannot demote or deactivate yourself."), code="own_account")
