@@ -109,6 +109,21 @@ def test_provincial_admin_may_ask_for_a_suspension_inside_its_scope_only(jx_admi
         nodes.get_visible(node.node_id, gd_admin)
 
 
+def test_a_ministry_admin_suspends_and_does_not_ask(runner, jx_admin, minister):
+    """The request is a province's way to reach the ministry, which decides; a ministry admin's own request (the
+    CLI took one) waited on the dashboard for the ministry, and only a decline of its own could end it."""
+    node = admit(jx_admin, minister)
+    before = audit_count()
+    with pytest.raises(PermissionDenied) as refused:
+        nodes.request_suspension(node, "looks hacked", by=minister)
+    db.session.rollback()
+    assert refused.value.code == "ministry_suspends"
+    asked = runner.invoke(args=["nodes", "request-suspension", node.node_id, "--reason", "x", "--user", "minister"])
+    assert asked.exit_code == 1 and "suspends a node itself" in asked.output
+    db.session.expire_all()
+    assert not node.suspension_requested and audit_count() == before
+
+
 def test_a_second_request_for_a_suspension_leaves_the_first_standing(jx_admin, minister, make_user):
     """A second provincial admin's request (another tab, an older page) replaced the first one's reason and name
     without a word: the ministry decided on a request its author never made."""
@@ -141,7 +156,8 @@ def test_cli_asks_for_a_suspension_as_the_console_does(runner, jx_admin, ministe
             item["suspension_request_reason"]) == (node.node_id, "active", True, "jx-admin", "looks hacked")
     [record] = db.session.scalars(select(AuditRecord).where(AuditRecord.action == "node.request_suspension"))
     assert (record.actor, record.target, record.detail) == ("jx-admin", node.node_id, {"reason": "looks hacked"})
-    again = runner.invoke(args=[*command, "--user", "minister"])
+    make_user("jx-admin-2", "provincial_admin", ("360000",))
+    again = runner.invoke(args=[*command, "--user", "jx-admin-2"])
     assert again.exit_code == 1
     assert again.output == "error: jx-admin has already asked for this node's suspension; a ministry admin decides.\n"
     listed = runner.invoke(args=["nodes", "list", "--user", "minister", "--status", "suspension_requested", "--json"])

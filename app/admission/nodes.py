@@ -163,8 +163,12 @@ def revoke(node: Node, reason: str, *, by) -> Node:
 
 
 def request_suspension(node: Node, reason: str, *, by) -> Node:
-    """A provincial admin may ask; a ministry admin decides."""
+    """A provincial admin may ask; a ministry admin decides. A ministry admin does not ask
+    (PermissionDenied, "ministry_suspends"): its request would wait for the ministry itself."""
     require_admin(by)
+    if by.role == "ministry_admin":
+        raise PermissionDenied(_l("A ministry admin suspends a node itself; asking for a suspension is for an admin "
+                                  "of the node's province."), code="ministry_suspends")
     require_division_scope(by, node.division_code)
     lock(node)
     if node.status != "active":
@@ -179,7 +183,6 @@ def request_suspension(node: Node, reason: str, *, by) -> Node:
     node.suspension_requested_by = by.username
     audit.record("node.request_suspension", node.node_id, {"reason": reason}, actor=by.username)
     return node
-
 
 
 def _close_suspension_request(node: Node, reason: str, *, by, action: str) -> Node:
