@@ -55,20 +55,24 @@ def env_choice(name: str, default: str, choices: tuple[str, ...], said: str) -> 
     return value
 
 
+def is_http_url(value: str) -> bool:
+    """An http:// or https:// address with a host, a port in range and no space or control character: what
+    urllib can open as written (`env_http_url` refuses anything else at the start; `send_webhook` tries none)."""
+    try:
+        parts = urlsplit(value)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:  # a port out of range, a malformed IPv6 host
+        return False
+    return (port_ok and parts.scheme in ("http", "https") and bool(parts.hostname)
+            and not any(character.isspace() or not character.isprintable() for character in value))
+
+
 def env_http_url(name: str) -> str:
     """An http:// or https:// address with a host, or "" (none); anything else stops the start naming the
     variable. The health webhook is sent after the round commits: a URL urllib cannot open surfaced only then,
     at the first alert, as a round recorded failed (no scheme) or as every alert lost (another scheme, no host)."""
     value = os.environ.get(name, "").strip()
-    if not value:
-        return ""
-    try:
-        parts = urlsplit(value)
-        port_ok = parts.port is None or parts.port > 0
-    except ValueError:  # a port out of range, a malformed IPv6 host
-        parts, port_ok = None, False
-    if (parts is None or not port_ok or parts.scheme not in ("http", "https") or not parts.hostname
-            or any(character.isspace() or not character.isprintable() for character in value)):
+    if value and not is_http_url(value):
         raise ValueError(f"{name} must be an http:// or https:// address with a host, not {value!r}")
     return value
 

@@ -196,13 +196,76 @@ def test_a_receiver_answering_garbage_costs_the_alert_not_the_round(app, node, g
         f"health webhook attempt {n} failed" for n in (1, 2, 3)]
 
 
-@pytest.mark.parametrize("url", ["hooks.example/alert", "ftp://hooks.example/alert", "http:///alert"])
-def test_a_webhook_url_urllib_cannot_open_is_logged_not_raised(app, url, caplog):
-    """A URL without a scheme raised ValueError ("unknown url type") out of the round; the start refuses such a
-    URL now (`env_http_url`), but one set in the config by other means still costs no round."""
+def webhook_log(caplog) -> list[tuple[str, str]]:
+    return [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "mpim.health"]
+
+
+@pytest.mark.parametrize("url", ["hooks.example/alert", "ftp://hooks.example/alert", "http:///alert",
+                                 "http://hooks.example:99999/alert", "http://hooks example/alert"])
+def test_a_webhook_url_that_is_no_http_address_is_logged_once_and_not_retried(app, url, caplog):
+    """A URL without a scheme raised ValueError ("unknown url type") out of the round; then it was tried three
+    times with backoff, as if the next attempt could open it, and logged three times. The start refuses such a URL
+    (`env_http_url`); one set in the config by other means is named once, as the variable, and no attempt made."""
     change = service.StatusChange("36000000002025000001", "up", "down", "timeout", "", False)
     assert service.send_webhook(url, [change], backoff=0) is False
-    assert any(r.getMessage().startswith("health webhook attempt 3 failed") for r in caplog.records)
+    assert webhook_log(caplog) == [("ERROR", "health webhook not sent: MPIM_HEALTH_WEBHOOK_URL is no http:// or "
+                                             "https:// address with a host; not retried")]
+
+
+class Answering(BaseHTTPRequestHandler):
+    """A webhook receiver answering every POST with `status`, counting them."""
+
+    status = 204
+    posts = 0
+
+    def do_POST(self):  # noqa: N802 (http.server's naming)
+        self.rfile.read(int(self.headers["Content-Length"]))
+        Answering.posts += 1
+        self.send_response(Answering.status)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def answering():
+    Answering.posts = 0
+    server = HTTPServer(("127.0.0.1", 0), Answering)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/hook"
+    stop_serving(server, thread)
+
+
+@pytest.mark.parametrize(("status", "posts"), [(503, 3), (500, 3), (429, 3), (404, 1), (401, 1), (400, 1)])
+def test_a_receiver_failing_is_tried_again_one_refusing_the_request_is_not(app, answering, status, posts, caplog):
+    """A 5xx (or 429: come back later) may pass on the next attempt; a 404 or 401 says the address or its
+    credentials are wrong, and three attempts with backoff only delayed the round's end and tripled the log."""
+    Answering.status = status
+    change = service.StatusChange("36000000002025000001", "up", "down", "timeout", "", False)
+    assert service.send_webhook(answering, [change], backoff=0) is False
+    assert Answering.posts == posts
+    if posts == 1:
+        assert [level for level, _ in webhook_log(caplog)] == ["ERROR"]
+        assert webhook_log(caplog)[0][1].startswith(f"health webhook refused: HTTP Error {status}")
+        assert webhook_log(caplog)[0][1].endswith("; not retried")
+    else:
+        assert [message.split(":")[0] for _, message in webhook_log(caplog)] == [
+            f"health webhook attempt {n} failed" for n in (1, 2, 3)]
+
+
+def test_a_receiver_that_refuses_the_connection_is_tried_again(app, caplog):
+    """A receiver being restarted refuses connections for a moment: transient, so every attempt is made."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]  # closed below: nothing listens there any more
+    change = service.StatusChange("36000000002025000001", "up", "down", "timeout", "", False)
+    assert service.send_webhook(f"http://127.0.0.1:{port}/hook", [change], backoff=0) is False
+    assert [message.split(":")[0] for _, message in webhook_log(caplog)] == [
+        f"health webhook attempt {n} failed" for n in (1, 2, 3)]
+    assert "Connection refused" in webhook_log(caplog)[0][1]
 
 
 def test_a_node_still_down_when_its_maintenance_ends_is_alerted_then_once(app, node, webhook, make_user):

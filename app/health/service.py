@@ -11,6 +11,7 @@ import http.client
 import json
 import logging
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from flask import current_app
 from sqlalchemy import bindparam, func, insert, or_, select, update
 
 from app.admission.models import Node
+from app.config import is_http_url
 from app.database import among, serialise, utcnow
 from app.extensions import db
 from app.health import history
@@ -270,12 +272,22 @@ def late_alert(health, pending: dict | None = None) -> StatusChange | None:
                         after_maintenance=True)
 
 
+# Answers that another attempt may change: the receiver is failing (5xx), or asks to be asked later.
+RETRIED_STATUSES = frozenset({408, 425, 429})
+
+
 def send_webhook(url: str, changes: list[StatusChange], attempts: int = 3, timeout: float = 5.0,
                  backoff: float = 0.5) -> bool:
-    """POST the state changes as JSON; retried with backoff; a failure is logged, never raised: the round it
-    alerts of is committed already, and an exception here would record it failed. Besides OSError (refused,
-    timed out, an HTTP error status), a receiver answering no HTTP raises HTTPException, and a URL urllib cannot
-    open (no scheme) ValueError; the start refuses such a URL (`config.env_http_url`), the config may still hold one."""
+    """POST the state changes as JSON; a failure is logged, never raised: the round it alerts of is committed
+    already, and an exception here would record it failed. What may pass next time is retried with backoff: a
+    refused or timed-out connection, an unresolved name, a 5xx, 429, or an answer that is no HTTP at all. What
+    cannot is logged once and not retried, since the retries only delay the round's end: a URL urllib cannot open
+    (the start refuses one, `config.env_http_url`; the config may still hold one) and a 4xx refusing the request.
+    The URL is never logged: a webhook's often carries its token."""
+    if not is_http_url(url):
+        log.error("health webhook not sent: MPIM_HEALTH_WEBHOOK_URL is no http:// or https:// address with a host;"
+                  " not retried")
+        return False
     body = json.dumps({"event": "node_health_changed", "time": utcnow().isoformat(),
                        "changes": [c.__dict__ for c in changes]}, ensure_ascii=False).encode()
     for attempt in range(attempts):
@@ -285,7 +297,12 @@ def send_webhook(url: str, changes: list[StatusChange], attempts: int = 3, timeo
             with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (configured URL)
                 if 200 <= response.status < 300:
                     return True
-        except (OSError, http.client.HTTPException, ValueError) as error:
+        except urllib.error.HTTPError as error:
+            if error.code < 500 and error.code not in RETRIED_STATUSES:
+                log.error("health webhook refused: %s; not retried", error)
+                return False
+            log.warning("health webhook attempt %s failed: %s: %s", attempt + 1, type(error).__name__, error)
+        except (OSError, http.client.HTTPException) as error:
             log.warning("health webhook attempt %s failed: %s: %s", attempt + 1, type(error).__name__, error)
         if attempt + 1 < attempts:
             time.sleep(backoff * 2 ** attempt)
