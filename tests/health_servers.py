@@ -20,6 +20,8 @@ class HealthServer:
         self.port = 0
         self.requests = 0
         self.elsewhere_requests = 0  # what a followed redirect would reach
+        self.gather = 0  # when set: no request is answered before this many have arrived (`arrived`)
+        self.arrived = None
         started = threading.Event()
         self.thread = threading.Thread(target=self._run, args=(started,), daemon=True)
         self.thread.start()
@@ -31,6 +33,10 @@ class HealthServer:
 
     async def health(self, request):
         self.requests += 1
+        if self.gather:  # two pollers' requests in flight at once, neither answered before the other came
+            if self.requests >= self.gather:
+                self.arrived.set()
+            await self.arrived.wait()
         if self.behaviour == "slow":
             await self.never.wait()  # an answer that never comes; the poller's timeout must fire
         if self.behaviour == "two_parts":  # a good answer in two chunks, the second a moment later
@@ -90,6 +96,7 @@ class HealthServer:
     def _run(self, started: threading.Event) -> None:
         asyncio.set_event_loop(self.loop)
         self.never = asyncio.Event()
+        self.arrived = asyncio.Event()
         app = web.Application()
         app.router.add_get("/api/v1/health", self.health)
         app.router.add_get("/elsewhere", self.elsewhere)
@@ -104,6 +111,7 @@ class HealthServer:
     def close(self) -> None:
         async def stop():
             self.never.set()
+            self.arrived.set()
             await self.runner.cleanup()
 
         asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)

@@ -321,3 +321,50 @@ def test_a_host_name_that_does_not_resolve_is_said_so_in_the_readers_language(ap
     with app.test_request_context("/"):
         with force_locale("zh_CN"):
             assert health_detail_label(result.detail) == "主机名 no-such-node.invalid 无法解析"
+
+
+def test_a_poll_once_beside_the_scheduled_round_counts_each_real_failure_once(app, servers, people, runner):  # noqa: F811
+    """From a review: `flask health poll --once` run while the leader's scheduled round runs might count one
+    failure twice toward "down". Both poll the node; its server answers neither before both requests arrived, so
+    both rounds then apply at once. Each failed request is counted once (the rounds apply one after the other,
+    under the health.round lock, each reading what the other committed): two requests, two failures, the node
+    still up with MPIM_HEALTH_FAILURES_BEFORE_DOWN 3, and down at the third, alerted once."""
+    import threading
+
+    from app.scheduler import registry
+    from app.scheduler.runner import run_job
+
+    node, keys = admit_local(people)
+    server = servers(node.node_id, "ok", ssl_context=node_server_context(app, node, keys))
+    node.endpoint = server.url
+    db.session.commit()
+    # Interval = timeout: the scheduled round's spread window is empty, so it polls at once, as --once does.
+    app.config["MPIM_HEALTH_TIMEOUT"] = app.config["MPIM_HEALTH_INTERVAL"] = 10.0
+    for _ in range(2):
+        rounds.run_round(spread=False)
+    assert db.session.get(NodeHealth, node.node_id).status == "up"
+    server.behaviour, server.requests, server.gather = "error", 0, 2
+    job = next(j for j in registry.jobs if j.name == "health.poll")
+    scheduled: list = []
+
+    def leader_round() -> None:
+        with app.app_context():
+            run = run_job(job, "leader-test")
+            scheduled.append((run.ok, run.message))
+
+    thread = threading.Thread(target=leader_round)
+    thread.start()
+    once = runner.invoke(args=["health", "poll", "--once"])
+    thread.join(60)
+    assert not thread.is_alive()
+    assert once.exit_code == 0 and "1 polled, 0 ok; failed: http_status 1" in once.output, once.output
+    assert scheduled == [(True, "1 polled, 0 ok; failed: http_status 1")]
+    db.session.expire_all()
+    health = db.session.get(NodeHealth, node.node_id)
+    assert server.requests == 2
+    assert (health.status, health.consecutive_failures, health.consecutive_successes) == ("up", 2, 0)
+    server.gather = 0
+    report = rounds.run_round(spread=False)
+    assert [(c.old, c.new) for c in report.changes] == [("up", "down")] and server.requests == 3
+    events = db.session.scalars(select(HealthEvent).where(HealthEvent.node_id == node.node_id)).all()
+    assert [(e.old_status, e.new_status) for e in events] == [("unknown", "up"), ("up", "down")]
