@@ -345,3 +345,29 @@ def test_a_run_without_an_end_whose_holder_does_not_lead_is_not_shown_as_running
     text, listed = _jobs_listed(runner)
     assert "no end recorded (its holder gone:4242:abcdef does not lead)" in text and "RUNNING" not in text, text
     assert (listed["last_state"], listed["running_seconds"], listed["overrunning"]) == ("unfinished", None, False)
+
+
+def test_a_database_lost_during_a_job_is_logged_and_not_raised_into_the_scheduler(app, caplog, monkeypatch):
+    """The run's end could not be recorded: the OperationalError of its closing commit escaped into APScheduler,
+    against run_job's contract. Now one line says the run's end was lost, and the run is returned unsaved."""
+    import contextlib
+
+    from app.scheduler import registry
+    from app.scheduler.runner import run_job
+
+    caplog.set_level(logging.INFO, logger="mpim.scheduler")
+    outage = contextlib.ExitStack()
+
+    def job():
+        outage.enter_context(database_away(app))
+        db.session.execute(select(1)).all()
+
+    with outage:
+        run = run_job(registry.Job("test.outage", job, 60), "holder-x")
+    assert run.ok is False and run.job == "test.outage" and run.started_at is not None
+    assert run.message.startswith("OperationalError: ")
+    lines = [r for r in caplog.records if r.name == "mpim.scheduler" and "not recorded" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelno == logging.ERROR and "\n" not in lines[0].getMessage()
+    assert lines[0].getMessage().startswith("job test.outage: its end was not recorded: ")
+    db.session.remove()
+    assert db.session.scalar(select(JobRun.ok).where(JobRun.job == "test.outage")) is None  # what the database kept

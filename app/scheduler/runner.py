@@ -22,13 +22,15 @@ log = logging.getLogger("mpim.scheduler")
 
 
 def run_job(job: registry.Job, holder: str) -> JobRun:
-    """Run one job now and record it; a failure is recorded, never raised into the scheduler.
+    """Run one job now and record it; a failure is recorded, never raised into the scheduler. When the database
+    is gone by the job's end, the run cannot be recorded: one line says so and the run is returned unsaved.
 
     The run's row is committed before the job starts, so `flask scheduler jobs` shows a run that has not ended
     (a job hung on a lock); the job's own work is committed with the row's end, as it always was. A run that took
     longer than the job's `timeout_seconds` says so in its record and its line, whether it ended ok or not."""
     clock = time.perf_counter()
-    run = JobRun(job=job.name, holder=holder, started_at=utcnow())
+    started_at = utcnow()
+    run = JobRun(job=job.name, holder=holder, started_at=started_at)
     db.session.add(run)
     db.session.flush()
     run_id = run.id
@@ -44,16 +46,25 @@ def run_job(job: registry.Job, holder: str) -> JobRun:
     overran = f"overran its {job.timeout_seconds:g} s limit" if seconds > job.timeout_seconds else ""
     if overran:  # the note survives the cut to the column's length
         message = f"{message[:500 - len(overran) - 2]}; {overran}" if message else overran
-    run = db.session.get(JobRun, run_id)  # the job may have expunged it
-    run.seconds, run.ok, run.message = round(seconds, 3), failure is None, message[:500]
+    seconds, message = round(seconds, 3), message[:500]
     if isinstance(failure, DomainError):
         # A condition the error's message names (a CA key the passphrase does not open): one line per run,
         # where health.poll's traceback every 30 s buried the log; the traceback only with debug logging on.
-        log.error("job %s failed: %s", job.name, run.message,
+        log.error("job %s failed: %s", job.name, message,
                   exc_info=failure if log.isEnabledFor(logging.DEBUG) else None)
     elif failure is not None:
         log.error("job %s failed%s", job.name, f"; {overran}" if overran else "", exc_info=failure)
-    db.session.commit()
+    try:
+        run = db.session.get(JobRun, run_id)  # the job may have expunged it
+        run.seconds, run.ok, run.message = seconds, failure is None, message
+        db.session.commit()
+    except Exception as error:  # the database went away during the job: its row keeps no end
+        db.session.rollback()
+        lost = f"{type(error).__name__}: {first_line(error)}"
+        log.error("job %s: its end was not recorded: %s", job.name, lost)
+        # Unsaved, and failed either way: a job's own work is committed with its end, so it was lost too.
+        return JobRun(id=run_id, job=job.name, holder=holder, started_at=started_at, seconds=seconds, ok=False,
+                      message=message if failure is not None else f"its end was not recorded: {lost}"[:500])
     if failure is None and (job.log_runs or overran):  # a failure was logged above
         log.log(logging.WARNING if overran else logging.INFO, "%s ok in %.3fs%s", job.name, run.seconds,
                 f": {run.message}" if run.message else "")
