@@ -2,7 +2,9 @@
 
 A process is leader while it holds an unexpired lease; it renews the lease well before expiry. If
 it dies, another process takes over once the lease expires. Acquire and renew are one conditional
-UPDATE each, so two processes can never both believe they hold the lease.
+UPDATE each, so two processes can never both believe they hold the lease. Every expiry is computed and
+compared by the database's clock, never a process's: hosts whose clocks differ (one ten minutes ahead) would
+otherwise steal a healthy leader's lease, or keep theirs for the skew after release or death.
 """
 
 from __future__ import annotations
@@ -10,12 +12,11 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from datetime import timedelta
 
-from sqlalchemy import or_, update
+from sqlalchemy import Float, cast, func, insert, literal, literal_column, or_, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql.elements import ColumnElement
 
-from app.database import utcnow
 from app.extensions import db
 from app.scheduler.models import SchedulerLease
 
@@ -26,14 +27,21 @@ def make_holder_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
+def database_now(seconds: float = 0.0) -> ColumnElement:
+    """The database's clock plus `seconds`, in the lease column's stored form: SQLite keeps text, compared as
+    text, so its value is written as SQLAlchemy writes one (microseconds, six digits)."""
+    if db.session.get_bind().dialect.name == "sqlite":
+        return func.strftime("%Y-%m-%d %H:%M:%f", "now", f"{seconds:+.6f} seconds").concat("000")
+    return func.statement_timestamp() + cast(literal(seconds), Float) * literal_column("interval '1 second'")
+
+
 def try_acquire(holder: str, ttl_seconds: float, name: str = LEASE_NAME) -> bool:
     """Take or renew the lease; True if `holder` holds it afterwards. Commits."""
-    now = utcnow()
-    expires = now + timedelta(seconds=ttl_seconds)
     result = db.session.execute(
         update(SchedulerLease)
-        .where(SchedulerLease.name == name, or_(SchedulerLease.holder == holder, SchedulerLease.expires_at < now))
-        .values(holder=holder, expires_at=expires)
+        .where(SchedulerLease.name == name,
+               or_(SchedulerLease.holder == holder, SchedulerLease.expires_at < database_now()))
+        .values(holder=holder, expires_at=database_now(ttl_seconds))
         .execution_options(synchronize_session=False)
     )
     if result.rowcount == 1:
@@ -43,7 +51,8 @@ def try_acquire(holder: str, ttl_seconds: float, name: str = LEASE_NAME) -> bool
     if db.session.get(SchedulerLease, name) is not None:
         return False
     try:
-        db.session.add(SchedulerLease(name=name, holder=holder, expires_at=expires))
+        db.session.execute(insert(SchedulerLease).values(name=name, holder=holder,
+                                                         expires_at=database_now(ttl_seconds)))
         db.session.commit()
         return True
     except IntegrityError:  # another process created it first
@@ -53,10 +62,10 @@ def try_acquire(holder: str, ttl_seconds: float, name: str = LEASE_NAME) -> bool
 
 def release(holder: str, name: str = LEASE_NAME) -> None:
     db.session.execute(update(SchedulerLease).where(SchedulerLease.name == name, SchedulerLease.holder == holder)
-                       .values(expires_at=utcnow()).execution_options(synchronize_session=False))
+                       .values(expires_at=database_now()).execution_options(synchronize_session=False))
     db.session.commit()
 
 
 def current_leader(name: str = LEASE_NAME) -> SchedulerLease | None:
-    lease = db.session.get(SchedulerLease, name)
-    return lease if lease and lease.expires_at > utcnow() else None
+    return db.session.scalar(select(SchedulerLease)
+                             .where(SchedulerLease.name == name, SchedulerLease.expires_at > database_now()))

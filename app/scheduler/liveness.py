@@ -39,14 +39,17 @@ def stale_heartbeat(interval_seconds: float, now: datetime | None = None) -> Sta
     Its start, whether it ended or not: a heartbeat does nothing, so one still without an end minutes after it began
     is as much a sign of a stopped (or hung) scheduler as no heartbeat at all. None as well when no heartbeat was
     ever recorded: a fresh install, or a database no scheduler has run on (the test suite), is not a stopped
-    scheduler. A heartbeat run by hand (`flask scheduler run-job`) proves no scheduler runs: not counted. One
-    indexed query (`ix_job_runs_job_started`): the console asks on every page."""
+    scheduler. A heartbeat run by hand (`flask scheduler run-job`) proves no scheduler runs: not counted. A start
+    dated the limit or more ahead of `now` (a scheduler host's clock ahead) is stale too. One indexed query
+    (`ix_job_runs_job_started`): the console asks on every page."""
     last = db.session.execute(select(JobRun.started_at, JobRun.seconds)
                               .where(JobRun.job == HEARTBEAT, JobRun.holder != CLI_HOLDER)
                               .order_by(JobRun.started_at.desc()).limit(1)).first()
     if last is None:
         return None
     limit = stale_after(interval_seconds)
-    if (now or utcnow()) - last.started_at < limit:
+    # A start dated past the limit ahead of this clock was written by a host whose clock runs ahead, and stays the
+    # newest for as long as the skew: it cannot vouch for a scheduler running now, so it is stale as well.
+    if -limit < (now or utcnow()) - last.started_at < limit:
         return None
     return StaleHeartbeat(last_started_at=last.started_at, finished=last.seconds is not None, limit=limit)
