@@ -3,14 +3,18 @@ clock) and a host clock stepped while the scheduler runs (the watchdog wakes its
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import func, select
 
 from app import database
 from app.extensions import db
 from app.scheduler import leader, liveness, runner
-from app.scheduler.models import SchedulerLease
+from app.scheduler.clock import ClockWatch
+from app.scheduler.models import JobRun, SchedulerLease
+from tests.test_scheduler import wait_for
 
 
 def clock_ahead(monkeypatch, seconds: float) -> None:
@@ -69,7 +73,6 @@ def test_the_lease_length_is_kept_to_the_fraction_of_a_second(app, ttl):
 def test_a_heartbeat_dated_in_the_future_does_not_keep_the_scheduler_healthy(app):
     """A heartbeat written by a host whose clock ran ahead was newer than any other for as long as the skew: a
     scheduler that then stopped was taken for running. Past the limit ahead of this clock, it is stale too."""
-    from app.scheduler.models import JobRun
 
     now = database.utcnow()
     run = JobRun(job=liveness.HEARTBEAT, holder="ahead:1:abcdef", started_at=now + timedelta(seconds=600),
@@ -78,3 +81,58 @@ def test_a_heartbeat_dated_in_the_future_does_not_keep_the_scheduler_healthy(app
     db.session.commit()
     assert liveness.stale_heartbeat(15, now=now) is not None
     assert liveness.stale_heartbeat(15, now=run.started_at - timedelta(seconds=59)) is None
+
+
+def test_the_clock_watch_names_a_step_and_takes_in_a_slew():
+    """Wall and monotonic readings a second apart: a slew of half a millisecond, a step forward of 400 s, one back
+    of 1000 s, and a reading late by half a second (both clocks move together: not a step)."""
+    reading = [0.0, 0.0]
+    watch = ClockWatch(lambda _: None, wall=lambda: reading[0], monotonic=lambda: reading[1])
+    steps = []
+    for reading[:] in [(1000.0, 10.0), (1001.0, 11.0), (1002.0005, 12.0), (1403.0, 13.0), (404.0, 14.0),
+                       (405.0, 15.0), (405.5, 15.5)]:
+        steps.append(watch.check())
+    assert steps == [0.0, 0.0, 0.0, pytest.approx(400, abs=0.01), pytest.approx(-1000, abs=0.01), 0.0, 0.0]
+
+
+def test_after_the_host_clock_steps_back_the_jobs_run_on_and_one_line_says_so(app, caplog, monkeypatch):
+    """The real scheduler in a thread of this process, its heartbeat every 0.3 s. The host's wall clock, as this
+    process reads it (time.time, and the datetime.now APScheduler reads), steps back ten minutes: every job was
+    ten minutes away, lease renewal included, and nothing said so."""
+    import threading
+    import time
+    from datetime import datetime
+
+    import apscheduler.executors.base
+    import apscheduler.schedulers.base
+
+    from app.scheduler import registry
+
+    step = [0.0]
+    real_time = time.time
+
+    class WallClock(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.now(tz) + timedelta(seconds=step[0])
+
+    for module in (apscheduler.schedulers.base, apscheduler.executors.base):
+        monkeypatch.setattr(module, "datetime", WallClock)
+    monkeypatch.setattr(time, "time", lambda: real_time() + step[0])
+    beats = lambda: db.session.scalar(select(func.count()).where(JobRun.job == liveness.HEARTBEAT))  # noqa: E731
+    monkeypatch.setattr(registry, "jobs", [registry.Job(liveness.HEARTBEAT, lambda: None, 0.3, log_runs=False)])
+    caplog.set_level(logging.INFO, logger="mpim.scheduler")
+    process = runner.SchedulerProcess(app, lease_seconds=3, stop_grace_seconds=5)
+    thread = threading.Thread(target=lambda: process.start(handle_signals=False))
+    thread.start()
+    try:
+        wait_for(lambda: beats() >= 3)
+        step[0] = -600.0
+        before = beats()
+        wait_for(lambda: beats() >= before + 10, timeout=15)
+        assert process.leading()
+    finally:
+        process.stop()
+        thread.join(30)
+    lines = [r.getMessage() for r in caplog.records if "clock stepped" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("the host's clock stepped back by 600")

@@ -7,7 +7,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from apscheduler.events import EVENT_SCHEDULER_STARTED
 from apscheduler.schedulers.blocking import BlockingScheduler
@@ -16,6 +16,7 @@ from app.database import utcnow
 from app.errors import DomainError
 from app.extensions import db
 from app.scheduler import leader, registry
+from app.scheduler.clock import ClockWatch
 from app.scheduler.models import JobRun
 
 log = logging.getLogger("mpim.scheduler")
@@ -103,6 +104,7 @@ class SchedulerProcess:
         self.jobs_changed = threading.Condition(threading.RLock())
         self.running: dict[str, RunningJob] = {}  # by job name: APScheduler runs one instance of each at most
         self.stopping = False
+        self.clock_watch = ClockWatch(self.clock_stepped)
 
     def renew(self) -> bool:
         """Take or keep the lease. While the database is away every renewal (a third of the lease
@@ -149,6 +151,15 @@ class SchedulerProcess:
             log.warning("job %s has run %.1f s, past its %g s limit; it runs on, and its next runs are skipped "
                         "until it ends", running.job.name, now - running.started, running.job.timeout_seconds)
 
+    def clock_stepped(self, seconds: float) -> None:
+        """The wall clock stepped by `seconds` (negative: back): every job's next run moves with it, so each keeps
+        its cadence (a step back of ten minutes left every job, the lease's renewal too, ten minutes away)."""
+        log.warning("the host's clock stepped %s by %.1f s; every job's next run is moved with it",
+                    "back" if seconds < 0 else "forward", abs(seconds))
+        for job in self.scheduler.get_jobs():
+            if job.next_run_time is not None:
+                job.modify(next_run_time=job.next_run_time + timedelta(seconds=seconds))
+
     def leading(self) -> bool:
         with self.lock:
             return self.is_leader and time.monotonic() < self.lease_valid_until
@@ -193,7 +204,11 @@ class SchedulerProcess:
             log.info("%s standing by: another scheduler holds the lease; this one takes over when it lapses",
                      self.holder)
         if not self.stopping:  # a signal may have come while it started
-            self.scheduler.start()
+            self.clock_watch.start()
+            try:
+                self.scheduler.start()
+            finally:
+                self.clock_watch.stop()
         return self.finish()
 
     def _stopped_while_starting(self, _event) -> None:
