@@ -38,7 +38,8 @@ from app.appnode.protocol import (
     UnsupportedMediaType,
 )
 from app.appnode.registry import RegistryError
-from app.appnode.store import SCHEMA_VERSION, Message, Received, Setting, StoredFile, open_database
+from app.appnode.store import Message, Received, Setting, StoredFile
+from app.appnode.store_schema import SCHEMA_VERSION, open_database
 from app.extensions import db
 from app.pki import own_keys
 from app.pki import service as pki

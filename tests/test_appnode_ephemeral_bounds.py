@@ -15,7 +15,8 @@ from sqlalchemy import func, select, text
 
 from app.appnode import protocol, validation
 from app.appnode.config import NodeConfig
-from app.appnode.store import SCHEMA_VERSION, Presence, ReadState, Setting, open_database
+from app.appnode.store import Presence, ReadState, Setting
+from app.appnode.store_schema import SCHEMA_VERSION, open_database
 from tests.appnode_harness import raw_post
 from tests.test_appnode import network, stored_messages, sync  # noqa: F401 (fixture)
 from tests.test_sessions import people  # noqa: F401 (fixture)

@@ -47,7 +47,8 @@ from app.appnode.registry import (
 from app.appnode.renewal import RenewalMixin
 from app.appnode.route_table import REFRESH_INTERVAL, RouteTableMixin
 from app.appnode.sending import SendingMixin
-from app.appnode.store import get_setting, open_database, put_setting
+from app.appnode.store import get_setting, put_setting
+from app.appnode.store_schema import open_database
 from app.appnode.transport import PeerPool, client_context
 from app.routing.client import RouteClient
 
