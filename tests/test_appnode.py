@@ -367,7 +367,7 @@ def test_a_database_of_schema_2_gains_the_mark_of_forgotten_deliveries_in_place(
     connection.close()
     factory = open_database(path)
     with factory.begin() as session:
-        assert session.get(Setting, "schema_version").value == SCHEMA_VERSION == "4"
+        assert session.get(Setting, "schema_version").value == SCHEMA_VERSION == "5"
         assert session.get(Message, message_id).delivered_forgotten is False
         session.get(Message, message_id).delivered_forgotten = True
     with factory() as session:
@@ -376,9 +376,21 @@ def test_a_database_of_schema_2_gains_the_mark_of_forgotten_deliveries_in_place(
     open_database(path).kw["bind"].dispose()  # and opens as the current schema from then on
 
 
-def _as_schema_3(path) -> None:
-    """A database (a fresh one if there is none) taken back to what schema 3 left: no joined_at, version 3."""
+def _as_schema_4(path) -> None:
+    """A database (a fresh one if there is none) taken back to what schema 4 left: no index on the messages'
+    sender nor recipient, version 4."""
     open_database(path).kw["bind"].dispose()
+    with sqlite3.connect(path) as connection:
+        connection.execute("DROP INDEX ix_messages_sender_address")
+        connection.execute("DROP INDEX ix_messages_to")
+        connection.execute("UPDATE settings SET value = '4' WHERE key = 'schema_version'")
+    connection.close()
+
+
+def _as_schema_3(path) -> None:
+    """A database (a fresh one if there is none) taken back to what schema 3 left: no joined_at (nor schema 5's
+    indexes), version 3."""
+    _as_schema_4(path)
     with sqlite3.connect(path) as connection:
         connection.execute("ALTER TABLE groups DROP COLUMN joined_at")
         connection.execute("UPDATE settings SET value = '3' WHERE key = 'schema_version'")
@@ -386,8 +398,8 @@ def _as_schema_3(path) -> None:
 
 
 def _as_schema_2(path) -> None:
-    """A fresh database taken back to what schema 2 left: no delivered_forgotten (nor schema 4's joined_at),
-    version 2."""
+    """A fresh database taken back to what schema 2 left: no delivered_forgotten (nor what schemas 4 and 5
+    added), version 2."""
     _as_schema_3(path)
     with sqlite3.connect(path) as connection:
         connection.execute("ALTER TABLE messages DROP COLUMN delivered_forgotten")
@@ -497,7 +509,7 @@ def test_a_database_of_schema_3_gains_when_each_member_joined_in_place(network):
     _as_schema_3(a.dir / "node.db")  # the node's database as schema 3 left it, under the idle node
     open_database(a.dir / "node.db").kw["bind"].dispose()  # what the next start of the node does
     version, columns = _schema_of(a.dir / "node.db")
-    assert version == SCHEMA_VERSION == "4" and columns.count("joined_at") == 1
+    assert version == SCHEMA_VERSION == "5" and columns.count("joined_at") == 1
     assert texts("wangwu") == ["早", "晚"]
     assert [(row["unread"], row["count"]) for row in a.node.conversations("wangwu")] == [(2, 2)]
     assert [entry["unread_by"] for entry in a.node.history("zhangsan", conversation)] == [2, 2]

@@ -44,7 +44,8 @@ class ReadingMixin:
         stayed listed, and opening it was refused. Only its messages sent since the user last joined count
         (§8.9): listed by them alone, a group is not listed before its first message since then.
         The same few queries however many conversations: the summary is SQL's, one window over the user's
-        messages; a query per conversation and every message loaded took seconds for a peer's 20,000."""
+        messages; a query per conversation and every message loaded took seconds for a peer's 20,000. The user's
+        messages are found by the indexes on sender and recipient (schema 5), not by reading every message."""
         if limit is not None and limit < 1:
             raise ValueError("a page holds at least one conversation")
         me_address = address(user_id, self.node_id)

@@ -59,9 +59,10 @@ class Message(Base):
     message_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     conversation_id: Mapped[str] = mapped_column(String(200), index=True)
     chat_type: Mapped[str] = mapped_column(String(8))
-    sender_address: Mapped[str] = mapped_column(String(100))
+    # Indexed (schema 5): a user's conversations are found by their messages' sender and recipient.
+    sender_address: Mapped[str] = mapped_column(String(100), index=True)
     origin_node: Mapped[str] = mapped_column(String(20))
-    to: Mapped[str] = mapped_column(String(100))
+    to: Mapped[str] = mapped_column(String(100), index=True)
     msg_type: Mapped[str] = mapped_column(String(10))
     document: Mapped[dict] = mapped_column(JSON)
     send_time: Mapped[str] = mapped_column(String(32), index=True)  # protocol.sortable_time: text order is time order

@@ -13,10 +13,10 @@ from sqlalchemy import create_engine, event, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.appnode.store import Base, Presence, ReadState, Setting
+from app.appnode.store import Base, Message, Presence, ReadState, Setting
 from app.database import switch_to_wal
 
-SCHEMA_VERSION = "4"
+SCHEMA_VERSION = "5"
 
 BUSY_TIMEOUT = 30  # seconds a connection waits for another's write lock
 
@@ -67,12 +67,14 @@ def _create_or_upgrade(connection: Connection, path: Path) -> None:
     current = connection.execute(select(settings.c.value).where(settings.c.key == "schema_version")).scalar()
     if current is None:
         connection.execute(insert(settings).values(key="schema_version", value=SCHEMA_VERSION))
-    elif current in ("1", "2", "3"):
+    elif current in ("1", "2", "3", "4"):
         if current == "1":
             _add_peer_node(connection)
         if current in ("1", "2"):
             _add_delivered_forgotten(connection)
-        _add_joined_at(connection)
+        if current in ("1", "2", "3"):
+            _add_joined_at(connection)
+        _index_message_parties(connection)
         connection.execute(update(settings).where(settings.c.key == "schema_version").values(value=SCHEMA_VERSION))
     elif current != SCHEMA_VERSION:
         raise RuntimeError(f"{path} has schema {current}; this node software needs {SCHEMA_VERSION}")
@@ -110,3 +112,10 @@ def _add_joined_at(connection: Connection) -> None:
     then have no entry, and see their groups' messages from the beginning, as they did."""
     if not _has_column(connection, "groups", "joined_at"):
         connection.exec_driver_sql("ALTER TABLE groups ADD COLUMN joined_at JSON NOT NULL DEFAULT '{}'")
+
+
+def _index_message_parties(connection: Connection) -> None:
+    """Schema 4 to 5: the indexes on the messages' sender and recipient that a user's conversation list searches
+    (`conversations_page`); without them it read every message the node holds."""
+    for index in Message.__table__.indexes:
+        index.create(connection, checkfirst=True)
