@@ -271,5 +271,5 @@ def test_the_conversation_list_is_paged_newest_first(network):  # noqa: F811
     page_two = client.get(older, headers=operator()).text
     assert listed.findall(page_two) == [*newest[50:], first.conversation_id]
     assert "Older conversations" not in page_two and "Newest conversations" in page_two
-    cli_rows = b.node.conversations("lisi")  # the CLI's inbox: all of them, the read one read
+    cli_rows = b.node.conversations("lisi")  # all of them, the read one read
     assert len(cli_rows) == 61 and (cli_rows[-1]["unread"], cli_rows[0]["unread"]) == (0, 1)

@@ -23,7 +23,7 @@ from app.appnode.cli_lines import (
     presence_line,
     read_line,
 )
-from app.appnode.reading import HISTORY_PAGE, MAX_HISTORY_PAGE
+from app.appnode.reading import CONVERSATION_PAGE, HISTORY_PAGE, MAX_CONVERSATION_PAGE, MAX_HISTORY_PAGE
 from app.cli_arguments import Digits
 
 as_user = click.option("--as", "user", required=True, help="The local user acting.")
@@ -81,13 +81,21 @@ def send_file(ctx: Context, user, to, path: Path, kind, declared, duration_ms, p
 
 @click.command()
 @as_user
+@click.option("--limit", type=Digits(1, MAX_CONVERSATION_PAGE), default=CONVERSATION_PAGE, show_default=True,
+              help="How many conversations: those with the newest messages, or the newest before --before.")
+@click.option("--before", metavar="MESSAGE_ID",
+              help="Only conversations whose last message is older than this one (what the hint names).")
 @pass_ctx
-def inbox(ctx: Context, user):
-    """The user's conversations with their unread counts."""
-    rows = ctx.node.conversations(user)
+def inbox(ctx: Context, user, limit, before):
+    """The user's conversations, newest first, a line each: conversation id, with whom, unread count, message
+    count. When there are older ones, stderr says which --before reads them (with --json, a page shorter than
+    --limit is the last, and the next is --before the last one's last_message_id)."""
+    rows, older = ctx.node.conversations_page(user, limit=limit, before=before)
     ctx.out([{"conversation_id": r["conversation_id"], "with": r["with"], "unread": r["unread"],
               "count": r["count"], "last_message_id": r["last"].message_id} for r in rows],
-            one_per_line(rows, conversation_line, "no conversations"))
+            one_per_line(rows, conversation_line, "no older conversations" if before else "no conversations"))
+    if older and not ctx.as_json:
+        click.echo(f"older conversations: inbox --before {older}", err=True)
 
 
 @click.command()

@@ -22,8 +22,9 @@ from app.appnode.store import Message, Outbox, Presence, ReadState, get_setting,
 # The messages of a conversation a page of history holds unless told otherwise (the newest ones), and the most
 # the CLI asks for at once.
 HISTORY_PAGE, MAX_HISTORY_PAGE = 100, 1000
-# The conversations a page of them holds (the operator page's list).
-CONVERSATION_PAGE = 50
+# The conversations a page of them holds unless told otherwise (the operator page's list, the CLI's inbox), and
+# the most the CLI asks for at once.
+CONVERSATION_PAGE, MAX_CONVERSATION_PAGE = 50, 1000
 
 
 class ReadingMixin:
@@ -31,7 +32,8 @@ class ReadingMixin:
     `groups` (GroupsMixin) and `_require_participant` (EphemeralMixin)."""
 
     def conversations(self, user_id: str) -> list[dict]:
-        """All the user's conversations (`conversations_page` without a limit), for the CLI's inbox."""
+        """All the user's conversations (`conversations_page` without a limit): for callers that know there are
+        few; a person's are read a page at a time."""
         return self.conversations_page(user_id, limit=None)[0]
 
     def conversations_page(self, user_id: str, *, limit: int | None = CONVERSATION_PAGE,
