@@ -16,6 +16,7 @@ from tests.factories import (
     csr_with_unreadable_extensions,
     csr_with_unreadable_subject,
     make_csr,
+    make_key,
     node_document,
     not_strict_bodies,
 )
@@ -81,6 +82,62 @@ def test_a_token_is_single_use(client, token):
     assert submit(client, token, node_document()).status_code == 201
     again = submit(client, token, node_document())
     assert again.status_code == 401 and again.get_json()["error"]["code"] == "token_used"
+
+
+def test_a_node_that_lost_its_201_retrying_with_the_same_key_gets_its_application(client, token, make_user):
+    """The 201 is lost (a timeout, a reset) and the node sends the same request again: it was token_used, with
+    no id, and a new token with the same key key_pending, the node stranded. Its own application is the answer,
+    as it is now, whatever else the retry says; nothing new is stored or recorded."""
+    from app.audit.models import AuditRecord
+
+    key = make_key()
+    document = node_document("360100", csr=make_csr(key))
+    first = submit(client, token, document)
+    assert first.status_code == 201
+    application_id = first.get_json()["application_id"]
+    retry = submit(client, token, {**document, "csr": make_csr(key), "endpoint": "https://elsewhere.example"})
+    assert retry.status_code == 201, retry.get_json()
+    assert retry.get_json() == {"application_id": application_id, "status": "pending"}
+    assert db.session.scalars(select(Application.id)).all() == [application_id]
+    assert applications.get(application_id).endpoint == document["endpoint"]
+    assert db.session.scalars(select(AuditRecord.action).where(AuditRecord.action.startswith("application."))
+                              ).all() == ["application.submit"]
+
+    node = applications.approve(applications.get(application_id), by=make_user("minister"))
+    db.session.commit()
+    approved = submit(client, token, document)
+    assert approved.status_code == 201
+    assert approved.get_json() == {"application_id": application_id, "status": "approved", "node_id": node.node_id}
+
+
+@pytest.mark.parametrize("csr", ["another key", "no csr", "not a csr"])
+def test_a_used_token_with_another_key_or_no_csr_is_still_token_used(client, token, csr):
+    assert submit(client, token, node_document()).status_code == 201
+    document = node_document()
+    if csr == "no csr":
+        del document["csr"]
+    elif csr == "not a csr":
+        document["csr"] = "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"
+    again = submit(client, token, document)
+    assert again.status_code == 401 and again.get_json()["error"]["code"] == "token_used"
+
+
+@pytest.mark.parametrize("state", ["expired", "revoked"])
+def test_an_expired_or_revoked_token_is_refused_even_with_the_key_of_an_application(client, token, jx_admin, state):
+    """Only the token that used itself answers with its application: another token of the same province, unused
+    but expired or revoked, is refused for that, though its CSR's key is an application's."""
+    document = node_document()
+    application_id = submit(client, token, document).get_json()["application_id"]
+    row, other = tokens.create_token("360000", by=jx_admin)
+    db.session.commit()
+    if state == "revoked":
+        tokens.revoke_token(row.id, by=jx_admin)
+    else:
+        row.expires_at = utcnow() - timedelta(seconds=1)
+    db.session.commit()
+    response = submit(client, other, document)
+    assert response.status_code == 401 and response.get_json()["error"]["code"] == f"token_{state}"
+    assert db.session.scalars(select(Application.id)).all() == [application_id]
 
 
 def test_an_expired_token_is_refused(client, token):

@@ -165,6 +165,24 @@ def test_a_rejected_application_is_reported_and_the_node_does_not_join(app, live
     assert not node.joined
 
 
+def test_a_node_whose_application_answer_was_lost_applies_again_and_joins(app, live_server, people, tmp_path):  # noqa: F811
+    """The management node stored the application but its 201 never arrived: the node kept no application id.
+    `apply` again with the same token is answered with that application, and the node goes on to join."""
+    from app.appnode.config import NodeConfig
+    from app.appnode.registry import Identity
+    from tests.appnode_harness import approve_pending, enroll
+
+    minister, _ = people
+    node = Node.init(tmp_path / "n", NodeConfig(registry_url=live_server, division_code="360000",
+                                                endpoint="https://127.0.0.1:9"))
+    token = enroll("360000", minister)
+    lost = node.registry.apply(token, node.information(), Identity.csr_for(node.identity.key()))
+    assert node.setting("application_id") is None
+    assert node.apply(token) == lost
+    approve_pending(node, minister)
+    assert node.await_approval(timeout=5, interval=0.05) == node.node_id and node.joined
+
+
 # ---- single chat, idempotency, files ---------------------------------------------------------------------------
 
 def test_text_single_chat_is_delivered_once_and_a_replay_is_acknowledged_as_duplicate(network):

@@ -67,11 +67,16 @@ def application_status(application) -> dict:
 def submit():
     token = bearer_token()
     # §4: the token is checked first, as a session is on the other doors: a caller without a good one learns
-    # that, not what is wrong with a body it may not send.
-    tokens.require_usable(tokens.find_by_raw(token))
+    # that, not what is wrong with a body it may not send. A used token's body is read: it may be the request
+    # that used it, sent again after its answer was lost (`applications.replayed`); anything else is token_used.
+    found = tokens.find_by_raw(token)
+    if found.state() != "used":
+        tokens.require_usable(found)
     document = json_body()
     application = applications.submit_with_token(token, document)
     db.session.commit()
+    # A replay is answered as the request it repeats was, with the application as it is now: a node that
+    # lost the 201 (the reference node takes only a 201) gets what it missed.
     return application_status(application), 201
 
 

@@ -46,8 +46,14 @@ def _new_application(info: NodeInformation, csr_pem: str | None, **fields) -> Ap
 
 
 def submit_with_token(raw_token: str | None, document: dict) -> Application:
-    """API door: the token is checked first; it fixes the division the node may claim (its own or below)."""
+    """API door: the token is checked first; it fixes the division the node may claim (its own or below).
+
+    A used token sending the request that used it again, over the same key (`replayed`), is answered with the
+    application it admitted."""
     token = tokens.find_by_raw(raw_token)
+    application = replayed(token, document)
+    if application is not None:
+        return application
     tokens.require_usable(token)
 
     def admits(division_code: str) -> None:
@@ -67,6 +73,27 @@ def submit_with_token(raw_token: str | None, document: dict) -> Application:
                  {"division": info.division_code, "endpoint": info.endpoint, "token": token.prefix},
                  actor=f"token:{token.prefix}")
     return application
+
+
+def replayed(token: EnrollmentToken, document: dict) -> Application | None:
+    """SPEC §4: the application `token` admitted, when `document`'s CSR is over that application's key.
+
+    A node whose 201 was lost retries the same request; refused as token_used, it could never learn the id
+    (only its token reads the application) while that application held its key and endpoint. The token proves
+    the holder and the CSR's self-signature the key, so the stored application is the answer, whatever the
+    other fields say now. Nothing is stored or recorded: the application is as it was."""
+    from app.pki import service as pki
+
+    if token.state() != "used" or not isinstance(document, dict) or not isinstance(document.get("csr"), str):
+        return None
+    application = db.session.scalar(select(Application).where(Application.token_id == token.id))
+    if application is None:
+        return None
+    try:
+        key_sha256 = pki.key_fingerprint(information.checked_csr(document["csr"]).public_key())
+    except ValidationFailed:  # no CSR the policy takes: nothing proves the key
+        return None
+    return application if key_sha256 == application.key_sha256 else None
 
 
 def submit_by_user(document: dict, *, by, names: Mapping[str, str] | None = None,
