@@ -5,7 +5,7 @@ def init_app(app) -> None:
     from flask_babel import lazy_gettext as _l
 
     from app import console
-    from app.admission import cli, node_views, nodes
+    from app.admission import applications, cli, node_views, nodes, tokens
     from app.admission.api import bp as api_bp
     from app.admission.views import bp
     from app.divisions import service as divisions
@@ -23,5 +23,6 @@ def init_app(app) -> None:
         ])
     for group in (cli.tokens_cli, cli.applications_cli, cli.nodes_cli):
         app.cli.add_command(group)
-    if nodes.retired_codes_in_use not in divisions.retirement_checks:
-        divisions.retirement_checks.append(nodes.retired_codes_in_use)
+    for check in (nodes.retired_codes_in_use, applications.retired_codes_pending, tokens.retired_codes_unused):
+        if check not in divisions.retirement_checks:
+            divisions.retirement_checks.append(check)

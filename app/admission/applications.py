@@ -317,3 +317,13 @@ def pending_count() -> int:
 
 def token_of(application: Application) -> EnrollmentToken | None:
     return application.token
+
+
+def retired_codes_pending(codes: set[str]) -> list[str]:
+    """divisions.retirement_checks entry: name every application waiting for review for a retired code. Approval
+    refuses it (retired_division_code) while it holds its key and endpoint: it is to be rejected."""
+    rows = db.session.scalars(select(Application).where(
+        Application.division_code.in_(codes), Application.status == "pending", Application.kind == "admission")
+        .order_by(Application.division_code, Application.created_at, Application.id))
+    return [f"application {a.id} ({a.org_name}) is waiting for review for retired code {a.division_code}"
+            for a in rows]

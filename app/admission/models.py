@@ -36,11 +36,13 @@ class EnrollmentToken(db.Model):
     revoked_by: Mapped[str | None] = mapped_column(String(64))
 
     issued_by = relationship("User", lazy="joined")
+    division = relationship("Division", lazy="joined")
 
     def state(self, now: datetime | None = None) -> str:
-        """revoked, used, expired, issuer_inactive (unused and unexpired, but its issuer could not issue it now, see
-        `issuer_lapse`) or active. Nothing is stored for issuer_inactive: the token admits again once the account is
-        enabled or its scope restored, unless an admin revoked it meanwhile."""
+        """revoked, used, expired, division_retired (unused and unexpired, but a newer GB/T 2260 revision retired
+        its division, so it admits nothing), issuer_inactive (its issuer could not issue it now, see
+        `issuer_lapse`) or active. Nothing is stored for the last two: the token admits again once a revision
+        restores the code, or the account is enabled or its scope restored, unless an admin revoked it meanwhile."""
         now = now or utcnow()
         if self.revoked_at:
             return "revoked"
@@ -48,6 +50,8 @@ class EnrollmentToken(db.Model):
             return "used"
         if self.expires_at <= now:
             return "expired"
+        if self.division is not None and self.division.retired:
+            return "division_retired"
         if self.issuer_lapse():
             return "issuer_inactive"
         return "active"

@@ -85,6 +85,9 @@ def require_usable(token: EnrollmentToken) -> None:
         messages = {"used": "This enrollment token has been used already.",
                     "expired": "This enrollment token has expired.",
                     "revoked": "This enrollment token has been revoked.",
+                    "division_retired": f"The division this enrollment token admits nodes in, "
+                                        f"{token.division_code}, was retired by a newer GB/T 2260 revision: ask "
+                                        f"an admin for a token for the division that replaced it.",
                     "issuer_inactive": "The admin who issued this enrollment token could not issue it now (the "
                                        "account was disabled, or its role or scope changed): ask an admin for a "
                                        "new token."}
@@ -139,3 +142,15 @@ def visible_tokens_query(user):
 
     query = select(EnrollmentToken).order_by(EnrollmentToken.created_at.desc())
     return query.where(division_filter(user, EnrollmentToken.division_code))
+
+
+def retired_codes_unused(codes: set[str]) -> list[str]:
+    """divisions.retirement_checks entry: name every token still unused, unrevoked and unexpired for a retired
+    code. It admits nothing now (`state`: division_retired) but reads as usable to whoever holds it, until an
+    admin revokes it or it expires."""
+    rows = db.session.scalars(select(EnrollmentToken).where(
+        EnrollmentToken.division_code.in_(codes), EnrollmentToken.used_at.is_(None),
+        EnrollmentToken.revoked_at.is_(None), EnrollmentToken.expires_at > utcnow())
+        .order_by(EnrollmentToken.division_code, EnrollmentToken.id))
+    return [f"enrollment token {t.prefix}… (unused) is for retired code {t.division_code}: it admits nothing now"
+            for t in rows]

@@ -23,8 +23,8 @@ DEFAULT_FILE = DATA_DIR / "gb2260-2023.csv"
 DEFAULT_REVISION = "2023"
 LEVEL_ORDER = {"province": 0, "prefecture": 1, "county": 2}
 
-# Features that hold division codes (admission's nodes) register a check here: given the codes a
-# revision retires, they return human lines naming what still uses them.
+# Features that hold division codes (admission's nodes, applications and tokens; users' scopes) register a check
+# here: given the codes a revision retires, they return human lines naming what still uses them.
 RetirementCheck = Callable[[set[str]], list[str]]
 retirement_checks: list[RetirementCheck] = []
 
