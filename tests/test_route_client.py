@@ -734,3 +734,50 @@ def test_a_crl_replayed_from_the_same_second_as_the_one_held_is_not_taken(pki):
     assert client.use_revocation_list(crl_of(pki.intermediate, pki.signer, number=5, this_update=same_second))
     assert client.use_revocation_list(crl_of(pki.intermediate, number=4, this_update=same_second)) is False
     assert rejected(client, **signed(pki, table(1))) == "signer_revoked"
+
+
+def test_a_signer_chaining_through_an_intermediate_the_root_crl_lists_is_refused(pki, tmp_path, caplog):
+    """Whoever holds a revoked intermediate's key can mint a route signer and a CRL of that intermediate that does
+    not list it: the root's CRL, which only the root key signs, is what says the intermediate is no longer good."""
+    storage = tmp_path / "routes.json"
+    client = make_client(pki, storage_path=storage, require_revocation_list=True,
+                         revocation_list=crl_of(pki.intermediate))
+    client.accept(**signed(pki, table(3)))
+    root_crl = crl_of(pki.root, pki.intermediate, number=2)
+    assert client.use_revocation_list(root_crl, of_root=True) is True
+    assert client.version is None and client.entry(JIANGXI) is None  # what a forger may have had it take, dropped
+    assert f"the intermediate CA certificate {pki.intermediate.cert.serial_number:x}" in caplog.text
+    assert rejected(client, **signed(pki, table(4))) == "intermediate_revoked"
+    restarted = make_client(pki, storage_path=storage, revocation_list=crl_of(pki.intermediate),
+                            root_revocation_list=root_crl)
+    assert restarted.version is None
+    assert rejected(restarted, **signed(pki, table(5))) == "intermediate_revoked"
+
+
+def test_a_root_crl_past_its_next_update_still_revokes_but_none_or_an_old_one_refuses_nothing(pki):
+    """A revocation is final, so what a lapsed root CRL lists stays revoked; but a root whose key is offline signs
+    its CRL rarely, so a missing or lapsed one does not stop new tables (the node's `status` warns instead)."""
+    clock = Clock()
+    client = make_client(pki, now=clock, require_revocation_list=True,
+                         revocation_list=crl_of(pki.intermediate, next_update=NOW + timedelta(days=30)))
+    assert client.accept(**signed(pki, table(1))).outcome == "accepted"  # no root CRL held
+    client.use_revocation_list(crl_of(pki.root, next_update=NOW + timedelta(days=1)), of_root=True)
+    clock.moment = NOW + timedelta(days=2)
+    assert client.accept(**signed(pki, table(2, expires_in=timedelta(days=3)))).outcome == "accepted"  # lapsed
+    assert client.root_revocation_list_next_update == NOW + timedelta(days=1)
+    assert client.revocation_list_next_update == NOW + timedelta(days=30)  # the intermediate's, which is due first
+    client.use_revocation_list(crl_of(pki.root, pki.intermediate, number=2, next_update=NOW + timedelta(days=1)),
+                               of_root=True)
+    assert rejected(client, **signed(pki, table(3, expires_in=timedelta(days=3)))) == "intermediate_revoked"
+
+
+def test_a_root_crl_is_taken_only_when_the_trust_anchor_signed_it(pki):
+    """The intermediate's key signs CRLs too: a CRL it signed, under its own name or the root's, is no root CRL."""
+    client = make_client(pki)
+    impostor = Issued(pki.intermediate.key, pki.root.cert)  # the root's name, the intermediate's key
+    for data in (crl_of(pki.intermediate), crl_of(impostor, number=9)):
+        with pytest.raises(RouteRejected) as refused:
+            client.use_revocation_list(data, of_root=True)
+        assert refused.value.code == "bad_crl"
+    assert client.root_revocation_list_next_update is None
+    assert client.use_revocation_list(crl_of(pki.root), of_root=True) is True

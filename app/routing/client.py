@@ -92,7 +92,8 @@ class RouteClient(VerificationMixin, RevocationMixin, StoredTableMixin):
     (0: on every lookup), before answering. `signer_usage` is the extended key usage the signer
     certificate must carry (None to skip; node certificates chain to the same root).
     `revocation_list` is a CRL of the signer's issuer kept from before (later ones: `use_revocation_list`); with
-    `require_revocation_list` a new table needs a current one (see client_revocation.py).
+    `require_revocation_list` a new table needs a current one (see client_revocation.py). `root_revocation_list`
+    is the root's CRL kept from before (later ones: `use_revocation_list(..., of_root=True)`).
     """
 
     def __init__(self, trust_anchor: Certificates, *, intermediates: Certificates | None = None,
@@ -101,7 +102,8 @@ class RouteClient(VerificationMixin, RevocationMixin, StoredTableMixin):
                  max_body_size: int = DEFAULT_MAX_BODY_SIZE, now: Callable[[], datetime] = _utcnow,
                  signer_usage: x509.ObjectIdentifier | None = ROUTE_SIGNER_USAGE,
                  storage_check_interval: float = DEFAULT_STORAGE_CHECK_INTERVAL,
-                 revocation_list: bytes | None = None, require_revocation_list: bool = False):
+                 revocation_list: bytes | None = None, require_revocation_list: bool = False,
+                 root_revocation_list: bytes | None = None):
         self._roots = _load_certificates(trust_anchor)
         if not self._roots:
             raise ValueError("a route client needs at least one trust anchor")
@@ -116,6 +118,7 @@ class RouteClient(VerificationMixin, RevocationMixin, StoredTableMixin):
         self.require_revocation_list = require_revocation_list
         self._revocation_lists: dict[bytes, x509.CertificateRevocationList] = {}  # by the issuer's key
         self._use_initial_revocation_list(revocation_list)
+        self._use_initial_revocation_list(root_revocation_list, of_root=True)
         self._lock = threading.Lock()
         self._stored_identity: FileIdentity | None = None  # of the file last read, written or passed over
         self._next_storage_check = time.monotonic() + storage_check_interval

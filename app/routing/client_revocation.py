@@ -10,7 +10,15 @@ never in place of a newer one (by thisUpdate), so a replayed CRL cannot hide a r
 Fail-open for what the client holds, fail-closed for what is new: with `require_revocation_list`, a new table
 needs a current CRL (before its nextUpdate) of its signer's issuer (`revocation_unknown` otherwise), whereas a
 held or stored table is checked against whatever CRL is known, and a CRL that cannot be had never costs the node
-the table it holds. Kept apart from verification.py, whose signer check calls `_check_revocation`.
+the table it holds.
+
+The root's CRL (`use_revocation_list(..., of_root=True)`, taken only when a trust anchor signed it) is checked the
+same way for every CA between the signer and the root: a table whose signer chains through a CA it lists is
+refused (`intermediate_revoked`), and a held table such a chain vouched for is dropped. Whoever holds a revoked
+intermediate's key could mint a signer and a CRL of that intermediate not listing it; the root's CRL is what they
+cannot make. What it lists is enforced whatever its nextUpdate (a revocation is final), but a new table does not
+need one, nor a current one: a root whose key is offline signs its CRL rarely (docs/protocol.md §4).
+Kept apart from verification.py, whose signer check calls `_check_revocation` and `_check_chain_revocation`.
 """
 
 from __future__ import annotations
@@ -38,13 +46,14 @@ class RevocationMixin:
     """A `RouteClient`'s CRLs. Relies on the client's `now`, `require_revocation_list`, `_roots`, `_intermediates`,
     `_revocation_lists`, `_lock` and `_held`, and on `_verify_signer` (VerificationMixin)."""
 
-    def use_revocation_list(self, data: bytes, chain_pem: Certificates | None = None) -> bool:
+    def use_revocation_list(self, data: bytes, chain_pem: Certificates | None = None, *,
+                            of_root: bool = False) -> bool:
         """Take a CRL (DER or PEM, as `/ca/crl.crl` or `/ca/crl.pem` serve it) signed by a CA this client trusts
-        (`chain_pem`: intermediates beside the constructor's). False when the CRL held for that CA is newer;
-        RouteRejected `bad_crl` when it is not a CRL or no trusted CA signed it. A held table that a signer on it
-        signed is no longer used."""
+        (`chain_pem`: intermediates beside the constructor's; `of_root`: a trust anchor only, as the root's CRL
+        must be). False when the CRL held for that CA is newer; RouteRejected `bad_crl` when it is not a CRL or
+        no CA it may come from signed it. A held table that a signer or CA on it vouched for is no longer used."""
         revocation_list = _parse(data)
-        issuer = self._crl_issuer(revocation_list, chain_pem)
+        issuer = self._crl_issuer(revocation_list, chain_pem, of_root=of_root)
         with self._lock:
             held = self._revocation_lists.get(_key_id(issuer))
             if held is not None and _older(revocation_list, held):
@@ -55,18 +64,27 @@ class RevocationMixin:
 
     @property
     def revocation_list_next_update(self) -> datetime | None:
-        """The earliest nextUpdate of the CRLs held (None when none is held): a node fetches a new one by then."""
-        updates = [item.next_update_utc for item in self._revocation_lists.values() if item.next_update_utc]
-        return min(updates) if updates else None
+        """The earliest nextUpdate of the intermediates' CRLs held (None when none is held): a node fetches a new
+        one by then, as a new table needs one that is current."""
+        return _earliest(item for key, item in self._revocation_lists.items() if key not in self._root_keys())
 
-    def _use_initial_revocation_list(self, data: bytes | None) -> None:
-        """The CRL a node kept on disk, at start: one that is not taken is logged and passed over, as a stored
+    @property
+    def root_revocation_list_next_update(self) -> datetime | None:
+        """The nextUpdate of the root's CRL held, None when none is held (or it gives none)."""
+        return _earliest(item for key, item in self._revocation_lists.items() if key in self._root_keys())
+
+    def _root_keys(self) -> set[bytes]:
+        return {_key_id(root) for root in self._roots}
+
+    def _use_initial_revocation_list(self, data: bytes | None, *, of_root: bool = False) -> None:
+        """A CRL a node kept on disk, at start: one that is not taken is logged and passed over, as a stored
         table that does not verify is (the node's next refresh fetches a new one)."""
         if not data:
             return
         try:
             revocation_list = _parse(data)
-            self._revocation_lists[_key_id(self._crl_issuer(revocation_list, None))] = revocation_list
+            issuer = self._crl_issuer(revocation_list, None, of_root=of_root)
+            self._revocation_lists[_key_id(issuer)] = revocation_list
         except RouteRejected as error:
             log.warning("not using the CRL given to the route client: %s: %s", error.code, error.message)
 
@@ -88,11 +106,24 @@ class RevocationMixin:
             raise RouteRejected("revocation_unknown", f"the CRL of the route signer's issuer is past its nextUpdate "
                                 f"({next_update.isoformat()}): fetch a current one from the management node")
 
-    def _crl_issuer(self, revocation_list: x509.CertificateRevocationList,
-                    chain_pem: Certificates | None) -> x509.Certificate:
-        """The trusted CA that signed the CRL: a trust anchor, or an intermediate chaining to one."""
+    def _check_chain_revocation(self, chain: list[x509.Certificate]) -> None:
+        """Each CA of `chain` (the signer's issuer first, a trust anchor last) against the CRL held of the CA that
+        issued it, whatever that CRL's nextUpdate; none held is no refusal (see the module's docstring)."""
+        for certificate, issuer in zip(chain, chain[1:], strict=False):
+            revocation_list = self._revocation_lists.get(_key_id(issuer))
+            if (revocation_list is not None and revocation_list.get_revoked_certificate_by_serial_number(
+                    certificate.serial_number) is not None):
+                raise RouteRejected("intermediate_revoked", f"the intermediate CA certificate "
+                                    f"{certificate.serial_number:x} ({certificate.subject.rfc4514_string()}) the route "
+                                    f"signer chains through is revoked (CRL {_number(revocation_list)} of "
+                                    f"{issuer.subject.rfc4514_string()})")
+
+    def _crl_issuer(self, revocation_list: x509.CertificateRevocationList, chain_pem: Certificates | None, *,
+                    of_root: bool = False) -> x509.Certificate:
+        """The trusted CA that signed the CRL: a trust anchor, or (unless `of_root`) an intermediate chaining to
+        one."""
         now = self.now()
-        pool = self._intermediates + _load_certificates(chain_pem)
+        pool = [] if of_root else self._intermediates + _load_certificates(chain_pem)
         trusted = list(self._roots)
         for _ in range(MAX_CHAIN_DEPTH):
             for certificate in trusted:
@@ -104,8 +135,8 @@ class RevocationMixin:
             if not more:
                 break
             trusted += more
-        raise RouteRejected("bad_crl", f"the CRL of {revocation_list.issuer.rfc4514_string()} is not signed by a CA "
-                            "this node trusts")
+        raise RouteRejected("bad_crl", f"the CRL of {revocation_list.issuer.rfc4514_string()} is not signed by "
+                            f"{'the trust anchor' if of_root else 'a CA this node trusts'}")
 
     def _drop_held_if_revoked(self) -> None:
         """Under `_lock`: stop using the held table when a signer of a document it was built from is revoked."""
@@ -116,7 +147,7 @@ class RevocationMixin:
             try:
                 self._verify_signer(signed.signer_cert_pem, signed.chain_pem, signed.signer_fingerprint)
             except RouteRejected as error:
-                if error.code == "signer_revoked":
+                if error.code in ("signer_revoked", "intermediate_revoked"):
                     log.error("no longer using routing table version %s: %s", held.table["version"], error.message)
                     self._held = None
                     return
@@ -129,6 +160,11 @@ def _parse(data: bytes) -> x509.CertificateRevocationList:
         return x509.load_der_x509_crl(data)
     except ValueError:
         raise RouteRejected("bad_crl", "the CRL is neither DER nor PEM") from None
+
+
+def _earliest(revocation_lists) -> datetime | None:
+    updates = [item.next_update_utc for item in revocation_lists if item.next_update_utc]
+    return min(updates) if updates else None
 
 
 def _key_id(certificate: x509.Certificate) -> bytes:

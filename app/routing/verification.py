@@ -35,8 +35,8 @@ Certificates = bytes | x509.Certificate | Sequence[x509.Certificate]
 
 class RouteRejected(DomainError):
     """§5: the node refuses this table; `code` says why (too_large, bad_signer, signer_revoked,
-    revocation_unknown, bad_signature, rollback, expired, malformed, own_entry_mismatch, delta_base_mismatch;
-    for a stored table only, storage_corrupt and storage_unverified; for a CRL, bad_crl)."""
+    intermediate_revoked, revocation_unknown, bad_signature, rollback, expired, malformed, own_entry_mismatch,
+    delta_base_mismatch; for a stored table only, storage_corrupt and storage_unverified; for a CRL, bad_crl)."""
 
     code = "route_rejected"
     status = 422
@@ -85,8 +85,8 @@ def _load_certificates(value: Certificates | None) -> list[x509.Certificate]:
 
 class VerificationMixin:
     """The checks of one signed document for a `RouteClient`. Relies on the client's `max_body_size`, `now`,
-    `signer_usage`, `node_id`, `own_fingerprint`, `_roots` and `_intermediates`, and on `_check_revocation`
-    (RevocationMixin)."""
+    `signer_usage`, `node_id`, `own_fingerprint`, `_roots` and `_intermediates`, and on `_check_revocation` and
+    `_check_chain_revocation` (RevocationMixin)."""
 
     def _verified_document(self, signed: SignedDocument, *, pulled: bool = False) -> dict[str, Any]:
         """Size, signer and signature, then just enough parsing to order the remaining checks. `pulled`: a new
@@ -101,8 +101,8 @@ class VerificationMixin:
 
     def _verify_signer(self, signer_cert_pem: bytes, chain_pem: bytes | None, fingerprint: str, *,
                        pulled: bool = False) -> x509.Certificate:
-        """§5: the certificate named by `X-Route-Signer`, fit to sign tables, chaining to the anchor, and not
-        on its issuer's CRL."""
+        """§5: the certificate named by `X-Route-Signer`, fit to sign tables, chaining to the anchor, not on
+        its issuer's CRL, and chaining through no CA its own issuer's CRL lists."""
         try:
             signer = x509.load_pem_x509_certificate(signer_cert_pem)
             pool = self._intermediates + _load_certificates(chain_pem)
@@ -115,17 +115,18 @@ class VerificationMixin:
         if not signer.not_valid_before_utc <= now <= signer.not_valid_after_utc:
             raise RouteRejected("bad_signer", "the signer certificate is outside its validity period")
         self._check_signer_profile(signer)
-        current, signers_issuer = signer, None
+        chain = [signer]  # then its issuer, and so on up to a trust anchor
         for _ in range(MAX_CHAIN_DEPTH):
-            root = next((root for root in self._roots if _issued_by(current, root)), None)
+            root = next((root for root in self._roots if _issued_by(chain[-1], root)), None)
             if root is not None:
-                self._check_revocation(signer, signers_issuer or root, pulled=pulled)
+                chain.append(root)
+                self._check_chain_revocation(chain[1:])  # first: a revoked CA's CRL of the signer proves nothing
+                self._check_revocation(signer, chain[1], pulled=pulled)
                 return signer
-            issuer = next((ca for ca in pool if _is_usable_ca(ca, now) and _issued_by(current, ca)), None)
+            issuer = next((ca for ca in pool if _is_usable_ca(ca, now) and _issued_by(chain[-1], ca)), None)
             if issuer is None:
                 break
-            signers_issuer = signers_issuer or issuer
-            current = issuer
+            chain.append(issuer)
         raise RouteRejected("bad_signer", "the signer certificate does not chain to the trust anchor")
 
     def _check_signer_profile(self, signer: x509.Certificate) -> None:
