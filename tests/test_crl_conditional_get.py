@@ -18,7 +18,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from app.appnode.route_table import REVOCATION_LIST_INTERVAL
+from app.appnode.revocation_lists import REVOCATION_LIST_INTERVAL
 from app.extensions import db
 from app.pki import revocation
 from app.pki import service as pki

@@ -162,7 +162,8 @@ def status(ctx: Context):
                 "certificate_sha256": node.identity.fingerprint() if node.joined else None,
                 "certificate_problem": node.setting("certificate_problem") or None,
                 "registry_problem": node.setting("registry_problem") or None,
-                "crl": node.held_revocation_list() if node.joined else None}
+                "crl": node.held_revocation_list() if node.joined else None,
+                "root_crl": node.held_root_revocation_list() if node.joined else None}
     ctx.out(document, status_lines(document))
 
 

@@ -43,6 +43,16 @@ def status_lines(document: dict) -> str:
                      f"{_minute(crl['next_update']) if crl['next_update'] else 'none given'}"
                      + ("" if crl["current"] else " (past: new routing tables are refused until a newer one is "
                                                   "fetched)"))
+    if root_crl := document.get("root_crl"):
+        lines.append(f"root CRL #{root_crl['number']} of {_minute(root_crl['this_update'])}, next update "
+                     f"{_minute(root_crl['next_update']) if root_crl['next_update'] else 'none given'}"
+                     + ("" if root_crl["current"] else " (past: an intermediate revoked since may go unnoticed until "
+                                                       "a newer one is fetched; new routing tables are still taken)")
+                     + (" (lists the intermediate this node trusts as revoked: routing tables signed through it are "
+                        "refused)" if root_crl["intermediate_revoked"] else ""))
+    elif document["node_id"]:
+        lines.append("no root CRL held: an intermediate revoked by the root would go unnoticed; new routing tables "
+                     "are still taken")
     lines += [f"problem: {document[key]}" for key in ("registry_problem", "certificate_problem") if document[key]]
     return "\n".join(lines)
 

@@ -85,6 +85,7 @@ class Identity:
         self.bundle_file = self.dir / "ca-bundle.pem"
         self.signer_file = self.dir / "route-signer.pem"
         self.crl_file = self.dir / "crl.crl"  # the intermediate's CRL (DER), the route signer is checked against
+        self.root_crl_file = self.dir / "root-crl.crl"  # the root's CRL (DER), the intermediate is checked against
         self.pending_key_file = self.dir / "pending.key"
 
     def has_key(self) -> bool:
@@ -239,18 +240,20 @@ class RegistryClient:
             parts[name] = result.body
         self.identity.store_ca(parts["ca.pem"], parts["chain.pem"], parts["route-signer.pem"])
 
-    def fetch_crl(self, held_etag: str | None = None) -> bytes | None:
-        """The intermediate's CRL (SPEC §4 `/ca/crl.crl`, DER): the route signer is checked against it. With
-        `held_etag`, the ETag of the CRL the node keeps, in If-None-Match: None when the management node
-        answers 304, the CRL it serves being that one (docs/protocol.md §4)."""
+    def fetch_crl(self, held_etag: str | None = None, *, root: bool = False) -> bytes | None:
+        """The intermediate's CRL (SPEC §4 `/ca/crl.crl`, DER): the route signer is checked against it; with
+        `root`, the root's (`/ca/root-crl.crl`), the intermediate is. With `held_etag`, the ETag of the CRL the
+        node keeps, in If-None-Match: None when the management node answers 304, the CRL it serves being that one
+        (docs/protocol.md §4)."""
+        path = "/ca/root-crl.crl" if root else "/ca/crl.crl"
         headers = {"Accept": "application/pkix-crl"}
         if held_etag:
             headers["If-None-Match"] = held_etag
-        result = self.request("GET", "/ca/crl.crl", headers=headers)
+        result = self.request("GET", path, headers=headers)
         if result.status == 304 and held_etag:
             return None
         if result.status != 200:
-            raise self.fail(result, "GET /ca/crl.crl")
+            raise self.fail(result, f"GET {path}")
         return result.body
 
     # --- admission ---------------------------------------------------------------------------------

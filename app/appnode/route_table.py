@@ -6,30 +6,27 @@ missing from the table is refused, as a caller (`_refresh_for_peer`) or as a rec
 from __future__ import annotations
 
 import logging
-import os
 import time
 
 from app.appnode.protocol import UnknownPeer
-from app.appnode.registry import NotJoined, RegistryError, write_atomic
+from app.appnode.registry import NotJoined, RegistryError
 from app.appnode.renewal import CERTIFICATE_REVOKED, PENDING_KEY_MAY_OPEN
+from app.appnode.revocation_lists import RevocationListsMixin
 from app.appnode.store import put_setting
 from app.errors import DomainError
-from app.pki.crl import entity_tag_of
 from app.routing.client import RouteClient
 from app.routing.verification import OwnEntryMismatch, RouteRejected
 
 log = logging.getLogger("mpim.appnode")
 
 REFRESH_INTERVAL = 30.0
-# The CRL the route signer is checked against is fetched again after this long (docs/protocol.md §2: at least
-# hourly), before its nextUpdate, and whenever the table names a signer the node does not hold.
-REVOCATION_LIST_INTERVAL = 3600.0
 
 
-class RouteTableMixin:
+class RouteTableMixin(RevocationListsMixin):
     """The routing table of a `Node`. Relies on the node's `db`, `identity`, `registry`, `data_dir`, `node_id`,
     `joined`, `setting`, `_routes`, `_routes_lock`, `_last_refresh`, `_recipient_pull`, `_caller_refresh` and
-    `_pull_lock`, and on `adopt_listed_certificate` and `adopt_pending_certificate` (RenewalMixin)."""
+    `_pull_lock`, and on `adopt_listed_certificate` and `adopt_pending_certificate` (RenewalMixin); the CRLs it
+    checks tables against are RevocationListsMixin's."""
 
     @property
     def routes(self) -> RouteClient:
@@ -38,13 +35,15 @@ class RouteTableMixin:
                 if not self.identity.ca_file.exists():
                     raise NotJoined("the CA certificates have not been fetched yet")
                 own = self.identity.fingerprint() if self.joined else None
-                crl_file = self.identity.crl_file
+                crl_file, root_crl_file = self.identity.crl_file, self.identity.root_crl_file
                 self._routes = RouteClient(self.identity.ca_file.read_bytes(),
                                            intermediates=self.identity.chain_file.read_bytes(),
                                            node_id=self.node_id if self.joined else None, own_fingerprint=own,
                                            storage_path=self.data_dir / "routes.json",
                                            revocation_list=crl_file.read_bytes() if crl_file.exists() else None,
-                                           require_revocation_list=True)
+                                           require_revocation_list=True,
+                                           root_revocation_list=(root_crl_file.read_bytes()
+                                                                 if root_crl_file.exists() else None))
             return self._routes
 
     def reload_routes(self) -> None:
@@ -62,7 +61,7 @@ class RouteTableMixin:
                 raise self.registry.fail(result, "the routing table is unavailable")
             return result
 
-        self._refresh_revocation_list()
+        self._refresh_revocation_lists()
         mended: set[str] = set()
         while True:
             try:
@@ -89,69 +88,14 @@ class RouteTableMixin:
                 else:
                     self.registry.fetch_ca()  # the signer may have been rotated: fetch it and try once more
                     # A rotation may come with the old signer's revocation: a CRL listing it drops a table it
-                    # signed (which a leaked key may have made, of a version no genuine table reaches).
-                    self._refresh_revocation_list(force=True)
+                    # signed (which a leaked key may have made, of a version no genuine table reaches); and a
+                    # signer the node has not seen may be one a revoked intermediate's key minted.
+                    self._refresh_revocation_lists(force=True)
         self._last_refresh = time.monotonic()
         if result.outcome == "accepted":
             self._note_certificate_problem("")
         self._note_registry_problem("")
         return result
-
-    def _refresh_revocation_list(self, *, force: bool = False) -> None:
-        """Fetch the intermediate's CRL for the route client when it is due (or `force`), and keep it in
-        `tls/crl.crl`. A CRL that cannot be fetched or is not taken is logged and changes nothing: the table held
-        stays in use, and a new one is taken only while the CRL held is current (docs/protocol.md §4).
-
-        It asks with the ETag of the CRL kept (If-None-Match; the ETag is a function of its bytes), and a 304 is
-        that CRL served again: given to the route client as a 200 of it would be, and a fetch as far as the hour
-        goes. It makes the CRL no fresher than its nextUpdate: past that, new tables are still refused
-        (`revocation_unknown`), and the node asks again at every pull until the management node issues another."""
-        if not force and not self._revocation_list_due():
-            return
-        crl_file = self.identity.crl_file
-        try:
-            kept = crl_file.read_bytes()
-        except OSError:  # none yet (or unreadable): the CRL in full
-            kept = None
-        try:
-            fetched = self.registry.fetch_crl(entity_tag_of(kept) if kept else None)
-            data = kept if fetched is None else fetched
-            taken = self.routes.use_revocation_list(data, self.identity.chain_file.read_bytes())
-        except (RegistryError, RouteRejected) as error:
-            log.warning("the CRL the route signer is checked against was not refreshed: %s", error.message)
-            return
-        try:
-            if taken and fetched is not None:
-                write_atomic(crl_file, data)
-            elif crl_file.exists():
-                os.utime(crl_file)  # fetched now; the one kept is newer, or is the one served (304)
-        except OSError as error:  # the route client holds it: only a restart would do without it
-            log.warning("the CRL fetched could not be kept in %s: %s", crl_file, error)
-
-    def held_revocation_list(self) -> dict | None:
-        """The CRL kept in `tls/crl.crl`, for `status`: its number and times, and whether it is still current (past
-        its nextUpdate, new tables are refused as `revocation_unknown`). None when none is kept or it is unreadable."""
-        from datetime import UTC, datetime
-
-        from cryptography import x509
-
-        try:
-            crl = x509.load_der_x509_crl(self.identity.crl_file.read_bytes())
-            number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
-        except (OSError, ValueError, x509.ExtensionNotFound):
-            return None
-        next_update = crl.next_update_utc
-        return {"number": number, "this_update": crl.last_update_utc.isoformat(),
-                "next_update": next_update.isoformat() if next_update else None,
-                "current": next_update is not None and next_update > datetime.now(UTC)}
-
-    def _revocation_list_due(self) -> bool:
-        try:
-            age = time.time() - self.identity.crl_file.stat().st_mtime
-        except FileNotFoundError:
-            return True
-        next_update = self.routes.revocation_list_next_update
-        return age >= REVOCATION_LIST_INTERVAL or next_update is None or next_update <= self.routes.now()
 
     def _recovered_with_pending_key(self, refusal: RegistryError) -> bool:
         """The session signed with the current key was refused; if a key is pending (`csr --new-key`), try it
