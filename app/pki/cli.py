@@ -11,6 +11,7 @@ from flask.cli import AppGroup
 
 from app.admission.cli import emit, record_lines, run
 from app.auth import service as users
+from app.cli_arguments import Digits
 from app.database import paginate
 from app.pki import lifecycle, own_keys, revocation, service
 from app.pki.models import CRLState
@@ -102,12 +103,17 @@ def crl_dict(state: CRLState, url: str) -> dict:
 
 @cli.command("crl")
 @click.option("--regenerate", is_flag=True)
+@click.option("--above", type=Digits(1, revocation.HIGHEST_ABOVE), default=None,
+              help="With --regenerate, after restoring a backup: number the new CRL above this one (the highest "
+                   "CRL number nodes may hold).")
 @click.option("--json", "as_json", is_flag=True, help="Describe the CRL (number, dates, revoked count, URL) "
                                                       "instead of printing it.")
-def crl_command(regenerate, as_json):
+def crl_command(regenerate, above, as_json):
     """Print the current CRL (PEM); --regenerate issues a new one first."""
+    if above is not None and not regenerate:
+        raise click.UsageError("--above numbers a new CRL: give it with --regenerate.")
     if regenerate:
-        run(lambda: revocation.regenerate_crl(actor="cli"), as_json)
+        run(lambda: revocation.regenerate_crl(actor="cli", above=above), as_json)
     state = run(revocation.current_crl, as_json)
     if as_json:
         click.echo(json.dumps(crl_dict(state, service.ca_config().crl_url), ensure_ascii=False))

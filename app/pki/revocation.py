@@ -27,6 +27,10 @@ from app.pki.models import INTERMEDIATE_CRL, ROOT_CRL, Certificate, CRLState
 # a revocation here is final (nothing ever takes a certificate off the CRL).
 REASONS = ("unspecified", "key_compromise", "affiliation_changed", "superseded", "cessation_of_operation",
            "privilege_withdrawn")
+# A CRL number column holds no more (PostgreSQL integer). `regenerate_crl(above=...)` leaves a million CRLs
+# before it: a number past it would fail every revocation, since each signs a CRL.
+MAX_STORED_CRL_NUMBER = 2**31 - 1
+HIGHEST_ABOVE = MAX_STORED_CRL_NUMBER - 1_000_000
 
 
 @dataclass(frozen=True)
@@ -140,19 +144,27 @@ def in_service_role(certificate: Certificate, *, from_files: bool = False) -> st
     return certificate.kind if current is not None and service.fingerprint(current) == certificate.sha256 else None
 
 
-def regenerate_crl(*, actor: str | None = None) -> CRLState:
+def regenerate_crl(*, actor: str | None = None, above: int | None = None) -> CRLState:
     """The intermediate's CRL (row INTERMEDIATE_CRL): every revoked certificate it issued. Audited as `ca.crl`
     when someone asked for it (`actor`: `flask ca init`, `flask ca crl --regenerate`, the scheduler's refresh),
-    as the root's CRL is; a revocation's CRL goes without an actor, being part of the revocation it records."""
+    as the root's CRL is; a revocation's CRL goes without an actor, being part of the revocation it records.
+
+    `above`: after restoring a backup, nodes may hold CRLs the restored database never saw, and take a CRL of
+    the same number as not older (RFC 5280 §5.2.3), though it may lack revocations made since the backup. The
+    new CRL's number is then `above + 1` (at least), skipping the numbers nodes may hold."""
+    if above is not None and not 1 <= above <= HIGHEST_ABOVE:
+        raise ValidationFailed(f"above must be from 1 to {HIGHEST_ABOVE}, not {above}.", code="invalid_above",
+                               field="above")
     serialise(crl_lock_name(INTERMEDIATE_CRL))
     revoked = db.session.execute(select(Certificate.serial, Certificate.revoked_at, Certificate.revocation_reason)
                                  .where(Certificate.revoked_at.is_not(None))).all()
     entries = [(int(serial, 16), at, reason) for serial, at, reason in revoked]
     state = _next_crl(INTERMEDIATE_CRL, current_app.config["MPIM_CRL_DAYS"],
                       lambda number, now, until: service.authority().build_crl(
-                          entries, crl_number=number, this_update=now, next_update=until))
+                          entries, crl_number=number, this_update=now, next_update=until), above=above)
     if actor is not None:
-        audit.record("ca.crl", str(state.crl_number), {"next_update": state.next_update, "revoked": len(entries)},
+        detail = {"next_update": state.next_update, "revoked": len(entries)}
+        audit.record("ca.crl", str(state.crl_number), detail | ({"above": above} if above is not None else {}),
                      actor=actor)
     return state
 
@@ -178,12 +190,13 @@ def crl_lock_name(row_id: int) -> str:
     return f"crl:{row_id}"
 
 
-def _next_crl(row_id: int, days: int, build) -> CRLState:
-    """Sign the next CRL of one issuer with `build(number, this_update, next_update)` and keep it. The caller
-    holds `crl_lock_name(row_id)`; the row is read afresh (the session may hold it from before the lock)."""
+def _next_crl(row_id: int, days: int, build, *, above: int | None = None) -> CRLState:
+    """Sign the next CRL of one issuer with `build(number, this_update, next_update)` and keep it; its number is
+    above `above` too, when given. The caller holds `crl_lock_name(row_id)`; the row is read afresh (the session
+    may hold it from before the lock)."""
     now = utcnow().replace(microsecond=0)
     state = db.session.get(CRLState, row_id, populate_existing=True)
-    number = (state.crl_number + 1) if state else 1
+    number = max(state.crl_number if state else 0, above or 0) + 1
     crl = build(number, now, now + timedelta(days=days))
     if state is None:
         state = CRLState(id=row_id)
