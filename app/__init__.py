@@ -23,6 +23,7 @@ FEATURES = (
     "app.sessions",
     "app.health",
     "app.routing",
+    "app.backup",
     "app.security_headers",
 )
 
@@ -49,10 +50,12 @@ def create_app(test_config: dict | None = None) -> Flask:
         importlib.import_module(name).init_app(app)
     from flask_migrate.cli import db as db_commands
 
+    from app.backup.cli import backup_command
     from app.cli_arguments import require_utf8
     from app.cli_schema import require_schema
 
-    require_schema(app.cli, exempt=(db_commands,))  # `flask db upgrade` makes the schema the others need
+    # `flask db upgrade` makes the schema the others need; a backup is taken before it, on the older schema.
+    require_schema(app.cli, exempt=(db_commands, backup_command))
     require_utf8(app.cli)  # outermost: a usage error is told before the schema is looked at
     if proxies := app.config.get("MPIM_TRUSTED_PROXIES"):
         from werkzeug.middleware.proxy_fix import ProxyFix

@@ -6,7 +6,8 @@ a migration behind, in a traceback on a missing column. One check before each co
 /healthz and the ministry admins' banner tell the same state (`schema_state`); a database a newer release has
 migrated already (a rolling upgrade) is fine.
 
-Not checked: `flask db ...`, which makes the schema, and Flask's own `run`, `shell` and `routes`, which are not in
+Not checked: `flask db ...`, which makes the schema, `flask db-backup`, which is run before `flask db upgrade` (it
+checks the copy has a revision), and Flask's own `run`, `shell` and `routes`, which are not in
 `app.cli` and read no table themselves (`shell` is where an operator looks into a database in any state).
 `--help` exits before any command runs.
 """

@@ -87,6 +87,7 @@ AUDIT_ACTIONS = {
     "ca.init": _l("CA created"), "ca.root_offline": _l("Root key taken offline"),
     "ca.root_crl": _l("Root CRL signed"), "ca.crl": _l("CRL signed"),
     "audit.export": _l("Audit log exported"),
+    "database.backup": _l("Database backed up"),
 }
 # The details app.health.poller writes itself (kept in English in the database and the API); a library's
 # error text (connection, TLS) has no translation and is shown as it is.

@@ -1,0 +1,7 @@
+"""Backups of the registry's database: `flask db-backup PATH` (operations: Backup)."""
+
+
+def init_app(app) -> None:
+    from app.backup.cli import backup_command
+
+    app.cli.add_command(backup_command)

@@ -1,0 +1,127 @@
+"""A copy of the configured SQLite database, checked before it is kept.
+
+The copy is read from the file the registry is configured with (DATABASE_URL, else MPIM_INSTANCE_PATH), opened
+read-only so that a missing file is refused rather than created, through SQLite's online backup (a plain copy
+can catch a write half-done, or miss what is still in the -wal file). It is written beside the target as a
+temporary file (0600: it holds password hashes and the audit log), checked (integrity, an Alembic revision) and
+only then renamed into place. PostgreSQL is backed up with pg_dump.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.engine import URL
+
+from app.errors import Conflict, DomainError, NotFound
+
+
+class BackupRefused(DomainError):
+    code = "backup_refused"
+    status = 400
+
+
+@dataclass(frozen=True)
+class Backup:
+    source: Path
+    target: Path
+    size: int
+    revision: str
+
+
+def sqlite_source(url: URL) -> Path:
+    """The SQLite file `url` names; refused for another database or a file that does not exist."""
+    backend = url.get_backend_name()
+    if backend == "postgresql":
+        raise BackupRefused("The database is PostgreSQL: back it up with pg_dump -Fc (docs/operations.md, "
+                            "Backup); this command copies the embedded SQLite database.", code="use_pg_dump")
+    if backend != "sqlite":
+        raise BackupRefused(f"The database is {backend}: this command copies the embedded SQLite database only.",
+                            code="not_sqlite")
+    if not url.database or url.database == ":memory:":
+        raise BackupRefused("The database is in memory: there is no file to back up.", code="not_sqlite")
+    source = Path(url.database).absolute()
+    if not source.is_file():
+        raise NotFound(f"The configured database {source} does not exist: nothing to back up (are DATABASE_URL "
+                       "and MPIM_INSTANCE_PATH those of the server?).", code="database_missing")
+    return source
+
+
+def back_up(url: URL, target: Path, *, overwrite: bool = False) -> Backup:
+    """Copy the database `url` names to `target`, refusing to replace a file there unless `overwrite`."""
+    source = sqlite_source(url)
+    target = target.absolute()
+    if target.is_dir():
+        raise BackupRefused(f"{target} is a directory: name the backup file.", code="backup_is_directory")
+    if not target.parent.is_dir():
+        raise NotFound(f"The directory {target.parent} does not exist.", code="backup_directory_missing")
+    if target.exists() and os.path.samefile(target, source):
+        raise BackupRefused(f"{target} is the database itself.", code="backup_is_database")
+    if target.exists() and not overwrite:
+        raise Conflict(f"{target} exists: give --overwrite to replace it, or another name.", code="backup_exists")
+    descriptor, temporary_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(descriptor)  # mkstemp made it 0600; SQLite writes into it as into an empty database
+    temporary = Path(temporary_name)
+    try:
+        revision = _copy(source, temporary)
+        _keep(temporary, target, overwrite=overwrite)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return Backup(source=source, target=target, size=target.stat().st_size, revision=revision)
+
+
+def _copy(source: Path, temporary: Path) -> str:
+    """Online backup of `source` into `temporary`, left in rollback-journal mode (one self-contained file, where
+    the live database is in WAL mode); the copy's Alembic revision, once the copy has been checked."""
+    try:
+        reader = sqlite3.connect(f"{source.as_uri()}?mode=ro", uri=True)
+        writer = sqlite3.connect(temporary)
+        try:
+            reader.backup(writer)
+            writer.execute("PRAGMA journal_mode=DELETE")
+            integrity = [row[0] for row in writer.execute("PRAGMA integrity_check")]
+            try:
+                revisions = [row[0] for row in writer.execute("SELECT version_num FROM alembic_version")]
+            except sqlite3.OperationalError:  # no such table
+                revisions = []
+        finally:
+            writer.close()
+            reader.close()
+    except sqlite3.DatabaseError as error:  # not a database, unreadable, locked past the busy timeout
+        raise BackupRefused(f"{source} could not be copied: {error}", code="backup_failed") from None
+    if integrity != ["ok"]:
+        raise BackupRefused(f"The copy of {source} fails SQLite's integrity check: {'; '.join(integrity[:5])}",
+                            code="backup_corrupt")
+    if not revisions:
+        raise BackupRefused(f"{source} is not a registry database (no Alembic revision: never migrated?).",
+                            code="not_a_registry_database")
+    return ",".join(sorted(revisions))
+
+
+def _keep(temporary: Path, target: Path, *, overwrite: bool) -> None:
+    """Put the checked copy in place in one step, durably; without `overwrite`, never over a file that appeared
+    meanwhile."""
+    with open(temporary, "rb") as handle:
+        os.fsync(handle.fileno())
+    if overwrite:
+        os.replace(temporary, target)
+    else:
+        try:
+            os.link(temporary, target)  # fails when the target exists, where a rename would replace it
+        except FileExistsError:
+            raise Conflict(f"{target} exists: give --overwrite to replace it, or another name.",
+                           code="backup_exists") from None
+        except OSError:  # a file system without hard links
+            if target.exists():
+                raise Conflict(f"{target} exists: give --overwrite to replace it, or another name.",
+                               code="backup_exists") from None
+            os.replace(temporary, target)
+    directory = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
