@@ -82,6 +82,31 @@ def test_rounds_record_events_only_on_changes(app, node):
     assert sum(h.polls for h in hourly) == 6 and sum(h.successes for h in hourly) == 3
 
 
+def test_a_result_older_than_the_state_is_kept_as_a_sample_and_changes_no_verdict(app, node):
+    """A scheduled round applies its polls at the end of its interval; a `flask health poll --once` applied in
+    between holds newer results. The round's older ones then wrote over them: the last check went back in time,
+    and a success polled before newer failures ended their streak."""
+    now = utcnow()
+    for ok in (True, True):
+        service.apply_round([Result(node.node_id, ok, checked_at=now - timedelta(seconds=60))])
+    for seconds in (30, 20):
+        service.apply_round([Result(node.node_id, False, failure="timeout",
+                                    checked_at=now - timedelta(seconds=seconds))])
+    report = service.apply_round([Result(node.node_id, True, checked_at=now - timedelta(seconds=40))])
+    health = db.session.get(NodeHealth, node.node_id)
+    assert (health.status, health.consecutive_failures, health.consecutive_successes) == ("up", 2, 0)
+    assert health.last_checked_at == now - timedelta(seconds=20) and health.last_failure == "timeout"
+    assert report.ok == 1 and report.changes == []
+    assert db.session.scalar(select(func.count()).select_from(HealthSample)) == 5  # the poll still happened
+    # An older failure agrees with the newest: one more real failure in the streak, the third.
+    report = service.apply_round([Result(node.node_id, False, failure="refused",
+                                         checked_at=now - timedelta(seconds=25))])
+    health = db.session.get(NodeHealth, node.node_id)
+    assert (health.status, health.consecutive_failures) == ("down", 3)
+    assert health.last_checked_at == now - timedelta(seconds=20) and health.last_failure == "timeout"
+    assert [(c.old, c.new) for c in report.changes] == [("up", "down")]
+
+
 def test_downsampling_keeps_hourly_and_drops_old_raw(app, node):
     old = utcnow() - timedelta(days=8)
     service.apply_round([Result(node.node_id, True, checked_at=old)])

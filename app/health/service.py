@@ -124,18 +124,33 @@ def apply_round(results) -> RoundReport:
         if health is None:
             health = states[result.node_id] = SimpleNamespace(**NEW_STATE, node_id=result.node_id, read=None)
         reason = str(result.failure) if result.failure else None
-        after = step(Counters(health.status, health.consecutive_failures, health.consecutive_successes),
-                     result.ok, limits)
         checked_at = getattr(result, "checked_at", None) or now
-        health.consecutive_failures, health.consecutive_successes = after.failures, after.successes
-        health.last_checked_at, health.last_failure = checked_at, reason
-        health.last_latency_ms, health.cert_matches = result.latency_ms, result.cert_matches
-        health.last_detail = (result.detail or "")[:300]
+        samples.append(dict(node_id=result.node_id, at=checked_at, ok=result.ok, latency_ms=result.latency_ms,
+                            failure=reason))
         if result.ok:
             report.ok += 1
-            health.last_ok_at = checked_at
         else:
             report.failures[reason or "error"] = report.failures.get(reason or "error", 0) + 1
+        # Polled before the state's last check: a scheduled round applies its polls at the end of its interval,
+        # and a `poll --once` may have applied newer ones meanwhile. It adds to the newest's streak when it agrees
+        # (one more real failure, or success); otherwise it is a sample for the history only, not a reset of the
+        # streak the newer polls began. The last check's time and details stay the newest's.
+        stale = health.last_checked_at is not None and checked_at < health.last_checked_at
+        if stale:
+            if not (health.consecutive_successes if result.ok else health.consecutive_failures):
+                if in_maintenance(health, now):
+                    maintained.add(result.node_id)
+                continue
+            checked_at = health.last_checked_at
+        after = step(Counters(health.status, health.consecutive_failures, health.consecutive_successes),
+                     result.ok, limits)
+        health.consecutive_failures, health.consecutive_successes = after.failures, after.successes
+        if not stale:
+            health.last_checked_at, health.last_failure = checked_at, reason
+            health.last_latency_ms, health.cert_matches = result.latency_ms, result.cert_matches
+            health.last_detail = (result.detail or "")[:300]
+            if result.ok:
+                health.last_ok_at = checked_at
         if after.status != health.status:
             change = StatusChange(result.node_id, health.status, after.status, reason, health.last_detail,
                                   in_maintenance(health, now))
@@ -145,8 +160,6 @@ def apply_round(results) -> RoundReport:
                                           in_maintenance=change.in_maintenance)
             events.append(latest[change.node_id])
             health.status, health.changed_at = after.status, checked_at
-        samples.append(dict(node_id=result.node_id, at=checked_at, ok=result.ok, latency_ms=result.latency_ms,
-                            failure=reason))
         if in_maintenance(health, now):
             maintained.add(result.node_id)
         elif health.maintenance_until is not None:  # the window ended since the last round: once
