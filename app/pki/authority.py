@@ -442,13 +442,14 @@ class Authority:
             raise Conflict(f"{path.name} is not the root certificate's key.", code="wrong_root_key")
         return key
 
-    def build_root_crl(self, root_key: SigningKey, *, this_update: datetime, next_update: datetime,
-                       crl_number: int) -> x509.CertificateRevocationList:
+    def build_root_crl(self, root_key: SigningKey, revoked: Iterable[crl.RevokedEntry | tuple] = (), *,
+                       this_update: datetime, next_update: datetime, crl_number: int) -> x509.CertificateRevocationList:
         """The root's CRL: the certificates the root signed that are revoked. The root signs only the
-        intermediate, which this CA never revokes in place (a compromised intermediate means a new
-        CA), so the list is empty; it exists so that relying parties checking every level of the
-        chain (`openssl verify -crl_check_all`) find a current CRL for the intermediate too."""
-        return crl.build_crl([], issuer=self.root_certificate, signing_key=root_key, this_update=this_update,
+        intermediate, so the list is empty until the intermediate's key is compromised and the ministry revokes
+        it (`revoked`: `flask ca revoke-intermediate`; recovery is then a new CA). Empty, it exists so that relying
+        parties checking every level of the chain (`openssl verify -crl_check_all`) find a current CRL for the
+        intermediate too."""
+        return crl.build_crl(revoked, issuer=self.root_certificate, signing_key=root_key, this_update=this_update,
                              next_update=next_update, crl_number=crl_number)
 
     def respond_ocsp(self, request_der: bytes, lookup: Callable[[int], ocsp.CertStatusInfo], *,

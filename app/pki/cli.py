@@ -1,4 +1,4 @@
-"""`flask ca init|root-offline|root-crl|list|show|revoke|crl|rotate-route-signer|renew`."""
+"""`flask ca init|root-offline|root-crl|revoke-intermediate|list|show|revoke|crl|rotate-route-signer|renew`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from app.admission.cli import emit, record_lines, run
 from app.auth import service as users
 from app.cli_arguments import Digits
 from app.database import paginate
-from app.pki import lifecycle, own_keys, revocation, service
+from app.pki import intermediate, lifecycle, own_keys, revocation, service
 from app.pki.models import CRLState
 
 cli = AppGroup("ca", help="The certificate authority.")
@@ -133,6 +133,35 @@ def root_crl_command(root_key, as_json):
         return
     click.echo(state.pem, nl=False)
     click.echo(f"root CRL {state.crl_number}, next update {state.next_update:%Y-%m-%d}", err=True)
+
+
+@cli.command("revoke-intermediate")
+@click.option("--reason", required=True,
+              help="key_compromise, ca_compromise, affiliation_changed, superseded or cessation_of_operation.")
+@click.option("--root-key", "root_key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The root key exported by `flask ca root-offline` (when it is not on this server).")
+@click.option("--user", "username", default=None, help="The console user acting (audited); else the operator.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (required with --json).")
+@click.option("--json", "as_json", is_flag=True, help="Describe the revocation and the new root CRL.")
+def revoke_intermediate_command(reason, root_key, username, yes, as_json):
+    """Revoke the issuing CA on the root's CRL: after its key leaked. Final; recovery is a new CA."""
+    run(lambda: intermediate.check_reason(reason), as_json)
+    if not yes:
+        if as_json:
+            raise click.UsageError("revoking the issuing CA stops the network: with --json, confirm it with --yes.")
+        serial = format(run(service.authority, as_json).intermediate_certificate.serial_number, "x")
+        click.confirm(f"Revoke the issuing CA {serial} ({reason}) on the root's CRL? Once they fetch it, every node "
+                      "will refuse new routing tables signed through it, and no certificate is issued or renewed "
+                      "here again. There is no undo: recovery is a new CA and every node enrolled again. Continue?",
+                      abort=True)
+    row = run(lambda: intermediate.revoke(reason, by=users.acting_user(username) if username else None,
+                                          root_key_path=root_key), as_json)
+    state = revocation.current_crl(revocation.ROOT_CRL)
+    emit({"serial": row.serial, "subject": row.subject, "sha256": row.sha256, "reason": row.reason,
+          "revoked_at": row.revoked_at.isoformat(), "revoked_by": row.revoked_by,
+          "root_crl": crl_dict(state, service.ca_config().root_crl_url)}, as_json,
+         f"revoked the issuing CA {row.serial} ({row.reason}); root CRL {state.crl_number} lists it, "
+         f"next update {state.next_update:%Y-%m-%d}. Recovery is a new CA: see docs/operations.md.")
 
 
 @cli.command("rotate-route-signer")

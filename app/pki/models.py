@@ -64,3 +64,24 @@ class CRLState(db.Model):
     next_update: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     pem: Mapped[str] = mapped_column(Text, nullable=False)
     der: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+
+
+# RFC 5280 reasons that fit a CA certificate (`flask ca revoke-intermediate`); the others name a subscriber's
+# circumstances (privilegeWithdrawn), say nothing (unspecified) or are meant to be lifted (certificateHold).
+INTERMEDIATE_REVOCATION_REASONS = ("key_compromise", "ca_compromise", "affiliation_changed", "superseded",
+                                   "cessation_of_operation")
+
+
+class RevokedIntermediate(db.Model):
+    """An issuing CA the root revoked: what the root's CRL lists. Apart from `Certificate`, which holds what the
+    intermediate issued (its own CRL's entries); a revocation here is final, as every other."""
+
+    __tablename__ = "revoked_intermediates"
+    __table_args__ = (CheckConstraint(f"reason IN {INTERMEDIATE_REVOCATION_REASONS!r}", name="reason_known"),)
+
+    serial: Mapped[str] = mapped_column(String(40), primary_key=True)  # lower-case hex
+    subject: Mapped[str] = mapped_column(String(300), nullable=False)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    reason: Mapped[str] = mapped_column(String(32), nullable=False)
+    revoked_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    revoked_by: Mapped[str] = mapped_column(String(64), nullable=False)

@@ -113,6 +113,9 @@ def _rotate(role: ServiceRole, kind: str, actor: str) -> Certificate:
     (`_install_committed`), so a commit that fails leaves the pair in use where it was, on disk and in every
     process, instead of a key the database never recorded; the staged files are then removed
     (`_discard_uncommitted`). The outermost transaction decides: no caller rotates inside a savepoint."""
+    from app.pki import intermediate
+
+    intermediate.require_not_revoked()  # nodes would refuse the new pair as what it replaces
     loaded = service.authority()
     db.session.connection()  # begin the transaction the staged pair belongs to
     staged = loaded.stage_service_pair(role)

@@ -100,6 +100,13 @@ def _what_loading_depends_on(directory) -> tuple:
 
 
 def health_check() -> tuple[str, bool, str]:
-    """`console.health_checks`' "ca": /healthz and the start-up log."""
+    """`console.health_checks`' "ca": /healthz and the start-up log. A CA this process can sign with whose
+    intermediate the root revoked is "intermediate_revoked", not serving: nothing it signs is worth anything."""
+    from app.pki import intermediate
+
     found = condition()
+    if found.state == "ok":
+        revoked = intermediate.revocation_of_current()
+        if revoked is not None:
+            return "intermediate_revoked", False, english(intermediate.revoked_message(revoked))
     return found.state, found.serving, english(found.reason)

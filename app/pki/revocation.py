@@ -21,7 +21,7 @@ from app.database import serialise, utcnow
 from app.errors import Conflict, PermissionDenied, ValidationFailed
 from app.extensions import db
 from app.pki import ocsp, own_keys, service
-from app.pki.models import INTERMEDIATE_CRL, ROOT_CRL, Certificate, CRLState
+from app.pki.models import INTERMEDIATE_CRL, ROOT_CRL, Certificate, CRLState, RevokedIntermediate
 
 # RFC 5280 reasons an admin may give. certificateHold is left out: a hold is meant to be lifted, and
 # a revocation here is final (nothing ever takes a certificate off the CRL).
@@ -171,14 +171,18 @@ def regenerate_crl(*, actor: str | None = None, above: int | None = None) -> CRL
 
 def regenerate_root_crl(*, root_key_path: Path | None = None, actor: str | None = None) -> CRLState:
     """The root's CRL (row ROOT_CRL), signed with the root key: from the CA directory while it is
-    online, else from `root_key_path` (the exported key, brought back for this)."""
+    online, else from `root_key_path` (the exported key, brought back for this). It lists the intermediates
+    the root revoked (`intermediate.revoke`), so every re-signing, the scheduler's too, keeps listing them."""
     loaded = service.authority()
     root_key = loaded.load_root_key(root_key_path)
     serialise(crl_lock_name(ROOT_CRL))
+    entries = [(int(serial, 16), at, reason) for serial, at, reason in db.session.execute(
+        select(RevokedIntermediate.serial, RevokedIntermediate.revoked_at, RevokedIntermediate.reason))]
     state = _next_crl(ROOT_CRL, current_app.config["MPIM_ROOT_CRL_DAYS"],
-                      lambda number, now, until: loaded.build_root_crl(root_key, crl_number=number, this_update=now,
-                                                                       next_update=until))
-    audit.record("ca.root_crl", str(state.crl_number), {"next_update": state.next_update}, actor=actor)
+                      lambda number, now, until: loaded.build_root_crl(root_key, entries, crl_number=number,
+                                                                       this_update=now, next_update=until))
+    audit.record("ca.root_crl", str(state.crl_number), {"next_update": state.next_update, "revoked": len(entries)},
+                 actor=actor)
     return state
 
 

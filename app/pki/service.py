@@ -230,7 +230,9 @@ def issue_for_node(node, csr_pem: str, *, actor: str) -> Certificate:
 def _issue_checked(node, csr: x509.CertificateSigningRequest, key_sha256: str, *, actor: str) -> Certificate:
     """Issue for a CSR that passed the policy; `key_sha256` is its key's (the certificate certifies it)."""
     from app.admission.information import endpoint_host
+    from app.pki import intermediate
 
+    intermediate.require_not_revoked()  # a certificate no node would accept
     serialise(key_lock_name(key_sha256))  # an approval and a renewal racing with one key: one wins
     require_key_unused(key_sha256, node.node_id)
     certificate = authority().issue_node_certificate(

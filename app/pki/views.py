@@ -15,7 +15,7 @@ from app.console.pages import shows_page
 from app.database import paginate, utcnow
 from app.errors import DomainError
 from app.extensions import db
-from app.pki import own_keys, published, readiness, revocation, service
+from app.pki import intermediate, own_keys, published, readiness, revocation, service
 from app.pki.forms import RenewForm
 from app.pki.models import Certificate
 
@@ -200,9 +200,9 @@ CA_UNUSABLE = {
 
 
 def banner(user) -> list[dict]:
-    """Ministry admins are told at once when the CA cannot sign (before an approval fails on it) and when
-    the route signer in use is revoked (no table is published); they and auditors see the CA's certificates
-    expiring."""
+    """Ministry admins are told at once when the CA cannot sign (before an approval fails on it), when the root
+    revoked the intermediate (nothing it signs counts) and when the route signer in use is revoked (no table is
+    published); they and auditors see the CA's certificates expiring."""
     if user.role not in ("ministry_admin", "auditor"):
         return []
     found = readiness.condition()
@@ -215,6 +215,9 @@ def banner(user) -> list[dict]:
             "state); /healthz answers 503. Detail: %(reason)s", reason=found.reason))}]
     banners = []
     if found.state == "ok" and user.role == "ministry_admin":
+        revoked_intermediate = intermediate.revocation_of_current()
+        if revoked_intermediate is not None:
+            banners.append({"kind": "error", "text": str(intermediate.revoked_message(revoked_intermediate))})
         revoked = own_keys.revoked_row(own_keys.route_signer()[1])
         if revoked is not None:
             banners.append({"kind": "error", "text": str(own_keys.revoked_route_signer_message(revoked))})

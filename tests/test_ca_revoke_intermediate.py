@@ -1,0 +1,142 @@
+"""`flask ca revoke-intermediate`: the ministry's answer to a leaked intermediate key. The root lists the
+intermediate on its CRL, relying parties checking every level of the chain refuse what it signed, and this CA
+signs nothing more with it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+from cryptography import x509
+from sqlalchemy import select
+
+from app.audit.models import AuditRecord
+from app.errors import DomainError
+from app.extensions import db
+from app.pki import authority, own_keys, revocation
+from app.pki import service as pki
+from app.pki.models import CRLState
+from tests.factories import NodeKeys
+from tests.test_pki_openssl import issued, openssl, write_crl  # noqa: F401 (fixture)
+from tests.test_sessions import people  # noqa: F401 (fixture)
+
+
+def intermediate_serial() -> int:
+    return pki.authority().intermediate_certificate.serial_number
+
+
+def root_crl() -> x509.CertificateRevocationList:
+    db.session.expire_all()
+    return x509.load_der_x509_crl(revocation.current_crl(revocation.ROOT_CRL).der)
+
+
+def revoke(runner, *options: str, input: str | None = None):
+    return runner.invoke(args=["ca", "revoke-intermediate", *options], input=input)
+
+
+def test_openssl_refuses_a_node_certificate_once_its_intermediate_is_revoked(issued, runner, client):  # noqa: F811
+    write_crl(issued)
+    done = revoke(runner, "--reason", "key_compromise", "--yes")
+    assert done.exit_code == 0, done.output
+    (issued["dir"] / "root-crl.pem").write_bytes(client.get("/ca/root-crl.pem").data)
+    checked = openssl("verify", "-crl_check_all", "-CAfile", "root.pem", "-untrusted", "intermediate.pem",
+                      "-CRLfile", "crl.pem", "-CRLfile", "root-crl.pem", "node.pem", cwd=issued["dir"])
+    assert checked.returncode != 0 and "certificate revoked" in checked.stdout + checked.stderr
+    entry = root_crl().get_revoked_certificate_by_serial_number(intermediate_serial())
+    assert entry is not None
+    assert entry.extensions.get_extension_for_class(x509.CRLReason).value.reason is x509.ReasonFlags.key_compromise
+
+
+def test_it_asks_first_and_says_what_it_stops(app, runner, make_user):
+    make_user("minister")
+    before = revocation.current_crl(revocation.ROOT_CRL).crl_number
+    declined = revoke(runner, "--reason", "ca_compromise", "--user", "minister", input="n\n")
+    assert declined.exit_code == 1
+    assert "every node will refuse new routing tables" in declined.output and "new CA" in declined.output
+    assert root_crl().get_revoked_certificate_by_serial_number(intermediate_serial()) is None
+    assert revocation.current_crl(revocation.ROOT_CRL).crl_number == before
+    accepted = revoke(runner, "--reason", "ca_compromise", "--user", "minister", input="y\n")
+    assert accepted.exit_code == 0, accepted.output
+    assert root_crl().get_revoked_certificate_by_serial_number(intermediate_serial()) is not None
+    record = db.session.scalars(select(AuditRecord).where(AuditRecord.action == "ca.revoke_intermediate")).one()
+    assert record.actor == "minister" and record.target == format(intermediate_serial(), "x")
+
+
+def test_json_without_yes_is_refused_rather_than_prompted(app, runner):
+    refused = revoke(runner, "--reason", "key_compromise", "--json", input="y\n")
+    assert refused.exit_code == 2 and "Continue?" not in refused.output
+    error = json.loads(refused.stderr)["error"]
+    assert error["code"] == "usage_error" and "--yes" in error["message"]
+    assert len(root_crl()) == 0
+    done = revoke(runner, "--reason", "key_compromise", "--json", "--yes")
+    assert done.exit_code == 0, done.output
+    answer = json.loads(done.output)
+    assert answer["serial"] == format(intermediate_serial(), "x") and answer["reason"] == "key_compromise"
+    assert answer["root_crl"]["revoked"] == 1
+    record = db.session.scalars(select(AuditRecord).where(AuditRecord.action == "ca.revoke_intermediate")).one()
+    assert record.actor == "cli" and record.detail["reason"] == "key_compromise"
+
+
+@pytest.mark.parametrize("reason", ["unspecified", "privilege_withdrawn", "certificate_hold", "no_such_reason"])
+def test_a_reason_that_does_not_fit_a_ca_is_refused_before_asking(app, runner, reason):
+    refused = revoke(runner, "--reason", reason)
+    assert refused.exit_code == 1 and "Continue?" not in refused.output
+    assert "key_compromise" in refused.output and "cessation_of_operation" in refused.output
+    assert len(root_crl()) == 0
+
+
+def test_the_root_key_is_brought_back_as_for_the_root_crl_and_a_second_revocation_is_refused(app, runner, tmp_path):
+    authority.root_offline(pki.ca_directory(), tmp_path / "root.key")
+    offline = revoke(runner, "--reason", "superseded", "--yes")
+    assert offline.exit_code == 1 and "root key is offline" in offline.output
+    not_root = str(pki.ca_directory() / "intermediate.key")
+    wrong = revoke(runner, "--reason", "superseded", "--yes", "--root-key", not_root)
+    assert wrong.exit_code == 1 and "not the root certificate's key" in wrong.output
+    assert len(root_crl()) == 0
+    assert not db.session.scalars(select(AuditRecord).where(AuditRecord.action == "ca.revoke_intermediate")).all()
+    done = revoke(runner, "--reason", "superseded", "--yes", "--root-key", str(tmp_path / "root.key"))
+    assert done.exit_code == 0, done.output
+    again = revoke(runner, "--reason", "key_compromise", "--yes", "--root-key", str(tmp_path / "root.key"))
+    assert again.exit_code == 1 and "revoked already" in again.output
+
+
+def test_the_scheduler_keeps_listing_it_while_the_root_key_is_online(app, runner):
+    assert revoke(runner, "--reason", "cessation_of_operation", "--yes").exit_code == 0
+    state = db.session.get(CRLState, revocation.ROOT_CRL)
+    state.next_update = pki.utcnow() + dt.timedelta(days=10)  # past half of its year
+    db.session.commit()
+    before = state.crl_number
+    assert "issued root CRL" in revocation.crl_refresh_job()
+    renewed = root_crl()
+    assert renewed.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == before + 1
+    entry = renewed.get_revoked_certificate_by_serial_number(intermediate_serial())
+    assert entry.extensions.get_extension_for_class(x509.CRLReason).value.reason is \
+        x509.ReasonFlags.cessation_of_operation
+
+
+def test_nothing_is_issued_with_a_revoked_intermediate(issued, runner):  # noqa: F811
+    assert revoke(runner, "--reason", "key_compromise", "--yes").exit_code == 0
+    db.session.expire_all()
+    with pytest.raises(DomainError) as refused:
+        pki.renew(issued["node"], NodeKeys().csr, by=issued["minister"])
+    assert refused.value.code == "intermediate_revoked"
+    db.session.rollback()
+    with pytest.raises(DomainError) as refused:
+        own_keys.rotate_route_signer(actor="tests")
+    assert refused.value.code == "intermediate_revoked"
+    db.session.rollback()
+
+
+def test_healthz_and_the_console_say_the_intermediate_is_revoked(app, runner, admin_console):
+    client = admin_console.client
+    assert client.get("/healthz").status_code == 200
+    assert revoke(runner, "--reason", "key_compromise", "--yes").exit_code == 0
+    answer = client.get("/healthz")
+    assert answer.status_code == 503 and answer.get_json()["ca"] == "intermediate_revoked"
+    serial = format(intermediate_serial(), "x")
+    page = client.get("/").get_data(as_text=True)
+    assert "签发 CA（中间 CA）已在根 CA 的 CRL 中被吊销" in page and serial in page
+    client.get("/lang/en")
+    page = client.get("/").get_data(as_text=True)
+    assert "The issuing CA (intermediate) is revoked" in page and "Recovery is a new CA" in page
