@@ -3,9 +3,9 @@ the one kept, taken only when the root signed it, and a table whose signer chain
 is refused. Over real HTTP against a real management node; whoever holds the intermediate's key answers the node's
 pulls in its place through the interposer.
 
-The management node never lists its own intermediate (`build_root_crl`: a compromised intermediate means a new
-CA), so the ministry's revocation is made here as an offline root would sign it: with the root key, served by the
-management node as its root CRL."""
+The ministry's revocation of the intermediate is made with `flask ca revoke-intermediate`; the other root CRLs
+here (empty, lapsed, signed by the wrong key) are signed by hand with the root key, served by the management node
+as its root CRL."""
 
 from __future__ import annotations
 
@@ -34,16 +34,15 @@ from tests.test_crl_conditional_get import entity_tag_of, node_status
 from tests.test_sessions import people  # noqa: F401 (fixture)
 
 
-def serve_root_crl(*revoked: x509.Certificate, next_update: datetime | None = None, signing_key=None) -> bytes:
-    """The next root CRL, listing `revoked`, signed with the root key (or `signing_key`), and served by the
-    management node as its own; its DER."""
+def serve_root_crl(*, next_update: datetime | None = None, signing_key=None) -> bytes:
+    """The next root CRL, empty, signed with the root key (or `signing_key`), and served by the management node as
+    its own; its DER."""
     state = revocation.current_crl(revocation.ROOT_CRL)
     loaded = pki.authority()
     now = datetime.now(UTC).replace(microsecond=0)
     next_update = next_update or now + timedelta(days=365)
     this_update = min(now, next_update - timedelta(days=1))
-    signed = crl.build_crl([(certificate.serial_number, this_update, "key_compromise") for certificate in revoked],
-                           issuer=loaded.root_certificate, signing_key=signing_key or loaded.load_root_key(),
+    signed = crl.build_crl([], issuer=loaded.root_certificate, signing_key=signing_key or loaded.load_root_key(),
                            this_update=this_update, next_update=next_update, crl_number=state.crl_number + 1)
     state.crl_number, state.this_update, state.next_update = state.crl_number + 1, this_update, next_update
     state.pem, state.der = signed.public_bytes(Encoding.PEM).decode(), signed.public_bytes(Encoding.DER)
@@ -81,13 +80,15 @@ def minted_signer():
     return key, certificate
 
 
-def test_a_table_signed_through_an_intermediate_the_root_revoked_is_refused(network, interposer):  # noqa: F811
-    """The intermediate's key leaks and the ministry revokes it on the root's CRL: a route signer its holder
-    mints, and the table that signer signs, are refused, though the intermediate's own CRL does not list it."""
+def test_a_table_signed_through_an_intermediate_the_root_revoked_is_refused(network, interposer, runner):  # noqa: F811
+    """The intermediate's key leaks and the ministry revokes it on the root's CRL (`flask ca revoke-intermediate`):
+    a route signer its holder mints, and the table that signer signs, are refused, though the intermediate's own
+    CRL does not list it."""
     a, b = network["a"], network["b"]
     intermediate = pki.authority().intermediate_certificate
     key, certificate = minted_signer()
-    serve_root_crl(intermediate)
+    revoked = runner.invoke(args=["ca", "revoke-intermediate", "--reason", "key_compromise", "--yes"])
+    assert revoked.exit_code == 0, revoked.output
     genuine = routing.head().version
 
     a.node.registry.base_url = interposer.url  # the minted signer's holder answers A's pulls
