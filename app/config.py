@@ -61,7 +61,9 @@ def is_http_url(value: str) -> bool:
     try:
         parts = urlsplit(value)
         port_ok = parts.port is None or parts.port > 0
-    except ValueError:  # a port out of range, a malformed IPv6 host
+        if parts.hostname:
+            parts.hostname.encode("idna")  # as urllib sends it: an empty label or one past 63 characters fails
+    except ValueError:  # a port out of range, a malformed IPv6 host, a host name IDNA cannot encode
         return False
     return (port_ok and parts.scheme in ("http", "https") and bool(parts.hostname)
             and not any(character.isspace() or not character.isprintable() for character in value))

@@ -27,7 +27,8 @@ def test_settings_out_of_their_range_stop_the_start_naming_them(monkeypatch, tmp
 
 
 @pytest.mark.parametrize("value", ["hooks.example/alert", "ftp://hooks.example/alert", "http:///alert",
-                                   "https://", "http://hooks example/alert", "http://hooks.example:99999/"])
+                                   "https://", "http://hooks example/alert", "http://hooks.example:99999/",
+                                   "http://hooks..example/alert", "http://" + "a" * 64 + ".example/alert"])
 def test_a_webhook_url_that_is_no_http_address_stops_the_start_naming_it(monkeypatch, tmp_path, value):
     """A URL without a scheme started, and every round that had an alert to send then raised out of the webhook
     (ValueError: unknown url type) after its commit; one with another scheme or no host failed every attempt."""
@@ -37,7 +38,7 @@ def test_a_webhook_url_that_is_no_http_address_stops_the_start_naming_it(monkeyp
 
 
 @pytest.mark.parametrize("value", ["", "http://10.1.2.3:8080/hook", "https://alerts.example.gov.cn/mpim?x=1",
-                                   "http://[fd00::1]/hook"])
+                                   "http://[fd00::1]/hook", "http://告警.公安.中国/hook"])
 def test_an_http_webhook_url_or_none_starts(monkeypatch, tmp_path, value):
     monkeypatch.setenv("MPIM_HEALTH_WEBHOOK_URL", value)
     assert load_config({"MPIM_INSTANCE_PATH": str(tmp_path)})["MPIM_HEALTH_WEBHOOK_URL"] == value

@@ -317,6 +317,9 @@ def send_webhook(url: str, changes: list[StatusChange], attempts: int = 3, timeo
             log.warning("health webhook attempt %s failed: %s: %s", attempt + 1, type(error).__name__, error)
         except (OSError, http.client.HTTPException) as error:
             log.warning("health webhook attempt %s failed: %s: %s", attempt + 1, type(error).__name__, error)
+        except ValueError as error:  # what urllib still cannot open (is_http_url lets it pass): never raised
+            log.error("health webhook not sent: %s: %s; not retried", type(error).__name__, error)
+            return False
         if attempt + 1 < attempts:
             time.sleep(backoff * 2 ** attempt)
     return False
