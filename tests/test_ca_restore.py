@@ -78,3 +78,25 @@ def test_the_service_refuses_above_out_of_range(app):
     with pytest.raises(ValidationFailed) as refused:
         revocation.regenerate_crl(actor="tests", above=2**31 - 1_000_000)
     assert refused.value.code == "invalid_above"
+
+
+def test_a_root_crl_goes_on_above_the_number_nodes_hold(app, client, runner):
+    """Nodes keep the root's CRL too and take none numbered below the one they hold: re-signing it once after a
+    restore was not enough when several were signed since the backup."""
+    root, chain = client.get("/ca/ca.pem").data, client.get("/ca/chain.pem").data
+    node = RouteClient(root, intermediates=chain)
+    backup_number = revocation.current_crl(revocation.ROOT_CRL).crl_number
+    for _ in range(3):
+        assert runner.invoke(args=["ca", "root-crl"]).exit_code == 0
+    assert node.use_revocation_list(client.get("/ca/root-crl.crl").data, of_root=True)
+    db.session.expire_all()
+    held = revocation.current_crl(revocation.ROOT_CRL).crl_number
+    db.session.execute(update(CRLState).where(CRLState.id == revocation.ROOT_CRL).values(crl_number=backup_number))
+    db.session.commit()
+
+    result = runner.invoke(args=["ca", "root-crl", "--above", str(held), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["crl_number"] == held + 1
+    assert node.use_revocation_list(client.get("/ca/root-crl.crl").data, of_root=True)
+    refused = runner.invoke(args=["ca", "root-crl", "--above", "0", "--json"])
+    assert refused.exit_code == 2 and json.loads(refused.stderr)["error"]["code"] == "usage_error"

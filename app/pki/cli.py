@@ -124,10 +124,12 @@ def crl_command(regenerate, above, as_json):
 @cli.command("root-crl")
 @click.option("--root-key", "root_key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="The root key exported by `flask ca root-offline` (when it is not on this server).")
+@click.option("--above", type=Digits(1, revocation.HIGHEST_ABOVE), default=None,
+              help="After restoring a backup: number the new root CRL above this one (the highest nodes may hold).")
 @click.option("--json", "as_json", is_flag=True, help="Describe the new root CRL instead of printing it.")
-def root_crl_command(root_key, as_json):
+def root_crl_command(root_key, above, as_json):
     """Sign a new root CRL (the intermediate's issuer) with the root key; print it (PEM)."""
-    state = run(lambda: revocation.regenerate_root_crl(root_key_path=root_key, actor="cli"), as_json)
+    state = run(lambda: revocation.regenerate_root_crl(root_key_path=root_key, actor="cli", above=above), as_json)
     if as_json:
         click.echo(json.dumps(crl_dict(state, service.ca_config().root_crl_url), ensure_ascii=False))
         return

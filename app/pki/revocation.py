@@ -152,9 +152,7 @@ def regenerate_crl(*, actor: str | None = None, above: int | None = None) -> CRL
     `above`: after restoring a backup, nodes may hold CRLs the restored database never saw, and take a CRL of
     the same number as not older (RFC 5280 §5.2.3), though it may lack revocations made since the backup. The
     new CRL's number is then `above + 1` (at least), skipping the numbers nodes may hold."""
-    if above is not None and not 1 <= above <= HIGHEST_ABOVE:
-        raise ValidationFailed(f"above must be from 1 to {HIGHEST_ABOVE}, not {above}.", code="invalid_above",
-                               field="above")
+    _check_above(above)
     serialise(crl_lock_name(INTERMEDIATE_CRL))
     revoked = db.session.execute(select(Certificate.serial, Certificate.revoked_at, Certificate.revocation_reason)
                                  .where(Certificate.revoked_at.is_not(None))).all()
@@ -169,10 +167,20 @@ def regenerate_crl(*, actor: str | None = None, above: int | None = None) -> CRL
     return state
 
 
-def regenerate_root_crl(*, root_key_path: Path | None = None, actor: str | None = None) -> CRLState:
+def _check_above(above: int | None) -> None:
+    if above is not None and not 1 <= above <= HIGHEST_ABOVE:
+        raise ValidationFailed(f"above must be from 1 to {HIGHEST_ABOVE}, not {above}.", code="invalid_above",
+                               field="above")
+
+
+def regenerate_root_crl(*, root_key_path: Path | None = None, actor: str | None = None,
+                        above: int | None = None) -> CRLState:
     """The root's CRL (row ROOT_CRL), signed with the root key: from the CA directory while it is
     online, else from `root_key_path` (the exported key, brought back for this). It lists the intermediates
-    the root revoked (`intermediate.revoke`), so every re-signing, the scheduler's too, keeps listing them."""
+    the root revoked (`intermediate.revoke`), so every re-signing, the scheduler's too, keeps listing them.
+    `above`: as `regenerate_crl`'s, after a restore (nodes keep the root's CRL too, and take none numbered
+    below the one they hold)."""
+    _check_above(above)
     loaded = service.authority()
     root_key = loaded.load_root_key(root_key_path)
     serialise(crl_lock_name(ROOT_CRL))
@@ -180,8 +188,10 @@ def regenerate_root_crl(*, root_key_path: Path | None = None, actor: str | None 
         select(RevokedIntermediate.serial, RevokedIntermediate.revoked_at, RevokedIntermediate.reason))]
     state = _next_crl(ROOT_CRL, current_app.config["MPIM_ROOT_CRL_DAYS"],
                       lambda number, now, until: loaded.build_root_crl(root_key, entries, crl_number=number,
-                                                                       this_update=now, next_update=until))
-    audit.record("ca.root_crl", str(state.crl_number), {"next_update": state.next_update, "revoked": len(entries)},
+                                                                       this_update=now, next_update=until),
+                      above=above)
+    detail = {"next_update": state.next_update, "revoked": len(entries)}
+    audit.record("ca.root_crl", str(state.crl_number), detail | ({"above": above} if above is not None else {}),
                  actor=actor)
     return state
 
