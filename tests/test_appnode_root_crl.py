@@ -29,7 +29,7 @@ from app.routing import document
 from app.routing import service as routing
 from app.routing.verification import RouteRejected
 from tests.test_appnode import network  # noqa: F401 (fixture)
-from tests.test_appnode_signer_revocation import forged_table, interposer  # noqa: F401 (fixture)
+from tests.test_appnode_signer_revocation import answer_with_forged_table, interposer  # noqa: F401 (fixture)
 from tests.test_crl_conditional_get import entity_tag_of, node_status
 from tests.test_sessions import people  # noqa: F401 (fixture)
 
@@ -92,9 +92,7 @@ def test_a_table_signed_through_an_intermediate_the_root_revoked_is_refused(netw
     genuine = routing.head().version
 
     a.node.registry.base_url = interposer.url  # the minted signer's holder answers A's pulls
-    interposer.answers["/api/v1/routes"] = forged_table(key, certificate, version=genuine + 100, moved=b.id)
-    interposer.answers["/ca/route-signer.pem"] = (200, {"Content-Type": "application/x-pem-file"},
-                                                 certificate.public_bytes(Encoding.PEM))
+    answer_with_forged_table(interposer, key, certificate, version=genuine + 100, moved=b.id)
     with pytest.raises(RouteRejected) as refused:
         a.node.sync_routes()
     assert refused.value.code == "intermediate_revoked"

@@ -108,6 +108,14 @@ def forged_table(key, certificate, *, version: int, moved: str) -> tuple[int, di
     return 200, {"Content-Type": "application/json", **document.signature_headers(body, key, certificate)}, body
 
 
+def answer_with_forged_table(interposer, key, certificate, *, version: int, moved: str) -> None:
+    """Whoever holds `key` (certified by `certificate`) answers the node's pulls: `forged_table`, and the signer
+    certificate its headers name."""
+    interposer.answers["/api/v1/routes"] = forged_table(key, certificate, version=version, moved=moved)
+    interposer.answers["/ca/route-signer.pem"] = (200, {"Content-Type": "application/x-pem-file"},
+                                                 certificate.public_bytes(Encoding.PEM))
+
+
 def revoke_in_use_signer(minister, reason: str = "key_compromise"):
     """What the console's and the CLI's revoke do (`flask ca revoke SERIAL --reason key_compromise`)."""
     _, _, row = in_use_signer()
@@ -125,9 +133,7 @@ def test_a_table_signed_with_a_revoked_signers_leaked_key_is_refused(network, in
     assert a.node.sync_routes().version == genuine  # the next pull: the new signer, and the CRL listing the old one
 
     a.node.registry.base_url = interposer.url  # whoever holds the old key now answers A's pulls
-    interposer.answers["/api/v1/routes"] = forged_table(key, certificate, version=genuine + 100, moved=b.id)
-    interposer.answers["/ca/route-signer.pem"] = (200, {"Content-Type": "application/x-pem-file"},
-                                                 certificate.public_bytes(Encoding.PEM))
+    answer_with_forged_table(interposer, key, certificate, version=genuine + 100, moved=b.id)
     with pytest.raises(RouteRejected) as refused:
         a.node.sync_routes()
     assert refused.value.code == "signer_revoked"
