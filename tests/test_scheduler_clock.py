@@ -4,7 +4,7 @@ clock) and a host clock stepped while the scheduler runs (the watchdog wakes its
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select
@@ -95,10 +95,13 @@ def test_the_clock_watch_names_a_step_and_takes_in_a_slew():
     assert steps == [0.0, 0.0, 0.0, pytest.approx(400, abs=0.01), pytest.approx(-1000, abs=0.01), 0.0, 0.0]
 
 
-def test_after_the_host_clock_steps_back_the_jobs_run_on_and_one_line_says_so(app, caplog, monkeypatch):
+@pytest.mark.parametrize("seconds, way", [(-600.0, "back"), (600.0, "forward")])
+def test_after_the_host_clock_steps_the_jobs_run_on_and_one_line_says_so(app, caplog, monkeypatch, seconds, way):
     """The real scheduler in a thread of this process, its heartbeat every 0.3 s. The host's wall clock, as this
-    process reads it (time.time, and the datetime.now APScheduler reads), steps back ten minutes: every job was
-    ten minutes away, lease renewal included, and nothing said so."""
+    process reads it (time.time, and the datetime.now APScheduler and the runner read), steps ten minutes. Back:
+    every job was ten minutes away, lease renewal included, and nothing said so. Forward: APScheduler mostly wakes
+    before the watch, runs the jobs it finds late and times their next runs by the new clock; moving those by the
+    step too put every job ten minutes away."""
     import threading
     import time
     from datetime import datetime
@@ -116,7 +119,7 @@ def test_after_the_host_clock_steps_back_the_jobs_run_on_and_one_line_says_so(ap
         def now(cls, tz=None):
             return datetime.now(tz) + timedelta(seconds=step[0])
 
-    for module in (apscheduler.schedulers.base, apscheduler.executors.base):
+    for module in (apscheduler.schedulers.base, apscheduler.executors.base, runner):
         monkeypatch.setattr(module, "datetime", WallClock)
     monkeypatch.setattr(time, "time", lambda: real_time() + step[0])
     beats = lambda: db.session.scalar(select(func.count()).where(JobRun.job == liveness.HEARTBEAT))  # noqa: E731
@@ -127,7 +130,7 @@ def test_after_the_host_clock_steps_back_the_jobs_run_on_and_one_line_says_so(ap
     thread.start()
     try:
         wait_for(lambda: beats() >= 3)
-        step[0] = -600.0
+        step[0] = seconds
         before = beats()
         wait_for(lambda: beats() >= before + 10, timeout=15)
         assert process.leading()
@@ -135,4 +138,26 @@ def test_after_the_host_clock_steps_back_the_jobs_run_on_and_one_line_says_so(ap
         process.stop()
         thread.join(30)
     lines = [r.getMessage() for r in caplog.records if "clock stepped" in r.getMessage()]
-    assert len(lines) == 1 and lines[0].startswith("the host's clock stepped back by 600")
+    assert len(lines) == 1 and lines[0].startswith(f"the host's clock stepped {way} by 600")
+
+
+@pytest.mark.parametrize("seconds", [600.0, -600.0])
+def test_a_step_moves_a_next_run_timed_by_the_old_clock_and_keeps_one_timed_by_the_new_within_its_interval(
+        app, seconds):
+    """The two orders after a step of ten minutes, each way: the watch first (a next run still timed by the old
+    clock: moved by the step, to the same second of its cadence) or APScheduler first (a next run it already timed
+    by the new clock: within one interval from now, never past it; a step back puts it in the past: now, so the
+    job runs at once)."""
+    process = runner.SchedulerProcess(app)
+    now = datetime.now(UTC)
+    old_clock = now - timedelta(seconds=seconds) + timedelta(seconds=4)
+    new_clock = now + timedelta(seconds=0.2)
+    process.scheduler.add_job(print, "interval", seconds=10, id="old", next_run_time=old_clock)
+    process.scheduler.add_job(print, "interval", seconds=1, id="new", next_run_time=new_clock)
+    process.clock_stepped(seconds)
+    after = datetime.now(UTC)
+    assert process.scheduler.get_job("old").next_run_time == now + timedelta(seconds=4)
+    if seconds > 0:
+        assert process.scheduler.get_job("new").next_run_time <= after + timedelta(seconds=1)
+    else:
+        assert now <= process.scheduler.get_job("new").next_run_time <= after

@@ -7,7 +7,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from apscheduler.events import EVENT_SCHEDULER_STARTED
 from apscheduler.schedulers.blocking import BlockingScheduler
@@ -153,12 +153,19 @@ class SchedulerProcess:
 
     def clock_stepped(self, seconds: float) -> None:
         """The wall clock stepped by `seconds` (negative: back): every job's next run moves with it, so each keeps
-        its cadence (a step back of ten minutes left every job, the lease's renewal too, ten minutes away)."""
+        its cadence (a step back of ten minutes left every job, the lease's renewal too, ten minutes away).
+
+        APScheduler may wake between the step and this call, run the jobs it finds late (after a step forward) and
+        time their next runs by the new clock: moved by the step again, every job was a step away. Which jobs it
+        timed cannot be told, so a next run is kept within one interval from now (each job's next run was within
+        one interval before the step), and one moved into the past is now: such a job runs at once."""
         log.warning("the host's clock stepped %s by %.1f s; every job's next run is moved with it",
                     "back" if seconds < 0 else "forward", abs(seconds))
+        step, now = timedelta(seconds=seconds), datetime.now(UTC)
         for job in self.scheduler.get_jobs():
-            if job.next_run_time is not None:
-                job.modify(next_run_time=job.next_run_time + timedelta(seconds=seconds))
+            if job.next_run_time is not None:  # every job here has an interval trigger
+                moved = min(job.next_run_time + step, now + job.trigger.interval)
+                job.modify(next_run_time=max(moved, now))
 
     def leading(self) -> bool:
         with self.lock:
