@@ -482,6 +482,74 @@ def test_a_token_revoked_while_an_application_waits_to_use_it_is_refused_as_revo
     assert db.session.scalar(select(func.count()).select_from(Application)) == 0
 
 
+def _sent_while_the_first_is_in_flight(app, monkeypatch, raw: str, first: dict, retry: dict) -> dict:
+    """POST `first`, then `retry`, with the enrollment token `raw`, each in a thread of its own: the first holds
+    the key and endpoint (`uniqueness.hold`) until the retry, which has read the token unused by then, queues
+    behind it. Returns the answers by name ("first", "retry")."""
+    from app.admission import uniqueness
+
+    first_holds, retry_queues = threading.Event(), threading.Event()
+    hold = uniqueness.hold
+
+    def held(**names) -> None:
+        name = threading.current_thread().name
+        if name == "retry":
+            retry_queues.set()
+        hold(**names)
+        if name == "first":
+            first_holds.set()
+            retry_queues.wait(30)
+
+    answers = {}
+
+    def send(body: dict) -> None:
+        answers[threading.current_thread().name] = app.test_client().post(
+            "/api/v1/applications", json=body, headers={"Authorization": f"Bearer {raw}"})
+
+    monkeypatch.setattr(uniqueness, "hold", held)
+    threads = [threading.Thread(target=send, args=(first,), name="first")]
+    threads[0].start()
+    assert first_holds.wait(30)
+    threads.append(threading.Thread(target=send, args=(retry,), name="retry"))
+    threads[1].start()
+    joined(threads)
+    assert answers["first"].status_code == 201, answers["first"].get_json()
+    return answers
+
+
+def test_a_retry_sent_while_the_request_it_repeats_is_in_flight_gets_its_application(app, make_user, monkeypatch):
+    """A node gives up waiting for its 201 and sends the same request again while the first is still being stored:
+    the retry found the token unused, queued on the key's lock behind the first and, once that committed, was
+    refused as key_pending ("generate a new key"), advice that strands a node whose token is used. It gets the
+    application the first stored, and nothing more is stored or recorded."""
+    from app.admission.models import Application
+    from app.audit.models import AuditRecord
+
+    _, raw, _ = _committed_token(make_user)
+    document = node_document("360000", csr=make_csr())
+    answers = _sent_while_the_first_is_in_flight(app, monkeypatch, raw, document, document)
+    assert answers["retry"].status_code == 201, answers["retry"].get_json()
+    application_id = answers["first"].get_json()["application_id"]
+    assert answers["retry"].get_json() == {"application_id": application_id, "status": "pending"}
+    assert db.session.scalars(select(Application.id)).all() == [application_id]
+    assert db.session.scalars(select(AuditRecord.action).where(AuditRecord.action.startswith("application."))
+                              ).all() == ["application.submit"]
+    assert audit.verify().ok
+
+
+def test_a_retry_over_another_key_sent_while_the_first_is_in_flight_is_token_used(app, make_user, monkeypatch):
+    """The same request with another key is no retry of the first: sent while the first is being stored, to the
+    same endpoint, it is refused as it is once the first has committed (token_used), not as endpoint_pending."""
+    from app.admission.models import Application
+
+    _, raw, _ = _committed_token(make_user)
+    document = node_document("360000", csr=make_csr())
+    answers = _sent_while_the_first_is_in_flight(app, monkeypatch, raw, document, {**document, "csr": make_csr()})
+    assert answers["retry"].status_code == 401, answers["retry"].get_json()
+    assert answers["retry"].get_json()["error"]["code"] == "token_used"
+    assert db.session.scalars(select(Application.id)).all() == [answers["first"].get_json()["application_id"]]
+
+
 def test_one_user_name_created_twice_at_once_is_one_user(app):
     from app.auth import service as users
 

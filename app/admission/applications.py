@@ -49,7 +49,7 @@ def submit_with_token(raw_token: str | None, document: dict) -> Application:
     """API door: the token is checked first; it fixes the division the node may claim (its own or below).
 
     A used token sending the request that used it again, over the same key (`replayed`), is answered with the
-    application it admitted."""
+    application it admitted, also when it was sent while that request was still being stored."""
     token = tokens.find_by_raw(raw_token)
     application = replayed(token, document)
     if application is not None:
@@ -64,6 +64,14 @@ def submit_with_token(raw_token: str | None, document: dict) -> Application:
     submission = information.check_submission(document, admits=admits)
     info, key_sha256 = submission.info, submission.key_sha256
     uniqueness.hold(key_sha256=key_sha256, endpoint=info.endpoint)
+    # Read again under the lock: a retry sent while the request it repeats was in flight read the token unused and
+    # queued here behind it; that request has committed now, and its application holds this key (key_pending).
+    db.session.refresh(token)
+    if token.state() == "used":
+        application = replayed(token, document)
+        if application is not None:
+            return application
+        tokens.require_usable(token)  # token_used
     uniqueness.require_key_free(key_sha256)
     uniqueness.require_endpoint_free(info.endpoint)
     tokens.consume(token)  # last: only an accepted application uses the token up
