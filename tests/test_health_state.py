@@ -107,6 +107,20 @@ def test_a_result_older_than_the_state_is_kept_as_a_sample_and_changes_no_verdic
     assert [(c.old, c.new) for c in report.changes] == [("up", "down")]
 
 
+def test_after_the_clock_steps_back_polls_count_though_older_than_the_last_check(app, node):
+    """The last check was timed by a clock since stepped back (a host kept in local time, then corrected): every
+    poll is older than it for hours. Taken as polls older than the state, the failures of a node gone down did
+    not count, and it was shown up for the whole step."""
+    ahead = utcnow() + timedelta(hours=8)
+    for _ in range(2):
+        service.apply_round([Result(node.node_id, True, checked_at=ahead)])
+    for _ in range(3):
+        service.apply_round([Result(node.node_id, False, failure="timeout")])
+    health = db.session.get(NodeHealth, node.node_id)
+    assert (health.status, health.consecutive_failures) == ("down", 3)
+    assert health.last_checked_at < ahead
+
+
 def test_downsampling_keeps_hourly_and_drops_old_raw(app, node):
     old = utcnow() - timedelta(days=8)
     service.apply_round([Result(node.node_id, True, checked_at=old)])

@@ -134,8 +134,9 @@ def apply_round(results) -> RoundReport:
         # Polled before the state's last check: a scheduled round applies its polls at the end of its interval,
         # and a `poll --once` may have applied newer ones meanwhile. It adds to the newest's streak when it agrees
         # (one more real failure, or success); otherwise it is a sample for the history only, not a reset of the
-        # streak the newer polls began. The last check's time and details stay the newest's.
-        stale = health.last_checked_at is not None and checked_at < health.last_checked_at
+        # streak the newer polls began. The last check's time and details stay the newest's. A last check later
+        # than now was timed by a clock since stepped back: every poll would be older than it for the step.
+        stale = health.last_checked_at is not None and checked_at < health.last_checked_at <= now
         if stale:
             if not (health.consecutive_successes if result.ok else health.consecutive_failures):
                 if in_maintenance(health, now):
