@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from cryptography import x509
 from sqlalchemy import update
 
 from app.extensions import db
@@ -100,3 +101,29 @@ def test_a_root_crl_goes_on_above_the_number_nodes_hold(app, client, runner):
     assert node.use_revocation_list(client.get("/ca/root-crl.crl").data, of_root=True)
     refused = runner.invoke(args=["ca", "root-crl", "--above", "0", "--json"])
     assert refused.exit_code == 2 and json.loads(refused.stderr)["error"]["code"] == "usage_error"
+
+
+def test_after_a_restore_from_before_the_intermediates_revocation_it_is_revoked_again_above(app, client, runner):
+    """The restored database forgot the intermediate's revocation: a root CRL signed `--above` what nodes hold
+    listed nothing, and nodes took it, trusting the leaked intermediate again. Revoking it again signed a CRL
+    numbered below theirs, which they refused."""
+    from app.pki.models import RevokedIntermediate
+
+    root, chain = client.get("/ca/ca.pem").data, client.get("/ca/chain.pem").data
+    node = RouteClient(root, intermediates=chain)
+    backup_number = revocation.current_crl(revocation.ROOT_CRL).crl_number
+    revoke = ["ca", "revoke-intermediate", "--reason", "key_compromise", "--yes", "--json"]
+    assert runner.invoke(args=revoke).exit_code == 0
+    assert node.use_revocation_list(client.get("/ca/root-crl.crl").data, of_root=True)
+    db.session.expire_all()
+    held = revocation.current_crl(revocation.ROOT_CRL).crl_number
+    db.session.execute(db.delete(RevokedIntermediate))  # the restore
+    db.session.execute(update(CRLState).where(CRLState.id == revocation.ROOT_CRL).values(crl_number=backup_number))
+    db.session.commit()
+
+    result = runner.invoke(args=[*revoke, "--above", str(held)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["root_crl"]["crl_number"] == held + 1
+    assert node.use_revocation_list(client.get("/ca/root-crl.crl").data, of_root=True)
+    listed = x509.load_der_x509_crl(client.get("/ca/root-crl.crl").data)
+    assert len(list(listed)) == 1

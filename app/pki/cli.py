@@ -142,10 +142,12 @@ def root_crl_command(root_key, above, as_json):
               help="key_compromise, ca_compromise, affiliation_changed, superseded or cessation_of_operation.")
 @click.option("--root-key", "root_key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="The root key exported by `flask ca root-offline` (when it is not on this server).")
+@click.option("--above", type=Digits(1, revocation.HIGHEST_ABOVE), default=None,
+              help="After restoring a backup from before the revocation: number the root CRL above this one.")
 @click.option("--user", "username", default=None, help="The console user acting (audited); else the operator.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (required with --json).")
 @click.option("--json", "as_json", is_flag=True, help="Describe the revocation and the new root CRL.")
-def revoke_intermediate_command(reason, root_key, username, yes, as_json):
+def revoke_intermediate_command(reason, root_key, above, username, yes, as_json):
     """Revoke the issuing CA on the root's CRL: after its key leaked. Final; recovery is a new CA."""
     run(lambda: intermediate.check_reason(reason), as_json)
     if not yes:
@@ -157,7 +159,7 @@ def revoke_intermediate_command(reason, root_key, username, yes, as_json):
                       "here again. There is no undo: recovery is a new CA and every node enrolled again. Continue?",
                       abort=True)
     row = run(lambda: intermediate.revoke(reason, by=users.acting_user(username) if username else None,
-                                          root_key_path=root_key), as_json)
+                                          root_key_path=root_key, above=above), as_json)
     state = revocation.current_crl(revocation.ROOT_CRL)
     emit({"serial": row.serial, "subject": row.subject, "sha256": row.sha256, "reason": row.reason,
           "revoked_at": row.revoked_at.isoformat(), "revoked_by": row.revoked_by,

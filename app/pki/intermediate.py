@@ -35,10 +35,11 @@ def check_reason(reason: str) -> None:
             f"{', '.join(INTERMEDIATE_REVOCATION_REASONS)}.", code="invalid_reason", field="reason")
 
 
-def revoke(reason: str, *, by=None, root_key_path: Path | None = None) -> RevokedIntermediate:
+def revoke(reason: str, *, by=None, root_key_path: Path | None = None, above: int | None = None) -> RevokedIntermediate:
     """Record the intermediate in use as revoked and sign the root's CRL listing it, with the root key from the
     CA directory or `root_key_path` (as `flask ca root-crl`). `by`: the console user acting, else the operator on
-    the server ("cli"). Final: nothing takes it off the root's CRL."""
+    the server ("cli"). Final: nothing takes it off the root's CRL. `above`: as `regenerate_root_crl`'s, when a
+    restored database forgot the revocation nodes hold."""
     if by is not None and by.role != "ministry_admin":
         raise PermissionDenied(_l("Only a ministry admin may do this."), code="ministry_only")
     check_reason(reason)
@@ -55,7 +56,7 @@ def revoke(reason: str, *, by=None, root_key_path: Path | None = None) -> Revoke
     db.session.flush()
     audit.record("ca.revoke_intermediate", serial, {"reason": reason, "subject": row.subject, "sha256": row.sha256},
                  actor=actor)
-    revocation.regenerate_root_crl(root_key_path=root_key_path, actor=actor)  # a wrong key undoes it all
+    revocation.regenerate_root_crl(root_key_path=root_key_path, actor=actor, above=above)  # a wrong key: undone
     return row
 
 
