@@ -63,9 +63,12 @@ def is_http_url(value: str) -> bool:
         port_ok = parts.port is None or parts.port > 0
         if parts.hostname:
             parts.hostname.encode("idna")  # as urllib sends it: an empty label or one past 63 characters fails
+        # urllib sends the rest as written, in ASCII: a path, query or user name in other characters never goes.
+        rest_ascii = all(part.isascii() for part in (parts.path, parts.query, parts.fragment, parts.username or "",
+                                                     parts.password or ""))
     except ValueError:  # a port out of range, a malformed IPv6 host, a host name IDNA cannot encode
         return False
-    return (port_ok and parts.scheme in ("http", "https") and bool(parts.hostname)
+    return (port_ok and rest_ascii and parts.scheme in ("http", "https") and bool(parts.hostname)
             and not any(character.isspace() or not character.isprintable() for character in value))
 
 
@@ -75,7 +78,8 @@ def env_http_url(name: str) -> str:
     at the first alert, as a round recorded failed (no scheme) or as every alert lost (another scheme, no host)."""
     value = os.environ.get(name, "").strip()
     if value and not is_http_url(value):
-        raise ValueError(f"{name} must be an http:// or https:// address with a host, not {value!r}")
+        raise ValueError(f"{name} must be an http:// or https:// address with a host, in ASCII but for the host "
+                         f"name (percent-encode the rest), not {value!r}")
     return value
 
 

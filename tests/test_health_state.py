@@ -241,7 +241,8 @@ def webhook_log(caplog) -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize("url", ["hooks.example/alert", "ftp://hooks.example/alert", "http:///alert",
                                  "http://hooks.example:99999/alert", "http://hooks example/alert",
-                                 "http://hooks..example/alert", "http://" + "a" * 64 + ".example/alert"])
+                                 "http://hooks..example/alert", "http://" + "a" * 64 + ".example/alert",
+                                 "http://hooks.example/告警", "http://user:pä@hooks.example/"])
 def test_a_webhook_url_that_is_no_http_address_is_logged_once_and_not_retried(app, url, caplog):
     """A URL without a scheme raised ValueError ("unknown url type") out of the round; then it was tried three
     times with backoff, as if the next attempt could open it, and logged three times. The start refuses such a URL

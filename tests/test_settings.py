@@ -28,7 +28,8 @@ def test_settings_out_of_their_range_stop_the_start_naming_them(monkeypatch, tmp
 
 @pytest.mark.parametrize("value", ["hooks.example/alert", "ftp://hooks.example/alert", "http:///alert",
                                    "https://", "http://hooks example/alert", "http://hooks.example:99999/",
-                                   "http://hooks..example/alert", "http://" + "a" * 64 + ".example/alert"])
+                                   "http://hooks..example/alert", "http://" + "a" * 64 + ".example/alert",
+                                   "http://hooks.example/告警", "http://user:pä@hooks.example/"])
 def test_a_webhook_url_that_is_no_http_address_stops_the_start_naming_it(monkeypatch, tmp_path, value):
     """A URL without a scheme started, and every round that had an alert to send then raised out of the webhook
     (ValueError: unknown url type) after its commit; one with another scheme or no host failed every attempt."""
