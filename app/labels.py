@@ -86,6 +86,7 @@ AUDIT_ACTIONS = {
     "divisions.import": _l("Division codes imported"),
     "ca.init": _l("CA created"), "ca.root_offline": _l("Root key taken offline"),
     "ca.root_crl": _l("Root CRL signed"), "ca.crl": _l("CRL signed"),
+    "ca.revoke_intermediate": _l("Issuing CA (intermediate) revoked"),
     "audit.export": _l("Audit log exported"),
     "database.backup": _l("Database backed up"),
 }
