@@ -119,6 +119,16 @@ def serialise(*names: str) -> None:
         sqlite_write_lock()
 
 
+def require_number_above(above: int | None, highest: int) -> None:
+    """`--above N` (a routing table's version, a CRL's number after a restore): from 1 to `highest`, which stops
+    short of what the column holds so that numbering can go on from there."""
+    from app.errors import ValidationFailed
+
+    if above is not None and not 1 <= above <= highest:
+        raise ValidationFailed(f"above must be from 1 to {highest}, not {above}.", code="invalid_above",
+                               field="above")
+
+
 def sqlite_write_lock(session: Session | None = None) -> None:
     """SQLite: take the database's write lock now (BEGIN IMMEDIATE), not at the transaction's first write, so
     that what the caller reads next is current and stays so until commit. pysqlite runs the reads before the

@@ -62,7 +62,7 @@ def back_up(url: URL, target: Path, *, overwrite: bool = False) -> Backup:
     if target.exists() and os.path.samefile(target, source):
         raise BackupRefused(f"{target} is the database itself.", code="backup_is_database")
     if target.exists() and not overwrite:
-        raise Conflict(f"{target} exists: give --overwrite to replace it, or another name.", code="backup_exists")
+        raise _exists(target)
     descriptor, temporary_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(descriptor)  # mkstemp made it 0600; SQLite writes into it as into an empty database
     temporary = Path(temporary_name)
@@ -102,6 +102,10 @@ def _copy(source: Path, temporary: Path) -> str:
     return ",".join(sorted(revisions))
 
 
+def _exists(target: Path) -> Conflict:
+    return Conflict(f"{target} exists: give --overwrite to replace it, or another name.", code="backup_exists")
+
+
 def _keep(temporary: Path, target: Path, *, overwrite: bool) -> None:
     """Put the checked copy in place in one step, durably; without `overwrite`, never over a file that appeared
     meanwhile."""
@@ -113,12 +117,10 @@ def _keep(temporary: Path, target: Path, *, overwrite: bool) -> None:
         try:
             os.link(temporary, target)  # fails when the target exists, where a rename would replace it
         except FileExistsError:
-            raise Conflict(f"{target} exists: give --overwrite to replace it, or another name.",
-                           code="backup_exists") from None
+            raise _exists(target) from None
         except OSError:  # a file system without hard links
             if target.exists():
-                raise Conflict(f"{target} exists: give --overwrite to replace it, or another name.",
-                               code="backup_exists") from None
+                raise _exists(target) from None
             os.replace(temporary, target)
     directory = os.open(target.parent, os.O_RDONLY)
     try:

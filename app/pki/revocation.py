@@ -17,7 +17,7 @@ from flask_babel import lazy_gettext as _l
 from sqlalchemy import select
 
 from app.audit import service as audit
-from app.database import serialise, utcnow
+from app.database import require_number_above, serialise, utcnow
 from app.errors import Conflict, PermissionDenied, ValidationFailed
 from app.extensions import db
 from app.pki import ocsp, own_keys, service
@@ -152,7 +152,7 @@ def regenerate_crl(*, actor: str | None = None, above: int | None = None) -> CRL
     `above`: after restoring a backup, nodes may hold CRLs the restored database never saw, and take a CRL of
     the same number as not older (RFC 5280 §5.2.3), though it may lack revocations made since the backup. The
     new CRL's number is then `above + 1` (at least), skipping the numbers nodes may hold."""
-    _check_above(above)
+    require_number_above(above, HIGHEST_ABOVE)
     serialise(crl_lock_name(INTERMEDIATE_CRL))
     revoked = db.session.execute(select(Certificate.serial, Certificate.revoked_at, Certificate.revocation_reason)
                                  .where(Certificate.revoked_at.is_not(None))).all()
@@ -167,12 +167,6 @@ def regenerate_crl(*, actor: str | None = None, above: int | None = None) -> CRL
     return state
 
 
-def _check_above(above: int | None) -> None:
-    if above is not None and not 1 <= above <= HIGHEST_ABOVE:
-        raise ValidationFailed(f"above must be from 1 to {HIGHEST_ABOVE}, not {above}.", code="invalid_above",
-                               field="above")
-
-
 def regenerate_root_crl(*, root_key_path: Path | None = None, actor: str | None = None,
                         above: int | None = None) -> CRLState:
     """The root's CRL (row ROOT_CRL), signed with the root key: from the CA directory while it is
@@ -180,7 +174,7 @@ def regenerate_root_crl(*, root_key_path: Path | None = None, actor: str | None 
     the root revoked (`intermediate.revoke`), so every re-signing, the scheduler's too, keeps listing them.
     `above`: as `regenerate_crl`'s, after a restore (nodes keep the root's CRL too, and take none numbered
     below the one they hold)."""
-    _check_above(above)
+    require_number_above(above, HIGHEST_ABOVE)
     loaded = service.authority()
     root_key = loaded.load_root_key(root_key_path)
     serialise(crl_lock_name(ROOT_CRL))

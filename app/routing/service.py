@@ -23,8 +23,8 @@ from sqlalchemy import delete, func, select, text, update
 
 from app.admission.models import Node
 from app.audit import service as audit
-from app.database import get_by_number, serialise, utcnow
-from app.errors import Conflict, ValidationFailed
+from app.database import get_by_number, require_number_above, serialise, utcnow
+from app.errors import Conflict
 from app.extensions import db
 from app.routing import document
 from app.routing.models import RouteChange, RouteVersion
@@ -109,9 +109,7 @@ def publish(reason: str, *, force: bool = False, actor: str | None = None,
     changed, removed = document.compute_delta(old, new)
     if previous is not None and not changed and not removed and not force and above is None:
         return None
-    if above is not None and not 1 <= above <= HIGHEST_ABOVE:
-        raise ValidationFailed(f"above must be from 1 to {HIGHEST_ABOVE}, not {above}.", code="invalid_above",
-                               field="above")
+    require_number_above(above, HIGHEST_ABOVE)
     number = max(previous.version if previous else 0, above or 0) + 1
     if number > MAX_VERSION:
         raise Conflict(f"A routing table version cannot exceed {MAX_VERSION}.", code="versions_exhausted")
