@@ -288,3 +288,40 @@ def test_a_suspension_while_a_round_is_applied_waits_for_it_and_then_resets_what
     assert (health.status, health.consecutive_successes, health.consecutive_failures) == ("unknown", 0, 0)
     assert history(node_id) == [("unknown", "up", None), ("up", "unknown", "node_suspended")]
     assert [(c.old, c.new) for c in report.changes] == [("unknown", "up")]
+
+
+def test_polls_taken_before_a_suspension_do_not_count_after_the_resumption(app, people):  # noqa: F811
+    """A round polls, then applies. A node suspended and resumed in between is active again when the round applies,
+    at the same endpoint, so its polls passed `still_polled` and counted toward the streak the resumption had
+    just begun: two successes from before the suspension brought it "up" with no poll since. They are kept as
+    samples (the node was active when polled), and decide nothing."""
+    minister, _ = people
+    node, _ = admit_with_keys(people)
+    polled_at = utcnow() - timedelta(seconds=5)
+    nodes.suspend(node, "drill", by=minister)
+    db.session.commit()
+    nodes.resume(node, "drill over", by=minister)
+    db.session.commit()
+    for _ in range(2):
+        service.apply_round([Result(node.node_id, True, checked_at=polled_at)])
+    health = db.session.get(NodeHealth, node.node_id)
+    assert (health.status, health.consecutive_successes, health.consecutive_failures) == ("unknown", 0, 0)
+    assert listed_status(node.node_id) == "unknown"
+    bring_up(node.node_id)  # polls taken after the resumption decide, as usual
+
+
+def test_polls_taken_before_a_reset_of_a_known_node_do_not_bring_back_its_verdict(app, people):  # noqa: F811
+    """The same with a verdict to forget: the node was up, suspended (reset to unknown) and resumed; the round's
+    successes, polled while it was up, counted again and published "up" before any poll of the resumed node."""
+    minister, _ = people
+    node, _ = admit_with_keys(people)
+    bring_up(node.node_id)
+    polled_at = utcnow()
+    nodes.suspend(node, "drill", by=minister)
+    db.session.commit()
+    nodes.resume(node, "drill over", by=minister)
+    db.session.commit()
+    for _ in range(2):
+        report = service.apply_round([Result(node.node_id, True, checked_at=polled_at)])
+        assert report.changes == []
+    assert db.session.get(NodeHealth, node.node_id).status == "unknown"

@@ -87,6 +87,8 @@ def test_a_result_older_than_the_state_is_kept_as_a_sample_and_changes_no_verdic
     between holds newer results. The round's older ones then wrote over them: the last check went back in time,
     and a success polled before newer failures ended their streak."""
     now = utcnow()
+    node.status_changed_at = now - timedelta(hours=1)  # admitted before the polls (none counts from before that)
+    db.session.commit()
     for ok in (True, True):
         service.apply_round([Result(node.node_id, ok, checked_at=now - timedelta(seconds=60))])
     for seconds in (30, 20):

@@ -78,8 +78,9 @@ def in_maintenance(health: NodeHealth | None, now: datetime | None = None) -> bo
     return bool(health and health.maintenance_until and health.maintenance_until > (now or utcnow()))
 
 
-def still_polled(node_ids: list[str]) -> dict[str, str]:
-    """node id → endpoint, of those of `node_ids` that are active now, their rows locked FOR SHARE until commit.
+def still_polled(node_ids: list[str]) -> dict[str, tuple[str, datetime]]:
+    """node id → (endpoint, when its status last changed), of those of `node_ids` that are active now, their rows
+    locked FOR SHARE until commit.
 
     A round polls, then applies; an admin may suspend, revoke or move a node in between, and reset its health to
     unknown (`forget_verdict`). The lock orders the two on PostgreSQL: a round that comes second waits for the
@@ -92,15 +93,18 @@ def still_polled(node_ids: list[str]) -> dict[str, str]:
     health.round, nor health.round after a node's row: no circle."""
     if not node_ids:
         return {}
-    return dict(db.session.execute(
-        select(Node.node_id, Node.endpoint).where(among(Node.node_id, node_ids), Node.status == "active")
-        .order_by(Node.node_id).with_for_update(read=True)).all())
+    rows = db.session.execute(
+        select(Node.node_id, Node.endpoint, Node.status_changed_at)
+        .where(among(Node.node_id, node_ids), Node.status == "active")
+        .order_by(Node.node_id).with_for_update(read=True))
+    return {node_id: (endpoint, changed_at) for node_id, endpoint, changed_at in rows}
 
 
 def apply_round(results) -> RoundReport:
     """Apply poll results (objects with node_id, endpoint, ok, latency_ms, failure, detail, cert_matches,
     checked_at) in one transaction; commits; then sends webhook alerts for real changes. A result for a node
-    that is no longer active, or no longer at the endpoint polled, is skipped (`still_polled`).
+    that is no longer active, or no longer at the endpoint polled, is skipped (`still_polled`); one polled before
+    the node's last change of status (suspended and resumed since) is a sample only.
     Rows are read and written with executemany statements, not ORM objects: a round of 10,000 nodes spent most
     of its time (and so most of the time it holds its locks) building and flushing objects (bench/health.py)."""
     report = RoundReport(polled=len(results))
@@ -109,10 +113,10 @@ def apply_round(results) -> RoundReport:
     # both record its change. And no maintenance window set between the round's read of the health rows and
     # its write (`set_maintenance`). Read after the lock.
     serialise("health.round")
-    endpoints = still_polled(sorted({r.node_id for r in results}))
+    polled = still_polled(sorted({r.node_id for r in results}))
     # Skipped, not recorded as a sample either: the poll was of a node now out of polling (or of a server it has
     # left), and a sample would put it into the availability and latency history of a node it says nothing of.
-    current = [r for r in results if endpoints.get(r.node_id) == r.endpoint]
+    current = [r for r in results if r.node_id in polled and polled[r.node_id][0] == r.endpoint]
     report.skipped = len(results) - len(current)
     states = _read_states([r.node_id for r in current])
     events: list[dict] = []
@@ -137,6 +141,12 @@ def apply_round(results) -> RoundReport:
         # streak the newer polls began. The last check's time and details stay the newest's. A last check later
         # than now was timed by a clock since stepped back: every poll would be older than it for the step.
         stale = health.last_checked_at is not None and checked_at < health.last_checked_at <= now
+        # Polled before the node's last change of status: active now, it was suspended and resumed since (the
+        # resumption began its verdict afresh, `forget_verdict`). A sample of when it was active, and no more.
+        if checked_at < polled[result.node_id][1] <= now:
+            if in_maintenance(health, now):
+                maintained.add(result.node_id)
+            continue
         if stale:
             if not (health.consecutive_successes if result.ok else health.consecutive_failures):
                 if in_maintenance(health, now):
