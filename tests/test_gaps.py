@@ -7,10 +7,12 @@ import io
 import json
 from contextlib import contextmanager
 from datetime import timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from flask_babel import force_locale
 
 from app.admission.models import Application, Node
 from app.extensions import db
@@ -214,7 +216,23 @@ def test_ca_expiry_is_warned_long_before(app, admin_console):
     warnings = [str(w) for w in own_keys.expiry_warnings(now=soon)]
     assert any("intermediate CA certificate" in w for w in warnings)
     assert not any("root CA certificate" in w for w in warnings)
-    assert any("root CRL runs out" in w for w in warnings)  # ten years on, a root CRL never renewed has too
+    assert any("root CRL ran out on" in w for w in warnings)  # ten years on, a root CRL never renewed has too
+
+
+def test_a_ca_certificate_past_its_end_is_warned_as_expired_not_as_expiring_in_0_days(app, admin_console):
+    """Past the intermediate's end, the banner read "The intermediate CA certificate expires in 0 days", and the
+    root CRL's "runs out in 0 days", for ever after: it never said what had happened. The date was UTC's, where
+    every other time in the console is the display zone's."""
+    loaded = pki.authority()
+    end = loaded.intermediate_certificate.not_valid_after_utc
+    warnings = [str(w) for w in own_keys.expiry_warnings(now=end + timedelta(days=5))]
+    shown_end = end.astimezone(ZoneInfo(app.config["MPIM_DISPLAY_TIMEZONE"])).strftime("%Y-%m-%d %H:%M")
+    assert f"The intermediate CA certificate expired on {shown_end}." in warnings
+    assert not any("in 0 days" in w for w in warnings)
+    assert any(w.startswith("The root CRL ran out on ") for w in warnings)
+    with force_locale("zh_Hans_CN"):
+        shown = [str(w) for w in own_keys.expiry_warnings(now=end + timedelta(days=5))]
+    assert f"中间 CA 证书已于 {shown_end} 到期。" in shown
 
 
 def test_nonces_in_redis_when_configured(app, client, people):  # noqa: F811

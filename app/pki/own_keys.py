@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 from app.database import utcnow
 from app.errors import DomainError
 from app.extensions import db
+from app.i18n import local_time
 from app.pki import authority, service
 from app.pki.authority import ServiceRole, StagedServicePair, discard_service_pair
 from app.pki.models import ROOT_CRL, Certificate, CRLState
@@ -215,13 +216,19 @@ def expiry_warnings(now: datetime | None = None) -> list[str]:
                                         (_l("intermediate CA"), loaded.intermediate_certificate, 180),
                                         (_l("route signer"), loaded.route_signer_certificate, 30),
                                         (_l("management node TLS"), loaded.management_certificate, 30)):
-        left = certificate.not_valid_after_utc - now
-        if left < timedelta(days=horizon):
+        end = certificate.not_valid_after_utc
+        if end <= now:  # said as what happened, not as "expires in 0 days" for ever after
+            warnings.append(_l("The %(label)s certificate expired on %(date)s.", label=label,
+                               date=local_time(end, "%Y-%m-%d %H:%M")))
+        elif end - now < timedelta(days=horizon):
             warnings.append(_l("The %(label)s certificate expires in %(days)s days (%(date)s).", label=label,
-                               days=max(0, left.days), date=certificate.not_valid_after_utc.date().isoformat()))
+                               days=(end - now).days, date=local_time(end, "%Y-%m-%d %H:%M")))
     root_crl = db.session.get(CRLState, ROOT_CRL)
-    if root_crl is not None and root_crl.next_update - now < timedelta(days=ROOT_CRL_WARNING_DAYS):
+    if root_crl is not None and root_crl.next_update <= now:
+        warnings.append(_l("The root CRL ran out on %(date)s: bring the root key online and run "
+                           "`flask ca root-crl`.", date=local_time(root_crl.next_update, "%Y-%m-%d %H:%M")))
+    elif root_crl is not None and root_crl.next_update - now < timedelta(days=ROOT_CRL_WARNING_DAYS):
         warnings.append(_l("The root CRL runs out in %(days)s days (%(date)s): bring the root key online and run "
-                           "`flask ca root-crl`.", days=max(0, (root_crl.next_update - now).days),
-                           date=root_crl.next_update.date().isoformat()))
+                           "`flask ca root-crl`.", days=(root_crl.next_update - now).days,
+                           date=local_time(root_crl.next_update, "%Y-%m-%d %H:%M")))
     return warnings
