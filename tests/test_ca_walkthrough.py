@@ -405,3 +405,25 @@ def test_a_provincial_admin_with_no_divisions_reaches_no_node(app, make_user, pe
     user.scope_codes = ""
     assert user.scopes == []
     assert db.session.scalars(select(Node.node_id).where(division_filter(user, Node.division_code))).all() == []
+
+
+def test_a_renewal_refused_because_the_intermediate_expired_says_so_in_the_readers_language(app, people):  # noqa: F811
+    """The refusal was a plain English string inside the zh-CN console's alert."""
+    from datetime import timedelta
+
+    from tests.conftest import csrf_token
+
+    node, _ = admit_with_keys(people)
+    current = pki.current_certificate(node.node_id)
+    console = Console(app.test_client())
+    console.login("minister")
+    token = csrf_token(console.client.get(f"/certificates/{current.serial}").get_data(as_text=True))
+    loaded = pki.authority()
+    after = loaded.intermediate_certificate.not_valid_after_utc + timedelta(days=1)
+    loaded.clock = lambda: after
+    response = console.client.post(f"/certificates/{current.serial}/renew", data={"csrf_token": token,
+                                                                                 "csr": NodeKeys().csr})
+    page = response.get_data(as_text=True)
+    assert response.status_code == 422  # as every refused form of the console
+    assert "签发 CA 证书在此证书生效之前就已到期" in page and "The issuing CA certificate" not in page
+    assert len(pki.node_certificates(node.node_id)) == 1

@@ -291,7 +291,8 @@ class Authority:
                   ) -> tuple[datetime, datetime]:
         """notBefore backdated by a minute; notAfter never past the intermediate's own."""
         if days <= 0:
-            raise ValidationFailed("A validity must be at least one day.", code="invalid_validity", field="validity")
+            raise ValidationFailed(_l("A validity must be at least one day."), code="invalid_validity",
+                                   field="validity")
         for value in (not_before, not_after):
             if value is not None and value.tzinfo is None:
                 raise ValidationFailed("Certificate validity times must be timezone-aware.", code="invalid_validity")
@@ -300,8 +301,8 @@ class Authority:
         end = min(not_after or now + timedelta(days=days), self.intermediate_certificate.not_valid_after_utc)
         if end <= start:
             if end == self.intermediate_certificate.not_valid_after_utc:
-                raise CAExpired("The issuing CA certificate expires before this certificate would start.")
-            raise ValidationFailed("A certificate cannot end before it starts.", code="invalid_validity")
+                raise CAExpired(_l("The issuing CA certificate expires before this certificate would start."))
+            raise ValidationFailed(_l("A certificate cannot end before it starts."), code="invalid_validity")
         return start, end
 
     def _leaf(self, public_key, subject: x509.Name, names: list[x509.GeneralName],
@@ -328,7 +329,7 @@ class Authority:
         validity (tests make expired certificates with them); the intermediate's notAfter still clips."""
         names = profiles.node_names(node_id, endpoint_host)
         if not org_name.strip():
-            raise ValidationFailed("The organisation name is empty.", code="invalid_org_name", field="org_name")
+            raise ValidationFailed(_l("The organisation name is empty."), code="invalid_org_name", field="org_name")
         public_key = csr.public_key()
         csr_policy.check_key(public_key)  # never issue for a refused key, whatever the caller checked
         validity = self._validity(validity_days or self.config.node_validity_days, not_before, not_after)
