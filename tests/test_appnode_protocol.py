@@ -165,6 +165,11 @@ BAD = [
     ("group_op", lambda d: d["group_info"].update(name="专班\u061c"), "$.group_info.name"),
     ("group_op", lambda d: d["group_info"].update(notice="通知\x9b"), "$.group_info.notice"),
     ("text", lambda d: d.update(text="收到\x9d"), "$.text"),
+    # a label of blanks only shows as nothing: a group, a sender or a unit nobody can tell apart
+    ("group_op", lambda d: d["group_info"].update(name=" "), "$.group_info.name"),
+    ("group_op", lambda d: d["group_info"].update(name="\u3000\u3000"), "$.group_info.name"),
+    ("sender", lambda d: d.update(user_name="  "), "$.user_name"),
+    ("sender", lambda d: d.update(org_name=" \u00a0"), "$.org_name"),
 ]
 
 
