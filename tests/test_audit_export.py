@@ -1,5 +1,6 @@
-"""The audit log leaves the system as CSV (console link and `flask audit export`): the filter the admin sees,
-readable in a Chinese spreadsheet, no cell a spreadsheet would run, and the export itself audited."""
+"""The audit log leaves the system as CSV (the console's export button and `flask audit export`): the filter the
+admin sees, readable in a Chinese spreadsheet, no cell a spreadsheet would run, and the export itself audited
+(so a POST with the CSRF token: no other site can make an admin write the record)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ import re
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from app.audit import service
 from app.audit.models import AuditRecord
 from app.extensions import db
-from tests.conftest import PASSWORD, Console
+from tests.conftest import PASSWORD, Console, csrf_token
 
 
 def seed_records() -> None:
@@ -42,13 +43,19 @@ def read_csv(data: bytes, header: list[str] = CHINESE) -> list[dict]:
     return [dict(zip(KEYS, row, strict=True)) for row in rows[1:]]
 
 
+def export(client, follow_redirects: bool = False, **filters: str):
+    """What the audit page's export button sends: the filters as hidden fields, and the CSRF token."""
+    token = csrf_token(client.get("/").get_data(as_text=True))
+    return client.post("/audit/export.csv", data={**filters, "csrf_token": token}, follow_redirects=follow_redirects)
+
+
 def exports() -> list[AuditRecord]:
     return list(db.session.scalars(select(AuditRecord).where(AuditRecord.action == "audit.export")))
 
 
 def test_the_export_holds_what_the_filter_selects_newest_first_and_is_audited(admin_console):
     seed_records()
-    response = admin_console.client.get("/audit/export.csv?action=node.&target=2025000001")
+    response = export(admin_console.client, action="node.", target="2025000001")
     assert response.status_code == 200
     assert response.mimetype == "text/csv"
     assert response.headers["Content-Disposition"].startswith("attachment; filename=audit-")
@@ -67,22 +74,56 @@ def test_the_export_holds_what_the_filter_selects_newest_first_and_is_audited(ad
 
 def test_no_exported_cell_is_a_formula_a_spreadsheet_would_run(admin_console):
     seed_records()
-    rows = read_csv(admin_console.client.get("/audit/export.csv?action=user.create").data)
+    rows = read_csv(export(admin_console.client, action="user.create").data)
     assert rows[0]["actor"] == "'@admin"
     assert rows[0]["target"] == "'=HYPERLINK(\"http://evil\")"
-    rows = read_csv(admin_console.client.get("/audit/export.csv?action=token.").data)
+    rows = read_csv(export(admin_console.client, action="token.").data)
     assert rows[0]["target"] == "'-2+3"
     service.record("node.suspend", "＝1+1", {}, actor="minister")  # as a Chinese input method types it
     db.session.commit()
-    rows = read_csv(admin_console.client.get("/audit/export.csv?target=1%2B1").data)
+    rows = read_csv(export(admin_console.client, target="1+1").data)
     assert rows[0]["target"] == "'＝1+1"
 
 
 def test_the_list_offers_the_export_with_its_filter_and_count(admin_console):
     seed_records()
     page = admin_console.client.get("/audit/?actor=minister&action=node.").get_data(as_text=True)
-    assert 'href="/audit/export.csv?actor=minister&amp;action=node."' in page
-    assert "导出全部 2 条记录（CSV）" in page
+    form = re.search(r'<form method="post" action="/audit/export.csv"[^>]*>(.*?)</form>', page, re.S).group(1)
+    assert dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)">', form)).keys() == {
+        "csrf_token", "actor", "action"}
+    assert '<input type="hidden" name="actor" value="minister">' in form
+    assert '<input type="hidden" name="action" value="node.">' in form
+    assert "导出全部 2 条记录（CSV）" in form
+
+
+def test_opening_the_export_address_writes_nothing_and_shows_the_list_it_would_export(admin_console):
+    """A GET changed state: any site could send a signed-in auditor to /audit/export.csv?target=... (SameSite=Lax
+    cookies go with a top-level navigation) and write an audit.export record in their name, filter text chosen
+    by that site. A GET now leads to the list with the same filters, one click from the file."""
+    seed_records()
+    written = db.session.scalar(select(func.count()).select_from(AuditRecord))
+    response = admin_console.client.get("/audit/export.csv?target=ATTACKER-CHOSEN&action=node.&page=2&x=1")
+    assert db.session.scalar(select(func.count()).select_from(AuditRecord)) == written and exports() == []
+    assert response.status_code == 303
+    assert response.headers["Location"] == "/audit/?action=node.&target=ATTACKER-CHOSEN"
+
+
+def test_an_export_without_the_forms_csrf_token_is_refused_and_writes_nothing(admin_console):
+    seed_records()
+    for data in ({"target": "ATTACKER-CHOSEN"}, {"target": "ATTACKER-CHOSEN", "csrf_token": "forged"}):
+        response = admin_console.client.post("/audit/export.csv", data=data)
+        assert response.status_code == 400 and response.mimetype == "text/html"
+    assert exports() == []
+
+
+def test_a_nul_in_an_exported_filter_is_a_400_that_writes_nothing(admin_console):
+    """The list's address is refused with a NUL in it (PostgreSQL refuses it in any text); the export's form
+    carries the same filters in its body, where nothing looked."""
+    seed_records()
+    response = export(admin_console.client, target="a\x00b")
+    assert response.status_code == 400
+    assert "NUL" in response.get_data(as_text=True)
+    assert exports() == []
 
 
 def test_the_file_holds_as_many_records_as_the_link_counted(admin_console):
@@ -90,7 +131,7 @@ def test_the_file_holds_as_many_records_as_the_link_counted(admin_console):
     seed_records()
     page = admin_console.client.get("/audit/").get_data(as_text=True)
     counted = int(re.search(r"导出全部 (\d+) 条记录", page).group(1))
-    rows = read_csv(admin_console.client.get("/audit/export.csv").data)
+    rows = read_csv(export(admin_console.client).data)
     assert len(rows) == counted and "audit.export" not in {row["action"] for row in rows}
     [entry] = exports()
     assert entry.detail["up_to_seq"] == int(rows[0]["seq"])
@@ -98,7 +139,7 @@ def test_the_file_holds_as_many_records_as_the_link_counted(admin_console):
 
 def test_a_date_that_is_no_date_exports_nothing_and_says_why(admin_console):
     seed_records()
-    response = admin_console.client.get("/audit/export.csv?since=2025-02-30", follow_redirects=True)
+    response = export(admin_console.client, since="2025-02-30", follow_redirects=True)
     assert response.status_code == 200 and response.mimetype == "text/html"
     assert "2025-02-30" in response.get_data(as_text=True)
     assert exports() == []
@@ -109,7 +150,7 @@ def test_a_provincial_admin_cannot_export_the_audit_log(app, make_user, client):
     make_user("jx", "provincial_admin", scopes=("360000",))
     console = Console(client)
     assert console.login("jx").status_code == 302
-    assert client.get("/audit/export.csv").status_code == 403
+    assert export(client).status_code == 403
     assert exports() == []
 
 
@@ -118,7 +159,7 @@ def test_an_auditor_exports_too(app, make_user, client):
     make_user("reader", "auditor")
     console = Console(client)
     assert console.login("reader").status_code == 302
-    rows = read_csv(client.get("/audit/export.csv?actor=minister").data)
+    rows = read_csv(export(client, actor="minister").data)
     assert {row["actor"] for row in rows} == {"minister"} and len(rows) == 3
 
 
@@ -136,7 +177,7 @@ def test_the_cli_exports_the_same_rows_and_is_audited_as_cli(app, runner):
 def test_the_english_console_heads_its_file_in_english(admin_console):
     seed_records()
     admin_console.client.get("/lang/en")
-    rows = read_csv(admin_console.client.get("/audit/export.csv?action=node.").data, ENGLISH)
+    rows = read_csv(export(admin_console.client, action="node.").data, ENGLISH)
     assert [row["action_label"] for row in rows] == ["Node resumed", "Node suspended"]
 
 
@@ -170,13 +211,18 @@ def test_an_admin_filters_the_log_in_the_browser_and_downloads_what_it_shows(pag
     page.goto(f"{live_server}/audit/")
     page.fill("input[name=action]", "node.")
     page.click("form.filters button[type=submit]")
-    page.wait_for_selector("a:has-text('导出全部 2 条记录（CSV）')")
+    page.wait_for_selector("button:has-text('导出全部 2 条记录（CSV）')")
+    listed = page.url
     with page.expect_download() as download:
-        page.click("a:has-text('导出全部 2 条记录（CSV）')")
+        page.click("button:has-text('导出全部 2 条记录（CSV）')")
     rows = read_csv(Path(download.value.path()).read_bytes())
     assert download.value.suggested_filename.startswith("audit-")
     assert [row["action"] for row in rows] == ["node.resume", "node.suspend"]
     assert [row["action_label"] for row in rows] == ["恢复节点", "暂停节点"]
+    assert page.url == listed and page.is_visible("table.list")  # the file came; the list stays
+    db.session.expire_all()
+    [entry] = exports()
+    assert entry.actor == "minister" and entry.detail["filters"] == {"action": "node."}
 
 
 def test_the_action_filter_takes_the_words_the_list_shows(admin_console):
@@ -184,12 +230,12 @@ def test_the_action_filter_takes_the_words_the_list_shows(admin_console):
     seed_records()
     page = admin_console.client.get("/audit/?action=暂停").get_data(as_text=True)
     assert "node.suspend" in page.replace("<wbr>", "") and "node.resume" not in page.replace("<wbr>", "")
-    rows = read_csv(admin_console.client.get("/audit/export.csv?action=暂停").data)
+    rows = read_csv(export(admin_console.client, action="暂停").data)
     assert [row["action"] for row in rows] == ["node.suspend"]
     admin_console.client.get("/lang/en")
-    rows = read_csv(admin_console.client.get("/audit/export.csv?action=suspended").data, ENGLISH)
+    rows = read_csv(export(admin_console.client, action="suspended").data, ENGLISH)
     assert [row["action"] for row in rows] == ["node.suspend"]
-    rows = read_csv(admin_console.client.get("/audit/export.csv?action=node.").data, ENGLISH)
+    rows = read_csv(export(admin_console.client, action="node.").data, ENGLISH)
     assert {row["action"] for row in rows} == {"node.suspend", "node.resume"}
 
 
@@ -258,7 +304,7 @@ def test_the_export_writes_each_record_it_cannot_read_as_stored_and_goes_on(admi
     from tests.test_audit import tamper_records
 
     written, edited = tamper_records()
-    console = admin_console.client.get("/audit/export.csv")
+    console = export(admin_console.client)
     assert console.status_code == 200
     cli = runner.invoke(args=["audit", "export"])
     assert cli.exit_code == 0, (cli.output, cli.exception)
