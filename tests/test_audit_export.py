@@ -113,6 +113,7 @@ def test_an_export_without_the_forms_csrf_token_is_refused_and_writes_nothing(ad
     for data in ({"target": "ATTACKER-CHOSEN"}, {"target": "ATTACKER-CHOSEN", "csrf_token": "forged"}):
         response = admin_console.client.post("/audit/export.csv", data=data)
         assert response.status_code == 400 and response.mimetype == "text/html"
+        assert 'href="/lang/en?next=/audit/"' in response.get_data(as_text=True)  # the switch leads to the list
     assert exports() == []
 
 

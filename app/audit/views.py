@@ -9,6 +9,7 @@ from flask_babel import lazy_gettext as _l
 from app.audit import export, search
 from app.audit.stored import StoredRecords
 from app.auth.access import roles_required
+from app.console.pages import shows_page
 from app.database import paginate, utcnow
 from app.errors import ValidationFailed
 from app.extensions import db
@@ -32,6 +33,7 @@ def index():
 
 
 @bp.post("/export.csv")
+@shows_page("audit.index")  # a refused export's page (its token expired) switches language back to the list
 @roles_required("ministry_admin", "auditor")
 def export_csv():
     """Every record the filter selects, streamed; the export itself is audited before the first line. A POST
