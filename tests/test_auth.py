@@ -118,6 +118,33 @@ def test_unlocking_an_account_also_clears_the_address_locks_that_would_refuse_it
         {"addresses": ["127.0.0.1"]}
 
 
+def test_a_username_of_dots_only_is_refused_at_the_form_with_what_was_typed_kept(admin_console):
+    """".." was taken: the users list then linked to /users/.., which every browser reads as the page above it,
+    so the account could be neither edited, disabled nor unlocked from the console."""
+    before = actions()
+    response = admin_console.post_form("/users/new", {"username": "..", "display_name": "点点", "role": "auditor",
+                                                      "password": "Correct-Horse-Battery-9"})
+    page = response.get_data(as_text=True)
+    assert response.status_code == 200 and 'id="username-error-1"' in page and 'value="点点"' in page
+    assert "不能只有点号" in page
+    assert db.session.scalar(select(User).where(User.username == "..")) is None and actions() == before
+
+
+def test_unlocking_an_account_that_is_not_locked_says_so_and_audits_nothing(app, admin_console, make_user, runner):
+    """A second click (or a stale page) flashed "lock cleared" and wrote another auth.unlock record for an account
+    nothing locked."""
+    make_user("carol")
+    before = actions()
+    response = admin_console.post_form("/users/", {}, action="/users/carol/unlock")
+    assert response.status_code == 302
+    shown = admin_console.client.get(response.headers["Location"]).get_data(as_text=True)
+    assert "carol 未被锁定" in shown and "已解除" not in shown
+    result = runner.invoke(args=["users", "unlock", "carol"])
+    assert result.exit_code == 1 and "not locked" in result.output
+    admin_console.post_form("/users/", {}, action="/users/address-locks/clear")  # no address locked either
+    assert actions() == before
+
+
 def test_every_action_on_a_user_no_account_has_is_a_404_that_changes_and_audits_nothing(app, admin_console, runner):
     """Unlocking a username no account has flashed "lock cleared" and wrote an auth.unlock record for nobody."""
     lock_the_address(app, Console(app.test_client()))
@@ -473,7 +500,7 @@ def test_renaming_a_user_is_in_the_audit_record(admin_console, make_user):
     assert (record.detail["before"]["display_name"], record.detail["after"]["display_name"]) == ("", "王五")
 
 
-@pytest.mark.parametrize("username", ["a", "alice\n", "alice bob", "al/ice", "ａｌｉｃｅ", "x" * 65])
+@pytest.mark.parametrize("username", ["a", "alice\n", "alice bob", "al/ice", "ａｌｉｃｅ", "x" * 65, "..", "..."])
 def test_malformed_usernames_are_refused(app, username):
     """"alice\n" would sit in the users list looking like alice."""
     with pytest.raises(ValidationFailed) as caught:

@@ -126,6 +126,11 @@ def check_draft(draft: UserDraft) -> tuple[str, str]:
         if not USERNAME_PATTERN.fullmatch(draft.username):  # match() would let "alice\n" through ($)
             raise ValidationFailed(_l("Usernames are 2-64 letters, digits, '_', '.' or '-'."),
                                    code="invalid_username", field="username")
+        # "..": the console's /users/.. is read by every browser as the page above it, so such an account
+        # could not be managed there.
+        if not draft.username.strip("."):
+            raise ValidationFailed(_l("A username needs a letter, a digit, '_' or '-', not only dots."),
+                                   code="invalid_username", field="username")
     with refusals.check():
         if draft.role not in ROLES:
             raise ValidationFailed(_l("Unknown role %(role)s.", role=draft.role), code="invalid_role", field="role")
@@ -401,6 +406,9 @@ def unlock(username: str, *, actor: str | None = None) -> list[str]:
     if row is not None:
         db.session.delete(row)
     addresses = throttle.clear_address_locks()
+    if row is None and not addresses:  # a second click, a stale page: nothing to clear, nothing to record
+        raise Conflict(_l("%(name)s is not locked, and no address is: nothing to clear.", name=user.username),
+                       code="not_locked")
     audit.record("auth.unlock", user.username, {"addresses": addresses} if addresses else None, actor=actor)
     return addresses
 
@@ -409,5 +417,6 @@ def unlock_addresses(*, actor: str | None = None) -> list[str]:
     """The users page's "clear address locks": every address lock in force, audited. `actor`: who, when not
     the console's signed-in admin (the CLI says "cli")."""
     addresses = throttle.clear_address_locks()
-    audit.record("auth.unlock_addresses", ", ".join(addresses)[:200], {"addresses": addresses}, actor=actor)
+    if addresses:  # none in force: nothing happened to record
+        audit.record("auth.unlock_addresses", ", ".join(addresses)[:200], {"addresses": addresses}, actor=actor)
     return addresses

@@ -16,7 +16,7 @@ from app.auth.forms import ConfirmForm, LoginForm, PasswordChangeForm, PasswordR
 from app.auth.models import User
 from app.database import paginate
 from app.divisions import service as divisions
-from app.errors import DomainError, every_refusal
+from app.errors import Conflict, DomainError, every_refusal
 from app.extensions import db
 
 bp = Blueprint("auth", __name__)
@@ -248,7 +248,11 @@ def reset_password(username: str):
 @roles_required("ministry_admin")
 def unlock_user(username: str):
     if ConfirmForm().validate_on_submit():
-        addresses = service.unlock(username)
+        try:
+            addresses = service.unlock(username)
+        except Conflict as error:  # not locked: said, and the list shows the account as it is
+            flash(error.message, "info")
+            return redirect(url_for("auth.users"))
         db.session.commit()
         flash(_("Sign-in lock of %(name)s cleared.", name=username) if not addresses else
               _("Sign-in lock of %(name)s cleared, and the lock on %(addresses)s.", name=username,
