@@ -370,8 +370,14 @@ def renew(node, csr_pem: str, *, by=None, still_entitled: Callable[[], object] |
 def get(serial: str) -> Certificate:
     row = db.session.get(Certificate, serial.lower().lstrip("0") or "0") if len(serial) <= 40 else None
     if row is None:
-        raise NotFound(_l("No certificate with serial %(serial)s.", serial=serial), code="certificate_not_found")
+        raise not_found(serial)
     return row
+
+
+def not_found(serial: str) -> NotFound:
+    """The answer for a serial there is no certificate for, and for one the asker may not see: the two must
+    not be told apart."""
+    return NotFound(_l("No certificate with serial %(serial)s.", serial=serial), code="certificate_not_found")
 
 
 def inventory_query(*, state: str = "", node_id: str = "", now: datetime | None = None):

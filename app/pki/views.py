@@ -52,12 +52,19 @@ def index():
     return render_template("pki/index.html", page=page, state=state, node_id=node_id, ready=service.is_ready())
 
 
+def _visible_certificate(serial: str) -> Certificate:
+    """The certificate, if this user may see it; else the very answer a serial with no certificate gets, so
+    a provincial admin cannot learn which serials exist outside their divisions."""
+    row = service.get(serial)
+    if not _visible(row):
+        raise service.not_found(serial)
+    return row
+
+
 @bp.get("/<serial>")
 @roles_required(*VIEWERS)
 def detail(serial: str):
-    row = service.get(serial)
-    if not _visible(row):
-        abort(404)  # as the download does: another division's certificate is not there for this admin
+    row = _visible_certificate(serial)
     return _detail_page(row, RenewForm())
 
 
@@ -100,9 +107,7 @@ def node_section(node) -> dict | None:
 @bp.get("/<serial>.pem")
 @roles_required(*VIEWERS)
 def download(serial: str):
-    row = service.get(serial)
-    if not _visible(row):
-        abort(404)
+    row = _visible_certificate(serial)
     body = row.pem + published.chain_pem().decode()  # the files: no key is opened to hand out a certificate
     return Response(body, mimetype="application/x-pem-file",
                     headers={"Content-Disposition": f"attachment; filename={row.node_id or row.kind}-{row.serial}.pem"})
