@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy.exc import IntegrityError
 
 from app.extensions import db
-from app.pki import csr_policy, own_keys, revocation
+from app.pki import csr_policy, inventory, own_keys, revocation
 from app.pki import service as pki
 from app.pki.authority import Authority
 from app.pki.csr_policy import InvalidCSR
@@ -291,7 +291,7 @@ def test_a_page_past_the_end_shows_the_last_page(app, people):  # noqa: F811
         admit_with_keys(people)
     console = Console(app.test_client())
     console.login("minister")
-    valid = len(db.session.scalars(pki.inventory_query(state="valid")).all())  # nodes' and the management node's
+    valid = len(db.session.scalars(inventory.inventory_query(state="valid")).all())  # nodes' and the management node's
     pages = -(-valid // 2)
     last = console.client.get("/certificates/?page=99&state=valid").get_data(as_text=True)
     assert f"{pages} / {pages}" in last and "page=98" not in last and f"page={pages - 1}&amp;state=valid" in last

@@ -13,8 +13,8 @@ from app.admission.cli import emit, record_lines, run
 from app.auth import service as users
 from app.cli_arguments import Digits
 from app.database import paginate
-from app.pki import intermediate, lifecycle, own_keys, revocation, service
-from app.pki.models import CRLState
+from app.pki import intermediate, inventory, lifecycle, own_keys, revocation, service
+from app.pki.models import CERTIFICATE_KINDS, CRLState
 
 cli = AppGroup("ca", help="The certificate authority.")
 
@@ -47,22 +47,27 @@ def root_offline_command(export_path, as_json):
          f"root key moved to {export_path}; the intermediate keeps issuing")
 
 
-def certificate_dict(row) -> dict:
+def certificate_dict(row, state: str | None = None) -> dict:
+    """`state`: as the list read it with the row; else read now (`inventory.state_of`)."""
     return {"serial": row.serial, "kind": row.kind, "node_id": row.node_id, "subject": row.subject,
             "sha256": row.sha256, "key": row.key_description, "not_before": row.not_before.isoformat(),
-            "not_after": row.not_after.isoformat(), "state": row.state(),
+            "not_after": row.not_after.isoformat(), "state": state or inventory.state_of(row),
             "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None,
             "revocation_reason": row.revocation_reason}
 
 
 @cli.command("list")
-@click.option("--state", type=click.Choice(["", "valid", "expiring", "expired", "revoked"]), default="")
+@click.option("--state", type=click.Choice(["", *inventory.STATES]), default="",
+              help="expiring: the holder's current certificate expires within 30 days (one its holder replaced "
+                   "is superseded); valid: every one not revoked or expired.")
+@click.option("--kind", type=click.Choice(["", *CERTIFICATE_KINDS]), default="")
 @click.option("--node", "node_id", default="")
 @click.option("--json", "as_json", is_flag=True)
-def list_command(state, node_id, as_json):
-    for row in paginate(service.inventory_query(state=state, node_id=node_id), 1, 100000, count=False).items:
-        emit(certificate_dict(row), as_json, f"{row.serial:<34} {row.kind:<12} {row.node_id or '':<20} "
-             f"{row.state():<9} until {row.not_after:%Y-%m-%d} {row.sha256[:16]}…")
+def list_command(state, kind, node_id, as_json):
+    query = inventory.inventory_query(state=state, node_id=node_id, kind=kind)
+    for row, row_state in paginate(query, 1, 100000, count=False, decode=inventory.listed).items:
+        emit(certificate_dict(row, row_state), as_json, f"{row.serial:<34} {row.kind:<12} {row.node_id or '':<20} "
+             f"{row_state:<10} until {row.not_after:%Y-%m-%d} {row.sha256[:16]}…")
 
 
 @cli.command("show")

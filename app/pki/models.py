@@ -14,6 +14,9 @@ CERTIFICATE_KINDS = ("node", "route_signer", "management")
 
 
 class Certificate(db.Model):
+    """One issued certificate. Its state (valid, expiring, superseded, ...) depends on its holder's other
+    certificates too, so it is read in SQL: `app.pki.inventory`."""
+
     __tablename__ = "certificates"
     __table_args__ = (
         CheckConstraint(f"kind IN {CERTIFICATE_KINDS!r}", name="kind_known"),
@@ -35,18 +38,6 @@ class Certificate(db.Model):
     issued_by: Mapped[str] = mapped_column(String(64), nullable=False)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revocation_reason: Mapped[str | None] = mapped_column(String(32))
-
-    def state(self, now: datetime | None = None, expiring_days: int = 30) -> str:
-        from datetime import timedelta
-
-        now = now or utcnow()
-        if self.revoked_at:
-            return "revoked"
-        if self.not_after <= now:
-            return "expired"
-        if self.not_after <= now + timedelta(days=expiring_days):
-            return "expiring"
-        return "valid"
 
 
 INTERMEDIATE_CRL, ROOT_CRL = 1, 2  # CRLState ids: the intermediate's CRL and the root's

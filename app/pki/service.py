@@ -1,10 +1,10 @@
 """The CA's issuing rules as the console, the API and the CLI call them: configuration, the loaded
-authority, one key per node, issuance and renewal, and the certificate inventory.
+authority, one key per node, issuance and renewal.
 
 Crypto lives in `authority.py` / `csr_policy.py` / `ocsp.py` (no database); this module adds
-persistence and audit. Beside it: `revocation.py` (revoke, CRLs, OCSP), `own_keys.py` (the route
-signer and the management node's TLS identity) and `lifecycle.py` (`flask ca init` and admission's
-hooks: issue on approval, revoke with the node).
+persistence and audit. Beside it: `inventory.py` (each certificate's state, the lists), `revocation.py`
+(revoke, CRLs, OCSP), `own_keys.py` (the route signer and the management node's TLS identity) and
+`lifecycle.py` (`flask ca init` and admission's hooks: issue on approval, revoke with the node).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections.abc import Callable
-from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -378,20 +377,3 @@ def not_found(serial: str) -> NotFound:
     """The answer for a serial there is no certificate for, and for one the asker may not see: the two must
     not be told apart."""
     return NotFound(_l("No certificate with serial %(serial)s.", serial=serial), code="certificate_not_found")
-
-
-def inventory_query(*, state: str = "", node_id: str = "", now: datetime | None = None):
-    now = now or utcnow()
-    query = select(Certificate).order_by(Certificate.issued_at.desc())
-    if node_id:
-        query = query.where(Certificate.node_id == node_id)
-    if state == "revoked":
-        query = query.where(Certificate.revoked_at.is_not(None))
-    elif state == "expired":
-        query = query.where(Certificate.revoked_at.is_(None), Certificate.not_after <= now)
-    elif state == "expiring":
-        query = query.where(Certificate.revoked_at.is_(None), Certificate.not_after > now,
-                            Certificate.not_after <= now + timedelta(days=30))
-    elif state == "valid":
-        query = query.where(Certificate.revoked_at.is_(None), Certificate.not_after > now)
-    return query

@@ -12,10 +12,10 @@ from app.auth.access import roles_required
 from app.auth.forms import ConfirmForm
 from app.auth.views import form_error
 from app.console.pages import shows_page
-from app.database import paginate, utcnow
+from app.database import paginate
 from app.errors import DomainError
 from app.extensions import db
-from app.pki import intermediate, own_keys, published, readiness, revocation, service
+from app.pki import intermediate, inventory, own_keys, published, readiness, revocation, service
 from app.pki.forms import RenewForm
 from app.pki.models import Certificate
 
@@ -41,15 +41,12 @@ def _visible(row: Certificate) -> bool:
 def index():
     state = request.args.get("state", "")
     node_id = request.args.get("node", "").strip()[:20]
-    query = service.inventory_query(state=state, node_id=node_id)
-    if current_user.role == "provincial_admin":
-        from app.admission.models import Node
-        from app.admission.scope import division_filter
-
-        query = query.join(Node, Node.node_id == Certificate.node_id).where(division_filter(current_user,
-                                                                                             Node.division_code))
-    page = paginate(query, request.args.get("page", 1, type=int), current_app.config["MPIM_PAGE_SIZE"])
-    return render_template("pki/index.html", page=page, state=state, node_id=node_id, ready=service.is_ready())
+    kind = request.args.get("kind", "")
+    query = inventory.visible_to(inventory.inventory_query(state=state, node_id=node_id, kind=kind), current_user)
+    page = paginate(query, request.args.get("page", 1, type=int), current_app.config["MPIM_PAGE_SIZE"],
+                    decode=inventory.listed)
+    return render_template("pki/index.html", page=page, state=state, node_id=node_id, kind=kind,
+                           ready=service.is_ready())
 
 
 def _visible_certificate(serial: str) -> Certificate:
@@ -88,10 +85,10 @@ def _detail_page(row: Certificate, renew_form: RenewForm, status: int = 200):
         valid_serials = {c.serial for c in valid}
         same_key = [c for c in revocation.same_key_certificates(row) if c.serial in valid_serials]
         same_key_all = bool(same_key) and len(same_key) == len(others)
-    return render_template("pki/detail.html", row=row, node=node, newest=newest, reasons=revocation.REASONS,
-                           in_service=revocation.in_service_role(row, from_files=True), confirm_form=ConfirmForm(),
-                           renew_form=renew_form, last_valid=last_valid, same_key=same_key,
-                           same_key_all=same_key_all), status
+    return render_template("pki/detail.html", row=row, state=inventory.state_of(row), node=node, newest=newest,
+                           reasons=revocation.REASONS, in_service=revocation.in_service_role(row, from_files=True),
+                           confirm_form=ConfirmForm(), renew_form=renew_form, last_valid=last_valid,
+                           same_key=same_key, same_key_all=same_key_all), status
 
 
 def node_section(node) -> dict | None:
@@ -167,23 +164,17 @@ def renew(serial: str):
 
 def dashboard_panel(user) -> dict | None:
     """Node certificates only (the management node's own have their own warnings), and a provincial
-    admin counts only their divisions' nodes, as their inventory lists them."""
+    admin counts only their divisions' nodes, as their inventory lists them. "Expiring" counts the nodes
+    whose current certificate expires within 30 days, those that still have to renew (a renewed node's old
+    certificate is superseded); the link lists exactly those (kind=node)."""
     if not service.is_ready():
         return {"template": "pki/dashboard_panel.html", "ready": False}
-    from datetime import timedelta
 
-    now = utcnow()
-    live = select(func.count()).select_from(Certificate).where(
-        Certificate.kind == "node", Certificate.revoked_at.is_(None), Certificate.not_after > now)
-    if user.role == "provincial_admin":
-        from app.admission.models import Node
-        from app.admission.scope import division_filter
+    def counted(state: str) -> int:
+        return inventory.count(inventory.visible_to(inventory.inventory_query(state=state, kind="node"), user))
 
-        live = live.join(Node, Node.node_id == Certificate.node_id).where(division_filter(user, Node.division_code))
-    valid = db.session.scalar(live) or 0
-    expiring = db.session.scalar(live.where(Certificate.not_after <= now + timedelta(days=30))) or 0
-    return {"template": "pki/dashboard_panel.html", "ready": True, "expiring": expiring, "valid": valid,
-            "without": _active_without_certificate(user)}
+    return {"template": "pki/dashboard_panel.html", "ready": True, "expiring": counted("expiring"),
+            "valid": counted("valid"), "without": _active_without_certificate(user)}
 
 
 def _active_without_certificate(user) -> int:

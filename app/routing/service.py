@@ -279,7 +279,7 @@ def signer_of(body: bytes, signature_der: bytes) -> SignerFound:
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from app.pki import own_keys
+    from app.pki import inventory, own_keys
     from app.pki import service as pki
     def verifies(certificate: x509.Certificate) -> bool:
         try:
@@ -294,6 +294,6 @@ def signer_of(body: bytes, signature_der: bytes) -> SignerFound:
         return SignerFound(current, current, "valid")
     for row in pki.service_certificates("route_signer"):
         if row.sha256 != current and verifies(x509.load_pem_x509_certificate(row.pem.encode())):
-            return SignerFound(current, row.sha256, row.state())
+            return SignerFound(current, row.sha256, inventory.state_of(row))
     return SignerFound(current)
 
