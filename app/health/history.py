@@ -86,12 +86,17 @@ class Bucket:
         return self.successes / self.polls if self.polls else None
 
 
-def latency_series(node_id: str, hours: int = 24, now: datetime | None = None) -> list[tuple[datetime, float]]:
+def latency_series(node_id: str, hours: int = 24, now: datetime | None = None) -> list[tuple[datetime, float | None]]:
+    """Every poll of the last `hours` up to `now`, oldest first: a successful one with its latency, a failed one
+    with None, so the chart breaks its line there (a line over an outage read as a steady node).
+    A poll later than now (recorded before the clock stepped back) is left out: its place on the time axis is
+    unknown, and drawn at "now" it would pass for the latest figure."""
     now = now or utcnow()
-    rows = db.session.execute(select(HealthSample.at, HealthSample.latency_ms)
+    rows = db.session.execute(select(HealthSample.at, HealthSample.ok, HealthSample.latency_ms)
                               .where(HealthSample.node_id == node_id, HealthSample.at >= now - timedelta(hours=hours),
-                                     HealthSample.ok.is_(True)).order_by(HealthSample.at)).all()
-    return [(at, latency) for at, latency in rows if latency is not None]
+                                     HealthSample.at <= now).order_by(HealthSample.at)).all()
+    # a successful poll without a figure has nothing to draw and is no failure either
+    return [(at, latency if ok else None) for at, ok, latency in rows if not ok or latency is not None]
 
 
 def window_start(span: timedelta, now: datetime) -> datetime:

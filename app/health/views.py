@@ -119,7 +119,9 @@ def node_section(node: Node) -> dict | None:
         "maintenance_form": form, "set_by": windows.window_setter(node.node_id) if active else None,
         "in_maintenance": active, "flapping": service.is_flapping(flaps),
         "flaps": flaps,
-        "latency_chart": Markup(charts.latency_chart(history.latency_series(node.node_id, 24, now), end=now)),
+        "latency_chart": Markup(charts.latency_chart(
+            history.latency_series(node.node_id, 24, now), end=now,
+            poll_interval=timedelta(seconds=current_app.config["MPIM_HEALTH_INTERVAL"]))),
         "bars": [(label, Markup(charts.uptime_bars(history.uptime_buckets(node.node_id, span=span, buckets=count,
                                                                           now=now), label=str(label))),
                   history.uptime_ratio(node.node_id, span, now))

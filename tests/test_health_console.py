@@ -1,0 +1,92 @@
+"""The health console: the node page's latency line and the health events filter."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from app.database import utcnow
+from app.extensions import db
+from app.health import charts
+from app.health.models import HealthSample
+from tests.test_admission_review import admit
+
+
+@pytest.fixture
+def node(make_user):
+    return admit(make_user("jx-admin", "provincial_admin", ("360000",)), make_user("minister"))
+
+
+def poll(node, at: datetime, latency: float | None) -> HealthSample:
+    """A successful poll with a latency, a failed one (timeout) without."""
+    return HealthSample(node_id=node.node_id, at=at, ok=latency is not None, latency_ms=latency,
+                        failure=None if latency is not None else "timeout")
+
+
+def latency_svg(console, node) -> str:
+    body = console.client.get(f"/nodes/{node.node_id}").get_data(as_text=True)
+    return re.search(r'<svg[^>]*class="chart latency".*?</svg>', body, re.S).group(0)
+
+
+def subpaths(svg: str) -> list[str]:
+    path = re.search(r'<path d="([^"]*)"', svg)
+    return re.findall(r"M[^M]*", path.group(1)) if path else []
+
+
+def test_the_latency_line_breaks_where_polls_failed(console, node):
+    """Polled every 30 s (the default interval): 3 answers, 18 failures, 3 answers."""
+    start = utcnow() - timedelta(minutes=20)
+    db.session.add_all([poll(node, start + timedelta(seconds=30 * i), 30.0 if i < 3 or i >= 21 else None)
+                        for i in range(24)])
+    db.session.commit()
+    console.login("minister")
+    svg = latency_svg(console, node)
+    assert len(subpaths(svg)) == 2, f"18 failed polls in a row bridged: {svg}"
+    assert all(part.count(" L") == 2 for part in subpaths(svg)), svg
+    # the name counts what is drawn, and says the line is broken
+    assert "成功巡检 6 次" in svg and "失败巡检 18 次" in svg and "折线因巡检失败或未巡检断为 2 段" in svg, svg
+
+
+def test_the_latency_line_breaks_where_no_polls_were_taken():
+    """The poller stopped for hours: the line says nothing of a time nobody polled."""
+    end = datetime(2026, 12, 1, 12, tzinfo=UTC)
+    points = [(end - timedelta(hours=5), 20.0), (end - timedelta(hours=5) + timedelta(seconds=30), 21.0),
+              (end - timedelta(hours=1), 22.0), (end - timedelta(hours=1) + timedelta(seconds=30), 23.0)]
+    svg = charts.latency_chart(points, end=end, poll_interval=timedelta(seconds=30))
+    assert len(subpaths(svg)) == 2, svg
+    late = charts.latency_chart(points[:2] + [(points[1][0] + timedelta(seconds=80), 22.0)], end=end,
+                                poll_interval=timedelta(seconds=30))
+    assert len(subpaths(late)) == 1, f"one late poll is no outage: {late}"
+
+
+def test_a_single_successful_poll_is_drawn_as_a_dot(console, node):
+    db.session.add(poll(node, utcnow() - timedelta(hours=2), 30.0))
+    db.session.commit()
+    console.login("minister")
+    svg = latency_svg(console, node)
+    assert len(re.findall(r"<circle ", svg)) == 1, svg
+
+
+def test_a_lone_poll_between_failures_is_drawn_as_a_dot_beside_the_line():
+    end = datetime(2026, 12, 1, 12, tzinfo=UTC)
+    points = [(end - timedelta(hours=3), 20.0), (end - timedelta(hours=3) + timedelta(seconds=30), 21.0),
+              (end - timedelta(hours=2), None), (end - timedelta(hours=1), 22.0), (end - timedelta(minutes=30), None)]
+    svg = charts.latency_chart(points, end=end)
+    assert len(subpaths(svg)) == 1 and len(re.findall(r"<circle ", svg)) == 1, svg
+
+
+def test_a_poll_later_than_now_is_left_out_of_the_line(console, node):
+    """After the clock steps back (tests/test_health_state.py) a sample can be later than now."""
+    now = utcnow()
+    db.session.add_all([poll(node, now - timedelta(hours=5), 30.0), poll(node, now - timedelta(hours=4), 31.0),
+                        poll(node, now + timedelta(hours=3), 99.0)])
+    db.session.commit()
+    console.login("minister")
+    svg = latency_svg(console, node)
+    xs = [float(x) for x in re.findall(r"[ML]([0-9.]+),", svg)] + \
+        [float(x) for x in re.findall(r'<circle cx="([0-9.]+)"', svg)]
+    assert xs and max(xs) <= 720 - 8, svg
+    assert "99 ms" not in svg and "最近一次 31 ms" in svg, svg
+
