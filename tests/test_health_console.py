@@ -10,7 +10,7 @@ import pytest
 from app.database import utcnow
 from app.extensions import db
 from app.health import charts
-from app.health.models import HealthSample
+from app.health.models import HealthEvent, HealthSample
 from tests.test_admission_review import admit
 
 
@@ -90,3 +90,36 @@ def test_a_poll_later_than_now_is_left_out_of_the_line(console, node):
     assert xs and max(xs) <= 720 - 8, svg
     assert "99 ms" not in svg and "最近一次 31 ms" in svg, svg
 
+
+def test_an_events_filter_keeps_what_was_typed_and_says_when_it_is_no_node_id(console, node):
+    db.session.add(HealthEvent(node_id=node.node_id, at=utcnow(), old_status="unknown", new_status="up",
+                               reason=None, detail="", in_maintenance=False))
+    db.session.commit()
+    console.login("minister")
+    typed = node.node_id + "9"  # one digit too many, pasted
+    body = console.client.get(f"/health/events?node=+{typed}+").get_data(as_text=True)
+    assert re.search(r'name="node" value="([^"]*)"', body).group(1) == typed
+    assert f'href="/nodes/{node.node_id}"' not in body, "the events of the node the id was cut to are listed"
+    assert 'aria-invalid="true"' in body and "节点编号为 20 位数字" in body, body
+    assert "尚无健康事件" not in body
+
+
+def test_an_events_filter_that_matches_nothing_says_so(console, node, make_user):
+    db.session.add(HealthEvent(node_id=node.node_id, at=utcnow(), old_status="unknown", new_status="up",
+                               reason=None, detail="", in_maintenance=False))
+    db.session.commit()
+    console.login("minister")
+    other = node.node_id[:-1] + ("1" if node.node_id[-1] != "1" else "2")
+    body = console.client.get(f"/health/events?node={other}").get_data(as_text=True)
+    empty = re.search(r'class="empty">([^<]*)', body).group(1)
+    assert empty == "没有符合筛选条件的健康事件。", empty
+    assert 'aria-invalid' not in body
+    listed = console.client.get(f"/health/events?node={node.node_id}").get_data(as_text=True)
+    assert f'href="/nodes/{node.node_id}"' in listed
+
+
+def test_the_events_page_without_a_filter_says_the_log_is_empty(console, make_user):
+    make_user("minister")
+    console.login("minister")
+    body = console.client.get("/health/events").get_data(as_text=True)
+    assert re.search(r'class="empty">([^<]*)', body).group(1) == "尚无健康事件。"
