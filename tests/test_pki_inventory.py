@@ -200,3 +200,19 @@ def test_another_divisions_certificate_answers_as_one_that_does_not_exist(app, m
             assert answer(f"/certificates/{serial}{suffix}", serial) == answer(f"/certificates/{missing}{suffix}",
                                                                                missing)
             assert answer(f"/certificates/{serial}{suffix}", serial)[0] == 404
+
+
+def test_the_node_filter_is_kept_as_typed_and_a_malformed_one_is_said_so(app, people):  # noqa: F811
+    """The filter was cut to 20 characters: a pasted id one digit too long listed the certificates of the node it
+    was cut to, and the box came back changed."""
+    node, _ = admit_with_keys(people)
+    console = Console(app.test_client())
+    console.login("minister")
+    typed = node.node_id + "9"
+    page = console.client.get(f"/certificates/?node={typed}").get_data(as_text=True)
+    assert f'value="{typed}"' in page and 'aria-invalid="true"' in page
+    assert "节点编号为 20 位数字" in page and listed_serials(console, f"/certificates/?node={typed}") == []
+    assert listed_serials(console, f"/certificates/?node={node.node_id}")  # the right id still lists
+    other = "36" + "0" * 18
+    page = console.client.get(f"/certificates/?node={other}").get_data(as_text=True)
+    assert 'aria-invalid' not in page and "没有符合条件的证书" in page
