@@ -402,6 +402,40 @@ def test_second_application_for_the_same_endpoint_is_refused(client, jx_admin, m
     assert taken.status_code == 409 and taken.get_json()["error"]["code"] == "endpoint_in_use"
 
 
+@pytest.mark.parametrize(("endpoint", "message"), [
+    ("https://im.jx.example/.", "The endpoint's path must not hold . or .. segments."),
+    ("https://im.jx.example/x/..", "The endpoint's path must not hold . or .. segments."),
+    ("https://im.jx.example/%2e", "The endpoint's path must not hold . or .. segments."),
+    ("https://im.jx.example/im/%2E%2e/x", "The endpoint's path must not hold . or .. segments."),
+    ("https://im.jx.example/./im", "The endpoint's path must not hold . or .. segments."),
+    ("https://im.jx.example/%zz", "The endpoint is not a valid URL."),
+    ("https://im.jx.example/im%2", "The endpoint is not a valid URL."),
+    ("https://im.jx.example/路由", "The endpoint's path must be in ASCII: percent-encode other characters."),
+])
+def test_an_endpoint_path_that_spells_another_endpoint_or_no_url_is_refused(client, token, endpoint, message):
+    """"https://a:8443/." is the server at "https://a:8443" (RFC 3986 §5.2.4): one node was admitted beside
+    another at its very server, the one-endpoint-one-node rule compared the spellings. A non-ASCII path is no URI,
+    and a node's HTTP client cannot send it."""
+    response = submit(client, token, node_document(endpoint=endpoint))
+    error = response.get_json()["error"]
+    assert (response.status_code, error["code"], error["field"], error["message"]) == \
+        (400, "invalid_endpoint", "endpoint", message)
+    assert db.session.scalar(select(EnrollmentToken)).state() == "active"
+
+
+def test_percent_encodings_of_the_same_path_are_one_endpoint(client, jx_admin):
+    """RFC 3986 §6.2.2: "%7e", "%7E" and "~" are one character; "%2f" and "%2F" one octet (not a "/")."""
+    raws = [tokens.create_token("360000", by=jx_admin)[1] for _ in range(4)]
+    db.session.commit()
+    first = submit(client, raws[0], node_document(endpoint="https://im.jx.example/%7eim/a%2fb"))
+    assert first.status_code == 201
+    assert applications.get(first.get_json()["application_id"]).endpoint == "https://im.jx.example/~im/a%2Fb"
+    for raw, spelling in zip(raws[1:], ("https://im.jx.example/~im/a%2Fb", "https://im.jx.example/%7Eim/a%2fb",
+                                        "https://im.jx.example/%7E%69m/a%2F%62"), strict=True):
+        again = submit(client, raw, node_document(endpoint=spelling))
+        assert again.status_code == 409 and again.get_json()["error"]["code"] == "endpoint_pending", spelling
+
+
 def test_an_endpoint_refusal_names_no_node_and_no_application_to_the_token_holder(client, jx_admin, make_user):
     """§4: whether an id names a node, and the state of a node the table no longer lists (here a suspended one),
     are told only to that node; an endpoint is easy to guess, so its refusal names neither node nor application."""

@@ -109,8 +109,28 @@ def normalise_endpoint(value) -> str:
             raise invalid(_l("The endpoint's IPv6 address must not name a network interface (a zone)."), "endpoint",
                           "invalid_endpoint")
     netloc = shown_host if port in (None, 443) else f"{shown_host}:{port}"
-    path = parts.path.rstrip("/")
-    return f"https://{netloc}{path}"
+    return f"https://{netloc}{_normal_path(parts.path)}"
+
+
+PERCENT_ENCODED = re.compile(r"%([0-9A-Fa-f]{2})")
+UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def _normal_path(path: str) -> str:
+    """The path as RFC 3986 §6.2.2 compares it, so that one endpoint has one spelling (one endpoint, one node):
+    percent-encodings in upper case, those of unreserved characters decoded ("%7e" is "~"); no trailing "/".
+    A "." or ".." segment is refused rather than resolved: "https://a/." is the server at "https://a", and no
+    endpoint needs one. A path outside ASCII is no URI, and a node's HTTP client cannot send it."""
+    if not path.isascii():
+        raise invalid(_l("The endpoint's path must be in ASCII: percent-encode other characters."), "endpoint",
+                      "invalid_endpoint")
+    if path.count("%") != len(PERCENT_ENCODED.findall(path)):
+        raise invalid(_l("The endpoint is not a valid URL."), "endpoint", "invalid_endpoint")
+    path = PERCENT_ENCODED.sub(lambda m: chr(int(m[1], 16)) if chr(int(m[1], 16)) in UNRESERVED else m[0].upper(),
+                               path)
+    if any(segment in (".", "..") for segment in path.split("/")):
+        raise invalid(_l("The endpoint's path must not hold . or .. segments."), "endpoint", "invalid_endpoint")
+    return path.rstrip("/")
 
 
 def capabilities(value) -> tuple[str, ...]:
