@@ -244,14 +244,28 @@ def test_console_history_downloads_and_cli_verify(app, session, runner, tmp_path
     assert forged.exit_code == 1 and "signature INVALID" in forged.output
 
 
-@pytest.mark.parametrize("version", [2**31, 10**30])
-def test_a_version_number_no_column_holds_is_not_kept_rather_than_a_server_error(app, session, version):
-    """2**31 is past PostgreSQL's integer and 10**30 past SQLite's: each download answered 500."""
+@pytest.mark.parametrize("version", [0, 999, 2**31, 10**30])
+def test_a_version_never_published_is_said_to_be_none_not_one_no_longer_kept(app, session, version):
+    """2**31 is past PostgreSQL's integer and 10**30 past SQLite's: each download answered 500. Then every version
+    not found read "is not kept any more (only the last 20)", v0 and v999 with v1 the newest among them."""
     admin_console = Console(app.test_client())
     admin_console.login("minister")
     for suffix in ("json", "sig"):
         response = admin_console.client.get(f"/routes/v{version}.{suffix}")
-        assert response.status_code == 404 and "不再保留" in response.get_data(as_text=True)
+        page = response.get_data(as_text=True)
+        assert response.status_code == 404 and f"没有第 {version} 版路由表（最新为第 1 版）" in page
+        assert "不再保留" not in page
+
+
+def test_a_version_whose_body_was_let_go_is_said_to_be_no_longer_kept(app, session):
+    from app.routing.models import RouteVersion
+
+    db.session.get(RouteVersion, 1).body = None  # as publishing the 21st version after it does
+    db.session.commit()
+    admin_console = Console(app.test_client())
+    admin_console.login("minister")
+    response = admin_console.client.get("/routes/v1.json")
+    assert response.status_code == 404 and "不再保留" in response.get_data(as_text=True)
 
 
 def test_the_console_verification_hint_runs_as_printed_on_the_downloads(app, session, tmp_path):

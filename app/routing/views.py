@@ -27,8 +27,13 @@ def index():
 
 
 def _with_body(version: int):
+    """A version's stored table, or why there is none: never published (a version skipped by `publish --above`
+    among them), or published and its body let go since (only the last KEEP_BODIES are kept)."""
     row = service.find(version)
-    if row is None or row.body is None:
+    if row is None:
+        raise NotFound(_l("There is no routing table version %(version)s (the newest is %(head)s).",
+                          version=version, head=service.head_version()), code="version_not_found")
+    if row.body is None:
         raise NotFound(_l("Version %(version)s is not kept any more (only the last %(n)s).", version=version,
                           n=service.KEEP_BODIES),
                        code="version_not_kept")
