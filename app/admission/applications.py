@@ -313,7 +313,8 @@ def queue_query(user, *, status: str | None = "pending", division: str = "", kin
     if status:
         query = query.where(Application.status == status)
     if division:
-        query = query.where(Application.division_code.startswith(division_prefix(division)))
+        # autoescape: a % or _ is a character, not a LIKE wildcard (the console refuses them; the query holds anyway).
+        query = query.where(Application.division_code.startswith(division_prefix(division), autoescape=True))
     if kind:
         query = query.where(Application.kind == kind)
     return query.order_by(Application.created_at.desc(), Application.id)

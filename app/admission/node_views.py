@@ -7,7 +7,7 @@ from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from flask_login import current_user
 from markupsafe import Markup
-from sqlalchemy import func, select
+from sqlalchemy import false, func, select
 
 from app import labels
 from app.admission import applications, nodes, tilemap
@@ -26,23 +26,39 @@ bp = Blueprint("nodes", __name__, url_prefix="/nodes")
 VIEWERS = ("ministry_admin", "provincial_admin", "auditor")
 
 
+# The nodes list's state filter: a node status, or one of the lists the dashboard links to.
+STATES = ("active", "suspended", "revoked", "suspension_requested", "no_certificate", "retired_division")
+
+
 @bp.get("/")
 @roles_required(*VIEWERS)
 def index():
-    filters = {key: request.args.get(key, "").strip()[:60] for key in
+    """Filters are kept as typed (blanks around them aside) and compared as typed: cut to 60 characters, a vendor
+    the dropdown offered listed nothing. No length is cut anywhere: a value longer than its column matches nothing,
+    and the request line's own limit bounds what can come. A province, state or capability no option has is said
+    so at its box and nothing is listed until it is corrected (as the health events' node filter); a sort no
+    column has is said to be ignored, the list sorted by node id."""
+    filters = {key: request.args.get(key, "").strip() for key in
                ("province", "status", "vendor", "capability", "q", "sort")}
-    filters["sort"] = filters["sort"] if filters["sort"] in nodes.SORTS else "node_id"
+    provinces = tilemap.province_names()
+    unknown = {name for name, known in (("province", nodes.province_prefix(filters["province"]) in provinces),
+                                        ("status", filters["status"] in STATES),
+                                        ("capability", filters["capability"] in labels.CAPABILITIES))
+               if filters[name] and not known}
+    sort = filters["sort"] if filters["sort"] in nodes.SORTS else "node_id"
     descending = request.args.get("desc") == "1"
     query = nodes.list_query(current_user, province=filters["province"], status=filters["status"],
                              vendor=filters["vendor"], capability=filters["capability"], q=filters["q"],
-                             sort=filters["sort"], descending=descending)
+                             sort=sort, descending=descending)
+    if unknown:
+        query = query.where(false())
     page = paginate(query, request.args.get("page", 1, type=int), current_app.config["MPIM_PAGE_SIZE"])
     vendors = db.session.scalars(select(Node.vendor).where(division_filter(current_user, Node.division_code))
                                  .group_by(Node.vendor).order_by(Node.vendor).limit(200)).all()
     columns = [(name, header, render(page.items)) for name, header, render in node_columns]
-    return render_template("admission/nodes.html", page=page, filters=filters, descending=descending,
-                           vendors=vendors, provinces=tilemap.province_names(), capabilities=labels.CAPABILITIES,
-                           columns=columns)
+    return render_template("admission/nodes.html", page=page, filters=filters, sort=sort, descending=descending,
+                           unknown=unknown, province=nodes.province_prefix(filters["province"]), vendors=vendors,
+                           provinces=provinces, capabilities=labels.CAPABILITIES, columns=columns)
 
 
 # Extra columns other features add to the nodes list: (name, header, function(nodes of the page) ->

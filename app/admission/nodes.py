@@ -269,17 +269,31 @@ def serving(division_code: str) -> list[Node]:
                                                       Node.status != "revoked").order_by(Node.node_id)))
 
 
+# A province as the lists name it: its two-digit prefix (the CLI's --province 36), or that padded with zeros (the
+# console's dropdown says 360000, the dashboard's tile map 3600).
+PROVINCE = re.compile(r"([0-9]{2})(?:00|0000)?")
+
+
+def province_prefix(value: str) -> str | None:
+    """The prefix `value` names a province by, or None: "360100" names a prefecture, "440000x" nothing."""
+    match = PROVINCE.fullmatch(value)
+    return match.group(1) if match else None
+
+
 SORTS = {"node_id": Node.node_id, "org_name": Node.org_name, "vendor": Node.vendor, "status": Node.status,
          "approved_at": Node.approved_at}
 
 
 def list_query(user, *, province: str = "", status: str = "", vendor: str = "", capability: str = "",
                q: str = "", sort: str = "node_id", descending: bool = False):
+    """Every filter is compared as given, never cut: a value longer than its column matches nothing, which both
+    databases answer without error. A province that names none (`province_prefix`) matches nothing too."""
     from app.admission.scope import division_filter
 
     query = select(Node).where(division_filter(user, Node.division_code))
     if province:
-        query = query.where(Node.province_prefix == province[:2])
+        prefix = province_prefix(province)
+        query = query.where(Node.province_prefix == prefix) if prefix else query.where(false())
     if status == "suspension_requested":  # active nodes a provincial admin asked the ministry to suspend
         query = query.where(Node.status == "active", Node.suspension_requested.is_(True))
     elif status == "no_certificate":  # active, but out of the routing table: no valid certificate
@@ -299,11 +313,10 @@ def list_query(user, *, province: str = "", status: str = "", vendor: str = "", 
             return query.where(false())
         query = query.where(func.cast(Node.capabilities, db.String).like(f'%"{capability}"%'))
     if q:
-        term = q.strip()[:60]
         # autoescape: a typed % or _ is a character to find, not a LIKE wildcard matching every node.
-        query = query.where(or_(Node.node_id.startswith(term, autoescape=True),
-                                Node.org_name.contains(term, autoescape=True),
-                                Node.system_name.contains(term, autoescape=True)))
+        query = query.where(or_(Node.node_id.startswith(q, autoescape=True),
+                                Node.org_name.contains(q, autoescape=True),
+                                Node.system_name.contains(q, autoescape=True)))
     column = SORTS.get(sort, Node.node_id)
     order = column.desc() if descending else column.asc()
     return query.order_by(order, Node.node_id)

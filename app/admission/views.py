@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from flask import Blueprint, current_app, flash, make_response, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from flask_login import current_user
+from sqlalchemy import false
 
 from app import labels
 from app.admission import applications, nodes, probe, tokens
@@ -68,16 +70,32 @@ def token_revoke(token_id: int):
     return redirect(url_for("admission.token_list"))
 
 
+# The applications list's filters: a state (or all of them), a kind (or both), a division code or its first digits.
+APPLICATION_STATES = ("pending", "approved", "rejected", "all")
+APPLICATION_KINDS = ("", "admission", "change")
+DIVISION_FILTER = re.compile(r"[0-9]{1,6}")
+
+
 @bp.get("/applications/")
 @roles_required(*ADMINS)
 def application_list():
-    status = request.args.get("status", "pending")
-    filters = {"status": status, "division": request.args.get("division", "").strip()[:6],
-               "kind": request.args.get("kind", "")}
+    """Filters are kept as typed (blanks around them aside): the division was cut to 6 characters, so 3601001
+    listed 360100's applications and the box came back changed. One no option has, or a division that is no code
+    (a % among them, which listed every application), is said so at its box, and nothing is listed until it is
+    corrected. No state given is the queue: pending."""
+    filters = {"status": request.args.get("status", "").strip() or "pending",
+               "division": request.args.get("division", "").strip(), "kind": request.args.get("kind", "").strip()}
+    unknown = {name for name, known in (("status", filters["status"] in APPLICATION_STATES),
+                                        ("kind", filters["kind"] in APPLICATION_KINDS),
+                                        ("division", DIVISION_FILTER.fullmatch(filters["division"])))
+               if filters[name] and not known}
+    status = filters["status"]
     query = applications.queue_query(current_user, status=None if status == "all" else status,
                                      division=filters["division"], kind=filters["kind"])
+    if unknown:
+        query = query.where(false())
     page = paginate(query, request.args.get("page", 1, type=int), current_app.config["MPIM_PAGE_SIZE"])
-    return render_template("admission/applications.html", page=page, filters=filters)
+    return render_template("admission/applications.html", page=page, filters=filters, unknown=unknown)
 
 
 @bp.route("/applications/new", methods=["GET", "POST"])
