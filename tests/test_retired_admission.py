@@ -79,3 +79,30 @@ def test_a_token_for_a_retired_code_is_shown_and_refused_as_not_usable(hebei, cl
     tokens.revoke_token(county.id, by=hebei)
     db.session.commit()
     assert db.session.scalar(select(EnrollmentToken.revoked_by).where(EnrollmentToken.id == county.id)) == "hb-admin"
+
+
+def flashes(html: str) -> list[str]:
+    return [re.sub(r"\s+", " ", text).strip()
+            for text in re.findall(r'<div class="flash[^"]*"[^>]*>(.*?)</div>', html, re.S)]
+
+
+def test_an_application_for_a_retired_code_says_on_its_page_that_it_is_to_be_rejected(hebei, admin_console):
+    """It was found out only on Approve, whose refusal said the code was retired and not what to do instead."""
+    from app.admission import applications
+
+    application = applications.submit_by_user(node_document("130521"), by=hebei)
+    db.session.commit()
+    retire_xingtai()
+    page_url = f"/applications/{application.id}"
+    page = admin_console.client.get(page_url).get_data(as_text=True)
+    division = re.search(r"<dt>行政区划</dt><dd>(.*?)</dd>", page, re.S).group(1)
+    assert "已于 2023 撤销" in division, division  # the marker every list of codes uses
+    note = re.search(r'id="retired-division">([^<]*)<', page)
+    assert note and "不能批准" in note.group(1) and "驳回" in note.group(1), page
+    approve = re.search(r'<button[^>]*id="approve"[^>]*>', page).group(0)
+    assert 'aria-describedby="retired-division"' in approve, approve
+
+    answer = admin_console.post_form(page_url, {}, action=f"{page_url}/approve")
+    said = flashes(admin_console.client.get(answer.headers["Location"]).get_data(as_text=True))
+    assert any("区划 130521 邢台县 已于 2023 版撤销" in text and "不能批准" in text and "驳回" in text
+               for text in said), said

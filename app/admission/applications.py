@@ -216,7 +216,13 @@ def approve(application: Application, *, by) -> Node:
     _require_pending(application)
     if application.kind == "change":
         return _approve_change(application, by=by)
-    divisions.require_current(application.division_code)
+    try:
+        divisions.require_current(application.division_code)
+    except divisions.RetiredDivision as retired:
+        # Waiting does not help (a retired code never comes back current): say what does, at every door.
+        raise divisions.RetiredDivision(_l("%(refusal)s This application cannot be approved: reject it, and the unit "
+                                           "applies again for a current code.", refusal=retired.message),
+                                        field=retired.field) from None
     uniqueness.hold(key_sha256=application.key_sha256, endpoint=application.endpoint)
     uniqueness.require_endpoint_free(application.endpoint, application_id=application.id, by=by)
     node = Node(

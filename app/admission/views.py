@@ -177,7 +177,7 @@ def _application_page(application, status: int = 200, *, reject_form: RejectForm
         if current_node and application.kind == "change" and application.status == "pending" else None
     return render_template(
         "admission/application_detail.html", application=application, csr_info=csr_info, csr_error=csr_error,
-        division_path=divisions.path(division), serving=nodes.serving(application.division_code),
+        division=division, division_path=divisions.path(division), serving=nodes.serving(application.division_code),
         current_node=current_node, changes=changes, reject_form=reject_form or RejectForm(formdata=None),
         confirm_form=ConfirmForm()), status
 
