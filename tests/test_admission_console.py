@@ -31,6 +31,22 @@ def test_token_page_shows_a_new_token_once(app, make_user):
     assert db.session.scalar(db.select(db.func.count()).select_from(EnrollmentToken)) == 1
 
 
+def test_a_division_code_pasted_with_blanks_around_it_is_taken(app, make_user):
+    """WTForms' Length(max=6) ran before the view's strip(): " 360000 " was refused as longer than 6 characters,
+    on the token form and on the application form."""
+    make_user("jx-admin", "provincial_admin", ("360000",))
+    console = Console(app.test_client())
+    console.login("jx-admin")
+    posted = console.post_form("/tokens/", {"division_code": " 360000 ", "ttl": "7d"})
+    assert re.search(r'id="issued-token">mpet_', posted.get_data(as_text=True))
+    assert db.session.scalar(db.select(EnrollmentToken.division_code)) == "360000"
+    from tests.factories import application_form, make_csr
+
+    form = application_form("\t360000 ", csr=make_csr())
+    answer = console.post_form("/applications/new", form)
+    assert answer.status_code == 302, answer.get_data(as_text=True)[:2000]
+
+
 def test_token_outside_scope_is_refused_in_the_form(app, make_user):
     make_user("jx-admin", "provincial_admin", ("360000",))
     console = Console(app.test_client())

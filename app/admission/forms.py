@@ -35,15 +35,22 @@ class CSRInput:
         return self.csr.data or None
 
 
+def without_blanks(value):
+    """A pasted code's blanks go before the fields' Length(max=6) runs: " 360000 " was refused as too long."""
+    return value.strip() if isinstance(value, str) else value
+
+
 class TokenForm(ConsoleForm):
-    division_code = StringField(_l("Division code"), validators=[DataRequired(), Length(max=6)])
+    division_code = StringField(_l("Division code"), validators=[DataRequired(), Length(max=6)],
+                                filters=[without_blanks])
     ttl = SelectField(_l("Valid for"), choices=[("1d", _l("1 day")), ("7d", _l("7 days")), ("30d", _l("30 days"))],
                       default="7d")
     note = StringField(_l("Note"), validators=[Length(max=200)])
 
 
 class ApplicationForm(CSRInput, ConsoleForm):
-    division_code = StringField(_l("Division code"), validators=[DataRequired(), Length(max=6)])
+    division_code = StringField(_l("Division code"), validators=[DataRequired(), Length(max=6)],
+                                filters=[without_blanks])
     org_name = StringField(_l("Organisation"), validators=[DataRequired(), Length(max=100)])
     system_name = StringField(_l("System name"), validators=[DataRequired(), Length(max=100)])
     vendor = StringField(_l("Vendor"), validators=[DataRequired(), Length(max=100)])
