@@ -509,6 +509,19 @@ def test_malformed_usernames_are_refused(app, username):
     assert db.session.scalars(select(User).where(User.username == username)).first() is None
 
 
+def test_scope_codes_typed_with_chinese_punctuation_or_blanks_between_are_taken(admin_console):
+    """A zh-CN typist's "360000，440000" (full-width comma) or "360000、440000" was refused as an unknown code, the
+    whole text taken as one."""
+    for username, typed in (("pa-1", "360000，440000"), ("pa-2", "360000、 440000"), ("pa-3", "360000 440000")):
+        response = admin_console.post_form("/users/new", {"username": username, "role": "provincial_admin",
+                                                          "scopes": typed, "password": "Correct-Horse-Battery-9"})
+        assert response.status_code == 302, typed
+        assert service.get_user(username).scopes == ["360000", "440000"], typed
+    response = admin_console.post_form("/users/pa-1", {"role": "provincial_admin", "scopes": "360000；360100",
+                                                       "active": "y"})
+    assert response.status_code == 302 and service.get_user("pa-1").scopes == ["360000", "360100"]
+
+
 def test_provincial_admin_needs_a_valid_current_scope(app):
     for scopes, code in [((), "scope_required"), (("999999",), "unknown_division_code"),
                          (("36000",), "invalid_division_code")]:
