@@ -38,8 +38,24 @@ def one_line(value: str) -> str:
     feed and carriage return as `\\t`, `\\n`, `\\r`, any other control, Bidi_Control, line or paragraph
     separator or lone surrogate as `\\uXXXX`, and a backslash doubled so that an escape is never taken for
     one typed as text."""
-    return "".join(ESCAPES.get(ch) or (f"\\u{ord(ch):04x}" if ch in LINE_SEPARATORS or misleading(ch) else ch)
-                   for ch in value)
+    return "".join(map(_escaped, value))
+
+
+def _escaped(ch: str) -> str:
+    return ESCAPES.get(ch) or (f"\\u{ord(ch):04x}" if ch in LINE_SEPARATORS or misleading(ch) else ch)
+
+
+def bounded_line(value: str, limit: int) -> str:
+    """`value` as `one_line` writes it, cut after `limit` characters of that (never inside an escape) and the
+    rest counted: for a peer's text, which no rule bounds, on the operator's terminal, in a log or a stored row."""
+    shown, length = [], 0
+    for index, ch in enumerate(value):
+        piece = _escaped(ch)
+        if length + len(piece) > limit:
+            return "".join(shown) + f"… ({len(value) - index} more characters)"
+        shown.append(piece)
+        length += len(piece)
+    return "".join(shown)
 
 
 def shown_controls(value: str | None) -> str:

@@ -215,3 +215,27 @@ def test_an_answer_length_in_superscript_digits_is_no_length_and_no_crash(networ
     message = a.node.send_text("zhangsan", b.user("lisi"), "上标")
     assert a.node.outbox()[0].state == "delivered"
     assert b.node.history("lisi", message.conversation_id)[0]["message"].document["content"]["text"] == "上标"
+
+
+HOSTILE_MESSAGE = "\x1b]0;pwned\x07\x1b[2J\x1b[31mgone\u202e" + "x" * 3000
+
+
+def test_a_peers_error_text_is_escaped_and_bounded_and_a_code_that_is_no_snake_case_code_is_not_taken():
+    """A peer's refusal reached the operator's terminal raw: escape sequences cleared the screen and printed a
+    fake success, and 3,000 characters were echoed whole. Its code was taken as given ("not_found\\x1b[2J")."""
+    body = json.dumps({"error": {"code": "not_found\x1b[2J", "message": HOSTILE_MESSAGE}}).encode()
+    assert Node._error_code(body) is None
+    refusal = Node._peer_error(SimpleNamespace(body=body, status=404))
+    assert refusal.code == "peer_error" and refusal.status == 404
+    assert "not_found\\u001b[2J" in refusal.message  # the code given, shown escaped
+    assert "\\u001b]0;pwned\\u0007\\u001b[2J\\u001b[31mgone\\u202e" in refusal.message
+    assert not any(ch in refusal.message for ch in "\x1b\x07\u202e") and len(refusal.message) < 400
+    assert "more characters" in refusal.message
+
+    body = json.dumps({"error": {"code": "not_found", "message": "a\\b\n\u2028c"}}).encode()
+    refusal = Node._peer_error(SimpleNamespace(body=body, status=404))
+    assert (refusal.code, refusal.message) == ("not_found", "peer: a\\\\b\\n\\u2028c")
+    for code in ("NotFound", "x" * 65, "not-found", "_x", 7, None):
+        body = json.dumps({"error": {"code": code, "message": "m"}}).encode()
+        assert Node._error_code(body) is None, code
+        assert Node._peer_error(SimpleNamespace(body=body, status=400)).code == "peer_error", code

@@ -9,6 +9,7 @@ import pytest
 
 from app.appnode import protocol, validation
 from app.appnode.config import CAPABILITIES
+from app.appnode.messages import Reply
 from app.appnode.protocol import NotFound
 from app.appnode.web import create_node_app
 from tests.appnode_harness import raw_post
@@ -16,6 +17,7 @@ from tests.factories import not_strict_bodies
 from tests.test_appnode import (  # noqa: F401 (fixture)
     ADTS,
     GIF,
+    PDF,
     history,
     network,
     settle,
@@ -198,3 +200,46 @@ def test_the_cli_reports_a_sticker_sent_as_text_and_the_member_nodes_a_message_m
     assert [row.state for row in b.node.outbox()] == []  # nothing B had to do; B got the voice from home A
     settle(a, b, c)
     assert history(b, "lisi", f"g:{group.address}")[-1]["msg_type"] == "voice"
+
+
+def hostile_refusal(code: str = "not_found") -> Reply:
+    return Reply(status=404, document={"error": {"code": code, "message": "\x1b[2J\x1b[H\x1b[32mdownload complete: "
+                                                 "r.pdf 3016 bytes\x1b[8m\x1b]0;title\x07\u202e" + "x" * 3000}})
+
+
+def assert_readable(text: str) -> None:
+    assert not any(ch in text for ch in "\x1b\x07\u202e") and "\\u001b[2J" in text and len(text) < 600, text
+
+
+def test_a_peers_refusal_reaches_the_terminal_and_json_escaped_and_bounded(network, monkeypatch):  # noqa: F811
+    """A hostile origin's 404 cleared the operator's screen and printed a fake success in green; a peer refusing a
+    message could do the same to the sender's terminal."""
+    a, b = network["a"], network["b"]
+    message = a.node.send_file("zhangsan", b.user("lisi"), PDF, "file", file_name="r.pdf")
+    monkeypatch.setattr(a.node, "_serve_download", lambda envelope: hostile_refusal("not_found\x1b[2J"))
+    done = node_cli(b, "download", "--as", "lisi", message.message_id)
+    assert done.returncode == 2 and done.stderr.startswith("error (peer_error): peer: ")
+    assert_readable(done.stderr)
+    assert "not_found\\u001b[2J" in done.stderr
+    done = node_cli(b, "--json", "download", "--as", "lisi", message.message_id)
+    error = json.loads(done.stderr)["error"]
+    assert done.returncode == 2 and error["code"] == "peer_error"
+    assert_readable(error["message"])
+
+    monkeypatch.setattr(b.node, "receive", lambda *args: hostile_refusal())
+    for args in ((), ("--json",)):
+        done = node_cli(a, *args, "send", "--as", "zhangsan", b.user("lisi"), "在吗")
+        assert done.returncode == 2 and "not_found" in done.stderr
+        assert_readable(done.stderr if not args else json.loads(done.stderr)["error"]["message"])
+
+
+def test_a_peers_refusal_of_a_group_message_is_reported_escaped_and_bounded(network, monkeypatch):  # noqa: F811
+    a, b = network["a"], network["b"]
+    group = a.node.create_group("zhangsan", "专班", [b.user("lisi")])
+    settle(a, b)
+    monkeypatch.setattr(b.node, "receive", lambda *args: hostile_refusal())
+    done = node_cli(a, "send", "--as", "zhangsan", group.address, "在吗")
+    assert done.returncode == 3 and f"not delivered to node {b.id}: " in done.stderr
+    assert_readable(done.stderr)
+    (row,) = [row for row in a.node.outbox() if row.state == "failed"]
+    assert_readable(row.last_error)

@@ -42,6 +42,7 @@ from app.appnode.store import (
 )
 from app.appnode.transport import PeerCertificateMismatch, PeerClosedHandshake, PeerUnreachable
 from app.errors import DomainError
+from app.readable import bounded_line
 
 log = logging.getLogger("mpim.appnode")
 
@@ -55,6 +56,10 @@ DELIVERY_PARALLELISM = 4
 # A row refused as past the peer's limit is sent again at once this many times in one `deliver` at most; then it
 # waits for the peer's Retry-After as any 503 does, so that a peer refusing everything cannot spin the loop.
 IMMEDIATE_RETRIES = 3
+# A peer's refusal is its text, bounded by no rule: what of it reaches a terminal, a log or `last_error` is escaped
+# (`bounded_line`) and this long; its code is taken only when it is one (§5.3 codes are snake_case).
+PEER_TEXT_SHOWN = 200
+PEER_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 _OUTBOX = Outbox.__table__
 
@@ -218,7 +223,8 @@ class OutboxMixin:
                     row.attempts += 1
                     row.state, row.finished_at, row.last_error = "delivered", now, None
                     return "delivered"
-                error = f"HTTP {response.status}: {response.body[:200].decode('utf-8', 'replace')}"
+                error = (f"HTTP {response.status}: "
+                         f"{bounded_line(response.body[:PEER_TEXT_SHOWN].decode('utf-8', 'replace'), PEER_TEXT_SHOWN)}")
                 code = self._error_code(response.body)
                 if code == "too_many_connections" and self._past_limit(row):
                     return "again"
@@ -256,19 +262,28 @@ class OutboxMixin:
 
     @staticmethod
     def _error_code(body: bytes) -> str | None:
+        """The code of a peer's error answer, None when it has none or one that is no snake_case code."""
         try:
-            return strict_json.parse(body)["error"]["code"]
+            code = strict_json.parse(body)["error"]["code"]
         except (strict_json.NotStrictJSON, KeyError, TypeError):
             return None
+        return code if isinstance(code, str) and PEER_CODE.fullmatch(code) else None
 
     @staticmethod
     def _peer_error(response) -> DomainError:
+        """A peer's refusal as this node reports it: its message escaped and bounded (`bounded_line`), its code
+        taken when it is one, else `peer_error` with the code given shown escaped."""
         try:
             error = strict_json.parse(response.body)["error"]
-            cls = protocol.ERRORS.get(error["code"], DomainError)
-            return cls(f"peer: {error['message']}", code=error["code"], status=response.status)
+            given, message = error["code"], error["message"]
         except (strict_json.NotStrictJSON, KeyError, TypeError):
             return DomainError(f"peer answered HTTP {response.status}", status=502, code="peer_error")
+        text = f"peer: {bounded_line(message if isinstance(message, str) else json.dumps(message), PEER_TEXT_SHOWN)}"
+        if not (isinstance(given, str) and PEER_CODE.fullmatch(given)):
+            shown = bounded_line(given if isinstance(given, str) else json.dumps(given), 64)
+            return DomainError(f"{text} (its code {shown} is no error code)", code="peer_error",
+                               status=response.status)
+        return protocol.ERRORS.get(given, DomainError)(text, code=given, status=response.status)
 
     def retry_now(self) -> int:
         """Operator's nudge: every pending envelope is due now (e.g. after a peer came back)."""
