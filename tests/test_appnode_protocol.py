@@ -170,12 +170,27 @@ BAD = [
     ("group_op", lambda d: d["group_info"].update(name="\u3000\u3000"), "$.group_info.name"),
     ("sender", lambda d: d.update(user_name="  "), "$.user_name"),
     ("sender", lambda d: d.update(org_name=" \u00a0"), "$.org_name"),
+    # so is a file name, or the part of it before its extension, and a sticker's alt text: "\u200b\u200b.png"
+    # shows as ".png"
+    ("file", lambda d: d.update(file_name="\u200b\u200b.png"), "$.file_name"),
+    ("file", lambda d: d.update(file_name=" .pdf"), "$.file_name"),
+    ("file", lambda d: d.update(file_name="\u3000"), "$.file_name"),
+    ("image", lambda d: d.update(file_name="\ufeff.jpg"), "$.file_name"),
+    ("sticker", lambda d: d.update(alt_text="\u200b"), "$.alt_text"),
+    ("sticker", lambda d: d.update(alt_text=" \u3000"), "$.alt_text"),
 ]
 
 
 @pytest.mark.parametrize(("kind", "change", "path"), BAD, ids=[f"{k}-{p}" for k, _, p in BAD])
 def test_schema_refuses_bad_document_naming_the_path(kind, change, path):
     refused(kind, mutated(kind, change), path)
+
+
+@pytest.mark.parametrize("name", ["报告.pdf", ".bashrc", "a.", "...", "x.tar.gz", "a\u200bb.pdf", "现场 照片.jpg",
+                                  "\u200ba.png", "a.\u200b"])
+def test_a_file_name_with_something_to_read_before_its_extension_or_none_is_taken(name):
+    document = mutated("file", lambda d: d.update(file_name=name))
+    assert validation.fast_validator("file").is_valid(document) and validation.validator("file").is_valid(document)
 
 
 def test_every_shape_has_a_refusal_case():
