@@ -523,3 +523,20 @@ def test_size_limit():
     assert (caught.value.code, caught.value.status) == ("payload_too_large", 413)
     with pytest.raises(ValueError):
         check_size(-1, 10)
+
+
+@pytest.mark.parametrize(("kind", "field", "value", "reason"), [
+    ("file", "file_name", "a\\b.pdf", '"a\\\\b.pdf" holds a backslash (U+005C), which a file name may not hold'),
+    ("file", "file_name", "a/b.pdf", '"a/b.pdf" holds a slash (U+002F), which a file name may not hold'),
+    ("file", "file_name", "a\nb.pdf", '"a\\nb.pdf" holds a control character (U+000A), which a file name may not hold'),
+    ("file", "file_name", "a\u202egnp.pdf",
+     '"a\\u202egnp.pdf" holds a bidi control (U+202E), which a file name may not hold'),
+    ("file", "file_name", "..", '".." names a directory, not a file'),
+    ("file", "file_name", "\u200b.png", '"\\u200b.png" has nothing to read before its extension'),
+    ("sender", "user_name", "\u3000", '"\\u3000" has nothing to read: only spaces or invisible characters'),
+    ("sticker", "alt_text", "[\u202d赞]", '"[\\u202d赞]" holds a bidi control (U+202D), which a name may not hold'),
+])
+def test_a_name_refused_by_its_pattern_is_said_in_words_naming_the_character(kind, field, value, reason):
+    """A file name with a backslash was refused with its pattern: "'a\\\\b.pdf' does not match '^(?!\\\\.{1,2}$)..."."""
+    error = refused(kind, mutated(kind, lambda d: d.update({field: value})), f"$.{field}")
+    assert str(error) == f"$.{field}: {reason}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from functools import cache
 from pathlib import Path
 
@@ -19,12 +20,15 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from app.errors import ValidationFailed
+from app.readable import BIDI_CONTROLS, bounded_line, misleading
 
 SCHEMA_DIR = Path(__file__).with_name("schemas")
 SCHEMA_BASE = "https://schemas.mpim.invalid/appnode/v1/"
 KINDS = ("envelope", "sender", "text", "image", "voice", "file", "message", "download", "group_op", "read_state",
          "sticker", "presence", "ephemeral", "ack", "error", "health")
 MESSAGE_LIMIT = 160  # characters of a validator's message kept in the refusal
+INVISIBLE = ("Zs", "Zl", "Zp", "Cf")  # Unicode categories of blanks and format characters, zero-width ones among them
+NAME_SHOWN = 60  # characters of a refused name the refusal shows (escaped)
 
 
 # One of the error codes of docs/protocol.md §5.3 (`protocol.ERRORS`).
@@ -116,12 +120,53 @@ def validate(kind: str, document) -> None:
     error = best_match(validator(kind).iter_errors(document))
     if error is not None:
         path = _failing_path(error)
-        message = "not allowed here" if error.validator == "not" and error.validator_value == {} else error.message
+        if error.validator == "not" and error.validator_value == {}:
+            message = "not allowed here"
+        else:
+            message = _unreadable(error) or error.message
         if len(message) > MESSAGE_LIMIT:
             message = message[:MESSAGE_LIMIT] + "..."
         raise SchemaViolation(f"{path}: {message}", field=path[1:].lstrip(".") or None)
     # The two validators disagree only by a bug of one of them; the document is refused either way.
     raise SchemaViolation(f"$: not a valid {kind}")
+
+
+@cache
+def _label_patterns() -> dict[str, str]:
+    """The patterns of texts people read as labels (§8), by what a refusal calls such a text."""
+    names = schema("common")["$defs"]
+    return {names["name"]["pattern"]: "a name", names["long_name"]["pattern"]: "a name",
+            names["file_name"]["pattern"]: "a file name"}
+
+
+def _unreadable(error: ValidationError) -> str | None:
+    """Why a label (§8) was refused by its pattern, in words naming the character (its pattern, a line of
+    character ranges, told nobody which one); None for any other failure."""
+    what = _label_patterns().get(error.validator_value) if error.validator == "pattern" else None
+    if what is None or not isinstance(error.instance, str):
+        return None
+    value = error.instance
+    # Blanks other than a space and invisible characters escaped too: a refusal for them showed them as nothing.
+    shown = "".join(f"\\u{ord(ch):04x}" if ch != " " and unicodedata.category(ch) in INVISIBLE else ch
+                    for ch in bounded_line(value, NAME_SHOWN))
+    shown = f'"{shown}"'
+    for ch in value:
+        if ch == "/" and what == "a file name":
+            kind = "a slash"
+        elif ch == "\\" and what == "a file name":
+            kind = "a backslash"
+        elif ch in BIDI_CONTROLS:
+            kind = "a bidi control"
+        elif misleading(ch):
+            kind = "a control character"
+        else:
+            continue
+        return f"{shown} holds {kind} (U+{ord(ch):04X}), which {what} may not hold"
+    if what == "a file name" and value in (".", ".."):
+        return f"{shown} names a directory, not a file"
+    if what == "a file name" and value.rpartition(".")[0]:
+        return f"{shown} has nothing to read before its extension"
+    return f"{shown} has nothing to read: only spaces or invisible characters"
 
 
 def _failing_path(error: ValidationError) -> str:
