@@ -626,3 +626,20 @@ def test_send_file_refuses_a_voice_type_other_than_aac_instead_of_ignoring_it(ne
     rows = a.node.history("zhangsan", a.node.conversations("zhangsan")[0]["conversation_id"])
     assert {r["message"].message_id for r in rows} == sent
     assert {r["message"].document["content"]["format"] for r in rows} == {"AAC"}
+
+
+def test_send_file_name_announces_another_name_and_a_name_refused_is_said_in_words(network, tmp_path):  # noqa: F811
+    """A file whose own name a message may not carry (a backslash, a line break) could be sent only renamed on
+    disk, and its refusal was a regex dump."""
+    a, b = network["a"], network["b"]
+    path = tmp_path / "a\\b.pdf"
+    path.write_bytes(PDF)
+    code, document = refusal(a.dir, "send-file", "--as", "zhangsan", b.user("lisi"), str(path))
+    assert (code, document["error"]["message"]) == (2, '$.content.file_name: "a\\\\b.pdf" holds a backslash '
+                                                       "(U+005C), which a file name may not hold")
+    sent = json.loads(node_cli(a, "--json", "send-file", "--as", "zhangsan", "--name", "协查通报.pdf",
+                               b.user("lisi"), str(path)))
+    (received,) = b.node.history("lisi", a.node.conversations("zhangsan")[0]["conversation_id"])
+    assert received["message"].message_id == sent["message_id"]
+    assert received["message"].document["content"]["file_name"] == "协查通报.pdf"
+    assert received["message"].document["content"]["mime_type"] == "application/pdf"  # guessed from --name

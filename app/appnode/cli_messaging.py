@@ -61,16 +61,20 @@ def report_sent(ctx: Context, message, document: dict) -> None:
 @click.option("--package", help="Sticker: package id.")
 @click.option("--sticker", help="Sticker: sticker id.")
 @click.option("--alt", help="Sticker: alt text such as [点赞].")
+@click.option("--name", help="The file name the message announces (default: PATH's own), e.g. for a file whose "
+                             "own name a message may not carry.")
 @pass_ctx
-def send_file(ctx: Context, user, to, path: Path, kind, declared, duration_ms, package, sticker, alt):
+def send_file(ctx: Context, user, to, path: Path, kind, declared, duration_ms, package, sticker, alt, name):
     """Send an image, voice clip, file or sticker; its bytes are checked and stay here until downloaded."""
     if kind == "voice" and duration_ms is None:
         raise click.UsageError("a voice message needs --duration-ms")
     if kind == "sticker" and not (package and sticker and alt):
         raise click.UsageError("a sticker needs --package, --sticker and --alt")
+    if name == "":
+        raise click.UsageError("--name needs a name")
     extra = {"package_id": package, "sticker_id": sticker, "alt_text": alt} if kind == "sticker" else None
     data = ctx.node.read_file_to_send(path, kind)
-    message = ctx.node.send_file(user, to, data, kind, file_name=path.name, declared=declared,
+    message = ctx.node.send_file(user, to, data, kind, file_name=path.name if name is None else name, declared=declared,
                                  duration_ms=duration_ms, sticker=extra)
     # No file_id when a sticker went as its alt text to a node without stickers (§6): say so.
     file_id = message.document["content"].get("file_id")
