@@ -643,3 +643,17 @@ def test_send_file_name_announces_another_name_and_a_name_refused_is_said_in_wor
     assert received["message"].message_id == sent["message_id"]
     assert received["message"].document["content"]["file_name"] == "协查通报.pdf"
     assert received["message"].document["content"]["mime_type"] == "application/pdf"  # guessed from --name
+
+
+def test_send_file_names_the_format_of_an_image_it_refuses(network, tmp_path):  # noqa: F811
+    a, b = network["a"], network["b"]
+    (tmp_path / "x.bmp").write_bytes(b"BM" + b"\0" * 100)
+    (tmp_path / "x.pdf").write_bytes(PDF)
+    assert refusal(a.dir, "send-file", "--as", "zhangsan", "--kind", "image", b.user("lisi"),
+                   str(tmp_path / "x.bmp"))[1]["error"]["message"] == "an image is JPG, PNG or GIF, not an " \
+                                                                      "unrecognised format"
+    assert refusal(a.dir, "send-file", "--as", "zhangsan", "--kind", "image", b.user("lisi"),
+                   str(tmp_path / "x.pdf"))[1]["error"]["message"] == "an image is JPG, PNG or GIF, not PDF"
+    assert refusal(a.dir, "send-file", "--as", "zhangsan", "--kind", "sticker", "--package", "p", "--sticker", "s",
+                   "--alt", "[好的]", b.user("lisi"), str(tmp_path / "x.bmp"))[1]["error"]["message"] == \
+        "a sticker is GIF or PNG, not an unrecognised format"

@@ -270,7 +270,7 @@ class SendingMixin:
         now = utcnow()
         if kind == "image":
             if declared not in ("JPG", "PNG", "GIF"):
-                raise UnsupportedMediaType(f"an image is JPG, PNG or GIF, not {declared}")
+                raise UnsupportedMediaType(f"an image is JPG, PNG or GIF, not {declared or 'an unrecognised format'}")
             width, height = image_size(data, declared)
             content = {"file_id": file_id, "format": declared, "size": len(data), "width": width, "height": height,
                        "sha256": digest}
@@ -285,7 +285,7 @@ class SendingMixin:
                        "expire_at": protocol.format_timestamp(now + FILE_RETENTION).replace(".000Z", "Z")}
         else:
             if declared not in ("GIF", "PNG"):
-                raise UnsupportedMediaType(f"a sticker is GIF or PNG, not {declared}")
+                raise UnsupportedMediaType(f"a sticker is GIF or PNG, not {declared or 'an unrecognised format'}")
             content = {**(sticker or {}), "file_id": file_id, "format": declared, "size": len(data),
                        "sha256": digest}
         # Kept first, so a peer that takes the message can download at once. A DomainError from send means no
