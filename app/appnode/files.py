@@ -86,8 +86,14 @@ class FilesMixin:
             if utcnow() > kept_until:
                 raise protocol.FileExpired("the file is no longer kept")
         path = self.data_dir / stored.path
-        size = path.stat().st_size
-        headers = {"Content-Type": media_type(message.msg_type, message.document["content"], _head(path))}
+        try:
+            size = path.stat().st_size
+            head = _head(path)
+        except FileNotFoundError:
+            # Its row is kept but its bytes are not (removed by hand, a restore without its files): no retry brings
+            # them back, so the refusal is final, where a traceback answered 500 and the caller retried.
+            raise protocol.FileGone("the file's bytes are no longer kept here", field="payload.file_id") from None
+        headers = {"Content-Type": media_type(message.msg_type, message.document["content"], head)}
         status, offset, end = 200, 0, size
         wanted = request.get("range")
         if wanted is not None:
@@ -123,10 +129,15 @@ class FilesMixin:
                     raise UnsupportedMediaType(f"node {message.origin_node} named file {content['file_id']} for "
                                                "other bytes already; this message's file is refused")
                 # Kept, unless gone from the data directory (removed by hand, or a restore without its files):
-                # then fetched again from its origin and checked again. This node's own file has no other source,
-                # and something else in its place is not ours to replace: the copy names it (`cannot_read`).
-                if message.origin_node == me or os.path.lexists(self.file_path(stored)):
+                # then fetched again from its origin and checked again. Something else in its place is not ours
+                # to replace: the copy names it (`cannot_read`). This node's own file has no other source: gone,
+                # it is refused naming the path, where `download` printed that path as the file's.
+                if os.path.lexists(self.file_path(stored)):
                     return stored
+                if message.origin_node == me:
+                    raise CannotRead(f"cannot read {self.file_path(stored)}, this node's copy of file "
+                                     f"{stored.file_id}: it is gone from the data directory, and this node, the "
+                                     "file's origin, has no other copy")
         origin = message.origin_node
         entry = self.peer_entry(origin, self._pull_for_recipient(origin))
         if "download" not in entry["capabilities"]:

@@ -66,6 +66,12 @@ class FileExpired(DomainError):
     code, status = "file_expired", 410
 
 
+class FileGone(DomainError):
+    """§7.2: the origin keeps the file's message, but its bytes are no longer in its data directory (removed by
+    hand, a restore without its files): final, as `file_expired` is, where it was the origin's 500 to retry."""
+    code, status = "file_gone", 410
+
+
 class PayloadTooLarge(DomainError):
     code, status = "payload_too_large", 413
 
@@ -105,7 +111,7 @@ class TooManyConnections(DomainError):
 
 ERRORS: dict[str, type[DomainError]] = {cls.code: cls for cls in (
     InvalidJSON, StaleTimestamp, WrongRecipient, UnknownPeer, CertificateMismatch, SenderMismatch, NotAParticipant,
-    QuotaExceeded, PermissionDenied, NotFound, MethodNotAllowed, Conflict, FileExpired, PayloadTooLarge,
+    QuotaExceeded, PermissionDenied, NotFound, MethodNotAllowed, Conflict, FileExpired, FileGone, PayloadTooLarge,
     UnsupportedMediaType, RangeNotSatisfiable, SchemaViolation, UnsupportedCapability, RateLimited, InternalError,
     Unavailable, TooManyConnections)}
 
