@@ -3,13 +3,22 @@ files a download leaves when its process is ended, and sending a file a chunk at
 
 from __future__ import annotations
 
+import dataclasses
+import signal
+import subprocess
+import threading
+
 import pytest
 
+from app.appnode import part_files
 from app.appnode.protocol import FileGone
 from app.appnode.registry import CannotRead
+from tests.appnode_processes import PYTHON, ROOT, eventually
 from tests.test_appnode import PDF, network  # noqa: F401 (fixture)
 from tests.test_appnode_cli import refusal
 from tests.test_sessions import people  # noqa: F401 (fixture)
+
+BIG_PDF = b"%PDF-1.7\n" + b"0" * (512 * 1024) + b"\n%%EOF\n"  # several chunks: a download can stall part way
 
 
 def test_a_file_gone_from_its_origin_is_refused_for_good_not_as_the_origin_s_fault(network):  # noqa: F811
@@ -28,3 +37,87 @@ def test_a_file_gone_from_its_origin_is_refused_for_good_not_as_the_origin_s_fau
         a.node.download("zhangsan", message.message_id)
     code, document = refusal(a.dir, "download", "--as", "zhangsan", message.message_id)
     assert code == 2 and document["error"]["code"] == "cannot_read" and str(own) in document["error"]["message"]
+
+
+@pytest.fixture
+def stalling(network, monkeypatch):  # noqa: F811
+    """Node A serves the first chunk of every download, then nothing until the test ends: a download in progress
+    for as long as the test needs one."""
+    a = network["a"]
+    serve, release = a.node._serve_download, threading.Event()
+
+    def first_chunk_only(envelope):
+        reply = serve(envelope)
+
+        def body():
+            chunks = iter(reply.body)
+            yield next(chunks)
+            release.wait(120)
+            yield from chunks
+        return dataclasses.replace(reply, body=body())
+
+    monkeypatch.setattr(a.node, "_serve_download", first_chunk_only)
+    yield network
+    release.set()
+
+
+def parts(served, origin) -> list[str]:
+    directory = served.dir / "files" / origin.id
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith(".")) if directory.exists() else []
+
+
+def stalled_download(b, message_id: str, a) -> subprocess.Popen:
+    """`download` run as an operator runs it, once its part file holds the first chunk."""
+    before = parts(b, a)
+    process = subprocess.Popen([PYTHON, "-m", "app.appnode", "--data", str(b.dir), "download", "--as", "lisi",
+                                message_id], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    eventually(lambda: any((b.dir / "files" / a.id / name).stat().st_size
+                           for name in parts(b, a) if name not in before), what="the part file's first chunk")
+    return process
+
+
+@pytest.mark.parametrize("ending", [signal.SIGTERM, signal.SIGHUP])
+def test_a_download_ended_by_sigterm_or_sighup_leaves_no_part_file(stalling, ending):
+    """SIGINT removed the part file (KeyboardInterrupt), but SIGTERM (a service stopping, `kill`) and SIGHUP (the
+    terminal closed) ended the process where it was, leaving up to 1 GiB hidden in files/<origin>/ for ever."""
+    a, b = stalling["a"], stalling["b"]
+    message = a.node.send_file("zhangsan", b.user("lisi"), BIG_PDF, "file", file_name="协查通报.pdf")
+    process = stalled_download(b, message.message_id, a)
+    process.send_signal(ending)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + ending, stderr
+    assert parts(b, a) == []
+
+
+def test_part_files_of_killed_downloads_are_swept_and_one_in_use_is_not(stalling, monkeypatch):
+    """SIGKILL (the OOM killer, a power cut) leaves its part file: the next download into the directory removed
+    none of them. Those no live download holds are swept; the part of a download still running stays."""
+    a, b = stalling["a"], stalling["b"]
+    first = a.node.send_file("zhangsan", b.user("lisi"), BIG_PDF, "file", file_name="一.pdf")
+    killed = stalled_download(b, first.message_id, a)
+    killed.kill()
+    killed.communicate(timeout=60)
+    abandoned = parts(b, a)
+    assert len(abandoned) == 1
+    running = stalled_download(b, first.message_id, a)
+    in_use = [name for name in parts(b, a) if name not in abandoned]
+    try:
+        monkeypatch.undo()  # A serves whole files again
+        second = a.node.send_file("zhangsan", b.user("lisi"), PDF, "file", file_name="二.pdf")
+        b.node.download("lisi", second.message_id)
+        assert parts(b, a) == in_use
+    finally:
+        running.send_signal(signal.SIGTERM)
+        running.communicate(timeout=60)
+    assert parts(b, a) == []
+
+
+def test_a_node_starting_sweeps_part_files_no_process_holds_in_every_origin_s_directory(network):  # noqa: F811
+    """`run` sweeps at start (NodeServer.load): the part files of origins no download comes from again."""
+    a, b = network["a"], network["b"]
+    abandoned = b.dir / "files" / a.id / ".f-0123456789abcdef01234567.abcd1234"
+    abandoned.parent.mkdir(parents=True)
+    abandoned.write_bytes(b"%PDF-1.7\n")
+    with part_files.part_file(b.dir / "files" / "44000000002025000009", "f-00000000000000000000000f") as (held, _):
+        assert b.node.sweep_part_files() == [abandoned.name]
+        assert held.exists() and not abandoned.exists()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -65,6 +66,24 @@ def writing(path: Path):
         if error.filename is not None and Path(os.fsdecode(error.filename)).parent != path.parent:
             raise  # another file (the node's own): no fault of the path given
         raise CannotWrite(f"cannot write {path}: {error.strerror or error}") from None
+
+
+@contextmanager
+def ended_cleanly():
+    """SIGTERM (a service stopping, `kill`) and SIGHUP (the terminal closed) end a command that writes part files
+    (`download`, `send-file`) as SIGINT does, by an exception, so that what it was writing is removed on the way
+    out, where the process ended at once and left up to 1 GiB behind. It exits 128 + the signal's number, as one
+    the signal ended would. A signal ignored (`nohup`) stays ignored. Used as a decorator too."""
+    def end(number, _frame):
+        raise SystemExit(128 + number)
+
+    previous = {number: signal.signal(number, end) for number in (signal.SIGTERM, signal.SIGHUP)
+                if signal.getsignal(number) is signal.SIG_DFL}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 class PutOff(DomainError):

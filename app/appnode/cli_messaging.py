@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from app.appnode.cli_context import Context, pass_ctx, writing
+from app.appnode.cli_context import Context, ended_cleanly, pass_ctx, writing
 from app.appnode.cli_lines import (
     conversation_line,
     download_line,
@@ -64,6 +64,7 @@ def report_sent(ctx: Context, message, document: dict) -> None:
 @click.option("--name", help="The file name the message announces (default: PATH's own), e.g. for a file whose "
                              "own name a message may not carry.")
 @pass_ctx
+@ended_cleanly()
 def send_file(ctx: Context, user, to, path: Path, kind, declared, duration_ms, package, sticker, alt, name):
     """Send an image, voice clip, file or sticker; its bytes are checked and stay here until downloaded."""
     if kind == "voice" and duration_ms is None:
@@ -148,6 +149,7 @@ def presence(ctx: Context, user, status):
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Also copy the file here.")
 @click.option("--overwrite", is_flag=True, help="Write over a file already at --out.")
 @pass_ctx
+@ended_cleanly()
 def download(ctx: Context, user, message_id, out, overwrite):
     """Fetch a message's file from its origin node (A.10), checked by checksum and content. MESSAGE_ID is the
     message's id (the first column of `history`), not its file id."""

@@ -11,7 +11,6 @@ import json
 import os
 import secrets
 import stat
-import tempfile
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from app.appnode import filetypes, protocol
+from app.appnode import filetypes, part_files, protocol
 from app.appnode.messages import FILE_KINDS, PATHS, Reply, address, declared_type, media_type
 from app.appnode.protocol import (
     Conflict,
@@ -146,13 +145,12 @@ class FilesMixin:
                                           payload={"file_id": content["file_id"], "message_id": message_id})
         kind = message.msg_type
         limit = min(self.config.limit(kind), content["size"])  # the message said how big; not a byte more
-        # Into a temporary file beside where it will be kept, never into memory: files run to 1 GiB.
+        # Into a part file beside where it will be kept, never into memory: files run to 1 GiB. Those that
+        # downloads ended by SIGKILL or a crash left in the directory go first.
         directory = self.files_dir / origin
-        directory.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{content['file_id']}.")
-        part = Path(temporary)
-        try:
-            with os.fdopen(handle, "w+b") as stream:
+        part_files.sweep(directory)
+        with part_files.part_file(directory, content["file_id"]) as (part, handle):
+            with open(handle, "w+b", closefd=False) as stream:
                 try:
                     response = self.peers.post(entry["endpoint"], PATHS["download"], json.dumps(envelope).encode(),
                                                pin=entry["cert_sha256"], into=stream, limit=limit)
@@ -173,8 +171,13 @@ class FilesMixin:
             return self._keep_file(origin, content["file_id"], kind, declared, part, digest,
                                    content.get("file_name"),
                                    protocol.parse_timestamp(content["expire_at"]) if kind == "file" else None)
-        finally:
-            part.unlink(missing_ok=True)  # kept files were moved away; anything left here is discarded
+
+    def sweep_part_files(self) -> list[str]:
+        """When the node starts serving: the part files that downloads and sends ended by SIGKILL or a crash left
+        in any origin's directory, up to 1 GiB each, are removed (those a live process still writes stay: see
+        part_files); their names. A download sweeps its own directory too, before it starts."""
+        directories = [p for p in self.files_dir.iterdir() if p.is_dir()] if self.files_dir.is_dir() else []
+        return [name for directory in directories for name in part_files.sweep(directory)]
 
     def _file_id_hint(self, session: Session, user_id: str, given: str) -> str:
         """A file id where a message id belongs (a file message shows both): name the message that carried the

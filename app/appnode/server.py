@@ -189,6 +189,8 @@ class NodeServer(BaseApplication):
 
     def load(self):
         node = Node(self.data_dir)
+        if swept := node.sweep_part_files():
+            log.info("removed %d part files that ended downloads or sends left", len(swept))
         # New connections already get a context loaded from the files (gthread); a graceful reload (SIGHUP to
         # the gunicorn master) also ends the kept-alive ones still presenting the old certificate.
         node.certificate_changed.append(lambda: os.kill(os.getppid(), signal.SIGHUP))
