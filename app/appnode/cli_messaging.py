@@ -74,7 +74,7 @@ def send_file(ctx: Context, user, to, path: Path, kind, declared, duration_ms, p
     if name == "":
         raise click.UsageError("--name needs a name")
     extra = {"package_id": package, "sticker_id": sticker, "alt_text": alt} if kind == "sticker" else None
-    data = ctx.node.read_file_to_send(path, kind)
+    data = ctx.node.file_to_send(path, kind)
     message = ctx.node.send_file(user, to, data, kind, file_name=path.name if name is None else name, declared=declared,
                                  duration_ms=duration_ms, sticker=extra)
     # No file_id when a sticker went as its alt text to a node without stickers (§6): say so.

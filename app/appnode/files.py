@@ -30,7 +30,7 @@ from app.appnode.protocol import (
     UnsupportedMediaType,
     node_of,
 )
-from app.appnode.registry import CannotRead, write_atomic
+from app.appnode.registry import CannotRead
 from app.appnode.store import Message, StoredFile, utcnow
 from app.appnode.transport import CHUNK_BYTES, PeerAnswerTooLarge, PeerUnreachable
 
@@ -249,17 +249,13 @@ class FilesMixin:
     def file_bytes(self, stored: StoredFile) -> bytes:
         return self.file_path(stored).read_bytes()
 
-    def _keep_file(self, origin: str, file_id: str, kind: str, declared: str, data: bytes | Path, digest: str,
+    def _keep_file(self, origin: str, file_id: str, kind: str, declared: str, part: Path, digest: str,
                    file_name: str | None, expire_at: datetime | None) -> StoredFile:
-        """Store the bytes (`data`), or move a checked temporary file in the same directory into place."""
+        """Move a checked part file (part_files.part_file, in the same directory) into place, and record it."""
         path = self.files_dir / origin / file_id
-        if isinstance(data, Path):
-            size = data.stat().st_size
-            os.chmod(data, 0o600)
-            os.replace(data, path)
-        else:
-            size = len(data)
-            write_atomic(path, data, 0o600)
+        size = part.stat().st_size
+        os.chmod(part, 0o600)
+        os.replace(part, path)
         with self.db.begin() as session:
             row = session.get(StoredFile, (origin, file_id))
             if row is None:

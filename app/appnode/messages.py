@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from app.appnode import protocol
 from app.appnode.protocol import UnsupportedMediaType
@@ -48,8 +49,11 @@ def media_type(msg_type: str, content: dict, data: bytes) -> str:
     return {"JPG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif"}[content["format"]]
 
 
-def image_size(data: bytes, fmt: str) -> tuple[int, int]:
-    """Width and height from the header of a PNG, GIF or JPEG (the A.5 fields), or 415."""
+def image_size(data: bytes | Path, fmt: str) -> tuple[int, int]:
+    """Width and height from the header of a PNG, GIF or JPEG (the A.5 fields), or 415. A file is read whole:
+    a JPEG's size may come after its metadata, and images are at most 20 MiB."""
+    if isinstance(data, Path):
+        data = data.read_bytes()
     try:
         if fmt == "PNG" and data[12:16] == b"IHDR":
             return struct.unpack(">II", data[16:24])

@@ -13,11 +13,15 @@ shared, and swept while the directory is held exclusively, so a sweep never find
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from app.appnode import filetypes
+from app.appnode.transport import CHUNK_BYTES
 
 
 @contextmanager
@@ -78,3 +82,33 @@ def sweep(directory: Path) -> list[str]:
     except FileNotFoundError:
         return []
     return removed
+
+
+def _read(source: bytes | Path) -> Iterator[bytes | memoryview]:
+    if isinstance(source, Path):
+        with source.open("rb") as stream:
+            while chunk := stream.read(CHUNK_BYTES):
+                yield chunk
+    else:
+        view = memoryview(source)
+        for start in range(0, len(view), CHUNK_BYTES):
+            yield view[start:start + CHUNK_BYTES]
+
+
+def copy_into(source: bytes | Path, descriptor: int, limit: int) -> tuple[int, str, bytes]:
+    """`source` (bytes, or a file read a chunk at a time: files run to 1 GiB) written to the part file open on
+    `descriptor` and synced, hashed on the way: its size, SHA-256 and the head sniffing needs
+    (filetypes.SNIFF_BYTES). A file grown past `limit` since it was measured is refused there (413), not copied
+    whole."""
+    size, digest, head = 0, hashlib.sha256(), b""
+    with open(descriptor, "wb", closefd=False) as target:
+        for chunk in _read(source):
+            size += len(chunk)
+            filetypes.check_size(size, limit)
+            if len(head) < filetypes.SNIFF_BYTES:
+                head += bytes(chunk[:filetypes.SNIFF_BYTES - len(head)])
+            digest.update(chunk)
+            target.write(chunk)
+        target.flush()
+        os.fsync(target.fileno())
+    return size, digest.hexdigest(), head

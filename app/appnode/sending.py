@@ -6,7 +6,6 @@ File messages (A.5-A.7, A.14) are checked and kept here first, at their origin.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import mimetypes
 import secrets
@@ -18,7 +17,7 @@ from pathlib import Path
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from app.appnode import filetypes, outbox, protocol, validation
+from app.appnode import filetypes, outbox, part_files, protocol, validation
 from app.appnode.messages import FILE_KINDS, address, image_size, local_part
 from app.appnode.protocol import (
     Conflict,
@@ -227,27 +226,38 @@ class SendingMixin:
     def send_text(self, user_id: str, to: str, text: str, **kwargs) -> Message:
         return self.send(user_id, to, "text", {"text": text}, **kwargs)
 
-    def read_file_to_send(self, path: Path, kind: str) -> bytes:
-        """The bytes of a file a local user sends (`send-file PATH`), once it is known to be a regular file within
-        this node's limit for `kind`: a FIFO would block until some writer came, and a file of any size would be
-        read into memory only to be refused for its size (`send_file` checks the bytes it is given again)."""
+    def file_to_send(self, path: Path, kind: str) -> Path:
+        """A file a local user sends (`send-file PATH`), once it is known to be a regular file within this node's
+        limit for `kind`: a FIFO would block until some writer came, and a file of any size would be copied only
+        to be refused for its size (`send_file` checks the bytes it copies again)."""
         if kind not in FILE_KINDS:
             raise SchemaViolation(f"unknown file kind {kind!r}")
         if not stat.S_ISREG(path.stat().st_mode):
             raise ValidationFailed(f"{path} is no regular file: send-file sends a file's bytes",
                                    code="not_a_regular_file")
         filetypes.check_size(path.stat().st_size, self.config.limit(kind))
-        return path.read_bytes()
+        return path
 
-    def send_file(self, user_id: str, to: str, data: bytes, kind: str, *, file_name: str | None = None,
-                  declared: str | None = None, duration_ms: int | None = None, sticker: dict | None = None,
-                  **kwargs) -> Message:
-        """A.5 image, A.6 voice, A.7 file or A.14 sticker: the bytes are checked (size, magic bytes) and kept
-        here, at the origin; the message carries their description and peers download them (A.10)."""
+    def send_file(self, user_id: str, to: str, data: bytes | Path, kind: str, **kwargs) -> Message:
+        """A.5 image, A.6 voice, A.7 file or A.14 sticker: the bytes (`data`, or a file's) are checked (size,
+        magic bytes) and kept here, at the origin; the message carries their description and peers download them
+        (A.10). A file is copied into a part file beside where it will be kept a chunk at a time, hashed on the
+        way, never held in memory whole (files run to 1 GiB); only an image's size is read from the whole of it
+        (images are at most 20 MiB)."""
         if kind not in FILE_KINDS:
             raise SchemaViolation(f"unknown file kind {kind!r}")
-        filetypes.check_size(len(data), self.config.limit(kind))
-        if not data:
+        limit = self.config.limit(kind)
+        filetypes.check_size(data.stat().st_size if isinstance(data, Path) else len(data), limit)
+        file_id = f"{kind[0]}-{secrets.token_hex(12)}"
+        with part_files.part_file(self.files_dir / self.node_id, file_id) as (part, handle):
+            size, digest, head = part_files.copy_into(data, handle, limit)
+            return self._send_file_kept_in(part, size, digest, head, user_id, to, kind, file_id, **kwargs)
+
+    def _send_file_kept_in(self, data: Path, size: int, digest: str, head: bytes, user_id: str, to: str,
+                           kind: str, file_id: str, *, file_name: str | None = None, declared: str | None = None,
+                           duration_ms: int | None = None, sticker: dict | None = None, **kwargs) -> Message:
+        """`send_file` once the bytes are in the part file `data` (locked by the caller)."""
+        if not size:
             raise SchemaViolation("the file is empty")
         extension = (file_name or "").rpartition(".")[2].lower() if file_name and "." in file_name else ""
         if kind == "file":
@@ -263,30 +273,28 @@ class SendingMixin:
         else:
             # A format name or a MIME type, read as check_declared reads it: jpeg and image/jpeg are JPG.
             named = (declared or extension).split(";")[0].strip().lower()
-            declared = filetypes.DECLARED.get(named) or (declared or filetypes.sniff(data) or "").upper()
-        filetypes.check_declared(data, declared)
-        digest = hashlib.sha256(data).hexdigest()
-        file_id = f"{kind[0]}-{secrets.token_hex(12)}"
+            declared = filetypes.DECLARED.get(named) or (declared or filetypes.sniff(head) or "").upper()
+        filetypes.check_declared(head, declared)
         now = utcnow()
         if kind == "image":
             if declared not in ("JPG", "PNG", "GIF"):
                 raise UnsupportedMediaType(f"an image is JPG, PNG or GIF, not {declared or 'an unrecognised format'}")
             width, height = image_size(data, declared)
-            content = {"file_id": file_id, "format": declared, "size": len(data), "width": width, "height": height,
+            content = {"file_id": file_id, "format": declared, "size": size, "width": width, "height": height,
                        "sha256": digest}
             if file_name:
                 content["file_name"] = file_name
         elif kind == "voice":
-            content = {"file_id": file_id, "format": "AAC", "duration_ms": int(duration_ms or 0), "size": len(data),
+            content = {"file_id": file_id, "format": "AAC", "duration_ms": int(duration_ms or 0), "size": size,
                        "sha256": digest}
         elif kind == "file":
             content = {"file_id": file_id, "file_name": file_name or file_id, "mime_type": declared,
-                       "size": len(data), "sha256": digest,
+                       "size": size, "sha256": digest,
                        "expire_at": protocol.format_timestamp(now + FILE_RETENTION).replace(".000Z", "Z")}
         else:
             if declared not in ("GIF", "PNG"):
                 raise UnsupportedMediaType(f"a sticker is GIF or PNG, not {declared or 'an unrecognised format'}")
-            content = {**(sticker or {}), "file_id": file_id, "format": declared, "size": len(data),
+            content = {**(sticker or {}), "file_id": file_id, "format": declared, "size": size,
                        "sha256": digest}
         # Kept first, so a peer that takes the message can download at once. A DomainError from send means no
         # message was kept (refused before it was stored, or for good by its one next hop): neither is the file.
