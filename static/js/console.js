@@ -170,3 +170,38 @@ document.addEventListener("DOMContentLoaded", function () {
 if (document.querySelector("[data-shown-once]")) {
   window.history.replaceState(null, "", window.location.href);
 }
+
+// A POST form is sent once. A second click or Enter while the answer is on its way sent it again: two tokens
+// issued, only the second shown, the first left active; a second application refused as a copy of the first. Its
+// submit buttons say so (aria-disabled; a disabled button would drop its own name and value from the form) and keep
+// their label, until the answer replaces the page. A form answered with a file (data-download) leaves the page in
+// place: it is free again after a moment, long enough to absorb a double click. A page brought back by Back from
+// the back-forward cache is free again too. A repeat is stopped before the confirmation asks (capture, on window);
+// a form is marked after every other listener (bubbling, on window), so a confirmation declined marks nothing.
+window.addEventListener("submit", function (event) {
+  if (event.target.hasAttribute("data-sent")) {
+    event.preventDefault();
+    event.stopImmediatePropagation();
+  }
+}, true);
+
+function markSent(form, sent) {
+  form.toggleAttribute("data-sent", sent);
+  Array.prototype.forEach.call(form.elements, function (element) {
+    if (element.type !== "submit") return;
+    if (sent) element.setAttribute("aria-disabled", "true");
+    else element.removeAttribute("aria-disabled");
+  });
+}
+
+window.addEventListener("submit", function (event) {
+  var form = event.target, submitter = event.submitter;
+  var method = (submitter && submitter.hasAttribute("formmethod") ? submitter.formMethod : form.method);
+  if (event.defaultPrevented || method !== "post") return;
+  markSent(form, true);
+  if (form.hasAttribute("data-download")) setTimeout(function () { markSent(form, false); }, 1000);
+});
+
+window.addEventListener("pageshow", function (event) {
+  if (event.persisted) document.querySelectorAll("form[data-sent]").forEach(function (form) { markSent(form, false); });
+});
