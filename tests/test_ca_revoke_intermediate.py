@@ -140,3 +140,15 @@ def test_healthz_and_the_console_say_the_intermediate_is_revoked(app, runner, ad
     client.get("/lang/en")
     page = client.get("/").get_data(as_text=True)
     assert "The issuing CA (intermediate) is revoked" in page and "Recovery is a new CA" in page
+
+
+def test_healthz_says_an_expired_intermediate_cannot_sign(app, client):
+    """Past the intermediate's end every approval and renewal fails with ca_expired (503), and /healthz still
+    answered 200 "ca": "ok": a load balancer kept sending requests to an instance that could issue nothing."""
+    loaded = pki.authority()
+    end = loaded.intermediate_certificate.not_valid_after_utc
+    loaded.clock = lambda: end - dt.timedelta(seconds=1)
+    assert client.get("/healthz").get_json()["ca"] == "ok"
+    loaded.clock = lambda: end
+    answer = client.get("/healthz")
+    assert answer.status_code == 503 and answer.get_json()["ca"] == "intermediate_expired"

@@ -109,4 +109,9 @@ def health_check() -> tuple[str, bool, str]:
         revoked = intermediate.revocation_of_current()
         if revoked is not None:
             return "intermediate_revoked", False, english(intermediate.revoked_message(revoked))
+        # Past its end every issuance fails with ca_expired: judged by the clock the authority issues by.
+        loaded = service.authority()
+        end = loaded.intermediate_certificate.not_valid_after_utc
+        if end <= loaded.clock():
+            return "intermediate_expired", False, f"The intermediate CA certificate expired on {end.isoformat()}."
     return found.state, found.serving, english(found.reason)
