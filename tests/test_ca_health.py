@@ -226,6 +226,18 @@ def test_before_ca_init_the_ca_is_not_initialised_and_healthz_is_200(app, client
     assert response.get_json()["ca"] == "not_initialised"
 
 
+def test_before_ca_init_the_root_crl_address_names_ca_init_not_root_crl(app, client, runner, tmp_path):
+    """It said "run `flask ca root-crl --root-key PATH`", which before `flask ca init` refuses too."""
+    app.config["MPIM_CA_DIR"] = str(tmp_path / "no-ca-yet")
+    db.session.execute(delete(CRLState))
+    db.session.commit()
+    as_a_process_starting_now(app)
+    for path in ("/ca/root-crl.pem", "/ca/root-crl.crl", "/ca/crl.pem"):
+        answer = client.get(path)
+        assert answer.status_code == 503 and answer.get_json()["error"]["code"] == "ca_not_initialised", path
+        assert "run `flask ca init`" in answer.get_json()["error"]["message"], path
+
+
 def test_a_ca_directory_without_the_ca_the_database_knows_is_a_503(app, client, admin_console, tmp_path):
     """An unmounted share looks like an empty directory; the database says a CA was made."""
     app.config["MPIM_CA_DIR"] = str(tmp_path / "unmounted")

@@ -243,8 +243,11 @@ def current_crl(which: int = INTERMEDIATE_CRL) -> CRLState:
     """The intermediate's CRL or the root's (ROOT_CRL)."""
     state = db.session.get(CRLState, which)
     if state is None:
-        raise service.CANotReady("No root CRL has been issued: run `flask ca root-crl --root-key PATH`."
-                                 if which == ROOT_CRL else "No CRL has been issued: run `flask ca init`.")
+        # No root CRL while the intermediate's exists: a CA from before root CRLs. Neither: no CA at all, and
+        # `flask ca root-crl` would refuse too.
+        first = which == INTERMEDIATE_CRL or db.session.get(CRLState, INTERMEDIATE_CRL) is None
+        raise service.CANotReady("No CRL has been issued: run `flask ca init`." if first else
+                                 "No root CRL has been issued: run `flask ca root-crl --root-key PATH`.")
     return state
 
 
