@@ -12,10 +12,17 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def env_flag(name: str, default: bool) -> bool:
+    """A switch; any other word stops the start naming it: "ture" read as off, and MPIM_COOKIE_SECURE=ture sent
+    session cookies over plain HTTP with nothing said."""
     value = os.environ.get(name)
     if value is None or value == "":
         return default
-    return value.strip().lower() in {"1", "true", "yes", "on"}
+    word = value.strip().lower()
+    if word in {"1", "true", "yes", "on"}:
+        return True
+    if word in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"{name} must be 1, true, yes or on, or 0, false, no or off, not {value!r}")
 
 
 def env_int(name: str, default: int, minimum: int | None = None) -> int:

@@ -265,6 +265,21 @@ def test_secure_cookie_is_the_default(monkeypatch, tmp_path):
     assert config["SESSION_COOKIE_SECURE"] is True
 
 
+@pytest.mark.parametrize("value", ["ture", "2", "y es", "enabled"])
+def test_a_mistyped_cookie_secure_flag_stops_the_start_naming_it(monkeypatch, tmp_path, value):
+    """Any value but 1/true/yes/on read as "off": MPIM_COOKIE_SECURE=ture sent session cookies over plain HTTP,
+    with nothing said at start."""
+    from app.config import load_config
+
+    monkeypatch.setenv("MPIM_COOKIE_SECURE", value)
+    with pytest.raises(ValueError, match=f"MPIM_COOKIE_SECURE must be 1, true, yes or on, or 0, false, no or off, "
+                                         f"not '{value}'"):
+        load_config({"MPIM_INSTANCE_PATH": str(tmp_path)})
+    for said, meant in (("off", False), (" FALSE ", False), ("0", False), ("On", True), ("1", True)):
+        monkeypatch.setenv("MPIM_COOKIE_SECURE", said)
+        assert load_config({"MPIM_INSTANCE_PATH": str(tmp_path)})["SESSION_COOKIE_SECURE"] is meant, said
+
+
 def test_a_new_instance_directory_is_private(monkeypatch, tmp_path):
     """It holds the session secret, the CA and the SQLite database (which SQLite creates 0644)."""
     from app.config import load_config
