@@ -16,7 +16,8 @@ cli = AppGroup("divisions", help="GB/T 2260 division codes.")
 
 @cli.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False), required=False)
-@click.option("--revision", default=None, help="Revision name, e.g. 2023 (default: the shipped 2023 list).")
+@click.option("--revision", default=None, help="The revision FILE holds, e.g. 2024 (required with FILE; without FILE "
+              "the shipped list is imported, which is revision 2023).")
 @click.option("--allow-older", is_flag=True, help="Import a revision older than the current one (a rollback).")
 @click.option("--json", "as_json", is_flag=True)
 def import_command(file, revision, allow_older, as_json):
