@@ -411,6 +411,11 @@ def test_second_application_for_the_same_endpoint_is_refused(client, jx_admin, m
     ("https://im.jx.example/%zz", "The endpoint is not a valid URL."),
     ("https://im.jx.example/im%2", "The endpoint is not a valid URL."),
     ("https://im.jx.example/路由", "The endpoint's path must be in ASCII: percent-encode other characters."),
+    # the same path as "/a%22b" to every server, sent raw by http.client: two spellings of one endpoint
+    ('https://im.jx.example/a"b', 'The endpoint\'s path holds ", which a URL must percent-encode (%22).'),
+    ("https://im.jx.example/a\\b", "The endpoint's path holds \\, which a URL must percent-encode (%5C)."),
+    ("https://im.jx.example/a|b", "The endpoint's path holds |, which a URL must percent-encode (%7C)."),
+    ("https://im.jx.example/a[1]", "The endpoint's path holds [, which a URL must percent-encode (%5B)."),
 ])
 def test_an_endpoint_path_that_spells_another_endpoint_or_no_url_is_refused(client, token, endpoint, message):
     """"https://a:8443/." is the server at "https://a:8443" (RFC 3986 §5.2.4): one node was admitted beside

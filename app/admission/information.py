@@ -114,6 +114,7 @@ def normalise_endpoint(value) -> str:
 
 PERCENT_ENCODED = re.compile(r"%([0-9A-Fa-f]{2})")
 UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+PATH_CHARACTERS = UNRESERVED | frozenset("!$&'()*+,;=:@/%")  # RFC 3986 pchar, "/" and the escapes' "%"
 
 
 def _normal_path(path: str) -> str:
@@ -126,6 +127,11 @@ def _normal_path(path: str) -> str:
                       "invalid_endpoint")
     if path.count("%") != len(PERCENT_ENCODED.findall(path)):
         raise invalid(_l("The endpoint is not a valid URL."), "endpoint", "invalid_endpoint")
+    # '"', '\\', '|' and the like are no URI characters: a server reads "/a\"b" as "/a%22b", which http.client
+    # sends raw, so one endpoint had two spellings.
+    if (raw := next((char for char in path if char not in PATH_CHARACTERS), None)) is not None:
+        raise invalid(_l("The endpoint's path holds %(char)s, which a URL must percent-encode (%(encoded)s).",
+                         char=raw, encoded=f"%{ord(raw):02X}"), "endpoint", "invalid_endpoint")
     path = PERCENT_ENCODED.sub(lambda m: chr(int(m[1], 16)) if chr(int(m[1], 16)) in UNRESERVED else m[0].upper(),
                                path)
     if any(segment in (".", "..") for segment in path.split("/")):
