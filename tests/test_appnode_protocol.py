@@ -540,3 +540,18 @@ def test_a_name_refused_by_its_pattern_is_said_in_words_naming_the_character(kin
     """A file name with a backslash was refused with its pattern: "'a\\\\b.pdf' does not match '^(?!\\\\.{1,2}$)..."."""
     error = refused(kind, mutated(kind, lambda d: d.update({field: value})), f"$.{field}")
     assert str(error) == f"$.{field}: {reason}"
+
+
+@pytest.mark.parametrize(("name", "reason"), [("\u3000" * 64, "has nothing to read"),
+                                               ("\u200b" * 30 + "\u202e", "holds a bidi control (U+202E)")])
+def test_a_long_refused_name_keeps_its_reason_and_no_escape_is_cut(name, reason):
+    """The name was shown cut to 60 characters, then widened (\\u3000 for each blank), and the whole refusal cut
+    at 160: the cut fell inside an escape and took the reason with it."""
+    sender = {"user_id": "zhangsan", "user_name": name, "node_id": "3" * 20, "org_code": "360100000000",
+              "org_name": "南昌市公安局", "client_type": "android"}
+    with pytest.raises(SchemaViolation) as refused:
+        validate("sender", sender)
+    message = str(refused.value)
+    assert reason in message and "more)" in message
+    shown = message.split('"')[1]
+    assert re.fullmatch(r"(\\u[0-9a-f]{4})+", shown), shown

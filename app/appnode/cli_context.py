@@ -72,8 +72,9 @@ def writing(path: Path):
 def ended_cleanly():
     """SIGTERM (a service stopping, `kill`) and SIGHUP (the terminal closed) end a command that writes part files
     (`download`, `send-file`) as SIGINT does, by an exception, so that what it was writing is removed on the way
-    out, where the process ended at once and left up to 1 GiB behind. It exits 128 + the signal's number, as one
-    the signal ended would. A signal ignored (`nohup`) stays ignored. Used as a decorator too."""
+    out, where the process ended at once and left up to 1 GiB behind. It exits with status 128 + the signal's
+    number, the status a shell shows for a command a signal ended (a parent's waitpid sees an exit, not the
+    signal). A signal ignored (`nohup`) stays ignored. Used as a decorator too."""
     def end(number, _frame):
         raise SystemExit(128 + number)
 

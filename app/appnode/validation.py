@@ -20,7 +20,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from app.errors import ValidationFailed
-from app.readable import BIDI_CONTROLS, bounded_line, misleading
+from app.readable import BIDI_CONTROLS, misleading, one_line
 
 SCHEMA_DIR = Path(__file__).with_name("schemas")
 SCHEMA_BASE = "https://schemas.mpim.invalid/appnode/v1/"
@@ -122,10 +122,10 @@ def validate(kind: str, document) -> None:
         path = _failing_path(error)
         if error.validator == "not" and error.validator_value == {}:
             message = "not allowed here"
-        else:
-            message = _unreadable(error) or error.message
-        if len(message) > MESSAGE_LIMIT:
-            message = message[:MESSAGE_LIMIT] + "..."
+        elif (message := _unreadable(error)) is None:  # bounded as it is made: a cut would lose its reason
+            message = error.message
+            if len(message) > MESSAGE_LIMIT:
+                message = message[:MESSAGE_LIMIT] + "..."
         raise SchemaViolation(f"{path}: {message}", field=path[1:].lstrip(".") or None)
     # The two validators disagree only by a bug of one of them; the document is refused either way.
     raise SchemaViolation(f"$: not a valid {kind}")
@@ -146,10 +146,7 @@ def _unreadable(error: ValidationError) -> str | None:
     if what is None or not isinstance(error.instance, str):
         return None
     value = error.instance
-    # Blanks other than a space and invisible characters escaped too: a refusal for them showed them as nothing.
-    shown = "".join(f"\\u{ord(ch):04x}" if ch != " " and unicodedata.category(ch) in INVISIBLE else ch
-                    for ch in bounded_line(value, NAME_SHOWN))
-    shown = f'"{shown}"'
+    shown = _shown_name(value)
     for ch in value:
         if ch == "/" and what == "a file name":
             kind = "a slash"
@@ -167,6 +164,21 @@ def _unreadable(error: ValidationError) -> str | None:
     if what == "a file name" and value.rpartition(".")[0]:
         return f"{shown} has nothing to read before its extension"
     return f"{shown} has nothing to read: only spaces or invisible characters"
+
+
+def _shown_name(value: str) -> str:
+    """The refused name quoted, escaped as `one_line` does and, blanks other than a space and invisible characters
+    too (a refusal for them showed them as nothing), cut after NAME_SHOWN characters of that, never inside an
+    escape, the rest counted."""
+    shown: list[str] = []
+    length = 0
+    for index, ch in enumerate(value):
+        piece = f"\\u{ord(ch):04x}" if ch != " " and unicodedata.category(ch) in INVISIBLE else one_line(ch)
+        if length + len(piece) > NAME_SHOWN:
+            return f'"{"".join(shown)}"… ({len(value) - index} more)'
+        shown.append(piece)
+        length += len(piece)
+    return f'"{"".join(shown)}"'
 
 
 def _failing_path(error: ValidationError) -> str:
