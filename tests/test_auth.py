@@ -524,7 +524,7 @@ def test_malformed_usernames_are_refused(app, username):
     assert db.session.scalars(select(User).where(User.username == username)).first() is None
 
 
-def test_scope_codes_typed_with_chinese_punctuation_or_blanks_between_are_taken(admin_console):
+def test_scope_codes_typed_with_chinese_punctuation_or_blanks_between_are_taken(admin_console, runner):
     """A zh-CN typist's "360000，440000" (full-width comma) or "360000、440000" was refused as an unknown code, the
     whole text taken as one."""
     for username, typed in (("pa-1", "360000，440000"), ("pa-2", "360000、 440000"), ("pa-3", "360000 440000")):
@@ -535,6 +535,14 @@ def test_scope_codes_typed_with_chinese_punctuation_or_blanks_between_are_taken(
     response = admin_console.post_form("/users/pa-1", {"role": "provincial_admin", "scopes": "360000；360100",
                                                        "active": "y"})
     assert response.status_code == 302 and service.get_user("pa-1").scopes == ["360000", "360100"]
+    # the CLI reads --scope as the console's field (it refused "360000，440000" as one code)
+    created = runner.invoke(args=["users", "create", "--role", "provincial_admin", "--username", "pa-4",
+                                  "--scope", "360000，440000", "--password-stdin"], input="Correct-Horse-Battery-9\n")
+    assert created.exit_code == 0, created.output
+    assert service.get_user("pa-4").scopes == ["360000", "440000"]
+    updated = runner.invoke(args=["users", "update", "pa-4", "--scope", "360000 360100"])
+    assert updated.exit_code == 0, updated.output
+    assert service.get_user("pa-4").scopes == ["360000", "360100"]
 
 
 def test_provincial_admin_needs_a_valid_current_scope(app):

@@ -44,7 +44,7 @@ def read_password(as_json: bool) -> str:
 @cli.command("create")
 @click.option("--role", type=click.Choice(ROLES), required=True)
 @click.option("--username", required=True)
-@click.option("--scope", default="", help="Comma-separated division codes (provincial admins).")
+@click.option("--scope", default="", help="Division codes between commas (provincial admins).")
 @click.option("--name", "display_name", default="")
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
 @click.option("--json", "as_json", is_flag=True)
@@ -53,7 +53,7 @@ def create_command(role, username, scope, display_name, password_stdin, as_json)
     a first password: the user chooses their own at the first sign-in."""
     password = read_password(as_json) if password_stdin else service.generate_password()
     draft = service.UserDraft(username=username, password=password, role=role,
-                              scopes=tuple(scope.split(",")), display_name=display_name)
+                              scopes=tuple(service.typed_codes(scope)), display_name=display_name)
     try:
         user = service.create_user(draft, actor="cli")
         db.session.commit()
@@ -98,7 +98,7 @@ def update_command(username, role, scope, active, display_name, as_json):
         service.hold_user(user)  # what it is not given stays as it is now, not as another change found it
         role = role or user.role
         if scope is not None:
-            scopes = scope.split(",")
+            scopes = service.typed_codes(scope)
         else:
             scopes = user.scopes if role == "provincial_admin" else []
         service.update_user(user, role=role, scopes=scopes,

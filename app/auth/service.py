@@ -83,6 +83,15 @@ def check_password_policy(password: str, username: str = "", *, field: str = "pa
     refusals.raise_any()
 
 
+# Between typed codes (the console's scope field, the CLI's --scope): a comma, its full-width and enumeration forms
+# a zh-CN keyboard types (，、), a semicolon (; ；) or blanks. "360000，440000" was one unknown code.
+CODE_SEPARATORS = re.compile(r"[,，、;；\s]+")
+
+
+def typed_codes(text: str | None) -> list[str]:
+    return [code for code in CODE_SEPARATORS.split(text or "") if code]
+
+
 def normalise_scopes(role: str, scopes: tuple[str, ...] | list[str], held: frozenset[str] = frozenset()) -> str:
     """Provincial admins need at least one known, current division code; other roles none. `held`: the codes
     the account has already, kept as they are though a later revision retired them (they still cover what

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from urllib.parse import urlsplit
 
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
@@ -159,22 +158,13 @@ def unlock_addresses():
     return redirect(url_for("auth.users"))
 
 
-# Between typed codes: a comma, its full-width and enumeration forms a zh-CN keyboard types (，、), a semicolon
-# (; ；) or blanks. "360000，440000" was one unknown code.
-CODE_SEPARATORS = re.compile(r"[,，、;；\s]+")
-
-
-def typed_codes(text: str | None) -> list[str]:
-    return [code for code in CODE_SEPARATORS.split(text or "") if code]
-
-
 @bp.route("/users/new", methods=["GET", "POST"])
 @roles_required("ministry_admin")
 def create_user():
     form = UserCreateForm()
     if form.is_submitted():
         draft = service.UserDraft(username=(form.username.data or "").strip(), password=form.password.data or "",
-                                  role=form.role.data, scopes=tuple(typed_codes(form.scopes.data)),
+                                  role=form.role.data, scopes=tuple(service.typed_codes(form.scopes.data)),
                                   display_name=(form.display_name.data or "").strip())
         if _submitted(form, check=lambda: service.check_draft(draft), act=lambda: service.create_user(draft)):
             flash(_("User %(name)s created.", name=draft.username), "success")
@@ -208,7 +198,7 @@ def edit_user(username: str):
     if request.method == "GET":
         form.scopes.data = user.scope_codes
     if form.is_submitted():
-        change = {"role": form.role.data, "scopes": typed_codes(form.scopes.data),
+        change = {"role": form.role.data, "scopes": service.typed_codes(form.scopes.data),
                   "display_name": (form.display_name.data or "").strip()}
         if _submitted(form, check=lambda: service.check_user_change(user, **change),
                       act=lambda: service.update_user(user, **change, active=form.active.data, by=current_user)):
