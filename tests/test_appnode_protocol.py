@@ -178,6 +178,17 @@ BAD = [
     ("image", lambda d: d.update(file_name="\ufeff.jpg"), "$.file_name"),
     ("sticker", lambda d: d.update(alt_text="\u200b"), "$.alt_text"),
     ("sticker", lambda d: d.update(alt_text=" \u3000"), "$.alt_text"),
+    # other characters that show as nothing: a soft hyphen, invisible operators, Hangul fillers, variation
+    # selectors; and dots, which a name of blanks and dots shows as no more than its extension
+    ("file", lambda d: d.update(file_name="\u00ad.png"), "$.file_name"),
+    ("file", lambda d: d.update(file_name="\u2061.exe"), "$.file_name"),
+    ("image", lambda d: d.update(file_name="\u3164.png"), "$.file_name"),
+    ("file", lambda d: d.update(file_name="\u200b.\u200b.png"), "$.file_name"),
+    ("file", lambda d: d.update(file_name=" ..pdf"), "$.file_name"),
+    ("file", lambda d: d.update(file_name="..."), "$.file_name"),
+    ("sender", lambda d: d.update(user_name="\u115f\u1160"), "$.user_name"),
+    ("group_op", lambda d: d["group_info"].update(name="\ufe0f\u034f"), "$.group_info.name"),
+    ("sticker", lambda d: d.update(alt_text="\uffa0\u180e"), "$.alt_text"),
 ]
 
 
@@ -186,8 +197,9 @@ def test_schema_refuses_bad_document_naming_the_path(kind, change, path):
     refused(kind, mutated(kind, change), path)
 
 
-@pytest.mark.parametrize("name", ["报告.pdf", ".bashrc", "a.", "...", "x.tar.gz", "a\u200bb.pdf", "现场 照片.jpg",
-                                  "\u200ba.png", "a.\u200b"])
+@pytest.mark.parametrize("name", ["报告.pdf", ".bashrc", "a.", "x.tar.gz", "a\u200bb.pdf", "现场 照片.jpg",
+                                  "\u200ba.png", "a.\u200b", "a..b", "v1.2.pdf", "张\u00a0三.docx",
+                                  "\U0001f468\u200d\U0001f469\u200d\U0001f467.png"])
 def test_a_file_name_with_something_to_read_before_its_extension_or_none_is_taken(name):
     document = mutated("file", lambda d: d.update(file_name=name))
     assert validation.fast_validator("file").is_valid(document) and validation.validator("file").is_valid(document)
