@@ -461,6 +461,14 @@ def test_cli_approve_and_lifecycle(runner, jx_admin, minister):
     outside = runner.invoke(args=["nodes", "list", "--user", "jx-admin", "--province", "44"])
     assert (outside.exit_code, outside.output) == (0, "no nodes\n")  # said, not a silence that reads as a fault
     assert runner.invoke(args=["nodes", "list", "--user", "jx-admin", "--province", "44", "--json"]).output == ""
+    # a province that names none (a prefecture's code, a typo) is refused as the console's box says so: it printed
+    # "no nodes", as for a province with none; the lists the dashboard links to are the console's too
+    for province in ("360100", "440000x", "4"):
+        refused = runner.invoke(args=["nodes", "list", "--user", "minister", "--province", province])
+        assert refused.exit_code == 2 and "Invalid value for '--province'" in refused.output, province
+    assert runner.invoke(args=["nodes", "list", "--user", "minister", "--province", "360000"]).exit_code == 0
+    retired = runner.invoke(args=["nodes", "list", "--user", "minister", "--status", "retired_division"])
+    assert retired.exit_code == 0, retired.output
     assert runner.invoke(args=["applications", "list", "--user", "jx-admin"]).output == "no applications\n"
     assert runner.invoke(args=["tokens", "list", "--user", "jx-admin"]).output == "no tokens\n"
 

@@ -9,7 +9,7 @@ import click
 from flask.cli import AppGroup
 
 from app.admission import applications, nodes, tokens
-from app.admission.models import APPLICATION_STATUSES, NODE_STATUSES
+from app.admission.models import APPLICATION_STATUSES
 from app.auth import service as users
 from app.database import paginate
 from app.errors import DomainError
@@ -179,12 +179,15 @@ def node_dict(node) -> dict:
 
 
 @nodes_cli.command("list")
-@click.option("--status", type=click.Choice([*NODE_STATUSES, "suspension_requested", "no_certificate", "all"]),
+@click.option("--status", type=click.Choice([*nodes.LIST_STATES, "all"]),
               default="all", show_default=True)
 @click.option("--province", default="", help="Two-digit province prefix, e.g. 36.")
 @user_option
 @json_option
 def nodes_list(status, province, username, as_json):
+    if province and nodes.province_prefix(province) is None:  # the console says so at its box
+        raise click.BadParameter(f"{province!r} names no province: give its two digits (36) or its code (360000).",
+                                 param_hint="'--province'")
     user = run(lambda: users.acting_user(username), as_json)
     query = nodes.list_query(user, status="" if status == "all" else status, province=province)
     emit_list(((node_dict(node), f"{node.node_id} {node.status:<9} {node.org_name} {node.endpoint}")

@@ -26,10 +26,6 @@ bp = Blueprint("nodes", __name__, url_prefix="/nodes")
 VIEWERS = ("ministry_admin", "provincial_admin", "auditor")
 
 
-# The nodes list's state filter: a node status, or one of the lists the dashboard links to.
-STATES = ("active", "suspended", "revoked", "suspension_requested", "no_certificate", "retired_division")
-
-
 @bp.get("/")
 @roles_required(*VIEWERS)
 def index():
@@ -42,7 +38,7 @@ def index():
                ("province", "status", "vendor", "capability", "q", "sort")}
     provinces = tilemap.province_names()
     unknown = {name for name, known in (("province", nodes.province_prefix(filters["province"]) in provinces),
-                                        ("status", filters["status"] in STATES),
+                                        ("status", filters["status"] in nodes.LIST_STATES),
                                         ("capability", filters["capability"] in labels.CAPABILITIES))
                if filters[name] and not known}
     sort = filters["sort"] if filters["sort"] in nodes.SORTS else "node_id"

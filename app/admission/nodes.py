@@ -11,7 +11,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from app.admission import hooks
-from app.admission.models import CAPABILITIES, Application, Node, NodeSerial
+from app.admission.models import CAPABILITIES, NODE_STATUSES, Application, Node, NodeSerial
 from app.audit import service as audit
 from app.auth.access import require_admin, require_division_scope
 from app.database import serialise, utcnow
@@ -279,6 +279,9 @@ def province_prefix(value: str) -> str | None:
     match = PROVINCE.fullmatch(value)
     return match.group(1) if match else None
 
+
+# What `list_query`'s status filter takes: a node status, or one of the lists the dashboard links to.
+LIST_STATES = (*NODE_STATUSES, "suspension_requested", "no_certificate", "retired_division")
 
 SORTS = {"node_id": Node.node_id, "org_name": Node.org_name, "vendor": Node.vendor, "status": Node.status,
          "approved_at": Node.approved_at}

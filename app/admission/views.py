@@ -14,7 +14,7 @@ from app import labels
 from app.admission import applications, nodes, probe, tokens
 from app.admission.forms import ApplicationForm, RejectForm, TokenForm
 from app.admission.information import check_submission
-from app.admission.models import Application
+from app.admission.models import APPLICATION_KINDS, APPLICATION_STATUSES, Application
 from app.auth.access import roles_required
 from app.auth.forms import ConfirmForm
 from app.auth.views import form_error
@@ -71,8 +71,7 @@ def token_revoke(token_id: int):
 
 
 # The applications list's filters: a state (or all of them), a kind (or both), a division code or its first digits.
-APPLICATION_STATES = ("pending", "approved", "rejected", "all")
-APPLICATION_KINDS = ("", "admission", "change")
+APPLICATION_STATES = (*APPLICATION_STATUSES, "all")
 DIVISION_FILTER = re.compile(r"[0-9]{1,6}")
 
 
