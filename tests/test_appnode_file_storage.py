@@ -164,3 +164,32 @@ def test_send_file_reads_the_file_a_chunk_at_a_time_not_whole(network, tmp_path)
     with sent.open("rb") as original, kept.open("rb") as copy:
         assert hashlib.file_digest(copy, "sha256").digest() == hashlib.file_digest(original, "sha256").digest()
     assert parts(a, a) == []
+
+
+def test_two_downloads_of_one_file_at_once_both_end_with_the_file(network):  # noqa: F811
+    """Two users of one node downloading the same file at the same moment (a file sent to a group, say): both
+    found it not yet kept and fetched it; the one recording it second failed with a traceback (the files table's
+    primary key, `IntegrityError`), though its bytes were the same, checked against the same checksum. Here the
+    second download runs whole at the moment the first is about to record the file."""
+    from sqlalchemy import event
+
+    a, b = network["a"], network["b"]
+    sent = a.node.send_file("zhangsan", b.user("lisi"), PDF, "file", file_name="协查通报.pdf")
+    engine = b.node.db.kw["bind"]
+    other: dict = {}
+
+    def other_download_first(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("INSERT INTO FILES") and not other:
+            other["running"] = True
+            worker = threading.Thread(target=lambda: other.update(kept=b.node.download("lisi", sent.message_id)))
+            worker.start()
+            worker.join(60)
+
+    event.listen(engine, "before_cursor_execute", other_download_first)
+    try:
+        kept = b.node.download("lisi", sent.message_id)
+    finally:
+        event.remove(engine, "before_cursor_execute", other_download_first)
+    assert other["kept"].sha256 == kept.sha256 == hashlib.sha256(PDF).hexdigest()
+    assert b.node.file_bytes(kept) == PDF
+    assert [p.name for p in (b.dir / "files" / a.id).iterdir()] == [kept.file_id]

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import delete, select
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from app.appnode import filetypes, part_files, protocol
@@ -251,18 +252,23 @@ class FilesMixin:
 
     def _keep_file(self, origin: str, file_id: str, kind: str, declared: str, part: Path, digest: str,
                    file_name: str | None, expire_at: datetime | None) -> StoredFile:
-        """Move a checked part file (part_files.part_file, in the same directory) into place, and record it."""
+        """Record a checked part file (part_files.part_file, in the same directory), then move it into place.
+        Two downloads of one file at once (two users of this node) both get here: the row is inserted unless there
+        is one, and the second finds the first's. Its bytes passed the same checksum, so its move puts the same
+        bytes in place; a row for other bytes or another type (a peer naming one file id twice) keeps its file."""
         path = self.files_dir / origin / file_id
-        size = part.stat().st_size
+        with self.db.begin() as session:
+            session.execute(sqlite_insert(StoredFile).values(
+                origin_node=origin, file_id=file_id, kind=kind, declared=declared, size=part.stat().st_size,
+                sha256=digest, path=str(path.relative_to(self.data_dir)), file_name=file_name, expire_at=expire_at,
+                created_at=utcnow()).on_conflict_do_nothing(index_elements=["origin_node", "file_id"]))
+            row = session.get(StoredFile, (origin, file_id), populate_existing=True)
+        if row.sha256 != digest or row.declared != declared:
+            raise UnsupportedMediaType(f"node {origin} named file {file_id} for other bytes already; this "
+                                       "message's file is refused")
+        # After the row: a crash in between leaves a row whose file is gone, which `download` fetches again.
         os.chmod(part, 0o600)
         os.replace(part, path)
-        with self.db.begin() as session:
-            row = session.get(StoredFile, (origin, file_id))
-            if row is None:
-                row = StoredFile(origin_node=origin, file_id=file_id, kind=kind, declared=declared, size=size,
-                                 sha256=digest, path=str(path.relative_to(self.data_dir)), file_name=file_name,
-                                 expire_at=expire_at, created_at=utcnow())
-                session.add(row)
         return row
 
     def _discard_file(self, origin: str, file_id: str) -> None:
