@@ -62,6 +62,14 @@ def allocate_node_id(division_code: str, node_type: str = APPLICATION_NODE) -> s
 NODE_ID = re.compile(r"[0-9]{20}")
 
 
+def node_filter(typed: str) -> tuple[str, bool]:
+    """A list's node filter as typed (blanks around it aside), and whether it is no node id. Kept whole: it was
+    cut to 20 characters, and a pasted id one digit too long listed the node it was cut to. One that is no node
+    id lists nothing, and the page says so at its box (health events, certificates)."""
+    node_id = typed.strip()
+    return node_id, bool(node_id) and not NODE_ID.fullmatch(node_id)
+
+
 def get(node_id: str) -> Node:
     node = db.session.get(Node, node_id) if NODE_ID.fullmatch(node_id or "") else None
     if node is None:

@@ -35,13 +35,10 @@ STATUS_LABELS = labels.STATUS_LABELS  # up, down, unknown among them
 @bp.get("/events")
 @roles_required("ministry_admin", "provincial_admin", "auditor")
 def events():
-    """The node filter is kept as typed (blanks around it aside): it was cut to 20 characters, and a pasted id one
-    digit too long listed the events of the node it was cut to. One that is no node id is said so at its field,
-    and nothing is listed until it is corrected."""
+    """The node filter is kept as typed (nodes.node_filter); one that is no node id lists nothing."""
     query = select(HealthEvent).join(Node, Node.node_id == HealthEvent.node_id) \
         .where(division_filter(current_user, Node.division_code)).order_by(HealthEvent.at.desc(), HealthEvent.id.desc())
-    node_id = request.args.get("node", "").strip()
-    not_node_id = bool(node_id) and not nodes.NODE_ID.fullmatch(node_id)
+    node_id, not_node_id = nodes.node_filter(request.args.get("node", ""))
     if node_id:
         query = query.where(HealthEvent.node_id == node_id) if not not_node_id else query.where(false())
     page = paginate(query, request.args.get("page", 1, type=int), current_app.config["MPIM_PAGE_SIZE"])

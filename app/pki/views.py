@@ -39,14 +39,11 @@ def _visible(row: Certificate) -> bool:
 @bp.get("/")
 @roles_required(*VIEWERS)
 def index():
-    """The node filter is kept as typed (blanks around it aside), as the health events' is: cut to 20 characters,
-    a pasted id one digit too long listed the node it was cut to. One that is no node id lists nothing and is
-    said so at its box."""
-    from app.admission.nodes import NODE_ID
+    """The node filter is kept as typed (nodes.node_filter); one that is no node id lists nothing."""
+    from app.admission.nodes import node_filter
 
     state = request.args.get("state", "")
-    node_id = request.args.get("node", "").strip()
-    not_node_id = bool(node_id) and not NODE_ID.fullmatch(node_id)
+    node_id, not_node_id = node_filter(request.args.get("node", ""))
     kind = request.args.get("kind", "")
     query = inventory.visible_to(inventory.inventory_query(state=state, node_id=node_id, kind=kind), current_user)
     if not_node_id:
