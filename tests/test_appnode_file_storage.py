@@ -12,10 +12,12 @@ import subprocess
 import threading
 
 import pytest
+from sqlalchemy import func, select
 
 from app.appnode import part_files
 from app.appnode.protocol import FileGone
 from app.appnode.registry import CannotRead
+from app.appnode.store import Message, StoredFile
 from tests.appnode_processes import PYTHON, ROOT, eventually
 from tests.test_appnode import PDF, network  # noqa: F401 (fixture)
 from tests.test_appnode_cli import refusal
@@ -193,3 +195,40 @@ def test_two_downloads_of_one_file_at_once_both_end_with_the_file(network):  # n
     assert other["kept"].sha256 == kept.sha256 == hashlib.sha256(PDF).hexdigest()
     assert b.node.file_bytes(kept) == PDF
     assert [p.name for p in (b.dir / "files" / a.id).iterdir()] == [kept.file_id]
+
+
+def test_send_file_ended_before_its_message_is_kept_leaves_no_file(network, tmp_path):  # noqa: F811
+    """`send-file` keeps the file, then looks the recipient's node up in the routing table, pulling it from the
+    management node when the node is not in it, and only then stores the message. SIGTERM during that pull
+    ended the command with the file and its row kept for a message that never was (up to 1 GiB). A file whose
+    message was stored stays: the node loop still delivers it."""
+    import socket
+
+    a = network["a"]
+    silent = socket.create_server(("127.0.0.1", 0))  # takes the connection, never answers: a stalled pull
+    document = tmp_path / "协查通报.pdf"
+    document.write_bytes(PDF)
+    unknown = "lisi@44000000002025000099"
+    env = {**os.environ, "MPIM_NODE_REGISTRY_URL": f"http://127.0.0.1:{silent.getsockname()[1]}"}
+    own = a.dir / "files" / a.id
+    before = set(own.iterdir()) if own.exists() else set()
+    with a.node.db() as session:
+        messages_before = session.scalar(select(func.count()).select_from(Message))
+    process = subprocess.Popen([PYTHON, "-m", "app.appnode", "--data", str(a.dir), "send-file", "--as", "zhangsan",
+                                unknown, str(document)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    try:
+        silent.settimeout(60)
+        connection, _ = silent.accept()  # the pull has begun: the file is kept by now
+        assert {p.name for p in set(own.iterdir()) - before if not p.name.startswith(".")}
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 128 + signal.SIGTERM
+        connection.close()
+    finally:
+        process.kill()
+        silent.close()
+    assert set(own.iterdir()) == before
+    with a.node.db() as session:
+        assert session.scalar(select(func.count()).select_from(StoredFile).where(
+            StoredFile.origin_node == a.id)) == len(before)
+        assert session.scalar(select(func.count()).select_from(Message)) == messages_before

@@ -271,6 +271,13 @@ class FilesMixin:
         os.replace(part, path)
         return row
 
+    def _file_sent(self, file_id: str) -> bool:
+        """Whether a message of this node's names its own file `file_id` (each send makes a new id)."""
+        with self.db() as session:
+            return session.scalar(select(Message.message_id).where(
+                Message.origin_node == self.node_id,
+                Message.document[("content", "file_id")].as_string() == file_id).limit(1)) is not None
+
     def _discard_file(self, origin: str, file_id: str) -> None:
         """Undo `_keep_file` for a file whose message was refused and not kept: no bytes or row stay behind."""
         with self._writing, self.db.begin() as session:

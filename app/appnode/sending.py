@@ -305,3 +305,10 @@ class SendingMixin:
         except DomainError:
             self._discard_file(self.node_id, file_id)
             raise
+        except BaseException:
+            # Ended part way (Ctrl-C; SIGTERM or SIGHUP through the CLI's ended_cleanly), as likely as not while the
+            # recipient's node was looked up at the management node, before any message was stored: the file goes
+            # then. A message stored already stays in the outbox, which the node loop delivers: so does its file.
+            if not self._file_sent(file_id):
+                self._discard_file(self.node_id, file_id)
+            raise
