@@ -191,3 +191,23 @@ def test_a_message_dated_ahead_of_the_receivers_clock_is_refused_and_not_kept(ne
     status, body = raw_post(a.node, b, "message", text_envelope(a, b, text="快一分钟", message={"send_time": a_minute}))
     assert status == 200, body
     assert [m.document["content"]["text"] for m in stored_messages(b)] == ["快一分钟"]
+
+
+@pytest.mark.parametrize("declared", [(30, 20), (2, 3)])
+def test_an_image_whose_bytes_are_another_size_than_its_message_says_is_refused(network, declared):  # noqa: F811
+    """A.5's `width` and `height` are what a client lays the picture out by before it is fetched. A peer's
+    message declaring a 3x2 PNG as 30x20 (or its sides swapped) was downloaded and kept as declared: its
+    checksum and type matched, its size was never read."""
+    a, b = network["a"], network["b"]
+    image = png(3, 2)
+    sent = a.node.send_file("zhangsan", b.user("lisi"), image, "image")
+    width, height = declared
+    lying = a.node.send("zhangsan", b.user("zhaoliu"), "image",  # its origin serves the file for it, too
+                        {**sent.document["content"], "width": width, "height": height})
+    with pytest.raises(UnsupportedMediaType, match=f"3x2, not the {width}x{height}"):
+        b.node.download("zhaoliu", lying.message_id)
+    assert not (b.dir / "files" / a.id / sent.document["content"]["file_id"]).exists()
+    assert b.node.file_bytes(b.node.download("lisi", sent.message_id)) == image  # as declared: kept
+    again = a.node.send("zhangsan", b.user("zhaoliu"), "image", lying.document["content"])
+    with pytest.raises(UnsupportedMediaType, match=f"3x2, not the {width}x{height}"):  # the kept file is no answer
+        b.node.download("zhaoliu", again.message_id)

@@ -20,7 +20,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from app.appnode import filetypes, part_files, protocol
-from app.appnode.messages import FILE_KINDS, PATHS, Reply, address, declared_type, media_type
+from app.appnode.messages import FILE_KINDS, PATHS, Reply, address, declared_type, image_size, media_type
 from app.appnode.protocol import (
     Conflict,
     NotAParticipant,
@@ -59,6 +59,18 @@ def _head(path: Path) -> bytes:
     """What sniffing needs (filetypes.SNIFF_BYTES), without reading the rest."""
     with path.open("rb") as stream:
         return stream.read(filetypes.SNIFF_BYTES)
+
+
+def _check_dimensions(path: Path, kind: str, content: dict) -> None:
+    """An image's (or a sticker's, when it states them) `width` and `height` against its bytes: a client lays the
+    picture out by them before it is fetched, so a message that states another size is refused, as other bytes
+    or another type are."""
+    if kind not in ("image", "sticker") or "width" not in content:
+        return
+    width, height = image_size(path, content["format"])
+    if (width, height) != (content["width"], content["height"]):
+        raise UnsupportedMediaType(f"the image is {width}x{height}, not the {content['width']}x{content['height']} "
+                                   "its message states; refused")
 
 
 class FilesMixin:
@@ -133,6 +145,7 @@ class FilesMixin:
                 # to replace: the copy names it (`cannot_read`). This node's own file has no other source: gone,
                 # it is refused naming the path, where `download` printed that path as the file's.
                 if os.path.lexists(self.file_path(stored)):
+                    _check_dimensions(self.file_path(stored), message.msg_type, content)
                     return stored
                 if message.origin_node == me:
                     raise CannotRead(f"cannot read {self.file_path(stored)}, this node's copy of file "
@@ -169,6 +182,7 @@ class FilesMixin:
                 raise UnsupportedMediaType("the downloaded bytes do not match their checksum; discarded")
             declared = declared_type(kind, content)
             filetypes.check_declared(_head(part), declared)
+            _check_dimensions(part, kind, content)
             return self._keep_file(origin, content["file_id"], kind, declared, part, digest,
                                    content.get("file_name"),
                                    protocol.parse_timestamp(content["expire_at"]) if kind == "file" else None)
