@@ -151,8 +151,12 @@ def test_a_page_brought_back_from_the_back_forward_cache_is_free_again(page, liv
     page.click("main form.filters button[type=submit]", force=True)  # Playwright waits for aria-disabled to go
     assert page.evaluate(state) == [True, "true"] and page.evaluate("window.held") == 1  # the second is ignored
     assert page.inner_text("main form.filters button[type=submit]") == "签发"  # the button keeps its label
+    looks = """() => { const style = getComputedStyle(document.querySelector('main form.filters button'));
+                       return [style.cursor, style.opacity]; }"""
+    assert page.evaluate(looks) == ["progress", "0.6"]  # and shows it is on its way (it looked as before)
     page.evaluate("window.dispatchEvent(new PageTransitionEvent('pageshow', {persisted: true}))")
     assert page.evaluate(state) == [False, None]
+    assert page.evaluate(looks) == ["pointer", "1"]
     page.click("main form.filters button[type=submit]")  # this time it leaves
     page.wait_for_selector("#issued-token")
     assert count(EnrollmentToken) == 1
