@@ -183,6 +183,29 @@ def test_audit_log_never_splits_an_actors_name(page, live_server, make_user):
     screenshot(page, "audit-actor-jx-admin")
 
 
+def test_an_applications_reject_form_fits_a_360_px_phone(page, live_server, make_user):
+    """The reject reason's box (60 columns wide) made a pending application's page 536 px wide on a 360 px
+    phone, the ministry admin who decides scrolling the whole page sideways; it takes the card's width now."""
+    from app.admission.models import Application
+    from app.extensions import db
+
+    _one_of_each_row(make_user)
+    pending = db.session.scalars(db.select(Application).where(Application.status == "pending")).first()
+    page.set_viewport_size({"width": 360, "height": 800})
+    sign_in(page, live_server, "minister")
+    page.wait_for_selector("h1:has-text('仪表盘')")
+    for language in ("zh_CN", "en"):
+        page.goto(f"{live_server}/lang/{language}")
+        page.goto(f"{live_server}/applications/{pending.id}")
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 360, f"{language}: the page is {width} px wide"
+        reason = page.eval_on_selector("form.reject textarea", "t => t.getBoundingClientRect().toJSON()")
+        card = page.eval_on_selector("section.decision", "s => s.getBoundingClientRect().toJSON()")
+        assert card["left"] < reason["left"] and reason["right"] < card["right"], language
+        assert reason["width"] >= 200, f"{language}: the reason's box shrank to {reason['width']} px"
+    screenshot(page, "application-reject-360")
+
+
 def test_application_page_sets_each_heading_apart_from_the_facts_above_it(page, live_server, make_user):
     """The reachability heading sat flush under the CSR's facts (0 px: the list and the heading both had no
     margin), reading as one more fact; a heading that follows something in a card has room above it."""
