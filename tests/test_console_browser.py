@@ -90,6 +90,40 @@ def test_console_fits_a_390_px_phone_in_both_languages(page, live_server, make_u
             page.click("text=English")
 
 
+def test_console_fits_a_360_px_phone_in_both_languages(page, live_server, make_user):
+    """At 360 px the sessions page (417 px in English), the dashboard's recent activity (366 px) and other lists
+    scrolled the whole page sideways: a column's heading for a screen reader only (.visually-hidden, absolutely
+    placed) was placed against the page, not the table that scrolls, and stuck out past the screen's edge."""
+    from app.admission import applications
+    from app.admission.models import Node
+    from app.auth import console_sessions
+    from app.auth.models import User
+    from app.extensions import db
+    from tests.factories import change_document
+
+    _one_of_each_row(make_user)
+    minister = db.session.scalars(db.select(User).where(User.username == "minister")).one()
+    console_sessions.start(minister, remote_addr="10.36.1.7", user_agent="Mozilla/5.0 (Windows NT 10.0; Win64; x64)"
+                           " AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36")
+    node = db.session.scalars(db.select(Node)).one()
+    change = applications.submit_change(node, change_document(endpoint=node.endpoint + "/v2"), by=minister)
+    db.session.commit()
+    page.set_viewport_size({"width": 360, "height": 800})
+    sign_in(page, live_server, "minister")
+    page.wait_for_selector("h1:has-text('仪表盘')")
+    paths = ("/", "/account/sessions", "/users/", "/tokens/", "/divisions/?q=3601", "/divisions/360000",
+             f"/applications/{change.id}")
+    wide = []
+    for language in ("zh_CN", "en"):
+        page.goto(f"{live_server}/lang/{language}")
+        for path in paths:
+            page.goto(f"{live_server}{path}")
+            width = page.evaluate("document.documentElement.scrollWidth")
+            if width > 360:
+                wide.append((language, path, width))
+    assert not wide, f"pages wider than the screen: {wide}"
+
+
 def _one_of_each_row(make_user) -> None:
     """A row or more in every list: an admitted node (its certificate, route table and health), an unused
     token and a pending application from a provincial admin, and that admin locked out by failed sign-ins."""
