@@ -123,3 +123,24 @@ def test_the_events_page_without_a_filter_says_the_log_is_empty(console, make_us
     console.login("minister")
     body = console.client.get("/health/events").get_data(as_text=True)
     assert re.search(r'class="empty">([^<]*)', body).group(1) == "尚无健康事件。"
+
+
+def test_the_maintenance_lengths_are_in_the_readers_language(console, node):
+    """The window's lengths read "1 h / 4 h / 24 h" on the Chinese page, beside the token form's "1 天 / 7 天"."""
+    from app.auth.models import User
+    from app.health import maintenance
+
+    console.login("minister")
+
+    def lengths() -> list[str]:
+        body = console.client.get(f"/nodes/{node.node_id}").get_data(as_text=True)
+        select = re.search(r'<select[^>]*name="hours".*?</select>', body, re.S).group(0)
+        return re.findall(r"<option[^>]*>([^<]*)</option>", select)
+
+    assert lengths() == ["1 小时", "4 小时", "24 小时"]
+    console.client.get("/lang/en")
+    assert lengths() == ["1 hour", "4 hours", "24 hours"]
+    minister = db.session.scalars(db.select(User).where(User.username == "minister")).one()
+    maintenance.set_maintenance(node.node_id, utcnow() + timedelta(hours=1), "upgrade", by=minister)
+    db.session.commit()
+    assert lengths() == ["keep the current end", "1 hour", "4 hours", "24 hours"]

@@ -8,7 +8,7 @@ from wtforms import SelectField, StringField
 from app.console.forms import ConsoleForm
 from app.health.maintenance import KEEP_END
 
-LENGTHS = [("1", "1 h"), ("4", "4 h"), ("24", "24 h")]
+LENGTHS = [("1", _l("1 hour")), ("4", _l("4 hours")), ("24", _l("24 hours"))]
 
 
 class MaintenanceForm(ConsoleForm):
