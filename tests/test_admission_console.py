@@ -144,6 +144,26 @@ def test_resolve_page_explains_a_miss(admin_console):
     assert "没有" in html or "No active node" in html
 
 
+
+def test_resolve_links_the_serving_node_only_for_a_user_who_may_open_it(app, make_user):
+    """A Jiangxi admin resolving 440103 was sent by the node id's link to "没有节点 …" (404, the node is outside
+    their scope), under the line that named it; the id is plain text to them (the answer is public anyway, at
+    /api/v1/resolve), and a link to whoever may open the node."""
+    from tests.test_admission_review import admit
+
+    minister = make_user("minister")
+    node = admit(make_user("gd-admin", "provincial_admin", ("440000",)), minister, "440000")
+    make_user("jx-admin", "provincial_admin", ("360000",))
+    link = f'href="/nodes/{node.node_id}"'
+    for username, may_open in (("jx-admin", False), ("gd-admin", True), ("minister", True)):
+        console = Console(app.test_client())
+        console.login(username)
+        html = console.client.get("/nodes/resolve?division=440103").get_data(as_text=True)
+        result = re.search(r'<section class="card" id="resolve-result">.*?</section>', html, re.S).group(0)
+        assert f"<code>{node.node_id}</code>" in result, username
+        assert (link in result) == may_open, username
+        assert console.client.get(f"/nodes/{node.node_id}").status_code == (200 if may_open else 404), username
+
 def test_revoking_a_used_token_is_refused(app, make_user):
     user = make_user("jx-admin", "provincial_admin", ("360000",))
     token, _ = tokens.create_token("360000", by=user)
