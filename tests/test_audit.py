@@ -15,7 +15,7 @@ from sqlalchemy.exc import DatabaseError
 from app.audit import service
 from app.audit.models import AuditRecord
 from app.extensions import db
-from tests.test_audit_export import export
+from tests.test_audit_export import KEYS, export, read_csv
 
 
 def write_records(count: int) -> None:
@@ -662,3 +662,31 @@ def test_anchor_prints_the_newest_record_even_when_its_time_or_detail_was_edited
 
     assert (result.exit_code, result.output) == (0, f"{seq}:{digest}\n"), result.output
     assert as_json.exit_code == 0 and json.loads(as_json.output)["anchor"] == f"{seq}:{digest}"
+
+
+def test_times_inside_a_records_detail_are_shown_in_the_consoles_zone(admin_console, runner):
+    """token.create's "expires_at" read "2026-12-13 07:18:53+00:00" (UTC, as stored) on a page, and in a file,
+    that say all their times are Asia/Shanghai; a time in a detail is shown there now, as the record's own. The
+    record keeps what it holds (the chain hashes it), and what is no time with its offset is left as written."""
+    from datetime import UTC
+
+    detail = {"expires_at": datetime(2026, 12, 13, 7, 18, 53, tzinfo=UTC), "until": "2026-12-13T23:30:00.250Z",
+              "windows": [{"from": "2026-12-13 07:00:00+00:00"}], "local": "2026-12-13 07:18:53",
+              "day": "2026-12-13", "note": "upgrade at 2026-12-13 07:18:53+00:00", "hours": 4}
+    service.record("token.create", "mpet_abcdef", detail, actor="tester")
+    db.session.commit()
+    shown = {"expires_at": "2026-12-13 15:18:53+08:00", "until": "2026-12-14T07:30:00.250+08:00",
+             "windows": [{"from": "2026-12-13 15:00:00+08:00"}], "local": "2026-12-13 07:18:53",
+             "day": "2026-12-13", "note": "upgrade at 2026-12-13 07:18:53+00:00", "hours": 4}
+    page = admin_console.client.get("/audit/?actor=tester").get_data(as_text=True)
+    cell = re.search(r'<td class="detail"><code>(.*?)</code></td>', page, re.S).group(1)
+    assert json.loads(html.unescape(cell)) == shown
+    [row] = read_csv(export(admin_console.client, actor="tester").data)
+    assert json.loads(row["detail"]) == shown
+    result = runner.invoke(args=["audit", "export", "--actor", "tester"])
+    assert result.exit_code == 0, result.output
+    [row] = read_csv(result.stdout_bytes, KEYS)
+    assert json.loads(row["detail"]) == shown
+    stored = db.session.scalar(select(AuditRecord).where(AuditRecord.action == "token.create"))
+    assert stored.detail["expires_at"] == "2026-12-13 07:18:53+00:00"
+    assert service.verify().ok

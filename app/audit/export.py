@@ -21,7 +21,7 @@ from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from sqlalchemy import Engine, Select, func, select
 
-from app.audit import service
+from app.audit import detail_in_zone, service
 from app.audit.models import AuditRecord
 from app.audit.stored import StoredRecords, Unreadable
 from app.extensions import db
@@ -94,8 +94,8 @@ def csv_lines(engine: Engine, query: Select, zone: str, labels: dict[str, str],
             yield line([
                 stored.seq, *_times(stored.at, local), safe_cell(stored.actor), safe_cell(stored.action),
                 safe_cell(labels.get(stored.action, stored.action)), safe_cell(stored.target),
-                safe_cell(stored.remote_addr), safe_cell(_detail_text(stored.detail)), safe_cell(stored.prev_hash),
-                safe_cell(stored.hash),
+                safe_cell(stored.remote_addr), safe_cell(_detail_text(stored.detail, local)),
+                safe_cell(stored.prev_hash), safe_cell(stored.hash),
             ])
 
 
@@ -110,10 +110,11 @@ def _times(at, local: ZoneInfo) -> tuple[str, str]:
     return at.isoformat(timespec="seconds").replace("+00:00", "Z"), shown
 
 
-def _detail_text(detail) -> str:
+def _detail_text(detail, local: ZoneInfo) -> str:
+    """The detail as JSON, its times in the file's local zone as on the audit page (`detail_in_zone`)."""
     if isinstance(detail, Unreadable):
         return detail
-    return json.dumps(detail, ensure_ascii=False, sort_keys=True, default=str) if detail else ""
+    return json.dumps(detail_in_zone(detail, local), ensure_ascii=False, sort_keys=True, default=str) if detail else ""
 
 
 def file_name(moment, zone: str) -> str:
