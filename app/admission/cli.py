@@ -130,9 +130,10 @@ def application_dict(application) -> dict:
 def applications_list(status, username, as_json):
     user = run(lambda: users.acting_user(username), as_json)
     query = applications.queue_query(user, status=None if status == "all" else status)
+    # All of them: a page of 1,000 left the rest out without a word, and exited 0
     emit_list(((application_dict(application), f"{application.id} {application.status:<8} "
                 f"{application.division_code} {application.org_name} {application.endpoint}")
-               for application in paginate(query, 1, 1000, count=False).items), as_json, "no applications")
+               for application in db.session.scalars(query)), as_json, "no applications")
 
 
 @applications_cli.command("show")

@@ -1,0 +1,30 @@
+"""What the `flask` commands of the registry print: a list in full, the signed bytes as signed, a scheduled job
+that has nothing to do yet, arguments read as the console reads them, and a help text for every command."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import insert
+
+from app.admission.models import Application
+from app.extensions import db
+
+
+def test_applications_list_lists_every_application_past_a_thousand(app, runner, make_user):
+    """It stopped at the first 1,000, exiting 0 with no sign of the rest, in --json too."""
+    make_user("minister")
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    db.session.execute(insert(Application), [
+        {"id": f"a{number:031d}", "division_code": "360000", "org_name": "江西省公安厅", "system_name": "警务通",
+         "vendor": "vendor", "endpoint": f"https://im{number}.jx.example", "contact_name": "张三",
+         "contact_phone": "13800000000", "contact_email": "im@jx.example", "capabilities": [],
+         "created_at": start + timedelta(seconds=number)} for number in range(1001)])
+    db.session.commit()
+    listed = runner.invoke(args=["applications", "list", "--user", "minister", "--json"])
+    assert listed.exit_code == 0 and listed.stderr == "", listed.stderr
+    ids = [json.loads(line)["application_id"] for line in listed.stdout.splitlines()]
+    assert len(ids) == 1001 and ids[-1] == f"a{0:031d}"  # newest first, down to the oldest
+    plain = runner.invoke(args=["applications", "list", "--user", "minister"])
+    assert plain.exit_code == 0 and len(plain.stdout.splitlines()) == 1001
