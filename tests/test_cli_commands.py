@@ -28,3 +28,16 @@ def test_applications_list_lists_every_application_past_a_thousand(app, runner, 
     assert len(ids) == 1001 and ids[-1] == f"a{0:031d}"  # newest first, down to the oldest
     plain = runner.invoke(args=["applications", "list", "--user", "minister"])
     assert plain.exit_code == 0 and len(plain.stdout.splitlines()) == 1001
+
+
+def test_nodes_list_refuses_a_province_no_tile_names_as_the_console_does(app, runner, make_user):
+    """99, 990000 and 00 have a province's shape but name none: the console says so at its box; the command
+    printed "no nodes" and exited 0, as for a province that has none."""
+    make_user("minister")
+    for province in ("99", "990000", "00", "9900"):
+        refused = runner.invoke(args=["nodes", "list", "--user", "minister", "--province", province])
+        assert refused.exit_code == 2 and "Invalid value for '--province'" in refused.stderr, province
+        assert f"{province!r} names no province" in refused.stderr and refused.stdout == "", province
+    for province in ("36", "3600", "360000", "81"):  # Hong Kong's tile: a province without nodes is no refusal
+        listed = runner.invoke(args=["nodes", "list", "--user", "minister", "--province", province])
+        assert (listed.exit_code, listed.stdout) == (0, "no nodes\n"), province

@@ -8,7 +8,7 @@ from typing import NoReturn
 import click
 from flask.cli import AppGroup
 
-from app.admission import applications, nodes, tokens
+from app.admission import applications, nodes, tilemap, tokens
 from app.admission.models import APPLICATION_STATUSES
 from app.auth import service as users
 from app.database import paginate
@@ -186,7 +186,8 @@ def node_dict(node) -> dict:
 @user_option
 @json_option
 def nodes_list(status, province, username, as_json):
-    if province and nodes.province_prefix(province) is None:  # the console says so at its box
+    # The console says so at its box: a value of no province's shape (360100), or of one no province has (99)
+    if province and nodes.province_prefix(province) not in tilemap.province_names():
         raise click.BadParameter(f"{province!r} names no province: give its two digits (36) or its code (360000).",
                                  param_hint="'--province'")
     user = run(lambda: users.acting_user(username), as_json)
