@@ -41,3 +41,18 @@ def test_nodes_list_refuses_a_province_no_tile_names_as_the_console_does(app, ru
     for province in ("36", "3600", "360000", "81"):  # Hong Kong's tile: a province without nodes is no refusal
         listed = runner.invoke(args=["nodes", "list", "--user", "minister", "--province", province])
         assert (listed.exit_code, listed.stdout) == (0, "no nodes\n"), province
+
+
+def test_routing_show_json_prints_the_signed_bytes_which_routing_verify_accepts(app, runner, tmp_path):
+    """Its help says it prints the signed table body itself; it added a newline, so the saved output failed
+    `routing verify` ("signature INVALID")."""
+    from app.routing import service as routing
+
+    assert runner.invoke(args=["routing", "publish", "--force"]).exit_code == 0
+    shown = runner.invoke(args=["routing", "show", "--json"])
+    head = routing.head()
+    assert shown.exit_code == 0 and shown.stdout_bytes == head.body
+    (tmp_path / "body.json").write_bytes(shown.stdout_bytes)
+    (tmp_path / "sig.b64").write_text(head.signature)
+    verified = runner.invoke(args=["routing", "verify", str(tmp_path / "body.json"), str(tmp_path / "sig.b64")])
+    assert verified.exit_code == 0 and verified.stdout.startswith("signature valid"), verified.output

@@ -26,8 +26,8 @@ def show_command(as_json):
             refuse(NotFound("no table published yet", code="no_table_published"), as_json)
         click.echo("no table published yet")
         raise SystemExit(1)
-    if as_json:
-        click.echo(head.body.decode())
+    if as_json:  # the signed bytes exactly, no newline added: saved, they verify against the signature
+        click.echo(head.body, nl=False)
         return
     click.echo(f"version {head.version}, {head.node_count} nodes, issued {head.issued_at.isoformat()}, "
                f"expires {head.expires_at.isoformat()}, signer {head.signer_sha256}")
