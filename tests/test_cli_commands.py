@@ -56,3 +56,23 @@ def test_routing_show_json_prints_the_signed_bytes_which_routing_verify_accepts(
     (tmp_path / "sig.b64").write_text(head.signature)
     verified = runner.invoke(args=["routing", "verify", str(tmp_path / "body.json"), str(tmp_path / "sig.b64")])
     assert verified.exit_code == 0 and verified.stdout.startswith("signature valid"), verified.output
+
+
+def test_the_health_poll_job_before_ca_init_has_nothing_to_poll_and_says_no_ca(app, runner, tmp_path):
+    """On a fresh database, before `flask ca init`, it failed (CANotReady) every 30 s though nothing can have
+    been admitted yet; the other jobs needing the CA answer "no CA". A registry whose CA files are missing
+    still fails it: its admitted nodes go unpolled."""
+    from sqlalchemy import delete
+
+    from app.pki.models import CRLState
+
+    app.config["MPIM_CA_DIR"] = str(tmp_path / "away")
+    app.extensions.pop("mpim_authority", None)  # as in a process starting now
+    missing = runner.invoke(args=["scheduler", "run-job", "health.poll", "--json"])
+    assert missing.exit_code == 1 and json.loads(missing.stdout)["message"].startswith("CANotReady"), missing.output
+    db.session.execute(delete(CRLState))  # the database of no CA: before `flask ca init`
+    db.session.commit()
+    for job in ("health.poll", "ca.crl_refresh"):
+        done = runner.invoke(args=["scheduler", "run-job", job, "--json"])
+        assert done.exit_code == 0, done.output
+        assert (json.loads(done.stdout)["ok"], json.loads(done.stdout)["message"]) == (True, "no CA"), job

@@ -39,4 +39,10 @@ def run_round(*, spread: bool) -> service.RoundReport:
 
 
 def poll_job() -> str:
+    """Scheduler job. Before `flask ca init` nothing can have been admitted, and there is no certificate to poll
+    with: "no CA", as the other jobs needing the CA answer. A registry whose CA files are missing (the database
+    holds its CRL) fails on: its nodes go unpolled."""
+    from app.pki import service as pki
+    if not pki.is_ready() and not pki.database_holds_ca():
+        return "no CA"
     return run_round(spread=True).summary()
