@@ -95,6 +95,7 @@ def tokens_create(division, username, ttl, note, as_json):
 @user_option
 @json_option
 def tokens_list(username, as_json):
+    """The enrollment tokens the user's console lists, newest first, with their state."""
     user = run(lambda: users.acting_user(username), as_json)
     def row(token):
         item = token_dict(token)
@@ -109,6 +110,7 @@ def tokens_list(username, as_json):
 @user_option
 @json_option
 def tokens_revoke(token_id, username, as_json):
+    """Revoke an enrollment token by the number `tokens list` shows."""
     token = run(lambda: tokens.revoke_token(token_id, by=users.acting_user(username)), as_json)
     emit(token_dict(token), as_json, f"revoked {token.prefix}…")
 
@@ -128,6 +130,7 @@ def application_dict(application) -> dict:
 @user_option
 @json_option
 def applications_list(status, username, as_json):
+    """The applications the user's console lists, newest first (the pending ones unless --status)."""
     user = run(lambda: users.acting_user(username), as_json)
     query = applications.queue_query(user, status=None if status == "all" else status)
     # All of them: a page of 1,000 left the rest out without a word, and exited 0
@@ -141,6 +144,7 @@ def applications_list(status, username, as_json):
 @viewer_option
 @json_option
 def applications_show(application_id, username, as_json):
+    """One application, its CSR read out."""
     application = run(lambda: applications.get(application_id) if username is None
                       else applications.get_visible(application_id, users.acting_user(username)), as_json)
     item = application_dict(application)
@@ -154,6 +158,7 @@ def applications_show(application_id, username, as_json):
 @user_option
 @json_option
 def applications_approve(application_id, username, as_json):
+    """Approve a pending application (ministry admins): the node is admitted and its id printed."""
     node = run(lambda: applications.approve(applications.get(application_id), by=users.acting_user(username)), as_json)
     emit({"application_id": application_id, "status": "approved", "node_id": node.node_id}, as_json,
          f"approved: node {node.node_id}")
@@ -165,6 +170,7 @@ def applications_approve(application_id, username, as_json):
 @user_option
 @json_option
 def applications_reject(application_id, reason, username, as_json):
+    """Reject a pending application (ministry admins; needs a reason)."""
     run(lambda: applications.reject(applications.get(application_id), reason, by=users.acting_user(username)),
         as_json)
     emit({"application_id": application_id, "status": "rejected", "reason": reason}, as_json, "rejected")
@@ -186,6 +192,7 @@ def node_dict(node) -> dict:
 @user_option
 @json_option
 def nodes_list(status, province, username, as_json):
+    """The nodes the user's console lists, by node id."""
     # The console says so at its box: a value of no province's shape (360100), or of one no province has (99)
     if province and nodes.province_prefix(province) not in tilemap.province_names():
         raise click.BadParameter(f"{province!r} names no province: give its two digits (36) or its code (360000).",
@@ -201,13 +208,14 @@ def nodes_list(status, province, username, as_json):
 @viewer_option
 @json_option
 def nodes_show(node_id, username, as_json):
+    """One node's record."""
     node = run(lambda: nodes.get(node_id) if username is None
                else nodes.get_visible(node_id, users.acting_user(username)), as_json)
     emit_record(node_dict(node), as_json)
 
 
 def lifecycle_command(name: str, action):
-    @nodes_cli.command(name)
+    @nodes_cli.command(name, help=f"{name.capitalize()} a node (ministry admins; needs a reason).")
     @click.argument("node_id")
     @click.option("--reason", required=True)
     @user_option
@@ -218,7 +226,6 @@ def lifecycle_command(name: str, action):
         if name == "resume" and not nodes.holds_valid_certificate(node):  # on stderr: --json output stays one record
             click.echo(f"warning: {nodes.not_back_in_routes(node)}", err=True)
 
-    command.__doc__ = f"{name.capitalize()} a node (ministry admins; needs a reason)."
     return command
 
 
@@ -239,7 +246,7 @@ def suspension_request_command(name: str, action, doc: str, done: str, *, reason
     reason_option = (click.option("--reason", required=True) if reason_required
                      else click.option("--reason", default="", help="Optional."))
 
-    @nodes_cli.command(name)
+    @nodes_cli.command(name, help=doc)  # the help is read here: a __doc__ set afterwards was never shown
     @click.argument("node_id")
     @reason_option
     @user_option
@@ -252,7 +259,6 @@ def suspension_request_command(name: str, action, doc: str, done: str, *, reason
         node = run(act, as_json)
         emit(suspension_request_dict(node), as_json, done.format(node_id=node.node_id))
 
-    command.__doc__ = doc
     return command
 
 
@@ -274,6 +280,7 @@ suspension_request_command(
 @click.argument("division_code")
 @json_option
 def nodes_resolve(division_code, as_json):
+    """The active node serving a division code: its own, else its prefecture's, else its province's."""
     node, level = run(lambda: nodes.resolve(division_code), as_json)
     emit({"division": division_code, "matched_level": level, **node_dict(node)}, as_json,
          f"{division_code} → {node.node_id} ({node.org_name}), matched at {level}")

@@ -70,6 +70,7 @@ def create_command(role, username, scope, display_name, password_stdin, as_json)
 @cli.command("list")
 @click.option("--json", "as_json", is_flag=True)
 def list_command(as_json):
+    """Every console user: role, scopes, and whether active and locked."""
     for user in db.session.scalars(select(User).order_by(User.username)):
         item = {"username": user.username, "role": user.role, "scopes": user.scopes, "active": user.active,
                 "locked": service.is_locked(user.username)}
@@ -172,6 +173,7 @@ def ensure_admin_command(username, as_json):
 @click.argument("username")
 @click.option("--json", "as_json", is_flag=True)
 def unlock_command(username, as_json):
+    """Clear a user's sign-in lock, and every address lock in force."""
     try:
         addresses = service.unlock(username, actor="cli")
         db.session.commit()

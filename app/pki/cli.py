@@ -64,6 +64,7 @@ def certificate_dict(row, state: str | None = None) -> dict:
 @click.option("--node", "node_id", default="")
 @click.option("--json", "as_json", is_flag=True)
 def list_command(state, kind, node_id, as_json):
+    """The certificates the CA has issued, with their state."""
     query = inventory.inventory_query(state=state, node_id=node_id, kind=kind)
     for row, row_state in paginate(query, 1, 100000, count=False, decode=inventory.listed).items:
         emit(certificate_dict(row, row_state), as_json, f"{row.serial:<34} {row.kind:<12} {row.node_id or '':<20} "
@@ -89,6 +90,7 @@ def show_command(serial, as_json):
 @click.option("--user", "username", required=True)
 @click.option("--json", "as_json", is_flag=True)
 def revoke_command(serial, reason, username, as_json):
+    """Revoke a certificate by serial; the CRL is regenerated, and one in use is replaced."""
     revoked = run(lambda: revocation.revoke(service.get(serial), reason, by=users.acting_user(username)), as_json)
     row, replacement = revoked.certificate, revoked.replacement
     line = f"revoked {row.serial} ({reason}); CRL regenerated"

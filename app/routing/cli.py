@@ -20,6 +20,7 @@ cli = AppGroup("routing", help="The signed routing table.")
 @cli.command("show")
 @click.option("--json", "as_json", is_flag=True, help="Print the signed table body itself.")
 def show_command(as_json):
+    """The current routing table: its version, node count, validity and signer."""
     head = service.head()
     if head is None:
         if as_json:  # stdout is for the table
@@ -37,6 +38,7 @@ def show_command(as_json):
 @click.option("--limit", default=20, show_default=True, type=Digits(1, 1_000_000))
 @click.option("--json", "as_json", is_flag=True)
 def history_command(limit, as_json):
+    """The published versions of the routing table, newest first, with what changed."""
     for row in paginate(service.history_query(), 1, limit, count=False).items:
         item = {"version": row.version, "issued_at": row.issued_at.isoformat(), "reason": row.reason,
                 "node_count": row.node_count, "changes": row.changes}
@@ -87,6 +89,7 @@ def verify_command(body_file, signature_file, as_json):
               help="After restoring a backup: publish a version above this one (the highest version nodes hold).")
 @click.option("--json", "as_json", is_flag=True)
 def publish_command(force, above, as_json):
+    """Sign and publish a new version of the routing table if what nodes would see changed."""
     version = run(lambda: service.publish("cli", force=force, actor="cli", above=above), as_json)
     if as_json:
         click.echo(json.dumps({"published": version is not None, "version": version.version if version else
