@@ -97,3 +97,20 @@ def test_every_command_has_a_help_text_which_help_shows(app, runner):
                  "list", "show", "resolve"):
         line = next(line for line in listed.splitlines() if line.strip().startswith(name + " "))
         assert line.strip() != name and len(line.split(None, 1)) == 2, line
+
+
+def test_tokens_revoke_takes_a_token_number_in_ascii_digits_only(app, runner, make_user):
+    """' ５ ' (fullwidth, blanks around) revoked token 5: click's int() reads both; the CLI's numbers are ASCII."""
+    from app.admission import tokens
+
+    minister = make_user("minister")
+    token, _ = tokens.create_token("360000", by=minister)
+    db.session.commit()
+    fullwidth = "".join(chr(0xFF10 + int(digit)) for digit in str(token.id))
+    for typed in (f" {fullwidth} ", fullwidth, f" {token.id}", f"+{token.id}"):
+        refused = runner.invoke(args=["tokens", "revoke", typed, "--user", "minister"])
+        assert refused.exit_code == 2 and "is not a whole number in ASCII digits" in refused.stderr, typed
+    db.session.expire_all()
+    assert token.state() != "revoked"
+    revoked = runner.invoke(args=["tokens", "revoke", str(token.id), "--user", "minister", "--json"])
+    assert revoked.exit_code == 0 and json.loads(revoked.stdout)["state"] == "revoked", revoked.output

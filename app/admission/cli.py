@@ -11,6 +11,7 @@ from flask.cli import AppGroup
 from app.admission import applications, nodes, tilemap, tokens
 from app.admission.models import APPLICATION_STATUSES
 from app.auth import service as users
+from app.cli_arguments import Digits
 from app.database import paginate
 from app.errors import DomainError
 from app.extensions import db
@@ -106,7 +107,7 @@ def tokens_list(username, as_json):
 
 
 @tokens_cli.command("revoke")
-@click.argument("token_id", type=int)
+@click.argument("token_id", type=Digits())  # int() read " ５ " as 5
 @user_option
 @json_option
 def tokens_revoke(token_id, username, as_json):
