@@ -283,8 +283,8 @@ def test_routing_show_json_without_a_table_is_a_refusal(app, runner):
     """It printed "no table published yet" on stdout, where a JSON reader expects the table."""
     assert routing.head() is None
     assert refusal(runner.invoke(args=["routing", "show", "--json"]))["code"] == "no_table_published"
-    plain = runner.invoke(args=["routing", "show"])
-    assert (plain.exit_code, plain.stdout) == (1, "no table published yet\n")
+    plain = runner.invoke(args=["routing", "show"])  # a refusal on stderr too, as every other command's
+    assert (plain.exit_code, plain.stdout, plain.stderr) == (1, "", "error: no table published yet\n")
 
 
 # --- every command ------------------------------------------------------------------------------

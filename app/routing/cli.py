@@ -22,11 +22,8 @@ cli = AppGroup("routing", help="The signed routing table.")
 def show_command(as_json):
     """The current routing table: its version, node count, validity and signer."""
     head = service.head()
-    if head is None:
-        if as_json:  # stdout is for the table
-            refuse(NotFound("no table published yet", code="no_table_published"), as_json)
-        click.echo("no table published yet")
-        raise SystemExit(1)
+    if head is None:  # on stderr, with or without --json: stdout is for the table
+        refuse(NotFound("no table published yet", code="no_table_published"), as_json)
     if as_json:  # the signed bytes exactly, no newline added: saved, they verify against the signature
         click.echo(head.body, nl=False)
         return
