@@ -114,3 +114,11 @@ def test_tokens_revoke_takes_a_token_number_in_ascii_digits_only(app, runner, ma
     assert token.state() != "revoked"
     revoked = runner.invoke(args=["tokens", "revoke", str(token.id), "--user", "minister", "--json"])
     assert revoked.exit_code == 0 and json.loads(revoked.stdout)["state"] == "revoked", revoked.output
+
+
+def test_tokens_create_takes_a_division_code_with_blanks_around_as_the_console_does(app, runner, make_user):
+    """A pasted " 360000 " was refused by the command, while the console's box strips the blanks."""
+    make_user("minister")
+    created = runner.invoke(args=["tokens", "create", "--division", " 360000\u3000", "--user", "minister", "--json"])
+    assert created.exit_code == 0, created.output
+    assert json.loads(created.stdout)["division"] == "360000"

@@ -86,6 +86,7 @@ def token_dict(token) -> dict:
 @json_option
 def tokens_create(division, username, ttl, note, as_json):
     """Issue a token; the raw token is printed once and never again."""
+    division = division.strip()  # a pasted code's blanks, as the console's box drops them (forms.without_blanks)
     token, raw = run(lambda: tokens.create_token(division, by=users.acting_user(username), ttl=tokens.parse_ttl(ttl),
                                                  note=note), as_json)
     emit({**token_dict(token), "token": raw}, as_json, f"{raw}\n(expires {token.expires_at:%Y-%m-%d %H:%M} UTC; "
