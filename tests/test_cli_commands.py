@@ -122,3 +122,33 @@ def test_tokens_create_takes_a_division_code_with_blanks_around_as_the_console_d
     created = runner.invoke(args=["tokens", "create", "--division", " 360000\u3000", "--user", "minister", "--json"])
     assert created.exit_code == 0, created.output
     assert json.loads(created.stdout)["division"] == "360000"
+
+
+def test_health_poll_json_gives_the_late_alerts_the_plain_summary_names(app, runner, make_user):
+    """A node down through a maintenance window that has ended is alerted late: the plain line said "still down
+    after maintenance: NODE"; --json left it out."""
+    import socket
+
+    from app.database import utcnow
+    from app.health import maintenance, service
+    from app.health.models import NodeHealth
+    from tests.test_admission_review import admit
+    from tests.test_health_state import Result
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]  # closed below: nothing listens there, each poll is refused
+    minister = make_user("minister")
+    node = admit(make_user("jx-admin", "provincial_admin", ("360000",)), minister,
+                 endpoint=f"https://127.0.0.1:{port}")
+    maintenance.set_maintenance(node.node_id, utcnow() + timedelta(hours=1), "upgrade", by=minister)
+    db.session.commit()
+    for _ in range(3):  # down inside the window: the alert is held back
+        service.apply_round([Result(node.node_id, False, failure="refused")])
+    db.session.get(NodeHealth, node.node_id).maintenance_until = utcnow() - timedelta(seconds=1)  # it ran out
+    db.session.commit()
+    polled = runner.invoke(args=["health", "poll", "--once", "--json"])
+    assert polled.exit_code == 0, polled.output
+    report = json.loads(polled.stdout)
+    assert [(alert["node_id"], alert["new"], alert["after_maintenance"]) for alert in report["late_alerts"]] == [
+        (node.node_id, "down", True)]
+    assert report["polled"] == 1 and report["changes"] == []

@@ -24,7 +24,8 @@ def poll_command(once, as_json):
     if as_json:
         click.echo(json.dumps({"polled": report.polled, "ok": report.ok, "skipped": report.skipped,
                                "failures": report.failures,
-                               "changes": [c.__dict__ for c in report.changes]}, ensure_ascii=False))
+                               "changes": [c.__dict__ for c in report.changes],
+                               "late_alerts": [c.__dict__ for c in report.late_alerts]}, ensure_ascii=False))
     else:
         click.echo(report.summary())
 
