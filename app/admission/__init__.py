@@ -5,7 +5,7 @@ def init_app(app) -> None:
     from flask_babel import lazy_gettext as _l
 
     from app import console
-    from app.admission import applications, cli, node_views, nodes, tokens
+    from app.admission import applications, cli, cli_submit, node_views, nodes, tokens
     from app.admission.api import bp as api_bp
     from app.admission.views import bp
     from app.divisions import service as divisions
@@ -21,6 +21,8 @@ def init_app(app) -> None:
             ("admission.token_list", _l("Enrollment tokens"), ("ministry_admin", "provincial_admin")),
             ("nodes.resolve", _l("Resolve"), ("ministry_admin", "provincial_admin", "auditor")),
         ])
+    cli.applications_cli.add_command(cli_submit.applications_submit)  # the application form's twins
+    cli.nodes_cli.add_command(cli_submit.nodes_change)
     for group in (cli.tokens_cli, cli.applications_cli, cli.nodes_cli):
         app.cli.add_command(group)
     for check in (nodes.retired_codes_in_use, applications.retired_codes_pending, tokens.retired_codes_unused):
