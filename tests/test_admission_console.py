@@ -214,6 +214,19 @@ def test_console_refuses_endpoint_port_zero_in_the_form(app, make_user):
     assert db.session.scalar(db.select(db.func.count()).select_from(Application)) == 0
 
 
+def test_console_refuses_a_bracketed_host_that_is_no_ipv6_address_as_the_api_does(app, make_user):
+    from app.admission.models import Application
+    from tests.factories import application_form, make_csr
+
+    make_user("jx-admin", "provincial_admin", ("360000",))
+    console = Console(app.test_client())
+    console.login("jx-admin")
+    form = application_form(endpoint="https://[v1.x]:8443/im", csr=make_csr())
+    html = console.post_form("/applications/new", form).get_data(as_text=True)
+    assert "IPv6" in html and 'value="https://[v1.x]:8443/im"' in html
+    assert db.session.scalar(db.select(db.func.count()).select_from(Application)) == 0
+
+
 def test_an_endpoint_refusal_in_the_console_names_the_node_only_to_an_admin_who_may_see_it(app, make_user):
     from app.admission import applications
     from tests.factories import application_form, make_csr, node_document

@@ -342,7 +342,7 @@ def test_a_division_that_is_no_six_digit_code_is_refused_by_name_before_init_wri
 
 @pytest.mark.parametrize("endpoint", ["x", "127.0.0.1:8643", "http://127.0.0.1:8643", "https://", "https:///node",
                                       "https://ops@node.example", "https://node.example/a b",
-                                      "https://node.example:99999", "https://node.example/?q=1"])
+                                      "https://node.example:99999", "https://node.example/?q=1", "https://[v1.x]:8443"])
 def test_an_endpoint_the_management_node_would_refuse_is_refused_by_name_before_init_writes_anything(
         tmp_path, endpoint):
     """`--endpoint x` was stored as given and refused only at `join`; init now applies the management node's own

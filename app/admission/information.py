@@ -93,10 +93,18 @@ def normalise_endpoint(value) -> str:
     host = (parts.hostname or "").lower()
     if not host:
         raise invalid(_l("The endpoint has no host."), "endpoint", "invalid_endpoint")
+    # urlsplit takes an RFC 3986 IPvFuture literal ("[v1.x]") and its hostname drops the brackets: "v1.x" then
+    # passed as a DNS name, and the node was stored and certified under a name it never gave.
+    bracketed = "[" in parts.netloc  # user information was refused above
     try:
         ip = ipaddress.ip_address(host)
         shown_host = f"[{ip}]" if ip.version == 6 else str(ip)
+        if bracketed and ip.version != 6:
+            raise ValueError(host)
     except ValueError:
+        if bracketed:
+            raise invalid(_l("Only an IPv6 address goes in brackets in an endpoint's host."), "endpoint",
+                          "invalid_endpoint") from None
         labels = host.rstrip(".").split(".")
         # An all-numeric last label is no DNS name (RFC 3696 §2): "1.2.3" reads as an IPv4 address to
         # resolvers and browsers (1.2.0.3), which the node's certificate would then not name.
