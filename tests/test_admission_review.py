@@ -667,6 +667,41 @@ def test_console_application_with_a_key_in_use_is_refused_in_the_csr_field(app, 
     assert db.session.scalar(select(db.func.count()).select_from(Application)) == 1
 
 
+def test_a_key_refusal_names_the_holder_only_to_an_admin_whose_scope_covers_it(jx_admin, minister, make_user):
+    """As for endpoints (docs/protocol.md §4): key_in_use named the other node and its certificate's serial, and
+    key_pending the waiting application, to anyone who sent the key, another province's admin too."""
+    from app.pki import service as pki
+
+    gd_admin = make_user("gd-admin", "provincial_admin", ("440000",))
+    held, waiting_keys = NodeKeys(), NodeKeys()
+    node = admit(jx_admin, minister, csr=held.csr)
+    serial = pki.current_certificate(node.node_id).serial
+    waiting = apply(jx_admin, csr=waiting_keys.csr)
+    other = admit(gd_admin, minister, "440000")
+
+    def refusal(submit) -> Conflict:
+        with pytest.raises(Conflict) as caught:
+            submit()
+        db.session.rollback()
+        return caught.value
+
+    for by, division in ((gd_admin, "440000"), (jx_admin, "360000")):
+        shown = by is jx_admin
+        in_use = refusal(lambda by=by, division=division: applications.submit_by_user(
+            node_document(division, csr=held.csr), by=by))
+        pending = refusal(lambda by=by, division=division: applications.submit_by_user(
+            node_document(division, csr=waiting_keys.csr), by=by))
+        assert (in_use.code, pending.code) == ("key_in_use", "key_pending")
+        assert (node.node_id in str(in_use.message), serial in str(in_use.message)) == (shown, shown)
+        assert (waiting.id in str(pending.message)) == shown
+    # a change request of a node in the admin's scope, and an admin's renewal, follow the same rule
+    change = refusal(lambda: applications.submit_change(other, node_document("440000", endpoint=other.endpoint,
+                                                                             csr=held.csr), by=gd_admin))
+    assert change.code == "key_in_use" and node.node_id not in str(change.message)
+    renewal = refusal(lambda: pki.renew(other, waiting_keys.csr, by=minister))
+    assert renewal.code == "key_pending" and waiting.id in str(renewal.message)
+
+
 def test_a_disabled_account_acts_through_no_cli_command(runner, make_user):
     """`--user NAME` is the console user acting (README): a disabled account signs in nowhere, so the CLI must
     not approve, suspend or issue in its name either, leaving the audit log naming someone who left."""

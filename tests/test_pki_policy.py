@@ -204,7 +204,7 @@ def test_renewal_cannot_take_the_key_another_nodes_application_waits_with(client
         refused = renew(client, token, held.csr)
         error = refused.get_json()["error"]
         assert (refused.status_code, error["code"], error["field"]) == (409, "key_pending", "csr")
-        assert application.id in error["message"]
+        assert application.id not in error["message"]  # a node is told of no other node's application
     assert [c.serial for c in pki.node_certificates(node.node_id)] == [row.serial]
     assert renew(client, token, own.csr).status_code == 201
 

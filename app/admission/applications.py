@@ -113,7 +113,7 @@ def submit_by_user(document: dict, *, by, names: Mapping[str, str] | None = None
     info, key_sha256 = submission.info, submission.key_sha256
     require_division_scope(by, info.division_code)
     uniqueness.hold(key_sha256=key_sha256, endpoint=info.endpoint)
-    uniqueness.require_key_free(key_sha256)
+    uniqueness.require_key_free(key_sha256, by=by)
     uniqueness.require_endpoint_free(info.endpoint, by=by)
     application = _new_application(info, submission.csr_pem, submitted_by_id=by.id, key_sha256=key_sha256)
     db.session.flush()
@@ -147,7 +147,7 @@ def submit_change(node: Node, document: dict, *, by, names: Mapping[str, str] | 
     if endpoint_host(info.endpoint) != endpoint_host(node.endpoint) and not csr_pem:
         raise ValidationFailed(_l("A new endpoint host needs a new CSR: the certificate names the host."),
                                code="missing_csr", field="csr")
-    uniqueness.require_key_free(key_sha256, node.node_id)
+    uniqueness.require_key_free(key_sha256, node.node_id, by=by)
     application = _new_application(info, csr_pem, kind="change", node_id=node.node_id, submitted_by_id=by.id,
                                    key_sha256=key_sha256)
     db.session.flush()

@@ -35,8 +35,10 @@ def require_endpoint_free(endpoint: str, node_id: str | None = None, application
         raise Conflict(message, code="endpoint_pending", field="endpoint")
 
 
-def may_see(user, division_code: str) -> bool:
-    return user is not None and user.can_access_division(division_code)
+def may_see(user, division_code: str | None) -> bool:
+    """Whether a refusal may name to `user` what holds a key or endpoint; `division_code` None: the management
+    node itself (a service certificate), in the division its own node id names (`nodes.management_node_id`)."""
+    return user is not None and user.can_access_division(division_code or "100000")
 
 
 def lock_names(key_sha256: str | None, endpoint: str | None) -> list[str]:
@@ -52,19 +54,24 @@ def hold(*, key_sha256: str | None = None, endpoint: str | None = None) -> None:
     serialise(*lock_names(key_sha256, endpoint))
 
 
-def require_key_free(key_sha256: str | None, node_id: str | None = None) -> None:
+def require_key_free(key_sha256: str | None, node_id: str | None = None, *, by=None) -> None:
     """One key, one node: refuse a CSR whose key another node's certificate (not revoked) or another
     pending application already carries; `node_id`'s own certificates and change request do not count.
-    Admission and renewal ask this (the caller holds the key's lock, see `hold`)."""
+    Admission and renewal ask this (the caller holds the key's lock, see `hold`). As `require_endpoint_free`,
+    the refusal names the holder only to `by`, an admin whose scope covers it."""
     from app.pki import service as pki
 
     if not key_sha256:
         return
-    pki.require_key_unused(key_sha256, node_id)
-    query = select(Application.id).where(Application.key_sha256 == key_sha256, Application.status == "pending")
+    pki.require_key_unused(key_sha256, node_id, by=by)
+    query = select(Application.id, Application.division_code).where(Application.key_sha256 == key_sha256,
+                                                                     Application.status == "pending")
     if node_id:
         query = query.where(or_(Application.node_id.is_(None), Application.node_id != node_id))
-    pending = db.session.scalar(query.limit(1))
+    pending = db.session.execute(query.limit(1)).first()
     if pending:
-        raise Conflict(_l("Application %(id)s with this CSR's key is already waiting for review: every node needs "
-                          "its own key. Generate a new key and CSR.", id=pending), code="key_pending", field="csr")
+        message = _l("Application %(id)s with this CSR's key is already waiting for review: every node needs its own "
+                     "key. Generate a new key and CSR.", id=pending.id) if may_see(by, pending.division_code) else \
+            _l("Another application with this CSR's key is already waiting for review: every node needs its own key. "
+               "Generate a new key and CSR.")
+        raise Conflict(message, code="key_pending", field="csr")

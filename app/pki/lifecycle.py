@@ -81,9 +81,22 @@ def _check_names(config: ca.CAConfig) -> None:
                                    code="invalid_ca_name")
 
 
+def _reviewer(application):
+    """The admin who approved `application` (None for "system"): a refusal to certify its key (key_in_use) names
+    the holder to them as far as their scope reaches, as `uniqueness.require_key_free` does."""
+    from sqlalchemy import select
+
+    from app.auth.models import User
+    from app.extensions import db
+
+    return db.session.scalar(select(User).where(User.username == application.reviewed_by)) \
+        if application.reviewed_by else None
+
+
 def node_admitted(node, application) -> None:
     """admission hook: approval issues the certificate from the application's CSR."""
-    service.issue_for_node(node, application.csr_pem, actor=application.reviewed_by or "system")
+    service.issue_for_node(node, application.csr_pem, actor=application.reviewed_by or "system",
+                           by=_reviewer(application))
 
 
 def node_status_changed(node, old: str, new: str, reason: str) -> None:
@@ -102,7 +115,8 @@ def node_changed(node, application, changes: dict) -> None:
     if not application.csr_pem:
         return
     previous = [row for row in service.node_certificates(node.node_id) if row.revoked_at is None]
-    service.issue_for_node(node, application.csr_pem, actor=application.reviewed_by or "system")
+    service.issue_for_node(node, application.csr_pem, actor=application.reviewed_by or "system",
+                           by=_reviewer(application))
     if "endpoint" in changes:
         from app.admission.information import endpoint_host
 

@@ -177,20 +177,28 @@ def key_conflict(key_sha256: str, node_id: str | None) -> Certificate | None:
                              .order_by(case((compromised, 0), else_=1), Certificate.issued_at).limit(1))
 
 
-def require_key_unused(key_sha256: str, node_id: str | None) -> None:
+def require_key_unused(key_sha256: str, node_id: str | None, *, by=None) -> None:
     """One key, one node: a second node with the same key could open sessions and sign as the first.
     And never a key once reported compromised, for any node: a revocation for another reason (the node
-    retired, the certificate superseded) frees the key, that one does not."""
+    retired, the certificate superseded) frees the key, that one does not. `key_in_use` names the holder and
+    its certificate only to `by`, an admin whose scope covers the holder (docs/protocol.md §4)."""
+    from app.admission.models import Node
+    from app.admission.uniqueness import may_see
+
     other = key_conflict(key_sha256, node_id)
     if other is not None and other.revocation_reason == "key_compromise":
         raise Conflict(_l("This CSR's key was reported compromised when certificate %(serial)s was revoked: it is "
                           "never certified again. Generate a new key and CSR.", serial=other.serial),
                        code="key_compromised", field="csr")
     if other is not None:
-        raise Conflict(_l("This CSR's key is already certified for %(holder)s (certificate %(serial)s): every node "
-                          "needs its own key. Generate a new key and CSR.",
-                          holder=other.node_id or other.kind, serial=other.serial),
-                       code="key_in_use", field="csr")
+        division = other.node_id and db.session.scalar(select(Node.division_code).where(
+            Node.node_id == other.node_id))
+        message = _l("This CSR's key is already certified for %(holder)s (certificate %(serial)s): every node needs "
+                     "its own key. Generate a new key and CSR.", holder=other.node_id or other.kind,
+                     serial=other.serial) if may_see(by, division) else \
+            _l("This CSR's key is already certified for another node: every node needs its own key. Generate a new "
+               "key and CSR.")
+        raise Conflict(message, code="key_in_use", field="csr")
 
 
 def store(certificate: x509.Certificate, kind: str, node_id: str | None, actor: str, *,
@@ -220,20 +228,22 @@ def store(certificate: x509.Certificate, kind: str, node_id: str | None, actor: 
 
 # --- node certificates ---------------------------------------------------------------------------
 
-def issue_for_node(node, csr_pem: str, *, actor: str) -> Certificate:
+def issue_for_node(node, csr_pem: str, *, actor: str, by=None) -> Certificate:
     csr = csr_policy.load_csr(csr_pem)
     csr_policy.check_csr(csr)
-    return _issue_checked(node, csr, key_fingerprint(csr.public_key()), actor=actor)
+    return _issue_checked(node, csr, key_fingerprint(csr.public_key()), actor=actor, by=by)
 
 
-def _issue_checked(node, csr: x509.CertificateSigningRequest, key_sha256: str, *, actor: str) -> Certificate:
-    """Issue for a CSR that passed the policy; `key_sha256` is its key's (the certificate certifies it)."""
+def _issue_checked(node, csr: x509.CertificateSigningRequest, key_sha256: str, *, actor: str,
+                   by=None) -> Certificate:
+    """Issue for a CSR that passed the policy; `key_sha256` is its key's (the certificate certifies it). `by`:
+    the admin issuing it, to whom a `key_in_use` refusal may name the holder."""
     from app.admission.information import endpoint_host
     from app.pki import intermediate
 
     intermediate.require_not_revoked()  # a certificate no node would accept
     serialise(key_lock_name(key_sha256))  # an approval and a renewal racing with one key: one wins
-    require_key_unused(key_sha256, node.node_id)
+    require_key_unused(key_sha256, node.node_id, by=by)
     certificate = authority().issue_node_certificate(
         csr, node_id=node.node_id, org_name=node.org_name, endpoint_host=endpoint_host(node.endpoint),
         validity_days=current_app.config["MPIM_CERT_DAYS"])
@@ -357,10 +367,10 @@ def renew(node, csr_pem: str, *, by=None, still_entitled: Callable[[], object] |
         if utcnow() < opens:
             raise Conflict(_l("Renewal opens at %(when)s, in the last third of the validity.",
                               when=opens.isoformat(timespec="seconds")), code="renewal_too_early")
-    uniqueness.require_key_free(key_sha256, node.node_id)
+    uniqueness.require_key_free(key_sha256, node.node_id, by=by)
     actor = by.username if by else f"node:{node.node_id}"
     audit.act_as(actor)  # the route version the hooks publish is this renewal's too
-    row = _issue_checked(node, csr, key_sha256, actor=actor)
+    row = _issue_checked(node, csr, key_sha256, actor=actor, by=by)
     for hook in certificate_changed:
         hook(node.node_id)
     return row
