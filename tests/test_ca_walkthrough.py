@@ -232,7 +232,8 @@ def test_console_renewal_with_nothing_or_junk_says_so(app, people):  # noqa: F81
     console = Console(app.test_client())
     console.login("minister")
     empty = console.post_form(f"/certificates/{row.serial}", {"csr": ""}, action=f"/certificates/{row.serial}/renew")
-    assert empty.status_code == 422 and "未提供证书请求" in empty.get_data(as_text=True)
+    # the refusal the application form gives (missing_csr): every door refuses a missing CSR alike
+    assert empty.status_code == 422 and "需要 PKCS#10 证书请求（PEM）。" in empty.get_data(as_text=True)
     token_page = console.client.get(f"/certificates/{row.serial}").get_data(as_text=True)
     junk = console.client.post(f"/certificates/{row.serial}/renew", content_type="multipart/form-data", data={
         "csrf_token": csrf_token(token_page), "csr": "", "csr_file": (io.BytesIO(bytes(range(256))), "junk.bin")})

@@ -294,7 +294,7 @@ def test_api_renewal_without_a_csr_does_not_speak_of_pasting_or_uploading(client
     response = client.post("/api/v1/certificates/renew", json={"csr": ""},
                            headers={"Authorization": f"Bearer {session}"})
     error = response.get_json()["error"]
-    assert response.status_code == 400 and error["code"] == "invalid_csr"
+    assert response.status_code == 400 and error["code"] == "missing_csr"  # as an application's empty csr
     assert "paste" not in error["message"] and "upload" not in error["message"] and "CSR" in error["message"]
 
 

@@ -161,6 +161,32 @@ def renew(client, session_token, csr):
                        headers={"Authorization": f"Bearer {session_token}"})
 
 
+@pytest.mark.parametrize(("body", "code"), [({}, "missing_csr"), ({"csr": None}, "missing_csr"),
+                                            ({"csr": ""}, "missing_csr"), ({"csr": "  \n"}, "missing_csr"),
+                                            ({"csr": 5}, "invalid_csr"), ({"csr": ["x"]}, "invalid_csr"),
+                                            ({"csr": "not a csr"}, "invalid_csr")])
+def test_renewal_refuses_a_missing_or_non_text_csr_as_an_application_does(client, people, body, code):  # noqa: F811
+    """docs/protocol.md: an application, a change request and a renewal refuse the same CSR alike. Renewal said
+    invalid_csr "No CSR was given" for every one of these, 5 and ["x"] too, where an application says
+    missing_csr, or "csr must be a PEM string."."""
+    from app.admission import tokens
+    from tests.factories import node_document
+
+    node, keys = admit_with_keys(people)
+    token = client.post("/api/v1/session", json=keys.session_request(node.node_id)).get_json()["token"]
+    row = pki.current_certificate(node.node_id)
+    row.not_before, row.not_after = utcnow() - timedelta(days=70), utcnow() + timedelta(days=20)  # window open
+    _, raw = tokens.create_token("360000", by=people[1])
+    db.session.commit()
+    applied = client.post("/api/v1/applications", json={**node_document("360000"), "csr": None, **body},
+                          headers={"Authorization": f"Bearer {raw}"}).get_json()["error"]
+    renewed = client.post("/api/v1/certificates/renew", json=body,
+                          headers={"Authorization": f"Bearer {token}"}).get_json()["error"]
+    assert (renewed["code"], renewed["field"]) == (code, "csr")
+    assert renewed == applied
+    assert pki.current_certificate(node.node_id).serial == row.serial  # nothing issued
+
+
 def test_renewal_in_the_last_third_changes_the_route_fingerprint(client, people):  # noqa: F811
     from app.routing import service as routing
 

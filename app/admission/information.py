@@ -204,6 +204,14 @@ def parse(document, names: Mapping[str, str] | None = None) -> NodeInformation:
     return NodeInformation(division_code=division_code.strip(), **checked)
 
 
+def csr_text(value) -> str | None:
+    """A document's `csr` as sent: text, or None without one; anything else (5, a list) is `invalid_csr`. Every
+    door that takes a CSR in JSON (an application, a renewal) asks this, then `checked_csr`, so they refuse alike."""
+    if value is not None and not isinstance(value, str):
+        raise invalid(_l("csr must be a PEM string."), "csr", "invalid_csr")
+    return value
+
+
 def checked_csr(pem: str | None) -> x509.CertificateSigningRequest:
     """The CSR parsed, and passed by the CA's key policy (`app.pki.csr_policy`); `missing_csr` without one."""
     from app.pki import csr_policy
@@ -241,9 +249,7 @@ def check_submission(document: dict, *, new: bool = True, names: Mapping[str, st
         info = parse(document, names)
     csr_pem, key_sha256, csr_read = None, None, False
     with refusals.check():
-        csr_pem = read_csr() if read_csr else document.get("csr")
-        if csr_pem is not None and not isinstance(csr_pem, str):
-            raise invalid(_l("csr must be a PEM string."), "csr", "invalid_csr")
+        csr_pem = csr_text(read_csr() if read_csr else document.get("csr"))
         csr_read = True
     division_code = document.get("division_code")
     if new and isinstance(division_code, str):

@@ -9,7 +9,7 @@ from cryptography.x509.ocsp import OCSPResponseStatus
 from flask import Blueprint, Response, g, request
 from werkzeug.exceptions import UnsupportedMediaType
 
-from app.admission import nodes, tokens
+from app.admission import information, nodes, tokens
 from app.admission.api import bearer_token, json_body, request_body
 from app.errors import NotFound, PermissionDenied
 from app.extensions import csrf, db
@@ -152,7 +152,7 @@ def renew():
     node = nodes.get(g.node_id)
     try:
         raw = bearer_token()
-        row = service.renew(node, document.get("csr") if isinstance(document.get("csr"), str) else "",
+        row = service.renew(node, information.csr_text(document.get("csr")),
                             still_entitled=lambda: sessions.authenticate(raw))
         chain = service.authority().chain_pem()
     except (keys.CAKeyUnreadable, service.CANotReady, own_keys.RouteSignerRevoked) as error:

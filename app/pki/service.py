@@ -333,19 +333,18 @@ def parsed_certificate(pem: str) -> x509.Certificate:
     return x509.load_pem_x509_certificate(pem.encode())
 
 
-def renew(node, csr_pem: str, *, by=None, still_entitled: Callable[[], object] | None = None) -> Certificate:
+def renew(node, csr_pem: str | None, *, by=None, still_entitled: Callable[[], object] | None = None) -> Certificate:
     """A node renews in the last third of its certificate's validity; an admin (`by`) any time.
     The old certificate stays valid until it expires; the route table carries the new one.
     One key, one node, as for an application: a key another node's pending application carries is refused
     too (`key_pending`), or approving that application would find its key certified for someone else.
     `still_entitled`: the caller's credentials checked again once the node is held, raising to refuse (the API
     door's node session, which a revocation of one of the node's certificates ends while the request waits)."""
-    from app.admission import nodes, uniqueness
+    from app.admission import information, nodes, uniqueness
 
     if by is not None and by.role != "ministry_admin":
         raise PermissionDenied(_l("Only a ministry admin may do this."), code="ministry_only")
-    csr = csr_policy.load_csr(csr_pem)
-    csr_policy.check_csr(csr)  # bad input is reported before the window
+    csr = information.checked_csr(csr_pem)  # bad input is reported before the window, as an application's is
     # Queue behind a revocation of the node deciding at the same moment (it then refuses this renewal,
     # or revokes the new certificate too); the key's name too, in the order every other caller takes them.
     key_sha256 = key_fingerprint(csr.public_key())
