@@ -16,6 +16,26 @@ from app.errors import ValidationFailed
 # Unicode's Bidi_Control characters.
 BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 LINE_BREAKS = frozenset("\r\n")
+
+
+def _characters(*spans: str) -> frozenset[str]:
+    """"a" or "a-b" (code points in hex) → the characters."""
+    return frozenset(chr(point) for span in spans
+                     for point in range(int(span.split("-")[0], 16), int(span.split("-")[-1], 16) + 1))
+
+
+# The characters that show as nothing, which the reference node's names may not be made of (docs/protocol.md §8,
+# app/appnode/schemas/common.schema.json): white space, zero-width and format characters, the soft hyphen, the
+# Hangul fillers and the combining or variation marks that show nothing alone.
+BLANKS = _characters("20", "a0", "1680", "2000-200a", "2028", "2029", "202f", "205f", "3000",
+                     "200b-200d", "2060-2064", "feff", "ad", "115f", "1160", "3164", "ffa0",
+                     "34f", "17b4", "17b5", "180b-180f", "fe00-fe0f")
+
+
+def shows_nothing(value: str) -> bool:
+    """True when `value` is made only of BLANKS, white space and format (Cf) characters (the empty text too): a
+    name of them reads as no name at all."""
+    return all(ch in BLANKS or ch.isspace() or unicodedata.category(ch) == "Cf" for ch in value)
 # What a person calls each text readable_text checks: its refusal reaches them in a flash or beside a form
 # field in their language, not as the field's key ("reason 超过 500 个字符").
 LABELS = {"display_name": _l("Name"), "note": _l("Note"), "reason": _l("Reason")}

@@ -235,6 +235,13 @@ def test_the_token_is_checked_before_the_body(client, header, code, body, conten
     ({"endpoint": "https://10.2.2.2:65536"}, 400, "invalid_endpoint", "endpoint"),
     ({"org_name": "省" * 101}, 400, "too_long", "org_name"),
     ({"org_name": "  "}, 400, "missing_field", "org_name"),
+    # texts that show as nothing: zero-width and format characters, fillers, variation selectors, with spaces
+    ({"org_name": "\u200b"}, 400, "missing_field", "org_name"),
+    ({"system_name": " \u00ad\u2060 "}, 400, "missing_field", "system_name"),
+    ({"vendor": "\u3164\ufe0f"}, 400, "missing_field", "vendor"),
+    ({"org_name": "\U000e0041\u180e"}, 400, "missing_field", "org_name"),  # a tag character (Cf), Mongolian VS
+    ({"contact": {"name": "\ufeff", "phone": "0791-1234567", "email": "ops@jx.example"}}, 400, "missing_field",
+     "contact.name"),
     ({"org_name": "江西省\u202e厅安公"}, 400, "invalid_input", "org_name"),  # right-to-left override
     ({"system_name": "赣警通\x7f"}, 400, "invalid_input", "system_name"),  # DEL
     ({"vendor": "Vendor\x85A"}, 400, "invalid_input", "vendor"),  # C1 next line

@@ -214,6 +214,21 @@ def test_console_refuses_endpoint_port_zero_in_the_form(app, make_user):
     assert db.session.scalar(db.select(db.func.count()).select_from(Application)) == 0
 
 
+def test_console_takes_a_name_of_invisible_characters_for_no_name_as_the_api_does(app, make_user):
+    """"\u200b" and "\ufeff" passed the form's DataRequired and the A.1 checks, and an application whose unit
+    and contact show as nothing waited for review."""
+    from app.admission.models import Application
+    from tests.factories import application_form, make_csr
+
+    make_user("jx-admin", "provincial_admin", ("360000",))
+    console = Console(app.test_client())
+    console.login("jx-admin")
+    form = application_form(org_name="\u200b", contact_name="\ufeff\u3000", csr=make_csr())
+    html = console.post_form("/applications/new", form).get_data(as_text=True)
+    assert "为必填项" in _error_at(html, "org_name") and "为必填项" in _error_at(html, "contact_name")
+    assert db.session.scalar(db.select(db.func.count()).select_from(Application)) == 0
+
+
 def test_console_refuses_a_bracketed_host_that_is_no_ipv6_address_as_the_api_does(app, make_user):
     from app.admission.models import Application
     from tests.factories import application_form, make_csr

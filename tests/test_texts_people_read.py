@@ -159,3 +159,22 @@ def test_a_rejection_typed_up_to_the_textareas_limit_is_taken_whatever_its_line_
     db.session.expire_all()
     application = db.session.get(Application, application_id)
     assert application.status == "rejected" and application.reason == typed
+
+
+def test_the_blanks_an_application_refuses_are_the_reference_nodes_for_names():
+    """One list of characters that show as nothing (docs/protocol.md §8): the reference node's name pattern
+    (common.schema.json: a name needs one character outside it) and A.1's texts (app.readable) must not drift."""
+    import unicodedata
+
+    from app.appnode import validation
+    from app.readable import BIDI_CONTROLS, BLANKS, shows_nothing
+
+    pattern = validation.schema("common")["$defs"]["name"]["pattern"]
+    needed = re.search(r"\]\*\[\^([^\]]*)\]", pattern).group(1)  # the class of the one character a name needs
+    refused = set()
+    for first, last in re.findall(r"\\u([0-9a-f]{4})(?:-\\u([0-9a-f]{4}))?", needed):
+        refused.update(map(chr, range(int(first, 16), int(last or first, 16) + 1)))
+    blanks = {ch for ch in refused if unicodedata.category(ch) != "Cc" and ch not in BIDI_CONTROLS}
+    assert blanks == BLANKS
+    assert shows_nothing("".join(sorted(blanks))) and shows_nothing("\U000e0041\u2062 ")
+    assert not any(shows_nothing(text) for text in ("a", "\u200ba", "张\u00a0三", "\U0001f600", ".", "\x7f"))

@@ -13,7 +13,7 @@ from flask_babel import lazy_gettext as _l
 
 from app.admission.models import CAPABILITIES
 from app.errors import Refusals, ValidationFailed
-from app.readable import misleading
+from app.readable import misleading, shows_nothing
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -51,6 +51,8 @@ def text_field(value, field: str, required: bool = True, names: Mapping[str, str
     if not isinstance(value, str):
         raise invalid(_l("%(field)s must be text.", field=name), field)
     value = value.strip()
+    if shows_nothing(value):  # "\u200b", "\ufeff\u3000": a name that shows as nothing is none
+        value = ""
     if required and not value:
         raise invalid(_l("%(field)s is required.", field=name), field, "missing_field")
     if len(value) > LIMITS[field]:
