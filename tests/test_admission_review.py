@@ -359,6 +359,18 @@ def test_resolve_by_longest_prefix(client, jx_admin, minister):
     assert client.get("/api/v1/resolve?division=12").status_code == 400
 
 
+@pytest.mark.parametrize(("query", "status", "code"), [("", 400, "invalid_division_code"),
+                                                       ("?division=", 400, "invalid_division_code"),
+                                                       ("?division=abc", 400, "invalid_division_code"),
+                                                       ("?division_code=360000", 400, "invalid_division_code"),
+                                                       ("?division=999999", 404, "division_not_found")])
+def test_a_resolve_refusal_names_the_query_parameter_it_reads(client, query, status, code):
+    """The parameter is `division`; the refusal said "field": "division_code", a name the request never had."""
+    response = client.get(f"/api/v1/resolve{query}")
+    error = response.get_json()["error"]
+    assert (response.status_code, error["code"], error["field"]) == (status, code, "division")
+
+
 def test_resolve_passes_over_a_node_the_routing_table_leaves_out(jx_admin, minister):
     """An active node whose certificates are all revoked or expired is not in the routing table: nobody could
     reach it, so resolve names the node above it, as the table's readers would."""

@@ -88,8 +88,8 @@ def status(application_id: str):
 @bp.get("/resolve")
 def resolve():
     code = request.args.get("division", "")
-    node, level = nodes.resolve(code)
-    division = divisions.get(code)
+    node, level = nodes.resolve(code, "division")  # the query parameter a refusal names
+    division = divisions.get(code, "division")
     # A retired code still resolves (old addresses keep working), but the caller should learn it is retired.
     return {"division": code, "division_retired": division.retired, "retired_in": division.retired_in,
             "matched_level": level, "matched_division": node.division_code,

@@ -246,16 +246,17 @@ def declined_suspension(node: Node):
 LEVEL_CANDIDATES = (lambda code: code, prefecture_of, province_of)
 
 
-def resolve(division_code: str) -> tuple[Node, str]:
+def resolve(division_code: str, field: str = "division_code") -> tuple[Node, str]:
     """SPEC §2: the active node for the exact code, else its prefecture, else its province.
     Several active nodes at one level: the earliest admitted (lowest id) serves. A node without a valid
-    certificate is passed over: the routing table leaves it out, so nobody could reach it."""
+    certificate is passed over: the routing table leaves it out, so nobody could reach it. A malformed or unknown
+    code is refused naming `field` (where the caller read it)."""
     from app.pki import service as pki
 
     if division_code == NATION_CODE:  # a code (the API describes it) but no node's division: admission refuses it
         raise NotFound(_l("The nation (%(code)s) has no node of its own: resolve a province, prefecture or county "
                           "code.", code=NATION_CODE), code="no_serving_node")
-    division = divisions.get(division_code)
+    division = divisions.get(division_code, field)
     tried: list[str] = []
     for derive in LEVEL_CANDIDATES:
         code = derive(division.code)

@@ -137,12 +137,13 @@ def _revision_date(name: str) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2) or 0)) if match else None
 
 
-def get(code: str) -> Division:
-    check_code_format(code)
+def get(code: str, field: str = "division_code") -> Division:
+    """The division `code`; a refusal names `field`, where the caller read the code (the API's `division`)."""
+    check_code_format(code, field)
     division = db.session.get(Division, code)
     if division is None:
         raise NotFound(_l("There is no division %(code)s in the loaded GB/T 2260 revisions.", code=code),
-                       code="division_not_found", field="division_code")
+                       code="division_not_found", field=field)
     return division
 
 
