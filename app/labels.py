@@ -113,6 +113,8 @@ STRICT_JSON_REASONS = [
     (re.compile(r"^the key (?P<key>.+) appears twice in one object$", re.S), _l("the key %(key)s appears twice")),
     (re.compile(r"^the body is not JSON \((?P<name>-?NaN|-?Infinity) is no JSON value, RFC 8259 §6\)$"),
      _l("%(name)s is no JSON value (RFC 8259 §6)")),
+    (re.compile(r"^the body is not JSON \((?P<number>\S+) is beyond the range of a number, RFC 8259 §6\)$"),
+     _l("%(number)s is beyond the range of a number (RFC 8259 §6)")),
     (re.compile(r"^the body must be UTF-8 without a byte-order mark \(RFC 8259 §8\.1\)"),
      _l("it is not UTF-8 without a byte-order mark (RFC 8259 §8.1)")),
     (re.compile(r"^the body is not JSON \(a number has more digits than the parser converts\)$"),

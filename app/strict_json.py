@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import math
 from typing import Any
 
 NOT_UTF8 = "the body must be UTF-8 without a byte-order mark (RFC 8259 §8.1)"
@@ -20,6 +21,7 @@ NOT_UTF8 = "the body must be UTF-8 without a byte-order mark (RFC 8259 §8.1)"
 BYTE_ORDER_MARKS = ((codecs.BOM_UTF8, "UTF-8"), (codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
                     (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16"))
 KEY_SHOWN = 64  # characters of a duplicated name the reason quotes; a name may run to the body's limit
+NUMBER_SHOWN = 32  # characters of an out-of-range number the reason quotes
 
 
 class NotStrictJSON(ValueError):
@@ -28,8 +30,9 @@ class NotStrictJSON(ValueError):
 
 def parse(body: bytes) -> Any:
     """The document `body` holds, or NotStrictJSON saying why it is refused: not UTF-8 or led by a byte-order
-    mark, not JSON (nested deeper than the parser goes, NaN and Infinity included), an object naming a member
-    twice at any depth, or a string or name holding a lone surrogate."""
+    mark, not JSON (nested deeper than the parser goes, NaN and Infinity included, and a number past a double's
+    range, which Python reads as inf and json.dumps writes back as Infinity), an object naming a member twice at
+    any depth, or a string or name holding a lone surrogate."""
     for mark, encoding in BYTE_ORDER_MARKS:
         if body.startswith(mark):
             raise NotStrictJSON(f"{NOT_UTF8}; it begins with a {encoding} byte-order mark")
@@ -41,7 +44,7 @@ def parse(body: bytes) -> Any:
     except UnicodeDecodeError as error:
         raise NotStrictJSON(f"{NOT_UTF8}; byte {error.start} is not UTF-8") from None
     try:
-        document = json.loads(text, object_pairs_hook=_object, parse_constant=_constant)
+        document = json.loads(text, object_pairs_hook=_object, parse_constant=_constant, parse_float=_finite)
     except RecursionError:
         raise NotStrictJSON("the body is nested deeper than the parser goes") from None
     except json.JSONDecodeError as error:
@@ -71,6 +74,16 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _constant(name: str) -> Any:
     raise NotStrictJSON(f"the body is not JSON ({name} is no JSON value, RFC 8259 §6)")
+
+
+def _finite(literal: str) -> float:
+    """A number with a fraction or exponent as float() reads it, unless it is past a double's range: float()
+    makes it inf (1e999, -1e400, 400 digits), a value JSON has no way to write (RFC 8259 §6)."""
+    value = float(literal)
+    if not math.isfinite(value):
+        shown = literal if len(literal) <= NUMBER_SHOWN else literal[:NUMBER_SHOWN] + "…"
+        raise NotStrictJSON(f"the body is not JSON ({shown} is beyond the range of a number, RFC 8259 §6)")
+    return value
 
 
 def lone_surrogate_in(document: Any) -> bool:

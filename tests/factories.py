@@ -160,8 +160,9 @@ class NodeKeys:
 def not_strict_bodies(document: dict, *, duplicate: str, nested: str) -> dict[str, tuple[bytes, str]]:
     """`document` written in each way a strict JSON reader refuses (app.strict_json), each with a fragment of the
     reason it must give: its top-level member `duplicate` named twice (the first copy holding "A"), a member
-    of its inner object `nested` named twice, a UTF-8 byte-order mark, UTF-16 (with and without its BOM) and
-    UTF-32. Every one of these parsed with Python's json as it stands."""
+    of its inner object `nested` named twice, a UTF-8 byte-order mark, UTF-16 (with and without its BOM),
+    UTF-32, and a number past a double's range in `nested` (Python reads 1e999 as inf, which json.dumps then
+    writes as Infinity, no JSON). Every one of these parsed with Python's json as it stands."""
     import codecs
     import json
 
@@ -176,6 +177,8 @@ def not_strict_bodies(document: dict, *, duplicate: str, nested: str) -> dict[st
         "utf16_bom": (text.encode("utf-16"), "UTF-8 without a byte-order mark"),
         "utf16_le": (text.encode("utf-16-le"), "UTF-8 without a byte-order mark"),
         "utf32": (text.encode("utf-32"), "UTF-8 without a byte-order mark"),
+        "infinite_number": (text.replace(f'"{nested}": {{', f'"{nested}": {{"n": -1E400, ', 1).encode(),
+                            "-1E400 is beyond"),
     }
 
 

@@ -83,6 +83,9 @@ class HealthServer:
         if self.behaviour == "nan":
             return web.Response(text=f'{{"status": "ok", "node_id": "{self.node_id}", "load": NaN}}',
                                 content_type="application/json")
+        if self.behaviour == "infinite_number":  # Python's json reads it as inf
+            return web.Response(text=f'{{"status": "ok", "node_id": "{self.node_id}", "load": 1e999}}',
+                                content_type="application/json")
         body = {"status": "ok" if self.behaviour != "not_ok" else "degraded",
                 "node_id": self.node_id if self.behaviour != "wrong_node" else "44000000002025000001",
                 "version": "test", "time": "2026-01-01T00:00:00Z"}

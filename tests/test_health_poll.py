@@ -58,7 +58,9 @@ def test_plain_http_outcomes(servers, behaviour, failure):
     ("duplicate_key", "the answer is not strict JSON: the key 'status' appears twice",
      "应答不是严格的 JSON：键 'status' 出现了两次"),
     ("nan", "the answer is not strict JSON: NaN is no JSON value (RFC 8259 §6)",
-     "应答不是严格的 JSON：NaN 不是 JSON 值（RFC 8259 §6）")])
+     "应答不是严格的 JSON：NaN 不是 JSON 值（RFC 8259 §6）"),
+    ("infinite_number", "the answer is not strict JSON: 1e999 is beyond the range of a number (RFC 8259 §6)",
+     "应答不是严格的 JSON：1e999 超出了数值的范围（RFC 8259 §6）")])
 def test_an_answer_that_is_not_strict_json_is_no_usable_answer(app, servers, behaviour, english, chinese):
     from flask_babel import force_locale
 

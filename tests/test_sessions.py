@@ -286,7 +286,7 @@ def test_malformed_session_requests_get_400(client, body):
 
 
 @pytest.mark.parametrize("case", ["duplicate_top_level_key", "duplicate_nested_key", "utf8_bom", "utf16_bom",
-                                  "utf16_le", "utf32"])
+                                  "utf16_le", "utf32", "infinite_number"])
 def test_a_session_request_that_is_not_strict_json_is_refused_and_its_nonce_kept(client, people, case):
     """Each of these opened a session: Python's json keeps the last of two equal keys and reads a BOM, UTF-16
     or UTF-32. Refused before the service, the nonce is not spent and the same request, sent right, opens one."""
