@@ -60,7 +60,20 @@ def png(width: int = 3, height: int = 2) -> bytes:
 
 GIF = (b"GIF89a\x02\x00\x02\x00\x80\x00\x00\xff\xff\xff\x00\x00\x00,\x00\x00\x00\x00\x02\x00\x02\x00"
        b"\x00\x02\x02D\x01\x00;")
-ADTS = bytes([0xFF, 0xF1, 0x50, 0x80, 0x02, 0x1F, 0xFC]) + b"\x00" * 9
+
+
+def adts(duration_ms: int, rate_index: int = 4, blocks: int = 1) -> bytes:
+    """An AAC-LC ADTS voice clip as near `duration_ms` long as whole frames go: frames of `blocks` raw data blocks
+    of 1024 samples each at the sampling-frequency index `rate_index` (4: 44.1 kHz, 23.2 ms a block)."""
+    rate = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)[rate_index]
+    frames = max(1, round(duration_ms * rate / (1000 * 1024 * blocks)))
+    payload = b"\x21\x00\x49\x90\x02\x19\x00\x23\x80"
+    length = 7 + len(payload)
+    header = bytes([0xFF, 0xF1, (1 << 6) | (rate_index << 2), (2 << 6) | (length >> 11), (length >> 3) & 0xFF,
+                    ((length & 7) << 5) | 0x1F, 0xFC | (blocks - 1)])
+    return (header + payload) * frames
+
+
 PDF = b"%PDF-1.7\n" + b"0" * 3000 + b"\n%%EOF\n"
 
 
@@ -206,13 +219,13 @@ def test_image_voice_file_and_sticker_are_downloaded_from_the_origin_and_checked
     lisi = b.user("lisi")
     sent = {
         "image": a.node.send_file("zhangsan", lisi, png(), "image", file_name="现场.png"),
-        "voice": a.node.send_file("zhangsan", lisi, ADTS, "voice", duration_ms=1200),
+        "voice": a.node.send_file("zhangsan", lisi, adts(1200), "voice", duration_ms=1200),
         "file": a.node.send_file("zhangsan", lisi, PDF, "file", file_name="协查通报.pdf"),
         "sticker": a.node.send_file("zhangsan", lisi, GIF, "sticker", file_name="ok.gif",
                                     sticker={"package_id": "jingwu", "sticker_id": "ok", "alt_text": "[好的]"}),
     }
     assert sent["image"].document["content"]["width"] == 3 and sent["image"].document["content"]["height"] == 2
-    expected = {"image": png(), "voice": ADTS, "file": PDF, "sticker": GIF}
+    expected = {"image": png(), "voice": adts(1200), "file": PDF, "sticker": GIF}
     for kind, message in sent.items():
         stored = b.node.download("lisi", message.message_id)
         assert b.node.file_bytes(stored) == expected[kind]
@@ -339,7 +352,7 @@ def test_a_delivered_message_still_reads_delivered_once_housekeeping_forgot_its_
     sent = {"single": a.node.send_text("zhangsan", b.user("lisi"), "收到请回复"),
             "local": a.node.send_text("zhangsan", a.user("wangwu"), "本地"),
             "group": a.node.send_text("zhangsan", group.address, "集合"),
-            "skipped by C": a.node.send_file("zhangsan", group.address, ADTS, "voice", duration_ms=900),
+            "skipped by C": a.node.send_file("zhangsan", group.address, adts(900), "voice", duration_ms=900),
             "from a member": b.node.send_text("lisi", group.address, "到")}
     settle(a, b, c)
     c.stop()

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from app.appnode.cli import cli
 from app.readable import one_line
-from tests.test_appnode import ADTS, ELF, GIF, PDF, network, png, settle  # noqa: F401 (fixture)
+from tests.test_appnode import ELF, GIF, PDF, adts, network, png, settle  # noqa: F401 (fixture)
 from tests.test_appnode_init import operator_runs
 from tests.test_sessions import people  # noqa: F401 (fixture)
 
@@ -174,8 +174,9 @@ def test_json_refusals_are_a_json_error_object_on_stderr_with_the_usual_exit_cod
     assert refusal(a.dir, "renew") == (2, {"error": {"code": "renewal_too_early", "message": (
         f"renewal opens at {when(a.node.renewal_opens())}, in the last third of the certificate's validity")}})
     (a.dir / "clip.aac").write_bytes(b"\xff\xf1")
-    assert refusal(a.dir, "send-file", "--as", "zhangsan", "--kind", "voice", b.user("lisi"), str(a.dir / "clip.aac")
-                   ) == (2, {"error": {"code": "usage_error", "message": "a voice message needs --duration-ms"}})
+    assert refusal(a.dir, "send-file", "--as", "zhangsan", "--kind", "sticker", b.user("lisi"), str(a.dir / "clip.aac")
+                   ) == (2, {"error": {"code": "usage_error",
+                                       "message": "a sticker needs --package, --sticker and --alt"}})
     assert refusal(tmp_path / "none", "status") == (1, {"error": {
         "code": "no_node", "message": f"{tmp_path / 'none'} holds no node: run `init` first"}})
 
@@ -445,7 +446,7 @@ def test_numbers_are_ascii_digits_not_whatever_int_reads(network, tmp_path):  # 
     """click's INT is int(), which reads fullwidth (１２) and Arabic-Indic (١٢) digits: a voice clip went out as
     12 ms from `--duration-ms １２`. Superscript digits (²) it refused, in another message."""
     a, b = network["a"], network["b"]
-    (tmp_path / "clip.aac").write_bytes(ADTS)
+    (tmp_path / "clip.aac").write_bytes(adts(1200))
     for typed in ("１２", "١٢", "²", "+12", " 12", "12\n"):
         code, document = refusal(a.dir, "send-file", "--as", "zhangsan", "--kind", "voice", "--duration-ms", typed,
                                  b.user("lisi"), str(tmp_path / "clip.aac"))
@@ -617,7 +618,7 @@ def test_download_out_overwrite_keeps_the_replaced_file_s_permissions_and_takes_
 def test_send_file_refuses_a_voice_type_other_than_aac_instead_of_ignoring_it(network, tmp_path):  # noqa: F811
     """A.6 voice is AAC, and --type was ignored for it: `--type amr` sent the clip as AAC without a word."""
     a, b = network["a"], network["b"]
-    (tmp_path / "clip.aac").write_bytes(ADTS)
+    (tmp_path / "clip.aac").write_bytes(adts(1200))
     voice = ("send-file", "--as", "zhangsan", "--kind", "voice", "--duration-ms", "1200")
     assert refusal(a.dir, *voice, "--type", "amr", b.user("lisi"), str(tmp_path / "clip.aac"))[1]["error"] == {
         "code": "unsupported_media_type", "message": "a voice message is AAC, not amr"}

@@ -20,7 +20,7 @@ from app.admission.models import Application
 from app.appnode.node import Node
 from app.extensions import db
 from tests.appnode_processes import ManagementNode, NodeProcess, eventually
-from tests.test_appnode import ADTS, GIF, PDF, png
+from tests.test_appnode import GIF, PDF, adts, png
 from tests.test_sessions import people  # noqa: F401 (fixture)
 
 
@@ -77,7 +77,7 @@ def test_two_nodes_join_and_exchange_every_appendix_a_message(app, people, tmp_p
         files = tmp_path / "files"
         files.mkdir()
         (files / "现场.png").write_bytes(png(4, 3))
-        (files / "语音.aac").write_bytes(ADTS)
+        (files / "语音.aac").write_bytes(adts(1500))
         (files / "协查通报.pdf").write_bytes(PDF)
         (files / "ok.gif").write_bytes(GIF)
         image = jx.cli("send-file", "--as", "zhangsan", "--kind", "image", lisi, str(files / "现场.png"))

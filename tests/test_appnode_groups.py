@@ -15,7 +15,7 @@ from app.appnode.config import CAPABILITIES
 from app.appnode.protocol import Conflict, NotAParticipant, NotFound, PermissionDenied
 from app.appnode.store import Group, Outbox
 from tests.appnode_harness import raw_post
-from tests.test_appnode import ADTS, GIF, history, network, settle  # noqa: F401 (fixture)
+from tests.test_appnode import GIF, adts, history, network, settle  # noqa: F401 (fixture)
 from tests.test_appnode_page import page
 from tests.test_appnode_renewal import node_cli
 from tests.test_sessions import people  # noqa: F401 (fixture)
@@ -220,8 +220,8 @@ def test_a_group_message_reaches_a_member_node_only_as_its_capabilities_allow(ne
     assert shown == {from_home.message_id: ("text", "[好的]"), from_member.message_id: ("text", "[好的]")}
     assert {m["msg_type"] for m in history(b, "lisi", conversation)} == {"sticker"}
 
-    voice_home = a.node.send_file("zhangsan", group.address, ADTS, "voice", duration_ms=900)
-    voice_member = b.node.send_file("lisi", group.address, ADTS, "voice", duration_ms=900)
+    voice_home = a.node.send_file("zhangsan", group.address, adts(900), "voice", duration_ms=900)
+    voice_member = b.node.send_file("lisi", group.address, adts(900), "voice", duration_ms=900)
     settle(a, b, c)
     assert [m["msg_type"] for m in history(c, "sunqi", conversation)] == ["text", "text"]
     for sender, message in ((a, voice_home), (b, voice_member)):  # each sender is told which node it misses

@@ -15,9 +15,9 @@ from app.appnode.web import create_node_app
 from tests.appnode_harness import raw_post
 from tests.factories import not_strict_bodies
 from tests.test_appnode import (  # noqa: F401 (fixture)
-    ADTS,
     GIF,
     PDF,
+    adts,
     history,
     network,
     settle,
@@ -165,10 +165,13 @@ def test_the_cli_says_when_a_message_or_request_is_refused_and_exits_non_zero(ne
     done = node_cli(a, "--json", "group", "rename", "--as", "zhangsan", group.address, "改名")
     assert done.returncode == 0 and json.loads(done.stdout)["outcome"] == "applied"
 
-    (a.dir / "clip.aac").write_bytes(ADTS)
+    (a.dir / "clip.aac").write_bytes(adts(900))
     (a.dir / "ok.gif").write_bytes(GIF)
-    done = node_cli(a, "send-file", "--as", "zhangsan", "--kind", "voice", b.user("lisi"), str(a.dir / "clip.aac"))
-    assert done.returncode == 2 and "--duration-ms" in done.stderr and "Traceback" not in done.stderr
+    done = node_cli(a, "send-file", "--as", "zhangsan", "--kind", "voice", "--duration-ms", "5000", b.user("lisi"),
+                    str(a.dir / "clip.aac"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.splitlines() == ["error (unsupported_media_type): the recording is 906 ms long, not the 5000 ms "
+                                        "its message states (at most 100 ms apart); refused"]
     done = node_cli(a, "send-file", "--as", "zhangsan", "--kind", "sticker", b.user("lisi"), str(a.dir / "ok.gif"))
     assert done.returncode == 2 and "--package" in done.stderr and "Traceback" not in done.stderr
 
@@ -179,7 +182,7 @@ def test_the_cli_reports_a_sticker_sent_as_text_and_the_member_nodes_a_message_m
     for node in (a, b, c):
         node.node.sync_routes()
     (a.dir / "ok.gif").write_bytes(GIF)
-    (a.dir / "clip.aac").write_bytes(ADTS)
+    (a.dir / "clip.aac").write_bytes(adts(900))
     done = node_cli(a, "--json", "send-file", "--as", "zhangsan", "--kind", "sticker", "--package", "jingwu",
                     "--sticker", "ok", "--alt", "[好的]", c.user("sunqi"), str(a.dir / "ok.gif"))
     assert done.returncode == 0, done.stderr

@@ -47,6 +47,19 @@ log = logging.getLogger("mpim.appnode")
 FILE_RETENTION = timedelta(days=7)
 
 
+def voice_duration(clip: Path, stated: int | None) -> int:
+    """An A.6 clip's `duration_ms`: the recording's own length, read from its bytes. One `stated` (what the user
+    typed) further from it than filetypes.voice_tolerance_ms allows is refused naming the real length, and so is a
+    recording outside the schema's 1 to 300,000 ms: a 23 ms clip went out as whatever length was typed."""
+    real = filetypes.voice_duration_ms(clip)
+    if not 1 <= real <= filetypes.VOICE_MAX_MS:
+        raise SchemaViolation(f"the recording is {real} ms long; a voice message is 1 to {filetypes.VOICE_MAX_MS:,} ms "
+                              "(5 minutes)", field="content.duration_ms")
+    if stated is not None:
+        filetypes.check_voice_duration(real, stated)
+    return real
+
+
 class SendingMixin:
     """Sending for a `Node`. Relies on the node's `db`, `config`, `node_id`, `routes`, `peer_entry`,
     `_pull_for_recipient`, `_raw` and `_writing`; on `_message_values`, `_store_message` and `_member_nodes`
@@ -285,8 +298,8 @@ class SendingMixin:
             if file_name:
                 content["file_name"] = file_name
         elif kind == "voice":
-            content = {"file_id": file_id, "format": "AAC", "duration_ms": int(duration_ms or 0), "size": size,
-                       "sha256": digest}
+            content = {"file_id": file_id, "format": "AAC", "duration_ms": voice_duration(data, duration_ms),
+                       "size": size, "sha256": digest}
         elif kind == "file":
             content = {"file_id": file_id, "file_name": file_name or file_id, "mime_type": declared,
                        "size": size, "sha256": digest,
