@@ -14,6 +14,7 @@ from app.appnode.protocol import UnsupportedMediaType
 from tests.appnode_harness import raw_post
 from tests.test_appnode import (  # noqa: F401 (fixture)
     PDF,
+    adts,
     network,
     png,
     settle,
@@ -211,3 +212,24 @@ def test_an_image_whose_bytes_are_another_size_than_its_message_says_is_refused(
     again = a.node.send("zhangsan", b.user("zhaoliu"), "image", lying.document["content"])
     with pytest.raises(UnsupportedMediaType, match=f"3x2, not the {width}x{height}"):  # the kept file is no answer
         b.node.download("zhaoliu", again.message_id)
+
+
+@pytest.mark.parametrize("stated", [5000, 1000, 1])
+def test_a_voice_clip_whose_bytes_are_another_length_than_its_message_says_is_refused(network, stated):  # noqa: F811
+    """A.6's `duration_ms` is what a client shows before the clip is fetched. A peer's message stating a 1.2 s clip
+    as 5 s was downloaded and kept as stated: its checksum and type matched, its length was never read. Within
+    100 ms (or 2 %) of the recording's own it is taken: a recorder's count and a container's differ by a frame."""
+    a, b = network["a"], network["b"]
+    clip = adts(1200)  # 1207 ms
+    sent = a.node.send_file("zhangsan", b.user("lisi"), clip, "voice")
+    lying = a.node.send("zhangsan", b.user("zhaoliu"), "voice",  # its origin serves the file for it, too
+                        {**sent.document["content"], "duration_ms": stated})
+    with pytest.raises(UnsupportedMediaType, match=f"the recording is 1207 ms long, not the {stated} ms"):
+        b.node.download("zhaoliu", lying.message_id)
+    assert not (b.dir / "files" / a.id / sent.document["content"]["file_id"]).exists()
+    assert b.node.file_bytes(b.node.download("lisi", sent.message_id)) == clip  # as stated: kept
+    again = a.node.send("zhangsan", b.user("zhaoliu"), "voice", lying.document["content"])
+    with pytest.raises(UnsupportedMediaType, match=f"the recording is 1207 ms long, not the {stated} ms"):
+        b.node.download("zhaoliu", again.message_id)  # the kept file is no answer
+    near = a.node.send("zhangsan", b.user("zhaoliu"), "voice", {**sent.document["content"], "duration_ms": 1300})
+    assert b.node.file_bytes(b.node.download("zhaoliu", near.message_id)) == clip

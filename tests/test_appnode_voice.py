@@ -1,5 +1,5 @@
 """A.6 voice: `duration_ms` is the recording's own length, read from its bytes (ADTS frames or an M4A's movie
-header) at the origin when it is sent (docs/protocol.md §8.4).
+header), at the origin when it is sent and by a node that downloads it (docs/protocol.md §7.2, §8.4).
 
 A sender's `duration_ms` was whatever the user typed, never checked on either side: a 23 ms clip went out as
 1,200 ms, and the receiving handset showed that.
@@ -144,3 +144,15 @@ def test_send_file_reads_a_voice_clips_length_and_refuses_a_duration_ms_that_is_
         "message": "the recording is 1207 ms long, not the 12000 ms its message states (at most 100 ms apart); "
                    "refused"}
 
+
+def test_a_kept_voice_clip_that_cannot_be_read_is_refused_naming_it(network):  # noqa: F811
+    """A kept clip's length is read again for each message that names it: a directory in its place (as root,
+    permissions stop nothing) is this node's copy that cannot be read, named, not a traceback."""
+    a, b = network["a"], network["b"]
+    message = a.node.send_file("zhangsan", b.user("lisi"), adts(1200), "voice")
+    b.node.download("lisi", message.message_id)
+    kept = b.dir / "files" / a.id / message.document["content"]["file_id"]
+    kept.unlink()
+    kept.mkdir()
+    code, document = refusal(b.dir, "download", "--as", "lisi", message.message_id)
+    assert code == 2 and document["error"]["code"] == "cannot_read" and str(kept) in document["error"]["message"]

@@ -73,6 +73,14 @@ def _check_dimensions(path: Path, kind: str, content: dict) -> None:
                                    "its message states; refused")
 
 
+def _check_duration(path: Path, kind: str, content: dict) -> None:
+    """A voice clip's `duration_ms` against the recording's own length (filetypes.voice_tolerance_ms apart at
+    most): a client shows it before the clip is fetched, so a message that states another length is refused, as
+    other bytes or another type are. Bytes whose length cannot be read are refused too."""
+    if kind == "voice":
+        filetypes.check_voice_duration(filetypes.voice_duration_ms(path), content["duration_ms"])
+
+
 class FilesMixin:
     """Serving, downloading and storing a `Node`'s files. Relies on the node's `db`, `_writing`, `data_dir`,
     `files_dir`, `config`, `node_id`, `peers`, `peer_entry` and `_pull_for_recipient`, on `_require_reader`
@@ -145,7 +153,12 @@ class FilesMixin:
                 # to replace: the copy names it (`cannot_read`). This node's own file has no other source: gone,
                 # it is refused naming the path, where `download` printed that path as the file's.
                 if os.path.lexists(self.file_path(stored)):
-                    _check_dimensions(self.file_path(stored), message.msg_type, content)
+                    try:  # read again for this message, which may state another size or length
+                        _check_dimensions(self.file_path(stored), message.msg_type, content)
+                        _check_duration(self.file_path(stored), message.msg_type, content)
+                    except OSError as error:
+                        raise CannotRead(f"cannot read {self.file_path(stored)}, this node's copy of file "
+                                         f"{stored.file_id}: {error.strerror or error}") from None
                     return stored
                 if message.origin_node == me:
                     raise CannotRead(f"cannot read {self.file_path(stored)}, this node's copy of file "
@@ -183,6 +196,7 @@ class FilesMixin:
             declared = declared_type(kind, content)
             filetypes.check_declared(_head(part), declared)
             _check_dimensions(part, kind, content)
+            _check_duration(part, kind, content)
             return self._keep_file(origin, content["file_id"], kind, declared, part, digest,
                                    content.get("file_name"),
                                    protocol.parse_timestamp(content["expire_at"]) if kind == "file" else None)
