@@ -118,6 +118,55 @@ def test_unlocking_an_account_also_clears_the_address_locks_that_would_refuse_it
         {"addresses": ["127.0.0.1"]}
 
 
+@pytest.mark.parametrize("unsafe", ["/%0d%0a", "/nodes/%0d%0aSet-Cookie:%20x=1", "/nodes/%1b", "//evil.example/",
+                                    "https://evil.example/nodes/"])
+def test_a_next_address_with_a_line_break_or_another_host_leads_to_the_dashboard_after_sign_in(app, make_user,
+                                                                                               unsafe):
+    """Werkzeug refuses a Location header with a line break: the sign-in, done and audited, answered 500."""
+    make_user("alice")
+    client = app.test_client()
+    token = csrf_token(client.get("/login").get_data(as_text=True))
+    response = client.post(f"/login?next={unsafe}", data={"username": "alice", "password": PASSWORD,
+                                                          "csrf_token": token})
+    assert response.status_code == 302 and response.headers["Location"] == "/"
+    assert client.get("/").status_code == 200
+
+
+def test_a_next_address_with_a_line_break_leads_to_the_dashboard_after_a_password_change(app, make_user):
+    make_user("alice")
+    console = Console(app.test_client())
+    console.login("alice")
+    token = csrf_token(console.client.get("/account/password").get_data(as_text=True))
+    response = console.client.post("/account/password?next=/%0d%0a", data={
+        "current_password": PASSWORD, "new_password": "New-Secret-42", "confirm": "New-Secret-42",
+        "csrf_token": token})
+    assert response.status_code == 302 and response.headers["Location"] == "/"
+    assert "密码已修改" in console.client.get("/").get_data(as_text=True)
+
+
+def test_a_safe_next_address_is_kept_with_its_query(app, make_user):
+    make_user("alice")
+    client = app.test_client()
+    token = csrf_token(client.get("/login").get_data(as_text=True))
+    response = client.post("/login?next=/nodes/%3Fstatus%3Dactive", data={"username": "alice", "password": PASSWORD,
+                                                                          "csrf_token": token})
+    assert response.headers["Location"] == "/nodes/?status=active"
+
+
+def test_a_page_drawn_in_the_sign_in_request_itself_has_its_session_clock(app, make_user):
+    """An error page drawn in the request that signed in (after `login_user`) read the session clock of a
+    session the request did not know yet: the error page itself failed, a bare 500."""
+    from flask_login import login_user
+
+    from app.auth import idle
+
+    user = make_user("alice")
+    with app.test_request_context("/login", method="POST"):
+        login_user(user)
+        idle.start(user)
+        assert idle.seconds_left()["seconds_left"] > 0
+
+
 def test_a_username_of_dots_only_is_refused_at_the_form_with_what_was_typed_kept(admin_console):
     """".." was taken: the users list then linked to /users/.., which every browser reads as the page above it,
     so the account could be neither edited, disabled nor unlocked from the console."""

@@ -52,11 +52,14 @@ def current_row() -> ConsoleSession | None:
 
 
 def start(user: User) -> None:
-    """Call right after `login_user` at sign-in: the session's row, and its token in the cookie."""
+    """Call right after `login_user` at sign-in: the session's row, and its token in the cookie. The row is this
+    request's session from now on (`current_row`): a page drawn in this request (an error page) shows its
+    clock."""
     token = console_sessions.start(user, remote_addr=request.remote_addr or "",
                                    user_agent=request.headers.get("User-Agent", ""))
     db.session.commit()
     session[TOKEN] = token
+    g.console_session = console_sessions.find(token)
 
 
 def sign_out() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+import unicodedata
 
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
@@ -14,6 +14,7 @@ from app.auth import console_sessions, idle, password_due, service
 from app.auth.access import roles_required
 from app.auth.forms import ConfirmForm, LoginForm, PasswordChangeForm, PasswordResetForm, UserCreateForm, UserEditForm
 from app.auth.models import User
+from app.console import pages
 from app.database import paginate
 from app.divisions import service as divisions
 from app.errors import Conflict, DomainError, every_refusal
@@ -36,8 +37,12 @@ def form_error(form, error: DomainError) -> None:
 
 
 def _safe_next(target: str | None) -> str:
-    if target and not urlsplit(target).netloc and target.startswith("/"):
-        return target
+    """Where a sign-in or a password change goes on to: the console page `next` names, built again from its route
+    (`pages.page_address`, as the language switch does), else the dashboard. Given back as it came, a `next`
+    with a line break was a Location header Werkzeug refuses: the sign-in, done and audited, answered 500. One
+    with any other control character is no address a page of the console links to either."""
+    if target and not any(unicodedata.category(character) == "Cc" for character in target):
+        return pages.page_address(target) or url_for("console.dashboard")
     return url_for("console.dashboard")
 
 
