@@ -10,7 +10,7 @@ from werkzeug.security import check_password_hash
 
 from app.audit.models import AuditRecord
 from app.auth import service
-from app.auth.models import PasswordHistory, User
+from app.auth.models import LoginThrottle, PasswordHistory, User
 from app.errors import PermissionDenied, ValidationFailed
 from app.extensions import db
 from tests.conftest import PASSWORD, Console, csrf_token
@@ -165,6 +165,74 @@ def test_a_page_drawn_in_the_sign_in_request_itself_has_its_session_clock(app, m
         login_user(user)
         idle.start(user)
         assert idle.seconds_left()["seconds_left"] > 0
+
+
+def test_attempts_refused_while_an_address_is_locked_are_one_audit_record_and_a_count(app, make_user):
+    """Each further POST /login from a locked address (one CSRF token serves them all) wrote a permanent audit
+    record under the audit chain's lock: 500 in 1.2 s, by someone who never signed in. Now the first refusal of
+    each lock is recorded, and the others are counted on the lock, which the unlock's record carries."""
+    make_user("carol")
+    client = app.test_client()
+    token = csrf_token(client.get("/login").get_data(as_text=True))
+
+    def post(username: str):
+        return client.post("/login", data={"username": username, "password": "Wrong-Guess-1", "csrf_token": token})
+
+    for index in range(app.config["MPIM_LOGIN_MAX_ADDRESS_FAILURES"]):
+        post(f"ghost{index}")
+    before = len(actions())
+    for index in range(30):
+        assert post("carol" if index % 2 else f"other{index}").status_code == 401
+    assert actions()[before:] == ["auth.login_blocked"]
+    record = db.session.scalars(select(AuditRecord).where(AuditRecord.action == "auth.login_blocked")).one()
+    assert record.detail == {"reason": "locked", "keys": ["addr:127.0.0.1"]}
+    db.session.expire_all()
+    assert db.session.get(LoginThrottle, "addr:127.0.0.1").refused == 30
+
+    service.unlock_addresses(actor="tests")
+    db.session.commit()
+    assert db.session.scalars(select(AuditRecord.detail).where(AuditRecord.action == "auth.unlock_addresses")).one() \
+        == {"addresses": ["127.0.0.1"], "refused": {"addr:127.0.0.1": 30}}
+
+
+def test_a_new_lock_of_the_same_address_is_recorded_again(app, make_user):
+    from datetime import timedelta
+
+    from app.database import utcnow
+
+    console = Console(app.test_client())
+    lock_the_address(app, console)
+    console.login("ghost", "Wrong-Guess-1")
+    row = db.session.get(LoginThrottle, "addr:127.0.0.1")
+    row.locked_until = utcnow() - timedelta(seconds=1)  # the lock has run out
+    db.session.commit()
+    lock_the_address(app, console)
+    console.login("ghost", "Wrong-Guess-1")
+    console.login("ghost", "Wrong-Guess-1")
+    assert actions().count("auth.login_blocked") == 2
+
+
+def test_the_scheduler_deletes_sign_in_counters_whose_window_and_lock_have_run_out(app, make_user):
+    """Every made-up username left a `user:NAME` row in login_throttles for good."""
+    from datetime import timedelta
+
+    from app.database import utcnow
+    from app.scheduler import registry
+    from app.scheduler.runner import run_job
+
+    window = timedelta(minutes=app.config["MPIM_LOGIN_LOCK_MINUTES"])
+    now = utcnow()
+    db.session.add_all([
+        LoginThrottle(key="user:made-up", failures=1, first_failure_at=now - window - timedelta(seconds=5)),
+        LoginThrottle(key="addr:10.0.0.1", failures=0, locked_until=now - timedelta(seconds=5)),
+        LoginThrottle(key="user:counting", failures=2, first_failure_at=now - timedelta(minutes=1)),
+        LoginThrottle(key="addr:10.0.0.2", failures=0, locked_until=now + timedelta(minutes=5)),
+    ])
+    db.session.commit()
+    run = run_job(next(job for job in registry.jobs if job.name == "auth.expire_sessions"), "test")
+    assert run.message.endswith("deleted 2 spent sign-in counters")
+    db.session.expire_all()
+    assert set(db.session.scalars(select(LoginThrottle.key))) == {"user:counting", "addr:10.0.0.2"}
 
 
 def test_a_username_of_dots_only_is_refused_at_the_form_with_what_was_typed_kept(admin_console):

@@ -16,7 +16,7 @@ def load_user(user_id: str):
 def init_app(app) -> None:
     from flask_babel import lazy_gettext
 
-    from app.auth import console_sessions, idle, password_due, service
+    from app.auth import idle, password_due, service
     from app.auth.cli import cli
     from app.auth.views import bp
     from app.divisions import service as divisions
@@ -35,4 +35,12 @@ def init_app(app) -> None:
     if service.retired_scopes_in_use not in divisions.retirement_checks:
         divisions.retirement_checks.append(service.retired_scopes_in_use)
     # Every few minutes: a session's end is recorded that long after its limit at most, its holder back or not.
-    registry.register(registry.Job("auth.expire_sessions", console_sessions.expire_job, 300))
+    registry.register(registry.Job("auth.expire_sessions", maintenance_job, 300))
+
+
+def maintenance_job() -> str:
+    """Scheduler job auth.expire_sessions: the console sessions past a limit or long ended
+    (`console_sessions.expire_job`), then the sign-in counters spent (`throttle.prune_job`)."""
+    from app.auth import console_sessions, throttle
+
+    return f"{console_sessions.expire_job()}, {throttle.prune_job()}"

@@ -62,7 +62,8 @@ class User(UserMixin, db.Model):
 
 
 class LoginThrottle(db.Model):
-    """Failure counters per account ("user:NAME") and per address ("addr:IP")."""
+    """Failure counters per account ("user:NAME") and per address ("addr:IP"). `refused`: the sign-ins refused
+    during the current lock; the first is audited (auth.login_blocked), the others only counted here."""
 
     __tablename__ = "login_throttles"
 
@@ -70,6 +71,7 @@ class LoginThrottle(db.Model):
     failures: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     first_failure_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    refused: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
 
 
 class LoginCheck(db.Model):

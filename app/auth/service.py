@@ -381,8 +381,10 @@ def authenticate(username: str, password: str, remote_addr: str) -> User:
               f"addr:{remote_addr}": current_app.config["MPIM_LOGIN_MAX_ADDRESS_FAILURES"]}
     checks = throttle.start_check(limits)
     if checks is None:
-        audit.record("auth.login_blocked", username, {"reason": "locked"}, actor=username or "anonymous",
-                     remote_addr=remote_addr)
+        # Audited once per lock, at its first refusal; the refusals after it are counted on the lock.
+        if first := throttle.count_refusal(limits):
+            audit.record("auth.login_blocked", username, {"reason": "locked", "keys": first},
+                         actor=username or "anonymous", remote_addr=remote_addr)
         db.session.commit()
         raise LoginRefused("Too many failed sign-ins: this account or address is locked for a while.",
                            code="locked")
@@ -414,18 +416,21 @@ def unlock(username: str, *, actor: str | None = None) -> list[str]:
     row = db.session.get(LoginThrottle, f"user:{user.username.lower()}")
     if row is not None:
         db.session.delete(row)
-    addresses = throttle.clear_address_locks()
+    addresses, refused = throttle.clear_address_locks()
     if row is None and not addresses:  # a second click, a stale page: nothing to clear, nothing to record
         raise Conflict(_l("%(name)s is not locked, and no address is: nothing to clear.", name=user.username),
                        code="not_locked")
-    audit.record("auth.unlock", user.username, {"addresses": addresses} if addresses else None, actor=actor)
+    refused.update(throttle.refused_counts([row] if row is not None else []))
+    detail = {**({"addresses": addresses} if addresses else {}), **({"refused": refused} if refused else {})}
+    audit.record("auth.unlock", user.username, detail or None, actor=actor)
     return addresses
 
 
 def unlock_addresses(*, actor: str | None = None) -> list[str]:
     """The users page's "clear address locks": every address lock in force, audited. `actor`: who, when not
     the console's signed-in admin (the CLI says "cli")."""
-    addresses = throttle.clear_address_locks()
+    addresses, refused = throttle.clear_address_locks()
     if addresses:  # none in force: nothing happened to record
-        audit.record("auth.unlock_addresses", ", ".join(addresses)[:200], {"addresses": addresses}, actor=actor)
+        audit.record("auth.unlock_addresses", ", ".join(addresses)[:200],
+                     {"addresses": addresses, **({"refused": refused} if refused else {})}, actor=actor)
     return addresses

@@ -66,9 +66,56 @@ def register_failure(key: str, limit: int) -> bool:
         row.failures, row.first_failure_at = 0, now
     row.failures += 1
     if row.failures >= limit:
-        row.locked_until, row.failures, row.first_failure_at = now + window, 0, None
+        row.locked_until, row.failures, row.first_failure_at, row.refused = now + window, 0, None, 0
         return True
     return False
+
+
+def count_refusal(keys) -> list[str]:
+    """A sign-in refused because some of `keys` are locked (`start_check` returned None, its keys still held):
+    count it on each lock in force; returns the keys whose lock refuses its first sign-in, which the caller
+    audits. The others are only counted: one CSRF token serves any number of posts, and each refusal audited
+    let anyone who never signed in write permanent records without limit."""
+    first = []
+    for key in keys:
+        row = db.session.get(LoginThrottle, key)
+        if row is not None and row.locked_until and row.locked_until > utcnow():
+            if not row.refused:
+                first.append(key)
+            row.refused += 1
+    return first
+
+
+def refused_counts(rows: list[LoginThrottle]) -> dict[str, int]:
+    """The sign-ins each of these locks refused, for the record of the unlock that lifts them."""
+    return {row.key: row.refused for row in rows if row.refused}
+
+
+# The spent counters one run of `prune_job` deletes per transaction.
+PRUNE_BATCH = 500
+
+
+def prune_job() -> str:
+    """Scheduler job (with auth.expire_sessions): delete the counters whose window and lock have both run out,
+    such as the `user:NAME` row every made-up username leaves, which nothing else deletes. Each batch queues
+    behind the sign-ins counting on its keys, so none writes to a row deleted under it."""
+    window = timedelta(minutes=current_app.config["MPIM_LOGIN_LOCK_MINUTES"])
+    deleted = 0
+    while True:
+        now = utcnow()
+        spent = (LoginThrottle.locked_until.is_(None) | (LoginThrottle.locked_until <= now),
+                 LoginThrottle.first_failure_at.is_(None) | (LoginThrottle.first_failure_at < now - window))
+        keys = list(db.session.scalars(select(LoginThrottle.key).where(*spent).order_by(LoginThrottle.key)
+                                       .limit(PRUNE_BATCH)))
+        if not keys:
+            break
+        serialise_keys(*keys)
+        deleted += db.session.execute(delete(LoginThrottle).where(LoginThrottle.key.in_(keys), *spent)
+                                      .execution_options(synchronize_session=False)).rowcount
+        db.session.commit()
+        if len(keys) < PRUNE_BATCH:
+            break
+    return f"deleted {deleted} spent sign-in counters"
 
 
 def places_taken(limits: dict[str, int], now: datetime) -> dict[str, int]:
@@ -166,11 +213,12 @@ def address_locks(limit: int | None = None) -> list[LoginThrottle]:
     return list(db.session.scalars(address_locks_query().order_by(LoginThrottle.key).limit(limit)))
 
 
-def clear_address_locks() -> list[str]:
+def clear_address_locks() -> tuple[list[str], dict[str, int]]:
+    """The addresses whose locks are lifted, and how many sign-ins each lock refused (`refused_counts`)."""
     rows = address_locks()
     for row in rows:
         db.session.delete(row)
-    return [row.key.removeprefix("addr:") for row in rows]
+    return [row.key.removeprefix("addr:") for row in rows], refused_counts(rows)
 
 
 def is_locked(username: str) -> bool:
