@@ -235,6 +235,21 @@ def test_the_scheduler_deletes_sign_in_counters_whose_window_and_lock_have_run_o
     assert set(db.session.scalars(select(LoginThrottle.key))) == {"user:counting", "addr:10.0.0.2"}
 
 
+def test_a_right_password_clears_the_accounts_failures_but_not_the_addresss(app, make_user):
+    """An insider's own sign-in cleared the address's count as well: 95 wrong guesses at other accounts from
+    one address, none locked, with a limit of 20. The address's count now runs out with its window."""
+    make_user("bob")
+    console = Console(app.test_client())
+    limit = app.config["MPIM_LOGIN_MAX_ADDRESS_FAILURES"]
+    console.login("bob", "Wrong-Password-1")
+    for index in range(limit - 2):
+        console.login(f"victim{index}", "Spring-2026!x")
+    assert console.login("bob").status_code == 302
+    assert db.session.get(LoginThrottle, "user:bob") is None  # the account's own count is cleared
+    assert Console(app.test_client()).login("victim-last", "Spring-2026!x").status_code == 401
+    assert [address for address, _until in service.locked_addresses()] == ["127.0.0.1"]
+
+
 def test_a_username_of_dots_only_is_refused_at_the_form_with_what_was_typed_kept(admin_console):
     """".." was taken: the users list then linked to /users/.., which every browser reads as the page above it,
     so the account could be neither edited, disabled nor unlocked from the console."""
