@@ -381,6 +381,47 @@ def test_form_without_csrf_token_is_refused(client, make_user):
     assert not service.is_locked("alice")
 
 
+def test_the_csrf_token_of_the_sign_in_page_is_replaced_at_sign_in(app, make_user):
+    """A token from the anonymous sign-in page stayed valid once signed in: whoever planted or read it before
+    the sign-in could forge the signed-in user's forms."""
+    make_user("alice")
+    client = app.test_client()
+    before = csrf_token(client.get("/login").get_data(as_text=True))
+    assert client.post("/login", data={"username": "alice", "password": PASSWORD, "csrf_token": before}) \
+        .status_code == 302
+    assert client.post("/session/keepalive", data={"csrf_token": before}).status_code == 400
+    after = csrf_token(client.get("/account/sessions").get_data(as_text=True))
+    assert client.post("/session/keepalive", data={"csrf_token": after}).status_code == 200
+
+
+def test_after_a_sign_out_the_next_users_forms_refuse_the_last_users_token(app, make_user):
+    """After alice signed out and bob signed in on the same browser, alice's token served bob's forms."""
+    make_user("alice")
+    make_user("bob")
+    console = Console(app.test_client())
+    console.login("alice")
+    alices = csrf_token(console.client.get("/account/sessions").get_data(as_text=True))
+    console.client.post("/logout", data={"csrf_token": alices})
+    console.login("bob")
+    assert console.client.post("/account/sessions/end-others", data={"csrf_token": alices}).status_code == 400
+
+
+def test_after_a_timeout_another_users_sign_in_refuses_the_last_users_token(app, make_user):
+    """The one who timed out keeps the forms typed before (tests/test_session_clock.py); anyone else signing in
+    on that browser gets a token of their own."""
+    from tests.test_session_clock import set_clocks
+
+    make_user("alice")
+    make_user("bob")
+    console = Console(app.test_client())
+    console.login("alice")
+    alices = csrf_token(console.client.get("/account/sessions").get_data(as_text=True))
+    set_clocks(console, active_ago=31 * 60)
+    assert console.client.get("/account/sessions").status_code == 302
+    console.login("bob")
+    assert console.client.post("/account/sessions/end-others", data={"csrf_token": alices}).status_code == 400
+
+
 def test_session_cookie_flags(app, console, make_user):
     make_user("alice")
     response = console.login("alice")

@@ -18,6 +18,7 @@ from __future__ import annotations
 from flask import current_app, flash, g, jsonify, redirect, request, session, url_for
 from flask_babel import gettext as _
 from flask_login import current_user, logout_user
+from flask_wtf.csrf import generate_csrf
 
 from app.audit import service as audit
 from app.auth import console_sessions
@@ -27,6 +28,7 @@ from app.database import utcnow
 from app.extensions import db
 
 TOKEN = "console_session"  # the session key holding this sign-in's token
+CSRF_OWNER = "csrf_user"  # the session key naming the user whose sign-in the CSRF token was made for
 NOT_ACTIVITY = {"auth.session_status"}  # asked by the page's script, not by the user
 SKIPPED_PREFIXES = ("/api/", "/ca/", "/static/", "/healthz")  # no console session there
 WARNING_SECONDS = 120
@@ -60,6 +62,10 @@ def start(user: User) -> None:
     db.session.commit()
     session[TOKEN] = token
     g.console_session = console_sessions.find(token)
+    if session.get(CSRF_OWNER) != user.id:
+        _forget_csrf()
+        generate_csrf()  # now, in the sign-in's own cookie: the pages after it write none
+    session[CSRF_OWNER] = user.id
 
 
 def sign_out() -> None:
@@ -69,6 +75,7 @@ def sign_out() -> None:
         audit.record("auth.logout", current_user.username)
     db.session.commit()
     _forget()
+    _forget_csrf()
 
 
 def seconds_left() -> dict:
@@ -124,6 +131,17 @@ def _forget() -> None:
     logout_user()
     session.pop(TOKEN, None)
     g.pop("console_session", None)
+
+
+def _forget_csrf() -> None:
+    """Drop Flask-WTF's CSRF secret: the next page makes a new one. At sign-out, and at a sign-in by anyone
+    but the user it was made for: kept, the anonymous sign-in page's token served the signed-in forms, and
+    the last user's the next user's on the same browser. Kept when a limit or another session ended the
+    sign-in and the same user signs in again: a form typed before the limit is then sent as it is."""
+    field = current_app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token")
+    session.pop(field, None)
+    session.pop(CSRF_OWNER, None)
+    g.pop(field, None)
 
 
 def _ended_message(reason: str | None) -> str:
