@@ -474,6 +474,48 @@ def test_weak_passwords_are_refused(app, password):
     assert caught.value.code == "weak_password"
 
 
+@pytest.mark.parametrize("password", ["Secret\x00Pass12", "Secret\x1b\x07Pass12", "Secret\tPass12",
+                                      "\x01Secret-Pass12"])
+def test_a_password_with_a_control_character_is_refused_with_a_clear_message(app, password):
+    """NUL, Escape, Bell, a tab: accepted by the change form, a reset and `--password-stdin`, and typed back
+    at no keyboard."""
+    with pytest.raises(ValidationFailed) as caught:
+        service.check_password_policy(password, "alice")
+    assert caught.value.code == "weak_password" and "control characters" in str(caught.value.message)
+
+
+def test_the_change_form_refuses_a_control_character_in_chinese_at_the_new_password_field(app, console,
+                                                                                           make_user):
+    make_user("alice")
+    console.login("alice")
+    response = console.post_form("/account/password", {"current_password": PASSWORD,
+                                                       "new_password": "Secret\x1b\x07Pass12",
+                                                       "confirm": "Secret\x1b\x07Pass12"})
+    assert response.status_code == 200 and "密码不能包含控制字符" in response.get_data(as_text=True)
+
+
+def test_the_cli_reset_refuses_a_control_character_from_stdin(app, runner, make_user):
+    make_user("alice")
+    result = runner.invoke(args=["users", "reset-password", "alice", "--password-stdin"], input="Secret\x01Pass12\n")
+    assert result.exit_code != 0 and "control characters" in result.output
+
+
+@pytest.mark.parametrize("password", ["Aa1" + "\u0301" * 7, "Aa1!" + "\u0308" * 6, "Aa1-" + "\u1100\u1161" * 3])
+def test_combining_marks_and_decomposed_syllables_do_not_count_towards_the_length(app, password):
+    """The password "Aa1" with seven combining accents passed as ten characters; one sees three. Korean
+    jamo typed apart count as the syllables NFC composes them into."""
+    with pytest.raises(ValidationFailed) as caught:
+        service.check_password_policy(password)
+    assert "at least 10 characters" in str(caught.value.message)
+
+
+def test_a_long_enough_password_written_decomposed_counts_as_composed(app):
+    """Counted after NFC: "é" typed as e and an accent is one character, as it is composed."""
+    service.check_password_policy("Cafe\u0301-Noir-12")  # ten characters once composed, with the accent
+    with pytest.raises(ValidationFailed):
+        service.check_password_policy("Cafe\u0301-Noi1")  # nine
+
+
 def change_form(console: Console, current: str, new: str = "New-Secret-42"):
     return console.post_form("/account/password", {"current_password": current, "new_password": new,
                                                    "confirm": new})

@@ -319,12 +319,14 @@ def test_a_password_read_from_stdin_loses_its_line_end_crlf_too(app, process_run
 
 
 def test_only_one_line_end_is_taken_off_and_a_byte_order_mark_is_dropped(app, process_runner):
-    """Notepad saves UTF-8 with a byte-order mark, which nobody types; spaces and a second CR are the
-    password's own."""
+    """Notepad saves UTF-8 with a byte-order mark, which nobody types; spaces are the password's own, and a
+    second CR is the password's too, so it is refused: no control character can be typed at the sign-in form."""
     assert create_with_stdin(process_runner, "\ufeffCorrect-Horse-9\n".encode(), "bom").exit_code == 0
     assert signs_in(app, "bom", "Correct-Horse-9")
-    assert create_with_stdin(process_runner, b"Correct-Horse-9 \r\r\n", "spaced").exit_code == 0
-    assert signs_in(app, "spaced", "Correct-Horse-9 \r") and not signs_in(app, "spaced", "Correct-Horse-9")
+    assert create_with_stdin(process_runner, b"Correct-Horse-9 \n", "spaced").exit_code == 0
+    assert signs_in(app, "spaced", "Correct-Horse-9 ") and not signs_in(app, "spaced", "Correct-Horse-9")
+    refused = create_with_stdin(process_runner, b"Correct-Horse-9\r\r\n", "carriage")
+    assert refused.exit_code != 0 and "control characters" in refused.output and user("carriage") is None
 
 
 # --- the actor ---------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import unicodedata
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -60,15 +61,30 @@ class UserDraft:
     must_change_password: bool = True
 
 
+def visible_length(password: str) -> int:
+    """The characters a password has as one sees them: counted after NFC (an accent typed apart joins its
+    letter, Korean jamo their syllable), combining marks left uncounted ("Aa1" with seven accents passed as
+    ten characters). For counting only: the password is hashed and checked as typed, so the hashes already
+    stored still match."""
+    return sum(not unicodedata.category(character).startswith("M")
+               for character in unicodedata.normalize("NFC", password))
+
+
 def check_password_policy(password: str, username: str = "", *, field: str = "password") -> None:
     """Every rule `password` breaks, at once (`Refusals`: the first raised, the CLI's one error, in this order).
     `field`: the form field the refusals are shown at (the change form's is new_password)."""
     refusals = Refusals()
     with refusals.check():
+        # NUL, Escape, Bell, a tab (the change form, a reset and --password-stdin took them): no keyboard
+        # types them back at the sign-in form.
+        if any(unicodedata.category(character) == "Cc" for character in password):
+            raise ValidationFailed(_l("Passwords cannot contain control characters (such as a tab, NUL or "
+                                      "Escape)."), code="weak_password", field=field)
+    with refusals.check():
         if len(password) > MAX_PASSWORD_LENGTH:  # what the sign-in form takes: a longer one could never sign in
             raise ValidationFailed(_l("Passwords have at most %(n)s characters.", n=MAX_PASSWORD_LENGTH),
                                    code="weak_password", field=field)
-        if len(password) < MIN_PASSWORD_LENGTH:
+        if visible_length(password) < MIN_PASSWORD_LENGTH:
             raise ValidationFailed(_l("Passwords need at least %(n)s characters.", n=MIN_PASSWORD_LENGTH),
                                    code="weak_password", field=field)
     with refusals.check():
