@@ -656,6 +656,44 @@ def test_an_admin_cannot_reset_their_own_password_on_the_users_page(app, admin_c
     assert refused.value.code == "own_password"
 
 
+def lock_the_account(app, username: str) -> None:
+    for index in range(app.config["MPIM_LOGIN_MAX_FAILURES"]):  # from other addresses: only the account locks
+        client = app.test_client()
+        client.environ_base["REMOTE_ADDR"] = f"10.7.0.{index + 1}"
+        Console(client).login(username, f"Wrong-Guess-{index}")
+    assert service.is_locked(username)
+
+
+def test_an_admins_reset_lifts_the_accounts_lock_and_says_so(app, admin_console, make_user):
+    """After a reset the user was still refused as locked until the admin also clicked unlock."""
+    make_user("alice")
+    lock_the_account(app, "alice")
+    admin_console.post_form("/users/alice", {"reset-password": "Temp-Pass-4567"}, action="/users/alice/password")
+    assert not service.is_locked("alice")
+    assert Console(app.test_client()).login("alice", "Temp-Pass-4567").status_code == 302
+    assert db.session.scalars(select(AuditRecord.detail).where(AuditRecord.action == "user.password_reset")) \
+        .one() == {"lock_lifted": True}
+
+
+def test_the_clis_reset_lifts_the_accounts_lock_too(app, runner, make_user):
+    make_user("alice")
+    lock_the_account(app, "alice")
+    result = runner.invoke(args=["users", "reset-password", "alice", "--password-stdin"], input="Temp-Pass-4567\n")
+    assert result.exit_code == 0, result.output
+    assert not service.is_locked("alice")
+    assert db.session.scalars(select(AuditRecord.detail).where(AuditRecord.action == "user.password_reset")) \
+        .one() == {"lock_lifted": True}
+
+
+def test_a_reset_of_an_account_not_locked_records_no_lock(app, admin_console, make_user):
+    make_user("alice")
+    Console(app.test_client()).login("alice", "Wrong-Guess-1")  # one failure: counted, no lock
+    admin_console.post_form("/users/alice", {"reset-password": "Temp-Pass-4567"}, action="/users/alice/password")
+    assert db.session.scalars(select(AuditRecord.detail).where(AuditRecord.action == "user.password_reset")) \
+        .one() == {}
+    assert db.session.get(LoginThrottle, "user:alice") is None  # its failures go with the old password
+
+
 def test_the_password_history_keeps_only_the_four_before_the_current_one(app, make_user):
     """Five passwords count (the current one and four kept hashes); older hashes are deleted, not kept for good."""
     user = make_user("alice")

@@ -256,7 +256,8 @@ def _refuse_if_last_ministry_admin(user: User) -> None:
 
 
 def set_password(user: User, new_password: str, *, action: str = "user.password_reset",
-                 temporary: bool = True, field: str = "password", actor: str | None = None) -> None:
+                 temporary: bool = True, field: str = "password", actor: str | None = None,
+                 detail: dict | None = None) -> None:
     """`temporary`: an admin's reset, which the user must replace at the next sign-in; `field`: where a
     refusal is shown; `actor`: who, when not the console's signed-in user (the CLI says "cli"). None of the
     account's last PASSWORD_HISTORY passwords comes back (MLPS 2.0 asks passwords to be changed, which a change
@@ -275,18 +276,22 @@ def set_password(user: User, new_password: str, *, action: str = "user.password_
     user.password_hash = generate_password_hash(new_password)
     user.password_must_change = temporary
     user.password_changed_at = utcnow()
-    audit.record(action, user.username, actor=actor)
+    audit.record(action, user.username, detail, actor=actor)
 
 
 def reset_password(user: User, new_password: str, *, by: User | None, actor: str | None = None) -> None:
     """An admin's reset of someone else's password: one the user must replace at the next sign-in, and
-    every session of the user ends. Not of the admin's own (PermissionDenied, "own_password"): a reset asks
+    every session of the user ends. The account's failed sign-ins and its lock go with the old password (the
+    record says `lock_lifted` when one was in force): the user was still refused as locked with the new one
+    until the admin also unlocked the account. Address locks stay: those are the unlock's to lift.
+    Not of the admin's own (PermissionDenied, "own_password"): a reset asks
     for no current password, so whoever found an admin's console signed in would take the account and
     sign its owner out everywhere; one's own is changed with the current one (`change_own_password`).
     `by` None: the operator on the server (`flask users reset-password`, `actor` "cli"), who is no console
     session and may reset any account, the one ministry admin's forgotten password too."""
     _refuse_own_reset(user, by)
-    set_password(user, new_password, actor=actor)
+    lifted = throttle.clear_account(user.username)
+    set_password(user, new_password, actor=actor, detail={"lock_lifted": True} if lifted else None)
     console_sessions.end_sessions(user, "password_reset", actor=actor)
 
 

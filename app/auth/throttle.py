@@ -226,5 +226,18 @@ def clear_address_locks() -> tuple[list[str], dict[str, int]]:
     return [row.key.removeprefix("addr:") for row in rows], refused_counts(rows)
 
 
+def clear_account(username: str) -> bool:
+    """Delete the account's failures and lock, queued behind the sign-ins counting on them; True when a lock
+    was in force."""
+    key = f"user:{username.lower()}"
+    serialise_keys(key)
+    row = db.session.get(LoginThrottle, key)
+    if row is None:
+        return False
+    lifted = bool(row.locked_until and row.locked_until > utcnow())
+    db.session.delete(row)
+    return lifted
+
+
 def is_locked(username: str) -> bool:
     return locked(f"user:{username.lower()}")
