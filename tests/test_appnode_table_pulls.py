@@ -9,15 +9,17 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import timedelta
 
 import flask
 import pytest
+from sqlalchemy import update
 
 from app.admission import nodes
 from app.appnode import protocol
 from app.appnode.groups import new_group_id
 from app.appnode.protocol import NotFound, UnknownPeer
-from app.appnode.store import Group
+from app.appnode.store import Group, Outbox, utcnow
 from app.extensions import db
 from tests.appnode_harness import ServedNode, raw_post
 from tests.test_appnode import (  # noqa: F401 (fixture)
@@ -226,3 +228,42 @@ def test_a_caller_outside_the_table_makes_the_receiver_pull_once_within_the_inte
             assert status == 403 and body["error"]["code"] == "unknown_peer"
     assert len(pulls) == 1
     assert stored_messages(b) == []
+
+
+# ---- an envelope waiting in the outbox --------------------------------------------------------------------------
+
+def waited_two_hours(served: ServedNode) -> None:
+    """Every outbox row of `served` first tried two hours ago (past the 1-hour window of a table disagreement),
+    due now."""
+    with served.node.db.begin() as session:
+        session.execute(update(Outbox).values(first_attempt_at=utcnow() - timedelta(hours=2), next_attempt_at=utcnow()))
+
+
+def test_an_envelope_that_waited_hours_for_a_peer_whose_certificate_was_renewed_meanwhile_is_delivered(network):  # noqa: F811
+    from tests.test_appnode_renewal import admin_renews, await_listed
+
+    a, b = network["a"], network["b"]
+    b.stop()
+    message = a.node.send_text("zhangsan", b.user("lisi"), "等你回来")
+    assert [row.state for row in a.node.outbox()] == ["pending"]
+    waited_two_hours(a)
+    request, _key, _reused = b.node.certificate_request(new_key=False)
+    renewed = admin_renews(network, b, request)
+    await_listed(b, b.id, renewed.sha256)  # B installs its renewed certificate; A's table still lists the old one
+    b.start()
+
+    assert a.node.deliver() == {"delivered": 1, "retry": 0, "failed": 0}
+
+    assert a.node.routes.peek(b.id)["cert_sha256"] == renewed.sha256
+    assert [stored.message_id for stored in stored_messages(b)] == [message.message_id]
+
+
+def test_an_envelope_that_waited_hours_for_a_peer_resumed_since_the_last_pull_is_delivered(network):  # noqa: F811
+    a, b = network["a"], network["b"]
+    message = a.node.send_text("zhangsan", b.user("lisi"), "停用期间", deliver=False)
+    resumed_since_the_last_pull(network, b, a)
+    waited_two_hours(a)
+
+    assert a.node.deliver() == {"delivered": 1, "retry": 0, "failed": 0}
+
+    assert [stored.message_id for stored in stored_messages(b)] == [message.message_id]

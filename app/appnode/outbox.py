@@ -3,7 +3,11 @@ at once by a caller that claimed it or by the node loop once due. A row is retri
 RETRY_FIRST up to RETRY_MAX, or the peer's Retry-After if longer, up to RETRY_AFTER_MAX) until GIVE_UP_AFTER;
 when the two nodes' tables disagree (the peer is missing from this node's table or does not present the
 certificate it lists, or it answers unknown_peer or certificate_mismatch) only for PEER_RETRY_WINDOW, as the
-next table may mend that. Up to DELIVERY_PARALLELISM envelopes are in flight at once, to any one peer at most
+next table may mend that. This node's own side is mended at once where it can be: a peer missing from the table,
+or presenting another certificate than it lists (renewed since the last pull), is pulled for first
+(`_pull_for_recipient`, at most once per 30 s) and sent to again if the new table lists it, so an envelope that
+waited hours for a peer down is not given up because the peer's certificate was renewed meanwhile.
+Up to DELIVERY_PARALLELISM envelopes are in flight at once, to any one peer at most
 its learned concurrency (`peer_slots.py`); an envelope a peer refused as past its limit of connections
 (`too_many_connections`, or a handshake it closed) while others of ours were in flight to it is sent again once
 one of that peer's slots is free, not charged as an attempt, at most IMMEDIATE_RETRIES times in one `deliver`
@@ -201,6 +205,9 @@ class OutboxMixin:
         now = utcnow()
         row.first_attempt_at = row.first_attempt_at or now
         entry = self.routes.peek(row.peer_node)
+        if entry is None:  # approved or resumed since the last pull: pulled for once, as a send does
+            self._pull_for_recipient(row.peer_node)
+            entry = self.routes.peek(row.peer_node)
         retry_after = 0.0
         peer_refused = False
         if entry is None:
@@ -208,7 +215,15 @@ class OutboxMixin:
         else:
             body = json.dumps(protocol.restamp(row.envelope), ensure_ascii=False).encode()
             try:
-                response = self.peers.post(entry["endpoint"], PATHS[row.kind], body, pin=entry["cert_sha256"])
+                try:
+                    response = self.peers.post(entry["endpoint"], PATHS[row.kind], body, pin=entry["cert_sha256"])
+                except PeerCertificateMismatch:
+                    # Renewed since this table was pulled: pulled for once (at most every 30 s), then sent again
+                    # if the new table lists another certificate, before the attempt counts as a disagreement.
+                    if self._pull_for_recipient(row.peer_node, refused_sha256=entry["cert_sha256"]) is not None:
+                        raise
+                    entry = self.routes.peek(row.peer_node)
+                    response = self.peers.post(entry["endpoint"], PATHS[row.kind], body, pin=entry["cert_sha256"])
             except PeerCertificateMismatch as failure:
                 error, retryable, peer_refused = str(failure), True, True
             except PeerClosedHandshake as failure:

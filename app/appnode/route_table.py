@@ -139,7 +139,7 @@ class RouteTableMixin(RevocationListsMixin):
             except DomainError as error:
                 log.warning("route refresh failed: %s", error)
 
-    def _pull_for_recipient(self, node_id: str) -> str | None:
+    def _pull_for_recipient(self, node_id: str, *, refused_sha256: str | None = None) -> str | None:
         """§2.3 on the sending side (a message, a group request to the home node, a download): a node approved
         since the last pull is missing from this table until the next one (every `route_interval`), so before
         refusing a recipient's node pull once, at most once per REFRESH_INTERVAL (a mistyped node id must not
@@ -152,8 +152,16 @@ class RouteTableMixin(RevocationListsMixin):
         pull, and a thread that finds the interval just taken waits for that pull, whose table may list its node,
         rather than refuse at once. Only a thread missing a node waits, at most the management node's timeout;
         none holds a transaction or `_writing` (the pull writes settings, and every caller pulls before its
-        transaction), so the lock cannot close a cycle."""
-        if self.routes.peek(node_id) is not None:
+        transaction), so the lock cannot close a cycle.
+
+        With `refused_sha256` (the outbox, when the node presented another certificate than the table's): the
+        node counts as listed only with another certificate than that one, so a renewal the table has not caught
+        up with is pulled for the same way."""
+        def listed() -> bool:
+            entry = self.routes.peek(node_id)
+            return entry is not None and (refused_sha256 is None or entry["cert_sha256"] != refused_sha256)
+
+        if listed():
             return None
         with self._pull_lock:
             started = time.monotonic()
@@ -166,7 +174,7 @@ class RouteTableMixin(RevocationListsMixin):
                     failure = error.message
                 self._recipient_pull = (started, failure)
             when, failure = self._recipient_pull
-        if self.routes.peek(node_id) is not None:  # this thread's pull, or the one it waited for, lists it
+        if listed():  # this thread's pull, or the one it waited for, lists it
             return None
         if failure is not None and self._last_refresh < when:  # no pull has been taken since it failed
             return f", and pulling the table from the management node failed: {failure}"
