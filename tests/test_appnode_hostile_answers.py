@@ -22,6 +22,7 @@ from app.appnode.protocol import Unavailable
 from app.appnode.registry import HTTPResult, RegistryClient, RegistryError
 from app.appnode.store import utcnow
 from app.appnode.transport import ANSWER_LIMIT, PeerAnswerTooLarge, PeerPool, PeerUnreachable
+from app.errors import Conflict
 from tests.conftest import stop_serving
 from tests.factories import loopback_tls_server, not_strict_bodies
 from tests.test_appnode import network  # noqa: F401 (fixture)
@@ -239,3 +240,57 @@ def test_a_peers_error_text_is_escaped_and_bounded_and_a_code_that_is_no_snake_c
         body = json.dumps({"error": {"code": code, "message": "m"}}).encode()
         assert Node._error_code(body) is None, code
         assert Node._peer_error(SimpleNamespace(body=body, status=400)).code == "peer_error", code
+
+
+def answering_200(body: bytes, content_type: str = "application/json"):
+    """A peer (or a proxy in front of it, presenting its certificate) that answers every request 200 with `body`."""
+    def answer(environ, start_response):
+        environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        start_response("200 OK", [("Content-Type", content_type)])
+        return [body]
+    return answer
+
+
+@pytest.mark.parametrize(("body", "content_type"), [
+    (b"<html>maintenance</html>", "text/html"),
+    (b"{}", "application/json"),
+    (json.dumps({"status": "accepted", "message_id": "019761eb-c248-7fe9-8e2a-a164507f46e1",
+                 "received_at": "2026-12-06T08:00:00.000Z"}).encode(), "application/json"),  # another message's
+    (b'{"status": "ok"}', "application/json"),
+])
+def test_a_200_that_is_no_acknowledgement_of_the_message_is_retried_not_taken_as_delivered(network, body, content_type):  # noqa: F811,E501
+    """§5.2: a 200 carries the acknowledgement of the envelope sent. Any 200 counted as delivered, and a proxy's
+    maintenance page lost the message for good."""
+    a, b = network["a"], network["b"]
+    b.server.app = answering_200(body, content_type)
+    message = a.node.send_text("zhangsan", b.user("lisi"), "到了吗")
+    [row] = a.node.outbox()
+    assert (row.message_id, row.state, row.attempts) == (message.message_id, "pending", 1)
+    assert row.last_error.startswith("HTTP 200 without an acknowledgement of this envelope")
+
+
+def test_a_group_request_answered_200_without_an_acknowledgement_is_queued_not_accepted(network):  # noqa: F811
+    a, b = network["a"], network["b"]
+    group = a.node.create_group("zhangsan", "专班", [b.user("lisi")])
+    a.server.app = answering_200(b"<html>maintenance</html>", "text/html")
+    assert b.node.group_operation("lisi", f"{group.group_id}@{a.id}", "quit") == "queued"
+    [row] = [row for row in b.node.outbox() if row.kind == "group_op"]
+    assert row.state == "pending" and "without an acknowledgement" in row.last_error
+
+
+def test_an_ephemeral_batch_answered_200_without_an_acknowledgement_is_not_counted_sent(network):  # noqa: F811
+    a, b = network["a"], network["b"]
+    a.node.send_text("zhangsan", b.user("lisi"), "在吗")
+    a.node.set_presence("zhangsan", "busy", "android")
+    b.server.app = answering_200(b"<html>maintenance</html>", "text/html")
+    assert a.node.flush_ephemeral() == 0  # kept for its next try (§6: at most 3 within 60 s)
+    b.server.app = answering_200(b"{}")
+    assert a.node.flush_ephemeral() == 0
+
+
+def test_a_member_confirmation_answered_200_without_an_acknowledgement_refuses_the_operation(network):  # noqa: F811
+    a, b = network["a"], network["b"]
+    b.server.app = answering_200(b"<html>maintenance</html>", "text/html")
+    with pytest.raises(Conflict, match=r"answered HTTP 200 without an acknowledgement \(not JSON\); nothing changed"):
+        a.node.create_group("zhangsan", "专班", [b.user("lisi")])
+    assert a.node.groups("zhangsan") == []

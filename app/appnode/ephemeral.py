@@ -36,7 +36,7 @@ def _newer(given: str, kept: str) -> bool:
 
 class EphemeralMixin:
     """Read states and presence for a `Node`. Relies on the node's `db`, `node_id`, `routes` and `peers`,
-    on `_require_capability` and `_member_nodes` (ReceivingMixin)."""
+    on `_require_capability` and `_member_nodes` (ReceivingMixin), on `_not_acknowledged` (OutboxMixin)."""
 
     def _accept_ephemeral(self, session: Session, envelope: dict) -> None:
         batch, from_node, me = envelope["payload"], envelope["from_node"], self.node_id
@@ -296,7 +296,9 @@ class EphemeralMixin:
                         response = self.peers.post(entry["endpoint"], PATHS["ephemeral"],
                                                    json.dumps(envelope, ensure_ascii=False).encode(),
                                                    pin=entry["cert_sha256"])
-                        ok = response.status == 200
+                        # A 200 is sent only with its acknowledgement (§5.2): a proxy's page is no delivery.
+                        ok = response.status == 200 and self._not_acknowledged(response.body,
+                                                                                envelope["message_id"]) is None
                         if not ok:
                             log.warning("ephemeral batch to %s refused: %s %s", peer, response.status,
                                         response.body[:200])

@@ -27,8 +27,9 @@ CONFIRM_TIMEOUT = 5.0
 
 class GroupConfirmationMixin:
     """Confirmations for a `Node`'s groups. Relies on the node's `db`, `node_id`, `routes`, `peers`, `wake` and
-    `_writing`; on `_pull_for_recipient` (RouteTableMixin), on `_enqueue`, `deliver`, `_error_code` and
-    `_peer_error` (OutboxMixin), and on `_apply_confirmed`, `_announce` and `_announcement` (GroupHomeMixin)."""
+    `_writing`; on `_pull_for_recipient` (RouteTableMixin), on `_enqueue`, `deliver`, `_error_code`,
+    `_not_acknowledged` and `_peer_error` (OutboxMixin), and on `_apply_confirmed`, `_announce` and `_announcement`
+    (GroupHomeMixin)."""
 
     def _confirm_and_apply(self, state: NewState, first_time: Callable[[Session], bool] | None = None) -> Group | None:
         """Has the nodes gaining members confirm `state`, with no transaction open, then applies it in a short
@@ -133,7 +134,12 @@ class GroupConfirmationMixin:
             return Conflict(f"cannot confirm members {users}: node {peer} did not answer ({failure}); "
                             "nothing changed, try again later", field="payload.target_user_ids"), _maybe_sent(failure)
         if response.status == 200:
-            return None, False
+            if (unacknowledged := self._not_acknowledged(response.body, envelope["message_id"])) is None:
+                return None, False
+            # §5.2: no acknowledgement, nothing known of the node behind (a proxy's page): may have taken it.
+            return Conflict(f"cannot confirm members {users}: node {peer} answered HTTP 200 without an "
+                            f"acknowledgement ({unacknowledged}); nothing changed, try again later",
+                            field="payload.target_user_ids"), True
         code = self._error_code(response.body)
         if response.status == 429 or response.status >= 500 or code in ("unknown_peer", "certificate_mismatch"):
             return Conflict(f"cannot confirm members {users}: node {peer} answered HTTP {response.status} "

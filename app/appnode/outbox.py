@@ -31,7 +31,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from app import strict_json
-from app.appnode import protocol
+from app.appnode import protocol, validation
 from app.appnode.messages import PATHS
 from app.appnode.peer_slots import PeerSlots
 from app.appnode.store import (
@@ -234,18 +234,24 @@ class OutboxMixin:
             except PeerUnreachable as failure:
                 error, retryable = str(failure), True
             else:
+                shown = bounded_line(response.body[:PEER_TEXT_SHOWN].decode("utf-8", "replace"), PEER_TEXT_SHOWN)
                 if response.status == 200:
-                    row.attempts += 1
-                    row.state, row.finished_at, row.last_error = "delivered", now, None
-                    return "delivered"
-                error = (f"HTTP {response.status}: "
-                         f"{bounded_line(response.body[:PEER_TEXT_SHOWN].decode('utf-8', 'replace'), PEER_TEXT_SHOWN)}")
-                code = self._error_code(response.body)
-                if code == "too_many_connections" and self._past_limit(row):
-                    return "again"
-                peer_refused = code in ("unknown_peer", "certificate_mismatch")
-                retryable = response.status == 429 or response.status >= 500 or peer_refused
-                retry_after = retry_after_seconds(response.header("Retry-After"))
+                    if (unacknowledged := self._not_acknowledged(response.body, row.message_id)) is None:
+                        row.attempts += 1
+                        row.state, row.finished_at, row.last_error = "delivered", now, None
+                        return "delivered"
+                    # §5.2: a 200 carries the acknowledgement. Any other 200 (a proxy's maintenance page, an ack of
+                    # another envelope) says nothing of this one being stored: retried as a peer's failure.
+                    error = f"HTTP 200 without an acknowledgement of this envelope ({unacknowledged}): {shown}"
+                    retryable = True
+                else:
+                    error = f"HTTP {response.status}: {shown}"
+                    code = self._error_code(response.body)
+                    if code == "too_many_connections" and self._past_limit(row):
+                        return "again"
+                    peer_refused = code in ("unknown_peer", "certificate_mismatch")
+                    retryable = response.status == 429 or response.status >= 500 or peer_refused
+                    retry_after = retry_after_seconds(response.header("Retry-After"))
         row.attempts += 1
         row.last_error = error[:300]
         window = PEER_RETRY_WINDOW if peer_refused else GIVE_UP_AFTER
@@ -274,6 +280,22 @@ class OutboxMixin:
             return False
         row.again += 1
         return True
+
+    @staticmethod
+    def _not_acknowledged(body: bytes, message_id: str) -> str | None:
+        """None when a 200 answer's body is the acknowledgement (§5.2, ack.schema.json) of the envelope
+        `message_id`, `accepted` or `duplicate`; else why it is not, in a few words."""
+        try:
+            ack = strict_json.parse(body)
+        except strict_json.NotStrictJSON:
+            return "not JSON"
+        try:
+            validation.validate("ack", ack)
+        except DomainError as violation:
+            return f"not an ack: {bounded_line(violation.message, PEER_TEXT_SHOWN)}"
+        if ack["message_id"] != message_id:
+            return f"it acknowledges {ack['message_id']}"
+        return None
 
     @staticmethod
     def _error_code(body: bytes) -> str | None:
