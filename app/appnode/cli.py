@@ -149,9 +149,7 @@ def run(ctx: Context, threads):
 def status(ctx: Context):
     """Node id, routing table and outbox."""
     node = ctx.node
-    states: dict[str, int] = {}
-    for row in node.outbox():
-        states[row.state] = states.get(row.state, 0) + 1
+    states = node.outbox_counts()
     try:
         routes = node.routes
     except NotJoined:  # no route client before `join` fetched the CA certificates

@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from types import SimpleNamespace
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from app import strict_json
@@ -328,6 +328,15 @@ class OutboxMixin:
             result = session.execute(update(Outbox).where(Outbox.state == "pending")
                                      .values(next_attempt_at=utcnow()))
         return result.rowcount
+
+    def outbox_counts(self, states: Iterable[str] | None = None) -> dict[str, int]:
+        """How many outbox rows are in each state (or in these), counted in SQL: no row nor envelope is loaded
+        (`status` loaded them all, 2.4 GB for 300,000 delivered rows)."""
+        with self.db() as session:
+            query = select(Outbox.state, func.count()).group_by(Outbox.state)
+            if states is not None:
+                query = query.where(Outbox.state.in_(tuple(states)))
+            return dict(session.execute(query).all())
 
     def outbox(self, state: str | None = None) -> list[Outbox]:
         with self.db() as session:

@@ -29,7 +29,7 @@ CONVERSATION_PAGE, MAX_CONVERSATION_PAGE = 50, 1000
 
 class ReadingMixin:
     """The read-only views of a `Node`. Relies on the node's `db` (session factory) and `node_id`, on
-    `groups` (GroupsMixin) and `_require_participant` (EphemeralMixin)."""
+    `groups` (GroupsMixin), `_require_participant` (EphemeralMixin) and `outbox_counts` (OutboxMixin)."""
 
     def conversations(self, user_id: str) -> list[dict]:
         """All the user's conversations (`conversations_page` without a limit): for callers that know there are
@@ -208,9 +208,8 @@ class ReadingMixin:
     def problems(self) -> dict:
         """What the operator should know is wrong, as `status` tells it: the certificate's and the management
         node's last problem ("" or None: none) and how many outbox envelopes failed or wait, counted in SQL."""
+        counts = self.outbox_counts(("failed", "pending"))
         with self.db() as session:
-            counts = dict(session.execute(select(Outbox.state, func.count()).group_by(Outbox.state)
-                                          .where(Outbox.state.in_(("failed", "pending")))).all())
             return {"certificate": get_setting(session, "certificate_problem") or None,
                     "registry": get_setting(session, "registry_problem") or None,
                     "failed": counts.get("failed", 0), "pending": counts.get("pending", 0)}
