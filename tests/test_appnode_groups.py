@@ -471,3 +471,26 @@ def test_a_group_the_user_left_leaves_their_inbox_and_page_and_stays_for_its_mem
             assert served.node.history(user, conversation)  # every conversation listed opens
     assert f"g:{left.address}" not in page(b, "/?user=lisi") and f"g:{ended.address}" not in page(b, "/?user=lisi")
     assert f"g:{left.address}" in page(b, "/?user=zhaoliu")
+
+
+def test_a_group_operation_at_home_delivers_its_own_announcements_not_the_nodes_whole_backlog(network):  # noqa: F811
+    """`group create` and every operation at the home node delivered everything the outbox held before returning:
+    8 messages queued for a node that accepts connections and never answers made a one-member `group create`
+    take 20 s. The operation sends what it queued; the rest is the node loop's."""
+    a, b = network["a"], network["b"]
+    c = network["join"]("110000")
+    c.node.sync_routes()
+    a.node.sync_routes()
+    c.stop()
+    backlog = [a.node.send_text("zhangsan", c.user("sunqi"), f"排队 {n}", deliver=False).message_id for n in range(2)]
+
+    def untouched() -> list[tuple[str, int]]:
+        return [(row.state, row.attempts) for row in a.node.outbox() if row.message_id in backlog]
+
+    group = a.node.create_group("zhangsan", "本地组", [])
+    assert untouched() == [("pending", 0), ("pending", 0)]
+    assert a.node.group_operation("zhangsan", group.address, "invite", [b.user("lisi")]) == "applied"
+    assert a.node.group_operation("zhangsan", group.address, "update_info", info={"name": "改名"}) == "applied"
+    assert untouched() == [("pending", 0), ("pending", 0)]
+    assert {row.state for row in a.node.outbox() if row.peer_node == b.id} == {"delivered"}  # its own, at once
+    assert b.node.groups("lisi")[0].name == "改名"

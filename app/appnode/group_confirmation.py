@@ -31,12 +31,13 @@ class GroupConfirmationMixin:
     `_not_acknowledged` and `_peer_error` (OutboxMixin), and on `_apply_confirmed`, `_announce` and `_announcement`
     (GroupHomeMixin)."""
 
-    def _confirm_and_apply(self, state: NewState, first_time: Callable[[Session], bool] | None = None) -> Group | None:
+    def _confirm_and_apply(self, state: NewState, first_time: Callable[[Session], bool] | None = None,
+                           queued: list[int] | None = None) -> Group | None:
         """Has the nodes gaining members confirm `state`, with no transaction open, then applies it in a short
         one. Refused if a node refuses, or if the group no longer has the seq the state was numbered after
         (changed by another operation meanwhile: `conflict`, try again); the nodes that took the state, or may
         have, are then told the unchanged one (`_withdraw`). None for a request already accepted meanwhile,
-        withdrawn too."""
+        withdrawn too. `queued` collects the ids of the announcements' outbox rows."""
         confirmed: dict[str, dict] = {}
         uncertain: set[str] = set()
         try:
@@ -45,7 +46,7 @@ class GroupConfirmationMixin:
                 repeat = first_time is not None and not first_time(session)
                 if not repeat:
                     group = self._apply_confirmed(session, state)
-                    self._announce(session, state, confirmed)
+                    self._announce(session, state, confirmed, queued)
                     session.commit()
         except DomainError:
             self._withdraw(state, sorted(confirmed), sorted(uncertain))

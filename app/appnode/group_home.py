@@ -68,14 +68,16 @@ class GroupHomeMixin:
     `_confirm_and_apply` and `_nodes_to_confirm` (GroupConfirmationMixin)."""
 
     def _operate_at_home(self, op: str, group_id: str, operator: str, targets: list[str], info: dict, *,
-                         first_time: Callable[[Session], bool] | None = None) -> tuple[Group | None, bool]:
+                         first_time: Callable[[Session], bool] | None = None,
+                         queued: list[int] | None = None) -> tuple[Group | None, bool]:
         """An operation on a group homed here, by a local user or a member node's request. When its new state
         gives no other node new members, one transaction applies and announces it. Otherwise a first one
         computes the state and reserves its seq, the nodes confirm it with no transaction open, and a second
         one applies it (`_apply_confirmed`). Returns the group and whether the operation changed it (a user
         is told "nothing changed"). `first_time` writes a request's dedup record in each transaction: None is
         returned, and nothing applied, for a request already accepted. The members an invite or a transfer
-        names are looked up in the routing table, pulled first if one's node is missing (`_pull_for_members`)."""
+        names are looked up in the routing table, pulled first if one's node is missing (`_pull_for_members`).
+        `queued` collects the ids of the outbox rows it queued (`_announce`), for a caller that sends them."""
         named = {"invite": targets, "transfer_owner": targets[:1]}.get(op, [])
         unknown = self._pull_for_members(named)  # before the transaction: it may wait on the network
         with self._writing, self.db() as session:
@@ -84,7 +86,7 @@ class GroupHomeMixin:
             group, state = self._apply_at_home(session, op, group_id, operator, targets, info, unknown)
             if state is None or not self._nodes_to_confirm(state):
                 if state is not None:
-                    self._announce(session, state)
+                    self._announce(session, state, queued=queued)
                 session.commit()
                 return group, state is not None
             # Undo the computed state (and the dedup record), keeping only its seq, taken so that no other
@@ -95,7 +97,7 @@ class GroupHomeMixin:
                 raise self._changed(group_id)
             group.seq = state.seq
             session.commit()
-        group = self._confirm_and_apply(state, first_time)
+        group = self._confirm_and_apply(state, first_time, queued)
         return group, group is not None
 
     def _apply_at_home(self, session: Session, op: str, group_id: str, operator: str, targets: list[str],
@@ -225,11 +227,15 @@ class GroupHomeMixin:
         validation.validate("group_op", announcement)
         return announcement
 
-    def _announce(self, session: Session, state: NewState, confirmed: dict[str, dict] | None = None) -> None:
+    def _announce(self, session: Session, state: NewState, confirmed: dict[str, dict] | None = None,
+                  queued: list[int] | None = None) -> None:
         """Queue the announcement to every member's node; a node that confirmed it already gets the same
-        envelope again (acknowledged as a duplicate), so the outbox still records every announcement."""
+        envelope again (acknowledged as a duplicate), so the outbox still records every announcement. The rows'
+        ids go to `queued` when given."""
         me, confirmed = self.node_id, confirmed or {}
         users = [*state.announcement["group_info"]["members"], *state.removed]
         for peer in sorted({node_of(user) for user in users} - {me}):
-            self._enqueue(session, peer, "group_op", confirmed.get(peer) or protocol.make_envelope(
+            row_id = self._enqueue(session, peer, "group_op", confirmed.get(peer) or protocol.make_envelope(
                 from_node=me, to_node=peer, type="group_op", payload=state.announcement))
+            if queued is not None:
+                queued.append(row_id)
