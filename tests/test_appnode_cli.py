@@ -13,10 +13,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from click.testing import CliRunner
-from sqlalchemy import event
+from sqlalchemy import event, update
 from sqlalchemy.engine import Engine
 
 from app.appnode.cli import cli
+from app.appnode.store import Outbox
 from app.readable import one_line
 from tests.test_appnode import ELF, GIF, PDF, adts, network, png, settle  # noqa: F401 (fixture)
 from tests.test_appnode_init import operator_runs
@@ -683,3 +684,23 @@ def test_status_counts_the_outbox_by_state_in_sql_without_reading_any_envelope(n
     assert document["outbox"] == {"delivered": 2, "pending": 1}
     assert any("outbox" in statement for statement in statements)  # the hook saw the count
     assert [statement for statement in statements if "envelope" in statement] == []
+
+
+def test_history_says_which_messages_are_not_delivered_and_nothing_for_delivered_or_received_ones(network):  # noqa: F811
+    """§6: a given-up message is told to its sender. `history` printed it exactly as a delivered one; only --json
+    had its delivery state."""
+    a, b = network["a"], network["b"]
+    delivered = a.node.send_text("zhangsan", b.user("lisi"), "已送达")
+    b.stop()
+    a.node.send_text("zhangsan", b.user("lisi"), "等待中")
+    given_up = a.node.send_text("zhangsan", b.user("lisi"), "已放弃")
+    with a.node.db.begin() as session:
+        session.execute(update(Outbox).where(Outbox.message_id == given_up.message_id)
+                        .values(state="failed", last_error="gave up"))
+    lines = node_cli(a, "history", "--as", "zhangsan", delivered.conversation_id).splitlines()
+    assert [line.split("\t")[3:] for line in lines] == [
+        ["已送达", "read by 0"],
+        ["等待中", "read by 0", "not delivered yet: waiting to be sent again"],
+        ["已放弃", "read by 0", "delivery failed: the node gave up (outbox list --state failed)"]]
+    received = node_cli(b, "history", "--as", "lisi", delivered.conversation_id).splitlines()
+    assert [line.split("\t")[3:] for line in received] == [["已送达", "read by 0"]]  # received: no delivery state

@@ -93,17 +93,28 @@ def conversation_line(row: dict) -> str:
     return f"{row['conversation_id']}\t{row['with']}\tunread {row['unread']}\t{counted(row['count'], 'message')}"
 
 
+# `history`'s last column for a message this node sent that is not (yet) delivered to every node (§6: the sender
+# tells its user); none for a delivered message, a received one or one to users of this node only.
+UNDELIVERED = {"pending": "not delivered yet: waiting to be sent again",
+               "failed": "delivery failed: the node gave up (outbox list --state failed)",
+               "partial": "not delivered to every node: some take no such message"}
+
+
 def history_line(row: dict) -> str:
     """`history`: message id (what `download` and a reply to the user need), send time, sender, the text (or a
-    sticker's alt text, or a file's kind and name), read count. One line per message whatever a peer sent: a
-    text may hold tabs and line breaks (A.4), which printed as they are made lines that read as other users'
-    messages, so each column is escaped (`one_line`); `--json` has the text as sent."""
+    sticker's alt text, or a file's kind and name), read count, and its delivery state unless delivered
+    (UNDELIVERED). One line per message whatever a peer sent: a text may hold tabs and line breaks (A.4), which
+    printed as they are made lines that read as other users' messages, so each column is escaped (`one_line`);
+    `--json` has the text as sent."""
     message = row["message"]
     content = message.document["content"]
     shown = (content.get("text") or content.get("alt_text")
              or f"[{message.msg_type}] {content.get('file_name') or content.get('file_id')}")
-    return "\t".join(map(one_line, [message.message_id, message.document["send_time"], message.sender_address,
-                                     shown, f"read by {len(row['read_by'])}"]))
+    columns = [message.message_id, message.document["send_time"], message.sender_address, shown,
+               f"read by {len(row['read_by'])}"]
+    if row.get("delivery") in UNDELIVERED:
+        columns.append(UNDELIVERED[row["delivery"]])
+    return "\t".join(map(one_line, columns))
 
 
 def pull_lines(result: AcceptResult) -> str:

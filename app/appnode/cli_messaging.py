@@ -111,8 +111,9 @@ def inbox(ctx: Context, user, limit, before):
 @pass_ctx
 def history(ctx: Context, user, conversation_id, limit, before):
     """The newest messages of one conversation, oldest first, a line each: message id (what `download` takes),
-    send time, sender, text or file, read count. When there are older ones, stderr says which --before reads
-    them (with --json, a page shorter than --limit is the last)."""
+    send time, sender, text or file, read count, and for a message sent from here that is not delivered yet, was
+    given up or skipped by a node, that delivery state (--json: "delivery"). When there are older ones, stderr
+    says which --before reads them (with --json, a page shorter than --limit is the last)."""
     rows, older = ctx.node.history_page(user, conversation_id, limit=limit, before=before)
     documents = [{**r["message"].document, "read_by": r["read_by"], "unread_by": r["unread_by"],
                   "delivery": r["delivery"]} for r in rows]
