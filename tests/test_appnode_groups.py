@@ -236,6 +236,10 @@ def test_a_group_message_reaches_a_member_node_only_as_its_capabilities_allow(ne
     to_c = [row for row in a.node.outbox() if row.peer_node == c.id and row.kind == "message"]
     assert {row.state for row in to_c} == {"delivered", "skipped"} and all(row.attempts <= 1 for row in to_c)
     assert not [row for row in to_c if row.state == "skipped" and row.attempts]
+    listed = node_cli(a, "--json", "outbox", "list", "--state", "skipped")  # was a usage error
+    assert listed.returncode == 0, listed.stderr
+    assert sorted(row["id"] for row in json.loads(listed.stdout)) == sorted(
+        row.id for row in a.node.outbox() if row.state == "skipped") != []
 
 
 def test_an_operation_that_changes_nothing_takes_no_seq_and_is_not_announced(network):  # noqa: F811

@@ -219,7 +219,8 @@ def outbox():
 
 
 @outbox.command("list")
-@click.option("--state", type=click.Choice(["pending", "delivered", "failed"]))
+@click.option("--state", type=click.Choice(["pending", "delivered", "failed", "skipped"]),
+              help="Only envelopes in this state (skipped: a group message a member node does not take, never sent).")
 @pass_ctx
 def outbox_list(ctx: Context, state):
     """Envelopes, a line each: id, peer, kind, message, state, attempts, the next try and the last error."""

@@ -97,7 +97,7 @@ def conversation_line(row: dict) -> str:
 # tells its user); none for a delivered message, a received one or one to users of this node only.
 UNDELIVERED = {"pending": "not delivered yet: waiting to be sent again",
                "failed": "delivery failed: the node gave up (outbox list --state failed)",
-               "partial": "not delivered to every node: some take no such message"}
+               "partial": "not delivered to every node: some take no such message (outbox list --state skipped)"}
 
 
 def history_line(row: dict) -> str:
