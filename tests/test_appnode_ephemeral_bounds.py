@@ -176,9 +176,10 @@ def test_a_config_written_before_the_caps_loads_with_the_defaults(tmp_path):
 
 def back_to_schema_1(connection: sqlite3.Connection) -> None:
     """A current node database turned back into what schema 1 left: no peer_node and no index on it, and not
-    schema 3's delivered_forgotten, schema 4's joined_at or schema 5's indexes either."""
+    schema 3's delivered_forgotten, schema 4's joined_at or schema 5's and 6's indexes either."""
     for statement in ("DROP INDEX ix_read_states_peer_node", "DROP INDEX ix_presence_peer_node_updated_at",
                       "DROP INDEX ix_messages_sender_address", "DROP INDEX ix_messages_to",
+                      "DROP INDEX ix_outbox_message_id",
                       "ALTER TABLE read_states DROP COLUMN peer_node", "ALTER TABLE presence DROP COLUMN peer_node",
                       "ALTER TABLE messages DROP COLUMN delivered_forgotten",
                       "ALTER TABLE groups DROP COLUMN joined_at",
@@ -200,13 +201,13 @@ def test_a_database_of_schema_1_gains_who_reported_each_entry_in_place(tmp_path)
     connection.close()
     factory = open_database(path)
     with factory() as session:
-        assert session.get(Setting, "schema_version").value == SCHEMA_VERSION == "5"
+        assert session.get(Setting, "schema_version").value == SCHEMA_VERSION == "6"
         assert [p.peer_node for p in session.scalars(select(Presence))] == ["44000000002025000001"]
         assert [r.peer_node for r in session.scalars(select(ReadState))] == ["36000000002025000001"]
         indexes = set(session.scalars(select(text("name")).select_from(text("sqlite_master"))
                                       .where(text("type = 'index'"))))
     assert {"ix_read_states_peer_node", "ix_presence_peer_node_updated_at", "ix_messages_sender_address",
-            "ix_messages_to"} <= indexes
+            "ix_messages_to", "ix_outbox_message_id"} <= indexes
     factory.kw["bind"].dispose()
     open_database(path).kw["bind"].dispose()  # and opens as the current schema from then on
 

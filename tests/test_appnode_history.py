@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from html import unescape
@@ -19,7 +20,8 @@ from app.appnode import protocol
 from app.appnode.cli import cli
 from app.appnode.protocol import NotFound
 from app.appnode.store import Group, Message, Outbox, ReadState, User, utcnow
-from tests.test_appnode import network  # noqa: F401 (fixture)
+from app.appnode.store_schema import SCHEMA_VERSION, open_database
+from tests.test_appnode import _as_schema_5, network  # noqa: F401 (fixture)
 from tests.test_appnode_page import page
 from tests.test_sessions import people  # noqa: F401 (fixture)
 
@@ -190,3 +192,47 @@ def test_history_on_the_cli_prints_the_newest_and_says_how_to_read_older_ones(ne
         refused = CliRunner().invoke(cli, ["--data", str(a.dir), "history", "--as", "zhangsan", "--limit", limit,
                                            conversation])
         assert refused.exit_code == 2 and "--limit" in refused.output
+
+
+def delivery_plan(served, user: str, conversation_id: str) -> list[str]:
+    """SQLite's plan (EXPLAIN QUERY PLAN details) for the statement that reads a history page's delivery states
+    from the outbox, as `history_page` runs it."""
+    seen = []
+
+    def keep(_connection, _cursor, statement, parameters, _context, _many):
+        if "FROM outbox" in statement and "outbox.message_id IN" in statement:
+            seen.append((statement, parameters))
+
+    event.listen(served.node.engine, "before_cursor_execute", keep)
+    try:
+        served.node.history_page(user, conversation_id)
+    finally:
+        event.remove(served.node.engine, "before_cursor_execute", keep)
+    [(statement, parameters)] = seen
+    with sqlite3.connect(served.dir / "node.db") as connection:
+        plan = [row[3] for row in connection.execute(f"EXPLAIN QUERY PLAN {statement}", parameters)]
+    connection.close()
+    return plan
+
+
+def test_a_history_page_finds_its_messages_delivery_by_index_also_after_an_upgrade_from_schema_5(network):  # noqa: F811
+    """Every history page read the whole outbox (a scan: no index on its message_id) to find the delivery states
+    of its messages. Schema 6 adds the index; a database of schema 5 takes it in place on its next start."""
+    a, b = network["a"], network["b"]
+    sent = a.node.send_text("zhangsan", b.user("lisi"), "你好")
+    for n in range(3):
+        a.node.send_text("zhangsan", b.user("lisi"), f"第{n}条", deliver=False)
+    states = [entry["delivery"] for entry in a.node.history("zhangsan", sent.conversation_id)]
+    plan = delivery_plan(a, "zhangsan", sent.conversation_id)
+    assert [detail for detail in plan if detail.startswith("SCAN outbox")] == [], plan
+    assert any("USING INDEX ix_outbox_message_id" in detail for detail in plan), plan
+
+    _as_schema_5(a.dir / "node.db")  # the node's database as schema 5 left it, under the idle node
+    open_database(a.dir / "node.db").kw["bind"].dispose()  # what the next start of the node does
+    with sqlite3.connect(a.dir / "node.db") as connection:
+        version = connection.execute("SELECT value FROM settings WHERE key = 'schema_version'").fetchone()[0]
+    connection.close()
+    assert version == SCHEMA_VERSION == "6"
+    assert any("USING INDEX ix_outbox_message_id" in detail
+               for detail in delivery_plan(a, "zhangsan", sent.conversation_id))
+    assert [entry["delivery"] for entry in a.node.history("zhangsan", sent.conversation_id)] == states

@@ -13,10 +13,10 @@ from sqlalchemy import create_engine, event, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.appnode.store import Base, Message, Presence, ReadState, Setting
+from app.appnode.store import Base, Message, Outbox, Presence, ReadState, Setting
 from app.database import switch_to_wal
 
-SCHEMA_VERSION = "5"
+SCHEMA_VERSION = "6"
 
 BUSY_TIMEOUT = 30  # seconds a connection waits for another's write lock
 
@@ -67,14 +67,16 @@ def _create_or_upgrade(connection: Connection, path: Path) -> None:
     current = connection.execute(select(settings.c.value).where(settings.c.key == "schema_version")).scalar()
     if current is None:
         connection.execute(insert(settings).values(key="schema_version", value=SCHEMA_VERSION))
-    elif current in ("1", "2", "3", "4"):
+    elif current in ("1", "2", "3", "4", "5"):
         if current == "1":
             _add_peer_node(connection)
         if current in ("1", "2"):
             _add_delivered_forgotten(connection)
         if current in ("1", "2", "3"):
             _add_joined_at(connection)
-        _index_message_parties(connection)
+        if current in ("1", "2", "3", "4"):
+            _index_message_parties(connection)
+        _index_outbox_messages(connection)
         connection.execute(update(settings).where(settings.c.key == "schema_version").values(value=SCHEMA_VERSION))
     elif current != SCHEMA_VERSION:
         raise RuntimeError(f"{path} has schema {current}; this node software needs {SCHEMA_VERSION}")
@@ -118,4 +120,11 @@ def _index_message_parties(connection: Connection) -> None:
     """Schema 4 to 5: the indexes on the messages' sender and recipient that a user's conversation list searches
     (`conversations_page`); without them it read every message the node holds."""
     for index in Message.__table__.indexes:
+        index.create(connection, checkfirst=True)
+
+
+def _index_outbox_messages(connection: Connection) -> None:
+    """Schema 5 to 6: the index on the outbox's message_id, by which every history page finds its messages'
+    delivery states (`_delivery_states`); without it each page read the whole outbox."""
+    for index in Outbox.__table__.indexes:
         index.create(connection, checkfirst=True)
