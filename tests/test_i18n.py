@@ -316,6 +316,15 @@ def test_the_language_switch_goes_back_only_to_this_consoles_pages(admin_console
     assert on_page.headers["Location"] == "/nodes/?status=active"
 
 
+@pytest.mark.parametrize("broken", ["//[x]", "//x]", "http://[::1", "http://[x]/"])
+def test_the_language_switch_with_a_broken_host_in_next_or_referer_goes_to_the_dashboard(client, broken):
+    """urlsplit raises ValueError on an unclosed or stray bracket in the host: the switch answered 500."""
+    by_next = client.get("/lang/zh_CN", query_string={"next": broken})
+    assert by_next.status_code == 302 and by_next.headers["Location"] == "/"
+    by_referer = client.get("/lang/zh_CN", headers={"Referer": broken})
+    assert by_referer.status_code == 302 and by_referer.headers["Location"] == "/"
+
+
 def test_the_language_switch_rebuilds_the_address_so_no_other_host_can_be_named(admin_console):
     """The router ignores repeated slashes: "//login" matched /login, and given back as it came it sent the
     browser to a host named "login" (`next` needs no sign-in). The address is now built from the route it

@@ -144,6 +144,16 @@ def test_near_the_absolute_limit_the_status_says_it_cannot_be_extended(app, make
     assert status["seconds_left"] <= 60 and status["renewable"] is False
 
 
+def test_a_form_sent_after_the_limit_from_a_page_with_a_broken_referer_asks_to_sign_in_again(app, make_user):
+    """urlsplit raises ValueError on a stray bracket in the Referer's host: the sign-out answered 500."""
+    console = signed_in(app, make_user, "jx-admin", "provincial_admin", ("360000",))
+    token = csrf_token(console.client.get("/tokens/").get_data(as_text=True))
+    set_clocks(console, active_ago=31 * 60)
+    form = {"division_code": "360000", "ttl": "7d", "note": "赣警通", "csrf_token": token}
+    response = console.client.post("/tokens/", data=form, headers={"Referer": "http://[x]/tokens/"})
+    assert response.status_code == 302 and response.headers["Location"] == "/login"
+
+
 def test_a_form_sent_after_the_limit_does_nothing_and_can_be_sent_again_after_signing_in(app, make_user):
     from app.admission.models import EnrollmentToken
 

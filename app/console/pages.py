@@ -29,10 +29,17 @@ def page_address(target: str | None) -> str | None:
     host: the page `target` shows when it answers GET, the page a POST-only view names with `shows_page`, else
     None. The address is built again from the route it matches (`url_for`), never taken from `target`: the
     router ignores repeated slashes, so "//login" matched /login, and given back as it came it sent the
-    browser to a host named "login". So only an address of one of this console's routes comes back."""
+    browser to a host named "login". So only an address of one of this console's routes comes back.
+
+    A host urlsplit cannot read ("//[x]", "http://[::1", a stray "]") is no address of this host: urlsplit
+    raised ValueError, and the sign-in that had just happened, the language switch and the session clock's
+    sign-out answered 500."""
     if not target:
         return None
-    parts = urlsplit(target)
+    try:
+        parts = urlsplit(target)
+    except ValueError:
+        return None
     if parts.netloc and parts.netloc != request.host:  # the scheme may be a proxy's: only the path is kept
         return None
     adapter = current_app.create_url_adapter(request)
