@@ -172,6 +172,20 @@ def test_a_next_address_with_a_broken_host_leads_to_the_dashboard_after_a_passwo
     assert response.status_code == 302 and response.headers["Location"] == "/"
 
 
+@pytest.mark.parametrize("elsewhere", ["/api/v1/resolve?division=360000", "/healthz", "/static/css/console.css",
+                                       "/ca/crl.pem", "/session/status", "/api/v1/divisions/360000",
+                                       "/applications/x/probe"])
+def test_a_next_address_outside_the_console_pages_leads_to_the_dashboard_after_sign_in(app, make_user, elsewhere):
+    """`next` names the console page to come back to: the API, the CA's files, static files, the health check
+    and the JSON the pages' scripts ask for are no such page, though they are of this host."""
+    make_user("alice")
+    client = app.test_client()
+    token = csrf_token(client.get("/login").get_data(as_text=True))
+    response = client.post("/login", query_string={"next": elsewhere},
+                           data={"username": "alice", "password": PASSWORD, "csrf_token": token})
+    assert response.status_code == 302 and response.headers["Location"] == "/"
+
+
 def test_a_safe_next_address_is_kept_with_its_query(app, make_user):
     make_user("alice")
     client = app.test_client()

@@ -38,7 +38,8 @@ def form_error(form, error: DomainError) -> None:
 
 def _safe_next(target: str | None) -> str:
     """Where a sign-in or a password change goes on to: the console page `next` names, built again from its route
-    (`pages.page_address`, as the language switch does), else the dashboard. Given back as it came, a `next`
+    (`pages.page_address`, as the language switch does), else the dashboard: not an API answer, a CA file, a
+    static file, the health check or the session status, though they are of this host. Given back as it came, a `next`
     with a line break was a Location header Werkzeug refuses: the sign-in, done and audited, answered 500. One
     with any other control character is no address a page of the console links to either."""
     if target and not any(unicodedata.category(character) == "Cc" for character in target):

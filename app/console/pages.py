@@ -14,6 +14,16 @@ from flask import current_app, request, url_for
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import RequestRedirect
 
+# Addresses of this host that are no console page to come back to: the API blueprints (named "…_api", the CA's
+# files among them), static files, the health check, the JSON the pages' scripts ask for, and the language
+# switch, which would go round for ever. A `next` naming one after sign-in sent the reader to a JSON answer.
+NOT_PAGES = frozenset({"static", "console.healthz", "auth.session_status", "admission.application_probe",
+                       "i18n.switch_language"})
+
+
+def is_page(endpoint: str | None) -> bool:
+    return bool(endpoint) and endpoint not in NOT_PAGES and not endpoint.partition(".")[0].endswith("_api")
+
 
 def shows_page(endpoint: str):
     """Mark a POST-only view that, refusing its form, renders the page at `endpoint` (its address takes the
@@ -29,7 +39,8 @@ def page_address(target: str | None) -> str | None:
     host: the page `target` shows when it answers GET, the page a POST-only view names with `shows_page`, else
     None. The address is built again from the route it matches (`url_for`), never taken from `target`: the
     router ignores repeated slashes, so "//login" matched /login, and given back as it came it sent the
-    browser to a host named "login". So only an address of one of this console's routes comes back.
+    browser to a host named "login". So only an address of one of this console's pages comes back (`is_page`:
+    not the API, the CA's files, static files or the health check).
 
     A host urlsplit cannot read ("//[x]", "http://[::1", a stray "]") is no address of this host: urlsplit
     raised ValueError, and the sign-in that had just happened, the language switch and the session clock's
@@ -55,7 +66,7 @@ def page_address(target: str | None) -> str | None:
         endpoint, query = getattr(current_app.view_functions.get(endpoint), "shows_page", None), ""
     except HTTPException:
         return None
-    if endpoint in (None, "i18n.switch_language"):  # back to the language switch would go round for ever
+    if not is_page(endpoint):
         return None
     return _address(endpoint, values, query)
 
