@@ -551,6 +551,21 @@ def test_combining_marks_and_decomposed_syllables_do_not_count_towards_the_lengt
     assert "at least 10 characters" in str(caught.value.message)
 
 
+@pytest.mark.parametrize("password", ["Aa1" + "\u200d" * 7, "Aa1!" + "\ufeff" * 6, "Aa1" + "\u00ad" * 7,
+                                      "Aa1" + "\u3164" * 7, "Aa1" + "\U000e0041" * 7, "Aa1" + "\u3000" * 7,
+                                      "Aa1-" + "\u200b\u2060\u1160\u115f\u00a0\u180e"])
+def test_invisible_characters_and_blanks_do_not_count_towards_the_length(app, password):
+    """Zero-width joiners, byte-order marks, soft hyphens, Hangul fillers and tag characters passed as
+    characters: "Aa1" with seven of them met the ten-character minimum, and one sees three."""
+    with pytest.raises(ValidationFailed) as caught:
+        service.check_password_policy(password)
+    assert "at least 10 characters" in str(caught.value.message)
+
+
+def test_the_spaces_of_a_passphrase_count_towards_the_length(app):
+    service.check_password_policy("Aa1 bcd ef")  # a space is a key typed and a gap one sees
+
+
 def test_a_long_enough_password_written_decomposed_counts_as_composed(app):
     """Counted after NFC: "é" typed as e and an accent is one character, as it is composed."""
     service.check_password_policy("Cafe\u0301-Noir-12")  # ten characters once composed, with the accent

@@ -19,7 +19,7 @@ from app.auth.models import ROLES, ConsoleSession, LoginThrottle, PasswordHistor
 from app.database import serialise, sqlite_write_lock, utcnow
 from app.errors import Conflict, DomainError, NotFound, PermissionDenied, Refusals, ValidationFailed
 from app.extensions import db
-from app.readable import misleading, readable_text
+from app.readable import BLANKS, misleading, readable_text
 
 USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{2,64}$")
 MIN_PASSWORD_LENGTH = 10
@@ -61,12 +61,19 @@ class UserDraft:
     must_change_password: bool = True
 
 
+# What a password's length does not count: the blanks and invisible characters a name of them shows nothing
+# with (app.readable), but for the ordinary space, a key a passphrase types between its words.
+UNCOUNTED = BLANKS - {" "}
+
+
 def visible_length(password: str) -> int:
     """The characters a password has as one sees them: counted after NFC (an accent typed apart joins its
-    letter, Korean jamo their syllable), combining marks left uncounted ("Aa1" with seven accents passed as
-    ten characters). For counting only: the password is hashed and checked as typed, so the hashes already
-    stored still match."""
-    return sum(not unicodedata.category(character).startswith("M")
+    letter, Korean jamo their syllable), combining marks (M), format characters (Cf: zero-width joiners, the
+    byte-order mark, soft hyphens, tag characters) and the other blanks of app.readable (Hangul fillers, the
+    ideographic space) left uncounted: "Aa1" with seven accents, or seven zero-width joiners, passed as ten
+    characters. For counting only: the password is hashed and checked as typed, so the hashes already stored
+    still match."""
+    return sum(not unicodedata.category(character).startswith(("M", "Cf")) and character not in UNCOUNTED
                for character in unicodedata.normalize("NFC", password))
 
 
