@@ -281,18 +281,26 @@ def test_an_endpoint_with_a_space_is_refused_since_no_route_client_would_take_th
     assert db.session.scalar(select(EnrollmentToken)).state() == "active"
 
 
+BRACKETS_ALONE = ("An IPv6 address in brackets is the whole host of an endpoint: only a port may follow it, as in "
+                  "https://[2001:db8::1]:8443/.")
+
+
 @pytest.mark.parametrize(("endpoint", "message"), [
     ("https://1.2.3", "The endpoint's host is not a valid DNS name."),
     ("https://im.jx.2025", "The endpoint's host is not a valid DNS name."),
     ("https://[fe80::1%25eth0]:8443", "The endpoint's IPv6 address must not name a network interface (a zone)."),
     ("https://[v1.x]", "Only an IPv6 address goes in brackets in an endpoint's host."),
     ("https://[v1.x]:8443/im", "Only an IPv6 address goes in brackets in an endpoint's host."),
+    *((endpoint, BRACKETS_ALONE) for endpoint in (
+        "https://[2001:db8::1]im.example.com/", "https://im[2001:db8::1]/", "https://[2001:db8::1]evil:443/",
+        "https://[2001:db8::1]]/")),
 ])
 def test_an_endpoint_host_no_certificate_could_name_is_refused(client, token, endpoint, message):
     """"1.2.3" is neither an IPv4 address nor a DNS name (an all-numeric top label, RFC 3696), and a zone names
     one machine's interface: neither can be the SAN of the node's certificate nor be reached by another node.
     "[v1.x]" is an RFC 3986 IPvFuture literal: urlsplit took it, its hostname dropped the brackets, and the node
-    was stored and certified as https://v1.x, a DNS name nobody asked for."""
+    was stored and certified as https://v1.x, a DNS name nobody asked for. Text before or after the brackets
+    ("https://[2001:db8::1]im.example.com/") was dropped: the node was stored as https://[2001:db8::1]."""
     response = submit(client, token, node_document(endpoint=endpoint))
     error = response.get_json()["error"]
     assert (response.status_code, error["code"], error["field"], error["message"]) == \

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 LIMITS = {"org_name": 100, "system_name": 100, "vendor": 100, "endpoint": 255, "contact.name": 50,
           "contact.phone": 32, "contact.email": 254}
 HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+BRACKETED_HOST = re.compile(r"\[[^\[\]]*\](?::[0-9]*)?")  # the whole netloc: "[address]", perhaps ":port"
 PHONE = re.compile(r"^[0-9+()\- ]{5,32}$")
 PORT_RANGE = _l("The endpoint's port must be between 1 and 65535.")
 EMAIL = re.compile(r"^[^@\s]{1,64}@[A-Za-z0-9.-]{1,189}\.[A-Za-z]{2,24}$")
@@ -97,7 +98,12 @@ def normalise_endpoint(value) -> str:
         raise invalid(_l("The endpoint has no host."), "endpoint", "invalid_endpoint")
     # urlsplit takes an RFC 3986 IPvFuture literal ("[v1.x]") and its hostname drops the brackets: "v1.x" then
     # passed as a DNS name, and the node was stored and certified under a name it never gave.
-    bracketed = "[" in parts.netloc  # user information was refused above
+    bracketed = "[" in parts.netloc or "]" in parts.netloc  # user information was refused above
+    # urlsplit finds the brackets' address wherever they stand, and drops what is around them: the node of
+    # "https://[2001:db8::1]im.example.com/" or "https://im[2001:db8::1]/" was stored as https://[2001:db8::1].
+    if bracketed and not BRACKETED_HOST.fullmatch(parts.netloc):
+        raise invalid(_l("An IPv6 address in brackets is the whole host of an endpoint: only a port may follow it, "
+                         "as in https://[2001:db8::1]:8443/."), "endpoint", "invalid_endpoint")
     try:
         ip = ipaddress.ip_address(host)
         shown_host = f"[{ip}]" if ip.version == 6 else str(ip)
