@@ -721,6 +721,38 @@ def lock_the_account(app, username: str) -> None:
     assert service.is_locked(username)
 
 
+def test_a_lock_that_ran_out_takes_its_refusal_count_with_it(app, runner, make_user):
+    """An account lock that ran out kept its `refused` count: a later failure counted on the same row, and a
+    later `flask users unlock` recorded the refusals of a lock no longer in force."""
+    from datetime import timedelta
+
+    from app.database import utcnow
+
+    make_user("erin")
+    lock_the_account(app, "erin")
+    for index in range(4):
+        client = app.test_client()
+        client.environ_base["REMOTE_ADDR"] = f"10.8.0.{index + 1}"
+        assert Console(client).login("erin", "Wrong-Guess-9").status_code == 401
+    row = db.session.get(LoginThrottle, "user:erin")
+    assert row.refused == 4
+    row.locked_until = utcnow() - timedelta(seconds=1)  # the lock has run out
+    db.session.commit()
+    client = app.test_client()
+    client.environ_base["REMOTE_ADDR"] = "10.9.0.1"
+    assert Console(client).login("erin", "Wrong-Guess-10").status_code == 401  # a failure, counted anew
+    db.session.expire_all()
+    assert db.session.get(LoginThrottle, "user:erin").refused == 0
+
+    row = db.session.get(LoginThrottle, "user:erin")
+    row.refused = 4  # as a row written before this fix has it
+    db.session.commit()
+    assert runner.invoke(args=["users", "unlock", "erin"]).exit_code == 0
+    db.session.expire_all()
+    record = db.session.scalars(select(AuditRecord.detail).where(AuditRecord.action == "auth.unlock")).one()
+    assert "refused" not in record
+
+
 def test_an_admins_reset_lifts_the_accounts_lock_and_says_so(app, admin_console, make_user):
     """After a reset the user was still refused as locked until the admin also clicked unlock."""
     make_user("alice")

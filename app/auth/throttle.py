@@ -62,6 +62,8 @@ def register_failure(key: str, limit: int) -> bool:
     now = utcnow()
     window = timedelta(minutes=current_app.config["MPIM_LOGIN_LOCK_MINUTES"])
     row = throttle_row(key)
+    if row.locked_until and row.locked_until <= now:  # a lock that ran out takes its refusal count with it
+        row.locked_until, row.refused = None, 0
     if row.first_failure_at is None or now - row.first_failure_at > window:
         row.failures, row.first_failure_at = 0, now
     row.failures += 1
@@ -87,8 +89,10 @@ def count_refusal(keys) -> list[str]:
 
 
 def refused_counts(rows: list[LoginThrottle]) -> dict[str, int]:
-    """The sign-ins each of these locks refused, for the record of the unlock that lifts them."""
-    return {row.key: row.refused for row in rows if row.refused}
+    """The sign-ins each of these locks refused, for the record of the unlock that lifts them: of the locks
+    still in force only (one that ran out by itself took its count with it)."""
+    now = utcnow()
+    return {row.key: row.refused for row in rows if row.refused and row.locked_until and row.locked_until > now}
 
 
 # The spent counters one run of `prune_job` deletes per transaction.
