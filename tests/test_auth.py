@@ -721,6 +721,28 @@ def lock_the_account(app, username: str) -> None:
     assert service.is_locked(username)
 
 
+def test_changes_refused_while_the_account_is_locked_are_one_audit_record_and_a_count(app, make_user):
+    """Each POST to /account/password during a lock wrote an auth.password_change_blocked record (20 posts,
+    20 records) and counted nothing: as for sign-ins, the lock's first refusal is recorded, the rest counted
+    on the lock, which the unlock's record carries."""
+    make_user("alice")
+    console = Console(app.test_client())
+    console.login("alice")
+    for _ in range(app.config["MPIM_LOGIN_MAX_FAILURES"]):
+        Console(app.test_client()).login("alice", "Wrong-Password-1")
+    for _ in range(20):
+        assert change_form(console, PASSWORD).status_code == 429
+    assert actions().count("auth.password_change_blocked") == 1
+    db.session.expire_all()
+    assert db.session.get(LoginThrottle, "user:alice").refused == 20
+    assert Console(app.test_client()).login("alice").status_code == 401  # counted too: no new record
+    assert actions().count("auth.login_blocked") == 0
+    service.unlock("alice", actor="tests")
+    db.session.commit()
+    assert db.session.scalars(select(AuditRecord.detail).where(AuditRecord.action == "auth.unlock")).one() \
+        == {"refused": {"user:alice": 21}}
+
+
 def test_a_lock_that_ran_out_takes_its_refusal_count_with_it(app, runner, make_user):
     """An account lock that ran out kept its `refused` count: a later failure counted on the same row, and a
     later `flask users unlock` recorded the refusals of a lock no longer in force."""

@@ -322,12 +322,16 @@ def change_own_password(user: User, current_password: str, new_password: str, *,
     The current password is checked under the account's sign-in throttle (`user:NAME`), as a sign-in is: a
     console left signed in, or a stolen cookie, would otherwise guess it without limit. A wrong one counts
     as a failed sign-in and is audited (auth.password_change_failed), the right one clears the count; while
-    the account is locked the change is refused (PasswordChangeLocked, auth.password_change_blocked). Commits
+    the account is locked the change is refused (PasswordChangeLocked; auth.password_change_blocked once per
+    lock, at its first refusal, sign-in or change, the others counted on the lock). Commits
     the count and its records itself: they must outlive the refusal."""
     limits = {f"user:{user.username.lower()}": current_app.config["MPIM_LOGIN_MAX_FAILURES"]}
     checks = throttle.start_check(limits)
     if checks is None:
-        audit.record("auth.password_change_blocked", user.username, {"reason": "locked"}, actor=user.username)
+        # Audited once per lock, as a sign-in is (`throttle.count_refusal`): one session could post the form
+        # without limit, each post a permanent record. The refusals after the first are counted on the lock.
+        if throttle.count_refusal(limits):
+            audit.record("auth.password_change_blocked", user.username, {"reason": "locked"}, actor=user.username)
         db.session.commit()
         raise PasswordChangeLocked(_l("Too many failed sign-ins: this account is locked for a while, and its "
                                       "password cannot be changed until the lock ends."), locked_now=False)
