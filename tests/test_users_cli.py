@@ -380,3 +380,14 @@ def test_update_never_leaves_the_registry_without_an_active_ministry_admin(app, 
     assert runner.invoke(args=["users", "update", "minister", "--inactive"]).exit_code == 0  # alice is one now
     result = runner.invoke(args=["users", "update", "alice", "--inactive"])
     assert result.exit_code == 1 and user("alice").active
+
+
+def test_the_readme_says_unlock_lifts_every_address_lock_as_its_help_does(app, runner):
+    """The README said `flask users unlock alice` lifts "its address locks"; an address lock is no user's, and
+    the command lifts every one in force (service.unlock), as its help says."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    line = next(line for line in readme.splitlines() if line.startswith("flask users unlock "))
+    assert "every address lock in force" in line
+    assert "every address lock in force" in runner.invoke(args=["users", "unlock", "--help"]).output
