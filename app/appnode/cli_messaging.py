@@ -58,7 +58,7 @@ def report_sent(ctx: Context, message, document: dict) -> None:
 @click.option("--kind", type=click.Choice(["image", "voice", "file", "sticker"]), default="file")
 @click.option("--type", "declared", help="Declared format or MIME type (default: from the name).")
 @click.option("--duration-ms", type=Digits(), help="Voice: the duration, if known; the recording's own is sent, and "
-                                                   "one further than 100 ms or 2 % from it is refused.")
+                                                   "one further than 1,000 ms or 10 % from it is refused.")
 @click.option("--package", help="Sticker: package id.")
 @click.option("--sticker", help="Sticker: sticker id.")
 @click.option("--alt", help="Sticker: alt text such as [点赞].")

@@ -75,8 +75,9 @@ def _check_dimensions(path: Path, kind: str, content: dict) -> None:
 
 def _check_duration(path: Path, kind: str, content: dict) -> None:
     """A voice clip's `duration_ms` against the recording's own length (filetypes.voice_tolerance_ms apart at
-    most): a client shows it before the clip is fetched, so a message that states another length is refused, as
-    other bytes or another type are. Bytes whose length cannot be read are refused too."""
+    most), when it is downloaded from a peer: a client shows it before the clip is fetched, so a message that
+    states another length is refused, as other bytes or another type are. Bytes whose length cannot be read are
+    refused too."""
     if kind == "voice":
         filetypes.check_voice_duration(filetypes.voice_duration_ms(path), content["duration_ms"])
 
@@ -153,9 +154,13 @@ class FilesMixin:
                 # to replace: the copy names it (`cannot_read`). This node's own file has no other source: gone,
                 # it is refused naming the path, where `download` printed that path as the file's.
                 if os.path.lexists(self.file_path(stored)):
-                    try:  # read again for this message, which may state another size or length
+                    # Read again for this message, which may state another size. Not its length: a voice clip is
+                    # checked on bytes fresh from a peer only, since the origin's own copy (its only one) and a copy
+                    # kept before nodes read clips' lengths may carry a length typed by hand. Its first bytes are
+                    # read all the same, so a copy that cannot be read is named here.
+                    try:
+                        _head(self.file_path(stored))
                         _check_dimensions(self.file_path(stored), message.msg_type, content)
-                        _check_duration(self.file_path(stored), message.msg_type, content)
                     except OSError as error:
                         raise CannotRead(f"cannot read {self.file_path(stored)}, this node's copy of file "
                                          f"{stored.file_id}: {error.strerror or error}") from None
