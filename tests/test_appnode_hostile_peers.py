@@ -234,3 +234,21 @@ def test_a_voice_clip_whose_bytes_are_another_length_than_its_message_says_is_re
     assert b.node.file_bytes(b.node.download("zhaoliu", again.message_id)) == clip  # kept: its length not read again
     near = a.node.send("zhangsan", b.user("zhaoliu"), "voice", {**sent.document["content"], "duration_ms": 1300})
     assert b.node.file_bytes(b.node.download("zhaoliu", near.message_id)) == clip
+
+
+def test_a_sticker_stating_one_side_is_checked_on_that_side(network):  # noqa: F811
+    """A.14's `width` and `height` are each optional: a sticker stating its width alone crashed the download
+    (KeyError: 'height'). Only the sides a message states are compared with the picture's own."""
+    a, b = network["a"], network["b"]
+    image = png(240, 180)
+    sent = a.node.send_file("zhangsan", b.user("lisi"), image, "sticker",
+                            sticker={"package_id": "jingwu", "sticker_id": "s1", "alt_text": "[x]", "width": 240})
+    assert "height" not in sent.document["content"]
+    assert b.node.file_bytes(b.node.download("lisi", sent.message_id)) == image
+    content = {key: value for key, value in sent.document["content"].items() if key != "width"}
+    tall = a.node.send("zhangsan", b.user("zhaoliu"), "sticker", {**content, "height": 180})
+    assert b.node.file_bytes(b.node.download("zhaoliu", tall.message_id)) == image
+    for stated in ({"width": 120}, {"height": 240}):
+        lying = a.node.send("zhangsan", b.user("zhaoliu"), "sticker", {**content, **stated})
+        with pytest.raises(UnsupportedMediaType, match="the image is 240x180, not the"):
+            b.node.download("zhaoliu", lying.message_id)

@@ -62,15 +62,18 @@ def _head(path: Path) -> bytes:
 
 
 def _check_dimensions(path: Path, kind: str, content: dict) -> None:
-    """An image's (or a sticker's, when it states them) `width` and `height` against its bytes: a client lays the
+    """An image's (or a sticker's, those of them it states) `width` and `height` against its bytes: a client lays the
     picture out by them before it is fetched, so a message that states another size is refused, as other bytes
     or another type are."""
-    if kind not in ("image", "sticker") or "width" not in content:
+    if kind not in ("image", "sticker") or ("width" not in content and "height" not in content):
         return
     width, height = image_size(path, content["format"])
-    if (width, height) != (content["width"], content["height"]):
-        raise UnsupportedMediaType(f"the image is {width}x{height}, not the {content['width']}x{content['height']} "
-                                   "its message states; refused")
+    # A sticker may state either side alone (the schema makes each optional): only the sides stated are compared.
+    stated = {side: content[side] for side in ("width", "height") if side in content}
+    if any(real != stated[side] for side, real in (("width", width), ("height", height)) if side in stated):
+        said = (f"{stated['width']}x{stated['height']}" if len(stated) == 2
+                else " ".join(f"{side} {value}" for side, value in stated.items()))
+        raise UnsupportedMediaType(f"the image is {width}x{height}, not the {said} its message states; refused")
 
 
 def _check_duration(path: Path, kind: str, content: dict) -> None:
