@@ -236,3 +236,24 @@ def test_a_history_page_finds_its_messages_delivery_by_index_also_after_an_upgra
     assert any("USING INDEX ix_outbox_message_id" in detail
                for detail in delivery_plan(a, "zhangsan", sent.conversation_id))
     assert [entry["delivery"] for entry in a.node.history("zhangsan", sent.conversation_id)] == states
+
+
+def test_a_message_the_home_node_relays_has_no_delivery_state_there(network):  # noqa: F811
+    """A member's group message the home node relays has outbox rows there (one per member node), and `history`
+    at the home node said "not delivered yet" on it to a user who merely received it while a member node was
+    down. Only this node's own messages carry a delivery state."""
+    from tests.test_appnode import settle, sync
+    a, b = network["a"], network["b"]
+    c = network["join"]("110000")
+    sync(a, b, c)
+    group = a.node.create_group("zhangsan", "专班", [b.user("lisi"), c.user("sunqi")])
+    settle(a, b, c)
+    c.stop()
+    relayed = b.node.send_text("lisi", f"{group.group_id}@{a.id}", "大家好")
+    own = a.node.send_text("zhangsan", group.address, "收到")
+    settle(a, b)
+    entries = {e["message"].message_id: e["delivery"] for e in a.node.history("zhangsan", own.conversation_id)}
+    assert entries[relayed.message_id] is None and entries[own.message_id] == "pending"
+    out = CliRunner().invoke(cli, ["--data", str(a.dir), "history", "--as", "zhangsan", own.conversation_id])
+    [line] = [line for line in out.output.splitlines() if line.startswith(relayed.message_id)]
+    assert "not delivered" not in line

@@ -153,7 +153,8 @@ class ReadingMixin:
             joined_times = sorted(joined.values())
             # Only members with a read position can have read anything; in the members' order, as listed.
             readers = [(user, positions[user], joined[user]) for user in members or () if user in positions]
-            deliveries = self._delivery_states(session, messages)
+            own = [message for message in messages if message.origin_node == self.node_id]
+            deliveries = self._delivery_states(session, own)
             result = []
             for message in messages:
                 key = (message.send_time, message.message_id)
@@ -184,9 +185,10 @@ class ReadingMixin:
 
     @staticmethod
     def _delivery_states(session: Session, messages: list[Message]) -> dict[str, str]:
-        """Each message's delivery, from its outbox rows (one query for the page) and the delivered ones
-        housekeeping has since deleted; a message that never had any (received, or to users of this node only)
-        has none."""
+        """Each of this node's own messages' delivery (the caller passes only those: a message it received or
+        relays, a member's group message at its home node, has outbox rows here too, but its delivery is its
+        sender's to tell), from its outbox rows (one query for the page) and the delivered ones housekeeping has
+        since deleted; a message that never had any (to users of this node only) has none."""
         states: dict[str, set[str]] = defaultdict(set)
         for message_id, state in session.execute(select(Outbox.message_id, Outbox.state)
                                                  .where(Outbox.message_id.in_([m.message_id for m in messages]))):
