@@ -294,3 +294,31 @@ def test_a_member_confirmation_answered_200_without_an_acknowledgement_refuses_t
     with pytest.raises(Conflict, match=r"answered HTTP 200 without an acknowledgement \(not JSON\); nothing changed"):
         a.node.create_group("zhangsan", "专班", [b.user("lisi")])
     assert a.node.groups("zhangsan") == []
+
+
+def acking_loosely(**extra):
+    """A peer of another make whose ack names the envelope and says accepted, with its own additions: another
+    field, or its time spelled another way (or left out)."""
+    def answer(environ, start_response):
+        envelope = json.loads(environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0)))
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps({"status": "accepted", "message_id": envelope["message_id"], **extra}).encode()]
+    return answer
+
+
+LOOSE_ACKS = [{"received_at": "2026-12-06T08:00:00Z", "server": "other-im 2.1"},
+              {"received_at": "2026-12-06 08:00:00+08:00"}, {}]
+
+
+@pytest.mark.parametrize("extra", LOOSE_ACKS, ids=["extra-field", "other-time", "no-time"])
+def test_an_ack_naming_the_envelope_as_accepted_is_taken_whatever_else_it_holds(network, extra):  # noqa: F811
+    """Only what matters is checked: a JSON object acknowledging this envelope, accepted or duplicate. The whole
+    ack schema was, and a peer's ack with another field or another time spelling was retried for 48 hours."""
+    a, b = network["a"], network["b"]
+    b.server.app = acking_loosely(**extra)
+    message = a.node.send_text("zhangsan", b.user("lisi"), "到了吗")
+    [row] = a.node.outbox()
+    assert (row.message_id, row.state) == (message.message_id, "delivered"), row.last_error
+    a.node.set_presence("zhangsan", "busy", "android")
+    assert a.node.flush_ephemeral() == 1
+    assert a.node.create_group("zhangsan", "专班", [b.user("lisi")]).name == "专班"
