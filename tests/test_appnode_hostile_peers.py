@@ -5,11 +5,13 @@ protocol's error shape, and nothing it carried is kept."""
 from __future__ import annotations
 
 import hashlib
+import struct
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from app.appnode import protocol, validation
+from app.appnode.messages import image_size, image_sizes
 from app.appnode.protocol import UnsupportedMediaType
 from tests.appnode_harness import raw_post
 from tests.test_appnode import (  # noqa: F401 (fixture)
@@ -252,3 +254,41 @@ def test_a_sticker_stating_one_side_is_checked_on_that_side(network):  # noqa: F
         lying = a.node.send("zhangsan", b.user("zhaoliu"), "sticker", {**content, **stated})
         with pytest.raises(UnsupportedMediaType, match="the image is 240x180, not the"):
             b.node.download("zhaoliu", lying.message_id)
+
+
+def jpeg(width: int, height: int, *, orientation: int | None = None, fill: int = 0) -> bytes:
+    """A baseline JPEG's markers: an EXIF APP1 stating `orientation` (big-endian TIFF, one IFD0 entry) if given,
+    `fill` 0xFF fill bytes before the frame header (allowed before any marker), the frame header, the end."""
+    segments = b""
+    if orientation is not None:
+        tiff = (b"MM\x00\x2a" + struct.pack(">IH", 8, 1) + struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0)
+                + struct.pack(">I", 0))
+        body = b"Exif\x00\x00" + tiff
+        segments += b"\xff\xe1" + struct.pack(">H", len(body) + 2) + body
+    frame = b"\xff\xc0" + struct.pack(">HBHHB", 11, 8, height, width, 1) + b"\x01\x11\x00"
+    return b"\xff\xd8" + segments + b"\xff" * fill + frame + b"\x00" * 200 + b"\xff\xd9"
+
+
+def test_a_jpegs_size_is_read_past_fill_bytes_and_may_be_stated_as_displayed_after_exif_rotation():
+    """A valid JPEG with fill bytes before its frame header had "no readable size". A phone's photo stored
+    4032x3024 with EXIF orientation 5-8 (turned a quarter) is shown 3024x4032, and a sender states either."""
+    assert image_size(jpeg(640, 480, fill=1), "JPG") == (640, 480)
+    assert image_size(jpeg(640, 480, fill=3, orientation=1), "JPG") == (640, 480)
+    for orientation in (5, 6, 7, 8):
+        assert image_sizes(jpeg(4032, 3024, orientation=orientation), "JPG") == {(4032, 3024), (3024, 4032)}
+    for orientation in (None, 1, 3):
+        assert image_sizes(jpeg(4032, 3024, orientation=orientation), "JPG") == {(4032, 3024)}
+
+
+def test_an_exif_rotated_jpeg_stated_at_its_displayed_size_is_downloaded(network):  # noqa: F811
+    a, b = network["a"], network["b"]
+    turned, upright = jpeg(4032, 3024, orientation=6), jpeg(4032, 3024)
+    sent = a.node.send_file("zhangsan", b.user("lisi"), turned, "image")
+    shown = a.node.send("zhangsan", b.user("lisi"), "image", {**sent.document["content"], "width": 3024,
+                                                              "height": 4032})
+    assert b.node.file_bytes(b.node.download("lisi", shown.message_id)) == turned
+    plain = a.node.send_file("zhangsan", b.user("lisi"), upright, "image")
+    swapped = a.node.send("zhangsan", b.user("zhaoliu"), "image", {**plain.document["content"], "width": 3024,
+                                                                  "height": 4032})
+    with pytest.raises(UnsupportedMediaType, match="the image is 4032x3024, not the 3024x4032"):
+        b.node.download("zhaoliu", swapped.message_id)

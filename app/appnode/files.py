@@ -20,7 +20,16 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from app.appnode import filetypes, part_files, protocol
-from app.appnode.messages import FILE_KINDS, PATHS, Reply, address, declared_type, image_size, media_type
+from app.appnode.messages import (
+    FILE_KINDS,
+    PATHS,
+    Reply,
+    address,
+    declared_type,
+    image_size,
+    image_sizes,
+    media_type,
+)
 from app.appnode.protocol import (
     Conflict,
     NotAParticipant,
@@ -67,10 +76,13 @@ def _check_dimensions(path: Path, kind: str, content: dict) -> None:
     or another type are."""
     if kind not in ("image", "sticker") or ("width" not in content and "height" not in content):
         return
-    width, height = image_size(path, content["format"])
+    data = path.read_bytes()  # images are at most 20 MiB
+    sizes = image_sizes(data, content["format"])  # as stored, or an EXIF-turned JPEG's as displayed
+    width, height = image_size(data, content["format"])
     # A sticker may state either side alone (the schema makes each optional): only the sides stated are compared.
     stated = {side: content[side] for side in ("width", "height") if side in content}
-    if any(real != stated[side] for side, real in (("width", width), ("height", height)) if side in stated):
+    if not any(all(stated.get(side, real) == real for side, real in zip(("width", "height"), size, strict=True))
+               for size in sizes):
         said = (f"{stated['width']}x{stated['height']}" if len(stated) == 2
                 else " ".join(f"{side} {value}" for side, value in stated.items()))
         raise UnsupportedMediaType(f"the image is {width}x{height}, not the {said} its message states; refused")
