@@ -267,3 +267,82 @@ def test_an_envelope_that_waited_hours_for_a_peer_resumed_since_the_last_pull_is
     assert a.node.deliver() == {"delivered": 1, "retry": 0, "failed": 0}
 
     assert [stored.message_id for stored in stored_messages(b)] == [message.message_id]
+
+
+class SilentRegistry:
+    """A management node that accepts connections and never answers (hung), counting them; `release` closes
+    them, so a pull waiting on one ends at once."""
+
+    def __init__(self):
+        import socket
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.accepted, self.connections = threading.Event(), []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                connection, _ = self.server.accept()
+            except OSError:
+                return
+            self.connections.append(connection)
+            self.accepted.set()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.getsockname()[1]}"
+
+    def release(self):
+        self.server.close()
+        for connection in self.connections:
+            connection.close()
+
+
+GONE = "11000000002025000099"  # a node no table lists (revoked or suspended since its rows were queued)
+
+
+def queue_to_gone(a):
+    with a.node.db.begin() as session:
+        a.node._enqueue(session, GONE, "message", protocol.make_envelope(
+            from_node=a.id, to_node=GONE, type="message", payload={"message_id": protocol.new_message_id()}))
+
+
+def test_delivery_does_not_pull_again_within_30_s_of_a_failed_pull(network):  # noqa: F811
+    """A hung management node held every delivery the table pull's timeout (15 s) each time a row's peer was
+    missing and the last pull for a recipient had started 30 s ago, even when it had just failed."""
+    a = network["a"]
+    silent = SilentRegistry()
+    a.node.registry.base_url, a.node.registry.timeout = silent.url, 1
+    try:
+        with pytest.raises(Exception, match="unreachable"):
+            a.node.sync_routes()  # the scheduled pull fails
+        tried = len(silent.connections)
+        queue_to_gone(a)
+        a.node.deliver()
+        assert len(silent.connections) == tried  # not asked again
+        [row] = [row for row in a.node.outbox() if row.peer_node == GONE]
+        assert row.state == "pending" and "not in the routing table" in row.last_error
+    finally:
+        silent.release()
+
+
+def test_delivery_does_not_wait_behind_a_table_pull_in_another_thread(network):  # noqa: F811
+    """A row whose peer is missing waited for another thread's pull from a hung management node, and the
+    batch's outcomes with it: it goes on with the table as it is, and the healthy row is written in the same call."""
+    a, b = network["a"], network["b"]
+    silent = SilentRegistry()
+    a.node.registry.base_url, a.node.registry.timeout = silent.url, 60
+    puller = threading.Thread(target=a.node._pull_for_recipient, args=("11000000002025000098",), daemon=True)
+    try:
+        puller.start()
+        assert silent.accepted.wait(30)  # the other thread's pull is under way, holding the lock
+        queue_to_gone(a)
+        healthy = a.node.send_text("zhangsan", b.user("lisi"), "正常", deliver=False)
+        outcome = a.node.deliver()
+        assert puller.is_alive()  # deliver() did not wait for it
+        assert outcome == {"delivered": 1, "retry": 1, "failed": 0}
+        states = {row.message_id: row.state for row in a.node.outbox()}
+        assert states[healthy.message_id] == "delivered"
+    finally:
+        silent.release()
+        puller.join(30)

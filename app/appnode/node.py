@@ -80,6 +80,7 @@ class Node(ReceivingMixin, GroupsMixin, GroupHomeMixin, GroupConfirmationMixin, 
         # When the sending side last pulled for a recipient's node, and that pull's error (None: it was taken).
         self._recipient_pull: tuple[float, str | None] = (-REFRESH_INTERVAL, None)
         self._caller_refresh = -REFRESH_INTERVAL  # when the receiving side last pulled for a caller not in it
+        self._pull_failed_at = -REFRESH_INTERVAL  # when a pull last failed: delivery does not pull for 30 s after
         self._pull_lock = threading.Lock()  # those two pulls: check the interval, pull and record in one step
         self._node_id: str | None = None
         self._delivery_pool: ThreadPoolExecutor | None = None

@@ -205,8 +205,9 @@ class OutboxMixin:
         now = utcnow()
         row.first_attempt_at = row.first_attempt_at or now
         entry = self.routes.peek(row.peer_node)
-        if entry is None:  # approved or resumed since the last pull: pulled for once, as a send does
-            self._pull_for_recipient(row.peer_node)
+        if entry is None:  # approved or resumed since the last pull: pulled for once, as a send does (not
+            # behind another thread's pull, nor within 30 s of a failed one: the batch would wait on it)
+            self._pull_for_recipient(row.peer_node, wait=False)
             entry = self.routes.peek(row.peer_node)
         retry_after = 0.0
         peer_refused = False
@@ -222,7 +223,8 @@ class OutboxMixin:
                     # if the new table lists another certificate, before the attempt counts as a disagreement.
                     # Gone from the table again by the time it is read (another thread's pull): as a peer missing
                     # from it, retried within the same window.
-                    if (self._pull_for_recipient(row.peer_node, refused_sha256=entry["cert_sha256"]) is not None
+                    if (self._pull_for_recipient(row.peer_node, refused_sha256=entry["cert_sha256"],
+                                                 wait=False) is not None
                             or (entry := self.routes.peek(row.peer_node)) is None):
                         raise
                     response = self.peers.post(entry["endpoint"], PATHS[row.kind], body, pin=entry["cert_sha256"])

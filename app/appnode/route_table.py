@@ -24,9 +24,9 @@ REFRESH_INTERVAL = 30.0
 
 class RouteTableMixin(RevocationListsMixin):
     """The routing table of a `Node`. Relies on the node's `db`, `identity`, `registry`, `data_dir`, `node_id`,
-    `joined`, `setting`, `_routes`, `_routes_lock`, `_last_refresh`, `_recipient_pull`, `_caller_refresh` and
-    `_pull_lock`, and on `adopt_listed_certificate` and `adopt_pending_certificate` (RenewalMixin); the CRLs it
-    checks tables against are RevocationListsMixin's."""
+    `joined`, `setting`, `_routes`, `_routes_lock`, `_last_refresh`, `_recipient_pull`, `_pull_failed_at`,
+    `_caller_refresh` and `_pull_lock`, and on `adopt_listed_certificate` and `adopt_pending_certificate`
+    (RenewalMixin); the CRLs it checks tables against are RevocationListsMixin's."""
 
     @property
     def routes(self) -> RouteClient:
@@ -52,7 +52,15 @@ class RouteTableMixin(RevocationListsMixin):
             self._routes = None
 
     def sync_routes(self):
-        """One `GET /api/v1/routes` round through the route client (signature, rollback, freeze, contents)."""
+        """One `GET /api/v1/routes` round through the route client (signature, rollback, freeze, contents). When
+        it fails is noted (`_pull_failed_at`): delivery does not pull again for REFRESH_INTERVAL after."""
+        try:
+            return self._sync_routes()
+        except Exception:
+            self._pull_failed_at = time.monotonic()
+            raise
+
+    def _sync_routes(self):
         node_id = self.node_id
 
         def fetch(headers, since):  # always the full table: one signed document to store and verify again
@@ -139,7 +147,8 @@ class RouteTableMixin(RevocationListsMixin):
             except DomainError as error:
                 log.warning("route refresh failed: %s", error)
 
-    def _pull_for_recipient(self, node_id: str, *, refused_sha256: str | None = None) -> str | None:
+    def _pull_for_recipient(self, node_id: str, *, refused_sha256: str | None = None,
+                            wait: bool = True) -> str | None:
         """§2.3 on the sending side (a message, a group request to the home node, a download): a node approved
         since the last pull is missing from this table until the next one (every `route_interval`), so before
         refusing a recipient's node pull once, at most once per REFRESH_INTERVAL (a mistyped node id must not
@@ -156,14 +165,25 @@ class RouteTableMixin(RevocationListsMixin):
 
         With `refused_sha256` (the outbox, when the node presented another certificate than the table's): the
         node counts as listed only with another certificate than that one, so a renewal the table has not caught
-        up with is pulled for the same way."""
+        up with is pulled for the same way.
+
+        Without `wait` (delivery, whose batch waits on its slowest row): no pull within REFRESH_INTERVAL of a pull
+        that failed (a hung management node held each batch its timeout, 15 s), and none behind another thread's
+        pull in progress; the row goes on with the table as it is."""
         def listed() -> bool:
             entry = self.routes.peek(node_id)
             return entry is not None and (refused_sha256 is None or entry["cert_sha256"] != refused_sha256)
 
         if listed():
             return None
-        with self._pull_lock:
+        if not wait:
+            if time.monotonic() - self._pull_failed_at < REFRESH_INTERVAL:
+                return ", and pulling the table from the management node failed less than 30 s ago"
+            if not self._pull_lock.acquire(blocking=False):
+                return ", and a pull of the table from the management node is under way"
+        else:
+            self._pull_lock.acquire()
+        try:
             started = time.monotonic()
             if started - self._recipient_pull[0] >= REFRESH_INTERVAL:
                 failure = None
@@ -174,6 +194,8 @@ class RouteTableMixin(RevocationListsMixin):
                     failure = error.message
                 self._recipient_pull = (started, failure)
             when, failure = self._recipient_pull
+        finally:
+            self._pull_lock.release()
         if listed():  # this thread's pull, or the one it waited for, lists it
             return None
         if failure is not None and self._last_refresh < when:  # no pull has been taken since it failed
