@@ -17,7 +17,7 @@ import pytest
 
 from app.appnode import filetypes, part_files
 from app.appnode.protocol import SchemaViolation, UnsupportedMediaType
-from tests.test_appnode import adts, history, network  # noqa: F401 (fixture)
+from tests.test_appnode import adts, history, network, png  # noqa: F401 (fixture)
 from tests.test_appnode_cli import node_cli, refusal
 from tests.test_sessions import people  # noqa: F401 (fixture)
 
@@ -209,11 +209,12 @@ def test_send_file_reads_a_voice_clips_length_and_refuses_a_duration_ms_that_is_
                    "refused"}
 
 
-def test_a_kept_voice_clip_that_cannot_be_read_is_refused_naming_it(network):  # noqa: F811
-    """A kept clip is read again for each message that names it: a directory in its place (as root, permissions
-    stop nothing) is this node's copy that cannot be read, named, not a traceback."""
+def test_a_kept_image_that_cannot_be_read_is_refused_naming_it(network):  # noqa: F811
+    """A kept image is read again for each message that names it (its stated size): a directory in its place (as
+    root, permissions stop nothing) is this node's copy that cannot be read, named, not a traceback. A voice clip
+    is not read again (its length is checked on bytes fresh from a peer only)."""
     a, b = network["a"], network["b"]
-    message = a.node.send_file("zhangsan", b.user("lisi"), adts(1200), "voice")
+    message = a.node.send_file("zhangsan", b.user("lisi"), png(), "image")
     b.node.download("lisi", message.message_id)
     kept = b.dir / "files" / a.id / message.document["content"]["file_id"]
     kept.unlink()

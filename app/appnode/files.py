@@ -169,12 +169,11 @@ class FilesMixin:
                 # to replace: the copy names it (`cannot_read`). This node's own file has no other source: gone,
                 # it is refused naming the path, where `download` printed that path as the file's.
                 if os.path.lexists(self.file_path(stored)):
-                    # Read again for this message, which may state another size. Not its length: a voice clip is
-                    # checked on bytes fresh from a peer only, since the origin's own copy (its only one) and a copy
-                    # kept before nodes read clips' lengths may carry a length typed by hand. Its first bytes are
-                    # read all the same, so a copy that cannot be read is named here.
+                    # An image is read again for this message, which may state another size. Not a voice clip's
+                    # length: it is checked on bytes fresh from a peer only, since the origin's own copy (its only
+                    # one) and a copy kept before nodes read clips' lengths may carry a length typed by hand.
+                    # Other kept files are not read here: `download --out` refuses an existing --out first.
                     try:
-                        _head(self.file_path(stored))
                         _check_dimensions(self.file_path(stored), message.msg_type, content)
                     except OSError as error:
                         raise CannotRead(f"cannot read {self.file_path(stored)}, this node's copy of file "
