@@ -171,7 +171,7 @@ def test_the_cli_says_when_a_message_or_request_is_refused_and_exits_non_zero(ne
                     str(a.dir / "clip.aac"))
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.splitlines() == ["error (unsupported_media_type): the recording is 906 ms long, not the 5000 ms "
-                                        "its message states (at most 100 ms apart); refused"]
+                                        "its message states (at most 1000 ms apart); refused"]
     done = node_cli(a, "send-file", "--as", "zhangsan", "--kind", "sticker", b.user("lisi"), str(a.dir / "ok.gif"))
     assert done.returncode == 2 and "--package" in done.stderr and "Traceback" not in done.stderr
 
