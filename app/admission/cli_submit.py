@@ -1,7 +1,7 @@
 """`flask applications submit` and `flask nodes change`: the console's application form (SPEC §3 step 2) and
 change request form (the same A.1 information, through the same review), as commands (SPEC §4: a CLI twin each).
 
-Each builds the A.1 document the console form builds (`ApplicationForm.document`) and calls the service the form
+Each builds the A.1 document the console form builds (`information.document_from_fields`) and calls the service the form
 calls, `applications.submit_by_user` or `applications.submit_change`: the same checks, scope and audit record.
 A refusal names the option to correct (`--contact-phone is not a phone number.`) where the console names its field.
 """
@@ -15,6 +15,7 @@ from flask_babel import lazy_gettext as _l
 
 from app.admission import applications, nodes
 from app.admission.cli import application_dict, emit, json_option, run, user_option
+from app.admission.information import FLAT_FIELDS, document_from_fields
 from app.admission.models import CAPABILITIES
 from app.auth import service as users
 
@@ -66,15 +67,6 @@ def information_options(required: bool):
     return add
 
 
-def document(division_code: str, fields: dict) -> dict:
-    """The A.1 document `ApplicationForm.document` makes of the same fields."""
-    return {"division_code": division_code, "org_name": fields["org_name"], "system_name": fields["system_name"],
-            "vendor": fields["vendor"], "endpoint": fields["endpoint"],
-            "contact": {"name": fields["contact_name"], "phone": fields["contact_phone"],
-                        "email": fields["contact_email"]},
-            "capabilities": typed_capabilities(fields["capabilities"])}
-
-
 @click.command("submit")
 @click.option("--division", required=True,
               help="The node's division code (a provincial admin: one within their divisions).")
@@ -86,9 +78,9 @@ def applications_submit(division, csr_file, username, as_json, **fields):
     """Submit an application for a new node, as the console's application form (admins; a ministry admin
     reviews it)."""
     read_csr = csr_reader(csr_file)
+    document = document_from_fields(division.strip(), fields, typed_capabilities(fields["capabilities"]))
     application = run(lambda: applications.submit_by_user(
-        document(division.strip(), fields), by=users.acting_user(username), names=OPTION_NAMES, read_csr=read_csr),
-        as_json)
+        document, by=users.acting_user(username), names=OPTION_NAMES, read_csr=read_csr), as_json)
     emit(application_dict(application), as_json,
          f"application {application.id} submitted; a ministry admin will review it")
 
@@ -110,13 +102,10 @@ def nodes_change(node_id, csr_file, username, as_json, **given):
     def submit():
         user = users.acting_user(username)
         node = nodes.get_visible(node_id, user)  # as the console finds it: one outside their divisions is not found
-        current = {"org_name": node.org_name, "system_name": node.system_name, "vendor": node.vendor,
-                   "endpoint": node.endpoint, "contact_name": node.contact_name,
-                   "contact_phone": node.contact_phone, "contact_email": node.contact_email,
-                   "capabilities": ",".join(node.capabilities)}
+        current = {**{name: getattr(node, name) for name in FLAT_FIELDS}, "capabilities": ",".join(node.capabilities)}
         fields = {name: current[name] if value is None else value for name, value in given.items()}
-        application = applications.submit_change(node, document(node.division_code, fields), by=user,
-                                                 names=OPTION_NAMES, read_csr=read_csr)
+        document = document_from_fields(node.division_code, fields, typed_capabilities(fields["capabilities"]))
+        application = applications.submit_change(node, document, by=user, names=OPTION_NAMES, read_csr=read_csr)
         changed = sorted(applications.requested_changes(application, node)) + (["csr"] if application.csr_pem else [])
         return application, changed
 

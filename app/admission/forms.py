@@ -8,6 +8,7 @@ from wtforms import SelectField, SelectMultipleField, StringField, TextAreaField
 from wtforms.validators import DataRequired, Length, Optional
 
 from app import labels
+from app.admission.information import FLAT_FIELDS, document_from_fields
 from app.admission.models import CAPABILITIES
 from app.console.forms import ConsoleForm
 
@@ -65,13 +66,9 @@ class ApplicationForm(CSRInput, ConsoleForm):
         option_widget=widgets.CheckboxInput(), widget=widgets.ListWidget(prefix_label=False))
     def document(self) -> dict:
         """The same A.1 shape the API takes, so one parser checks both doors."""
-        return {
-            "division_code": (self.division_code.data or "").strip(), "org_name": self.org_name.data,
-            "system_name": self.system_name.data, "vendor": self.vendor.data, "endpoint": self.endpoint.data,
-            "contact": {"name": self.contact_name.data, "phone": self.contact_phone.data,
-                        "email": self.contact_email.data},
-            "capabilities": list(self.capabilities.data or []),
-        }
+        return document_from_fields((self.division_code.data or "").strip(),
+                                    {name: getattr(self, name).data for name in FLAT_FIELDS},
+                                    list(self.capabilities.data or []))
 
     def names(self) -> dict[str, str]:
         """The document's keys → this form's labels, so that a refusal names the field as the page does."""

@@ -40,6 +40,20 @@ class NodeInformation:
     capabilities: tuple[str, ...]
 
 
+# The A.1 fields a console form and a command hold flat, as `NodeInformation` names them.
+FLAT_FIELDS = ("org_name", "system_name", "vendor", "endpoint", "contact_name", "contact_phone", "contact_email")
+
+
+def document_from_fields(division_code: str, fields: Mapping[str, object], capabilities: list[str]) -> dict:
+    """The A.1 document the API takes, built from `FLAT_FIELDS` as a form or a command holds them, so that the
+    console and the CLI hand `parse` the shape a node sends and one parser checks every door."""
+    return {"division_code": division_code,
+            **{name: fields[name] for name in ("org_name", "system_name", "vendor", "endpoint")},
+            "contact": {"name": fields["contact_name"], "phone": fields["contact_phone"],
+                        "email": fields["contact_email"]},
+            "capabilities": capabilities}
+
+
 def invalid(message, field: str, code: str = "invalid_input") -> ValidationFailed:
     return ValidationFailed(message, code=code, field=field)
 
