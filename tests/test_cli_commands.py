@@ -8,8 +8,10 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import insert
 
+from app.admission import applications
 from app.admission.models import Application
 from app.extensions import db
+from tests.factories import node_document
 
 
 def test_applications_list_lists_every_application_past_a_thousand(app, runner, make_user):
@@ -41,6 +43,19 @@ def test_nodes_list_refuses_a_province_no_tile_names_as_the_console_does(app, ru
     for province in ("36", "3600", "360000", "81"):  # Hong Kong's tile: a province without nodes is no refusal
         listed = runner.invoke(args=["nodes", "list", "--user", "minister", "--province", province])
         assert (listed.exit_code, listed.stdout) == (0, "no nodes\n"), province
+
+
+def test_nodes_list_reads_a_province_with_blanks_around_it_as_the_console_box_does(app, runner, make_user):
+    """The console strips its box; the command refused " 36 " as naming no province."""
+    minister = make_user("minister")
+    for division in ("360100", "440100"):
+        applications.approve(applications.submit_by_user(node_document(division, endpoint=f"https://im{division}.example"),
+                                                         by=minister), by=minister)
+    db.session.commit()
+    for province in (" 36 ", "\t360000\n"):
+        listed = runner.invoke(args=["nodes", "list", "--user", "minister", "--province", province, "--json"])
+        assert listed.exit_code == 0 and listed.stderr == "", (province, listed.stderr)
+        assert [json.loads(line)["division_code"] for line in listed.stdout.splitlines()] == ["360100"], province
 
 
 def test_routing_show_json_prints_the_signed_bytes_which_routing_verify_accepts(app, runner, tmp_path):

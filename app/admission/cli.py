@@ -12,7 +12,6 @@ from app.admission import applications, nodes, tilemap, tokens
 from app.admission.models import APPLICATION_STATUSES
 from app.auth import service as users
 from app.cli_arguments import Digits
-from app.database import paginate
 from app.errors import DomainError
 from app.extensions import db
 
@@ -195,14 +194,16 @@ def node_dict(node) -> dict:
 @json_option
 def nodes_list(status, province, username, as_json):
     """The nodes the user's console lists, by node id."""
+    province = province.strip()  # as the console's box: " 36 " is 36
     # The console says so at its box: a value of no province's shape (360100), or of one no province has (99)
     if province and nodes.province_prefix(province) not in tilemap.province_names():
         raise click.BadParameter(f"{province!r} names no province: give its two digits (36) or its code (360000).",
                                  param_hint="'--province'")
     user = run(lambda: users.acting_user(username), as_json)
     query = nodes.list_query(user, status="" if status == "all" else status, province=province)
+    # All of them, as `applications list`: a page of 100,000 left the rest out without a word
     emit_list(((node_dict(node), f"{node.node_id} {node.status:<9} {node.org_name} {node.endpoint}")
-               for node in paginate(query, 1, 100000, count=False).items), as_json, "no nodes")
+               for node in db.session.scalars(query)), as_json, "no nodes")
 
 
 @nodes_cli.command("show")

@@ -12,7 +12,7 @@ from flask.cli import AppGroup
 from app.admission.cli import emit, record_lines, run
 from app.auth import service as users
 from app.cli_arguments import Digits
-from app.database import paginate
+from app.extensions import db
 from app.pki import intermediate, inventory, lifecycle, own_keys, revocation, service
 from app.pki.models import CERTIFICATE_KINDS, CRLState
 
@@ -66,7 +66,8 @@ def certificate_dict(row, state: str | None = None) -> dict:
 def list_command(state, kind, node_id, as_json):
     """The certificates the CA has issued, with their state."""
     query = inventory.inventory_query(state=state, node_id=node_id, kind=kind)
-    for row, row_state in paginate(query, 1, 100000, count=False, decode=inventory.listed).items:
+    # All of them: a page of 100,000 left the rest out without a word
+    for row, row_state in map(inventory.listed, db.session.execute(query)):
         emit(certificate_dict(row, row_state), as_json, f"{row.serial:<34} {row.kind:<12} {row.node_id or '':<20} "
              f"{row_state:<10} until {row.not_after:%Y-%m-%d} {row.sha256[:16]}…")
 
