@@ -222,3 +222,16 @@ def test_change_of_nothing_or_of_no_node_is_refused(runner, node):
                                           "--user", "jx-admin", "--json"]))
     assert unknown["code"] == "node_not_found"
     assert applications.pending_change(node) is None
+
+
+def test_submit_names_every_wrong_option_at_once_as_the_console_marks_every_field(app, runner, people, tmp_path):
+    """It named the first wrong option only: three wrong options, three runs to find them."""
+    refused = runner.invoke(args=submit_args(tmp_path, contact_phone="phone", contact_email="mail", endpoint="http://x"))
+    assert refused.exit_code == 1 and refused.stdout == "", refused.stdout
+    lines = refused.stderr.splitlines()
+    assert len(lines) == 3 and all(line.startswith("error: ") for line in lines), lines
+    for option in ("--contact-phone", "--contact-email", "endpoint must be an https:// URL"):
+        assert sum(option in line for line in lines) == 1, (option, lines)
+    assert stored_applications() == 0
+    as_json = runner.invoke(args=[*submit_args(tmp_path, contact_phone="phone", contact_email="mail"), "--json"])
+    assert refusal(as_json)["field"] == "contact.phone"  # the API's one error object: the first

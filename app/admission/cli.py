@@ -12,7 +12,7 @@ from app.admission import applications, nodes, tilemap, tokens
 from app.admission.models import APPLICATION_STATUSES
 from app.auth import service as users
 from app.cli_arguments import Digits
-from app.errors import DomainError
+from app.errors import DomainError, every_refusal
 from app.extensions import db
 
 tokens_cli = AppGroup("tokens", help="Enrollment tokens.")
@@ -38,8 +38,14 @@ def run(action, as_json: bool):
 
 
 def refuse(error: DomainError, as_json: bool, exit_code: int = 1) -> NoReturn:
-    """A refusal on stderr, the error object with --json (stdout holds only what succeeded), and its exit code."""
-    click.echo(json.dumps(error.to_dict(), ensure_ascii=False) if as_json else f"error: {error.message}", err=True)
+    """A refusal on stderr, and its exit code (stdout holds only what succeeded). For people, an "error:" line for
+    every refusal it carries (`Refusals`: each wrong option of `applications submit`, as the console marks each
+    field); with --json, the first one's error object alone, as the API answers."""
+    if as_json:
+        click.echo(json.dumps(error.to_dict(), ensure_ascii=False), err=True)
+    else:
+        for refusal in every_refusal(error):
+            click.echo(f"error: {refusal.message}", err=True)
     raise SystemExit(exit_code) from None
 
 
