@@ -36,6 +36,8 @@ def shows_nothing(value: str) -> bool:
     """True when `value` is made only of BLANKS, white space and format (Cf) characters (the empty text too): a
     name of them reads as no name at all."""
     return all(ch in BLANKS or ch.isspace() or unicodedata.category(ch) == "Cf" for ch in value)
+
+
 # What a person calls each text readable_text checks: its refusal reaches them in a flash or beside a form
 # field in their language, not as the field's key ("reason 超过 500 个字符").
 LABELS = {"display_name": _l("Name"), "note": _l("Note"), "reason": _l("Reason")}
@@ -88,8 +90,12 @@ def readable_text(value: str | None, field: str, *, multiline: bool = False, lim
     """`value` stripped, or ValidationFailed naming `field` (by its label) when it would read otherwise than it
     is, or when it is longer than `limit` (its column's length): refused at every door, never cut short unseen. A
     multi-line text's line breaks are one "\n" each, as a browser counts them for a textarea's maxlength (it
-    sends CR LF)."""
+    sends CR LF). A text that shows as nothing (`shows_nothing`) is the empty text, as an A.1 text is
+    (information.text_field): a caller that requires one refuses it as it refuses none, an optional one is stored
+    empty."""
     value = (value or "").strip()
+    if shows_nothing(value):  # "\u200b", "\ufeff\u3000": a reason that shows as nothing is none
+        value = ""
     if multiline:
         value = value.replace("\r\n", "\n").replace("\r", "\n")
     label = LABELS.get(field, field)

@@ -178,3 +178,79 @@ def test_the_blanks_an_application_refuses_are_the_reference_nodes_for_names():
     assert blanks == BLANKS
     assert shows_nothing("".join(sorted(blanks))) and shows_nothing("\U000e0041\u2062 ")
     assert not any(shows_nothing(text) for text in ("a", "\u200ba", "张\u00a0三", "\U0001f600", ".", "\x7f"))
+
+
+# Texts that show as nothing (app.readable.shows_nothing), as A.1's names refuse them: a reason of them is no reason.
+INVISIBLE = ["\u200b", "\ufeff\u3000", "\u00a0\u2060\u00ad", "\u3164\ufe0f"]
+
+
+@pytest.mark.parametrize("text", INVISIBLE)
+def test_console_refuses_a_reason_that_shows_as_nothing_as_it_refuses_none(jx, text):
+    consoles, node_id, application_id = jx
+    minister, jx_admin = consoles["minister"], consoles["jx-admin"]
+    asked = jx_admin.post_form(f"/nodes/{node_id}", {"reason": text}, action=f"/nodes/{node_id}/request-suspension")
+    assert "需要填写理由" in field_error(asked)
+    suspended = minister.post_form(f"/nodes/{node_id}", {"reason": text}, action=f"/nodes/{node_id}/suspend")
+    assert "需要填写理由" in field_error(suspended)
+    rejected = minister.post_form(f"/applications/{application_id}", {"reason": text + "\r\n\u200b"},
+                                  action=f"/applications/{application_id}/reject")
+    assert "驳回需要填写理由" in field_error(rejected)
+    db.session.expire_all()
+    node = db.session.get(Node, node_id)
+    assert node.status == "active" and not node.suspension_requested
+    assert db.session.get(Application, application_id).status == "pending"
+
+
+def test_cli_refuses_a_reason_that_shows_as_nothing_as_it_refuses_none(jx, runner):
+    from app.admission import nodes
+    from app.auth.service import get_user
+
+    _, node_id, application_id = jx
+    text = "\ufeff\u3000\u200b"
+    for args, message in (
+            (["applications", "reject", application_id, "--reason", text, "--user", "minister"], "needs a reason"),
+            (["nodes", "request-suspension", node_id, "--reason", text, "--user", "jx-admin"], "reason is required"),
+            (["nodes", "suspend", node_id, "--reason", text, "--user", "minister"], "reason is required"),
+            (["nodes", "revoke", node_id, "--reason", text, "--user", "minister"], "reason is required")):
+        result = runner.invoke(args=args)
+        assert result.exit_code == 1 and message in result.output, (args[:2], result.output)
+    nodes.request_suspension(db.session.get(Node, node_id), "维护", by=get_user("jx-admin"))
+    db.session.commit()
+    result = runner.invoke(args=["nodes", "decline-suspension", node_id, "--reason", text, "--user", "minister"])
+    assert result.exit_code == 1 and "reason is required" in result.output, result.output
+    nodes.suspend(db.session.get(Node, node_id), "维护", by=get_user("minister"))
+    db.session.commit()
+    result = runner.invoke(args=["nodes", "resume", node_id, "--reason", text, "--user", "minister"])
+    assert result.exit_code == 1 and "reason is required" in result.output, result.output
+    db.session.expire_all()
+    assert db.session.get(Node, node_id).status == "suspended"
+    assert db.session.get(Application, application_id).status == "pending"
+
+
+def test_an_optional_note_reason_or_name_that_shows_as_nothing_is_stored_empty(jx, runner):
+    """As an optional A.1 text is (information.text_field): a note of zero-width characters reads as none."""
+    from app.admission import nodes
+    from app.audit.models import AuditRecord
+    from app.auth.service import get_user
+
+    consoles, node_id, _ = jx
+    text = "\u200b\ufeff\u3000"
+    created = consoles["minister"].post_form("/tokens/", {"division_code": "360000", "ttl": "7d", "note": text})
+    assert created.status_code == 200 and "含有控制字符" not in created.get_data(as_text=True)
+    edited = consoles["minister"].post_form("/users/jx-admin", {"role": "provincial_admin", "scopes": "360000",
+                                                                "active": "y", "display_name": text})
+    assert edited.status_code == 302
+    for args in (["users", "create", "--role", "auditor", "--username", "eye", "--name", text],
+                 ["health", "maintenance", node_id, "--hours", "2", "--note", text, "--user", "minister"]):
+        result = runner.invoke(args=args)
+        assert result.exit_code == 0, (args[:2], result.output)
+    nodes.request_suspension(db.session.get(Node, node_id), "维护", by=get_user("jx-admin"))
+    db.session.commit()
+    result = runner.invoke(args=["nodes", "withdraw-suspension", node_id, "--reason", text, "--user", "jx-admin"])
+    assert result.exit_code == 0, result.output
+    db.session.expire_all()
+    assert db.session.scalar(db.select(EnrollmentToken.note)) == ""
+    assert {user.display_name for user in db.session.scalars(db.select(User))} == {""}
+    assert db.session.get(NodeHealth, node_id).maintenance_note == ""
+    withdrawn = db.session.scalar(db.select(AuditRecord).where(AuditRecord.action == "node.withdraw_suspension"))
+    assert withdrawn.detail["reason"] == ""
