@@ -40,7 +40,7 @@ def shows_nothing(value: str) -> bool:
 
 # What a person calls each text readable_text checks: its refusal reaches them in a flash or beside a form
 # field in their language, not as the field's key ("reason 超过 500 个字符").
-LABELS = {"display_name": _l("Name"), "note": _l("Note"), "reason": _l("Reason")}
+LABELS = {"display_name": _l("Name"), "note": _l("Note"), "reason": _l("Reason"), "revision": _l("Revision")}
 
 
 def misleading(value: str, *, multiline: bool = False) -> bool:

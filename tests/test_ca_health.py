@@ -484,6 +484,12 @@ def test_ca_init_names_the_setting_of_an_unknown_key_type_and_a_name_of_spaces(a
     refused_in_one_line(result, "MPIM_CA_ROOT_NAME")
     assert "only spaces" in result.output
     assert not directory.exists()
+    for name, refusal in (("\u200b\u3000", "only spaces"), ("根\u202e证书", "control or bidi character")):
+        app.config["MPIM_CA_ROOT_NAME"] = name  # shows as nothing; reads as another name
+        result = runner.invoke(args=["ca", "init"])
+        refused_in_one_line(result, "MPIM_CA_ROOT_NAME")
+        assert refusal in result.output
+        assert not directory.exists()
 
 
 @pytest.mark.parametrize("generate", [False, True])

@@ -86,6 +86,7 @@ def test_revisions_named_by_date_are_ordered_by_date(app, name, latest, older):
     ("code,name\n110000,北京市\n110101,东城区\n110101,西城区\n", 4, "appears again"),
     ("code,name\n110000,北京市\n360102,东湖区\n", 3, "has no province 360000"),
     ("code,name\n110000,北京市\n110101,\n", 3, "empty name"),
+    ("code,name\n110000,北京市\n110101,\u200b\u3000\n", 3, "empty name"),  # shows as nothing (app.readable)
     # PostgreSQL refuses the NUL (the command ended in a traceback); the others read as another name
     ("code,name\n110000,北京\x00市\n", 2, "control or bidi character"),
     ("code,name\n110000,北京市\n110101,东\u202e区城\n", 3, "control or bidi character"),
@@ -228,3 +229,17 @@ def test_a_search_typed_with_a_chinese_input_method_finds_what_its_ascii_twin_fi
     assert "东湖区" in client.get("/divisions/?q=３６０１").get_data(as_text=True)
     assert "江西省" in client.get("/divisions/?q=ｊｉａｎｇｘｉ").get_data(as_text=True)
     assert client.get("/divisions/?q=٣٦").status_code == 200  # other digits are no code prefix, and no error
+
+
+@pytest.mark.parametrize(("revision", "refusal"), [
+    ("\u200b\ufeff", "A revision name of 1-32 characters is needed."),  # shows as nothing: no name
+    ("2024\u202e", "contains control characters"),  # reads as another name in the console and the audit log
+])
+def test_a_revision_name_that_shows_as_nothing_or_misleads_is_refused_and_changes_nothing(app, runner, tmp_path,
+                                                                                           revision, refusal):
+    newer = tmp_path / "newer.csv"
+    newer.write_text("code,name\n110000,北京市\n", encoding="utf-8")
+    before = service.latest_revision()
+    result = runner.invoke(args=["divisions", "import", str(newer), "--revision", revision])
+    assert result.exit_code == 1 and refusal in result.output, result.output
+    assert service.latest_revision() == before

@@ -282,7 +282,9 @@ def test_a_csr_asking_for_ca_true_extra_names_and_subject_gets_none_of_them(ec_c
 @pytest.mark.parametrize(("arguments", "code"), [
     ({"node_id": "3600000000202500001"}, "invalid_node_id"),
     ({"endpoint_host": "bad host!"}, "invalid_host"),
-    ({"validity_days": -1}, "invalid_validity")])
+    ({"validity_days": -1}, "invalid_validity"),
+    ({"org_name": " "}, "invalid_org_name"),
+    ({"org_name": "\u200b\u3000"}, "invalid_org_name")])  # shows as nothing: no organisation to name
 def test_issuance_refuses_bad_node_facts(ec_ca, arguments, code):
     csr = csr_policy.load_csr(csr_for(ec.generate_private_key(ec.SECP256R1())))
     with pytest.raises(ValidationFailed) as caught:

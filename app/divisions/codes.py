@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from flask_babel import lazy_gettext as _l
 
 from app.errors import ValidationFailed
-from app.readable import misleading
+from app.readable import misleading, shows_nothing
 
 CODE_PATTERN = re.compile(r"[0-9]{6}")  # fullmatch: `$` would also match before a final newline
 # The nation: no row of the GB/T 2260 list, but the code the ministry's node id starts with (SPEC §2).
@@ -83,7 +83,7 @@ def parse_division_file(data: bytes) -> list[DivisionRow]:
             raise MalformedDivisionFile(f"line {line}: {code!r} is not a six-digit code.")
         if code == NATION_CODE or code.startswith("00"):
             raise MalformedDivisionFile(f"line {line}: {code} is not a province, prefecture or county code.")
-        if not name:
+        if shows_nothing(name):  # "\u200b" as much as "": a name that shows as nothing is none
             raise MalformedDivisionFile(f"line {line}: division {code} has an empty name.")
         if len(name) > 100:
             raise MalformedDivisionFile(f"line {line}: the name of {code} is longer than 100 characters.")

@@ -17,6 +17,7 @@ from app.divisions.models import Division, DivisionRevision
 from app.divisions.names import ENGLISH_NAMES
 from app.errors import Conflict, NotFound, ValidationFailed
 from app.extensions import db
+from app.readable import readable_text
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 DEFAULT_FILE = DATA_DIR / "gb2260-2023.csv"
@@ -66,7 +67,7 @@ def import_revision(data: bytes, revision: str, *, actor: str | None = None,
     history may still name it. A revision older than the current one is refused unless
     `allow_older`: it would bring abolished codes back and retire current ones.
     """
-    revision = revision.strip()
+    revision = readable_text(revision, "revision")  # shown in the console and the audit log; blanks only are none
     if not revision or len(revision) > 32:
         raise ValidationFailed(_l("A revision name of 1-32 characters is needed."), code="invalid_revision",
                                field="revision")

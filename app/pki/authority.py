@@ -44,6 +44,7 @@ from app.errors import Conflict, DomainError, ValidationFailed
 from app.i18n import english
 from app.pki import crl, csr_policy, keys, ocsp, profiles
 from app.pki.keys import KeyType, SigningKey, now_utc, signature_hash
+from app.readable import shows_nothing
 
 ServiceRole = Literal["route-signer", "management"]
 SERVICE_ROLES: tuple[ServiceRole, ...] = ("route-signer", "management")
@@ -328,7 +329,7 @@ class Authority:
         `urn:mpim:node:<node id>`; serverAuth+clientAuth. `not_before`/`not_after` override the
         validity (tests make expired certificates with them); the intermediate's notAfter still clips."""
         names = profiles.node_names(node_id, endpoint_host)
-        if not org_name.strip():
+        if shows_nothing(org_name):  # "\u200b\u3000" as much as " ": no organisation to name
             raise ValidationFailed(_l("The organisation name is empty."), code="invalid_org_name", field="org_name")
         public_key = csr.public_key()
         csr_policy.check_key(public_key)  # never issue for a refused key, whatever the caller checked

@@ -13,6 +13,7 @@ from app.database import utcnow
 from app.errors import ValidationFailed
 from app.pki import authority as ca
 from app.pki import revocation, service
+from app.readable import misleading, shows_nothing
 
 # A certificate's common name holds 64 bytes of UTF-8 (RFC 5280's ub-common-name, as cryptography counts it).
 COMMON_NAME_BYTES = 64
@@ -72,9 +73,13 @@ def _check_names(config: ca.CAConfig) -> None:
     for setting, name in (("MPIM_CA_ROOT_NAME", config.root_common_name),
                           ("MPIM_CA_INTERMEDIATE_NAME", config.intermediate_common_name)):
         size = len(name.encode("utf-8"))
-        if not name.strip():
-            raise ValidationFailed(f"{setting} is {'only spaces' if name else 'empty'}: a CA certificate needs a "
-                                   "name (leave the setting out for the default).", code="invalid_ca_name")
+        if shows_nothing(name):  # "\u200b\u3000" as much as "   ": a name that shows as nothing is none
+            raise ValidationFailed(f"{setting} is {'only spaces or invisible characters' if name else 'empty'}: a "
+                                   "CA certificate needs a name (leave the setting out for the default).",
+                                   code="invalid_ca_name")
+        if misleading(name):  # every node shows the CA's name; a bidi override would show another one
+            raise ValidationFailed(f"{setting} holds a control or bidi character: a CA certificate's name must read "
+                                   "as it is.", code="invalid_ca_name")
         if size > COMMON_NAME_BYTES:
             raise ValidationFailed(f"{setting} is {size} bytes in UTF-8; a certificate's common name holds at most "
                                    f"{COMMON_NAME_BYTES} (about 21 Chinese characters): shorten it.",
