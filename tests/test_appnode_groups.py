@@ -498,3 +498,24 @@ def test_a_group_operation_at_home_delivers_its_own_announcements_not_the_nodes_
     assert untouched() == [("pending", 0), ("pending", 0)]
     assert {row.state for row in a.node.outbox() if row.peer_node == b.id} == {"delivered"}  # its own, at once
     assert b.node.groups("lisi")[0].name == "改名"
+
+
+def test_an_operation_that_takes_no_targets_announces_none(network):  # noqa: F811
+    """A quit (join, update_info, dismiss) names no users (§8.9), yet the home node copied whatever
+    `target_user_ids` the request carried, up to 3000 addresses, into the announcement to every member node.
+    They are ignored, as the schema lets a request carry them."""
+    a, b = network["a"], network["b"]
+    group = a.node.create_group("zhangsan", "专班", [b.user("lisi"), b.user("zhaoliu")])
+    settle(a, b)
+    junk = [f"u{n}@{a.id}" for n in range(2000)]
+    request = {"op": "quit", "group_id": group.group_id, "home_node_id": a.id, "operator": b.user("zhaoliu"),
+               "target_user_ids": junk}
+    status, _ = raw_post(b.node, a, "group_op", protocol.make_envelope(
+        from_node=b.id, to_node=a.id, type="group_op", payload=request))
+    assert status == 200
+    assert a.node.group_operation("zhangsan", group.address, "update_info", [b.user("lisi")], {"name": "改名"}) \
+        == "applied"
+    assert a.node.group_operation("zhangsan", group.address, "dismiss", [b.user("lisi")]) == "applied"
+    announced = [row.envelope["payload"] for row in group_ops(a)][-3:]
+    assert [(op["op"], op.get("target_user_ids")) for op in announced] == [("quit", None), ("update_info", None),
+                                                                           ("dismiss", None)]

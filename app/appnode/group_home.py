@@ -27,6 +27,9 @@ from app.appnode.protocol import (
 from app.appnode.store import Group, User, utcnow
 
 MAX_GROUP_MEMBERS = 3000
+# The operations whose request names users (§8.9); any other's `target_user_ids` is ignored, and its announcement
+# names nobody.
+NAMING_USERS = ("invite", "kick", "transfer_owner")
 
 
 def joined_now() -> str:
@@ -77,7 +80,11 @@ class GroupHomeMixin:
         is told "nothing changed"). `first_time` writes a request's dedup record in each transaction: None is
         returned, and nothing applied, for a request already accepted. The members an invite or a transfer
         names are looked up in the routing table, pulled first if one's node is missing (`_pull_for_members`).
-        `queued` collects the ids of the outbox rows it queued (`_announce`), for a caller that sends them."""
+        `queued` collects the ids of the outbox rows it queued (`_announce`), for a caller that sends them.
+        A quit, join, update_info or dismiss names nobody: `target_user_ids` it carries (the schema lets any
+        request carry them) are dropped, not copied into the announcement to every member node."""
+        if op not in NAMING_USERS:
+            targets = []
         named = {"invite": targets, "transfer_owner": targets[:1]}.get(op, [])
         unknown = self._pull_for_members(named)  # before the transaction: it may wait on the network
         with self._writing, self.db() as session:
