@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import threading
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
 
-from app.appnode import group_confirmation, groups, protocol
+from app.appnode import group_confirmation, groups, outbox, protocol
 from app.appnode.config import CAPABILITIES
 from app.appnode.protocol import Conflict, NotAParticipant, NotFound, PermissionDenied
 from app.appnode.store import Group, Outbox
@@ -498,6 +499,98 @@ def test_a_group_operation_at_home_delivers_its_own_announcements_not_the_nodes_
     assert untouched() == [("pending", 0), ("pending", 0)]
     assert {row.state for row in a.node.outbox() if row.peer_node == b.id} == {"delivered"}  # its own, at once
     assert b.node.groups("lisi")[0].name == "改名"
+
+
+def _group_lisi_owns_homed_on(a, b) -> Group:
+    """A group homed on `a` whose owner (lisi) is a user of `b`, with wangwu of `a` a member."""
+    group = a.node.create_group("zhangsan", "专班", [b.user("lisi"), a.user("wangwu")])
+    a.node.group_operation("zhangsan", group.address, "transfer_owner", [b.user("lisi")])
+    settle(a, b)
+    return group
+
+
+def _requests(served, group) -> list[tuple[str, str, int]]:
+    """(op, state, attempts) of each request `served` queued to the group's home node, oldest first."""
+    return [(row.envelope["payload"]["op"], row.state, row.attempts) for row in group_ops(served)
+            if row.peer_node == group.home_node_id and row.envelope["payload"]["group_id"] == group.group_id]
+
+
+def test_a_request_made_while_an_earlier_one_waits_for_the_home_node_goes_behind_it(network):  # noqa: F811
+    """A request to a home node that was down was an outbox row like any other: the owner kicked wangwu while
+    the home node was down ("queued"), invited him back once it was up ("accepted", sent at once), and then the
+    older kick arrived and removed him again. A node's requests for one group reach its home node in the order
+    they were made (§6): a later one waits behind the earlier one, which holds up no other group nor a chat."""
+    a, b = network["a"], network["b"]
+    group = _group_lisi_owns_homed_on(a, b)
+    other = a.node.create_group("zhangsan", "另一个", [b.user("lisi")])
+    settle(a, b)
+    a.stop()
+    assert b.node.group_operation("lisi", group.address, "kick", [a.user("wangwu")]) == "queued"
+    a.start()
+    done = node_cli(b, "group", "invite", "--as", "lisi", group.address, a.user("wangwu"))
+    assert (done.returncode, done.stdout) == (0, "queued behind an earlier request for this group that the home "
+                                                 "node has not taken yet: sent after it\n")
+    assert _requests(b, group) == [("kick", "pending", 1), ("invite", "pending", 0)]
+    assert b.node.deliver() == {"delivered": 0, "retry": 0, "failed": 0}  # the kick's retry is not due yet
+    # the queue of one group holds up neither another group of the same home node nor a single chat
+    assert b.node.group_operation("lisi", other.address, "quit") == "accepted"
+    sent = b.node.send_text("lisi", a.user("zhangsan"), "在吗")
+    assert [row.state for row in b.node.outbox() if row.message_id == sent.message_id] == ["delivered"]
+
+    b.node.retry_now()
+    settle(a, b)
+    assert _requests(b, group) == [("kick", "delivered", 2), ("invite", "delivered", 1)]
+    [home] = [g for g in a.node.groups() if g.group_id == group.group_id]
+    assert home.members == [a.user("zhangsan"), b.user("lisi"), a.user("wangwu")]
+    assert [g.members for g in b.node.groups("lisi") if g.group_id == group.group_id] == [home.members]
+
+
+def test_requests_queued_during_an_outage_are_applied_in_the_order_they_were_made(network):  # noqa: F811
+    """Each queued request had its own backoff and up to 4 went to the home node at once: two renames during
+    an outage left the group with the first name. A request the home node refuses for good (a second kick of
+    someone no longer a member) or one given up holds up the later ones no longer."""
+    a, b = network["a"], network["b"]
+    group = _group_lisi_owns_homed_on(a, b)
+    a.stop()
+    typed = [("kick", [a.user("wangwu")], None), ("update_info", [], {"name": "第一"}),
+             ("kick", [a.user("wangwu")], None), ("invite", [a.user("wangwu")], None),
+             ("update_info", [], {"name": "第二"})]
+    outcomes = [b.node.group_operation("lisi", group.address, op, targets, info) for op, targets, info in typed]
+    assert outcomes == ["queued"] + ["queued_behind"] * 4
+    for _ in range(3):  # the node loop's rounds while the home node stays down: only the first is tried
+        b.node.retry_now()
+        b.node.deliver()
+    assert [attempts for _, _, attempts in _requests(b, group)] == [4, 0, 0, 0, 0]
+
+    a.start()
+    with b.node.db.begin() as session:  # the last one's retry comes due first, as one tried fewer times would
+        session.get(Outbox, max(row.id for row in group_ops(b))).next_attempt_at = outbox.utcnow()
+    b.node.deliver()
+    b.node.retry_now()
+    settle(a, b)
+    assert [state for _, state, _ in _requests(b, group)] == ["delivered", "delivered", "failed", "delivered",
+                                                              "delivered"]
+    [home] = [g for g in a.node.groups() if g.group_id == group.group_id]
+    assert (home.name, home.members) == ("第二", [a.user("zhangsan"), b.user("lisi"), a.user("wangwu")])
+
+
+def test_a_request_given_up_on_lets_the_one_behind_it_go(network):  # noqa: F811
+    a, b = network["a"], network["b"]
+    group = _group_lisi_owns_homed_on(a, b)
+    a.stop()
+    assert b.node.group_operation("lisi", group.address, "update_info", (), {"name": "第一"}) == "queued"
+    assert b.node.group_operation("lisi", group.address, "update_info", (), {"name": "第二"}) == "queued_behind"
+    with b.node.db.begin() as session:  # the first was tried for longer than the outbox retries an envelope
+        first = min(row.id for row in group_ops(b))
+        session.get(Outbox, first).first_attempt_at = outbox.utcnow() - outbox.GIVE_UP_AFTER - timedelta(minutes=1)
+    b.node.retry_now()
+    b.node.deliver()
+    assert [(op, state) for op, state, _ in _requests(b, group)] == [("update_info", "failed"),
+                                                                     ("update_info", "pending")]
+    a.start()
+    b.node.retry_now()
+    settle(a, b)
+    assert [g.name for g in a.node.groups() if g.group_id == group.group_id] == ["第二"]
 
 
 def test_an_operation_that_takes_no_targets_announces_none(network):  # noqa: F811

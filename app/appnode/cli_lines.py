@@ -83,6 +83,8 @@ def group_outcome_line(outcome: str, done: str) -> str:
     """`group invite|kick|transfer|quit|join|dismiss|rename`: `done` once it happened, or why not yet."""
     if outcome == "queued":
         return "queued: the home node is unreachable now and will be asked again"
+    if outcome == "queued_behind":
+        return "queued behind an earlier request for this group that the home node has not taken yet: sent after it"
     if outcome == "unchanged":
         return "nothing changed"  # inviting members, renaming to the group's own name
     return done if outcome == "applied" else f"{done} (the home node accepted it)"

@@ -197,10 +197,12 @@ CHANGED = {"applied": True, "unchanged": False}
 
 
 def report_group_operation(ctx: Context, op: str, group_address: str, outcome: str, done: str) -> None:
-    # "unchanged" keeps outcome "applied" in JSON, as it always was: scripts compare with the values they know,
-    # and read `changed` for whether the operation did anything
-    ctx.out({"op": op, "group": group_address, "outcome": "applied" if outcome == "unchanged" else outcome,
-             "changed": CHANGED.get(outcome)}, group_outcome_line(outcome, done))
+    # "unchanged" keeps outcome "applied" in JSON, as it always was, and "queued_behind" is "queued" there (it
+    # waits to be sent, as any queued request does): scripts compare with the values they know, and read
+    # `changed` for whether the operation did anything
+    shown = {"unchanged": "applied", "queued_behind": "queued"}.get(outcome, outcome)
+    ctx.out({"op": op, "group": group_address, "outcome": shown, "changed": CHANGED.get(outcome)},
+            group_outcome_line(outcome, done))
 
 
 group.command("invite", help="Invite users (addresses).")(_group_op("invite", True))

@@ -46,8 +46,9 @@ def _added_by(announcement: dict) -> list[str]:
 class GroupsMixin:
     """Group operations for a `Node`. Relies on the node's `db`, `node_id`, `wake`, `peer_entry`,
     `_pull_for_recipient` and `_writing`; on `_require_capability` and `_duplicate` (ReceivingMixin), on
-    `_enqueue` and `deliver` (OutboxMixin), on `_operate_at_home`, `_pull_for_members`, `_check_new_members`
-    and `_announcement` (GroupHomeMixin), and on `_confirm_and_apply` (GroupConfirmationMixin)."""
+    `_enqueue`, `_queued_behind` and `deliver` (OutboxMixin), on `_operate_at_home`, `_pull_for_members`,
+    `_check_new_members` and `_announcement` (GroupHomeMixin), and on `_confirm_and_apply`
+    (GroupConfirmationMixin)."""
 
     def _accept_group_op(self, session: Session, envelope: dict) -> bool:
         """An announcement from a group's home node; requests take `_receive_group_request`."""
@@ -166,8 +167,10 @@ class GroupsMixin:
                         info: dict | None = None) -> str:
         """A local user's A.12 operation: applied here when this node is home, else requested from home at
         once. Returns "applied" (here), "unchanged" (here, and it changed nothing: inviting members, renaming
-        to the same name), "accepted" (by the home node) or "queued" (home unreachable, retried); a refusal by
-        the home node is raised, as one here is, and the request is not kept."""
+        to the same name), "accepted" (by the home node), "queued" (home unreachable, retried) or
+        "queued_behind" (not sent: an earlier request of this node for the group still waits, and this one goes
+        after it, §6 "Group requests in order"); a refusal by the home node is raised, as one here is, and the
+        request is not kept."""
         me = self.node_id
         operator = address(user_id, me)
         group_id, home = local_part(require_address(group_address, "group_id", "group")), node_of(group_address)
@@ -181,7 +184,10 @@ class GroupsMixin:
             _, changed = self._operate_at_home(op, group_id, operator, targets, info, queued=queued)
             self._deliver_queued(queued)
             return "applied" if changed else "unchanged"
-        row_id = self._request_from_home(me, operator, group_id, home, op, targets, info)
+        row_id, behind = self._request_from_home(me, operator, group_id, home, op, targets, info)
+        if behind:
+            self.wake.set()  # this process's node loop, if it has one, sends it after the earlier one
+            return "queued_behind"
         refusals: dict[int, DomainError] = {}
         outcome = self.deliver([row_id], claimed=True, refusals=refusals)
         refusal = refusals.get(row_id)
@@ -201,8 +207,9 @@ class GroupsMixin:
             self.deliver(queued)
 
     def _request_from_home(self, me: str, operator: str, group_id: str, home: str, op: str, targets: list[str],
-                           info: dict) -> int:
-        """The request to the home node queued (and claimed, for the caller to send at once): its outbox row id."""
+                           info: dict) -> tuple[int, bool]:
+        """The request to the home node queued: its outbox row id, and whether it waits behind an earlier
+        request for the group (`_queued_behind`); if not, it is claimed, for the caller to send at once."""
         unknown = self._pull_for_recipient(home)  # not inside the transaction
         members_unknown = self._pull_for_members(targets) if op == "invite" else {}  # the same single pull
         with self.db() as session:
@@ -217,8 +224,9 @@ class GroupsMixin:
             self.peer_entry(home, unknown)
             row_id = self._enqueue(session, home, "group_op", protocol.make_envelope(
                 from_node=me, to_node=home, type="group_op", payload=request), claim=True)
+            behind = self._queued_behind(session, row_id)
             session.commit()
-        return row_id
+        return row_id, behind
 
     def groups(self, user_id: str | None = None) -> list[Group]:
         """The groups this node holds, or those `user_id` (a local user: not_found otherwise) is a member of."""

@@ -11,8 +11,9 @@ Up to DELIVERY_PARALLELISM envelopes are in flight at once, to any one peer at m
 its learned concurrency (`peer_slots.py`); an envelope a peer refused as past its limit of connections
 (`too_many_connections`, or a handshake it closed) while others of ours were in flight to it is sent again once
 one of that peer's slots is free, not charged as an attempt, at most IMMEDIATE_RETRIES times in one `deliver`
-(docs/protocol.md §6, "Connections per peer"). Also here: how a peer's error answer is read, which the
-group confirmation and the download read the same way.
+(docs/protocol.md §6, "Connections per peer"). A node's A.12 requests for one group go to its home node one at
+a time, in the order they were queued (`BEHIND_EARLIER_REQUEST`, §6 "Group requests in order"). Also here: how a
+peer's error answer is read, which the group confirmation and the download read the same way.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from types import SimpleNamespace
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import and_, delete, exists, func, not_, select, update
 from sqlalchemy.orm import Session
 
 from app import strict_json
@@ -66,6 +67,25 @@ PEER_TEXT_SHOWN = 200
 PEER_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 _OUTBOX = Outbox.__table__
+_EARLIER = _OUTBOX.alias("earlier")
+
+
+def _payload(table, field: str):
+    return func.json_extract(table.c.envelope, f"$.payload.{field}")
+
+
+def _is_group_request(table):
+    """An A.12 request to a group's home node (an announcement goes from the home node, to other nodes)."""
+    return and_(table.c.kind == "group_op", _payload(table, "home_node_id") == table.c.peer_node)
+
+
+# A request that an earlier one of this node, for the same group, still waits before (§6 "Group requests in
+# order"): the home node applies requests as they arrive, and each row had its own backoff, up to 4 of them in
+# flight at once, so an owner's kick queued while the home node was down came after the invite made once it was
+# back, and undid it. Only pending rows hold up the later ones: one delivered, refused or given up no longer does.
+BEHIND_EARLIER_REQUEST = and_(_is_group_request(_OUTBOX), exists().where(
+    _EARLIER.c.state == "pending", _EARLIER.c.peer_node == _OUTBOX.c.peer_node, _EARLIER.c.id < _OUTBOX.c.id,
+    _is_group_request(_EARLIER), _payload(_EARLIER, "group_id") == _payload(_OUTBOX, "group_id")))
 
 
 def retry_after_seconds(value: str | None, now: datetime | None = None) -> float:
@@ -109,21 +129,25 @@ class OutboxMixin:
         """Send due envelopes (or these, already claimed by the caller). Rows are claimed in one statement
         before anything is sent, so the server loop and a CLI never send the same row at once; outcomes
         are written back once per batch. A crash in between only re-sends envelopes the peer acknowledges
-        as duplicates (docs/protocol.md §6). `refusals` collects the peer's error of each row it refused for
-        good, for a caller whose user waits on the answer."""
+        as duplicates (docs/protocol.md §6). A group request behind an earlier one is neither picked nor
+        claimed (`BEHIND_EARLIER_REQUEST`); once a request is delivered, refused or given up, the one behind it
+        is sent in the same call. `refusals` collects the peer's error of each row it refused for good, for a
+        caller whose user waits on the answer."""
         outcome = {"delivered": 0, "retry": 0, "failed": 0}
         once = ids is not None
         with self.db() as session:
             while True:
                 now = utcnow()
                 todo = list(ids) if once else list(session.scalars(select(Outbox.id).where(
-                    Outbox.state == "pending", Outbox.next_attempt_at <= now).order_by(Outbox.id).limit(batch)))
+                    Outbox.state == "pending", Outbox.next_attempt_at <= now, not_(BEHIND_EARLIER_REQUEST),
+                ).order_by(Outbox.id).limit(batch)))
                 if not todo:
                     return outcome
-                if not claimed:
+                if not claimed:  # checked again here: another process may have queued or claimed meanwhile
                     with self._writing:
                         todo = list(session.scalars(update(Outbox).where(
                             Outbox.id.in_(todo), Outbox.state == "pending", Outbox.next_attempt_at <= now,
+                            not_(BEHIND_EARLIER_REQUEST),
                         ).values(next_attempt_at=now + timedelta(seconds=CLAIM_SECONDS)).returning(Outbox.id)))
                         session.commit()
                 rows = [SimpleNamespace(**found._mapping, refusal=None, reported=refusals is not None, again=0)
@@ -140,7 +164,10 @@ class OutboxMixin:
                     with self._writing:
                         session.execute(UPDATE_OUTBOX, results)
                         session.commit()
-                if once or len(todo) < batch:
+                # a request answered for good may have one behind it, due now: not left for the loop's next round
+                let_go = any(row.state != "pending" and row.kind == "group_op"
+                             and row.envelope["payload"]["home_node_id"] == row.peer_node for row in rows)
+                if once or (len(todo) < batch and not let_go):
                     return outcome
 
     def _executor(self) -> ThreadPoolExecutor:
@@ -327,6 +354,15 @@ class OutboxMixin:
             return DomainError(f"{text} (its code {shown} is no error code)", code="peer_error",
                                status=response.status)
         return protocol.ERRORS.get(given, DomainError)(text, code=given, status=response.status)
+
+    def _queued_behind(self, session: Session, row_id: int) -> bool:
+        """Whether the request just queued as row `row_id` (claimed) waits behind an earlier one for the same
+        group (`BEHIND_EARLIER_REQUEST`); if so its claim is given back, and the row is left to the delivery that
+        sends the earlier one. Read after the insert, in its transaction: no other process writes meanwhile."""
+        behind = session.scalar(select(_OUTBOX.c.id).where(_OUTBOX.c.id == row_id, BEHIND_EARLIER_REQUEST))
+        if behind is not None:
+            session.execute(update(Outbox).where(Outbox.id == row_id).values(next_attempt_at=utcnow()))
+        return behind is not None
 
     def retry_now(self) -> int:
         """Operator's nudge: every pending envelope is due now (e.g. after a peer came back)."""
