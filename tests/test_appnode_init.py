@@ -73,7 +73,8 @@ def test_status_of_a_node_that_has_not_joined_says_so(tmp_path):
     result = CliRunner().invoke(cli, ["--data", str(data), "--json", "status"])
     assert json.loads(result.output) == {"node_id": None, "route_version": None, "routes_expired": False,
                                          "outbox": {}, "certificate_sha256": None, "certificate_problem": None,
-                                         "registry_problem": None, "crl": None, "root_crl": None}
+                                         "registry_problem": None, "crl": None, "root_crl": None,
+                                         "routes_expires_at": None}
 
 
 def test_a_request_deadline_that_is_not_a_positive_time_is_refused_with_its_name(tmp_path):

@@ -59,7 +59,7 @@ def test_routes_pull_and_show_print_lines_for_a_person_and_json_only_with_json(n
     version = int(installed[1])
     assert node_cli(b, "routes", "pull").stdout == f"routing table v{version} unchanged\n"
     assert json.loads(node_cli(b, "--json", "routes", "pull").stdout) == {"outcome": "unchanged", "version": version,
-                                                                        "changes": []}
+                                                                        "changes": [], "expired_at": None}
 
     table = json.loads(node_cli(b, "--json", "routes", "show").stdout)
     shown = node_cli(b, "routes", "show").stdout.splitlines()

@@ -6,21 +6,27 @@ TLS against a real management node."""
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from html import unescape
 
 import flask
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import update
 
 from app.admission import nodes
 from app.appnode import protocol
+from app.appnode.cli import cli
 from app.appnode.groups import new_group_id
 from app.appnode.protocol import NotFound, UnknownPeer
 from app.appnode.store import Group, Outbox, utcnow
 from app.extensions import db
+from app.routing.client import RouteClient
 from tests.appnode_harness import ServedNode, raw_post
 from tests.test_appnode import (  # noqa: F401 (fixture)
     PDF,
@@ -346,3 +352,93 @@ def test_delivery_does_not_wait_behind_a_table_pull_in_another_thread(network): 
     finally:
         silent.release()
         puller.join(30)
+
+
+# ---- a table the management node no longer re-signs --------------------------------------------------------------
+
+def a_day_on(monkeypatch, *served: ServedNode) -> None:
+    """The route clients' clock 25 h on, past the 24 h a table lasts: the table each node holds has expired, as
+    when the management node's scheduler stopped re-signing it; the management node still serves that version, so
+    a pull answers 304. Route clients opened from now on (the CLI's) read the same clock."""
+    def later():
+        return datetime.now(UTC) + timedelta(hours=25)
+
+    monkeypatch.setitem(RouteClient.__init__.__kwdefaults__, "now", later)
+    for node in served:
+        node.node.routes.now = later
+
+
+def expired_account(served: ServedNode) -> str:
+    routes = served.node.routes
+    return (f"this node's routing table v{routes.version} expired at {routes.expires_at} and the management node "
+            f"has not re-signed it: ask its operators")
+
+
+def test_routes_pull_on_an_expired_table_says_it_expired_and_exits_3(network, monkeypatch):  # noqa: F811
+    """A 304 for an expired table read "routing table v75 unchanged", exit 0: as if all were well."""
+    a = network["a"]
+    a_day_on(monkeypatch, a)
+    version, expires_at = a.node.routes.version, a.node.routes.expires_at
+    result = CliRunner().invoke(cli, ["--data", str(a.dir), "routes", "pull"])
+    assert result.exit_code == 3, result.output
+    assert result.stdout == (f"routing table v{version} unchanged, and it expired at {expires_at}: the management "
+                             f"node has not re-signed it; ask its operators\n")
+    result = CliRunner().invoke(cli, ["--data", str(a.dir), "--json", "routes", "pull"])
+    assert result.exit_code == 3, result.output
+    assert json.loads(result.stdout) == {"outcome": "unchanged", "version": version, "changes": [],
+                                         "expired_at": expires_at}
+
+
+def test_sending_on_an_expired_table_blames_the_table_not_the_node_id(network, monkeypatch):  # noqa: F811
+    """The node is listed; its table expired. The refusal said "check the node id, and that the management node
+    has approved it"."""
+    a, b = network["a"], network["b"]
+    a_day_on(monkeypatch, a)
+    with pytest.raises(UnknownPeer) as refusal:
+        a.node.send_text("zhangsan", b.user("lisi"), "在吗")
+    assert str(refusal.value.message) == f"node {b.id} cannot be looked up: {expired_account(a)}"
+    assert a.node.outbox() == []
+
+
+def test_a_group_member_on_an_expired_table_is_refused_naming_the_table(network, monkeypatch):  # noqa: F811
+    a, b = network["a"], network["b"]
+    a_day_on(monkeypatch, a)
+    with pytest.raises(NotFound) as refusal:
+        a.node.create_group("zhangsan", "专班", [b.user("lisi")])
+    assert refusal.value.message.endswith(f"node {b.id} is not in the routing table; no node is: "
+                                          f"{expired_account(a)}")
+
+
+def test_a_caller_on_an_expired_table_is_told_the_receivers_table_expired(network, monkeypatch):  # noqa: F811
+    a, b = network["a"], network["b"]
+    a_day_on(monkeypatch, b)
+    status, body = raw_post(a.node, b, "message", text_envelope(a, b))
+    assert status == 403 and body["error"]["code"] == "unknown_peer"
+    assert body["error"]["message"] == f"node {a.id} cannot be checked: {expired_account(b)}"
+    assert stored_messages(b) == []
+
+
+def test_status_and_the_page_say_the_table_expired_and_why(network, monkeypatch):  # noqa: F811
+    from tests.test_appnode_page import page
+
+    a = network["a"]
+    a_day_on(monkeypatch, a)
+    result = CliRunner().invoke(cli, ["--data", str(a.dir), "status"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[1] == (f"routing table v{a.node.routes.version} (expired at "
+                                             f"{a.node.routes.expires_at}: the management node has not re-signed "
+                                             f"it; ask its operators)")
+    document = json.loads(CliRunner().invoke(cli, ["--data", str(a.dir), "--json", "status"]).stdout)
+    assert document["routes_expired"] and document["routes_expires_at"] == a.node.routes.expires_at
+    assert f"Routing table problem: {expired_account(a)}" in unescape(page(a, "/?user=zhangsan&lang=en"))
+    assert "路由表问题" in page(a, "/?user=zhangsan&lang=zh_CN")
+
+
+def test_the_node_logs_once_that_it_is_left_on_an_expired_table(network, monkeypatch, caplog):  # noqa: F811
+    a = network["a"]
+    a_day_on(monkeypatch, a)
+    with caplog.at_level(logging.INFO, logger="mpim.appnode"):
+        for _ in range(3):
+            assert a.node.sync_routes().expired_at == a.node.routes.expires_at
+    lines = [record.getMessage() for record in caplog.records if record.name == "mpim.appnode"]
+    assert lines == [f"left on an expired table: {expired_account(a)}"]

@@ -20,7 +20,7 @@ import click
 from click.core import ParameterSource
 
 from app.appnode.caller_limit import DEFAULT_THREADS
-from app.appnode.cli_context import Commands, Context, Refused, exit_code, pass_ctx, writing
+from app.appnode.cli_context import NOT_ALL_DONE, Commands, Context, Refused, exit_code, pass_ctx, writing
 from app.appnode.cli_lines import (
     one_per_line,
     outbox_line,
@@ -156,7 +156,8 @@ def status(ctx: Context):
         routes = None
     document = {"node_id": node.node_id if node.joined else None,
                 "route_version": routes.version if routes else None,
-                "routes_expired": routes.expired if routes else False, "outbox": states,
+                "routes_expired": routes.expired if routes else False,
+                "routes_expires_at": routes.expires_at if routes else None, "outbox": states,
                 "certificate_sha256": node.identity.fingerprint() if node.joined else None,
                 "certificate_problem": node.setting("certificate_problem") or None,
                 "registry_problem": node.setting("registry_problem") or None,
@@ -200,8 +201,10 @@ def routes():
 def routes_pull(ctx: Context):
     """Pull the signed routing table now, as the node loop does; a refused table is the command's error."""
     result = ctx.node.sync_routes()
-    ctx.out({"outcome": result.outcome, "version": result.version, "changes": list(result.changes)},
-            pull_lines(result))
+    ctx.out({"outcome": result.outcome, "version": result.version, "changes": list(result.changes),
+             "expired_at": result.expired_at}, pull_lines(result))
+    if result.expired_at is not None:  # the node can look up no peer: not a success, though nothing was refused
+        sys.exit(NOT_ALL_DONE)
 
 
 @routes.command("show")

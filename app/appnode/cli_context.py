@@ -22,8 +22,11 @@ from app.appnode.registry import CannotWrite, RegistryError
 from app.errors import DomainError
 
 # sysexits.h EX_TEMPFAIL, "try again later": the management node put the request off and said for how long.
-# Apart from 1 (the CLI's refusal), 2 (a refusal that stands) and 3 (a message some nodes will not get).
+# Apart from 1 (the CLI's refusal), 2 (a refusal that stands) and NOT_ALL_DONE.
 TRY_LATER = 75
+# The command did what it could and printed its result, which is short of what was asked: a message some nodes
+# will not get, a pull that leaves the node on an expired routing table. A script must not take it for success.
+NOT_ALL_DONE = 3
 
 
 class Refused(click.ClickException):

@@ -17,6 +17,9 @@ from app.routing.client import AcceptResult
 
 Row = TypeVar("Row")
 
+# Why a held routing table stays expired (§5): the management node serves it still, and only its operators can mend it.
+NOT_RESIGNED = "the management node has not re-signed it; ask its operators"
+
 
 def one_per_line(rows: Iterable[Row], line: Callable[[Row], str], empty: str) -> str:
     """A line per row, or `empty` when there are none: a blank answer reads like a fault."""
@@ -35,7 +38,8 @@ def status_lines(document: dict) -> str:
     """`status`, from its JSON: node id, routing table, outbox by state, then any problem, a line each."""
     route_version, states = document["route_version"], document["outbox"]
     lines = [f"node {document['node_id'] or '(not joined)'}",
-             f"routing table v{route_version}" + (" (expired)" if document["routes_expired"] else "")
+             f"routing table v{route_version}" + (f" (expired at {document['routes_expires_at']}: {NOT_RESIGNED})"
+                                                  if document["routes_expired"] else "")
              if route_version is not None else "no routing table yet",
              "outbox " + (", ".join(f"{count} {state}" for state, count in sorted(states.items())) or "empty")]
     if crl := document.get("crl"):
@@ -120,7 +124,10 @@ def history_line(row: dict) -> str:
 
 
 def pull_lines(result: AcceptResult) -> str:
-    """`routes pull`: the version installed and a line per change, or that the table is unchanged."""
+    """`routes pull`: the version installed and a line per change, or that the table is unchanged (and, if it is,
+    that it has expired)."""
+    if result.expired_at is not None:
+        return f"routing table v{result.version} unchanged, and it expired at {result.expired_at}: {NOT_RESIGNED}"
     if result.outcome != "accepted":
         return f"routing table v{result.version} unchanged"
     was = f" (was v{result.previous_version})" if result.previous_version is not None else ""

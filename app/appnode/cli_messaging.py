@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from app.appnode.cli_context import Context, ended_cleanly, pass_ctx, writing
+from app.appnode.cli_context import NOT_ALL_DONE, Context, ended_cleanly, pass_ctx, writing
 from app.appnode.cli_lines import (
     conversation_line,
     download_line,
@@ -48,7 +48,7 @@ def report_sent(ctx: Context, message, document: dict) -> None:
     for peer, reason in undelivered.items():
         click.echo(f"not delivered to node {peer}: {reason}", err=True)
     if undelivered:
-        sys.exit(3)
+        sys.exit(NOT_ALL_DONE)
 
 
 @click.command("send-file")

@@ -82,6 +82,7 @@ class Node(ReceivingMixin, GroupsMixin, GroupHomeMixin, GroupConfirmationMixin, 
         self._caller_refresh = -REFRESH_INTERVAL  # when the receiving side last pulled for a caller not in it
         self._pull_failed_at = -REFRESH_INTERVAL  # when a pull last failed: delivery does not pull for 30 s after
         self._pull_lock = threading.Lock()  # those two pulls: check the interval, pull and record in one step
+        self._expired_logged: str | None = None  # the `expires_at` of the expired table last logged as held still
         self._node_id: str | None = None
         self._delivery_pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()

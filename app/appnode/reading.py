@@ -209,11 +209,13 @@ class ReadingMixin:
 
     def problems(self) -> dict:
         """What the operator should know is wrong, as `status` tells it: the certificate's and the management
-        node's last problem ("" or None: none) and how many outbox envelopes failed or wait, counted in SQL."""
+        node's last problem ("" or None: none), the routing table's expiry (`expired_table`), and how many outbox
+        envelopes failed or wait, counted in SQL."""
         counts = self.outbox_counts(("failed", "pending"))
+        routes = self.expired_table()
         with self.db() as session:
             return {"certificate": get_setting(session, "certificate_problem") or None,
-                    "registry": get_setting(session, "registry_problem") or None,
+                    "registry": get_setting(session, "registry_problem") or None, "routes": routes,
                     "failed": counts.get("failed", 0), "pending": counts.get("pending", 0)}
 
     def health(self) -> dict:

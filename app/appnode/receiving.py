@@ -35,9 +35,9 @@ from app.appnode.store import Group, Message, Received, insert_message, insert_r
 
 class ReceivingMixin:
     """The receiving side of a `Node`. Relies on the node's `db`, `config`, `node_id`, `routes`, `wake`,
-    `_raw`, `_writing`, `_known_users` and `_refresh_for_peer`; hands envelopes to `_accept_group_op` and
-    `_receive_group_request` (GroupsMixin), `_accept_ephemeral` (EphemeralMixin) and `_serve_download`
-    (FilesMixin), and fans group messages out with `_fan_out` (SendingMixin)."""
+    `_raw`, `_writing`, `_known_users`, `_refresh_for_peer` and `expired_table`; hands envelopes to
+    `_accept_group_op` and `_receive_group_request` (GroupsMixin), `_accept_ephemeral` (EphemeralMixin) and
+    `_serve_download` (FilesMixin), and fans group messages out with `_fan_out` (SendingMixin)."""
 
     def receive(self, kind: str, body: bytes, content_type: str | None, peer_certificate: bytes | None) -> Reply:
         if (content_type or "").split(";")[0].strip().lower() != "application/json":
@@ -124,6 +124,8 @@ class ReceivingMixin:
         if self.routes.is_trusted_peer(from_node, fingerprint):
             return
         if self.routes.peek(from_node) is None:
+            if expired := self.expired_table():  # no caller is listed: the caller's operator should know why
+                raise UnknownPeer(f"node {from_node} cannot be checked: {expired}", field="from_node")
             raise UnknownPeer(f"node {from_node} is not in this node's routing table", field="from_node")
         raise CertificateMismatch(f"the client certificate is not the one the routing table lists for {from_node}",
                                   field="from_node")

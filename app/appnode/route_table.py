@@ -22,11 +22,18 @@ log = logging.getLogger("mpim.appnode")
 REFRESH_INTERVAL = 30.0
 
 
+def expired_account(version: int, expires_at: str) -> str:
+    """Why no node can be looked up while the held table has expired (§5): the management node serves it still, not
+    re-signed, which only its operators can mend."""
+    return (f"this node's routing table v{version} expired at {expires_at} and the management node has not "
+            f"re-signed it: ask its operators")
+
+
 class RouteTableMixin(RevocationListsMixin):
     """The routing table of a `Node`. Relies on the node's `db`, `identity`, `registry`, `data_dir`, `node_id`,
     `joined`, `setting`, `_routes`, `_routes_lock`, `_last_refresh`, `_recipient_pull`, `_pull_failed_at`,
-    `_caller_refresh` and `_pull_lock`, and on `adopt_listed_certificate` and `adopt_pending_certificate`
-    (RenewalMixin); the CRLs it checks tables against are RevocationListsMixin's."""
+    `_caller_refresh`, `_pull_lock` and `_expired_logged`, and on `adopt_listed_certificate` and
+    `adopt_pending_certificate` (RenewalMixin); the CRLs it checks tables against are RevocationListsMixin's."""
 
     @property
     def routes(self) -> RouteClient:
@@ -53,12 +60,29 @@ class RouteTableMixin(RevocationListsMixin):
 
     def sync_routes(self):
         """One `GET /api/v1/routes` round through the route client (signature, rollback, freeze, contents). When
-        it fails is noted (`_pull_failed_at`): delivery does not pull again for REFRESH_INTERVAL after."""
+        it fails is noted (`_pull_failed_at`): delivery does not pull again for REFRESH_INTERVAL after. A pull that
+        leaves the node on an expired table (`expired_at`) is logged once per table, not on every pull."""
         try:
-            return self._sync_routes()
+            result = self._sync_routes()
         except Exception:
             self._pull_failed_at = time.monotonic()
             raise
+        if result.expired_at is not None and result.expired_at != self._expired_logged:
+            log.error("left on an expired table: %s", expired_account(result.version, result.expired_at))
+        self._expired_logged = result.expired_at
+        return result
+
+    def expired_table(self) -> str | None:
+        """`expired_account` of the held table once it has expired; None while it is current, when none is held,
+        or before `join` fetched the CA certificates."""
+        try:
+            routes = self.routes
+        except NotJoined:
+            return None
+        version, expires_at = routes.version, routes.expires_at
+        if version is None or expires_at is None or not routes.expired:
+            return None
+        return expired_account(version, expires_at)
 
     def _sync_routes(self):
         node_id = self.node_id
@@ -154,7 +178,7 @@ class RouteTableMixin(RevocationListsMixin):
         refusing a recipient's node pull once, at most once per REFRESH_INTERVAL (a mistyped node id must not
         make every send pull). Waits on the network: call it before the write transaction opens. None when the
         node is in the table; else what to tell the user about the table (`peer_entry`'s `unknown`), so a refusal
-        is not taken for a stale table.
+        is not taken for a stale table, nor for a wrong node id while the table has expired (`expired_table`).
 
         The check of the interval, the pull and its record are one step under `_pull_lock` (a server's threads
         call this at once): two threads finding the same new node would otherwise both pass the check and both
@@ -178,9 +202,9 @@ class RouteTableMixin(RevocationListsMixin):
             return None
         if not wait:
             if time.monotonic() - self._pull_failed_at < REFRESH_INTERVAL:
-                return ", and pulling the table from the management node failed less than 30 s ago"
+                return self._unlisted(", and pulling the table from the management node failed less than 30 s ago")
             if not self._pull_lock.acquire(blocking=False):
-                return ", and a pull of the table from the management node is under way"
+                return self._unlisted(", and a pull of the table from the management node is under way")
         else:
             self._pull_lock.acquire()
         try:
@@ -198,6 +222,8 @@ class RouteTableMixin(RevocationListsMixin):
             self._pull_lock.release()
         if listed():  # this thread's pull, or the one it waited for, lists it
             return None
+        if expired := self.expired_table():  # whatever the pull did, no node is listed: not the node id's fault
+            return f"; no node is: {expired}"
         if failure is not None and self._last_refresh < when:  # no pull has been taken since it failed
             return f", and pulling the table from the management node failed: {failure}"
         ago = time.monotonic() - self._last_refresh
@@ -205,9 +231,17 @@ class RouteTableMixin(RevocationListsMixin):
         return (f" as pulled from the management node {pulled}: check the node id, and that the management "
                 f"node has approved it")
 
+    def _unlisted(self, otherwise: str) -> str:
+        """`_pull_for_recipient`'s account without a pull: the expired table if it has, else `otherwise`."""
+        expired = self.expired_table()
+        return f"; no node is: {expired}" if expired else otherwise
+
     def peer_entry(self, node_id: str, unknown: str | None = None):
-        """The table's entry for `node_id`, or unknown_peer; `unknown` is `_pull_for_recipient`'s account."""
+        """The table's entry for `node_id`, or unknown_peer; `unknown` is `_pull_for_recipient`'s account. While
+        the held table has expired no node is in it, and the refusal says so rather than doubt the node id."""
         entry = self.routes.peek(node_id)
         if entry is None:
+            if expired := self.expired_table():
+                raise UnknownPeer(f"node {node_id} cannot be looked up: {expired}", field="to")
             raise UnknownPeer(f"node {node_id} is not in this node's routing table{unknown or ''}", field="to")
         return entry

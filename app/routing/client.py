@@ -68,12 +68,15 @@ class RouteResponse(Protocol):
 
 @dataclass(frozen=True)
 class AcceptResult:
-    """`accepted` (a new version is held) or `unchanged` (that version was already held)."""
+    """`accepted` (a new version is held) or `unchanged` (that version was already held). `expired_at` is the
+    `expires_at` of an unchanged table that has expired (§5: not used): the management node serves it still, not
+    re-signed, and a pull does not mend it; None otherwise."""
 
     outcome: Literal["accepted", "unchanged"]
     version: int
     previous_version: int | None = None
     changes: tuple[str, ...] = ()
+    expired_at: str | None = None
 
 
 def _utcnow() -> datetime:
@@ -142,6 +145,12 @@ class RouteClient(VerificationMixin, RevocationMixin, StoredTableMixin):
         return held.table["version"] if held else None
 
     @property
+    def expires_at(self) -> str | None:
+        """The held table's `expires_at` (past or not), as it reads, or None."""
+        held = self._current()
+        return held.table["expires_at"] if held else None
+
+    @property
     def expired(self) -> bool:
         """§5: a node must not use a table past `expires_at`; lookups answer nothing until a new one."""
         held = self._current()
@@ -207,7 +216,7 @@ class RouteClient(VerificationMixin, RevocationMixin, StoredTableMixin):
             if held_version is not None and version < held_version:
                 raise RouteRejected("rollback", f"version {version} is older than the held version {held_version}")
             if version == held_version:
-                return AcceptResult("unchanged", version, held_version)
+                return self._unchanged(held)
             if route_document.parse_time(document.get("expires_at"), "expires_at") <= self.now():
                 raise RouteRejected("expired", f"routing table version {version} expired at {document['expires_at']}")
             table = self._next_table(document, held)
@@ -218,6 +227,11 @@ class RouteClient(VerificationMixin, RevocationMixin, StoredTableMixin):
             self._held = new_held
         return AcceptResult("accepted", version, held_version, tuple(changes))
 
+    def _unchanged(self, held: _Held) -> AcceptResult:
+        version = held.table["version"]
+        expired_at = held.table["expires_at"] if self.now() >= held.expires_at else None
+        return AcceptResult("unchanged", version, version, expired_at=expired_at)
+
     # --- pulling ---------------------------------------------------------------------------------
 
     def pull(self, fetch: Callable[[dict[str, str], int | None], RouteResponse], signer_cert_pem: bytes,
@@ -225,15 +239,15 @@ class RouteClient(VerificationMixin, RevocationMixin, StoredTableMixin):
         """One §4 `GET /api/v1/routes` round: `fetch(headers, since)` does the HTTP (URL, session), asking for
         a delta (`?since=<since>`) when `since` is a version and for the full table when it is None (a fetch
         may always ask for the full table); this sends `If-None-Match` for the held version and accepts a 200
-        or takes a 304 as unchanged."""
+        or takes a 304 as unchanged (with `expired_at` when the held table has expired: a 304 does not mend it)."""
         held = self._current()
         held_version = held.table["version"] if held else None
         headers = {"Accept": "application/json"}
         if held_version is not None:
             headers["If-None-Match"] = route_document.etag(held_version)
         response = fetch(headers, _delta_base(held))
-        if response.status == 304 and held_version is not None:
-            return AcceptResult("unchanged", held_version, held_version)
+        if response.status == 304 and held is not None:
+            return self._unchanged(held)
         if response.status != 200:
             raise RouteUnavailable(f"GET /api/v1/routes answered {response.status}")
         signature = _header(response.headers, route_document.SIGNATURE_HEADER)
