@@ -442,3 +442,13 @@ def test_the_node_logs_once_that_it_is_left_on_an_expired_table(network, monkeyp
             assert a.node.sync_routes().expired_at == a.node.routes.expires_at
     lines = [record.getMessage() for record in caplog.records if record.name == "mpim.appnode"]
     assert lines == [f"left on an expired table: {expired_account(a)}"]
+
+
+def test_an_envelope_waiting_on_an_expired_table_says_the_table_expired(network, monkeypatch):  # noqa: F811
+    a, b = network["a"], network["b"]
+    a.node.send_text("zhangsan", b.user("lisi"), "稍后", deliver=False)
+    a_day_on(monkeypatch, a)
+    assert a.node.deliver() == {"delivered": 0, "retry": 1, "failed": 0}
+    [row] = a.node.outbox()
+    assert row.state == "pending" and row.last_error == f"the peer is not in the routing table; no node is: " \
+                                                        f"{expired_account(a)}"

@@ -117,7 +117,8 @@ def retry_after_read(value: str | None, now: datetime | None = None) -> float | 
 class OutboxMixin:
     """Delivery of a `Node`'s queued envelopes. Relies on the node's `db`, `routes`, `peers` (the pinned
     TLS client), `_writing` (the write lock), `_pool_lock` / `_delivery_pool` and `_peer_slots` (a PeerSlots of
-    DELIVERY_PARALLELISM), set up in `Node.__init__`."""
+    DELIVERY_PARALLELISM), set up in `Node.__init__`; on `_pull_for_recipient` and `expired_table`
+    (RouteTableMixin)."""
 
     def _enqueue(self, session: Session, peer: str, kind: str, envelope: dict, *, claim: bool = False) -> int:
         """An outbox row; `claim` marks it taken by the caller, who attempts it right after the commit."""
@@ -239,7 +240,9 @@ class OutboxMixin:
         retry_after = 0.0
         peer_refused = False
         if entry is None:
-            error, retryable, peer_refused = "the peer is not in the routing table", True, True
+            expired = self.expired_table()  # `outbox list` names the cause: the table, not the peer
+            error = "the peer is not in the routing table" + (f"; no node is: {expired}" if expired else "")
+            retryable, peer_refused = True, True
         else:
             body = json.dumps(protocol.restamp(row.envelope), ensure_ascii=False).encode()
             try:
