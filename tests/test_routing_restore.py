@@ -18,19 +18,24 @@ from tests.test_routing import Answer, await_served, pull, session  # noqa: F401
 from tests.test_sessions import admit_with_keys, people  # noqa: F401 (fixture)
 
 
-def restore(app, *, version: int, node: Node) -> None:
+def restore(app, *, version: int, node: Node, forgotten: Node) -> None:
     """What restoring a backup taken at `version` does to what these tests look at: the later versions are
-    gone, and `node`, suspended since, is active again. The workers start afresh, as after a restore."""
+    gone, `node`, suspended since, is active again, and `forgotten`, admitted since, is not known. The workers
+    start afresh, as after a restore."""
     db.session.execute(delete(RouteChange).where(RouteChange.version > version))
     db.session.execute(delete(RouteVersion).where(RouteVersion.version > version))
     db.session.execute(update(Node).where(Node.node_id == node.node_id).values(status="active"))
+    db.session.execute(delete(Node).where(Node.node_id == forgotten.node_id))
     db.session.commit()
     cache_for(app).close()
     del app.extensions["mpim_route_cache"]
 
 
-def test_after_a_restore_nodes_ahead_get_the_full_table_above_what_they_hold(
+def test_after_a_restore_done_in_the_documented_order_every_node_gets_the_registrys_table(
         app, client, session, people, runner, caplog):  # noqa: F811
+    """operations.md, Backup: publish above what nodes hold first, then revoke (suspend) again what was revoked
+    since the backup. Done the other way round, the re-suspension takes a version number the lost history used,
+    and a node holding that lost version gets a delta from the restored one applied to its own table."""
     minister, _ = people
     root, chain = client.get("/ca/ca.pem").data, client.get("/ca/chain.pem").data
     signer = client.get("/ca/route-signer.pem").data
@@ -42,15 +47,18 @@ def test_after_a_restore_nodes_ahead_get_the_full_table_above_what_they_hold(
     other, _ = admit_with_keys(people)  # version 2: the backup is taken here
     behind = RouteClient(root, intermediates=chain)  # a node that held version 2 through it all
     assert behind.pull(fetch, signer).version == 2
-    nodes.suspend(other, "drill", by=minister)  # version 3, lost in the restore
+    late, _ = admit_with_keys(people)  # version 3, lost in the restore with `late` itself
+    on_lost = RouteClient(root, intermediates=chain)  # a node that stopped pulling at the lost version 3
+    assert on_lost.pull(fetch, signer).version == 3 and on_lost.entry(late.node_id) is not None
+    nodes.suspend(other, "drill", by=minister)  # version 4, lost too
     db.session.commit()
-    service.publish("re-sign", force=True)  # version 4, lost too
+    service.publish("re-sign", force=True)  # version 5, lost too
     db.session.commit()
-    await_served(app, 4)
+    await_served(app, 5)
     ahead = RouteClient(root, intermediates=chain)
-    assert ahead.pull(fetch, signer).version == 4 and ahead.entry(other.node_id) is None
+    assert ahead.pull(fetch, signer).version == 5 and ahead.entry(other.node_id) is None
 
-    restore(app, version=2, node=other)
+    restore(app, version=2, node=other, forgotten=late)
     with caplog.at_level(logging.WARNING, logger="mpim.routing"):
         try:
             ahead.pull(fetch, signer)
@@ -59,19 +67,28 @@ def test_after_a_restore_nodes_ahead_get_the_full_table_above_what_they_hold(
             pass
     assert "flask routing publish --above" in caplog.text  # the operator is told what to do
 
-    result = runner.invoke(args=["routing", "publish", "--above", "4", "--json"])
+    # Step 1: publish above the highest version nodes hold.
+    result = runner.invoke(args=["routing", "publish", "--above", "5", "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["version"] == 5
-    await_served(app, 5)
-    # Version 4 is one this database never published: no delta from its history applies to the node's table
-    # (an empty one did, and the node kept `other` out of its table for good); it gets the whole table.
-    answer = json.loads(pull(client, session, "?since=4").data)
-    assert "nodes" in answer and answer["version"] == 5
-    assert ahead.pull(fetch, signer).version == 5 and ahead.entry(other.node_id) is not None
-    # A node holding a version this database did publish gets the delta from it, though it is not 5 - 1.
+    assert json.loads(result.output)["version"] == 6
+    await_served(app, 6)
+    # A node holding a version this database did publish gets the delta from it, though it is not 6 - 1.
     delta = json.loads(pull(client, session, "?since=2").data)
-    assert (delta["since"], delta["version"]) == (2, 5)
-    assert behind.pull(fetch, signer).version == 5 and behind.table == ahead.table
+    assert (delta["since"], delta["version"]) == (2, 6)
+    # Step 2: suspend again what was suspended since the backup (the audit log's copy names it): version 7.
+    nodes.suspend(db.session.get(Node, other.node_id), "drill, again after the restore", by=minister)
+    db.session.commit()
+    await_served(app, 7)
+    # Versions 3 to 5 are ones this database never published: no delta from its history applies to a node's
+    # table holding one (an empty one did, and the node kept `other` out of its table for good); it gets the
+    # whole table.
+    answer = json.loads(pull(client, session, "?since=5").data)
+    assert "nodes" in answer and answer["version"] == 7
+    assert ahead.pull(fetch, signer).version == 7 and ahead.entry(other.node_id) is None
+    assert on_lost.pull(fetch, signer).version == 7
+    assert on_lost.entry(late.node_id) is None, "a node on a lost version kept a node the registry forgot"
+    assert behind.pull(fetch, signer).version == 7
+    assert behind.table == ahead.table == on_lost.table
 
 
 def test_publishing_above_refuses_versions_no_column_holds(app, session, runner):  # noqa: F811
