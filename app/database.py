@@ -140,11 +140,8 @@ def sqlite_write_lock(session: Session | None = None) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def schema_state(connection: Connection | None = None) -> str:
-    """The database's Alembic revision against this code's: "current", "behind" (run `flask db
-    upgrade`: pages that read new columns fail), "ahead" (a newer release migrated it; expected in
-    a rolling upgrade) or "unknown" (no revision recorded). Read on `connection` when given (the
-    caller ends its transaction), else in the session."""
+def schema_revisions() -> tuple[set[str], set[str]]:
+    """This code's Alembic head revisions, and every revision it knows (its migrations)."""
     from alembic.script import ScriptDirectory
     from flask import current_app
 
@@ -153,7 +150,15 @@ def schema_state(connection: Connection | None = None) -> str:
         script = ScriptDirectory(current_app.extensions["migrate"].directory)
         heads = current_app.extensions["mpim_schema_heads"] = (set(script.get_heads()),
                                                                 {rev.revision for rev in script.walk_revisions()})
-    head, known = heads
+    return heads
+
+
+def schema_state(connection: Connection | None = None) -> str:
+    """The database's Alembic revision against this code's: "current", "behind" (run `flask db
+    upgrade`: pages that read new columns fail), "ahead" (a newer release migrated it; expected in
+    a rolling upgrade) or "unknown" (no revision recorded). Read on `connection` when given (the
+    caller ends its transaction), else in the session."""
+    head, known = schema_revisions()
     try:
         recorded = set((connection or db.session).scalars(text("SELECT version_num FROM alembic_version")))
     except Exception:  # no table: never migrated

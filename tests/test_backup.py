@@ -141,3 +141,25 @@ def test_postgresql_is_refused_with_pg_dump_named(app, runner, tmp_path):
     error = json.loads(result.stderr)["error"]
     assert error["code"] == "use_pg_dump" and "pg_dump" in error["message"]
     assert not target.exists()
+
+
+def hold_write_lock(database: Path) -> sqlite3.Connection:
+    """Another process's long write (a migration, a job): the database's write lock, held until closed."""
+    holder = sqlite3.connect(database, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    return holder
+
+
+def test_a_backup_while_another_process_holds_the_write_lock_is_refused_and_keeps_nothing(elsewhere, tmp_path):
+    """It kept the copy, then its audit record failed after the busy timeout with a traceback (even with --json),
+    and the next run found `backup_exists`."""
+    target = tmp_path / "copy.db"
+    holder = hold_write_lock(tmp_path / "srv" / "registry" / "mpim.db")
+    try:
+        result = backup(elsewhere, target, "--json")
+    finally:
+        holder.close()
+    assert result.exit_code == 1, result.output
+    assert json.loads(result.stderr)["error"]["code"] == "database_busy"
+    assert not target.exists() and list(tmp_path.glob(".copy.db.*")) == []
+    assert backup(elsewhere, target).exit_code == 0  # the next run is not refused as `backup_exists`

@@ -4,7 +4,8 @@ The copy is read from the file the registry is configured with (DATABASE_URL, el
 read-only so that a missing file is refused rather than created, through SQLite's online backup (a plain copy
 can catch a write half-done, or miss what is still in the -wal file). It is written beside the target as a
 temporary file (0600: it holds password hashes and the audit log), checked (integrity, an Alembic revision) and
-only then renamed into place. PostgreSQL is backed up with pg_dump.
+only then, under the database's write lock (the backup's audit record needs it), renamed into place. PostgreSQL
+is backed up with pg_dump.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import OperationalError
 
+from app.database import sqlite_write_lock
 from app.errors import Conflict, DomainError, NotFound
 
 
@@ -68,6 +71,7 @@ def back_up(url: URL, target: Path, *, overwrite: bool = False) -> Backup:
     temporary = Path(temporary_name)
     try:
         revision = _copy(source, temporary)
+        _take_write_lock(source)
         _keep(temporary, target, overwrite=overwrite)
     finally:
         temporary.unlink(missing_ok=True)
@@ -100,6 +104,19 @@ def _copy(source: Path, temporary: Path) -> str:
         raise BackupRefused(f"{source} is not a registry database (no Alembic revision: never migrated?).",
                             code="not_a_registry_database")
     return ",".join(sorted(revisions))
+
+
+def _take_write_lock(source: Path) -> None:
+    """The write lock the backup's audit record needs, taken before the copy is kept and held until the caller
+    commits: while another process holds it past the busy timeout (a long migration or job), the copy was kept,
+    its record then failed with a traceback, and the next run with the same name found `backup_exists`."""
+    try:
+        sqlite_write_lock()
+    except OperationalError as error:
+        if "locked" not in str(error) and "busy" not in str(error):
+            raise
+        raise BackupRefused(f"Another process holds {source}'s write lock (a migration, a long job): no backup "
+                            "was kept; try again.", code="database_busy") from None
 
 
 def _exists(target: Path) -> Conflict:
