@@ -50,12 +50,13 @@ def create_app(test_config: dict | None = None) -> Flask:
         importlib.import_module(name).init_app(app)
     from flask_migrate.cli import db as db_commands
 
-    from app.backup.cli import backup_command
+    from app.backup.cli import backup_command, restore_command
     from app.cli_arguments import require_utf8
     from app.cli_schema import require_schema
 
-    # `flask db upgrade` makes the schema the others need; a backup is taken before it, on the older schema.
-    require_schema(app.cli, exempt=(db_commands, backup_command))
+    # `flask db upgrade` makes the schema the others need; a backup is taken before it, on the older schema, and
+    # a restore replaces a database whatever its state.
+    require_schema(app.cli, exempt=(db_commands, backup_command, restore_command))
     require_utf8(app.cli)  # outermost: a usage error is told before the schema is looked at
     if proxies := app.config.get("MPIM_TRUSTED_PROXIES"):
         from werkzeug.middleware.proxy_fix import ProxyFix

@@ -7,7 +7,8 @@ a migration behind, in a traceback on a missing column. One check before each co
 migrated already (a rolling upgrade) is fine.
 
 Not checked: `flask db ...`, which makes the schema, `flask db-backup`, which is run before `flask db upgrade` (it
-checks the copy has a revision), and Flask's own `run`, `shell` and `routes`, which are not in
+checks the copy has a revision), `flask db-restore`, which replaces a database in any state (it checks the
+backup), and Flask's own `run`, `shell` and `routes`, which are not in
 `app.cli` and read no table themselves (`shell` is where an operator looks into a database in any state).
 `--help` exits before any command runs.
 """

@@ -89,6 +89,7 @@ AUDIT_ACTIONS = {
     "ca.revoke_intermediate": _l("Issuing CA (intermediate) revoked"),
     "audit.export": _l("Audit log exported"),
     "database.backup": _l("Database backed up"),
+    "database.restore": _l("Database restored from a backup"),
 }
 # The details app.health.poller writes itself (kept in English in the database and the API); a library's
 # error text (connection, TLS) has no translation and is shown as it is.

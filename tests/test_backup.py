@@ -15,8 +15,10 @@ import stat
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select, text
 
 from app import create_app
+from app.audit.models import AuditRecord
 from app.auth import service as users
 from app.extensions import db
 
@@ -163,3 +165,160 @@ def test_a_backup_while_another_process_holds_the_write_lock_is_refused_and_keep
     assert json.loads(result.stderr)["error"]["code"] == "database_busy"
     assert not target.exists() and list(tmp_path.glob(".copy.db.*")) == []
     assert backup(elsewhere, target).exit_code == 0  # the next run is not refused as `backup_exists`
+
+
+# flask db-restore FILE: the documented restore copied the file over mpim.db, then ran `flask audit verify`, which
+# passed a damaged page outside the audit table, a newer schema, an empty or a foreign database, after the data in
+# place was gone.
+
+def restore(application, *args, **kwargs):
+    return application.test_cli_runner().invoke(args=["db-restore", *map(str, args)], **kwargs)
+
+
+def usernames(application) -> set[str]:
+    with application.app_context():
+        names = set(db.session.scalars(text("SELECT username FROM users")))
+        db.session.remove()
+        db.engine.dispose()
+    return names
+
+
+@pytest.fixture
+def backed_up(elsewhere, tmp_path):
+    """A backup holding `keeper`, and since then `later` added to the database in place."""
+    target = tmp_path / "backups" / "mpim-registry.db"
+    target.parent.mkdir()
+    assert backup(elsewhere, target).exit_code == 0
+    created = elsewhere.test_cli_runner().invoke(args=["users", "create", "--role", "ministry_admin",
+                                                       "--username", "later"])
+    assert created.exit_code == 0, created.output
+    with elsewhere.app_context():
+        db.engine.dispose()
+    assert usernames(elsewhere) == {"keeper", "later"}
+    return target
+
+
+def live(tmp_path) -> Path:
+    return tmp_path / "srv" / "registry" / "mpim.db"
+
+
+def assert_nothing_changed(elsewhere, tmp_path) -> None:
+    assert usernames(elsewhere) == {"keeper", "later"}
+    assert sorted(path.name for path in live(tmp_path).parent.iterdir()
+                  if "before-restore" in path.name or path.name.endswith(".tmp")) == []
+
+
+def test_a_restore_keeps_the_database_it_replaces_and_the_backups_data_is_served(elsewhere, backed_up, tmp_path):
+    result = restore(elsewhere, backed_up, "--yes", "--json")
+    assert result.exit_code == 0, (result.output, result.exception)
+    described = json.loads(result.stdout)
+    assert described["restored"] == str(live(tmp_path)) and described["schema"] == "current"
+    assert described["replaced_newest"]["seq"] > described["backup_newest"]["seq"]  # what the restore loses
+    assert f"audit record #{described['backup_newest']['seq']}" in result.stderr
+    assert usernames(elsewhere) == {"keeper"}
+    kept = Path(described["kept_as"])
+    assert kept.parent == live(tmp_path).parent and kept.name.startswith("mpim.db.before-restore-")
+    with sqlite3.connect(f"{kept.as_uri()}?mode=ro", uri=True) as before:
+        assert {row[0] for row in before.execute("SELECT username FROM users")} == {"keeper", "later"}
+    before.close()
+    assert sorted(path.name for path in live(tmp_path).parent.iterdir() if path.name.endswith(".tmp")) == []
+    with elsewhere.app_context():
+        record = db.session.scalars(select(AuditRecord).order_by(AuditRecord.seq.desc())).first()
+        assert (record.action, record.actor, record.target) == ("database.restore", "cli", str(live(tmp_path)))
+        assert record.seq == described["backup_newest"]["seq"] + 1 and record.detail["kept_as"] == str(kept)
+        db.engine.dispose()
+    verified = elsewhere.test_cli_runner().invoke(args=["audit", "verify", "--json"])
+    assert verified.exit_code == 0 and json.loads(verified.stdout)["ok"]
+
+
+def test_a_restore_not_confirmed_changes_nothing(elsewhere, backed_up, tmp_path):
+    result = restore(elsewhere, backed_up, input="n\n")
+    assert result.exit_code == 1
+    assert "Restore?" in result.stderr and "replaces:" in result.stderr
+    assert_nothing_changed(elsewhere, tmp_path)
+
+
+def damage_users_page(path: Path) -> None:
+    """A damaged page outside the audit table (the page of `users`), which `flask audit verify` never reads."""
+    with sqlite3.connect(path) as connection:
+        page_size = connection.execute("PRAGMA page_size").fetchone()[0]
+        root = connection.execute("SELECT rootpage FROM sqlite_master WHERE name = 'users'").fetchone()[0]
+    connection.close()
+    with open(path, "r+b") as handle:
+        handle.seek(page_size * (root - 1) + 1)  # the page's first free block: read as always, found by the check
+        handle.write(b"\x0f\xf0")
+
+
+def schema_ahead(path: Path) -> None:
+    """What a newer release's migration leaves: a revision this code does not know."""
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE alembic_version SET version_num = '0099_from_a_newer_release'")
+    connection.close()
+
+
+def foreign(path: Path) -> None:
+    path.unlink()
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE t (x)")
+    connection.close()
+
+
+def empty(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+def truncated(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(("spoil", "code"), [
+    (damage_users_page, "backup_corrupt"),
+    (schema_ahead, "backup_schema_unknown"),
+    (foreign, "not_a_registry_database"),
+    (empty, "not_a_registry_database"),
+    (truncated, "backup_failed"),
+])
+def test_a_backup_that_is_not_a_sound_registry_database_of_a_known_schema_is_refused_before_anything_changes(
+        elsewhere, backed_up, tmp_path, spoil, code):
+    spoil(backed_up)
+    result = restore(elsewhere, backed_up, "--yes", "--json")
+    assert result.exit_code == 1, result.output
+    assert json.loads(result.stderr)["error"]["code"] == code
+    assert_nothing_changed(elsewhere, tmp_path)
+
+
+@pytest.mark.parametrize("writing", [False, True])
+def test_a_restore_while_another_process_has_the_database_open_is_refused(elsewhere, backed_up, tmp_path, writing):
+    """A gunicorn worker or the scheduler holds an open connection even when idle; one may be writing."""
+    other = hold_write_lock(live(tmp_path)) if writing else sqlite3.connect(live(tmp_path))
+    try:
+        other.execute("SELECT count(*) FROM users").fetchone()
+        result = restore(elsewhere, backed_up, "--yes", "--json")
+    finally:
+        other.close()
+    assert result.exit_code == 1, result.output
+    assert json.loads(result.stderr)["error"]["code"] == "database_in_use"
+    assert_nothing_changed(elsewhere, tmp_path)
+
+
+def test_a_restore_goes_to_the_file_database_url_names(backed_up, tmp_path, monkeypatch):
+    elsewhere_file = tmp_path / "data" / "registry.db"
+    elsewhere_file.parent.mkdir()
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{elsewhere_file}")
+    application = sqlite_app(tmp_path / "another-instance")
+    result = restore(application, backed_up, "--yes", "--json")
+    assert result.exit_code == 0, (result.output, result.exception)
+    described = json.loads(result.stdout)
+    assert described["restored"] == str(elsewhere_file) and described["kept_as"] is None
+    assert usernames(application) == {"keeper"}
+    assert not (tmp_path / "another-instance" / "mpim.db").exists()
+
+
+@pytest.mark.skipif(not os.environ.get("DATABASE_URL"), reason="PostgreSQL: run with DATABASE_URL")
+def test_postgresql_is_refused_with_pg_restore_named(app, runner, tmp_path):
+    source = tmp_path / "backup.db"
+    source.write_bytes(b"")
+    result = runner.invoke(args=["db-restore", str(source), "--yes", "--json"])
+    assert result.exit_code == 1, result.output
+    error = json.loads(result.stderr)["error"]
+    assert error["code"] == "use_pg_restore" and "pg_restore" in error["message"]

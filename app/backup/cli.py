@@ -1,7 +1,8 @@
-"""`flask db-backup PATH`."""
+"""`flask db-backup PATH` and `flask db-restore FILE`."""
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 
 import click
@@ -9,7 +10,7 @@ from flask.cli import with_appcontext
 
 from app.admission.cli import emit, run
 from app.audit import service as audit
-from app.backup import service
+from app.backup import restore, service
 from app.extensions import db
 
 
@@ -33,3 +34,32 @@ def backup_command(target: Path, overwrite: bool, as_json: bool) -> None:
     emit({"backup": str(made.target), "source": str(made.source), "bytes": made.size, "revision": made.revision,
           "integrity": "ok"}, as_json,
          f"backed up {made.source} to {made.target} ({made.size} bytes, schema {made.revision}, integrity ok)")
+
+
+@click.command("db-restore")
+@click.argument("backup", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@with_appcontext
+def restore_command(backup: Path, yes: bool, as_json: bool) -> None:
+    """Put BACKUP (a `flask db-backup` file) in place of the configured SQLite database, once checked
+    (integrity, a schema revision this code knows) and confirmed; the database it replaces is kept beside it as
+    `<name>.before-restore-<UTC time>`. Refused while another process has the database open: stop the services
+    first. Audited in the restored database. PostgreSQL is refused: restore it with pg_restore."""
+    with ExitStack() as stack:  # the checked copy is removed unless it was put in place
+        plan = run(lambda: stack.enter_context(restore.prepared(db.engine.url, backup)), as_json)
+        replaced = plan.replaced_newest
+        click.echo(f"backup:   {plan.backup} ({plan.backup_newest}, schema {plan.revision})", err=True)
+        click.echo(f"replaces: {plan.database} ({replaced if replaced else 'no file there'}); everything written "
+                   "to it after the backup is lost from the restored database", err=True)
+        if not yes:
+            click.confirm("Restore?", abort=True, err=True)
+        done = run(lambda: restore.apply(plan), as_json)
+    emit({"restored": str(plan.database), "backup": str(plan.backup), "revision": plan.revision,
+          "schema": plan.schema, "kept_as": str(done.kept_as) if done.kept_as else None,
+          "backup_newest": plan.backup_newest.as_dict(),
+          "replaced_newest": replaced.as_dict() if replaced else None}, as_json,
+         f"restored {plan.backup} to {plan.database}"
+         + (f"; the database it replaced is kept as {done.kept_as}" if done.kept_as else "")
+         + ("; its schema is older than this release: run flask db upgrade" if plan.schema == "behind" else "")
+         + "; then follow docs/operations.md, Backup, before starting the services")

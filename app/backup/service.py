@@ -70,7 +70,7 @@ def back_up(url: URL, target: Path, *, overwrite: bool = False) -> Backup:
     os.close(descriptor)  # mkstemp made it 0600; SQLite writes into it as into an empty database
     temporary = Path(temporary_name)
     try:
-        revision = _copy(source, temporary)
+        revision = checked_copy(source, temporary)
         _take_write_lock(source)
         _keep(temporary, target, overwrite=overwrite)
     finally:
@@ -78,7 +78,7 @@ def back_up(url: URL, target: Path, *, overwrite: bool = False) -> Backup:
     return Backup(source=source, target=target, size=target.stat().st_size, revision=revision)
 
 
-def _copy(source: Path, temporary: Path) -> str:
+def checked_copy(source: Path, temporary: Path) -> str:
     """Online backup of `source` into `temporary`, left in rollback-journal mode (one self-contained file, where
     the live database is in WAL mode); the copy's Alembic revision, once the copy has been checked."""
     try:

@@ -1,0 +1,218 @@
+"""`flask db-restore FILE`: a backup put in place of the configured SQLite database (operations: Backup).
+
+Copying the file over `mpim.db` by hand replaced the data before any check, and `flask audit verify` afterwards
+passed a damaged page outside the audit table, a database of a newer schema, an empty or a foreign one. Here the
+backup is first copied beside the database and checked as `flask db-backup` checks its copy (SQLite's integrity
+check, an Alembic revision), and its revision must be one this code knows. The database in place is never
+deleted: it is renamed, with its -wal and -shm files, to `<name>.before-restore-<UTC time>`.
+
+"Another process holds the database" is told by SQLite itself: an exclusive lock (locking_mode=EXCLUSIVE, then
+BEGIN EXCLUSIVE) is refused while any other connection has the WAL database open, idle or not: a gunicorn worker
+that has served a request, the scheduler, another `flask` command. A process that has not opened it yet is not
+seen, so the services are stopped first all the same. PostgreSQL is restored with pg_restore.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy.engine import URL
+
+from app.audit import service as audit
+from app.backup.service import BackupRefused, checked_copy
+from app.database import schema_revisions
+from app.errors import NotFound
+from app.extensions import db
+
+LOCK_WAIT_SECONDS = 1.0  # another connection's open handle does not go away by waiting; a commit in progress does
+
+
+@dataclass(frozen=True)
+class Newest:
+    """A database's newest audit record: what a restore keeps (the backup's) and loses (the replaced one's)."""
+
+    seq: int | None
+    at: str | None
+
+    def as_dict(self) -> dict:
+        return {"seq": self.seq, "at": self.at}
+
+    def __str__(self) -> str:
+        return "no audit record" if self.seq is None else f"audit record #{self.seq} at {self.at} UTC"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A checked copy of `backup` beside `database`, not yet in place."""
+
+    backup: Path
+    database: Path
+    temporary: Path
+    revision: str
+    schema: str  # "current", or "behind": `flask db upgrade` next
+    backup_newest: Newest
+    replaced_newest: Newest | None  # None: there is no database file to replace
+
+
+@dataclass(frozen=True)
+class Restored:
+    plan: Plan
+    kept_as: Path | None
+
+
+def database_file(url: URL) -> Path:
+    """The SQLite file `url` names (it need not exist: a restore onto a new host); refused for another database."""
+    backend = url.get_backend_name()
+    if backend == "postgresql":
+        raise BackupRefused("The database is PostgreSQL: restore it with pg_restore (docs/operations.md, Backup); "
+                            "this command restores the embedded SQLite database.", code="use_pg_restore")
+    if backend != "sqlite":
+        raise BackupRefused(f"The database is {backend}: this command restores the embedded SQLite database only.",
+                            code="not_sqlite")
+    if not url.database or url.database == ":memory:":
+        raise BackupRefused("The database is in memory: there is no file to restore to.", code="not_sqlite")
+    return Path(url.database).absolute()
+
+
+@contextmanager
+def prepared(url: URL, backup: Path) -> Iterator[Plan]:
+    """A checked copy of `backup` beside the configured database, refused unless it is a sound registry database
+    of a schema this code knows; removed on leaving unless `apply` put it in place."""
+    database = database_file(url)
+    backup = backup.absolute()
+    if not backup.is_file():
+        raise NotFound(f"The backup {backup} does not exist or is not a file.", code="backup_missing")
+    if not database.parent.is_dir():
+        raise NotFound(f"The directory {database.parent} does not exist.", code="database_directory_missing")
+    if database.exists() and os.path.samefile(backup, database):
+        raise BackupRefused(f"{backup} is the database itself.", code="backup_is_database")
+    replaced = _newest(database) if database.exists() else None
+    _refuse_if_in_use(database)
+    descriptor, name = tempfile.mkstemp(prefix=f".{database.name}.restore.", suffix=".tmp", dir=database.parent)
+    os.close(descriptor)
+    temporary = Path(name)
+    try:
+        revision = checked_copy(backup, temporary)
+        yield Plan(backup=backup, database=database, temporary=temporary, revision=revision,
+                   schema=_schema_of(backup, revision), backup_newest=_newest(temporary), replaced_newest=replaced)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def apply(plan: Plan) -> Restored:
+    """Put the checked copy in place, the database it replaces kept aside; audited in the restored database (the
+    caller commits). Refused while another process has the database open."""
+    db.engine.dispose()  # this process's own connections are not "another process"
+    kept_as = None
+    with _exclusive(plan.database) as holder:
+        if holder is not None:
+            holder.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # what the -wal holds goes into the file kept aside
+        if plan.database.exists():
+            kept_as = _aside(plan.database)
+            for suffix in ("", "-wal", "-shm"):
+                current = Path(f"{plan.database}{suffix}")
+                if current.exists():
+                    os.rename(current, f"{kept_as}{suffix}")
+        with open(plan.temporary, "rb") as handle:
+            os.fsync(handle.fileno())
+        if kept_as is not None:
+            _same_owner_and_mode(kept_as, plan.temporary)
+        os.replace(plan.temporary, plan.database)
+        _sync_directory(plan.database.parent)
+    db.engine.dispose()
+    audit.record("database.restore", str(plan.database), {
+        "backup": str(plan.backup), "revision": plan.revision, "kept_as": str(kept_as) if kept_as else None,
+        "backup_newest": plan.backup_newest.as_dict(),
+        "replaced_newest": plan.replaced_newest.as_dict() if plan.replaced_newest else None}, actor="cli")
+    return Restored(plan=plan, kept_as=kept_as)
+
+
+def _schema_of(backup: Path, revision: str) -> str:
+    heads, known = schema_revisions()
+    recorded = set(revision.split(","))
+    if recorded == heads:
+        return "current"
+    if recorded <= known:
+        return "behind"
+    raise BackupRefused(f"{backup} has schema revision {revision}, which this version of the registry does not "
+                        "know (a newer release made it, or another application): restore it with the release that "
+                        "made it.", code="backup_schema_unknown")
+
+
+def _newest(path: Path) -> Newest:
+    """The newest audit record `path` holds; none for a database without one or that cannot be read."""
+    try:
+        connection = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+        try:
+            row = connection.execute("SELECT seq, at FROM audit_records ORDER BY seq DESC LIMIT 1").fetchone()
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError:  # not a database, damaged, no audit table
+        return Newest(None, None)
+    return Newest(row[0], str(row[1])) if row else Newest(None, None)
+
+
+def _refuse_if_in_use(database: Path) -> None:
+    with _exclusive(database):
+        pass
+
+
+@contextmanager
+def _exclusive(database: Path) -> Iterator[sqlite3.Connection | None]:
+    """The database locked against every other connection while the block runs; None when there is no file, or
+    one SQLite cannot read (a damaged database is what a restore replaces, and no other process can use it)."""
+    if not database.exists():
+        yield None
+        return
+    holder = sqlite3.connect(database, timeout=LOCK_WAIT_SECONDS, isolation_level=None)
+    try:
+        try:
+            holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+            holder.execute("BEGIN EXCLUSIVE")
+            holder.execute("COMMIT")  # in exclusive locking mode the lock stays until the connection closes
+        except sqlite3.OperationalError as error:
+            if "locked" in str(error) or "busy" in str(error):
+                raise BackupRefused(f"Another process has {database} open (gunicorn, the scheduler, another flask "
+                                    "command): stop the services, then restore.", code="database_in_use") from None
+            holder.close()
+            holder = None
+        except sqlite3.DatabaseError:
+            holder.close()
+            holder = None
+        yield holder
+    finally:
+        if holder is not None:
+            holder.close()
+
+
+def _aside(database: Path) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    kept = database.with_name(f"{database.name}.before-restore-{stamp}")
+    number = 1
+    while kept.exists():  # two restores in one second: never replace the first one's
+        number += 1
+        kept = database.with_name(f"{database.name}.before-restore-{stamp}-{number}")
+    return kept
+
+
+def _same_owner_and_mode(model: Path, path: Path) -> None:
+    """The restored file as the service knew the one it replaces (a restore run as root, for a service user)."""
+    status = model.stat()
+    os.chmod(path, status.st_mode & 0o777)
+    if os.geteuid() == 0:
+        os.chown(path, status.st_uid, status.st_gid)
+
+
+def _sync_directory(directory: Path) -> None:
+    handle = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
