@@ -690,3 +690,20 @@ def test_times_inside_a_records_detail_are_shown_in_the_consoles_zone(admin_cons
     stored = db.session.scalar(select(AuditRecord).where(AuditRecord.action == "token.create"))
     assert stored.detail["expires_at"] == "2026-12-13 07:18:53+00:00"
     assert service.verify().ok
+
+
+
+def test_verifying_an_empty_audit_log_warns(tmp_path, monkeypatch):
+    """An empty or foreign database passed `flask audit verify` (0 records checked, chain intact) with nothing to
+    say it was not the registry's log: after a restore by hand that was the only check."""
+    from tests.test_backup import sqlite_app
+
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    application = sqlite_app(tmp_path)
+    runner = application.test_cli_runner()
+    assert runner.invoke(args=["db", "upgrade"]).exit_code == 0
+    result = runner.invoke(args=["audit", "verify", "--json"])
+    with application.app_context():
+        db.engine.dispose()
+    assert result.exit_code == 0 and json.loads(result.stdout)["checked"] == 0
+    assert "warning: the audit log holds no record" in result.stderr
