@@ -674,3 +674,88 @@ def test_a_renewal_while_the_route_signer_in_use_is_revoked_is_put_off_without_t
     assert response.headers["Retry-After"] and serial.encode() not in response.data
     assert db.session.scalar(db.select(db.func.count()).select_from(Certificate)
                              .where(Certificate.node_id == node.node_id)) == 1
+
+
+def database_from_before_a_rotation(app, runner, command: str, name: str) -> tuple[str, str]:
+    """Rotate a service pair, then forget its row, as a database restored from a backup taken before the rotation
+    (beside the CA directory kept as it is) does. (serial before, serial in use now)."""
+    from app.pki.models import Certificate
+
+    directory = Path(app.config["MPIM_CA_DIR"])
+    before = format(x509.load_pem_x509_certificate((directory / name).read_bytes()).serial_number, "x")
+    rotated = runner.invoke(args=["ca", command])
+    assert rotated.exit_code == 0, rotated.output
+    in_use = format(x509.load_pem_x509_certificate((directory / name).read_bytes()).serial_number, "x")
+    db.session.execute(delete(Certificate).where(Certificate.serial == in_use))
+    db.session.commit()
+    return before, in_use
+
+
+@pytest.mark.parametrize(("command", "name"), [("rotate-route-signer", "route-signer.pem"),
+                                               ("rotate-management-certificate", "management.pem")])
+def test_a_database_from_before_a_service_pair_rotation_is_a_503_naming_the_certificate_and_the_command(
+        app, client, runner, admin_console, command, name):
+    """A database restored alone, the CA directory kept: the pair in use was unknown to the database, so `flask ca
+    list` showed the one before as valid and `flask ca revoke` of the one in use (the documented answer to a leaked
+    key) said "No certificate with serial"; /healthz said ok. It is a 503 naming the certificate; the rotation it
+    names records the certificate in use before replacing it, which can then be revoked."""
+    from app.pki import revocation
+
+    before, in_use = database_from_before_a_rotation(app, runner, command, name)
+    as_a_process_starting_now(app)
+    response = client.get("/healthz")
+    assert response.status_code == 503 and response.get_json()["ca"] == "database_mismatch"
+    assert in_use.encode() not in response.data  # the reason is for the log and the admins
+    admin_console.client.get("/lang/en")
+    page = admin_console.client.get("/").get_data(as_text=True)
+    assert f"{name} (certificate {in_use}), is not in the database" in page
+    assert f"flask ca {command}" in page
+
+    recovered = runner.invoke(args=["ca", command])
+    assert recovered.exit_code == 0, recovered.output
+    assert f"recorded {in_use}" in recovered.output
+    response = client.get("/healthz")
+    assert response.status_code == 200 and response.get_json()["ca"] == "ok"
+    listed = runner.invoke(args=["ca", "list"]).output
+    assert in_use in listed and before in listed
+    revoked = runner.invoke(args=["ca", "revoke", in_use, "--reason", "key_compromise", "--user", "minister"])
+    assert revoked.exit_code == 0, revoked.output
+    crl = x509.load_der_x509_crl(revocation.current_crl().der)
+    assert crl.get_revoked_certificate_by_serial_number(int(in_use, 16)) is not None
+
+
+def test_an_empty_database_beside_a_ca_directory_is_a_503_and_every_command_says_restore(app, client, runner,
+                                                                                         admin_console):
+    """`flask db upgrade` on an empty database beside a CA directory: /healthz said ok while /ca/crl.crl answered
+    503, `flask ca crl` said to run `flask ca init`, and `flask ca init` refused because a CA exists."""
+    from app.pki.models import Certificate
+
+    db.session.execute(delete(CRLState))
+    db.session.execute(delete(Certificate))
+    db.session.commit()
+    as_a_process_starting_now(app)
+    response = client.get("/healthz")
+    assert response.status_code == 503 and response.get_json()["ca"] == "database_mismatch"
+    assert "但数据库中没有它的任何记录" in admin_console.client.get("/").get_data(as_text=True)
+    admin_console.client.get("/lang/en")
+    page = admin_console.client.get("/").get_data(as_text=True)
+    assert "the database holds no record of it" in page and "Restore the database backed up with" in page
+    for args in (["ca", "crl"], ["ca", "init"]):
+        result = runner.invoke(args=args)
+        assert result.exit_code != 0 and "flask ca init" not in result.output.replace("`flask ca init` refuses", "")
+        assert "Restore the database backed up with" in result.output, result.output
+    answer = client.get("/ca/crl.crl")
+    assert answer.status_code == 503 and "flask ca init" not in answer.get_json()["error"]["message"]
+
+
+def test_a_ca_directory_of_another_registry_beside_the_database_is_a_503(app, client, admin_console, tmp_path):
+    """The database's CRL was signed by another issuing CA than the one in MPIM_CA_DIR."""
+    other = tmp_path / "other-ca"
+    authority.init_ca(other, b"test-ca-passphrase", service.ca_config())
+    app.config["MPIM_CA_DIR"] = str(other)
+    as_a_process_starting_now(app)
+    response = client.get("/healthz")
+    assert response.status_code == 503 and response.get_json()["ca"] == "database_mismatch"
+    admin_console.client.get("/lang/en")
+    page = admin_console.client.get("/").get_data(as_text=True)
+    assert "signed by another issuing CA" in page and str(other) in page

@@ -1,4 +1,5 @@
-"""`flask ca init|root-offline|root-crl|revoke-intermediate|list|show|revoke|crl|rotate-route-signer|renew`."""
+"""`flask ca init|root-offline|root-crl|revoke-intermediate|list|show|revoke|crl|rotate-route-signer|
+rotate-management-certificate|renew`."""
 
 from __future__ import annotations
 
@@ -180,8 +181,29 @@ def revoke_intermediate_command(reason, root_key, above, username, yes, as_json)
 @click.option("--json", "as_json", is_flag=True)
 def rotate_command(as_json):
     """A new route-signing key and certificate now; the routing table is re-signed with it."""
-    row = run(lambda: own_keys.rotate_route_signer(actor="cli"), as_json)
-    emit(certificate_dict(row), as_json, f"new route signer {row.sha256}; nodes pick it up from /ca/route-signer.pem")
+    rotation = run(lambda: own_keys.rotate("route_signer", actor="cli"), as_json)
+    emit_rotation(rotation, as_json, f"new route signer {rotation.certificate.sha256}; nodes pick it up from "
+                                     "/ca/route-signer.pem")
+
+
+@cli.command("rotate-management-certificate")
+@click.option("--json", "as_json", is_flag=True)
+def rotate_management_command(as_json):
+    """A new TLS key and certificate for the management node's health polls now."""
+    rotation = run(lambda: own_keys.rotate("management", actor="cli"), as_json)
+    emit_rotation(rotation, as_json, f"new management certificate {rotation.certificate.sha256}; health polls "
+                                     "present it from their next round")
+
+
+def emit_rotation(rotation: own_keys.Rotation, as_json: bool, line: str) -> None:
+    """The new certificate; and the one replaced, when the rotation recorded it (a database older than the CA
+    directory did not know it): its serial is what `flask ca revoke` takes, should its key have leaked."""
+    recorded = rotation.recorded
+    if recorded is not None:
+        line = (f"recorded {recorded.serial}, the {recorded.kind} in use, which the database did not know; "
+                f"revoke it with `flask ca revoke {recorded.serial}` if its key may have leaked\n{line}")
+    emit({**certificate_dict(rotation.certificate), "recorded": recorded.serial if recorded else None}, as_json,
+         line)
 
 
 @cli.command("renew")

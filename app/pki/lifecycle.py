@@ -28,6 +28,12 @@ def initialise(*, key_type: str | None = None, actor: str = "cli", generate_pass
         raise ca.CAAlreadyInitialised(
             f"{service.missing_ca_message()} A new CA here would be one that no admitted node trusts, so "
             "`flask ca init` refuses.", code="ca_files_missing")
+    if service.is_ready() and not service.database_holds_ca():
+        from app.i18n import english
+        from app.pki import agreement
+
+        raise ca.CAAlreadyInitialised(f"{english(agreement.no_records_message())} `flask ca init` refuses to make a "
+                                      f"second CA in {service.ca_directory()}.", code="database_mismatch")
     config = service.ca_config()
     if key_type:
         config = ca.CAConfig(**{**config.__dict__, "key_type": key_type})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from flask_babel import LazyString
 from flask_babel import lazy_gettext as _l
@@ -95,33 +96,56 @@ def health_check() -> tuple[str, bool, str]:
     return ("ok", True, "") if row is None else ("revoked", False, english(revoked_route_signer_message(row)))
 
 
+class Rotation(NamedTuple):
+    certificate: Certificate  # the new pair's
+    recorded: Certificate | None  # the replaced pair's, recorded now: the database did not know it (`agreement`)
+
+
+def rotate(kind: str, *, actor: str) -> Rotation:
+    """A new pair for "route_signer" (the routing table is then re-signed with it: `route_signer_changed`) or
+    "management" (health polling picks it up on its next round). The pair replaces the one in use only when
+    the transaction commits (`_rotate`)."""
+    rotation = _rotate("route-signer" if kind == "route_signer" else "management", kind, actor)
+    if kind == "route_signer":
+        for hook in service.route_signer_changed:
+            hook(actor)
+    return rotation
+
+
 def rotate_route_signer(*, actor: str) -> Certificate:
-    """A new route-signing pair; the routing table is then re-signed with it (`route_signer_changed`).
-    The pair replaces the one in use only when the transaction commits (`_rotate`)."""
-    row = _rotate("route-signer", "route_signer", actor)
-    for hook in service.route_signer_changed:
-        hook(actor)
-    return row
+    return rotate("route_signer", actor=actor).certificate
 
 
 def rotate_management_certificate(*, actor: str) -> Certificate:
-    """A new TLS identity for the management node (health polling picks it up on its next round)."""
-    return _rotate("management", "management", actor)
+    return rotate("management", actor=actor).certificate
 
 
-def _rotate(role: ServiceRole, kind: str, actor: str) -> Certificate:
+def _rotate(role: ServiceRole, kind: str, actor: str) -> Rotation:
     """Stage a new pair and record its certificate. Its files go in place of the pair in use after the commit
     (`_install_committed`), so a commit that fails leaves the pair in use where it was, on disk and in every
     process, instead of a key the database never recorded; the staged files are then removed
-    (`_discard_uncommitted`). The outermost transaction decides: no caller rotates inside a savepoint."""
-    from app.pki import intermediate
+    (`_discard_uncommitted`). The outermost transaction decides: no caller rotates inside a savepoint.
+
+    The pair in use is recorded first when the database does not know it (one restored from a backup taken
+    before it was made, beside the CA directory kept): it was issued and may be in nodes' hands, so it must be
+    listed, and revocable if its key leaked. Refused (503 database_mismatch) with a database that is not the
+    CA directory's: a row there would claim for its CA a certificate another CA issued."""
+    from app.pki import agreement, intermediate
 
     intermediate.require_not_revoked()  # nodes would refuse the new pair as what it replaces
     loaded = service.authority()
+    other_ca = agreement.other_ca_reason(loaded.intermediate_certificate)
+    if other_ca is not None:
+        raise service.CANotReady(other_ca, code="database_mismatch")
     db.session.connection()  # begin the transaction the staged pair belongs to
+    in_use = loaded.route_signer_certificate if role == "route-signer" else loaded.management_certificate
+    recorded = None
+    if db.session.get(Certificate, format(in_use.serial_number, "x")) is None:
+        recorded = service.store(in_use, kind, None, actor, action="certificate.record",
+                                 issued_at=in_use.not_valid_before_utc)
     staged = loaded.stage_service_pair(role)
     db.session.info.setdefault(STAGED, []).append((loaded, staged))
-    return service.store(staged.certificate, kind, None, actor)
+    return Rotation(service.store(staged.certificate, kind, None, actor), recorded)
 
 
 def _staged_in_transaction(role: ServiceRole) -> StagedServicePair | None:

@@ -101,11 +101,17 @@ def _what_loading_depends_on(directory) -> tuple:
 
 def health_check() -> tuple[str, bool, str]:
     """`console.health_checks`' "ca": /healthz and the start-up log. A CA this process can sign with whose
-    intermediate the root revoked is "intermediate_revoked", not serving: nothing it signs is worth anything."""
-    from app.pki import intermediate
+    intermediate the root revoked is "intermediate_revoked", not serving: nothing it signs is worth anything.
+    One the database does not know (a database and a CA directory restored from different moments, or of
+    different registries: `agreement`) is "database_mismatch", not serving: what it signs cannot be listed
+    or revoked here."""
+    from app.pki import agreement, intermediate
 
     found = condition()
     if found.state == "ok":
+        mismatch = agreement.mismatch()
+        if mismatch:
+            return "database_mismatch", False, " ".join(english(reason) for reason in mismatch)
         revoked = intermediate.revocation_of_current()
         if revoked is not None:
             return "intermediate_revoked", False, english(intermediate.revoked_message(revoked))

@@ -246,6 +246,10 @@ def current_crl(which: int = INTERMEDIATE_CRL) -> CRLState:
         # No root CRL while the intermediate's exists: a CA from before root CRLs. Neither: no CA at all, and
         # `flask ca root-crl` would refuse too.
         first = which == INTERMEDIATE_CRL or db.session.get(CRLState, INTERMEDIATE_CRL) is None
+        if first and service.is_ready():  # the CA directory holds a CA `flask ca init` refuses to overwrite
+            from app.pki import agreement
+
+            raise service.CANotReady(agreement.no_records_message(), code="database_mismatch")
         raise service.CANotReady("No CRL has been issued: run `flask ca init`." if first else
                                  "No root CRL has been issued: run `flask ca root-crl --root-key PATH`.")
     return state

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
@@ -202,9 +203,11 @@ def require_key_unused(key_sha256: str, node_id: str | None, *, by=None) -> None
 
 
 def store(certificate: x509.Certificate, kind: str, node_id: str | None, actor: str, *,
-          key_sha256: str | None = None) -> Certificate:
-    """Insert the certificate's row and its audit entry; returns the row, persistent in the session.
-    `key_sha256`: the key's fingerprint when the caller has it already (issuance checked it).
+          key_sha256: str | None = None, action: str = "certificate.issue",
+          issued_at: datetime | None = None) -> Certificate:
+    """Insert the certificate's row and its audit entry (`action`); returns the row, persistent in the session.
+    `key_sha256`: the key's fingerprint when the caller has it already (issuance checked it). `issued_at`: for a
+    certificate issued before, which the database did not know ("certificate.record"); else now.
 
     The row goes in as a plain table insert and is then attached to the session as already loaded
     (`make_transient_to_detached`), so it behaves like any queried row (changes to it are flushed)
@@ -216,12 +219,12 @@ def store(certificate: x509.Certificate, kind: str, node_id: str | None, actor: 
         key_description=csr_policy.describe_key(certificate.public_key()),
         pem=certificate.public_bytes(serialization.Encoding.PEM).decode(),
         not_before=certificate.not_valid_before_utc, not_after=certificate.not_valid_after_utc,
-        issued_at=utcnow(), issued_by=actor, revoked_at=None, revocation_reason=None)
+        issued_at=issued_at or utcnow(), issued_by=actor, revoked_at=None, revocation_reason=None)
     db.session.flush()  # a plain insert does not autoflush: a just-admitted node's row goes in first
     db.session.execute(INSERT_CERTIFICATE, {column: getattr(row, column) for column in CERTIFICATE_COLUMNS})
     make_transient_to_detached(row)
     db.session.add(row)
-    audit.record("certificate.issue", row.serial, {"kind": kind, "node": node_id, "sha256": row.sha256,
+    audit.record(action, row.serial, {"kind": kind, "node": node_id, "sha256": row.sha256,
                                                    "not_after": row.not_after}, actor=actor)
     return row
 

@@ -15,7 +15,7 @@ from app.console.pages import shows_page
 from app.database import paginate
 from app.errors import DomainError
 from app.extensions import db
-from app.pki import intermediate, inventory, own_keys, published, readiness, revocation, service
+from app.pki import agreement, intermediate, inventory, own_keys, published, readiness, revocation, service
 from app.pki.forms import RenewForm
 from app.pki.models import Certificate
 
@@ -202,8 +202,9 @@ CA_UNUSABLE = {
 
 def banner(user) -> list[dict]:
     """Ministry admins are told at once when the CA cannot sign (before an approval fails on it), when the root
-    revoked the intermediate (nothing it signs counts) and when the route signer in use is revoked (no table is
-    published); they and auditors see the CA's certificates expiring."""
+    revoked the intermediate (nothing it signs counts), when the database does not know the CA directory's
+    certificates (`agreement`) and when the route signer in use is revoked (no table is published); they and
+    auditors see the CA's certificates expiring."""
     if user.role not in ("ministry_admin", "auditor"):
         return []
     found = readiness.condition()
@@ -216,6 +217,10 @@ def banner(user) -> list[dict]:
             "state); /healthz answers 503. Detail: %(reason)s", reason=found.reason))}]
     banners = []
     if found.state == "ok" and user.role == "ministry_admin":
+        mismatch = agreement.mismatch()
+        if mismatch:
+            banners.append({"kind": "error", "text": " ".join(str(reason) for reason in mismatch) + " " + str(_l(
+                "/healthz answers 503 until the database and the CA directory agree."))})
         revoked_intermediate = intermediate.revocation_of_current()
         if revoked_intermediate is not None:
             banners.append({"kind": "error", "text": str(intermediate.revoked_message(revoked_intermediate))})
