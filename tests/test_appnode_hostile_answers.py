@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import sys
 import tempfile
 import threading
 import time
@@ -16,6 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from app import readable
 from app.appnode import outbox
 from app.appnode.node import Node
 from app.appnode.protocol import Unavailable
@@ -267,6 +269,29 @@ def test_a_200_that_is_no_acknowledgement_of_the_message_is_retried_not_taken_as
     [row] = a.node.outbox()
     assert (row.message_id, row.state, row.attempts) == (message.message_id, "pending", 1)
     assert row.last_error.startswith("HTTP 200 without an acknowledgement of this envelope")
+
+
+def test_an_acknowledged_envelope_is_delivered_without_its_answer_written_out_as_an_error(network):  # noqa: F811
+    """A delivered row keeps no error, so the answer is escaped for one (`bounded_line`) only when it is no
+    acknowledgement: escaping every acknowledgement anyway, character by character, cost each delivery about a
+    fifth more instructions on the sending node (bench/messages.py)."""
+    a, b = network["a"], network["b"]
+    written = []
+
+    def watch(frame, event, arg):
+        if event == "call" and frame.f_code is readable.bounded_line.__code__:
+            written.append(frame.f_locals["value"])
+
+    sys.setprofile(watch)
+    threading.setprofile(watch)
+    try:
+        message = a.node.send_text("zhangsan", b.user("lisi"), "到了吗")
+    finally:
+        threading.setprofile(None)
+        sys.setprofile(None)
+    [row] = a.node.outbox()
+    assert (row.message_id, row.state, row.last_error) == (message.message_id, "delivered", None)
+    assert written == []
 
 
 def test_a_group_request_answered_200_without_an_acknowledgement_is_queued_not_accepted(network):  # noqa: F811
