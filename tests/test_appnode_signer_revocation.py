@@ -11,13 +11,15 @@ from __future__ import annotations
 import threading
 import urllib.error
 import urllib.request
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
 from werkzeug.serving import make_server
 
+from app.appnode.node import Node
 from app.extensions import db
 from app.pki import own_keys, revocation
 from app.pki import service as pki
@@ -195,3 +197,100 @@ def test_without_a_crl_the_held_table_is_kept_and_no_new_table_is_taken(network,
     a.node.registry.base_url = interposer.upstream
     assert a.node.sync_routes().version == routing.head().version
     assert crl_file.exists()
+
+
+def foreign_pki():
+    """Whoever sits between a node and an http:// management node (or runs a TLS-terminating proxy) makes a root,
+    an intermediate and a route signer of their own, named as the management node names its own, with their
+    CRLs: each the profile the node asks for, none chaining to the root the node took at join."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    loaded = pki.authority()
+    now = datetime.now(UTC)
+    keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(3)]
+
+    def certificate(subject, key, issuer, issuer_key, *, ca):
+        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(hours=1))
+                   .not_valid_after(now + timedelta(days=30))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if not ca:
+            builder = builder.add_extension(x509.ExtendedKeyUsage([document.ROUTE_SIGNER_USAGE]), critical=False)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    def revocation_list(issuer, key):
+        return (x509.CertificateRevocationListBuilder().issuer_name(issuer).last_update(now - timedelta(minutes=1))
+                .next_update(now + timedelta(days=7)).add_extension(x509.CRLNumber(999999), critical=False)
+                .sign(key, hashes.SHA256()).public_bytes(Encoding.DER))
+
+    root_name, intermediate_name = loaded.root_certificate.subject, loaded.intermediate_certificate.subject
+    root = certificate(root_name, keys[0], root_name, keys[0], ca=True)
+    intermediate = certificate(intermediate_name, keys[1], root_name, keys[0], ca=True)
+    signer = certificate(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "route signer")]), keys[2],
+                         intermediate_name, keys[1], ca=False)
+    return {"key": keys[2], "signer": signer, "ca.pem": root.public_bytes(Encoding.PEM),
+            "chain.pem": intermediate.public_bytes(Encoding.PEM),
+            "crl.crl": revocation_list(intermediate_name, keys[1]),
+            "root-crl.crl": revocation_list(root_name, keys[0])}
+
+
+def test_a_registry_answering_another_root_changes_no_trust_anchor_and_its_table_is_refused(network,  # noqa: F811
+                                                                                          interposer):
+    """A table refused as `bad_signer` was taken for a rotation, and the node wrote whatever root, chain and signer
+    the management node's address served over its trust anchor (tls/ca.pem) and its peers' bundle: the next process
+    trusted the forger's root and took its table, pointing a peer at the forger. The root taken at join is kept;
+    a signer fetched is taken only if it chains to it."""
+    a, b = network["a"], network["b"]
+    tls = a.node.identity
+    kept_files = (tls.ca_file, tls.chain_file, tls.bundle_file, tls.signer_file)
+    kept = {path.name: path.read_bytes() for path in kept_files}
+    genuine = routing.head().version
+    forged = foreign_pki()
+    a.node.registry.base_url = interposer.url
+    answer_with_forged_table(interposer, forged["key"], forged["signer"], version=genuine + 1000, moved=b.id)
+    for name in ("ca.pem", "chain.pem", "crl.crl", "root-crl.crl"):
+        interposer.answers[f"/ca/{name}"] = (200, {"Content-Type": "application/octet-stream"}, forged[name])
+
+    for _ in range(2):  # `routes pull` twice
+        with pytest.raises(RouteRejected) as refused:
+            a.node.sync_routes()
+        assert refused.value.code == "bad_signer"
+    assert {path.name: path.read_bytes() for path in kept_files} == kept
+    assert not any(exchange.path == "/ca/ca.pem" for exchange in interposer.exchanges)
+
+    restarted = Node(a.dir)  # the next process over the same data directory
+    try:
+        restarted.registry.base_url = interposer.url
+        with pytest.raises(RouteRejected) as refused:
+            restarted.sync_routes()
+        assert refused.value.code == "bad_signer"
+        assert restarted.routes.version == genuine
+        assert restarted.routes.peek(b.id)["endpoint"] == b.node.config.endpoint
+    finally:
+        restarted.close()
+    assert {path.name: path.read_bytes() for path in kept_files} == kept
+
+
+def test_a_rotated_signer_is_kept_without_the_stray_certificates_served_beside_it(network, interposer):  # noqa: F811
+    """A genuine rotation, the signer and chain served with another root appended: the new signer is kept, and
+    nothing else served reaches the trust anchor, the chain or the bundle peers are checked against."""
+    a = network["a"]
+    tls = a.node.identity
+    kept_files = (tls.ca_file, tls.chain_file, tls.bundle_file)
+    kept = {path.name: path.read_bytes() for path in kept_files}
+    stray = foreign_pki()["ca.pem"]
+    version = a.node.routes.version
+    rotated = own_keys.rotate_route_signer(actor="tests")
+    db.session.commit()
+    a.node.registry.base_url = interposer.url
+    _, certificate = own_keys.route_signer()
+    genuine_chain = pki.authority().intermediate_certificate.public_bytes(Encoding.PEM)
+    interposer.answers["/ca/route-signer.pem"] = (200, {}, certificate.public_bytes(Encoding.PEM) + stray)
+    interposer.answers["/ca/chain.pem"] = (200, {}, genuine_chain + stray)
+
+    assert a.node.sync_routes().version == version + 1
+    assert tls.signer_file.read_bytes() == certificate.public_bytes(Encoding.PEM)
+    assert document.certificate_fingerprint(certificate) == rotated.sha256
+    assert {path.name: path.read_bytes() for path in kept_files} == kept

@@ -231,14 +231,23 @@ class RegistryClient:
         return failure
 
     def fetch_ca(self) -> None:
-        """The trust anchor, the issuing chain and the route signer (SPEC §4 `/ca/*`)."""
-        parts = {}
-        for name in ("ca.pem", "chain.pem", "route-signer.pem"):
-            result = self.request("GET", f"/ca/{name}")
-            if result.status != 200:
-                raise self.fail(result, f"GET /ca/{name}")
-            parts[name] = result.body
+        """The trust anchor, the issuing chain and the route signer (SPEC §4 `/ca/*`), kept as they come: only
+        when applying to join, the one moment the node takes a root on the management node's word. Afterwards
+        the root is never fetched again (`fetch_signer`); a new root means enrolling again (docs/operations.md)."""
+        parts = {name: self._fetch_ca_file(name) for name in ("ca.pem", "chain.pem", "route-signer.pem")}
         self.identity.store_ca(parts["ca.pem"], parts["chain.pem"], parts["route-signer.pem"])
+
+    def fetch_signer(self) -> tuple[bytes, bytes]:
+        """The route signer certificate and the issuing chain the management node serves (`/ca/route-signer.pem`,
+        `/ca/chain.pem`), as they come and kept nowhere: the caller takes them only once they chain to the root
+        the node holds and a table they sign is accepted (a rotation of the signer)."""
+        return self._fetch_ca_file("route-signer.pem"), self._fetch_ca_file("chain.pem")
+
+    def _fetch_ca_file(self, name: str) -> bytes:
+        result = self.request("GET", f"/ca/{name}")
+        if result.status != 200:
+            raise self.fail(result, f"GET /ca/{name}")
+        return result.body
 
     def fetch_crl(self, held_etag: str | None = None, *, root: bool = False) -> bytes | None:
         """The intermediate's CRL (SPEC §4 `/ca/crl.crl`, DER): the route signer is checked against it; with

@@ -28,11 +28,13 @@ REVOCATION_LIST_INTERVAL = 3600.0
 class RevocationListsMixin:
     """The CRLs of a `Node`. Relies on the node's `identity` and `registry`, and on `routes` (RouteTableMixin)."""
 
-    def _refresh_revocation_lists(self, *, force: bool = False) -> None:
-        self._refresh_revocation_list(force=force)
+    def _refresh_revocation_lists(self, *, force: bool = False, chain_pem: bytes | None = None) -> None:
+        """Both CRLs when due (or `force`); `chain_pem`: intermediates fetched beside a rotated signer, which the
+        intermediate's CRL may come from (the route client takes only those chaining to the root held)."""
+        self._refresh_revocation_list(force=force, chain_pem=chain_pem)
         self._refresh_root_revocation_list(force=force)
 
-    def _refresh_revocation_list(self, *, force: bool = False) -> None:
+    def _refresh_revocation_list(self, *, force: bool = False, chain_pem: bytes | None = None) -> None:
         """Fetch the intermediate's CRL for the route client when it is due (or `force`), and keep it in
         `tls/crl.crl`. A CRL that cannot be fetched or is not taken is logged and changes nothing: the table held
         stays in use, and a new one is taken only while the CRL held is current (docs/protocol.md §4).
@@ -42,7 +44,7 @@ class RevocationListsMixin:
         goes. It makes the CRL no fresher than its nextUpdate: past that, new tables are still refused
         (`revocation_unknown`), and the node asks again at every pull until the management node issues another."""
         if force or self._revocation_list_due():
-            self._fetch_revocation_list(self.identity.crl_file, of_root=False)
+            self._fetch_revocation_list(self.identity.crl_file, of_root=False, chain_pem=chain_pem)
 
     def _refresh_root_revocation_list(self, *, force: bool = False) -> None:
         """Fetch the root's CRL, as `_refresh_revocation_list` does the intermediate's, into `tls/root-crl.crl`:
@@ -52,7 +54,7 @@ class RevocationListsMixin:
         if force or _age(self.identity.root_crl_file) >= REVOCATION_LIST_INTERVAL:
             self._fetch_revocation_list(self.identity.root_crl_file, of_root=True)
 
-    def _fetch_revocation_list(self, kept_file: Path, *, of_root: bool) -> None:
+    def _fetch_revocation_list(self, kept_file: Path, *, of_root: bool, chain_pem: bytes | None = None) -> None:
         what = "the root's CRL the intermediate" if of_root else "the CRL the route signer"
         try:
             kept = kept_file.read_bytes()
@@ -61,7 +63,8 @@ class RevocationListsMixin:
         try:
             fetched = self.registry.fetch_crl(entity_tag_of(kept) if kept else None, root=of_root)
             data = kept if fetched is None else fetched
-            taken = self.routes.use_revocation_list(data, self.identity.chain_file.read_bytes(), of_root=of_root)
+            chain = self.identity.chain_file.read_bytes() + (b"\n" + chain_pem if chain_pem else b"")
+            taken = self.routes.use_revocation_list(data, chain, of_root=of_root)
         except (RegistryError, RouteRejected) as error:
             log.warning("%s is checked against was not refreshed: %s", what, error.message)
             return

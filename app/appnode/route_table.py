@@ -8,8 +8,11 @@ from __future__ import annotations
 import logging
 import time
 
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
 from app.appnode.protocol import UnknownPeer
-from app.appnode.registry import NotJoined, RegistryError
+from app.appnode.registry import NotJoined, RegistryError, write_atomic
 from app.appnode.renewal import CERTIFICATE_REVOKED, PENDING_KEY_MAY_OPEN
 from app.appnode.revocation_lists import RevocationListsMixin
 from app.appnode.store import put_setting
@@ -95,10 +98,12 @@ class RouteTableMixin(RevocationListsMixin):
 
         self._refresh_revocation_lists()
         mended: set[str] = set()
+        fetched: tuple[bytes, bytes] | None = None  # a rotated signer and chain, kept only once a table takes them
         while True:
             try:
-                result = self.routes.pull(fetch, self.identity.signer_file.read_bytes(),
-                                          self.identity.chain_file.read_bytes())
+                signer_pem, chain_pem = fetched or (self.identity.signer_file.read_bytes(),
+                                                    self.identity.chain_file.read_bytes())
+                result = self.routes.pull(fetch, signer_pem, chain_pem)
                 break
             except RegistryError as error:
                 if "pending_key" not in mended and self._recovered_with_pending_key(error):
@@ -112,22 +117,56 @@ class RouteTableMixin(RevocationListsMixin):
                         sha256=self.identity.fingerprint(), node_id=node_id))
                 raise
             except RouteRejected as error:
+                if error.code == "bad_signer" and fetched is not None:
+                    raise RouteRejected("bad_signer", f"{error.message}, nor does the route signer the management "
+                                        f"node serves at {self.registry.base_url}/ca/route-signer.pem: the trust "
+                                        "anchor (tls/ca.pem) is the root this node took when it joined, never "
+                                        "replaced by a pull; after a new root, enrol the node again "
+                                        "(docs/operations.md)") from None
                 if error.code in mended or error.code not in ("bad_signer", "own_entry_mismatch"):
                     raise
                 mended.add(error.code)
                 if isinstance(error, OwnEntryMismatch):
                     self.adopt_listed_certificate(error.listed_sha256)  # then pull once more
                 else:
-                    self.registry.fetch_ca()  # the signer may have been rotated: fetch it and try once more
+                    # The signer may have been rotated: fetch it (never the root: whoever answers for the
+                    # management node's address could serve their own) and pull once more with it, which the
+                    # route client takes only if it chains to the root held (`_keep_signer`).
+                    fetched = self.registry.fetch_signer()
                     # A rotation may come with the old signer's revocation: a CRL listing it drops a table it
                     # signed (which a leaked key may have made, of a version no genuine table reaches); and a
                     # signer the node has not seen may be one a revoked intermediate's key minted.
-                    self._refresh_revocation_lists(force=True)
+                    self._refresh_revocation_lists(force=True, chain_pem=b"".join(
+                        ca.public_bytes(Encoding.PEM) for ca in _certificates(fetched[1])))
+        if fetched is not None:
+            self._keep_signer(*fetched)
         self._last_refresh = time.monotonic()
         if result.outcome == "accepted":
             self._note_certificate_problem("")
         self._note_registry_problem("")
         return result
+
+    def _keep_signer(self, signer_pem: bytes, chain_pem: bytes) -> None:
+        """After a table the fetched signer signed was taken: keep that signer in `tls/route-signer.pem`, and any
+        CA on its path to the root held that `tls/chain.pem` lacks, appended to it and to the peers' bundle
+        (`tls/ca-bundle.pem`). Only what the route client verified is written, re-encoded: whatever else the
+        fetched files held (another root, stray certificates) is never trusted, for tables or for peers."""
+        try:
+            path = self.routes.verified_signer_chain(signer_pem, chain_pem)
+        except RouteRejected as error:  # a 304 answered the pull: nothing the signer signed was taken
+            log.warning("the route signer the management node serves was not kept: %s", error.message)
+            return
+        try:
+            held_chain = self.identity.chain_file.read_bytes()
+            held = _certificates(held_chain)
+            added = b"".join(ca.public_bytes(Encoding.PEM) for ca in path[1:-1] if ca not in held)
+            if added:
+                chain = held_chain + (b"" if held_chain.endswith(b"\n") or not held_chain else b"\n") + added
+                write_atomic(self.identity.chain_file, chain)
+                write_atomic(self.identity.bundle_file, self.identity.ca_file.read_bytes() + chain)
+            write_atomic(self.identity.signer_file, path[0].public_bytes(Encoding.PEM))
+        except OSError as error:  # the table is taken; the next pull fetches the signer again
+            log.warning("the new route signer could not be kept in %s: %s", self.identity.dir, error)
 
     def _recovered_with_pending_key(self, refusal: RegistryError) -> bool:
         """The session signed with the current key was refused; if a key is pending (`csr --new-key`), try it
@@ -245,3 +284,10 @@ class RouteTableMixin(RevocationListsMixin):
                 raise UnknownPeer(f"node {node_id} cannot be looked up: {expired}", field="to")
             raise UnknownPeer(f"node {node_id} is not in this node's routing table{unknown or ''}", field="to")
         return entry
+
+
+def _certificates(pem: bytes) -> list[x509.Certificate]:
+    try:
+        return x509.load_pem_x509_certificates(pem) if pem.strip() else []
+    except ValueError:
+        return []

@@ -232,6 +232,17 @@ class RouteClient(VerificationMixin, RevocationMixin, StoredTableMixin):
         expired_at = held.table["expires_at"] if self.now() >= held.expires_at else None
         return AcceptResult("unchanged", version, version, expired_at=expired_at)
 
+    def verified_signer_chain(self, signer_cert_pem: bytes, chain_pem: bytes | None = None) -> list[x509.Certificate]:
+        """A route signer certificate (the first of `signer_cert_pem`) after the checks a new table's signer gets:
+        its profile (documentSigning), its validity, its chain through `chain_pem` or the intermediates held to a
+        trust anchor, and the CRLs held. The path found, the signer first and the trust anchor last; RouteRejected
+        otherwise. What a node may keep of a signer and chain it fetched (a rotation): never another root."""
+        try:
+            fingerprint = route_document.certificate_fingerprint(x509.load_pem_x509_certificate(signer_cert_pem))
+        except ValueError:
+            raise RouteRejected("bad_signer", "the signer certificate is not valid PEM") from None
+        return self._verified_chain(signer_cert_pem, chain_pem, fingerprint, pulled=True)
+
     # --- pulling ---------------------------------------------------------------------------------
 
     def pull(self, fetch: Callable[[dict[str, str], int | None], RouteResponse], signer_cert_pem: bytes,

@@ -103,6 +103,11 @@ class VerificationMixin:
                        pulled: bool = False) -> x509.Certificate:
         """§5: the certificate named by `X-Route-Signer`, fit to sign tables, chaining to the anchor, not on
         its issuer's CRL, and chaining through no CA its own issuer's CRL lists."""
+        return self._verified_chain(signer_cert_pem, chain_pem, fingerprint, pulled=pulled)[0]
+
+    def _verified_chain(self, signer_cert_pem: bytes, chain_pem: bytes | None, fingerprint: str, *,
+                        pulled: bool = False) -> list[x509.Certificate]:
+        """`_verify_signer`'s checks; the path they found: the signer, its issuer and so on, a trust anchor last."""
         try:
             signer = x509.load_pem_x509_certificate(signer_cert_pem)
             pool = self._intermediates + _load_certificates(chain_pem)
@@ -122,7 +127,7 @@ class VerificationMixin:
                 chain.append(root)
                 self._check_chain_revocation(chain[1:])  # first: a revoked CA's CRL of the signer proves nothing
                 self._check_revocation(signer, chain[1], pulled=pulled)
-                return signer
+                return chain
             issuer = next((ca for ca in pool if _is_usable_ca(ca, now) and _issued_by(chain[-1], ca)), None)
             if issuer is None:
                 break
