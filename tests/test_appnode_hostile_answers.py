@@ -20,8 +20,8 @@ import pytest
 from app import readable
 from app.appnode import outbox
 from app.appnode.node import Node
-from app.appnode.protocol import Unavailable
-from app.appnode.registry import HTTPResult, RegistryClient, RegistryError
+from app.appnode.protocol import Unavailable, UnknownPeer
+from app.appnode.registry import REGISTRY_ANSWER_LIMIT, HTTPResult, RegistryClient, RegistryError
 from app.appnode.store import utcnow
 from app.appnode.transport import ANSWER_LIMIT, PeerAnswerTooLarge, PeerPool, PeerUnreachable
 from app.errors import Conflict
@@ -347,3 +347,86 @@ def test_an_ack_naming_the_envelope_as_accepted_is_taken_whatever_else_it_holds(
     a.node.set_presence("zhangsan", "busy", "android")
     assert a.node.flush_ephemeral() == 1
     assert a.node.create_group("zhangsan", "专班", [b.user("lisi")]).name == "专班"
+
+
+class BrokenRegistryAnswer(BaseHTTPRequestHandler):
+    """A management node, or a proxy before it, whose answers break (`server.mode`): cut short of their length,
+    a chunk cut off, a status line that is no HTTP, a length past any table, or no length and no end."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):  # noqa: N802 (the http.server hook's name)
+        self.server.requests.append(self.path)
+        self.close_connection = True
+        mode = self.server.mode
+        if mode == "not_http":
+            self.wfile.write(b"SPDY/9 200 OK\r\n\r\n{}")
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        if mode == "cut_short":
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b'{"version": 7, "nodes": [')
+        elif mode == "chunk_cut":
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(b'40\r\n{"version": 7, "nodes": [')
+        elif mode == "announces":
+            self.send_header("Content-Length", str(10 * 1024 ** 3))
+            self.end_headers()
+        else:  # endless: no length, the answer ends when the connection does
+            self.end_headers()
+            try:
+                while True:
+                    self.wfile.write(b" " * 65536)
+            except OSError:  # the reader hung up: what the test wants
+                pass
+
+    def log_message(self, *_args):
+        pass
+
+
+@pytest.fixture
+def broken_registry():
+    from http.server import ThreadingHTTPServer
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), BrokenRegistryAnswer)
+    server.mode, server.requests = "cut_short", []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    stop_serving(server, thread)
+
+
+@pytest.mark.parametrize("mode", ["cut_short", "chunk_cut", "not_http"])
+def test_a_table_answer_cut_short_or_not_http_is_an_unreachable_registry_not_a_crash(network, broken_registry,  # noqa: F811
+                                                                                   mode):
+    """`http.client` raises IncompleteRead and BadStatusLine, which are no OSError: `routes pull` and `send` ended
+    in a traceback. The pull is refused as the management node unreachable, and a send to a node the table does
+    not list is refused as such, the failed pull counting for the 30 s before the next."""
+    a = network["a"]
+    broken_registry.mode = mode
+    a.node.registry.base_url = f"http://127.0.0.1:{broken_registry.server_address[1]}"
+    with pytest.raises(RegistryError) as refused:
+        a.node.sync_routes()
+    assert refused.value.code == "registry_unreachable"
+    assert "/api/v1/routes" in refused.value.message
+
+    a.node._recipient_pull = (0.0, None)  # the last pull for a recipient long ago: this send pulls
+    for _ in range(2):
+        with pytest.raises(UnknownPeer):
+            a.node.send_text("zhangsan", "someone@11000000002025000099", "不在路由表中")
+    assert broken_registry.requests.count("/api/v1/routes") == 2  # sync_routes', and the first send's only
+
+
+@pytest.mark.parametrize("mode, what", [("announces", "announces 10737418240 bytes"),
+                                        ("endless", f"runs past {REGISTRY_ANSWER_LIMIT} bytes")])
+def test_a_registry_answer_past_the_limit_is_refused_not_read_into_memory(network, broken_registry, mode, what):  # noqa: F811
+    a = network["a"]
+    broken_registry.mode = mode
+    a.node.registry.base_url = f"http://127.0.0.1:{broken_registry.server_address[1]}"
+    with pytest.raises(RegistryError) as refused:
+        a.node.sync_routes()
+    assert refused.value.code == "registry_answer_too_large"
+    assert what in refused.value.message

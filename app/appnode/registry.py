@@ -7,6 +7,7 @@ files) lives under the data directory's `tls/`, private key 0600.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import secrets
@@ -26,6 +27,10 @@ from cryptography.x509.oid import NameOID
 
 from app import strict_json
 from app.errors import DomainError, ValidationFailed
+
+# The largest answer read from the management node: the largest routing table a route client takes
+# (app.routing.client.DEFAULT_MAX_BODY_SIZE); certificates, CRLs and JSON answers are far smaller.
+REGISTRY_ANSWER_LIMIT = 8 * 1024 * 1024
 
 
 class RegistryError(DomainError):
@@ -210,13 +215,37 @@ class RegistryClient:
         if bearer:
             request.add_header("Authorization", f"Bearer {bearer}")
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout, context=self._context) as response:
-                return HTTPResult(response.status, dict(response.headers.items()), response.read())
-        except urllib.error.HTTPError as error:
-            return HTTPResult(error.code, dict(error.headers.items()), error.read())
+            try:
+                response = urllib.request.urlopen(request, timeout=self.timeout, context=self._context)
+            except urllib.error.HTTPError as error:
+                response = error
+            with response:
+                headers = dict(response.headers.items())
+                return HTTPResult(response.code, headers, self._read(response, headers, f"{method} {path}"))
+        except http.client.HTTPException as error:  # IncompleteRead, BadStatusLine...: no OSError
+            raise RegistryError(f"the management node at {self.base_url} is unreachable: its answer to {method} "
+                                f"{path} was cut short or is not HTTP ({error!r})",
+                                code="registry_unreachable") from None
         except OSError as error:
             raise RegistryError(f"the management node at {self.base_url} is unreachable: {error}",
                                 code="registry_unreachable") from None
+
+    def _read(self, response, headers: dict[str, str], what: str) -> bytes:
+        """The answer's body, at most REGISTRY_ANSWER_LIMIT bytes: one announcing more is refused before a byte
+        of it is read, one running past it when it is read (`registry_answer_too_large`). A body shorter than its
+        Content-Length is IncompleteRead, which `read(amount)` does not raise by itself."""
+        length = _content_length(headers)
+        if length is not None and length > REGISTRY_ANSWER_LIMIT:
+            raise RegistryError(f"the answer of the management node at {self.base_url} to {what} announces "
+                                f"{length} bytes, past the {REGISTRY_ANSWER_LIMIT} this node reads",
+                                code="registry_answer_too_large")
+        body = response.read(REGISTRY_ANSWER_LIMIT + 1)
+        if len(body) > REGISTRY_ANSWER_LIMIT:
+            raise RegistryError(f"the answer of the management node at {self.base_url} to {what} runs past "
+                                f"{REGISTRY_ANSWER_LIMIT} bytes", code="registry_answer_too_large")
+        if length is not None and len(body) < length:
+            raise http.client.IncompleteRead(body, length - len(body))
+        return body
 
     @staticmethod
     def fail(result: HTTPResult, what: str) -> RegistryError:
@@ -324,3 +353,12 @@ class RegistryClient:
         if result.status != 201:
             raise self.fail(result, "the renewal was refused")
         return result.body
+
+
+def _content_length(headers: dict[str, str]) -> int | None:
+    """The Content-Length `http.client` goes by: None for a chunked answer, or without one it can read."""
+    found = {name.lower(): value for name, value in headers.items()}
+    if "chunked" in found.get("transfer-encoding", "").lower():
+        return None
+    value = found.get("content-length", "").strip()
+    return int(value) if value.isascii() and value.isdigit() else None
