@@ -319,6 +319,21 @@ def test_signed_body_that_is_not_a_table_is_malformed(pki, body):
     assert rejected(client, **arguments) == "malformed"
 
 
+def test_a_signed_table_naming_a_key_twice_is_malformed_not_read_as_its_last_value(pki):
+    """docs/protocol.md §2.5: a node reads the management node's answers as strictly as a peer's envelope; a signed
+    table giving an entry's endpoint twice was taken, the second one winning."""
+    client = make_client(pki)
+    body = document.serialise(table(1, entry(JIANGXI, endpoint="https://first.example"), entry(HUNAN)))
+    body = body.replace(b'"endpoint":"https://first.example"',
+                        b'"endpoint":"https://first.example","endpoint":"https://second.example"')
+    arguments = {**signed(pki, table(1)), "body": body,
+                 "signature_b64": base64.b64encode(document.sign_body(body, pki.signer.key)).decode()}
+    with pytest.raises(RouteRejected) as refused:
+        client.accept(**arguments)
+    assert refused.value.code == "malformed" and "endpoint" in refused.value.message
+    assert client.version is None
+
+
 def test_own_entry_with_another_certificate_is_rejected(pki):
     client = make_client(pki, node_id=JIANGXI, own_fingerprint=pki.node.fingerprint)
 

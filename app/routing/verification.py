@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,6 +22,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from app import strict_json
 from app.errors import DomainError
 from app.routing import document as route_document
 from app.routing.document import MalformedDocument
@@ -193,11 +193,12 @@ def _documents_after(held: _Held | None, document: dict[str, Any],
 
 
 def _parse(body: bytes) -> dict[str, Any]:
-    """Just enough to order the checks: a JSON object with an integer version."""
+    """Just enough to order the checks: a JSON object with an integer version, read strictly (app.strict_json,
+    docs/protocol.md §2.5): a name given twice is refused, never read as its last value."""
     try:
-        document = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise MalformedDocument("the routing table is not UTF-8 JSON") from None
+        document = strict_json.parse(body)
+    except strict_json.NotStrictJSON as error:
+        raise MalformedDocument(f"the routing table is not strict JSON: {error}") from None
     if not isinstance(document, dict) or type(document.get("version")) is not int:
         raise MalformedDocument("the routing table has no integer version")
     return document
