@@ -146,6 +146,27 @@ def test_each_visible_change_is_one_new_version_with_a_delta(client, session, pe
     assert history[-1].changes == [f"{other.node_id} removed"]
 
 
+def test_a_folded_delta_an_instance_cannot_sign_is_the_full_table_instead(app, client, session, people, tmp_path):  # noqa: F811
+    """An instance without the CA passphrase serves the stored table (docs/operations.md), but a `?since=` older
+    than the previous version, a delta it must fold and sign, answered 503 `passphrase_missing`: a node asking
+    for deltas asked again, and was answered the same, until it was sent to an instance that could sign."""
+    minister, _ = people
+    other, _ = admit_with_keys(people)
+    nodes.suspend(other, "drill", by=minister)
+    db.session.commit()
+    assert service.head_version() == 3
+    app.config["MPIM_CA_PASSPHRASE"] = ""
+    app.config["MPIM_CA_PASSPHRASE_FILE"] = str(tmp_path / "nowhere")
+    app.extensions.pop("mpim_authority", None)  # as a process starting now, without the passphrase
+    answer = pull(client, session, "?since=1")
+    assert answer.status_code == 200, answer.data
+    table = json.loads(answer.data)
+    assert table["version"] == 3 and "nodes" in table and "since" not in table  # applied as a whole
+    assert other.node_id not in [entry["node_id"] for entry in table["nodes"]]
+    kept = json.loads(pull(client, session, "?since=2").data)  # the previous version's delta, signed when published
+    assert kept["since"] == 2 and kept["removed"] == [other.node_id]
+
+
 def await_served(app, version: int) -> None:
     """On PostgreSQL the server learns of a new version by NOTIFY, on a thread of its own."""
     cache = cache_for(app)

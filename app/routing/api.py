@@ -70,6 +70,21 @@ def not_modified(published):
     return "", 304, {"ETag": published.etag, "Cache-Control": "no-cache", "X-Route-Version": str(published.version)}
 
 
+def signed_delta(version: int, body: bytes) -> tuple[bytes, dict] | None:
+    """A folded delta signed now, or None on an instance that cannot sign (no CA passphrase, an unreadable key):
+    the caller serves the full table, signed when it was published, which the node applies as a whole. A 503
+    sent the node to ask again, and be answered the same, until the load balancer chose another instance."""
+    from app.pki.service import CANotReady
+
+    try:
+        signature, signer = service.sign(body)
+    except CANotReady as error:
+        log.warning("a delta to routing table version %s was answered with the full table: this instance cannot "
+                    "sign (%s)", version, error.code)
+        return None
+    return body, signed_headers(version, signature, signer)
+
+
 @bp.get("/routes")
 def routes():
     cache = cache_for(current_app)
@@ -89,12 +104,13 @@ def routes():
             if cached is None:
                 body = service.delta_since(since, service.find(published.version))
                 if body is not None:
-                    signature, signer = service.sign(body)
-                    cached = (body, signed_headers(published.version, signature, signer))
-                    cache.remember_delta(published, since, cached)
+                    cached = signed_delta(published.version, body)
+                    if cached is not None:
+                        cache.remember_delta(published, since, cached)
             if cached is not None:
                 return cached[0], 200, cached[1]
-        # Older than the kept history (or beyond what it can tell): the full table, applied as a whole.
+        # Older than the kept history (or beyond what it can tell), or a delta this instance cannot sign: the
+        # full table, applied as a whole.
     else:
         if_none_match = request.headers.get("If-None-Match", "")
         if if_none_match.strip() == "*":  # RFC 9110 §13.1.2: matches any current table
