@@ -18,9 +18,11 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 
+import pytest
 from werkzeug.serving import make_server
 
 from app.appnode.cli_context import TRY_LATER
+from app.appnode.config import trust_taken_in_the_clear
 from app.pki import service as pki
 from tests.appnode_harness import enroll
 from tests.conftest import stop_serving
@@ -162,3 +164,26 @@ def test_a_retry_after_that_is_neither_seconds_nor_a_date_says_later_not_now(net
     assert done.stderr == ("error (registry_error): the routing table is unavailable: too many requests to the "
                            "management node; try again later (its Retry-After is neither seconds nor a date)\n")
     assert as_json.returncode == TRY_LATER and json.loads(as_json.stderr)["error"]["retry_after"] is None
+
+
+def test_join_over_plain_http_to_another_host_warns_that_the_root_is_taken_unchecked(tmp_path):
+    """`join` takes the trust anchor from whatever answers at the registry address (docs/protocol.md §10): over
+    plain http from another host, anyone on the path could give it. Said before anything is asked; loopback
+    (the join above, `make appnode`) is not warned about."""
+    data = tmp_path / "node"
+    created = node_cli(data, "init", "--registry", "http://0.0.0.0:9", "--division", "360000", "--endpoint",
+                       "https://127.0.0.1:9")  # 0.0.0.0: no loopback address, and refused at once
+    assert created.returncode == 0, created.stderr
+    done = node_cli(data, "join", "--token", "mpim_et_x", "--wait", "0")
+    warning, refusal = done.stderr.splitlines()
+    assert warning.startswith("warning: the management node is reached over plain http (http://0.0.0.0:9): the root "
+                              "this node trusts from now on is whatever answers there"), done.stderr
+    assert done.returncode == 2 and refusal.startswith("error (registry_unreachable): "), done.stderr
+
+
+@pytest.mark.parametrize(("url", "warned"), [
+    ("http://127.0.0.1:5000", False), ("http://[::1]:5000", False), ("http://localhost:5000", False),
+    ("http://LOCALHOST.:5000", False), ("https://registry.example", False), ("http://registry.example", True),
+    ("http://10.0.0.5:5000", True), ("http://[2001:db8::1]", True)])
+def test_which_registry_addresses_are_warned_about(url, warned):
+    assert trust_taken_in_the_clear(url) is warned

@@ -33,7 +33,14 @@ from app.appnode.cli_lines import (
     when,
 )
 from app.appnode.cli_messaging import download, group, history, inbox, presence, read, send, send_file
-from app.appnode.config import NodeConfig, check_division, check_endpoint, check_listen, check_registry_url
+from app.appnode.config import (
+    NodeConfig,
+    check_division,
+    check_endpoint,
+    check_listen,
+    check_registry_url,
+    trust_taken_in_the_clear,
+)
 from app.appnode.node import Node, NotJoined, address
 from app.appnode.registry import write_atomic
 from app.cli_arguments import Digits, require_utf8
@@ -123,6 +130,10 @@ def join(ctx: Context, token, wait, if_needed):
         if if_needed:
             return
         raise Refused(f"already joined as {node.node_id}", code="already_joined")
+    if trust_taken_in_the_clear(node.config.registry_url):
+        click.echo(f"warning: the management node is reached over plain http ({node.config.registry_url}): the root "
+                   "this node trusts from now on is whatever answers there; join over https with --registry-ca, or "
+                   "only on a network path you trust (docs/protocol.md §10)", err=True)
     if not node.setting("application_id") or node.setting("enrollment_token") != token:
         application_id = node.apply(token)
         click.echo(f"application {application_id} submitted; waiting for a ministry admin to approve it", err=True)

@@ -6,6 +6,7 @@ routing table and the files its users sent or downloaded.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import os
@@ -82,6 +83,21 @@ def check_registry_url(url, name: str, place: str = "") -> None:
                                "a host and port, no user, query or fragment, e.g. https://registry.example:8443",
                                code="invalid_config")
 
+
+def trust_taken_in_the_clear(url: str) -> bool:
+    """Whether `join` takes the trust anchor over plain http from a host other than this machine: whoever
+    answers for that address (on the path, or a proxy) could give the node their own root (docs/protocol.md
+    §10). Loopback (the README's `make run` and `make appnode` on one machine) is this machine's own."""
+    parts = urlsplit(url)
+    if parts.scheme != "http":
+        return False
+    host = (parts.hostname or "").rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True  # a name: resolved by whatever DNS answers
 
 def _from_environment(name: str, kind: type, least: float):
     try:
