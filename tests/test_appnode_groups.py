@@ -612,3 +612,19 @@ def test_an_operation_that_takes_no_targets_announces_none(network):  # noqa: F8
     announced = [row.envelope["payload"] for row in group_ops(a)][-3:]
     assert [(op["op"], op.get("target_user_ids")) for op in announced] == [("quit", None), ("update_info", None),
                                                                            ("dismiss", None)]
+
+
+def test_a_user_and_a_group_of_one_node_never_share_an_id(network, monkeypatch):  # noqa: F811
+    """A node holding a group's replica reads an address of it as the group (protocol.md §3): a user of the home
+    node with the group's id could no longer be written to there. A user is refused a group's id, and a new group
+    is never given a user's."""
+    a, b = network["a"], network["b"]
+    group = a.node.create_group("zhangsan", "专班", [b.user("lisi")])
+    with pytest.raises(Conflict, match="is the id of a group of this node"):
+        a.node.add_user(group.group_id, "撞名")
+    b.node.add_user(group.group_id, "另一个节点的用户")  # another node's user: another address
+    a.node.add_user("g0123456789ab", "王五")
+    ids = iter(["g0123456789ab", "g0123456789ac"])
+    monkeypatch.setattr(groups, "new_group_id", lambda: next(ids))  # the random id meets the user's first
+    made = a.node.create_group("zhangsan", "二组", [b.user("lisi")])
+    assert made.group_id == "g0123456789ac"

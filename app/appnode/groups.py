@@ -155,7 +155,10 @@ class GroupsMixin:
             if session.get(User, owner_user_id) is None:
                 raise NotFound(f"no local user {owner_user_id}")
             self._check_new_members(session, initial[1:], field="members", unknown=unknown)
-        draft = Group(group_id=new_group_id(), home_node_id=me, name=name, notice=notice, owner=owner,
+            group_id = new_group_id()
+            while session.get(User, group_id) is not None:  # §3: a user's id is never a group's of its node
+                group_id = new_group_id()
+        draft = Group(group_id=group_id, home_node_id=me, name=name, notice=notice, owner=owner,
                       members=initial, seq=1)
         queued: list[int] = []
         group = self._confirm_and_apply(NewState(self._announcement(draft, "create", owner, initial[1:]), [], None),

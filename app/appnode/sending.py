@@ -73,6 +73,9 @@ class SendingMixin:
         with self.db.begin() as session:
             if session.get(User, user_id) is not None:
                 raise Conflict(f"user {user_id} exists")
+            if session.get(Group, (user_id, self.node_id)) is not None:  # docs/protocol.md §3: one namespace
+                raise Conflict(f"{user_id} is the id of a group of this node: a user and a group of one node cannot "
+                               "share an id (an address names one or the other)")
             user = User(user_id=user_id, user_name=user_name, org_code=org_code or self.config.org_code,
                         org_name=org_name or self.config.org_name)
             session.add(user)
