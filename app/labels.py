@@ -81,7 +81,7 @@ AUDIT_ACTIONS = {
     "node.decline_suspension": _l("Suspension request declined"),
     "node.withdraw_suspension": _l("Suspension request withdrawn"),
     "certificate.issue": _l("Certificate issued"), "certificate.revoke": _l("Certificate revoked"),
-    "certificate.record": _l("Certificate recorded from the CA directory"),
+    "certificate.record": _l("Certificate put on record (issued earlier, unknown to the database)"),
     "routes.publish": _l("Routing table published"),
     "health.maintenance": _l("Maintenance started"), "health.maintenance_end": _l("Maintenance ended"),
     "divisions.import": _l("Division codes imported"),

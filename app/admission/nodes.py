@@ -38,13 +38,17 @@ def management_node_id() -> str:
     return format_node_id("100000", MANAGEMENT_NODE, 1, current_app.config["MPIM_NETWORK_FLAG"])
 
 
-def allocate_node_id(division_code: str, node_type: str = APPLICATION_NODE) -> str:
-    """Next serial for (division, type) by one atomic UPDATE … RETURNING: concurrent approvals
-    queue on the row lock, so no two ever get the same id, and ids are never handed out twice."""
+def _ensure_serial_row(division_code: str, node_type: str) -> None:
     dialect = db.session.get_bind().dialect.name
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
     db.session.execute(insert(NodeSerial).values(division_code=division_code, node_type=node_type, last_serial=0)
                        .on_conflict_do_nothing(index_elements=["division_code", "node_type"]))
+
+
+def allocate_node_id(division_code: str, node_type: str = APPLICATION_NODE) -> str:
+    """Next serial for (division, type) by one atomic UPDATE … RETURNING: concurrent approvals
+    queue on the row lock, so no two ever get the same id, and ids are never handed out twice."""
+    _ensure_serial_row(division_code, node_type)
     serial = db.session.execute(
         update(NodeSerial)
         .where(NodeSerial.division_code == division_code, NodeSerial.node_type == node_type)
@@ -56,6 +60,17 @@ def allocate_node_id(division_code: str, node_type: str = APPLICATION_NODE) -> s
         raise Conflict(_l("Division %(code)s has used all node serials.", code=division_code),
                        code="serials_exhausted")
     return format_node_id(division_code, node_type, serial, current_app.config["MPIM_NETWORK_FLAG"])
+
+
+def keep_node_id_used(node_id: str) -> None:
+    """A node id the CA certified though the database lost it (a restore, `pki.recording`): its division's counter
+    goes up to its serial, so `allocate_node_id` never hands it out again. Never down."""
+    division_code, node_type, serial = node_id[:6], node_id[10:13], int(node_id[14:])
+    _ensure_serial_row(division_code, node_type)
+    db.session.execute(update(NodeSerial)
+                       .where(NodeSerial.division_code == division_code, NodeSerial.node_type == node_type,
+                              NodeSerial.last_serial < serial)
+                       .values(last_serial=serial).execution_options(synchronize_session=False))
 
 
 # SPEC §2: twenty ASCII digits. Anything else is no node's, and is not looked up (PostgreSQL refuses a NUL).

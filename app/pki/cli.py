@@ -1,4 +1,4 @@
-"""`flask ca init|root-offline|root-crl|revoke-intermediate|list|show|revoke|crl|rotate-route-signer|
+"""`flask ca init|root-offline|root-crl|revoke-intermediate|list|show|record|revoke|crl|rotate-route-signer|
 rotate-management-certificate|renew`."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from app.admission.cli import emit, record_lines, run
 from app.auth import service as users
 from app.cli_arguments import Digits
 from app.extensions import db
-from app.pki import intermediate, inventory, lifecycle, own_keys, revocation, service
+from app.pki import intermediate, inventory, lifecycle, own_keys, recording, revocation, service
 from app.pki.models import CERTIFICATE_KINDS, CRLState
 
 cli = AppGroup("ca", help="The certificate authority.")
@@ -84,6 +84,20 @@ def show_command(serial, as_json):
         return
     click.echo(record_lines(certificate_dict(row)))
     click.echo(row.pem, nl=False)
+
+
+@cli.command("record")
+@click.argument("file", type=click.File("r", encoding="utf-8", errors="replace"))
+@click.option("--json", "as_json", is_flag=True)
+def record_command(file, as_json):
+    """Put a node certificate this CA issued, which a restored database lost, back on record (FILE: its PEM, from
+    the node), so it can be listed and revoked; its node id is never handed out again. The node is not re-admitted."""
+    recorded = run(lambda: recording.record(file.read(), actor="cli"), as_json)
+    row = recorded.row
+    held = f"filed under node {row.node_id}" if row.node_id else "no node on record holds it"
+    emit({**certificate_dict(row), "names_node": recorded.names_node}, as_json,
+         f"recorded {row.serial} for node id {recorded.names_node} ({held}); revoke it with `flask ca revoke "
+         f"{row.serial}` if that node is gone")
 
 
 @cli.command("revoke")

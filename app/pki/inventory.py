@@ -46,7 +46,9 @@ def superseded(now: datetime) -> ColumnElement[bool]:
     of_node = select(newer.serial).where(newer.node_id == Certificate.node_id, valid, later).exists()
     of_role = select(newer.serial).where(newer.node_id.is_(None), newer.kind == Certificate.kind, valid,
                                          later).exists()
-    return or_(and_(Certificate.node_id.is_not(None), of_node), and_(Certificate.node_id.is_(None), of_role))
+    # A node certificate no node on record holds (`recording`) has no holder to be superseded within.
+    return or_(and_(Certificate.node_id.is_not(None), of_node),
+               and_(Certificate.node_id.is_(None), Certificate.kind != "node", of_role))
 
 
 def state_expression(now: datetime) -> ColumnElement[str]:

@@ -204,8 +204,9 @@ def require_key_unused(key_sha256: str, node_id: str | None, *, by=None) -> None
 
 def store(certificate: x509.Certificate, kind: str, node_id: str | None, actor: str, *,
           key_sha256: str | None = None, action: str = "certificate.issue",
-          issued_at: datetime | None = None) -> Certificate:
-    """Insert the certificate's row and its audit entry (`action`); returns the row, persistent in the session.
+          issued_at: datetime | None = None, detail: dict | None = None) -> Certificate:
+    """Insert the certificate's row and its audit entry (`action`, with `detail` added to what it says); returns
+    the row, persistent in the session.
     `key_sha256`: the key's fingerprint when the caller has it already (issuance checked it). `issued_at`: for a
     certificate issued before, which the database did not know ("certificate.record"); else now.
 
@@ -225,7 +226,7 @@ def store(certificate: x509.Certificate, kind: str, node_id: str | None, actor: 
     make_transient_to_detached(row)
     db.session.add(row)
     audit.record(action, row.serial, {"kind": kind, "node": node_id, "sha256": row.sha256,
-                                                   "not_after": row.not_after}, actor=actor)
+                                      "not_after": row.not_after, **(detail or {})}, actor=actor)
     return row
 
 
