@@ -759,3 +759,21 @@ def test_a_ca_directory_of_another_registry_beside_the_database_is_a_503(app, cl
     admin_console.client.get("/lang/en")
     page = admin_console.client.get("/").get_data(as_text=True)
     assert "signed by another issuing CA" in page and str(other) in page
+
+
+def test_a_mismatch_seen_while_ca_init_commits_is_not_kept_for_a_minute(app, client):
+    """`flask ca init` writes the CA directory before it commits its CRL and rows: a running process probed in
+    between found "no record of it" and kept that answer for the minute a match is kept, a 503 on an install
+    that was fine. A mismatch is compared again at the next probe."""
+    from app.pki.models import INTERMEDIATE_CRL
+
+    kept = db.session.get(CRLState, INTERMEDIATE_CRL)
+    row = {column.key: getattr(kept, column.key) for column in CRLState.__table__.columns}
+    db.session.execute(delete(CRLState).where(CRLState.id == INTERMEDIATE_CRL))
+    db.session.commit()
+    as_a_process_starting_now(app)
+    assert client.get("/healthz").get_json()["ca"] == "database_mismatch"  # probed before init's commit
+    db.session.add(CRLState(**row))
+    db.session.commit()  # init commits
+    response = client.get("/healthz")
+    assert response.status_code == 200 and response.get_json()["ca"] == "ok"

@@ -7,8 +7,9 @@ its key leaking); an empty database, or another registry's, beside a CA director
 of the CA directory's certificates must be the database's: the intermediate, as the issuer of the CRL the
 database keeps (it has no row: it issues them), the route signer and the management certificate by their rows.
 
-`mismatch()` is asked by /healthz and the console's banner: compared once a minute per process, and at once
-when the loaded CA's certificates change (a rotation by another process), so a probe costs no query.
+`mismatch()` is asked by /healthz and the console's banner: a match is compared again once a minute per process,
+and at once when the loaded CA's certificates change (a rotation by another process), so a probe costs no query;
+a mismatch is compared again at every probe, so the moment it is mended shows.
 """
 
 from __future__ import annotations
@@ -40,7 +41,10 @@ def mismatch() -> tuple[LazyString, ...]:
     app = current_app._get_current_object()
     remembered = app.extensions.get(COMPARED)
     now = time.monotonic()
-    if remembered is not None and remembered[0] == serials and now - remembered[1] < RECHECK_SECONDS:
+    # A match is kept for a minute; a mismatch is compared again at every probe: `flask ca init` writes the CA
+    # directory before it commits the CRL and rows, and a probe in between must not keep "no record" a minute.
+    if (remembered is not None and remembered[0] == serials and not remembered[2]
+            and now - remembered[1] < RECHECK_SECONDS):
         return remembered[2]
     found = _compare(loaded)
     app.extensions[COMPARED] = (serials, now, found)
