@@ -371,7 +371,7 @@ def a_day_on(monkeypatch, *served: ServedNode) -> None:
 def expired_account(served: ServedNode) -> str:
     routes = served.node.routes
     return (f"this node's routing table v{routes.version} expired at {routes.expires_at} and the management node "
-            f"has not re-signed it: ask its operators")
+            f"has not re-signed it (or this machine's clock is ahead): ask its operators")
 
 
 def test_routes_pull_on_an_expired_table_says_it_expired_and_exits_3(network, monkeypatch):  # noqa: F811
@@ -382,7 +382,7 @@ def test_routes_pull_on_an_expired_table_says_it_expired_and_exits_3(network, mo
     result = CliRunner().invoke(cli, ["--data", str(a.dir), "routes", "pull"])
     assert result.exit_code == 3, result.output
     assert result.stdout == (f"routing table v{version} unchanged, and it expired at {expires_at}: the management "
-                             f"node has not re-signed it; ask its operators\n")
+                             f"node has not re-signed it (or this machine's clock is ahead); ask its operators\n")
     result = CliRunner().invoke(cli, ["--data", str(a.dir), "--json", "routes", "pull"])
     assert result.exit_code == 3, result.output
     assert json.loads(result.stdout) == {"outcome": "unchanged", "version": version, "changes": [],
@@ -427,7 +427,7 @@ def test_status_and_the_page_say_the_table_expired_and_why(network, monkeypatch)
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[1] == (f"routing table v{a.node.routes.version} (expired at "
                                              f"{a.node.routes.expires_at}: the management node has not re-signed "
-                                             f"it; ask its operators)")
+                                             f"it (or this machine's clock is ahead); ask its operators)")
     document = json.loads(CliRunner().invoke(cli, ["--data", str(a.dir), "--json", "status"]).stdout)
     assert document["routes_expired"] and document["routes_expires_at"] == a.node.routes.expires_at
     assert f"Routing table problem: {expired_account(a)}" in unescape(page(a, "/?user=zhangsan&lang=en"))

@@ -18,7 +18,8 @@ from app.routing.client import AcceptResult
 Row = TypeVar("Row")
 
 # Why a held routing table stays expired (§5): the management node serves it still, and only its operators can mend it.
-NOT_RESIGNED = "the management node has not re-signed it; ask its operators"
+# "Expired" is by this machine's clock: one running ahead sees a current table expired
+NOT_RESIGNED = "the management node has not re-signed it (or this machine's clock is ahead); ask its operators"
 
 
 def one_per_line(rows: Iterable[Row], line: Callable[[Row], str], empty: str) -> str:

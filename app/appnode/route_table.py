@@ -27,9 +27,9 @@ REFRESH_INTERVAL = 30.0
 
 def expired_account(version: int, expires_at: str) -> str:
     """Why no node can be looked up while the held table has expired (§5): the management node serves it still, not
-    re-signed, which only its operators can mend."""
+    re-signed, which only its operators can mend. "Expired" is by this machine's clock, which may be ahead."""
     return (f"this node's routing table v{version} expired at {expires_at} and the management node has not "
-            f"re-signed it: ask its operators")
+            f"re-signed it (or this machine's clock is ahead): ask its operators")
 
 
 class RouteTableMixin(RevocationListsMixin):
