@@ -202,11 +202,16 @@ async def poll_all(targets: list[PollTarget], *, ssl_context: ssl.SSLContext | N
         return list(await asyncio.gather(*(bounded(client, t) for t in targets)))
 
 
+def spread_window(interval_s: float, timeout: float) -> float:
+    """The seconds of a round over which its polls start, each node at its `stable_offset` within them."""
+    return max(0.0, interval_s - timeout)
+
+
 async def poll_spread(targets: list[PollTarget], interval_s: float, *, ssl_context: ssl.SSLContext | None = None,
                       timeout: float = 5.0, concurrency: int = 500) -> list[PollResult]:
     """Each node at its stable offset within the interval (Prometheus-style), not all at once."""
     gate = asyncio.Semaphore(concurrency)
-    window = max(0.0, interval_s - timeout)
+    window = spread_window(interval_s, timeout)
 
     async def delayed(client, target):
         await asyncio.sleep(stable_offset(target.node_id, window) if window else 0)
