@@ -101,6 +101,17 @@ def test_concurrency_bound_and_offsets(servers):
     assert poller.stable_offset(NODE, 30) == poller.stable_offset(NODE, 30)
 
 
+@pytest.mark.parametrize("interval, timeout", [(30, 5), (2.035, 1), (60, 10), (10, 5)])
+def test_spread_round_whose_last_node_times_out_leaves_a_fifth_of_the_interval(interval, timeout):
+    """The node polled last in a spread round, timing out, must leave the round time for `targets()`, the apply
+    and the webhook: a round past its interval makes the scheduler skip the next one (one instance of a job at a
+    time), and every node is then polled half as often. The polls are still spread, not all sent at once."""
+    window = poller.spread_window(interval, timeout)
+    offsets = [poller.stable_offset(f"3600000000202500{i:04d}", window) for i in range(1000)]
+    assert max(offsets) + timeout <= 0.8 * interval
+    assert max(offsets) - min(offsets) >= 0.95 * window > 0
+
+
 def node_server_context(app, node, keys) -> ssl.SSLContext:
     """The node's side: its certificate from our CA, and it demands the management node's."""
     directory = pki.ca_directory()

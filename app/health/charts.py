@@ -12,9 +12,10 @@ from app.health.history import Bucket
 from app.i18n import local_time
 
 # Missing polls break the line after this many poll intervals without one. A node is polled once a round at the
-# same offset, so one round skipped (the scheduler skips a round while the last one still runs) or a late poll
-# leaves a gap under 3 intervals and the line goes on; a longer gap means nobody polled the node, and
-# a line across it would claim a latency nobody measured.
+# same offset, and a round leaves itself time to end within its interval (poller.ROUND_HEADROOM), so polls come
+# an interval apart. A round that overran all the same (an apply waiting on a lock), whose next round the scheduler
+# then skips, or a late poll leaves a gap under 3 intervals and the line goes on; a longer gap means nobody polled
+# the node, and a line across it would claim a latency nobody measured.
 GAP_INTERVALS = 3
 
 

@@ -202,9 +202,21 @@ async def poll_all(targets: list[PollTarget], *, ssl_context: ssl.SSLContext | N
         return list(await asyncio.gather(*(bounded(client, t) for t in targets)))
 
 
+# The share of a spread round's interval left after its last poll has timed out, for what the round does besides
+# polling: `targets()` before the polls, the apply and the webhook after them. A round that runs past its interval
+# makes the scheduler skip the next one (one instance of a job at a time), which halves every node's polling.
+# A fixed share rather than the previous round's apply time as measured: the window decides each node's offset,
+# and a window moving with the last measurement would move every node's poll from round to round (and a new
+# leader or a `run-job` has no measurement). The apply grows with the nodes, not with the interval: at 10,000
+# nodes it takes seconds (bench/health.py), within a fifth of the default 30 s.
+ROUND_HEADROOM = 0.2
+
+
 def spread_window(interval_s: float, timeout: float) -> float:
-    """The seconds of a round over which its polls start, each node at its `stable_offset` within them."""
-    return max(0.0, interval_s - timeout)
+    """The seconds of a round over which its polls start, each node at its `stable_offset` within them: what is
+    left of the interval after the slowest poll (`timeout`) and the ROUND_HEADROOM share. None left (a timeout
+    close to the interval): every poll at once."""
+    return max(0.0, interval_s - timeout - interval_s * ROUND_HEADROOM)
 
 
 async def poll_spread(targets: list[PollTarget], interval_s: float, *, ssl_context: ssl.SSLContext | None = None,
