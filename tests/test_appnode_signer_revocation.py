@@ -21,7 +21,7 @@ from werkzeug.serving import make_server
 
 from app.appnode.node import Node
 from app.extensions import db
-from app.pki import own_keys, revocation
+from app.pki import own_keys, profiles, revocation
 from app.pki import service as pki
 from app.routing import document
 from app.routing import service as routing
@@ -216,7 +216,9 @@ def foreign_pki():
                    .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(hours=1))
                    .not_valid_after(now + timedelta(days=30))
                    .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-        if not ca:
+        if ca:  # a CA's profile in full: a root the operator installs with `trust-root` must show keyCertSign
+            builder = builder.add_extension(profiles.key_usage(ca=True), critical=True)
+        else:
             builder = builder.add_extension(x509.ExtendedKeyUsage([document.ROUTE_SIGNER_USAGE]), critical=False)
         return builder.sign(issuer_key, hashes.SHA256())
 

@@ -29,6 +29,7 @@ from app.appnode.cli_lines import (
     retry_line,
     status_lines,
     table_lines,
+    trust_root_lines,
     user_line,
     when,
 )
@@ -122,24 +123,56 @@ def init(ctx: Context, registry, division, endpoint, listen, org_name, org_code,
 @click.option("--wait", default=3600, show_default=True, type=Digits(0, 30 * 24 * 3600),
               help="Seconds to wait for the approval (whole seconds, up to 30 days).")
 @click.option("--if-needed", is_flag=True, help="Do nothing when the node has joined already.")
+@click.option("--again", is_flag=True, help="Enrol a joined node again, under the root `trust-root` installed, "
+              "keeping its users, history and groups (docs/operations.md, \"A new root for the nodes\").")
 @pass_ctx
-def join(ctx: Context, token, wait, if_needed):
+def join(ctx: Context, token, wait, if_needed, again):
     """Apply with an enrollment token, wait for the approval, fetch the certificate, pull the routes."""
     node = ctx.node
-    if node.joined:
+    if again:
+        if not node.joined:
+            raise Refused("this node has not joined yet: run `join` without --again", code="not_joined")
+        node.check_enrol_again()
+    elif node.joined:
         if if_needed:
             return
-        raise Refused(f"already joined as {node.node_id}", code="already_joined")
-    if trust_taken_in_the_clear(node.config.registry_url):
+        raise Refused(f"already joined as {node.node_id}; after a new root, `trust-root FILE` then "
+                      "`join --again` (docs/operations.md)", code="already_joined")
+    if not again and trust_taken_in_the_clear(node.config.registry_url):
         click.echo(f"warning: the management node is reached over plain http ({node.config.registry_url}): the root "
                    "this node trusts from now on is whatever answers there; join over https with --registry-ca, or "
                    "only on a network path you trust (docs/protocol.md §10)", err=True)
     if not node.setting("application_id") or node.setting("enrollment_token") != token:
-        application_id = node.apply(token)
+        application_id = node.apply(token, keep_root=again)
         click.echo(f"application {application_id} submitted; waiting for a ministry admin to approve it", err=True)
-    node_id = node.await_approval(timeout=wait)
+    node_id = node.await_approval(timeout=wait, keep_root=again)
     result = node.sync_routes()
     ctx.out({"node_id": node_id, "route_version": result.version}, f"joined as {node_id}")
+
+
+@cli.command("trust-root")
+@click.argument("root_file", metavar="FILE",
+                type=click.Path(exists=True, dir_okay=False, readable=True, path_type=Path))
+@pass_ctx
+def trust_root(ctx: Context, root_file: Path):
+    """Replace the node's trust anchor (tls/ca.pem) with the root certificate in FILE, handed over by the management
+    node's operators, then pull. Refused, changing nothing, unless FILE holds one self-signed CA certificate and the
+    route signer the management node serves chains to it. Restart `run` afterwards."""
+    node = ctx.node
+    rerooted = node.replace_trust_anchor(root_file.read_bytes(), str(root_file))
+    pulled, pull_error = None, None
+    try:
+        pulled = node.sync_routes()
+    except DomainError as error:
+        pull_error = f"{error.code}: {error.message}"
+    document = {"new_root": rerooted.new_root, "old_root": rerooted.old_root,
+                "certificate_chains": rerooted.certificate_problem is None,
+                "certificate_problem": rerooted.certificate_problem, "routes_forgotten": rerooted.routes_forgotten,
+                "pull": ({"outcome": pulled.outcome, "version": pulled.version, "expired_at": pulled.expired_at}
+                         if pulled is not None else None), "pull_error": pull_error}
+    ctx.out(document, trust_root_lines(rerooted, pulled, pull_error))
+    if rerooted.certificate_problem or pulled is None or pulled.expired_at is not None:
+        sys.exit(NOT_ALL_DONE)  # the root is replaced, but the node does not work under it yet
 
 
 @cli.command()

@@ -12,6 +12,7 @@ from typing import TypeVar
 from cryptography import x509
 
 from app.appnode.store import Group, Outbox, ReadState, User
+from app.appnode.trust_anchor import Rerooted
 from app.readable import one_line
 from app.routing.client import AcceptResult
 
@@ -194,3 +195,19 @@ def put_off_line(what: str, code: str, status: int, seconds: int | None) -> str:
     if seconds is None:
         return f"{what}: {reason}; try again later (its Retry-After is neither seconds nor a date)"
     return f"{what}: {reason}; try again {f'in {seconds} s' if seconds else 'now'} (Retry-After)"
+
+
+def trust_root_lines(rerooted: Rerooted, pulled: AcceptResult | None, pull_error: str | None) -> str:
+    """`trust-root`: both roots (fingerprint and subject, to compare with what the management node's operators
+    said), what became of the routing table held and of the node's certificate, and the pull after."""
+    old = rerooted.old_root
+    lines = ["trust anchor replaced (tls/ca.pem); compare the new root's fingerprint with the one the management "
+             "node's operators gave you",
+             f"  new root: sha256 {rerooted.new_root['sha256']}  {rerooted.new_root['subject']}",
+             f"  old root: sha256 {old['sha256']}  {old['subject']}" if old else "  old root: none readable"]
+    if rerooted.routes_forgotten:
+        lines.append("the routing table held does not verify under the new root: forgotten")
+    if rerooted.certificate_problem:
+        lines.append(rerooted.certificate_problem)
+    lines.append(pull_lines(pulled) if pulled is not None else f"the route pull after it failed: {pull_error}")
+    return "\n".join(lines)

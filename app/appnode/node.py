@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
+from app.appnode.certificate import KeyNotHeld, check_issued, key_holder
 from app.appnode.config import NodeConfig, check_division, check_endpoint, check_listen, check_registry_url
 from app.appnode.ephemeral import EphemeralMixin
 from app.appnode.files import FilesMixin
@@ -50,6 +51,7 @@ from app.appnode.sending import SendingMixin
 from app.appnode.store import get_setting, put_setting
 from app.appnode.store_schema import open_database
 from app.appnode.transport import PeerPool, client_context
+from app.appnode.trust_anchor import TrustAnchorMixin
 from app.routing.client import RouteClient
 
 # What callers import from here. The message helpers live in messages.py and are re-exported so that their
@@ -58,7 +60,7 @@ __all__ = ["Node", "NotJoined", "Reply", "address", "declared_type", "image_size
 
 
 class Node(ReceivingMixin, GroupsMixin, GroupHomeMixin, GroupConfirmationMixin, EphemeralMixin, SendingMixin,
-           FilesMixin, OutboxMixin, ReadingMixin, RenewalMixin, RouteTableMixin):
+           FilesMixin, OutboxMixin, ReadingMixin, RenewalMixin, RouteTableMixin, TrustAnchorMixin):
     """One node data directory. The state every section shares is set up here; each mixin's docstring names
     what it uses of it and of the other mixins."""
 
@@ -199,18 +201,27 @@ class Node(ReceivingMixin, GroupsMixin, GroupHomeMixin, GroupConfirmationMixin, 
                 "system_name": config.system_name, "vendor": config.vendor, "endpoint": config.endpoint,
                 "contact": config.contact, "capabilities": list(config.capabilities)}
 
-    def apply(self, enrollment_token: str) -> str:
-        """SPEC §3 step 2: the A.1 information and a CSR, with the enrollment token."""
-        self.registry.fetch_ca()
-        csr = Identity.csr_for(self.identity.key())
+    def apply(self, enrollment_token: str, *, keep_root: bool = False) -> str:
+        """SPEC §3 step 2: the A.1 information and a CSR, with the enrollment token. The root, the chain and the
+        route signer are fetched first, unless `keep_root` (`join --again`: the root is the one `trust-root` took
+        out of band, §10, never one from the network)."""
+        if not keep_root:
+            self.registry.fetch_ca()
+            key = self.identity.key()
+        else:  # a new key, kept as the pending key until its certificate is installed: the old one stays certified
+            pending = self.identity.pending_key_file
+            key = self.identity.key(pending) if pending.exists() else self.identity.generate_key(pending)
+        csr = Identity.csr_for(key)
         application_id = self.registry.apply(enrollment_token, self.information(), csr)
         with self.db.begin() as session:
             put_setting(session, "application_id", application_id)
             put_setting(session, "enrollment_token", enrollment_token)
         return application_id
 
-    def await_approval(self, timeout: float = 3600, interval: float = 2.0) -> str:
-        """Poll the application until a ministry admin decides; then fetch the certificate."""
+    def await_approval(self, timeout: float = 3600, interval: float = 2.0, *, keep_root: bool = False) -> str:
+        """Poll the application until a ministry admin decides; then fetch the certificate. With `keep_root`
+        (`join --again`) it is installed only if it chains to the root held and names the node id approved
+        (CertificateNotInstalled otherwise: the node keeps its certificate and id)."""
         with self.db() as session:
             application_id = get_setting(session, "application_id")
             token = get_setting(session, "enrollment_token")
@@ -228,13 +239,31 @@ class Node(ReceivingMixin, GroupsMixin, GroupHomeMixin, GroupConfirmationMixin, 
                 raise RegistryError("still pending", code="application_pending")
             time.sleep(interval)
         node_id = status["node_id"]
-        self.identity.store_certificate(self.registry.fetch_certificate(node_id, token))
+        issued = self.registry.fetch_certificate(node_id, token)
+        if keep_root:
+            self._install_enrolled_again(issued, node_id)
+        else:
+            self.identity.store_certificate(issued)
         with self.db.begin() as session:
             put_setting(session, "node_id", node_id)
             put_setting(session, "enrollment_token", "")  # used up: forget the secret
         self._node_id = node_id
         self._routes = None
         return node_id
+
+    def _install_enrolled_again(self, issued: bytes, node_id: str) -> None:
+        """`join --again`: the certificate must chain to the root held, name `node_id` and certify the pending key
+        `apply` made, which becomes the node's key (CertificateNotInstalled otherwise: nothing changes)."""
+        tls = self.identity
+        checked = check_issued(issued, node_id=node_id, listed_sha256=None, root_pem=tls.ca_file.read_bytes(),
+                               chain_pem=tls.chain_file.read_bytes())
+        pending = tls.pending_key_file
+        if not pending.exists() or key_holder(checked.certificate, tls.key(), tls.key(pending)) != "pending":
+            raise KeyNotHeld(f"the management node issued certificate {checked.fingerprint} for a key other than the "
+                             f"one this node applied with ({pending})")
+        write_private(tls.key_file, pending.read_bytes())
+        tls.store_certificate(issued)
+        pending.unlink(missing_ok=True)
 
 
 @contextmanager

@@ -120,8 +120,9 @@ class RouteTableMixin(RevocationListsMixin):
                 if error.code == "bad_signer" and fetched is not None:
                     raise RouteRejected("bad_signer", f"{error.message}, nor does the route signer the management "
                                         f"node serves at {self.registry.base_url}/ca/route-signer.pem: the trust "
-                                        "anchor (tls/ca.pem) is the root this node took when it joined, never "
-                                        "replaced by a pull; after a new root, enrol the node again "
+                                        "anchor (tls/ca.pem) is the root this node took when it joined (or by "
+                                        "`trust-root`), never replaced by a pull; after a new root, install the "
+                                        "one the management node's operators hand over with `trust-root FILE` "
                                         "(docs/operations.md)") from None
                 if error.code in mended or error.code not in ("bad_signer", "own_entry_mismatch"):
                     raise
