@@ -4,8 +4,8 @@ Every command works on one data directory (`--data`, or MPIM_NODE_DATA) and call
 as the server. It prints lines for a person (app/appnode/cli_lines.py), and JSON only with `--json`, a
 refusal included (on stderr, see cli_context.Commands).
 
-This module holds the root group and the node's own commands (init, join, run, status, users, routes, outbox,
-renew, csr); a user's messaging commands live in app/appnode/cli_messaging.py and are registered here.
+This module holds the root group and the node's own commands (init, join, trust-root, run, status, users,
+routes, outbox, renew, csr); a user's messaging commands live in app/appnode/cli_messaging.py and are registered here.
 """
 
 from __future__ import annotations

@@ -262,7 +262,8 @@ class RegistryClient:
     def fetch_ca(self) -> None:
         """The trust anchor, the issuing chain and the route signer (SPEC §4 `/ca/*`), kept as they come: only
         when applying to join, the one moment the node takes a root on the management node's word. Afterwards
-        the root is never fetched again (`fetch_signer`); a new root means enrolling again (docs/operations.md)."""
+        the root is never fetched again (`fetch_signer`); a new root is the operator's `trust-root FILE`
+        (docs/operations.md)."""
         parts = {name: self._fetch_ca_file(name) for name in ("ca.pem", "chain.pem", "route-signer.pem")}
         self.identity.store_ca(parts["ca.pem"], parts["chain.pem"], parts["route-signer.pem"])
 
