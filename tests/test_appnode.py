@@ -398,7 +398,7 @@ def test_a_database_of_schema_2_gains_the_mark_of_forgotten_deliveries_in_place(
     connection.close()
     factory = open_database(path)
     with factory.begin() as session:
-        assert session.get(Setting, "schema_version").value == SCHEMA_VERSION == "6"
+        assert session.get(Setting, "schema_version").value == SCHEMA_VERSION == "7"
         assert session.get(Message, message_id).delivered_forgotten is False
         session.get(Message, message_id).delivered_forgotten = True
     with factory() as session:
@@ -407,10 +407,21 @@ def test_a_database_of_schema_2_gains_the_mark_of_forgotten_deliveries_in_place(
     open_database(path).kw["bind"].dispose()  # and opens as the current schema from then on
 
 
+def _as_schema_6(path) -> None:
+    """A database (a fresh one if there is none) taken back to what schema 6 left: no group_key in the outbox
+    nor its index, version 6."""
+    open_database(path).kw["bind"].dispose()
+    with sqlite3.connect(path) as connection:
+        connection.execute("DROP INDEX IF EXISTS ix_outbox_group_requests")
+        connection.execute("ALTER TABLE outbox DROP COLUMN group_key")
+        connection.execute("UPDATE settings SET value = '6' WHERE key = 'schema_version'")
+    connection.close()
+
+
 def _as_schema_5(path) -> None:
     """A database (a fresh one if there is none) taken back to what schema 5 left: no index on the outbox's
-    message_id, version 5."""
-    open_database(path).kw["bind"].dispose()
+    message_id (nor schema 7's group_key), version 5."""
+    _as_schema_6(path)
     with sqlite3.connect(path) as connection:
         connection.execute("DROP INDEX IF EXISTS ix_outbox_message_id")
         connection.execute("UPDATE settings SET value = '5' WHERE key = 'schema_version'")
@@ -550,7 +561,7 @@ def test_a_database_of_schema_3_gains_when_each_member_joined_in_place(network):
     _as_schema_3(a.dir / "node.db")  # the node's database as schema 3 left it, under the idle node
     open_database(a.dir / "node.db").kw["bind"].dispose()  # what the next start of the node does
     version, columns = _schema_of(a.dir / "node.db")
-    assert version == SCHEMA_VERSION == "6" and columns.count("joined_at") == 1
+    assert version == SCHEMA_VERSION == "7" and columns.count("joined_at") == 1
     assert texts("wangwu") == ["早", "晚"]
     assert [(row["unread"], row["count"]) for row in a.node.conversations("wangwu")] == [(2, 2)]
     assert [entry["unread_by"] for entry in a.node.history("zhangsan", conversation)] == [2, 2]

@@ -70,22 +70,15 @@ _OUTBOX = Outbox.__table__
 _EARLIER = _OUTBOX.alias("earlier")
 
 
-def _payload(table, field: str):
-    return func.json_extract(table.c.envelope, f"$.payload.{field}")
-
-
-def _is_group_request(table):
-    """An A.12 request to a group's home node (an announcement goes from the home node, to other nodes)."""
-    return and_(table.c.kind == "group_op", _payload(table, "home_node_id") == table.c.peer_node)
-
-
 # A request that an earlier one of this node, for the same group, still waits before (§6 "Group requests in
 # order"): the home node applies requests as they arrive, and each row had its own backoff, up to 4 of them in
 # flight at once, so an owner's kick queued while the home node was down came after the invite made once it was
 # back, and undid it. Only pending rows hold up the later ones: one delivered, refused or given up no longer does.
-BEHIND_EARLIER_REQUEST = and_(_is_group_request(_OUTBOX), exists().where(
-    _EARLIER.c.state == "pending", _EARLIER.c.peer_node == _OUTBOX.c.peer_node, _EARLIER.c.id < _OUTBOX.c.id,
-    _is_group_request(_EARLIER), _payload(_EARLIER, "group_id") == _payload(_OUTBOX, "group_id")))
+# By the stored `group_key` (schema 7), one probe of ix_outbox_group_requests: compared by json_extract, every
+# earlier row of the peer was read, and a delivery round with 500 groups waiting took 2 s.
+BEHIND_EARLIER_REQUEST = and_(_OUTBOX.c.group_key.is_not(None), exists().where(
+    _EARLIER.c.peer_node == _OUTBOX.c.peer_node, _EARLIER.c.group_key == _OUTBOX.c.group_key,
+    _EARLIER.c.state == "pending", _EARLIER.c.id < _OUTBOX.c.id))
 
 
 def retry_after_seconds(value: str | None, now: datetime | None = None) -> float:

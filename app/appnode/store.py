@@ -21,6 +21,7 @@ from sqlalchemy import (
     bindparam,
     false,
     select,
+    text,
     update,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -85,11 +86,17 @@ class Outbox(Base):
     """An envelope waiting for its peer's acknowledgement; survives restarts, retried with backoff."""
 
     __tablename__ = "outbox"
+    # A request's earlier ones for the same group are found by one probe of this index (schema 7); it holds
+    # the group requests only: a message queued costs it nothing.
+    __table_args__ = (Index("ix_outbox_group_requests", "peer_node", "group_key", "state", "id",
+                            sqlite_where=text("group_key IS NOT NULL")),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     peer_node: Mapped[str] = mapped_column(String(20), index=True)
     kind: Mapped[str] = mapped_column(String(10))
     message_id: Mapped[str] = mapped_column(String(36), index=True)  # a history page's delivery states (schema 6)
     envelope: Mapped[dict] = mapped_column(JSON)
+    # The group_id of an A.12 request to the group's home node, NULL on any other row (`group_key`, schema 7).
+    group_key: Mapped[str | None] = mapped_column(String(64))
     state: Mapped[str] = mapped_column(String(10), default="pending", index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     first_attempt_at: Mapped[datetime | None]
@@ -230,10 +237,21 @@ def insert_message(cursor, values: dict) -> None:
     cursor.execute(INSERT_MESSAGE_SQL, [row[column] for column in MESSAGE_COLUMNS])
 
 
+def group_key(peer: str, kind: str, envelope: dict) -> str | None:
+    """The group an outbox row to `peer` is a request for: the group_id of an A.12 request to the group's home
+    node (docs/protocol.md §6 "Group requests in order"), None for any other row (an announcement goes from the
+    home node, to other nodes). The upgrade to schema 7 fills it the same way, in SQL."""
+    payload = envelope.get("payload")
+    if kind != "group_op" or not isinstance(payload, dict) or payload.get("home_node_id") != peer:
+        return None
+    return payload.get("group_id")
+
+
 def insert_outbox(cursor, *, peer: str, kind: str, envelope: dict, next_attempt_at: datetime) -> int:
-    cursor.execute("INSERT INTO outbox (peer_node, kind, message_id, envelope, state, attempts, next_attempt_at)"
-                   " VALUES (?, ?, ?, ?, 'pending', 0, ?) RETURNING id",
-                   (peer, kind, envelope["message_id"], sql_json(envelope), sql_time(next_attempt_at)))
+    cursor.execute("INSERT INTO outbox (peer_node, kind, message_id, envelope, group_key, state, attempts,"
+                   " next_attempt_at) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?) RETURNING id",
+                   (peer, kind, envelope["message_id"], sql_json(envelope), group_key(peer, kind, envelope),
+                    sql_time(next_attempt_at)))
     return cursor.fetchone()[0]
 
 
