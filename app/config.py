@@ -62,31 +62,59 @@ def env_choice(name: str, default: str, choices: tuple[str, ...], said: str) -> 
     return value
 
 
+def url_origin(value: str) -> str:
+    """scheme://host[:port] of an address, for a message or a log line: never its user information, path or query,
+    where a webhook's token is often carried. "?" for what cannot be told."""
+    try:
+        parts = urlsplit(value)
+        host, port = parts.hostname, parts.port
+    except ValueError:  # a port out of range, a malformed IPv6 host
+        parts, host, port = urlsplit(""), None, None
+    host = f"[{host}]" if host and ":" in host else host
+    return f"{parts.scheme or '?'}://{host or '?'}" + (f":{port}" if port is not None else "")
+
+
+def has_user_information(value: str) -> bool:
+    """An address with a user name or password (`https://user:token@host/`)."""
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return False
+    return "@" in parts.netloc
+
+
 def is_http_url(value: str) -> bool:
-    """An http:// or https:// address with a host, a port in range and no space or control character: what
-    urllib can open as written (`env_http_url` refuses anything else at the start; `send_webhook` tries none)."""
+    """An http:// or https:// address with a host, a port in range, no user information and no space or control
+    character: what the health webhook sends to as written (`env_http_url` refuses anything else at the start;
+    `send_webhook` tries none). User information is refused: it is a credential written into the address, which
+    a failure's message may quote (urllib read `user:token@host` as a host with a port named "token@host", and
+    logged that on every attempt); a token belongs in the path or the query, which no log line shows."""
     try:
         parts = urlsplit(value)
         port_ok = parts.port is None or parts.port > 0
         if parts.hostname:
-            parts.hostname.encode("idna")  # as urllib sends it: an empty label or one past 63 characters fails
-        # urllib sends the rest as written, in ASCII: a path, query or user name in other characters never goes.
-        rest_ascii = all(part.isascii() for part in (parts.path, parts.query, parts.fragment, parts.username or "",
-                                                     parts.password or ""))
+            parts.hostname.encode("idna")  # as it is sent: an empty label or one past 63 characters fails
+        # The rest is sent as written, in ASCII: a path or query in other characters never goes.
+        rest_ascii = all(part.isascii() for part in (parts.path, parts.query, parts.fragment))
     except ValueError:  # a port out of range, a malformed IPv6 host, a host name IDNA cannot encode
         return False
     return (port_ok and rest_ascii and parts.scheme in ("http", "https") and bool(parts.hostname)
+            and not has_user_information(value)
             and not any(character.isspace() or not character.isprintable() for character in value))
 
 
 def env_http_url(name: str) -> str:
     """An http:// or https:// address with a host, or "" (none); anything else stops the start naming the
-    variable. The health webhook is sent after the round commits: a URL urllib cannot open surfaced only then,
-    at the first alert, as a round recorded failed (no scheme) or as every alert lost (another scheme, no host)."""
+    variable. The health webhook is sent after the round commits: a URL it cannot open surfaced only then, at the
+    first alert, as a round recorded failed (no scheme) or as every alert lost (another scheme, no host).
+    The refusal names the address's scheme and host only: its user information, path or query may be a token."""
     value = os.environ.get(name, "").strip()
+    if value and has_user_information(value):
+        raise ValueError(f"{name} must carry no user name or password (user:password@ before the host), as "
+                         f"{url_origin(value)} does: give the receiver's token in the path or the query instead")
     if value and not is_http_url(value):
         raise ValueError(f"{name} must be an http:// or https:// address with a host, in ASCII but for the host "
-                         f"name (percent-encode the rest), not {value!r}")
+                         f"name (percent-encode the rest), not {url_origin(value)} (path and query not shown)")
     return value
 
 
@@ -185,6 +213,7 @@ def load_config(overrides: dict | None = None) -> dict:
         "MPIM_HEALTH_SUCCESSES_BEFORE_UP": env_int("MPIM_HEALTH_SUCCESSES_BEFORE_UP", 2, minimum=1),
         "MPIM_HEALTH_FLAP_CHANGES": env_int("MPIM_HEALTH_FLAP_CHANGES", 4, minimum=0),
         "MPIM_HEALTH_WEBHOOK_URL": env_http_url("MPIM_HEALTH_WEBHOOK_URL"),
+        "MPIM_HEALTH_WEBHOOK_SECONDS": env_seconds("MPIM_HEALTH_WEBHOOK_SECONDS", 15),
         "MPIM_HEARTBEAT_SECONDS": env_seconds("MPIM_HEARTBEAT_SECONDS", 15),
         "MPIM_JOB_RUNS_KEEP_DAYS": env_int("MPIM_JOB_RUNS_KEEP_DAYS", 30, minimum=1),
     }

@@ -29,13 +29,30 @@ def test_settings_out_of_their_range_stop_the_start_naming_them(monkeypatch, tmp
 @pytest.mark.parametrize("value", ["hooks.example/alert", "ftp://hooks.example/alert", "http:///alert",
                                    "https://", "http://hooks example/alert", "http://hooks.example:99999/",
                                    "http://hooks..example/alert", "http://" + "a" * 64 + ".example/alert",
-                                   "http://hooks.example/告警", "http://user:pä@hooks.example/"])
+                                   "http://hooks.example/告警", "http://hooks.example/alert?token=S3CRET\x01"])
 def test_a_webhook_url_that_is_no_http_address_stops_the_start_naming_it(monkeypatch, tmp_path, value):
     """A URL without a scheme started, and every round that had an alert to send then raised out of the webhook
-    (ValueError: unknown url type) after its commit; one with another scheme or no host failed every attempt."""
+    (ValueError: unknown url type) after its commit; one with another scheme or no host failed every attempt.
+    The refusal quoted the whole value, a token in its query included, into the start's log."""
     monkeypatch.setenv("MPIM_HEALTH_WEBHOOK_URL", value)
-    with pytest.raises(ValueError, match="^MPIM_HEALTH_WEBHOOK_URL must be an http:// or https:// address"):
+    with pytest.raises(ValueError, match="^MPIM_HEALTH_WEBHOOK_URL must be an http:// or https:// address") as refused:
         load_config({"MPIM_INSTANCE_PATH": str(tmp_path)})
+    assert "alert" not in str(refused.value) and "S3CRET" not in str(refused.value)
+
+
+@pytest.mark.parametrize(("value", "origin"), [
+    ("https://alerts:S3CRET-TOKEN@hooks.example/notify", "https://hooks.example"),
+    ("http://S3CRET@10.1.2.3:8080/hook", "http://10.1.2.3:8080"), ("http://user:pä@hooks.example/", "http://hooks.example"),
+    ("https://:S3CRET@[fd00::1]/hook", "https://[fd00::1]")])
+def test_a_webhook_url_with_user_information_stops_the_start_naming_only_its_scheme_and_host(monkeypatch, tmp_path,
+                                                                                               value, origin):
+    """`https://user:token@host/` started; urllib could not open it (InvalidURL: nonnumeric port: 'token@host'),
+    and logged that, token and all, three times per alert. The refusal names the scheme and the host, not the rest."""
+    monkeypatch.setenv("MPIM_HEALTH_WEBHOOK_URL", value)
+    with pytest.raises(ValueError, match="^MPIM_HEALTH_WEBHOOK_URL must carry no user name or password") as refused:
+        load_config({"MPIM_INSTANCE_PATH": str(tmp_path)})
+    assert f"as {origin} does:" in str(refused.value)
+    assert "S3CRET" not in str(refused.value) and "hook" not in str(refused.value).replace("hooks.example", "")
 
 
 @pytest.mark.parametrize("value", ["", "http://10.1.2.3:8080/hook", "https://alerts.example.gov.cn/mpim?x=1",
