@@ -16,7 +16,7 @@ from app.health import maintenance, service
 from app.health.models import HealthEvent, NodeHealth
 from app.routing import service as routes
 from tests.factories import change_document
-from tests.test_health_state import Hook, Result, webhook  # noqa: F401 (fixture; Result: one poll's outcome)
+from tests.test_health_state import Hook, Result, sent, webhook  # noqa: F401 (fixture; Result: one poll's outcome)
 from tests.test_sessions import admit_with_keys, people, wait_for_a_lock_wait  # noqa: F401 (fixture)
 
 
@@ -174,7 +174,7 @@ def test_a_node_down_in_maintenance_then_suspended_and_resumed_is_alerted_only_i
     nodes.suspend(node, "upgrade", by=minister)
     nodes.resume(node, "upgrade done", by=minister)
     db.session.commit()
-    assert [c["new"] for h in Hook.received for c in h["changes"]] == ["up"]  # the resets sent nothing
+    assert [c["new"] for h in sent() for c in h["changes"]] == ["up"]  # the resets sent nothing
 
     for _ in range(3):  # inside the window, the polls find it down again: held back, then sent late, once
         service.apply_round([Result(node.node_id, False, failure="timeout")])
@@ -182,7 +182,7 @@ def test_a_node_down_in_maintenance_then_suspended_and_resumed_is_alerted_only_i
     db.session.commit()
     report = service.apply_round([Result(node.node_id, False, failure="timeout")])
     assert [(c.old, c.new, c.reason) for c in report.late_alerts] == [("unknown", "down", "timeout")]
-    assert len(Hook.received) == 2 and Hook.received[1]["changes"][0]["after_maintenance"] is True
+    assert len(sent()) == 2 and sent()[1]["changes"][0]["after_maintenance"] is True
 
     maintenance.set_maintenance(node.node_id, utcnow() + timedelta(hours=1), "upgrade", by=minister)
     nodes.suspend(node, "upgrade", by=minister)  # down inside a window, suspended, the window ends meanwhile
@@ -194,7 +194,7 @@ def test_a_node_down_in_maintenance_then_suspended_and_resumed_is_alerted_only_i
     for _ in range(2):
         report = service.apply_round([Result(node.node_id, False, failure="timeout")])
     assert [(c.old, c.new, c.in_maintenance) for c in report.changes] == [("unknown", "down", False)]
-    assert len(Hook.received) == 3 and Hook.received[2]["changes"][0]["after_maintenance"] is False
+    assert len(sent()) == 3 and sent()[2]["changes"][0]["after_maintenance"] is False
 
 
 def test_a_round_applied_while_a_suspension_commits_waits_for_it_and_skips_the_node(app, people):  # noqa: F811

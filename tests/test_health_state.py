@@ -19,6 +19,7 @@ from app.extensions import db
 from app.health import history, maintenance, service
 from app.health.models import HealthEvent, HealthHourly, HealthSample, NodeHealth
 from app.health.state import Counters, Thresholds, step
+from app.health.webhook import outbox, send_webhook
 from tests.conftest import csrf_token, stop_serving
 from tests.test_admission_review import admit
 
@@ -182,20 +183,27 @@ def webhook():
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}/hook"
+    assert outbox.wait(60)  # nothing of this test's left to send to it
     stop_serving(server, thread)
+
+
+def sent() -> list:
+    """What the receiver got, once every alert queued is sent (or given up): a round queues its alerts."""
+    assert outbox.wait(60)
+    return Hook.received
 
 
 def test_webhook_is_retried_and_skipped_in_maintenance(app, node, webhook, make_user):
     app.config["MPIM_HEALTH_WEBHOOK_URL"] = webhook
     service.apply_round([Result(node.node_id, True)])
     service.apply_round([Result(node.node_id, True)])  # unknown → up: an alert, after one refused attempt
-    assert len(Hook.received) == 1 and Hook.received[0]["changes"][0]["new"] == "up"
+    assert len(sent()) == 1 and sent()[0]["changes"][0]["new"] == "up"
     maintenance.set_maintenance(node.node_id, utcnow() + timedelta(hours=1), "upgrade", by=db.session.merge(
         make_user("other-minister")))
     db.session.commit()
     for _ in range(3):
         service.apply_round([Result(node.node_id, False, failure="refused")])
-    assert len(Hook.received) == 1  # down during maintenance: recorded, not alerted
+    assert len(sent()) == 1  # down during maintenance: recorded, not alerted
     event = db.session.scalars(select(HealthEvent).order_by(HealthEvent.id.desc())).first()
     assert event.new_status == "down" and event.in_maintenance
 
@@ -233,8 +241,128 @@ def test_a_receiver_answering_garbage_costs_the_alert_not_the_round(app, node, g
     report = service.apply_round([Result(node.node_id, True)])  # unknown → up: an alert
     assert [(c.old, c.new) for c in report.changes] == [("unknown", "up")]
     assert db.session.get(NodeHealth, node.node_id).status == "up"
+    assert outbox.wait(60)
     assert [r.getMessage().split(":")[0] for r in caplog.records if r.name == "mpim.health"] == [
         f"health webhook attempt {n} failed" for n in (1, 2, 3)]
+
+
+@pytest.fixture
+def trickling_webhook():
+    """A receiver that sends its status line and headers a byte a second, never ending them: each read of the
+    answer gets a byte well inside a per-read timeout."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def trickle() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except OSError:  # closed: the test is over
+                return
+            with connection:
+                connection.recv(65536)
+                for byte in b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 1000:
+                    if stop.wait(1.0):  # the pace of the trickle, not a wait for anything
+                        return
+                    try:
+                        connection.send(bytes([byte]))
+                    except OSError:  # the sender gave up
+                        break
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/hook?token=S3CRET"
+    stop.set()
+    listener.close()
+    thread.join(30)
+
+
+def test_a_receiver_trickling_its_answer_holds_up_neither_the_round_nor_the_alerts_after(app, node,
+                                                                                         trickling_webhook, caplog):
+    """urllib's timeout bounds each read of the answer, not the request: a receiver sending a byte a second held
+    apply_round (so `health.poll`, past its limit, and every later round skipped) as long as it liked. The round
+    queues its alerts; the send is given up at its deadline, and that is logged, without the URL."""
+    app.config.update(MPIM_HEALTH_WEBHOOK_URL=trickling_webhook, MPIM_HEALTH_WEBHOOK_SECONDS=3)
+    service.apply_round([Result(node.node_id, True)])
+    rounds: list = []
+
+    def second_round() -> None:
+        with app.app_context():
+            rounds.append(service.apply_round([Result(node.node_id, True)]))  # unknown → up: an alert
+
+    thread = threading.Thread(target=second_round, daemon=True)
+    thread.start()
+    thread.join(30)  # were it waiting for the receiver, it would wait for good
+    assert not thread.is_alive() and [(c.old, c.new) for c in rounds[0].changes] == [("unknown", "up")]
+    assert outbox.wait(30)  # given up at its deadline, not at the receiver's leisure
+    assert webhook_log(caplog)[-1] == ("ERROR", "health webhook not sent: not done within its 3 s deadline "
+                                                "(attempt 1 of 3 cut short); given up")
+    assert "S3CRET" not in caplog.text and "/hook" not in caplog.text
+
+
+class Redirecting(BaseHTTPRequestHandler):
+    """A receiver answering every POST with a redirect to `location`; any request after it is recorded."""
+
+    status, location, followed = 302, "", []
+
+    def do_POST(self):  # noqa: N802 (http.server's naming)
+        if self.path != "/hook":
+            return self.do_GET()
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(Redirecting.status)
+        self.send_header("Location", Redirecting.location)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_GET(self):  # noqa: N802
+        Redirecting.followed.append((self.command, self.path))
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize(("status", "location", "shown"), [
+    (302, "/login?next=/hook&token=S3CRET", "http://127.0.0.1:{port}"), (301, "/hook/", "http://127.0.0.1:{port}"),
+    (303, "https://user:S3CRET@alerts.example/landing?token=S3CRET", "https://alerts.example"),
+    (307, "/elsewhere", "http://127.0.0.1:{port}"),
+    (308, "https://alerts.example:8443/hook", "https://alerts.example:8443")])
+def test_a_redirect_is_no_delivery_and_is_not_followed(app, status, location, shown, caplog):
+    """urllib followed a 301, 302 or 303 by turning the POST into a GET without its body, to any host, and a 200
+    there (an auth proxy's login page, the address with a trailing slash) counted as delivered: every alert was
+    lost while send_webhook said True. A redirect is a failure, logged once with where it points (scheme and host
+    only), and not followed."""
+    Redirecting.status, Redirecting.location, Redirecting.followed = status, location, []
+    server = HTTPServer(("127.0.0.1", 0), Redirecting)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        change = service.StatusChange("36000000002025000001", "up", "down", "timeout", "", False)
+        assert send_webhook(f"http://127.0.0.1:{server.server_port}/hook", [change], backoff=0) is False
+    finally:
+        stop_serving(server, thread)
+    assert Redirecting.followed == []
+    assert webhook_log(caplog) == [("ERROR", f"health webhook redirected (HTTP {status} to "
+                                             f"{shown.format(port=server.server_port)}); not retried; point "
+                                             "MPIM_HEALTH_WEBHOOK_URL at the final address")]
+
+
+def test_alerts_a_process_leaves_unsent_are_logged_when_it_ends(app, trickling_webhook, caplog):
+    """`flask health poll --once` and the scheduler call `finish` as they end: what the deadline does not let
+    go is named in the log, never dropped silently, and the process does not wait for the receiver."""
+    late = service.StatusChange("36000000002025000002", "up", "down", "refused", "", False, after_maintenance=True)
+    outbox.put(trickling_webhook, [service.StatusChange("36000000002025000001", "up", "down", "timeout", "", False)],
+               deadline=3)
+    outbox.put(trickling_webhook, [late], deadline=3)
+    assert outbox.finish() is False
+    assert ("ERROR", "health webhook not sent: the process ended first; unsent: "
+                     "36000000002025000002 up→down (after maintenance)") in webhook_log(caplog)
+    assert outbox.wait(30)  # the one being sent was given up at its deadline; the other was dropped from the queue
 
 
 def webhook_log(caplog) -> list[tuple[str, str]]:
@@ -244,15 +372,18 @@ def webhook_log(caplog) -> list[tuple[str, str]]:
 @pytest.mark.parametrize("url", ["hooks.example/alert", "ftp://hooks.example/alert", "http:///alert",
                                  "http://hooks.example:99999/alert", "http://hooks example/alert",
                                  "http://hooks..example/alert", "http://" + "a" * 64 + ".example/alert",
-                                 "http://hooks.example/告警", "http://user:pä@hooks.example/"])
+                                 "http://hooks.example/告警", "http://user:pä@hooks.example/",
+                                 "https://alerts:S3CRET@hooks.example/notify"])
 def test_a_webhook_url_that_is_no_http_address_is_logged_once_and_not_retried(app, url, caplog):
     """A URL without a scheme raised ValueError ("unknown url type") out of the round; then it was tried three
     times with backoff, as if the next attempt could open it, and logged three times. The start refuses such a URL
-    (`env_http_url`); one set in the config by other means is named once, as the variable, and no attempt made."""
+    (`env_http_url`); one set in the config by other means is named once, as the variable, and no attempt made.
+    One with a user name and password was tried: urllib read its password as a port (InvalidURL: nonnumeric port:
+    'S3CRET@hooks.example'), logged with the password, three times."""
     change = service.StatusChange("36000000002025000001", "up", "down", "timeout", "", False)
-    assert service.send_webhook(url, [change], backoff=0) is False
+    assert send_webhook(url, [change], backoff=0) is False
     assert webhook_log(caplog) == [("ERROR", "health webhook not sent: MPIM_HEALTH_WEBHOOK_URL is no http:// or "
-                                             "https:// address with a host; not retried")]
+                                             "https:// address with a host and no user name or password; not retried")]
 
 
 class Answering(BaseHTTPRequestHandler):
@@ -287,7 +418,7 @@ def test_a_receiver_failing_is_tried_again_one_refusing_the_request_is_not(app, 
     credentials are wrong, and three attempts with backoff only delayed the round's end and tripled the log."""
     Answering.status = status
     change = service.StatusChange("36000000002025000001", "up", "down", "timeout", "", False)
-    assert service.send_webhook(answering, [change], backoff=0) is False
+    assert send_webhook(answering, [change], backoff=0) is False
     assert Answering.posts == posts
     if posts == 1:
         assert [level for level, _ in webhook_log(caplog)] == ["ERROR"]
@@ -305,7 +436,7 @@ def test_a_receiver_that_refuses_the_connection_is_tried_again(app, caplog):
     with socket.create_server(("127.0.0.1", 0)) as listener:
         port = listener.getsockname()[1]  # closed below: nothing listens there any more
     change = service.StatusChange("36000000002025000001", "up", "down", "timeout", "", False)
-    assert service.send_webhook(f"http://127.0.0.1:{port}/hook", [change], backoff=0) is False
+    assert send_webhook(f"http://127.0.0.1:{port}/hook", [change], backoff=0) is False
     assert [message.split(":")[0] for _, message in webhook_log(caplog)] == [
         f"health webhook attempt {n} failed" for n in (1, 2, 3)]
     assert "Connection refused" in webhook_log(caplog)[0][1]
@@ -320,34 +451,34 @@ def test_a_node_still_down_when_its_maintenance_ends_is_alerted_then_once(app, n
     minister = db.session.merge(make_user("other-minister"))
     for _ in range(2):
         service.apply_round([Result(node.node_id, True)])
-    assert [c["new"] for h in Hook.received for c in h["changes"]] == ["up"]
+    assert [c["new"] for h in sent() for c in h["changes"]] == ["up"]
     maintenance.set_maintenance(node.node_id, utcnow() + timedelta(hours=1), "upgrade", by=minister)
     db.session.commit()
     for _ in range(4):
         service.apply_round([Result(node.node_id, False, failure="refused")])
-    assert len(Hook.received) == 1  # held back
+    assert len(sent()) == 1  # held back
     db.session.get(NodeHealth, node.node_id).maintenance_until = utcnow() - timedelta(seconds=1)  # ran out
     db.session.commit()
     report = service.apply_round([Result(node.node_id, False, failure="refused")])
     assert report.changes == [] and [c.node_id for c in report.late_alerts] == [node.node_id]
     assert "still down after maintenance: " + node.node_id in report.summary()
-    assert len(Hook.received) == 2
-    assert Hook.received[1]["changes"] == [{"node_id": node.node_id, "old": "up", "new": "down",
+    assert len(sent()) == 2
+    assert sent()[1]["changes"] == [{"node_id": node.node_id, "old": "up", "new": "down",
                                              "reason": "refused", "detail": "", "in_maintenance": False,
                                              "after_maintenance": True}]
     service.apply_round([Result(node.node_id, False, failure="refused")])
-    assert len(Hook.received) == 2  # once
+    assert len(sent()) == 2  # once
 
     for _ in range(2):
         service.apply_round([Result(node.node_id, True)])  # back up: alerted as usual
     maintenance.set_maintenance(node.node_id, utcnow() + timedelta(hours=1), "upgrade", by=minister)
     for _ in range(3):
         service.apply_round([Result(node.node_id, False, failure="timeout")])
-    received = len(Hook.received)
+    received = len(sent())
     maintenance.schedule_maintenance(db.session.merge(node), "0", "", by=minister)  # ended early
     db.session.commit()
     service.apply_round([Result(node.node_id, False, failure="timeout")])
-    assert len(Hook.received) == received + 1 and Hook.received[-1]["changes"][0]["after_maintenance"] is True
+    assert len(sent()) == received + 1 and sent()[-1]["changes"][0]["after_maintenance"] is True
 
 
 def test_a_node_back_up_inside_its_window_or_down_before_it_is_not_alerted_again(app, node, webhook, make_user):
@@ -356,14 +487,14 @@ def test_a_node_back_up_inside_its_window_or_down_before_it_is_not_alerted_again
     minister = db.session.merge(make_user("other-minister"))
     for _ in range(3):
         service.apply_round([Result(node.node_id, False, failure="refused")])  # down before: alerted then
-    assert [c["new"] for h in Hook.received for c in h["changes"]] == ["down"]
+    assert [c["new"] for h in sent() for c in h["changes"]] == ["down"]
     maintenance.set_maintenance(node.node_id, utcnow() + timedelta(hours=1), "upgrade", by=minister)
     db.session.commit()
     service.apply_round([Result(node.node_id, False, failure="refused")])
     db.session.get(NodeHealth, node.node_id).maintenance_until = utcnow() - timedelta(seconds=1)
     db.session.commit()
     assert service.apply_round([Result(node.node_id, False, failure="refused")]).late_alerts == []
-    assert len(Hook.received) == 1
+    assert len(sent()) == 1
 
 
 def test_flapping_counts_changes_in_the_last_hour(app, node):

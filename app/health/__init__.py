@@ -6,7 +6,7 @@ def init_app(app) -> None:
 
     from app import console
     from app.admission import hooks, node_views
-    from app.health import history, rounds, service, views
+    from app.health import history, rounds, service, views, webhook
     from app.health.cli import cli
     from app.scheduler import registry
 
@@ -20,6 +20,8 @@ def init_app(app) -> None:
     if service.forget_verdict_after_move not in hooks.node_changed:
         hooks.node_changed.append(service.forget_verdict_after_move)
     registry.register(registry.Job("health.downsample", history.downsample, 3600))
+    if webhook.outbox.finish not in registry.at_stop:  # alerts queued by the last rounds
+        registry.at_stop.append(webhook.outbox.finish)
     column = ("health", _l("Health"), views.health_cells)
     if all(name != column[0] for name, _, _ in node_views.node_columns):
         node_views.node_columns.append(column)

@@ -10,7 +10,7 @@ from flask.cli import AppGroup
 from app.admission import nodes
 from app.admission.cli import emit, run
 from app.auth import service as users
-from app.health import maintenance, rounds, service
+from app.health import maintenance, rounds, service, webhook
 
 cli = AppGroup("health", help="Health polling of every active node.")
 
@@ -21,6 +21,7 @@ cli = AppGroup("health", help="Health polling of every active node.")
 def poll_command(once, as_json):
     """Poll every active node once and print what was found."""
     report = run(lambda: rounds.run_round(spread=False), as_json)  # no CA: an error line, not a traceback
+    webhook.outbox.finish()  # the round's alerts go before the process ends, or are logged unsent
     if as_json:
         click.echo(json.dumps({"polled": report.polled, "ok": report.ok, "skipped": report.skipped,
                                "failures": report.failures,

@@ -7,12 +7,7 @@ again and again.
 
 from __future__ import annotations
 
-import http.client
-import json
 import logging
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -22,10 +17,9 @@ from flask import current_app
 from sqlalchemy import bindparam, func, insert, or_, select, update
 
 from app.admission.models import Node
-from app.config import is_http_url
 from app.database import among, serialise, utcnow
 from app.extensions import db
-from app.health import history
+from app.health import history, webhook
 from app.health.models import HealthEvent, NodeHealth
 from app.health.state import Counters, Thresholds, step
 
@@ -102,9 +96,9 @@ def still_polled(node_ids: list[str]) -> dict[str, tuple[str, datetime]]:
 
 def apply_round(results) -> RoundReport:
     """Apply poll results (objects with node_id, endpoint, ok, latency_ms, failure, detail, cert_matches,
-    checked_at) in one transaction; commits; then sends webhook alerts for real changes. A result for a node
-    that is no longer active, or no longer at the endpoint polled, is skipped (`still_polled`); one polled before
-    the node's last change of status (suspended and resumed since) is a sample only.
+    checked_at) in one transaction; commits; then queues webhook alerts of real changes (`webhook.outbox`). A
+    result for a node that is no longer active, or no longer at the endpoint polled, is skipped (`still_polled`);
+    one polled before the node's last change of status (suspended and resumed since) is a sample only.
     Rows are read and written with executemany statements, not ORM objects: a round of 10,000 nodes spent most
     of its time (and so most of the time it holds its locks) building and flushing objects (bench/health.py)."""
     report = RoundReport(polled=len(results))
@@ -187,7 +181,9 @@ def apply_round(results) -> RoundReport:
     db.session.commit()
     alerts = [c for c in report.changes if not c.in_maintenance] + report.late_alerts
     if alerts and current_app.config.get("MPIM_HEALTH_WEBHOOK_URL"):
-        send_webhook(current_app.config["MPIM_HEALTH_WEBHOOK_URL"], alerts)
+        # Queued, not sent here: no receiver may hold the round up (`webhook`).
+        webhook.outbox.put(current_app.config["MPIM_HEALTH_WEBHOOK_URL"], alerts,
+                           deadline=current_app.config.get("MPIM_HEALTH_WEBHOOK_SECONDS", 15.0))
     return report
 
 
@@ -294,46 +290,6 @@ def late_alert(health, pending: dict | None = None) -> StatusChange | None:
         return None
     return StatusChange(health.node_id, event.old_status, "down", event.reason, event.detail, False,
                         after_maintenance=True)
-
-
-# Answers that another attempt may change: the receiver is failing (5xx), or asks to be asked later.
-RETRIED_STATUSES = frozenset({408, 425, 429})
-
-
-def send_webhook(url: str, changes: list[StatusChange], attempts: int = 3, timeout: float = 5.0,
-                 backoff: float = 0.5) -> bool:
-    """POST the state changes as JSON; a failure is logged, never raised: the round it alerts of is committed
-    already, and an exception here would record it failed. What may pass next time is retried with backoff: a
-    refused or timed-out connection, an unresolved name, a 5xx, 429, or an answer that is no HTTP at all. What
-    cannot is logged once and not retried, since the retries only delay the round's end: a URL urllib cannot open
-    (the start refuses one, `config.env_http_url`; the config may still hold one) and a 4xx refusing the request.
-    The URL is never logged: a webhook's often carries its token."""
-    if not is_http_url(url):
-        log.error("health webhook not sent: MPIM_HEALTH_WEBHOOK_URL is no http:// or https:// address with a host;"
-                  " not retried")
-        return False
-    body = json.dumps({"event": "node_health_changed", "time": utcnow().isoformat(),
-                       "changes": [c.__dict__ for c in changes]}, ensure_ascii=False).encode()
-    for attempt in range(attempts):
-        try:
-            request = urllib.request.Request(url, data=body, method="POST",
-                                             headers={"Content-Type": "application/json"})
-            with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (configured URL)
-                if 200 <= response.status < 300:
-                    return True
-        except urllib.error.HTTPError as error:
-            if error.code < 500 and error.code not in RETRIED_STATUSES:
-                log.error("health webhook refused: %s; not retried", error)
-                return False
-            log.warning("health webhook attempt %s failed: %s: %s", attempt + 1, type(error).__name__, error)
-        except (OSError, http.client.HTTPException) as error:
-            log.warning("health webhook attempt %s failed: %s: %s", attempt + 1, type(error).__name__, error)
-        except ValueError as error:  # what urllib still cannot open (is_http_url lets it pass): never raised
-            log.error("health webhook not sent: %s: %s; not retried", type(error).__name__, error)
-            return False
-        if attempt + 1 < attempts:
-            time.sleep(backoff * 2 ** attempt)
-    return False
 
 
 def flap_counts(node_ids: list[str] | None = None, now: datetime | None = None) -> dict[str, int]:

@@ -40,7 +40,10 @@ def run_command(lease_seconds, stop_grace_seconds):
     log_failing_checks(current_app._get_current_object(), "scheduler")  # the CA's jobs would fail on it later
     process = SchedulerProcess(current_app._get_current_object(), lease_seconds=lease_seconds,
                                stop_grace_seconds=stop_grace_seconds)
-    if not process.start():
+    finished = process.start()
+    for function in registry.at_stop:
+        function()
+    if not finished:
         # Python's exit would wait for the job's thread without end; the job's transaction dies with the process.
         logging.shutdown()
         os._exit(1)

@@ -19,6 +19,9 @@ class Job:
 
 
 jobs: list[Job] = []
+# Functions the scheduler process calls once as it ends, its jobs done (or past the stop's grace): what a job left
+# to finish in the background gets its last chance (the health webhook's queued alerts, `health.webhook.Outbox`).
+at_stop: list[Callable[[], object]] = []
 
 
 def register(job: Job) -> None:

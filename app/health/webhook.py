@@ -1,0 +1,175 @@
+"""Health alerts: a round's state changes POSTed as JSON to MPIM_HEALTH_WEBHOOK_URL, off the round.
+
+A round only queues its alerts (`outbox.put`); one thread sends them, in the order queued, so that no receiver
+holds a round up (a receiver trickling its answer held `health.poll` past its limit, and every later round was
+skipped). Each send has one deadline for all its attempts and their backoff, as polling has for a poll (urllib's
+per-read timeout never tripped on a receiver sending a byte a second). Redirects are not followed: urllib turned
+the POST into a GET without its body, to any host, and a 200 there counted as delivered.
+
+What a process leaves queued when it ends is given one deadline more (`Outbox.finish`, called by `flask health
+poll --once` and as the scheduler stops); an alert still unsent then is logged with its changes, never dropped
+silently. No log line names the URL beyond its scheme and host: a webhook's often carries its token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+import os
+import threading
+from collections import deque
+from urllib.parse import urljoin
+
+import aiohttp
+
+from app.config import is_http_url, url_origin
+from app.database import utcnow
+
+log = logging.getLogger("mpim.health")
+
+# Answers that another attempt may change: the receiver is failing (5xx), or asks to be asked later.
+RETRIED_STATUSES = frozenset({408, 425, 429})
+
+
+def send_webhook(url: str, changes: list, attempts: int = 3, timeout: float = 5.0, backoff: float = 0.5,
+                 deadline: float = 15.0) -> bool:
+    """POST the state changes as JSON; a failure is logged, never raised. What may pass next time is retried with
+    backoff: a refused or timed-out connection, an unresolved name, a 5xx, 429, or an answer that is no HTTP at
+    all. What cannot is logged once and not retried: a URL that cannot be opened (the start refuses one,
+    `config.env_http_url`; the config may still hold one), a 4xx refusing the request, and a redirect.
+    `timeout` bounds each attempt, `deadline` the whole send, its backoff included: past it, the send is given up."""
+    if not is_http_url(url):
+        log.error("health webhook not sent: MPIM_HEALTH_WEBHOOK_URL is no http:// or https:// address with a host"
+                  " and no user name or password; not retried")
+        return False
+    body = json.dumps({"event": "node_health_changed", "time": utcnow().isoformat(),
+                       "changes": [c.__dict__ for c in changes]}, ensure_ascii=False).encode()
+    from app.health import poller  # its `run`: asyncio.run, also from a thread whose loop is running
+    return poller.run(_send(url, body, attempts, timeout, backoff, deadline))
+
+
+async def _send(url: str, body: bytes, attempts: int, timeout: float, backoff: float, deadline: float) -> bool:
+    made = 0
+    try:
+        # trust_env: the proxy settings (HTTPS_PROXY, NO_PROXY) apply, as they did with urllib.
+        async with asyncio.timeout(deadline), aiohttp.ClientSession(
+                trust_env=True, connector=aiohttp.TCPConnector(force_close=True)) as client:
+            for made in range(1, attempts + 1):
+                delivered = await _attempt(client, url, body, made, timeout)
+                if delivered is not None:
+                    return delivered
+                if made < attempts:
+                    await asyncio.sleep(backoff * 2 ** (made - 1))
+    except TimeoutError:
+        log.error("health webhook not sent: not done within its %g s deadline (attempt %d of %d cut short);"
+                  " given up", deadline, made, attempts)
+    return False
+
+
+async def _attempt(client: aiohttp.ClientSession, url: str, body: bytes, attempt: int,
+                   timeout: float) -> bool | None:
+    """True: delivered; False: failed, and another attempt would fail the same way; None: failed, and the next
+    attempt may pass. Each failure is logged here."""
+    try:
+        async with asyncio.timeout(timeout), client.post(url, data=body, allow_redirects=False,
+                                                         headers={"Content-Type": "application/json"}) as response:
+            status, reason, location = response.status, response.reason, response.headers.get("Location")
+    except TimeoutError:
+        log.warning("health webhook attempt %s failed: no answer within %g s", attempt, timeout)
+        return None
+    except aiohttp.InvalidURL:  # what still cannot be opened (is_http_url lets it pass): never raised
+        log.error("health webhook not sent: InvalidURL: MPIM_HEALTH_WEBHOOK_URL cannot be opened; not retried")
+        return False
+    except (aiohttp.ClientError, OSError, ValueError) as error:
+        log.warning("health webhook attempt %s failed: %s: %s", attempt, type(error).__name__, describe(error))
+        return None
+    if 200 <= status < 300:
+        return True
+    if 300 <= status < 400:
+        target = url_origin(urljoin(url, location)) if location else "an address not given"
+        log.error("health webhook redirected (HTTP %s to %s); not retried; point MPIM_HEALTH_WEBHOOK_URL at the "
+                  "final address", status, target)
+        return False
+    if 400 <= status < 500 and status not in RETRIED_STATUSES:
+        log.error("health webhook refused: HTTP Error %s: %s; not retried", status, reason)
+        return False
+    log.warning("health webhook attempt %s failed: HTTPError: HTTP Error %s: %s", attempt, status, reason)
+    return None
+
+
+def describe(error: Exception) -> str:
+    """An error's message without the URL that aiohttp puts into some (a receiver's garbage answer's
+    ClientResponseError ends `url='…'`, query and token included)."""
+    if isinstance(error, aiohttp.ClientResponseError):
+        return error.message
+    if isinstance(error, aiohttp.ClientConnectorError) and isinstance(error.os_error, ConnectionRefusedError):
+        return os.strerror(errno.ECONNREFUSED)  # not asyncio's "Connect call failed (host, port)"
+    if isinstance(error, aiohttp.ClientConnectorError | aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError
+                  | OSError):
+        return str(error)  # the host and port at most
+    return "(its message may quote the URL, so is not shown)"
+
+
+class Outbox:
+    """Alerts waiting to be sent, and the one thread sending them in the order queued (started with the first)."""
+
+    def __init__(self) -> None:
+        self.changed = threading.Condition()
+        self.waiting: deque[tuple[str, list, float]] = deque()
+        self.sending: tuple[str, list, float] | None = None
+        self.thread: threading.Thread | None = None
+
+    def put(self, url: str, changes: list, deadline: float = 15.0) -> None:
+        with self.changed:
+            self.waiting.append((url, changes, deadline))
+            if self.thread is None or not self.thread.is_alive():
+                # A daemon: a process ending without `finish` (killed, or past the scheduler's stop grace) must
+                # not hang on a receiver.
+                self.thread = threading.Thread(target=self._send_all, name="health-webhook", daemon=True)
+                self.thread.start()
+            self.changed.notify_all()
+
+    def _send_all(self) -> None:
+        while True:
+            with self.changed:
+                while not self.waiting:
+                    self.changed.wait()
+                self.sending = self.waiting.popleft()
+            url, changes, deadline = self.sending
+            try:
+                send_webhook(url, changes, deadline=deadline)
+            except Exception:  # send_webhook raises nothing by contract; the thread must outlive a bug in it
+                log.exception("health webhook not sent: %s", summary(changes))
+            finally:
+                with self.changed:
+                    self.sending = None
+                    self.changed.notify_all()
+
+    def wait(self, timeout: float) -> bool:
+        """Until every alert queued is sent or given up, at most `timeout` s: True when none is left."""
+        with self.changed:
+            return self.changed.wait_for(lambda: not self.waiting and self.sending is None, timeout)
+
+    def finish(self) -> bool:
+        """At a process's end: give what is left the longest deadline among it, then log each alert still unsent
+        (with its changes: the operator learns of them from the log instead). True when none was left."""
+        with self.changed:
+            left = [item for item in (self.sending, *self.waiting) if item is not None]
+        if not left or self.wait(max(deadline for _, _, deadline in left) + 1):
+            return True
+        with self.changed:
+            unsent = [item for item in (self.sending, *self.waiting) if item is not None]
+            self.waiting.clear()  # the daemon thread dies with the process: these would never go
+        for _, changes, _ in unsent:
+            log.error("health webhook not sent: the process ended first; unsent: %s", summary(changes))
+        return not unsent
+
+
+def summary(changes: list) -> str:
+    return ", ".join(f"{c.node_id} {c.old}→{c.new}" + (" (after maintenance)" if c.after_maintenance else "")
+                     for c in changes)
+
+
+outbox = Outbox()
