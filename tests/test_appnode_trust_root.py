@@ -36,7 +36,8 @@ def run(served_dir, *args):
 
 
 def refusal(result) -> dict:
-    return json.loads(result.stderr)["error"]
+    """Under --json a refusal is the last line on stderr (progress lines may come before it)."""
+    return json.loads(result.stderr.strip().splitlines()[-1])["error"]
 
 
 def point_at(served, url: str) -> None:

@@ -123,8 +123,9 @@ def init(ctx: Context, registry, division, endpoint, listen, org_name, org_code,
 @click.option("--wait", default=3600, show_default=True, type=Digits(0, 30 * 24 * 3600),
               help="Seconds to wait for the approval (whole seconds, up to 30 days).")
 @click.option("--if-needed", is_flag=True, help="Do nothing when the node has joined already.")
-@click.option("--again", is_flag=True, help="Enrol a joined node again, under the root `trust-root` installed, "
-              "keeping its users, history and groups (docs/operations.md, \"A new root for the nodes\").")
+@click.option("--again", is_flag=True, help="Enrol a joined node whose certificate no longer serves (revoked, "
+              "expired, or not chaining to the root `trust-root` installed) again, keeping its database "
+              "(docs/operations.md, \"A node enrolled again\").")
 @pass_ctx
 def join(ctx: Context, token, wait, if_needed, again):
     """Apply with an enrollment token, wait for the approval, fetch the certificate, pull the routes."""
@@ -132,7 +133,7 @@ def join(ctx: Context, token, wait, if_needed, again):
     if again:
         if not node.joined:
             raise Refused("this node has not joined yet: run `join` without --again", code="not_joined")
-        node.check_enrol_again()
+        click.echo(f"{node.check_enrol_again()}: enrolling it again", err=True)
     elif node.joined:
         if if_needed:
             return

@@ -140,13 +140,46 @@ class TrustAnchorMixin:
                        "new enrollment token and run `join --again --token …` (docs/operations.md)")
         return Rerooted(describe(root), describe(held[0]) if held else None, problem, forgotten)
 
-    def check_enrol_again(self) -> None:
-        """`join --again` is for a node whose certificate does not chain to the root it holds (after
-        `trust-root`): StillCertified otherwise, since enrolling a certified node would make a second node."""
+    def check_enrol_again(self) -> str:
+        """`join --again` is for a node whose certificate no longer serves: expired, not chaining to the root it
+        holds (after `trust-root`), or revoked, on the management node's CRL, fetched first (§10). It returns which,
+        to tell the operator; StillCertified otherwise, saying why, since enrolling a certified node would make a
+        second node."""
+        self._refresh_revocation_list(force=True)  # a CRL not fetched is logged: the one held is used
         tls = self.identity
+        certificate = tls.certificate()
+        fingerprint = tls.fingerprint()
+        until = certificate.not_valid_after_utc
+        if until < datetime.now(UTC):
+            return f"this node's certificate {fingerprint} expired on {until:%Y-%m-%d %H:%M} UTC"
         roots = x509.load_pem_x509_certificates(tls.ca_file.read_bytes())
         chain = x509.load_pem_x509_certificates(tls.chain_file.read_bytes()) if tls.chain_file.exists() else []
-        if any(chains_to(tls.cert_file.read_bytes(), root, chain) for root in roots):
-            raise StillCertified(f"this node's certificate {tls.fingerprint()} chains to the root it trusts: "
-                                 "enrolling it again would make a second node; `renew` replaces a certificate, and "
-                                 "after a new root `trust-root FILE` comes first")
+        if not any(chains_to(tls.cert_file.read_bytes(), root, chain) for root in roots):
+            return f"this node's certificate {fingerprint} does not chain to the root it holds (or is not valid yet)"
+        revocation_list = _held_revocation_list(tls.crl_file, certificate, chain)
+        if revocation_list is None:
+            crl = "no CRL of its issuer is held (the management node could not be asked for one)"
+        else:
+            number = revocation_list.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+            listed = revocation_list.get_revoked_certificate_by_serial_number(certificate.serial_number)
+            if listed is not None:
+                return (f"this node's certificate {fingerprint} was revoked on "
+                        f"{listed.revocation_date_utc:%Y-%m-%d %H:%M} UTC (the management node's CRL number {number})")
+            issued = revocation_list.last_update_utc
+            crl = f"it is not on the CRL held (number {number}, of {issued:%Y-%m-%d %H:%M} UTC)"
+        raise StillCertified(f"this node's certificate {fingerprint} chains to the root it trusts, is valid until "
+                             f"{until:%Y-%m-%d} and {crl}: enrolling it again would make a second node; `renew` "
+                             "replaces a certificate, and after a new root `trust-root FILE` comes first")
+
+
+def _held_revocation_list(path, certificate: x509.Certificate,
+                          chain: list[x509.Certificate]) -> x509.CertificateRevocationList | None:
+    """The CRL kept in `path` if its issuer issued `certificate` and its signature verifies with that issuer's key
+    (one of `chain`); None otherwise."""
+    try:
+        held = x509.load_der_x509_crl(path.read_bytes())
+        held.extensions.get_extension_for_class(x509.CRLNumber)
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        return None
+    issuers = [ca for ca in chain if ca.subject == held.issuer == certificate.issuer]
+    return held if any(held.is_signature_valid(ca.public_key()) for ca in issuers) else None
