@@ -333,6 +333,25 @@ def test_a_run_that_fails_past_its_limit_says_both(app, caplog, monkeypatch, run
     assert (run.ok, run.message) == (False, "RuntimeError: gave up waiting on a lock; overran its 0.2 s limit")
 
 
+def test_run_job_ends_as_the_scheduler_does_so_queued_alerts_are_sent_or_named(app, monkeypatch, runner):
+    """`flask scheduler run-job health.poll` queues a round's alerts for the webhook's thread (off the round) and
+    exited without the end the scheduler and `health poll --once` run (`registry.at_stop`: the webhook's `finish`):
+    the thread died with the process mid-send, a retry that would have passed never ran, and nothing was logged.
+    What the job queued is now finished as the scheduler finishes it, after a failed run too."""
+    from app.health import webhook
+    from app.scheduler import registry
+
+    ended: list[str] = []
+    assert webhook.outbox.finish in registry.at_stop
+    monkeypatch.setattr(registry, "at_stop", [*registry.at_stop, lambda: ended.append("at_stop")])
+    monkeypatch.setattr(registry, "jobs", [registry.Job("test.quick", lambda: "done", 3600),
+                                           registry.Job("test.failing", lambda: 1 / 0, 3600)])
+    assert runner.invoke(args=["scheduler", "run-job", "test.quick"]).exit_code == 0
+    assert ended == ["at_stop"]
+    assert runner.invoke(args=["scheduler", "run-job", "test.failing"]).exit_code == 1
+    assert ended == ["at_stop", "at_stop"]
+
+
 def test_a_run_without_an_end_whose_holder_does_not_lead_is_not_shown_as_running(app, monkeypatch, runner):
     """A run's row is written when it starts; a process killed during a run leaves it without an end. Only the
     leader's own unended run is running; any other cannot be told from a dead one, and says so."""

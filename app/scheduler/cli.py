@@ -112,7 +112,11 @@ def run_job_command(name, as_json):
         if as_json:
             refuse(NotFound(message, code="job_not_found"), as_json, exit_code=2)
         raise click.UsageError(message)
-    run = run_job(job, CLI_HOLDER)
+    try:
+        run = run_job(job, CLI_HOLDER)
+    finally:  # as the scheduler ends: what the job left to finish (a round's queued alerts) is sent or named
+        for function in registry.at_stop:
+            function()
     click.echo(json.dumps({"job": name, "ok": run.ok, "started_at": run.started_at.isoformat(),
                            "seconds": run.seconds, "message": run.message}, ensure_ascii=False) if as_json else
                f"{name}: {'ok' if run.ok else 'FAILED'} in {run.seconds}s {run.message}")
