@@ -169,3 +169,32 @@ def test_an_issued_certificate_for_another_key_or_from_another_ca_is_not_install
     joined = run(a.dir, "join", "--again", "--token", token)
     assert joined.exit_code == 0, joined.output
     assert json.loads(joined.stdout)["node_id"] == new_id
+
+
+def test_a_join_again_cut_short_is_finished_by_running_it_again(network):  # noqa: F811
+    """The install writes the new key, then the certificate, then records the node id. Cut after the key, a run
+    again found the certificate's key "current", not the pending one, and refused it for ever (KeyNotHeld); cut
+    after the certificate, the node held a valid certificate of its new id under its old one, and `join --again`
+    refused it as still certified. Each state is made as the cut leaves it; running the command again finishes."""
+    from app.appnode.registry import write_private
+    from app.appnode.store import put_setting
+
+    a, minister = network["a"], network["minister"]
+    old_id = a.id
+    revoke(a, minister)
+    token = enroll("360000", minister)
+    new_id = submitted_and_approved(a, minister, token)
+    tls = a.node.identity
+    write_private(tls.key_file, tls.pending_key_file.read_bytes())  # cut after the new key was written
+    finished = run(a.dir, "join", "--again", "--token", token)
+    assert finished.exit_code == 0, finished.output
+    assert json.loads(finished.stdout)["node_id"] == new_id and not tls.pending_key_file.exists()
+    assert public_key_bytes(tls.certificate().public_key()) == public_key_bytes(tls.key().public_key())
+
+    with a.node.db.begin() as session:  # cut after the certificate, before the node id was recorded
+        put_setting(session, "node_id", old_id)
+        put_setting(session, "enrollment_token", token)
+    again = run(a.dir, "join", "--again", "--token", token)
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["node_id"] == new_id
+    assert Node(a.dir).node_id == new_id

@@ -257,13 +257,18 @@ class Node(ReceivingMixin, GroupsMixin, GroupHomeMixin, GroupConfirmationMixin, 
         tls = self.identity
         checked = check_issued(issued, node_id=node_id, listed_sha256=None, root_pem=tls.ca_file.read_bytes(),
                                chain_pem=tls.chain_file.read_bytes())
+        if tls.has_certificate() and tls.fingerprint() == checked.fingerprint:
+            return  # installed by a run cut short before it recorded the node id: the caller records it now
         pending = tls.pending_key_file
-        if not pending.exists() or key_holder(checked.certificate, tls.key(), tls.key(pending)) != "pending":
+        # "current" too once the key is the pending one: a run cut short after writing the key, before the
+        # certificate, is finished by running it again
+        holder = key_holder(checked.certificate, tls.key(), tls.key(pending)) if pending.exists() else None
+        if holder is None or (holder == "current" and tls.key_file.read_bytes() != pending.read_bytes()):
             raise KeyNotHeld(f"the management node issued certificate {checked.fingerprint} for a key other than the "
                              f"one this node applied with ({pending})")
         write_private(tls.key_file, pending.read_bytes())
         tls.store_certificate(issued)
-        pending.unlink(missing_ok=True)
+        pending.unlink(missing_ok=True)  # last: until the certificate is in place, a run again needs it
 
 
 @contextmanager

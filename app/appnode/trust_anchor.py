@@ -15,6 +15,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from app.appnode.registry import NotJoined, write_atomic
@@ -149,6 +150,10 @@ class TrustAnchorMixin:
         tls = self.identity
         certificate = tls.certificate()
         fingerprint = tls.fingerprint()
+        named = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        if named and named[0].value != self.node_id:  # installed, but the run was cut short before recording it
+            return (f"this node's certificate {fingerprint} names node {named[0].value}, not {self.node_id}: an "
+                    "enrolment again was cut short after installing it; finishing it")
         until = certificate.not_valid_after_utc
         if until < datetime.now(UTC):
             return f"this node's certificate {fingerprint} expired on {until:%Y-%m-%d %H:%M} UTC"
