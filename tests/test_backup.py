@@ -16,10 +16,12 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select, text
+from sqlalchemy.engine import make_url
 
 from app import create_app
 from app.audit.models import AuditRecord
 from app.auth import service as users
+from app.backup.service import BACKING_UP, RESTORING, BackupRefused, sqlite_file
 from app.extensions import db
 
 
@@ -143,6 +145,25 @@ def test_postgresql_is_refused_with_pg_dump_named(app, runner, tmp_path):
     error = json.loads(result.stderr)["error"]
     assert error["code"] == "use_pg_dump" and "pg_dump" in error["message"]
     assert not target.exists()
+
+
+@pytest.mark.parametrize(("use", "postgres_tool", "postgres_code", "nothing_to"),
+                         [(BACKING_UP, "pg_dump -Fc", "use_pg_dump", "back up"),
+                          (RESTORING, "pg_restore", "use_pg_restore", "restore to")])
+def test_only_a_sqlite_file_is_taken_and_each_refusal_names_its_command(use, postgres_tool, postgres_code,
+                                                                       nothing_to, tmp_path):
+    """Backup and restore share one reading of DATABASE_URL; each refusal still speaks of its own command."""
+    with pytest.raises(BackupRefused) as refused:
+        sqlite_file(make_url("postgresql://postgres@127.0.0.1:5432/registry"), use)
+    assert refused.value.code == postgres_code and postgres_tool in str(refused.value)
+    with pytest.raises(BackupRefused) as refused:
+        sqlite_file(make_url("mysql://root@127.0.0.1/registry"), use)
+    assert refused.value.code == "not_sqlite" and "mysql" in str(refused.value)
+    with pytest.raises(BackupRefused) as refused:
+        sqlite_file(make_url("sqlite://"), use)
+    assert refused.value.code == "not_sqlite" and f"no file to {nothing_to}" in str(refused.value)
+    absent = tmp_path / "not-yet" / "mpim.db"
+    assert sqlite_file(make_url(f"sqlite:///{absent}"), use) == absent
 
 
 def hold_write_lock(database: Path) -> sqlite3.Connection:

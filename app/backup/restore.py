@@ -26,7 +26,7 @@ from pathlib import Path
 from sqlalchemy.engine import URL
 
 from app.audit import service as audit
-from app.backup.service import BackupRefused, checked_copy
+from app.backup.service import RESTORING, BackupRefused, checked_copy, sqlite_file
 from app.database import schema_revisions
 from app.errors import NotFound
 from app.extensions import db
@@ -67,25 +67,11 @@ class Restored:
     kept_as: Path | None
 
 
-def database_file(url: URL) -> Path:
-    """The SQLite file `url` names (it need not exist: a restore onto a new host); refused for another database."""
-    backend = url.get_backend_name()
-    if backend == "postgresql":
-        raise BackupRefused("The database is PostgreSQL: restore it with pg_restore (docs/operations.md, Backup); "
-                            "this command restores the embedded SQLite database.", code="use_pg_restore")
-    if backend != "sqlite":
-        raise BackupRefused(f"The database is {backend}: this command restores the embedded SQLite database only.",
-                            code="not_sqlite")
-    if not url.database or url.database == ":memory:":
-        raise BackupRefused("The database is in memory: there is no file to restore to.", code="not_sqlite")
-    return Path(url.database).absolute()
-
-
 @contextmanager
 def prepared(url: URL, backup: Path) -> Iterator[Plan]:
     """A checked copy of `backup` beside the configured database, refused unless it is a sound registry database
     of a schema this code knows; removed on leaving unless `apply` put it in place."""
-    database = database_file(url)
+    database = sqlite_file(url, RESTORING)  # it need not exist: a restore onto a new host
     backup = backup.absolute()
     if not backup.is_file():
         raise NotFound(f"The backup {backup} does not exist or is not a file.", code="backup_missing")

@@ -36,18 +36,37 @@ class Backup:
     revision: str
 
 
-def sqlite_source(url: URL) -> Path:
-    """The SQLite file `url` names; refused for another database or a file that does not exist."""
+@dataclass(frozen=True)
+class SqliteUse:
+    """What a command does with the SQLite file, for its refusals: the words, and what to use on PostgreSQL."""
+
+    does: str  # "copies"
+    nothing_to: str  # "back up"
+    postgres_advice: str  # "back it up with pg_dump -Fc"
+    postgres_code: str
+
+
+BACKING_UP = SqliteUse("copies", "back up", "back it up with pg_dump -Fc", "use_pg_dump")
+RESTORING = SqliteUse("restores", "restore to", "restore it with pg_restore", "use_pg_restore")
+
+
+def sqlite_file(url: URL, use: SqliteUse) -> Path:
+    """The SQLite file `url` names (it need not exist); refused, in `use`'s words, for another database."""
     backend = url.get_backend_name()
     if backend == "postgresql":
-        raise BackupRefused("The database is PostgreSQL: back it up with pg_dump -Fc (docs/operations.md, "
-                            "Backup); this command copies the embedded SQLite database.", code="use_pg_dump")
+        raise BackupRefused(f"The database is PostgreSQL: {use.postgres_advice} (docs/operations.md, Backup); "
+                            f"this command {use.does} the embedded SQLite database.", code=use.postgres_code)
     if backend != "sqlite":
-        raise BackupRefused(f"The database is {backend}: this command copies the embedded SQLite database only.",
+        raise BackupRefused(f"The database is {backend}: this command {use.does} the embedded SQLite database only.",
                             code="not_sqlite")
     if not url.database or url.database == ":memory:":
-        raise BackupRefused("The database is in memory: there is no file to back up.", code="not_sqlite")
-    source = Path(url.database).absolute()
+        raise BackupRefused(f"The database is in memory: there is no file to {use.nothing_to}.", code="not_sqlite")
+    return Path(url.database).absolute()
+
+
+def sqlite_source(url: URL) -> Path:
+    """The SQLite file `url` names; refused for another database or a file that does not exist."""
+    source = sqlite_file(url, BACKING_UP)
     if not source.is_file():
         raise NotFound(f"The configured database {source} does not exist: nothing to back up (are DATABASE_URL "
                        "and MPIM_INSTANCE_PATH those of the server?).", code="database_missing")
