@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -208,28 +211,38 @@ def test_webhook_is_retried_and_skipped_in_maintenance(app, node, webhook, make_
     assert event.new_status == "down" and event.in_maintenance
 
 
-@pytest.fixture
-def garbage_webhook():
-    """A receiver that answers every request with a line that is no HTTP status line."""
-    import socket
-
+@contextmanager
+def raw_receiver(answer: Callable[[socket.socket, threading.Event], None], *, query: str = "") -> Iterator[str]:
+    """A webhook receiver below HTTP: after reading each request, `answer` writes what it likes to the
+    connection (until the event is set: the test is over). Yields the receiver's URL."""
     listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
 
-    def answer() -> None:
-        while True:
+    def accept_each() -> None:
+        while not stop.is_set():
             try:
                 connection, _ = listener.accept()
             except OSError:  # closed: the test is over
                 return
             with connection:
                 connection.recv(65536)
-                connection.sendall(b"garbage, not HTTP\r\n\r\n")
+                answer(connection, stop)
 
-    thread = threading.Thread(target=answer, daemon=True)
+    thread = threading.Thread(target=accept_each, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}/hook"
-    listener.close()
-    thread.join(30)
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/hook{query}"
+    finally:
+        stop.set()
+        listener.close()
+        thread.join(30)
+
+
+@pytest.fixture
+def garbage_webhook():
+    """A receiver that answers every request with a line that is no HTTP status line."""
+    with raw_receiver(lambda connection, _stop: connection.sendall(b"garbage, not HTTP\r\n\r\n")) as url:
+        yield url
 
 
 def test_a_receiver_answering_garbage_costs_the_alert_not_the_round(app, node, garbage_webhook, caplog):
@@ -250,33 +263,18 @@ def test_a_receiver_answering_garbage_costs_the_alert_not_the_round(app, node, g
 def trickling_webhook():
     """A receiver that sends its status line and headers a byte a second, never ending them: each read of the
     answer gets a byte well inside a per-read timeout."""
-    import socket
 
-    listener = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
-
-    def trickle() -> None:
-        while not stop.is_set():
-            try:
-                connection, _ = listener.accept()
-            except OSError:  # closed: the test is over
+    def trickle(connection: socket.socket, stop: threading.Event) -> None:
+        for byte in b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 1000:
+            if stop.wait(1.0):  # the pace of the trickle, not a wait for anything
                 return
-            with connection:
-                connection.recv(65536)
-                for byte in b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 1000:
-                    if stop.wait(1.0):  # the pace of the trickle, not a wait for anything
-                        return
-                    try:
-                        connection.send(bytes([byte]))
-                    except OSError:  # the sender gave up
-                        break
+            try:
+                connection.send(bytes([byte]))
+            except OSError:  # the sender gave up
+                return
 
-    thread = threading.Thread(target=trickle, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}/hook?token=S3CRET"
-    stop.set()
-    listener.close()
-    thread.join(30)
+    with raw_receiver(trickle, query="?token=S3CRET") as url:
+        yield url
 
 
 def test_a_receiver_trickling_its_answer_holds_up_neither_the_round_nor_the_alerts_after(app, node,
@@ -431,8 +429,6 @@ def test_a_receiver_failing_is_tried_again_one_refusing_the_request_is_not(app, 
 
 def test_a_receiver_that_refuses_the_connection_is_tried_again(app, caplog):
     """A receiver being restarted refuses connections for a moment: transient, so every attempt is made."""
-    import socket
-
     with socket.create_server(("127.0.0.1", 0)) as listener:
         port = listener.getsockname()[1]  # closed below: nothing listens there any more
     change = service.StatusChange("36000000002025000001", "up", "down", "timeout", "", False)
