@@ -155,6 +155,16 @@ def read_or_create_secret(path: Path, nbytes: int = 32) -> str:
     return value
 
 
+def refuse_a_health_timeout_outlasting_its_interval(config: dict) -> None:
+    """A round waits for its slowest poll: with the timeout at or past the interval, any node timing out makes
+    the round outlast its interval, and the scheduler skips the next one, every round a node is down."""
+    timeout, interval = config["MPIM_HEALTH_TIMEOUT"], config["MPIM_HEALTH_INTERVAL"]
+    if timeout >= interval:
+        raise ValueError(f"MPIM_HEALTH_TIMEOUT ({timeout:g} s) must be shorter than MPIM_HEALTH_INTERVAL "
+                         f"({interval:g} s): a round with a node timing out would outlast its interval, and the "
+                         "next round would be skipped")
+
+
 def load_config(overrides: dict | None = None) -> dict:
     """Build the Flask config mapping; `overrides` (tests) win over the environment."""
     instance = instance_path()
@@ -218,6 +228,7 @@ def load_config(overrides: dict | None = None) -> dict:
         "MPIM_JOB_RUNS_KEEP_DAYS": env_int("MPIM_JOB_RUNS_KEEP_DAYS", 30, minimum=1),
     }
     config.update(overrides)
+    refuse_a_health_timeout_outlasting_its_interval(config)
     # A ping before each checkout finds connections a database server dropped; a SQLite file has no
     # server, and the ping cost a tenth of a certificate issuance there.
     config.setdefault("SQLALCHEMY_ENGINE_OPTIONS",

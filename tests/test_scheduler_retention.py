@@ -116,5 +116,21 @@ def test_an_interval_that_is_no_positive_number_of_seconds_stops_the_start(monke
         load_config({"MPIM_INSTANCE_PATH": str(tmp_path)})
     assert str(raised.value) == f"{name} must be {says}, not {value!r}"
     monkeypatch.setenv(name, "0.3")
+    if name == "MPIM_HEALTH_INTERVAL":
+        monkeypatch.setenv("MPIM_HEALTH_TIMEOUT", "0.2")  # shorter than the interval: see below
     assert load_config({"MPIM_INSTANCE_PATH": str(tmp_path)})[name] == 0.3
+
+
+@pytest.mark.parametrize(("interval", "timeout"), [("30", "30"), ("30", "45"), ("2", "5")])
+def test_a_health_timeout_not_shorter_than_its_interval_stops_the_start(monkeypatch, tmp_path, interval, timeout):
+    """A round waits for its slowest poll: a timeout of the interval or more made every round with a node down
+    outlast its interval, so the scheduler skipped the next round, silently, for as long as the node was down."""
+    monkeypatch.setenv("MPIM_HEALTH_INTERVAL", interval)
+    monkeypatch.setenv("MPIM_HEALTH_TIMEOUT", timeout)
+    with pytest.raises(ValueError) as raised:
+        load_config({"MPIM_INSTANCE_PATH": str(tmp_path)})
+    assert str(raised.value).startswith(f"MPIM_HEALTH_TIMEOUT ({timeout} s) must be shorter than "
+                                        f"MPIM_HEALTH_INTERVAL ({interval} s)")
+    monkeypatch.setenv("MPIM_HEALTH_TIMEOUT", str(float(interval) * 0.9))
+    assert load_config({"MPIM_INSTANCE_PATH": str(tmp_path)})["MPIM_HEALTH_TIMEOUT"] == float(interval) * 0.9
 
