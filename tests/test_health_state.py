@@ -363,6 +363,20 @@ def test_alerts_a_process_leaves_unsent_are_logged_when_it_ends(app, trickling_w
     assert outbox.wait(30)  # the one being sent was given up at its deadline; the other was dropped from the queue
 
 
+def test_an_alert_waiting_behind_a_slow_receiver_keeps_the_time_its_round_found_the_change(app, trickling_webhook,
+                                                                                        webhook):
+    """The body's "time" was taken when the alert was sent: one queued behind a receiver that held its send to the
+    deadline said the change happened seconds (up to a deadline per alert ahead of it) after it did."""
+    outbox.put(trickling_webhook, [service.StatusChange("36000000002025000001", "up", "down", "timeout", "", False)],
+               deadline=2)
+    Hook.fail_first = 0
+    outbox.put(webhook, [service.StatusChange("36000000002025000002", "up", "down", "refused", "", False)])
+    queued_by = utcnow()
+    [alert] = sent()
+    assert alert["changes"][0]["node_id"] == "36000000002025000002"
+    assert datetime.fromisoformat(alert["time"]) <= queued_by  # sent only after the first's 2 s deadline
+
+
 def webhook_log(caplog) -> list[tuple[str, str]]:
     return [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "mpim.health"]
 

@@ -20,6 +20,8 @@ import logging
 import os
 import threading
 from collections import deque
+from datetime import datetime
+from typing import NamedTuple
 from urllib.parse import urljoin
 
 import aiohttp
@@ -34,17 +36,19 @@ RETRIED_STATUSES = frozenset({408, 425, 429})
 
 
 def send_webhook(url: str, changes: list, attempts: int = 3, timeout: float = 5.0, backoff: float = 0.5,
-                 deadline: float = 15.0) -> bool:
+                 deadline: float = 15.0, found_at: datetime | None = None) -> bool:
     """POST the state changes as JSON; a failure is logged, never raised. What may pass next time is retried with
     backoff: a refused or timed-out connection, an unresolved name, a 5xx, 429, or an answer that is no HTTP at
     all. What cannot is logged once and not retried: a URL that cannot be opened (the start refuses one,
     `config.env_http_url`; the config may still hold one), a 4xx refusing the request, and a redirect.
-    `timeout` bounds each attempt, `deadline` the whole send, its backoff included: past it, the send is given up."""
+    `timeout` bounds each attempt, `deadline` the whole send, its backoff included: past it, the send is given up.
+    The body's "time" is `found_at`, when the round found the changes (queued behind a slow receiver, an alert is
+    sent later than that), else now."""
     if not is_http_url(url):
         log.error("health webhook not sent: MPIM_HEALTH_WEBHOOK_URL is no http:// or https:// address with a host"
                   " and no user name or password; not retried")
         return False
-    body = json.dumps({"event": "node_health_changed", "time": utcnow().isoformat(),
+    body = json.dumps({"event": "node_health_changed", "time": (found_at or utcnow()).isoformat(),
                        "changes": [c.__dict__ for c in changes]}, ensure_ascii=False).encode()
     from app.health import poller  # its `run`: asyncio.run, also from a thread whose loop is running
     return poller.run(_send(url, body, attempts, timeout, backoff, deadline))
@@ -112,18 +116,25 @@ def describe(error: Exception) -> str:
     return "(its message may quote the URL, so is not shown)"
 
 
+class Alert(NamedTuple):
+    url: str
+    changes: list
+    deadline: float
+    found_at: datetime  # when queued: the body's "time", however long the alert waits behind another
+
+
 class Outbox:
     """Alerts waiting to be sent, and the one thread sending them in the order queued (started with the first)."""
 
     def __init__(self) -> None:
         self.changed = threading.Condition()
-        self.waiting: deque[tuple[str, list, float]] = deque()
-        self.sending: tuple[str, list, float] | None = None
+        self.waiting: deque[Alert] = deque()
+        self.sending: Alert | None = None
         self.thread: threading.Thread | None = None
 
     def put(self, url: str, changes: list, deadline: float = 15.0) -> None:
         with self.changed:
-            self.waiting.append((url, changes, deadline))
+            self.waiting.append(Alert(url, changes, deadline, utcnow()))
             if self.thread is None or not self.thread.is_alive():
                 # A daemon: a process ending without `finish` (killed, or past the scheduler's stop grace) must
                 # not hang on a receiver.
@@ -137,11 +148,11 @@ class Outbox:
                 while not self.waiting:
                     self.changed.wait()
                 self.sending = self.waiting.popleft()
-            url, changes, deadline = self.sending
+            alert = self.sending
             try:
-                send_webhook(url, changes, deadline=deadline)
+                send_webhook(alert.url, alert.changes, deadline=alert.deadline, found_at=alert.found_at)
             except Exception:  # send_webhook raises nothing by contract; the thread must outlive a bug in it
-                log.exception("health webhook not sent: %s", summary(changes))
+                log.exception("health webhook not sent: %s", summary(alert.changes))
             finally:
                 with self.changed:
                     self.sending = None
@@ -157,13 +168,13 @@ class Outbox:
         (with its changes: the operator learns of them from the log instead). True when none was left."""
         with self.changed:
             left = [item for item in (self.sending, *self.waiting) if item is not None]
-        if not left or self.wait(max(deadline for _, _, deadline in left) + 1):
+        if not left or self.wait(max(alert.deadline for alert in left) + 1):
             return True
         with self.changed:
             unsent = [item for item in (self.sending, *self.waiting) if item is not None]
             self.waiting.clear()  # the daemon thread dies with the process: these would never go
-        for _, changes, _ in unsent:
-            log.error("health webhook not sent: the process ended first; unsent: %s", summary(changes))
+        for alert in unsent:
+            log.error("health webhook not sent: the process ended first; unsent: %s", summary(alert.changes))
         return not unsent
 
 
