@@ -49,7 +49,7 @@ def test_the_import_that_retires_a_code_names_its_pending_applications_and_unuse
     expired.expires_at = utcnow() - timedelta(seconds=1)
     db.session.commit()
 
-    result = runner.invoke(args=["divisions", "import"])  # the shipped 2023 list
+    result = runner.invoke(args=["divisions", "import", "--revision", "2023"])  # the shipped list
     assert result.exit_code == 0, result.output
     warnings = [line[4:] for line in result.output.splitlines() if line.startswith("  ! ")]
     assert f"application {waiting} (江西省公安厅) is waiting for review for retired code 130521" in warnings

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from flask_babel import lazy_gettext as _l
@@ -63,6 +64,18 @@ def parent_of(code: str, known: set[str] | dict) -> str | None:
     return province_of(code)
 
 
+def _records(reader) -> Iterator[list[str]]:
+    """The reader's records; what the csv module itself refuses (a cell over its field limit) is a malformed file,
+    not a traceback."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            raise MalformedDivisionFile(f"line {reader.line_num}: {error}.") from error
+
+
 def parse_division_file(data: bytes) -> list[DivisionRow]:
     """Parse a `code,name` CSV; any defect refuses the whole file with its line number."""
     try:
@@ -71,7 +84,7 @@ def parse_division_file(data: bytes) -> list[DivisionRow]:
         raise MalformedDivisionFile(f"The file is not UTF-8 text ({error.reason}).") from error
     reader = csv.reader(io.StringIO(text))
     names: dict[str, tuple[str, int]] = {}
-    for line, record in enumerate(reader, start=1):
+    for line, record in enumerate(_records(reader), start=1):
         if not record or all(not cell.strip() for cell in record):
             continue
         if line == 1 and record[0].strip().lower() == "code":
