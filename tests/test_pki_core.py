@@ -522,6 +522,40 @@ def test_an_ocsp_nonce_of_1_to_128_octets_is_echoed_and_any_other_is_a_malformed
         assert response.response_status == x509_ocsp.OCSPResponseStatus.MALFORMED_REQUEST
 
 
+def ocsp_request_with(holder: x509.Certificate, issuer: x509.Certificate, *extensions: tuple) -> bytes:
+    builder = x509_ocsp.OCSPRequestBuilder().add_certificate(holder, issuer, hashes.SHA256())
+    for value, critical in extensions:
+        builder = builder.add_extension(value, critical=critical)
+    return builder.build().public_bytes(serialization.Encoding.DER)
+
+
+def test_an_ocsp_request_naming_an_extension_twice_is_malformed_not_an_error(ec_ca, tmp_path):
+    """RFC 5280 §4.2: an extension appears once. Reading a request with two nonces raised DuplicateExtension out
+    of the responder: a 500, and a traceback in the log for each such request anyone sent."""
+    holder = Holder(ec_ca, tmp_path, "node").certificate
+    twin = x509.ObjectIdentifier("1.3.6.1.5.5.7.48.1.99")  # as long as the nonce's OID, so it can become one
+    request = ocsp_request_with(holder, ec_ca.intermediate_certificate, (x509.OCSPNonce(b"a" * 16), False),
+                                (x509.UnrecognizedExtension(twin, b"\x04\x10" + b"b" * 16), False))
+    request = request.replace(bytes.fromhex("06092b0601050507300163"), bytes.fromhex("06092b0601050507300102"))
+    with pytest.raises(x509.DuplicateExtension):
+        x509_ocsp.load_der_ocsp_request(request).extensions  # noqa: B018 (reading them is what raises)
+    response = x509_ocsp.load_der_ocsp_response(ec_ca.respond_ocsp(request, lambda serial: CertStatusInfo.good()))
+    assert response.response_status == x509_ocsp.OCSPResponseStatus.MALFORMED_REQUEST
+
+
+@pytest.mark.parametrize(("critical", "answered"), [(True, False), (False, True)])
+def test_an_ocsp_request_extension_not_understood_is_ignored_unless_critical(ec_ca, tmp_path, critical, answered):
+    """RFC 6960 §4.4 after RFC 5280 §4.2: a critical extension the responder does not understand must not be
+    ignored; it was, and the request answered as if it were not there."""
+    holder = Holder(ec_ca, tmp_path, "node").certificate
+    unknown = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.2.3.4"), b"\x05\x00")
+    request = ocsp_request_with(holder, ec_ca.intermediate_certificate, (unknown, critical),
+                                (x509.OCSPNonce(b"n" * 16), True))  # understood: critical or not, it is answered
+    response = x509_ocsp.load_der_ocsp_response(ec_ca.respond_ocsp(request, lambda serial: CertStatusInfo.good()))
+    expected = x509_ocsp.OCSPResponseStatus.SUCCESSFUL if answered else x509_ocsp.OCSPResponseStatus.MALFORMED_REQUEST
+    assert response.response_status == expected
+
+
 # --- mutual TLS with Python's ssl ----------------------------------------------------------------
 
 def tls_context(ca: Authority, holder: Holder, *, server: bool, crl: Path | None = None) -> ssl.SSLContext:

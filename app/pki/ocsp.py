@@ -69,6 +69,11 @@ class CertStatusInfo:
 CertStatus = CertStatusInfo  # the name the service layer first used
 
 
+# Request extensions this responder acts on or honours: the nonce (echoed) and the acceptable response types (it
+# only ever answers the basic type, which every client accepts).
+UNDERSTOOD_EXTENSIONS = (x509.OCSPNonce, x509.OCSPAcceptableResponses)
+
+
 def issuer_hashes(issuer: x509.Certificate, algorithm: hashes.HashAlgorithm) -> tuple[bytes, bytes]:
     """RFC 6960 §4.1.1 CertID: the hash of the issuer's DER name and of its subjectPublicKey bits."""
     name_hash = hashes.Hash(algorithm)
@@ -101,12 +106,17 @@ def respond(request_der: bytes, lookup: Callable[[int], CertStatusInfo], *, issu
         request = ocsp.load_der_ocsp_request(request_der)
         serial, algorithm = request.serial_number, request.hash_algorithm
         name_hash, key_hash = request.issuer_name_hash, request.issuer_key_hash
-        nonces = [extension.value for extension in request.extensions
-                  if isinstance(extension.value, x509.OCSPNonce)]
-    except (ValueError, TypeError, NotImplementedError, UnsupportedAlgorithm):
+        extensions = list(request.extensions)
+    except (ValueError, TypeError, NotImplementedError, UnsupportedAlgorithm, x509.DuplicateExtension):
         # cryptography raises NotImplementedError for requests it does not support (more than one
-        # certificate in a request, unknown hash algorithms): to us those are malformed requests.
+        # certificate in a request, unknown hash algorithms), DuplicateExtension for an extension given twice
+        # (it was a 500 anyone could log a traceback with): to us those are malformed requests.
         return unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
+    # RFC 6960 §4.4 after RFC 5280 §4.2: an extension not understood is ignored unless it is critical.
+    if any(extension.critical and not isinstance(extension.value, UNDERSTOOD_EXTENSIONS)
+           for extension in extensions):
+        return unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
+    nonces = [extension.value for extension in extensions if isinstance(extension.value, x509.OCSPNonce)]
     # RFC 5280 §4.1.2.2: a serial is positive (a negative one parses, and no response can be signed for it).
     if serial < 0 or any(len(nonce.nonce) not in NONCE_OCTETS for nonce in nonces):
         return unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
