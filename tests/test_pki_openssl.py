@@ -402,5 +402,37 @@ def test_ocsp_over_get_answers_good_then_revoked(issued, client):
     pki.db.session.commit()
     assert status() == ocsp.OCSPCertStatus.REVOKED
     for junk in ("not-base64!", quote(base64.b64encode(b"junk").decode(), safe="")):
-        answer = ocsp.load_der_ocsp_response(client.get(f"/ca/ocsp/{junk}").data)
+        response = client.get(f"/ca/ocsp/{junk}")
+        answer = ocsp.load_der_ocsp_response(response.data)
         assert answer.response_status == ocsp.OCSPResponseStatus.MALFORMED_REQUEST
+        assert response.headers["Cache-Control"] == "no-cache"  # an error is not to be kept
+
+
+def test_ocsp_over_get_may_be_kept_by_caches_until_its_next_update_unless_it_answers_a_nonce(issued, client):
+    """RFC 5019 §6.2: GET exists so that caches can keep answers, and its answers said nothing of how long: no
+    max-age, Expires, Last-Modified or ETag. One to a nonce is its asker's alone."""
+    import base64
+    from email.utils import parsedate_to_datetime
+    from urllib.parse import quote
+
+    from cryptography.x509 import ocsp
+
+    for nonce in (False, True):
+        made = openssl("ocsp", "-issuer", "intermediate.pem", "-cert", "node.pem", "-reqout", "ask.der",
+                       *([] if nonce else ["-no_nonce"]), cwd=issued["dir"])
+        assert made.returncode == 0, made.stderr
+        asked = quote(base64.b64encode((issued["dir"] / "ask.der").read_bytes()).decode(), safe="")
+        response = client.get(f"/ca/ocsp/{asked}")
+        answer = ocsp.load_der_ocsp_response(response.data)
+        assert answer.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL
+        if nonce:
+            assert response.headers["Cache-Control"] == "no-cache" and "Expires" not in response.headers
+            continue
+        cache_control = response.headers["Cache-Control"]
+        assert cache_control.endswith(", public, no-transform, must-revalidate")
+        max_age = int(cache_control.split(",")[0].removeprefix("max-age="))
+        window = (answer.next_update_utc - answer.this_update_utc).total_seconds()
+        assert 0 < max_age <= window
+        assert parsedate_to_datetime(response.headers["Expires"]) == answer.next_update_utc
+        assert parsedate_to_datetime(response.headers["Last-Modified"]) == answer.this_update_utc
+        assert response.headers["ETag"].startswith('"')

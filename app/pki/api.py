@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
+from datetime import UTC, datetime
 
+from cryptography import x509
+from cryptography.x509 import ocsp as x509_ocsp
 from cryptography.x509.ocsp import OCSPResponseStatus
 from flask import Blueprint, Response, g, request
 from werkzeug.exceptions import UnsupportedMediaType
+from werkzeug.http import http_date
 
 from app.admission import information, nodes, tokens
 from app.admission.api import bearer_token, json_body, request_body
@@ -99,7 +104,24 @@ def ocsp_get(encoded: str):
         request_der = base64.b64decode(encoded, validate=True)
     except ValueError:
         request_der = b""
-    return _ocsp_response(request_der)
+    response = _ocsp_response(request_der)
+    response.headers.update(get_cache_headers(response.get_data()))
+    return response
+
+
+def get_cache_headers(answer: bytes) -> dict[str, str]:
+    """RFC 5019 §6.2 (after RFC 6960 A.1): the GET form exists so that caches can keep answers. A signed answer
+    without a nonce may be kept until its nextUpdate; an answer to a nonce is for its asker alone, and an error
+    (tryLater, malformedRequest) is not to be kept at all."""
+    parsed = x509_ocsp.load_der_ocsp_response(answer)
+    if (parsed.response_status != OCSPResponseStatus.SUCCESSFUL
+            or any(isinstance(extension.value, x509.OCSPNonce) for extension in parsed.extensions)):
+        return {"Cache-Control": "no-cache"}
+    this_update, next_update = parsed.this_update_utc, parsed.next_update_utc
+    seconds = max(0, int((next_update - datetime.now(UTC)).total_seconds()))
+    return {"Cache-Control": f"max-age={seconds}, public, no-transform, must-revalidate",
+            "Last-Modified": http_date(this_update), "Expires": http_date(next_update),
+            "ETag": f'"{hashlib.sha256(answer).hexdigest()[:32]}"'}
 
 
 def _ocsp_response(request_der: bytes) -> Response:
