@@ -17,7 +17,7 @@ from datetime import datetime
 from flask import has_request_context, request
 from flask_login import current_user
 from flask_sqlalchemy.session import Session as FlaskSession
-from sqlalchemy import event, select, text
+from sqlalchemy import and_, event, func, or_, select, text
 from sqlalchemy.orm import Session, SessionTransaction
 
 from app.audit.models import AuditRecord
@@ -29,6 +29,7 @@ GENESIS = "0" * 64
 SYSTEM_ACTOR = "system"
 # Any constant works; it only has to be the same in every process.
 AUDIT_LOCK_KEY = 0x4D50494D
+PAGE_SIZE = 5000  # records `verify` reads a query
 
 
 LAST_ENTRY = select(AuditRecord.__table__.c.seq, AuditRecord.__table__.c.hash).order_by(
@@ -156,12 +157,14 @@ class VerifyReport:
         return not self.problems
 
 
-def verify(batch_size: int = 5000, anchors: Iterable[tuple[int, str]] = ()) -> VerifyReport:
+def verify(batch_size: int | None = None, anchors: Iterable[tuple[int, str]] = ()) -> VerifyReport:
     """Walk the whole chain in order; report every break with the sequence number where it is.
 
     The chain alone cannot tell that its newest records were cut off. `anchors` are (seq, hash) pairs
     copied elsewhere earlier (`flask audit anchor`): each must still be in the chain, unchanged. A record
-    edited into what no record holds (`stored`) is reported as unreadable, and the walk goes on."""
+    edited into what no record holds (`stored`) is reported as unreadable, and the walk goes on. Pages of
+    `batch_size` records (`PAGE_SIZE` unless given) follow one another by (seq, id), so a number stored
+    twice (its unique constraint dropped) is read twice and reported, wherever a page ends."""
     report = VerifyReport()
     expected: dict[int, set[str]] = {}  # every hash given for a number: one that does not match is a problem
     for seq, digest in anchors:
@@ -169,22 +172,32 @@ def verify(batch_size: int = 5000, anchors: Iterable[tuple[int, str]] = ()) -> V
     records = StoredRecords(db.session.get_bind().dialect)
     table = AuditRecord.__table__
     expected_seq, prev_hash = 1, GENESIS
-    last_seq: object = None  # as stored: SQLite sorts a seq edited into text after every number, and pages past it
+    # The last (seq, id) read, seq as stored: SQLite sorts a seq edited into text after every number, and pages past
+    # it. By seq alone, a page that ended at a number stored twice skipped its second row.
+    after: tuple[object, int] | None = None
+    # A NULL number or id (its NOT NULL constraint dropped) compares with nothing: such records are counted instead.
+    placed = and_(table.c.seq.is_not(None), table.c.id.is_not(None))
+    page = (select(*records.columns, table.c.id).where(placed).order_by(table.c.seq, table.c.id)
+            .limit(batch_size or PAGE_SIZE))
     while True:
-        page = select(*records.columns).order_by(table.c.seq).limit(batch_size)
-        rows = db.session.execute(page if last_seq is None else page.where(table.c.seq > last_seq)).all()
+        # (seq, id) > after, spelled so that the index on seq finds where the page begins
+        rows = db.session.execute(page if after is None else page.where(
+            table.c.seq >= after[0], or_(table.c.seq > after[0], table.c.id > after[1]))).all()
         if not rows:
             break
         for row in rows:
             report.checked += 1
-            last_seq = row.seq
+            after = (row.seq, row.id)
             stored = records.decode(row)
             if isinstance(stored.seq, Unreadable):  # no place in the chain to check it at
                 report.problems.append(f"record {stored.seq}: unreadable (edited)")
                 continue
-            if stored.seq < expected_seq:  # 0 or below: none of the chain's, yet in the log
+            if stored.seq < 1:  # none of the chain's, yet in the log
                 report.problems.append(f"record {stored.seq}: numbered before the first record (inserted or "
                                        "renumbered)")
+                continue
+            if stored.seq < expected_seq:  # in seq order, only a number read already
+                report.problems.append(f"record {stored.seq}: appears twice (inserted)")
                 continue
             if stored.seq != expected_seq:
                 report.problems.append(f"records {expected_seq}..{stored.seq - 1} are missing (deleted)")
@@ -200,6 +213,10 @@ def verify(batch_size: int = 5000, anchors: Iterable[tuple[int, str]] = ()) -> V
                                        "(replaced)")
             expected_seq, prev_hash = stored.seq + 1, stored.hash
             report.last_seq, report.last_hash = stored.seq, stored.hash
+    numberless = db.session.scalar(select(func.count()).select_from(table).where(
+        or_(table.c.seq.is_(None), table.c.id.is_(None))))
+    if numberless:
+        report.problems.append(f"records with no number: {numberless} (inserted or edited)")
     for seq in sorted(expected):
         report.problems.append(f"record {seq}: anchored, but the chain ends at {report.last_seq} (cut off)"
                                if seq > report.last_seq else f"record {seq}: anchored, but missing (deleted)")
