@@ -1,14 +1,15 @@
-"""`flask audit verify` reads every record wherever its pages end."""
+"""`flask audit verify` reads every record wherever its pages end; `flask audit list` streams what it lists."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 
 import pytest
 from sqlalchemy import func, select, text
 
-from app.audit import service
+from app.audit import service, stored
 from app.audit.models import AuditRecord
 from app.extensions import db
 from tests.test_audit import write_records
@@ -98,3 +99,19 @@ def test_verify_reports_records_with_no_number(app, seq_unconstrained):
         assert report.problems == expected and report.last_seq == db.session.scalar(
             select(func.max(AuditRecord.seq))), batch_size
 
+
+def test_newest_records_are_read_as_they_are_listed(app, runner):
+    """`flask audit list --limit 1000000` built the list of every record before printing the first; the records
+    now come one at a time, newest first, from a result still open while the first is in hand."""
+    write_records(3)
+    seqs = db.session.scalars(select(AuditRecord.seq).order_by(AuditRecord.seq.desc())).all()
+    newest = stored.newest(1_000_000)
+    assert inspect.isgenerator(newest)
+    assert next(newest).seq == seqs[0]
+    if db.engine.dialect.name == "postgresql":  # the rows are on the server until fetched
+        assert db.session.scalar(text("SELECT count(*) FROM pg_cursors")) == 1
+    assert [record.seq for record in newest] == seqs[1:]
+    if db.engine.dialect.name == "postgresql":
+        assert db.session.scalar(text("SELECT count(*) FROM pg_cursors")) == 0
+    listed = runner.invoke(args=["audit", "list", "--json", "--limit", "1000000"])
+    assert listed.exit_code == 0 and [json.loads(line)["seq"] for line in listed.output.splitlines()] == seqs

@@ -13,6 +13,7 @@ database's own text of it.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
@@ -103,11 +104,14 @@ class StoredRecords:
         return Stored(seq=seq, at=at, detail=detail, **texts)
 
 
-def newest(limit: int) -> list[Stored]:
-    """The newest `limit` records, as stored (SQLite lists a number edited into text first: it sorts text last)."""
+def newest(limit: int) -> Iterator[Stored]:
+    """The newest `limit` records, as stored (SQLite lists a number edited into text first: it sorts text last),
+    read as they are asked for: `flask audit list --limit 1000000` held every record before printing the first."""
     records = StoredRecords(db.session.get_bind().dialect)
-    rows = db.session.execute(select(*records.columns).order_by(TABLE.c.seq.desc()).limit(limit))
-    return [records.decode(row) for row in rows]
+    query = select(*records.columns).order_by(TABLE.c.seq.desc()).limit(limit)
+    with db.session.execute(query, execution_options={"yield_per": 500}) as rows:
+        for row in rows:
+            yield records.decode(row)
 
 
 def holds_a_time(dialect: Dialect) -> ColumnElement[bool]:

@@ -27,7 +27,7 @@ def dashboard():
         users_by_role = dict(db.session.execute(select(User.role, func.count()).group_by(User.role)).all())
     if current_user.role in ("ministry_admin", "auditor"):
         audit_total = db.session.scalar(select(func.count(AuditRecord.id))) or 0
-        recent = stored.newest(8)  # a record edited in the database is listed as stored, marked
+        recent = list(stored.newest(8))  # a record edited in the database is listed as stored, marked
     panels = [panel(current_user) for panel in dashboard_panels]
     return render_template(
         "console/dashboard.html",
