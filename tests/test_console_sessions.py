@@ -507,3 +507,48 @@ def test_a_browser_signed_out_by_session_protection_past_its_limit_ends_its_row_
     [entry] = records("auth.timeout")
     assert (entry.actor, entry.target, entry.detail["reason"], entry.detail["minutes"]) == (
         "alice", "alice", "idle", 30)
+
+
+def test_a_copied_cookie_replayed_with_a_forged_x_forwarded_for_is_refused(app, make_user):
+    """Session protection keys on the address the console sees, not on the first X-Forwarded-For entry, which
+    any client writes: a cookie copied from 10.0.0.1 and sent from 10.9.9.9 naming 10.0.0.1 there is refused,
+    and its sign-in ends (as for any other change of address)."""
+    make_user("alice")
+    victim = app.test_client()
+    victim.environ_base.update(REMOTE_ADDR="10.0.0.1", HTTP_USER_AGENT=CHROME_ON_WINDOWS)
+    console = Console(victim)
+    assert console.login("alice").status_code == 302 and is_signed_in(console)
+    row_id = row_of(console).id
+    replay = app.test_client()
+    replay.environ_base.update(REMOTE_ADDR="10.9.9.9", HTTP_USER_AGENT=CHROME_ON_WINDOWS,
+                               HTTP_X_FORWARDED_FOR="10.0.0.1")
+    replay.set_cookie("session", session_cookie(console))
+    assert not is_signed_in(Console(replay))
+    db.session.expire_all()
+    assert db.session.get(ConsoleSession, row_id).end_reason == "logout"
+    assert not is_signed_in(console)
+
+
+def test_session_protection_behind_a_trusted_proxy_keys_on_the_address_the_proxy_saw(app, make_user):
+    """With MPIM_TRUSTED_PROXIES=1 the client's address is the entry the proxy appended: a browser keeps its
+    sign-in, and a copy of its cookie sent through the proxy from elsewhere, with the browser's address written
+    in front, is refused."""
+    from app import create_app
+
+    make_user("alice")
+    proxied_app = create_app({**app.config, "MPIM_TRUSTED_PROXIES": 1})
+    try:
+        browser = proxied_app.test_client()
+        browser.environ_base.update(HTTP_USER_AGENT=CHROME_ON_WINDOWS, HTTP_X_FORWARDED_FOR="203.0.113.7")
+        console = Console(browser)
+        assert console.login("alice").status_code == 302
+        assert is_signed_in(console) and is_signed_in(console)
+        replay = proxied_app.test_client()
+        replay.environ_base.update(HTTP_USER_AGENT=CHROME_ON_WINDOWS,
+                                   HTTP_X_FORWARDED_FOR="203.0.113.7, 198.51.100.9")
+        replay.set_cookie("session", session_cookie(console))
+        assert not is_signed_in(Console(replay))
+        assert not is_signed_in(console)
+    finally:
+        with proxied_app.app_context():
+            db.engine.dispose()

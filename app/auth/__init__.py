@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+
+from flask import request
+
 from app.extensions import login_manager
 
 
@@ -11,6 +15,15 @@ def load_user(user_id: str):
     from app.auth import idle
 
     return idle.load_user(user_id)
+
+
+def session_identifier() -> str:
+    """What strong session protection compares: the client's address as the console sees it (ProxyFix sets
+    it from X-Forwarded-For only behind MPIM_TRUSTED_PROXIES) and its User-Agent. Flask-Login's own takes the
+    first X-Forwarded-For entry, which any client writes: a copied cookie sent with the victim's address there
+    passed."""
+    base = f"{request.remote_addr or ''}|{request.headers.get('User-Agent', '')}"
+    return hashlib.sha512(base.encode("utf-8", errors="replace")).hexdigest()
 
 
 def init_app(app) -> None:
@@ -25,6 +38,7 @@ def init_app(app) -> None:
     login_manager.login_view = "auth.login"
     login_manager.login_message = lazy_gettext("Please sign in to see this page.")
     login_manager.session_protection = "strong"
+    login_manager._session_identifier_generator = session_identifier  # Flask-Login 0.6's hook, no public one
     app.register_blueprint(bp)
     app.before_request(idle.enforce)
     app.before_request(password_due.enforce)
