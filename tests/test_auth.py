@@ -108,6 +108,44 @@ def test_address_lock_covers_unknown_usernames(app, console, make_user):
     assert [address for address, _until in service.locked_addresses()] == ["127.0.0.1"]
 
 
+def sign_in_from(app, address: str, username: str, password: str = PASSWORD):
+    client = app.test_client()
+    client.environ_base["REMOTE_ADDR"] = address
+    return Console(client).login(username, password)
+
+
+def test_an_ipv6_address_lock_covers_its_whole_64(app, make_user, runner):
+    """A client with a /64 has 2**64 addresses: counted one by one, its guesses never locked anything."""
+    make_user("carol")
+    for index in range(app.config["MPIM_LOGIN_MAX_ADDRESS_FAILURES"]):
+        sign_in_from(app, f"2001:db8:1:1::{index + 1:x}", f"ghost{index}", "whatever-Wrong-1")
+    refused = sign_in_from(app, "2001:db8:1:1:ffff:ffff:ffff:ffff", "carol")
+    assert refused.status_code == 401 and "锁定" in refused.get_data(as_text=True)
+    assert sign_in_from(app, "2001:db8:1:2::1", "carol").status_code == 302  # the next /64 is another client
+    assert [address for address, _until in service.locked_addresses()] == ["2001:db8:1:1::/64"]
+
+    admin = Console(app.test_client())
+    assert admin.login("carol").status_code == 302
+    assert "<code>2001:db8:1:1::/64</code>" in admin.client.get("/users/").get_data(as_text=True)
+    result = runner.invoke(args=["users", "clear-address-locks"])
+    assert result.exit_code == 0 and "2001:db8:1:1::/64" in result.output
+    assert service.locked_addresses() == []
+    assert sign_in_from(app, "2001:db8:1:1::1", "carol").status_code == 302
+
+
+def test_an_ipv4_mapped_ipv6_address_counts_as_its_ipv4_address(app, make_user):
+    """A dual-stack listener sees an IPv4 client as ::ffff:a.b.c.d: the same client, the same count."""
+    make_user("carol")
+    limit = app.config["MPIM_LOGIN_MAX_ADDRESS_FAILURES"]
+    for index in range(limit):
+        address = "::ffff:10.0.0.7" if index % 2 else "10.0.0.7"
+        sign_in_from(app, address, f"ghost{index}", "whatever-Wrong-1")
+    assert sign_in_from(app, "::ffff:10.0.0.7", "carol").status_code == 401
+    assert sign_in_from(app, "10.0.0.7", "carol").status_code == 401
+    assert [address for address, _until in service.locked_addresses()] == ["10.0.0.7"]
+    assert sign_in_from(app, "::ffff:10.0.0.8", "carol").status_code == 302
+
+
 def test_unlocking_an_account_also_clears_the_address_locks_that_would_refuse_it(app, console, make_user):
     make_user("carol")
     lock_the_address(app, console)

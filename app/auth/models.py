@@ -62,8 +62,9 @@ class User(UserMixin, db.Model):
 
 
 class LoginThrottle(db.Model):
-    """Failure counters per account ("user:NAME") and per address ("addr:IP"). `refused`: the sign-ins refused
-    during the current lock; the first is audited (auth.login_blocked), the others only counted here."""
+    """Failure counters per account ("user:NAME") and per address ("addr:IP", an IPv6 client's /64 as
+    "addr:NETWORK/64": `throttle.address_key`). `refused`: the sign-ins refused during the current lock; the
+    first is audited (auth.login_blocked), the others only counted here."""
 
     __tablename__ = "login_throttles"
 

@@ -410,7 +410,7 @@ def authenticate(username: str, password: str, remote_addr: str) -> User:
         username = username.encode("unicode_escape").decode("ascii")[:64]
     # An address gets more tries than an account: one person's typos must not lock everyone behind it.
     limits = {f"user:{username.lower()}": current_app.config["MPIM_LOGIN_MAX_FAILURES"],
-              f"addr:{remote_addr}": current_app.config["MPIM_LOGIN_MAX_ADDRESS_FAILURES"]}
+              throttle.address_key(remote_addr): current_app.config["MPIM_LOGIN_MAX_ADDRESS_FAILURES"]}
     checks = throttle.start_check(limits)
     if checks is None:
         # Audited once per lock, at its first refusal; the refusals after it are counted on the lock.

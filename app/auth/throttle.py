@@ -4,6 +4,7 @@ failures and checks under way together, and the locks they lead to. `service.aut
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,6 +38,24 @@ class SignInsBusy(LoginRefused):
 
     code = "busy"
     status = 429
+
+
+def address_key(remote_addr: str) -> str:
+    """The address counter a sign-in from `remote_addr` counts on: an IPv6 client by its /64 (one subscriber
+    holds all of it, and counted address by address it never locked), an IPv4-mapped IPv6 address
+    (::ffff:a.b.c.d, a dual-stack listener's view of an IPv4 client) as that IPv4 address, any other as given.
+    What follows "addr:" is what the users page and the CLI show, e.g. 2001:db8:1:1::/64."""
+    try:
+        address = ipaddress.ip_address(remote_addr)
+    except ValueError:
+        return f"addr:{remote_addr}"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return f"addr:{address.ipv4_mapped}"
+        if address.is_loopback:  # ::1 is this host, alone in its /64
+            return f"addr:{address}"
+        return f"addr:{ipaddress.IPv6Network((address.packed, 64), strict=False)}"
+    return f"addr:{address}"
 
 
 def throttle_row(key: str) -> LoginThrottle:
