@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 from werkzeug.security import check_password_hash
 
 from app.audit.models import AuditRecord
@@ -340,6 +340,27 @@ def test_a_username_of_dots_only_is_refused_at_the_form_with_what_was_typed_kept
     assert response.status_code == 200 and 'id="username-error-1"' in page and 'value="点点"' in page
     assert "不能只有点号" in page
     assert db.session.scalar(select(User).where(User.username == "..")) is None and actions() == before
+
+
+@pytest.mark.parametrize("username", ["new", "NEW", "address-locks"])
+def test_a_username_that_is_a_page_of_the_users_list_is_refused_at_the_form(admin_console, username):
+    """An account named "new" was created, but /users/new is the create form: it could be neither edited nor
+    disabled from the console."""
+    before = actions()
+    response = admin_console.post_form("/users/new", {"username": username, "display_name": "新", "role": "auditor",
+                                                      "password": "Correct-Horse-Battery-9"})
+    page = response.get_data(as_text=True)
+    assert response.status_code == 200 and 'id="username-error-1"' in page and 'value="新"' in page
+    assert f"用户名“{username}”是控制台页面的路径，不能使用。" in page
+    assert db.session.scalar(select(User).where(func.lower(User.username) == username.lower())) is None
+    assert actions() == before
+
+
+def test_every_fixed_page_under_users_is_a_reserved_username(app):
+    """A page added under /users/ later is reserved with it, or this fails."""
+    fixed = {rule.rule.split("/")[2] for rule in app.url_map.iter_rules()
+             if rule.rule.startswith("/users/") and rule.rule.split("/")[2] and "<" not in rule.rule.split("/")[2]}
+    assert fixed == {"new", "address-locks"} and fixed <= service.RESERVED_USERNAMES
 
 
 def test_unlocking_an_account_that_is_not_locked_says_so_and_audits_nothing(app, admin_console, make_user, runner):

@@ -281,6 +281,18 @@ def test_clear_address_locks_with_none_locked_says_so_and_records_it_as_the_cons
     assert json.loads(as_json.stdout) == {"addresses": ["10.0.0.3"]}
 
 
+def test_create_refuses_a_username_that_is_a_page_of_the_users_list(runner):
+    """The console's /users/new is the create form: an account named so could not be managed there."""
+    before = len(records())
+    result = runner.invoke(args=["users", "create", "--role", "auditor", "--username", "New"])
+    assert result.exit_code == 1
+    assert result.stderr == "error: The username \"New\" is the path of a console page and cannot be used.\n"
+    as_json = runner.invoke(args=["users", "create", "--role", "auditor", "--username", "new", "--json"])
+    assert json.loads(as_json.stderr)["error"]["code"] == "reserved_username"
+    assert db.session.scalar(select(User).where(User.username.in_(["New", "new"]))) is None
+    assert len(records()) == before
+
+
 # --- passwords on standard input ---------------------------------------------------------------
 
 def create_with_stdin(runner, data: bytes, username: str = "gbkpw", *extra: str):

@@ -22,6 +22,9 @@ from app.extensions import db
 from app.readable import BLANKS, misleading, readable_text
 
 USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{2,64}$")
+# The console's fixed pages under /users/ (app/auth/views.py): /users/new is the create form, so an account
+# named "new" had no page of its own. Compared case-insensitively, as usernames are.
+RESERVED_USERNAMES = frozenset({"new", "address-locks"})
 MIN_PASSWORD_LENGTH = 10
 MAX_PASSWORD_LENGTH = 256  # the forms' Length(max=...)
 # A new password may not be any of the account's last five: the current one and the four before it.
@@ -163,6 +166,9 @@ def check_draft(draft: UserDraft) -> tuple[str, str]:
         if not draft.username.strip("."):
             raise ValidationFailed(_l("A username needs a letter, a digit, '_' or '-', not only dots."),
                                    code="invalid_username", field="username")
+        if draft.username.lower() in RESERVED_USERNAMES:
+            raise ValidationFailed(_l('The username "%(name)s" is the path of a console page and cannot be used.',
+                                      name=draft.username), code="reserved_username", field="username")
     with refusals.check():
         if draft.role not in ROLES:
             raise ValidationFailed(_l("Unknown role %(role)s.", role=draft.role), code="invalid_role", field="role")
