@@ -263,6 +263,36 @@ def test_bad_input_is_refused_and_leaves_the_token_unused(client, token, overrid
     assert db.session.scalar(select(Application)) is None
 
 
+ONLY_THE_BLOCK = "nothing but white space may come before -----BEGIN CERTIFICATE REQUEST----- or after"
+
+
+@pytest.mark.parametrize("wrap", [lambda pem: pem + "\x00", lambda pem: "\x00" + pem,
+                                  lambda pem: pem + "\u202eanything the reviewer sees\x07",
+                                  lambda pem: "Certificate Request:\n" + pem, lambda pem: pem + "\u3000"])
+def test_a_csr_with_text_around_its_pem_block_is_refused_and_nothing_stored(client, token, wrap):
+    """The checks read the PEM block alone and the text was stored as sent: a NUL after the block was stored
+    verbatim on SQLite and failed PostgreSQL's INSERT with a 500; a bidi override or BEL went to the database."""
+    response = submit(client, token, node_document(csr=wrap(make_csr())))
+    error = response.get_json()["error"]
+    assert (response.status_code, error["code"], error["field"]) == (400, "invalid_csr", "csr"), error
+    assert ONLY_THE_BLOCK in error["message"]
+    assert db.session.scalar(select(EnrollmentToken)).state() == "active"
+    assert db.session.scalar(select(Application)) is None
+
+
+def test_the_csr_is_stored_as_its_pem_block_alone(client, token):
+    """White space around the block and CRLF line ends are taken, and the application keeps the PEM as the CA
+    writes it, not the text as sent."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    pem = make_csr()
+    response = submit(client, token, node_document(csr="\r\n \t" + pem.replace("\n", "\r\n") + "\n\n  "))
+    assert response.status_code == 201, response.get_json()
+    stored = db.session.scalar(select(Application)).csr_pem
+    assert stored == x509.load_pem_x509_csr(pem.encode()).public_bytes(Encoding.PEM).decode() == pem
+
+
 @pytest.mark.parametrize("endpoint", ["https://im.jx.example/a b", "https://im.jx.example/a\u00a0b",
                                       "https://im.jx.example/a\u2028b", "https://im.jx.example/im\u3000x"])
 def test_an_endpoint_with_a_space_is_refused_since_no_route_client_would_take_the_table(client, token, endpoint):

@@ -229,6 +229,22 @@ def test_console_takes_a_name_of_invisible_characters_for_no_name_as_the_api_doe
     assert db.session.scalar(db.select(db.func.count()).select_from(Application)) == 0
 
 
+def test_console_refuses_a_csr_with_text_around_its_pem_block_as_the_api_does(app, make_user):
+    import io
+
+    from app.admission.models import Application
+    from tests.factories import application_form, make_csr
+
+    make_user("jx-admin", "provincial_admin", ("360000",))
+    console = Console(app.test_client())
+    console.login("jx-admin")
+    for form in (application_form(csr=make_csr() + "\u202e\x07"),
+                 application_form(csr_file=(io.BytesIO(make_csr().encode() + b"\x00"), "node.csr"))):
+        html = console.post_form("/applications/new", form).get_data(as_text=True)
+        assert "-----BEGIN CERTIFICATE REQUEST-----" in _error_at(html, "csr")
+    assert db.session.scalar(db.select(db.func.count()).select_from(Application)) == 0
+
+
 def test_console_refuses_a_bracketed_host_that_is_no_ipv6_address_as_the_api_does(app, make_user):
     from app.admission.models import Application
     from tests.factories import application_form, make_csr

@@ -113,6 +113,7 @@ def test_submit_stores_the_application_and_the_audit_record_the_console_writes(a
     ("jx-admin", {"csr": b"\x30\x03\x02\x01\x00"}, "invalid_csr", "csr", "neither a PEM nor a DER"),
     ("jx-admin", {"csr": make_csr(make_key("rsa1024"))}, "invalid_csr", "csr", "below 2048 bits"),
     ("jx-admin", {"csr": b""}, "invalid_csr", "csr", "is empty"),
+    ("jx-admin", {"csr": make_csr() + "\x00"}, "invalid_csr", "csr", "nothing but white space"),  # 500 on PG
     ("jx-admin", {"endpoint": "http://im.nc.example"}, "endpoint_not_https", "endpoint", "https://"),
     ("jx-admin", {"endpoint": "https://im.nc.example/a b"}, "invalid_endpoint", "endpoint", "spaces"),
     ("jx-admin", {"vendor": " "}, "missing_field", "vendor", "--vendor is required"),

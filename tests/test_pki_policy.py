@@ -51,6 +51,19 @@ def test_bad_csrs_are_refused_with_a_reason(build, reason):
     assert reason in reason_for(build())
 
 
+@pytest.mark.parametrize("wrap", [lambda pem: pem + "\x00", lambda pem: "\x07" + pem,
+                                  lambda pem: pem + "\u202e", lambda pem: "Certificate Request:\n" + pem,
+                                  lambda pem: pem.encode() + b"\x00"])
+def test_text_around_the_pem_block_is_refused(wrap):
+    assert "nothing but white space may come before -----BEGIN CERTIFICATE REQUEST-----" in reason_for(
+        wrap(make_csr()))
+
+
+def test_white_space_around_the_pem_block_is_taken():
+    pem = make_csr()
+    csr_policy.check_csr(csr_policy.load_csr(" \r\n\t" + pem.replace("\n", "\r\n") + "\n\n\f "))
+
+
 def test_a_certificate_where_a_csr_belongs(app):
     assert "certificate, not a certificate signing request" in reason_for(pki.authority().root_certificate
                                                                           .public_bytes(serialization.Encoding.PEM))
@@ -184,6 +197,18 @@ def test_renewal_refuses_a_missing_or_non_text_csr_as_an_application_does(client
                           headers={"Authorization": f"Bearer {token}"}).get_json()["error"]
     assert (renewed["code"], renewed["field"]) == (code, "csr")
     assert renewed == applied
+    assert pki.current_certificate(node.node_id).serial == row.serial  # nothing issued
+
+
+def test_renewal_refuses_a_csr_with_text_around_its_pem_block(client, people):  # noqa: F811
+    node, keys = admit_with_keys(people)
+    token = client.post("/api/v1/session", json=keys.session_request(node.node_id)).get_json()["token"]
+    row = pki.current_certificate(node.node_id)
+    row.not_before, row.not_after = utcnow() - timedelta(days=70), utcnow() + timedelta(days=20)
+    db.session.commit()
+    error = renew(client, token, NodeKeys().csr + "\x00").get_json()["error"]
+    assert (error["code"], error["field"]) == ("invalid_csr", "csr")
+    assert "nothing but white space may come" in error["message"]
     assert pki.current_certificate(node.node_id).serial == row.serial  # nothing issued
 
 

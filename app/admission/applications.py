@@ -39,7 +39,7 @@ def _new_application(info: NodeInformation, csr_pem: str | None, **fields) -> Ap
         id=uuid.uuid4().hex, division_code=info.division_code, org_name=info.org_name,
         system_name=info.system_name, vendor=info.vendor, endpoint=info.endpoint,
         contact_name=info.contact_name, contact_phone=info.contact_phone, contact_email=info.contact_email,
-        capabilities=list(info.capabilities), csr_pem=csr_pem.strip() + "\n" if csr_pem else None, **fields,
+        capabilities=list(info.capabilities), csr_pem=csr_pem or None, **fields,
     )
     db.session.add(application)
     return application

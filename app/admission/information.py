@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from cryptography.hazmat.primitives.serialization import Encoding
 from flask_babel import lazy_gettext as _l
 
 from app.admission.models import CAPABILITIES
@@ -250,7 +251,7 @@ class Submission:
     """An application or change request whose every part passed `check_submission`."""
 
     info: NodeInformation
-    csr_pem: str | None
+    csr_pem: str | None  # the CSR's PEM block as the CA writes it (`checked_csr`), not the text as sent
     key_sha256: str | None  # of the CSR's public key; None without a CSR (a change request keeping its key)
 
 
@@ -282,6 +283,8 @@ def check_submission(document: dict, *, new: bool = True, names: Mapping[str, st
         admits(info.division_code)
     if csr_read and (csr_pem or new):  # a change request may keep its node's key
         with refusals.check():
-            key_sha256 = pki.key_fingerprint(checked_csr(csr_pem).public_key())
+            csr = checked_csr(csr_pem)
+            key_sha256 = pki.key_fingerprint(csr.public_key())
+            csr_pem = csr.public_bytes(Encoding.PEM).decode("ascii")  # stored as the CA writes it, not as sent
     refusals.raise_any()
     return Submission(info, csr_pem, key_sha256)

@@ -3,7 +3,8 @@
 Accepted: one PEM certificate signing request, at most 64 KB, whose self-signature verifies
 (SHA-256 or stronger), holding an EC P-256, EC P-384 or RSA 2048-8192 bit key.
 
-Refused, each with its own reason: not PEM or not parsable; several CSRs in one text; a certificate where a CSR belongs;
+Refused, each with its own reason: not PEM or not parsable; several CSRs in one text; text other than white space
+around the PEM block; a certificate where a CSR belongs;
 over 64 KB; a self-signature that does not verify or uses MD5/SHA-1; RSA below 2048 bits; DSA;
 any other curve (P-192, secp256k1, SM2, ...); Ed25519 and Ed448; a subject or extensions that cannot be
 read (a value of a type X.509 names do not allow, an extension present twice, an x400Address or
@@ -37,6 +38,8 @@ MIN_RSA_BITS, MAX_RSA_BITS = 2048, 8192
 WEAK_SIGNATURES = {SignatureAlgorithmOID.RSA_WITH_MD5: "MD5", SignatureAlgorithmOID.RSA_WITH_SHA1: "SHA-1",
                    SignatureAlgorithmOID.ECDSA_WITH_SHA1: "SHA-1", SignatureAlgorithmOID.DSA_WITH_SHA1: "SHA-1"}
 _CSR_BEGIN = re.compile(rb"-----BEGIN (NEW )?CERTIFICATE REQUEST-----")
+_CSR_BLOCK = re.compile(rb"-----BEGIN (NEW )?CERTIFICATE REQUEST-----.*?-----END (NEW )?CERTIFICATE REQUEST-----",
+                        re.DOTALL)
 
 
 class InvalidCSR(ValidationFailed):
@@ -83,6 +86,13 @@ def load_csr(pem: str | bytes) -> x509.CertificateSigningRequest:
                             "-----BEGIN CERTIFICATE REQUEST-----."))
     if (count := len(_CSR_BEGIN.findall(data))) > 1:  # the parser would take the first and drop the rest
         raise InvalidCSR(_l("Send one certificate signing request (CSR), not %(count)s.", count=count))
+    # The parser reads the block and ignores what is around it, which then went on to be stored: a NUL there failed
+    # PostgreSQL's INSERT, a bidi override or a control character reached the review. Only ASCII white space
+    # (bytes.strip's) may stand around the block; one without its END line is the parser's to refuse.
+    if (block := _CSR_BLOCK.search(data)) and (data[:block.start()].strip() or data[block.end():].strip()):
+        raise InvalidCSR(_l("Send the CSR's PEM block alone: nothing but white space may come before "
+                            "-----BEGIN CERTIFICATE REQUEST----- or after -----END CERTIFICATE REQUEST----- "
+                            "(this one has other text or control characters there)."))
     try:
         return x509.load_pem_x509_csr(data.replace(b"NEW CERTIFICATE REQUEST", b"CERTIFICATE REQUEST"))
     except ValueError as error:
