@@ -285,6 +285,28 @@ def test_malformed_session_requests_get_400(client, body):
     assert error_code(response) == (400, "invalid_request")
 
 
+NODE_ID_RULE = "node_id must be a node id: 20 digits."
+TIMESTAMP_RULE = ("timestamp must be an RFC 3339 time in UTC, ending in Z or +00:00 (0 to 6 fractional digits), "
+                  "as in 2025-06-12T02:15:30Z.")
+NONCE_RULE = "nonce must be 8 to 128 characters of A-Z, a-z, 0-9, _ and - (base64url without padding)."
+SIGNATURE_RULE = "signature must be base64 (A-Z, a-z, 0-9, +, / and =) of 16 to 1400 characters."
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("node_id", "3600000000202500000", NODE_ID_RULE), ("node_id", None, NODE_ID_RULE),
+    ("timestamp", "2026-01-01T08:00:00+08:00", TIMESTAMP_RULE), ("timestamp", "yesterday", TIMESTAMP_RULE),
+    ("nonce", "abc+/def=", NONCE_RULE), ("nonce", "short", NONCE_RULE), ("nonce", "a" * 129, NONCE_RULE),
+    ("signature", "not base64!!" * 3, SIGNATURE_RULE),
+])
+def test_a_malformed_session_field_is_refused_with_its_rule(client, field, value, message):
+    """The message said only "timestamp is missing or malformed.": a node sending +08:00, a standard base64
+    nonce or a 19-digit id could not tell what the rule was."""
+    body = {"node_id": "36000000002025000001", "timestamp": "2026-01-01T00:00:00Z", "nonce": "abcdefgh",
+            "signature": "A" * 32, field: value}
+    error = open_session(client, body).get_json()["error"]
+    assert (error["code"], error["field"], error["message"]) == ("invalid_request", field, message)
+
+
 @pytest.mark.parametrize("case", ["duplicate_top_level_key", "duplicate_nested_key", "utf8_bom", "utf16_bom",
                                   "utf16_le", "utf32", "infinite_number"])
 def test_a_session_request_that_is_not_strict_json_is_refused_and_its_nonce_kept(client, people, case):

@@ -38,6 +38,14 @@ NONCE = re.compile(r"[A-Za-z0-9_\-]{8,128}")
 # RFC 3339 UTC (SPEC §4): `Z` or a zero offset; `-00:00` says the local offset is unknown (RFC 3339 §4.3).
 TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?(Z|\+00:00)")
 SIGNATURE = re.compile(r"[A-Za-z0-9+/=]{16,1400}")
+# What each pattern asks, in the 400 invalid_request a field that does not match it gets.
+RULES = {
+    "node_id": "node_id must be a node id: 20 digits.",
+    "timestamp": "timestamp must be an RFC 3339 time in UTC, ending in Z or +00:00 (0 to 6 fractional digits), "
+                 "as in 2025-06-12T02:15:30Z.",
+    "nonce": "nonce must be 8 to 128 characters of A-Z, a-z, 0-9, _ and - (base64url without padding).",
+    "signature": "signature must be base64 (A-Z, a-z, 0-9, +, / and =) of 16 to 1400 characters.",
+}
 SKEW = timedelta(minutes=5)
 # Signature verifications a bad_signature answer costs, whatever the node id: a node has one certificate to try,
 # two while a renewal overlaps, four after three renewals in a row; the stand-in key makes up the rest.
@@ -51,7 +59,7 @@ class SessionRefused(Unauthorized):
 def _text(document: dict, name: str, pattern: re.Pattern) -> str:
     value = document.get(name)
     if not isinstance(value, str) or not pattern.fullmatch(value):
-        raise ValidationFailed(f"{name} is missing or malformed.", code="invalid_request", field=name)
+        raise ValidationFailed(RULES[name], code="invalid_request", field=name)
     return value
 
 
