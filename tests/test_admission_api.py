@@ -263,6 +263,16 @@ def test_bad_input_is_refused_and_leaves_the_token_unused(client, token, overrid
     assert db.session.scalar(select(Application)) is None
 
 
+def test_out_of_scope_says_the_token_admits_the_divisions_below_its_own(client, token, jx_admin):
+    """It said "in 360000 only", yet a county of Jiangxi is taken: the message must not say less than the rule."""
+    assert submit(client, token, node_document("360102")).status_code == 201
+    _, other = tokens.create_token("360000", by=jx_admin)
+    db.session.commit()
+    error = submit(client, other, node_document("440300")).get_json()["error"]
+    assert (error["code"], error["message"]) == (
+        "out_of_scope", "This token admits nodes in 360000 and the divisions below it only.")
+
+
 ONLY_THE_BLOCK = "nothing but white space may come before -----BEGIN CERTIFICATE REQUEST----- or after"
 
 

@@ -58,7 +58,8 @@ def submit_with_token(raw_token: str | None, document: dict) -> Application:
 
     def admits(division_code: str) -> None:
         if not division_code.startswith(division_prefix(token.division_code)):
-            raise PermissionDenied(_l("This token admits nodes in %(code)s only.", code=token.division_code),
+            raise PermissionDenied(_l("This token admits nodes in %(code)s and the divisions below it only.",
+                                      code=token.division_code),
                                    code="out_of_scope", field="division_code")
 
     submission = information.check_submission(document, admits=admits)
