@@ -126,12 +126,26 @@ def wants_json() -> bool:
     return request.path.startswith(("/api/", "/ca/")) or request.is_json
 
 
-def size_text(size: int) -> str:
-    """1048576 -> "1 MB", 65536 -> "64 KB": how the console states a size limit."""
-    for unit, factor in (("MB", 1024 * 1024), ("KB", 1024)):
+def size_text(size: int, *, binary_units: bool = False) -> str:
+    """1048576 -> "1 MB", 65536 -> "64 KB": how the console states a size limit; with `binary_units`, "1 MiB" and
+    "64 KiB", as docs/protocol.md states the API's."""
+    units = ("MiB", "KiB") if binary_units else ("MB", "KB")
+    for unit, factor in zip(units, (1024 * 1024, 1024), strict=True):
         if size >= factor and size % factor == 0:
             return f"{size // factor} {unit}"
     return f"{size} B"
+
+
+def api_http_message(error) -> str:
+    """The API's message for an HTTP error: a 413 over MAX_CONTENT_LENGTH states the limit, where Werkzeug's
+    stock text ("The data value transmitted exceeds the capacity limit.") leaves the client to guess it."""
+    from flask import current_app
+    from werkzeug.exceptions import RequestEntityTooLarge
+
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    if isinstance(error, RequestEntityTooLarge) and limit and error.description == type(error).description:
+        return f"The body is larger than {size_text(limit, binary_units=True)} ({limit:,} bytes)."
+    return error.description
 
 
 def http_explanation(error) -> str:
@@ -214,5 +228,5 @@ def init_app(app) -> None:
         headers = [(name, value) for name, value in error.get_headers() if name.lower() != "content-type"]
         if wants_json():
             code = (error.name or "error").lower().replace(" ", "_")
-            return {"error": {"code": code, "message": error.description}}, error.code, headers
+            return {"error": {"code": code, "message": api_http_message(error)}}, error.code, headers
         return *page(error.code, http_explanation(error)), headers

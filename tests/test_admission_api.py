@@ -372,7 +372,8 @@ def test_retired_division_is_refused(client, token):
 
 def test_a_megabyte_organisation_name_gets_413(client, token):
     response = submit(client, token, node_document(org_name="省" * (1024 * 1024)))
-    assert response.status_code == 413 and response.get_json()["error"]["code"] == "request_entity_too_large"
+    assert response.status_code == 413 and response.get_json()["error"] == {
+        "code": "request_entity_too_large", "message": "The body is larger than 1 MiB (1,048,576 bytes)."}
     assert db.session.scalar(select(EnrollmentToken)).state() == "active"
 
 

@@ -95,7 +95,7 @@ def test_a_request_over_the_limit_gets_a_chinese_page_and_json_under_the_api(adm
                                     content_type="application/json")
     assert api.status_code == 413
     assert api.get_json()["error"] == {"code": "request_entity_too_large",
-                                       "message": "The data value transmitted exceeds the capacity limit."}
+                                       "message": "The body is larger than 1 MiB (1,048,576 bytes)."}
 
 
 def test_an_unknown_page_is_explained_in_chinese_and_in_english_under_the_api(admin_console):

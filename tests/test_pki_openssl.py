@@ -242,6 +242,7 @@ def test_an_ocsp_post_of_the_wrong_type_garbage_or_too_large_is_refused_as_such(
     too_large = client.post("/ca/ocsp", data=b"0" * (client.application.config["MAX_CONTENT_LENGTH"] + 1),
                             content_type="application/ocsp-request")
     assert (too_large.status_code, too_large.get_json()["error"]["code"]) == (413, "request_entity_too_large")
+    assert too_large.get_json()["error"]["message"] == "The body is larger than 1 MiB (1,048,576 bytes)."
 
 
 def test_every_level_of_the_chain_has_a_crl_for_crl_check_all(issued, client):
