@@ -39,6 +39,7 @@ def test_a_node_opens_a_session_with_its_key(client, people, kind):
     assert response.status_code == 201, response.get_json()
     body = response.get_json()
     assert len(body["token"]) >= 40 and body["expires_at"].endswith("Z")
+    assert response.headers["Cache-Control"] == "no-store"  # it carries a bearer token (RFC 6749 §5.1)
     stored = db.session.scalars(db.select(NodeSession)).one()
     assert stored.token_hash != body["token"] and stored.node_id == node.node_id
 

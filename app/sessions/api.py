@@ -18,7 +18,9 @@ csrf.exempt(bp)
 def open_session():
     raw, expires_at, _ = service.open_session(json_body())
     db.session.commit()
-    return {"token": raw, "expires_at": expires_at.isoformat().replace("+00:00", "Z")}, 201
+    # A bearer token: no cache along the way, nor the client's, may keep the answer (RFC 6749 §5.1).
+    return ({"token": raw, "expires_at": expires_at.isoformat().replace("+00:00", "Z")}, 201,
+            {"Cache-Control": "no-store"})
 
 
 def node_session_required(view):
