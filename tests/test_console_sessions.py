@@ -529,6 +529,20 @@ def test_a_copied_cookie_replayed_with_a_forged_x_forwarded_for_is_refused(app, 
     assert not is_signed_in(console)
 
 
+@pytest.mark.parametrize("user_agent", [CHROME_ON_WINDOWS, "浏览器/1.0", None])
+def test_a_direct_client_s_session_identifier_is_flask_login_s_so_an_upgrade_signs_nobody_out(app, user_agent):
+    """Sessions opened before the identifier keyed on the console's address carry Flask-Login's identifier: for a
+    client no X-Forwarded-For speaks for, ours must be the same text hashed, or every admin signed in at the
+    upgrade was sent to sign in again, each with an auth.logout record nobody made."""
+    from flask_login.utils import _create_identifier
+
+    from app.auth import session_identifier
+
+    headers = {} if user_agent is None else {"User-Agent": user_agent}
+    with app.test_request_context("/", headers=headers, environ_base={"REMOTE_ADDR": "10.0.0.1"}):
+        assert session_identifier() == _create_identifier()
+
+
 def test_session_protection_behind_a_trusted_proxy_keys_on_the_address_the_proxy_saw(app, make_user):
     """With MPIM_TRUSTED_PROXIES=1 the client's address is the entry the proxy appended: a browser keeps its
     sign-in, and a copy of its cookie sent through the proxy from elsewhere, with the browser's address written
