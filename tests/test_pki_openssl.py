@@ -406,12 +406,13 @@ def test_ocsp_over_get_answers_good_then_revoked(issued, client):
         response = client.get(f"/ca/ocsp/{junk}")
         answer = ocsp.load_der_ocsp_response(response.data)
         assert answer.response_status == ocsp.OCSPResponseStatus.MALFORMED_REQUEST
-        assert response.headers["Cache-Control"] == "no-cache"  # an error is not to be kept
+        assert response.headers["Cache-Control"] == "no-store"  # an error is not to be kept
 
 
-def test_ocsp_over_get_may_be_kept_by_caches_until_its_next_update_unless_it_answers_a_nonce(issued, client):
-    """RFC 5019 §6.2: GET exists so that caches can keep answers, and its answers said nothing of how long: no
-    max-age, Expires, Last-Modified or ETag. One to a nonce is its asker's alone."""
+def test_ocsp_over_get_says_what_caches_may_keep_and_that_they_ask_again_before_each_use(issued, client):
+    """GET answers carried no caching headers. A signed answer may be stored but is revalidated before each use
+    (no-cache, as the CRL is: a revocation is seen at the next ask, not at the answer's nextUpdate an hour on);
+    one to a nonce is its asker's alone and is not stored."""
     import base64
     from email.utils import parsedate_to_datetime
     from urllib.parse import quote
@@ -427,13 +428,8 @@ def test_ocsp_over_get_may_be_kept_by_caches_until_its_next_update_unless_it_ans
         answer = ocsp.load_der_ocsp_response(response.data)
         assert answer.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL
         if nonce:
-            assert response.headers["Cache-Control"] == "no-cache" and "Expires" not in response.headers
+            assert response.headers["Cache-Control"] == "no-store" and "Expires" not in response.headers
             continue
-        cache_control = response.headers["Cache-Control"]
-        assert cache_control.endswith(", public, no-transform, must-revalidate")
-        max_age = int(cache_control.split(",")[0].removeprefix("max-age="))
-        window = (answer.next_update_utc - answer.this_update_utc).total_seconds()
-        assert 0 < max_age <= window
+        assert response.headers["Cache-Control"] == "public, no-cache, no-transform"
         assert parsedate_to_datetime(response.headers["Expires"]) == answer.next_update_utc
         assert parsedate_to_datetime(response.headers["Last-Modified"]) == answer.this_update_utc
-        assert response.headers["ETag"].startswith('"')

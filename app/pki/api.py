@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import logging
-from datetime import UTC, datetime
 
 from cryptography import x509
 from cryptography.x509 import ocsp as x509_ocsp
@@ -110,18 +108,17 @@ def ocsp_get(encoded: str):
 
 
 def get_cache_headers(answer: bytes) -> dict[str, str]:
-    """RFC 5019 §6.2 (after RFC 6960 A.1): the GET form exists so that caches can keep answers. A signed answer
-    without a nonce may be kept until its nextUpdate; an answer to a nonce is for its asker alone, and an error
-    (tryLater, malformedRequest) is not to be kept at all."""
+    """What a cache may do with an answer over GET (the form RFC 6960 A.1 has for caching). A signed answer without
+    a nonce may be stored but is checked with us before each use (`no-cache`, as the CRL is): a revocation is
+    to be seen at the next ask, as the CRL shows it at once, not an hour later at the answer's nextUpdate.
+    Last-Modified and Expires still say when it was made and how long it is valid. An answer to a nonce is its
+    asker's alone, and an error (tryLater, malformedRequest) is worth nothing later: neither is stored."""
     parsed = x509_ocsp.load_der_ocsp_response(answer)
     if (parsed.response_status != OCSPResponseStatus.SUCCESSFUL
             or any(isinstance(extension.value, x509.OCSPNonce) for extension in parsed.extensions)):
-        return {"Cache-Control": "no-cache"}
-    this_update, next_update = parsed.this_update_utc, parsed.next_update_utc
-    seconds = max(0, int((next_update - datetime.now(UTC)).total_seconds()))
-    return {"Cache-Control": f"max-age={seconds}, public, no-transform, must-revalidate",
-            "Last-Modified": http_date(this_update), "Expires": http_date(next_update),
-            "ETag": f'"{hashlib.sha256(answer).hexdigest()[:32]}"'}
+        return {"Cache-Control": "no-store"}
+    return {"Cache-Control": "public, no-cache, no-transform",
+            "Last-Modified": http_date(parsed.this_update_utc), "Expires": http_date(parsed.next_update_utc)}
 
 
 def _ocsp_response(request_der: bytes) -> Response:
