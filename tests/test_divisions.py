@@ -240,6 +240,22 @@ def test_the_start_up_import_keeps_a_rollback_and_says_how_to_undo_it(app, runne
     assert db.session.get(Division, "371200").retired and service.latest_revision().name == "2023"
 
 
+def test_the_start_up_import_loads_a_newer_shipped_list_over_the_last_release_s(app, runner, monkeypatch, tmp_path):
+    """A release shipping a newer list than the last one did: the revision loaded is older than the shipped one
+    without being a rollback from it (the shipped list was never loaded here), so the start loads it."""
+    lines = service.DEFAULT_FILE.read_text(encoding="utf-8").splitlines()
+    next_release = tmp_path / "gb2260-2024.csv"
+    next_release.write_text("\n".join(line for line in lines if not line.startswith("360102")), encoding="utf-8")
+    monkeypatch.setattr(service, "DEFAULT_REVISION", "2024")
+    monkeypatch.setattr(service, "DEFAULT_FILE", next_release)
+    assert service.latest_revision().name == "2023"  # what the last release's start loaded
+
+    result = runner.invoke(args=["divisions", "import"])
+
+    assert result.exit_code == 0, result.output
+    assert service.latest_revision().name == "2024" and db.session.get(Division, "360102").retired
+
+
 def test_a_search_typed_with_a_chinese_input_method_finds_what_its_ascii_twin_finds(admin_console):
     """A Chinese input method in full-width mode types ３６０１ and ｊｉａｎｇｘｉ: the digits passed the
     prefix test (str.isdigit is true for them) and matched no code, so the search found nothing."""

@@ -219,6 +219,11 @@ def latest_revision() -> DivisionRevision | None:
     return db.session.scalar(select(DivisionRevision).order_by(DivisionRevision.id.desc()).limit(1))
 
 
+def revision_was_loaded(name: str) -> bool:
+    """Whether a revision of this name was ever imported here (one moved away from since is a rollback's origin)."""
+    return db.session.scalar(select(DivisionRevision.id).where(DivisionRevision.name == name).limit(1)) is not None
+
+
 def describe(code: str) -> dict:
     """SPEC §4 `GET /api/v1/divisions/{code}` and `flask divisions show`: a division of the loaded list,
     or the nation. The list has no row for 100000, but it is the nation's code (the ministry's node id
