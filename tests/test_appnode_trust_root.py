@@ -162,6 +162,7 @@ def test_after_a_new_ca_the_node_takes_its_root_and_refuses_the_old_roots_tables
     answer = json.loads(result.stdout)
     assert answer["new_root"]["sha256"] == sha256(x509.load_pem_x509_certificate(new_ca["ca.pem"]))
     assert answer["certificate_chains"] is False and "join --again" in answer["certificate_problem"]
+    assert "csr --out" in answer["certificate_problem"]  # `renew --force` is refused before the last third
     assert answer["routes_forgotten"] is True
     assert (answer["pull"]["outcome"], answer["pull"]["version"]) == ("accepted", genuine + 5)
     assert a.node.identity.ca_file.read_bytes() == new_ca["ca.pem"]

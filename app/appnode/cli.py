@@ -289,7 +289,9 @@ def outbox_retry(ctx: Context):
 
 
 @cli.command()
-@click.option("--force", is_flag=True, help="Renew even before the last third of the validity.")
+@click.option("--force", is_flag=True, help="Ask even before the last third of the validity (the management node "
+              "still refuses a node's own renewal before it, renewal_too_early: outside it, hand `csr` to a "
+              "ministry admin).")
 @pass_ctx
 def renew(ctx: Context, force):
     """Renew the node certificate with a new key (the running server picks it up after a reload)."""

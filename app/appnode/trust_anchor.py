@@ -137,8 +137,10 @@ class TrustAnchorMixin:
         if tls.has_certificate() and not chains_to(tls.cert_file.read_bytes(), root, path[1:-1]):
             problem = (f"this node's certificate {tls.fingerprint()} was issued under the old root and does not "
                        "chain to the new one, so peers trusting the new root refuse it: if the management node "
-                       "still knows this node, `renew --force`; if it is a new CA with a new database, ask for a "
-                       "new enrollment token and run `join --again --token …` (docs/operations.md)")
+                       "still knows this node, hand `csr --out node.csr` to a ministry admin to renew it from (the "
+                       "next route pull installs the certificate; `renew` alone waits for the last third of the "
+                       "validity); if it is a new CA with a new database, ask for a new enrollment token and run "
+                       "`join --again --token …` (docs/operations.md)")
         return Rerooted(describe(root), describe(held[0]) if held else None, problem, forgotten)
 
     def check_enrol_again(self) -> str:
