@@ -85,11 +85,7 @@ def test_a_csr_whose_subject_cannot_be_read_is_refused(how):
 
 
 def test_renewal_with_a_csr_whose_subject_cannot_be_read_is_refused(client, people):  # noqa: F811
-    node, keys = admit_with_keys(people)
-    token = client.post("/api/v1/session", json=keys.session_request(node.node_id)).get_json()["token"]
-    row = pki.current_certificate(node.node_id)
-    row.not_before, row.not_after = utcnow() - timedelta(days=70), utcnow() + timedelta(days=20)
-    db.session.commit()
+    node, keys, token, row = renewal_window_open(client, people)
     response = renew(client, token, csr_with_unreadable_subject())
     assert (response.status_code, response.get_json()["error"]["code"]) == (400, "invalid_csr")
     assert pki.current_certificate(node.node_id).serial == row.serial  # nothing issued
@@ -107,11 +103,7 @@ def test_a_csr_whose_extensions_cannot_be_read_is_refused(how, reason):
 
 @pytest.mark.parametrize("how", ["duplicate", "x400"])
 def test_renewal_with_a_csr_whose_extensions_cannot_be_read_is_refused(client, people, how):  # noqa: F811
-    node, keys = admit_with_keys(people)
-    token = client.post("/api/v1/session", json=keys.session_request(node.node_id)).get_json()["token"]
-    row = pki.current_certificate(node.node_id)
-    row.not_before, row.not_after = utcnow() - timedelta(days=70), utcnow() + timedelta(days=20)
-    db.session.commit()
+    node, keys, token, row = renewal_window_open(client, people)
     response = renew(client, token, csr_with_unreadable_extensions(how))
     error = response.get_json()["error"]
     assert (response.status_code, error["code"], error["field"]) == (400, "invalid_csr", "csr")
@@ -169,6 +161,16 @@ def test_rsa_ca_option(app, tmp_path):
         authority.init_ca(tmp_path / "rsa-ca", b"pass", config)
 
 
+def renewal_window_open(client, admins):
+    """An admitted node with a session, its certificate moved into the last third of its validity (committed)."""
+    node, keys = admit_with_keys(admins)
+    token = client.post("/api/v1/session", json=keys.session_request(node.node_id)).get_json()["token"]
+    row = pki.current_certificate(node.node_id)
+    row.not_before, row.not_after = utcnow() - timedelta(days=70), utcnow() + timedelta(days=20)
+    db.session.commit()
+    return node, keys, token, row
+
+
 def renew(client, session_token, csr):
     return client.post("/api/v1/certificates/renew", json={"csr": csr},
                        headers={"Authorization": f"Bearer {session_token}"})
@@ -201,11 +203,7 @@ def test_renewal_refuses_a_missing_or_non_text_csr_as_an_application_does(client
 
 
 def test_renewal_refuses_a_csr_with_text_around_its_pem_block(client, people):  # noqa: F811
-    node, keys = admit_with_keys(people)
-    token = client.post("/api/v1/session", json=keys.session_request(node.node_id)).get_json()["token"]
-    row = pki.current_certificate(node.node_id)
-    row.not_before, row.not_after = utcnow() - timedelta(days=70), utcnow() + timedelta(days=20)
-    db.session.commit()
+    node, keys, token, row = renewal_window_open(client, people)
     error = renew(client, token, NodeKeys().csr + "\x00").get_json()["error"]
     assert (error["code"], error["field"]) == ("invalid_csr", "csr")
     assert "nothing but white space may come" in error["message"]
@@ -267,11 +265,7 @@ def test_every_record_of_a_nodes_own_renewal_names_the_node(client, people):  # 
 
     from app.audit.models import AuditRecord
 
-    node, keys = admit_with_keys(people)
-    token = client.post("/api/v1/session", json=keys.session_request(node.node_id)).get_json()["token"]
-    row = pki.current_certificate(node.node_id)
-    row.not_before, row.not_after = utcnow() - timedelta(days=70), utcnow() + timedelta(days=20)
-    db.session.commit()
+    node, keys, token, row = renewal_window_open(client, people)
     before = db.session.scalar(select(db.func.max(AuditRecord.seq)))
     assert renew(client, token, NodeKeys().csr).status_code == 201
     records = db.session.execute(select(AuditRecord.action, AuditRecord.actor).where(AuditRecord.seq > before)
@@ -408,11 +402,7 @@ def test_renewal_while_the_ca_key_cannot_be_opened_is_a_generic_503_and_the_log_
     and the ministry admins' banner."""
     import logging
 
-    node, keys = admit_with_keys(people)
-    token = client.post("/api/v1/session", json=keys.session_request(node.node_id)).get_json()["token"]
-    row = pki.current_certificate(node.node_id)
-    row.not_before, row.not_after = utcnow() - timedelta(days=70), utcnow() + timedelta(days=20)  # window open
-    db.session.commit()
+    node, keys, token, row = renewal_window_open(client, people)
     app.extensions.pop("mpim_authority", None)  # as in a worker that has not loaded the CA yet
     app.config["MPIM_CA_PASSPHRASE"] = "not-the-ca-passphrase"
     with caplog.at_level(logging.WARNING, logger="mpim.pki"):
