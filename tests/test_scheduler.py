@@ -97,6 +97,29 @@ def test_the_scheduler_log_names_each_job_run_and_nothing_else_repeats(app, tmp_
     assert "Running job" not in log and "executed successfully" not in log and "<locals>" not in log, log
 
 
+def test_a_lease_renewal_answered_slowly_is_trusted_from_when_it_was_asked(app, monkeypatch):
+    """The database dates a lease from its UPDATE; the leader trusted it for 0.8 of its length from when the
+    answer came back. An answer 3 s late on a 4 s lease left the leader "leading" after the lease had lapsed and
+    another scheduler had taken it: both ran jobs. The clock here is the test's, moved by the slow answer."""
+    from app.scheduler import runner
+
+    clock = [1000.0]
+    monkeypatch.setattr(runner.time, "monotonic", lambda: clock[0])
+    real = leader.try_acquire
+
+    def answered_late(holder, ttl, name=leader.LEASE_NAME):
+        held = real(holder, ttl, name)
+        clock[0] += 3.0  # the answer comes back 3 s after the UPDATE that dated the lease
+        return held
+
+    monkeypatch.setattr(leader, "try_acquire", answered_late)
+    first = SchedulerProcess(app, lease_seconds=4)
+    assert first.renew()
+    assert first.lease_valid_until == 1000.0 + 4 * 0.8  # from when it asked, not 1003 + 3.2
+    clock[0] = 1000.0 + 4.3  # past the lease: another scheduler may hold it now
+    assert not first.leading()
+
+
 def test_a_lease_renewal_in_a_database_outage_logs_one_line_and_the_recovery_one(app, caplog):
     """Renewals come a third of the lease apart: a database restart of a few minutes was a screenful
     of identical tracebacks per renewal. Each failure is one line naming the error (the traceback

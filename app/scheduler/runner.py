@@ -114,6 +114,9 @@ class SchedulerProcess:
         (`warn_overruns`), before it asks the database: a database that hangs a job may hang the renewal too."""
         self.warn_overruns()
         failure = None
+        # Before the renewal is asked: the database dates the lease from its UPDATE, and an answer slow to come
+        # back (a loaded host, the network, SQLite's busy wait) must not stretch the time it is trusted for.
+        asked_at = time.monotonic()
         with self.app.app_context():
             try:
                 held = leader.try_acquire(self.holder, self.lease_seconds)
@@ -135,7 +138,7 @@ class SchedulerProcess:
                 log.info("%s %s leadership", self.holder, "took" if held else "lost")
             self.is_leader = held
             # Trust the lease for a little less than its length, measured from before the renewal.
-            self.lease_valid_until = time.monotonic() + self.lease_seconds * 0.8 if held else 0.0
+            self.lease_valid_until = asked_at + self.lease_seconds * 0.8 if held else 0.0
         return held
 
     def warn_overruns(self) -> None:
