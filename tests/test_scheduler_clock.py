@@ -3,6 +3,7 @@ clock) and a host clock stepped while the scheduler runs (the watchdog wakes its
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import UTC, datetime, timedelta
 
@@ -161,3 +162,54 @@ def test_a_step_moves_a_next_run_timed_by_the_old_clock_and_keeps_one_timed_by_t
         assert process.scheduler.get_job("new").next_run_time <= after + timedelta(seconds=1)
     else:
         assert now <= process.scheduler.get_job("new").next_run_time <= after
+
+
+def add_run(job: str, started_at: datetime, *, ok: bool = True, holder: str = "host:4242:abcdef") -> JobRun:
+    run = JobRun(job=job, holder=holder, started_at=started_at, seconds=0.001, ok=ok, message="" if ok else "boom")
+    db.session.add(run)
+    db.session.commit()
+    return run
+
+
+def test_a_heartbeat_dated_a_day_ahead_does_not_outlast_the_clock_set_right(app, admin_console, runner):
+    """A scheduler host's clock ran a day ahead for a minute, then was set right: its heartbeats of that minute
+    were the newest by their start for the whole day, and a healthy scheduler was shown stopped (the banner, the
+    STALE line). The last run is the last one written."""
+    now = database.utcnow()
+    add_run(liveness.HEARTBEAT, now + timedelta(days=1), holder="ahead:1:abcdef")
+    add_run(liveness.HEARTBEAT, now - timedelta(seconds=2))
+    assert liveness.stale_heartbeat(15, now=now) is None
+    assert "STALE" not in runner.invoke(args=["scheduler", "jobs"]).output
+    page = admin_console.client.get("/").get_data(as_text=True)
+    assert "调度进程自 " not in page
+
+
+def test_a_run_dated_a_day_ahead_does_not_show_a_failing_job_as_last_ok(app, runner):
+    """`flask scheduler jobs` showed the run written while the clock was ahead (ok) as the last, for a day, while
+    every run since failed."""
+    now = database.utcnow()
+    add_run("sessions.cleanup", now + timedelta(days=1), holder="ahead:1:abcdef")
+    failed = add_run("sessions.cleanup", now - timedelta(seconds=5), ok=False)
+    listed = [json.loads(line) for line in runner.invoke(args=["scheduler", "jobs", "--json"]).output.splitlines()]
+    item = next(item for item in listed if item["job"] == "sessions.cleanup")
+    assert (item["last_state"], item["last_ok"], item["last_started_at"]) == ("failed", False,
+                                                                              failed.started_at.isoformat())
+    line = next(line for line in runner.invoke(args=["scheduler", "jobs"]).output.splitlines()
+                if line.startswith("sessions.cleanup"))
+    assert f"last {failed.started_at.isoformat()} FAILED boom" in line, line
+
+
+def test_the_last_run_of_a_job_is_found_by_the_job_and_id_index(app):
+    """The console asks on every page, `jobs` once per job: an index walk, no sort of the job's runs."""
+    from sqlalchemy import text
+
+    from app.scheduler.models import CLI_HOLDER
+
+    if db.engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's plan; PostgreSQL's planner chooses by its statistics")
+    statement = (select(JobRun.started_at).where(JobRun.job == liveness.HEARTBEAT, JobRun.holder != CLI_HOLDER)
+                 .order_by(JobRun.id.desc()).limit(1))
+    compiled = statement.compile(db.engine, compile_kwargs={"literal_binds": True})
+    plan = "\n".join(row[-1] for row in db.session.execute(text(f"EXPLAIN QUERY PLAN {compiled}")))
+    assert "ix_job_runs_job_id" in plan and "TEMP B-TREE" not in plan, plan
+

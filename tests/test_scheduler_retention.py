@@ -134,3 +134,12 @@ def test_a_health_timeout_not_shorter_than_its_interval_stops_the_start(monkeypa
     monkeypatch.setenv("MPIM_HEALTH_TIMEOUT", str(float(interval) * 0.9))
     assert load_config({"MPIM_INSTANCE_PATH": str(tmp_path)})["MPIM_HEALTH_TIMEOUT"] == float(interval) * 0.9
 
+
+
+def test_the_newest_run_kept_is_the_last_written_not_the_one_dated_latest(app):
+    """A run written while the host's clock ran ahead is dated after the runs written once it was set right: kept
+    as the "newest", it showed the job's last run as one that came before it."""
+    ahead, last = add_runs("test.paused", 99, 100)
+    assert prune_runs(30) == "deleted 1 job runs older than 30 days in 1 batch"
+    assert kept("test.paused") == [last]
+    assert ahead not in kept("test.paused")

@@ -54,13 +54,14 @@ def run_command(lease_seconds, stop_grace_seconds):
 def jobs_command(as_json):
     """The registered jobs and their last run; a run the leader has not ended yet shows how long it has run. A last
     line says when the heartbeat is stale (the scheduler stopped, as the console's banner says); with --json, the
-    heartbeat's item says it in `"stale"`."""
+    heartbeat's item says it in `"stale"`. A job's last run is the last one written."""
     lease = leader.current_leader()
     now = utcnow()
     stale = liveness.stale_heartbeat(current_app.config["MPIM_HEARTBEAT_SECONDS"], now)
     for job in registry.jobs:
-        last = db.session.scalar(select(JobRun).where(JobRun.job == job.name).order_by(JobRun.started_at.desc())
-                                 .limit(1))
+        # The last written, not the one dated latest: a run written while its host's clock ran ahead would be that
+        # for as long as the clock was off, hiding every run since.
+        last = db.session.scalar(select(JobRun).where(JobRun.job == job.name).order_by(JobRun.id.desc()).limit(1))
         runs = db.session.scalar(select(func.count()).where(JobRun.job == job.name))
         state, running_seconds = last_state(last, lease.holder if lease else None, now)
         overrunning = running_seconds is not None and running_seconds > job.timeout_seconds

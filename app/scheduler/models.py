@@ -27,7 +27,9 @@ CLI_HOLDER = "cli"
 
 class JobRun(db.Model):
     __tablename__ = "job_runs"
-    __table_args__ = (Index("ix_job_runs_job_started", "job", "started_at"),)
+    # A job's last run is its highest id (the last written; a start is dated by its host's clock, which may run
+    # ahead), and the retention keeps it: both found by this index.
+    __table_args__ = (Index("ix_job_runs_job_id", "job", "id"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     job: Mapped[str] = mapped_column(String(64), nullable=False)
