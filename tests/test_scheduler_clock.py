@@ -213,3 +213,36 @@ def test_the_last_run_of_a_job_is_found_by_the_job_and_id_index(app):
     plan = "\n".join(row[-1] for row in db.session.execute(text(f"EXPLAIN QUERY PLAN {compiled}")))
     assert "ix_job_runs_job_id" in plan and "TEMP B-TREE" not in plan, plan
 
+
+def test_a_lease_dated_past_the_longest_lease_ahead_is_taken_over(app, runner):
+    """The database's clock stepped back an hour after a leader took a lease and died: its lease read an hour and
+    its length ahead, and every scheduler started meanwhile stood by for that hour. No lease can be taken for longer
+    than `--lease-seconds` allows (3600 s): one dated further ahead is lapsed."""
+    assert leader.try_acquire("dead", 30)
+    lease = db.session.get(SchedulerLease, "scheduler")
+    lease.expires_at = database.utcnow() + timedelta(seconds=leader.LONGEST_LEASE_SECONDS + 30)
+    db.session.commit()
+    assert leader.current_leader() is None
+    assert leader.try_acquire("standby", 30)
+    assert leader.current_leader().holder == "standby"
+
+
+def test_a_lease_as_long_as_the_longest_allowed_is_kept(app):
+    assert leader.try_acquire("long", leader.LONGEST_LEASE_SECONDS)
+    assert not leader.try_acquire("standby", 30)
+    assert leader.current_leader().holder == "long"
+    assert leader.try_acquire("long", leader.LONGEST_LEASE_SECONDS)
+
+
+def test_a_stale_heartbeat_under_a_held_lease_names_its_holder_and_expiry(app, runner):
+    """The STALE line told to start `flask scheduler run` while one ran, standing by for a lease another held: the
+    holder and its expiry say why nothing runs."""
+    add_run(liveness.HEARTBEAT, database.utcnow() - timedelta(seconds=300))
+    assert leader.try_acquire("hung:7:abcdef", 600)
+    expires = db.session.get(SchedulerLease, "scheduler").expires_at
+    output = runner.invoke(args=["scheduler", "jobs"]).output
+    assert (f"the lease is held by hung:7:abcdef until {expires.isoformat()} (the database's clock): a scheduler "
+            "started now stands by until then") in output, output
+    leader.release("hung:7:abcdef")
+    output = runner.invoke(args=["scheduler", "jobs"]).output
+    assert "STALE" in output and "the lease is held" not in output

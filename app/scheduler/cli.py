@@ -28,7 +28,7 @@ cli = AppGroup("scheduler", help="The scheduler process (one leader runs every j
 @cli.command("run")
 # The lease is renewed every third of it, but at most once a second: a lease of 1 s or less would lapse
 # between renewals, and another scheduler could take it while this one still runs a job.
-@click.option("--lease-seconds", default=30.0, show_default=True, type=Seconds(2, 3600))
+@click.option("--lease-seconds", default=30.0, show_default=True, type=Seconds(2, leader.LONGEST_LEASE_SECONDS))
 @click.option("--stop-grace-seconds", default=30.0, show_default=True, type=Seconds(0, 3600),
               help="How long a stop waits for the jobs running before the process exits anyway.")
 def run_command(lease_seconds, stop_grace_seconds):
@@ -53,8 +53,9 @@ def run_command(lease_seconds, stop_grace_seconds):
 @click.option("--json", "as_json", is_flag=True)
 def jobs_command(as_json):
     """The registered jobs and their last run; a run the leader has not ended yet shows how long it has run. A last
-    line says when the heartbeat is stale (the scheduler stopped, as the console's banner says); with --json, the
-    heartbeat's item says it in `"stale"`. A job's last run is the last one written."""
+    line says when the heartbeat is stale (the scheduler stopped, as the console's banner says), and one more who
+    holds the lease then (a hung leader: a scheduler started now stands by); with --json, the heartbeat's item says
+    it in `"stale"`. A job's last run is the last one written."""
     lease = leader.current_leader()
     now = utcnow()
     stale = liveness.stale_heartbeat(current_app.config["MPIM_HEARTBEAT_SECONDS"], now)
@@ -87,6 +88,9 @@ def jobs_command(as_json):
         click.echo(f"STALE heartbeat: its last run started at {stale.last_started_at.isoformat()}{ended}, "
                    f"{stale.limit.total_seconds():g}s or more ago; no scheduler is running the jobs: start "
                    "`flask scheduler run` (docs/operations.md, Processes)")
+        if lease is not None:
+            click.echo(f"  the lease is held by {lease.holder} until {lease.expires_at.isoformat()} (the database's "
+                       "clock): a scheduler started now stands by until then")
 
 
 def last_state(last: JobRun | None, leader_holder: str | None, now: datetime) -> tuple[str | None, float | None]:

@@ -4,7 +4,8 @@ A process is leader while it holds an unexpired lease; it renews the lease well 
 it dies, another process takes over once the lease expires. Acquire and renew are one conditional
 UPDATE each, so two processes can never both believe they hold the lease. Every expiry is computed and
 compared by the database's clock, never a process's: hosts whose clocks differ (one ten minutes ahead) would
-otherwise steal a healthy leader's lease, or keep theirs for the skew after release or death.
+otherwise steal a healthy leader's lease, or keep theirs for the skew after release or death. A lease dated more
+than `LONGEST_LEASE_SECONDS` ahead is lapsed: the database's clock stepped back since it was taken.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from app.extensions import db
 from app.scheduler.models import SchedulerLease
 
 LEASE_NAME = "scheduler"
+# The longest lease `flask scheduler run --lease-seconds` takes. A lease dated further ahead than this was not
+# taken by the database's clock as it reads now (it stepped back since): it is held as lapsed, or a dead leader's
+# lease would keep every other scheduler standing by for the length of the step.
+LONGEST_LEASE_SECONDS = 3600.0
 
 
 def make_holder_id() -> str:
@@ -35,12 +40,18 @@ def database_now(seconds: float = 0.0) -> ColumnElement:
     return func.statement_timestamp() + cast(literal(seconds), Float) * literal_column("interval '1 second'")
 
 
+def lapsed() -> ColumnElement[bool]:
+    """The lease expired, or is dated further ahead than any lease can be taken for."""
+    return or_(SchedulerLease.expires_at < database_now(),
+               SchedulerLease.expires_at > database_now(LONGEST_LEASE_SECONDS))
+
+
 def try_acquire(holder: str, ttl_seconds: float, name: str = LEASE_NAME) -> bool:
     """Take or renew the lease; True if `holder` holds it afterwards. Commits."""
     result = db.session.execute(
         update(SchedulerLease)
         .where(SchedulerLease.name == name,
-               or_(SchedulerLease.holder == holder, SchedulerLease.expires_at < database_now()))
+               or_(SchedulerLease.holder == holder, lapsed()))
         .values(holder=holder, expires_at=database_now(ttl_seconds))
         .execution_options(synchronize_session=False)
     )
@@ -67,5 +78,7 @@ def release(holder: str, name: str = LEASE_NAME) -> None:
 
 
 def current_leader(name: str = LEASE_NAME) -> SchedulerLease | None:
-    return db.session.scalar(select(SchedulerLease)
-                             .where(SchedulerLease.name == name, SchedulerLease.expires_at > database_now()))
+    """The lease while it is held: unexpired, and dated no further ahead than the longest lease."""
+    return db.session.scalar(select(SchedulerLease).where(
+        SchedulerLease.name == name, SchedulerLease.expires_at > database_now(),
+        SchedulerLease.expires_at <= database_now(LONGEST_LEASE_SECONDS)))
