@@ -238,6 +238,28 @@ def test_a_voice_clip_whose_bytes_are_another_length_than_its_message_says_is_re
     assert b.node.file_bytes(b.node.download("zhaoliu", near.message_id)) == clip
 
 
+@pytest.mark.parametrize("factor", [1000, 2])
+def test_a_file_whose_bytes_are_fewer_than_its_message_says_is_refused(network, factor):  # noqa: F811
+    """A.10's `size` is what a client shows before the file is fetched, and what the download's limit and time
+    allowance are measured by. A peer's message stating a 3,016-byte PDF as 3,016,000 bytes was downloaded and
+    kept as stated: reading stopped at the stated size, so more bytes were refused, but fewer were never
+    counted. A file already kept is no answer to a message stating another size for it either."""
+    a, b = network["a"], network["b"]
+    sent = a.node.send_file("zhangsan", b.user("lisi"), PDF, "file", file_name="协查通报.pdf")
+    stated = len(PDF) * factor
+    lying = a.node.send("zhangsan", b.user("zhaoliu"), "file",  # its origin serves the file for it, too
+                        {**sent.document["content"], "size": stated})
+    with pytest.raises(UnsupportedMediaType, match=f"the file is {len(PDF)} bytes, not the {stated}"):
+        b.node.download("zhaoliu", lying.message_id)
+    assert not (b.dir / "files" / a.id / sent.document["content"]["file_id"]).exists()
+    assert b.node.file_bytes(b.node.download("lisi", sent.message_id)) == PDF  # as stated: kept
+    for other in (stated, len(PDF) - 1):
+        again = a.node.send("zhangsan", b.user("zhaoliu"), "file", {**sent.document["content"], "size": other})
+        with pytest.raises(UnsupportedMediaType, match=f"the file is {len(PDF)} bytes, not the {other}"):
+            b.node.download("zhaoliu", again.message_id)  # the kept file is no answer
+    assert b.node.file_bytes(b.node.download("lisi", sent.message_id)) == PDF
+
+
 def test_a_sticker_stating_one_side_is_checked_on_that_side(network):  # noqa: F811
     """A.14's `width` and `height` are each optional: a sticker stating its width alone crashed the download
     (KeyError: 'height'). Only the sides a message states are compared with the picture's own."""

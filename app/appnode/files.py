@@ -70,6 +70,16 @@ def _head(path: Path) -> bytes:
         return stream.read(filetypes.SNIFF_BYTES)
 
 
+def _check_size(size: int, content: dict) -> None:
+    """A file's `size` against its length in bytes: a client shows it before the file is fetched, and the
+    download's limit and time allowance are measured by it. A download reads no byte past it (more is refused as
+    too large), and fewer bytes, or a kept file another message states another size for, are refused, as other
+    bytes or another type are."""
+    if size != content["size"]:
+        raise UnsupportedMediaType(f"the file is {size} bytes, not the {content['size']} its message states; "
+                                   "refused")
+
+
 def _check_dimensions(path: Path, kind: str, content: dict) -> None:
     """An image's (or a sticker's, those of them it states) `width` and `height` against its bytes: a client lays the
     picture out by them before it is fetched, so a message that states another size is refused, as other bytes
@@ -169,10 +179,12 @@ class FilesMixin:
                 # to replace: the copy names it (`cannot_read`). This node's own file has no other source: gone,
                 # it is refused naming the path, where `download` printed that path as the file's.
                 if os.path.lexists(self.file_path(stored)):
-                    # An image is read again for this message, which may state another size. Not a voice clip's
+                    # The kept file's length is compared with this message's `size`, which may be another, and
+                    # an image is read again for this message, which may state another width. Not a voice clip's
                     # length: it is checked on bytes fresh from a peer only, since the origin's own copy (its only
                     # one) and a copy kept before nodes read clips' lengths may carry a length typed by hand.
                     # Other kept files are not read here: `download --out` refuses an existing --out first.
+                    _check_size(stored.size, content)  # as kept, after it was checked
                     try:
                         _check_dimensions(self.file_path(stored), message.msg_type, content)
                     except OSError as error:
@@ -209,6 +221,7 @@ class FilesMixin:
                     raise self._peer_error(response)
                 stream.flush()
                 os.fsync(stream.fileno())
+            _check_size(part.stat().st_size, content)
             digest = _sha256_of(part)
             if response.header("X-Content-SHA256") != digest or digest != content["sha256"]:
                 raise UnsupportedMediaType("the downloaded bytes do not match their checksum; discarded")
