@@ -153,6 +153,51 @@ def test_a_hostile_home_node_cannot_make_a_member_node_list_users_it_does_not_ha
     assert replicas(b) == [(owner, 4, [owner, lisi, zhaoliu])]
 
 
+def held_groups(served, home) -> int:
+    """Every replica a node keeps of groups homed at `home`, hidden ones too."""
+    with served.node.db() as session:
+        return len(session.scalars(select(Group).where(Group.home_node_id == home.id)).all())
+
+
+def test_a_peer_cannot_fill_a_node_with_groups_it_has_no_member_of(network):  # noqa: F811
+    """A listed peer's announcements of groups homed at it that listed no user of the receiving node were each
+    kept as a hidden replica, for good: 100 of them, 100 rows. Only a kick, quit or dismiss (a home node tells
+    the nodes of those it removed) or a withdrawal (an update_info to a node that may have taken a refused
+    state) makes a new hidden replica, which keeps an older announcement from bringing the group back; any other
+    is acknowledged and nothing is kept. Past `max_hidden_groups_per_peer`, a new one is refused
+    (quota_exceeded); a replica already kept still takes later states."""
+    a, b = network["a"], network["b"]
+    owner, other, lisi = a.user("zhangsan"), a.user("wangwu"), b.user("lisi")
+    for op, fields in (("create", {}), ("invite", {"target_user_ids": [other]}), ("join", {}),
+                       ("transfer_owner", {"target_user_ids": [other]})):
+        status, body = announce(a, b, 1 if op == "create" else 2, op, [owner, other],
+                                group_id=f"junk-{op.replace('_', '-')}", **fields)
+        assert status == 200 and body["status"] == "accepted", (op, body)
+    assert held_groups(b, a) == 0
+
+    for op in ("kick", "quit", "dismiss", "update_info"):
+        group_id = f"gone-{op.replace('_', '-')}"
+        fields = {"target_user_ids": [lisi]} if op == "kick" else {}
+        assert announce(a, b, 3, op, [] if op == "dismiss" else [owner], group_id=group_id, **fields)[0] == 200
+        # the older state that listed lisi, landing late, does not bring the group back
+        assert announce(a, b, 2, "invite", [owner, lisi], group_id=group_id, target_user_ids=[lisi])[0] == 200
+    assert replicas(b) == [] and held_groups(b, a) == 4
+
+    c = network["join"]("110000", max_hidden_groups_per_peer=2)
+    for node in (a, b, c):
+        node.node.sync_routes()
+    for index in (1, 2):
+        assert announce(a, c, 3, "dismiss", [], group_id=f"gone-{index}")[0] == 200
+    status, body = announce(a, c, 3, "dismiss", [], group_id="gone-3")
+    assert status == 403 and body["error"]["code"] == "quota_exceeded", body
+    assert held_groups(c, a) == 2
+    assert announce(a, b, 3, "dismiss", [], group_id="gone-3")[0] == 200  # the cap is the receiving node's
+    assert announce(a, c, 4, "dismiss", [], group_id="gone-1")[0] == 200  # kept already: not a new one
+    assert announce(a, c, 1, "create", [owner, c.user("sunqi")], group_id="gone-3",
+                    target_user_ids=[c.user("sunqi")])[0] == 200  # a member: shown, whatever the cap
+    assert replicas(c) == [(owner, 1, [owner, c.user("sunqi")])] and held_groups(c, a) == 3
+
+
 def test_a_node_that_confirmed_members_is_told_the_operation_was_refused_elsewhere(network):  # noqa: F811
     a, b = network["a"], network["b"]
     c = network["join"]("110000")

@@ -131,7 +131,7 @@ def test_caps_limits_and_the_route_interval_the_node_cannot_work_with_are_refuse
         assert error["code"] == "invalid_config", error
         return error["message"]
 
-    for name in ("max_read_states_per_peer", "max_presence_per_peer"):
+    for name in ("max_read_states_per_peer", "max_presence_per_peer", "max_hidden_groups_per_peer"):
         for value in (0, -1, 2.5, "many", None, True, 10**10):
             assert f"{name} ({value!r})" in refusal(**{name: value})
     for limits in ({"file": -1}, {"file": "1 MB"}, {"file": 1.5}, {"video": 1000}, ["file"]):

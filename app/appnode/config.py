@@ -131,6 +131,9 @@ class NodeConfig:
     # home node relays the read states of every member of its groups (up to 3000 each).
     max_read_states_per_peer: int = 500_000
     max_presence_per_peer: int = 50_000
+    # How many groups without a member here (kept hidden for their seq after a kick, quit or dismiss, §8.9) one
+    # home node may have this node keep: past it a new one is refused (quota_exceeded).
+    max_hidden_groups_per_peer: int = 10_000
     # How long a caller may take to send one request (docs/protocol.md §10, app/appnode/request_deadline.py):
     # the TLS handshake (on a new connection), the request line, headers and body together get
     # `request_read_seconds`, and a body `1 / request_min_bytes_per_second` seconds more per byte it declares.
@@ -199,7 +202,7 @@ class NodeConfig:
         if value is not None and not _whole(value, 1, MAX_PER_CALLER):
             raise ValidationFailed(f"max_connections_per_caller ({value!r}) in {self.FILE} must be a whole number "
                                    f"from 1 to {MAX_PER_CALLER}, or null for the default", code="invalid_config")
-        for name in ("max_read_states_per_peer", "max_presence_per_peer"):
+        for name in ("max_read_states_per_peer", "max_presence_per_peer", "max_hidden_groups_per_peer"):
             if not _whole(value := getattr(self, name), 1, MAX_PER_PEER):
                 raise ValidationFailed(f"{name} ({value!r}) in {self.FILE} must be a whole number from 1 to "
                                        f"{MAX_PER_PEER}", code="invalid_config")

@@ -16,17 +16,24 @@ import sqlite3
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from app.appnode import protocol, validation
 from app.appnode.group_home import NewState, joined_now
 from app.appnode.messages import Reply, address, local_part
-from app.appnode.protocol import Conflict, NotFound, node_of, require_address
+from app.appnode.protocol import Conflict, NotFound, QuotaExceeded, node_of, require_address
 from app.appnode.store import Group, Outbox, User, insert_received, raw_cursor
 from app.errors import DomainError
 
 log = logging.getLogger("mpim.appnode")
+
+
+# The operations whose announcement a home node sends to a node with no member left in the group: it removed
+# them (kick, quit, dismiss), or withdraws a state the node may have taken (an update_info, group_confirmation).
+# Only these make a new replica that lists no user of the node (kept hidden, for its seq); any other is
+# acknowledged and not kept, so that a peer cannot fill this node with groups it has no member of.
+ANNOUNCED_WITHOUT_MEMBERS = ("kick", "quit", "dismiss", "update_info")
 
 
 def new_group_id() -> str:
@@ -92,6 +99,12 @@ class GroupsMixin:
         # announcement still on its way (the outbox sends in parallel, so in any order) brought the group back
         # here with the removed users in it, while the home node no longer sent them anything.
         gone = op["op"] == "dismiss" or not any(node_of(member) == self.node_id for member in members)
+        if group is None and gone:
+            if op["op"] not in ANNOUNCED_WITHOUT_MEMBERS:
+                log.info("group %s@%s: the home node's %s (seq %s) lists no user of this node; not kept",
+                         op["group_id"], op["home_node_id"], op["op"], op["seq"])
+                return
+            self._check_hidden_replica_cap(session, op["home_node_id"])
         # A replica that missed states (a seq skipped) may still list a member removed and added again meanwhile
         # (kicked while this node was unreachable, invited again once it was back: the invite's confirmation
         # comes first, the kick later as an older state): whom the operation adds is added now all the same.
@@ -108,6 +121,19 @@ class GroupsMixin:
         group.set_members(members, None if op["op"] == "create" else joined_now(),
                           rejoined=_added_by(op) if skipped else ())
         group.seq, group.dismissed = op["seq"], gone
+
+    def _check_hidden_replica_cap(self, session: Session, home: str) -> None:
+        """Refuse a new hidden replica (quota_exceeded) once the home node has `max_hidden_groups_per_peer` of
+        them here: a kick, quit or dismiss of groups made up by the home node, each kept for good, would
+        otherwise fill this node. Replicas kept already still take later states."""
+        cap = self.config.max_hidden_groups_per_peer
+        held = session.scalar(select(func.count()).select_from(Group).where(
+            Group.home_node_id == home, Group.dismissed.is_(True)))
+        if held >= cap:
+            log.warning("group announcement from %s refused: it has the %d hidden groups this node keeps for one "
+                        "home node", home, cap)
+            raise QuotaExceeded(f"node {home} has the {cap} groups without a member here that this node keeps for "
+                                "one home node", field="payload.group_id")
 
     def _own_users_checked(self, session: Session, replica: Group | None, op: dict) -> list[str]:
         """The members to keep of an announcement's state. Only this node knows its users (§8.9), and the state
