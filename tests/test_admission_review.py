@@ -949,3 +949,21 @@ def test_a_provincial_admins_hand_made_suspension_is_forbidden_not_unprocessable
     assert response.status_code == 403
     db.session.expire_all()
     assert db.session.get(Node, node.node_id).status == "active" and audit_count() == before
+
+
+@pytest.mark.parametrize("around", [("Certificate Request:\n    Data:\n        Version: 1 (0x0)\n", ""),
+                                    ("", "\x07\u202e")])
+def test_an_application_kept_with_text_around_its_csr_is_still_shown_and_approved(jx_admin, minister, around):
+    """Applications stored before the CSR check on text around the block kept that text (`openssl req -text`
+    output, a stray control character). The review page and approval read it through the tightened check and
+    refused it, as invalid_csr in the applicant's words: such an application could only be rejected."""
+    application = apply(jx_admin)
+    before, after = around
+    application.csr_pem = before + application.csr_pem + after  # as the code before the check stored it
+    db.session.commit()
+    assert applications.inspect_csr(application.csr_pem)["key"]
+    node = applications.approve(application, by=minister)
+    db.session.commit()
+    from app.pki import service as pki
+
+    assert pki.current_certificate(node.node_id) is not None

@@ -31,7 +31,7 @@ def inspect_csr(pem: str | None) -> dict:
     """Parse the CSR and apply the CA's key policy; returns what the review page shows."""
     from app.pki import csr_policy
 
-    return csr_policy.describe_csr(information.checked_csr(pem))
+    return csr_policy.describe_csr(information.checked_csr(csr_policy.pem_block_of(pem)))
 
 
 def _new_application(info: NodeInformation, csr_pem: str | None, **fields) -> Application:

@@ -70,6 +70,17 @@ def pem_from_file(data: bytes) -> str:
                         "send the PKCS#10 request generated with the node's key."))
 
 
+def pem_block_of(stored: str | None) -> str | None:
+    """The PEM block of a CSR kept by an application, without what stood around it. Applications stored before
+    the check on text around the block (`load_csr`) kept that text (`openssl req -text` output, a stray control
+    character): approving them, and their review page, read the stored text through `load_csr` and refused it
+    with words meant for the applicant. Text with no whole block is returned as it is, for `load_csr` to refuse."""
+    if stored is None:
+        return None
+    block = _CSR_BLOCK.search(stored.encode("utf-8", errors="surrogateescape"))
+    return block.group(0).decode("ascii", errors="replace") + "\n" if block else stored
+
+
 def load_csr(pem: str | bytes) -> x509.CertificateSigningRequest:
     """Parse a PEM PKCS#10 request; `InvalidCSR` for anything that is not one."""
     data = pem.encode("utf-8", errors="replace") if isinstance(pem, str) else bytes(pem)

@@ -12,7 +12,7 @@ from app.audit import service as audit
 from app.database import utcnow
 from app.errors import ValidationFailed
 from app.pki import authority as ca
-from app.pki import revocation, service
+from app.pki import csr_policy, revocation, service
 from app.readable import misleading, shows_nothing
 
 # A certificate's common name holds 64 bytes of UTF-8 (RFC 5280's ub-common-name, as cryptography counts it).
@@ -106,8 +106,8 @@ def _reviewer(application):
 
 def node_admitted(node, application) -> None:
     """admission hook: approval issues the certificate from the application's CSR."""
-    service.issue_for_node(node, application.csr_pem, actor=application.reviewed_by or "system",
-                           by=_reviewer(application))
+    service.issue_for_node(node, csr_policy.pem_block_of(application.csr_pem),
+                           actor=application.reviewed_by or "system", by=_reviewer(application))
 
 
 def node_status_changed(node, old: str, new: str, reason: str) -> None:
@@ -126,8 +126,8 @@ def node_changed(node, application, changes: dict) -> None:
     if not application.csr_pem:
         return
     previous = [row for row in service.node_certificates(node.node_id) if row.revoked_at is None]
-    service.issue_for_node(node, application.csr_pem, actor=application.reviewed_by or "system",
-                           by=_reviewer(application))
+    service.issue_for_node(node, csr_policy.pem_block_of(application.csr_pem),
+                           actor=application.reviewed_by or "system", by=_reviewer(application))
     if "endpoint" in changes:
         from app.admission.information import endpoint_host
 
