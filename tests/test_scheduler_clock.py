@@ -217,10 +217,10 @@ def test_the_last_run_of_a_job_is_found_by_the_job_and_id_index(app):
 def test_a_lease_dated_past_the_longest_lease_ahead_is_taken_over(app, runner):
     """The database's clock stepped back an hour after a leader took a lease and died: its lease read an hour and
     its length ahead, and every scheduler started meanwhile stood by for that hour. No lease can be taken for longer
-    than `--lease-seconds` allows (3600 s): one dated further ahead is lapsed."""
+    than `--lease-seconds` allows (3600 s): one dated twice that ahead is lapsed."""
     assert leader.try_acquire("dead", 30)
     lease = db.session.get(SchedulerLease, "scheduler")
-    lease.expires_at = database.utcnow() + timedelta(seconds=leader.LONGEST_LEASE_SECONDS + 30)
+    lease.expires_at = database.utcnow() + timedelta(seconds=leader.LAPSED_AHEAD_SECONDS + 30)
     db.session.commit()
     assert leader.current_leader() is None
     assert leader.try_acquire("standby", 30)
@@ -232,6 +232,17 @@ def test_a_lease_as_long_as_the_longest_allowed_is_kept(app):
     assert not leader.try_acquire("standby", 30)
     assert leader.current_leader().holder == "long"
     assert leader.try_acquire("long", leader.LONGEST_LEASE_SECONDS)
+
+
+def test_a_lease_as_long_as_the_longest_allowed_is_kept_across_a_small_step_back(app):
+    """With the lapse bound at the longest lease itself, a leader holding a lease that long lost it to a standby
+    at a step back of the database's clock of one second, while it still trusted the lease for 48 minutes."""
+    assert leader.try_acquire("long", leader.LONGEST_LEASE_SECONDS)
+    lease = db.session.get(SchedulerLease, "scheduler")
+    lease.expires_at = lease.expires_at + timedelta(seconds=60)  # the database's clock stepped back a minute
+    db.session.commit()
+    assert not leader.try_acquire("standby", 30)
+    assert leader.current_leader().holder == "long"
 
 
 def test_a_stale_heartbeat_under_a_held_lease_names_its_holder_and_expiry(app, runner):

@@ -5,7 +5,8 @@ it dies, another process takes over once the lease expires. Acquire and renew ar
 UPDATE each, so two processes can never both believe they hold the lease. Every expiry is computed and
 compared by the database's clock, never a process's: hosts whose clocks differ (one ten minutes ahead) would
 otherwise steal a healthy leader's lease, or keep theirs for the skew after release or death. A lease dated more
-than `LONGEST_LEASE_SECONDS` ahead is lapsed: the database's clock stepped back since it was taken.
+than `LAPSED_AHEAD_SECONDS` (twice the longest lease) ahead is lapsed: the database's clock stepped back since it
+was taken, by more than any lease's length.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ LEASE_NAME = "scheduler"
 # taken by the database's clock as it reads now (it stepped back since): it is held as lapsed, or a dead leader's
 # lease would keep every other scheduler standing by for the length of the step.
 LONGEST_LEASE_SECONDS = 3600.0
+# A lease dated further ahead than this is lapsed. Not the longest lease itself: a leader holding one that long
+# would lose it to a standby at any step back of the database's clock, however small, while it still led.
+LAPSED_AHEAD_SECONDS = 2 * LONGEST_LEASE_SECONDS
 
 
 def make_holder_id() -> str:
@@ -41,9 +45,9 @@ def database_now(seconds: float = 0.0) -> ColumnElement:
 
 
 def lapsed() -> ColumnElement[bool]:
-    """The lease expired, or is dated further ahead than any lease can be taken for."""
+    """The lease expired, or is dated further ahead than any lease can be taken for, with room for a step back."""
     return or_(SchedulerLease.expires_at < database_now(),
-               SchedulerLease.expires_at > database_now(LONGEST_LEASE_SECONDS))
+               SchedulerLease.expires_at > database_now(LAPSED_AHEAD_SECONDS))
 
 
 def try_acquire(holder: str, ttl_seconds: float, name: str = LEASE_NAME) -> bool:
@@ -78,7 +82,7 @@ def release(holder: str, name: str = LEASE_NAME) -> None:
 
 
 def current_leader(name: str = LEASE_NAME) -> SchedulerLease | None:
-    """The lease while it is held: unexpired, and dated no further ahead than the longest lease."""
+    """The lease while it is held: unexpired, and not lapsed by being dated too far ahead (`lapsed`)."""
     return db.session.scalar(select(SchedulerLease).where(
         SchedulerLease.name == name, SchedulerLease.expires_at > database_now(),
-        SchedulerLease.expires_at <= database_now(LONGEST_LEASE_SECONDS)))
+        SchedulerLease.expires_at <= database_now(LAPSED_AHEAD_SECONDS)))
