@@ -25,29 +25,17 @@ def import_command(file, revision, allow_older, as_json):
 
     Without FILE it loads the shipped list, which is revision 2023 and no other: named otherwise, it passed
     the older-revision check and undid a newer revision's renames and retirements. A bare `import` (what
-    `make db` runs on every start) leaves a newer revision in place (refused as older, it failed `make run`) and
-    a rollback from the shipped list with --allow-older (which the next start undid, retiring its codes again);
-    an older revision loaded while the shipped list never was is the last release's, and the shipped one is
-    loaded over it. `--revision 2023` without FILE loads the shipped list over a rollback, and over a newer
-    revision with --allow-older, as asked."""
+    `make db` runs on every start) keeps a newer revision or a rollback in place
+    (`service.reason_to_keep_loaded_revision`). `--revision 2023` without FILE loads the shipped list over a
+    rollback, and over a newer revision with --allow-older, as asked."""
     if file is None and revision not in (None, service.DEFAULT_REVISION):
         raise click.UsageError(f"--revision names the revision in FILE; give the FILE (without one, the shipped "
                                f"list is imported, which is revision {service.DEFAULT_REVISION})")
     if file is None and revision is None:
-        latest = service.latest_revision()
-        shipped = service.DEFAULT_REVISION
-        newer_loaded = latest is not None and service.is_older_revision(shipped, latest.name)
-        # Older than the shipped list after the shipped list was loaded: someone rolled back. Older without it
-        # ever loaded: this release ships a newer list than the last one did, which the start is to load.
-        rolled_back = (latest is not None and latest.name != shipped and not newer_loaded
-                       and service.revision_was_loaded(shipped))
-        if newer_loaded or rolled_back:
-            if newer_loaded:
-                message = f"revision {latest.name} is loaded, newer than the shipped {shipped}: nothing imported"
-            else:
-                message = (f"revision {latest.name} is loaded, rolled back from the shipped {shipped}: nothing "
-                           f"imported; `flask divisions import --revision {shipped}` loads the shipped list again")
-            click.echo(json.dumps({"revision": latest.name, "imported": False}) if as_json else message)
+        reason = service.reason_to_keep_loaded_revision()
+        if reason is not None:
+            latest = service.latest_revision()
+            click.echo(json.dumps({"revision": latest.name, "imported": False}) if as_json else reason)
             return
     path = file or str(service.DEFAULT_FILE)
     revision = revision or (service.DEFAULT_REVISION if file is None else None)

@@ -224,6 +224,24 @@ def revision_was_loaded(name: str) -> bool:
     return db.session.scalar(select(DivisionRevision.id).where(DivisionRevision.name == name).limit(1)) is not None
 
 
+def reason_to_keep_loaded_revision() -> str | None:
+    """Why a start's bare import of the shipped list (what `make db` runs every time) is to leave the loaded
+    revision alone, or None when the shipped list is to be loaded. Kept: a newer revision (refused as older, it
+    failed the start) and a rollback from the shipped list with --allow-older (which the next start undid,
+    retiring its codes again). Loaded: nothing yet, the shipped list itself, or an older revision loaded while
+    the shipped one never was, which is the last release's list under a release that ships a newer one."""
+    latest = latest_revision()
+    shipped = DEFAULT_REVISION
+    if latest is None or latest.name == shipped:
+        return None
+    if is_older_revision(shipped, latest.name):
+        return f"revision {latest.name} is loaded, newer than the shipped {shipped}: nothing imported"
+    if revision_was_loaded(shipped):
+        return (f"revision {latest.name} is loaded, rolled back from the shipped {shipped}: nothing imported; "
+                f"`flask divisions import --revision {shipped}` loads the shipped list again")
+    return None
+
+
 def describe(code: str) -> dict:
     """SPEC §4 `GET /api/v1/divisions/{code}` and `flask divisions show`: a division of the loaded list,
     or the nation. The list has no row for 100000, but it is the nation's code (the ministry's node id
