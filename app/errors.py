@@ -128,12 +128,13 @@ def wants_json() -> bool:
 
 def size_text(size: int, *, binary_units: bool = False) -> str:
     """1048576 -> "1 MB", 65536 -> "64 KB": how the console states a size limit; with `binary_units`, "1 MiB" and
-    "64 KiB", as docs/protocol.md states the API's."""
+    "64 KiB", as docs/protocol.md states the API's. A limit that is no whole unit is its byte count, grouped
+    ("1,500,000 B"): bare, it read as a typo for a round figure."""
     units = ("MiB", "KiB") if binary_units else ("MB", "KB")
     for unit, factor in zip(units, (1024 * 1024, 1024), strict=True):
         if size >= factor and size % factor == 0:
             return f"{size // factor} {unit}"
-    return f"{size} B"
+    return f"{size:,} B"
 
 
 def api_http_message(error) -> str:
@@ -144,7 +145,10 @@ def api_http_message(error) -> str:
 
     limit = current_app.config.get("MAX_CONTENT_LENGTH")
     if isinstance(error, RequestEntityTooLarge) and limit and error.description == type(error).description:
-        return f"The body is larger than {size_text(limit, binary_units=True)} ({limit:,} bytes)."
+        stated = size_text(limit, binary_units=True)
+        if stated.endswith(" B"):  # no whole unit: the byte count alone, not "1,500,000 B (1,500,000 bytes)"
+            return f"The body is larger than {limit:,} bytes."
+        return f"The body is larger than {stated} ({limit:,} bytes)."
     return error.description
 
 

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from app.errors import size_text
 from tests.appnode_processes import ManagementNode
 
 
@@ -52,6 +53,23 @@ def test_a_chunked_body_over_the_limit_is_a_413_not_its_first_megabyte(app):
     finally:
         server.stop()
 
+
+
+@pytest.mark.parametrize(("size", "binary", "text"), [
+    (1048576, True, "1 MiB"), (65536, True, "64 KiB"), (1048576, False, "1 MB"), (512, True, "512 B"),
+    # No whole unit: "1500000 B" read as a typo for a round figure; grouped, the count reads at a glance.
+    (1_500_000, True, "1,500,000 B"), (1_500_000, False, "1,500,000 B"),
+])
+def test_a_size_limit_is_stated_in_whole_units_or_as_a_grouped_byte_count(size, binary, text):
+    assert size_text(size, binary_units=binary) == text
+
+
+def test_a_413_under_a_limit_of_no_whole_unit_states_the_byte_count_once(app, client):
+    """It read "larger than 1500000 B (1,500,000 bytes)": the same figure twice, once ungrouped."""
+    app.config["MAX_CONTENT_LENGTH"] = 1_500_000
+    response = client.post("/api/v1/session", data=b"0" * 1_500_001, content_type="application/json")
+    assert response.status_code == 413
+    assert response.get_json()["error"]["message"] == "The body is larger than 1,500,000 bytes."
 
 def test_a_401_carries_a_bearer_challenge(client):
     """RFC 9110 §11.6.1: a 401 must say how to authenticate (RFC 6750: Bearer)."""
