@@ -273,6 +273,14 @@ def test_out_of_scope_says_the_token_admits_the_divisions_below_its_own(client, 
         "out_of_scope", "This token admits nodes in 360000 and the divisions below it only.")
 
 
+
+def test_out_of_scope_for_a_county_token_names_no_divisions_below_it(client, jx_admin):
+    """A county has no divisions below it: its token's refusal said "and the divisions below it" all the same."""
+    _, county = tokens.create_token("360102", by=jx_admin)
+    db.session.commit()
+    error = submit(client, county, node_document("360103")).get_json()["error"]
+    assert (error["code"], error["message"]) == ("out_of_scope", "This token admits nodes in 360102 only.")
+
 ONLY_THE_BLOCK = "nothing but white space may come before -----BEGIN CERTIFICATE REQUEST----- or after"
 
 

@@ -58,9 +58,12 @@ def submit_with_token(raw_token: str | None, document: dict) -> Application:
 
     def admits(division_code: str) -> None:
         if not division_code.startswith(division_prefix(token.division_code)):
-            raise PermissionDenied(_l("This token admits nodes in %(code)s and the divisions below it only.",
-                                      code=token.division_code),
-                                   code="out_of_scope", field="division_code")
+            # A county's token has no divisions below its own to name.
+            message = (_l("This token admits nodes in %(code)s only.", code=token.division_code)
+                       if division_prefix(token.division_code) == token.division_code else
+                       _l("This token admits nodes in %(code)s and the divisions below it only.",
+                          code=token.division_code))
+            raise PermissionDenied(message, code="out_of_scope", field="division_code")
 
     submission = information.check_submission(document, admits=admits)
     info, key_sha256 = submission.info, submission.key_sha256
