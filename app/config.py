@@ -202,6 +202,7 @@ def load_config(overrides: dict | None = None) -> dict:
         "MPIM_NETWORK_FLAG": env_choice("MPIM_NETWORK_FLAG", "5", tuple("0123456789"), "one digit"),
         "MPIM_EXPOSE_WORKER_PID": env_flag("MPIM_EXPOSE_WORKER_PID", False),
         "MPIM_NODE_SESSION_SECONDS": env_int("MPIM_NODE_SESSION_SECONDS", 3600, minimum=60),
+        "MPIM_NODE_SESSIONS_MAX": env_int("MPIM_NODE_SESSIONS_MAX", 100, minimum=1),
         "REDIS_URL": os.environ.get("REDIS_URL", ""),
         "MPIM_CA_DIR": os.environ.get("MPIM_CA_DIR") or str(instance / "ca"),
         "MPIM_CA_PASSPHRASE": os.environ.get("MPIM_CA_PASSPHRASE", ""),

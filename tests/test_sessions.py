@@ -361,6 +361,27 @@ def test_sessions_die_with_suspension_and_expire(client, people):
     assert error_code(response) == (401, "session_expired")
 
 
+
+def test_a_node_keeps_at_most_its_limit_of_live_sessions_the_oldest_ending_first(app, client, people):
+    """One key opened 579 sessions in 5 s, each kept about 25 h: a node filled the table at will. Past
+    MPIM_NODE_SESSIONS_MAX live sessions, opening one ends the oldest (as any 401, the node opens a new one), and
+    of the sessions ended so only as many are kept, so that their holders still hear why they ended."""
+    app.config["MPIM_NODE_SESSIONS_MAX"] = 3
+    node, keys = admit_with_keys(people)
+    tokens = [open_session(client, keys.session_request(node.node_id)).get_json()["token"] for _ in range(10)]
+    rows = db.session.scalars(db.select(NodeSession).where(NodeSession.node_id == node.node_id)).all()
+    live = [row for row in rows if row.revoked_at is None]
+    assert len(live) == 3 and len(rows) <= 6
+    for token in tokens[-3:]:
+        assert client.get("/api/v1/routes", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    assert error_code(client.get("/api/v1/routes", headers={"Authorization": f"Bearer {tokens[-4]}"})) == (
+        401, "session_revoked")
+    # Another node's sessions are not this node's to end.
+    other, other_keys = admit_with_keys(people)
+    kept = open_session(client, other_keys.session_request(other.node_id)).get_json()["token"]
+    open_session(client, keys.session_request(node.node_id))
+    assert client.get("/api/v1/routes", headers={"Authorization": f"Bearer {kept}"}).status_code == 200
+
 def test_a_key_revoked_as_compromised_opens_no_session_through_another_certificate_of_it(client, people):
     """A renewal may keep the key, so two certificates can certify it. Once an admin revokes one as
     key_compromise the key is never good again (protocol.md): the other certificate of the same key must
