@@ -398,7 +398,7 @@ def test_a_database_of_schema_2_gains_the_mark_of_forgotten_deliveries_in_place(
     connection.close()
     factory = open_database(path)
     with factory.begin() as session:
-        assert session.get(Setting, "schema_version").value == SCHEMA_VERSION == "7"
+        assert session.get(Setting, "schema_version").value == SCHEMA_VERSION == "8"
         assert session.get(Message, message_id).delivered_forgotten is False
         session.get(Message, message_id).delivered_forgotten = True
     with factory() as session:
@@ -407,10 +407,20 @@ def test_a_database_of_schema_2_gains_the_mark_of_forgotten_deliveries_in_place(
     open_database(path).kw["bind"].dispose()  # and opens as the current schema from then on
 
 
+def _as_schema_7(path) -> None:
+    """A database (a fresh one if there is none) taken back to what schema 7 left: no created_hidden in the
+    groups, version 7."""
+    open_database(path).kw["bind"].dispose()
+    with sqlite3.connect(path) as connection:
+        connection.execute("ALTER TABLE groups DROP COLUMN created_hidden")
+        connection.execute("UPDATE settings SET value = '7' WHERE key = 'schema_version'")
+    connection.close()
+
+
 def _as_schema_6(path) -> None:
     """A database (a fresh one if there is none) taken back to what schema 6 left: no group_key in the outbox
-    nor its index, version 6."""
-    open_database(path).kw["bind"].dispose()
+    nor its index (nor schema 8's created_hidden), version 6."""
+    _as_schema_7(path)
     with sqlite3.connect(path) as connection:
         connection.execute("DROP INDEX IF EXISTS ix_outbox_group_requests")
         connection.execute("ALTER TABLE outbox DROP COLUMN group_key")
@@ -542,6 +552,14 @@ def test_an_upgrade_to_schema_3_interrupted_after_its_column_opens(tmp_path):
         "ALTER TABLE messages ADD COLUMN delivered_forgotten BOOLEAN NOT NULL DEFAULT 0", "delivered_forgotten")
 
 
+def test_an_upgrade_to_schema_8_interrupted_after_its_column_opens(tmp_path):
+    """A database left with schema 8's column but still version 7 (an upgrade cut short) takes the rest of the
+    step instead of failing on a column already there."""
+    _opens_after_a_step_cut_short(tmp_path / "node.sqlite3", _as_schema_7,
+                                  "ALTER TABLE groups ADD COLUMN created_hidden BOOLEAN NOT NULL DEFAULT 0",
+                                  "created_hidden")
+
+
 def test_a_database_of_schema_3_gains_when_each_member_joined_in_place(network):
     """Schema 4 records when each group member was last added: a member sees the group's messages from then on
     (docs/protocol.md §8.9). A node's data directory is its identity, so a database of schema 3 takes the column
@@ -561,7 +579,7 @@ def test_a_database_of_schema_3_gains_when_each_member_joined_in_place(network):
     _as_schema_3(a.dir / "node.db")  # the node's database as schema 3 left it, under the idle node
     open_database(a.dir / "node.db").kw["bind"].dispose()  # what the next start of the node does
     version, columns = _schema_of(a.dir / "node.db")
-    assert version == SCHEMA_VERSION == "7" and columns.count("joined_at") == 1
+    assert version == SCHEMA_VERSION == "8" and columns.count("joined_at") == 1
     assert texts("wangwu") == ["早", "晚"]
     assert [(row["unread"], row["count"]) for row in a.node.conversations("wangwu")] == [(2, 2)]
     assert [entry["unread_by"] for entry in a.node.history("zhangsan", conversation)] == [2, 2]

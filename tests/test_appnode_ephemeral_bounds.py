@@ -176,15 +176,15 @@ def test_a_config_written_before_the_caps_loads_with_the_defaults(tmp_path):
 
 def back_to_schema_1(connection: sqlite3.Connection) -> None:
     """A current node database turned back into what schema 1 left: no peer_node and no index on it, and not
-    schema 3's delivered_forgotten, schema 4's joined_at, schema 5's and 6's indexes or schema 7's group_key
-    either."""
+    schema 3's delivered_forgotten, schema 4's joined_at, schema 5's and 6's indexes, schema 7's group_key or
+    schema 8's created_hidden either."""
     for statement in ("DROP INDEX ix_read_states_peer_node", "DROP INDEX ix_presence_peer_node_updated_at",
                       "DROP INDEX ix_messages_sender_address", "DROP INDEX ix_messages_to",
                       "DROP INDEX ix_outbox_message_id", "DROP INDEX ix_outbox_group_requests",
                       "ALTER TABLE outbox DROP COLUMN group_key",
                       "ALTER TABLE read_states DROP COLUMN peer_node", "ALTER TABLE presence DROP COLUMN peer_node",
                       "ALTER TABLE messages DROP COLUMN delivered_forgotten",
-                      "ALTER TABLE groups DROP COLUMN joined_at",
+                      "ALTER TABLE groups DROP COLUMN joined_at", "ALTER TABLE groups DROP COLUMN created_hidden",
                       "UPDATE settings SET value = '1' WHERE key = 'schema_version'"):
         connection.execute(statement)
 
@@ -203,7 +203,7 @@ def test_a_database_of_schema_1_gains_who_reported_each_entry_in_place(tmp_path)
     connection.close()
     factory = open_database(path)
     with factory() as session:
-        assert session.get(Setting, "schema_version").value == SCHEMA_VERSION == "7"
+        assert session.get(Setting, "schema_version").value == SCHEMA_VERSION == "8"
         assert [p.peer_node for p in session.scalars(select(Presence))] == ["44000000002025000001"]
         assert [r.peer_node for r in session.scalars(select(ReadState))] == ["36000000002025000001"]
         indexes = set(session.scalars(select(text("name")).select_from(text("sqlite_master"))

@@ -18,7 +18,7 @@ from app.appnode.protocol import Conflict, NotAParticipant, NotFound, Permission
 from app.appnode.store import Group, Outbox
 from app.appnode.store_schema import SCHEMA_VERSION, open_database
 from tests.appnode_harness import raw_post
-from tests.test_appnode import GIF, _as_schema_6, adts, history, network, settle  # noqa: F401 (fixture)
+from tests.test_appnode import GIF, _as_schema_6, _as_schema_7, adts, history, network, settle  # noqa: F401 (fixture)
 from tests.test_appnode_page import page
 from tests.test_appnode_renewal import node_cli
 from tests.test_sessions import people  # noqa: F401 (fixture)
@@ -196,6 +196,80 @@ def test_a_peer_cannot_fill_a_node_with_groups_it_has_no_member_of(network):  # 
     assert announce(a, c, 1, "create", [owner, c.user("sunqi")], group_id="gone-3",
                     target_user_ids=[c.user("sunqi")])[0] == 200  # a member: shown, whatever the cap
     assert replicas(c) == [(owner, 1, [owner, c.user("sunqi")])] and held_groups(c, a) == 3
+
+
+def test_groups_a_nodes_users_left_leave_room_for_a_kick_that_comes_before_its_invite(network):  # noqa: F811
+    """The cap on hidden replicas counted every replica not shown, the real groups this node's users had left
+    among them: past it, an honest kick that came before its invite (the outbox sends in parallel) was refused
+    for good, and the late invite brought the kicked user back. Only replicas made hidden by an announcement
+    listing no user of the node count; one that later lists a user of the node is a real group, and no longer
+    counts."""
+    a = network["a"]
+    owner = a.user("zhangsan")
+    c = network["join"]("110000", max_hidden_groups_per_peer=2)
+    for node in (a, network["b"], c):
+        node.node.sync_routes()
+    sunqi = c.user("sunqi")
+    for index, leave in enumerate(("kick", "quit", "kick")):
+        group = a.node.create_group("zhangsan", f"专班{index}", [sunqi])
+        settle(a, c)
+        if leave == "kick":
+            a.node.group_operation("zhangsan", group.address, "kick", [sunqi])
+        else:
+            assert c.node.group_operation("sunqi", group.address, "quit") == "accepted"
+        settle(a, c)
+    assert c.node.groups() == [] and held_groups(c, a) == 3  # more groups left than the cap
+
+    # a kick landing before the invite it follows: kept hidden, and the late invite does not bring sunqi back
+    assert announce(a, c, 3, "kick", [owner], group_id="late", target_user_ids=[sunqi])[0] == 200
+    assert announce(a, c, 2, "invite", [owner, sunqi], group_id="late", target_user_ids=[sunqi])[0] == 200
+    assert c.node.groups("sunqi") == [] and held_groups(c, a) == 4
+
+    # made up, past the cap: still refused
+    assert announce(a, c, 3, "dismiss", [], group_id="made-up-1")[0] == 200
+    status, body = announce(a, c, 3, "dismiss", [], group_id="made-up-2")
+    assert status == 403 and body["error"]["code"] == "quota_exceeded", body
+    assert "made hidden here" in body["error"]["message"]
+
+    # a hidden replica that a later state gives a member here is a real group, and no longer counts
+    assert announce(a, c, 4, "invite", [owner, sunqi], group_id="late", target_user_ids=[sunqi])[0] == 200
+    assert [g.address for g in c.node.groups("sunqi")] == [f"late@{a.id}"]
+    assert announce(a, c, 3, "dismiss", [], group_id="made-up-2")[0] == 200
+    assert announce(a, c, 5, "kick", [owner], group_id="late", target_user_ids=[sunqi])[0] == 200
+    assert c.node.groups("sunqi") == []
+    status, body = announce(a, c, 3, "dismiss", [], group_id="made-up-3")
+    assert status == 403 and body["error"]["code"] == "quota_exceeded", body
+
+
+def test_hidden_replicas_kept_before_schema_8_count_against_no_cap_after_the_upgrade(network):  # noqa: F811
+    """Schema 8 marks the replicas created hidden (`created_hidden`), which alone count against
+    `max_hidden_groups_per_peer`. Which of the hidden replicas kept before were created so was never recorded, so
+    none is marked: marking all would leave an upgraded node refusing honest kicks, as before the fix."""
+    a = network["a"]
+    c = network["join"]("110000", max_hidden_groups_per_peer=2)
+    for node in (a, network["b"], c):
+        node.node.sync_routes()
+    group = a.node.create_group("zhangsan", "专班", [c.user("sunqi")])
+    a.node.group_operation("zhangsan", group.address, "kick", [c.user("sunqi")])
+    settle(a, c)
+    for index in (1, 2):
+        assert announce(a, c, 3, "dismiss", [], group_id=f"made-up-{index}")[0] == 200
+    assert announce(a, c, 3, "dismiss", [], group_id="made-up-3")[0] == 403
+
+    _as_schema_7(c.dir / "node.db")  # the node's database as schema 7 left it, under the idle node
+    open_database(c.dir / "node.db").kw["bind"].dispose()  # what the next start of the node does
+    with sqlite3.connect(c.dir / "node.db") as connection:
+        version = connection.execute("SELECT value FROM settings WHERE key = 'schema_version'").fetchone()[0]
+        rows = connection.execute("SELECT group_id, dismissed, created_hidden FROM groups ORDER BY group_id")
+        rows = rows.fetchall()
+    connection.close()
+    assert version == SCHEMA_VERSION == "8"
+    assert rows == [(group.group_id, 1, 0), ("made-up-1", 1, 0), ("made-up-2", 1, 0)]
+    for index in (3, 4):  # the cap's worth again, once
+        assert announce(a, c, 3, "dismiss", [], group_id=f"made-up-{index}")[0] == 200
+    status, body = announce(a, c, 3, "dismiss", [], group_id="made-up-5")
+    assert status == 403 and body["error"]["code"] == "quota_exceeded", body
+    assert held_groups(c, a) == 5
 
 
 def test_a_node_that_confirmed_members_is_told_the_operation_was_refused_elsewhere(network):  # noqa: F811
@@ -684,7 +758,7 @@ def test_a_request_finds_the_earlier_one_it_waits_behind_by_index_also_after_an_
         version = connection.execute("SELECT value FROM settings WHERE key = 'schema_version'").fetchone()[0]
         keys = connection.execute("SELECT kind, group_key FROM outbox WHERE state = 'pending' ORDER BY id").fetchall()
     connection.close()
-    assert version == SCHEMA_VERSION == "7"
+    assert version == SCHEMA_VERSION == "8"
     assert keys == [("group_op", group.group_id), ("group_op", group.group_id), ("message", None)]
     assert EARLIER_BY_INDEX in due_rows_plan(b)
     assert _requests(b, group) == [("kick", "pending", 1), ("invite", "pending", 0)]

@@ -232,7 +232,7 @@ def test_a_history_page_finds_its_messages_delivery_by_index_also_after_an_upgra
     with sqlite3.connect(a.dir / "node.db") as connection:
         version = connection.execute("SELECT value FROM settings WHERE key = 'schema_version'").fetchone()[0]
     connection.close()
-    assert version == SCHEMA_VERSION == "7"
+    assert version == SCHEMA_VERSION == "8"
     assert any("USING INDEX ix_outbox_message_id" in detail
                for detail in delivery_plan(a, "zhangsan", sent.conversation_id))
     assert [entry["delivery"] for entry in a.node.history("zhangsan", sent.conversation_id)] == states

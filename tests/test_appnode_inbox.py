@@ -161,6 +161,6 @@ def test_a_database_of_schema_4_gains_the_indexes_the_conversation_summary_searc
     assert not {"ix_messages_sender_address", "ix_messages_to"} & indexes(b)
     open_database(b.dir / "node.db").kw["bind"].dispose()  # what the next start of the node does
     assert {"ix_messages_sender_address", "ix_messages_to"} <= indexes(b)
-    assert schema_version(b) == SCHEMA_VERSION == "7"
+    assert schema_version(b) == SCHEMA_VERSION == "8"
     assert_summary_searches_indexes(b, "lisi")
     assert summaries(b) == listed

@@ -131,8 +131,9 @@ class NodeConfig:
     # home node relays the read states of every member of its groups (up to 3000 each).
     max_read_states_per_peer: int = 500_000
     max_presence_per_peer: int = 50_000
-    # How many groups without a member here (kept hidden for their seq after a kick, quit or dismiss, §8.9) one
-    # home node may have this node keep: past it a new one is refused (quota_exceeded).
+    # How many groups created hidden here (new, listing no user of this node: kept for their seq after a kick,
+    # quit or dismiss, §8.9) one home node may have this node keep: past it a new one is refused
+    # (quota_exceeded). Groups this node's users were in and left are hidden too, and not counted.
     max_hidden_groups_per_peer: int = 10_000
     # How long a caller may take to send one request (docs/protocol.md §10, app/appnode/request_deadline.py):
     # the TLS handshake (on a new connection), the request line, headers and body together get

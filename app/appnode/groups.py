@@ -113,7 +113,7 @@ class GroupsMixin:
         skipped = group is not None and op["seq"] > group.seq + 1
         if group is None:
             group = Group(group_id=op["group_id"], home_node_id=op["home_node_id"], seq=op["seq"],
-                          name=info["name"], owner=info["owner"], members=[])
+                          name=info["name"], owner=info["owner"], members=[], created_hidden=gone)
             session.add(group)
         group.name, group.notice, group.owner = info["name"], info.get("notice", ""), info["owner"]
         # The announcement carries no time (§8.9): a member new to the replica joins when this node learns of
@@ -121,19 +121,24 @@ class GroupsMixin:
         group.set_members(members, None if op["op"] == "create" else joined_now(),
                           rejoined=_added_by(op) if skipped else ())
         group.seq, group.dismissed = op["seq"], gone
+        if not gone:  # a member here: a real group, counted against no cap even once its members leave
+            group.created_hidden = False
 
     def _check_hidden_replica_cap(self, session: Session, home: str) -> None:
-        """Refuse a new hidden replica (quota_exceeded) once the home node has `max_hidden_groups_per_peer` of
-        them here: a kick, quit or dismiss of groups made up by the home node, each kept for good, would
-        otherwise fill this node. Replicas kept already still take later states."""
+        """Refuse a new hidden replica (quota_exceeded) once the home node has `max_hidden_groups_per_peer`
+        replicas here that were created hidden (`Group.created_hidden`): a kick, quit or dismiss of groups made
+        up by the home node, each kept for good, would otherwise fill this node. Groups this node's users left
+        are hidden too but not counted: they were real here, and counting them had an honest kick that came
+        before its invite refused for good, and the late invite bring the kicked user back. Replicas kept
+        already still take later states."""
         cap = self.config.max_hidden_groups_per_peer
         held = session.scalar(select(func.count()).select_from(Group).where(
-            Group.home_node_id == home, Group.dismissed.is_(True)))
+            Group.home_node_id == home, Group.created_hidden.is_(True)))
         if held >= cap:
-            log.warning("group announcement from %s refused: it has the %d hidden groups this node keeps for one "
-                        "home node", home, cap)
-            raise QuotaExceeded(f"node {home} has the {cap} groups without a member here that this node keeps for "
-                                "one home node", field="payload.group_id")
+            log.warning("group announcement from %s refused: it has the %d groups made hidden here (announced "
+                        "without a member here) that this node keeps for one home node", home, cap)
+            raise QuotaExceeded(f"node {home} has the {cap} groups made hidden here (announced without a member "
+                                "here) that this node keeps for one home node", field="payload.group_id")
 
     def _own_users_checked(self, session: Session, replica: Group | None, op: dict) -> list[str]:
         """The members to keep of an announcement's state. Only this node knows its users (§8.9), and the state

@@ -135,6 +135,10 @@ class Group(Base):
     members: Mapped[list] = mapped_column(JSON)
     seq: Mapped[int] = mapped_column(Integer)
     dismissed: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Schema 8: a replica that an announcement listing no user of this node created, kept hidden for its seq;
+    # false once a state lists one of them. Only these count against `max_hidden_groups_per_peer`: a group this
+    # node's users left is hidden too, and is no home node's to fill this node with.
+    created_hidden: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # Member address to `protocol.sortable_time` (text order is time order). Schema 4: a member without an
     # entry was there before anything was recorded (a group's first members; every member of an older schema).
     joined_at: Mapped[dict] = mapped_column(JSON, default=dict, server_default="{}")

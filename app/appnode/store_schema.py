@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.appnode.store import Base, Message, Outbox, Presence, ReadState, Setting
 from app.database import switch_to_wal
 
-SCHEMA_VERSION = "7"
+SCHEMA_VERSION = "8"
 
 BUSY_TIMEOUT = 30  # seconds a connection waits for another's write lock
 
@@ -67,7 +67,7 @@ def _create_or_upgrade(connection: Connection, path: Path) -> None:
     current = connection.execute(select(settings.c.value).where(settings.c.key == "schema_version")).scalar()
     if current is None:
         connection.execute(insert(settings).values(key="schema_version", value=SCHEMA_VERSION))
-    elif current in ("1", "2", "3", "4", "5", "6"):
+    elif current in ("1", "2", "3", "4", "5", "6", "7"):
         if current == "1":
             _add_peer_node(connection)
         if current in ("1", "2"):
@@ -78,7 +78,9 @@ def _create_or_upgrade(connection: Connection, path: Path) -> None:
             _index_message_parties(connection)
         if current in ("1", "2", "3", "4", "5"):
             _index_outbox_messages(connection)
-        _key_group_requests(connection)
+        if current in ("1", "2", "3", "4", "5", "6"):
+            _key_group_requests(connection)
+        _mark_created_hidden(connection)
         connection.execute(update(settings).where(settings.c.key == "schema_version").values(value=SCHEMA_VERSION))
     elif current != SCHEMA_VERSION:
         raise RuntimeError(f"{path} has schema {current}; this node software needs {SCHEMA_VERSION}")
@@ -148,3 +150,14 @@ def _key_group_requests(connection: Connection) -> None:
 def _create_index(connection: Connection, name: str) -> None:
     """One of the outbox's indexes, unless it is there: each step creates its own, not a later step's."""
     next(index for index in Outbox.__table__.indexes if index.name == name).create(connection, checkfirst=True)
+
+
+def _mark_created_hidden(connection: Connection) -> None:
+    """Schema 7 to 8: `groups.created_hidden`, the replicas an announcement listing no user of this node created,
+    which alone count against `max_hidden_groups_per_peer`; every hidden replica counted before, the groups this
+    node's users had left among them, and past the cap an honest kick that came before its invite was refused for
+    good. Which of the hidden replicas kept were created so was never recorded: none is marked. Marking them all
+    would leave an upgraded node refusing honest kicks as before; marking none lets a home node that filled the
+    cap before the upgrade have as many again kept, once, and no more."""
+    if not _has_column(connection, "groups", "created_hidden"):
+        connection.exec_driver_sql("ALTER TABLE groups ADD COLUMN created_hidden BOOLEAN NOT NULL DEFAULT 0")
