@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import socket
 import ssl
+import threading
 from datetime import timedelta
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from app.database import utcnow
 from app.extensions import db
@@ -381,3 +382,66 @@ def test_a_poll_once_beside_the_scheduled_round_counts_each_real_failure_once(ap
     assert [(c.old, c.new) for c in report.changes] == [("up", "down")] and server.requests == 3
     events = db.session.scalars(select(HealthEvent).where(HealthEvent.node_id == node.node_id)).all()
     assert [(e.old_status, e.new_status) for e in events] == [("unknown", "up"), ("up", "down")]
+
+
+class SilentNode:
+    """A node that accepts connections and never answers: a round's poll of it lasts the whole timeout."""
+
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.accepted = threading.Event()
+        self.held: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            self.held.append(connection)
+            self.accepted.set()
+
+    def close(self) -> None:
+        self.listener.close()
+        for connection in self.held:
+            connection.close()
+        self.thread.join(10)
+
+
+def test_a_round_holds_no_transaction_open_while_it_polls(app, people):  # noqa: F811
+    """From a review: the round read its targets in a transaction it kept open ("idle in transaction", holding
+    locks on nodes and certificates) until after the polls, so `flask db upgrade` waited behind every round, and a
+    PostgreSQL idle_in_transaction_session_timeout shorter than the polls killed every round. While the round
+    waits on a node that never answers, no session of ours is idle in a transaction."""
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("sessions seen from another connection: PostgreSQL (pg_stat_activity)")
+    silent = SilentNode()
+    node, _ = admit_local(people, silent.port)
+    node_id = node.node_id
+    db.session.close()  # the test's own session holds nothing either
+    app.config["MPIM_HEALTH_TIMEOUT"] = 3.0
+    reports: list[str] = []
+
+    def round_in_thread() -> None:
+        with app.app_context():
+            reports.append(rounds.run_round(spread=False).summary())
+
+    thread = threading.Thread(target=round_in_thread)
+    thread.start()
+    try:
+        assert silent.accepted.wait(30), "the round never polled the node"
+        with db.engine.connect() as other:
+            idle = other.execute(text(
+                "SELECT pid, left(query, 200) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid() AND state = 'idle in transaction'")).all()
+            other.rollback()
+        thread.join(60)
+    finally:
+        silent.close()
+    assert not thread.is_alive()
+    assert idle == [], idle
+    assert reports == ["1 polled, 0 ok; failed: timeout 1"], reports
+    assert samples_of(node_id) == 1

@@ -27,6 +27,10 @@ def run_round(*, spread: bool) -> service.RoundReport:
     config = current_app.config
     polled = targets()
     context = own_keys.management_client_ssl_context()
+    # Nothing is held while the round polls: a transaction left open ("idle in transaction") kept its locks on
+    # nodes and certificates for the whole polling time, so DDL waited behind every round, and PostgreSQL's
+    # idle_in_transaction_session_timeout, shorter than the polls, ended every round.
+    db.session.rollback()
     if spread:
         results = poller.run(poller.poll_spread(polled, config["MPIM_HEALTH_INTERVAL"], ssl_context=context,
                                                  timeout=config["MPIM_HEALTH_TIMEOUT"],
