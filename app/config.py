@@ -223,6 +223,7 @@ def load_config(overrides: dict | None = None) -> dict:
         "MPIM_HEALTH_FAILURES_BEFORE_DOWN": env_int("MPIM_HEALTH_FAILURES_BEFORE_DOWN", 3, minimum=1),
         "MPIM_HEALTH_SUCCESSES_BEFORE_UP": env_int("MPIM_HEALTH_SUCCESSES_BEFORE_UP", 2, minimum=1),
         "MPIM_HEALTH_FLAP_CHANGES": env_int("MPIM_HEALTH_FLAP_CHANGES", 4, minimum=0),
+        "MPIM_HEALTH_EVENT_DAYS": env_int("MPIM_HEALTH_EVENT_DAYS", 365, minimum=1),
         "MPIM_HEALTH_WEBHOOK_URL": env_http_url("MPIM_HEALTH_WEBHOOK_URL"),
         "MPIM_HEALTH_WEBHOOK_SECONDS": env_seconds("MPIM_HEALTH_WEBHOOK_SECONDS", 15),
         "MPIM_HEARTBEAT_SECONDS": env_seconds("MPIM_HEARTBEAT_SECONDS", 15),

@@ -138,6 +138,29 @@ def test_downsampling_keeps_hourly_and_drops_old_raw(app, node):
     assert db.session.scalar(select(func.count()).select_from(HealthHourly)) == 0
 
 
+def test_downsampling_drops_health_events_past_their_retention(app, node):
+    """From a review: health events were never deleted, so a flapping node grew the table for good. The
+    downsampling job drops those older than MPIM_HEALTH_EVENT_DAYS."""
+    app.config["MPIM_HEALTH_EVENT_DAYS"] = 30
+    now = utcnow()
+    db.session.add_all([HealthEvent(node_id=node.node_id, at=now - timedelta(days=days), old_status="up",
+                                    new_status="down", reason="timeout", detail="", in_maintenance=False)
+                        for days in (400, 31, 29)])
+    db.session.commit()
+    assert history.downsample(now) == "deleted 0 raw samples, 0 hourly rows, 2 health events"
+    kept = db.session.scalars(select(HealthEvent.at)).all()
+    assert kept == [now - timedelta(days=29)]
+
+
+def test_health_events_are_kept_a_year_unless_configured(tmp_path, monkeypatch):
+    from app.config import load_config
+
+    monkeypatch.delenv("MPIM_HEALTH_EVENT_DAYS", raising=False)
+    assert load_config({"MPIM_INSTANCE_PATH": str(tmp_path)})["MPIM_HEALTH_EVENT_DAYS"] == 365
+    monkeypatch.setenv("MPIM_HEALTH_EVENT_DAYS", "30")
+    assert load_config({"MPIM_INSTANCE_PATH": str(tmp_path)})["MPIM_HEALTH_EVENT_DAYS"] == 30
+
+
 def test_uptime_buckets_from_hourly_aggregates(app, node):
     for ok in (True, True, False, True):
         service.apply_round([Result(node.node_id, ok)])
@@ -209,6 +232,18 @@ def test_webhook_is_retried_and_skipped_in_maintenance(app, node, webhook, make_
     assert len(sent()) == 1  # down during maintenance: recorded, not alerted
     event = db.session.scalars(select(HealthEvent).order_by(HealthEvent.id.desc())).first()
     assert event.new_status == "down" and event.in_maintenance
+
+
+def test_an_alert_says_whether_its_node_is_flapping(app, node, webhook):
+    """From a review: a flapping node is alerted on every change, and a receiver could not tell those alerts from
+    a node's one real outage. Each change in an alert says whether its node is flapping (more changes in the last
+    hour than MPIM_HEALTH_FLAP_CHANGES, as the console shows it), so a receiver can damp them."""
+    app.config.update(MPIM_HEALTH_WEBHOOK_URL=webhook, MPIM_HEALTH_FLAP_CHANGES=2,
+                      MPIM_HEALTH_FAILURES_BEFORE_DOWN=1, MPIM_HEALTH_SUCCESSES_BEFORE_UP=1)
+    for ok in (True, False, True, False):
+        service.apply_round([Result(node.node_id, ok, failure=None if ok else "timeout")])
+    assert [(a["changes"][0]["new"], a["changes"][0]["flapping"]) for a in sent()] == [
+        ("up", False), ("down", False), ("up", True), ("down", True)]
 
 
 @contextmanager
@@ -475,7 +510,7 @@ def test_a_node_still_down_when_its_maintenance_ends_is_alerted_then_once(app, n
     assert len(sent()) == 2
     assert sent()[1]["changes"] == [{"node_id": node.node_id, "old": "up", "new": "down",
                                              "reason": "refused", "detail": "", "in_maintenance": False,
-                                             "after_maintenance": True}]
+                                             "after_maintenance": True, "flapping": False}]
     service.apply_round([Result(node.node_id, False, failure="refused")])
     assert len(sent()) == 2  # once
 

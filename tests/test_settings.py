@@ -15,7 +15,7 @@ from app.config import load_config
     ("MPIM_IDLE_MINUTES", "-1", 0), ("MPIM_PASSWORD_MAX_DAYS", "-1", 0), ("MPIM_LOGIN_MAX_FAILURES", "0", 1),
     ("MPIM_LOGIN_MAX_ADDRESS_FAILURES", "0", 1), ("MPIM_LOGIN_LOCK_MINUTES", "0", 1),
     ("MPIM_TRUSTED_PROXIES", "-1", 0), ("MPIM_NODE_SESSION_SECONDS", "0", 60),
-    ("MPIM_NODE_SESSIONS_MAX", "0", 1),
+    ("MPIM_NODE_SESSIONS_MAX", "0", 1), ("MPIM_HEALTH_EVENT_DAYS", "0", 1),
     ("MPIM_MAX_REQUEST_BYTES", "100", 65536)])
 def test_settings_out_of_their_range_stop_the_start_naming_them(monkeypatch, tmp_path, name, value, minimum):
     """MPIM_HEALTH_CONCURRENCY=0 started, and every round then waited for good on a semaphore of none; a CRL

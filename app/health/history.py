@@ -1,7 +1,9 @@
-"""Latency and status history: raw samples for 7 days, hourly aggregates for 90 days.
+"""Latency and status history: raw samples for 7 days, hourly aggregates for 90 days, status changes
+(health events) for MPIM_HEALTH_EVENT_DAYS (365 by default).
 
 Every poll updates its hour's aggregate as it is written, so down-sampling is only deleting
-raw rows past 7 days and hourly rows past 90 days; no table grows one row per poll forever.
+raw rows past 7 days and hourly rows past 90 days; no table grows one row per poll forever,
+nor one row per status change of a flapping node.
 """
 
 from __future__ import annotations
@@ -9,11 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from flask import current_app
 from sqlalchemy import bindparam, delete, func, insert, select, update
 
 from app.database import among, utcnow
 from app.extensions import db
-from app.health.models import HealthHourly, HealthSample
+from app.health.models import HealthEvent, HealthHourly, HealthSample
 
 RAW_DAYS = 7
 HOURLY_DAYS = 90
@@ -66,12 +69,15 @@ def record(samples: list[dict], in_maintenance: frozenset[str] | set[str] = froz
 
 
 def downsample(now: datetime | None = None) -> str:
-    """Scheduler job: drop raw samples past 7 days and hourly rows past 90 days."""
+    """Scheduler job: drop raw samples past 7 days, hourly rows past 90 days, and health events past
+    MPIM_HEALTH_EVENT_DAYS."""
     now = now or utcnow()
+    event_days = current_app.config["MPIM_HEALTH_EVENT_DAYS"]
     raw = db.session.execute(delete(HealthSample).where(HealthSample.at < now - timedelta(days=RAW_DAYS)))
     hourly = db.session.execute(delete(HealthHourly).where(HealthHourly.hour < now - timedelta(days=HOURLY_DAYS)))
+    events = db.session.execute(delete(HealthEvent).where(HealthEvent.at < now - timedelta(days=event_days)))
     db.session.commit()
-    return f"deleted {raw.rowcount} raw samples, {hourly.rowcount} hourly rows"
+    return f"deleted {raw.rowcount} raw samples, {hourly.rowcount} hourly rows, {events.rowcount} health events"
 
 
 @dataclass(frozen=True)

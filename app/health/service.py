@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from types import SimpleNamespace
 
@@ -36,6 +36,9 @@ class StatusChange:
     in_maintenance: bool
     # Alerted when the maintenance window it happened in ended with the node still down (`late_alert`).
     after_maintenance: bool = False
+    # The node changed status more than MPIM_HEALTH_FLAP_CHANGES times in the last hour, this change included:
+    # said in the alert so that a receiver can damp a flapping node's alerts (`flagged_flapping`).
+    flapping: bool = False
 
 
 @dataclass
@@ -175,6 +178,9 @@ def apply_round(results) -> RoundReport:
     if events:
         db.session.execute(insert(HealthEvent.__table__), events)
     history.record(samples, maintained)
+    if report.changes or report.late_alerts:  # this round's events written: they count
+        flagged = flagged_flapping(report.changes + report.late_alerts, now)
+        report.changes, report.late_alerts = flagged[:len(report.changes)], flagged[len(report.changes):]
     if report.changes:
         for hook in status_changed:
             hook(report.changes)
@@ -305,6 +311,13 @@ def flap_counts(node_ids: list[str] | None = None, now: datetime | None = None) 
 
 def is_flapping(changes_last_hour: int) -> bool:
     return changes_last_hour > current_app.config["MPIM_HEALTH_FLAP_CHANGES"]
+
+
+def flagged_flapping(changes: list[StatusChange], now: datetime | None = None) -> list[StatusChange]:
+    """The changes, each saying whether its node is flapping, counted as the console counts it (`flap_counts`,
+    this round's events included)."""
+    counts = flap_counts(sorted({c.node_id for c in changes}), now)
+    return [replace(c, flapping=is_flapping(counts.get(c.node_id, 0))) for c in changes]
 
 
 def statuses(node_ids: list[str]) -> dict[str, NodeHealth]:
