@@ -39,6 +39,26 @@ def env_int(name: str, default: int, minimum: int | None = None) -> int:
     return number
 
 
+def env_secret(name: str) -> str:
+    """The variable, else the text of the file `<name>_FILE` names (stripped), else "" (none set). A file that
+    cannot be read, or is empty, stops the start naming the file; no message quotes what it holds."""
+    value = os.environ.get(name)
+    if value:
+        return value
+    path = os.environ.get(f"{name}_FILE")
+    if not path:
+        return ""
+    try:
+        value = Path(path).read_text().strip()
+    except OSError as error:
+        raise ValueError(f"{name}_FILE {path} could not be read: {error.strerror}") from None
+    except ValueError:  # UnicodeDecodeError, whose message quotes a byte of the file
+        raise ValueError(f"{name}_FILE {path} is not text") from None
+    if not value:
+        raise ValueError(f"{name}_FILE {path} is empty")
+    return value
+
+
 def env_seconds(name: str, default: float) -> float:
     """A positive, finite number of seconds; anything else stops the start naming the variable (float() reads
     "nan", "inf" and "1e400", and an interval of 0 made the scheduler refuse the job only once it started)."""
@@ -226,6 +246,7 @@ def load_config(overrides: dict | None = None) -> dict:
         "MPIM_HEALTH_EVENT_DAYS": env_int("MPIM_HEALTH_EVENT_DAYS", 365, minimum=1),
         "MPIM_HEALTH_WEBHOOK_URL": env_http_url("MPIM_HEALTH_WEBHOOK_URL"),
         "MPIM_HEALTH_WEBHOOK_SECONDS": env_seconds("MPIM_HEALTH_WEBHOOK_SECONDS", 15),
+        "MPIM_HEALTH_WEBHOOK_SECRET": env_secret("MPIM_HEALTH_WEBHOOK_SECRET"),
         "MPIM_HEARTBEAT_SECONDS": env_seconds("MPIM_HEARTBEAT_SECONDS", 15),
         "MPIM_JOB_RUNS_KEEP_DAYS": env_int("MPIM_JOB_RUNS_KEEP_DAYS", 30, minimum=1),
     }

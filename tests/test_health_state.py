@@ -185,6 +185,7 @@ def test_polls_in_a_maintenance_window_are_kept_but_do_not_count_against_availab
 
 class Hook(BaseHTTPRequestHandler):
     received: list = []
+    delivered: list = []  # (headers, body bytes) of each alert received, as they came
     fail_first = 0
 
     def do_POST(self):  # noqa: N802 (http.server's naming)
@@ -195,6 +196,7 @@ class Hook(BaseHTTPRequestHandler):
             self.end_headers()
             return
         Hook.received.append(json.loads(body))
+        Hook.delivered.append((dict(self.headers), body))
         self.send_response(204)
         self.end_headers()
 
@@ -204,7 +206,7 @@ class Hook(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def webhook():
-    Hook.received, Hook.fail_first = [], 1
+    Hook.received, Hook.delivered, Hook.fail_first = [], [], 1
     server = HTTPServer(("127.0.0.1", 0), Hook)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -244,6 +246,40 @@ def test_an_alert_says_whether_its_node_is_flapping(app, node, webhook):
         service.apply_round([Result(node.node_id, ok, failure=None if ok else "timeout")])
     assert [(a["changes"][0]["new"], a["changes"][0]["flapping"]) for a in sent()] == [
         ("up", False), ("down", False), ("up", True), ("down", True)]
+
+
+def test_an_alert_is_signed_when_a_secret_is_set(app, node, webhook, caplog):
+    """From a review: alerts were unsigned, so a receiver could not tell the registry's from anyone's. With
+    MPIM_HEALTH_WEBHOOK_SECRET set, each carries X-MPIM-Timestamp and X-MPIM-Signature, an HMAC-SHA256 over the
+    timestamp, a dot and the body bytes, which the receiver recomputes (docs/operations.md). The secret is
+    never logged (the first attempt, refused, is)."""
+    import hashlib
+    import hmac
+    import time
+
+    secret = "w3bh00k-S3CRET"
+    app.config.update(MPIM_HEALTH_WEBHOOK_URL=webhook, MPIM_HEALTH_WEBHOOK_SECRET=secret)
+    before = int(time.time())
+    for _ in range(2):
+        service.apply_round([Result(node.node_id, True)])  # unknown → up: an alert
+    sent()
+    [(headers, body)] = Hook.delivered
+    after = int(time.time())
+    timestamp = headers["X-MPIM-Timestamp"]
+    assert before <= int(timestamp) <= after
+    expected = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    assert headers["X-MPIM-Signature"] == f"sha256={expected}"
+    assert json.loads(body)["changes"][0]["new"] == "up"
+    assert "health webhook attempt 1 failed" in caplog.text and secret not in caplog.text
+
+
+def test_an_alert_without_a_secret_carries_no_signature(app, node, webhook):
+    app.config["MPIM_HEALTH_WEBHOOK_URL"] = webhook
+    for _ in range(2):
+        service.apply_round([Result(node.node_id, True)])
+    sent()
+    [(headers, _body)] = Hook.delivered
+    assert not {"X-MPIM-Signature", "X-MPIM-Timestamp"} & set(headers)
 
 
 @contextmanager

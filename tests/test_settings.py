@@ -81,3 +81,26 @@ def test_a_network_flag_and_locale_it_can_use_start(monkeypatch, tmp_path):
     monkeypatch.setenv("MPIM_DEFAULT_LOCALE", "en")
     config = load_config({"MPIM_INSTANCE_PATH": str(tmp_path)})
     assert (config["MPIM_NETWORK_FLAG"], config["BABEL_DEFAULT_LOCALE"]) == ("3", "en")
+
+
+def test_the_webhook_secret_is_read_from_its_file(monkeypatch, tmp_path):
+    """MPIM_HEALTH_WEBHOOK_SECRET_FILE, as MPIM_CA_PASSPHRASE_FILE: the secret kept out of the environment. The
+    variable itself wins; a file that cannot be read, or is empty, stops the start naming the file, never the
+    secret."""
+    monkeypatch.delenv("MPIM_HEALTH_WEBHOOK_SECRET", raising=False)
+    monkeypatch.delenv("MPIM_HEALTH_WEBHOOK_SECRET_FILE", raising=False)
+    assert load_config({"MPIM_INSTANCE_PATH": str(tmp_path)})["MPIM_HEALTH_WEBHOOK_SECRET"] == ""
+    secret_file = tmp_path / "webhook_secret"
+    secret_file.write_text("from-the-file\n")
+    monkeypatch.setenv("MPIM_HEALTH_WEBHOOK_SECRET_FILE", str(secret_file))
+    assert load_config({"MPIM_INSTANCE_PATH": str(tmp_path)})["MPIM_HEALTH_WEBHOOK_SECRET"] == "from-the-file"
+    monkeypatch.setenv("MPIM_HEALTH_WEBHOOK_SECRET", "from-the-environment")
+    assert load_config({"MPIM_INSTANCE_PATH": str(tmp_path)})["MPIM_HEALTH_WEBHOOK_SECRET"] == "from-the-environment"
+    monkeypatch.delenv("MPIM_HEALTH_WEBHOOK_SECRET")
+    secret_file.write_text("\n")
+    with pytest.raises(ValueError, match=f"^MPIM_HEALTH_WEBHOOK_SECRET_FILE {secret_file} is empty$"):
+        load_config({"MPIM_INSTANCE_PATH": str(tmp_path)})
+    secret_file.unlink()
+    with pytest.raises(ValueError, match=f"^MPIM_HEALTH_WEBHOOK_SECRET_FILE {secret_file} could not be read: "
+                                         "No such file or directory$"):
+        load_config({"MPIM_INSTANCE_PATH": str(tmp_path)})

@@ -189,7 +189,8 @@ def apply_round(results) -> RoundReport:
     if alerts and current_app.config.get("MPIM_HEALTH_WEBHOOK_URL"):
         # Queued, not sent here: no receiver may hold the round up (`webhook`).
         webhook.outbox.put(current_app.config["MPIM_HEALTH_WEBHOOK_URL"], alerts,
-                           deadline=current_app.config.get("MPIM_HEALTH_WEBHOOK_SECONDS", 15.0))
+                           deadline=current_app.config.get("MPIM_HEALTH_WEBHOOK_SECONDS", 15.0),
+                           secret=current_app.config.get("MPIM_HEALTH_WEBHOOK_SECRET", ""))
     return report
 
 

@@ -9,16 +9,23 @@ the POST into a GET without its body, to any host, and a 200 there counted as de
 What a process leaves queued when it ends is given one deadline more (`Outbox.finish`, called by `flask health
 poll --once` and as the scheduler stops); an alert still unsent then is logged with its changes, never dropped
 silently. No log line names the URL beyond its scheme and host: a webhook's often carries its token.
+
+With MPIM_HEALTH_WEBHOOK_SECRET set, each attempt is signed (`signature_headers`): X-MPIM-Timestamp, its Unix time,
+and X-MPIM-Signature, `sha256=` and the hex HMAC-SHA256 of the timestamp, a dot and the body, keyed with the secret;
+docs/operations.md shows a receiver checking it. The secret is never logged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
+import hmac
 import json
 import logging
 import os
 import threading
+import time
 from collections import deque
 from datetime import datetime
 from typing import NamedTuple
@@ -35,15 +42,26 @@ log = logging.getLogger("mpim.health")
 RETRIED_STATUSES = frozenset({408, 425, 429})
 
 
+def signature_headers(body: bytes, secret: str, now: float | None = None) -> dict[str, str]:
+    """X-MPIM-Timestamp (Unix seconds) and X-MPIM-Signature (`sha256=<hex HMAC-SHA256 over "<timestamp>." + body>`,
+    keyed with `secret`): the receiver recomputes it to know the alert is ours, and refuses an old timestamp so
+    that a captured alert cannot be replayed later. Empty without a secret."""
+    if not secret:
+        return {}
+    timestamp = str(int(time.time() if now is None else now))
+    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return {"X-MPIM-Timestamp": timestamp, "X-MPIM-Signature": f"sha256={digest}"}
+
+
 def send_webhook(url: str, changes: list, attempts: int = 3, timeout: float = 5.0, backoff: float = 0.5,
-                 deadline: float = 15.0, found_at: datetime | None = None) -> bool:
+                 deadline: float = 15.0, found_at: datetime | None = None, secret: str = "") -> bool:
     """POST the state changes as JSON; a failure is logged, never raised. What may pass next time is retried with
     backoff: a refused or timed-out connection, an unresolved name, a 5xx, 429, or an answer that is no HTTP at
     all. What cannot is logged once and not retried: a URL that cannot be opened (the start refuses one,
     `config.env_http_url`; the config may still hold one), a 4xx refusing the request, and a redirect.
     `timeout` bounds each attempt, `deadline` the whole send, its backoff included: past it, the send is given up.
     The body's "time" is `found_at`, when the round found the changes (queued behind a slow receiver, an alert is
-    sent later than that), else now."""
+    sent later than that), else now. With a `secret`, each attempt is signed as it is made (`signature_headers`)."""
     if not is_http_url(url):
         log.error("health webhook not sent: MPIM_HEALTH_WEBHOOK_URL is no http:// or https:// address with a host"
                   " and no user name or password; not retried")
@@ -51,17 +69,18 @@ def send_webhook(url: str, changes: list, attempts: int = 3, timeout: float = 5.
     body = json.dumps({"event": "node_health_changed", "time": (found_at or utcnow()).isoformat(),
                        "changes": [c.__dict__ for c in changes]}, ensure_ascii=False).encode()
     from app.health import poller  # its `run`: asyncio.run, also from a thread whose loop is running
-    return poller.run(_send(url, body, attempts, timeout, backoff, deadline))
+    return poller.run(_send(url, body, attempts, timeout, backoff, deadline, secret))
 
 
-async def _send(url: str, body: bytes, attempts: int, timeout: float, backoff: float, deadline: float) -> bool:
+async def _send(url: str, body: bytes, attempts: int, timeout: float, backoff: float, deadline: float,
+                secret: str = "") -> bool:
     made = 0
     try:
         # trust_env: the proxy settings (HTTPS_PROXY, NO_PROXY) apply, as they did with urllib.
         async with asyncio.timeout(deadline), aiohttp.ClientSession(
                 trust_env=True, connector=aiohttp.TCPConnector(force_close=True)) as client:
             for made in range(1, attempts + 1):
-                delivered = await _attempt(client, url, body, made, timeout)
+                delivered = await _attempt(client, url, body, made, timeout, secret)
                 if delivered is not None:
                     return delivered
                 if made < attempts:
@@ -73,12 +92,14 @@ async def _send(url: str, body: bytes, attempts: int, timeout: float, backoff: f
 
 
 async def _attempt(client: aiohttp.ClientSession, url: str, body: bytes, attempt: int,
-                   timeout: float) -> bool | None:
+                   timeout: float, secret: str = "") -> bool | None:
     """True: delivered; False: failed, and another attempt would fail the same way; None: failed, and the next
     attempt may pass. Each failure is logged here."""
+    # Signed at each attempt: a retry after backoff carries its own time, which the receiver checks for freshness.
+    headers = {"Content-Type": "application/json", **signature_headers(body, secret)}
     try:
         async with asyncio.timeout(timeout), client.post(url, data=body, allow_redirects=False,
-                                                         headers={"Content-Type": "application/json"}) as response:
+                                                         headers=headers) as response:
             status, reason, location = response.status, response.reason, response.headers.get("Location")
     except TimeoutError:
         log.warning("health webhook attempt %s failed: no answer within %g s", attempt, timeout)
@@ -121,6 +142,10 @@ class Alert(NamedTuple):
     changes: list
     deadline: float
     found_at: datetime  # when queued: the body's "time", however long the alert waits behind another
+    secret: str = ""  # MPIM_HEALTH_WEBHOOK_SECRET when queued; "" sends the alert unsigned
+
+    def __repr__(self) -> str:  # never the secret (nor the URL's token) in a log line or a traceback
+        return f"Alert({summary(self.changes)})"
 
 
 class Outbox:
@@ -132,9 +157,9 @@ class Outbox:
         self.sending: Alert | None = None
         self.thread: threading.Thread | None = None
 
-    def put(self, url: str, changes: list, deadline: float = 15.0) -> None:
+    def put(self, url: str, changes: list, deadline: float = 15.0, secret: str = "") -> None:
         with self.changed:
-            self.waiting.append(Alert(url, changes, deadline, utcnow()))
+            self.waiting.append(Alert(url, changes, deadline, utcnow(), secret))
             if self.thread is None or not self.thread.is_alive():
                 # A daemon: a process ending without `finish` (killed, or past the scheduler's stop grace) must
                 # not hang on a receiver.
@@ -150,7 +175,8 @@ class Outbox:
                 self.sending = self.waiting.popleft()
             alert = self.sending
             try:
-                send_webhook(alert.url, alert.changes, deadline=alert.deadline, found_at=alert.found_at)
+                send_webhook(alert.url, alert.changes, deadline=alert.deadline, found_at=alert.found_at,
+                             secret=alert.secret)
             except Exception:  # send_webhook raises nothing by contract; the thread must outlive a bug in it
                 log.exception("health webhook not sent: %s", summary(alert.changes))
             finally:
