@@ -105,6 +105,8 @@ HEALTH_DETAILS = [
     (re.compile(r"^Network is unreachable$"), _l("the network is unreachable")),
     (re.compile(r"^No route to host$"), _l("there is no route to the host")),
     (re.compile(r"^Connection reset by peer$"), _l("the node reset the connection")),
+    (re.compile(r"^the node closed the connection without answering$"),
+     _l("the node closed the connection without answering")),
     (re.compile(r"^status is (?P<status>.+)$", re.S), _l("status is %(status)s")),
     (re.compile(r"^answered as (?P<node>.+)$", re.S), _l("answered as %(node)s")),
     (re.compile(r"^the answer is not strict JSON: (?P<reason>.+)$", re.S),

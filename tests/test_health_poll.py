@@ -337,6 +337,40 @@ def test_a_host_name_that_does_not_resolve_is_said_so_in_the_readers_language(ap
             assert health_detail_label(result.detail) == "主机名 no-such-node.invalid 无法解析"
 
 
+def test_a_node_closing_the_connection_unanswered_is_said_so_in_the_readers_language(app):
+    """From a review: a node that accepts, reads the request and closes without answering was stored as
+    aiohttp's "ServerDisconnectedError: Server disconnected", shown as it was on the Chinese health pages."""
+    from flask_babel import force_locale
+
+    from app.labels import health_detail_label
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def hang_up() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:  # closed: the test is over
+                return
+            with connection:
+                connection.recv(65536)
+
+    thread = threading.Thread(target=hang_up, daemon=True)
+    thread.start()
+    try:
+        [result] = poll([poller.PollTarget(NODE, f"http://127.0.0.1:{listener.getsockname()[1]}")])
+    finally:
+        stop_listening(listener)
+        thread.join(30)
+    assert (result.ok, result.failure) == (False, "error"), result
+    assert result.detail == "the node closed the connection without answering", result.detail
+    with app.test_request_context("/"):
+        with force_locale("en"):
+            assert health_detail_label(result.detail) == "the node closed the connection without answering"
+        with force_locale("zh_CN"):
+            assert health_detail_label(result.detail) == "节点未作应答即关闭了连接"
+
+
 def test_a_poll_once_beside_the_scheduled_round_counts_each_real_failure_once(app, servers, people, runner):  # noqa: F811
     """From a review: `flask health poll --once` run while the leader's scheduled round runs might count one
     failure twice toward "down". Both poll the node; its server answers neither before both requests arrived, so
@@ -384,6 +418,15 @@ def test_a_poll_once_beside_the_scheduled_round_counts_each_real_failure_once(ap
     assert [(e.old_status, e.new_status) for e in events] == [("unknown", "up"), ("up", "down")]
 
 
+def stop_listening(listener: socket.socket) -> None:
+    """Close a listening socket, waking the thread blocked in its accept() (a bare close does not, on Linux)."""
+    try:
+        listener.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    listener.close()
+
+
 class SilentNode:
     """A node that accepts connections and never answers: a round's poll of it lasts the whole timeout."""
 
@@ -405,7 +448,7 @@ class SilentNode:
             self.accepted.set()
 
     def close(self) -> None:
-        self.listener.close()
+        stop_listening(self.listener)
         for connection in self.held:
             connection.close()
         self.thread.join(10)

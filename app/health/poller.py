@@ -129,6 +129,8 @@ def connection_failure(error: Exception, timeout: float) -> tuple[FailureReason,
         return FailureReason.TLS, str(error)
     if isinstance(error, aiohttp.ClientConnectorDNSError):  # said in words the console translates (HEALTH_DETAILS)
         return FailureReason.ERROR, f"the host name {error.host} does not resolve"
+    if isinstance(error, aiohttp.ServerDisconnectedError):  # not aiohttp's "Server disconnected" (HEALTH_DETAILS)
+        return FailureReason.ERROR, "the node closed the connection without answering"
     if isinstance(error, aiohttp.ClientConnectorError):
         if isinstance(error.os_error, ConnectionRefusedError):  # not asyncio's "Connect call failed (host, port)"
             return FailureReason.REFUSED, os.strerror(errno.ECONNREFUSED)
