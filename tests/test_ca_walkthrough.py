@@ -326,6 +326,64 @@ def test_renewal_posted_from_an_older_certificates_page_is_refused(app, people):
     assert "有更新的证书" in console.client.get(response.headers["Location"]).get_data(as_text=True)
 
 
+def _waiting_in_renewal_lock(thread) -> bool:
+    """Whether `thread` is inside `pki.renew`, queued in `serialise` (the node's lock): its stack says so on both
+    databases (PostgreSQL's advisory lock and SQLite's BEGIN IMMEDIATE both block inside that call)."""
+    import sys
+
+    from app import database
+
+    frame, seen = sys._current_frames().get(thread.ident), set()
+    while frame is not None:
+        seen.add(frame.f_code)
+        frame = frame.f_back
+    return pki.renew.__code__ in seen and database.serialise.__code__ in seen
+
+
+def test_two_renewals_posted_at_once_from_one_page_issue_one_certificate(app, people):  # noqa: F811
+    """Two tabs (or two admins, or a retry) post "issue a replacement" for the node's newest certificate at the
+    same moment: both read it as the newest before either holds the node, so the check is made again once held,
+    and the second is sent to the first's certificate instead of issuing another."""
+    import threading
+    import time
+
+    from app.admission import nodes
+    from app.audit.models import AuditRecord
+    from tests.conftest import csrf_token
+
+    node, _ = admit_with_keys(people)
+    current = pki.current_certificate(node.node_id)
+    issued_before = db.session.scalar(db.select(db.func.count()).select_from(AuditRecord)
+                                      .where(AuditRecord.action == "certificate.issue"))
+    tabs = []
+    for _ in range(2):
+        console = Console(app.test_client())
+        console.login("minister")
+        page = console.client.get(f"/certificates/{current.serial}").get_data(as_text=True)
+        tabs.append((console, {"csrf_token": csrf_token(page), "csr": NodeKeys().csr}))
+    nodes.lock(node)  # held, not committed: both posts pass the view's look and queue behind it
+    answers = []
+    threads = [threading.Thread(target=lambda c=console, d=data: answers.append(
+        c.client.post(f"/certificates/{current.serial}/renew", data=d))) for console, data in tabs]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 30
+    while not all(_waiting_in_renewal_lock(t) for t in threads) and time.monotonic() < deadline:
+        assert all(t.is_alive() for t in threads), answers
+        time.sleep(0.02)
+    db.session.commit()
+    for thread in threads:
+        thread.join(60)
+    assert not any(t.is_alive() for t in threads)
+    db.session.expire_all()
+    newest = pki.node_certificates(node.node_id)
+    assert len(newest) == 2, [c.serial for c in newest]
+    assert sorted(a.status_code for a in answers) == [302, 302]
+    assert {a.headers["Location"].rsplit("/", 1)[-1] for a in answers} == {newest[0].serial}
+    assert db.session.scalar(db.select(db.func.count()).select_from(AuditRecord)
+                             .where(AuditRecord.action == "certificate.issue")) == issued_before + 1
+
+
 def test_the_dashboard_shows_each_tile_only_to_those_who_may_open_it(app, make_user, people):  # noqa: F811
     make_user("auditor-1", "auditor")
     tiles = {}

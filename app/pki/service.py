@@ -337,13 +337,16 @@ def parsed_certificate(pem: str) -> x509.Certificate:
     return x509.load_pem_x509_certificate(pem.encode())
 
 
-def renew(node, csr_pem: str | None, *, by=None, still_entitled: Callable[[], object] | None = None) -> Certificate:
+def renew(node, csr_pem: str | None, *, by=None, still_entitled: Callable[[], object] | None = None,
+          expected_current: str | None = None) -> Certificate:
     """A node renews in the last third of its certificate's validity; an admin (`by`) any time.
     The old certificate stays valid until it expires; the route table carries the new one.
     One key, one node, as for an application: a key another node's pending application carries is refused
     too (`key_pending`), or approving that application would find its key certified for someone else.
     `still_entitled`: the caller's credentials checked again once the node is held, raising to refuse (the API
-    door's node session, which a revocation of one of the node's certificates ends while the request waits)."""
+    door's node session, which a revocation of one of the node's certificates ends while the request waits).
+    `expected_current`: the serial the caller renews, refused (`newer_certificate`) unless it is still the
+    node's newest once the node is held: two tabs posting one renewal at once issue one certificate."""
     from app.admission import information, nodes, uniqueness
 
     if by is not None and by.role != "ministry_admin":
@@ -357,6 +360,9 @@ def renew(node, csr_pem: str | None, *, by=None, still_entitled: Callable[[], ob
         # Read before the node was ours, the session may have ended since: revoking a certificate as
         # key_compromise ends it, and leaves no current certificate, so no renewal window, to refuse with.
         still_entitled()
+    if expected_current is not None and node_certificates(node.node_id)[0].serial != expected_current:
+        raise Conflict(_l("Node %(node)s has a newer certificate: renew from its page if it is still needed.",
+                          node=node.node_id), code="newer_certificate")
     if node.status != "active":
         raise Conflict(_l("A %(status)s node cannot renew its certificate.", status=status_word(node.status)),
                        code=f"node_{node.status}")

@@ -146,25 +146,31 @@ def renew(serial: str):
     form = RenewForm()
     if row.node_id is None:
         abort(404)
-    newest = service.node_certificates(row.node_id)[0]
-    if newest.serial != row.serial:  # a stale tab: the page offers renewal on the newest certificate only
-        flash(_("Node %(node)s has a newer certificate: renew from its page if it is still needed.",
-                node=row.node_id), "error")
-        return redirect(url_for("certificates.detail", serial=newest.serial))
+    if service.node_certificates(row.node_id)[0].serial != row.serial:
+        return _to_the_newer_certificate(row)  # a stale tab: the page offers renewal on the newest certificate only
     if form.validate_on_submit():
         from app.admission import nodes
 
         try:
-            issued = service.renew(nodes.get(row.node_id), form.csr_pem() or "", by=current_user)
+            issued = service.renew(nodes.get(row.node_id), form.csr_pem() or "", by=current_user,
+                                   expected_current=row.serial)
             db.session.commit()
         except DomainError as error:
             db.session.rollback()
+            if error.code == "newer_certificate":  # another tab's renewal committed while this one waited
+                return _to_the_newer_certificate(row)
             form_error(form, error)
         else:
             flash(_("Certificate %(serial)s issued for node %(node)s; the routing table carries it now.",
                     serial=issued.serial, node=row.node_id), "success")
             return redirect(url_for("certificates.detail", serial=issued.serial))
     return _detail_page(row, form, 422)
+
+
+def _to_the_newer_certificate(row: Certificate):
+    flash(_("Node %(node)s has a newer certificate: renew from its page if it is still needed.",
+            node=row.node_id), "error")
+    return redirect(url_for("certificates.detail", serial=service.node_certificates(row.node_id)[0].serial))
 
 
 def dashboard_panel(user) -> dict | None:
