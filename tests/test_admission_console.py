@@ -634,3 +634,28 @@ def test_one_good_submit_of_the_application_form_reads_its_csr_once(app, make_us
         endpoint="https://im-new.jx.example", csr=make_csr()))
     assert response.status_code == 302
     assert reads == {"load_csr": 1, "check_csr": 1}
+
+
+def test_the_review_page_names_a_few_nodes_of_the_division_and_links_the_nodes_list_of_it(app, make_user,
+                                                                                          admin_console):
+    """The review page listed every node of the division: with dozens, the decision card was buried under them."""
+    from app.admission import applications
+    from tests.factories import node_document
+
+    minister = db.session.scalar(db.select(User).where(User.username == "minister"))
+    jx_admin = make_user("jx-admin", "provincial_admin", ("360000",))
+    admitted = [applications.approve(applications.submit_by_user(
+        node_document("360100", endpoint=f"https://n{number}.nc.example"), by=jx_admin), by=minister).node_id
+        for number in range(12)]
+    elsewhere = applications.approve(applications.submit_by_user(
+        node_document("360200", endpoint="https://jdz.example"), by=jx_admin), by=minister).node_id
+    waiting = applications.submit_by_user(node_document("360100", endpoint="https://n99.nc.example"), by=jx_admin)
+    db.session.commit()
+    page = admin_console.client.get(f"/applications/{waiting.id}").get_data(as_text=True)
+    assert sum(f'href="/nodes/{node_id}"' in page for node_id in admitted) == 10
+    link = re.search(r'<a href="([^"]+)" id="division-nodes">([^<]*)<', page)
+    assert link and link.group(2) == "全部 12 个，见节点列表", page[page.find("该区划已有的节点"):][:600]
+    assert page.find('id="division-nodes"') < page.find('id="approve"')
+    listed = admin_console.client.get(link.group(1).replace("&amp;", "&")).get_data(as_text=True)
+    assert sum(f'href="/nodes/{node_id}"' in listed for node_id in admitted) == 12
+    assert f'href="/nodes/{elsewhere}"' not in listed and 'value="360100"' in listed

@@ -35,7 +35,7 @@ def index():
     so at its box and nothing is listed until it is corrected (as the health events' node filter); a sort no
     column has is said to be ignored, the list sorted by node id."""
     filters = {key: request.args.get(key, "").strip() for key in
-               ("province", "status", "vendor", "capability", "q", "sort")}
+               ("province", "status", "vendor", "capability", "q", "sort", "division")}
     provinces = tilemap.province_names()
     unknown = {name for name, known in (("province", nodes.province_prefix(filters["province"]) in provinces),
                                         ("status", filters["status"] in nodes.LIST_STATES),
@@ -45,7 +45,7 @@ def index():
     descending = request.args.get("desc") == "1"
     query = nodes.list_query(current_user, province=filters["province"], status=filters["status"],
                              vendor=filters["vendor"], capability=filters["capability"], q=filters["q"],
-                             sort=sort, descending=descending)
+                             sort=sort, descending=descending, division=filters["division"])
     if unknown:
         query = query.where(false())
     page = paginate(query, request.args.get("page", 1, type=int), current_app.config["MPIM_PAGE_SIZE"])

@@ -287,10 +287,14 @@ def resolve(division_code: str, field: str = "division_code") -> tuple[Node, str
                    code="no_serving_node")
 
 
-def serving(division_code: str) -> list[Node]:
-    """Nodes already registered for this exact division (the review page shows them)."""
-    return list(db.session.scalars(select(Node).where(Node.division_code == division_code,
-                                                      Node.status != "revoked").order_by(Node.node_id)))
+def serving(division_code: str, limit: int | None = None) -> tuple[list[Node], int]:
+    """Nodes already registered for this exact division, not revoked (the review page shows them): the first
+    `limit` by node id, and how many there are in all."""
+    query = select(Node).where(Node.division_code == division_code, Node.status != "revoked")
+    shown = list(db.session.scalars(query.order_by(Node.node_id).limit(limit)))
+    total = len(shown) if limit is None or len(shown) < limit else \
+        db.session.scalar(select(func.count()).select_from(query.subquery()))
+    return shown, total
 
 
 # A province as the lists name it: its two-digit prefix (the CLI's --province 36), or that padded with zeros (the
@@ -312,12 +316,15 @@ SORTS = {"node_id": Node.node_id, "org_name": Node.org_name, "vendor": Node.vend
 
 
 def list_query(user, *, province: str = "", status: str = "", vendor: str = "", capability: str = "",
-               q: str = "", sort: str = "node_id", descending: bool = False):
+               q: str = "", sort: str = "node_id", descending: bool = False, division: str = ""):
     """Every filter is compared as given, never cut: a value longer than its column matches nothing, which both
-    databases answer without error. A province that names none (`province_prefix`) matches nothing too."""
+    databases answer without error. A province that names none (`province_prefix`) matches nothing too.
+    `division`: the nodes of that exact division code (the review page links its division's)."""
     from app.admission.scope import division_filter
 
     query = select(Node).where(division_filter(user, Node.division_code))
+    if division:
+        query = query.where(Node.division_code == division)
     if province:
         prefix = province_prefix(province)
         query = query.where(Node.province_prefix == prefix) if prefix else query.where(false())

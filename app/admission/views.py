@@ -162,6 +162,10 @@ def application_detail(application_id: str):
     return _application_page(applications.get_visible(application_id, current_user))
 
 
+# The review page names this many of the division's nodes, above the decision; the nodes list has them all.
+SERVING_SHOWN = 10
+
+
 def _application_page(application, status: int = 200, *, reject_form: RejectForm | None = None):
     """The application page; after a refused rejection (`status` 422) with the reason as typed, the refusal at it."""
     csr_info, csr_error = None, None
@@ -176,9 +180,9 @@ def _application_page(application, status: int = 200, *, reject_form: RejectForm
         if current_node and application.kind == "change" and application.status == "pending" else None
     return render_template(
         "admission/application_detail.html", application=application, csr_info=csr_info, csr_error=csr_error,
-        division=division, division_path=divisions.path(division), serving=nodes.serving(application.division_code),
-        current_node=current_node, changes=changes, reject_form=reject_form or RejectForm(formdata=None),
-        confirm_form=ConfirmForm()), status
+        division=division, division_path=divisions.path(division),
+        serving=nodes.serving(application.division_code, SERVING_SHOWN), current_node=current_node, changes=changes,
+        reject_form=reject_form or RejectForm(formdata=None), confirm_form=ConfirmForm()), status
 
 
 @bp.get("/applications/<application_id>/probe")
