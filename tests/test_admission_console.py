@@ -586,7 +586,7 @@ def test_one_submit_of_the_application_form_shows_every_fields_refusal_at_its_fi
                             contact_email="not-an-email", capabilities=[], csr="garbage")
     response = console.post_form("/applications/new", form)
     html = response.get_data(as_text=True)
-    assert response.status_code == 200
+    assert response.status_code == 422
     for field in ("division_code", "org_name", "contact_phone", "contact_email", "endpoint", "capabilities", "csr"):
         assert _error_at(html, field), field
     assert "https://" in _error_at(html, "endpoint")

@@ -555,7 +555,7 @@ def test_a_second_change_request_waits_for_the_first_and_cannot_revert_it(app, j
     page = console.client.get(f"/nodes/{node.node_id}/change").get_data(as_text=True)
     assert 'id="pending-change"' in page and f"/applications/{pending.id}" in page
     again = console.post_form(f"/nodes/{node.node_id}/change", change_form(node, contact_phone="0791-7654321"))
-    assert again.status_code == 200 and pending.id in again.get_data(as_text=True)
+    assert again.status_code == 422 and pending.id in again.get_data(as_text=True)
     with pytest.raises(Conflict) as caught:
         applications.submit_change(node, change_document(endpoint=node.endpoint, vendor="Vendor B"), by=jx_admin)
     assert caught.value.code == "change_pending" and pending.id in caught.value.message

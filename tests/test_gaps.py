@@ -57,7 +57,7 @@ def test_console_application_with_a_csr_whose_extensions_cannot_be_read_says_why
     console.login("jx-admin")
     response = console.post_form("/applications/new", {**application_form(),
                                                        "csr": csr_with_unreadable_extensions(how)})
-    assert response.status_code == 200 and "CSR 的扩展无法读取" in response.get_data(as_text=True)
+    assert response.status_code == 422 and "CSR 的扩展无法读取" in response.get_data(as_text=True)
     assert db.session.scalar(db.select(db.func.count()).select_from(Application)) == 0
 
 

@@ -109,7 +109,9 @@ def application_new():
         if application:
             flash(_("Application submitted; a ministry admin will review it."), "success")
             return redirect(url_for("admission.application_detail", application_id=application.id))
-    return render_template("admission/application_form.html", form=form, node=None)
+    # A refused submission answers 422, as a refused rejection or renewal does.
+    return render_template("admission/application_form.html", form=form, node=None), \
+        422 if form.is_submitted() else 200
 
 
 def _submit(form: ApplicationForm, submit: Callable[[], Application], *, new: bool = True) -> Application | None:
@@ -153,7 +155,7 @@ def change_request(node_id: str):
             flash(_("Change request submitted for review."), "success")
             return redirect(url_for("admission.application_detail", application_id=application.id))
     return render_template("admission/application_form.html", form=form, node=node,
-                           pending_change=applications.pending_change(node))
+                           pending_change=applications.pending_change(node)), 422 if form.is_submitted() else 200
 
 
 @bp.get("/applications/<application_id>")
