@@ -659,3 +659,24 @@ def test_the_review_page_names_a_few_nodes_of_the_division_and_links_the_nodes_l
     listed = admin_console.client.get(link.group(1).replace("&amp;", "&")).get_data(as_text=True)
     assert sum(f'href="/nodes/{node_id}"' in listed for node_id in admitted) == 12
     assert f'href="/nodes/{elsewhere}"' not in listed and 'value="360100"' in listed
+
+
+def test_a_provincial_admins_dashboard_counts_the_applications_of_their_divisions_waiting_for_review(app, make_user):
+    """Only the ministry's dashboard said how many applications wait: a provincial admin had to open the list to
+    learn whether one of theirs was still waiting."""
+    from app.admission import applications
+    from tests.factories import node_document
+
+    jx_admin = make_user("jx-admin", "provincial_admin", ("360000",))
+    gd_admin = make_user("gd-admin", "provincial_admin", ("440000",))
+    theirs = [applications.submit_by_user(node_document(code), by=jx_admin).id for code in ("360100", "360200")]
+    other = applications.submit_by_user(node_document("440100", endpoint="https://im.gd.example"), by=gd_admin).id
+    db.session.commit()
+    console = Console(app.test_client())
+    console.login("jx-admin")
+    html = console.client.get("/").get_data(as_text=True)
+    link = re.search(r'<a href="([^"]+)" id="pending-applications">([^<]*)<', html)
+    assert link and link.group(2) == "您辖区的 2 个申请待审核", html[html.find("class=\"tiles\""):][:800]
+    listed = console.client.get(link.group(1).replace("&amp;", "&")).get_data(as_text=True)
+    assert all(f'href="/applications/{number}"' in listed for number in theirs)
+    assert f'href="/applications/{other}"' not in listed

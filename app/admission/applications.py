@@ -330,8 +330,14 @@ def queue_query(user, *, status: str | None = "pending", division: str = "", kin
     return query.order_by(Application.created_at.desc(), Application.id)
 
 
-def pending_count() -> int:
-    return db.session.scalar(select(func.count()).where(Application.status == "pending")) or 0
+def pending_count(user=None) -> int:
+    """Applications waiting for review: all of them, or those of `user`'s divisions (as their list shows them)."""
+    query = select(func.count()).where(Application.status == "pending")
+    if user is not None:
+        from app.admission.scope import division_filter
+
+        query = query.where(division_filter(user, Application.division_code))
+    return db.session.scalar(query) or 0
 
 
 def token_of(application: Application) -> EnrollmentToken | None:

@@ -160,7 +160,8 @@ province_contributors: list = []
 
 def dashboard_panel(user) -> dict:
     return {"template": "admission/dashboard_panel.html", "node_counts": nodes.counts_by_status(user),
-            "pending": applications.pending_count() if user.role == "ministry_admin" else None,
+            "pending": applications.pending_count(user) if user.role in ("ministry_admin", "provincial_admin")
+            else None,
             "suspension_requests": nodes.suspension_requests_count(user) if user.role == "ministry_admin" else 0,
             "tilemap": Markup(tilemap.render(province_figures(user), within=provinces_within(user))),
             "scoped": user.role == "provincial_admin",
