@@ -31,6 +31,8 @@ from app.routing.models import RouteChange, RouteVersion
 
 ROUTES_LOCK_KEY = 0x524F5554
 KEEP_BODIES = 20
+# `delta_since` folds at most as many kept changes as the table has entries, or this many for a small table.
+FOLD_MIN_ROWS = 100
 
 
 def _lock() -> None:
@@ -156,16 +158,22 @@ def oldest_delta_base() -> int:
 
 
 def delta_since(since: int, current: RouteVersion) -> bytes | None:
-    """The delta from `since` to `current`, folded from the kept per-version changes; None when the
-    kept history cannot tell which nodes the table of `since` listed (the caller sends the full table).
+    """The delta from `since` to `current`, folded from the kept per-version changes; None (the caller sends
+    the full table) when the kept history cannot tell which nodes the table of `since` listed, or when more
+    changes were kept after `since` than `current` has entries (at least FOLD_MIN_ROWS): folding them would
+    cost more than the full table, which is stored signed, and a busy week's history held a worker for a minute.
 
     `removed` names only nodes that table listed: a node added and removed again after `since` is in
     neither list, else a client holding `since` would be told to remove a node it never had."""
+    after = select(RouteChange).where(RouteChange.version > since, RouteChange.version <= current.version)
+    bound = max(current.node_count, FOLD_MIN_ROWS)
+    # Counted no further than the bound: a count of the whole history would be a scan of it too.
+    if db.session.scalar(select(func.count()).select_from(
+            after.with_only_columns(RouteChange.version).limit(bound + 1).subquery())) > bound:
+        return None
     final: dict[str, dict | None] = {}
     first: dict[str, dict | None] = {}
-    for row in db.session.scalars(select(RouteChange).where(RouteChange.version > since,
-                                                            RouteChange.version <= current.version)
-                                  .order_by(RouteChange.version)):
+    for row in db.session.scalars(after.order_by(RouteChange.version)):
         final[row.node_id] = row.entry
         first.setdefault(row.node_id, row.entry)
     if not _consecutive(since, current.version):
