@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from sqlalchemy import event
+
 from app.admission import nodes
 from app.extensions import db
 from app.routing import service
@@ -50,4 +52,27 @@ def test_a_since_with_more_changes_after_it_than_the_table_has_entries_gets_the_
     assert "since" not in full and full["version"] == 6
     assert [node["node_id"] for node in full["nodes"]] == [session["node"].node_id]
     assert json.loads(pull(client, session, "?since=5").data)["since"] == 5  # the version before: its delta
+
+
+def test_a_publication_rewrites_only_the_version_whose_body_it_lets_go(app, session):  # noqa: F811
+    """Letting go of old bodies rewrote every version older than the last KEEP_BODIES at every publication,
+    however long ago its body went: publishing slowed down for good as the history grew."""
+    for _ in range(service.KEEP_BODIES + 5):
+        service.publish("re-sign", force=True)
+    db.session.commit()
+    counts = []
+
+    def count_updates(connection, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("UPDATE ROUTE_VERSIONS"):
+            counts.append(cursor.rowcount)
+
+    event.listen(db.engine, "after_cursor_execute", count_updates)
+    try:
+        version = service.publish("re-sign", force=True)
+        db.session.commit()
+    finally:
+        event.remove(db.engine, "after_cursor_execute", count_updates)
+    assert counts == [1]
+    assert service.find(version.version - service.KEEP_BODIES).body is None
+    assert service.find(version.version - service.KEEP_BODIES + 1).body is not None
 
