@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
-from sqlalchemy import event
+from sqlalchemy import event, update
 
 from app.admission import nodes
+from app.database import utcnow
 from app.extensions import db
 from app.routing import service
-from app.routing.models import RouteChange
+from app.routing.models import RouteChange, RouteVersion
 from tests.test_routing import await_served, pull, session  # noqa: F401 (fixture)
 from tests.test_sessions import admit_with_keys, people  # noqa: F401 (fixture)
 
@@ -76,3 +78,41 @@ def test_a_publication_rewrites_only_the_version_whose_body_it_lets_go(app, sess
     assert service.find(version.version - service.KEEP_BODIES).body is None
     assert service.find(version.version - service.KEEP_BODIES + 1).body is not None
 
+
+def test_a_version_issued_while_the_clock_was_behind_keeps_its_changes_while_earlier_ones_are_kept(
+        app, client, session, people):  # noqa: F811
+    """Changes were let go per version (1,000 versions old and issued over 7 days ago): a version published while
+    the clock read a month ago lost its changes while the earlier, younger-looking ones stayed, and a delta
+    folded across that hole left out the node it added, disagreeing with the full table of the same version."""
+    other, _ = admit_with_keys(people)                   # v2, its clock a month behind
+    month_ago = utcnow() - timedelta(days=30)
+    db.session.execute(update(RouteVersion).where(RouteVersion.version == 2).values(
+        issued_at=month_ago, expires_at=month_ago + timedelta(days=1)))
+    busy_week(3, 1002, body=service.find(2).body)
+    head = service.publish("re-sign", force=True).version  # 1003
+    db.session.commit()
+    await_served(app, head)
+    full = json.loads(pull(client, session).data)
+    delta = json.loads(pull(client, session, "?since=1").data)
+    assert delta["since"] == 1 and delta["removed"] == []
+    applied = {session["node"].node_id} | {entry["node_id"] for entry in delta["changed"]}
+    assert applied == {node["node_id"] for node in full["nodes"]} == {session["node"].node_id, other.node_id}
+    # Once version 1 is as old, both go: what is kept is again a run of versions up to the head.
+    db.session.execute(update(RouteVersion).where(RouteVersion.version == 1).values(
+        issued_at=month_ago, expires_at=month_ago + timedelta(days=1)))
+    head = service.publish("re-sign", force=True).version
+    db.session.commit()
+    await_served(app, head)
+    assert db.session.query(RouteChange).filter(RouteChange.version <= 2).count() == 0
+    assert service.oldest_delta_base() > 2
+    assert "nodes" in json.loads(pull(client, session, "?since=1").data)
+
+
+def busy_week(first: int, last: int, *, body: bytes) -> None:
+    """Versions `first` to `last` with no entry changes (re-signs, health rounds of nodes no table lists), issued
+    now; `last` keeps `body`, the table a publication after it starts from."""
+    now = utcnow()
+    db.session.add_all([RouteVersion(version=number, issued_at=now, expires_at=now + timedelta(days=1), node_count=2,
+                                     reason="re-sign", changes=["re-signed"], body=body if number == last else None,
+                                     signature="x", signer_sha256="a" * 64) for number in range(first, last + 1)])
+    db.session.commit()

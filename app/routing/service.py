@@ -142,14 +142,20 @@ def publish(reason: str, *, force: bool = False, actor: str | None = None,
 
 
 def _prune(number: int) -> None:
-    """Keep bodies of the last 20 versions; keep changes of the last 1,000 versions or 7 days."""
+    """Keep bodies of the last 20 versions; keep changes from the first of the last 1,000 versions or of the last
+    7 days on, whichever is older."""
     # Only rows still holding a body: rewriting every old row each time slowed each publication as history grew.
     db.session.execute(update(RouteVersion).where(RouteVersion.version <= number - KEEP_BODIES,
                                                   RouteVersion.body.is_not(None))
                        .values(body=None, delta_body=None).execution_options(synchronize_session=False))
+    # Only a run of the oldest goes, below the first version either rule keeps. Per version, a version issued
+    # while the clock was behind lost its changes while earlier ones stayed, and a delta folded across that hole
+    # (oldest_delta_base looks at the oldest kept) left out what it changed. Two index reads, not a history scan.
+    recent = db.session.scalar(select(func.min(RouteVersion.version)).where(RouteVersion.version > number - 1000))
     cutoff = utcnow() - timedelta(days=7)
-    old = select(RouteVersion.version).where(RouteVersion.version <= number - 1000, RouteVersion.issued_at < cutoff)
-    db.session.execute(delete(RouteChange).where(RouteChange.version.in_(old)).execution_options(
+    young = db.session.scalar(select(func.min(RouteVersion.version)).where(RouteVersion.issued_at >= cutoff))
+    first_kept = min(filter(None, (recent, young, number)))
+    db.session.execute(delete(RouteChange).where(RouteChange.version < first_kept).execution_options(
         synchronize_session=False))
 
 
