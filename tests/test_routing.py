@@ -240,6 +240,14 @@ def test_one_entry(client, session):
     assert missing.status_code == 404
 
 
+def test_one_entry_is_revalidated_like_the_table(client, session):
+    """The table says `no-cache`; one entry said nothing, so a cache on the way could reuse it without asking again
+    (RFC 9111), a suspended node's entry after the table had dropped it."""
+    response = client.get(f"/api/v1/routes/{session['node'].node_id}", headers=session["headers"])
+    assert response.status_code == 200 and response.headers["Cache-Control"] == "no-cache"
+    assert pull(client, session).headers["Cache-Control"] == "no-cache"
+
+
 def test_console_history_downloads_and_cli_verify(app, session, runner, tmp_path):
     admin_console = Console(app.test_client())
     admin_console.login("minister")

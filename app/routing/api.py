@@ -138,4 +138,5 @@ def route_entry(node_id: str):
     if entry is None:
         raise NotFound(f"Node {node_id} is not in routing table version {published.version}.",
                        code="node_not_routed")
-    return {"version": published.version, "entry": entry}
+    # As the table: the next version may drop or change this entry.
+    return {"version": published.version, "entry": entry}, 200, {"Cache-Control": "no-cache"}
