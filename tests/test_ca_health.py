@@ -388,6 +388,65 @@ def test_ca_init_still_works_on_a_database_without_a_ca(app, runner, tmp_path):
     assert (tmp_path / "fresh" / "intermediate.pem").exists()
 
 
+def test_two_ca_inits_at_once_against_one_database_make_one_ca(app, tmp_path):
+    """Two hosts run `flask ca init` together against one database, each with its own MPIM_CA_DIR (a share not
+    mounted on one). Both passed the checks before either had stored its CA, so both succeeded: the database
+    held both CAs' certificates and two ca.init records. Here the test holds init's lock until both have
+    written their files; then one makes the CA, the other is refused and keeps none of the files it wrote."""
+    import threading
+
+    from sqlalchemy import func, select
+
+    from app import create_app
+    from app.audit.models import AuditRecord
+    from app.database import serialise
+    from app.pki import lifecycle
+    from app.pki.models import INTERMEDIATE_CRL, Certificate
+
+    def count(statement) -> int:
+        return db.session.scalar(statement)
+
+    inits = select(func.count()).select_from(AuditRecord).where(AuditRecord.action == "ca.init")
+    managements = select(func.count()).select_from(Certificate).where(Certificate.kind == "management")
+    db.session.execute(delete(CRLState))  # the database of no CA
+    db.session.commit()
+    before = count(inits), count(managements)
+    hosts = {name: create_app({**app.config, "MPIM_CA_DIR": str(tmp_path / name)}) for name in ("one", "two")}
+    outcomes: dict[str, object] = {}
+
+    def init(name: str) -> None:
+        with hosts[name].app_context():
+            try:
+                lifecycle.initialise(key_type="ec", actor=name)
+                db.session.commit()
+                outcomes[name] = "created"
+            except authority.CAAlreadyInitialised as error:
+                outcomes[name] = error.code
+            except BaseException as error:
+                outcomes[name] = error
+            finally:
+                db.session.remove()
+                db.engine.dispose()
+
+    serialise(lifecycle.INIT_LOCK)
+    threads = [threading.Thread(target=init, args=(name,)) for name in hosts]
+    try:
+        for thread in threads:
+            thread.start()
+        eventually(lambda: all((tmp_path / name / "management.pem").exists() or name in outcomes for name in hosts),
+                   timeout=60, interval=0.05, what="both inits to have written their CA files")
+    finally:
+        db.session.commit()  # the lock goes: both go on
+        for thread in threads:
+            thread.join(60)
+    assert sorted(map(str, outcomes.values())) == ["ca_exists", "created"], outcomes
+    winner, loser = sorted(hosts, key=lambda name: outcomes[name] != "created")
+    assert (tmp_path / winner / "intermediate.pem").exists()
+    assert sorted(path.name for path in (tmp_path / loser).iterdir()) == []
+    assert (count(inits), count(managements)) == (before[0] + 1, before[1] + 1)
+    assert db.session.get(CRLState, INTERMEDIATE_CRL) is not None
+
+
 @pytest.mark.parametrize("command", [["ca", "crl"], ["routing", "publish", "--force"],
                                      ["routing", "verify", "BODY", "SIGNATURE"], ["health", "poll", "--once"]])
 def test_commands_needing_the_ca_say_so_on_a_database_without_one(app, runner, tmp_path, command):

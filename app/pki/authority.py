@@ -50,6 +50,7 @@ ServiceRole = Literal["route-signer", "management"]
 SERVICE_ROLES: tuple[ServiceRole, ...] = ("route-signer", "management")
 BACKDATE = timedelta(minutes=1)  # tolerate clients whose clocks run a little behind ours
 MANAGEMENT_NODE_ID = "10000000002015000001"  # SPEC §2: the ministry's management node
+ROTATION_LOCK = ".rotation.lock"  # the service pairs' installs, one at a time
 CA_FILES = ("root.pem", "root.key", "intermediate.pem", "intermediate.key")
 Clock = Callable[[], datetime]
 log = logging.getLogger(__name__)
@@ -408,7 +409,7 @@ class Authority:
     def _rotation_lock(self, *, shared: bool = False) -> Iterator[None]:
         """One rotation at a time across processes, and no reader in the middle of one (an advisory
         lock on a file in the CA directory: exclusive to rotate, shared to read a rotated pair)."""
-        with open(self.directory / ".rotation.lock", "a") as handle:
+        with open(self.directory / ROTATION_LOCK, "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
             try:
                 yield

@@ -9,7 +9,7 @@ from pathlib import Path
 from flask import current_app
 
 from app.audit import service as audit
-from app.database import utcnow
+from app.database import serialise, utcnow
 from app.errors import ValidationFailed
 from app.pki import authority as ca
 from app.pki import csr_policy, revocation, service
@@ -17,6 +17,8 @@ from app.readable import misleading, shows_nothing
 
 # A certificate's common name holds 64 bytes of UTF-8 (RFC 5280's ub-common-name, as cryptography counts it).
 COMMON_NAME_BYTES = 64
+# The database lock `flask ca init` holds from storing its CA until commit: one CA per database.
+INIT_LOCK = "ca.init"
 
 
 def initialise(*, key_type: str | None = None, actor: str = "cli", generate_passphrase: bool = False) -> dict:
@@ -45,11 +47,23 @@ def initialise(*, key_type: str | None = None, actor: str = "cli", generate_pass
         service.create_passphrase_file()
     passphrase = service.passphrase()
     directory = service.ca_directory()
+    names = [*ca.CA_FILES, *(f"{role}.{suffix}" for role in ca.SERVICE_ROLES for suffix in ("key", "pem")),
+             ca.ROTATION_LOCK]
+    there_before = {name for name in names if (directory / name).exists()}
     try:
         ca.init_ca(directory, passphrase, config)
     except ca.CADirectoryUnusable as error:
         raise ValidationFailed(f"MPIM_CA_DIR {directory} cannot hold the CA: {error.message}; nothing was kept.",
                                code=error.code) from error
+    # Held until the caller commits. Two inits on two hosts (each its own MPIM_CA_DIR) both passed the checks
+    # above while neither had stored its CA; the keys take long to make, so the check is made again here.
+    serialise(INIT_LOCK)
+    if service.database_holds_ca():
+        for name in names:
+            if name not in there_before:  # only what this init wrote
+                (directory / name).unlink(missing_ok=True)
+        raise ca.CAAlreadyInitialised("Another `flask ca init` made this database's CA while this one was making its "
+                                      f"keys; `flask ca init` refuses a second CA and kept nothing in {directory}.")
     current_app.extensions.pop("mpim_authority", None)
     loaded = service.authority()
     audit.record("ca.init", loaded.intermediate_certificate.subject.rfc4514_string(),
