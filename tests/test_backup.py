@@ -252,6 +252,45 @@ def test_a_restore_keeps_the_database_it_replaces_and_the_backups_data_is_served
     assert verified.exit_code == 0 and json.loads(verified.stdout)["ok"]
 
 
+def test_a_restore_names_the_numbers_to_publish_and_sign_above(elsewhere, tmp_path):
+    """After a restore the CRL numbers and the routing version go back to the backup's, and the next steps need
+    the replaced database's numbers (`--above N`), which the operator had to dig out of the file kept aside.
+    The restore reads them there and prints the three commands with them."""
+    def flask(*args: str):
+        result = elsewhere.test_cli_runner().invoke(args=list(args))
+        assert result.exit_code == 0, (args, result.output, result.exception)
+        with elsewhere.app_context():
+            db.engine.dispose()
+        return result
+
+    flask("ca", "init", "--key-type", "ec")
+    target = tmp_path / "backups" / "mpim-registry.db"
+    target.parent.mkdir()
+    assert backup(elsewhere, target).exit_code == 0
+    flask("routing", "publish", "--above", "11")  # v12
+    flask("ca", "crl", "--regenerate", "--above", "30")  # CRL 31
+    flask("ca", "root-crl", "--above", "4")  # root CRL 5
+
+    result = restore(elsewhere, target, "--yes")
+    assert result.exit_code == 0, (result.output, result.exception)
+    commands = ["flask routing publish --above 12", "flask ca crl --regenerate --above 31",
+                "flask ca root-crl --above 5"]
+    lines = result.stdout.splitlines()
+    assert [line.strip() for line in lines if line.strip().startswith("flask ")] == commands, result.stdout
+
+    flask("routing", "publish", "--above", "14")  # v15, on the restored database
+    described = json.loads(restore(elsewhere, target, "--yes", "--json").stdout)
+    assert described["replaced_numbers"] == {"route_version": 15, "crl": 1, "root_crl": 1}
+    assert described["next_commands"] == ["flask routing publish --above 15", "flask ca crl --regenerate --above 1",
+                                          "flask ca root-crl --above 1"]
+
+
+def test_a_restore_over_a_database_without_a_ca_names_no_number(elsewhere, backed_up, tmp_path):
+    described = json.loads(restore(elsewhere, backed_up, "--yes", "--json").stdout)
+    assert described["replaced_numbers"] == {"route_version": None, "crl": None, "root_crl": None}
+    assert described["next_commands"] == []
+
+
 def test_a_restore_not_confirmed_changes_nothing(elsewhere, backed_up, tmp_path):
     result = restore(elsewhere, backed_up, input="n\n")
     assert result.exit_code == 1

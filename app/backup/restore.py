@@ -30,6 +30,7 @@ from app.backup.service import RESTORING, BackupRefused, checked_copy, sqlite_fi
 from app.database import schema_revisions
 from app.errors import NotFound
 from app.extensions import db
+from app.pki.models import INTERMEDIATE_CRL, ROOT_CRL
 
 LOCK_WAIT_SECONDS = 1.0  # another connection's open handle does not go away by waiting; a commit in progress does
 
@@ -49,6 +50,26 @@ class Newest:
 
 
 @dataclass(frozen=True)
+class Numbers:
+    """What the replaced database had published: its routing table's newest version and its CRLs' numbers. The
+    restored database numbers on from the backup's, below what nodes may hold, so the steps after a restore
+    publish and sign above these (operations: Backup). None: none there, or a table it does not have."""
+
+    route_version: int | None
+    crl: int | None
+    root_crl: int | None
+
+    def as_dict(self) -> dict:
+        return {"route_version": self.route_version, "crl": self.crl, "root_crl": self.root_crl}
+
+    def commands(self) -> list[str]:
+        """The commands of those steps, in their order, for each number there is."""
+        return [f"{command} --above {number}" for command, number in (
+            ("flask routing publish", self.route_version), ("flask ca crl --regenerate", self.crl),
+            ("flask ca root-crl", self.root_crl)) if number]
+
+
+@dataclass(frozen=True)
 class Plan:
     """A checked copy of `backup` beside `database`, not yet in place."""
 
@@ -59,6 +80,7 @@ class Plan:
     schema: str  # "current", or "behind": `flask db upgrade` next
     backup_newest: Newest
     replaced_newest: Newest | None  # None: there is no database file to replace
+    replaced_numbers: Numbers | None
 
 
 @dataclass(frozen=True)
@@ -80,6 +102,7 @@ def prepared(url: URL, backup: Path) -> Iterator[Plan]:
     if database.exists() and os.path.samefile(backup, database):
         raise BackupRefused(f"{backup} is the database itself.", code="backup_is_database")
     replaced = _newest(database) if database.exists() else None
+    numbers = _numbers(database) if database.exists() else None
     _refuse_if_in_use(database)
     descriptor, name = tempfile.mkstemp(prefix=f".{database.name}.restore.", suffix=".tmp", dir=database.parent)
     os.close(descriptor)
@@ -87,7 +110,8 @@ def prepared(url: URL, backup: Path) -> Iterator[Plan]:
     try:
         revision = checked_copy(backup, temporary)
         yield Plan(backup=backup, database=database, temporary=temporary, revision=revision,
-                   schema=_schema_of(backup, revision), backup_newest=_newest(temporary), replaced_newest=replaced)
+                   schema=_schema_of(backup, revision), backup_newest=_newest(temporary), replaced_newest=replaced,
+                   replaced_numbers=numbers)
     finally:
         temporary.unlink(missing_ok=True)
 
@@ -143,6 +167,29 @@ def _newest(path: Path) -> Newest:
     except sqlite3.DatabaseError:  # not a database, damaged, no audit table
         return Newest(None, None)
     return Newest(row[0], str(row[1])) if row else Newest(None, None)
+
+
+def _numbers(path: Path) -> Numbers:
+    """The replaced database's routing version and CRL numbers; None for each it cannot read (an older schema, a
+    damaged file)."""
+    queries = ("SELECT max(version) FROM route_versions",
+               f"SELECT crl_number FROM crl_state WHERE id = {INTERMEDIATE_CRL}",
+               f"SELECT crl_number FROM crl_state WHERE id = {ROOT_CRL}")
+    found: list[int | None] = []
+    try:
+        connection = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+    except sqlite3.DatabaseError:
+        return Numbers(None, None, None)
+    try:
+        for query in queries:
+            try:
+                row = connection.execute(query).fetchone()
+            except sqlite3.DatabaseError:
+                row = None
+            found.append(row[0] if row and isinstance(row[0], int) else None)
+    finally:
+        connection.close()
+    return Numbers(*found)
 
 
 def _refuse_if_in_use(database: Path) -> None:
