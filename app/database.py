@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -188,12 +190,30 @@ def switch_to_wal(cursor: sqlite3.Cursor, seconds: float) -> None:
             time.sleep(0.01)
 
 
+def owner_only(cursor: sqlite3.Cursor) -> None:
+    """The database file, and its -wal and -shm, readable by the service's user only: it holds password and token
+    hashes and the audit log, and SQLite creates it as the umask allows (0644 under the usual 022). Before the
+    switch to WAL, which creates -wal and -shm as the file is. Nothing for an in-memory database; a file of
+    another user's (a root shell's `flask` on the service's database) is left as its owner made it."""
+    path = next((row[2] for row in cursor.execute("PRAGMA database_list") if row[1] == "main"), "")
+    if not path:
+        return
+    for name in (path, f"{path}-wal", f"{path}-shm"):
+        try:
+            mode = stat.S_IMODE(os.stat(name).st_mode)
+            if mode & 0o077:
+                os.chmod(name, mode & ~0o077)
+        except (FileNotFoundError, PermissionError):
+            continue
+
+
 @event.listens_for(Engine, "connect")
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     """SQLite: WAL lets the console's readers work while the scheduler writes, and
     synchronous=NORMAL is durable across application crashes (WAL's documented pairing)."""
     if type(dbapi_connection).__module__.startswith("sqlite3"):
         cursor = dbapi_connection.cursor()
+        owner_only(cursor)
         switch_to_wal(cursor, 10)
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA busy_timeout=10000")

@@ -291,6 +291,46 @@ def test_a_restore_over_a_database_without_a_ca_names_no_number(elsewhere, backe
     assert described["next_commands"] == []
 
 
+@pytest.fixture
+def umask_022():
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def database_modes(database: Path) -> dict[str, int]:
+    return {path.name: stat.S_IMODE(path.stat().st_mode) for path in database.parent.iterdir()
+            if path.name in {database.name, f"{database.name}-wal", f"{database.name}-shm"}}
+
+
+def test_the_database_the_registry_creates_is_readable_by_its_owner_only(umask_022, tmp_path, monkeypatch):
+    """It holds password hashes, token hashes and the audit log; under the usual umask 022 it was 0644."""
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    application = sqlite_app(tmp_path / "instance")
+    database = tmp_path / "instance" / "mpim.db"
+    assert application.test_cli_runner().invoke(args=["db", "upgrade"]).exit_code == 0
+    modes = database_modes(database)
+    assert "mpim.db" in modes and set(modes.values()) == {0o600}, modes
+    with application.app_context():
+        db.engine.dispose()  # the next connection is a service starting
+
+    os.chmod(database, 0o644)  # as a release before this made it: made 0600 when opened, its -wal and -shm too
+    with application.app_context():
+        db.session.execute(text("SELECT count(*) FROM users"))  # as a running service holds it
+        assert database_modes(database) == {"mpim.db": 0o600, "mpim.db-wal": 0o600, "mpim.db-shm": 0o600}
+        db.session.remove()
+        db.engine.dispose()
+
+
+def test_a_restore_never_leaves_the_database_readable_by_others(umask_022, elsewhere, backed_up, tmp_path):
+    os.chmod(live(tmp_path), 0o644)  # as a release before this left it
+    os.chmod(backed_up, 0o644)
+    result = restore(elsewhere, backed_up, "--yes", "--json")
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert stat.S_IMODE(live(tmp_path).stat().st_mode) == 0o600
+    assert stat.S_IMODE(Path(json.loads(result.stdout)["kept_as"]).stat().st_mode) == 0o600
+
+
 def test_a_restore_not_confirmed_changes_nothing(elsewhere, backed_up, tmp_path):
     result = restore(elsewhere, backed_up, input="n\n")
     assert result.exit_code == 1

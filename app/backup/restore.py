@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -130,6 +131,7 @@ def apply(plan: Plan) -> Restored:
                 current = Path(f"{plan.database}{suffix}")
                 if current.exists():
                     os.rename(current, f"{kept_as}{suffix}")
+                    os.chmod(f"{kept_as}{suffix}", stat.S_IMODE(os.stat(f"{kept_as}{suffix}").st_mode) & 0o700)
         with open(plan.temporary, "rb") as handle:
             os.fsync(handle.fileno())
         if kept_as is not None:
@@ -236,9 +238,10 @@ def _aside(database: Path) -> Path:
 
 
 def _same_owner_and_mode(model: Path, path: Path) -> None:
-    """The restored file as the service knew the one it replaces (a restore run as root, for a service user)."""
+    """The restored file as the service knew the one it replaces (a restore run as root, for a service user), but
+    never readable by others: a release before made it 0644 under the usual umask (`database.owner_only`)."""
     status = model.stat()
-    os.chmod(path, status.st_mode & 0o777)
+    os.chmod(path, status.st_mode & 0o700)
     if os.geteuid() == 0:
         os.chown(path, status.st_uid, status.st_gid)
 
