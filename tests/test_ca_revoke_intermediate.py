@@ -128,6 +128,21 @@ def test_nothing_is_issued_with_a_revoked_intermediate(issued, runner):  # noqa:
     db.session.rollback()
 
 
+def test_nothing_is_issued_seconds_after_the_intermediate_ended(issued):  # noqa: F811
+    loaded = pki.authority()
+    end = loaded.intermediate_certificate.not_valid_after_utc
+    loaded.clock = lambda: end + dt.timedelta(seconds=5)
+    with pytest.raises(DomainError) as refused:
+        pki.renew(issued["node"], NodeKeys().csr, by=issued["minister"])
+    assert refused.value.code == "ca_expired"
+    db.session.rollback()
+    with pytest.raises(DomainError) as refused:
+        own_keys.rotate_route_signer(actor="tests")
+    assert refused.value.code == "ca_expired"
+    db.session.rollback()
+    assert len(pki.node_certificates(issued["node"].node_id)) == 1
+
+
 def test_healthz_and_the_console_say_the_intermediate_is_revoked(app, runner, admin_console):
     client = admin_console.client
     assert client.get("/healthz").status_code == 200

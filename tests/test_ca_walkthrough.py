@@ -486,5 +486,5 @@ def test_a_renewal_refused_because_the_intermediate_expired_says_so_in_the_reade
                                                                                  "csr": NodeKeys().csr})
     page = response.get_data(as_text=True)
     assert response.status_code == 422  # as every refused form of the console
-    assert "签发 CA 证书在此证书生效之前就已到期" in page and "The issuing CA certificate" not in page
+    assert "签发 CA 证书已于" in page and "The issuing CA certificate" not in page
     assert len(pki.node_certificates(node.node_id)) == 1

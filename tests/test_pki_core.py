@@ -260,6 +260,19 @@ def test_validity_is_clipped_to_the_intermediates_not_after(tmp_path):
         later.issue_node_certificate(csr, node_id=NODE_ID, org_name="x", endpoint_host="a.example")
 
 
+def test_an_intermediate_that_ended_seconds_ago_issues_nothing(ec_ca):
+    """The backdated start let an intermediate sign for a minute past its end: certificates expired at birth."""
+    end = ec_ca.intermediate_certificate.not_valid_after_utc
+    csr = csr_policy.load_csr(csr_for(ec.generate_private_key(ec.SECP256R1())))
+    for now in (end, end + timedelta(seconds=5)):
+        later = Authority.load(ec_ca.directory, PASSPHRASE, CAConfig(), clock=lambda now=now: now)
+        with pytest.raises(authority.CAExpired) as refused:
+            later.issue_node_certificate(csr, node_id=NODE_ID, org_name="x", endpoint_host="a.example")
+        assert f"expired on {end:%Y-%m-%d %H:%M}" in str(refused.value)
+        with pytest.raises(authority.CAExpired):
+            later.issue_service_certificate("route-signer", ec.generate_private_key(ec.SECP256R1()).public_key())
+
+
 def test_a_csr_asking_for_ca_true_extra_names_and_subject_gets_none_of_them(ec_ca):
     asked = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "evil"),
                        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Bank"),

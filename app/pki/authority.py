@@ -291,7 +291,9 @@ class Authority:
 
     def _validity(self, days: int, not_before: datetime | None, not_after: datetime | None
                   ) -> tuple[datetime, datetime]:
-        """notBefore backdated by a minute; notAfter never past the intermediate's own."""
+        """notBefore backdated by a minute; notAfter never past the intermediate's own. Refused (CAExpired) once
+        the intermediate has ended: the backdated start would otherwise let it sign, for a minute, certificates
+        expired the moment they are issued."""
         if days <= 0:
             raise ValidationFailed(_l("A validity must be at least one day."), code="invalid_validity",
                                    field="validity")
@@ -299,10 +301,14 @@ class Authority:
             if value is not None and value.tzinfo is None:
                 raise ValidationFailed("Certificate validity times must be timezone-aware.", code="invalid_validity")
         now = self.clock()
+        ca_end = self.intermediate_certificate.not_valid_after_utc
+        if ca_end <= now:
+            raise CAExpired(_l("The issuing CA certificate expired on %(date)s: no certificate is issued until "
+                               "there is a new CA.", date=f"{ca_end:%Y-%m-%d %H:%M:%S} UTC"))
         start = not_before or now - BACKDATE
-        end = min(not_after or now + timedelta(days=days), self.intermediate_certificate.not_valid_after_utc)
+        end = min(not_after or now + timedelta(days=days), ca_end)
         if end <= start:
-            if end == self.intermediate_certificate.not_valid_after_utc:
+            if end == ca_end:
                 raise CAExpired(_l("The issuing CA certificate expires before this certificate would start."))
             raise ValidationFailed(_l("A certificate cannot end before it starts."), code="invalid_validity")
         return start, end
