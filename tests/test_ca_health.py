@@ -704,6 +704,61 @@ def test_a_revoked_route_signer_put_back_in_use_signs_no_table_and_healthz_says_
     assert routing.head_version() == head + 2
 
 
+def expired_route_signer_in_use() -> str:
+    """Put in use a route signer whose certificate ended an hour ago, as when the scheduler (whose
+    ca.service_renewal renews it) did not run; its serial."""
+    from app.pki import keys
+    from app.pki.authority import StagedServicePair
+
+    loaded = service.authority()
+    key = keys.generate("ec", "service")
+    now = service.utcnow()
+    certificate = loaded.issue_service_certificate("route-signer", key.public_key(), not_before=now - timedelta(days=2),
+                                                   not_after=now - timedelta(hours=1))
+    serial = format(certificate.serial_number, "x")
+    staged = StagedServicePair("route-signer", certificate, keys.FileSigningKey(key),
+                               loaded.directory / f"route-signer.{serial}.new.key",
+                               loaded.directory / f"route-signer.{serial}.new.pem")
+    keys.write_private_key(staged.key_path, key, service.passphrase())
+    keys.write_public_file(staged.certificate_path, authority.pem(certificate))
+    loaded.install_service_pair(staged)
+    service.store(certificate, "route_signer", None, "tests")
+    db.session.commit()
+    return serial
+
+
+def test_an_expired_route_signer_in_use_signs_no_table_and_healthz_says_so(app, client, runner, admin_console):
+    """It looked healthy and kept signing tables every node refuses: only a revoked signer was refused."""
+    from app.pki import own_keys
+    from app.routing import service as routing
+
+    serial = expired_route_signer_in_use()
+    head = routing.head_version()
+    published = runner.invoke(args=["routing", "publish", "--force"])
+    assert published.exit_code == 1 and isinstance(published.exception, SystemExit), published.output
+    assert published.output.startswith(f"error: The route signer in use (certificate {serial}) expired on")
+    assert "flask ca rotate-route-signer" in published.output
+    with pytest.raises(own_keys.RouteSignerExpired) as refused:
+        routing.publish("tests", force=True)
+    assert refused.value.code == "route_signer_expired"
+    db.session.rollback()
+    assert routing.head_version() == head
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert (response.get_json()["ca"], response.get_json()["route_signer"]) == ("ok", "expired")
+    assert serial.encode() not in response.data
+    assert "路由签名证书" in admin_console.client.get("/").get_data(as_text=True)
+    admin_console.client.get("/lang/en")
+    assert f"The route signer in use (certificate {serial}) expired on" in \
+        admin_console.client.get("/").get_data(as_text=True)
+
+    assert own_keys.service_renewal_job() == "renewed route-signer"  # signed by the new signer, not the expired one
+    assert routing.head_version() == head + 1
+    response = client.get("/healthz")
+    assert response.status_code == 200 and response.get_json()["route_signer"] == "ok"
+    assert runner.invoke(args=["routing", "publish", "--force"]).exit_code == 0
+
+
 def test_a_renewal_while_the_route_signer_in_use_is_revoked_is_put_off_without_the_operators_detail(
         app, client, runner, people):  # noqa: F811
     """A renewal publishes a route version, which the revoked signer refuses to sign: the node got 503

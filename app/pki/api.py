@@ -163,8 +163,8 @@ def node_certificate(node_id: str):
 @bp.post("/api/v1/certificates/renew")
 @node_session_required
 def renew():
-    """While the CA key cannot be opened (or the CA directory is missing), or the route signer in use is revoked
-    (the new version the renewal publishes cannot be signed until the hourly job rotates it), the node gets
+    """While the CA key cannot be opened (or the CA directory is missing), or the route signer in use is revoked or
+    expired (the new version the renewal publishes cannot be signed until the hourly job rotates it), the node gets
     `ca_unavailable` with Retry-After, as for the published certificates: the reason names CA files, the
     directory or the signer's serial, which is for the log and the ministry admins' banner, not for the nodes."""
     document = json_body()
@@ -174,7 +174,7 @@ def renew():
         row = service.renew(node, information.csr_text(document.get("csr")),
                             still_entitled=lambda: sessions.authenticate(raw))
         chain = service.authority().chain_pem()
-    except (keys.CAKeyUnreadable, service.CANotReady, own_keys.RouteSignerRevoked) as error:
+    except (keys.CAKeyUnreadable, service.CANotReady, own_keys.RouteSignerUnusable) as error:
         log.warning("certificate renewal of %s refused for now: %s", node.node_id, error.message)
         raise published.CAUnavailable() from error
     db.session.commit()

@@ -3,8 +3,9 @@
 Both renew themselves in the last third of their lifetime (`service_renewal_job`) and are replaced at
 once when revoked; the CA certificates above them only warn, long before they expire. A route signer
 in use whose certificate is revoked all the same (a CA directory restored from a backup taken before
-the revocation, a replacement committed whose files could not be put in place) signs no routing table,
-which every node would refuse: /healthz and the console say so, and `service_renewal_job` replaces it.
+the revocation, a replacement committed whose files could not be put in place), or expired (the scheduler
+did not run), signs no routing table, which every node would refuse: /healthz and the console say so, and
+`service_renewal_job` replaces it.
 """
 
 from __future__ import annotations
@@ -33,9 +34,21 @@ STAGED = "mpim_staged_service_pairs"
 log = logging.getLogger(__name__)
 
 
-class RouteSignerRevoked(DomainError):
-    code = "route_signer_revoked"
+class RouteSignerUnusable(DomainError):
+    """No routing table is signed with the route signer in use until it is replaced: nodes would refuse it."""
+
+    state = "unusable"  # what /healthz says of it
     status = 503
+
+
+class RouteSignerRevoked(RouteSignerUnusable):
+    code = "route_signer_revoked"
+    state = "revoked"
+
+
+class RouteSignerExpired(RouteSignerUnusable):
+    code = "route_signer_expired"
+    state = "expired"
 
 
 def route_signer():
@@ -61,14 +74,29 @@ def route_signer_certificate():
 
 
 def route_signer_to_sign_with():
-    """`route_signer()`, refused (RouteSignerRevoked) while its certificate is revoked: nodes check the signer
+    """`route_signer()`, refused while its certificate is revoked (RouteSignerRevoked: nodes check the signer
     against the CRL and would refuse every table it signs, and a table signed with a key that may have leaked
-    is worth nothing."""
+    is worth nothing) or has expired (RouteSignerExpired: nodes refuse a table whose signer has ended)."""
     key, certificate = route_signer()
+    problem = route_signer_problem(certificate)
+    if problem is not None:
+        raise problem
+    return key, certificate
+
+
+def route_signer_problem(certificate) -> RouteSignerUnusable | None:
+    """Why the route signer `certificate` may sign no table, or None: revoked, else expired."""
     row = revoked_row(certificate)
     if row is not None:
-        raise RouteSignerRevoked(revoked_route_signer_message(row))
-    return key, certificate
+        return RouteSignerRevoked(revoked_route_signer_message(row))
+    end = certificate.not_valid_after_utc
+    if end <= utcnow():
+        return RouteSignerExpired(_l(
+            "The route signer in use (certificate %(serial)s) expired on %(date)s: nodes refuse every routing table "
+            "it signs, so none is signed or published. Run `flask ca rotate-route-signer` (the scheduler's "
+            "ca.service_renewal job does within the hour).", serial=format(certificate.serial_number, "x"),
+            date=local_time(end, "%Y-%m-%d %H:%M")))
+    return None
 
 
 def revoked_row(certificate) -> Certificate | None:
@@ -84,16 +112,16 @@ def revoked_route_signer_message(row: Certificate) -> LazyString:
 
 
 def health_check() -> tuple[str, bool, str]:
-    """`console.health_checks`' "route_signer": "revoked" (not serving: no table can be published here) while
-    the signer in use is revoked, else "ok"; "unknown" while this process cannot open the CA ("ca" says why)."""
+    """`console.health_checks`' "route_signer": "revoked" or "expired" (not serving: no table can be published
+    here) while the signer in use is, else "ok"; "unknown" while this process cannot open the CA ("ca" says
+    why)."""
     from app.i18n import english
     from app.pki import readiness
 
     if readiness.condition().state != "ok":
         return "unknown", True, ""
-    _, certificate = route_signer()
-    row = revoked_row(certificate)
-    return ("ok", True, "") if row is None else ("revoked", False, english(revoked_route_signer_message(row)))
+    problem = route_signer_problem(route_signer()[1])
+    return ("ok", True, "") if problem is None else (problem.state, False, english(problem.message))
 
 
 class Rotation(NamedTuple):

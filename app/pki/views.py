@@ -209,8 +209,8 @@ CA_UNUSABLE = {
 def banner(user) -> list[dict]:
     """Ministry admins are told at once when the CA cannot sign (before an approval fails on it), when the root
     revoked the intermediate (nothing it signs counts), when the database does not know the CA directory's
-    certificates (`agreement`) and when the route signer in use is revoked (no table is published); they and
-    auditors see the CA's certificates expiring."""
+    certificates (`agreement`) and when the route signer in use is revoked or expired (no table is published);
+    they and auditors see the CA's certificates expiring."""
     if user.role not in ("ministry_admin", "auditor"):
         return []
     found = readiness.condition()
@@ -230,7 +230,7 @@ def banner(user) -> list[dict]:
         revoked_intermediate = intermediate.revocation_of_current()
         if revoked_intermediate is not None:
             banners.append({"kind": "error", "text": str(intermediate.revoked_message(revoked_intermediate))})
-        revoked = own_keys.revoked_row(own_keys.route_signer()[1])
-        if revoked is not None:
-            banners.append({"kind": "error", "text": str(own_keys.revoked_route_signer_message(revoked))})
+        unusable = own_keys.route_signer_problem(own_keys.route_signer()[1])
+        if unusable is not None:
+            banners.append({"kind": "error", "text": str(unusable.message)})
     return banners + [{"kind": "warning", "text": str(text)} for text in own_keys.expiry_warnings()]
