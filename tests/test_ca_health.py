@@ -255,6 +255,31 @@ def test_no_passphrase_at_all_is_a_503(app, client, tmp_path):
     assert response.status_code == 503 and response.get_json()["ca"] == "passphrase_missing"
 
 
+def test_a_passphrase_file_set_but_missing_or_empty_is_named_with_what_is_wrong(app, runner, tmp_path):
+    """A typo in MPIM_CA_PASSPHRASE_FILE or an unmounted secrets volume said only "No CA passphrase: set
+    MPIM_CA_PASSPHRASE or MPIM_CA_PASSPHRASE_FILE", as if nothing had been set."""
+    app.config["MPIM_CA_PASSPHRASE"] = ""
+    missing = tmp_path / "mpim-ca-passphrase-typo"
+    app.config["MPIM_CA_PASSPHRASE_FILE"] = str(missing)
+    as_a_process_starting_now(app)
+    result = runner.invoke(args=["ca", "crl", "--regenerate"])
+    refused_in_one_line(result, "MPIM_CA_PASSPHRASE_FILE")
+    assert f"{missing} does not exist" in result.output
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    app.config["MPIM_CA_PASSPHRASE_FILE"] = str(empty)
+    with pytest.raises(service.CANotReady) as refused:
+        service.passphrase()
+    assert refused.value.code == "passphrase_missing" and f"{empty} is empty" in str(refused.value)
+
+    default = Path(app.config["MPIM_INSTANCE_PATH"]) / "ca_passphrase"  # what `make run` writes when nothing is set
+    assert not default.exists()
+    app.config["MPIM_CA_PASSPHRASE_FILE"] = str(default)
+    with pytest.raises(service.CANotReady) as refused:
+        service.passphrase()
+    assert str(refused.value) == "No CA passphrase: set MPIM_CA_PASSPHRASE or MPIM_CA_PASSPHRASE_FILE."
+
+
 def test_healthz_decrypts_no_key_while_the_ca_is_loaded_and_once_per_change_while_it_fails(
         app, client, tmp_path, decryptions):
     """A load balancer probes every few seconds: the answer comes from the CA this process holds, or

@@ -57,14 +57,25 @@ def ca_directory() -> Path:
 
 
 def passphrase() -> bytes:
+    """MPIM_CA_PASSPHRASE, else the text of MPIM_CA_PASSPHRASE_FILE. Refused (`CANotReady`, passphrase_missing, as
+    /healthz names the state: `readiness`) without one; a file set explicitly (not the default under instance/,
+    which `make run` writes) that is absent or empty is named with what is wrong: a typo, an unmounted volume."""
     value = current_app.config.get("MPIM_CA_PASSPHRASE")
-    path = current_app.config.get("MPIM_CA_PASSPHRASE_FILE")
-    if not value and path and Path(path).exists():
-        value = _read_passphrase_file(Path(path))
-    if not value:
-        raise CANotReady(_l("No CA passphrase: set MPIM_CA_PASSPHRASE or MPIM_CA_PASSPHRASE_FILE."),
-                         code="passphrase_missing")  # as /healthz names the state (`readiness`)
-    return value.encode()
+    if value:
+        return value.encode()
+    setting = current_app.config.get("MPIM_CA_PASSPHRASE_FILE")
+    path = Path(setting) if setting else None
+    if path is not None and path.exists():
+        value = _read_passphrase_file(path)
+        if not value:
+            raise CANotReady(_l("MPIM_CA_PASSPHRASE_FILE %(path)s is empty: no CA passphrase.", path=str(path)),
+                             code="passphrase_missing")
+        return value.encode()
+    if path is not None and path != Path(current_app.config["MPIM_INSTANCE_PATH"]) / "ca_passphrase":
+        raise CANotReady(_l("MPIM_CA_PASSPHRASE_FILE %(path)s does not exist: no CA passphrase (is its volume "
+                            "mounted?).", path=str(path)), code="passphrase_missing")
+    raise CANotReady(_l("No CA passphrase: set MPIM_CA_PASSPHRASE or MPIM_CA_PASSPHRASE_FILE."),
+                     code="passphrase_missing")
 
 
 def _read_passphrase_file(path: Path) -> str:
