@@ -277,10 +277,12 @@ def expiry_warnings(now: datetime | None = None) -> list[str]:
                                days=(end - now).days, date=local_time(end, "%Y-%m-%d %H:%M")))
     root_crl = db.session.get(CRLState, ROOT_CRL)
     if root_crl is not None and root_crl.next_update <= now:
-        warnings.append(_l("The root CRL ran out on %(date)s: bring the root key online and run "
-                           "`flask ca root-crl`.", date=local_time(root_crl.next_update, "%Y-%m-%d %H:%M")))
+        warnings.append(_l("The root CRL ran out on %(date)s: run `flask ca root-crl --root-key FILE` with the "
+                           "root key kept offline (or `flask ca root-crl` with it back in the CA directory).",
+                           date=local_time(root_crl.next_update, "%Y-%m-%d %H:%M")))
     elif root_crl is not None and root_crl.next_update - now < timedelta(days=ROOT_CRL_WARNING_DAYS):
-        warnings.append(_l("The root CRL runs out in %(days)s days (%(date)s): bring the root key online and run "
-                           "`flask ca root-crl`.", days=(root_crl.next_update - now).days,
+        warnings.append(_l("The root CRL runs out in %(days)s days (%(date)s): run `flask ca root-crl --root-key "
+                           "FILE` with the root key kept offline (or `flask ca root-crl` with it back in the CA "
+                           "directory).", days=(root_crl.next_update - now).days,
                            date=local_time(root_crl.next_update, "%Y-%m-%d %H:%M")))
     return warnings
