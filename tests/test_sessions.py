@@ -382,6 +382,23 @@ def test_a_node_keeps_at_most_its_limit_of_live_sessions_the_oldest_ending_first
     open_session(client, keys.session_request(node.node_id))
     assert client.get("/api/v1/routes", headers={"Authorization": f"Bearer {kept}"}).status_code == 200
 
+
+def test_a_session_opened_at_the_limit_is_never_the_one_it_ends(app, client, people, monkeypatch):
+    """Its `created_at`, read before the node's lock, made it the oldest after a step back of the clock (or a
+    wait behind another opening): it was ended at birth, a 201 whose token was a 401 at first use."""
+    from app.sessions import service as sessions_service
+
+    app.config["MPIM_NODE_SESSIONS_MAX"] = 3
+    node, keys = admit_with_keys(people)
+    for _ in range(3):
+        assert open_session(client, keys.session_request(node.node_id)).status_code == 201
+    stepped = utcnow() - timedelta(minutes=2)  # NTP steps the clock back 2 minutes
+    monkeypatch.setattr(sessions_service, "utcnow", lambda: stepped)
+    token = open_session(client, keys.session_request(node.node_id)).get_json()["token"]
+    assert client.get("/api/v1/routes", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    live = db.session.scalars(db.select(NodeSession).where(NodeSession.revoked_at.is_(None))).all()
+    assert len(live) == 3
+
 def test_a_key_revoked_as_compromised_opens_no_session_through_another_certificate_of_it(client, people):
     """A renewal may keep the key, so two certificates can certify it. Once an admin revokes one as
     key_compromise the key is never good again (protocol.md): the other certificate of the same key must

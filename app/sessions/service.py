@@ -139,23 +139,27 @@ def open_session(document) -> tuple[str, datetime, str]:
     # certificate to measure the renewal window by.
     expires_at = min(now + timedelta(seconds=current_app.config["MPIM_NODE_SESSION_SECONDS"]),
                      signer.not_valid_after_utc)
-    db.session.add(NodeSession(token_hash=hash_token(raw), node_id=node_id, created_at=now, expires_at=expires_at))
-    _end_sessions_past_the_limit(node_id, now)
+    token_hash = hash_token(raw)
+    db.session.add(NodeSession(token_hash=token_hash, node_id=node_id, created_at=now, expires_at=expires_at))
+    _end_sessions_past_the_limit(node_id, token_hash, now)
     return raw, expires_at, node_id
 
 
-def _end_sessions_past_the_limit(node_id: str, now: datetime) -> None:
+def _end_sessions_past_the_limit(node_id: str, opened: str, now: datetime) -> None:
     """Keep a node to `MPIM_NODE_SESSIONS_MAX` live sessions: past it, the oldest end (their holders' next call
     is a 401 `session_revoked`, and a node opens a new session after any 401), and of the sessions ended, only
     that many are kept until cleanup, for their holders to hear why. Without it one key opened 579 sessions in
     5 s, each row kept about 25 h. Runs under the node's lock (`open_session`), so two opening at once count
     alike. A worker that cached an ended session for route pulls (routing's per-process cache) serves it until
-    the next routing version; it is the same node's."""
+    the next routing version; it is the same node's. The session just opened (`opened`) is never among those
+    ended: dated before the lock, or after a step back of the clock, it could count as the oldest, and its 201
+    handed out a token already ended."""
     limit = current_app.config["MPIM_NODE_SESSIONS_MAX"]
     db.session.flush()
     live = (select(NodeSession.token_hash)
-            .where(NodeSession.node_id == node_id, NodeSession.revoked_at.is_(None), NodeSession.expires_at > now)
-            .order_by(NodeSession.created_at.desc(), NodeSession.token_hash.desc()).offset(limit))
+            .where(NodeSession.node_id == node_id, NodeSession.revoked_at.is_(None), NodeSession.expires_at > now,
+                   NodeSession.token_hash != opened)
+            .order_by(NodeSession.created_at.desc(), NodeSession.token_hash.desc()).offset(limit - 1))
     db.session.execute(update(NodeSession).where(NodeSession.token_hash.in_(live.scalar_subquery()))
                        .values(revoked_at=now).execution_options(synchronize_session=False))
     ended = (select(NodeSession.token_hash)
