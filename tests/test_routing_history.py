@@ -116,3 +116,24 @@ def busy_week(first: int, last: int, *, body: bytes) -> None:
                                      reason="re-sign", changes=["re-signed"], body=body if number == last else None,
                                      signature="x", signer_sha256="a" * 64) for number in range(first, last + 1)])
     db.session.commit()
+
+
+def test_a_version_dated_ahead_of_the_clock_keeps_no_history_for_good(app, session, people):  # noqa: F811
+    """Kept as "issued within 7 days" while its date was ahead, a version published while the clock ran a year
+    fast kept every later change with it (only a run of the oldest goes) until the clock caught up."""
+    admit_with_keys(people)  # v2: published while the clock ran a year ahead
+    db.session.execute(update(RouteVersion).where(RouteVersion.version == 2)
+                       .values(issued_at=utcnow() + timedelta(days=365)))
+    month_ago = utcnow() - timedelta(days=30)
+    body = service.find(2).body
+    db.session.add_all([RouteVersion(version=n, issued_at=month_ago, expires_at=month_ago + timedelta(days=1),
+                                     node_count=2, reason="re-sign", changes=["re-signed"],
+                                     body=body if n == 1500 else None, signature="x", signer_sha256="a" * 64)
+                        for n in range(3, 1501)])
+    db.session.execute(update(RouteVersion).where(RouteVersion.version == 1).values(issued_at=month_ago))
+    db.session.commit()
+    churn(3, 50, entry=None)  # a month old, and 1,497 versions back
+    service.publish("re-sign", force=True)
+    db.session.commit()
+    assert db.session.query(RouteChange).filter(RouteChange.version <= 3).count() == 0
+    assert service.oldest_delta_base() >= 3

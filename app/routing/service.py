@@ -33,6 +33,9 @@ ROUTES_LOCK_KEY = 0x524F5554
 KEEP_BODIES = 20
 # `delta_since` folds at most as many kept changes as the table has entries, or this many for a small table.
 FOLD_MIN_ROWS = 100
+# How far ahead of this process's clock a version may be dated and still count as issued within the last 7 days
+# (another worker's clock a little ahead); further ahead, it was published while a clock ran fast.
+FUTURE_MARGIN = timedelta(minutes=5)
 
 
 def _lock() -> None:
@@ -152,8 +155,12 @@ def _prune(number: int) -> None:
     # while the clock was behind lost its changes while earlier ones stayed, and a delta folded across that hole
     # (oldest_delta_base looks at the oldest kept) left out what it changed. Two index reads, not a history scan.
     recent = db.session.scalar(select(func.min(RouteVersion.version)).where(RouteVersion.version > number - 1000))
-    cutoff = utcnow() - timedelta(days=7)
-    young = db.session.scalar(select(func.min(RouteVersion.version)).where(RouteVersion.issued_at >= cutoff))
+    now = utcnow()
+    cutoff = now - timedelta(days=7)
+    # Not a version dated ahead of the clock (published while it ran fast): counted young until the clock caught
+    # up, it kept every later change with it. The last 1,000 versions are kept whatever their dates.
+    young = db.session.scalar(select(func.min(RouteVersion.version)).where(
+        RouteVersion.issued_at >= cutoff, RouteVersion.issued_at <= now + FUTURE_MARGIN))
     first_kept = min(filter(None, (recent, young, number)))
     db.session.execute(delete(RouteChange).where(RouteChange.version < first_kept).execution_options(
         synchronize_session=False))
