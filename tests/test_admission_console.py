@@ -659,6 +659,18 @@ def test_the_review_page_names_a_few_nodes_of_the_division_and_links_the_nodes_l
     listed = admin_console.client.get(link.group(1).replace("&amp;", "&")).get_data(as_text=True)
     assert sum(f'href="/nodes/{node_id}"' in listed for node_id in admitted) == 12
     assert f'href="/nodes/{elsewhere}"' not in listed and 'value="360100"' in listed
+    # A revoked node of the division is not shown above the decision, but the list linked has it: the link's
+    # figure is the list's ("all 12" had led to 13).
+    from app.admission import nodes
+
+    nodes.revoke(nodes.get(admitted[-1]), "drill", by=minister)
+    db.session.commit()
+    page = admin_console.client.get(f"/applications/{waiting.id}").get_data(as_text=True)
+    assert sum(f'href="/nodes/{node_id}"' in page for node_id in admitted) == 10
+    link = re.search(r'<a href="([^"]+)" id="division-nodes">([^<]*)<', page)
+    listed = admin_console.client.get(link.group(1).replace("&amp;", "&")).get_data(as_text=True)
+    assert link.group(2) == "全部 12 个，见节点列表"
+    assert sum(f'href="/nodes/{node_id}"' in listed for node_id in admitted) == 12
 
 
 def test_a_provincial_admins_dashboard_counts_the_applications_of_their_divisions_waiting_for_review(app, make_user):

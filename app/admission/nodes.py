@@ -289,12 +289,12 @@ def resolve(division_code: str, field: str = "division_code") -> tuple[Node, str
 
 def serving(division_code: str, limit: int | None = None) -> tuple[list[Node], int]:
     """Nodes already registered for this exact division, not revoked (the review page shows them): the first
-    `limit` by node id, and how many there are in all."""
+    `limit` by node id; and how many nodes the division has on the nodes list, revoked ones too, as the page's
+    link to that list says (counted without them, "all 11" led to 12)."""
     query = select(Node).where(Node.division_code == division_code, Node.status != "revoked")
     shown = list(db.session.scalars(query.order_by(Node.node_id).limit(limit)))
-    total = len(shown) if limit is None or len(shown) < limit else \
-        db.session.scalar(select(func.count()).select_from(query.subquery()))
-    return shown, total
+    listed = db.session.scalar(select(func.count()).where(Node.division_code == division_code))
+    return shown, listed
 
 
 # A province as the lists name it: its two-digit prefix (the CLI's --province 36), or that padded with zeros (the
