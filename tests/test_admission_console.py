@@ -51,8 +51,10 @@ def test_token_outside_scope_is_refused_in_the_form(app, make_user):
     make_user("jx-admin", "provincial_admin", ("360000",))
     console = Console(app.test_client())
     console.login("jx-admin")
-    html = console.post_form("/tokens/", {"division_code": "440000", "ttl": "7d"}).get_data(as_text=True)
+    refused = console.post_form("/tokens/", {"division_code": "440000", "ttl": "7d"})
+    html = refused.get_data(as_text=True)
     assert "不在您的管辖范围内" in html and "issued-token" not in html
+    assert refused.status_code == 422  # refused, as a refused application or rejection answers
 
 
 def test_auditor_sees_nodes_but_not_tokens(app, make_user):

@@ -49,8 +49,10 @@ def token_list():
             form = TokenForm(formdata=None)  # issued: the form starts again empty
     page = paginate(tokens.visible_tokens_query(current_user), request.args.get("page", 1, type=int),
                     current_app.config["MPIM_PAGE_SIZE"])
+    # A refused form answers 422, as a refused application, rejection or renewal does.
     response = make_response(render_template("admission/tokens.html", form=form, page=page, issued=issued,
-                                             confirm_form=ConfirmForm()))
+                                             confirm_form=ConfirmForm()),
+                             422 if form.is_submitted() and issued is None else 200)
     if issued:
         response.headers["Cache-Control"] = "no-store"
     return response
