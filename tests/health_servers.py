@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import ssl
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from aiohttp import web
 
@@ -120,3 +123,40 @@ class HealthServer:
         asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+
+
+def stop_listening(listener: socket.socket) -> None:
+    """Close a listening socket, waking the thread blocked in its accept() (a bare close does not, on Linux)."""
+    try:
+        listener.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    listener.close()
+
+
+@contextmanager
+def raw_receiver(answer: Callable[[socket.socket, threading.Event], None], *, path: str = "/hook",
+                 query: str = "") -> Iterator[str]:
+    """A server below HTTP: after reading each request, `answer` writes what it likes to the connection (or
+    nothing: it is closed unanswered), until the event is set (the test is over). Yields its URL."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def accept_each() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except OSError:  # closed: the test is over
+                return
+            with connection:
+                connection.recv(65536)
+                answer(connection, stop)
+
+    thread = threading.Thread(target=accept_each, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}{path}{query}"
+    finally:
+        stop.set()
+        stop_listening(listener)
+        thread.join(30)

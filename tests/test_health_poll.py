@@ -17,7 +17,7 @@ from app.health import maintenance, poller, rounds, service
 from app.health.models import HealthEvent, NodeHealth
 from app.pki import own_keys
 from app.pki import service as pki
-from tests.health_servers import HealthServer
+from tests.health_servers import HealthServer, raw_receiver, stop_listening
 from tests.test_sessions import admit_with_keys, people  # noqa: F401 (fixture)
 
 NODE = "36000000002025000001"
@@ -344,24 +344,8 @@ def test_a_node_closing_the_connection_unanswered_is_said_so_in_the_readers_lang
 
     from app.labels import health_detail_label
 
-    listener = socket.create_server(("127.0.0.1", 0))
-
-    def hang_up() -> None:
-        while True:
-            try:
-                connection, _ = listener.accept()
-            except OSError:  # closed: the test is over
-                return
-            with connection:
-                connection.recv(65536)
-
-    thread = threading.Thread(target=hang_up, daemon=True)
-    thread.start()
-    try:
-        [result] = poll([poller.PollTarget(NODE, f"http://127.0.0.1:{listener.getsockname()[1]}")])
-    finally:
-        stop_listening(listener)
-        thread.join(30)
+    with raw_receiver(lambda _connection, _stop: None, path="") as url:  # reads the request, hangs up
+        [result] = poll([poller.PollTarget(NODE, url)])
     assert (result.ok, result.failure) == (False, "error"), result
     assert result.detail == "the node closed the connection without answering", result.detail
     with app.test_request_context("/"):
@@ -416,15 +400,6 @@ def test_a_poll_once_beside_the_scheduled_round_counts_each_real_failure_once(ap
     assert [(c.old, c.new) for c in report.changes] == [("up", "down")] and server.requests == 3
     events = db.session.scalars(select(HealthEvent).where(HealthEvent.node_id == node.node_id)).all()
     assert [(e.old_status, e.new_status) for e in events] == [("unknown", "up"), ("up", "down")]
-
-
-def stop_listening(listener: socket.socket) -> None:
-    """Close a listening socket, waking the thread blocked in its accept() (a bare close does not, on Linux)."""
-    try:
-        listener.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    listener.close()
 
 
 class SilentNode:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import socket
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -24,6 +22,7 @@ from app.health.models import HealthEvent, HealthHourly, HealthSample, NodeHealt
 from app.health.state import Counters, Thresholds, step
 from app.health.webhook import outbox, send_webhook
 from tests.conftest import csrf_token, stop_serving
+from tests.health_servers import raw_receiver
 from tests.test_admission_review import admit
 
 
@@ -280,33 +279,6 @@ def test_an_alert_without_a_secret_carries_no_signature(app, node, webhook):
     sent()
     [(headers, _body)] = Hook.delivered
     assert not {"X-MPIM-Signature", "X-MPIM-Timestamp"} & set(headers)
-
-
-@contextmanager
-def raw_receiver(answer: Callable[[socket.socket, threading.Event], None], *, query: str = "") -> Iterator[str]:
-    """A webhook receiver below HTTP: after reading each request, `answer` writes what it likes to the
-    connection (until the event is set: the test is over). Yields the receiver's URL."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
-
-    def accept_each() -> None:
-        while not stop.is_set():
-            try:
-                connection, _ = listener.accept()
-            except OSError:  # closed: the test is over
-                return
-            with connection:
-                connection.recv(65536)
-                answer(connection, stop)
-
-    thread = threading.Thread(target=accept_each, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}/hook{query}"
-    finally:
-        stop.set()
-        listener.close()
-        thread.join(30)
 
 
 @pytest.fixture
