@@ -49,6 +49,7 @@ class ServedNode:
             listen=f"127.0.0.1:{self.port}", org_name=ORGS[division], org_code=division + "000000",
             route_interval=3600, **config))
         (self.dir / "ui_password").write_text("operator-password")
+        (self.dir / "ui_password").chmod(0o600)  # as `init` writes it: readable by others, the page is off
         self.node.apply(enroll(division, minister))
         approve_pending(self.node, minister)
         self.node.await_approval(timeout=10, interval=0.05)

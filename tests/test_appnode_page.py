@@ -145,8 +145,35 @@ def test_an_empty_or_missing_password_file_disables_the_page_instead_of_opening_
         assert "操作员页面未启用" in client.get("/conversation?user=lisi&id=s:0").text
         assert client.get("/api/v1/health").status_code == 200  # peers are not the operator
     password_file.write_text("operator-password")
+    password_file.chmod(0o600)
     assert client.get("/?lang=en", headers=operator()).status_code == 200
     assert client.get("/?lang=en", headers=operator("")).status_code == 401
+
+
+def test_a_short_or_exposed_operator_password_disables_the_page(network, caplog):  # noqa: F811
+    """The page shares its port with the federation API, so anyone who reaches the node can guess: a password
+    written by hand ("1") was taken, as was a file other users of the machine could read (`echo pw > file`),
+    and a thousand wrong guesses left no trace. `init` writes 16 characters, readable by the owner only."""
+    b = network["b"]
+    client = create_node_app(b.node).test_client()
+    password_file = b.dir / "ui_password"
+    password_file.write_text("1\n")
+    password_file.chmod(0o600)
+    for headers in ({}, operator("1")):
+        answer = client.get("/?lang=en", headers=headers)
+        assert answer.status_code == 503 and "shorter than 12 characters" in answer.text, answer.text
+    password_file.write_text("a-long-enough-password")
+    password_file.chmod(0o644)
+    answer = client.get("/?lang=en", headers=operator("a-long-enough-password"))
+    assert answer.status_code == 503 and "chmod 600" in answer.text, answer.text
+    assert "chmod 600" in client.get("/", headers=operator("a-long-enough-password")).text  # in Chinese too
+    password_file.chmod(0o600)
+    assert client.get("/?lang=en", headers=operator("a-long-enough-password")).status_code == 200
+    with caplog.at_level("WARNING", logger="mpim.appnode.web"):
+        for _ in range(5):
+            assert client.get("/?lang=en", headers=operator("guess")).status_code == 401
+    failed = [record.getMessage() for record in caplog.records if "operator login failed" in record.getMessage()]
+    assert len(failed) == 1, failed  # logged, once a minute for an address, not once a guess
 
 
 def test_the_page_is_never_cached_framed_or_sniffed(network):  # noqa: F811

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import os
+import time
 from pathlib import Path
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
@@ -23,6 +25,8 @@ from app.appnode.request_deadline import deadline_socket
 from app.errors import DomainError
 from app.labels import CAPABILITIES
 from app.readable import shown_controls
+
+log = logging.getLogger("mpim.appnode.web")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 LANGUAGES = ("zh_CN", "en")
@@ -51,6 +55,27 @@ def peer_certificate() -> bytes | None:
 def json_response(document: dict, status: int = 200, headers: dict | None = None) -> Response:
     return Response(json.dumps(document, ensure_ascii=False), status=status, headers=headers,
                     mimetype="application/json")
+
+
+MIN_OPERATOR_PASSWORD = 12  # characters; `init` writes 16 (secrets.token_urlsafe(12))
+LOGIN_FAILURE_LOG_SECONDS = 60.0
+
+
+def operator_password(path: Path) -> tuple[str, str]:
+    """The operator password in `path`, and "" — or "" and why the page is off: "missing" (no file, or an empty
+    one), "short" (under MIN_OPERATOR_PASSWORD characters), "exposed" (the file can be read by group or others)."""
+    try:
+        expected = path.read_text().strip()
+        exposed = os.stat(path).st_mode & 0o077
+    except (OSError, ValueError):
+        return "", "missing"
+    if not expected:
+        return "", "missing"
+    if len(expected) < MIN_OPERATOR_PASSWORD:
+        return "", "short"
+    if exposed:
+        return "", "exposed"
+    return expected, ""
 
 
 def create_node_app(node: Node) -> Flask:
@@ -166,22 +191,29 @@ def create_node_app(node: Node) -> Flask:
         return json_response(reply.document, reply.status, reply.headers)
 
     # --- the page: conversations per local user, for the node's operator (HTTP Basic, `operator`) ---------
+    failures_logged: dict[str, float] = {}  # address -> when its last failed login was logged
+
     def require_operator():
-        """None for the operator; otherwise the answer to give. Without a password in `ui_password` (`init`
-        writes one) the page is off (503): an empty file let anyone in with an empty password, and a missing one
-        failed every request."""
+        """None for the operator; otherwise the answer to give. Without a usable password in `ui_password`
+        (`init` writes one) the page is off (503), saying why: an empty file let anyone in with an empty password,
+        a missing one failed every request, and the page shares its port with the federation API, so a short
+        password, or one other users of the machine can read, is no lock. A failed login is logged, once a
+        minute for an address: a thousand guesses left no trace."""
         g.lang = request.args.get("lang") if request.args.get("lang") in LANGUAGES else "zh_CN"
         password_file = node.data_dir / "ui_password"
-        try:
-            expected = password_file.read_text().strip()
-        except OSError:
-            expected = ""
-        if not expected:
-            return render_template("appnode/disabled.html", node=node, lang=g.lang,
-                                   file_name=password_file.name), 503
+        expected, problem = operator_password(password_file)
+        if problem:
+            return render_template("appnode/disabled.html", node=node, lang=g.lang, problem=problem,
+                                   file_name=password_file.name, minimum=MIN_OPERATOR_PASSWORD), 503
         given = request.authorization
         if not (given and given.username == "operator"
                 and hmac.compare_digest((given.password or "").encode(), expected.encode())):
+            address, now = request.remote_addr or "?", time.monotonic()
+            if now - failures_logged.get(address, -LOGIN_FAILURE_LOG_SECONDS) >= LOGIN_FAILURE_LOG_SECONDS:
+                if len(failures_logged) >= 1024:
+                    failures_logged.clear()
+                failures_logged[address] = now
+                log.warning("operator login failed from %s (logged once a minute for an address)", address)
             return Response("operator login required", 401, {"WWW-Authenticate": 'Basic realm="mpim node"'})
         g.operator = True
         return None
