@@ -337,7 +337,7 @@ def test_a_username_of_dots_only_is_refused_at_the_form_with_what_was_typed_kept
     response = admin_console.post_form("/users/new", {"username": "..", "display_name": "点点", "role": "auditor",
                                                       "password": "Correct-Horse-Battery-9"})
     page = response.get_data(as_text=True)
-    assert response.status_code == 200 and 'id="username-error-1"' in page and 'value="点点"' in page
+    assert response.status_code == 422 and 'id="username-error-1"' in page and 'value="点点"' in page
     assert "不能只有点号" in page
     assert db.session.scalar(select(User).where(User.username == "..")) is None and actions() == before
 
@@ -350,7 +350,7 @@ def test_a_username_that_is_a_page_of_the_users_list_is_refused_at_the_form(admi
     response = admin_console.post_form("/users/new", {"username": username, "display_name": "新", "role": "auditor",
                                                       "password": "Correct-Horse-Battery-9"})
     page = response.get_data(as_text=True)
-    assert response.status_code == 200 and 'id="username-error-1"' in page and 'value="新"' in page
+    assert response.status_code == 422 and 'id="username-error-1"' in page and 'value="新"' in page
     assert f"用户名“{username}”是控制台页面的路径，不能使用。" in page
     assert db.session.scalar(select(User).where(func.lower(User.username) == username.lower())) is None
     assert actions() == before
@@ -592,7 +592,7 @@ def test_the_change_form_refuses_a_control_character_in_chinese_at_the_new_passw
     response = console.post_form("/account/password", {"current_password": PASSWORD,
                                                        "new_password": "Secret\x1b\x07Pass12",
                                                        "confirm": "Secret\x1b\x07Pass12"})
-    assert response.status_code == 200 and "密码不能包含控制字符" in response.get_data(as_text=True)
+    assert response.status_code == 422 and "密码不能包含控制字符" in response.get_data(as_text=True)
 
 
 def test_the_cli_reset_refuses_a_control_character_from_stdin(app, runner, make_user):
@@ -647,7 +647,7 @@ def test_wrong_current_passwords_on_the_change_form_lock_the_account_and_sign_th
     limit = app.config["MPIM_LOGIN_MAX_FAILURES"]
     for attempt in range(limit - 1):
         response = change_form(console, f"Guess-{attempt:04d}x")
-        assert response.status_code == 200 and "当前密码错误" in response.get_data(as_text=True)
+        assert response.status_code == 422 and "当前密码错误" in response.get_data(as_text=True)
     assert not service.is_locked("alice")
 
     response = change_form(console, "Guess-last-x")
@@ -692,7 +692,7 @@ def test_the_right_current_password_clears_the_count_even_when_the_new_one_is_re
         change_form(console, f"Guess-{attempt:04d}x")
     assert "密码至少需要 10 个字符" in change_form(console, PASSWORD, "weak").get_data(as_text=True)
     for attempt in range(limit - 1):
-        assert change_form(console, f"Guess-{attempt:04d}y").status_code == 200
+        assert change_form(console, f"Guess-{attempt:04d}y").status_code == 422
     assert not service.is_locked("alice")
 
 
@@ -720,14 +720,14 @@ def test_a_change_or_a_reset_cannot_bring_back_any_of_the_last_five_passwords(ap
     for earlier in passwords[:4]:
         response = console.post_form("/account/password", {"current_password": passwords[4], "new_password": earlier,
                                                            "confirm": earlier})
-        assert response.status_code == 200
+        assert response.status_code == 422
         assert re.search(r'<input[^>]*aria-invalid="true"[^>]*name="new_password"|'
                          r'<input[^>]*name="new_password"[^>]*aria-invalid="true"', response.get_data(as_text=True))
         assert "新密码不能与该账号最近 5 次使用过的密码相同" in response.get_data(as_text=True)
     html = admin_console.client.get("/users/alice").get_data(as_text=True)
     refusal = admin_console.client.post("/users/alice/password", data={"reset-password": passwords[2],
                                                                        "reset-csrf_token": csrf_token(html)})
-    assert refusal.status_code == 200  # the user's page again, the refusal at the reset form's field
+    assert refusal.status_code == 422  # the user's page again, the refusal at the reset form's field
     assert re.search(r'id="reset-password-error-1">新密码不能与该账号最近 5 次使用过的密码相同',
                      refusal.get_data(as_text=True))
     assert Console(app.test_client()).login("alice", passwords[4]).status_code == 302  # nothing changed
@@ -882,7 +882,7 @@ def test_password_change_with_wrong_current_password(app, console, make_user):
     console.login("alice")
     response = console.post_form("/account/password", {"current_password": "nope-Nope-1",
                                                        "new_password": "New-Secret-42", "confirm": "New-Secret-42"})
-    assert response.status_code == 200 and "当前密码错误" in response.get_data(as_text=True)
+    assert response.status_code == 422 and "当前密码错误" in response.get_data(as_text=True)
 
 
 @pytest.mark.parametrize("weak", ["Short-1", "alllowercaseletters", "My-alice-Secret-1"])
@@ -895,7 +895,7 @@ def test_a_weak_new_password_is_refused_at_the_new_password_field(app, console, 
     response = console.post_form("/account/password", {"current_password": PASSWORD, "new_password": weak,
                                                        "confirm": weak})
     html = response.get_data(as_text=True)
-    assert response.status_code == 200
+    assert response.status_code == 422
     field = re.search(r'<div class="field has-error">\s*<label for="new_password".*?</div>\s*</div>', html, re.S)
     assert field, "the new password field is not marked in error"
     assert 'aria-invalid="true"' in field.group(0)
@@ -1031,7 +1031,7 @@ def test_one_submit_of_the_user_form_shows_the_weak_password_and_the_missing_sco
                                                       "role": "provincial_admin", "scopes": "",
                                                       "password": "short"})
     html = response.get_data(as_text=True)
-    assert response.status_code == 200
+    assert response.status_code == 422
     assert 'id="password-error-1"' in html and 'id="scopes-error-1"' in html
     assert 'value="jx-admin"' in html and 'value="江西省厅"' in html
     assert db.session.scalar(select(User).where(User.username == "jx-admin")) is None
@@ -1042,7 +1042,7 @@ def test_the_user_forms_empty_password_and_missing_scope_come_in_one_answer(admi
     response = admin_console.post_form("/users/new", {"username": "jx-admin", "role": "provincial_admin",
                                                       "scopes": "", "password": ""})
     html = response.get_data(as_text=True)
-    assert response.status_code == 200
+    assert response.status_code == 422
     assert 'id="password-error-1"' in html and 'id="scopes-error-1"' in html
     assert 'id="password-error-2"' not in html and 'value="jx-admin"' in html
     assert db.session.scalar(select(User).where(User.username == "jx-admin")) is None
@@ -1061,7 +1061,7 @@ def test_one_submit_of_the_edit_form_shows_every_fields_refusal_at_its_field(adm
     response = _user_page_form(admin_console, "jx-admin", {"display_name": name, "role": "provincial_admin",
                                                            "scopes": "", "active": "y"})
     html = response.get_data(as_text=True)
-    assert response.status_code == 200
+    assert response.status_code == 422
     assert 'id="display_name-error-1"' in html and 'id="scopes-error-1"' in html
     assert 'id="display_name-error-2"' not in html and 'class="flash error"' not in html
     db.session.expire_all()
@@ -1076,7 +1076,7 @@ def test_the_edit_forms_field_refusals_come_before_the_refusal_of_ones_own_demot
     response = _user_page_form(admin_console, "minister", {"display_name": "部\x1b厅", "role": "ministry_admin",
                                                            "scopes": "360000"})
     html = response.get_data(as_text=True)
-    assert response.status_code == 200
+    assert response.status_code == 422
     assert 'id="display_name-error-1"' in html and 'id="scopes-error-1"' in html
     assert service.get_user("minister").active
 
@@ -1120,7 +1120,7 @@ def test_one_submit_of_the_reset_form_shows_every_rule_the_password_breaks_at_it
     response = admin_console.client.post("/users/alice/password", data={"reset-password": "alice",
                                                                         "reset-csrf_token": csrf_token(html)})
     page = response.get_data(as_text=True)
-    assert response.status_code == 200
+    assert response.status_code == 422
     for number in (1, 2, 3):  # too short; fewer than three kinds of character; holds the username
         assert f'id="reset-password-error-{number}"' in page, number
     assert "密码至少需要 10 个字符" in page and 'class="flash error"' not in page

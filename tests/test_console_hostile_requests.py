@@ -26,7 +26,7 @@ def test_a_json_sign_in_is_an_empty_form_not_a_500(app, production_errors, make_
     client = app.test_client()
     token = csrf_token(client.get("/login").get_data(as_text=True))
     response = client.post("/login", data=body, content_type="application/json", headers={"X-CSRFToken": token})
-    assert response.status_code == 200 and "csrf_token" in response.get_data(as_text=True)  # the form, again
+    assert response.status_code == 422 and "csrf_token" in response.get_data(as_text=True)  # the form, again
     assert "_user_id" not in client.session_transaction().__enter__()
 
 

@@ -55,7 +55,7 @@ def test_the_first_password_cannot_simply_be_kept(app, make_user):
     console.login("alice")
     response = console.post_form("/account/password", {"current_password": PASSWORD, "new_password": PASSWORD,
                                                        "confirm": PASSWORD})
-    assert response.status_code == 200 and user("alice").password_must_change is True
+    assert response.status_code == 422 and user("alice").password_must_change is True
 
 
 def test_an_admins_reset_must_be_replaced_at_the_next_sign_in(app, admin_console, make_user):

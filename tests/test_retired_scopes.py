@@ -111,12 +111,12 @@ def test_a_retired_code_is_still_refused_as_a_new_scope(xingtai, make_user, admi
                            ("eye", {"role": "provincial_admin", "scopes": "130521"})):
         response = admin_console.post_form(f"/users/{username}", {**data, "display_name": "", "active": "y"})
         html = response.get_data(as_text=True)
-        assert response.status_code == 200
+        assert response.status_code == 422
         refusal = REFUSAL if "130526" not in data["scopes"] else "区划 130526 任县 已于 2023 版撤销。"
         assert refusal in html, username
     created = admin_console.post_form("/users/new", {"username": "new-admin", "role": "provincial_admin",
                                                      "scopes": "130521", "password": "Xingtai-Admin-1"})
-    assert created.status_code == 200 and REFUSAL in created.get_data(as_text=True)
+    assert created.status_code == 422 and REFUSAL in created.get_data(as_text=True)
     db.session.expire_all()
     scopes = dict(db.session.execute(select(User.username, User.scope_codes)).all())
     assert (scopes["hd-admin"], scopes["xt-admin"], scopes["eye"]) == ("130400", "130521", "")

@@ -17,7 +17,7 @@ from app.admission.information import check_submission
 from app.admission.models import APPLICATION_KINDS, APPLICATION_STATUSES, Application
 from app.auth.access import roles_required
 from app.auth.forms import ConfirmForm
-from app.auth.views import form_error
+from app.auth.views import form_error, form_status
 from app.console.pages import shows_page
 from app.database import paginate
 from app.divisions import service as divisions
@@ -49,10 +49,9 @@ def token_list():
             form = TokenForm(formdata=None)  # issued: the form starts again empty
     page = paginate(tokens.visible_tokens_query(current_user), request.args.get("page", 1, type=int),
                     current_app.config["MPIM_PAGE_SIZE"])
-    # A refused form answers 422, as a refused application, rejection or renewal does.
     response = make_response(render_template("admission/tokens.html", form=form, page=page, issued=issued,
                                              confirm_form=ConfirmForm()),
-                             422 if form.is_submitted() and issued is None else 200)
+                             200 if issued else form_status(form))
     if issued:
         response.headers["Cache-Control"] = "no-store"
     return response
@@ -111,9 +110,7 @@ def application_new():
         if application:
             flash(_("Application submitted; a ministry admin will review it."), "success")
             return redirect(url_for("admission.application_detail", application_id=application.id))
-    # A refused submission answers 422, as a refused rejection or renewal does.
-    return render_template("admission/application_form.html", form=form, node=None), \
-        422 if form.is_submitted() else 200
+    return render_template("admission/application_form.html", form=form, node=None), form_status(form)
 
 
 def _submit(form: ApplicationForm, submit: Callable[[], Application], *, new: bool = True) -> Application | None:
@@ -157,7 +154,7 @@ def change_request(node_id: str):
             flash(_("Change request submitted for review."), "success")
             return redirect(url_for("admission.application_detail", application_id=application.id))
     return render_template("admission/application_form.html", form=form, node=node,
-                           pending_change=applications.pending_change(node)), 422 if form.is_submitted() else 200
+                           pending_change=applications.pending_change(node)), form_status(form)
 
 
 @bp.get("/applications/<application_id>")

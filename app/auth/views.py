@@ -36,6 +36,13 @@ def form_error(form, error: DomainError) -> None:
             field.errors = [*field.errors, refusal.message]
 
 
+def form_status(form) -> int:
+    """The status of a page that shows `form`: 422 once it was posted and is shown again, refused (a POST that
+    succeeds redirects), else 200. One rule for every console form, so that a script, a test or a proxy's log
+    tells a refusal from a page shown."""
+    return 422 if form.is_submitted() else 200
+
+
 def _safe_next(target: str | None) -> str:
     """Where a sign-in or a password change goes on to: the console page `next` names, built again from its route
     (`pages.page_address`, as the language switch does), else the dashboard: not an API answer, a CA file, a
@@ -65,7 +72,7 @@ def login():
         login_user(user)
         idle.start(user)
         return redirect(_safe_next(request.args.get("next")))
-    return render_template("auth/login.html", form=form)
+    return render_template("auth/login.html", form=form), form_status(form)
 
 
 @bp.post("/logout")
@@ -127,7 +134,8 @@ def change_password():
             flash(_("Your password has been changed."), "success")
             return redirect(_safe_next(request.args.get("next")))
     return render_template("auth/password.html", form=form,
-                           reason=password_due.reason_text(due, current_app.config["MPIM_PASSWORD_MAX_DAYS"]))
+                           reason=password_due.reason_text(due, current_app.config["MPIM_PASSWORD_MAX_DAYS"])), \
+        form_status(form)
 
 
 # Locked addresses the users page and its flashes name; the rest are counted (a guessing run from many
@@ -175,7 +183,7 @@ def create_user():
         if _submitted(form, check=lambda: service.check_draft(draft), act=lambda: service.create_user(draft)):
             flash(_("User %(name)s created.", name=draft.username), "success")
             return redirect(url_for("auth.users"))
-    return render_template("auth/user_form.html", form=form, user=None)
+    return render_template("auth/user_form.html", form=form, user=None), form_status(form)
 
 
 def _submitted(form, *, check, act) -> bool:
@@ -210,16 +218,16 @@ def edit_user(username: str):
                       act=lambda: service.update_user(user, **change, active=form.active.data, by=current_user)):
             flash(_("User %(name)s updated.", name=username), "success")
             return redirect(url_for("auth.users"))
-    return _user_page(user, form, PasswordResetForm(prefix="reset"))
+    return _user_page(user, form, PasswordResetForm(prefix="reset"), form_status(form))
 
 
-def _user_page(user: User, form: UserEditForm, reset_form: PasswordResetForm):
+def _user_page(user: User, form: UserEditForm, reset_form: PasswordResetForm, status: int):
     """The user's page: the edit form, the reset form, the sign-in lock and sessions."""
     return render_template("auth/user_form.html", form=form, user=user, reset_form=reset_form,
                            locked=service.is_locked(user.username), confirm_form=ConfirmForm(),
                            sessions=console_sessions.live_sessions(user),
                            retired_scopes=sorted(divisions.retired_among(user.scopes).values(),
-                                                 key=lambda division: division.code))
+                                                 key=lambda division: division.code)), status
 
 
 @bp.post("/users/<username>/password")
@@ -247,7 +255,7 @@ def reset_password(username: str):
             return redirect(url_for("auth.edit_user", username=username))
     edit_form = UserEditForm(formdata=None, obj=user)
     edit_form.scopes.data = user.scope_codes
-    return _user_page(user, edit_form, form)
+    return _user_page(user, edit_form, form, 422)  # only a refused reset comes this far
 
 
 @bp.post("/users/<username>/unlock")
