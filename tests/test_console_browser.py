@@ -337,6 +337,38 @@ def test_disabling_a_user_asks_first_and_a_rename_does_not(page, live_server, ma
     assert db.session.scalar(db.select(User.display_name).where(User.username == "auditor1")) == "王五"
 
 
+def test_a_disable_refused_for_another_field_still_asks_when_sent_again(page, live_server, make_user):
+    """The question was asked only when the box had been ticked as the page loaded: a disable refused for
+    another field (a scope for an auditor) came back with the box unticked, and the corrected form disabled the
+    account without a question. It now asks whenever the stored account is active."""
+    from app.auth.models import User
+    from app.extensions import db
+
+    make_user("minister")
+    make_user("auditor1", "auditor")
+    sign_in(page, live_server, "minister")
+    page.wait_for_selector("h1:has-text('仪表盘')")
+    questions = []
+
+    def answer(dialog):
+        questions.append(dialog.message)
+        dialog.accept()
+
+    page.on("dialog", answer)
+    page.goto(f"{live_server}/users/auditor1")
+    page.uncheck("input[name=active]")
+    page.fill("[name=scopes]", "110000")
+    page.click("form[data-confirm-unchecking] button[type=submit]")
+    page.wait_for_selector(".has-error")
+    assert len(questions) == 1 and not page.is_checked("input[name=active]")
+    page.fill("[name=scopes]", "")
+    page.click("form[data-confirm-unchecking] button[type=submit]")
+    page.wait_for_selector(".flash.success")
+    assert len(questions) == 2
+    db.session.expire_all()
+    assert db.session.scalar(db.select(User.active).where(User.username == "auditor1")) is False
+
+
 def test_saving_only_a_maintenance_note_keeps_the_window_and_ending_it_asks_first(page, live_server, make_user):
     """The form under "Maintenance until ..." reset to "none (end it)": editing only the note and saving ended the
     window. It now keeps the window's end; ending is its own button, which asks first."""

@@ -1,12 +1,16 @@
 // Confirmation before destructive actions: any form with data-confirm asks first. A form with
-// data-confirm-unchecking="<checkbox name>" asks data-confirm-unchecking-message only when that box was ticked
-// when the page loaded and is not now (a user edit that disables the account).
+// data-confirm-unchecking="<checkbox name>" asks data-confirm-unchecking-message only when that box is ticked in
+// what is stored and is not now (a user edit that disables the account). What is stored is
+// data-confirm-unchecking-stored ("on" or "off"), else the box as the page loaded: a form refused for another
+// field comes back with the box as it was sent, unticked, and its next send would have asked nothing.
 document.addEventListener("submit", function (event) {
   var form = event.target;
   var message = form.getAttribute("data-confirm");
   var boxName = form.getAttribute("data-confirm-unchecking");
   var box = boxName ? form.querySelector('input[type=checkbox][name="' + boxName + '"]') : null;
-  if (!message && box && box.defaultChecked && !box.checked) {
+  var stored = form.getAttribute("data-confirm-unchecking-stored");
+  var ticked = stored ? stored === "on" : Boolean(box && box.defaultChecked);
+  if (!message && box && ticked && !box.checked) {
     message = form.getAttribute("data-confirm-unchecking-message");
   }
   if (message && !window.confirm(message)) {
