@@ -217,6 +217,9 @@ def load_config(overrides: dict | None = None) -> dict:
         "MPIM_LOGIN_LOCK_MINUTES": env_int("MPIM_LOGIN_LOCK_MINUTES", 15, minimum=1),
         "MPIM_TRUSTED_PROXIES": env_int("MPIM_TRUSTED_PROXIES", 0, minimum=0),
         "MPIM_PAGE_SIZE": env_int("MPIM_PAGE_SIZE", 50, minimum=1),
+        # The console's CSV export streams from one request, which a sync gunicorn worker must finish within its
+        # timeout; past this many records the console points to `flask audit export` instead.
+        "MPIM_AUDIT_EXPORT_MAX_ROWS": env_int("MPIM_AUDIT_EXPORT_MAX_ROWS", 50_000, minimum=1),
         "MPIM_BASE_URL": os.environ.get("MPIM_BASE_URL") or base_url_from_bind(os.environ.get("MPIM_BIND", "")),
         # SPEC §2: the node id's network flag is one digit; "12" made the management node's id 21 digits long.
         "MPIM_NETWORK_FLAG": env_choice("MPIM_NETWORK_FLAG", "5", tuple("0123456789"), "one digit"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, redirect, render_template, request, url_for
 from flask_babel import lazy_gettext as _l
+from sqlalchemy import func, select
 
 from app.audit import export, search
 from app.audit.stored import StoredRecords
@@ -24,12 +25,19 @@ def _filter() -> search.AuditFilter:
 @bp.get("/")
 @roles_required("ministry_admin", "auditor")
 def index():
-    audit_filter = _filter()
+    return _list_page(_filter())
+
+
+def _list_page(audit_filter: search.AuditFilter, *, refused_export: int | None = None):
+    """The list under `audit_filter`; after an export refused for its size (`refused_export` records), that
+    refusal above it, answered 422."""
     query, not_dates = search.records(audit_filter)
     records = StoredRecords(db.session.get_bind().dialect)  # a record edited in the database is listed as stored
     page = paginate(query.with_only_columns(*records.columns), request.args.get("page", 1, type=int),
                     current_app.config["MPIM_PAGE_SIZE"], decode=records.decode)
-    return render_template("audit/index.html", page=page, filters=audit_filter, not_dates=not_dates)
+    return render_template("audit/index.html", page=page, filters=audit_filter, not_dates=not_dates,
+                           export_max=current_app.config["MPIM_AUDIT_EXPORT_MAX_ROWS"],
+                           refused_export=refused_export), 200 if refused_export is None else 422
 
 
 @bp.post("/export.csv")
@@ -46,6 +54,11 @@ def export_csv():
     query, not_dates = search.records(audit_filter)
     if not_dates:  # the list says which date is no date; an empty file would look like an empty log
         return redirect(url_for("audit.index", **audit_filter.as_dict()))
+    # A sync worker is killed once a request outlasts its timeout: a long log's download was cut off halfway,
+    # already audited. Refused before anything is written; the list says why and names the CLI.
+    selected = db.session.scalar(select(func.count()).select_from(query.subquery()))
+    if selected > current_app.config["MPIM_AUDIT_EXPORT_MAX_ROWS"]:
+        return _list_page(audit_filter, refused_export=selected)
     query = export.record_export(audit_filter, query)
     db.session.commit()
     lines = export.csv_lines(db.engine, query, audit_filter.zone, export.action_labels(),
