@@ -167,6 +167,12 @@ def test_loading_with_a_wrong_passphrase_fails(ec_ca):
     assert caught.value.code == "ca_key_unreadable"
 
 
+def test_init_files_names_every_file_init_ca_writes(tmp_path):
+    """An `init` that lost the race removes what it wrote by this list: a file missing from it would stay."""
+    authority.init_ca(tmp_path / "ca", PASSPHRASE, CAConfig())
+    assert sorted(path.name for path in (tmp_path / "ca").iterdir()) == sorted(authority.INIT_FILES)
+
+
 def test_root_offline_then_issuing_still_works(tmp_path):
     directory, export = tmp_path / "ca", tmp_path / "usb" / "root.key"
     export.parent.mkdir()

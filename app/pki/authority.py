@@ -52,6 +52,9 @@ BACKDATE = timedelta(minutes=1)  # tolerate clients whose clocks run a little be
 MANAGEMENT_NODE_ID = "10000000002015000001"  # SPEC §2: the ministry's management node
 ROTATION_LOCK = ".rotation.lock"  # the service pairs' installs, one at a time
 CA_FILES = ("root.pem", "root.key", "intermediate.pem", "intermediate.key")
+# Every file `init_ca` writes, in one place: an `init` that lost the race to another removes what it wrote of
+# these (`lifecycle.initialise`), and a file init_ca writes that this list misses would stay behind.
+INIT_FILES = (*CA_FILES, *(f"{role}.{suffix}" for role in SERVICE_ROLES for suffix in ("key", "pem")), ROTATION_LOCK)
 Clock = Callable[[], datetime]
 log = logging.getLogger(__name__)
 

@@ -47,9 +47,7 @@ def initialise(*, key_type: str | None = None, actor: str = "cli", generate_pass
         service.create_passphrase_file()
     passphrase = service.passphrase()
     directory = service.ca_directory()
-    names = [*ca.CA_FILES, *(f"{role}.{suffix}" for role in ca.SERVICE_ROLES for suffix in ("key", "pem")),
-             ca.ROTATION_LOCK]
-    there_before = {name for name in names if (directory / name).exists()}
+    there_before = {name for name in ca.INIT_FILES if (directory / name).exists()}
     try:
         ca.init_ca(directory, passphrase, config)
     except ca.CADirectoryUnusable as error:
@@ -59,7 +57,7 @@ def initialise(*, key_type: str | None = None, actor: str = "cli", generate_pass
     # above while neither had stored its CA; the keys take long to make, so the check is made again here.
     serialise(INIT_LOCK)
     if service.database_holds_ca():
-        for name in names:
+        for name in ca.INIT_FILES:
             if name not in there_before:  # only what this init wrote
                 (directory / name).unlink(missing_ok=True)
         raise ca.CAAlreadyInitialised("Another `flask ca init` made this database's CA while this one was making its "
