@@ -137,3 +137,36 @@ def test_a_version_dated_ahead_of_the_clock_keeps_no_history_for_good(app, sessi
     db.session.commit()
     assert db.session.query(RouteChange).filter(RouteChange.version <= 3).count() == 0
     assert service.oldest_delta_base() >= 3
+
+
+def test_the_upgrade_closes_a_hole_the_old_pruning_rule_left(app, session, people):  # noqa: F811
+    """Stop 32 made pruning keep a run of versions up to the head, but a hole the old rule made (a version
+    published with the clock behind lost its changes, earlier ones kept) stayed until the versions below it
+    aged out, and a delta across it left out what that version changed. Migration 0015 closes it."""
+    from flask_migrate import downgrade, upgrade
+
+    other, _ = admit_with_keys(people)  # v2: its changes add `other`
+    month_ago = utcnow() - timedelta(days=30)
+    db.session.execute(update(RouteVersion).where(RouteVersion.version == 2).values(
+        issued_at=month_ago, expires_at=month_ago + timedelta(days=1)))
+    busy_week(3, 1003, body=service.find(2).body)
+    db.session.execute(RouteChange.__table__.delete().where(RouteChange.version == 2))  # the old rule's hole
+    db.session.commit()
+    assert service.oldest_delta_base() == 0 and db.session.query(RouteChange).count() > 0
+    downgrade(revision="0014_job_runs_job_id_index")
+    upgrade()
+    db.session.expire_all()
+    assert db.session.query(RouteChange).filter(RouteChange.version <= 2).count() == 0
+    assert service.oldest_delta_base() >= 2  # a `since` from before the hole gets the full table
+
+
+def test_the_upgrade_leaves_a_history_with_no_hole_as_it_is(app, session, people):  # noqa: F811
+    from flask_migrate import downgrade, upgrade
+
+    admit_with_keys(people)
+    before = sorted((row.version, row.node_id) for row in db.session.query(RouteChange))
+    assert before
+    downgrade(revision="0014_job_runs_job_id_index")
+    upgrade()
+    db.session.expire_all()
+    assert sorted((row.version, row.node_id) for row in db.session.query(RouteChange)) == before
