@@ -413,3 +413,23 @@ def test_a_database_lost_during_a_job_is_logged_and_not_raised_into_the_schedule
     assert lines[0].getMessage().startswith("job test.outage: its end was not recorded: ")
     db.session.remove()
     assert db.session.scalar(select(JobRun.ok).where(JobRun.job == "test.outage")) is None  # what the database kept
+
+
+def test_a_scheduler_standing_by_names_the_lease_holder_and_its_expiry(app, caplog, monkeypatch):
+    """"another scheduler holds the lease" left the operator to find which: on which host, under which process,
+    and until when it would wait. The line names the holder, as `flask scheduler jobs` does."""
+    assert leader.try_acquire("other-host:4242:abcdef", 600)
+    expires = db.session.get(SchedulerLease, "scheduler").expires_at
+    process, thread, outcome = _running_in_a_thread(app, monkeypatch, caplog, "test.idle", lambda: None,
+                                                    stop_grace_seconds=1)
+    try:
+        for _ in range(300):
+            if any("standing by" in record.getMessage() for record in caplog.records):
+                break
+            time.sleep(0.05)
+    finally:
+        process.stop()
+        thread.join(30)
+    line = next(record.getMessage() for record in caplog.records if "standing by" in record.getMessage())
+    assert line == (f"{process.holder} standing by: other-host:4242:abcdef holds the lease until "
+                    f"{expires.isoformat()} (the database's clock); this one takes over when it lapses")

@@ -211,8 +211,7 @@ class SchedulerProcess:
                 signal.signal(signum, lambda *_: self.stop())
         log.info("scheduler %s starting with jobs: %s", self.holder, ", ".join(j.name for j in registry.jobs))
         if not self.is_leader:
-            log.info("%s standing by: another scheduler holds the lease; this one takes over when it lapses",
-                     self.holder)
+            log.info("%s standing by: %s; this one takes over when it lapses", self.holder, self._lease_held_by())
         if not self.stopping:  # a signal may have come while it started
             self.clock_watch.start()
             try:
@@ -220,6 +219,22 @@ class SchedulerProcess:
             finally:
                 self.clock_watch.stop()
         return self.finish()
+
+    def _lease_held_by(self) -> str:
+        """Who holds the lease and until when, as `flask scheduler jobs` says it: the operator of a standby
+        learns which host and process to look at. A lease that lapsed meanwhile, or a database that does not
+        answer, is said in general terms: the line is only information."""
+        with self.app.app_context():
+            try:
+                lease = leader.current_leader()
+            except Exception:  # noqa: BLE001 (the renewal's own warning names a database error)
+                db.session.rollback()
+                lease = None
+            finally:
+                db.session.remove()
+        if lease is None:
+            return "another scheduler holds the lease"
+        return f"{lease.holder} holds the lease until {lease.expires_at.isoformat()} (the database's clock)"
 
     def _stopped_while_starting(self, _event) -> None:
         if self.stopping and self.scheduler.running:
