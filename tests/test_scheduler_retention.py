@@ -143,3 +143,32 @@ def test_the_newest_run_kept_is_the_last_written_not_the_one_dated_latest(app):
     assert prune_runs(30) == "deleted 1 job runs older than 30 days in 1 batch"
     assert kept("test.paused") == [last]
     assert ahead not in kept("test.paused")
+
+
+def test_a_heartbeat_run_by_hand_does_not_let_the_prune_take_the_schedulers_last_beat(app, runner):
+    """The heartbeat run by hand is not counted (`liveness.stale_heartbeat`): kept as the job's only last run, the
+    prune deleted the scheduler's own last beat before it, and the banner of a scheduler still stopped went away
+    ("never ran")."""
+    from app.scheduler import liveness
+
+    scheduler_beat = JobRun(job=liveness.HEARTBEAT, holder="host:4242:abcdef", started_at=utcnow() - timedelta(days=40),
+                            seconds=0.002, ok=True, message="alive")
+    db.session.add(scheduler_beat)
+    db.session.commit()
+    beat_id, beat_started_at = scheduler_beat.id, scheduler_beat.started_at
+    assert runner.invoke(args=["scheduler", "run-job", liveness.HEARTBEAT]).exit_code == 0
+    result = runner.invoke(args=["scheduler", "run-job", "scheduler.prune_runs"])
+    assert result.exit_code == 0, result.output
+    assert beat_id in kept(liveness.HEARTBEAT)
+    stale = liveness.stale_heartbeat(15)
+    assert stale is not None and stale.last_started_at == beat_started_at
+
+
+def test_a_job_only_ever_run_by_hand_still_loses_its_old_runs(app):
+    """Its newest run is kept; with no scheduler's run to keep besides, the older ones go as any job's do."""
+    by_hand = [JobRun(job="test.by_hand", holder="cli", started_at=utcnow() - timedelta(days=days), seconds=0.1,
+                      ok=True, message="") for days in (50, 40)]
+    db.session.add_all(by_hand)
+    db.session.commit()
+    assert prune_runs(30) == "deleted 1 job runs older than 30 days in 1 batch"
+    assert kept("test.by_hand") == [by_hand[1].id]
