@@ -403,3 +403,52 @@ def test_the_readme_says_unlock_lifts_every_address_lock_as_its_help_does(app, r
     line = next(line for line in readme.splitlines() if line.startswith("flask users unlock "))
     assert "every address lock in force" in line
     assert "every address lock in force" in runner.invoke(args=["users", "unlock", "--help"]).output
+
+
+def codes_under_36(count: int) -> list[str]:
+    """`count` current division codes of 江西 (36...): 60 of them joined make 419 characters."""
+    from app.divisions.models import Division
+
+    return list(db.session.scalars(select(Division.code).where(Division.code.startswith("36"),
+                                                                Division.retired.is_(False))
+                                   .order_by(Division.code).limit(count)))
+
+
+@pytest.mark.parametrize("command", ["create", "update"])
+def test_a_scope_longer_than_the_column_is_refused_in_one_line_and_changes_nothing(app, make_user, runner, command):
+    """The joined codes are kept in a 400-character column: SQLite stored 419 and the console could then neither
+    edit nor disable the account; PostgreSQL ended in a traceback naming the SQL parameters, password hash among
+    them, and exit code 0."""
+    make_user("alice", "provincial_admin", ("360000",))
+    codes = codes_under_36(60)
+    assert len(",".join(codes)) == 419
+    before = len(records())
+    args = (["create", "--role", "provincial_admin", "--username", "bob"] if command == "create" else
+            ["update", "alice"])
+    result = runner.invoke(args=["users", *args, "--scope", ",".join(codes)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert result.stdout == ""
+    assert result.stderr == ("error: A division scope holds at most 57 codes (400 characters): the code of a "
+                             "province or a city (such as 360000) covers every code under it.\n")
+    as_json = runner.invoke(args=["users", *args, "--scope", ",".join(codes), "--json"])
+    assert as_json.exit_code == 1
+    assert json.loads(as_json.stderr)["error"]["code"] == "too_long"
+    assert len(records()) == before and user("alice").scope_codes == "360000" and user("bob") is None
+    assert runner.invoke(args=["users", *args, "--scope", ",".join(codes[:57])]).exit_code == 0
+
+
+def test_a_scope_too_long_that_sqlite_stored_earlier_still_lets_the_account_be_disabled(app, make_user, runner):
+    """As a retired code held is kept: the account's own list, unchanged, is not refused, or nothing could disable
+    it. (PostgreSQL never stored one.)"""
+    if db.engine.dialect.name != "sqlite":
+        pytest.skip("only SQLite stored a list longer than its column")
+    make_user("alice", "provincial_admin", ("360000",))
+    *held, more = codes_under_36(61)
+    codes = ",".join(held)
+    db.session.execute(User.__table__.update().where(User.username == "alice").values(scope_codes=codes))
+    db.session.commit()
+    result = runner.invoke(args=["users", "update", "alice", "--inactive"])
+    assert result.exit_code == 0, result.output
+    assert (user("alice").active, user("alice").scope_codes) == (False, codes)
+    refused = runner.invoke(args=["users", "update", "alice", "--scope", f"{codes},{more}"])
+    assert refused.exit_code == 1 and "at most 57 codes" in refused.stderr

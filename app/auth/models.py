@@ -12,6 +12,8 @@ from app.database import UTCDateTime, utcnow
 from app.extensions import db
 
 ROLES = ("ministry_admin", "provincial_admin", "auditor")
+# The joined division codes a user's scope holds (`service.normalise_scopes` refuses a longer list).
+SCOPE_CODES_LENGTH = 400
 
 
 def division_prefix(code: str) -> str:
@@ -33,7 +35,7 @@ class User(UserMixin, db.Model):
     password_hash: Mapped[str] = mapped_column(String(255), nullable=False)
     role: Mapped[str] = mapped_column(String(32), nullable=False)
     # Comma-separated division codes (e.g. "360000,440000"); empty for non-provincial roles.
-    scope_codes: Mapped[str] = mapped_column(String(400), nullable=False, default="")
+    scope_codes: Mapped[str] = mapped_column(String(SCOPE_CODES_LENGTH), nullable=False, default="")
     active: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
     password_changed_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)

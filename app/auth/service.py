@@ -15,7 +15,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from app.audit import service as audit
 from app.auth import console_sessions, throttle
-from app.auth.models import ROLES, ConsoleSession, LoginThrottle, PasswordHistory, User
+from app.auth.models import ROLES, SCOPE_CODES_LENGTH, ConsoleSession, LoginThrottle, PasswordHistory, User
 from app.database import serialise, sqlite_write_lock, utcnow
 from app.errors import Conflict, DomainError, NotFound, PermissionDenied, Refusals, ValidationFailed
 from app.extensions import db
@@ -121,7 +121,10 @@ def typed_codes(text: str | None) -> list[str]:
 def normalise_scopes(role: str, scopes: tuple[str, ...] | list[str], held: frozenset[str] = frozenset()) -> str:
     """Provincial admins need at least one known, current division code; other roles none. `held`: the codes
     the account has already, kept as they are though a later revision retired them (they still cover what
-    they did): checked again, the edit form refused every change to such an account, even disabling it."""
+    they did): checked again, the edit form refused every change to such an account, even disabling it. The codes
+    joined fit the column (`SCOPE_CODES_LENGTH`): SQLite stored a longer list, which the console's field then
+    refused on every edit, and PostgreSQL refused it with a traceback; a list the account holds already (SQLite)
+    is kept as it is, so that the account can still be disabled."""
     from app.divisions import service as divisions
 
     codes = sorted({code.strip() for code in scopes if code.strip()})
@@ -133,10 +136,18 @@ def normalise_scopes(role: str, scopes: tuple[str, ...] | list[str], held: froze
     if not codes:
         raise ValidationFailed(_l("A provincial admin needs at least one division code."), code="scope_required",
                                field="scopes")
+    joined = ",".join(codes)
+    # Before each code is looked up: a list of hundreds is refused without hundreds of queries. A code is six
+    # digits and a comma.
+    if len(joined) > SCOPE_CODES_LENGTH and set(codes) != held:
+        raise ValidationFailed(_l("A division scope holds at most %(count)s codes (%(n)s characters): the code of a "
+                                  "province or a city (such as 360000) covers every code under it.",
+                                  count=(SCOPE_CODES_LENGTH + 1) // 7, n=SCOPE_CODES_LENGTH),
+                               code="too_long", field="scopes")
     for code in codes:
         if code not in held:
             divisions.require_current(code, field="scopes")
-    return ",".join(codes)
+    return joined
 
 
 def retired_scopes_in_use(codes: set[str]) -> list[str]:
