@@ -105,7 +105,7 @@ def test_update_disabling_an_account_ends_its_sessions_as_the_edit_form_does(app
     by_cli = newest(2)
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == {"username": "alice", "display_name": "", "role": "auditor", "scopes": [],
-                                         "active": False}
+                                         "active": False, "changed": True}
     assert user("alice").active is False
     assert alice.client.get("/audit/").status_code == 302  # signed out everywhere
     assert [entry[0] for entry in by_cli] == ["cli", "cli"]
@@ -452,3 +452,30 @@ def test_a_scope_too_long_that_sqlite_stored_earlier_still_lets_the_account_be_d
     assert (user("alice").active, user("alice").scope_codes) == (False, codes)
     refused = runner.invoke(args=["users", "update", "alice", "--scope", f"{codes},{more}"])
     assert refused.exit_code == 1 and "at most 57 codes" in refused.stderr
+
+
+def test_an_edit_that_changes_nothing_records_nothing_and_says_so_at_both_doors(app, admin_console, make_user,
+                                                                                  runner):
+    """As an unlock with nothing to clear: no `user.update` record whose before is its after, and no "updated"."""
+    make_user("alice", "provincial_admin", ("360000",))
+    admin_console.client.get("/lang/en")
+    before = len(records())
+    saved = admin_console.post_form("/users/alice", {"display_name": "", "role": "provincial_admin",
+                                                     "scopes": "360000", "active": "y"})
+    assert saved.status_code == 302
+    page = admin_console.client.get(saved.headers["Location"]).get_data(as_text=True)
+    assert "Nothing changed: alice is as it was." in page and "User alice updated." not in page
+    admin_console.client.get("/lang/zh_CN")
+    admin_console.post_form("/users/alice", {"display_name": "", "role": "provincial_admin", "scopes": "360000",
+                                             "active": "y"})
+    assert "未作任何更改：用户 alice 保持原样。" in admin_console.client.get("/users/").get_data(as_text=True)
+
+    result = runner.invoke(args=["users", "update", "alice", "--name", "", "--scope", "360000", "--active"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "nothing changed: alice is already provincial_admin, scopes 360000, active\n"
+    as_json = runner.invoke(args=["users", "update", "alice", "--active", "--json"])
+    assert json.loads(as_json.stdout)["changed"] is False
+    assert len(records()) == before
+
+    changed = runner.invoke(args=["users", "update", "alice", "--name", "张三", "--json"])
+    assert json.loads(changed.stdout)["changed"] is True and len(records()) == before + 1

@@ -102,17 +102,18 @@ def update_command(username, role, scope, active, display_name, as_json):
             scopes = service.typed_codes(scope)
         else:
             scopes = user.scopes if role == "provincial_admin" else []
-        service.update_user(user, role=role, scopes=scopes,
-                            active=user.active if active is None else active,
-                            display_name=user.display_name if display_name is None else display_name)
+        changed = service.update_user(user, role=role, scopes=scopes,
+                                      active=user.active if active is None else active,
+                                      display_name=user.display_name if display_name is None else display_name)
         db.session.commit()
     except DomainError as error:
         db.session.rollback()
         fail(error, as_json)
     item = {"username": user.username, "display_name": user.display_name, "role": user.role, "scopes": user.scopes,
-            "active": user.active}
+            "active": user.active, "changed": changed}
     click.echo(json.dumps(item, ensure_ascii=False) if as_json else
-               f"updated {user.username}: {user.role}" + (f", scopes {user.scope_codes}" if user.scope_codes else "")
+               (f"updated {user.username}: " if changed else f"nothing changed: {user.username} is already ")
+               + user.role + (f", scopes {user.scope_codes}" if user.scope_codes else "")
                + (", active" if user.active else ", inactive"))
 
 

@@ -237,10 +237,11 @@ def hold_user(user: User) -> None:
 
 
 def update_user(user: User, *, role: str, scopes: list[str], active: bool, display_name: str,
-                by: User | None = None) -> User:
+                by: User | None = None) -> bool:
     """The fields' refusals first (`check_user_change`), then the checks about no one field: `by` (the console's
     signed-in admin; None for the operator on the server) neither demotes nor disables itself, and the last
-    active ministry admin stays one.
+    active ministry admin stays one. False when the account already is so: nothing changed, nothing recorded
+    (a form saved as it was shown wrote a `user.update` whose before was its after).
 
     Two edits of one account at once queue, and each reads the account again once its turn comes: both had
     read it first, so the second wrote over the first and audited as "before" what neither left (the first's
@@ -251,16 +252,18 @@ def update_user(user: User, *, role: str, scopes: list[str], active: bool, displ
     if by is not None and by.id == user.id and (role != user.role or not active):
         raise PermissionDenied(_l("You cannot demote or deactivate yourself."), code="own_account")
     before = {"display_name": user.display_name, "role": user.role, "scopes": user.scope_codes, "active": user.active}
+    after = {"display_name": display_name, "role": role, "scopes": scope_codes, "active": active}
+    if after == before:
+        return False
     if user.role == "ministry_admin" and user.active and (role != "ministry_admin" or not active):
         _refuse_if_last_ministry_admin(user)
     user.role, user.scope_codes, user.active = role, scope_codes, active
     user.display_name = display_name
     # The name too: the console shows it beside the user's actions, so a rename is a change worth a record.
-    audit.record("user.update", user.username, {"before": before, "after": {
-        "display_name": display_name, "role": role, "scopes": scope_codes, "active": active}})
+    audit.record("user.update", user.username, {"before": before, "after": after})
     if before["active"] and not active:
         console_sessions.end_sessions(user, "disabled")  # a disabled account is signed out everywhere at once
-    return user
+    return True
 
 
 def _refuse_if_last_ministry_admin(user: User) -> None:

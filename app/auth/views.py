@@ -214,9 +214,16 @@ def edit_user(username: str):
     if form.is_submitted():
         change = {"role": form.role.data, "scopes": service.typed_codes(form.scopes.data),
                   "display_name": (form.display_name.data or "").strip()}
-        if _submitted(form, check=lambda: service.check_user_change(user, **change),
-                      act=lambda: service.update_user(user, **change, active=form.active.data, by=current_user)):
-            flash(_("User %(name)s updated.", name=username), "success")
+        changed = []
+
+        def act() -> None:
+            changed.append(service.update_user(user, **change, active=form.active.data, by=current_user))
+
+        if _submitted(form, check=lambda: service.check_user_change(user, **change), act=act):
+            if changed[0]:
+                flash(_("User %(name)s updated.", name=username), "success")
+            else:
+                flash(_("Nothing changed: %(name)s is as it was.", name=username), "info")
             return redirect(url_for("auth.users"))
     return _user_page(user, form, PasswordResetForm(prefix="reset"), form_status(form))
 
