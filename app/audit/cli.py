@@ -9,11 +9,9 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 from flask_babel import force_locale
-from sqlalchemy import select
 
 from app.admission.cli import refuse
 from app.audit import export, search, service, stored
-from app.audit.models import AuditRecord
 from app.audit.stored import Unreadable
 from app.cli_arguments import Digits
 from app.errors import NotFound
@@ -56,9 +54,9 @@ def verify_command(anchors: tuple[str, ...], as_json: bool) -> None:
 def anchor_command(as_json: bool) -> None:
     """Print the newest record as SEQ:HASH. Copy it to another system now and then: the chain cannot
     tell that its newest records were cut off, `flask audit verify --anchor SEQ:HASH` can."""
-    # The number and the hash only: a newest record whose time or detail was edited cannot be loaded whole.
-    row = db.session.execute(select(AuditRecord.seq, AuditRecord.hash)
-                             .order_by(AuditRecord.seq.desc()).limit(1)).first()
+    # The number and the hash only: a newest record whose time or detail was edited cannot be loaded whole. The
+    # record the next one follows: a number edited into text or NULL is none `verify --anchor` could take.
+    row = service.last_entry(db.session)
     if row is None:
         if as_json:
             refuse(NotFound("The audit log is empty.", code="audit_log_empty"), as_json)

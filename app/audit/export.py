@@ -19,11 +19,11 @@ from zoneinfo import ZoneInfo
 
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
-from sqlalchemy import Engine, Select, func, select
+from sqlalchemy import Engine, Select, not_, or_
 
 from app.audit import detail_in_zone, service
 from app.audit.models import AuditRecord
-from app.audit.stored import StoredRecords, Unreadable
+from app.audit.stored import StoredRecords, Unreadable, holds_a_number
 from app.extensions import db
 from app.labels import AUDIT_ACTIONS
 
@@ -50,9 +50,12 @@ def record_export(audit_filter, query: Select, *, actor: str | None = None) -> S
     """Audit the export (the caller commits before the first line goes out) and bound `query` to the records
     there were before it: the file holds what the list counted, not also its own export record or what
     others record while it streams."""
-    newest = db.session.scalar(select(func.max(AuditRecord.seq))) or 0
+    last = service.last_entry(db.session)
+    newest = last.seq if last else 0
     service.record("audit.export", detail={"filters": audit_filter.as_dict(), "up_to_seq": newest}, actor=actor)
-    return query.where(AuditRecord.seq <= newest)
+    # A record whose number was edited (`holds_a_number`) is listed, so it is exported: no record written later is
+    # numbered so.
+    return query.where(or_(AuditRecord.seq <= newest, not_(holds_a_number(db.session.get_bind().dialect))))
 
 
 def action_labels() -> dict[str, str]:
@@ -92,7 +95,8 @@ def csv_lines(engine: Engine, query: Select, zone: str, labels: dict[str, str],
         for row in connection.execution_options(yield_per=500).execute(query.with_only_columns(*records.columns)):
             stored = records.decode(row)
             yield line([
-                stored.seq, *_times(stored.at, local), safe_cell(stored.actor), safe_cell(stored.action),
+                safe_cell(stored.seq) if isinstance(stored.seq, Unreadable) else stored.seq,  # text: may be a formula
+                *_times(stored.at, local), safe_cell(stored.actor), safe_cell(stored.action),
                 safe_cell(labels.get(stored.action, stored.action)), safe_cell(stored.target),
                 safe_cell(stored.remote_addr), safe_cell(_detail_text(stored.detail, local)),
                 safe_cell(stored.prev_hash), safe_cell(stored.hash),

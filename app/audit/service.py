@@ -17,11 +17,11 @@ from datetime import datetime
 from flask import has_request_context, request
 from flask_login import current_user
 from flask_sqlalchemy.session import Session as FlaskSession
-from sqlalchemy import and_, event, func, or_, select, text
+from sqlalchemy import Row, and_, event, func, or_, select, text
 from sqlalchemy.orm import Session, SessionTransaction
 
 from app.audit.models import AuditRecord
-from app.audit.stored import StoredRecords, Unreadable
+from app.audit.stored import StoredRecords, Unreadable, holds_a_number
 from app.database import sqlite_write_lock, utcnow
 from app.extensions import db
 
@@ -32,8 +32,6 @@ AUDIT_LOCK_KEY = 0x4D50494D
 PAGE_SIZE = 5000  # records `verify` reads a query
 
 
-LAST_ENTRY = select(AuditRecord.__table__.c.seq, AuditRecord.__table__.c.hash).order_by(
-    AuditRecord.__table__.c.seq.desc()).limit(1)
 INSERT_ENTRY = AuditRecord.__table__.insert()
 
 
@@ -44,6 +42,15 @@ def record_digest(prev_hash: str, seq: int, at: datetime, actor: str, action: st
         sort_keys=True, ensure_ascii=False, separators=(",", ":"),
     )
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def last_entry(session: Session) -> Row | None:
+    """The newest record numbered as the chain numbers (`holds_a_number`): its seq and hash, or None in an empty log.
+    The next record follows it, numbered above every such record; one whose number was edited stays where it is,
+    for `verify` to report."""
+    table = AuditRecord.__table__
+    return session.execute(select(table.c.seq, table.c.hash).where(holds_a_number(session.get_bind().dialect))
+                           .order_by(table.c.seq.desc()).limit(1)).first()
 
 
 def _request_actor() -> tuple[str, str]:
@@ -103,7 +110,7 @@ def _chain_pending(session: Session) -> None:
         return
     session.flush()
     _lock_chain(session)
-    last = session.execute(LAST_ENTRY).first()
+    last = last_entry(session)
     seq, prev_hash = (last.seq, last.hash) if last else (0, GENESIS)
     at = utcnow()
     rows = []

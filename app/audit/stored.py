@@ -122,3 +122,13 @@ def holds_a_time(dialect: Dialect) -> ColumnElement[bool]:
     if dialect.name == "postgresql":
         return TABLE.c.at.between(EARLIEST, LATEST)
     return and_(func.typeof(TABLE.c.at) == "text", type_coerce(TABLE.c.at, String).op("GLOB")(TIME_AS_WRITTEN))
+
+
+def holds_a_number(dialect: Dialect) -> ColumnElement[bool]:
+    """Where a record's number is a whole number, as the chain numbers every record it writes: what the next record
+    follows, `flask audit anchor` prints and the export is bounded by. A number edited into text or a fraction
+    (SQLite) or NULL (PostgreSQL, once its NOT NULL is dropped) is none: the database's own order put SQLite's text
+    after every number and PostgreSQL's NULL first, newest first, and the next write failed on it."""
+    if dialect.name == "postgresql":  # an integer column: only NULL is no whole number
+        return TABLE.c.seq.is_not(None)
+    return func.typeof(TABLE.c.seq) == "integer"
