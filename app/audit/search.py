@@ -2,8 +2,9 @@
 
 Dates are calendar days in the display time zone (what the admin sees beside each record); a record's `at` is
 UTC. A date that is no date (2025-02-30 in a hand-typed URL) selects nothing and is reported, rather than
-quietly listing everything. The other filters compare what the database holds, even in a record edited there;
-a time edited into what is no time (`stored`) is on no day, so a date filter selects no such record.
+quietly listing everything; a date typed without its zeros (2026-1-1) is taken as the date box writes it. The
+other filters compare what the database holds, even in a record edited there; a time edited into what is no time
+(`stored`) is on no day, so a date filter selects no such record.
 """
 
 from __future__ import annotations
@@ -36,12 +37,24 @@ class AuditFilter:
 
     @classmethod
     def from_values(cls, values, zone: str) -> AuditFilter:
-        """From request args or CLI options: missing keys are empty, surrounding spaces dropped."""
-        return cls(**{key: (values.get(key) or "").strip() for key in FILTER_KEYS}, zone=zone)
+        """From request args or CLI options: missing keys are empty, surrounding spaces dropped, a date as a date
+        box writes it (`iso_day`)."""
+        typed = {key: (values.get(key) or "").strip() for key in FILTER_KEYS}
+        return cls(**{**typed, "since": iso_day(typed["since"]), "until": iso_day(typed["until"])}, zone=zone)
 
     def as_dict(self) -> dict[str, str]:
         """The non-empty filters, as a URL's query or an audit entry's detail carries them."""
         return {key: getattr(self, key) for key in FILTER_KEYS if getattr(self, key)}
+
+
+def iso_day(value: str) -> str:
+    """A date as YYYY-MM-DD (2026-01-01 for a typed 2026-1-1, which strptime reads as well): a date box shows no
+    other form, so it stood empty, and the next Filter dropped the date without a word. What is no date is kept as
+    typed, for `records` to report."""
+    try:
+        return datetime.strptime(value, "%Y-%m-%d").date().isoformat()
+    except ValueError:
+        return value
 
 
 def day_bound(value: str, zone: str, *, end: bool) -> datetime | None:
