@@ -89,9 +89,10 @@ def list_command(limit: int, as_json: bool) -> None:
 
 @cli.command("export")
 @click.option("--actor", default="", help="Exactly this actor.")
-@click.option("--action", default="", help="Actions starting with this (`node.` for every node action), or "
+@click.option("--action", default="", help="Actions starting with this, ASCII letters in either case (`node.` "
+                                           "for every node action), or "
                                            "whose label in --language contains it.")
-@click.option("--target", default="", help="Targets containing this.")
+@click.option("--target", default="", help="Targets containing this (ASCII letters in either case).")
 @click.option("--since", default="", metavar="YYYY-MM-DD",
               help="From this day on (Asia/Shanghai, the console's time zone).")
 @click.option("--until", default="", metavar="YYYY-MM-DD", help="Up to and including this day.")

@@ -3,17 +3,20 @@
 Dates are calendar days in the display time zone (what the admin sees beside each record); a record's `at` is
 UTC. A date that is no date (2025-02-30 in a hand-typed URL) selects nothing and is reported, rather than
 quietly listing everything; a date typed without its zeros (2026-1-1) is taken as the date box writes it. The
-other filters compare what the database holds, even in a record edited there; a time edited into what is no time
-(`stored`) is on no day, so a date filter selects no such record.
+other filters compare what the database holds, even in a record edited there (action and target ignoring the case
+of ASCII letters, on either database); a time edited into what is no time (`stored`) is on no day, so a date
+filter selects no such record.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
+from string import ascii_lowercase, ascii_uppercase
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Select, false, or_, select
+from sqlalchemy import ColumnElement, Select, String, false, func, or_, select
+from sqlalchemy.engine import Dialect
 
 from app.audit.models import AuditRecord
 from app.audit.stored import holds_a_time
@@ -21,6 +24,7 @@ from app.extensions import db
 from app.labels import AUDIT_ACTIONS
 
 FILTER_KEYS = ("actor", "action", "target", "since", "until")
+ASCII_LOWER = str.maketrans(ascii_uppercase, ascii_lowercase)
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,19 @@ def iso_day(value: str) -> str:
         return value
 
 
+def folded(column: ColumnElement[str], dialect: Dialect) -> ColumnElement[str]:
+    """`column` with its ASCII capitals in lower case, alike on both databases: SQLite's lower() folds only those,
+    PostgreSQL's every letter its locale knows. Compared with `fold(typed)`."""
+    if dialect.name == "postgresql":
+        return func.translate(column, ascii_uppercase, ascii_lowercase, type_=String)
+    return func.lower(column, type_=String)
+
+
+def fold(typed: str) -> str:
+    """What the user typed, as `folded` makes a column of it."""
+    return typed.translate(ASCII_LOWER)
+
+
 def day_bound(value: str, zone: str, *, end: bool) -> datetime | None:
     """The start of the day (of the next, for `end`) in UTC; ValueError when it is not a date, None when
     the bound falls outside the years a datetime holds (0001-01-01 here is in year 0 in UTC, the day after
@@ -78,14 +95,18 @@ def actions_labelled(text: str) -> list[str]:
 
 def records(audit_filter: AuditFilter) -> tuple[Select, list[str]]:
     """The query, newest first, and the typed dates that are no date (when any, the query matches nothing)."""
+    dialect = db.session.get_bind().dialect
     query = select(AuditRecord).order_by(AuditRecord.seq.desc())
     if audit_filter.actor:
         query = query.where(AuditRecord.actor == audit_filter.actor)
+    # Action and target ignore the case of ASCII letters on both databases (SQLite's LIKE did, PostgreSQL's did
+    # not); % and _ as typed.
     if audit_filter.action:
-        query = query.where(or_(AuditRecord.action.startswith(audit_filter.action, autoescape=True),
+        query = query.where(or_(folded(AuditRecord.action, dialect).startswith(fold(audit_filter.action),
+                                                                                autoescape=True),
                                 AuditRecord.action.in_(actions_labelled(audit_filter.action))))
-    if audit_filter.target:  # % and _ as typed
-        query = query.where(AuditRecord.target.contains(audit_filter.target, autoescape=True))
+    if audit_filter.target:
+        query = query.where(folded(AuditRecord.target, dialect).contains(fold(audit_filter.target), autoescape=True))
     not_dates, bounds = [], {}
     for key in ("since", "until"):
         value = getattr(audit_filter, key)
@@ -95,7 +116,7 @@ def records(audit_filter: AuditFilter) -> tuple[Select, list[str]]:
             except ValueError:
                 not_dates.append(value)
     if bounds:  # any day typed, even one at the calendar's ends that bounds nothing: no such time is on it
-        query = query.where(holds_a_time(db.session.get_bind().dialect))
+        query = query.where(holds_a_time(dialect))
     if bounds.get("since"):
         query = query.where(AuditRecord.at >= bounds["since"])
     if bounds.get("until"):
