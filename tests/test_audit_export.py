@@ -329,10 +329,12 @@ def test_an_export_past_the_consoles_limit_is_refused_names_the_cli_and_writes_n
     assert total > 3
     listed = admin_console.client.get("/audit/").get_data(as_text=True)
     assert 'action="/audit/export.csv"' not in listed and "flask audit export" in listed
+    assert "=HYPERLINK" in listed and '<table class="list">' in listed  # the records are listed all the same
     response = export(admin_console.client)
     page = response.get_data(as_text=True)
     assert response.status_code == 422 and response.mimetype == "text/html"
     assert f"{total}" in page and "flask audit export" in page and "超过控制台一次导出的上限（3 条）" in page
+    assert "=HYPERLINK" in page and '<table class="list">' in page
     assert exports() == []
     narrowed = export(admin_console.client, action="node.")
     assert narrowed.status_code == 200 and len(read_csv(narrowed.data)) == 2
