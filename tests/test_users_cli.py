@@ -454,6 +454,25 @@ def test_a_scope_too_long_that_sqlite_stored_earlier_still_lets_the_account_be_d
     assert refused.exit_code == 1 and "at most 57 codes" in refused.stderr
 
 
+def test_the_console_disables_an_account_holding_a_scope_too_long_and_takes_codes_typed_with_spaces(
+        app, admin_console, make_user):
+    """The edit form's own 400-character limit refused the list such an account holds, as the form shows it, so
+    the console could not disable it; it also refused 51 codes typed as "a, b, ...", which the service takes."""
+    make_user("alice", "provincial_admin", ("360000",))
+    if db.engine.dialect.name == "sqlite":  # only SQLite stored a list longer than its column
+        held = ",".join(codes_under_36(61))
+        db.session.execute(User.__table__.update().where(User.username == "alice").values(scope_codes=held))
+        db.session.commit()
+        disabled = admin_console.post_form("/users/alice", {"display_name": "", "role": "provincial_admin",
+                                                            "scopes": held})
+        assert disabled.status_code == 302 and user("alice").active is False
+    spaced = ", ".join(codes_under_36(51))
+    assert len(spaced) > 400
+    saved = admin_console.post_form("/users/alice", {"display_name": "", "role": "provincial_admin",
+                                                     "scopes": spaced, "active": "y"})
+    assert saved.status_code == 302 and user("alice").scope_codes == spaced.replace(" ", "")
+
+
 def test_an_edit_that_changes_nothing_records_nothing_and_says_so_at_both_doors(app, admin_console, make_user,
                                                                                   runner):
     """As an unlock with nothing to clear: no `user.update` record whose before is its after, and no "updated"."""
