@@ -61,10 +61,12 @@ def iso_day(value: str) -> str:
         return value
 
 
-def folded(column: ColumnElement[str], dialect: Dialect) -> ColumnElement[str]:
+def folded(column: ColumnElement[str], dialect: Dialect, typed: str) -> ColumnElement[str]:
     """`column` with its ASCII capitals in lower case, alike on both databases: SQLite's lower() folds only those,
-    PostgreSQL's every letter its locale knows. Compared with `fold(typed)`."""
-    if dialect.name == "postgresql":
+    PostgreSQL's every letter its locale knows. Compared with `fold(typed)`. On PostgreSQL, lower() still, when
+    what was typed is ASCII: a letter it folds beyond ASCII then matches only a wildcard, as it would unfolded, and
+    translate() cost 12 to 15 times as much (1.5 s against 0.1 s to count a million records)."""
+    if dialect.name == "postgresql" and not typed.isascii():
         return func.translate(column, ascii_uppercase, ascii_lowercase, type_=String)
     return func.lower(column, type_=String)
 
@@ -102,11 +104,12 @@ def records(audit_filter: AuditFilter) -> tuple[Select, list[str]]:
     # Action and target ignore the case of ASCII letters on both databases (SQLite's LIKE did, PostgreSQL's did
     # not); % and _ as typed.
     if audit_filter.action:
-        query = query.where(or_(folded(AuditRecord.action, dialect).startswith(fold(audit_filter.action),
-                                                                                autoescape=True),
+        action = folded(AuditRecord.action, dialect, audit_filter.action)
+        query = query.where(or_(action.startswith(fold(audit_filter.action), autoescape=True),
                                 AuditRecord.action.in_(actions_labelled(audit_filter.action))))
     if audit_filter.target:
-        query = query.where(folded(AuditRecord.target, dialect).contains(fold(audit_filter.target), autoescape=True))
+        target = folded(AuditRecord.target, dialect, audit_filter.target)
+        query = query.where(target.contains(fold(audit_filter.target), autoescape=True))
     not_dates, bounds = [], {}
     for key in ("since", "until"):
         value = getattr(audit_filter, key)
