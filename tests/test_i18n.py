@@ -30,6 +30,31 @@ def test_every_extracted_string_is_translated(tmp_path):
     assert not sorted(wanted - have, key=str), "run `make i18n-extract` and translate these"
 
 
+def catalog_keys(text: str) -> list[tuple[str, str]]:
+    """(msgctxt, msgid) of each entry of a .po file as written: Babel's reader keeps the last of two entries of one
+    message without a word, where msgfmt refuses the file."""
+    keys, fields, current = [], {}, None
+    for line in [*text.splitlines(), ""]:
+        if not line.strip():
+            if "msgid" in fields:
+                keys.append((fields.get("msgctxt", ""), fields["msgid"]))
+            fields, current = {}, None
+        elif line.startswith(("msgctxt ", "msgid ", "msgid_plural ", "msgstr")):
+            current, _, quoted = line.partition(" ")
+            fields[current] = quoted[1:-1]
+        elif line.startswith('"') and current:
+            fields[current] += line[1:-1]
+    return keys
+
+
+def test_no_message_is_translated_twice():
+    """A string appended again with a new translation (6914c6e) left its first entry: msgfmt refused the catalog
+    as a fatal error, and which translation the console showed depended on the reader."""
+    keys = catalog_keys((ROOT / "app/translations/zh_Hans_CN/LC_MESSAGES/messages.po").read_text(encoding="utf-8"))
+    assert len(keys) > 700
+    assert sorted({key for key in keys if keys.count(key) > 1}) == []
+
+
 def test_api_errors_are_english_whatever_the_session_language(client):
     body = client.get("/api/v1/divisions/999999").get_json()
     assert body["error"]["message"].startswith("There is no division 999999")
