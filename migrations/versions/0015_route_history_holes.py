@@ -10,7 +10,8 @@ below them aged out.
 Every hole is at a version the old rule would let go today (the head and the clock only move on), so letting
 go of every change up to the newest such version closes them all. Changes below it that were not in a hole go
 too: a node whose `since` is that old gets the full table, which the protocol always allows. Nothing else
-changes; a database with no hole is left as it is.
+changes, and nothing the next publication would keep is let go: a history with no hole loses at most the
+changes that publication would let go anyway.
 
 Revision ID: 0015_route_history_holes
 Revises: 0014_job_runs_job_id_index
