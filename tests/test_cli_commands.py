@@ -167,3 +167,22 @@ def test_health_poll_json_gives_the_late_alerts_the_plain_summary_names(app, run
     assert [(alert["node_id"], alert["new"], alert["after_maintenance"]) for alert in report["late_alerts"]] == [
         (node.node_id, "down", True)]
     assert report["polled"] == 1 and report["changes"] == []
+
+
+def test_every_user_option_says_which_console_user_it_is(app):
+    """`flask ca renew --help` and `flask ca revoke --help` showed a bare `--user TEXT [required]`."""
+    import click
+
+    def walk(group: click.Group, path: tuple[str, ...] = ()):
+        for name, command in group.commands.items():
+            if isinstance(command, click.Group):
+                yield from walk(command, (*path, name))
+            else:
+                yield (*path, name), command
+
+    bare = [" ".join(path) for path, command in walk(app.cli) for param in command.params
+            if "--user" in getattr(param, "opts", ()) and not (param.help or "").strip()]
+    assert bare == []
+    for command in ("renew", "revoke"):
+        shown = app.test_cli_runner().invoke(args=["ca", command, "--help"]).output
+        assert "The console user acting (audited)." in shown, shown

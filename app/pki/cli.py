@@ -103,7 +103,7 @@ def record_command(file, as_json):
 @cli.command("revoke")
 @click.argument("serial")
 @click.option("--reason", type=click.Choice(revocation.REASONS), required=True)
-@click.option("--user", "username", required=True)
+@click.option("--user", "username", required=True, help="The console user acting (audited).")
 @click.option("--json", "as_json", is_flag=True)
 def revoke_command(serial, reason, username, as_json):
     """Revoke a certificate by serial; the CRL is regenerated, and one in use is replaced."""
@@ -223,7 +223,7 @@ def emit_rotation(rotation: own_keys.Rotation, as_json: bool, line: str) -> None
 @cli.command("renew")
 @click.argument("node_id")
 @click.option("--csr", "csr_file", type=click.File("rb"), required=True, help="The node's new CSR (PEM or DER).")
-@click.option("--user", "username", required=True)
+@click.option("--user", "username", required=True, help="The console user acting (audited).")
 @click.option("--json", "as_json", is_flag=True)
 def renew_command(node_id, csr_file, username, as_json):
     """Renew a node's certificate now (an admin may, outside the last third of the validity)."""
