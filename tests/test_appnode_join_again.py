@@ -89,6 +89,8 @@ def test_a_revoked_node_enrols_again_keeping_its_users_and_history_and_its_peer_
     answer = json.loads(joined.stdout)
     new_id = answer["node_id"]
     assert new_id != old_id and new_id == applications.get(application.id).node_id
+    # A running `run` still answers as the old id (it read the node id and certificate when it started).
+    assert f"restart `run` if it is running: a running server still answers as {old_id}" in joined.stderr, joined.stderr
     assert answer["route_version"] == routing.head().version
     reopened(a)
     tls = a.node.identity

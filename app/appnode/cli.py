@@ -130,15 +130,19 @@ def init(ctx: Context, registry, division, endpoint, listen, org_name, org_code,
 def join(ctx: Context, token, wait, if_needed, again):
     """Apply with an enrollment token, wait for the approval, fetch the certificate, pull the routes."""
     node = ctx.node
+    former_id = None
     if again:
         if not node.joined:
             raise Refused("this node has not joined yet: run `join` without --again", code="not_joined")
         click.echo(f"{node.check_enrol_again()}: enrolling it again", err=True)
+        former_id = node.node_id
     elif node.joined:
         if if_needed:
             return
-        raise Refused(f"already joined as {node.node_id}; after a new root, `trust-root FILE` then "
-                      "`join --again` (docs/operations.md)", code="already_joined")
+        raise Refused(f"already joined as {node.node_id}; if its certificate no longer serves (the node revoked, the "
+                      "certificate expired, or, after a new root, `trust-root FILE` taken first), get a new enrollment "
+                      "token and run `join --again --token TOKEN` (docs/operations.md, \"A node enrolled again\")",
+                      code="already_joined")
     if not again and trust_taken_in_the_clear(node.config.registry_url):
         click.echo(f"warning: the management node is reached over plain http ({node.config.registry_url}): the root "
                    "this node trusts from now on is whatever answers there; join over https with --registry-ca, or "
@@ -149,6 +153,9 @@ def join(ctx: Context, token, wait, if_needed, again):
     node_id = node.await_approval(timeout=wait, keep_root=again)
     result = node.sync_routes()
     ctx.out({"node_id": node_id, "route_version": result.version}, f"joined as {node_id}")
+    if former_id is not None and former_id != node_id:  # `run` read the node id and certificate when it started
+        click.echo(f"restart `run` if it is running: a running server still answers as {former_id} and refuses "
+                   f"messages for {node_id} (docs/operations.md, \"A node enrolled again\")", err=ctx.as_json)
 
 
 @cli.command("trust-root")

@@ -25,7 +25,9 @@ RENEWAL_RETRY_MIN = 5.0
 # `status` shows them as the certificate problem they are, not only as the registry's refusal.
 CERTIFICATE_REVOKED = {
     "node_revoked": "certificate {sha256} revoked by the management node, which revoked node {node_id} "
-                    "(a revocation is final)",
+                    "(a revocation is final): to enrol this node again under a new node id, keeping its database, "
+                    "get a new enrollment token and run `join --again --token TOKEN` (docs/operations.md, "
+                    "\"A node enrolled again\")",
     "certificate_revoked": "certificate {sha256} revoked by the management node: this node can open no node session "
                            "until a ministry admin renews node {node_id} from a CSR for a new key made here "
                            "(`python -m app.appnode csr --new-key`; a key revoked as compromised is never "
