@@ -65,6 +65,13 @@ def _asks_for_json(command: click.Command, args: list[str]) -> bool:
     return False
 
 
+def _json_is_the_parents(error: click.UsageError, parent: click.Context | None) -> bool:
+    """Whether `error` is --json refused after a command whose group takes it (`python -m app.appnode --json
+    status`): the operator is told where it goes."""
+    return (isinstance(error, click.NoSuchOption) and error.option_name == "--json" and parent is not None
+            and any("--json" in param.opts for param in parent.command.params))
+
+
 def _json_usage_errors(command: click.Command):
     """`command`'s `make_context`, where click parses its arguments and raises its usage errors (a missing
     argument, an unknown option, a value a type refuses), telling them as JSON when --json is among them."""
@@ -76,6 +83,8 @@ def _json_usage_errors(command: click.Command):
         try:
             return make_context(info_name, args, parent=parent, **extra)
         except click.UsageError as error:
+            if _json_is_the_parents(error, parent):
+                error.message += " (put --json before the command)"
             if asked_json:
                 usage_error_as_json(error)
             raise

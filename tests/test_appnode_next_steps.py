@@ -5,7 +5,12 @@
 from __future__ import annotations
 
 import json
+import socket
 
+from click.testing import CliRunner
+
+from app.appnode.cli import cli
+from tests.appnode_harness import enroll
 from tests.test_appnode import network  # noqa: F401 (fixture)
 from tests.test_appnode_join_again import revoke, run
 from tests.test_appnode_trust_root import refusal
@@ -28,4 +33,43 @@ def test_a_revoked_node_is_told_to_enrol_again_by_status_and_by_a_plain_join(net
     message = refusal(joined)["message"]
     assert message.startswith(f"already joined as {a.id}") and ENROL_AGAIN in message, message
     assert "`trust-root FILE`" in message  # after a new root, as before
+
+
+def test_an_application_still_pending_names_itself_who_approves_it_and_that_the_same_command_waits_on(
+        network):  # noqa: F811
+    a, minister = network["a"], network["minister"]
+    revoke(a, minister)
+    waiting = run(a.dir, "join", "--again", "--token", enroll("360000", minister), "--wait", "0")
+    assert waiting.exit_code == 2 and refusal(waiting)["code"] == "application_pending", waiting.output
+    application_id = a.node.setting("application_id")
+    message = refusal(waiting)["message"]
+    assert message.startswith(f"application {application_id} still pending"), message
+    assert "接入申请 / Applications" in message and f"`flask applications approve {application_id}" in message
+    assert "run the same command again" in message
+
+
+def test_json_after_the_command_is_refused_saying_where_it_goes(tmp_path):
+    text = CliRunner().invoke(cli, ["--data", str(tmp_path), "status", "--json"])
+    assert text.exit_code == 2 and "No such option '--json'. (put --json before the command" in text.stderr
+    both = CliRunner().invoke(cli, ["--data", str(tmp_path), "--json", "status", "--json"])
+    assert both.exit_code == 2, both.output
+    assert json.loads(both.stderr)["error"] == {"code": "usage_error",
+                                                "message": "No such option '--json'. (put --json before the command)"}
+    other = CliRunner().invoke(cli, ["--data", str(tmp_path), "--json", "status", "--jsn"])
+    assert "before the command" not in json.loads(other.stderr)["error"]["message"]
+
+
+def test_an_unreachable_management_node_is_named_with_how_to_correct_its_address(tmp_path):
+    with socket.socket() as closed:  # a port nothing listens on once closed
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    registry = f"http://127.0.0.1:{port}"
+    made = CliRunner().invoke(cli, ["--data", str(tmp_path / "n"), "init", "--registry", registry, "--division",
+                                    "360000", "--endpoint", "https://127.0.0.1:8643", "--listen", "127.0.0.1:8643"])
+    assert made.exit_code == 0, made.output
+    joined = run(tmp_path / "n", "join", "--token", "mpet_x", "--wait", "0")
+    assert refusal(joined)["code"] == "registry_unreachable", joined.output
+    message = refusal(joined)["message"]
+    assert message.startswith(f"the management node at {registry} is unreachable: "), message
+    assert "is the management node running? correct its address with `init --if-missing --registry URL`" in message
 

@@ -236,7 +236,10 @@ class Node(ReceivingMixin, GroupsMixin, GroupHomeMixin, GroupConfirmationMixin, 
             if status.get("node_id"):
                 break
             if time.monotonic() > deadline:
-                raise RegistryError("still pending", code="application_pending")
+                raise RegistryError(f"application {application_id} still pending: a ministry admin must approve it "
+                                    f"(console 接入申请 / Applications, or `flask applications approve "
+                                    f"{application_id} --user NAME`); run the same command again to keep waiting",
+                                    code="application_pending")
             time.sleep(interval)
         node_id = status["node_id"]
         issued = self.registry.fetch_certificate(node_id, token)

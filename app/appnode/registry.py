@@ -32,6 +32,11 @@ from app.errors import DomainError, ValidationFailed
 # (app.routing.client.DEFAULT_MAX_BODY_SIZE); certificates, CRLs and JSON answers are far smaller.
 REGISTRY_ANSWER_LIMIT = 8 * 1024 * 1024
 
+# What an operator told `registry_unreachable` does next. `init --if-missing` takes a corrected address only before
+# the node has applied (Node.amend_config); after, the address is config.json's or MPIM_NODE_REGISTRY_URL's.
+UNREACHABLE_NEXT = ("is the management node running? correct its address with `init --if-missing --registry URL` "
+                    "(before the node has applied; after, in config.json or MPIM_NODE_REGISTRY_URL)")
+
 
 class RegistryError(DomainError):
     """The management node refused or could not be reached; `code` is its error code when it sent one,
@@ -224,10 +229,10 @@ class RegistryClient:
                 return HTTPResult(response.code, headers, self._read(response, headers, f"{method} {path}"))
         except http.client.HTTPException as error:  # IncompleteRead, BadStatusLine...: no OSError
             raise RegistryError(f"the management node at {self.base_url} is unreachable: its answer to {method} "
-                                f"{path} was cut short or is not HTTP ({error!r})",
+                                f"{path} was cut short or is not HTTP ({error!r}); {UNREACHABLE_NEXT}",
                                 code="registry_unreachable") from None
         except OSError as error:
-            raise RegistryError(f"the management node at {self.base_url} is unreachable: {error}",
+            raise RegistryError(f"the management node at {self.base_url} is unreachable: {error}; {UNREACHABLE_NEXT}",
                                 code="registry_unreachable") from None
 
     def _read(self, response, headers: dict[str, str], what: str) -> bytes:
