@@ -144,3 +144,42 @@ def test_the_maintenance_lengths_are_in_the_readers_language(console, node):
     maintenance.set_maintenance(node.node_id, utcnow() + timedelta(hours=1), "upgrade", by=minister)
     db.session.commit()
     assert lengths() == ["keep the current end", "1 hour", "4 hours", "24 hours"]
+
+
+
+def test_the_banner_counts_every_down_node_names_five_and_the_tiles_count_per_province(console, make_user):
+    """Counted and cut in the query (a nationwide outage is thousands of rows): a node in maintenance, or not
+    active, is left out; one whose window has ended is down again; a provincial admin counts their own. The
+    five named are the first by node id."""
+    from app.admission import nodes
+    from app.admission.models import Node
+    from app.health.models import NodeHealth
+
+    minister, jx = make_user("minister"), make_user("jx-admin", "provincial_admin", ("360000",))
+    jiangxi = [admit(jx, minister) for _ in range(8)]
+    guangdong = admit(make_user("gd-admin", "provincial_admin", ("440000",)), minister, "440000")
+    now = utcnow()
+    for node in [*jiangxi, guangdong]:
+        db.session.add(NodeHealth(node_id=node.node_id, status="down"))
+    db.session.flush()
+    db.session.get(NodeHealth, jiangxi[0].node_id).maintenance_until = now + timedelta(hours=1)
+    db.session.get(NodeHealth, jiangxi[1].node_id).maintenance_until = now - timedelta(hours=1)
+    nodes.suspend(jiangxi[2], "audit", by=minister)
+    db.session.commit()
+    jiangxi_down = sorted(n.node_id for n in [jiangxi[1], *jiangxi[3:]])
+
+    def banner(ids: list[str]) -> str:
+        names = ", ".join(f"{db.session.get(Node, i).org_name} ({i})" for i in ids[:5])
+        return f"{len(ids)} nodes are down: {names} and {len(ids) - 5} more"
+
+    console.login("minister")
+    console.client.get("/lang/en")
+    page = console.client.get("/").get_data(as_text=True)
+    assert banner(sorted([*jiangxi_down, guangdong.node_id])) in page
+    assert ": 7 active, 1 suspended, 6 down<" in page and ": 1 active, 0 suspended, 1 down<" in page
+    scoped = type(console)(console.client.application.test_client())
+    scoped.login("jx-admin")
+    scoped.client.get("/lang/en")
+    page = scoped.client.get("/").get_data(as_text=True)
+    assert banner(jiangxi_down) in page and ": 7 active, 1 suspended, 6 down<" in page
+    assert guangdong.node_id not in page and ": 1 active, 0 suspended, 1 down<" not in page

@@ -75,6 +75,11 @@ def in_maintenance(health: NodeHealth | None, now: datetime | None = None) -> bo
     return bool(health and health.maintenance_until and health.maintenance_until > (now or utcnow()))
 
 
+def out_of_maintenance(now: datetime):
+    """`not in_maintenance(health, now)` as SQL, over a NodeHealth row: lists count and cut it in the query."""
+    return or_(NodeHealth.maintenance_until.is_(None), NodeHealth.maintenance_until <= now)
+
+
 def still_polled(node_ids: list[str]) -> dict[str, tuple[str, datetime]]:
     """node id → (endpoint, when its status last changed), of those of `node_ids` that are active now, their rows
     locked FOR SHARE until commit.

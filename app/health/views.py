@@ -10,7 +10,7 @@ from flask_babel import lazy_gettext as _l
 from flask_babel import ngettext, pgettext
 from flask_login import current_user
 from markupsafe import Markup, escape
-from sqlalchemy import false, select
+from sqlalchemy import false, func, select
 
 from app import labels
 from app.admission import node_views, nodes
@@ -135,29 +135,33 @@ def node_section(node: Node) -> dict | None:
     }
 
 
-def down_nodes(user) -> list[Node]:
-    now = utcnow()
-    rows = db.session.execute(select(Node, NodeHealth).join(NodeHealth, NodeHealth.node_id == Node.node_id)
-                              .where(Node.status == "active", NodeHealth.status == "down",
-                                     division_filter(user, Node.division_code))).all()
-    return [node for node, health in rows if not service.in_maintenance(health, now)]
+def down_nodes(user):
+    """The active nodes a user sees that are down and not in maintenance, as a select of `Node` (a nationwide
+    outage is thousands of them: the banner counts them and names 5, the tile map counts per province)."""
+    return select(Node).join(NodeHealth, NodeHealth.node_id == Node.node_id) \
+        .where(Node.status == "active", NodeHealth.status == "down", service.out_of_maintenance(utcnow()),
+               division_filter(user, Node.division_code))
 
 
 def banner(user) -> list[dict]:
     down = down_nodes(user)
-    if not down:
+    total = db.session.scalar(down.with_only_columns(func.count(), maintain_column_froms=True))
+    if not total:
         return []
+    first = db.session.execute(down.with_only_columns(Node.org_name, Node.node_id).order_by(Node.node_id).limit(5))
     # The list's punctuation is the reader's: 、 and full-width brackets in Chinese, commas in English.
-    names = pgettext("list separator", ", ").join(_("%(org)s (%(node)s)", org=n.org_name, node=n.node_id)
-                                                  for n in down[:5])
-    more = _(" and %(n)s more", n=len(down) - 5) if len(down) > 5 else ""
+    names = pgettext("list separator", ", ").join(_("%(org)s (%(node)s)", org=org_name, node=node_id)
+                                                  for org_name, node_id in first)
+    more = _(" and %(n)s more", n=total - 5) if total > 5 else ""
     return [{"kind": "error", "text": ngettext("%(num)s node is down: %(names)s%(more)s",
-                                               "%(num)s nodes are down: %(names)s%(more)s", len(down),
+                                               "%(num)s nodes are down: %(names)s%(more)s", total,
                                                names=names, more=more)}]
 
 
 def province_down(user, figures) -> None:
     from app.admission.tilemap import ProvinceFigures
 
-    for node in down_nodes(user):
-        figures.setdefault(node.province_prefix, ProvinceFigures()).down += 1
+    rows = db.session.execute(down_nodes(user).with_only_columns(Node.province_prefix, func.count())
+                              .group_by(Node.province_prefix))
+    for prefix, count in rows:
+        figures.setdefault(prefix, ProvinceFigures()).down += count
