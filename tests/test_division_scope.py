@@ -9,8 +9,10 @@ from sqlalchemy import select, text
 
 from app.admission.scope import division_filter
 from app.auth.models import division_prefix
+from app.database import utcnow
 from app.divisions.models import Division
 from app.extensions import db
+from app.health import history
 from app.health.models import HealthEvent
 from app.pki import inventory
 from tests.test_node_list_plan import plan
@@ -59,10 +61,25 @@ def test_a_provincial_admins_events_and_certificates_start_from_their_divisions_
     if db.engine.dialect.name != "sqlite":
         pytest.skip("SQLite's plan; PostgreSQL's planner chooses by its statistics")
     admin = make_user("admin", "provincial_admin", (scope,))
-    from app.admission.models import Node
-
-    events = select(HealthEvent).join(Node, Node.node_id == HealthEvent.node_id) \
-        .where(division_filter(admin, Node.division_code)).order_by(HealthEvent.at.desc()).limit(20)
+    events = history.events_query(admin).limit(20)
     certificates = inventory.visible_to(inventory.inventory_query(state="expired"), admin).limit(20)
     for query in (events, certificates):
         assert "USING INDEX ix_nodes_division_code (division_code" in plan(query), plan(query)
+
+
+@pytest.mark.parametrize("role", ["ministry_admin", "auditor", "provincial_admin"])
+def test_the_events_join_the_nodes_only_for_a_scoped_reader(make_user, role):
+    """For the nation the division filter is true: the join to the nodes only made the count ten times dearer."""
+    from tests.test_admission_review import admit
+
+    minister = make_user("minister")
+    jiangxi = admit(make_user("jx-admin", "provincial_admin", ("360000",)), minister)
+    guangdong = admit(make_user("gd-admin", "provincial_admin", ("440000",)), minister, "440000")
+    db.session.add_all([HealthEvent(node_id=node.node_id, at=utcnow(), old_status="unknown", new_status="down")
+                        for node in (jiangxi, guangdong)])
+    db.session.commit()
+    reader = make_user("reader", role, ("360000",) if role == "provincial_admin" else ())
+    query = history.events_query(reader)
+    assert ("JOIN nodes" in str(query.compile(db.engine))) == (role == "provincial_admin")
+    expected = [jiangxi.node_id] if role == "provincial_admin" else [jiangxi.node_id, guangdong.node_id]
+    assert sorted(event.node_id for event in db.session.scalars(query)) == expected

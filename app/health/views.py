@@ -36,8 +36,7 @@ STATUS_LABELS = labels.STATUS_LABELS  # up, down, unknown among them
 @roles_required("ministry_admin", "provincial_admin", "auditor")
 def events():
     """The node filter is kept as typed (nodes.node_filter); one that is no node id lists nothing."""
-    query = select(HealthEvent).join(Node, Node.node_id == HealthEvent.node_id) \
-        .where(division_filter(current_user, Node.division_code)).order_by(HealthEvent.at.desc(), HealthEvent.id.desc())
+    query = history.events_query(current_user)
     node_id, not_node_id = nodes.node_filter(request.args.get("node", ""))
     if node_id:
         query = query.where(HealthEvent.node_id == node_id) if not not_node_id else query.where(false())
