@@ -539,3 +539,26 @@ def test_the_re_signing_job_publishes_nothing_before_the_first_node_is_approved(
     assert service.head() is None
     assert service.resign_job() == "nothing to do: no table published yet"
     assert service.head() is None
+
+
+
+def test_the_console_pages_and_the_re_signing_banner_read_no_table_body(app, session, admin_console):
+    """A body and its delta are about 1 MB each with 3,000 nodes; the banner asks for the head on every page, and
+    the history lists what changed. A body is read where it is used: a download, publishing."""
+    from sqlalchemy import event
+
+    statements: list[str] = []
+
+    def record(connection, cursor, statement, *args):
+        if not statement.startswith("SELECT count("):  # the history's count fetches no column
+            statements.append(" ".join(statement.split()))
+
+    event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        for url in ("/", "/routes/", "/nodes/"):
+            assert admin_console.client.get(url).status_code == 200
+    finally:
+        event.remove(db.engine, "before_cursor_execute", record)
+    bodies = [s for s in statements if "route_versions.body" in s or "route_versions.delta_body" in s]
+    assert not bodies and sum("FROM route_versions" in s for s in statements) >= 4, bodies
+    assert admin_console.client.get("/routes/v1.json").data == service.head().body

@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 
 from flask import current_app
 from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.orm import defer
 
 from app.admission.models import Node
 from app.audit import service as audit
@@ -76,6 +77,16 @@ def current_entries() -> dict[str, dict]:
 
 def head() -> RouteVersion | None:
     return db.session.scalar(select(RouteVersion).order_by(RouteVersion.version.desc()).limit(1))
+
+
+def head_summary() -> RouteVersion | None:
+    """`head()` without its bodies (loaded if read after all): the full table and its delta are about 1 MB
+    each with 3,000 nodes, and the re-signing banner asks for the head on every page."""
+    return db.session.scalar(without_bodies(select(RouteVersion)).order_by(RouteVersion.version.desc()).limit(1))
+
+
+def without_bodies(query):
+    return query.options(defer(RouteVersion.body), defer(RouteVersion.delta_body))
 
 
 def head_version() -> int:
@@ -242,7 +253,7 @@ def resign_job() -> str:
     """Scheduler job: re-sign before half the table's lifetime has passed. Meanwhile, a table that lists
     a node whose certificate has expired since is published again without it: an expiry is no event
     that publishes, and a node already down changes nothing a health round would publish."""
-    current = head()
+    current = head_summary()
     if current is None and not current_entries():  # the console says the first approval publishes the first
         return "nothing to do: no table published yet"
     ttl = timedelta(hours=current_app.config["MPIM_ROUTE_TTL_HOURS"])
@@ -264,7 +275,7 @@ RESIGN_GRACE = timedelta(minutes=30)
 def resigning_overdue(now: datetime | None = None) -> tuple[str, RouteVersion] | None:
     """("expired" | "late", head) when the table was not re-signed on time (`resign_job`), else None: every node
     refuses an expired table, and a stopped scheduler fails no request, so nothing else would say so."""
-    current = head()
+    current = head_summary()
     if current is None:
         return None
     now = now or utcnow()
@@ -276,7 +287,8 @@ def resigning_overdue(now: datetime | None = None) -> tuple[str, RouteVersion] |
 
 
 def history_query():
-    return select(RouteVersion).order_by(RouteVersion.version.desc())
+    """Newest first, without the bodies: the lists show what changed, and a download reads one body (`find`)."""
+    return without_bodies(select(RouteVersion)).order_by(RouteVersion.version.desc())
 
 
 def find(version_number: int) -> RouteVersion | None:

@@ -23,7 +23,7 @@ VIEWERS = ("ministry_admin", "auditor")
 def index():
     page = paginate(service.history_query(), request.args.get("page", 1, type=int),
                     current_app.config["MPIM_PAGE_SIZE"])
-    return render_template("routing/index.html", head=service.head(), page=page)
+    return render_template("routing/index.html", head=service.head_summary(), page=page)
 
 
 def _with_body(version: int):
