@@ -19,12 +19,11 @@ ROLE_CHOICES = [
 ADMIN_CHOSEN_PASSWORD = _l("At least 10 characters, with three of: lower case, upper case, digits, symbols. "
                            "The user replaces it with their own at the first sign-in.")
 
-
-
 # The scope field as typed: the service refuses codes that would not fit the column (`normalise_scopes`, which keeps
 # a list an account holds already), so this bound only stops absurd input. The column's 400 here refused the list
 # such an account holds, as the form shows it (nothing could disable it), and 51 codes typed with spaces.
 SCOPES_TYPED_MAX = 4000
+
 
 class LoginForm(ConsoleForm):
     username = StringField(_l("Username"), validators=[DataRequired(), Length(max=64)])
