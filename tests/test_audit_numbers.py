@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from sqlalchemy import func, select, text
 
 from app.audit import service
@@ -121,3 +122,43 @@ def test_the_export_is_bounded_by_the_newest_record_numbered_as_records_are(admi
         assert "'=HYPERLINK(1)" in {row["seq"] for row in rows}
     [entry] = exports()
     assert entry.detail["up_to_seq"] == newest_seq() - 1 and entry.seq == newest_seq()
+
+
+@pytest.fixture
+def hash_unconstrained(app, drop_guard):  # noqa: F811
+    """`hash_unconstrained()` lifts the guard and, on PostgreSQL, hash's NOT NULL; there, where the suite shares one
+    database, the records go and the constraint is back after the test."""
+    dropped = []
+
+    def drop() -> None:
+        drop_guard()
+        if db.engine.dialect.name == "postgresql":
+            db.session.execute(text("ALTER TABLE audit_records ALTER COLUMN hash DROP NOT NULL"))
+            db.session.commit()
+            dropped.append(True)
+
+    yield drop
+    if dropped:
+        db.session.rollback()
+        db.session.execute(text("TRUNCATE audit_records RESTART IDENTITY"))
+        db.session.execute(text("ALTER TABLE audit_records ALTER COLUMN hash SET NOT NULL"))
+        db.session.commit()
+
+
+@pytest.mark.parametrize("stored_hash", ["x'00ff'", "NULL"])
+def test_a_newest_hash_edited_into_no_text_stops_no_write(app, admin_console, hash_unconstrained, stored_hash):
+    """The next record's prev_hash is the newest record's hash. One edited into what is no text (a blob
+    on SQLite, NULL on PostgreSQL once its NOT NULL is dropped) stopped every audited write: JSON cannot hold a
+    blob, and NOT NULL refused a NULL prev_hash, so each sign-in answered 500. The next record follows it as `verify`
+    reads it, and verify reports only the edited record."""
+    if (db.engine.dialect.name == "postgresql") != (stored_hash == "NULL"):
+        pytest.skip("PostgreSQL's text column holds no blob; SQLite keeps its NOT NULL")
+    write_records(3)
+    last = newest_seq()
+    hash_unconstrained()
+    db.session.execute(text(f"UPDATE audit_records SET hash = {stored_hash} WHERE seq = :seq"), {"seq": last})
+    db.session.commit()
+    assert Console(app.test_client()).login("minister").status_code == 302
+    write_records(2)
+    assert seqs_written_after(last) == [last + 2, last + 3]  # the sign-in took last + 1
+    assert service.verify().problems == [f"record {last}: unreadable (edited)"]

@@ -13,11 +13,12 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 from flask import has_request_context, request
 from flask_login import current_user
 from flask_sqlalchemy.session import Session as FlaskSession
-from sqlalchemy import Row, and_, event, func, or_, select, text
+from sqlalchemy import and_, event, func, or_, select, text
 from sqlalchemy.orm import Session, SessionTransaction
 
 from app.audit.models import AuditRecord
@@ -44,13 +45,23 @@ def record_digest(prev_hash: str, seq: int, at: datetime, actor: str, action: st
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
-def last_entry(session: Session) -> Row | None:
+class Entry(NamedTuple):
+    seq: int
+    hash: str
+
+
+def last_entry(session: Session) -> Entry | None:
     """The newest record numbered as the chain numbers (`holds_a_number`): its seq and hash, or None in an empty log.
     The next record follows it, numbered above every such record; one whose number was edited stays where it is,
-    for `verify` to report."""
+    for `verify` to report. A hash edited into what is no text (a blob, NULL) is read as `verify` reads it
+    (`Unreadable`): the next record follows that, and the write goes on, where JSON refused a blob and NOT NULL a
+    NULL prev_hash, failing every audited write."""
     table = AuditRecord.__table__
-    return session.execute(select(table.c.seq, table.c.hash).where(holds_a_number(session.get_bind().dialect))
-                           .order_by(table.c.seq.desc()).limit(1)).first()
+    row = session.execute(select(table.c.seq, table.c.hash).where(holds_a_number(session.get_bind().dialect))
+                          .order_by(table.c.seq.desc()).limit(1)).first()
+    if row is None:
+        return None
+    return Entry(row.seq, row.hash if isinstance(row.hash, str) else str(Unreadable.of(row.hash)))
 
 
 def _request_actor() -> tuple[str, str]:
