@@ -694,3 +694,30 @@ def test_a_provincial_admins_dashboard_counts_the_applications_of_their_division
     listed = console.client.get(link.group(1).replace("&amp;", "&")).get_data(as_text=True)
     assert all(f'href="/applications/{number}"' in listed for number in theirs)
     assert f'href="/applications/{other}"' not in listed
+
+
+def test_the_declined_request_is_read_from_the_log_as_stored(app, make_user, admin_console):
+    """The node page read the decline as an ORM object, newest number first: a decline whose time was edited into
+    no time answered 500 (SQLite's DateTime and PostgreSQL's driver refuse it), and on SQLite an older request
+    whose number was edited into text sorted above the decline and hid it. The page reads the log as `verify`
+    does (`app.audit.stored`), newest whole-numbered record first, and shows what the database holds."""
+    from app.admission import nodes
+    from app.audit.models import AuditRecord
+    from tests.test_audit import edit_unguarded
+
+    node = _requested_node(make_user)
+    nodes.decline_suspension(node, "没有证据", by=db.session.scalar(db.select(User).where(User.username == "minister")))
+    db.session.commit()
+    request_seq = db.session.scalar(db.select(AuditRecord.seq).where(AuditRecord.action == "node.request_suspension"))
+    no_time = "infinity" if db.engine.dialect.name == "postgresql" else "no time"
+    edits = [f"UPDATE audit_records SET at = '{no_time}' WHERE action = 'node.decline_suspension'"]
+    if db.engine.dialect.name == "sqlite":  # PostgreSQL's integer column refuses text
+        edits.append(f"UPDATE audit_records SET seq = '{request_seq}a' WHERE seq = {request_seq}")
+    edit_unguarded(edits)
+    requester = Console(app.test_client())
+    requester.login("jx-admin")
+    page = requester.client.get(f"/nodes/{node.node_id}")
+    assert page.status_code == 200
+    declined = re.search(r'<dt>暂停申请已驳回</dt><dd>(.*?)</dd>', page.get_data(as_text=True))
+    assert declined and "minister" in declined.group(1) and "没有证据" in declined.group(1)
+    assert f'<code class="stored">{no_time}</code>' in declined.group(1)

@@ -21,7 +21,7 @@ from app.health import history, maintenance, service
 from app.health.models import HealthEvent, HealthHourly, HealthSample, NodeHealth
 from app.health.state import Counters, Thresholds, step
 from app.health.webhook import outbox, send_webhook
-from tests.conftest import csrf_token, stop_serving
+from tests.conftest import Console, csrf_token, stop_serving
 from tests.health_servers import raw_receiver
 from tests.test_admission_review import admit
 
@@ -908,3 +908,24 @@ def test_cli_status_lists_every_polled_node_a_node_never_polled_as_unknown(app, 
     assert lines[newcomer.node_id] == {"node_id": newcomer.node_id, "status": "unknown", "last_checked_at": None,
                                        "last_latency_ms": None, "last_failure": None, "maintenance": False}
     assert newcomer.node_id in runner.invoke(args=["health", "status"]).output
+
+
+def test_the_window_is_named_by_its_newest_setter_as_the_chain_orders_records(app, node, console, make_user):
+    """SQLite only (PostgreSQL's integer column refuses text): "set by" read the newest record by number, and SQLite
+    sorts a number edited into text above every number, so an older window's setter was named for the current one.
+    The chain's order is read instead (`holds_a_number`)."""
+    from app.audit.models import AuditRecord
+    from tests.test_audit import number_edited_into_text
+
+    make_user("jx-admin-2", "provincial_admin", ("360000",))
+    page_url = f"/nodes/{node.node_id}"
+    console.login("jx-admin-2")
+    console.post_form(page_url, {"hours": "4", "note": "first"}, action=f"/health/{node.node_id}/maintenance")
+    first = db.session.scalar(db.select(AuditRecord.seq).where(AuditRecord.action == "health.maintenance"))
+    other = Console(app.test_client())
+    other.login("jx-admin")
+    other.post_form(page_url, {"hours": "keep", "note": "second"}, action=f"/health/{node.node_id}/maintenance")
+    if not number_edited_into_text(first):
+        return
+    page = other.client.get(page_url).get_data(as_text=True)
+    assert "由 jx-admin 设置" in page and "由 jx-admin-2 设置" not in page

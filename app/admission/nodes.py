@@ -247,15 +247,22 @@ def withdraw_suspension(node: Node, reason: str, *, by) -> Node:
 
 def declined_suspension(node: Node):
     """The audit record of the ministry's decline of this node's latest suspension request, if that is how the
-    request ended (no newer request, withdrawal or suspension since): what its page shows the requester."""
+    request ended (no newer request, withdrawal or suspension since): what its page shows the requester.
+    Read as stored (`app.audit.stored`), newest whole-numbered record first, as the chain orders them: a record
+    edited in the database is shown as it is held, not a 500, and one whose number was edited is no newer."""
     from app.audit.models import AuditRecord
+    from app.audit.stored import StoredRecords, holds_a_number
 
     if node.suspension_requested or node.status != "active":
         return None
-    latest = db.session.scalars(
-        select(AuditRecord).where(AuditRecord.target == node.node_id, AuditRecord.action.in_(
-            ("node.request_suspension", "node.decline_suspension", "node.withdraw_suspension", "node.suspend")))
+    dialect = db.session.get_bind().dialect
+    records = StoredRecords(dialect)
+    row = db.session.execute(
+        select(*records.columns).where(AuditRecord.target == node.node_id, AuditRecord.action.in_(
+            ("node.request_suspension", "node.decline_suspension", "node.withdraw_suspension", "node.suspend")),
+            holds_a_number(dialect))
         .order_by(AuditRecord.seq.desc()).limit(1)).first()
+    latest = records.decode(row) if row is not None else None
     return latest if latest is not None and latest.action == "node.decline_suspension" else None
 
 LEVEL_CANDIDATES = (lambda code: code, prefecture_of, province_of)

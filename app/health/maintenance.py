@@ -62,11 +62,15 @@ def end_maintenance(node, *, by) -> None:
 
 def window_setter(node_id: str) -> str | None:
     """Who set the node's current window: the actor of its latest `health.maintenance` record (the note's
-    edits count), for the node page. Not stored with the window; the audit log has it."""
+    edits count), for the node page. Not stored with the window; the audit log has it. Newest whole-numbered record
+    first, as the chain orders them: one whose number was edited into text (SQLite sorts it above every number) is
+    no newer."""
     from app.audit.models import AuditRecord
+    from app.audit.stored import holds_a_number
 
     return db.session.scalar(select(AuditRecord.actor).where(AuditRecord.action == "health.maintenance",
-                                                              AuditRecord.target == node_id)
+                                                              AuditRecord.target == node_id,
+                                                              holds_a_number(db.session.get_bind().dialect))
                              .order_by(AuditRecord.seq.desc()).limit(1))
 
 
