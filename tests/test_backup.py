@@ -422,3 +422,24 @@ def test_postgresql_is_refused_with_pg_restore_named(app, runner, tmp_path):
     assert result.exit_code == 1, result.output
     error = json.loads(result.stderr)["error"]
     assert error["code"] == "use_pg_restore" and "pg_restore" in error["message"]
+
+
+def test_the_backups_newest_record_is_the_newest_the_chain_numbers(elsewhere, backed_up, tmp_path):
+    """The plan named the backup's newest audit record by SQLite's order, which puts a number edited into text above
+    every number: "audit record #1a" for a backup whose newest record is another. It is the newest whole number,
+    as the chain numbers records (`holds_a_number`)."""
+    with sqlite3.connect(backed_up) as edited:
+        for (trigger,) in edited.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' "
+                                         "AND tbl_name = 'audit_records'").fetchall():
+            edited.execute(f'DROP TRIGGER "{trigger}"')
+        newest = edited.execute("SELECT max(seq) FROM audit_records").fetchone()[0]
+        if newest == 1:  # a second record, so that one is left with a whole number
+            columns = "at, actor, action, target, detail, remote_addr, prev_hash, hash"
+            edited.execute(f"INSERT INTO audit_records (seq, {columns}) SELECT 2, {columns} FROM audit_records")
+            newest = 2
+        edited.execute(f"UPDATE audit_records SET seq = '{newest - 1}a' WHERE seq = {newest - 1}")
+    edited.close()
+    result = restore(elsewhere, backed_up, "--yes", "--json")
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert json.loads(result.stdout)["backup_newest"]["seq"] == newest
+    assert f"audit record #{newest} at " in result.stderr

@@ -159,11 +159,13 @@ def _schema_of(backup: Path, revision: str) -> str:
 
 
 def _newest(path: Path) -> Newest:
-    """The newest audit record `path` holds; none for a database without one or that cannot be read."""
+    """The newest audit record `path` holds, as the chain numbers them (a whole number, `holds_a_number`: SQLite
+    sorts a number edited into text above every number); none for a database without one or that cannot be read."""
     try:
         connection = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
         try:
-            row = connection.execute("SELECT seq, at FROM audit_records ORDER BY seq DESC LIMIT 1").fetchone()
+            row = connection.execute("SELECT seq, at FROM audit_records WHERE typeof(seq) = 'integer' "
+                                     "ORDER BY seq DESC LIMIT 1").fetchone()
         finally:
             connection.close()
     except sqlite3.DatabaseError:  # not a database, damaged, no audit table
