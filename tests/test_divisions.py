@@ -277,3 +277,20 @@ def test_a_revision_name_that_shows_as_nothing_or_misleads_is_refused_and_change
     result = runner.invoke(args=["divisions", "import", str(newer), "--revision", revision])
     assert result.exit_code == 1 and refusal in result.output, result.output
     assert service.latest_revision() == before
+
+
+def test_the_first_import_says_it_loaded_every_code(app, runner):
+    """The first import lists no code as added (there is nothing to compare with, and 3,210 lines would bury the
+    rest), but printed "3210 codes; 0 added", which reads as if nothing loaded."""
+    wipe_divisions()
+    result = runner.invoke(args=["divisions", "import"])
+    assert result.exit_code == 0, result.output
+    total = db.session.scalar(select(func.count()).select_from(Division))
+    assert result.output == (f"revision {service.DEFAULT_REVISION}: {total} codes loaded "
+                             "(the first revision: nothing to compare with)\n")
+    wipe_divisions()
+    as_json = json.loads(runner.invoke(args=["divisions", "import", "--json"]).output)
+    assert as_json["first"] is True and as_json["total"] == total and as_json["added"] == []
+    again = json.loads(runner.invoke(args=["divisions", "import", "--revision", service.DEFAULT_REVISION,
+                                           "--json"]).output)
+    assert again["first"] is False

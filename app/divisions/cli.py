@@ -53,6 +53,10 @@ def import_command(file, revision, allow_older, as_json):
     if as_json:
         click.echo(json.dumps(report.to_dict(), ensure_ascii=False))
         return
+    if report.first:
+        click.echo(f"revision {report.revision}: {report.total} codes loaded (the first revision: nothing to "
+                   "compare with)")
+        return
     click.echo(f"revision {report.revision}: {report.total} codes; {len(report.added)} added, "
                f"{len(report.renamed)} renamed, {len(report.retired)} retired, {len(report.restored)} restored")
     for code, name in report.added:

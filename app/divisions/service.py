@@ -43,6 +43,7 @@ class ImportReport:
     retired: list[tuple[str, str]] = field(default_factory=list)
     restored: list[tuple[str, str]] = field(default_factory=list)
     retired_in_use: list[str] = field(default_factory=list)
+    first: bool = False  # into an empty table: every code is new, so none is listed as added
 
     @property
     def changed(self) -> bool:
@@ -50,7 +51,7 @@ class ImportReport:
 
     def to_dict(self) -> dict:
         return {
-            "revision": self.revision, "total": self.total,
+            "revision": self.revision, "total": self.total, "first": self.first,
             "added": [{"code": c, "name": n} for c, n in self.added],
             "renamed": [{"code": c, "old_name": o, "new_name": n} for c, o, n in self.renamed],
             "retired": [{"code": c, "name": n} for c, n in self.retired],
@@ -78,7 +79,7 @@ def import_revision(data: bytes, revision: str, *, actor: str | None = None,
         raise Conflict(_l("Revision %(revision)s is older than the current %(latest)s: importing it would bring "
                           "back abolished codes and retire current ones. Use --allow-older if that is intended.",
                           revision=revision, latest=latest), code="older_revision", field="revision")
-    report = ImportReport(revision=revision, total=len(rows))
+    report = ImportReport(revision=revision, total=len(rows), first=not existing)
     incoming: dict[str, DivisionRow] = {row.code: row for row in rows}
     level = "province"
     for row in rows:
