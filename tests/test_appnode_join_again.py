@@ -89,8 +89,8 @@ def test_a_revoked_node_enrols_again_keeping_its_users_and_history_and_its_peer_
     answer = json.loads(joined.stdout)
     new_id = answer["node_id"]
     assert new_id != old_id and new_id == applications.get(application.id).node_id
-    # A running `run` still answers as the old id (it read the node id and certificate when it started).
-    assert f"restart `run` if it is running: a running server still answers as {old_id}" in joined.stderr, joined.stderr
+    # A running `run` takes it up itself (`test_a_running_server_takes_up_a_join_again_run_beside_it`).
+    assert f"a running `run` serves as {new_id} within seconds" in joined.stderr, joined.stderr
     assert answer["route_version"] == routing.head().version
     reopened(a)
     tls = a.node.identity
@@ -200,3 +200,40 @@ def test_a_join_again_cut_short_is_finished_by_running_it_again(network):  # noq
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout)["node_id"] == new_id
     assert Node(a.dir).node_id == new_id
+
+
+def health_of(served) -> dict:
+    """The running `run` process's /api/v1/health, over TLS checked against the root the node holds."""
+    import ssl
+    import urllib.request
+
+    context = ssl.create_default_context(cafile=str(served.node.identity.bundle_file))
+    with urllib.request.urlopen(f"https://127.0.0.1:{served.port}/api/v1/health", timeout=5,
+                                context=context) as response:
+        return json.loads(response.read())
+
+
+def test_a_running_server_takes_up_a_join_again_run_beside_it(network):  # noqa: F811
+    """`join --again` in another process while `run` serves: the server answered as the old id and refused messages
+    for the new one (`wrong_recipient`) until an operator restarted it. Its loop now notices the new id and the
+    worker reloads, as after a renewal; a peer's message to the new address is delivered."""
+    from tests.appnode_processes import eventually
+
+    a, b, minister = network["a"], network["b"], network["minister"]
+    a.stop()
+    a.start_process()
+    old_id = a.id
+    assert health_of(a)["node_id"] == old_id
+    revoke(a, minister)
+    token = enroll("360000", minister)
+    new_id = submitted_and_approved(a, minister, token)
+    joined = run(a.dir, "join", "--again", "--token", token)
+    assert joined.exit_code == 0 and json.loads(joined.stdout)["node_id"] == new_id, joined.output
+    eventually(lambda: health_of(a)["node_id"] == new_id, 30, what="the running server to serve as the new id")
+    assert f"this node joined again as {new_id} (was {old_id})" in a.log.read_text("utf-8")
+    assert "restart" not in joined.stderr, joined.stderr
+    assert f"a running `run` serves as {new_id} within seconds" in joined.stderr, joined.stderr
+
+    sync_until(b, lambda: b.node.routes.entry(new_id) is not None, "B's table to list A enrolled again")
+    sent = b.node.send_text("lisi", f"zhangsan@{new_id}", "重新入网之后")
+    assert [row.state for row in b.node.outbox() if row.message_id == sent.message_id] == ["delivered"]

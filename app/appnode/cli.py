@@ -153,9 +153,9 @@ def join(ctx: Context, token, wait, if_needed, again):
     node_id = node.await_approval(timeout=wait, keep_root=again)
     result = node.sync_routes()
     ctx.out({"node_id": node_id, "route_version": result.version}, f"joined as {node_id}")
-    if former_id is not None and former_id != node_id:  # `run` read the node id and certificate when it started
-        click.echo(f"restart `run` if it is running: a running server still answers as {former_id} and refuses "
-                   f"messages for {node_id} (docs/operations.md, \"A node enrolled again\")", err=ctx.as_json)
+    if former_id is not None and former_id != node_id:  # `run`'s loop notices it (`Node.notice_joined_again`)
+        click.echo(f"a running `run` serves as {node_id} within seconds: it notices the new id and reloads "
+                   f"(docs/operations.md, \"A node enrolled again\")", err=ctx.as_json)
 
 
 @cli.command("trust-root")

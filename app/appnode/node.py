@@ -14,6 +14,7 @@ certificates); messages.py holds what they share.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import threading
@@ -57,6 +58,8 @@ from app.routing.client import RouteClient
 # What callers import from here. The message helpers live in messages.py and are re-exported so that their
 # callers need not change. The sections' constants are not: a patch must reach the module that reads them.
 __all__ = ["Node", "NotJoined", "Reply", "address", "declared_type", "image_size", "local_part", "media_type"]
+
+log = logging.getLogger("mpim.appnode")
 
 
 class Node(ReceivingMixin, GroupsMixin, GroupHomeMixin, GroupConfirmationMixin, EphemeralMixin, SendingMixin,
@@ -182,6 +185,21 @@ class Node(ReceivingMixin, GroupsMixin, GroupHomeMixin, GroupConfirmationMixin, 
         if self._node_id is None:
             raise NotJoined("this node has not joined the network yet")
         return self._node_id
+
+    def notice_joined_again(self) -> bool:
+        """Whether `join --again`, run in another process beside this server, gave the node a new id (and with it a
+        new key and certificate, written before the id). The server then takes them up as a renewal does (the
+        `certificate_changed` hooks: `run` reloads its worker, which reads them), where it used to answer as the
+        old id, refusing messages for the new one as `wrong_recipient`, until an operator restarted it."""
+        if self._node_id is None:  # not read yet: the next reader reads the stored one
+            return False
+        stored = self.setting("node_id")
+        if stored is None or stored == self._node_id:
+            return False
+        log.info("this node joined again as %s (was %s): serving as %s from now on", stored, self._node_id, stored)
+        self._node_id, self._routes = stored, None
+        self._use_certificate()
+        return True
 
     @property
     def joined(self) -> bool:

@@ -28,14 +28,15 @@ log = logging.getLogger("mpim.appnode")
 EPHEMERAL_EVERY = 2.0
 PRESENCE_EVERY = 300.0
 CHECKPOINT_EVERY = 1.0
+IDENTITY_CHECK_EVERY = 2.0  # `join --again` beside the server: taken up within this (`Node.notice_joined_again`)
 HOUSEKEEPING_EVERY = 6 * 3600.0
 
 
 class NodeLoop(threading.Thread):
-    """Everything a node does on its own: pull routes (installing a certificate an admin issued for this
-    node's key, docs/protocol.md §4), retry the outbox, flush read states and presence (and
-    repeat presence every 5 minutes), renew its certificate in the last third of its validity, forget
-    delivered envelopes and dedup records after the 7 days a repeat is recognised."""
+    """Everything a node does on its own: take up a `join --again` run beside it, pull routes (installing a
+    certificate an admin issued for this node's key, docs/protocol.md §4), retry the outbox, flush read states
+    and presence (and repeat presence every 5 minutes), renew its certificate in the last third of its validity,
+    forget delivered envelopes and dedup records after the 7 days a repeat is recognised."""
 
     def __init__(self, node: Node):
         super().__init__(name="node-loop", daemon=True)
@@ -47,11 +48,14 @@ class NodeLoop(threading.Thread):
         self.node.wake.set()
 
     def run(self) -> None:
-        next_routes = next_flush = next_renewal = next_checkpoint = 0.0
+        next_routes = next_flush = next_renewal = next_checkpoint = next_identity_check = 0.0
         next_presence = next_housekeeping = time.monotonic() + PRESENCE_EVERY
         while not self.stopping.is_set():
             self.node.wake.clear()  # before the work: a wake-up during it makes the wait below return at once
             now = time.monotonic()
+            if now >= next_identity_check:
+                next_identity_check = now + IDENTITY_CHECK_EVERY
+                self._guard("identity check", self.node.notice_joined_again)
             if now >= next_routes:
                 next_routes = now + self.node.config.route_interval
                 self._guard("route pull", self.node.sync_routes)
