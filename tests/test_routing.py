@@ -146,25 +146,58 @@ def test_each_visible_change_is_one_new_version_with_a_delta(client, session, pe
     assert history[-1].changes == [f"{other.node_id} removed"]
 
 
-def test_a_folded_delta_an_instance_cannot_sign_is_the_full_table_instead(app, client, session, people, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("passphrase", ["", "wrong-passphrase"])
+def test_a_folded_delta_an_instance_cannot_sign_is_the_full_table_instead(app, client, session, people, tmp_path,  # noqa: F811
+                                                                            passphrase, caplog):
     """An instance without the CA passphrase serves the stored table (docs/operations.md), but a `?since=` older
     than the previous version, a delta it must fold and sign, answered 503 `passphrase_missing`: a node asking
-    for deltas asked again, and was answered the same, until it was sent to an instance that could sign."""
+    for deltas asked again, and was answered the same, until it was sent to an instance that could sign. With a
+    wrong passphrase it answered 503 `ca_key_unreadable`, naming the key file, and logged nothing."""
     minister, _ = people
     other, _ = admit_with_keys(people)
     nodes.suspend(other, "drill", by=minister)
     db.session.commit()
     assert service.head_version() == 3
-    app.config["MPIM_CA_PASSPHRASE"] = ""
-    app.config["MPIM_CA_PASSPHRASE_FILE"] = str(tmp_path / "nowhere")
+    app.config["MPIM_CA_PASSPHRASE"] = passphrase
+    app.config["MPIM_CA_PASSPHRASE_FILE"] = str(tmp_path / "nowhere") if not passphrase else ""
     app.extensions.pop("mpim_authority", None)  # as a process starting now, without the passphrase
     answer = pull(client, session, "?since=1")
     assert answer.status_code == 200, answer.data
     table = json.loads(answer.data)
     assert table["version"] == 3 and "nodes" in table and "since" not in table  # applied as a whole
+    code = "ca_key_unreadable" if passphrase else "passphrase_missing"
+    assert f"answered with the full table: this instance cannot sign ({code})" in caplog.text
     assert other.node_id not in [entry["node_id"] for entry in table["nodes"]]
     kept = json.loads(pull(client, session, "?since=2").data)  # the previous version's delta, signed when published
     assert kept["since"] == 2 and kept["removed"] == [other.node_id]
+
+
+def test_a_folded_delta_a_revoked_route_signer_cannot_sign_is_the_full_table_instead(app, client, session, people,  # noqa: F811
+                                                                                         runner, caplog):
+    """The route signer in use revoked and not yet rotated (the CA directory restored from a backup taken before
+    the revocation; the hourly job mends it): a delta to fold answered 503 route_signer_revoked, the operator's
+    instructions to every node. It is the full table, stored signed, as for an instance that cannot sign."""
+    from cryptography import x509
+
+    minister, _ = people
+    other, _ = admit_with_keys(people)
+    nodes.suspend(other, "drill", by=minister)
+    db.session.commit()
+    assert service.head_version() == 3
+    directory = Path(app.config["MPIM_CA_DIR"])
+    backup = {name: (directory / name).read_bytes() for name in ("route-signer.pem", "route-signer.key")}
+    serial = format(x509.load_pem_x509_certificate(backup["route-signer.pem"]).serial_number, "x")
+    revoked = runner.invoke(args=["ca", "revoke", serial, "--reason", "key_compromise", "--user", "minister"])
+    assert revoked.exit_code == 0, revoked.output
+    for name, data in backup.items():
+        (directory / name).write_bytes(data)
+    app.extensions.pop("mpim_authority", None)  # as a process starting now, with the restored directory
+    head = service.head_version()
+    answer = pull(client, session, "?since=1")
+    assert answer.status_code == 200, answer.data
+    table = json.loads(answer.data)
+    assert table["version"] == head and "nodes" in table and "since" not in table
+    assert "answered with the full table: this instance cannot sign (route_signer_revoked)" in caplog.text
 
 
 def await_served(app, version: int) -> None:

@@ -71,14 +71,18 @@ def not_modified(published):
 
 
 def signed_delta(version: int, body: bytes) -> tuple[bytes, dict] | None:
-    """A folded delta signed now, or None on an instance that cannot sign (no CA passphrase, an unreadable key):
-    the caller serves the full table, signed when it was published, which the node applies as a whole. A 503
-    sent the node to ask again, and be answered the same, until the load balancer chose another instance."""
+    """A folded delta signed now, or None on an instance that cannot sign (no CA passphrase; a key file it cannot
+    open, with a wrong passphrase; a route signer revoked or expired and not yet rotated): the caller serves the
+    full table, signed when it was published, which the node applies as a whole. A 503 sent the node to ask again,
+    and be answered the same, until the load balancer chose another instance; for an unreadable key it also named
+    the key file to every node."""
+    from app.pki.keys import CAKeyUnreadable
+    from app.pki.own_keys import RouteSignerUnusable
     from app.pki.service import CANotReady
 
     try:
         signature, signer = service.sign(body)
-    except CANotReady as error:
+    except (CANotReady, CAKeyUnreadable, RouteSignerUnusable) as error:
         log.warning("a delta to routing table version %s was answered with the full table: this instance cannot "
                     "sign (%s)", version, error.code)
         return None
