@@ -337,6 +337,8 @@ BRACKETS_ALONE = ("An IPv6 address in brackets is the whole host of an endpoint:
     ("https://1.2.3", "The endpoint's host is not a valid DNS name."),
     ("https://im.jx.2025", "The endpoint's host is not a valid DNS name."),
     ("https://[fe80::1%25eth0]:8443", "The endpoint's IPv6 address must not name a network interface (a zone)."),
+    *((endpoint, "An IPv4 address is written as itself in an endpoint, not inside IPv6: 10.9.133.4.")
+      for endpoint in ("https://[::ffff:10.9.133.4]", "https://[::FFFF:a09:8504]:443/")),
     ("https://[v1.x]", "Only an IPv6 address goes in brackets in an endpoint's host."),
     ("https://[v1.x]:8443/im", "Only an IPv6 address goes in brackets in an endpoint's host."),
     *((endpoint, BRACKETS_ALONE) for endpoint in (
@@ -348,7 +350,9 @@ def test_an_endpoint_host_no_certificate_could_name_is_refused(client, token, en
     one machine's interface: neither can be the SAN of the node's certificate nor be reached by another node.
     "[v1.x]" is an RFC 3986 IPvFuture literal: urlsplit took it, its hostname dropped the brackets, and the node
     was stored and certified as https://v1.x, a DNS name nobody asked for. Text before or after the brackets
-    ("https://[2001:db8::1]im.example.com/") was dropped: the node was stored as https://[2001:db8::1]."""
+    ("https://[2001:db8::1]im.example.com/") was dropped: the node was stored as https://[2001:db8::1]. An
+    IPv4-mapped IPv6 address ("[::ffff:10.9.133.4]") reaches the IPv4 host under another spelling: it passed the
+    check that one endpoint is one node's."""
     response = submit(client, token, node_document(endpoint=endpoint))
     error = response.get_json()["error"]
     assert (response.status_code, error["code"], error["field"], error["message"]) == \

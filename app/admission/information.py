@@ -139,6 +139,11 @@ def normalise_endpoint(value) -> str:
         if ip.version == 6 and ip.scope_id:  # "%eth0" names an interface of one machine, not an address
             raise invalid(_l("The endpoint's IPv6 address must not name a network interface (a zone)."), "endpoint",
                           "invalid_endpoint")
+        # "[::ffff:10.9.133.4]" reaches the IPv4 host under another spelling: it passed the check that one endpoint
+        # is one node's (`endpoint_pending`, `endpoint_in_use` compare the text).
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            raise invalid(_l("An IPv4 address is written as itself in an endpoint, not inside IPv6: %(address)s.",
+                             address=str(ip.ipv4_mapped)), "endpoint", "invalid_endpoint")
     netloc = shown_host if port in (None, 443) else f"{shown_host}:{port}"
     return f"https://{netloc}{_normal_path(parts.path)}"
 
