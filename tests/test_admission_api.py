@@ -76,6 +76,9 @@ def test_a_node_id_no_node_can_have_is_not_found_not_a_server_error(client, toke
     an enrollment token may make answered 500 there (the console's address check does not cover the API)."""
     response = client.get(f"/api/v1/nodes/{node_id}/certificate", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 404 and response.get_json()["error"]["code"] == "certificate_not_found"
+    # Named back only as a node id: the path as sent could be 3,000 characters, or a right-to-left override.
+    assert response.get_json()["error"]["message"] == \
+        "No certificate for this node id (node ids are 20 digits) with this token."
 
 
 def test_a_token_is_single_use(client, token):
@@ -208,6 +211,8 @@ def test_missing_or_unknown_token(client, header, code):
     headers = {"Authorization": header} if header else {}
     response = client.post("/api/v1/applications", json=node_document(), headers=headers)
     assert (response.status_code, response.get_json()["error"]["code"]) == (401, code)
+    if header == "Bearer mpet_" + "x" * 200:  # it begins as a token does: "they begin with mpet_" said nothing
+        assert "at most 100 characters" in response.get_json()["error"]["message"]
 
 
 @pytest.mark.parametrize(("header", "code"), [(None, "missing_token"),

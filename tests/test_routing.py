@@ -253,8 +253,11 @@ def test_cli_publish_reports_in_json(app, session, runner):
 
 @pytest.mark.parametrize(("since", "code"), [("-1", "invalid_since"), ("abc", "invalid_since"),
                                              ("1.5", "invalid_since"), ("99", "since_in_future"),
-                                             ("\uff10", "invalid_since"), ("\u0660", "invalid_since")])
+                                             ("\uff10", "invalid_since"), ("\u0660", "invalid_since"),
+                                             ("9999999999999", "since_in_future")])
 def test_bad_since_values(client, session, since, code):
+    """A whole number of 13 digits or more was "not a non-negative whole number" (invalid_since): it is one, ahead
+    of every version."""
     response = pull(client, session, f"?since={since}")
     assert response.status_code == 400 and response.get_json()["error"]["code"] == code
 
@@ -271,6 +274,18 @@ def test_one_entry(client, session):
     assert body["entry"]["node_id"] == node_id and body["version"] == 1
     missing = client.get("/api/v1/routes/36000000002025999999", headers=session["headers"])
     assert missing.status_code == 404
+    assert missing.get_json()["error"]["message"] == "Node 36000000002025999999 is not in routing table version 1."
+
+
+@pytest.mark.parametrize("path", ["x" * 3000, "%E2%80%AE%0Aevil"])
+def test_an_entry_asked_for_by_no_node_id_is_not_named_back(client, session, path):
+    """The path was put into the message as sent: 3,000 characters, or a right-to-left override and a line break
+    that a CLI printing the message would show."""
+    response = client.get(f"/api/v1/routes/{path}", headers=session["headers"])
+    error = response.get_json()["error"]
+    assert (response.status_code, error["code"]) == (404, "node_not_routed")
+    assert error["message"] == \
+        "This is no node id (node ids are 20 digits): routing table version 1 lists no such node."
 
 
 def test_one_entry_is_revalidated_like_the_table(client, session):

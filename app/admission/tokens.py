@@ -71,7 +71,8 @@ def find_by_raw(raw: str | None) -> EnrollmentToken:
     if not raw:
         raise StaleToken("An enrollment token is required: Authorization: Bearer <token>.", code="missing_token")
     if not raw.startswith(TOKEN_PREFIX) or len(raw) > 100:  # not worth a lookup, but a token all the same
-        raise StaleToken(f"This is not an enrollment token (they begin with {TOKEN_PREFIX}).", code="unknown_token")
+        raise StaleToken(f"This is not an enrollment token (they begin with {TOKEN_PREFIX} and are at most 100 "
+                         "characters long).", code="unknown_token")
     token = db.session.scalar(select(EnrollmentToken).where(EnrollmentToken.token_hash == hash_token(raw)))
     if token is None:
         raise StaleToken("This enrollment token is not known.", code="unknown_token")

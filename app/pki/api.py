@@ -144,8 +144,9 @@ def _caller_may_fetch(node_id: str) -> None:
             node = nodes.get(node_id)
         except NotFound:
             node = None
-        if node is None or token.id != node.enrolled_by_token_id:
-            raise NotFound(f"No certificate for {node_id} with this token.", code="certificate_not_found")
+        if node is None or token.id != node.enrolled_by_token_id:  # the path named back only when it is a node id
+            named = node_id if nodes.NODE_ID.fullmatch(node_id) else "this node id (node ids are 20 digits)"
+            raise NotFound(f"No certificate for {named} with this token.", code="certificate_not_found")
     elif sessions.authenticate(raw) != node_id:
         raise PermissionDenied("This session belongs to another node.", code="wrong_node")
 

@@ -9,6 +9,7 @@ import re
 from flask import Blueprint, current_app, g, request
 
 from app.admission.api import bearer_token
+from app.admission.nodes import NODE_ID
 from app.errors import NotFound, ValidationFailed
 from app.extensions import csrf, db
 from app.routing import service
@@ -44,6 +45,9 @@ def authenticated_node(cache, published) -> str:
 
 def parse_since(value: str, head: int) -> int:
     # [0-9], not \d: int() would take "０" (fullwidth) or "٠" (Arabic-Indic) for a version too.
+    if re.fullmatch(r"[0-9]{13,}", value or ""):  # a whole number, past any version (at most 12 digits)
+        raise ValidationFailed(f"since={value[:20]}{'…' if len(value) > 20 else ''} is ahead of the current version "
+                               f"{head}.", code="since_in_future", field="since")
     if not re.fullmatch(r"[0-9]{1,12}", value or ""):
         raise ValidationFailed("since must be a non-negative whole number (a version).", code="invalid_since",
                                field="since")
@@ -139,7 +143,10 @@ def route_entry(node_id: str):
     if published.entries is None:
         published.entries = {e["node_id"]: e for e in json.loads(published.body)["nodes"]}
     entry = published.entries.get(node_id)
-    if entry is None:
+    if entry is None:  # the path is named back only when it is a node id: not 3,000 characters, nor a bidi override
+        if not NODE_ID.fullmatch(node_id):
+            raise NotFound(f"This is no node id (node ids are 20 digits): routing table version {published.version} "
+                           "lists no such node.", code="node_not_routed")
         raise NotFound(f"Node {node_id} is not in routing table version {published.version}.",
                        code="node_not_routed")
     # As the table: the next version may drop or change this entry.
