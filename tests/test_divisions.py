@@ -97,7 +97,7 @@ def test_revisions_named_by_date_are_ordered_by_date(app, name, latest, older):
 def test_malformed_file_is_refused_with_its_line_and_changes_nothing(app, content, line, reason):
     before = db.session.scalar(select(func.count()).select_from(Division))
     with pytest.raises(MalformedDivisionFile) as caught:
-        service.import_revision(content.encode(), "bad")
+        service.import_revision(content.encode(), "2099")
     assert f"line {line}" in caught.value.message and reason in caught.value.message
     db.session.rollback()
     assert db.session.scalar(select(func.count()).select_from(Division)) == before
@@ -106,7 +106,7 @@ def test_malformed_file_is_refused_with_its_line_and_changes_nothing(app, conten
 def test_cli_import_refuses_malformed_file_and_reports_changes(app, runner, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("code,name\n11000X,北京市\n", encoding="utf-8")
-    result = runner.invoke(args=["divisions", "import", str(bad), "--revision", "x"])
+    result = runner.invoke(args=["divisions", "import", str(bad), "--revision", "2099"])
     assert result.exit_code == 1 and "line 2" in result.output
     result = runner.invoke(args=["divisions", "import", str(DATA / "gb2260-2019.04.csv"), "--revision", "2019.04",
                                  "--allow-older", "--json"])
@@ -294,3 +294,55 @@ def test_the_first_import_says_it_loaded_every_code(app, runner):
     again = json.loads(runner.invoke(args=["divisions", "import", "--revision", service.DEFAULT_REVISION,
                                            "--json"]).output)
     assert again["first"] is False
+
+
+def divisions_state() -> tuple:
+    """What an import could change: every code's name and state, and the revisions recorded."""
+    from app.divisions.models import DivisionRevision
+
+    return (tuple(db.session.execute(select(Division.code, Division.name, Division.retired, Division.retired_in)
+                                     .order_by(Division.code)).all()),
+            tuple(db.session.scalars(select(DivisionRevision.name).order_by(DivisionRevision.id))))
+
+
+@pytest.mark.parametrize("lines", [300, 200])
+def test_a_cut_short_file_retiring_provinces_or_many_codes_is_refused_and_changes_nothing(app, runner, tmp_path,
+                                                                                          lines):
+    """The first 300 lines of the shipped list, a file cut short, were taken: "299 codes; 2911 retired", 31
+    provinces among them, and every application, token and scope on them refused until the full list was
+    imported again. A revision that retires a province, or more than a twentieth of the current codes, is
+    refused unless --allow-mass-retirement says it is meant."""
+    cut = tmp_path / "cut.csv"
+    cut.write_text("\n".join(service.DEFAULT_FILE.read_text(encoding="utf-8").splitlines()[:lines]) + "\n",
+                   encoding="utf-8")
+    before = divisions_state()
+    result = runner.invoke(args=["divisions", "import", str(cut), "--revision", "2099"])
+    assert result.exit_code == 1, result.output
+    assert "would retire" in result.output and "provinces" in result.output and "--allow-mass-retirement" \
+        in result.output, result.output
+    db.session.expire_all()
+    assert divisions_state() == before
+    as_json = json.loads(runner.invoke(args=["divisions", "import", str(cut), "--revision", "2099", "--json"]).output)
+    assert as_json["error"]["code"] == "mass_retirement"
+    meant = runner.invoke(args=["divisions", "import", str(cut), "--revision", "2099", "--allow-mass-retirement"])
+    assert meant.exit_code == 0 and "retired" in meant.output, meant.output
+
+
+def test_a_revision_retiring_a_few_codes_needs_no_flag(app, runner, tmp_path):
+    """2019.04 to 2023 retires 71 of about 3,200 codes, no province: the guard leaves such a revision alone."""
+    older = str(DATA / "gb2260-2019.04.csv")
+    wipe_divisions()
+    assert runner.invoke(args=["divisions", "import", older, "--revision", "2019.04"]).exit_code == 0
+    newer = runner.invoke(args=["divisions", "import", str(DATA / "gb2260-2023.csv"), "--revision", "2023"])
+    assert newer.exit_code == 0 and "71 retired" in newer.output, newer.output
+
+
+@pytest.mark.parametrize("revision", ["gb2019", "latest", "2019.13", "20190"])
+def test_a_revision_not_named_by_its_date_is_refused(app, runner, revision):
+    """GB/T 2260 revisions are named by date, which is how an older one is told: `--revision gb2019` over 2023 was
+    taken (62 retired, 71 restored), and then the shipped 2023 was "older than the current gb2019"."""
+    before = divisions_state()
+    result = runner.invoke(args=["divisions", "import", str(DATA / "gb2260-2019.04.csv"), "--revision", revision])
+    assert result.exit_code == 1 and "named by its date" in result.output, result.output
+    db.session.expire_all()
+    assert divisions_state() == before

@@ -19,8 +19,11 @@ cli = AppGroup("divisions", help="GB/T 2260 division codes.")
 @click.option("--revision", default=None, help="The revision FILE holds, e.g. 2024 (required with FILE; without FILE "
               "the shipped list is imported, which is revision 2023).")
 @click.option("--allow-older", is_flag=True, help="Import a revision older than the current one (a rollback).")
+@click.option("--allow-mass-retirement", is_flag=True,
+              help="Import a revision that retires a province or more than a twentieth of the current codes "
+                   "(refused otherwise: a file cut short reads as one).")
 @click.option("--json", "as_json", is_flag=True)
-def import_command(file, revision, allow_older, as_json):
+def import_command(file, revision, allow_older, allow_mass_retirement, as_json):
     """Load a revision in one transaction and report what it added, renamed and retired.
 
     Without FILE it loads the shipped list, which is revision 2023 and no other: named otherwise, it passed
@@ -43,7 +46,8 @@ def import_command(file, revision, allow_older, as_json):
         raise click.UsageError("--revision is required with a FILE")
     try:
         with open(path, "rb") as handle:
-            report = service.import_revision(handle.read(), revision, actor="cli", allow_older=allow_older)
+            report = service.import_revision(handle.read(), revision, actor="cli", allow_older=allow_older,
+                                             allow_mass_retirement=allow_mass_retirement)
         db.session.commit()
     except DomainError as error:
         db.session.rollback()

@@ -61,17 +61,22 @@ class ImportReport:
 
 
 def import_revision(data: bytes, revision: str, *, actor: str | None = None,
-                    allow_older: bool = False) -> ImportReport:
+                    allow_older: bool = False, allow_mass_retirement: bool = False) -> ImportReport:
     """Load a revision: add, rename, restore; flag codes it no longer lists. Caller commits.
 
     Nothing is ever deleted: a retired code keeps its row with `retired` set, because nodes and
     history may still name it. A revision older than the current one is refused unless
-    `allow_older`: it would bring abolished codes back and retire current ones.
+    `allow_older`: it would bring abolished codes back and retire current ones. One that retires a province or
+    more than a twentieth of the current codes is refused unless `allow_mass_retirement` (`_check_retirements`):
+    a file cut short reads as such a revision.
     """
     revision = readable_text(revision, "revision")  # shown in the console and the audit log; blanks only are none
     if not revision or len(revision) > 32:
         raise ValidationFailed(_l("A revision name of 1-32 characters is needed."), code="invalid_revision",
                                field="revision")
+    if _revision_date(revision) is None:
+        raise ValidationFailed(_l("A revision is named by its date, as GB/T 2260's are: 2023, or 2019.04 (year and "
+                                  "month)."), code="invalid_revision", field="revision")
     rows = sorted(parse_division_file(data), key=lambda r: (LEVEL_ORDER[r.level], r.code))
     existing = {d.code: d for d in db.session.scalars(select(Division))}
     latest = db.session.scalar(select(DivisionRevision.name).order_by(DivisionRevision.id.desc()).limit(1))
@@ -105,6 +110,8 @@ def import_revision(data: bytes, revision: str, *, actor: str | None = None,
         if code not in incoming and not current.retired:
             current.retired, current.retired_in = True, revision
             report.retired.append((code, current.name))
+    if not allow_mass_retirement:
+        _check_retirements(report, existing)
     db.session.flush()
     retired_codes = {code for code, _ in report.retired}
     if retired_codes:
@@ -135,8 +142,32 @@ def is_older_revision(revision: str, latest: str) -> bool:
 
 
 def _revision_date(name: str) -> tuple[int, int] | None:
-    match = re.fullmatch(r"(\d{4})(?:[.\-/](\d{1,2}))?", name.strip())
-    return (int(match.group(1)), int(match.group(2) or 0)) if match else None
+    """(year, month; 0 for none) of a revision named by its date ("2023", "2019.04"), else None."""
+    match = re.fullmatch(r"([0-9]{4})(?:[.\-/]([0-9]{1,2}))?", name.strip())
+    if match is None or not 0 < int(match.group(2) or 1) <= 12:
+        return None
+    return int(match.group(1)), int(match.group(2) or 0)
+
+
+MASS_RETIREMENT_SHARE = 20  # more than 1/20 of the current codes retired at once is refused without the flag
+
+
+def _check_retirements(report: ImportReport, existing: dict[str, Division]) -> None:
+    """Refuse a revision that retires a province, or more than a twentieth of the current codes: what a file cut
+    short (the first 300 lines of the list retired 2,911 codes, 31 provinces among them) or the wrong file reads
+    as, and it refused every application, token and scope on those codes until the full list came back. Real
+    revisions retire a few dozen counties (2019.04 to 2023: 71 of about 3,200)."""
+    current = sum(1 for division in existing.values() if not division.retired) + len(report.retired)
+    provinces = [(code, name) for code, name in report.retired if existing[code].level == "province"]
+    if not provinces and len(report.retired) * MASS_RETIREMENT_SHARE <= current:
+        return
+    named = ", ".join(f"{code} {name}" for code, name in provinces[:5]) + ("…" if len(provinces) > 5 else "")
+    raise Conflict(_l("Revision %(revision)s would retire %(retired)s of the %(current)s current codes, "
+                      "%(provinces)s provinces among them%(named)s: is the file whole (%(total)s codes in it)? A "
+                      "revision retires a few dozen codes at most. Use --allow-mass-retirement if that is intended.",
+                      revision=report.revision, retired=len(report.retired), current=current,
+                      provinces=len(provinces), named=f" ({named})" if named else "", total=report.total),
+                   code="mass_retirement", field="revision")
 
 
 def get(code: str, field: str = "division_code") -> Division:
