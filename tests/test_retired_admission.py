@@ -101,6 +101,10 @@ def test_an_application_for_a_retired_code_says_on_its_page_that_it_is_to_be_rej
     assert note and "不能批准" in note.group(1) and "驳回" in note.group(1), page
     approve = re.search(r'<button[^>]*id="approve"[^>]*>', page).group(0)
     assert 'aria-describedby="retired-division"' in approve, approve
+    # The queue marks it too, as the nodes list marks a node's code: it showed "邢台县 130521" plain.
+    queue = admin_console.client.get("/applications/").get_data(as_text=True)
+    row = re.search(rf'<tr[^>]*>(?:(?!</tr>).)*href="{page_url}"(?:(?!</tr>).)*</tr>', queue, re.S).group(0)
+    assert '<span class="tag bad">代码已撤销</span>' in row, row
 
     answer = admin_console.post_form(page_url, {}, action=f"{page_url}/approve")
     said = flashes(admin_console.client.get(answer.headers["Location"]).get_data(as_text=True))
