@@ -638,3 +638,27 @@ def test_an_application_reads_its_csr_once(client, token, monkeypatch):
 def test_the_api_names_the_token_scope_after_the_fields_and_before_the_csr(client, token, overrides, status, code):
     response = submit(client, token, node_document(**overrides))
     assert (response.status_code, response.get_json()["error"]["code"]) == (status, code), response.get_json()
+
+
+@pytest.mark.parametrize(("base", "endpoint"), [
+    ("https://registry.mps.example", "https://registry.mps.example:8443/im"),
+    ("https://registry.mps.example/", "https://REGISTRY.mps.example./"),
+    ("https://10.9.0.1:8443", "https://10.9.0.1"),
+    ("https://[2001:db8::a]", "https://[2001:db8:0::a]:9443"),
+])
+def test_an_endpoint_on_the_management_nodes_own_host_is_refused(app, client, token, base, endpoint):
+    """A node admitted at the management node's own host got a certificate naming that host, as the management
+    node's TLS certificate does: a client that trusts the root and checks the host name (the reference node's
+    registry client) would take that node for the management node, and hand it enrollment and session tokens. On
+    a loopback host (one machine: development, tests) it is allowed; taking it needs the machine anyway."""
+    app.config["MPIM_BASE_URL"] = base
+    response = submit(client, token, node_document(endpoint=endpoint))
+    error = response.get_json()["error"]
+    assert (response.status_code, error["code"], error["field"]) == (409, "endpoint_is_management_node", "endpoint")
+    assert "management node" in error["message"]
+    assert db.session.scalar(select(EnrollmentToken)).state() == "active"
+
+
+def test_an_endpoint_on_a_loopback_management_host_is_taken(app, client, token):
+    app.config["MPIM_BASE_URL"] = "http://127.0.0.1:5000"
+    assert submit(client, token, node_document(endpoint="https://127.0.0.1:8443")).status_code == 201

@@ -3,6 +3,9 @@ make before they store a CSR's key or an endpoint, and the locks that keep two r
 
 from __future__ import annotations
 
+import ipaddress
+from urllib.parse import urlsplit
+
 from flask_babel import lazy_gettext as _l
 from sqlalchemy import or_, select
 
@@ -19,6 +22,7 @@ def require_endpoint_free(endpoint: str, node_id: str | None = None, application
     An endpoint is easy to guess, and §4 tells whether an id names a node, and the state of a node the table no
     longer lists, only to that node: the refusal names the node (or the waiting application) only to `by`, an
     admin whose scope covers it; an enrollment-token holder, or an admin of another province, reads the code."""
+    require_not_the_management_host(endpoint)
     taken = db.session.execute(select(Node.node_id, Node.division_code).where(
         Node.endpoint == endpoint, Node.status != "revoked", Node.node_id != (node_id or "")).limit(1)).first()
     if taken:
@@ -33,6 +37,38 @@ def require_endpoint_free(endpoint: str, node_id: str | None = None, application
             if may_see(by, pending.division_code) else \
             _l("Another application for %(url)s is already waiting for review.", url=endpoint)
         raise Conflict(message, code="endpoint_pending", field="endpoint")
+
+
+def require_not_the_management_host(endpoint: str) -> None:
+    """A node's certificate names its endpoint's host, as the management node's TLS certificate names its own
+    (`MPIM_BASE_URL`): a node at that host would hold a certificate a client trusting the root takes for the
+    management node's (the reference node's registry client checks the host name), and be handed enrollment and
+    session tokens. Refused, whatever the port. A loopback host is one machine (development, the tests), where
+    taking the management node's place needs the machine already: allowed."""
+    from app.pki.service import ca_config
+
+    host, own = _host(urlsplit(endpoint).hostname), _host(ca_config().management_host)
+    if host != own or _loopback(own):
+        return
+    raise Conflict(_l("%(host)s is the management node's own host: its certificate names it, so no node's "
+                      "certificate may. Serve the node at another host name or address.", host=own),
+                   code="endpoint_is_management_node", field="endpoint")
+
+
+def _host(name: str | None) -> str:
+    """A host as compared: an IP address in its one spelling, a DNS name lower-case without its final dot."""
+    name = (name or "").rstrip(".").lower()
+    try:
+        return str(ipaddress.ip_address(name))
+    except ValueError:
+        return name
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost" or host.endswith(".localhost")
 
 
 def may_see(user, division_code: str | None) -> bool:
