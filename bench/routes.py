@@ -138,7 +138,7 @@ def main() -> None:
     psql(f"CREATE DATABASE {DATABASE}")
     instance = Path(tempfile.mkdtemp(prefix="mpim-bench-routes-"))
     env = {"DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{DATABASE}", "MPIM_INSTANCE_PATH": str(instance),
-           "MPIM_CA_PASSPHRASE": "bench", "SECRET_KEY": "bench", "MPIM_ACCESS_LOG": "/dev/null"}
+           "MPIM_CA_PASSPHRASE": "bench-passphrase", "SECRET_KEY": "bench", "MPIM_ACCESS_LOG": "/dev/null"}
     token, version = seed(env)
     port = free_port()
     server = subprocess.Popen([str(Path(sys.executable).with_name("gunicorn")), "-c", str(ROOT / "gunicorn.conf.py"),

@@ -916,3 +916,24 @@ def test_a_mismatch_seen_while_ca_init_commits_is_not_kept_for_a_minute(app, cli
     db.session.commit()  # init commits
     response = client.get("/healthz")
     assert response.status_code == 200 and response.get_json()["ca"] == "ok"
+
+
+@pytest.mark.parametrize("source", ["variable", "file"])
+def test_ca_init_refuses_a_short_passphrase_and_writes_nothing(app, runner, tmp_path, source):
+    """`MPIM_CA_PASSPHRASE=a flask ca init` made the CA: the key files are PBKDF2 with few rounds, so what
+    protects them, the root's exported by root-offline included, is the passphrase's length. Under 16 characters
+    it is refused, naming where it came from; the passphrase `make run` generates is far longer."""
+    directory = before_ca_init(app, tmp_path)
+    if source == "variable":
+        app.config["MPIM_CA_PASSPHRASE"] = "short-phrase"
+    else:
+        app.config["MPIM_CA_PASSPHRASE"] = ""
+        (tmp_path / "phrase").write_text("short-phrase\n")
+        app.config["MPIM_CA_PASSPHRASE_FILE"] = str(tmp_path / "phrase")
+    result = runner.invoke(args=["ca", "init"])
+    setting = "MPIM_CA_PASSPHRASE" if source == "variable" else "MPIM_CA_PASSPHRASE_FILE"
+    refused_in_one_line(result, setting)
+    assert "12 characters" in result.output and "at least 16" in result.output
+    assert not directory.exists()
+    app.config["MPIM_CA_PASSPHRASE"] = "a-passphrase-of-sixteen+"
+    assert runner.invoke(args=["ca", "init"]).exit_code == 0

@@ -21,6 +21,23 @@ COMMON_NAME_BYTES = 64
 INIT_LOCK = "ca.init"
 
 
+PASSPHRASE_MIN_LENGTH = 16
+
+
+def _check_passphrase_length(passphrase: bytes) -> None:
+    """The key files are PBKDF2 with few rounds (app.pki.keys): what protects them, the root key `root-offline`
+    exports included, is the passphrase's length. `MPIM_CA_PASSPHRASE=a` made a CA. Checked when the keys are
+    made; a CA made before keeps working with the passphrase it has."""
+    length = len(passphrase.decode("utf-8", "replace"))
+    if length >= PASSPHRASE_MIN_LENGTH:
+        return
+    setting = "MPIM_CA_PASSPHRASE" if current_app.config.get("MPIM_CA_PASSPHRASE") else "MPIM_CA_PASSPHRASE_FILE"
+    raise ValidationFailed(f"{setting} holds a passphrase of {length} characters: the CA's keys need at least "
+                           f"{PASSPHRASE_MIN_LENGTH}, since the passphrase is all that protects them. Make one with "
+                           "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`, or set neither for "
+                           "`flask ca init --generate-passphrase`.", code="weak_passphrase", field="passphrase")
+
+
 def initialise(*, key_type: str | None = None, actor: str = "cli", generate_passphrase: bool = False) -> dict:
     """`flask ca init`: root + intermediate, then the route signer and the management node's TLS
     certificate, then the first CRL. Refuses to overwrite an existing CA, and refuses a setting the CA
@@ -46,6 +63,7 @@ def initialise(*, key_type: str | None = None, actor: str = "cli", generate_pass
     if generate_passphrase and not current_app.config["MPIM_CA_PASSPHRASE"]:
         service.create_passphrase_file()
     passphrase = service.passphrase()
+    _check_passphrase_length(passphrase)
     directory = service.ca_directory()
     there_before = {name for name in ca.INIT_FILES if (directory / name).exists()}
     try:
