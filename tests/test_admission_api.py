@@ -645,6 +645,7 @@ def test_the_api_names_the_token_scope_after_the_fields_and_before_the_csr(clien
     ("https://registry.mps.example/", "https://REGISTRY.mps.example./"),
     ("https://10.9.0.1:8443", "https://10.9.0.1"),
     ("https://[2001:db8::a]", "https://[2001:db8:0::a]:9443"),
+    ("https://registry.公安.example", "https://registry.xn--55q79v.example:8443"),  # the certificate's A-labels
 ])
 def test_an_endpoint_on_the_management_nodes_own_host_is_refused(app, client, token, base, endpoint):
     """A node admitted at the management node's own host got a certificate naming that host, as the management

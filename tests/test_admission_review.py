@@ -967,3 +967,37 @@ def test_an_application_kept_with_text_around_its_csr_is_still_shown_and_approve
     from app.pki import service as pki
 
     assert pki.current_certificate(node.node_id) is not None
+
+
+def test_a_node_admitted_at_the_management_host_is_issued_nothing_more_there(app, jx_admin, minister):
+    """A node admitted at the management node's host before that was refused kept getting certificates naming it:
+    renewal (an admin's or the node's) and a change request bringing only a new key issue a certificate for the
+    endpoint as it is. Each is refused until the node moves to another host (a change request with a new
+    endpoint and CSR, which is taken)."""
+    from app.pki import service as pki
+
+    node = admit(jx_admin, minister, endpoint="https://registry.mps.example:8443/im")
+    waiting = applications.submit_change(node, {**change_document(endpoint=node.endpoint), "csr": NodeKeys().csr},
+                                         by=jx_admin)
+    db.session.commit()
+    app.config["MPIM_BASE_URL"] = "https://registry.mps.example"
+    with pytest.raises(Conflict) as approval:  # written before: its approval would issue the certificate
+        applications.approve(waiting, by=minister)
+    assert approval.value.code == "endpoint_is_management_node"
+    db.session.rollback()
+    applications.reject(waiting, "moves to another host", by=minister)
+    db.session.commit()
+    with pytest.raises(Conflict) as renewal:
+        pki.renew(node, NodeKeys().csr, by=minister)
+    assert renewal.value.code == "endpoint_is_management_node"
+    db.session.rollback()
+    with pytest.raises(Conflict) as new_key:
+        applications.submit_change(node, {**change_document(endpoint=node.endpoint), "csr": NodeKeys().csr},
+                                   by=jx_admin)
+    assert new_key.value.code == "endpoint_is_management_node"
+    db.session.rollback()
+    moved = applications.submit_change(node, {**change_document(endpoint="https://im.jx.example"),
+                                              "csr": NodeKeys().csr}, by=jx_admin)
+    applications.approve(moved, by=minister)
+    db.session.commit()
+    assert node.endpoint == "https://im.jx.example"

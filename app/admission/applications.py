@@ -148,6 +148,8 @@ def submit_change(node: Node, document: dict, *, by, names: Mapping[str, str] | 
         raise ValidationFailed(NO_CHANGE, code="no_change")
     if info.endpoint != node.endpoint:
         uniqueness.require_endpoint_free(info.endpoint, node.node_id, by=by)
+    elif csr_pem:  # a new certificate, naming the endpoint's host: not the management node's
+        uniqueness.require_not_the_management_host(info.endpoint)
     if endpoint_host(info.endpoint) != endpoint_host(node.endpoint) and not csr_pem:
         raise ValidationFailed(_l("A new endpoint host needs a new CSR: the certificate names the host."),
                                code="missing_csr", field="csr")
@@ -293,6 +295,8 @@ def _approve_change(application: Application, *, by) -> Node:
         raise Conflict(NO_CHANGE, code="no_change")
     if application.endpoint != node.endpoint:
         uniqueness.require_endpoint_free(application.endpoint, node.node_id, application.id, by=by)
+    elif application.csr_pem:
+        uniqueness.require_not_the_management_host(application.endpoint)
     for name, (_, new) in changes.items():
         setattr(node, name, list(new) if name == "capabilities" else new)
     application.status = "approved"

@@ -56,11 +56,16 @@ def require_not_the_management_host(endpoint: str) -> None:
 
 
 def _host(name: str | None) -> str:
-    """A host as compared: an IP address in its one spelling, a DNS name lower-case without its final dot."""
+    """A host as compared: an IP address in its one spelling, a DNS name lower-case without its final dot, in
+    its ASCII form (A-labels), as certificates name it (`profiles.host_name`) and endpoints are written."""
     name = (name or "").rstrip(".").lower()
     try:
         return str(ipaddress.ip_address(name))
     except ValueError:
+        pass
+    try:
+        return name.encode("idna").decode("ascii").lower()
+    except UnicodeError:  # no name IDNA can write: compared as it is
         return name
 
 

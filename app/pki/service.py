@@ -377,6 +377,7 @@ def renew(node, csr_pem: str | None, *, by=None, still_entitled: Callable[[], ob
     if node.status != "active":
         raise Conflict(_l("A %(status)s node cannot renew its certificate.", status=status_word(node.status)),
                        code=f"node_{node.status}")
+    uniqueness.require_not_the_management_host(node.endpoint)  # a node admitted there before it was refused
     current = current_certificate(node.node_id)
     if by is None and current is None:  # a session ends with its certificate (sessions.open_session): a backstop
         raise Conflict(_l("The node has no valid certificate to renew: a ministry admin issues it a new one."),
