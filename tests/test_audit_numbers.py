@@ -162,3 +162,18 @@ def test_a_newest_hash_edited_into_no_text_stops_no_write(app, admin_console, ha
     write_records(2)
     assert seqs_written_after(last) == [last + 2, last + 3]  # the sign-in took last + 1
     assert service.verify().problems == [f"record {last}: unreadable (edited)"]
+
+
+def test_the_anchor_of_a_newest_record_whose_hash_was_edited_is_refused(app, runner, hash_unconstrained):
+    """`flask audit anchor` printed `9:x'00ff'` (SQLite) or `9:` (PostgreSQL), exit 0: an anchor `verify --anchor`
+    refuses as "not SEQ:HASH as `flask audit anchor` prints it". It refuses to anchor such a record."""
+    write_records(3)
+    last = newest_seq()
+    hash_unconstrained()
+    stored_hash = "NULL" if db.engine.dialect.name == "postgresql" else "x'00ff'"
+    db.session.execute(text(f"UPDATE audit_records SET hash = {stored_hash} WHERE seq = :seq"), {"seq": last})
+    db.session.commit()
+    result = runner.invoke(args=["audit", "anchor"])
+    assert result.exit_code == 1 and f"The newest record, {last}, holds no hash" in result.output, result.output
+    as_json = runner.invoke(args=["audit", "anchor", "--json"])
+    assert as_json.exit_code == 1 and json.loads(as_json.output)["error"]["code"] == "audit_newest_edited"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import click
@@ -14,7 +15,7 @@ from app.admission.cli import refuse
 from app.audit import export, search, service, stored
 from app.audit.stored import Unreadable
 from app.cli_arguments import Digits
-from app.errors import NotFound
+from app.errors import Conflict, NotFound
 from app.extensions import db
 
 cli = AppGroup("audit", help="Inspect and verify the audit log.")
@@ -61,6 +62,12 @@ def anchor_command(as_json: bool) -> None:
         if as_json:
             refuse(NotFound("The audit log is empty.", code="audit_log_empty"), as_json)
         raise click.ClickException("The audit log is empty.")
+    if not re.fullmatch(r"[0-9a-f]{64}", row.hash):  # edited into no hash: an anchor `verify --anchor` refuses
+        message = (f"The newest record, {row.seq}, holds no hash as records do ({row.hash!r}): it was edited in the "
+                   "database, so it anchors nothing. Run `flask audit verify`.")
+        if as_json:
+            refuse(Conflict(message, code="audit_newest_edited"), as_json)
+        raise click.ClickException(message)
     click.echo(json.dumps({"seq": row.seq, "hash": row.hash, "anchor": f"{row.seq}:{row.hash}"}) if as_json else
                f"{row.seq}:{row.hash}")
 
