@@ -196,9 +196,14 @@ class Node(ReceivingMixin, GroupsMixin, GroupHomeMixin, GroupConfirmationMixin, 
         stored = self.setting("node_id")
         if stored is None or stored == self._node_id:
             return False
-        log.info("this node joined again as %s (was %s): serving as %s from now on", stored, self._node_id, stored)
+        former = self._node_id
+        log.info("this node joined again as %s (was %s): serving as %s from now on", stored, former, stored)
         self._node_id, self._routes = stored, None
-        self._use_certificate()
+        try:
+            self._use_certificate()
+        except BaseException:  # taken up by the next check, not left half done
+            self._node_id = former
+            raise
         return True
 
     @property

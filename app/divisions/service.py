@@ -162,12 +162,17 @@ def _check_retirements(report: ImportReport, existing: dict[str, Division]) -> N
     if not provinces and len(report.retired) * MASS_RETIREMENT_SHARE <= current:
         return
     named = ", ".join(f"{code} {name}" for code, name in provinces[:5]) + ("…" if len(provinces) > 5 else "")
-    raise Conflict(_l("Revision %(revision)s would retire %(retired)s of the %(current)s current codes, "
-                      "%(provinces)s provinces among them%(named)s: is the file whole (%(total)s codes in it)? A "
-                      "revision retires a few dozen codes at most. Use --allow-mass-retirement if that is intended.",
+    if provinces:
+        raise Conflict(_l("Revision %(revision)s would retire %(retired)s of the %(current)s current codes, provinces "
+                          "among them (%(named)s): is the file whole (%(total)s codes in it)? A revision retires a "
+                          "few dozen codes at most. Use --allow-mass-retirement if that is intended.",
+                          revision=report.revision, retired=len(report.retired), current=current, named=named,
+                          total=report.total), code="mass_retirement", field="revision")
+    raise Conflict(_l("Revision %(revision)s would retire %(retired)s of the %(current)s current codes: is the file "
+                      "whole (%(total)s codes in it)? A revision retires a few dozen codes at most. Use "
+                      "--allow-mass-retirement if that is intended.",
                       revision=report.revision, retired=len(report.retired), current=current,
-                      provinces=len(provinces), named=f" ({named})" if named else "", total=report.total),
-                   code="mass_retirement", field="revision")
+                      total=report.total), code="mass_retirement", field="revision")
 
 
 def get(code: str, field: str = "division_code") -> Division:

@@ -31,11 +31,16 @@ def _check_passphrase_length(passphrase: bytes) -> None:
     length = len(passphrase.decode("utf-8", "replace"))
     if length >= PASSPHRASE_MIN_LENGTH:
         return
-    setting = "MPIM_CA_PASSPHRASE" if current_app.config.get("MPIM_CA_PASSPHRASE") else "MPIM_CA_PASSPHRASE_FILE"
+    if current_app.config.get("MPIM_CA_PASSPHRASE"):
+        setting, instead = "MPIM_CA_PASSPHRASE", "set a longer one"
+    else:  # the file set, or the default one under instance/ (`--generate-passphrase` keeps one that exists)
+        path = current_app.config["MPIM_CA_PASSPHRASE_FILE"]
+        setting, instead = f"MPIM_CA_PASSPHRASE_FILE ({path})", f"write a longer one to {path}, or remove it for " \
+            "`flask ca init --generate-passphrase` to make one"
     raise ValidationFailed(f"{setting} holds a passphrase of {length} characters: the CA's keys need at least "
                            f"{PASSPHRASE_MIN_LENGTH}, since the passphrase is all that protects them. Make one with "
-                           "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`, or set neither for "
-                           "`flask ca init --generate-passphrase`.", code="weak_passphrase", field="passphrase")
+                           f"`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'` and {instead}.",
+                           code="weak_passphrase", field="passphrase")
 
 
 def initialise(*, key_type: str | None = None, actor: str = "cli", generate_passphrase: bool = False) -> dict:
