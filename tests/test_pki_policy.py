@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 from datetime import timedelta
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa
 
 from app.database import utcnow
 from app.errors import Conflict
@@ -49,6 +50,36 @@ def test_good_keys_pass():
 ])
 def test_bad_csrs_are_refused_with_a_reason(build, reason):
     assert reason in reason_for(build())
+
+
+def openssl_csr(directory, *genpkey: str) -> str:
+    """A CSR made by the openssl CLI from a key `openssl genpkey` makes with these options."""
+    key = directory / "key.pem"
+    subprocess.run(["openssl", "genpkey", *genpkey, "-out", str(key)], check=True, capture_output=True, timeout=120)
+    return subprocess.run(["openssl", "req", "-new", "-key", str(key), "-subj", "/CN=node.example"], check=True,
+                          capture_output=True, text=True, timeout=60).stdout
+
+
+def test_an_rsa_pss_key_is_refused_for_ec_p256(app, tmp_path):
+    """A key whose SPKI says id-RSASSA-PSS loads as an RSA key, and was certified as rsaEncryption: neither
+    OpenSSL nor Python then paired the node's key with its certificate, and the node could never serve TLS."""
+    pem = openssl_csr(tmp_path, "-algorithm", "RSA-PSS", "-pkeyopt", "rsa_keygen_bits:2048")
+    reason = reason_for(pem)
+    assert "RSA-PSS" in reason and "Use EC P-256" in reason
+    with pytest.raises(InvalidCSR):  # and the CA never signs one, whatever its caller checked
+        pki.authority().issue_node_certificate(csr_policy.load_csr(pem), node_id="36011100002025000001",
+                                               org_name="Org", endpoint_host="node.example")
+
+
+def test_an_rsa_public_exponent_below_65537_is_refused(tmp_path):
+    """CA/B Baseline Requirements §6.1.6: an odd exponent of at least 65537; e = 3 invites the low-exponent
+    attacks on RSA that padding mistakes open up."""
+    reason = reason_for(make_csr(rsa.generate_private_key(public_exponent=3, key_size=2048)))
+    assert "public exponent 3" in reason and "odd and at least 65537" in reason
+    assert "public exponent 3" in reason_for(openssl_csr(tmp_path, "-algorithm", "RSA", "-pkeyopt",
+                                                         "rsa_keygen_bits:2048", "-pkeyopt", "rsa_keygen_pubexp:3"))
+    csr_policy.check_csr(csr_policy.load_csr(openssl_csr(
+        tmp_path, "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-pkeyopt", "rsa_keygen_pubexp:65539")))
 
 
 @pytest.mark.parametrize("wrap", [lambda pem: pem + "\x00", lambda pem: "\x07" + pem,

@@ -341,8 +341,8 @@ class Authority:
         names = profiles.node_names(node_id, endpoint_host)
         if shows_nothing(org_name):  # "\u200b\u3000" as much as " ": no organisation to name
             raise ValidationFailed(_l("The organisation name is empty."), code="invalid_org_name", field="org_name")
+        csr_policy.check_csr_key(csr)  # never issue for a refused key, whatever the caller checked
         public_key = csr.public_key()
-        csr_policy.check_key(public_key)  # never issue for a refused key, whatever the caller checked
         validity = self._validity(validity_days or self.config.node_validity_days, not_before, not_after)
         subject = profiles.subject_name(self.config.country, org_name, node_id)
         return self._leaf(public_key, subject, names, profiles.TLS_USAGES, validity)

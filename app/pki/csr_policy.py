@@ -1,11 +1,13 @@
 """CSR policy (SPEC §3.2-3.4): which PKCS#10 requests the CA accepts, and why it refuses the rest.
 
 Accepted: one PEM certificate signing request, at most 64 KB, whose self-signature verifies
-(SHA-256 or stronger), holding an EC P-256, EC P-384 or RSA 2048-8192 bit key.
+(SHA-256 or stronger), holding an EC P-256, EC P-384 or RSA 2048-8192 bit key (public exponent odd and at
+least 65537, CA/B Baseline Requirements §6.1.6).
 
 Refused, each with its own reason: not PEM or not parsable; several CSRs in one text; text other than white space
 around the PEM block; a certificate where a CSR belongs;
-over 64 KB; a self-signature that does not verify or uses MD5/SHA-1; RSA below 2048 bits; DSA;
+over 64 KB; a self-signature that does not verify or uses MD5/SHA-1; RSA below 2048 bits; an RSA public exponent
+below 65537 (e = 3); RSASSA-PSS keys (id-RSASSA-PSS: the certificate would name them rsaEncryption); DSA;
 any other curve (P-192, secp256k1, SM2, ...); Ed25519 and Ed448; a subject or extensions that cannot be
 read (a value of a type X.509 names do not allow, an extension present twice, an x400Address or
 EDIPartyName subject alternative name).
@@ -27,7 +29,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
-from cryptography.x509.oid import SignatureAlgorithmOID
+from cryptography.x509.oid import PublicKeyAlgorithmOID, SignatureAlgorithmOID
 from flask_babel import lazy_gettext as _l
 
 from app.errors import ValidationFailed
@@ -35,6 +37,7 @@ from app.errors import ValidationFailed
 MAX_PEM_BYTES = 64 * 1024
 ALLOWED_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384"}
 MIN_RSA_BITS, MAX_RSA_BITS = 2048, 8192
+MIN_RSA_EXPONENT = 65537  # CA/B Baseline Requirements §6.1.6 (with NIST SP 800-89): odd, at least 2**16 + 1
 WEAK_SIGNATURES = {SignatureAlgorithmOID.RSA_WITH_MD5: "MD5", SignatureAlgorithmOID.RSA_WITH_SHA1: "SHA-1",
                    SignatureAlgorithmOID.ECDSA_WITH_SHA1: "SHA-1", SignatureAlgorithmOID.DSA_WITH_SHA1: "SHA-1"}
 _CSR_BEGIN = re.compile(rb"-----BEGIN (NEW )?CERTIFICATE REQUEST-----")
@@ -127,7 +130,8 @@ def describe_key(public_key: CertificatePublicKeyTypes) -> str:
 
 
 def check_key(public_key: CertificatePublicKeyTypes) -> None:
-    """`InvalidCSR` unless the key is EC P-256, EC P-384 or RSA 2048-8192."""
+    """`InvalidCSR` unless the key is EC P-256, EC P-384 or RSA 2048-8192 whose public exponent is odd and at least
+    65537."""
     if isinstance(public_key, ec.EllipticCurvePublicKey):
         if public_key.curve.name not in ALLOWED_CURVES:
             raise InvalidCSR(_l("EC curve %(curve)s is refused: use P-256 (prime256v1) or P-384.",
@@ -140,6 +144,11 @@ def check_key(public_key: CertificatePublicKeyTypes) -> None:
         if public_key.key_size > MAX_RSA_BITS:
             raise InvalidCSR(_l("RSA keys above %(limit)s bits are refused (this one has %(bits)s).",
                                 limit=MAX_RSA_BITS, bits=public_key.key_size))
+        exponent = public_key.public_numbers().e
+        if exponent < MIN_RSA_EXPONENT or exponent % 2 == 0:
+            raise InvalidCSR(_l("RSA keys with public exponent %(exponent)s are refused: the exponent must be odd "
+                                "and at least 65537. Make the key again (openssl and most tools use 65537 unless "
+                                "told otherwise), or use EC P-256.", exponent=exponent))
         return
     if isinstance(public_key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
         raise InvalidCSR(_l("%(key)s keys are refused: node sessions (A.2) are signed with ECDSA or RSA only. "
@@ -156,10 +165,22 @@ def _public_key(csr: x509.CertificateSigningRequest) -> CertificatePublicKeyType
                             "refused): use EC P-256, EC P-384 or RSA of at least 2048 bits.")) from error
 
 
-def check_csr(csr: x509.CertificateSigningRequest) -> None:
-    """`InvalidCSR` unless the key passes `check_key`, the self-signature verifies with SHA-256+ and the subject
-    and the extensions can be read."""
+def check_csr_key(csr: x509.CertificateSigningRequest) -> None:
+    """`InvalidCSR` unless the CSR's key passes `check_key` and is not an RSASSA-PSS key. Such a key (SPKI
+    id-RSASSA-PSS, `openssl genpkey -algorithm RSA-PSS`) loads as any RSA key, but the certificate names its key
+    rsaEncryption, and OpenSSL and Python then refuse to pair the node's key with it: the node could not serve
+    TLS, nor sign A.2 node sessions (RSASSA-PKCS1-v1_5 only) with it."""
+    if csr.public_key_algorithm_oid == PublicKeyAlgorithmOID.RSASSA_PSS:
+        raise InvalidCSR(_l("RSA-PSS keys (id-RSASSA-PSS, as openssl genpkey -algorithm RSA-PSS makes) are "
+                            "refused: TLS could not use the key with the certificate issued for it, and node "
+                            "sessions (A.2) are signed with ECDSA or RSA PKCS#1 v1.5 only. Use EC P-256."))
     check_key(_public_key(csr))
+
+
+def check_csr(csr: x509.CertificateSigningRequest) -> None:
+    """`InvalidCSR` unless the key passes `check_csr_key`, the self-signature verifies with SHA-256+ and the
+    subject and the extensions can be read."""
+    check_csr_key(csr)
     if csr.signature_algorithm_oid in WEAK_SIGNATURES:
         raise InvalidCSR(_l("The CSR is signed with %(algorithm)s, which is refused (MD5 and SHA-1 are broken): "
                             "sign it with SHA-256.", algorithm=WEAK_SIGNATURES[csr.signature_algorithm_oid]))
