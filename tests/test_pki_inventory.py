@@ -221,3 +221,27 @@ def test_the_node_filter_is_kept_as_typed_and_a_malformed_one_is_said_so(app, pe
     other = "36" + "0" * 18
     page = console.client.get(f"/certificates/?node={other}").get_data(as_text=True)
     assert 'aria-invalid' not in page and "没有符合条件的证书" in page
+
+
+def test_show_and_revoke_take_the_serial_as_openssl_prints_it(app, runner, people, tmp_path):  # noqa: F811
+    """`openssl x509 -text` prints a serial as colon-separated octets (`30:83:4b:...`, a leading `00:` when its top
+    bit is set): `flask ca show` and `flask ca revoke` take that, and the octets separated by spaces, as they take
+    upper case and leading zeros."""
+    import subprocess
+
+    node, _ = admit_with_keys(people)
+    row = pki.current_certificate(node.node_id)
+    (tmp_path / "node.pem").write_text(row.pem)
+    text = subprocess.run(["openssl", "x509", "-in", "node.pem", "-noout", "-text"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, check=True).stdout
+    printed = re.search(r"Serial Number:\s*\n\s*([0-9a-f:]+)", text).group(1)
+    assert ":" in printed and printed.replace(":", "").lstrip("0") == row.serial
+    for given in (printed, printed.upper(), printed.replace(":", " ")):
+        shown = runner.invoke(args=["ca", "show", given, "--json"])
+        assert shown.exit_code == 0, shown.output
+        assert json.loads(shown.output)["serial"] == row.serial
+    revoked = runner.invoke(args=["ca", "revoke", printed, "--reason", "superseded", "--user", "minister"])
+    assert revoked.exit_code == 0, revoked.output
+    other = printed[:-1] + ("1" if printed[-1] == "0" else "0")
+    missing = runner.invoke(args=["ca", "show", other, "--json"])
+    assert missing.exit_code != 0 and json.loads(missing.stderr)["error"]["code"] == "certificate_not_found"

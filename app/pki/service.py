@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -398,7 +399,10 @@ def renew(node, csr_pem: str | None, *, by=None, still_entitled: Callable[[], ob
 
 
 def get(serial: str) -> Certificate:
-    row = db.session.get(Certificate, serial.lower().lstrip("0") or "0") if len(serial) <= 40 else None
+    """The certificate of a serial given in hex as `flask ca list` prints it, or as openssl does: upper case,
+    leading zeros, octets separated by colons (`openssl x509 -text`) or spaces."""
+    key = re.sub(r"[\s:]", "", serial).lower().lstrip("0") or "0"
+    row = db.session.get(Certificate, key) if len(key) <= 40 else None
     if row is None:
         raise not_found(serial)
     return row
