@@ -76,6 +76,32 @@ def test_crl_check_passes_then_fails_with_certificate_revoked(issued):
     assert revoked.returncode != 0 and "certificate revoked" in revoked.stdout + revoked.stderr
 
 
+def test_a_verifier_whose_clock_is_half_a_minute_behind_takes_a_crl_signed_just_now(app, issued):
+    """Certificates start a minute before they are signed (clock skew); CRLs started the second they were signed,
+    and a verifier 30 s behind refused every certificate ("CRL is not yet valid") for 30 s after each new CRL.
+    Both CRLs start as far back as certificates do; nextUpdate stays the period after signing."""
+    from app.extensions import db
+    from app.pki.authority import BACKDATE
+
+    periods = {revocation.INTERMEDIATE_CRL: dt.timedelta(days=app.config["MPIM_CRL_DAYS"]),
+               revocation.ROOT_CRL: dt.timedelta(days=app.config["MPIM_ROOT_CRL_DAYS"])}
+    states = {revocation.INTERMEDIATE_CRL: revocation.regenerate_crl(), revocation.ROOT_CRL:
+              revocation.regenerate_root_crl()}
+    db.session.commit()
+    crls = {which: x509.load_der_x509_crl(state.der) for which, state in states.items()}
+    signed = {which: crl.next_update_utc - periods[which] for which, crl in crls.items()}  # when each was signed
+    (issued["dir"] / "crl.pem").write_text(states[revocation.INTERMEDIATE_CRL].pem)
+    (issued["dir"] / "root-crl.pem").write_text(states[revocation.ROOT_CRL].pem)
+    behind = int(min(signed.values()).timestamp()) - 30
+    checked = openssl("verify", "-x509_strict", "-attime", str(behind), "-crl_check_all", "-CAfile", "root.pem",
+                      "-untrusted", "intermediate.pem", "-CRLfile", "crl.pem", "-CRLfile", "root-crl.pem", "node.pem",
+                      cwd=issued["dir"])
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    for which, crl in crls.items():
+        assert crl.last_update_utc == states[which].this_update == signed[which] - BACKDATE
+        assert states[which].next_update == crl.next_update_utc
+
+
 def test_ocsp_answers_good_then_revoked(issued, live_server):
     def ask() -> str:
         result = openssl("ocsp", "-issuer", "intermediate.pem", "-cert", "node.pem", "-url", f"{live_server}/ca/ocsp",

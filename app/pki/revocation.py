@@ -21,6 +21,7 @@ from app.database import require_number_above, serialise, utcnow
 from app.errors import Conflict, PermissionDenied, ValidationFailed
 from app.extensions import db
 from app.pki import ocsp, own_keys, service
+from app.pki.authority import BACKDATE
 from app.pki.models import INTERMEDIATE_CRL, ROOT_CRL, Certificate, CRLState, RevokedIntermediate
 
 # RFC 5280 reasons an admin may give. certificateHold is left out: a hold is meant to be lifted, and
@@ -158,8 +159,8 @@ def regenerate_crl(*, actor: str | None = None, above: int | None = None) -> CRL
                                  .where(Certificate.revoked_at.is_not(None))).all()
     entries = [(int(serial, 16), at, reason) for serial, at, reason in revoked]
     state = _next_crl(INTERMEDIATE_CRL, current_app.config["MPIM_CRL_DAYS"],
-                      lambda number, now, until: service.authority().build_crl(
-                          entries, crl_number=number, this_update=now, next_update=until), above=above)
+                      lambda number, since, until: service.authority().build_crl(
+                          entries, crl_number=number, this_update=since, next_update=until), above=above)
     if actor is not None:
         detail = {"next_update": state.next_update, "revoked": len(entries)}
         audit.record("ca.crl", str(state.crl_number), detail | ({"above": above} if above is not None else {}),
@@ -181,8 +182,8 @@ def regenerate_root_crl(*, root_key_path: Path | None = None, actor: str | None 
     entries = [(int(serial, 16), at, reason) for serial, at, reason in db.session.execute(
         select(RevokedIntermediate.serial, RevokedIntermediate.revoked_at, RevokedIntermediate.reason))]
     state = _next_crl(ROOT_CRL, current_app.config["MPIM_ROOT_CRL_DAYS"],
-                      lambda number, now, until: loaded.build_root_crl(root_key, entries, crl_number=number,
-                                                                       this_update=now, next_update=until),
+                      lambda number, since, until: loaded.build_root_crl(root_key, entries, crl_number=number,
+                                                                         this_update=since, next_update=until),
                       above=above)
     detail = {"next_update": state.next_update, "revoked": len(entries)}
     audit.record("ca.root_crl", str(state.crl_number), detail | ({"above": above} if above is not None else {}),
@@ -201,15 +202,20 @@ def crl_lock_name(row_id: int) -> str:
 def _next_crl(row_id: int, days: int, build, *, above: int | None = None) -> CRLState:
     """Sign the next CRL of one issuer with `build(number, this_update, next_update)` and keep it; its number is
     above `above` too, when given. The caller holds `crl_lock_name(row_id)`; the row is read afresh (the session
-    may hold it from before the lock)."""
+    may hold it from before the lock).
+
+    thisUpdate is backdated as a certificate's notBefore is (`authority.BACKDATE`): a verifier whose clock runs a
+    little behind ours refused every certificate ("CRL is not yet valid") for a while after each new CRL.
+    nextUpdate stays `days` after signing, which the scheduler's half-time refresh reads."""
     now = utcnow().replace(microsecond=0)
     state = db.session.get(CRLState, row_id, populate_existing=True)
     number = max(state.crl_number if state else 0, above or 0) + 1
-    crl = build(number, now, now + timedelta(days=days))
+    this_update = now - BACKDATE
+    crl = build(number, this_update, now + timedelta(days=days))
     if state is None:
         state = CRLState(id=row_id)
         db.session.add(state)
-    state.crl_number, state.this_update, state.next_update = number, now, crl.next_update_utc
+    state.crl_number, state.this_update, state.next_update = number, this_update, crl.next_update_utc
     state.pem = crl.public_bytes(serialization.Encoding.PEM).decode()
     state.der = crl.public_bytes(serialization.Encoding.DER)
     db.session.flush()
