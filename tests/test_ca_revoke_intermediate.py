@@ -9,6 +9,7 @@ import json
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
 
 from app.audit.models import AuditRecord
@@ -19,7 +20,7 @@ from app.pki import service as pki
 from app.pki.models import CRLState
 from tests.factories import NodeKeys
 from tests.test_pki_openssl import issued, openssl, write_crl  # noqa: F401 (fixture)
-from tests.test_sessions import people  # noqa: F401 (fixture)
+from tests.test_sessions import admit_with_keys, people  # noqa: F401 (fixture)
 
 
 def intermediate_serial() -> int:
@@ -167,3 +168,63 @@ def test_healthz_says_an_expired_intermediate_cannot_sign(app, client):
     loaded.clock = lambda: end
     answer = client.get("/healthz")
     assert answer.status_code == 503 and answer.get_json()["ca"] == "intermediate_expired"
+
+
+def ocsp_answer(client, directory, request_der: bytes):
+    """The responder's answer, kept in `directory`/answer.der for openssl to read."""
+    from cryptography.x509 import ocsp
+
+    response = client.post("/ca/ocsp", data=request_der, content_type="application/ocsp-request")
+    assert response.status_code == 200
+    (directory / "answer.der").write_bytes(response.data)
+    answer = ocsp.load_der_ocsp_response(response.data)
+    assert answer.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL
+    return answer
+
+
+@pytest.mark.parametrize(("reason", "answered"), [("key_compromise", x509.ReasonFlags.ca_compromise),
+                                                  ("cessation_of_operation", x509.ReasonFlags.cessation_of_operation)])
+def test_ocsp_answers_revoked_for_every_certificate_once_the_intermediate_is_revoked(
+        issued, people, runner, client, reason, answered):  # noqa: F811
+    """The responder kept answering "good", signed with the key the ministry had just declared compromised: a
+    verifier asking OCSP and not the root's CRL took every certificate it signed. RFC 6960 §2.7: "revoked" for
+    every certificate of the CA, from the intermediate's revocation and for its reason (cACompromise for a
+    compromised key); a serial never issued here (what a thief mints) too, and one revoked before keeps its own."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509 import ocsp
+
+    from app.pki.models import RevokedIntermediate
+    from app.pki.ocsp import issuer_hashes
+
+    directory = issued["dir"]
+    made = openssl("ocsp", "-issuer", "intermediate.pem", "-cert", "node.pem", "-reqout", "ask.der", "-no_nonce",
+                       cwd=directory)
+    assert made.returncode == 0, made.stderr
+    ask = (directory / "ask.der").read_bytes()
+    assert ocsp_answer(client, directory, ask).certificate_status == ocsp.OCSPCertStatus.GOOD
+    other, _ = admit_with_keys(people)
+    earlier = pki.current_certificate(other.node_id)
+    revocation.revoke(earlier, "affiliation_changed", by=issued["minister"])
+    db.session.commit()
+    assert revoke(runner, "--reason", reason, "--yes").exit_code == 0
+    revoked_at = db.session.get(RevokedIntermediate, format(intermediate_serial(), "x")).revoked_at
+
+    answer = ocsp_answer(client, directory, ask)
+    assert answer.certificate_status == ocsp.OCSPCertStatus.REVOKED
+    assert (answer.revocation_time_utc, answer.revocation_reason) == (revoked_at.replace(microsecond=0), answered)
+    read = openssl("ocsp", "-respin", "answer.der", "-issuer", "intermediate.pem", "-cert", "node.pem",
+                       "-CAfile", "root.pem", "-verify_other", "intermediate.pem", cwd=directory)
+    assert "Response verify OK" in read.stderr and "node.pem: revoked" in read.stdout, read.stdout + read.stderr
+
+    def ask_about(serial: int) -> ocsp.OCSPResponse:
+        name_hash, key_hash = issuer_hashes(pki.authority().intermediate_certificate, hashes.SHA1())
+        request = ocsp.OCSPRequestBuilder().add_certificate_by_hash(name_hash, key_hash, serial, hashes.SHA1()).build()
+        return ocsp_answer(client, directory, request.public_bytes(serialization.Encoding.DER))
+
+    kept = ask_about(int(earlier.serial, 16))
+    assert kept.certificate_status == ocsp.OCSPCertStatus.REVOKED
+    assert (kept.revocation_time_utc, kept.revocation_reason) == (earlier.revoked_at.replace(microsecond=0),
+                                                                  x509.ReasonFlags.affiliation_changed)
+    minted = ask_about(int(issued["row"].serial, 16) ^ 0xFFFF)
+    assert minted.certificate_status == ocsp.OCSPCertStatus.REVOKED and minted.revocation_reason == answered
+

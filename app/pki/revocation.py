@@ -261,9 +261,28 @@ def current_crl(which: int = INTERMEDIATE_CRL) -> CRLState:
     return state
 
 
+# What the responder gives as every certificate's reason once the root revoked the intermediate for this one: a
+# compromised CA key is RFC 5280's cACompromise for what the CA signed; the other reasons fit its certificates as
+# they fit the CA.
+CA_REVOCATION_AS_LEAF_REASON = {"key_compromise": "ca_compromise"}
+
+
 def ocsp_response(request_der: bytes) -> bytes:
+    """The OCSP answer (DER) about a certificate of the intermediate, signed with its key. Once the root revoked the
+    intermediate (`intermediate.revoke`), every serial is answered revoked, as RFC 6960 §2.7 allows for a CA whose
+    key is compromised: from the intermediate's revocation and for its reason, unless the certificate was revoked
+    before on its own. A serial never issued here too: whoever holds the key mints certificates we never saw. A
+    verifier that asks OCSP and not the root's CRL then refuses what the intermediate signed, where it was told
+    "good", signed with the very key the ministry declared compromised; the key signs nothing a thief holding it
+    could not sign anyway."""
+    from app.pki import intermediate  # it imports this module
+
     def lookup(serial: int) -> ocsp.CertStatus:
         row = db.session.get(Certificate, format(serial, "x"))
+        revoked_ca = intermediate.revocation_of_current()
+        if revoked_ca is not None and (row is None or row.revoked_at is None or row.revoked_at > revoked_ca.revoked_at):
+            return ocsp.CertStatus("revoked", revoked_ca.revoked_at,
+                                   CA_REVOCATION_AS_LEAF_REASON.get(revoked_ca.reason, revoked_ca.reason))
         if row is None:
             return ocsp.CertStatus("unknown")
         if row.revoked_at is not None:
