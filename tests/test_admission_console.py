@@ -130,8 +130,10 @@ def test_province_names_follow_the_console_language(admin_console):
     assert "<td>Guangdong</td>" in english["/nodes/"]
     assert "<dd>Guangdong <code>440000</code>" in english[f"/nodes/{node.node_id}"]
     assert "Guangdong <code>440000</code>" in english["/applications/?status=all"]
-    assert "天河区 <code>440106</code>" in english["/applications/?status=all"]  # counties keep their Chinese name
-    assert "Guangdong / 广州市 / 天河区 <code>440106</code>" in english[f"/applications/{pending.id}"]
+    # Counties keep their Chinese name, marked as Chinese for a screen reader.
+    assert '<span lang="zh-CN">天河区</span> <code>440106</code>' in english["/applications/?status=all"]
+    assert ('Guangdong / <span lang="zh-CN">广州市</span> / <span lang="zh-CN">天河区</span> <code>440106</code>'
+            in english[f"/applications/{pending.id}"])
     assert not any("广东" in html for html in english.values())
     client.get("/lang/zh_CN")
     chinese = {page: client.get(page).get_data(as_text=True) for page in pages}

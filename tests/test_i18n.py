@@ -360,3 +360,34 @@ def test_the_language_switch_rebuilds_the_address_so_no_other_host_can_be_named(
                              ("/lang/en?next=/lang/en", "/"), ("//login", "/")):
         response = admin_console.client.get("/lang/en", query_string={"next": target})
         assert response.headers["Location"] == expected, target
+
+
+# --- counts, sentence joins and names as each language writes them ---------------------------------
+
+
+def test_a_chinese_name_on_the_english_console_is_marked_as_chinese(app, admin_console):
+    """A prefecture or a county keeps its Chinese name on the English console, inside <html lang="en">: a
+    screen reader read it with English rules. The filter marks it; a name the English console has in English,
+    and every name on the Chinese console, is left as it is, and the name is escaped."""
+    from types import SimpleNamespace
+
+    from flask import render_template_string
+    from flask_babel import force_locale
+
+    from app.divisions.names import display_name
+
+    shown = "{{ d|division_name }}"
+    with app.test_request_context("/"):
+        with force_locale("en"):
+            assert render_template_string(shown, d=SimpleNamespace(code="360100", name="南昌市")) == \
+                '<span lang="zh-CN">南昌市</span>'
+            assert render_template_string(shown, d=SimpleNamespace(code="360000", name="江西省")) == "Jiangxi"
+            assert render_template_string(shown, d=SimpleNamespace(code="360101", name="<b>&")) == \
+                '<span lang="zh-CN">&lt;b&gt;&amp;</span>'
+            assert display_name("360100", "南昌市") == "南昌市"  # as text: the tile map's SVG, the province filter
+        with force_locale("zh_CN"):
+            assert render_template_string(shown, d=SimpleNamespace(code="360100", name="南昌市")) == "南昌市"
+    admin_console.client.get("/lang/en")
+    page = admin_console.client.get("/divisions/360000").get_data(as_text=True)
+    assert '<a href="/divisions/360100"><span lang="zh-CN">南昌市</span></a>' in page
+    assert "/ <a href=\"/divisions/360000\">Jiangxi</a>" in page

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from babel import Locale
 from flask_babel import get_locale
+from markupsafe import Markup, escape
 
 # code → English name: the nation (NATION_CODE) and every provincial-level code of GB/T 2260.
 ENGLISH_NAMES = {
@@ -27,17 +28,23 @@ ENGLISH_NAMES = {
 }
 
 
-def display_name(code: str, name: str, locale: Locale | str | None = None) -> str:
-    """The name the console shows for division `code`, whose Chinese name is `name`: its English name
-    when `locale` (by default the request's) is English and the code is the nation or a provincial-level
-    division, else `name`."""
+def _english(locale: Locale | str | None) -> bool:
     if locale is None:
         locale = get_locale()
-    if locale is not None and str(locale).replace("-", "_").split("_")[0] == "en":
-        return ENGLISH_NAMES.get(code, name)
-    return name
+    return locale is not None and str(locale).replace("-", "_").split("_")[0] == "en"
 
 
-def division_name(division) -> str:
-    """Jinja filter: `{{ node.division|division_name }}`."""
-    return display_name(division.code, division.name)
+def display_name(code: str, name: str, locale: Locale | str | None = None) -> str:
+    """The name the console shows for division `code`, whose Chinese name is `name`, as text: its English name
+    when `locale` (by default the request's) is English and the code is the nation or a provincial-level
+    division, else `name`."""
+    return ENGLISH_NAMES.get(code, name) if _english(locale) else name
+
+
+def division_name(division) -> Markup:
+    """Jinja filter for a page's text, `{{ node.division|division_name }}`: `display_name`, and on the English
+    console a name that stays Chinese marked as Chinese (`<span lang="zh-CN">`), so that a screen reader does not
+    read it by English rules (WCAG 3.1.2). HTML: text elsewhere (an attribute, a CSV) takes `display_name`."""
+    if _english(None) and division.code not in ENGLISH_NAMES:
+        return Markup('<span lang="zh-CN">%s</span>') % division.name
+    return escape(display_name(division.code, division.name))
