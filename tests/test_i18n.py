@@ -365,6 +365,17 @@ def test_the_language_switch_rebuilds_the_address_so_no_other_host_can_be_named(
 # --- counts, sentence joins and names as each language writes them ---------------------------------
 
 
+def test_a_retirement_is_dated_by_its_revision_in_chinese(app):
+    """"已于 2023 撤销" read as a year; a GB/T 2260 revision is named as one (版)."""
+    from flask import render_template_string
+    from flask_babel import force_locale
+
+    with app.test_request_context("/"), force_locale("zh_CN"):
+        rendered = render_template_string("{{ _('Retired in %(rev)s', rev='2023') }}|"
+                                          "{{ _('code %(code)s was retired in %(rev)s', code='130521', rev='2023') }}")
+    assert rendered == "已于 2023 版撤销|代码 130521 已于 2023 版撤销"
+
+
 def test_a_chinese_name_on_the_english_console_is_marked_as_chinese(app, admin_console):
     """A prefecture or a county keeps its Chinese name on the English console, inside <html lang="en">: a
     screen reader read it with English rules. The filter marks it; a name the English console has in English,

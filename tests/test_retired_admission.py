@@ -96,7 +96,7 @@ def test_an_application_for_a_retired_code_says_on_its_page_that_it_is_to_be_rej
     page_url = f"/applications/{application.id}"
     page = admin_console.client.get(page_url).get_data(as_text=True)
     division = re.search(r"<dt>行政区划</dt><dd>(.*?)</dd>", page, re.S).group(1)
-    assert "已于 2023 撤销" in division, division  # the marker every list of codes uses
+    assert "已于 2023 版撤销" in division, division  # the marker every list of codes uses
     note = re.search(r'id="retired-division">([^<]*)<', page)
     assert note and "不能批准" in note.group(1) and "驳回" in note.group(1), page
     approve = re.search(r'<button[^>]*id="approve"[^>]*>', page).group(0)

@@ -128,7 +128,7 @@ def test_the_users_page_and_the_edit_form_mark_a_retired_scope(xingtai, make_use
     retire_xingtai()
     listing = admin_console.client.get("/users/").get_data(as_text=True)
     row = re.search(r"<tr>\s*<td><a href=\"/users/xt-admin\">.*?</tr>", listing, re.S).group(0)
-    assert "130521" in row and "已于 2023 撤销" in row
+    assert "130521" in row and "已于 2023 版撤销" in row
     other = re.search(r"<tr>\s*<td><a href=\"/users/hd-admin\">.*?</tr>", listing, re.S).group(0)
     assert "130400" in other and "撤销" not in other
 
