@@ -365,6 +365,36 @@ def test_the_language_switch_rebuilds_the_address_so_no_other_host_can_be_named(
 # --- counts, sentence joins and names as each language writes them ---------------------------------
 
 
+def test_a_banners_sentences_run_on_without_a_space_in_chinese(app, admin_console):
+    """Two translated sentences joined with a space read "…已停止。 节点…" on the Chinese console."""
+    from tests.test_scheduler_liveness import banners_seen, beat
+
+    beat(300)
+    seen = banners_seen(admin_console)
+    assert "已停止。节点健康巡检" in seen and "。 " not in seen, seen
+    admin_console.client.get("/lang/en")
+    assert "has stopped. Health polling" in banners_seen(admin_console)
+
+
+def test_the_ca_unusable_banner_runs_on_without_a_space_in_chinese(app, admin_console):
+    app.extensions.pop("mpim_authority", None)  # as a process starting now
+    app.config["MPIM_CA_PASSPHRASE"] = "not-the-ca-passphrase"
+    page = html.unescape(admin_console.client.get("/").get_data(as_text=True))
+    assert "。在运维人员纠正之前" in page and "。 在运维人员纠正之前" not in page
+
+
+def test_sentences_are_joined_as_the_readers_language_writes_them(app):
+    from flask_babel import force_locale
+
+    from app.i18n import sentences
+
+    with app.test_request_context("/"):
+        with force_locale("zh_CN"):
+            assert sentences("甲已停止。", "乙正在运行。") == "甲已停止。乙正在运行。"
+        with force_locale("en"):
+            assert sentences("A stopped.", "B runs.") == "A stopped. B runs."
+
+
 def test_a_retirement_is_dated_by_its_revision_in_chinese(app):
     """"已于 2023 撤销" read as a year; a GB/T 2260 revision is named as one (版)."""
     from flask import render_template_string

@@ -165,3 +165,22 @@ def test_the_import_that_retires_a_scope_names_its_console_users(xingtai, make_u
     db.session.commit()
     report = divisions.import_revision(divisions.DEFAULT_FILE.read_bytes(), "2023")
     assert "console user xt-admin has retired code 130521 in its division scope" in report.to_dict()["retired_in_use"]
+
+
+def test_the_edit_forms_note_on_retired_scopes_reads_as_each_language_writes(xingtai, make_user, admin_console):
+    """Its sentences were joined with a space ("…现行代码。 130526…"), and on the English console the county's
+    Chinese name sat in lang="en" unmarked."""
+    make_user("rx-admin", "provincial_admin", ("130521", "130526"))
+    retire_xingtai()
+
+    def note() -> str:
+        form = admin_console.client.get("/users/rx-admin").get_data(as_text=True)
+        return re.search(r'<p[^>]*id="retired-scopes"[^>]*>(.*?)</p>', form, re.S).group(1)
+
+    chinese = note()
+    assert "请换成现行代码。130526 任县" in chinese and "。 " not in chinese, chinese
+    admin_console.client.get("/lang/en")
+    english = note()
+    assert ('130521 <span lang="zh-CN">邢台县</span> was retired in GB/T 2260 revision 2023: it still covers what '
+            'it did, but replace it with a current code. 130526 <span lang="zh-CN">任县</span> was retired'
+            in english), english

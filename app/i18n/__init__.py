@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from flask import Blueprint, current_app, has_request_context, redirect, request, session, url_for
-from flask_babel import force_locale
+from flask_babel import force_locale, get_locale
 
 from app.console import pages
 from app.extensions import babel
@@ -28,6 +28,14 @@ def english(message) -> str:
     """A message, perhaps a lazy translation, as the log has it whatever the reader's language."""
     with force_locale("en"):
         return str(message)
+
+
+def sentences(*parts) -> str:
+    """Translated sentences run together as the reader's language writes them: Chinese puts no space after its
+    full stop (。), English one after its own."""
+    locale = get_locale()
+    gap = "" if locale is not None and locale.language == "zh" else " "
+    return gap.join(str(part) for part in parts)
 
 
 @bp.get("/lang/<code>")

@@ -15,6 +15,7 @@ from app.console.pages import shows_page
 from app.database import paginate
 from app.errors import DomainError
 from app.extensions import db
+from app.i18n import sentences
 from app.pki import agreement, intermediate, inventory, own_keys, published, readiness, revocation, service
 from app.pki.forms import RenewForm
 from app.pki.models import Certificate
@@ -217,7 +218,7 @@ def banner(user) -> list[dict]:
     if found.state in CA_UNUSABLE:
         if user.role != "ministry_admin":
             return []
-        return [{"kind": "error", "text": str(CA_UNUSABLE[found.state]) + " " + str(_l(
+        return [{"kind": "error", "text": sentences(CA_UNUSABLE[found.state], _l(
             "Until an operator corrects it, no certificate can be issued, renewed or revoked, no OCSP response, "
             "CRL or routing table signed, and no node's health polled (the console shows each node's last known "
             "state); /healthz answers 503. Detail: %(reason)s", reason=found.reason))}]
@@ -225,7 +226,7 @@ def banner(user) -> list[dict]:
     if found.state == "ok" and user.role == "ministry_admin":
         mismatch = agreement.mismatch()
         if mismatch:
-            banners.append({"kind": "error", "text": " ".join(str(reason) for reason in mismatch) + " " + str(_l(
+            banners.append({"kind": "error", "text": sentences(*mismatch, _l(
                 "/healthz answers 503 until the database and the CA directory agree."))})
         revoked_intermediate = intermediate.revocation_of_current()
         if revoked_intermediate is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import current_app
 from flask_babel import lazy_gettext as _l
 
-from app.i18n import local_time
+from app.i18n import local_time, sentences
 from app.scheduler import liveness
 
 # As the routing table's re-signing banner, whose cause it names first: those who see the operational banners.
@@ -28,6 +28,6 @@ def banner(user) -> list[dict]:
     else:
         said = _l("The scheduler's heartbeat that started at %(time)s never ended: the scheduler is hung or was "
                   "killed.", time=local_time(stale.last_started_at))
-    return [{"kind": "error", "text": str(said) + " " + str(_l(
+    return [{"kind": "error", "text": sentences(said, _l(
         "Health polling, CRL refresh and the routing table's re-signing wait until it runs again: start "
         "`flask scheduler run` (or restart its service; docs/operations.md, Processes)."))}]
