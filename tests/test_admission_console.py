@@ -723,3 +723,39 @@ def test_the_declined_request_is_read_from_the_log_as_stored(app, make_user, adm
     declined = re.search(r'<dt>暂停申请已驳回</dt><dd>(.*?)</dd>', page.get_data(as_text=True))
     assert declined and "minister" in declined.group(1) and "没有证据" in declined.group(1)
     assert f'<code class="stored">{no_time}</code>' in declined.group(1)
+
+
+def test_an_application_form_without_a_capability_asks_for_one_in_the_readers_words(app, make_user, client):
+    """The form said "capabilities must be a non-empty list.", the API's words about its JSON key. The API keeps
+    them, with its field and code; a change request's form, the same form, asks as the new application's does."""
+    from app.admission import applications
+    from tests.factories import application_form, make_csr, node_document
+
+    make_user("jx-admin", "provincial_admin", ("360000",))
+    console = Console(app.test_client())
+    console.login("jx-admin")
+    html = console.post_form("/applications/new", application_form(capabilities=[], csr=make_csr())).get_data(
+        as_text=True)
+    assert _error_at(html, "capabilities") == "请至少选择一项支持功能。"
+    assert 'id="capabilities-error-2"' not in html and "required" not in re.search(
+        r'<ul id="capabilities".*?</ul>', html, re.S).group(0)  # no browser check that every box be ticked
+    console.client.get("/lang/en")
+    html = console.post_form("/applications/new", application_form(capabilities=[], csr=make_csr())).get_data(
+        as_text=True)
+    assert _error_at(html, "capabilities") == "Choose at least one capability."
+
+    minister = make_user("minister")
+    node = applications.approve(applications.submit_by_user(node_document("360000"), by=minister), by=minister)
+    db.session.commit()
+    html = console.post_form(f"/nodes/{node.node_id}/change", application_form(capabilities=[])).get_data(
+        as_text=True)
+    assert _error_at(html, "capabilities") == "Choose at least one capability."
+
+    raw = tokens.create_token("360000", by=minister)[1]
+    db.session.commit()
+    answer = client.post("/api/v1/applications", json=node_document("360000", capabilities=[]),
+                         headers={"Authorization": f"Bearer {raw}"})
+    assert answer.status_code == 400
+    assert answer.get_json()["error"]["message"] == "capabilities must be a non-empty list."
+    assert (answer.get_json()["error"]["field"], answer.get_json()["error"]["code"]) == ("capabilities",
+                                                                                        "invalid_input")

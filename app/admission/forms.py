@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask_babel import lazy_gettext as _l
 from flask_wtf.file import FileField, FileSize
 from wtforms import SelectField, SelectMultipleField, StringField, TextAreaField, widgets
-from wtforms.validators import DataRequired, Length, Optional
+from wtforms.validators import DataRequired, Length, Optional, StopValidation
 
 from app import labels
 from app.admission.information import FLAT_FIELDS, document_from_fields
@@ -41,6 +41,13 @@ def without_blanks(value):
     return value.strip() if isinstance(value, str) else value
 
 
+def some_chosen(form, field) -> None:
+    """A capability ticked. Not DataRequired: its "required" flag would reach every checkbox, and a browser would
+    then ask for all of them. The A.1 parser says the same in its JSON words, for the API."""
+    if not field.data:
+        raise StopValidation(_l("Choose at least one capability."))
+
+
 class TokenForm(ConsoleForm):
     division_code = StringField(_l("Division code"), validators=[DataRequired(), Length(max=6)],
                                 filters=[without_blanks])
@@ -62,7 +69,8 @@ class ApplicationForm(CSRInput, ConsoleForm):
     # validate_choice=False: A.1's parser refuses an unknown capability, by name and in the reader's language;
     # WTForms' own refusal is English on the Chinese console (its zh catalog marks it fuzzy).
     capabilities = SelectMultipleField(
-        _l("Capabilities"), choices=[(c, labels.CAPABILITIES[c]) for c in CAPABILITIES], validate_choice=False,
+        _l("Capabilities"), choices=[(c, labels.CAPABILITIES[c]) for c in CAPABILITIES], validators=[some_chosen],
+        validate_choice=False,
         option_widget=widgets.CheckboxInput(), widget=widgets.ListWidget(prefix_label=False))
     def document(self) -> dict:
         """The same A.1 shape the API takes, so one parser checks both doors."""
