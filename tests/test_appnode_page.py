@@ -300,3 +300,15 @@ def test_the_conversation_list_is_paged_newest_first(network):  # noqa: F811
     assert "Older conversations" not in page_two and "Newest conversations" in page_two
     cli_rows = b.node.conversations("lisi")  # all of them, the read one read
     assert len(cli_rows) == 61 and (cli_rows[-1]["unread"], cli_rows[0]["unread"]) == (0, 1)
+
+
+def test_a_group_of_one_is_counted_as_one_member(network):  # noqa: F811
+    """A group whose owner removed everyone else read "1 members"."""
+    a, b = network["a"], network["b"]
+    a.node.create_group("zhangsan", "值班组")
+    a.node.create_group("zhangsan", "专案组", members=[b.user("lisi")])
+    client = create_node_app(a.node).test_client()
+    english = client.get("/?user=zhangsan&lang=en", headers=operator()).text
+    assert "值班组 <code>" in english and " · 1 member · " in english and " · 2 members · " in english
+    chinese = client.get("/?user=zhangsan&lang=zh_CN", headers=operator()).text
+    assert " · 1 名成员 · " in chinese and " · 2 名成员 · " in chinese

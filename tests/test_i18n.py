@@ -364,6 +364,59 @@ def test_the_language_switch_rebuilds_the_address_so_no_other_host_can_be_named(
 
 # --- counts, sentence joins and names as each language writes them ---------------------------------
 
+def _expiry_warnings_at(app, now, locale: str) -> list[str]:
+    from flask_babel import force_locale
+
+    from app.pki import own_keys
+
+    with app.test_request_context("/"), force_locale(locale):
+        return [str(warning) for warning in own_keys.expiry_warnings(now=now)]
+
+
+def test_a_certificate_or_the_root_crl_a_day_or_less_from_its_end_is_counted_in_words(app, admin_console):
+    """"expires in 1 days", and "in 0 days" for its last day; the Chinese line read "路由签名 证书", a space
+    between Chinese words where a label met the word 证书."""
+    import re
+    from datetime import timedelta
+
+    from app.extensions import db
+    from app.i18n import local_time
+    from app.pki import service as pki
+    from app.pki.models import ROOT_CRL, CRLState
+
+    end = pki.authority().route_signer_certificate.not_valid_after_utc
+    shown_end = local_time(end, "%Y-%m-%d %H:%M")
+    for before, english, chinese in ((timedelta(days=1, hours=1), "in 1 day", "将在 1 天后"),
+                                     (timedelta(hours=2), "within a day", "将在一天内")):
+        now = end - before
+        db.session.get(CRLState, ROOT_CRL).next_update = end
+        db.session.commit()
+        warnings = _expiry_warnings_at(app, now, "en")
+        assert f"The route signer certificate expires {english} ({shown_end})." in warnings, warnings
+        assert any(w.startswith(f"The root CRL runs out {english} ({shown_end}): run ") for w in warnings), warnings
+        assert not any(" days" in w or " 0 day" in w for w in warnings), warnings
+        shown = _expiry_warnings_at(app, now, "zh_CN")
+        assert f"路由签名证书{chinese}（{shown_end}）到期。" in shown, shown
+        assert any(w.startswith(f"根 CA 的证书吊销列表{chinese}（{shown_end}）失效：") for w in shown), shown
+        assert not any(re.search(r"[\u4e00-\u9fff] 证书", w) for w in shown), shown  # "管理节点 TLS 证书" is right
+
+
+def test_an_uptime_bar_counts_one_poll_as_one(app):
+    from dataclasses import replace
+    from datetime import UTC, datetime
+
+    from flask_babel import force_locale
+
+    from app.health import charts
+    from app.health.history import Bucket
+
+    bucket = Bucket(start=datetime(2026, 11, 30, 23, 0, tzinfo=UTC), polls=1, successes=1, latency_ms=None)
+    with app.test_request_context("/"), force_locale("en"):
+        assert "100.0% of 1 poll<" in charts.uptime_bars([bucket], label="24 hours")
+        assert "100.0% of 2 polls<" in charts.uptime_bars([replace(bucket, polls=2, successes=2)], label="24 hours")
+    with app.test_request_context("/"), force_locale("zh_CN"):
+        assert "1 次巡检中 100.0% 成功<" in charts.uptime_bars([bucket], label="24 小时")
+
 
 def test_a_banners_sentences_run_on_without_a_space_in_chinese(app, admin_console):
     """Two translated sentences joined with a space read "…已停止。 节点…" on the Chinese console."""
@@ -404,6 +457,38 @@ def test_a_retirement_is_dated_by_its_revision_in_chinese(app):
         rendered = render_template_string("{{ _('Retired in %(rev)s', rev='2023') }}|"
                                           "{{ _('code %(code)s was retired in %(rev)s', code='130521', rev='2023') }}")
     assert rendered == "已于 2023 版撤销|代码 130521 已于 2023 版撤销"
+
+
+@pytest.mark.parametrize(("setting", "value", "said"), [
+    ("MPIM_IDLE_SECONDS", 60, "after 1 minute without activity"),
+    ("MPIM_IDLE_SECONDS", 120, "after 2 minutes without activity"),
+    ("PERMANENT_SESSION_LIFETIME", 3600, "ended 1 hour after it began"),
+    ("PERMANENT_SESSION_LIFETIME", 5400, "ended 1.5 hours after it began"),
+    ("PERMANENT_SESSION_LIFETIME", 7200, "ended 2 hours after it began"),
+])
+def test_a_sign_in_ended_at_a_limit_counts_its_minutes_or_hours(app, setting, value, said):
+    from flask_babel import force_locale
+
+    from app.auth import idle
+
+    app.config[setting] = value
+    reason = "idle" if setting == "MPIM_IDLE_SECONDS" else "session_limit"
+    with app.test_request_context("/"), force_locale("en"):
+        assert said in idle._ended_message(reason)
+    with app.test_request_context("/"), force_locale("zh_CN"):
+        assert ("分钟无操作" if reason == "idle" else "小时，已自动退出") in idle._ended_message(reason)
+
+
+def test_a_password_a_day_old_is_counted_as_one_day(app):
+    from flask_babel import force_locale
+
+    from app.auth import password_due
+
+    with app.test_request_context("/"), force_locale("en"):
+        assert "more than 1 day old:" in password_due.reason_text("expired", 1)
+        assert "more than 90 days old:" in password_due.reason_text("expired", 90)
+    with app.test_request_context("/"), force_locale("zh_CN"):
+        assert "已超过 1 天未更换" in password_due.reason_text("expired", 1)
 
 
 def test_a_chinese_name_on_the_english_console_is_marked_as_chinese(app, admin_console):

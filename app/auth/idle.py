@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from flask import current_app, flash, g, jsonify, redirect, request, session, url_for
 from flask_babel import gettext as _
+from flask_babel import ngettext
 from flask_login import current_user, logout_user
 from flask_wtf.csrf import generate_csrf
 
@@ -146,11 +147,15 @@ def _forget_csrf() -> None:
 
 def _ended_message(reason: str | None) -> str:
     if reason == "idle":
-        return _("You were signed out after %(minutes)d minutes without activity; sign in again to go on.",
-                 minutes=console_sessions.idle_seconds() // 60)
+        return ngettext("You were signed out after %(num)d minute without activity; sign in again to go on.",
+                        "You were signed out after %(num)d minutes without activity; sign in again to go on.",
+                        console_sessions.idle_seconds() // 60)
     if reason == "session_limit":
-        return _("Your sign-in ended %(hours)s hours after it began; sign in again to go on.",
-                 hours=f"{console_sessions.session_seconds() / 3600:g}")
+        hours = console_sessions.session_seconds() / 3600
+        # A part of an hour takes the plural, as English counts it: "0.5 hours", "1.5 hours".
+        return ngettext("Your sign-in ended %(hours)s hour after it began; sign in again to go on.",
+                        "Your sign-in ended %(hours)s hours after it began; sign in again to go on.",
+                        int(hours) if hours.is_integer() else 2, hours=f"{hours:g}")
     if reason == "ended_by_user":
         return _("This sign-in was ended from another of your sessions; sign in again to go on.")
     if reason in ("ended_by_admin", "password_reset", "disabled"):

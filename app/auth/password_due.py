@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from flask import jsonify, redirect, request, url_for
 from flask_babel import gettext as _
+from flask_babel import ngettext
 from flask_login import current_user
 
 from app.auth import idle, service
@@ -43,5 +44,6 @@ def reason_text(reason: str | None, max_days: int) -> str | None:
         return _("Your password was chosen for you, by an administrator or when the registry was set up: choose "
                  "your own before going on.")
     if reason == "expired":
-        return _("Your password is more than %(days)d days old: choose a new one before going on.", days=max_days)
+        return ngettext("Your password is more than %(num)d day old: choose a new one before going on.",
+                        "Your password is more than %(num)d days old: choose a new one before going on.", max_days)
     return None

@@ -121,8 +121,9 @@ def uptime_bars(buckets: list[Bucket], *, label: str, width: int = 720, height: 
              f'role="img" aria-label="{summary}">']
     for index, (bucket, band) in enumerate(zip(buckets, bands, strict=True)):
         uptime = bucket.uptime
-        title = _("no data") if uptime is None else _("%(percent)s%% of %(n)s polls", percent=f"{uptime * 100:.1f}",
-                                                       n=bucket.polls)
+        title = _("no data") if uptime is None else ngettext("%(percent)s%% of %(num)s poll",
+                                                              "%(percent)s%% of %(num)s polls", bucket.polls,
+                                                              percent=f"{uptime * 100:.1f}")
         title = escape(f"{local_time(bucket.start, '%Y-%m-%d %H:%M')}: {title}")  # as every console time
         parts.append(f'<rect x="{index * bar + 1:.1f}" y="2" width="{max(bar - 2, 1):.1f}" height="{height - 4}" '
                      f'rx="2" fill="{BAND_COLOURS[band]}"><title>{title}</title></rect>')

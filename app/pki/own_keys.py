@@ -14,7 +14,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from flask_babel import LazyString
+from flask_babel import LazyString, gettext, ngettext
 from flask_babel import lazy_gettext as _l
 from flask_sqlalchemy.session import Session as FlaskSession
 from sqlalchemy import event, select
@@ -264,25 +264,42 @@ def expiry_warnings(now: datetime | None = None) -> list[str]:
     warnings = []
     # The route signer and the management certificate renew themselves in their last third
     # (`service_renewal_job`); a warning for them means the scheduler is not running.
-    for label, certificate, horizon in ((_l("root CA"), loaded.root_certificate, 365),
-                                        (_l("intermediate CA"), loaded.intermediate_certificate, 180),
-                                        (_l("route signer"), loaded.route_signer_certificate, 30),
-                                        (_l("management node TLS"), loaded.management_certificate, 30)):
-        end = certificate.not_valid_after_utc
+    for certificate, end, horizon in ((_l("root CA certificate"), loaded.root_certificate.not_valid_after_utc, 365),
+                                      (_l("intermediate CA certificate"),
+                                       loaded.intermediate_certificate.not_valid_after_utc, 180),
+                                      (_l("route signer certificate"),
+                                       loaded.route_signer_certificate.not_valid_after_utc, 30),
+                                      (_l("management node TLS certificate"),
+                                       loaded.management_certificate.not_valid_after_utc, 30)):
+        date = local_time(end, "%Y-%m-%d %H:%M")
         if end <= now:  # said as what happened, not as "expires in 0 days" for ever after
-            warnings.append(_l("The %(label)s certificate expired on %(date)s.", label=label,
-                               date=local_time(end, "%Y-%m-%d %H:%M")))
+            warnings.append(gettext("The %(certificate)s expired on %(date)s.", certificate=certificate, date=date))
+        elif end - now < timedelta(days=1):
+            warnings.append(gettext("The %(certificate)s expires within a day (%(date)s).",
+                                    certificate=certificate, date=date))
         elif end - now < timedelta(days=horizon):
-            warnings.append(_l("The %(label)s certificate expires in %(days)s days (%(date)s).", label=label,
-                               days=(end - now).days, date=local_time(end, "%Y-%m-%d %H:%M")))
+            warnings.append(ngettext("The %(certificate)s expires in %(num)s day (%(date)s).",
+                                     "The %(certificate)s expires in %(num)s days (%(date)s).", (end - now).days,
+                                     certificate=certificate, date=date))
     root_crl = db.session.get(CRLState, ROOT_CRL)
-    if root_crl is not None and root_crl.next_update <= now:
-        warnings.append(_l("The root CRL ran out on %(date)s: run `flask ca root-crl --root-key FILE` with the "
-                           "root key kept offline (or `flask ca root-crl` with it back in the CA directory).",
-                           date=local_time(root_crl.next_update, "%Y-%m-%d %H:%M")))
-    elif root_crl is not None and root_crl.next_update - now < timedelta(days=ROOT_CRL_WARNING_DAYS):
-        warnings.append(_l("The root CRL runs out in %(days)s days (%(date)s): run `flask ca root-crl --root-key "
-                           "FILE` with the root key kept offline (or `flask ca root-crl` with it back in the CA "
-                           "directory).", days=(root_crl.next_update - now).days,
-                           date=local_time(root_crl.next_update, "%Y-%m-%d %H:%M")))
-    return warnings
+    said = _root_crl_warning(root_crl.next_update, now) if root_crl is not None else None
+    return warnings + ([said] if said else [])
+
+
+def _root_crl_warning(next_update: datetime, now: datetime) -> str | None:
+    """The root CRL's end, said as `expiry_warnings` says a certificate's, with the way to sign it again."""
+    date, left = local_time(next_update, "%Y-%m-%d %H:%M"), next_update - now
+    if left <= timedelta(0):
+        return gettext("The root CRL ran out on %(date)s: run `flask ca root-crl --root-key FILE` with the root key "
+                       "kept offline (or `flask ca root-crl` with it back in the CA directory).", date=date)
+    if left < timedelta(days=1):
+        return gettext("The root CRL runs out within a day (%(date)s): run `flask ca root-crl --root-key FILE` with "
+                       "the root key kept offline (or `flask ca root-crl` with it back in the CA directory).",
+                       date=date)
+    if left < timedelta(days=ROOT_CRL_WARNING_DAYS):
+        return ngettext("The root CRL runs out in %(num)s day (%(date)s): run `flask ca root-crl --root-key FILE` "
+                        "with the root key kept offline (or `flask ca root-crl` with it back in the CA directory).",
+                        "The root CRL runs out in %(num)s days (%(date)s): run `flask ca root-crl --root-key FILE` "
+                        "with the root key kept offline (or `flask ca root-crl` with it back in the CA directory).",
+                        left.days, date=date)
+    return None
