@@ -83,6 +83,8 @@ def test_revisions_named_by_date_are_ordered_by_date(app, name, latest, older):
 
 @pytest.mark.parametrize(("content", "line", "reason"), [
     ("code,name\n110000,北京市\n11010,东城区\n", 3, "not a six-digit code"),
+    # a name with a comma, unquoted: its second half was a third field, dropped, and the name stored cut short
+    ("code,name\n110000,北京市\n110101,东城,区\n", 3, "3 fields"),
     ("code,name\n110000,北京市\n110101,东城区\n110101,西城区\n", 4, "appears again"),
     ("code,name\n110000,北京市\n360102,东湖区\n", 3, "has no province 360000"),
     ("code,name\n110000,北京市\n110101,\n", 3, "empty name"),
@@ -113,6 +115,12 @@ def test_cli_import_refuses_malformed_file_and_reports_changes(app, runner, tmp_
     assert result.exit_code == 0
     report = json.loads(result.output)
     assert {"code": "130521", "name": "邢台县"} in report["restored"] or report["added"]
+
+
+def test_empty_fields_after_the_name_are_taken(app):
+    """A spreadsheet's export ends rows with empty fields ("110000,北京市,"): nothing is lost, nothing refused."""
+    rows = parse_division_file("code,name\n110000,北京市,\n110101,东城区,,\n".encode())
+    assert [(row.code, row.name) for row in rows] == [("110000", "北京市"), ("110101", "东城区")]
 
 
 def test_parse_rejects_non_utf8(app):

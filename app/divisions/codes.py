@@ -91,6 +91,9 @@ def parse_division_file(data: bytes) -> list[DivisionRow]:
             continue
         if len(record) < 2:
             raise MalformedDivisionFile(f"line {line}: expected 'code,name'.")
+        if any(cell.strip() for cell in record[2:]):  # a name with an unquoted comma: its end would be dropped
+            raise MalformedDivisionFile(f"line {line}: expected 'code,name', found {len(record)} fields (a name "
+                                        "holding a comma is written in double quotes).")
         code, name = record[0].strip(), record[1].strip()
         if not CODE_PATTERN.fullmatch(code):
             raise MalformedDivisionFile(f"line {line}: {code!r} is not a six-digit code.")
