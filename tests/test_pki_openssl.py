@@ -460,3 +460,32 @@ def test_ocsp_over_get_says_what_caches_may_keep_and_that_they_ask_again_before_
         assert response.headers["Cache-Control"] == "public, no-cache, no-transform"
         assert parsedate_to_datetime(response.headers["Expires"]) == answer.next_update_utc
         assert parsedate_to_datetime(response.headers["Last-Modified"]) == answer.this_update_utc
+
+
+def test_no_crl_lists_a_revocation_dated_after_its_own_this_update(app, issued):
+    """Backdating thisUpdate a minute (854e5a6) made the CRL signed for a revocation list it as made a minute after
+    the CRL's own thisUpdate, which says what was revoked as of then; the root's CRL likewise for an intermediate.
+    thisUpdate is backdated no further than the newest revocation listed, on both CRLs; a refresh with nothing
+    newer still starts a minute back."""
+    from app.extensions import db
+    from app.pki import intermediate
+    from app.pki.authority import BACKDATE
+
+    revocation.revoke(issued["row"], "key_compromise", by=issued["minister"])
+    db.session.commit()
+    crl = x509.load_der_x509_crl(revocation.current_crl().der)
+    assert all(entry.revocation_date_utc <= crl.last_update_utc for entry in crl), \
+        [(entry.revocation_date_utc, crl.last_update_utc) for entry in crl]
+    intermediate.revoke("cessation_of_operation", by=issued["minister"])
+    db.session.commit()
+    root_crl = x509.load_der_x509_crl(revocation.current_crl(revocation.ROOT_CRL).der)
+    assert len(list(root_crl)) == 1 and all(entry.revocation_date_utc <= root_crl.last_update_utc
+                                            for entry in root_crl)
+    from app.database import utcnow
+    from app.pki.models import Certificate
+
+    db.session.execute(db.update(Certificate).values(revoked_at=utcnow() - dt.timedelta(hours=1))
+                       .where(Certificate.revoked_at.is_not(None)))  # a refresh with nothing revoked just now
+    refreshed = revocation.regenerate_crl()
+    db.session.commit()
+    assert refreshed.next_update - dt.timedelta(days=app.config["MPIM_CRL_DAYS"]) - refreshed.this_update == BACKDATE

@@ -8,7 +8,7 @@ hits the management node's own route signer or TLS certificate in use, replaces 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -160,7 +160,8 @@ def regenerate_crl(*, actor: str | None = None, above: int | None = None) -> CRL
     entries = [(int(serial, 16), at, reason) for serial, at, reason in revoked]
     state = _next_crl(INTERMEDIATE_CRL, current_app.config["MPIM_CRL_DAYS"],
                       lambda number, since, until: service.authority().build_crl(
-                          entries, crl_number=number, this_update=since, next_update=until), above=above)
+                          entries, crl_number=number, this_update=since, next_update=until), above=above,
+                      newest_entry=max((at for _, at, _ in entries), default=None))
     if actor is not None:
         detail = {"next_update": state.next_update, "revoked": len(entries)}
         audit.record("ca.crl", str(state.crl_number), detail | ({"above": above} if above is not None else {}),
@@ -184,7 +185,7 @@ def regenerate_root_crl(*, root_key_path: Path | None = None, actor: str | None 
     state = _next_crl(ROOT_CRL, current_app.config["MPIM_ROOT_CRL_DAYS"],
                       lambda number, since, until: loaded.build_root_crl(root_key, entries, crl_number=number,
                                                                          this_update=since, next_update=until),
-                      above=above)
+                      above=above, newest_entry=max((at for _, at, _ in entries), default=None))
     detail = {"next_update": state.next_update, "revoked": len(entries)}
     audit.record("ca.root_crl", str(state.crl_number), detail | ({"above": above} if above is not None else {}),
                  actor=actor)
@@ -199,18 +200,24 @@ def crl_lock_name(row_id: int) -> str:
     return f"crl:{row_id}"
 
 
-def _next_crl(row_id: int, days: int, build, *, above: int | None = None) -> CRLState:
+def _next_crl(row_id: int, days: int, build, *, above: int | None = None,
+              newest_entry: datetime | None = None) -> CRLState:
     """Sign the next CRL of one issuer with `build(number, this_update, next_update)` and keep it; its number is
     above `above` too, when given. The caller holds `crl_lock_name(row_id)`; the row is read afresh (the session
     may hold it from before the lock).
 
     thisUpdate is backdated as a certificate's notBefore is (`authority.BACKDATE`): a verifier whose clock runs a
-    little behind ours refused every certificate ("CRL is not yet valid") for a while after each new CRL.
-    nextUpdate stays `days` after signing, which the scheduler's half-time refresh reads."""
+    little behind ours refused every certificate ("CRL is not yet valid") for a while after each new CRL. Never
+    before the newest revocation it lists (`newest_entry`), though: a CRL states what was revoked as of its
+    thisUpdate, and one listing a revocation made after it reads inconsistent to strict checkers. The CRL signed
+    for a revocation thus starts about when it is signed, the scheduler's refreshes a minute back. nextUpdate
+    stays `days` after signing, which the scheduler's half-time refresh reads."""
     now = utcnow().replace(microsecond=0)
     state = db.session.get(CRLState, row_id, populate_existing=True)
     number = max(state.crl_number if state else 0, above or 0) + 1
     this_update = now - BACKDATE
+    if newest_entry is not None:  # CRL times are whole seconds: the entry's, cut, is at or before this
+        this_update = min(now, max(this_update, newest_entry.replace(microsecond=0)))
     crl = build(number, this_update, now + timedelta(days=days))
     if state is None:
         state = CRLState(id=row_id)
