@@ -75,11 +75,23 @@ def test_an_rsa_public_exponent_below_65537_is_refused(tmp_path):
     """CA/B Baseline Requirements §6.1.6: an odd exponent of at least 65537; e = 3 invites the low-exponent
     attacks on RSA that padding mistakes open up."""
     reason = reason_for(make_csr(rsa.generate_private_key(public_exponent=3, key_size=2048)))
-    assert "public exponent 3" in reason and "odd and at least 65537" in reason
+    assert "public exponent 3" in reason and "odd, at least 65537" in reason
     assert "public exponent 3" in reason_for(openssl_csr(tmp_path, "-algorithm", "RSA", "-pkeyopt",
                                                          "rsa_keygen_bits:2048", "-pkeyopt", "rsa_keygen_pubexp:3"))
     csr_policy.check_csr(csr_policy.load_csr(openssl_csr(
         tmp_path, "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-pkeyopt", "rsa_keygen_pubexp:65539")))
+
+
+@pytest.mark.parametrize("bits", [2048, 4096])
+def test_an_rsa_public_exponent_over_32_bits_is_refused(tmp_path, bits):
+    """Only the lower bound was kept: e = 2**300 + 1 was certified, a key Go's crypto/rsa and other stacks cannot
+    verify with (they take exponents of 32 bits at most; OpenSSL 64 bits above 3072-bit moduli, where the CSR was
+    refused as "altered, or signed by a key other than the one it carries")."""
+    exponent = 2**300 + 1
+    reason = reason_for(openssl_csr(tmp_path, "-algorithm", "RSA", "-pkeyopt", f"rsa_keygen_bits:{bits}",
+                                    "-pkeyopt", f"rsa_keygen_pubexp:{exponent}"))
+    digits = str(exponent)
+    assert f"exponent {digits[:10]}…{digits[-6:]} are refused" in reason and "at most 32 bits" in reason, reason
 
 
 @pytest.mark.parametrize("wrap", [lambda pem: pem + "\x00", lambda pem: "\x07" + pem,

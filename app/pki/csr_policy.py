@@ -1,8 +1,8 @@
 """CSR policy (SPEC §3.2-3.4): which PKCS#10 requests the CA accepts, and why it refuses the rest.
 
 Accepted: one PEM certificate signing request, at most 64 KB, whose self-signature verifies
-(SHA-256 or stronger), holding an EC P-256, EC P-384 or RSA 2048-8192 bit key (public exponent odd and at
-least 65537, CA/B Baseline Requirements §6.1.6).
+(SHA-256 or stronger), holding an EC P-256, EC P-384 or RSA 2048-8192 bit key (public exponent odd, at least
+65537 and at most 32 bits, CA/B Baseline Requirements §6.1.6 and what Go verifies with).
 
 Refused, each with its own reason: not PEM or not parsable; several CSRs in one text; text other than white space
 around the PEM block; a certificate where a CSR belongs;
@@ -38,6 +38,9 @@ MAX_PEM_BYTES = 64 * 1024
 ALLOWED_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384"}
 MIN_RSA_BITS, MAX_RSA_BITS = 2048, 8192
 MIN_RSA_EXPONENT = 65537  # CA/B Baseline Requirements §6.1.6 (with NIST SP 800-89): odd, at least 2**16 + 1
+# BR §6.1.6 allows up to 2**256 - 1, but Go's crypto/rsa and other stacks verify with 32-bit exponents at most:
+# a key certified past that could not be verified by their peers.
+MAX_RSA_EXPONENT_BITS = 32
 WEAK_SIGNATURES = {SignatureAlgorithmOID.RSA_WITH_MD5: "MD5", SignatureAlgorithmOID.RSA_WITH_SHA1: "SHA-1",
                    SignatureAlgorithmOID.ECDSA_WITH_SHA1: "SHA-1", SignatureAlgorithmOID.DSA_WITH_SHA1: "SHA-1"}
 _CSR_BEGIN = re.compile(rb"-----BEGIN (NEW )?CERTIFICATE REQUEST-----")
@@ -145,10 +148,12 @@ def check_key(public_key: CertificatePublicKeyTypes) -> None:
             raise InvalidCSR(_l("RSA keys above %(limit)s bits are refused (this one has %(bits)s).",
                                 limit=MAX_RSA_BITS, bits=public_key.key_size))
         exponent = public_key.public_numbers().e
-        if exponent < MIN_RSA_EXPONENT or exponent % 2 == 0:
-            raise InvalidCSR(_l("RSA keys with public exponent %(exponent)s are refused: the exponent must be odd "
-                                "and at least 65537. Make the key again (openssl and most tools use 65537 unless "
-                                "told otherwise), or use EC P-256.", exponent=exponent))
+        if exponent < MIN_RSA_EXPONENT or exponent % 2 == 0 or exponent.bit_length() > MAX_RSA_EXPONENT_BITS:
+            digits = str(exponent)  # a 32-bit exponent has 10 digits; a longer one is shown by its ends
+            shown = digits if len(digits) <= 20 else f"{digits[:10]}…{digits[-6:]}"
+            raise InvalidCSR(_l("RSA keys with public exponent %(exponent)s are refused: the exponent must be odd, "
+                                "at least 65537 and at most 32 bits long. Make the key again (openssl and most "
+                                "tools use 65537 unless told otherwise), or use EC P-256.", exponent=shown))
         return
     if isinstance(public_key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
         raise InvalidCSR(_l("%(key)s keys are refused: node sessions (A.2) are signed with ECDSA or RSA only. "
