@@ -465,6 +465,9 @@ def test_a_retirement_is_dated_by_its_revision_in_chinese(app):
     ("PERMANENT_SESSION_LIFETIME", 3600, "ended 1 hour after it began"),
     ("PERMANENT_SESSION_LIFETIME", 5400, "ended 1.5 hours after it began"),
     ("PERMANENT_SESSION_LIFETIME", 7200, "ended 2 hours after it began"),
+    # Not a whole number of half hours: "0.333333 hours" and "0.0166667 hours"; said in minutes.
+    ("PERMANENT_SESSION_LIFETIME", 1200, "ended 20 minutes after it began"),
+    ("PERMANENT_SESSION_LIFETIME", 60, "ended 1 minute after it began"),
 ])
 def test_a_sign_in_ended_at_a_limit_counts_its_minutes_or_hours(app, setting, value, said):
     from flask_babel import force_locale
@@ -476,7 +479,9 @@ def test_a_sign_in_ended_at_a_limit_counts_its_minutes_or_hours(app, setting, va
     with app.test_request_context("/"), force_locale("en"):
         assert said in idle._ended_message(reason)
     with app.test_request_context("/"), force_locale("zh_CN"):
-        assert ("分钟无操作" if reason == "idle" else "小时，已自动退出") in idle._ended_message(reason)
+        said_in_hours = reason == "session_limit" and value % 1800 == 0
+        assert ("分钟无操作" if reason == "idle" else "小时，已自动退出" if said_in_hours else "分钟，已自动退出") \
+            in idle._ended_message(reason)
 
 
 def test_a_password_a_day_old_is_counted_as_one_day(app):

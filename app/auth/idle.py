@@ -151,7 +151,12 @@ def _ended_message(reason: str | None) -> str:
                         "You were signed out after %(num)d minutes without activity; sign in again to go on.",
                         console_sessions.idle_seconds() // 60)
     if reason == "session_limit":
-        hours = console_sessions.session_seconds() / 3600
+        seconds = console_sessions.session_seconds()
+        if seconds % 1800:  # "0.333333 hours": a limit that is no whole number of half hours is said in minutes
+            return ngettext("Your sign-in ended %(num)d minute after it began; sign in again to go on.",
+                            "Your sign-in ended %(num)d minutes after it began; sign in again to go on.",
+                            round(seconds / 60))
+        hours = seconds / 3600
         # A part of an hour takes the plural, as English counts it: "0.5 hours", "1.5 hours".
         return ngettext("Your sign-in ended %(hours)s hour after it began; sign in again to go on.",
                         "Your sign-in ended %(hours)s hours after it began; sign in again to go on.",
