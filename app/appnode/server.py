@@ -28,7 +28,9 @@ log = logging.getLogger("mpim.appnode")
 EPHEMERAL_EVERY = 2.0
 PRESENCE_EVERY = 300.0
 CHECKPOINT_EVERY = 1.0
-IDENTITY_CHECK_EVERY = 2.0  # `join --again` beside the server: taken up within this (`Node.notice_joined_again`)
+# `join --again` beside the server is looked for this often, between route pulls and deliveries
+# (`Node.notice_joined_again`): taken up within seconds.
+IDENTITY_CHECK_EVERY = 2.0
 HOUSEKEEPING_EVERY = 6 * 3600.0
 
 

@@ -30,12 +30,16 @@ def english(message) -> str:
         return str(message)
 
 
-def sentences(*parts) -> str:
-    """Translated sentences run together as the reader's language writes them: Chinese puts no space after its
-    full stop (。), English one after its own."""
+def sentence_gap() -> str:
+    """What goes between two sentences in the reader's language: nothing in Chinese, which puts no space after its
+    full stop (。), a space in English. For `sentences` and for a template joining sentences it renders."""
     locale = get_locale()
-    gap = "" if locale is not None and locale.language == "zh" else " "
-    return gap.join(str(part) for part in parts)
+    return "" if locale is not None and locale.language == "zh" else " "
+
+
+def sentences(*parts) -> str:
+    """Translated sentences run together as the reader's language writes them (`sentence_gap`)."""
+    return sentence_gap().join(str(part) for part in parts)
 
 
 @bp.get("/lang/<code>")
@@ -69,5 +73,6 @@ def init_app(app) -> None:
     app.register_blueprint(bp)
     app.jinja_env.filters["local_time"] = local_time
     app.jinja_env.globals["current_locale"] = select_locale
+    app.jinja_env.globals["sentence_gap"] = sentence_gap
     app.jinja_env.globals["display_zone"] = display_zone
     app.jinja_env.globals["utcnow"] = lambda: datetime.now(UTC)
