@@ -225,6 +225,40 @@ def test_ocsp_answers_revoked_for_every_certificate_once_the_intermediate_is_rev
     assert kept.certificate_status == ocsp.OCSPCertStatus.REVOKED
     assert (kept.revocation_time_utc, kept.revocation_reason) == (earlier.revoked_at.replace(microsecond=0),
                                                                   x509.ReasonFlags.affiliation_changed)
-    minted = ask_about(int(issued["row"].serial, 16) ^ 0xFFFF)
-    assert minted.certificate_status == ocsp.OCSPCertStatus.REVOKED and minted.revocation_reason == answered
+    issued_here = ask_about(int(issued["row"].serial, 16))
+    assert EXTENDED_REVOKED_DEFINITION not in [extension.oid for extension in issued_here.extensions]
+
+
+EXTENDED_REVOKED_DEFINITION = x509.ObjectIdentifier("1.3.6.1.5.5.7.48.1.9")
+
+
+def test_ocsp_answers_a_serial_never_issued_here_as_rfc_6960_asks_once_the_intermediate_is_revoked(
+        issued, runner, client):  # noqa: F811
+    """A serial the registry never issued (what a thief holding the key mints) was answered revoked at the
+    intermediate's time and reason, with nothing saying the responder uses "revoked" for non-issued certificates.
+    RFC 6960 §2.2 asks such an answer to carry the extended revoked definition in responseExtensions (non-critical),
+    with reason certificateHold and revocationTime 1970-01-01; openssl verifies the answer and reads the extension."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509 import ocsp
+
+    from app.pki.ocsp import issuer_hashes
+
+    directory = issued["dir"]
+    assert revoke(runner, "--reason", "key_compromise", "--yes").exit_code == 0
+    name_hash, key_hash = issuer_hashes(pki.authority().intermediate_certificate, hashes.SHA1())
+    minted_serial = int(issued["row"].serial, 16) ^ 0xFFFF
+    request = ocsp.OCSPRequestBuilder().add_certificate_by_hash(name_hash, key_hash, minted_serial, hashes.SHA1())
+    (directory / "minted-ask.der").write_bytes(request.build().public_bytes(serialization.Encoding.DER))
+    minted = ocsp_answer(client, directory, (directory / "minted-ask.der").read_bytes())
+    assert minted.certificate_status == ocsp.OCSPCertStatus.REVOKED
+    assert minted.revocation_reason == x509.ReasonFlags.certificate_hold
+    assert minted.revocation_time_utc == dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    marked = [extension for extension in minted.extensions if extension.oid == EXTENDED_REVOKED_DEFINITION]
+    assert len(marked) == 1 and not marked[0].critical and marked[0].value.value == b"\x05\x00"
+    assert all(extension.oid != EXTENDED_REVOKED_DEFINITION for extension in minted.single_extensions)
+    read = openssl("ocsp", "-respin", "answer.der", "-reqin", "minted-ask.der", "-resp_text", "-CAfile", "root.pem",
+                   "-verify_other", "intermediate.pem", cwd=directory)
+    assert "Response verify OK" in read.stderr, read.stdout + read.stderr
+    # OpenSSL knows id-pkix-ocsp 9 by its old short name, "valid".
+    assert "Response Extensions:\n        valid:" in read.stdout and "certificateHold" in read.stdout, read.stdout
 

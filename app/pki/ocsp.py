@@ -12,13 +12,16 @@
   RFC 5019 §2.2.3 asks exactly this of a responder that is not authoritative for the issuer, and
   it says "not ours" without signing a claim about someone else's certificate. `unknown` is kept
   for serials of *our* issuer that the lookup does not know.
+* A "revoked" answer for a serial never issued (the lookup's `non_issued`) follows RFC 6960 §2.2: reason
+  certificateHold, revocationTime 1970-01-01, and the extended revoked definition (§4.4.8) in
+  responseExtensions, non-critical, so a verifier knows "revoked" here also covers certificates never issued.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from cryptography import x509
@@ -35,17 +38,22 @@ RESPONSE_VALIDITY = timedelta(hours=1)
 MAX_REQUEST_BYTES = 64 * 1024
 NONCE_OCTETS = range(1, 129)  # RFC 9654 §2.1: Nonce ::= OCTET STRING (SIZE(1..128))
 Status = Literal["good", "revoked", "unknown"]
+# RFC 6960 §4.4.8: id-pkix-ocsp-extended-revoke, its extnValue a DER NULL.
+EXTENDED_REVOKED_DEFINITION = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.5.5.7.48.1.9"), b"\x05\x00")
+NON_ISSUED_REVOKED_AT = datetime(1970, 1, 1, tzinfo=UTC)
 _CERT_STATUS = {"good": ocsp.OCSPCertStatus.GOOD, "revoked": ocsp.OCSPCertStatus.REVOKED,
                 "unknown": ocsp.OCSPCertStatus.UNKNOWN}
 
 
 @dataclass(frozen=True)
 class CertStatusInfo:
-    """What the lookup says about one serial. `reason` is a `ReasonFlags` or its name."""
+    """What the lookup says about one serial. `reason` is a `ReasonFlags` or its name; `non_issued` marks a
+    "revoked" answer about a serial never issued (see `revoked_non_issued`)."""
 
     status: Status
     revoked_at: datetime | None = None
     reason: x509.ReasonFlags | str | None = None
+    non_issued: bool = False
 
     def __post_init__(self):
         if self.status not in _CERT_STATUS:
@@ -60,6 +68,11 @@ class CertStatusInfo:
     @classmethod
     def revoked(cls, revoked_at: datetime, reason: x509.ReasonFlags | str | None = None) -> CertStatusInfo:
         return cls("revoked", revoked_at, reason)
+
+    @classmethod
+    def revoked_non_issued(cls) -> CertStatusInfo:
+        """RFC 6960 §2.2's fixed answer for a serial never issued: certificateHold at 1970-01-01."""
+        return cls("revoked", NON_ISSUED_REVOKED_AT, x509.ReasonFlags.certificate_hold, non_issued=True)
 
     @classmethod
     def unknown(cls) -> CertStatusInfo:
@@ -135,5 +148,7 @@ def respond(request_der: bytes, lookup: Callable[[int], CertStatusInfo], *, issu
     ).responder_id(ocsp.OCSPResponderEncoding.HASH, issuer)
     for nonce in nonces[:1]:
         builder = builder.add_extension(nonce, critical=False)
+    if info.non_issued:
+        builder = builder.add_extension(EXTENDED_REVOKED_DEFINITION, critical=False)
     response = builder.sign(signing_key.signer(), signature_hash(signing_key))
     return response.public_bytes(serialization.Encoding.DER)

@@ -278,7 +278,8 @@ def ocsp_response(request_der: bytes) -> bytes:
     """The OCSP answer (DER) about a certificate of the intermediate, signed with its key. Once the root revoked the
     intermediate (`intermediate.revoke`), every serial is answered revoked, as RFC 6960 §2.7 allows for a CA whose
     key is compromised: from the intermediate's revocation and for its reason, unless the certificate was revoked
-    before on its own. A serial never issued here too: whoever holds the key mints certificates we never saw. A
+    before on its own. A serial never issued here too (whoever holds the key mints certificates we never saw), in
+    RFC 6960 §2.2's form for a non-issued certificate: certificateHold at 1970-01-01, marked as such. A
     verifier that asks OCSP and not the root's CRL then refuses what the intermediate signed, where it was told
     "good", signed with the very key the ministry declared compromised; the key signs nothing a thief holding it
     could not sign anyway."""
@@ -287,7 +288,9 @@ def ocsp_response(request_der: bytes) -> bytes:
     def lookup(serial: int) -> ocsp.CertStatus:
         row = db.session.get(Certificate, format(serial, "x"))
         revoked_ca = intermediate.revocation_of_current()
-        if revoked_ca is not None and (row is None or row.revoked_at is None or row.revoked_at > revoked_ca.revoked_at):
+        if revoked_ca is not None and row is None:
+            return ocsp.CertStatus.revoked_non_issued()
+        if revoked_ca is not None and (row.revoked_at is None or row.revoked_at > revoked_ca.revoked_at):
             return ocsp.CertStatus("revoked", revoked_ca.revoked_at,
                                    CA_REVOCATION_AS_LEAF_REASON.get(revoked_ca.reason, revoked_ca.reason))
         if row is None:
