@@ -28,8 +28,19 @@ FEATURES = (
 )
 
 
+class Registry(Flask):
+    """Flask, with OPTIONS answered 204 No Content and Allow: Flask's default is a 200 whose empty body it calls
+    text/html, also under the JSON API."""
+
+    def make_default_options_response(self):
+        response = super().make_default_options_response()
+        response.status_code = 204
+        del response.headers["Content-Type"]
+        return response
+
+
 def create_app(test_config: dict | None = None) -> Flask:
-    app = Flask(
+    app = Registry(
         __name__,
         template_folder=str(PROJECT_ROOT / "templates"),
         static_folder=str(PROJECT_ROOT / "static"),

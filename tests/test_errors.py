@@ -23,6 +23,15 @@ def test_a_405_names_the_allowed_methods_under_the_api_and_in_the_console(client
     assert page.status_code == 405 and "GET" in page.headers["Allow"]
 
 
+def test_options_answers_the_allowed_methods_with_no_content(client):
+    """OPTIONS got Flask's default: 200 with an empty body called text/html, under the JSON API too. It is now
+    204 No Content with Allow, which says the same and claims no type for a body it does not have."""
+    for path, allowed in (("/api/v1/session", {"POST", "OPTIONS"}), ("/ca/crl.pem", {"GET", "HEAD", "OPTIONS"})):
+        answer = client.open(path, method="OPTIONS")
+        assert answer.status_code == 204 and answer.data == b"", path
+        assert set(answer.headers["Allow"].split(", ")) == allowed and "Content-Type" not in answer.headers, path
+
+
 def post_chunked(url: str, path: str, body: bytes) -> tuple[int, dict]:
     """POST `body` with Transfer-Encoding: chunked (no Content-Length), as a streaming client sends it."""
     host, port = url.removeprefix("http://").split(":")
