@@ -35,6 +35,29 @@ def test_a_revoked_node_is_told_to_enrol_again_by_status_and_by_a_plain_join(net
     assert "`trust-root FILE`" in message  # after a new root, as before
 
 
+def test_a_message_sent_by_a_revoked_node_is_not_reported_as_sent(network):  # noqa: F811
+    """A revoked node's `send` exited 0: the envelope waited as pending, which a peer holding the routing table
+    that left the node out refuses. It stays queued (a renewal may mend a certificate's revocation), but the
+    command names the nodes it is queued for and the problem, and exits 3 as for a partial delivery, so a script
+    does not count it delivered. A peer that has not pulled the new table yet still takes it: that is no failure."""
+    a, b, minister = network["a"], network["b"], network["minister"]
+    sent = run(a.dir, "send", "--as", "zhangsan", b.user("lisi"), "撤销前")
+    assert sent.exit_code == 0 and json.loads(sent.stdout)["certificate_problem"] is None, sent.output
+    revoke(a, minister)
+    assert run(a.dir, "routes", "pull").exit_code == 2  # how the node learns it: the registry refuses its session
+    early = run(a.dir, "send", "--as", "zhangsan", b.user("lisi"), "对方尚未更新路由")
+    assert early.exit_code == 0 and json.loads(early.stdout)["queued_behind_problem"] == [], early.output
+
+    assert b.node.sync_routes().outcome == "accepted"  # b's table no longer lists a
+    sent = run(a.dir, "send", "--as", "zhangsan", b.user("lisi"), "撤销后")
+    assert sent.exit_code == 3, sent.output
+    said = json.loads(sent.stdout)
+    assert "a revocation is final" in said["certificate_problem"] and said["queued_behind_problem"] == [b.id], said
+    assert f"queued for node {b.id}, which refuses it until this node's certificate is mended: certificate" \
+        in sent.stderr and ENROL_AGAIN in sent.stderr, sent.stderr
+    assert [row.peer_node for row in a.node.outbox("pending") if row.message_id == said["message_id"]] == [b.id]
+
+
 def test_an_application_still_pending_names_itself_who_approves_it_and_that_the_same_command_waits_on(
         network):  # noqa: F811
     a, minister = network["a"], network["minister"]

@@ -42,12 +42,20 @@ def send(ctx: Context, user, to, text):
 
 def report_sent(ctx: Context, message, document: dict) -> None:
     """The message id, then the nodes it will not reach (§6 capabilities, a refusal): exit 3 if there are any,
-    so a script does not take a partial delivery for a full one. A queued envelope is not a failure."""
+    so a script does not take a partial delivery for a full one. A queued envelope is not a failure, unless this
+    node's own certificate has a problem (revoked, for one: a peer refuses a node its routing table left out): then
+    the envelopes still queued are said, with the problem, and exit 3 too. They stay queued for a renewal to mend."""
     undelivered = ctx.node.undelivered(message.message_id)
-    ctx.out({"message_id": message.message_id, **document, "undelivered": undelivered}, message.message_id)
+    problem = ctx.node.setting("certificate_problem") or None
+    stuck = ctx.node.waiting(message.message_id) if problem else []
+    ctx.out({"message_id": message.message_id, **document, "undelivered": undelivered,
+             "certificate_problem": problem, "queued_behind_problem": stuck}, message.message_id)
     for peer, reason in undelivered.items():
         click.echo(f"not delivered to node {peer}: {reason}", err=True)
-    if undelivered:
+    for peer in stuck:
+        click.echo(f"queued for node {peer}, which refuses it until this node's certificate is mended: {problem}",
+                   err=True)
+    if undelivered or stuck:
         sys.exit(NOT_ALL_DONE)
 
 

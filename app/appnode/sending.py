@@ -239,6 +239,12 @@ class SendingMixin:
                                                         Outbox.state.in_(("failed", "skipped"))))
             return {row.peer_node: row.last_error or row.state for row in rows}
 
+    def waiting(self, message_id: str) -> list[str]:
+        """The nodes a message sent from here has not reached yet, its envelope still queued for them."""
+        with self.db() as session:
+            return list(session.scalars(select(Outbox.peer_node).where(Outbox.message_id == message_id,
+                                                                       Outbox.state == "pending")))
+
     def send_text(self, user_id: str, to: str, text: str, **kwargs) -> Message:
         return self.send(user_id, to, "text", {"text": text}, **kwargs)
 
