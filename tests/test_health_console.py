@@ -183,3 +183,39 @@ def test_the_banner_counts_every_down_node_names_five_and_the_tiles_count_per_pr
     page = scoped.client.get("/").get_data(as_text=True)
     assert banner(jiangxi_down) in page and ": 7 active, 1 suspended, 6 down<" in page
     assert guangdong.node_id not in page and ": 1 active, 0 suspended, 1 down<" not in page
+
+
+def listed_node_ids(page: str) -> list[str]:
+    return re.findall(r'<td><a href="/nodes/(\d{20})"', page)
+
+
+def test_the_banner_links_the_list_of_every_down_node(console, make_user):
+    """The banner names five of the down nodes and says "and N more", and nothing listed the rest: the nodes list
+    had no such filter, the events page lists changes. Its "down" filter lists them (active, down, out of
+    maintenance, in the admin's scope), and the banner links it."""
+    from app.admission import nodes
+    from app.health.models import NodeHealth
+
+    minister, jx = make_user("minister"), make_user("jx-admin", "provincial_admin", ("360000",))
+    jiangxi = [admit(jx, minister) for _ in range(8)]
+    guangdong = admit(make_user("gd-admin", "provincial_admin", ("440000",)), minister, "440000")
+    for node in [*jiangxi[:7], guangdong]:
+        db.session.add(NodeHealth(node_id=node.node_id, status="down"))
+    db.session.add(NodeHealth(node_id=jiangxi[7].node_id, status="up"))
+    db.session.flush()
+    db.session.get(NodeHealth, jiangxi[0].node_id).maintenance_until = utcnow() + timedelta(hours=1)
+    nodes.suspend(jiangxi[1], "audit", by=minister)
+    db.session.commit()
+    down = sorted(n.node_id for n in [*jiangxi[2:7], guangdong])
+
+    for who, expected in (("minister", down), ("jx-admin", [i for i in down if i != guangdong.node_id])):
+        viewer = type(console)(console.client.application.test_client())
+        viewer.login(who)
+        viewer.client.get("/lang/en")
+        page = viewer.client.get("/").get_data(as_text=True)
+        assert '<a href="/nodes/?status=down">List every node that is down</a>' in page, who
+        listed = viewer.client.get("/nodes/?status=down")
+        assert listed.status_code == 200 and listed_node_ids(listed.get_data(as_text=True)) == expected, who
+        assert '<option value="down" selected>Active and down</option>' in listed.get_data(as_text=True)
+        viewer.client.get("/lang/zh_CN")
+        assert "列出全部故障节点" in viewer.client.get("/").get_data(as_text=True)

@@ -316,7 +316,7 @@ def province_prefix(value: str) -> str | None:
 
 
 # What `list_query`'s status filter takes: a node status, or one of the lists the dashboard links to.
-LIST_STATES = (*NODE_STATUSES, "suspension_requested", "no_certificate", "retired_division")
+LIST_STATES = (*NODE_STATUSES, "suspension_requested", "no_certificate", "retired_division", "down")
 
 SORTS = {"node_id": Node.node_id, "org_name": Node.org_name, "vendor": Node.vendor, "status": Node.status,
          "approved_at": Node.approved_at}
@@ -343,6 +343,10 @@ def list_query(user, *, province: str = "", status: str = "", vendor: str = "", 
         query = query.where(Node.status == "active", ~pki.holds_current_certificate(Node.node_id))
     elif status == "retired_division":
         query = query.where(on_retired_division())
+    elif status == "down":  # active, found down, out of maintenance: the nodes the "nodes are down" banner counts
+        from app.health.service import down_now
+
+        query = query.where(Node.status == "active", down_now(Node.node_id))
     elif status:
         query = query.where(Node.status == status)
     if vendor:

@@ -80,6 +80,13 @@ def out_of_maintenance(now: datetime):
     return or_(NodeHealth.maintenance_until.is_(None), NodeHealth.maintenance_until <= now)
 
 
+def down_now(node_id_column):
+    """SQL: the node (by its id column) was found down and is out of maintenance. Whether it is active is the
+    caller's: the banner and the nodes list's "down" filter both ask for active nodes."""
+    return node_id_column.in_(select(NodeHealth.node_id).where(NodeHealth.status == "down",
+                                                               out_of_maintenance(utcnow())))
+
+
 def still_polled(node_ids: list[str]) -> dict[str, tuple[str, datetime]]:
     """node id → (endpoint, when its status last changed), of those of `node_ids` that are active now, their rows
     locked FOR SHARE until commit.

@@ -137,9 +137,8 @@ def node_section(node: Node) -> dict | None:
 def down_nodes(user):
     """The active nodes a user sees that are down and not in maintenance, as a select of `Node` (a nationwide
     outage is thousands of them: the banner counts them and names 5, the tile map counts per province)."""
-    return select(Node).join(NodeHealth, NodeHealth.node_id == Node.node_id) \
-        .where(Node.status == "active", NodeHealth.status == "down", service.out_of_maintenance(utcnow()),
-               division_filter(user, Node.division_code))
+    return select(Node).where(Node.status == "active", service.down_now(Node.node_id),
+                              division_filter(user, Node.division_code))
 
 
 def banner(user) -> list[dict]:
@@ -154,7 +153,8 @@ def banner(user) -> list[dict]:
     more = _(" and %(n)s more", n=total - 5) if total > 5 else ""
     return [{"kind": "error", "text": ngettext("%(num)s node is down: %(names)s%(more)s",
                                                "%(num)s nodes are down: %(names)s%(more)s", total,
-                                               names=names, more=more)}]
+                                               names=names, more=more),
+             "link": (url_for("nodes.index", status="down"), _("List every node that is down"))}]
 
 
 def province_down(user, figures) -> None:
