@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import io
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,9 @@ from pathlib import Path
 import pytest
 from babel.messages.pofile import read_po
 
+from app.auth.models import User
 from app.errors import Conflict
+from app.extensions import db
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -522,3 +525,104 @@ def test_a_chinese_name_on_the_english_console_is_marked_as_chinese(app, admin_c
     page = admin_console.client.get("/divisions/360000").get_data(as_text=True)
     assert '<a href="/divisions/360100"><span lang="zh-CN">南昌市</span></a>' in page
     assert "/ <a href=\"/divisions/360000\">Jiangxi</a>" in page
+
+
+def test_lists_are_joined_as_the_readers_language_writes_them(app):
+    """Chinese separates a list's items with the enumeration comma (、), English with a comma and a space."""
+    from flask import render_template_string
+    from flask_babel import force_locale
+
+    from app.i18n import join_list
+
+    template = "{{ ['甲', '乙']|join_list }}|{{ list_separator() }}"
+    with app.test_request_context("/"):
+        with force_locale("zh_CN"):
+            assert join_list(["360000", "440000"]) == "360000、440000"
+            assert render_template_string(template) == "甲、乙|、"
+        with force_locale("en"):
+            assert join_list(["360000", "440000"]) == "360000, 440000"
+            assert render_template_string(template) == "甲, 乙|, "
+
+
+def test_the_users_page_lists_scopes_and_locked_addresses_as_the_reader_writes_lists(app, make_user, admin_console):
+    from datetime import timedelta
+
+    from app.auth.models import LoginThrottle
+    from app.database import utcnow
+
+    make_user("two-provinces", "provincial_admin", ("360000", "440000"))
+    db.session.add_all(LoginThrottle(key=f"addr:{address}", failures=9, first_failure_at=utcnow(),
+                                     locked_until=utcnow() + timedelta(minutes=15))
+                       for address in ("10.1.0.1", "10.1.0.2"))
+    db.session.commit()
+    page = admin_console.client.get("/users/").get_data(as_text=True)
+    assert "<td>360000、440000</td>" in page and re.search(r"\)、<code>10\.1\.0\.2</code>", page), page
+    admin_console.client.get("/lang/en")
+    page = admin_console.client.get("/users/").get_data(as_text=True)
+    assert "<td>360000, 440000</td>" in page and re.search(r"\), <code>10\.1\.0\.2</code>", page), page
+
+    response = admin_console.post_form("/users/", {}, action="/users/address-locks/clear")
+    assert "10.1.0.1, 10.1.0.2" in admin_console.client.get(response.headers["Location"]).get_data(as_text=True)
+    admin_console.client.get("/lang/zh_CN")
+    db.session.add_all(LoginThrottle(key=f"addr:{address}", failures=9, first_failure_at=utcnow(),
+                                     locked_until=utcnow() + timedelta(minutes=15))
+                       for address in ("10.1.0.1", "10.1.0.2"))
+    db.session.commit()
+    response = admin_console.post_form("/users/", {}, action="/users/address-locks/clear")
+    assert "10.1.0.1、10.1.0.2" in admin_console.client.get(response.headers["Location"]).get_data(as_text=True)
+
+
+def test_a_csrs_requested_names_are_listed_as_the_reader_writes_lists(app, make_user, admin_console):
+    from cryptography import x509
+
+    from app.admission import applications
+    from tests.factories import make_csr, node_document
+
+    sans = x509.SubjectAlternativeName([x509.DNSName("a.example"), x509.DNSName("b.example")])
+    csr = make_csr(extensions=[(sans, False)])
+    jx_admin = make_user("jx-admin", "provincial_admin", ("360000",))
+    application = applications.submit_by_user(node_document("360000", csr=csr), by=jx_admin)
+    db.session.commit()
+    address = f"/applications/{application.id}"
+    assert "DNS:a.example、DNS:b.example" in admin_console.client.get(address).get_data(as_text=True)
+    admin_console.client.get("/lang/en")
+    assert "DNS:a.example, DNS:b.example" in admin_console.client.get(address).get_data(as_text=True)
+
+
+def test_the_certificates_of_one_key_are_listed_as_the_reader_writes_lists(app, make_user, admin_console):
+    from app.admission import applications
+    from app.pki import service as pki
+    from tests.factories import NodeKeys, node_document
+
+    minister = db.session.scalar(db.select(User).where(User.username == "minister"))
+    keys = NodeKeys()
+    node = applications.approve(applications.submit_by_user(
+        node_document("360000", csr=keys.csr), by=make_user("jx-admin", "provincial_admin", ("360000",))),
+        by=minister)
+    first = pki.current_certificate(node.node_id)
+    second = pki.renew(node, keys.csr, by=minister)
+    third = pki.renew(node, keys.csr, by=minister)
+    db.session.commit()
+    address = f"/certificates/{first.serial}"
+    listed = {second.serial, third.serial}
+    page = html.unescape(admin_console.client.get(address).get_data(as_text=True))
+    assert any(f"{a}、{b}" in page for a in listed for b in listed - {a}), page
+    admin_console.client.get("/lang/en")
+    page = html.unescape(admin_console.client.get(address).get_data(as_text=True))
+    assert any(f"{a}, {b}" in page for a in listed for b in listed - {a}), page
+
+
+def test_unknown_capabilities_are_listed_in_the_language_the_refusal_is_read_in(app):
+    """The refusal is a lazy translation, read in the console's Chinese, the API's English and the log's English:
+    its list is joined when it is read, not when it is raised."""
+    from flask_babel import force_locale
+
+    from app.admission import information
+    from app.errors import ValidationFailed
+    from app.i18n import english
+
+    with app.test_request_context("/"), force_locale("zh_CN"):
+        with pytest.raises(ValidationFailed) as refused:
+            information.capabilities(["text", "teleport", "telepathy"])
+        assert str(refused.value.message) == "未知功能：teleport、telepathy。"
+        assert english(refused.value.message) == "Unknown capability: teleport, telepathy."

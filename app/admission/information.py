@@ -14,6 +14,7 @@ from flask_babel import lazy_gettext as _l
 
 from app.admission.models import CAPABILITIES
 from app.errors import Refusals, ValidationFailed
+from app.i18n import lazy_list
 from app.readable import misleading, shows_nothing
 
 if TYPE_CHECKING:
@@ -180,7 +181,7 @@ def capabilities(value) -> tuple[str, ...]:
         raise invalid(_l("capabilities must be a non-empty list."), "capabilities")
     unknown = [item for item in value if item not in CAPABILITIES]
     if unknown:
-        raise invalid(_l("Unknown capability: %(names)s.", names=", ".join(map(str, unknown))[:100]),
+        raise invalid(_l("Unknown capability: %(names)s.", names=lazy_list(unknown, limit=100)),
                       "capabilities", "unknown_capability")
     return tuple(item for item in CAPABILITIES if item in value)
 

@@ -19,6 +19,7 @@ from app.database import paginate
 from app.divisions import service as divisions
 from app.errors import Conflict, DomainError, every_refusal
 from app.extensions import db
+from app.i18n import join_list
 
 bp = Blueprint("auth", __name__)
 
@@ -144,7 +145,7 @@ ADDRESSES_SHOWN = 20
 
 
 def _named_addresses(addresses: list[str]) -> str:
-    named = ", ".join(addresses[:ADDRESSES_SHOWN])
+    named = join_list(addresses[:ADDRESSES_SHOWN])
     if len(addresses) > ADDRESSES_SHOWN:
         named += " " + _("and %(n)s more", n=len(addresses) - ADDRESSES_SHOWN)
     return named

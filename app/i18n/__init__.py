@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from flask import Blueprint, current_app, has_request_context, redirect, request, session, url_for
-from flask_babel import force_locale, get_locale
+from flask_babel import LazyString, force_locale, get_locale
 
 from app.console import pages
 from app.extensions import babel
@@ -30,16 +30,37 @@ def english(message) -> str:
         return str(message)
 
 
+def _reads_chinese() -> bool:
+    locale = get_locale()
+    return locale is not None and locale.language == "zh"
+
+
 def sentence_gap() -> str:
     """What goes between two sentences in the reader's language: nothing in Chinese, which puts no space after its
     full stop (。), a space in English. For `sentences` and for a template joining sentences it renders."""
-    locale = get_locale()
-    return "" if locale is not None and locale.language == "zh" else " "
+    return "" if _reads_chinese() else " "
 
 
 def sentences(*parts) -> str:
     """Translated sentences run together as the reader's language writes them (`sentence_gap`)."""
     return sentence_gap().join(str(part) for part in parts)
+
+
+def list_separator() -> str:
+    """What goes between the items of a list in the reader's language: the enumeration comma (、) in Chinese, a
+    comma and a space in English. For `join_list` and for a template writing a list item by item."""
+    return "、" if _reads_chinese() else ", "
+
+
+def join_list(items, limit: int | None = None) -> str:
+    """Items as one list in the reader's language (`list_separator`), cut to `limit` characters if given."""
+    return list_separator().join(str(item) for item in items)[:limit]
+
+
+def lazy_list(items, limit: int | None = None) -> LazyString:
+    """`join_list` for a lazy translation: the list is joined in the language the message is read in (the console's
+    Chinese, the API's and the log's English), not in the one it was raised in."""
+    return LazyString(join_list, list(items), limit)
 
 
 @bp.get("/lang/<code>")
@@ -74,5 +95,7 @@ def init_app(app) -> None:
     app.jinja_env.filters["local_time"] = local_time
     app.jinja_env.globals["current_locale"] = select_locale
     app.jinja_env.globals["sentence_gap"] = sentence_gap
+    app.jinja_env.globals["list_separator"] = list_separator
+    app.jinja_env.filters["join_list"] = join_list
     app.jinja_env.globals["display_zone"] = display_zone
     app.jinja_env.globals["utcnow"] = lambda: datetime.now(UTC)
