@@ -7,7 +7,7 @@ from datetime import timedelta
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
-from flask_babel import ngettext, pgettext
+from flask_babel import ngettext
 from flask_login import current_user
 from markupsafe import Markup, escape
 from sqlalchemy import false, func, select
@@ -27,6 +27,7 @@ from app.health import charts, history, service
 from app.health import maintenance as windows
 from app.health.forms import MaintenanceForm
 from app.health.models import HealthEvent, NodeHealth
+from app.i18n import join_list
 
 bp = Blueprint("health", __name__, url_prefix="/health")
 STATUS_LABELS = labels.STATUS_LABELS  # up, down, unknown among them
@@ -148,8 +149,7 @@ def banner(user) -> list[dict]:
         return []
     first = db.session.execute(down.with_only_columns(Node.org_name, Node.node_id).order_by(Node.node_id).limit(5))
     # The list's punctuation is the reader's: 、 and full-width brackets in Chinese, commas in English.
-    names = pgettext("list separator", ", ").join(_("%(org)s (%(node)s)", org=org_name, node=node_id)
-                                                  for org_name, node_id in first)
+    names = join_list(_("%(org)s (%(node)s)", org=org_name, node=node_id) for org_name, node_id in first)
     more = _(" and %(n)s more", n=total - 5) if total > 5 else ""
     return [{"kind": "error", "text": ngettext("%(num)s node is down: %(names)s%(more)s",
                                                "%(num)s nodes are down: %(names)s%(more)s", total,
