@@ -626,3 +626,33 @@ def test_unknown_capabilities_are_listed_in_the_language_the_refusal_is_read_in(
             information.capabilities(["text", "teleport", "telepathy"])
         assert str(refused.value.message) == "未知功能：teleport、telepathy。"
         assert english(refused.value.message) == "Unknown capability: teleport, telepathy."
+
+
+def test_the_dashboard_counts_one_of_a_kind_in_the_singular(app, make_user, admin_console):
+    """"1 provinces, 1 prefectures, 1 counties" and "1 / valid node certificates" on the English dashboard."""
+    from sqlalchemy import update
+
+    from app.admission import applications
+    from app.divisions.models import Division
+    from tests.factories import node_document
+
+    minister = db.session.scalar(db.select(User).where(User.username == "minister"))
+    jx_admin = make_user("jx-admin", "provincial_admin", ("360000",))
+    applications.approve(applications.submit_by_user(node_document("360000"), by=jx_admin), by=minister)
+    db.session.commit()
+    admin_console.client.get("/lang/en")
+    page = admin_console.client.get("/").get_data(as_text=True)
+    assert re.search(r"\d\d provinces, \d{3} prefectures, \d{4} counties<", page), page
+    assert "<p>valid node certificate</p>" in page, page
+
+    kept = {level: db.session.scalar(db.select(Division.code).where(
+        Division.level == level, Division.code.like("36%"), Division.retired.is_(False)).order_by(Division.code))
+        for level in ("province", "prefecture", "county")}
+    db.session.execute(update(Division).where(Division.code.not_in(kept.values()), Division.retired.is_(False))
+                       .values(retired=True, retired_in="2099"))
+    db.session.commit()
+    page = admin_console.client.get("/").get_data(as_text=True)
+    assert "1 province, 1 prefecture, 1 county<" in page, page
+    admin_console.client.get("/lang/zh_CN")
+    page = admin_console.client.get("/").get_data(as_text=True)
+    assert "1 个省级、1 个地级、1 个县级<" in page and "<p>个有效的节点证书</p>" in page, page
