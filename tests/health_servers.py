@@ -89,10 +89,23 @@ class HealthServer:
         if self.behaviour == "infinite_number":  # Python's json reads it as inf
             return web.Response(text=f'{{"status": "ok", "node_id": "{self.node_id}", "load": 1e999}}',
                                 content_type="application/json")
+        if self.behaviour == "busy_close":  # the reference node's answer when too many connections are open
+            response = web.Response(status=503, text="busy", headers={"Retry-After": "1"})
+            response.force_close()
+            return response
         body = {"status": "ok" if self.behaviour != "not_ok" else "degraded",
                 "node_id": self.node_id if self.behaviour != "wrong_node" else "44000000002025000001",
                 "version": "test", "time": "2026-01-01T00:00:00Z"}
-        return web.Response(text=json.dumps(body), content_type="application/json")
+        if self.behaviour == "without_version":
+            del body["version"]
+        if self.behaviour == "long_version":
+            body["version"] = "v" * 65
+        if self.behaviour == "local_time":  # not UTC as the schema's timestamp is
+            body["time"] = "2026-01-01T08:00:00+08:00"
+        response = web.Response(text=json.dumps(body), content_type="application/json")
+        if self.behaviour == "close":  # as a server that keeps no connection alive (gunicorn's sync worker)
+            response.force_close()
+        return response
 
     async def elsewhere(self, request):
         self.elsewhere_requests += 1

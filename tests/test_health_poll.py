@@ -77,6 +77,28 @@ def test_an_answer_that_is_not_strict_json_is_no_usable_answer(app, servers, beh
             assert health_detail_label(result.detail) == chinese
 
 
+@pytest.mark.parametrize(("behaviour", "english", "chinese"), [
+    ("without_version", "version is not 1 to 64 characters", "version 不是 1 到 64 个字符"),
+    ("long_version", "version is not 1 to 64 characters", "version 不是 1 到 64 个字符"),
+    ("local_time", "time is not a UTC timestamp", "time 不是 UTC 时间戳"),
+    ("huge", "the answer is longer than 64 KiB", "应答超过 64 KiB")])
+def test_an_answer_short_of_the_health_schema_or_too_long_is_said_so(app, servers, behaviour, english, chinese):
+    """protocol §7.1 and SPEC: a node answers `{status, node_id, version, time}`, and any other answer means it is not
+    healthy; `status` and `node_id` alone were taken. An answer over 64 KiB was "not a JSON object"."""
+    from flask_babel import force_locale
+
+    from app.labels import health_detail_label
+
+    server = servers(NODE, behaviour)
+    [result] = poll([poller.PollTarget(NODE, server.url)])
+    assert result.failure == "bad_body" and not result.ok, result
+    with app.test_request_context("/"):
+        with force_locale("en"):
+            assert health_detail_label(result.detail) == english
+        with force_locale("zh_CN"):
+            assert health_detail_label(result.detail) == chinese
+
+
 def test_an_answer_that_arrives_in_parts_is_read_whole(servers):
     """The body was read with one `read(n)`, which returns what has arrived so far: a healthy node whose
     answer crossed the network in two pieces read as unparsable, and a slow link marked it down."""
@@ -150,6 +172,24 @@ def test_mutual_tls_poll_checks_chain_name_and_fingerprint(app, servers, people)
     assert stale.ok and stale.cert_matches is False
     [other] = poll([poller.PollTarget("36000000002025000099", server.url)], ssl_context=context)
     assert other.failure == "certificate_mismatch"
+
+
+def test_a_node_answering_connection_close_is_polled_by_its_certificate(app, servers, people):  # noqa: F811
+    """aiohttp closes a connection whose answer says `Connection: close` as soon as a small answer is read, before
+    the poller reads the certificate from it: a healthy node behind gunicorn's sync worker (or nginx without
+    keep-alive) was down for `certificate_mismatch`, "the server certificate does not name this node". The
+    certificate is read when the connection is made."""
+    node, keys = admit_local(people)
+    context = own_keys.management_client_ssl_context()
+    fingerprint = pki.current_certificate(node.node_id).sha256
+    closing = servers(node.node_id, "close", ssl_context=node_server_context(app, node, keys))
+    results = poll([poller.PollTarget(node.node_id, closing.url, fingerprint)] * 3, ssl_context=context)
+    assert [(r.failure, r.cert_matches) for r in results] == [(None, True)] * 3, results
+    [other] = poll([poller.PollTarget("36000000002025000099", closing.url)], ssl_context=context)
+    assert other.failure == "certificate_mismatch"
+    busy = servers(node.node_id, "busy_close", ssl_context=node_server_context(app, node, keys))
+    [refused] = poll([poller.PollTarget(node.node_id, busy.url, fingerprint)], ssl_context=context)
+    assert (refused.failure, refused.detail, refused.cert_matches) == ("http_status", "HTTP 503", True)
 
 
 def test_a_foreign_tls_certificate_fails(app, servers, tmp_path):

@@ -2,8 +2,8 @@
 
 aiohttp was chosen over httpx's async client by measurement: a bare loop of 10,000 plain-HTTP
 requests ran about 16 times faster with it here. One ClientSession with a bounded connector
-serves a whole round. An answer counts only if it is HTTP 200, JSON, `status: "ok"` and names
-the polled node; over HTTPS the caller's SSLContext verifies the chain to our CA and the host,
+serves a whole round. An answer counts only if it is HTTP 200, strict JSON, `status: "ok"`, names
+the polled node and carries health.schema.json's `version` and `time`; over HTTPS the caller's SSLContext verifies the chain to our CA and the host,
 and the poller additionally requires the certificate to name the node (CN or SAN URI
 `urn:mpim:node:<id>`) and not to be one we revoked (the chain check does not consult revocation),
 and compares its SHA-256 with the registered one.
@@ -15,6 +15,7 @@ import asyncio
 import errno
 import hashlib
 import os
+import re
 import ssl
 import time
 from dataclasses import dataclass
@@ -27,6 +28,9 @@ from cryptography import x509
 from app import strict_json
 
 MAX_BODY = 64 * 1024
+# health.schema.json's `time` (common.schema.json's timestamp): UTC, to the second or finer.
+TIMESTAMP = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+                       r"(\.[0-9]{1,6})?Z")
 
 
 @dataclass(frozen=True)
@@ -81,15 +85,31 @@ def names_node(der: bytes, node_id: str) -> bool:
     return f"urn:mpim:node:{node_id}" in names.get_values_for_type(x509.UniformResourceIdentifier)
 
 
-def peer_certificate(response: aiohttp.ClientResponse) -> bytes | None:
-    """The server certificate (DER) of the connection that carried `response`.
+class CertificateKeepingConnector(aiohttp.TCPConnector):
+    """A connector that keeps each TLS connection's server certificate on its protocol, read as it connects.
 
-    aiohttp releases the connection as soon as a small body has arrived, so the public
-    `response.connection` is often None already; the response's protocol keeps the transport.
-    """
+    aiohttp releases a connection as soon as a small answer has arrived, and closes it then when the answer says
+    `Connection: close` (gunicorn's sync worker, nginx without keep-alive, the reference node's 503 when too many
+    connections are open): by the time the poller holds the response, the transport, and the certificate with
+    it, may be gone. A healthy node was then down for "the server certificate does not name this node"."""
+
+    async def _create_connection(self, req, traces, timeout):
+        protocol = await super()._create_connection(req, traces, timeout)
+        transport = protocol.transport
+        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+        protocol.mpim_peer_certificate = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        return protocol
+
+
+def peer_certificate(response: aiohttp.ClientResponse) -> bytes | None:
+    """The server certificate (DER) of the connection that carried `response`: as kept when it was made
+    (`CertificateKeepingConnector`), else from the transport if it is still open (a session made elsewhere)."""
+    protocol = getattr(response, "_protocol", None)
+    kept = getattr(protocol, "mpim_peer_certificate", None)
+    if kept is not None:
+        return kept
     transport = response.connection.transport if response.connection is not None else None
     if transport is None:
-        protocol = getattr(response, "_protocol", None)
         transport = getattr(protocol, "transport", None) if protocol is not None else None
     ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
     return ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
@@ -149,7 +169,10 @@ async def poll_one(session: aiohttp.ClientSession, target: PollTarget, timeout: 
             async with session.get(url, allow_redirects=False) as response:
                 if url.startswith("https://"):
                     der = peer_certificate(response)
-                    if not der or not names_node(der, target.node_id):
+                    if not der:  # none to be read: no claim about what it names
+                        return _result(target, started, FailureReason.ERROR,
+                                       "the server certificate could not be read")
+                    if not names_node(der, target.node_id):
                         return _result(target, started, FailureReason.CERTIFICATE_MISMATCH,
                                        "the server certificate does not name this node")
                     presented = hashlib.sha256(der).hexdigest()
@@ -165,7 +188,7 @@ async def poll_one(session: aiohttp.ClientSession, target: PollTarget, timeout: 
     except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as error:
         return _result(target, started, *connection_failure(error, timeout))
     if len(body) > MAX_BODY:
-        return _result(target, started, FailureReason.BAD_BODY, "the answer is not a JSON object", cert_matches)
+        return _result(target, started, FailureReason.BAD_BODY, "the answer is longer than 64 KiB", cert_matches)
     try:
         # As strictly as every other JSON on the wire: a repeated "status" or a NaN is no usable answer.
         document = strict_json.parse(body)
@@ -180,12 +203,18 @@ async def poll_one(session: aiohttp.ClientSession, target: PollTarget, timeout: 
     if document.get("node_id") != target.node_id:
         return _result(target, started, FailureReason.WRONG_NODE,
                        f"answered as {str(document.get('node_id'))[:40]!r}", cert_matches)
+    # The rest of health.schema.json's answer: protocol §7.1 says any other answer is no healthy node's.
+    version, said_time = document.get("version"), document.get("time")
+    if not isinstance(version, str) or not 1 <= len(version) <= 64:
+        return _result(target, started, FailureReason.BAD_BODY, "version is not 1 to 64 characters", cert_matches)
+    if not isinstance(said_time, str) or not TIMESTAMP.fullmatch(said_time):
+        return _result(target, started, FailureReason.BAD_BODY, "time is not a UTC timestamp", cert_matches)
     return _result(target, started, None, "", cert_matches)
 
 
 def _session(ssl_context: ssl.SSLContext | None, concurrency: int) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(limit=concurrency, ssl=ssl_context if ssl_context else True,
-                                     ttl_dns_cache=300)
+    connector = CertificateKeepingConnector(limit=concurrency, ssl=ssl_context if ssl_context else True,
+                                            ttl_dns_cache=300)
     return aiohttp.ClientSession(connector=connector, headers={"User-Agent": "mpim-registry-health"})
 
 
