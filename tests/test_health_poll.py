@@ -503,3 +503,38 @@ def test_a_round_holds_no_transaction_open_while_it_polls(app, people):  # noqa:
     assert idle == [], idle
     assert reports == ["1 polled, 0 ok; failed: timeout 1"], reports
     assert samples_of(node_id) == 1
+
+
+def test_a_host_name_lookup_that_hangs_neither_holds_the_round_nor_starves_the_other_lookups():
+    """aiohttp looks host names up with getaddrinfo on the loop's default executor, which the node's timeout cannot
+    stop. asyncio.run then waited for the hung lookup at its end, however long (a zone whose servers do not answer:
+    10 s and more per name, past the round's headroom), and its default pool (6 threads on 2 cores) let six such
+    names starve every other node's lookup into a timeout. Here lookups hang until the test lets them go (real
+    blocking calls on the executor the lookups use): the run must end while they still hang, and a lookup queued
+    behind a dozen hung ones must still be answered."""
+    import asyncio
+
+    release = threading.Event()
+    finished = threading.Event()
+    outcome = {}
+
+    async def round_with_hung_lookups():
+        loop = asyncio.get_running_loop()
+        hung = [loop.run_in_executor(None, release.wait) for _ in range(12)]
+        async with asyncio.timeout(30):  # a guard against a hung test, not a measurement
+            answered = await loop.run_in_executor(None, lambda: "answered")
+        for lookup in hung:
+            lookup.cancel()  # as the node's timeout does: the await ends, the thread does not
+        return answered
+
+    def run_round():
+        outcome["result"] = poller.run(round_with_hung_lookups())
+        finished.set()
+
+    runner = threading.Thread(target=run_round, daemon=True)
+    runner.start()
+    try:
+        assert finished.wait(60), "the round waited for the hung lookups"
+        assert outcome["result"] == "answered" and not release.is_set()
+    finally:
+        release.set()

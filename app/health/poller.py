@@ -3,10 +3,10 @@
 aiohttp was chosen over httpx's async client by measurement: a bare loop of 10,000 plain-HTTP
 requests ran about 16 times faster with it here. One ClientSession with a bounded connector
 serves a whole round. An answer counts only if it is HTTP 200, strict JSON, `status: "ok"`, names
-the polled node and carries health.schema.json's `version` and `time`; over HTTPS the caller's SSLContext verifies the chain to our CA and the host,
-and the poller additionally requires the certificate to name the node (CN or SAN URI
-`urn:mpim:node:<id>`) and not to be one we revoked (the chain check does not consult revocation),
-and compares its SHA-256 with the registered one.
+the polled node and carries health.schema.json's `version` and `time`; over HTTPS the caller's
+SSLContext verifies the chain to our CA and the host, and the poller additionally requires the
+certificate to name the node (CN or SAN URI `urn:mpim:node:<id>`) and not to be one we revoked
+(the chain check does not consult revocation), and compares its SHA-256 with the registered one.
 """
 
 from __future__ import annotations
@@ -265,16 +265,49 @@ async def poll_spread(targets: list[PollTarget], interval_s: float, *, ssl_conte
         return list(await asyncio.gather(*(delayed(client, t) for t in targets)))
 
 
+# Threads for host-name lookups (aiohttp calls getaddrinfo on the loop's default executor): Python's default pool
+# is cpu + 4 (6 on two cores), and as many names whose DNS does not answer held every other lookup of the round.
+LOOKUP_THREADS = 64
+
+
 def run(coroutine):
-    """asyncio.run, also from a thread whose event loop is already running (then in a helper thread)."""
+    """Run a coroutine to its end in a loop of its own (`run_in_own_loop`), also from a thread whose event loop is
+    already running (then in a helper thread)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(coroutine)
+        return run_in_own_loop(coroutine)
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, coroutine).result()
+        return pool.submit(run_in_own_loop, coroutine).result()
+
+
+def run_in_own_loop(coroutine):
+    """asyncio.run, except for its default executor: LOOKUP_THREADS threads, and the end does not wait for them.
+    A node's timeout ends the await of its host-name lookup, not the getaddrinfo call in its thread; asyncio.run
+    joined that thread at its end, so a name whose DNS does not answer held the round for as long as the resolver
+    tries (10 s and more), past its headroom. The hung thread ends on its own, its result unread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    loop = asyncio.new_event_loop()
+    lookups = ThreadPoolExecutor(max_workers=LOOKUP_THREADS, thread_name_prefix="health-lookup")
+    loop.set_default_executor(lookups)
+    asyncio.set_event_loop(loop)  # as asyncio.run: code asking for "the current loop" gets this one
+    try:
+        return loop.run_until_complete(coroutine)
+    finally:
+        try:
+            left = asyncio.all_tasks(loop)
+            for task in left:
+                task.cancel()
+            if left:
+                loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
+            lookups.shutdown(wait=False, cancel_futures=True)
+            loop.close()
 
 
 def poll_once(targets: list[PollTarget], **options) -> list[PollResult]:
