@@ -538,3 +538,78 @@ def test_a_host_name_lookup_that_hangs_neither_holds_the_round_nor_starves_the_o
         assert outcome["result"] == "answered" and not release.is_set()
     finally:
         release.set()
+
+
+def self_signed_server_context(tmp_path, *, days_valid: int = 1, expired: bool = False) -> tuple[ssl.SSLContext, str]:
+    """A server context with a self-signed certificate for 127.0.0.1 naming NODE, and the certificate's PEM path."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, NODE)])
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(days=10 if expired else 0)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                   .serial_number(1).not_valid_before(start).not_valid_after(start + dt.timedelta(days=days_valid))
+                   .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                                  False)
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+                   .sign(key, hashes.SHA256()))
+    (tmp_path / "c.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "k.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
+    return context, str(tmp_path / "c.pem")
+
+
+def said(app, detail: str) -> tuple[str, str]:
+    from flask_babel import force_locale
+
+    from app.labels import health_detail_label
+
+    with app.test_request_context("/"):
+        with force_locale("en"):
+            english = health_detail_label(detail)
+        with force_locale("zh_CN"):
+            return english, health_detail_label(detail)
+
+
+def test_tls_failures_are_said_in_the_readers_language(app, servers, people, tmp_path):  # noqa: F811
+    """A certificate that failed verification was stored and shown as aiohttp's text ("Cannot connect to host
+    127.0.0.1:33073 ssl:True [SSLCertVerificationError: (1, '[SSL: CERTIFICATE_VERIFY_FAILED] ... (_ssl.c:1006)')]"),
+    in English on the Chinese console. The common cases are said in words both languages have."""
+    foreign, _ = self_signed_server_context(tmp_path)
+    [untrusted] = poll([poller.PollTarget(NODE, servers(NODE, "ok", ssl_context=foreign).url)],
+                       ssl_context=own_keys.management_client_ssl_context())
+    assert untrusted.failure == "tls" and said(app, untrusted.detail) == (
+        "the server certificate does not chain to the CA", "服务器证书不能链接到本 CA")
+
+    (tmp_path / "old").mkdir()
+    old, old_pem = self_signed_server_context(tmp_path / "old", expired=True)
+    trusting_it = ssl.create_default_context(cafile=old_pem)
+    [expired] = poll([poller.PollTarget(NODE, servers(NODE, "ok", ssl_context=old).url)], ssl_context=trusting_it)
+    assert expired.failure == "tls" and said(app, expired.detail) == (
+        "the server certificate has expired", "服务器证书已过期")
+
+    node, keys = admit_local(people)  # its certificate names 127.0.0.1, polled here as localhost
+    named = servers(node.node_id, "ok", ssl_context=node_server_context(app, node, keys))
+    [elsewhere] = poll([poller.PollTarget(node.node_id, named.url.replace("127.0.0.1", "localhost"))],
+                       ssl_context=own_keys.management_client_ssl_context())
+    assert elsewhere.failure == "tls" and said(app, elsewhere.detail) == (
+        "the server certificate is not valid for this host", "服务器证书对该主机无效")
+
+
+def test_an_answer_that_is_no_valid_http_is_said_so_without_its_bytes(app):
+    """A malformed answer was stored as aiohttp's parser message, the node's bytes and the polled URL in it
+    ("ClientResponseError: 400, message='Invalid header token: b'X-<script>...'"), shown in English."""
+    def garbage(connection, _stop):
+        connection.sendall(b"HTTP/1.1 200 OK\r\nX-<script>\x01: \xe2\x80\xae\r\nContent-Length: 2\r\n\r\n{}")
+
+    with raw_receiver(garbage, path="") as url:
+        [result] = poll([poller.PollTarget(NODE, url)])
+    assert (result.ok, result.failure) == (False, "error"), result
+    assert said(app, result.detail) == ("the answer is not valid HTTP", "应答不是有效的 HTTP"), result.detail

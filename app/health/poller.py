@@ -140,13 +140,36 @@ def _result(target: PollTarget, started: float, failure: FailureReason | None, d
 SAID_ERRNOS = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ECONNRESET})
 
 
+# OpenSSL's verification results (X509_V_ERR_*) said in words the console translates (HEALTH_DETAILS); any other
+# is stored as OpenSSL says it.
+SAID_VERIFY_CODES = {
+    9: "the server certificate is not valid yet", 10: "the server certificate has expired",
+    62: "the server certificate is not valid for this host", 64: "the server certificate is not valid for this host",
+    **dict.fromkeys((2, 18, 19, 20, 21, 27), "the server certificate does not chain to the CA"),
+}
+
+
+def tls_failure(error: Exception) -> str:
+    """A TLS failure's detail: OpenSSL's verification result in our words when we have them, never the library's
+    wrapping text (the host and port, `_ssl.c` lines)."""
+    cause = getattr(error, "certificate_error", None) or getattr(error, "os_error", None) or error
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return SAID_VERIFY_CODES.get(cause.verify_code, f"the server certificate was refused: {cause.verify_message}")
+    reason = getattr(cause, "reason", None)
+    return f"the TLS handshake failed: {reason}" if reason else f"the TLS handshake failed: {cause}"
+
+
 def connection_failure(error: Exception, timeout: float) -> tuple[FailureReason, str]:
     """What an exception of asking a node's health endpoint stands for, and its detail: for a poll, and for the
     review page's probe (app/admission/probe.py), which asks the same way."""
     if isinstance(error, TimeoutError):
         return FailureReason.TIMEOUT, f"no answer within {timeout:g} s"
     if isinstance(error, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError | ssl.SSLError):
-        return FailureReason.TLS, str(error)
+        return FailureReason.TLS, tls_failure(error)
+    if isinstance(error, aiohttp.ClientResponseError | aiohttp.ClientPayloadError):
+        # raised while reading the answer (the poller raises no status of its own): aiohttp's parser text quotes
+        # the node's bytes and the URL
+        return FailureReason.ERROR, "the answer is not valid HTTP"
     if isinstance(error, aiohttp.ClientConnectorDNSError):  # said in words the console translates (HEALTH_DETAILS)
         return FailureReason.ERROR, f"the host name {error.host} does not resolve"
     if isinstance(error, aiohttp.ServerDisconnectedError):  # not aiohttp's "Server disconnected" (HEALTH_DETAILS)
