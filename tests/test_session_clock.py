@@ -234,10 +234,19 @@ def test_the_page_warns_lets_the_user_stay_and_after_the_end_keeps_the_typed_for
     page.fill("input[name=division_code]", "360000")
     page.fill("input[name=note]", "赣警通 夜班")
 
+    page.focus("input[name=note]")
     page.wait_for_selector(".session-soon", state="visible", timeout=30000)
     assert page.locator("#session-clock").get_attribute("role") == "alert"
-    page.click("text=保持登录")
-    page.wait_for_selector("#session-clock", state="hidden")  # the server counted the click as activity
+    # The warning takes the focus, so its button is one key away (it was some 20 Tabs), and while it is shown a
+    # field focused near the bottom scrolls clear of it rather than under it (WCAG 2.4.11).
+    assert page.evaluate("document.activeElement.textContent") == "保持登录"
+    height = page.evaluate("document.getElementById('session-clock').offsetHeight")
+    padding = page.evaluate("getComputedStyle(document.documentElement).scrollPaddingBottom")
+    assert padding == f"{height + 16}px", (padding, height)
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#session-clock", state="hidden")  # the server counted the press as activity
+    assert page.evaluate("document.activeElement.name") == "note"  # back where the reader was typing
+    assert page.evaluate("getComputedStyle(document.documentElement).scrollPaddingBottom") == "auto"
 
     page.wait_for_selector(".session-ended", state="visible", timeout=30000)
     assert db.session.scalar(select(db.func.count()).select_from(AuditRecord).where(

@@ -123,13 +123,31 @@ document.addEventListener("DOMContentLoaded", function () {
   var box = document.getElementById("session-clock");
   if (!box || !window.fetch) return;
   var warnSeconds = parseInt(box.getAttribute("data-warn-seconds"), 10);
-  var timer = null;
+  var stay = box.querySelector(".session-stay");
+  var timer = null, shown = null, returnTo = null;
 
+  // The warning takes the focus to its Stay button (it was some 20 Tabs away) and gives it back where the reader
+  // was once they stay; while it is shown the page scrolls a focused field clear of it, not under it (WCAG 2.4.11).
   function show(which) {
+    var hadFocus = box.contains(document.activeElement);  // read before hiding it moves the focus away
     box.hidden = which === null;
     ["soon", "final", "ended"].forEach(function (name) {
       box.querySelector(".session-" + name).hidden = name !== which;
     });
+    document.documentElement.style.scrollPaddingBottom = which === null ? "" : (box.offsetHeight + 16) + "px";
+    if (which === "soon" && shown !== "soon") {
+      var active = document.activeElement;
+      returnTo = active && active !== document.body && !box.contains(active) ? active : null;
+      stay.focus();
+    } else if (which !== "soon" && shown === "soon" && hadFocus) {
+      giveBack();  // stayed, or the Stay button is gone: back where the reader was, not the page's start
+    }
+    shown = which;
+  }
+
+  function giveBack() {
+    if (returnTo && document.contains(returnTo)) returnTo.focus();
+    returnTo = null;
   }
 
   function schedule(state) {
@@ -157,7 +175,7 @@ document.addEventListener("DOMContentLoaded", function () {
       .then(read).then(schedule, function () { timer = setTimeout(check, 30000); });
   }
 
-  box.querySelector(".session-stay").addEventListener("click", function () {
+  stay.addEventListener("click", function () {
     fetch(box.getAttribute("data-keepalive-url"), {
       method: "POST", credentials: "same-origin",
       headers: {"Accept": "application/json", "X-CSRFToken": box.getAttribute("data-csrf")}
