@@ -210,3 +210,19 @@ def test_a_refused_reason_comes_back_typed_focused_and_read_with_its_refusal(pag
     error = page.locator(f"#{reason.get_attribute('aria-describedby')}")
     assert error.inner_text() == "理由：含有控制字符。"
     screenshot(page, "node-reason-refused")
+
+
+def test_an_empty_reason_is_refused_by_the_server_in_the_consoles_words(page, live_server, people):  # noqa: F811
+    """Chromium refused an empty `required` reason itself, in an English bubble on the Chinese console, and the
+    form was never sent: the server's refusal, in the reader's words and tied to the box, is what is shown."""
+    node, _ = admit_with_keys(people)
+    sign_in(page, live_server, "minister")
+    page.goto(f"{live_server}/nodes/{node.node_id}")
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.focus("form.lifecycle[action$='/suspend'] input[name=reason]")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("form.lifecycle.has-error .error", timeout=10000)
+    reason = page.locator("form.lifecycle[action$='/suspend'] input[name=reason]")
+    assert reason.evaluate("e => e === document.activeElement")
+    error = page.locator(f"#{reason.get_attribute('aria-describedby')}")
+    assert "需要填写理由" in error.inner_text()
