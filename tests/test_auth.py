@@ -1130,3 +1130,13 @@ def test_one_submit_of_the_reset_form_shows_every_rule_the_password_breaks_at_it
     page = empty.get_data(as_text=True)  # WTForms' refusal alone: the field is not refused twice
     assert 'id="reset-password-error-1"' in page and 'id="reset-password-error-2"' not in page
     assert Console(app.test_client()).login("alice").status_code == 302  # unchanged
+
+
+def test_the_account_link_says_it_changes_the_password_and_a_user_page_says_it_is_a_users(admin_console, make_user):
+    """The header's username link said where it led only in its title, which keyboard and touch users never see
+    and many screen readers skip; a user's page was titled by the bare username."""
+    make_user("jx-admin", "provincial_admin", ("360000",))
+    html = admin_console.client.get("/users/jx-admin").get_data(as_text=True)
+    link = re.search(r'<a href="/account/password" class="user"[^>]*>(.*?)</a>', html, re.S).group(1)
+    assert re.sub(r"<[^>]+>", "", link) == "minister · 修改密码"
+    assert re.search(r"<title>([^<]*)</title>", html).group(1).startswith("用户 jx-admin · ")

@@ -358,3 +358,26 @@ def test_a_revision_not_named_by_its_date_is_refused(app, runner, revision):
     assert result.exit_code == 1 and "named by its date" in result.output, result.output
     db.session.expire_all()
     assert divisions_state() == before
+
+
+def test_a_division_page_is_titled_and_headed_by_its_division_and_a_search_by_what_was_sought(admin_console):
+    """Every division page was titled and headed "行政区划": a list of open tabs, or a screen reader's list of
+    headings, could not tell Beijing's page from Jiangxi's, or from a search."""
+    import re
+
+    def title_and_heading(path):
+        html = admin_console.client.get(path).get_data(as_text=True)
+        heading = re.sub(r"<[^>]+>", "", re.search(r"<h1>(.*?)</h1>", html, re.S).group(1)).strip()
+        return re.search(r"<title>([^<]*)</title>", html).group(1), heading
+
+    title, heading = title_and_heading("/divisions/110000")
+    assert title.startswith("北京市 (110000) · 行政区划 · ") and heading == "北京市", (title, heading)
+    title, heading = title_and_heading("/divisions/?q=南昌")
+    assert title.startswith("搜索“南昌” · 行政区划 · ") and heading == "搜索“南昌”", (title, heading)
+    assert title_and_heading("/divisions/")[1] == "行政区划"  # the top level is the list of them all
+
+    admin_console.client.get("/lang/en")
+    title, heading = title_and_heading("/divisions/360100")
+    assert title.startswith("南昌市 (360100) · Divisions · ") and heading == "南昌市", (title, heading)
+    title, heading = title_and_heading("/divisions/360000")
+    assert title.startswith("Jiangxi (360000) · Divisions · ") and heading == "Jiangxi", (title, heading)
