@@ -759,3 +759,24 @@ def test_an_application_form_without_a_capability_asks_for_one_in_the_readers_wo
     assert answer.get_json()["error"]["message"] == "capabilities must be a non-empty list."
     assert (answer.get_json()["error"]["field"], answer.get_json()["error"]["code"]) == ("capabilities",
                                                                                         "invalid_input")
+
+
+def test_a_refused_capability_choice_is_said_at_each_check_box(app, make_user):
+    """The refusal was tied to the fieldset alone: a screen reader that goes box by box (as most do, by Tab)
+    heard each box as valid and never the refusal."""
+    from tests.factories import application_form, make_csr
+
+    make_user("jx-admin", "provincial_admin", ("360000",))
+    console = Console(app.test_client())
+    console.login("jx-admin")
+    html = console.post_form("/applications/new", application_form(capabilities=[], csr=make_csr())).get_data(
+        as_text=True)
+    boxes = re.findall(r'<input [^>]*type="checkbox"[^>]*>', re.search(r'<ul id="capabilities".*?</ul>', html,
+                                                                       re.S).group(0))
+    assert len(boxes) == 10
+    for box in boxes:
+        assert 'aria-invalid="true"' in box and 'aria-describedby="capabilities-error-1"' in box, box
+    assert _error_at(html, "capabilities") == "请至少选择一项支持功能。"
+
+    fine = console.client.get("/applications/new").get_data(as_text=True)
+    assert "aria-invalid" not in re.search(r'<ul id="capabilities".*?</ul>', fine, re.S).group(0)
