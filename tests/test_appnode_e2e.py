@@ -20,7 +20,7 @@ from app.admission.models import Application
 from app.appnode.node import Node
 from app.extensions import db
 from tests.appnode_processes import ManagementNode, NodeProcess, eventually
-from tests.test_appnode import GIF, PDF, adts, png
+from tests.test_appnode import GIF, PDF, adts, network, png  # noqa: F401 (network: fixture)
 from tests.test_sessions import people  # noqa: F401 (fixture)
 
 
@@ -164,3 +164,22 @@ def test_two_nodes_join_and_exchange_every_appendix_a_message(app, people, tmp_p
         for process in (jx, gd):
             process.stop()
         registry.stop()
+
+
+def test_the_management_nodes_poll_takes_the_reference_nodes_real_health_answer(network):  # noqa: F811
+    """The poller was tested against servers made for it; here it polls reference nodes as they serve, over mutual
+    TLS: the one served in-process, and one served as production does (gunicorn), whose answer the schema's
+    `version` and `time` checks must take."""
+    from app.health import poller
+    from app.pki import own_keys
+    from app.pki import service as pki
+
+    a, c = network["a"], network["join"]("110000")
+    c.stop()
+    c.start_process()
+    context = own_keys.management_client_ssl_context()
+    targets = [poller.PollTarget(n.id, f"https://127.0.0.1:{n.port}", pki.current_certificate(n.id).sha256)
+               for n in (a, c)]
+    results = poller.poll_once(targets, ssl_context=context, timeout=10.0)
+    assert [(r.node_id, r.ok, r.failure, r.cert_matches) for r in results] == [
+        (a.id, True, None, True), (c.id, True, None, True)], results
