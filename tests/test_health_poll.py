@@ -193,25 +193,7 @@ def test_a_node_answering_connection_close_is_polled_by_its_certificate(app, ser
 
 
 def test_a_foreign_tls_certificate_fails(app, servers, tmp_path):
-    import datetime as dt
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, NODE)])
-    now = dt.datetime.now(dt.UTC)
-    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-                   .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
-                   .add_extension(x509.SubjectAlternativeName([x509.IPAddress(__import__("ipaddress")
-                                                                              .ip_address("127.0.0.1"))]), False)
-                   .sign(key, hashes.SHA256()))
-    (tmp_path / "c.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "k.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                       serialization.NoEncryption()))
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
+    context, _ = self_signed_server_context(tmp_path)
     server = servers(NODE, "ok", ssl_context=context)
     [result] = poll([poller.PollTarget(NODE, server.url)], ssl_context=own_keys.management_client_ssl_context())
     assert result.failure == "tls"
