@@ -281,8 +281,9 @@ def test_a_restore_names_the_numbers_to_publish_and_sign_above(elsewhere, tmp_pa
     flask("routing", "publish", "--above", "14")  # v15, on the restored database
     described = json.loads(restore(elsewhere, target, "--yes", "--json").stdout)
     assert described["replaced_numbers"] == {"route_version": 15, "crl": 1, "root_crl": 1}
-    assert described["next_commands"] == ["flask routing publish --above 15", "flask ca crl --regenerate --above 1",
-                                          "flask ca root-crl --above 1"]
+    # No CRL was signed since that backup: `root-crl --above 1` sent the operator for the offline root key for
+    # nothing.
+    assert described["next_commands"] == ["flask routing publish --above 15"]
 
 
 def test_a_restore_over_a_database_without_a_ca_names_no_number(elsewhere, backed_up, tmp_path):
@@ -443,3 +444,244 @@ def test_the_backups_newest_record_is_the_newest_the_chain_numbers(elsewhere, ba
     assert result.exit_code == 0, (result.output, result.exception)
     assert json.loads(result.stdout)["backup_newest"]["seq"] == newest
     assert f"audit record #{newest} at " in result.stderr
+
+
+# What the replaced database holds that the backup lacks: the restore steps' commands named only the numbers, so
+# the CRL signed above the nodes' one no longer listed what had been revoked since the backup.
+
+def cli(application, *args: str, **kwargs):
+    result = application.test_cli_runner().invoke(args=list(args), **kwargs)
+    with application.app_context():
+        db.engine.dispose()
+    return result
+
+
+def ok(application, *args: str, **kwargs):
+    result = cli(application, *args, **kwargs)
+    assert result.exit_code == 0, (args, result.output, result.exception)
+    return result
+
+
+@pytest.fixture
+def registry(elsewhere):
+    """`elsewhere` with a CA, the divisions and four admitted nodes, each holding a certificate."""
+    from app.admission import applications
+    from app.divisions import service as divisions
+    from tests.factories import node_document
+
+    ok(elsewhere, "ca", "init", "--key-type", "ec")
+    with elsewhere.app_context():
+        divisions.import_revision(divisions.DEFAULT_FILE.read_bytes(), divisions.DEFAULT_REVISION, actor="tests")
+        keeper = users.get_user("keeper")
+        for _ in range(4):
+            applications.approve(applications.submit_by_user(node_document("360100"), by=keeper), by=keeper)
+        db.session.commit()
+        db.session.remove()
+        db.engine.dispose()
+    return elsewhere
+
+
+def node_certificates(application) -> dict[str, str]:
+    """node id -> the serial of its certificate."""
+    with application.app_context():
+        rows = db.session.execute(text("SELECT node_id, serial FROM certificates WHERE kind = 'node'")).all()
+        db.session.remove()
+        db.engine.dispose()
+    return dict(rows)
+
+
+def run_as_printed(application, commands: list[str], files: dict[str, Path]) -> None:
+    """Each printed command as an operator runs it: NAME is who acts, FILE the node's PEM (named in the comment by
+    its serial), a confirmation answered yes."""
+    import shlex
+
+    for command in commands:
+        words = shlex.split(command, comments=True)
+        assert words[0] == "flask", command
+        words = ["keeper" if word == "NAME" else word for word in words[1:]]
+        if "FILE" in words:
+            words[words.index("FILE")] = str(files[command.split("serial ")[1].split(",")[0]])
+        ok(application, *words, input="y\n")
+
+
+def crl_serials(application) -> tuple[int, set[str]]:
+    from cryptography import x509
+
+    with application.app_context():
+        der = db.session.scalar(text("SELECT der FROM crl_state WHERE id = 1"))
+        db.session.remove()
+        db.engine.dispose()
+    crl = x509.load_der_x509_crl(der)
+    number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    return number, {format(entry.serial_number, "x") for entry in crl}
+
+
+def test_a_restore_names_what_to_record_and_revoke_again_before_the_crl_above_the_nodes_one(registry, tmp_path):
+    """Run in their order, the printed commands signed a CRL numbered above the nodes' one that no longer listed a
+    certificate revoked since the backup: nodes trusted its key again. They now first put back on record the
+    certificates issued since, and revoke again what was revoked, nodes as nodes."""
+    from app.admission import applications
+    from tests.factories import node_document
+
+    target = tmp_path / "backups" / "mpim-registry.db"
+    target.parent.mkdir()
+    ok(registry, "db-backup", str(target))
+    gone, paused, leaked, kept = sorted(node_certificates(registry))
+    serial = node_certificates(registry)
+    ok(registry, "nodes", "revoke", gone, "--reason", "left the network", "--user", "keeper")
+    ok(registry, "nodes", "suspend", paused, "--reason", "audit; pending", "--user", "keeper")
+    ok(registry, "ca", "revoke", serial[leaked], "--reason", "key_compromise", "--user", "keeper")
+    with registry.app_context():  # admitted after the backup: the restored registry does not know it
+        keeper = users.get_user("keeper")
+        late = applications.approve(applications.submit_by_user(node_document("360100"), by=keeper), by=keeper)
+        late_id = late.node_id
+        db.session.commit()
+        db.session.remove()
+        db.engine.dispose()
+    late_serial = node_certificates(registry)[late_id]
+    held, revoked = crl_serials(registry)
+    assert {serial[gone], serial[leaked]} <= revoked
+
+    result = restore(registry, target, "--yes", "--json")
+    assert result.exit_code == 0, (result.output, result.exception)
+    described = json.loads(result.stdout)
+    numbers = described["replaced_numbers"]
+    assert described["next_commands"] == [
+        f"flask routing publish --above {numbers['route_version']}",
+        f"flask ca record FILE  # serial {late_serial}, node {late_id}: the node's tls/node.pem",
+        f"flask ca revoke {late_serial} --reason cessation_of_operation --user NAME",
+        f"flask ca revoke {serial[leaked]} --reason key_compromise --user NAME",
+        f"flask nodes revoke {gone} --reason 'left the network' --user NAME",
+        f"flask nodes suspend {paused} --reason 'audit; pending' --user NAME",
+        f"flask ca crl --regenerate --above {held}"]
+    assert numbers["crl"] == held
+
+    kept_as = Path(described["kept_as"])
+    with sqlite3.connect(f"{kept_as.as_uri()}?mode=ro", uri=True) as replaced:
+        pem = replaced.execute("SELECT pem FROM certificates WHERE serial = ?", (late_serial,)).fetchone()[0]
+    replaced.close()
+    (tmp_path / "node.pem").write_text(pem)
+    run_as_printed(registry, described["next_commands"], {late_serial: tmp_path / "node.pem"})
+    number, listed = crl_serials(registry)
+    assert number > held  # step 3's revocations counted on from the backup's number, step 4 above them all
+    assert {serial[gone], serial[leaked], late_serial} <= listed and serial[kept] not in listed
+    with registry.app_context():
+        statuses = dict(db.session.execute(text("SELECT node_id, status FROM nodes")).all())
+        db.session.remove()
+        db.engine.dispose()
+    assert (statuses[gone], statuses[paused], statuses[kept]) == ("revoked", "suspended", "active")
+
+
+def test_a_restore_that_loses_the_intermediates_revocation_revokes_it_again_in_place_of_a_root_crl(registry,
+                                                                                                     tmp_path):
+    """`flask ca root-crl --above N`, as printed, signed a root CRL above the nodes' one without the intermediate:
+    nodes trusted its leaked key again."""
+    from cryptography import x509
+
+    target = tmp_path / "backups" / "mpim-registry.db"
+    target.parent.mkdir()
+    ok(registry, "db-backup", str(target))
+    ok(registry, "ca", "revoke-intermediate", "--reason", "key_compromise", "--yes")
+    result = restore(registry, target, "--yes", "--json")
+    assert result.exit_code == 0, (result.output, result.exception)
+    described = json.loads(result.stdout)
+    root_number = described["replaced_numbers"]["root_crl"]
+    assert described["next_commands"] == [f"flask ca revoke-intermediate --reason key_compromise --above {root_number}"]
+
+    run_as_printed(registry, described["next_commands"], {})
+    with registry.app_context():
+        der = db.session.scalar(text("SELECT der FROM crl_state WHERE id = 2"))
+        db.session.remove()
+        db.engine.dispose()
+    root_crl = x509.load_der_x509_crl(der)
+    assert root_crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == root_number + 1
+    assert len(list(root_crl)) == 1
+
+
+def test_a_restore_ends_the_console_sessions_the_backup_holds(elsewhere, tmp_path):
+    """A session signed out, or ended by an administrator, after the backup was alive again once it was restored:
+    its cookie, copied before the sign-out, opened the console again."""
+    from tests.conftest import Console
+
+    elsewhere.config["SESSION_COOKIE_SECURE"] = False
+    console = Console(elsewhere.test_client())
+    assert console.login("keeper", "Correct-Horse-9").status_code == 302
+    cookie = console.client.get_cookie("session").value
+    assert console.client.get("/").status_code == 200
+    target = tmp_path / "copy.db"
+    ok(elsewhere, "db-backup", str(target))
+    ok(elsewhere, "users", "end-sessions", "keeper")
+    with elsewhere.app_context():
+        db.session.remove()
+        db.engine.dispose()
+
+    result = restore(elsewhere, target, "--yes", "--json")
+    assert result.exit_code == 0, (result.output, result.exception)
+    with elsewhere.app_context():
+        rows = db.session.execute(text("SELECT id, end_reason FROM console_sessions")).all()
+        record = db.session.scalars(select(AuditRecord).order_by(AuditRecord.seq.desc())).first()
+        db.session.remove()
+        db.engine.dispose()
+    assert [reason for _, reason in rows] == ["database_restore"]
+    assert record.action == "database.restore" and record.detail["sessions_ended"] == [rows[0][0]]
+    console.client.set_cookie("session", cookie)
+    assert console.client.get("/").status_code == 302
+    with elsewhere.app_context():
+        db.session.remove()
+        db.engine.dispose()
+    verified = cli(elsewhere, "audit", "verify", "--json")
+    assert verified.exit_code == 0 and json.loads(verified.stdout)["ok"]
+
+
+def test_a_backup_of_another_ca_is_refused_before_anything_changes(elsewhere, tmp_path, monkeypatch):
+    """/healthz said database_mismatch only once the other registry's database was in place."""
+    ok(elsewhere, "ca", "init", "--key-type", "ec")
+    other = sqlite_app(tmp_path / "other")
+    ok(other, "db", "upgrade")
+    ok(other, "ca", "init", "--key-type", "ec")
+    target = tmp_path / "other.db"
+    ok(other, "db-backup", str(target))
+    before = live(tmp_path).read_bytes()
+
+    result = restore(elsewhere, target, "--yes", "--json")
+    assert result.exit_code == 1, result.output
+    error = json.loads(result.stderr)["error"]
+    assert error["code"] == "backup_of_another_ca"
+    assert "MPIM_CA_DIR" in error["message"] and str(tmp_path / "srv" / "registry" / "ca") in error["message"]
+    assert live(tmp_path).read_bytes() == before
+    assert [path.name for path in live(tmp_path).parent.iterdir() if "restore" in path.name] == []
+
+    # A new host, with no CA directory yet, takes it (the CA directory is restored beside it).
+    fresh = sqlite_app(tmp_path / "fresh")
+    result = restore(fresh, target, "--yes", "--json")
+    assert result.exit_code == 0, (result.output, result.exception)
+
+
+def test_a_backup_holding_no_ca_is_refused_beside_a_ca_directory(elsewhere, backed_up, tmp_path):
+    """A database with no CRL beside a CA directory is what /healthz calls empty or another registry's."""
+    ok(elsewhere, "ca", "init", "--key-type", "ec")
+    result = restore(elsewhere, backed_up, "--yes", "--json")
+    assert result.exit_code == 1, result.output
+    assert json.loads(result.stderr)["error"]["code"] == "backup_of_another_ca"
+
+
+def test_json_without_yes_is_a_usage_error_and_changes_nothing(elsewhere, backed_up, tmp_path):
+    """It prompted, and aborted with no JSON at all."""
+    result = restore(elsewhere, backed_up, "--json")
+    assert result.exit_code == 2, result.output
+    assert "--yes" in result.stderr and "Restore?" not in result.stderr
+    assert_nothing_changed(elsewhere, tmp_path)
+
+
+@pytest.mark.parametrize(("content", "said"), [
+    (b"PGDMP\x01\x0f\x00\x04\x08\x01\x01\x01" + b"\x00" * 200, "pg_restore"),
+    (b"not a database at all, just text\n" * 20, "not an SQLite database"),
+])
+def test_a_file_that_is_no_sqlite_database_is_named_so(elsewhere, backed_up, tmp_path, content, said):
+    """A pg_dump file given to SQLite's db-restore said "could not be copied: file is not a database"."""
+    backed_up.write_bytes(content)
+    result = restore(elsewhere, backed_up, "--yes", "--json")
+    assert result.exit_code == 1, result.output
+    error = json.loads(result.stderr)["error"]
+    assert error["code"] == "not_a_registry_database" and said in error["message"], error
+    assert_nothing_changed(elsewhere, tmp_path)

@@ -35,9 +35,10 @@ from app.extensions import db
 TOKEN_BYTES = 32
 KEEP_ENDED_DAYS = 30  # ended rows are deleted this long after, by the scheduler's job
 # Why a row ended: signed out; a limit; from the user's other session; by an administrator (console or CLI);
-# a password change elsewhere; an administrator's reset; the account disabled.
+# a password change elsewhere; an administrator's reset; the account disabled; the database restored.
+RESTORE_END_REASON = "database_restore"  # `flask db-restore` ends every session the backup holds live
 END_REASONS = ("logout", "idle", "session_limit", "ended_by_user", "ended_by_admin", "password_change",
-               "password_reset", "disabled")
+               "password_reset", "disabled", RESTORE_END_REASON)
 
 
 def token_hash(token: str) -> str:

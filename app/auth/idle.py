@@ -165,6 +165,8 @@ def _ended_message(reason: str | None) -> str:
         return _("This sign-in was ended from another of your sessions; sign in again to go on.")
     if reason in ("ended_by_admin", "password_reset", "disabled"):
         return _("An administrator ended this sign-in; sign in again to go on.")
+    if reason == "database_restore":
+        return _("The registry's database was restored from a backup; sign in again to go on.")
     if reason == "password_change":
         return _("Your password was changed in another session; sign in with the new one to go on.")
     return str(current_app.login_manager.login_message)

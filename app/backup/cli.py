@@ -46,7 +46,10 @@ def restore_command(backup: Path, yes: bool, as_json: bool) -> None:
     (integrity, a schema revision this code knows) and confirmed; the database it replaces is kept beside it as
     `<name>.before-restore-<UTC time>`. Refused while another process has the database open: stop the services
     first. Audited in the restored database. Prints the restore steps' commands (`--above N`) with the replaced
-    database's routing version and CRL numbers. PostgreSQL is refused: restore it with pg_restore."""
+    database's routing version and CRL numbers, and what it holds that the backup lacks (certificates to record,
+    revocations and suspensions to redo). PostgreSQL is refused: restore it with pg_restore."""
+    if as_json and not yes:  # a prompt would take the place of the JSON
+        raise click.UsageError("with --json, confirm the restore with --yes.")
     with ExitStack() as stack:  # the checked copy is removed unless it was put in place
         plan = run(lambda: stack.enter_context(restore.prepared(db.engine.url, backup)), as_json)
         replaced = plan.replaced_newest
@@ -56,16 +59,18 @@ def restore_command(backup: Path, yes: bool, as_json: bool) -> None:
         if not yes:
             click.confirm("Restore?", abort=True, err=True)
         done = run(lambda: restore.apply(plan), as_json)
-    numbers = plan.replaced_numbers
-    commands = numbers.commands() if numbers else []
+    steps = plan.next_steps
+    commands = steps.commands() if steps else []
     emit({"restored": str(plan.database), "backup": str(plan.backup), "revision": plan.revision,
           "schema": plan.schema, "kept_as": str(done.kept_as) if done.kept_as else None,
           "backup_newest": plan.backup_newest.as_dict(),
           "replaced_newest": replaced.as_dict() if replaced else None,
-          "replaced_numbers": numbers.as_dict() if numbers else None, "next_commands": commands}, as_json,
+          "replaced_numbers": steps.replaced.as_dict() if steps else None,
+          "backup_numbers": steps.backup.as_dict() if steps else None,
+          "lost_since_backup": steps.lost.as_dict() if steps else None, "next_commands": commands}, as_json,
          f"restored {plan.backup} to {plan.database}"
          + (f"; the database it replaced is kept as {done.kept_as}" if done.kept_as else "")
          + ("; its schema is older than this release: run flask db upgrade" if plan.schema == "behind" else "")
          + "; then follow docs/operations.md, Backup, before starting the services"
-         + ("\nthose steps' commands with the replaced database's numbers, in the steps' order:\n"
+         + ("\nthose steps' commands, from what the replaced database holds, in the steps' order (NAME: who acts):\n"
             + "\n".join(f"  {command}" for command in commands) if commands else ""))

@@ -24,14 +24,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cryptography import x509
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import URL
 
 from app.audit import service as audit
+from app.auth.console_sessions import RESTORE_END_REASON
+from app.backup import next_steps
+from app.backup.next_steps import NextSteps
 from app.backup.service import RESTORING, BackupRefused, checked_copy, sqlite_file
-from app.database import schema_revisions
+from app.database import schema_revisions, utcnow
 from app.errors import NotFound
 from app.extensions import db
-from app.pki.models import INTERMEDIATE_CRL, ROOT_CRL
+from app.pki import agreement
+from app.pki import authority as ca
+from app.pki import service as pki
+from app.pki.models import INTERMEDIATE_CRL
 
 LOCK_WAIT_SECONDS = 1.0  # another connection's open handle does not go away by waiting; a commit in progress does
 
@@ -51,26 +59,6 @@ class Newest:
 
 
 @dataclass(frozen=True)
-class Numbers:
-    """What the replaced database had published: its routing table's newest version and its CRLs' numbers. The
-    restored database numbers on from the backup's, below what nodes may hold, so the steps after a restore
-    publish and sign above these (operations: Backup). None: none there, or a table it does not have."""
-
-    route_version: int | None
-    crl: int | None
-    root_crl: int | None
-
-    def as_dict(self) -> dict:
-        return {"route_version": self.route_version, "crl": self.crl, "root_crl": self.root_crl}
-
-    def commands(self) -> list[str]:
-        """The commands of those steps, in their order, for each number there is."""
-        return [f"{command} --above {number}" for command, number in (
-            ("flask routing publish", self.route_version), ("flask ca crl --regenerate", self.crl),
-            ("flask ca root-crl", self.root_crl)) if number]
-
-
-@dataclass(frozen=True)
 class Plan:
     """A checked copy of `backup` beside `database`, not yet in place."""
 
@@ -81,7 +69,7 @@ class Plan:
     schema: str  # "current", or "behind": `flask db upgrade` next
     backup_newest: Newest
     replaced_newest: Newest | None  # None: there is no database file to replace
-    replaced_numbers: Numbers | None
+    next_steps: NextSteps | None  # None: likewise
 
 
 @dataclass(frozen=True)
@@ -103,16 +91,17 @@ def prepared(url: URL, backup: Path) -> Iterator[Plan]:
     if database.exists() and os.path.samefile(backup, database):
         raise BackupRefused(f"{backup} is the database itself.", code="backup_is_database")
     replaced = _newest(database) if database.exists() else None
-    numbers = _numbers(database) if database.exists() else None
     _refuse_if_in_use(database)
     descriptor, name = tempfile.mkstemp(prefix=f".{database.name}.restore.", suffix=".tmp", dir=database.parent)
     os.close(descriptor)
     temporary = Path(name)
     try:
         revision = checked_copy(backup, temporary)
-        yield Plan(backup=backup, database=database, temporary=temporary, revision=revision,
-                   schema=_schema_of(backup, revision), backup_newest=_newest(temporary), replaced_newest=replaced,
-                   replaced_numbers=numbers)
+        schema = _schema_of(backup, revision)
+        _refuse_if_another_ca(backup, temporary)
+        yield Plan(backup=backup, database=database, temporary=temporary, revision=revision, schema=schema,
+                   backup_newest=_newest(temporary), replaced_newest=replaced,
+                   next_steps=next_steps.read(database, temporary) if database.exists() else None)
     finally:
         temporary.unlink(missing_ok=True)
 
@@ -139,11 +128,50 @@ def apply(plan: Plan) -> Restored:
         os.replace(plan.temporary, plan.database)
         _sync_directory(plan.database.parent)
     db.engine.dispose()
+    ended = _end_console_sessions()
     audit.record("database.restore", str(plan.database), {
         "backup": str(plan.backup), "revision": plan.revision, "kept_as": str(kept_as) if kept_as else None,
         "backup_newest": plan.backup_newest.as_dict(),
-        "replaced_newest": plan.replaced_newest.as_dict() if plan.replaced_newest else None}, actor="cli")
+        "replaced_newest": plan.replaced_newest.as_dict() if plan.replaced_newest else None,
+        "sessions_ended": ended}, actor="cli")
     return Restored(plan=plan, kept_as=kept_as)
+
+
+def _end_console_sessions() -> list[int]:
+    """End every console session the backup holds live: one signed out, ended by an administrator or of an account
+    disabled since the backup was alive again. Their ids, for the restore's audit record. None before migration
+    0008, which ended them all by dropping the table."""
+    if not inspect(db.engine).has_table("console_sessions"):
+        return []
+    ended = list(db.session.scalars(text("SELECT id FROM console_sessions WHERE ended_at IS NULL ORDER BY id")))
+    db.session.execute(text("UPDATE console_sessions SET ended_at = :now, end_reason = :reason "
+                            "WHERE ended_at IS NULL"), {"now": utcnow(), "reason": RESTORE_END_REASON})
+    return ended
+
+
+def _refuse_if_another_ca(backup: Path, copy: Path) -> None:
+    """Refused when the CA directory holds a CA the backup is not the database of (it holds no CRL, or one another
+    issuing CA signed): /healthz said database_mismatch only once it was in place. A host with no CA directory
+    yet takes it (the CA directory is restored beside it)."""
+    directory = pki.ca_directory()
+    if not ca.is_initialised(directory):
+        return
+    try:
+        intermediate = x509.load_pem_x509_certificate((directory / "intermediate.pem").read_bytes())
+    except (OSError, ValueError):  # /healthz names an unreadable CA file; the backup is not what is wrong
+        return
+    try:
+        connection = sqlite3.connect(f"{copy.as_uri()}?mode=ro", uri=True)
+        try:
+            row = connection.execute(f"SELECT der FROM crl_state WHERE id = {INTERMEDIATE_CRL}").fetchone()
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError:  # no such table: a database from before the CA
+        row = None
+    reason = agreement.issuer_reason(intermediate, row[0] if row else None)
+    if reason is not None:
+        raise BackupRefused(f"{backup} is not the database of the CA in {directory}: {reason}",
+                            code="backup_of_another_ca")
 
 
 def _schema_of(backup: Path, revision: str) -> str:
@@ -171,29 +199,6 @@ def _newest(path: Path) -> Newest:
     except sqlite3.DatabaseError:  # not a database, damaged, no audit table
         return Newest(None, None)
     return Newest(row[0], str(row[1])) if row else Newest(None, None)
-
-
-def _numbers(path: Path) -> Numbers:
-    """The replaced database's routing version and CRL numbers; None for each it cannot read (an older schema, a
-    damaged file)."""
-    queries = ("SELECT max(version) FROM route_versions",
-               f"SELECT crl_number FROM crl_state WHERE id = {INTERMEDIATE_CRL}",
-               f"SELECT crl_number FROM crl_state WHERE id = {ROOT_CRL}")
-    found: list[int | None] = []
-    try:
-        connection = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
-    except sqlite3.DatabaseError:
-        return Numbers(None, None, None)
-    try:
-        for query in queries:
-            try:
-                row = connection.execute(query).fetchone()
-            except sqlite3.DatabaseError:
-                row = None
-            found.append(row[0] if row and isinstance(row[0], int) else None)
-    finally:
-        connection.close()
-    return Numbers(*found)
 
 
 def _refuse_if_in_use(database: Path) -> None:

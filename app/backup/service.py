@@ -115,6 +115,8 @@ def checked_copy(source: Path, temporary: Path) -> str:
             writer.close()
             reader.close()
     except sqlite3.DatabaseError as error:  # not a database, unreadable, locked past the busy timeout
+        if str(error) == "file is not a database":
+            raise BackupRefused(_not_sqlite(source), code="not_a_registry_database") from None
         raise BackupRefused(f"{source} could not be copied: {error}", code="backup_failed") from None
     if integrity != ["ok"]:
         raise BackupRefused(f"The copy of {source} fails SQLite's integrity check: {'; '.join(integrity[:5])}",
@@ -123,6 +125,19 @@ def checked_copy(source: Path, temporary: Path) -> str:
         raise BackupRefused(f"{source} is not a registry database (no Alembic revision: never migrated?).",
                             code="not_a_registry_database")
     return ",".join(sorted(revisions))
+
+
+def _not_sqlite(source: Path) -> str:
+    """SQLite's "file is not a database" said nothing of what it is: most often a PostgreSQL dump."""
+    try:
+        with open(source, "rb") as handle:
+            postgresql = handle.read(5) == b"PGDMP"
+    except OSError:
+        postgresql = False
+    if postgresql:
+        return (f"{source} is a PostgreSQL dump (pg_dump -Fc), not an SQLite database: restore it into PostgreSQL "
+                "with pg_restore (docs/operations.md, Backup).")
+    return f"{source} is not an SQLite database (nor a registry backup)."
 
 
 def _take_write_lock(source: Path) -> None:

@@ -65,7 +65,12 @@ def _compare(loaded: ca.Authority) -> tuple[LazyString, ...]:
 def other_ca_reason(intermediate: x509.Certificate) -> LazyString | None:
     """Why the database is not the intermediate's (it holds no CRL, or one another CA signed), or None. A
     rotation asks it too: it would record a certificate the database's CA never issued."""
-    der = db.session.scalar(select(CRLState.der).where(CRLState.id == INTERMEDIATE_CRL))
+    return issuer_reason(intermediate, db.session.scalar(select(CRLState.der).where(CRLState.id == INTERMEDIATE_CRL)))
+
+
+def issuer_reason(intermediate: x509.Certificate, der: bytes | None) -> LazyString | None:
+    """`other_ca_reason` for a database whose CRL (DER; None: it holds none) is `der`: `flask db-restore` asks it of
+    a backup before putting it in place."""
     serial = format(intermediate.serial_number, "x")
     directory = str(service.ca_directory())
     if der is None:
