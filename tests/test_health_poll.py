@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import threading
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -595,3 +597,33 @@ def test_an_answer_that_is_no_valid_http_is_said_so_without_its_bytes(app):
         [result] = poll([poller.PollTarget(NODE, url)])
     assert (result.ok, result.failure) == (False, "error"), result
     assert said(app, result.detail) == ("the answer is not valid HTTP", "应答不是有效的 HTTP"), result.detail
+
+
+def test_a_poll_once_ends_its_process_while_a_host_name_lookup_still_hangs(tmp_path):
+    """The round ended without waiting for a hung lookup, but its thread was a pool's, which Python joins when the
+    process exits: `flask health poll --once` and a scheduler's stop still waited as long as the resolver did. The
+    lookup here never ends (getaddrinfo blocks for one name: what a zone whose servers never answer does, outside
+    this machine); the process must end anyway."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "hung_lookup.py"
+    script.write_text(
+        "import socket, threading\n"
+        "real = socket.getaddrinfo\n"
+        "def lookup(host, *args, **kwargs):\n"
+        "    if host == 'hang.invalid':\n"
+        "        threading.Event().wait()  # no answer, ever\n"
+        "    return real(host, *args, **kwargs)\n"
+        "socket.getaddrinfo = lookup\n"
+        "from app.health import poller\n"
+        "[result] = poller.poll_once([poller.PollTarget('36000000002025000001', 'http://hang.invalid:8080')],"
+        " timeout=1.0)\n"
+        "print(result.failure)\n")
+    project = str(Path(__file__).resolve().parent.parent)
+    try:
+        ended = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                               cwd=project, env={**os.environ, "PYTHONPATH": project})
+    except subprocess.TimeoutExpired:
+        pytest.fail("the process waited for the hung lookup")
+    assert ended.returncode == 0 and ended.stdout.strip() == "timeout", ended.stdout + ended.stderr

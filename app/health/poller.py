@@ -12,11 +12,13 @@ certificate to name the node (CN or SAN URI `urn:mpim:node:<id>`) and not to be 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import errno
 import hashlib
 import os
 import re
 import ssl
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -288,9 +290,30 @@ async def poll_spread(targets: list[PollTarget], interval_s: float, *, ssl_conte
         return list(await asyncio.gather(*(delayed(client, t) for t in targets)))
 
 
-# Threads for host-name lookups (aiohttp calls getaddrinfo on the loop's default executor): Python's default pool
-# is cpu + 4 (6 on two cores), and as many names whose DNS does not answer held every other lookup of the round.
-LOOKUP_THREADS = 64
+class DaemonThreads(concurrent.futures.ThreadPoolExecutor):
+    """Each call in a daemon thread of its own: the default executor of a round's loop, on which aiohttp looks host
+    names up (getaddrinfo). A node's timeout ends the await of its lookup, not the call: a pool's threads are joined
+    when the round ends (asyncio.run) and when the process exits, so a name whose DNS does not answer held the round
+    past its headroom, then `flask health poll --once` and a scheduler's stop, for as long as the resolver tried; and
+    a pool of cpu + 4 threads let as many such names time every other lookup out. A hung thread ends on its own,
+    its result unread. As many threads as lookups under way: at most one per node a round polls. A
+    ThreadPoolExecutor only because the loop takes no other kind as its default; its pool is never used."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        future = concurrent.futures.Future()
+
+        def call():
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as error:  # noqa: BLE001 (handed to whoever awaits it, as a pool does)
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+        threading.Thread(target=call, name="health-lookup", daemon=True).start()
+        return future
 
 
 def run(coroutine):
@@ -307,15 +330,10 @@ def run(coroutine):
 
 
 def run_in_own_loop(coroutine):
-    """asyncio.run, except for its default executor: LOOKUP_THREADS threads, and the end does not wait for them.
-    A node's timeout ends the await of its host-name lookup, not the getaddrinfo call in its thread; asyncio.run
-    joined that thread at its end, so a name whose DNS does not answer held the round for as long as the resolver
-    tries (10 s and more), past its headroom. The hung thread ends on its own, its result unread."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    """asyncio.run, except for its default executor (`DaemonThreads`), whose threads neither its end nor the
+    process's exit waits for."""
     loop = asyncio.new_event_loop()
-    lookups = ThreadPoolExecutor(max_workers=LOOKUP_THREADS, thread_name_prefix="health-lookup")
-    loop.set_default_executor(lookups)
+    loop.set_default_executor(DaemonThreads())
     asyncio.set_event_loop(loop)  # as asyncio.run: code asking for "the current loop" gets this one
     try:
         return loop.run_until_complete(coroutine)
@@ -329,7 +347,6 @@ def run_in_own_loop(coroutine):
             loop.run_until_complete(loop.shutdown_asyncgens())
         finally:
             asyncio.set_event_loop(None)
-            lookups.shutdown(wait=False, cancel_futures=True)
             loop.close()
 
 
