@@ -114,6 +114,8 @@ HEALTH_DETAILS = [
      _l("the server certificate was refused: %(reason)s")),
     (re.compile(r"^the TLS handshake failed: (?P<reason>.+)$", re.S), _l("the TLS handshake failed: %(reason)s")),
     (re.compile(r"^the answer is not valid HTTP$"), _l("the answer is not valid HTTP")),
+    (re.compile(r"^the node closed the connection during the TLS handshake$"),
+     _l("the node closed the connection during the TLS handshake")),
     (re.compile(r"^the host name (?P<host>\S+) does not resolve$"), _l("the host name %(host)s does not resolve")),
     (re.compile(r"^Connection refused$"), _l("the connection was refused")),
     (re.compile(r"^Network is unreachable$"), _l("the network is unreachable")),

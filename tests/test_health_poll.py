@@ -627,3 +627,14 @@ def test_a_poll_once_ends_its_process_while_a_host_name_lookup_still_hangs(tmp_p
     except subprocess.TimeoutExpired:
         pytest.fail("the process waited for the hung lookup")
     assert ended.returncode == 0 and ended.stdout.strip() == "timeout", ended.stdout + ended.stderr
+
+
+def test_a_node_closing_the_connection_during_the_tls_handshake_is_said_so(app):
+    """A server that reads the TLS hello and hangs up was stored as aiohttp's "Cannot connect to host
+    127.0.0.1:53229 ssl:default [None]", in English on the Chinese console."""
+    with raw_receiver(lambda _connection, _stop: None, path="") as url:  # reads the hello, hangs up
+        [result] = poll([poller.PollTarget(NODE, url.replace("http://", "https://"))],
+                        ssl_context=own_keys.management_client_ssl_context())
+    assert (result.ok, result.failure) == (False, "tls"), result
+    assert said(app, result.detail) == ("the node closed the connection during the TLS handshake",
+                                        "节点在 TLS 握手中关闭了连接"), result.detail

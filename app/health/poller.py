@@ -179,6 +179,9 @@ def connection_failure(error: Exception, timeout: float) -> tuple[FailureReason,
     if isinstance(error, aiohttp.ClientConnectorError):
         if isinstance(error.os_error, ConnectionRefusedError):  # not asyncio's "Connect call failed (host, port)"
             return FailureReason.REFUSED, os.strerror(errno.ECONNREFUSED)
+        if isinstance(error.os_error, ConnectionError) and error.os_error.errno is None and error.ssl is not False:
+            # asyncio's TLS layer lost the connection before the handshake ended ("[None]" in aiohttp's text)
+            return FailureReason.TLS, "the node closed the connection during the TLS handshake"
         if getattr(error.os_error, "errno", None) in SAID_ERRNOS:
             return FailureReason.ERROR, os.strerror(error.os_error.errno)
         return FailureReason.ERROR, str(error)
