@@ -151,8 +151,8 @@ def banner(user) -> list[dict]:
     # The list's punctuation is the reader's: 、 and full-width brackets in Chinese, commas in English.
     names = join_list(_("%(org)s (%(node)s)", org=org_name, node=node_id) for org_name, node_id in first)
     more = _(" and %(n)s more", n=total - 5) if total > 5 else ""
-    return [{"kind": "error", "text": ngettext("%(num)s node is down: %(names)s%(more)s",
-                                               "%(num)s nodes are down: %(names)s%(more)s", total,
+    return [{"kind": "error", "text": ngettext("%(num)s node is down: %(names)s%(more)s.",
+                                               "%(num)s nodes are down: %(names)s%(more)s.", total,
                                                names=names, more=more),
              "link": (url_for("nodes.index", status="down"), _("List every node that is down"))}]
 
