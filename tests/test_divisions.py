@@ -371,7 +371,7 @@ def test_a_division_page_is_titled_and_headed_by_its_division_and_a_search_by_wh
         return re.search(r"<title>([^<]*)</title>", html).group(1), heading
 
     title, heading = title_and_heading("/divisions/110000")
-    assert title.startswith("北京市 (110000) · 行政区划 · ") and heading == "北京市", (title, heading)
+    assert title.startswith("北京市（110000） · 行政区划 · ") and heading == "北京市", (title, heading)
     title, heading = title_and_heading("/divisions/?q=南昌")
     assert title.startswith("搜索“南昌” · 行政区划 · ") and heading == "搜索“南昌”", (title, heading)
     assert title_and_heading("/divisions/")[1] == "行政区划"  # the top level is the list of them all
