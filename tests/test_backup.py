@@ -504,6 +504,38 @@ def run_as_printed(application, commands: list[str], files: dict[str, Path]) -> 
         ok(application, *words, input="y\n")
 
 
+def test_a_restore_writes_out_every_certificate_to_record_a_node_renewed_twice_included(registry, tmp_path):
+    """The printed `flask ca record FILE` named the node's tls/node.pem, which holds its newest certificate only:
+    for a node renewed twice since the backup, the first command recorded the newest, the second was refused as on
+    record already, and the other certificate issued since stayed off the record (and off the CRL, revoked). The
+    restore writes each one out beside the file it keeps aside, and the commands name those files."""
+    from tests.factories import NodeKeys
+
+    target = tmp_path / "copy.db"
+    ok(registry, "db-backup", str(target))
+    renewed = sorted(node_certificates(registry))[0]
+    issued = []
+    for turn in range(2):
+        csr = tmp_path / f"renewal-{turn}.csr"
+        csr.write_text(NodeKeys().csr)
+        done = ok(registry, "ca", "renew", renewed, "--csr", str(csr), "--user", "keeper", "--json")
+        issued.append(json.loads(done.stdout)["serial"])
+
+    result = restore(registry, target, "--yes", "--json")
+    assert result.exit_code == 0, (result.output, result.exception)
+    described = json.loads(result.stdout)
+    records = [command for command in described["next_commands"] if command.startswith("flask ca record")]
+    assert records == [f"flask ca record {described['kept_as']}.certificates/{serial}.pem  # node {renewed}"
+                       for serial in issued]
+    run_as_printed(registry, described["next_commands"], {})
+    with registry.app_context():
+        on_record = set(db.session.scalars(text("SELECT serial FROM certificates WHERE node_id = :node"),
+                                           {"node": renewed}))
+        db.session.remove()
+        db.engine.dispose()
+    assert set(issued) <= on_record
+
+
 def crl_serials(application) -> tuple[int, set[str]]:
     from cryptography import x509
 
@@ -548,7 +580,7 @@ def test_a_restore_names_what_to_record_and_revoke_again_before_the_crl_above_th
     numbers = described["replaced_numbers"]
     assert described["next_commands"] == [
         f"flask routing publish --above {numbers['route_version']}",
-        f"flask ca record FILE  # serial {late_serial}, node {late_id}: the node's tls/node.pem",
+        f"flask ca record {described['kept_as']}.certificates/{late_serial}.pem  # node {late_id}",
         f"flask ca revoke {late_serial} --reason cessation_of_operation --user NAME",
         f"flask ca revoke {serial[leaked]} --reason key_compromise --user NAME",
         f"flask nodes revoke {gone} --reason 'left the network' --user NAME",
@@ -556,12 +588,7 @@ def test_a_restore_names_what_to_record_and_revoke_again_before_the_crl_above_th
         f"flask ca crl --regenerate --above {held}"]
     assert numbers["crl"] == held
 
-    kept_as = Path(described["kept_as"])
-    with sqlite3.connect(f"{kept_as.as_uri()}?mode=ro", uri=True) as replaced:
-        pem = replaced.execute("SELECT pem FROM certificates WHERE serial = ?", (late_serial,)).fetchone()[0]
-    replaced.close()
-    (tmp_path / "node.pem").write_text(pem)
-    run_as_printed(registry, described["next_commands"], {late_serial: tmp_path / "node.pem"})
+    run_as_printed(registry, described["next_commands"], {})
     number, listed = crl_serials(registry)
     assert number > held  # step 3's revocations counted on from the backup's number, step 4 above them all
     assert {serial[gone], serial[leaked], late_serial} <= listed and serial[kept] not in listed
@@ -586,7 +613,8 @@ def test_a_restore_that_loses_the_intermediates_revocation_revokes_it_again_in_p
     assert result.exit_code == 0, (result.output, result.exception)
     described = json.loads(result.stdout)
     root_number = described["replaced_numbers"]["root_crl"]
-    assert described["next_commands"] == [f"flask ca revoke-intermediate --reason key_compromise --above {root_number}"]
+    assert described["next_commands"] == [
+        f"flask ca revoke-intermediate --reason key_compromise --above {root_number} --user NAME"]
 
     run_as_printed(registry, described["next_commands"], {})
     with registry.app_context():
@@ -685,3 +713,34 @@ def test_a_file_that_is_no_sqlite_database_is_named_so(elsewhere, backed_up, tmp
     error = json.loads(result.stderr)["error"]
     assert error["code"] == "not_a_registry_database" and said in error["message"], error
     assert_nothing_changed(elsewhere, tmp_path)
+
+
+def test_a_restore_revokes_the_enrollment_tokens_revoked_or_used_since_the_backup(registry, tmp_path):
+    """A token revoked since the backup (it leaked, say) was active again once the backup was restored, and one
+    used since could be used again: the database it replaced says so, so the restore revokes them in the restored
+    one, and its audit record lists them."""
+    from app.admission import tokens
+    from app.admission.models import EnrollmentToken
+
+    made = [json.loads(ok(registry, "tokens", "create", "--division", "360100", "--user", "keeper", "--json").stdout)
+            for _ in range(3)]
+    ids = [token["id"] for token in made]
+    target = tmp_path / "copy.db"
+    ok(registry, "db-backup", str(target))
+    ok(registry, "tokens", "revoke", str(ids[0]), "--user", "keeper")
+    with registry.app_context():
+        tokens.consume(tokens.find_by_raw(made[1]["token"]))  # as an application submitted with it does
+        db.session.commit()
+        db.session.remove()
+        db.engine.dispose()
+
+    result = restore(registry, target, "--yes", "--json")
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert json.loads(result.stdout)["lost_since_backup"]["enrollment_tokens_spent"] == ids[:2]
+    with registry.app_context():
+        state = {row.id: row.revoked_at is not None for row in db.session.scalars(select(EnrollmentToken))}
+        record = db.session.scalars(select(AuditRecord).order_by(AuditRecord.seq.desc())).first()
+        db.session.remove()
+        db.engine.dispose()
+    assert state == {ids[0]: True, ids[1]: True, ids[2]: False}
+    assert record.action == "database.restore" and record.detail["tokens_revoked"] == ids[:2]

@@ -60,7 +60,7 @@ def restore_command(backup: Path, yes: bool, as_json: bool) -> None:
             click.confirm("Restore?", abort=True, err=True)
         done = run(lambda: restore.apply(plan), as_json)
     steps = plan.next_steps
-    commands = steps.commands() if steps else []
+    commands = steps.commands(done.certificates) if steps else []
     emit({"restored": str(plan.database), "backup": str(plan.backup), "revision": plan.revision,
           "schema": plan.schema, "kept_as": str(done.kept_as) if done.kept_as else None,
           "backup_newest": plan.backup_newest.as_dict(),

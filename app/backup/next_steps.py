@@ -42,6 +42,11 @@ class Lost:
     certificate_revocations: tuple[tuple[str, str], ...] = ()
     node_changes: tuple[tuple[str, str, str], ...] = ()  # (node id, "revoked" or "suspended", reason)
     intermediate_revocations: tuple[tuple[str, str], ...] = ()  # (serial, reason)
+    # Enrollment tokens revoked or used since, live in the backup: the restore revokes them itself (`apply`).
+    spent_tokens: tuple[int, ...] = ()
+    # The PEM of each certificate to record (serial, PEM): `apply` writes them out beside the file kept aside, as
+    # a node's tls/node.pem holds only its newest, and a node gone holds none.
+    pems: tuple[tuple[str, str], ...] = ()
 
     def as_dict(self) -> dict:
         return {"certificates_to_record": [{"serial": serial, "node_id": node} for serial, node in self.to_record],
@@ -50,7 +55,8 @@ class Lost:
                 "node_changes": [{"node_id": node, "status": status, "reason": reason}
                                  for node, status, reason in self.node_changes],
                 "intermediate_revocations": [{"serial": serial, "reason": reason}
-                                             for serial, reason in self.intermediate_revocations]}
+                                             for serial, reason in self.intermediate_revocations],
+                "enrollment_tokens_spent": list(self.spent_tokens)}
 
 
 @dataclass(frozen=True)
@@ -59,24 +65,29 @@ class NextSteps:
     backup: Numbers
     lost: Lost
 
-    def commands(self) -> list[str]:
+    def commands(self, certificates: Path | None = None) -> list[str]:
         """The steps' commands in their order. A number is signed or published above only when the replaced
         database went past the backup's: otherwise nodes hold none above what the restored one numbers on from
         (unless the replaced database was itself restored: a node's higher number wins, as the steps say).
-        NAME is who acts; FILE the node's certificate, which the comment names."""
+        NAME is who acts. `certificates`: the directory the restore wrote the certificates to record to
+        (`<serial>.pem`); without one, FILE is the certificate the comment names by its serial."""
         replaced, backup, lost = self.replaced, self.backup, self.lost
         found = []
         if _past(replaced.route_version, backup.route_version):
             found.append(f"flask routing publish --above {replaced.route_version}")
         for serial, node in lost.to_record:
-            found.append(f"flask ca record FILE  # serial {serial}, node {node or 'none'}: the node's tls/node.pem")
+            if certificates is not None:
+                written = shlex.quote(str(certificates / f"{serial}.pem"))
+                found.append(f"flask ca record {written}  # node {node or 'none'}")
+            else:
+                found.append(f"flask ca record FILE  # serial {serial}, node {node or 'none'}")
         for serial, reason in lost.certificate_revocations:
             found.append(f"flask ca revoke {serial} --reason {reason} --user NAME")
         for node, status, reason in lost.node_changes:
             verb = "revoke" if status == "revoked" else "suspend"
             found.append(f"flask nodes {verb} {node} --reason {shlex.quote(reason)} --user NAME")
         for _, reason in lost.intermediate_revocations:  # it signs the root CRL above the nodes' one
-            found.append(f"flask ca revoke-intermediate --reason {reason} --above {replaced.root_crl or 0}")
+            found.append(f"flask ca revoke-intermediate --reason {reason} --above {replaced.root_crl or 0} --user NAME")
         if _past(replaced.crl, backup.crl):
             found.append(f"flask ca crl --regenerate --above {replaced.crl}")
         if _past(replaced.root_crl, backup.root_crl) and not lost.intermediate_revocations:
@@ -137,10 +148,11 @@ def _rows(connection: sqlite3.Connection, query: str) -> list[tuple]:
 
 def _lost(connection: sqlite3.Connection) -> Lost:
     backup_nodes = {row[0] for row in _rows(connection, "SELECT node_id FROM backup.nodes")}
-    to_record = tuple((serial, node) for serial, node in _rows(connection, """
-        SELECT c.serial, c.node_id FROM main.certificates c
+    issued_since = _rows(connection, """
+        SELECT c.serial, c.node_id, c.pem FROM main.certificates c
         WHERE c.kind = 'node' AND NOT EXISTS (SELECT 1 FROM backup.certificates b WHERE b.serial = c.serial)
-        ORDER BY c.issued_at, c.serial"""))
+        ORDER BY c.issued_at, c.serial""")
+    to_record = tuple((serial, node) for serial, node, _ in issued_since)
     revoked_there = {serial: reason for serial, reason in _rows(connection, """
         SELECT c.serial, c.revocation_reason FROM main.certificates c
         LEFT JOIN backup.certificates b ON b.serial = c.serial
@@ -162,5 +174,10 @@ def _lost(connection: sqlite3.Connection) -> Lost:
     intermediates = tuple((serial, reason) for serial, reason in _rows(
         connection, "SELECT serial, reason FROM main.revoked_intermediates ORDER BY revoked_at")
         if serial not in in_backup)
+    spent = tuple(row[0] for row in _rows(connection, """
+        SELECT t.id FROM main.enrollment_tokens t JOIN backup.enrollment_tokens b ON b.id = t.id
+        WHERE (t.revoked_at IS NOT NULL OR t.used_at IS NOT NULL) AND b.revoked_at IS NULL AND b.used_at IS NULL
+        ORDER BY t.id"""))
     return Lost(to_record=to_record, certificate_revocations=tuple(orphans + again), node_changes=node_changes,
-                intermediate_revocations=intermediates)
+                intermediate_revocations=intermediates, spent_tokens=spent,
+                pems=tuple((serial, pem) for serial, _, pem in issued_since))

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
-from sqlalchemy import inspect, text
+from sqlalchemy import inspect, select, text, update
 from sqlalchemy.engine import URL
 
 from app.audit import service as audit
@@ -76,6 +76,7 @@ class Plan:
 class Restored:
     plan: Plan
     kept_as: Path | None
+    certificates: Path | None = None  # where the certificates to record were written (`_write_certificates`)
 
 
 @contextmanager
@@ -129,12 +130,27 @@ def apply(plan: Plan) -> Restored:
         _sync_directory(plan.database.parent)
     db.engine.dispose()
     ended = _end_console_sessions()
+    revoked = _revoke_spent_tokens(plan.next_steps.lost.spent_tokens if plan.next_steps else ())
+    certificates = _write_certificates(plan.next_steps.lost.pems if plan.next_steps else (), kept_as)
     audit.record("database.restore", str(plan.database), {
         "backup": str(plan.backup), "revision": plan.revision, "kept_as": str(kept_as) if kept_as else None,
         "backup_newest": plan.backup_newest.as_dict(),
         "replaced_newest": plan.replaced_newest.as_dict() if plan.replaced_newest else None,
-        "sessions_ended": ended}, actor="cli")
-    return Restored(plan=plan, kept_as=kept_as)
+        "sessions_ended": ended, "tokens_revoked": revoked}, actor="cli")
+    return Restored(plan=plan, kept_as=kept_as, certificates=certificates)
+
+
+def _write_certificates(pems: tuple[tuple[str, str], ...], kept_as: Path | None) -> Path | None:
+    """The certificates issued since the backup, each as `<serial>.pem` in `<kept file>.certificates/`, for the
+    printed `flask ca record` commands: the replaced database holds them all, where a node's tls/node.pem holds its
+    newest only (two renewals since: the first command recorded the wrong one), and a node gone holds none."""
+    if not pems or kept_as is None:
+        return None
+    directory = Path(f"{kept_as}.certificates")
+    directory.mkdir(mode=0o700)
+    for serial, pem in pems:
+        (directory / f"{serial}.pem").write_text(pem, encoding="ascii")
+    return directory
 
 
 def _end_console_sessions() -> list[int]:
@@ -147,6 +163,22 @@ def _end_console_sessions() -> list[int]:
     db.session.execute(text("UPDATE console_sessions SET ended_at = :now, end_reason = :reason "
                             "WHERE ended_at IS NULL"), {"now": utcnow(), "reason": RESTORE_END_REASON})
     return ended
+
+
+def _revoke_spent_tokens(token_ids: tuple[int, ...]) -> list[int]:
+    """Revoke the enrollment tokens the replaced database held as revoked or used, live in the backup: a token
+    revoked since (it leaked, say) was usable again, and one used since could be used twice. Their ids, for the
+    restore's audit record."""
+    if not token_ids:
+        return []
+    from app.admission.models import EnrollmentToken
+
+    live = (EnrollmentToken.id.in_(token_ids), EnrollmentToken.revoked_at.is_(None), EnrollmentToken.used_at.is_(None))
+    revoked = list(db.session.scalars(select(EnrollmentToken.id).where(*live).order_by(EnrollmentToken.id)))
+    db.session.execute(update(EnrollmentToken).where(EnrollmentToken.id.in_(revoked))
+                       .values(revoked_at=utcnow().replace(microsecond=0), revoked_by="database restore")
+                       .execution_options(synchronize_session=False))
+    return revoked
 
 
 def _refuse_if_another_ca(backup: Path, copy: Path) -> None:
