@@ -638,3 +638,37 @@ def test_a_node_closing_the_connection_during_the_tls_handshake_is_said_so(app):
     assert (result.ok, result.failure) == (False, "tls"), result
     assert said(app, result.detail) == ("the node closed the connection during the TLS handshake",
                                         "节点在 TLS 握手中关闭了连接"), result.detail
+
+
+def test_a_node_resetting_the_connection_after_the_tls_handshake_is_said_so(app, tmp_path):
+    """A node that takes the handshake, then resets the connection (as one refusing the management node's client
+    certificate under TLS 1.3 does) was stored as aiohttp's "ClientOSError: [Errno 104] Connection reset by peer",
+    in English on the Chinese console."""
+    import struct
+
+    server_context, pem = self_signed_server_context(tmp_path)
+    listener = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def accept_and_reset():  # each connection: aiohttp tries a request again once on a reset
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:  # closed: the test is over
+                return
+            wrapped = server_context.wrap_socket(connection, server_side=True)
+            wrapped.recv(65536)  # the request
+            wrapped.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            wrapped.close()  # with a zero linger: a reset, not an orderly close
+            done.set()
+
+    thread = threading.Thread(target=accept_and_reset, daemon=True)
+    thread.start()
+    try:
+        [result] = poll([poller.PollTarget(NODE, f"https://127.0.0.1:{listener.getsockname()[1]}")],
+                        ssl_context=ssl.create_default_context(cafile=pem))
+    finally:
+        stop_listening(listener)
+        thread.join(30)
+    assert done.is_set() and (result.ok, result.failure) == (False, "error"), result
+    assert said(app, result.detail) == ("the node reset the connection", "节点重置了连接"), result.detail

@@ -185,6 +185,8 @@ def connection_failure(error: Exception, timeout: float) -> tuple[FailureReason,
         if getattr(error.os_error, "errno", None) in SAID_ERRNOS:
             return FailureReason.ERROR, os.strerror(error.os_error.errno)
         return FailureReason.ERROR, str(error)
+    if isinstance(error, aiohttp.ClientOSError) and error.errno in SAID_ERRNOS:  # a reset once connected
+        return FailureReason.ERROR, os.strerror(error.errno)
     return FailureReason.ERROR, f"{type(error).__name__}: {error}"
 
 
