@@ -647,10 +647,13 @@ def test_a_restore_ends_the_console_sessions_the_backup_holds(elsewhere, tmp_pat
     assert result.exit_code == 0, (result.output, result.exception)
     with elsewhere.app_context():
         rows = db.session.execute(text("SELECT id, end_reason FROM console_sessions")).all()
+        # stored as every other time of the column is (naive UTC text on SQLite), not as sqlite3's "+00:00" form
+        stored = db.session.scalars(text("SELECT CAST(ended_at AS TEXT) FROM console_sessions")).all()
         record = db.session.scalars(select(AuditRecord).order_by(AuditRecord.seq.desc())).first()
         db.session.remove()
         db.engine.dispose()
     assert [reason for _, reason in rows] == ["database_restore"]
+    assert len(stored) == 1 and "+" not in stored[0], stored
     assert record.action == "database.restore" and record.detail["sessions_ended"] == [rows[0][0]]
     console.client.set_cookie("session", cookie)
     assert console.client.get("/").status_code == 302

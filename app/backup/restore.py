@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
-from sqlalchemy import inspect, select, text, update
+from sqlalchemy import bindparam, inspect, select, text, update
 from sqlalchemy.engine import URL
 
 from app.audit import service as audit
@@ -33,7 +33,7 @@ from app.auth.console_sessions import RESTORE_END_REASON
 from app.backup import next_steps
 from app.backup.next_steps import NextSteps
 from app.backup.service import RESTORING, BackupRefused, checked_copy, sqlite_file
-from app.database import schema_revisions, utcnow
+from app.database import UTCDateTime, schema_revisions, utcnow
 from app.errors import NotFound
 from app.extensions import db
 from app.pki import agreement
@@ -160,8 +160,10 @@ def _end_console_sessions() -> list[int]:
     if not inspect(db.engine).has_table("console_sessions"):
         return []
     ended = list(db.session.scalars(text("SELECT id FROM console_sessions WHERE ended_at IS NULL ORDER BY id")))
+    # Bound as the column's type: the time is stored as every other one of the column (naive UTC text on SQLite).
     db.session.execute(text("UPDATE console_sessions SET ended_at = :now, end_reason = :reason "
-                            "WHERE ended_at IS NULL"), {"now": utcnow(), "reason": RESTORE_END_REASON})
+                            "WHERE ended_at IS NULL").bindparams(bindparam("now", type_=UTCDateTime)),
+                       {"now": utcnow(), "reason": RESTORE_END_REASON})
     return ended
 
 
