@@ -599,6 +599,34 @@ def test_a_restore_names_what_to_record_and_revoke_again_before_the_crl_above_th
     assert (statuses[gone], statuses[paused], statuses[kept]) == ("revoked", "suspended", "active")
 
 
+def test_a_restore_names_a_node_resumed_since_the_backup(registry, tmp_path):
+    """A node suspended in the backup and resumed since came back suspended, and nothing said so: the admin's
+    resumption was lost without a word. The printed commands now resume it again."""
+    target = tmp_path / "backups" / "mpim-registry.db"
+    target.parent.mkdir()
+    paused = sorted(node_certificates(registry))[0]
+    ok(registry, "nodes", "suspend", paused, "--reason", "audit", "--user", "keeper")
+    ok(registry, "db-backup", str(target))
+    ok(registry, "nodes", "resume", paused, "--reason", "audit done", "--user", "keeper")
+
+    result = restore(registry, target, "--yes", "--json")
+    assert result.exit_code == 0, (result.output, result.exception)
+    described = json.loads(result.stdout)
+    numbers = described["replaced_numbers"]
+    assert described["next_commands"] == [
+        f"flask routing publish --above {numbers['route_version']}",
+        f"flask nodes resume {paused} --reason 'audit done' --user NAME"]
+    assert {"node_id": paused, "status": "active", "reason": "audit done"} in \
+        described["lost_since_backup"]["node_changes"]
+
+    run_as_printed(registry, described["next_commands"], {})
+    with registry.app_context():
+        status = db.session.scalar(text("SELECT status FROM nodes WHERE node_id = :node"), {"node": paused})
+        db.session.remove()
+        db.engine.dispose()
+    assert status == "active"
+
+
 def test_a_restore_that_loses_the_intermediates_revocation_revokes_it_again_in_place_of_a_root_crl(registry,
                                                                                                      tmp_path):
     """`flask ca root-crl --above N`, as printed, signed a root CRL above the nodes' one without the intermediate:

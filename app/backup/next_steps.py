@@ -40,7 +40,8 @@ class Lost:
     to_record: tuple[tuple[str, str | None], ...] = ()  # node certificates issued since: (serial, node id)
     # Certificates revoked since (serial, reason): first those of nodes the backup does not know (step 2).
     certificate_revocations: tuple[tuple[str, str], ...] = ()
-    node_changes: tuple[tuple[str, str, str], ...] = ()  # (node id, "revoked" or "suspended", reason)
+    # (node id, "revoked", "suspended" or "active", reason): "active" is a node the backup holds suspended.
+    node_changes: tuple[tuple[str, str, str], ...] = ()
     intermediate_revocations: tuple[tuple[str, str], ...] = ()  # (serial, reason)
     # Enrollment tokens revoked or used since, live in the backup: the restore revokes them itself (`apply`).
     spent_tokens: tuple[int, ...] = ()
@@ -84,7 +85,7 @@ class NextSteps:
         for serial, reason in lost.certificate_revocations:
             found.append(f"flask ca revoke {serial} --reason {reason} --user NAME")
         for node, status, reason in lost.node_changes:
-            verb = "revoke" if status == "revoked" else "suspend"
+            verb = {"revoked": "revoke", "suspended": "suspend", "active": "resume"}[status]
             found.append(f"flask nodes {verb} {node} --reason {shlex.quote(reason)} --user NAME")
         for _, reason in lost.intermediate_revocations:  # it signs the root CRL above the nodes' one
             found.append(f"flask ca revoke-intermediate --reason {reason} --above {replaced.root_crl or 0} --user NAME")
@@ -159,7 +160,8 @@ def _lost(connection: sqlite3.Connection) -> Lost:
         WHERE c.revoked_at IS NOT NULL AND b.revoked_at IS NULL ORDER BY c.revoked_at, c.serial""")}
     node_changes = tuple((node, status, reason or "restored") for node, status, reason in _rows(connection, """
         SELECT n.node_id, n.status, n.status_reason FROM main.nodes n JOIN backup.nodes b ON b.node_id = n.node_id
-        WHERE n.status IN ('revoked', 'suspended') AND n.status <> b.status AND b.status <> 'revoked'
+        WHERE (n.status IN ('revoked', 'suspended') OR (n.status = 'active' AND b.status = 'suspended'))
+          AND n.status <> b.status AND b.status <> 'revoked'
         ORDER BY n.status_changed_at, n.node_id"""))
     # Step 2: a recorded certificate of a node the restored registry does not know is filed under no node, and
     # revoked (the node is admitted again where it is wanted, under a new id).
