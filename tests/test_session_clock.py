@@ -266,6 +266,29 @@ def test_the_page_warns_lets_the_user_stay_and_after_the_end_keeps_the_typed_for
     assert db.session.scalar(select(EnrollmentToken.note)) == "赣警通 夜班"
 
 
+def test_keys_typed_as_the_warning_comes_stay_in_the_field_and_keep_the_session(app, page, live_server, make_user):
+    """The warning took the focus to its Stay button even from someone typing: their next keys went to the button,
+    and a space pressed it. Keys typed into a field count as activity instead, and the focus stays in the field."""
+    app.config["MPIM_IDLE_SECONDS"] = 6
+    make_user("jx-admin", "provincial_admin", ("360000",))
+    page.goto(f"{live_server}/login?next=/tokens/")
+    page.fill("input[name=username]", "jx-admin")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_selector("input[name=note]")
+    page.focus("input[name=note]")
+    typed = "night shift handover notes "
+    # 81 keys, one every 100 ms: typed over longer than the 6 s idle limit, across the warning due at 3 s.
+    page.keyboard.type(typed * 3, delay=100)
+    assert page.input_value("input[name=note]") == typed * 3
+    assert page.evaluate("document.activeElement.name") == "note"
+    assert page.locator("#session-clock").is_hidden()
+    assert db.session.scalar(select(db.func.count()).select_from(AuditRecord).where(
+        AuditRecord.action == "auth.timeout")) == 0
+    page.reload()  # the session is alive: the page opens, not the sign-in page
+    page.wait_for_selector("input[name=note]")
+
+
 def test_activity_is_written_once_a_minute_not_on_every_response(app, make_user):
     """Activity is the row's to keep, written about once a minute (not on every request); the cookie is not
     written at all, so a response in flight at sign-out has nothing new to write back."""

@@ -123,8 +123,9 @@ document.addEventListener("DOMContentLoaded", function () {
   var box = document.getElementById("session-clock");
   if (!box || !window.fetch) return;
   var warnSeconds = parseInt(box.getAttribute("data-warn-seconds"), 10);
+  var TYPING_MS = 5000;  // keys this recent: someone is typing
   var stay = box.querySelector(".session-stay");
-  var timer = null, shown = null, returnTo = null;
+  var timer = null, shown = null, returnTo = null, typedAt = 0, staying = false;
 
   // The warning takes the focus to its Stay button (it was some 20 Tabs away) and gives it back where the reader
   // was once they stay; while it is shown the page scrolls a focused field clear of it, not under it (WCAG 2.4.11).
@@ -158,6 +159,8 @@ document.addEventListener("DOMContentLoaded", function () {
     } else if (left > warnSeconds) {
       show(null);
       timer = setTimeout(check, (left - warnSeconds) * 1000);
+    } else if (state.renewable && Date.now() - typedAt < TYPING_MS) {
+      keepAlive();  // someone typing is not idle: taking the focus to the Stay button sent their keys there
     } else {
       show(state.renewable ? "soon" : "final");
       timer = setTimeout(check, (left + 1) * 1000);
@@ -175,12 +178,27 @@ document.addEventListener("DOMContentLoaded", function () {
       .then(read).then(schedule, function () { timer = setTimeout(check, 30000); });
   }
 
-  stay.addEventListener("click", function () {
+  function keepAlive() {
+    if (staying) return;
+    staying = true;
     fetch(box.getAttribute("data-keepalive-url"), {
       method: "POST", credentials: "same-origin",
       headers: {"Accept": "application/json", "X-CSRFToken": box.getAttribute("data-csrf")}
-    }).then(read).then(schedule, function () { timer = setTimeout(check, 30000); });
-  });
+    }).then(read).then(schedule, function () { timer = setTimeout(check, 30000); })
+      .finally(function () { staying = false; });
+  }
+
+  stay.addEventListener("click", keepAlive);
+
+  // Keys typed into a field of this page (by a person: a page left open in another tab gets none) count as
+  // activity while the warning shows, as the Stay button does, and just before it, in place of it.
+  document.addEventListener("keydown", function (event) {
+    var target = event.target;
+    if (!event.isTrusted || !target || !(target.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(target.tagName)))
+      return;
+    typedAt = Date.now();
+    if (shown === "soon") keepAlive();
+  }, true);
 
   schedule({seconds_left: parseInt(box.getAttribute("data-seconds-left"), 10),
             renewable: box.getAttribute("data-renewable") === "true"});
