@@ -254,6 +254,13 @@ def test_a_ranged_download_answers_206_with_the_slice_and_416_with_the_size_past
                          json.dumps(protocol.restamp(request)).encode(), pin=None)
     assert response.status == 416 and json.loads(response.body)["error"]["code"] == "range_not_satisfiable"
     assert response.header("Content-Range") == f"bytes */{len(PDF)}"  # §7.2: the size, for the next range
+    # JSON Schema counts 5.0 and 1e1 as integers: such a range was let through and answered 500, to be retried.
+    request["payload"]["range"] = {"offset": 5.0, "length": 1e1}
+    request["message_id"] = protocol.new_message_id()
+    response = pool.post(f"https://127.0.0.1:{a.port}", "/api/v1/federation/download",
+                         json.dumps(protocol.restamp(request)).encode(), pin=None)
+    assert response.status == 206 and response.body == PDF[5:15]
+    assert response.header("Content-Range") == f"bytes 5-14/{len(PDF)}"
 
 
 # ---- groups, read counts, presence -----------------------------------------------------------------------------

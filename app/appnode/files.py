@@ -143,14 +143,14 @@ class FilesMixin:
         status, offset, end = 200, 0, size
         wanted = request.get("range")
         if wanted is not None:
-            offset = wanted["offset"]
+            offset = int(wanted["offset"])  # JSON Schema takes 5.0 as an integer: seek() does not
             if offset >= size:
                 # §7.2: the refusal names the size (`bytes */<size>`), so the caller can ask for a range within it.
                 refusal = RangeNotSatisfiable(f"offset {offset} is past the end ({size} bytes)",
                                               field="payload.range.offset")
                 return Reply(status=refusal.status, document=refusal.to_dict(),
                              headers={"Content-Range": f"bytes */{size}"})
-            end = min(size, offset + wanted.get("length", size))
+            end = min(size, offset + int(wanted.get("length", size)))
             headers["Content-Range"] = f"bytes {offset}-{end - 1}/{size}"
             status = 206
         # The checksum header goes before the body, so the slice is read twice, a chunk at a time each.
