@@ -567,3 +567,27 @@ def test_a_long_refused_name_keeps_its_reason_and_no_escape_is_cut(name, reason)
     assert reason in message and "more)" in message
     shown = message.split('"')[1]
     assert re.fullmatch(r"(\\u[0-9a-f]{4})+", shown), shown
+
+
+@pytest.mark.parametrize(("kind", "change", "path", "reason"), [
+    ("text", lambda d: d.update(text="请" * 5001), "$.text", "… (4941 more) is 5001 characters long; at most 5000"),
+    ("text", lambda d: d.update(text=""), "$.text", "empty: at least 1 character"),
+    ("text", lambda d: d.update(text="a\x01b"), "$.text",
+     '"a\\u0001b" holds a control character (U+0001), which a text may not hold'),
+    ("group_op", lambda d: d["group_info"].update(notice="x" * 1001), "$.group_info.notice",
+     "… (941 more) is 1001 characters long; at most 1000"),
+    ("group_op", lambda d: d["group_info"].update(notice="值班\x07"), "$.group_info.notice",
+     '"值班\\u0007" holds a control character (U+0007), which a notice may not hold'),
+    ("file", lambda d: d.update(file_name="a" * 252 + ".pdf"), "$.file_name",
+     "… (196 more) is 256 characters long; at most 255"),
+    ("group_op", lambda d: d.update(target_user_ids=[f"u{n}@36010000002025000001" for n in range(3001)]),
+     "$.target_user_ids", "3001 items; at most 3000"),
+])
+def test_a_text_over_its_length_or_holding_a_control_character_is_refused_with_its_reason(kind, change, path,
+                                                                                          reason):
+    """The validator's message put the whole value first (`'请请…' is too long`), and the refusal, cut at 160
+    characters, kept the value and lost the reason and the limit; a control character was refused with the
+    pattern, a line of character ranges."""
+    error = refused(kind, mutated(kind, change), path)
+    assert str(error).endswith(reason), str(error)
+    assert len(str(error)) < 200

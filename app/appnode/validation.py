@@ -122,7 +122,7 @@ def validate(kind: str, document) -> None:
         path = _failing_path(error)
         if error.validator == "not" and error.validator_value == {}:
             message = "not allowed here"
-        elif (message := _unreadable(error)) is None:  # bounded as it is made: a cut would lose its reason
+        elif (message := _unreadable(error) or _out_of_bounds(error)) is None:  # bounded as made: not cut
             message = error.message
             if len(message) > MESSAGE_LIMIT:
                 message = message[:MESSAGE_LIMIT] + "..."
@@ -139,13 +139,45 @@ def _label_patterns() -> dict[str, str]:
             names["file_name"]["pattern"]: "a file name"}
 
 
+@cache
+def _text_patterns() -> dict[str, tuple[str, re.Pattern]]:
+    """The patterns of free texts (a message's text, a group's notice), by what a refusal calls such a text and
+    the characters it may not hold: each pattern is `^[^CLASS]+$` (or `*`), CLASS the control characters."""
+    patterns = {schema("text")["properties"]["text"]["pattern"]: "a text",
+                schema("group_op")["properties"]["group_info"]["properties"]["notice"]["pattern"]: "a notice"}
+    return {pattern: (what, re.compile("[" + pattern[len("^[^"):pattern.index("]") + 1]))
+            for pattern, what in patterns.items()}
+
+
+def _out_of_bounds(error: ValidationError) -> str | None:
+    """A text or list over (or under) its length, said with its length and the limit: the validator's message
+    (`'<the whole value>' is too long`) put the reason after the value, where a cut to MESSAGE_LIMIT lost it."""
+    value, limit = error.instance, error.validator_value
+    if error.validator in ("maxLength", "minLength") and isinstance(value, str):
+        if not value:
+            return f"empty: at least {limit} character{'s' if limit != 1 else ''}"
+        bound = "at most" if error.validator == "maxLength" else "at least"
+        return f"{_shown_name(value)} is {len(value)} characters long; {bound} {limit}"
+    if error.validator in ("maxItems", "minItems") and isinstance(value, list):
+        bound = "at most" if error.validator == "maxItems" else "at least"
+        return f"{len(value)} items; {bound} {limit}"
+    return None
+
+
 def _unreadable(error: ValidationError) -> str | None:
     """Why a label (§8) was refused by its pattern, in words naming the character (its pattern, a line of
     character ranges, told nobody which one); None for any other failure."""
-    what = _label_patterns().get(error.validator_value) if error.validator == "pattern" else None
-    if what is None or not isinstance(error.instance, str):
+    if error.validator != "pattern" or not isinstance(error.instance, str):
         return None
     value = error.instance
+    if error.validator_value in _text_patterns():
+        text, forbidden = _text_patterns()[error.validator_value]
+        found = forbidden.search(value)
+        return (f"{_shown_name(value)} holds a control character (U+{ord(found.group()):04X}), which {text} may not "
+                f"hold" if found else None)
+    what = _label_patterns().get(error.validator_value)
+    if what is None:
+        return None
     shown = _shown_name(value)
     for ch in value:
         if ch == "/" and what == "a file name":
