@@ -92,6 +92,22 @@ def test_a_thumbnail_that_is_not_whole_base64_is_a_schema_violation_not_a_server
     assert stored_messages(b) == []
 
 
+def test_a_thumbnail_one_byte_over_its_limit_is_refused_naming_the_thumbnail(network):  # noqa: F811
+    """43,692 base64 characters with no padding pass the schema and decode to 32,769 bytes: the 413 said "32769
+    bytes is over the limit of 32768", naming neither the thumbnail nor the field, so the sender looked at the
+    image's own size."""
+    a, b = network["a"], network["b"]
+    envelope = text_envelope(a, b, message={"msg_type": "image", "content": {
+        "file_id": "f-1", "format": "PNG", "size": 100, "width": 1, "height": 1, "sha256": "0" * 64,
+        "thumbnail": {"format": "PNG", "width": 1, "height": 1, "data": "A" * 43692}}})
+    status, body = raw_post(a.node, b, "message", envelope)
+    assert (status, body["error"]["code"]) == (413, "payload_too_large"), body
+    assert body["error"]["field"] == "payload.content.thumbnail.data"
+    assert body["error"]["message"] == "thumbnail: 32769 bytes is over the limit of 32768"
+    validation.validate("error", body)
+    assert stored_messages(b) == []
+
+
 def test_a_file_id_reused_for_other_bytes_does_not_hand_out_the_file_kept_under_it(network):  # noqa: F811
     """A file already downloaded was handed to whoever downloaded any later message naming its file id, whatever
     that message declared: a peer's "PNG image" to zhaoliu came out as the PDF lisi had been sent, unchecked
