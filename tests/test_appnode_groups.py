@@ -153,6 +153,21 @@ def test_a_hostile_home_node_cannot_make_a_member_node_list_users_it_does_not_ha
     assert replicas(b) == [(owner, 4, [owner, lisi, zhaoliu])]
 
 
+def test_an_announcement_whose_owner_is_not_among_its_members_is_refused(network):  # noqa: F811
+    """§8.9: members, owner included. A home node's transfer to a non-member, or a create naming a made-up owner
+    of a third node, was taken: the replica showed as owner a user who was not in the group."""
+    a, b = network["a"], network["b"]
+    owner, lisi, zhaoliu = a.user("zhangsan"), b.user("lisi"), b.user("zhaoliu")
+    assert announce(a, b, 1, "create", [owner, lisi])[0] == 200
+    status, body = announce(a, b, 2, "transfer_owner", [owner, lisi], owner=zhaoliu, target_user_ids=[zhaoliu])
+    assert (status, body["error"]["code"]) == (422, "schema_violation"), body
+    assert body["error"]["field"] == "payload.group_info.owner" and zhaoliu in body["error"]["message"]
+    status, body = announce(a, b, 1, "create", [owner, lisi], owner=f"ghost@{'4' * 20}", group_id="youling")
+    assert (status, body["error"]["code"]) == (422, "schema_violation"), body
+    assert replicas(b) == [(owner, 1, [owner, lisi])]
+    assert announce(a, b, 2, "dismiss", [])[0] == 200  # a dismiss lists no members, its owner included
+
+
 def held_groups(served, home) -> int:
     """Every replica a node keeps of groups homed at `home`, hidden ones too."""
     with served.node.db() as session:

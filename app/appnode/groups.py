@@ -93,6 +93,9 @@ class GroupsMixin:
         if group is not None and op["seq"] <= group.seq:
             return  # already applied (or older): acknowledged and ignored
         info = op["group_info"]
+        if op["op"] != "dismiss" and info["owner"] not in info["members"]:  # §8.9: members, owner included
+            raise validation.SchemaViolation(f"the owner {info['owner']} is not among the group's members",
+                                             field="payload.group_info.owner")
         members = self._own_users_checked(session, group, op)
         # A state that lists no user of this node (kick, quit, dismiss) keeps the replica as gone (`dismissed`:
         # shown nowhere, nobody's to speak in) for its seq alone. Deleted, it forgot that seq, and an older
