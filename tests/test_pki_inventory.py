@@ -245,3 +245,28 @@ def test_show_and_revoke_take_the_serial_as_openssl_prints_it(app, runner, peopl
     other = printed[:-1] + ("1" if printed[-1] == "0" else "0")
     missing = runner.invoke(args=["ca", "show", other, "--json"])
     assert missing.exit_code != 0 and json.loads(missing.stderr)["error"]["code"] == "certificate_not_found"
+
+
+def test_certificates_issued_in_one_second_are_listed_in_one_order_on_every_page(app, people):  # noqa: F811
+    """`flask ca record` stores whole seconds, and a bulk approval issues several certificates a second. Sorted
+    by that time alone, PostgreSQL returned ties in any order from one page's query to the next: walking the
+    list by "Next" showed some certificates twice and others never. Ties are now ordered by serial."""
+    from sqlalchemy import update
+
+    from app.pki import inventory
+
+    minister, _ = people
+    for _ in range(5):
+        node, _ = admit_with_keys(people)
+        pki.renew(node, NodeKeys().csr, by=minister)
+    same_second = utcnow().replace(microsecond=0)
+    db.session.execute(update(Certificate).values(issued_at=same_second))
+    db.session.commit()
+    listed = [row.serial for row, _ in db.session.execute(inventory.inventory_query()).all()]
+    assert len(listed) >= 10 and listed == sorted(listed)
+    app.config["MPIM_PAGE_SIZE"] = 3
+    console = Console(app.test_client())
+    console.login("minister")
+    walked = [serial for number in range(1, -(-len(listed) // 3) + 1)
+              for serial in listed_serials(console, f"/certificates/?page={number}")]
+    assert walked == listed

@@ -141,7 +141,7 @@ def visible_tokens_query(user):
     """Ministry admins see every token; provincial admins those inside their scope."""
     from app.admission.scope import division_filter
 
-    query = select(EnrollmentToken).order_by(EnrollmentToken.created_at.desc())
+    query = select(EnrollmentToken).order_by(EnrollmentToken.created_at.desc(), EnrollmentToken.id.desc())
     return query.where(division_filter(user, EnrollmentToken.division_code))
 
 

@@ -78,7 +78,9 @@ def _state_filter(state: str, now: datetime) -> ColumnElement[bool] | None:
 def inventory_query(*, state: str = "", node_id: str = "", kind: str = "", now: datetime | None = None) -> Select:
     """select(Certificate, state), newest first; a state or kind it does not know filters nothing."""
     now = now or utcnow()
-    query = select(Certificate, state_expression(now).label("state")).order_by(Certificate.issued_at.desc())
+    # Ties (whole seconds from `flask ca record`, a bulk approval's second) by serial: one order on every page.
+    query = select(Certificate, state_expression(now).label("state")).order_by(Certificate.issued_at.desc(),
+                                                                                Certificate.serial)
     if node_id:
         query = query.where(Certificate.node_id == node_id)
     if kind in CERTIFICATE_KINDS:
