@@ -417,3 +417,24 @@ def test_saving_only_a_maintenance_note_keeps_the_window_and_ending_it_asks_firs
     page.wait_for_selector(".flash.success:has-text('维护已结束。')")
     db.session.expire_all()
     assert not service.in_maintenance(db.session.get(NodeHealth, node.node_id))
+
+
+@pytest.mark.parametrize("language, refusal", [("zh_CN", "该字段是必填字段。"), ("en", "This field is required.")])
+def test_an_empty_password_reset_is_refused_by_the_server_in_the_consoles_words(page, live_server, make_user,
+                                                                               language, refusal):
+    """The reset form's `required` box, in a form without novalidate, was refused by Chromium itself, in its own
+    English bubble on the Chinese console, and the form was never sent: the server's refusal, in the reader's
+    language and tied to the box, is what is shown."""
+    make_user("minister")
+    make_user("alice")
+    sign_in(page, live_server, "minister")
+    page.wait_for_selector("h1:has-text('仪表盘')")
+    page.goto(f"{live_server}/lang/{language}")
+    page.goto(f"{live_server}/users/alice")
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.click("form[action$='/users/alice/password'] button[type=submit]")
+    page.wait_for_selector("form[action$='/users/alice/password'] .error", timeout=10000)
+    box = page.locator("input[name=reset-password]")
+    assert box.get_attribute("aria-invalid") == "true"
+    error = page.locator(f"#{box.get_attribute('aria-describedby').split()[-1]}")
+    assert error.inner_text() == refusal
