@@ -780,3 +780,37 @@ def test_a_refused_capability_choice_is_said_at_each_check_box(app, make_user):
 
     fine = console.client.get("/applications/new").get_data(as_text=True)
     assert "aria-invalid" not in re.search(r'<ul id="capabilities".*?</ul>', fine, re.S).group(0)
+
+
+def test_a_malformed_division_code_is_quoted_as_typed_at_every_door(app, admin_console, make_user, client):
+    """The refusal showed Python's repr: '江西' 不是区划代码, "36'00" in double quotes, '36\\t00' with its tab
+    escaped by Python's rules. It quotes the code with “…” as every other refusal does, a tab or other control
+    character written visibly (`readable.one_line`), on the resolve page, the token form, a user's scope and the
+    API."""
+    import html
+
+    def said(response) -> str:
+        return html.unescape(response.get_data(as_text=True))
+
+    make_user("jx-admin", "provincial_admin", ("360000",))
+    resolve = {typed: said(admin_console.client.get("/nodes/resolve", query_string={"division": typed}))
+               for typed in ("江西", "36'00", "36\t00")}
+    assert "“江西”不是区划代码：需要六位数字。" in resolve["江西"]
+    assert "“36'00”不是区划代码" in resolve["36'00"]
+    assert "“36\\t00”不是区划代码" in resolve["36\t00"]
+    admin_console.client.get("/lang/en")
+    english = said(admin_console.client.get("/nodes/resolve", query_string={"division": "江西"}))
+    assert "“江西” is not a division code: six digits are needed." in english
+    admin_console.client.get("/lang/zh_CN")
+
+    scoped = admin_console.post_form("/users/new", {"username": "gd-admin", "role": "provincial_admin",
+                                                    "scopes": "36'00", "password": "Fresh-Horse-42"})
+    assert scoped.status_code == 422 and "“36'00”不是区划代码" in said(scoped)
+
+    console = Console(app.test_client())
+    console.login("jx-admin")
+    token = console.post_form("/tokens/", {"division_code": "36\t00", "ttl": "7d"})
+    assert token.status_code == 422 and "“36\\t00”不是区划代码" in said(token)
+
+    answer = client.get("/api/v1/resolve", query_string={"division": "36'00"}).get_json()
+    assert answer["error"]["message"] == "“36'00” is not a division code: six digits are needed."

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from flask_babel import lazy_gettext as _l
 
 from app.errors import ValidationFailed
-from app.readable import misleading, shows_nothing
+from app.readable import misleading, one_line, shows_nothing
 
 CODE_PATTERN = re.compile(r"[0-9]{6}")  # fullmatch: `$` would also match before a final newline
 # The nation: no row of the GB/T 2260 list, but the code the ministry's node id starts with (SPEC §2).
@@ -40,8 +40,11 @@ def prefecture_of(code: str) -> str:
 
 
 def check_code_format(code: str, field: str = "division_code") -> None:
+    """A malformed code is refused quoted as typed, a control character in it written visibly (`one_line`): the
+    reader sees what was sent, not Python's repr of it."""
     if not CODE_PATTERN.fullmatch(code or ""):
-        raise ValidationFailed(_l("%(code)s is not a division code: six digits are needed.", code=repr(code)),
+        raise ValidationFailed(_l("“%(code)s” is not a division code: six digits are needed.",
+                                  code=one_line(code or "")),
                                code="invalid_division_code", field=field)
 
 
