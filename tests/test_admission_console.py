@@ -168,6 +168,32 @@ def test_resolve_links_the_serving_node_only_for_a_user_who_may_open_it(app, mak
         assert (link in result) == may_open, username
         assert console.client.get(f"/nodes/{node.node_id}").status_code == (200 if may_open else 404), username
 
+
+def test_resolve_names_the_level_it_matched_at_as_a_sentence_does(app, make_user):
+    """The sentence reused the levels' column labels, so English read "matched at the Prefecture level"
+    mid-sentence; it has level words of its own, and Chinese keeps 在地级匹配."""
+    from tests.test_admission_review import admit
+
+    minister = make_user("minister")
+    applicant = make_user("gd-admin", "provincial_admin", ("440000",))
+    for code in ("440000", "440100", "440103"):
+        admit(applicant, minister, code)
+    console = Console(app.test_client())
+    console.login("minister")
+    said = {}
+    for language in ("zh_CN", "en"):
+        console.client.get(f"/lang/{language}")
+        for code in ("440103", "440104", "440200"):
+            html = console.client.get(f"/nodes/resolve?division={code}").get_data(as_text=True)
+            result = re.search(r'<section class="card" id="resolve-result">.*?</section>', html, re.S).group(0)
+            said[language, code] = re.search(r"— ([^<]*)</p>", result).group(1)
+    assert said["zh_CN", "440103"] == "在县级匹配（440103）"
+    assert said["zh_CN", "440104"] == "在地级匹配（440100）"
+    assert said["zh_CN", "440200"] == "在省级匹配（440000）"
+    assert said["en", "440103"] == "matched at the county level (440103)"
+    assert said["en", "440104"] == "matched at the prefecture level (440100)"
+    assert said["en", "440200"] == "matched at the province level (440000)"
+
 def test_revoking_a_used_token_is_refused(app, make_user):
     user = make_user("jx-admin", "provincial_admin", ("360000",))
     token, _ = tokens.create_token("360000", by=user)
