@@ -8,6 +8,7 @@ import json
 import re
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import event
 
 from app.admission import applications
@@ -270,3 +271,55 @@ def test_certificates_issued_in_one_second_are_listed_in_one_order_on_every_page
     walked = [serial for number in range(1, -(-len(listed) // 3) + 1)
               for serial in listed_serials(console, f"/certificates/?page={number}")]
     assert walked == listed
+
+
+def select_box(html: str, name: str) -> str:
+    return re.search(rf'<select name="{name}"[^>]*>.*?</select>', html, re.S).group(0)
+
+
+@pytest.mark.parametrize("name", ["state", "kind"])
+def test_a_certificate_filter_no_option_has_is_said_so_at_its_box_and_lists_nothing(app, people, name):  # noqa: F811
+    """?state=zz listed every certificate, its box showing "All": an unknown state or kind is now kept in its box,
+    marked, said so beside it in the reader's language, and nothing is listed until another is chosen."""
+    admit_with_keys(people)
+    console = Console(app.test_client())
+    console.login("minister")
+    assert listed_serials(console, "/certificates/")
+    url = f"/certificates/?{name}=zz"
+    page = console.client.get(url).get_data(as_text=True)
+    assert listed_serials(console, url) == []
+    box = select_box(page, name)
+    assert 'aria-invalid="true"' in box and f'aria-describedby="{name}-error"' in box, box
+    assert re.findall(r'<option value="([^"]*)" selected>', box) == ["zz"], box
+    said = {"state": "“zz”不是证书状态；另选之前不列出任何证书。", "kind": "“zz”不是证书类型；另选之前不列出任何证书。"}
+    assert f'<div class="error" id="{name}-error">{said[name]}</div>' in page, page
+    assert "没有符合条件的证书" not in page  # the error says why the list is empty
+    console.client.get("/lang/en")
+    english = {"state": "“zz” is no certificate state; no certificates are listed until another is chosen.",
+               "kind": "“zz” is no kind of certificate; no certificates are listed until another is chosen."}
+    assert f'<div class="error" id="{name}-error">{english[name]}</div>' in console.client.get(url).get_data(
+        as_text=True)
+
+
+def test_a_provincial_admin_is_told_of_an_unknown_kind_though_they_have_no_kind_box(app, people):  # noqa: F811
+    admit_with_keys(people)
+    console = Console(app.test_client())
+    console.login("jx-admin")
+    assert listed_serials(console, "/certificates/")
+    page = console.client.get("/certificates/?kind=zz").get_data(as_text=True)
+    assert '<select name="kind"' not in page and listed_serials(console, "/certificates/?kind=zz") == []
+    assert '<div class="error" id="kind-error">“zz”不是证书类型；另选之前不列出任何证书。</div>' in page, page
+
+
+def test_the_inventory_lists_nothing_for_a_state_or_kind_it_does_not_know(app, runner, people):  # noqa: F811
+    """One rule for every door: the query itself filters on an unknown value rather than ignoring it, and
+    `flask ca list` refuses one as a usage error."""
+    from app.pki import inventory
+
+    admit_with_keys(people)
+    assert db.session.execute(inventory.inventory_query()).all()
+    for filters in ({"state": "zz"}, {"kind": "zz"}):
+        assert db.session.execute(inventory.inventory_query(**filters)).all() == [], filters
+    for option in ("--state", "--kind"):
+        result = runner.invoke(args=["ca", "list", option, "zz"])
+        assert result.exit_code == 2 and "Invalid value" in result.output, result.output

@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from sqlalchemy import ColumnElement, Select, and_, case, func, not_, or_, select
+from sqlalchemy import ColumnElement, Select, and_, case, false, func, not_, or_, select
 from sqlalchemy.orm import aliased
 
 from app.database import utcnow
@@ -76,18 +76,20 @@ def _state_filter(state: str, now: datetime) -> ColumnElement[bool] | None:
 
 
 def inventory_query(*, state: str = "", node_id: str = "", kind: str = "", now: datetime | None = None) -> Select:
-    """select(Certificate, state), newest first; a state or kind it does not know filters nothing."""
+    """select(Certificate, state), newest first. An empty state or kind filters nothing; one it does not know
+    (not in STATES, CERTIFICATE_KINDS) lists nothing, never everything: the console says so at its box, and
+    `flask ca list` offers the known ones only."""
     now = now or utcnow()
     # Ties (whole seconds from `flask ca record`, a bulk approval's second) by serial: one order on every page.
     query = select(Certificate, state_expression(now).label("state")).order_by(Certificate.issued_at.desc(),
                                                                                 Certificate.serial)
     if node_id:
         query = query.where(Certificate.node_id == node_id)
-    if kind in CERTIFICATE_KINDS:
-        query = query.where(Certificate.kind == kind)
-    condition = _state_filter(state, now)
-    if condition is not None:
-        query = query.where(condition)
+    if kind:
+        query = query.where(Certificate.kind == kind if kind in CERTIFICATE_KINDS else false())
+    if state:
+        condition = _state_filter(state, now)
+        query = query.where(false() if condition is None else condition)
     return query
 
 

@@ -18,7 +18,7 @@ from app.extensions import db
 from app.i18n import sentences
 from app.pki import agreement, intermediate, inventory, own_keys, published, readiness, revocation, service
 from app.pki.forms import RenewForm
-from app.pki.models import Certificate
+from app.pki.models import CERTIFICATE_KINDS, Certificate
 
 bp = Blueprint("certificates", __name__, url_prefix="/certificates")
 VIEWERS = ("ministry_admin", "auditor", "provincial_admin")
@@ -40,19 +40,24 @@ def _visible(row: Certificate) -> bool:
 @bp.get("/")
 @roles_required(*VIEWERS)
 def index():
-    """The node filter is kept as typed (nodes.node_filter); one that is no node id lists nothing."""
+    """Filters are kept as typed (nodes.node_filter; blanks around a state or kind aside). A node filter that is
+    no node id, or a state or kind no option has (which listed everything, its box showing "All"), is said so at
+    its box and lists nothing until it is corrected; an unknown kind is said so to a provincial admin too, who
+    has no kind box."""
     from app.admission.nodes import node_filter
 
-    state = request.args.get("state", "")
+    state = request.args.get("state", "").strip()
     node_id, not_node_id = node_filter(request.args.get("node", ""))
-    kind = request.args.get("kind", "")
+    kind = request.args.get("kind", "").strip()
+    unknown = {name for name, value, known in (("state", state, inventory.STATES), ("kind", kind, CERTIFICATE_KINDS))
+               if value and value not in known}
     query = inventory.visible_to(inventory.inventory_query(state=state, node_id=node_id, kind=kind), current_user)
     if not_node_id:
         query = query.where(false())
     page = paginate(query, request.args.get("page", 1, type=int), current_app.config["MPIM_PAGE_SIZE"],
                     decode=inventory.listed)
     return render_template("pki/index.html", page=page, state=state, node_id=node_id, not_node_id=not_node_id,
-                           kind=kind, ready=service.is_ready())
+                           kind=kind, unknown=unknown, ready=service.is_ready())
 
 
 def _visible_certificate(serial: str) -> Certificate:
