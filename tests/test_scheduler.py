@@ -12,7 +12,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from app.database import utcnow
 from app.extensions import db
@@ -433,3 +433,52 @@ def test_a_scheduler_standing_by_names_the_lease_holder_and_its_expiry(app, capl
     line = next(record.getMessage() for record in caplog.records if "standing by" in record.getMessage())
     assert line == (f"{process.holder} standing by: other-host:4242:abcdef holds the lease until "
                     f"{expires.isoformat()} (the database's clock); this one takes over when it lapses")
+
+
+def test_a_job_past_its_limit_is_not_named_again_at_every_skipped_run(app, caplog, monkeypatch):
+    """Once the overrun was named ("its next runs are skipped until it ends"), APScheduler still logged a line at
+    every interval the job missed: a health poll stuck for 10 minutes, 20 lines of the same news."""
+    import threading
+
+    from app.scheduler import registry
+
+    job, ran, let_go = _held_past(0.3)
+    monkeypatch.setattr(registry, "jobs", [registry.Job("test.stuck", job, 1, timeout_seconds=0.2)])
+    caplog.set_level(logging.INFO, logger="mpim.scheduler")
+    caplog.set_level(logging.WARNING, logger="apscheduler")
+    process = SchedulerProcess(app, lease_seconds=30, stop_grace_seconds=30)
+    thread = threading.Thread(target=lambda: process.start(handle_signals=False))
+    thread.start()
+    try:
+        assert ran.wait(30)
+        process.renew()  # names the overrun, as the renewal a third of a lease apart does
+        time.sleep(2.5)  # two runs, a second apart, find it still running
+    finally:
+        let_go.set()
+        process.stop()
+        thread.join(30)
+    assert [r for r in caplog.records if "has run" in r.getMessage()], caplog.text
+    assert not [r for r in caplog.records if "maximum number of running instances" in r.getMessage()], caplog.text
+    assert process.said_overrun not in logging.getLogger("apscheduler.scheduler").filters
+
+
+def test_a_leader_that_loses_its_lease_while_a_job_runs_names_the_job(app, caplog, monkeypatch):
+    """A leader stalled past its lease (a paused VM) found it lost with a job still running, which the new leader
+    could start meanwhile; the log said only "lost leadership", not which job ran on."""
+    job, ran, let_go = _held_past(0)
+    process, thread, _ = _running_in_a_thread(app, monkeypatch, caplog, "test.long", job, stop_grace_seconds=30)
+    try:
+        assert ran.wait(30)
+        db.session.execute(update(SchedulerLease).values(expires_at=utcnow() - timedelta(seconds=60)))
+        db.session.commit()
+        assert leader.try_acquire("other-host:1", 30)
+        db.session.commit()
+        assert not process.renew()
+    finally:
+        let_go.set()
+        process.stop()
+        thread.join(30)
+    lost = [r for r in caplog.records if "lost leadership while running" in r.getMessage()]
+    assert [(r.levelno, r.getMessage().split(" lost")[1]) for r in lost] == [
+        (logging.WARNING, " leadership while running test.long; it runs on, and the new leader may start it "
+                          "meanwhile")]

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from apscheduler.events import EVENT_SCHEDULER_STARTED
+from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
 
 from app.database import utcnow
@@ -97,7 +98,10 @@ class SchedulerProcess:
         self.is_leader = False
         self.lease_valid_until = 0.0
         self.renewal_failures = 0  # renewals failed since the last that worked
-        self.scheduler = BlockingScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
+        # A thread for each job and one for the lease's renewal, and a spare: APScheduler's default pool of ten was
+        # just filled by the nine jobs and the renewal, and one job more let hung jobs starve the renewal.
+        self.scheduler = BlockingScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1},
+                                           executors={"default": ThreadPoolExecutor(len(registry.jobs) + 2)})
         self.lock = threading.Lock()
         # The jobs running now, and whether a stop began: a job starts only while none has. Re-entrant, as a
         # signal's stop() may interrupt the main thread while it holds it.
@@ -134,11 +138,21 @@ class SchedulerProcess:
             elif self.renewal_failures:
                 log.info("lease renewal works again after %d failed", self.renewal_failures)
                 self.renewal_failures = 0
+            lost = self.is_leader and not held
             if held != self.is_leader:
                 log.info("%s %s leadership", self.holder, "took" if held else "lost")
             self.is_leader = held
             # Trust the lease for a little less than its length, measured from before the renewal.
             self.lease_valid_until = asked_at + self.lease_seconds * 0.8 if held else 0.0
+        if lost:
+            # A leader that stalled past its lease (a paused VM, the database out of reach) finds it lost while a
+            # job still runs: the job runs on, and the new leader may start it meanwhile, as `run-job` may beside
+            # a leader (the health round, the CRL and the routing table take database locks). Said, not stopped.
+            with self.jobs_changed:
+                running = list(self.running)
+            if running:
+                log.warning("%s lost leadership while running %s; it runs on, and the new leader may start it "
+                            "meanwhile", self.holder, ", ".join(running))
         return held
 
     def warn_overruns(self) -> None:
@@ -169,6 +183,17 @@ class SchedulerProcess:
             if job.next_run_time is not None:  # every job here has an interval trigger
                 moved = min(job.next_run_time + step, now + job.trigger.interval)
                 job.modify(next_run_time=max(moved, now))
+
+    def said_overrun(self, record: logging.LogRecord) -> bool:
+        """Logging filter for APScheduler's scheduler: False for its "skipped: maximum number of running
+        instances" line about a job whose overrun `warn_overruns` named, which said its next runs are skipped:
+        a stuck health poll otherwise added a line at every interval."""
+        if "maximum number of running instances" not in str(record.msg) or not record.args:
+            return True
+        name = getattr(record.args[0], "name", None)
+        with self.jobs_changed:
+            running = self.running.get(name)
+            return running is None or not running.overrun_logged
 
     def leading(self) -> bool:
         with self.lock:
@@ -212,13 +237,18 @@ class SchedulerProcess:
         log.info("scheduler %s starting with jobs: %s", self.holder, ", ".join(j.name for j in registry.jobs))
         if not self.is_leader:
             log.info("%s standing by: %s; this one takes over when it lapses", self.holder, self._lease_held_by())
-        if not self.stopping:  # a signal may have come while it started
-            self.clock_watch.start()
-            try:
-                self.scheduler.start()
-            finally:
-                self.clock_watch.stop()
-        return self.finish()
+        skips = logging.getLogger("apscheduler.scheduler")
+        skips.addFilter(self.said_overrun)
+        try:
+            if not self.stopping:  # a signal may have come while it started
+                self.clock_watch.start()
+                try:
+                    self.scheduler.start()
+                finally:
+                    self.clock_watch.stop()
+            return self.finish()
+        finally:
+            skips.removeFilter(self.said_overrun)
 
     def _lease_held_by(self) -> str:
         """Who holds the lease and until when, as `flask scheduler jobs` says it: the operator of a standby
