@@ -234,7 +234,8 @@ def test_the_page_warns_lets_the_user_stay_and_after_the_end_keeps_the_typed_for
     page.fill("input[name=division_code]", "360000")
     page.fill("input[name=note]", "赣警通 夜班")
 
-    page.focus("input[name=note]")
+    send = "form:has(input[name=note]) button[type=submit]"
+    page.focus(send)  # a reader on the page, not in a field
     page.wait_for_selector(".session-soon", state="visible", timeout=30000)
     assert page.locator("#session-clock").get_attribute("role") == "alert"
     # The warning takes the focus, so its button is one key away (it was some 20 Tabs), and while it is shown a
@@ -245,7 +246,7 @@ def test_the_page_warns_lets_the_user_stay_and_after_the_end_keeps_the_typed_for
     assert padding == f"{height + 16}px", (padding, height)
     page.keyboard.press("Enter")
     page.wait_for_selector("#session-clock", state="hidden")  # the server counted the press as activity
-    assert page.evaluate("document.activeElement.name") == "note"  # back where the reader was typing
+    assert page.evaluate(f"document.activeElement === document.querySelector({send!r})")  # back where it was
     assert page.evaluate("getComputedStyle(document.documentElement).scrollPaddingBottom") == "auto"
 
     page.wait_for_selector(".session-ended", state="visible", timeout=30000)
@@ -287,6 +288,28 @@ def test_keys_typed_as_the_warning_comes_stay_in_the_field_and_keep_the_session(
         AuditRecord.action == "auth.timeout")) == 0
     page.reload()  # the session is alive: the page opens, not the sign-in page
     page.wait_for_selector("input[name=note]")
+
+
+def test_a_warning_that_comes_while_someone_pauses_in_a_field_leaves_the_focus_there(app, page, live_server,
+                                                                                     make_user):
+    """Someone who stopped typing to think as the warning came lost their next keys to its Stay button (" h" of
+    " handover notes"). From a field the warning takes no focus, and the next key typed there counts as Stay."""
+    app.config["MPIM_IDLE_SECONDS"] = 16  # the warning is due 8 s after the page opens
+    make_user("jx-admin", "provincial_admin", ("360000",))
+    page.goto(f"{live_server}/login?next=/tokens/")
+    page.fill("input[name=username]", "jx-admin")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_selector("input[name=note]")
+    page.focus("input[name=note]")
+    page.keyboard.type("night shift", delay=50)
+    page.wait_for_selector(".session-soon", state="visible", timeout=30000)  # more than 5 s after the last key
+    assert page.evaluate("document.activeElement.name") == "note"
+    page.keyboard.type(" handover notes", delay=100)
+    assert page.input_value("input[name=note]") == "night shift handover notes"
+    page.wait_for_selector("#session-clock", state="hidden")  # the keys counted as activity
+    assert db.session.scalar(select(db.func.count()).select_from(AuditRecord).where(
+        AuditRecord.action == "auth.timeout")) == 0
 
 
 def test_activity_is_written_once_a_minute_not_on_every_response(app, make_user):

@@ -7,8 +7,8 @@ session's row on the server, not from anything the cookie says:
 - absolute: `MPIM_SESSION_MINUTES` (480) after sign-in, however active (also the cookie's own lifetime).
 Each page a user opens counts as activity; the page's script asks `/session/status` (which does not count)
 and warns shortly before the idle limit, with a button that counts (`/session/keepalive`), so a half-typed
-form is not lost to the timeout; keys typed into the page's fields count as that button does. An ended
-session is an audit record, like a sign-out.
+form is not lost to the timeout; a key typed into a field while it shows (or in the 5 s before it is due)
+counts as that button does. An ended session is an audit record, like a sign-out.
 
 A cookie whose session is over (signed out, ended from another session or by an administrator, or from
 before sessions were held on the server) signs nobody in: its holder is sent to sign in, told why.

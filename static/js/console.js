@@ -127,8 +127,14 @@ document.addEventListener("DOMContentLoaded", function () {
   var stay = box.querySelector(".session-stay");
   var timer = null, shown = null, returnTo = null, typedAt = 0, staying = false;
 
+  function editable(element) {
+    return !!element && (element.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(element.tagName));
+  }
+
   // The warning takes the focus to its Stay button (it was some 20 Tabs away) and gives it back where the reader
   // was once they stay; while it is shown the page scrolls a focused field clear of it, not under it (WCAG 2.4.11).
+  // From a field it does not: someone pausing while typing lost their next keys to the button, and a space
+  // pressed it. There, a key typed counts as the button does (below), and the alert is read out all the same.
   function show(which) {
     var hadFocus = box.contains(document.activeElement);  // read before hiding it moves the focus away
     box.hidden = which === null;
@@ -139,7 +145,8 @@ document.addEventListener("DOMContentLoaded", function () {
     if (which === "soon" && shown !== "soon") {
       var active = document.activeElement;
       returnTo = active && active !== document.body && !box.contains(active) ? active : null;
-      stay.focus();
+      if (editable(active)) returnTo = null;
+      else stay.focus();
     } else if (which !== "soon" && shown === "soon" && hadFocus) {
       giveBack();  // stayed, or the Stay button is gone: back where the reader was, not the page's start
     }
@@ -193,9 +200,7 @@ document.addEventListener("DOMContentLoaded", function () {
   // Keys typed into a field of this page (by a person: a page left open in another tab gets none) count as
   // activity while the warning shows, as the Stay button does, and just before it, in place of it.
   document.addEventListener("keydown", function (event) {
-    var target = event.target;
-    if (!event.isTrusted || !target || !(target.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(target.tagName)))
-      return;
+    if (!event.isTrusted || !editable(event.target)) return;
     typedAt = Date.now();
     if (shown === "soon") keepAlive();
   }, true);
