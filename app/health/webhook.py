@@ -10,6 +10,10 @@ What a process leaves queued when it ends is given one deadline more (`Outbox.fi
 poll --once` and as the scheduler stops); an alert still unsent then is logged with its changes, never dropped
 silently. No log line names the URL beyond its scheme and host: a webhook's often carries its token.
 
+Delivery is at least once: an attempt whose answer is lost (the receiver drops the connection after reading the
+alert, or answers past the attempt's timeout) is retried in full, so a receiver may get an alert more than once.
+Each alert carries an `alert_id`, given when it is queued and the same on every attempt, for receivers to dedupe on.
+
 With MPIM_HEALTH_WEBHOOK_SECRET set, each attempt is signed (`signature_headers`): X-MPIM-Timestamp, its Unix time,
 and X-MPIM-Signature, `sha256=` and the hex HMAC-SHA256 of the timestamp, a dot and the body, keyed with the secret;
 docs/operations.md shows a receiver checking it. The secret is never logged.
@@ -26,6 +30,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections import deque
 from datetime import datetime
 from typing import NamedTuple
@@ -53,20 +58,29 @@ def signature_headers(body: bytes, secret: str, now: float | None = None) -> dic
     return {"X-MPIM-Timestamp": timestamp, "X-MPIM-Signature": f"sha256={digest}"}
 
 
+def new_alert_id() -> str:
+    """An alert's identity, made once when it is queued: the alert is not one health event (it may carry several
+    changes, or a late one whose event was recorded in an earlier round), so it is named by a random UUID."""
+    return str(uuid.uuid4())
+
+
 def send_webhook(url: str, changes: list, attempts: int = 3, timeout: float = 5.0, backoff: float = 0.5,
-                 deadline: float = 15.0, found_at: datetime | None = None, secret: str = "") -> bool:
+                 deadline: float = 15.0, found_at: datetime | None = None, secret: str = "",
+                 alert_id: str = "") -> bool:
     """POST the state changes as JSON; a failure is logged, never raised. What may pass next time is retried with
     backoff: a refused or timed-out connection, an unresolved name, a 5xx, 429, or an answer that is no HTTP at
     all. What cannot is logged once and not retried: a URL that cannot be opened (the start refuses one,
     `config.env_http_url`; the config may still hold one), a 4xx refusing the request, and a redirect.
     `timeout` bounds each attempt, `deadline` the whole send, its backoff included: past it, the send is given up.
     The body's "time" is `found_at`, when the round found the changes (queued behind a slow receiver, an alert is
-    sent later than that), else now. With a `secret`, each attempt is signed as it is made (`signature_headers`)."""
+    sent later than that), else now. Its "alert_id" is `alert_id` (else a new one): the same on every attempt, as
+    the whole body is. With a `secret`, each attempt is signed as it is made (`signature_headers`)."""
     if not is_http_url(url):
         log.error("health webhook not sent: MPIM_HEALTH_WEBHOOK_URL is no http:// or https:// address with a host"
                   " and no user name or password; not retried")
         return False
-    body = json.dumps({"event": "node_health_changed", "time": (found_at or utcnow()).isoformat(),
+    body = json.dumps({"event": "node_health_changed", "alert_id": alert_id or new_alert_id(),
+                       "time": (found_at or utcnow()).isoformat(),
                        "changes": [c.__dict__ for c in changes]}, ensure_ascii=False).encode()
     from app.health import poller  # its `run`: asyncio.run, also from a thread whose loop is running
     return poller.run(_send(url, body, attempts, timeout, backoff, deadline, secret))
@@ -143,6 +157,7 @@ class Alert(NamedTuple):
     deadline: float
     found_at: datetime  # when queued: the body's "time", however long the alert waits behind another
     secret: str = ""  # MPIM_HEALTH_WEBHOOK_SECRET when queued; "" sends the alert unsigned
+    alert_id: str = ""  # the body's "alert_id", the same on every attempt (`new_alert_id`)
 
     def __repr__(self) -> str:  # never the secret (nor the URL's token) in a log line or a traceback
         return f"Alert({summary(self.changes)})"
@@ -159,7 +174,7 @@ class Outbox:
 
     def put(self, url: str, changes: list, deadline: float = 15.0, secret: str = "") -> None:
         with self.changed:
-            self.waiting.append(Alert(url, changes, deadline, utcnow(), secret))
+            self.waiting.append(Alert(url, changes, deadline, utcnow(), secret, new_alert_id()))
             if self.thread is None or not self.thread.is_alive():
                 # A daemon: a process ending without `finish` (killed, or past the scheduler's stop grace) must
                 # not hang on a receiver.
@@ -176,7 +191,7 @@ class Outbox:
             alert = self.sending
             try:
                 send_webhook(alert.url, alert.changes, deadline=alert.deadline, found_at=alert.found_at,
-                             secret=alert.secret)
+                             secret=alert.secret, alert_id=alert.alert_id)
             except Exception:  # send_webhook raises nothing by contract; the thread must outlive a bug in it
                 log.exception("health webhook not sent: %s", summary(alert.changes))
             finally:
