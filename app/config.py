@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import secrets
+import ssl
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -138,6 +139,24 @@ def env_http_url(name: str) -> str:
     return value
 
 
+def env_ca_file(name: str) -> str:
+    """The path of a PEM file of CA certificates, or "" (none set). A file that cannot be read, or holds no PEM
+    certificate OpenSSL can load, stops the start naming the variable and the file: found only at the first alert,
+    it would have cost every alert."""
+    path = os.environ.get(name, "").strip()
+    if not path:
+        return ""
+    try:
+        context = ssl.create_default_context(cafile=path)  # only this file's CAs, as the webhook trusts them
+    except ssl.SSLError:  # an OSError too: before the file's other errors
+        raise ValueError(f"{name} {path} holds no PEM certificate") from None
+    except OSError as error:
+        raise ValueError(f"{name} {path} could not be read: {error.strerror}") from None
+    if not context.cert_store_stats()["x509"]:  # a file of CRLs only loads without error
+        raise ValueError(f"{name} {path} holds no PEM certificate")
+    return path
+
+
 def instance_path() -> Path:
     return Path(os.environ.get("MPIM_INSTANCE_PATH") or PROJECT_ROOT / "instance")
 
@@ -250,6 +269,7 @@ def load_config(overrides: dict | None = None) -> dict:
         "MPIM_HEALTH_WEBHOOK_URL": env_http_url("MPIM_HEALTH_WEBHOOK_URL"),
         "MPIM_HEALTH_WEBHOOK_SECONDS": env_seconds("MPIM_HEALTH_WEBHOOK_SECONDS", 15),
         "MPIM_HEALTH_WEBHOOK_SECRET": env_secret("MPIM_HEALTH_WEBHOOK_SECRET"),
+        "MPIM_HEALTH_WEBHOOK_CA": env_ca_file("MPIM_HEALTH_WEBHOOK_CA"),
         "MPIM_HEARTBEAT_SECONDS": env_seconds("MPIM_HEARTBEAT_SECONDS", 15),
         "MPIM_JOB_RUNS_KEEP_DAYS": env_int("MPIM_JOB_RUNS_KEEP_DAYS", 30, minimum=1),
     }

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
+import ipaddress
 import json
+import ssl
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from app.health import service
 from app.health.webhook import outbox, send_webhook
@@ -83,3 +91,98 @@ def test_alerts_queued_by_rounds_each_carry_their_own_alert_id_under_the_signatu
         timestamp = headers["X-MPIM-Timestamp"]
         expected = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
         assert headers["X-MPIM-Signature"] == f"sha256={expected}"
+
+
+def private_ca(directory: Path) -> tuple[Path, Path, Path]:
+    """A private CA (as an organisation's own, which no system trust store holds) and a server certificate it
+    issued for 127.0.0.1: the CA's PEM, the server's certificate and its key."""
+    now = dt.datetime.now(dt.UTC)
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "Alerts Private CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(1).not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), True)
+          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+          .sign(ca_key, hashes.SHA256()))
+    server = (x509.CertificateBuilder()
+              .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "alerts receiver")]))
+              .issuer_name(ca_name).public_key(server_key.public_key()).serial_number(2)
+              .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
+              .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+              .add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.SERVER_AUTH]), False)
+              .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False)
+              .sign(ca_key, hashes.SHA256()))
+    paths = directory / "ca.pem", directory / "server.pem", directory / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                  serialization.NoEncryption()))
+    return paths
+
+
+class Receiving(BaseHTTPRequestHandler):
+    """A receiver answering every POST 204, keeping its body."""
+
+    received: list = []
+
+    def do_POST(self):  # noqa: N802 (http.server's naming)
+        Receiving.received.append(self.rfile.read(int(self.headers["Content-Length"])))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@contextmanager
+def tls_receiver(certificate: Path, key: Path) -> Iterator[str]:
+    """An https receiver on 127.0.0.1 presenting `certificate`. Yields its URL."""
+    Receiving.received = []
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certificate, key)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiving)
+    server.daemon_threads = True
+    server.socket = context.wrap_socket(server.socket, server_side=True)  # a failed handshake is dropped unserved
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_port}/hook?token=S3CRET"
+    finally:
+        stop_serving(server, thread)
+
+
+def webhook_log(caplog) -> list[tuple[str, str]]:
+    return [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "mpim.health"]
+
+
+def test_an_https_receiver_with_a_private_ca_gets_the_alert_with_mpim_health_webhook_ca(app, tmp_path, caplog):
+    """From a review: an https receiver whose certificate a private CA issued could not be reached (the send
+    trusted the system's CAs only), with no documented way to trust that CA. MPIM_HEALTH_WEBHOOK_CA names it;
+    a round's alert, queued as `apply_round` queues it, is delivered."""
+    ca, certificate, key = private_ca(tmp_path)
+    app.config["MPIM_HEALTH_WEBHOOK_CA"] = str(ca)
+    with tls_receiver(certificate, key) as url:
+        outbox.put(url, [CHANGE])
+        assert outbox.wait(60)
+    assert [json.loads(body)["changes"][0]["node_id"] for body in Receiving.received] == [CHANGE.node_id]
+    assert webhook_log(caplog) == []
+
+
+@pytest.mark.parametrize(("trusting", "checked_against"), [
+    ("system", "the system's trusted CAs: MPIM_HEALTH_WEBHOOK_CA names others"),
+    ("another CA", "the CAs in MPIM_HEALTH_WEBHOOK_CA")])
+def test_a_receiver_certificate_that_fails_verification_is_logged_once_and_not_retried(app, tmp_path, caplog,
+                                                                                        trusting, checked_against):
+    """Three attempts at a certificate the sender does not trust cannot pass: each was logged as aiohttp's text
+    (`[SSL: CERTIFICATE_VERIFY_FAILED] ... (_ssl.c:1006)`, the host and port). One attempt, one line saying why in
+    the poller's words, and which CAs the sender trusts."""
+    _ca, certificate, key = private_ca(tmp_path)
+    (tmp_path / "other").mkdir()
+    other_ca = str(private_ca(tmp_path / "other")[0]) if trusting == "another CA" else ""
+    with tls_receiver(certificate, key) as url:
+        assert send_webhook(url, [CHANGE], backoff=0, ca=other_ca) is False
+    assert Receiving.received == []
+    assert webhook_log(caplog) == [("ERROR", "health webhook not sent: the server certificate does not chain to the "
+                                             f"CA; not retried (the receiver's certificate is checked against "
+                                             f"{checked_against})")]

@@ -104,3 +104,43 @@ def test_the_webhook_secret_is_read_from_its_file(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match=f"^MPIM_HEALTH_WEBHOOK_SECRET_FILE {secret_file} could not be read: "
                                          "No such file or directory$"):
         load_config({"MPIM_INSTANCE_PATH": str(tmp_path)})
+
+
+def test_the_webhook_ca_is_checked_at_the_start(monkeypatch, tmp_path):
+    """MPIM_HEALTH_WEBHOOK_CA, the PEM file of the CAs trusted for an https webhook: a file missing, unreadable
+    or holding no PEM certificate stops the start naming the variable and the file, as a bad URL does, rather
+    than costing every alert at the first round with one."""
+    from tests.test_health_webhook import private_ca
+
+    monkeypatch.delenv("MPIM_HEALTH_WEBHOOK_CA", raising=False)
+    assert load_config({"MPIM_INSTANCE_PATH": str(tmp_path)})["MPIM_HEALTH_WEBHOOK_CA"] == ""
+    ca, _certificate, key = private_ca(tmp_path)
+    monkeypatch.setenv("MPIM_HEALTH_WEBHOOK_CA", str(ca))
+    assert load_config({"MPIM_INSTANCE_PATH": str(tmp_path)})["MPIM_HEALTH_WEBHOOK_CA"] == str(ca)
+    (tmp_path / "notes.txt").write_text("our CA is the one on the wiki\n")
+    (tmp_path / "broken.pem").write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    (tmp_path / "crl.pem").write_bytes(a_crl())
+    for path, said in [(tmp_path / "missing.pem", "could not be read: No such file or directory"),
+                       (tmp_path, "could not be read: Is a directory"),
+                       (tmp_path / "notes.txt", "holds no PEM certificate"),
+                       (tmp_path / "broken.pem", "holds no PEM certificate"),
+                       (tmp_path / "crl.pem", "holds no PEM certificate"), (key, "holds no PEM certificate")]:
+        monkeypatch.setenv("MPIM_HEALTH_WEBHOOK_CA", str(path))
+        with pytest.raises(ValueError) as refused:
+            load_config({"MPIM_INSTANCE_PATH": str(tmp_path)})
+        assert str(refused.value) == f"MPIM_HEALTH_WEBHOOK_CA {path} {said}"
+
+
+def a_crl() -> bytes:
+    """A PEM CRL: a file of CRLs only loads as CA certificates without error, and trusts no CA."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    now = dt.datetime.now(dt.UTC)
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "Alerts Private CA")])
+    crl = (x509.CertificateRevocationListBuilder().issuer_name(name).last_update(now)
+           .next_update(now + dt.timedelta(days=1)).sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256()))
+    return crl.public_bytes(serialization.Encoding.PEM)

@@ -17,6 +17,10 @@ Each alert carries an `alert_id`, given when it is queued and the same on every 
 With MPIM_HEALTH_WEBHOOK_SECRET set, each attempt is signed (`signature_headers`): X-MPIM-Timestamp, its Unix time,
 and X-MPIM-Signature, `sha256=` and the hex HMAC-SHA256 of the timestamp, a dot and the body, keyed with the secret;
 docs/operations.md shows a receiver checking it. The secret is never logged.
+
+An https receiver's certificate is checked against the system's CAs, or with MPIM_HEALTH_WEBHOOK_CA set, against
+that file's only (a private CA). A certificate that fails the check is logged once and not retried: the next
+attempt would meet the same certificate.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import hmac
 import json
 import logging
 import os
+import ssl
 import threading
 import time
 import uuid
@@ -37,9 +42,11 @@ from typing import NamedTuple
 from urllib.parse import urljoin
 
 import aiohttp
+from flask import current_app, has_app_context
 
 from app.config import is_http_url, url_origin
 from app.database import utcnow
+from app.health.poller import tls_failure
 
 log = logging.getLogger("mpim.health")
 
@@ -66,11 +73,12 @@ def new_alert_id() -> str:
 
 def send_webhook(url: str, changes: list, attempts: int = 3, timeout: float = 5.0, backoff: float = 0.5,
                  deadline: float = 15.0, found_at: datetime | None = None, secret: str = "",
-                 alert_id: str = "") -> bool:
+                 alert_id: str = "", ca: str = "") -> bool:
     """POST the state changes as JSON; a failure is logged, never raised. What may pass next time is retried with
     backoff: a refused or timed-out connection, an unresolved name, a 5xx, 429, or an answer that is no HTTP at
     all. What cannot is logged once and not retried: a URL that cannot be opened (the start refuses one,
-    `config.env_http_url`; the config may still hold one), a 4xx refusing the request, and a redirect.
+    `config.env_http_url`; the config may still hold one), a 4xx refusing the request, a redirect, and a server
+    certificate that fails verification: against the CAs in the PEM file `ca` when given, else the system's.
     `timeout` bounds each attempt, `deadline` the whole send, its backoff included: past it, the send is given up.
     The body's "time" is `found_at`, when the round found the changes (queued behind a slow receiver, an alert is
     sent later than that), else now. Its "alert_id" is `alert_id` (else a new one): the same on every attempt, as
@@ -82,19 +90,25 @@ def send_webhook(url: str, changes: list, attempts: int = 3, timeout: float = 5.
     body = json.dumps({"event": "node_health_changed", "alert_id": alert_id or new_alert_id(),
                        "time": (found_at or utcnow()).isoformat(),
                        "changes": [c.__dict__ for c in changes]}, ensure_ascii=False).encode()
+    try:
+        trusted: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca) if ca else True
+    except OSError:  # read at the start (`config.env_ca_file`), and changed since
+        log.error("health webhook not sent: MPIM_HEALTH_WEBHOOK_CA %s no longer holds PEM certificates that can be"
+                  " read; not retried", ca)
+        return False
     from app.health import poller  # its `run`: asyncio.run, also from a thread whose loop is running
-    return poller.run(_send(url, body, attempts, timeout, backoff, deadline, secret))
+    return poller.run(_send(url, body, attempts, timeout, backoff, deadline, secret, trusted))
 
 
 async def _send(url: str, body: bytes, attempts: int, timeout: float, backoff: float, deadline: float,
-                secret: str = "") -> bool:
+                secret: str = "", trusted: ssl.SSLContext | bool = True) -> bool:
     made = 0
     try:
         # trust_env: the proxy settings (HTTPS_PROXY, NO_PROXY) apply, as they did with urllib.
         async with asyncio.timeout(deadline), aiohttp.ClientSession(
-                trust_env=True, connector=aiohttp.TCPConnector(force_close=True)) as client:
+                trust_env=True, connector=aiohttp.TCPConnector(force_close=True, ssl=trusted)) as client:
             for made in range(1, attempts + 1):
-                delivered = await _attempt(client, url, body, made, timeout, secret)
+                delivered = await _attempt(client, url, body, made, timeout, secret, trusted is not True)
                 if delivered is not None:
                     return delivered
                 if made < attempts:
@@ -106,7 +120,7 @@ async def _send(url: str, body: bytes, attempts: int, timeout: float, backoff: f
 
 
 async def _attempt(client: aiohttp.ClientSession, url: str, body: bytes, attempt: int,
-                   timeout: float, secret: str = "") -> bool | None:
+                   timeout: float, secret: str = "", own_ca: bool = False) -> bool | None:
     """True: delivered; False: failed, and another attempt would fail the same way; None: failed, and the next
     attempt may pass. Each failure is logged here."""
     # Signed at each attempt: a retry after backoff carries its own time, which the receiver checks for freshness.
@@ -118,6 +132,12 @@ async def _attempt(client: aiohttp.ClientSession, url: str, body: bytes, attempt
     except TimeoutError:
         log.warning("health webhook attempt %s failed: no answer within %g s", attempt, timeout)
         return None
+    except aiohttp.ClientConnectorCertificateError as error:
+        trusted = "the CAs in MPIM_HEALTH_WEBHOOK_CA" if own_ca else \
+            "the system's trusted CAs: MPIM_HEALTH_WEBHOOK_CA names others"
+        log.error("health webhook not sent: %s; not retried (the receiver's certificate is checked against %s)",
+                  tls_failure(error), trusted)
+        return False
     except aiohttp.InvalidURL:  # what still cannot be opened (is_http_url lets it pass): never raised
         log.error("health webhook not sent: InvalidURL: MPIM_HEALTH_WEBHOOK_URL cannot be opened; not retried")
         return False
@@ -158,6 +178,7 @@ class Alert(NamedTuple):
     found_at: datetime  # when queued: the body's "time", however long the alert waits behind another
     secret: str = ""  # MPIM_HEALTH_WEBHOOK_SECRET when queued; "" sends the alert unsigned
     alert_id: str = ""  # the body's "alert_id", the same on every attempt (`new_alert_id`)
+    ca: str = ""  # MPIM_HEALTH_WEBHOOK_CA when queued: the CAs an https receiver's certificate must chain to
 
     def __repr__(self) -> str:  # never the secret (nor the URL's token) in a log line or a traceback
         return f"Alert({summary(self.changes)})"
@@ -172,9 +193,13 @@ class Outbox:
         self.sending: Alert | None = None
         self.thread: threading.Thread | None = None
 
-    def put(self, url: str, changes: list, deadline: float = 15.0, secret: str = "") -> None:
+    def put(self, url: str, changes: list, deadline: float = 15.0, secret: str = "", ca: str | None = None) -> None:
+        """Queue an alert. `ca`, the CAs to trust for an https receiver: None reads MPIM_HEALTH_WEBHOOK_CA of the
+        app whose round queues it (it is sent outside any app context)."""
+        if ca is None:
+            ca = current_app.config.get("MPIM_HEALTH_WEBHOOK_CA", "") if has_app_context() else ""
         with self.changed:
-            self.waiting.append(Alert(url, changes, deadline, utcnow(), secret, new_alert_id()))
+            self.waiting.append(Alert(url, changes, deadline, utcnow(), secret, new_alert_id(), ca))
             if self.thread is None or not self.thread.is_alive():
                 # A daemon: a process ending without `finish` (killed, or past the scheduler's stop grace) must
                 # not hang on a receiver.
@@ -191,7 +216,7 @@ class Outbox:
             alert = self.sending
             try:
                 send_webhook(alert.url, alert.changes, deadline=alert.deadline, found_at=alert.found_at,
-                             secret=alert.secret, alert_id=alert.alert_id)
+                             secret=alert.secret, alert_id=alert.alert_id, ca=alert.ca)
             except Exception:  # send_webhook raises nothing by contract; the thread must outlive a bug in it
                 log.exception("health webhook not sent: %s", summary(alert.changes))
             finally:
