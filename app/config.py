@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import math
 import os
 import secrets
@@ -10,6 +12,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+log = logging.getLogger("mpim.health")  # what the start says of the health webhook, beside its other lines
 
 
 def env_flag(name: str, default: bool) -> bool:
@@ -137,6 +141,28 @@ def env_http_url(name: str) -> str:
         raise ValueError(f"{name} must be an http:// or https:// address with a host, in ASCII but for the host "
                          f"name (percent-encode the rest), not {url_origin(value)} (path and query not shown)")
     return value
+
+
+def is_link_local(value: str) -> bool:
+    """An address whose host is written as a link-local IP address (169.254.0.0/16, fe80::/10; an IPv4-mapped one
+    too). A host name is not looked up: the start must not wait on DNS."""
+    try:
+        address = ipaddress.ip_address(urlsplit(value).hostname or "")
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_link_local
+
+
+def warn_of_a_link_local_webhook(config: dict) -> None:
+    """A link-local webhook address is accepted (the operator chooses where alerts go) but said at the start: on a
+    cloud host 169.254.169.254 is the metadata service, which no alert is meant for. Loopback is not: tests and a
+    receiver on the same host use it."""
+    url = config.get("MPIM_HEALTH_WEBHOOK_URL") or ""
+    if url and is_link_local(url):
+        log.warning("MPIM_HEALTH_WEBHOOK_URL points at a link-local address (%s), such as a cloud host's metadata "
+                    "service: every health alert is sent there", url_origin(url))
 
 
 def env_ca_file(name: str) -> str:
@@ -275,6 +301,7 @@ def load_config(overrides: dict | None = None) -> dict:
     }
     config.update(overrides)
     refuse_a_health_timeout_outlasting_its_interval(config)
+    warn_of_a_link_local_webhook(config)
     # A ping before each checkout finds connections a database server dropped; a SQLite file has no
     # server, and the ping cost a tenth of a certificate issuance there.
     config.setdefault("SQLALCHEMY_ENGINE_OPTIONS",

@@ -144,3 +144,30 @@ def a_crl() -> bytes:
     crl = (x509.CertificateRevocationListBuilder().issuer_name(name).last_update(now)
            .next_update(now + dt.timedelta(days=1)).sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256()))
     return crl.public_bytes(serialization.Encoding.PEM)
+
+
+@pytest.mark.parametrize(("value", "origin"), [
+    ("http://169.254.169.254/latest/meta-data/?token=S3CRET", "http://169.254.169.254"),
+    ("http://169.254.10.20:8080/hook", "http://169.254.10.20:8080"), ("http://[fe80::1]/hook", "http://[fe80::1]"),
+    ("http://[fe80::1%25eth0]:9000/hook", "http://[fe80::1%25eth0]:9000"),
+    ("http://[::ffff:169.254.169.254]/hook", "http://[::ffff:169.254.169.254]")])
+def test_a_link_local_webhook_url_starts_with_a_warning(monkeypatch, tmp_path, caplog, value, origin):
+    """From a review: a webhook URL at a link-local address, a cloud host's metadata service (169.254.169.254)
+    among them, was accepted without a word. The operator may mean it, so it starts; the start says where alerts
+    will go, naming the scheme and host only."""
+    monkeypatch.setenv("MPIM_HEALTH_WEBHOOK_URL", value)
+    assert load_config({"MPIM_INSTANCE_PATH": str(tmp_path)})["MPIM_HEALTH_WEBHOOK_URL"] == value
+    assert [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "mpim.health"] == [
+        ("WARNING", f"MPIM_HEALTH_WEBHOOK_URL points at a link-local address ({origin}), such as a cloud host's "
+                    "metadata service: every health alert is sent there")]
+    assert "S3CRET" not in caplog.text and "meta-data" not in caplog.text
+
+
+@pytest.mark.parametrize("value", ["http://127.0.0.1:8080/hook", "http://[::1]/hook", "http://localhost/hook",
+                                   "http://10.1.2.3/hook", "https://alerts.example/hook", "http://[fd00::1]/hook",
+                                   "http://169.254.example/hook"])
+def test_a_webhook_url_at_loopback_or_elsewhere_starts_without_a_warning(monkeypatch, tmp_path, caplog, value):
+    """Loopback is what tests and a receiver on the same host use: no warning there, nor at any other address."""
+    monkeypatch.setenv("MPIM_HEALTH_WEBHOOK_URL", value)
+    load_config({"MPIM_INSTANCE_PATH": str(tmp_path)})
+    assert [r for r in caplog.records if r.name == "mpim.health"] == []
