@@ -477,7 +477,7 @@ def test_a_receiver_failing_is_tried_again_one_refusing_the_request_is_not(app, 
     assert Answering.posts == posts
     if posts == 1:
         assert [level for level, _ in webhook_log(caplog)] == ["ERROR"]
-        assert webhook_log(caplog)[0][1].startswith(f"health webhook refused: HTTP Error {status}")
+        assert webhook_log(caplog)[0][1].startswith(f"health webhook refused: HTTP {status}; ")
         assert webhook_log(caplog)[0][1].endswith("; not retried")
     else:
         assert [message.split(":")[0] for _, message in webhook_log(caplog)] == [

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from app.health import service
 from app.health.webhook import outbox, send_webhook
 from tests.conftest import stop_serving
+from tests.health_servers import raw_receiver
 
 CHANGE = service.StatusChange("36000000002025000001", "up", "down", "timeout", "no answer within 5 s", False)
 
@@ -186,3 +187,43 @@ def test_a_receiver_certificate_that_fails_verification_is_logged_once_and_not_r
     assert webhook_log(caplog) == [("ERROR", "health webhook not sent: the server certificate does not chain to the "
                                              f"CA; not retried (the receiver's certificate is checked against "
                                              f"{checked_against})")]
+
+
+def answer_with(data: bytes):
+    def answer(connection, _stop) -> None:
+        connection.sendall(data)
+    return answer
+
+
+@pytest.mark.parametrize(("answer", "said"), [
+    (b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 10_000 + b"\r\n\r\n", "the answer is not valid HTTP"),
+    (b"NOT HTTP AT ALL\r\n\r\n", "the answer is not valid HTTP"),
+    (b"HTTP/1.1 200 OK\r\nX-<script>\x01: \xe2\x80\xae\r\nContent-Length: 2\r\n\r\n{}", "the answer is not valid HTTP"),
+    (b"", "the receiver closed the connection without answering"),
+    (b"HTTP/1.1 503 <script>NOT-YOURS</script>\r\nContent-Length: 0\r\n\r\n", "HTTP 503")])
+def test_a_failed_attempt_is_logged_in_our_words_never_the_receivers_bytes(app, caplog, answer, said):
+    """From a review: a failed attempt was logged as aiohttp's text, which quotes what the receiver sent
+    (`Got more than 8190 bytes when reading: b'aaaa…'`, `Bad status line ... b'NOT HTTP AT ALL'`, a status line's
+    reason phrase). Each is said as the poller says a node's (`poller.connection_failure`), naming the receiver."""
+    with raw_receiver(answer_with(answer)) as url:
+        assert send_webhook(url, [CHANGE], backoff=0) is False
+    assert webhook_log(caplog) == [("WARNING", f"health webhook attempt {n} failed: {said}") for n in (1, 2, 3)]
+    for quoted in (b"aaaa", b"NOT HTTP", b"script", b"NOT-YOURS"):
+        assert quoted.decode() not in caplog.text
+
+
+def test_a_refusal_is_logged_without_the_receivers_reason_phrase(app, caplog):
+    with raw_receiver(answer_with(b"HTTP/1.1 401 token S3CRET expired\r\nContent-Length: 0\r\n\r\n")) as url:
+        assert send_webhook(url, [CHANGE], backoff=0) is False
+    assert webhook_log(caplog) == [("ERROR", "health webhook refused: HTTP 401; not retried")]
+
+
+def test_a_receiver_speaking_no_tls_at_an_https_address_is_said_so_without_openssl_internals(app, caplog):
+    """`[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006)` and the host and port, as aiohttp says it,
+    were the line; the poller's words (`tls_failure`) are."""
+    with raw_receiver(answer_with(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")) as url:
+        assert send_webhook(url.replace("http://", "https://"), [CHANGE], backoff=0) is False
+    lines = webhook_log(caplog)
+    assert [message.split(":")[0] for _, message in lines] == [f"health webhook attempt {n} failed" for n in (1, 2, 3)]
+    assert all(message.endswith(": the TLS handshake failed: WRONG_VERSION_NUMBER") for _, message in lines), lines
+    assert "_ssl.c" not in caplog.text and "[SSL" not in caplog.text

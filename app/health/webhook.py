@@ -8,7 +8,9 @@ the POST into a GET without its body, to any host, and a 200 there counted as de
 
 What a process leaves queued when it ends is given one deadline more (`Outbox.finish`, called by `flask health
 poll --once` and as the scheduler stops); an alert still unsent then is logged with its changes, never dropped
-silently. No log line names the URL beyond its scheme and host: a webhook's often carries its token.
+silently. No log line names the URL beyond its scheme and host: a webhook's often carries its token. Nor does one
+quote what the receiver sent (its bytes, a status line's reason phrase) or OpenSSL's wrapping text: a failure is
+said in the poller's words (`said_failure`).
 
 Delivery is at least once: an attempt whose answer is lost (the receiver drops the connection after reading the
 alert, or answers past the attempt's timeout) is retried in full, so a receiver may get an alert more than once.
@@ -46,7 +48,7 @@ from flask import current_app, has_app_context
 
 from app.config import is_http_url, url_origin
 from app.database import utcnow
-from app.health.poller import tls_failure
+from app.health.poller import SAID_ERRNOS, tls_failure
 
 log = logging.getLogger("mpim.health")
 
@@ -128,7 +130,7 @@ async def _attempt(client: aiohttp.ClientSession, url: str, body: bytes, attempt
     try:
         async with asyncio.timeout(timeout), client.post(url, data=body, allow_redirects=False,
                                                          headers=headers) as response:
-            status, reason, location = response.status, response.reason, response.headers.get("Location")
+            status, location = response.status, response.headers.get("Location")
     except TimeoutError:
         log.warning("health webhook attempt %s failed: no answer within %g s", attempt, timeout)
         return None
@@ -142,7 +144,7 @@ async def _attempt(client: aiohttp.ClientSession, url: str, body: bytes, attempt
         log.error("health webhook not sent: InvalidURL: MPIM_HEALTH_WEBHOOK_URL cannot be opened; not retried")
         return False
     except (aiohttp.ClientError, OSError, ValueError) as error:
-        log.warning("health webhook attempt %s failed: %s: %s", attempt, type(error).__name__, describe(error))
+        log.warning("health webhook attempt %s failed: %s", attempt, said_failure(error))
         return None
     if 200 <= status < 300:
         return True
@@ -151,24 +153,39 @@ async def _attempt(client: aiohttp.ClientSession, url: str, body: bytes, attempt
         log.error("health webhook redirected (HTTP %s to %s); not retried; point MPIM_HEALTH_WEBHOOK_URL at the "
                   "final address", status, target)
         return False
+    # The status only: its reason phrase is the receiver's text.
     if 400 <= status < 500 and status not in RETRIED_STATUSES:
-        log.error("health webhook refused: HTTP Error %s: %s; not retried", status, reason)
+        log.error("health webhook refused: HTTP %s; not retried", status)
         return False
-    log.warning("health webhook attempt %s failed: HTTPError: HTTP Error %s: %s", attempt, status, reason)
+    log.warning("health webhook attempt %s failed: HTTP %s", attempt, status)
     return None
 
 
-def describe(error: Exception) -> str:
-    """An error's message without the URL that aiohttp puts into some (a receiver's garbage answer's
-    ClientResponseError ends `url='…'`, query and token included)."""
-    if isinstance(error, aiohttp.ClientResponseError):
-        return error.message
-    if isinstance(error, aiohttp.ClientConnectorError) and isinstance(error.os_error, ConnectionRefusedError):
-        return os.strerror(errno.ECONNREFUSED)  # not asyncio's "Connect call failed (host, port)"
-    if isinstance(error, aiohttp.ClientConnectorError | aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError
-                  | OSError):
+def said_failure(error: Exception) -> str:
+    """What an attempt's exception stands for, as the poller says a node's (`poller.connection_failure`), the
+    receiver in the node's place: never aiohttp's text, which quotes the receiver's bytes (`Bad status line ...
+    b'...'`) and the URL, query and token included, nor OpenSSL's wrapping (`[SSL: ...] ... (_ssl.c:1006)`)."""
+    if isinstance(error, aiohttp.ClientHttpProxyError):  # a ClientResponseError: the proxy's answer to CONNECT
+        return f"the proxy answered HTTP {error.status}"
+    if isinstance(error, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError | ssl.SSLError):
+        return tls_failure(error)
+    if isinstance(error, aiohttp.ClientResponseError | aiohttp.ClientPayloadError):
+        return "the answer is not valid HTTP"
+    if isinstance(error, aiohttp.ClientConnectorDNSError):
+        return f"the host name {error.host} does not resolve"
+    if isinstance(error, aiohttp.ServerDisconnectedError):
+        return "the receiver closed the connection without answering"
+    if isinstance(error, aiohttp.ClientConnectorError):
+        if isinstance(error.os_error, ConnectionRefusedError):  # not asyncio's "Connect call failed (host, port)"
+            return os.strerror(errno.ECONNREFUSED)
+        if isinstance(error.os_error, ConnectionError) and error.os_error.errno is None and error.ssl is not False:
+            return "the receiver closed the connection during the TLS handshake"
+        if getattr(error.os_error, "errno", None) in SAID_ERRNOS:
+            return os.strerror(error.os_error.errno)
         return str(error)  # the host and port at most
-    return "(its message may quote the URL, so is not shown)"
+    if isinstance(error, OSError) and error.errno:  # a reset or a broken pipe once connected
+        return os.strerror(error.errno)
+    return f"{type(error).__name__} (its message may quote the URL or the answer, so is not shown)"
 
 
 class Alert(NamedTuple):
