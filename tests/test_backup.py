@@ -196,6 +196,13 @@ def restore(application, *args, **kwargs):
     return application.test_cli_runner().invoke(args=["db-restore", *map(str, args)], **kwargs)
 
 
+def restored(registry, target) -> dict:
+    """`db-restore --yes --json` of `target`, which must succeed: what it printed."""
+    result = restore(registry, target, "--yes", "--json")
+    assert result.exit_code == 0, (result.output, result.exception)
+    return json.loads(result.stdout)
+
+
 def usernames(application) -> set[str]:
     with application.app_context():
         names = set(db.session.scalars(text("SELECT username FROM users")))
@@ -521,9 +528,7 @@ def test_a_restore_writes_out_every_certificate_to_record_a_node_renewed_twice_i
         done = ok(registry, "ca", "renew", renewed, "--csr", str(csr), "--user", "keeper", "--json")
         issued.append(json.loads(done.stdout)["serial"])
 
-    result = restore(registry, target, "--yes", "--json")
-    assert result.exit_code == 0, (result.output, result.exception)
-    described = json.loads(result.stdout)
+    described = restored(registry, target)
     records = [command for command in described["next_commands"] if command.startswith("flask ca record")]
     assert records == [f"flask ca record {described['kept_as']}.certificates/{serial}.pem  # node {renewed}"
                        for serial in issued]
@@ -574,9 +579,7 @@ def test_a_restore_names_what_to_record_and_revoke_again_before_the_crl_above_th
     held, revoked = crl_serials(registry)
     assert {serial[gone], serial[leaked]} <= revoked
 
-    result = restore(registry, target, "--yes", "--json")
-    assert result.exit_code == 0, (result.output, result.exception)
-    described = json.loads(result.stdout)
+    described = restored(registry, target)
     numbers = described["replaced_numbers"]
     assert described["next_commands"] == [
         f"flask routing publish --above {numbers['route_version']}",
@@ -609,9 +612,7 @@ def test_a_restore_names_a_node_resumed_since_the_backup(registry, tmp_path):
     ok(registry, "db-backup", str(target))
     ok(registry, "nodes", "resume", paused, "--reason", "audit done", "--user", "keeper")
 
-    result = restore(registry, target, "--yes", "--json")
-    assert result.exit_code == 0, (result.output, result.exception)
-    described = json.loads(result.stdout)
+    described = restored(registry, target)
     numbers = described["replaced_numbers"]
     assert described["next_commands"] == [
         f"flask routing publish --above {numbers['route_version']}",
@@ -637,9 +638,7 @@ def test_a_restore_that_loses_the_intermediates_revocation_revokes_it_again_in_p
     target.parent.mkdir()
     ok(registry, "db-backup", str(target))
     ok(registry, "ca", "revoke-intermediate", "--reason", "key_compromise", "--yes")
-    result = restore(registry, target, "--yes", "--json")
-    assert result.exit_code == 0, (result.output, result.exception)
-    described = json.loads(result.stdout)
+    described = restored(registry, target)
     root_number = described["replaced_numbers"]["root_crl"]
     assert described["next_commands"] == [
         f"flask ca revoke-intermediate --reason key_compromise --above {root_number} --user NAME"]

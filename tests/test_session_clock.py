@@ -219,18 +219,23 @@ def test_the_api_never_carries_a_console_session(app, make_user):
 
 
 
-def test_the_page_warns_lets_the_user_stay_and_after_the_end_keeps_the_typed_form(app, page, live_server,
-                                                                                  make_user):
-    """Idle limit shortened to 6 s (the warning comes at 3 s left); every wait is for something on the page."""
-    from app.admission.models import EnrollmentToken
-
-    app.config["MPIM_IDLE_SECONDS"] = 6
+def on_the_tokens_page(page, live_server, make_user) -> None:
+    """A provincial admin signed in, on the page of a form with text fields (the enrollment tokens')."""
     make_user("jx-admin", "provincial_admin", ("360000",))
     page.goto(f"{live_server}/login?next=/tokens/")
     page.fill("input[name=username]", "jx-admin")
     page.fill("input[name=password]", PASSWORD)
     page.click("button[type=submit]")
     page.wait_for_selector("input[name=note]")
+
+
+def test_the_page_warns_lets_the_user_stay_and_after_the_end_keeps_the_typed_form(app, page, live_server,
+                                                                                  make_user):
+    """Idle limit shortened to 6 s (the warning comes at 3 s left); every wait is for something on the page."""
+    from app.admission.models import EnrollmentToken
+
+    app.config["MPIM_IDLE_SECONDS"] = 6
+    on_the_tokens_page(page, live_server, make_user)
     page.fill("input[name=division_code]", "360000")
     page.fill("input[name=note]", "赣警通 夜班")
 
@@ -271,12 +276,7 @@ def test_keys_typed_as_the_warning_comes_stay_in_the_field_and_keep_the_session(
     """The warning took the focus to its Stay button even from someone typing: their next keys went to the button,
     and a space pressed it. Keys typed into a field count as activity instead, and the focus stays in the field."""
     app.config["MPIM_IDLE_SECONDS"] = 6
-    make_user("jx-admin", "provincial_admin", ("360000",))
-    page.goto(f"{live_server}/login?next=/tokens/")
-    page.fill("input[name=username]", "jx-admin")
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_selector("input[name=note]")
+    on_the_tokens_page(page, live_server, make_user)
     page.focus("input[name=note]")
     typed = "night shift handover notes "
     # 81 keys, one every 100 ms: typed over longer than the 6 s idle limit, across the warning due at 3 s.
@@ -295,12 +295,7 @@ def test_a_warning_that_comes_while_someone_pauses_in_a_field_leaves_the_focus_t
     """Someone who stopped typing to think as the warning came lost their next keys to its Stay button (" h" of
     " handover notes"). From a field the warning takes no focus, and the next key typed there counts as Stay."""
     app.config["MPIM_IDLE_SECONDS"] = 16  # the warning is due 8 s after the page opens
-    make_user("jx-admin", "provincial_admin", ("360000",))
-    page.goto(f"{live_server}/login?next=/tokens/")
-    page.fill("input[name=username]", "jx-admin")
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_selector("input[name=note]")
+    on_the_tokens_page(page, live_server, make_user)
     page.focus("input[name=note]")
     page.keyboard.type("night shift", delay=50)
     page.wait_for_selector(".session-soon", state="visible", timeout=30000)  # more than 5 s after the last key
