@@ -303,6 +303,12 @@ def test_a_warning_that_comes_while_someone_pauses_in_a_field_leaves_the_focus_t
     page.keyboard.type(" handover notes", delay=100)
     assert page.input_value("input[name=note]") == "night shift handover notes"
     page.wait_for_selector("#session-clock", state="hidden")  # the keys counted as activity
+    # Stay clicked with the mouse from the field gives the focus back to it, where the next keys go.
+    page.wait_for_selector(".session-soon", state="visible", timeout=30000)
+    page.click(".session-stay")
+    page.wait_for_selector("#session-clock", state="hidden")
+    page.keyboard.type(" done", delay=50)
+    assert page.input_value("input[name=note]") == "night shift handover notes done"
     assert db.session.scalar(select(db.func.count()).select_from(AuditRecord).where(
         AuditRecord.action == "auth.timeout")) == 0
 

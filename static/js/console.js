@@ -145,8 +145,7 @@ document.addEventListener("DOMContentLoaded", function () {
     if (which === "soon" && shown !== "soon") {
       var active = document.activeElement;
       returnTo = active && active !== document.body && !box.contains(active) ? active : null;
-      if (editable(active)) returnTo = null;
-      else stay.focus();
+      if (!editable(active)) stay.focus();  // from a field, Stay clicked still gives the focus back to it
     } else if (which !== "soon" && shown === "soon" && hadFocus) {
       giveBack();  // stayed, or the Stay button is gone: back where the reader was, not the page's start
     }
