@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import secrets
+import socket
 import ssl
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -119,6 +120,10 @@ def is_http_url(value: str) -> bool:
         port_ok = parts.port is None or parts.port > 0
         if parts.hostname:
             parts.hostname.encode("idna")  # as it is sent: an empty label or one past 63 characters fails
+            if parts.hostname.replace(".", "").isdigit():
+                # All digits and dots is an IPv4 address to aiohttp, which refuses every form but the dotted
+                # quad (127.1, 2130706433, 0177.0.0.1): each alert failed on it, after a start that took it.
+                ipaddress.IPv4Address(parts.hostname)
         # The rest is sent as written, in ASCII: a path or query in other characters never goes.
         rest_ascii = all(part.isascii() for part in (parts.path, parts.query, parts.fragment))
     except ValueError:  # a port out of range, a malformed IPv6 host, a host name IDNA cannot encode
@@ -145,11 +150,18 @@ def env_http_url(name: str) -> str:
 
 def is_link_local(value: str) -> bool:
     """An address whose host is written as a link-local IP address (169.254.0.0/16, fe80::/10; an IPv4-mapped one
-    too). A host name is not looked up: the start must not wait on DNS."""
+    too, and one in a form the resolver reads as IPv4, such as 0xa9fea9fe). A host name is not looked up: the start
+    must not wait on DNS."""
+    host = urlsplit(value).hostname or ""
     try:
-        address = ipaddress.ip_address(urlsplit(value).hostname or "")
+        address = ipaddress.ip_address(host)
     except ValueError:
-        return False
+        try:  # what getaddrinfo reads as an IPv4 address without asking DNS (inet_aton's forms)
+            address = ipaddress.IPv4Address(socket.inet_aton(host)) if ":" not in host else None
+        except OSError:
+            return False
+        if address is None:
+            return False
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     return address.is_link_local
@@ -175,7 +187,7 @@ def env_ca_file(name: str) -> str:
     try:
         context = ssl.create_default_context(cafile=path)  # only this file's CAs, as the webhook trusts them
     except ssl.SSLError:  # an OSError too: before the file's other errors
-        raise ValueError(f"{name} {path} holds no PEM certificate") from None
+        raise ValueError(f"{name} {path} holds no PEM certificate, or one that is malformed") from None
     except OSError as error:
         raise ValueError(f"{name} {path} could not be read: {error.strerror}") from None
     if not context.cert_store_stats()["x509"]:  # a file of CRLs only loads without error

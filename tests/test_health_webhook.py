@@ -227,3 +227,32 @@ def test_a_receiver_speaking_no_tls_at_an_https_address_is_said_so_without_opens
     assert [message.split(":")[0] for _, message in lines] == [f"health webhook attempt {n} failed" for n in (1, 2, 3)]
     assert all(message.endswith(": the TLS handshake failed: WRONG_VERSION_NUMBER") for _, message in lines), lines
     assert "_ssl.c" not in caplog.text and "[SSL" not in caplog.text
+
+
+def test_a_proxy_that_refuses_or_asks_for_credentials_is_named_as_the_proxy(app, caplog, monkeypatch):
+    """From a hostile review: with HTTPS_PROXY at a closed port each attempt said "Connection refused", as if the
+    receiver refused, where it had said the proxy; a proxy's 407 was tried three times, which no retry passes."""
+    import socket
+
+    for name in ("NO_PROXY", "no_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    closed = socket.create_server(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{port}")
+    assert not send_webhook("https://hooks.example/hook?token=S3CRET", [CHANGE], backoff=0)
+    assert webhook_log(caplog)[0] == ("WARNING", "health webhook attempt 1 failed: the proxy: Connection refused")
+
+    caplog.clear()
+    asked: list[bytes] = []
+
+    def refuse(connection, _stop):
+        asked.append(b"CONNECT")
+        connection.sendall(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n")
+
+    with raw_receiver(refuse, path="") as proxy:
+        monkeypatch.setenv("HTTPS_PROXY", proxy)
+        assert not send_webhook("https://hooks.example/hook?token=S3CRET", [CHANGE], backoff=0)
+    assert len(asked) == 1
+    assert webhook_log(caplog) == [
+        ("ERROR", "health webhook not sent: the proxy asks for credentials (HTTP 407); not retried")]

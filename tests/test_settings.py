@@ -30,7 +30,9 @@ def test_settings_out_of_their_range_stop_the_start_naming_them(monkeypatch, tmp
 @pytest.mark.parametrize("value", ["hooks.example/alert", "ftp://hooks.example/alert", "http:///alert",
                                    "https://", "http://hooks example/alert", "http://hooks.example:99999/",
                                    "http://hooks..example/alert", "http://" + "a" * 64 + ".example/alert",
-                                   "http://hooks.example/告警", "http://hooks.example/alert?token=S3CRET\x01"])
+                                   "http://hooks.example/告警", "http://hooks.example/alert?token=S3CRET\x01",
+                                   # aiohttp refuses every all-numeric IPv4 form but the dotted quad
+                                   "http://127.1/alert", "http://2130706433/alert", "http://0177.0.0.1/alert"])
 def test_a_webhook_url_that_is_no_http_address_stops_the_start_naming_it(monkeypatch, tmp_path, value):
     """A URL without a scheme started, and every round that had an alert to send then raised out of the webhook
     (ValueError: unknown url type) after its commit; one with another scheme or no host failed every attempt.
@@ -120,11 +122,14 @@ def test_the_webhook_ca_is_checked_at_the_start(monkeypatch, tmp_path):
     (tmp_path / "notes.txt").write_text("our CA is the one on the wiki\n")
     (tmp_path / "broken.pem").write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
     (tmp_path / "crl.pem").write_bytes(a_crl())
+    # One certificate, then a broken block: it holds one, so "holds no PEM certificate" alone was untrue.
+    (tmp_path / "bundle.pem").write_bytes(ca.read_bytes() + (tmp_path / "broken.pem").read_bytes())
+    unloadable = "holds no PEM certificate, or one that is malformed"
     for path, said in [(tmp_path / "missing.pem", "could not be read: No such file or directory"),
                        (tmp_path, "could not be read: Is a directory"),
-                       (tmp_path / "notes.txt", "holds no PEM certificate"),
-                       (tmp_path / "broken.pem", "holds no PEM certificate"),
-                       (tmp_path / "crl.pem", "holds no PEM certificate"), (key, "holds no PEM certificate")]:
+                       (tmp_path / "notes.txt", unloadable), (tmp_path / "broken.pem", unloadable),
+                       (tmp_path / "bundle.pem", unloadable),
+                       (tmp_path / "crl.pem", "holds no PEM certificate"), (key, unloadable)]:
         monkeypatch.setenv("MPIM_HEALTH_WEBHOOK_CA", str(path))
         with pytest.raises(ValueError) as refused:
             load_config({"MPIM_INSTANCE_PATH": str(tmp_path)})
@@ -150,7 +155,8 @@ def a_crl() -> bytes:
     ("http://169.254.169.254/latest/meta-data/?token=S3CRET", "http://169.254.169.254"),
     ("http://169.254.10.20:8080/hook", "http://169.254.10.20:8080"), ("http://[fe80::1]/hook", "http://[fe80::1]"),
     ("http://[fe80::1%25eth0]:9000/hook", "http://[fe80::1%25eth0]:9000"),
-    ("http://[::ffff:169.254.169.254]/hook", "http://[::ffff:169.254.169.254]")])
+    ("http://[::ffff:169.254.169.254]/hook", "http://[::ffff:169.254.169.254]"),
+    ("http://0xa9fea9fe/hook", "http://0xa9fea9fe")])  # read as 169.254.169.254 by the resolver, not DNS
 def test_a_link_local_webhook_url_starts_with_a_warning(monkeypatch, tmp_path, caplog, value, origin):
     """From a review: a webhook URL at a link-local address, a cloud host's metadata service (169.254.169.254)
     among them, was accepted without a word. The operator may mean it, so it starts; the start says where alerts

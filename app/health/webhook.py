@@ -140,6 +140,12 @@ async def _attempt(client: aiohttp.ClientSession, url: str, body: bytes, attempt
         log.error("health webhook not sent: %s; not retried (the receiver's certificate is checked against %s)",
                   tls_failure(error), trusted)
         return False
+    except aiohttp.ClientHttpProxyError as error:
+        if error.status != 407:
+            log.warning("health webhook attempt %s failed: %s", attempt, said_failure(error))
+            return None
+        log.error("health webhook not sent: the proxy asks for credentials (HTTP 407); not retried")
+        return False
     except aiohttp.InvalidURL:  # what still cannot be opened (is_http_url lets it pass): never raised
         log.error("health webhook not sent: InvalidURL: MPIM_HEALTH_WEBHOOK_URL cannot be opened; not retried")
         return False
@@ -175,6 +181,8 @@ def said_failure(error: Exception) -> str:
         return f"the host name {error.host} does not resolve"
     if isinstance(error, aiohttp.ServerDisconnectedError):
         return "the receiver closed the connection without answering"
+    if isinstance(error, aiohttp.ClientProxyConnectionError):  # the proxy (HTTPS_PROXY), not the receiver
+        return f"the proxy: {os.strerror(error.os_error.errno) if error.os_error.errno else 'cannot be reached'}"
     if isinstance(error, aiohttp.ClientConnectorError):
         if isinstance(error.os_error, ConnectionRefusedError):  # not asyncio's "Connect call failed (host, port)"
             return os.strerror(errno.ECONNREFUSED)
