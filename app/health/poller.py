@@ -166,6 +166,13 @@ def connection_failure(error: Exception, timeout: float) -> tuple[FailureReason,
     review page's probe (app/admission/probe.py), which asks the same way."""
     if isinstance(error, TimeoutError):
         return FailureReason.TIMEOUT, f"no answer within {timeout:g} s"
+    return worded_failure(error) or (FailureReason.ERROR, f"{type(error).__name__}: {error}")
+
+
+def worded_failure(error: Exception, peer: str = "the node") -> tuple[FailureReason, str] | None:
+    """A failure said in our words, never aiohttp's text (which quotes the peer's bytes and the URL) nor OpenSSL's
+    wrapping; None for an exception it has no words for. `peer`: who answered, as the detail names it (the health
+    webhook's sender says "the receiver")."""
     if isinstance(error, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError | ssl.SSLError):
         return FailureReason.TLS, tls_failure(error)
     if isinstance(error, aiohttp.ClientResponseError | aiohttp.ClientPayloadError):
@@ -175,19 +182,19 @@ def connection_failure(error: Exception, timeout: float) -> tuple[FailureReason,
     if isinstance(error, aiohttp.ClientConnectorDNSError):  # said in words the console translates (HEALTH_DETAILS)
         return FailureReason.ERROR, f"the host name {error.host} does not resolve"
     if isinstance(error, aiohttp.ServerDisconnectedError):  # not aiohttp's "Server disconnected" (HEALTH_DETAILS)
-        return FailureReason.ERROR, "the node closed the connection without answering"
+        return FailureReason.ERROR, f"{peer} closed the connection without answering"
     if isinstance(error, aiohttp.ClientConnectorError):
         if isinstance(error.os_error, ConnectionRefusedError):  # not asyncio's "Connect call failed (host, port)"
             return FailureReason.REFUSED, os.strerror(errno.ECONNREFUSED)
         if isinstance(error.os_error, ConnectionError) and error.os_error.errno is None and error.ssl is not False:
             # asyncio's TLS layer lost the connection before the handshake ended ("[None]" in aiohttp's text)
-            return FailureReason.TLS, "the node closed the connection during the TLS handshake"
+            return FailureReason.TLS, f"{peer} closed the connection during the TLS handshake"
         if getattr(error.os_error, "errno", None) in SAID_ERRNOS:
             return FailureReason.ERROR, os.strerror(error.os_error.errno)
-        return FailureReason.ERROR, str(error)
+        return FailureReason.ERROR, str(error)  # the host and port at most
     if isinstance(error, aiohttp.ClientOSError) and error.errno in SAID_ERRNOS:  # a reset once connected
         return FailureReason.ERROR, os.strerror(error.errno)
-    return FailureReason.ERROR, f"{type(error).__name__}: {error}"
+    return None
 
 
 async def poll_one(session: aiohttp.ClientSession, target: PollTarget, timeout: float) -> PollResult:

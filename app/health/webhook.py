@@ -28,7 +28,6 @@ attempt would meet the same certificate.
 from __future__ import annotations
 
 import asyncio
-import errno
 import hashlib
 import hmac
 import json
@@ -48,7 +47,7 @@ from flask import current_app, has_app_context
 
 from app.config import is_http_url, url_origin
 from app.database import utcnow
-from app.health.poller import SAID_ERRNOS, tls_failure
+from app.health.poller import tls_failure, worded_failure
 
 log = logging.getLogger("mpim.health")
 
@@ -168,29 +167,17 @@ async def _attempt(client: aiohttp.ClientSession, url: str, body: bytes, attempt
 
 
 def said_failure(error: Exception) -> str:
-    """What an attempt's exception stands for, as the poller says a node's (`poller.connection_failure`), the
-    receiver in the node's place: never aiohttp's text, which quotes the receiver's bytes (`Bad status line ...
-    b'...'`) and the URL, query and token included, nor OpenSSL's wrapping (`[SSL: ...] ... (_ssl.c:1006)`)."""
+    """What an attempt's exception stands for, in the poller's words (`poller.worded_failure`), the receiver in the
+    node's place: never aiohttp's text, which quotes the receiver's bytes (`Bad status line ... b'...'`) and the
+    URL, query and token included, nor OpenSSL's wrapping (`[SSL: ...] ... (_ssl.c:1006)`). A proxy
+    (HTTPS_PROXY) is named as the proxy, not taken for the receiver."""
     if isinstance(error, aiohttp.ClientHttpProxyError):  # a ClientResponseError: the proxy's answer to CONNECT
         return f"the proxy answered HTTP {error.status}"
-    if isinstance(error, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError | ssl.SSLError):
-        return tls_failure(error)
-    if isinstance(error, aiohttp.ClientResponseError | aiohttp.ClientPayloadError):
-        return "the answer is not valid HTTP"
-    if isinstance(error, aiohttp.ClientConnectorDNSError):
-        return f"the host name {error.host} does not resolve"
-    if isinstance(error, aiohttp.ServerDisconnectedError):
-        return "the receiver closed the connection without answering"
-    if isinstance(error, aiohttp.ClientProxyConnectionError):  # the proxy (HTTPS_PROXY), not the receiver
+    if isinstance(error, aiohttp.ClientProxyConnectionError):  # a ClientConnectorError
         return f"the proxy: {os.strerror(error.os_error.errno) if error.os_error.errno else 'cannot be reached'}"
-    if isinstance(error, aiohttp.ClientConnectorError):
-        if isinstance(error.os_error, ConnectionRefusedError):  # not asyncio's "Connect call failed (host, port)"
-            return os.strerror(errno.ECONNREFUSED)
-        if isinstance(error.os_error, ConnectionError) and error.os_error.errno is None and error.ssl is not False:
-            return "the receiver closed the connection during the TLS handshake"
-        if getattr(error.os_error, "errno", None) in SAID_ERRNOS:
-            return os.strerror(error.os_error.errno)
-        return str(error)  # the host and port at most
+    worded = worded_failure(error, peer="the receiver")
+    if worded is not None:
+        return worded[1]
     if isinstance(error, OSError) and error.errno:  # a reset or a broken pipe once connected
         return os.strerror(error.errno)
     return f"{type(error).__name__} (its message may quote the URL or the answer, so is not shown)"
