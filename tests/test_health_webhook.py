@@ -23,6 +23,8 @@ from app.health import service
 from app.health.webhook import outbox, send_webhook
 from tests.conftest import stop_serving
 from tests.health_servers import raw_receiver
+from tests.test_admission_review import admit
+from tests.test_health_state import Result
 
 CHANGE = service.StatusChange("36000000002025000001", "up", "down", "timeout", "no answer within 5 s", False)
 
@@ -157,16 +159,19 @@ def webhook_log(caplog) -> list[tuple[str, str]]:
     return [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "mpim.health"]
 
 
-def test_an_https_receiver_with_a_private_ca_gets_the_alert_with_mpim_health_webhook_ca(app, tmp_path, caplog):
+def test_an_https_receiver_with_a_private_ca_gets_the_alert_with_mpim_health_webhook_ca(app, make_user, tmp_path,
+                                                                                         caplog):
     """From a review: an https receiver whose certificate a private CA issued could not be reached (the send
     trusted the system's CAs only), with no documented way to trust that CA. MPIM_HEALTH_WEBHOOK_CA names it;
-    a round's alert, queued as `apply_round` queues it, is delivered."""
+    a round's alert, queued by `apply_round` with the round's configuration, is delivered."""
+    node = admit(make_user("jx-admin", "provincial_admin", ("360000",)), make_user("minister"))
     ca, certificate, key = private_ca(tmp_path)
-    app.config["MPIM_HEALTH_WEBHOOK_CA"] = str(ca)
     with tls_receiver(certificate, key) as url:
-        outbox.put(url, [CHANGE])
+        app.config.update(MPIM_HEALTH_WEBHOOK_URL=url, MPIM_HEALTH_WEBHOOK_CA=str(ca))
+        for _ in range(2):
+            service.apply_round([Result(node.node_id, True)])  # unknown → up: an alert
         assert outbox.wait(60)
-    assert [json.loads(body)["changes"][0]["node_id"] for body in Receiving.received] == [CHANGE.node_id]
+    assert [json.loads(body)["changes"][0]["node_id"] for body in Receiving.received] == [node.node_id]
     assert webhook_log(caplog) == []
 
 

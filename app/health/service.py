@@ -202,7 +202,8 @@ def apply_round(results) -> RoundReport:
         # Queued, not sent here: no receiver may hold the round up (`webhook`).
         webhook.outbox.put(current_app.config["MPIM_HEALTH_WEBHOOK_URL"], alerts,
                            deadline=current_app.config.get("MPIM_HEALTH_WEBHOOK_SECONDS", 15.0),
-                           secret=current_app.config.get("MPIM_HEALTH_WEBHOOK_SECRET", ""))
+                           secret=current_app.config.get("MPIM_HEALTH_WEBHOOK_SECRET", ""),
+                           ca=current_app.config.get("MPIM_HEALTH_WEBHOOK_CA", ""))
     return report
 
 

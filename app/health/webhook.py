@@ -43,7 +43,6 @@ from typing import NamedTuple
 from urllib.parse import urljoin
 
 import aiohttp
-from flask import current_app, has_app_context
 
 from app.config import is_http_url, url_origin
 from app.database import utcnow
@@ -205,11 +204,9 @@ class Outbox:
         self.sending: Alert | None = None
         self.thread: threading.Thread | None = None
 
-    def put(self, url: str, changes: list, deadline: float = 15.0, secret: str = "", ca: str | None = None) -> None:
-        """Queue an alert. `ca`, the CAs to trust for an https receiver: None reads MPIM_HEALTH_WEBHOOK_CA of the
-        app whose round queues it (it is sent outside any app context)."""
-        if ca is None:
-            ca = current_app.config.get("MPIM_HEALTH_WEBHOOK_CA", "") if has_app_context() else ""
+    def put(self, url: str, changes: list, deadline: float = 15.0, secret: str = "", ca: str = "") -> None:
+        """Queue an alert. `secret` and `ca` (the CAs to trust for an https receiver, "" for the system's) are
+        the round's configuration, given here because the alert is sent outside any app context."""
         with self.changed:
             self.waiting.append(Alert(url, changes, deadline, utcnow(), secret, new_alert_id(), ca))
             if self.thread is None or not self.thread.is_alive():
