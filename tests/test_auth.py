@@ -1025,6 +1025,14 @@ def test_ensure_admin_creates_the_first_admin_once(runner, monkeypatch):
     assert service.authenticate("admin", "First-Minister-Pass-1", "127.0.0.1").is_ministry_admin
 
 
+def test_ensure_admin_takes_the_first_admins_name(runner, monkeypatch):
+    """Every first admin was named "部级管理员", the console's name for the role, with no way to give theirs
+    but a second command (`users update --name`)."""
+    monkeypatch.setenv("MPIM_ADMIN_PASSWORD", "First-Minister-Pass-1")
+    assert runner.invoke(args=["users", "ensure-admin", "--name", "公安部科信局 张三"]).exit_code == 0
+    assert service.authenticate("admin", "First-Minister-Pass-1", "127.0.0.1").display_name == "公安部科信局 张三"
+
+
 def test_one_submit_of_the_user_form_shows_the_weak_password_and_the_missing_scope_together(admin_console):
     """The form showed the weak password first and the missing scope only on the next try."""
     response = admin_console.post_form("/users/new", {"username": "jx-admin", "display_name": "江西省厅",

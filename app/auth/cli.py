@@ -144,8 +144,10 @@ def reset_password_command(username, password_stdin, as_json):
 
 @cli.command("ensure-admin")
 @click.option("--username", default="admin", show_default=True)
+@click.option("--name", "display_name", default="部级管理员", show_default=True,
+              help="the name the console shows (`users update --name` changes it later)")
 @click.option("--json", "as_json", is_flag=True)
-def ensure_admin_command(username, as_json):
+def ensure_admin_command(username, display_name, as_json):
     """Create the first ministry admin if there is none (password: MPIM_ADMIN_PASSWORD or generated)."""
     if db.session.scalar(select(func.count()).where(User.role == "ministry_admin")):
         click.echo(json.dumps({"created": False}) if as_json else "a ministry admin exists already")
@@ -154,7 +156,7 @@ def ensure_admin_command(username, as_json):
     password = chosen or service.generate_password()
     try:
         user = service.create_user(service.UserDraft(username=username, password=password, role="ministry_admin",
-                                                     display_name="部级管理员", must_change_password=not chosen),
+                                                     display_name=display_name, must_change_password=not chosen),
                                    actor="cli")
         db.session.commit()
     except DomainError as error:
