@@ -349,6 +349,29 @@ def test_a_revision_retiring_a_few_codes_needs_no_flag(app, runner, tmp_path):
     assert newer.exit_code == 0 and "71 retired" in newer.output, newer.output
 
 
+def test_codes_a_revision_restores_do_not_count_toward_the_twentieth_it_may_retire(app, runner, tmp_path):
+    """The guard compared the codes retired with the codes current after the import, the ones it restores among
+    them: a revision restoring 300 codes could retire 150 of 2,910 (more than a twentieth) without the flag."""
+    shipped = service.DEFAULT_FILE.read_text(encoding="utf-8").splitlines()
+    counties = [line for line in shipped if line[:6].isdigit() and not line[:6].endswith("00")]
+    left_out, then_retired = set(counties[:300]), set(counties[300:450])
+
+    def revision(name: str, without: set[str]) -> str:
+        path = tmp_path / f"{name}.csv"
+        path.write_text("\n".join(line for line in shipped if line not in without) + "\n", encoding="utf-8")
+        return str(path)
+
+    first = runner.invoke(args=["divisions", "import", revision("2098", left_out), "--revision", "2098",
+                                "--allow-mass-retirement"])
+    assert first.exit_code == 0 and "300 retired" in first.output, first.output
+    before = divisions_state()
+    result = runner.invoke(args=["divisions", "import", revision("2099", then_retired), "--revision", "2099"])
+    assert result.exit_code == 1, result.output
+    assert "would retire 150 of the 2910 current codes" in result.output, result.output
+    db.session.expire_all()
+    assert divisions_state() == before
+
+
 @pytest.mark.parametrize("revision", ["gb2019", "latest", "2019.13", "20190"])
 def test_a_revision_not_named_by_its_date_is_refused(app, runner, revision):
     """GB/T 2260 revisions are named by date, which is how an older one is told: `--revision gb2019` over 2023 was

@@ -157,7 +157,9 @@ def _check_retirements(report: ImportReport, existing: dict[str, Division]) -> N
     short (the first 300 lines of the list retired 2,911 codes, 31 provinces among them) or the wrong file reads
     as, and it refused every application, token and scope on those codes until the full list came back. Real
     revisions retire a few dozen counties (2019.04 to 2023: 71 of about 3,200)."""
-    current = sum(1 for division in existing.values() if not division.retired) + len(report.retired)
+    # Current before this import: the codes it restores were retired, and do not widen the twentieth.
+    current = sum(1 for division in existing.values() if not division.retired) + len(report.retired) - len(
+        report.restored)
     provinces = [(code, name) for code, name in report.retired if existing[code].level == "province"]
     if not provinces and len(report.retired) * MASS_RETIREMENT_SHARE <= current:
         return
