@@ -293,6 +293,29 @@ def test_a_restore_names_the_numbers_to_publish_and_sign_above(elsewhere, tmp_pa
     assert described["next_commands"] == ["flask routing publish --above 15"]
 
 
+def test_a_restore_names_the_exported_root_key_where_the_root_crl_needs_it(elsewhere, tmp_path):
+    """With the root key offline, the printed `flask ca root-crl --above N` was refused (`root_offline`) as
+    printed: it now names ROOT_KEY, the exported key, and run with it, signs above the nodes' number."""
+    ok(elsewhere, "ca", "init", "--key-type", "ec")
+    exported = tmp_path / "offline" / "root.key"
+    exported.parent.mkdir()
+    ok(elsewhere, "ca", "root-offline", str(exported))
+    target = tmp_path / "backups" / "mpim-registry.db"
+    target.parent.mkdir()
+    assert backup(elsewhere, target).exit_code == 0
+    ok(elsewhere, "ca", "root-crl", "--above", "4", "--root-key", str(exported))  # root CRL 5
+
+    described = json.loads(restore(elsewhere, target, "--yes", "--json").stdout)
+    assert described["next_commands"] == [
+        "flask ca root-crl --above 5 --root-key ROOT_KEY  # ROOT_KEY: the root key exported by flask ca root-offline"]
+    run_as_printed(elsewhere, described["next_commands"], {"ROOT_KEY": exported})
+    with elsewhere.app_context():
+        number = db.session.scalar(text("SELECT crl_number FROM crl_state WHERE id = 2"))
+        db.session.remove()
+        db.engine.dispose()
+    assert number == 6
+
+
 def test_a_restore_over_a_database_without_a_ca_names_no_number(elsewhere, backed_up, tmp_path):
     described = json.loads(restore(elsewhere, backed_up, "--yes", "--json").stdout)
     assert described["replaced_numbers"] == {"route_version": None, "crl": None, "root_crl": None}
@@ -505,7 +528,8 @@ def run_as_printed(application, commands: list[str], files: dict[str, Path]) -> 
     for command in commands:
         words = shlex.split(command, comments=True)
         assert words[0] == "flask", command
-        words = ["keeper" if word == "NAME" else word for word in words[1:]]
+        words = ["keeper" if word == "NAME" else str(files["ROOT_KEY"]) if word == "ROOT_KEY" else word
+                 for word in words[1:]]
         if "FILE" in words:
             words[words.index("FILE")] = str(files[command.split("serial ")[1].split(",")[0]])
         ok(application, *words, input="y\n")
@@ -628,22 +652,34 @@ def test_a_restore_names_a_node_resumed_since_the_backup(registry, tmp_path):
     assert status == "active"
 
 
+@pytest.mark.parametrize("root_key", ["online", "offline"])
 def test_a_restore_that_loses_the_intermediates_revocation_revokes_it_again_in_place_of_a_root_crl(registry,
-                                                                                                     tmp_path):
+                                                                                                     tmp_path,
+                                                                                                     root_key):
     """`flask ca root-crl --above N`, as printed, signed a root CRL above the nodes' one without the intermediate:
-    nodes trusted its leaked key again."""
+    nodes trusted its leaked key again. With the root key offline, as operations.md advises, the printed
+    command lacked `--root-key` and was refused (`root_offline`) in the middle of the restore's steps."""
     from cryptography import x509
 
     target = tmp_path / "backups" / "mpim-registry.db"
     target.parent.mkdir()
+    exported = tmp_path / "offline" / "root.key"
+    signing = []
+    if root_key == "offline":
+        exported.parent.mkdir()
+        ok(registry, "ca", "root-offline", str(exported))
+        signing = ["--root-key", str(exported)]
     ok(registry, "db-backup", str(target))
-    ok(registry, "ca", "revoke-intermediate", "--reason", "key_compromise", "--yes")
+    ok(registry, "ca", "revoke-intermediate", "--reason", "key_compromise", *signing, "--yes")
     described = restored(registry, target)
     root_number = described["replaced_numbers"]["root_crl"]
     assert described["next_commands"] == [
-        f"flask ca revoke-intermediate --reason key_compromise --above {root_number} --user NAME"]
+        f"flask ca revoke-intermediate --reason key_compromise --above {root_number} --user NAME"
+        if root_key == "online" else
+        f"flask ca revoke-intermediate --reason key_compromise --above {root_number} --root-key ROOT_KEY --user NAME"
+        "  # ROOT_KEY: the root key exported by flask ca root-offline"]
 
-    run_as_printed(registry, described["next_commands"], {})
+    run_as_printed(registry, described["next_commands"], {"ROOT_KEY": exported})
     with registry.app_context():
         der = db.session.scalar(text("SELECT der FROM crl_state WHERE id = 2"))
         db.session.remove()

@@ -12,6 +12,7 @@ from app.admission.cli import emit, run
 from app.audit import service as audit
 from app.backup import restore, service
 from app.extensions import db
+from app.pki import service as ca
 
 
 def _back_up_and_record(target: Path, overwrite: bool) -> service.Backup:
@@ -60,7 +61,7 @@ def restore_command(backup: Path, yes: bool, as_json: bool) -> None:
             click.confirm("Restore?", abort=True, err=True)
         done = run(lambda: restore.apply(plan), as_json)
     steps = plan.next_steps
-    commands = steps.commands(done.certificates) if steps else []
+    commands = steps.commands(done.certificates, root_key_offline=ca.root_key_offline()) if steps else []
     emit({"restored": str(plan.database), "backup": str(plan.backup), "revision": plan.revision,
           "schema": plan.schema, "kept_as": str(done.kept_as) if done.kept_as else None,
           "backup_newest": plan.backup_newest.as_dict(),

@@ -66,13 +66,17 @@ class NextSteps:
     backup: Numbers
     lost: Lost
 
-    def commands(self, certificates: Path | None = None) -> list[str]:
+    def commands(self, certificates: Path | None = None, root_key_offline: bool = False) -> list[str]:
         """The steps' commands in their order. A number is signed or published above only when the replaced
         database went past the backup's: otherwise nodes hold none above what the restored one numbers on from
         (unless the replaced database was itself restored: a node's higher number wins, as the steps say).
         NAME is who acts. `certificates`: the directory the restore wrote the certificates to record to
-        (`<serial>.pem`); without one, FILE is the certificate the comment names by its serial."""
+        (`<serial>.pem`); without one, FILE is the certificate the comment names by its serial. With the root
+        key offline (`flask ca root-offline`, as operations.md advises), the commands that sign with it name
+        ROOT_KEY, the exported key: without `--root-key` they are refused (`root_offline`)."""
         replaced, backup, lost = self.replaced, self.backup, self.lost
+        root_key = " --root-key ROOT_KEY" if root_key_offline else ""
+        exported = "  # ROOT_KEY: the root key exported by flask ca root-offline" if root_key_offline else ""
         found = []
         if _past(replaced.route_version, backup.route_version):
             found.append(f"flask routing publish --above {replaced.route_version}")
@@ -88,11 +92,12 @@ class NextSteps:
             verb = {"revoked": "revoke", "suspended": "suspend", "active": "resume"}[status]
             found.append(f"flask nodes {verb} {node} --reason {shlex.quote(reason)} --user NAME")
         for _, reason in lost.intermediate_revocations:  # it signs the root CRL above the nodes' one
-            found.append(f"flask ca revoke-intermediate --reason {reason} --above {replaced.root_crl or 0} --user NAME")
+            found.append(f"flask ca revoke-intermediate --reason {reason} --above {replaced.root_crl or 0}{root_key} "
+                         f"--user NAME{exported}")
         if _past(replaced.crl, backup.crl):
             found.append(f"flask ca crl --regenerate --above {replaced.crl}")
         if _past(replaced.root_crl, backup.root_crl) and not lost.intermediate_revocations:
-            found.append(f"flask ca root-crl --above {replaced.root_crl}")
+            found.append(f"flask ca root-crl --above {replaced.root_crl}{root_key}{exported}")
         return found
 
 

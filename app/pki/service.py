@@ -143,6 +143,12 @@ def is_ready() -> bool:
     return ca.is_initialised(ca_directory())
 
 
+def root_key_offline() -> bool:
+    """The CA is here and its root key is not (`flask ca root-offline`): what signs with the root needs
+    `--root-key`."""
+    return is_ready() and not (ca_directory() / "root.key").exists()
+
+
 NOT_INITIALISED = "The CA is not initialised: run `flask ca init`."
 
 
