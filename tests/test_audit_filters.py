@@ -55,3 +55,21 @@ def test_a_date_typed_without_its_zeros_is_shown_as_the_date_box_writes_it(admin
     assert exports()[-1].detail["filters"] == {"since": "2000-01-01"}
     assert runner.invoke(args=["audit", "export", "--until", "9999-1-01"]).exit_code == 0
     assert exports()[-1].detail["filters"] == {"until": "9999-01-01"}
+
+
+def test_the_actor_filter_finds_a_user_typed_in_another_case(admin_console, make_user, runner):
+    """Usernames ignore case at sign-in and the record keeps the name as created: `ZhangSan` signing in as
+    `zhangsan` is recorded as `ZhangSan`, and actor=zhangsan found nothing. Other actors are still compared
+    whole: "minister" is no prefix of anyone."""
+    make_user("ZhangSan")
+    service.record("node.suspend", "node-1", {}, actor="ZhangSan")
+    service.record("node.suspend", "node-2", {}, actor="ministers")
+    db.session.commit()
+    client = admin_console.client
+    assert listed_targets(client, actor="zhangsan") == ["node-1"]
+    assert listed_targets(client, actor="ZHANGSAN") == ["node-1"]
+    assert listed_targets(client, actor="ZhangSan") == ["node-1"]
+    assert listed_targets(client, actor="zhang") == []
+    assert listed_targets(client, actor="Ministers") == []  # no such user: as typed
+    result = runner.invoke(args=["audit", "export", "--actor", "zhangsan"])
+    assert [row["target"] for row in read_csv(result.stdout_bytes, KEYS)] == ["node-1"]

@@ -95,7 +95,7 @@ def list_command(limit: int, as_json: bool) -> None:
 
 
 @cli.command("export")
-@click.option("--actor", default="", help="Exactly this actor.")
+@click.option("--actor", default="", help="Exactly this actor (a console user in any case of its letters).")
 @click.option("--action", default="", help="Actions starting with this, ASCII letters in either case (`node.` "
                                            "for every node action), or "
                                            "whose label in --language contains it.")

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Dialect
 
 from app.audit.models import AuditRecord
 from app.audit.stored import holds_a_time
+from app.auth.models import User
 from app.extensions import db
 from app.labels import AUDIT_ACTIONS
 
@@ -95,12 +96,20 @@ def actions_labelled(text: str) -> list[str]:
     return [action for action, label in AUDIT_ACTIONS.items() if wanted in str(label).casefold()]
 
 
+def actors_named(typed: str) -> list[str]:
+    """`typed`, and the console user it names as recorded: usernames ignore case at sign-in (`ZhangSan` signs
+    in as `zhangsan` and is recorded as `ZhangSan`), so an auditor may type either. Other actors ("cli",
+    "system") as typed. Compared whole, on the indexed column."""
+    stored = db.session.scalars(select(User.username).where(func.lower(User.username) == typed.lower())).all()
+    return [typed, *(name for name in stored if name != typed)]
+
+
 def records(audit_filter: AuditFilter) -> tuple[Select, list[str]]:
     """The query, newest first, and the typed dates that are no date (when any, the query matches nothing)."""
     dialect = db.session.get_bind().dialect
     query = select(AuditRecord).order_by(AuditRecord.seq.desc())
     if audit_filter.actor:
-        query = query.where(AuditRecord.actor == audit_filter.actor)
+        query = query.where(AuditRecord.actor.in_(actors_named(audit_filter.actor)))
     # Action and target ignore the case of ASCII letters on both databases (SQLite's LIKE did, PostgreSQL's did
     # not); % and _ as typed.
     if audit_filter.action:
