@@ -47,6 +47,33 @@ def test_a_division_code_pasted_with_blanks_around_it_is_taken(app, make_user):
     assert answer.status_code == 302, answer.get_data(as_text=True)[:2000]
 
 
+def test_a_division_code_typed_in_full_width_digits_is_taken(app, make_user, runner):
+    """A Chinese input method in full-width mode types ３６００００: the division search took it, while the token
+    form, the application form, the resolve page and the user's scope refused it as "not six digits"."""
+    minister = make_user("minister")
+    make_user("jx-admin", "provincial_admin", ("360000",))
+    console = Console(app.test_client())
+    console.login("jx-admin")
+    posted = console.post_form("/tokens/", {"division_code": "３６００００", "ttl": "7d"})
+    assert re.search(r'id="issued-token">mpet_', posted.get_data(as_text=True))
+    assert db.session.scalar(db.select(EnrollmentToken.division_code)) == "360000"
+    from tests.factories import application_form, make_csr
+
+    answer = console.post_form("/applications/new", application_form("３６０１０２", csr=make_csr()))
+    assert answer.status_code == 302, answer.get_data(as_text=True)[:2000]
+    resolved = console.client.get("/nodes/resolve?division=３６０１０２").get_data(as_text=True)
+    assert "不是区划代码" not in resolved and 'value="360102"' in resolved
+    admin = Console(app.test_client())
+    admin.login(minister.username)
+    edited = admin.post_form("/users/new", {"username": "gd-admin", "display_name": "广东省厅",
+                                            "role": "provincial_admin", "scopes": "４４００００，３６００００",
+                                            "password": "Guangdong-Admin-7", "active": "y"})
+    assert edited.status_code == 302, edited.get_data(as_text=True)[:2000]
+    assert db.session.scalar(db.select(User.scope_codes).where(User.username == "gd-admin")) == "360000,440000"
+    result = runner.invoke(args=["users", "update", "gd-admin", "--scope", "４４００００"])
+    assert result.exit_code == 0, result.output
+
+
 def test_token_outside_scope_is_refused_in_the_form(app, make_user):
     make_user("jx-admin", "provincial_admin", ("360000",))
     console = Console(app.test_client())

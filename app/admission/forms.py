@@ -11,6 +11,7 @@ from app import labels
 from app.admission.information import FLAT_FIELDS, document_from_fields
 from app.admission.models import CAPABILITIES
 from app.console.forms import ConsoleForm
+from app.divisions.codes import typed_code
 
 
 class CSRInput:
@@ -37,8 +38,9 @@ class CSRInput:
 
 
 def without_blanks(value):
-    """A pasted code's blanks go before the fields' Length(max=6) runs: " 360000 " was refused as too long."""
-    return value.strip() if isinstance(value, str) else value
+    """A pasted code's blanks go before the fields' Length(max=6) runs: " 360000 " was refused as too long.
+    Full-width digits are read as digits (`typed_code`)."""
+    return typed_code(value) if isinstance(value, str) else value
 
 
 def some_chosen(form, field) -> None:

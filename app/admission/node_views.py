@@ -19,6 +19,7 @@ from app.auth.views import form_error
 from app.console.pages import shows_page
 from app.database import paginate
 from app.divisions import service as divisions
+from app.divisions.codes import typed_code
 from app.errors import DomainError, PermissionDenied
 from app.extensions import db
 
@@ -131,7 +132,7 @@ def lifecycle(node_id: str, action: str):
 @bp.get("/resolve")
 @roles_required(*VIEWERS)
 def resolve():
-    code = request.args.get("division", "").strip()
+    code = typed_code(request.args.get("division", ""))
     result, error, division = None, None, None
     if code:
         try:

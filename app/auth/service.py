@@ -17,6 +17,7 @@ from app.audit import service as audit
 from app.auth import console_sessions, throttle
 from app.auth.models import ROLES, SCOPE_CODES_LENGTH, ConsoleSession, LoginThrottle, PasswordHistory, User
 from app.database import serialise, sqlite_write_lock, utcnow
+from app.divisions.codes import typed_code
 from app.errors import Conflict, DomainError, NotFound, PermissionDenied, Refusals, ValidationFailed
 from app.extensions import db
 from app.readable import BLANKS, misleading, readable_text
@@ -115,7 +116,7 @@ CODE_SEPARATORS = re.compile(r"[,，、;；\s]+")
 
 
 def typed_codes(text: str | None) -> list[str]:
-    return [code for code in CODE_SEPARATORS.split(text or "") if code]
+    return [typed_code(code) for code in CODE_SEPARATORS.split(text or "") if code]
 
 
 def normalise_scopes(role: str, scopes: tuple[str, ...] | list[str], held: frozenset[str] = frozenset()) -> str:

@@ -17,6 +17,14 @@ CODE_PATTERN = re.compile(r"[0-9]{6}")  # fullmatch: `$` would also match before
 # The nation: no row of the GB/T 2260 list, but the code the ministry's node id starts with (SPEC §2).
 NATION_CODE = "100000"
 NATION_NAME = "中华人民共和国"
+# A Chinese input method in full-width mode types ３６００００: the digits a console user means.
+FULL_WIDTH_DIGITS = str.maketrans("０１２３４５６７８９", "0123456789")
+
+
+def typed_code(text: str | None) -> str:
+    """A code as a console user typed or pasted it: blanks around it dropped, full-width digits read as digits
+    (the division search already took them). Anything else is left for `check_code_format` to refuse."""
+    return (text or "").strip().translate(FULL_WIDTH_DIGITS)
 
 
 class MalformedDivisionFile(ValidationFailed):
