@@ -107,6 +107,41 @@ def csr_with_unreadable_extensions(how: str = "duplicate", key=None) -> str:
     return result.stdout
 
 
+def csr_of_version(version: int = 1, key=None, *, form: str = "pem") -> str | bytes:
+    """A CSR whose CertificationRequestInfo version is `version` (PKCS#10 knows 0, v1, only), self-signed
+    correctly over that info (`openssl req -verify` says OK): cryptography refuses it on load with
+    InvalidVersion, which is no ValueError."""
+    import base64
+
+    def tlv(tag: int, body: bytes) -> bytes:
+        size = len(body)
+        length = bytes([size]) if size < 0x80 else bytes([0x81, size]) if size < 0x100 else \
+            bytes([0x82]) + size.to_bytes(2, "big")
+        return bytes([tag]) + length + body
+
+    def body_at(der: bytes, at: int) -> tuple[int, int]:
+        """(start, end) of the body of the TLV at `at`."""
+        first = der[at + 1]
+        if first < 0x80:
+            return at + 2, at + 2 + first
+        count = first & 0x7F
+        return at + 2 + count, at + 2 + count + int.from_bytes(der[at + 2:at + 2 + count], "big")
+
+    key = key or ec.generate_private_key(ec.SECP256R1())
+    der = x509.load_pem_x509_csr(make_csr(key).encode()).public_bytes(serialization.Encoding.DER)
+    outer_body, _ = body_at(der, 0)
+    info_start, info_end = body_at(der, outer_body)  # the outer SEQUENCE's first element
+    info = der[info_start:info_end]
+    assert info.startswith(b"\x02\x01\x00")  # INTEGER 0, the version
+    info = tlv(0x30, b"\x02\x01" + bytes([version]) + info[3:])
+    algorithm = bytes.fromhex("300a06082a8648ce3d040302")  # ecdsa-with-SHA256
+    request = tlv(0x30, info + algorithm + tlv(0x03, b"\x00" + key.sign(info, ec.ECDSA(hashes.SHA256()))))
+    if form == "der":
+        return request
+    return ("-----BEGIN CERTIFICATE REQUEST-----\n" + base64.encodebytes(request).decode("ascii")
+            + "-----END CERTIFICATE REQUEST-----\n")
+
+
 def node_document(division_code: str = "360000", *, endpoint: str | None = None, csr: str | None = None,
                   **overrides) -> dict:
     n = next(_counter)

@@ -13,6 +13,7 @@ from app.admission.models import Application, EnrollmentToken
 from app.database import utcnow
 from app.extensions import db
 from tests.factories import (
+    csr_of_version,
     csr_with_unreadable_extensions,
     csr_with_unreadable_subject,
     make_csr,
@@ -113,7 +114,7 @@ def test_a_node_that_lost_its_201_retrying_with_the_same_key_gets_its_applicatio
     assert approved.get_json() == {"application_id": application_id, "status": "approved", "node_id": node.node_id}
 
 
-@pytest.mark.parametrize("csr", ["another key", "no csr", "not a csr"])
+@pytest.mark.parametrize("csr", ["another key", "no csr", "not a csr", "version 2"])
 def test_a_used_token_with_another_key_or_no_csr_is_still_token_used(client, token, csr):
     assert submit(client, token, node_document()).status_code == 201
     document = node_document()
@@ -121,6 +122,8 @@ def test_a_used_token_with_another_key_or_no_csr_is_still_token_used(client, tok
         del document["csr"]
     elif csr == "not a csr":
         document["csr"] = "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"
+    elif csr == "version 2":  # was a 500 (InvalidVersion is no ValueError)
+        document["csr"] = csr_of_version(1)
     again = submit(client, token, document)
     assert again.status_code == 401 and again.get_json()["error"]["code"] == "token_used"
 
@@ -258,6 +261,7 @@ def test_the_token_is_checked_before_the_body(client, header, code, body, conten
     ({"csr": csr_with_unreadable_subject("integer")}, 400, "invalid_csr", "csr"),  # was a 500
     ({"csr": csr_with_unreadable_extensions("duplicate")}, 400, "invalid_csr", "csr"),  # was a 500
     ({"csr": csr_with_unreadable_extensions("x400")}, 400, "invalid_csr", "csr"),  # was a 500
+    ({"csr": csr_of_version(1)}, 400, "invalid_csr", "csr"),  # was a 500
     ({"csr": ""}, 400, "missing_csr", "csr"),
 ])
 def test_bad_input_is_refused_and_leaves_the_token_unused(client, token, overrides, status, code, field):

@@ -281,9 +281,23 @@ def service_certificate_not_on_record(role: str) -> str:
     return certificate.public_bytes(serialization.Encoding.PEM).decode()
 
 
+def version_2(pem: str) -> str:
+    """The certificate with its version field made v2 (1): cryptography refuses it with InvalidVersion, no
+    ValueError."""
+    import base64
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    der = x509.load_pem_x509_certificate(pem.encode()).public_bytes(serialization.Encoding.DER)
+    assert der.count(b"\xa0\x03\x02\x01\x02") == 1  # [0] EXPLICIT INTEGER 2, v3
+    der = der.replace(b"\xa0\x03\x02\x01\x02", b"\xa0\x03\x02\x01\x01")
+    return "-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(der).decode() + "-----END CERTIFICATE-----\n"
+
+
 @pytest.mark.parametrize(("case", "code"), [
     ("foreign", "not_this_ca"), ("malformed", "not_a_certificate"), ("empty", "not_a_certificate"),
-    ("with_another_certificate", "not_a_certificate"),
+    ("with_another_certificate", "not_a_certificate"), ("version 2", "not_a_certificate"),
     ("recorded", "already_recorded"), ("intermediate", "not_this_ca"), ("route_signer", "not_a_node_certificate"),
     ("management", "not_a_node_certificate")])
 def test_what_is_not_a_lost_node_certificate_of_this_ca_is_refused_and_nothing_stored(app, tmp_path, runner, case,
@@ -296,6 +310,7 @@ def test_what_is_not_a_lost_node_certificate_of_this_ca_is_refused_and_nothing_s
     text = {"foreign": lambda: foreign_node_certificate(app, tmp_path),
             "malformed": lambda: "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
             "empty": lambda: "",
+            "version 2": lambda: version_2(issued_after_the_backup(lost_node_id(app, 2))),  # was a traceback
             "with_another_certificate": lambda: issued_after_the_backup(lost_node_id(app, 2))
             + foreign_node_certificate(app, tmp_path),
             "recorded": lambda: db.session.scalars(select(Certificate.pem).limit(1)).one(),

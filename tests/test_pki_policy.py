@@ -19,7 +19,14 @@ from app.pki import authority, csr_policy
 from app.pki import service as pki
 from app.pki.csr_policy import InvalidCSR
 from app.pki.models import Certificate
-from tests.factories import NodeKeys, csr_with_unreadable_extensions, csr_with_unreadable_subject, make_csr, make_key
+from tests.factories import (
+    NodeKeys,
+    csr_of_version,
+    csr_with_unreadable_extensions,
+    csr_with_unreadable_subject,
+    make_csr,
+    make_key,
+)
 from tests.test_sessions import admit_with_keys, people  # noqa: F401 (fixture)
 
 
@@ -151,6 +158,24 @@ def test_renewal_with_a_csr_whose_extensions_cannot_be_read_is_refused(client, p
     error = response.get_json()["error"]
     assert (response.status_code, error["code"], error["field"]) == (400, "invalid_csr", "csr")
     assert "extensions cannot be read" in error["message"]
+    assert pki.current_certificate(node.node_id).serial == row.serial  # nothing issued
+
+
+def test_a_csr_of_another_version_than_v1_is_refused_pem_or_der():
+    """cryptography refuses a CSR whose version is not v1 with InvalidVersion, which is no ValueError: every door
+    that reads a CSR (an application, the retry of a lost answer, a renewal, the console's file, `flask
+    applications submit`) answered 500 (node API review)."""
+    assert "version" in reason_for(csr_of_version(1))
+    with pytest.raises(InvalidCSR) as caught:
+        csr_policy.pem_from_file(csr_of_version(2, form="der"))
+    assert "version" in str(caught.value.message)
+
+
+def test_renewal_with_a_csr_of_another_version_than_v1_is_refused(client, people):  # noqa: F811
+    node, keys, token, row = renewal_window_open(client, people)
+    response = renew(client, token, csr_of_version(1))
+    error = response.get_json()["error"]
+    assert (response.status_code, error["code"], error["field"]) == (400, "invalid_csr", "csr"), error
     assert pki.current_certificate(node.node_id).serial == row.serial  # nothing issued
 
 

@@ -57,6 +57,9 @@ class InvalidCSR(ValidationFailed):
         super().__init__(message, field="csr")
 
 
+NOT_V1 = _l("The CSR's version field is not v1 (0), the only version of PKCS#10.")
+
+
 def pem_from_file(data: bytes) -> str:
     """An uploaded or CLI-read CSR file, PEM or DER, as PEM text for `load_csr`. A DER file that is
     not a CSR is refused here, where we still know it was binary, with a reason that fits it."""
@@ -66,11 +69,13 @@ def pem_from_file(data: bytes) -> str:
         return data.decode("utf-8", errors="replace")  # load_csr judges PEM text and size
     try:
         return x509.load_der_x509_csr(data).public_bytes(serialization.Encoding.PEM).decode("ascii")
+    except x509.InvalidVersion:
+        raise InvalidCSR(NOT_V1) from None
     except ValueError:
         pass
     try:
         x509.load_der_x509_certificate(data)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         raise InvalidCSR(_l("This file is neither a PEM nor a DER certificate signing request (CSR).")) from None
     raise InvalidCSR(_l("This is a certificate, not a certificate signing request (CSR): "
                         "send the PKCS#10 request generated with the node's key."))
@@ -112,6 +117,8 @@ def load_csr(pem: str | bytes) -> x509.CertificateSigningRequest:
                             "(this one has other text or control characters there)."))
     try:
         return x509.load_pem_x509_csr(data.replace(b"NEW CERTIFICATE REQUEST", b"CERTIFICATE REQUEST"))
+    except x509.InvalidVersion:  # no ValueError: it answered 500 at every door that reads a CSR
+        raise InvalidCSR(NOT_V1) from None
     except ValueError as error:
         raise InvalidCSR(_l("The CSR could not be parsed: its PEM block is damaged (broken base64) or "
                             "does not hold a PKCS#10 structure.")) from error

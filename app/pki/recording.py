@@ -74,7 +74,7 @@ def _load(pem: str) -> x509.Certificate:
     `tls/node.pem`, the console's download), and nothing else."""
     try:
         certificates = x509.load_pem_x509_certificates(pem.encode())
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):  # the latter no ValueError: it was a traceback
         certificates = []
     loaded = service.authority()
     chain = {loaded.intermediate_certificate, loaded.root_certificate}
