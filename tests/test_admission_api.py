@@ -348,6 +348,8 @@ BRACKETS_ALONE = ("An IPv6 address in brackets is the whole host of an endpoint:
     ("https://[fe80::1%25eth0]:8443", "The endpoint's IPv6 address must not name a network interface (a zone)."),
     *((endpoint, "An IPv4 address is written as itself in an endpoint, not inside IPv6: 10.9.133.4.")
       for endpoint in ("https://[::ffff:10.9.133.4]", "https://[::FFFF:a09:8504]:443/")),
+    *((endpoint, "The endpoint's host is the IPv4 address 10.11.10.7 in another form: write it as 10.11.10.7.")
+      for endpoint in ("https://10.11.10.0x7", "https://0x0a0b0a07:8443/", "https://10.11.0x0a07.")),
     ("https://[v1.x]", "Only an IPv6 address goes in brackets in an endpoint's host."),
     ("https://[v1.x]:8443/im", "Only an IPv6 address goes in brackets in an endpoint's host."),
     *((endpoint, BRACKETS_ALONE) for endpoint in (
@@ -361,7 +363,8 @@ def test_an_endpoint_host_no_certificate_could_name_is_refused(client, token, en
     was stored and certified as https://v1.x, a DNS name nobody asked for. Text before or after the brackets
     ("https://[2001:db8::1]im.example.com/") was dropped: the node was stored as https://[2001:db8::1]. An
     IPv4-mapped IPv6 address ("[::ffff:10.9.133.4]") reaches the IPv4 host under another spelling: it passed the
-    check that one endpoint is one node's."""
+    check that one endpoint is one node's; so did the hexadecimal forms a resolver reads as IPv4 ("0x0a0b0a07",
+    "10.11.10.0x7") without asking DNS (node API review)."""
     response = submit(client, token, node_document(endpoint=endpoint))
     error = response.get_json()["error"]
     assert (response.status_code, error["code"], error["field"], error["message"]) == \
@@ -369,7 +372,8 @@ def test_an_endpoint_host_no_certificate_could_name_is_refused(client, token, en
     assert db.session.scalar(select(EnrollmentToken)).state() == "active"
 
 
-@pytest.mark.parametrize("endpoint", ["https://2025.jx.example", "https://[2001:db8::1]:8443", "https://10.2.2.2"])
+@pytest.mark.parametrize("endpoint", ["https://2025.jx.example", "https://[2001:db8::1]:8443", "https://10.2.2.2",
+                                      "https://0x7f.example", "https://deadbeef"])
 def test_an_endpoint_host_with_numeric_labels_or_a_plain_address_is_taken(client, token, endpoint):
     assert submit(client, token, node_document(endpoint=endpoint)).status_code == 201
 

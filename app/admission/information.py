@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -135,6 +136,11 @@ def normalise_endpoint(value) -> str:
         if not all(HOST_LABEL.match(label) for label in labels) or labels[-1].isdigit():
             raise invalid(_l("The endpoint's host is not a valid DNS name."), "endpoint", "invalid_endpoint") \
                 from None
+        # "0x0a0b0a07" and "10.11.10.0x7" pass as DNS names, and resolvers read them as 10.11.10.7 without asking
+        # DNS (inet_aton's forms): one machine then held several node identities, as "[::ffff:…]" did.
+        if (alias := ipv4_alias(host.rstrip("."))) is not None:
+            raise invalid(_l("The endpoint's host is the IPv4 address %(address)s in another form: write it as "
+                             "%(address)s.", address=alias), "endpoint", "invalid_endpoint") from None
         shown_host = host.rstrip(".")
     else:
         if ip.version == 6 and ip.scope_id:  # "%eth0" names an interface of one machine, not an address
@@ -147,6 +153,15 @@ def normalise_endpoint(value) -> str:
                              address=str(ip.ipv4_mapped)), "endpoint", "invalid_endpoint")
     netloc = shown_host if port in (None, 443) else f"{shown_host}:{port}"
     return f"https://{netloc}{_normal_path(parts.path)}"
+
+
+def ipv4_alias(host: str) -> str | None:
+    """The IPv4 address a host name that is no dotted quad stands for to a resolver (inet_aton: hexadecimal,
+    octal, fewer than four parts), else None."""
+    try:
+        return str(ipaddress.IPv4Address(socket.inet_aton(host)))
+    except (OSError, ValueError):
+        return None
 
 
 PERCENT_ENCODED = re.compile(r"%([0-9A-Fa-f]{2})")
