@@ -146,6 +146,20 @@ def test_an_ipv4_mapped_ipv6_address_counts_as_its_ipv4_address(app, make_user):
     assert sign_in_from(app, "::ffff:10.0.0.8", "carol").status_code == 302
 
 
+def test_a_port_after_the_address_counts_as_the_address(app, make_user):
+    """A proxy that writes the client's port into X-Forwarded-For (a.b.c.d:port) made each connection a counter
+    of its own: 25 guesses from one client never locked its address (auth review)."""
+    make_user("carol")
+    limit = app.config["MPIM_LOGIN_MAX_ADDRESS_FAILURES"]
+    for index in range(limit):
+        sign_in_from(app, f"10.4.4.4:{40000 + index}", f"ghost{index}", "whatever-Wrong-1")
+        sign_in_from(app, f"[2001:db8:1:1::{index + 1:x}]:443", f"ghost{index}", "whatever-Wrong-1")
+    assert sign_in_from(app, "10.4.4.4:50000", "carol").status_code == 401
+    assert sign_in_from(app, "2001:db8:1:1::99", "carol").status_code == 401
+    assert sorted(address for address, _until in service.locked_addresses()) == ["10.4.4.4", "2001:db8:1:1::/64"]
+    assert sign_in_from(app, "10.4.4.5:40000", "carol").status_code == 302
+
+
 def test_unlocking_an_account_also_clears_the_address_locks_that_would_refuse_it(app, console, make_user):
     make_user("carol")
     lock_the_address(app, console)

@@ -5,6 +5,7 @@ failures and checks under way together, and the locks they lead to. `service.aut
 from __future__ import annotations
 
 import ipaddress
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,13 +41,24 @@ class SignInsBusy(LoginRefused):
     status = 429
 
 
+WITH_PORT = re.compile(r"\[(?P<v6>[^\]]+)\](?::[0-9]{1,5})?|(?P<v4>[0-9.]+):[0-9]{1,5}")
+
+
+def without_port(remote_addr: str) -> str:
+    """`remote_addr` without a port after it, and an IPv6 address without its brackets."""
+    match = WITH_PORT.fullmatch(remote_addr)
+    return (match["v6"] or match["v4"]) if match else remote_addr
+
+
 def address_key(remote_addr: str) -> str:
     """The address counter a sign-in from `remote_addr` counts on: an IPv6 client by its /64 (one subscriber
     holds all of it, and counted address by address it never locked), an IPv4-mapped IPv6 address
     (::ffff:a.b.c.d, a dual-stack listener's view of an IPv4 client) as that IPv4 address, any other as given.
-    What follows "addr:" is what the users page and the CLI show, e.g. 2001:db8:1:1::/64."""
+    A port a proxy wrote after the address in X-Forwarded-For (a.b.c.d:port, [v6]:port) is dropped: kept, it
+    made each connection of one client a counter of its own, which never locked. Anything else unreadable counts
+    as given. What follows "addr:" is what the users page and the CLI show, e.g. 2001:db8:1:1::/64."""
     try:
-        address = ipaddress.ip_address(remote_addr)
+        address = ipaddress.ip_address(without_port(remote_addr))
     except ValueError:
         return f"addr:{remote_addr}"
     if isinstance(address, ipaddress.IPv6Address):
