@@ -59,6 +59,7 @@ def test_the_export_holds_what_the_filter_selects_newest_first_and_is_audited(ad
     assert response.status_code == 200
     assert response.mimetype == "text/csv"
     assert response.headers["Content-Disposition"].startswith("attachment; filename=audit-")
+    assert response.headers["Cache-Control"] == "no-store"  # the whole log: as a signed-in page (auth review)
     rows = read_csv(response.data)
     assert [row["action"] for row in rows] == ["node.resume", "node.suspend"]
     assert rows[1]["detail"] == '{"reason": "维护"}' and rows[1]["action_label"] == "暂停节点"

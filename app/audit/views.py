@@ -64,7 +64,9 @@ def export_csv():
     lines = export.csv_lines(db.engine, query, audit_filter.zone, export.action_labels(),
                              export.header(audit_filter.zone, names=True))  # a person opens it
     name = export.file_name(utcnow(), audit_filter.zone)
-    return Response(lines, mimetype="text/csv", headers={"Content-Disposition": f"attachment; filename={name}"})
+    # The whole log, signed-in data as a page is: not kept in the browser's cache (security_headers covers pages).
+    return Response(lines, mimetype="text/csv", headers={"Content-Disposition": f"attachment; filename={name}",
+                                                         "Cache-Control": "no-store"})
 
 
 @bp.get("/export.csv")
