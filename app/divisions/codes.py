@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -14,6 +15,9 @@ from app.errors import ValidationFailed
 from app.readable import misleading, one_line, shows_nothing
 
 CODE_PATTERN = re.compile(r"[0-9]{6}")  # fullmatch: `$` would also match before a final newline
+# GB/T 2260's provinces are numbered by region, 1 (华北) to 8 (港澳台): 11 北京 to 82 澳门. Only a file is held to
+# it; a typed code is checked against the loaded list, which holds no other.
+PROVINCE_REGIONS = "12345678"
 # The nation: no row of the GB/T 2260 list, but the code the ministry's node id starts with (SPEC §2).
 NATION_CODE = "100000"
 NATION_NAME = "中华人民共和国"
@@ -107,15 +111,23 @@ def parse_division_file(data: bytes) -> list[DivisionRow]:
                                         "holding a comma is written in double quotes).")
         code, name = record[0].strip(), record[1].strip()
         if not CODE_PATTERN.fullmatch(code):
-            raise MalformedDivisionFile(f"line {line}: {code!r} is not a six-digit code.")
-        if code == NATION_CODE or code.startswith("00"):
+            raise MalformedDivisionFile(f"line {line}: “{one_line(code)}” is not a six-digit code.")
+        if code == NATION_CODE:
             raise MalformedDivisionFile(f"line {line}: {code} is not a province, prefecture or county code.")
+        if code[0] not in PROVINCE_REGIONS:
+            raise MalformedDivisionFile(f"line {line}: “{code}” is no GB/T 2260 code: a province's first digit is "
+                                        "1 to 8.")
         if shows_nothing(name):  # "\u200b" as much as "": a name that shows as nothing is none
             raise MalformedDivisionFile(f"line {line}: division {code} has an empty name.")
         if len(name) > 100:
             raise MalformedDivisionFile(f"line {line}: the name of {code} is longer than 100 characters.")
         if misleading(name):  # a NUL stops the import on PostgreSQL; a bidi override shows another name
             raise MalformedDivisionFile(f"line {line}: the name of {code} holds a control or bidi character.")
+        if hidden := next((ch for ch in name if unicodedata.category(ch) == "Cf"), None):
+            # "东城\u200b区" shows as 东城区 yet is another name: a rename that reads as none, and not found by the
+            # console's search for 东城区. A rule of division names: `misleading` serves every other text too.
+            raise MalformedDivisionFile(f"line {line}: the name of {code} holds an invisible format character "
+                                        f"U+{ord(hidden):04X}.")
         if code in names:
             raise MalformedDivisionFile(f"line {line}: code {code} appears again (first on line {names[code][1]}).")
         names[code] = (name, line)
