@@ -417,3 +417,58 @@ def test_a_division_page_is_titled_and_headed_by_its_division_and_a_search_by_wh
     assert title.startswith("南昌市 (360100) · Divisions · ") and heading == "南昌市", (title, heading)
     title, heading = title_and_heading("/divisions/360000")
     assert title.startswith("Jiangxi (360000) · Divisions · ") and heading == "Jiangxi", (title, heading)
+
+
+def last_import_record():
+    from app.audit.models import AuditRecord
+
+    return db.session.scalars(select(AuditRecord).where(AuditRecord.action == "divisions.import")
+                              .order_by(AuditRecord.seq.desc())).first()
+
+
+def test_the_audit_record_says_how_many_users_of_retired_codes_it_left_out(app, runner, make_user, admin_console):
+    """The record kept the first 50 things still using a retired code and dropped the rest without a word: the
+    audit log read as if those were all."""
+    from app.admission import tokens
+
+    runner.invoke(args=["divisions", "import", str(DATA / "gb2260-2019.04.csv"), "--revision", "2019.04",
+                        "--allow-older"])
+    minister = make_user("token-admin")
+    for _ in range(53):
+        tokens.create_token("130521", by=minister)  # 邢台县, which 2023 retires
+    db.session.commit()
+
+    result = runner.invoke(args=["divisions", "import", "--revision", "2023"])
+
+    assert result.exit_code == 0 and result.output.count("  ! enrollment token") == 53, result.output
+    detail = last_import_record().detail
+    assert detail["retired_in_use_count"] == 53
+    assert len(detail["retired_in_use"]) == 51 and detail["retired_in_use"][-1] == "… and 3 more", detail
+    page = admin_console.client.get("/audit/?action=divisions.import").get_data(as_text=True)
+    assert "… and 3 more" in page and "&#34;retired_in_use_count&#34;: 53" in page
+
+
+def test_the_audit_record_says_when_a_flag_let_through_what_would_have_been_refused(app, runner, tmp_path):
+    """The record of an import let through by --allow-older or --allow-mass-retirement read as the record of an
+    ordinary one: nothing showed that a safety refusal was overridden, or by which flag."""
+    older = str(DATA / "gb2260-2019.04.csv")
+    assert runner.invoke(args=["divisions", "import", older, "--revision", "2019.04", "--allow-older"]).exit_code == 0
+    assert last_import_record().detail["allow_older"] is True
+    assert "allow_mass_retirement" not in last_import_record().detail
+
+    cut = tmp_path / "cut.csv"
+    cut.write_text("\n".join(service.DEFAULT_FILE.read_text(encoding="utf-8").splitlines()[:300]) + "\n",
+                   encoding="utf-8")
+    assert runner.invoke(args=["divisions", "import", str(cut), "--revision", "2099", "--allow-mass-retirement",
+                               "--allow-older"]).exit_code == 0
+    assert last_import_record().detail["allow_mass_retirement"] is True
+    assert "allow_older" not in last_import_record().detail  # given, but 2099 is newer: it let nothing through
+
+    # A flag given where nothing would have been refused is not recorded as an override.
+    whole = tmp_path / "2100.csv"  # newer than 2099, and retires nothing: it restores what the cut file retired
+    whole.write_bytes(service.DEFAULT_FILE.read_bytes())
+    assert runner.invoke(args=["divisions", "import", str(whole), "--revision", "2100", "--allow-older",
+                               "--allow-mass-retirement"]).exit_code == 0
+    detail = last_import_record().detail
+    assert detail["restored"] > 2000 and "allow_older" not in detail and "allow_mass_retirement" not in detail
+

@@ -28,6 +28,7 @@ LEVEL_ORDER = {"province": 0, "prefecture": 1, "county": 2}
 # here: given the codes a revision retires, they return human lines naming what still uses them.
 RetirementCheck = Callable[[set[str]], list[str]]
 retirement_checks: list[RetirementCheck] = []
+AUDITED_IN_USE = 50  # lines of retired_in_use an import's audit record keeps; the rest are counted
 
 
 class RetiredDivision(ValidationFailed):
@@ -67,8 +68,9 @@ def import_revision(data: bytes, revision: str, *, actor: str | None = None,
     Nothing is ever deleted: a retired code keeps its row with `retired` set, because nodes and
     history may still name it. A revision older than the current one is refused unless
     `allow_older`: it would bring abolished codes back and retire current ones. One that retires a province or
-    more than a twentieth of the current codes is refused unless `allow_mass_retirement` (`_check_retirements`):
-    a file cut short reads as such a revision.
+    more than a twentieth of the current codes is refused unless `allow_mass_retirement` (`_mass_retirement`):
+    a file cut short reads as such a revision. The audit record says which flag let through what would have been
+    refused.
     """
     revision = readable_text(revision, "revision")  # shown in the console and the audit log; blanks only are none
     if not revision or len(revision) > 32:
@@ -80,10 +82,12 @@ def import_revision(data: bytes, revision: str, *, actor: str | None = None,
     rows = sorted(parse_division_file(data), key=lambda r: (LEVEL_ORDER[r.level], r.code))
     existing = {d.code: d for d in db.session.scalars(select(Division))}
     latest = db.session.scalar(select(DivisionRevision.name).order_by(DivisionRevision.id.desc()).limit(1))
-    if existing and latest and not allow_older and is_older_revision(revision, latest):
+    older = bool(existing and latest and is_older_revision(revision, latest))
+    if older and not allow_older:
         raise Conflict(_l("Revision %(revision)s is older than the current %(latest)s: importing it would bring "
                           "back abolished codes and retire current ones. Use --allow-older if that is intended.",
                           revision=revision, latest=latest), code="older_revision", field="revision")
+    overrides = {"allow_older": True} if older else {}  # the flags that let through what was to be refused
     report = ImportReport(revision=revision, total=len(rows), first=not existing)
     incoming: dict[str, DivisionRow] = {row.code: row for row in rows}
     level = "province"
@@ -110,8 +114,10 @@ def import_revision(data: bytes, revision: str, *, actor: str | None = None,
         if code not in incoming and not current.retired:
             current.retired, current.retired_in = True, revision
             report.retired.append((code, current.name))
-    if not allow_mass_retirement:
-        _check_retirements(report, existing)
+    if (refusal := _mass_retirement(report, existing)) is not None:
+        if not allow_mass_retirement:
+            raise refusal
+        overrides["allow_mass_retirement"] = True
     db.session.flush()
     retired_codes = {code for code, _ in report.retired}
     if retired_codes:
@@ -122,10 +128,13 @@ def import_revision(data: bytes, revision: str, *, actor: str | None = None,
     db.session.add(DivisionRevision(name=revision, imported_by=actor or "system", added=len(report.added),
                                     renamed=len(report.renamed), retired=len(report.retired),
                                     restored=len(report.restored)))
+    in_use = report.retired_in_use[:AUDITED_IN_USE]
+    if len(report.retired_in_use) > AUDITED_IN_USE:  # said where the list is read, not only in the count beside it
+        in_use.append(f"… and {len(report.retired_in_use) - AUDITED_IN_USE} more")
     audit.record("divisions.import", revision,
                  {"total": report.total, "added": len(report.added), "renamed": len(report.renamed),
                   "retired": len(report.retired), "restored": len(report.restored),
-                  "retired_in_use": report.retired_in_use[:50]},
+                  "retired_in_use": in_use, "retired_in_use_count": len(report.retired_in_use), **overrides},
                  **({"actor": actor} if actor else {}))
     return report
 
@@ -152,29 +161,29 @@ def _revision_date(name: str) -> tuple[int, int] | None:
 MASS_RETIREMENT_SHARE = 20  # more than 1/20 of the current codes retired at once is refused without the flag
 
 
-def _check_retirements(report: ImportReport, existing: dict[str, Division]) -> None:
-    """Refuse a revision that retires a province, or more than a twentieth of the current codes: what a file cut
-    short (the first 300 lines of the list retired 2,911 codes, 31 provinces among them) or the wrong file reads
-    as, and it refused every application, token and scope on those codes until the full list came back. Real
-    revisions retire a few dozen counties (2019.04 to 2023: 71 of about 3,200)."""
+def _mass_retirement(report: ImportReport, existing: dict[str, Division]) -> Conflict | None:
+    """The refusal of a revision that retires a province, or more than a twentieth of the current codes (None for
+    another): what a file cut short (the first 300 lines of the list retired 2,911 codes, 31 provinces among them)
+    or the wrong file reads as, and it refused every application, token and scope on those codes until the full
+    list came back. Real revisions retire a few dozen counties (2019.04 to 2023: 71 of about 3,200)."""
     # Current before this import: the codes it restores were retired, and do not widen the twentieth.
     current = sum(1 for division in existing.values() if not division.retired) + len(report.retired) - len(
         report.restored)
     provinces = [(code, name) for code, name in report.retired if existing[code].level == "province"]
     if not provinces and len(report.retired) * MASS_RETIREMENT_SHARE <= current:
-        return
+        return None
     named = ", ".join(f"{code} {name}" for code, name in provinces[:5]) + ("…" if len(provinces) > 5 else "")
     if provinces:
-        raise Conflict(_l("Revision %(revision)s would retire %(retired)s of the %(current)s current codes, provinces "
-                          "among them (%(named)s): is the file whole (%(total)s codes in it)? A revision retires a "
-                          "few dozen codes at most. Use --allow-mass-retirement if that is intended.",
-                          revision=report.revision, retired=len(report.retired), current=current, named=named,
-                          total=report.total), code="mass_retirement", field="revision")
-    raise Conflict(_l("Revision %(revision)s would retire %(retired)s of the %(current)s current codes: is the file "
-                      "whole (%(total)s codes in it)? A revision retires a few dozen codes at most. Use "
-                      "--allow-mass-retirement if that is intended.",
-                      revision=report.revision, retired=len(report.retired), current=current,
-                      total=report.total), code="mass_retirement", field="revision")
+        return Conflict(_l("Revision %(revision)s would retire %(retired)s of the %(current)s current codes, provinces "
+                           "among them (%(named)s): is the file whole (%(total)s codes in it)? A revision retires a "
+                           "few dozen codes at most. Use --allow-mass-retirement if that is intended.",
+                           revision=report.revision, retired=len(report.retired), current=current, named=named,
+                           total=report.total), code="mass_retirement", field="revision")
+    return Conflict(_l("Revision %(revision)s would retire %(retired)s of the %(current)s current codes: is the file "
+                       "whole (%(total)s codes in it)? A revision retires a few dozen codes at most. Use "
+                       "--allow-mass-retirement if that is intended.",
+                       revision=report.revision, retired=len(report.retired), current=current,
+                       total=report.total), code="mass_retirement", field="revision")
 
 
 def get(code: str, field: str = "division_code") -> Division:
