@@ -472,3 +472,37 @@ def test_the_audit_record_says_when_a_flag_let_through_what_would_have_been_refu
     detail = last_import_record().detail
     assert detail["restored"] > 2000 and "allow_older" not in detail and "allow_mass_retirement" not in detail
 
+
+@pytest.mark.parametrize("loaded", [None, "2019.04"])
+def test_two_imports_at_once_end_as_one_after_the_other(app, loaded):
+    """Two `flask divisions import` at once (two operators, or two starts' `make db`) both read the table before
+    either wrote: on PostgreSQL the second ended in a 110-line traceback (UniqueViolation on pk_divisions). They
+    queue now: the second reads what the first loaded and finds nothing to change."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from app.divisions.models import DivisionRevision
+
+    wipe_divisions()
+    db.session.execute(DivisionRevision.__table__.delete())  # as on a new server, whose first start loads 2019.04
+    if loaded:
+        service.import_revision((DATA / "gb2260-2019.04.csv").read_bytes(), loaded)
+    db.session.commit()
+    db.session.remove()
+    environment = {**os.environ, "FLASK_APP": "wsgi.py", "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
+                   "MPIM_INSTANCE_PATH": app.config["MPIM_INSTANCE_PATH"]}
+    processes = [subprocess.Popen([sys.executable, "-m", "flask", "divisions", "import", "--json"], env=environment,
+                                  cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    ended = [process.communicate(timeout=120) for process in processes]
+
+    assert [process.returncode for process in processes] == [0, 0], ended
+    reports = [json.loads(out) for out, _ in ended]
+    changed = [report for report in reports if report["first"] or report["added"] or report["retired"]]
+    assert len(changed) == 1, reports  # the second found the first's work done
+    assert service.latest_revision().name == service.DEFAULT_REVISION
+    assert db.session.scalar(select(func.count()).select_from(Division)) > 3000
+    revisions = list(db.session.scalars(select(DivisionRevision.name).order_by(DivisionRevision.id)))
+    assert revisions == [name for name in (loaded, service.DEFAULT_REVISION) if name]  # one import, recorded once

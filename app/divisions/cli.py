@@ -35,9 +35,11 @@ def import_command(file, revision, allow_older, allow_mass_retirement, as_json):
         raise click.UsageError(f"--revision names the revision in FILE; give the FILE (without one, the shipped "
                                f"list is imported, which is revision {service.DEFAULT_REVISION})")
     if file is None and revision is None:
+        service.lock_imports()  # what an import running meanwhile loads decides, as if it had ended first
         reason = service.reason_to_keep_loaded_revision()
         if reason is not None:
             latest = service.latest_revision()
+            db.session.rollback()
             click.echo(json.dumps({"revision": latest.name, "imported": False}) if as_json else reason)
             return
     path = file or str(service.DEFAULT_FILE)

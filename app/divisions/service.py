@@ -12,6 +12,7 @@ from flask_babel import lazy_gettext as _l
 from sqlalchemy import func, or_, select
 
 from app.audit import service as audit
+from app.database import serialise
 from app.divisions.codes import NATION_CODE, NATION_NAME, DivisionRow, check_code_format, parse_division_file
 from app.divisions.models import Division, DivisionRevision
 from app.divisions.names import ENGLISH_NAMES
@@ -70,7 +71,7 @@ def import_revision(data: bytes, revision: str, *, actor: str | None = None,
     `allow_older`: it would bring abolished codes back and retire current ones. One that retires a province or
     more than a twentieth of the current codes is refused unless `allow_mass_retirement` (`_mass_retirement`):
     a file cut short reads as such a revision. The audit record says which flag let through what would have been
-    refused.
+    refused. Imports queue (`lock_imports`): each reads the table as the one before it left it.
     """
     revision = readable_text(revision, "revision")  # shown in the console and the audit log; blanks only are none
     if not revision or len(revision) > 32:
@@ -80,7 +81,9 @@ def import_revision(data: bytes, revision: str, *, actor: str | None = None,
         raise ValidationFailed(_l("A revision is named by its date, as GB/T 2260's are: 2023, or 2019.04 (year and "
                                   "month)."), code="invalid_revision", field="revision")
     rows = sorted(parse_division_file(data), key=lambda r: (LEVEL_ORDER[r.level], r.code))
-    existing = {d.code: d for d in db.session.scalars(select(Division))}
+    lock_imports()
+    # Read after the lock, and over what the session may hold from before it: what the last import left.
+    existing = {d.code: d for d in db.session.scalars(select(Division).execution_options(populate_existing=True))}
     latest = db.session.scalar(select(DivisionRevision.name).order_by(DivisionRevision.id.desc()).limit(1))
     older = bool(existing and latest and is_older_revision(revision, latest))
     if older and not allow_older:
@@ -137,6 +140,14 @@ def import_revision(data: bytes, revision: str, *, actor: str | None = None,
                   "retired_in_use": in_use, "retired_in_use_count": len(report.retired_in_use), **overrides},
                  **({"actor": actor} if actor else {}))
     return report
+
+
+def lock_imports() -> None:
+    """One import at a time, from reading the table to commit: two at once (two starts' `make db`) both read it
+    before either wrote, and the second's inserts failed on the first's codes (on PostgreSQL, a traceback). The
+    second now reads what the first left, as if run after it. The CLI takes it before its bare import's check of
+    the loaded revision, which is to read what an import running meanwhile leaves."""
+    serialise("divisions.import")
 
 
 def is_older_revision(revision: str, latest: str) -> bool:
