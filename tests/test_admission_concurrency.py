@@ -275,6 +275,27 @@ def test_a_suspension_racing_a_revocation_never_undoes_it(app, make_user):
     assert nodes.get(node_id).status == "revoked"
 
 
+def test_one_page_suspending_a_node_several_times_at_once_suspends_it_once(app, make_user):
+    """A form sent again before its first answer came (a double click, a resend), every copy from the same page:
+    one suspension, one audit record; the rest are told it is already suspended, not that it changed meanwhile."""
+    from app.admission import node_changes, nodes
+    from app.audit.models import AuditRecord
+
+    node_id, minister_id = _admitted_node(make_user)
+    seen = node_changes.mark(node_changes.latest(node_id))
+    db.session.remove()
+
+    def suspend(i: int) -> str:
+        return nodes.suspend(nodes.get(node_id), "维护", by=db.session.get(User, minister_id), seen_change=seen).status
+
+    results, errors = _race(app, suspend)
+    assert results == ["suspended"] and len(errors) == RACERS - 1, (results, errors)
+    assert _codes(errors) == {"invalid_transition"}, errors
+    assert {str(error.message) for error in errors} == {"The node is already suspended."}, errors
+    assert db.session.scalar(select(func.count()).where(AuditRecord.action == "node.suspend",
+                                                        AuditRecord.target == node_id)) == 1
+
+
 def test_a_certificate_revoked_twice_at_once_is_revoked_once(app, make_user):
     """Two admins revoking the route signer together: one revocation, one new signer."""
     from app.audit.models import AuditRecord

@@ -934,6 +934,163 @@ def test_an_action_the_node_no_longer_allows_is_refused_at_its_form_the_reason_a
     assert audit_count() == before
 
 
+def lifecycle_forms(html: str) -> dict[str, dict[str, str]]:
+    """Each lifecycle form of a node page: its hidden fields (CSRF token, the change the page was loaded after) by
+    action, as a browser would send them from that page however long ago it was loaded."""
+    forms = {}
+    for action, body in re.findall(r'<form [^>]*action="/nodes/[0-9]+/([a-z-]+)"[^>]*>(.*?)</form>', html, re.S):
+        forms[action] = dict(re.findall(r'<input [^>]*type="hidden"[^>]*name="([^"]+)"[^>]*value="([^"]*)"', body)
+                             + re.findall(r'<input [^>]*name="([^"]+)"[^>]*type="hidden"[^>]*value="([^"]*)"', body))
+    return forms
+
+
+def refusal_at(html: str, node: Node, action: str) -> str:
+    form = re.search(rf'<form [^>]*action="/nodes/{node.node_id}/{action}"[^>]*>.*?</form>', html, re.S).group(0)
+    return " ".join(re.findall(rf'<div class="error" id="reason-{action}-error-[0-9]+">(.*?)</div>', form))
+
+
+@pytest.mark.parametrize(("language", "told"), [
+    ("zh_CN", "此页面打开后节点有变动：minister 于 {when} 恢复了节点，理由为“fixed, verified with the vendor”。"),
+    ("en", "The node changed after this page was loaded: minister resumed it at {when}, giving the reason "
+           "“fixed, verified with the vendor”.")])
+def test_a_suspension_from_a_page_loaded_before_a_suspension_and_resumption_is_refused_naming_the_resumption(
+        client, jx_admin, minister, language, told):
+    """The node suspended and resumed in another tab since the page was loaded: it is active as the page showed,
+    and the page's suspension was taken ("Done: … is suspended") by an admin who never saw the resumption or its
+    reason. It is refused at its form, the reason as typed, naming the newest change: who, when, why. Sent again
+    from the page that says so, it is taken, once."""
+    from markupsafe import escape
+
+    from app.i18n import local_time
+    from tests.conftest import Console
+
+    node = admit(jx_admin, minister)
+    console = Console(client)
+    console.login("minister")
+    client.get(f"/lang/{language}")
+    page_url = f"/nodes/{node.node_id}"
+    old_page = lifecycle_forms(client.get(page_url).get_data(as_text=True))
+    nodes.suspend(node, "expired certificate", by=minister)
+    db.session.commit()
+    nodes.resume(node, "fixed, verified with the vendor", by=minister)
+    db.session.commit()
+    resumed = db.session.scalars(select(AuditRecord).where(AuditRecord.action == "node.resume")).one()
+    before = audit_count()
+    typed = "expired certificate <second admin>"
+
+    response = client.post(f"{page_url}/suspend", data={**old_page["suspend"], "reason": typed})
+
+    assert response.status_code == 422
+    page = response.get_data(as_text=True)
+    assert refusal_at(page, node, "suspend").startswith(str(escape(told.format(when=local_time(resumed.at)))))
+    assert f'value="{escape(typed)}"' in page and 'class="flash error"' not in page
+    db.session.expire_all()
+    assert db.session.get(Node, node.node_id).status == "active" and audit_count() == before
+
+    again = client.post(f"{page_url}/suspend", data={**lifecycle_forms(page)["suspend"], "reason": typed})
+
+    assert again.status_code == 302
+    db.session.expire_all()
+    assert db.session.get(Node, node.node_id).status == "suspended"
+    assert len(db.session.scalars(select(AuditRecord.id).where(AuditRecord.action == "node.suspend")).all()) == 2
+
+
+def test_a_decline_from_a_page_loaded_before_the_request_was_withdrawn_and_made_again_is_refused(
+        client, jx_admin, minister, make_user):
+    """The ministry's page showed jx-admin's request; it was withdrawn and jx-admin2 asked again, for another reason.
+    The node is active and asked about, as the page showed: the decline answered a request its admin never read."""
+    from tests.conftest import Console
+
+    colleague = make_user("jx-admin2", "provincial_admin", ("360000",))
+    node = admit(jx_admin, minister)
+    nodes.request_suspension(node, "maintenance", by=jx_admin)
+    db.session.commit()
+    console = Console(client)
+    console.login("minister")
+    client.get("/lang/en")
+    page_url = f"/nodes/{node.node_id}"
+    old_page = lifecycle_forms(client.get(page_url).get_data(as_text=True))
+    nodes.withdraw_suspension(node, "", by=jx_admin)
+    nodes.request_suspension(node, "leaking data to a third party", by=colleague)
+    db.session.commit()
+    before = audit_count()
+
+    response = client.post(f"{page_url}/decline-suspension", data={**old_page["decline-suspension"],
+                                                                  "reason": "maintenance can wait"})
+
+    assert response.status_code == 422
+    refusal = refusal_at(response.get_data(as_text=True), node, "decline-suspension")
+    assert "jx-admin2 asked for its suspension at" in refusal and "leaking data to a third party" in refusal
+    db.session.expire_all()
+    assert db.session.get(Node, node.node_id).suspension_requested and audit_count() == before
+
+
+def test_a_request_from_a_page_loaded_before_another_request_was_declined_is_refused(client, jx_admin, minister,
+                                                                                    make_user):
+    """The province's page offered a request; a colleague asked and the ministry declined, saying why. A request
+    from the old page would ask again without its admin having read the ministry's answer."""
+    from tests.conftest import Console
+
+    colleague = make_user("jx-admin2", "provincial_admin", ("360000",))
+    node = admit(jx_admin, minister)
+    console = Console(client)
+    console.login("jx-admin")
+    client.get("/lang/en")
+    page_url = f"/nodes/{node.node_id}"
+    old_page = lifecycle_forms(client.get(page_url).get_data(as_text=True))
+    nodes.request_suspension(node, "maintenance", by=colleague)
+    db.session.commit()
+    nodes.decline_suspension(node, "the certificate is fine", by=minister)
+    db.session.commit()
+    before = audit_count()
+
+    response = client.post(f"{page_url}/request-suspension", data={**old_page["request-suspension"],
+                                                                  "reason": "maintenance"})
+
+    assert response.status_code == 422
+    refusal = refusal_at(response.get_data(as_text=True), node, "request-suspension")
+    assert "minister declined the suspension request at" in refusal and "the certificate is fine" in refusal
+    db.session.expire_all()
+    assert not db.session.get(Node, node.node_id).suspension_requested and audit_count() == before
+
+
+def test_a_form_refused_for_its_reason_still_carries_the_page_it_was_sent_from(client, jx_admin, minister):
+    """Refused for an empty reason, the page comes back showing the node as it is now; its forms still carry the
+    change the admin was loaded after, so the change made meanwhile is named at the next try, not passed over."""
+    from tests.conftest import Console
+
+    node = admit(jx_admin, minister)
+    console = Console(client)
+    console.login("minister")
+    client.get("/lang/en")
+    page_url = f"/nodes/{node.node_id}"
+    old_page = lifecycle_forms(client.get(page_url).get_data(as_text=True))
+    nodes.suspend(node, "expired certificate", by=minister)
+    nodes.resume(node, "fixed", by=minister)
+    db.session.commit()
+
+    empty = client.post(f"{page_url}/suspend", data={**old_page["suspend"], "reason": ""})
+    assert empty.status_code == 422
+    retried = client.post(f"{page_url}/suspend", data={**lifecycle_forms(empty.get_data(as_text=True))["suspend"],
+                                                       "reason": "expired certificate"})
+
+    assert retried.status_code == 422
+    assert "minister resumed it at" in refusal_at(retried.get_data(as_text=True), node, "suspend")
+
+
+def test_the_cli_and_api_doors_pass_no_page_and_are_not_checked(jx_admin, minister):
+    """Only a page can be older than the node: the domain function checks what it is given, None is no check."""
+    node = admit(jx_admin, minister)
+    nodes.suspend(node, "a", by=minister)
+    nodes.resume(node, "b", by=minister)
+    db.session.commit()
+    with pytest.raises(Conflict) as refused:
+        nodes.suspend(node, "c", by=minister, seen_change=0)
+    assert refused.value.code == "invalid_transition"
+    db.session.rollback()
+    assert nodes.suspend(node, "c", by=minister).status == "suspended"
+
+
 def test_a_provincial_admins_hand_made_suspension_is_forbidden_not_unprocessable(client, jx_admin, minister):
     """Suspending is the ministry's: the page offers a provincial admin only a request for it. A POST made by hand
     came back 422, as if the reason were wrong; it is a 403 with the refusal, and nothing is done."""

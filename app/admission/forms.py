@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask_babel import lazy_gettext as _l
 from flask_wtf.file import FileField, FileSize
-from wtforms import SelectField, SelectMultipleField, StringField, TextAreaField, widgets
+from wtforms import HiddenField, SelectField, SelectMultipleField, StringField, TextAreaField, widgets
 from wtforms.validators import DataRequired, Length, Optional, StopValidation
 
 from app import labels
@@ -96,3 +96,11 @@ class RejectForm(ConsoleForm):
 
 class ReasonForm(ConsoleForm):
     reason = StringField(_l("Reason"))
+    # The node's newest change the page was loaded after (`node_changes.mark`): sent back with the form, so that
+    # one from a page older than the node is refused rather than taken.
+    seen_change = HiddenField()
+
+    def seen(self) -> int | None:
+        """The change the page was loaded after; None for a form that says none (no check, as the CLI's)."""
+        value = (self.seen_change.data or "").strip()
+        return int(value) if value.isascii() and value.isdigit() else None

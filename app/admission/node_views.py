@@ -10,7 +10,7 @@ from markupsafe import Markup
 from sqlalchemy import false, func, select
 
 from app import labels
-from app.admission import applications, nodes, tilemap
+from app.admission import applications, node_changes, nodes, tilemap
 from app.admission.forms import ReasonForm
 from app.admission.models import Node
 from app.admission.scope import division_filter, provinces_within
@@ -20,7 +20,7 @@ from app.console.pages import shows_page
 from app.database import paginate
 from app.divisions import service as divisions
 from app.divisions.codes import typed_code
-from app.errors import DomainError, PermissionDenied
+from app.errors import Conflict, DomainError, PermissionDenied
 from app.extensions import db
 
 bp = Blueprint("nodes", __name__, url_prefix="/nodes")
@@ -78,9 +78,12 @@ def detail_page(node: Node, status: int = 200, *, form: ReasonForm | None = None
     node no longer offers comes back all the same, its button disabled), or a section's own form by the name its
     template reads (health's `maintenance_form`)."""
     sections = [section for section in (build(node) for build in node_sections) if section]
+    form = form or ReasonForm(formdata=None)
+    if form.seen() is None:  # a page loaded now, or after a refusal that told what the node is now
+        form.seen_change.data = str(node_changes.mark(node_changes.latest(node.node_id)))
     # Resuming brings the node back into the routing table only with a valid certificate: the confirmation says which.
     back_in_routes = node.status != "suspended" or nodes.holds_valid_certificate(node)
-    return render_template("admission/node_detail.html", node=node, form=form or ReasonForm(formdata=None),
+    return render_template("admission/node_detail.html", node=node, form=form,
                            refused_action=refused_action, sections=sections, capabilities=labels.CAPABILITIES,
                            back_in_routes=back_in_routes, declined=nodes.declined_suspension(node),
                            **refused_forms), status
@@ -105,7 +108,7 @@ def lifecycle(node_id: str, action: str):
         abort(404)  # an address that names no action: nothing was done, and no form is read
     form = ReasonForm()
     try:
-        LIFECYCLE[action](node, form.reason.data or "", by=current_user)
+        LIFECYCLE[action](node, form.reason.data or "", by=current_user, seen_change=form.seen())
         db.session.commit()
     except DomainError as error:
         # The page comes back with the reason as typed and the refusal beside it: a redirect lost the reason.
@@ -116,6 +119,10 @@ def lifecycle(node_id: str, action: str):
             form.form_errors.append(error.message)
         else:
             form_error(form, error)
+        if isinstance(error, Conflict):
+            # It said what the node is now (changed meanwhile, already so): the page that says it is loaded after
+            # that. Any other refusal keeps what the form was loaded after, so a change since is still named.
+            form.seen_change.data = ""
         # A refusal of who asks (a provincial admin's hand-made suspend: ministry_only) is a 403, the rest 422.
         return detail_page(node, 403 if isinstance(error, PermissionDenied) else 422, form=form,
                            refused_action=action)

@@ -10,7 +10,7 @@ from sqlalchemy import and_, false, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from app.admission import hooks
+from app.admission import hooks, node_changes
 from app.admission.models import CAPABILITIES, NODE_STATUSES, Application, Node, NodeSerial
 from app.audit import service as audit
 from app.auth.access import require_admin, require_division_scope
@@ -114,7 +114,9 @@ def lock(node: Node, *also: str) -> Node:
     return node
 
 
-def _change_status(node: Node, new_status: str, reason: str, *, by, action: str) -> Node:
+def _change_status(node: Node, new_status: str, reason: str, *, by, action: str, seen_change: int | None) -> Node:
+    """`seen_change`: the change the console's page was loaded after (`node_changes.require_seen`); a form from a
+    page older than the node's newest change is refused though the node is back in the state the page showed."""
     if by.role != "ministry_admin":
         raise PermissionDenied(_l("Only a ministry admin may do this."), code="ministry_only")
     reason = readable_text(reason, "reason", limit=500)
@@ -128,6 +130,7 @@ def _change_status(node: Node, new_status: str, reason: str, *, by, action: str)
         raise Conflict(_l("A %(old)s node cannot become %(new)s.", old=status_word(node.status),
                           new=status_word(new_status)),
                        code="invalid_transition")
+    node_changes.require_seen(node.node_id, seen_change)
     old = node.status
     node.status, node.status_reason, node.status_changed_at = new_status, reason, utcnow()
     node.suspension_requested = False
@@ -155,15 +158,15 @@ def _close_pending_changes(node: Node, reason: str, *, by) -> None:
             audit.record("application.reject", application_id, {"reason": text}, actor=by.username)
 
 
-def suspend(node: Node, reason: str, *, by) -> Node:
-    return _change_status(node, "suspended", reason, by=by, action="node.suspend")
+def suspend(node: Node, reason: str, *, by, seen_change: int | None = None) -> Node:
+    return _change_status(node, "suspended", reason, by=by, action="node.suspend", seen_change=seen_change)
 
 
-def resume(node: Node, reason: str, *, by) -> Node:
+def resume(node: Node, reason: str, *, by, seen_change: int | None = None) -> Node:
     """Active again. The routing table lists it again only if it holds a valid certificate: one that expired or
     was revoked while it was suspended keeps it out (`holds_valid_certificate`), which the console's confirmation,
     its result and the CLI say (`not_back_in_routes`)."""
-    return _change_status(node, "active", reason, by=by, action="node.resume")
+    return _change_status(node, "active", reason, by=by, action="node.resume", seen_change=seen_change)
 
 
 def not_back_in_routes(node: Node):
@@ -180,14 +183,15 @@ def holds_valid_certificate(node: Node) -> bool:
     return pki.current_certificate(node.node_id) is not None
 
 
-def revoke(node: Node, reason: str, *, by) -> Node:
+def revoke(node: Node, reason: str, *, by, seen_change: int | None = None) -> Node:
     """Final: the node leaves the routing table and its certificates are revoked (pki hook)."""
-    return _change_status(node, "revoked", reason, by=by, action="node.revoke")
+    return _change_status(node, "revoked", reason, by=by, action="node.revoke", seen_change=seen_change)
 
 
-def request_suspension(node: Node, reason: str, *, by) -> Node:
+def request_suspension(node: Node, reason: str, *, by, seen_change: int | None = None) -> Node:
     """A provincial admin may ask; a ministry admin decides. A ministry admin does not ask
-    (PermissionDenied, "ministry_suspends"): its request would wait for the ministry itself."""
+    (PermissionDenied, "ministry_suspends"): its request would wait for the ministry itself. `seen_change` as for
+    `suspend`: a request from a page loaded before another was declined would ask without reading the answer."""
     require_admin(by)
     if by.role == "ministry_admin":
         raise PermissionDenied(_l("A ministry admin suspends a node itself; asking for a suspension is for an admin "
@@ -202,35 +206,38 @@ def request_suspension(node: Node, reason: str, *, by) -> Node:
     reason = readable_text(reason, "reason", limit=500)
     if not reason:
         raise ValidationFailed(_l("A reason is required."), code="reason_required", field="reason")
+    node_changes.require_seen(node.node_id, seen_change)
     node.suspension_requested, node.suspension_request_reason = True, reason
     node.suspension_requested_by = by.username
     audit.record("node.request_suspension", node.node_id, {"reason": reason}, actor=by.username)
     return node
 
 
-def _close_suspension_request(node: Node, reason: str, *, by, action: str) -> Node:
+def _close_suspension_request(node: Node, reason: str, *, by, action: str, seen_change: int | None) -> Node:
     """The request ends without a suspension: the flag clears (the dashboard stops counting it), the audit record
     keeps who asked and why."""
     lock(node)
     if not node.suspension_requested or node.status != "active":
         raise Conflict(_l("No suspension request is waiting for this node."), code="no_suspension_request")
+    node_changes.require_seen(node.node_id, seen_change)
     node.suspension_requested = False
     audit.record(action, node.node_id, {"reason": reason, "requested_by": node.suspension_requested_by,
                                         "request_reason": node.suspension_request_reason}, actor=by.username)
     return node
 
 
-def decline_suspension(node: Node, reason: str, *, by) -> Node:
-    """The ministry's other answer to a request: the node stays active, and its admins see why on its page."""
+def decline_suspension(node: Node, reason: str, *, by, seen_change: int | None = None) -> Node:
+    """The ministry's other answer to a request: the node stays active, and its admins see why on its page.
+    `seen_change` as for `suspend`: the request the page showed may have been withdrawn and another made."""
     if by.role != "ministry_admin":
         raise PermissionDenied(_l("Only a ministry admin may do this."), code="ministry_only")
     reason = readable_text(reason, "reason", limit=500)
     if not reason:
         raise ValidationFailed(_l("A reason is required."), code="reason_required", field="reason")
-    return _close_suspension_request(node, reason, by=by, action="node.decline_suspension")
+    return _close_suspension_request(node, reason, by=by, action="node.decline_suspension", seen_change=seen_change)
 
 
-def withdraw_suspension(node: Node, reason: str, *, by) -> Node:
+def withdraw_suspension(node: Node, reason: str, *, by, seen_change: int | None = None) -> Node:
     """The requesting province's way out: any provincial admin whose scope covers the node may withdraw (the
     request is the province's, and a colleague cannot file their own while it stands). The reason is optional.
     Not a ministry admin's (PermissionDenied, "province_only"): its answer is `decline_suspension`, whose reason
@@ -242,27 +249,19 @@ def withdraw_suspension(node: Node, reason: str, *, by) -> Node:
                                code="province_only")
     require_division_scope(by, node.division_code)
     reason = readable_text(reason, "reason", limit=500)
-    return _close_suspension_request(node, reason, by=by, action="node.withdraw_suspension")
+    return _close_suspension_request(node, reason, by=by, action="node.withdraw_suspension",
+                                     seen_change=seen_change)
 
 
 def declined_suspension(node: Node):
     """The audit record of the ministry's decline of this node's latest suspension request, if that is how the
     request ended (no newer request, withdrawal or suspension since): what its page shows the requester.
-    Read as stored (`app.audit.stored`), newest whole-numbered record first, as the chain orders them: a record
-    edited in the database is shown as it is held, not a 500, and one whose number was edited is no newer."""
-    from app.audit.models import AuditRecord
-    from app.audit.stored import StoredRecords, holds_a_number
-
+    Read as stored (`node_changes.latest`): a record edited in the database is shown as it is held, not a 500,
+    and one whose number was edited is no newer."""
     if node.suspension_requested or node.status != "active":
         return None
-    dialect = db.session.get_bind().dialect
-    records = StoredRecords(dialect)
-    row = db.session.execute(
-        select(*records.columns).where(AuditRecord.target == node.node_id, AuditRecord.action.in_(
-            ("node.request_suspension", "node.decline_suspension", "node.withdraw_suspension", "node.suspend")),
-            holds_a_number(dialect))
-        .order_by(AuditRecord.seq.desc()).limit(1)).first()
-    latest = records.decode(row) if row is not None else None
+    latest = node_changes.latest(node.node_id, ("node.request_suspension", "node.decline_suspension",
+                                                "node.withdraw_suspension", "node.suspend"))
     return latest if latest is not None and latest.action == "node.decline_suspension" else None
 
 LEVEL_CANDIDATES = (lambda code: code, prefecture_of, province_of)
