@@ -566,3 +566,25 @@ def test_session_protection_behind_a_trusted_proxy_keys_on_the_address_the_proxy
     finally:
         with proxied_app.app_context():
             db.engine.dispose()
+
+
+def test_a_port_the_proxy_writes_after_the_address_does_not_sign_the_browser_out(app, make_user):
+    """A proxy that writes the client's port into X-Forwarded-For gives each new connection another: the session
+    was keyed on address and port, so the browser was signed out at its next connection (review of this stop's
+    diff). The address alone is compared; another address is still refused."""
+    from app import create_app
+
+    make_user("alice")
+    proxied_app = create_app({**app.config, "MPIM_TRUSTED_PROXIES": 1})
+    try:
+        browser = proxied_app.test_client()
+        browser.environ_base.update(HTTP_USER_AGENT=CHROME_ON_WINDOWS, HTTP_X_FORWARDED_FOR="203.0.113.7:40000")
+        console = Console(browser)
+        assert console.login("alice").status_code == 302
+        browser.environ_base.update(HTTP_X_FORWARDED_FOR="203.0.113.7:40001")
+        assert is_signed_in(console)
+        browser.environ_base.update(HTTP_X_FORWARDED_FOR="198.51.100.9:40001")
+        assert not is_signed_in(console)
+    finally:
+        with proxied_app.app_context():
+            db.engine.dispose()

@@ -22,8 +22,12 @@ def session_identifier() -> str:
     it from X-Forwarded-For only behind MPIM_TRUSTED_PROXIES) and its User-Agent. Flask-Login's own takes the
     first X-Forwarded-For entry, which any client writes: a copied cookie sent with the victim's address there
     passed. The text hashed is spelled as Flask-Login spells it (bytes reprs, None for a missing value), so a
-    session opened before this change, from an address no X-Forwarded-For contradicted, is still recognised."""
-    address = request.remote_addr.encode("utf-8") if request.remote_addr is not None else None
+    session opened before this change, from an address no X-Forwarded-For contradicted, is still recognised. A port
+    a proxy wrote after the address is left out (`throttle.without_port`): each new connection has another, and
+    the browser was signed out at each one."""
+    from app.auth.throttle import without_port
+
+    address = without_port(request.remote_addr).encode("utf-8") if request.remote_addr is not None else None
     user_agent = request.headers.get("User-Agent")
     base = f"{address}|{user_agent.encode('utf-8') if user_agent is not None else None}"
     return hashlib.sha512(base.encode("utf-8", errors="replace")).hexdigest()
