@@ -73,3 +73,39 @@ def test_the_actor_filter_finds_a_user_typed_in_another_case(admin_console, make
     assert listed_targets(client, actor="Ministers") == []  # no such user: as typed
     result = runner.invoke(args=["audit", "export", "--actor", "zhangsan"])
     assert [row["target"] for row in read_csv(result.stdout_bytes, KEYS)] == ["node-1"]
+
+
+def test_the_actor_filter_finds_refused_sign_ins_of_an_account_however_they_were_typed(app, make_user):
+    """A refused sign-in was recorded under the name as typed: the filter found ZhangSan's failed sign-ins only when
+    the auditor typed the same miscasing (ZHANGSAN) as the guesser. They are recorded under the account's name as
+    stored, the typed name in the detail; a name no account has is still recorded as typed (review of this stop's
+    diff)."""
+    from app.audit.models import AuditRecord
+    from app.auth import service as users
+    from app.auth.throttle import LoginRefused
+
+    make_user("ZhangSan")
+    for typed in ("ZHANGSAN", "nobody-here"):
+        try:
+            users.authenticate(typed, "wrong-Password-1", "10.0.0.7")
+        except LoginRefused:
+            pass
+    rows = db.session.execute(db.select(AuditRecord.actor, AuditRecord.target, AuditRecord.detail)
+                              .where(AuditRecord.action == "auth.login_failed").order_by(AuditRecord.seq)).all()
+    assert [(actor, target) for actor, target, _ in rows] == [("ZhangSan", "ZhangSan"), ("nobody-here", "nobody-here")]
+    assert rows[0].detail["typed"] == "ZHANGSAN" and "typed" not in rows[1].detail
+    from app.audit.search import actors_named
+
+    assert set(actors_named("zhangsan")) == {"zhangsan", "ZhangSan"}
+
+
+def test_the_internal_actors_are_no_account_names(app, make_user, runner):
+    """Typing "system" listed an account named System among the scheduler's records (review of this stop's diff):
+    "cli", "system" and "anonymous" are reserved, and the filter takes them as typed."""
+    from app.audit.search import actors_named
+
+    for name in ("system", "CLI", "Anonymous"):
+        result = runner.invoke(args=["users", "create", "--role", "auditor", "--username", name, "--password-stdin"],
+                               input="Auditor-Pass-77\n")
+        assert result.exit_code == 1 and "names actions of the system itself" in result.output, result.output
+    assert actors_named("system") == ["system"]

@@ -21,6 +21,7 @@ from sqlalchemy.engine import Dialect
 from app.audit.models import AuditRecord
 from app.audit.stored import holds_a_time
 from app.auth.models import User
+from app.auth.service import INTERNAL_ACTORS
 from app.extensions import db
 from app.labels import AUDIT_ACTIONS
 
@@ -98,8 +99,11 @@ def actions_labelled(text: str) -> list[str]:
 
 def actors_named(typed: str) -> list[str]:
     """`typed`, and the console user it names as recorded: usernames ignore case at sign-in (`ZhangSan` signs
-    in as `zhangsan` and is recorded as `ZhangSan`), so an auditor may type either. Other actors ("cli",
-    "system") as typed. Compared whole, on the indexed column."""
+    in as `zhangsan` and is recorded as `ZhangSan`), so an auditor may type either; a refused sign-in of an
+    account is recorded under its name as stored too. The actors that are no account ("cli", "system") as typed,
+    though an account made before their names were reserved bears one. Compared whole, on the indexed column."""
+    if typed in INTERNAL_ACTORS:
+        return [typed]
     stored = db.session.scalars(select(User.username).where(func.lower(User.username) == typed.lower())).all()
     return [typed, *(name for name in stored if name != typed)]
 

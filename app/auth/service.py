@@ -24,8 +24,10 @@ from app.readable import BLANKS, misleading, readable_text
 
 USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{2,64}$")
 # The console's fixed pages under /users/ (app/auth/views.py): /users/new is the create form, so an account
-# named "new" had no page of its own. Compared case-insensitively, as usernames are.
-RESERVED_USERNAMES = frozenset({"new", "address-locks"})
+# named "new" had no page of its own. Compared case-insensitively, as usernames are. And the audit log's actors
+# that are no account (the CLI, the scheduler, a sign-in with no name): an account so named would read as them.
+INTERNAL_ACTORS = frozenset({"cli", "system", "anonymous"})
+RESERVED_USERNAMES = frozenset({"new", "address-locks"}) | INTERNAL_ACTORS
 MIN_PASSWORD_LENGTH = 10
 MAX_PASSWORD_LENGTH = 256  # the forms' Length(max=...)
 # A new password may not be any of the account's last five: the current one and the four before it.
@@ -178,6 +180,10 @@ def check_draft(draft: UserDraft) -> tuple[str, str]:
         if not draft.username.strip("."):
             raise ValidationFailed(_l("A username needs a letter, a digit, '_' or '-', not only dots."),
                                    code="invalid_username", field="username")
+        if draft.username.lower() in INTERNAL_ACTORS:
+            raise ValidationFailed(_l('The username "%(name)s" is how the audit log names actions of the system '
+                                      'itself and cannot be used.', name=draft.username),
+                                   code="reserved_username", field="username")
         if draft.username.lower() in RESERVED_USERNAMES:
             raise ValidationFailed(_l('The username "%(name)s" is the path of a console page and cannot be used.',
                                       name=draft.username), code="reserved_username", field="username")
@@ -436,8 +442,10 @@ def authenticate(username: str, password: str, remote_addr: str) -> User:
     if checks is None:
         # Audited once per lock, at its first refusal; the refusals after it are counted on the lock.
         if first := throttle.count_refusal(limits):
-            audit.record("auth.login_blocked", username, {"reason": "locked", "keys": first},
-                         actor=username or "anonymous", remote_addr=remote_addr)
+            named = db.session.scalar(select(User.username).where(func.lower(User.username) == username.lower()))
+            audit.record("auth.login_blocked", named or username, {"reason": "locked", "keys": first,
+                                                                   **_typed_otherwise(username, named)},
+                         actor=named or username or "anonymous", remote_addr=remote_addr)
         db.session.commit()
         raise LoginRefused("Too many failed sign-ins: this account or address is locked for a while.",
                            code="locked")
@@ -450,14 +458,23 @@ def authenticate(username: str, password: str, remote_addr: str) -> User:
             user.last_login_at = utcnow()
             audit.record("auth.login", user.username, actor=user.username, remote_addr=remote_addr)
         else:
-            audit.record("auth.login_failed", username, {"locked": locked}, actor=username or "anonymous",
-                         remote_addr=remote_addr)
+            named = user.username if user is not None else None
+            audit.record("auth.login_failed", named or username, {"locked": locked,
+                                                                  **_typed_otherwise(username, named)},
+                         actor=named or username or "anonymous", remote_addr=remote_addr)
         db.session.commit()
     if not right:
         raise LoginRefused("Wrong username or password." if not locked else
                            "Too many failed sign-ins: this account or address is locked for a while.",
                            code="locked" if locked else "bad_credentials")
     return user
+
+
+def _typed_otherwise(typed: str, named: str | None) -> dict:
+    """A refused sign-in of an account is recorded under the account's name as stored, whatever case it was typed
+    in, so that the audit log's actor filter finds every one of them (`audit.search.actors_named`); the detail
+    keeps what was typed when it differs."""
+    return {"typed": typed} if named is not None and typed != named else {}
 
 
 def unlock(username: str, *, actor: str | None = None) -> list[str]:
