@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from flask_babel import lazy_gettext as _l
 
 from app.errors import ValidationFailed
-from app.readable import misleading, one_line, shows_nothing
+from app.readable import BLANKS, misleading, one_line, shows_nothing
 
 CODE_PATTERN = re.compile(r"[0-9]{6}")  # fullmatch: `$` would also match before a final newline
 # GB/T 2260's provinces are numbered by region, 1 (华北) to 8 (港澳台): 11 北京 to 82 澳门. Only a file is held to
@@ -123,10 +123,12 @@ def parse_division_file(data: bytes) -> list[DivisionRow]:
             raise MalformedDivisionFile(f"line {line}: the name of {code} is longer than 100 characters.")
         if misleading(name):  # a NUL stops the import on PostgreSQL; a bidi override shows another name
             raise MalformedDivisionFile(f"line {line}: the name of {code} holds a control or bidi character.")
-        if hidden := next((ch for ch in name if unicodedata.category(ch) == "Cf"), None):
+        if hidden := next((ch for ch in name if unicodedata.category(ch) == "Cf" or (
+                ch in BLANKS and not ch.isspace())), None):
             # "东城\u200b区" shows as 东城区 yet is another name: a rename that reads as none, and not found by the
-            # console's search for 东城区. A rule of division names: `misleading` serves every other text too.
-            raise MalformedDivisionFile(f"line {line}: the name of {code} holds an invisible format character "
+            # console's search for 东城区; so do a variation selector, a Hangul filler and the other marks that
+            # show as nothing (BLANKS). A rule of division names: `misleading` serves every other text too.
+            raise MalformedDivisionFile(f"line {line}: the name of {code} holds an invisible character "
                                         f"U+{ord(hidden):04X}.")
         if code in names:
             raise MalformedDivisionFile(f"line {line}: code {code} appears again (first on line {names[code][1]}).")
