@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta
+from enum import Enum
 
 from flask_babel import lazy_gettext as _l
 from sqlalchemy import select
@@ -17,11 +18,21 @@ from app.errors import Conflict, PermissionDenied, ValidationFailed
 from app.extensions import db
 from app.health.models import NodeHealth
 from app.health.service import in_maintenance
+from app.i18n import local_time
 from app.readable import readable_text
 
 MAX_MAINTENANCE_HOURS = 24 * 30
 # The console form's "keep the current end" choice during a window: the note is edited, the window's end stays.
 KEEP_END = "keep"
+
+
+class Unseen(Enum):
+    """No page's view of the window to hold a change to (`expected_end`): the CLI, a POST without it."""
+
+    UNSEEN = "unseen"
+
+
+UNSEEN = Unseen.UNSEEN
 _HOURS = re.compile(r"[0-9]{1,4}(?:\.[0-9]{1,2})?")  # ASCII only: float() would read "٣", "nan" and "1e400"
 
 
@@ -35,10 +46,13 @@ def maintenance_hours(value: str | None) -> float:
     return hours
 
 
-def schedule_maintenance(node, hours: str | None, note: str, *, by) -> NodeHealth | None:
+def schedule_maintenance(node, hours: str | None, note: str, *, by,
+                         expected_end: datetime | None | Unseen = UNSEEN) -> NodeHealth | None:
     """The console's maintenance form and its CLI twin: a window of `hours` from now, or none with 0.
     Ministry admins, and provincial admins for their own divisions' nodes. A revoked node is polled no more
-    and takes no window (node_revoked); the check holds against a revocation at this moment (`nodes.lock`)."""
+    and takes no window (node_revoked); the check holds against a revocation at this moment (`nodes.lock`).
+    `expected_end`: the window as the console's page showed it (its end, None for none); if another admin set,
+    replaced or ended one since, the change is refused (window_changed, `as_seen`)."""
     if by.role not in ("ministry_admin", "provincial_admin"):
         raise PermissionDenied(_l("Only a ministry or provincial admin may do this."), code="role_forbidden")
     require_division_scope(by, node.division_code)
@@ -48,11 +62,11 @@ def schedule_maintenance(node, hours: str | None, note: str, *, by) -> NodeHealt
     if node.status == "revoked":
         raise Conflict(_l("A revoked node is not polled: it takes no maintenance window."), code="node_revoked")
     if keep:
-        return set_maintenance(node.node_id, None, note, by=by)
+        return set_maintenance(node.node_id, None, note, by=by, expected_end=expected_end)
     if length == 0:
-        clear_maintenance(node.node_id, by=by)
+        clear_maintenance(node.node_id, by=by, expected_end=expected_end)
         return None
-    return set_maintenance(node.node_id, utcnow() + timedelta(hours=length), note, by=by)
+    return set_maintenance(node.node_id, utcnow() + timedelta(hours=length), note, by=by, expected_end=expected_end)
 
 
 def end_maintenance(node, *, by) -> None:
@@ -74,7 +88,34 @@ def window_setter(node_id: str) -> str | None:
                              .order_by(AuditRecord.seq.desc()).limit(1))
 
 
-def set_maintenance(node_id: str, until: datetime | None, note: str, *, by) -> NodeHealth:
+def as_seen(node_id: str, health: NodeHealth | None, expected_end: datetime | None | Unseen) -> None:
+    """The window is still the one the page showed (`expected_end`), else refused at the length field with what it
+    is now: a page drawn before another admin set a window saved its own over it, and said "saved". A window that
+    ran out at its end is unchanged (its end is kept, `clear_maintenance`); one ended early has a new end."""
+    if expected_end is UNSEEN:
+        return
+    current = in_maintenance(health)
+    if expected_end is None:
+        unchanged = not current
+    else:
+        unchanged = health is not None and health.maintenance_until == expected_end
+    if unchanged:
+        return
+    setter = window_setter(node_id) if current else None
+    if not current:
+        message = _l("The maintenance window changed after this page was loaded: none is in progress now. "
+                     "Check and save again.")
+    elif setter:
+        message = _l("The maintenance window changed after this page was loaded: it now lasts until %(t)s, set by "
+                     "%(user)s. Check it and save again.", t=local_time(health.maintenance_until), user=setter)
+    else:
+        message = _l("The maintenance window changed after this page was loaded: it now lasts until %(t)s. "
+                     "Check it and save again.", t=local_time(health.maintenance_until))
+    raise Conflict(message, code="window_changed", field="hours")
+
+
+def set_maintenance(node_id: str, until: datetime | None, note: str, *, by,
+                    expected_end: datetime | None | Unseen = UNSEEN) -> NodeHealth:
     """A window until `until` (None: the current window's end, kept as its note is edited; refused if it ended).
     It waits for a round being applied, and a round waits for it (health.round, held
     to commit): a round reads the node's health, then writes it, and a window set in between was written over
@@ -88,7 +129,9 @@ def set_maintenance(node_id: str, until: datetime | None, note: str, *, by) -> N
     note = readable_text(note, "note", limit=200)
     serialise("health.round")
     # Read after the lock, afresh: a round may have committed since this session loaded the row.
-    health = db.session.get(NodeHealth, node_id, populate_existing=True) or NodeHealth(
+    found = db.session.get(NodeHealth, node_id, populate_existing=True)
+    as_seen(node_id, found, expected_end)
+    health = found or NodeHealth(
         node_id=node_id, status="unknown", consecutive_failures=0, consecutive_successes=0, last_detail="",
         maintenance_note="")
     if until is None:  # the current window's end, kept: its note edited (`KEEP_END`)
@@ -103,12 +146,13 @@ def set_maintenance(node_id: str, until: datetime | None, note: str, *, by) -> N
     return health
 
 
-def clear_maintenance(node_id: str, *, by) -> None:
+def clear_maintenance(node_id: str, *, by, expected_end: datetime | None | Unseen = UNSEEN) -> None:
     """End the window now. Its end is kept (not cleared) so that the next round sees a window end and sends
     the alert it held back (`late_alert`), as when a window runs out by itself. Queued with rounds as
     `set_maintenance` is, for the same reason."""
     serialise("health.round")
     health = db.session.get(NodeHealth, node_id, populate_existing=True)
+    as_seen(node_id, health, expected_end)
     if not in_maintenance(health):  # ran out meanwhile (a page drawn during it), or never set: nothing to record
         raise Conflict(_l("There is no maintenance window in progress to end."), code="no_window")
     health.maintenance_until = min(health.maintenance_until, utcnow())

@@ -56,13 +56,15 @@ def maintenance(node_id: str):
         flash(_("The form expired; try again."), "error")
         return redirect(url_for("nodes.detail", node_id=node_id))
     try:
-        health = windows.schedule_maintenance(node, form.hours.data, form.note.data or "", by=current_user)
+        health = windows.schedule_maintenance(node, form.hours.data, form.note.data or "", by=current_user,
+                                              expected_end=form.expected_end())
         db.session.commit()
     except DomainError as error:
         # The node page comes back with the note as typed and the refusal beside it: a redirect lost the note.
         db.session.rollback()
         form_error(form, error)
-        form.offer_keep(service.in_maintenance(db.session.get(NodeHealth, node.node_id)))
+        # Drawn for the window as it now is: the refusal said what it is, and saving again means to replace it.
+        form.show_window(db.session.get(NodeHealth, node.node_id))
         return node_views.detail_page(node, 422, maintenance_form=form)
     # 0 hours ends the window (a hand-made POST, or a page from before the end button): said as the button says it.
     flash(_("Maintenance window saved.") if health is not None else _("Maintenance ended."), "success")
@@ -115,7 +117,7 @@ def node_section(node: Node) -> dict | None:
     active = service.in_maintenance(health, now)
     # The form shows the window as it stands: saved unchanged, it keeps it (it used to reset to "none (end it)").
     form = MaintenanceForm(formdata=None, hours=windows.KEEP_END if active else None,
-                           note=health.maintenance_note if active else "").offer_keep(active)
+                           note=health.maintenance_note if active else "").show_window(health)
     return {
         "template": "health/node_section.html", "health": health, "labels": STATUS_LABELS,
         "maintenance_form": form, "set_by": windows.window_setter(node.node_id) if active else None,
