@@ -130,3 +130,12 @@ def test_the_cli_door_is_held_to_no_page(app, node, make_user):
     maintenance.set_maintenance(node.node_id, utcnow() + timedelta(hours=1), "升级", by=minister)
     db.session.commit()
     assert maintenance.schedule_maintenance(db.session.merge(node), "4", "改期", by=minister) is not None
+
+
+def test_the_maintenance_form_has_a_heading_of_its_own(app, node):
+    """Moving by heading, the form was found under "Recent events" or "Uptime, 90 days"."""
+    page = admin(app, "jx-admin").client.get(f"/nodes/{node.node_id}").get_data(as_text=True)
+    section = page[page.index('<section class="card health">'):]
+    before_form = section[:section.index('id="maintenance-form"')]
+    assert re.findall(r"<h[1-6][^>]*>[^<]*", before_form)[-1] == '<h3 id="maintenance-heading">维护窗口'
+    assert 'id="maintenance-form" aria-labelledby="maintenance-heading"' in section
