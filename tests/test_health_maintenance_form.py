@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
+from app.admission import nodes
 from app.audit.models import AuditRecord
 from app.auth.models import User
 from app.database import utcnow
@@ -139,3 +140,49 @@ def test_the_maintenance_form_has_a_heading_of_its_own(app, node):
     before_form = section[:section.index('id="maintenance-form"')]
     assert re.findall(r"<h[1-6][^>]*>[^<]*", before_form)[-1] == '<h3 id="maintenance-heading">维护窗口'
     assert 'id="maintenance-form" aria-labelledby="maintenance-heading"' in section
+
+
+def test_a_suspended_node_s_health_says_it_is_not_polled_and_offers_no_window(app, node):
+    """It read "Health: Unknown · Last poll ... connection refused" with an offer of a maintenance window, as if
+    the node were polled still."""
+    minister = db.session.scalar(select(User).where(User.username == "minister"))
+    nodes.suspend(db.session.merge(node), "证书过期", by=minister)
+    db.session.commit()
+    page = admin(app, "jx-admin").client.get(f"/nodes/{node.node_id}").get_data(as_text=True)
+    section = page[page.index('<section class="card health">'):page.index("</section>",
+                                                                          page.index('<section class="card health">'))]
+    assert '<span class="tag muted" id="health-status">不巡检</span>' in section
+    assert "节点已暂停，恢复之前不巡检；以下为暂停之前的记录。" in section
+    assert 'id="maintenance-form"' not in section and "维护窗口" not in section
+
+
+def test_a_window_from_a_page_drawn_before_the_node_was_suspended_is_refused_in_words(app, node):
+    """The form is no longer offered once the node is suspended; a page drawn before saved one all the same. A
+    window in progress can still be ended."""
+    page_url = f"/nodes/{node.node_id}"
+    console = admin(app, "jx-admin")
+    stale_page = console.client.get(page_url).get_data(as_text=True)
+    minister = db.session.scalar(select(User).where(User.username == "minister"))
+    nodes.suspend(db.session.merge(node), "证书过期", by=minister)
+    db.session.commit()
+
+    response = save_from(console, stale_page, node, {"hours": "4", "note": "升级"})
+
+    assert response.status_code == 422
+    assert "已暂停的节点不巡检，恢复之前不能设置维护窗口。" in response.get_data(as_text=True)
+    assert not service.in_maintenance(db.session.get(NodeHealth, node.node_id))
+    assert maintenance_actors(node.node_id) == []
+
+
+def test_a_window_of_a_node_suspended_during_it_can_be_ended(app, node):
+    page_url = f"/nodes/{node.node_id}"
+    console = admin(app, "jx-admin")
+    console.post_form(page_url, {"hours": "4", "note": "升级"}, action=f"/health/{node.node_id}/maintenance")
+    minister = db.session.scalar(select(User).where(User.username == "minister"))
+    nodes.suspend(db.session.merge(node), "证书过期", by=minister)
+    db.session.commit()
+    page = console.client.get(page_url).get_data(as_text=True)
+    assert 'id="maintenance-form"' not in page and 'id="maintenance-end"' in page
+
+    assert console.post_form(page_url, {}, action=f"/health/{node.node_id}/maintenance/end").status_code == 302
+    assert not service.in_maintenance(db.session.get(NodeHealth, node.node_id))

@@ -50,7 +50,8 @@ def schedule_maintenance(node, hours: str | None, note: str, *, by,
                          expected_end: datetime | None | Unseen = UNSEEN) -> NodeHealth | None:
     """The console's maintenance form and its CLI twin: a window of `hours` from now, or none with 0.
     Ministry admins, and provincial admins for their own divisions' nodes. A revoked node is polled no more
-    and takes no window (node_revoked); the check holds against a revocation at this moment (`nodes.lock`).
+    and takes no window (node_revoked), nor does a suspended one until it is resumed (node_suspended; a window in
+    progress can be ended); the check holds against a change of status at this moment (`nodes.lock`).
     `expected_end`: the window as the console's page showed it (its end, None for none); if another admin set,
     replaced or ended one since, the change is refused (window_changed, `as_seen`)."""
     if by.role not in ("ministry_admin", "provincial_admin"):
@@ -61,6 +62,9 @@ def schedule_maintenance(node, hours: str | None, note: str, *, by,
     nodes.lock(node)
     if node.status == "revoked":
         raise Conflict(_l("A revoked node is not polled: it takes no maintenance window."), code="node_revoked")
+    if node.status == "suspended" and length != 0:  # a window in progress can still be ended
+        raise Conflict(_l("A suspended node is not polled: it takes no maintenance window until it is resumed."),
+                       code="node_suspended")
     if keep:
         return set_maintenance(node.node_id, None, note, by=by, expected_end=expected_end)
     if length == 0:

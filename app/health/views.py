@@ -120,6 +120,7 @@ def node_section(node: Node) -> dict | None:
                            note=health.maintenance_note if active else "").show_window(health)
     return {
         "template": "health/node_section.html", "health": health, "labels": STATUS_LABELS,
+        "polled": node.status == "active",
         "maintenance_form": form, "set_by": windows.window_setter(node.node_id) if active else None,
         "in_maintenance": active, "flapping": service.is_flapping(flaps),
         "flaps": flaps,
