@@ -128,6 +128,8 @@ HEALTH_DETAILS = [
     (re.compile(r"^the answer is not strict JSON: (?P<reason>.+)$", re.S),
      _l("the answer is not strict JSON: %(reason)s")),
 ]
+# The (failure, detail) pairs of app.health.poller whose detail says no more than the failure's label.
+REPEATED_DETAILS = {("refused", "Connection refused"), ("certificate_revoked", "the server certificate is revoked")}
 # The reasons app.strict_json gives that a health detail quotes; any other is shown as it is.
 STRICT_JSON_REASONS = [
     (re.compile(r"^the key (?P<key>.+) appears twice in one object$", re.S), _l("the key %(key)s appears twice")),
@@ -183,8 +185,11 @@ def health_event_reason_label(code: str | None):
     return HEALTH_RESETS.get(code) or health_failure_label(code)
 
 
-def health_detail_label(detail: str | None) -> str:
-    """A health poll's detail in the reader's language when the poller wrote it (`no answer within 5 s`)."""
+def health_detail_label(detail: str | None, failure: str | None = None) -> str:
+    """A health poll's detail in the reader's language when the poller wrote it (`no answer within 5 s`); empty
+    where it only repeats its `failure`'s label ("connection refused: the connection was refused")."""
+    if (failure, detail) in REPEATED_DETAILS:
+        return ""
     return _translated(detail or "", HEALTH_DETAILS)
 
 

@@ -147,6 +147,44 @@ def test_the_maintenance_lengths_are_in_the_readers_language(console, node):
 
 
 
+def failed_polls(node, failure: str, detail: str) -> None:
+    """Polls failing as the poller words them, until the node is down."""
+    from app.health import service
+    from tests.test_health_state import Result
+
+    for _ in range(3):
+        service.apply_round([Result(node.node_id, False, latency_ms=None, failure=failure, detail=detail)])
+
+
+def health_section(console, node) -> str:
+    body = console.client.get(f"/nodes/{node.node_id}").get_data(as_text=True)
+    return re.search(r'<section class="card health">.*?</section>', body, re.S).group(0)
+
+
+def test_a_failure_s_detail_that_only_repeats_its_reason_is_left_out(console, node):
+    """"连接被拒绝: 连接被拒绝" on the node page, and both the events' reason and detail columns said 连接被拒绝."""
+    failed_polls(node, "refused", "Connection refused")
+    console.login("minister")
+    section = health_section(console, node)
+    assert re.search(r"· 连接被拒绝\s*</p>", section), section
+    events = console.client.get("/health/events").get_data(as_text=True)
+    assert "<td>连接被拒绝</td><td></td>" in events
+
+
+def test_a_failure_s_detail_that_says_more_follows_a_colon_of_the_reader_s_language(console, node):
+    failed_polls(node, "http_status", "HTTP 500")
+    console.login("minister")
+    section = health_section(console, node)
+    assert "· 异常 HTTP 状态码：HTTP 500" in section
+    assert re.search(r"<h3>可用率（24 小时）：0\.00%</h3>", section), section
+    assert re.search(r"<li>[0-9-]+ [0-9:]+：未知 → 故障 异常 HTTP 状态码</li>", section), section
+    assert ": " not in re.sub(r"<[^>]*>", "", section)
+    console.client.get("/lang/en")
+    section = health_section(console, node)
+    assert "· unexpected HTTP status: HTTP 500" in section and "<h3>Uptime, 24 hours: 0.00%</h3>" in section
+    assert re.search(r"<li>[0-9-]+ [0-9:]+: Unknown → Down unexpected HTTP status</li>", section), section
+
+
 def test_the_banner_counts_every_down_node_names_five_and_the_tiles_count_per_province(console, make_user):
     """Counted and cut in the query (a nationwide outage is thousands of rows): a node in maintenance, or not
     active, is left out; one whose window has ended is down again; a provincial admin counts their own. The

@@ -204,7 +204,7 @@ def test_uptime_bar_tooltips_give_console_local_time(app):
         svg = charts.uptime_bars([Bucket(start=datetime(2026, 11, 30, 23, 0, tzinfo=UTC), polls=0, successes=0,
                                          latency_ms=None)],
                                  label="24 小时")
-    assert "<title>2026-12-01 07:00: 无数据</title>" in svg  # Asia/Shanghai, as every time the console shows
+    assert "<title>2026-12-01 07:00：无数据</title>" in svg  # Asia/Shanghai, as every time the console shows
 
 
 def test_a_health_charts_name_counts_what_its_colours_and_line_show(app):
@@ -253,7 +253,7 @@ def test_health_failure_details_the_poller_writes_are_shown_in_chinese(admin_con
                     "以 '36000000002025000009' 的身份应答", "Cannot connect to host im.example:8443"):
         assert chinese in events
     assert "no answer within" not in events and "answered as" not in events
-    assert "超时: 2 秒内无应答" in admin_console.client.get(f"/nodes/{node.node_id}").get_data(as_text=True)
+    assert "超时：2 秒内无应答" in admin_console.client.get(f"/nodes/{node.node_id}").get_data(as_text=True)
     admin_console.client.get("/lang/en")
     assert "no answer within 2 s" in admin_console.client.get("/health/events").get_data(as_text=True)
 

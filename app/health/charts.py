@@ -9,7 +9,7 @@ from flask_babel import gettext as _
 from flask_babel import ngettext
 
 from app.health.history import Bucket
-from app.i18n import local_time
+from app.i18n import colon, local_time
 
 # Missing polls break the line after this many poll intervals without one. A node is polled once a round at the
 # same offset, and a round leaves itself time to end within its interval (poller.ROUND_HEADROOM), so polls come
@@ -124,7 +124,7 @@ def uptime_bars(buckets: list[Bucket], *, label: str, width: int = 720, height: 
         title = _("no data") if uptime is None else ngettext("%(percent)s%% of %(num)s poll",
                                                               "%(percent)s%% of %(num)s polls", bucket.polls,
                                                               percent=f"{uptime * 100:.1f}")
-        title = escape(f"{local_time(bucket.start, '%Y-%m-%d %H:%M')}: {title}")  # as every console time
+        title = escape(f"{local_time(bucket.start, '%Y-%m-%d %H:%M')}{colon()}{title}")  # as every console time
         parts.append(f'<rect x="{index * bar + 1:.1f}" y="2" width="{max(bar - 2, 1):.1f}" height="{height - 4}" '
                      f'rx="2" fill="{BAND_COLOURS[band]}"><title>{title}</title></rect>')
     parts.append("</svg>")

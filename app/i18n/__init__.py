@@ -52,6 +52,13 @@ def list_separator() -> str:
     return "、" if _reads_chinese() else ", "
 
 
+def colon() -> str:
+    """What goes between a lead-in and what it introduces (a chart's heading and its figure, a time and its event):
+    the full-width colon (：) in Chinese, a colon and a space in English. For a template or a line that puts the two
+    together from parts translated apart."""
+    return "：" if _reads_chinese() else ": "
+
+
 def join_list(items, limit: int | None = None) -> str:
     """Items as one list in the reader's language (`list_separator`), cut to `limit` characters if given."""
     return list_separator().join(str(item) for item in items)[:limit]
@@ -96,6 +103,7 @@ def init_app(app) -> None:
     app.jinja_env.globals["current_locale"] = select_locale
     app.jinja_env.globals["sentence_gap"] = sentence_gap
     app.jinja_env.globals["list_separator"] = list_separator
+    app.jinja_env.globals["colon"] = colon
     app.jinja_env.filters["join_list"] = join_list
     app.jinja_env.globals["display_zone"] = display_zone
     app.jinja_env.globals["utcnow"] = lambda: datetime.now(UTC)
