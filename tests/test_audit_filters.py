@@ -109,3 +109,13 @@ def test_the_internal_actors_are_no_account_names(app, make_user, runner):
                                input="Auditor-Pass-77\n")
         assert result.exit_code == 1 and "names actions of the system itself" in result.output, result.output
     assert actors_named("system") == ["system"]
+    from app.audit.models import AuditRecord
+    from app.auth import service as users
+    from app.auth.throttle import LoginRefused
+
+    try:  # a stranger typing "system" at the sign-in page is not recorded as the system
+        users.authenticate("System", "wrong-Password-1", "10.0.0.7")
+    except LoginRefused:
+        pass
+    record = db.session.scalar(db.select(AuditRecord).where(AuditRecord.action == "auth.login_failed"))
+    assert (record.actor, record.detail["typed"]) == ("anonymous", "System")

@@ -35,7 +35,7 @@ def admin(app, username: str) -> Console:
 
 def save_from(console: Console, page: str, node, data: dict):
     """The maintenance form of `page` saved as a browser saves it: the hidden fields as the page drew them."""
-    fields = dict(re.findall(r'<input[^>]*name="(seen_end)"[^>]*value="([^"]*)"', page))
+    fields = dict(re.findall(r'<input[^>]*name="(seen_window)"[^>]*value="([^"]*)"', page))
     return console.client.post(f"/health/{node.node_id}/maintenance",
                                data={**fields, **data, "csrf_token": csrf_token(page)})
 
@@ -110,23 +110,78 @@ def test_a_length_from_a_page_drawn_before_the_window_was_ended_is_refused(app, 
 
 
 def test_a_window_that_ran_out_by_itself_is_no_change_for_a_new_length(app, node):
-    """The page saw a window that has since ended at its time: nobody changed it, and a new length is saved."""
+    """The page saw a window that has since ended at its time, and a round has cleared it since: nobody changed it,
+    and a new length is saved (the page was held to the window's end, and refused once the round had run)."""
+    from tests.test_health_state import Result
+
     page_url = f"/nodes/{node.node_id}"
     console = admin(app, "jx-admin")
     console.post_form(page_url, {"hours": "1", "note": "升级"}, action=f"/health/{node.node_id}/maintenance")
-    ran_out = utcnow() - timedelta(seconds=1)
-    db.session.get(NodeHealth, node.node_id).maintenance_until = ran_out
+    page = console.client.get(page_url).get_data(as_text=True)  # drawn while the window lasts
+    db.session.get(NodeHealth, node.node_id).maintenance_until = utcnow() - timedelta(seconds=1)
     db.session.commit()
-    # The page as drawn while the window lasted: its end is the one the window ran out at.
-    page = console.client.get(page_url).get_data(as_text=True).replace('value="none"', f'value="{ran_out.isoformat()}"')
+    service.apply_round([Result(node.node_id, True)])  # the round after the window's end
 
     assert save_from(console, page, node, {"hours": "4", "note": "再次升级"}).status_code == 302
     until, note = window(node.node_id)
     assert note == "再次升级" and until - utcnow() > timedelta(hours=3.9)
 
 
+def test_a_note_edited_since_the_page_loaded_is_not_saved_over(app, node):
+    """A edited the note of the window, keeping its end; B's page, drawn before, kept the end too and wrote B's note
+    over A's: the page was held to the window's end alone (review of this stop's diff)."""
+    page_url = f"/nodes/{node.node_id}"
+    first, second = admin(app, "jx-admin"), admin(app, "jx-admin2")
+    first.post_form(page_url, {"hours": "4", "note": "核心交换机升级"}, action=f"/health/{node.node_id}/maintenance")
+    stale_page = second.client.get(page_url).get_data(as_text=True)
+    first.post_form(page_url, {"hours": "keep", "note": "核心交换机升级；延至机房断电结束"},
+                    action=f"/health/{node.node_id}/maintenance")
+    edited = window(node.node_id)
+
+    response = save_from(second, stale_page, node, {"hours": "keep", "note": "核心交换机升级（B 补充）"})
+
+    assert response.status_code == 422 and "本页载入后维护窗口已有变更" in response.get_data(as_text=True)
+    assert window(node.node_id) == edited
+
+
+def test_a_refusal_of_the_note_still_holds_the_page_to_the_window_it_was_drawn_after(app, node):
+    """B's page showed no window; A set one; B's note was refused as too long, and the page that said so was drawn
+    for A's window: B's next save replaced it without A's change ever being named (review of this stop's diff)."""
+    page_url = f"/nodes/{node.node_id}"
+    first, second = admin(app, "jx-admin"), admin(app, "jx-admin2")
+    stale_page = second.client.get(page_url).get_data(as_text=True)
+    first.post_form(page_url, {"hours": "24", "note": "核心交换机升级"}, action=f"/health/{node.node_id}/maintenance")
+    set_window = window(node.node_id)
+
+    refused = save_from(second, stale_page, node, {"hours": "1", "note": "长" * 201})
+    assert refused.status_code == 422 and "本页载入后维护窗口已有变更" not in refused.get_data(as_text=True)
+    again = save_from(second, refused.get_data(as_text=True), node, {"hours": "1", "note": "证书轮换"})
+
+    assert again.status_code == 422 and "本页载入后维护窗口已有变更" in again.get_data(as_text=True)
+    assert window(node.node_id) == set_window
+
+
+def test_a_record_number_no_page_draws_is_held_to_nothing(app, node):
+    """A hand-made POST with a 5,000-digit number: int() refused it with a ValueError, a 500 (review of this
+    stop's diff); the lifecycle forms read theirs the same way."""
+    page_url = f"/nodes/{node.node_id}"
+    console = admin(app, "jx-admin")
+    page = console.client.get(page_url).get_data(as_text=True)
+    response = console.client.post(f"/health/{node.node_id}/maintenance",
+                                   data={"seen_window": "9" * 5000, "hours": "1", "note": "升级",
+                                         "csrf_token": csrf_token(page)})
+    assert response.status_code == 302
+    minister = admin(app, "minister")
+    page = minister.client.get(page_url).get_data(as_text=True)
+    response = minister.client.post(f"{page_url}/suspend", data={"seen_change": "9" * 5000, "reason": "审计",
+                                                                 "csrf_token": csrf_token(page)})
+    assert response.status_code == 302
+    db.session.expire_all()
+    assert db.session.get(type(node), node.node_id).status == "suspended"
+
+
 def test_the_cli_door_is_held_to_no_page(app, node, make_user):
-    """`expected_end` is the console's: a caller that saw no page passes nothing and sets the window as it is."""
+    """`seen_window` is the console's: a caller that saw no page passes nothing and sets the window as it is."""
     minister = db.session.scalar(select(User).where(User.username == "minister"))
     maintenance.set_maintenance(node.node_id, utcnow() + timedelta(hours=1), "升级", by=minister)
     db.session.commit()

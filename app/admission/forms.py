@@ -10,7 +10,7 @@ from wtforms.validators import DataRequired, Length, Optional, StopValidation
 from app import labels
 from app.admission.information import FLAT_FIELDS, document_from_fields
 from app.admission.models import CAPABILITIES
-from app.console.forms import ConsoleForm
+from app.console.forms import ConsoleForm, seen_number
 from app.divisions.codes import typed_code
 
 
@@ -102,5 +102,4 @@ class ReasonForm(ConsoleForm):
 
     def seen(self) -> int | None:
         """The change the page was loaded after; None for a form that says none (no check, as the CLI's)."""
-        value = (self.seen_change.data or "").strip()
-        return int(value) if value.isascii() and value.isdigit() else None
+        return seen_number(self.seen_change.data)

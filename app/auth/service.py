@@ -445,7 +445,7 @@ def authenticate(username: str, password: str, remote_addr: str) -> User:
             named = db.session.scalar(select(User.username).where(func.lower(User.username) == username.lower()))
             audit.record("auth.login_blocked", named or username, {"reason": "locked", "keys": first,
                                                                    **_typed_otherwise(username, named)},
-                         actor=named or username or "anonymous", remote_addr=remote_addr)
+                         actor=refused_actor(username, named), remote_addr=remote_addr)
         db.session.commit()
         raise LoginRefused("Too many failed sign-ins: this account or address is locked for a while.",
                            code="locked")
@@ -461,7 +461,7 @@ def authenticate(username: str, password: str, remote_addr: str) -> User:
             named = user.username if user is not None else None
             audit.record("auth.login_failed", named or username, {"locked": locked,
                                                                   **_typed_otherwise(username, named)},
-                         actor=named or username or "anonymous", remote_addr=remote_addr)
+                         actor=refused_actor(username, named), remote_addr=remote_addr)
         db.session.commit()
     if not right:
         raise LoginRefused("Wrong username or password." if not locked else
@@ -470,11 +470,20 @@ def authenticate(username: str, password: str, remote_addr: str) -> User:
     return user
 
 
+def refused_actor(typed: str, named: str | None) -> str:
+    """Who a refused sign-in is recorded as: the account's name as stored, else the name as typed; "anonymous" for
+    none, and for a name the audit log keeps for the system itself ("system", "cli"), which a stranger typing it
+    would otherwise put among the scheduler's records (the typed name is in the detail, `_typed_otherwise`)."""
+    if named is not None:
+        return named
+    return "anonymous" if not typed or typed.lower() in INTERNAL_ACTORS else typed
+
+
 def _typed_otherwise(typed: str, named: str | None) -> dict:
     """A refused sign-in of an account is recorded under the account's name as stored, whatever case it was typed
     in, so that the audit log's actor filter finds every one of them (`audit.search.actors_named`); the detail
     keeps what was typed when it differs."""
-    return {"typed": typed} if named is not None and typed != named else {}
+    return {"typed": typed} if typed and typed != refused_actor(typed, named) else {}
 
 
 def unlock(username: str, *, actor: str | None = None) -> list[str]:

@@ -19,3 +19,11 @@ class ConsoleForm(FlaskForm):
             if has_request_context() and request.is_json and not request.form and not request.files:
                 return formdata if hasattr(formdata, "getlist") else None  # data a view passed, else nothing
             return super().wrap_formdata(form, formdata)
+
+
+def seen_number(text: str | None) -> int | None:
+    """A hidden field's record number, as a page drew it (the change it was drawn after); None when it holds none a
+    page draws, as a hand-made POST may: held to nothing, as the CLI is. At most 18 digits: a longer one is no
+    record's, and int() refuses over 4,300 with a ValueError (a 500)."""
+    value = (text or "").strip()
+    return int(value) if value.isascii() and value.isdigit() and len(value) <= 18 else None

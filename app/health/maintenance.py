@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta
-from enum import Enum
 
 from flask_babel import lazy_gettext as _l
 from sqlalchemy import select
@@ -25,14 +24,6 @@ MAX_MAINTENANCE_HOURS = 24 * 30
 # The console form's "keep the current end" choice during a window: the note is edited, the window's end stays.
 KEEP_END = "keep"
 
-
-class Unseen(Enum):
-    """No page's view of the window to hold a change to (`expected_end`): the CLI, a POST without it."""
-
-    UNSEEN = "unseen"
-
-
-UNSEEN = Unseen.UNSEEN
 _HOURS = re.compile(r"[0-9]{1,4}(?:\.[0-9]{1,2})?")  # ASCII only: float() would read "٣", "nan" and "1e400"
 
 
@@ -47,13 +38,13 @@ def maintenance_hours(value: str | None) -> float:
 
 
 def schedule_maintenance(node, hours: str | None, note: str, *, by,
-                         expected_end: datetime | None | Unseen = UNSEEN) -> NodeHealth | None:
+                         seen_window: int | None = None) -> NodeHealth | None:
     """The console's maintenance form and its CLI twin: a window of `hours` from now, or none with 0.
     Ministry admins, and provincial admins for their own divisions' nodes. A revoked node is polled no more
     and takes no window (node_revoked), nor does a suspended one until it is resumed (node_suspended; a window in
     progress can be ended); the check holds against a change of status at this moment (`nodes.lock`).
-    `expected_end`: the window as the console's page showed it (its end, None for none); if another admin set,
-    replaced or ended one since, the change is refused (window_changed, `as_seen`)."""
+    `seen_window`: the node's newest window record when the console's page was drawn (`window_mark`); if another
+    admin set, replaced, edited or ended a window since, the change is refused (window_changed, `as_seen`)."""
     if by.role not in ("ministry_admin", "provincial_admin"):
         raise PermissionDenied(_l("Only a ministry or provincial admin may do this."), code="role_forbidden")
     require_division_scope(by, node.division_code)
@@ -66,11 +57,11 @@ def schedule_maintenance(node, hours: str | None, note: str, *, by,
         raise Conflict(_l("A suspended node is not polled: it takes no maintenance window until it is resumed."),
                        code="node_suspended")
     if keep:
-        return set_maintenance(node.node_id, None, note, by=by, expected_end=expected_end)
+        return set_maintenance(node.node_id, None, note, by=by, seen_window=seen_window)
     if length == 0:
-        clear_maintenance(node.node_id, by=by, expected_end=expected_end)
+        clear_maintenance(node.node_id, by=by, seen_window=seen_window)
         return None
-    return set_maintenance(node.node_id, utcnow() + timedelta(hours=length), note, by=by, expected_end=expected_end)
+    return set_maintenance(node.node_id, utcnow() + timedelta(hours=length), note, by=by, seen_window=seen_window)
 
 
 def end_maintenance(node, *, by) -> None:
@@ -92,19 +83,30 @@ def window_setter(node_id: str) -> str | None:
                              .order_by(AuditRecord.seq.desc()).limit(1))
 
 
-def as_seen(node_id: str, health: NodeHealth | None, expected_end: datetime | None | Unseen) -> None:
-    """The window is still the one the page showed (`expected_end`), else refused at the length field with what it
-    is now: a page drawn before another admin set a window saved its own over it, and said "saved". A window that
-    ran out at its end is unchanged (its end is kept, `clear_maintenance`); one ended early has a new end."""
-    if expected_end is UNSEEN:
+WINDOW_ACTIONS = ("health.maintenance", "health.maintenance_end")
+
+
+def window_mark(node_id: str) -> int:
+    """The number of the node's newest window record (set, note edited, ended), 0 before any: what a page's
+    maintenance form is drawn after. A window running out at its end writes none, and is no change. Newest
+    whole-numbered record first, as `window_setter` reads them."""
+    from app.audit.models import AuditRecord
+    from app.audit.stored import holds_a_number
+
+    return db.session.scalar(select(AuditRecord.seq).where(AuditRecord.action.in_(WINDOW_ACTIONS),
+                                                           AuditRecord.target == node_id,
+                                                           holds_a_number(db.session.get_bind().dialect))
+                             .order_by(AuditRecord.seq.desc()).limit(1)) or 0
+
+
+def as_seen(node_id: str, health: NodeHealth | None, seen_window: int | None) -> None:
+    """The window is still the one the page showed (`seen_window`, its `window_mark`), else refused at the length
+    field with what it is now: a page drawn before another admin set a window, or edited its note, saved its own
+    over it, and said "saved". None (the CLI, a POST without the field): no check. For a caller holding the
+    health.round lock, under which every window record is written."""
+    if seen_window is None or window_mark(node_id) == seen_window:
         return
     current = in_maintenance(health)
-    if expected_end is None:
-        unchanged = not current
-    else:
-        unchanged = health is not None and health.maintenance_until == expected_end
-    if unchanged:
-        return
     setter = window_setter(node_id) if current else None
     if not current:
         message = _l("The maintenance window changed after this page was loaded: none is in progress now. "
@@ -119,7 +121,7 @@ def as_seen(node_id: str, health: NodeHealth | None, expected_end: datetime | No
 
 
 def set_maintenance(node_id: str, until: datetime | None, note: str, *, by,
-                    expected_end: datetime | None | Unseen = UNSEEN) -> NodeHealth:
+                    seen_window: int | None = None) -> NodeHealth:
     """A window until `until` (None: the current window's end, kept as its note is edited; refused if it ended).
     It waits for a round being applied, and a round waits for it (health.round, held
     to commit): a round reads the node's health, then writes it, and a window set in between was written over
@@ -134,7 +136,7 @@ def set_maintenance(node_id: str, until: datetime | None, note: str, *, by,
     serialise("health.round")
     # Read after the lock, afresh: a round may have committed since this session loaded the row.
     found = db.session.get(NodeHealth, node_id, populate_existing=True)
-    as_seen(node_id, found, expected_end)
+    as_seen(node_id, found, seen_window)
     health = found or NodeHealth(
         node_id=node_id, status="unknown", consecutive_failures=0, consecutive_successes=0, last_detail="",
         maintenance_note="")
@@ -150,13 +152,13 @@ def set_maintenance(node_id: str, until: datetime | None, note: str, *, by,
     return health
 
 
-def clear_maintenance(node_id: str, *, by, expected_end: datetime | None | Unseen = UNSEEN) -> None:
+def clear_maintenance(node_id: str, *, by, seen_window: int | None = None) -> None:
     """End the window now. Its end is kept (not cleared) so that the next round sees a window end and sends
     the alert it held back (`late_alert`), as when a window runs out by itself. Queued with rounds as
     `set_maintenance` is, for the same reason."""
     serialise("health.round")
     health = db.session.get(NodeHealth, node_id, populate_existing=True)
-    as_seen(node_id, health, expected_end)
+    as_seen(node_id, health, seen_window)
     if not in_maintenance(health):  # ran out meanwhile (a page drawn during it), or never set: nothing to record
         raise Conflict(_l("There is no maintenance window in progress to end."), code="no_window")
     health.maintenance_until = min(health.maintenance_until, utcnow())

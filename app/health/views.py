@@ -21,7 +21,7 @@ from app.auth.views import form_error
 from app.console.forms import ConsoleForm
 from app.console.pages import shows_page
 from app.database import paginate, utcnow
-from app.errors import DomainError
+from app.errors import Conflict, DomainError
 from app.extensions import db
 from app.health import charts, history, service
 from app.health import maintenance as windows
@@ -57,14 +57,18 @@ def maintenance(node_id: str):
         return redirect(url_for("nodes.detail", node_id=node_id))
     try:
         health = windows.schedule_maintenance(node, form.hours.data, form.note.data or "", by=current_user,
-                                              expected_end=form.expected_end())
+                                              seen_window=form.seen())
         db.session.commit()
     except DomainError as error:
         # The node page comes back with the note as typed and the refusal beside it: a redirect lost the note.
         db.session.rollback()
         form_error(form, error)
-        # Drawn for the window as it now is: the refusal said what it is, and saving again means to replace it.
-        form.show_window(db.session.get(NodeHealth, node.node_id))
+        # A conflict said what the window is now: drawn for it, saving again means to replace it. Any other refusal
+        # (a note too long) keeps the window the page was drawn after, so a change since is still named.
+        seen = form.seen_window.data
+        form.show_window(db.session.get(NodeHealth, node.node_id), node.node_id)
+        if not isinstance(error, Conflict):
+            form.seen_window.data = seen
         return node_views.detail_page(node, 422, maintenance_form=form)
     # 0 hours ends the window (a hand-made POST, or a page from before the end button): said as the button says it.
     flash(_("Maintenance window saved.") if health is not None else _("Maintenance ended."), "success")
@@ -117,7 +121,7 @@ def node_section(node: Node) -> dict | None:
     active = service.in_maintenance(health, now)
     # The form shows the window as it stands: saved unchanged, it keeps it (it used to reset to "none (end it)").
     form = MaintenanceForm(formdata=None, hours=windows.KEEP_END if active else None,
-                           note=health.maintenance_note if active else "").show_window(health)
+                           note=health.maintenance_note if active else "").show_window(health, node.node_id)
     return {
         "template": "health/node_section.html", "health": health, "labels": STATUS_LABELS,
         "polled": node.status == "active",
