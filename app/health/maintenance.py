@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from flask_babel import lazy_gettext as _l
 from sqlalchemy import select
 
-from app.admission import nodes
+from app.admission import node_changes, nodes
 from app.audit import service as audit
 from app.auth.access import require_division_scope
 from app.database import serialise, utcnow
@@ -88,15 +88,9 @@ WINDOW_ACTIONS = ("health.maintenance", "health.maintenance_end")
 
 def window_mark(node_id: str) -> int:
     """The number of the node's newest window record (set, note edited, ended), 0 before any: what a page's
-    maintenance form is drawn after. A window running out at its end writes none, and is no change. Newest
-    whole-numbered record first, as `window_setter` reads them."""
-    from app.audit.models import AuditRecord
-    from app.audit.stored import holds_a_number
-
-    return db.session.scalar(select(AuditRecord.seq).where(AuditRecord.action.in_(WINDOW_ACTIONS),
-                                                           AuditRecord.target == node_id,
-                                                           holds_a_number(db.session.get_bind().dialect))
-                             .order_by(AuditRecord.seq.desc()).limit(1)) or 0
+    maintenance form is drawn after, read as the lifecycle forms read theirs (`node_changes`). A window running
+    out at its end writes none, and is no change."""
+    return node_changes.mark(node_changes.latest(node_id, WINDOW_ACTIONS))
 
 
 def as_seen(node_id: str, health: NodeHealth | None, seen_window: int | None) -> None:
